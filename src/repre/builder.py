@@ -1,0 +1,38 @@
+"""Config -> modules: the encoder, the method, and the RePre branch around it."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from repre.config import Config
+from repre.errors import UserError
+from repre.methods import build_method
+from repre.models.backbone import Backbone, resolve_arch, resolve_taps
+from repre.reconstruction import Plain, RePre
+
+
+def build_encoder(cfg: Config) -> Backbone:
+    """The online encoder of a run; the image size must be a multiple of its patch size."""
+    arch, kwargs = resolve_arch(cfg.model.arch, cfg.data.image_size, cfg.model.drop_path, cfg.model.kwargs)
+    encoder = Backbone(arch, kwargs)
+    size, p = cfg.data.image_size, encoder.patch_size
+    if size % p:
+        lower, upper = size - size % p, size - size % p + p
+        raise UserError(
+            f"data.image_size={size} is not divisible by the patch size {p} of {cfg.model.arch}; "
+            f"use {lower or upper} or {upper}, or a model with another patch size"
+        )
+    return encoder
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Plain(method)`."""
+    encoder = build_encoder(cfg)
+    if cfg.model.grad_checkpointing:
+        encoder.set_grad_checkpointing(True)
+    method = build_method(cfg, encoder)
+    if not cfg.recon.enabled:
+        return Plain(method)
+    r = cfg.recon
+    taps = resolve_taps(r.taps, encoder.depth)
+    return RePre(method, taps, r.width, r.min_width, r.weight, r.loss, r.norm_pix)

@@ -1,0 +1,118 @@
+"""The `repre` command: a thin layer over `repre.config`, `repre.engine.trainer` and `repre.eval`.
+
+Exit status: 0 success; 1 internal error; 2 user error (the message says what to do); 3 stopped early
+but resumable (`"completed": false` in summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from repre import __version__
+from repre.errors import StoppedEarly, UserError
+
+log = logging.getLogger("repre")
+
+EPILOG = """examples:
+  repre pretrain                                   # Fashion-MNIST, MoCo v3 + RePre, ~10 min on 2 CPU cores
+  repre pretrain --config fmnist-mocov3 --out runs/base
+  repre pretrain --set train.max_steps=20 --set recon.taps=[1,3,5]
+  repre eval knn --checkpoint runs/fmnist-mocov3-repre
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="repre", description="Reconstructive pre-training (RePre) of vision transformers.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"repre {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    pre = sub.add_parser("pretrain", help="pre-train an encoder from a preset or YAML config")
+    pre.add_argument("--config", help="preset name (see `repre presets`) or YAML file; default fmnist-mocov3-repre")
+    pre.add_argument("--out", help="run directory (default runs/<preset>)")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue from the newest checkpoint in --out (starts fresh, saying so, if none)")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint")
+    ev.add_argument("task", choices=["knn", "linear", "finetune", "segment", "recon"])
+    ev.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("presets", help="list the presets")
+    ex = sub.add_parser("export", help="export the backbone to timm safetensors (reliability issue)")
+    ex.add_argument("--checkpoint")
+    ex.add_argument("--out")
+    return p
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from repre.config import load_config
+    from repre.engine.distributed import launched_world_size
+    from repre.engine.trainer import pretrain
+
+    if launched_world_size() > 1:
+        raise UserError("multi-process training arrives with the scale issue; run one process for now")
+    source = args.config
+    if source is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        source = str(Path(args.out) / "config.yaml")  # resume with the run's own config
+    cfg = load_config(source, args.overrides)
+    out = Path(args.out or f"runs/{cfg.preset}")
+    try:
+        summary = pretrain(cfg, out, resume=args.resume)
+    except StoppedEarly as stop:
+        print(str(stop), flush=True)
+        return 3
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from repre.eval import evaluate
+
+    result = evaluate(args.task, args.checkpoint, args.overrides)
+    ckpt = Path(args.checkpoint)
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    out = Path(args.out) if args.out else run_dir / "eval" / args.task
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'task':<10}{'metric':<10}value", file=sys.stderr)
+    print(f"{result['task']:<10}{result['metric']:<10}{result['value']:.4f}", file=sys.stderr)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_presets(_: argparse.Namespace) -> int:
+    from repre.config import list_presets
+
+    for name, description in list_presets().items():
+        print(f"{name}\t{description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="repre: %(message)s", stream=sys.stderr)
+    args = _parser().parse_args(argv)
+    commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets}
+    if args.command is None:
+        args = _parser().parse_args(["pretrain", *(argv or [])])
+    try:
+        if args.command == "export":
+            raise UserError("`repre export` arrives with the reliability issue; checkpoints already hold the weights")
+        return commands[args.command](args)
+    except UserError as exc:
+        print(f"repre: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("repre: interrupted", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

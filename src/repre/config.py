@@ -1,0 +1,374 @@
+"""Typed run configuration: defaults, then a preset or YAML file, then `--set key=value` overrides.
+
+Every key is a field of a dataclass below. Unknown keys and values of the wrong type raise `UserError`
+naming the nearest valid key, so a typo never silently falls back to a default. The resolved config is
+saved with every run (`config.yaml`) and every checkpoint, and is accepted back by `--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from repre.errors import UserError
+
+DEFAULT_PRESET = "fmnist-mocov3-repre"
+
+
+@dataclass
+class DataConfig:
+    """What images to read and at which size."""
+
+    name: Literal["fashion-mnist", "folder", "synthetic"] = "fashion-mnist"
+    root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
+    subset: int | None = None  # first N training images
+    image_size: int = 28
+    local_crops: int = 0  # reserved for DINO multi-crop (issue 4); must stay 0 for MoCo v3
+    local_size: int = 12
+    mean: list[float] | None = None  # None: the dataset's own statistics
+    std: list[float] | None = None
+    synthetic_train: int = 512  # images in the generated train / test splits
+    synthetic_test: int = 256
+    synthetic_classes: int = 10
+
+
+@dataclass
+class AugConfig:
+    """Two-view augmentation (MoCo v3 / BYOL recipe); per-view probabilities are [view 1, view 2]."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
+
+
+@dataclass
+class ModelConfig:
+    """The encoder: any timm ViT by name, or a small named configuration (see `repre.models.backbone`)."""
+
+    arch: str = "vit_pico_patch4"
+    drop_path: float = 0.0
+    grad_checkpointing: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
+
+
+@dataclass
+class MethodConfig:
+    """The contrastive framework and its heads."""
+
+    name: Literal["mocov3"] = "mocov3"
+    temperature: float = 0.2
+    momentum: float = 0.99  # start of the cosine momentum schedule, which ends at 1.0
+    proj_dim: int = 256
+    mlp_dim: int = 4096
+    freeze_patch_embed: bool = False  # MoCo v3's stability trick: a frozen random patch projection
+
+
+@dataclass
+class ReconConfig:
+    """The RePre reconstruction branch."""
+
+    enabled: bool = True
+    weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
+    taps: int | list[int] = 4  # n evenly spaced blocks ending with the last, or explicit 0-based block indices
+    loss: Literal["l1", "l2", "smooth_l1"] = "l1"
+    norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
+    width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step
+    min_width: int = 8  # the halving stops here
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the run loop. All `*_every` and step counts are optimizer steps."""
+
+    batch_size: int = 256  # global batch (views are 2x this)
+    epochs: int = 1
+    max_steps: int = 0  # > 0 wins over epochs; schedules span the actual total
+    lr: float = 1.5e-4  # base lr for a batch of 256; the run uses lr * batch_size / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.1
+    warmup_steps: int = 0  # > 0 wins over warmup_fraction
+    warmup_fraction: float = 0.1
+    clip_grad: float = 0.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # k-NN during training; 0: only at the end
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: int = -1  # -1: min(8, cores - 1)
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings (k-NN as in DINO: weighted vote on L2-normalized pooled features)."""
+
+    knn: bool = True  # run k-NN at the end of pre-training (needs labels)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_train_subset: int | None = None  # bank size (first N train images); None: all
+    knn_test_subset: int | None = None
+    batch_size: int = 512
+    recon_images: int = 8  # images shown in recon.png
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    preset: str = DEFAULT_PRESET
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> description, from the YAML files shipped in `repre/presets`."""
+    out = {}
+    for entry in sorted(resources.files("repre.presets").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            raw = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(raw.get("description", ""))
+    return out
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must hold a mapping of config sections, got {type(raw).__name__}")
+    return raw
+
+
+def _preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    presets = list_presets()
+    if name not in presets:
+        near = difflib.get_close_matches(name, presets, n=3)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise UserError(f"unknown preset {name!r}.{hint} `repre presets` lists them; a file path must exist.")
+    raw = _read_yaml(resources.files("repre.presets").joinpath(f"{name}.yaml").read_text(), f"preset {name}")
+    raw.setdefault("preset", name)
+    return _resolve_base(raw, seen + (name,))
+
+
+def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    """A `_base_: preset-name` key layers this mapping over that preset."""
+    base = raw.pop("_base_", None)
+    if base is None:
+        return raw
+    if base in seen:
+        raise UserError(f"preset inheritance loops through {base!r}")
+    merged = _preset_dict(str(base), seen)
+    merged.pop("preset", None)
+    deep_update(merged, raw)
+    return merged
+
+
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def source_dict(source: str | None) -> dict[str, Any]:
+    """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
+    source = source or DEFAULT_PRESET
+    path = Path(source)
+    if path.exists() or source.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
+        raw = _read_yaml(path.read_text(), str(path))
+        raw.setdefault("preset", path.stem)
+        return _resolve_base(raw, ())
+    return _preset_dict(source)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c.d=[1,2]"]` -> nested mapping; values parse as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value (e.g. train.max_steps=20), got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {part} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(source: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults <- preset or YAML file <- overrides; validated. The Python entry point of `--config/--set`."""
+    raw = source_dict(source)
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    deep_update(raw, extra)
+    cfg = build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """A Config from a resolved mapping (a checkpoint's or a run's config)."""
+    cfg = build(Config, dict(raw), "")
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- typed construction
+
+
+def build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Construct dataclass `cls` from `raw`, checking every key and value type."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise UserError(_unknown_key_message(prefix + str(key), [prefix + n for n in names]))
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, for suggestions and documentation."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key_message(key: str, siblings: list[str]) -> str:
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5) or difflib.get_close_matches(
+        key, siblings, n=1, cutoff=0.0
+    )
+    return f"unknown config key {key!r}; did you mean {near[0]!r}? (valid here: {', '.join(siblings)})"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key + ".")
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r} (write [a, b] with --set)")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span several keys or need value ranges."""
+    t, d, r = cfg.train, cfg.data, cfg.recon
+    positive = {
+        "train.batch_size": t.batch_size,
+        "data.image_size": d.image_size,
+        "train.log_every": t.log_every,
+        "train.checkpoint_every": t.checkpoint_every,
+        "eval.knn_k": cfg.eval.knn_k,
+        "recon.width": r.width,
+        "recon.min_width": r.min_width,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{key} must be > 0, got {value}")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise UserError("set train.epochs > 0 or train.max_steps > 0")
+    if t.batch_size < 2:
+        raise UserError("train.batch_size must be at least 2: contrastive learning needs negatives in the batch")
+    if d.local_crops:
+        raise UserError(f"data.local_crops={d.local_crops}: multi-crop arrives with DINO; MoCo v3 uses 2 views")
+    if d.subset is not None and d.subset <= 0:
+        raise UserError(f"data.subset must be > 0 or null, got {d.subset}")
+    for key in ("crop_scale", "crop_ratio", "blur_prob", "blur_sigma", "solarize_prob"):
+        if len(getattr(cfg.aug, key)) != 2:
+            raise UserError(f"aug.{key} must have two numbers, got {getattr(cfg.aug, key)}")
+    if (d.mean is None) != (d.std is None):
+        raise UserError("set both data.mean and data.std, or neither")
+    if not 0.0 <= cfg.method.momentum <= 1.0:
+        raise UserError(f"method.momentum must be in [0, 1], got {cfg.method.momentum}")
+
+
+def save_yaml(cfg: Config | dict[str, Any], path: Path) -> None:
+    data = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,88 @@
+"""Any folder of images, with class sub-folders (labelled) or flat (unlabelled).
+
+Images are decoded robustly: EXIF orientation applied; grayscale, RGBA, palette, CMYK and 16-bit images
+converted to 8-bit RGB. A file that cannot be decoded raises `UnreadableImage`; the dataset replaces it by
+the next index and counts it (see `repre.data.loader`), so a bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+from repre.errors import UserError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, replaced and counted
+
+
+class UnreadableImage(Exception):
+    """A file in the folder that is not a decodable image."""
+
+
+def _scan(root: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
+    return files
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> uint8 [H, W, 3], with EXIF orientation applied."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"))
+
+
+def decode(path: Path) -> torch.Tensor:
+    """A file -> uint8 [3, H, W]; raises UnreadableImage for anything PIL cannot fully decode."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = to_rgb_array(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"{path}: {exc}") from None
+    if arr.ndim != 3 or min(arr.shape[:2]) < 1:
+        raise UnreadableImage(f"{path}: empty image")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+class ImageFolder:
+    """Images under `root`; a label per first-level sub-folder when every image sits in one (else -1)."""
+
+    mean, std = MEAN, STD
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"image folder {self.root} does not exist; set data.root to a folder of images")
+        self.files = _scan(self.root)
+        if not self.files:
+            raise UserError(
+                f"no images in {self.root} (looked for {', '.join(EXTENSIONS)} in it and its sub-folders); "
+                "point data.root at a folder that holds images"
+            )
+        parents = sorted({p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1})
+        labelled = all(len(p.relative_to(self.root).parts) > 1 for p in self.files)
+        self.classes = parents if labelled else []
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.labels = [index[p.relative_to(self.root).parts[0]] if labelled else -1 for p in self.files]
+        self.num_classes = len(self.classes) or None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return decode(self.files[index]), self.labels[index]

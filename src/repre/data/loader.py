@@ -1,0 +1,224 @@
+"""Datasets, the resumable epoch sampler and the data loaders of pre-training and evaluation."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from repre.config import Config, DataConfig
+from repre.data.fashion_mnist import FashionMNIST
+from repre.data.folder import ImageFolder, UnreadableImage
+from repre.data.synthetic import Synthetic
+from repre.data.views import ViewSpec, make_views, normalize, photometric
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+
+class ImageSource(Protocol):
+    """What every dataset provides: indexable uint8 [3, H, W] images with integer labels (-1: none)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int | None
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+def _folder_split(root: str | None, split: str) -> Path:
+    if not root:
+        raise UserError("data.name=folder needs data.root: --set data.root=/path/to/images")
+    base = Path(root)
+    if split == "train":
+        return base / "train" if (base / "train").is_dir() else base
+    for name in ("val", "test"):
+        if (base / name).is_dir():
+            return base / name
+    raise UserError(
+        f"evaluation needs labelled splits: {base}/train/<class>/... and {base}/val/<class>/...; "
+        f"{base} has no val/ (or test/) folder"
+    )
+
+
+def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
+    """The `split` ("train" or "test") of the configured dataset."""
+    if cfg.name == "fashion-mnist":
+        return FashionMNIST(cfg.root, split)
+    if cfg.name == "synthetic":
+        count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
+        return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
+    if cfg.name == "folder":
+        return ImageFolder(_folder_split(cfg.root, split))
+    raise UserError(f"unknown data.name {cfg.name!r}")
+
+
+def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalization statistics: the configured ones, else the dataset's own."""
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean), tuple(cfg.std)
+    return tuple(source.mean), tuple(source.std)
+
+
+def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:
+    """Load `index`; an unreadable image is replaced by the next index. Returns (image, label, skipped)."""
+    n = len(source)
+    for skipped in range(n):
+        try:
+            img, label = source.load((index + skipped) % n)
+            return img, label, skipped
+        except UnreadableImage as exc:
+            log.warning("skipping unreadable image (replaced by the next one): %s", exc)
+    raise UserError("no image in the dataset could be read")
+
+
+class Subset:
+    """The first `count` images of a source."""
+
+    def __init__(self, source: ImageSource, count: int) -> None:
+        self.source, self.count = source, min(count, len(source))
+        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.source.load(index)
+
+
+class ViewDataset(Dataset):
+    """Key (epoch, index) -> two augmented uint8 views of one image, with their photometric parameters."""
+
+    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int) -> None:
+        self.source, self.spec, self.seed = source, spec, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        img, label, skipped = load_or_replace(self.source, index)
+        views, photo = make_views(img, self.spec, self.seed, epoch, index)
+        return {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped}
+
+
+class ViewCollate:
+    """Stack samples and run the batched photometric stage: views -> normalized float [B, V, 3, S, S]."""
+
+    def __init__(self, spec: ViewSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        views = torch.stack([s["views"] for s in samples])  # [B, V, 3, S, S] uint8
+        photo = torch.stack([s["photo"] for s in samples])  # [B, V, N_PHOTO]
+        b, v = views.shape[:2]
+        x = photometric(views.flatten(0, 1), photo.flatten(0, 1), self.spec).view(b, v, *views.shape[2:])
+        return {
+            "views": x,
+            "index": torch.tensor([s["index"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples]),
+            "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
+        }
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of (epoch, index) keys, reshuffled each epoch from (seed, epoch); drops the last partial batch.
+
+    `start_step` resumes inside an epoch: iteration begins with the batch of that global step.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+        if size < batch_size:
+            raise UserError(
+                f"the dataset has {size} images, fewer than one batch (train.batch_size={batch_size}); "
+                "lower train.batch_size or add images"
+            )
+        self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
+        self.steps_per_epoch = size // batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, offset = divmod(self.start_step, self.steps_per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+            for b in range(offset, self.steps_per_epoch):
+                yield [(epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+def resolve_workers(requested: int) -> int:
+    """-1 -> min(8, cores - 1): leave a core to the training loop."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
+
+
+def train_source(cfg: Config) -> ImageSource:
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    return Subset(source, cfg.data.subset) if cfg.data.subset else source
+
+
+def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
+    mean, std = stats(cfg.data, source)
+    return ViewSpec(aug=cfg.aug, size=cfg.data.image_size, mean=mean, std=std)
+
+
+def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool) -> DataLoader:
+    """An endless loader of two-view batches, starting at optimizer step `start_step`."""
+    spec = view_spec(cfg, source)
+    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step)
+    workers = resolve_workers(cfg.train.num_workers)
+    return DataLoader(
+        ViewDataset(source, spec, cfg.train.seed),
+        batch_sampler=sampler,
+        collate_fn=ViewCollate(spec),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class EvalDataset(Dataset):
+    """index -> (normalized float [3, S, S], label): resize then centre crop, no augmentation."""
+
+    def __init__(self, source: ImageSource, size: int, mean, std) -> None:
+        self.source, self.size, self.mean, self.std = source, size, mean, std
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from torchvision.transforms.v2 import functional as TF
+
+        img, label, _ = load_or_replace(self.source, index)
+        if img.shape[-2:] != (self.size, self.size):
+            short = self.size if min(img.shape[-2:]) <= self.size else round(self.size / 0.875)
+            img = TF.center_crop(TF.resize(img, [short], antialias=True), [self.size, self.size])
+        return normalize(img[None].float() / 255, self.mean, self.std)[0], label
+
+
+def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
+    """Deterministic loader over `split` for feature extraction."""
+    source = build_source(cfg.data, split, seed=cfg.train.seed)
+    if subset:
+        source = Subset(source, subset)
+    mean, std = stats(cfg.data, source)
+    workers = resolve_workers(cfg.train.num_workers)
+    return DataLoader(
+        EvalDataset(source, cfg.data.image_size, mean, std),
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        num_workers=workers,
+    )

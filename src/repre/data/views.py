@@ -1,0 +1,183 @@
+"""Two-view augmentation (MoCo v3 / BYOL recipe), reproducible by construction.
+
+Every random choice for a view is drawn from a generator keyed by (seed, epoch, sample index, view), so
+the views do not depend on the number of data workers or processes, and a resumed run sees the same views.
+
+The pipeline has two stages:
+- geometric, per sample (images may differ in size): random resized crop and horizontal flip -> uint8;
+- photometric, batched on a [N, 3, S, S] float tensor with per-sample parameters: colour jitter,
+  grayscale, Gaussian blur, solarization, then normalization. It runs in the collate function (in the
+  data workers) and can equally run on an accelerator.
+
+Differences from torchvision's ColorJitter, by design: the four jitter operations are applied in the fixed
+order brightness, contrast, saturation, hue (torchvision shuffles the order), and hue is rotated in YIQ
+space (a close, batched approximation of torchvision's HSV hue shift).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from repre.config import AugConfig
+
+# photometric parameter vector per view: jitter on, brightness, contrast, saturation, hue, gray, sigma, solarize
+N_PHOTO = 8
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The augmentation of one run, for images of output size `size`."""
+
+    aug: AugConfig
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def blur_kernel(self) -> int:
+        """Odd kernel covering +-3 sigma of the largest sigma, never larger than the image."""
+        k = 2 * math.ceil(3 * self.aug.blur_sigma[1]) + 1
+        return max(1, min(k, self.size - (1 - self.size % 2)))
+
+
+def view_rng(seed: int, epoch: int, index: int, view: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index, view])
+
+
+def sample_crop(rng: np.random.Generator, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box (top, left, h, w): area fraction in `scale`, log-uniform aspect in `ratio`."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    # fallback: the whole image clipped to the ratio range, centred
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int, width: int):
+    """All random choices of one view: (crop box, flip, photometric vector [N_PHOTO])."""
+    a = spec.aug
+    crop = sample_crop(rng, height, width, a.crop_scale, a.crop_ratio)
+    flip = bool(rng.random() < a.hflip)
+    photo = np.zeros(N_PHOTO, dtype=np.float32)
+    photo[0] = rng.random() < a.jitter_prob
+    photo[1] = rng.uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)
+    photo[2] = rng.uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)
+    photo[3] = rng.uniform(max(0.0, 1 - a.saturation), 1 + a.saturation)
+    photo[4] = rng.uniform(-a.hue, a.hue)
+    photo[5] = rng.random() < a.grayscale_prob
+    blur = rng.random() < a.blur_prob[min(view, 1)]
+    photo[6] = rng.uniform(*a.blur_sigma) if blur else 0.0
+    photo[7] = rng.random() < a.solarize_prob[min(view, 1)]
+    return crop, flip, photo
+
+
+def geometric(img: torch.Tensor, crop: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """uint8 [3, H, W] -> uint8 [3, size, size]: crop, resize (antialiased), optional horizontal flip."""
+    out = TF.resized_crop(img, *crop, size=[size, size], antialias=True)
+    return out.flip(-1) if flip else out
+
+
+def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = 2):
+    """One image -> (uint8 views [V, 3, S, S], photometric parameters [V, N_PHOTO])."""
+    views, photos = [], []
+    for v in range(n_views):
+        crop, flip, photo = sample_view(view_rng(seed, epoch, index, v), spec, v, img.shape[-2], img.shape[-1])
+        views.append(geometric(img, crop, flip, spec.size))
+        photos.append(photo)
+    return torch.stack(views), torch.from_numpy(np.stack(photos))
+
+
+# ---------------------------------------------------------------- batched photometric stage
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] -> [N, 1, H, W] luma (ITU-R 601-2, as torchvision)."""
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).clamp(0, 1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * x + (1 - factor) * other).clamp(0, 1)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate chroma in YIQ space by `shift` turns per sample ([N, 1, 1, 1])."""
+    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    i = 0.596 * x[:, 0] - 0.274 * x[:, 1] - 0.322 * x[:, 2]
+    q = 0.211 * x[:, 0] - 0.523 * x[:, 1] + 0.312 * x[:, 2]
+    angle = 2 * math.pi * shift[:, 0]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    i, q = i * cos - q * sin, i * sin + q * cos
+    r = y + 0.956 * i + 0.621 * q
+    g = y - 0.272 * i - 0.647 * q
+    b = y - 1.106 * i + 1.703 * q
+    return torch.stack([r, g, b], dim=1).clamp(0, 1)
+
+
+def color_jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """x: [N, 3, H, W] in [0, 1]; p: [N, N_PHOTO]. Samples with p[:, 0] == 0 pass unchanged."""
+    on = p[:, 0].view(-1, 1, 1, 1) > 0
+    f = p.view(-1, N_PHOTO, 1, 1)
+    y = (x * f[:, 1:2]).clamp(0, 1)
+    y = _blend(y, _gray(y).mean(dim=(2, 3), keepdim=True), f[:, 2:3])
+    y = _blend(y, _gray(y), f[:, 3:4])
+    y = _hue(y, f[:, 4:5])
+    return torch.where(on, y, x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma ([N]); sigma 0 leaves the sample unchanged."""
+    n, c, h, w = x.shape
+    if kernel < 3:
+        return x
+    r = torch.arange(kernel, dtype=x.dtype, device=x.device) - kernel // 2
+    s = sigma.clamp(min=1e-3).view(-1, 1)
+    k = torch.exp(-0.5 * (r / s) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)
+    delta = (r == 0).to(x.dtype).expand_as(k)
+    k = torch.where((sigma > 0).view(-1, 1), k, delta).repeat_interleave(c, dim=0)  # [N*C, k]
+    pad = kernel // 2
+    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, kernel, 1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """uint8 [N, 3, S, S] + parameters [N, N_PHOTO] -> normalized float [N, 3, S, S]."""
+    x = views.float().div_(255)
+    x = color_jitter(x, photo)
+    x = torch.where(photo[:, 5].view(-1, 1, 1, 1) > 0, _gray(x).expand_as(x), x)
+    x = gaussian_blur(x, photo[:, 6], spec.blur_kernel)
+    x = torch.where((photo[:, 7].view(-1, 1, 1, 1) > 0) & (x >= 0.5), 1 - x, x)
+    return normalize(x, spec.mean, spec.std)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x * s + m).clamp(0, 1)

@@ -1,0 +1,1 @@
+"""The run engine: trainer loop, schedules, checkpoints, metrics, runtime and distributed helpers."""

@@ -1,0 +1,53 @@
+"""metrics.jsonl and TensorBoard: one writer for both, averaging train values over the log window."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class MetricWriter:
+    """Appends JSON lines to `folder/metrics.jsonl` and scalars to `folder/tb/`."""
+
+    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+        self.path = folder / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(folder / "tb"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class WindowMeter:
+    """Sums of per-step tensors kept on the device; `.item()` only when the window is read (one sync)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            v = value.detach().float()
+            self.sums[key] = self.sums[key] + v if key in self.sums else v.clone()
+        self.count += 1
+
+    def read(self) -> dict[str, float]:
+        out = {k: float(v.item()) / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out

@@ -1,0 +1,251 @@
+"""The pre-training loop: one place for AMP, backward, clipping, the optimizer step, logs and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from repre.builder import build_model
+from repre.config import Config, save_yaml
+from repre.data.loader import pretrain_loader, train_source
+from repre.engine import checkpoint as ckpt_io
+from repre.engine.metrics import MetricWriter, WindowMeter
+from repre.engine.runtime import Runtime, setup_runtime
+from repre.engine.schedules import momentum_schedule, warmup_cosine
+from repre.errors import StoppedEarly, UserError
+
+log = logging.getLogger("repre")
+
+
+@dataclass
+class RunState:
+    """Run variables restored on resume besides the modules and the optimizer."""
+
+    step: int = 0
+    skipped_images: int = 0
+    images_seen: int = 0
+    train_seconds: float = 0.0
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise UserError(
+            f"--out {out} is not empty; add --resume to continue that run, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def total_steps(cfg: Config, dataset_size: int) -> int:
+    per_epoch = dataset_size // cfg.train.batch_size
+    return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * per_epoch
+
+
+class Trainer:
+    """Builds everything a run needs from its config, then `fit()`s; `pretrain()` is the usual entry point."""
+
+    def __init__(self, cfg: Config, out: Path, resume: bool = False) -> None:
+        self.cfg, self.out = cfg, out
+        prepare_out(out, resume)
+        self.rt: Runtime = setup_runtime(cfg.train)
+        torch.manual_seed(cfg.train.seed)
+        self.source = train_source(cfg)
+        self.total = total_steps(cfg, len(self.source))
+        self.model: nn.Module = build_model(cfg).to(self.rt.device)
+        self.optimizer = self._optimizer()
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
+        t = cfg.train
+        warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * self.total)
+        self.lr = warmup_cosine(t.lr * t.batch_size / 256, t.min_lr, self.total, warmup)  # linear scaling rule
+        self.momentum = momentum_schedule(cfg.method.momentum, self.total)
+        self.state = RunState()
+        if resume:
+            self._resume()
+        save_yaml(cfg, out / "config.yaml")
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        groups = self.model.param_groups(self.cfg.train.weight_decay)
+        fused = self.rt.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=self.cfg.train.lr, fused=fused or None)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "schema": ckpt_io.SCHEMA,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": s.step,
+            "run": {"skipped_images": s.skipped_images, "images_seen": s.images_seen, "train_seconds": s.train_seconds},
+            "rng": {"torch": torch.get_rng_state()},
+            "config": self.cfg.to_dict(),
+            "versions": ckpt_io.versions(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        state = self._checkpoint_state()
+        path = self.out / "checkpoints" / f"step-{self.state.step:08d}.pt"
+        ckpt_io.save(state, path)
+        ckpt_io.save(state, self.out / "checkpoints" / "last.pt")
+        ckpt_io.prune(self.out, self.cfg.train.keep_checkpoints)
+        return path
+
+    def _resume(self) -> None:
+        candidates = ckpt_io.step_checkpoints(self.out)[::-1]
+        for path in candidates:
+            try:
+                ckpt = ckpt_io.load(path)
+            except UserError as exc:
+                log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+                continue
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            self.state.step = int(ckpt["step"])
+            run = ckpt["run"]
+            self.state.skipped_images = int(run["skipped_images"])
+            self.state.images_seen = int(run["images_seen"])
+            self.state.train_seconds = float(run["train_seconds"])
+            log.info("resuming from %s (step %d of %d)", path, self.state.step, self.total)
+            return
+        log.info("no checkpoint in %s: starting fresh", self.out)
+
+    # ------------------------------------------------------------ the step
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimizer step on a batch of views [B, 2, 3, H, W]; returns detached scalars."""
+        step = self.state.step
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.lr[step])
+        views = batch["views"].to(self.rt.device, non_blocking=True)
+        with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
+            out = self.model(views, float(self.momentum[step]))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.cfg.train.clip_grad if self.cfg.train.clip_grad > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        keys = ("loss", "loss_contrastive", "loss_recon")
+        return {**{k: out[k].detach() for k in keys}, "grad_norm": grad_norm.detach()}
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the total step count; writes metrics, checkpoints, recon.png and summary.json."""
+        cfg, s = self.cfg, self.state
+        writer = MetricWriter(self.out)
+        loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory)
+        meter, window_start, window_steps = WindowMeter(), time.perf_counter(), 0
+        bar = tqdm(total=self.total, initial=s.step, disable=not cfg.train.progress, dynamic_ncols=True, desc="pretrain")
+        completed = False
+        try:
+            self.model.train()
+            batches, tick = iter(loader), time.perf_counter()
+            while s.step < self.total:
+                batch = next(batches)
+                values = self.train_step(batch)
+                meter.add(values)
+                s.step += 1
+                window_steps += 1
+                s.images_seen += cfg.train.batch_size
+                s.skipped_images += int(batch["skipped"])
+                s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
+                tick = time.perf_counter()
+                bar.update(1)
+                if s.step % cfg.train.log_every == 0 or s.step == self.total:
+                    elapsed = time.perf_counter() - window_start
+                    self._log_window(writer, meter, bar, window_steps * cfg.train.batch_size / max(elapsed, 1e-9))
+                    window_start, window_steps = time.perf_counter(), 0
+                if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total:
+                    self.save_checkpoint()
+                if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total:
+                    self._evaluate(writer)
+            completed = True
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: writing a checkpoint to resume from", s.step)
+        finally:
+            bar.close()
+        path = self.save_checkpoint()
+        summary = self._finish(writer, path, completed)
+        writer.close()
+        if not completed:
+            raise StoppedEarly(json.dumps(summary))
+        return summary
+
+    def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float) -> None:
+        s = self.state
+        values = meter.read()
+        s.last = values
+        record = {
+            "step": s.step,
+            "kind": "train",
+            **values,
+            "lr": float(self.lr[s.step - 1]),
+            "momentum": float(self.momentum[s.step - 1]),
+            "images_per_sec": images_per_sec,
+        }
+        writer.write(record)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_sec:.0f}")
+        if not all(math.isfinite(v) for v in values.values()):
+            log.warning("non-finite values at step %d: %s", s.step, values)
+
+    def _evaluate(self, writer: MetricWriter) -> float | None:
+        from repre.eval.knn import knn_top1_or_none
+
+        top1 = knn_top1_or_none(self.model.encoder, self.cfg, self.rt)
+        if top1 is not None:
+            writer.write({"step": self.state.step, "kind": "eval", "knn_top1": top1})
+        self.model.train()
+        return top1
+
+    def _finish(self, writer: MetricWriter, checkpoint: Path, completed: bool) -> dict[str, Any]:
+        from repre.eval.recon import save_recon_grid
+
+        if completed and self.cfg.recon.enabled:
+            save_recon_grid(self.model, self.cfg, self.source, self.out / "recon.png", self.rt)
+        top1 = self._evaluate(writer) if completed and self.cfg.eval.knn else None
+        s = self.state
+        summary = {
+            "completed": completed,
+            "steps": s.step,
+            "total_steps": self.total,
+            "wall_s": round(s.train_seconds, 3),
+            "images_per_sec": round(s.images_seen / s.train_seconds, 2) if s.train_seconds else None,
+            "loss": s.last.get("loss"),
+            "loss_contrastive": s.last.get("loss_contrastive"),
+            "loss_recon": s.last.get("loss_recon"),
+            "knn_top1": top1,
+            "checkpoint": str(checkpoint),
+            "skipped_images": s.skipped_images,
+            "preset": self.cfg.preset,
+            "device": str(self.rt.device),
+            "precision": self.rt.precision,
+            "versions": ckpt_io.versions(),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Pre-train per `cfg` into `out`; returns the summary (also written to out/summary.json).
+
+    Raises `StoppedEarly` (its message: the summary JSON) when interrupted; the run can be resumed.
+    """
+    return Trainer(cfg, Path(out), resume).fit()

@@ -1,0 +1,9 @@
+"""Errors meant for the person running repre (exit status 2), apart from internal failures (exit 1)."""
+
+
+class UserError(Exception):
+    """A bad input: config, path, data or checkpoint. The message says what is wrong and what to do."""
+
+
+class StoppedEarly(Exception):
+    """The run stopped before its end but can be resumed (exit status 3)."""

@@ -1,0 +1,74 @@
+"""Weighted k-NN classification on frozen features (DINO's protocol: k = 20, T = 0.07, cosine similarity).
+
+The train split is the bank, the test split the queries; each neighbour votes with exp(sim / T).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from repre.config import Config
+from repre.data.loader import eval_loader
+from repre.engine.runtime import Runtime
+from repre.errors import UserError
+from repre.models.backbone import Backbone
+
+log = logging.getLogger("repre")
+
+
+@torch.no_grad()
+def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N])."""
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            pooled, _ = encoder(x.to(rt.device, non_blocking=True))
+        feats.append(F.normalize(pooled.float(), dim=1).cpu())
+        labels.append(y)
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_predict(
+    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, temperature: float, classes: int
+) -> torch.Tensor:
+    """bank [N, D], queries [M, D] (L2-normalized) -> predicted class per query [M]."""
+    k = min(k, bank.shape[0])
+    preds = []
+    for chunk in queries.split(1024):
+        sim, idx = (chunk @ bank.t()).topk(k, dim=1)  # [m, k]
+        weights = (sim / temperature).exp()
+        votes = torch.zeros(chunk.shape[0], classes).scatter_add_(1, bank_labels[idx], weights)
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries)."""
+    e = cfg.eval
+    train = eval_loader(cfg, "train", e.knn_train_subset)
+    test = eval_loader(cfg, "test", e.knn_test_subset)
+    classes = train.dataset.source.num_classes
+    if not classes:
+        raise UserError("k-NN needs labels: use a folder with class sub-folders in train/ and val/")
+    bank, bank_y = extract_features(encoder, train, rt)
+    queries, query_y = extract_features(encoder, test, rt)
+    pred = knn_predict(bank, bank_y, queries, e.knn_k, e.knn_temperature, classes)
+    top1 = float((pred == query_y).float().mean())
+    return {"top1": top1, "k": e.knn_k, "temperature": e.knn_temperature, "bank": len(bank), "queries": len(queries)}
+
+
+def knn_top1_or_none(encoder: Backbone, cfg: Config, rt: Runtime) -> float | None:
+    """k-NN top-1 during or after pre-training; None (with a note) where the data has no labels."""
+    try:
+        return knn_eval(encoder, cfg, rt)["top1"]
+    except UserError as exc:
+        log.warning("k-NN skipped: %s", exc)
+        return None

@@ -1,0 +1,49 @@
+"""Losses as pure functions: every schedule value arrives as an argument."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
+    """MoCo v3's contrastive loss for one direction: CE(q . k^T / tau, labels) * 2 tau.
+
+    q: [N, C] queries of this process; k: [M, C] keys gathered over all processes (M = N * world size).
+    Query i's positive is key `offset + i` (offset = rank * N), so several processes equal one big batch.
+    """
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    logits = q @ k.t() / temperature
+    labels = torch.arange(q.shape[0], device=q.device) + offset
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, L, patch * patch * C] (H and W divisible by patch)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", norm_pix: bool = False, patch: int = 16
+) -> torch.Tensor:
+    """Mean pixel loss between pred and target ([B, 3, H, W], normalized pixel space).
+
+    norm_pix: the target is normalized per patch (mean 0, std 1 over each patch's pixels and channels,
+    as MAE's norm_pix_loss), and the prediction is read in that normalized space.
+    """
+    pred, target = pred.float(), target.float()
+    if norm_pix:
+        pred, target = patchify(pred, patch), patchify(target, patch)
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    raise ValueError(f"unknown reconstruction loss {kind!r}")

@@ -1,0 +1,66 @@
+"""What every framework shares: the online encoder, momentum (EMA) pairs, taps for the RePre branch."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from repre.models.backbone import Backbone
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of `module` to be updated by EMA only."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad = False
+    return target
+
+
+class Method(nn.Module):
+    """Base of a framework: `forward(views, momentum) -> dict` with "loss" the total.
+
+    Subclasses set `self.encoder` (the online backbone: what evaluation and export use) and list their
+    (online, momentum) module pairs in `ema_pairs()`. When `self.taps` is non-empty (set by the RePre
+    branch), forward also returns "recon_maps" (the online encoder's tap maps for the reconstructed views,
+    from the same forward as the contrastive loss) and "recon_targets" (those views, [N, 3, H, W]).
+    """
+
+    encoder: Backbone
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taps: list[int] = []
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return []
+
+    @torch.no_grad()
+    def update_momentum(self, m: float) -> None:
+        """target = target * m + online * (1 - m) for every parameter of every pair."""
+        online, target = [], []
+        for a, b in self.ema_pairs():
+            online += list(a.parameters())
+            target += list(b.parameters())
+        if target:
+            torch._foreach_mul_(target, m)
+            torch._foreach_add_(target, online, alpha=1.0 - m)
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Whether weight decay applies to a parameter (default: all, as MoCo v3's official ViT recipe)."""
+        return True
+
+    def param_groups(self, weight_decay: float, module: nn.Module | None = None) -> list[dict]:
+        """AdamW groups for the trainable parameters of `module` (default: this method), split by `decays`.
+
+        A wrapper such as the RePre branch passes itself so that its decoder joins the same rule.
+        """
+        decay, no_decay = [], []
+        for name, p in (module or self).named_parameters():
+            if p.requires_grad:
+                (decay if self.decays(name, p) else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups

@@ -1,0 +1,59 @@
+"""MoCo v3 (Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision Transformers").
+
+Online: backbone -> projector (3-layer MLP) -> predictor (2-layer MLP). Momentum: backbone -> projector,
+an EMA of the online ones, updated before the key forward of the same step. Symmetric loss
+ctr(q1, k2) + ctr(q2, k1), each CE(q . k^T / tau) * 2 tau with keys gathered over all processes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from repre.engine.distributed import gather, rank
+from repre.losses import mocov3_loss
+from repre.methods.base import Method, momentum_copy
+from repre.models.backbone import Backbone
+from repre.models.heads import mlp
+
+
+class MoCoV3(Method):
+    def __init__(
+        self,
+        encoder: Backbone,
+        proj_dim: int = 256,
+        mlp_dim: int = 4096,
+        temperature: float = 0.2,
+        freeze_patch_embed: bool = False,
+    ) -> None:
+        super().__init__()
+        if freeze_patch_embed:
+            encoder.freeze_patch_embed()
+        self.encoder = encoder
+        self.projector = mlp(3, encoder.embed_dim, mlp_dim, proj_dim)
+        self.predictor = mlp(2, proj_dim, mlp_dim, proj_dim)  # the ViT predictor ends with BN, as official
+        self.momentum_encoder = momentum_copy(encoder)
+        self.momentum_projector = momentum_copy(self.projector)
+        self.temperature = temperature
+
+    def ema_pairs(self):
+        return [(self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)]
+
+    def forward(self, views: torch.Tensor, momentum: float) -> dict[str, torch.Tensor]:
+        """views: [B, 2, 3, H, W] -> {"loss", "embedding" [2B, D], and the RePre inputs when taps are set}."""
+        b = views.shape[0]
+        x = views[:, :2].transpose(0, 1).reshape(2 * b, *views.shape[2:])  # [x1; x2]: one encoder pass
+        pooled, maps = self.encoder(x, self.taps)
+        z = self.projector(pooled[:b]), self.projector(pooled[b:])  # BN statistics per view, as official
+        q1, q2 = self.predictor(z[0]), self.predictor(z[1])
+        with torch.no_grad():
+            self.update_momentum(momentum)
+            k_pooled, _ = self.momentum_encoder(x)
+            k1, k2 = self.momentum_projector(k_pooled[:b]), self.momentum_projector(k_pooled[b:])
+        offset = rank() * b
+        loss = mocov3_loss(q1, gather(k2), self.temperature, offset) + mocov3_loss(
+            q2, gather(k1), self.temperature, offset
+        )
+        out = {"loss": loss, "embedding": pooled.detach()}
+        if self.taps:
+            out["recon_maps"], out["recon_targets"] = maps, x
+        return out

@@ -1,0 +1,68 @@
+"""The RePre decoder: fuse encoder features from several depths and reconstruct the input pixels.
+
+    taps (deepest last) --1x1 conv + GN--> laterals [B, W, h_i, w_i]
+    top-down: x = block(lat[-1]); for shallower taps: x = block(resize(x) + lat[i])
+    x2 upsampling steps (bilinear + 3x3 conv + GN + GELU), width halving each step down to `min_width`
+    a final interpolation when the stride is not a power of two; 1x1 conv to 3 channels.
+
+One implementation serves plain transformers (every tap at stride p) and hierarchical ones (taps at
+different strides: the deeper map is upsampled to the shallower one before the add, U-Net style).
+GroupNorm, not BatchNorm: the decoder behaves the same for any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class ConvBlock(nn.Sequential):
+    """3x3 conv + GroupNorm + GELU: [B, c_in, h, w] -> [B, c_out, h, w]."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), _norm(c_out), nn.GELU())
+
+
+class Decoder(nn.Module):
+    """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, out_chans, H, W]."""
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        stride: int,
+        width: int = 128,
+        min_width: int = 8,
+        out_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.laterals = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
+        )
+        self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
+        steps, widths = int(math.log2(stride)) if stride > 1 else 0, [width]
+        for _ in range(steps):
+            widths.append(max(min_width, widths[-1] // 2))
+        self.up = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.head = nn.Conv2d(widths[-1], out_chans, 1)
+
+    def forward(self, maps: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]
+        x = self.fuse[-1](lat[-1])
+        for i in range(len(lat) - 2, -1, -1):
+            if x.shape[-2:] != lat[i].shape[-2:]:
+                x = F.interpolate(x, size=lat[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fuse[i](x + lat[i])
+        for block in self.up:
+            x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+        if x.shape[-2:] != tuple(out_size):
+            x = F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return self.head(x)

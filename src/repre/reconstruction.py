@@ -1,0 +1,87 @@
+"""The RePre branch, composed around any method.
+
+`RePre(method, decoder, ...)` asks the method for its online encoder's tap maps (from the forward the
+contrastive loss already runs), decodes them to pixels and adds lambda * reconstruction loss:
+
+    out = method(views, momentum)            # "loss" = contrastive; "recon_maps", "recon_targets"
+    pred = decoder(out["recon_maps"])        # [N, 3, H, W]
+    loss = contrastive + weight * L(pred, out["recon_targets"])
+
+With the branch disabled no decoder exists and the plain method is trained: the baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from repre.losses import reconstruction_loss
+from repre.methods.base import Method
+from repre.models.decoder import Decoder
+
+
+class RePre(nn.Module):
+    """A method plus the reconstruction branch. forward(views, momentum) -> dict of named losses."""
+
+    def __init__(
+        self,
+        method: Method,
+        taps: Sequence[int],
+        width: int = 128,
+        min_width: int = 8,
+        weight: float = 1.0,
+        loss: str = "l1",
+        norm_pix: bool = False,
+    ) -> None:
+        super().__init__()
+        enc = method.encoder
+        self.method = method
+        self.method.taps = list(taps)
+        self.decoder = Decoder([enc.embed_dim] * len(taps), enc.patch_size, width, min_width)
+        self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix
+
+    @property
+    def encoder(self):
+        return self.method.encoder
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return self.method.param_groups(weight_decay, module=self)
+
+    def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Tap maps -> pixels [N, 3, H, W] in normalized pixel space."""
+        return self.decoder(maps, size)
+
+    def forward(self, views: torch.Tensor, momentum: float) -> dict[str, torch.Tensor]:
+        out = self.method(views, momentum)
+        targets = out.pop("recon_targets")
+        pred = self.reconstruct(out.pop("recon_maps"), targets.shape[-2:])
+        loss_recon = reconstruction_loss(
+            pred, targets, self.loss_kind, self.norm_pix, self.method.encoder.patch_size
+        )
+        out["loss_contrastive"] = out["loss"]
+        out["loss_recon"] = loss_recon
+        out["loss"] = out["loss"] + self.weight * loss_recon
+        return out
+
+
+class Plain(nn.Module):
+    """The method alone (the baseline), with the same interface as `RePre`."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    @property
+    def encoder(self):
+        return self.method.encoder
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return self.method.param_groups(weight_decay, module=self)
+
+    def forward(self, views: torch.Tensor, momentum: float) -> dict[str, torch.Tensor]:
+        out = self.method(views, momentum)
+        out["loss_contrastive"] = out["loss"]
+        out["loss_recon"] = torch.zeros((), device=out["loss"].device)
+        return out
