@@ -95,9 +95,30 @@ def cmd_presets(_: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (plays well with redirection)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _setup_logging() -> None:
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("repre: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="repre: %(message)s", stream=sys.stderr)
+    _setup_logging()
     args = _parser().parse_args(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets}
     if args.command is None:

@@ -31,7 +31,7 @@ def versions() -> dict[str, str | None]:
         commit = text if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", text) else None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"repre": repre.__version__, "torch": torch.__version__, "timm": timm.__version__, "git": commit}
+    return {"repre": repre.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "git": commit}
 
 
 def save(state: dict[str, Any], path: Path) -> None:

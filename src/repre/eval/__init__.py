@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from repre.builder import build_encoder
-from repre.config import Config, deep_update, config_from_dict, parse_overrides
+from repre.config import Config, config_from_dict, deep_update, parse_overrides
 from repre.engine import checkpoint as ckpt_io
 from repre.engine.runtime import setup_runtime
 from repre.errors import UserError
@@ -24,11 +24,15 @@ def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> 
     cfg = config_from_dict(raw)
     encoder = build_encoder(cfg)
     state = ckpt_io.encoder_state(ckpt)
-    missing, unexpected = encoder.model.load_state_dict(state, strict=False)
-    if missing or unexpected or not state:
+    try:
+        missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        problem = f"{len(missing)} missing and {len(unexpected)} unexpected weights" if missing or unexpected else ""
+    except RuntimeError as exc:  # shape mismatches
+        problem = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+    if problem or not state:
         raise UserError(
-            f"checkpoint {checkpoint} does not match its config's encoder {cfg.model.arch}: "
-            f"{len(missing)} missing and {len(unexpected)} unexpected weights (e.g. {(missing or unexpected or ['-'])[0]})"
+            f"checkpoint {checkpoint} does not match the encoder {cfg.model.arch} of the config used to "
+            f"evaluate it ({problem or 'no encoder weights'}); drop --set overrides of model.* or pick the right checkpoint"
         )
     return encoder, cfg
 

@@ -52,10 +52,10 @@ class Backbone(nn.Module):
         super().__init__()
         self.arch, self.kwargs = arch, dict(kwargs)
         self.model = create_timm(arch, kwargs)
-        if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "blocks"):
+        if not all(hasattr(self.model, a) for a in ("forward_intermediates", "blocks", "patch_embed")):
             raise UserError(
-                f"{arch} has no forward_intermediates/blocks: RePre needs a timm vision transformer "
-                "(vit_*, deit_*, or a small config such as vit_pico_patch4)"
+                f"{arch} is not a timm vision transformer with forward_intermediates, blocks and patch_embed; "
+                "use a ViT (vit_*, deit_*) or a small config such as vit_pico_patch4"
             )
         self.embed_dim: int = self.model.num_features
         self.depth: int = len(self.model.blocks)

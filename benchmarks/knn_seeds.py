@@ -1,0 +1,89 @@
+"""k-NN top-1 after the default run: RePre vs baseline over several seeds, beside a random-init encoder.
+
+Each run is `repre pretrain --config PRESET --set train.seed=S` in a child process, written under
+benchmarks/results/knn/ and cached: a finished run (summary.json with completed=true) is not run again,
+so an interrupted benchmark continues where it stopped.
+
+    python benchmarks/knn_seeds.py [--seeds 0,1,2] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "knn"
+PRESETS = {"repre": "fmnist-mocov3-repre", "baseline": "fmnist-mocov3"}
+
+
+def run(preset: str, seed: int, overrides: list[str]) -> dict:
+    out = RESULTS / f"{preset}-seed{seed}"
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+        return json.loads(summary.read_text())
+    cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",
+           "--set", f"train.seed={seed}", "--set", "train.progress=false"]
+    for item in overrides:
+        cmd += ["--set", item]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(summary.read_text())
+
+
+def random_init(seed: int, overrides: list[str]) -> float:
+    import torch
+
+    from repre.builder import build_encoder
+    from repre.config import load_config
+    from repre.engine.runtime import setup_runtime
+    from repre.eval.knn import knn_eval
+
+    cfg = load_config(PRESETS["repre"], [f"train.seed={seed}", *overrides])
+    torch.manual_seed(seed)
+    encoder = build_encoder(cfg)
+    rt = setup_runtime(cfg.train)
+    return knn_eval(encoder.to(rt.device), cfg, rt)["top1"]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows: dict[str, dict[int, dict]] = {k: {} for k in PRESETS}
+    for seed in seeds:
+        for key, preset in PRESETS.items():
+            rows[key][seed] = run(preset, seed, args.overrides)
+            s = rows[key][seed]
+            print(f"seed {seed} {key:<9} knn {s['knn_top1']:.4f}  {s['images_per_sec']:.0f} img/s  {s['wall_s']:.0f} s",
+                  file=sys.stderr, flush=True)
+    rand = {seed: random_init(seed, args.overrides) for seed in seeds}
+    table = {
+        key: {"knn_top1": [rows[key][s]["knn_top1"] for s in seeds], "wall_s": [rows[key][s]["wall_s"] for s in seeds]}
+        for key in PRESETS
+    }
+    table["random_init"] = {"knn_top1": [rand[s] for s in seeds]}
+    diffs = [rows["repre"][s]["knn_top1"] - rows["baseline"][s]["knn_top1"] for s in seeds]
+    print(f"\n{'encoder':<13}{'k-NN top-1 (mean ± std)':<26}per seed")
+    for key, row in table.items():
+        m, sd = mean_std(row["knn_top1"])
+        print(f"{key:<13}{m:.4f} ± {sd:.4f}{'':<8}{', '.join(f'{v:.4f}' for v in row['knn_top1'])}")
+    dm, dsd = mean_std(diffs)
+    print(f"RePre - baseline (paired by seed): {dm:+.4f} ± {dsd:.4f}  ({', '.join(f'{d:+.4f}' for d in diffs)})")
+    summary = {key: dict(zip(("mean", "std"), mean_std(row["knn_top1"]), strict=True)) for key, row in table.items()}
+    print(json.dumps({"benchmark": "knn_seeds", "date": time.strftime("%Y-%m-%d"), "seeds": seeds,
+                      "overrides": args.overrides, "table": table, "summary": summary,
+                      "paired_diff": {"per_seed": diffs, "mean": dm, "std": dsd}}))
+
+
+if __name__ == "__main__":
+    main()

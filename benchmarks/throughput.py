@@ -1,0 +1,177 @@
+"""Training throughput of the default preset: RePre vs baseline, real pipeline vs pre-made tensors, vs lightly.
+
+Each configuration runs in its own child process (so peak RSS is its own), interleaved A B C ... A B C ...
+over several rounds; the table reports medians. Only ratios from the same run mean anything: this
+machine's absolute speed varies by the hour.
+
+    python benchmarks/throughput.py [--rounds 3] [--steps 8] [--warmup 2] [--preset fmnist-mocov3-repre]
+
+Configurations:
+  repre            the default preset as `repre pretrain` runs it (data loader, workers, augmentation)
+  baseline         the same with recon.enabled=false (plain MoCo v3)
+  repre-tensors    the RePre training step on one pre-made batch (no data loading): this machine's bound
+  baseline-tensors the plain MoCo v3 step on one pre-made batch
+  lightly          a MoCo-style assembly from lightly's parts around the same timm ViT, on pre-made tensors
+                   (MoCoProjectionHead, BYOLPredictionHead, NTXentLoss: SimCLR's 2N-1-way loss, update_momentum)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = ["repre", "baseline", "repre-tensors", "baseline-tensors", "lightly"]
+
+
+def _trainer(preset: str, recon: bool, extra: list[str]):
+    from repre.config import load_config
+    from repre.engine.trainer import Trainer
+
+    overrides = [f"recon.enabled={str(recon).lower()}", "train.progress=false", "eval.knn=false", *extra]
+    cfg = load_config(preset, overrides)
+    return Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
+
+
+def _time_steps(step, batches, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step(next(batches))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    return (time.perf_counter() - start) / steps
+
+
+def _lightly_step(trainer):
+    """A MoCo v3-like step built from lightly's parts, same encoder, same batch size and precision."""
+    import copy
+
+    import torch
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules.heads import BYOLPredictionHead, MoCoProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    cfg, rt = trainer.cfg, trainer.rt
+    backbone = trainer.model.method.encoder.model
+    d, hidden, out = backbone.num_features, cfg.method.mlp_dim, cfg.method.proj_dim
+    projector = MoCoProjectionHead(d, hidden, out, num_layers=3, batch_norm=True)
+    predictor = BYOLPredictionHead(out, hidden, out)
+    m_backbone, m_projector = copy.deepcopy(backbone), copy.deepcopy(projector)
+    deactivate_requires_grad(m_backbone), deactivate_requires_grad(m_projector)
+    params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+    loss_fn = NTXentLoss(temperature=cfg.method.temperature)
+
+    def step(batch):
+        x1, x2 = batch["views"][:, 0], batch["views"][:, 1]
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            update_momentum(backbone, m_backbone, 0.99)
+            update_momentum(projector, m_projector, 0.99)
+            q1, q2 = predictor(projector(backbone(x1))), predictor(projector(backbone(x2)))
+            with torch.no_grad():
+                k1, k2 = m_projector(m_backbone(x1)), m_projector(m_backbone(x2))
+            loss = loss_fn(q1.float(), k2.float()) + loss_fn(q2.float(), k1.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str]) -> dict:
+    import itertools
+
+    import torch
+
+    from repre.data.loader import pretrain_loader
+
+    trainer = _trainer(preset, recon=name.startswith("repre"), extra=overrides)
+    loader = pretrain_loader(trainer.cfg, trainer.source, 0, trainer.rt.pin_memory)
+    batches = iter(loader)
+    if name.endswith("tensors") or name == "lightly":
+        batches = itertools.repeat(next(batches))
+    trainer.model.train()
+
+    def repre_step(batch):
+        trainer.train_step(batch)
+        trainer.state.step += 1
+
+    step = _lightly_step(trainer) if name == "lightly" else repre_step
+    sec = _time_steps(step, batches, warmup, steps)
+    bs = trainer.cfg.train.batch_size
+    return {
+        "config": name,
+        "step_s": sec,
+        "images_per_sec": bs / sec,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "batch_size": bs,
+        "precision": trainer.rt.precision,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if trainer.rt.device.type == "cuda" else trainer.rt.device.type,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--preset", default="fmnist-mocov3-repre")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every configuration (e.g. train.device=cuda)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides)))
+        return
+    names = args.configs.split(",")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            cmd = [sys.executable, __file__, "--child", name, "--preset", args.preset,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += [f"--set={item}" for item in args.overrides]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[name].append(res)
+            print(f"round {r + 1} {name:<17} {res['images_per_sec']:7.1f} img/s", file=sys.stderr, flush=True)
+    table = {}
+    for name, rs in runs.items():
+        table[name] = {
+            "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
+            "step_s": statistics.median(x["step_s"] for x in rs),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+        }
+    ratios = {}
+    if {"repre", "baseline"} <= set(table):
+        ratios["repre_step_time_over_baseline"] = table["repre"]["step_s"] / table["baseline"]["step_s"]
+    if {"repre", "repre-tensors"} <= set(table):
+        ratios["pipeline_over_tensors_repre"] = table["repre"]["images_per_sec"] / table["repre-tensors"]["images_per_sec"]
+    if {"baseline", "baseline-tensors"} <= set(table):
+        ratios["pipeline_over_tensors_baseline"] = (
+            table["baseline"]["images_per_sec"] / table["baseline-tensors"]["images_per_sec"]
+        )
+    if {"baseline-tensors", "lightly"} <= set(table):
+        ratios["baseline_tensors_over_lightly"] = (
+            table["baseline-tensors"]["images_per_sec"] / table["lightly"]["images_per_sec"]
+        )
+    print(f"\n{'config':<18}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}")
+    for name, row in table.items():
+        print(f"{name:<18}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}")
+    for key, value in ratios.items():
+        print(f"{key}: {value:.3f}")
+    meta = {"preset": args.preset, "overrides": args.overrides, "device": runs[names[0]][0]["device"], "rounds": args.rounds, "steps": args.steps, "precision": runs[names[0]][0]["precision"],
+            "batch_size": runs[names[0]][0]["batch_size"], "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps({"benchmark": "throughput", **meta, "results": table, "ratios": ratios}))
+
+
+if __name__ == "__main__":
+    main()

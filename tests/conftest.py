@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny configs on generated data, one session-scoped tiny run, image folders."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repre.cli import main
+from repre.config import load_config
+
+torch.set_num_threads(2)
+
+TINY = [
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.synthetic_train=64",
+    "data.synthetic_test=32",
+    "model.arch=vit_tiny_patch16_224",
+    "model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2}",
+    "method.mlp_dim=64",
+    "method.proj_dim=32",
+    "recon.width=16",
+    "recon.min_width=8",
+    "train.batch_size=16",
+    "train.max_steps=4",
+    "train.log_every=2",
+    "train.checkpoint_every=2",
+    "train.precision=fp32",
+    "train.num_workers=0",
+    "train.progress=false",
+    "eval.batch_size=64",
+]
+
+
+def tiny_config(*extra: str):
+    return load_config("fmnist-mocov3-repre", TINY + list(extra))
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """Call `repre` in-process; returns (exit status, stdout)."""
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = main(argv)
+    return code, buf.getvalue()
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One ~20-step run through the CLI, shared by the eval and output tests."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    args = ["pretrain", "--out", str(out)]
+    for item in TINY + ["train.max_steps=20", "train.checkpoint_every=10", "train.log_every=5"]:
+        args += ["--set", item]
+    code, stdout = run_cli(args)
+    assert code == 0, stdout
+    return out, last_json(stdout)
+
+
+def save_png(path: Path, array: np.ndarray, mode: str | None = None, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, **kw) if mode else Image.fromarray(array).save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """train/ and val/ with two classes of random 20x24 RGB images."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 6)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                base = 60 if c == "cat" else 190
+                arr = np.clip(rng.normal(base, 30, size=(20, 24, 3)), 0, 255).astype(np.uint8)
+                save_png(tmp_path / "imgs" / split / c / f"{i}.png", arr)
+    return tmp_path / "imgs"

@@ -1,0 +1,135 @@
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, last_json, run_cli
+from repre import __version__
+
+
+def pretrain_args(out, *extra):
+    args = ["pretrain", "--out", str(out)]
+    for item in TINY + list(extra):
+        args += ["--set", item]
+    return args
+
+
+def test_run_writes_every_output_of_the_contract(tiny_run):
+    out, summary = tiny_run
+    assert summary["completed"] and summary["steps"] == 20
+    for key in ("wall_s", "images_per_sec", "loss", "loss_contrastive", "loss_recon", "knn_top1", "checkpoint",
+                "skipped_images", "versions"):
+        assert key in summary
+    assert 0.0 <= summary["knn_top1"] <= 1.0
+    assert set(summary["versions"]) >= {"repre", "torch", "timm", "git"}
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "config.yaml").is_file() and (out / "recon.png").is_file()
+    assert any((out / "tb").iterdir())
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["last.pt", "step-00000010.pt", "step-00000020.pt"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    for r in train:
+        assert {"loss", "loss_contrastive", "loss_recon", "lr", "momentum", "grad_norm", "images_per_sec"} <= set(r)
+        assert r["loss_recon"] > 0
+    assert [r["kind"] for r in lines if "knn_top1" in r] == ["eval"]
+
+
+def test_checkpoint_loads_with_weights_only(tiny_run):
+    out, _ = tiny_run
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 20 and ckpt["config"]["train"]["max_steps"] == 20
+    assert any(k.startswith("method.momentum_encoder.") for k in ckpt["model"])
+
+
+def test_eval_knn_accepts_the_checkpoint(tiny_run):
+    out, summary = tiny_run
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(out)])
+    result = last_json(stdout)
+    assert code == 0 and result["task"] == "knn" and result["metric"] == "top1"
+    assert result["value"] == pytest.approx(summary["knn_top1"])
+    assert (out / "eval" / "knn" / "result.json").is_file()
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(out / "checkpoints" / "step-00000010.pt"),
+                            "--out", str(out / "e10")])
+    assert code == 0 and 0 <= last_json(stdout)["value"] <= 1
+
+
+def test_eval_refuses_a_foreign_checkpoint(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    assert run_cli(["eval", "knn", "--checkpoint", str(tmp_path / "other.pt")])[0] == 2
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert run_cli(["eval", "knn", "--checkpoint", str(tmp_path / "junk.pt")])[0] == 2
+    assert run_cli(["eval", "knn", "--checkpoint", str(tmp_path / "missing.pt")])[0] == 2
+
+
+def test_eval_refuses_a_mismatched_checkpoint(tiny_run, capsys):
+    out, _ = tiny_run
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "model.kwargs.embed_dim=64"])
+    assert code == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_out_not_empty_without_resume(tiny_run, capsys):
+    out, _ = tiny_run
+    assert run_cli(pretrain_args(out))[0] == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_continues_to_the_new_total(tmp_path):
+    out = tmp_path / "r"
+    code, stdout = run_cli(pretrain_args(out, "eval.knn=false"))
+    assert code == 0 and last_json(stdout)["steps"] == 4
+    code, stdout = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=6"])
+    assert code == 0 and last_json(stdout)["steps"] == 6
+
+
+def test_resume_on_an_empty_dir_starts_fresh(tmp_path, capsys):
+    code, stdout = run_cli(pretrain_args(tmp_path / "new", "eval.knn=false") + ["--resume"])
+    assert code == 0 and last_json(stdout)["steps"] == 4
+    assert "starting fresh" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("train.batchsize=4", "train.batch_size"),
+        ("train.max_steps=abc", "must be int"),
+        ("data.image_size=18", "not divisible by the patch size"),
+        ("recon.taps=[0,9]", "out of range"),
+        ("data.name=folder", "data.root"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys, setting, message):
+    code, _ = run_cli(pretrain_args(tmp_path / "x", setting))
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_dataset_exit_2(tmp_path, capsys):
+    code, _ = run_cli(["pretrain", "--out", str(tmp_path / "x"), "--set", f"data.root={tmp_path}/nothing"])
+    assert code == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_presets_and_version(capsys):
+    assert run_cli(["presets"])[1].splitlines()[0].split("\t")[0] == "fmnist-mocov3-repre"
+    from repre.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_multi_process_launch_is_refused_for_now(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_cli(pretrain_args(tmp_path / "x"))[0] == 2
+    assert "scale issue" in capsys.readouterr().err
+
+
+def test_python_m_repre_entry_point():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "repre", "presets"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "fmnist-mocov3" in done.stdout

@@ -1,0 +1,83 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from repre.config import Config, all_keys, config_from_dict, list_presets, load_config, parse_overrides
+from repre.errors import UserError
+
+
+def test_every_preset_loads():
+    presets = list_presets()
+    assert {"fmnist-mocov3-repre", "fmnist-mocov3", "in1k-vit-s16-mocov3-repre"} <= set(presets)
+    for name in presets:
+        cfg = load_config(name)
+        assert cfg.preset == name and cfg.description
+
+
+def test_baseline_preset_differs_only_in_the_branch():
+    a, b = load_config("fmnist-mocov3-repre").to_dict(), load_config("fmnist-mocov3").to_dict()
+    assert a["recon"]["enabled"] and not b["recon"]["enabled"]
+    for d in (a, b):
+        d["recon"].pop("enabled"), d.pop("preset"), d.pop("description")
+    assert a == b
+
+
+def test_overrides_parse_as_yaml():
+    cfg = load_config(None, ["recon.taps=[2,5,8,11]", "recon.enabled=false", "train.lr=1e-3", "data.subset=100"])
+    assert cfg.recon.taps == [2, 5, 8, 11] and cfg.recon.enabled is False
+    assert cfg.train.lr == 1e-3 and cfg.data.subset == 100
+
+
+def test_unknown_key_names_the_nearest():
+    with pytest.raises(UserError, match="train.batch_size"):
+        load_config(None, ["train.batchsize=3"])
+    with pytest.raises(UserError, match="recon.weight"):
+        load_config(None, ["recon.wieght=1"])
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(UserError, match="train.max_steps must be int"):
+        load_config(None, ["train.max_steps=ten"])
+    with pytest.raises(UserError, match="one of"):
+        load_config(None, ["recon.loss=l3"])
+
+
+def test_config_file_round_trip(tmp_path):
+    from repre.config import save_yaml
+
+    cfg = load_config(None, ["train.max_steps=7"])
+    save_yaml(cfg, tmp_path / "config.yaml")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again == cfg
+
+
+def test_missing_file_and_unknown_preset():
+    with pytest.raises(UserError, match="does not exist"):
+        load_config("nope.yaml")
+    with pytest.raises(UserError, match="fmnist-mocov3"):
+        load_config("fmnist-mocov")
+
+
+def test_bad_override_syntax():
+    with pytest.raises(UserError, match="key=value"):
+        parse_overrides(["train.max_steps"])
+
+
+def test_batch_size_needs_negatives():
+    with pytest.raises(UserError, match="at least 2"):
+        load_config(None, ["train.batch_size=1"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    key=st.sampled_from(all_keys()),
+    value=st.one_of(st.integers(-5, 5), st.floats(-2, 2, allow_nan=False), st.text(max_size=5), st.booleans()),
+)
+def test_any_override_either_loads_or_fails_cleanly(key, value):
+    """Every key/value pair gives a valid Config or a UserError, never another exception."""
+    try:
+        cfg = load_config(None, {key.split(".")[0]: {key.split(".")[1]: value}} if "." in key else {key: value})
+    except UserError:
+        return
+    assert isinstance(cfg, Config)
+    assert config_from_dict(cfg.to_dict()) == cfg

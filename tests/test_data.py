@@ -1,0 +1,170 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import save_png, tiny_config
+from repre.config import AugConfig
+from repre.data.fashion_mnist import FashionMNIST
+from repre.data.folder import ImageFolder, decode
+from repre.data.loader import (
+    EpochBatchSampler,
+    ViewCollate,
+    ViewDataset,
+    load_or_replace,
+    pretrain_loader,
+    train_source,
+)
+from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
+from repre.errors import UserError
+
+
+def write_idx(folder, images: np.ndarray, labels: np.ndarray, prefix: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">BBBBIII", 0, 0, 8, 3, *images.shape) + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">BBBBI", 0, 0, 8, 1, len(labels)) + labels.tobytes())
+
+
+def test_fashion_mnist_reads_idx_files(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 255, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.arange(5, dtype=np.uint8)
+    write_idx(tmp_path, imgs, labels, "train")
+    source = FashionMNIST(str(tmp_path), "train")
+    img, label = source.load(3)
+    assert len(source) == 5 and label == 3 and img.shape == (3, 28, 28)
+    assert torch.equal(img[1], torch.from_numpy(imgs[3]))
+
+
+def test_missing_fashion_mnist_says_what_to_do(tmp_path):
+    with pytest.raises(UserError) as err:
+        FashionMNIST(str(tmp_path / "none"), "train")
+    msg = str(err.value)
+    assert "apt-get install -y dataset-fashion-mnist" in msg
+    assert "train-images-idx3-ubyte.gz" in msg and "data.root" in msg
+
+
+def test_image_modes_become_rgb(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = save_png(tmp_path / "g.png", rng.integers(0, 255, (9, 7), dtype=np.uint8))
+    rgba = save_png(tmp_path / "a.png", rng.integers(0, 255, (9, 7, 4), dtype=np.uint8))
+    deep = tmp_path / "d.png"
+    Image.fromarray(rng.integers(0, 65535, (9, 7), dtype=np.uint16)).save(deep)
+    pal = tmp_path / "p.png"
+    Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("P").save(pal)
+    cmyk = tmp_path / "c.jpg"
+    Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("CMYK").save(cmyk)
+    for path in (gray, rgba, deep, pal, cmyk):
+        img = decode(path)
+        assert img.shape == (3, 9, 7) and img.dtype == torch.uint8, path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert decode(tmp_path / "r.jpg").shape == (3, 20, 10)
+
+
+def test_corrupt_image_is_replaced_and_counted(image_folder):
+    bad = image_folder / "train" / "cat" / "0.png"
+    bad.write_bytes(b"not an image")
+    source = ImageFolder(image_folder / "train")
+    index = source.files.index(bad)
+    img, label, skipped = load_or_replace(source, index)
+    assert skipped == 1 and img.shape[0] == 3
+    assert torch.equal(img, source.load(index + 1)[0])
+
+
+def test_corrupt_image_does_not_stop_a_run(image_folder, tmp_path):
+    from conftest import last_json, run_cli
+
+    (image_folder / "train" / "cat" / "1.png").write_bytes(b"")
+    (image_folder / "train" / "dog" / "2.png").write_bytes(open(image_folder / "train" / "dog" / "3.png", "rb").read()[:40])
+    args = ["pretrain", "--out", str(tmp_path / "run")]
+    for item in ["data.name=folder", f"data.root={image_folder}", "data.image_size=16", "train.batch_size=8",
+                 "train.max_steps=3", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}",
+                 "model.arch=vit_tiny_patch16_224", "method.mlp_dim=32", "train.precision=fp32",
+                 "train.num_workers=0", "train.progress=false", "recon.width=16", "recon.taps=2"]:
+        args += ["--set", item]
+    code, out = run_cli(args)
+    summary = last_json(out)
+    assert code == 0 and summary["completed"]
+    assert summary["skipped_images"] >= 1
+    assert summary["knn_top1"] is not None  # train/ and val/ class folders
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images"):
+        ImageFolder(tmp_path / "empty")
+
+
+def test_fewer_images_than_a_batch():
+    with pytest.raises(UserError, match="fewer than one batch"):
+        EpochBatchSampler(10, 16, seed=0)
+
+
+def spec(size=16) -> ViewSpec:
+    return ViewSpec(AugConfig(), size, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_views_are_a_function_of_seed_epoch_index_view():
+    img = torch.randint(0, 255, (3, 20, 24), dtype=torch.uint8)
+    a = make_views(img, spec(), seed=1, epoch=2, index=3)
+    b = make_views(img, spec(), seed=1, epoch=2, index=3)
+    c = make_views(img, spec(), seed=1, epoch=3, index=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (2, 3, 16, 16)
+    assert not torch.equal(a[0][0], a[0][1])  # two different views
+
+
+def test_photometric_stage_is_finite_and_normalized():
+    views = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
+    photo = torch.tensor([[1, 1.3, 0.7, 1.2, 0.05, 1, 1.0, 1]] * 3 + [[0, 1, 1, 1, 0, 0, 0, 0]] * 3)
+    out = photometric(views, photo, spec())
+    assert out.shape == (6, 3, 16, 16) and torch.isfinite(out).all()
+    identity = (views[3:].float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(out[3:], identity)  # every operation off: only normalization
+
+
+def test_blur_with_sigma_zero_is_identity_and_blurs_otherwise():
+    x = torch.rand(2, 3, 16, 16)
+    y = gaussian_blur(x, torch.tensor([0.0, 1.5]), 7)
+    torch.testing.assert_close(y[0], x[0])
+    assert y[1].std() < x[1].std()
+
+
+def test_sampler_resumes_inside_an_epoch():
+    full = EpochBatchSampler(40, 8, seed=3)
+    it = iter(full)
+    batches = [next(it) for _ in range(12)]  # 5 per epoch: crosses two epoch boundaries
+    resumed = iter(EpochBatchSampler(40, 8, seed=3, start_step=7))
+    assert [next(resumed) for _ in range(5)] == batches[7:12]
+    assert batches[5][0][0] == 1  # second epoch
+
+
+def test_same_batches_with_0_and_2_workers():
+    cfg0 = tiny_config("train.num_workers=0")
+    cfg2 = tiny_config("train.num_workers=2")
+    source = train_source(cfg0)
+    a, b = iter(pretrain_loader(cfg0, source, 0, False)), iter(pretrain_loader(cfg2, source, 0, False))
+    for _ in range(3):
+        x, y = next(a), next(b)
+        assert torch.equal(x["index"], y["index"])
+        assert torch.equal(x["views"], y["views"])
+
+
+def test_collate_shapes():
+    cfg = tiny_config()
+    source = train_source(cfg)
+    ds = ViewDataset(source, ViewSpec(cfg.aug, 16, source.mean, source.std), 0)
+    batch = ViewCollate(ds.spec)([ds[(0, i)] for i in range(4)])
+    assert batch["views"].shape == (4, 2, 3, 16, 16) and batch["views"].dtype == torch.float32
+    assert batch["label"].tolist() == [source.load(i)[1] for i in range(4)]

@@ -1,0 +1,121 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from repre.builder import build_model
+from repre.data.loader import pretrain_loader, train_source
+from repre.engine.schedules import momentum_schedule, warmup_cosine
+from repre.losses import mocov3_loss
+from repre.methods.mocov3 import MoCoV3
+from repre.models.heads import mlp
+from repre.reconstruction import Plain, RePre
+
+
+def official_ctr_loss(q, k, T, rank, N):
+    """MoCo v3's contrastive_loss, written out from the official ViT code's formula."""
+    q = nn.functional.normalize(q, dim=1)
+    k = nn.functional.normalize(k, dim=1)
+    logits = torch.einsum("nc,mc->nm", [q, k]) / T
+    labels = torch.arange(N, dtype=torch.long) + N * rank
+    return nn.CrossEntropyLoss()(logits, labels) * (2 * T)
+
+
+@pytest.mark.parametrize("rank,world", [(0, 1), (1, 3)])
+def test_loss_matches_the_official_formula(rank, world):
+    torch.manual_seed(0)
+    n = 8
+    q, k = torch.randn(n, 16), torch.randn(n * world, 16)
+    ours = mocov3_loss(q, k, 0.2, offset=rank * n)
+    torch.testing.assert_close(ours, official_ctr_loss(q, k, 0.2, rank, n))
+
+
+def test_mlp_is_the_official_builder():
+    proj = mlp(3, 32, 64, 16)
+    kinds = [type(m).__name__ for m in proj]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    assert all(m.bias is None for m in proj if isinstance(m, nn.Linear))
+    assert proj[-1].affine is False and proj[1].affine is True
+    pred = mlp(2, 16, 64, 16)
+    assert isinstance(pred[-1], nn.BatchNorm1d) and not pred[-1].affine  # the ViT predictor ends with BN
+
+
+def test_schedules():
+    lr = warmup_cosine(1.0, 0.0, 100, 10)
+    assert lr[0] == 0 and lr[5] == pytest.approx(0.5) and lr[10] == pytest.approx(1.0)
+    assert lr[55] == pytest.approx(0.5) and lr[-1] == pytest.approx(0.5 * (1 + math.cos(89 / 90 * math.pi)))
+    assert (lr[10:].diff() <= 0).all()
+    m = momentum_schedule(0.99, 100)
+    assert m[0] == pytest.approx(0.99) and m[50] == pytest.approx(0.995) and 0.99999 < m[-1] <= 1.0
+
+
+def test_momentum_encoder_is_updated_before_the_key_forward():
+    torch.manual_seed(0)
+    model = build_model(tiny_config("recon.enabled=false"))
+    method: MoCoV3 = model.method
+    with torch.no_grad():  # make online and momentum differ
+        for p in method.encoder.parameters():
+            p.add_(0.1)
+    old = copy.deepcopy(method.momentum_encoder.state_dict())
+    online = copy.deepcopy(method.encoder.state_dict())
+    seen = {}
+    def record(mod, _):
+        seen["w"] = mod.model.patch_embed.proj.weight.clone()
+
+    method.momentum_encoder.register_forward_pre_hook(record)
+    model(torch.randn(16, 2, 3, 16, 16), momentum=0.9)
+    key = "model.patch_embed.proj.weight"
+    expected = old[key] * 0.9 + online[key] * 0.1
+    torch.testing.assert_close(seen["w"], expected)
+    torch.testing.assert_close(method.momentum_encoder.state_dict()[key], expected)
+
+
+def test_momentum_targets_are_frozen_and_predictor_is_not_averaged():
+    model = build_model(tiny_config())
+    method = model.method
+    assert not any(p.requires_grad for p in method.momentum_encoder.parameters())
+    assert not any(p.requires_grad for p in method.momentum_projector.parameters())
+    trainable = {id(p) for g in model.param_groups(0.1) for p in g["params"]}
+    assert all(id(p) in trainable for p in method.predictor.parameters())
+    assert not any(id(p) in trainable for p in method.momentum_encoder.parameters())
+
+
+def test_weight_decay_on_all_parameters():
+    groups = build_model(tiny_config()).param_groups(0.1)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1
+
+
+def test_disabled_branch_is_plain_mocov3():
+    torch.manual_seed(0)
+    plain = build_model(tiny_config("recon.enabled=false"))
+    torch.manual_seed(0)
+    repre = build_model(tiny_config())
+    assert isinstance(plain, Plain) and isinstance(repre, RePre)
+    assert not any("decoder" in n for n, _ in plain.named_parameters())
+    assert any("decoder" in n for n, _ in repre.named_parameters())
+    views = torch.randn(16, 2, 3, 16, 16)
+    a, b = plain(views, 0.99), repre(views, 0.99)
+    torch.testing.assert_close(a["loss"], b["loss_contrastive"])
+    assert a["loss_recon"] == 0
+    torch.testing.assert_close(b["loss"], b["loss_contrastive"] + b["loss_recon"])
+
+
+def test_fixed_batch_overfits():
+    """One fixed batch of generated images: the reconstruction loss falls by more than half in 50 steps."""
+    torch.manual_seed(0)
+    cfg = tiny_config("recon.width=32")
+    model = build_model(cfg)
+    views = next(iter(pretrain_loader(cfg, train_source(cfg), 0, False)))["views"]
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=5e-3)
+    first = None
+    for _ in range(50):
+        out = model(views, 0.99)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first or (out["loss_recon"].item(), out["loss_contrastive"].item())
+    assert out["loss_recon"].item() < 0.5 * first[0]
+    assert out["loss_contrastive"].item() < first[1]
