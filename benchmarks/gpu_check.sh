@@ -23,11 +23,12 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16"
-stage smoke 120 python -m repre pretrain --out "$OUT/smoke-run" $SYN --set data.image_size=32 \
+stage smoke 60 python -m repre pretrain --out "$OUT/smoke-run" $SYN --set data.image_size=32 \
   --set train.max_steps=10 --set train.batch_size=64 --set train.log_every=5 --set train.progress=false
-stage default-preset 150 python benchmarks/throughput.py --rounds 1 --steps 20 --warmup 5 \
+python -c "import json,math,sys; d=json.load(open(sys.argv[1])); ok=d.get('completed') and math.isfinite(d['loss']); print('smoke: finite loss' if ok else 'smoke: FAILED'); sys.exit(0 if ok else 1)" "$OUT/smoke.json" | tee -a "$OUT/stages.txt"
+stage default-preset 90 python benchmarks/throughput.py --rounds 1 --steps 20 --warmup 5 \
   --configs repre-tensors,baseline-tensors $SYN --set data.synthetic_train=512
-stage vit-s16-224 240 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+stage vit-s16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
   --preset in1k-vit-s16-mocov3-repre --configs repre-tensors,baseline-tensors $SYN \
   --set data.synthetic_train=256 --set train.batch_size=256 --set train.num_workers=4
 

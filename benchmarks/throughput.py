@@ -4,7 +4,7 @@ Each configuration runs in its own child process (so peak RSS is its own), inter
 over several rounds; the table reports medians. Only ratios from the same run mean anything: this
 machine's absolute speed varies by the hour.
 
-    python benchmarks/throughput.py [--rounds 3] [--steps 8] [--warmup 2] [--preset fmnist-mocov3-repre]
+    python benchmarks/throughput.py [--rounds 3] [--steps 20] [--warmup 4] [--preset fmnist-mocov3-repre]
 
 Configurations:
   repre            the default preset as `repre pretrain` runs it (data loader, workers, augmentation)
@@ -91,11 +91,14 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str])
 
     from repre.data.loader import pretrain_loader
 
-    trainer = _trainer(preset, recon=name.startswith("repre"), extra=overrides)
+    premade = name.endswith("tensors") or name == "lightly"
+    # pre-made tensors: no worker process left running to compete for the cores
+    trainer = _trainer(preset, recon=name.startswith("repre"), extra=overrides + ["train.num_workers=0"] * premade)
     loader = pretrain_loader(trainer.cfg, trainer.source, 0, trainer.rt.pin_memory)
     batches = iter(loader)
-    if name.endswith("tensors") or name == "lightly":
+    if premade:
         batches = itertools.repeat(next(batches))
+        del loader
     trainer.model.train()
 
     def repre_step(batch):
@@ -121,8 +124,8 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str])
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--preset", default="fmnist-mocov3-repre")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -133,3 +133,44 @@ def test_python_m_repre_entry_point():
 
     done = subprocess.run([sys.executable, "-m", "repre", "presets"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "fmnist-mocov3" in done.stdout
+
+
+def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from repre.engine.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def step_then_signal(self, batch):
+        out = original(self, batch)
+        if self.state.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    out = tmp_path / "stopped"
+    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn=false"))
+    summary = last_json(stdout)
+    assert code == 3 and summary["completed"] is False and summary["steps"] == 3
+    assert (out / "checkpoints" / "step-00000003.pt").is_file()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    code, stdout = run_cli(["pretrain", "--out", str(out), "--resume"])
+    assert code == 0 and last_json(stdout)["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated lines after the resume
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli(pretrain_args(out, "eval.knn=false"))[0] == 0
+    code, _ = run_cli(pretrain_args(out, "eval.knn=false", "recon.weight=0.5") + ["--resume"])
+    assert code == 2
+    assert "recon.weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["method.name=dino", "data.name=fashion-scenes"])
+def test_contract_names_not_built_yet_exit_2(tmp_path, capsys, setting):
+    assert run_cli(pretrain_args(tmp_path / "x", setting))[0] == 2
+    assert "arrives with" in capsys.readouterr().err

@@ -52,7 +52,7 @@ def decode(path: Path) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             arr = to_rgb_array(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, EOFError, struct.error, ...)
         raise UnreadableImage(f"{path}: {exc}") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
         raise UnreadableImage(f"{path}: empty image")
@@ -64,7 +64,8 @@ class ImageFolder:
 
     mean, std = MEAN, STD
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, classes: list[str] | None = None) -> None:
+        """`classes`: the label order to use (an evaluation split takes its train split's classes)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"image folder {self.root} does not exist; set data.root to a folder of images")
@@ -76,7 +77,10 @@ class ImageFolder:
             )
         parents = sorted({p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1})
         labelled = all(len(p.relative_to(self.root).parts) > 1 for p in self.files)
-        self.classes = parents if labelled else []
+        self.classes = (classes or parents) if labelled else []
+        unknown = sorted(set(parents) - set(self.classes))
+        if labelled and unknown:
+            raise UserError(f"{self.root} has classes the train split lacks: {', '.join(unknown[:5])}")
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[p.relative_to(self.root).parts[0]] if labelled else -1 for p in self.files]
         self.num_classes = len(self.classes) or None

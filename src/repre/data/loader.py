@@ -56,7 +56,9 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
     if cfg.name == "folder":
-        return ImageFolder(_folder_split(cfg.root, split))
+        train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
+        return ImageFolder(_folder_split(cfg.root, split), classes=classes)
     raise UserError(f"unknown data.name {cfg.name!r}")
 
 

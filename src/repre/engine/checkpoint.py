@@ -67,8 +67,8 @@ def load(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
         raise UserError(f"{path} is not a readable repre checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or "schema" not in ckpt or "model" not in ckpt:
-        raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model' entries)")
+    if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):
+        raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model'/'config' entries)")
     if ckpt["schema"] != SCHEMA:
         raise UserError(f"{path} has checkpoint schema {ckpt['schema']}; this repre reads schema {SCHEMA}")
     return ckpt

@@ -15,15 +15,21 @@ from torch import nn
 from tqdm import tqdm
 
 from repre.builder import build_model
-from repre.config import Config, save_yaml
+from repre.config import Config, flatten, save_yaml
 from repre.data.loader import pretrain_loader, train_source
 from repre.engine import checkpoint as ckpt_io
 from repre.engine.metrics import MetricWriter, WindowMeter
 from repre.engine.runtime import Runtime, setup_runtime
 from repre.engine.schedules import momentum_schedule, warmup_cosine
+from repre.engine.signals import GracefulStop
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
+
+# keys a resumed run may change: how long it runs and how it reports, not what it computes
+RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
+                     "train.eval_every", "train.keep_checkpoints", "train.progress", "train.num_workers",
+                     "train.device", "eval.", "description")
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Trainer:
     """Builds everything a run needs from its config, then `fit()`s; `pretrain()` is the usual entry point."""
 
     def __init__(self, cfg: Config, out: Path, resume: bool = False) -> None:
+        self.started = time.perf_counter()
         self.cfg, self.out = cfg, out
         prepare_out(out, resume)
         self.rt: Runtime = setup_runtime(cfg.train)
@@ -111,6 +118,7 @@ class Trainer:
             except UserError as exc:
                 log.warning("skipping unreadable checkpoint %s: %s", path, exc)
                 continue
+            self._check_compatible(ckpt["config"], path)
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -121,8 +129,29 @@ class Trainer:
             self.state.images_seen = int(run["images_seen"])
             self.state.train_seconds = float(run["train_seconds"])
             log.info("resuming from %s (step %d of %d)", path, self.state.step, self.total)
+            self._truncate_metrics()
             return
         log.info("no checkpoint in %s: starting fresh", self.out)
+        self._truncate_metrics()
+
+    def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
+        """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
+        before, now = flatten(old), flatten(self.cfg.to_dict())
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+        if changed:
+            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+            raise UserError(
+                f"cannot resume from {path}: the config differs in {diffs}. Resume with the run's own "
+                f"config (omit --config) or start a new --out; only {', '.join(RESUMABLE_CHANGES)} may change"
+            )
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
+            path.write_text("".join(f"{ln}\n" for ln in keep))
 
     # ------------------------------------------------------------ the step
 
@@ -152,42 +181,43 @@ class Trainer:
         cfg, s = self.cfg, self.state
         writer = MetricWriter(self.out)
         loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory)
-        meter, window_start, window_steps = WindowMeter(), time.perf_counter(), 0
         bar = tqdm(total=self.total, initial=s.step, disable=not cfg.train.progress, dynamic_ncols=True, desc="pretrain")
-        completed = False
-        try:
-            self.model.train()
-            batches, tick = iter(loader), time.perf_counter()
-            while s.step < self.total:
-                batch = next(batches)
-                values = self.train_step(batch)
-                meter.add(values)
-                s.step += 1
-                window_steps += 1
-                s.images_seen += cfg.train.batch_size
-                s.skipped_images += int(batch["skipped"])
-                s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
-                tick = time.perf_counter()
-                bar.update(1)
-                if s.step % cfg.train.log_every == 0 or s.step == self.total:
-                    elapsed = time.perf_counter() - window_start
-                    self._log_window(writer, meter, bar, window_steps * cfg.train.batch_size / max(elapsed, 1e-9))
-                    window_start, window_steps = time.perf_counter(), 0
-                if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total:
-                    self.save_checkpoint()
-                if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total:
-                    self._evaluate(writer)
-            completed = True
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: writing a checkpoint to resume from", s.step)
-        finally:
-            bar.close()
+        with GracefulStop() as stop:
+            completed = self._loop(loader, writer, bar, stop)
+        bar.close()
         path = self.save_checkpoint()
         summary = self._finish(writer, path, completed)
         writer.close()
         if not completed:
             raise StoppedEarly(json.dumps(summary))
         return summary
+
+    def _loop(self, loader, writer: MetricWriter, bar: tqdm, stop: GracefulStop) -> bool:
+        """Steps until the total or a stop request; returns whether the run completed."""
+        cfg, s = self.cfg, self.state
+        meter, window_start, window_steps = WindowMeter(), time.perf_counter(), 0
+        self.model.train()
+        batches, tick = iter(loader), time.perf_counter()
+        while s.step < self.total and not stop.requested:
+            batch = next(batches)
+            values = self.train_step(batch)
+            meter.add({**values, "lr": self.lr[s.step], "momentum": self.momentum[s.step]})
+            s.step += 1
+            window_steps += 1
+            s.images_seen += cfg.train.batch_size
+            s.skipped_images += int(batch["skipped"])
+            s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
+            tick = time.perf_counter()
+            bar.update(1)
+            if s.step % cfg.train.log_every == 0 or s.step == self.total:
+                elapsed = time.perf_counter() - window_start
+                self._log_window(writer, meter, bar, window_steps * cfg.train.batch_size / max(elapsed, 1e-9))
+                window_start, window_steps = time.perf_counter(), 0
+            if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total:
+                self.save_checkpoint()
+            if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total:
+                self._evaluate(writer)
+        return s.step >= self.total
 
     def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float) -> None:
         s = self.state
@@ -196,9 +226,7 @@ class Trainer:
         record = {
             "step": s.step,
             "kind": "train",
-            **values,
-            "lr": float(self.lr[s.step - 1]),
-            "momentum": float(self.momentum[s.step - 1]),
+            **values,  # window averages, lr and momentum included
             "images_per_sec": images_per_sec,
         }
         writer.write(record)
@@ -226,7 +254,8 @@ class Trainer:
             "completed": completed,
             "steps": s.step,
             "total_steps": self.total,
-            "wall_s": round(s.train_seconds, 3),
+            "wall_s": round(time.perf_counter() - self.started, 3),  # this process: setup, loop, final eval
+            "train_s": round(s.train_seconds, 3),  # the training loop over all resumed parts, data waits included
             "images_per_sec": round(s.images_seen / s.train_seconds, 2) if s.train_seconds else None,
             "loss": s.last.get("loss"),
             "loss_contrastive": s.last.get("loss_contrastive"),

@@ -39,13 +39,9 @@ class Method(nn.Module):
     @torch.no_grad()
     def update_momentum(self, m: float) -> None:
         """target = target * m + online * (1 - m) for every parameter of every pair."""
-        online, target = [], []
-        for a, b in self.ema_pairs():
-            online += list(a.parameters())
-            target += list(b.parameters())
-        if target:
-            torch._foreach_mul_(target, m)
-            torch._foreach_add_(target, online, alpha=1.0 - m)
+        for online, target in self.ema_pairs():
+            for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True):
+                p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Whether weight decay applies to a parameter (default: all, as MoCo v3's official ViT recipe)."""
