@@ -1,0 +1,27 @@
+import torch
+
+from repre.engine.trainer import clip_or_measure
+
+
+def _params():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    for p in ps:
+        p.grad = torch.randn_like(p) * 3
+    return ps
+
+
+def test_measured_norm_equals_torch_clip_norm():
+    a, b = _params(), _params()
+    expected = torch.nn.utils.clip_grad_norm_(a, float("inf"))
+    torch.testing.assert_close(clip_or_measure(b, 0.0), expected)
+    for pa, pb in zip(a, b, strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad)  # measuring leaves gradients untouched
+
+
+def test_clipping_bounds_the_norm():
+    ps = _params()
+    before = clip_or_measure(ps, 0.0)
+    returned = clip_or_measure(ps, 1.0)
+    torch.testing.assert_close(returned, before)  # the norm before clipping is reported
+    torch.testing.assert_close(clip_or_measure(ps, 0.0), torch.tensor(1.0), atol=1e-4, rtol=1e-4)
