@@ -81,8 +81,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dir / "eval" / args.task
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'task':<10}{'metric':<10}value", file=sys.stderr)
-    print(f"{result['task']:<10}{result['metric']:<10}{result['value']:.4f}", file=sys.stderr)
+    print(f"{'task':<10}{'metric':<10}{'value':<10}details")
+    print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(result['extra'])}")
     print(json.dumps(result), flush=True)
     return 0
 
