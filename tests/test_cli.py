@@ -174,3 +174,30 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
 def test_contract_names_not_built_yet_exit_2(tmp_path, capsys, setting):
     assert run_cli(pretrain_args(tmp_path / "x", setting))[0] == 2
     assert "arrives with" in capsys.readouterr().err
+
+
+def test_eval_linear_sweeps_on_val_and_reports_test(tiny_run):
+    out, _ = tiny_run
+    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(out), "--set", "eval.linear_features=both",
+                            "--set", "eval.linear_blocks=2", "--set", "eval.linear_epochs=5"])
+    result = last_json(stdout)
+    assert code == 0 and result["task"] == "linear" and 0 <= result["value"] <= 1
+    extra = result["extra"]
+    assert len(extra["sweep"]) == 9 and extra["dim"] == 2 * 2 * 32
+    assert extra["val_top1"] == max(r["val_top1"] for r in extra["sweep"])
+
+
+def test_eval_recon_reports_psnr_and_draws(tiny_run):
+    out, _ = tiny_run
+    code, stdout = run_cli(["eval", "recon", "--checkpoint", str(out)])
+    result = last_json(stdout)
+    assert code == 0 and result["task"] == "recon" and 0 < result["value"] < 100
+    assert 0 < result["extra"]["l1"] < 1
+    assert (out / "eval" / "recon" / "recon.png").is_file()
+
+
+def test_eval_recon_of_a_baseline_is_refused(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert run_cli(pretrain_args(out, "recon.enabled=false", "eval.knn=false"))[0] == 0
+    assert run_cli(["eval", "recon", "--checkpoint", str(out)])[0] == 2
+    assert "no decoder" in capsys.readouterr().err

@@ -75,10 +75,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from repre.eval import evaluate
 
-    result = evaluate(args.task, args.checkpoint, args.overrides)
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     out = Path(args.out) if args.out else run_dir / "eval" / args.task
+    result = evaluate(args.task, args.checkpoint, args.overrides, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'task':<10}{'metric':<10}{'value':<10}details")

@@ -128,6 +128,15 @@ class EvalConfig:
     knn_test_subset: int | None = None
     batch_size: int = 512
     recon_images: int = 8  # images shown in recon.png
+    recon_subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
+    linear_features: Literal["cls", "avg", "both"] = "cls"  # class token, mean patch token, or both
+    linear_blocks: int = 1  # concatenate the features of the last k blocks (DINO uses 4 for ViT-S)
+    linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    linear_wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])
+    linear_epochs: int = 30
+    linear_val_fraction: float = 0.1  # of the train split, held out to choose lr and weight decay
+    linear_train_subset: int | None = None
+    linear_test_subset: int | None = None
 
 
 @dataclass

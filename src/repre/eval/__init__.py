@@ -1,11 +1,13 @@
-"""Evaluation of a pre-trained encoder: `evaluate(task, checkpoint)`; k-NN now, the rest with issue 3."""
+"""Evaluation of a pre-trained checkpoint: `evaluate(task, checkpoint)` -> {"task", "metric", "value", "extra"}."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from repre.builder import build_encoder
+from torch import nn
+
+from repre.builder import build_encoder, build_model
 from repre.config import Config, config_from_dict, deep_update, parse_overrides
 from repre.engine import checkpoint as ckpt_io
 from repre.engine.runtime import setup_runtime
@@ -13,37 +15,65 @@ from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 TASKS = ("knn", "linear", "finetune", "segment", "recon")
-AVAILABLE = ("knn",)
+AVAILABLE = ("knn", "linear", "recon")
 
 
-def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Backbone, Config]:
-    """The online encoder of a checkpoint (what export writes) and its config with `overrides` applied."""
+def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
+    """A checkpoint and its config with `overrides` applied."""
     ckpt = ckpt_io.load(checkpoint)
     raw = ckpt["config"]
     deep_update(raw, parse_overrides(overrides or []))
-    cfg = config_from_dict(raw)
-    encoder = build_encoder(cfg)
-    state = ckpt_io.encoder_state(ckpt)
+    return ckpt, config_from_dict(raw)
+
+
+def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str) -> None:
     try:
-        missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        missing, unexpected = module.load_state_dict(state, strict=False)
         problem = f"{len(missing)} missing and {len(unexpected)} unexpected weights" if missing or unexpected else ""
     except RuntimeError as exc:  # shape mismatches
         problem = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
     if problem or not state:
         raise UserError(
-            f"checkpoint {checkpoint} does not match the encoder {cfg.model.arch} of the config used to "
-            f"evaluate it ({problem or 'no encoder weights'}); drop --set overrides of model.* or pick the right checkpoint"
+            f"checkpoint {checkpoint} does not match the {what} of the config used to evaluate it "
+            f"({problem or 'no weights'}); drop --set overrides of model.*/recon.* or pick the right checkpoint"
         )
+
+
+def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Backbone, Config]:
+    """The online encoder of a checkpoint (what export writes) and its config with `overrides` applied."""
+    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    encoder = build_encoder(cfg)
+    _load_into(encoder.model, ckpt_io.encoder_state(ckpt), checkpoint, f"encoder {cfg.model.arch}")
     return encoder, cfg
 
 
-def evaluate(task: str, checkpoint: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra"}."""
+def load_model(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[nn.Module, Config]:
+    """The whole pre-training model of a checkpoint (method, momentum encoder, decoder)."""
+    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    model = build_model(cfg)
+    _load_into(model, ckpt["model"], checkpoint, "model")
+    return model, cfg
+
+
+def evaluate(
+    task: str, checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
+) -> dict[str, Any]:
+    """Run evaluation `task` on a checkpoint or run directory; pictures and result.json go to `out`."""
     if task not in AVAILABLE:
-        raise UserError(f"`repre eval {task}` arrives with the evaluation issue; available now: {', '.join(AVAILABLE)}")
+        raise UserError(f"`repre eval {task}` arrives with the evaluation issue (#3); available now: {', '.join(AVAILABLE)}")
+    if task == "recon":
+        from repre.eval.recon import recon_eval
+
+        model, cfg = load_model(checkpoint, overrides)
+        rt = setup_runtime(cfg.train)
+        return recon_eval(model.to(rt.device), cfg, rt, Path(out) if out else None)
     encoder, cfg = load_encoder(checkpoint, overrides)
     rt = setup_runtime(cfg.train)
     encoder.to(rt.device)
+    if task == "linear":
+        from repre.eval.linear import linear_eval
+
+        return linear_eval(encoder, cfg, rt)
     from repre.eval.knn import knn_eval
 
     result = knn_eval(encoder, cfg, rt)

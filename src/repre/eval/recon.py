@@ -1,18 +1,21 @@
-"""Pictures of the reconstruction branch: views above their reconstructions."""
+"""The reconstruction branch seen from outside: recon.png during pre-training, `repre eval recon` (PSNR, L1)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
 from repre.config import Config
-from repre.data.loader import ImageSource, ViewCollate, ViewDataset, view_spec
+from repre.data.loader import ImageSource, ViewCollate, ViewDataset, eval_loader, view_spec
 from repre.data.views import denormalize
 from repre.engine.runtime import Runtime
+from repre.errors import UserError
 from repre.losses import patchify
+from repre.reconstruction import RePre
 
 
 def unpatchify(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
@@ -33,6 +36,26 @@ def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, pat
     return unpatchify(p, patch, target.shape[-2:])
 
 
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Rows of [N, 3, H, W] images in [0, 1] -> one PNG, upscaled (nearest) so small images stay visible."""
+    n, size = rows[0].shape[0], rows[0].shape[-1]
+    grid = make_grid(torch.cat([r.float().cpu() for r in rows]), nrow=n, padding=2, pad_value=1.0)
+    scale = max(1, 96 // size)
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, str(path))
+
+
+def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Normalized images [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space."""
+    encoder = model.method.encoder
+    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+        _, maps = encoder(x, model.method.taps)
+        pred = model.reconstruct(maps, x.shape[-2:])
+    return to_pixel_space(pred.float(), x, model.norm_pix, encoder.patch_size)
+
+
 @torch.no_grad()
 def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> None:
     """Both views of the first `eval.recon_images` images (epoch-0 augmentation) above their reconstructions."""
@@ -43,14 +66,33 @@ def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Pa
     x = batch["views"][:, :2].transpose(0, 1).reshape(2 * n, *batch["views"].shape[2:]).to(rt.device)
     was_training = model.training
     model.eval()
-    encoder = model.method.encoder
-    _, maps = encoder(x, model.method.taps)
-    pred = to_pixel_space(model.reconstruct(maps, x.shape[-2:]).float(), x, model.norm_pix, encoder.patch_size)
+    pred = reconstruct(model, x, rt)
     model.train(was_training)
-    views, recon = denormalize(x.float(), spec.mean, spec.std), denormalize(pred, spec.mean, spec.std)
-    grid = make_grid(torch.cat([views, recon]).cpu(), nrow=2 * n, padding=2, pad_value=1.0)
-    scale = max(1, 96 // spec.size)
-    if scale > 1:
-        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, str(path))
+    save_grid([denormalize(x.float(), spec.mean, spec.std), denormalize(pred, spec.mean, spec.std)], path)
+
+
+@torch.no_grad()
+def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> dict[str, Any]:
+    """PSNR (dB) and L1 of the reconstructions of held-out images (test split, no augmentation), in [0, 1]
+    pixel space; `out/recon.png`: inputs, reconstructions and error maps (|error| x 4, clipped)."""
+    if not isinstance(model, RePre):
+        raise UserError("this checkpoint has no decoder (pre-trained with recon.enabled=false): nothing to evaluate")
+    loader = eval_loader(cfg, "test", cfg.eval.recon_subset)
+    mean, std = loader.dataset.mean, loader.dataset.std
+    model.eval()
+    psnr, l1, shown = [], [], None
+    for x, _ in loader:
+        x = x.to(rt.device)
+        a, b = denormalize(x.float(), mean, std), denormalize(reconstruct(model, x, rt), mean, std)
+        mse = (a - b).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        psnr.append(10 * torch.log10(1.0 / mse).cpu())
+        l1.append((a - b).abs().mean(dim=(1, 2, 3)).cpu())
+        if shown is None:
+            k = min(cfg.eval.recon_images, len(x))
+            err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * 4).clamp(0, 1).expand(-1, 3, -1, -1)
+            shown = [a[:k], b[:k], err]
+    extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}
+    if out is not None:
+        save_grid(shown, out / "recon.png")
+        extra["picture"] = str(out / "recon.png")
+    return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}

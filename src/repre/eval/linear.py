@@ -1,0 +1,105 @@
+"""Linear probe on frozen features, trained on precomputed features (fast on CPU).
+
+Features: the class token, the mean patch token, or both, of each of the last `eval.linear_blocks` blocks
+(final norm applied, as DINO's linear evaluation), concatenated and standardized with train statistics.
+lr and weight decay are chosen on a validation split carved from train; the chosen pair is retrained on
+the whole train split and reported on test.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from repre.config import Config
+from repre.data.loader import eval_loader
+from repre.engine.runtime import Runtime
+from repre.errors import UserError
+from repre.models.backbone import Backbone
+
+
+@torch.no_grad()
+def block_features(
+    encoder: Backbone, loader: DataLoader, rt: Runtime, kind: str, blocks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (features [N, blocks * D * (2 if kind == "both" else 1)] float32 on CPU, labels [N])."""
+    model = encoder.model
+    if kind in ("cls", "both") and not getattr(model, "num_prefix_tokens", 0):
+        raise UserError(f"{encoder.arch} has no class token: use eval.linear_features=avg")
+    if not 1 <= blocks <= encoder.depth:
+        raise UserError(f"eval.linear_blocks must be in 1..{encoder.depth}, got {blocks}")
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            outs = model.forward_intermediates(
+                x.to(rt.device), indices=blocks, norm=True, output_fmt="NLC",
+                return_prefix_tokens=kind != "avg", intermediates_only=True,
+            )
+        parts = []
+        for out in outs:
+            tokens, prefix = out if isinstance(out, tuple) else (out, None)
+            if kind in ("cls", "both"):
+                parts.append(prefix[:, 0])
+            if kind in ("avg", "both"):
+                parts.append(tokens.mean(dim=1))
+        feats.append(torch.cat(parts, dim=1).float().cpu())
+        labels.append(y)
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def train_linear(
+    x: torch.Tensor, y: torch.Tensor, classes: int, lr: float, wd: float, epochs: int, seed: int = 0
+) -> torch.nn.Linear:
+    """AdamW + cosine on standardized features x [N, F] -> a linear classifier [F -> classes]."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
+    batch = 1024
+    steps = epochs * math.ceil(len(x) / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(batch):
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head
+
+
+@torch.no_grad()
+def top1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((head(x).argmax(dim=1) == y).float().mean())
+
+
+def linear_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """Sweep lr x weight decay on a validation split of train; report the chosen probe's test top-1."""
+    e = cfg.eval
+    train, test = eval_loader(cfg, "train", e.linear_train_subset), eval_loader(cfg, "test", e.linear_test_subset)
+    classes = train.dataset.source.num_classes
+    if not classes:
+        raise UserError("the linear probe needs labels: use a folder with class sub-folders in train/ and val/")
+    xtr, ytr = block_features(encoder, train, rt, e.linear_features, e.linear_blocks)
+    xte, yte = block_features(encoder, test, rt, e.linear_features, e.linear_blocks)
+    perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg.train.seed))
+    n_val = max(1, int(e.linear_val_fraction * len(xtr)))
+    fit, val = perm[n_val:], perm[:n_val]
+    mean, std = xtr[fit].mean(dim=0), xtr[fit].std(dim=0) + 1e-6
+    sweep = []
+    for lr in e.linear_lrs:
+        for wd in e.linear_wds:
+            head = train_linear((xtr[fit] - mean) / std, ytr[fit], classes, lr, wd, e.linear_epochs, cfg.train.seed)
+            sweep.append({"lr": lr, "weight_decay": wd, "val_top1": top1(head, (xtr[val] - mean) / std, ytr[val])})
+    best = max(sweep, key=lambda r: r["val_top1"])
+    mean, std = xtr.mean(dim=0), xtr.std(dim=0) + 1e-6
+    head = train_linear((xtr - mean) / std, ytr, classes, best["lr"], best["weight_decay"], e.linear_epochs, cfg.train.seed)
+    extra = {"val_top1": best["val_top1"], "lr": best["lr"], "weight_decay": best["weight_decay"],
+             "features": e.linear_features, "blocks": e.linear_blocks, "dim": xtr.shape[1], "sweep": sweep}
+    return {"task": "linear", "metric": "top1", "value": top1(head, (xte - mean) / std, yte), "extra": extra}
