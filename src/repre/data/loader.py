@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage
+from repre.data.scenes import FashionScenes
 from repre.data.synthetic import Synthetic
 from repre.data.views import ViewSpec, make_views, normalize, photometric
 from repre.errors import UserError
@@ -52,6 +53,9 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     """The `split` ("train" or "test") of the configured dataset."""
     if cfg.name == "fashion-mnist":
         return FashionMNIST(cfg.root, split)
+    if cfg.name == "fashion-scenes":
+        count = cfg.scenes_train if split == "train" else cfg.scenes_test
+        return FashionScenes(cfg.root, split, count, cfg.scene_size, seed=seed)
     if cfg.name == "synthetic":
         count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)

@@ -15,7 +15,7 @@ from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 TASKS = ("knn", "linear", "finetune", "segment", "recon")
-AVAILABLE = ("knn", "linear", "recon")
+AVAILABLE = ("knn", "linear", "segment", "recon")
 
 
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
@@ -74,6 +74,10 @@ def evaluate(
         from repre.eval.linear import linear_eval
 
         return linear_eval(encoder, cfg, rt)
+    if task == "segment":
+        from repre.eval.segment import segment_eval
+
+        return segment_eval(encoder, cfg, rt)
     from repre.eval.knn import knn_eval
 
     result = knn_eval(encoder, cfg, rt)

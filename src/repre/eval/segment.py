@@ -1,0 +1,91 @@
+"""Dense linear probe: a 1x1 conv on frozen patch-token maps, logits bilinearly upsampled, cross-entropy.
+
+Data: fashion-scenes (probe-train scenes from train-split items, probe-test scenes from test-split items).
+An encoder pre-trained at another image size is evaluated at the scene size with resampled position
+embeddings (timm's `set_input_size`). Reported: mIoU over the classes present in the test scenes (`value`)
+and pixel accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from repre.config import Config
+from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
+from repre.data.views import normalize
+from repre.engine.runtime import Runtime
+from repre.models.backbone import Backbone
+
+
+@torch.no_grad()
+def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
+    """uint8 images [N, 3, S, S] -> last-block patch-token maps [N, D, S/p, S/p] (final norm applied), float32."""
+    model = encoder.model
+    size = tuple(images.shape[-2:])
+    if tuple(model.patch_embed.img_size) != size:
+        model.set_input_size(img_size=size)  # resamples the position embeddings
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for chunk in images.split(batch):
+        x = normalize(chunk.float().div(255), mean, std).to(rt.device)
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            (maps,) = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)
+        out.append(maps.float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: float, epochs: int, seed: int = 0):
+    """feats [N, D, h, w], masks [N, S, S] -> a 1x1 conv probe trained with AdamW + cosine."""
+    g = torch.Generator().manual_seed(seed)
+    probe = torch.nn.Conv2d(feats.shape[1], classes, 1)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
+    batch = 64
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * -(-len(feats) // batch))
+    for _ in range(epochs):
+        for idx in torch.randperm(len(feats), generator=g).split(batch):
+            logits = F.interpolate(probe(feats[idx]), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, masks[idx].long())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return probe
+
+
+@torch.no_grad()
+def confusion(probe: torch.nn.Conv2d, feats: torch.Tensor, masks: torch.Tensor, classes: int) -> torch.Tensor:
+    """[classes, classes] pixel counts, rows = truth, columns = prediction."""
+    conf = torch.zeros(classes, classes, dtype=torch.long)
+    for f, m in zip(feats.split(64), masks.split(64), strict=True):
+        pred = F.interpolate(probe(f), size=m.shape[-2:], mode="bilinear", align_corners=False).argmax(dim=1)
+        conf += torch.bincount(m.long().flatten() * classes + pred.flatten(), minlength=classes**2).view(classes, classes)
+    return conf
+
+
+def miou(conf: torch.Tensor) -> tuple[float, float, list[float | None]]:
+    """(mean IoU over classes present in truth or prediction, pixel accuracy, per-class IoU or None)."""
+    tp = conf.diag().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - tp
+    per_class = [float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True)]
+    present = [v for v in per_class if v is not None]
+    return sum(present) / max(len(present), 1), float(tp.sum() / conf.sum().clamp_min(1)), per_class
+
+
+def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """Train the probe on probe-train scenes, report mIoU and pixel accuracy on probe-test scenes."""
+    e, d = cfg.eval, cfg.data
+    train = FashionScenes(d.root, "train", e.segment_train, d.scene_size, seed=cfg.train.seed)
+    test = FashionScenes(d.root, "test", e.segment_test, d.scene_size, seed=cfg.train.seed)
+    mean, std = (d.mean, d.std) if d.mean is not None else (train.mean, train.std)
+    f_train = feature_maps(encoder, train.images[:, None].expand(-1, 3, -1, -1), mean, std, rt, e.batch_size)
+    f_test = feature_maps(encoder, test.images[:, None].expand(-1, 3, -1, -1), mean, std, rt, e.batch_size)
+    probe = train_probe(f_train, train.masks, NUM_SEGMENT_CLASSES, e.segment_lr, e.segment_epochs, cfg.train.seed)
+    m, acc, per_class = miou(confusion(probe, f_test, test.masks, NUM_SEGMENT_CLASSES))
+    extra = {"pixel_acc": acc, "per_class_iou": per_class, "train_scenes": len(train), "test_scenes": len(test),
+             "feature_grid": list(f_train.shape[-2:])}
+    return {"task": "segment", "metric": "miou", "value": m, "extra": extra}
