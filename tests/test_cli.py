@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -201,3 +202,21 @@ def test_eval_recon_of_a_baseline_is_refused(tmp_path, capsys):
     assert run_cli(pretrain_args(out, "recon.enabled=false", "eval.knn=false"))[0] == 0
     assert run_cli(["eval", "recon", "--checkpoint", str(out)])[0] == 2
     assert "no decoder" in capsys.readouterr().err
+
+
+def test_eval_finetune(tiny_run):
+    out, _ = tiny_run
+    code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(out), "--set", "eval.finetune_steps=6",
+                            "--set", "eval.finetune_batch_size=16"])
+    result = last_json(stdout)
+    assert code == 0 and result["task"] == "finetune" and 0 <= result["value"] <= 1
+
+
+def test_supervised_pretraining_runs_and_learns(tmp_path):
+    code, stdout = run_cli(pretrain_args(tmp_path / "sup", "method.name=supervised", "recon.enabled=false",
+                                         "train.max_steps=20", "train.lr=5e-2"))
+    summary = last_json(stdout)
+    assert code == 0 and summary["completed"] and summary["loss_recon"] == 0.0
+    train = [json.loads(x) for x in (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in train if r["kind"] == "train"]
+    assert losses[-1] < min(losses[0], math.log(10)) - 0.1  # cross-entropy on 10 labels falls below chance

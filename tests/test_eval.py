@@ -20,3 +20,18 @@ def test_knn_weighted_vote():
     assert knn_predict(bank, labels, queries, k=2, temperature=0.07, classes=2).tolist() == [0, 1]
     # with k = 3 every query sees all three; the two close class-0 neighbours outvote for the first
     assert knn_predict(bank, labels, queries, k=3, temperature=0.07, classes=2).tolist() == [0, 1]
+
+
+def test_layer_decay_groups():
+    from repre.eval.finetune import layer_decay_groups
+    from repre.models.backbone import Backbone
+
+    enc = Backbone("vit_tiny_patch16_224", dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2))
+    enc.model.reset_classifier(3)
+    groups = layer_decay_groups(enc.model, 4, 0.05, 0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    m = enc.model
+    assert scale[id(m.head.weight)] == 1.0 and scale[id(m.blocks[3].attn.qkv.weight)] == 0.5
+    assert scale[id(m.blocks[0].attn.qkv.weight)] == 0.5**4 and scale[id(m.patch_embed.proj.weight)] == 0.5**5
+    assert wd[id(m.blocks[0].norm1.weight)] == 0.0 and wd[id(m.pos_embed)] == 0.0 and wd[id(m.head.weight)] == 0.05

@@ -25,12 +25,15 @@ def build_encoder(cfg: Config) -> Backbone:
     return encoder
 
 
-def build_model(cfg: Config) -> nn.Module:
-    """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Plain(method)`."""
+def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
+    """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Plain(method)`.
+
+    `num_classes`: classes of the training data, needed by method.name=supervised only.
+    """
     encoder = build_encoder(cfg)
     if cfg.model.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
-    method = build_method(cfg, encoder)
+    method = build_method(cfg, encoder, num_classes)
     if not cfg.recon.enabled:
         return Plain(method)
     r = cfg.recon

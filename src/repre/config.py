@@ -140,6 +140,16 @@ class EvalConfig:
     linear_val_fraction: float = 0.1  # of the train split, held out to choose lr and weight decay
     linear_train_subset: int | None = None
     linear_test_subset: int | None = None
+    finetune_steps: int = 200  # optimizer steps of end-to-end fine-tuning (short on CPU)
+    finetune_batch_size: int = 256
+    finetune_lr: float = 1e-3  # base lr per 256 images, scaled by finetune_batch_size / 256
+    finetune_layer_decay: float = 0.75  # lr of block i: lr * decay^(depth - i); the head gets the full lr
+    finetune_weight_decay: float = 0.05
+    finetune_label_smoothing: float = 0.1
+    finetune_warmup_fraction: float = 0.1
+    finetune_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    finetune_train_subset: int | None = None
+    finetune_test_subset: int | None = None
     segment_train: int = 2000  # fashion-scenes for the dense probe: probe-train scenes (train-split items)
     segment_test: int = 1000  # probe-test scenes (test-split items)
     segment_lr: float = 1e-2
@@ -363,7 +373,6 @@ NOT_YET = {
     ("data.name", "shards"): "the scale issue (#6)",
     ("method.name", "dino"): "the frameworks issue (#4)",
     ("method.name", "moby"): "the frameworks issue (#4)",
-    ("method.name", "supervised"): "the evaluation issue (#3)",
 }
 
 

@@ -100,10 +100,10 @@ class Subset:
 
 
 class ViewDataset(Dataset):
-    """Key (epoch, index) -> two augmented uint8 views of one image, with their photometric parameters."""
+    """Key (epoch, index) -> augmented uint8 views of one image (two by default), with their photometric parameters."""
 
-    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int) -> None:
-        self.source, self.spec, self.seed = source, spec, seed
+    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, n_views: int = 2) -> None:
+        self.source, self.spec, self.seed, self.n_views = source, spec, seed, n_views
 
     def __len__(self) -> int:
         return len(self.source)
@@ -111,7 +111,7 @@ class ViewDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         img, label, skipped = load_or_replace(self.source, index)
-        views, photo = make_views(img, self.spec, self.seed, epoch, index)
+        views, photo = make_views(img, self.spec, self.seed, epoch, index, self.n_views)
         return {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped}
 
 

@@ -80,7 +80,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.source = train_source(cfg)
         self.total = total_steps(cfg, len(self.source))
-        self.model: nn.Module = build_model(cfg).to(self.rt.device)
+        self.model: nn.Module = build_model(cfg, self.source.num_classes).to(self.rt.device)
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
         t = cfg.train
@@ -173,7 +173,8 @@ class Trainer:
             group["lr"] = float(self.lr[step])
         views = batch["views"].to(self.rt.device, non_blocking=True)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
-            out = self.model(views, float(self.momentum[step]))
+            labels = batch["label"].to(self.rt.device, non_blocking=True)
+            out = self.model(views, float(self.momentum[step]), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)

@@ -15,7 +15,7 @@ from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 TASKS = ("knn", "linear", "finetune", "segment", "recon")
-AVAILABLE = ("knn", "linear", "segment", "recon")
+AVAILABLE = TASKS
 
 
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
@@ -50,7 +50,8 @@ def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[nn.Module, Config]:
     """The whole pre-training model of a checkpoint (method, momentum encoder, decoder)."""
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    model = build_model(cfg)
+    head = ckpt["model"].get("method.head.weight")  # supervised checkpoints carry their class count
+    model = build_model(cfg, None if head is None else head.shape[0])
     _load_into(model, ckpt["model"], checkpoint, "model")
     return model, cfg
 
@@ -74,6 +75,10 @@ def evaluate(
         from repre.eval.linear import linear_eval
 
         return linear_eval(encoder, cfg, rt)
+    if task == "finetune":
+        from repre.eval.finetune import finetune_eval
+
+        return finetune_eval(encoder, cfg, rt)
     if task == "segment":
         from repre.eval.segment import segment_eval
 

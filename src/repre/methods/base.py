@@ -19,7 +19,7 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 
 class Method(nn.Module):
-    """Base of a framework: `forward(views, momentum) -> dict` with "loss" the total.
+    """Base of a framework: `forward(views, momentum, labels=None) -> dict` with "loss" the total.
 
     Subclasses set `self.encoder` (the online backbone: what evaluation and export use) and list their
     (online, momentum) module pairs in `ema_pairs()`. When `self.taps` is non-empty (set by the RePre

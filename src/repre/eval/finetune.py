@@ -1,0 +1,99 @@
+"""End-to-end fine-tuning with a new head: layer-wise lr decay, label smoothing, warm-up + cosine, AdamW.
+
+As BEiT / MAE fine-tuning, shortened for CPU presets: the lr of block i is lr * decay^(depth - i) (patch
+embedding and tokens at depth 0, the head and final norm at full lr); no weight decay on biases, norms,
+position embedding and class token. Training augmentation: random resized crop and flip only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from repre.config import Config
+from repre.data.loader import EpochBatchSampler, ViewCollate, ViewDataset, build_source, eval_loader, stats
+from repre.data.views import ViewSpec
+from repre.engine.runtime import Runtime
+from repre.engine.schedules import warmup_cosine
+from repre.errors import UserError
+from repre.models.backbone import Backbone
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the patch embedding and tokens, i + 1 for block i, depth + 1 for everything after the blocks."""
+    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay: float) -> list[dict]:
+    """AdamW groups with an `lr_scale` each (layer-wise decay) and weight decay only on matrices."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name, depth)
+        no_wd = p.ndim == 1 or name in ("cls_token", "pos_embed", "reg_token")
+        group = groups.setdefault((lid, no_wd), {
+            "params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (depth + 1 - lid),
+        })
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """Fine-tune a copy of the encoder with a new head on the train split; report test top-1."""
+    e = cfg.eval
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    classes = source.num_classes
+    if not classes:
+        raise UserError("fine-tuning needs labels: use a folder with class sub-folders in train/ and val/")
+    if e.finetune_train_subset:
+        from repre.data.loader import Subset
+
+        source = Subset(source, e.finetune_train_subset)
+    model = encoder.model
+    model.reset_classifier(classes)
+    model.to(rt.device).train()
+    mean, std = stats(cfg.data, source)
+    aug = dataclasses.replace(cfg.aug, crop_scale=e.finetune_crop_scale, jitter_prob=0.0, grayscale_prob=0.0,
+                              blur_prob=[0.0, 0.0], solarize_prob=[0.0, 0.0])
+    spec = ViewSpec(aug=aug, size=cfg.data.image_size, mean=mean, std=std)
+    loader = DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1),
+                        batch_sampler=EpochBatchSampler(len(source), e.finetune_batch_size, cfg.train.seed),
+                        collate_fn=ViewCollate(spec), num_workers=0)
+    opt = torch.optim.AdamW(layer_decay_groups(model, encoder.depth, e.finetune_weight_decay, e.finetune_layer_decay))
+    lrs = warmup_cosine(e.finetune_lr * e.finetune_batch_size / 256, 0.0, e.finetune_steps,
+                        round(e.finetune_warmup_fraction * e.finetune_steps))
+    batches = iter(loader)
+    for step in range(e.finetune_steps):
+        batch = next(batches)
+        for g in opt.param_groups:
+            g["lr"] = float(lrs[step]) * g["lr_scale"]
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            logits = model(batch["views"][:, 0].to(rt.device))
+        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=e.finetune_label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
+            "extra": {"steps": e.finetune_steps, "final_train_loss": float(loss.detach()), "classes": classes}}
+
+
+@torch.no_grad()
+def test_top1(model: nn.Module, cfg: Config, rt: Runtime) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in eval_loader(cfg, "test", cfg.eval.finetune_test_subset):
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            pred = model(x.to(rt.device)).argmax(dim=1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    return correct / max(total, 1)

@@ -1,0 +1,36 @@
+"""Supervised pre-training: the reference the paper compares transfer against.
+
+The same encoder and views as the self-supervised methods, trained with labels: a linear classifier on
+the pooled embedding of every view, cross-entropy with label smoothing. Needs a labelled dataset.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repre.errors import UserError
+from repre.methods.base import Method
+from repre.models.backbone import Backbone
+
+
+class Supervised(Method):
+    def __init__(self, encoder: Backbone, num_classes: int, label_smoothing: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """views: [B, 2, 3, H, W], labels: [B] -> {"loss", "embedding" [2B, D], RePre inputs when taps are set}."""
+        if labels is None or bool((labels < 0).any()):
+            raise UserError("method.name=supervised needs labelled images (class sub-folders or a labelled dataset)")
+        b = views.shape[0]
+        x = views[:, :2].transpose(0, 1).reshape(2 * b, *views.shape[2:])
+        pooled, maps = self.encoder(x, self.taps)
+        loss = F.cross_entropy(self.head(pooled).float(), labels.repeat(2), label_smoothing=self.label_smoothing)
+        out = {"loss": loss, "embedding": pooled.detach()}
+        if self.taps:
+            out["recon_maps"], out["recon_targets"] = maps, x
+        return out
