@@ -60,7 +60,8 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
     """One ~20-step run through the CLI, shared by the eval and output tests."""
     out = tmp_path_factory.mktemp("run") / "tiny"
     args = ["pretrain", "--out", str(out)]
-    for item in TINY + ["train.max_steps=20", "train.checkpoint_every=10", "train.log_every=5"]:
+    for item in TINY + ["train.max_steps=20", "train.checkpoint_every=10", "train.log_every=5",
+                        "train.eval_every=10", "train.diagnose_every=10"]:
         args += ["--set", item]
     code, stdout = run_cli(args)
     assert code == 0, stdout

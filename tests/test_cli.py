@@ -34,7 +34,11 @@ def test_run_writes_every_output_of_the_contract(tiny_run):
     for r in train:
         assert {"loss", "loss_contrastive", "loss_recon", "lr", "momentum", "grad_norm", "images_per_sec"} <= set(r)
         assert r["loss_recon"] > 0
-    assert [r["kind"] for r in lines if "knn_top1" in r] == ["eval"]
+    evals = [r for r in lines if "knn_top1" in r]
+    assert [(r["kind"], r["step"], r["knn_quick"]) for r in evals] == [("eval", 10, True), ("eval", 20, False)]
+    diag = [r for r in train if "diag_grad_cosine" in r]
+    assert [r["step"] for r in diag] == [10, 20]
+    assert all(-1 <= r["diag_grad_cosine"] <= 1 and r["diag_grad_norm_recon"] > 0 for r in diag)
 
 
 def test_checkpoint_loads_with_weights_only(tiny_run):

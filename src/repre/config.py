@@ -118,6 +118,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = -1  # -1: min(8, cores - 1)
     progress: bool = True
+    diagnose_every: int = 100  # loss-balance diagnostics (RePre only): gradient norms and cosine; 0: off
 
 
 @dataclass
@@ -131,6 +132,8 @@ class EvalConfig:
     knn_test_subset: int | None = None
     batch_size: int = 512
     recon_images: int = 8  # images shown in recon.png
+    quick_knn_train: int = 10000  # k-NN during pre-training (train.eval_every) uses these subsets
+    quick_knn_test: int = 2000
     recon_subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
     linear_features: Literal["cls", "avg", "both"] = "cls"  # class token, mean patch token, or both
     linear_blocks: int = 1  # concatenate the features of the last k blocks (DINO uses 4 for ViT-S)
@@ -411,6 +414,7 @@ def validate(cfg: Config) -> None:
     non_negative = {
         "train.seed": t.seed,
         "train.eval_every": t.eval_every,
+        "train.diagnose_every": t.diagnose_every,
         "train.clip_grad": t.clip_grad,
         "train.max_steps": t.max_steps,
         "train.warmup_steps": t.warmup_steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from repre.builder import build_model
 from repre.config import Config, flatten, save_yaml
 from repre.data.loader import pretrain_loader, train_source
 from repre.engine import checkpoint as ckpt_io
+from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter, WindowMeter
 from repre.engine.runtime import Runtime, setup_runtime
 from repre.engine.schedules import momentum_schedule, warmup_cosine
@@ -28,7 +30,7 @@ log = logging.getLogger("repre")
 
 # keys a resumed run may change: how long it runs and how it reports, not what it computes
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.eval_every", "train.keep_checkpoints", "train.progress", "train.num_workers",
+                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.progress", "train.num_workers",
                      "train.device", "eval.", "description")
 
 
@@ -88,6 +90,8 @@ class Trainer:
         self.lr = warmup_cosine(t.lr * t.batch_size / 256, t.min_lr, self.total, warmup)  # linear scaling rule
         self.momentum = momentum_schedule(cfg.method.momentum, self.total)
         self.state = RunState()
+        self.pending_diag: dict[str, float] = {}
+        self.trend = TrendWatch()
         if resume:
             self._resume()
         save_yaml(cfg, out / "config.yaml")
@@ -175,6 +179,9 @@ class Trainer:
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
             labels = batch["label"].to(self.rt.device, non_blocking=True)
             out = self.model(views, float(self.momentum[step]), labels)
+        if self._diagnose_now():
+            balance = loss_balance(self.model.encoder, out["loss_contrastive"], self.cfg.recon.weight * out["loss_recon"])
+            self.pending_diag = {k: float(v) for k, v in balance.items()}  # logged with the next train line
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -183,6 +190,11 @@ class Trainer:
         self.scaler.update()
         keys = ("loss", "loss_contrastive", "loss_recon")
         return {**{k: out[k].detach() for k in keys}, "grad_norm": grad_norm.detach()}
+
+    def _diagnose_now(self) -> bool:
+        every = self.cfg.train.diagnose_every
+        return bool(every) and self.cfg.recon.enabled and (self.state.step + 1) % every == 0
+
 
     # ------------------------------------------------------------ the loop
 
@@ -226,7 +238,7 @@ class Trainer:
             if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total:
                 self.save_checkpoint()
             if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total:
-                self._evaluate(writer)
+                self._evaluate(writer, quick=True)
         return s.step >= self.total
 
     def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float) -> None:
@@ -238,18 +250,27 @@ class Trainer:
             "kind": "train",
             **values,  # window averages, lr and momentum included
             "images_per_sec": images_per_sec,
+            **self.pending_diag,  # loss-balance diagnostics of one step, when measured in this window
         }
+        self.pending_diag = {}
+        if self.cfg.recon.enabled:
+            self.trend.update(values["loss_contrastive"], values["loss_recon"])
         writer.write(record)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_sec:.0f}")
         if not all(math.isfinite(v) for v in values.values()):
             log.warning("non-finite values at step %d: %s", s.step, values)
 
-    def _evaluate(self, writer: MetricWriter) -> float | None:
+    def _evaluate(self, writer: MetricWriter, quick: bool = False) -> float | None:
+        """k-NN top-1 logged as an eval line; `quick` (during training) uses the eval.quick_knn_* subsets."""
         from repre.eval.knn import knn_top1_or_none
 
-        top1 = knn_top1_or_none(self.model.encoder, self.cfg, self.rt)
+        cfg = self.cfg
+        if quick:
+            e = dataclasses.replace(cfg.eval, knn_train_subset=cfg.eval.quick_knn_train, knn_test_subset=cfg.eval.quick_knn_test)
+            cfg = dataclasses.replace(cfg, eval=e)
+        top1 = knn_top1_or_none(self.model.encoder, cfg, self.rt)
         if top1 is not None:
-            writer.write({"step": self.state.step, "kind": "eval", "knn_top1": top1})
+            writer.write({"step": self.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": quick})
         self.model.train()
         return top1
 
