@@ -27,7 +27,7 @@ def run(preset: str, seed: int, overrides: list[str]) -> dict:
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
         return json.loads(summary.read_text())
     cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",
-           "--set", f"train.seed={seed}", "--set", "train.progress=false"]
+           "--set", f"train.seed={seed}", "--set", "train.progress=false", "--set", "train.diagnose_every=0"]
     for item in overrides:
         cmd += ["--set", item]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
