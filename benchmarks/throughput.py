@@ -34,7 +34,8 @@ def _trainer(preset: str, recon: bool, extra: list[str]):
     from repre.config import load_config
     from repre.engine.trainer import Trainer
 
-    overrides = [f"recon.enabled={str(recon).lower()}", "train.progress=false", "eval.knn=false", *extra]
+    overrides = [f"recon.enabled={str(recon).lower()}", "train.progress=false", "eval.knn=false",
+                 "train.diagnose_every=0", *extra]
     cfg = load_config(preset, overrides)
     return Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
 
