@@ -56,7 +56,7 @@ def decode(path: Path) -> torch.Tensor:
         raise UnreadableImage(f"{path}: {exc}") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
         raise UnreadableImage(f"{path}: empty image")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy (PIL arrays are read-only)
 
 
 class ImageFolder:
