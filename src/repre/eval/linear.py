@@ -8,7 +8,6 @@ the whole train split and reported on test.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from repre.config import Config
 from repre.data.loader import eval_loader
 from repre.engine.runtime import Runtime
 from repre.errors import UserError
+from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
 
@@ -58,20 +58,8 @@ def train_linear(
     x: torch.Tensor, y: torch.Tensor, classes: int, lr: float, wd: float, epochs: int, seed: int = 0
 ) -> torch.nn.Linear:
     """AdamW + cosine on standardized features x [N, F] -> a linear classifier [F -> classes]."""
-    g = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(x.shape[1], classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
-    batch = 1024
-    steps = epochs * math.ceil(len(x) / batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(batch):
-            loss = F.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return head
+    return fit_probe(head, x, y, F.cross_entropy, lr, wd, epochs, batch=1024, seed=seed)
 
 
 @torch.no_grad()

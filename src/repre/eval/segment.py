@@ -17,6 +17,7 @@ from repre.config import Config
 from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
 from repre.data.views import normalize
 from repre.engine.runtime import Runtime
+from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
 
@@ -41,20 +42,12 @@ def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime
 
 def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: float, epochs: int, seed: int = 0):
     """feats [N, D, h, w], masks [N, S, S] -> a 1x1 conv probe trained with AdamW + cosine."""
-    g = torch.Generator().manual_seed(seed)
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, target.long())
+
     probe = torch.nn.Conv2d(feats.shape[1], classes, 1)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
-    batch = 64
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * -(-len(feats) // batch))
-    for _ in range(epochs):
-        for idx in torch.randperm(len(feats), generator=g).split(batch):
-            logits = F.interpolate(probe(feats[idx]), size=masks.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, masks[idx].long())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return probe
+    return fit_probe(probe, feats, masks, loss, lr, 1e-4, epochs, batch=64, seed=seed)
 
 
 @torch.no_grad()
