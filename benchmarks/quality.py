@@ -49,12 +49,21 @@ def run_dir(method: str, row: str, seed: int, cfg) -> Path:
     return RESULTS / f"{method}-{row}-seed{seed}-{digest}"
 
 
-def pretrain(cfg, out: Path) -> None:
+def pretrain(cfg, out: Path, tasks: list[str]) -> None:
+    """Pre-train unless every requested evaluation is cached or a finished checkpoint exists (only the small
+    result files are kept in git: a new checkout re-trains a run whose evaluations are incomplete)."""
+    import shutil
+
     from repre.engine.trainer import pretrain as run
 
+    if all((out / "eval" / t / "result.json").is_file() for t in tasks):
+        return
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
-        return
+        if (out / "checkpoints" / "last.pt").is_file():
+            return
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished elsewhere: train again, same seed
+        summary.unlink()
     run(cfg, out, resume=True)
 
 
@@ -142,7 +151,7 @@ def main() -> None:
                 cfg = row_config(method, row, seed, args.overrides)
                 out = run_dir(method, row, seed, cfg)
                 if row != "random":
-                    pretrain(cfg, out)
+                    pretrain(cfg, out, tasks)
                     curves.setdefault(row, out)
                 for task in tasks:
                     value = evaluate(row, cfg, out, task)
