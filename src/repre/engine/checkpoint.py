@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -18,7 +19,13 @@ _STEP_FILE = re.compile(r"step-(\d{8})\.pt$")
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of repre, torch and timm, and the git commit of the source tree when known."""
+    """Versions of repre, torch and timm, and the git commit of the source tree when known (looked up once)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str | None]:
+    """Uncached lookup behind `versions`."""
     import timm
 
     import repre
