@@ -46,7 +46,7 @@ def random_init(seed: int, overrides: list[str]) -> float:
     torch.manual_seed(seed)
     encoder = build_encoder(cfg)
     rt = setup_runtime(cfg.train)
-    return knn_eval(encoder.to(rt.device), cfg, rt)["top1"]
+    return knn_eval(encoder.to(rt.device), cfg, rt)["value"]
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

@@ -73,11 +73,8 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
 
     from repre.builder import build_encoder
     from repre.engine.runtime import setup_runtime
+    from repre.eval import encoder_tasks
     from repre.eval import evaluate as eval_checkpoint
-    from repre.eval.finetune import finetune_eval
-    from repre.eval.knn import knn_eval
-    from repre.eval.linear import linear_eval
-    from repre.eval.segment import segment_eval
 
     cached = out / "eval" / task / "result.json"
     if cached.is_file():
@@ -85,11 +82,7 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
     if row == "random":
         torch.manual_seed(cfg.train.seed)
         rt = setup_runtime(cfg.train)
-        encoder = build_encoder(cfg).to(rt.device)
-        fn = {"knn": knn_eval, "linear": linear_eval, "finetune": finetune_eval, "segment": segment_eval}[task]
-        result = fn(encoder, cfg, rt)
-        if task == "knn":
-            result = {"task": "knn", "metric": "top1", "value": result["top1"], "extra": result}
+        result = encoder_tasks()[task](build_encoder(cfg).to(rt.device), cfg, rt)
     else:
         result = eval_checkpoint(task, out)  # the run's config carries the evaluation budget
     cached.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms.v2 import functional as TF
 
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
@@ -206,8 +207,6 @@ class EvalDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from torchvision.transforms.v2 import functional as TF
-
         img, label, _ = load_or_replace(self.source, index)
         if img.shape[-2:] != (self.size, self.size):
             short = self.size if min(img.shape[-2:]) <= self.size else round(self.size / 0.875)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,11 @@ from torch import nn
 from repre.builder import build_encoder, build_model
 from repre.config import Config, config_from_dict, deep_update, parse_overrides
 from repre.engine import checkpoint as ckpt_io
-from repre.engine.runtime import setup_runtime
+from repre.engine.runtime import Runtime, setup_runtime
 from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 TASKS = ("knn", "linear", "finetune", "segment", "recon")
-AVAILABLE = TASKS
 
 
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
@@ -56,12 +56,23 @@ def load_model(checkpoint: str | Path, overrides: list[str] | None = None) -> tu
     return model, cfg
 
 
+def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:
+    """Evaluations of a frozen or fine-tuned encoder: task -> fn(encoder, cfg, rt) -> result dict."""
+    from repre.eval.finetune import finetune_eval
+    from repre.eval.knn import knn_eval
+    from repre.eval.linear import linear_eval
+    from repre.eval.segment import segment_eval
+
+    return {"knn": knn_eval, "linear": linear_eval, "finetune": finetune_eval, "segment": segment_eval}
+
+
 def evaluate(
     task: str, checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
-    """Run evaluation `task` on a checkpoint or run directory; pictures and result.json go to `out`."""
-    if task not in AVAILABLE:
-        raise UserError(f"`repre eval {task}` arrives with the evaluation issue (#3); available now: {', '.join(AVAILABLE)}")
+    """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra"};
+    pictures go to `out`."""
+    if task not in TASKS:
+        raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(TASKS)}")
     if task == "recon":
         from repre.eval.recon import recon_eval
 
@@ -70,21 +81,4 @@ def evaluate(
         return recon_eval(model.to(rt.device), cfg, rt, Path(out) if out else None)
     encoder, cfg = load_encoder(checkpoint, overrides)
     rt = setup_runtime(cfg.train)
-    encoder.to(rt.device)
-    if task == "linear":
-        from repre.eval.linear import linear_eval
-
-        return linear_eval(encoder, cfg, rt)
-    if task == "finetune":
-        from repre.eval.finetune import finetune_eval
-
-        return finetune_eval(encoder, cfg, rt)
-    if task == "segment":
-        from repre.eval.segment import segment_eval
-
-        return segment_eval(encoder, cfg, rt)
-    from repre.eval.knn import knn_eval
-
-    result = knn_eval(encoder, cfg, rt)
-    top1 = result.pop("top1")
-    return {"task": "knn", "metric": "top1", "value": top1, "extra": result}
+    return encoder_tasks()[task](encoder.to(rt.device), cfg, rt)

@@ -16,7 +16,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from repre.config import Config
-from repre.data.loader import EpochBatchSampler, ViewCollate, ViewDataset, build_source, eval_loader, stats
+from repre.data.loader import (
+    EpochBatchSampler,
+    Subset,
+    ViewCollate,
+    ViewDataset,
+    build_source,
+    eval_loader,
+    stats,
+)
 from repre.data.views import ViewSpec
 from repre.engine.runtime import Runtime
 from repre.engine.schedules import warmup_cosine
@@ -56,8 +64,6 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     if not classes:
         raise UserError("fine-tuning needs labels: use a folder with class sub-folders in train/ and val/")
     if e.finetune_train_subset:
-        from repre.data.loader import Subset
-
         source = Subset(source, e.finetune_train_subset)
     model = encoder.model
     model.reset_classifier(classes)

@@ -62,13 +62,14 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     queries, query_y = extract_features(encoder, test, rt)
     pred = knn_predict(bank, bank_y, queries, e.knn_k, e.knn_temperature, classes)
     top1 = float((pred == query_y).float().mean())
-    return {"top1": top1, "k": e.knn_k, "temperature": e.knn_temperature, "bank": len(bank), "queries": len(queries)}
+    extra = {"k": e.knn_k, "temperature": e.knn_temperature, "bank": len(bank), "queries": len(queries)}
+    return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
 
 
 def knn_top1_or_none(encoder: Backbone, cfg: Config, rt: Runtime) -> float | None:
     """k-NN top-1 during or after pre-training; None (with a note) where the data has no labels."""
     try:
-        return knn_eval(encoder, cfg, rt)["top1"]
+        return knn_eval(encoder, cfg, rt)["value"]
     except UserError as exc:
         log.warning("k-NN skipped: %s", exc)
         return None

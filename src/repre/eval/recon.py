@@ -15,6 +15,7 @@ from repre.data.views import denormalize
 from repre.engine.runtime import Runtime
 from repre.errors import UserError
 from repre.losses import patchify
+from repre.methods.base import stack_views
 from repre.reconstruction import RePre
 
 
@@ -63,7 +64,7 @@ def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Pa
     n = min(cfg.eval.recon_images, len(source))
     dataset = ViewDataset(source, spec, cfg.train.seed)
     batch = ViewCollate(spec)([dataset[(0, i)] for i in range(n)])
-    x = batch["views"][:, :2].transpose(0, 1).reshape(2 * n, *batch["views"].shape[2:]).to(rt.device)
+    x = stack_views(batch["views"]).to(rt.device)
     was_training = model.training
     model.eval()
     pred = reconstruct(model, x, rt)

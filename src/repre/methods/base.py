@@ -10,6 +10,11 @@ from torch import nn
 from repre.models.backbone import Backbone
 
 
+def stack_views(views: torch.Tensor) -> torch.Tensor:
+    """[B, V, 3, H, W] -> the first two views stacked as [x1; x2]: [2B, 3, H, W] (one encoder pass for both)."""
+    return views[:, :2].transpose(0, 1).reshape(2 * views.shape[0], *views.shape[2:])
+
+
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy of `module` to be updated by EMA only."""
     target = copy.deepcopy(module)

@@ -11,7 +11,7 @@ import torch
 
 from repre.engine.distributed import gather, rank
 from repre.losses import mocov3_loss
-from repre.methods.base import Method, momentum_copy
+from repre.methods.base import Method, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import mlp
 
@@ -41,7 +41,7 @@ class MoCoV3(Method):
     def forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """views: [B, 2, 3, H, W] -> {"loss", "embedding" [2B, D], and the RePre inputs when taps are set}."""
         b = views.shape[0]
-        x = views[:, :2].transpose(0, 1).reshape(2 * b, *views.shape[2:])  # [x1; x2]: one encoder pass
+        x = stack_views(views)
         pooled, maps = self.encoder(x, self.taps)
         z = self.projector(pooled[:b]), self.projector(pooled[b:])  # BN statistics per view, as official
         q1, q2 = self.predictor(z[0]), self.predictor(z[1])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repre.errors import UserError
-from repre.methods.base import Method
+from repre.methods.base import Method, stack_views
 from repre.models.backbone import Backbone
 
 
@@ -26,8 +26,7 @@ class Supervised(Method):
         """views: [B, 2, 3, H, W], labels: [B] -> {"loss", "embedding" [2B, D], RePre inputs when taps are set}."""
         if labels is None or bool((labels < 0).any()):
             raise UserError("method.name=supervised needs labelled images (class sub-folders or a labelled dataset)")
-        b = views.shape[0]
-        x = views[:, :2].transpose(0, 1).reshape(2 * b, *views.shape[2:])
+        x = stack_views(views)
         pooled, maps = self.encoder(x, self.taps)
         loss = F.cross_entropy(self.head(pooled).float(), labels.repeat(2), label_smoothing=self.label_smoothing)
         out = {"loss": loss, "embedding": pooled.detach()}
