@@ -121,7 +121,7 @@ class Trainer:
         state = self._checkpoint_state()
         path = self.out / "checkpoints" / f"step-{self.state.step:08d}.pt"
         ckpt_io.save(state, path)
-        ckpt_io.save(state, self.out / "checkpoints" / "last.pt")
+        ckpt_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second serialisation
         ckpt_io.prune(self.out, self.cfg.train.keep_checkpoints)
         return path
 
