@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# GPU check (first version): CUDA smoke test, then throughput of the default preset and of ViT-S/16 at 224,
-# each +-RePre, bf16. Each stage writes $OUT/<stage>.json as soon as it finishes; the compact table is last.
-# Runs from the source tree with the machine's own torch and timm: no installs, no network. ~5 minutes.
+# GPU check: CUDA correctness, then throughput and MFU, then the quality search on the GPU, in stages.
+# Each stage has its own time limit and writes $OUT/<stage>.json as soon as it finishes (a failed or timed-out
+# stage writes {"failed": true}); the compact table is printed last. About 9.5 minutes in all on one H100/H200.
+# Runs from the source tree with the machine's own torch and timm: no installs, no network.
+#
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#
+# The Fashion-MNIST IDX files are read from .gpu-data/fashion-mnist (copy /usr/share/datasets/fashion-mnist
+# there and carry it to the GPU machine); the stages that need them are skipped without it.
+# SEARCH_SET="--set train.max_steps=3 ..." shrinks the search for a dry run of this script.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
 OUT=${OUT:-/tmp/repre-gpu-check}
+FMNIST=${FMNIST:-.gpu-data/fashion-mnist}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
-python -c "import torch, timm; print(torch.__version__, timm.__version__, torch.cuda.get_device_name())" > "$OUT/versions.txt" 2>&1
+python -c "import torch, timm; print(torch.__version__, timm.__version__, torch.cuda.get_device_name())" \
+  > "$OUT/versions.txt" 2>&1
+nproc >> "$OUT/versions.txt"
+cat "$OUT/versions.txt"
 
 stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JSON) becomes $OUT/NAME.json
   local name=$1 limit=$2; shift 2
   local start=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local code=$?
   tail -n 1 "$OUT/$name.log" | python -c "import json,sys; json.loads(sys.stdin.read())" 2>/dev/null \
     && tail -n 1 "$OUT/$name.log" > "$OUT/$name.json" \
@@ -22,15 +32,42 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
   echo "stage $name: exit $code after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
 }
 
+# 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
+stage cuda-check 50 python benchmarks/cuda_check.py
+
+# 2. the quality search (benchmarks/quality.py --search, eval.split=val) in 5 parallel lanes, one seed
+search_lanes() {
+  local lanes=("long-base,lam0.5,lam10,normpix" "long,lam2,taps-last,l2" "base,repre,lam10-cos0,depth3"
+               "scenes-base,scenes,lam5,width64" "lam0.1,taps-2,lam0-cos10,width16")
+  for points in "${lanes[@]}"; do
+    OMP_NUM_THREADS=3 python benchmarks/quality.py --search "$points" --seeds 0 --results "$OUT/quality" \
+      --drop-checkpoints --set data.root="$FMNIST" --set train.num_workers=2 ${SEARCH_SET:-} \
+      > "$OUT/search-$(echo "$points" | cut -d, -f1).log" 2>&1 &
+  done
+  wait
+}
+if [ -d "$FMNIST" ]; then
+  stage search-runs 200 bash -c "$(declare -f search_lanes); OUT='$OUT' FMNIST='$FMNIST' SEARCH_SET='${SEARCH_SET:-}' search_lanes"
+  stage search 20 python benchmarks/quality.py --search all --seeds 0 --cached --results "$OUT/quality"
+fi
+
+# 3. throughput (bf16): the default preset on real data and on pre-made tensors; ViT-S/16 and ViT-B/16 at 224
 SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16"
-stage smoke 60 python -m repre pretrain --out "$OUT/smoke-run" $SYN --set data.image_size=32 \
-  --set train.max_steps=10 --set train.batch_size=64 --set train.log_every=5 --set train.progress=false
-python -c "import json,math,sys; d=json.load(open(sys.argv[1])); ok=d.get('completed') and math.isfinite(d['loss']); print('smoke: finite loss' if ok else 'smoke: FAILED'); sys.exit(0 if ok else 1)" "$OUT/smoke.json" | tee -a "$OUT/stages.txt"
-stage default-preset 90 python benchmarks/throughput.py --rounds 1 --steps 20 --warmup 5 \
-  --configs repre-tensors,baseline-tensors $SYN --set data.synthetic_train=512
-stage vit-s16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
-  --preset in1k-vit-s16-mocov3-repre --configs repre-tensors,baseline-tensors $SYN \
-  --set data.synthetic_train=256 --set train.batch_size=256 --set train.num_workers=4
+if [ -d "$FMNIST" ]; then
+  stage default-preset 45 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \
+    --configs repre,baseline,repre-tensors,baseline-tensors --set data.root="$FMNIST" \
+    --set train.device=cuda --set train.num_workers=8
+fi
+VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set data.synthetic_train=512 --set train.batch_size=256"
+stage vit-s16-224 70 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT
+stage vit-b16-224 55 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
+stage vit-s16-224-compiled 75 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors $VIT --set train.compile=true
+
+# 4. the test suite on this machine's torch and timm (device auto: CUDA)
+python -c "import pytest" 2>/dev/null && stage tests 40 python -m pytest -x -q -p no:cacheprovider tests
 
 python - "$OUT" <<'PY'
 import json, pathlib, sys
@@ -39,8 +76,14 @@ for f in sorted(out.glob("*.json")):
     d = json.loads(f.read_text())
     if d.get("benchmark") == "throughput":
         for name, row in d["results"].items():
-            print(f"{f.stem:<16}{name:<18}{row['images_per_sec']:>10.1f} img/s {row['peak_rss_mb']:>8.0f} MB RSS")
-        print(f"{f.stem:<16}ratios {json.dumps(d['ratios'])}")
+            mfu = f"{row['mfu']:.3f}" if row.get("mfu") is not None else "-"
+            mem = f"{row['peak_cuda_mb']:.0f}" if row.get("peak_cuda_mb") else "-"
+            print(f"{f.stem:<22}{name:<20}{row['images_per_sec']:>10.1f} img/s  MFU {mfu}  {mem} MB CUDA")
+        print(f"{f.stem:<22}ratios {json.dumps({k: round(v, 3) for k, v in d['ratios'].items()})}")
+    elif d.get("benchmark") == "cuda_check":
+        print(f"{f.stem:<22}passed={d['passed']} " + " ".join(f"{k}={v['ok']}" for k, v in d["checks"].items()))
+    elif d.get("benchmark") == "quality-search":
+        print(f"{f.stem:<22}{len(d['values'])} points; the table is in search.log")
     else:
-        print(f"{f.stem:<16}{json.dumps({k: d.get(k) for k in ('completed', 'steps', 'loss', 'images_per_sec', 'failed')})}")
+        print(f"{f.stem:<22}{json.dumps(d)[:200]}")
 PY

@@ -12,6 +12,12 @@ keyed by (method, row, seed, hash of the resolved config): an interrupted benchm
 
     python benchmarks/quality.py [--methods mocov3] [--seeds 0,1,2] [--rows repre,baseline,supervised,random]
                                  [--only knn,linear,finetune,segment] [--set KEY=VALUE ...] [--plot]
+
+The search (--search POINTS|all): variants of the RePre branch and of the pre-training, each beside the
+baseline trained the same way, evaluated with eval.split=val (the last 10,000 Fashion-MNIST train images;
+the test split is never read), so the configuration it selects can then be reported on test with fresh seeds:
+
+    python benchmarks/quality.py --search all --seeds 0 [--cached] [--results DIR] [--drop-checkpoints]
 """
 
 from __future__ import annotations
@@ -27,6 +33,33 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 TASKS = ["knn", "linear", "finetune", "segment"]
 ROWS = ["repre", "baseline", "supervised", "random"]
+SCENES = ["data.name=fashion-scenes"]  # pre-training on scenes; classification evaluations on Fashion-MNIST
+LONG = ["train.max_steps=800"]
+SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared with)
+    "base": ("baseline", [], None),
+    "repre": ("repre", [], "base"),  # the preset as it stands
+    "width16": ("repre", ["recon.width=16"], "base"),
+    "width64": ("repre", ["recon.width=64", "recon.min_width=16"], "base"),
+    "depth3": ("repre", ["recon.depth=3"], "base"),
+    "taps-last": ("repre", ["recon.taps=[5]"], "base"),
+    "taps-2": ("repre", ["recon.taps=[2,5]"], "base"),
+    "taps-6": ("repre", ["recon.taps=6"], "base"),
+    "lam0.1": ("repre", ["recon.weight=0.1"], "base"),
+    "lam0.5": ("repre", ["recon.weight=0.5"], "base"),
+    "lam2": ("repre", ["recon.weight=2.0"], "base"),
+    "lam5": ("repre", ["recon.weight=5.0"], "base"),
+    "lam10": ("repre", ["recon.weight=10.0"], "base"),
+    "lam10-cos0": ("repre", ["recon.weight=10.0", "recon.weight_end=0.0"], "base"),
+    "lam0-cos10": ("repre", ["recon.weight=0.0", "recon.weight_end=10.0"], "base"),
+    "l2": ("repre", ["recon.loss=l2"], "base"),
+    "normpix": ("repre", ["recon.norm_pix=true"], "base"),
+    "normpix-l2": ("repre", ["recon.norm_pix=true", "recon.loss=l2"], "base"),
+    "scenes-base": ("baseline", SCENES, None),
+    "scenes": ("repre", SCENES, "scenes-base"),
+    "long-base": ("baseline", LONG, None),
+    "long": ("repre", LONG, "long-base"),
+}
+RUNTIME_KEYS = ("num_workers", "device", "progress")  # with data.root: not part of a run's identity (cache key)
 EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are unchanged
     "eval.knn_train_subset=20000", "eval.knn_test_subset=5000",
     "eval.linear_train_subset=20000", "eval.linear_test_subset=5000", "eval.linear_epochs=20",
@@ -44,9 +77,13 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
                                 "eval.knn=false", *EVAL_DEFAULTS, *extra, *overrides])
 
 
-def run_dir(method: str, row: str, seed: int, cfg) -> Path:
-    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    return RESULTS / f"{method}-{row}-seed{seed}-{digest}"
+def run_dir(method: str, row: str, seed: int, cfg, results: Path = RESULTS) -> Path:
+    ident = cfg.to_dict()
+    for key in RUNTIME_KEYS:
+        ident["train"].pop(key, None)
+    ident["data"].pop("root", None)
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return results / f"{method}-{row}-seed{seed}-{digest}"
 
 
 def pretrain(cfg, out: Path, tasks: list[str]) -> None:
@@ -67,6 +104,16 @@ def pretrain(cfg, out: Path, tasks: list[str]) -> None:
     run(cfg, out, resume=True)
 
 
+def cached(out: Path, task: str) -> float | None:
+    path = out / "eval" / task / "result.json"
+    return json.loads(path.read_text())["value"] if path.is_file() else None
+
+
+def eval_overrides(cfg, task: str) -> list[str]:
+    """Scene-pre-trained encoders are classified on Fashion-MNIST."""
+    return ["data.name=fashion-mnist"] if cfg.data.name == "fashion-scenes" and task != "segment" else []
+
+
 def evaluate(row: str, cfg, out: Path, task: str) -> float:
     """Cached: out/eval/<task>/result.json."""
     import torch
@@ -84,7 +131,7 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
         rt = setup_runtime(cfg.train)
         result = encoder_tasks()[task](build_encoder(cfg).to(rt.device), cfg, rt)
     else:
-        result = eval_checkpoint(task, out)  # the run's config carries the evaluation budget
+        result = eval_checkpoint(task, out, eval_overrides(cfg, task))  # the run's config carries the budget
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2))
     return result["value"]
@@ -125,6 +172,49 @@ def plot(table: dict, curves: dict[str, Path], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def search(method: str, points: list[str], seeds: list[int], tasks: list[str], overrides: list[str],
+           results: Path, only_cached: bool, drop: bool) -> dict:
+    """Train and evaluate (eval.split=val) each search point; print values and differences to its baseline."""
+    import shutil
+
+    table: dict[str, dict[str, list[float | None]]] = {}
+    cost: dict[str, list[float]] = {}
+    for seed in seeds:
+        for point in points:
+            row, extra, _ = SEARCH[point]
+            cfg = row_config(method, row, seed, [*extra, "eval.split=val", *overrides])
+            out = run_dir(method, f"search-{point}", seed, cfg, results)
+            if not only_cached:
+                pretrain(cfg, out, tasks)
+            for task in tasks:
+                value = cached(out, task) if only_cached else evaluate(row, cfg, out, task)
+                table.setdefault(point, {}).setdefault(task, []).append(value)
+                if value is not None:
+                    print(f"search seed {seed} {point:<12} {task:<8} {value:.4f}", file=sys.stderr, flush=True)
+            summary = out / "summary.json"
+            if summary.is_file():
+                s = json.loads(summary.read_text())
+                cost.setdefault(point, []).append(s["train_s"] / max(s["steps"], 1))
+            if drop:
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    print(f"\nsearch ({method}, eval.split=val, seeds {seeds}): value, then point - its baseline (paired seeds)")
+    print(f"{'point':<13}{'s/step':>8}  " + "".join(f"{t:<22}" for t in tasks))
+    diffs: dict[str, dict[str, list[float]]] = {}
+    for point, values in table.items():
+        ref = SEARCH[point][2]
+        cells = []
+        for t in tasks:
+            have = [v for v in values[t] if v is not None]
+            pairs = [a - b for a, b in zip(values[t], table.get(ref, {}).get(t, []), strict=False)
+                     if a is not None and b is not None]
+            diffs.setdefault(point, {})[t] = pairs
+            cell = f"{statistics.mean(have):.4f}" if have else "-"
+            cells.append(cell + (f" ({statistics.mean(pairs):+.4f})" if pairs else ""))
+        step = f"{statistics.mean(cost[point]):.3f}" if cost.get(point) else "-"
+        print(f"{point:<13}{step:>8}  " + "".join(f"{c:<22}" for c in cells))
+    return {"values": table, "diff_to_baseline": diffs, "sec_per_step": cost}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="mocov3")
@@ -133,8 +223,23 @@ def main() -> None:
     p.add_argument("--only", default=",".join(TASKS), help="evaluations to run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--plot", action="store_true", help="write benchmarks/results/quality/<method>.png")
+    p.add_argument("--search", default="", help=f"search points (or all): {', '.join(SEARCH)}")
+    p.add_argument("--cached", action="store_true", help="search: report cached results only, train nothing")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where runs and results are cached")
+    p.add_argument("--drop-checkpoints", action="store_true", help="search: delete checkpoints once evaluated")
     args = p.parse_args()
     seeds, rows, tasks = [int(s) for s in args.seeds.split(",")], args.rows.split(","), args.only.split(",")
+    if args.search:
+        points = list(SEARCH) if args.search == "all" else args.search.split(",")
+        unknown = [x for x in points if x not in SEARCH]
+        if unknown:
+            sys.exit(f"unknown search points {unknown}; choose from {', '.join(SEARCH)}")
+        method = args.methods.split(",")[0]
+        report = search(method, points, seeds, tasks, args.overrides, args.results / "search", args.cached,
+                        args.drop_checkpoints)
+        print(json.dumps({"benchmark": "quality-search", "date": time.strftime("%Y-%m-%d"), "method": method,
+                          "seeds": seeds, "overrides": args.overrides, "eval_budget": EVAL_DEFAULTS, **report}))
+        return
     report = {}
     for method in args.methods.split(","):
         table: dict[str, dict[str, list[float]]] = {r: {t: [] for t in tasks} for r in rows}
@@ -142,7 +247,7 @@ def main() -> None:
         for seed in seeds:
             for row in rows:
                 cfg = row_config(method, row, seed, args.overrides)
-                out = run_dir(method, row, seed, cfg)
+                out = run_dir(method, row, seed, cfg, args.results)
                 if row != "random":
                     pretrain(cfg, out, tasks)
                     curves.setdefault(row, out)

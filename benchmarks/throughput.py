@@ -11,6 +11,8 @@ Configurations:
   baseline         the same with recon.enabled=false (plain MoCo v3)
   repre-tensors    the RePre training step on one pre-made batch (no data loading): this machine's bound
   baseline-tensors the plain MoCo v3 step on one pre-made batch
+  supervised-tensors  the same encoder trained with labels (method.name=supervised, a plain timm ViT step):
+                   the reference point for the MFU of the self-supervised steps
   lightly          a MoCo-style assembly from lightly's parts around the same timm ViT, on pre-made tensors
                    (MoCoProjectionHead, BYOLPredictionHead, NTXentLoss: SimCLR's 2N-1-way loss, update_momentum)
 """
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 CONFIGS = ["repre", "baseline", "repre-tensors", "baseline-tensors", "lightly"]
+OPTIONAL = ["supervised-tensors"]
 
 
 def _trainer(preset: str, recon: bool, extra: list[str]):
@@ -40,13 +43,49 @@ def _trainer(preset: str, recon: bool, extra: list[str]):
     return Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
 
 
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _time_steps(step, batches, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step(next(batches))
+    _sync()
     start = time.perf_counter()
     for _ in range(steps):
         step(next(batches))
+    _sync()
     return (time.perf_counter() - start) / steps
+
+
+def matmul_peak(device, dtype, n: int = 8192, reps: int = 20) -> float:
+    """Measured dense matmul FLOP/s of this device at `dtype` (n x n x n products, best of 3 timings)."""
+    import torch
+
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(3):
+        _sync()
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync()
+        best = min(best, (time.perf_counter() - start) / reps)
+    return 2 * n**3 / best
+
+
+def step_flops(step, batch) -> int:
+    """FLOPs of one training step (forward and backward of every module, momentum encoder included) as
+    torch.utils.flop_counter counts them: matmuls, convolutions and attention; element-wise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(batch)
+    return counter.get_total_flops()
 
 
 def _lightly_step(trainer):
@@ -85,7 +124,7 @@ def _lightly_step(trainer):
     return step
 
 
-def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str]) -> dict:
+def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str], mfu: bool) -> dict:
     import itertools
 
     import torch
@@ -94,7 +133,8 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str])
 
     premade = name.endswith("tensors") or name == "lightly"
     # pre-made tensors: no worker process left running to compete for the cores
-    trainer = _trainer(preset, recon=name.startswith("repre"), extra=overrides + ["train.num_workers=0"] * premade)
+    extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
+    trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
     loader = pretrain_loader(trainer.cfg, trainer.source, 0, trainer.rt.pin_memory)
     batches = iter(loader)
     if premade:
@@ -109,7 +149,14 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str])
     step = _lightly_step(trainer) if name == "lightly" else repre_step
     sec = _time_steps(step, batches, warmup, steps)
     bs = trainer.cfg.train.batch_size
+    flops = peak = None
+    if mfu:
+        flops = step_flops(step, next(batches))
+        peak = matmul_peak(trainer.rt.device, trainer.rt.dtype)
     return {
+        "step_flops": flops,
+        "device_peak_flops": peak,
+        "mfu": flops / sec / peak if mfu else None,
         "config": name,
         "step_s": sec,
         "images_per_sec": bs / sec,
@@ -128,13 +175,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--preset", default="fmnist-mocov3-repre")
-    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS + OPTIONAL)}")
+    p.add_argument("--mfu", action="store_true", help="count step FLOPs and measure the matmul peak (MFU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every configuration (e.g. train.device=cuda)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides)))
+        print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides, args.mfu)))
         return
     names = args.configs.split(",")
     runs: dict[str, list[dict]] = {n: [] for n in names}
@@ -142,7 +190,7 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, "--child", name, "--preset", args.preset,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += [f"--set={item}" for item in args.overrides]
+            cmd += [f"--set={item}" for item in args.overrides] + ["--mfu"] * args.mfu
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res = json.loads(done.stdout.strip().splitlines()[-1])
             runs[name].append(res)
@@ -153,10 +201,18 @@ def main() -> None:
             "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
             "step_s": statistics.median(x["step_s"] for x in rs),
             "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+            "peak_cuda_mb": rs[0]["peak_cuda_mb"],
+            "mfu": statistics.median(x["mfu"] for x in rs) if args.mfu else None,
+            "step_tflops": rs[0]["step_flops"] / 1e12 if args.mfu else None,
+            "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if args.mfu else None,
         }
     ratios = {}
     if {"repre", "baseline"} <= set(table):
         ratios["repre_step_time_over_baseline"] = table["repre"]["step_s"] / table["baseline"]["step_s"]
+    if {"repre-tensors", "baseline-tensors"} <= set(table):
+        ratios["repre_step_time_over_baseline_tensors"] = (
+            table["repre-tensors"]["step_s"] / table["baseline-tensors"]["step_s"]
+        )
     if {"repre", "repre-tensors"} <= set(table):
         ratios["pipeline_over_tensors_repre"] = table["repre"]["images_per_sec"] / table["repre-tensors"]["images_per_sec"]
     if {"baseline", "baseline-tensors"} <= set(table):
@@ -167,9 +223,10 @@ def main() -> None:
         ratios["baseline_tensors_over_lightly"] = (
             table["baseline-tensors"]["images_per_sec"] / table["lightly"]["images_per_sec"]
         )
-    print(f"\n{'config':<18}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}")
+    print(f"\n{'config':<20}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}{'MFU':>7}")
     for name, row in table.items():
-        print(f"{name:<18}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}")
+        mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "-"
+        print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}{mfu:>7}")
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     meta = {"preset": args.preset, "overrides": args.overrides, "device": runs[names[0]][0]["device"], "rounds": args.rounds, "steps": args.steps, "precision": runs[names[0]][0]["precision"],

@@ -94,6 +94,8 @@ class ReconConfig:
     norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
     width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step
     min_width: int = 8  # the halving stops here
+    depth: int = 1  # 3x3 conv blocks at the encoder's resolution after the fusion (1: the fusion block only)
+    weight_end: float | None = None  # lambda follows a cosine from `weight` to this over training; None: constant
 
 
 @dataclass
@@ -117,6 +119,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = -1  # -1: min(8, cores - 1)
+    compile: bool = False  # torch.compile each transformer block and the decoder (weights keep their names)
     progress: bool = True
     diagnose_every: int = 100  # loss-balance diagnostics (RePre only): gradient norms and cosine; 0: off
 
@@ -131,6 +134,8 @@ class EvalConfig:
     knn_train_subset: int | None = None  # bank size (first N train images); None: all
     knn_test_subset: int | None = None
     batch_size: int = 512
+    split: Literal["test", "val"] = "test"  # val: report on the last val_size train images (model selection)
+    val_size: int = 10000
     recon_images: int = 8  # images shown in recon.png
     quick_knn_train: int = 10000  # k-NN during pre-training (train.eval_every) uses these subsets
     quick_knn_test: int = 2000

@@ -34,13 +34,14 @@ class RePre(nn.Module):
         weight: float = 1.0,
         loss: str = "l1",
         norm_pix: bool = False,
+        depth: int = 1,
     ) -> None:
         super().__init__()
         enc = method.encoder
         self.method = method
         self.method.taps = list(taps)
-        self.decoder = Decoder([enc.embed_dim] * len(taps), enc.patch_size, width, min_width)
-        self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix
+        self.decoder = Decoder([enc.embed_dim] * len(taps), enc.patch_size, width, min_width, depth=depth)
+        self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
 
     @property
     def encoder(self):

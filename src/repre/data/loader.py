@@ -87,17 +87,37 @@ def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int,
 
 
 class Subset:
-    """The first `count` images of a source."""
+    """`count` images of a source from `start` on (the first `count` by default)."""
 
-    def __init__(self, source: ImageSource, count: int) -> None:
-        self.source, self.count = source, min(count, len(source))
+    def __init__(self, source: ImageSource, count: int, start: int = 0) -> None:
+        self.source, self.start = source, min(start, len(source))
+        self.count = min(count, len(source) - self.start)
         self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
 
     def __len__(self) -> int:
         return self.count
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.source.load(index)
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.source.load(self.start + index)
+
+
+def val_range(size: int, val_size: int) -> int:
+    """First index of the validation part carved from the end of a train split of `size` images."""
+    if not 0 < val_size < size:
+        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images")
+    return size - val_size
+
+
+def eval_source(cfg: Config, split: str) -> ImageSource:
+    """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
+    sees the test split: "train" is the train split less its last eval.val_size images, "test" those images."""
+    if cfg.eval.split == "test":
+        return build_source(cfg.data, split, seed=cfg.train.seed)
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    start = val_range(len(source), cfg.eval.val_size)
+    return Subset(source, start) if split == "train" else Subset(source, len(source) - start, start)
 
 
 class ViewDataset(Dataset):
@@ -215,8 +235,8 @@ class EvalDataset(Dataset):
 
 
 def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
-    """Deterministic loader over `split` for feature extraction."""
-    source = build_source(cfg.data, split, seed=cfg.train.seed)
+    """Deterministic loader over `split` (see `eval_source`) for feature extraction."""
+    source = eval_source(cfg, split)
     if subset:
         source = Subset(source, subset)
     mean, std = stats(cfg.data, source)

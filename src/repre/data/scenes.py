@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from repre.data.fashion_mnist import CLASSES, MEAN, STD, FashionMNIST
 
 NUM_SEGMENT_CLASSES = len(CLASSES) + 1  # background + the ten garment classes
+SPLIT_KEYS = {"train": 0, "test": 1, "val": 2}
 FOREGROUND = 20  # pixel value (of 255) above which an item's pixel counts as the item
 
 
 def compose(items: torch.Tensor, labels: torch.Tensor, seed: int, split: str, index: int, size: int):
     """One scene: (uint8 image [size, size], uint8 label map [size, size])."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    rng = np.random.default_rng([seed, SPLIT_KEYS[split], index])
     canvas = torch.zeros(size, size, dtype=torch.uint8)
     mask = torch.zeros(size, size, dtype=torch.uint8)
     for _ in range(int(rng.integers(2, 5))):
@@ -42,9 +43,16 @@ class FashionScenes:
     mean, std = MEAN, STD
     num_classes = None  # no image-level label: k-NN and linear probes do not apply; segmentation does
 
-    def __init__(self, root: str | None, split: str, count: int, size: int = 64, seed: int = 0) -> None:
-        items = FashionMNIST(root, split)
-        scenes = [compose(items.images, items.labels, seed, split, i, size) for i in range(count)]
+    def __init__(
+        self, root: str | None, split: str, count: int, size: int = 64, seed: int = 0,
+        items: tuple[int, int] | None = None,
+    ) -> None:
+        """`split`: train, test or val (val scenes use train-split items: pass disjoint `items` ranges
+        [start, stop) of the item split for the train and val scenes)."""
+        source = FashionMNIST(root, "test" if split == "test" else "train")
+        lo, hi = items or (0, len(source.images))
+        images, labels = source.images[lo:hi], source.labels[lo:hi]
+        scenes = [compose(images, labels, seed, split, i, size) for i in range(count)]
         self.images = torch.stack([s[0] for s in scenes])
         self.masks = torch.stack([s[1] for s in scenes])
 

@@ -66,6 +66,14 @@ def clip_or_measure(params: list[torch.Tensor], max_norm: float) -> torch.Tensor
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile, in place, every transformer block (online and momentum encoders) and the decoder: the
+    repeated units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged."""
+    for module in model.modules():
+        if type(module).__name__ in ("Block", "SwinTransformerBlock", "Decoder"):
+            module.compile()
+
+
 def total_steps(cfg: Config, dataset_size: int) -> int:
     per_epoch = dataset_size // cfg.train.batch_size
     return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * per_epoch
@@ -83,12 +91,16 @@ class Trainer:
         self.source = train_source(cfg)
         self.total = total_steps(cfg, len(self.source))
         self.model: nn.Module = build_model(cfg, self.source.num_classes).to(self.rt.device)
+        if cfg.train.compile:
+            compile_blocks(self.model)
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
         t = cfg.train
         warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * self.total)
         self.lr = warmup_cosine(t.lr * t.batch_size / 256, t.min_lr, self.total, warmup)  # linear scaling rule
         self.momentum = momentum_schedule(cfg.method.momentum, self.total)
+        r = cfg.recon
+        self.recon_weight = warmup_cosine(r.weight, r.weight_end, self.total) if r.weight_end is not None else None
         self.state = RunState()
         self.pending_diag: dict[str, float] = {}
         self.trend = TrendWatch()
@@ -175,12 +187,14 @@ class Trainer:
         step = self.state.step
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[step])
+        if self.recon_weight is not None and self.cfg.recon.enabled:
+            self.model.weight = float(self.recon_weight[step])
         views = batch["views"].to(self.rt.device, non_blocking=True)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
             labels = batch["label"].to(self.rt.device, non_blocking=True)
             out = self.model(views, float(self.momentum[step]), labels)
         if self._diagnose_now():
-            balance = loss_balance(self.model.encoder, out["loss_contrastive"], self.cfg.recon.weight * out["loss_recon"])
+            balance = loss_balance(self.model.encoder, out["loss_contrastive"], getattr(self.model, "weight", 0.0) * out["loss_recon"])
             self.pending_diag = {k: float(v) for k, v in balance.items()}  # logged with the next train line
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
@@ -223,7 +237,8 @@ class Trainer:
         while s.step < self.total and not stop.requested:
             batch = next(batches)
             values = self.train_step(batch)
-            meter.add({**values, "lr": self.lr[s.step], "momentum": self.momentum[s.step]})
+            scheduled = {"recon_weight": self.recon_weight[s.step]} if self.recon_weight is not None else {}
+            meter.add({**values, "lr": self.lr[s.step], "momentum": self.momentum[s.step], **scheduled})
             s.step += 1
             window_steps += 1
             s.images_seen += cfg.train.batch_size

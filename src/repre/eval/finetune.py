@@ -21,8 +21,8 @@ from repre.data.loader import (
     Subset,
     ViewCollate,
     ViewDataset,
-    build_source,
     eval_loader,
+    eval_source,
     stats,
 )
 from repre.data.views import ViewSpec
@@ -59,7 +59,7 @@ def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay:
 def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """Fine-tune a copy of the encoder with a new head on the train split; report test top-1."""
     e = cfg.eval
-    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    source = eval_source(cfg, "train")
     classes = source.num_classes
     if not classes:
         raise UserError("fine-tuning needs labels: use a folder with class sub-folders in train/ and val/")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from repre.config import Config
+from repre.data.fashion_mnist import FashionMNIST
+from repre.data.loader import val_range
 from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
 from repre.data.views import normalize
 from repre.engine.runtime import Runtime
@@ -69,11 +71,23 @@ def miou(conf: torch.Tensor) -> tuple[float, float, list[float | None]]:
     return sum(present) / max(len(present), 1), float(tp.sum() / conf.sum().clamp_min(1)), per_class
 
 
+def scene_splits(cfg: Config) -> tuple[FashionScenes, FashionScenes]:
+    """Probe-train and probe-test scenes; with eval.split=val the probe-test scenes are composed from the
+    last eval.val_size train items and the probe-train scenes from the others (the test split is not read)."""
+    e, d = cfg.eval, cfg.data
+    if e.split == "test":
+        return (FashionScenes(d.root, "train", e.segment_train, d.scene_size, seed=cfg.train.seed),
+                FashionScenes(d.root, "test", e.segment_test, d.scene_size, seed=cfg.train.seed))
+    n = len(FashionMNIST(d.root, "train"))
+    start = val_range(n, e.val_size)
+    return (FashionScenes(d.root, "train", e.segment_train, d.scene_size, cfg.train.seed, items=(0, start)),
+            FashionScenes(d.root, "val", e.segment_test, d.scene_size, cfg.train.seed, items=(start, n)))
+
+
 def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """Train the probe on probe-train scenes, report mIoU and pixel accuracy on probe-test scenes."""
     e, d = cfg.eval, cfg.data
-    train = FashionScenes(d.root, "train", e.segment_train, d.scene_size, seed=cfg.train.seed)
-    test = FashionScenes(d.root, "test", e.segment_test, d.scene_size, seed=cfg.train.seed)
+    train, test = scene_splits(cfg)
     mean, std = (d.mean, d.std) if d.mean is not None else (train.mean, train.std)
     f_train = feature_maps(encoder, train.images[:, None].expand(-1, 3, -1, -1), mean, std, rt, e.batch_size)
     f_test = feature_maps(encoder, test.images[:, None].expand(-1, 3, -1, -1), mean, std, rt, e.batch_size)

@@ -2,6 +2,7 @@
 
     taps (deepest last) --1x1 conv + GN--> laterals [B, W, h_i, w_i]
     top-down: x = block(lat[-1]); for shallower taps: x = block(resize(x) + lat[i])
+    depth - 1 more blocks at that resolution (recon.depth)
     x2 upsampling steps (bilinear + 3x3 conv + GN + GELU), width halving each step down to `min_width`
     a final interpolation when the stride is not a power of two; 1x1 conv to 3 channels.
 
@@ -41,6 +42,7 @@ class Decoder(nn.Module):
         width: int = 128,
         min_width: int = 8,
         out_chans: int = 3,
+        depth: int = 1,
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -48,6 +50,7 @@ class Decoder(nn.Module):
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
         )
         self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
+        self.refine = nn.Sequential(*(ConvBlock(width, width) for _ in range(depth - 1)))
         steps, widths = int(math.log2(stride)) if stride > 1 else 0, [width]
         for _ in range(steps):
             widths.append(max(min_width, widths[-1] // 2))
@@ -61,6 +64,7 @@ class Decoder(nn.Module):
             if x.shape[-2:] != lat[i].shape[-2:]:
                 x = F.interpolate(x, size=lat[i].shape[-2:], mode="bilinear", align_corners=False)
             x = self.fuse[i](x + lat[i])
+        x = self.refine(x)
         for block in self.up:
             x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
         if x.shape[-2:] != tuple(out_size):
