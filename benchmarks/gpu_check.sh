@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # GPU check: CUDA correctness, then throughput and MFU, then the quality search on the GPU, in stages.
-# Each stage has its own time limit and writes $OUT/<stage>.json as soon as it finishes (a failed or timed-out
-# stage writes {"failed": true}); the compact table is printed last. About 9.5 minutes in all on one H100/H200.
+# Each stage has its own time limit and writes <stage>.json and <stage>.log as soon as it finishes (a failed or
+# timed-out stage writes {"failed": true}) into a work folder that is packed into $OUT/gpu-check.tgz after every
+# stage (the device tool returns at most 8 files from $OUT, 2 folders deep); the compact table is printed last
+# and written to $OUT/summary.txt. About 6.5 minutes on one H100/H200, 9.5 with SEARCH=1.
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   OUT=/tmp/gpu [SEARCH=1] bash benchmarks/gpu_check.sh
 #
 # The Fashion-MNIST IDX files are read from .gpu-data/fashion-mnist (copy /usr/share/datasets/fashion-mnist
 # there and carry it to the GPU machine); the stages that need them are skipped without it.
@@ -12,14 +14,20 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
-OUT=${OUT:-/tmp/repre-gpu-check}
+PACK=${OUT:-/tmp/repre-gpu-check}
+OUT=$(mktemp -d /tmp/repre-gpu-work.XXXX)  # every stage's files; packed into $PACK/gpu-check.tgz
 FMNIST=${FMNIST:-.gpu-data/fashion-mnist}
-mkdir -p "$OUT"
+mkdir -p "$PACK"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 python -c "import torch, timm; print(torch.__version__, timm.__version__, torch.cuda.get_device_name())" \
   > "$OUT/versions.txt" 2>&1
 nproc >> "$OUT/versions.txt"
 cat "$OUT/versions.txt"
+
+pack() {  # everything but checkpoints and TensorBoard files, in one archive that the device tool returns
+  tar czf "$PACK/gpu-check.tgz.part" -C "$OUT" --exclude='*.pt' --exclude=checkpoints --exclude=tb . \
+    && mv "$PACK/gpu-check.tgz.part" "$PACK/gpu-check.tgz"
+}
 
 stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JSON) becomes $OUT/NAME.json
   local name=$1 limit=$2; shift 2
@@ -30,12 +38,14 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
     && tail -n 1 "$OUT/$name.log" > "$OUT/$name.json" \
     || echo "{\"stage\": \"$name\", \"failed\": true, \"exit\": $code}" > "$OUT/$name.json"
   echo "stage $name: exit $code after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
+  pack
 }
 
 # 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
 stage cuda-check 50 python benchmarks/cuda_check.py
 
-# 2. the quality search (benchmarks/quality.py --search, eval.split=val) in 5 parallel lanes, one seed
+# 2. with SEARCH=1 (3 more minutes): the quality search (benchmarks/quality.py --search, eval.split=val) in
+#    5 parallel lanes, one seed; what finishes in time is reported
 search_lanes() {
   local lanes=("long-base,lam0.5,lam10,normpix" "long,lam2,taps-last,l2" "base,repre,lam10-cos0,depth3"
                "scenes-base,scenes,lam5,width64" "lam0.1,taps-2,lam0-cos10,width16")
@@ -46,15 +56,15 @@ search_lanes() {
   done
   wait
 }
-if [ -d "$FMNIST" ]; then
-  stage search-runs 200 bash -c "$(declare -f search_lanes); OUT='$OUT' FMNIST='$FMNIST' SEARCH_SET='${SEARCH_SET:-}' search_lanes"
+if [ -d "$FMNIST" ] && [ "${SEARCH:-0}" = 1 ]; then
+  stage search-runs 170 bash -c "$(declare -f search_lanes); OUT='$OUT' FMNIST='$FMNIST' SEARCH_SET='${SEARCH_SET:-}' search_lanes"
   stage search 20 python benchmarks/quality.py --search all --seeds 0 --cached --results "$OUT/quality"
 fi
 
 # 3. throughput (bf16): the default preset on real data and on pre-made tensors; ViT-S/16 and ViT-B/16 at 224
 SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16"
 if [ -d "$FMNIST" ]; then
-  stage default-preset 45 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \
+  stage default-preset 60 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \
     --configs repre,baseline,repre-tensors,baseline-tensors --set data.root="$FMNIST" \
     --set train.device=cuda --set train.num_workers=8
 fi
@@ -63,13 +73,13 @@ stage vit-s16-224 70 python benchmarks/throughput.py --rounds 1 --steps 10 --war
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT
 stage vit-b16-224 55 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
-stage vit-s16-224-compiled 75 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+stage vit-s16-224-compiled 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors $VIT --set train.compile=true
 
 # 4. the test suite on this machine's torch and timm (device auto: CUDA)
 python -c "import pytest" 2>/dev/null && stage tests 40 python -m pytest -x -q -p no:cacheprovider tests
 
-python - "$OUT" <<'PY'
+python - "$OUT" > "$OUT/summary.txt" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 for f in sorted(out.glob("*.json")):
@@ -87,3 +97,6 @@ for f in sorted(out.glob("*.json")):
     else:
         print(f"{f.stem:<22}{json.dumps(d)[:200]}")
 PY
+cat "$OUT/summary.txt" "$OUT/search.log" 2>/dev/null | grep -v '^search seed' | grep -v '^{'
+cp "$OUT/summary.txt" "$PACK/"
+pack

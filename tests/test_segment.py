@@ -1,11 +1,16 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from test_data import write_idx
 
-from conftest import last_json, run_cli
+from conftest import last_json, run_cli, save_png
+from repre.data.folder import UnreadableImage
 from repre.data.scenes import FashionScenes, compose
-from repre.eval.segment import miou
+from repre.data.seg_folder import SegmentationFolder, read_mask
+from repre.errors import UserError
+from repre.eval.segment import confusion, miou
 
 
 def items(n=20):
@@ -68,3 +73,71 @@ def test_pretrain_on_fashion_scenes(tmp_path, fmnist_root):
     code, stdout = run_cli(args)
     summary = last_json(stdout)
     assert code == 0 and summary["completed"] and summary["knn_top1"] is None  # scenes have no image label
+
+
+def seg_folder(root: Path, n_train: int = 10, n_val: int = 4, size: tuple[int, int] = (20, 24)) -> Path:
+    """images/{train,val}/i.jpg with masks/{train,val}/i.png: a bright square (class 2) on a dark background
+    (class 1), a 255 (ignore) border row; train image 0 has no mask."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            img = np.full((*size, 3), 30, dtype=np.uint8)
+            mask = np.ones(size, dtype=np.uint8)
+            top, left = (int(v) for v in rng.integers(0, 8, size=2))
+            img[top:top + 10, left:left + 10] = 220
+            mask[top:top + 10, left:left + 10] = 2
+            mask[0] = 255
+            save_png(root / "images" / split / f"{i}.jpg", img)
+            if not (split == "train" and i == 0):
+                save_png(root / "masks" / split / f"{i}.png", mask)
+    return root
+
+
+def test_segmentation_folder_pairs_sizes_and_classes(tmp_path, caplog):
+    root = seg_folder(tmp_path / "seg")
+    with caplog.at_level("WARNING", logger="repre"):
+        train = SegmentationFolder(root, "train", size=16)
+    assert "1 of 10 train images have no mask" in caplog.text  # 0.jpg is left out, with a warning
+    assert train.images.shape == (9, 3, 16, 16) and train.images.dtype == torch.uint8
+    assert train.masks.shape == (9, 16, 16) and set(train.masks.unique().tolist()) <= {1, 2, 255}
+    assert train.num_classes() == 3  # 1 + the largest index, the ignore value aside
+
+
+def test_segmentation_folder_errors_name_the_layout(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="images/"):
+        SegmentationFolder(tmp_path / "empty", "train", size=16)
+    root = seg_folder(tmp_path / "seg")
+    save_png(root / "masks" / "train" / "rgb.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    save_png(root / "images" / "train" / "rgb.jpg", np.zeros((4, 4, 3), dtype=np.uint8))
+    with pytest.raises(UnreadableImage, match="grayscale or palette"):
+        read_mask(root / "masks" / "train" / "rgb.png")
+
+
+def test_confusion_skips_ignored_pixels():
+    probe = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        probe.weight.copy_(torch.tensor([[[[-1.0]]], [[[1.0]]]]))
+        probe.bias.zero_()
+    feats = torch.tensor([[[[1.0, -1.0], [1.0, -1.0]]]])  # predicts class 1, 0 / 1, 0
+    masks = torch.tensor([[[1, 0], [255, 1]]])  # the 255 pixel is not counted
+    conf = confusion(probe, feats, masks, classes=2, ignore=255)
+    assert conf.tolist() == [[1, 0], [1, 1]]  # rows truth, columns prediction
+
+
+def test_eval_segment_on_a_folder_end_to_end(tiny_run, tmp_path):
+    out, _ = tiny_run
+    root = seg_folder(tmp_path / "seg")
+    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment_data=folder",
+                            "--set", f"eval.segment_root={root}", "--set", "eval.segment_size=16",
+                            "--set", "eval.segment_epochs=2"])
+    result = last_json(stdout)
+    assert code == 0 and result["extra"]["data"] == "folder" and result["extra"]["classes"] == 3
+    assert result["extra"]["train_images"] == 9 and result["extra"]["test_images"] == 4
+    assert 0 <= result["value"] <= 1 and result["extra"]["feature_grid"] == [4, 4]
+
+
+def test_eval_segment_folder_without_root_is_a_clear_error(tiny_run):
+    out, _ = tiny_run
+    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment_data=folder"])
+    assert code == 2

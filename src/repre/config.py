@@ -158,8 +158,13 @@ class EvalConfig:
     finetune_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     finetune_train_subset: int | None = None
     finetune_test_subset: int | None = None
-    segment_train: int = 2000  # fashion-scenes for the dense probe: probe-train scenes (train-split items)
-    segment_test: int = 1000  # probe-test scenes (test-split items)
+    segment_train: int = 2000  # dense probe: probe-train scenes (train-split items), or the first N folder pairs
+    segment_test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs
+    segment_data: Literal["fashion-scenes", "folder"] = "fashion-scenes"
+    segment_root: str | None = None  # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png
+    segment_size: int = 0  # probe resolution; 0: data.scene_size (fashion-scenes) or data.image_size (folder)
+    segment_classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
+    segment_ignore: int = 255  # folder: mask value neither trained on nor scored
     segment_lr: float = 1e-2
     segment_epochs: int = 10
 

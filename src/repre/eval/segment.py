@@ -1,6 +1,7 @@
 """Dense linear probe: a 1x1 conv on frozen patch-token maps, logits bilinearly upsampled, cross-entropy.
 
-Data: fashion-scenes (probe-train scenes from train-split items, probe-test scenes from test-split items).
+Data (eval.segment_data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
+test-split items), or a folder of images with PNG label masks (ADE20K-style, `repre.data.seg_folder`).
 An encoder pre-trained at another image size is evaluated at the scene size with resampled position
 embeddings (timm's `set_input_size`). Reported: mIoU over the classes present in the test scenes (`value`)
 and pixel accuracy.
@@ -8,6 +9,8 @@ and pixel accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +20,11 @@ from repre.config import Config
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.loader import val_range
 from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
+from repre.data.seg_folder import SegmentationFolder
+from repre.data.synthetic import Synthetic
 from repre.data.views import normalize
 from repre.engine.runtime import Runtime
+from repre.errors import UserError
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
@@ -42,23 +48,28 @@ def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime
     return torch.cat(out)
 
 
-def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: float, epochs: int, seed: int = 0):
+def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: float, epochs: int, seed: int = 0,
+                ignore: int = 255):
     """feats [N, D, h, w], masks [N, S, S] -> a 1x1 conv probe trained with AdamW + cosine."""
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits, target.long())
+        return F.cross_entropy(logits, target.long(), ignore_index=ignore)
 
     probe = torch.nn.Conv2d(feats.shape[1], classes, 1)
     return fit_probe(probe, feats, masks, loss, lr, 1e-4, epochs, batch=64, seed=seed)
 
 
 @torch.no_grad()
-def confusion(probe: torch.nn.Conv2d, feats: torch.Tensor, masks: torch.Tensor, classes: int) -> torch.Tensor:
-    """[classes, classes] pixel counts, rows = truth, columns = prediction."""
+def confusion(probe: torch.nn.Conv2d, feats: torch.Tensor, masks: torch.Tensor, classes: int,
+              ignore: int = 255) -> torch.Tensor:
+    """[classes, classes] pixel counts, rows = truth, columns = prediction; `ignore` pixels and labels outside
+    [0, classes) are not counted."""
     conf = torch.zeros(classes, classes, dtype=torch.long)
     for f, m in zip(feats.split(64), masks.split(64), strict=True):
         pred = F.interpolate(probe(f), size=m.shape[-2:], mode="bilinear", align_corners=False).argmax(dim=1)
-        conf += torch.bincount(m.long().flatten() * classes + pred.flatten(), minlength=classes**2).view(classes, classes)
+        m = m.long()
+        valid = (m != ignore) & (m >= 0) & (m < classes)
+        conf += torch.bincount(m[valid] * classes + pred[valid], minlength=classes**2).view(classes, classes)
     return conf
 
 
@@ -71,28 +82,80 @@ def miou(conf: torch.Tensor) -> tuple[float, float, list[float | None]]:
     return sum(present) / max(len(present), 1), float(tp.sum() / conf.sum().clamp_min(1)), per_class
 
 
-def scene_splits(cfg: Config) -> tuple[FashionScenes, FashionScenes]:
-    """Probe-train and probe-test scenes; with eval.split=val the probe-test scenes are composed from the
-    last eval.val_size train items and the probe-train scenes from the others (the test split is not read)."""
+@dataclass
+class ProbeData:
+    """Probe-train and probe-test images (uint8 [N, 3, S, S]) with label maps ([N, S, S] class indices)."""
+
+    train_images: torch.Tensor
+    train_masks: torch.Tensor
+    test_images: torch.Tensor
+    test_masks: torch.Tensor
+    classes: int
+    ignore: int
+
+
+def scene_data(cfg: Config) -> ProbeData:
+    """fashion-scenes; with eval.split=val the probe-test scenes are composed from the last eval.val_size
+    train items and the probe-train scenes from the others (the test split is not read)."""
     e, d = cfg.eval, cfg.data
+    size, seed = e.segment_size or d.scene_size, cfg.train.seed
     if e.split == "test":
-        return (FashionScenes(d.root, "train", e.segment_train, d.scene_size, seed=cfg.train.seed),
-                FashionScenes(d.root, "test", e.segment_test, d.scene_size, seed=cfg.train.seed))
-    n = len(FashionMNIST(d.root, "train"))
-    start = val_range(n, e.val_size)
-    return (FashionScenes(d.root, "train", e.segment_train, d.scene_size, cfg.train.seed, items=(0, start)),
-            FashionScenes(d.root, "val", e.segment_test, d.scene_size, cfg.train.seed, items=(start, n)))
+        train = FashionScenes(d.root, "train", e.segment_train, size, seed=seed)
+        test = FashionScenes(d.root, "test", e.segment_test, size, seed=seed)
+    else:
+        n = len(FashionMNIST(d.root, "train"))
+        start = val_range(n, e.val_size)
+        train = FashionScenes(d.root, "train", e.segment_train, size, seed, items=(0, start))
+        test = FashionScenes(d.root, "val", e.segment_test, size, seed, items=(start, n))
+    rgb = lambda x: x[:, None].expand(-1, 3, -1, -1)  # noqa: E731
+    return ProbeData(rgb(train.images), train.masks.long(), rgb(test.images), test.masks.long(),
+                     NUM_SEGMENT_CLASSES, e.segment_ignore)
+
+
+def folder_data(cfg: Config) -> ProbeData:
+    """A folder of images and PNG masks; with eval.split=val the probe-test pairs are the last
+    min(eval.val_size, 20%) of the train pairs (the val split is not read)."""
+    e = cfg.eval
+    if not e.segment_root:
+        raise UserError("eval.segment_data=folder needs eval.segment_root=/path (images/ and masks/ inside)")
+    size = e.segment_size or cfg.data.image_size
+    if e.split == "test":
+        train = SegmentationFolder(e.segment_root, "train", size, e.segment_train, e.segment_ignore)
+        test = SegmentationFolder(e.segment_root, "val", size, e.segment_test, e.segment_ignore)
+        parts = (train.images, train.masks, test.images, test.masks)
+    else:
+        full = SegmentationFolder(e.segment_root, "train", size, None, e.segment_ignore)
+        start = val_range(len(full), min(e.val_size, max(1, len(full) // 5)))
+        parts = (full.images[:start][: e.segment_train], full.masks[:start][: e.segment_train],
+                 full.images[start:][: e.segment_test], full.masks[start:][: e.segment_test])
+    masks = parts[1][parts[1] != e.segment_ignore]
+    classes = e.segment_classes or (int(masks.max()) + 1 if masks.numel() else 1)
+    return ProbeData(*parts, classes, e.segment_ignore)
+
+
+def pretraining_stats(cfg: Config) -> tuple[Sequence[float], Sequence[float]]:
+    """The normalization the encoder was pre-trained with (data.mean/std, else its dataset's own)."""
+    d = cfg.data
+    if d.mean is not None and d.std is not None:
+        return d.mean, d.std
+    if d.name in ("fashion-mnist", "fashion-scenes"):
+        return FashionScenes.mean, FashionScenes.std
+    if d.name == "synthetic":
+        return Synthetic.mean, Synthetic.std
+    return SegmentationFolder.mean, SegmentationFolder.std
 
 
 def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
-    """Train the probe on probe-train scenes, report mIoU and pixel accuracy on probe-test scenes."""
-    e, d = cfg.eval, cfg.data
-    train, test = scene_splits(cfg)
-    mean, std = (d.mean, d.std) if d.mean is not None else (train.mean, train.std)
-    f_train = feature_maps(encoder, train.images[:, None].expand(-1, 3, -1, -1), mean, std, rt, e.batch_size)
-    f_test = feature_maps(encoder, test.images[:, None].expand(-1, 3, -1, -1), mean, std, rt, e.batch_size)
-    probe = train_probe(f_train, train.masks, NUM_SEGMENT_CLASSES, e.segment_lr, e.segment_epochs, cfg.train.seed)
-    m, acc, per_class = miou(confusion(probe, f_test, test.masks, NUM_SEGMENT_CLASSES))
-    extra = {"pixel_acc": acc, "per_class_iou": per_class, "train_scenes": len(train), "test_scenes": len(test),
+    """Train the probe on probe-train images, report mIoU and pixel accuracy on probe-test images."""
+    e = cfg.eval
+    data = scene_data(cfg) if e.segment_data == "fashion-scenes" else folder_data(cfg)
+    mean, std = pretraining_stats(cfg)
+    f_train = feature_maps(encoder, data.train_images, mean, std, rt, e.batch_size)
+    f_test = feature_maps(encoder, data.test_images, mean, std, rt, e.batch_size)
+    probe = train_probe(f_train, data.train_masks, data.classes, e.segment_lr, e.segment_epochs, cfg.train.seed,
+                        data.ignore)
+    m, acc, per_class = miou(confusion(probe, f_test, data.test_masks, data.classes, data.ignore))
+    extra = {"pixel_acc": acc, "per_class_iou": per_class, "data": e.segment_data, "classes": data.classes,
+             "train_images": len(data.train_images), "test_images": len(data.test_images),
              "feature_grid": list(f_train.shape[-2:])}
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}

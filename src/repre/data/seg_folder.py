@@ -1,0 +1,111 @@
+"""A folder of images with PNG label masks of the same stems (ADE20K-style), for the dense probe.
+
+    ROOT/images/train/*.jpg   ROOT/masks/train/*.png      (also: annotations/ for masks,
+    ROOT/images/val/*.jpg     ROOT/masks/val/*.png         training/ and validation/ for the splits)
+
+A mask holds one class index per pixel (8- or 16-bit grayscale, or a palette PNG whose indices are the
+classes); `ignore` marks pixels that are neither trained on nor scored (ADE20K's reduced labels use 255).
+Images are resized (shorter side) and centre-cropped to `size`, masks the same way with nearest-neighbour
+sampling. An image without a mask is left out with a warning; an unreadable file likewise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "test")}
+MASK_DIRS = ("masks", "annotations", "labels")
+
+
+def _split_dir(base: Path, split: str) -> Path | None:
+    return next((base / n for n in SPLIT_NAMES[split] if (base / n).is_dir()), None)
+
+
+def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of `split` ("train" or "val"), matched by file stem, sorted."""
+    root = Path(root)
+    layout = f"{root}/images/{{train,val}}/<name>.jpg and {root}/masks/{{train,val}}/<name>.png"
+    mask_base = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
+    if not (root / "images").is_dir() or mask_base is None:
+        raise UserError(f"eval.segment_root={root} needs the layout {layout}")
+    images, masks = _split_dir(root / "images", split), _split_dir(mask_base, split)
+    if images is None or masks is None:
+        raise UserError(f"no {split} split under {root}: expected {layout}")
+    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in EXTENSIONS)
+    pairs = [(p, by_stem[p.stem]) for p in files if p.stem in by_stem]
+    if len(pairs) < len(files):
+        missing = next(p for p in files if p.stem not in by_stem)
+        log.warning("%d of %d %s images have no mask in %s (e.g. %s): left out",
+                    len(files) - len(pairs), len(files), split, masks, missing.name)
+    if not pairs:
+        raise UserError(f"no image in {images} has a mask of the same name (.png) in {masks}")
+    return pairs
+
+
+def read_mask(path: Path) -> torch.Tensor:
+    """A PNG label map -> int64 [H, W] of class indices (palette PNGs: the palette indices)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                raise UnreadableImage(f"{path}: a mask must be a grayscale or palette PNG, not mode {img.mode}")
+            arr = np.array(img, dtype=np.int64)
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types
+        raise UnreadableImage(f"{path}: {exc}") from None
+    return torch.from_numpy(arr)
+
+
+def fit(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [3, H, W] and [H, W] -> resized (shorter side = size) and centre-cropped to size x size."""
+    if image.shape[-2:] != mask.shape:
+        raise UnreadableImage(f"image {tuple(image.shape[-2:])} and mask {tuple(mask.shape)} differ in size")
+    h, w = mask.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    img = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    msk = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest-exact")
+    top, left = (nh - size) // 2, (nw - size) // 2
+    img = img[0, :, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
+    return img, msk[0, 0, top:top + size, left:left + size].long()
+
+
+class SegmentationFolder:
+    """One split: `images` uint8 [N, 3, S, S], `masks` int64 [N, S, S] (class indices; `ignore` not scored)."""
+
+    mean, std = MEAN, STD
+
+    def __init__(self, root: str | Path, split: str, size: int, count: int | None = None,
+                 ignore: int = 255) -> None:
+        pairs = find_pairs(root, split)[:count] if count else find_pairs(root, split)
+        images, masks = [], []
+        for image_path, mask_path in pairs:
+            try:
+                img, msk = fit(decode(image_path), read_mask(mask_path), size)
+            except UnreadableImage as exc:
+                log.warning("skipping an unreadable pair (%s): %s", image_path.name, exc)
+                continue
+            images.append(img)
+            masks.append(msk)
+        if not images:
+            raise UserError(f"no readable image/mask pair in the {split} split of {root}")
+        self.images, self.masks, self.ignore = torch.stack(images), torch.stack(masks), ignore
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def num_classes(self) -> int:
+        """1 + the largest class index present (the ignore value aside)."""
+        valid = self.masks[self.masks != self.ignore]
+        return int(valid.max()) + 1 if valid.numel() else 1
