@@ -23,6 +23,7 @@ from repre.data.loader import (
     ViewDataset,
     eval_loader,
     eval_source,
+    resolve_workers,
     stats,
 )
 from repre.data.views import ViewSpec
@@ -74,7 +75,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     spec = ViewSpec(aug=aug, size=cfg.data.image_size, mean=mean, std=std)
     loader = DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1),
                         batch_sampler=EpochBatchSampler(len(source), e.finetune_batch_size, cfg.train.seed),
-                        collate_fn=ViewCollate(spec), num_workers=0)
+                        collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))
     opt = torch.optim.AdamW(layer_decay_groups(model, encoder.depth, e.finetune_weight_decay, e.finetune_layer_decay))
     lrs = warmup_cosine(e.finetune_lr * e.finetune_batch_size / 256, 0.0, e.finetune_steps,
                         round(e.finetune_warmup_fraction * e.finetune_steps))
