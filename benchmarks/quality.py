@@ -14,7 +14,7 @@ keyed by (method, row, seed, hash of the resolved config): an interrupted benchm
                                  [--only knn,linear,finetune,segment] [--set KEY=VALUE ...] [--plot]
 
 The search (--search POINTS|all): variants of the RePre branch and of the pre-training, each beside the
-baseline trained the same way, evaluated with eval.split=val (the last 10,000 Fashion-MNIST train images;
+baseline trained the same way, evaluated with eval.split=val (a fixed random 10,000 of the Fashion-MNIST train images;
 the test split is never read), so the configuration it selects can then be reported on test with fresh seeds:
 
     python benchmarks/quality.py --search all --seeds 0 [--cached] [--results DIR] [--drop-checkpoints]

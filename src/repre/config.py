@@ -134,7 +134,7 @@ class EvalConfig:
     knn_train_subset: int | None = None  # bank size (first N train images); None: all
     knn_test_subset: int | None = None
     batch_size: int = 512
-    split: Literal["test", "val"] = "test"  # val: report on the last val_size train images (model selection)
+    split: Literal["test", "val"] = "test"  # val: report on a fixed random val_size of the train images
     val_size: int = 10000
     recon_images: int = 8  # images shown in recon.png
     quick_knn_train: int = 10000  # k-NN during pre-training (train.eval_every) uses these subsets

@@ -87,11 +87,10 @@ def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int,
 
 
 class Subset:
-    """`count` images of a source from `start` on (the first `count` by default)."""
+    """The first `count` images of a source."""
 
-    def __init__(self, source: ImageSource, count: int, start: int = 0) -> None:
-        self.source, self.start = source, min(start, len(source))
-        self.count = min(count, len(source) - self.start)
+    def __init__(self, source: ImageSource, count: int) -> None:
+        self.source, self.count = source, min(count, len(source))
         self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
 
     def __len__(self) -> int:
@@ -100,24 +99,40 @@ class Subset:
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         if not 0 <= index < self.count:
             raise IndexError(index)
-        return self.source.load(self.start + index)
+        return self.source.load(index)
 
 
-def val_range(size: int, val_size: int) -> int:
-    """First index of the validation part carved from the end of a train split of `size` images."""
+class Pick:
+    """The images of a source at `indices`, in that order."""
+
+    def __init__(self, source: ImageSource, indices: torch.Tensor) -> None:
+        self.source, self.indices = source, indices.tolist()
+        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.source.load(self.indices[index])
+
+
+def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
+    `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
     if not 0 < val_size < size:
         raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images")
-    return size - val_size
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
 def eval_source(cfg: Config, split: str) -> ImageSource:
     """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
-    sees the test split: "train" is the train split less its last eval.val_size images, "test" those images."""
+    sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
     if cfg.eval.split == "test":
         return build_source(cfg.data, split, seed=cfg.train.seed)
     source = build_source(cfg.data, "train", seed=cfg.train.seed)
-    start = val_range(len(source), cfg.eval.val_size)
-    return Subset(source, start) if split == "train" else Subset(source, len(source) - start, start)
+    train_idx, val_idx = val_split(len(source), cfg.eval.val_size)
+    return Pick(source, train_idx if split == "train" else val_idx)
 
 
 class ViewDataset(Dataset):

@@ -45,13 +45,14 @@ class FashionScenes:
 
     def __init__(
         self, root: str | None, split: str, count: int, size: int = 64, seed: int = 0,
-        items: tuple[int, int] | None = None,
+        items: torch.Tensor | None = None,
     ) -> None:
-        """`split`: train, test or val (val scenes use train-split items: pass disjoint `items` ranges
-        [start, stop) of the item split for the train and val scenes)."""
+        """`split`: train, test or val (val scenes use train-split items: pass disjoint `items` indices of
+        the item split for the train and val scenes)."""
         source = FashionMNIST(root, "test" if split == "test" else "train")
-        lo, hi = items or (0, len(source.images))
-        images, labels = source.images[lo:hi], source.labels[lo:hi]
+        images, labels = source.images, source.labels
+        if items is not None:
+            images, labels = images[items], labels[items]
         scenes = [compose(images, labels, seed, split, i, size) for i in range(count)]
         self.images = torch.stack([s[0] for s in scenes])
         self.masks = torch.stack([s[1] for s in scenes])

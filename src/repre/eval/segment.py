@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from repre.config import Config
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.loader import val_range
+from repre.data.loader import val_split
 from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
 from repre.data.synthetic import Synthetic
@@ -95,26 +95,25 @@ class ProbeData:
 
 
 def scene_data(cfg: Config) -> ProbeData:
-    """fashion-scenes; with eval.split=val the probe-test scenes are composed from the last eval.val_size
-    train items and the probe-train scenes from the others (the test split is not read)."""
+    """fashion-scenes; with eval.split=val the probe-test scenes are composed from the validation items of the
+    train split (`val_split`) and the probe-train scenes from the others (the test split is not read)."""
     e, d = cfg.eval, cfg.data
     size, seed = e.segment_size or d.scene_size, cfg.train.seed
     if e.split == "test":
         train = FashionScenes(d.root, "train", e.segment_train, size, seed=seed)
         test = FashionScenes(d.root, "test", e.segment_test, size, seed=seed)
     else:
-        n = len(FashionMNIST(d.root, "train"))
-        start = val_range(n, e.val_size)
-        train = FashionScenes(d.root, "train", e.segment_train, size, seed, items=(0, start))
-        test = FashionScenes(d.root, "val", e.segment_test, size, seed, items=(start, n))
+        train_idx, val_idx = val_split(len(FashionMNIST(d.root, "train")), e.val_size)
+        train = FashionScenes(d.root, "train", e.segment_train, size, seed, items=train_idx)
+        test = FashionScenes(d.root, "val", e.segment_test, size, seed, items=val_idx)
     rgb = lambda x: x[:, None].expand(-1, 3, -1, -1)  # noqa: E731
     return ProbeData(rgb(train.images), train.masks.long(), rgb(test.images), test.masks.long(),
                      NUM_SEGMENT_CLASSES, e.segment_ignore)
 
 
 def folder_data(cfg: Config) -> ProbeData:
-    """A folder of images and PNG masks; with eval.split=val the probe-test pairs are the last
-    min(eval.val_size, 20%) of the train pairs (the val split is not read)."""
+    """A folder of images and PNG masks; with eval.split=val the probe-test pairs are a fixed random
+    min(eval.val_size, 20%) of the train pairs (`val_split`; the val split is not read)."""
     e = cfg.eval
     if not e.segment_root:
         raise UserError("eval.segment_data=folder needs eval.segment_root=/path (images/ and masks/ inside)")
@@ -125,9 +124,9 @@ def folder_data(cfg: Config) -> ProbeData:
         parts = (train.images, train.masks, test.images, test.masks)
     else:
         full = SegmentationFolder(e.segment_root, "train", size, None, e.segment_ignore)
-        start = val_range(len(full), min(e.val_size, max(1, len(full) // 5)))
-        parts = (full.images[:start][: e.segment_train], full.masks[:start][: e.segment_train],
-                 full.images[start:][: e.segment_test], full.masks[start:][: e.segment_test])
+        train_idx, val_idx = val_split(len(full), min(e.val_size, max(1, len(full) // 5)))
+        train_idx, val_idx = train_idx[: e.segment_train], val_idx[: e.segment_test]
+        parts = (full.images[train_idx], full.masks[train_idx], full.images[val_idx], full.masks[val_idx])
     masks = parts[1][parts[1] != e.segment_ignore]
     classes = e.segment_classes or (int(masks.max()) + 1 if masks.numel() else 1)
     return ProbeData(*parts, classes, e.segment_ignore)
