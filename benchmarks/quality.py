@@ -59,7 +59,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "long-base": ("baseline", LONG, None),
     "long": ("repre", LONG, "long-base"),
 }
-RUNTIME_KEYS = ("num_workers", "device", "progress")  # with data.root: not part of a run's identity (cache key)
+RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
+CACHE_VERSION = 1
 EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are unchanged
     "eval.knn_train_subset=20000", "eval.knn_test_subset=5000",
     "eval.linear_train_subset=20000", "eval.linear_test_subset=5000", "eval.linear_epochs=20",
@@ -77,12 +78,21 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
                                 "eval.knn=false", *EVAL_DEFAULTS, *extra, *overrides])
 
 
+def identity(cfg) -> dict:
+    """What a cached run is keyed by: the resolved config less the runtime keys and less every value equal to
+    its default, so that a key added to the config later (with a default) keeps cached results valid. A
+    changed default changes results: bump CACHE_VERSION then."""
+    from repre.config import Config, flatten
+
+    default = flatten(Config().to_dict())
+    ident = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in default or v != default[k]}
+    for key in [f"train.{k}" for k in RUNTIME_KEYS] + ["data.root", "preset", "description"]:
+        ident.pop(key, None)
+    return {"version": CACHE_VERSION, **ident}
+
+
 def run_dir(method: str, row: str, seed: int, cfg, results: Path = RESULTS) -> Path:
-    ident = cfg.to_dict()
-    for key in RUNTIME_KEYS:
-        ident["train"].pop(key, None)
-    ident["data"].pop("root", None)
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
     return results / f"{method}-{row}-seed{seed}-{digest}"
 
 

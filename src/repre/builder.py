@@ -14,6 +14,8 @@ from repre.reconstruction import Plain, RePre
 def build_encoder(cfg: Config) -> Backbone:
     """The online encoder of a run; the image size must be a multiple of its patch size."""
     arch, kwargs = resolve_arch(cfg.model.arch, cfg.data.image_size, cfg.model.drop_path, cfg.model.kwargs)
+    if cfg.data.local_crops:  # DINO's local crops: position embeddings interpolated to their size
+        kwargs["dynamic_img_size"] = True
     encoder = Backbone(arch, kwargs)
     size, p = cfg.data.image_size, encoder.patch_size
     if size % p:
@@ -22,6 +24,9 @@ def build_encoder(cfg: Config) -> Backbone:
             f"data.image_size={size} is not divisible by the patch size {p} of {cfg.model.arch}; "
             f"use {lower or upper} or {upper}, or a model with another patch size"
         )
+    if cfg.data.local_crops and cfg.data.local_size % p:
+        raise UserError(f"data.local_size={cfg.data.local_size} is not divisible by the patch size {p}; "
+                        f"use {max(p, cfg.data.local_size - cfg.data.local_size % p)}")
     return encoder
 
 

@@ -31,8 +31,8 @@ class DataConfig:
     root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
     subset: int | None = None  # first N training images
     image_size: int = 28
-    local_crops: int = 0  # reserved for DINO multi-crop (issue 4); must stay 0 for MoCo v3
-    local_size: int = 12
+    local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0 for MoCo v3)
+    local_size: int = 12  # their size (96 at 224 in DINO)
     mean: list[float] | None = None  # None: the dataset's own statistics
     std: list[float] | None = None
     synthetic_train: int = 512  # images in the generated train / test splits
@@ -48,6 +48,7 @@ class AugConfig:
     """Two-view augmentation (MoCo v3 / BYOL recipe); per-view probabilities are [view 1, view 2]."""
 
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])  # DINO's local crops
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: float = 0.5
     jitter_prob: float = 0.8
@@ -81,6 +82,14 @@ class MethodConfig:
     proj_dim: int = 256
     mlp_dim: int = 4096
     freeze_patch_embed: bool = False  # MoCo v3's stability trick: a frozen random patch projection
+    # DINO (method.temperature is the student's temperature, proj_dim the bottleneck, mlp_dim the hidden width)
+    out_dim: int = 65536  # K, the prototypes of the DINO head (small in the CPU presets)
+    norm_last_layer: bool = True  # weight-normalized last layer with its scale fixed to 1
+    teacher_temp: float = 0.04  # after the warm-up (0.04 to 0.07 in the official recipes)
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_fraction: float = 0.1  # of the run (official: 30 of 300 epochs)
+    center_momentum: float = 0.9
+    freeze_last_layer_fraction: float = 0.0  # of the run: the last layer's gradients dropped (official: 1 epoch)
 
 
 @dataclass
@@ -110,7 +119,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 0  # > 0 wins over warmup_fraction
     warmup_fraction: float = 0.1
-    clip_grad: float = 0.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    clip_grad: float = 0.0  # max grad norm; 0 disables clipping (the global norm is still logged)
+    clip_mode: Literal["global", "per_param"] = "global"  # per_param: each tensor's norm clipped (DINO)
+    weight_decay_end: float | None = None  # weight decay follows a cosine to this value (DINO: 0.04 -> 0.4)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -384,7 +395,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # names the contract reserves, and the issue that delivers each
 NOT_YET = {
     ("data.name", "shards"): "the scale issue (#6)",
-    ("method.name", "dino"): "the frameworks issue (#4)",
     ("method.name", "moby"): "the frameworks issue (#4)",
 }
 
@@ -412,13 +422,20 @@ def validate(cfg: Config) -> None:
         raise UserError("set train.epochs > 0 or train.max_steps > 0")
     if t.batch_size < 2:
         raise UserError("train.batch_size must be at least 2: contrastive learning needs negatives in the batch")
-    if d.local_crops:
-        raise UserError(f"data.local_crops={d.local_crops}: multi-crop arrives with DINO; MoCo v3 uses 2 views")
+    if d.local_crops < 0 or (d.local_crops and cfg.method.name != "dino"):
+        raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
+                        f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
+    if d.local_crops and not 0 < d.local_size <= d.image_size:
+        raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
     if d.subset is not None and d.subset <= 0:
         raise UserError(f"data.subset must be > 0 or null, got {d.subset}")
-    for key in ("crop_scale", "crop_ratio", "blur_prob", "blur_sigma", "solarize_prob"):
+    for key in ("crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma"):
         if len(getattr(cfg.aug, key)) != 2:
             raise UserError(f"aug.{key} must have two numbers, got {getattr(cfg.aug, key)}")
+    for key in ("blur_prob", "solarize_prob"):  # per view: first global, second global[, local crops]
+        if len(getattr(cfg.aug, key)) not in (2, 3):
+            raise UserError(f"aug.{key} must have 2 or 3 numbers (global 1, global 2[, local]), "
+                            f"got {getattr(cfg.aug, key)}")
     if (d.mean is None) != (d.std is None):
         raise UserError("set both data.mean and data.std, or neither")
     non_negative = {
@@ -433,6 +450,17 @@ def validate(cfg: Config) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise UserError(f"{key} must be >= 0, got {value}")
+    m = cfg.method
+    if m.name == "dino":
+        for key, value in {"method.out_dim": m.out_dim, "method.teacher_temp": m.teacher_temp,
+                           "method.warmup_teacher_temp": m.warmup_teacher_temp}.items():
+            if value <= 0:
+                raise UserError(f"{key} must be > 0, got {value}")
+        for key, value in {"method.center_momentum": m.center_momentum,
+                           "method.warmup_teacher_temp_fraction": m.warmup_teacher_temp_fraction,
+                           "method.freeze_last_layer_fraction": m.freeze_last_layer_fraction}.items():
+            if not 0 <= value <= 1:
+                raise UserError(f"{key} must be between 0 and 1, got {value}")
     if t.keep_checkpoints < 1:
         raise UserError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     if cfg.method.temperature <= 0:

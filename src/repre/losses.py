@@ -47,3 +47,31 @@ def reconstruction_loss(
     if kind == "smooth_l1":
         return F.smooth_l1_loss(pred, target)
     raise ValueError(f"unknown reconstruction loss {kind!r}")
+
+
+def dino_loss(
+    student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, n_crops: int,
+    student_temp: float, teacher_temp: float,
+) -> torch.Tensor:
+    """DINO's cross-entropy between the centered, sharpened teacher and the student over every pair of
+    different crops, averaged over pairs and samples.
+
+    student: [n_crops * B, K] logits, crop-major (the 2 global crops first, then the local ones);
+    teacher: [2 * B, K] logits of the 2 global crops; center: [1, K].
+    """
+    s = (student.float() / student_temp).chunk(n_crops)
+    t = F.softmax((teacher.float() - center) / teacher_temp, dim=-1).detach().chunk(2)
+    total, pairs = student.new_zeros((), dtype=torch.float32), 0
+    for i, q in enumerate(t):
+        for v, logits in enumerate(s):
+            if v == i:
+                continue
+            total = total + torch.sum(-q * F.log_softmax(logits, dim=-1), dim=-1).mean()
+            pairs += 1
+    return total / pairs
+
+
+def center_update(center: torch.Tensor, teacher_sum: torch.Tensor, count: int, momentum: float) -> torch.Tensor:
+    """DINO's center: EMA of the batch mean of the teacher's logits, `teacher_sum` [1, K] summed over the
+    `count` rows of every process: center * m + sum / count * (1 - m)."""
+    return center * momentum + teacher_sum / count * (1 - momentum)

@@ -54,8 +54,11 @@ class RePre(nn.Module):
         """Tap maps -> pixels [N, 3, H, W] in normalized pixel space."""
         return self.decoder(maps, size)
 
-    def forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = self.method(views, momentum, labels)
+    def forward(
+        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        out = self.method(views, momentum, labels, local_views)
         targets = out.pop("recon_targets")
         pred = self.reconstruct(out.pop("recon_maps"), targets.shape[-2:])
         loss_recon = reconstruction_loss(
@@ -81,8 +84,11 @@ class Plain(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         return self.method.param_groups(weight_decay, module=self)
 
-    def forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = self.method(views, momentum, labels)
+    def forward(
+        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        out = self.method(views, momentum, labels, local_views)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = torch.zeros((), device=out["loss"].device)
         return out

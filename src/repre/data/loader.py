@@ -148,26 +148,36 @@ class ViewDataset(Dataset):
         epoch, index = key
         img, label, skipped = load_or_replace(self.source, index)
         views, photo = make_views(img, self.spec, self.seed, epoch, index, self.n_views)
-        return {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped}
+        sample = {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped}
+        if self.spec.local_crops:
+            sample["local_views"], sample["local_photo"] = make_views(
+                img, self.spec, self.seed, epoch, index, self.spec.local_crops, first=2, size=self.spec.local_size)
+        return sample
 
 
 class ViewCollate:
-    """Stack samples and run the batched photometric stage: views -> normalized float [B, V, 3, S, S]."""
+    """Stack samples and run the batched photometric stage: views -> normalized float [B, V, 3, S, S]
+    (and DINO's local crops -> [B, L, 3, s, s])."""
 
     def __init__(self, spec: ViewSpec) -> None:
         self.spec = spec
 
-    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        views = torch.stack([s["views"] for s in samples])  # [B, V, 3, S, S] uint8
-        photo = torch.stack([s["photo"] for s in samples])  # [B, V, N_PHOTO]
+    def _photometric(self, samples: list[dict], key: str, photo_key: str) -> torch.Tensor:
+        views = torch.stack([s[key] for s in samples])  # [B, V, 3, S, S] uint8
+        photo = torch.stack([s[photo_key] for s in samples])  # [B, V, N_PHOTO]
         b, v = views.shape[:2]
-        x = photometric(views.flatten(0, 1), photo.flatten(0, 1), self.spec).view(b, v, *views.shape[2:])
-        return {
-            "views": x,
+        return photometric(views.flatten(0, 1), photo.flatten(0, 1), self.spec).view(b, v, *views.shape[2:])
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {
+            "views": self._photometric(samples, "views", "photo"),
             "index": torch.tensor([s["index"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples]),
             "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
         }
+        if "local_views" in samples[0]:  # DINO's local crops: [B, L, 3, s, s]
+            batch["local_views"] = self._photometric(samples, "local_views", "local_photo")
+        return batch
 
 
 class EpochBatchSampler(Sampler):
@@ -213,7 +223,8 @@ def train_source(cfg: Config) -> ImageSource:
 
 def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
     mean, std = stats(cfg.data, source)
-    return ViewSpec(aug=cfg.aug, size=cfg.data.image_size, mean=mean, std=std)
+    return ViewSpec(aug=cfg.aug, size=cfg.data.image_size, mean=mean, std=std,
+                    local_crops=cfg.data.local_crops, local_size=cfg.data.local_size)
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool) -> DataLoader:

@@ -38,12 +38,17 @@ class ViewSpec:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    local_crops: int = 0  # DINO multi-crop: views 2, 3, ... are local crops of `local_size`
+    local_size: int = 0
+
+    def blur_kernel_for(self, size: int) -> int:
+        """Odd kernel covering +-3 sigma of the largest sigma, never larger than the image."""
+        k = 2 * math.ceil(3 * self.aug.blur_sigma[1]) + 1
+        return max(1, min(k, size - (1 - size % 2)))
 
     @property
     def blur_kernel(self) -> int:
-        """Odd kernel covering +-3 sigma of the largest sigma, never larger than the image."""
-        k = 2 * math.ceil(3 * self.aug.blur_sigma[1]) + 1
-        return max(1, min(k, self.size - (1 - self.size % 2)))
+        return self.blur_kernel_for(self.size)
 
 
 def view_rng(seed: int, epoch: int, index: int, view: int) -> np.random.Generator:
@@ -75,7 +80,7 @@ def sample_crop(rng: np.random.Generator, height: int, width: int, scale, ratio)
 def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int, width: int):
     """All random choices of one view: (crop box, flip, photometric vector [N_PHOTO])."""
     a = spec.aug
-    crop = sample_crop(rng, height, width, a.crop_scale, a.crop_ratio)
+    crop = sample_crop(rng, height, width, a.crop_scale if view < 2 else a.local_crop_scale, a.crop_ratio)
     flip = bool(rng.random() < a.hflip)
     photo = np.zeros(N_PHOTO, dtype=np.float32)
     photo[0] = rng.random() < a.jitter_prob
@@ -84,9 +89,9 @@ def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int
     photo[3] = rng.uniform(max(0.0, 1 - a.saturation), 1 + a.saturation)
     photo[4] = rng.uniform(-a.hue, a.hue)
     photo[5] = rng.random() < a.grayscale_prob
-    blur = rng.random() < a.blur_prob[min(view, 1)]
+    blur = rng.random() < a.blur_prob[min(view, len(a.blur_prob) - 1)]
     photo[6] = rng.uniform(*a.blur_sigma) if blur else 0.0
-    photo[7] = rng.random() < a.solarize_prob[min(view, 1)]
+    photo[7] = rng.random() < a.solarize_prob[min(view, len(a.solarize_prob) - 1)]
     return crop, flip, photo
 
 
@@ -96,12 +101,14 @@ def geometric(img: torch.Tensor, crop: tuple[int, int, int, int], flip: bool, si
     return out.flip(-1) if flip else out
 
 
-def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = 2):
-    """One image -> (uint8 views [V, 3, S, S], photometric parameters [V, N_PHOTO])."""
+def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = 2,
+               first: int = 0, size: int | None = None):
+    """One image -> (uint8 views [V, 3, s, s], photometric parameters [V, N_PHOTO]) for view ids
+    first .. first + V - 1 (ids 0 and 1: the global views; 2 and up: DINO's local crops, of `spec.local_size`)."""
     views, photos = [], []
-    for v in range(n_views):
+    for v in range(first, first + n_views):
         crop, flip, photo = sample_view(view_rng(seed, epoch, index, v), spec, v, img.shape[-2], img.shape[-1])
-        views.append(geometric(img, crop, flip, spec.size))
+        views.append(geometric(img, crop, flip, size or spec.size))
         photos.append(photo)
     return torch.stack(views), torch.from_numpy(np.stack(photos))
 
@@ -166,7 +173,7 @@ def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> tor
     x = views.float().div_(255)
     x = color_jitter(x, photo)
     x = torch.where(photo[:, 5].view(-1, 1, 1, 1) > 0, _gray(x).expand_as(x), x)
-    x = gaussian_blur(x, photo[:, 6], spec.blur_kernel)
+    x = gaussian_blur(x, photo[:, 6], spec.blur_kernel_for(views.shape[-1]))
     x = torch.where((photo[:, 7].view(-1, 1, 1, 1) > 0) & (x >= 0.5), 1 - x, x)
     return normalize(x, spec.mean, spec.std)
 

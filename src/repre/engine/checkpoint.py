@@ -91,7 +91,7 @@ def load(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def encoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The online encoder's weights with timm key names."""
-    n = len(ENCODER_PREFIX)
-    return {k[n:]: v for k, v in ckpt["model"].items() if k.startswith(ENCODER_PREFIX)}
+def encoder_state(ckpt: dict[str, Any], key: str = "encoder") -> dict[str, torch.Tensor]:
+    """An encoder's weights with timm key names: the online one (`key` "encoder") or, for DINO, the teacher."""
+    prefix = ENCODER_PREFIX.replace(".encoder.", f".{key}.")
+    return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}

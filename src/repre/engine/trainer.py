@@ -55,15 +55,23 @@ def prepare_out(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def clip_or_measure(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm to `max_norm` (> 0), or only measure it (clip_grad_norm_ with an infinite
-    bound still rescales every gradient, ~30x slower than measuring on CPU)."""
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+def clip_or_measure(params: list[torch.Tensor], max_norm: float, mode: str = "global") -> torch.Tensor:
+    """Clip gradients to `max_norm` (> 0), or only measure them (clip_grad_norm_ with an infinite bound still
+    rescales every gradient, ~30x slower than measuring on CPU). Returns the global norm before clipping.
+
+    mode "global": one factor for all gradients (torch's clip_grad_norm_); "per_param": each tensor's gradient
+    scaled by max_norm / (its norm + 1e-6) when that is below 1 (the official DINO code).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    if max_norm > 0 and mode == "global":
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    if max_norm > 0:  # per_param
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, list(scale.to(grads[0].dtype).unbind()))
+    return torch.linalg.vector_norm(norms)
 
 
 def compile_blocks(model: nn.Module) -> None:
@@ -101,6 +109,8 @@ class Trainer:
         self.momentum = momentum_schedule(cfg.method.momentum, self.total)
         r = cfg.recon
         self.recon_weight = warmup_cosine(r.weight, r.weight_end, self.total) if r.weight_end is not None else None
+        self.weight_decay = (warmup_cosine(t.weight_decay, t.weight_decay_end, self.total)
+                             if t.weight_decay_end is not None else None)
         self.state = RunState()
         self.pending_diag: dict[str, float] = {}
         self.trend = TrendWatch()
@@ -187,23 +197,31 @@ class Trainer:
         step = self.state.step
         for group in self.optimizer.param_groups:
             group["lr"] = float(self.lr[step])
+            if self.weight_decay is not None and group.get("decays", True):
+                group["weight_decay"] = float(self.weight_decay[step])
+        method = self.model.method
+        method.set_progress(step, self.total)
         if self.recon_weight is not None and self.cfg.recon.enabled:
             self.model.weight = float(self.recon_weight[step])
         views = batch["views"].to(self.rt.device, non_blocking=True)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
             labels = batch["label"].to(self.rt.device, non_blocking=True)
-            out = self.model(views, float(self.momentum[step]), labels)
+            local = batch.get("local_views")
+            local = None if local is None else local.to(self.rt.device, non_blocking=True)
+            out = self.model(views, float(self.momentum[step]), labels, local)
         if self._diagnose_now():
             balance = loss_balance(self.model.encoder, out["loss_contrastive"], getattr(self.model, "weight", 0.0) * out["loss_recon"])
             self.pending_diag = {k: float(v) for k, v in balance.items()}  # logged with the next train line
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = clip_or_measure([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.train.clip_grad)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = clip_or_measure(params, self.cfg.train.clip_grad, self.cfg.train.clip_mode)
+        method.after_backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        keys = ("loss", "loss_contrastive", "loss_recon")
-        return {**{k: out[k].detach() for k in keys}, "grad_norm": grad_norm.detach()}
+        scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
+        return {**scalars, "grad_norm": grad_norm.detach()}
 
     def _diagnose_now(self) -> bool:
         every = self.cfg.train.diagnose_every
@@ -238,6 +256,8 @@ class Trainer:
             batch = next(batches)
             values = self.train_step(batch)
             scheduled = {"recon_weight": self.recon_weight[s.step]} if self.recon_weight is not None else {}
+            if self.weight_decay is not None:
+                scheduled["weight_decay"] = self.weight_decay[s.step]
             meter.add({**values, "lr": self.lr[s.step], "momentum": self.momentum[s.step], **scheduled})
             s.step += 1
             window_steps += 1
@@ -283,7 +303,7 @@ class Trainer:
         if quick:
             e = dataclasses.replace(cfg.eval, knn_train_subset=cfg.eval.quick_knn_train, knn_test_subset=cfg.eval.quick_knn_test)
             cfg = dataclasses.replace(cfg, eval=e)
-        top1 = knn_top1_or_none(self.model.encoder, cfg, self.rt)
+        top1 = knn_top1_or_none(self.model.method.eval_encoder, cfg, self.rt)
         if top1 is not None:
             writer.write({"step": self.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": quick})
         self.model.train()

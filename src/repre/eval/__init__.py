@@ -13,6 +13,7 @@ from repre.config import Config, config_from_dict, deep_update, parse_overrides
 from repre.engine import checkpoint as ckpt_io
 from repre.engine.runtime import Runtime, setup_runtime
 from repre.errors import UserError
+from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 
 TASKS = ("knn", "linear", "finetune", "segment", "recon")
@@ -40,10 +41,11 @@ def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str
 
 
 def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Backbone, Config]:
-    """The online encoder of a checkpoint (what export writes) and its config with `overrides` applied."""
+    """The evaluated encoder of a checkpoint (the online one; DINO's teacher) and its config with `overrides`."""
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     encoder = build_encoder(cfg)
-    _load_into(encoder.model, ckpt_io.encoder_state(ckpt), checkpoint, f"encoder {cfg.model.arch}")
+    key = eval_encoder_key(cfg.method.name)
+    _load_into(encoder.model, ckpt_io.encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
     return encoder, cfg
 
 

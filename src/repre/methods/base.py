@@ -24,19 +24,33 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 
 class Method(nn.Module):
-    """Base of a framework: `forward(views, momentum, labels=None) -> dict` with "loss" the total.
+    """Base of a framework: `forward(views, momentum, labels=None, local_views=None) -> dict` with "loss" the
+    total (`local_views`: DINO's multi-crop; the other methods receive None).
 
-    Subclasses set `self.encoder` (the online backbone: what evaluation and export use) and list their
-    (online, momentum) module pairs in `ema_pairs()`. When `self.taps` is non-empty (set by the RePre
+    Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
+    `ema_pairs()`; `eval_encoder_key` names the encoder that evaluation and export use (the online one, or
+    DINO's teacher). `set_progress(step, total)` runs before each step's forward and `after_backward()`
+    after the gradients are clipped, for schedules and gradient rules of a method's own. When `self.taps` is non-empty (set by the RePre
     branch), forward also returns "recon_maps" (the online encoder's tap maps for the reconstructed views,
     from the same forward as the contrastive loss) and "recon_targets" (those views, [N, 3, H, W]).
     """
 
     encoder: Backbone
+    eval_encoder_key: str = "encoder"
 
     def __init__(self) -> None:
         super().__init__()
         self.taps: list[int] = []
+
+    @property
+    def eval_encoder(self) -> Backbone:
+        return getattr(self, self.eval_encoder_key)
+
+    def set_progress(self, step: int, total: int) -> None:
+        """Called before the forward of optimizer step `step` (0-based) of `total`."""
+
+    def after_backward(self) -> None:
+        """Called after backward and clipping, before the optimizer step."""
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return []
@@ -61,7 +75,7 @@ class Method(nn.Module):
         for name, p in (module or self).named_parameters():
             if p.requires_grad:
                 (decay if self.decays(name, p) else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}]
+        groups = [{"params": decay, "weight_decay": weight_decay, "decays": True}]
         if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
+            groups.append({"params": no_decay, "weight_decay": 0.0, "decays": False})
         return groups

@@ -38,7 +38,9 @@ class MoCoV3(Method):
     def ema_pairs(self):
         return [(self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)]
 
-    def forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
+    ) -> dict[str, torch.Tensor]:
         """views: [B, 2, 3, H, W] -> {"loss", "embedding" [2B, D], and the RePre inputs when taps are set}."""
         b = views.shape[0]
         x = stack_views(views)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -20,3 +21,33 @@ def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bo
         elif last_bn:
             layers.append(nn.BatchNorm1d(d_out, affine=False))
     return nn.Sequential(*layers)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: [B, in_dim] -> [B, out_dim] logits.
+
+    A 3-layer MLP (Linear + GELU, hidden `hidden_dim`, to `bottleneck_dim`), L2 normalization, then a
+    weight-normalized Linear without bias to K = `out_dim` prototypes; with `norm_last_layer` its scale g
+    is fixed to 1 (the official default, which stabilises training).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 norm_last_layer: bool = True) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        scale = self.last_layer.parametrizations.weight.original0  # g: [out_dim, 1]
+        scale.data.fill_(1.0)
+        scale.requires_grad = not norm_last_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.normalize(self.mlp(x), dim=-1, p=2)
+        return self.last_layer(x)

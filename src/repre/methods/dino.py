@@ -1,0 +1,99 @@
+"""DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers").
+
+Student: backbone -> DINO head, on the 2 global crops (one batched forward) and the local crops (one forward
+at their smaller size: position embeddings are interpolated). Teacher: an EMA of the student (backbone and
+head) on the global crops only. Loss: cross-entropy between the centered, sharpened teacher and the student
+over every pair of different crops; the center is an EMA of the teacher's batch mean over all processes.
+
+Schedules that are DINO's own live here and follow the run's progress (`set_progress`): the teacher
+temperature's linear warm-up and the freezing of the head's last layer. The EMA update runs at the start of a
+step, before the teacher forward: the same as the official update after the previous optimizer step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from repre.engine.distributed import all_reduce_sum, world_size
+from repre.losses import center_update, dino_loss
+from repre.methods.base import Method, momentum_copy, stack_views
+from repre.models.backbone import Backbone
+from repre.models.heads import DINOHead
+
+
+class DINO(Method):
+    eval_encoder_key = "teacher_encoder"  # DINO evaluates and exports the teacher, as the official code
+
+    def __init__(
+        self,
+        encoder: Backbone,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_fraction: float = 0.1,
+        center_momentum: float = 0.9,
+        freeze_last_layer_fraction: float = 0.0,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = DINOHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
+        self.teacher_encoder = momentum_copy(encoder)
+        self.teacher_head = momentum_copy(self.head)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.temps = (warmup_teacher_temp, teacher_temp, warmup_teacher_temp_fraction)
+        self.freeze_fraction = freeze_last_layer_fraction
+        self.teacher_temp, self.freeze_last_layer = warmup_teacher_temp, freeze_last_layer_fraction > 0
+
+    def ema_pairs(self):
+        return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
+
+    def decays(self, name: str, param: torch.nn.Parameter) -> bool:
+        """No weight decay on biases and normalization parameters (the official parameter groups)."""
+        return not (name.endswith(".bias") or param.ndim == 1)
+
+    def set_progress(self, step: int, total: int) -> None:
+        """Teacher temperature: linear from the warm-up value over `warmup_teacher_temp_fraction` of the run
+        (value at step i: start + (end - start) * i / warmup), then constant; last layer frozen early on."""
+        start, end, fraction = self.temps
+        warmup = round(fraction * total)
+        self.teacher_temp = start + (end - start) * step / warmup if step < warmup else end
+        self.freeze_last_layer = step < round(self.freeze_fraction * total)
+
+    def after_backward(self) -> None:
+        """Drop the last layer's gradients while it is frozen (the optimizer then leaves it untouched)."""
+        if self.freeze_last_layer:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    def forward(
+        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """views: [B, 2, 3, H, W] global crops; local_views: [B, L, 3, h, w] or None ->
+        {"loss", "embedding" [2B, D], "teacher_entropy", and the RePre inputs (the global crops) when taps are set}."""
+        x = stack_views(views)
+        pooled, maps = self.encoder(x, self.taps)
+        student = [self.head(pooled)]
+        n_crops = 2
+        if local_views is not None and local_views.shape[1]:
+            n_crops += local_views.shape[1]
+            local_pooled, _ = self.encoder(local_views.transpose(0, 1).flatten(0, 1))  # crop-major [L*B, ...]
+            student.append(self.head(local_pooled))
+        with torch.no_grad():
+            self.update_momentum(momentum)
+            teacher = self.teacher_head(self.teacher_encoder(x)[0]).float()
+        loss = dino_loss(torch.cat(student), teacher, self.center, n_crops, self.student_temp, self.teacher_temp)
+        with torch.no_grad():
+            probs = torch.softmax((teacher - self.center) / self.teacher_temp, dim=-1)
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+            total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
+            self.center.copy_(center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum))
+        out = {"loss": loss, "embedding": pooled.detach(), "teacher_entropy": entropy}
+        if self.taps:
+            out["recon_maps"], out["recon_targets"] = maps, x
+        return out
