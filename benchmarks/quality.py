@@ -73,7 +73,7 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
     from repre.config import load_config
 
     preset = f"fmnist-{method}" + ("-repre" if row == "repre" else "")
-    extra = ["method.name=supervised"] if row == "supervised" else []
+    extra = ["method.name=supervised", "data.local_crops=0"] if row == "supervised" else []  # 2 views
     return load_config(preset, [f"train.seed={seed}", "train.diagnose_every=0", "train.progress=false",
                                 "eval.knn=false", *EVAL_DEFAULTS, *extra, *overrides])
 

@@ -202,9 +202,10 @@ class Config:
 
 
 def list_presets() -> dict[str, str]:
-    """Preset name -> description, from the YAML files shipped in `repre/presets`."""
+    """Preset name -> description, from the YAML files shipped in `repre/presets`; the default first."""
     out = {}
-    for entry in sorted(resources.files("repre.presets").iterdir(), key=lambda p: p.name):
+    entries = sorted(resources.files("repre.presets").iterdir(), key=lambda p: (p.name != f"{DEFAULT_PRESET}.yaml", p.name))
+    for entry in entries:
         if entry.name.endswith(".yaml"):
             raw = yaml.safe_load(entry.read_text()) or {}
             out[entry.name[: -len(".yaml")]] = str(raw.get("description", ""))
