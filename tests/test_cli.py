@@ -175,7 +175,7 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     assert "recon.weight" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setting", ["method.name=moby", "data.name=shards"])
+@pytest.mark.parametrize("setting", ["data.name=shards"])
 def test_contract_names_not_built_yet_exit_2(tmp_path, capsys, setting):
     assert run_cli(pretrain_args(tmp_path / "x", setting))[0] == 2
     assert "arrives with" in capsys.readouterr().err

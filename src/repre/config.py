@@ -82,6 +82,7 @@ class MethodConfig:
     proj_dim: int = 256
     mlp_dim: int = 4096
     freeze_patch_embed: bool = False  # MoCo v3's stability trick: a frozen random patch projection
+    queue_size: int = 4096  # MoBY: keys per view's queue (a ring buffer; any batch size)
     # DINO (method.temperature is the student's temperature, proj_dim the bottleneck, mlp_dim the hidden width)
     out_dim: int = 65536  # K, the prototypes of the DINO head (small in the CPU presets)
     norm_last_layer: bool = True  # weight-normalized last layer with its scale fixed to 1
@@ -396,7 +397,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # names the contract reserves, and the issue that delivers each
 NOT_YET = {
     ("data.name", "shards"): "the scale issue (#6)",
-    ("method.name", "moby"): "the frameworks issue (#4)",
 }
 
 
@@ -415,6 +415,7 @@ def validate(cfg: Config) -> None:
         "eval.knn_k": cfg.eval.knn_k,
         "recon.width": r.width,
         "recon.min_width": r.min_width,
+        "method.queue_size": cfg.method.queue_size,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -75,3 +75,13 @@ def center_update(center: torch.Tensor, teacher_sum: torch.Tensor, count: int, m
     """DINO's center: EMA of the batch mean of the teacher's logits, `teacher_sum` [1, K] summed over the
     `count` rows of every process: center * m + sum / count * (1 - m)."""
     return center * momentum + teacher_sum / count * (1 - momentum)
+
+
+def moby_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoBY's (MoCo v2-style) loss for one direction: CE over [q . k+, q . queue] / tau with the positive first.
+
+    q, k: [N, C] (L2-normalized here); queue: [K, C] L2-normalized keys of earlier batches.
+    """
+    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.float().t()], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

@@ -40,7 +40,8 @@ class RePre(nn.Module):
         enc = method.encoder
         self.method = method
         self.method.taps = list(taps)
-        self.decoder = Decoder([enc.embed_dim] * len(taps), enc.patch_size, width, min_width, depth=depth)
+        channels, strides = [enc.unit_channels[t] for t in taps], [enc.unit_strides[t] for t in taps]
+        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth)
         self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
 
     @property

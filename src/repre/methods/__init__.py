@@ -8,6 +8,7 @@ from repre.config import Config
 from repre.errors import UserError
 from repre.methods.base import Method
 from repre.methods.dino import DINO
+from repre.methods.moby import MoBY
 from repre.methods.mocov3 import MoCoV3
 from repre.methods.supervised import Supervised
 from repre.models.backbone import Backbone
@@ -24,6 +25,11 @@ def _dino(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:
                 m.warmup_teacher_temp_fraction, m.center_momentum, m.freeze_last_layer_fraction, m.norm_last_layer)
 
 
+def _moby(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:
+    m = cfg.method
+    return MoBY(encoder, m.proj_dim, m.mlp_dim, m.temperature, m.queue_size)
+
+
 def _supervised(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:
     if not num_classes:
         raise UserError("method.name=supervised needs a labelled dataset (class sub-folders, Fashion-MNIST, synthetic)")
@@ -31,9 +37,9 @@ def _supervised(cfg: Config, encoder: Backbone, num_classes: int | None) -> Meth
 
 
 METHODS: dict[str, Callable[[Config, Backbone, int | None], Method]] = {
-    "mocov3": _mocov3, "dino": _dino, "supervised": _supervised,
+    "mocov3": _mocov3, "dino": _dino, "moby": _moby, "supervised": _supervised,
 }
-EVAL_ENCODER = {"mocov3": MoCoV3, "dino": DINO, "supervised": Supervised}  # name -> class (eval_encoder_key)
+EVAL_ENCODER = {"mocov3": MoCoV3, "dino": DINO, "moby": MoBY, "supervised": Supervised}  # name -> class (eval_encoder_key)
 
 
 def eval_encoder_key(method_name: str) -> str:
@@ -49,4 +55,4 @@ def build_method(cfg: Config, encoder: Backbone, num_classes: int | None = None)
     return METHODS[cfg.method.name](cfg, encoder, num_classes)
 
 
-__all__ = ["DINO", "METHODS", "Method", "MoCoV3", "Supervised", "build_method", "eval_encoder_key"]
+__all__ = ["DINO", "METHODS", "Method", "MoBY", "MoCoV3", "Supervised", "build_method", "eval_encoder_key"]

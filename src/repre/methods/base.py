@@ -16,10 +16,14 @@ def stack_views(views: torch.Tensor) -> torch.Tensor:
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
-    """A frozen copy of `module` to be updated by EMA only."""
+    """A frozen copy of `module` to be updated by EMA only, without stochastic depth (the targets and teachers
+    of the official MoBY and DINO code are built with drop path 0)."""
     target = copy.deepcopy(module)
     for p in target.parameters():
         p.requires_grad = False
+    for m in target.modules():
+        if hasattr(m, "drop_prob"):  # timm's DropPath
+            m.drop_prob = 0.0
     return target
 
 

@@ -1,9 +1,10 @@
-"""The encoder: a thin wrapper over a timm vision transformer.
+"""The encoder: a thin wrapper over a timm vision transformer, plain (ViT: `blocks`) or hierarchical (Swin:
+`layers`, the stages).
 
 One forward returns what both branches need: the pooled embedding for the contrastive heads and, when
-asked, the feature maps of the tap blocks for the RePre decoder, from the same pass (`forward_intermediates`,
-which honours timm's gradient checkpointing since timm 1.0.16). The wrapped `model` is a plain timm model:
-its state dict has timm's key names, which is what export writes.
+asked, the feature maps of the tap units (ViT blocks, Swin stages) for the RePre decoder, from the same pass
+(`forward_intermediates`, which honours timm's gradient checkpointing since timm 1.0.16). The wrapped
+`model` is a plain timm model: its state dict has timm's key names, which is what export writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "vit_femto_patch4": ("vit_tiny_patch16_224", dict(patch_size=4, embed_dim=96, depth=6, num_heads=3)),
     "vit_pico_patch4": ("vit_tiny_patch16_224", dict(patch_size=4, embed_dim=128, depth=6, num_heads=4)),
     "vit_tiny_patch4": ("vit_tiny_patch16_224", dict(patch_size=4, embed_dim=192, depth=12, num_heads=3)),
+    # Swin for 32 px (patch 2) or 64 px (patch 4): 3 stages at strides p, 2p, 4p, window 4 divides each
+    "swin_pico_patch2_window4": ("swin_tiny_patch4_window7_224", dict(
+        patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8))),
+    "swin_pico_patch4_window4": ("swin_tiny_patch4_window7_224", dict(
+        patch_size=4, window_size=4, embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8))),
 }
 
 
@@ -52,14 +58,19 @@ class Backbone(nn.Module):
         super().__init__()
         self.arch, self.kwargs = arch, dict(kwargs)
         self.model = create_timm(arch, kwargs)
-        if not all(hasattr(self.model, a) for a in ("forward_intermediates", "blocks", "patch_embed")):
+        units = getattr(self.model, "blocks", None) or getattr(self.model, "layers", None)
+        if units is None or not all(hasattr(self.model, a) for a in ("forward_intermediates", "patch_embed")):
             raise UserError(
-                f"{arch} is not a timm vision transformer with forward_intermediates, blocks and patch_embed; "
-                "use a ViT (vit_*, deit_*) or a small config such as vit_pico_patch4"
+                f"{arch} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
+                "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
             )
+        self.hierarchical = not hasattr(self.model, "blocks")
         self.embed_dim: int = self.model.num_features
-        self.depth: int = len(self.model.blocks)
+        self.depth: int = len(units)  # tap units: blocks (ViT) or stages (Swin)
         self.patch_size: int = int(self.model.patch_embed.patch_size[0])
+        info = getattr(self.model, "feature_info", None) if self.hierarchical else None
+        self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.depth
+        self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.depth
 
     def forward(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not taps:
@@ -84,7 +95,7 @@ def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     """
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
-            raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for a {depth}-block encoder")
+            raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for an encoder of {depth} blocks (ViT) or stages (Swin)")
         return [math.ceil((i + 1) * depth / spec) - 1 for i in range(spec)]
     if not spec:
         raise UserError("recon.taps is an empty list; give block indices or a count")

@@ -51,3 +51,9 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.normalize(self.mlp(x), dim=-1, p=2)
         return self.last_layer(x)
+
+
+def moby_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """MoBY's projector / predictor: Linear + BN + ReLU, then Linear. [B, in_dim] -> [B, out_dim]."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))

@@ -1,0 +1,78 @@
+"""MoBY (Xie et al. 2021, "Self-Supervised Learning with Swin Transformers"): MoCo v2 + BYOL on any backbone.
+
+Online: backbone -> projector -> predictor (2-layer MLPs with batch norm). Target: backbone -> projector, an
+EMA of the online ones (no drop path), updated before the key forward. Each view has a queue of earlier
+target keys (a ring buffer of `queue_size` L2-normalized keys, initialised with random unit vectors); the
+loss sums the two directions: moby_loss(q1, k2, queue of view 2) + moby_loss(q2, k1, queue of view 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from repre.engine.distributed import gather
+from repre.losses import moby_loss
+from repre.methods.base import Method, momentum_copy, stack_views
+from repre.models.backbone import Backbone
+from repre.models.heads import moby_mlp
+
+NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")  # Swin's skip list
+
+
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Write `keys` [n, C] into the ring buffer `queue` [K, C] from position `ptr` (a 0-d long tensor),
+    wrapping around; when n > K only the newest K are kept. Returns the next position (no host sync)."""
+    size, n = queue.shape[0], keys.shape[0]
+    keys = keys[-size:]
+    start = (ptr + (n - keys.shape[0])) % size
+    queue[(start + torch.arange(keys.shape[0], device=queue.device)) % size] = keys.to(queue.dtype)
+    return (ptr + n) % size
+
+
+class MoBY(Method):
+    def __init__(
+        self, encoder: Backbone, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
+        queue_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = moby_mlp(encoder.embed_dim, mlp_dim, proj_dim)
+        self.predictor = moby_mlp(proj_dim, mlp_dim, proj_dim)
+        self.target_encoder = momentum_copy(encoder)
+        self.target_projector = momentum_copy(self.projector)
+        self.temperature = temperature
+        self.register_buffer("queue1", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue2", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def ema_pairs(self):
+        return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
+
+    def decays(self, name: str, param: torch.nn.Parameter) -> bool:
+        """No weight decay on biases, norms and Swin's position tables (the official parameter groups)."""
+        return not (name.endswith(".bias") or param.ndim == 1 or any(n in name for n in NO_DECAY_NAMES))
+
+    def forward(
+        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
+    ) -> dict[str, torch.Tensor]:
+        """views: [B, 2, 3, H, W] -> {"loss", "embedding" [2B, D], and the RePre inputs when taps are set}."""
+        b = views.shape[0]
+        x = stack_views(views)
+        pooled, maps = self.encoder(x, self.taps)
+        q1, q2 = self.predictor(self.projector(pooled[:b])), self.predictor(self.projector(pooled[b:]))  # BN per view
+        with torch.no_grad():
+            self.update_momentum(momentum)
+            t_pooled, _ = self.target_encoder(x)
+            k1 = F.normalize(self.target_projector(t_pooled[:b]).float(), dim=1)
+            k2 = F.normalize(self.target_projector(t_pooled[b:]).float(), dim=1)
+        queue1, queue2 = self.queue1.clone(), self.queue2.clone()  # the loss's copies; the buffers change below
+        loss = moby_loss(q1, k2, queue2, self.temperature) + moby_loss(q2, k1, queue1, self.temperature)
+        k1, k2 = gather(k1), gather(k2)
+        enqueue(self.queue1, self.queue_ptr, k1)
+        self.queue_ptr.copy_(enqueue(self.queue2, self.queue_ptr, k2))
+        out = {"loss": loss, "embedding": pooled.detach()}
+        if self.taps:
+            out["recon_maps"], out["recon_targets"] = maps, x
+        return out

@@ -1,0 +1,122 @@
+"""MoBY on Swin: the loss against lightly's memory-bank NTXentLoss, the ring buffers, Swin taps and decoding."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, last_json, run_cli, tiny_config
+from repre.builder import build_model
+from repre.data.loader import pretrain_loader, train_source
+from repre.losses import moby_loss
+from repre.methods.moby import enqueue
+from repre.models.backbone import Backbone, resolve_arch
+from repre.models.decoder import Decoder
+
+SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "data.image_size=32",
+             "model.kwargs={embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}", "method.queue_size=40",
+             "recon.taps=3"]
+
+
+def test_loss_equals_lightly_ntxent_with_a_memory_bank():
+    lightly_loss = pytest.importorskip("lightly.loss")
+    torch.manual_seed(0)
+    q, k = torch.randn(6, 16), torch.randn(6, 16)
+    queue = torch.nn.functional.normalize(torch.randn(40, 16), dim=1)
+    ref = lightly_loss.NTXentLoss(temperature=0.2, memory_bank_size=(40, 16))
+    ref.memory_bank.bank = queue.clone()
+    torch.testing.assert_close(moby_loss(q, k, queue, 0.2), ref(q, k))
+
+
+def test_queue_is_a_ring_buffer():
+    queue, ptr = torch.zeros(10, 1), torch.zeros((), dtype=torch.long)
+    for step in range(3):  # 4 keys per step: the third write wraps around
+        ptr = enqueue(queue, ptr, torch.full((4, 1), float(step + 1)))
+    assert int(ptr) == 2
+    assert queue[:, 0].tolist() == [3, 3, 1, 1, 2, 2, 2, 2, 3, 3]
+    ptr = enqueue(queue, ptr, torch.arange(13.0).view(13, 1))  # more keys than slots: the newest 10 stay
+    assert int(ptr) == 5 and sorted(queue[:, 0].tolist()) == list(range(3, 13))
+    assert queue[5, 0] == 3 and queue[4, 0] == 12  # written in order from position 5, wrapping
+
+
+def swin_batch(cfg):
+    return next(iter(pretrain_loader(cfg, train_source(cfg), 0, False)))
+
+
+def test_forward_enqueues_this_batch_target_keys():
+    cfg = tiny_config(*SWIN_TINY)  # batch 16 does not divide the queue of 40
+    model = build_model(cfg)
+    moby = model.method
+    batch = swin_batch(cfg)
+    for step in range(3):
+        before = moby.queue1.clone()
+        model(batch["views"], 0.99)
+        changed = (moby.queue1 != before).any(dim=1)
+        assert int(changed.sum()) == 16
+        assert int(moby.queue_ptr) == (16 * (step + 1)) % 40
+    torch.testing.assert_close(moby.queue1.norm(dim=1), torch.ones(40))
+
+
+def test_target_has_no_drop_path_online_keeps_it():
+    model = build_model(tiny_config(*SWIN_TINY, "model.drop_path=0.2"))
+    online = [m.drop_prob for m in model.method.encoder.modules() if hasattr(m, "drop_prob")]
+    target = [m.drop_prob for m in model.method.target_encoder.modules() if hasattr(m, "drop_prob")]
+    assert max(online) > 0 and target and max(target) == 0
+
+
+def test_no_weight_decay_on_position_tables_biases_norms():
+    model = build_model(tiny_config(*SWIN_TINY))
+    decayed = {id(p) for p in model.param_groups(0.05)[0]["params"]}
+    for name, p in model.named_parameters():
+        if "relative_position_bias_table" in name or name.endswith(".bias") or p.ndim == 1:
+            assert id(p) not in decayed, name
+
+
+@pytest.mark.parametrize("arch,size,strides", [
+    ("swin_tiny_patch4_window7_224", 224, [4, 8, 16, 32]),
+    ("swin_pico_patch2_window4", 32, [2, 4, 8]),
+    ("swin_pico_patch4_window4", 64, [4, 8, 16]),
+])
+def test_swin_taps_and_decoder_output(arch, size, strides):
+    name, kwargs = resolve_arch(arch, size, 0.0, {})
+    enc = Backbone(name, kwargs)
+    taps = list(range(enc.depth))
+    assert enc.hierarchical and enc.unit_strides == strides
+    with torch.no_grad():
+        _, maps = enc(torch.randn(1, 3, size, size), taps)
+        assert [m.shape[-1] for m in maps] == [size // s for s in strides]
+        assert [m.shape[1] for m in maps] == enc.unit_channels
+        dec = Decoder(enc.unit_channels, strides[0], width=16, min_width=8)
+        assert dec(maps, (size, size)).shape == (1, 3, size, size)
+
+
+@pytest.mark.parametrize("recon", ["true", "false"])
+def test_moby_runs_through_the_cli(tmp_path, recon):
+    args = ["pretrain", "--out", str(tmp_path / "m")]
+    for item in TINY + SWIN_TINY + [f"recon.enabled={recon}", "train.max_steps=20", "train.log_every=5"]:
+        args += ["--set", item]
+    code, stdout = run_cli(args)
+    summary = last_json(stdout)
+    assert code == 0 and summary["completed"] and math.isfinite(summary["loss"])
+    run = tmp_path / "m"
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "recon.png").is_file() == (recon == "true")
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(run)])
+    assert code == 0 and last_json(stdout)["value"] == pytest.approx(summary["knn_top1"])
+
+
+def test_fixed_batch_overfits():
+    """On one batch the loss falls by more than a quarter in 30 steps (it has a floor: the batch's own keys
+    enter the queues as negatives; 17.1 -> 11.5 here)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(*SWIN_TINY, "recon.enabled=false", "method.queue_size=4096")
+    model = build_model(cfg)
+    batch = swin_batch(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(30):
+        out = model(batch["views"], 0.9)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert losses[-1] < 0.75 * losses[0], losses
