@@ -120,3 +120,31 @@ def test_fixed_batch_overfits():
         opt.step()
         losses.append(float(out["loss"].detach()))
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_swin_evaluations_linear_finetune_segment_units():
+    from repre.eval.finetune import block_offsets, layer_id
+    from repre.eval.segment import dense_unit
+
+    name, kwargs = resolve_arch("swin_tiny_patch4_window7_224", 224, 0.0, {})
+    enc = Backbone(name, kwargs)
+    offsets = block_offsets(enc.model)  # Swin-T: 2, 2, 6, 2 blocks
+    assert offsets == [0, 2, 4, 10, 12]
+    assert layer_id("patch_embed.proj.weight", 12, offsets) == 0
+    assert layer_id("layers.2.blocks.5.mlp.fc1.weight", 12, offsets) == 4 + 5 + 1
+    assert layer_id("layers.1.downsample.reduction.weight", 12, offsets) == 2 + 1
+    assert layer_id("norm.weight", 12, offsets) == 13
+    assert enc.unit_strides[dense_unit(enc)] == 16  # the stride-16 stage, not the stride-32 one
+
+
+def test_swin_linear_probe_and_finetune_through_the_cli(tmp_path):
+    args = ["pretrain", "--out", str(tmp_path / "s")]
+    for item in TINY + SWIN_TINY + ["train.max_steps=4", "eval.knn=false"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0
+    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(tmp_path / "s"), "--set", "eval.linear_features=avg",
+                            "--set", "eval.linear_epochs=2", "--set", "eval.linear_blocks=2"])
+    assert code == 0 and 0 <= last_json(stdout)["value"] <= 1
+    code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(tmp_path / "s"), "--set", "eval.finetune_steps=2",
+                            "--set", "eval.finetune_batch_size=8"])
+    assert code == 0 and 0 <= last_json(stdout)["value"] <= 1

@@ -33,22 +33,37 @@ from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 
-def layer_id(name: str, depth: int) -> int:
-    """0 for the patch embedding and tokens, i + 1 for block i, depth + 1 for everything after the blocks."""
-    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed")):
+def block_offsets(model: nn.Module) -> list[int]:
+    """Swin: the index of each stage's first block in the flat order of all blocks ([0] for a ViT)."""
+    if hasattr(model, "blocks"):
+        return [0]
+    sizes = [len(stage.blocks) for stage in model.layers]
+    return [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+
+def layer_id(name: str, depth: int, offsets: list[int] | None = None) -> int:
+    """0 for the patch embedding and tokens, i + 1 for block i (Swin: counted over all stages; a stage's patch
+    merging goes with its first block), depth + 1 for everything after the blocks."""
+    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed", "absolute_pos_embed")):
         return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
+    parts = name.split(".")
+    if parts[0] == "blocks":
+        return int(parts[1]) + 1
+    if parts[0] == "layers" and offsets:
+        stage = int(parts[1])
+        return offsets[stage] + (int(parts[3]) if parts[2] == "blocks" else 0) + 1
     return depth + 1
 
 
 def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay: float) -> list[dict]:
-    """AdamW groups with an `lr_scale` each (layer-wise decay) and weight decay only on matrices."""
+    """AdamW groups with an `lr_scale` each (layer-wise decay) and weight decay only on matrices.
+    `depth`: the number of blocks (a Swin's blocks over all its stages)."""
     groups: dict[tuple[int, bool], dict] = {}
+    offsets = block_offsets(model)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lid = layer_id(name, depth)
+        lid = layer_id(name, depth, offsets)
         no_wd = p.ndim == 1 or name in ("cls_token", "pos_embed", "reg_token")
         group = groups.setdefault((lid, no_wd), {
             "params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (depth + 1 - lid),
@@ -76,7 +91,8 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     loader = DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1),
                         batch_sampler=EpochBatchSampler(len(source), e.finetune_batch_size, cfg.train.seed),
                         collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))
-    opt = torch.optim.AdamW(layer_decay_groups(model, encoder.depth, e.finetune_weight_decay, e.finetune_layer_decay))
+    blocks = block_offsets(model)[-1] if encoder.hierarchical else encoder.depth
+    opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune_weight_decay, e.finetune_layer_decay))
     lrs = warmup_cosine(e.finetune_lr * e.finetune_batch_size / 256, 0.0, e.finetune_steps,
                         round(e.finetune_warmup_fraction * e.finetune_steps))
     batches = iter(loader)

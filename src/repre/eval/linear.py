@@ -36,6 +36,13 @@ def block_features(
     encoder.eval()
     feats, labels = [], []
     for x, y in loader:
+        if encoder.hierarchical:  # Swin: the mean of the last `blocks` stages' maps (no class token)
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+                maps = model.forward_intermediates(x.to(rt.device), indices=blocks, norm=True, output_fmt="NCHW",
+                                                   intermediates_only=True)
+            feats.append(torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1).cpu())
+            labels.append(y)
+            continue
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
             outs = model.forward_intermediates(
                 x.to(rt.device), indices=blocks, norm=True, output_fmt="NLC",

@@ -29,9 +29,17 @@ from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
 
+def dense_unit(encoder: Backbone) -> int:
+    """The tap unit the dense probe reads: a ViT's last block; a Swin's deepest stage of stride <= 16."""
+    if not encoder.hierarchical:
+        return encoder.depth - 1
+    return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
+
+
 @torch.no_grad()
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
-    """uint8 images [N, 3, S, S] -> last-block patch-token maps [N, D, S/p, S/p] (final norm applied), float32."""
+    """uint8 images [N, 3, S, S] -> patch-token maps [N, D, h, w], float32: a ViT's last block (final norm
+    applied), a Swin's deepest stage of stride <= 16 (its last stage is too coarse for a dense probe)."""
     model = encoder.model
     size = tuple(images.shape[-2:])
     if tuple(model.patch_embed.img_size) != size:
@@ -42,7 +50,8 @@ def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime
     for chunk in images.split(batch):
         x = normalize(chunk.float().div(255), mean, std).to(rt.device)
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            (maps,) = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)
+            (maps,) = model.forward_intermediates(x, indices=[dense_unit(encoder)], norm=True, output_fmt="NCHW",
+                                                  intermediates_only=True)
         out.append(maps.float().cpu())
     encoder.train(was_training)
     return torch.cat(out)
