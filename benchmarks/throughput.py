@@ -15,6 +15,8 @@ Configurations:
                    the reference point for the MFU of the self-supervised steps
   lightly          a MoCo-style assembly from lightly's parts around the same timm ViT, on pre-made tensors
                    (MoCoProjectionHead, BYOLPredictionHead, NTXentLoss: SimCLR's 2N-1-way loss, update_momentum)
+  lightly-dino     with a DINO preset: the same DINO step from lightly's parts (DINOProjectionHead, DINOLoss,
+                   update_momentum, the head's last-layer cancelling) on the same multi-crop tensors
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 CONFIGS = ["repre", "baseline", "repre-tensors", "baseline-tensors", "lightly"]
-OPTIONAL = ["supervised-tensors"]
+OPTIONAL = ["supervised-tensors", "lightly-dino"]
 
 
 def _trainer(preset: str, recon: bool, extra: list[str]):
@@ -124,6 +126,47 @@ def _lightly_step(trainer):
     return step
 
 
+def _lightly_dino_step(trainer):
+    """DINO from lightly's parts: same encoder, head sizes, temperatures, multi-crop batch and precision."""
+    import copy
+
+    import torch
+    from lightly.loss import DINOLoss
+    from lightly.models.modules.heads import DINOProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    cfg, rt, m = trainer.cfg, trainer.rt, trainer.cfg.method
+    student = trainer.model.method.encoder.model
+    def make_head():
+        return DINOProjectionHead(student.num_features, m.mlp_dim, m.proj_dim, m.out_dim, freeze_last_layer=1,
+                                  norm_last_layer=m.norm_last_layer)
+
+    head, teacher_head = make_head(), make_head()  # lightly's weight-normalized head cannot be deep-copied
+    teacher_head.load_state_dict(head.state_dict())
+    teacher = copy.deepcopy(student)
+    deactivate_requires_grad(teacher), deactivate_requires_grad(teacher_head)
+    loss_fn = DINOLoss(output_dim=m.out_dim, teacher_temp=m.teacher_temp, student_temp=m.temperature,
+                       center_momentum=m.center_momentum)
+    opt = torch.optim.AdamW([*student.parameters(), *head.parameters()], lr=1e-4, weight_decay=0.04)
+
+    def step(batch):
+        views, local = batch["views"], batch["local_views"]
+        globals_ = [views[:, 0], views[:, 1]]
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            update_momentum(student, teacher, 0.996)
+            update_momentum(head, teacher_head, 0.996)
+            with torch.no_grad():
+                t_out = [teacher_head(teacher(v)).float() for v in globals_]
+            s_out = [head(student(v)).float() for v in globals_ + list(local.unbind(1))]
+            loss = loss_fn(t_out, s_out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        head.cancel_last_layer_gradients(0)
+        opt.step()
+
+    return step
+
+
 def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str], mfu: bool) -> dict:
     import itertools
 
@@ -131,7 +174,7 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
 
     from repre.data.loader import pretrain_loader
 
-    premade = name.endswith("tensors") or name == "lightly"
+    premade = name.endswith("tensors") or name.startswith("lightly")
     # pre-made tensors: no worker process left running to compete for the cores
     extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
     trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
@@ -146,7 +189,7 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
         trainer.train_step(batch)
         trainer.state.step += 1
 
-    step = _lightly_step(trainer) if name == "lightly" else repre_step
+    step = {"lightly": _lightly_step, "lightly-dino": _lightly_dino_step}.get(name, lambda _: repre_step)(trainer)
     sec = _time_steps(step, batches, warmup, steps)
     bs = trainer.cfg.train.batch_size
     flops = peak = None
@@ -218,6 +261,10 @@ def main() -> None:
     if {"baseline", "baseline-tensors"} <= set(table):
         ratios["pipeline_over_tensors_baseline"] = (
             table["baseline"]["images_per_sec"] / table["baseline-tensors"]["images_per_sec"]
+        )
+    if {"baseline-tensors", "lightly-dino"} <= set(table):
+        ratios["baseline_tensors_over_lightly_dino"] = (
+            table["baseline-tensors"]["images_per_sec"] / table["lightly-dino"]["images_per_sec"]
         )
     if {"baseline-tensors", "lightly"} <= set(table):
         ratios["baseline_tensors_over_lightly"] = (
