@@ -135,8 +135,9 @@ def _lightly_dino_step(trainer):
     from lightly.models.modules.heads import DINOProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-    cfg, rt, m = trainer.cfg, trainer.rt, trainer.cfg.method
+    rt, m = trainer.rt, trainer.cfg.method
     student = trainer.model.method.encoder.model
+
     def make_head():
         return DINOProjectionHead(student.num_features, m.mlp_dim, m.proj_dim, m.out_dim, freeze_last_layer=1,
                                   norm_last_layer=m.norm_last_layer)
