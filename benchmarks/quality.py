@@ -88,6 +88,8 @@ def identity(cfg) -> dict:
     ident = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in default or v != default[k]}
     for key in [f"train.{k}" for k in RUNTIME_KEYS] + ["data.root", "preset", "description"]:
         ident.pop(key, None)
+    if cfg.eval.split == "val":  # the held-out images: a fixed random eval.val_size (before: the last ones)
+        ident["val_holdout"] = "random-v1"
     return {"version": CACHE_VERSION, **ident}
 
 
