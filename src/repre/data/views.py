@@ -46,10 +46,6 @@ class ViewSpec:
         k = 2 * math.ceil(3 * self.aug.blur_sigma[1]) + 1
         return max(1, min(k, size - (1 - size % 2)))
 
-    @property
-    def blur_kernel(self) -> int:
-        return self.blur_kernel_for(self.size)
-
 
 def view_rng(seed: int, epoch: int, index: int, view: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index, view])
