@@ -50,6 +50,15 @@ class Method(nn.Module):
     def eval_encoder(self) -> Backbone:
         return getattr(self, self.eval_encoder_key)
 
+    def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,
+                **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What forward returns: the loss, the detached embedding, scalars to log, and the RePre inputs
+        (the tap maps and the views x they came from) when taps are set."""
+        out = {"loss": loss, "embedding": pooled.detach(), **extra}
+        if self.taps:
+            out["recon_maps"], out["recon_targets"] = maps, x
+        return out
+
     def set_progress(self, step: int, total: int) -> None:
         """Called before the forward of optimizer step `step` (0-based) of `total`."""
 

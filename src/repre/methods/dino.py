@@ -93,7 +93,4 @@ class DINO(Method):
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
             total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
             self.center.copy_(center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum))
-        out = {"loss": loss, "embedding": pooled.detach(), "teacher_entropy": entropy}
-        if self.taps:
-            out["recon_maps"], out["recon_targets"] = maps, x
-        return out
+        return self.outputs(loss, pooled, maps, x, teacher_entropy=entropy)

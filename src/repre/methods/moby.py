@@ -72,7 +72,4 @@ class MoBY(Method):
         k1, k2 = gather(k1), gather(k2)
         enqueue(self.queue1, self.queue_ptr, k1)
         self.queue_ptr.copy_(enqueue(self.queue2, self.queue_ptr, k2))
-        out = {"loss": loss, "embedding": pooled.detach()}
-        if self.taps:
-            out["recon_maps"], out["recon_targets"] = maps, x
-        return out
+        return self.outputs(loss, pooled, maps, x)

@@ -55,7 +55,4 @@ class MoCoV3(Method):
         loss = mocov3_loss(q1, gather(k2), self.temperature, offset) + mocov3_loss(
             q2, gather(k1), self.temperature, offset
         )
-        out = {"loss": loss, "embedding": pooled.detach()}
-        if self.taps:
-            out["recon_maps"], out["recon_targets"] = maps, x
-        return out
+        return self.outputs(loss, pooled, maps, x)

@@ -31,7 +31,4 @@ class Supervised(Method):
         x = stack_views(views)
         pooled, maps = self.encoder(x, self.taps)
         loss = F.cross_entropy(self.head(pooled).float(), labels.repeat(2), label_smoothing=self.label_smoothing)
-        out = {"loss": loss, "embedding": pooled.detach()}
-        if self.taps:
-            out["recon_maps"], out["recon_targets"] = maps, x
-        return out
+        return self.outputs(loss, pooled, maps, x)
