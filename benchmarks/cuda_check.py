@@ -1,7 +1,7 @@
 """CUDA correctness: the same model and batch give the same losses and gradients on CUDA as on CPU (fp32, TF32
 off); bf16 autocast stays close to fp32; a checkpoint trained on CUDA loads on CPU and gives the same features.
 
-    PYTHONPATH=src python benchmarks/cuda_check.py [--preset fmnist-mocov3-repre]
+    PYTHONPATH=src python benchmarks/cuda_check.py [--presets fmnist-mocov3-repre,fmnist-dino-repre,...]
 
 Prints one line per check and a JSON line last ({"benchmark": "cuda_check", "passed": bool, "checks": {...}}).
 Exits 1 when a check fails, 2 when no CUDA device is visible.
@@ -28,12 +28,14 @@ BASE = ["data.name=synthetic", "train.num_workers=0", "train.progress=false", "e
         "train.diagnose_every=0", "train.batch_size=64"]
 
 
-def losses_and_grads(model: torch.nn.Module, views: torch.Tensor, dtype: torch.dtype | None) -> dict[str, float]:
-    """One forward/backward -> losses and the encoder's gradient norm."""
+def losses_and_grads(model: torch.nn.Module, batch: dict, dtype: torch.dtype | None) -> dict[str, float]:
+    """One forward/backward (global views [B, 2, 3, H, W], DINO's local crops when present) -> losses and the
+    encoder's gradient norm."""
     model.zero_grad(set_to_none=True)
     device = next(model.parameters()).device
+    local = batch.get("local_views")
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        out = model(views.to(device), 0.99)
+        out = model(batch["views"].float().to(device), 0.99, None, None if local is None else local.float().to(device))
     out["loss"].backward()
     grads = [p.grad.float().norm() for p in model.encoder.parameters() if p.grad is not None]
     return {"loss_contrastive": out["loss_contrastive"].item(), "loss_recon": out["loss_recon"].item(),
@@ -45,9 +47,42 @@ def close(a: dict[str, float], b: dict[str, float], rtol: float) -> tuple[bool, 
     return worst <= rtol, worst
 
 
+def check_preset(preset: str, dev: str) -> dict[str, dict]:
+    """The four checks for one preset (its method, backbone and RePre branch)."""
+    checks: dict[str, dict] = {}
+    cfg = load_config(preset, BASE + ["train.device=cpu"])
+    torch.manual_seed(0)
+    source = train_source(cfg)
+    batch = next(iter(pretrain_loader(cfg, source, 0, False)))
+    init = build_model(cfg, source.num_classes)  # a forward changes state (queues, center, EMA): fresh copies
+    ref = losses_and_grads(copy.deepcopy(init), batch, None)
+    got = losses_and_grads(copy.deepcopy(init).to(dev), batch, None)
+    ok, worst = close(got, ref, 1e-3)
+    checks["fp32_cuda_vs_cpu"] = {"ok": ok, "max_rel_diff": worst, "cpu": ref, "cuda": got}
+    bf16 = losses_and_grads(copy.deepcopy(init).to(dev), batch, torch.bfloat16)
+    ok, worst = close(bf16, got, 0.05)
+    checks["bf16_vs_fp32_cuda"] = {"ok": ok, "max_rel_diff": worst, "bf16": bf16}
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    summary = pretrain(load_config(preset, BASE + [f"train.device={dev}", "train.max_steps=6",
+                                                   "train.checkpoint_every=3"]), out)
+    checks["train_bf16_cuda"] = {"ok": bool(summary["completed"]) and summary["loss"] == summary["loss"],
+                                 "loss": summary["loss"], "precision": summary.get("precision")}
+    enc_cpu, _ = load_encoder(out, ["train.device=cpu"])
+    enc_gpu = copy.deepcopy(enc_cpu).to(dev)
+    x = batch["views"][:, 0].float()
+    with torch.no_grad():
+        a, _ = enc_cpu.eval()(x)
+        b, _ = enc_gpu.eval()(x.to(dev))
+    diff = float((a - b.cpu()).abs().max() / a.abs().max())
+    # the checkpoint written by the CUDA run loads on CPU; its features agree across devices
+    checks["checkpoint_cuda_to_cpu_features"] = {"ok": diff < 1e-3, "max_rel_diff": diff}
+    return checks
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="fmnist-mocov3-repre")
+    p.add_argument("--presets", default="fmnist-mocov3-repre,fmnist-dino-repre,fmnist-moby-repre")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a dry run of this script
     args = p.parse_args()
     dev = args.device
@@ -57,40 +92,14 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     checks: dict[str, dict] = {}
-    cfg = load_config(args.preset, BASE + ["train.device=cpu"])
-    torch.manual_seed(0)
-    source = train_source(cfg)
-    views = next(iter(pretrain_loader(cfg, source, 0, False)))["views"].float()
-    cpu_model = build_model(cfg, source.num_classes)
-    gpu_model = copy.deepcopy(cpu_model).to(dev)
-    ref = losses_and_grads(cpu_model, views, None)
-    got = losses_and_grads(gpu_model, views, None)
-    ok, worst = close(got, ref, 1e-3)
-    checks["fp32_cuda_vs_cpu"] = {"ok": ok, "max_rel_diff": worst, "cpu": ref, "cuda": got}
-    bf16 = losses_and_grads(gpu_model, views, torch.bfloat16)
-    ok, worst = close(bf16, got, 0.05)
-    checks["bf16_vs_fp32_cuda"] = {"ok": ok, "max_rel_diff": worst, "bf16": bf16}
-
-    out = Path(tempfile.mkdtemp()) / "run"
-    summary = pretrain(load_config(args.preset, BASE + [f"train.device={dev}", "train.max_steps=6",
-                                                        "train.checkpoint_every=3"]), out)
-    checks["train_bf16_cuda"] = {"ok": bool(summary["completed"]) and summary["loss"] == summary["loss"],
-                                 "loss": summary["loss"], "precision": summary.get("precision")}
-    enc_cpu, _ = load_encoder(out, ["train.device=cpu"])
-    enc_gpu = copy.deepcopy(enc_cpu).to(dev)
-    x = views[:, 0]
-    with torch.no_grad():
-        a, _ = enc_cpu.eval()(x)
-        b, _ = enc_gpu.eval()(x.to(dev))
-    diff = float((a - b.cpu()).abs().max() / a.abs().max())
-    # the checkpoint written by the CUDA run loads on CPU; its features agree across devices
-    checks["checkpoint_cuda_to_cpu_features"] = {"ok": diff < 1e-3, "max_rel_diff": diff}
-
-    for name, c in checks.items():
-        print(f"{name:<34} {'ok' if c['ok'] else 'FAILED'}  {c.get('max_rel_diff', '')}", file=sys.stderr)
+    for preset in args.presets.split(","):
+        for name, c in check_preset(preset, dev).items():
+            checks[f"{preset}/{name}"] = c
+            print(f"{preset + '/' + name:<52} {'ok' if c['ok'] else 'FAILED'}  {c.get('max_rel_diff', '')}",
+                  file=sys.stderr, flush=True)
     passed = all(c["ok"] for c in checks.values())
-    print(json.dumps({"benchmark": "cuda_check", "device": torch.cuda.get_device_name() if dev == "cuda" else dev, "torch": torch.__version__,
-                      "passed": passed, "checks": checks}))
+    print(json.dumps({"benchmark": "cuda_check", "device": torch.cuda.get_device_name() if dev == "cuda" else dev,
+                      "torch": torch.__version__, "passed": passed, "checks": checks}))
     sys.exit(0 if passed else 1)
 
 

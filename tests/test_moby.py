@@ -64,6 +64,14 @@ def test_target_has_no_drop_path_online_keeps_it():
     assert max(online) > 0 and target and max(target) == 0
 
 
+def test_drop_path_zero_means_none_even_where_timm_defaults_to_more():
+    """timm's Swin defaults to drop_path_rate 0.1: model.drop_path=0 must still give a deterministic encoder."""
+    model = build_model(tiny_config(*SWIN_TINY)).train()
+    assert all(m.drop_prob == 0 for m in model.method.encoder.modules() if hasattr(m, "drop_prob"))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.method.encoder(x)[0], model.method.encoder(x)[0], rtol=0, atol=0)
+
+
 def test_no_weight_decay_on_position_tables_biases_norms():
     model = build_model(tiny_config(*SWIN_TINY))
     decayed = {id(p) for p in model.param_groups(0.05)[0]["params"]}

@@ -35,10 +35,8 @@ SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A config's `model.arch` -> the timm name and the kwargs that rebuild it (`timm.create_model(name, **kw)`)."""
     name, kwargs = SMALL_CONFIGS.get(arch, (arch, {}))
-    kwargs = {**kwargs, "img_size": image_size, **extra}
-    if drop_path:
-        kwargs["drop_path_rate"] = drop_path
-    return name, kwargs
+    # always explicit: timm's Swin defaults to drop_path_rate 0.1, so model.drop_path=0 must say 0
+    return name, {**kwargs, "img_size": image_size, "drop_path_rate": drop_path, **extra}
 
 
 def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
