@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# GPU check: CUDA correctness, then throughput and MFU, then the quality search on the GPU, in stages.
+# GPU check: CUDA correctness, then throughput and MFU, then quality benchmark runs on the GPU, in stages.
 # Each stage has its own time limit and writes <stage>.json and <stage>.log as soon as it finishes (a failed or
 # timed-out stage writes {"failed": true}) into a work folder that is packed into $OUT/gpu-check.tgz after every
 # stage (the device tool returns at most 8 files from $OUT, 2 folders deep); the compact table is printed last
-# and written to $OUT/summary.txt. About 6.5 minutes on one H100/H200, 9.5 with SEARCH=1.
+# and written to $OUT/summary.txt. STAGES picks stages (default: all but quality; see each stage's name).
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
 #
-#   OUT=/tmp/gpu [SEARCH=1] bash benchmarks/gpu_check.sh
+#   OUT=/tmp/gpu [STAGES="cuda-check profile ..."] [QUALITY_UNTIL=S] bash benchmarks/gpu_check.sh
 #
 # The Fashion-MNIST IDX files are read from .gpu-data/fashion-mnist (copy /usr/share/datasets/fashion-mnist
 # there and carry it to the GPU machine); the stages that need them are skipped without it.
-# SEARCH_SET="--set train.max_steps=3 ..." shrinks the search for a dry run of this script.
+# QUALITY_SET="--set train.max_steps=3 ..." shrinks the quality runs for a dry run of this script (with
+# QUALITY_LANES=2 on a small machine).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
@@ -41,43 +42,67 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
   pack
 }
 
+START=$(date +%s)
+STAGES=${STAGES:-"cuda-check default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled tests"}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
 # 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
-stage cuda-check 50 python benchmarks/cuda_check.py
+want cuda-check && stage cuda-check 90 python benchmarks/cuda_check.py
 
-# 2. with SEARCH=1 (3 more minutes): the quality search (benchmarks/quality.py --search, eval.split=val) in
-#    5 parallel lanes, one seed; what finishes in time is reported
-search_lanes() {
-  local lanes=("long-base,lam0.5,lam10,normpix" "long,lam2,taps-last,l2" "base,repre,lam10-cos0,depth3"
-               "scenes-base,scenes,lam5,width64" "lam0.1,taps-2,lam0-cos10,width16")
-  for points in "${lanes[@]}"; do
-    OMP_NUM_THREADS=3 python benchmarks/quality.py --search "$points" --seeds 0 --results "$OUT/quality" \
-      --drop-checkpoints --set data.root="$FMNIST" --set train.num_workers=2 ${SEARCH_SET:-} \
-      > "$OUT/search-$(echo "$points" | cut -d, -f1).log" 2>&1 &
-  done
-  wait
-}
-if [ -d "$FMNIST" ] && [ "${SEARCH:-0}" = 1 ]; then
-  stage search-runs 170 bash -c "$(declare -f search_lanes); OUT='$OUT' FMNIST='$FMNIST' SEARCH_SET='${SEARCH_SET:-}' search_lanes"
-  stage search 20 python benchmarks/quality.py --search all --seeds 0 --cached --results "$OUT/quality"
-fi
-
-# 3. throughput (bf16): the default preset on real data and on pre-made tensors; ViT-S/16 and ViT-B/16 at 224
-SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16"
-if [ -d "$FMNIST" ]; then
+# 2. throughput (bf16): the default preset on real data and on pre-made tensors; ViT-S/16 and ViT-B/16 at 224;
+#    DINO (multi-crop) and MoBY (Swin-T) at 224 with and without RePre; where a RePre step's time goes
+SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
+if [ -d "$FMNIST" ] && want default-preset; then
   stage default-preset 60 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \
     --configs repre,baseline,repre-tensors,baseline-tensors --set data.root="$FMNIST" \
     --set train.device=cuda --set train.num_workers=8
 fi
-VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set data.synthetic_train=512 --set train.batch_size=256"
-stage vit-s16-224 70 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
+want vit-s16-224 && stage vit-s16-224 70 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT
-stage vit-b16-224 55 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+want vit-b16-224 && stage vit-b16-224 55 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
-stage vit-s16-224-compiled 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors $VIT --set train.compile=true
+if want frameworks-224; then
+  stage dino-vit-s16-224 60 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+    --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128
+  stage moby-swin-t-224 60 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+    --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128
+fi
+want profile && stage profile 60 python benchmarks/profile_step.py $VIT
+want compiled && stage vit-s16-224-compiled 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+  --mfu --configs repre-tensors,baseline-tensors $VIT --set train.compile=true
+
+# 3. quality: benchmarks/quality.py runs as a queue of jobs, most important first, QUALITY_LANES at a time, until
+#    QUALITY_UNTIL seconds after this script started; each finished evaluation is cached, so what finishes
+#    is kept and reported (locally: quality.py --results <unpacked>/quality, which skips cached work)
+quality_jobs() {  # one line per job: quality.py arguments
+  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows baseline"; done
+  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows repre --set recon.norm_pix=true"; done
+  for m in dino moby; do for s in 1 2 3; do
+    echo "--methods $m --seeds $s --rows repre"; echo "--methods $m --seeds $s --rows baseline"
+  done; done
+  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows repre"; done
+  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows repre,baseline --set data.name=fashion-scenes"; done
+  for p in base taps-last width64 depth3 width16 lam10; do echo "--search $p --seeds 0"; done
+  for s in 1 2 3; do echo "--methods moby --seeds $s --rows random,supervised"; done
+}
+quality_queue() {  # every job ends by DEADLINE (epoch seconds): none is left running after the stage
+  quality_jobs | xargs -P "$QUALITY_LANES" -I{} bash -c "left=\$(( $DEADLINE - \$(date +%s) )); \
+    [ \$left -gt 5 ] || exit 0; OMP_NUM_THREADS=2 timeout -k 5 \$left python benchmarks/quality.py {} \
+    --results '$OUT/quality' --drop-checkpoints --set data.root='$FMNIST' --set train.num_workers=2 \
+    $QUALITY_SET >> '$OUT/quality-jobs.log' 2>&1; echo \"job exit \$?: {}\" >> '$OUT/quality-jobs.log'"
+}
+if [ -d "$FMNIST" ] && want quality; then
+  DEADLINE=$(( START + ${QUALITY_UNTIL:-520} ))
+  stage quality $(( DEADLINE - $(date +%s) + 20 )) bash -c "$(declare -f quality_jobs quality_queue); \
+    OUT='$OUT' FMNIST='$FMNIST' DEADLINE=$DEADLINE QUALITY_SET='${QUALITY_SET:-}' \
+    QUALITY_LANES=${QUALITY_LANES:-7} quality_queue; echo '{\"stage\": \"quality\"}'"
+  grep "^job exit" "$OUT/quality-jobs.log" > "$OUT/quality-jobs.txt" 2>/dev/null
+  pack
+fi
 
 # 4. the test suite on this machine's torch and timm (device auto: CUDA)
-python -c "import pytest" 2>/dev/null && stage tests 40 python -m pytest -x -q -p no:cacheprovider tests
+want tests && python -c "import pytest" 2>/dev/null && stage tests 40 python -m pytest -x -q -p no:cacheprovider tests
 
 python - "$OUT" > "$OUT/summary.txt" <<'PY'
 import json, pathlib, sys
@@ -92,11 +117,12 @@ for f in sorted(out.glob("*.json")):
         print(f"{f.stem:<22}ratios {json.dumps({k: round(v, 3) for k, v in d['ratios'].items()})}")
     elif d.get("benchmark") == "cuda_check":
         print(f"{f.stem:<22}passed={d['passed']} " + " ".join(f"{k}={v['ok']}" for k, v in d["checks"].items()))
-    elif d.get("benchmark") == "quality-search":
-        print(f"{f.stem:<22}{len(d['values'])} points; the table is in search.log")
+    elif d.get("benchmark") == "profile_step":
+        print(f"{f.stem:<22}" + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in d["seconds"].items())
+              + " " + json.dumps({k: round(v, 3) for k, v in d["ratios"].items()}))
     else:
         print(f"{f.stem:<22}{json.dumps(d)[:200]}")
 PY
-cat "$OUT/summary.txt" "$OUT/search.log" 2>/dev/null | grep -v '^search seed' | grep -v '^{'
+cat "$OUT/summary.txt" "$OUT/quality-jobs.txt" 2>/dev/null
 cp "$OUT/summary.txt" "$PACK/"
 pack

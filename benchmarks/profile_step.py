@@ -1,0 +1,143 @@
+"""Where a RePre step's time goes: the whole step profiled, and its parts timed in isolation.
+
+    PYTHONPATH=src python benchmarks/profile_step.py [--preset in1k-vit-s16-mocov3-repre] [--set KEY=VALUE ...]
+
+Parts, each forward + backward on the same batch and timed with device synchronisation (median of --steps):
+  step           the whole training step (trainer.train_step: forward, backward, clip, optimizer, EMA)
+  step-baseline  the same step with the reconstruction branch disabled
+  encoder        the online encoder alone (forward_features), both views
+  encoder-taps   the same with the tap maps returned (forward_intermediates) and in the backward
+  decoder        the decoder alone on tap maps of the step's shapes, with the reconstruction loss
+  loss           the reconstruction loss alone on a prediction of the step's shape
+The profiler's table (top ops by device time, or CPU time without CUDA) is printed to stderr and returned.
+Prints a JSON line last ({"benchmark": "profile_step", ...}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from repre.config import load_config
+from repre.data.loader import pretrain_loader
+from repre.engine.trainer import Trainer
+from repre.losses import reconstruction_loss
+
+SYNTHETIC = ["data.name=synthetic", "data.synthetic_train=512", "train.num_workers=0", "train.progress=false",
+             "eval.knn=false", "train.diagnose_every=0"]
+
+
+def timed(fn: Callable[[], None], warmup: int, steps: int) -> float:
+    """Median seconds of fn() over `steps` calls after `warmup`, synchronising the device around each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[], None], dict]:
+    trainer = Trainer(load_config(preset, SYNTHETIC + overrides), Path(tempfile.mkdtemp()) / "run")
+    batch = next(iter(pretrain_loader(trainer.cfg, trainer.source, 0, False)))
+    trainer.model.train()
+
+    def step() -> None:
+        trainer.train_step(batch)
+        trainer.state.step += 1
+
+    return trainer, step, batch
+
+
+def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]]:
+    """The encoder with and without taps, the decoder and the loss alone, on inputs of one step's shapes."""
+    repre = trainer.model
+    rt, cfg = trainer.rt, trainer.cfg
+    views = batch["views"].to(rt.device)
+    with torch.no_grad(), torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+        x = views.transpose(0, 1).flatten(0, 1)
+        _, maps = repre.method.encoder(x, repre.method.taps)
+    maps = [m.detach().requires_grad_(True) for m in maps]
+    target = x.float()
+
+    def decoder() -> None:
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            pred = repre.reconstruct(maps, target.shape[-2:])
+            loss = reconstruction_loss(pred, target, cfg.recon.loss, cfg.recon.norm_pix, repre.encoder.patch_size)
+        loss.backward()
+
+    pred = torch.randn_like(target, requires_grad=True)
+    encoder = repre.method.encoder
+
+    def encode(taps: list[int]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+                pooled, maps = encoder(x, taps)
+                total = pooled.float().mean() + sum(m.float().mean() for m in maps)
+            total.backward()
+        return run
+
+    def loss() -> None:
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+            value = reconstruction_loss(pred, target, cfg.recon.loss, cfg.recon.norm_pix, repre.encoder.patch_size)
+        value.backward()
+
+    return {"encoder": encode([]), "encoder-taps": encode(repre.method.taps), "decoder": decoder, "loss": loss}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="in1k-vit-s16-mocov3-repre")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    trainer, step, batch = trainer_step(args.preset, args.overrides)
+    parts = {"step": timed(step, args.warmup, args.steps)}
+    for name, fn in decoder_parts(trainer, batch).items():
+        parts[name] = timed(fn, args.warmup, args.steps)
+    cuda = trainer.rt.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=args.top)
+    print(table, file=sys.stderr)
+    peak_step = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    del trainer, step
+    _, base_step, _ = trainer_step(args.preset, args.overrides + ["recon.enabled=false"])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    parts["step-baseline"] = timed(base_step, args.warmup, args.steps)
+    ratios = {"step_over_baseline": parts["step"] / parts["step-baseline"],
+              "decoder_share_of_extra": parts["decoder"] / max(parts["step"] - parts["step-baseline"], 1e-9),
+              "taps_over_no_taps": parts["encoder-taps"] / parts["encoder"]}
+    for name, sec in parts.items():
+        print(f"{name:<15}{sec * 1000:9.2f} ms", file=sys.stderr)
+    print(json.dumps({"benchmark": "profile_step", "preset": args.preset, "overrides": args.overrides,
+                      "device": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"),
+                      "seconds": parts, "ratios": ratios, "peak_cuda_mb_repre": peak_step,
+                      "peak_cuda_mb_baseline": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                      "top_ops": table}))
+
+
+if __name__ == "__main__":
+    main()
