@@ -106,6 +106,7 @@ class ReconConfig:
     min_width: int = 8  # the halving stops here
     depth: int = 1  # 3x3 conv blocks at the encoder's resolution after the fusion (1: the fusion block only)
     weight_end: float | None = None  # lambda follows a cosine from `weight` to this over training; None: constant
+    upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: ~2x faster on GPU)
 
 
 @dataclass

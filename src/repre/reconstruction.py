@@ -35,13 +35,14 @@ class RePre(nn.Module):
         loss: str = "l1",
         norm_pix: bool = False,
         depth: int = 1,
+        upsample: str = "bilinear",
     ) -> None:
         super().__init__()
         enc = method.encoder
         self.method = method
         self.method.taps = list(taps)
         channels, strides = [enc.unit_channels[t] for t in taps], [enc.unit_strides[t] for t in taps]
-        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth)
+        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample)
         self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
 
     @property

@@ -44,6 +44,7 @@ def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime
     size = tuple(images.shape[-2:])
     if tuple(model.patch_embed.img_size) != size:
         model.set_input_size(img_size=size)  # resamples the position embeddings
+        model.to(next(model.parameters()).device)  # Swin's new attention masks are made on the CPU
     was_training = encoder.training
     encoder.eval()
     out = []

@@ -3,7 +3,7 @@
     taps (deepest last) --1x1 conv + GN--> laterals [B, W, h_i, w_i]
     top-down: x = block(lat[-1]); for shallower taps: x = block(resize(x) + lat[i])
     depth - 1 more blocks at that resolution (recon.depth)
-    x2 upsampling steps (bilinear + 3x3 conv + GN + GELU), width halving each step down to `min_width`
+    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to `min_width`
     a final interpolation when the stride is not a power of two; 1x1 conv to 3 channels.
 
 One implementation serves plain transformers (every tap at stride p) and hierarchical ones (taps at
@@ -43,9 +43,10 @@ class Decoder(nn.Module):
         min_width: int = 8,
         out_chans: int = 3,
         depth: int = 1,
+        upsample: str = "bilinear",
     ) -> None:
         super().__init__()
-        self.stride = stride
+        self.stride, self.mode = stride, upsample
         self.laterals = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
         )
@@ -62,11 +63,16 @@ class Decoder(nn.Module):
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
             if x.shape[-2:] != lat[i].shape[-2:]:
-                x = F.interpolate(x, size=lat[i].shape[-2:], mode="bilinear", align_corners=False)
+                x = self._resize(x, size=lat[i].shape[-2:])
             x = self.fuse[i](x + lat[i])
         x = self.refine(x)
         for block in self.up:
-            x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+            x = block(self._resize(x, scale_factor=2.0))
         if x.shape[-2:] != tuple(out_size):
-            x = F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False)
+            x = self._resize(x, size=tuple(out_size))
         return self.head(x)
+
+    def _resize(self, x: torch.Tensor, **kw) -> torch.Tensor:
+        if self.mode == "nearest":
+            return F.interpolate(x, mode="nearest", **kw)
+        return F.interpolate(x, mode=self.mode, align_corners=False, **kw)
