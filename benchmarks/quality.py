@@ -60,6 +60,9 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "scenes": ("repre", SCENES, "scenes-base"),
     "long-base": ("baseline", LONG, None),
     "long": ("repre", LONG, "long-base"),
+    # the EMA momentum of a 200-step run (DINO's 0.996 keeps ~45% of the initial teacher after 200 steps)
+    "m0.99": ("baseline", ["method.momentum=0.99"], "base"),
+    "m0.98": ("baseline", ["method.momentum=0.98"], "base"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1

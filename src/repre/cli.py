@@ -45,9 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("presets", help="list the presets")
-    ex = sub.add_parser("export", help="export the backbone to timm safetensors (reliability issue)")
-    ex.add_argument("--checkpoint")
-    ex.add_argument("--out")
+    ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
+    ex.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
+    ex.add_argument("--encoder", help="which encoder: encoder (online), teacher_encoder (DINO's default), "
+                    "momentum_encoder, target_encoder")
     return p
 
 
@@ -87,6 +89,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from repre.export import export
+
+    card = export(args.checkpoint, args.out, args.encoder)
+    print(f"exported {card['encoder']} of {card['arch']} ({card['method']}, step {card['step']}) to {args.out}; "
+          f"loads with timm: strict keys, features within {card['check']['max_rel_feature_diff']:.1e}")
+    print(json.dumps({"export": str(args.out), "card": str(Path(args.out).with_suffix(".json")), **card}), flush=True)
+    return 0
+
+
 def cmd_presets(_: argparse.Namespace) -> int:
     from repre.config import list_presets
 
@@ -120,12 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _setup_logging()
     args = _parser().parse_args(argv)
-    commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets}
+    commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export}
     if args.command is None:
         args = _parser().parse_args(["pretrain", *(argv or [])])
     try:
-        if args.command == "export":
-            raise UserError("`repre export` arrives with the reliability issue; checkpoints already hold the weights")
         return commands[args.command](args)
     except UserError as exc:
         print(f"repre: error: {exc}", file=sys.stderr)

@@ -1,0 +1,119 @@
+"""Export a checkpoint's backbone as timm safetensors, with a model card, and prove it loads.
+
+    FILE.safetensors   the encoder's weights, timm key names, no head (the card is also in its metadata)
+    FILE.json          the model card: arch, kwargs, which encoder, preset, data, evaluation results, versions
+
+The loading contract, checked here before export reports success (strict key match, equal features):
+
+    timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=FILE), num_classes=0,
+                      **card["kwargs"])
+
+Which encoder: each paper's convention (MoCo v3 and MoBY: the online encoder; DINO: the teacher), or
+`encoder="encoder"` / `"teacher_encoder"` / `"momentum_encoder"` / `"target_encoder"` to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repre.builder import build_encoder
+from repre.engine import checkpoint as ckpt_io
+from repre.errors import UserError
+from repre.eval import load_checkpoint_config
+from repre.methods import eval_encoder_key
+
+TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
+
+
+def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
+    """What a user of the file needs to load and judge it."""
+    evals = {}
+    if run_dir is not None:
+        for result in sorted((run_dir / "eval").glob("*/result.json")):
+            r = json.loads(result.read_text())
+            evals[r.get("task", result.parent.name)] = {"metric": r.get("metric"), "value": r.get("value")}
+    return {
+        "format": "repre-export-1",
+        "arch": arch,
+        "kwargs": kwargs,
+        "encoder": key,
+        "method": cfg.method.name,
+        "recon": cfg.recon.enabled,
+        "preset": cfg.preset,
+        "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
+        "step": int(ckpt.get("step", 0)),
+        "evaluations": evals,
+        "versions": {"trained_with": ckpt.get("versions", {}), "exported_with": ckpt_io.versions()},
+        "load": 'timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=FILE), '
+                'num_classes=0, **card["kwargs"])',
+    }
+
+
+def load_export(file: str | Path, card: dict[str, Any]) -> torch.nn.Module:
+    """The documented loading call."""
+    import timm
+
+    return timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),
+                             num_classes=0, **card["kwargs"])
+
+
+def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor], reference: torch.nn.Module) -> float:
+    """Load the file the documented way; the keys must match exactly and the features agree. Returns the max
+    relative feature difference."""
+    try:
+        loaded = load_export(file, card).eval()
+    except Exception as exc:  # noqa: BLE001 - any failure of the loading call fails the export
+        raise UserError(f"the export does not load with the documented timm call ({type(exc).__name__}: {exc}); "
+                        "a newer timm may be needed (pip install -U timm)") from None
+    keys = set(loaded.state_dict())
+    if keys != set(state):
+        missing, extra = sorted(keys - set(state))[:3], sorted(set(state) - keys)[:3]
+        raise UserError(f"exported keys do not match timm's {card['arch']}: missing {missing}, unexpected {extra}")
+    size = card["kwargs"].get("img_size", 224)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = reference.eval()(x)
+        b = loaded(x)
+    diff = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+    if diff > 1e-5:
+        raise UserError(f"the loaded export's features differ from the checkpoint's by {diff:.2e}")
+    return diff
+
+
+def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) -> dict[str, Any]:
+    """Write FILE.safetensors and FILE.json from a checkpoint (file or run directory); returns the card with
+    the self-check's result under "check"."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
+    ckpt, cfg = load_checkpoint_config(checkpoint)
+    key = encoder or eval_encoder_key(cfg.method.name)
+    state = {k: v.contiguous() for k, v in ckpt_io.encoder_state(ckpt, key).items()}
+    if not state:
+        keys = sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and "encoder" in k})
+        raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}")
+    backbone = build_encoder(cfg)
+    backbone.model.load_state_dict(state)
+    kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
+    path = Path(checkpoint)
+    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
+    save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
+    try:
+        diff = self_check(tmp, card, state, backbone.model)
+    except UserError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card

@@ -1,0 +1,75 @@
+"""`repre export`: timm safetensors that load with the documented call and give the checkpoint's features."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import TINY, last_json, run_cli
+from repre.eval import load_encoder
+from repre.export import load_export
+from test_dino import DINO_TINY
+from test_moby import SWIN_TINY
+
+
+def features_agree(run, file, card) -> None:
+    encoder, cfg = load_encoder(run)
+    size = cfg.data.image_size
+    x = torch.randn(3, 3, size, size)
+    loaded = load_export(file, card).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), encoder.eval()(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
+    run, _ = tiny_run
+    file = tmp_path / "vit.safetensors"
+    code, stdout = run_cli(["export", "--checkpoint", str(run), "--out", str(file)])
+    assert code == 0, stdout
+    card = json.loads(file.with_suffix(".json").read_text())
+    assert last_json(stdout)["arch"] == card["arch"] == "vit_tiny_patch16_224"
+    assert card["encoder"] == "encoder" and card["check"]["strict_keys"]
+    assert "drop_path_rate" not in card["kwargs"] and card["kwargs"]["patch_size"] == 4
+    with safe_open(str(file), "pt") as fh:
+        assert json.loads(fh.metadata()["repre_card"])["arch"] == card["arch"]
+        assert not any(k.startswith(("method.", "head.weight")) for k in fh.keys())
+    features_agree(run, file, card)
+
+
+def test_swin_export_loads_with_timm_and_matches(tmp_path):
+    args = ["pretrain", "--out", str(tmp_path / "s")]
+    for item in TINY + SWIN_TINY + ["train.max_steps=2", "eval.knn=false"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0
+    file = tmp_path / "swin.safetensors"
+    assert run_cli(["export", "--checkpoint", str(tmp_path / "s"), "--out", str(file)])[0] == 0
+    card = json.loads(file.with_suffix(".json").read_text())
+    assert card["arch"].startswith("swin_") and card["method"] == "moby"
+    features_agree(tmp_path / "s", file, card)
+
+
+def test_dino_exports_the_teacher_unless_told(tmp_path):
+    args = ["pretrain", "--out", str(tmp_path / "d")]
+    for item in TINY + DINO_TINY + ["train.max_steps=3", "eval.knn=false"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0
+    teacher, online = tmp_path / "t.safetensors", tmp_path / "o.safetensors"
+    assert run_cli(["export", "--checkpoint", str(tmp_path / "d"), "--out", str(teacher)])[0] == 0
+    assert run_cli(["export", "--checkpoint", str(tmp_path / "d"), "--out", str(online), "--encoder", "encoder"])[0] == 0
+    cards = [json.loads(f.with_suffix(".json").read_text()) for f in (teacher, online)]
+    assert [c["encoder"] for c in cards] == ["teacher_encoder", "encoder"]
+    a, b = (load_export(f, c).state_dict() for f, c in zip((teacher, online), cards, strict=True))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # after 3 steps the student has moved off the teacher
+
+
+@pytest.mark.parametrize("out,encoder,message", [
+    ("x.pt", None, "must end in .safetensors"),
+    ("x.safetensors", "no_such_encoder", "has no 'no_such_encoder'"),
+])
+def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, message):
+    run, _ = tiny_run
+    argv = ["export", "--checkpoint", str(run), "--out", str(tmp_path / out)] + (["--encoder", encoder] if encoder else [])
+    assert run_cli(argv)[0] == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / out).exists()
