@@ -27,7 +27,8 @@ def test_run_writes_every_output_of_the_contract(tiny_run):
     assert (out / "config.yaml").is_file() and (out / "recon.png").is_file()
     assert any((out / "tb").iterdir())
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["last.pt", "step-00000010.pt", "step-00000020.pt"]
+    pts = ["last.pt", "step-00000010.pt", "step-00000020.pt"]
+    assert names == sorted(pts + [f"{n}.sha256" for n in pts])  # each with its checksum sidecar
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train"]
     assert [r["step"] for r in train] == [5, 10, 15, 20]

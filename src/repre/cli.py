@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
     pre.add_argument("--resume", action="store_true",
                      help="continue from the newest checkpoint in --out (starts fresh, saying so, if none)")
+    pre.add_argument("--init-from", metavar="CKPT",
+                     help="start from another run's weights (checkpoint or run directory): continued pre-training")
     ev = sub.add_parser("eval", help="evaluate a checkpoint")
     ev.add_argument("task", choices=["knn", "linear", "finetune", "segment", "recon"])
     ev.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
@@ -66,7 +68,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(source, args.overrides)
     out = Path(args.out or f"runs/{cfg.preset}")
     try:
-        summary = pretrain(cfg, out, resume=args.resume)
+        summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
     except StoppedEarly as stop:
         print(str(stop), flush=True)
         return 3
@@ -143,6 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("repre: interrupted", file=sys.stderr)
         return 3
+    except MemoryError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError; host OOM is MemoryError
+        print(out_of_memory_message(exc), file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower():
+            raise
+        print(out_of_memory_message(exc), file=sys.stderr)
+        return 2
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return (f"repre: error: out of memory ({first}). Lower train.batch_size (the lr scales with it), use "
+            "train.precision=bf16, set model.grad_checkpointing=true, or eval.batch_size for evaluations; "
+            "a pre-training run continues from its last checkpoint with --resume")
 
 
 if __name__ == "__main__":

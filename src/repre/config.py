@@ -127,7 +127,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # newest step checkpoints kept (besides last.pt and milestones)
+    milestone_every: int = 0  # step checkpoints at multiples of this are never pruned; 0: none
+    max_bad_steps: int = 20  # consecutive non-finite steps (skipped) before the run stops with status 3
     eval_every: int = 0  # k-NN during training; 0: only at the end
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -148,7 +148,8 @@ class ViewDataset(Dataset):
         epoch, index = key
         img, label, skipped = load_or_replace(self.source, index)
         views, photo = make_views(img, self.spec, self.seed, epoch, index, self.n_views)
-        sample = {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped}
+        small = int(min(img.shape[-2:]) < self.spec.size)  # upscaled by the crop: counted, never refused
+        sample = {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped, "small": small}
         if self.spec.local_crops:
             sample["local_views"], sample["local_photo"] = make_views(
                 img, self.spec, self.seed, epoch, index, self.spec.local_crops, first=2, size=self.spec.local_size)
@@ -174,6 +175,7 @@ class ViewCollate:
             "index": torch.tensor([s["index"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples]),
             "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
+            "upscaled": torch.tensor(sum(s["small"] for s in samples)),
         }
         if "local_views" in samples[0]:  # DINO's local crops: [B, L, 3, s, s]
             batch["local_views"] = self._photometric(samples, "local_views", "local_photo")

@@ -1,8 +1,13 @@
-"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True.
+
+Each file has a sidecar `NAME.sha256` ("<sha256> <size>") written after it: a checkpoint whose bytes do not
+match (truncated, corrupted in transit or on disk) is detected before it is unpickled.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -42,24 +47,68 @@ def _versions() -> dict[str, str | None]:
     return {"repre": repre.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "git": commit}
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    """write(fh) into a temporary file beside `path`, fsync, rename over `path`, then its checksum sidecar.
+    On any failure (a full disk: ENOSPC, EFBIG) the temporary file is removed and `path` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = f"{_digest(tmp)} {tmp.stat().st_size}\n"
+        side_tmp = tmp.with_name(tmp.name + ".sha256")
+        side_tmp.write_text(digest)
+        _sidecar(path).unlink(missing_ok=True)  # never a new file beside an old checksum
+        os.replace(tmp, path)
+        os.replace(side_tmp, _sidecar(path))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".sha256").unlink(missing_ok=True)
+        raise
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write `state` atomically (temporary file, fsync, rename) with its checksum sidecar."""
+    _write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
     """Copy a written checkpoint (e.g. to last.pt) with the same temporary-file, fsync, rename sequence."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
+    def write(fh) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, fh)
+
+    _write_atomic(dst, write)
+
+
+def verify(path: Path) -> None:
+    """Raise UserError when `path` does not match its sidecar checksum (files without one are not checked)."""
+    side = _sidecar(path)
+    if not side.is_file():
+        return
+    try:
+        digest, size = side.read_text().split()
+    except ValueError:
+        raise UserError(f"{side} is not a checksum file; delete it to load {path} unchecked") from None
+    actual = path.stat().st_size
+    if actual != int(size):
+        raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written")
+    if _digest(path) != digest:
+        raise UserError(f"{path} is damaged: its SHA-256 differs from the one recorded when it was written")
 
 
 def step_checkpoints(folder: Path) -> list[Path]:
@@ -68,9 +117,14 @@ def step_checkpoints(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
 
 
-def prune(folder: Path, keep: int) -> None:
+def prune(folder: Path, keep: int, milestone_every: int = 0) -> None:
+    """Delete all but the newest `keep` step checkpoints, sparing milestones (steps divisible by milestone_every)."""
     for old in step_checkpoints(folder)[:-keep]:
+        step = int(_STEP_FILE.search(old.name).group(1))
+        if milestone_every and step % milestone_every == 0:
+            continue
         old.unlink(missing_ok=True)
+        _sidecar(old).unlink(missing_ok=True)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -80,10 +134,15 @@ def load(path: str | Path) -> dict[str, Any]:
         path = next((c for c in (path / "checkpoints" / "last.pt", path / "last.pt") if c.is_file()), path / "checkpoints" / "last.pt")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with checkpoints/last.pt")
+    verify(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
-        raise UserError(f"{path} is not a readable repre checkpoint ({type(exc).__name__}: {exc})") from None
+        unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
+        why = ("it holds Python objects that could run code when opened (only tensors and plain values are "
+               "allowed); it was not written by repre or has been tampered with" if unsafe
+               else f"{type(exc).__name__}: {str(exc)[:200]}")
+        raise UserError(f"{path} is not a readable repre checkpoint: {why}") from None
     if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):
         raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model'/'config' entries)")
     if ckpt["schema"] != SCHEMA:

@@ -29,8 +29,9 @@ from repre.errors import StoppedEarly, UserError
 log = logging.getLogger("repre")
 
 # keys a resumed run may change: how long it runs and how it reports, not what it computes
+COLLAPSE_STD = 0.1  # embedding_std below this: a collapse warning (once a run)
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.progress", "train.num_workers",
+                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every", "train.max_bad_steps", "train.progress", "train.num_workers",
                      "train.device", "eval.", "description")
 
 
@@ -40,8 +41,11 @@ class RunState:
 
     step: int = 0
     skipped_images: int = 0
+    upscaled_images: int = 0  # images smaller than data.image_size, upscaled by their crops
     images_seen: int = 0
     train_seconds: float = 0.0
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
+    bad_streak: int = 0  # consecutive skipped steps, now
     last: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,7 +94,7 @@ def total_steps(cfg: Config, dataset_size: int) -> int:
 class Trainer:
     """Builds everything a run needs from its config, then `fit()`s; `pretrain()` is the usual entry point."""
 
-    def __init__(self, cfg: Config, out: Path, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None) -> None:
         self.started = time.perf_counter()
         self.cfg, self.out = cfg, out
         prepare_out(out, resume)
@@ -112,10 +116,13 @@ class Trainer:
         self.weight_decay = (warmup_cosine(t.weight_decay, t.weight_decay_end, self.total)
                              if t.weight_decay_end is not None else None)
         self.state = RunState()
+        self.diverged = False
+        self.collapse_warned = False
         self.pending_diag: dict[str, float] = {}
         self.trend = TrendWatch()
-        if resume:
-            self._resume()
+        resumed = self._resume() if resume else False
+        if init_from and not resumed:
+            self._init_from(init_from)
         save_yaml(cfg, out / "config.yaml")
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -133,21 +140,35 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": s.step,
-            "run": {"skipped_images": s.skipped_images, "images_seen": s.images_seen, "train_seconds": s.train_seconds},
-            "rng": {"torch": torch.get_rng_state()},
+            "run": {"skipped_images": s.skipped_images, "images_seen": s.images_seen, "train_seconds": s.train_seconds,
+                    "nonfinite_steps": s.nonfinite_steps, "upscaled_images": s.upscaled_images},
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "config": self.cfg.to_dict(),
             "versions": ckpt_io.versions(),
         }
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, final: bool = False) -> Path | None:
+        """Write step-N.pt and last.pt. A failed periodic write (full disk) leaves the previous checkpoints
+        valid, is logged and training goes on; a failed final write raises UserError."""
         state = self._checkpoint_state()
         path = self.out / "checkpoints" / f"step-{self.state.step:08d}.pt"
-        ckpt_io.save(state, path)
-        ckpt_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second serialisation
-        ckpt_io.prune(self.out, self.cfg.train.keep_checkpoints)
+        try:
+            ckpt_io.save(state, path)
+            ckpt_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second serialisation
+        except OSError as exc:
+            newest = ckpt_io.step_checkpoints(self.out)
+            kept = f"; {newest[-1]} is intact" if newest else ""
+            message = f"could not write checkpoint {path} ({exc.strerror or exc}): is the disk full?{kept}"
+            if final:
+                raise UserError(message + "; free space and rerun with --resume") from None
+            log.error("%s; training goes on", message)
+            return None
+        t = self.cfg.train
+        ckpt_io.prune(self.out, t.keep_checkpoints, t.milestone_every)
         return path
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
         candidates = ckpt_io.step_checkpoints(self.out)[::-1]
         for path in candidates:
             try:
@@ -160,16 +181,38 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
             torch.set_rng_state(ckpt["rng"]["torch"])
+            if ckpt["rng"].get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
             self.state.step = int(ckpt["step"])
             run = ckpt["run"]
             self.state.skipped_images = int(run["skipped_images"])
             self.state.images_seen = int(run["images_seen"])
             self.state.train_seconds = float(run["train_seconds"])
+            self.state.nonfinite_steps = int(run.get("nonfinite_steps", 0))
+            self.state.upscaled_images = int(run.get("upscaled_images", 0))
             log.info("resuming from %s (step %d of %d)", path, self.state.step, self.total)
             self._truncate_metrics()
-            return
+            return True
         log.info("no checkpoint in %s: starting fresh", self.out)
         self._truncate_metrics()
+        return False
+
+    def _init_from(self, source: str | Path) -> None:
+        """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
+        schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed."""
+        ckpt = ckpt_io.load(source)
+        try:
+            missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
+        except RuntimeError as exc:
+            shape = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+            raise UserError(f"--init-from {source}: its weights do not fit this model ({shape}); use the same "
+                            "model.arch and method settings, or another checkpoint") from None
+        loaded = len(ckpt["model"]) - len(unexpected)
+        if not loaded:
+            raise UserError(f"--init-from {source}: none of its weights belong to this model")
+        log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
+                 ckpt.get("step"), loaded, len(missing), ", ".join(sorted({k.split(".")[0] for k in missing})) or "-",
+                 len(unexpected), ", ".join(sorted({k.split(".")[0] for k in unexpected})) or "-")
 
     def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
@@ -218,10 +261,21 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = clip_or_measure(params, self.cfg.train.clip_grad, self.cfg.train.clip_mode)
         method.after_backward()
-        self.scaler.step(self.optimizer)
+        finite = torch.isfinite(out["loss"].detach())
+        if not self.scaler.is_enabled():  # fp16: the scaler skips steps with inf/nan gradients itself
+            finite = finite & torch.isfinite(grad_norm)
+        if bool(finite):  # one host sync a step: a non-finite step must not reach the weights
+            self.scaler.step(self.optimizer)
+            self.state.bad_streak = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.nonfinite_steps += 1
+            self.state.bad_streak += 1
+            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
+                        step + 1, float(out["loss"]), float(grad_norm))
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
-        return {**scalars, "grad_norm": grad_norm.detach()}
+        return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
 
     def _diagnose_now(self) -> bool:
         every = self.cfg.train.diagnose_every
@@ -239,7 +293,16 @@ class Trainer:
         with GracefulStop() as stop:
             completed = self._loop(loader, writer, bar, stop)
         bar.close()
-        path = self.save_checkpoint()
+        if self.diverged:  # the weights are the last good step's, but the run cannot go on as configured
+            newest = ckpt_io.step_checkpoints(self.out)
+            path = newest[-1] if newest else None
+            log.error(
+                "stopped: %d non-finite steps in a row at step %d. The last good checkpoint is %s. Usual remedies: "
+                "a lower train.lr, train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), a longer "
+                "warm-up: start again from it with `repre pretrain --init-from CHECKPOINT --out NEW_DIR --set ...`",
+                s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
+        else:
+            path = self.save_checkpoint(final=True)
         summary = self._finish(writer, path, completed)
         writer.close()
         if not completed:
@@ -255,6 +318,9 @@ class Trainer:
         while s.step < self.total and not stop.requested:
             batch = next(batches)
             values = self.train_step(batch)
+            if s.bad_streak >= cfg.train.max_bad_steps:
+                self.diverged = True
+                return False
             scheduled = {"recon_weight": self.recon_weight[s.step]} if self.recon_weight is not None else {}
             if self.weight_decay is not None:
                 scheduled["weight_decay"] = self.weight_decay[s.step]
@@ -263,6 +329,7 @@ class Trainer:
             window_steps += 1
             s.images_seen += cfg.train.batch_size
             s.skipped_images += int(batch["skipped"])
+            s.upscaled_images += int(batch.get("upscaled", 0))
             s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
             tick = time.perf_counter()
             bar.update(1)
@@ -294,6 +361,11 @@ class Trainer:
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_sec:.0f}")
         if not all(math.isfinite(v) for v in values.values()):
             log.warning("non-finite values at step %d: %s", s.step, values)
+        if values.get("embedding_std", 1.0) < COLLAPSE_STD and not self.collapse_warned:
+            self.collapse_warned = True
+            log.warning("step %d: embedding_std %.3f (about 1 when healthy, 0 when every image maps to one point): "
+                        "the embeddings are collapsing; check the lr, the temperatures and the EMA momentum",
+                        s.step, values["embedding_std"])
 
     def _evaluate(self, writer: MetricWriter, quick: bool = False) -> float | None:
         """k-NN top-1 logged as an eval line; `quick` (during training) uses the eval.quick_knn_* subsets."""
@@ -309,7 +381,7 @@ class Trainer:
         self.model.train()
         return top1
 
-    def _finish(self, writer: MetricWriter, checkpoint: Path, completed: bool) -> dict[str, Any]:
+    def _finish(self, writer: MetricWriter, checkpoint: Path | None, completed: bool) -> dict[str, Any]:
         from repre.eval.recon import save_recon_grid
 
         if completed and self.cfg.recon.enabled:
@@ -327,8 +399,10 @@ class Trainer:
             "loss_contrastive": s.last.get("loss_contrastive"),
             "loss_recon": s.last.get("loss_recon"),
             "knn_top1": top1,
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(checkpoint) if checkpoint else None,
             "skipped_images": s.skipped_images,
+            "nonfinite_steps": s.nonfinite_steps,
+            "upscaled_images": s.upscaled_images,
             "preset": self.cfg.preset,
             "device": str(self.rt.device),
             "precision": self.rt.precision,
@@ -338,9 +412,10 @@ class Trainer:
         return summary
 
 
-def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Pre-train per `cfg` into `out`; returns the summary (also written to out/summary.json).
+def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str | Path | None = None) -> dict[str, Any]:
+    """Pre-train per `cfg` into `out`; returns the summary (also written to out/summary.json). `init_from`: a
+    checkpoint (or run directory) whose model weights start this run, unless `resume` finds a checkpoint.
 
     Raises `StoppedEarly` (its message: the summary JSON) when interrupted; the run can be resumed.
     """
-    return Trainer(cfg, Path(out), resume).fit()
+    return Trainer(cfg, Path(out), resume, init_from).fit()

@@ -27,6 +27,13 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     return target
 
 
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor: the per-dimension std of L2-normalized embeddings z [N, D], times sqrt(D). About 1
+    for embeddings spread over the sphere; toward 0 when every image maps to the same point (SimSiam's measure)."""
+    z = torch.nn.functional.normalize(z.float(), dim=1)
+    return z.std(dim=0).mean() * z.shape[1] ** 0.5
+
+
 class Method(nn.Module):
     """Base of a framework: `forward(views, momentum, labels=None, local_views=None) -> dict` with "loss" the
     total (`local_views`: DINO's multi-crop; the other methods receive None).
@@ -52,9 +59,9 @@ class Method(nn.Module):
 
     def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,
                 **extra: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What forward returns: the loss, the detached embedding, scalars to log, and the RePre inputs
-        (the tap maps and the views x they came from) when taps are set."""
-        out = {"loss": loss, "embedding": pooled.detach(), **extra}
+        """What forward returns: the loss, the detached embedding, scalars to log (the collapse monitor
+        `embedding_std` among them), and the RePre inputs (the tap maps and the views x) when taps are set."""
+        out = {"loss": loss, "embedding": pooled.detach(), "embedding_std": embedding_std(pooled.detach()), **extra}
         if self.taps:
             out["recon_maps"], out["recon_targets"] = maps, x
         return out
