@@ -85,3 +85,16 @@ def image_folder(tmp_path) -> Path:
                 arr = np.clip(rng.normal(base, 30, size=(20, 24, 3)), 0, 255).astype(np.uint8)
                 save_png(tmp_path / "imgs" / split / c / f"{i}.png", arr)
     return tmp_path / "imgs"
+
+
+@pytest.fixture
+def repre_log(caplog, monkeypatch):
+    """caplog for the "repre" logger (the CLI stops it propagating to the root logger, where caplog listens)."""
+    import logging
+
+    from repre.cli import _setup_logging
+
+    _setup_logging()  # what the CLI does on its first call; then let records reach caplog
+    monkeypatch.setattr(logging.getLogger("repre"), "propagate", True)
+    caplog.set_level("INFO", logger="repre")
+    return caplog

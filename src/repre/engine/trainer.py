@@ -272,7 +272,7 @@ class Trainer:
             self.state.nonfinite_steps += 1
             self.state.bad_streak += 1
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
-                        step + 1, float(out["loss"]), float(grad_norm))
+                        step + 1, float(out["loss"].detach()), float(grad_norm))
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}

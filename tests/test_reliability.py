@@ -1,0 +1,248 @@
+"""Never lose a run: exact resume after SIGKILL, safe and atomic checkpoints, divergence guards, --init-from."""
+
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, last_json, run_cli, tiny_config
+from repre.engine import checkpoint as ckpt_io
+from repre.engine.trainer import Trainer
+from repre.errors import StoppedEarly, UserError
+from repre.methods.base import embedding_std
+
+RESUME = TINY + ["train.max_steps=16", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
+                 "train.diagnose_every=0", "data.synthetic_train=128"]
+
+
+def pretrain_cmd(out: Path, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "repre", "pretrain", "--out", str(out)]
+    for item in RESUME + extra:
+        cmd += ["--set", item]
+    return cmd
+
+
+def final_model(out: Path) -> dict:
+    return ckpt_io.load(out / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers):
+    """A run killed with SIGKILL right after its step-4 checkpoint, then resumed, ends with exactly the
+    weights (and buffers: momentum encoder, ...) of an uninterrupted run."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    extra = [f"train.num_workers={workers}"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-00000004.pt.sha256").exists() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run(pretrain_cmd(killed, extra) + ["--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+    a, b = final_model(whole), final_model(killed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def test_damaged_newest_checkpoint_is_detected_and_the_previous_used(tmp_path, repre_log):
+    out = tmp_path / "run"
+    args = ["pretrain", "--out", str(out)]
+    for item in RESUME + ["train.max_steps=8", "train.num_workers=0"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0
+    newest = out / "checkpoints" / "step-00000008.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data: torch.load alone would not notice
+    newest.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="damaged"):
+        ckpt_io.load(newest)
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=8", "train.num_workers=0"), out, resume=True)
+    assert trainer.state.step == 4
+    assert "skipping unreadable checkpoint" in repre_log.text and "damaged" in repre_log.text
+
+
+def write_in_child(path: Path, limit: int) -> int:
+    """Save a ~4 MB checkpoint to `path` in a child process whose files may not exceed `limit` bytes
+    (RLIMIT_FSIZE, as a full disk); returns the child's exit status (0: written, 1: the write failed)."""
+    code = f"""
+import resource, signal, sys, torch
+from pathlib import Path
+from repre.engine import checkpoint as ckpt_io
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+try:
+    ckpt_io.save({{"schema": 1, "model": {{"w": torch.ones(1 << 20)}}, "config": {{}}}}, Path({str(path)!r}))
+except OSError as exc:
+    print(exc.errno)
+    sys.exit(1)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode
+
+
+def test_full_disk_leaves_the_previous_checkpoint_valid(tmp_path):
+    path = tmp_path / "checkpoints" / "step-00000001.pt"
+    assert write_in_child(path, resource.RLIM_INFINITY) == 0
+    before = path.read_bytes()
+    assert write_in_child(path, 1 << 20) == 1  # 4 MB do not fit in 1 MB
+    assert path.read_bytes() == before
+    ckpt_io.verify(path)  # still matches its checksum
+    assert sorted(p.name for p in path.parent.iterdir()) == ["step-00000001.pt", "step-00000001.pt.sha256"]
+
+
+def test_a_failed_periodic_write_does_not_stop_training(tmp_path, monkeypatch, repre_log):
+    real_save, calls = ckpt_io.save, []
+
+    def flaky_save(state, path):
+        calls.append(path.name)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real_save(state, path)
+
+    monkeypatch.setattr(ckpt_io, "save", flaky_save)
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=8", "train.num_workers=0"), tmp_path / "run")
+    summary = trainer.fit()
+    assert summary["completed"] and calls == ["step-00000004.pt", "step-00000008.pt"]
+    assert "could not write checkpoint" in repre_log.text and "No space left" in repre_log.text
+
+
+def test_milestones_survive_pruning(tmp_path):
+    cfg = tiny_config(*RESUME, "train.max_steps=16", "train.keep_checkpoints=1", "train.milestone_every=8",
+                      "train.num_workers=0")
+    Trainer(cfg, tmp_path / "run").fit()
+    names = sorted(p.name for p in ckpt_io.step_checkpoints(tmp_path / "run"))
+    assert names == ["step-00000008.pt", "step-00000016.pt"]  # 4 and 12 pruned, milestone 8 kept
+
+
+def test_a_checkpoint_carrying_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"schema": 1, "model": {}, "config": {}, "x": Payload()}, fh, protocol=2)
+    with pytest.raises(UserError, match="could run code"):
+        ckpt_io.load(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_incompatible_schema_is_a_clear_error(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"schema": 99, "model": {}, "config": {}}, path)
+    with pytest.raises(UserError, match="schema 99"):
+        ckpt_io.load(path)
+
+
+def test_checkpoint_records_versions_and_schema(tiny_run):
+    out, _ = tiny_run
+    ckpt = ckpt_io.load(out)
+    assert ckpt["schema"] == ckpt_io.SCHEMA and set(ckpt["versions"]) >= {"repre", "torch", "timm", "git"}
+
+
+def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path, repre_log):
+    cfg = tiny_config(*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0")
+    trainer = Trainer(cfg, tmp_path / "run")
+    forward, poisoned = trainer.model.forward, {2, 5, 6, 7}  # 0-based steps; 5, 6, 7 in a row
+
+    def sometimes_nan(*args, **kw):
+        out = forward(*args, **kw)
+        if trainer.state.step in poisoned:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    trainer.model.forward = sometimes_nan
+    before = {}
+
+    def snapshot(step):
+        before[step] = {k: v.clone() for k, v in trainer.model.method.encoder.state_dict().items()}
+
+    real_step = trainer.train_step
+
+    def train_step(batch):
+        snapshot(trainer.state.step)
+        return real_step(batch)
+
+    trainer.train_step = train_step
+    with pytest.raises(StoppedEarly) as stop:
+        trainer.fit()
+    summary = __import__("json").loads(str(stop.value))
+    assert not summary["completed"] and summary["nonfinite_steps"] == 4 and summary["steps"] == 7
+    after = trainer.model.method.encoder.state_dict()
+    assert all(torch.equal(after[k], before[5][k]) for k in after)  # steps 5, 6, 7 left the weights alone
+    assert all(torch.equal(before[3][k], before[2][k]) for k in after)  # skipped step 2 changed nothing
+    assert not all(torch.equal(before[4][k], before[3][k]) for k in after)  # a good step after it trained
+    assert summary["checkpoint"].endswith("step-00000004.pt")  # the last good one; nothing written after
+    assert "3 non-finite steps in a row" in repre_log.text and "lower train.lr" in repre_log.text
+
+
+def test_divergence_exits_3_through_the_cli(tmp_path, monkeypatch):
+    from repre.engine import trainer as trainer_mod
+
+    def nan_step(self, batch):
+        self.state.nonfinite_steps += 1
+        self.state.bad_streak += 1
+        return {"loss": torch.tensor(float("nan"))}
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", nan_step)
+    args = ["pretrain", "--out", str(tmp_path / "run")]
+    for item in RESUME + ["train.max_bad_steps=2", "train.num_workers=0"]:
+        args += ["--set", item]
+    code, stdout = run_cli(args)
+    assert code == 3 and last_json(stdout)["completed"] is False
+
+
+def test_collapse_monitor():
+    torch.manual_seed(0)
+    assert float(embedding_std(torch.randn(512, 64))) == pytest.approx(1.0, abs=0.05)
+    assert float(embedding_std(torch.randn(1, 64).expand(512, 64) + 1e-4 * torch.randn(512, 64))) < 0.01
+
+
+def test_collapse_warning_is_logged(tmp_path, repre_log, monkeypatch):
+    from repre.methods import base
+
+    monkeypatch.setattr(base, "embedding_std", lambda z: torch.tensor(0.01))
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=4", "train.num_workers=0"), tmp_path / "run")
+    trainer.fit()
+    assert "collapsing" in repre_log.text
+
+
+def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, capsys):
+    from repre.engine import trainer as trainer_mod
+
+    def oom(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_mod, "pretrain", oom)
+    code, _ = run_cli(["pretrain", "--out", str(tmp_path / "run"), "--set", "data.name=synthetic"])
+    err = capsys.readouterr().err
+    assert code == 2 and "out of memory" in err and "train.batch_size" in err and "--resume" in err
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_log):
+    source, _ = tiny_run
+    trainer = Trainer(tiny_config("recon.enabled=false"), tmp_path / "cont", init_from=source)
+    want = ckpt_io.encoder_state(ckpt_io.load(source))
+    got = trainer.model.method.encoder.model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert trainer.state.step == 0 and "initialised from" in repre_log.text and "decoder" in repre_log.text
+
+
+def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
+    source, _ = tiny_run
+    with pytest.raises(UserError, match="do not fit"):
+        Trainer(tiny_config("model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
+                tmp_path / "x", init_from=source)
