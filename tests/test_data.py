@@ -168,3 +168,55 @@ def test_collate_shapes():
     batch = ViewCollate(ds.spec)([ds[(0, i)] for i in range(4)])
     assert batch["views"].shape == (4, 2, 3, 16, 16) and batch["views"].dtype == torch.float32
     assert batch["label"].tolist() == [source.load(i)[1] for i in range(4)]
+
+
+def test_bad_files_of_every_kind_are_unreadable_never_a_crash(tmp_path):
+    """Truncated JPEG and PNG, zero bytes, text with an image name: each raises UnreadableImage (replaced and
+    counted by the loader); WebP and TIFF decode."""
+    from repre.data.folder import UnreadableImage
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    jpg, png = tmp_path / "a.jpg", save_png(tmp_path / "a.png", arr)
+    Image.fromarray(arr).save(jpg, quality=90)
+    bad = {
+        "cut.jpg": jpg.read_bytes()[: len(jpg.read_bytes()) // 2],
+        "cut.png": png.read_bytes()[: len(png.read_bytes()) // 2],
+        "empty.png": b"",
+        "notes.jpg": b"these are not pixels\n",
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UnreadableImage):
+            decode(tmp_path / name)
+    for ext in ("webp", "tiff"):
+        Image.fromarray(arr).save(tmp_path / f"ok.{ext}")
+        assert decode(tmp_path / f"ok.{ext}").shape == (3, 32, 32)
+
+
+def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypatch):
+    """A file the process may not open (simulated: the tests run as root, which chmod does not stop)."""
+    import PIL.Image
+
+    source = ImageFolder(image_folder / "train")
+    locked = source.files[3]
+    real_open = PIL.Image.open
+
+    def guarded(path, *a, **kw):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(PIL.Image, "open", guarded)
+    img, _, skipped = load_or_replace(source, 3)
+    assert skipped == 1 and torch.equal(img, source.load(4)[0])
+
+
+def test_images_smaller_than_the_crop_are_upscaled_and_counted(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, side in enumerate([8, 8, 40, 40]):
+        save_png(tmp_path / "imgs" / f"{i}.png", rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+    cfg = tiny_config("data.name=folder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16",
+                      "train.batch_size=4")
+    batch = next(iter(pretrain_loader(cfg, train_source(cfg), 0, False)))
+    assert batch["views"].shape == (4, 2, 3, 16, 16) and int(batch["upscaled"]) == 2

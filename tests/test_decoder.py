@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from repre.builder import build_model
@@ -60,3 +62,40 @@ def test_decoder_cost_default_preset_is_as_stated():
         ratio = flops(lambda: dec(maps, (28, 28))) / flops(lambda: enc(x, model.method.taps))
     print(f"decoder/encoder FLOPs, default preset: {ratio:.3f}")
     assert 0.07 <= ratio <= 0.08
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    patch=st.sampled_from([2, 4, 8]),
+    grid=st.integers(1, 6),
+    depth=st.integers(1, 6),
+    n_taps=st.integers(1, 6),
+    width=st.sampled_from([8, 16, 24]),
+    upsample=st.sampled_from(["bilinear", "nearest"]),
+)
+def test_taps_and_decoder_shapes_over_random_vits(patch, grid, depth, n_taps, width, upsample):
+    """Any plain ViT, image size and tap count: the taps are valid blocks ending with the last, one map each
+    at the patch grid, and the decoder returns pixels at the input size."""
+    size = patch * grid
+    n = min(n_taps, depth)
+    taps = resolve_taps(n, depth)
+    assert len(taps) == n and taps[-1] == depth - 1 and taps == sorted(set(taps)) and taps[0] >= 0
+    enc = Backbone("vit_tiny_patch16_224", dict(img_size=size, patch_size=patch, embed_dim=16, depth=depth,
+                                                num_heads=2))
+    x = torch.randn(2, 3, size, size)
+    pooled, maps = enc(x, taps)
+    assert pooled.shape == (2, 16) and [m.shape for m in maps] == [(2, 16, grid, grid)] * n
+    dec = Decoder([16] * n, patch, width=width, min_width=4, upsample=upsample)
+    assert dec(maps, (size, size)).shape == (2, 3, size, size)
+
+
+@settings(max_examples=15, deadline=None)
+@given(stages=st.integers(1, 4), base=st.sampled_from([8, 16]), size=st.sampled_from([16, 32, 48]))
+def test_decoder_shapes_over_random_hierarchies(stages, base, size):
+    """Hierarchical taps (stride 2^i, widths doubling per stage, as Swin's) fuse U-Net style to the input size."""
+    strides = [2 ** (i + 1) for i in range(stages)]
+    chans = [base * 2 ** i for i in range(stages)]
+    if size % strides[-1]:
+        return
+    maps = [torch.randn(1, c, size // s, size // s) for c, s in zip(chans, strides, strict=True)]
+    assert Decoder(chans, strides[0], width=16)(maps, (size, size)).shape == (1, 3, size, size)
