@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from test_dino import DINO_TINY
+from test_moby import SWIN_TINY
 
 from conftest import TINY, last_json, run_cli
 from repre.eval import load_encoder
 from repre.export import load_export
-from test_dino import DINO_TINY
-from test_moby import SWIN_TINY
 
 
 def features_agree(run, file, card) -> None:
