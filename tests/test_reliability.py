@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_dino import DINO_TINY
+from test_moby import SWIN_TINY
 
 from conftest import TINY, last_json, run_cli, tiny_config
 from repre.engine import checkpoint as ckpt_io
@@ -33,12 +35,13 @@ def final_model(out: Path) -> dict:
     return ckpt_io.load(out / "checkpoints" / "last.pt")["model"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers):
+@pytest.mark.parametrize("workers,method", [(0, []), (2, []), (0, DINO_TINY), (0, SWIN_TINY)],
+                         ids=["mocov3-0-workers", "mocov3-2-workers", "dino", "moby"])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     """A run killed with SIGKILL right after its step-4 checkpoint, then resumed, ends with exactly the
-    weights (and buffers: momentum encoder, ...) of an uninterrupted run."""
+    weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    extra = [f"train.num_workers={workers}"]
+    extra = [f"train.num_workers={workers}", *method]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -361,11 +361,24 @@ class Trainer:
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_sec:.0f}")
         if not all(math.isfinite(v) for v in values.values()):
             log.warning("non-finite values at step %d: %s", s.step, values)
-        if values.get("embedding_std", 1.0) < COLLAPSE_STD and not self.collapse_warned:
+        self._watch_collapse(values)
+
+    def _watch_collapse(self, values: dict[str, float]) -> None:
+        """One warning a run: embeddings collapsing to a point, or (DINO, after the warm-up) a teacher whose
+        outputs are near uniform over the K prototypes."""
+        if self.collapse_warned:
+            return
+        step, why = self.state.step, None
+        if values.get("embedding_std", 1.0) < COLLAPSE_STD:
+            why = (f"embedding_std {values['embedding_std']:.3f} (about 1 when healthy, 0 when every image maps to "
+                   "one point)")
+        uniform = math.log(max(self.cfg.method.out_dim, 2))
+        if "teacher_entropy" in values and step > 0.1 * self.total and values["teacher_entropy"] > 0.95 * uniform:
+            why = f"teacher_entropy {values['teacher_entropy']:.2f} of at most {uniform:.2f} (uniform outputs)"
+        if why:
             self.collapse_warned = True
-            log.warning("step %d: embedding_std %.3f (about 1 when healthy, 0 when every image maps to one point): "
-                        "the embeddings are collapsing; check the lr, the temperatures and the EMA momentum",
-                        s.step, values["embedding_std"])
+            log.warning("step %d: %s: the run is collapsing; check the lr, the temperatures (DINO: teacher_temp, "
+                        "center_momentum) and the EMA momentum", step, why)
 
     def _evaluate(self, writer: MetricWriter, quick: bool = False) -> float | None:
         """k-NN top-1 logged as an eval line; `quick` (during training) uses the eval.quick_knn_* subsets."""
