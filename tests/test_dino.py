@@ -182,3 +182,11 @@ def test_fixed_batch_overfits():
         opt.step()
         kl.append(float(out["loss"].detach() - out["teacher_entropy"]))
     assert kl[-1] < 0.5 * kl[0], kl
+
+
+def test_a_non_finite_teacher_batch_leaves_the_center_alone():
+    """A skipped step's NaN teacher outputs must not enter the center (it would poison every later step)."""
+    model = build_model(tiny_config(*DINO_TINY, "data.local_crops=0"))
+    model.method.center.fill_(0.5)
+    model(torch.full((4, 2, 3, 16, 16), float("nan")), 0.996)
+    assert torch.equal(model.method.center, torch.full_like(model.method.center, 0.5))

@@ -156,3 +156,10 @@ def test_swin_linear_probe_and_finetune_through_the_cli(tmp_path):
     code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(tmp_path / "s"), "--set", "eval.finetune_steps=2",
                             "--set", "eval.finetune_batch_size=8"])
     assert code == 0 and 0 <= last_json(stdout)["value"] <= 1
+
+
+def test_non_finite_keys_never_enter_the_queue():
+    queue, ptr = torch.zeros(6, 2), torch.zeros((), dtype=torch.long)
+    ptr = enqueue(queue, ptr, torch.ones(4, 2), torch.tensor(True))
+    ptr = enqueue(queue, ptr, torch.full((4, 2), float("nan")), torch.tensor(False))
+    assert int(ptr) == 4 and torch.isfinite(queue).all() and queue[:4].eq(1).all()

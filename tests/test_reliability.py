@@ -20,7 +20,7 @@ from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
 from repre.methods.base import embedding_std
 
-RESUME = TINY + ["train.max_steps=16", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
+RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
                  "train.diagnose_every=0", "data.synthetic_train=128"]
 
 
@@ -35,11 +35,12 @@ def final_model(out: Path) -> dict:
     return ckpt_io.load(out / "checkpoints" / "last.pt")["model"]
 
 
-@pytest.mark.parametrize("workers,method", [(0, []), (2, []), (0, DINO_TINY), (0, SWIN_TINY)],
-                         ids=["mocov3-0-workers", "mocov3-2-workers", "dino", "moby"])
+@pytest.mark.parametrize("workers,method", [(0, ["model.drop_path=0.1"]), (2, []), (0, DINO_TINY), (0, SWIN_TINY)],
+                         ids=["mocov3-0-workers-drop-path", "mocov3-2-workers", "dino", "moby"])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     """A run killed with SIGKILL right after its step-4 checkpoint, then resumed, ends with exactly the
-    weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run."""
+    weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run. Drop path
+    draws from the global RNG, so the first case also checks that the RNG stream resumes exactly."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     extra = [f"train.num_workers={workers}", *method]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -75,11 +76,23 @@ def test_damaged_newest_checkpoint_is_detected_and_the_previous_used(tmp_path, r
     trainer = Trainer(tiny_config(*RESUME, "train.max_steps=8", "train.num_workers=0"), out, resume=True)
     assert trainer.state.step == 4
     assert "skipping unreadable checkpoint" in repre_log.text and "damaged" in repre_log.text
+    assert not newest.exists() and newest.with_name(newest.name + ".damaged").exists()  # out of pruning's way
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step-00000004.pt").write_bytes(b"garbage")
+    (out / "checkpoints" / ".step-00000008.pt.tmp").write_bytes(b"half a checkpoint")  # a SIGKILL mid-write
+    with pytest.raises(UserError, match="could be read"):
+        Trainer(tiny_config(*RESUME, "train.num_workers=0"), out, resume=True)
+    assert not (out / "checkpoints" / ".step-00000008.pt.tmp").exists()
 
 
 def write_in_child(path: Path, limit: int) -> int:
     """Save a ~4 MB checkpoint to `path` in a child process whose files may not exceed `limit` bytes
-    (RLIMIT_FSIZE, as a full disk); returns the child's exit status (0: written, 1: the write failed)."""
+    (RLIMIT_FSIZE, as a full disk); returns the child's exit status: 0 written, 7 the write failed with the
+    OSError the trainer catches (an uncaught exception of another type exits 1)."""
     code = f"""
 import resource, signal, sys, torch
 from pathlib import Path
@@ -88,9 +101,8 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises E
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 try:
     ckpt_io.save({{"schema": 1, "model": {{"w": torch.ones(1 << 20)}}, "config": {{}}}}, Path({str(path)!r}))
-except OSError as exc:
-    print(exc.errno)
-    sys.exit(1)
+except OSError:  # what the trainer catches: torch's own RuntimeError must have been converted
+    sys.exit(7)
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode
@@ -100,7 +112,7 @@ def test_full_disk_leaves_the_previous_checkpoint_valid(tmp_path):
     path = tmp_path / "checkpoints" / "step-00000001.pt"
     assert write_in_child(path, resource.RLIM_INFINITY) == 0
     before = path.read_bytes()
-    assert write_in_child(path, 1 << 20) == 1  # 4 MB do not fit in 1 MB
+    assert write_in_child(path, 1 << 20) == 7  # 4 MB do not fit in 1 MB
     assert path.read_bytes() == before
     ckpt_io.verify(path)  # still matches its checksum
     assert sorted(p.name for p in path.parent.iterdir()) == ["step-00000001.pt", "step-00000001.pt.sha256"]
@@ -232,7 +244,7 @@ def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, ca
     monkeypatch.setattr(trainer_mod, "pretrain", oom)
     code, _ = run_cli(["pretrain", "--out", str(tmp_path / "run"), "--set", "data.name=synthetic"])
     err = capsys.readouterr().err
-    assert code == 2 and "out of memory" in err and "train.batch_size" in err and "--resume" in err
+    assert code == 2 and "out of memory" in err and "train.batch_size" in err and "--init-from" in err
 
 
 def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_log):

@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def out_of_memory_message(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return (f"repre: error: out of memory ({first}). Lower train.batch_size (the lr scales with it), use "
-            "train.precision=bf16, set model.grad_checkpointing=true, or eval.batch_size for evaluations; "
-            "a pre-training run continues from its last checkpoint with --resume")
+    return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true (allowed with --resume), "
+            "or lower eval.batch_size for evaluations; or start a new --out with --init-from the last checkpoint "
+            "and a lower train.batch_size (the lr scales with it) or train.precision=bf16")
 
 
 if __name__ == "__main__":

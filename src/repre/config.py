@@ -468,6 +468,8 @@ def validate(cfg: Config) -> None:
                 raise UserError(f"{key} must be between 0 and 1, got {value}")
     if t.keep_checkpoints < 1:
         raise UserError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
+    if t.max_bad_steps < 1:
+        raise UserError(f"train.max_bad_steps must be >= 1 (consecutive skipped steps before stopping), got {t.max_bad_steps}")
     if cfg.method.temperature <= 0:
         raise UserError(f"method.temperature must be > 0, got {cfg.method.temperature}")
     if d.mean is not None and (len(d.mean) != 3 or len(d.std or []) != 3 or min(d.std or [0]) <= 0):

@@ -34,7 +34,7 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
     """What a user of the file needs to load and judge it."""
     evals = {}
     if run_dir is not None:
-        for result in sorted((run_dir / "eval").glob("*/result.json")):
+        for result in sorted((run_dir / "eval").glob("*/result.json")):  # `repre eval` of this run's last.pt
             r = json.loads(result.read_text())
             evals[r.get("task", result.parent.name)] = {"metric": r.get("metric"), "value": r.get("value")}
     return {
@@ -68,8 +68,8 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
     try:
         loaded = load_export(file, card).eval()
     except Exception as exc:  # noqa: BLE001 - any failure of the loading call fails the export
-        raise UserError(f"the export does not load with the documented timm call ({type(exc).__name__}: {exc}); "
-                        "a newer timm may be needed (pip install -U timm)") from None
+        raise UserError(f"the export does not load with the documented timm call ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); timm >= 1.0.31 is needed (pip install -U timm)") from None
     keys = set(loaded.state_dict())
     if keys != set(state):
         missing, extra = sorted(keys - set(state))[:3], sorted(set(state) - keys)[:3]
@@ -102,18 +102,20 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     backbone = build_encoder(cfg)
     backbone.model.load_state_dict(state)
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    path = Path(checkpoint)
-    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    path = Path(checkpoint)  # the run's evaluation results describe its last.pt: carried only for that one
+    run_dir = path if path.is_dir() else path.parent.parent if path.name == "last.pt" else None
     card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
     save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
     try:
         diff = self_check(tmp, card, state, backbone.model)
-    except UserError:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, out)
     card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    card_tmp = out.with_name(f".tmp-{out.stem}.json")
+    card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, out)
+    os.replace(card_tmp, out.with_suffix(".json"))
     return card

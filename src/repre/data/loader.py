@@ -242,6 +242,7 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # not a draw from the global RNG: exact resume
     )
 
 
@@ -274,4 +275,5 @@ def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
         batch_size=cfg.eval.batch_size,
         shuffle=False,
         num_workers=workers,
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone (k-NN during training)
     )

@@ -6,6 +6,7 @@ match (truncated, corrupted in transit or on disk) is detected before it is unpi
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -51,12 +52,16 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _digest(path: Path) -> str:
+def _digest_of(fh) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
+    for block in iter(lambda: fh.read(1 << 22), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return _digest_of(fh)
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -82,8 +87,20 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write `state` atomically (temporary file, fsync, rename) with its checksum sidecar."""
-    _write_atomic(path, lambda fh: torch.save(state, fh))
+    """Write `state` atomically (temporary file, fsync, rename) with its checksum sidecar. A failed write
+    raises OSError (torch.save's zip writer turns a full disk into a RuntimeError; it is converted back)."""
+    try:
+        _write_atomic(path, lambda fh: torch.save(state, fh))
+    except RuntimeError as exc:
+        cause = next((e for e in (exc.__context__, exc.__cause__) if isinstance(e, OSError)), None)
+        raise OSError(getattr(cause, "errno", None) or errno.EIO,
+                      f"{cause.strerror if cause else exc}", str(path)) from exc
+
+
+def sweep_temporaries(folder: Path) -> None:
+    """Remove the temporary files of writes that a crash (SIGKILL, power loss) interrupted."""
+    for tmp in (folder / "checkpoints").glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -95,8 +112,9 @@ def copy_atomic(src: Path, dst: Path) -> None:
     _write_atomic(dst, write)
 
 
-def verify(path: Path) -> None:
-    """Raise UserError when `path` does not match its sidecar checksum (files without one are not checked)."""
+def verify(path: Path, fh=None) -> None:
+    """Raise UserError when `path` does not match its sidecar checksum (files without one are not checked).
+    `fh`: the file already opened for loading (hashed through it, so the bytes checked are the bytes loaded)."""
     side = _sidecar(path)
     if not side.is_file():
         return
@@ -104,10 +122,10 @@ def verify(path: Path) -> None:
         digest, size = side.read_text().split()
     except ValueError:
         raise UserError(f"{side} is not a checksum file; delete it to load {path} unchecked") from None
-    actual = path.stat().st_size
+    actual = os.fstat(fh.fileno()).st_size if fh is not None else path.stat().st_size
     if actual != int(size):
         raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written")
-    if _digest(path) != digest:
+    if (_digest_of(fh) if fh is not None else _digest(path)) != digest:
         raise UserError(f"{path} is damaged: its SHA-256 differs from the one recorded when it was written")
 
 
@@ -134,15 +152,17 @@ def load(path: str | Path) -> dict[str, Any]:
         path = next((c for c in (path / "checkpoints" / "last.pt", path / "last.pt") if c.is_file()), path / "checkpoints" / "last.pt")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with checkpoints/last.pt")
-    verify(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
-        unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
-        why = ("it holds Python objects that could run code when opened (only tensors and plain values are "
-               "allowed); it was not written by repre or has been tampered with" if unsafe
-               else f"{type(exc).__name__}: {str(exc)[:200]}")
-        raise UserError(f"{path} is not a readable repre checkpoint: {why}") from None
+    with open(path, "rb") as fh:
+        verify(path, fh)
+        fh.seek(0)
+        try:
+            ckpt = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
+            unsafe = "unsupported global" in str(exc).lower()  # a class or function the file would call
+            why = ("it holds Python objects that could run code when opened (only tensors and plain values are "
+                   "allowed); it was not written by repre or has been tampered with" if unsafe
+                   else f"{type(exc).__name__}: {str(exc)[:200]}")
+            raise UserError(f"{path} is not a readable repre checkpoint: {why}") from None
     if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):
         raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model'/'config' entries)")
     if ckpt["schema"] != SCHEMA:

@@ -35,19 +35,26 @@ class MetricWriter:
 
 
 class WindowMeter:
-    """Sums of per-step tensors kept on the device; `.item()` only when the window is read (one sync)."""
+    """Means of per-step tensors kept on the device; `.item()` only when the window is read (one sync).
+    Non-finite values (a skipped step's loss) are left out of their key's mean; a key with no finite value
+    in the window reads as None (JSON null)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, torch.Tensor] = {}
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         for key, value in values.items():
-            v = value.detach().float()
+            v = torch.as_tensor(value).detach().float()
+            finite = torch.isfinite(v)
+            v = torch.where(finite, v, torch.zeros_like(v))
             self.sums[key] = self.sums[key] + v if key in self.sums else v.clone()
-        self.count += 1
+            self.counts[key] = self.counts[key] + finite.float() if key in self.counts else finite.float()
 
-    def read(self) -> dict[str, float]:
-        out = {k: float(v.item()) / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
+    def read(self) -> dict[str, float | None]:
+        out = {}
+        for key, total in self.sums.items():
+            n = float(self.counts[key].item())
+            out[key] = float(total.item()) / n if n else None
+        self.sums, self.counts = {}, {}
         return out

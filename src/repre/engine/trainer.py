@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from repre.builder import build_model
-from repre.config import Config, flatten, save_yaml
+from repre.config import Config, config_from_dict, flatten, save_yaml
 from repre.data.loader import pretrain_loader, train_source
 from repre.engine import checkpoint as ckpt_io
 from repre.engine.diagnostics import TrendWatch, loss_balance
@@ -31,7 +31,8 @@ log = logging.getLogger("repre")
 # keys a resumed run may change: how long it runs and how it reports, not what it computes
 COLLAPSE_STD = 0.1  # embedding_std below this: a collapse warning (once a run)
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every", "train.max_bad_steps", "train.progress", "train.num_workers",
+                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every", "train.max_bad_steps",
+                     "model.grad_checkpointing", "train.progress", "train.num_workers",
                      "train.device", "eval.", "description")
 
 
@@ -117,6 +118,7 @@ class Trainer:
                              if t.weight_decay_end is not None else None)
         self.state = RunState()
         self.diverged = False
+        self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
         self.collapse_warned = False
         self.pending_diag: dict[str, float] = {}
         self.trend = TrendWatch()
@@ -142,8 +144,8 @@ class Trainer:
             "step": s.step,
             "run": {"skipped_images": s.skipped_images, "images_seen": s.images_seen, "train_seconds": s.train_seconds,
                     "nonfinite_steps": s.nonfinite_steps, "upscaled_images": s.upscaled_images},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {"torch": torch.get_rng_state(),  # the training device's generator only
+                    "cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None},
             "config": self.cfg.to_dict(),
             "versions": ckpt_io.versions(),
         }
@@ -157,45 +159,57 @@ class Trainer:
             ckpt_io.save(state, path)
             ckpt_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second serialisation
         except OSError as exc:
-            newest = ckpt_io.step_checkpoints(self.out)
-            kept = f"; {newest[-1]} is intact" if newest else ""
-            message = f"could not write checkpoint {path} ({exc.strerror or exc}): is the disk full?{kept}"
+            kept = f"; {self.last_good} is intact" if self.last_good else ""
+            failed = exc.filename or path
+            message = f"could not write checkpoint {failed} ({exc.strerror or exc}): is the disk full?{kept}"
             if final:
                 raise UserError(message + "; free space and rerun with --resume") from None
             log.error("%s; training goes on", message)
             return None
         t = self.cfg.train
         ckpt_io.prune(self.out, t.keep_checkpoints, t.milestone_every)
+        self.last_good = path
         return path
 
     def _resume(self) -> bool:
+        ckpt_io.sweep_temporaries(self.out)
         candidates = ckpt_io.step_checkpoints(self.out)[::-1]
         for path in candidates:
             try:
                 ckpt = ckpt_io.load(path)
             except UserError as exc:
-                log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+                aside = path.with_name(path.name + ".damaged")
+                path.rename(aside)  # out of the way of pruning and of the next resume
+                log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
                 continue
             self._check_compatible(ckpt["config"], path)
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if ckpt["rng"].get("cuda") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-            self.state.step = int(ckpt["step"])
-            run = ckpt["run"]
-            self.state.skipped_images = int(run["skipped_images"])
-            self.state.images_seen = int(run["images_seen"])
-            self.state.train_seconds = float(run["train_seconds"])
-            self.state.nonfinite_steps = int(run.get("nonfinite_steps", 0))
-            self.state.upscaled_images = int(run.get("upscaled_images", 0))
+            self._restore(ckpt)
+            self.last_good = path
             log.info("resuming from %s (step %d of %d)", path, self.state.step, self.total)
             self._truncate_metrics()
             return True
+        if candidates:
+            raise UserError(f"no checkpoint in {self.out / 'checkpoints'} could be read (each was moved aside as "
+                            "*.damaged); start a new --out, or --init-from a copy you trust")
         log.info("no checkpoint in %s: starting fresh", self.out)
         self._truncate_metrics()
         return False
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        cuda_rng = ckpt["rng"].get("cuda")
+        if torch.is_tensor(cuda_rng) and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.rt.device)
+        self.state.step = int(ckpt["step"])
+        run = ckpt["run"]
+        self.state.skipped_images = int(run["skipped_images"])
+        self.state.images_seen = int(run["images_seen"])
+        self.state.train_seconds = float(run["train_seconds"])
+        self.state.nonfinite_steps = int(run.get("nonfinite_steps", 0))
+        self.state.upscaled_images = int(run.get("upscaled_images", 0))
 
     def _init_from(self, source: str | Path) -> None:
         """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
@@ -216,7 +230,7 @@ class Trainer:
 
     def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
-        before, now = flatten(old), flatten(self.cfg.to_dict())
+        before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
         if changed:
@@ -294,8 +308,7 @@ class Trainer:
             completed = self._loop(loader, writer, bar, stop)
         bar.close()
         if self.diverged:  # the weights are the last good step's, but the run cannot go on as configured
-            newest = ckpt_io.step_checkpoints(self.out)
-            path = newest[-1] if newest else None
+            path = self.last_good
             log.error(
                 "stopped: %d non-finite steps in a row at step %d. The last good checkpoint is %s. Usual remedies: "
                 "a lower train.lr, train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), a longer "
@@ -337,8 +350,8 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 self._log_window(writer, meter, bar, window_steps * cfg.train.batch_size / max(elapsed, 1e-9))
                 window_start, window_steps = time.perf_counter(), 0
-            if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total:
-                self.save_checkpoint()
+            if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total and not s.bad_streak:
+                self.save_checkpoint()  # never in a run of non-finite steps: the last good one stays newest
             if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total:
                 self._evaluate(writer, quick=True)
         return s.step >= self.total
@@ -355,12 +368,14 @@ class Trainer:
             **self.pending_diag,  # loss-balance diagnostics of one step, when measured in this window
         }
         self.pending_diag = {}
+        writer.write(record)
+        missing = [k for k, v in values.items() if v is None]
+        if missing:  # every step of the window was skipped
+            log.warning("no finite %s in the window ending at step %d", ", ".join(missing), s.step)
+            return
         if self.cfg.recon.enabled:
             self.trend.update(values["loss_contrastive"], values["loss_recon"])
-        writer.write(record)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_sec:.0f}")
-        if not all(math.isfinite(v) for v in values.values()):
-            log.warning("non-finite values at step %d: %s", s.step, values)
         self._watch_collapse(values)
 
     def _watch_collapse(self, values: dict[str, float]) -> None:
@@ -369,11 +384,13 @@ class Trainer:
         if self.collapse_warned:
             return
         step, why = self.state.step, None
+        if step <= 0.1 * self.total:  # a fresh encoder's features may be anisotropic: judge after the warm-up
+            return
         if values.get("embedding_std", 1.0) < COLLAPSE_STD:
             why = (f"embedding_std {values['embedding_std']:.3f} (about 1 when healthy, 0 when every image maps to "
                    "one point)")
         uniform = math.log(max(self.cfg.method.out_dim, 2))
-        if "teacher_entropy" in values and step > 0.1 * self.total and values["teacher_entropy"] > 0.95 * uniform:
+        if values.get("teacher_entropy", 0.0) > 0.95 * uniform:
             why = f"teacher_entropy {values['teacher_entropy']:.2f} of at most {uniform:.2f} (uniform outputs)"
         if why:
             self.collapse_warned = True

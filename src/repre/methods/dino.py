@@ -92,5 +92,7 @@ class DINO(Method):
             probs = torch.softmax((teacher - self.center) / self.teacher_temp, dim=-1)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
             total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
-            self.center.copy_(center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum))
+            new = center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum)
+            # a non-finite teacher batch (its step is skipped) must not poison the center for good; no host sync
+            self.center.copy_(torch.where(torch.isfinite(new).all(), new, self.center))
         return self.outputs(loss, pooled, maps, x, teacher_entropy=entropy)

@@ -21,14 +21,19 @@ NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")  # Swin'
 
 
 @torch.no_grad()
-def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
     """Write `keys` [n, C] into the ring buffer `queue` [K, C] from position `ptr` (a 0-d long tensor),
-    wrapping around; when n > K only the newest K are kept. Returns the next position (no host sync)."""
+    wrapping around; when n > K only the newest K are kept. Returns the next position (no host sync).
+    `ok` (a 0-d bool tensor): when false, nothing is written and the position stays (a skipped step's keys)."""
     size, n = queue.shape[0], keys.shape[0]
     keys = keys[-size:]
     start = (ptr + (n - keys.shape[0])) % size
-    queue[(start + torch.arange(keys.shape[0], device=queue.device)) % size] = keys.to(queue.dtype)
-    return (ptr + n) % size
+    slots = (start + torch.arange(keys.shape[0], device=queue.device)) % size
+    new = keys.to(queue.dtype)
+    if ok is not None:
+        new = torch.where(ok, new, queue[slots])
+    queue[slots] = new
+    return (ptr + n * (ok.long() if ok is not None else 1)) % size
 
 
 class MoBY(Method):
@@ -70,6 +75,7 @@ class MoBY(Method):
         queue1, queue2 = self.queue1.clone(), self.queue2.clone()  # the loss's copies; the buffers change below
         loss = moby_loss(q1, k2, queue2, self.temperature) + moby_loss(q2, k1, queue1, self.temperature)
         k1, k2 = gather(k1), gather(k2)
-        enqueue(self.queue1, self.queue_ptr, k1)
-        self.queue_ptr.copy_(enqueue(self.queue2, self.queue_ptr, k2))
+        ok = torch.isfinite(k1).all() & torch.isfinite(k2).all()  # non-finite keys never enter the queues
+        enqueue(self.queue1, self.queue_ptr, k1, ok)
+        self.queue_ptr.copy_(enqueue(self.queue2, self.queue_ptr, k2, ok))
         return self.outputs(loss, pooled, maps, x)
