@@ -30,6 +30,8 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
     card = json.loads(file.with_suffix(".json").read_text())
     assert last_json(stdout)["arch"] == card["arch"] == "vit_tiny_patch16_224"
     assert card["encoder"] == "encoder" and card["check"]["strict_keys"]
+    assert card["evaluations"]["knn"]["value"] == pytest.approx(last_json(stdout)["evaluations"]["knn"]["value"])
+    assert 0 <= card["evaluations"]["knn"]["value"] <= 1  # the run's k-NN, from its summary or `repre eval knn`
     assert "drop_path_rate" not in card["kwargs"] and card["kwargs"]["patch_size"] == 4
     with safe_open(str(file), "pt") as fh:
         assert json.loads(fh.metadata()["repre_card"])["arch"] == card["arch"]

@@ -33,6 +33,9 @@ TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
     evals = {}
+    summary = run_dir / "summary.json" if run_dir is not None else None
+    if summary is not None and summary.is_file() and json.loads(summary.read_text()).get("knn_top1") is not None:
+        evals["knn"] = {"metric": "top1", "value": json.loads(summary.read_text())["knn_top1"], "from": "pretrain"}
     if run_dir is not None:
         for result in sorted((run_dir / "eval").glob("*/result.json")):  # `repre eval` of this run's last.pt
             r = json.loads(result.read_text())
