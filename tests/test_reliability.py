@@ -261,3 +261,25 @@ def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
     with pytest.raises(UserError, match="do not fit"):
         Trainer(tiny_config("model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
                 tmp_path / "x", init_from=source)
+
+
+def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch):
+    """SIGINT once: the run stops at the step boundary with a checkpoint (status 3); twice: it quits at once
+    (KeyboardInterrupt, status 3 from the CLI) without waiting for the step to end."""
+    from repre.engine import trainer as trainer_mod
+
+    original = trainer_mod.Trainer.train_step
+
+    def interrupt(self, batch):
+        out = original(self, batch)
+        if self.state.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupt)
+    args = ["pretrain", "--out", str(tmp_path / "run")]
+    for item in RESUME + ["train.num_workers=0"]:
+        args += ["--set", item]
+    code, _ = run_cli(args)
+    assert code == 3 and not (tmp_path / "run" / "summary.json").exists()  # quit before finishing the step
