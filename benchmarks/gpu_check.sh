@@ -75,16 +75,12 @@ want compiled && stage vit-s16-224-compiled 120 python benchmarks/throughput.py 
 # 3. quality: benchmarks/quality.py runs as a queue of jobs, most important first, QUALITY_LANES at a time, until
 #    QUALITY_UNTIL seconds after this script started; each finished evaluation is cached, so what finishes
 #    is kept and reported (locally: quality.py --results <unpacked>/quality, which skips cached work)
-quality_jobs() {  # one line per job: quality.py arguments
-  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows baseline"; done
-  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows repre --set recon.norm_pix=true"; done
-  for m in dino moby; do for s in 1 2 3; do
+quality_jobs() {  # one line per job: quality.py arguments (the presets as they are; test split, seeds 1-3)
+  for m in moby dino mocov3; do for s in 1 2 3; do
     echo "--methods $m --seeds $s --rows repre"; echo "--methods $m --seeds $s --rows baseline"
   done; done
-  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows repre"; done
-  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows repre,baseline --set data.name=fashion-scenes"; done
-  for p in base taps-last width64 depth3 width16 lam10; do echo "--search $p --seeds 0"; done
   for s in 1 2 3; do echo "--methods moby --seeds $s --rows random,supervised"; done
+  for s in 0 1; do echo "--search nearest --seeds $s"; echo "--search base --seeds $s"; done
 }
 quality_queue() {  # every job ends by DEADLINE (epoch seconds): none is left running after the stage
   quality_jobs | xargs -P "$QUALITY_LANES" -I{} bash -c "left=\$(( $DEADLINE - \$(date +%s) )); \

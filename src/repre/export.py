@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from repre.builder import build_encoder
 from repre.engine import checkpoint as ckpt_io
 from repre.errors import UserError
-from repre.eval import load_checkpoint_config
+from repre.eval import encoder_from, load_checkpoint_config
 from repre.methods import eval_encoder_key
 
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
@@ -98,12 +97,11 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
     ckpt, cfg = load_checkpoint_config(checkpoint)
     key = encoder or eval_encoder_key(cfg.method.name)
-    state = {k: v.contiguous() for k, v in ckpt_io.encoder_state(ckpt, key).items()}
-    if not state:
+    if not ckpt_io.encoder_state(ckpt, key):
         keys = sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and "encoder" in k})
         raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}")
-    backbone = build_encoder(cfg)
-    backbone.model.load_state_dict(state)
+    backbone = encoder_from(ckpt, cfg, checkpoint, key)
+    state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
     path = Path(checkpoint)  # the run's evaluation results describe its last.pt: carried only for that one
     run_dir = path if path.is_dir() else path.parent.parent if path.name == "last.pt" else None

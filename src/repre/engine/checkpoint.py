@@ -64,8 +64,9 @@ def _digest(path: Path) -> str:
         return _digest_of(fh)
 
 
-def _write_atomic(path: Path, write) -> None:
-    """write(fh) into a temporary file beside `path`, fsync, rename over `path`, then its checksum sidecar.
+def _write_atomic(path: Path, write, digest: str | None = None) -> None:
+    """write(fh) into a temporary file beside `path`, fsync, rename over `path`, then its checksum sidecar
+    (`digest`, "<sha256> <size>", when the bytes are known to be another file's; else hashed here).
     On any failure (a full disk: ENOSPC, EFBIG) the temporary file is removed and `path` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -74,7 +75,7 @@ def _write_atomic(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        digest = f"{_digest(tmp)} {tmp.stat().st_size}\n"
+        digest = digest or f"{_digest(tmp)} {tmp.stat().st_size}\n"
         side_tmp = tmp.with_name(tmp.name + ".sha256")
         side_tmp.write_text(digest)
         _sidecar(path).unlink(missing_ok=True)  # never a new file beside an old checksum
@@ -109,7 +110,8 @@ def copy_atomic(src: Path, dst: Path) -> None:
         with open(src, "rb") as source:
             shutil.copyfileobj(source, fh)
 
-    _write_atomic(dst, write)
+    side = _sidecar(src)
+    _write_atomic(dst, write, side.read_text() if side.is_file() else None)  # the same bytes: the same checksum
 
 
 def verify(path: Path, fh=None) -> None:
@@ -168,6 +170,11 @@ def load(path: str | Path) -> dict[str, Any]:
     if ckpt["schema"] != SCHEMA:
         raise UserError(f"{path} has checkpoint schema {ckpt['schema']}; this repre reads schema {SCHEMA}")
     return ckpt
+
+
+def size_mismatch(exc: RuntimeError) -> str:
+    """The first "size mismatch" line of a load_state_dict error (or its start): what to show a user."""
+    return next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
 
 
 def encoder_state(ckpt: dict[str, Any], key: str = "encoder") -> dict[str, torch.Tensor]:

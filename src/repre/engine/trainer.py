@@ -28,8 +28,8 @@ from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
 
-# keys a resumed run may change: how long it runs and how it reports, not what it computes
 COLLAPSE_STD = 0.1  # embedding_std below this: a collapse warning (once a run)
+# keys a resumed run may change: how long it runs and how it reports, not what it computes
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
                      "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every", "train.max_bad_steps",
                      "model.grad_checkpointing", "train.progress", "train.num_workers",
@@ -218,8 +218,7 @@ class Trainer:
         try:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
-            shape = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
-            raise UserError(f"--init-from {source}: its weights do not fit this model ({shape}); use the same "
+            raise UserError(f"--init-from {source}: its weights do not fit this model ({ckpt_io.size_mismatch(exc)}); use the same "
                             "model.arch and method settings, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
         if not loaded:

@@ -32,7 +32,7 @@ def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str
         missing, unexpected = module.load_state_dict(state, strict=False)
         problem = f"{len(missing)} missing and {len(unexpected)} unexpected weights" if missing or unexpected else ""
     except RuntimeError as exc:  # shape mismatches
-        problem = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        problem = ckpt_io.size_mismatch(exc)
     if problem or not state:
         raise UserError(
             f"checkpoint {checkpoint} does not match the {what} of the config used to evaluate it "
@@ -40,13 +40,18 @@ def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str
         )
 
 
+def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> Backbone:
+    """Encoder `key` of a loaded checkpoint (default: the evaluated one, the online encoder or DINO's teacher)."""
+    encoder = build_encoder(cfg)
+    key = key or eval_encoder_key(cfg.method.name)
+    _load_into(encoder.model, ckpt_io.encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
+    return encoder
+
+
 def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Backbone, Config]:
     """The evaluated encoder of a checkpoint (the online one; DINO's teacher) and its config with `overrides`."""
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    encoder = build_encoder(cfg)
-    key = eval_encoder_key(cfg.method.name)
-    _load_into(encoder.model, ckpt_io.encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
-    return encoder, cfg
+    return encoder_from(ckpt, cfg, checkpoint), cfg
 
 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[nn.Module, Config]:
