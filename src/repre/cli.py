@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,11 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from repre.config import load_config
-    from repre.engine.distributed import launched_world_size
     from repre.engine.trainer import pretrain
 
-    if launched_world_size() > 1:
-        raise UserError("multi-process training arrives with the scale issue; run one process for now")
     source = args.config
     if source is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         source = str(Path(args.out) / "config.yaml")  # resume with the run's own config
@@ -70,9 +68,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
     except StoppedEarly as stop:
-        print(str(stop), flush=True)
+        if _launch_rank() == 0:
+            print(str(stop), flush=True)
         return 3
-    print(json.dumps(summary), flush=True)
+    if _launch_rank() == 0:
+        print(json.dumps(summary), flush=True)
     return 0
 
 
@@ -121,12 +121,18 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _launch_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 otherwise: only rank 0 prints results and errors."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _setup_logging() -> None:
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("repre: %(message)s"))
+        rank = _launch_rank()
+        handler.setFormatter(logging.Formatter(f"repre[rank {rank}]: %(message)s" if rank else "repre: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        log.setLevel(logging.WARNING if rank else logging.INFO)  # other ranks: their own warnings only
         log.propagate = False
 
 
@@ -140,19 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UserError as exc:
-        print(f"repre: error: {exc}", file=sys.stderr)
+        _say(f"repre: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("repre: interrupted", file=sys.stderr)
+        _say("repre: interrupted")
         return 3
     except MemoryError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError; host OOM is MemoryError
-        print(out_of_memory_message(exc), file=sys.stderr)
+        _say(out_of_memory_message(exc))
         return 2
     except RuntimeError as exc:
         if "out of memory" not in str(exc).lower():
             raise
-        print(out_of_memory_message(exc), file=sys.stderr)
+        _say(out_of_memory_message(exc))
         return 2
+
+
+def _say(message: str) -> None:
+    """An error for people, on stderr; under torchrun rank 0 says it once for all processes."""
+    if _launch_rank() == 0:
+        print(message, file=sys.stderr)
 
 
 def out_of_memory_message(exc: BaseException) -> str:

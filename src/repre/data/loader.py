@@ -18,6 +18,7 @@ from repre.data.folder import ImageFolder, UnreadableImage
 from repre.data.scenes import FashionScenes
 from repre.data.synthetic import Synthetic
 from repre.data.views import ViewSpec, make_views, normalize, photometric
+from repre.engine.distributed import rank, world_size
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -185,10 +186,13 @@ class ViewCollate:
 class EpochBatchSampler(Sampler):
     """Batches of (epoch, index) keys, reshuffled each epoch from (seed, epoch); drops the last partial batch.
 
-    `start_step` resumes inside an epoch: iteration begins with the batch of that global step.
+    `start_step` resumes inside an epoch: iteration begins with the batch of that global step. Distributed
+    (`world` > 1): every process draws the same global batch of `batch_size` keys and keeps its own contiguous
+    share, `rank`-th of `world`, so N processes see exactly the images (and views) one process would.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
         if size < batch_size:
             raise UserError(
                 f"the dataset has {size} images, fewer than one batch (train.batch_size={batch_size}); "
@@ -196,6 +200,7 @@ class EpochBatchSampler(Sampler):
             )
         self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
         self.steps_per_epoch = size // batch_size
+        self.share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, offset = divmod(self.start_step, self.steps_per_epoch)
@@ -203,7 +208,8 @@ class EpochBatchSampler(Sampler):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.size, generator=g).tolist()
             for b in range(offset, self.steps_per_epoch):
-                yield [(epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+                batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+                yield [(epoch, i) for i in batch[self.share]]
             epoch, offset = epoch + 1, 0
 
     def __len__(self) -> int:
@@ -230,9 +236,10 @@ def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool) -> DataLoader:
-    """An endless loader of two-view batches, starting at optimizer step `start_step`."""
+    """An endless loader of two-view batches (this process's share of each global batch), starting at
+    optimizer step `start_step`."""
     spec = view_spec(cfg, source)
-    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step)
+    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, rank(), world_size())
     workers = resolve_workers(cfg.train.num_workers)
     return DataLoader(
         ViewDataset(source, spec, cfg.train.seed),

@@ -1,11 +1,23 @@
-"""Small, pure distributed helpers; each is the identity in a single process."""
+"""Small distributed helpers; each is the identity (or a no-op) in a single process.
+
+A run is distributed when a launcher (torchrun) set WORLD_SIZE > 1: `init_from_env` then joins the process
+group (NCCL on GPUs, gloo on CPU) and picks this process's device (cuda:LOCAL_RANK).
+"""
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("repre")
+
+# generous: rank 0 alone runs the k-NN evaluations and writes checkpoints while the others wait in a collective
+TIMEOUT = datetime.timedelta(minutes=60)
 
 
 def is_distributed() -> bool:
@@ -20,9 +32,48 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def is_main() -> bool:
+    """Whether this process logs, draws and writes files (rank 0, or the only process)."""
+    return rank() == 0
+
+
 def launched_world_size() -> int:
     """The process count a launcher such as torchrun asked for (WORLD_SIZE), read when called."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group a launcher described (MASTER_ADDR, RANK, WORLD_SIZE, LOCAL_RANK) when WORLD_SIZE > 1.
+
+    `device`: the device the config resolved to; a CUDA device becomes cuda:LOCAL_RANK with NCCL, anything else
+    uses gloo. Returns this process's device. A no-op in a single process or when already initialised.
+    """
+    if launched_world_size() <= 1 or is_distributed():
+        return torch.device(f"cuda:{local_rank()}") if device.type == "cuda" and is_distributed() else device
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{local_rank()}")
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend, timeout=TIMEOUT)
+    if is_main():
+        log.info("distributed: %d processes (%s)", world_size(), backend)
+    return device
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
 
 
 @torch.no_grad()
@@ -43,3 +94,21 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x)
     return x
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every process ([obj] in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -9,19 +9,25 @@ from typing import Any
 
 import torch
 
+from repre.engine.distributed import all_reduce_sum
+
 
 class MetricWriter:
     """Appends JSON lines to `folder/metrics.jsonl` and scalars to `folder/tb/`."""
 
-    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+    def __init__(self, folder: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+        """`enabled` False: writes nothing (the processes other than rank 0 of a distributed run)."""
         self.path = folder / "metrics.jsonl"
+        self.enabled = enabled
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(folder / "tb"))
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -37,7 +43,8 @@ class MetricWriter:
 class WindowMeter:
     """Means of per-step tensors kept on the device; `.item()` only when the window is read (one sync).
     Non-finite values (a skipped step's loss) are left out of their key's mean; a key with no finite value
-    in the window reads as None (JSON null)."""
+    in the window reads as None (JSON null). Distributed: `read` averages over all processes too (a collective:
+    every process reads at the same steps, with the same keys)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -52,9 +59,10 @@ class WindowMeter:
             self.counts[key] = self.counts[key] + finite.float() if key in self.counts else finite.float()
 
     def read(self) -> dict[str, float | None]:
-        out = {}
-        for key, total in self.sums.items():
-            n = float(self.counts[key].item())
-            out[key] = float(total.item()) / n if n else None
+        keys = list(self.sums)
+        if not keys:
+            return {}
+        device = next((v.device for v in self.sums.values() if v.device.type != "cpu"), torch.device("cpu"))
+        totals = all_reduce_sum(torch.stack([torch.stack([self.sums[k], self.counts[k]]).to(device) for k in keys]))
         self.sums, self.counts = {}, {}
-        return out
+        return {k: (s / n if n else None) for k, (s, n) in zip(keys, totals.tolist(), strict=True)}

@@ -19,12 +19,14 @@ from repre.builder import build_model
 from repre.config import Config, config_from_dict, flatten, save_yaml
 from repre.data.loader import pretrain_loader, train_source
 from repre.engine import checkpoint as ckpt_io
+from repre.engine import distributed as dist
 from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter, WindowMeter
 from repre.engine.runtime import Runtime, setup_runtime
 from repre.engine.schedules import momentum_schedule, warmup_cosine
 from repre.engine.signals import GracefulStop
 from repre.errors import StoppedEarly, UserError
+from repre.models.sync_bn import convert_sync_batchnorm
 
 log = logging.getLogger("repre")
 
@@ -98,12 +100,20 @@ class Trainer:
     def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None) -> None:
         self.started = time.perf_counter()
         self.cfg, self.out = cfg, out
+        rt = setup_runtime(cfg.train)
+        self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
+        if cfg.train.batch_size % dist.world_size():
+            raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
+                            f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
         prepare_out(out, resume)
-        self.rt: Runtime = setup_runtime(cfg.train)
+        dist.barrier()  # every process has checked --out before rank 0 writes into it
         torch.manual_seed(cfg.train.seed)
         self.source = train_source(cfg)
         self.total = total_steps(cfg, len(self.source))
         self.model: nn.Module = build_model(cfg, self.source.num_classes).to(self.rt.device)
+        if dist.is_distributed():
+            convert_sync_batchnorm(self.model)  # the heads' batch norm over the global batch, as the official code
+            torch.manual_seed(cfg.train.seed * 1_000 + dist.rank())  # drop path: independent draws per process
         if cfg.train.compile:
             compile_blocks(self.model)
         self.optimizer = self._optimizer()
@@ -122,10 +132,30 @@ class Trainer:
         self.collapse_warned = False
         self.pending_diag: dict[str, float] = {}
         self.trend = TrendWatch()
+        self.stop: GracefulStop | None = None  # set by fit()
+        self.stop_agreed = False  # distributed: whether any process was asked to stop (agreed on every step)
         resumed = self._resume() if resume else False
         if init_from and not resumed:
             self._init_from(init_from)
-        save_yaml(cfg, out / "config.yaml")
+        self.forward_model = self._wrap_ddp()
+        if dist.is_main():
+            save_yaml(cfg, out / "config.yaml")
+
+    def _wrap_ddp(self) -> nn.Module:
+        """The module the step calls: DDP around the model when distributed (gradients averaged over the
+        processes), else the model itself. Buffers (queues, the DINO center, batch-norm statistics) are kept
+        equal on every process by the methods themselves, so DDP does not broadcast them."""
+        if not dist.is_distributed():
+            return self.model
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.rt.device] if self.rt.device.type == "cuda" else None
+        no_sync = ({"forward_sync_buffers": False}  # torch >= 2.14 (syncs once at init: equal anyway)
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+        return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = self.model.param_groups(self.cfg.train.weight_decay)
@@ -134,8 +164,16 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
 
+    def _rng_state(self) -> dict[str, torch.Tensor | None]:
+        return {"torch": torch.get_rng_state(),  # the training device's generator only
+                "cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None}
+
     def _checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds. Distributed: a collective (every process's RNG state is gathered)."""
         s = self.state
+        rng = self._rng_state()
+        if dist.is_distributed():
+            rng["ranks"] = dist.gather_objects(self._rng_state())  # drop path draws differ per process
         return {
             "schema": ckpt_io.SCHEMA,
             "model": self.model.state_dict(),
@@ -144,17 +182,21 @@ class Trainer:
             "step": s.step,
             "run": {"skipped_images": s.skipped_images, "images_seen": s.images_seen, "train_seconds": s.train_seconds,
                     "nonfinite_steps": s.nonfinite_steps, "upscaled_images": s.upscaled_images},
-            "rng": {"torch": torch.get_rng_state(),  # the training device's generator only
-                    "cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None},
+            "rng": rng,
             "config": self.cfg.to_dict(),
             "versions": ckpt_io.versions(),
         }
 
     def save_checkpoint(self, final: bool = False) -> Path | None:
         """Write step-N.pt and last.pt. A failed periodic write (full disk) leaves the previous checkpoints
-        valid, is logged and training goes on; a failed final write raises UserError."""
+        valid, is logged and training goes on; a failed final write raises UserError.
+
+        Distributed: every process calls it (the state is gathered); rank 0 writes."""
         state = self._checkpoint_state()
         path = self.out / "checkpoints" / f"step-{self.state.step:08d}.pt"
+        if not dist.is_main():
+            self.last_good = path
+            return path
         try:
             ckpt_io.save(state, path)
             ckpt_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second serialisation
@@ -172,35 +214,50 @@ class Trainer:
         return path
 
     def _resume(self) -> bool:
-        ckpt_io.sweep_temporaries(self.out)
+        """Load the newest readable checkpoint (every process reads the same file; rank 0 alone tidies)."""
+        main = dist.is_main()
+        if main:
+            ckpt_io.sweep_temporaries(self.out)
         candidates = ckpt_io.step_checkpoints(self.out)[::-1]
+        dist.barrier()  # nobody reads while rank 0 sweeps
         for path in candidates:
             try:
                 ckpt = ckpt_io.load(path)
             except UserError as exc:
                 aside = path.with_name(path.name + ".damaged")
-                path.rename(aside)  # out of the way of pruning and of the next resume
+                if main:
+                    path.rename(aside)  # out of the way of pruning and of the next resume
                 log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
                 continue
             self._check_compatible(ckpt["config"], path)
             self._restore(ckpt)
             self.last_good = path
             log.info("resuming from %s (step %d of %d)", path, self.state.step, self.total)
-            self._truncate_metrics()
+            if main:
+                self._truncate_metrics()
             return True
         if candidates:
             raise UserError(f"no checkpoint in {self.out / 'checkpoints'} could be read (each was moved aside as "
                             "*.damaged); start a new --out, or --init-from a copy you trust")
         log.info("no checkpoint in %s: starting fresh", self.out)
-        self._truncate_metrics()
+        if main:
+            self._truncate_metrics()
         return False
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        cuda_rng = ckpt["rng"].get("cuda")
+        rng = ckpt["rng"]
+        ranks = rng.get("ranks")
+        if dist.is_distributed() and ranks and len(ranks) == dist.world_size():
+            rng = ranks[dist.rank()]
+        elif dist.is_distributed() or ranks:
+            log.info("resuming with %d processes, written with %d: drop-path draws continue from new seeds",
+                     dist.world_size(), len(ranks or [1]))
+            rng = {"torch": torch.get_rng_state(), "cuda": None}  # this process's own seed (set in __init__)
+        torch.set_rng_state(rng["torch"])
+        cuda_rng = rng.get("cuda")
         if torch.is_tensor(cuda_rng) and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng, self.rt.device)
         self.state.step = int(ckpt["step"])
@@ -264,7 +321,7 @@ class Trainer:
             labels = batch["label"].to(self.rt.device, non_blocking=True)
             local = batch.get("local_views")
             local = None if local is None else local.to(self.rt.device, non_blocking=True)
-            out = self.model(views, float(self.momentum[step]), labels, local)
+            out = self.forward_model(views, float(self.momentum[step]), labels, local)
         if self._diagnose_now():
             balance = loss_balance(self.model.encoder, out["loss_contrastive"], getattr(self.model, "weight", 0.0) * out["loss_recon"])
             self.pending_diag = {k: float(v) for k, v in balance.items()}  # logged with the next train line
@@ -277,6 +334,7 @@ class Trainer:
         finite = torch.isfinite(out["loss"].detach())
         if not self.scaler.is_enabled():  # fp16: the scaler skips steps with inf/nan gradients itself
             finite = finite & torch.isfinite(grad_norm)
+        finite = self._agree(finite, batch)
         if bool(finite):  # one host sync a step: a non-finite step must not reach the weights
             self.scaler.step(self.optimizer)
             self.state.bad_streak = 0
@@ -290,6 +348,24 @@ class Trainer:
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
 
+    def _agree(self, finite: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Distributed: one all-reduce a step so that every process takes the same decisions: skip the step
+        if any process's loss is non-finite, stop if any was signalled; and the batch's skipped/upscaled image
+        counts summed over the processes (written back into `batch`). Single process: `finite` as it is."""
+        if not dist.is_distributed():
+            return finite
+        local = [(~finite).float(), torch.tensor(float(self.stop is not None and self.stop.requested)),
+                 batch["skipped"].float(), batch.get("upscaled", torch.tensor(0)).float()]
+        flags = dist.all_reduce_sum(torch.stack([v.to(self.rt.device) for v in local]))
+        bad, stop, skipped, upscaled = flags.tolist()
+        self.stop_agreed = self.stop_agreed or stop > 0
+        batch["skipped"], batch["upscaled"] = torch.tensor(int(skipped)), torch.tensor(int(upscaled))
+        return torch.tensor(bad == 0)
+
+    def _stopping(self, stop: GracefulStop) -> bool:
+        """Whether to stop before the next step: a signal here, or (distributed) on any process."""
+        return self.stop_agreed if dist.is_distributed() else stop.requested
+
     def _diagnose_now(self) -> bool:
         every = self.cfg.train.diagnose_every
         return bool(every) and self.cfg.recon.enabled and (self.state.step + 1) % every == 0
@@ -300,10 +376,13 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the total step count; writes metrics, checkpoints, recon.png and summary.json."""
         cfg, s = self.cfg, self.state
-        writer = MetricWriter(self.out)
+        main = dist.is_main()
+        writer = MetricWriter(self.out, enabled=main)
         loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory)
-        bar = tqdm(total=self.total, initial=s.step, disable=not cfg.train.progress, dynamic_ncols=True, desc="pretrain")
+        bar = tqdm(total=self.total, initial=s.step, disable=not (cfg.train.progress and main), dynamic_ncols=True,
+                   desc="pretrain")
         with GracefulStop() as stop:
+            self.stop = stop
             completed = self._loop(loader, writer, bar, stop)
         bar.close()
         if self.diverged:  # the weights are the last good step's, but the run cannot go on as configured
@@ -327,7 +406,7 @@ class Trainer:
         meter, window_start, window_steps = WindowMeter(), time.perf_counter(), 0
         self.model.train()
         batches, tick = iter(loader), time.perf_counter()
-        while s.step < self.total and not stop.requested:
+        while s.step < self.total and not self._stopping(stop):
             batch = next(batches)
             values = self.train_step(batch)
             if s.bad_streak >= cfg.train.max_bad_steps:
@@ -351,8 +430,8 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
             if s.step % cfg.train.checkpoint_every == 0 and s.step < self.total and not s.bad_streak:
                 self.save_checkpoint()  # never in a run of non-finite steps: the last good one stays newest
-            if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total:
-                self._evaluate(writer, quick=True)
+            if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total and dist.is_main():
+                self._evaluate(writer, quick=True)  # the other processes wait for rank 0 in the next step
         return s.step >= self.total
 
     def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float) -> None:
@@ -413,9 +492,10 @@ class Trainer:
     def _finish(self, writer: MetricWriter, checkpoint: Path | None, completed: bool) -> dict[str, Any]:
         from repre.eval.recon import save_recon_grid
 
-        if completed and self.cfg.recon.enabled:
+        main = dist.is_main()  # the other processes return the same summary without evaluating or writing
+        if completed and self.cfg.recon.enabled and main:
             save_recon_grid(self.model, self.cfg, self.source, self.out / "recon.png", self.rt)
-        top1 = self._evaluate(writer) if completed and self.cfg.eval.knn else None
+        top1 = self._evaluate(writer) if completed and self.cfg.eval.knn and main else None
         s = self.state
         summary = {
             "completed": completed,
@@ -435,9 +515,11 @@ class Trainer:
             "preset": self.cfg.preset,
             "device": str(self.rt.device),
             "precision": self.rt.precision,
+            "processes": dist.world_size(),
             "versions": ckpt_io.versions(),
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
 
@@ -446,5 +528,12 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     checkpoint (or run directory) whose model weights start this run, unless `resume` finds a checkpoint.
 
     Raises `StoppedEarly` (its message: the summary JSON) when interrupted; the run can be resumed.
+    Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its share of
+    each global batch, and leaves the group at the end.
     """
-    return Trainer(cfg, Path(out), resume, init_from).fit()
+    joins = dist.launched_world_size() > 1 and not dist.is_distributed()  # launched by torchrun: we join and leave
+    try:
+        return Trainer(cfg, Path(out), resume, init_from).fit()
+    finally:
+        if joins:
+            dist.shutdown()

@@ -1,0 +1,107 @@
+"""Distributed pre-training on CPU (gloo) through torchrun: N processes must compute what one process computes
+with the same global batch, and resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_dino import DINO_TINY
+from test_moby import SWIN_TINY
+
+from conftest import TINY
+from repre.engine import checkpoint as ckpt_io
+
+# fp32 and no drop path: the processes' random draws are their own, the rest must match one process
+EXACT = TINY + ["train.precision=fp32", "model.drop_path=0.0", "train.log_every=1", "eval.knn=false",
+                "train.diagnose_every=0", "train.num_workers=0"]
+
+
+def pretrain_cmd(out: Path, procs: int, extra: list[str]) -> list[str]:
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+              if procs > 1 else [sys.executable])
+    cmd = [*launch, "-m", "repre", "pretrain", "--out", str(out)]
+    for item in EXACT + extra:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run(out: Path, procs: int, extra: list[str], resume: bool = False) -> subprocess.CompletedProcess:
+    cmd = pretrain_cmd(out, procs, extra) + (["--resume"] if resume else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_model(out: Path) -> dict[str, torch.Tensor]:
+    return ckpt_io.load(out / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("mocov3", ["train.max_steps=5"]),
+    ("dino", DINO_TINY + ["train.max_steps=5"]),
+    ("moby", SWIN_TINY + ["train.max_steps=4", "train.batch_size=12"]),  # 24 keys a step: the queue (40) wraps
+])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extra):
+    """MoCo v3: keys gathered with the offset of each process's queries, synced batch norm in the heads.
+    DINO: the center averaged over processes, multi-crop. MoBY: gathered keys in the queues."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(one, 1, extra)
+    done = run(two, 2, extra)
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    a, b = ckpt_io.load(one / "checkpoints" / "last.pt"), ckpt_io.load(two / "checkpoints" / "last.pt")
+    # the gradients' running averages (what DDP averages), not the weights: Adam turns the rounding noise of
+    # gradients that are zero in exact arithmetic (the attention key bias, a norm bias before batch norm) into
+    # full +-lr steps, so weights differ by ~lr where gradients agree to 1e-6 (tolerance: relative to the largest)
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys()
+    for key in ("exp_avg", "exp_avg_sq"):
+        scale = max(float(s[key].abs().max()) for s in state_a.values())
+        for i in state_a:
+            torch.testing.assert_close(state_b[i][key], state_a[i][key], rtol=1e-3, atol=1e-4 * scale,
+                                       msg=f"param {i} {key}")
+    for key, value in a["model"].items():  # buffers: queues and their pointer, the DINO center, BN statistics
+        if key.endswith(("queue1", "queue2", "queue_ptr", "center", "num_batches_tracked")):
+            torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-3, msg=key)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 alone prints it
+    assert summary["processes"] == 2 and summary["completed"] and done.stdout.count('"completed"') == 1
+
+
+def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL of the whole torchrun group after the step-4 checkpoint, then --resume: the final weights
+    equal (bitwise) those of an uninterrupted two-process run; drop path on, so each process's RNG counts."""
+    extra = ["train.max_steps=12", "train.checkpoint_every=4", "model.drop_path=0.1"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run(whole, 2, extra)
+    proc = subprocess.Popen(pretrain_cmd(broken, 2, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    sidecar = broken / "checkpoints" / "step-00000004.pt.sha256"
+    deadline = time.monotonic() + 240
+    while not sidecar.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert sidecar.is_file() and not (broken / "checkpoints" / "step-00000012.pt").exists()
+    run(broken, 2, extra, resume=True)
+    a, b = final_model(whole), final_model(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_global_batch_must_divide_among_processes(tmp_path):
+    cmd = pretrain_cmd(tmp_path / "run", 2, ["train.batch_size=15"])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert done.stderr.count("not divisible by the 2 processes") == 1  # rank 0 says it once
