@@ -5,6 +5,12 @@ over several rounds; the table reports medians. Only ratios from the same run me
 machine's absolute speed varies by the hour.
 
     python benchmarks/throughput.py [--rounds 3] [--steps 20] [--warmup 4] [--preset fmnist-mocov3-repre]
+    python benchmarks/throughput.py --device cuda --method dino --arch vit_base_patch16_224 --image-size 224 \
+        --batch-size 128 --configs repre-tensors,baseline-tensors --mfu
+
+--method picks the method's preset (fmnist-<method>-repre on CPU; with --device cuda the paper-scale one on
+synthetic data unless --set data.root=... is given); --device, --arch, --image-size and --batch-size are
+shorthands for --set train.device=, model.arch=, data.image_size=, train.batch_size=.
 
 Configurations:
   repre            the default preset as `repre pretrain` runs it (data loader, workers, augmentation)
@@ -213,18 +219,45 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
     }
 
 
+PAPER_PRESETS = {"mocov3": "in1k-vit-s16-mocov3-repre", "dino": "in1k-vit-s16-dino-repre",
+                 "moby": "in1k-swin-t-moby-repre"}
+
+
+def resolve_shorthands(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(preset, overrides) from --preset/--method and the --device/--arch/--image-size/--batch-size shorthands;
+    explicit --set items come last and win."""
+    gpu = args.device == "cuda"
+    preset = args.preset or (f"fmnist-{args.method}-repre" if args.method and not gpu else
+                             PAPER_PRESETS.get(args.method or "mocov3") if gpu else "fmnist-mocov3-repre")
+    extra = []
+    if gpu and not args.preset and not any(o.startswith("data.root=") for o in args.overrides):
+        extra += ["data.name=synthetic", "data.synthetic_train=512"]  # paper presets without a dataset here
+    shorthands = {"train.device": args.device, "model.arch": args.arch, "data.image_size": args.image_size,
+                  "train.batch_size": args.batch_size}
+    extra += [f"{key}={value}" for key, value in shorthands.items() if value is not None]
+    if args.child:  # the parent resolved them already
+        return args.preset, args.overrides
+    return preset, extra + args.overrides
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--preset", default="fmnist-mocov3-repre")
+    p.add_argument("--preset", help="default: fmnist-mocov3-repre, or the --method's preset")
+    p.add_argument("--method", choices=sorted(PAPER_PRESETS), help="mocov3, dino or moby (picks the preset)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="train.device")
+    p.add_argument("--arch", help="model.arch: any timm ViT or Swin name, or a small named config")
+    p.add_argument("--image-size", type=int, help="data.image_size")
+    p.add_argument("--batch-size", type=int, help="train.batch_size (global)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS + OPTIONAL)}")
     p.add_argument("--mfu", action="store_true", help="count step FLOPs and measure the matmul peak (MFU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every configuration (e.g. train.device=cuda)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.preset, args.overrides = resolve_shorthands(args)
     if args.child:
         print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides, args.mfu)))
         return
