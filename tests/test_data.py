@@ -14,9 +14,12 @@ from repre.data.loader import (
     EpochBatchSampler,
     ViewCollate,
     ViewDataset,
+    finish_views,
     load_or_replace,
+    photometric_on_device,
     pretrain_loader,
     train_source,
+    view_spec,
 )
 from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
 from repre.errors import UserError
@@ -159,6 +162,30 @@ def test_same_batches_with_0_and_2_workers():
         x, y = next(a), next(b)
         assert torch.equal(x["index"], y["index"])
         assert torch.equal(x["views"], y["views"])
+
+
+def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():
+    whole = iter(EpochBatchSampler(40, 8, seed=3, start_step=3))
+    shares = [iter(EpochBatchSampler(40, 8, seed=3, start_step=3, rank=r, world=4)) for r in range(4)]
+    for _ in range(6):  # across an epoch boundary
+        assert sum((next(s) for s in shares), []) == next(whole)
+
+
+@pytest.mark.parametrize("local_crops", [0, 2])
+def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
+    """aug.photometric_on=device: uint8 views and their parameters leave the loader, finish_views completes
+    them where the model runs, with the same result (here on the CPU: bitwise)."""
+    dino = ["method.name=dino", "method.out_dim=16"] if local_crops else []
+    cfg = tiny_config(*dino, f"data.local_crops={local_crops}", "data.local_size=8")
+    source = train_source(cfg)
+    workers = next(iter(pretrain_loader(cfg, source, 0, False)))
+    raw = next(iter(pretrain_loader(cfg, source, 0, False, on_device=True)))
+    assert raw["views"].dtype == torch.uint8 and raw["photo"].shape == (*raw["views"].shape[:2], 8)
+    done = finish_views(raw, view_spec(cfg, source))
+    for key in ["views"] + ["local_views"] * bool(local_crops):
+        assert torch.equal(done[key], workers[key]), key
+    assert finish_views(workers, view_spec(cfg, source)) is workers  # finished views pass unchanged
+    assert photometric_on_device(cfg, torch.device("cuda")) and not photometric_on_device(cfg, torch.device("cpu"))
 
 
 def test_collate_shapes():

@@ -25,3 +25,18 @@ def test_clipping_bounds_the_norm():
     returned = clip_or_measure(ps, 1.0)
     torch.testing.assert_close(returned, before)  # the norm before clipping is reported
     torch.testing.assert_close(clip_or_measure(ps, 0.0), torch.tensor(1.0), atol=1e-4, rtol=1e-4)
+
+
+def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_the_workers(tmp_path):
+    import json
+
+    from conftest import tiny_config
+    from repre.engine.trainer import Trainer
+
+    def losses(where: str) -> list[float]:
+        cfg = tiny_config(f"aug.photometric_on={where}", "train.log_every=1", "train.max_steps=3", "eval.knn=false",
+                          "train.precision=fp32")
+        Trainer(cfg, tmp_path / where).fit()
+        return [json.loads(line)["loss"] for line in (tmp_path / where / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses("device") == losses("workers")

@@ -60,6 +60,9 @@ class AugConfig:
     blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
+    # where the batched photometric stage runs: in the data workers, or on the training device (uint8 views
+    # cross to it; the jitter, blur and solarization run there). auto: the device when it is a GPU
+    photometric_on: Literal["auto", "workers", "device"] = "auto"
 
 
 @dataclass

@@ -157,29 +157,52 @@ class ViewDataset(Dataset):
         return sample
 
 
+def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """uint8 views [B, V, 3, S, S] with their parameters [B, V, N_PHOTO] -> normalized float [B, V, 3, S, S],
+    on the views' device."""
+    b, v = views.shape[:2]
+    return photometric(views.flatten(0, 1), photo.flatten(0, 1).to(views.device), spec).view(b, v, *views.shape[2:])
+
+
+def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, torch.Tensor]:
+    """The photometric stage of a batch collated with `photometric=False` (its views still uint8, its
+    parameters under "photo"/"local_photo"), where the views are now (the training device). A batch whose
+    views are already float passes unchanged."""
+    if batch["views"].dtype != torch.uint8:
+        return batch
+    out = dict(batch, views=batched_photometric(batch["views"], batch["photo"], spec))
+    if "local_views" in batch:
+        out["local_views"] = batched_photometric(batch["local_views"], batch["local_photo"], spec)
+    return out
+
+
 class ViewCollate:
     """Stack samples and run the batched photometric stage: views -> normalized float [B, V, 3, S, S]
-    (and DINO's local crops -> [B, L, 3, s, s])."""
+    (and DINO's local crops -> [B, L, 3, s, s]). With `photometric=False` the views stay uint8 and their
+    parameters travel beside them ("photo", "local_photo"): `finish_views` completes them on the device."""
 
-    def __init__(self, spec: ViewSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: ViewSpec, photometric: bool = True) -> None:
+        self.spec, self.photometric = spec, photometric
 
-    def _photometric(self, samples: list[dict], key: str, photo_key: str) -> torch.Tensor:
+    def _views(self, samples: list[dict], key: str, photo_key: str, batch: dict[str, torch.Tensor]) -> None:
         views = torch.stack([s[key] for s in samples])  # [B, V, 3, S, S] uint8
         photo = torch.stack([s[photo_key] for s in samples])  # [B, V, N_PHOTO]
-        b, v = views.shape[:2]
-        return photometric(views.flatten(0, 1), photo.flatten(0, 1), self.spec).view(b, v, *views.shape[2:])
+        if self.photometric:
+            batch[key] = batched_photometric(views, photo, self.spec)
+        else:
+            batch[key], batch[photo_key] = views, photo
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {
-            "views": self._photometric(samples, "views", "photo"),
+        batch: dict[str, torch.Tensor] = {}
+        self._views(samples, "views", "photo", batch)
+        batch.update({
             "index": torch.tensor([s["index"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples]),
             "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
             "upscaled": torch.tensor(sum(s["small"] for s in samples)),
-        }
+        })
         if "local_views" in samples[0]:  # DINO's local crops: [B, L, 3, s, s]
-            batch["local_views"] = self._photometric(samples, "local_views", "local_photo")
+            self._views(samples, "local_views", "local_photo", batch)
         return batch
 
 
@@ -235,16 +258,23 @@ def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
                     local_crops=cfg.data.local_crops, local_size=cfg.data.local_size)
 
 
-def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool) -> DataLoader:
+def photometric_on_device(cfg: Config, device: torch.device) -> bool:
+    """Whether the photometric stage runs on the training device (aug.photometric_on; auto: on a GPU)."""
+    where = cfg.aug.photometric_on
+    return where == "device" or (where == "auto" and device.type == "cuda")
+
+
+def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
+                    on_device: bool = False) -> DataLoader:
     """An endless loader of two-view batches (this process's share of each global batch), starting at
-    optimizer step `start_step`."""
+    optimizer step `start_step`. `on_device`: the views stay uint8 for `finish_views` on the device."""
     spec = view_spec(cfg, source)
     sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, rank(), world_size())
     workers = resolve_workers(cfg.train.num_workers)
     return DataLoader(
         ViewDataset(source, spec, cfg.train.seed),
         batch_sampler=sampler,
-        collate_fn=ViewCollate(spec),
+        collate_fn=ViewCollate(spec, photometric=not on_device),
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from repre.builder import build_model
 from repre.config import Config, config_from_dict, flatten, save_yaml
-from repre.data.loader import pretrain_loader, train_source
+from repre.data.loader import finish_views, photometric_on_device, pretrain_loader, train_source, view_spec
 from repre.engine import checkpoint as ckpt_io
 from repre.engine import distributed as dist
 from repre.engine.diagnostics import TrendWatch, loss_balance
@@ -109,6 +109,7 @@ class Trainer:
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         torch.manual_seed(cfg.train.seed)
         self.source = train_source(cfg)
+        self.spec = view_spec(cfg, self.source)
         self.total = total_steps(cfg, len(self.source))
         self.model: nn.Module = build_model(cfg, self.source.num_classes).to(self.rt.device)
         if dist.is_distributed():
@@ -316,12 +317,9 @@ class Trainer:
         method.set_progress(step, self.total)
         if self.recon_weight is not None and self.cfg.recon.enabled:
             self.model.weight = float(self.recon_weight[step])
-        views = batch["views"].to(self.rt.device, non_blocking=True)
+        batch = self._to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
-            labels = batch["label"].to(self.rt.device, non_blocking=True)
-            local = batch.get("local_views")
-            local = None if local is None else local.to(self.rt.device, non_blocking=True)
-            out = self.forward_model(views, float(self.momentum[step]), labels, local)
+            out = self.forward_model(batch["views"], float(self.momentum[step]), batch["label"], batch.get("local_views"))
         if self._diagnose_now():
             balance = loss_balance(self.model.encoder, out["loss_contrastive"], getattr(self.model, "weight", 0.0) * out["loss_recon"])
             self.pending_diag = {k: float(v) for k, v in balance.items()}  # logged with the next train line
@@ -347,6 +345,13 @@ class Trainer:
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step's tensors on the training device (non-blocking from pinned memory), with the photometric
+        stage run there when the loader left it out (aug.photometric_on)."""
+        moved = {k: batch[k].to(self.rt.device, non_blocking=True)
+                 for k in ("views", "label", "local_views", "photo", "local_photo") if k in batch}
+        return finish_views({**batch, **moved}, self.spec)
 
     def _agree(self, finite: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Distributed: one all-reduce a step so that every process takes the same decisions: skip the step
@@ -378,7 +383,8 @@ class Trainer:
         cfg, s = self.cfg, self.state
         main = dist.is_main()
         writer = MetricWriter(self.out, enabled=main)
-        loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory)
+        loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory,
+                                 photometric_on_device(cfg, self.rt.device))
         bar = tqdm(total=self.total, initial=s.step, disable=not (cfg.train.progress and main), dynamic_ncols=True,
                    desc="pretrain")
         with GracefulStop() as stop:
