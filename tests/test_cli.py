@@ -176,10 +176,9 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     assert "recon.weight" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setting", ["data.name=shards"])
-def test_contract_names_not_built_yet_exit_2(tmp_path, capsys, setting):
-    assert run_cli(pretrain_args(tmp_path / "x", setting))[0] == 2
-    assert "arrives with" in capsys.readouterr().err
+def test_shards_without_a_root_exit_2_saying_what_to_set(tmp_path, capsys):
+    assert run_cli(pretrain_args(tmp_path / "x", "data.name=shards"))[0] == 2
+    assert "data.root=/path/to/shards" in capsys.readouterr().err
 
 
 def test_eval_linear_sweeps_on_val_and_reports_test(tiny_run):

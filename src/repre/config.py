@@ -400,18 +400,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-# names the contract reserves, and the issue that delivers each
-NOT_YET = {
-    ("data.name", "shards"): "the scale issue (#6)",
-}
-
-
 def validate(cfg: Config) -> None:
     """Checks that span several keys or need value ranges."""
-    for (key, value), issue in NOT_YET.items():
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) == value:
-            raise UserError(f"{key}={value} arrives with {issue}; available now: see `repre presets`")
     t, d, r = cfg.train, cfg.data, cfg.recon
     positive = {
         "train.batch_size": t.batch_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -46,16 +47,18 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def decode(path: Path) -> torch.Tensor:
-    """A file -> uint8 [3, H, W]; raises UnreadableImage for anything PIL cannot fully decode."""
+def decode(path: Path | BinaryIO, name: str | None = None) -> torch.Tensor:
+    """A file (or an open binary stream, called `name` in messages) -> uint8 [3, H, W]; raises
+    UnreadableImage for anything PIL cannot fully decode."""
+    path_name = name or path
     try:
         with Image.open(path) as img:
             img.load()
             arr = to_rgb_array(img)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, EOFError, struct.error, ...)
-        raise UnreadableImage(f"{path}: {exc}") from None
+        raise UnreadableImage(f"{path_name}: {exc}") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
-        raise UnreadableImage(f"{path}: empty image")
+        raise UnreadableImage(f"{path_name}: empty image")
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy (PIL arrays are read-only)
 
 

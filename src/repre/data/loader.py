@@ -36,10 +36,15 @@ class ImageSource(Protocol):
     def load(self, index: int) -> tuple[torch.Tensor, int]: ...
 
 
-def _folder_split(root: str | None, split: str) -> Path:
+def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not root:
-        raise UserError("data.name=folder needs data.root: --set data.root=/path/to/images")
+        raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
     base = Path(root)
+    if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
+        if split == "train":
+            return base
+        raise UserError(f"evaluation needs labelled splits: with data.name=shards, data.root must be a folder "
+                        f"with train/ and val/ shards; {root} is a shard or a pattern")
     if split == "train":
         return base / "train" if (base / "train").is_dir() else base
     for name in ("val", "test"):
@@ -61,6 +66,10 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     if cfg.name == "synthetic":
         count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
+    if cfg.name == "shards":
+        from repre.data.shards import TarShards
+
+        return TarShards(str(_folder_split(cfg.root, split, "shards")))
     if cfg.name == "folder":
         train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
         classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None

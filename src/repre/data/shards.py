@@ -1,0 +1,151 @@
+"""Tar shards in the WebDataset layout, read with random access: `data.name=shards`.
+
+A shard is an uncompressed .tar whose members are grouped into samples by key (the member's path up to the
+first dot of its file name): `n01440764_10026.jpg` (or .jpeg, .png, .webp, ...) is the image and an optional
+`n01440764_10026.cls` holds its integer label as text. `data.root` is a folder of shards (its `train/` and
+`val/` sub-folders when present, as for image folders), a single .tar, or a brace pattern
+(`/data/in1k/train-{000000..001023}.tar`).
+
+On opening, the members' headers are scanned once (no image is read) into an index of (shard, offset, size):
+every image is then one seek and one read, so the sampler's (seed, epoch, index) order, exact resume and the
+distributed shares work as for image folders. This suits local disks and network file systems (NFS, Lustre,
+a FUSE mount of an object store); compressed shards (.tar.gz) cannot be read at random and are refused.
+Images are decoded as image folders decode them; an unreadable one is replaced by the next and counted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from repre.data.folder import EXTENSIONS, MEAN, STD, decode
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand(pattern: str) -> list[str]:
+    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar] (zero padding kept; several ranges allowed)."""
+    match = _BRACES.search(pattern)
+    if not match:
+        return [pattern]
+    lo, hi = match.group(1), match.group(2)
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [p for i in range(int(lo), int(hi) + 1) for p in expand(f"{head}{i:0{len(lo)}d}{tail}")]
+
+
+def shard_paths(root: str) -> list[Path]:
+    """The shard files `root` names: a folder's *.tar (sorted, sub-folders included), a .tar, or a pattern."""
+    base = Path(root)
+    if base.is_dir():
+        paths = sorted(p for p in base.rglob("*") if p.name.endswith(".tar"))
+        compressed = sorted(p.name for p in base.rglob("*") if p.name.endswith((".tar.gz", ".tgz", ".tar.xz")))
+        if not paths and compressed:
+            raise UserError(f"{base} holds compressed shards ({compressed[0]}, ...): random access needs "
+                            "uncompressed .tar shards (images are compressed already); re-pack them with "
+                            "`gunzip`")
+        if not paths:
+            raise UserError(f"no .tar shards in {base}; point data.root at a folder of WebDataset shards, a "
+                            "shard, or a pattern such as /data/train-{000000..000099}.tar")
+        return paths
+    paths = [Path(p) for p in expand(root)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"shard {missing[0]} does not exist ({len(missing)} of {len(paths)} missing); check "
+                        "data.root")
+    return paths
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the path up to the first dot of the file name; the rest, the extension."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (dot + ext).lower()
+
+
+def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict[str, int]]:
+    """One shard's images [(shard, offset, size, key)] in member order, and its labels {key: label}."""
+    images, labels = [], {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _split_key(member.name)
+                if ext in EXTENSIONS:
+                    images.append((shard, member.offset_data, member.size, key))
+                elif ext in LABEL_EXTENSIONS:
+                    text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
+                    try:
+                        labels[key] = int(text)
+                    except ValueError:
+                        raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label") from None
+    except tarfile.ReadError as exc:
+        raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
+    return images, labels
+
+
+class TarShards:
+    """The images of WebDataset shards, indexable; labels from `.cls` members (-1 where absent)."""
+
+    mean, std = MEAN, STD
+
+    def __init__(self, root: str) -> None:
+        self.paths = shard_paths(root)
+        start = time.perf_counter()
+        self.entries: list[tuple[int, int, int]] = []  # (shard, offset, size)
+        self.keys: list[str] = []
+        self.labels: list[int] = []
+        for i, path in enumerate(self.paths):
+            images, labels = _scan(path, i)
+            for shard, offset, size, key in images:
+                self.entries.append((shard, offset, size))
+                self.keys.append(key)
+                self.labels.append(labels.get(key, -1))
+        if not self.entries:
+            raise UserError(f"the {len(self.paths)} shards under {root} hold no images (looked for members "
+                            f"ending in {', '.join(EXTENSIONS)})")
+        labelled = sum(label >= 0 for label in self.labels)
+        if 0 < labelled < len(self.labels):
+            log.warning("%d of %d images in %s have no .cls label: treated as unlabelled", len(self.labels) - labelled,
+                        len(self.labels), root)
+        self.num_classes = max(self.labels) + 1 if labelled == len(self.labels) else None
+        log.info("indexed %d images in %d shards under %s (%.1f s)", len(self.entries), len(self.paths), root,
+                 time.perf_counter() - start)
+        self._handles: dict[int, BinaryIO] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _file(self, shard: int) -> BinaryIO:
+        """An open handle per shard and process (data workers reopen after the fork)."""
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 - kept open for the run
+        return self._handles[shard]
+
+    def read(self, index: int) -> bytes:
+        shard, offset, size = self.entries[index]
+        fh = self._file(shard)
+        fh.seek(offset)
+        return fh.read(size)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        name = f"{self.paths[self.entries[index][0]]}:{self.keys[index]}"
+        return decode(io.BytesIO(self.read(index)), name), self.labels[index]
+
+    def __getstate__(self) -> dict:  # open files stay behind when a data worker is started by spawn
+        return {**self.__dict__, "_handles": {}}

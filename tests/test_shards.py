@@ -1,0 +1,119 @@
+"""WebDataset tar shards (data.name=shards): indexing, decoding, labels, splits, bad input, a run."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, last_json, run_cli
+from repre.config import DataConfig
+from repre.data.loader import build_source, load_or_replace
+from repre.data.shards import TarShards, expand
+from repre.errors import UserError
+
+
+def png_bytes(seed: int, size: int = 20) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, classes: int = 3, labels: bool = True,
+                 start: int = 0) -> list[int]:
+    """Shards of PNG samples `k.png` (+ `k.cls`); returns the seeds of the images in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = []
+    for s in range(shards):
+        with tarfile.open(folder / f"part-{s:04d}.tar", "w") as tar:
+            for i in range(per_shard):
+                seed = start + s * per_shard + i
+                key = f"dir/sample{seed:05d}"
+                add(tar, f"{key}.png", png_bytes(seed))
+                if labels:
+                    add(tar, f"{key}.cls", str(seed % classes).encode())
+                seeds.append(seed)
+    return seeds
+
+
+def test_brace_patterns_expand_with_their_padding():
+    assert expand("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
+    assert expand("x{1..2}-{0..1}.tar") == ["x1-0.tar", "x1-1.tar", "x2-0.tar", "x2-1.tar"]
+    assert expand("plain.tar") == ["plain.tar"]
+
+
+def test_shards_index_every_image_with_its_label_and_decode_it(tmp_path):
+    seeds = write_shards(tmp_path / "train", shards=3, per_shard=5)
+    source = TarShards(str(tmp_path / "train"))
+    assert len(source) == 15 and source.num_classes == 3
+    for i in (0, 7, 14):
+        img, label = source.load(i)
+        want = torch.from_numpy(np.array(Image.open(io.BytesIO(png_bytes(seeds[i]))))).permute(2, 0, 1)
+        assert torch.equal(img, want) and label == seeds[i] % 3
+    pattern = TarShards(str(tmp_path / "train" / "part-{0001..0002}.tar"))
+    assert len(pattern) == 10 and torch.equal(pattern.load(0)[0], source.load(5)[0])
+
+
+def test_splits_follow_the_folder_rule(tmp_path):
+    write_shards(tmp_path / "train", shards=2, per_shard=4)
+    write_shards(tmp_path / "val", shards=1, per_shard=3, start=100)
+    cfg = DataConfig(name="shards", root=str(tmp_path))
+    assert len(build_source(cfg, "train")) == 8 and len(build_source(cfg, "test")) == 3
+    with pytest.raises(UserError, match="train/ and val/"):
+        build_source(DataConfig(name="shards", root=str(tmp_path / "train" / "part-0000.tar")), "test")
+
+
+def test_unlabelled_shards_and_a_corrupt_image(tmp_path, repre_log):
+    write_shards(tmp_path, shards=1, per_shard=3, labels=False)
+    with tarfile.open(tmp_path / "part-0001.tar", "w") as tar:
+        add(tar, "broken.jpg", b"not a jpeg at all")
+    source = TarShards(str(tmp_path))
+    assert source.num_classes is None and source.labels == [-1] * 4
+    img, label, skipped = load_or_replace(source, 3)  # the broken one: replaced by the next (wraps to 0)
+    assert skipped == 1 and torch.equal(img, source.load(0)[0])
+    assert "part-0001.tar:broken" in repre_log.text
+
+
+def test_bad_shard_roots_say_what_to_do(tmp_path):
+    with pytest.raises(UserError, match="no .tar shards"):
+        TarShards(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        TarShards(str(tmp_path / "x-{00..01}.tar"))
+    (tmp_path / "gz").mkdir()
+    with tarfile.open(tmp_path / "gz" / "a.tar.gz", "w:gz") as tar:
+        add(tar, "a.png", png_bytes(0))
+    with pytest.raises(UserError, match="uncompressed"):
+        TarShards(str(tmp_path / "gz"))
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "a.tar").write_bytes(b"\x1f\x8b" + b"\0" * 600)
+    with pytest.raises(UserError, match="not an uncompressed tar"):
+        TarShards(str(tmp_path / "fake"))
+    with tarfile.open(tmp_path / "bad-label.tar", "w") as tar:
+        add(tar, "a.png", png_bytes(0))
+        add(tar, "a.cls", b"cat")
+    with pytest.raises(UserError, match="not an integer label"):
+        TarShards(str(tmp_path / "bad-label.tar"))
+
+
+def test_pretrain_and_knn_on_shards_with_workers(tmp_path):
+    write_shards(tmp_path / "data" / "train", shards=3, per_shard=12, classes=2)
+    write_shards(tmp_path / "data" / "val", shards=1, per_shard=8, classes=2, start=500)
+    args = ["pretrain", "--out", str(tmp_path / "run")]
+    for item in TINY + ["data.name=shards", f"data.root={tmp_path / 'data'}", "train.num_workers=2",
+                        "train.max_steps=3", "data.image_size=16"]:
+        args += ["--set", item]
+    code, stdout = run_cli(args)
+    summary = last_json(stdout)
+    assert code == 0 and summary["completed"] and summary["knn_top1"] is not None
