@@ -36,3 +36,18 @@ def test_layer_decay_groups():
     assert scale[id(m.head.weight)] == 1.0 and scale[id(m.blocks[3].attn.qkv.weight)] == 0.5
     assert scale[id(m.blocks[0].attn.qkv.weight)] == 0.5**4 and scale[id(m.patch_embed.proj.weight)] == 0.5**5
     assert wd[id(m.blocks[0].norm1.weight)] == 0.0 and wd[id(m.pos_embed)] == 0.0 and wd[id(m.head.weight)] == 0.05
+
+
+def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
+    """A new head's initialisation is drawn from the run's seed, not from whatever state the caller left."""
+    from repre.eval import evaluate
+
+    out, _ = tiny_run
+    overrides = ["eval.finetune_steps=3", "eval.finetune_train_subset=32", "eval.finetune_batch_size=16"]
+    torch.manual_seed(1)
+    first = evaluate("finetune", out, overrides)
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    second = evaluate("finetune", out, overrides)
+    assert first == second
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left as it was

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from repre.builder import build_encoder, build_model
@@ -86,6 +88,17 @@ def evaluate(
         model, cfg = load_model(checkpoint, overrides)
         rt = setup_runtime(cfg.train)
         return recon_eval(model.to(rt.device), cfg, rt, Path(out) if out else None)
-    encoder, cfg = load_encoder(checkpoint, overrides)
+    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     rt = setup_runtime(cfg.train)
-    return encoder_tasks()[task](encoder.to(rt.device), cfg, rt)
+    with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
+        encoder = encoder_from(ckpt, cfg, checkpoint)
+        return encoder_tasks()[task](encoder.to(rt.device), cfg, rt)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, rt: Runtime) -> Iterator[None]:
+    """Run a block from a fixed global RNG state (CPU and the CUDA device), restoring the caller's after."""
+    devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
