@@ -26,7 +26,7 @@ nproc >> "$OUT/versions.txt"
 cat "$OUT/versions.txt"
 
 pack() {  # everything but checkpoints and TensorBoard files, in one archive that the device tool returns
-  tar czf "$PACK/gpu-check.tgz.part" -C "$OUT" --exclude='*.pt' --exclude=checkpoints --exclude=tb . \
+  tar czf "$PACK/gpu-check.tgz.part" -C "$OUT" --exclude='*.pt' --exclude=checkpoints --exclude=tb --exclude=jpegs . \
     && mv "$PACK/gpu-check.tgz.part" "$PACK/gpu-check.tgz"
 }
 
@@ -43,7 +43,7 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 START=$(date +%s)
-STAGES=${STAGES:-"cuda-check default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled tests"}
+STAGES=${STAGES:-"cuda-check default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync real-data tests"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
@@ -71,6 +71,25 @@ fi
 want profile && stage profile 60 python benchmarks/profile_step.py $VIT
 want compiled && stage vit-s16-224-compiled 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
   --mfu --configs repre-tensors,baseline-tensors $VIT --set train.compile=true
+# the step without host synchronisation (train.host_sync=log, the GPU default) against one sync a step
+want host-sync && stage host-sync 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+  --configs repre-tensors $VIT --compare train.host_sync=step
+
+# 2b. real data: JPEGs generated here (ImageNet-sized), read as a folder and as tar shards, decoded and cropped
+#     in workers, the photometric stage on the GPU (aug.photometric_on=auto) against in the workers; beside the
+#     same step on pre-made tensors (real / synthetic: is the input the bottleneck?)
+if want real-data; then
+  JPEGS="$OUT/jpegs"
+  python benchmarks/make_jpegs.py "$JPEGS" --train 4096 --val 64 --shard-size 512 > "$OUT/make-jpegs.log" 2>&1
+  REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
+    --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
+  stage real-data-folder 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+    --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
+    --compare aug.photometric_on=workers
+  stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+    --configs repre $REAL --set data.name=shards --set data.root="$JPEGS/shards"
+  rm -rf "$JPEGS"
+fi
 
 # 3. quality: benchmarks/quality.py runs as a queue of jobs, most important first, QUALITY_LANES at a time, until
 #    QUALITY_UNTIL seconds after this script started; each finished evaluation is cached, so what finishes

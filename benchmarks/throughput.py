@@ -242,6 +242,10 @@ def resolve_shorthands(args: argparse.Namespace) -> tuple[str, list[str]]:
     return preset, extra + args.overrides
 
 
+def label(name: str, extra: str | None) -> str:
+    return f"{name}+{extra}" if extra else name
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -257,19 +261,25 @@ def main() -> None:
     p.add_argument("--mfu", action="store_true", help="count step FLOPs and measure the matmul peak (MFU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every configuration (e.g. train.device=cuda)")
+    p.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
+                   help="also run every configuration with this override, in the same rounds (repeatable): "
+                        "e.g. train.host_sync=step, aug.photometric_on=workers, train.compile=true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.preset, args.overrides = resolve_shorthands(args)
     if args.child:
         print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides, args.mfu)))
         return
-    names = args.configs.split(",")
-    runs: dict[str, list[dict]] = {n: [] for n in names}
+    # each configuration, and each again with every --compare override: "NAME+KEY=VALUE", in the same rounds
+    names = [(n, None) for n in args.configs.split(",")]
+    names += [(n, extra) for extra in args.compare for n, _ in list(names)]
+    runs: dict[str, list[dict]] = {label(*n): [] for n in names}
     for r in range(args.rounds):
-        for name in names:
+        for name, extra in names:
             cmd = [sys.executable, __file__, "--child", name, "--preset", args.preset,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += [f"--set={item}" for item in args.overrides] + ["--mfu"] * args.mfu
+            cmd += [f"--set={item}" for item in args.overrides + [extra] * bool(extra)] + ["--mfu"] * args.mfu
+            name = label(name, extra)
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res = json.loads(done.stdout.strip().splitlines()[-1])
             runs[name].append(res)
@@ -306,6 +316,10 @@ def main() -> None:
         ratios["baseline_tensors_over_lightly"] = (
             table["baseline-tensors"]["images_per_sec"] / table["lightly"]["images_per_sec"]
         )
+    for name, extra in names:  # each --compare override against the configuration without it
+        if extra:
+            ratios[f"images_per_sec[{label(name, extra)}]/[{name}]"] = (
+                table[label(name, extra)]["images_per_sec"] / table[name]["images_per_sec"])
     print(f"\n{'config':<20}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}{'MFU':>7}")
     for name, row in table.items():
         mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "-"

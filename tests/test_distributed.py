@@ -50,7 +50,7 @@ def final_model(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name,extra", [
     ("mocov3", ["train.max_steps=5"]),
-    ("dino", DINO_TINY + ["train.max_steps=5"]),
+    ("dino", DINO_TINY + ["train.max_steps=5", "train.host_sync=log"]),  # and no host sync in the step
     ("moby", SWIN_TINY + ["train.max_steps=4", "train.batch_size=12"]),  # 24 keys a step: the queue (40) wraps
 ])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extra):
@@ -78,9 +78,35 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extr
     assert summary["processes"] == 2 and summary["completed"] and done.stdout.count('"completed"') == 1
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc), children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Exited (or a zombie nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
-    """SIGKILL of the whole torchrun group after the step-4 checkpoint, then --resume: the final weights
-    equal (bitwise) those of an uninterrupted two-process run; drop path on, so each process's RNG counts."""
+    """SIGKILL of torchrun and its workers after the step-4 checkpoint (a lost machine), then --resume: the
+    final weights equal (bitwise) those of an uninterrupted two-process run; drop path on, so each process's
+    RNG state counts."""
     extra = ["train.max_steps=12", "train.checkpoint_every=4", "model.drop_path=0.1"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     run(whole, 2, extra)
@@ -90,8 +116,12 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
     deadline = time.monotonic() + 240
     while not sidecar.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    workers = descendants(proc.pid)
+    for pid in [proc.pid, *workers]:  # torchrun starts its workers in sessions of their own
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    while not all(map(gone, workers)):
+        time.sleep(0.05)  # the workers are gone before the resume starts
     assert sidecar.is_file() and not (broken / "checkpoints" / "step-00000012.pt").exists()
     run(broken, 2, extra, resume=True)
     a, b = final_model(whole), final_model(broken)

@@ -283,3 +283,41 @@ def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch):
         args += ["--set", item]
     code, _ = run_cli(args)
     assert code == 3 and not (tmp_path / "run" / "summary.json").exists()  # quit before finishing the step
+
+
+def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log):
+    """train.host_sync=log (the GPU default): no host sync in the step; the fused AdamW step skips itself on a
+    non-finite loss, the counters are read at log steps, and max_bad_steps stops the run there."""
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=12", "train.log_every=3", "train.checkpoint_every=3",
+                                  "train.max_bad_steps=3", "train.num_workers=0", "train.host_sync=log"),
+                      tmp_path / "run")
+    assert trainer.sync_free and trainer.optimizer.defaults["fused"]
+    real_forward, calls = trainer.model.forward, []
+
+    def sometimes_nan(*args, **kw):
+        out = real_forward(*args, **kw)
+        calls.append(1)
+        if len(calls) in (2, 6, 7, 8):  # steps 2, 6-8 (1-based): a lone one, then a streak of 3
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    trainer.model.forward = sometimes_nan
+    before = {}
+    real_step = trainer.train_step
+
+    def train_step(batch):
+        before[trainer.state.step] = {k: v.clone() for k, v in trainer.model.method.encoder.state_dict().items()}
+        return real_step(batch)
+
+    trainer.train_step = train_step
+    with pytest.raises(StoppedEarly) as stop:
+        trainer.fit()
+    summary = __import__("json").loads(str(stop.value))
+    assert not summary["completed"] and summary["steps"] == 9 and summary["nonfinite_steps"] == 4
+    encoder = trainer.model.method.encoder.state_dict()
+    assert all(torch.equal(before[2][k], before[1][k]) for k in encoder)  # step 2 skipped on the device
+    assert not all(torch.equal(before[3][k], before[2][k]) for k in encoder)  # step 3 trained
+    assert all(torch.equal(before[8][k], before[5][k]) for k in encoder)  # steps 6-8 skipped
+    assert not all(torch.equal(encoder[k], before[8][k]) for k in encoder)  # step 9 ran before the check
+    assert summary["checkpoint"].endswith("step-00000003.pt")  # none at step 6: it was non-finite
+    assert "skipped for a non-finite loss" in repre_log.text and "3 non-finite steps in a row" in repre_log.text

@@ -133,6 +133,10 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest step checkpoints kept (besides last.pt and milestones)
     milestone_every: int = 0  # step checkpoints at multiples of this are never pruned; 0: none
     max_bad_steps: int = 20  # consecutive non-finite steps (skipped) before the run stops with status 3
+    # step: the skip of a non-finite step is decided on the host (one synchronisation a step); log: on the
+    # device, inside the fused AdamW step, with no synchronisation in the step (counts and the max_bad_steps
+    # check at log and checkpoint steps). auto: log on a GPU
+    host_sync: Literal["auto", "step", "log"] = "auto"
     eval_every: int = 0  # k-NN during training; 0: only at the end
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -34,7 +34,7 @@ COLLAPSE_STD = 0.1  # embedding_std below this: a collapse warning (once a run)
 # keys a resumed run may change: how long it runs and how it reports, not what it computes
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
                      "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every", "train.max_bad_steps",
-                     "model.grad_checkpointing", "train.progress", "train.num_workers",
+                     "model.grad_checkpointing", "train.progress", "train.num_workers", "train.host_sync",
                      "train.device", "eval.", "description")
 
 
@@ -117,8 +117,13 @@ class Trainer:
             torch.manual_seed(cfg.train.seed * 1_000 + dist.rank())  # drop path: independent draws per process
         if cfg.train.compile:
             compile_blocks(self.model)
+        self.sync_free = cfg.train.host_sync == "log" or (cfg.train.host_sync == "auto" and self.rt.device.type == "cuda")
         self.optimizer = self._optimizer()
+        self.sync_free = self.sync_free and getattr(self.optimizer, "_step_supports_amp_scaling", False)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
+        zero = torch.zeros((), device=self.rt.device)
+        self.skips = {"total": zero.clone(), "streak": zero.clone(), "worst": zero.clone()}  # sync-free counters
+        self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
         t = cfg.train
         warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * self.total)
         self.lr = warmup_cosine(t.lr * t.batch_size / 256, t.min_lr, self.total, warmup)  # linear scaling rule
@@ -160,7 +165,7 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = self.model.param_groups(self.cfg.train.weight_decay)
-        fused = self.rt.device.type == "cuda"
+        fused = self.rt.device.type == "cuda" or self.sync_free  # fused: a step skipped on the device
         return torch.optim.AdamW(groups, lr=self.cfg.train.lr, fused=fused or None)
 
     # ------------------------------------------------------------ checkpoints
@@ -248,7 +253,8 @@ class Trainer:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when written with the scaler disabled
+            self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
         ranks = rng.get("ranks")
         if dist.is_distributed() and ranks and len(ranks) == dist.world_size():
@@ -332,8 +338,19 @@ class Trainer:
         finite = torch.isfinite(out["loss"].detach())
         if not self.scaler.is_enabled():  # fp16: the scaler skips steps with inf/nan gradients itself
             finite = finite & torch.isfinite(grad_norm)
-        finite = self._agree(finite, batch)
-        if bool(finite):  # one host sync a step: a non-finite step must not reach the weights
+        if self.sync_free:
+            self._step_on_device(finite)
+        else:
+            self._step_on_host(finite, out["loss"], grad_norm)
+        self.scaler.update()
+        scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
+        return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
+
+    def _step_on_host(self, finite: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """train.host_sync=step: the skip is decided here (one host sync a step; distributed: one all-reduce)."""
+        step = self.state.step
+        finite = self._agree(finite)
+        if bool(finite):  # a non-finite step must not reach the weights
             self.scaler.step(self.optimizer)
             self.state.bad_streak = 0
         else:
@@ -341,10 +358,24 @@ class Trainer:
             self.state.nonfinite_steps += 1
             self.state.bad_streak += 1
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
-                        step + 1, float(out["loss"].detach()), float(grad_norm))
-        self.scaler.update()
-        scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
-        return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
+                        step + 1, float(loss.detach()), float(grad_norm))
+
+    def _step_on_device(self, finite: torch.Tensor) -> None:
+        """train.host_sync=log: the fused AdamW step skips itself when `finite` is false (its found_inf input,
+        the protocol GradScaler uses), and the skip counters stay on the device until `_sync_point`."""
+        bad = (~finite).float()
+        if self.scaler.is_enabled():  # fp16: the scaler passes its own found_inf (overflowing gradients)
+            self.scaler.step(self.optimizer)
+        else:
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, bad
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.grad_scale, self.optimizer.found_inf
+        k = self.skips
+        k["total"] += bad
+        k["streak"] = (k["streak"] + 1) * bad
+        k["worst"] = torch.maximum(k["worst"], k["streak"])
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step's tensors on the training device (non-blocking from pinned memory), with the photometric
@@ -353,19 +384,39 @@ class Trainer:
                  for k in ("views", "label", "local_views", "photo", "local_photo") if k in batch}
         return finish_views({**batch, **moved}, self.spec)
 
-    def _agree(self, finite: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Distributed: one all-reduce a step so that every process takes the same decisions: skip the step
-        if any process's loss is non-finite, stop if any was signalled; and the batch's skipped/upscaled image
-        counts summed over the processes (written back into `batch`). Single process: `finite` as it is."""
+    def _agree(self, finite: torch.Tensor) -> torch.Tensor:
+        """Distributed, host_sync=step: one all-reduce a step so that every process takes the same decisions:
+        skip the step if any process's loss is non-finite, stop if any was signalled. Single process: `finite`."""
         if not dist.is_distributed():
             return finite
-        local = [(~finite).float(), torch.tensor(float(self.stop is not None and self.stop.requested)),
-                 batch["skipped"].float(), batch.get("upscaled", torch.tensor(0)).float()]
-        flags = dist.all_reduce_sum(torch.stack([v.to(self.rt.device) for v in local]))
-        bad, stop, skipped, upscaled = flags.tolist()
+        local = torch.stack([(~finite).float(), torch.tensor(float(self.stop is not None and self.stop.requested),
+                                                             device=finite.device)])
+        bad, stop = dist.all_reduce_sum(local.to(self.rt.device)).tolist()
         self.stop_agreed = self.stop_agreed or stop > 0
-        batch["skipped"], batch["upscaled"] = torch.tensor(int(skipped)), torch.tensor(int(upscaled))
         return torch.tensor(bad == 0)
+
+    def _sync_point(self) -> None:
+        """At log and checkpoint steps and when the loop ends (every process at the same steps): the image
+        counts summed over the processes, the stop agreed (host_sync=log), the device's skip counters read and
+        the max_bad_steps rule applied (host_sync=log). Idempotent."""
+        s = self.state
+        if dist.is_distributed():
+            stop = float(self.stop is not None and self.stop.requested)
+            total = dist.all_reduce_sum(torch.tensor([*map(float, self.pending_images), stop], device=self.rt.device))
+            skipped, upscaled, stop = total.tolist()
+            s.skipped_images, s.upscaled_images = s.skipped_images + int(skipped), s.upscaled_images + int(upscaled)
+            self.pending_images = [0, 0]
+            self.stop_agreed = self.stop_agreed or stop > 0
+        if self.sync_free and not self.diverged:
+            total, streak, worst = torch.stack(list(self.skips.values())).tolist()
+            new = int(total) - s.nonfinite_steps
+            if new:
+                log.warning("%d step(s) up to step %d skipped for a non-finite loss or gradient", new, s.step)
+            s.nonfinite_steps, s.bad_streak = int(total), int(streak)
+            self.skips["worst"] = self.skips["streak"].clone()
+            if worst >= self.cfg.train.max_bad_steps:
+                s.bad_streak = max(s.bad_streak, int(worst))
+                self.diverged = True
 
     def _stopping(self, stop: GracefulStop) -> bool:
         """Whether to stop before the next step: a signal here, or (distributed) on any process."""
@@ -390,6 +441,8 @@ class Trainer:
         with GracefulStop() as stop:
             self.stop = stop
             completed = self._loop(loader, writer, bar, stop)
+            self._sync_point()  # a stop or divergence between log steps: the counts up to here
+            completed = completed and not self.diverged
         bar.close()
         if self.diverged:  # the weights are the last good step's, but the run cannot go on as configured
             path = self.last_good
@@ -415,7 +468,7 @@ class Trainer:
         while s.step < self.total and not self._stopping(stop):
             batch = next(batches)
             values = self.train_step(batch)
-            if s.bad_streak >= cfg.train.max_bad_steps:
+            if s.bad_streak >= cfg.train.max_bad_steps:  # host_sync=step; with log, _sync_point decides
                 self.diverged = True
                 return False
             scheduled = {"recon_weight": self.recon_weight[s.step]} if self.recon_weight is not None else {}
@@ -425,12 +478,16 @@ class Trainer:
             s.step += 1
             window_steps += 1
             s.images_seen += cfg.train.batch_size
-            s.skipped_images += int(batch["skipped"])
-            s.upscaled_images += int(batch.get("upscaled", 0))
+            self._count_images(batch)
             s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
             tick = time.perf_counter()
             bar.update(1)
-            if s.step % cfg.train.log_every == 0 or s.step == self.total:
+            logs = s.step % cfg.train.log_every == 0 or s.step == self.total
+            if logs or s.step % cfg.train.checkpoint_every == 0:
+                self._sync_point()
+                if self.diverged:
+                    return False
+            if logs:
                 elapsed = time.perf_counter() - window_start
                 self._log_window(writer, meter, bar, window_steps * cfg.train.batch_size / max(elapsed, 1e-9))
                 window_start, window_steps = time.perf_counter(), 0
@@ -439,6 +496,16 @@ class Trainer:
             if cfg.train.eval_every and s.step % cfg.train.eval_every == 0 and s.step < self.total and dist.is_main():
                 self._evaluate(writer, quick=True)  # the other processes wait for rank 0 in the next step
         return s.step >= self.total
+
+    def _count_images(self, batch: dict[str, torch.Tensor]) -> None:
+        """Skipped (unreadable) and upscaled images of a step's batch (CPU tensors: no device sync);
+        distributed: kept until `_sync_point` sums them over the processes."""
+        skipped, upscaled = int(batch["skipped"]), int(batch.get("upscaled", 0))
+        if dist.is_distributed():
+            self.pending_images = [self.pending_images[0] + skipped, self.pending_images[1] + upscaled]
+        else:
+            self.state.skipped_images += skipped
+            self.state.upscaled_images += upscaled
 
     def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float) -> None:
         s = self.state
