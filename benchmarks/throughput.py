@@ -326,8 +326,10 @@ def main() -> None:
         print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}{mfu:>7}")
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
-    meta = {"preset": args.preset, "overrides": args.overrides, "device": runs[names[0]][0]["device"], "rounds": args.rounds, "steps": args.steps, "precision": runs[names[0]][0]["precision"],
-            "batch_size": runs[names[0]][0]["batch_size"], "date": time.strftime("%Y-%m-%d")}
+    first = runs[label(*names[0])][0]
+    meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare, "device": first["device"],
+            "rounds": args.rounds, "steps": args.steps, "precision": first["precision"],
+            "batch_size": first["batch_size"], "date": time.strftime("%Y-%m-%d")}
     print(json.dumps({"benchmark": "throughput", **meta, "results": table, "ratios": ratios}))
 
 
