@@ -321,3 +321,22 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
     assert not all(torch.equal(encoder[k], before[8][k]) for k in encoder)  # step 9 ran before the check
     assert summary["checkpoint"].endswith("step-00000003.pt")  # none at step 6: it was non-finite
     assert "skipped for a non-finite loss" in repre_log.text and "3 non-finite steps in a row" in repre_log.text
+
+
+def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):
+    settings = [*RESUME, "train.log_every=2", "train.checkpoint_every=2", "train.num_workers=0", "train.host_sync=log"]
+    trainer = Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run")
+    real_forward, calls = trainer.model.forward, []
+
+    def nan_at_step_2(*args, **kw):
+        out = real_forward(*args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    trainer.model.forward = nan_at_step_2
+    assert trainer.fit()["nonfinite_steps"] == 1
+    resumed = Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True)
+    assert resumed.fit()["nonfinite_steps"] == 1
+    assert repre_log.text.count("skipped for a non-finite loss") == 1

@@ -433,6 +433,7 @@ class Trainer:
         """Train to the total step count; writes metrics, checkpoints, recon.png and summary.json."""
         cfg, s = self.cfg, self.state
         main = dist.is_main()
+        self.skips["total"].fill_(s.nonfinite_steps)  # host_sync=log counts on from a resumed run's total
         writer = MetricWriter(self.out, enabled=main)
         loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory,
                                  photometric_on_device(cfg, self.rt.device))
