@@ -127,10 +127,12 @@ def test_presets_and_version(capsys):
     assert stop.value.code == 0 and __version__ in capsys.readouterr().out
 
 
-def test_multi_process_launch_is_refused_for_now(tmp_path, monkeypatch, capsys):
+def test_world_size_without_a_launcher_says_to_use_torchrun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     assert run_cli(pretrain_args(tmp_path / "x"))[0] == 2
-    assert "scale issue" in capsys.readouterr().err
+    assert "torchrun --nproc_per_node" in capsys.readouterr().err
 
 
 def test_python_m_repre_entry_point():

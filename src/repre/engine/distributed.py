@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from repre.errors import UserError
+
 log = logging.getLogger("repre")
 
 # generous: rank 0 alone runs the k-NN evaluations and writes checkpoints while the others wait in a collective
@@ -54,6 +56,11 @@ def init_from_env(device: torch.device) -> torch.device:
     """
     if launched_world_size() <= 1 or is_distributed():
         return torch.device(f"cuda:{local_rank()}") if device.type == "cuda" and is_distributed() else device
+    missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise UserError(f"WORLD_SIZE={launched_world_size()} is set but {', '.join(missing)} are not: start the "
+                        "processes with torchrun (torchrun --nproc_per_node N -m repre pretrain ...), or unset "
+                        "WORLD_SIZE for one process")
     if device.type == "cuda":
         device = torch.device(f"cuda:{local_rank()}")
         torch.cuda.set_device(device)
