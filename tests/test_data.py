@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import save_png, tiny_config
 from repre.config import AugConfig
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import ImageFolder, decode
+from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.loader import (
     EpochBatchSampler,
     ViewCollate,
@@ -223,18 +223,18 @@ def test_bad_files_of_every_kind_are_unreadable_never_a_crash(tmp_path):
 
 def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypatch):
     """A file the process may not open (simulated: the tests run as root, which chmod does not stop)."""
-    import PIL.Image
+    from pathlib import Path
 
     source = ImageFolder(image_folder / "train")
     locked = source.files[3]
-    real_open = PIL.Image.open
+    real_read = Path.read_bytes
 
-    def guarded(path, *a, **kw):
+    def guarded(path):
         if str(path) == str(locked):
             raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *a, **kw)
+        return real_read(path)
 
-    monkeypatch.setattr(PIL.Image, "open", guarded)
+    monkeypatch.setattr(Path, "read_bytes", guarded)
     img, _, skipped = load_or_replace(source, 3)
     assert skipped == 1 and torch.equal(img, source.load(4)[0])
 
@@ -247,3 +247,28 @@ def test_images_smaller_than_the_crop_are_upscaled_and_counted(tmp_path):
                       "train.batch_size=4")
     batch = next(iter(pretrain_loader(cfg, train_source(cfg), 0, False)))
     assert batch["views"].shape == (4, 2, 3, 16, 16) and int(batch["upscaled"]) == 2
+
+
+@pytest.mark.parametrize("mode,orientation", [("RGB", None), ("RGB", 6), ("L", None), ("CMYK", None)])
+def test_fast_jpeg_decoding_equals_pil(tmp_path, mode, orientation):
+    """JPEGs go through torchvision's decoder where it can; the pixels are PIL's (EXIF rotation included)."""
+    import io
+
+    from repre.data.folder import _decode_fast, _decode_pil
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).convert(mode)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    path = tmp_path / "x.jpg"
+    img.save(path, format="JPEG", quality=90, exif=exif.tobytes())
+    data = path.read_bytes()
+    pil = _decode_pil(io.BytesIO(data), path)
+    assert decode(path).shape == pil.shape == ((3, 40, 24) if orientation == 6 else (3, 24, 40))
+    fast = _decode_fast(data)
+    assert fast is not None and torch.equal(fast, pil)
+    truncated = tmp_path / "t.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableImage):
+        decode(truncated)
