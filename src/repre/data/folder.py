@@ -55,7 +55,7 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def _decode_fast(data: bytes) -> torch.Tensor | None:
-    """JPEGs through torchvision's libjpeg-turbo decoder (about 1.8x PIL's speed on one core, the same pixels;
+    """JPEGs through torchvision's libjpeg-turbo decoder (about 1.3x PIL's speed on one core, the same pixels;
     BENCHMARKS.md), EXIF orientation applied; None for anything else (PIL's path then decides)."""
     if decode_jpeg is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return None  # not a JPEG, or a truncated one: PIL reports it
