@@ -134,4 +134,6 @@ def test_global_batch_must_divide_among_processes(tmp_path):
     cmd = pretrain_cmd(tmp_path / "run", 2, ["train.batch_size=15"])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode != 0
-    assert done.stderr.count("not divisible by the 2 processes") == 1  # rank 0 says it once
+    printed = [ln for ln in done.stderr.splitlines() if ln.startswith("repre: error:")]
+    assert len(printed) == 1 and "not divisible by the 2 processes" in printed[0]  # rank 0 says it once
+    assert "traceback : repre: error: train.batch_size=15" in done.stderr  # the launcher's summary: the message

@@ -340,3 +340,15 @@ def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):
     resumed = Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True)
     assert resumed.fit()["nonfinite_steps"] == 1
     assert repre_log.text.count("skipped for a non-finite loss") == 1
+
+
+@pytest.mark.parametrize("before,after", [("step", "log"), ("log", "step")])
+def test_resume_may_change_host_sync_and_with_it_the_fused_optimizer(tmp_path, before, after):
+    """The checkpointed optimizer's `fused` flag and step counters follow this run's choice (a CPU run resumed
+    on a GPU switches to the fused AdamW the same way)."""
+    settings = [*RESUME, "train.log_every=2", "train.checkpoint_every=2", "train.num_workers=0"]
+    Trainer(tiny_config(*settings, "train.max_steps=2", f"train.host_sync={before}"), tmp_path / "run").fit()
+    resumed = Trainer(tiny_config(*settings, "train.max_steps=4", f"train.host_sync={after}"), tmp_path / "run",
+                      resume=True)
+    assert bool(resumed.optimizer.param_groups[0]["fused"]) == (after == "log")
+    assert resumed.fit()["steps"] == 4

@@ -80,7 +80,7 @@ def test_unlabelled_shards_and_a_corrupt_image(tmp_path, repre_log):
     with tarfile.open(tmp_path / "part-0001.tar", "w") as tar:
         add(tar, "broken.jpg", b"not a jpeg at all")
     source = TarShards(str(tmp_path))
-    assert source.num_classes is None and source.labels == [-1] * 4
+    assert source.num_classes is None and source.labels.tolist() == [-1] * 4
     img, label, skipped = load_or_replace(source, 3)  # the broken one: replaced by the next (wraps to 0)
     assert skipped == 1 and torch.equal(img, source.load(0)[0])
     assert "part-0001.tar:broken" in repre_log.text
@@ -117,3 +117,18 @@ def test_pretrain_and_knn_on_shards_with_workers(tmp_path):
     code, stdout = run_cli(args)
     summary = last_json(stdout)
     assert code == 0 and summary["completed"] and summary["knn_top1"] is not None
+
+
+def test_few_files_stay_open_and_a_shrunk_shard_is_an_unreadable_image(tmp_path, monkeypatch):
+    from repre.data import shards
+
+    monkeypatch.setattr(shards, "OPEN_FILES", 2)
+    write_shards(tmp_path, shards=5, per_shard=2)
+    source = TarShards(str(tmp_path))
+    first = [source.load(i)[0] for i in range(10)]
+    assert len(source._handles) == 2
+    assert all(torch.equal(source.load(i)[0], first[i]) for i in (9, 0, 5))  # reopened after eviction
+    shard = tmp_path / "part-0004.tar"
+    shard.write_bytes(shard.read_bytes()[:700])  # cut inside its first image, after indexing
+    img, _, skipped = load_or_replace(source, 8)  # replaced by the next readable one (wraps to 0)
+    assert skipped == 2 and torch.equal(img, first[0])

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from repre import __version__
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except UserError as exc:
         _say(f"repre: error: {exc}")
+        _tell_launcher(exc)
         return 2
     except KeyboardInterrupt:
         _say("repre: interrupted")
@@ -159,6 +161,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _say(out_of_memory_message(exc))
         return 2
+
+
+def _tell_launcher(exc: BaseException) -> None:
+    """Under torchrun, every process writes its error (the message, no traceback) to the launcher's error file
+    (torchelastic's JSON layout): the launcher's failure summary shows it for the process that failed first,
+    whichever rank it was."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    message = f"repre: error: {exc}"
+    record = {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    try:
+        Path(path).write_text(json.dumps(record))
+    except OSError:
+        pass  # best effort: the exit status still tells the launcher
 
 
 def _say(message: str) -> None:

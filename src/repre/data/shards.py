@@ -21,17 +21,20 @@ import os
 import re
 import tarfile
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 
-from repre.data.folder import EXTENSIONS, MEAN, STD, decode
+from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
+OPEN_FILES = 64  # shard handles kept open per process
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
@@ -104,48 +107,65 @@ class TarShards:
     def __init__(self, root: str) -> None:
         self.paths = shard_paths(root)
         start = time.perf_counter()
-        self.entries: list[tuple[int, int, int]] = []  # (shard, offset, size)
-        self.keys: list[str] = []
-        self.labels: list[int] = []
+        entries, keys, labels_of = [], [], []
         for i, path in enumerate(self.paths):
             images, labels = _scan(path, i)
             for shard, offset, size, key in images:
-                self.entries.append((shard, offset, size))
-                self.keys.append(key)
-                self.labels.append(labels.get(key, -1))
-        if not self.entries:
+                entries.append((shard, offset, size))
+                keys.append(key.encode())
+                labels_of.append(labels.get(key, -1))
+        if not entries:
             raise UserError(f"the {len(self.paths)} shards under {root} hold no images (looked for members "
                             f"ending in {', '.join(EXTENSIONS)})")
-        labelled = sum(label >= 0 for label in self.labels)
-        if 0 < labelled < len(self.labels):
-            log.warning("%d of %d images in %s have no .cls label: treated as unlabelled", len(self.labels) - labelled,
-                        len(self.labels), root)
-        self.num_classes = max(self.labels) + 1 if labelled == len(self.labels) else None
+        # numpy arrays, not lists of Python objects: data workers share them without copying (no refcounts)
+        self.entries = np.array(entries, dtype=np.int64)  # [N, 3]: shard, offset, size
+        self.keys = np.array(keys)  # [N] bytes, for messages
+        labelled = sum(label >= 0 for label in labels_of)
+        if 0 < labelled < len(labels_of):
+            log.warning("%d of %d images in %s have no .cls label: treated as unlabelled", len(labels_of) - labelled,
+                        len(labels_of), root)
+            labels_of = [-1] * len(labels_of)
+        self.labels = np.array(labels_of, dtype=np.int64)
+        self.num_classes = int(self.labels.max()) + 1 if labelled == len(labels_of) else None
         log.info("indexed %d images in %d shards under %s (%.1f s)", len(self.entries), len(self.paths), root,
                  time.perf_counter() - start)
-        self._handles: dict[int, BinaryIO] = {}
+        self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def _file(self, shard: int) -> BinaryIO:
-        """An open handle per shard and process (data workers reopen after the fork)."""
+        """An open handle for `shard`: the OPEN_FILES most recently used stay open per process (data workers
+        reopen after the fork), so thousands of shards never exhaust the file-descriptor limit."""
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if shard not in self._handles:
-            self._handles[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 - kept open for the run
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            if len(self._handles) >= OPEN_FILES:
+                self._handles.popitem(last=False)[1].close()
+            self._handles[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 - closed when evicted
         return self._handles[shard]
 
     def read(self, index: int) -> bytes:
-        shard, offset, size = self.entries[index]
+        shard, offset, size = (int(v) for v in self.entries[index])
         fh = self._file(shard)
         fh.seek(offset)
-        return fh.read(size)
+        data = fh.read(size)
+        if len(data) != size:
+            raise OSError(f"{size - len(data)} bytes missing (the shard is shorter than when it was indexed)")
+        return data
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        name = f"{self.paths[self.entries[index][0]]}:{self.keys[index]}"
-        return decode(io.BytesIO(self.read(index)), name), self.labels[index]
+        shard = int(self.entries[index][0])
+        name = f"{self.paths[shard]}:{self.keys[index].decode()}"
+        try:
+            data = self.read(index)
+        except OSError as exc:  # an I/O error (NFS, a shard changed): replaced and counted, never a crash
+            self._handles.pop(shard, None)
+            raise UnreadableImage(f"{name}: {exc}") from None
+        return decode(io.BytesIO(data), name), int(self.labels[index])
 
     def __getstate__(self) -> dict:  # open files stay behind when a data worker is started by spawn
         return {**self.__dict__, "_handles": {}}

@@ -46,7 +46,9 @@ class WindowMeter:
     in the window reads as None (JSON null). Distributed: `read` averages over all processes too (a collective:
     every process reads at the same steps, with the same keys)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
+        """`device`: where the window's sums are reduced (the training device; NCCL needs CUDA tensors)."""
+        self.device = device
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
 
@@ -62,7 +64,7 @@ class WindowMeter:
         keys = list(self.sums)
         if not keys:
             return {}
-        device = next((v.device for v in self.sums.values() if v.device.type != "cpu"), torch.device("cpu"))
+        device = self.device or next((v.device for v in self.sums.values() if v.device.type != "cpu"), torch.device("cpu"))
         totals = all_reduce_sum(torch.stack([torch.stack([self.sums[k], self.counts[k]]).to(device) for k in keys]))
         self.sums, self.counts = {}, {}
         return {k: (s / n if n else None) for k, (s, n) in zip(keys, totals.tolist(), strict=True)}

@@ -229,8 +229,9 @@ class Trainer:
         for path in candidates:
             try:
                 ckpt = ckpt_io.load(path)
-            except UserError as exc:
+            except UserError as exc:  # every process finds the same damage: the same bytes
                 aside = path.with_name(path.name + ".damaged")
+                dist.barrier()  # every process is done reading it before rank 0 moves it
                 if main:
                     path.rename(aside)  # out of the way of pruning and of the next resume
                 log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
@@ -252,7 +253,14 @@ class Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
+        fused = [g.get("fused") for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, was in zip(self.optimizer.param_groups, fused, strict=True):
+            group["fused"] = was  # this run's choice (device, host_sync), not the checkpointed run's
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")):  # fused keeps step on the parameter's device, else CPU
+                    state["step"] = state["step"].to(p.device if was else "cpu", torch.float32)
         if ckpt["scaler"]:  # empty when written with the scaler disabled
             self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
@@ -364,6 +372,8 @@ class Trainer:
         """train.host_sync=log: the fused AdamW step skips itself when `finite` is false (its found_inf input,
         the protocol GradScaler uses), and the skip counters stay on the device until `_sync_point`."""
         bad = (~finite).float()
+        if dist.is_distributed():  # one process's non-finite loss skips the step everywhere (async: no host sync)
+            bad = dist.all_reduce_max(bad)
         if self.scaler.is_enabled():  # fp16: the scaler passes its own found_inf (overflowing gradients)
             self.scaler.step(self.optimizer)
         else:
@@ -463,7 +473,7 @@ class Trainer:
     def _loop(self, loader, writer: MetricWriter, bar: tqdm, stop: GracefulStop) -> bool:
         """Steps until the total or a stop request; returns whether the run completed."""
         cfg, s = self.cfg, self.state
-        meter, window_start, window_steps = WindowMeter(), time.perf_counter(), 0
+        meter, window_start, window_steps = WindowMeter(self.rt.device), time.perf_counter(), 0
         self.model.train()
         batches, tick = iter(loader), time.perf_counter()
         while s.step < self.total and not self._stopping(stop):
