@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from repre.cli import main
 from repre.config import load_config
 
 torch.set_num_threads(2)
+os.environ.setdefault("REPRE_CACHE", tempfile.mkdtemp(prefix="repre-test-cache-"))  # never the user's ~/.cache
 
 TINY = [
     "data.name=synthetic",

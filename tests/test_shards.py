@@ -132,3 +132,26 @@ def test_few_files_stay_open_and_a_shrunk_shard_is_an_unreadable_image(tmp_path,
     shard.write_bytes(shard.read_bytes()[:700])  # cut inside its first image, after indexing
     img, _, skipped = load_or_replace(source, 8)  # replaced by the next readable one (wraps to 0)
     assert skipped == 2 and torch.equal(img, first[0])
+
+
+def test_the_index_is_cached_and_rebuilt_when_a_shard_changes(tmp_path, monkeypatch):
+    import os
+
+    from repre.data import shards
+
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    write_shards(tmp_path / "d", shards=2, per_shard=3)
+    first = TarShards(str(tmp_path / "d"))
+    assert len(list((tmp_path / "cache" / "shard-index").glob("*.npz"))) == 1
+
+    def no_scan(*args):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(shards, "build_index", no_scan)
+    again = TarShards(str(tmp_path / "d"))
+    assert (again.entries == first.entries).all() and again.labels.tolist() == first.labels.tolist()
+    assert torch.equal(again.load(4)[0], first.load(4)[0])
+    shard = tmp_path / "d" / "part-0001.tar"
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))  # rewritten: index anew
+    with pytest.raises(AssertionError, match="scanned again"):
+        TarShards(str(tmp_path / "d"))

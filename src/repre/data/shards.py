@@ -6,7 +6,8 @@ first dot of its file name): `n01440764_10026.jpg` (or .jpeg, .png, .webp, ...) 
 `val/` sub-folders when present, as for image folders), a single .tar, or a brace pattern
 (`/data/in1k/train-{000000..001023}.tar`).
 
-On opening, the members' headers are scanned once (no image is read) into an index of (shard, offset, size):
+On opening, the members' headers are scanned (no image is read) into an index of (shard, offset, size), cached
+per user in $REPRE_CACHE or ~/.cache/repre and keyed by the shards' paths, sizes and modification times:
 every image is then one seek and one read, so the sampler's (seed, epoch, index) order, exact resume and the
 distributed shares work as for image folders. This suits local disks and network file systems (NFS, Lustre,
 a FUSE mount of an object store); compressed shards (.tar.gz) cannot be read at random and are refused.
@@ -15,6 +16,7 @@ Images are decoded as image folders decode them; an unreadable one is replaced b
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -34,6 +36,7 @@ from repre.errors import UserError
 log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
+INDEX_VERSION = 1  # of the cached index's layout
 OPEN_FILES = 64  # shard handles kept open per process
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -99,6 +102,54 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
     return images, labels
 
 
+def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scan the shards' member headers: (entries [N, 3] int64: shard, offset, size; keys [N] bytes; labels [N])."""
+    start = time.perf_counter()
+    entries, keys, labels_of = [], [], []
+    for i, path in enumerate(paths):
+        images, labels = _scan(path, i)
+        for shard, offset, size, key in images:
+            entries.append((shard, offset, size))
+            keys.append(key.encode())
+            labels_of.append(labels.get(key, -1))
+    if not entries:
+        raise UserError(f"the {len(paths)} shards under {root} hold no images (looked for members ending in "
+                        f"{', '.join(EXTENSIONS)})")
+    log.info("indexed %d images in %d shards under %s (%.1f s)", len(entries), len(paths), root,
+             time.perf_counter() - start)
+    return np.array(entries, dtype=np.int64), np.array(keys), np.array(labels_of, dtype=np.int64)
+
+
+def index_cache(paths: list[Path]) -> Path:
+    """Where the index of these exact shards (paths, sizes, modification times) is cached for the next run:
+    $REPRE_CACHE or ~/.cache/repre, per user and machine, so read-only datasets are indexed once."""
+    h = hashlib.sha1(str(INDEX_VERSION).encode())
+    for path in paths:
+        st = path.stat()
+        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base = Path(os.environ.get("REPRE_CACHE", Path.home() / ".cache" / "repre"))
+    return base / "shard-index" / f"{h.hexdigest()[:20]}.npz"
+
+
+def load_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shards' index from the cache when it matches them, else scanned (and cached when possible)."""
+    cache = index_cache(paths)
+    try:
+        with np.load(cache) as z:
+            return z["entries"], z["keys"], z["labels"]
+    except (OSError, KeyError, ValueError):
+        pass
+    entries, keys, labels = build_index(paths, root)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, entries=entries, keys=keys, labels=labels)
+        os.replace(tmp, cache)
+    except OSError as exc:  # a read-only home: index again next time
+        log.info("could not cache the shard index in %s (%s)", cache.parent, exc)
+    return entries, keys, labels
+
+
 class TarShards:
     """The images of WebDataset shards, indexable; labels from `.cls` members (-1 where absent)."""
 
@@ -106,29 +157,14 @@ class TarShards:
 
     def __init__(self, root: str) -> None:
         self.paths = shard_paths(root)
-        start = time.perf_counter()
-        entries, keys, labels_of = [], [], []
-        for i, path in enumerate(self.paths):
-            images, labels = _scan(path, i)
-            for shard, offset, size, key in images:
-                entries.append((shard, offset, size))
-                keys.append(key.encode())
-                labels_of.append(labels.get(key, -1))
-        if not entries:
-            raise UserError(f"the {len(self.paths)} shards under {root} hold no images (looked for members "
-                            f"ending in {', '.join(EXTENSIONS)})")
         # numpy arrays, not lists of Python objects: data workers share them without copying (no refcounts)
-        self.entries = np.array(entries, dtype=np.int64)  # [N, 3]: shard, offset, size
-        self.keys = np.array(keys)  # [N] bytes, for messages
-        labelled = sum(label >= 0 for label in labels_of)
-        if 0 < labelled < len(labels_of):
-            log.warning("%d of %d images in %s have no .cls label: treated as unlabelled", len(labels_of) - labelled,
-                        len(labels_of), root)
-            labels_of = [-1] * len(labels_of)
-        self.labels = np.array(labels_of, dtype=np.int64)
-        self.num_classes = int(self.labels.max()) + 1 if labelled == len(labels_of) else None
-        log.info("indexed %d images in %d shards under %s (%.1f s)", len(self.entries), len(self.paths), root,
-                 time.perf_counter() - start)
+        self.entries, self.keys, self.labels = load_index(self.paths, root)  # [N, 3] shard/offset/size, [N], [N]
+        labelled = int((self.labels >= 0).sum())
+        if 0 < labelled < len(self.labels):
+            log.warning("%d of %d images in %s have no .cls label: treated as unlabelled", len(self.labels) - labelled,
+                        len(self.labels), root)
+            self.labels = np.full_like(self.labels, -1)
+        self.num_classes = int(self.labels.max()) + 1 if labelled == len(self.labels) else None
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         self._pid = os.getpid()
 

@@ -108,7 +108,11 @@ class Trainer:
         prepare_out(out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         torch.manual_seed(cfg.train.seed)
+        if not dist.is_main():
+            dist.barrier()  # rank 0 first: it indexes (and caches) tar shards once for the others
         self.source = train_source(cfg)
+        if dist.is_main():
+            dist.barrier()
         self.spec = view_spec(cfg, self.source)
         self.total = total_steps(cfg, len(self.source))
         self.model: nn.Module = build_model(cfg, self.source.num_classes).to(self.rt.device)
