@@ -280,7 +280,9 @@ def main() -> None:
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
             cmd += [f"--set={item}" for item in args.overrides + [extra] * bool(extra)] + ["--mfu"] * args.mfu
             name = label(name, extra)
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:  # the child's own error, not only "exit status 1"
+                sys.exit(f"configuration {label(name, extra)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
             res = json.loads(done.stdout.strip().splitlines()[-1])
             runs[name].append(res)
             print(f"round {r + 1} {name:<17} {res['images_per_sec']:7.1f} img/s", file=sys.stderr, flush=True)
