@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import torch
-
 from make_jpegs import image
+
 from repre.data.folder import _decode_pil, decode
 
 
