@@ -43,11 +43,14 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 START=$(date +%s)
-STAGES=${STAGES:-"cuda-check default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync real-data tests"}
+STAGES=${STAGES:-"cuda-check ddp-nccl default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync real-data tests"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
 want cuda-check && stage cuda-check 90 python benchmarks/cuda_check.py
+# 1b. the distributed path on this GPU: torchrun with one process (NCCL, DDP, SyncBatchNorm, every collective)
+#     against a plain process, per-step losses (fp32)
+want ddp-nccl && stage ddp-nccl 90 python benchmarks/ddp_check.py --device cuda --procs 1 --steps 10
 
 # 2. throughput (bf16): the default preset on real data and on pre-made tensors; ViT-S/16 and ViT-B/16 at 224;
 #    DINO (multi-crop) and MoBY (Swin-T) at 224 with and without RePre; where a RePre step's time goes

@@ -25,8 +25,9 @@ EXACT = TINY + ["train.precision=fp32", "model.drop_path=0.0", "train.log_every=
 
 
 def pretrain_cmd(out: Path, procs: int, extra: list[str]) -> list[str]:
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-              if procs > 1 else [sys.executable])
+    """procs 0 or 1: one plain process; N > 1, or -1 (one process): under torchrun."""
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={abs(procs)}"]
+              if procs > 1 or procs < 0 else [sys.executable])
     cmd = [*launch, "-m", "repre", "pretrain", "--out", str(out)]
     for item in EXACT + extra:
         cmd += ["--set", item]
@@ -101,6 +102,15 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_torchrun_with_one_process_runs_the_distributed_path_to_the_same_losses(tmp_path):
+    """`torchrun --nproc_per_node 1` joins a one-process group: DDP, SyncBatchNorm and every collective run (the
+    GPU check uses it to test NCCL on one GPU) and compute what a plain process computes."""
+    run(tmp_path / "plain", 1, ["train.max_steps=3"])
+    done = run(tmp_path / "torchrun", -1, ["train.max_steps=3"])
+    assert "distributed: 1 process (gloo)" in done.stderr
+    assert losses(tmp_path / "torchrun") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
 
 
 def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):

@@ -44,17 +44,23 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched() -> bool:
+    """Whether a launcher asked for a process group: WORLD_SIZE > 1, or torchrun (even with one process, so
+    that `torchrun --nproc_per_node 1` runs, and checks, the distributed code path)."""
+    return launched_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def init_from_env(device: torch.device) -> torch.device:
-    """Join the process group a launcher described (MASTER_ADDR, RANK, WORLD_SIZE, LOCAL_RANK) when WORLD_SIZE > 1.
+    """Join the process group a launcher described (MASTER_ADDR, RANK, WORLD_SIZE, LOCAL_RANK) when `launched()`.
 
     `device`: the device the config resolved to; a CUDA device becomes cuda:LOCAL_RANK with NCCL, anything else
     uses gloo. Returns this process's device. A no-op in a single process or when already initialised.
     """
-    if launched_world_size() <= 1 or is_distributed():
+    if not launched() or is_distributed():
         return torch.device(f"cuda:{local_rank()}") if device.type == "cuda" and is_distributed() else device
     missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
@@ -69,7 +75,8 @@ def init_from_env(device: torch.device) -> torch.device:
         backend = "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
     if is_main():
-        log.info("distributed: %d processes (%s)", world_size(), backend)
+        n = world_size()
+        log.info("distributed: %d process%s (%s)", n, "es" if n > 1 else "", backend)
     return device
 
 

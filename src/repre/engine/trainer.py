@@ -619,7 +619,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its share of
     each global batch, and leaves the group at the end.
     """
-    joins = dist.launched_world_size() > 1 and not dist.is_distributed()  # launched by torchrun: we join and leave
+    joins = dist.launched() and not dist.is_distributed()  # launched by torchrun: we join and leave
     try:
         return Trainer(cfg, Path(out), resume, init_from).fit()
     finally:
