@@ -63,6 +63,9 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # the EMA momentum of a 200-step run (DINO's 0.996 keeps ~45% of the initial teacher after 200 steps)
     "m0.99": ("baseline", ["method.momentum=0.99"], "base"),
     "m0.98": ("baseline", ["method.momentum=0.98"], "base"),
+    # the DINO preset now (0.98) against a faster teacher and a larger lr (val split)
+    "m0.95": ("baseline", ["method.momentum=0.95"], "m0.98"),
+    "lr2e-3": ("baseline", ["method.momentum=0.98", "train.lr=2e-3"], "m0.98"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
