@@ -424,7 +424,7 @@ class Trainer:
         if self.sync_free and not self.diverged:
             total, streak, worst = torch.stack(list(self.skips.values())).tolist()
             new = int(total) - s.nonfinite_steps
-            if new:
+            if new and dist.is_main():  # the same count on every process (the skip flag is agreed)
                 log.warning("%d step(s) up to step %d skipped for a non-finite loss or gradient", new, s.step)
             s.nonfinite_steps, s.bad_streak = int(total), int(streak)
             self.skips["worst"] = self.skips["streak"].clone()
@@ -535,6 +535,8 @@ class Trainer:
         }
         self.pending_diag = {}
         writer.write(record)
+        if not dist.is_main():  # the window values are the same on every process: rank 0 alone warns
+            return
         missing = [k for k, v in values.items() if v is None]
         if missing:  # every step of the window was skipped
             log.warning("no finite %s in the window ending at step %d", ", ".join(missing), s.step)
