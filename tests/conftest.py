@@ -46,6 +46,14 @@ def tiny_config(*extra: str):
     return load_config("fmnist-mocov3-repre", TINY + list(extra))
 
 
+def pretrain_args(out: Path, *extra: str) -> list[str]:
+    """`repre pretrain --out OUT` on the tiny config plus `extra` overrides."""
+    args = ["pretrain", "--out", str(out)]
+    for item in TINY + list(extra):
+        args += ["--set", item]
+    return args
+
+
 def run_cli(argv: list[str]) -> tuple[int, str]:
     """Call `repre` in-process; returns (exit status, stdout)."""
     buf = io.StringIO()

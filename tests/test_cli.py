@@ -4,15 +4,8 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, last_json, run_cli
+from conftest import last_json, pretrain_args, run_cli
 from repre import __version__
-
-
-def pretrain_args(out, *extra):
-    args = ["pretrain", "--out", str(out)]
-    for item in TINY + list(extra):
-        args += ["--set", item]
-    return args
 
 
 def test_run_writes_every_output_of_the_contract(tiny_run):

@@ -168,30 +168,28 @@ def test_checkpoint_records_versions_and_schema(tiny_run):
     assert ckpt["schema"] == ckpt_io.SCHEMA and set(ckpt["versions"]) >= {"repre", "torch", "timm", "git"}
 
 
-def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path, repre_log):
-    cfg = tiny_config(*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0")
-    trainer = Trainer(cfg, tmp_path / "run")
-    forward, poisoned = trainer.model.forward, {2, 5, 6, 7}  # 0-based steps; 5, 6, 7 in a row
+def poison(trainer: Trainer, steps: set[int]) -> dict[int, dict[str, torch.Tensor]]:
+    """Make the loss NaN at these (0-based) steps; returns the online encoder's weights before each step."""
+    forward, train_step, before = trainer.model.forward, trainer.train_step, {}
 
     def sometimes_nan(*args, **kw):
         out = forward(*args, **kw)
-        if trainer.state.step in poisoned:
+        if trainer.state.step in steps:
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    trainer.model.forward = sometimes_nan
-    before = {}
+    def snapshot_then_step(batch):
+        before[trainer.state.step] = {k: v.clone() for k, v in trainer.model.method.encoder.state_dict().items()}
+        return train_step(batch)
 
-    def snapshot(step):
-        before[step] = {k: v.clone() for k, v in trainer.model.method.encoder.state_dict().items()}
+    trainer.model.forward, trainer.train_step = sometimes_nan, snapshot_then_step
+    return before
 
-    real_step = trainer.train_step
 
-    def train_step(batch):
-        snapshot(trainer.state.step)
-        return real_step(batch)
-
-    trainer.train_step = train_step
+def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path, repre_log):
+    cfg = tiny_config(*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0")
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = poison(trainer, {2, 5, 6, 7})  # 0-based steps; 5, 6, 7 in a row
     with pytest.raises(StoppedEarly) as stop:
         trainer.fit()
     summary = __import__("json").loads(str(stop.value))
@@ -292,24 +290,7 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
                                   "train.max_bad_steps=3", "train.num_workers=0", "train.host_sync=log"),
                       tmp_path / "run")
     assert trainer.sync_free and trainer.optimizer.defaults["fused"]
-    real_forward, calls = trainer.model.forward, []
-
-    def sometimes_nan(*args, **kw):
-        out = real_forward(*args, **kw)
-        calls.append(1)
-        if len(calls) in (2, 6, 7, 8):  # steps 2, 6-8 (1-based): a lone one, then a streak of 3
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    trainer.model.forward = sometimes_nan
-    before = {}
-    real_step = trainer.train_step
-
-    def train_step(batch):
-        before[trainer.state.step] = {k: v.clone() for k, v in trainer.model.method.encoder.state_dict().items()}
-        return real_step(batch)
-
-    trainer.train_step = train_step
+    before = poison(trainer, {1, 5, 6, 7})  # steps 2, 6-8 (1-based): a lone one, then a streak of 3
     with pytest.raises(StoppedEarly) as stop:
         trainer.fit()
     summary = __import__("json").loads(str(stop.value))
@@ -326,16 +307,7 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
 def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):
     settings = [*RESUME, "train.log_every=2", "train.checkpoint_every=2", "train.num_workers=0", "train.host_sync=log"]
     trainer = Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run")
-    real_forward, calls = trainer.model.forward, []
-
-    def nan_at_step_2(*args, **kw):
-        out = real_forward(*args, **kw)
-        calls.append(1)
-        if len(calls) == 2:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    trainer.model.forward = nan_at_step_2
+    poison(trainer, {1})  # step 2 (1-based)
     assert trainer.fit()["nonfinite_steps"] == 1
     resumed = Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True)
     assert resumed.fit()["nonfinite_steps"] == 1

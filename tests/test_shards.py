@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, last_json, run_cli
+from conftest import last_json, pretrain_args, run_cli
 from repre.config import DataConfig
 from repre.data.loader import build_source, load_or_replace
 from repre.data.shards import TarShards, expand
@@ -110,11 +110,8 @@ def test_bad_shard_roots_say_what_to_do(tmp_path):
 def test_pretrain_and_knn_on_shards_with_workers(tmp_path):
     write_shards(tmp_path / "data" / "train", shards=3, per_shard=12, classes=2)
     write_shards(tmp_path / "data" / "val", shards=1, per_shard=8, classes=2, start=500)
-    args = ["pretrain", "--out", str(tmp_path / "run")]
-    for item in TINY + ["data.name=shards", f"data.root={tmp_path / 'data'}", "train.num_workers=2",
-                        "train.max_steps=3", "data.image_size=16"]:
-        args += ["--set", item]
-    code, stdout = run_cli(args)
+    code, stdout = run_cli(pretrain_args(tmp_path / "run", "data.name=shards", f"data.root={tmp_path / 'data'}",
+                                         "train.num_workers=2", "train.max_steps=3", "data.image_size=16"))
     summary = last_json(stdout)
     assert code == 0 and summary["completed"] and summary["knn_top1"] is not None
 
