@@ -121,9 +121,10 @@ class Trainer:
             torch.manual_seed(cfg.train.seed * 1_000 + dist.rank())  # drop path: independent draws per process
         if cfg.train.compile:
             compile_blocks(self.model)
-        self.sync_free = cfg.train.host_sync == "log" or (cfg.train.host_sync == "auto" and self.rt.device.type == "cuda")
-        self.optimizer = self._optimizer()
-        self.sync_free = self.sync_free and getattr(self.optimizer, "_step_supports_amp_scaling", False)
+        on_device = cfg.train.host_sync == "log" or (cfg.train.host_sync == "auto" and self.rt.device.type == "cuda")
+        self.optimizer = self._optimizer(fused=on_device or self.rt.device.type == "cuda")
+        # skip non-finite steps inside the optimizer (its found_inf input) when it can: fused AdamW
+        self.sync_free = on_device and getattr(self.optimizer, "_step_supports_amp_scaling", False)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
         zero = torch.zeros((), device=self.rt.device)
         self.skips = {"total": zero.clone(), "streak": zero.clone(), "worst": zero.clone()}  # sync-free counters
@@ -167,9 +168,8 @@ class Trainer:
                    else {"broadcast_buffers": False})
         return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _optimizer(self, fused: bool) -> torch.optim.Optimizer:
         groups = self.model.param_groups(self.cfg.train.weight_decay)
-        fused = self.rt.device.type == "cuda" or self.sync_free  # fused: a step skipped on the device
         return torch.optim.AdamW(groups, lr=self.cfg.train.lr, fused=fused or None)
 
     # ------------------------------------------------------------ checkpoints
