@@ -41,6 +41,9 @@ class DataConfig:
     scenes_train: int = 10000  # fashion-scenes: generated scenes per split for pre-training
     scenes_test: int = 2000
     scene_size: int = 64  # fashion-scenes canvas (pre-train with data.image_size <= this)
+    # where JPEGs of folders and shards are decoded: in the data workers, or on the training device (nvJPEG on a
+    # GPU; the bytes cross, not the pixels). device needs aug.geometric_on=device
+    decode_on: Literal["workers", "device"] = "workers"
 
 
 @dataclass
@@ -63,6 +66,9 @@ class AugConfig:
     # where the batched photometric stage runs: in the data workers, or on the training device (uint8 views
     # cross to it; the jitter, blur and solarization run there). auto: the device when it is a GPU
     photometric_on: Literal["auto", "workers", "device"] = "auto"
+    # where the random resized crops and flips are cut: in the data workers (per image), or on the training
+    # device (batched; whole images cross to it, the workers only read files and draw the parameters)
+    geometric_on: Literal["workers", "device"] = "workers"
 
 
 @dataclass
@@ -438,6 +444,12 @@ def validate(cfg: Config) -> None:
         if len(getattr(cfg.aug, key)) not in (2, 3):
             raise UserError(f"aug.{key} must have 2 or 3 numbers (global 1, global 2[, local]), "
                             f"got {getattr(cfg.aug, key)}")
+    if cfg.aug.geometric_on == "device" and cfg.aug.photometric_on == "workers":
+        raise UserError("aug.geometric_on=device cuts the crops on the device, so the photometric stage that follows "
+                        "runs there too: set aug.photometric_on=auto (or device)")
+    if d.decode_on == "device" and cfg.aug.geometric_on != "device":
+        raise UserError("data.decode_on=device leaves the images encoded until they reach the device, where the "
+                        "crops must then be cut: add --set aug.geometric_on=device")
     if (d.mean is None) != (d.std is None):
         raise UserError("set both data.mean and data.std, or neither")
     non_negative = {

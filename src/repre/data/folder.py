@@ -125,3 +125,11 @@ class ImageFolder:
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         return decode(self.files[index]), self.labels[index]
+
+    def encoded(self, index: int) -> tuple[bytes, str, int]:
+        """The file's bytes undecoded, its name for messages, its label; raises UnreadableImage."""
+        path = self.files[index]
+        try:
+            return path.read_bytes(), str(path), self.labels[index]
+        except OSError as exc:
+            raise UnreadableImage(f"{path}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -14,10 +15,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import ImageFolder, UnreadableImage
+from repre.data.device_views import crop_on_device, jpeg_shape, pack
+from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.scenes import FashionScenes
 from repre.data.synthetic import Synthetic
-from repre.data.views import ViewSpec, make_views, normalize, photometric
+from repre.data.views import ViewSpec, make_views, normalize, photometric, sample_views
 from repre.engine.distributed import rank, world_size
 from repre.errors import UserError
 
@@ -84,16 +86,41 @@ def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tupl
     return tuple(source.mean), tuple(source.std)
 
 
-def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:
-    """Load `index`; an unreadable image is replaced by the next index. Returns (image, label, skipped)."""
+def _first_readable(source: ImageSource, index: int, read):
+    """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
     n = len(source)
     for skipped in range(n):
         try:
-            img, label = source.load((index + skipped) % n)
-            return img, label, skipped
+            return read((index + skipped) % n), skipped
         except UnreadableImage as exc:
             log.warning("skipping unreadable image (replaced by the next one): %s", exc)
     raise UserError("no image in the dataset could be read")
+
+
+def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:
+    """Load `index`; an unreadable image is replaced by the next index. Returns (image, label, skipped)."""
+    (img, label), skipped = _first_readable(source, index, source.load)
+    return img, label, skipped
+
+
+def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dict, int]:
+    """The image at `index` (or the next readable one) as it crosses to the device: ({"payload": uint8 pixels
+    [3*H*W], or the file's JPEG bytes [n] when `encoded_ok` and the device can decode them; "encoded";
+    "shape": (H, W); "label"}, images skipped). Sources without files (Fashion-MNIST, synthetic) send pixels."""
+
+    def read(i: int) -> dict:
+        if encoded_ok and hasattr(source, "encoded"):
+            data, name, label = source.encoded(i)
+            shape = jpeg_shape(data)
+            if shape is not None:
+                return {"payload": torch.frombuffer(bytearray(data), dtype=torch.uint8), "encoded": True,
+                        "shape": shape, "label": label}
+            img = decode(io.BytesIO(data), name)
+        else:
+            img, label = source.load(i)
+        return {"payload": img.reshape(-1), "encoded": False, "shape": tuple(img.shape[-2:]), "label": label}
+
+    return _first_readable(source, index, read)
 
 
 class Subset:
@@ -146,16 +173,24 @@ def eval_source(cfg: Config, split: str) -> ImageSource:
 
 
 class ViewDataset(Dataset):
-    """Key (epoch, index) -> augmented uint8 views of one image (two by default), with their photometric parameters."""
+    """Key (epoch, index) -> augmented uint8 views of one image (two by default), with their photometric parameters.
 
-    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, n_views: int = 2) -> None:
+    With `crops_on_device` the views are not cut here: the sample holds the whole image (`load_payload`; its
+    JPEG bytes with `decode_on_device`) and the views' boxes, flips and photometric parameters, drawn exactly
+    as the views here would be, for `repre.data.device_views.crop_on_device`."""
+
+    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, n_views: int = 2,
+                 crops_on_device: bool = False, decode_on_device: bool = False) -> None:
         self.source, self.spec, self.seed, self.n_views = source, spec, seed, n_views
+        self.crops_on_device, self.decode_on_device = crops_on_device, decode_on_device
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
+        if self.crops_on_device:
+            return self._parameters(epoch, index)
         img, label, skipped = load_or_replace(self.source, index)
         views, photo = make_views(img, self.spec, self.seed, epoch, index, self.n_views)
         small = int(min(img.shape[-2:]) < self.spec.size)  # upscaled by the crop: counted, never refused
@@ -163,6 +198,17 @@ class ViewDataset(Dataset):
         if self.spec.local_crops:
             sample["local_views"], sample["local_photo"] = make_views(
                 img, self.spec, self.seed, epoch, index, self.spec.local_crops, first=2, size=self.spec.local_size)
+        return sample
+
+    def _parameters(self, epoch: int, index: int) -> dict:
+        sample, skipped = load_payload(self.source, index, self.decode_on_device)
+        h, w = sample["shape"]
+        sample.update(index=index, skipped=skipped, small=int(min(h, w) < self.spec.size))
+        sample["boxes"], sample["flips"], sample["photo"] = sample_views(
+            self.spec, self.seed, epoch, index, h, w, self.n_views)
+        if self.spec.local_crops:
+            sample["local_boxes"], sample["local_flips"], sample["local_photo"] = sample_views(
+                self.spec, self.seed, epoch, index, h, w, self.spec.local_crops, first=2)
         return sample
 
 
@@ -174,9 +220,11 @@ def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec
 
 
 def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, torch.Tensor]:
-    """The photometric stage of a batch collated with `photometric=False` (its views still uint8, its
-    parameters under "photo"/"local_photo"), where the views are now (the training device). A batch whose
-    views are already float passes unchanged."""
+    """The stages a batch's loader left out, where its tensors are now (the training device): the crops of a
+    packed batch (aug.geometric_on=device; "pixels" moved, "jpeg" on the CPU), then the photometric stage of
+    uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged."""
+    if "boxes" in batch:
+        batch = crop_on_device(batch, spec.size, spec.local_size)
     if batch["views"].dtype != torch.uint8:
         return batch
     out = dict(batch, views=batched_photometric(batch["views"], batch["photo"], spec))
@@ -188,7 +236,9 @@ def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, to
 class ViewCollate:
     """Stack samples and run the batched photometric stage: views -> normalized float [B, V, 3, S, S]
     (and DINO's local crops -> [B, L, 3, s, s]). With `photometric=False` the views stay uint8 and their
-    parameters travel beside them ("photo", "local_photo"): `finish_views` completes them on the device."""
+    parameters travel beside them ("photo", "local_photo"): `finish_views` completes them on the device.
+    Samples without views (crops on the device) are packed (`repre.data.device_views.pack`) with their
+    boxes [B, V, 4], flips [B, V] and parameters."""
 
     def __init__(self, spec: ViewSpec, photometric: bool = True) -> None:
         self.spec, self.photometric = spec, photometric
@@ -203,7 +253,13 @@ class ViewCollate:
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
-        self._views(samples, "views", "photo", batch)
+        if "payload" in samples[0]:
+            batch.update(pack(samples))
+            for key in ("boxes", "flips", "photo", "local_boxes", "local_flips", "local_photo"):
+                if key in samples[0]:
+                    batch[key] = torch.stack([s[key] for s in samples])
+        else:
+            self._views(samples, "views", "photo", batch)
         batch.update({
             "index": torch.tensor([s["index"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples]),
@@ -268,9 +324,11 @@ def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
 
 
 def photometric_on_device(cfg: Config, device: torch.device) -> bool:
-    """Whether the photometric stage runs on the training device (aug.photometric_on; auto: on a GPU)."""
+    """Whether the photometric stage runs on the training device (aug.photometric_on; auto: on a GPU, or
+    where the crops are cut: aug.geometric_on=device)."""
     where = cfg.aug.photometric_on
-    return where == "device" or (where == "auto" and device.type == "cuda")
+    auto = device.type == "cuda" or cfg.aug.geometric_on == "device"
+    return where == "device" or (where == "auto" and auto)
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
@@ -281,7 +339,8 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, rank(), world_size())
     workers = resolve_workers(cfg.train.num_workers)
     return DataLoader(
-        ViewDataset(source, spec, cfg.train.seed),
+        ViewDataset(source, spec, cfg.train.seed, crops_on_device=cfg.aug.geometric_on == "device",
+                    decode_on_device=cfg.data.decode_on == "device"),
         batch_sampler=sampler,
         collate_fn=ViewCollate(spec, photometric=not on_device),
         num_workers=workers,

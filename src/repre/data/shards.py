@@ -193,7 +193,8 @@ class TarShards:
             raise OSError(f"{size - len(data)} bytes missing (the shard is shorter than when it was indexed)")
         return data
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
+    def encoded(self, index: int) -> tuple[bytes, str, int]:
+        """The image's bytes undecoded, its name (shard:key) for messages, its label; raises UnreadableImage."""
         shard = int(self.entries[index][0])
         name = f"{self.paths[shard]}:{self.keys[index].decode()}"
         try:
@@ -201,7 +202,11 @@ class TarShards:
         except OSError as exc:  # an I/O error (NFS, a shard changed): replaced and counted, never a crash
             self._handles.pop(shard, None)
             raise UnreadableImage(f"{name}: {exc}") from None
-        return decode(io.BytesIO(data), name), int(self.labels[index])
+        return data, name, int(self.labels[index])
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        data, name, label = self.encoded(index)
+        return decode(io.BytesIO(data), name), label
 
     def __getstate__(self) -> dict:  # open files stay behind when a data worker is started by spawn
         return {**self.__dict__, "_handles": {}}

@@ -97,16 +97,26 @@ def geometric(img: torch.Tensor, crop: tuple[int, int, int, int], flip: bool, si
     return out.flip(-1) if flip else out
 
 
+def sample_views(spec: ViewSpec, seed: int, epoch: int, index: int, height: int, width: int, n_views: int = 2,
+                 first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random choices of view ids first .. first + V - 1 of an image of `height` x `width`:
+    (crop boxes [V, 4] int64 (top, left, h, w), flips [V] bool, photometric parameters [V, N_PHOTO])."""
+    boxes, flips, photos = [], [], []
+    for v in range(first, first + n_views):
+        crop, flip, photo = sample_view(view_rng(seed, epoch, index, v), spec, v, height, width)
+        boxes.append(crop)
+        flips.append(flip)
+        photos.append(photo)
+    return torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips), torch.from_numpy(np.stack(photos))
+
+
 def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = 2,
                first: int = 0, size: int | None = None):
     """One image -> (uint8 views [V, 3, s, s], photometric parameters [V, N_PHOTO]) for view ids
     first .. first + V - 1 (ids 0 and 1: the global views; 2 and up: DINO's local crops, of `spec.local_size`)."""
-    views, photos = [], []
-    for v in range(first, first + n_views):
-        crop, flip, photo = sample_view(view_rng(seed, epoch, index, v), spec, v, img.shape[-2], img.shape[-1])
-        views.append(geometric(img, crop, flip, size or spec.size))
-        photos.append(photo)
-    return torch.stack(views), torch.from_numpy(np.stack(photos))
+    boxes, flips, photo = sample_views(spec, seed, epoch, index, img.shape[-2], img.shape[-1], n_views, first)
+    views = [geometric(img, tuple(box), bool(flip), size or spec.size) for box, flip in zip(boxes.tolist(), flips)]
+    return torch.stack(views), photo
 
 
 # ---------------------------------------------------------------- batched photometric stage

@@ -392,10 +392,10 @@ class Trainer:
         k["worst"] = torch.maximum(k["worst"], k["streak"])
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The step's tensors on the training device (non-blocking from pinned memory), with the photometric
-        stage run there when the loader left it out (aug.photometric_on)."""
+        """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
+        left out run there (aug.geometric_on, aug.photometric_on; JPEG bytes stay on the CPU for the decoder)."""
         moved = {k: batch[k].to(self.rt.device, non_blocking=True)
-                 for k in ("views", "label", "local_views", "photo", "local_photo") if k in batch}
+                 for k in ("views", "label", "local_views", "photo", "local_photo", "pixels") if k in batch}
         return finish_views({**batch, **moved}, self.spec)
 
     def _agree(self, finite: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,204 @@
+"""The geometric stage, and JPEG decoding, on the training device: `aug.geometric_on=device`, `data.decode_on=device`.
+
+A CPU pipeline that decodes, crops and resizes every view in data workers needs ~70 cores to feed 5,000
+images/s. Here the workers only read files and draw each view's parameters (the same draws, from the same
+(seed, epoch, index, view) generators, as the worker path: `repre.data.views.sample_views`); a batch crosses to
+the device as whole images (decoded pixels, or the JPEG bytes themselves with `data.decode_on=device`) with the
+crop boxes, flips and photometric parameters beside them. On the device:
+
+- JPEGs are decoded in one batched call (nvJPEG on a GPU); one the device refuses is decoded on the CPU;
+- every view's random resized crop and flip is two matrix products, view = Ry · image · Rxᵀ, where Ry [S, H] and
+  Rx [S, W] hold the antialiased bilinear weights of the crop's rows and columns (the triangle filter widened by
+  the downscale factor, with the weights torchvision's and PIL's antialias=True compute; a flip reverses Rx's
+  rows). The images are sorted by size and padded in chunks to a common size; the padding has zero weight.
+
+The views equal torchvision's float `resized_crop` up to float rounding, and the worker path's uint8 ones within
+one grey level (that path rounds between its horizontal and vertical passes). The photometric stage follows
+(`repre.data.views.photometric`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import torch
+from PIL import Image
+
+from repre.data.folder import UnreadableImage, decode
+
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover - torchvision without image decoding: every image is decoded by PIL
+    decode_jpeg = None
+
+log = logging.getLogger("repre")
+
+CHUNK_ELEMENTS = 1 << 26  # padded images plus intermediate products per chunk, in float32 elements (256 MiB)
+EXIF_ORIENTATION = 0x0112
+
+
+def jpeg_shape(data: bytes) -> tuple[int, int] | None:
+    """(H, W) of a JPEG the device decoder takes as it is: complete, RGB or grayscale, without an EXIF rotation
+    (nvJPEG ignores EXIF); None for anything else, which the worker decodes instead."""
+    if decode_jpeg is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                return None
+            return img.height, img.width
+    except Exception:  # noqa: BLE001 - a header PIL cannot parse: the worker's decoder reports it
+        return None
+
+
+# ---------------------------------------------------------------- packing, in the data workers
+
+
+def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Samples holding a "payload" (uint8 [3*H*W] pixels, or [n] JPEG bytes when "encoded") and a "shape" (H, W)
+    -> one buffer of pixels and one of JPEG bytes (a single copy each to the device), with per-sample
+    "encoded" [B] bool, "shapes" [B, 2], "offsets" and "lengths" [B] into the sample's buffer."""
+    encoded = torch.tensor([s["encoded"] for s in samples])
+    offsets, lengths, used = [], [], [0, 0]
+    for s in samples:
+        kind = int(s["encoded"])
+        offsets.append(used[kind])
+        lengths.append(s["payload"].numel())
+        used[kind] += s["payload"].numel()
+    empty = torch.empty(0, dtype=torch.uint8)
+    return {
+        "pixels": torch.cat([s["payload"] for s in samples if not s["encoded"]] or [empty]),
+        "jpeg": torch.cat([s["payload"] for s in samples if s["encoded"]] or [empty]),
+        "encoded": encoded,
+        "shapes": torch.tensor([s["shape"] for s in samples], dtype=torch.int64),
+        "offsets": torch.tensor(offsets, dtype=torch.int64),
+        "lengths": torch.tensor(lengths, dtype=torch.int64),
+    }
+
+
+# ---------------------------------------------------------------- unpacking and decoding, on the device
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes (CPU uint8 [n] each) -> RGB uint8 [3, H, W] on `device`, in one batched call; where the batch
+    fails, image by image, and an image the device cannot decode is decoded by the CPU path (None: unreadable)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | None] = []
+        for d in data:
+            try:
+                out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                try:
+                    out.append(decode(io.BytesIO(d.numpy().tobytes()), "a JPEG").to(device))
+                except UnreadableImage as exc:
+                    log.warning("an image could not be decoded on the device or the CPU (%s): grey in its place", exc)
+                    out.append(None)
+    return out
+
+
+def unpack(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], int]:
+    """A packed batch ("pixels" already on `device`, "jpeg" on the CPU) -> (its images, uint8 [3, H, W] each on
+    `device`, in batch order; the number that could not be decoded, replaced by mid-grey)."""
+    shapes, offsets, lengths = batch["shapes"].tolist(), batch["offsets"].tolist(), batch["lengths"].tolist()
+    encoded = batch["encoded"].tolist()
+    images: list[torch.Tensor | None] = [None] * len(shapes)
+    jpegs = [i for i, e in enumerate(encoded) if e]
+    for i, e in enumerate(encoded):
+        if not e:
+            images[i] = batch["pixels"][offsets[i]: offsets[i] + lengths[i]].view(3, *shapes[i])
+    if jpegs:
+        data = [batch["jpeg"][offsets[i]: offsets[i] + lengths[i]] for i in jpegs]
+        for i, img in zip(jpegs, decode_jpegs(data, device)):
+            images[i] = img
+    bad = [i for i, img in enumerate(images) if img is None or tuple(img.shape[-2:]) != tuple(shapes[i])]
+    for i in bad:  # the header promised another size, or nothing decoded: a grey image of the promised size
+        images[i] = torch.full((3, *shapes[i]), 128, dtype=torch.uint8, device=device)
+    return images, len(bad)
+
+
+# ---------------------------------------------------------------- resized crops as matrix products
+
+
+def resample_weights(start: torch.Tensor, length: torch.Tensor, full: int, out: int) -> torch.Tensor:
+    """Antialiased bilinear resampling of [start, start + length) of an axis of `full` pixels to `out` pixels:
+    start, length [M] -> weights [M, out, full] (rows sum to 1; zero outside the crop).
+
+    Output pixel i is centred at start + scale * (i + 0.5), scale = length / out; input pixel j weighs
+    max(0, 1 - |j + 0.5 - centre| / max(scale, 1)) (the triangle filter, widened when downscaling)."""
+    dev = start.device
+    start = start.float()[:, None, None]
+    length = length.float()[:, None, None]
+    scale = length / out
+    i = torch.arange(out, dtype=torch.float32, device=dev)[None, :, None]
+    j = torch.arange(full, dtype=torch.float32, device=dev)[None, None, :]
+    x = (j + 0.5 - start - scale * (i + 0.5)) / scale.clamp(min=1.0)
+    w = (1 - x.abs()).clamp(min=0) * ((j >= start) & (j < start + length))
+    return w / w.sum(-1, keepdim=True)
+
+
+def _chunks(areas: list[tuple[int, int]], order: list[int], views: int, size: int) -> list[list[int]]:
+    """Consecutive runs of `order` (images sorted by size) whose padded chunk stays within CHUNK_ELEMENTS."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    hmax = wmax = 0
+    for i in order:
+        h, w = max(hmax, areas[i][0]), max(wmax, areas[i][1])
+        n = len(current) + 1
+        cost = n * 3 * h * w + n * views * 3 * size * max(h, w)  # the padded images + the first product
+        if current and cost > CHUNK_ELEMENTS:
+            chunks.append(current)
+            current, h, w = [], areas[i][0], areas[i][1]
+        current.append(i)
+        hmax, wmax = h, w
+    return chunks + [current] if current else chunks
+
+
+def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (uint8 [3, H_i, W_i] on one device) and per-view boxes [B, V, 4] (top, left, h, w), flips [B, V]
+    -> views uint8 [B, V, 3, size, size]: each box resized with antialiasing, then flipped where asked."""
+    b, v = boxes.shape[:2]
+    device = images[0].device
+    out = torch.empty(b, v, 3, size, size, dtype=torch.uint8, device=device)
+    boxes, flips = boxes.to(device), flips.to(device)
+    shapes = [tuple(img.shape[-2:]) for img in images]
+    order = sorted(range(b), key=lambda i: shapes[i][0] * shapes[i][1])
+    for chunk in _chunks(shapes, order, v, size):
+        hmax, wmax = max(shapes[i][0] for i in chunk), max(shapes[i][1] for i in chunk)
+        x = torch.zeros(len(chunk), 3, hmax, wmax, device=device)
+        for k, i in enumerate(chunk):
+            x[k, :, : shapes[i][0], : shapes[i][1]] = images[i]
+        idx = torch.tensor(chunk, device=device)
+        box, flip = boxes[idx].flatten(0, 1), flips[idx].flatten()  # [n*V, 4], [n*V]
+        ry = resample_weights(box[:, 0], box[:, 2], hmax, size).view(len(chunk), v, 1, size, hmax)
+        rx = resample_weights(box[:, 1], box[:, 3], wmax, size)
+        rx = torch.where(flip[:, None, None], rx.flip(1), rx).view(len(chunk), v, 1, size, wmax)
+        x = x[:, None]  # [n, 1, 3, H, W]
+        if wmax <= hmax:  # rows first: the cheaper order when the images are taller than wide
+            y = (ry @ x) @ rx.transpose(-1, -2)
+        else:
+            y = ry @ (x @ rx.transpose(-1, -2))
+        out[idx] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int) -> dict[str, torch.Tensor]:
+    """A packed batch -> the same with uint8 "views" [B, V, 3, S, S] (and "local_views" [B, L, 3, s, s]) cut on
+    the device, ready for the photometric stage. Images that could not be decoded are added to "skipped"."""
+    device = batch["pixels"].device
+    images, bad = unpack(batch, device)
+    if bad:
+        batch["skipped"] += bad  # the loader's CPU counter, read by the trainer after the step
+    out = {k: val for k, val in batch.items() if k not in ("pixels", "jpeg", "offsets", "lengths")}
+    out["views"] = resized_crops(images, batch["boxes"], batch["flips"], size)
+    if "local_boxes" in batch:
+        out["local_views"] = resized_crops(images, batch["local_boxes"], batch["local_flips"], local_size)
+    return out
