@@ -91,6 +91,10 @@ if want real-data; then
     --compare aug.photometric_on=workers
   stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
     --configs repre $REAL --set data.name=shards --set data.root="$JPEGS/shards"
+  # the crops (and the JPEG decoding: nvJPEG) on the GPU, the workers only reading files
+  stage real-data-device 100 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+    --configs repre $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
+    --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
   rm -rf "$JPEGS"
 fi
 

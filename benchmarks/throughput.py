@@ -262,8 +262,9 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every configuration (e.g. train.device=cuda)")
     p.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
-                   help="also run every configuration with this override, in the same rounds (repeatable): "
-                        "e.g. train.host_sync=step, aug.photometric_on=workers, train.compile=true")
+                   help="also run every configuration with this override, in the same rounds (repeatable; "
+                        "several overrides joined by &): e.g. train.host_sync=step, aug.photometric_on=workers, "
+                        "'aug.geometric_on=device&data.decode_on=device'")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.preset, args.overrides = resolve_shorthands(args)
@@ -278,7 +279,8 @@ def main() -> None:
         for name, extra in names:
             cmd = [sys.executable, __file__, "--child", name, "--preset", args.preset,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += [f"--set={item}" for item in args.overrides + [extra] * bool(extra)] + ["--mfu"] * args.mfu
+            cmd += [f"--set={item}" for item in args.overrides + (extra.split("&") if extra else [])]
+            cmd += ["--mfu"] * args.mfu
             name = label(name, extra)
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:  # the child's own error, not only "exit status 1"

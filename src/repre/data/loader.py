@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
 from repre.config import Config, DataConfig
-from repre.data.fashion_mnist import FashionMNIST
 from repre.data.device_views import crop_on_device, jpeg_shape, pack
+from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.scenes import FashionScenes
 from repre.data.synthetic import Synthetic

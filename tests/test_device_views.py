@@ -1,0 +1,184 @@
+"""aug.geometric_on=device and data.decode_on=device: crops cut and JPEGs decoded where the model runs (here the
+CPU), from the parameters the workers draw, against the worker path."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from conftest import last_json, pretrain_args, run_cli, save_png, tiny_config
+from repre.data import device_views
+from repre.data.device_views import crop_on_device, jpeg_shape, resample_weights, resized_crops, unpack
+from repre.data.loader import ViewCollate, ViewDataset, finish_views, pretrain_loader, train_source, view_spec
+from repre.errors import UserError
+
+
+def _jpeg(arr: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Two classes of images of many sizes: RGB and grayscale JPEGs, PNGs, one smaller than the crop."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for i in range(8):
+            h, w = (int(v) for v in rng.integers(10, 70, 2))
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            path = tmp_path / "imgs" / "train" / c / f"{i}.{'png' if i % 3 == 0 else 'jpg'}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr[..., 0] if i == 4 else arr).save(path)
+    return tmp_path / "imgs"
+
+
+def test_resample_weights_equal_torchvision_resized_crop():
+    """Down- and upscaling boxes of every shape: Ry @ image @ Rx^T is torchvision's antialiased float
+    resized_crop up to float rounding, and a flip is Rx's rows reversed."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        H, W, S = (int(torch.randint(4, 70, (), generator=g)) for _ in range(3))
+        h, w = int(torch.randint(1, H + 1, (), generator=g)), int(torch.randint(1, W + 1, (), generator=g))
+        top, left = int(torch.randint(0, H - h + 1, (), generator=g)), int(torch.randint(0, W - w + 1, (), generator=g))
+        img = torch.rand(3, H, W, generator=g) * 255
+        ref = TF.resized_crop(img, top, left, h, w, [S, S], antialias=True)
+        ry = resample_weights(torch.tensor([top]), torch.tensor([h]), H, S)[0]
+        rx = resample_weights(torch.tensor([left]), torch.tensor([w]), W, S)[0]
+        torch.testing.assert_close(ry @ img @ rx.T, ref, atol=2e-3, rtol=0)
+        torch.testing.assert_close(ry @ img @ rx.flip(0).T, ref.flip(-1), atol=2e-3, rtol=0)
+
+
+def test_resized_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
+    """Images of different sizes, padded together or cut into one-image chunks: the same views, each within one
+    grey level of torchvision's uint8 resized_crop."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(30, 50), (64, 20), (17, 17), (50, 30)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in shapes]
+    boxes = torch.tensor([[[0, 0, h, w], [h // 4, w // 3, h // 2, w // 2]] for h, w in shapes])
+    flips = torch.tensor([[False, True], [True, False], [False, False], [True, True]])
+    together = resized_crops(images, boxes, flips, 24)
+    monkeypatch.setattr(device_views, "CHUNK_ELEMENTS", 1)
+    assert torch.equal(resized_crops(images, boxes, flips, 24), together)
+    for i, img in enumerate(images):
+        for v in range(2):
+            ref = TF.resized_crop(img, *boxes[i, v].tolist(), size=[24, 24], antialias=True)
+            ref = ref.flip(-1) if flips[i, v] else ref
+            assert (together[i, v].int() - ref.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("decode_on_device", [False, True])
+def test_views_cut_on_the_device_equal_the_workers(mixed_folder, decode_on_device):
+    """The same boxes, flips and photometric parameters as the worker path, so the same views within one grey
+    level (the worker path rounds between its passes); JPEGs travel as bytes only with decode_on=device."""
+    cfg = tiny_config("method.name=dino", "method.out_dim=16", "data.local_crops=2", "data.local_size=8",
+                      "data.name=folder", f"data.root={mixed_folder}", "data.image_size=16")
+    source = train_source(cfg)
+    spec = view_spec(cfg, source)
+    keys = [(3, i) for i in range(len(source))]
+    workers = ViewCollate(spec, photometric=False)([ViewDataset(source, spec, 7)[k] for k in keys])
+    ds = ViewDataset(source, spec, 7, crops_on_device=True, decode_on_device=decode_on_device)
+    packed = ViewCollate(spec, photometric=False)([ds[k] for k in keys])
+    assert bool(packed["encoded"].any()) == (packed["jpeg"].numel() > 0) == decode_on_device
+    pixels = sum(3 * h * w for h, w in packed["shapes"].tolist())
+    assert (packed["pixels"].numel() < pixels) == decode_on_device
+    assert int(packed["upscaled"]) == int(workers["upscaled"]) > 0
+    cut = crop_on_device(dict(packed), spec.size, spec.local_size)
+    for key in ("views", "local_views"):
+        assert cut[key].shape == workers[key].shape and cut[key].dtype == torch.uint8
+        diff = (cut[key].int() - workers[key].int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.5, key
+        assert torch.equal(cut[key.replace("views", "photo")], workers[key.replace("views", "photo")])
+    done, ref = finish_views(dict(packed), spec), finish_views(dict(workers), spec)
+    assert done["views"].dtype == torch.float32
+    torch.testing.assert_close(done["views"], ref["views"], atol=0.1, rtol=0)
+
+
+def test_jpeg_shape_sends_only_what_the_device_decodes(tmp_path):
+    """RGB and grayscale JPEGs travel as bytes; EXIF-rotated (nvJPEG ignores EXIF), CMYK, PNG and truncated
+    files are decoded in the workers."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    assert jpeg_shape(_jpeg(arr)) == (12, 20)
+    assert jpeg_shape(_jpeg(arr[..., 0])) == (12, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert jpeg_shape(_jpeg(arr, exif=exif.tobytes())) is None
+    cmyk = io.BytesIO()
+    Image.fromarray(arr).convert("CMYK").save(cmyk, format="JPEG")
+    assert jpeg_shape(cmyk.getvalue()) is None
+    png = save_png(tmp_path / "x.png", arr).read_bytes()
+    assert jpeg_shape(png) is None
+    data = _jpeg(arr)
+    assert jpeg_shape(data[: len(data) // 2]) is None
+
+
+def test_a_jpeg_no_decoder_reads_becomes_grey_and_is_counted(repre_log):
+    """A JPEG whose header passed the worker's check but whose data no decoder reads: grey of the promised size,
+    counted as skipped, a warning; the rest of the batch is decoded."""
+    good = _jpeg(np.full((8, 10, 3), 200, dtype=np.uint8))
+    header_end = good.index(b"\xff\xda")  # start of scan: keep the headers, garble the entropy-coded data
+    bad = good[:header_end] + b"\xff\xda\x00\x02" + b"\xff\x00" * 3 + b"\xff\xd9"
+    assert jpeg_shape(bad) == (8, 10)
+    payloads = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in (good, bad)]
+    batch = {"pixels": torch.empty(0, dtype=torch.uint8), "jpeg": torch.cat(payloads),
+             "encoded": torch.tensor([True, True]), "shapes": torch.tensor([[8, 10], [8, 10]]),
+             "offsets": torch.tensor([0, len(good)]), "lengths": torch.tensor([len(good), len(bad)])}
+    images, bad_count = unpack(batch, torch.device("cpu"))
+    assert bad_count == 1 and (images[1] == 128).all()
+    assert (images[0].float().mean() - 200).abs() < 3
+    assert "grey in its place" in repre_log.text
+
+
+def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path):
+    """The trainer finishes packed batches: a run completes with the same step count and counts."""
+    code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
+                                      "data.image_size=16", "train.batch_size=8", "train.max_steps=3",
+                                      "eval.knn=false", "aug.geometric_on=device", "data.decode_on=device"))
+    summary = last_json(out)
+    assert code == 0 and summary["completed"] and summary["skipped_images"] == 0 and summary["upscaled_images"] > 0
+
+
+def test_contradictory_placements_are_refused():
+    with pytest.raises(UserError, match="aug.photometric_on=auto"):
+        tiny_config("aug.geometric_on=device", "aug.photometric_on=workers")
+    with pytest.raises(UserError, match="aug.geometric_on=device"):
+        tiny_config("data.decode_on=device")
+
+
+def test_fashion_mnist_crops_on_the_device_match_the_loader():
+    """A source without files (Fashion-MNIST here) sends pixels; the loader's batches match the worker path."""
+    cfg = tiny_config()
+    source = train_source(cfg)
+    workers = next(iter(pretrain_loader(cfg, source, 0, False, on_device=True)))
+    device = tiny_config("aug.geometric_on=device")
+    packed = next(iter(pretrain_loader(device, source, 0, False, on_device=True)))
+    assert not packed["encoded"].any() and "views" not in packed
+    cut = crop_on_device(dict(packed), cfg.data.image_size, cfg.data.local_size)
+    assert (cut["views"].int() - workers["views"].int()).abs().max() <= 1
+
+
+def test_shard_jpegs_travel_as_their_bytes(tmp_path):
+    """data.name=shards with decode_on=device: a JPEG member crosses as the member's bytes, decoded to the pixels
+    the worker path decodes."""
+    import tarfile
+
+    from repre.data.loader import load_payload
+    from repre.data.shards import TarShards
+
+    data = _jpeg(np.random.default_rng(0).integers(0, 256, (14, 22, 3), dtype=np.uint8))
+    (tmp_path / "s").mkdir()
+    with tarfile.open(tmp_path / "s" / "a.tar", "w") as tar:
+        info = tarfile.TarInfo("k0.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    source = TarShards(str(tmp_path / "s"))
+    sample, skipped = load_payload(source, 0, encoded_ok=True)
+    assert sample["encoded"] and sample["shape"] == (14, 22) and sample["payload"].numpy().tobytes() == data
+    batch = ViewCollate(None, photometric=False)  # only its packing is used
+    packed = batch([{**sample, "index": 0, "skipped": skipped, "small": 0}])
+    images, bad = unpack(packed, torch.device("cpu"))
+    assert bad == 0 and torch.equal(images[0], source.load(0)[0])
