@@ -117,7 +117,7 @@ def unpack(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[list[t
             images[i] = batch["pixels"][offsets[i]: offsets[i] + lengths[i]].view(3, *shapes[i])
     if jpegs:
         data = [batch["jpeg"][offsets[i]: offsets[i] + lengths[i]] for i in jpegs]
-        for i, img in zip(jpegs, decode_jpegs(data, device)):
+        for i, img in zip(jpegs, decode_jpegs(data, device), strict=True):
             images[i] = img
     bad = [i for i, img in enumerate(images) if img is None or tuple(img.shape[-2:]) != tuple(shapes[i])]
     for i in bad:  # the header promised another size, or nothing decoded: a grey image of the promised size

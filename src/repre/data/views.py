@@ -4,7 +4,9 @@ Every random choice for a view is drawn from a generator keyed by (seed, epoch, 
 the views do not depend on the number of data workers or processes, and a resumed run sees the same views.
 
 The pipeline has two stages:
-- geometric, per sample (images may differ in size): random resized crop and horizontal flip -> uint8;
+- geometric, per sample (images may differ in size): random resized crop and horizontal flip -> uint8, in the
+  data workers (here), or batched on the training device from the same parameters (`sample_views`;
+  `repre.data.device_views`, aug.geometric_on=device);
 - photometric, batched on a [N, 3, S, S] float tensor with per-sample parameters: colour jitter,
   grayscale, Gaussian blur, solarization, then normalization. It runs in the collate function (in the
   data workers) and can equally run on an accelerator.
@@ -115,7 +117,8 @@ def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: 
     """One image -> (uint8 views [V, 3, s, s], photometric parameters [V, N_PHOTO]) for view ids
     first .. first + V - 1 (ids 0 and 1: the global views; 2 and up: DINO's local crops, of `spec.local_size`)."""
     boxes, flips, photo = sample_views(spec, seed, epoch, index, img.shape[-2], img.shape[-1], n_views, first)
-    views = [geometric(img, tuple(box), bool(flip), size or spec.size) for box, flip in zip(boxes.tolist(), flips)]
+    views = [geometric(img, tuple(box), flip, size or spec.size)
+             for box, flip in zip(boxes.tolist(), flips.tolist(), strict=True)]
     return torch.stack(views), photo
 
 
