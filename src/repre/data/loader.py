@@ -103,21 +103,26 @@ def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int,
     return img, label, skipped
 
 
+def payload_from_bytes(data: bytes, name: str, label: int, encoded_ok: bool) -> dict:
+    """A file's bytes as they cross to the device: {"payload": the JPEG bytes [n] when `encoded_ok` and the device
+    decodes them (`jpeg_shape`), else the decoded pixels [3*H*W]; "encoded"; "shape": (H, W); "label"}. Raises
+    UnreadableImage."""
+    shape = jpeg_shape(data) if encoded_ok else None
+    if shape is not None:
+        return {"payload": torch.frombuffer(bytearray(data), dtype=torch.uint8), "encoded": True, "shape": shape,
+                "label": label}
+    img = decode(io.BytesIO(data), name)
+    return {"payload": img.reshape(-1), "encoded": False, "shape": tuple(img.shape[-2:]), "label": label}
+
+
 def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dict, int]:
-    """The image at `index` (or the next readable one) as it crosses to the device: ({"payload": uint8 pixels
-    [3*H*W], or the file's JPEG bytes [n] when `encoded_ok` and the device can decode them; "encoded";
-    "shape": (H, W); "label"}, images skipped). Sources without files (Fashion-MNIST, synthetic) send pixels."""
+    """The image at `index` (or the next readable one) as it crosses to the device (`payload_from_bytes`), and
+    the number of images skipped. Sources without files (Fashion-MNIST, synthetic) send pixels."""
 
     def read(i: int) -> dict:
-        if encoded_ok and hasattr(source, "encoded"):
-            data, name, label = source.encoded(i)
-            shape = jpeg_shape(data)
-            if shape is not None:
-                return {"payload": torch.frombuffer(bytearray(data), dtype=torch.uint8), "encoded": True,
-                        "shape": shape, "label": label}
-            img = decode(io.BytesIO(data), name)
-        else:
-            img, label = source.load(i)
+        if hasattr(source, "encoded"):
+            return payload_from_bytes(*source.encoded(i), encoded_ok=encoded_ok)
+        img, label = source.load(i)
         return {"payload": img.reshape(-1), "encoded": False, "shape": tuple(img.shape[-2:]), "label": label}
 
     return _first_readable(source, index, read)
@@ -190,26 +195,33 @@ class ViewDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         if self.crops_on_device:
-            return self._parameters(epoch, index)
-        img, label, skipped = load_or_replace(self.source, index)
-        views, photo = make_views(img, self.spec, self.seed, epoch, index, self.n_views)
-        small = int(min(img.shape[-2:]) < self.spec.size)  # upscaled by the crop: counted, never refused
-        sample = {"views": views, "photo": photo, "index": index, "label": label, "skipped": skipped, "small": small}
-        if self.spec.local_crops:
-            sample["local_views"], sample["local_photo"] = make_views(
-                img, self.spec, self.seed, epoch, index, self.spec.local_crops, first=2, size=self.spec.local_size)
-        return sample
+            loaded, skipped = load_payload(self.source, index, self.decode_on_device)
+        else:
+            (img, label), skipped = _first_readable(self.source, index, self.source.load)
+            loaded = {"image": img, "label": label}
+        return self.sample(loaded, epoch, index, skipped)
 
-    def _parameters(self, epoch: int, index: int) -> dict:
-        sample, skipped = load_payload(self.source, index, self.decode_on_device)
-        h, w = sample["shape"]
-        sample.update(index=index, skipped=skipped, small=int(min(h, w) < self.spec.size))
-        sample["boxes"], sample["flips"], sample["photo"] = sample_views(
-            self.spec, self.seed, epoch, index, h, w, self.n_views)
-        if self.spec.local_crops:
-            sample["local_boxes"], sample["local_flips"], sample["local_photo"] = sample_views(
-                self.spec, self.seed, epoch, index, h, w, self.spec.local_crops, first=2)
-        return sample
+    def sample(self, loaded: dict, epoch: int, index: int, skipped: int = 0) -> dict:
+        """A loaded image ({"image": uint8 [3, H, W], "label"}, or a `payload_from_bytes` dict with crops on the
+        device) -> what the collate takes: its views (or their parameters) for (epoch, index)."""
+        spec, seed = self.spec, self.seed
+        if self.crops_on_device:
+            sample = dict(loaded)
+            h, w = sample["shape"]
+            sample["boxes"], sample["flips"], sample["photo"] = sample_views(spec, seed, epoch, index, h, w, self.n_views)
+            if spec.local_crops:
+                sample["local_boxes"], sample["local_flips"], sample["local_photo"] = sample_views(
+                    spec, seed, epoch, index, h, w, spec.local_crops, first=2)
+        else:
+            img = loaded["image"]
+            h, w = img.shape[-2:]
+            views, photo = make_views(img, spec, seed, epoch, index, self.n_views)
+            sample = {"views": views, "photo": photo, "label": loaded["label"]}
+            if spec.local_crops:
+                sample["local_views"], sample["local_photo"] = make_views(
+                    img, spec, seed, epoch, index, spec.local_crops, first=2, size=spec.local_size)
+        small = int(min(h, w) < spec.size)  # upscaled by the crop: counted, never refused
+        return {**sample, "index": index, "skipped": skipped, "small": small}
 
 
 def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
