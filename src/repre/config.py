@@ -44,6 +44,11 @@ class DataConfig:
     # where JPEGs of folders and shards are decoded: in the data workers, or on the training device (nvJPEG on a
     # GPU; the bytes cross, not the pixels). device needs aug.geometric_on=device
     decode_on: Literal["workers", "device"] = "workers"
+    # data.name=shards: read through an index of member offsets (random), or each shard as one stream (stream:
+    # URLs, pipe: commands, shards in an object store). auto: stream for http(s):// and pipe: roots
+    shard_access: Literal["auto", "random", "stream"] = "auto"
+    shuffle_block: int = 1000  # streamed shards: samples read, then given out in random order, per data worker
+    stream_size: int = 0  # streamed shards: images in all shards, for train.epochs (0: unknown; set train.max_steps)
 
 
 @dataclass
@@ -450,6 +455,12 @@ def validate(cfg: Config) -> None:
     if d.decode_on == "device" and cfg.aug.geometric_on != "device":
         raise UserError("data.decode_on=device leaves the images encoded until they reach the device, where the "
                         "crops must then be cut: add --set aug.geometric_on=device")
+    if d.shuffle_block < 1:
+        raise UserError(f"data.shuffle_block must be >= 1, got {d.shuffle_block}")
+    if d.name == "shards" and t.max_steps <= 0 and d.stream_size <= 0 and (
+            d.shard_access == "stream" or (d.shard_access == "auto" and str(d.root).startswith(("http://", "https://", "pipe:")))):
+        raise UserError("streamed shards have no index to count their images: set data.stream_size=N (the images in "
+                        "all shards; train.epochs then means N images each) or train.max_steps")
     if (d.mean is None) != (d.std is None):
         raise UserError("set both data.mean and data.std, or neither")
     non_negative = {

@@ -58,6 +58,11 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     )
 
 
+STREAMS_EVALUATE = ("evaluation reads labelled images at random, which streamed shards ({root}) cannot give: "
+                    "evaluate with --set data.root=<a local folder, or shards with train/ and val/> "
+                    "--set data.shard_access=random")
+
+
 def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     """The `split` ("train" or "test") of the configured dataset."""
     if cfg.name == "fashion-mnist":
@@ -70,7 +75,13 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
     if cfg.name == "shards":
         from repre.data.shards import TarShards
+        from repre.data.stream import StreamShards, streams
 
+        if streams(cfg.root, cfg.shard_access):
+            if split != "train":
+                raise UserError(STREAMS_EVALUATE.format(root=cfg.root))
+            root = cfg.root if not Path(str(cfg.root)).is_dir() else str(_folder_split(cfg.root, split, "shards"))
+            return StreamShards(root, cfg.stream_size)
         return TarShards(str(_folder_split(cfg.root, split, "shards")))
     if cfg.name == "folder":
         train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
@@ -88,7 +99,7 @@ def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tupl
 
 def _first_readable(source: ImageSource, index: int, read):
     """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
-    n = len(source)
+    n = len(source) or index + 1  # 0: a stream of unknown length
     for skipped in range(n):
         try:
             return read((index + skipped) % n), skipped
@@ -170,6 +181,10 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def eval_source(cfg: Config, split: str) -> ImageSource:
     """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
     sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
+    from repre.data.stream import streams
+
+    if cfg.data.name == "shards" and streams(cfg.data.root, cfg.data.shard_access):
+        raise UserError(STREAMS_EVALUATE.format(root=cfg.data.root))
     if cfg.eval.split == "test":
         return build_source(cfg.data, split, seed=cfg.train.seed)
     source = build_source(cfg.data, "train", seed=cfg.train.seed)
@@ -200,6 +215,12 @@ class ViewDataset(Dataset):
             (img, label), skipped = _first_readable(self.source, index, self.source.load)
             loaded = {"image": img, "label": label}
         return self.sample(loaded, epoch, index, skipped)
+
+    def load_bytes(self, data: bytes, name: str, label: int) -> dict:
+        """A file's bytes -> a loaded image for `sample`; raises UnreadableImage."""
+        if self.crops_on_device:
+            return payload_from_bytes(data, name, label, self.decode_on_device)
+        return {"image": decode(io.BytesIO(data), name), "label": label}
 
     def sample(self, loaded: dict, epoch: int, index: int, skipped: int = 0) -> dict:
         """A loaded image ({"image": uint8 [3, H, W], "label"}, or a `payload_from_bytes` dict with crops on the
@@ -280,6 +301,8 @@ class ViewCollate:
         })
         if "local_views" in samples[0]:  # DINO's local crops: [B, L, 3, s, s]
             self._views(samples, "local_views", "local_photo", batch)
+        if "stream" in samples[-1]:  # streamed shards: the worker's position after this batch (for checkpoints)
+            batch["stream"] = samples[-1]["stream"]
         return batch
 
 
@@ -344,22 +367,29 @@ def photometric_on_device(cfg: Config, device: torch.device) -> bool:
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
-                    on_device: bool = False) -> DataLoader:
+                    on_device: bool = False, positions: dict[int, tuple] | None = None) -> DataLoader:
     """An endless loader of two-view batches (this process's share of each global batch), starting at
-    optimizer step `start_step`. `on_device`: the views stay uint8 for `finish_views` on the device."""
+    optimizer step `start_step`. `on_device`: the views stay uint8 for `finish_views` on the device.
+    Streamed shards: `positions` are the workers' saved positions ({logical worker: position})."""
+    from repre.data.stream import StreamShards, StreamViews, check_enough_shards
+
     spec = view_spec(cfg, source)
-    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, rank(), world_size())
+    views = ViewDataset(source, spec, cfg.train.seed, crops_on_device=cfg.aug.geometric_on == "device",
+                        decode_on_device=cfg.data.decode_on == "device")
     workers = resolve_workers(cfg.train.num_workers)
+    common = dict(collate_fn=ViewCollate(spec, photometric=not on_device), num_workers=workers,
+                  pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    if isinstance(source, StreamShards):
+        check_enough_shards(len(source.urls), world_size(), max(1, workers))  # here, not in a worker: a clear error
+        stream = StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, rank(), world_size(),
+                             start_step, positions)
+        return DataLoader(stream, batch_size=cfg.train.batch_size // world_size(), **common)
+    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, rank(), world_size())
     return DataLoader(
-        ViewDataset(source, spec, cfg.train.seed, crops_on_device=cfg.aug.geometric_on == "device",
-                    decode_on_device=cfg.data.decode_on == "device"),
+        views,
         batch_sampler=sampler,
-        collate_fn=ViewCollate(spec, photometric=not on_device),
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # not a draw from the global RNG: exact resume
+        **common,
     )
 
 

@@ -17,7 +17,15 @@ from tqdm import tqdm
 
 from repre.builder import build_model
 from repre.config import Config, config_from_dict, flatten, save_yaml
-from repre.data.loader import finish_views, photometric_on_device, pretrain_loader, train_source, view_spec
+from repre.data.loader import (
+    finish_views,
+    photometric_on_device,
+    pretrain_loader,
+    resolve_workers,
+    train_source,
+    view_spec,
+)
+from repre.data.stream import StreamShards
 from repre.engine import checkpoint as ckpt_io
 from repre.engine import distributed as dist
 from repre.engine.diagnostics import TrendWatch, loss_balance
@@ -129,6 +137,7 @@ class Trainer:
         zero = torch.zeros((), device=self.rt.device)
         self.skips = {"total": zero.clone(), "streak": zero.clone(), "worst": zero.clone()}  # sync-free counters
         self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
+        self.stream_positions: dict[int, tuple] = {}  # streamed shards: each data worker's position (checkpointed)
         t = cfg.train
         warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * self.total)
         self.lr = warmup_cosine(t.lr * t.batch_size / 256, t.min_lr, self.total, warmup)  # linear scaling rule
@@ -193,9 +202,33 @@ class Trainer:
             "run": {"skipped_images": s.skipped_images, "images_seen": s.images_seen, "train_seconds": s.train_seconds,
                     "nonfinite_steps": s.nonfinite_steps, "upscaled_images": s.upscaled_images},
             "rng": rng,
+            "stream": self._stream_state(),
             "config": self.cfg.to_dict(),
             "versions": ckpt_io.versions(),
         }
+
+    def _stream_state(self) -> dict[str, Any] | None:
+        """Streamed shards: every process's data-worker positions (distributed: a collective), else None."""
+        if not isinstance(self.source, StreamShards):
+            return None
+        ranks = dist.gather_objects(self.stream_positions) if dist.is_distributed() else [self.stream_positions]
+        return {"workers": max(1, resolve_workers(self.cfg.train.num_workers)), "ranks": ranks}
+
+    def _restore_stream(self, saved: dict[str, Any] | None) -> None:
+        """Where each data worker's stream goes on: its saved position when the processes and workers are as
+        many as when saved, else the start of the earliest saved epoch (not the exact sequence; a warning)."""
+        if not isinstance(self.source, StreamShards) or not saved:
+            return
+        workers = max(1, resolve_workers(self.cfg.train.num_workers))
+        if saved["workers"] == workers and len(saved["ranks"]) == dist.world_size():
+            self.stream_positions = dict(saved["ranks"][dist.rank()])
+            return
+        epochs = [pos[0] for ranks in saved["ranks"] for pos in ranks.values()]
+        epoch = min(epochs, default=0)
+        log.warning("resuming streamed shards with %d processes x %d workers, saved with %d x %d: every stream "
+                    "restarts at the start of epoch %d (not the exact sequence of an uninterrupted run)",
+                    dist.world_size(), workers, len(saved["ranks"]), saved["workers"], epoch)
+        self.stream_positions = {w: (epoch, 0, ()) for w in range(workers)}
 
     def save_checkpoint(self, final: bool = False) -> Path | None:
         """Write step-N.pt and last.pt. A failed periodic write (full disk) leaves the previous checkpoints
@@ -279,6 +312,7 @@ class Trainer:
         cuda_rng = rng.get("cuda")
         if torch.is_tensor(cuda_rng) and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng, self.rt.device)
+        self._restore_stream(ckpt.get("stream"))
         self.state.step = int(ckpt["step"])
         run = ckpt["run"]
         self.state.skipped_images = int(run["skipped_images"])
@@ -450,7 +484,7 @@ class Trainer:
         self.skips["total"].fill_(s.nonfinite_steps)  # host_sync=log counts on from a resumed run's total
         writer = MetricWriter(self.out, enabled=main)
         loader = pretrain_loader(cfg, self.source, s.step, self.rt.pin_memory,
-                                 photometric_on_device(cfg, self.rt.device))
+                                 photometric_on_device(cfg, self.rt.device), dict(self.stream_positions))
         bar = tqdm(total=self.total, initial=s.step, disable=not (cfg.train.progress and main), dynamic_ncols=True,
                    desc="pretrain")
         with GracefulStop() as stop:
@@ -494,6 +528,8 @@ class Trainer:
             window_steps += 1
             s.images_seen += cfg.train.batch_size
             self._count_images(batch)
+            if "stream" in batch:  # the position of the worker this batch came from, after it
+                self.stream_positions[batch["stream"][0]] = tuple(batch["stream"][1:])
             s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
             tick = time.perf_counter()
             bar.update(1)

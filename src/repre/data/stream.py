@@ -1,0 +1,234 @@
+"""Tar shards read as streams, each from its first byte to its last: for datasets in an object store or on no
+local disk. `data.name=shards` streams when `data.root` is a URL (http://, https://) or a `pipe:COMMAND` whose
+standard output is the shard (`pipe:aws s3 cp s3://bucket/train-{000000..001023}.tar -`), or with
+`data.shard_access=stream`; brace patterns expand as for indexed shards (`repre.data.shards`). Members are
+grouped into samples as WebDataset groups them (`KEY.jpg` + optional `KEY.cls`, consecutive in the tar).
+
+Order. Epoch e shuffles the shard list with (seed, e); process r of N takes every N-th shard of it, and data
+worker w of W every W-th of those. A worker reads its shards one after the other and shuffles their samples in
+blocks of `data.shuffle_block`: a block is read whole, then given out in an order drawn from (seed, e, r, w,
+block). Each worker's stream runs on through the epochs without end, so processes never wait for each other at
+an epoch's end (their epochs drift by a shard or so; `data.stream_size` sets the steps of `train.epochs`).
+The views of an image are keyed by (seed, epoch, shard, position in the shard), as indexed data keys them by
+index.
+
+Resume. Every batch carries its worker's position (epoch, samples given out in it, the sizes of the shards it
+finished in it); a checkpoint keeps the last position of every worker of every process. A resumed worker
+re-reads from the start of the block it was in (at most a block and a shard per worker), so a resumed run sees
+exactly the batches of an uninterrupted one when the number of processes and of workers is the same; with other
+numbers every stream restarts at the earliest saved epoch, with a warning.
+
+What cannot be streamed: evaluation needs random access (a k-NN bank, labelled splits); point `repre eval` at
+a local copy (a folder or indexed shards) of the labelled splits.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from itertools import islice
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
+from repre.data.shards import LABEL_EXTENSIONS, _split_key, expand
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+REMOTE = ("http://", "https://", "pipe:")
+KEY_BITS = 24  # an image's key for its views: shard << KEY_BITS | position in the shard
+
+
+def is_remote(root: str | None) -> bool:
+    return bool(root) and root.startswith(REMOTE)
+
+
+def shard_urls(root: str) -> list[str]:
+    """The shards `root` names: a URL or pipe: pattern expanded, or a local folder's .tar files, a .tar, a pattern."""
+    if is_remote(root):
+        return expand(root)
+    from repre.data.shards import shard_paths
+
+    return [str(p) for p in shard_paths(root)]
+
+
+def open_shard(url: str) -> BinaryIO:
+    """A readable stream of the shard: a pipe: command's standard output, an HTTP(S) body, or a local file."""
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602 - the user's command
+                                stderr=subprocess.PIPE, bufsize=1 << 20)
+        return _PipeStream(proc, url)
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the user's URL
+    return open(url, "rb")  # noqa: SIM115 - closed by the reader
+
+
+class _PipeStream(io.RawIOBase):
+    """A command's standard output; at its end a failed command (non-zero exit) is an OSError with its stderr."""
+
+    def __init__(self, proc: subprocess.Popen, url: str) -> None:
+        self.proc, self.url = proc, url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.proc.stdout.readinto(buffer)
+        if n == 0 and self.proc.wait() != 0:
+            err = self.proc.stderr.read().decode("utf-8", "replace").strip()[-300:]
+            raise OSError(f"`{self.url[len('pipe:'):]}` exited with status {self.proc.returncode}: {err}")
+        return n
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        super().close()
+
+
+def read_samples(url: str) -> Iterator[tuple[str, bytes, int]]:
+    """(key, image bytes, label or -1) for each sample of a shard, in member order. A shard that breaks off
+    (network, a failed command) ends early with a warning; the samples before the break are kept."""
+    key, image, label = None, None, -1
+    try:
+        with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, ext = _split_key(member.name)
+                if k != key:
+                    if image is not None:
+                        yield key, image, label
+                    key, image, label = k, None, -1
+                if ext in EXTENSIONS:
+                    image = tar.extractfile(member).read()
+                elif ext in LABEL_EXTENSIONS:
+                    text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
+                    label = int(text) if text.lstrip("-").isdigit() else -1
+        if image is not None:
+            yield key, image, label
+    except (OSError, tarfile.TarError) as exc:
+        log.warning("shard %s broke off (%s): going on with the next one", url, exc)
+
+
+class StreamShards:
+    """Streamed shards as an image source: what the trainer asks of a source, without random access.
+    `len` is `data.stream_size` (0: unknown); `load` reads only the first images of the first shard (the
+    reconstruction pictures)."""
+
+    mean, std = MEAN, STD
+    num_classes = None
+
+    def __init__(self, root: str, size: int = 0) -> None:
+        self.root, self.urls, self.size = root, shard_urls(root), size
+        self._first: list[tuple[str, bytes, int]] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        if self._first is None:
+            self._first = list(islice(read_samples(self.urls[0]), 64))
+            if not self._first:
+                raise UserError(f"the first shard {self.urls[0]} gave no images; check data.root={self.root}")
+        key, data, label = self._first[index % len(self._first)]
+        return decode(io.BytesIO(data), f"{self.urls[0]}:{key}"), label
+
+
+def stream_position(epoch: int = 0, given: int = 0, sizes: tuple[int, ...] = ()) -> tuple[int, int, tuple[int, ...]]:
+    """A worker's position: (epoch, samples given out in it, sizes of the shards it finished in it)."""
+    return epoch, given, tuple(sizes)
+
+
+class StreamViews(IterableDataset):
+    """The endless stream of collate samples of this process's workers (see the module's description).
+
+    `positions`: {logical worker: position} to resume from; `start_step`: the optimizer step the loader starts
+    at, which renumbers the workers so that step s's batch still comes from worker s mod W."""
+
+    def __init__(self, shards: StreamShards, views, seed: int, block: int, rank: int, world: int,
+                 start_step: int = 0, positions: dict[int, tuple] | None = None) -> None:
+        self.shards, self.views, self.seed, self.block = shards, views, seed, block
+        self.rank, self.world, self.start_step = rank, world, start_step
+        self.positions = positions or {}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, physical = (info.num_workers, info.id) if info else (1, 0)
+        check_enough_shards(len(self.shards.urls), self.world, workers)
+        logical = (physical + self.start_step) % workers
+        epoch, given, sizes = self.positions.get(logical, stream_position())
+        while True:
+            if not (yield from self._epoch(epoch, given, list(sizes), logical, workers)) and not given:
+                urls = [self.shards.urls[i] for i in self._shards_of(epoch, logical, workers)]
+                raise UserError(f"the shards {', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''} gave no image "
+                                "(see the warnings above): check data.root and that the shards can be read")
+            epoch, given, sizes = epoch + 1, 0, []
+
+    def _shards_of(self, epoch: int, logical: int, workers: int) -> list[int]:
+        order = torch.randperm(len(self.shards.urls), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return order.tolist()[self.rank :: self.world][logical::workers]
+
+    def _read_from(self, shards: list[int], sizes: list[int], start: int) -> Iterator[tuple[int, int, str, bytes, int]]:
+        """(shard, position, key, bytes, label) of the worker's epoch stream from sample `start` on: shards whose
+        sizes are known and that end before `start` are not read. Appends the size of each shard it finishes."""
+        seen = 0
+        for i, shard in enumerate(shards):
+            if i < len(sizes) and seen + sizes[i] <= start:
+                seen += sizes[i]
+                continue
+            count = 0
+            for count, (key, data, label) in enumerate(read_samples(self.shards.urls[shard]), 1):
+                if seen + count > start:
+                    yield shard, count - 1, key, data, label
+            if i >= len(sizes):
+                sizes.append(count)
+            seen += count
+
+    def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int, workers: int):
+        """Yields the collate samples of this worker's epoch from position `given` on; returns whether any
+        sample was read."""
+        shards = self._shards_of(epoch, logical, workers)
+        block = given // self.block
+        source = self._read_from(shards, sizes, block * self.block)
+        skipped, read = 0, False
+        while True:
+            items = list(islice(source, self.block))
+            read = read or bool(items)
+            if not items:
+                return read
+            rng = np.random.default_rng([self.seed, epoch, self.rank, logical, block])
+            order = rng.permutation(len(items))
+            for pos in range(given - block * self.block, len(items)):
+                shard, at, key, data, label = items[order[pos]]
+                index = shard << KEY_BITS | at
+                try:
+                    loaded = self.views.load_bytes(data, f"{self.shards.urls[shard]}:{key}", label)
+                except UnreadableImage as exc:
+                    log.warning("skipping unreadable image: %s", exc)
+                    skipped += 1
+                    continue
+                sample = self.views.sample(loaded, epoch, index, skipped)
+                skipped = 0
+                sample["stream"] = (logical, *stream_position(epoch, block * self.block + pos + 1, sizes))
+                yield sample
+            block, given = block + 1, (block + 1) * self.block
+
+
+def check_enough_shards(shards: int, world: int, workers: int) -> None:
+    if shards < world * workers:
+        raise UserError(f"{shards} shards cannot feed {world} process(es) x {workers} data worker(s), each of which "
+                        "reads shards of its own: use fewer train.num_workers, fewer processes, or more shards")
+
+
+def streams(root: str | None, access: str) -> bool:
+    """Whether data.name=shards reads `root` as streams (data.shard_access; auto: for URLs and pipe:)."""
+    return access == "stream" or (access == "auto" and is_remote(root))

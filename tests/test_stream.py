@@ -1,0 +1,137 @@
+"""Streamed tar shards (data.shard_access=stream; URLs and pipe: commands): coverage of every epoch, shares of
+processes, exact resume of the data order and of a run, HTTP and pipe: sources, bad input."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from test_shards import write_shards
+
+from conftest import tiny_config
+from repre.data.loader import ViewDataset, pretrain_loader, train_source, view_spec
+from repre.data.stream import KEY_BITS, StreamShards, StreamViews, read_samples
+from repre.engine import checkpoint as ckpt_io
+from repre.engine.trainer import Trainer
+from repre.errors import UserError
+
+SHARDS, PER_SHARD = 6, 10
+
+
+@pytest.fixture
+def shards(tmp_path) -> Path:
+    write_shards(tmp_path / "train", shards=SHARDS, per_shard=PER_SHARD)
+    return tmp_path / "train"
+
+
+def stream_config(root: str, *extra: str):
+    return tiny_config("data.name=shards", f"data.root={root}", "data.shard_access=stream", "data.image_size=16",
+                       "train.batch_size=4", "data.shuffle_block=7", "train.max_steps=20", *extra)
+
+
+def stream(cfg, rank: int = 0, world: int = 1) -> StreamViews:
+    source = train_source(cfg)
+    views = ViewDataset(source, view_spec(cfg, source), cfg.train.seed)
+    return StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, rank, world)
+
+
+def keys(samples) -> list[tuple[int, int]]:
+    return [(s["index"] >> KEY_BITS, s["index"] & ((1 << KEY_BITS) - 1)) for s in samples]
+
+
+def test_every_epoch_gives_every_image_once_split_between_processes(shards):
+    cfg = stream_config(str(shards))
+    whole = [next(it) for it in [iter(stream(cfg))] for _ in range(2 * SHARDS * PER_SHARD)]
+    first, second = keys(whole[: SHARDS * PER_SHARD]), keys(whole[SHARDS * PER_SHARD:])
+    everything = {(s, p) for s in range(SHARDS) for p in range(PER_SHARD)}
+    assert set(first) == set(second) == everything and first != second  # reshuffled per epoch
+    assert [s["stream"][1] for s in (whole[0], whole[-1])] == [0, 1]  # (worker, epoch, ...) positions
+    shares = [keys(next(it) for it in [iter(stream(cfg, r, 2))] for _ in range(SHARDS * PER_SHARD // 2))
+              for r in range(2)]
+    assert not set(shares[0]) & set(shares[1]) and set(shares[0]) | set(shares[1]) == everything
+    assert {s for s, _ in shares[0]} & {s for s, _ in shares[1]} == set()  # whole shards per process
+
+
+@pytest.mark.parametrize("step", [5, 17])
+def test_a_resumed_loader_gives_the_batches_of_an_uninterrupted_one(shards, step):
+    """Two workers, blocks of 7, 30 images per worker epoch: from the positions of the batches consumed before
+    `step`, the loader continues with exactly the same batches (views included), across block and epoch ends."""
+    cfg = stream_config(str(shards), "train.num_workers=2")
+    source = train_source(cfg)
+    loader = iter(pretrain_loader(cfg, source, 0, False))
+    batches = [next(loader) for _ in range(24)]
+    positions = {}
+    for b in batches[:step]:
+        positions[b["stream"][0]] = tuple(b["stream"][1:])
+    resumed = iter(pretrain_loader(cfg, source, step, False, positions=positions))
+    for want in batches[step:]:
+        got = next(resumed)
+        assert got["index"].tolist() == want["index"].tolist()
+        assert torch.equal(got["views"], want["views"])
+    assert {b["stream"][1] for b in batches} == {0, 1}  # an epoch boundary is crossed
+
+
+def test_a_run_crashed_after_a_checkpoint_resumes_to_the_same_weights(shards, tmp_path, monkeypatch):
+    settings = ["train.num_workers=2", "train.max_steps=8", "train.checkpoint_every=4", "train.log_every=4",
+                "eval.knn=false"]
+    cfg = stream_config(str(shards), *settings)
+    Trainer(cfg, tmp_path / "whole").fit()
+    save = Trainer.save_checkpoint
+
+    def crash_after_step_4(self, final=False):
+        path = save(self, final)
+        if self.state.step == 4:
+            raise RuntimeError("simulated crash")
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(cfg, tmp_path / "crashed").fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    assert Trainer(cfg, tmp_path / "crashed", resume=True).fit()["completed"]
+    a, b = (ckpt_io.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("whole", "crashed"))
+    assert not [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert set(a["stream"]["ranks"][0]) == {0, 1}
+
+
+def test_pipe_and_http_give_what_the_files_give(shards):
+    pattern = "part-{0000..0005}.tar"
+    want = keys_of(str(shards / pattern))
+    assert keys_of(f"pipe:cat {shards}/{pattern}") == want
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert keys_of(f"http://127.0.0.1:{server.server_address[1]}/{pattern}") == want
+    finally:
+        server.shutdown()
+
+
+def keys_of(root: str) -> list[tuple[int, int]]:
+    return keys(next(it) for it in [iter(stream(stream_config(root)))] for _ in range(SHARDS * PER_SHARD))
+
+
+def test_a_failing_shard_is_skipped_and_all_failing_is_an_error(shards, repre_log):
+    samples = list(read_samples("pipe:cat /nonexistent/x.tar"))
+    assert samples == [] and "exited with status" in repre_log.text
+    cfg = stream_config("pipe:cat /nonexistent/part-{0..5}.tar")
+    with pytest.raises(UserError, match="gave no image"):
+        next(iter(stream(cfg)))
+
+
+def test_stream_settings_that_cannot_work_say_what_to_do(shards):
+    with pytest.raises(UserError, match="data.stream_size"):
+        tiny_config("data.name=shards", "data.root=pipe:cat x.tar", "train.max_steps=0", "train.epochs=1")
+    cfg = stream_config(str(shards), "train.num_workers=7")
+    with pytest.raises(UserError, match="6 shards cannot feed 1 process"):
+        pretrain_loader(cfg, train_source(cfg), 0, False)
+    with pytest.raises(UserError, match="shard_access=random"):
+        from repre.data.loader import eval_source
+
+        eval_source(cfg, "test")
+    assert len(StreamShards(str(shards), 60)) == 60
