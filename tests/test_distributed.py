@@ -147,3 +147,29 @@ def test_global_batch_must_divide_among_processes(tmp_path):
     printed = [ln for ln in done.stderr.splitlines() if ln.startswith("repre: error:")]
     assert len(printed) == 1 and "not divisible by the 2 processes" in printed[0]  # rank 0 says it once
     assert "traceback : repre: error: train.batch_size=15" in done.stderr  # the launcher's summary: the message
+
+
+def test_two_processes_stream_shards_and_resume_their_streams_exactly(tmp_path):
+    """Streamed shards under torchrun: each process reads its own shards; resuming a copy of the run from its
+    step-3 checkpoint (each process's stream position in it) ends with the uninterrupted run's weights."""
+    import shutil
+
+    from test_shards import write_shards
+
+    write_shards(tmp_path / "shards", shards=4, per_shard=12)
+    extra = ["data.name=shards", f"data.root=pipe:cat {tmp_path}/shards/part-{{0000..0003}}.tar",
+             "data.image_size=16", "data.shuffle_block=5", "train.batch_size=8", "train.max_steps=6",
+             "train.checkpoint_every=3", "train.num_workers=1"]
+    whole = tmp_path / "whole"
+    run(whole, 2, extra)
+    ckpt = ckpt_io.load(whole / "checkpoints" / "last.pt")
+    assert len(ckpt["stream"]["ranks"]) == 2 and all(ranks.keys() == {0} for ranks in ckpt["stream"]["ranks"])
+    again = tmp_path / "again"
+    shutil.copytree(whole, again)
+    for path in (again / "checkpoints").iterdir():
+        if not path.name.startswith("step-00000003.pt"):
+            path.unlink()
+    done = run(again, 2, extra, resume=True)
+    assert "step-00000003.pt (step 3 of 6)" in done.stderr
+    a, b = final_model(whole), final_model(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
