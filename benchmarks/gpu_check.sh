@@ -43,7 +43,7 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 START=$(date +%s)
-STAGES=${STAGES:-"cuda-check ddp-nccl default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync real-data tests"}
+STAGES=${STAGES:-"cuda-check ddp-nccl default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync real-data view-speed tests"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
@@ -96,6 +96,12 @@ if want real-data; then
     --configs repre $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
     --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
   rm -rf "$JPEGS"
+fi
+# 2c. what the views cost on the GPU: crops of a batch as matrix products from pixels, and from JPEG bytes decoded
+#     by nvJPEG, then the photometric stage; against one CPU worker's decode + crops (ms per image)
+if want view-speed; then
+  stage view-speed 60 python benchmarks/view_speed.py --device cuda --images 512 --batch 256
+  stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 256 --batch 128 --local-crops 10
 fi
 
 # 3. quality: benchmarks/quality.py runs as a queue of jobs, most important first, QUALITY_LANES at a time, until
