@@ -43,7 +43,7 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 START=$(date +%s)
-STAGES=${STAGES:-"cuda-check ddp-nccl default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync real-data view-speed tests"}
+STAGES=${STAGES:-"cuda-check ddp-nccl default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync sync-check real-data view-speed tests"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
@@ -96,6 +96,13 @@ if want real-data; then
     --configs repre $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
     --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
   rm -rf "$JPEGS"
+fi
+# 2b'. host synchronisations left in the step (CUDA's sync debug mode), per framework and input placement
+if want sync-check; then
+  SYNC_JPEGS=$(mktemp -d /tmp/repre-sync-jpegs.XXXX)
+  python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 > /dev/null 2>&1
+  stage sync-check 150 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder"
+  rm -rf "$SYNC_JPEGS"
 fi
 # 2c. what the views cost on the GPU: crops of a batch as matrix products from pixels, and from JPEG bytes decoded
 #     by nvJPEG, then the photometric stage; against one CPU worker's decode + crops (ms per image)

@@ -46,8 +46,9 @@ def main() -> None:
     blobs = [image(rng) for _ in range(args.images)]
     decoded = [decode(io.BytesIO(b)) for b in blobs]
 
-    def worker(start: int, end: int) -> None:
-        """What a data worker does for a batch: decode and crop each image, then the batched photometric stage."""
+    def worker(start: int, end: int, photometric: bool = True) -> None:
+        """What a data worker does for a batch: decode and crop each image, then (unless the photometric stage runs
+        on the device, the GPU default) the batched photometric stage."""
         views, photos, local, local_photos = [], [], [], []
         for i in range(start, end):
             img = decode(io.BytesIO(blobs[i]))
@@ -58,9 +59,10 @@ def main() -> None:
                 v, ph = make_views(img, spec, 0, 0, i, spec.local_crops, first=2, size=96)
                 local.append(v)
                 local_photos.append(ph)
-        batched_photometric(torch.stack(views), torch.stack(photos), spec)
-        if spec.local_crops:
-            batched_photometric(torch.stack(local), torch.stack(local_photos), spec)
+        if photometric:
+            batched_photometric(torch.stack(views), torch.stack(photos), spec)
+            if spec.local_crops:
+                batched_photometric(torch.stack(local), torch.stack(local_photos), spec)
 
     def sample(i: int, encoded: bool) -> dict:
         img = decoded[i]
@@ -99,12 +101,14 @@ def main() -> None:
 
     for b in batches.values():  # warm-up (allocator, nvJPEG handles)
         on_device(b[0])
-    times: dict[str, list[float]] = {"worker: decode, crops (1 thread)": []} | {k: [] for k in batches}
+    workers = {"worker: decode, crops, photometric": True, "worker: decode, crops": False}  # 1 thread
+    times: dict[str, list[float]] = {k: [] for k in workers} | {k: [] for k in batches}
     for _ in range(args.rounds):
-        start = time.perf_counter()
-        for b in range(0, args.images, args.batch):
-            worker(b, min(b + args.batch, args.images))
-        times["worker: decode, crops (1 thread)"].append((time.perf_counter() - start) / args.images)
+        for name, photometric in workers.items():
+            start = time.perf_counter()
+            for b in range(0, args.images, args.batch):
+                worker(b, min(b + args.batch, args.images), photometric)
+            times[name].append((time.perf_counter() - start) / args.images)
         for name, bs in batches.items():
             sync()
             start = time.perf_counter()
@@ -114,7 +118,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.images)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     for k, v in ms.items():
-        print(f"{k:<36}{v:8.3f} ms/image")
+        print(f"{k:<38}{v:8.3f} ms/image")
     print(json.dumps({"benchmark": "view_speed", "date": time.strftime("%Y-%m-%d"), "device": str(device),
                       "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                       "images": args.images, "batch": args.batch, "size": args.size,

@@ -168,7 +168,7 @@ def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.
     b, v = boxes.shape[:2]
     device = images[0].device
     out = torch.empty(b, v, 3, size, size, dtype=torch.uint8, device=device)
-    boxes, flips = boxes.to(device), flips.to(device)
+    boxes, flips = boxes.to(device, non_blocking=True), flips.to(device, non_blocking=True)  # no host wait
     shapes = [tuple(img.shape[-2:]) for img in images]
     order = sorted(range(b), key=lambda i: shapes[i][0] * shapes[i][1])
     for chunk in _chunks(shapes, order, v, size):
@@ -176,7 +176,7 @@ def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.
         x = torch.zeros(len(chunk), 3, hmax, wmax, device=device)
         for k, i in enumerate(chunk):
             x[k, :, : shapes[i][0], : shapes[i][1]] = images[i]
-        idx = torch.tensor(chunk, device=device)
+        idx = torch.tensor(chunk).to(device, non_blocking=True)
         box, flip = boxes[idx].flatten(0, 1), flips[idx].flatten()  # [n*V, 4], [n*V]
         ry = resample_weights(box[:, 0], box[:, 2], hmax, size).view(len(chunk), v, 1, size, hmax)
         rx = resample_weights(box[:, 1], box[:, 3], wmax, size)

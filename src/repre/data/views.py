@@ -187,13 +187,15 @@ def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> tor
     return normalize(x, spec.mean, spec.std)
 
 
+def to_device(values, like: torch.Tensor) -> torch.Tensor:
+    """Host values as a tensor on `like`'s device and dtype, without waiting for the device: a blocking copy would
+    make the host wait for all the work queued before it (a host synchronisation in the training step)."""
+    return torch.as_tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
+
+
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
+    return (x - to_device(mean, x).view(1, -1, 1, 1)) / to_device(std, x).view(1, -1, 1, 1)
 
 
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x * s + m).clamp(0, 1)
+    return (x * to_device(std, x).view(1, -1, 1, 1) + to_device(mean, x).view(1, -1, 1, 1)).clamp(0, 1)
