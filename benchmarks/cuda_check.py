@@ -80,6 +80,51 @@ def check_preset(preset: str, dev: str) -> dict[str, dict]:
     return checks
 
 
+def check_views(dev: str) -> dict[str, dict]:
+    """The device placement of the views (aug.geometric_on, data.decode_on, aug.photometric_on) on CUDA against
+    the CPU: crops within one grey level (TF32 products), nvJPEG within a few levels of libjpeg-turbo (their
+    inverse DCTs differ), the photometric stage to float rounding."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from repre.config import AugConfig
+    from repre.data.device_views import decode_jpegs, resized_crops
+    from repre.data.folder import decode
+    from repre.data.views import ViewSpec, photometric, sample_views
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(375, 500), (500, 333), (224, 224), (640, 480), (90, 120)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in shapes]
+    spec = ViewSpec(AugConfig(), 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    params = [sample_views(spec, 0, 0, i, h, w) for i, (h, w) in enumerate(shapes)]
+    boxes, flips = torch.stack([p[0] for p in params]), torch.stack([p[1] for p in params])
+    photo = torch.stack([p[2] for p in params]).flatten(0, 1)
+    cpu = resized_crops(images, boxes, flips, 224)
+    cuda = resized_crops([x.to(dev) for x in images], boxes, flips, 224).cpu()
+    crop_diff = int((cpu.int() - cuda.int()).abs().max())
+    out = {"crops_cuda_vs_cpu": {"ok": crop_diff <= 1, "max_rel_diff": crop_diff, "unit": "grey levels"}}
+    a = photometric(cpu.flatten(0, 1), photo, spec)
+    b = photometric(cpu.flatten(0, 1).to(dev), photo.to(dev), spec).cpu()
+    diff = float((a - b).abs().max())
+    out["photometric_cuda_vs_cpu"] = {"ok": diff < 1e-3, "max_rel_diff": diff}
+    rng = np.random.default_rng(0)
+    blobs = []
+    for h, w in shapes:
+        buf = io.BytesIO()
+        smooth = Image.fromarray(rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8)).resize((w, h))
+        smooth.save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    ref = [decode(io.BytesIO(d)) for d in blobs]
+    got = decode_jpegs([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in blobs], torch.device(dev))
+    worst = max(int((r.int() - x.cpu().int()).abs().max()) for r, x in zip(ref, got, strict=True))
+    mean = max(float((r.float() - x.cpu().float()).abs().mean()) for r, x in zip(ref, got, strict=True))
+    out["jpeg_decode_cuda_vs_cpu"] = {"ok": mean < 1.0, "max_rel_diff": worst, "mean_abs_diff": mean,
+                                      "unit": "grey levels"}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="fmnist-mocov3-repre,fmnist-dino-repre,fmnist-moby-repre")
@@ -92,6 +137,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     checks: dict[str, dict] = {}
+    for name, c in check_views(dev).items():
+        checks[f"views/{name}"] = c
+        print(f"{'views/' + name:<52} {'ok' if c['ok'] else 'FAILED'}  {c['max_rel_diff']}", file=sys.stderr, flush=True)
     for preset in args.presets.split(","):
         for name, c in check_preset(preset, dev).items():
             checks[f"{preset}/{name}"] = c

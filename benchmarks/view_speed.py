@@ -23,10 +23,10 @@ import torch
 from make_jpegs import image
 
 from repre.config import AugConfig
-from repre.data.device_views import crop_on_device, pack
+from repre.data.device_views import crop_on_device
 from repre.data.folder import decode
-from repre.data.loader import batched_photometric
-from repre.data.views import ViewSpec, make_views, sample_views
+from repre.data.loader import ViewCollate, ViewDataset, batched_photometric
+from repre.data.views import ViewSpec, make_views
 
 
 def main() -> None:
@@ -44,7 +44,6 @@ def main() -> None:
                     local_crops=args.local_crops, local_size=96)
     rng = np.random.default_rng(0)
     blobs = [image(rng) for _ in range(args.images)]
-    decoded = [decode(io.BytesIO(b)) for b in blobs]
 
     def worker(start: int, end: int, photometric: bool = True) -> None:
         """What a data worker does for a batch: decode and crop each image, then (unless the photometric stage runs
@@ -64,30 +63,23 @@ def main() -> None:
             if spec.local_crops:
                 batched_photometric(torch.stack(local), torch.stack(local_photos), spec)
 
-    def sample(i: int, encoded: bool) -> dict:
-        img = decoded[i]
-        payload = torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) if encoded else img.reshape(-1)
-        s = {"payload": payload, "encoded": encoded, "shape": tuple(img.shape[-2:])}
-        s["boxes"], s["flips"], s["photo"] = sample_views(spec, 0, 0, i, *img.shape[-2:])
-        if spec.local_crops:
-            s["local_boxes"], s["local_flips"], s["local_photo"] = sample_views(
-                spec, 0, 0, i, *img.shape[-2:], n_views=spec.local_crops, first=2)
-        return s
+    def worker_packing(start: int, end: int, decode_on_device: bool) -> dict:
+        """What a data worker does for a batch with the crops on the device: decode (or, with decode_on=device,
+        read the JPEG header only), draw the views' parameters, pack."""
+        ds = ViewDataset(None, spec, 0, crops_on_device=True, decode_on_device=decode_on_device)
+        samples = [ds.sample(ds.load_bytes(blobs[i], f"image {i}", 0), 0, i) for i in range(start, end)]
+        return ViewCollate(spec, photometric=False)(samples)
 
-    def packed(encoded: bool) -> list[dict]:
+    def packed(decode_on_device: bool) -> list[dict]:
         out = []
         for start in range(0, args.images, args.batch):
-            samples = [sample(i, encoded) for i in range(start, min(start + args.batch, args.images))]
-            batch = pack(samples)
-            for key in ("boxes", "flips", "photo", "local_boxes", "local_flips", "local_photo"):
-                if key in samples[0]:
-                    batch[key] = torch.stack([s[key] for s in samples])
-            batch["skipped"] = torch.tensor(0)
+            batch = worker_packing(start, min(start + args.batch, args.images), decode_on_device)
             batch["pixels"] = batch["pixels"].to(device)
             out.append(batch)
         return out
 
-    batches = {"device crops (pixels in)": packed(False), "device decode + crops (JPEG in)": packed(True)}
+    batches = {"device: crops (pixels in), photometric": packed(False),
+               "device: decode, crops, photometric": packed(True)}
 
     def on_device(batch: dict) -> None:
         cut = crop_on_device(dict(batch), spec.size, 96)
@@ -101,13 +93,19 @@ def main() -> None:
 
     for b in batches.values():  # warm-up (allocator, nvJPEG handles)
         on_device(b[0])
-    workers = {"worker: decode, crops, photometric": True, "worker: decode, crops": False}  # 1 thread
+    ranges = [(b, min(b + args.batch, args.images)) for b in range(0, args.images, args.batch)]
+    workers = {  # one thread each: a data worker's work per image, for each placement of the stages
+        "worker: decode, crops, photometric": lambda a, b: worker(a, b, True),
+        "worker: decode, crops": lambda a, b: worker(a, b, False),
+        "worker: decode, draw parameters": lambda a, b: worker_packing(a, b, False),
+        "worker: read JPEG header, draw parameters": lambda a, b: worker_packing(a, b, True),
+    }
     times: dict[str, list[float]] = {k: [] for k in workers} | {k: [] for k in batches}
     for _ in range(args.rounds):
-        for name, photometric in workers.items():
+        for name, fn in workers.items():
             start = time.perf_counter()
-            for b in range(0, args.images, args.batch):
-                worker(b, min(b + args.batch, args.images), photometric)
+            for a, b in ranges:
+                fn(a, b)
             times[name].append((time.perf_counter() - start) / args.images)
         for name, bs in batches.items():
             sync()
@@ -118,7 +116,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.images)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     for k, v in ms.items():
-        print(f"{k:<38}{v:8.3f} ms/image")
+        print(f"{k:<44}{v:8.3f} ms/image")
     print(json.dumps({"benchmark": "view_speed", "date": time.strftime("%Y-%m-%d"), "device": str(device),
                       "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                       "images": args.images, "batch": args.batch, "size": args.size,
