@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import repre
 from repre.config import load_config
 from repre.data.loader import photometric_on_device, pretrain_loader
 from repre.engine.trainer import Trainer
@@ -39,12 +40,20 @@ CONFIGS = {
 }
 
 
+PACKAGE = str(Path(repre.__file__).resolve().parent)
+
+
 def repre_frame(stack: list[traceback.FrameSummary]) -> str:
     """The innermost frame in repre's source: where the synchronising call was made."""
     for frame in reversed(stack):
-        if "/repre/" in frame.filename and "sync_check" not in frame.filename:
-            return f"{frame.filename.split('/repre/', 1)[1]}:{frame.lineno} {frame.line}"
+        if str(Path(frame.filename).resolve()).startswith(PACKAGE):
+            return f"repre{frame.filename[len(PACKAGE):]}:{frame.lineno} {frame.line}"
     return "outside repre"
+
+
+def set_mode(mode: str) -> None:
+    if torch.cuda.is_available():  # a CPU dry run of this script counts nothing
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 def check(preset: str, overrides: list[str], steps: int) -> dict[str, int]:
@@ -61,8 +70,9 @@ def check(preset: str, overrides: list[str], steps: int) -> dict[str, int]:
     for i in range(2 + steps):
         batch = next(loader)
         if i == 2:
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("warn")
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            set_mode("warn")
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = record
@@ -70,7 +80,7 @@ def check(preset: str, overrides: list[str], steps: int) -> dict[str, int]:
                 trainer.train_step(batch)
             finally:
                 if i == 1 + steps:
-                    torch.cuda.set_sync_debug_mode("default")
+                    set_mode("default")
         trainer.state.step += 1
     return dict(found)
 
@@ -79,7 +89,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--jpegs", help="a folder of JPEGs: adds crops and decoding on the device from files")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a dry run of this script
     args = p.parse_args()
+    base = [*SYN, f"train.device={args.device}"]
     configs = dict(CONFIGS)
     if args.jpegs:
         files = ["data.name=folder", f"data.root={args.jpegs}", "aug.geometric_on=device"]
@@ -89,7 +101,7 @@ def main() -> None:
     for name, (preset, extra) in configs.items():
         start = time.perf_counter()
         try:
-            results[name] = check(preset, SYN + extra, args.steps)
+            results[name] = check(preset, base + extra, args.steps)
         except Exception as exc:  # noqa: BLE001 - one configuration's failure is reported, the others still run
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         total = sum(v for v in results[name].values() if isinstance(v, int))
@@ -97,7 +109,8 @@ def main() -> None:
         for where, n in results[name].items():
             print(f"    {n} x {where}")
     print(json.dumps({"benchmark": "sync_check", "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-                      "device": torch.cuda.get_device_name(), "results": results}))
+                      "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+                      "results": results}))
 
 
 if __name__ == "__main__":
