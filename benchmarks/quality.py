@@ -66,6 +66,11 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # the DINO preset now (0.98) against a faster teacher and a larger lr (val split)
     "m0.95": ("baseline", ["method.momentum=0.95"], "m0.98"),
     "lr2e-3": ("baseline", ["method.momentum=0.98", "train.lr=2e-3"], "m0.98"),
+    # the teacher's temperature (sharper than the preset's 0.04) and the number of prototypes K (preset 1024)
+    "tt0.02": ("baseline", ["method.momentum=0.98", "method.teacher_temp=0.02", "method.warmup_teacher_temp=0.02"],
+               "m0.98"),
+    "K256": ("baseline", ["method.momentum=0.98", "method.out_dim=256"], "m0.98"),
+    "K4096": ("baseline", ["method.momentum=0.98", "method.out_dim=4096"], "m0.98"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1

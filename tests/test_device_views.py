@@ -182,3 +182,26 @@ def test_shard_jpegs_travel_as_their_bytes(tmp_path):
     packed = batch([{**sample, "index": 0, "skipped": skipped, "small": 0}])
     images, bad = unpack(packed, torch.device("cpu"))
     assert bad == 0 and torch.equal(images[0], source.load(0)[0])
+
+
+def test_a_huge_image_crosses_downscaled_with_its_boxes_scaled(monkeypatch):
+    """Over MAX_PIXELS an image is downscaled in the worker (a chunk must hold it) and its JPEG is not sent as
+    bytes; the views are drawn on the full size, so they show the same regions as the worker path's."""
+    from repre.config import AugConfig
+    from repre.data.views import ViewSpec
+
+    monkeypatch.setattr(device_views, "MAX_PIXELS", 60 * 40)
+    yy, xx = torch.meshgrid(torch.arange(120), torch.arange(80), indexing="ij")
+    img = torch.stack([yy * 2, xx * 3, (yy + xx)]).clamp(0, 255).to(torch.uint8)  # smooth: resampling commutes
+    assert jpeg_shape(_jpeg(img.permute(1, 2, 0).numpy())) is None
+    spec = ViewSpec(AugConfig(), 24, (0.5,) * 3, (0.25,) * 3)
+    device = ViewDataset(None, spec, 0, crops_on_device=True)
+    loaded = device_views.pixels_payload(img, 3)
+    assert loaded["shape"] == (60, 40) and loaded["drawn"] == (120, 80)
+    sample = device.sample(loaded, 0, 5)
+    assert "drawn" not in sample and sample["small"] == 0
+    boxes = sample["boxes"]
+    assert (boxes[:, 0] + boxes[:, 2] <= 60).all() and (boxes[:, 1] + boxes[:, 3] <= 40).all() and (boxes[:, 2:] > 0).all()
+    cut = resized_crops([loaded["payload"].view(3, 60, 40)], boxes[None], sample["flips"][None], 24)[0]
+    workers = ViewDataset(None, spec, 0).sample({"image": img, "label": 3}, 0, 5)["views"]
+    assert (cut.float() - workers.float()).abs().mean() < 3

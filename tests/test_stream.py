@@ -116,12 +116,55 @@ def keys_of(root: str) -> list[tuple[int, int]]:
     return keys(next(it) for it in [iter(stream(stream_config(root)))] for _ in range(SHARDS * PER_SHARD))
 
 
-def test_a_failing_shard_is_skipped_and_all_failing_is_an_error(shards, repre_log):
+@pytest.fixture
+def no_retry_wait(monkeypatch):
+    from repre.data import stream
+
+    monkeypatch.setattr(stream, "RETRY_WAIT", 0.0)
+
+
+def test_a_failing_shard_is_skipped_and_all_failing_is_an_error(shards, repre_log, no_retry_wait, tmp_path):
     samples = list(read_samples("pipe:cat /nonexistent/x.tar"))
-    assert samples == [] and "exited with status" in repre_log.text
-    cfg = stream_config("pipe:cat /nonexistent/part-{0..5}.tar")
-    with pytest.raises(UserError, match="gave no image"):
-        next(iter(stream(cfg)))
+    assert samples == [] and "exited with status" in repre_log.text and "3 times" in repre_log.text
+    with pytest.raises(UserError, match="gave no readable image"):
+        next(iter(stream(stream_config("pipe:cat /nonexistent/part-{0..5}.tar"))))
+    garbage = tmp_path / "garbage"  # shards that read but hold no decodable image: an error, not an endless loop
+    for i in range(2):
+        write_shards(garbage, shards=1, per_shard=3, start=10 * i)
+        (garbage / "part-0000.tar").rename(garbage / f"bad-{i}.tar")
+    for shard in garbage.glob("bad-*.tar"):
+        shard.write_bytes(shard.read_bytes().replace(b"\x89PNG", b"\x00PNG"))
+    with pytest.raises(UserError, match="gave no readable image"):
+        next(iter(stream(stream_config(str(garbage)))))
+
+
+def test_a_shard_that_breaks_off_is_read_again_without_repeats(shards, repre_log, no_retry_wait, tmp_path):
+    """The first reading stops after 5,000 bytes with an error (a dropped connection); the second gives the rest."""
+    shard, flag = shards / "part-0000.tar", tmp_path / "tried"
+    cmd = f"pipe:if [ -f {flag} ]; then cat {shard}; else touch {flag}; head -c 5000 {shard}; exit 1; fi"
+    want = [key for key, _, _ in read_samples(str(shard))]
+    assert [key for key, _, _ in read_samples(cmd)] == want
+    assert "reading it again" in repre_log.text
+
+
+def test_a_command_that_talks_on_stderr_does_not_stall(shards):
+    """wget and curl report progress on stderr: 1 MB of it must not fill a pipe and stall the stream."""
+    cmd = f"pipe:python3 -c \"import sys; sys.stderr.write('x' * 1000000)\"; cat {shards}/part-0000.tar"
+    assert len(list(read_samples(cmd))) == PER_SHARD
+
+
+def test_every_stream_reads_as_many_shards_each_epoch(shards):
+    """7 shards for 2 x 2 streams: each reads one a epoch, a different three sit out, none is read twice."""
+    cfg = stream_config(str(shards))
+    views = stream(cfg, 0, 2)
+    views.shards.urls = views.shards.urls + [views.shards.urls[0]]  # 7 "shards"
+    for epoch in range(3):
+        mine = [views._shards_of(epoch, w, 2) for w in range(2)]
+        other = stream(cfg, 1, 2)
+        other.shards.urls = views.shards.urls
+        theirs = [other._shards_of(epoch, w, 2) for w in range(2)]
+        every = [s for part in mine + theirs for s in part]
+        assert [len(part) for part in mine + theirs] == [1, 1, 1, 1] and len(set(every)) == 4
 
 
 def test_stream_settings_that_cannot_work_say_what_to_do(shards):
@@ -134,4 +177,6 @@ def test_stream_settings_that_cannot_work_say_what_to_do(shards):
         from repre.data.loader import eval_source
 
         eval_source(cfg, "test")
+    with pytest.raises(UserError, match="data.subset=8 picks images by index"):
+        stream_config(str(shards), "data.subset=8")
     assert len(StreamShards(str(shards), 60)) == 60

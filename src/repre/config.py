@@ -457,8 +457,12 @@ def validate(cfg: Config) -> None:
                         "crops must then be cut: add --set aug.geometric_on=device")
     if d.shuffle_block < 1:
         raise UserError(f"data.shuffle_block must be >= 1, got {d.shuffle_block}")
-    if d.name == "shards" and t.max_steps <= 0 and d.stream_size <= 0 and (
-            d.shard_access == "stream" or (d.shard_access == "auto" and str(d.root).startswith(("http://", "https://", "pipe:")))):
+    streamed = d.name == "shards" and (d.shard_access == "stream" or (
+        d.shard_access == "auto" and str(d.root).startswith(("http://", "https://", "pipe:"))))
+    if streamed and d.subset:
+        raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name fewer "
+                        "shards in data.root (a shorter {a..b} range), or set data.shard_access=random for local shards")
+    if streamed and t.max_steps <= 0 and d.stream_size <= 0:
         raise UserError("streamed shards have no index to count their images: set data.stream_size=N (the images in "
                         "all shards; train.epochs then means N images each) or train.max_steps")
     if (d.mean is None) != (d.std is None):

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from repre.data.folder import UnreadableImage, decode
 
@@ -38,19 +40,20 @@ except ImportError:  # pragma: no cover - torchvision without image decoding: ev
 log = logging.getLogger("repre")
 
 CHUNK_ELEMENTS = 1 << 26  # padded images plus intermediate products per chunk, in float32 elements (256 MiB)
+MAX_PIXELS = 4096 * 4096  # a larger image is downscaled in its worker before it crosses (one must fit a chunk)
 EXIF_ORIENTATION = 0x0112
 
 
 def jpeg_shape(data: bytes) -> tuple[int, int] | None:
     """(H, W) of a JPEG the device decoder takes as it is: complete, RGB or grayscale, without an EXIF rotation
-    (nvJPEG ignores EXIF); None for anything else, which the worker decodes instead."""
+    (nvJPEG ignores EXIF), of at most MAX_PIXELS; None for anything else, which the worker decodes instead."""
     if decode_jpeg is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return None
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None
-            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            if img.getexif().get(EXIF_ORIENTATION, 1) != 1 or img.height * img.width > MAX_PIXELS:
                 return None
             return img.height, img.width
     except Exception:  # noqa: BLE001 - a header PIL cannot parse: the worker's decoder reports it
@@ -58,6 +61,31 @@ def jpeg_shape(data: bytes) -> tuple[int, int] | None:
 
 
 # ---------------------------------------------------------------- packing, in the data workers
+
+
+def pixels_payload(img: torch.Tensor, label: int) -> dict:
+    """Decoded pixels (uint8 [3, H, W]) as they cross to the device: {"payload" [3*H'*W'], "encoded": False,
+    "shape": (H', W'), "drawn": (H, W), "label"}. An image over MAX_PIXELS is downscaled here (antialiased) to fit;
+    its views are still drawn on its full size ("drawn") and their boxes scaled to it (`scale_boxes`)."""
+    h, w = img.shape[-2:]
+    if h * w > MAX_PIXELS:
+        f = math.sqrt(MAX_PIXELS / (h * w))
+        img = TF.resize(img, [max(1, int(h * f)), max(1, int(w * f))], antialias=True)
+    return {"payload": img.reshape(-1), "encoded": False, "shape": tuple(img.shape[-2:]), "drawn": (h, w),
+            "label": label}
+
+
+def scale_boxes(boxes: torch.Tensor, drawn: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
+    """Crop boxes [V, 4] (top, left, h, w) drawn on an image of size `drawn` -> the same boxes on its downscaled
+    copy of size `shape` (each at least one pixel, inside the image)."""
+    if tuple(drawn) == tuple(shape):
+        return boxes
+    (dh, dw), (h, w) = drawn, shape
+    bh = (boxes[:, 2] * h / dh).round().long().clamp(1, h)
+    bw = (boxes[:, 3] * w / dw).round().long().clamp(1, w)
+    top = torch.minimum((boxes[:, 0] * h / dh).floor().long(), h - bh)
+    left = torch.minimum((boxes[:, 1] * w / dw).floor().long(), w - bw)
+    return torch.stack([top, left, bh, bw], dim=1)
 
 
 def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -85,9 +113,19 @@ def pack(samples: list[dict]) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- unpacking and decoding, on the device
 
 
-def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+def decode_jpegs(data: list[torch.Tensor], device: torch.device, names: list[str] | None = None
+                 ) -> list[torch.Tensor | None]:
     """JPEG bytes (CPU uint8 [n] each) -> RGB uint8 [3, H, W] on `device`, in one batched call; where the batch
-    fails, image by image, and an image the device cannot decode is decoded by the CPU path (None: unreadable)."""
+    fails, image by image, and an image the device cannot decode is decoded by the CPU path (None: unreadable;
+    `names` say which in the warning).
+
+    On a GPU the caller's stream is drained first: nvJPEG's hardware decoder writes its outputs without waiting
+    for the work queued on that stream, into memory the caching allocator may just have freed from it (silent
+    corruption; pytorch/vision#9606). The decode waits for the device anyway (it returns decoded pixels), so the
+    wait only moves earlier; data.decode_on=device is therefore not free of host synchronisation."""
+    names = names or [f"JPEG {i}" for i in range(len(data))]
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
@@ -95,14 +133,15 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
         except RuntimeError:
             pass
         out: list[torch.Tensor | None] = []
-        for d in data:
+        for d, name in zip(data, names, strict=True):
             try:
                 out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 try:
-                    out.append(decode(io.BytesIO(d.numpy().tobytes()), "a JPEG").to(device))
+                    img = decode(io.BytesIO(d.numpy().tobytes()), name)
+                    out.append(img.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else img)
                 except UnreadableImage as exc:
-                    log.warning("an image could not be decoded on the device or the CPU (%s): grey in its place", exc)
+                    log.warning("could not decode %s on the device or the CPU (%s): grey in its place", name, exc)
                     out.append(None)
     return out
 
@@ -119,7 +158,9 @@ def unpack(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[list[t
             images[i] = batch["pixels"][offsets[i]: offsets[i] + lengths[i]].view(3, *shapes[i])
     if jpegs:
         data = [batch["jpeg"][offsets[i]: offsets[i] + lengths[i]] for i in jpegs]
-        for i, img in zip(jpegs, decode_jpegs(data, device), strict=True):
+        names = [f"the image at dataset index {int(batch['index'][i])}" if "index" in batch else f"JPEG {i}"
+                 for i in jpegs]
+        for i, img in zip(jpegs, decode_jpegs(data, device, names), strict=True):
             images[i] = img
     bad = [i for i, img in enumerate(images) if img is None or tuple(img.shape[-2:]) != tuple(shapes[i])]
     for i in bad:  # the header promised another size, or nothing decoded: a grey image of the promised size
@@ -147,18 +188,18 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, full: int, out: 
     return w / w.sum(-1, keepdim=True)
 
 
-def _chunks(areas: list[tuple[int, int]], order: list[int], views: int, size: int) -> list[list[int]]:
+def _chunks(shapes: list[tuple[int, int]], order: list[int], views: int, size: int) -> list[list[int]]:
     """Consecutive runs of `order` (images sorted by size) whose padded chunk stays within CHUNK_ELEMENTS."""
     chunks: list[list[int]] = []
     current: list[int] = []
     hmax = wmax = 0
     for i in order:
-        h, w = max(hmax, areas[i][0]), max(wmax, areas[i][1])
+        h, w = max(hmax, shapes[i][0]), max(wmax, shapes[i][1])
         n = len(current) + 1
-        cost = n * 3 * h * w + n * views * 3 * size * max(h, w)  # the padded images + the first product
+        cost = n * (3 * h * w + views * 3 * size * (w + size))  # the padded images, the row products, the views
         if current and cost > CHUNK_ELEMENTS:
             chunks.append(current)
-            current, h, w = [], areas[i][0], areas[i][1]
+            current, h, w = [], shapes[i][0], shapes[i][1]
         current.append(i)
         hmax, wmax = h, w
     return chunks + [current] if current else chunks
@@ -167,7 +208,7 @@ def _chunks(areas: list[tuple[int, int]], order: list[int], views: int, size: in
 @contextmanager
 def _tensor_cores(device: torch.device) -> Iterator[None]:
     """TF32 for the crops' float32 products on a GPU (8x the float32 rate): inputs keep 10 mantissa bits, so a
-    view is off by at most ~0.1 grey level before rounding to uint8 (pixels <= 255, weights summing to 1)."""
+    view is off by at most ~0.4 grey level before rounding to uint8 (pixels <= 255, weights summing to 1)."""
     if device.type != "cuda":
         yield
         return
@@ -190,25 +231,25 @@ def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.
 def _resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int,
                    device: torch.device) -> torch.Tensor:
     b, v = boxes.shape[:2]
-    out = torch.empty(b, v, 3, size, size, dtype=torch.uint8, device=device)
+    s = size
+    out = torch.empty(b, v, 3, s, s, dtype=torch.uint8, device=device)
     boxes, flips = boxes.to(device, non_blocking=True), flips.to(device, non_blocking=True)  # no host wait
     shapes = [tuple(img.shape[-2:]) for img in images]
     order = sorted(range(b), key=lambda i: shapes[i][0] * shapes[i][1])
-    for chunk in _chunks(shapes, order, v, size):
+    for chunk in _chunks(shapes, order, v, s):
+        n = len(chunk)
         hmax, wmax = max(shapes[i][0] for i in chunk), max(shapes[i][1] for i in chunk)
-        x = torch.zeros(len(chunk), 3, hmax, wmax, device=device)
+        x = torch.zeros(n, hmax, 3, wmax, device=device)  # rows outermost: one product serves all channels
         for k, i in enumerate(chunk):
-            x[k, :, : shapes[i][0], : shapes[i][1]] = images[i]
+            x[k, : shapes[i][0], :, : shapes[i][1]] = images[i].permute(1, 0, 2)
         idx = torch.tensor(chunk).to(device, non_blocking=True)
         box, flip = boxes[idx].flatten(0, 1), flips[idx].flatten()  # [n*V, 4], [n*V]
-        ry = resample_weights(box[:, 0], box[:, 2], hmax, size).view(len(chunk), v, 1, size, hmax)
-        rx = resample_weights(box[:, 1], box[:, 3], wmax, size)
-        rx = torch.where(flip[:, None, None], rx.flip(1), rx).view(len(chunk), v, 1, size, wmax)
-        x = x[:, None]  # [n, 1, 3, H, W]
-        if wmax <= hmax:  # rows first: the cheaper order when the images are taller than wide
-            y = (ry @ x) @ rx.transpose(-1, -2)
-        else:
-            y = ry @ (x @ rx.transpose(-1, -2))
+        ry = resample_weights(box[:, 0], box[:, 2], hmax, s)  # [n*V, S, H]
+        rx = resample_weights(box[:, 1], box[:, 3], wmax, s)  # [n*V, S, W]
+        rx = torch.where(flip[:, None, None], rx.flip(1), rx)
+        rows = ry.view(n, v * s, hmax) @ x.view(n, hmax, 3 * wmax)  # [n, V*S, 3*W]: every view's rows at once
+        y = rows.view(n * v, s * 3, wmax) @ rx.transpose(1, 2)  # [n*V, S*3, S]
+        y = y.view(n, v, s, 3, s).permute(0, 1, 3, 2, 4)  # [n, V, 3, S, S]
         out[idx] = y.round_().clamp_(0, 255).to(torch.uint8)
     return out
 

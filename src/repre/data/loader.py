@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
 from repre.config import Config, DataConfig
-from repre.data.device_views import crop_on_device, jpeg_shape, pack
+from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.scenes import FashionScenes
@@ -122,8 +122,7 @@ def payload_from_bytes(data: bytes, name: str, label: int, encoded_ok: bool) -> 
     if shape is not None:
         return {"payload": torch.frombuffer(bytearray(data), dtype=torch.uint8), "encoded": True, "shape": shape,
                 "label": label}
-    img = decode(io.BytesIO(data), name)
-    return {"payload": img.reshape(-1), "encoded": False, "shape": tuple(img.shape[-2:]), "label": label}
+    return pixels_payload(decode(io.BytesIO(data), name), label)
 
 
 def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dict, int]:
@@ -133,8 +132,7 @@ def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dic
     def read(i: int) -> dict:
         if hasattr(source, "encoded"):
             return payload_from_bytes(*source.encoded(i), encoded_ok=encoded_ok)
-        img, label = source.load(i)
-        return {"payload": img.reshape(-1), "encoded": False, "shape": tuple(img.shape[-2:]), "label": label}
+        return pixels_payload(*source.load(i))
 
     return _first_readable(source, index, read)
 
@@ -227,12 +225,14 @@ class ViewDataset(Dataset):
         device) -> what the collate takes: its views (or their parameters) for (epoch, index)."""
         spec, seed = self.spec, self.seed
         if self.crops_on_device:
-            sample = dict(loaded)
-            h, w = sample["shape"]
-            sample["boxes"], sample["flips"], sample["photo"] = sample_views(spec, seed, epoch, index, h, w, self.n_views)
+            sample = {k: v for k, v in loaded.items() if k != "drawn"}
+            h, w = loaded.get("drawn", loaded["shape"])  # the full size (a huge image crosses downscaled)
+            boxes, sample["flips"], sample["photo"] = sample_views(spec, seed, epoch, index, h, w, self.n_views)
+            sample["boxes"] = scale_boxes(boxes, (h, w), loaded["shape"])
             if spec.local_crops:
-                sample["local_boxes"], sample["local_flips"], sample["local_photo"] = sample_views(
+                boxes, sample["local_flips"], sample["local_photo"] = sample_views(
                     spec, seed, epoch, index, h, w, spec.local_crops, first=2)
+                sample["local_boxes"] = scale_boxes(boxes, (h, w), loaded["shape"])
         else:
             img = loaded["image"]
             h, w = img.shape[-2:]

@@ -4,11 +4,15 @@ standard output is the shard (`pipe:aws s3 cp s3://bucket/train-{000000..001023}
 `data.shard_access=stream`; brace patterns expand as for indexed shards (`repre.data.shards`). Members are
 grouped into samples as WebDataset groups them (`KEY.jpg` + optional `KEY.cls`, consecutive in the tar).
 
-Order. Epoch e shuffles the shard list with (seed, e); process r of N takes every N-th shard of it, and data
-worker w of W every W-th of those. A worker reads its shards one after the other and shuffles their samples in
-blocks of `data.shuffle_block`: a block is read whole, then given out in an order drawn from (seed, e, r, w,
-block). Each worker's stream runs on through the epochs without end, so processes never wait for each other at
-an epoch's end (their epochs drift by a shard or so; `data.stream_size` sets the steps of `train.epochs`).
+Order. Epoch e shuffles the shard list with (seed, e) and cuts it to a multiple of N x W (N processes, W data
+workers per process; the few shards left over sit that epoch out, others the next); process r takes every
+N-th shard of it, and its worker w every W-th of those, so every stream reads as many shards. A worker reads
+its shards one after the other and shuffles their samples in blocks of `data.shuffle_block`: a block is read
+whole, then given out in an order drawn from (seed, e, r, w, block). Each worker's stream runs on through the
+epochs without end, so processes never wait for each other at an epoch's end; with shards of equal size (as
+shard writers make them) the streams' epochs stay aligned, with unequal ones they drift apart by the size
+differences. `data.stream_size` sets the steps of `train.epochs`. A shard that breaks off is read again
+(3 attempts), skipping what was given out.
 The views of an image are keyed by (seed, epoch, shard, position in the shard), as indexed data keys them by
 index.
 
@@ -24,10 +28,15 @@ a local copy (a folder or indexed shards) of the labelled splits.
 
 from __future__ import annotations
 
+import http.client
 import io
 import logging
+import os
+import signal
 import subprocess
 import tarfile
+import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from itertools import islice
@@ -45,6 +54,7 @@ log = logging.getLogger("repre")
 
 REMOTE = ("http://", "https://", "pipe:")
 KEY_BITS = 24  # an image's key for its views: shard << KEY_BITS | position in the shard
+RETRY_WAIT = 1.0  # seconds before reading a broken shard again (times the attempt)
 
 
 def is_remote(root: str | None) -> bool:
@@ -63,19 +73,21 @@ def shard_urls(root: str) -> list[str]:
 def open_shard(url: str) -> BinaryIO:
     """A readable stream of the shard: a pipe: command's standard output, an HTTP(S) body, or a local file."""
     if url.startswith("pipe:"):
-        proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602 - the user's command
-                                stderr=subprocess.PIPE, bufsize=1 << 20)
-        return _PipeStream(proc, url)
+        return _PipeStream(url)
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the user's URL
     return open(url, "rb")  # noqa: SIM115 - closed by the reader
 
 
 class _PipeStream(io.RawIOBase):
-    """A command's standard output; at its end a failed command (non-zero exit) is an OSError with its stderr."""
+    """A command's standard output. Its standard error goes to a temporary file (a pipe would fill and stall the
+    command: `wget` and `curl` report progress there); at the end a non-zero exit is an OSError with its tail.
+    The command runs in a session of its own, so closing early ends every process of a pipeline."""
 
-    def __init__(self, proc: subprocess.Popen, url: str) -> None:
-        self.proc, self.url = proc, url
+    def __init__(self, url: str) -> None:
+        self.url, self.stderr = url, tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602 - the user's command
+                                     stderr=self.stderr, bufsize=1 << 20, start_new_session=True)
 
     def readable(self) -> bool:
         return True
@@ -83,40 +95,66 @@ class _PipeStream(io.RawIOBase):
     def readinto(self, buffer) -> int:
         n = self.proc.stdout.readinto(buffer)
         if n == 0 and self.proc.wait() != 0:
-            err = self.proc.stderr.read().decode("utf-8", "replace").strip()[-300:]
+            self.stderr.seek(0)
+            err = self.stderr.read().decode("utf-8", "replace").strip()[-300:]
             raise OSError(f"`{self.url[len('pipe:'):]}` exited with status {self.proc.returncode}: {err}")
         return n
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
+        self.proc.stdout.close()
+        self.stderr.close()
         super().close()
 
 
-def read_samples(url: str) -> Iterator[tuple[str, bytes, int]]:
+BROKEN = (OSError, tarfile.TarError, http.client.HTTPException)  # what a shard that breaks off raises
+
+
+def read_samples(url: str, attempts: int = 3) -> Iterator[tuple[str, bytes, int]]:
     """(key, image bytes, label or -1) for each sample of a shard, in member order. A shard that breaks off
-    (network, a failed command) ends early with a warning; the samples before the break are kept."""
+    (network, a failed command) is read again from its start, skipping what was given out, up to `attempts`
+    times (1 s, 2 s apart); then it ends early with a warning, the samples before the break kept."""
+    given = 0
+    for attempt in range(1, attempts + 1):
+        try:
+            for i, sample in enumerate(_members(url)):
+                if i >= given:
+                    given += 1
+                    yield sample
+            return
+        except BROKEN as exc:
+            if attempt == attempts:
+                log.warning("shard %s broke off after %d samples (%s), %d times: going on with the next shard",
+                            url, given, exc, attempts)
+                return
+            log.warning("shard %s broke off after %d samples (%s): reading it again", url, given, exc)
+            time.sleep(RETRY_WAIT * attempt)
+
+
+def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
+    """The samples of one reading of a shard; raises what a broken stream raises (BROKEN)."""
     key, image, label = None, None, -1
-    try:
-        with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = _split_key(member.name)
-                if k != key:
-                    if image is not None:
-                        yield key, image, label
-                    key, image, label = k, None, -1
-                if ext in EXTENSIONS:
-                    image = tar.extractfile(member).read()
-                elif ext in LABEL_EXTENSIONS:
-                    text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                    label = int(text) if text.lstrip("-").isdigit() else -1
-        if image is not None:
-            yield key, image, label
-    except (OSError, tarfile.TarError) as exc:
-        log.warning("shard %s broke off (%s): going on with the next one", url, exc)
+    with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, ext = _split_key(member.name)
+            if k != key:
+                if image is not None:
+                    yield key, image, label
+                key, image, label = k, None, -1
+            if ext in EXTENSIONS:
+                image = tar.extractfile(member).read()
+            elif ext in LABEL_EXTENSIONS:
+                text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
+                label = int(text) if text.lstrip("-").isdigit() else -1
+    if image is not None:
+        yield key, image, label
 
 
 class StreamShards:
@@ -169,13 +207,17 @@ class StreamViews(IterableDataset):
         while True:
             if not (yield from self._epoch(epoch, given, list(sizes), logical, workers)) and not given:
                 urls = [self.shards.urls[i] for i in self._shards_of(epoch, logical, workers)]
-                raise UserError(f"the shards {', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''} gave no image "
-                                "(see the warnings above): check data.root and that the shards can be read")
+                raise UserError(f"the shards {', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''} gave no readable "
+                                "image (see the warnings above): check data.root and that the shards can be read")
             epoch, given, sizes = epoch + 1, 0, []
 
     def _shards_of(self, epoch: int, logical: int, workers: int) -> list[int]:
-        order = torch.randperm(len(self.shards.urls), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        return order.tolist()[self.rank :: self.world][logical::workers]
+        """This worker's shards in `epoch`: every stream gets as many (the shuffled list cut to a multiple of
+        processes x workers; the few left over sit this epoch out), so no stream runs ahead by whole shards."""
+        n = len(self.shards.urls)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)).tolist()
+        streams = self.world * workers
+        return order[: n // streams * streams][self.rank :: self.world][logical::workers]
 
     def _read_from(self, shards: list[int], sizes: list[int], start: int) -> Iterator[tuple[int, int, str, bytes, int]]:
         """(shard, position, key, bytes, label) of the worker's epoch stream from sample `start` on: shards whose
@@ -194,17 +236,16 @@ class StreamViews(IterableDataset):
             seen += count
 
     def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int, workers: int):
-        """Yields the collate samples of this worker's epoch from position `given` on; returns whether any
-        sample was read."""
+        """Yields the collate samples of this worker's epoch from position `given` on; returns whether it gave
+        any (an epoch of unreadable images gives none)."""
         shards = self._shards_of(epoch, logical, workers)
         block = given // self.block
         source = self._read_from(shards, sizes, block * self.block)
-        skipped, read = 0, False
+        skipped, gave = 0, False
         while True:
             items = list(islice(source, self.block))
-            read = read or bool(items)
             if not items:
-                return read
+                return gave
             rng = np.random.default_rng([self.seed, epoch, self.rank, logical, block])
             order = rng.permutation(len(items))
             for pos in range(given - block * self.block, len(items)):
@@ -219,6 +260,7 @@ class StreamViews(IterableDataset):
                 sample = self.views.sample(loaded, epoch, index, skipped)
                 skipped = 0
                 sample["stream"] = (logical, *stream_position(epoch, block * self.block + pos + 1, sizes))
+                gave = True
                 yield sample
             block, given = block + 1, (block + 1) * self.block
 
