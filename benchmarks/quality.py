@@ -69,6 +69,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # the teacher's temperature (sharper than the preset's 0.04) and the number of prototypes K (preset 1024)
     "tt0.02": ("baseline", ["method.momentum=0.98", "method.teacher_temp=0.02", "method.warmup_teacher_temp=0.02"],
                "m0.98"),
+    "tt0.07": ("baseline", ["method.momentum=0.98", "method.teacher_temp=0.07", "method.warmup_teacher_temp=0.07"],
+               "m0.98"),
     "K256": ("baseline", ["method.momentum=0.98", "method.out_dim=256"], "m0.98"),
     "K4096": ("baseline", ["method.momentum=0.98", "method.out_dim=4096"], "m0.98"),
 }

@@ -180,3 +180,19 @@ def test_stream_settings_that_cannot_work_say_what_to_do(shards):
     with pytest.raises(UserError, match="data.subset=8 picks images by index"):
         stream_config(str(shards), "data.subset=8")
     assert len(StreamShards(str(shards), 60)) == 60
+
+
+def test_streamed_batches_can_be_cut_on_the_device(shards):
+    """aug.geometric_on=device with streamed shards: packed batches with the stream position, the same images
+    (and parameters) in the same order as the worker path."""
+    from repre.data.device_views import crop_on_device
+
+    cfg = stream_config(str(shards))
+    device = stream_config(str(shards), "aug.geometric_on=device")
+    source = train_source(cfg)
+    workers = next(iter(pretrain_loader(cfg, source, 0, False, on_device=True)))
+    packed = next(iter(pretrain_loader(device, source, 0, False, on_device=True)))
+    assert "views" not in packed and packed["stream"] == workers["stream"]
+    assert packed["index"].tolist() == workers["index"].tolist()
+    cut = crop_on_device(dict(packed), 16, 12)
+    assert (cut["views"].int() - workers["views"].int()).abs().max() <= 1
