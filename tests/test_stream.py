@@ -196,3 +196,13 @@ def test_streamed_batches_can_be_cut_on_the_device(shards):
     assert packed["index"].tolist() == workers["index"].tolist()
     cut = crop_on_device(dict(packed), 16, 12)
     assert (cut["views"].int() - workers["views"].int()).abs().max() <= 1
+
+
+def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards, tmp_path, repre_log):
+    settings = ["train.max_steps=4", "train.checkpoint_every=2", "train.log_every=2", "eval.knn=false"]
+    Trainer(stream_config(str(shards), *settings, "train.num_workers=2"), tmp_path / "run").fit()
+    resumed = Trainer(stream_config(str(shards), *settings, "train.max_steps=6", "train.num_workers=1"),
+                      tmp_path / "run", resume=True)
+    assert resumed.stream_positions == {0: (0, 0, ())}
+    assert "every stream restarts at the start of epoch 0" in repre_log.text
+    assert resumed.fit()["completed"]
