@@ -1,7 +1,8 @@
 """The geometric stage, and JPEG decoding, on the training device: `aug.geometric_on=device`, `data.decode_on=device`.
 
-A CPU pipeline that decodes, crops and resizes every view in data workers needs ~70 cores to feed 5,000
-images/s. Here the workers only read files and draw each view's parameters (the same draws, from the same
+Decoding, cropping and the photometric stage cost a data worker 15 to 24 ms per image at 224 px (70 to 120 cores
+for 5,000 images/s; BENCHMARKS.md); with the photometric stage on the device (the GPU default) ~1.1 ms remain,
+nearly all decoding. Here the workers only read files and draw each view's parameters (the same draws, from the same
 (seed, epoch, index, view) generators, as the worker path: `repre.data.views.sample_views`); a batch crosses to
 the device as whole images (decoded pixels, or the JPEG bytes themselves with `data.decode_on=device`) with the
 crop boxes, flips and photometric parameters beside them. On the device:

@@ -38,9 +38,9 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from itertools import islice
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
 from repre.data.shards import LABEL_EXTENSIONS, _split_key, expand
 from repre.errors import UserError
+
+if TYPE_CHECKING:
+    from repre.data.loader import ViewDataset
 
 log = logging.getLogger("repre")
 
@@ -192,7 +195,7 @@ class StreamViews(IterableDataset):
     `positions`: {logical worker: position} to resume from; `start_step`: the optimizer step the loader starts
     at, which renumbers the workers so that step s's batch still comes from worker s mod W."""
 
-    def __init__(self, shards: StreamShards, views, seed: int, block: int, rank: int, world: int,
+    def __init__(self, shards: StreamShards, views: ViewDataset, seed: int, block: int, rank: int, world: int,
                  start_step: int = 0, positions: dict[int, tuple] | None = None) -> None:
         self.shards, self.views, self.seed, self.block = shards, views, seed, block
         self.rank, self.world, self.start_step = rank, world, start_step
@@ -235,7 +238,8 @@ class StreamViews(IterableDataset):
                 sizes.append(count)
             seen += count
 
-    def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int, workers: int):
+    def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int,
+               workers: int) -> Generator[dict, None, bool]:
         """Yields the collate samples of this worker's epoch from position `given` on; returns whether it gave
         any (an epoch of unreadable images gives none)."""
         shards = self._shards_of(epoch, logical, workers)
