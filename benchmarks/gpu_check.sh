@@ -152,6 +152,12 @@ for f in sorted(out.glob("*.json")):
         print(f"{f.stem:<22}ratios {json.dumps({k: round(v, 3) for k, v in d['ratios'].items()})}")
     elif d.get("benchmark") == "cuda_check":
         print(f"{f.stem:<22}passed={d['passed']} " + " ".join(f"{k}={v['ok']}" for k, v in d["checks"].items()))
+    elif d.get("benchmark") == "view_speed":
+        print(f"{f.stem:<22}ms/image " + "  ".join(f"{k}={v:.3f}" for k, v in d["ms_per_image"].items()))
+    elif d.get("benchmark") == "sync_check":
+        for name, found in d["results"].items():
+            where = "; ".join(f"{n}x {k}" for k, n in found.items() if isinstance(n, int))[:160]
+            print(f"{f.stem:<22}{name:<40}{found.get('error', where or 'no host sync')}")
     elif d.get("benchmark") == "profile_step":
         print(f"{f.stem:<22}" + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in d["seconds"].items())
               + " " + json.dumps({k: round(v, 3) for k, v in d["ratios"].items()}))
