@@ -21,6 +21,7 @@ import yaml
 from repre.errors import UserError
 
 DEFAULT_PRESET = "fmnist-mocov3-repre"
+REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as streams (data.shard_access=auto)
 
 
 @dataclass
@@ -49,6 +50,12 @@ class DataConfig:
     shard_access: Literal["auto", "random", "stream"] = "auto"
     shuffle_block: int = 1000  # streamed shards: samples read, then given out in random order, per data worker
     stream_size: int = 0  # streamed shards: images in all shards, for train.epochs (0: unknown; set train.max_steps)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are tar shards read as streams (data.shard_access; auto: http(s):// and pipe: roots)."""
+        return self.name == "shards" and (self.shard_access == "stream" or (
+            self.shard_access == "auto" and str(self.root or "").startswith(REMOTE_ROOTS)))
 
 
 @dataclass
@@ -457,12 +464,10 @@ def validate(cfg: Config) -> None:
                         "crops must then be cut: add --set aug.geometric_on=device")
     if d.shuffle_block < 1:
         raise UserError(f"data.shuffle_block must be >= 1, got {d.shuffle_block}")
-    streamed = d.name == "shards" and (d.shard_access == "stream" or (
-        d.shard_access == "auto" and str(d.root).startswith(("http://", "https://", "pipe:"))))
-    if streamed and d.subset:
+    if d.streamed and d.subset:
         raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name fewer "
                         "shards in data.root (a shorter {a..b} range), or set data.shard_access=random for local shards")
-    if streamed and t.max_steps <= 0 and d.stream_size <= 0:
+    if d.streamed and t.max_steps <= 0 and d.stream_size <= 0:
         raise UserError("streamed shards have no index to count their images: set data.stream_size=N (the images in "
                         "all shards; train.epochs then means N images each) or train.max_steps")
     if (d.mean is None) != (d.std is None):

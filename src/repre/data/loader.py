@@ -75,9 +75,9 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
     if cfg.name == "shards":
         from repre.data.shards import TarShards
-        from repre.data.stream import StreamShards, streams
+        from repre.data.stream import StreamShards
 
-        if streams(cfg.root, cfg.shard_access):
+        if cfg.streamed:
             if split != "train":
                 raise UserError(STREAMS_EVALUATE.format(root=cfg.root))
             root = cfg.root if not Path(str(cfg.root)).is_dir() else str(_folder_split(cfg.root, split, "shards"))
@@ -99,7 +99,7 @@ def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tupl
 
 def _first_readable(source: ImageSource, index: int, read):
     """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
-    n = len(source) or index + 1  # 0: a stream of unknown length
+    n = len(source)
     for skipped in range(n):
         try:
             return read((index + skipped) % n), skipped
@@ -179,9 +179,7 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def eval_source(cfg: Config, split: str) -> ImageSource:
     """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
     sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
-    from repre.data.stream import streams
-
-    if cfg.data.name == "shards" and streams(cfg.data.root, cfg.data.shard_access):
+    if cfg.data.streamed:
         raise UserError(STREAMS_EVALUATE.format(root=cfg.data.root))
     if cfg.eval.split == "test":
         return build_source(cfg.data, split, seed=cfg.train.seed)

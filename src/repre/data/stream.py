@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from repre.config import REMOTE_ROOTS
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
 from repre.data.shards import LABEL_EXTENSIONS, _split_key, expand
 from repre.errors import UserError
@@ -55,13 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repre")
 
-REMOTE = ("http://", "https://", "pipe:")
 KEY_BITS = 24  # an image's key for its views: shard << KEY_BITS | position in the shard
 RETRY_WAIT = 1.0  # seconds before reading a broken shard again (times the attempt)
 
 
 def is_remote(root: str | None) -> bool:
-    return bool(root) and root.startswith(REMOTE)
+    return bool(root) and root.startswith(REMOTE_ROOTS)
 
 
 def shard_urls(root: str) -> list[str]:
@@ -162,8 +162,8 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
 
 class StreamShards:
     """Streamed shards as an image source: what the trainer asks of a source, without random access.
-    `len` is `data.stream_size` (0: unknown); `load` reads only the first images of the first shard (the
-    reconstruction pictures)."""
+    `len` is `data.stream_size`, or where that is unknown (0) the number of first images `load` serves: it reads
+    only the first images of the first shard (the reconstruction pictures), and index i is image i mod that."""
 
     mean, std = MEAN, STD
     num_classes = None
@@ -172,15 +172,19 @@ class StreamShards:
         self.root, self.urls, self.size = root, shard_urls(root), size
         self._first: list[tuple[str, bytes, int]] | None = None
 
-    def __len__(self) -> int:
-        return self.size
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
+    def _first_images(self) -> list[tuple[str, bytes, int]]:
         if self._first is None:
             self._first = list(islice(read_samples(self.urls[0]), 64))
             if not self._first:
                 raise UserError(f"the first shard {self.urls[0]} gave no images; check data.root={self.root}")
-        key, data, label = self._first[index % len(self._first)]
+        return self._first
+
+    def __len__(self) -> int:
+        return self.size or len(self._first_images())
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        first = self._first_images()
+        key, data, label = first[index % len(first)]
         return decode(io.BytesIO(data), f"{self.urls[0]}:{key}"), label
 
 
@@ -273,8 +277,3 @@ def check_enough_shards(shards: int, world: int, workers: int) -> None:
     if shards < world * workers:
         raise UserError(f"{shards} shards cannot feed {world} process(es) x {workers} data worker(s), each of which "
                         "reads shards of its own: use fewer train.num_workers, fewer processes, or more shards")
-
-
-def streams(root: str | None, access: str) -> bool:
-    """Whether data.name=shards reads `root` as streams (data.shard_access; auto: for URLs and pipe:)."""
-    return access == "stream" or (access == "auto" and is_remote(root))

@@ -61,7 +61,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
 def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> None:
     """Both views of the first `eval.recon_images` images (epoch-0 augmentation) above their reconstructions."""
     spec = view_spec(cfg, source)
-    n = min(cfg.eval.recon_images, len(source) or cfg.eval.recon_images)  # len 0: a stream of unknown length
+    n = min(cfg.eval.recon_images, len(source))
     dataset = ViewDataset(source, spec, cfg.train.seed)
     batch = ViewCollate(spec)([dataset[(0, i)] for i in range(n)])
     x = stack_views(batch["views"]).to(rt.device)
