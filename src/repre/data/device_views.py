@@ -189,15 +189,19 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, full: int, out: 
     return w / w.sum(-1, keepdim=True)
 
 
-def _chunks(shapes: list[tuple[int, int]], order: list[int], views: int, size: int) -> list[list[int]]:
-    """Consecutive runs of `order` (images sorted by size) whose padded chunk stays within CHUNK_ELEMENTS."""
+CropSet = tuple[torch.Tensor, torch.Tensor, int]  # boxes [B, V, 4] (top, left, h, w), flips [B, V], output size
+
+
+def _chunks(shapes: list[tuple[int, int]], order: list[int], sets: list[tuple[int, int]]) -> list[list[int]]:
+    """Consecutive runs of `order` (images sorted by size) whose padded chunk stays within CHUNK_ELEMENTS;
+    `sets`: (views per image, output size) of each set of crops cut from it."""
     chunks: list[list[int]] = []
     current: list[int] = []
     hmax = wmax = 0
     for i in order:
         h, w = max(hmax, shapes[i][0]), max(wmax, shapes[i][1])
         n = len(current) + 1
-        cost = n * (3 * h * w + views * 3 * size * (w + size))  # the padded images, the row products, the views
+        cost = n * (3 * h * w + sum(v * 3 * s * (w + s) for v, s in sets))  # padded images, row products, views
         if current and cost > CHUNK_ELEMENTS:
             chunks.append(current)
             current, h, w = [], shapes[i][0], shapes[i][1]
@@ -224,35 +228,47 @@ def _tensor_cores(device: torch.device) -> Iterator[None]:
 def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """Images (uint8 [3, H_i, W_i] on one device) and per-view boxes [B, V, 4] (top, left, h, w), flips [B, V]
     -> views uint8 [B, V, 3, size, size]: each box resized with antialiasing, then flipped where asked."""
+    return crop_sets(images, [(boxes, flips, size)])[0]
+
+
+def crop_sets(images: list[torch.Tensor], sets: list[CropSet]) -> list[torch.Tensor]:
+    """`resized_crops` for several sets of crops of the same images (DINO's global and local crops), each chunk
+    of images padded once for all of them: one uint8 [B, V, 3, size, size] per set."""
     device = images[0].device
     with _tensor_cores(device):
-        return _resized_crops(images, boxes, flips, size, device)
+        return _crop_sets(images, sets, device)
 
 
-def _resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int,
-                   device: torch.device) -> torch.Tensor:
-    b, v = boxes.shape[:2]
-    s = size
-    out = torch.empty(b, v, 3, s, s, dtype=torch.uint8, device=device)
-    boxes, flips = boxes.to(device, non_blocking=True), flips.to(device, non_blocking=True)  # no host wait
+def _crop_sets(images: list[torch.Tensor], sets: list[CropSet], device: torch.device) -> list[torch.Tensor]:
+    sets = [(boxes.to(device, non_blocking=True), flips.to(device, non_blocking=True), s)  # no host wait
+            for boxes, flips, s in sets]
+    outs = [torch.empty(len(images), boxes.shape[1], 3, s, s, dtype=torch.uint8, device=device)
+            for boxes, _, s in sets]
     shapes = [tuple(img.shape[-2:]) for img in images]
-    order = sorted(range(b), key=lambda i: shapes[i][0] * shapes[i][1])
-    for chunk in _chunks(shapes, order, v, s):
-        n = len(chunk)
+    order = sorted(range(len(images)), key=lambda i: shapes[i][0] * shapes[i][1])
+    for chunk in _chunks(shapes, order, [(boxes.shape[1], s) for boxes, _, s in sets]):
         hmax, wmax = max(shapes[i][0] for i in chunk), max(shapes[i][1] for i in chunk)
-        x = torch.zeros(n, hmax, 3, wmax, device=device)  # rows outermost: one product serves all channels
+        x = torch.zeros(len(chunk), hmax, 3, wmax, device=device)  # rows outermost: one product serves all channels
         for k, i in enumerate(chunk):
             x[k, : shapes[i][0], :, : shapes[i][1]] = images[i].permute(1, 0, 2)
         idx = torch.tensor(chunk).to(device, non_blocking=True)
-        box, flip = boxes[idx].flatten(0, 1), flips[idx].flatten()  # [n*V, 4], [n*V]
-        ry = resample_weights(box[:, 0], box[:, 2], hmax, s)  # [n*V, S, H]
-        rx = resample_weights(box[:, 1], box[:, 3], wmax, s)  # [n*V, S, W]
-        rx = torch.where(flip[:, None, None], rx.flip(1), rx)
-        rows = ry.view(n, v * s, hmax) @ x.view(n, hmax, 3 * wmax)  # [n, V*S, 3*W]: every view's rows at once
-        y = rows.view(n * v, s * 3, wmax) @ rx.transpose(1, 2)  # [n*V, S*3, S]
-        y = y.view(n, v, s, 3, s).permute(0, 1, 3, 2, 4)  # [n, V, 3, S, S]
-        out[idx] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+        for (boxes, flips, s), out in zip(sets, outs, strict=True):
+            out[idx] = _cut(x, boxes[idx], flips[idx], s)
+    return outs
+
+
+def _cut(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, s: int) -> torch.Tensor:
+    """Padded float images x [n, H, 3, W], boxes [n, V, 4], flips [n, V] -> uint8 views [n, V, 3, s, s]."""
+    n, hmax, _, wmax = x.shape
+    v = boxes.shape[1]
+    box, flip = boxes.flatten(0, 1), flips.flatten()  # [n*V, 4], [n*V]
+    ry = resample_weights(box[:, 0], box[:, 2], hmax, s)  # [n*V, s, H]
+    rx = resample_weights(box[:, 1], box[:, 3], wmax, s)  # [n*V, s, W]
+    rx = torch.where(flip[:, None, None], rx.flip(1), rx)
+    rows = ry.view(n, v * s, hmax) @ x.view(n, hmax, 3 * wmax)  # [n, V*s, 3*W]: every view's rows at once
+    y = rows.view(n * v, s * 3, wmax) @ rx.transpose(1, 2)  # [n*V, s*3, s]
+    y = y.view(n, v, s, 3, s).permute(0, 1, 3, 2, 4)  # [n, V, 3, s, s]
+    return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int) -> dict[str, torch.Tensor]:
@@ -263,7 +279,11 @@ def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int) -
     if bad:
         batch["skipped"] += bad  # the loader's CPU counter, read by the trainer after the step
     out = {k: val for k, val in batch.items() if k not in ("pixels", "jpeg", "offsets", "lengths")}
-    out["views"] = resized_crops(images, batch["boxes"], batch["flips"], size)
+    sets = [(batch["boxes"], batch["flips"], size)]
     if "local_boxes" in batch:
-        out["local_views"] = resized_crops(images, batch["local_boxes"], batch["local_flips"], local_size)
+        sets.append((batch["local_boxes"], batch["local_flips"], local_size))
+    views = crop_sets(images, sets)
+    out["views"] = views[0]
+    if "local_boxes" in batch:
+        out["local_views"] = views[1]
     return out
