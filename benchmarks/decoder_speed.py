@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/decoder_speed.py [--batch 512] [--device cuda]
 
 Shapes of ViT-S/16 at 224 (4 taps of [N, 384, 14, 14], width 128 halving to 8 over 4 x2 steps to 224 px).
-Variants: NCHW or channels_last tensors; bilinear or nearest x2 upsampling. Prints a JSON line last.
+Variants (--variants): `<upsampling>-<mode>`, upsampling bilinear or nearest, mode nchw (eager), channels_last
+(eager) or compiled (torch.compile of the decoder, as train.compile=true does). Prints a JSON line last.
 """
 
 from __future__ import annotations
@@ -38,23 +39,27 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--variants", default="bilinear-nchw,nearest-nchw,bilinear-channels_last,nearest-channels_last",
+                   help="comma-separated <bilinear|nearest>-<nchw|channels_last|compiled>; the first is the base")
     args = p.parse_args()
     dev = torch.device(args.device)
     results = {}
-    for upsample in ("bilinear", "nearest"):
-        for fmt in ("nchw", "channels_last"):
-            torch.manual_seed(0)
-            memory = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-            decoder = Decoder([384] * 4, 16, 128, 8, upsample=upsample).to(dev, memory_format=memory)
-            maps = [torch.randn(args.batch, 384, 14, 14, device=dev).contiguous(memory_format=memory)
-                    .requires_grad_(True) for _ in range(4)]
-            target = torch.randn(args.batch, 3, 224, 224, device=dev)
-            results[f"{upsample}-{fmt}"] = run(decoder, maps, target, args.steps)
-            print(f"{upsample}-{fmt:<15}{results[f'{upsample}-{fmt}'] * 1000:9.2f} ms", flush=True)
-    base = results["bilinear-nchw"]
+    for variant in args.variants.split(","):
+        upsample, mode = variant.split("-", 1)
+        torch.manual_seed(0)
+        memory = torch.channels_last if mode == "channels_last" else torch.contiguous_format
+        decoder = Decoder([384] * 4, 16, 128, 8, upsample=upsample).to(dev, memory_format=memory)
+        if mode == "compiled":
+            decoder.compile()
+        maps = [torch.randn(args.batch, 384, 14, 14, device=dev).contiguous(memory_format=memory)
+                .requires_grad_(True) for _ in range(4)]
+        target = torch.randn(args.batch, 3, 224, 224, device=dev)
+        results[variant] = run(decoder, maps, target, args.steps)
+        print(f"{variant:<24}{results[variant] * 1000:9.2f} ms", flush=True)
+    base = results[args.variants.split(",")[0]]
     print(json.dumps({"benchmark": "decoder_speed", "device": torch.cuda.get_device_name() if dev.type == "cuda"
                       else "cpu", "batch": args.batch, "torch": torch.__version__, "seconds": results,
-                      "speedup_over_bilinear_nchw": {k: base / v for k, v in results.items()},
+                      "speedup_over_first": {k: base / v for k, v in results.items()},
                       "date": time.strftime("%Y-%m-%d")}))
 
 

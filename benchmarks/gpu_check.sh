@@ -37,34 +37,77 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
   local code=$?
   tail -n 1 "$OUT/$name.log" | python -c "import json,sys; json.loads(sys.stdin.read())" 2>/dev/null \
     && tail -n 1 "$OUT/$name.log" > "$OUT/$name.json" \
-    || echo "{\"stage\": \"$name\", \"failed\": true, \"exit\": $code}" > "$OUT/$name.json"
+    || echo "{\"stage\": \"$name\", \"failed\": $([ $code = 0 ] && echo false || echo true), \"exit\": $code}" \
+      > "$OUT/$name.json"
   echo "stage $name: exit $code after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
-  pack
+  [ -n "${NO_PACK:-}" ] || pack
 }
 
 START=$(date +%s)
-STAGES=${STAGES:-"cuda-check ddp-nccl default-preset vit-s16-224 vit-b16-224 frameworks-224 profile compiled host-sync sync-check real-data view-speed tests"}
+STAGES=${STAGES:-"cuda-check ddp-nccl sync-check tests vit-s16-224 real-data decoder-speed view-speed vit-b16-224 frameworks-224 profile host-sync real-data-shards default-preset"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
-
-# 1. correctness: CPU vs CUDA losses and gradients (fp32), bf16 vs fp32, a CUDA checkpoint read on CPU
-want cuda-check && stage cuda-check 90 python benchmarks/cuda_check.py
-# 1b. the distributed path on this GPU: torchrun with one process (NCCL, DDP, SyncBatchNorm, every collective)
-#     against a plain process, per-step losses (fp32)
-want ddp-nccl && stage ddp-nccl 90 python benchmarks/ddp_check.py --device cuda --procs 1 --steps 10
-
-# 2. throughput (bf16): the default preset on real data and on pre-made tensors; ViT-S/16 and ViT-B/16 at 224;
-#    DINO (multi-crop) and MoBY (Swin-T) at 224 with and without RePre; where a RePre step's time goes
-SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
-if [ -d "$FMNIST" ] && want default-preset; then
-  stage default-preset 60 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \
-    --configs repre,baseline,repre-tensors,baseline-tensors --set data.root="$FMNIST" \
-    --set train.device=cuda --set train.num_workers=8
+JPEGS="$OUT/jpegs"  # ImageNet-sized JPEGs generated here, as a folder and as tar shards (real-data stages)
+if want real-data || want real-data-shards; then
+  python benchmarks/make_jpegs.py "$JPEGS" --train 4096 --val 64 --shard-size 512 > "$OUT/make-jpegs.log" 2>&1 &
 fi
+
+# 1. correctness, in parallel (nothing here is timed): CPU vs CUDA losses and gradients (fp32), bf16 vs fp32,
+#    device crops / nvJPEG / photometric stage vs the CPU, a CUDA checkpoint read on CPU; the distributed path on
+#    this GPU (torchrun with one process: NCCL, DDP, SyncBatchNorm, every collective) against a plain process;
+#    host synchronisations left in the step (CUDA's sync debug mode), per framework and input placement; the
+#    test suite on this machine's torch and timm (device auto: CUDA)
+if want cuda-check || want ddp-nccl || want sync-check || want tests; then
+  SYNC_JPEGS=$(mktemp -d /tmp/repre-sync-jpegs.XXXX)
+  want sync-check && python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 > /dev/null 2>&1
+  export NO_PACK=1  # one archive written after the group, not by four stages at once
+  want cuda-check && stage cuda-check 150 python benchmarks/cuda_check.py &
+  want ddp-nccl && stage ddp-nccl 150 python benchmarks/ddp_check.py --device cuda --procs 1 --steps 10 &
+  want sync-check && stage sync-check 200 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder" &
+  want tests && python -c "import pytest" 2>/dev/null && stage tests 200 python -m pytest -x -q -p no:cacheprovider tests &
+  wait
+  unset NO_PACK
+  rm -rf "$SYNC_JPEGS"
+  pack
+fi
+wait  # the JPEGs
+
+# 2. throughput (bf16, timed one stage at a time): ViT-S/16 at 224, MoCo v3 +- RePre and the supervised reference
+#    step, eager and compiled (train.compile=true), with MFU
+SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
 VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
-want vit-s16-224 && stage vit-s16-224 70 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT
-want vit-b16-224 && stage vit-b16-224 55 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
+want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare train.compile=true
+
+# 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
+#     aug.photometric_on=auto), against the same step on pre-made tensors (real / synthetic: is the input the
+#     bottleneck?); then the crops on the GPU (aug.geometric_on=device) and the crops plus nvJPEG decoding
+#     (data.decode_on=device), the workers only reading files. On pre-made tensors the device placements redo
+#     their work on the same batch every step: their cost inside the step.
+REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
+  --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
+if [ -d "$JPEGS/folder" ]; then
+  want real-data && stage real-data 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+    --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
+    --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
+  want real-data-shards && stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 \
+    --warmup 3 --configs repre $REAL --set data.name=shards --set data.root="$JPEGS/shards"
+fi
+rm -rf "$JPEGS"
+
+# 2c. the decoder alone (ViT-S/16 shapes, batch 512 views): eager against compiled, bilinear against nearest
+want decoder-speed && stage decoder-speed 90 python benchmarks/decoder_speed.py --batch 512 \
+  --variants bilinear-nchw,bilinear-compiled,nearest-nchw,nearest-compiled
+# 2d. what the views cost on the GPU: crops of a batch as matrix products from pixels, and from JPEG bytes decoded
+#     by nvJPEG, then the photometric stage; against one CPU worker's decode + crops (ms per image)
+if want view-speed; then
+  stage view-speed 60 python benchmarks/view_speed.py --device cuda --images 512 --batch 256
+  stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 256 --batch 128 --local-crops 10
+fi
+# 2e. ViT-B/16 at 224, compiled; DINO (multi-crop) and MoBY (Swin-T) at 224 +- RePre (eager); where a RePre
+#     step's time goes; the step without host synchronisation (train.host_sync=log, the GPU default) against one
+#     sync a step; the default preset (28 px) on real Fashion-MNIST and on pre-made tensors
+want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224 --set train.compile=true
 if want frameworks-224; then
   stage dino-vit-s16-224 60 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128
@@ -72,43 +115,12 @@ if want frameworks-224; then
     --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128
 fi
 want profile && stage profile 60 python benchmarks/profile_step.py $VIT
-want compiled && stage vit-s16-224-compiled 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
-  --mfu --configs repre-tensors,baseline-tensors $VIT --set train.compile=true
-# the step without host synchronisation (train.host_sync=log, the GPU default) against one sync a step
 want host-sync && stage host-sync 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
   --configs repre-tensors $VIT --compare train.host_sync=step
-
-# 2b. real data: JPEGs generated here (ImageNet-sized), read as a folder and as tar shards, decoded and cropped
-#     in workers, the photometric stage on the GPU (aug.photometric_on=auto) against in the workers; beside the
-#     same step on pre-made tensors (real / synthetic: is the input the bottleneck?)
-if want real-data; then
-  JPEGS="$OUT/jpegs"
-  python benchmarks/make_jpegs.py "$JPEGS" --train 4096 --val 64 --shard-size 512 > "$OUT/make-jpegs.log" 2>&1
-  REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
-    --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
-  stage real-data-folder 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
-    --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
-    --compare aug.photometric_on=workers
-  stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
-    --configs repre $REAL --set data.name=shards --set data.root="$JPEGS/shards"
-  # the crops (and the JPEG decoding: nvJPEG) on the GPU, the workers only reading files
-  stage real-data-device 100 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
-    --configs repre $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
-    --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
-  rm -rf "$JPEGS"
-fi
-# 2b'. host synchronisations left in the step (CUDA's sync debug mode), per framework and input placement
-if want sync-check; then
-  SYNC_JPEGS=$(mktemp -d /tmp/repre-sync-jpegs.XXXX)
-  python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 > /dev/null 2>&1
-  stage sync-check 150 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder"
-  rm -rf "$SYNC_JPEGS"
-fi
-# 2c. what the views cost on the GPU: crops of a batch as matrix products from pixels, and from JPEG bytes decoded
-#     by nvJPEG, then the photometric stage; against one CPU worker's decode + crops (ms per image)
-if want view-speed; then
-  stage view-speed 60 python benchmarks/view_speed.py --device cuda --images 512 --batch 256
-  stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 256 --batch 128 --local-crops 10
+if [ -d "$FMNIST" ] && want default-preset; then
+  stage default-preset 60 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \
+    --configs repre,baseline,repre-tensors,baseline-tensors --set data.root="$FMNIST" \
+    --set train.device=cuda --set train.num_workers=8
 fi
 
 # 3. quality: benchmarks/quality.py runs as a queue of jobs, most important first, QUALITY_LANES at a time, until
@@ -136,9 +148,6 @@ if [ -d "$FMNIST" ] && want quality; then
   pack
 fi
 
-# 4. the test suite on this machine's torch and timm (device auto: CUDA)
-want tests && python -c "import pytest" 2>/dev/null && stage tests 40 python -m pytest -x -q -p no:cacheprovider tests
-
 python - "$OUT" > "$OUT/summary.txt" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -150,6 +159,10 @@ for f in sorted(out.glob("*.json")):
             mem = f"{row['peak_cuda_mb']:.0f}" if row.get("peak_cuda_mb") else "-"
             print(f"{f.stem:<22}{name:<20}{row['images_per_sec']:>10.1f} img/s  MFU {mfu}  {mem} MB CUDA")
         print(f"{f.stem:<22}ratios {json.dumps({k: round(v, 3) for k, v in d['ratios'].items()})}")
+        for name, why in d.get("failed", {}).items():
+            print(f"{f.stem:<22}{name:<20}FAILED {why[-150:]!r}")
+    elif d.get("benchmark") == "decoder_speed":
+        print(f"{f.stem:<22}ms " + "  ".join(f"{k}={v * 1000:.1f}" for k, v in d["seconds"].items()))
     elif d.get("benchmark") == "cuda_check":
         print(f"{f.stem:<22}passed={d['passed']} " + " ".join(f"{k}={v['ok']}" for k, v in d["checks"].items()))
     elif d.get("benchmark") == "view_speed":

@@ -275,6 +275,7 @@ def main() -> None:
     names = [(n, None) for n in args.configs.split(",")]
     names += [(n, extra) for extra in args.compare for n, _ in list(names)]
     runs: dict[str, list[dict]] = {label(*n): [] for n in names}
+    failed: dict[str, str] = {}
     for r in range(args.rounds):
         for name, extra in names:
             cmd = [sys.executable, __file__, "--child", name, "--preset", args.preset,
@@ -283,13 +284,19 @@ def main() -> None:
             cmd += ["--mfu"] * args.mfu
             name = label(name, extra)
             done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:  # the child's own error, not only "exit status 1"
-                sys.exit(f"configuration {label(name, extra)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            if done.returncode:  # the child's own error, not only "exit status 1"; the other configurations go on
+                failed[name] = f"exit {done.returncode}: {done.stderr[-3000:]}"
+                print(f"configuration {name} failed ({failed[name]})", file=sys.stderr, flush=True)
+                continue
             res = json.loads(done.stdout.strip().splitlines()[-1])
             runs[name].append(res)
             print(f"round {r + 1} {name:<17} {res['images_per_sec']:7.1f} img/s", file=sys.stderr, flush=True)
+    if not any(runs.values()):
+        sys.exit("every configuration failed")
     table = {}
     for name, rs in runs.items():
+        if not rs:
+            continue
         table[name] = {
             "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
             "step_s": statistics.median(x["step_s"] for x in rs),
@@ -321,20 +328,25 @@ def main() -> None:
             table["baseline-tensors"]["images_per_sec"] / table["lightly"]["images_per_sec"]
         )
     for name, extra in names:  # each --compare override against the configuration without it
-        if extra:
+        if extra and {name, label(name, extra)} <= set(table):
             ratios[f"images_per_sec[{label(name, extra)}]/[{name}]"] = (
                 table[label(name, extra)]["images_per_sec"] / table[name]["images_per_sec"])
+    for extra in args.compare:  # RePre's overhead under each override (e.g. train.compile=true)
+        repre, base = label("repre-tensors", extra), label("baseline-tensors", extra)
+        if {repre, base} <= set(table):
+            ratios[f"repre_step_time_over_baseline_tensors[{extra}]"] = table[repre]["step_s"] / table[base]["step_s"]
     print(f"\n{'config':<20}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}{'MFU':>7}")
     for name, row in table.items():
         mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "-"
         print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}{mfu:>7}")
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
-    first = runs[label(*names[0])][0]
+    first = next(rs[0] for rs in runs.values() if rs)
     meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare, "device": first["device"],
             "rounds": args.rounds, "steps": args.steps, "precision": first["precision"],
             "batch_size": first["batch_size"], "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps({"benchmark": "throughput", **meta, "results": table, "ratios": ratios}))
+    print(json.dumps({"benchmark": "throughput", **meta, "results": table, "ratios": ratios,
+                      "failed": failed}))
 
 
 if __name__ == "__main__":
