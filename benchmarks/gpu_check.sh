@@ -62,7 +62,7 @@ if want cuda-check || want ddp-nccl || want sync-check || want tests; then
   export NO_PACK=1  # one archive written after the group, not by four stages at once
   want cuda-check && stage cuda-check 150 python benchmarks/cuda_check.py &
   want ddp-nccl && stage ddp-nccl 150 python benchmarks/ddp_check.py --device cuda --procs 1 --steps 10 &
-  want sync-check && stage sync-check 200 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder" &
+  want sync-check && stage sync-check 300 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder" &
   want tests && python -c "import pytest" 2>/dev/null && stage tests 200 python -m pytest -x -q -p no:cacheprovider tests &
   wait
   unset NO_PACK
@@ -72,13 +72,14 @@ fi
 wait  # the JPEGs
 
 # 2. throughput (bf16, timed one stage at a time): ViT-S/16 at 224, MoCo v3 +- RePre and the supervised reference
-#    step, eager and compiled (train.compile=true), with MFU
+#    step, eager and compiled (train.compile=true, the preset's setting), with MFU
 SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
 VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
 want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare train.compile=true
+  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --set train.compile=false \
+  --compare train.compile=true
 
-# 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
+# 2b. real data (the preset: compiled): the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
 #     aug.photometric_on=auto), against the same step on pre-made tensors (real / synthetic: is the input the
 #     bottleneck?); then the crops on the GPU (aug.geometric_on=device) and the crops plus nvJPEG decoding
 #     (data.decode_on=device), the workers only reading files. On pre-made tensors the device placements redo
@@ -86,7 +87,7 @@ want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --roun
 REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
   --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
 if [ -d "$JPEGS/folder" ]; then
-  want real-data && stage real-data 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+  want real-data && stage real-data 300 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
     --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
     --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
   want real-data-shards && stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 \
@@ -100,21 +101,25 @@ want decoder-speed && stage decoder-speed 90 python benchmarks/decoder_speed.py 
 # 2d. what the views cost on the GPU: crops of a batch as matrix products from pixels, and from JPEG bytes decoded
 #     by nvJPEG, then the photometric stage; against one CPU worker's decode + crops (ms per image)
 if want view-speed; then
-  stage view-speed 60 python benchmarks/view_speed.py --device cuda --images 512 --batch 256
-  stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 256 --batch 128 --local-crops 10
+  stage view-speed 60 python benchmarks/view_speed.py --device cuda --images 128 --batch 64 --rounds 1
+  stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 64 --batch 32 --rounds 1 \
+    --local-crops 10
 fi
-# 2e. ViT-B/16 at 224, compiled; DINO (multi-crop) and MoBY (Swin-T) at 224 +- RePre (eager); where a RePre
+# 2e. ViT-B/16 at 224, compiled; DINO (multi-crop) and MoBY (Swin-T) at 224 +- RePre, eager and compiled
+#     (whether their presets should compile too); where a RePre
 #     step's time goes; the step without host synchronisation (train.host_sync=log, the GPU default) against one
 #     sync a step; the default preset (28 px) on real Fashion-MNIST and on pre-made tensors
 want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224 --set train.compile=true
 if want frameworks-224; then
-  stage dino-vit-s16-224 60 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
-    --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128
-  stage moby-swin-t-224 60 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
-    --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128
+  stage dino-vit-s16-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+    --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
+    --compare train.compile=true
+  stage moby-swin-t-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+    --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128 \
+    --compare train.compile=true
 fi
-want profile && stage profile 60 python benchmarks/profile_step.py $VIT
+want profile && stage profile 60 python benchmarks/profile_step.py $VIT --set train.compile=false
 want host-sync && stage host-sync 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
   --configs repre-tensors $VIT --compare train.host_sync=step
 if [ -d "$FMNIST" ] && want default-preset; then

@@ -128,6 +128,19 @@ def test_world_size_without_a_launcher_says_to_use_torchrun(tmp_path, monkeypatc
     assert "torchrun --nproc_per_node" in capsys.readouterr().err
 
 
+def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch):
+    """torchrun --nproc_per_node 2 on a machine with one GPU: LOCAL_RANK 1 has no GPU of its own."""
+    from repre.engine import distributed as dist
+    from repre.errors import UserError
+
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="LOCAL_RANK=1 but the machine shows 1 GPU.*--nproc_per_node 1"):
+        dist.init_from_env(torch.device("cuda"))
+
+
 def test_python_m_repre_entry_point():
     import subprocess
     import sys

@@ -167,15 +167,16 @@ def test_local_crops_are_refused_for_mocov3(tmp_path, capsys):
 
 def test_fixed_batch_overfits():
     """With the teacher and center held fixed (momentum 1), the student fits the teacher's targets on one batch:
-    the KL part of the loss (cross-entropy minus the teacher's entropy) falls by more than half."""
+    the KL part of the loss (cross-entropy minus the teacher's entropy) falls by more than half. (60 steps at lr
+    1e-3 fall to ~0.3 of the start; 30 steps at 3e-3 reached only 0.54 with torch 2.11 and timm 1.0.29.)"""
     torch.manual_seed(0)
     cfg = tiny_config(*DINO_TINY, "recon.enabled=false", "method.center_momentum=1.0")
     model = build_model(cfg)
     batch = dino_batch(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     kl = []
-    for step in range(30):
-        model.method.set_progress(step, 30)
+    for step in range(60):
+        model.method.set_progress(step, 60)
         out = model(batch["views"], 1.0, None, batch["local_views"])
         opt.zero_grad()
         out["loss"].backward()

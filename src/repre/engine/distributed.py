@@ -68,6 +68,11 @@ def init_from_env(device: torch.device) -> torch.device:
                         "processes with torchrun (torchrun --nproc_per_node N -m repre pretrain ...), or unset "
                         "WORLD_SIZE for one process")
     if device.type == "cuda":
+        if local_rank() >= torch.cuda.device_count():
+            raise UserError(f"this process has LOCAL_RANK={local_rank()} but the machine shows "
+                            f"{torch.cuda.device_count()} GPU(s): start one process per GPU (torchrun "
+                            f"--nproc_per_node {torch.cuda.device_count()}), check CUDA_VISIBLE_DEVICES, or train "
+                            "on the CPU with --set train.device=cpu")
         device = torch.device(f"cuda:{local_rank()}")
         torch.cuda.set_device(device)
         backend = "nccl"

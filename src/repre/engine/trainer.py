@@ -89,12 +89,32 @@ def clip_or_measure(params: list[torch.Tensor], max_norm: float, mode: str = "gl
     return torch.linalg.vector_norm(norms)
 
 
+COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
+
+
 def compile_blocks(model: nn.Module) -> None:
     """torch.compile, in place, every transformer block (online and momentum encoders) and the decoder: the
-    repeated units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged."""
+    repeated units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged.
+
+    Static shapes: each input shape (DINO's global and local crops, Swin's stages and shifted windows) gets its
+    own graph. Dynamo's default would make the second shape symbolic: slower kernels, and on a CPU minutes of
+    compiling for a Swin block."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), COMPILE_GRAPHS))
     for module in model.modules():
         if type(module).__name__ in ("Block", "SwinTransformerBlock", "Decoder"):
-            module.compile()
+            module.compile(dynamic=False)
+
+
+def eager(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` without compiling (a one-off pass such as an evaluation: new shapes would each
+    compile a graph); plain where torch.compiler.set_stance (torch >= 2.6) is missing."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    if stance is None:
+        return fn(*args, **kwargs)
+    with stance("force_eager"):
+        return fn(*args, **kwargs)
 
 
 def total_steps(cfg: Config, dataset_size: int) -> int:
@@ -609,7 +629,7 @@ class Trainer:
         if quick:
             e = dataclasses.replace(cfg.eval, knn_train_subset=cfg.eval.quick_knn_train, knn_test_subset=cfg.eval.quick_knn_test)
             cfg = dataclasses.replace(cfg, eval=e)
-        top1 = knn_top1_or_none(self.model.method.eval_encoder, cfg, self.rt)
+        top1 = eager(knn_top1_or_none, self.model.method.eval_encoder, cfg, self.rt)
         if top1 is not None:
             writer.write({"step": self.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": quick})
         self.model.train()
@@ -620,7 +640,7 @@ class Trainer:
 
         main = dist.is_main()  # the other processes return the same summary without evaluating or writing
         if completed and self.cfg.recon.enabled and main:
-            save_recon_grid(self.model, self.cfg, self.source, self.out / "recon.png", self.rt)
+            eager(save_recon_grid, self.model, self.cfg, self.source, self.out / "recon.png", self.rt)
         top1 = self._evaluate(writer) if completed and self.cfg.eval.knn and main else None
         s = self.state
         summary = {
