@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU check: CUDA correctness, then throughput and MFU, then quality benchmark runs on the GPU, in stages.
 # Each stage has its own time limit and writes <stage>.json and <stage>.log as soon as it finishes (a failed or
-# timed-out stage writes {"failed": true}) into a work folder that is packed into $OUT/gpu-check.tgz after every
-# stage (the device tool returns at most 8 files from $OUT, 2 folders deep); the compact table is printed last
+# timed-out stage writes {"failed": true}; throughput.py prints what it has so far after each configuration, so
+# a timed-out throughput stage keeps those) into a work folder that is packed into $OUT/gpu-check.tgz after every
+# stage, or after the group for the correctness stages, which run side by side (the device tool returns at most
+# 8 files from $OUT, 2 folders deep); the compact table is printed last
 # and written to $OUT/summary.txt. STAGES picks stages (default: all but quality; see each stage's name).
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
 #
@@ -44,10 +46,10 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 START=$(date +%s)
-STAGES=${STAGES:-"cuda-check ddp-nccl sync-check tests vit-s16-224 real-data decoder-speed view-speed vit-b16-224 frameworks-224 profile host-sync real-data-shards default-preset"}
+STAGES=${STAGES:-"cuda-check ddp-nccl sync-check tests vit-s16-224 vit-b16-224 real-data-compiled real-data decoder-speed view-speed frameworks-224 profile host-sync real-data-shards default-preset"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 JPEGS="$OUT/jpegs"  # ImageNet-sized JPEGs generated here, as a folder and as tar shards (real-data stages)
-if want real-data || want real-data-shards; then
+if want real-data || want real-data-compiled || want real-data-shards; then
   python benchmarks/make_jpegs.py "$JPEGS" --train 4096 --val 64 --shard-size 512 > "$OUT/make-jpegs.log" 2>&1 &
 fi
 
@@ -58,12 +60,13 @@ fi
 #    test suite on this machine's torch and timm (device auto: CUDA)
 if want cuda-check || want ddp-nccl || want sync-check || want tests; then
   SYNC_JPEGS=$(mktemp -d /tmp/repre-sync-jpegs.XXXX)
-  want sync-check && python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 > /dev/null 2>&1
   export NO_PACK=1  # one archive written after the group, not by four stages at once
   want cuda-check && stage cuda-check 150 python benchmarks/cuda_check.py &
   want ddp-nccl && stage ddp-nccl 150 python benchmarks/ddp_check.py --device cuda --procs 1 --steps 10 &
-  want sync-check && stage sync-check 300 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder" &
-  want tests && python -c "import pytest" 2>/dev/null && stage tests 200 python -m pytest -x -q -p no:cacheprovider tests &
+  want sync-check && { python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 \
+    > /dev/null 2>&1; stage sync-check 200 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder"; } &
+  # every failure listed (no -x): the stage's time limit bounds it
+  want tests && python -c "import pytest" 2>/dev/null && stage tests 200 python -m pytest -q -p no:cacheprovider tests &
   wait
   unset NO_PACK
   rm -rf "$SYNC_JPEGS"
@@ -79,16 +82,23 @@ want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --roun
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --set train.compile=false \
   --compare train.compile=true
 
-# 2b. real data (the preset: compiled): the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
-#     aug.photometric_on=auto), against the same step on pre-made tensors (real / synthetic: is the input the
-#     bottleneck?); then the crops on the GPU (aug.geometric_on=device) and the crops plus nvJPEG decoding
-#     (data.decode_on=device), the workers only reading files. On pre-made tensors the device placements redo
-#     their work on the same batch every step: their cost inside the step.
+# ViT-B/16 at 224, compiled
+want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224 --set train.compile=true
+
+# 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
+#     aug.photometric_on=auto) against the same step on pre-made tensors (real / synthetic: is the input the
+#     bottleneck?), compiled as the preset runs; then eager with the crops on the GPU (aug.geometric_on=device)
+#     and the crops plus nvJPEG decoding (data.decode_on=device), the workers only reading files (on pre-made
+#     tensors the device placements redo their work on the same batch every step: their cost inside the step)
 REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
   --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
 if [ -d "$JPEGS/folder" ]; then
-  want real-data && stage real-data 300 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+  want real-data-compiled && stage real-data-compiled 150 python benchmarks/throughput.py --rounds 1 --steps 10 \
+    --warmup 3 --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder"
+  want real-data && stage real-data 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
     --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
+    --set train.compile=false \
     --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
   want real-data-shards && stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 \
     --warmup 3 --configs repre $REAL --set data.name=shards --set data.root="$JPEGS/shards"
@@ -105,12 +115,10 @@ if want view-speed; then
   stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 64 --batch 32 --rounds 1 \
     --local-crops 10
 fi
-# 2e. ViT-B/16 at 224, compiled; DINO (multi-crop) and MoBY (Swin-T) at 224 +- RePre, eager and compiled
-#     (whether their presets should compile too); where a RePre
-#     step's time goes; the step without host synchronisation (train.host_sync=log, the GPU default) against one
-#     sync a step; the default preset (28 px) on real Fashion-MNIST and on pre-made tensors
-want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224 --set train.compile=true
+# 2e. DINO (multi-crop) and MoBY (Swin-T) at 224 +- RePre, eager and compiled (whether their presets should
+#     compile too); where a RePre step's time goes (eager); the step without host synchronisation
+#     (train.host_sync=log, the GPU default) against one sync a step; the default preset (28 px) on real
+#     Fashion-MNIST and on pre-made tensors
 if want frameworks-224; then
   stage dino-vit-s16-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
@@ -120,7 +128,7 @@ if want frameworks-224; then
     --compare train.compile=true
 fi
 want profile && stage profile 60 python benchmarks/profile_step.py $VIT --set train.compile=false
-want host-sync && stage host-sync 60 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
+want host-sync && stage host-sync 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
   --configs repre-tensors $VIT --compare train.host_sync=step
 if [ -d "$FMNIST" ] && want default-preset; then
   stage default-preset 60 python benchmarks/throughput.py --rounds 1 --steps 30 --warmup 5 --mfu \

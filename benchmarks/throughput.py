@@ -291,62 +291,77 @@ def main() -> None:
             res = json.loads(done.stdout.strip().splitlines()[-1])
             runs[name].append(res)
             print(f"round {r + 1} {name:<17} {res['images_per_sec']:7.1f} img/s", file=sys.stderr, flush=True)
+            # what is done so far, as the last stdout line: a run stopped by a time limit keeps it
+            print(json.dumps(summary(runs, names, args, failed, partial=True)), flush=True)
     if not any(runs.values()):
         sys.exit("every configuration failed")
-    table = {}
-    for name, rs in runs.items():
-        if not rs:
-            continue
-        table[name] = {
-            "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
-            "step_s": statistics.median(x["step_s"] for x in rs),
-            "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
-            "peak_cuda_mb": rs[0]["peak_cuda_mb"],
-            "mfu": statistics.median(x["mfu"] for x in rs) if args.mfu else None,
-            "step_tflops": rs[0]["step_flops"] / 1e12 if args.mfu else None,
-            "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if args.mfu else None,
-        }
-    ratios = {}
-    if {"repre", "baseline"} <= set(table):
-        ratios["repre_step_time_over_baseline"] = table["repre"]["step_s"] / table["baseline"]["step_s"]
-    if {"repre-tensors", "baseline-tensors"} <= set(table):
-        ratios["repre_step_time_over_baseline_tensors"] = (
-            table["repre-tensors"]["step_s"] / table["baseline-tensors"]["step_s"]
-        )
-    if {"repre", "repre-tensors"} <= set(table):
-        ratios["pipeline_over_tensors_repre"] = table["repre"]["images_per_sec"] / table["repre-tensors"]["images_per_sec"]
-    if {"baseline", "baseline-tensors"} <= set(table):
-        ratios["pipeline_over_tensors_baseline"] = (
-            table["baseline"]["images_per_sec"] / table["baseline-tensors"]["images_per_sec"]
-        )
-    if {"baseline-tensors", "lightly-dino"} <= set(table):
-        ratios["baseline_tensors_over_lightly_dino"] = (
-            table["baseline-tensors"]["images_per_sec"] / table["lightly-dino"]["images_per_sec"]
-        )
-    if {"baseline-tensors", "lightly"} <= set(table):
-        ratios["baseline_tensors_over_lightly"] = (
-            table["baseline-tensors"]["images_per_sec"] / table["lightly"]["images_per_sec"]
-        )
-    for name, extra in names:  # each --compare override against the configuration without it
-        if extra and {name, label(name, extra)} <= set(table):
-            ratios[f"images_per_sec[{label(name, extra)}]/[{name}]"] = (
-                table[label(name, extra)]["images_per_sec"] / table[name]["images_per_sec"])
-    for extra in args.compare:  # RePre's overhead under each override (e.g. train.compile=true)
-        repre, base = label("repre-tensors", extra), label("baseline-tensors", extra)
-        if {repre, base} <= set(table):
-            ratios[f"repre_step_time_over_baseline_tensors[{extra}]"] = table[repre]["step_s"] / table[base]["step_s"]
+    result = summary(runs, names, args, failed)
     print(f"\n{'config':<20}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}{'MFU':>7}")
-    for name, row in table.items():
+    for name, row in result["results"].items():
         mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "-"
         print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}{mfu:>7}")
-    for key, value in ratios.items():
+    for key, value in result["ratios"].items():
         print(f"{key}: {value:.3f}")
-    first = next(rs[0] for rs in runs.values() if rs)
-    meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare, "device": first["device"],
-            "rounds": args.rounds, "steps": args.steps, "precision": first["precision"],
-            "batch_size": first["batch_size"], "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps({"benchmark": "throughput", **meta, "results": table, "ratios": ratios,
-                      "failed": failed}))
+    print(json.dumps(result))
+    if failed:
+        sys.exit(1)  # after the JSON: the table of what ran is kept, the failure still shows in the exit status
+
+
+def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], args: argparse.Namespace,
+            failed: dict[str, str], partial: bool = False) -> dict:
+    """The run's JSON: per configuration the medians over its rounds; MFU against the highest bf16 matmul peak
+    measured by any child of this run (one peak for every row, so rows compare); the ratios."""
+    done = {name: rs for name, rs in runs.items() if rs}
+    peak = max((x["device_peak_flops"] for rs in done.values() for x in rs), default=None) if args.mfu else None
+    table = {}
+    for name, rs in done.items():
+        step_s = statistics.median(x["step_s"] for x in rs)
+        flops = rs[0]["step_flops"] if args.mfu else None
+        table[name] = {
+            "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
+            "step_s": step_s,
+            "rounds": len(rs),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+            "peak_cuda_mb": rs[0]["peak_cuda_mb"],
+            "mfu": flops / step_s / peak if args.mfu else None,
+            "step_tflops": flops / 1e12 if args.mfu else None,
+            "achieved_tflops_per_s": flops / step_s / 1e12 if args.mfu else None,
+            "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if args.mfu else None,
+        }
+    first = next(iter(done.values()))[0] if done else {}
+    meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare,
+            "device": first.get("device"), "rounds": args.rounds, "steps": args.steps,
+            "precision": first.get("precision"), "batch_size": first.get("batch_size"),
+            "run_peak_tflops": peak / 1e12 if peak else None, "date": time.strftime("%Y-%m-%d")}
+    return {"benchmark": "throughput", **meta, "results": table, "ratios": ratios_of(table, names, args.compare),
+            "failed": failed, "partial": partial}
+
+
+def ratios_of(table: dict[str, dict], names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, float]:
+    """RePre over baseline step time, pipeline over pre-made tensors, ours over lightly, and each --compare
+    override over the configuration without it: those whose configurations both ran."""
+    def images(a: str, b: str) -> float:
+        return table[a]["images_per_sec"] / table[b]["images_per_sec"]
+
+    pairs = {  # name: (numerator, denominator, "step" time ratio or "images" per second ratio)
+        "repre_step_time_over_baseline": ("repre", "baseline", "step"),
+        "repre_step_time_over_baseline_tensors": ("repre-tensors", "baseline-tensors", "step"),
+        "pipeline_over_tensors_repre": ("repre", "repre-tensors", "images"),
+        "pipeline_over_tensors_baseline": ("baseline", "baseline-tensors", "images"),
+        "baseline_tensors_over_lightly_dino": ("baseline-tensors", "lightly-dino", "images"),
+        "baseline_tensors_over_lightly": ("baseline-tensors", "lightly", "images"),
+    }
+    for extra in compare:  # RePre's overhead under each override (e.g. train.compile=true)
+        pairs[f"repre_step_time_over_baseline_tensors[{extra}]"] = (
+            label("repre-tensors", extra), label("baseline-tensors", extra), "step")
+    for name, extra in names:  # each --compare override against the configuration without it
+        if extra:
+            pairs[f"images_per_sec[{label(name, extra)}]/[{name}]"] = (label(name, extra), name, "images")
+    ratios = {}
+    for key, (a, b, kind) in pairs.items():
+        if {a, b} <= set(table):
+            ratios[key] = table[a]["step_s"] / table[b]["step_s"] if kind == "step" else images(a, b)
+    return ratios
 
 
 if __name__ == "__main__":

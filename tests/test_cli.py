@@ -137,6 +137,7 @@ def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: pytest.fail("joined a group"))
     with pytest.raises(UserError, match="LOCAL_RANK=1 but the machine shows 1 GPU.*--nproc_per_node 1"):
         dist.init_from_env(torch.device("cuda"))
 

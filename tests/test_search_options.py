@@ -62,19 +62,28 @@ def test_decoder_depth_adds_blocks_at_the_encoder_resolution():
     assert deep(maps, (16, 16)).shape == shallow(maps, (16, 16)).shape == (2, 3, 16, 16)
 
 
-def test_compile_wraps_blocks_and_decoder_and_keeps_names(monkeypatch):
+@pytest.fixture
+def dynamo_limit():
+    """compile_blocks raises dynamo's graph limit per unit for the process: put it back after the test."""
+    limit = torch._dynamo.config.recompile_limit
+    yield
+    torch._dynamo.config.recompile_limit = limit
+
+
+def test_compile_wraps_blocks_and_decoder_and_keeps_names(monkeypatch, dynamo_limit):
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append((type(self).__name__, k)))
     model = build_model(tiny_config())
     names = list(model.state_dict())
     compile_blocks(model)
+    assert torch._dynamo.config.recompile_limit >= 32
     kinds = [name for name, _ in compiled]
     assert kinds.count("Block") == 2 * 4 and kinds.count("Decoder") == 1  # online + momentum, 4 blocks
     assert all(k == {"dynamic": False} for _, k in compiled)  # one static graph per shape
     assert list(model.state_dict()) == names
 
 
-def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
+def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch, dynamo_limit):
     """train.compile=true through the CLI on DINO + RePre (multi-crop: two token counts; k-NN and the recon grid
     at the end), with dynamo's graph capture but no code generation (backend "eager", seconds instead of minutes
     on a CPU): the same per-step losses as the eager run."""
@@ -90,10 +99,12 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
     compile_ = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **k: compile_(self, backend="eager", **k))
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     try:
         compiled = run(tmp_path / "compiled", "train.compile=true")
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     finally:
         torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
     assert graphs >= 3  # captured: the blocks at two token counts (global, local crops) and the decoder
     assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-5)

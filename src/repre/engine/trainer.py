@@ -98,7 +98,9 @@ def compile_blocks(model: nn.Module) -> None:
 
     Static shapes: each input shape (DINO's global and local crops, Swin's stages and shifted windows) gets its
     own graph. Dynamo's default would make the second shape symbolic: slower kernels, and on a CPU minutes of
-    compiling for a Swin block."""
+    compiling for a Swin block. Dynamo's limit of graphs per unit is raised to COMPILE_GRAPHS for the process
+    (never lowered); torch >= 2.5 shares a graph between the instances of a block, older versions may run
+    blocks past the limit uncompiled."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     setattr(config, name, max(getattr(config, name), COMPILE_GRAPHS))
@@ -109,7 +111,8 @@ def compile_blocks(model: nn.Module) -> None:
 
 def eager(fn, *args, **kwargs):
     """`fn(*args, **kwargs)` without compiling (a one-off pass such as an evaluation: new shapes would each
-    compile a graph); plain where torch.compiler.set_stance (torch >= 2.6) is missing."""
+    compile a graph). Where torch.compiler.set_stance is missing (torch < 2.6) `fn` runs as it is: correct, but
+    its new shapes compile."""
     stance = getattr(torch.compiler, "set_stance", None)
     if stance is None:
         return fn(*args, **kwargs)
