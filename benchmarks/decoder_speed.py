@@ -3,8 +3,11 @@
     PYTHONPATH=src python benchmarks/decoder_speed.py [--batch 512] [--device cuda]
 
 Shapes of ViT-S/16 at 224 (4 taps of [N, 384, 14, 14], width 128 halving to 8 over 4 x2 steps to 224 px).
-Variants (--variants): `<upsampling>-<mode>`, upsampling bilinear or nearest, mode nchw (eager), channels_last
-(eager) or compiled (torch.compile of the decoder, as train.compile=true does). Prints a JSON line last.
+Variants (--variants): `<upsampling>-<mode>[-s<out_stride>]`, upsampling bilinear or nearest, mode nchw (eager),
+channels_last (eager) or compiled (torch.compile of the decoder, as train.compile=true does), out_stride as
+recon.out_stride (default 1). Prints a JSON line last. Beside the times, every variant's forward FLOPs and the
+values its layers write per view (bf16 MB: the memory traffic that bounds it on a GPU), counted on the CPU.
+`--count-only` skips the timing (any machine).
 """
 
 from __future__ import annotations
@@ -40,15 +43,24 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--variants", default="bilinear-nchw,nearest-nchw,bilinear-channels_last,nearest-channels_last",
-                   help="comma-separated <bilinear|nearest>-<nchw|channels_last|compiled>; the first is the base")
+                   help="comma-separated <bilinear|nearest>-<nchw|channels_last|compiled>[-s<out_stride>]; the "
+                        "first is the base")
+    p.add_argument("--count-only", action="store_true", help="FLOPs and written values only, no timing")
     args = p.parse_args()
     dev = torch.device(args.device)
-    results = {}
+    results, counts = {}, {}
     for variant in args.variants.split(","):
-        upsample, mode = variant.split("-", 1)
+        upsample, mode, *rest = variant.split("-")
+        out_stride = int(rest[0][1:]) if rest else 1
         torch.manual_seed(0)
+        decoder = Decoder([384] * 4, 16, 128, 8, upsample=upsample, out_stride=out_stride)
+        counts[variant] = count(decoder)
+        print(f"{variant:<24}{counts[variant]['gflops_per_view']:7.3f} GFLOP/view "
+              f"{counts[variant]['written_mb_per_view']:6.2f} MB/view written", flush=True)
+        if args.count_only:
+            continue
         memory = torch.channels_last if mode == "channels_last" else torch.contiguous_format
-        decoder = Decoder([384] * 4, 16, 128, 8, upsample=upsample).to(dev, memory_format=memory)
+        decoder = decoder.to(dev, memory_format=memory)
         if mode == "compiled":
             decoder.compile()
         maps = [torch.randn(args.batch, 384, 14, 14, device=dev).contiguous(memory_format=memory)
@@ -56,11 +68,29 @@ def main() -> None:
         target = torch.randn(args.batch, 3, 224, 224, device=dev)
         results[variant] = run(decoder, maps, target, args.steps)
         print(f"{variant:<24}{results[variant] * 1000:9.2f} ms", flush=True)
-    base = results[args.variants.split(",")[0]]
-    print(json.dumps({"benchmark": "decoder_speed", "device": torch.cuda.get_device_name() if dev.type == "cuda"
-                      else "cpu", "batch": args.batch, "torch": torch.__version__, "seconds": results,
-                      "speedup_over_first": {k: base / v for k, v in results.items()},
+    base = results[args.variants.split(",")[0]] if results else None
+    name = (torch.cuda.get_device_name() if dev.type == "cuda" else "cpu") if results else None
+    print(json.dumps({"benchmark": "decoder_speed", "device": name, "batch": args.batch, "torch": torch.__version__, "seconds": results,
+                      "speedup_over_first": {k: base / v for k, v in results.items()}, "per_view": counts,
                       "date": time.strftime("%Y-%m-%d")}))
+
+
+def count(decoder: Decoder) -> dict[str, float]:
+    """One view's forward FLOPs (torch.utils.flop_counter) and the values every leaf module and interpolation
+    writes, as bf16 MB; on the CPU, before the decoder moves."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    written = []
+    hooks = [m.register_forward_hook(lambda m, i, o: written.append(o.numel()))
+             for m in decoder.modules() if not list(m.children())]
+    maps = [torch.randn(1, 384, 14, 14) for _ in range(4)]
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        decoder(maps, (224, 224))
+    for h in hooks:
+        h.remove()
+    # the upsampling outputs are no module's: each x2 step writes its input's values x 4
+    ups = sum(4 * b[0].in_channels * (14 * 2**i) ** 2 for i, b in enumerate(decoder.up))
+    return {"gflops_per_view": flops.get_total_flops() / 1e9, "written_mb_per_view": 2 * (sum(written) + ups) / 2**20}
 
 
 if __name__ == "__main__":

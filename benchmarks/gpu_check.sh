@@ -105,9 +105,10 @@ if [ -d "$JPEGS/folder" ]; then
 fi
 rm -rf "$JPEGS"
 
-# 2c. the decoder alone (ViT-S/16 shapes, batch 512 views): eager against compiled, bilinear against nearest
-want decoder-speed && stage decoder-speed 90 python benchmarks/decoder_speed.py --batch 512 \
-  --variants bilinear-nchw,bilinear-compiled,nearest-nchw,nearest-compiled
+# 2c. the decoder alone (ViT-S/16 shapes, batch 512 views): eager against compiled, bilinear against nearest,
+#     the x2 steps to full resolution against a 4x4 pixel shuffle from stride 4 (recon.out_stride=4)
+want decoder-speed && stage decoder-speed 120 python benchmarks/decoder_speed.py --batch 512 \
+  --variants bilinear-nchw,bilinear-compiled,nearest-nchw,nearest-compiled,nearest-compiled-s4,bilinear-compiled-s4
 # 2d. what the views cost on the GPU: crops of a batch as matrix products from pixels, and from JPEG bytes decoded
 #     by nvJPEG, then the photometric stage; against one CPU worker's decode + crops (ms per image)
 if want view-speed; then

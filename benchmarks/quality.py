@@ -56,6 +56,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "rawpix": ("repre", ["recon.norm_pix=false"], "base"),  # the preset before it
     "normpix-l2": ("repre", ["recon.norm_pix=true", "recon.loss=l2"], "base"),
     "nearest": ("repre", ["recon.upsample=nearest"], "base"),
+    "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
+    "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)
     "scenes-base": ("baseline", SCENES, None),
     "scenes": ("repre", SCENES, "scenes-base"),
     "long-base": ("baseline", LONG, None),

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -6,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repre.builder import build_model
 from repre.config import load_config
+from repre.errors import UserError
 from repre.models.backbone import Backbone, resolve_taps
 from repre.models.decoder import Decoder
 
@@ -27,6 +30,36 @@ def test_hierarchical_maps_fuse_unet_style():
 def test_width_halves_at_each_upsampling_step():
     dec = Decoder([8], 16, width=128, min_width=8)
     assert [b[0].out_channels for b in dec.up] == [64, 32, 16, 8]
+
+
+@pytest.mark.parametrize("stride,out_stride,size", [(4, 2, 16), (4, 4, 16), (16, 4, 64), (16, 16, 32), (14, 2, 28)])
+def test_out_stride_stops_the_x2_steps_and_shuffles_pixels(stride, out_stride, size):
+    """recon.out_stride: x2 steps down to that stride, then a 1x1 conv to 3 x out_stride² channels, shuffled."""
+    dec = Decoder([24, 24], stride, width=16, min_width=4, out_stride=out_stride)
+    maps = [torch.randn(2, 24, size // stride, size // stride) for _ in range(2)]
+    assert dec(maps, (size, size)).shape == (2, 3, size, size)
+    assert len(dec.up) == int(math.log2(stride // out_stride)) and dec.head.out_channels == 3 * out_stride**2
+
+
+def test_resizing_after_the_head_equals_resizing_before_it():
+    """A stride that is not a power of two ends with a resize: done on the 3 output channels after the 1x1 head
+    (cheaper) it equals the resize of the decoder's features before the head (both are affine per pixel)."""
+    torch.manual_seed(0)
+    dec = Decoder([24, 24], 14, width=16, min_width=4)
+    maps = [torch.randn(2, 24, 2, 2) for _ in range(2)]
+    lat = [layer(m) for layer, m in zip(dec.laterals, maps, strict=True)]
+    x = dec.fuse[0](dec.fuse[1](lat[1]) + lat[0])
+    for block in dec.up:
+        x = block(dec._resize(x, scale_factor=2.0))
+    before = dec.head(dec._resize(x, size=(28, 28)))
+    assert torch.allclose(dec(maps, (28, 28)), before, atol=1e-5)
+
+
+def test_out_stride_is_checked():
+    with pytest.raises(UserError, match="power of two"):
+        load_config("fmnist-mocov3-repre", ["recon.out_stride=3"])
+    with pytest.raises(UserError, match="coarser than the encoder's finest tapped map .stride 4"):
+        build_model(load_config("fmnist-mocov3-repre", ["recon.out_stride=8"]))
 
 
 def flops(fn) -> int:

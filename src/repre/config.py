@@ -128,6 +128,9 @@ class ReconConfig:
     depth: int = 1  # 3x3 conv blocks at the encoder's resolution after the fusion (1: the fusion block only)
     weight_end: float | None = None  # lambda follows a cosine from `weight` to this over training; None: constant
     upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: ~2x faster on GPU)
+    # the x2 steps stop at this stride; a 1x1 conv then predicts out_stride x out_stride pixels per position
+    # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
+    out_stride: int = 1
 
 
 @dataclass
@@ -438,6 +441,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key} must be > 0, got {value}")
+    if r.out_stride < 1 or r.out_stride & (r.out_stride - 1):
+        raise UserError(f"recon.out_stride must be a power of two (1, 2, 4, ...), got {r.out_stride}")
     if t.max_steps <= 0 and t.epochs <= 0:
         raise UserError("set train.epochs > 0 or train.max_steps > 0")
     if t.batch_size < 2:

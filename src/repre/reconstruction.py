@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from repre.errors import UserError
 from repre.losses import reconstruction_loss
 from repre.methods.base import Method
 from repre.models.decoder import Decoder
@@ -36,13 +37,18 @@ class RePre(nn.Module):
         norm_pix: bool = False,
         depth: int = 1,
         upsample: str = "bilinear",
+        out_stride: int = 1,
     ) -> None:
         super().__init__()
         enc = method.encoder
         self.method = method
         self.method.taps = list(taps)
         channels, strides = [enc.unit_channels[t] for t in taps], [enc.unit_strides[t] for t in taps]
-        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample)
+        if out_stride > min(strides):
+            raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
+                            f"(stride {min(strides)}): use at most {min(strides)}")
+        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
+                               out_stride=out_stride)
         self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
 
     @property

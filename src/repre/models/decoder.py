@@ -3,8 +3,10 @@
     taps (deepest last) --1x1 conv + GN--> laterals [B, W, h_i, w_i]
     top-down: x = block(lat[-1]); for shallower taps: x = block(resize(x) + lat[i])
     depth - 1 more blocks at that resolution (recon.depth)
-    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to `min_width`
-    a final interpolation when the stride is not a power of two; 1x1 conv to 3 channels.
+    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to `min_width`,
+    down to stride `out_stride`
+    1x1 conv to 3 x out_stride² channels, pixel shuffle to full resolution (out_stride 1: plain 3 channels)
+    a final interpolation when the stride is not a power of two.
 
 One implementation serves plain transformers (every tap at stride p) and hierarchical ones (taps at
 different strides: the deeper map is upsampled to the shallower one before the add, U-Net style).
@@ -44,19 +46,22 @@ class Decoder(nn.Module):
         out_chans: int = 3,
         depth: int = 1,
         upsample: str = "bilinear",
+        out_stride: int = 1,
     ) -> None:
         super().__init__()
-        self.stride, self.mode = stride, upsample
+        if out_stride > stride:
+            raise ValueError(f"out_stride {out_stride} is coarser than the finest input stride {stride}")
+        self.stride, self.mode, self.out_stride = stride, upsample, out_stride
         self.laterals = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
         )
         self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
         self.refine = nn.Sequential(*(ConvBlock(width, width) for _ in range(depth - 1)))
-        steps, widths = int(math.log2(stride)) if stride > 1 else 0, [width]
+        steps, widths = int(math.log2(stride // out_stride)), [width]
         for _ in range(steps):
             widths.append(max(min_width, widths[-1] // 2))
         self.up = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.head = nn.Conv2d(widths[-1], out_chans, 1)
+        self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
 
     def forward(self, maps: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
         lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]
@@ -68,9 +73,10 @@ class Decoder(nn.Module):
         x = self.refine(x)
         for block in self.up:
             x = block(self._resize(x, scale_factor=2.0))
+        x = F.pixel_shuffle(self.head(x), self.out_stride)  # the 1x1 conv and the resize commute: 3 channels
         if x.shape[-2:] != tuple(out_size):
             x = self._resize(x, size=tuple(out_size))
-        return self.head(x)
+        return x
 
     def _resize(self, x: torch.Tensor, **kw) -> torch.Tensor:
         if self.mode == "nearest":
