@@ -282,8 +282,7 @@ def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int) -
     sets = [(batch["boxes"], batch["flips"], size)]
     if "local_boxes" in batch:
         sets.append((batch["local_boxes"], batch["local_flips"], local_size))
-    views = crop_sets(images, sets)
-    out["views"] = views[0]
-    if "local_boxes" in batch:
-        out["local_views"] = views[1]
+    out["views"], *local = crop_sets(images, sets)
+    if local:
+        out["local_views"] = local[0]
     return out
