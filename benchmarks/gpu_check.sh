@@ -88,14 +88,15 @@ want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --roun
 
 # 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
 #     aug.photometric_on=auto) against the same step on pre-made tensors (real / synthetic: is the input the
-#     bottleneck?), compiled as the preset runs; then eager with the crops on the GPU (aug.geometric_on=device)
+#     bottleneck?), compiled as the preset runs (with the baseline step: RePre's overhead and MFU as the preset runs); then eager with the crops on the GPU (aug.geometric_on=device)
 #     and the crops plus nvJPEG decoding (data.decode_on=device), the workers only reading files (on pre-made
 #     tensors the device placements redo their work on the same batch every step: their cost inside the step)
 REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
   --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
 if [ -d "$JPEGS/folder" ]; then
-  want real-data-compiled && stage real-data-compiled 150 python benchmarks/throughput.py --rounds 1 --steps 10 \
-    --warmup 3 --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder"
+  want real-data-compiled && stage real-data-compiled 200 python benchmarks/throughput.py --rounds 1 --steps 10 \
+    --warmup 3 --mfu --configs repre,repre-tensors,baseline-tensors $REAL --set data.name=folder \
+    --set data.root="$JPEGS/folder"
   want real-data && stage real-data 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
     --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
     --set train.compile=false \
