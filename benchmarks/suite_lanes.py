@@ -2,8 +2,8 @@
 
 For machines with many cores and a time limit (the GPU check). In CI the suite runs in one process; there its
 subprocess-heavy tests (2-process torchrun runs, killed-and-resumed runs) take most of the time while most cores
-wait. Here the files named by --split go into the queue test by test, first, and every other file whole, largest
-first, so the long work starts early and the short fills in. Each pytest process gets cores // lanes threads.
+wait. Here the tests of the files named by --split go into the queue first, dealt into as many groups as lanes,
+then every other file whole, largest first, so the long work starts early and the short fills in. Each pytest process gets cores // lanes threads.
 Prints one JSON line: tests passed, failed, skipped and errored, every failure's node id and message, the seconds
 of each unit, and the wall time; exits 1 when a test failed.
 
@@ -27,39 +27,40 @@ from pathlib import Path
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
-def units(folder: Path, split: set[str]) -> list[str]:
-    """The queue: every test of the --split files (node ids), then the other files, largest first."""
+def units(folder: Path, split: set[str], chunks: int) -> list[tuple[str, list[str]]]:
+    """The queue as (name, pytest arguments): the tests of each --split file dealt into `chunks` groups (the slow
+    tests of a file sit side by side in it, so dealing spreads them), then the other files whole, largest first."""
     files = sorted(folder.glob("test_*.py"), key=lambda f: -f.stat().st_size)
-    heavy = [str(f) for f in files if f.name in split]
-    ids = []
+    heavy = [f for f in files if f.name in split]
+    queue_: list[tuple[str, list[str]]] = []
     if heavy:
-        listed = subprocess.run([*PYTEST, "--collect-only", *heavy], capture_output=True, text=True)
-        by_name = {Path(f).name: f for f in heavy}  # node ids are relative to pytest's rootdir, not to here
-        ids = [f"{by_name[Path(line.split('::')[0]).name]}::{line.split('::', 1)[1]}"
-               for line in listed.stdout.splitlines() if "::" in line and Path(line.split("::")[0]).name in by_name]
-        if not ids:  # a collection error: the files run whole, and their pytest reports it
-            ids = heavy
-    return ids + [str(f) for f in files if f.name not in split]
+        listed = subprocess.run([*PYTEST, "--collect-only", *map(str, heavy)], capture_output=True, text=True)
+        for f in heavy:  # node ids are relative to pytest's rootdir, not to here: rebuilt on this path
+            ids = [f"{f}::{line.split('::', 1)[1]}" for line in listed.stdout.splitlines()
+                   if "::" in line and Path(line.split("::")[0]).name == f.name]
+            if not ids:  # a collection error: the file runs whole, and its pytest reports it
+                queue_.append((f.name, [str(f)]))
+                continue
+            n = min(chunks, len(ids))
+            queue_ += [(f"{f.name}[{k + 1}/{n}]", ids[k::n]) for k in range(n)]
+    return queue_ + [(f.name, [str(f)]) for f in files if f.name not in split]
 
 
-def run_unit(unit: str, xml: Path, threads: int, extra: list[str]) -> dict:
-    """One pytest process on one file or test; its JUnit XML read back as counts and failures."""
+def run_unit(name: str, targets: list[str], xml: Path, threads: int, extra: list[str]) -> dict:
+    """One pytest process on a file or some of its tests; its JUnit XML read back as counts and failures."""
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    done = subprocess.run([*PYTEST, f"--junitxml={xml}", unit, *extra], capture_output=True, text=True, env=env)
-    name = Path(unit.split("::")[0]).name + ("::" + unit.split("::", 1)[1] if "::" in unit else "")
+    done = subprocess.run([*PYTEST, f"--junitxml={xml}", *targets, *extra], capture_output=True, text=True,
+                          env=env)
     result = {"unit": name, "seconds": round(time.perf_counter() - start, 1), "exit": done.returncode,
               "passed": 0, "failed": 0, "skipped": 0, "errors": 0, "failures": []}
-    if not xml.exists():  # pytest itself failed (a collection error, a crash): keep its last words
-        result["errors"] = 1
-        result["failures"].append({"test": name, "message": (done.stdout + done.stderr)[-1500:]})
-        return result
-    cases = list(ET.parse(xml).getroot().iter("testcase"))
-    if not cases and done.returncode not in (0, 5):  # a usage error or crash before any test ran
+    cases = list(ET.parse(xml).getroot().iter("testcase")) if xml.exists() else []
+    if not cases and done.returncode not in (0, 5):  # pytest failed before any test ran (a usage error, a crash)
         result["errors"] = 1
         result["failures"].append({"test": name, "message": (done.stdout + done.stderr)[-1500:]})
     for case in cases:
-        node = f"{Path(unit.split('::')[0]).name}::{case.get('name')}"
+        module = case.get("classname", "").split(".")[-1]
+        node = f"{module}.py::{case.get('name')}" if module else f"{name}::{case.get('name')}"
         outcome = next(iter(case), None)
         if outcome is None or outcome.tag in ("system-out", "system-err"):
             result["passed"] += 1
@@ -80,12 +81,12 @@ def main() -> None:
                    help="files whose tests are queued one by one (the slow, subprocess-heavy ones)")
     p.add_argument("pytest_args", nargs="*", help="after --: passed to every pytest process")
     args = p.parse_args()
-    work = units(args.tests, set(args.split.split(",")))
+    work = units(args.tests, set(args.split.split(",")), args.lanes)
     if not work:
         sys.exit(f"no test_*.py files in {args.tests}")
-    todo: queue.Queue[tuple[str, int]] = queue.Queue()
-    for n, u in enumerate(work):
-        todo.put((u, n))
+    todo: queue.Queue[tuple[int, str, list[str]]] = queue.Queue()
+    for n, (name, targets) in enumerate(work):
+        todo.put((n, name, targets))
     threads = max(1, (os.cpu_count() or 1) // args.lanes)
     results: list[dict] = []
     start = time.perf_counter()
@@ -94,10 +95,10 @@ def main() -> None:
         def lane() -> None:
             while True:
                 try:
-                    unit, n = todo.get_nowait()
+                    n, name, targets = todo.get_nowait()
                 except queue.Empty:
                     return
-                res = run_unit(unit, Path(tmp) / f"{n}.xml", threads, args.pytest_args)
+                res = run_unit(name, targets, Path(tmp) / f"{n}.xml", threads, args.pytest_args)
                 results.append(res)
                 print(f"{res['unit'][:70]:<70} {res['seconds']:6.1f} s  passed {res['passed']}  failed "
                       f"{res['failed'] + res['errors']}  skipped {res['skipped']}", file=sys.stderr, flush=True)
