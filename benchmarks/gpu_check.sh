@@ -25,6 +25,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 python -c "import torch, timm; print(torch.__version__, timm.__version__, torch.cuda.get_device_name())" \
   > "$OUT/versions.txt" 2>&1
 nproc >> "$OUT/versions.txt"
+# what a new Python process costs there (the subprocess-heavy tests start dozens): importing torch and timm, and
+# resolving the host's name (torchrun's rendezvous does; slow where DNS is unreachable)
+python - >> "$OUT/versions.txt" 2>&1 <<'PY'
+import socket, subprocess, sys, time
+t = time.perf_counter(); subprocess.run([sys.executable, "-c", "import torch, timm"]); imp = time.perf_counter() - t
+t = time.perf_counter(); socket.getfqdn(); fqdn = time.perf_counter() - t
+print(f"new process importing torch and timm: {imp:.1f} s; socket.getfqdn(): {fqdn:.2f} s")
+PY
 cat "$OUT/versions.txt"
 
 pack() {  # everything but checkpoints and TensorBoard files, in one archive that the device tool returns
