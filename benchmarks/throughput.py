@@ -247,9 +247,11 @@ def label(name: str, extra: str | None) -> str:
 
 
 def changes(name: str, extra: str) -> bool:
-    """Whether the --compare override changes this configuration's step: recon.* keys (the decoder) leave the
-    configurations without RePre as they are, so those are not run again (their rows stand for both)."""
-    return name.startswith("repre") or any(not item.startswith("recon.") for item in extra.split("&"))
+    """Whether the --compare override changes this configuration's step: recon.* keys other than recon.enabled
+    (the decoder's shape) leave the configurations without RePre as they are, so those are not run again (their
+    rows stand for both)."""
+    return name.startswith("repre") or any(not item.startswith("recon.") or item.startswith("recon.enabled")
+                                           for item in extra.split("&"))
 
 
 def main() -> None:
