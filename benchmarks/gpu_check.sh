@@ -137,10 +137,13 @@ fi
 #     compile too); where a RePre step's time goes (eager); the step without host synchronisation
 #     (train.host_sync=log, the GPU default) against one sync a step; the default preset (28 px) on real
 #     Fashion-MNIST and on pre-made tensors
-if want frameworks-224; then
+# (frameworks-224 = dino-224 + moby-224)
+if want frameworks-224 || want dino-224; then
   stage dino-vit-s16-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
     --compare train.compile=true
+fi
+if want frameworks-224 || want moby-224; then
   stage moby-swin-t-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128 \
     --compare train.compile=true
