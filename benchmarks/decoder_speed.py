@@ -70,8 +70,9 @@ def main() -> None:
         print(f"{variant:<24}{results[variant] * 1000:9.2f} ms", flush=True)
     base = results[args.variants.split(",")[0]] if results else None
     name = (torch.cuda.get_device_name() if dev.type == "cuda" else "cpu") if results else None
-    print(json.dumps({"benchmark": "decoder_speed", "device": name, "batch": args.batch, "torch": torch.__version__, "seconds": results,
-                      "speedup_over_first": {k: base / v for k, v in results.items()}, "per_view": counts,
+    print(json.dumps({"benchmark": "decoder_speed", "device": name, "batch": args.batch, "torch": torch.__version__,
+                      "seconds": results, "speedup_over_first": {k: base / v for k, v in results.items()},
+                      "per_view": counts,
                       "date": time.strftime("%Y-%m-%d")}))
 
 

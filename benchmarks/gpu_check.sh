@@ -105,8 +105,8 @@ want vit-s16-224-eager && stage vit-s16-224-eager 120 python benchmarks/throughp
 #     aug.photometric_on=auto) against the same step on pre-made tensors (real / synthetic: is the input the
 #     bottleneck?), compiled as the preset runs (with the baseline step: RePre's overhead and MFU as it runs);
 #     then eager with the crops on the GPU (aug.geometric_on=device) and the crops plus nvJPEG decoding
-#     (data.decode_on=device), the workers only reading files (on pre-made
-#     tensors the device placements redo their work on the same batch every step: their cost inside the step)
+#     (data.decode_on=device), the workers only reading files (on pre-made tensors the device placements redo
+#     their work on the same batch every step: their cost inside the step)
 REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
   --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
 if [ -d "$JPEGS/folder" ]; then
