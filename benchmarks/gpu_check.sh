@@ -74,10 +74,10 @@ if want cuda-check || want ddp-nccl || want sync-check || want tests; then
   want sync-check && { python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 \
     > /dev/null 2>&1; stage sync-check 200 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder"; } &
   # every failure listed (no -x); 6 pytest processes side by side, the 2-process and kill-and-resume tests
-  # spread over them (in one process the suite did not finish in 200 s there); the units left at 185 s are
-  # killed and named
-  want tests && python -c "import pytest" 2>/dev/null && stage tests 200 python benchmarks/suite_lanes.py --lanes 6 \
-    --deadline 185 &
+  # spread over them (in one process the suite did not finish in 200 s there); the units left 15 s before the
+  # stage's limit (TESTS_LIMIT, default 200 s) are killed and named
+  want tests && python -c "import pytest" 2>/dev/null && stage tests "${TESTS_LIMIT:-200}" \
+    python benchmarks/suite_lanes.py --lanes 6 --deadline $(( ${TESTS_LIMIT:-200} - 15 )) &
   wait
   unset NO_PACK
   rm -rf "$SYNC_JPEGS"
@@ -139,7 +139,7 @@ fi
 #     Fashion-MNIST and on pre-made tensors
 # (frameworks-224 = dino-224 + moby-224)
 if want frameworks-224 || want dino-224; then
-  stage dino-vit-s16-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+  stage dino-vit-s16-224 300 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
     --compare train.compile=true
 fi
