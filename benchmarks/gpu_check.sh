@@ -206,7 +206,7 @@ for f in sorted(out.glob("*.json")):
             where = "; ".join(f"{n}x {k}" for k, n in found.items() if isinstance(n, int))[:160]
             print(f"{f.stem:<22}{name:<40}{found.get('error', where or 'no host sync')}")
     elif d.get("benchmark") == "suite_lanes":
-        print(f"{f.stem:<22}passed {d['passed']} failed {d['failed']} errors {d['errors']} skipped {d['skipped']}"
+        print(f"{f.stem:<22}passed {d['passed']} failed {d['failed']} skipped {d['skipped']}"
               f" in {d['wall_s']} s " + " ".join(x["test"] for x in d["failures"])[:300])
     elif d.get("benchmark") == "profile_step":
         print(f"{f.stem:<22}" + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in d["seconds"].items())

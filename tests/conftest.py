@@ -20,6 +20,15 @@ from repre.config import load_config
 torch.set_num_threads(2)
 os.environ.setdefault("REPRE_CACHE", tempfile.mkdtemp(prefix="repre-test-cache-"))  # never the user's ~/.cache
 
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_mode_ends_with_the_test():
+    """train.deterministic switches PyTorch's deterministic algorithms on for the whole process."""
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 TINY = [
     "data.name=synthetic",
     "data.image_size=16",

@@ -22,6 +22,8 @@ from repre.methods.base import embedding_std
 
 RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
                  "train.diagnose_every=0", "data.synthetic_train=128"]
+# bitwise comparisons of two runs: on a GPU they need the deterministic algorithms (and with them nearest x2 steps)
+EXACT = ["train.deterministic=true", "recon.upsample=nearest"]
 
 
 def pretrain_cmd(out: Path, extra: list[str]) -> list[str]:
@@ -42,7 +44,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run. Drop path
     draws from the global RNG, so the first case also checks that the RNG stream resumes exactly."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    extra = [f"train.num_workers={workers}", *method]
+    extra = [f"train.num_workers={workers}", *EXACT, *method]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,7 +189,8 @@ def poison(trainer: Trainer, steps: set[int]) -> dict[int, dict[str, torch.Tenso
 
 
 def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path, repre_log):
-    cfg = tiny_config(*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0")
+    cfg = tiny_config(*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0",
+                      "train.host_sync=step")  # decided each step (a GPU's default, log, is the test below)
     trainer = Trainer(cfg, tmp_path / "run")
     before = poison(trainer, {2, 5, 6, 7})  # 0-based steps; 5, 6, 7 in a row
     with pytest.raises(StoppedEarly) as stop:
@@ -250,7 +253,7 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_lo
     trainer = Trainer(tiny_config("recon.enabled=false"), tmp_path / "cont", init_from=source)
     want = ckpt_io.encoder_state(ckpt_io.load(source))
     got = trainer.model.method.encoder.model.state_dict()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(got[k].cpu(), want[k].cpu()) for k in want)
     assert trainer.state.step == 0 and "initialised from" in repre_log.text and "decoder" in repre_log.text
 
 
@@ -317,10 +320,20 @@ def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):
 @pytest.mark.parametrize("before,after", [("step", "log"), ("log", "step")])
 def test_resume_may_change_host_sync_and_with_it_the_fused_optimizer(tmp_path, before, after):
     """The checkpointed optimizer's `fused` flag and step counters follow this run's choice (a CPU run resumed
-    on a GPU switches to the fused AdamW the same way)."""
-    settings = [*RESUME, "train.log_every=2", "train.checkpoint_every=2", "train.num_workers=0"]
+    on a GPU switches to the fused AdamW the same way). On the CPU, where the choice follows host_sync."""
+    settings = [*RESUME, "train.log_every=2", "train.checkpoint_every=2", "train.num_workers=0", "train.device=cpu"]
     Trainer(tiny_config(*settings, "train.max_steps=2", f"train.host_sync={before}"), tmp_path / "run").fit()
     resumed = Trainer(tiny_config(*settings, "train.max_steps=4", f"train.host_sync={after}"), tmp_path / "run",
                       resume=True)
     assert bool(resumed.optimizer.param_groups[0]["fused"]) == (after == "log")
     assert resumed.fit()["steps"] == 4
+
+
+def test_deterministic_mode_is_switched_on_and_refuses_bilinear_steps_on_a_gpu():
+    from repre.engine.runtime import make_deterministic
+
+    with pytest.raises(UserError, match="recon.upsample=nearest"):  # raised before anything touches CUDA
+        make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
+    assert not torch.are_deterministic_algorithms_enabled()
+    make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cpu"))  # CPU kernels have backwards
+    assert torch.are_deterministic_algorithms_enabled()  # the conftest fixture switches it off after the test

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from repre.engine.trainer import clip_or_measure
@@ -39,4 +40,8 @@ def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_th
         Trainer(cfg, tmp_path / where).fit()
         return [json.loads(line)["loss"] for line in (tmp_path / where / "metrics.jsonl").read_text().splitlines()]
 
-    assert losses("device") == losses("workers")
+    device, workers = losses("device"), losses("workers")
+    if torch.cuda.is_available():  # CUDA kernels against the CPU's in the workers: the images differ in rounding
+        assert device == pytest.approx(workers, rel=1e-5)
+    else:
+        assert device == workers

@@ -163,6 +163,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = -1  # -1: min(8, cores - 1)
     compile: bool = False  # torch.compile each transformer block and the decoder (weights keep their names)
+    # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
+    # PyTorch's deterministic algorithms, slower; on a GPU with recon.upsample=nearest. CPU runs are without it
+    deterministic: bool = False
     progress: bool = True
     diagnose_every: int = 100  # loss-balance diagnostics (RePre only): gradient norms and cosine; 0: off
 

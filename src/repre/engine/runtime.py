@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from repre.config import TrainConfig
+from repre.config import Config, TrainConfig
 from repre.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,3 +67,15 @@ def pick_precision(name: str, device: torch.device) -> str:
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     device = pick_device(cfg.device)
     return Runtime(device=device, precision=pick_precision(cfg.precision, device))
+
+
+def make_deterministic(cfg: Config, device: torch.device) -> None:
+    """train.deterministic: PyTorch's deterministic algorithms for the rest of the process (an operation without
+    one raises), cuBLAS with a fixed workspace, no cuDNN autotuning. The same run then gives the same bits on
+    the same machine, GPU included, so a resumed run equals an uninterrupted one there too."""
+    if device.type == "cuda" and cfg.recon.enabled and cfg.recon.upsample != "nearest":
+        raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
+                        f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first runs
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False

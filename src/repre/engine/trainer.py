@@ -30,7 +30,7 @@ from repre.engine import checkpoint as ckpt_io
 from repre.engine import distributed as dist
 from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter, WindowMeter
-from repre.engine.runtime import Runtime, setup_runtime
+from repre.engine.runtime import Runtime, make_deterministic, setup_runtime
 from repre.engine.schedules import momentum_schedule, warmup_cosine
 from repre.engine.signals import GracefulStop
 from repre.errors import StoppedEarly, UserError
@@ -133,6 +133,8 @@ class Trainer:
         self.cfg, self.out = cfg, out
         rt = setup_runtime(cfg.train)
         self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
+        if cfg.train.deterministic:
+            make_deterministic(cfg, self.rt.device)
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
