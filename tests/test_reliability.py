@@ -44,7 +44,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run. Drop path
     draws from the global RNG, so the first case also checks that the RNG stream resumes exactly."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    extra = [f"train.num_workers={workers}", *EXACT, *method]
+    extra = [f"train.num_workers={workers}", *method, *EXACT]
+    if torch.cuda.is_available():  # no deterministic CUDA backward for the local crops' position embeddings
+        extra.append("data.local_crops=0")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -335,5 +337,7 @@ def test_deterministic_mode_is_switched_on_and_refuses_bilinear_steps_on_a_gpu()
     with pytest.raises(UserError, match="recon.upsample=nearest"):  # raised before anything touches CUDA
         make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
     assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(UserError, match="data.local_crops=0"):
+        make_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
     make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cpu"))  # CPU kernels have backwards
     assert torch.are_deterministic_algorithms_enabled()  # the conftest fixture switches it off after the test

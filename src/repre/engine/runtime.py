@@ -76,6 +76,9 @@ def make_deterministic(cfg: Config, device: torch.device) -> None:
     if device.type == "cuda" and cfg.recon.enabled and cfg.recon.upsample != "nearest":
         raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
                         f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
+    if device.type == "cuda" and cfg.data.local_crops > 0:
+        raise UserError("train.deterministic=true on a GPU needs data.local_crops=0: the local crops resample the "
+                        "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first runs
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
