@@ -164,7 +164,7 @@ class TrainConfig:
     num_workers: int = -1  # -1: min(8, cores - 1)
     compile: bool = False  # torch.compile each transformer block and the decoder (weights keep their names)
     # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
-    # PyTorch's deterministic algorithms, slower; on a GPU with recon.upsample=nearest. CPU runs are without it
+    # PyTorch's deterministic algorithms (can be slower); on a GPU with recon.upsample=nearest and no local crops
     deterministic: bool = False
     progress: bool = True
     diagnose_every: int = 100  # loss-balance diagnostics (RePre only): gradient norms and cosine; 0: off
