@@ -21,10 +21,10 @@ torch.set_num_threads(2)
 os.environ.setdefault("REPRE_CACHE", tempfile.mkdtemp(prefix="repre-test-cache-"))  # never the user's ~/.cache
 
 
-
 @pytest.fixture(autouse=True)
 def _deterministic_mode_ends_with_the_test():
-    """train.deterministic switches PyTorch's deterministic algorithms on for the whole process."""
+    """train.deterministic switches PyTorch's deterministic algorithms on for the whole process (a Trainer puts
+    them back when fit() ends; a test that builds one without fitting leaves them on)."""
     yield
     torch.use_deterministic_algorithms(False)
 

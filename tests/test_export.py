@@ -14,8 +14,9 @@ from conftest import TINY, last_json, run_cli
 from repre.eval import load_encoder
 from repre.export import load_export
 
-# the documented loading call needs pyproject's timm (older ones load neither ViT nor Swin exports; the export
-# says so); a machine with its own older timm, such as the GPU check's, skips these
+# the documented loading call needs pyproject's timm (older ones load neither ViT nor Swin exports, and
+# `repre export` fails its self-check, exit 2); a machine with its own older timm, such as the GPU check's, skips
+# these
 needs_timm = pytest.mark.skipif(Version(timm.__version__) < Version("1.0.31"),
                                 reason=f"the export's loading call needs timm >= 1.0.31, this is {timm.__version__}")
 
@@ -85,3 +86,13 @@ def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, messa
     assert run_cli(argv)[0] == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / out).exists()
+
+
+def test_an_old_timm_is_named_with_the_remedy(monkeypatch):
+    import importlib
+
+    export = importlib.import_module("repre.export")
+    monkeypatch.setattr(timm, "__version__", "1.0.29")
+    assert "timm 1.0.29 is installed" in export.old_timm_hint() and "pip install -U timm" in export.old_timm_hint()
+    monkeypatch.setattr(timm, "__version__", "1.0.31")
+    assert export.old_timm_hint() == ""

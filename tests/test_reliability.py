@@ -22,8 +22,10 @@ from repre.methods.base import embedding_std
 
 RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
                  "train.diagnose_every=0", "data.synthetic_train=128"]
-# bitwise comparisons of two runs: on a GPU they need the deterministic algorithms (and with them nearest x2 steps)
-EXACT = ["train.deterministic=true", "recon.upsample=nearest"]
+# bitwise comparisons of two runs: on a GPU they need the deterministic algorithms, and with them nearest x2 steps
+# and no local crops (the CPU runs keep the defaults)
+EXACT = ["train.deterministic=true", "recon.upsample=nearest", "data.local_crops=0"]
+EXACT = EXACT if torch.cuda.is_available() else []
 
 
 def pretrain_cmd(out: Path, extra: list[str]) -> list[str]:
@@ -45,8 +47,6 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     draws from the global RNG, so the first case also checks that the RNG stream resumes exactly."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     extra = [f"train.num_workers={workers}", *method, *EXACT]
-    if torch.cuda.is_available():  # no deterministic CUDA backward for the local crops' position embeddings
-        extra.append("data.local_crops=0")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -331,13 +331,16 @@ def test_resume_may_change_host_sync_and_with_it_the_fused_optimizer(tmp_path, b
     assert resumed.fit()["steps"] == 4
 
 
-def test_deterministic_mode_is_switched_on_and_refuses_bilinear_steps_on_a_gpu():
+def test_deterministic_mode_is_on_for_the_run_and_refuses_what_a_gpu_cannot_do(tmp_path):
     from repre.engine.runtime import make_deterministic
 
     with pytest.raises(UserError, match="recon.upsample=nearest"):  # raised before anything touches CUDA
         make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
-    assert not torch.are_deterministic_algorithms_enabled()
     with pytest.raises(UserError, match="data.local_crops=0"):
         make_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
-    make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cpu"))  # CPU kernels have backwards
-    assert torch.are_deterministic_algorithms_enabled()  # the conftest fixture switches it off after the test
+    assert not torch.are_deterministic_algorithms_enabled()
+    cfg = tiny_config("train.deterministic=true", "train.device=cpu", "train.max_steps=2", "eval.knn=false")
+    trainer = Trainer(cfg, tmp_path / "run")  # the CPU has deterministic backwards for bilinear steps
+    assert torch.are_deterministic_algorithms_enabled()
+    assert trainer.fit()["completed"]
+    assert not torch.are_deterministic_algorithms_enabled()  # put back when the run ends

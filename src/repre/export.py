@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,17 @@ def load_export(file: str | Path, card: dict[str, Any]) -> torch.nn.Module:
                              num_classes=0, **card["kwargs"])
 
 
+def old_timm_hint() -> str:
+    """What to do when the installed timm is older than the loading call needs (timm 1.0.30 and older load a
+    Swin export with the wrong keys), else ''."""
+    import timm
+
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", timm.__version__)
+    if found and tuple(map(int, found.groups())) < (1, 0, 31):
+        return f"; timm {timm.__version__} is installed and the export needs >= 1.0.31 (pip install -U timm)"
+    return ""
+
+
 def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor], reference: torch.nn.Module) -> float:
     """Load the file the documented way; the keys must match exactly and the features agree. Returns the max
     relative feature difference."""
@@ -75,7 +87,8 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
     keys = set(loaded.state_dict())
     if keys != set(state):
         missing, extra = sorted(keys - set(state))[:3], sorted(set(state) - keys)[:3]
-        raise UserError(f"exported keys do not match timm's {card['arch']}: missing {missing}, unexpected {extra}")
+        raise UserError(f"exported keys do not match timm's {card['arch']}: missing {missing}, unexpected {extra}"
+                        f"{old_timm_hint()}")
     size = card["kwargs"].get("img_size", 224)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

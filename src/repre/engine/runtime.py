@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from repre.config import Config, TrainConfig
 from repre.errors import UserError
+
+log = logging.getLogger("repre")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,16 +73,40 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device=device, precision=pick_precision(cfg.precision, device))
 
 
-def make_deterministic(cfg: Config, device: torch.device) -> None:
-    """train.deterministic: PyTorch's deterministic algorithms for the rest of the process (an operation without
-    one raises), cuBLAS with a fixed workspace, no cuDNN autotuning. The same run then gives the same bits on
-    the same machine, GPU included, so a resumed run equals an uninterrupted one there too."""
+def make_deterministic(cfg: Config, device: torch.device) -> Callable[[], None]:
+    """train.deterministic: PyTorch's deterministic algorithms (an operation without one raises), cuBLAS with a
+    fixed workspace, no cuDNN autotuning, and with train.compile Inductor's deterministic mode. The same run then
+    gives the same bits on the same machine, GPU included, so a resumed run equals an uninterrupted one there
+    too. The settings are process-wide: returns a function that puts the previous ones back."""
     if device.type == "cuda" and cfg.recon.enabled and cfg.recon.upsample != "nearest":
         raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
                         f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
     if device.type == "cuda" and cfg.data.local_crops > 0:
         raise UserError("train.deterministic=true on a GPU needs data.local_crops=0: the local crops resample the "
                         "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first runs
+    workspace = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    if workspace and device.type == "cuda" and torch.cuda.is_initialized():
+        log.warning("train.deterministic: CUDA was in use before this run; cuBLAS may keep its first workspace. "
+                    "Set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python for bitwise results")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    inductor = None
+    if cfg.train.compile:
+        import torch._inductor.config as inductor  # noqa: PLC0415 - only for compiled deterministic runs
+        inductor_before = getattr(inductor, "deterministic", None)
+        if inductor_before is not None:
+            inductor.deterministic = True
+    if workspace:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # read when cuBLAS first runs
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        if workspace:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        if inductor is not None and inductor_before is not None:
+            inductor.deterministic = inductor_before
+
+    return restore

@@ -89,6 +89,10 @@ def clip_or_measure(params: list[torch.Tensor], max_norm: float, mode: str = "gl
     return torch.linalg.vector_norm(norms)
 
 
+def _nothing() -> None:
+    pass
+
+
 COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
 
 
@@ -133,8 +137,8 @@ class Trainer:
         self.cfg, self.out = cfg, out
         rt = setup_runtime(cfg.train)
         self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
-        if cfg.train.deterministic:
-            make_deterministic(cfg, self.rt.device)
+        # run-wide settings, put back when fit() ends
+        self.restore_settings = make_deterministic(cfg, self.rt.device) if cfg.train.deterministic else _nothing
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
@@ -503,7 +507,14 @@ class Trainer:
     # ------------------------------------------------------------ the loop
 
     def fit(self) -> dict[str, Any]:
-        """Train to the total step count; writes metrics, checkpoints, recon.png and summary.json."""
+        """Train to the total step count; writes metrics, checkpoints, recon.png and summary.json. The run's
+        process-wide settings (train.deterministic) are put back when it returns or raises."""
+        try:
+            return self._fit()
+        finally:
+            self.restore_settings()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
         main = dist.is_main()
         self.skips["total"].fill_(s.nonfinite_steps)  # host_sync=log counts on from a resumed run's total
