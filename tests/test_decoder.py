@@ -132,22 +132,3 @@ def test_decoder_shapes_over_random_hierarchies(stages, base, size):
         return
     maps = [torch.randn(1, c, size // s, size // s) for c, s in zip(chans, strides, strict=True)]
     assert Decoder(chans, strides[0], width=16)(maps, (size, size)).shape == (1, 3, size, size)
-
-
-@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
-def test_the_layouts_compute_the_same_function(upsample):
-    """recon.layout changes where values sit in memory, not what is computed (forward and gradients)."""
-    torch.manual_seed(0)
-    dims, sizes = [16, 24, 32], [16, 8, 4]  # a hierarchy at strides 2, 4, 8
-    a = Decoder(dims, 2, 16, 8, upsample=upsample, layout="nchw")
-    b = Decoder(dims, 2, 16, 8, upsample=upsample, layout="channels_last")
-    b.load_state_dict(a.state_dict())
-    maps = [torch.randn(2, c, s, s, requires_grad=True) for c, s in zip(dims, sizes, strict=True)]
-    ya, yb = a(maps, (32, 32)), b(maps, (32, 32))
-    assert yb.is_contiguous(memory_format=torch.channels_last) and not ya.is_contiguous(
-        memory_format=torch.channels_last)
-    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
-    ga = torch.autograd.grad(ya.square().sum(), [*maps, *a.parameters()])
-    gb = torch.autograd.grad(yb.square().sum(), [*maps, *b.parameters()])
-    for x, y in zip(ga, gb, strict=True):
-        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)

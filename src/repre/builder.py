@@ -43,5 +43,4 @@ def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
         return Plain(method)
     r = cfg.recon
     taps = resolve_taps(r.taps, encoder.depth)
-    return RePre(method, taps, r.width, r.min_width, r.weight, r.loss, r.norm_pix, r.depth, r.upsample, r.out_stride,
-                 r.layout)
+    return RePre(method, taps, r.width, r.min_width, r.weight, r.loss, r.norm_pix, r.depth, r.upsample, r.out_stride)

@@ -131,9 +131,6 @@ class ReconConfig:
     # the x2 steps stop at this stride; a 1x1 conv then predicts out_stride x out_stride pixels per position
     # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
     out_stride: int = 1
-    # the decoder's activations in memory: channels_last runs its convolutions faster on CPUs (oneDNN); on a GPU
-    # it did not help (eager) and compiled graphs pick their own. auto: channels_last on a CPU, else nchw
-    layout: Literal["auto", "channels_last", "nchw"] = "auto"
 
 
 @dataclass

@@ -38,7 +38,6 @@ class RePre(nn.Module):
         depth: int = 1,
         upsample: str = "bilinear",
         out_stride: int = 1,
-        layout: str = "auto",
     ) -> None:
         super().__init__()
         enc = method.encoder
@@ -49,7 +48,7 @@ class RePre(nn.Module):
             raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
                             f"(stride {min(strides)}): use at most {min(strides)}")
         self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
-                               out_stride=out_stride, layout=layout)
+                               out_stride=out_stride)
         self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
 
     @property

@@ -10,9 +10,7 @@
 
 One implementation serves plain transformers (every tap at stride p) and hierarchical ones (taps at
 different strides: the deeper map is upsampled to the shallower one before the add, U-Net style).
-GroupNorm, not BatchNorm: the decoder behaves the same for any number of processes. `layout` (recon.layout)
-puts the input maps in channels_last memory order, which every later activation inherits (oneDNN's faster
-convolutions on a CPU); the values computed are the same up to float rounding.
+GroupNorm, not BatchNorm: the decoder behaves the same for any number of processes.
 """
 
 from __future__ import annotations
@@ -49,12 +47,11 @@ class Decoder(nn.Module):
         depth: int = 1,
         upsample: str = "bilinear",
         out_stride: int = 1,
-        layout: str = "auto",
     ) -> None:
         super().__init__()
         if out_stride > stride:
             raise ValueError(f"out_stride {out_stride} is coarser than the finest input stride {stride}")
-        self.stride, self.mode, self.out_stride, self.layout = stride, upsample, out_stride, layout
+        self.stride, self.mode, self.out_stride = stride, upsample, out_stride
         self.laterals = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
         )
@@ -67,8 +64,6 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
 
     def forward(self, maps: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        if self.layout == "channels_last" or (self.layout == "auto" and maps[0].device.type == "cpu"):
-            maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]  # the rest follows the input
         lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
