@@ -7,14 +7,20 @@
 # 8 files from $OUT, 2 folders deep); the compact table is printed last
 # and written to $OUT/summary.txt. STAGES picks stages (default: all but quality; see each stage's name).
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
+# BUDGET (seconds, default 300) bounds the whole check: the stages run in order of importance (correctness and
+# the test suite; ViT-S/16 MoCo v3 +- RePre; DINO +- RePre; real JPEGs; ViT-B/16; the rest), each within what
+# is left of it, and those it leaves no time for are listed as skipped (on an H200 the correctness group takes
+# ~200 s and each throughput stage 60 to 230 s: BUDGET=900 for every default stage).
 #
-#   OUT=/tmp/gpu [STAGES="cuda-check profile ..."] [QUALITY_UNTIL=S] bash benchmarks/gpu_check.sh
+#   OUT=/tmp/gpu [STAGES="cuda-check profile ..."] [BUDGET=S] [QUALITY_UNTIL=S] bash benchmarks/gpu_check.sh
 #
 # The Fashion-MNIST IDX files are read from .gpu-data/fashion-mnist (copy /usr/share/datasets/fashion-mnist
 # there and carry it to the GPU machine); the stages that need them are skipped without it.
 # QUALITY_SET="--set train.max_steps=3 ..." shrinks the quality runs for a dry run of this script (with
 # QUALITY_LANES=2 on a small machine).
 set -u
+START=$(date +%s)
+BUDGET=${BUDGET:-300}
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
 PACK=${OUT:-/tmp/repre-gpu-check}
@@ -40,9 +46,19 @@ pack() {  # everything but checkpoints and TensorBoard files, in one archive tha
     && mv "$PACK/gpu-check.tgz.part" "$PACK/gpu-check.tgz"
 }
 
+within() {  # within N: N seconds, or what is left of BUDGET if less (10 s kept for the summary and the archive)
+  local left=$(( START + BUDGET - 10 - $(date +%s) ))
+  echo $(( $1 < left ? $1 : left ))
+}
+
 stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JSON) becomes $OUT/NAME.json
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit; limit=$(within "$2"); shift 2
   local start=$(date +%s)
+  if [ "$limit" -lt 20 ]; then  # no time left in BUDGET
+    echo "{\"stage\": \"$name\", \"skipped\": \"budget\"}" > "$OUT/$name.json"
+    echo "stage $name: skipped (BUDGET=$BUDGET s spent)" | tee -a "$OUT/stages.txt"
+    return
+  fi
   timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local code=$?
   tail -n 1 "$OUT/$name.log" | python -c "import json,sys; json.loads(sys.stdin.read())" 2>/dev/null \
@@ -53,7 +69,6 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
   [ -n "${NO_PACK:-}" ] || pack
 }
 
-START=$(date +%s)
 STAGES=${STAGES:-"cuda-check ddp-nccl sync-check tests vit-s16-224 vit-b16-224 vit-s16-224-eager real-data-compiled real-data decoder-speed view-speed frameworks-224 profile host-sync real-data-shards default-preset"}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 JPEGS="$OUT/jpegs"  # ImageNet-sized JPEGs generated here, as a folder and as tar shards (real-data stages)
@@ -73,11 +88,13 @@ if want cuda-check || want ddp-nccl || want sync-check || want tests; then
   want ddp-nccl && stage ddp-nccl 150 python benchmarks/ddp_check.py --device cuda --procs 1 --steps 10 &
   want sync-check && { python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 \
     > /dev/null 2>&1; stage sync-check 200 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder"; } &
-  # every failure listed (no -x); 6 pytest processes side by side, the 2-process and kill-and-resume tests
-  # spread over them (in one process the suite did not finish in 200 s there); the units left 15 s before the
-  # stage's limit (TESTS_LIMIT, default 200 s) are killed and named
-  want tests && python -c "import pytest" 2>/dev/null && stage tests "${TESTS_LIMIT:-200}" \
-    python benchmarks/suite_lanes.py --lanes 6 --deadline $(( ${TESTS_LIMIT:-200} - 15 )) &
+  # every failure listed (no -x); pytest processes side by side (half the cores, at least 6), the 2-process and
+  # kill-and-resume tests spread over them (in one process the suite did not finish in 200 s there; in 6 on an
+  # H200 it took 204 s); the units left 15 s before the stage's limit (TESTS_LIMIT, default 200 s, and within
+  # BUDGET) are killed and named
+  TL=$(within "${TESTS_LIMIT:-200}")
+  want tests && python -c "import pytest" 2>/dev/null && stage tests "$TL" \
+    python benchmarks/suite_lanes.py --lanes $(( $(nproc) > 12 ? $(nproc) / 2 : 6 )) --deadline $(( TL - 15 )) &
   wait
   unset NO_PACK
   rm -rf "$SYNC_JPEGS"
@@ -93,13 +110,12 @@ VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
 want vit-s16-224 && stage vit-s16-224 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.out_stride=4
 
-# ViT-B/16 at 224, compiled
-want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
-
-# the same three eager (what compiling is worth)
-want vit-s16-224-eager && stage vit-s16-224-eager 120 python benchmarks/throughput.py --rounds 1 --steps 10 \
-  --warmup 3 --mfu --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --set train.compile=false
+# DINO (multi-crop) at 224 +- RePre, eager and compiled (the preset compiles)
+if want frameworks-224 || want dino-224; then
+  stage dino-vit-s16-224 300 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+    --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
+    --compare train.compile=true
+fi
 
 # 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
 #     aug.photometric_on=auto) against the same step on pre-made tensors (real / synthetic: is the input the
@@ -122,6 +138,14 @@ if [ -d "$JPEGS/folder" ]; then
 fi
 rm -rf "$JPEGS"
 
+# ViT-B/16 at 224, compiled
+want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
+
+# the same three eager (what compiling is worth)
+want vit-s16-224-eager && stage vit-s16-224-eager 120 python benchmarks/throughput.py --rounds 1 --steps 10 \
+  --warmup 3 --mfu --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --set train.compile=false
+
 # 2c. the decoder alone (ViT-S/16 shapes, batch 512 views): eager against compiled, bilinear against nearest,
 #     the x2 steps to full resolution against a 4x4 pixel shuffle from stride 4 (recon.out_stride=4)
 want decoder-speed && stage decoder-speed 120 python benchmarks/decoder_speed.py --batch 512 \
@@ -133,16 +157,10 @@ if want view-speed; then
   stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 64 --batch 32 --rounds 1 \
     --local-crops 10
 fi
-# 2e. DINO (multi-crop) and MoBY (Swin-T) at 224 +- RePre, eager and compiled (whether their presets should
-#     compile too); where a RePre step's time goes (eager); the step without host synchronisation
+# 2e. MoBY (Swin-T) at 224 +- RePre, eager and compiled (whether its preset should compile too); where a RePre step's time goes (eager); the step without host synchronisation
 #     (train.host_sync=log, the GPU default) against one sync a step; the default preset (28 px) on real
 #     Fashion-MNIST and on pre-made tensors
 # (frameworks-224 = dino-224 + moby-224)
-if want frameworks-224 || want dino-224; then
-  stage dino-vit-s16-224 300 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
-    --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
-    --compare train.compile=true
-fi
 if want frameworks-224 || want moby-224; then
   stage moby-swin-t-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128 \
@@ -174,7 +192,8 @@ quality_queue() {  # every job ends by DEADLINE (epoch seconds): none is left ru
     $QUALITY_SET >> '$OUT/quality-jobs.log' 2>&1; echo \"job exit \$?: {}\" >> '$OUT/quality-jobs.log'"
 }
 if [ -d "$FMNIST" ] && want quality; then
-  DEADLINE=$(( START + ${QUALITY_UNTIL:-520} ))
+  QU=${QUALITY_UNTIL:-520}
+  DEADLINE=$(( START + (QU < BUDGET - 30 ? QU : BUDGET - 30) ))  # within BUDGET too
   stage quality $(( DEADLINE - $(date +%s) + 20 )) bash -c "$(declare -f quality_jobs quality_queue); \
     OUT='$OUT' FMNIST='$FMNIST' DEADLINE=$DEADLINE QUALITY_SET='${QUALITY_SET:-}' \
     QUALITY_LANES=${QUALITY_LANES:-7} quality_queue; echo '{\"stage\": \"quality\"}'"
