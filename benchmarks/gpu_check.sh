@@ -157,7 +157,8 @@ if want view-speed; then
   stage view-speed-dino 60 python benchmarks/view_speed.py --device cuda --images 64 --batch 32 --rounds 1 \
     --local-crops 10
 fi
-# 2e. MoBY (Swin-T) at 224 +- RePre, eager and compiled (whether its preset should compile too); where a RePre step's time goes (eager); the step without host synchronisation
+# 2e. MoBY (Swin-T) at 224 +- RePre, eager and compiled (whether its preset should compile too); where a RePre
+#     step's time goes (eager); the step without host synchronisation
 #     (train.host_sync=log, the GPU default) against one sync a step; the default preset (28 px) on real
 #     Fashion-MNIST and on pre-made tensors
 # (frameworks-224 = dino-224 + moby-224)

@@ -29,6 +29,10 @@ def _deterministic_mode_ends_with_the_test():
     torch.use_deterministic_algorithms(False)
 
 
+# what a bitwise comparison of two runs needs on a GPU: the deterministic algorithms, and with them nearest x2
+# steps and no local crops (CPU runs keep the defaults)
+BITWISE = ["train.deterministic=true", "recon.upsample=nearest", "data.local_crops=0"] if torch.cuda.is_available() else []
+
 TINY = [
     "data.name=synthetic",
     "data.image_size=16",

@@ -5,20 +5,18 @@ import json
 import pytest
 import timm
 import torch
-from packaging.version import Version
 from safetensors import safe_open
 from test_dino import DINO_TINY
 from test_moby import SWIN_TINY
 
 from conftest import TINY, last_json, run_cli
 from repre.eval import load_encoder
-from repre.export import load_export
+from repre.export import load_export, old_timm_hint
 
 # the documented loading call needs pyproject's timm (older ones load neither ViT nor Swin exports, and
 # `repre export` fails its self-check, exit 2); a machine with its own older timm, such as the GPU check's, skips
-# these
-needs_timm = pytest.mark.skipif(Version(timm.__version__) < Version("1.0.31"),
-                                reason=f"the export's loading call needs timm >= 1.0.31, this is {timm.__version__}")
+# these (test_an_old_timm_is_named_with_the_remedy checks the condition)
+needs_timm = pytest.mark.skipif(bool(old_timm_hint()), reason=old_timm_hint().lstrip("; "))
 
 
 def features_agree(run, file, card) -> None:
@@ -89,10 +87,7 @@ def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, messa
 
 
 def test_an_old_timm_is_named_with_the_remedy(monkeypatch):
-    import importlib
-
-    export = importlib.import_module("repre.export")
     monkeypatch.setattr(timm, "__version__", "1.0.29")
-    assert "timm 1.0.29 is installed" in export.old_timm_hint() and "pip install -U timm" in export.old_timm_hint()
+    assert "timm 1.0.29 is installed" in old_timm_hint() and "needs >= 1.0.31 (pip install -U timm)" in old_timm_hint()
     monkeypatch.setattr(timm, "__version__", "1.0.31")
-    assert export.old_timm_hint() == ""
+    assert old_timm_hint() == ""

@@ -14,7 +14,7 @@ import torch
 from test_dino import DINO_TINY
 from test_moby import SWIN_TINY
 
-from conftest import TINY, last_json, run_cli, tiny_config
+from conftest import BITWISE, TINY, last_json, run_cli, tiny_config
 from repre.engine import checkpoint as ckpt_io
 from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
@@ -22,10 +22,6 @@ from repre.methods.base import embedding_std
 
 RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
                  "train.diagnose_every=0", "data.synthetic_train=128"]
-# bitwise comparisons of two runs: on a GPU they need the deterministic algorithms, and with them nearest x2 steps
-# and no local crops (the CPU runs keep the defaults)
-EXACT = ["train.deterministic=true", "recon.upsample=nearest", "data.local_crops=0"]
-EXACT = EXACT if torch.cuda.is_available() else []
 
 
 def pretrain_cmd(out: Path, extra: list[str]) -> list[str]:
@@ -46,7 +42,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run. Drop path
     draws from the global RNG, so the first case also checks that the RNG stream resumes exactly."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    extra = [f"train.num_workers={workers}", *method, *EXACT]
+    extra = [f"train.num_workers={workers}", *method, *BITWISE]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

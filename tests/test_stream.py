@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_shards import write_shards
 
-from conftest import tiny_config
+from conftest import BITWISE, tiny_config
 from repre.data.loader import ViewDataset, pretrain_loader, train_source, view_spec
 from repre.data.stream import KEY_BITS, StreamShards, StreamViews, read_samples
 from repre.engine import checkpoint as ckpt_io
@@ -77,9 +77,7 @@ def test_a_resumed_loader_gives_the_batches_of_an_uninterrupted_one(shards, step
 
 def test_a_run_crashed_after_a_checkpoint_resumes_to_the_same_weights(shards, tmp_path, monkeypatch):
     settings = ["train.num_workers=2", "train.max_steps=8", "train.checkpoint_every=4", "train.log_every=4",
-                "eval.knn=false"]
-    if torch.cuda.is_available():  # bitwise on a GPU: deterministic algorithms, with nearest x2 steps
-        settings += ["train.deterministic=true", "recon.upsample=nearest"]
+                "eval.knn=false", *BITWISE]
     cfg = stream_config(str(shards), *settings)
     Trainer(cfg, tmp_path / "whole").fit()
     save = Trainer.save_checkpoint

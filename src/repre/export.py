@@ -65,14 +65,17 @@ def load_export(file: str | Path, card: dict[str, Any]) -> torch.nn.Module:
                              num_classes=0, **card["kwargs"])
 
 
+TIMM_NEEDED = (1, 0, 31)  # the loading call: 1.0.30 and older fail it (ViT: custom_load; Swin: headless keys)
+
+
 def old_timm_hint() -> str:
-    """What to do when the installed timm is older than the loading call needs (timm 1.0.30 and older load a
-    Swin export with the wrong keys), else ''."""
+    """What to do when the installed timm is older than the loading call needs, else ''."""
     import timm
 
     found = re.match(r"(\d+)\.(\d+)\.(\d+)", timm.__version__)
-    if found and tuple(map(int, found.groups())) < (1, 0, 31):
-        return f"; timm {timm.__version__} is installed and the export needs >= 1.0.31 (pip install -U timm)"
+    if found and tuple(map(int, found.groups())) < TIMM_NEEDED:
+        needed = ".".join(map(str, TIMM_NEEDED))
+        return f"; timm {timm.__version__} is installed and the export needs >= {needed} (pip install -U timm)"
     return ""
 
 
@@ -83,7 +86,7 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
         loaded = load_export(file, card).eval()
     except Exception as exc:  # noqa: BLE001 - any failure of the loading call fails the export
         raise UserError(f"the export does not load with the documented timm call ({type(exc).__name__}: "
-                        f"{str(exc)[:300]}); timm >= 1.0.31 is needed (pip install -U timm)") from None
+                        f"{str(exc)[:300]}){old_timm_hint()}") from None
     keys = set(loaded.state_dict())
     if keys != set(state):
         missing, extra = sorted(keys - set(state))[:3], sorted(set(state) - keys)[:3]

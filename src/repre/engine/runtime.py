@@ -90,12 +90,13 @@ def make_deterministic(cfg: Config, device: torch.device) -> Callable[[], None]:
                     "Set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python for bitwise results")
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.benchmark)
-    inductor = None
+    inductor = None  # (Inductor's config, its previous setting), where it has the setting
     if cfg.train.compile:
-        import torch._inductor.config as inductor  # noqa: PLC0415 - only for compiled deterministic runs
-        inductor_before = getattr(inductor, "deterministic", None)
-        if inductor_before is not None:
-            inductor.deterministic = True
+        import torch._inductor.config as config  # only for compiled deterministic runs
+
+        if hasattr(config, "deterministic"):
+            inductor = (config, config.deterministic)
+            config.deterministic = True
     if workspace:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # read when cuBLAS first runs
     torch.use_deterministic_algorithms(True)
@@ -106,7 +107,7 @@ def make_deterministic(cfg: Config, device: torch.device) -> Callable[[], None]:
         torch.backends.cudnn.benchmark = before[2]
         if workspace:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        if inductor is not None and inductor_before is not None:
-            inductor.deterministic = inductor_before
+        if inductor is not None:
+            inductor[0].deterministic = inductor[1]
 
     return restore

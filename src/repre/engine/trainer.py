@@ -89,10 +89,6 @@ def clip_or_measure(params: list[torch.Tensor], max_norm: float, mode: str = "gl
     return torch.linalg.vector_norm(norms)
 
 
-def _nothing() -> None:
-    pass
-
-
 COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
 
 
@@ -138,7 +134,7 @@ class Trainer:
         rt = setup_runtime(cfg.train)
         self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
         # run-wide settings, put back when fit() ends
-        self.restore_settings = make_deterministic(cfg, self.rt.device) if cfg.train.deterministic else _nothing
+        self.restore_settings = make_deterministic(cfg, self.rt.device) if cfg.train.deterministic else lambda: None
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
