@@ -20,9 +20,10 @@ import torch
 
 from repre.builder import build_model
 from repre.config import load_config
-from repre.data.loader import pretrain_loader, train_source
-from repre.engine.trainer import pretrain
+from repre.data.pipeline import pretrain_loader
+from repre.data.sources import train_source
 from repre.eval import load_encoder
+from repre.pretraining import pretrain
 
 BASE = ["data.name=synthetic", "train.num_workers=0", "train.progress=false", "eval.knn=false",
         "train.diagnose_every=0", "train.batch_size=64"]

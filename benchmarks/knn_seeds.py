@@ -39,7 +39,7 @@ def random_init(seed: int, overrides: list[str]) -> float:
 
     from repre.builder import build_encoder
     from repre.config import load_config
-    from repre.engine.runtime import setup_runtime
+    from repre.core.runtime import setup_runtime
     from repre.eval.knn import knn_eval
 
     cfg = load_config(PRESETS["repre"], [f"train.seed={seed}", *overrides])

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from repre.config import load_config
-from repre.data.loader import pretrain_loader
+from repre.data.pipeline import pretrain_loader
 from repre.engine.trainer import Trainer
 from repre.losses import reconstruction_loss
 
@@ -53,7 +53,7 @@ def timed(fn: Callable[[], None], warmup: int, steps: int) -> float:
 
 def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[], None], dict]:
     trainer = Trainer(load_config(preset, SYNTHETIC + overrides), Path(tempfile.mkdtemp()) / "run")
-    batch = next(iter(pretrain_loader(trainer.cfg, trainer.source, 0, False)))
+    batch = next(iter(pretrain_loader(trainer.cfg, trainer.data.source, 0, False)))
     trainer.model.train()
 
     def step() -> None:

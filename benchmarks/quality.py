@@ -124,7 +124,7 @@ def pretrain(cfg, out: Path, tasks: list[str]) -> None:
     result files are kept in git: a new checkout re-trains a run whose evaluations are incomplete)."""
     import shutil
 
-    from repre.engine.trainer import pretrain as run
+    from repre.pretraining import pretrain as run
 
     if all((out / "eval" / t / "result.json").is_file() for t in tasks):
         return
@@ -152,7 +152,7 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
     import torch
 
     from repre.builder import build_encoder
-    from repre.engine.runtime import setup_runtime
+    from repre.core.runtime import setup_runtime
     from repre.eval import encoder_tasks
     from repre.eval import evaluate as eval_checkpoint
 

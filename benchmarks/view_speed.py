@@ -25,7 +25,7 @@ from make_jpegs import image
 from repre.config import AugConfig
 from repre.data.device_views import crop_on_device
 from repre.data.folder import decode
-from repre.data.loader import ViewCollate, ViewDataset, batched_photometric
+from repre.data.pipeline import ViewCollate, ViewDataset, batched_photometric
 from repre.data.views import ViewSpec, make_views
 
 

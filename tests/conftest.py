@@ -21,14 +21,6 @@ torch.set_num_threads(2)
 os.environ.setdefault("REPRE_CACHE", tempfile.mkdtemp(prefix="repre-test-cache-"))  # never the user's ~/.cache
 
 
-@pytest.fixture(autouse=True)
-def _deterministic_mode_ends_with_the_test():
-    """train.deterministic switches PyTorch's deterministic algorithms on for the whole process (a Trainer puts
-    them back when fit() ends; a test that builds one without fitting leaves them on)."""
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
 # what a bitwise comparison of two runs needs on a GPU: the deterministic algorithms, and with them nearest x2
 # steps and no local crops (CPU runs keep the defaults)
 BITWISE = ["train.deterministic=true", "recon.upsample=nearest", "data.local_crops=0"] if torch.cuda.is_available() else []

@@ -130,7 +130,7 @@ def test_world_size_without_a_launcher_says_to_use_torchrun(tmp_path, monkeypatc
 
 def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch):
     """torchrun --nproc_per_node 2 on a machine with one GPU: LOCAL_RANK 1 has no GPU of its own."""
-    from repre.engine import distributed as dist
+    from repre.core import dist
     from repre.errors import UserError
 
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}

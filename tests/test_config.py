@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,3 +83,37 @@ def test_any_override_either_loads_or_fails_cleanly(key, value):
         return
     assert isinstance(cfg, Config)
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("train.lr=-1", "train.lr must be >= 0"),
+    ("aug.hue=0.7", "aug.hue must be in [0, 0.5]"),
+    ("eval.linear_lrs=[0.1,-1]", "eval.linear_lrs must be > 0"),
+    ("model.drop_path=1.0", "model.drop_path must be in [0, 1)"),
+    ("aug.crop_scale=[0.9,0.2]", "aug.crop_scale must be two numbers [low, high]"),
+    ("method.out_dim=0", "method.out_dim must be > 0"),
+])
+def test_every_numeric_range_is_checked_before_a_run(setting, message):
+    """Each section's `ranges`: a value torch would fail on later is refused when the config loads (exit 2)."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, [setting])
+
+
+def test_every_numeric_field_has_a_range():
+    import dataclasses
+    import typing
+
+    from repre.config import Config
+
+    unchecked = []
+    hints = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        cls = hints[section.name]
+        if dataclasses.is_dataclass(cls):
+            for name, tp in typing.get_type_hints(cls).items():
+                key = f"{section.name}.{name}"
+                parts = {tp, *typing.get_args(tp), *(a for t in typing.get_args(tp) for a in typing.get_args(t))}
+                numeric = bool({int, float} & parts)
+                if numeric and name not in cls.ranges and key != "recon.taps":  # taps: indices, negative allowed
+                    unchecked.append(key)
+    assert not unchecked, f"numeric keys without a range in their section's `ranges`: {unchecked}"

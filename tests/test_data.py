@@ -10,17 +10,16 @@ from conftest import save_png, tiny_config
 from repre.config import AugConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
-from repre.data.loader import (
+from repre.data.pipeline import (
     EpochBatchSampler,
     ViewCollate,
     ViewDataset,
     finish_views,
-    load_or_replace,
     photometric_on_device,
     pretrain_loader,
-    train_source,
     view_spec,
 )
+from repre.data.sources import load_or_replace, train_source
 from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
 from repre.errors import UserError
 

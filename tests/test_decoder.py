@@ -85,7 +85,7 @@ def test_decoder_cost_vit_s16_224_at_most_10_percent():
 
 
 def test_decoder_cost_default_preset_is_as_stated():
-    """The default preset's decoder costs 7.5% of its encoder's forward FLOPs (README, BENCHMARKS.md)."""
+    """The default preset's decoder costs 7.5% of its encoder's forward FLOPs (docs/results.md)."""
     cfg = load_config("fmnist-mocov3-repre")
     model = build_model(cfg).eval()
     enc, dec = model.method.encoder, model.decoder

@@ -12,7 +12,8 @@ from torchvision.transforms.v2 import functional as TF
 from conftest import last_json, pretrain_args, run_cli, save_png, tiny_config
 from repre.data import device_views
 from repre.data.device_views import crop_on_device, jpeg_shape, resample_weights, resized_crops, unpack
-from repre.data.loader import ViewCollate, ViewDataset, finish_views, pretrain_loader, train_source, view_spec
+from repre.data.pipeline import ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
+from repre.data.sources import train_source
 from repre.errors import UserError
 
 
@@ -166,7 +167,7 @@ def test_shard_jpegs_travel_as_their_bytes(tmp_path):
     the worker path decodes."""
     import tarfile
 
-    from repre.data.loader import load_payload
+    from repre.data.pipeline import load_payload
     from repre.data.shards import TarShards
 
     data = _jpeg(np.random.default_rng(0).integers(0, 256, (14, 22, 3), dtype=np.uint8))

@@ -7,9 +7,10 @@ import torch
 
 from conftest import TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
-from repre.data.loader import pretrain_loader, train_source
+from repre.data.pipeline import pretrain_loader
+from repre.data.sources import train_source
 from repre.data.views import ViewSpec, make_views
-from repre.engine.trainer import clip_or_measure
+from repre.engine.optim import clip_or_measure
 from repre.losses import center_update, dino_loss
 from repre.models.heads import DINOHead
 

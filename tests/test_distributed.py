@@ -17,7 +17,7 @@ from test_dino import DINO_TINY
 from test_moby import SWIN_TINY
 
 from conftest import TINY
-from repre.engine import checkpoint as ckpt_io
+from repre.core import checkpoint_io as ckpt_io
 
 # fp32 and no drop path: the processes' random draws are their own, the rest must match one process; the CPU
 # (gloo) even where a GPU is present (two processes would otherwise share it)

@@ -7,7 +7,8 @@ import torch
 
 from conftest import TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
-from repre.data.loader import pretrain_loader, train_source
+from repre.data.pipeline import pretrain_loader
+from repre.data.sources import train_source
 from repre.losses import moby_loss
 from repre.methods.moby import enqueue
 from repre.models.backbone import Backbone, resolve_arch

@@ -7,8 +7,9 @@ from torch import nn
 
 from conftest import tiny_config
 from repre.builder import build_model
-from repre.data.loader import pretrain_loader, train_source
-from repre.engine.schedules import momentum_schedule, warmup_cosine
+from repre.core.schedules import momentum_schedule, warmup_cosine
+from repre.data.pipeline import pretrain_loader
+from repre.data.sources import train_source
 from repre.losses import mocov3_loss
 from repre.methods.mocov3 import MoCoV3
 from repre.models.heads import mlp

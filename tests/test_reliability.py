@@ -15,7 +15,8 @@ from test_dino import DINO_TINY
 from test_moby import SWIN_TINY
 
 from conftest import BITWISE, TINY, last_json, run_cli, tiny_config
-from repre.engine import checkpoint as ckpt_io
+from repre.core import checkpoint_io as ckpt_io
+from repre.engine.guard import DeviceGuard
 from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
 from repre.methods.base import embedding_std
@@ -96,7 +97,7 @@ def write_in_child(path: Path, limit: int) -> int:
     code = f"""
 import resource, signal, sys, torch
 from pathlib import Path
-from repre.engine import checkpoint as ckpt_io
+from repre.core import checkpoint_io as ckpt_io
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 try:
@@ -235,12 +236,12 @@ def test_collapse_warning_is_logged(tmp_path, repre_log, monkeypatch):
 
 
 def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, capsys):
-    from repre.engine import trainer as trainer_mod
+    from repre import pretraining
 
     def oom(*args, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer_mod, "pretrain", oom)
+    monkeypatch.setattr(pretraining, "pretrain", oom)
     code, _ = run_cli(["pretrain", "--out", str(tmp_path / "run"), "--set", "data.name=synthetic"])
     err = capsys.readouterr().err
     assert code == 2 and "out of memory" in err and "train.batch_size" in err and "--init-from" in err
@@ -290,7 +291,7 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
     trainer = Trainer(tiny_config(*RESUME, "train.max_steps=12", "train.log_every=3", "train.checkpoint_every=3",
                                   "train.max_bad_steps=3", "train.num_workers=0", "train.host_sync=log"),
                       tmp_path / "run")
-    assert trainer.sync_free and trainer.optimizer.defaults["fused"]
+    assert isinstance(trainer.guard, DeviceGuard) and trainer.optimizer.defaults["fused"]
     before = poison(trainer, {1, 5, 6, 7})  # steps 2, 6-8 (1-based): a lone one, then a streak of 3
     with pytest.raises(StoppedEarly) as stop:
         trainer.fit()
@@ -328,15 +329,22 @@ def test_resume_may_change_host_sync_and_with_it_the_fused_optimizer(tmp_path, b
 
 
 def test_deterministic_mode_is_on_for_the_run_and_refuses_what_a_gpu_cannot_do(tmp_path):
-    from repre.engine.runtime import make_deterministic
+    from repre.core.runtime import check_deterministic
 
     with pytest.raises(UserError, match="recon.upsample=nearest"):  # raised before anything touches CUDA
-        make_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
+        check_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
     with pytest.raises(UserError, match="data.local_crops=0"):
-        make_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
+        check_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
     assert not torch.are_deterministic_algorithms_enabled()
     cfg = tiny_config("train.deterministic=true", "train.device=cpu", "train.max_steps=2", "eval.knn=false")
     trainer = Trainer(cfg, tmp_path / "run")  # the CPU has deterministic backwards for bilinear steps
-    assert torch.are_deterministic_algorithms_enabled()
-    assert trainer.fit()["completed"]
+    assert not torch.are_deterministic_algorithms_enabled()  # construction changes no process-wide setting
+    seen = []
+    step = trainer.train_step
+    trainer.train_step = lambda batch: seen.append(torch.are_deterministic_algorithms_enabled()) or step(batch)
+    assert trainer.fit()["completed"] and seen == [True, True]  # on for every step of the run
     assert not torch.are_deterministic_algorithms_enabled()  # put back when the run ends
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file"):  # a construction that fails leaves nothing on either
+        Trainer(cfg, tmp_path / "file")
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ

@@ -9,10 +9,12 @@ from test_data import write_idx
 
 from conftest import last_json, pretrain_args, run_cli, tiny_config
 from repre.builder import build_model
-from repre.data.loader import eval_source, val_split
-from repre.engine.trainer import compile_blocks, pretrain
+from repre.core.runtime import run_settings
+from repre.data.sources import eval_source, val_split
+from repre.engine.compile import compile_blocks
 from repre.errors import UserError
 from repre.models.decoder import ConvBlock, Decoder
+from repre.pretraining import pretrain
 
 
 def test_val_split_is_fixed_disjoint_and_covers_sorted_classes():
@@ -62,28 +64,24 @@ def test_decoder_depth_adds_blocks_at_the_encoder_resolution():
     assert deep(maps, (16, 16)).shape == shallow(maps, (16, 16)).shape == (2, 3, 16, 16)
 
 
-@pytest.fixture
-def dynamo_limit():
-    """compile_blocks raises dynamo's graph limit per unit for the process: put it back after the test."""
-    limit = torch._dynamo.config.recompile_limit
-    yield
-    torch._dynamo.config.recompile_limit = limit
-
-
-def test_compile_wraps_blocks_and_decoder_and_keeps_names(monkeypatch, dynamo_limit):
+def test_compile_wraps_blocks_and_decoder_and_keeps_names(monkeypatch):
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append((type(self).__name__, k)))
-    model = build_model(tiny_config())
+    cfg = tiny_config("train.compile=true")
+    model = build_model(cfg)
     names = list(model.state_dict())
     compile_blocks(model)
-    assert torch._dynamo.config.recompile_limit >= 32
+    limit = torch._dynamo.config.recompile_limit
+    with run_settings(cfg, torch.device("cpu")):  # Dynamo's graph limit per unit, raised while the run trains
+        assert torch._dynamo.config.recompile_limit >= 32
+    assert torch._dynamo.config.recompile_limit == limit  # and put back after it
     kinds = [name for name, _ in compiled]
     assert kinds.count("Block") == 2 * 4 and kinds.count("Decoder") == 1  # online + momentum, 4 blocks
     assert all(k == {"dynamic": False} for _, k in compiled)  # one static graph per shape
     assert list(model.state_dict()) == names
 
 
-def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch, dynamo_limit):
+def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
     """train.compile=true through the CLI on DINO + RePre (multi-crop: two token counts; k-NN and the recon grid
     at the end), with dynamo's graph capture but no code generation (backend "eager", seconds instead of minutes
     on a CPU): the same per-step losses as the eager run."""

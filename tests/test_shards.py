@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import last_json, pretrain_args, run_cli
 from repre.config import DataConfig
-from repre.data.loader import build_source, load_or_replace
 from repre.data.shards import TarShards, expand
+from repre.data.sources import build_source, load_or_replace
 from repre.errors import UserError
 
 

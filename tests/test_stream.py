@@ -13,9 +13,10 @@ import torch
 from test_shards import write_shards
 
 from conftest import BITWISE, tiny_config
-from repre.data.loader import ViewDataset, pretrain_loader, train_source, view_spec
+from repre.core import checkpoint_io as ckpt_io
+from repre.data.pipeline import ViewDataset, pretrain_loader, view_spec
+from repre.data.sources import train_source
 from repre.data.stream import KEY_BITS, StreamShards, StreamViews, read_samples
-from repre.engine import checkpoint as ckpt_io
 from repre.engine.trainer import Trainer
 from repre.errors import UserError
 
@@ -174,7 +175,7 @@ def test_stream_settings_that_cannot_work_say_what_to_do(shards):
     with pytest.raises(UserError, match="6 shards cannot feed 1 process"):
         pretrain_loader(cfg, train_source(cfg), 0, False)
     with pytest.raises(UserError, match="shard_access=random"):
-        from repre.data.loader import eval_source
+        from repre.data.sources import eval_source
 
         eval_source(cfg, "test")
     with pytest.raises(UserError, match="data.subset=8 picks images by index"):
@@ -203,6 +204,6 @@ def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards,
     Trainer(stream_config(str(shards), *settings, "train.num_workers=2"), tmp_path / "run").fit()
     resumed = Trainer(stream_config(str(shards), *settings, "train.max_steps=6", "train.num_workers=1"),
                       tmp_path / "run", resume=True)
-    assert resumed.stream_positions == {0: (0, 0, ())}
+    assert resumed.data.positions == {0: (0, 0, ())}
     assert "every stream restarts at the start of epoch 0" in repre_log.text
     assert resumed.fit()["completed"]

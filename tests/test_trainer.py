@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from repre.engine.trainer import clip_or_measure
+from repre.engine.optim import clip_or_measure
 
 
 def _params():

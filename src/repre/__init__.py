@@ -7,14 +7,44 @@ The Python API behind the `repre` command:
     summary = repre.pretrain(cfg, "runs/demo")  # writes checkpoints, metrics, recon.png, summary.json
     result = repre.evaluate("knn", "runs/demo") # {"task": "knn", "metric": "top1", "value": ...}
     card = repre.export("runs/demo", "vit.safetensors")  # timm weights + model card, self-checked
+
+The names load on first use (PEP 562), so `import repre.cli` and `repre --help` load no torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from repre.builder import build_encoder, build_model  # noqa: E402
-from repre.config import Config, load_config  # noqa: E402
-from repre.engine.trainer import pretrain  # noqa: E402
-from repre.eval import evaluate, load_encoder  # noqa: E402
-from repre.export import export  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from repre._version import __version__
+
+_API = {  # name -> the module that defines it
+    "Config": "repre.config",
+    "load_config": "repre.config",
+    "build_encoder": "repre.builder",
+    "build_model": "repre.builder",
+    "pretrain": "repre.pretraining",
+    "evaluate": "repre.eval",
+    "load_encoder": "repre.eval",
+    "export": "repre.export",
+}
+
+if TYPE_CHECKING:
+    from repre.builder import build_encoder, build_model
+    from repre.config import Config, load_config
+    from repre.eval import evaluate, load_encoder
+    from repre.export import export
+    from repre.pretraining import pretrain
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'repre' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
 
 __all__ = ["Config", "__version__", "build_encoder", "build_model", "evaluate", "export", "load_config", "load_encoder", "pretrain"]

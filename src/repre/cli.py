@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from repre import __version__
+from repre._version import __version__
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from repre.config import load_config
-    from repre.engine.trainer import pretrain
+    from repre.pretraining import pretrain
 
     source = args.config
     if source is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():

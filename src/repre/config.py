@@ -11,10 +11,11 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -28,19 +29,20 @@ REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as stre
 class DataConfig:
     """What images to read and at which size."""
 
+    # the dataset: Fashion-MNIST, a folder of images, tar shards, generated images or scenes
     name: Literal["fashion-mnist", "folder", "synthetic", "fashion-scenes", "shards"] = "fashion-mnist"
     root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
     subset: int | None = None  # first N training images
-    image_size: int = 28
+    image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0 for MoCo v3)
     local_size: int = 12  # their size (96 at 224 in DINO)
     mean: list[float] | None = None  # None: the dataset's own statistics
-    std: list[float] | None = None
+    std: list[float] | None = None  # with data.mean: 3 values each (RGB, of pixels in [0, 1])
     synthetic_train: int = 512  # images in the generated train / test splits
-    synthetic_test: int = 256
-    synthetic_classes: int = 10
+    synthetic_test: int = 256  # images in the generated test split
+    synthetic_classes: int = 10  # labels of the generated images
     scenes_train: int = 10000  # fashion-scenes: generated scenes per split for pre-training
-    scenes_test: int = 2000
+    scenes_test: int = 2000  # generated scenes in the test split
     scene_size: int = 64  # fashion-scenes canvas (pre-train with data.image_size <= this)
     # where JPEGs of folders and shards are decoded: in the data workers, or on the training device (nvJPEG on a
     # GPU; the bytes cross, not the pixels). device needs aug.geometric_on=device
@@ -50,6 +52,14 @@ class DataConfig:
     shard_access: Literal["auto", "random", "stream"] = "auto"
     shuffle_block: int = 1000  # streamed shards: samples read, then given out in random order, per data worker
     stream_size: int = 0  # streamed shards: images in all shards, for train.epochs (0: unknown; set train.max_steps)
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "subset": ">0", "image_size": ">0", "local_crops": ">=0", "local_size": ">0",
+        "synthetic_train": ">0", "synthetic_test": ">0", "synthetic_classes": ">=1", "scenes_train": ">0",
+        "scenes_test": ">0", "scene_size": ">0", "shuffle_block": ">=1", "stream_size": ">=0", "mean": "[0,1]",
+        "std": ">0",
+    }
 
     @property
     def streamed(self) -> bool:
@@ -62,18 +72,22 @@ class DataConfig:
 class AugConfig:
     """Two-view augmentation (MoCo v3 / BYOL recipe); per-view probabilities are [view 1, view 2]."""
 
+    # area range of the random resized crops, as fractions of the image
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])  # DINO's local crops
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect-ratio range of the crops
+    hflip: float = 0.5  # probability of a horizontal flip
+    jitter_prob: float = 0.8  # probability of the colour jitter (brightness, contrast, saturation, hue below)
+    brightness: float = 0.4  # colour-jitter strengths, as torchvision's ColorJitter
+    contrast: float = 0.4  # colour-jitter strength
+    saturation: float = 0.2  # colour-jitter strength
+    hue: float = 0.1  # colour-jitter strength
+    grayscale_prob: float = 0.2  # probability of converting a view to grayscale
+    # Gaussian blur probability per view: [global 1, global 2] or [global 1, global 2, local]
     blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])
+    # range of the blur's sigma, in pixels at 224 px (scaled with the view's size)
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # solarization probability per view, as blur_prob
     solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
     # where the batched photometric stage runs: in the data workers, or on the training device (uint8 views
     # cross to it; the jitter, blur and solarization run there). auto: the device when it is a GPU
@@ -82,46 +96,69 @@ class AugConfig:
     # device (batched; whole images cross to it, the workers only read files and draw the parameters)
     geometric_on: Literal["workers", "device"] = "workers"
 
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "crop_scale": "(0,1]", "local_crop_scale": "(0,1]", "crop_ratio": ">0", "hflip": "[0,1]",
+        "jitter_prob": "[0,1]", "brightness": ">=0", "contrast": ">=0", "saturation": ">=0",
+        "hue": "[0,0.5]", "grayscale_prob": "[0,1]", "blur_prob": "[0,1]", "blur_sigma": ">0",
+        "solarize_prob": "[0,1]",
+    }
+
 
 @dataclass
 class ModelConfig:
     """The encoder: any timm ViT by name, or a small named configuration (see `repre.models.backbone`)."""
 
+    # a timm ViT or Swin name, or a small named one (vit_pico_patch4, swin_pico_patch2_window4, ...)
     arch: str = "vit_pico_patch4"
-    drop_path: float = 0.0
-    grad_checkpointing: bool = False
+    drop_path: float = 0.0  # stochastic depth of the online encoder (the momentum / teacher encoder has none)
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "drop_path": "[0,1)",
+    }
 
 
 @dataclass
 class MethodConfig:
     """The contrastive framework and its heads."""
 
+    # the framework; supervised: a labelled reference
     name: Literal["mocov3", "dino", "moby", "supervised"] = "mocov3"
-    temperature: float = 0.2
+    temperature: float = 0.2  # tau of the contrastive loss (DINO: the student's)
     momentum: float = 0.99  # start of the cosine momentum schedule, which ends at 1.0
-    proj_dim: int = 256
-    mlp_dim: int = 4096
+    proj_dim: int = 256  # output width of the projection head (DINO: the bottleneck)
+    mlp_dim: int = 4096  # hidden width of the projection and prediction heads (DINO: of its head)
     freeze_patch_embed: bool = False  # MoCo v3's stability trick: a frozen random patch projection
     queue_size: int = 4096  # MoBY: keys per view's queue (a ring buffer; any batch size)
     # DINO (method.temperature is the student's temperature, proj_dim the bottleneck, mlp_dim the hidden width)
     out_dim: int = 65536  # K, the prototypes of the DINO head (small in the CPU presets)
     norm_last_layer: bool = True  # weight-normalized last layer with its scale fixed to 1
     teacher_temp: float = 0.04  # after the warm-up (0.04 to 0.07 in the official recipes)
-    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # DINO: the teacher temperature at the start of its linear warm-up
     warmup_teacher_temp_fraction: float = 0.1  # of the run (official: 30 of 300 epochs)
-    center_momentum: float = 0.9
+    center_momentum: float = 0.9  # DINO: EMA momentum of the center subtracted from the teacher's outputs
     freeze_last_layer_fraction: float = 0.0  # of the run: the last layer's gradients dropped (official: 1 epoch)
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "temperature": ">0", "momentum": "[0,1]", "proj_dim": ">0", "mlp_dim": ">0", "queue_size": ">0",
+        "out_dim": ">0", "teacher_temp": ">0", "warmup_teacher_temp": ">0",
+        "warmup_teacher_temp_fraction": "[0,1]", "center_momentum": "[0,1]",
+        "freeze_last_layer_fraction": "[0,1]",
+    }
 
 
 @dataclass
 class ReconConfig:
     """The RePre reconstruction branch."""
 
-    enabled: bool = True
+    enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
     taps: int | list[int] = 4  # n evenly spaced blocks ending with the last, or explicit 0-based block indices
-    loss: Literal["l1", "l2", "smooth_l1"] = "l1"
+    loss: Literal["l1", "l2", "smooth_l1"] = "l1"  # the reconstruction loss on pixels
     norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
     width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step
     min_width: int = 8  # the halving stops here
@@ -132,25 +169,31 @@ class ReconConfig:
     # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
     out_stride: int = 1
 
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "weight": ">=0", "width": ">0", "min_width": ">0", "depth": ">=1", "weight_end": ">=0",
+        "out_stride": ">=1",
+    }
+
 
 @dataclass
 class TrainConfig:
     """Optimisation and the run loop. All `*_every` and step counts are optimizer steps."""
 
     batch_size: int = 256  # global batch (views are 2x this)
-    epochs: int = 1
+    epochs: int = 1  # passes over the training images (when max_steps is 0)
     max_steps: int = 0  # > 0 wins over epochs; schedules span the actual total
     lr: float = 1.5e-4  # base lr for a batch of 256; the run uses lr * batch_size / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.1
+    min_lr: float = 0.0  # the lr at the end of the cosine
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay (biases, norms and tokens excluded)
     warmup_steps: int = 0  # > 0 wins over warmup_fraction
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
     clip_grad: float = 0.0  # max grad norm; 0 disables clipping (the global norm is still logged)
     clip_mode: Literal["global", "per_param"] = "global"  # per_param: each tensor's norm clipped (DINO)
     weight_decay_end: float | None = None  # weight decay follows a cosine to this value (DINO: 0.04 -> 0.4)
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
+    seed: int = 0  # seeds initialization, augmentation and data order
+    log_every: int = 10  # a train line in metrics.jsonl and TensorBoard every this many steps
+    checkpoint_every: int = 100  # a step checkpoint every this many steps
     keep_checkpoints: int = 3  # newest step checkpoints kept (besides last.pt and milestones)
     milestone_every: int = 0  # step checkpoints at multiples of this are never pruned; 0: none
     max_bad_steps: int = 20  # consecutive non-finite steps (skipped) before the run stops with status 3
@@ -159,15 +202,25 @@ class TrainConfig:
     # check at log and checkpoint steps). auto: log on a GPU
     host_sync: Literal["auto", "step", "log"] = "auto"
     eval_every: int = 0  # k-NN during training; 0: only at the end
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: CUDA, else MPS, else the CPU
+    # auto: bf16 where the hardware runs it natively (fp16 on GPUs without bf16), else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = -1  # -1: min(8, cores - 1)
     compile: bool = False  # torch.compile each transformer block and the decoder (weights keep their names)
     # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
     # PyTorch's deterministic algorithms (can be slower); on a GPU with recon.upsample=nearest and no local crops
     deterministic: bool = False
-    progress: bool = True
+    progress: bool = True  # the progress bar on standard error
     diagnose_every: int = 100  # loss-balance diagnostics (RePre only): gradient norms and cosine; 0: off
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "batch_size": ">=2", "epochs": ">=0", "max_steps": ">=0", "lr": ">=0", "min_lr": ">=0",
+        "weight_decay": ">=0", "warmup_steps": ">=0", "warmup_fraction": "[0,1]", "clip_grad": ">=0",
+        "weight_decay_end": ">=0", "seed": ">=0", "log_every": ">0", "checkpoint_every": ">0",
+        "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",
+        "num_workers": ">=-1", "diagnose_every": ">=0",
+    }
 
 
 @dataclass
@@ -175,44 +228,62 @@ class EvalConfig:
     """Evaluation settings (k-NN as in DINO: weighted vote on L2-normalized pooled features)."""
 
     knn: bool = True  # run k-NN at the end of pre-training (needs labels)
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    knn_k: int = 20  # neighbours that vote
+    knn_temperature: float = 0.07  # each neighbour votes with exp(similarity / T)
     knn_train_subset: int | None = None  # bank size (first N train images); None: all
-    knn_test_subset: int | None = None
-    batch_size: int = 512
+    knn_test_subset: int | None = None  # queries (first N test images); None: all
+    batch_size: int = 512  # images per batch of feature extraction
     split: Literal["test", "val"] = "test"  # val: report on a fixed random val_size of the train images
-    val_size: int = 10000
+    val_size: int = 10000  # eval.split=val: the held-out train images
     recon_images: int = 8  # images shown in recon.png
     quick_knn_train: int = 10000  # k-NN during pre-training (train.eval_every) uses these subsets
-    quick_knn_test: int = 2000
+    quick_knn_test: int = 2000  # queries of the k-NN during pre-training
     recon_subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
     linear_features: Literal["cls", "avg", "both"] = "cls"  # class token, mean patch token, or both
     linear_blocks: int = 1  # concatenate the features of the last k blocks (DINO uses 4 for ViT-S)
+    # the probe's learning rates tried (the best on a held-out part of train is reported)
     linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    # the probe's weight decays tried, with each lr
     linear_wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])
-    linear_epochs: int = 30
+    linear_epochs: int = 30  # epochs of the probe over the precomputed features
     linear_val_fraction: float = 0.1  # of the train split, held out to choose lr and weight decay
-    linear_train_subset: int | None = None
-    linear_test_subset: int | None = None
+    linear_train_subset: int | None = None  # first N train images for the probe; None: all
+    linear_test_subset: int | None = None  # first N test images scored; None: all
     finetune_steps: int = 200  # optimizer steps of end-to-end fine-tuning (short on CPU)
-    finetune_batch_size: int = 256
+    finetune_batch_size: int = 256  # fine-tuning's batch
     finetune_lr: float = 1e-3  # base lr per 256 images, scaled by finetune_batch_size / 256
     finetune_layer_decay: float = 0.75  # lr of block i: lr * decay^(depth - i); the head gets the full lr
-    finetune_weight_decay: float = 0.05
-    finetune_label_smoothing: float = 0.1
-    finetune_warmup_fraction: float = 0.1
+    finetune_weight_decay: float = 0.05  # fine-tuning's AdamW weight decay
+    finetune_label_smoothing: float = 0.1  # fine-tuning's label smoothing
+    finetune_warmup_fraction: float = 0.1  # of finetune_steps
+    # area range of fine-tuning's random resized crops
     finetune_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    finetune_train_subset: int | None = None
-    finetune_test_subset: int | None = None
+    finetune_train_subset: int | None = None  # first N train images; None: all
+    finetune_test_subset: int | None = None  # first N test images scored; None: all
     segment_train: int = 2000  # dense probe: probe-train scenes (train-split items), or the first N folder pairs
     segment_test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs
+    # the dense probe's data: generated scenes, or a folder of images with PNG masks
     segment_data: Literal["fashion-scenes", "folder"] = "fashion-scenes"
     segment_root: str | None = None  # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png
     segment_size: int = 0  # probe resolution; 0: data.scene_size (fashion-scenes) or data.image_size (folder)
     segment_classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
     segment_ignore: int = 255  # folder: mask value neither trained on nor scored
-    segment_lr: float = 1e-2
-    segment_epochs: int = 10
+    segment_lr: float = 1e-2  # the dense probe's learning rate
+    segment_epochs: int = 10  # the dense probe's epochs
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "knn_k": ">0", "knn_temperature": ">0", "knn_train_subset": ">0", "knn_test_subset": ">0",
+        "batch_size": ">0", "val_size": ">0", "recon_images": ">0", "quick_knn_train": ">0",
+        "quick_knn_test": ">0", "recon_subset": ">0", "linear_blocks": ">=1", "linear_lrs": ">0",
+        "linear_wds": ">=0", "linear_epochs": ">0", "linear_val_fraction": "(0,1)",
+        "linear_train_subset": ">0", "linear_test_subset": ">0", "finetune_steps": ">0",
+        "finetune_batch_size": ">0", "finetune_lr": ">0", "finetune_layer_decay": "(0,1]",
+        "finetune_weight_decay": ">=0", "finetune_label_smoothing": "[0,1)",
+        "finetune_warmup_fraction": "[0,1]", "finetune_crop_scale": "(0,1]", "finetune_train_subset": ">0",
+        "finetune_test_subset": ">0", "segment_train": ">0", "segment_test": ">0", "segment_size": ">=0",
+        "segment_classes": ">=0", "segment_ignore": ">=0", "segment_lr": ">0", "segment_epochs": ">0",
+    }
 
 
 @dataclass
@@ -428,91 +499,95 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+RULES: dict[str, tuple[Callable[[float], bool], str]] = {  # a field's valid values -> (test, as said in errors)
+    ">0": (lambda v: v > 0, "> 0"),
+    ">=0": (lambda v: v >= 0, ">= 0"),
+    ">=1": (lambda v: v >= 1, ">= 1"),
+    ">=2": (lambda v: v >= 2, ">= 2"),
+    ">=-1": (lambda v: v >= -1, ">= -1"),
+    "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "[0,0.5]": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+}
+
+
+def check_ranges(section: str, values: Any) -> None:
+    """Every field of a section named in its `ranges` holds a valid value (each item of a list; None passes)."""
+    for key, rule in values.ranges.items():
+        value = getattr(values, key)
+        test, text = RULES[rule]
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        if not all(test(v) for v in items):
+            raise UserError(f"{section}.{key} must be {text}, got {value}")
+
+
 def validate(cfg: Config) -> None:
-    """Checks that span several keys or need value ranges."""
-    t, d, r = cfg.train, cfg.data, cfg.recon
-    positive = {
-        "train.batch_size": t.batch_size,
-        "data.image_size": d.image_size,
-        "train.log_every": t.log_every,
-        "train.checkpoint_every": t.checkpoint_every,
-        "eval.knn_k": cfg.eval.knn_k,
-        "recon.width": r.width,
-        "recon.min_width": r.min_width,
-        "method.queue_size": cfg.method.queue_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{key} must be > 0, got {value}")
-    if r.out_stride < 1 or r.out_stride & (r.out_stride - 1):
-        raise UserError(f"recon.out_stride must be a power of two (1, 2, 4, ...), got {r.out_stride}")
-    if t.max_steps <= 0 and t.epochs <= 0:
-        raise UserError("set train.epochs > 0 or train.max_steps > 0")
-    if t.batch_size < 2:
-        raise UserError("train.batch_size must be at least 2: contrastive learning needs negatives in the batch")
-    if d.local_crops < 0 or (d.local_crops and cfg.method.name != "dino"):
-        raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
-                        f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
-    if d.local_crops and not 0 < d.local_size <= d.image_size:
-        raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
-    if d.subset is not None and d.subset <= 0:
-        raise UserError(f"data.subset must be > 0 or null, got {d.subset}")
+    """Every section's value ranges and own rules, then the rules that span sections."""
+    for section in ("data", "aug", "model", "method", "recon", "train", "eval"):
+        values = getattr(cfg, section)
+        _SECTION_RULES.get(section, lambda _: None)(values)
+        check_ranges(section, values)
+    _validate_across(cfg)
+
+
+def _validate_data(d: DataConfig) -> None:
+    if (d.mean is None) != (d.std is None):
+        raise UserError("set both data.mean and data.std, or neither")
+    if d.mean is not None and (len(d.mean) != 3 or len(d.std) != 3):
+        raise UserError("data.mean and data.std need 3 values each (RGB), std > 0")
+
+
+def _validate_aug(a: AugConfig) -> None:
     for key in ("crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma"):
-        if len(getattr(cfg.aug, key)) != 2:
-            raise UserError(f"aug.{key} must have two numbers, got {getattr(cfg.aug, key)}")
+        low_high = getattr(a, key)
+        if len(low_high) != 2 or low_high[0] > low_high[1]:
+            raise UserError(f"aug.{key} must be two numbers [low, high], got {low_high}")
     for key in ("blur_prob", "solarize_prob"):  # per view: first global, second global[, local crops]
-        if len(getattr(cfg.aug, key)) not in (2, 3):
+        if len(getattr(a, key)) not in (2, 3):
             raise UserError(f"aug.{key} must have 2 or 3 numbers (global 1, global 2[, local]), "
-                            f"got {getattr(cfg.aug, key)}")
-    if cfg.aug.geometric_on == "device" and cfg.aug.photometric_on == "workers":
+                            f"got {getattr(a, key)}")
+    if a.geometric_on == "device" and a.photometric_on == "workers":
         raise UserError("aug.geometric_on=device cuts the crops on the device, so the photometric stage that follows "
                         "runs there too: set aug.photometric_on=auto (or device)")
+
+
+def _validate_recon(r: ReconConfig) -> None:
+    if isinstance(r.taps, int) and r.taps <= 0:
+        raise UserError(f"recon.taps must be > 0 (a count) or a list of block indices, got {r.taps}")
+    if r.out_stride & (r.out_stride - 1):
+        raise UserError(f"recon.out_stride must be a power of two (1, 2, 4, ...), got {r.out_stride}")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    if t.batch_size < 2:
+        raise UserError("train.batch_size must be at least 2: contrastive learning needs negatives in the batch")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise UserError("set train.epochs > 0 or train.max_steps > 0")
+
+
+_SECTION_RULES: dict[str, Callable[[Any], None]] = {
+    "data": _validate_data, "aug": _validate_aug, "recon": _validate_recon, "train": _validate_train}
+
+
+def _validate_across(cfg: Config) -> None:
+    """The rules that relate keys of several sections."""
+    d, t = cfg.data, cfg.train
+    if d.local_crops and cfg.method.name != "dino":
+        raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
+                        f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
+    if d.local_crops and d.local_size > d.image_size:
+        raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
     if d.decode_on == "device" and cfg.aug.geometric_on != "device":
         raise UserError("data.decode_on=device leaves the images encoded until they reach the device, where the "
                         "crops must then be cut: add --set aug.geometric_on=device")
-    if d.shuffle_block < 1:
-        raise UserError(f"data.shuffle_block must be >= 1, got {d.shuffle_block}")
     if d.streamed and d.subset:
         raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name fewer "
                         "shards in data.root (a shorter {a..b} range), or set data.shard_access=random for local shards")
     if d.streamed and t.max_steps <= 0 and d.stream_size <= 0:
         raise UserError("streamed shards have no index to count their images: set data.stream_size=N (the images in "
                         "all shards; train.epochs then means N images each) or train.max_steps")
-    if (d.mean is None) != (d.std is None):
-        raise UserError("set both data.mean and data.std, or neither")
-    non_negative = {
-        "train.seed": t.seed,
-        "train.eval_every": t.eval_every,
-        "train.diagnose_every": t.diagnose_every,
-        "train.clip_grad": t.clip_grad,
-        "train.max_steps": t.max_steps,
-        "train.warmup_steps": t.warmup_steps,
-        "recon.weight": r.weight,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"{key} must be >= 0, got {value}")
-    m = cfg.method
-    if m.name == "dino":
-        for key, value in {"method.out_dim": m.out_dim, "method.teacher_temp": m.teacher_temp,
-                           "method.warmup_teacher_temp": m.warmup_teacher_temp}.items():
-            if value <= 0:
-                raise UserError(f"{key} must be > 0, got {value}")
-        for key, value in {"method.center_momentum": m.center_momentum,
-                           "method.warmup_teacher_temp_fraction": m.warmup_teacher_temp_fraction,
-                           "method.freeze_last_layer_fraction": m.freeze_last_layer_fraction}.items():
-            if not 0 <= value <= 1:
-                raise UserError(f"{key} must be between 0 and 1, got {value}")
-    if t.keep_checkpoints < 1:
-        raise UserError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
-    if t.max_bad_steps < 1:
-        raise UserError(f"train.max_bad_steps must be >= 1 (consecutive skipped steps before stopping), got {t.max_bad_steps}")
-    if cfg.method.temperature <= 0:
-        raise UserError(f"method.temperature must be > 0, got {cfg.method.temperature}")
-    if d.mean is not None and (len(d.mean) != 3 or len(d.std or []) != 3 or min(d.std or [0]) <= 0):
-        raise UserError("data.mean and data.std need 3 values each (RGB), std > 0")
-    if not 0.0 <= cfg.method.momentum <= 1.0:
-        raise UserError(f"method.momentum must be in [0, 1], got {cfg.method.momentum}")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from repre.engine import checkpoint as ckpt_io
+from repre.core import checkpoint_io as ckpt_io
 from repre.errors import UserError
 from repre.eval import encoder_from, load_checkpoint_config
 from repre.methods import eval_encoder_key

@@ -1,8 +1,8 @@
 """The geometric stage, and JPEG decoding, on the training device: `aug.geometric_on=device`, `data.decode_on=device`.
 
-Decoding, cropping and the photometric stage cost a data worker 15 to 24 ms per image at 224 px (70 to 120 cores
-for 5,000 images/s; BENCHMARKS.md); with the photometric stage on the device (the GPU default) ~1.1 ms remain,
-nearly all decoding. Here the workers only read files and draw each view's parameters (the same draws, from the same
+Why: decoding, cropping and the photometric stage cost a data worker milliseconds per image at 224 px, so a
+fast GPU needs many cores of data workers (docs/results.md, "Input pipeline"); with the photometric stage on the
+device (the GPU default) decoding is nearly all that remains. Here the workers only read files and draw each view's parameters (the same draws, from the same
 (seed, epoch, index, view) generators, as the worker path: `repre.data.views.sample_views`); a batch crosses to
 the device as whole images (decoded pixels, or the JPEG bytes themselves with `data.decode_on=device`) with the
 crop boxes, flips and photometric parameters beside them. On the device:

@@ -2,7 +2,7 @@
 
 Images are decoded robustly: EXIF orientation applied; grayscale, RGBA, palette, CMYK and 16-bit images
 converted to 8-bit RGB. A file that cannot be decoded raises `UnreadableImage`; the dataset replaces it by
-the next index and counts it (see `repre.data.loader`), so a bad file never stops a run.
+the next index and counts it (see `repre.data.sources`), so a bad file never stops a run.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def _decode_fast(data: bytes) -> torch.Tensor | None:
-    """JPEGs through torchvision's libjpeg-turbo decoder (about 1.3x PIL's speed on one core, the same pixels;
-    BENCHMARKS.md), EXIF orientation applied; None for anything else (PIL's path then decides)."""
+    """JPEGs through torchvision's libjpeg-turbo decoder (faster than PIL's on one core, the same pixels;
+    docs/results.md), EXIF orientation applied; None for anything else (PIL's path then decides)."""
     if decode_jpeg is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return None  # not a JPEG, or a truncated one: PIL reports it
     try:

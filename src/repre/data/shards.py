@@ -73,7 +73,7 @@ def shard_paths(root: str) -> list[Path]:
     return paths
 
 
-def _split_key(name: str) -> tuple[str, str]:
+def split_key(name: str) -> tuple[str, str]:
     """WebDataset's rule: the key is the path up to the first dot of the file name; the rest, the extension."""
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
@@ -88,7 +88,7 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
             for member in tar:
                 if not member.isfile():
                     continue
-                key, ext = _split_key(member.name)
+                key, ext = split_key(member.name)
                 if ext in EXTENSIONS:
                     images.append((shard, member.offset_data, member.size, key))
                 elif ext in LABEL_EXTENSIONS:

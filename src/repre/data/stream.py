@@ -40,7 +40,7 @@ import time
 import urllib.request
 from collections.abc import Generator, Iterator
 from itertools import islice
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -48,11 +48,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from repre.config import REMOTE_ROOTS
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
-from repre.data.shards import LABEL_EXTENSIONS, _split_key, expand
+from repre.data.shards import LABEL_EXTENSIONS, expand, shard_paths, split_key
 from repre.errors import UserError
-
-if TYPE_CHECKING:
-    from repre.data.loader import ViewDataset
 
 log = logging.getLogger("repre")
 
@@ -68,8 +65,6 @@ def shard_urls(root: str) -> list[str]:
     """The shards `root` names: a URL or pipe: pattern expanded, or a local folder's .tar files, a .tar, a pattern."""
     if is_remote(root):
         return expand(root)
-    from repre.data.shards import shard_paths
-
     return [str(p) for p in shard_paths(root)]
 
 
@@ -146,7 +141,7 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
         for member in tar:
             if not member.isfile():
                 continue
-            k, ext = _split_key(member.name)
+            k, ext = split_key(member.name)
             if k != key:
                 if image is not None:
                     yield key, image, label
@@ -193,13 +188,21 @@ def stream_position(epoch: int = 0, given: int = 0, sizes: tuple[int, ...] = ())
     return epoch, given, tuple(sizes)
 
 
+class SampleMaker(Protocol):
+    """What turns a streamed file into a training sample (`repre.data.pipeline.ViewDataset`)."""
+
+    def load_bytes(self, data: bytes, name: str, label: int) -> dict: ...
+
+    def sample(self, loaded: dict, epoch: int, index: int, skipped: int = 0) -> dict: ...
+
+
 class StreamViews(IterableDataset):
     """The endless stream of collate samples of this process's workers (see the module's description).
 
     `positions`: {logical worker: position} to resume from; `start_step`: the optimizer step the loader starts
     at, which renumbers the workers so that step s's batch still comes from worker s mod W."""
 
-    def __init__(self, shards: StreamShards, views: ViewDataset, seed: int, block: int, rank: int, world: int,
+    def __init__(self, shards: StreamShards, views: SampleMaker, seed: int, block: int, rank: int, world: int,
                  start_step: int = 0, positions: dict[int, tuple] | None = None) -> None:
         self.shards, self.views, self.seed, self.block = shards, views, seed, block
         self.rank, self.world, self.start_step = rank, world, start_step

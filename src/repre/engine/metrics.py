@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from repre.engine.distributed import all_reduce_sum
+from repre.core.dist import all_reduce_sum
 
 
 class MetricWriter:

@@ -12,8 +12,8 @@ from torch import nn
 
 from repre.builder import build_encoder, build_model
 from repre.config import Config, config_from_dict, deep_update, parse_overrides
-from repre.engine import checkpoint as ckpt_io
-from repre.engine.runtime import Runtime, setup_runtime
+from repre.core import checkpoint_io as ckpt_io
+from repre.core.runtime import Runtime, setup_runtime
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone

@@ -16,19 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from repre.config import Config
-from repre.data.loader import (
-    EpochBatchSampler,
-    Subset,
-    ViewCollate,
-    ViewDataset,
-    eval_loader,
-    eval_source,
-    resolve_workers,
-    stats,
-)
+from repre.core.runtime import Runtime
+from repre.core.schedules import scaled_lr, warmup_cosine
+from repre.data.evaluation import eval_loader
+from repre.data.pipeline import EpochBatchSampler, ViewCollate, ViewDataset, resolve_workers
+from repre.data.sources import FirstN, eval_source, stats
 from repre.data.views import ViewSpec
-from repre.engine.runtime import Runtime
-from repre.engine.schedules import warmup_cosine
 from repre.errors import UserError
 from repre.models.backbone import Backbone
 
@@ -80,7 +73,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     if not classes:
         raise UserError("fine-tuning needs labels: use a folder with class sub-folders in train/ and val/")
     if e.finetune_train_subset:
-        source = Subset(source, e.finetune_train_subset)
+        source = FirstN(source, e.finetune_train_subset)
     model = encoder.model
     model.reset_classifier(classes)
     model.to(rt.device).train()
@@ -93,7 +86,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
                         collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))
     blocks = block_offsets(model)[-1] if encoder.hierarchical else encoder.depth
     opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune_weight_decay, e.finetune_layer_decay))
-    lrs = warmup_cosine(e.finetune_lr * e.finetune_batch_size / 256, 0.0, e.finetune_steps,
+    lrs = warmup_cosine(scaled_lr(e.finetune_lr, e.finetune_batch_size), 0.0, e.finetune_steps,
                         round(e.finetune_warmup_fraction * e.finetune_steps))
     batches = iter(loader)
     for step in range(e.finetune_steps):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from repre.config import Config
-from repre.data.loader import eval_loader
-from repre.engine.runtime import Runtime
+from repre.core.runtime import Runtime
+from repre.data.evaluation import eval_loader
 from repre.errors import UserError
 from repre.models.backbone import Backbone
 

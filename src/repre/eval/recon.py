@@ -10,9 +10,11 @@ from torch import nn
 from torchvision.utils import make_grid, save_image
 
 from repre.config import Config
-from repre.data.loader import ImageSource, ViewCollate, ViewDataset, eval_loader, view_spec
+from repre.core.runtime import Runtime
+from repre.data.evaluation import eval_loader
+from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
+from repre.data.sources import ImageSource
 from repre.data.views import denormalize
-from repre.engine.runtime import Runtime
 from repre.errors import UserError
 from repre.losses import patchify
 from repre.methods.base import stack_views

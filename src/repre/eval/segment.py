@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from repre.config import Config
+from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.loader import val_split
 from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
+from repre.data.sources import val_split
 from repre.data.synthetic import Synthetic
 from repre.data.views import normalize
-from repre.engine.runtime import Runtime
 from repre.errors import UserError
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone

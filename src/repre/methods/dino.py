@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from repre.engine.distributed import all_reduce_sum, world_size
+from repre.core.dist import all_reduce_sum, world_size
 from repre.losses import center_update, dino_loss
 from repre.methods.base import Method, momentum_copy, stack_views
 from repre.models.backbone import Backbone

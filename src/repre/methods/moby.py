@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from repre.engine.distributed import gather
+from repre.core.dist import gather
 from repre.losses import moby_loss
 from repre.methods.base import Method, momentum_copy, stack_views
 from repre.models.backbone import Backbone

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from repre.engine.distributed import gather, rank
+from repre.core.dist import gather, rank
 from repre.losses import mocov3_loss
 from repre.methods.base import Method, momentum_copy, stack_views
 from repre.models.backbone import Backbone

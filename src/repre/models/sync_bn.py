@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from repre.engine.distributed import is_distributed, rank, world_size
+from repre.core.dist import is_distributed, rank, world_size
 
 
 class _AllGather(torch.autograd.Function):

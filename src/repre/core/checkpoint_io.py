@@ -35,7 +35,7 @@ def _versions() -> dict[str, str | None]:
     """Uncached lookup behind `versions`."""
     import timm
 
-    import repre
+    from repre._version import __version__
 
     commit = None
     try:
@@ -45,7 +45,7 @@ def _versions() -> dict[str, str | None]:
         commit = text if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", text) else None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"repre": repre.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "git": commit}
+    return {"repre": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "git": commit}
 
 
 def _sidecar(path: Path) -> Path:

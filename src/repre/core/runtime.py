@@ -1,15 +1,18 @@
-"""Device and precision of a run."""
+"""Device and precision of a run, and the process-wide settings it changes while it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from repre.config import Config, TrainConfig
+from repre.core import compat
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -49,21 +52,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (then bf16 autocast is about 2x faster than fp32 on CPU)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def pick_precision(name: str, device: torch.device) -> str:
     """auto: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16():
+    if device.type == "cpu" and compat.cpu_has_bf16():
         return "bf16"
     return "fp32"
 
@@ -73,41 +68,57 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device=device, precision=pick_precision(cfg.precision, device))
 
 
-def make_deterministic(cfg: Config, device: torch.device) -> Callable[[], None]:
-    """train.deterministic: PyTorch's deterministic algorithms (an operation without one raises), cuBLAS with a
-    fixed workspace, no cuDNN autotuning, and with train.compile Inductor's deterministic mode. The same run then
-    gives the same bits on the same machine, GPU included, so a resumed run equals an uninterrupted one there
-    too. The settings are process-wide: returns a function that puts the previous ones back."""
+COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
+
+
+def check_deterministic(cfg: Config, device: torch.device) -> None:
+    """train.deterministic on a GPU refuses what PyTorch has no deterministic CUDA backward for."""
     if device.type == "cuda" and cfg.recon.enabled and cfg.recon.upsample != "nearest":
         raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
                         f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
     if device.type == "cuda" and cfg.data.local_crops > 0:
         raise UserError("train.deterministic=true on a GPU needs data.local_crops=0: the local crops resample the "
                         "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
+
+
+@contextmanager
+def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = False) -> Iterator[None]:
+    """Every process-wide setting a run changes, set on entry and put back on exit, whatever ends the block.
+
+    - train.compile: Dynamo's graphs per compiled unit raised to COMPILE_GRAPHS (`compile_blocks`).
+    - train.deterministic: PyTorch's deterministic algorithms (an operation without one raises), cuBLAS with a
+      fixed workspace, no cuDNN autotuning, and with train.compile Inductor's deterministic mode. The same run
+      then gives the same bits on the same machine, GPU included, so a resumed run equals an uninterrupted one
+      there too. `cuda_used_before`: CUDA ran before this run (cuBLAS may keep its first workspace: a warning).
+    """
+    with contextlib.ExitStack() as stack:
+        if cfg.train.compile:
+            stack.enter_context(compat.compiled_graphs_per_unit(COMPILE_GRAPHS))
+        if cfg.train.deterministic:
+            check_deterministic(cfg, device)
+            stack.enter_context(_deterministic(device, cuda_used_before))
+            if cfg.train.compile:
+                stack.enter_context(compat.inductor_deterministic())
+        yield
+
+
+@contextmanager
+def _deterministic(device: torch.device, cuda_used_before: bool) -> Iterator[None]:
+    """PyTorch's deterministic algorithms, cuBLAS's fixed workspace, no cuDNN autotuning; then put back."""
     workspace = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    if workspace and device.type == "cuda" and torch.cuda.is_initialized():
+    if workspace and device.type == "cuda" and cuda_used_before:
         log.warning("train.deterministic: CUDA was in use before this run; cuBLAS may keep its first workspace. "
                     "Set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python for bitwise results")
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.benchmark)
-    inductor = None  # (Inductor's config, its previous setting), where it has the setting
-    if cfg.train.compile:
-        import torch._inductor.config as config  # only for compiled deterministic runs
-
-        if hasattr(config, "deterministic"):
-            inductor = (config, config.deterministic)
-            config.deterministic = True
     if workspace:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # read when cuBLAS first runs
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-    def restore() -> None:
+    try:
+        yield
+    finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = before[2]
         if workspace:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        if inductor is not None:
-            inductor[0].deterministic = inductor[1]
-
-    return restore

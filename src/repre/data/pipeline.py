@@ -1,4 +1,9 @@
-"""Datasets, the resumable epoch sampler and the data loaders of pre-training and evaluation."""
+"""The pre-training input pipeline: image -> augmented views -> batches, with its resumable position.
+
+`PretrainData` is what the trainer sees: a loader that starts at any optimizer step, the stages left for the
+training device (`to_device`), and `state_dict()` / `load_state_dict()` for checkpoints. Where each stage runs
+(data workers or the device) is chosen here, from `aug.geometric_on`, `aug.photometric_on` and `data.decode_on`.
+"""
 
 from __future__ import annotations
 
@@ -6,112 +11,21 @@ import io
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as TF
 
-from repre.config import Config, DataConfig
+from repre.config import Config
+from repre.core import dist
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
-from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import ImageFolder, UnreadableImage, decode
-from repre.data.scenes import FashionScenes
-from repre.data.synthetic import Synthetic
-from repre.data.views import ViewSpec, make_views, normalize, photometric, sample_views
-from repre.engine.distributed import rank, world_size
+from repre.data.folder import decode
+from repre.data.sources import ImageSource, first_readable, stats, train_source
+from repre.data.stream import StreamShards, StreamViews, check_enough_shards
+from repre.data.views import ViewSpec, make_views, photometric, sample_views
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
-
-
-class ImageSource(Protocol):
-    """What every dataset provides: indexable uint8 [3, H, W] images with integer labels (-1: none)."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_classes: int | None
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]: ...
-
-
-def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
-    if not root:
-        raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
-    base = Path(root)
-    if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
-        if split == "train":
-            return base
-        raise UserError(f"evaluation needs labelled splits: with data.name=shards, data.root must be a folder "
-                        f"with train/ and val/ shards; {root} is a shard or a pattern")
-    if split == "train":
-        return base / "train" if (base / "train").is_dir() else base
-    for name in ("val", "test"):
-        if (base / name).is_dir():
-            return base / name
-    raise UserError(
-        f"evaluation needs labelled splits: {base}/train/<class>/... and {base}/val/<class>/...; "
-        f"{base} has no val/ (or test/) folder"
-    )
-
-
-STREAMS_EVALUATE = ("evaluation reads labelled images at random, which streamed shards ({root}) cannot give: "
-                    "evaluate with --set data.root=<a local folder, or shards with train/ and val/> "
-                    "--set data.shard_access=random")
-
-
-def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
-    """The `split` ("train" or "test") of the configured dataset."""
-    if cfg.name == "fashion-mnist":
-        return FashionMNIST(cfg.root, split)
-    if cfg.name == "fashion-scenes":
-        count = cfg.scenes_train if split == "train" else cfg.scenes_test
-        return FashionScenes(cfg.root, split, count, cfg.scene_size, seed=seed)
-    if cfg.name == "synthetic":
-        count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
-        return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
-    if cfg.name == "shards":
-        from repre.data.shards import TarShards
-        from repre.data.stream import StreamShards
-
-        if cfg.streamed:
-            if split != "train":
-                raise UserError(STREAMS_EVALUATE.format(root=cfg.root))
-            root = cfg.root if not Path(str(cfg.root)).is_dir() else str(_folder_split(cfg.root, split, "shards"))
-            return StreamShards(root, cfg.stream_size)
-        return TarShards(str(_folder_split(cfg.root, split, "shards")))
-    if cfg.name == "folder":
-        train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
-        return ImageFolder(_folder_split(cfg.root, split), classes=classes)
-    raise UserError(f"unknown data.name {cfg.name!r}")
-
-
-def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalization statistics: the configured ones, else the dataset's own."""
-    if cfg.mean is not None and cfg.std is not None:
-        return tuple(cfg.mean), tuple(cfg.std)
-    return tuple(source.mean), tuple(source.std)
-
-
-def _first_readable(source: ImageSource, index: int, read):
-    """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
-    n = len(source)
-    for skipped in range(n):
-        try:
-            return read((index + skipped) % n), skipped
-        except UnreadableImage as exc:
-            log.warning("skipping unreadable image (replaced by the next one): %s", exc)
-    raise UserError("no image in the dataset could be read")
-
-
-def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:
-    """Load `index`; an unreadable image is replaced by the next index. Returns (image, label, skipped)."""
-    (img, label), skipped = _first_readable(source, index, source.load)
-    return img, label, skipped
 
 
 def payload_from_bytes(data: bytes, name: str, label: int, encoded_ok: bool) -> dict:
@@ -134,58 +48,7 @@ def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dic
             return payload_from_bytes(*source.encoded(i), encoded_ok=encoded_ok)
         return pixels_payload(*source.load(i))
 
-    return _first_readable(source, index, read)
-
-
-class Subset:
-    """The first `count` images of a source."""
-
-    def __init__(self, source: ImageSource, count: int) -> None:
-        self.source, self.count = source, min(count, len(source))
-        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
-
-    def __len__(self) -> int:
-        return self.count
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.source.load(index)
-
-
-class Pick:
-    """The images of a source at `indices`, in that order."""
-
-    def __init__(self, source: ImageSource, indices: torch.Tensor) -> None:
-        self.source, self.indices = source, indices.tolist()
-        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.source.load(self.indices[index])
-
-
-def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
-    `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
-    if not 0 < val_size < size:
-        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images")
-    perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
-    return perm[val_size:].sort().values, perm[:val_size].sort().values
-
-
-def eval_source(cfg: Config, split: str) -> ImageSource:
-    """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
-    sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
-    if cfg.data.streamed:
-        raise UserError(STREAMS_EVALUATE.format(root=cfg.data.root))
-    if cfg.eval.split == "test":
-        return build_source(cfg.data, split, seed=cfg.train.seed)
-    source = build_source(cfg.data, "train", seed=cfg.train.seed)
-    train_idx, val_idx = val_split(len(source), cfg.eval.val_size)
-    return Pick(source, train_idx if split == "train" else val_idx)
+    return first_readable(source, index, read)
 
 
 class ViewDataset(Dataset):
@@ -208,7 +71,7 @@ class ViewDataset(Dataset):
         if self.crops_on_device:
             loaded, skipped = load_payload(self.source, index, self.decode_on_device)
         else:
-            (img, label), skipped = _first_readable(self.source, index, self.source.load)
+            (img, label), skipped = first_readable(self.source, index, self.source.load)
             loaded = {"image": img, "label": label}
         return self.sample(loaded, epoch, index, skipped)
 
@@ -345,11 +208,6 @@ def resolve_workers(requested: int) -> int:
     return max(0, min(8, cores - 1))
 
 
-def train_source(cfg: Config) -> ImageSource:
-    source = build_source(cfg.data, "train", seed=cfg.train.seed)
-    return Subset(source, cfg.data.subset) if cfg.data.subset else source
-
-
 def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
     mean, std = stats(cfg.data, source)
     return ViewSpec(aug=cfg.aug, size=cfg.data.image_size, mean=mean, std=std,
@@ -369,8 +227,6 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     """An endless loader of two-view batches (this process's share of each global batch), starting at
     optimizer step `start_step`. `on_device`: the views stay uint8 for `finish_views` on the device.
     Streamed shards: `positions` are the workers' saved positions ({logical worker: position})."""
-    from repre.data.stream import StreamShards, StreamViews, check_enough_shards
-
     spec = view_spec(cfg, source)
     views = ViewDataset(source, spec, cfg.train.seed, crops_on_device=cfg.aug.geometric_on == "device",
                         decode_on_device=cfg.data.decode_on == "device")
@@ -378,11 +234,11 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     common = dict(collate_fn=ViewCollate(spec, photometric=not on_device), num_workers=workers,
                   pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     if isinstance(source, StreamShards):
-        check_enough_shards(len(source.urls), world_size(), max(1, workers))  # here, not in a worker: a clear error
-        stream = StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, rank(), world_size(),
+        check_enough_shards(len(source.urls), dist.world_size(), max(1, workers))  # here, not in a worker: a clear error
+        stream = StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, dist.rank(), dist.world_size(),
                              start_step, positions)
-        return DataLoader(stream, batch_size=cfg.train.batch_size // world_size(), **common)
-    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, rank(), world_size())
+        return DataLoader(stream, batch_size=cfg.train.batch_size // dist.world_size(), **common)
+    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, dist.rank(), dist.world_size())
     return DataLoader(
         views,
         batch_sampler=sampler,
@@ -391,34 +247,66 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     )
 
 
-class EvalDataset(Dataset):
-    """index -> (normalized float [3, S, S], label): resize then centre crop, no augmentation."""
+class PretrainData:
+    """This process's pre-training data: the source, its views, the loader, and the loader's resumable position.
 
-    def __init__(self, source: ImageSource, size: int, mean, std) -> None:
-        self.source, self.size, self.mean, self.std = source, size, mean, std
+    The trainer keeps `state_dict()` in its checkpoints as it is and hands it back to `load_state_dict()`; an
+    indexed source resumes from the step alone (None), streamed shards from every data worker's position."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg = cfg
+        if not dist.is_main():
+            dist.barrier()  # rank 0 first: it indexes (and caches) tar shards once for the others
+        self.source = train_source(cfg)
+        if dist.is_main():
+            dist.barrier()
+        self.spec = view_spec(cfg, self.source)
+        self.photometric_on_device = photometric_on_device(cfg, device)
+        self.positions: dict[int, tuple] = {}  # streamed shards: {data worker: its position after its last batch}
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, label, _ = load_or_replace(self.source, index)
-        if img.shape[-2:] != (self.size, self.size):
-            short = self.size if min(img.shape[-2:]) <= self.size else round(self.size / 0.875)
-            img = TF.center_crop(TF.resize(img, [short], antialias=True), [self.size, self.size])
-        return normalize(img[None].float() / 255, self.mean, self.std)[0], label
+    @property
+    def num_classes(self) -> int | None:
+        return self.source.num_classes
 
+    def loader(self, start_step: int, pin_memory: bool) -> DataLoader:
+        """Batches of this process's share of each global batch, from optimizer step `start_step` on."""
+        return pretrain_loader(self.cfg, self.source, start_step, pin_memory, self.photometric_on_device,
+                               dict(self.positions))
 
-def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
-    """Deterministic loader over `split` (see `eval_source`) for feature extraction."""
-    source = eval_source(cfg, split)
-    if subset:
-        source = Subset(source, subset)
-    mean, std = stats(cfg.data, source)
-    workers = resolve_workers(cfg.train.num_workers)
-    return DataLoader(
-        EvalDataset(source, cfg.data.image_size, mean, std),
-        batch_size=cfg.eval.batch_size,
-        shuffle=False,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone (k-NN during training)
-    )
+    def to_device(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+        """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
+        left out run there (aug.geometric_on, aug.photometric_on; JPEG bytes stay on the CPU for the decoder)."""
+        moved = {k: batch[k].to(device, non_blocking=True)
+                 for k in ("views", "label", "local_views", "photo", "local_photo", "pixels") if k in batch}
+        return finish_views({**batch, **moved}, self.spec)
+
+    def observe(self, batch: dict) -> None:
+        """A batch was trained on: where its data worker's stream now stands (streamed shards)."""
+        if "stream" in batch:
+            self.positions[batch["stream"][0]] = tuple(batch["stream"][1:])
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Streamed shards: every process's data-worker positions (distributed: a collective), else None."""
+        if not isinstance(self.source, StreamShards):
+            return None
+        ranks = dist.gather_objects(self.positions) if dist.is_distributed() else [self.positions]
+        return {"workers": max(1, resolve_workers(self.cfg.train.num_workers)), "ranks": ranks}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        """Where each data worker's stream goes on: its saved position when the processes and workers are as
+        many as when saved, else the start of the earliest saved epoch (not the exact sequence; a warning)."""
+        if not isinstance(self.source, StreamShards) or not saved:
+            return
+        workers = max(1, resolve_workers(self.cfg.train.num_workers))
+        if saved["workers"] == workers and len(saved["ranks"]) == dist.world_size():
+            self.positions = dict(saved["ranks"][dist.rank()])
+            return
+        epochs = [pos[0] for ranks in saved["ranks"] for pos in ranks.values()]
+        epoch = min(epochs, default=0)
+        log.warning("resuming streamed shards with %d processes x %d workers, saved with %d x %d: every stream "
+                    "restarts at the start of epoch %d (not the exact sequence of an uninterrupted run)",
+                    dist.world_size(), workers, len(saved["ranks"]), saved["workers"], epoch)
+        self.positions = {w: (epoch, 0, ()) for w in range(workers)}

@@ -1,0 +1,2 @@
+"""What every layer above may use: collectives (`dist`), device and precision (`runtime`), checkpoint files
+(`checkpoint_io`) and schedules (`schedules`). Nothing here knows a model, a dataset or the training loop."""

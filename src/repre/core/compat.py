@@ -1,0 +1,84 @@
+"""Every use of a PyTorch interface that is not public, in one place, each with a test (tests/test_compat.py)
+that fails when a new PyTorch release changes it. Callers elsewhere use only these functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (then bf16 autocast is about 2x faster than fp32 on a CPU)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def skips_steps_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` can skip itself on a device flag without a host sync (fused AdamW): the
+    protocol GradScaler uses for fp16, `_step_supports_amp_scaling` with `grad_scale` and `found_inf`."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """`optimizer.step()`, which leaves the weights and its state untouched where `found_inf` (a float scalar on
+    the device, 1.0 or 0.0) is 1.0; decided on the device, no host sync. Needs `skips_steps_on_device`.
+
+    GradScaler's public API decides from the gradients alone, where the run also skips for a non-finite loss
+    and agrees on the skip across processes: hence the optimizer's own input, as GradScaler passes it."""
+    optimizer.grad_scale, optimizer.found_inf = None, found_inf
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
+
+
+def scale_each_(tensors: list[torch.Tensor], scales: torch.Tensor) -> None:
+    """tensors[i] *= scales[i], in place, in one fused kernel launch where the device has one."""
+    torch._foreach_mul_(tensors, list(scales.to(tensors[0].dtype).unbind()))
+
+
+@contextmanager
+def compiled_graphs_per_unit(limit: int) -> Iterator[None]:
+    """Dynamo's limit of graphs per compiled unit raised to at least `limit` inside the block, then put back."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    before = getattr(config, name)
+    setattr(config, name, max(before, limit))
+    try:
+        yield
+    finally:
+        setattr(config, name, before)
+
+
+@contextmanager
+def inductor_deterministic(enabled: bool = True) -> Iterator[None]:
+    """Inductor's deterministic mode inside the block (where this PyTorch has it), then put back."""
+    import torch._inductor.config as config  # only for compiled deterministic runs
+
+    if not enabled or not hasattr(config, "deterministic"):
+        yield
+        return
+    before = config.deterministic
+    config.deterministic = True
+    try:
+        yield
+    finally:
+        config.deterministic = before
+
+
+def eager(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` without compiling (a one-off pass such as an evaluation: new shapes would each
+    compile a graph). Where torch.compiler.set_stance is missing (torch < 2.6) `fn` runs as it is: correct, but
+    its new shapes compile."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    if stance is None:
+        return fn(*args, **kwargs)
+    with stance("force_eager"):
+        return fn(*args, **kwargs)

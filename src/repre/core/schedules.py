@@ -1,0 +1,66 @@
+"""Schedules precomputed per optimizer step (as DINO): index with the 0-based step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from repre.config import Config
+
+
+def warmup_cosine(base: float, final: float, total: int, warmup: int = 0) -> torch.Tensor:
+    """[total] values: linear from 0 to `base` over `warmup` steps, then half-cosine from `base` to `final`.
+
+    Step i of the warmup has base * i / warmup (MoCo v3's per-iteration rule); the cosine part is
+    final + (base - final) * 0.5 * (1 + cos(pi * (i - warmup) / (total - warmup))).
+    """
+    warmup = min(warmup, total)
+    steps = torch.arange(total, dtype=torch.float64)
+    warm = base * steps[:warmup] / max(warmup, 1)
+    t = (steps[warmup:] - warmup) / max(total - warmup, 1)
+    cos = final + (base - final) * 0.5 * (1 + torch.cos(math.pi * t))
+    return torch.cat([warm, cos])
+
+
+def momentum_schedule(base: float, total: int) -> torch.Tensor:
+    """MoCo v3's momentum: 1 - 0.5 * (1 + cos(pi * i / total)) * (1 - base), rising from `base` to 1."""
+    steps = torch.arange(total, dtype=torch.float64)
+    return 1 - 0.5 * (1 + torch.cos(math.pi * steps / total)) * (1 - base)
+
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al. 2017, as MoCo v3, DINO and MAE apply it): lr = base_lr x batch / 256."""
+    return base_lr * batch_size / 256
+
+
+@dataclass(frozen=True)
+class RunSchedules:
+    """Every per-step value of a pre-training run, precomputed: index with the 0-based optimizer step."""
+
+    lr: torch.Tensor  # [total]
+    momentum: torch.Tensor  # [total] the EMA momentum of the momentum / teacher encoder
+    recon_weight: torch.Tensor | None  # [total] λ, when recon.weight_end is set
+    weight_decay: torch.Tensor | None  # [total] when train.weight_decay_end is set
+
+    @classmethod
+    def build(cls, cfg: Config, total: int) -> RunSchedules:
+        t, r = cfg.train, cfg.recon
+        warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * total)
+        return cls(
+            lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup),
+            momentum=momentum_schedule(cfg.method.momentum, total),
+            recon_weight=warmup_cosine(r.weight, r.weight_end, total) if r.weight_end is not None else None,
+            weight_decay=(warmup_cosine(t.weight_decay, t.weight_decay_end, total)
+                          if t.weight_decay_end is not None else None),
+        )
+
+    def logged(self, step: int) -> dict[str, torch.Tensor]:
+        """The values of `step` that a train line reports."""
+        values = {"lr": self.lr[step], "momentum": self.momentum[step]}
+        if self.recon_weight is not None:
+            values["recon_weight"] = self.recon_weight[step]
+        if self.weight_decay is not None:
+            values["weight_decay"] = self.weight_decay[step]
+        return values

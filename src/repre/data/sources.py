@@ -1,0 +1,162 @@
+"""Image sources: every dataset as indexable uint8 images with labels, their splits and their statistics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from repre.config import Config, DataConfig
+from repre.data.fashion_mnist import FashionMNIST
+from repre.data.folder import ImageFolder, UnreadableImage
+from repre.data.scenes import FashionScenes
+from repre.data.synthetic import Synthetic
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+
+class ImageSource(Protocol):
+    """What every dataset provides: indexable uint8 [3, H, W] images with integer labels (-1: none)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int | None
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
+    if not root:
+        raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
+    base = Path(root)
+    if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
+        if split == "train":
+            return base
+        raise UserError(f"evaluation needs labelled splits: with data.name=shards, data.root must be a folder "
+                        f"with train/ and val/ shards; {root} is a shard or a pattern")
+    if split == "train":
+        return base / "train" if (base / "train").is_dir() else base
+    for name in ("val", "test"):
+        if (base / name).is_dir():
+            return base / name
+    raise UserError(
+        f"evaluation needs labelled splits: {base}/train/<class>/... and {base}/val/<class>/...; "
+        f"{base} has no val/ (or test/) folder"
+    )
+
+
+STREAMS_EVALUATE = ("evaluation reads labelled images at random, which streamed shards ({root}) cannot give: "
+                    "evaluate with --set data.root=<a local folder, or shards with train/ and val/> "
+                    "--set data.shard_access=random")
+
+
+def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
+    """The `split` ("train" or "test") of the configured dataset."""
+    if cfg.name == "fashion-mnist":
+        return FashionMNIST(cfg.root, split)
+    if cfg.name == "fashion-scenes":
+        count = cfg.scenes_train if split == "train" else cfg.scenes_test
+        return FashionScenes(cfg.root, split, count, cfg.scene_size, seed=seed)
+    if cfg.name == "synthetic":
+        count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
+        return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
+    if cfg.name == "shards":
+        from repre.data.shards import TarShards
+        from repre.data.stream import StreamShards
+
+        if cfg.streamed:
+            if split != "train":
+                raise UserError(STREAMS_EVALUATE.format(root=cfg.root))
+            root = cfg.root if not Path(str(cfg.root)).is_dir() else str(_folder_split(cfg.root, split, "shards"))
+            return StreamShards(root, cfg.stream_size)
+        return TarShards(str(_folder_split(cfg.root, split, "shards")))
+    if cfg.name == "folder":
+        train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
+        return ImageFolder(_folder_split(cfg.root, split), classes=classes)
+    raise UserError(f"unknown data.name {cfg.name!r}")
+
+
+def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalization statistics: the configured ones, else the dataset's own."""
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean), tuple(cfg.std)
+    return tuple(source.mean), tuple(source.std)
+
+
+def first_readable(source: ImageSource, index: int, read):
+    """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
+    n = len(source)
+    for skipped in range(n):
+        try:
+            return read((index + skipped) % n), skipped
+        except UnreadableImage as exc:
+            log.warning("skipping unreadable image (replaced by the next one): %s", exc)
+    raise UserError("no image in the dataset could be read")
+
+
+def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:
+    """Load `index`; an unreadable image is replaced by the next index. Returns (image, label, skipped)."""
+    (img, label), skipped = first_readable(source, index, source.load)
+    return img, label, skipped
+
+
+class FirstN:
+    """The first `count` images of a source."""
+
+    def __init__(self, source: ImageSource, count: int) -> None:
+        self.source, self.count = source, min(count, len(source))
+        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.source.load(index)
+
+
+class Selection:
+    """The images of a source at `indices`, in that order."""
+
+    def __init__(self, source: ImageSource, indices: torch.Tensor) -> None:
+        self.source, self.indices = source, indices.tolist()
+        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.source.load(self.indices[index])
+
+
+def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
+    `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
+    if not 0 < val_size < size:
+        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images")
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def eval_source(cfg: Config, split: str) -> ImageSource:
+    """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
+    sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
+    if cfg.data.streamed:
+        raise UserError(STREAMS_EVALUATE.format(root=cfg.data.root))
+    if cfg.eval.split == "test":
+        return build_source(cfg.data, split, seed=cfg.train.seed)
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    train_idx, val_idx = val_split(len(source), cfg.eval.val_size)
+    return Selection(source, train_idx if split == "train" else val_idx)
+
+
+def train_source(cfg: Config) -> ImageSource:
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    return FirstN(source, cfg.data.subset) if cfg.data.subset else source

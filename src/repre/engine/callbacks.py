@@ -1,0 +1,109 @@
+"""What the training loop calls around its steps: monitors and evaluations, kept out of the loop itself.
+
+A callback overrides the hooks it needs. The engine's own (loss balance, loss trends, collapse watch) are
+here; evaluations during and after training (k-NN, the reconstruction picture) are passed in by
+`repre.pretraining.pretrain`, as the engine imports no evaluation module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from repre.engine.diagnostics import TrendWatch, loss_balance
+from repre.engine.metrics import MetricWriter
+
+if TYPE_CHECKING:
+    from repre.engine.trainer import Trainer
+
+log = logging.getLogger("repre")
+
+COLLAPSE_STD = 0.1  # embedding_std below this: a collapse warning (once a run)
+
+
+class Callback:
+    """Hooks of the training loop; each does nothing unless overridden."""
+
+    def on_forward(self, trainer: Trainer, out: dict[str, torch.Tensor]) -> None:
+        """Inside a step, after the forward pass (the losses' graph is alive) and before the backward pass."""
+
+    def log_values(self, trainer: Trainer) -> dict[str, float]:
+        """Values to add to the next train line of metrics.jsonl."""
+        return {}
+
+    def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
+        """After a train line, on rank 0, when every value of the window is finite (window averages)."""
+
+    def on_step_end(self, trainer: Trainer, writer: MetricWriter) -> None:
+        """After a step's bookkeeping (logs and checkpoints included)."""
+
+    def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
+        """When the loop has ended and its checkpoint is written: entries for the run's summary."""
+        return {}
+
+
+class LossBalance(Callback):
+    """Every `every` steps: the gradient each loss sends into the encoder and their cosine
+    (`repre.engine.diagnostics.loss_balance`), logged with the next train line."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.pending: dict[str, float] = {}
+
+    def on_forward(self, trainer: Trainer, out: dict[str, torch.Tensor]) -> None:
+        if (trainer.state.step + 1) % self.every:
+            return
+        model = trainer.model
+        balance = loss_balance(model.encoder, out["loss_contrastive"], model.weight * out["loss_recon"])
+        self.pending = {k: float(v) for k, v in balance.items()}
+
+    def log_values(self, trainer: Trainer) -> dict[str, float]:
+        values, self.pending = self.pending, {}
+        return values
+
+
+class LossTrend(Callback):
+    """A warning when one loss keeps rising while the other falls (`TrendWatch`)."""
+
+    def __init__(self) -> None:
+        self.trend = TrendWatch()
+
+    def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
+        self.trend.update(values["loss_contrastive"], values["loss_recon"])
+
+
+class CollapseWatch(Callback):
+    """One warning a run: embeddings collapsing to a point, or (DINO, after the warm-up) a teacher whose
+    outputs are near uniform over its `out_dim` prototypes."""
+
+    def __init__(self, out_dim: int) -> None:
+        self.uniform = math.log(max(out_dim, 2))
+        self.warned = False
+
+    def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
+        step = trainer.state.step
+        if self.warned or step <= 0.1 * trainer.total:  # a fresh encoder's features may be anisotropic
+            return
+        why = None
+        if values.get("embedding_std", 1.0) < COLLAPSE_STD:
+            why = (f"embedding_std {values['embedding_std']:.3f} (about 1 when healthy, 0 when every image maps to "
+                   "one point)")
+        if values.get("teacher_entropy", 0.0) > 0.95 * self.uniform:
+            why = f"teacher_entropy {values['teacher_entropy']:.2f} of at most {self.uniform:.2f} (uniform outputs)"
+        if why:
+            self.warned = True
+            log.warning("step %d: %s: the run is collapsing; check the lr, the temperatures (DINO: teacher_temp, "
+                        "center_momentum) and the EMA momentum", step, why)
+
+
+def engine_callbacks(cfg) -> list[Callback]:
+    """The monitors every run has: loss balance and loss trends with the RePre branch, and the collapse watch."""
+    monitors: list[Callback] = []
+    if cfg.recon.enabled:
+        if cfg.train.diagnose_every:
+            monitors.append(LossBalance(cfg.train.diagnose_every))
+        monitors.append(LossTrend())
+    return [*monitors, CollapseWatch(cfg.method.out_dim)]

@@ -1,0 +1,201 @@
+"""A run's checkpoints: what one holds, writing it, resuming from the newest readable one, and starting from
+another run's weights. The files themselves (atomic writes, checksums, safe loading) are `repre.core.checkpoint_io`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from repre.config import Config, config_from_dict, flatten
+from repre.core import checkpoint_io, dist
+from repre.data.pipeline import PretrainData
+from repre.engine.state import RunState
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+# keys a resumed run may change: how long it runs and how it reports, not what it computes
+RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
+                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every",
+                     "train.max_bad_steps", "model.grad_checkpointing", "train.progress", "train.num_workers",
+                     "train.host_sync", "train.device", "eval.", "description")
+
+
+def prepare_out(out: Path, resume: bool) -> None:
+    """Create the run directory; a non-empty one is refused unless the run resumes."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise UserError(
+            f"--out {out} is not empty; add --resume to continue that run, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class Checkpoints:
+    """Writes and restores everything a run needs to go on exactly: the model, the optimizer, the scaler, the run
+    variables, every process's RNG and the data pipeline's position. Distributed: every process calls `save`
+    and `resume` (the state is gathered; rank 0 writes and tidies)."""
+
+    def __init__(self, out: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, device: torch.device) -> None:
+        self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
+        self.data, self.state, self.device = data, state, device
+        self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
+
+    # ------------------------------------------------------------ writing
+
+    def _rng_state(self) -> dict[str, torch.Tensor | None]:
+        return {"torch": torch.get_rng_state(),  # the training device's generator only
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds. Distributed: a collective (every process's RNG state is gathered)."""
+        rng = self._rng_state()
+        if dist.is_distributed():
+            rng["ranks"] = dist.gather_objects(self._rng_state())  # drop path draws differ per process
+        return {
+            "schema": checkpoint_io.SCHEMA,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.state.step,
+            "run": self.state.to_dict(),
+            "rng": rng,
+            "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
+            "config": self.cfg.to_dict(),
+            "versions": checkpoint_io.versions(),
+        }
+
+    def save(self, final: bool = False) -> Path | None:
+        """Write step-N.pt and last.pt. A failed periodic write (full disk) leaves the previous checkpoints
+        valid, is logged and training goes on; a failed final write raises UserError."""
+        state = self.state_dict()
+        path = self.out / "checkpoints" / f"step-{self.state.step:08d}.pt"
+        if not dist.is_main():
+            self.last_good = path
+            return path
+        try:
+            checkpoint_io.save(state, path)
+            checkpoint_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second pickle
+        except OSError as exc:
+            kept = f"; {self.last_good} is intact" if self.last_good else ""
+            failed = exc.filename or path
+            message = f"could not write checkpoint {failed} ({exc.strerror or exc}): is the disk full?{kept}"
+            if final:
+                raise UserError(message + "; free space and rerun with --resume") from None
+            log.error("%s; training goes on", message)
+            return None
+        t = self.cfg.train
+        checkpoint_io.prune(self.out, t.keep_checkpoints, t.milestone_every)
+        self.last_good = path
+        return path
+
+    # ------------------------------------------------------------ reading
+
+    def resume(self, total: int) -> bool:
+        """Load the newest readable checkpoint (every process reads the same file; rank 0 alone tidies)."""
+        main = dist.is_main()
+        if main:
+            checkpoint_io.sweep_temporaries(self.out)
+        candidates = checkpoint_io.step_checkpoints(self.out)[::-1]
+        dist.barrier()  # nobody reads while rank 0 sweeps
+        for path in candidates:
+            try:
+                ckpt = checkpoint_io.load(path)
+            except UserError as exc:  # every process finds the same damage: the same bytes
+                aside = path.with_name(path.name + ".damaged")
+                dist.barrier()  # every process is done reading it before rank 0 moves it
+                if main:
+                    path.rename(aside)  # out of the way of pruning and of the next resume
+                log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
+                continue
+            self._check_compatible(ckpt["config"], path)
+            self._restore(ckpt)
+            self.last_good = path
+            log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
+            if main:
+                self._truncate_metrics()
+            return True
+        if candidates:
+            raise UserError(f"no checkpoint in {self.out / 'checkpoints'} could be read (each was moved aside as "
+                            "*.damaged); start a new --out, or --init-from a copy you trust")
+        log.info("no checkpoint in %s: starting fresh", self.out)
+        if main:
+            self._truncate_metrics()
+        return False
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self._restore_optimizer(ckpt["optimizer"])
+        if ckpt["scaler"]:  # empty when written with the scaler disabled
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self._restore_rng(ckpt["rng"])
+        self.data.load_state_dict(ckpt.get("stream"))
+        self.state.load(ckpt["step"], ckpt["run"])
+
+    def _restore_optimizer(self, saved: dict[str, Any]) -> None:
+        """The optimizer's state, with this run's `fused` choice (device, host_sync), not the checkpointed run's."""
+        fused = [g.get("fused") for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)
+        for group, was in zip(self.optimizer.param_groups, fused, strict=True):
+            group["fused"] = was
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")):  # fused keeps step on the parameter's device, else CPU
+                    state["step"] = state["step"].to(p.device if was else "cpu", torch.float32)
+
+    def _restore_rng(self, rng: dict[str, Any]) -> None:
+        ranks = rng.get("ranks")
+        if dist.is_distributed() and ranks and len(ranks) == dist.world_size():
+            rng = ranks[dist.rank()]
+        elif dist.is_distributed() or ranks:
+            log.info("resuming with %d processes, written with %d: drop-path draws continue from new seeds",
+                     dist.world_size(), len(ranks or [1]))
+            rng = {"torch": torch.get_rng_state(), "cuda": None}  # this process's own seed (set by the trainer)
+        torch.set_rng_state(rng["torch"])
+        cuda_rng = rng.get("cuda")
+        if torch.is_tensor(cuda_rng) and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+
+    def init_from(self, source: str | Path) -> None:
+        """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
+        schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed."""
+        ckpt = checkpoint_io.load(source)
+        try:
+            missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
+        except RuntimeError as exc:
+            raise UserError(f"--init-from {source}: its weights do not fit this model "
+                            f"({checkpoint_io.size_mismatch(exc)}); use the same model.arch and method settings, "
+                            "or another checkpoint") from None
+        loaded = len(ckpt["model"]) - len(unexpected)
+        if not loaded:
+            raise UserError(f"--init-from {source}: none of its weights belong to this model")
+        log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
+                 ckpt.get("step"), loaded, len(missing), ", ".join(sorted({k.split(".")[0] for k in missing})) or "-",
+                 len(unexpected), ", ".join(sorted({k.split(".")[0] for k in unexpected})) or "-")
+
+    def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
+        """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
+        before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+        if changed:
+            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+            raise UserError(
+                f"cannot resume from {path}: the config differs in {diffs}. Resume with the run's own "
+                f"config (omit --config) or start a new --out; only {', '.join(RESUMABLE_CHANGES)} may change"
+            )
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
+            path.write_text("".join(f"{ln}\n" for ln in keep))

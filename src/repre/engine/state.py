@@ -1,0 +1,33 @@
+"""The run variables a checkpoint keeps besides the modules and the optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunState:
+    """Run variables restored on resume besides the modules and the optimizer."""
+
+    step: int = 0
+    skipped_images: int = 0
+    upscaled_images: int = 0  # images smaller than data.image_size, upscaled by their crops
+    images_seen: int = 0
+    train_seconds: float = 0.0
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
+    bad_streak: int = 0  # consecutive skipped steps, now
+    last: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint's "run" entry holds (the step is kept apart, as "step")."""
+        return {k: v for k, v in asdict(self).items() if k not in ("step", "bad_streak", "last")}
+
+    def load(self, step: int, run: dict[str, Any]) -> None:
+        """Restore from a checkpoint's "step" and "run" entries (entries added since read as 0)."""
+        self.step = int(step)
+        self.skipped_images = int(run["skipped_images"])
+        self.images_seen = int(run["images_seen"])
+        self.train_seconds = float(run["train_seconds"])
+        self.nonfinite_steps = int(run.get("nonfinite_steps", 0))
+        self.upscaled_images = int(run.get("upscaled_images", 0))

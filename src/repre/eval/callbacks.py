@@ -1,0 +1,76 @@
+"""Evaluations that a pre-training run reports: a quick k-NN every `train.eval_every` steps, and when the run
+completes the reconstruction picture (recon.png) and the k-NN of the summary. Passed to the trainer by
+`repre.pretraining.pretrain` (the engine imports no evaluation module)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from repre.config import Config
+from repre.core import dist
+from repre.core.compat import eager
+from repre.engine.callbacks import Callback
+from repre.engine.metrics import MetricWriter
+from repre.engine.trainer import Trainer
+from repre.eval.knn import knn_top1_or_none
+from repre.eval.recon import save_recon_grid
+
+
+def quick(cfg: Config) -> Config:
+    """The config of a k-NN during training: the eval.quick_knn_* subsets."""
+    e = dataclasses.replace(cfg.eval, knn_train_subset=cfg.eval.quick_knn_train,
+                            knn_test_subset=cfg.eval.quick_knn_test)
+    return dataclasses.replace(cfg, eval=e)
+
+
+def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool) -> float | None:
+    """k-NN top-1 of the encoder that export writes, logged as an eval line; the model is left in train mode."""
+    cfg = quick(trainer.cfg) if is_quick else trainer.cfg
+    top1 = eager(knn_top1_or_none, trainer.model.method.eval_encoder, cfg, trainer.rt)
+    if top1 is not None:
+        writer.write({"step": trainer.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": is_quick})
+    trainer.model.train()
+    return top1
+
+
+class PeriodicKNN(Callback):
+    """A quick k-NN every `every` steps before the last, on rank 0 (the others wait for it in the next step)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_step_end(self, trainer: Trainer, writer: MetricWriter) -> None:
+        step = trainer.state.step
+        if step % self.every == 0 and step < trainer.total and dist.is_main():
+            knn_line(trainer, writer, is_quick=True)
+
+
+class ReconPicture(Callback):
+    """recon.png when the run completes: views above their reconstructions."""
+
+    def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
+        if completed and dist.is_main():
+            eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source, trainer.out / "recon.png",
+                  trainer.rt)
+        return {}
+
+
+class FinalKNN(Callback):
+    """The summary's `knn_top1` when the run completes (rank 0; the others report None)."""
+
+    def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
+        top1 = knn_line(trainer, writer, is_quick=False) if completed and dist.is_main() else None
+        return {"knn_top1": top1}
+
+
+def run_callbacks(cfg: Config) -> list[Callback]:
+    """The evaluations a pre-training run with `cfg` reports."""
+    callbacks: list[Callback] = []
+    if cfg.train.eval_every:
+        callbacks.append(PeriodicKNN(cfg.train.eval_every))
+    if cfg.recon.enabled:
+        callbacks.append(ReconPicture())
+    if cfg.eval.knn:
+        callbacks.append(FinalKNN())
+    return callbacks

@@ -1,0 +1,35 @@
+"""The layers of docs/architecture.md hold: import-linter's contract in pyproject.toml, and a light CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_layers_import_only_downward():
+    """A module that imports from a layer above its own (lazily or not) breaks the contract and this test.
+    In a process of its own: import-linter reconfigures logging, which would silence the other tests' logs."""
+    lint = ("import sys\nfrom importlinter.cli import lint_imports\n"
+            f"sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True, no_logo=True))")
+    done = subprocess.run([sys.executable, "-c", lint], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 kept, 0 broken" in done.stdout
+
+
+def test_the_command_line_loads_no_torch_until_a_command_runs():
+    """`repre --help` and `repre --version` answer at once: the version lives in its own module and `repre`
+    loads its API names on first use."""
+    probe = ("import sys, contextlib, io\n"
+             "from repre.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    try:\n"
+             "        main(['--help'])\n"
+             "    except SystemExit:\n"
+             "        pass\n"
+             "import repre\n"
+             "print(repre.__version__, sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[1:] == ["[]"], done.stdout

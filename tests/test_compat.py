@@ -1,0 +1,63 @@
+"""Each PyTorch interface that repre uses without it being public (repre.core.compat), checked against the
+installed PyTorch: a release that changes one fails here, not in the middle of a run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repre.core import compat
+
+
+def test_cpu_bf16_probe_answers():
+    assert isinstance(compat.cpu_has_bf16(), bool)
+    assert hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")  # else the probe always answers False
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_fused_adamw_step_skips_itself_on_the_device_flag(skip):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4))
+    optimizer = torch.optim.AdamW([w], lr=0.1, fused=True)
+    assert compat.skips_steps_on_device(optimizer)
+    assert not compat.skips_steps_on_device(torch.optim.AdamW([w], lr=0.1))
+    before = w.detach().clone()
+    w.grad = torch.ones(4)
+    compat.step_unless(optimizer, torch.tensor(float(skip)))
+    assert torch.equal(w.detach(), before) == skip
+    assert not hasattr(optimizer, "found_inf") and not hasattr(optimizer, "grad_scale")  # nothing left behind
+    if skip:  # the state is untouched too: a later step is the first one
+        assert not optimizer.state[w] or float(optimizer.state[w]["step"]) == 0
+
+
+def test_scale_each_multiplies_every_tensor_by_its_own_factor():
+    tensors = [torch.ones(3), torch.ones(2, 2)]
+    compat.scale_each_(tensors, torch.tensor([2.0, 0.5]))
+    assert torch.equal(tensors[0], torch.full((3,), 2.0)) and torch.equal(tensors[1], torch.full((2, 2), 0.5))
+
+
+def test_dynamo_graph_limit_is_raised_in_the_block_and_put_back():
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    before = getattr(config, name)
+    with compat.compiled_graphs_per_unit(before + 5):
+        assert getattr(config, name) == before + 5
+    assert getattr(config, name) == before
+
+
+def test_inductor_deterministic_mode_is_set_in_the_block_and_put_back():
+    import torch._inductor.config as config
+
+    assert hasattr(config, "deterministic")
+    before = config.deterministic
+    with compat.inductor_deterministic():
+        assert config.deterministic is True
+    assert config.deterministic == before
+
+
+def test_eager_runs_without_compiling():
+    assert hasattr(torch.compiler, "set_stance")
+    calls = []
+    fn = torch.compile(lambda x: calls.append(torch.compiler.is_compiling()) or x + 1, backend="eager")
+    assert torch.equal(compat.eager(fn, torch.zeros(1)), torch.ones(1))
+    assert calls == [False]

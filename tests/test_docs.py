@@ -1,0 +1,31 @@
+"""The generated reference stays in step with the code."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_configuration", ROOT / "docs" / "gen_configuration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_configuration_reference_is_generated_from_the_config_code():
+    """docs/configuration.md is what docs/gen_configuration.py writes now: rerun it after changing config.py."""
+    assert (ROOT / "docs" / "configuration.md").read_text() == _generator().render(), (
+        "docs/configuration.md is stale: run `python docs/gen_configuration.py`")
+
+
+def test_every_config_key_is_explained():
+    from repre.config import all_keys
+
+    text = _generator().render()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[5].strip()
+            for line in text.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(all_keys()) - {"preset", "description"}
+    assert not [key for key, meaning in rows.items() if not meaning], "a field of config.py has no comment"
