@@ -2,8 +2,8 @@
 
 Each run is `repre pretrain --config PRESET --set train.seed=S` in a child process, written outside the
 repository under $REPRE_BENCH_CACHE/knn_seeds (default ~/.cache/repre/benchmarks/knn_seeds) and cached: a
-finished run (summary.json with completed=true) is not run again, so an interrupted benchmark continues where it
-stopped. The summary is the last stdout line (JSON).
+finished run (summary.json with completed=true) is not run again, so an interrupted benchmark continues
+where it stopped. The summary is the last stdout line (JSON).
 
     python benchmarks/knn_seeds.py [--seeds 0,1,2] [--set KEY=VALUE ...]
 """

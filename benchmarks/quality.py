@@ -7,10 +7,10 @@ then evaluates k-NN, linear and fine-tune top-1 (Fashion-MNIST test) and the den
 (fashion-scenes test). Reports mean ± std over seeds and the per-seed paired differences RePre - baseline.
 
 Budget (2 CPU cores): the --set defaults below shorten evaluation (subsets, steps); pre-training runs its
-preset as is. Every pre-training run and every evaluation is cached outside the repository, under --results
-(default $REPRE_BENCH_CACHE/quality, or ~/.cache/repre/benchmarks/quality), keyed by (method, row, seed, hash of
-the resolved config): an interrupted benchmark resumes where it stopped. Only the summary goes into the
-repository: the last stdout line (JSON) and, with --plot, benchmarks/results/quality/<method>.png.
+preset as is. Every pre-training run and every evaluation is cached outside the repository, under
+--results (default $REPRE_BENCH_CACHE/quality, or ~/.cache/repre/benchmarks/quality), keyed by (method, row,
+seed, hash of the resolved config): an interrupted benchmark resumes where it stopped. Only the summary goes
+into the repository: the last stdout line (JSON) and, with --plot, benchmarks/results/quality/<method>.png.
 
     python benchmarks/quality.py [--methods mocov3] [--seeds 0,1,2] [--rows repre,baseline,supervised,random]
                                  [--only knn,linear,finetune,segment] [--set KEY=VALUE ...] [--plot]
