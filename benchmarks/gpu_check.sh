@@ -3,9 +3,10 @@
 # Each stage has its own time limit and writes <stage>.json and <stage>.log as soon as it finishes (a failed or
 # timed-out stage writes {"failed": true}; throughput.py prints what it has so far after each configuration, so
 # a timed-out throughput stage keeps those) into a work folder that is packed into $OUT/gpu-check.tgz after every
-# stage, or after the group for the correctness stages, which run side by side (the device tool returns at most
-# 8 files from $OUT, 2 folders deep); the compact table is printed last
-# and written to $OUT/summary.txt. STAGES picks stages (default: all but quality; see each stage's name).
+# stage, or after the group for the correctness stages, which run side by side. $OUT stays small (one archive and
+# summary.txt, however many stages ran) and the archive is current whenever the check is stopped; the compact
+# table is printed last and written to $OUT/summary.txt. STAGES picks stages (default: all but quality; see
+# each stage's name).
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
 # BUDGET (seconds, default 300) bounds the whole check: the stages run in order of importance (correctness and
 # the test suite; ViT-S/16 MoCo v3 +- RePre; DINO +- RePre; real JPEGs; ViT-B/16; the rest), each within what
@@ -14,8 +15,9 @@
 #
 #   OUT=/tmp/gpu [STAGES="cuda-check profile ..."] [BUDGET=S] [QUALITY_UNTIL=S] bash benchmarks/gpu_check.sh
 #
-# The Fashion-MNIST IDX files are read from .gpu-data/fashion-mnist (copy /usr/share/datasets/fashion-mnist
-# there and carry it to the GPU machine); the stages that need them are skipped without it.
+# The Fashion-MNIST IDX files are read from $FMNIST (default .gpu-data/fashion-mnist, inside the source tree:
+# copy /usr/share/datasets/fashion-mnist there when the GPU machine has no dataset package); the stages that need
+# them are skipped without it.
 # QUALITY_SET="--set train.max_steps=3 ..." shrinks the quality runs for a dry run of this script (with
 # QUALITY_LANES=2 on a small machine).
 set -u
@@ -41,7 +43,7 @@ print(f"new process importing torch and timm: {imp:.1f} s; socket.getfqdn(): {fq
 PY
 cat "$OUT/versions.txt"
 
-pack() {  # everything but checkpoints and TensorBoard files, in one archive that the device tool returns
+pack() {  # everything but checkpoints, TensorBoard files and generated JPEGs, in one archive in $PACK
   tar czf "$PACK/gpu-check.tgz.part" -C "$OUT" --exclude='*.pt' --exclude=checkpoints --exclude=tb --exclude=jpegs . \
     && mv "$PACK/gpu-check.tgz.part" "$PACK/gpu-check.tgz"
 }
@@ -89,9 +91,8 @@ if want cuda-check || want ddp-nccl || want sync-check || want tests; then
   want sync-check && { python benchmarks/make_jpegs.py "$SYNC_JPEGS" --train 256 --val 16 --shard-size 256 \
     > /dev/null 2>&1; stage sync-check 200 python benchmarks/sync_check.py --jpegs "$SYNC_JPEGS/folder"; } &
   # every failure listed (no -x); pytest processes side by side (half the cores, at least 6), the 2-process and
-  # kill-and-resume tests spread over them (in one process the suite did not finish in 200 s there; in 6 on an
-  # H200 it took 204 s); the units left 15 s before the stage's limit (TESTS_LIMIT, default 200 s, and within
-  # BUDGET) are killed and named
+  # kill-and-resume tests spread over them so that the suite fits the stage's limit; the units left 15 s before
+  # that limit (TESTS_LIMIT, default 200 s, and within BUDGET) are killed and named
   TL=$(within "${TESTS_LIMIT:-200}")
   want tests && python -c "import pytest" 2>/dev/null && stage tests "$TL" \
     python benchmarks/suite_lanes.py --lanes $(( $(nproc) > 12 ? $(nproc) / 2 : 6 )) --deadline $(( TL - 15 )) &

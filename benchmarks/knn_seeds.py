@@ -1,8 +1,9 @@
 """k-NN top-1 after the default run: RePre vs baseline over several seeds, beside a random-init encoder.
 
-Each run is `repre pretrain --config PRESET --set train.seed=S` in a child process, written under
-benchmarks/results/knn/ and cached: a finished run (summary.json with completed=true) is not run again,
-so an interrupted benchmark continues where it stopped.
+Each run is `repre pretrain --config PRESET --set train.seed=S` in a child process, written outside the
+repository under $REPRE_BENCH_CACHE/knn_seeds (default ~/.cache/repre/benchmarks/knn_seeds) and cached: a
+finished run (summary.json with completed=true) is not run again, so an interrupted benchmark continues
+where it stopped. The summary is the last stdout line (JSON).
 
     python benchmarks/knn_seeds.py [--seeds 0,1,2] [--set KEY=VALUE ...]
 """
@@ -11,18 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "knn"
 PRESETS = {"repre": "fmnist-mocov3-repre", "baseline": "fmnist-mocov3"}
 
 
+def cache_dir() -> Path:
+    """Where runs are cached: $REPRE_BENCH_CACHE/knn_seeds, or ~/.cache/repre/benchmarks/knn_seeds."""
+    root = os.environ.get("REPRE_BENCH_CACHE") or Path.home() / ".cache" / "repre" / "benchmarks"
+    return Path(root) / "knn_seeds"
+
+
 def run(preset: str, seed: int, overrides: list[str]) -> dict:
-    out = RESULTS / f"{preset}-seed{seed}"
+    out = cache_dir() / f"{preset}-seed{seed}"
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
         return json.loads(summary.read_text())

@@ -1,14 +1,16 @@
 """Quality benchmark: baseline vs +RePre at identical budget and seeds, beside random-init and supervised rows.
 
-For each method (mocov3 for now), seed and row:
+For each method (--methods: mocov3, dino, moby), seed and row:
   repre       `fmnist-<method>-repre` pre-trained          baseline    `fmnist-<method>` (recon disabled)
   supervised  the same encoder trained with labels          random      the untrained encoder (no pre-training)
 then evaluates k-NN, linear and fine-tune top-1 (Fashion-MNIST test) and the dense probe's mIoU
 (fashion-scenes test). Reports mean ± std over seeds and the per-seed paired differences RePre - baseline.
 
 Budget (2 CPU cores): the --set defaults below shorten evaluation (subsets, steps); pre-training runs its
-preset as is. Every pre-training run and every evaluation is cached under benchmarks/results/quality/,
-keyed by (method, row, seed, hash of the resolved config): an interrupted benchmark resumes where it stopped.
+preset as is. Every pre-training run and every evaluation is cached outside the repository, under
+--results (default $REPRE_BENCH_CACHE/quality, or ~/.cache/repre/benchmarks/quality), keyed by (method, row,
+seed, hash of the resolved config): an interrupted benchmark resumes where it stopped. Only the summary goes
+into the repository: the last stdout line (JSON) and, with --plot, benchmarks/results/quality/<method>.png.
 
     python benchmarks/quality.py [--methods mocov3] [--seeds 0,1,2] [--rows repre,baseline,supervised,random]
                                  [--only knn,linear,finetune,segment] [--set KEY=VALUE ...] [--plot]
@@ -25,12 +27,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "quality"
+SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir()
 TASKS = ["knn", "linear", "finetune", "segment"]
 ROWS = ["repre", "baseline", "supervised", "random"]
 SCENES = ["data.name=fashion-scenes"]  # pre-training on scenes; classification evaluations on Fashion-MNIST
@@ -52,8 +55,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "lam10-cos0": ("repre", ["recon.weight=10.0", "recon.weight_end=0.0"], "base"),
     "lam0-cos10": ("repre", ["recon.weight=0.0", "recon.weight_end=10.0"], "base"),
     "l2": ("repre", ["recon.loss=l2"], "base"),
-    "normpix": ("repre", ["recon.norm_pix=true"], "base"),  # the preset's choice since the search
-    "rawpix": ("repre", ["recon.norm_pix=false"], "base"),  # the preset before it
+    "normpix": ("repre", ["recon.norm_pix=true"], "base"),  # the Fashion-MNIST presets' choice
+    "rawpix": ("repre", ["recon.norm_pix=false"], "base"),  # raw pixels
     "normpix-l2": ("repre", ["recon.norm_pix=true", "recon.loss=l2"], "base"),
     "nearest": ("repre", ["recon.upsample=nearest"], "base"),
     "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
@@ -65,7 +68,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # the EMA momentum of a 200-step run (DINO's 0.996 keeps ~45% of the initial teacher after 200 steps)
     "m0.99": ("baseline", ["method.momentum=0.99"], "base"),
     "m0.98": ("baseline", ["method.momentum=0.98"], "base"),
-    # the DINO preset now (0.98) against a faster teacher and a larger lr (val split)
+    # the DINO preset (0.98) against a faster teacher and a larger lr (val split)
     "m0.95": ("baseline", ["method.momentum=0.95"], "m0.98"),
     "lr2e-3": ("baseline", ["method.momentum=0.98", "train.lr=2e-3"], "m0.98"),
     # the teacher's temperature (sharper than the preset's 0.04) and the number of prototypes K (preset 1024)
@@ -85,6 +88,12 @@ EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are u
     "eval.finetune_steps=150", "eval.finetune_test_subset=5000",
     "eval.segment_train=1000", "eval.segment_test=500",
 ]
+
+
+def cache_dir() -> Path:
+    """Where runs are cached by default: $REPRE_BENCH_CACHE/quality, or ~/.cache/repre/benchmarks/quality."""
+    root = os.environ.get("REPRE_BENCH_CACHE") or Path.home() / ".cache" / "repre" / "benchmarks"
+    return Path(root) / "quality"
 
 
 def row_config(method: str, row: str, seed: int, overrides: list[str]):
@@ -114,14 +123,14 @@ def identity(cfg) -> dict:
     return {"version": CACHE_VERSION, **ident}
 
 
-def run_dir(method: str, row: str, seed: int, cfg, results: Path = RESULTS) -> Path:
+def run_dir(method: str, row: str, seed: int, cfg, results: Path) -> Path:
     digest = hashlib.sha1(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:10]
     return results / f"{method}-{row}-seed{seed}-{digest}"
 
 
 def pretrain(cfg, out: Path, tasks: list[str]) -> None:
-    """Pre-train unless every requested evaluation is cached or a finished checkpoint exists (only the small
-    result files are kept in git: a new checkout re-trains a run whose evaluations are incomplete)."""
+    """Pre-train unless every requested evaluation is cached or a finished checkpoint exists (a run finished
+    without its checkpoint, e.g. after --drop-checkpoints, is trained again if an evaluation is missing)."""
     import shutil
 
     from repre.pretraining import pretrain as run
@@ -258,9 +267,12 @@ def main() -> None:
     p.add_argument("--plot", action="store_true", help="write benchmarks/results/quality/<method>.png")
     p.add_argument("--search", default="", help=f"search points (or all): {', '.join(SEARCH)}")
     p.add_argument("--cached", action="store_true", help="report cached results only, train nothing")
-    p.add_argument("--results", type=Path, default=RESULTS, help="where runs and results are cached")
+    p.add_argument("--results", type=Path, default=None,
+                   help="where runs and their evaluations are cached (default: $REPRE_BENCH_CACHE/quality, "
+                        "or ~/.cache/repre/benchmarks/quality)")
     p.add_argument("--drop-checkpoints", action="store_true", help="search: delete checkpoints once evaluated")
     args = p.parse_args()
+    args.results = args.results or cache_dir()
     seeds, rows, tasks = [int(s) for s in args.seeds.split(",")], args.rows.split(","), args.only.split(",")
     if args.search:
         points = list(SEARCH) if args.search == "all" else args.search.split(",")
@@ -304,7 +316,8 @@ def main() -> None:
             for t in tasks:
                 print(f"  {t}: per seed {', '.join(f'{d:+.4f}' for d in diffs[t])}")
         if args.plot:
-            plot(table, curves, args.results / f"{method}.png")
+            SUMMARIES.mkdir(parents=True, exist_ok=True)
+            plot(table, curves, SUMMARIES / f"{method}.png")
         report[method] = {"table": table, "paired_diff": diffs}
     print(json.dumps({"benchmark": "quality", "date": time.strftime("%Y-%m-%d"), "seeds": seeds,
                       "overrides": args.overrides, "eval_budget": EVAL_DEFAULTS, "results": report}))
