@@ -25,7 +25,7 @@ from repre.data.sources import train_source
 from repre.eval import load_encoder
 from repre.pretraining import pretrain
 
-BASE = ["data.name=synthetic", "train.num_workers=0", "train.progress=false", "eval.knn=false",
+BASE = ["data.name=synthetic", "train.num_workers=0", "train.progress=false", "eval.knn.enabled=false",
         "train.diagnose_every=0", "train.batch_size=64"]
 
 

@@ -43,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
     overrides = [f"train.device={args.device}", "train.precision=fp32", "model.drop_path=0.0", "data.name=synthetic",
                  "data.image_size=28", "train.batch_size=64", f"train.max_steps={args.steps}", "train.log_every=1",
-                 "eval.knn=false", "train.diagnose_every=0", "train.num_workers=2", "train.progress=false",
+                 "eval.knn.enabled=false", "train.diagnose_every=0", "train.num_workers=2", "train.progress=false",
                  *args.overrides]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

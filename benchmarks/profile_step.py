@@ -32,7 +32,7 @@ from repre.engine.trainer import Trainer
 from repre.losses import reconstruction_loss
 
 SYNTHETIC = ["data.name=synthetic", "data.synthetic_train=512", "train.num_workers=0", "train.progress=false",
-             "eval.knn=false", "train.diagnose_every=0"]
+             "eval.knn.enabled=false", "train.diagnose_every=0"]
 
 
 def timed(fn: Callable[[], None], warmup: int, steps: int) -> float:

@@ -72,21 +72,21 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "m0.95": ("baseline", ["method.momentum=0.95"], "m0.98"),
     "lr2e-3": ("baseline", ["method.momentum=0.98", "train.lr=2e-3"], "m0.98"),
     # the teacher's temperature (sharper than the preset's 0.04) and the number of prototypes K (preset 1024)
-    "tt0.02": ("baseline", ["method.momentum=0.98", "method.teacher_temp=0.02", "method.warmup_teacher_temp=0.02"],
+    "tt0.02": ("baseline", ["method.momentum=0.98", "method.dino.teacher_temp=0.02", "method.dino.warmup_teacher_temp=0.02"],
                "m0.98"),
-    "tt0.07": ("baseline", ["method.momentum=0.98", "method.teacher_temp=0.07", "method.warmup_teacher_temp=0.07"],
+    "tt0.07": ("baseline", ["method.momentum=0.98", "method.dino.teacher_temp=0.07", "method.dino.warmup_teacher_temp=0.07"],
                "m0.98"),
-    "K256": ("baseline", ["method.momentum=0.98", "method.out_dim=256"], "m0.98"),
-    "K4096": ("baseline", ["method.momentum=0.98", "method.out_dim=4096"], "m0.98"),
+    "K256": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=256"], "m0.98"),
+    "K4096": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=4096"], "m0.98"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
 LATER_RECON_KEYS = ("recon.norm_pix", "recon.upsample")
 EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are unchanged
-    "eval.knn_train_subset=20000", "eval.knn_test_subset=5000",
-    "eval.linear_train_subset=20000", "eval.linear_test_subset=5000", "eval.linear_epochs=20",
-    "eval.finetune_steps=150", "eval.finetune_test_subset=5000",
-    "eval.segment_train=1000", "eval.segment_test=500",
+    "eval.knn.train_subset=20000", "eval.knn.test_subset=5000",
+    "eval.linear.train_subset=20000", "eval.linear.test_subset=5000", "eval.linear.epochs=20",
+    "eval.finetune.steps=150", "eval.finetune.test_subset=5000",
+    "eval.segment.train=1000", "eval.segment.test=500",
 ]
 
 
@@ -102,7 +102,7 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
     preset = f"fmnist-{method}" + ("-repre" if row == "repre" else "")
     extra = ["method.name=supervised", "data.local_crops=0"] if row == "supervised" else []  # 2 views
     return load_config(preset, [f"train.seed={seed}", "train.diagnose_every=0", "train.progress=false",
-                                "eval.knn=false", *EVAL_DEFAULTS, *extra, *overrides])
+                                "eval.knn.enabled=false", *EVAL_DEFAULTS, *extra, *overrides])
 
 
 def identity(cfg) -> dict:

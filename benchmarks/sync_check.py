@@ -30,7 +30,7 @@ from repre.data.pipeline import photometric_on_device, pretrain_loader
 from repre.engine.trainer import Trainer
 
 SYN = ["data.name=synthetic", "data.synthetic_train=256", "train.num_workers=2", "train.progress=false",
-       "eval.knn=false", "train.diagnose_every=0", "train.device=cuda", "train.host_sync=log",
+       "eval.knn.enabled=false", "train.diagnose_every=0", "train.device=cuda", "train.host_sync=log",
        "train.batch_size=32", "data.image_size=64", "model.kwargs={img_size: 64}",
        "train.compile=false"]  # eager: compiled kernels add no host waits, and compiling would take most of the time
 CONFIGS = {

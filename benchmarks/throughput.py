@@ -45,7 +45,7 @@ def _trainer(preset: str, recon: bool, extra: list[str]):
     from repre.config import load_config
     from repre.engine.trainer import Trainer
 
-    overrides = [f"recon.enabled={str(recon).lower()}", "train.progress=false", "eval.knn=false",
+    overrides = [f"recon.enabled={str(recon).lower()}", "train.progress=false", "eval.knn.enabled=false",
                  "train.diagnose_every=0", *extra]
     cfg = load_config(preset, overrides)
     return Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
@@ -107,14 +107,14 @@ def _lightly_step(trainer):
 
     cfg, rt = trainer.cfg, trainer.rt
     backbone = trainer.model.method.encoder.model
-    d, hidden, out = backbone.num_features, cfg.method.mlp_dim, cfg.method.proj_dim
+    d, hidden, out = backbone.num_features, cfg.method.mocov3.mlp_dim, cfg.method.mocov3.proj_dim
     projector = MoCoProjectionHead(d, hidden, out, num_layers=3, batch_norm=True)
     predictor = BYOLPredictionHead(out, hidden, out)
     m_backbone, m_projector = copy.deepcopy(backbone), copy.deepcopy(projector)
     deactivate_requires_grad(m_backbone), deactivate_requires_grad(m_projector)
     params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
-    loss_fn = NTXentLoss(temperature=cfg.method.temperature)
+    loss_fn = NTXentLoss(temperature=cfg.method.mocov3.temperature)
 
     def step(batch):
         x1, x2 = batch["views"][:, 0], batch["views"][:, 1]

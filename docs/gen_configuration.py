@@ -8,7 +8,6 @@ import dataclasses
 import io
 import json
 import tokenize
-import typing
 from pathlib import Path
 
 from repre import config as config_module
@@ -59,24 +58,26 @@ def _value(value: object) -> str:
 def render() -> str:
     """The whole of docs/configuration.md."""
     source = Path(config_module.__file__).read_text()
-    defaults = config_module.Config()
     parts = [HEADER]
-    hints = typing.get_type_hints(config_module.Config)
-    for section in dataclasses.fields(config_module.Config):
-        cls = hints[section.name]
-        if not dataclasses.is_dataclass(cls):
-            continue
+    for name, values in config_module.sections(config_module.Config()):
+        cls = type(values)
         docs = _field_docs(source, cls.__name__)
-        values = getattr(defaults, section.name)
-        parts.append(f"## `{section.name}`\n\n{(cls.__doc__ or '').strip()}\n")
-        parts.append("| key | type | default | valid | meaning |\n|---|---|---|---|---|")
+        experimental = getattr(cls, "experimental", set())
+        parts.append(f"## `{name}`\n\n{' '.join((cls.__doc__ or '').split())}\n")
+        rows = []
         for f in dataclasses.fields(cls):
+            value = getattr(values, f.name)
+            if dataclasses.is_dataclass(value):
+                continue  # a section of its own, below
             annotation, text = docs[f.name]
-            default = _value(getattr(values, f.name)).replace("|", "\\|")
             rule = cls.ranges.get(f.name)
             valid = config_module.RULES[rule][1] if rule else ""
-            parts.append(f"| `{section.name}.{f.name}` | `{annotation.replace('|', '&#124;')}` | `{default}` | "
-                         f"{valid} | {text.replace('|', '&#124;')} |")
+            if f.name in experimental:
+                text = f"*Experimental.* {text}"
+            rows.append(f"| `{name}.{f.name}` | `{annotation.replace('|', '&#124;')}` | "
+                        f"`{_value(value).replace('|', '&#124;')}` | {valid} | {text.replace('|', '&#124;')} |")
+        if rows:
+            parts += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|", *rows]
         parts.append("")
     return "\n".join(parts)
 

@@ -77,14 +77,14 @@ def test_out_not_empty_without_resume(tiny_run, capsys):
 
 def test_resume_continues_to_the_new_total(tmp_path):
     out = tmp_path / "r"
-    code, stdout = run_cli(pretrain_args(out, "eval.knn=false"))
+    code, stdout = run_cli(pretrain_args(out, "eval.knn.enabled=false"))
     assert code == 0 and last_json(stdout)["steps"] == 4
     code, stdout = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=6"])
     assert code == 0 and last_json(stdout)["steps"] == 6
 
 
 def test_resume_on_an_empty_dir_starts_fresh(tmp_path, capsys):
-    code, stdout = run_cli(pretrain_args(tmp_path / "new", "eval.knn=false") + ["--resume"])
+    code, stdout = run_cli(pretrain_args(tmp_path / "new", "eval.knn.enabled=false") + ["--resume"])
     assert code == 0 and last_json(stdout)["steps"] == 4
     assert "starting fresh" in capsys.readouterr().err
 
@@ -166,7 +166,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     out = tmp_path / "stopped"
-    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn=false"))
+    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn.enabled=false"))
     summary = last_json(stdout)
     assert code == 3 and summary["completed"] is False and summary["steps"] == 3
     assert (out / "checkpoints" / "step-00000003.pt").is_file()
@@ -179,8 +179,8 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch):
 
 def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
-    assert run_cli(pretrain_args(out, "eval.knn=false"))[0] == 0
-    code, _ = run_cli(pretrain_args(out, "eval.knn=false", "recon.weight=0.5") + ["--resume"])
+    assert run_cli(pretrain_args(out, "eval.knn.enabled=false"))[0] == 0
+    code, _ = run_cli(pretrain_args(out, "eval.knn.enabled=false", "recon.weight=0.5") + ["--resume"])
     assert code == 2
     assert "recon.weight" in capsys.readouterr().err
 
@@ -192,8 +192,8 @@ def test_shards_without_a_root_exit_2_saying_what_to_set(tmp_path, capsys):
 
 def test_eval_linear_sweeps_on_val_and_reports_test(tiny_run):
     out, _ = tiny_run
-    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(out), "--set", "eval.linear_features=both",
-                            "--set", "eval.linear_blocks=2", "--set", "eval.linear_epochs=5"])
+    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(out), "--set", "eval.linear.features=both",
+                            "--set", "eval.linear.blocks=2", "--set", "eval.linear.epochs=5"])
     result = last_json(stdout)
     assert code == 0 and result["task"] == "linear" and 0 <= result["value"] <= 1
     extra = result["extra"]
@@ -212,15 +212,15 @@ def test_eval_recon_reports_psnr_and_draws(tiny_run):
 
 def test_eval_recon_of_a_baseline_is_refused(tmp_path, capsys):
     out = tmp_path / "b"
-    assert run_cli(pretrain_args(out, "recon.enabled=false", "eval.knn=false"))[0] == 0
+    assert run_cli(pretrain_args(out, "recon.enabled=false", "eval.knn.enabled=false"))[0] == 0
     assert run_cli(["eval", "recon", "--checkpoint", str(out)])[0] == 2
     assert "no decoder" in capsys.readouterr().err
 
 
 def test_eval_finetune(tiny_run):
     out, _ = tiny_run
-    code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(out), "--set", "eval.finetune_steps=6",
-                            "--set", "eval.finetune_batch_size=16"])
+    code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(out), "--set", "eval.finetune.steps=6",
+                            "--set", "eval.finetune.batch_size=16"])
     result = last_json(stdout)
     assert code == 0 and result["task"] == "finetune" and 0 <= result["value"] <= 1
 

@@ -88,10 +88,10 @@ def test_any_override_either_loads_or_fails_cleanly(key, value):
 @pytest.mark.parametrize("setting,message", [
     ("train.lr=-1", "train.lr must be >= 0"),
     ("aug.hue=0.7", "aug.hue must be in [0, 0.5]"),
-    ("eval.linear_lrs=[0.1,-1]", "eval.linear_lrs must be > 0"),
+    ("eval.linear.lrs=[0.1,-1]", "eval.linear.lrs must be > 0"),
     ("model.drop_path=1.0", "model.drop_path must be in [0, 1)"),
     ("aug.crop_scale=[0.9,0.2]", "aug.crop_scale must be two numbers [low, high]"),
-    ("method.out_dim=0", "method.out_dim must be > 0"),
+    ("method.dino.out_dim=0", "method.dino.out_dim must be > 0"),
 ])
 def test_every_numeric_range_is_checked_before_a_run(setting, message):
     """Each section's `ranges`: a value torch would fail on later is refused when the config loads (exit 2)."""
@@ -117,3 +117,39 @@ def test_every_numeric_field_has_a_range():
                 if numeric and name not in cls.ranges and key != "recon.taps":  # taps: indices, negative allowed
                     unchecked.append(key)
     assert not unchecked, f"numeric keys without a range in their section's `ranges`: {unchecked}"
+
+
+@pytest.mark.parametrize("setting,new", [
+    ("eval.knn_k=5", "eval.knn.k"),
+    ("eval.segment_root=/data", "eval.segment.root"),
+    ("eval.linear_blocks=4", "eval.linear.blocks"),
+    ("eval.knn=false", "eval.knn.enabled"),
+    ("method.temperature=0.1", "method.dino.student_temp"),
+    ("method.mlp_dim=2048", "method.dino.hidden_dim"),
+    ("method.queue_size=1024", "method.moby.queue_size"),
+])
+def test_an_old_key_names_its_new_one(setting, new, tmp_path):
+    """Keys of an older repre, in --set or in a YAML file, fail with the key to write instead."""
+    with pytest.raises(UserError, match=re.escape(new)):
+        load_config(None, [setting])
+    key, value = setting.split("=")
+    section, name = key.split(".", 1)
+    (tmp_path / "old.yaml").write_text(f"_base_: fmnist-mocov3-repre\n{section}:\n  {name}: {value}\n")
+    with pytest.raises(UserError, match=re.escape(new)):
+        load_config(str(tmp_path / "old.yaml"))
+
+
+def test_a_config_written_by_an_older_repre_loads_with_its_values():
+    """A checkpoint's or run's config.yaml from before the keys were grouped (flat method and eval keys)."""
+    old = load_config("fmnist-dino-repre").to_dict()
+    old["method"] = {"name": "dino", "momentum": 0.98, "temperature": 0.1, "proj_dim": 256, "mlp_dim": 1024,
+                     "freeze_patch_embed": False, "queue_size": 4096, "out_dim": 1024, "norm_last_layer": True,
+                     "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "warmup_teacher_temp_fraction": 0.0,
+                     "center_momentum": 0.9, "freeze_last_layer_fraction": 0.05}
+    old["eval"] = {"knn": False, "knn_k": 7, "linear_blocks": 4, "finetune_lr": 3e-3, "segment_root": "/seg",
+                   "recon_images": 4, "quick_knn_test": 500, "batch_size": 128}
+    cfg = config_from_dict(old)
+    assert cfg.to_dict()["method"]["dino"] == load_config("fmnist-dino-repre").to_dict()["method"]["dino"]
+    e = cfg.eval
+    assert (e.knn.enabled, e.knn.k, e.linear.blocks, e.finetune.lr, e.segment.root, e.recon.images, e.knn.quick_test,
+            e.batch_size) == (False, 7, 4, 3e-3, "/seg", 4, 500, 128)

@@ -91,7 +91,7 @@ def test_corrupt_image_does_not_stop_a_run(image_folder, tmp_path):
     args = ["pretrain", "--out", str(tmp_path / "run")]
     for item in ["data.name=folder", f"data.root={image_folder}", "data.image_size=16", "train.batch_size=8",
                  "train.max_steps=3", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}",
-                 "model.arch=vit_tiny_patch16_224", "method.mlp_dim=32", "train.precision=fp32",
+                 "model.arch=vit_tiny_patch16_224", "method.mocov3.mlp_dim=32", "train.precision=fp32",
                  "train.num_workers=0", "train.progress=false", "recon.width=16", "recon.taps=2"]:
         args += ["--set", item]
     code, out = run_cli(args)
@@ -174,7 +174,7 @@ def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():
 def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
     """aug.photometric_on=device: uint8 views and their parameters leave the loader, finish_views completes
     them where the model runs, with the same result (here on the CPU: bitwise)."""
-    dino = ["method.name=dino", "method.out_dim=16"] if local_crops else []
+    dino = ["method.name=dino", "method.dino.out_dim=16"] if local_crops else []
     cfg = tiny_config(*dino, f"data.local_crops={local_crops}", "data.local_size=8")
     source = train_source(cfg)
     workers = next(iter(pretrain_loader(cfg, source, 0, False)))

@@ -75,7 +75,7 @@ def test_resized_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
 def test_views_cut_on_the_device_equal_the_workers(mixed_folder, decode_on_device):
     """The same boxes, flips and photometric parameters as the worker path, so the same views within one grey
     level (the worker path rounds between its passes); JPEGs travel as bytes only with decode_on=device."""
-    cfg = tiny_config("method.name=dino", "method.out_dim=16", "data.local_crops=2", "data.local_size=8",
+    cfg = tiny_config("method.name=dino", "method.dino.out_dim=16", "data.local_crops=2", "data.local_size=8",
                       "data.name=folder", f"data.root={mixed_folder}", "data.image_size=16")
     source = train_source(cfg)
     spec = view_spec(cfg, source)
@@ -138,7 +138,7 @@ def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path):
     """The trainer finishes packed batches: a run completes with the same step count and counts."""
     code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
                                       "data.image_size=16", "train.batch_size=8", "train.max_steps=3",
-                                      "eval.knn=false", "aug.geometric_on=device", "data.decode_on=device"))
+                                      "eval.knn.enabled=false", "aug.geometric_on=device", "data.decode_on=device"))
     summary = last_json(out)
     assert code == 0 and summary["completed"] and summary["skipped_images"] == 0 and summary["upscaled_images"] > 0
 

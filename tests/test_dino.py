@@ -14,7 +14,7 @@ from repre.engine.optim import clip_or_measure
 from repre.losses import center_update, dino_loss
 from repre.models.heads import DINOHead
 
-DINO_TINY = ["method.name=dino", "method.out_dim=64", "method.temperature=0.1", "method.momentum=0.996",
+DINO_TINY = ["method.name=dino", "method.dino.out_dim=64", "method.dino.student_temp=0.1", "method.momentum=0.996",
              "data.local_crops=2", "data.local_size=8", "aug.blur_prob=[1.0, 0.1, 0.5]",
              "aug.solarize_prob=[0.0, 0.2, 0.0]"]
 
@@ -48,8 +48,8 @@ def test_head_last_layer_is_weight_normalized_with_unit_scale():
 
 
 def test_teacher_temperature_warmup_and_last_layer_freezing():
-    model = build_model(tiny_config(*DINO_TINY, "method.warmup_teacher_temp=0.04", "method.teacher_temp=0.07",
-                                    "method.warmup_teacher_temp_fraction=0.5", "method.freeze_last_layer_fraction=0.25"))
+    model = build_model(tiny_config(*DINO_TINY, "method.dino.warmup_teacher_temp=0.04", "method.dino.teacher_temp=0.07",
+                                    "method.dino.warmup_teacher_temp_fraction=0.5", "method.dino.freeze_last_layer_fraction=0.25"))
     dino = model.method
     temps = []
     for step in range(8):
@@ -68,7 +68,7 @@ def dino_batch(cfg):
 
 
 def test_frozen_last_layer_is_left_untouched_by_the_optimizer():
-    cfg = tiny_config(*DINO_TINY, "method.freeze_last_layer_fraction=0.5")
+    cfg = tiny_config(*DINO_TINY, "method.dino.freeze_last_layer_fraction=0.5")
     model = build_model(cfg)
     batch = dino_batch(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
@@ -144,7 +144,7 @@ def test_dino_runs_through_the_cli(tmp_path, recon):
     args = ["pretrain", "--out", str(tmp_path / "d")]
     for item in TINY + DINO_TINY + [f"recon.enabled={recon}", "train.max_steps=20", "train.weight_decay=0.04",
                                     "train.weight_decay_end=0.4", "train.clip_grad=3.0", "train.clip_mode=per_param",
-                                    "method.freeze_last_layer_fraction=0.1", "train.log_every=5"]:
+                                    "method.dino.freeze_last_layer_fraction=0.1", "train.log_every=5"]:
         args += ["--set", item]
     code, stdout = run_cli(args)
     summary = last_json(stdout)
@@ -171,7 +171,7 @@ def test_fixed_batch_overfits():
     the KL part of the loss (cross-entropy minus the teacher's entropy) falls by more than half. (60 steps at lr
     1e-3 fall to ~0.3 of the start; 30 steps at 3e-3 reached only 0.54 with torch 2.11 and timm 1.0.29.)"""
     torch.manual_seed(0)
-    cfg = tiny_config(*DINO_TINY, "recon.enabled=false", "method.center_momentum=1.0")
+    cfg = tiny_config(*DINO_TINY, "recon.enabled=false", "method.dino.center_momentum=1.0")
     model = build_model(cfg)
     batch = dino_batch(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)

@@ -43,7 +43,7 @@ def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     from repre.eval import evaluate
 
     out, _ = tiny_run
-    overrides = ["eval.finetune_steps=3", "eval.finetune_train_subset=32", "eval.finetune_batch_size=16"]
+    overrides = ["eval.finetune.steps=3", "eval.finetune.train_subset=32", "eval.finetune.batch_size=16"]
     torch.manual_seed(1)
     first = evaluate("finetune", out, overrides)
     torch.manual_seed(2)

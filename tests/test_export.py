@@ -49,7 +49,7 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
 @needs_timm
 def test_swin_export_loads_with_timm_and_matches(tmp_path):
     args = ["pretrain", "--out", str(tmp_path / "s")]
-    for item in TINY + SWIN_TINY + ["train.max_steps=2", "eval.knn=false"]:
+    for item in TINY + SWIN_TINY + ["train.max_steps=2", "eval.knn.enabled=false"]:
         args += ["--set", item]
     assert run_cli(args)[0] == 0
     file = tmp_path / "swin.safetensors"
@@ -62,7 +62,7 @@ def test_swin_export_loads_with_timm_and_matches(tmp_path):
 @needs_timm
 def test_dino_exports_the_teacher_unless_told(tmp_path):
     args = ["pretrain", "--out", str(tmp_path / "d")]
-    for item in TINY + DINO_TINY + ["train.max_steps=3", "eval.knn=false"]:
+    for item in TINY + DINO_TINY + ["train.max_steps=3", "eval.knn.enabled=false"]:
         args += ["--set", item]
     assert run_cli(args)[0] == 0
     teacher, online = tmp_path / "t.safetensors", tmp_path / "o.safetensors"

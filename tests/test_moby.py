@@ -15,7 +15,7 @@ from repre.models.backbone import Backbone, resolve_arch
 from repre.models.decoder import Decoder
 
 SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "data.image_size=32",
-             "model.kwargs={embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}", "method.queue_size=40",
+             "model.kwargs={embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}", "method.moby.queue_size=40",
              "recon.taps=3"]
 
 
@@ -117,7 +117,7 @@ def test_fixed_batch_overfits():
     """On one batch the loss falls by more than a quarter in 30 steps (it has a floor: the batch's own keys
     enter the queues as negatives; 17.1 -> 11.5 here)."""
     torch.manual_seed(0)
-    cfg = tiny_config(*SWIN_TINY, "recon.enabled=false", "method.queue_size=4096")
+    cfg = tiny_config(*SWIN_TINY, "recon.enabled=false", "method.moby.queue_size=4096")
     model = build_model(cfg)
     batch = swin_batch(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -148,14 +148,14 @@ def test_swin_evaluations_linear_finetune_segment_units():
 
 def test_swin_linear_probe_and_finetune_through_the_cli(tmp_path):
     args = ["pretrain", "--out", str(tmp_path / "s")]
-    for item in TINY + SWIN_TINY + ["train.max_steps=4", "eval.knn=false"]:
+    for item in TINY + SWIN_TINY + ["train.max_steps=4", "eval.knn.enabled=false"]:
         args += ["--set", item]
     assert run_cli(args)[0] == 0
-    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(tmp_path / "s"), "--set", "eval.linear_features=avg",
-                            "--set", "eval.linear_epochs=2", "--set", "eval.linear_blocks=2"])
+    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(tmp_path / "s"), "--set", "eval.linear.features=avg",
+                            "--set", "eval.linear.epochs=2", "--set", "eval.linear.blocks=2"])
     assert code == 0 and 0 <= last_json(stdout)["value"] <= 1
-    code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(tmp_path / "s"), "--set", "eval.finetune_steps=2",
-                            "--set", "eval.finetune_batch_size=8"])
+    code, stdout = run_cli(["eval", "finetune", "--checkpoint", str(tmp_path / "s"), "--set", "eval.finetune.steps=2",
+                            "--set", "eval.finetune.batch_size=8"])
     assert code == 0 and 0 <= last_json(stdout)["value"] <= 1
 
 

@@ -21,7 +21,7 @@ from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
 from repre.methods.base import embedding_std
 
-RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn=false",
+RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn.enabled=false",
                  "train.diagnose_every=0", "data.synthetic_train=128"]
 
 
@@ -336,7 +336,7 @@ def test_deterministic_mode_is_on_for_the_run_and_refuses_what_a_gpu_cannot_do(t
     with pytest.raises(UserError, match="data.local_crops=0"):
         check_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
     assert not torch.are_deterministic_algorithms_enabled()
-    cfg = tiny_config("train.deterministic=true", "train.device=cpu", "train.max_steps=2", "eval.knn=false")
+    cfg = tiny_config("train.deterministic=true", "train.device=cpu", "train.max_steps=2", "eval.knn.enabled=false")
     trainer = Trainer(cfg, tmp_path / "run")  # the CPU has deterministic backwards for bilinear steps
     assert not torch.are_deterministic_algorithms_enabled()  # construction changes no process-wide setting
     seen = []

@@ -49,7 +49,7 @@ def test_eval_knn_on_val_through_the_cli(tiny_run):
 
 def test_lambda_schedule_is_logged_and_follows_a_cosine(tmp_path):
     cfg = tiny_config("recon.weight=2.0", "recon.weight_end=0.0", "train.max_steps=8", "train.log_every=1",
-                      "eval.knn=false")
+                      "eval.knn.enabled=false")
     pretrain(cfg, tmp_path / "r")
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     weights = [r["recon_weight"] for r in lines if r["kind"] == "train"]

@@ -56,8 +56,8 @@ def test_fashion_scenes_source(fmnist_root):
 def test_eval_segment_end_to_end(tiny_run, fmnist_root):
     out, _ = tiny_run
     code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", f"data.root={fmnist_root}",
-                            "--set", "eval.segment_train=16", "--set", "eval.segment_test=8",
-                            "--set", "eval.segment_epochs=2"])
+                            "--set", "eval.segment.train=16", "--set", "eval.segment.test=8",
+                            "--set", "eval.segment.epochs=2"])
     result = last_json(stdout)
     assert code == 0 and result["task"] == "segment" and 0 <= result["value"] <= 1
     assert 0 <= result["extra"]["pixel_acc"] <= 1 and result["extra"]["feature_grid"] == [16, 16]
@@ -128,9 +128,9 @@ def test_confusion_skips_ignored_pixels():
 def test_eval_segment_on_a_folder_end_to_end(tiny_run, tmp_path):
     out, _ = tiny_run
     root = seg_folder(tmp_path / "seg")
-    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment_data=folder",
-                            "--set", f"eval.segment_root={root}", "--set", "eval.segment_size=16",
-                            "--set", "eval.segment_epochs=2"])
+    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment.data=folder",
+                            "--set", f"eval.segment.root={root}", "--set", "eval.segment.size=16",
+                            "--set", "eval.segment.epochs=2"])
     result = last_json(stdout)
     assert code == 0 and result["extra"]["data"] == "folder" and result["extra"]["classes"] == 3
     assert result["extra"]["train_images"] == 9 and result["extra"]["test_images"] == 4
@@ -139,5 +139,5 @@ def test_eval_segment_on_a_folder_end_to_end(tiny_run, tmp_path):
 
 def test_eval_segment_folder_without_root_is_a_clear_error(tiny_run):
     out, _ = tiny_run
-    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment_data=folder"])
+    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment.data=folder"])
     assert code == 2

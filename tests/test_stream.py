@@ -78,7 +78,7 @@ def test_a_resumed_loader_gives_the_batches_of_an_uninterrupted_one(shards, step
 
 def test_a_run_crashed_after_a_checkpoint_resumes_to_the_same_weights(shards, tmp_path, monkeypatch):
     settings = ["train.num_workers=2", "train.max_steps=8", "train.checkpoint_every=4", "train.log_every=4",
-                "eval.knn=false", *BITWISE]
+                "eval.knn.enabled=false", *BITWISE]
     cfg = stream_config(str(shards), *settings)
     Trainer(cfg, tmp_path / "whole").fit()
     save = Trainer.save_checkpoint
@@ -200,7 +200,7 @@ def test_streamed_batches_can_be_cut_on_the_device(shards):
 
 
 def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards, tmp_path, repre_log):
-    settings = ["train.max_steps=4", "train.checkpoint_every=2", "train.log_every=2", "eval.knn=false"]
+    settings = ["train.max_steps=4", "train.checkpoint_every=2", "train.log_every=2", "eval.knn.enabled=false"]
     Trainer(stream_config(str(shards), *settings, "train.num_workers=2"), tmp_path / "run").fit()
     resumed = Trainer(stream_config(str(shards), *settings, "train.max_steps=6", "train.num_workers=1"),
                       tmp_path / "run", resume=True)

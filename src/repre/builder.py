@@ -42,5 +42,6 @@ def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
     if not cfg.recon.enabled:
         return Plain(method)
     r = cfg.recon
-    taps = resolve_taps(r.taps, encoder.depth)
-    return RePre(method, taps, r.width, r.min_width, r.weight, r.loss, r.norm_pix, r.depth, r.upsample, r.out_stride)
+    return RePre(method, taps=resolve_taps(r.taps, encoder.depth), width=r.width, min_width=r.min_width,
+                 weight=r.weight, loss=r.loss, norm_pix=r.norm_pix, depth=r.depth, upsample=r.upsample,
+                 out_stride=r.out_stride)

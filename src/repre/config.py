@@ -7,6 +7,7 @@ saved with every run (`config.yaml`) and every checkpoint, and is accepted back 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -122,33 +123,68 @@ class ModelConfig:
 
 
 @dataclass
-class MethodConfig:
-    """The contrastive framework and its heads."""
+class MoCoV3Config:
+    """MoCo v3 (Chen, Xie, He 2021): projector and predictor MLPs, InfoNCE against the momentum encoder's keys."""
 
-    # the framework; supervised: a labelled reference
-    name: Literal["mocov3", "dino", "moby", "supervised"] = "mocov3"
-    temperature: float = 0.2  # tau of the contrastive loss (DINO: the student's)
-    momentum: float = 0.99  # start of the cosine momentum schedule, which ends at 1.0
-    proj_dim: int = 256  # output width of the projection head (DINO: the bottleneck)
-    mlp_dim: int = 4096  # hidden width of the projection and prediction heads (DINO: of its head)
-    freeze_patch_embed: bool = False  # MoCo v3's stability trick: a frozen random patch projection
-    queue_size: int = 4096  # MoBY: keys per view's queue (a ring buffer; any batch size)
-    # DINO (method.temperature is the student's temperature, proj_dim the bottleneck, mlp_dim the hidden width)
-    out_dim: int = 65536  # K, the prototypes of the DINO head (small in the CPU presets)
+    temperature: float = 0.2  # tau of the InfoNCE loss
+    proj_dim: int = 256  # output width of the projector and the predictor
+    mlp_dim: int = 4096  # hidden width of the projector and the predictor
+    freeze_patch_embed: bool = False  # a frozen random patch projection (MoCo v3's stability trick for ViTs)
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {"temperature": ">0", "proj_dim": ">0", "mlp_dim": ">0"}
+
+
+@dataclass
+class DINOConfig:
+    """DINO (Caron et al. 2021): a student on all crops against an EMA teacher's centred, sharpened outputs."""
+
+    student_temp: float = 0.1  # the student's softmax temperature
+    out_dim: int = 65536  # K, the prototypes of the head (small in the CPU presets)
+    hidden_dim: int = 2048  # hidden width of the head's MLP
+    bottleneck_dim: int = 256  # the head's bottleneck before the prototypes
     norm_last_layer: bool = True  # weight-normalized last layer with its scale fixed to 1
-    teacher_temp: float = 0.04  # after the warm-up (0.04 to 0.07 in the official recipes)
-    warmup_teacher_temp: float = 0.04  # DINO: the teacher temperature at the start of its linear warm-up
-    warmup_teacher_temp_fraction: float = 0.1  # of the run (official: 30 of 300 epochs)
-    center_momentum: float = 0.9  # DINO: EMA momentum of the center subtracted from the teacher's outputs
-    freeze_last_layer_fraction: float = 0.0  # of the run: the last layer's gradients dropped (official: 1 epoch)
+    teacher_temp: float = 0.04  # the teacher's temperature after the warm-up (0.04 to 0.07 in the official recipes)
+    warmup_teacher_temp: float = 0.04  # the teacher's temperature at the start of its linear warm-up
+    warmup_teacher_temp_fraction: float = 0.1  # the warm-up, as a fraction of the run (official: 30 of 300 epochs)
+    center_momentum: float = 0.9  # EMA momentum of the center subtracted from the teacher's outputs
+    # the last layer's gradients dropped for this fraction of the run (official: 1 epoch)
+    freeze_last_layer_fraction: float = 0.0
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
-        "temperature": ">0", "momentum": "[0,1]", "proj_dim": ">0", "mlp_dim": ">0", "queue_size": ">0",
-        "out_dim": ">0", "teacher_temp": ">0", "warmup_teacher_temp": ">0",
-        "warmup_teacher_temp_fraction": "[0,1]", "center_momentum": "[0,1]",
+        "student_temp": ">0", "out_dim": ">0", "hidden_dim": ">0", "bottleneck_dim": ">0", "teacher_temp": ">0",
+        "warmup_teacher_temp": ">0", "warmup_teacher_temp_fraction": "[0,1]", "center_momentum": "[0,1]",
         "freeze_last_layer_fraction": "[0,1]",
     }
+
+
+@dataclass
+class MoBYConfig:
+    """MoBY (Xie et al. 2021): MoCo v2/BYOL-style heads with batch norm, and a queue of keys per view."""
+
+    temperature: float = 0.2  # tau of the contrastive loss
+    proj_dim: int = 256  # output width of the projector and the predictor
+    mlp_dim: int = 4096  # hidden width of the projector and the predictor
+    queue_size: int = 4096  # keys per view's queue (a ring buffer; any batch size)
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {"temperature": ">0", "proj_dim": ">0", "mlp_dim": ">0", "queue_size": ">0"}
+
+
+@dataclass
+class MethodConfig:
+    """The framework. Each framework's own keys are in its section; the one that runs is `method.name`'s."""
+
+    name: Literal["mocov3", "dino", "moby", "supervised"] = "mocov3"  # supervised: a labelled reference
+    # the EMA momentum of the momentum / teacher encoder at the start; a cosine takes it to 1.0 by the end
+    momentum: float = 0.99
+    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    moby: MoBYConfig = field(default_factory=MoBYConfig)
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {"momentum": "[0,1]"}
 
 
 @dataclass
@@ -174,6 +210,8 @@ class ReconConfig:
         "weight": ">=0", "width": ">0", "min_width": ">0", "depth": ">=1", "weight_end": ">=0",
         "out_stride": ">=1",
     }
+    # options kept for measurements in progress (docs/results.md), not used by any preset: they may change or go
+    experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride"}
 
 
 @dataclass
@@ -221,69 +259,121 @@ class TrainConfig:
         "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",
         "num_workers": ">=-1", "diagnose_every": ">=0",
     }
+    # options kept for tests and measurements of the non-finite guard's two strategies: auto chooses well
+    experimental: ClassVar[set[str]] = {"host_sync"}
+
+
+@dataclass
+class KNNConfig:
+    """Weighted k-NN on frozen features (DINO's protocol): the train split is the bank, the test split the queries."""
+
+    enabled: bool = True  # a k-NN at the end of pre-training, in its summary (needs labels)
+    k: int = 20  # neighbours that vote
+    temperature: float = 0.07  # each neighbour votes with exp(similarity / T)
+    train_subset: int | None = None  # bank size (first N train images); None: all
+    test_subset: int | None = None  # queries (first N test images); None: all
+    quick_train: int = 10000  # the bank of the k-NN during pre-training (train.eval_every)
+    quick_test: int = 2000  # the queries of the k-NN during pre-training
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "k": ">0", "temperature": ">0", "train_subset": ">0", "test_subset": ">0", "quick_train": ">0",
+        "quick_test": ">0",
+    }
+
+
+@dataclass
+class LinearConfig:
+    """The linear probe on frozen features; lr and weight decay chosen on a held-out part of the train split.
+    The defaults are a quick protocol for small data on a CPU, not a paper's ImageNet protocol."""
+
+    features: Literal["cls", "avg", "both"] = "cls"  # class token, mean patch token, or both
+    blocks: int = 1  # concatenate the features of the last k blocks (DINO uses 4 for ViT-S)
+    # the probe's learning rates tried (the best on a held-out part of train is reported)
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])  # the weight decays tried, with each lr
+    epochs: int = 30  # epochs of the probe over the precomputed features
+    val_fraction: float = 0.1  # of the train split, held out to choose lr and weight decay
+    train_subset: int | None = None  # first N train images for the probe; None: all
+    test_subset: int | None = None  # first N test images scored; None: all
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "blocks": ">=1", "lrs": ">0", "wds": ">=0", "epochs": ">0", "val_fraction": "(0,1)", "train_subset": ">0",
+        "test_subset": ">0",
+    }
+
+
+@dataclass
+class FinetuneConfig:
+    """End-to-end fine-tuning with layer-wise lr decay and label smoothing (short schedule for a CPU)."""
+
+    steps: int = 200  # optimizer steps
+    batch_size: int = 256  # images per step
+    lr: float = 1e-3  # base lr per 256 images, scaled by batch_size / 256
+    layer_decay: float = 0.75  # lr of block i: lr * decay^(depth - i); the head gets the full lr
+    weight_decay: float = 0.05  # AdamW's weight decay
+    label_smoothing: float = 0.1  # of the cross-entropy
+    warmup_fraction: float = 0.1  # linear warm-up, as a fraction of the steps
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # area range of the random resized crops
+    train_subset: int | None = None  # first N train images; None: all
+    test_subset: int | None = None  # first N test images scored; None: all
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "steps": ">0", "batch_size": ">0", "lr": ">0", "layer_decay": "(0,1]", "weight_decay": ">=0",
+        "label_smoothing": "[0,1)", "warmup_fraction": "[0,1]", "crop_scale": "(0,1]", "train_subset": ">0",
+        "test_subset": ">0",
+    }
+
+
+@dataclass
+class SegmentConfig:
+    """The dense probe: a 1x1 convolution on frozen patch features, scored by mIoU."""
+
+    # generated scenes of Fashion-MNIST items, or a folder of images with PNG masks
+    data: Literal["fashion-scenes", "folder"] = "fashion-scenes"
+    root: str | None = None  # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png
+    size: int = 0  # probe resolution; 0: data.scene_size (fashion-scenes) or data.image_size (folder)
+    classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
+    ignore: int = 255  # folder: mask value neither trained on nor scored
+    train: int = 2000  # probe-train scenes (train-split items), or the first N folder pairs
+    test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs
+    lr: float = 1e-2  # the probe's learning rate
+    epochs: int = 10  # the probe's epochs
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {
+        "size": ">=0", "classes": ">=0", "ignore": ">=0", "train": ">0", "test": ">0", "lr": ">0", "epochs": ">0",
+    }
+
+
+@dataclass
+class ReconEvalConfig:
+    """The reconstruction branch seen from outside: recon.png and `repre eval recon`."""
+
+    images: int = 8  # images shown in recon.png
+    subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
+
+    # the valid values of the fields above (`RULES`), checked by `validate`
+    ranges: ClassVar[dict[str, str]] = {"images": ">0", "subset": ">0"}
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings (k-NN as in DINO: weighted vote on L2-normalized pooled features)."""
+    """Evaluation: what every task shares, then each task's own section."""
 
-    knn: bool = True  # run k-NN at the end of pre-training (needs labels)
-    knn_k: int = 20  # neighbours that vote
-    knn_temperature: float = 0.07  # each neighbour votes with exp(similarity / T)
-    knn_train_subset: int | None = None  # bank size (first N train images); None: all
-    knn_test_subset: int | None = None  # queries (first N test images); None: all
     batch_size: int = 512  # images per batch of feature extraction
     split: Literal["test", "val"] = "test"  # val: report on a fixed random val_size of the train images
     val_size: int = 10000  # eval.split=val: the held-out train images
-    recon_images: int = 8  # images shown in recon.png
-    quick_knn_train: int = 10000  # k-NN during pre-training (train.eval_every) uses these subsets
-    quick_knn_test: int = 2000  # queries of the k-NN during pre-training
-    recon_subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
-    linear_features: Literal["cls", "avg", "both"] = "cls"  # class token, mean patch token, or both
-    linear_blocks: int = 1  # concatenate the features of the last k blocks (DINO uses 4 for ViT-S)
-    # the probe's learning rates tried (the best on a held-out part of train is reported)
-    linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
-    # the probe's weight decays tried, with each lr
-    linear_wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])
-    linear_epochs: int = 30  # epochs of the probe over the precomputed features
-    linear_val_fraction: float = 0.1  # of the train split, held out to choose lr and weight decay
-    linear_train_subset: int | None = None  # first N train images for the probe; None: all
-    linear_test_subset: int | None = None  # first N test images scored; None: all
-    finetune_steps: int = 200  # optimizer steps of end-to-end fine-tuning (short on CPU)
-    finetune_batch_size: int = 256  # fine-tuning's batch
-    finetune_lr: float = 1e-3  # base lr per 256 images, scaled by finetune_batch_size / 256
-    finetune_layer_decay: float = 0.75  # lr of block i: lr * decay^(depth - i); the head gets the full lr
-    finetune_weight_decay: float = 0.05  # fine-tuning's AdamW weight decay
-    finetune_label_smoothing: float = 0.1  # fine-tuning's label smoothing
-    finetune_warmup_fraction: float = 0.1  # of finetune_steps
-    # area range of fine-tuning's random resized crops
-    finetune_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    finetune_train_subset: int | None = None  # first N train images; None: all
-    finetune_test_subset: int | None = None  # first N test images scored; None: all
-    segment_train: int = 2000  # dense probe: probe-train scenes (train-split items), or the first N folder pairs
-    segment_test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs
-    # the dense probe's data: generated scenes, or a folder of images with PNG masks
-    segment_data: Literal["fashion-scenes", "folder"] = "fashion-scenes"
-    segment_root: str | None = None  # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png
-    segment_size: int = 0  # probe resolution; 0: data.scene_size (fashion-scenes) or data.image_size (folder)
-    segment_classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
-    segment_ignore: int = 255  # folder: mask value neither trained on nor scored
-    segment_lr: float = 1e-2  # the dense probe's learning rate
-    segment_epochs: int = 10  # the dense probe's epochs
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    recon: ReconEvalConfig = field(default_factory=ReconEvalConfig)
 
     # the valid values of the fields above (`RULES`), checked by `validate`
-    ranges: ClassVar[dict[str, str]] = {
-        "knn_k": ">0", "knn_temperature": ">0", "knn_train_subset": ">0", "knn_test_subset": ">0",
-        "batch_size": ">0", "val_size": ">0", "recon_images": ">0", "quick_knn_train": ">0",
-        "quick_knn_test": ">0", "recon_subset": ">0", "linear_blocks": ">=1", "linear_lrs": ">0",
-        "linear_wds": ">=0", "linear_epochs": ">0", "linear_val_fraction": "(0,1)",
-        "linear_train_subset": ">0", "linear_test_subset": ">0", "finetune_steps": ">0",
-        "finetune_batch_size": ">0", "finetune_lr": ">0", "finetune_layer_decay": "(0,1]",
-        "finetune_weight_decay": ">=0", "finetune_label_smoothing": "[0,1)",
-        "finetune_warmup_fraction": "[0,1]", "finetune_crop_scale": "(0,1]", "finetune_train_subset": ">0",
-        "finetune_test_subset": ">0", "segment_train": ">0", "segment_test": ">0", "segment_size": ">=0",
-        "segment_classes": ">=0", "segment_ignore": ">=0", "segment_lr": ">0", "segment_epochs": ">0",
-    }
+    ranges: ClassVar[dict[str, str]] = {"batch_size": ">0", "val_size": ">0"}
 
 
 @dataclass
@@ -302,6 +392,69 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- renamed keys
+
+# keys renamed when each section's keys were given one meaning (CHANGELOG.md, 0.2.0): old -> new
+RENAMED = {
+    **{f"eval.{old}": f"eval.{new}" for old, new in {
+        "knn_k": "knn.k", "knn_temperature": "knn.temperature", "knn_train_subset": "knn.train_subset",
+        "knn_test_subset": "knn.test_subset", "quick_knn_train": "knn.quick_train",
+        "quick_knn_test": "knn.quick_test", "recon_images": "recon.images", "recon_subset": "recon.subset",
+    }.items()},
+    **{f"eval.{task}_{key}": f"eval.{task}.{key}" for task, keys in {
+        "linear": ("features", "blocks", "lrs", "wds", "epochs", "val_fraction", "train_subset", "test_subset"),
+        "finetune": ("steps", "batch_size", "lr", "layer_decay", "weight_decay", "label_smoothing",
+                     "warmup_fraction", "crop_scale", "train_subset", "test_subset"),
+        "segment": ("data", "root", "size", "classes", "ignore", "train", "test", "lr", "epochs"),
+    }.items() for key in keys},
+}
+# method keys that were shared by the frameworks: old -> {framework: its key now}
+RENAMED_METHOD = {
+    "temperature": {"mocov3": "temperature", "moby": "temperature", "dino": "student_temp"},
+    "proj_dim": {"mocov3": "proj_dim", "moby": "proj_dim", "dino": "bottleneck_dim"},
+    "mlp_dim": {"mocov3": "mlp_dim", "moby": "mlp_dim", "dino": "hidden_dim"},
+    "freeze_patch_embed": {"mocov3": "freeze_patch_embed"},
+    "queue_size": {"moby": "queue_size"},
+    **{key: {"dino": key} for key in ("out_dim", "norm_last_layer", "teacher_temp", "warmup_teacher_temp",
+                                      "warmup_teacher_temp_fraction", "center_momentum",
+                                      "freeze_last_layer_fraction")},
+}
+
+
+def renamed_message(key: str) -> str | None:
+    """What to write instead of a key of an older repre (None: not an old key)."""
+    section, _, name = key.partition(".")
+    if section == "method" and name in RENAMED_METHOD:
+        new = " / ".join(f"method.{m}.{k}" for m, k in RENAMED_METHOD[name].items())
+        return f"config key {key!r} was renamed: each framework has its own now ({new}); see CHANGELOG.md"
+    if key in RENAMED:
+        return f"config key {key!r} was renamed to {RENAMED[key]!r}; see CHANGELOG.md"
+    if key == "eval.knn":
+        return "eval.knn is a section now: write eval.knn.enabled=true/false; see CHANGELOG.md"
+    return None
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config written by an older repre (a checkpoint's, a run's config.yaml) in today's keys: the
+    shared method keys go to the section of the framework that ran. Files people write get `renamed_message`."""
+    raw = copy.deepcopy(raw)
+    method, evals = raw.get("method") or {}, raw.get("eval") or {}
+    name = method.get("name", MethodConfig.name)
+    for old, targets in RENAMED_METHOD.items():
+        if old in method:
+            value = method.pop(old)
+            if name in targets:
+                method.setdefault(name, {})[targets[name]] = value
+    if isinstance(evals.get("knn"), bool):
+        evals["knn"] = {"enabled": evals["knn"]}
+    for old, new in RENAMED.items():
+        key = old.split(".", 1)[1]
+        if key in evals:
+            task, field_name = new.split(".")[1:]
+            evals.setdefault(task, {})[field_name] = evals.pop(key)
+    return raw
 
 
 # ---------------------------------------------------------------- loading
@@ -405,8 +558,8 @@ def load_config(source: str | None = None, overrides: list[str] | dict[str, Any]
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """A Config from a resolved mapping (a checkpoint's or a run's config)."""
-    cfg = build(Config, dict(raw), "")
+    """A Config from a resolved mapping (a checkpoint's or a run's config, from this repre or an older one)."""
+    cfg = build(Config, migrate(raw), "")
     validate(cfg)
     return cfg
 
@@ -417,13 +570,15 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 def build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     """Construct dataclass `cls` from `raw`, checking every key and value type."""
     if not isinstance(raw, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+        where = prefix.rstrip(".") or "config"
+        raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise UserError(_unknown_key_message(prefix + str(key), [prefix + n for n in names]))
+            old = renamed_message(prefix + str(key))
+            raise UserError(old or _unknown_key_message(prefix + str(key), [prefix + n for n in names]))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
 
@@ -523,12 +678,21 @@ def check_ranges(section: str, values: Any) -> None:
             raise UserError(f"{section}.{key} must be {text}, got {value}")
 
 
+def sections(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every section of a config, nested ones included: [("data", DataConfig(...)), ("method.dino", ...), ...]."""
+    out = []
+    for f in dataclasses.fields(values):
+        child = getattr(values, f.name)
+        if dataclasses.is_dataclass(child):
+            out += [(prefix + f.name, child), *sections(child, f"{prefix}{f.name}.")]
+    return out
+
+
 def validate(cfg: Config) -> None:
     """Every section's value ranges and own rules, then the rules that span sections."""
-    for section in ("data", "aug", "model", "method", "recon", "train", "eval"):
-        values = getattr(cfg, section)
-        _SECTION_RULES.get(section, lambda _: None)(values)
-        check_ranges(section, values)
+    for name, values in sections(cfg):
+        _SECTION_RULES.get(name, lambda _: None)(values)
+        check_ranges(name, values)
     _validate_across(cfg)
 
 

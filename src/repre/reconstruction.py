@@ -29,6 +29,7 @@ class RePre(nn.Module):
     def __init__(
         self,
         method: Method,
+        *,
         taps: Sequence[int],
         width: int = 128,
         min_width: int = 8,

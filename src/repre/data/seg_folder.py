@@ -37,7 +37,7 @@ def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     layout = f"{root}/images/{{train,val}}/<name>.jpg and {root}/masks/{{train,val}}/<name>.png"
     mask_base = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
     if not (root / "images").is_dir() or mask_base is None:
-        raise UserError(f"eval.segment_root={root} needs the layout {layout}")
+        raise UserError(f"eval.segment.root={root} needs the layout {layout}")
     images, masks = _split_dir(root / "images", split), _split_dir(mask_base, split)
     if images is None or masks is None:
         raise UserError(f"no {split} split under {root}: expected {layout}")

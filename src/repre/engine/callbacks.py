@@ -106,4 +106,4 @@ def engine_callbacks(cfg) -> list[Callback]:
         if cfg.train.diagnose_every:
             monitors.append(LossBalance(cfg.train.diagnose_every))
         monitors.append(LossTrend())
-    return [*monitors, CollapseWatch(cfg.method.out_dim)]
+    return [*monitors, CollapseWatch(cfg.method.dino.out_dim)]

@@ -18,10 +18,10 @@ from repre.eval.recon import save_recon_grid
 
 
 def quick(cfg: Config) -> Config:
-    """The config of a k-NN during training: the eval.quick_knn_* subsets."""
-    e = dataclasses.replace(cfg.eval, knn_train_subset=cfg.eval.quick_knn_train,
-                            knn_test_subset=cfg.eval.quick_knn_test)
-    return dataclasses.replace(cfg, eval=e)
+    """The config of a k-NN during training: the eval.knn.quick_* subsets."""
+    k = cfg.eval.knn
+    knn = dataclasses.replace(k, train_subset=k.quick_train, test_subset=k.quick_test)
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, knn=knn))
 
 
 def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool) -> float | None:
@@ -71,6 +71,6 @@ def run_callbacks(cfg: Config) -> list[Callback]:
         callbacks.append(PeriodicKNN(cfg.train.eval_every))
     if cfg.recon.enabled:
         callbacks.append(ReconPicture())
-    if cfg.eval.knn:
+    if cfg.eval.knn.enabled:
         callbacks.append(FinalKNN())
     return callbacks

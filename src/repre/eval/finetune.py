@@ -72,42 +72,42 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     classes = source.num_classes
     if not classes:
         raise UserError("fine-tuning needs labels: use a folder with class sub-folders in train/ and val/")
-    if e.finetune_train_subset:
-        source = FirstN(source, e.finetune_train_subset)
+    if e.finetune.train_subset:
+        source = FirstN(source, e.finetune.train_subset)
     model = encoder.model
     model.reset_classifier(classes)
     model.to(rt.device).train()
     mean, std = stats(cfg.data, source)
-    aug = dataclasses.replace(cfg.aug, crop_scale=e.finetune_crop_scale, jitter_prob=0.0, grayscale_prob=0.0,
+    aug = dataclasses.replace(cfg.aug, crop_scale=e.finetune.crop_scale, jitter_prob=0.0, grayscale_prob=0.0,
                               blur_prob=[0.0, 0.0], solarize_prob=[0.0, 0.0])
     spec = ViewSpec(aug=aug, size=cfg.data.image_size, mean=mean, std=std)
     loader = DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1),
-                        batch_sampler=EpochBatchSampler(len(source), e.finetune_batch_size, cfg.train.seed),
+                        batch_sampler=EpochBatchSampler(len(source), e.finetune.batch_size, cfg.train.seed),
                         collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))
     blocks = block_offsets(model)[-1] if encoder.hierarchical else encoder.depth
-    opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune_weight_decay, e.finetune_layer_decay))
-    lrs = warmup_cosine(scaled_lr(e.finetune_lr, e.finetune_batch_size), 0.0, e.finetune_steps,
-                        round(e.finetune_warmup_fraction * e.finetune_steps))
+    opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune.weight_decay, e.finetune.layer_decay))
+    lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,
+                        round(e.finetune.warmup_fraction * e.finetune.steps))
     batches = iter(loader)
-    for step in range(e.finetune_steps):
+    for step in range(e.finetune.steps):
         batch = next(batches)
         for g in opt.param_groups:
             g["lr"] = float(lrs[step]) * g["lr_scale"]
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
             logits = model(batch["views"][:, 0].to(rt.device))
-        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=e.finetune_label_smoothing)
+        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=e.finetune.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
-            "extra": {"steps": e.finetune_steps, "final_train_loss": float(loss.detach()), "classes": classes}}
+            "extra": {"steps": e.finetune.steps, "final_train_loss": float(loss.detach()), "classes": classes}}
 
 
 @torch.no_grad()
 def test_top1(model: nn.Module, cfg: Config, rt: Runtime) -> float:
     model.eval()
     correct = total = 0
-    for x, y in eval_loader(cfg, "test", cfg.eval.finetune_test_subset):
+    for x, y in eval_loader(cfg, "test", cfg.eval.finetune.test_subset):
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
             pred = model(x.to(rt.device)).argmax(dim=1).cpu()
         correct += int((pred == y).sum())

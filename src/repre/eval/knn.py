@@ -53,16 +53,16 @@ def knn_predict(
 def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries)."""
     e = cfg.eval
-    train = eval_loader(cfg, "train", e.knn_train_subset)
-    test = eval_loader(cfg, "test", e.knn_test_subset)
+    train = eval_loader(cfg, "train", e.knn.train_subset)
+    test = eval_loader(cfg, "test", e.knn.test_subset)
     classes = train.dataset.source.num_classes
     if not classes:
         raise UserError("k-NN needs labels: use a folder with class sub-folders in train/ and val/")
     bank, bank_y = extract_features(encoder, train, rt)
     queries, query_y = extract_features(encoder, test, rt)
-    pred = knn_predict(bank, bank_y, queries, e.knn_k, e.knn_temperature, classes)
+    pred = knn_predict(bank, bank_y, queries, e.knn.k, e.knn.temperature, classes)
     top1 = float((pred == query_y).float().mean())
-    extra = {"k": e.knn_k, "temperature": e.knn_temperature, "bank": len(bank), "queries": len(queries)}
+    extra = {"k": e.knn.k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries)}
     return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
 
 

@@ -61,9 +61,9 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
 
 @torch.no_grad()
 def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> None:
-    """Both views of the first `eval.recon_images` images (epoch-0 augmentation) above their reconstructions."""
+    """Both views of the first `eval.recon.images` images (epoch-0 augmentation) above their reconstructions."""
     spec = view_spec(cfg, source)
-    n = min(cfg.eval.recon_images, len(source))
+    n = min(cfg.eval.recon.images, len(source))
     dataset = ViewDataset(source, spec, cfg.train.seed)
     batch = ViewCollate(spec)([dataset[(0, i)] for i in range(n)])
     x = stack_views(batch["views"]).to(rt.device)
@@ -80,7 +80,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     pixel space; `out/recon.png`: inputs, reconstructions and error maps (|error| x 4, clipped)."""
     if not isinstance(model, RePre):
         raise UserError("this checkpoint has no decoder (pre-trained with recon.enabled=false): nothing to evaluate")
-    loader = eval_loader(cfg, "test", cfg.eval.recon_subset)
+    loader = eval_loader(cfg, "test", cfg.eval.recon.subset)
     mean, std = loader.dataset.mean, loader.dataset.std
     model.eval()
     psnr, l1, shown = [], [], None
@@ -91,7 +91,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
         psnr.append(10 * torch.log10(1.0 / mse).cpu())
         l1.append((a - b).abs().mean(dim=(1, 2, 3)).cpu())
         if shown is None:
-            k = min(cfg.eval.recon_images, len(x))
+            k = min(cfg.eval.recon.images, len(x))
             err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * 4).clamp(0, 1).expand(-1, 3, -1, -1)
             shown = [a[:k], b[:k], err]
     extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}

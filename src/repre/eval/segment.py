@@ -1,6 +1,6 @@
 """Dense linear probe: a 1x1 conv on frozen patch-token maps, logits bilinearly upsampled, cross-entropy.
 
-Data (eval.segment_data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
+Data (eval.segment.data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
 test-split items), or a folder of images with PNG label masks (ADE20K-style, `repre.data.seg_folder`).
 An encoder pre-trained at another image size is evaluated at the scene size with resampled position
 embeddings (timm's `set_input_size`). Reported: mIoU over the classes present in the test scenes (`value`)
@@ -108,38 +108,38 @@ def scene_data(cfg: Config) -> ProbeData:
     """fashion-scenes; with eval.split=val the probe-test scenes are composed from the validation items of the
     train split (`val_split`) and the probe-train scenes from the others (the test split is not read)."""
     e, d = cfg.eval, cfg.data
-    size, seed = e.segment_size or d.scene_size, cfg.train.seed
+    size, seed = e.segment.size or d.scene_size, cfg.train.seed
     if e.split == "test":
-        train = FashionScenes(d.root, "train", e.segment_train, size, seed=seed)
-        test = FashionScenes(d.root, "test", e.segment_test, size, seed=seed)
+        train = FashionScenes(d.root, "train", e.segment.train, size, seed=seed)
+        test = FashionScenes(d.root, "test", e.segment.test, size, seed=seed)
     else:
         train_idx, val_idx = val_split(len(FashionMNIST(d.root, "train")), e.val_size)
-        train = FashionScenes(d.root, "train", e.segment_train, size, seed, items=train_idx)
-        test = FashionScenes(d.root, "val", e.segment_test, size, seed, items=val_idx)
+        train = FashionScenes(d.root, "train", e.segment.train, size, seed, items=train_idx)
+        test = FashionScenes(d.root, "val", e.segment.test, size, seed, items=val_idx)
     rgb = lambda x: x[:, None].expand(-1, 3, -1, -1)  # noqa: E731
     return ProbeData(rgb(train.images), train.masks.long(), rgb(test.images), test.masks.long(),
-                     NUM_SEGMENT_CLASSES, e.segment_ignore)
+                     NUM_SEGMENT_CLASSES, e.segment.ignore)
 
 
 def folder_data(cfg: Config) -> ProbeData:
     """A folder of images and PNG masks; with eval.split=val the probe-test pairs are a fixed random
     min(eval.val_size, 20%) of the train pairs (`val_split`; the val split is not read)."""
     e = cfg.eval
-    if not e.segment_root:
-        raise UserError("eval.segment_data=folder needs eval.segment_root=/path (images/ and masks/ inside)")
-    size = e.segment_size or cfg.data.image_size
+    if not e.segment.root:
+        raise UserError("eval.segment.data=folder needs eval.segment.root=/path (images/ and masks/ inside)")
+    size = e.segment.size or cfg.data.image_size
     if e.split == "test":
-        train = SegmentationFolder(e.segment_root, "train", size, e.segment_train, e.segment_ignore)
-        test = SegmentationFolder(e.segment_root, "val", size, e.segment_test, e.segment_ignore)
+        train = SegmentationFolder(e.segment.root, "train", size, e.segment.train, e.segment.ignore)
+        test = SegmentationFolder(e.segment.root, "val", size, e.segment.test, e.segment.ignore)
         parts = (train.images, train.masks, test.images, test.masks)
     else:
-        full = SegmentationFolder(e.segment_root, "train", size, None, e.segment_ignore)
+        full = SegmentationFolder(e.segment.root, "train", size, None, e.segment.ignore)
         train_idx, val_idx = val_split(len(full), min(e.val_size, max(1, len(full) // 5)))
-        train_idx, val_idx = train_idx[: e.segment_train], val_idx[: e.segment_test]
+        train_idx, val_idx = train_idx[: e.segment.train], val_idx[: e.segment.test]
         parts = (full.images[train_idx], full.masks[train_idx], full.images[val_idx], full.masks[val_idx])
-    masks = parts[1][parts[1] != e.segment_ignore]
-    classes = e.segment_classes or (int(masks.max()) + 1 if masks.numel() else 1)
-    return ProbeData(*parts, classes, e.segment_ignore)
+    masks = parts[1][parts[1] != e.segment.ignore]
+    classes = e.segment.classes or (int(masks.max()) + 1 if masks.numel() else 1)
+    return ProbeData(*parts, classes, e.segment.ignore)
 
 
 def pretraining_stats(cfg: Config) -> tuple[Sequence[float], Sequence[float]]:
@@ -157,14 +157,14 @@ def pretraining_stats(cfg: Config) -> tuple[Sequence[float], Sequence[float]]:
 def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """Train the probe on probe-train images, report mIoU and pixel accuracy on probe-test images."""
     e = cfg.eval
-    data = scene_data(cfg) if e.segment_data == "fashion-scenes" else folder_data(cfg)
+    data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg)
     f_train = feature_maps(encoder, data.train_images, mean, std, rt, e.batch_size)
     f_test = feature_maps(encoder, data.test_images, mean, std, rt, e.batch_size)
-    probe = train_probe(f_train, data.train_masks, data.classes, e.segment_lr, e.segment_epochs, cfg.train.seed,
+    probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,
                         data.ignore)
     m, acc, per_class = miou(confusion(probe, f_test, data.test_masks, data.classes, data.ignore))
-    extra = {"pixel_acc": acc, "per_class_iou": per_class, "data": e.segment_data, "classes": data.classes,
+    extra = {"pixel_acc": acc, "per_class_iou": per_class, "data": e.segment.data, "classes": data.classes,
              "train_images": len(data.train_images), "test_images": len(data.test_images),
              "feature_grid": list(f_train.shape[-2:])}
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}

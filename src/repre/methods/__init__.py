@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from repre.config import Config
@@ -15,19 +16,15 @@ from repre.models.backbone import Backbone
 
 
 def _mocov3(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:
-    m = cfg.method
-    return MoCoV3(encoder, m.proj_dim, m.mlp_dim, m.temperature, m.freeze_patch_embed)
+    return MoCoV3(encoder, **dataclasses.asdict(cfg.method.mocov3))
 
 
 def _dino(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:
-    m = cfg.method
-    return DINO(encoder, m.out_dim, m.mlp_dim, m.proj_dim, m.temperature, m.teacher_temp, m.warmup_teacher_temp,
-                m.warmup_teacher_temp_fraction, m.center_momentum, m.freeze_last_layer_fraction, m.norm_last_layer)
+    return DINO(encoder, **dataclasses.asdict(cfg.method.dino))
 
 
 def _moby(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:
-    m = cfg.method
-    return MoBY(encoder, m.proj_dim, m.mlp_dim, m.temperature, m.queue_size)
+    return MoBY(encoder, **dataclasses.asdict(cfg.method.moby))
 
 
 def _supervised(cfg: Config, encoder: Backbone, num_classes: int | None) -> Method:

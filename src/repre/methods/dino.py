@@ -27,6 +27,7 @@ class DINO(Method):
     def __init__(
         self,
         encoder: Backbone,
+        *,
         out_dim: int = 65536,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,

@@ -38,7 +38,7 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torc
 
 class MoBY(Method):
     def __init__(
-        self, encoder: Backbone, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
+        self, encoder: Backbone, *, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
         queue_size: int = 4096,
     ) -> None:
         super().__init__()

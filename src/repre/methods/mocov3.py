@@ -20,6 +20,7 @@ class MoCoV3(Method):
     def __init__(
         self,
         encoder: Backbone,
+        *,
         proj_dim: int = 256,
         mlp_dim: int = 4096,
         temperature: float = 0.2,
