@@ -5,8 +5,13 @@ over several rounds; the table reports medians. Only ratios from the same run me
 machine's absolute speed varies by the hour.
 
     python benchmarks/throughput.py [--rounds 3] [--steps 20] [--warmup 4] [--preset fmnist-mocov3-repre]
+    python benchmarks/throughput.py --configs repre --tree old=../old-worktree --tree new=.   # two commits
     python benchmarks/throughput.py --device cuda --method dino --arch vit_base_patch16_224 --image-size 224 \
         --batch-size 128 --configs repre-tensors,baseline-tensors --mfu
+
+--tree LABEL=DIR (repeatable) runs each configuration from the checkout in DIR as well (its own
+benchmarks/throughput.py and src/, so each commit's own code and keys), as rows "NAME@LABEL" in the same
+interleaved rounds: how a change moves throughput, measured side by side.
 
 --method picks the method's preset (fmnist-<method>-repre on CPU; with --device cuda the paper-scale one on
 synthetic data unless --set data.root=... is given); --device, --arch, --image-size and --batch-size are
@@ -28,7 +33,9 @@ Configurations:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -175,7 +182,6 @@ def _lightly_dino_step(trainer):
 
 
 def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str], mfu: bool) -> dict:
-    import itertools
 
     import torch
 
@@ -254,6 +260,15 @@ def changes(name: str, extra: str) -> bool:
                                            for item in extra.split("&"))
 
 
+def tree_command(tree: str | None) -> tuple[str, dict[str, str] | None]:
+    """(the child script, its environment) for a checkout: its own benchmarks/throughput.py with its src/ first
+    on the import path; None: this script and this environment."""
+    if tree is None:
+        return __file__, None
+    root = Path(tree).resolve()
+    return str(root / "benchmarks" / "throughput.py"), {**os.environ, "PYTHONPATH": str(root / "src")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -273,6 +288,8 @@ def main() -> None:
                    help="also run every configuration with this override, in the same rounds (repeatable; "
                         "several overrides joined by &): e.g. train.host_sync=step, aug.photometric_on=workers, "
                         "'aug.geometric_on=device&data.decode_on=device'")
+    p.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
+                   help="also run every configuration from the checkout in DIR, as NAME@LABEL")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.preset, args.overrides = resolve_shorthands(args)
@@ -283,16 +300,18 @@ def main() -> None:
     # same rounds
     names = [(n, None) for n in args.configs.split(",")]
     names += [(n, extra) for extra in args.compare for n, _ in list(names) if changes(n, extra)]
-    runs: dict[str, list[dict]] = {label(*n): [] for n in names}
+    trees = dict(tree.split("=", 1) for tree in args.tree) if args.tree else {"": None}
+    runs: dict[str, list[dict]] = {label(*n) + (f"@{t}" if t else ""): [] for t in trees for n in names}
     failed: dict[str, str] = {}
     for r in range(args.rounds):
-        for name, extra in names:
-            cmd = [sys.executable, __file__, "--child", name, "--preset", args.preset,
+        for (name, extra), tree in itertools.product(names, trees):
+            script, env = tree_command(trees[tree])
+            cmd = [sys.executable, script, "--child", name, "--preset", args.preset,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
             cmd += [f"--set={item}" for item in args.overrides + (extra.split("&") if extra else [])]
             cmd += ["--mfu"] * args.mfu
-            name = label(name, extra)
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            name = label(name, extra) + (f"@{tree}" if tree else "")
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:  # the child's own error, not only "exit status 1"; the other configurations go on
                 failed[name] = f"exit {done.returncode}: {done.stderr[-3000:]}"
                 print(f"configuration {name} failed ({failed[name]})", file=sys.stderr, flush=True)
@@ -342,8 +361,17 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
             "device": first.get("device"), "rounds": args.rounds, "steps": args.steps,
             "precision": first.get("precision"), "batch_size": first.get("batch_size"),
             "run_peak_tflops": peak / 1e12 if peak else None, "date": time.strftime("%Y-%m-%d")}
-    return {"benchmark": "throughput", **meta, "results": table, "ratios": ratios_of(table, names, args.compare),
-            "failed": failed, "partial": partial}
+    ratios = ratios_of(table, names, args.compare)
+    labels = [tree.split("=", 1)[0] for tree in args.tree]
+    for name, extra in names:  # each checkout against the first (--tree): images per second
+        first = f"{label(name, extra)}@{labels[0]}" if labels else None
+        for other in labels[1:]:
+            row = f"{label(name, extra)}@{other}"
+            if {first, row} <= set(table):
+                ratios[f"images_per_sec[{row}]/[{first}]"] = table[row]["images_per_sec"] / table[first]["images_per_sec"]
+    meta["trees"] = {tree.split("=", 1)[0]: tree.split("=", 1)[1] for tree in args.tree}
+    return {"benchmark": "throughput", **meta, "results": table, "ratios": ratios, "failed": failed,
+            "partial": partial}
 
 
 def ratios_of(table: dict[str, dict], names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, float]:

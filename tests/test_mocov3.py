@@ -13,7 +13,7 @@ from repre.data.sources import train_source
 from repre.losses import mocov3_loss
 from repre.methods.mocov3 import MoCoV3
 from repre.models.heads import mlp
-from repre.reconstruction import Plain, RePre
+from repre.reconstruction import Baseline, RePre
 
 
 def official_ctr_loss(q, k, T, rank, N):
@@ -94,7 +94,7 @@ def test_disabled_branch_is_plain_mocov3():
     plain = build_model(tiny_config("recon.enabled=false"))
     torch.manual_seed(0)
     repre = build_model(tiny_config())
-    assert isinstance(plain, Plain) and isinstance(repre, RePre)
+    assert isinstance(plain, Baseline) and isinstance(repre, RePre)
     assert not any("decoder" in n for n, _ in plain.named_parameters())
     assert any("decoder" in n for n, _ in repre.named_parameters())
     views = torch.randn(16, 2, 3, 16, 16)

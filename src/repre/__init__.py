@@ -3,7 +3,7 @@
 The Python API behind the `repre` command:
 
     cfg = repre.load_config("fmnist-mocov3-repre", ["train.max_steps=20"])
-    model = repre.build_model(cfg)              # RePre(MoCoV3(...)) or Plain(...)
+    model = repre.build_model(cfg)              # RePre(MoCoV3(...)) or Baseline(...)
     summary = repre.pretrain(cfg, "runs/demo")  # writes checkpoints, metrics, recon.png, summary.json
     result = repre.evaluate("knn", "runs/demo") # {"task": "knn", "metric": "top1", "value": ...}
     card = repre.export("runs/demo", "vit.safetensors")  # timm weights + model card, self-checked

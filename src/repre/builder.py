@@ -8,7 +8,7 @@ from repre.config import Config
 from repre.errors import UserError
 from repre.methods import build_method
 from repre.models.backbone import Backbone, resolve_arch, resolve_taps
-from repre.reconstruction import Plain, RePre
+from repre.reconstruction import Baseline, RePre
 
 
 def build_encoder(cfg: Config) -> Backbone:
@@ -31,7 +31,7 @@ def build_encoder(cfg: Config) -> Backbone:
 
 
 def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
-    """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Plain(method)`.
+    """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Baseline(method)`.
 
     `num_classes`: classes of the training data, needed by method.name=supervised only.
     """
@@ -40,7 +40,7 @@ def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
         encoder.set_grad_checkpointing(True)
     method = build_method(cfg, encoder, num_classes)
     if not cfg.recon.enabled:
-        return Plain(method)
+        return Baseline(method)
     r = cfg.recon
     return RePre(method, taps=resolve_taps(r.taps, encoder.depth), width=r.width, min_width=r.min_width,
                  weight=r.weight, loss=r.loss, norm_pix=r.norm_pix, depth=r.depth, upsample=r.upsample,

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from repre._version import __version__
+from repre.config import EVAL_TASKS
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--init-from", metavar="CKPT",
                      help="start from another run's weights (checkpoint or run directory): continued pre-training")
     ev = sub.add_parser("eval", help="evaluate a checkpoint")
-    ev.add_argument("task", choices=["knn", "linear", "finetune", "segment", "recon"])
+    ev.add_argument("task", choices=EVAL_TASKS)
     ev.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -78,11 +79,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from repre.core.checkpoint_io import run_dir
     from repre.eval import evaluate
 
-    ckpt = Path(args.checkpoint)
-    run_dir = ckpt if ckpt.is_dir() else ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    out = Path(args.out) if args.out else run_dir / "eval" / args.task
+    out = Path(args.out) if args.out else run_dir(args.checkpoint) / "eval" / args.task
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

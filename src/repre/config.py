@@ -376,6 +376,11 @@ class EvalConfig:
     ranges: ClassVar[dict[str, str]] = {"batch_size": ">0", "val_size": ">0"}
 
 
+# the evaluation tasks (`repre eval TASK`): one section of EvalConfig each
+EVAL_TASKS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.default_factory is not dataclasses.MISSING
+                   and dataclasses.is_dataclass(f.default_factory))
+
+
 @dataclass
 class Config:
     """A whole run."""
@@ -434,6 +439,13 @@ def renamed_message(key: str) -> str | None:
     if key == "eval.knn":
         return "eval.knn is a section now: write eval.knn.enabled=true/false; see CHANGELOG.md"
     return None
+
+
+def _resolved(raw: dict[str, Any]) -> bool:
+    """Whether a mapping is a resolved config that repre wrote (a run's config.yaml: every section and the
+    preset it came from), not a file a person wrote."""
+    return "preset" in raw and all(isinstance(raw.get(f.name), dict) for f in dataclasses.fields(Config)
+                                   if f.name not in ("preset", "description"))
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
@@ -521,6 +533,8 @@ def source_dict(source: str | None) -> dict[str, Any]:
         if not path.is_file():
             raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
         raw = _read_yaml(path.read_text(), str(path))
+        if _resolved(raw):  # a run's own config.yaml, perhaps from an older repre: read as it was trained
+            return migrate(raw)
         raw.setdefault("preset", path.stem)
         return _resolve_base(raw, ())
     return _preset_dict(source)

@@ -119,9 +119,9 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    path = Path(checkpoint)  # the run's evaluation results describe its last.pt: carried only for that one
-    run_dir = path if path.is_dir() else path.parent.parent if path.name == "last.pt" else None
-    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir)
+    # the run's evaluation results describe its last.pt: carried only for that one
+    last = ckpt_io.checkpoint_file(checkpoint).name == "last.pt"
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, ckpt_io.run_dir(checkpoint) if last else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
     save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})

@@ -23,7 +23,33 @@ from repre.methods.base import Method
 from repre.models.decoder import Decoder
 
 
-class RePre(nn.Module):
+class Baseline(nn.Module):
+    """The method alone: the baseline every RePre result is compared with. forward(views, momentum) -> dict of
+    named losses, "loss_recon" 0."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    @property
+    def encoder(self):
+        return self.method.encoder
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The method's weight-decay rule over every parameter of this module (a decoder included)."""
+        return self.method.param_groups(weight_decay, module=self)
+
+    def forward(
+        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        out = self.method(views, momentum, labels, local_views)
+        out["loss_contrastive"] = out["loss"]
+        out["loss_recon"] = torch.zeros((), device=out["loss"].device)
+        return out
+
+
+class RePre(Baseline):
     """A method plus the reconstruction branch. forward(views, momentum) -> dict of named losses."""
 
     def __init__(
@@ -40,9 +66,8 @@ class RePre(nn.Module):
         upsample: str = "bilinear",
         out_stride: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(method)
         enc = method.encoder
-        self.method = method
         self.method.taps = list(taps)
         channels, strides = [enc.unit_channels[t] for t in taps], [enc.unit_strides[t] for t in taps]
         if out_stride > min(strides):
@@ -51,13 +76,6 @@ class RePre(nn.Module):
         self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
                                out_stride=out_stride)
         self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
-
-    @property
-    def encoder(self):
-        return self.method.encoder
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        return self.method.param_groups(weight_decay, module=self)
 
     def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Tap maps -> pixels [N, 3, H, W] in normalized pixel space."""
@@ -76,28 +94,4 @@ class RePre(nn.Module):
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = loss_recon
         out["loss"] = out["loss"] + self.weight * loss_recon
-        return out
-
-
-class Plain(nn.Module):
-    """The method alone (the baseline), with the same interface as `RePre`."""
-
-    def __init__(self, method: Method) -> None:
-        super().__init__()
-        self.method = method
-
-    @property
-    def encoder(self):
-        return self.method.encoder
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        return self.method.param_groups(weight_decay, module=self)
-
-    def forward(
-        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-        local_views: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        out = self.method(views, momentum, labels, local_views)
-        out["loss_contrastive"] = out["loss"]
-        out["loss_recon"] = torch.zeros((), device=out["loss"].device)
         return out

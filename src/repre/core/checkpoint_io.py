@@ -147,11 +147,27 @@ def prune(folder: Path, keep: int, milestone_every: int = 0) -> None:
         _sidecar(old).unlink(missing_ok=True)
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: the file itself, or a run directory's checkpoints/last.pt."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    candidates = (path / "checkpoints" / "last.pt", path / "last.pt")
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def run_dir(path: str | Path) -> Path:
+    """The run directory of a checkpoint argument: the directory itself, or the run above checkpoints/NAME.pt
+    (a file elsewhere: its folder)."""
     path = Path(path)
     if path.is_dir():
-        path = next((c for c in (path / "checkpoints" / "last.pt", path / "last.pt") if c.is_file()), path / "checkpoints" / "last.pt")
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with checkpoints/last.pt")
     with open(path, "rb") as fh:

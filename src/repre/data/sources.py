@@ -89,6 +89,13 @@ def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tupl
     return tuple(source.mean), tuple(source.std)
 
 
+def pretraining_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalization a run pre-trained with, without opening its data: `stats` of its dataset's class
+    (folders and shards: ImageNet's)."""
+    by_name = {"fashion-mnist": FashionMNIST, "fashion-scenes": FashionScenes, "synthetic": Synthetic}
+    return stats(cfg, by_name.get(cfg.name, ImageFolder))
+
+
 def first_readable(source: ImageSource, index: int, read):
     """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
     n = len(source)

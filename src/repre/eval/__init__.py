@@ -11,20 +11,18 @@ import torch
 from torch import nn
 
 from repre.builder import build_encoder, build_model
-from repre.config import Config, config_from_dict, deep_update, parse_overrides
+from repre.config import EVAL_TASKS, Config, config_from_dict, deep_update, migrate, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.core.runtime import Runtime, setup_runtime
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 
-TASKS = ("knn", "linear", "finetune", "segment", "recon")
-
 
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
     """A checkpoint and its config with `overrides` applied."""
     ckpt = ckpt_io.load(checkpoint)
-    raw = ckpt["config"]
+    raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
     deep_update(raw, parse_overrides(overrides or []))
     return ckpt, config_from_dict(raw)
 
@@ -80,8 +78,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra"};
     pictures go to `out`."""
-    if task not in TASKS:
-        raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(TASKS)}")
+    if task not in EVAL_TASKS:
+        raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     if task == "recon":
         from repre.eval.recon import recon_eval
 

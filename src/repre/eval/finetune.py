@@ -23,6 +23,7 @@ from repre.data.pipeline import EpochBatchSampler, ViewCollate, ViewDataset, res
 from repre.data.sources import FirstN, eval_source, stats
 from repre.data.views import ViewSpec
 from repre.errors import UserError
+from repre.eval.features import frozen_outputs
 from repre.models.backbone import Backbone
 
 
@@ -103,13 +104,6 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
             "extra": {"steps": e.finetune.steps, "final_train_loss": float(loss.detach()), "classes": classes}}
 
 
-@torch.no_grad()
 def test_top1(model: nn.Module, cfg: Config, rt: Runtime) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in eval_loader(cfg, "test", cfg.eval.finetune.test_subset):
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            pred = model(x.to(rt.device)).argmax(dim=1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    logits, labels = frozen_outputs(model, eval_loader(cfg, "test", cfg.eval.finetune.test_subset), rt, model)
+    return float((logits.argmax(dim=1) == labels).sum()) / max(len(labels), 1)

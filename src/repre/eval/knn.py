@@ -16,24 +16,16 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.errors import UserError
+from repre.eval.features import frozen_outputs
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
 
 
-@torch.no_grad()
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N])."""
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for x, y in loader:
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            pooled, _ = encoder(x.to(rt.device, non_blocking=True))
-        feats.append(F.normalize(pooled.float(), dim=1).cpu())
-        labels.append(y)
-    encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    feats, labels = frozen_outputs(encoder, loader, rt, lambda x: encoder(x)[0])
+    return F.normalize(feats, dim=1), labels
 
 
 def knn_predict(

@@ -18,11 +18,11 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.errors import UserError
+from repre.eval.features import frozen_outputs
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
 
-@torch.no_grad()
 def block_features(
     encoder: Backbone, loader: DataLoader, rt: Runtime, kind: str, blocks: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,22 +32,14 @@ def block_features(
         raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg")
     if not 1 <= blocks <= encoder.depth:
         raise UserError(f"eval.linear.blocks must be in 1..{encoder.depth}, got {blocks}")
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for x, y in loader:
+
+    def features(x: torch.Tensor) -> torch.Tensor:
         if encoder.hierarchical:  # Swin: the mean of the last `blocks` stages' maps (no class token)
-            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-                maps = model.forward_intermediates(x.to(rt.device), indices=blocks, norm=True, output_fmt="NCHW",
-                                                   intermediates_only=True)
-            feats.append(torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1).cpu())
-            labels.append(y)
-            continue
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            outs = model.forward_intermediates(
-                x.to(rt.device), indices=blocks, norm=True, output_fmt="NLC",
-                return_prefix_tokens=kind != "avg", intermediates_only=True,
-            )
+            maps = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NCHW",
+                                               intermediates_only=True)
+            return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
+        outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
+                                           return_prefix_tokens=kind != "avg", intermediates_only=True)
         parts = []
         for out in outs:
             tokens, prefix = out if isinstance(out, tuple) else (out, None)
@@ -55,10 +47,9 @@ def block_features(
                 parts.append(prefix[:, 0])
             if kind in ("avg", "both"):
                 parts.append(tokens.mean(dim=1))
-        feats.append(torch.cat(parts, dim=1).float().cpu())
-        labels.append(y)
-    encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+        return torch.cat(parts, dim=1)
+
+    return frozen_outputs(encoder, loader, rt, features)
 
 
 def train_linear(

@@ -9,7 +9,7 @@ and pixel accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,10 @@ from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
-from repre.data.sources import val_split
-from repre.data.synthetic import Synthetic
+from repre.data.sources import pretraining_stats, val_split
 from repre.data.views import normalize
 from repre.errors import UserError
+from repre.eval.features import frozen_outputs
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
@@ -36,26 +36,21 @@ def dense_unit(encoder: Backbone) -> int:
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 
-@torch.no_grad()
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
     """uint8 images [N, 3, S, S] -> patch-token maps [N, D, h, w], float32: a ViT's last block (final norm
-    applied), a Swin's deepest stage of stride <= 16 (its last stage is too coarse for a dense probe)."""
+    applied), a Swin's deepest stage of stride <= 16 (its last stage is too coarse for a dense probe). At another
+    input size than the encoder's, a copy of it is resized (position embeddings resampled); the caller's is not."""
     model = encoder.model
     size = tuple(images.shape[-2:])
     if tuple(model.patch_embed.img_size) != size:
+        model = copy.deepcopy(model)
         model.set_input_size(img_size=size)  # resamples the position embeddings
-        model.to(next(model.parameters()).device)  # Swin's new attention masks are made on the CPU
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    for chunk in images.split(batch):
-        x = normalize(chunk.float().div(255), mean, std).to(rt.device)
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            (maps,) = model.forward_intermediates(x, indices=[dense_unit(encoder)], norm=True, output_fmt="NCHW",
-                                                  intermediates_only=True)
-        out.append(maps.float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out)
+        model.to(next(encoder.model.parameters()).device)  # Swin's new attention masks are made on the CPU
+    unit = dense_unit(encoder)
+    batches = ((normalize(chunk.float().div(255), mean, std), None) for chunk in images.split(batch))
+    maps, _ = frozen_outputs(model, batches, rt, lambda x: model.forward_intermediates(
+        x, indices=[unit], norm=True, output_fmt="NCHW", intermediates_only=True)[0])
+    return maps
 
 
 def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: float, epochs: int, seed: int = 0,
@@ -142,23 +137,11 @@ def folder_data(cfg: Config) -> ProbeData:
     return ProbeData(*parts, classes, e.segment.ignore)
 
 
-def pretraining_stats(cfg: Config) -> tuple[Sequence[float], Sequence[float]]:
-    """The normalization the encoder was pre-trained with (data.mean/std, else its dataset's own)."""
-    d = cfg.data
-    if d.mean is not None and d.std is not None:
-        return d.mean, d.std
-    if d.name in ("fashion-mnist", "fashion-scenes"):
-        return FashionScenes.mean, FashionScenes.std
-    if d.name == "synthetic":
-        return Synthetic.mean, Synthetic.std
-    return SegmentationFolder.mean, SegmentationFolder.std
-
-
 def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """Train the probe on probe-train images, report mIoU and pixel accuracy on probe-test images."""
     e = cfg.eval
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
-    mean, std = pretraining_stats(cfg)
+    mean, std = pretraining_stats(cfg.data)
     f_train = feature_maps(encoder, data.train_images, mean, std, rt, e.batch_size)
     f_test = feature_maps(encoder, data.test_images, mean, std, rt, e.batch_size)
     probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,

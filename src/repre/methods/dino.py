@@ -23,6 +23,7 @@ from repre.models.heads import DINOHead
 
 class DINO(Method):
     eval_encoder_key = "teacher_encoder"  # DINO evaluates and exports the teacher, as the official code
+    no_decay_1d = True  # no weight decay on biases and normalization parameters (the official parameter groups)
 
     def __init__(
         self,
@@ -52,10 +53,6 @@ class DINO(Method):
 
     def ema_pairs(self):
         return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
-
-    def decays(self, name: str, param: torch.nn.Parameter) -> bool:
-        """No weight decay on biases and normalization parameters (the official parameter groups)."""
-        return not (name.endswith(".bias") or param.ndim == 1)
 
     def set_progress(self, step: int, total: int) -> None:
         """Teacher temperature: linear from the warm-up value over `warmup_teacher_temp_fraction` of the run

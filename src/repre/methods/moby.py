@@ -37,6 +37,9 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torc
 
 
 class MoBY(Method):
+    # no weight decay on biases, norms and Swin's position tables (the official parameter groups)
+    no_decay_1d, no_decay_names = True, NO_DECAY_NAMES
+
     def __init__(
         self, encoder: Backbone, *, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
         queue_size: int = 4096,
@@ -54,10 +57,6 @@ class MoBY(Method):
 
     def ema_pairs(self):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
-
-    def decays(self, name: str, param: torch.nn.Parameter) -> bool:
-        """No weight decay on biases, norms and Swin's position tables (the official parameter groups)."""
-        return not (name.endswith(".bias") or param.ndim == 1 or any(n in name for n in NO_DECAY_NAMES))
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
