@@ -57,7 +57,8 @@ def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[
     trainer.model.train()
 
     def step() -> None:
-        trainer.train_step(batch)
+        with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
+            trainer.train_step(batch)
         trainer.state.step += 1
 
     return trainer, step, batch

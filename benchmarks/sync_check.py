@@ -78,7 +78,8 @@ def check(preset: str, overrides: list[str], steps: int) -> dict[str, int]:
             warnings.simplefilter("always")
             warnings.showwarning = record
             try:
-                trainer.train_step(batch)
+                with trainer.settings():  # what fit() sets around every step
+                    trainer.train_step(batch)
             finally:
                 if i == 1 + steps:
                     set_mode("default")

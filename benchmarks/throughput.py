@@ -201,7 +201,8 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
     trainer.model.train()
 
     def repre_step(batch):
-        trainer.train_step(batch)
+        with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
+            trainer.train_step(batch)
         trainer.state.step += 1
 
     step = {"lightly": _lightly_step, "lightly-dino": _lightly_dino_step}.get(name, lambda _: repre_step)(trainer)

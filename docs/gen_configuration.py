@@ -55,6 +55,11 @@ def _value(value: object) -> str:
     return "null" if value is None else json.dumps(value) if not isinstance(value, str) else value
 
 
+def _cell(text: str) -> str:
+    """Text for a table cell: a pipe escaped (GitHub's tables read `\\|` as a pipe, in code spans too)."""
+    return text.replace("|", "\\|")
+
+
 def render() -> str:
     """The whole of docs/configuration.md."""
     source = Path(config_module.__file__).read_text()
@@ -74,8 +79,8 @@ def render() -> str:
             valid = config_module.RULES[rule][1] if rule else ""
             if f.name in experimental:
                 text = f"*Experimental.* {text}"
-            rows.append(f"| `{name}.{f.name}` | `{annotation.replace('|', '&#124;')}` | "
-                        f"`{_value(value).replace('|', '&#124;')}` | {valid} | {text.replace('|', '&#124;')} |")
+            rows.append(f"| `{name}.{f.name}` | `{_cell(annotation)}` | `{_cell(_value(value))}` | {valid} | "
+                        f"{_cell(text)} |")
         if rows:
             parts += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|", *rows]
         parts.append("")

@@ -16,7 +16,6 @@ def test_layers_import_only_downward():
             f"sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True, no_logo=True))")
     done = subprocess.run([sys.executable, "-c", lint], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 kept, 0 broken" in done.stdout
 
 
 def test_the_command_line_loads_no_torch_until_a_command_runs():

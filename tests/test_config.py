@@ -147,9 +147,10 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
                      "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "warmup_teacher_temp_fraction": 0.0,
                      "center_momentum": 0.9, "freeze_last_layer_fraction": 0.05}
     old["eval"] = {"knn": False, "knn_k": 7, "linear_blocks": 4, "finetune_lr": 3e-3, "segment_root": "/seg",
-                   "recon_images": 4, "quick_knn_test": 500, "batch_size": 128}
+                   "recon_images": 4, "quick_knn_test": 500, "batch_size": 128, "knn_train_subset": 0}
     cfg = config_from_dict(old)
     assert cfg.to_dict()["method"]["dino"] == load_config("fmnist-dino-repre").to_dict()["method"]["dino"]
     e = cfg.eval
     assert (e.knn.enabled, e.knn.k, e.linear.blocks, e.finetune.lr, e.segment.root, e.recon.images, e.knn.quick_test,
             e.batch_size) == (False, 7, 4, 3e-3, "/seg", 4, 500, 128)
+    assert e.knn.train_subset is None  # 0.1.0's 0 meant all images

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def test_every_config_key_is_explained():
     from repre.config import all_keys
 
     text = _generator().render()
-    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[5].strip()
-            for line in text.splitlines() if line.startswith("| `")}
+    cells = [re.split(r"(?<!\\)\|", line) for line in text.splitlines() if line.startswith("| `")]  # \| is text
+    rows = {cell[1].strip().strip("`"): cell[5].strip() for cell in cells}
     assert set(rows) == set(all_keys()) - {"preset", "description"}
     assert not [key for key, meaning in rows.items() if not meaning], "a field of config.py has no comment"

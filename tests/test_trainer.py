@@ -45,3 +45,24 @@ def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_th
         assert device == pytest.approx(workers, rel=1e-5)
     else:
         assert device == workers
+
+
+def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
+    """The sections of the frameworks a run does not use may differ (an older run's config migrates into the
+    running framework's section only); a change in what the run computes is still refused."""
+    from types import SimpleNamespace
+
+    from repre.config import load_config
+    from repre.engine.checkpoints import Checkpoints
+    from repre.errors import UserError
+
+    now = SimpleNamespace(cfg=load_config("fmnist-dino-repre"))
+    old = load_config("fmnist-dino-repre").to_dict()  # as 0.1.0 wrote it: flat method keys
+    old["method"] = {"name": "dino", "momentum": 0.98, "temperature": 0.1, "proj_dim": 256, "mlp_dim": 1024,
+                     "freeze_patch_embed": False, "queue_size": 4096, "out_dim": 1024, "norm_last_layer": True,
+                     "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "warmup_teacher_temp_fraction": 0.0,
+                     "center_momentum": 0.9, "freeze_last_layer_fraction": 0.05}
+    Checkpoints._check_compatible(now, old, tmp_path / "step.pt")
+    old["method"]["temperature"] = 0.2
+    with pytest.raises(UserError, match="method.dino.student_temp"):
+        Checkpoints._check_compatible(now, old, tmp_path / "step.pt")

@@ -39,7 +39,7 @@ class DataConfig:
     local_size: int = 12  # their size (96 at 224 in DINO)
     mean: list[float] | None = None  # None: the dataset's own statistics
     std: list[float] | None = None  # with data.mean: 3 values each (RGB, of pixels in [0, 1])
-    synthetic_train: int = 512  # images in the generated train / test splits
+    synthetic_train: int = 512  # images in the generated train split
     synthetic_test: int = 256  # images in the generated test split
     synthetic_classes: int = 10  # labels of the generated images
     scenes_train: int = 10000  # fashion-scenes: generated scenes per split for pre-training
@@ -376,9 +376,8 @@ class EvalConfig:
     ranges: ClassVar[dict[str, str]] = {"batch_size": ">0", "val_size": ">0"}
 
 
-# the evaluation tasks (`repre eval TASK`): one section of EvalConfig each
-EVAL_TASKS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.default_factory is not dataclasses.MISSING
-                   and dataclasses.is_dataclass(f.default_factory))
+EVAL_TASKS = ("knn", "linear", "finetune", "segment", "recon")  # `repre eval TASK`; each has its eval.TASK section
+FRAMEWORKS = ("mocov3", "dino", "moby")  # the method.name values with a section of their own
 
 
 @dataclass
@@ -433,19 +432,19 @@ def renamed_message(key: str) -> str | None:
     section, _, name = key.partition(".")
     if section == "method" and name in RENAMED_METHOD:
         new = " / ".join(f"method.{m}.{k}" for m, k in RENAMED_METHOD[name].items())
-        return f"config key {key!r} was renamed: each framework has its own now ({new}); see CHANGELOG.md"
+        return f"config key {key!r} was renamed in repre 0.2.0: each framework has its own now ({new})"
     if key in RENAMED:
-        return f"config key {key!r} was renamed to {RENAMED[key]!r}; see CHANGELOG.md"
+        return f"config key {key!r} was renamed to {RENAMED[key]!r} in repre 0.2.0"
     if key == "eval.knn":
-        return "eval.knn is a section now: write eval.knn.enabled=true/false; see CHANGELOG.md"
+        return "eval.knn is a section since repre 0.2.0: write eval.knn.enabled=true/false"
     return None
 
 
 def _resolved(raw: dict[str, Any]) -> bool:
     """Whether a mapping is a resolved config that repre wrote (a run's config.yaml: every section and the
     preset it came from), not a file a person wrote."""
-    return "preset" in raw and all(isinstance(raw.get(f.name), dict) for f in dataclasses.fields(Config)
-                                   if f.name not in ("preset", "description"))
+    sections = [f.name for f in dataclasses.fields(Config) if f.name not in ("preset", "description")]
+    return "preset" in raw and "_base_" not in raw and all(isinstance(raw.get(name), dict) for name in sections)
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
@@ -466,6 +465,11 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         if key in evals:
             task, field_name = new.split(".")[1:]
             evals.setdefault(task, {})[field_name] = evals.pop(key)
+    for task in EVAL_TASKS:  # 0.1.0 read a subset of 0 as "all images", which is null now
+        section = evals.get(task)
+        for key in section if isinstance(section, dict) else ():
+            if key.endswith("subset") and section[key] == 0:
+                section[key] = None
     return raw
 
 

@@ -58,11 +58,11 @@ def compiled_graphs_per_unit(limit: int) -> Iterator[None]:
 
 
 @contextmanager
-def inductor_deterministic(enabled: bool = True) -> Iterator[None]:
+def inductor_deterministic() -> Iterator[None]:
     """Inductor's deterministic mode inside the block (where this PyTorch has it), then put back."""
     import torch._inductor.config as config  # only for compiled deterministic runs
 
-    if not enabled or not hasattr(config, "deterministic"):
+    if not hasattr(config, "deterministic"):
         yield
         return
     before = config.deterministic

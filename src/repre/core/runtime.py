@@ -94,8 +94,7 @@ def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = Fal
     with contextlib.ExitStack() as stack:
         if cfg.train.compile:
             stack.enter_context(compat.compiled_graphs_per_unit(COMPILE_GRAPHS))
-        if cfg.train.deterministic:
-            check_deterministic(cfg, device)
+        if cfg.train.deterministic:  # what a GPU cannot do deterministically is refused earlier (check_deterministic)
             stack.enter_context(_deterministic(device, cuda_used_before))
             if cfg.train.compile:
                 stack.enter_context(compat.inductor_deterministic())

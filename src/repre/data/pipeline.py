@@ -261,6 +261,7 @@ class PretrainData:
         if dist.is_main():
             dist.barrier()
         self.spec = view_spec(cfg, self.source)
+        self.device = device
         self.photometric_on_device = photometric_on_device(cfg, device)
         self.positions: dict[int, tuple] = {}  # streamed shards: {data worker: its position after its last batch}
 
@@ -276,10 +277,10 @@ class PretrainData:
         return pretrain_loader(self.cfg, self.source, start_step, pin_memory, self.photometric_on_device,
                                dict(self.positions))
 
-    def to_device(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
         left out run there (aug.geometric_on, aug.photometric_on; JPEG bytes stay on the CPU for the decoder)."""
-        moved = {k: batch[k].to(device, non_blocking=True)
+        moved = {k: batch[k].to(self.device, non_blocking=True)
                  for k in ("views", "label", "local_views", "photo", "local_photo", "pixels") if k in batch}
         return finish_views({**batch, **moved}, self.spec)
 

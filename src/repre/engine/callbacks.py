@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from repre.config import Config
 from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter
 
@@ -79,8 +80,9 @@ class CollapseWatch(Callback):
     """One warning a run: embeddings collapsing to a point, or (DINO, after the warm-up) a teacher whose
     outputs are near uniform over its `out_dim` prototypes."""
 
-    def __init__(self, out_dim: int) -> None:
-        self.uniform = math.log(max(out_dim, 2))
+    def __init__(self, out_dim: int | None) -> None:
+        """`out_dim`: DINO's prototypes (None: no teacher entropy to watch)."""
+        self.uniform = math.log(max(out_dim, 2)) if out_dim else math.inf
         self.warned = False
 
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
@@ -99,11 +101,12 @@ class CollapseWatch(Callback):
                         "center_momentum) and the EMA momentum", step, why)
 
 
-def engine_callbacks(cfg) -> list[Callback]:
+def engine_callbacks(cfg: Config) -> list[Callback]:
     """The monitors every run has: loss balance and loss trends with the RePre branch, and the collapse watch."""
     monitors: list[Callback] = []
     if cfg.recon.enabled:
         if cfg.train.diagnose_every:
             monitors.append(LossBalance(cfg.train.diagnose_every))
         monitors.append(LossTrend())
-    return [*monitors, CollapseWatch(cfg.method.dino.out_dim)]
+    dino = cfg.method.name == "dino"  # only DINO logs teacher_entropy, over its out_dim prototypes
+    return [*monitors, CollapseWatch(cfg.method.dino.out_dim if dino else None)]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repre.config import Config, config_from_dict, flatten
+from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
 from repre.core import checkpoint_io, dist
 from repre.data.pipeline import PretrainData
 from repre.engine.state import RunState
@@ -184,8 +184,9 @@ class Checkpoints:
     def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
         before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
+        idle = tuple(f"method.{name}." for name in FRAMEWORKS if name != self.cfg.method.name)  # not what runs
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-        changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+        changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES + idle)]
         if changed:
             diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
             raise UserError(

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from timm.models.swin_transformer import SwinTransformerBlock
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from repre.models.decoder import Decoder
 
-UNITS = (Block, SwinTransformerBlock, Decoder)  # what is compiled: transformer blocks and the RePre decoder
+
+def units(model: nn.Module) -> list[nn.Module]:
+    """What is compiled: every transformer block (the members of each `blocks` sequence, timm's layout for ViTs,
+    Swin stages and their relatives) and the RePre decoder."""
+    found = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, (nn.Sequential, nn.ModuleList)):
+            found += list(module)
+        elif isinstance(module, Decoder):
+            found.append(module)
+    return found
 
 
 def compile_blocks(model: nn.Module) -> None:
@@ -20,6 +28,5 @@ def compile_blocks(model: nn.Module) -> None:
     compiling for a Swin block. The run raises Dynamo's limit of graphs per unit while it trains
     (`repre.core.runtime.run_settings`); torch >= 2.5 shares a graph between the instances of a block, older
     versions may run blocks past the limit uncompiled."""
-    for module in model.modules():
-        if isinstance(module, UNITS):
-            module.compile(dynamic=False)
+    for module in units(model):
+        module.compile(dynamic=False)

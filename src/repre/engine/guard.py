@@ -27,14 +27,14 @@ class NonFiniteGuard:
     def __init__(self, state: RunState, max_bad_steps: int) -> None:
         self.state, self.max_bad_steps = state, max_bad_steps
         self.diverged = False
-        self.stop_seen = False  # distributed: a stop request of any process, learnt from an agreement
 
     def start(self) -> None:
         """Called when the loop starts (after a resume: the counts go on from the checkpoint's)."""
 
     def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
-             loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> None:
-        """Take the optimizer step (through `scaler`) unless `finite` (a bool scalar on the device) is false."""
+             loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> bool:
+        """Take the optimizer step (through `scaler`) unless `finite` (a bool scalar on the device) is false.
+        Returns whether any process asked to stop, where the step's agreement carried it (else False)."""
         raise NotImplementedError
 
     def sync(self) -> None:
@@ -49,22 +49,22 @@ class NonFiniteGuard:
 
 
 class HostGuard(NonFiniteGuard):
-    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> None:
-        s = self.state
+    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> bool:
+        s, stop = self.state, False
         if dist.is_distributed():  # one process's non-finite step skips it everywhere; a stop anywhere stops all
             flags = torch.stack([(~finite).float(), torch.tensor(float(stop_requested), device=finite.device)])
-            bad, stop = dist.all_reduce_sum(flags).tolist()
-            self.stop_seen = self.stop_seen or stop > 0
-            finite = torch.tensor(bad == 0)
+            bad, stops = dist.all_reduce_sum(flags).tolist()
+            finite, stop = torch.tensor(bad == 0), stops > 0
         if bool(finite):  # a non-finite step must not reach the weights
             scaler.step(optimizer)
             s.bad_streak = 0
-            return
+            return stop
         optimizer.zero_grad(set_to_none=True)
         s.nonfinite_steps += 1
         s.bad_streak += 1
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
                     s.step + 1, float(loss.detach()), float(grad_norm))
+        return stop
 
 
 class DeviceGuard(NonFiniteGuard):
@@ -76,7 +76,7 @@ class DeviceGuard(NonFiniteGuard):
     def start(self) -> None:
         self.total.fill_(self.state.nonfinite_steps)
 
-    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> None:
+    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> bool:
         bad = (~finite).float()
         if dist.is_distributed():  # one process's non-finite loss skips the step everywhere (async: no host sync)
             bad = dist.all_reduce_max(bad)
@@ -87,6 +87,7 @@ class DeviceGuard(NonFiniteGuard):
         self.total += bad
         self.streak = (self.streak + 1) * bad
         self.worst = torch.maximum(self.worst, self.streak)
+        return False  # the stop request is agreed at the sync points
 
     def sync(self) -> None:
         if self.diverged:

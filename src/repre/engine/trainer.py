@@ -7,6 +7,7 @@ process-wide settings of a run (`repre.core.runtime.run_settings`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -79,7 +80,7 @@ class Trainer:
                                        self.rt.device)
         self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
         self.stop: GracefulStop | None = None  # set by fit()
-        self.stop_agreed = False  # distributed: whether any process was asked to stop (agreed at sync points)
+        self.stop_agreed = False  # distributed: whether any process was asked to stop (as the processes agreed)
         resumed = self.checkpoints.resume(self.total) if resume else False
         if init_from and not resumed:
             self.checkpoints.init_from(init_from)
@@ -120,7 +121,8 @@ class Trainer:
     # ------------------------------------------------------------ the step
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on a batch of views [B, 2, 3, H, W]; returns detached scalars."""
+        """One optimizer step on a batch of views [B, 2, 3, H, W]; returns detached scalars. Called outside
+        `fit()` (a benchmark), it needs the run's settings: `with trainer.settings(): trainer.train_step(b)`."""
         step, sched = self.state.step, self.schedules
         for group in self.optimizer.param_groups:
             group["lr"] = float(sched.lr[step])
@@ -130,7 +132,7 @@ class Trainer:
         method.set_progress(step, self.total)
         if sched.recon_weight is not None and self.cfg.recon.enabled:
             self.model.weight = float(sched.recon_weight[step])
-        batch = self.data.to_device(batch, self.rt.device)
+        batch = self.data.to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
             out = self.forward_model(batch["views"], float(sched.momentum[step]), batch["label"],
                                      batch.get("local_views"))
@@ -146,17 +148,22 @@ class Trainer:
         if not self.scaler.is_enabled():  # fp16: the scaler skips steps with inf/nan gradients itself
             finite = finite & torch.isfinite(grad_norm)
         stop_requested = self.stop is not None and self.stop.requested
-        self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm, stop_requested)
+        if self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm, stop_requested):
+            self.stop_agreed = True
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
 
     # ------------------------------------------------------------ the loop
 
+    def settings(self) -> contextlib.AbstractContextManager[None]:
+        """The run's process-wide settings (`run_settings`), in force inside the block."""
+        return run_settings(self.cfg, self.rt.device, self.cuda_used_before)
+
     def fit(self) -> dict[str, Any]:
         """Train to the total step count; writes metrics, checkpoints and summary.json, with the run's
-        process-wide settings (`run_settings`) in force until it returns or raises."""
-        with run_settings(self.cfg, self.rt.device, self.cuda_used_before):
+        process-wide settings in force until it returns or raises."""
+        with self.settings():
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
@@ -221,9 +228,7 @@ class Trainer:
 
     def _stopping(self) -> bool:
         """Whether to stop before the next step: a signal here, or (distributed) on any process."""
-        if dist.is_distributed():
-            return self.stop_agreed or self.guard.stop_seen
-        return self.stop.requested
+        return self.stop_agreed if dist.is_distributed() else self.stop.requested
 
     def _count_images(self, batch: dict[str, torch.Tensor]) -> None:
         """Skipped (unreadable) and upscaled images of a step's batch (CPU tensors: no device sync);

@@ -5,16 +5,18 @@ completes the reconstruction picture (recon.png) and the k-NN of the summary. Pa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repre.config import Config
 from repre.core import dist
 from repre.core.compat import eager
 from repre.engine.callbacks import Callback
 from repre.engine.metrics import MetricWriter
-from repre.engine.trainer import Trainer
 from repre.eval.knn import knn_top1_or_none
 from repre.eval.recon import save_recon_grid
+
+if TYPE_CHECKING:
+    from repre.engine.trainer import Trainer
 
 
 def quick(cfg: Config) -> Config:

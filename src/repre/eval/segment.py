@@ -36,17 +36,22 @@ def dense_unit(encoder: Backbone) -> int:
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 
+def at_size(encoder: Backbone, size: tuple[int, int]) -> Backbone:
+    """The encoder for inputs of `size`: itself, or a resized copy (position embeddings resampled), so the
+    caller's encoder is never changed."""
+    if tuple(encoder.model.patch_embed.img_size) == tuple(size):
+        return encoder
+    resized = copy.deepcopy(encoder)
+    resized.model.set_input_size(img_size=size)
+    resized.model.to(next(encoder.model.parameters()).device)  # Swin's new attention masks are made on the CPU
+    return resized
+
+
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
-    """uint8 images [N, 3, S, S] -> patch-token maps [N, D, h, w], float32: a ViT's last block (final norm
-    applied), a Swin's deepest stage of stride <= 16 (its last stage is too coarse for a dense probe). At another
-    input size than the encoder's, a copy of it is resized (position embeddings resampled); the caller's is not."""
-    model = encoder.model
-    size = tuple(images.shape[-2:])
-    if tuple(model.patch_embed.img_size) != size:
-        model = copy.deepcopy(model)
-        model.set_input_size(img_size=size)  # resamples the position embeddings
-        model.to(next(encoder.model.parameters()).device)  # Swin's new attention masks are made on the CPU
-    unit = dense_unit(encoder)
+    """uint8 images [N, 3, S, S] (S: the encoder's input size, `at_size`) -> patch-token maps [N, D, h, w],
+    float32: a ViT's last block (final norm applied), a Swin's deepest stage of stride <= 16 (its last stage is
+    too coarse for a dense probe)."""
+    model, unit = encoder.model, dense_unit(encoder)
     batches = ((normalize(chunk.float().div(255), mean, std), None) for chunk in images.split(batch))
     maps, _ = frozen_outputs(model, batches, rt, lambda x: model.forward_intermediates(
         x, indices=[unit], norm=True, output_fmt="NCHW", intermediates_only=True)[0])
@@ -142,6 +147,7 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     e = cfg.eval
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg.data)
+    encoder = at_size(encoder, tuple(data.train_images.shape[-2:]))
     f_train = feature_maps(encoder, data.train_images, mean, std, rt, e.batch_size)
     f_test = feature_maps(encoder, data.test_images, mean, std, rt, e.batch_size)
     probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,

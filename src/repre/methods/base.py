@@ -89,7 +89,7 @@ class Method(nn.Module):
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Whether weight decay applies to a parameter (the class's `no_decay_1d` and `no_decay_names`)."""
-        if self.no_decay_1d and (name.endswith(".bias") or param.ndim <= 1):
+        if self.no_decay_1d and (name.endswith(".bias") or param.ndim == 1):
             return False
         return not any(n in name for n in self.no_decay_names)
 
