@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
+import struct
+import tarfile
 import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -118,3 +121,53 @@ def repre_log(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("repre"), "propagate", True)
     caplog.set_level("INFO", logger="repre")
     return caplog
+
+
+# settings and data that several test modules share
+
+DINO_TINY = ["method.name=dino", "method.dino.out_dim=64", "method.dino.student_temp=0.1", "method.momentum=0.996",
+             "data.local_crops=2", "data.local_size=8", "aug.blur_prob=[1.0, 0.1, 0.5]",
+             "aug.solarize_prob=[0.0, 0.2, 0.0]"]
+
+
+SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "data.image_size=32",
+             "model.kwargs={embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}", "method.moby.queue_size=40",
+             "recon.taps=3"]
+
+
+def write_idx(folder, images: np.ndarray, labels: np.ndarray, prefix: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">BBBBIII", 0, 0, 8, 3, *images.shape) + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">BBBBI", 0, 0, 8, 1, len(labels)) + labels.tobytes())
+
+
+def png_bytes(seed: int, size: int = 20) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder: Path, shards: int, per_shard: int, classes: int = 3, labels: bool = True,
+                 start: int = 0) -> list[int]:
+    """Shards of PNG samples `k.png` (+ `k.cls`); returns the seeds of the images in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = []
+    for s in range(shards):
+        with tarfile.open(folder / f"part-{s:04d}.tar", "w") as tar:
+            for i in range(per_shard):
+                seed = start + s * per_shard + i
+                key = f"dir/sample{seed:05d}"
+                add(tar, f"{key}.png", png_bytes(seed))
+                if labels:
+                    add(tar, f"{key}.cls", str(seed % classes).encode())
+                seeds.append(seed)
+    return seeds

@@ -1,12 +1,10 @@
-import gzip
-import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import save_png, tiny_config
+from conftest import save_png, tiny_config, write_idx
 from repre.config import AugConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
@@ -19,17 +17,9 @@ from repre.data.pipeline import (
     pretrain_loader,
     view_spec,
 )
-from repre.data.sources import load_or_replace, train_source
+from repre.data.sources import eval_source, load_or_replace, train_source, val_split
 from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
 from repre.errors import UserError
-
-
-def write_idx(folder, images: np.ndarray, labels: np.ndarray, prefix: str):
-    folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
-        fh.write(struct.pack(">BBBBIII", 0, 0, 8, 3, *images.shape) + images.tobytes())
-    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
-        fh.write(struct.pack(">BBBBI", 0, 0, 8, 1, len(labels)) + labels.tobytes())
 
 
 def test_fashion_mnist_reads_idx_files(tmp_path):
@@ -271,3 +261,25 @@ def test_fast_jpeg_decoding_equals_pil(tmp_path, mode, orientation):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableImage):
         decode(truncated)
+
+
+def test_val_split_is_fixed_disjoint_and_covers_sorted_classes():
+    train, val = val_split(100, 20)
+    again = val_split(100, 20)
+    assert torch.equal(train, again[0]) and torch.equal(val, again[1])
+    assert len(train) == 80 and len(val) == 20 and not set(train.tolist()) & set(val.tolist())
+    labels = torch.arange(100) // 50  # a class-sorted folder: two classes, in order
+    assert set(labels[val].tolist()) == {0, 1}
+    with pytest.raises(UserError, match="val_size"):
+        val_split(10, 10)
+
+
+def test_eval_split_val_never_reads_the_test_split(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 255, size=(40, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "fm", imgs, (np.arange(40) % 10).astype(np.uint8), "train")  # no t10k files at all
+    cfg = tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'fm'}", "data.image_size=28",
+                      "eval.split=val", "eval.val_size=8")
+    train, val = eval_source(cfg, "train"), eval_source(cfg, "test")
+    assert len(train) == 32 and len(val) == 8
+    with pytest.raises(UserError):  # the test split is missing: only split=test would need it
+        eval_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'fm'}"), "test")

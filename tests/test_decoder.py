@@ -10,7 +10,7 @@ from repre.builder import build_model
 from repre.config import load_config
 from repre.errors import UserError
 from repre.models.backbone import Backbone, resolve_taps
-from repre.models.decoder import Decoder
+from repre.models.decoder import ConvBlock, Decoder
 
 
 @pytest.mark.parametrize("stride,size", [(4, 16), (4, 28), (8, 32), (16, 32), (14, 28), (1, 8), (3, 12)])
@@ -132,3 +132,10 @@ def test_decoder_shapes_over_random_hierarchies(stages, base, size):
         return
     maps = [torch.randn(1, c, size // s, size // s) for c, s in zip(chans, strides, strict=True)]
     assert Decoder(chans, strides[0], width=16)(maps, (size, size)).shape == (1, 3, size, size)
+
+
+def test_decoder_depth_adds_blocks_at_the_encoder_resolution():
+    maps = [torch.randn(2, 16, 4, 4)]
+    shallow, deep = Decoder([16], 4, width=8, depth=1), Decoder([16], 4, width=8, depth=3)
+    assert len(shallow.refine) == 0 and len(deep.refine) == 2 and isinstance(deep.refine[0], ConvBlock)
+    assert deep(maps, (16, 16)).shape == shallow(maps, (16, 16)).shape == (2, 3, 16, 16)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, last_json, run_cli, tiny_config
+from conftest import DINO_TINY, TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
 from repre.data.pipeline import pretrain_loader
 from repre.data.sources import train_source
@@ -13,10 +13,6 @@ from repre.data.views import ViewSpec, make_views
 from repre.engine.optim import clip_or_measure
 from repre.losses import center_update, dino_loss
 from repre.models.heads import DINOHead
-
-DINO_TINY = ["method.name=dino", "method.dino.out_dim=64", "method.dino.student_temp=0.1", "method.momentum=0.996",
-             "data.local_crops=2", "data.local_size=8", "aug.blur_prob=[1.0, 0.1, 0.5]",
-             "aug.solarize_prob=[0.0, 0.2, 0.0]"]
 
 
 @pytest.mark.parametrize("n_local", [0, 3])

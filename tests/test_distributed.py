@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_dino import DINO_TINY
-from test_moby import SWIN_TINY
 
-from conftest import TINY
+from conftest import DINO_TINY, SWIN_TINY, TINY
 from repre.core import checkpoint_io as ckpt_io
 
 # fp32 and no drop path: the processes' random draws are their own, the rest must match one process; the CPU
@@ -155,7 +153,7 @@ def test_two_processes_stream_shards_and_resume_their_streams_exactly(tmp_path):
     step-3 checkpoint (each process's stream position in it) ends with the uninterrupted run's weights."""
     import shutil
 
-    from test_shards import write_shards
+    from conftest import write_shards
 
     write_shards(tmp_path / "shards", shards=4, per_shard=12)
     extra = ["data.name=shards", f"data.root=pipe:cat {tmp_path}/shards/part-{{0000..0003}}.tar",

@@ -1,5 +1,6 @@
 import torch
 
+from conftest import last_json, run_cli
 from repre.eval.knn import knn_predict
 from repre.eval.linear import top1, train_linear
 
@@ -51,3 +52,11 @@ def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     second = evaluate("finetune", out, overrides)
     assert first == second
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left as it was
+
+
+def test_eval_knn_on_val_through_the_cli(tiny_run):
+    out, _ = tiny_run
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.split=val",
+                            "--set", "eval.val_size=16"])
+    result = last_json(stdout)
+    assert code == 0 and result["extra"]["queries"] == 16 and result["extra"]["bank"] == 64 - 16

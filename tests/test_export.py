@@ -6,10 +6,8 @@ import pytest
 import timm
 import torch
 from safetensors import safe_open
-from test_dino import DINO_TINY
-from test_moby import SWIN_TINY
 
-from conftest import TINY, last_json, run_cli
+from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, run_cli
 from repre.eval import load_encoder
 from repre.export import load_export, old_timm_hint
 

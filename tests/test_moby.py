@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, last_json, run_cli, tiny_config
+from conftest import SWIN_TINY, TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
 from repre.data.pipeline import pretrain_loader
 from repre.data.sources import train_source
@@ -13,10 +13,6 @@ from repre.losses import moby_loss
 from repre.methods.moby import enqueue
 from repre.models.backbone import Backbone, resolve_arch
 from repre.models.decoder import Decoder
-
-SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "data.image_size=32",
-             "model.kwargs={embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}", "method.moby.queue_size=40",
-             "recon.taps=3"]
 
 
 def test_loss_equals_lightly_ntxent_with_a_memory_bank():

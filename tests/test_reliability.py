@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_dino import DINO_TINY
-from test_moby import SWIN_TINY
 
-from conftest import BITWISE, TINY, last_json, run_cli, tiny_config
+from conftest import BITWISE, DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
 from repre.core import checkpoint_io as ckpt_io
 from repre.engine.guard import DeviceGuard
 from repre.engine.trainer import Trainer

@@ -3,9 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import write_idx
 
-from conftest import last_json, run_cli, save_png
+from conftest import last_json, run_cli, save_png, write_idx
 from repre.data.folder import UnreadableImage
 from repre.data.scenes import FashionScenes, compose
 from repre.data.seg_folder import SegmentationFolder, read_mask

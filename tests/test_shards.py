@@ -4,48 +4,17 @@ from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import last_json, pretrain_args, run_cli
+from conftest import add, last_json, png_bytes, pretrain_args, run_cli, write_shards
 from repre.config import DataConfig
 from repre.data.shards import TarShards, expand
 from repre.data.sources import build_source, load_or_replace
 from repre.errors import UserError
-
-
-def png_bytes(seed: int, size: int = 20) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shards(folder: Path, shards: int, per_shard: int, classes: int = 3, labels: bool = True,
-                 start: int = 0) -> list[int]:
-    """Shards of PNG samples `k.png` (+ `k.cls`); returns the seeds of the images in order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    seeds = []
-    for s in range(shards):
-        with tarfile.open(folder / f"part-{s:04d}.tar", "w") as tar:
-            for i in range(per_shard):
-                seed = start + s * per_shard + i
-                key = f"dir/sample{seed:05d}"
-                add(tar, f"{key}.png", png_bytes(seed))
-                if labels:
-                    add(tar, f"{key}.cls", str(seed % classes).encode())
-                seeds.append(seed)
-    return seeds
 
 
 def test_brace_patterns_expand_with_their_padding():

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_shards import write_shards
 
-from conftest import BITWISE, tiny_config
+from conftest import BITWISE, tiny_config, write_shards
 from repre.core import checkpoint_io as ckpt_io
 from repre.data.pipeline import ViewDataset, pretrain_loader, view_spec
 from repre.data.sources import train_source

@@ -1,7 +1,12 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config
 from repre.engine.optim import clip_or_measure
+from repre.pretraining import pretrain
 
 
 def _params():
@@ -66,3 +71,13 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
     old["method"]["temperature"] = 0.2
     with pytest.raises(UserError, match="method.dino.student_temp"):
         Checkpoints._check_compatible(now, old, tmp_path / "step.pt")
+
+
+def test_lambda_schedule_is_logged_and_follows_a_cosine(tmp_path):
+    cfg = tiny_config("recon.weight=2.0", "recon.weight_end=0.0", "train.max_steps=8", "train.log_every=1",
+                      "eval.knn.enabled=false")
+    pretrain(cfg, tmp_path / "r")
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    weights = [r["recon_weight"] for r in lines if r["kind"] == "train"]
+    assert weights[0] == pytest.approx(2.0) and all(a > b for a, b in zip(weights, weights[1:], strict=False))
+    assert weights[-1] == pytest.approx(2.0 * 0.5 * (1 + np.cos(np.pi * 7 / 8)))
