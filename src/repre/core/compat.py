@@ -1,5 +1,5 @@
 """Every use of a PyTorch interface that is not public, in one place, each with a test (tests/test_compat.py)
-that fails when a new PyTorch release changes it. Callers elsewhere use only these functions."""
+that fails when a new PyTorch version changes it. Callers elsewhere use only these functions."""
 
 from __future__ import annotations
 
