@@ -1,0 +1,82 @@
+"""The ImageNet presets resolve to the official recipes' values: the commands and defaults of
+facebookresearch/moco-v3 (c349e6e), facebookresearch/dino (7c446df) and SwinTransformer/Transformer-SSL
+(4510de1), cited per value. lr and min lr are per 256 images where the official code scales by batch / 256,
+and converted where it scales by batch / 512 (MoBY)."""
+
+from __future__ import annotations
+
+import pytest
+
+from repre.config import flatten, load_config
+
+OFFICIAL = {
+    "in1k-vit-s16-mocov3-repre": {  # CONFIG.md:105-117 (ViT-Small, 1 node, batch 1024); main_moco.py defaults
+        "method.name": "mocov3",
+        "train.batch_size": 1024,  # -b 1024
+        "train.lr": 1.5e-4,  # --lr=1.5e-4, per 256 (main_moco.py:190)
+        "train.weight_decay": 0.1,  # --weight-decay=.1
+        "train.epochs": 300,  # --epochs=300
+        "train.warmup_fraction": pytest.approx(40 / 300, abs=1e-4),  # --warmup-epochs=40
+        "train.clip_grad": 0.0,  # no clipping in main_moco.py
+        "method.momentum": 0.99,  # --moco-m default (main_moco.py:99), with --moco-m-cos
+        "method.mocov3.temperature": 0.2,  # --moco-t=.2
+        "method.mocov3.proj_dim": 256,  # --moco-dim default (95)
+        "method.mocov3.mlp_dim": 4096,  # --moco-mlp-dim default (97)
+        "method.mocov3.freeze_patch_embed": True,  # --stop-grad-conv1
+        "aug.crop_scale": [0.08, 1.0],  # --crop-min default (117)
+        "data.image_size": 224,
+        "data.local_crops": 0,
+    },
+    "in1k-vit-s16-dino-repre": {  # README.md:196-197 (full command) through run_with_submitit.py; main_dino.py
+        "method.name": "dino",
+        "train.batch_size": 1024,  # 2 nodes x 8 GPUs (run_with_submitit.py:29-30) x 64 (main_dino.py:90)
+        "train.lr": 5e-4,  # main_dino.py:96, per 256 (239)
+        "train.min_lr": 1e-6,  # 101
+        "train.epochs": 300,  # --epochs 300
+        "train.warmup_fraction": pytest.approx(10 / 300, abs=1e-4),  # --warmup_epochs 10 (99)
+        "train.weight_decay": 0.04,  # 82
+        "train.weight_decay_end": 0.4,  # 84
+        "train.clip_grad": 3.0,  # 87
+        "train.clip_mode": "per_param",  # utils.clip_gradients: each parameter's norm
+        "method.momentum": 0.996,  # 61
+        "method.dino.out_dim": 65536,  # 55
+        "method.dino.norm_last_layer": False,  # --norm_last_layer false
+        "method.dino.student_temp": 0.1,  # DINOLoss (365)
+        "method.dino.teacher_temp": 0.07,  # --teacher_temp 0.07
+        "method.dino.warmup_teacher_temp": 0.04,  # 68
+        "method.dino.warmup_teacher_temp_fraction": pytest.approx(30 / 300, abs=1e-4),  # --warmup_teacher_temp_epochs 30
+        "method.dino.freeze_last_layer_fraction": pytest.approx(1 / 300, abs=1e-4),  # --freeze_last_layer 1 (93)
+        "model.drop_path": 0.1,  # --drop_path_rate (105)
+        "aug.crop_scale": [0.4, 1.0],  # --global_crops_scale (108)
+        "aug.local_crop_scale": [0.05, 0.4],  # --local_crops_scale (115)
+        "data.local_crops": 8,  # --local_crops_number (112)
+        "data.local_size": 96,  # RandomResizedCrop(96, ...) (452)
+        "data.image_size": 224,
+    },
+    "in1k-swin-t-moby-repre": {  # get_started.md:154-155 (8 GPUs x 64), configs/moby_swin_tiny.yaml, config.py
+        "method.name": "moby",
+        "train.batch_size": 512,  # 8 x --batch-size 64
+        "train.lr": 5e-4,  # BASE_LR 0.001 per 512 (moby_swin_tiny.yaml, moby_main.py:210) = 5e-4 per 256
+        "train.min_lr": 5e-6,  # MIN_LR 5e-6 per 512 (config.py:98, moby_main.py:212), at batch 512
+        "train.epochs": 300,  # EPOCHS 300
+        "train.warmup_fraction": pytest.approx(5 / 300, abs=1e-4),  # WARMUP_EPOCHS 5
+        "train.weight_decay": 0.05,  # WEIGHT_DECAY 0.05
+        "train.clip_grad": 5.0,  # CLIP_GRAD (config.py:100), a global norm (moby_main.py:158-159)
+        "train.clip_mode": "global",
+        "method.momentum": 0.99,  # CONTRAST_MOMENTUM
+        "method.moby.temperature": 0.2,  # CONTRAST_TEMPERATURE
+        "method.moby.queue_size": 4096,  # CONTRAST_NUM_NEGATIVE
+        "method.moby.proj_dim": 256,  # MoBYMLP out_dim (models/moby.py:171)
+        "method.moby.mlp_dim": 4096,  # MoBYMLP inner_dim
+        "model.drop_path": 0.2,  # ONLINE_DROP_PATH_RATE (the target's is 0 in repre.methods.base)
+        "model.arch": "swin_tiny_patch4_window7_224",
+        "data.image_size": 224,
+    },
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL))
+def test_imagenet_presets_resolve_to_the_official_recipe(preset):
+    resolved = flatten(load_config(preset).to_dict())
+    wrong = {key: (resolved[key], want) for key, want in OFFICIAL[preset].items() if resolved[key] != want}
+    assert not wrong, f"{preset}: (resolved, official) {wrong}"
