@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -94,3 +96,53 @@ def test_freeze_patch_embed():
     enc.freeze_patch_embed()
     assert not any(p.requires_grad for p in enc.model.patch_embed.parameters())
     assert isinstance(enc.model.patch_embed, nn.Module)
+
+
+def _official_sincos_row(r: int, c: int, dim: int) -> list[float]:
+    """MoCo v3's embedding of the patch at row r, column c (vits.py:53-69, on a square grid), written out."""
+    quarter = dim // 4
+    omegas = [1.0 / 10000.0 ** (k / quarter) for k in range(quarter)]
+    return ([math.sin(r * o) for o in omegas] + [math.cos(r * o) for o in omegas]
+            + [math.sin(c * o) for o in omegas] + [math.cos(c * o) for o in omegas])
+
+
+def test_mocov3_position_embedding_is_the_official_fixed_sincos():
+    from repre.models.mocov3_vit import sincos_2d
+
+    emb = sincos_2d((3, 3), 8)
+    assert emb.shape == (1, 10, 8) and torch.equal(emb[0, 0], torch.zeros(8))  # the class token's row is zero
+    for r in range(3):
+        for c in range(3):
+            torch.testing.assert_close(emb[0, 1 + 3 * r + c], torch.tensor(_official_sincos_row(r, c, 8)))
+
+
+def test_mocov3_init_follows_the_official_rules():
+    """vits.py:31-47: xavier-uniform linears (q, k, v bounded as three [D, D] matrices), zero biases, class token
+    N(0, 1e-6), the patch projection xavier-uniform over 3 * p * p inputs; the position embedding frozen."""
+    torch.manual_seed(0)
+    enc = Backbone("vit_small_patch16_224", {"num_heads": 12}, init="mocov3").requires_grad_(False)
+    m, d = enc.model, 384
+    qkv, fc1 = m.blocks[0].attn.qkv.weight, m.blocks[0].mlp.fc1.weight
+    for weight, bound in ((qkv, math.sqrt(6 / (d + d))), (fc1, math.sqrt(6 / (d + 4 * d))),
+                          (m.patch_embed.proj.weight, math.sqrt(6 / (3 * 16 * 16 + d)))):
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.99 * bound  # uniform(-bound, bound)
+    assert all(float(mod.bias.abs().max()) == 0 for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    assert float(m.cls_token.std()) < 3e-6 and float(m.patch_embed.proj.bias.abs().max()) == 0
+    assert m.blocks[0].attn.num_heads == 12
+    assert not Backbone("vit_small_patch16_224", {"num_heads": 12}, init="mocov3").model.pos_embed.requires_grad
+
+
+@pytest.mark.parametrize("arch,kwargs,depth,dim", [("vit_small_patch16_224", {"num_heads": 12}, 12, 384),
+                                                   ("vit_base_patch16_224", {}, 12, 768)])
+def test_mocov3_vits_have_the_official_parameter_count(arch, kwargs, depth, dim):
+    """vits.py:115-126 (patch 16, mlp ratio 4, qkv bias), without the classifier the method replaces."""
+    block = 2 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + 2 * dim + (dim * 4 * dim + 4 * dim) + (4 * dim * dim + dim)
+    official = (3 * 16 * 16 * dim + dim) + dim + 197 * dim + depth * block + 2 * dim  # patch, cls, pos, blocks, norm
+    enc = Backbone(arch, {"img_size": 224, **kwargs}, init="mocov3")
+    assert sum(p.numel() for p in enc.parameters()) == official
+
+
+def test_mocov3_init_needs_a_class_token():
+    with pytest.raises(UserError, match="model.init=mocov3"):
+        Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                          "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="mocov3")

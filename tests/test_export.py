@@ -45,6 +45,25 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
 
 
 @needs_timm
+def test_mocov3_vit_export_loads_with_timm_and_keeps_its_fixed_position_embedding(tmp_path):
+    """model.init=mocov3 (the MoCo v3 presets' ViT) trains with its sin-cos embedding frozen; the export is a plain
+    timm ViT that loads with the documented call and carries that embedding."""
+    from repre.models.mocov3_vit import sincos_2d
+
+    args = ["pretrain", "--out", str(tmp_path / "m")]
+    for item in TINY + ["model.init=mocov3", "method.mocov3.freeze_patch_embed=true", "train.max_steps=2",
+                        "eval.knn.enabled=false"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0
+    file = tmp_path / "vit.safetensors"
+    assert run_cli(["export", "--checkpoint", str(tmp_path / "m"), "--out", str(file)])[0] == 0
+    card = json.loads(file.with_suffix(".json").read_text())
+    features_agree(tmp_path / "m", file, card)
+    loaded = load_export(file, card)
+    torch.testing.assert_close(loaded.pos_embed.detach(), sincos_2d((4, 4), 32))  # 16 px, patch 4, 32-d
+
+
+@needs_timm
 def test_swin_export_loads_with_timm_and_matches(tmp_path):
     args = ["pretrain", "--out", str(tmp_path / "s")]
     for item in TINY + SWIN_TINY + ["train.max_steps=2", "eval.knn.enabled=false"]:

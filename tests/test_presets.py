@@ -26,6 +26,26 @@ OFFICIAL = {
         "aug.crop_scale": [0.08, 1.0],  # --crop-min default (117)
         "data.image_size": 224,
         "data.local_crops": 0,
+        "model.arch": "vit_small_patch16_224",  # vits.py:115-119: patch 16, 384-d, depth 12 ...
+        "model.kwargs": {"num_heads": 12},  # ... 12 heads
+        "model.init": "mocov3",  # fixed sin-cos position embedding (vits.py:27,53-69), its init (31-47)
+    },
+    "in1k-vit-b16-mocov3-repre": {  # CONFIG.md:153-165 (ViT-Base, 8 nodes); main_moco.py defaults
+        "method.name": "mocov3",
+        "train.batch_size": 4096,  # -b default (main_moco.py:60)
+        "train.lr": 1.5e-4,
+        "train.weight_decay": 0.1,
+        "train.epochs": 300,
+        "train.warmup_fraction": pytest.approx(40 / 300, abs=1e-4),
+        "train.clip_grad": 0.0,
+        "method.momentum": 0.99,
+        "method.mocov3.temperature": 0.2,
+        "method.mocov3.proj_dim": 256,
+        "method.mocov3.mlp_dim": 4096,
+        "method.mocov3.freeze_patch_embed": True,
+        "aug.crop_scale": [0.08, 1.0],
+        "model.arch": "vit_base_patch16_224",  # vits.py:122-126: 768-d, depth 12, 12 heads (timm's own)
+        "model.init": "mocov3",
     },
     "in1k-vit-s16-dino-repre": {  # README.md:196-197 (full command) through run_with_submitit.py; main_dino.py
         "method.name": "dino",

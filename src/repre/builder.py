@@ -16,7 +16,7 @@ def build_encoder(cfg: Config) -> Backbone:
     arch, kwargs = resolve_arch(cfg.model.arch, cfg.data.image_size, cfg.model.drop_path, cfg.model.kwargs)
     if cfg.data.local_crops:  # DINO's local crops: position embeddings interpolated to their size
         kwargs["dynamic_img_size"] = True
-    encoder = Backbone(arch, kwargs)
+    encoder = Backbone(arch, kwargs, cfg.model.init)
     size, p = cfg.data.image_size, encoder.patch_size
     if size % p:
         lower, upper = size - size % p, size - size % p + p

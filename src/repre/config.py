@@ -115,6 +115,9 @@ class ModelConfig:
     drop_path: float = 0.0  # stochastic depth of the online encoder (the momentum / teacher encoder has none)
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
+    # timm: timm's own initialization; mocov3: MoCo v3's ViT (its vits.py), a fixed 2-D sin-cos position embedding
+    # and its initialization, on the same timm model (ViTs with a class token)
+    init: Literal["timm", "mocov3"] = "timm"
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {

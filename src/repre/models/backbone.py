@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from repre.errors import UserError
+from repre.models.mocov3_vit import mocov3_init_
 
 # Small configurations for small images: (timm architecture, keyword arguments). Image size comes from data.
 SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -52,7 +53,8 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 class Backbone(nn.Module):
     """x: [B, 3, H, W] -> (pooled [B, D], maps: list of [B, D, H/p, W/p], one per requested tap)."""
 
-    def __init__(self, arch: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm") -> None:
+        """`init`: "timm", or "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`)."""
         super().__init__()
         self.arch, self.kwargs = arch, dict(kwargs)
         self.model = create_timm(arch, kwargs)
@@ -69,6 +71,11 @@ class Backbone(nn.Module):
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
         self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.depth
         self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.depth
+        if init == "mocov3":
+            try:
+                mocov3_init_(self.model)
+            except ValueError as exc:
+                raise UserError(f"model.init=mocov3 does not fit {arch}: {exc}; use model.init=timm") from None
 
     def forward(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not taps:
