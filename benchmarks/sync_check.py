@@ -26,7 +26,6 @@ import torch
 
 import repre
 from repre.config import load_config
-from repre.data.pipeline import photometric_on_device, pretrain_loader
 from repre.engine.trainer import Trainer
 
 SYN = ["data.name=synthetic", "data.synthetic_train=256", "train.num_workers=2", "train.progress=false",
@@ -59,8 +58,7 @@ def set_mode(mode: str) -> None:
 
 def check(preset: str, overrides: list[str], steps: int) -> dict[str, int]:
     trainer = Trainer(load_config(preset, overrides), Path(tempfile.mkdtemp()) / "run")
-    loader = iter(pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory,
-                                  photometric_on_device(trainer.cfg, trainer.rt.device)))
+    loader = iter(trainer.data.loader(0, trainer.rt.pin_memory))  # as the run's own loop makes it
     trainer.model.train()
     found: Counter[str] = Counter()
 

@@ -185,15 +185,15 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
 
     import torch
 
-    from repre.data.pipeline import photometric_on_device, pretrain_loader
+    from repre.data.pipeline import pretrain_loader
 
     premade = name.endswith("tensors") or name.startswith("lightly")
     # pre-made tensors: no worker process left running to compete for the cores
     extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
     trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
     # the pipeline configs augment where a run would (aug.photometric_on); pre-made tensors are finished views
-    on_device = not premade and photometric_on_device(trainer.cfg, trainer.rt.device)
-    loader = pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory, on_device)
+    loader = (pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory) if premade
+              else trainer.data.loader(0, trainer.rt.pin_memory))
     batches = iter(loader)
     if premade:
         batches = itertools.repeat(next(batches))
