@@ -58,6 +58,11 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "normpix": ("repre", ["recon.norm_pix=true"], "base"),  # the Fashion-MNIST presets' choice
     "rawpix": ("repre", ["recon.norm_pix=false"], "base"),  # raw pixels
     "normpix-l2": ("repre", ["recon.norm_pix=true", "recon.loss=l2"], "base"),
+    # what is reconstructed: the crop before colour jitter etc. (clean), and norm_pix's variance floored at a
+    # tenth of the dataset's pixel std (the preset: the view as the encoder sees it, MAE's epsilon)
+    "floor": ("repre", ["recon.norm_pix_floor=0.01"], "base"),
+    "clean": ("repre", ["recon.target=clean"], "base"),
+    "clean-floor": ("repre", ["recon.target=clean", "recon.norm_pix_floor=0.01"], "base"),
     "nearest": ("repre", ["recon.upsample=nearest"], "base"),
     "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
     "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)

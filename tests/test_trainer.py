@@ -33,7 +33,8 @@ def test_clipping_bounds_the_norm():
     torch.testing.assert_close(clip_or_measure(ps, 0.0), torch.tensor(1.0), atol=1e-4, rtol=1e-4)
 
 
-def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_the_workers(tmp_path):
+@pytest.mark.parametrize("target", ["view", "clean"])
+def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_the_workers(tmp_path, target):
     import json
 
     from conftest import tiny_config
@@ -41,7 +42,7 @@ def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_th
 
     def losses(where: str) -> list[float]:
         cfg = tiny_config(f"aug.photometric_on={where}", "train.log_every=1", "train.max_steps=3", "eval.knn.enabled=false",
-                          "train.precision=fp32")
+                          "train.precision=fp32", f"recon.target={target}")
         Trainer(cfg, tmp_path / where).fit()
         return [json.loads(line)["loss"] for line in (tmp_path / where / "metrics.jsonl").read_text().splitlines()]
 

@@ -198,7 +198,13 @@ class ReconConfig:
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
     taps: int | list[int] = 4  # n evenly spaced blocks ending with the last, or explicit 0-based block indices
     loss: Literal["l1", "l2", "smooth_l1"] = "l1"  # the reconstruction loss on pixels
+    # what is reconstructed: view, the encoder's input (after colour jitter, grayscale, blur, solarization);
+    # clean, the same crop and flip before that photometric stage (restoring the image, not copying the input)
+    target: Literal["view", "clean"] = "view"
     norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
+    # norm_pix divides by the patch's std, its variance floored here (units: the dataset's pixel variance after
+    # normalization), so a flat patch's faint ripple is not blown up to a unit-size target; 1e-6: MAE's epsilon
+    norm_pix_floor: float = 1e-6
     width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step
     min_width: int = 8  # the halving stops here
     depth: int = 1  # 3x3 conv blocks at the encoder's resolution after the fusion (1: the fusion block only)
@@ -211,7 +217,7 @@ class ReconConfig:
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
         "weight": ">=0", "width": ">0", "min_width": ">0", "depth": ">=1", "weight_end": ">=0",
-        "out_stride": ">=1",
+        "out_stride": ">=1", "norm_pix_floor": ">0",
     }
     # options kept for measurements in progress (docs/results.md), not used by any preset: they may change or go
     experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride"}

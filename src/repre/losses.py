@@ -26,20 +26,28 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
+def patch_stats(patches: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean and std of patchified images [B, L, D] -> ([B, L, 1], [B, L, 1]), the variance floored at
+    `floor` (norm_pix's normalization, and its inverse for pictures)."""
+    return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True).clamp(min=floor).sqrt()
+
+
 def reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", norm_pix: bool = False, patch: int = 16
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", norm_pix: bool = False, patch: int = 16,
+    floor: float = 1e-6,
 ) -> torch.Tensor:
     """Mean pixel loss between pred and target ([B, 3, H, W], normalized pixel space).
 
     norm_pix: the target is normalized per patch (mean 0, std 1 over each patch's pixels and channels,
-    as MAE's norm_pix_loss), and the prediction is read in that normalized space.
+    as MAE's norm_pix_loss), and the prediction is read in that normalized space. The variance is floored at
+    `floor` (MAE adds 1e-6): with small patches (4x4 pixels) a flat patch's std can be a grey level or two,
+    and without a floor its ripple becomes a target as large as an edge.
     """
     pred, target = pred.float(), target.float()
     if norm_pix:
         pred, target = patchify(pred, patch), patchify(target, patch)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6).sqrt()
+        mean, std = patch_stats(target, floor)
+        target = (target - mean) / std
     if kind == "l1":
         return F.l1_loss(pred, target)
     if kind == "l2":

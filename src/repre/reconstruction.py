@@ -5,7 +5,7 @@ contrastive loss already runs), decodes them to pixels and adds lambda * reconst
 
     out = method(views, momentum)            # "loss" = contrastive; "recon_maps", "recon_targets"
     pred = decoder(out["recon_maps"])        # [N, 3, H, W]
-    loss = contrastive + weight * L(pred, out["recon_targets"])
+    loss = contrastive + weight * L(pred, out["recon_targets"])  # or L(pred, clean targets): recon.target
 
 With the branch disabled no decoder exists and the plain method is trained: the baseline.
 """
@@ -19,7 +19,7 @@ from torch import nn
 
 from repre.errors import UserError
 from repre.losses import reconstruction_loss
-from repre.methods.base import Method
+from repre.methods.base import Method, stack_views
 from repre.models.decoder import Decoder
 
 
@@ -41,8 +41,9 @@ class Baseline(nn.Module):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-        local_views: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None, targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """views [B, V, 3, H, W] (local_views [B, L, 3, h, w]) -> the method's losses; `targets` is unused."""
         out = self.method(views, momentum, labels, local_views)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = torch.zeros((), device=out["loss"].device)
@@ -62,6 +63,7 @@ class RePre(Baseline):
         weight: float = 1.0,
         loss: str = "l1",
         norm_pix: bool = False,
+        norm_pix_floor: float = 1e-6,
         depth: int = 1,
         upsample: str = "bilinear",
         out_stride: int = 1,
@@ -75,7 +77,8 @@ class RePre(Baseline):
                             f"(stride {min(strides)}): use at most {min(strides)}")
         self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
                                out_stride=out_stride)
-        self.weight, self.loss_kind, self.norm_pix = weight, loss, norm_pix  # the trainer sets a scheduled weight
+        self.weight, self.loss_kind = weight, loss  # the trainer sets a scheduled weight
+        self.norm_pix, self.norm_pix_floor = norm_pix, norm_pix_floor
 
     def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Tap maps -> pixels [N, 3, H, W] in normalized pixel space."""
@@ -83,13 +86,15 @@ class RePre(Baseline):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-        local_views: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None, targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """`targets` [B, 2, 3, H, W]: what the two global views reconstruct (recon.target=clean); None: the
+        views themselves, as the encoder received them."""
         out = self.method(views, momentum, labels, local_views)
-        targets = out.pop("recon_targets")
+        targets = out.pop("recon_targets") if targets is None else stack_views(targets)
         pred = self.reconstruct(out.pop("recon_maps"), targets.shape[-2:])
         loss_recon = reconstruction_loss(
-            pred, targets, self.loss_kind, self.norm_pix, self.method.encoder.patch_size
+            pred, targets, self.loss_kind, self.norm_pix, self.method.encoder.patch_size, self.norm_pix_floor
         )
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = loss_recon

@@ -135,7 +135,7 @@ class Trainer:
         batch = self.data.to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
             out = self.forward_model(batch["views"], float(sched.momentum[step]), batch["label"],
-                                     batch.get("local_views"))
+                                     batch.get("local_views"), batch.get("targets"))
         for callback in self.callbacks:
             callback.on_forward(self, out)
         self.optimizer.zero_grad(set_to_none=True)

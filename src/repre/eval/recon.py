@@ -12,11 +12,11 @@ from torchvision.utils import make_grid, save_image
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
+from repre.data.pipeline import ViewCollate, ViewDataset, clean_targets, view_spec
 from repre.data.sources import ImageSource
 from repre.data.views import denormalize
 from repre.errors import UserError
-from repre.losses import patchify
+from repre.losses import patch_stats, patchify
 from repre.methods.base import stack_views
 from repre.reconstruction import RePre
 
@@ -29,14 +29,14 @@ def unpatchify(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tens
     return x.reshape(b, h, w, patch, patch, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * patch, w * patch)
 
 
-def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int) -> torch.Tensor:
+def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int,
+                   floor: float = 1e-6) -> torch.Tensor:
     """A prediction in the loss's space -> normalized pixel space (norm_pix: undo per-patch normalization
     with the target's patch statistics, as MAE's pictures do)."""
     if not norm_pix:
         return pred
-    t = patchify(target.float(), patch)
-    p = patchify(pred.float(), patch) * (t.var(dim=-1, keepdim=True) + 1e-6).sqrt() + t.mean(dim=-1, keepdim=True)
-    return unpatchify(p, patch, target.shape[-2:])
+    mean, std = patch_stats(patchify(target.float(), patch), floor)
+    return unpatchify(patchify(pred.float(), patch) * std + mean, patch, target.shape[-2:])
 
 
 def save_grid(rows: list[torch.Tensor], path: Path) -> None:
@@ -50,28 +50,34 @@ def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     save_image(grid, str(path))
 
 
-def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """Normalized images [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space."""
+def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalized images x [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space (norm_pix:
+    with the statistics of `target`, the images reconstructed; default x)."""
     encoder = model.method.encoder
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
         _, maps = encoder(x, model.method.taps)
         pred = model.reconstruct(maps, x.shape[-2:])
-    return to_pixel_space(pred.float(), x, model.norm_pix, encoder.patch_size)
+    target = x if target is None else target
+    return to_pixel_space(pred.float(), target, model.norm_pix, encoder.patch_size, model.norm_pix_floor)
 
 
 @torch.no_grad()
 def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> None:
-    """Both views of the first `eval.recon.images` images (epoch-0 augmentation) above their reconstructions."""
+    """Both views of the first `eval.recon.images` images (epoch-0 augmentation) above their reconstructions;
+    with recon.target=clean, the clean targets between them."""
     spec = view_spec(cfg, source)
     n = min(cfg.eval.recon.images, len(source))
     dataset = ViewDataset(source, spec, cfg.train.seed)
-    batch = ViewCollate(spec)([dataset[(0, i)] for i in range(n)])
+    clean = cfg.recon.target == "clean"
+    batch = ViewCollate(spec, clean=clean)([dataset[(0, i)] for i in range(n)])
     x = stack_views(batch["views"]).to(rt.device)
+    target = stack_views(clean_targets(batch["clean"], spec)).to(rt.device) if clean else x
     was_training = model.training
     model.eval()
-    pred = reconstruct(model, x, rt)
+    pred = reconstruct(model, x, rt, target)
     model.train(was_training)
-    save_grid([denormalize(x.float(), spec.mean, spec.std), denormalize(pred, spec.mean, spec.std)], path)
+    rows = [x, target, pred] if clean else [x, pred]
+    save_grid([denormalize(r.float(), spec.mean, spec.std) for r in rows], path)
 
 
 @torch.no_grad()

@@ -1,0 +1,79 @@
+"""The reconstruction branch's loss and targets: per-patch normalization with its variance floor, clean targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from repre.builder import build_model
+from repre.eval.recon import to_pixel_space, unpatchify
+from repre.losses import patchify, reconstruction_loss
+
+
+def flat_patch_with_ripple(level: float = 1 / 255) -> torch.Tensor:
+    """[1, 3, 4, 4]: one flat 4x4 patch whose pixels alternate by `level` (a grey level in [0, 1] units)."""
+    ripple = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).repeat(2, 2) * level
+    return (0.5 + ripple).expand(1, 3, 4, 4).clone()
+
+
+def test_norm_pix_floor_keeps_a_faint_ripple_faint():
+    """MAE's epsilon (1e-6) turns a one-grey-level ripple into a unit-size target; a floor of 0.01 (std 0.1)
+    keeps it at its size relative to that std."""
+    target = flat_patch_with_ripple()
+    zero = torch.zeros_like(target)
+    loose = reconstruction_loss(zero, target, "l1", norm_pix=True, patch=4, floor=1e-6)
+    floored = reconstruction_loss(zero, target, "l1", norm_pix=True, patch=4, floor=0.01)
+    assert loose == pytest.approx(0.97, abs=0.03)  # |+-1| per pixel: the ripple is the whole target
+    assert floored == pytest.approx((1 / 255 / 2) / 0.1, rel=0.05)  # |ripple - mean| / 0.1
+
+
+def test_norm_pix_floor_leaves_textured_patches_unchanged():
+    target = torch.randn(2, 3, 8, 8)
+    pred = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(reconstruction_loss(pred, target, "l2", True, 4, floor=1e-6),
+                               reconstruction_loss(pred, target, "l2", True, 4, floor=0.01))
+    p = patchify(target, 4)
+    formula = (patchify(pred, 4) - (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).sqrt()).square().mean()
+    torch.testing.assert_close(reconstruction_loss(pred, target, "l2", True, 4), formula, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("floor", [1e-6, 0.01])
+def test_pixel_space_inverts_the_normalization(floor):
+    """A prediction equal to the normalized target maps back to the target (the recon.png pictures)."""
+    target = torch.cat([flat_patch_with_ripple().repeat(1, 1, 2, 2), torch.randn(1, 3, 8, 8)])
+    p = patchify(target, 4)
+    normalized = (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).clamp(min=floor).sqrt()
+    pred = unpatchify(normalized, 4, (8, 8))
+    torch.testing.assert_close(to_pixel_space(pred, target, True, 4, floor), target, rtol=1e-5, atol=1e-5)
+
+
+def test_targets_replace_the_views_as_what_is_reconstructed():
+    """RePre(views, targets=T) scores the decoder against T [B, 2, 3, H, W]; targets=views equals no targets."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config("model.drop_path=0.0"))
+    views = torch.randn(4, 2, 3, 16, 16)
+    torch.manual_seed(1)
+    own = model(views, 0.99)
+    torch.manual_seed(1)
+    same = model(views, 0.99, targets=views)
+    torch.manual_seed(1)
+    other = model(views, 0.99, targets=torch.zeros_like(views))
+    torch.testing.assert_close(same["loss_recon"], own["loss_recon"])
+    torch.testing.assert_close(other["loss_contrastive"], own["loss_contrastive"])
+    assert not torch.allclose(other["loss_recon"], own["loss_recon"])
+
+
+@pytest.mark.parametrize("target,rows", [("view", 2), ("clean", 3)])
+def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions(tmp_path, target, rows):
+    from PIL import Image
+
+    from repre.core.runtime import setup_runtime
+    from repre.data.sources import train_source
+    from repre.eval.recon import save_recon_grid
+
+    cfg = tiny_config(f"recon.target={target}", "eval.recon.images=2")
+    save_recon_grid(build_model(cfg), cfg, train_source(cfg), tmp_path / "recon.png", setup_runtime(cfg.train))
+    height = Image.open(tmp_path / "recon.png").height
+    scale = 96 // 16  # save_grid upscales 16-pixel images to 96
+    assert height == scale * (rows * 16 + (rows + 1) * 2)
