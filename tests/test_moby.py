@@ -69,12 +69,34 @@ def test_drop_path_zero_means_none_even_where_timm_defaults_to_more():
     torch.testing.assert_close(model.method.encoder(x)[0], model.method.encoder(x)[0], rtol=0, atol=0)
 
 
-def test_no_weight_decay_on_position_tables_biases_norms():
+def test_weight_decay_as_the_official_groups():
+    """Transformer-SSL's set_weight_decay on the MoBY wrapper (optimizer.py:37-40): every trainable parameter
+    decays but 1-D ones and biases; the relative position tables decay; the target encoder is not trained."""
     model = build_model(tiny_config(*SWIN_TINY))
-    decayed = {id(p) for p in model.param_groups(0.05)[0]["params"]}
-    for name, p in model.named_parameters():
-        if "relative_position_bias_table" in name or name.endswith(".bias") or p.ndim == 1:
-            assert id(p) not in decayed, name
+    groups = model.param_groups(0.05)
+    decayed = {id(p) for p in groups[0]["params"]}
+    official = {id(p) for name, p in model.named_parameters()
+                if p.requires_grad and not (p.ndim == 1 or name.endswith(".bias"))}
+    assert decayed == official and groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert any("relative_position_bias_table" in name and id(p) in decayed for name, p in model.named_parameters())
+
+
+def test_a_checkpoint_with_other_decay_groups_says_what_to_do(tmp_path):
+    """A run written when the position tables skipped weight decay: resuming names --init-from."""
+    from repre.core import checkpoint_io
+    from repre.engine.trainer import Trainer
+    from repre.errors import UserError
+
+    cfg = tiny_config(*SWIN_TINY, "train.max_steps=2", "train.checkpoint_every=2", "eval.knn.enabled=false")
+    Trainer(cfg, tmp_path).fit()
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt = checkpoint_io.load(path)
+    decay, no_decay = ckpt["optimizer"]["param_groups"]
+    no_decay["params"], decay["params"] = no_decay["params"] + decay["params"][-2:], decay["params"][:-2]
+    for step in checkpoint_io.step_checkpoints(tmp_path):
+        checkpoint_io.save(ckpt, step)
+    with pytest.raises(UserError, match="init-from"):
+        Trainer(cfg, tmp_path, resume=True)
 
 
 @pytest.mark.parametrize("arch,size,strides", [

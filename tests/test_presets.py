@@ -78,6 +78,7 @@ OFFICIAL = {
         "train.batch_size": 512,  # 8 x --batch-size 64
         "train.lr": 5e-4,  # BASE_LR 0.001 per 512 (moby_swin_tiny.yaml, moby_main.py:210) = 5e-4 per 256
         "train.min_lr": 5e-6,  # MIN_LR 5e-6 per 512 (config.py:98, moby_main.py:212), at batch 512
+        "train.warmup_lr": 5e-7,  # WARMUP_LR 5e-7 per 512 (config.py:97, moby_main.py:211), at batch 512
         "train.epochs": 300,  # EPOCHS 300
         "train.warmup_fraction": pytest.approx(5 / 300, abs=1e-4),  # WARMUP_EPOCHS 5
         "train.weight_decay": 0.05,  # WEIGHT_DECAY 0.05

@@ -235,6 +235,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW's decoupled weight decay (biases, norms and tokens excluded)
     warmup_steps: int = 0  # > 0 wins over warmup_fraction
     warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
+    warmup_lr: float = 0.0  # the lr at the start of the warm-up (absolute, as min_lr; MoBY's recipe: 5e-7 per 512)
     clip_grad: float = 0.0  # max grad norm; 0 disables clipping (the global norm is still logged)
     clip_mode: Literal["global", "per_param"] = "global"  # per_param: each tensor's norm clipped (DINO)
     weight_decay_end: float | None = None  # weight decay follows a cosine to this value (DINO: 0.04 -> 0.4)
@@ -262,7 +263,7 @@ class TrainConfig:
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
-        "batch_size": ">=2", "epochs": ">=0", "max_steps": ">=0", "lr": ">=0", "min_lr": ">=0",
+        "batch_size": ">=2", "epochs": ">=0", "max_steps": ">=0", "lr": ">=0", "min_lr": ">=0", "warmup_lr": ">=0",
         "weight_decay": ">=0", "warmup_steps": ">=0", "warmup_fraction": "[0,1]", "clip_grad": ">=0",
         "weight_decay_end": ">=0", "seed": ">=0", "log_every": ">0", "checkpoint_every": ">0",
         "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",

@@ -10,15 +10,16 @@ import torch
 from repre.config import Config
 
 
-def warmup_cosine(base: float, final: float, total: int, warmup: int = 0) -> torch.Tensor:
-    """[total] values: linear from 0 to `base` over `warmup` steps, then half-cosine from `base` to `final`.
+def warmup_cosine(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0) -> torch.Tensor:
+    """[total] values: linear from `start` to `base` over `warmup` steps, then half-cosine from `base` to `final`.
 
-    Step i of the warmup has base * i / warmup (MoCo v3's per-iteration rule); the cosine part is
+    Step i of the warmup has start + (base - start) * i / warmup (MoCo v3's per-iteration rule with start 0;
+    timm's CosineLRScheduler with warmup_lr_init=start, as MoBY); the cosine part is
     final + (base - final) * 0.5 * (1 + cos(pi * (i - warmup) / (total - warmup))).
     """
     warmup = min(warmup, total)
     steps = torch.arange(total, dtype=torch.float64)
-    warm = base * steps[:warmup] / max(warmup, 1)
+    warm = start + (base - start) * steps[:warmup] / max(warmup, 1)
     t = (steps[warmup:] - warmup) / max(total - warmup, 1)
     cos = final + (base - final) * 0.5 * (1 + torch.cos(math.pi * t))
     return torch.cat([warm, cos])
@@ -49,7 +50,7 @@ class RunSchedules:
         t, r = cfg.train, cfg.recon
         warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * total)
         return cls(
-            lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup),
+            lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup, t.warmup_lr),
             momentum=momentum_schedule(cfg.method.momentum, total),
             recon_weight=warmup_cosine(r.weight, r.weight_end, total) if r.weight_end is not None else None,
             weight_decay=(warmup_cosine(t.weight_decay, t.weight_decay_end, total)

@@ -143,6 +143,7 @@ class Checkpoints:
     def _restore_optimizer(self, saved: dict[str, Any]) -> None:
         """The optimizer's state, with this run's `fused` choice (device, host_sync), not the checkpointed run's."""
         fused = [g.get("fused") for g in self.optimizer.param_groups]
+        self._check_groups(saved)
         self.optimizer.load_state_dict(saved)
         for group, was in zip(self.optimizer.param_groups, fused, strict=True):
             group["fused"] = was
@@ -150,6 +151,19 @@ class Checkpoints:
                 state = self.optimizer.state.get(p, {})
                 if torch.is_tensor(state.get("step")):  # fused keeps step on the parameter's device, else CPU
                     state["step"] = state["step"].to(p.device if was else "cpu", torch.float32)
+
+    def _check_groups(self, saved: dict[str, Any]) -> None:
+        """The checkpoint's parameter groups have this run's sizes, or a UserError saying what to do (repre
+        0.1 exempted Swin's relative position tables from MoBY's weight decay; 0.2 decays them, as the official
+        optimizer does)."""
+        sizes = [len(g["params"]) for g in self.optimizer.param_groups]
+        was = [len(g["params"]) for g in saved["param_groups"]]
+        if sizes != was:
+            raise UserError(
+                f"the checkpoint's optimizer has parameter groups of {was} tensors, this version of repre builds "
+                f"{sizes} (which parameters get weight decay changed; docs/training.md): resume it with the "
+                "version that wrote it, or start a new --out with `--init-from` this run (its weights; a fresh "
+                "optimizer state)")
 
     def _restore_rng(self, rng: dict[str, Any]) -> None:
         ranks = rng.get("ranks")

@@ -17,8 +17,6 @@ from repre.methods.base import Method, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import moby_mlp
 
-NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")  # Swin's skip list
-
 
 @torch.no_grad()
 def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,8 +35,10 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torc
 
 
 class MoBY(Method):
-    # no weight decay on biases, norms and Swin's position tables (the official parameter groups)
-    no_decay_1d, no_decay_names = True, NO_DECAY_NAMES
+    # no weight decay on biases and norms; Swin's relative position tables decay (Transformer-SSL at 4510de1:
+    # moby_main.py:87 builds the optimizer on the MoBY wrapper, which has no no_weight_decay, so
+    # optimizer.py:37-40 exempts only 1-D parameters and biases)
+    no_decay_1d = True
 
     def __init__(
         self, encoder: Backbone, *, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
