@@ -140,3 +140,21 @@ def test_eval_segment_folder_without_root_is_a_clear_error(tiny_run):
     out, _ = tiny_run
     code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment.data=folder"])
     assert code == 2
+
+
+@pytest.mark.parametrize("init", ["timm", "mocov3"])
+def test_the_dense_probe_resizes_a_copy_and_recomputes_a_fixed_sincos_embedding(init):
+    """At another input size a learned position embedding is interpolated; MoCo v3's fixed sin-cos one is
+    computed for the new grid and stays frozen. The caller's encoder is unchanged."""
+    from repre.eval.segment import at_size
+    from repre.models.backbone import Backbone
+    from repre.models.mocov3_vit import sincos_2d
+
+    kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    encoder = Backbone("vit_tiny_patch16_224", kwargs, init=init)
+    before = encoder.model.pos_embed.detach().clone()
+    resized = at_size(encoder, (24, 24))
+    assert torch.equal(encoder.model.pos_embed, before) and resized.model.pos_embed.shape == (1, 37, 32)
+    fixed = torch.equal(resized.model.pos_embed.detach(), sincos_2d((6, 6), 32))
+    assert fixed == (init == "mocov3") and resized.model.pos_embed.requires_grad == (init == "timm")
+    assert resized(torch.randn(2, 3, 24, 24))[0].shape == (2, 32)

@@ -27,6 +27,7 @@ from repre.errors import UserError
 from repre.eval.features import frozen_outputs
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
+from repre.models.mocov3_vit import set_input_size
 
 
 def dense_unit(encoder: Backbone) -> int:
@@ -37,12 +38,12 @@ def dense_unit(encoder: Backbone) -> int:
 
 
 def at_size(encoder: Backbone, size: tuple[int, int]) -> Backbone:
-    """The encoder for inputs of `size`: itself, or a resized copy (position embeddings resampled), so the
-    caller's encoder is never changed."""
+    """The encoder for inputs of `size`: itself, or a resized copy (learned position embeddings resampled, a
+    fixed sin-cos one computed for the new grid), so the caller's encoder is never changed."""
     if tuple(encoder.model.patch_embed.img_size) == tuple(size):
         return encoder
     resized = copy.deepcopy(encoder)
-    resized.model.set_input_size(img_size=size)
+    set_input_size(resized.model, size)
     resized.model.to(next(encoder.model.parameters()).device)  # Swin's new attention masks are made on the CPU
     return resized
 

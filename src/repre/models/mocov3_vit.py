@@ -53,3 +53,23 @@ def mocov3_init_(model: nn.Module) -> None:
     proj.bias.zero_()
     model.pos_embed.copy_(sincos_2d(tuple(model.patch_embed.grid_size), model.embed_dim))
     model.pos_embed.requires_grad = False
+
+
+def has_fixed_sincos(model: nn.Module) -> bool:
+    """Whether `model`'s position embedding is the frozen 2-D sin-cos one of its patch grid (`mocov3_init_`)."""
+    pos = getattr(model, "pos_embed", None)
+    if pos is None or pos.requires_grad or pos.shape[-1] % 4:
+        return False
+    expected = sincos_2d(tuple(model.patch_embed.grid_size), model.embed_dim).to(pos.device, pos.dtype)
+    return pos.shape == expected.shape and bool(torch.allclose(pos, expected, atol=1e-5))
+
+
+@torch.no_grad()
+def set_input_size(model: nn.Module, size: tuple[int, int]) -> None:
+    """timm's `set_input_size`, except that a fixed sin-cos position embedding is computed for the new grid (as
+    MoCo v3 would build it at that size) instead of interpolated, and stays frozen."""
+    fixed = has_fixed_sincos(model)
+    model.set_input_size(img_size=size)
+    if fixed:
+        grid = tuple(model.patch_embed.grid_size)
+        model.pos_embed = nn.Parameter(sincos_2d(grid, model.embed_dim).to(model.pos_embed), requires_grad=False)
