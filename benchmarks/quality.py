@@ -83,6 +83,21 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
                "m0.98"),
     "K256": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=256"], "m0.98"),
     "K4096": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=4096"], "m0.98"),
+    # the CPU presets at their budget of 51,200 images (any --methods): batch, lr, warm-up, crops, encoder
+    "b128": ("baseline", ["train.batch_size=128", "train.max_steps=400"], "base"),
+    "lr-x0.5": ("baseline", ["train.lr=5e-4"], "base"),
+    "lr-x1.5": ("baseline", ["train.lr=1.5e-3"], "base"),
+    "warm0.05": ("baseline", ["train.warmup_fraction=0.05"], "base"),
+    "warm0.2": ("baseline", ["train.warmup_fraction=0.2"], "base"),
+    "crop0.4": ("baseline", ["aug.crop_scale=[0.4,1.0]"], "base"),
+    "crop0.14": ("baseline", ["aug.crop_scale=[0.14,1.0]"], "base"),
+    "femto": ("baseline", ["model.arch=vit_femto_patch4"], "base"),
+    # DINO's knobs not tried above: the head's last layer free to sharpen (official for ViT-S), fewer local
+    # crops, the official teacher-temperature warm-up, constant weight decay
+    "nll": ("baseline", ["method.dino.norm_last_layer=false"], "base"),
+    "local2": ("baseline", ["data.local_crops=2"], "base"),
+    "tt-warm": ("baseline", ["method.dino.teacher_temp=0.07", "method.dino.warmup_teacher_temp_fraction=0.3"], "base"),
+    "wd-const": ("baseline", ["train.weight_decay_end=0.04"], "base"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
