@@ -32,13 +32,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 30, "batch_size": 1024, "base_lr": None},
     "mocov3": {
         "epochs": 90,  # main_lincls.py:49 (--epochs default)
-        "batch_size": 1024,  # main_lincls.py:53 (-b default, the total over all GPUs); README.md:148
+        "batch_size": 1024,  # main_lincls.py:53 (-b default, the total over all GPUs); moco-v3 README.md:148
         "base_lr": 3.0,  # CONFIG.md:144 (ViT-Small) and :174 (ViT-Base) pass --lr=3; main_lincls.py:58's
         # default 0.1 is ResNet-50's
     },
     "dino": {
         "epochs": 100,  # eval_linear.py:265 (--epochs default)
-        "batch_size": 1024,  # eval_linear.py:270 (128 per GPU) x README.md:263 (--nproc_per_node=8)
+        "batch_size": 1024,  # eval_linear.py:270 (128 per GPU) x dino README.md:263 (--nproc_per_node=8)
         "base_lr": 0.001,  # eval_linear.py:266 (--lr default, "for a reference batch size of 256")
     },
 }
@@ -84,10 +84,10 @@ def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
     if name == "dino" and encoder.embed_dim < DINO_WIDE:
         # eval_linear.py:256,258: --n_last_blocks 4, --avgpool_patchtokens false, "for ViT-Small"
         return "cls", min(4, encoder.depth)
-    if name == "dino":  # README.md:340,344: ViT-B with --n_last_blocks 1 --avgpool_patchtokens true
+    if name == "dino":  # dino README.md:340,344: ViT-B with --n_last_blocks 1 --avgpool_patchtokens true
         return "both", 1
     return "cls", 1  # quick; mocov3: the class token after the final norm, the head input of timm 0.4.9's ViT
-    # (README.md:90), which vits.py:25 extends
+    # (moco-v3 README.md:90), which vits.py:25 extends
 
 
 def resolve(lin: LinearConfig, encoder: Backbone) -> Protocol:

@@ -1,6 +1,10 @@
 """What a linear probe reads from a frozen encoder: the class token, the mean patch token, or both, of each of
 the last k blocks after the final norm (DINO's linear evaluation, eval_linear.py:166-170), concatenated in
-block order; a Swin (no class token): the mean of each of the last k stages' maps."""
+block order; a Swin (no class token): the mean of each of the last k stages' maps.
+
+DINO adds the mean patch token of the last block alone, and interleaves it with the class token
+(eval_linear.py:168-170, which runs only with n = 1); `both` with 1 block concatenates the two instead: the
+same features in another order, which a linear head with i.i.d. initial weights trains alike."""
 
 from __future__ import annotations
 
