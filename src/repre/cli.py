@@ -25,6 +25,7 @@ EPILOG = """examples:
   repre pretrain --config fmnist-mocov3 --out runs/base
   repre pretrain --set train.max_steps=20 --set recon.taps=[1,3,5]
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
+  torchrun --nproc-per-node 8 -m repre eval linear --checkpoint RUN --set eval.linear.protocol=dino
 """
 
 
@@ -84,6 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else run_dir(args.checkpoint) / "eval" / args.task
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
+    if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'task':<10}{'metric':<10}{'value':<10}details")

@@ -294,23 +294,32 @@ class KNNConfig:
 
 @dataclass
 class LinearConfig:
-    """The linear probe on frozen features; lr and weight decay chosen on a held-out part of the train split.
-    The defaults are a quick protocol for small data on a CPU, not a paper's ImageNet protocol."""
+    """The linear probe on frozen features, by one of three protocols (docs/evaluation.md): `quick`, repre's
+    CPU protocol on precomputed features with lr and weight decay chosen on a held-out part of the train split
+    (not a paper's protocol); `mocov3` and `dino`, the papers' ImageNet protocols (SGD on augmented views
+    through the frozen encoder, distributed under torchrun, resumed from the output folder). The keys left
+    null take the protocol's own values."""
 
-    features: Literal["cls", "avg", "both"] = "cls"  # class token, mean patch token, or both
-    blocks: int = 1  # concatenate the features of the last k blocks (DINO uses 4 for ViT-S)
-    # the probe's learning rates tried (the best on a held-out part of train is reported)
+    protocol: Literal["quick", "mocov3", "dino"] = "quick"  # quick: the CPU protocol; mocov3, dino: the papers'
+    # class token, mean patch token, or both, of each of the last `blocks` blocks (a Swin: the mean of each
+    # stage); null: the protocol's (cls; dino on ViT-B and wider: both; without a class token: avg)
+    features: Literal["cls", "avg", "both"] | None = None
+    # concatenate the features of the last k blocks; null: the protocol's (1; dino below ViT-B's width: 4)
+    blocks: int | None = None
+    # quick: the probe's learning rates tried (the best on a held-out part of train is reported)
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
-    wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])  # the weight decays tried, with each lr
-    epochs: int = 30  # epochs of the probe over the precomputed features
-    val_fraction: float = 0.1  # of the train split, held out to choose lr and weight decay
+    wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])  # quick: the weight decays tried, with each lr
+    lr: float | None = None  # mocov3, dino: base lr per 256 images (x batch_size / 256); null: 3.0 / 0.001
+    epochs: int | None = None  # epochs of the probe; null: the protocol's (quick 30, mocov3 90, dino 100)
+    batch_size: int | None = None  # the probe's global batch, shared by the processes; null: 1024 (all protocols)
+    val_fraction: float = 0.1  # quick: of the train split, held out to choose lr and weight decay
     train_subset: int | None = None  # first N train images for the probe; None: all
     test_subset: int | None = None  # first N test images scored; None: all
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
-        "blocks": ">=1", "lrs": ">0", "wds": ">=0", "epochs": ">0", "val_fraction": "(0,1)", "train_subset": ">0",
-        "test_subset": ">0",
+        "blocks": ">=1", "lrs": ">0", "wds": ">=0", "lr": ">0", "epochs": ">0", "batch_size": ">0",
+        "val_fraction": "(0,1)", "train_subset": ">0", "test_subset": ">0",
     }
 
 
@@ -424,6 +433,8 @@ RENAMED = {
         "segment": ("data", "root", "size", "classes", "ignore", "train", "test", "lr", "epochs"),
     }.items() for key in keys},
 }
+# what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
+QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
 # method keys that were shared by the frameworks: old -> {framework: its key now}
 RENAMED_METHOD = {
     "temperature": {"mocov3": "temperature", "moby": "temperature", "dino": "student_temp"},
@@ -475,6 +486,11 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         if key in evals:
             task, field_name = new.split(".")[1:]
             evals.setdefault(task, {})[field_name] = evals.pop(key)
+    linear = evals.get("linear")
+    if isinstance(linear, dict) and "protocol" not in linear:  # written when the quick probe was the only one
+        for key, default in QUICK_DEFAULTS.items():  # its defaults are null now: each protocol's own
+            if linear.get(key) == default:
+                linear[key] = None
     for task in EVAL_TASKS:  # 0.1.0 read a subset of 0 as "all images", which is null now
         section = evals.get(task)
         for key in section if isinstance(section, dict) else ():
@@ -759,8 +775,15 @@ def _validate_train(t: TrainConfig) -> None:
         raise UserError("set train.epochs > 0 or train.max_steps > 0")
 
 
+def _validate_linear(lin: LinearConfig) -> None:
+    if lin.protocol == "quick" and lin.lr is not None:
+        raise UserError(f"eval.linear.lr={lin.lr} is the base lr of the mocov3 and dino protocols; the quick protocol "
+                        "tries each of eval.linear.lrs: set those, or eval.linear.protocol=mocov3 or dino")
+
+
 _SECTION_RULES: dict[str, Callable[[Any], None]] = {
-    "data": _validate_data, "aug": _validate_aug, "recon": _validate_recon, "train": _validate_train}
+    "data": _validate_data, "aug": _validate_aug, "recon": _validate_recon, "train": _validate_train,
+    "eval.linear": _validate_linear}
 
 
 def _validate_across(cfg: Config) -> None:

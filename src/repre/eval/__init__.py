@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from torch import nn
 from repre.builder import build_encoder, build_model
 from repre.config import EVAL_TASKS, Config, config_from_dict, deep_update, migrate, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
+from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
@@ -77,7 +79,8 @@ def evaluate(
     task: str, checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
     """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra"};
-    pictures go to `out`."""
+    pictures go to `out`, and the linear probe's checkpoint (protocols mocov3 and dino). Under torchrun every
+    process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     if task == "recon":
@@ -87,10 +90,18 @@ def evaluate(
         rt = setup_runtime(cfg.train)
         return recon_eval(model.to(rt.device), cfg, rt, Path(out) if out else None)
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    rt = setup_runtime(cfg.train)
-    with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
-        encoder = encoder_from(ckpt, cfg, checkpoint)
-        return encoder_tasks()[task](encoder.to(rt.device), cfg, rt)
+    joins = dist.launched() and not dist.is_distributed()  # under torchrun: join the group, leave it after
+    try:
+        rt = setup_runtime(cfg.train)
+        rt = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
+        with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
+            encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
+            if task == "linear":  # the papers' protocols keep a resumable checkpoint in `out`
+                return encoder_tasks()[task](encoder, cfg, rt, Path(out) if out else None)
+            return encoder_tasks()[task](encoder, cfg, rt)
+    finally:
+        if joins:
+            dist.shutdown()
 
 
 @contextlib.contextmanager

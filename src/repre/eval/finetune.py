@@ -7,22 +7,19 @@ position embedding and class token. Training augmentation: random resized crop a
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.pipeline import EpochBatchSampler, ViewCollate, ViewDataset, resolve_workers
-from repre.data.sources import FirstN, eval_source, stats
-from repre.data.views import ViewSpec
+from repre.data.sources import FirstN, eval_source
 from repre.errors import UserError
+from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
 from repre.models.backbone import Backbone
 
@@ -78,13 +75,8 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     model = encoder.model
     model.reset_classifier(classes)
     model.to(rt.device).train()
-    mean, std = stats(cfg.data, source)
-    aug = dataclasses.replace(cfg.aug, crop_scale=e.finetune.crop_scale, jitter_prob=0.0, grayscale_prob=0.0,
-                              blur_prob=[0.0, 0.0], solarize_prob=[0.0, 0.0])
-    spec = ViewSpec(aug=aug, size=cfg.data.image_size, mean=mean, std=std)
-    loader = DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1),
-                        batch_sampler=EpochBatchSampler(len(source), e.finetune.batch_size, cfg.train.seed),
-                        collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))
+    loader = augmented_loader(cfg, source, crop_and_flip(cfg.aug, crop_scale=e.finetune.crop_scale),
+                              e.finetune.batch_size)
     blocks = block_offsets(model)[-1] if encoder.hierarchical else encoder.depth
     opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune.weight_decay, e.finetune.layer_decay))
     lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,

@@ -1,13 +1,15 @@
-"""Linear probe on frozen features, trained on precomputed features (fast on CPU).
+"""`repre eval linear`: the linear probe on a frozen encoder, by the protocol eval.linear.protocol names
+(`repre.eval.protocols`); this module runs the quick one and hands the papers' to `repre.eval.lincls`.
 
-Features: the class token, the mean patch token, or both, of each of the last `eval.linear.blocks` blocks
-(final norm applied, as DINO's linear evaluation), concatenated and standardized with train statistics.
-lr and weight decay are chosen on a validation split carved from train; the chosen pair is retrained on
-the whole train split and reported on test.
+The quick CPU protocol (repre's, not a paper's): features of the last `eval.linear.blocks` blocks
+(`repre.eval.tokens`), precomputed once without augmentation and standardized with train statistics; lr and
+weight decay chosen on a validation split carved from train; the chosen pair retrained on the whole train
+split and reported on test.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +21,10 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.errors import UserError
 from repre.eval.features import frozen_outputs
+from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
+from repre.eval.protocols import Protocol, resolve
+from repre.eval.tokens import check_layout, token_features
 from repre.models.backbone import Backbone
 
 
@@ -27,37 +32,17 @@ def block_features(
     encoder: Backbone, loader: DataLoader, rt: Runtime, kind: str, blocks: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (features [N, blocks * D * (2 if kind == "both" else 1)] float32 on CPU, labels [N])."""
-    model = encoder.model
-    if kind in ("cls", "both") and not getattr(model, "num_prefix_tokens", 0):
-        raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg")
-    if not 1 <= blocks <= encoder.depth:
-        raise UserError(f"eval.linear.blocks must be in 1..{encoder.depth}, got {blocks}")
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        if encoder.hierarchical:  # Swin: the mean of the last `blocks` stages' maps (no class token)
-            maps = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NCHW",
-                                               intermediates_only=True)
-            return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
-        outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
-                                           return_prefix_tokens=kind != "avg", intermediates_only=True)
-        parts = []
-        for out in outs:
-            tokens, prefix = out if isinstance(out, tuple) else (out, None)
-            if kind in ("cls", "both"):
-                parts.append(prefix[:, 0])
-            if kind in ("avg", "both"):
-                parts.append(tokens.mean(dim=1))
-        return torch.cat(parts, dim=1)
-
-    return frozen_outputs(encoder, loader, rt, features)
+    check_layout(encoder, kind, blocks)
+    return frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks))
 
 
 def train_linear(
-    x: torch.Tensor, y: torch.Tensor, classes: int, lr: float, wd: float, epochs: int, seed: int = 0
+    x: torch.Tensor, y: torch.Tensor, classes: int, lr: float, wd: float, epochs: int, seed: int = 0,
+    batch: int = 1024,
 ) -> torch.nn.Linear:
     """AdamW + cosine on standardized features x [N, F] -> a linear classifier [F -> classes]."""
     head = torch.nn.Linear(x.shape[1], classes)
-    return fit_probe(head, x, y, F.cross_entropy, lr, wd, epochs, batch=1024, seed=seed)
+    return fit_probe(head, x, y, F.cross_entropy, lr, wd, epochs, batch=batch, seed=seed)
 
 
 @torch.no_grad()
@@ -65,27 +50,47 @@ def top1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((head(x).argmax(dim=1) == y).float().mean())
 
 
-def linear_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
-    """Sweep lr x weight decay on a validation split of train; report the chosen probe's test top-1."""
-    e = cfg.eval
-    train, test = eval_loader(cfg, "train", e.linear.train_subset), eval_loader(cfg, "test", e.linear.test_subset)
+def linear_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
+    """The probe of eval.linear.protocol: quick here; mocov3 and dino train in `repre.eval.lincls`, with a
+    resumable checkpoint in `out` (None: none)."""
+    protocol = resolve(cfg.eval.linear, encoder)
+    if protocol.name == "quick":
+        return quick_eval(encoder, cfg, rt, protocol)
+    return lincls_eval(encoder, cfg, rt, protocol, out)
+
+
+def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, protocol: Protocol) -> list[dict]:
+    """Each lr x weight decay of eval.linear, trained on train features [N, F] less a held-out part, scored
+    on that part -> [{"lr", "weight_decay", "val_top1"}, ...]."""
+    e, seed = cfg.eval.linear, cfg.train.seed
+    perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(e.val_fraction * len(xtr)))
+    fit, val = perm[n_val:], perm[:n_val]
+    mean, std = xtr[fit].mean(dim=0), xtr[fit].std(dim=0) + 1e-6
+    rows = []
+    for lr in e.lrs:
+        for wd in e.wds:
+            head = train_linear((xtr[fit] - mean) / std, ytr[fit], classes, lr, wd, protocol.epochs, seed,
+                                protocol.batch_size)
+            rows.append({"lr": lr, "weight_decay": wd, "val_top1": top1(head, (xtr[val] - mean) / std, ytr[val])})
+    return rows
+
+
+def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) -> dict[str, Any]:
+    """The quick CPU protocol: sweep lr x weight decay on a validation split of train; report the chosen
+    probe's test top-1."""
+    e = cfg.eval.linear
+    train, test = eval_loader(cfg, "train", e.train_subset), eval_loader(cfg, "test", e.test_subset)
     classes = train.dataset.source.num_classes
     if not classes:
         raise UserError("the linear probe needs labels: use a folder with class sub-folders in train/ and val/")
-    xtr, ytr = block_features(encoder, train, rt, e.linear.features, e.linear.blocks)
-    xte, yte = block_features(encoder, test, rt, e.linear.features, e.linear.blocks)
-    perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg.train.seed))
-    n_val = max(1, int(e.linear.val_fraction * len(xtr)))
-    fit, val = perm[n_val:], perm[:n_val]
-    mean, std = xtr[fit].mean(dim=0), xtr[fit].std(dim=0) + 1e-6
-    sweep = []
-    for lr in e.linear.lrs:
-        for wd in e.linear.wds:
-            head = train_linear((xtr[fit] - mean) / std, ytr[fit], classes, lr, wd, e.linear.epochs, cfg.train.seed)
-            sweep.append({"lr": lr, "weight_decay": wd, "val_top1": top1(head, (xtr[val] - mean) / std, ytr[val])})
-    best = max(sweep, key=lambda r: r["val_top1"])
+    xtr, ytr = block_features(encoder, train, rt, protocol.features, protocol.blocks)
+    xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks)
+    rows = sweep(xtr, ytr, classes, cfg, protocol)
+    best = max(rows, key=lambda r: r["val_top1"])
     mean, std = xtr.mean(dim=0), xtr.std(dim=0) + 1e-6
-    head = train_linear((xtr - mean) / std, ytr, classes, best["lr"], best["weight_decay"], e.linear.epochs, cfg.train.seed)
-    extra = {"val_top1": best["val_top1"], "lr": best["lr"], "weight_decay": best["weight_decay"],
-             "features": e.linear.features, "blocks": e.linear.blocks, "dim": xtr.shape[1], "sweep": sweep}
+    head = train_linear((xtr - mean) / std, ytr, classes, best["lr"], best["weight_decay"], protocol.epochs,
+                        cfg.train.seed, protocol.batch_size)
+    extra = {**protocol.summary(), "val_top1": best["val_top1"], "lr": best["lr"],
+             "weight_decay": best["weight_decay"], "dim": xtr.shape[1], "sweep": rows}
     return {"task": "linear", "metric": "top1", "value": top1(head, (xte - mean) / std, yte), "extra": extra}

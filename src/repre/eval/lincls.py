@@ -1,0 +1,179 @@
+"""The papers' linear probes (MoCo v3, DINO): a linear head trained by SGD on random resized crops and flips
+through the frozen encoder, features computed at every step (`repre.eval.protocols` holds the values).
+
+As the official scripts: the encoder stays in eval mode and runs without gradients (main_lincls.py:341-348;
+eval_linear.py:55,164); the lr follows a cosine over the epochs, set at the start of each epoch
+(main_lincls.py:499-503; eval_linear.py:109,127); a checkpoint of the head, its optimizer and the epoch is
+written after each epoch and resumed from when the evaluation is run again into the same folder
+(main_lincls.py:240-260; eval_linear.py:111-121). Under torchrun each process takes its share of every
+global batch and the head's gradients are averaged, so N processes compute what one process computes.
+Deviations: the last partial batch of an epoch is dropped; test images are resized with antialiased
+bilinear interpolation (DINO: bicubic); the reported top-1 is the final head's, not the best epoch's
+(main_lincls.py:315; eval_linear.py:134).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from repre.config import Config
+from repre.core import checkpoint_io as ckpt_io
+from repre.core import dist
+from repre.core.runtime import Runtime
+from repre.core.schedules import warmup_cosine
+from repre.data.evaluation import eval_loader
+from repre.data.sources import FirstN, ImageSource, eval_source
+from repre.errors import UserError
+from repre.eval.augmented import augmented_loader, crop_and_flip
+from repre.eval.protocols import Protocol
+from repre.eval.tokens import feature_dim, token_features
+from repre.models.backbone import Backbone
+
+log = logging.getLogger("repre")
+
+STATE_FILE = "linear-probe.pt"  # in the evaluation's output folder
+
+
+def new_head(dim: int, classes: int, std: float, seed: int) -> nn.Linear:
+    """[B, dim] -> [B, classes]: weights ~ N(0, std), bias 0, drawn from `seed` (the same on every process)."""
+    head = nn.Linear(dim, classes)
+    with torch.no_grad():
+        head.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(seed))
+        head.bias.zero_()
+    return head
+
+
+@torch.no_grad()
+def frozen_features(encoder: Backbone, x: torch.Tensor, protocol: Protocol, rt: Runtime) -> torch.Tensor:
+    """Normalized images x [B, 3, H, W] on the device -> float32 features [B, F] of the eval-mode encoder."""
+    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+        return token_features(encoder, x, protocol.features, protocol.blocks).float()
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Each process's gradients (of its share's mean loss) -> their mean: the gradient of the global batch."""
+    world = dist.world_size()
+    if world > 1:
+        for p in module.parameters():
+            p.grad = dist.all_reduce_sum(p.grad) / world
+
+
+def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, loader: DataLoader, steps: int,
+                protocol: Protocol, rt: Runtime) -> float:
+    """`steps` SGD steps of the head on `loader`'s batches -> the mean loss over them (all processes)."""
+    total = torch.zeros((), device=rt.device)
+    for _, batch in zip(range(steps), loader, strict=False):
+        x, y = batch["views"][:, 0].to(rt.device, non_blocking=True), batch["label"].to(rt.device)
+        loss = F.cross_entropy(head(frozen_features(encoder, x, protocol, rt)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(head)
+        opt.step()
+        total += loss.detach()
+    return float(dist.all_reduce_sum(total)) / (steps * dist.world_size())
+
+
+@torch.no_grad()
+def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Protocol, rt: Runtime) -> tuple[float, int]:
+    """(top-1, images) of the head on the test split, each process scoring every world-th image."""
+    full = eval_loader(cfg, "test", cfg.eval.linear.test_subset)
+    shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
+    counts = torch.zeros(2, dtype=torch.int64, device=rt.device)  # correct, seen
+    for x, y in DataLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers):
+        logits = head(frozen_features(encoder, x.to(rt.device, non_blocking=True), protocol, rt))
+        counts += torch.stack([(logits.argmax(dim=1) == y.to(rt.device)).sum(), torch.tensor(len(y), device=rt.device)])
+    correct, seen = dist.all_reduce_sum(counts).tolist()
+    return correct / max(seen, 1), seen
+
+
+def encoder_digest(encoder: Backbone) -> str:
+    """SHA-256 of the encoder's weights: a resumed probe must be of the same encoder."""
+    h = hashlib.sha256()
+    for name, t in encoder.model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: dict[str, Any]) -> int:
+    """Load a probe checkpoint of the same settings (`key`) into head and optimizer -> the epochs it has done
+    (0 without one)."""
+    if path is None or not path.is_file():
+        return 0
+    state = ckpt_io.load(path)
+    if state.get("probe") != key:
+        changed = sorted(k for k in key.keys() | state.get("probe", {}).keys()
+                         if key.get(k) != state.get("probe", {}).get(k))
+        raise UserError(f"{path} holds a linear probe of other settings or of another encoder (differing: "
+                        f"{', '.join(changed)}); give another --out, or delete it to start again")
+    head.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    log.info("resuming the linear probe from %s (epoch %d of %d)", path, state["epoch"], key["epochs"])
+    return state["epoch"]
+
+
+def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: dict[str, Any], epoch: int,
+         cfg: Config) -> None:
+    """Rank 0 writes the probe's checkpoint after `epoch` epochs; every process waits for it."""
+    if path is not None and dist.is_main():
+        ckpt_io.save({"schema": ckpt_io.SCHEMA, "model": head.state_dict(), "optimizer": opt.state_dict(),
+                      "epoch": epoch, "probe": key, "config": cfg.to_dict(), "versions": ckpt_io.versions()}, path)
+    dist.barrier()
+
+
+def train_source(cfg: Config) -> ImageSource:
+    """The labelled train split of the probe (its first eval.linear.train_subset images)."""
+    source = eval_source(cfg, "train")
+    if not source.num_classes:
+        raise UserError("the linear probe needs labels: use a folder with class sub-folders in train/ and val/")
+    return FirstN(source, cfg.eval.linear.train_subset) if cfg.eval.linear.train_subset else source
+
+
+def check_batch(batch: int, images: int) -> None:
+    world = dist.world_size()
+    if batch % world:
+        raise UserError(f"eval.linear.batch_size={batch} (the global batch) is not divisible by the {world} "
+                        f"processes; use a multiple of {world}")
+    if images < batch:
+        raise UserError(f"the probe's train split has {images} images, fewer than one batch "
+                        f"(eval.linear.batch_size={batch}); lower eval.linear.batch_size")
+
+
+def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol, out: Path | None) -> dict[str, Any]:
+    """Train the protocol's head on the train split, resuming from `out` (None: no checkpoint); report test top-1."""
+    source = train_source(cfg)
+    check_batch(protocol.batch_size, len(source))
+    steps = len(source) // protocol.batch_size
+    dim = feature_dim(encoder, protocol.features, protocol.blocks)
+    head = new_head(dim, source.num_classes, protocol.init_std, cfg.train.seed).to(rt.device)
+    opt = torch.optim.SGD(head.parameters(), lr=protocol.lr, momentum=protocol.momentum,
+                          weight_decay=protocol.weight_decay)
+    lrs = warmup_cosine(protocol.lr, 0.0, protocol.epochs)  # [epochs]: lr x 0.5 (1 + cos(pi e / epochs))
+    path = Path(out) / STATE_FILE if out is not None else None
+    key = {**dataclasses.asdict(protocol), "classes": source.num_classes, "dim": dim, "steps_per_epoch": steps,
+           "encoder_sha256": encoder_digest(encoder) if path is not None else None}  # what a resumed probe shares
+    encoder.eval()
+    aug = crop_and_flip(cfg.aug, crop_scale=[0.08, 1.0], crop_ratio=[3 / 4, 4 / 3], hflip=0.5)  # torchvision's
+    # RandomResizedCrop and RandomHorizontalFlip defaults: main_lincls.py:273-274; eval_linear.py:86-87
+    loss = None  # a run resumed after its last epoch trains no more
+    for epoch in range(resume(path, head, opt, key), protocol.epochs):
+        for group in opt.param_groups:
+            group["lr"] = float(lrs[epoch])
+        loader = augmented_loader(cfg, source, aug, protocol.batch_size, epoch * steps, dist.rank(), dist.world_size())
+        loss = train_epoch(encoder, head, opt, loader, steps, protocol, rt)
+        log.info("linear probe (%s) epoch %d/%d: loss %.4f, lr %.4g", protocol.name, epoch + 1, protocol.epochs,
+                 loss, float(lrs[epoch]))
+        save(path, head, opt, key, epoch + 1, cfg)
+    top1, seen = test_top1(encoder, head, cfg, protocol, rt)
+    extra = {**protocol.summary(), "lr": protocol.lr, "dim": dim, "train_images": len(source), "test_images": seen,
+             "steps_per_epoch": steps, "processes": dist.world_size(), "final_train_loss": loss}
+    return {"task": "linear", "metric": "top1", "value": top1, "extra": extra}

@@ -1,0 +1,106 @@
+"""The linear-probe protocols and their values, resolved from `eval.linear` and the encoder.
+
+- `quick`: repre's quick CPU protocol, not a paper's: AdamW on precomputed features, lr x weight decay chosen
+  on a held-out part of train (`repre.eval.linear`).
+- `mocov3`: facebookresearch/moco-v3 (c349e6e) main_lincls.py with the ViT command of CONFIG.md.
+- `dino`: facebookresearch/dino (7c446df) eval_linear.py with its README's command.
+
+Both papers' protocols train a linear head, weights ~ N(0, 0.01) and zero bias, with SGD (momentum 0.9, no
+weight decay) at lr = base_lr x batch / 256 and a cosine over the epochs, on random resized crops and flips
+through the frozen encoder (`repre.eval.lincls`). Each value below cites the official line it comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from repre.config import LinearConfig
+from repre.core.schedules import scaled_lr
+from repre.errors import UserError
+from repre.eval.tokens import check_layout, has_class_token
+from repre.models.backbone import Backbone
+
+REFERENCES = {
+    "quick": "repre's quick CPU protocol (not a paper's): AdamW on precomputed features, lr x weight decay "
+             "chosen on a held-out part of train",
+    "mocov3": "MoCo v3's linear classification: facebookresearch/moco-v3 main_lincls.py, --lr=3 (CONFIG.md)",
+    "dino": "DINO's linear evaluation: facebookresearch/dino eval_linear.py",
+}
+# the values a protocol fixes when `eval.linear` leaves them null
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "quick": {"epochs": 30, "batch_size": 1024, "base_lr": None},
+    "mocov3": {
+        "epochs": 90,  # main_lincls.py:49 (--epochs default)
+        "batch_size": 1024,  # main_lincls.py:53 (-b default, the total over all GPUs); moco-v3 README.md:148
+        "base_lr": 3.0,  # CONFIG.md:144 (ViT-Small) and :174 (ViT-Base) pass --lr=3; main_lincls.py:58's
+        # default 0.1 is ResNet-50's
+    },
+    "dino": {
+        "epochs": 100,  # eval_linear.py:265 (--epochs default)
+        "batch_size": 1024,  # eval_linear.py:270 (128 per GPU) x dino README.md:263 (--nproc_per_node=8)
+        "base_lr": 0.001,  # eval_linear.py:266 (--lr default, "for a reference batch size of 256")
+    },
+}
+MOMENTUM = 0.9  # main_lincls.py:60 (--momentum default); eval_linear.py:106
+WEIGHT_DECAY = 0.0  # main_lincls.py:62 (--wd default); eval_linear.py:107
+INIT_STD = 0.01  # the head's weights ~ N(0, 0.01), bias 0: main_lincls.py:168-169; eval_linear.py:243-244
+DINO_WIDE = 768  # ViT-B's width: DINO evaluates ViT-B with 1 block + avgpool, narrower ViTs with 4 blocks
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One linear probe's resolved values."""
+
+    name: str  # quick | mocov3 | dino
+    features: str  # cls | avg | both (`repre.eval.tokens`)
+    blocks: int
+    epochs: int
+    batch_size: int  # global, over all processes
+    base_lr: float | None  # per 256 images; None: quick (it sweeps eval.linear.lrs)
+    momentum: float = MOMENTUM
+    weight_decay: float = WEIGHT_DECAY
+    init_std: float = INIT_STD
+
+    @property
+    def lr(self) -> float:
+        """The peak lr: base_lr x batch / 256 (main_lincls.py:196; eval_linear.py:105)."""
+        return scaled_lr(self.base_lr, self.batch_size)
+
+    def summary(self) -> dict[str, Any]:
+        """What the result's `extra` says of the protocol."""
+        out = {**asdict(self), "protocol": self.name, "reference": REFERENCES[self.name]}
+        del out["name"]
+        if self.base_lr is None:  # quick: AdamW, its lr and weight decay from the sweep
+            for key in ("base_lr", "momentum", "weight_decay", "init_std"):
+                del out[key]
+        return out
+
+
+def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
+    """The features and blocks a protocol reads when eval.linear leaves them null."""
+    if not has_class_token(encoder):  # a Swin: the mean of the last stage, as both papers' ResNet-50 (avgpool)
+        return "avg", 1
+    if name == "dino" and encoder.embed_dim < DINO_WIDE:
+        # eval_linear.py:256,258: --n_last_blocks 4, --avgpool_patchtokens false, "for ViT-Small"
+        return "cls", min(4, encoder.depth)
+    if name == "dino":  # dino README.md:340,344: ViT-B with --n_last_blocks 1 --avgpool_patchtokens true
+        return "both", 1
+    return "cls", 1  # quick; mocov3: the class token after the final norm, the head input of timm 0.4.9's ViT
+    # (moco-v3 README.md:90), which vits.py:25 extends
+
+
+def resolve(lin: LinearConfig, encoder: Backbone) -> Protocol:
+    """`eval.linear` -> the protocol's values, each null key taking the protocol's own; UserError for a
+    combination the protocol does not allow."""
+    features, blocks = default_layout(lin.protocol, encoder)
+    if lin.protocol == "mocov3" and (lin.features or features, lin.blocks or blocks) != (features, blocks):
+        raise UserError(f"eval.linear.protocol=mocov3 reads features={features} of blocks={blocks} (MoCo v3's head "
+                        f"input); eval.linear.features={lin.features}, blocks={lin.blocks} apply to the quick and "
+                        "dino protocols: leave them null (--set eval.linear.features=null --set eval.linear.blocks=null)")
+    features, blocks = lin.features or features, lin.blocks or blocks
+    check_layout(encoder, features, blocks)
+    own = DEFAULTS[lin.protocol]
+    return Protocol(name=lin.protocol, features=features, blocks=blocks, epochs=lin.epochs or own["epochs"],
+                    batch_size=lin.batch_size or own["batch_size"],
+                    base_lr=lin.lr if lin.lr is not None else own["base_lr"])

@@ -1,0 +1,52 @@
+"""What a linear probe reads from a frozen encoder: the class token, the mean patch token, or both, of each of
+the last k blocks after the final norm (DINO's linear evaluation, eval_linear.py:166-170), concatenated in
+block order; a Swin (no class token): the mean of each of the last k stages' maps.
+
+DINO adds the mean patch token of the last block alone, and interleaves it with the class token
+(eval_linear.py:168-170, which runs only with n = 1); `both` with 1 block concatenates the two instead: the
+same features in another order, which a linear head with i.i.d. initial weights trains alike."""
+
+from __future__ import annotations
+
+import torch
+
+from repre.errors import UserError
+from repre.models.backbone import Backbone
+
+
+def has_class_token(encoder: Backbone) -> bool:
+    return not encoder.hierarchical and bool(getattr(encoder.model, "num_prefix_tokens", 0))
+
+
+def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
+    """Raise UserError when `encoder` cannot give features `kind` of its last `blocks` blocks."""
+    if kind in ("cls", "both") and not has_class_token(encoder):
+        raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg (or leave it null)")
+    if not 1 <= blocks <= encoder.depth:
+        raise UserError(f"eval.linear.blocks must be in 1..{encoder.depth}, got {blocks}")
+
+
+def feature_dim(encoder: Backbone, kind: str, blocks: int) -> int:
+    """The width of `token_features`: blocks x D (x 2 for both); a Swin: the channels of its last stages."""
+    if encoder.hierarchical:
+        return sum(encoder.unit_channels[-blocks:])
+    return blocks * encoder.embed_dim * (2 if kind == "both" else 1)
+
+
+def token_features(encoder: Backbone, x: torch.Tensor, kind: str, blocks: int) -> torch.Tensor:
+    """Normalized images x [B, 3, H, W] -> features [B, feature_dim(encoder, kind, blocks)]: per block, the class
+    token then the mean patch token (registers excluded)."""
+    model = encoder.model
+    if encoder.hierarchical:
+        maps = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NCHW", intermediates_only=True)
+        return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
+    outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
+                                       return_prefix_tokens=kind != "avg", intermediates_only=True)
+    parts = []
+    for out in outs:
+        tokens, prefix = out if isinstance(out, tuple) else (out, None)
+        if kind in ("cls", "both"):
+            parts.append(prefix[:, 0])
+        if kind in ("avg", "both"):
+            parts.append(tokens.mean(dim=1))
+    return torch.cat(parts, dim=1)

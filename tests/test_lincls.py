@@ -1,0 +1,219 @@
+"""The linear-probe protocols: the papers' values (facebookresearch/moco-v3 at c349e6e, facebookresearch/dino at
+7c446df, cited per value), DINO's feature layout, the lr rule, N processes against one, and resume."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import last_json, run_cli
+from repre.config import LinearConfig, config_from_dict, load_config
+from repre.core import checkpoint_io as ckpt_io
+from repre.core.schedules import warmup_cosine
+from repre.errors import UserError
+from repre.eval import evaluate
+from repre.eval import lincls as lincls_module
+from repre.eval.protocols import resolve
+from repre.eval.tokens import feature_dim, token_features
+from repre.models.backbone import Backbone
+
+
+@functools.cache
+def encoder(kind: str) -> Backbone:
+    """narrow: ViT-S-like (narrower than ViT-B); wide: as wide as ViT-B; swin: no class token. All small."""
+    if kind == "swin":
+        return Backbone("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=2, window_size=4, embed_dim=16,
+                                                             depths=(1, 1, 1), num_heads=(1, 2, 4)))
+    width, depth, heads = (32, 6, 2) if kind == "narrow" else (768, 2, 12)
+    return Backbone("vit_tiny_patch16_224", dict(img_size=16, patch_size=4, embed_dim=width, depth=depth,
+                                                 num_heads=heads))
+
+
+OFFICIAL = {
+    "mocov3": {
+        "epochs": 90,  # main_lincls.py:49 (--epochs default 90)
+        "batch_size": 1024,  # main_lincls.py:53 (-b default 1024, the total batch)
+        "base_lr": 3.0,  # CONFIG.md:144 (vit_small) and CONFIG.md:174 (vit_base): --lr=3
+        "momentum": 0.9,  # main_lincls.py:60
+        "weight_decay": 0.0,  # main_lincls.py:62
+        "init_std": 0.01,  # main_lincls.py:168 (normal_(mean=0.0, std=0.01)); bias zero: 169
+    },
+    "dino": {
+        "epochs": 100,  # eval_linear.py:265
+        "batch_size": 1024,  # eval_linear.py:270 (128 per GPU) x 8 GPUs (README.md:263)
+        "base_lr": 0.001,  # eval_linear.py:266
+        "momentum": 0.9,  # eval_linear.py:106
+        "weight_decay": 0.0,  # eval_linear.py:107
+        "init_std": 0.01,  # eval_linear.py:243 (normal_(mean=0.0, std=0.01)); bias zero: 244
+    },
+}
+# DINO's features: ViT-S: --n_last_blocks 4, --avgpool_patchtokens false (eval_linear.py:256,258, their
+# defaults); ViT-B: --n_last_blocks 1 --avgpool_patchtokens true (README.md:340,344)
+DINO_LAYOUT = {"narrow": ("cls", 4), "wide": ("both", 1)}
+
+EXACT = ["train.device=cpu", "train.precision=fp32", "train.num_workers=0", "eval.linear.epochs=2",
+         "eval.linear.batch_size=16"]
+
+
+@pytest.mark.parametrize("name", ["mocov3", "dino"])
+def test_the_protocols_resolve_to_the_official_values(name):
+    p = resolve(LinearConfig(protocol=name), encoder("narrow"))
+    assert {key: getattr(p, key) for key in OFFICIAL[name]} == OFFICIAL[name]
+    assert (p.features, p.blocks) == (DINO_LAYOUT["narrow"] if name == "dino" else ("cls", 1))
+    wide = resolve(LinearConfig(protocol=name), encoder("wide"))
+    assert (wide.features, wide.blocks) == (DINO_LAYOUT["wide"] if name == "dino" else ("cls", 1))
+
+
+def test_quick_stays_the_default_with_its_values():
+    p = resolve(LinearConfig(), encoder("narrow"))
+    assert (p.name, p.features, p.blocks, p.epochs, p.batch_size, p.base_lr) == ("quick", "cls", 1, 30, 1024, None)
+
+
+def test_lr_scales_with_the_global_batch_and_falls_by_a_cosine_per_epoch():
+    """lr = base_lr x batch / 256 (main_lincls.py:196; eval_linear.py:105); epoch e runs at
+    lr x 0.5 (1 + cos(pi e / epochs)) (main_lincls.py:501) = CosineAnnealingLR(epochs, eta_min=0) stepped once an
+    epoch (eval_linear.py:109,127)."""
+    assert resolve(LinearConfig(protocol="mocov3"), encoder("narrow")).lr == 3.0 * 1024 / 256
+    assert resolve(LinearConfig(protocol="dino", batch_size=512), encoder("narrow")).lr == pytest.approx(0.001 * 512 / 256)
+    assert resolve(LinearConfig(protocol="dino", lr=0.01, batch_size=256), encoder("narrow")).lr == 0.01
+    epochs, lr = 7, 0.4
+    ours = warmup_cosine(lr, 0.0, epochs)
+    assert ours.tolist() == pytest.approx([lr * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=0)
+    dino = []
+    for _ in range(epochs):
+        dino.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert ours.tolist() == pytest.approx(dino)
+
+
+def test_dino_features_concatenate_class_tokens_and_the_last_blocks_mean_patch_token():
+    """ViT-S style: the class tokens of the last 4 blocks, each after the final norm (4 x D); ViT-B style: the
+    class token and the mean patch token of the last block (2 x D), as get_intermediate_layers (DINO's
+    vision_transformer.py:225-233) and eval_linear.py:166-170 build them (DINO interleaves the two for its
+    n = 1: the same features in another order, which a linear head with i.i.d. initial weights does not see)."""
+    x, vit = torch.randn(3, 3, 16, 16), encoder("narrow")
+    model = vit.model.eval()
+    with torch.no_grad():
+        tokens = model.forward_features(x)  # [B, 1 + N, D] after the final norm
+        cls4, both = token_features(vit, x, "cls", 4), token_features(vit, x, "both", 1)
+    d = vit.embed_dim
+    assert cls4.shape == (3, 4 * d) == (3, feature_dim(vit, "cls", 4))
+    assert both.shape == (3, 2 * d) == (3, feature_dim(vit, "both", 1))
+    torch.testing.assert_close(cls4[:, -d:], tokens[:, 0])
+    torch.testing.assert_close(both, torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1))
+    blocks = [model.norm(h)[:, 0] for h in intermediate_tokens(model, x)[-4:]]
+    torch.testing.assert_close(cls4, torch.cat(blocks, dim=1))
+
+
+def intermediate_tokens(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's output tokens [B, 1 + N, D] before the final norm (what DINO's get_intermediate_layers
+    normalizes), caught by hooks during a plain forward."""
+    outs: list[torch.Tensor] = []
+    hooks = [blk.register_forward_hook(lambda _m, _i, out: outs.append(out)) for blk in model.blocks]
+    with torch.no_grad():
+        model.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+    return outs
+
+
+def test_swin_reads_the_mean_of_its_last_stage_and_refuses_a_class_token():
+    for name in ("mocov3", "dino"):
+        p = resolve(LinearConfig(protocol=name), encoder("swin"))
+        assert (p.features, p.blocks) == ("avg", 1)
+    with pytest.raises(UserError, match="no class token: use eval.linear.features=avg"):
+        resolve(LinearConfig(protocol="dino", features="cls"), encoder("swin"))
+
+
+def test_bad_combinations_say_what_to_do():
+    with pytest.raises(UserError, match="mocov3 reads features=cls of blocks=1.*leave them null"):
+        resolve(LinearConfig(protocol="mocov3", features="both"), encoder("narrow"))
+    with pytest.raises(UserError, match="eval.linear.lr=0.1 is the base lr of the mocov3 and dino protocols"):
+        load_config("fmnist-mocov3-repre", ["eval.linear.lr=0.1"])
+
+
+def test_a_config_from_before_the_protocols_reads_its_quick_defaults_as_null():
+    old = load_config("fmnist-mocov3-repre").to_dict()
+    old["eval"]["linear"] = {"features": "cls", "blocks": 1, "epochs": 30, "lrs": [0.01]}  # no "protocol"
+    lin = config_from_dict(old).eval.linear
+    assert (lin.protocol, lin.features, lin.blocks, lin.epochs, lin.lrs) == ("quick", None, None, None, [0.01])
+    old["eval"]["linear"] = {"features": "avg", "blocks": 2, "epochs": 20}  # values someone chose stay
+    lin = config_from_dict(old).eval.linear
+    assert (lin.features, lin.blocks, lin.epochs) == ("avg", 2, 20)
+
+
+def test_quick_is_labelled_as_repres_cpu_protocol(tiny_run):
+    out, _ = tiny_run
+    code, stdout = run_cli(["eval", "linear", "--checkpoint", str(out), "--out", str(out / "eval" / "quick"),
+                            "--set", "eval.linear.epochs=2", "--set", "eval.linear.lrs=[0.01]",
+                            "--set", "eval.linear.wds=[0.0]"])
+    extra = last_json(stdout)["extra"]
+    assert code == 0 and extra["protocol"] == "quick" and "quick CPU protocol (not a paper's)" in extra["reference"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_path, monkeypatch):
+    """Stopped after its first epoch of 3 and run again into the same folder: the same head (bitwise) and top-1."""
+    run, _ = tiny_run
+    overrides = EXACT + ["eval.linear.protocol=dino", "eval.linear.epochs=3", "eval.linear.lr=0.5"]
+    whole = evaluate("linear", run, overrides, tmp_path / "whole")
+    save = lincls_module.save
+
+    def save_then_stop(path, head, opt, key, epoch, cfg):
+        save(path, head, opt, key, epoch, cfg)
+        if epoch == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(lincls_module, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        evaluate("linear", run, overrides, tmp_path / "broken")
+    monkeypatch.setattr(lincls_module, "save", save)
+    assert ckpt_io.load(tmp_path / "broken" / "linear-probe.pt")["epoch"] == 1
+    resumed = evaluate("linear", run, overrides, tmp_path / "broken")
+    assert resumed["value"] == whole["value"] and resumed["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
+    a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt") for d in ("whole", "broken"))
+    assert a["epoch"] == b["epoch"] == 3 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    with pytest.raises(UserError, match="other settings or of another encoder .differing: base_lr"):
+        evaluate("linear", run, [*overrides, "eval.linear.lr=0.1"], tmp_path / "broken")
+
+
+def lincls_cmd(run: Path, out: Path, procs: int) -> list[str]:
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+              if procs > 1 else [sys.executable])
+    cmd = [*launch, "-m", "repre", "eval", "linear", "--checkpoint", str(run), "--out", str(out)]
+    for item in [*EXACT, "eval.linear.protocol=mocov3"]:
+        cmd += ["--set", item]
+    return cmd
+
+
+def test_two_processes_train_the_head_one_process_trains(tiny_run, tmp_path):
+    """Each process its half of every global batch of 16, the head's gradients averaged (gloo on the CPU)."""
+    run, _ = tiny_run
+    results = {}
+    for procs in (1, 2):
+        done = subprocess.run(lincls_cmd(run, tmp_path / str(procs), procs), capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count('"task"') == 1  # rank 0 alone prints the result
+        results[procs] = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = results[1], results[2]
+    assert (one["extra"]["processes"], two["extra"]["processes"]) == (1, 2)
+    assert two["value"] == one["value"] and two["extra"]["test_images"] == one["extra"]["test_images"] == 32
+    assert two["extra"]["final_train_loss"] == pytest.approx(one["extra"]["final_train_loss"], rel=1e-5)
+    a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt")["model"] for d in ("1", "2"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
