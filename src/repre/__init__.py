@@ -7,6 +7,7 @@ The Python API behind the `repre` command:
     summary = repre.pretrain(cfg, "runs/demo")  # writes checkpoints, metrics, recon.png, summary.json
     result = repre.evaluate("knn", "runs/demo") # {"task": "knn", "metric": "top1", "value": ...}
     card = repre.export("runs/demo", "vit.safetensors")  # timm weights + model card, self-checked
+    branch = repre.ReconstructionBranch(vit, taps=4)   # the branch in your own loop (repre.nn)
 
 The names load on first use (PEP 562), so `import repre.cli` and `repre --help` load no torch.
 """
@@ -27,6 +28,7 @@ _API = {  # name -> the module that defines it
     "evaluate": "repre.eval",
     "load_encoder": "repre.eval",
     "export": "repre.export",
+    "ReconstructionBranch": "repre.nn",
 }
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from repre.config import Config, load_config
     from repre.eval import evaluate, load_encoder
     from repre.export import export
+    from repre.nn import ReconstructionBranch
     from repre.pretraining import pretrain
 
 
@@ -47,4 +50,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["Config", "__version__", "build_encoder", "build_model", "evaluate", "export", "load_config", "load_encoder", "pretrain"]
+__all__ = ["Config", "ReconstructionBranch", "__version__", "build_encoder", "build_model", "evaluate", "export", "load_config", "load_encoder", "pretrain"]

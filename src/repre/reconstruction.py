@@ -1,11 +1,12 @@
 """The RePre branch, composed around any method.
 
-`RePre(method, decoder, ...)` asks the method for its online encoder's tap maps (from the forward the
-contrastive loss already runs), decodes them to pixels and adds lambda * reconstruction loss:
+`RePre(method, taps=..., ...)` asks the method for its online encoder's tap maps (from the forward the
+contrastive loss already runs) and hands them to its `repre.nn.ReconstructionBranch`, which decodes them to
+pixels; the total adds lambda * reconstruction loss:
 
     out = method(views, momentum)            # "loss" = contrastive; "recon_maps", "recon_targets"
-    pred = decoder(out["recon_maps"])        # [N, 3, H, W]
-    loss = contrastive + weight * L(pred, out["recon_targets"])  # or L(pred, clean targets): recon.target
+    recon = branch.loss(out["recon_maps"], out["recon_targets"])  # or the clean targets: recon.target
+    loss = contrastive + weight * recon
 
 With the branch disabled no decoder exists and the plain method is trained: the baseline.
 """
@@ -13,14 +14,13 @@ With the branch disabled no decoder exists and the plain method is trained: the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from repre.errors import UserError
-from repre.losses import reconstruction_loss
 from repre.methods.base import Method, stack_views
-from repre.models.decoder import Decoder
+from repre.nn import ReconstructionBranch
 
 
 class Baseline(nn.Module):
@@ -51,38 +51,23 @@ class Baseline(nn.Module):
 
 
 class RePre(Baseline):
-    """A method plus the reconstruction branch. forward(views, momentum) -> dict of named losses."""
+    """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder).
+    forward(views, momentum) -> dict of named losses."""
 
-    def __init__(
-        self,
-        method: Method,
-        *,
-        taps: Sequence[int],
-        width: int = 128,
-        min_width: int = 8,
-        weight: float = 1.0,
-        loss: str = "l1",
-        norm_pix: bool = False,
-        norm_pix_floor: float = 1e-6,
-        depth: int = 1,
-        upsample: str = "bilinear",
-        out_stride: int = 1,
-    ) -> None:
+    def __init__(self, method: Method, *, taps: Sequence[int], weight: float = 1.0, **branch: Any) -> None:
+        """`branch`: the `ReconstructionBranch` arguments (width, min_width, loss, norm_pix, ...)."""
         super().__init__(method)
-        enc = method.encoder
-        self.method.taps = list(taps)
-        channels, strides = [enc.unit_channels[t] for t in taps], [enc.unit_strides[t] for t in taps]
-        if out_stride > min(strides):
-            raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
-                            f"(stride {min(strides)}): use at most {min(strides)}")
-        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
-                               out_stride=out_stride)
-        self.weight, self.loss_kind = weight, loss  # the trainer sets a scheduled weight
-        self.norm_pix, self.norm_pix_floor = norm_pix, norm_pix_floor
+        self.branch = ReconstructionBranch(method.encoder, taps, **branch)
+        self.method.taps = self.branch.taps  # the method returns these blocks' maps from its own forward
+        self.weight = weight  # the trainer sets a scheduled weight
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.branch.decoder
 
     def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Tap maps -> pixels [N, 3, H, W] in normalized pixel space."""
-        return self.decoder(maps, size)
+        """Tap maps -> pixels [N, 3, H, W] in the loss's space."""
+        return self.branch.reconstruct(maps, size)
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
@@ -92,11 +77,9 @@ class RePre(Baseline):
         views themselves, as the encoder received them."""
         out = self.method(views, momentum, labels, local_views)
         targets = out.pop("recon_targets") if targets is None else stack_views(targets)
-        pred = self.reconstruct(out.pop("recon_maps"), targets.shape[-2:])
-        loss_recon = reconstruction_loss(
-            pred, targets, self.loss_kind, self.norm_pix, self.method.encoder.patch_size, self.norm_pix_floor
-        )
+        loss_recon = self.branch.loss(out.pop("recon_maps"), targets)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = loss_recon
         out["loss"] = out["loss"] + self.weight * loss_recon
         return out
+

@@ -185,7 +185,13 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model'/'config' entries)")
     if ckpt["schema"] != SCHEMA:
         raise UserError(f"{path} has checkpoint schema {ckpt['schema']}; this repre reads schema {SCHEMA}")
+    ckpt["model"] = {_renamed(k): v for k, v in ckpt["model"].items()}
     return ckpt
+
+
+def _renamed(key: str) -> str:
+    """A model key of repre 0.1 in today's layout: the decoder moved into the branch (`repre.nn`)."""
+    return "branch." + key if key.startswith("decoder.") else key
 
 
 def size_mismatch(exc: RuntimeError) -> str:

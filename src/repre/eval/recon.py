@@ -58,7 +58,8 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Te
         _, maps = encoder(x, model.method.taps)
         pred = model.reconstruct(maps, x.shape[-2:])
     target = x if target is None else target
-    return to_pixel_space(pred.float(), target, model.norm_pix, encoder.patch_size, model.norm_pix_floor)
+    branch = model.branch
+    return to_pixel_space(pred.float(), target, branch.norm_pix, branch.patch_size, branch.norm_pix_floor)
 
 
 @torch.no_grad()

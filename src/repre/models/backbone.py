@@ -53,11 +53,12 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 class Backbone(nn.Module):
     """x: [B, 3, H, W] -> (pooled [B, D], maps: list of [B, D, H/p, W/p], one per requested tap)."""
 
-    def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm") -> None:
-        """`init`: "timm", or "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`)."""
+    def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm", model: nn.Module | None = None) -> None:
+        """`init`: "timm", or "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`). `model`: an
+        existing timm model to wrap instead of building `arch` (`from_model`)."""
         super().__init__()
         self.arch, self.kwargs = arch, dict(kwargs)
-        self.model = create_timm(arch, kwargs)
+        self.model = model if model is not None else create_timm(arch, kwargs)
         units = getattr(self.model, "blocks", None) or getattr(self.model, "layers", None)
         if units is None or not all(hasattr(self.model, a) for a in ("forward_intermediates", "patch_embed")):
             raise UserError(
@@ -76,6 +77,12 @@ class Backbone(nn.Module):
                 mocov3_init_(self.model)
             except ValueError as exc:
                 raise UserError(f"model.init=mocov3 does not fit {arch}: {exc}; use model.init=timm") from None
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> Backbone:
+        """An existing timm ViT or Swin (its weights shared, not copied) behind this interface."""
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        return cls(arch, {}, model=model)
 
     def forward(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not taps:

@@ -1,0 +1,88 @@
+"""RePre's reconstruction branch as a building block for any PyTorch training loop.
+
+The branch the presets train (`repre.reconstruction.RePre` holds one): a light convolutional decoder fuses a
+timm ViT's or Swin's features from several depths and reconstructs the pixels; its loss joins any
+self-supervised loss:
+
+    branch = ReconstructionBranch(vit, taps=4)           # the decoder only: branch.parameters()
+    pooled, maps = branch.encode(images)                 # one encoder forward: embedding + tap maps
+    loss = ssl_loss(head(pooled), ...) + 1.0 * branch.loss(maps, images)
+
+or, at the cost of a second encoder forward, `loss = ssl_loss + 1.0 * branch(images)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from repre.errors import UserError
+from repre.losses import reconstruction_loss
+from repre.models.backbone import Backbone, resolve_taps
+from repre.models.decoder import Decoder
+
+
+class ReconstructionBranch(nn.Module):
+    """Tap maps of `encoder` -> pixels [B, 3, H, W] -> the reconstruction loss against normalized images.
+
+    `encoder`: a timm VisionTransformer or SwinTransformer (or a `repre.models.Backbone`). The branch keeps a
+    reference to it, not its parameters: `branch.parameters()` are the decoder's, so an optimizer can take the
+    encoder's and the branch's without counting the encoder twice. `taps`: n evenly spaced blocks (Swin: stages)
+    ending with the last, or a list of 0-based indices. The other arguments are the `recon.*` config keys.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        taps: int | Sequence[int] = 4,
+        *,
+        width: int = 128,
+        min_width: int = 8,
+        loss: str = "l1",
+        norm_pix: bool = False,
+        norm_pix_floor: float = 1e-6,
+        depth: int = 1,
+        upsample: str = "bilinear",
+        out_stride: int = 1,
+    ) -> None:
+        super().__init__()
+        backbone = encoder if isinstance(encoder, Backbone) else Backbone.from_model(encoder)
+        self._backbone = (backbone,)  # a tuple: not a submodule, its parameters stay the caller's
+        self.taps = resolve_taps(taps, backbone.depth)
+        channels = [backbone.unit_channels[t] for t in self.taps]
+        strides = [backbone.unit_strides[t] for t in self.taps]
+        if out_stride > min(strides):
+            raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
+                            f"(stride {min(strides)}): use at most {min(strides)}")
+        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
+                               out_stride=out_stride)
+        self.loss_kind, self.norm_pix, self.norm_pix_floor = loss, norm_pix, norm_pix_floor
+        self.patch_size = backbone.patch_size
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """images [B, 3, H, W] -> (pooled embedding [B, D], tap maps: list of [B, C_i, H/s_i, W/s_i]) from one
+        forward of the encoder (with its gradients)."""
+        return self.backbone(images, self.taps)
+
+    def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Tap maps -> pixels [B, 3, *size], in the loss's space (normalized pixels; per-patch normalized
+        pixels with norm_pix)."""
+        return self.decoder(maps, size)
+
+    def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """Tap maps and the images they should give back (normalized, [B, 3, H, W]) -> the scalar loss."""
+        pred = self.reconstruct(maps, targets.shape[-2:])
+        return reconstruction_loss(pred, targets, self.loss_kind, self.norm_pix, self.patch_size,
+                                   self.norm_pix_floor)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """images [B, 3, H, W] -> the loss of reconstructing `targets` (default: the images) from their tap maps.
+        Runs the encoder once more; `encode` + `loss` share the forward of a loss you already compute."""
+        _, maps = self.encode(images)
+        return self.loss(maps, images if targets is None else targets)
