@@ -25,6 +25,7 @@ EPILOG = """examples:
   repre pretrain --config fmnist-mocov3 --out runs/base
   repre pretrain --set train.max_steps=20 --set recon.taps=[1,3,5]
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
+  repre show --checkpoint runs/fmnist-mocov3-repre --compare runs/base --out show.png
   torchrun --nproc-per-node 8 -m repre eval linear --checkpoint RUN --set eval.linear.protocol=dino
 """
 
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("presets", help="list the presets")
+    sh = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
+    sh.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
+    sh.add_argument("--out", required=True, help="FILE.png")
+    sh.add_argument("--images", type=int, default=4, help="the first N test images (default 4)")
+    sh.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the first checkpoint's config (data.* picks the images)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
     ex.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
     ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
@@ -105,6 +113,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from repre.use.show import show
+
+    result = show(args.checkpoint, args.out, args.compare, args.images, args.overrides)
+    print(f"wrote {result['out']}: {result['images']} images, columns {', '.join(result['columns'])}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def cmd_presets(_: argparse.Namespace) -> int:
     from repre.config import list_presets
 
@@ -144,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _setup_logging()
     args = _parser().parse_args(argv)
-    commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export}
+    commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
+                "show": cmd_show}
     if args.command is None:
         args = _parser().parse_args(["pretrain", *(argv or [])])
     try:

@@ -1,0 +1,1 @@
+"""Using what was learned: pictures of the features (`show`)."""

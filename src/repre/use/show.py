@@ -1,0 +1,176 @@
+"""Pictures of what an encoder learned, image by image (`repre show`):
+
+- the last block's class-token attention of each head over the patches (ViTs; DINO's figures);
+- the first three principal components of the last block's patch features as RGB (DINOv2's figures), fitted
+  on the patches of all the images shown;
+- for a checkpoint with the RePre decoder, its reconstruction of the image.
+
+Given a second checkpoint (`compare`, e.g. the baseline of a RePre run), its panels sit beside the first's on the
+same images: the picture of what the branch changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from repre.core.checkpoint_io import run_dir
+from repre.core.runtime import Runtime, setup_runtime
+from repre.data.evaluation import eval_loader
+from repre.data.sources import pretraining_stats
+from repre.data.views import denormalize, normalize
+from repre.errors import UserError
+from repre.eval import load_checkpoint_config, load_model
+from repre.eval.recon import reconstruct
+from repre.methods import eval_encoder_key
+from repre.models.backbone import Backbone
+from repre.reconstruction import RePre
+
+TILE = 96  # pixels per panel
+
+
+@torch.no_grad()
+def cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """Normalized images x [B, 3, H, W] -> the last block's attention of the class token to each patch, per
+    head: [B, heads, h, w] (softmax over all tokens, so a head's map sums to at most 1)."""
+    model = encoder.model
+    if encoder.hierarchical or not getattr(model, "num_prefix_tokens", 0):
+        raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT")
+    attn, seen = model.blocks[-1].attn, {}
+    handle = attn.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0]))
+    try:
+        model.forward_features(x)
+    finally:
+        handle.remove()
+    tokens = seen["x"]  # the attention's input: the last block's normed tokens [B, N, D]
+    b, n, d = tokens.shape
+    qkv = attn.qkv(tokens).reshape(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, heads, N, N]
+    h, w = model.patch_embed.grid_size
+    return weights[:, :, 0, model.num_prefix_tokens:].reshape(b, attn.num_heads, h, w)
+
+
+@torch.no_grad()
+def patch_pca(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """Normalized images x [B, 3, H, W] -> the first 3 principal components of the last unit's patch features
+    (final norm applied), fitted over all B * h * w patches, each scaled to [0, 1]: [B, 3, h, w]."""
+    maps = encoder.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)
+    feats = maps[-1].float()  # [B, D, h, w]
+    b, d, h, w = feats.shape
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
+    flat = flat - flat.mean(dim=0)
+    _, _, v = torch.linalg.svd(flat, full_matrices=False)
+    axes = v[:3].T  # [D, 3]
+    axes = axes * torch.sign(axes[axes.abs().argmax(dim=0), torch.arange(axes.shape[1])])  # a fixed sign
+    proj = flat @ axes
+    proj = (proj - proj.min(dim=0).values) / (proj.max(dim=0).values - proj.min(dim=0).values).clamp_min(1e-8)
+    if proj.shape[1] < 3:  # fewer patches or channels than 3 components
+        proj = F.pad(proj, (0, 3 - proj.shape[1]))
+    return proj.reshape(b, h, w, 3).permute(0, 3, 1, 2)
+
+
+@dataclass
+class Panels:
+    """One checkpoint's pictures of the same images, each [B, 3 or 1, h, w] in [0, 1]."""
+
+    name: str
+    pca: torch.Tensor
+    attention: torch.Tensor | None  # [B, heads, h, w], each map scaled to [0, 1]
+    recon: torch.Tensor | None
+
+
+def panels(checkpoint: str | Path, images: torch.Tensor, overrides: list[str], rt: Runtime) -> Panels:
+    """uint8-range images [B, 3, S, S] in [0, 1] -> the pictures of `checkpoint`'s evaluated encoder (and its
+    decoder's reconstruction when it has one), each computed at the checkpoint's own input size and stats."""
+    model, cfg = load_model(checkpoint, overrides)
+    model.eval().to(rt.device)
+    encoder = getattr(model.method, eval_encoder_key(cfg.method.name))
+    mean, std = pretraining_stats(cfg.data)
+    size = cfg.data.image_size
+    x = normalize(F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                  if images.shape[-1] != size else images, mean, std).to(rt.device)
+    try:
+        attention = cls_attention(encoder, x)
+        lo, hi = attention.amin(dim=(2, 3), keepdim=True), attention.amax(dim=(2, 3), keepdim=True)
+        attention = (attention - lo) / (hi - lo).clamp_min(1e-8)
+    except UserError:
+        attention = None  # a Swin: no class token
+    recon = denormalize(reconstruct(model, x, rt), mean, std) if isinstance(model, RePre) else None
+    return Panels(run_dir(checkpoint).name, patch_pca(encoder, x), attention, recon)
+
+
+
+def first_images(checkpoint: str | Path, overrides: list[str], n: int) -> tuple[torch.Tensor, list[int]]:
+    """The first `n` test images of the checkpoint's data (with `overrides`), resized and centre-cropped as
+    for evaluation: ([n, 3, S, S] in [0, 1], labels)."""
+    _, cfg = load_checkpoint_config(checkpoint, overrides)
+    loader = eval_loader(cfg, "test", n)
+    x, labels = next(iter(loader))
+    mean, std = loader.dataset.mean, loader.dataset.std
+    return denormalize(x[:n].float(), mean, std), labels[:n].tolist()
+
+
+def tile(image: torch.Tensor, smooth: bool) -> Image.Image:
+    """[C, h, w] in [0, 1] (C 1 or 3) -> a TILE x TILE RGB picture (nearest for feature maps, so patches show)."""
+    x = image.float().clamp(0, 1).expand(3, -1, -1)[None]
+    x = F.interpolate(x, size=(TILE, TILE), mode="bilinear" if smooth else "nearest",
+                      **({"align_corners": False} if smooth else {}))
+    return Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy())
+
+
+def columns(images: torch.Tensor, runs: list[Panels]) -> list[tuple[str, list[Image.Image]]]:
+    """The picture's columns: (title, one tile per image)."""
+    cols = [("image", [tile(x, True) for x in images])]
+    for run in runs:
+        tag = f"{run.name}: " if len(runs) > 1 else ""
+        if run.recon is not None:
+            cols.append((tag + "reconstruction", [tile(x, True) for x in run.recon]))
+        cols.append((tag + "patch PCA", [tile(x, False) for x in run.pca]))
+        if run.attention is not None:
+            cols.append((tag + "attention, mean", [tile(a.mean(dim=0, keepdim=True), False) for a in run.attention]))
+            for head in range(run.attention.shape[1]):
+                cols.append((f"head {head}", [tile(a[head : head + 1], False) for a in run.attention]))
+    return cols
+
+
+def draw(cols: list[tuple[str, list[Image.Image]]], path: Path) -> None:
+    """Columns of tiles under their titles -> one PNG."""
+    pad, header = 4, 28
+    rows = len(cols[0][1])
+    sheet = Image.new("RGB", (len(cols) * (TILE + pad) + pad, header + rows * (TILE + pad) + pad), "white")
+    pen = ImageDraw.Draw(sheet)
+    for c, (title, tiles) in enumerate(cols):
+        left = pad + c * (TILE + pad)
+        for line, text in enumerate(title.split(": ")[-2:] if ": " in title else [title]):
+            pen.text((left, 2 + 12 * line), text[:16], fill="black")
+        for r, picture in enumerate(tiles):
+            sheet.paste(picture, (left, header + r * (TILE + pad)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
+         overrides: list[str] | None = None) -> dict[str, Any]:
+    """Draw the pictures of `checkpoint` (and of `compare` beside them) for its first `images` test images into
+    the PNG `out` -> {"out", "images", "labels", "checkpoints", "columns"}."""
+    overrides = list(overrides or [])
+    if images < 1:
+        raise UserError(f"--images {images}: show at least one image")
+    pixels, labels = first_images(checkpoint, overrides, images)
+    rt = setup_runtime(load_checkpoint_config(checkpoint, overrides)[1].train)
+    runs = [panels(checkpoint, pixels, overrides, rt)]
+    if compare is not None:
+        runs.append(panels(compare, pixels, [], rt))
+        if runs[0].name == runs[1].name:
+            runs[0].name, runs[1].name = "first", "second"
+    cols = columns(pixels, runs)
+    draw(cols, Path(out))
+    return {"command": "show", "out": str(out), "images": len(labels), "labels": labels,
+            "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
+            "columns": [title for title, _ in cols]}

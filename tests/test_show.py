@@ -1,0 +1,74 @@
+"""`repre show`: the class-token attention and patch PCA pictures, and two runs side by side."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import last_json, run_cli
+from repre.errors import UserError
+from repre.models.backbone import Backbone
+from repre.use.show import TILE, cls_attention, patch_pca
+
+VIT = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def test_cls_attention_equals_timms_own_attention_weights():
+    """timm's unfused attention path computes the weights explicitly (attn_drop sees them): the same maps."""
+    torch.manual_seed(0)
+    encoder = Backbone("vit_tiny_patch16_224", VIT).eval()
+    x = torch.randn(3, 3, 16, 16)
+    attn, seen = encoder.model.blocks[-1].attn, {}
+    attn.fused_attn = False
+    attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.update(weights=out))
+    encoder.model.forward_features(x)
+    expected = seen["weights"][:, :, 0, 1:].reshape(3, 2, 4, 4)
+    maps = cls_attention(encoder, x)
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
+    assert maps.shape == (3, 2, 4, 4) and bool((maps.sum(dim=(2, 3)) < 1).all())  # the class token takes the rest
+
+
+def test_patch_pca_is_the_top_three_components_of_the_patch_features():
+    torch.manual_seed(0)
+    encoder = Backbone("vit_tiny_patch16_224", VIT).eval()
+    x = torch.randn(2, 3, 16, 16)
+    rgb = patch_pca(encoder, x)
+    assert rgb.shape == (2, 3, 4, 4) and float(rgb.min()) == 0.0 and float(rgb.max()) == 1.0
+    with torch.no_grad():
+        feats = encoder.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
+                                                    intermediates_only=True)[-1]
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, 32)
+    flat = flat - flat.mean(dim=0)
+    top = torch.linalg.svd(flat, full_matrices=False)[2][0]
+    first = rgb[:, 0].reshape(-1)
+    corr = torch.corrcoef(torch.stack([first, flat @ top]))[0, 1]
+    assert abs(float(corr)) > 0.999  # the red channel is the first component, rescaled
+
+
+def test_a_swin_has_no_class_token_attention():
+    encoder = Backbone("swin_tiny_patch4_window7_224", {"img_size": 32, "patch_size": 2, "window_size": 4,
+                                                       "embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2)})
+    with pytest.raises(UserError, match="class token"):
+        cls_attention(encoder, torch.randn(1, 3, 32, 32))
+    assert patch_pca(encoder.eval(), torch.randn(2, 3, 32, 32)).shape[1] == 3
+
+
+def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
+    """The tiny RePre run beside itself: image, then per run reconstruction, PCA, mean attention and 2 heads."""
+    run, _ = tiny_run
+    out = tmp_path / "show.png"
+    code, stdout = run_cli(["show", "--checkpoint", str(run), "--compare", str(run), "--out", str(out),
+                            "--images", "3"])
+    assert code == 0, stdout
+    result = last_json(stdout)
+    per_run = ["reconstruction", "patch PCA", "attention, mean", "head 0", "head 1"]
+    assert [c.split(": ")[-1] for c in result["columns"]] == ["image", *per_run, *per_run]
+    width, height = Image.open(out).size
+    assert result["images"] == 3 and height == 28 + 3 * (TILE + 4) + 4 and width == 11 * (TILE + 4) + 4
+
+
+def test_show_needs_at_least_one_image(tiny_run, tmp_path):
+    run, _ = tiny_run
+    code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "0"])
+    assert code == 2
