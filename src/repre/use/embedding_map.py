@@ -1,0 +1,105 @@
+"""A 2-D map of an embedding file (`repre map`): t-SNE (scikit-learn) or UMAP, drawn as a scatter coloured by
+label, or as thumbnails of the images where there are no labels. Above `limit` points a fixed-seed random
+subset is drawn, and the result says so."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from repre.errors import UserError
+
+SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
+METHODS = ("tsne", "umap")
+
+
+def subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    """Row numbers to draw: all n, or a sorted random `limit` of them drawn with `seed`."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def layout(x: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """Embeddings [n, D] -> 2-D positions [n, 2] in [0, 1] (t-SNE with cosine distances, or UMAP)."""
+    if method not in METHODS:
+        raise UserError(f"unknown map method {method!r}; choose from {', '.join(METHODS)}")
+    if len(x) < 3:
+        raise UserError(f"a map needs at least 3 embeddings, the file has {len(x)}")
+    try:
+        if method == "tsne":
+            from sklearn.manifold import TSNE
+
+            perplexity = min(30.0, (len(x) - 1) / 3)
+            points = TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+        else:
+            import umap
+
+            points = umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x)
+    except ImportError:
+        extra = "map" if method == "tsne" else "umap"
+        raise UserError(f"--method {method} needs {'scikit-learn' if method == 'tsne' else 'umap-learn'}: "
+                        f"pip install 'repre[{extra}]'") from None
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    return (points - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """n distinguishable colours (hues evenly spaced, two lightness levels)."""
+    return [tuple(round(255 * c) for c in colorsys.hls_to_rgb(i / n, 0.45 + 0.15 * (i % 2), 0.75)) for i in range(n)]
+
+
+def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str], path: Path) -> None:
+    """Positions [n, 2] in [0, 1], one label each -> a scatter with a legend."""
+    classes = sorted(set(labels))
+    colours = dict(zip(classes, palette(len(classes)), strict=True))
+    legend = 14 * len(classes) + 10
+    sheet = Image.new("RGB", (SIZE + 180, max(SIZE, legend)), "white")
+    pen = ImageDraw.Draw(sheet)
+    for (u, v), label in zip(points, labels, strict=True):
+        x, y = 10 + u * (SIZE - 20), 10 + v * (SIZE - 20)
+        pen.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colours[label])
+    for i, label in enumerate(classes):
+        top = 10 + 14 * i
+        pen.rectangle((SIZE + 10, top, SIZE + 20, top + 10), fill=colours[label])
+        pen.text((SIZE + 26, top - 1), names.get(label, str(label))[:24], fill="black")
+    sheet.save(path)
+
+
+def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image], rows: Sequence[int],
+                    path: Path, side: int = 32) -> None:
+    """Positions [n, 2] in [0, 1] -> each image's thumbnail (`thumbnail(row)`, side x side) at its place."""
+    size = 1400
+    sheet = Image.new("RGB", (size + side, size + side), "white")
+    for (u, v), row in zip(points, rows, strict=True):
+        sheet.paste(thumbnail(row).convert("RGB").resize((side, side)), (round(u * size), round(v * size)))
+    sheet.save(path)
+
+
+def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str | Path, method: str = "tsne",
+                  limit: int = 5000, seed: int = 0, names: dict[int, str] | None = None,
+                  thumbnail: Callable[[int], Image.Image] | None = None) -> dict[str, Any]:
+    """Map embeddings [N, D] (labels: one per row, None where unknown) into the PNG `out`: a scatter by label
+    when every drawn row has one, else thumbnails (`thumbnail(row)` -> a PIL image; required then)."""
+    if limit < 3:
+        raise UserError(f"--max-points {limit}: draw at least 3 points")
+    rows = subsample(len(embeddings), limit, seed)
+    points = layout(np.asarray(embeddings[rows], dtype=np.float32), method, seed)
+    drawn = [labels[r] for r in rows]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if all(label is not None for label in drawn):
+        draw_scatter(points, drawn, names or {}, path)
+        kind = "scatter"
+    elif thumbnail is not None:
+        draw_thumbnails(points, thumbnail, rows.tolist(), path)
+        kind = "thumbnails"
+    else:
+        raise UserError("the embeddings have no labels: give --checkpoint RUN so the map can show the images")
+    return {"command": "map", "out": str(path), "method": method, "kind": kind, "points": len(rows),
+            "embeddings": len(embeddings), "subsampled": len(rows) < len(embeddings), "seed": seed}

@@ -1,0 +1,55 @@
+"""The 2-D map of embeddings: t-SNE keeps clusters apart, fixed-seed subsampling, scatter or thumbnails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from repre.errors import UserError
+from repre.use.embedding_map import embedding_map, layout, subsample
+
+
+def clusters(n: int = 60, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """n unit vectors around 3 random centres, and their cluster ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, dim))
+    labels = [i % 3 for i in range(n)]
+    x = centres[labels] + 0.1 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_tsne_keeps_clusters_apart():
+    x, labels = clusters()
+    points = layout(x, "tsne", seed=0)
+    assert points.shape == (60, 2) and points.min() == 0.0 and points.max() == 1.0
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = d.argmin(axis=1)
+    assert np.mean([labels[i] == labels[j] for i, j in enumerate(nearest)]) == 1.0
+
+
+def test_subsampling_is_fixed_by_the_seed_and_reported(tmp_path):
+    assert subsample(10, 20, 0).tolist() == list(range(10))
+    a, b = subsample(1000, 50, 3), subsample(1000, 50, 3)
+    assert (a == b).all() and len(set(a.tolist())) == 50 and (np.diff(a) > 0).all()
+    x, labels = clusters(90)
+    result = embedding_map(x, labels, tmp_path / "map.png", limit=30, names={0: "zero"})
+    assert result["kind"] == "scatter" and result["points"] == 30 and result["subsampled"]
+    assert Image.open(tmp_path / "map.png").size[0] > 1000
+
+
+def test_without_labels_the_map_shows_thumbnails(tmp_path):
+    x, _ = clusters(30)
+    seen = []
+
+    def thumbnail(row: int) -> Image.Image:
+        seen.append(row)
+        return Image.new("L", (28, 28), 255)
+
+    result = embedding_map(x, [None] * 30, tmp_path / "map.png", thumbnail=thumbnail)
+    assert result["kind"] == "thumbnails" and sorted(seen) == list(range(30))
+    with pytest.raises(UserError, match="--checkpoint"):
+        embedding_map(x, [None] * 30, tmp_path / "no.png")
+    with pytest.raises(UserError, match="umap|tsne"):
+        embedding_map(x, [0] * 30, tmp_path / "no.png", method="mds")
