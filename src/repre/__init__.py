@@ -7,6 +7,8 @@ The Python API behind the `repre` command:
     summary = repre.pretrain(cfg, "runs/demo")  # writes checkpoints, metrics, recon.png, summary.json
     result = repre.evaluate("knn", "runs/demo") # {"task": "knn", "metric": "top1", "value": ...}
     card = repre.export("runs/demo", "vit.safetensors")  # timm weights + model card, self-checked
+    repre.embed("runs/demo", "emb.npy")         # an L2-normalized embedding per image, with its index
+    repre.neighbors("runs/demo", "emb.npy", "nn.png")  # queries and their nearest images
 
 The names load on first use (PEP 562), so `import repre.cli` and `repre --help` load no torch.
 """
@@ -27,6 +29,8 @@ _API = {  # name -> the module that defines it
     "evaluate": "repre.eval",
     "load_encoder": "repre.eval",
     "export": "repre.export",
+    "embed": "repre.use.embed",
+    "neighbors": "repre.use.neighbors",
 }
 
 if TYPE_CHECKING:
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
     from repre.eval import evaluate, load_encoder
     from repre.export import export
     from repre.pretraining import pretrain
+    from repre.use.embed import embed
+    from repre.use.neighbors import neighbors
 
 
 def __getattr__(name: str) -> Any:
@@ -47,4 +53,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["Config", "__version__", "build_encoder", "build_model", "evaluate", "export", "load_config", "load_encoder", "pretrain"]
+__all__ = ["Config", "__version__", "build_encoder", "build_model", "embed", "evaluate", "export", "load_config",
+           "load_encoder", "neighbors", "pretrain"]
