@@ -117,11 +117,12 @@ def test_faiss_missing_exits_2_saying_how_to_install_it(embedded_folder, tmp_pat
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--k", "12"], "k is at most 11"),
+    (["--k", "12"], "k is from 1 to 11"),
     (["--query-index", "3,99"], "--query-index 99 is not a row"),
     (["--query-index", "3,x"], "as integers"),
     (["--queries", "20"], "the embeddings have 12 rows"),
     (["--set", "data.root=/nowhere"], "does not exist"),
+    (["--out", "x.jpg"], "must end in .png"),
 ])
 def test_bad_inputs_exit_2_with_what_to_do(embedded_folder, tmp_path, capsys, extra, message):
     run, emb = embedded_folder

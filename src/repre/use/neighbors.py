@@ -132,10 +132,17 @@ def neighbors(checkpoint: str | Path, embeddings: str | Path, out: str | Path, o
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     rows = card["progress"]["rows"]
+    if rows < 2:
+        raise UserError(f"{files.npy} has {rows} rows: neighbours need at least 2 images")
     if not 0 < k < rows:
-        raise UserError(f"--k {k}: the embeddings have {rows} rows, so k is at most {rows - 1}")
+        raise UserError(f"--k {k}: the embeddings have {rows} rows, so k is from 1 to {rows - 1}")
+    if Path(out).suffix.lower() != ".png":
+        raise UserError(f"--out {out} must end in .png")
+    bank = np.load(files.npy, mmap_mode="r")
+    if bank.ndim != 2 or len(bank) != rows:
+        raise UserError(f"{files.npy} holds {bank.shape}, its card {rows} rows: rerun `repre embed --overwrite`")
     chosen = choose_queries(rows, queries, query_rows, seed)
-    hits = dict(zip(chosen, nearest(np.load(files.npy, mmap_mode="r"), chosen, k, backend), strict=True))
+    hits = dict(zip(chosen, nearest(bank, chosen, k, backend), strict=True))
     index = read_index(files.csv, set(chosen) | {r for h in hits.values() for r, _ in h}, rows)
     source, size = query_source(checkpoint, card, overrides or [])
     save_picture(neighbors_picture(source, index, hits, size), Path(out))
