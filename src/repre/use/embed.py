@@ -16,6 +16,7 @@ without recomputing. Files of another checkpoint, encoder, data, split or precis
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -52,10 +53,12 @@ def embed_source(cfg: Config, split: str) -> ImageSource:
 
 
 def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, images: int, dim: int) -> dict:
-    """What makes the rows what they are: a rerun continues only files of the same identity."""
-    return {"checkpoint_sha256": ckpt_io.digest(checkpoint), "encoder": eval_encoder_key(cfg.method.name),
-            "data": dataclasses.asdict(cfg.data), "split": split, "images": images, "dim": dim,
-            "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}
+    """What makes the rows what they are: a rerun continues only files of the same identity (as JSON has it,
+    to compare with a card's)."""
+    return json.loads(json.dumps({
+        "checkpoint_sha256": ckpt_io.digest(checkpoint), "encoder": eval_encoder_key(cfg.method.name),
+        "data": dataclasses.asdict(cfg.data), "split": split, "images": images, "dim": dim,
+        "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}))
 
 
 def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) -> EmbeddingWriter:
