@@ -8,6 +8,8 @@ The Python API behind the `repre` command:
     result = repre.evaluate("knn", "runs/demo") # {"task": "knn", "metric": "top1", "value": ...}
     card = repre.export("runs/demo", "vit.safetensors")  # timm weights + model card, self-checked
     branch = repre.ReconstructionBranch(vit, taps=4)   # the branch in your own loop (repre.nn)
+    repre.embed("runs/demo", "emb.npy")         # an L2-normalized embedding per image, with its index
+    repre.neighbors("runs/demo", "emb.npy", "nn.png")  # queries and their nearest images
 
 The names load on first use (PEP 562), so `import repre.cli` and `repre --help` load no torch.
 """
@@ -29,6 +31,8 @@ _API = {  # name -> the module that defines it
     "load_encoder": "repre.eval",
     "export": "repre.export",
     "ReconstructionBranch": "repre.nn",
+    "embed": "repre.use.embed",
+    "neighbors": "repre.use.neighbors",
 }
 
 if TYPE_CHECKING:
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from repre.export import export
     from repre.nn import ReconstructionBranch
     from repre.pretraining import pretrain
+    from repre.use.embed import embed
+    from repre.use.neighbors import neighbors
 
 
 def __getattr__(name: str) -> Any:
@@ -50,4 +56,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["Config", "ReconstructionBranch", "__version__", "build_encoder", "build_model", "evaluate", "export", "load_config", "load_encoder", "pretrain"]
+__all__ = ["Config", "ReconstructionBranch", "__version__", "build_encoder", "build_model", "embed", "evaluate",
+           "export", "load_config", "load_encoder", "neighbors", "pretrain"]

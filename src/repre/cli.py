@@ -1,4 +1,5 @@
-"""The `repre` command: a thin layer over `repre.config`, `repre.engine.trainer` and `repre.eval`.
+"""The `repre` command: a thin layer over `repre.config`, `repre.pretraining`, `repre.eval`, `repre.export`
+and `repre.use`.
 
 Exit status: 0 success; 1 internal error; 2 user error (the message says what to do); 3 stopped early
 but resumable (`"completed": false` in summary.json).
@@ -27,6 +28,8 @@ EPILOG = """examples:
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
   repre show --checkpoint runs/fmnist-mocov3-repre --compare runs/base --out show.png
   torchrun --nproc-per-node 8 -m repre eval linear --checkpoint RUN --set eval.linear.protocol=dino
+  repre embed --checkpoint runs/fmnist-mocov3-repre --out emb.npy  # + emb.csv (index) and emb.json (card)
+  repre neighbors --checkpoint runs/fmnist-mocov3-repre --embeddings emb.npy --out nn.png
 """
 
 
@@ -64,6 +67,29 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
     ex.add_argument("--encoder", help="which encoder: encoder (online), teacher_encoder (DINO's default), "
                     "momentum_encoder, target_encoder")
+    em = sub.add_parser("embed", help="write the embedding of every image (L2-normalized, pooled) with an index")
+    em.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    em.add_argument("--out", required=True,
+                    help="FILE.npy (float32 [N, D]); the index goes to FILE.csv, the card and progress to FILE.json")
+    em.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the checkpoint's config, e.g. data.name=folder data.root=DIR for other images")
+    em.add_argument("--split", choices=("train", "test"), default="train",
+                    help="the run's training images (default; data.subset applies) or its test split")
+    em.add_argument("--overwrite", action="store_true",
+                    help="replace FILE.* of another checkpoint or data (the same command continues its own files)")
+    nb = sub.add_parser("neighbors", help="draw query images and their nearest images in an embedding file")
+    nb.add_argument("--checkpoint", required=True, help="the checkpoint whose data the images are read from")
+    nb.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
+    nb.add_argument("--out", required=True, help="the picture, a .png")
+    nb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the data config (after the overrides embed was given, which apply by default)")
+    nb.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
+    nb.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
+    nb.add_argument("--query-index", metavar="ROW,ROW,...",
+                    help="the queries: rows of FILE.npy (the index's `row`), instead of drawing them")
+    nb.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
+    nb.add_argument("--backend", choices=("torch", "faiss"), default="torch",
+                    help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
     return p
 
 
@@ -122,6 +148,40 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from repre.use.embed import embed
+
+    summary = embed(args.checkpoint, args.out, args.overrides, args.split, args.overwrite)
+    rate = f", {summary['images_per_sec']} images/s" if summary["images_per_sec"] else " (already complete)"
+    print(f"embedded {summary['images']} images of {summary['source_images']} ({summary['skipped']} unreadable, "
+          f"left out) as {summary['dim']}-d rows of {summary['embeddings']}; index {summary['index']}{rate}")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _rows(text: str | None) -> list[int] | None:
+    """"3,17,42" -> [3, 17, 42]."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--query-index {text!r}: give rows of the embeddings as integers, e.g. 3,17,42") from None
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from repre.use.neighbors import neighbors
+
+    result = neighbors(args.checkpoint, args.embeddings, args.out, args.overrides, args.queries, args.k,
+                       _rows(args.query_index), args.seed, args.backend)
+    for q in result["queries"]:
+        near = ", ".join(f"{n['row']} ({n['similarity']:.3f})" for n in q["neighbors"])
+        print(f"query {q['row']}: {near}")
+    print(f"picture: {result['out']}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def cmd_presets(_: argparse.Namespace) -> int:
     from repre.config import list_presets
 
@@ -162,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     args = _parser().parse_args(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
-                "show": cmd_show}
+                "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors}
     if args.command is None:
         args = _parser().parse_args(["pretrain", *(argv or [])])
     try:

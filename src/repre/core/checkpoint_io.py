@@ -64,6 +64,15 @@ def _digest(path: Path) -> str:
         return _digest_of(fh)
 
 
+def digest(path: str | Path) -> str:
+    """The SHA-256 of a checkpoint file (or a run directory's last.pt): from its sidecar when it has one (the
+    digest recorded when it was written), else hashed now. What identifies the weights something was made from."""
+    path = checkpoint_file(path)
+    side = _sidecar(path)
+    recorded = side.read_text().split() if side.is_file() else []
+    return recorded[0] if recorded else _digest(path)
+
+
 def _write_atomic(path: Path, write, digest: str | None = None) -> None:
     """write(fh) into a temporary file beside `path`, fsync, rename over `path`, then its checksum sidecar
     (`digest`, "<sha256> <size>", when the bytes are known to be another file's; else hashed here).

@@ -126,6 +126,10 @@ class ImageFolder:
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         return decode(self.files[index]), self.labels[index]
 
+    def path(self, index: int) -> str:
+        """Where image `index` lives: its file."""
+        return str(self.files[index])
+
     def encoded(self, index: int) -> tuple[bytes, str, int]:
         """The file's bytes undecoded, its name for messages, its label; raises UnreadableImage."""
         path = self.files[index]

@@ -196,13 +196,17 @@ class TarShards:
     def encoded(self, index: int) -> tuple[bytes, str, int]:
         """The image's bytes undecoded, its name (shard:key) for messages, its label; raises UnreadableImage."""
         shard = int(self.entries[index][0])
-        name = f"{self.paths[shard]}:{self.keys[index].decode()}"
+        name = self.path(index)
         try:
             data = self.read(index)
         except OSError as exc:  # an I/O error (NFS, a shard changed): replaced and counted, never a crash
             self._handles.pop(shard, None)
             raise UnreadableImage(f"{name}: {exc}") from None
         return data, name, int(self.labels[index])
+
+    def path(self, index: int) -> str:
+        """Where image `index` lives: `SHARD.tar:KEY`."""
+        return f"{self.paths[int(self.entries[index][0])]}:{self.keys[index].decode()}"
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         data, name, label = self.encoded(index)

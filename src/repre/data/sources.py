@@ -19,7 +19,8 @@ log = logging.getLogger("repre")
 
 
 class ImageSource(Protocol):
-    """What every dataset provides: indexable uint8 [3, H, W] images with integer labels (-1: none)."""
+    """What every dataset provides: indexable uint8 [3, H, W] images with integer labels (-1: none). Sources
+    read from files also have `path(index) -> str` (see `image_path`)."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -113,6 +114,13 @@ def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int,
     return img, label, skipped
 
 
+def image_path(source: ImageSource, index: int) -> str:
+    """Where image `index` of `source` lives: a folder's file, a shard's `SHARD.tar:KEY`; "" for sources that
+    are not files (Fashion-MNIST's arrays, generated images)."""
+    path = getattr(source, "path", None)
+    return path(index) if callable(path) else ""
+
+
 class FirstN:
     """The first `count` images of a source."""
 
@@ -128,6 +136,9 @@ class FirstN:
             raise IndexError(index)
         return self.source.load(index)
 
+    def path(self, index: int) -> str:
+        return image_path(self.source, index)
+
 
 class Selection:
     """The images of a source at `indices`, in that order."""
@@ -141,6 +152,9 @@ class Selection:
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         return self.source.load(self.indices[index])
+
+    def path(self, index: int) -> str:
+        return image_path(self.source, self.indices[index])
 
 
 def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:

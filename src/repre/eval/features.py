@@ -1,32 +1,57 @@
 """The loop every frozen-feature evaluation shares: a module in eval mode, no gradients, autocast on the run's
-device, each batch's outputs brought back to the CPU as float32."""
+device, each batch's outputs brought back to the CPU as float32; and the pooled, L2-normalized embedding that
+k-NN, `repre embed` and `repre neighbors` read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repre.core.runtime import Runtime
+from repre.models.backbone import Backbone
+
+Extra = TypeVar("Extra")
 
 
 @torch.no_grad()
-def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
-                   fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`fn(x)` for each (x, labels) of `batches` (x: normalized images [B, 3, H, W]) -> (the outputs
-    concatenated along dim 0, float32 on the CPU; the labels concatenated, or None). `module` runs in eval
-    mode and goes back to its mode after."""
+def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extra]], rt: Runtime,
+                   fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[torch.Tensor | None, Extra]]:
+    """`fn(x)` for each (x, extra) of `batches` (x: normalized images [B, 3, H, W]), one batch at a time ->
+    (the output float32 on the CPU, or None for an x of no rows; `extra` as given). `module` runs in eval mode
+    and goes back to its mode when the iteration ends."""
     was_training = module.training
     module.eval()
-    outputs, labels = [], []
     try:
-        for x, y in batches:
+        for x, extra in batches:
+            if len(x) == 0:
+                yield None, extra
+                continue
             with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
                 out = fn(x.to(rt.device, non_blocking=True))
-            outputs.append(out.float().cpu())
-            if y is not None:
-                labels.append(y)
+            yield out.float().cpu(), extra
     finally:
         module.train(was_training)
+
+
+def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
+                   fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`frozen_batches` gathered: (the outputs concatenated along dim 0, float32 on the CPU; the labels
+    concatenated, or None)."""
+    outputs, labels = [], []
+    for out, y in frozen_batches(module, batches, rt, fn):
+        outputs.append(out)
+        if y is not None:
+            labels.append(y)
     return torch.cat(outputs), (torch.cat(labels) if labels else None)
+
+
+def pooled_embeddings(encoder: Backbone, batches: Iterable[tuple[torch.Tensor, Extra]],
+                      rt: Runtime) -> Iterator[tuple[torch.Tensor | None, Extra]]:
+    """The encoder's pooled features, L2-normalized on the CPU in float32, one batch at a time: (x [B, 3, H, W],
+    extra) -> ([B, D] or None for an x of no rows, extra). What k-NN compares and `repre embed` writes."""
+    for out, extra in frozen_batches(encoder, batches, rt, lambda x: encoder(x)[0]):
+        yield (None if out is None else F.normalize(out, dim=1)), extra

@@ -9,23 +9,22 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.errors import UserError
-from repre.eval.features import frozen_outputs
+from repre.eval.features import pooled_embeddings
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
 
 
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N])."""
-    feats, labels = frozen_outputs(encoder, loader, rt, lambda x: encoder(x)[0])
-    return F.normalize(feats, dim=1), labels
+    """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings` gathered."""
+    feats, labels = zip(*pooled_embeddings(encoder, loader, rt), strict=True)
+    return torch.cat(feats), torch.cat(labels)
 
 
 def knn_predict(

@@ -1,0 +1,122 @@
+"""`repre embed`: the embedding of every image of a dataset, by the encoder that k-NN and export use.
+
+Each image goes through the evaluation transform (resize, centre crop, no augmentation) and the evaluated
+encoder (MoCo v3 and MoBY: the online one; DINO: the teacher); its pooled feature, L2-normalized, is one row
+of FILE.npy (`repre.use.store` describes the files). The features are those of k-NN
+(`repre.eval.features.pooled_embeddings`), one batch of eval.batch_size at a time.
+
+An unreadable image is logged with its path, counted (`skipped`) and left out: it has no row, so every row
+is an image's embedding and FILE.csv says which source index each row is.
+
+The same command run again continues a stopped run from its last batch; a finished one is reported again
+without recomputing. Files of another checkpoint, encoder, data, split or precision are refused unless
+`overwrite`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from repre.config import Config
+from repre.core import checkpoint_io as ckpt_io
+from repre.core import dist
+from repre.core.runtime import Runtime, setup_runtime
+from repre.data.evaluation import indexed_loader
+from repre.data.sources import ImageSource, build_source, image_path, train_source
+from repre.errors import UserError
+from repre.eval import encoder_from, load_checkpoint_config, seeded
+from repre.eval.features import pooled_embeddings
+from repre.methods import eval_encoder_key
+from repre.models.backbone import Backbone
+from repre.use.store import FORMAT, EmbeddingFiles, EmbeddingWriter, read_card
+
+log = logging.getLogger("repre")
+
+SPLITS = ("train", "test")
+
+
+def embed_source(cfg: Config, split: str) -> ImageSource:
+    """The images embed reads: the run's training images (data.subset included) or its test split."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose train or test")
+    if cfg.data.streamed:
+        raise UserError(f"embed reads images by index, which streamed shards ({cfg.data.root}) cannot give: "
+                        "--set data.shard_access=random with local shards, or data.name=folder")
+    return train_source(cfg) if split == "train" else build_source(cfg.data, "test", seed=cfg.train.seed)
+
+
+def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, images: int, dim: int) -> dict:
+    """What makes the rows what they are: a rerun continues only files of the same identity (as JSON has it,
+    to compare with a card's)."""
+    return json.loads(json.dumps({
+        "checkpoint_sha256": ckpt_io.digest(checkpoint), "encoder": eval_encoder_key(cfg.method.name),
+        "data": dataclasses.asdict(cfg.data), "split": split, "images": images, "dim": dim,
+        "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}))
+
+
+def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) -> EmbeddingWriter:
+    """New files, or those of an earlier run of the same identity continued; others exit 2 unless `overwrite`."""
+    if overwrite or not files.existing():
+        return EmbeddingWriter.create(files, card, card["identity"]["images"], card["identity"]["dim"])
+    old = read_card(files.card)
+    if old is None or old["identity"] != card["identity"]:
+        why = ("were made from another checkpoint, encoder, data, split or precision" if old
+               else f"have no embedding card {files.card.name} to continue from")
+        raise UserError(f"{files.npy} exists: it and its .csv / .json {why}; give another --out, or --overwrite "
+                        "to replace them")
+    if not old["progress"]["complete"]:
+        log.info("continuing %s from image %d (%d rows written)", files.npy, old["progress"]["next_index"],
+                 old["progress"]["rows"])
+    return EmbeddingWriter.reopen(files, {**old, **{k: v for k, v in card.items() if k != "progress"}})
+
+
+def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime, writer: EmbeddingWriter) -> int:
+    """Embed the source's images from the writer's `next_index` to the end; returns the images read."""
+    start = writer.progress["next_index"]
+    bar = tqdm(total=len(source), initial=start, unit="img", desc="embed", disable=not cfg.train.progress)
+    try:
+        for feats, batch in pooled_embeddings(encoder, indexed_loader(cfg, source, start), rt):
+            for index, why in batch.unreadable:
+                log.warning("skipped unreadable image %d (left out of the embeddings): %s", index, why)
+            indices = batch.indices.tolist()
+            writer.append(feats, indices, [image_path(source, i) for i in indices], batch.labels.tolist(),
+                          len(batch.unreadable), batch.end)
+            bar.update(batch.end - bar.n)
+    finally:
+        bar.close()
+    return len(source) - start
+
+
+def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None = None, split: str = "train",
+          overwrite: bool = False) -> dict[str, Any]:
+    """Write the L2-normalized pooled embedding of every readable image of the checkpoint's data (its config
+    plus `overrides`; `split` train or test) to `out` (FILE.npy, with FILE.csv and FILE.json beside it).
+    Returns the summary {"command": "embed", "embeddings", "index", "card", "images", "dim", "skipped", ...}."""
+    files = EmbeddingFiles.of(out)
+    if dist.launched():
+        raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
+    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    source = embed_source(cfg, split)
+    rt = setup_runtime(cfg.train)
+    with seeded(cfg.train.seed, rt):
+        encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
+    card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
+            "checkpoint": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),
+            "overrides": list(overrides or []), "versions": ckpt_io.versions()}
+    writer = open_writer(files, card, overwrite)
+    resumed_from = writer.progress["next_index"]
+    started = time.perf_counter()
+    read = write_rows(encoder, cfg, source, rt, writer)
+    seconds = time.perf_counter() - started
+    progress = writer.finish()["progress"]
+    return {"command": "embed", "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
+            "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
+            "source_images": len(source), "split": split, "resumed_from": resumed_from,
+            "images_per_sec": round(read / seconds, 1) if read else None, "device": rt.device.type}

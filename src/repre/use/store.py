@@ -1,0 +1,163 @@
+"""The files of `repre embed`, written as it goes so that a stopped run continues where it stopped.
+
+    FILE.npy   float32 [N, D]: one L2-normalized embedding a row, N = the readable images
+    FILE.csv   the index, one line a row: row, index (in the source), path ("" when the source is not files),
+               label ("" when unknown)
+    FILE.json  the card: which checkpoint, encoder and data made the rows (`identity`), the command's
+               overrides and split, and the progress (`next_index`, `rows`, `skipped`, `complete`)
+
+FILE.npy is a `numpy.lib.format.open_memmap` of one row per source image; rows go in as batches come, and
+on completion its header is rewritten to the rows written and the file cut there (numpy leaves room in the
+header for the first dimension to change in place). After each batch the rows are flushed, the index line
+appended, then the card replaced atomically: the card never counts a row that is not on disk, and rows or
+lines past its count are overwritten when the run continues.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib import format as npy_format
+
+from repre.errors import UserError
+
+FORMAT = "repre-embed-1"
+COLUMNS = ("row", "index", "path", "label")
+
+
+@dataclass(frozen=True)
+class EmbeddingFiles:
+    """The three files of one embedding, named from FILE.npy."""
+
+    npy: Path
+    csv: Path
+    card: Path
+
+    @classmethod
+    def of(cls, out: str | Path) -> EmbeddingFiles:
+        out = Path(out)
+        if out.suffix != ".npy":
+            raise UserError(f"{out} must end in .npy (the index goes beside it as .csv, the card as .json)")
+        return cls(out, out.with_suffix(".csv"), out.with_suffix(".json"))
+
+    def existing(self) -> list[Path]:
+        return [p for p in (self.npy, self.csv, self.card) if p.exists()]
+
+
+def read_card(path: Path) -> dict[str, Any] | None:
+    """The card at `path`, or None when it is missing or not an embedding card."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) and card.get("format") == FORMAT else None
+
+
+def write_card(path: Path, card: dict[str, Any]) -> None:
+    """Replace the card atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def index_lines(rows: range, indices: list[int], paths: list[str], labels: list[int]) -> bytes:
+    """CSV lines of the index: row, source index, path, label (-1 written as "")."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row, index, path, label in zip(rows, indices, paths, labels, strict=True):
+        writer.writerow((row, index, path, "" if label < 0 else label))
+    return buf.getvalue().encode()
+
+
+def set_rows(npy: Path, rows: int) -> None:
+    """Rewrite FILE.npy's header to `rows` rows (in place: the header keeps its length) and cut the file there."""
+    with open(npy, "r+b") as fh:
+        version = npy_format.read_magic(fh)
+        shape, fortran, dtype = _header(fh, version)
+        offset = fh.tell()
+        header = io.BytesIO()
+        npy_format.write_array_header_1_0(header, {"descr": npy_format.dtype_to_descr(dtype),
+                                                    "fortran_order": fortran, "shape": (rows, *shape[1:])})
+        if version != (1, 0) or len(header.getvalue()) != offset:
+            raise UserError(f"{npy} has an unexpected header; rerun with --overwrite")
+        fh.seek(0)
+        fh.write(header.getvalue())
+        fh.truncate(offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def _header(fh, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(fh)
+    return npy_format.read_array_header_2_0(fh)
+
+
+class EmbeddingWriter:
+    """Appends batches of embeddings to FILE.npy and their lines to FILE.csv, and records the progress in the
+    card after each batch. `create` starts the files; `reopen` continues them from the card's progress."""
+
+    def __init__(self, files: EmbeddingFiles, card: dict[str, Any], array: np.memmap | None) -> None:
+        self.files, self.card, self.array = files, card, array
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return self.card["progress"]
+
+    @classmethod
+    def create(cls, files: EmbeddingFiles, card: dict[str, Any], images: int, dim: int) -> EmbeddingWriter:
+        """New files for up to `images` rows of `dim` values (any old ones replaced)."""
+        files.npy.parent.mkdir(parents=True, exist_ok=True)
+        files.card.unlink(missing_ok=True)  # no card of old rows beside new files
+        array = npy_format.open_memmap(files.npy, mode="w+", dtype=np.float32, shape=(images, dim))
+        files.csv.write_bytes(",".join(COLUMNS).encode() + b"\n")
+        card = {**card, "progress": {"next_index": 0, "rows": 0, "skipped": 0, "complete": False,
+                                     "csv_bytes": files.csv.stat().st_size}}
+        write_card(files.card, card)
+        return cls(files, card, array)
+
+    @classmethod
+    def reopen(cls, files: EmbeddingFiles, card: dict[str, Any]) -> EmbeddingWriter:
+        """The files of an earlier run of the same identity, from its recorded progress: rows and index lines
+        past it are dropped."""
+        progress = card["progress"]
+        if progress["complete"]:
+            return cls(files, card, None)
+        try:
+            array = np.load(files.npy, mmap_mode="r+")
+            with open(files.csv, "r+b") as fh:
+                fh.truncate(progress["csv_bytes"])
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot continue {files.npy} ({exc}); rerun with --overwrite") from None
+        if array.ndim != 2 or array.shape[0] < progress["rows"] or array.dtype != np.float32:
+            raise UserError(f"{files.npy} does not match its card {files.card}; rerun with --overwrite")
+        return cls(files, card, array)
+
+    def append(self, feats: torch.Tensor | None, indices: list[int], paths: list[str], labels: list[int],
+               skipped: int, end: int) -> None:
+        """One batch: its embeddings [B, D] (None: no readable image), their source indices, paths and labels;
+        `skipped` unreadable images; `end` one past its last source index."""
+        p = self.progress
+        rows = range(p["rows"], p["rows"] + len(indices))
+        if feats is not None:
+            self.array[rows.start:rows.stop] = feats.numpy()
+            self.array.flush()
+        with open(self.files.csv, "ab") as fh:
+            fh.write(index_lines(rows, indices, paths, labels))
+            csv_bytes = fh.tell()
+        p.update(next_index=end, rows=rows.stop, skipped=p["skipped"] + skipped, csv_bytes=csv_bytes)
+        write_card(self.files.card, self.card)
+
+    def finish(self) -> dict[str, Any]:
+        """Cut FILE.npy to the rows written and mark the card complete; returns the card."""
+        self.array = None  # the mapping closes before the file is cut
+        set_rows(self.files.npy, self.progress["rows"])
+        self.progress["complete"] = True
+        write_card(self.files.card, self.card)
+        return self.card

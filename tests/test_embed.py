@@ -1,0 +1,175 @@
+"""`repre embed`: the k-NN features of every image, an index beside them, unreadable images left out, and a
+rerun that continues a stopped run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import last_json, run_cli, save_png
+from repre.data.evaluation import eval_loader
+from repre.eval import load_encoder
+from repre.eval.knn import extract_features
+from repre.use.store import EmbeddingWriter
+
+
+def embed_args(run, out, *extra: str) -> list[str]:
+    args = ["embed", "--checkpoint", str(run), "--out", str(out)]
+    for item in extra:
+        args += ["--set", item]
+    return args
+
+
+def index_of(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def labelled_folder(image_folder):
+    """image_folder's train/ (2 classes x 12 images) with one corrupt file among the cats."""
+    (image_folder / "train" / "cat" / "5b.png").write_bytes(b"not an image")
+    return image_folder
+
+
+def test_rows_are_the_knn_features_with_their_index(tiny_run, tmp_path):
+    run, _ = tiny_run
+    code, stdout = run_cli(embed_args(run, tmp_path / "e.npy"))
+    summary = last_json(stdout)
+    assert code == 0 and summary["command"] == "embed"
+    assert (summary["images"], summary["dim"], summary["skipped"]) == (64, 32, 0)  # TINY: 64 train images, 32-d
+    rows = np.load(tmp_path / "e.npy")
+    assert rows.dtype == np.float32 and rows.shape == (64, 32)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    encoder, cfg = load_encoder(run)
+    from repre.core.runtime import setup_runtime
+
+    knn, labels = extract_features(encoder, eval_loader(cfg, "train", None), setup_runtime(cfg.train))
+    np.testing.assert_array_equal(rows, knn.numpy())  # the same encoder, transform and feature path
+    index = index_of(tmp_path / "e.csv")
+    assert [(int(r["row"]), int(r["index"]), r["path"]) for r in index] == [(i, i, "") for i in range(64)]
+    assert [int(r["label"]) for r in index] == labels.tolist()
+    card = json.loads((tmp_path / "e.json").read_text())
+    assert card["progress"]["complete"] and card["identity"]["split"] == "train"
+
+
+def test_a_corrupt_image_is_reported_and_left_out(tiny_run, tmp_path, labelled_folder, repre_log):
+    run, _ = tiny_run
+    code, stdout = run_cli(embed_args(run, tmp_path / "f.npy", "data.name=folder", f"data.root={labelled_folder}"))
+    summary = last_json(stdout)
+    assert code == 0 and (summary["images"], summary["skipped"], summary["source_images"]) == (24, 1, 25)
+    assert np.load(tmp_path / "f.npy").shape == (24, 32)
+    index = index_of(tmp_path / "f.csv")
+    files = sorted((labelled_folder / "train" / "cat").iterdir()) + sorted((labelled_folder / "train" / "dog").iterdir())
+    bad = files.index(labelled_folder / "train" / "cat" / "5b.png")
+    assert [(int(r["row"]), int(r["index"]), r["path"]) for r in index] == [
+        (row, i, str(f)) for row, (i, f) in enumerate((i, f) for i, f in enumerate(files) if i != bad)]
+    assert [r["label"] for r in index] == ["0"] * 12 + ["1"] * 12
+    assert any(f"skipped unreadable image {bad}" in m and str(files[bad]) in m for m in repre_log.messages)
+
+
+def test_the_test_split_and_a_flat_folder_without_labels(tiny_run, tmp_path):
+    run, _ = tiny_run
+    code, stdout = run_cli(embed_args(run, tmp_path / "t.npy") + ["--split", "test"])
+    assert code == 0 and last_json(stdout)["images"] == 32  # TINY: 32 test images
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        save_png(tmp_path / "flat" / f"{i}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    code, stdout = run_cli(embed_args(run, tmp_path / "u.npy", "data.name=folder", f"data.root={tmp_path / 'flat'}"))
+    assert code == 0 and last_json(stdout)["images"] == 3
+    assert [r["label"] for r in index_of(tmp_path / "u.csv")] == ["", "", ""]
+
+
+def test_a_stopped_run_continues_from_its_last_batch(tiny_run, tmp_path, monkeypatch):
+    run, _ = tiny_run
+    out = tmp_path / "r.npy"
+    args = embed_args(run, out, "eval.batch_size=16")  # 4 batches of the 64 images
+    original = EmbeddingWriter.append
+
+    def crash_on_the_third_batch(self, feats, *rest):
+        if self.progress["rows"] == 32:
+            raise RuntimeError("killed")
+        return original(self, feats, *rest)
+
+    monkeypatch.setattr(EmbeddingWriter, "append", crash_on_the_third_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_cli(args)
+    card = json.loads(out.with_suffix(".json").read_text())["progress"]
+    assert (card["next_index"], card["rows"], card["complete"]) == (32, 32, False)
+    with open(out.with_suffix(".csv"), "a") as fh:  # a line written after the card's count: dropped on resume
+        fh.write("32,32,,half a li")
+    monkeypatch.setattr(EmbeddingWriter, "append", original)
+    code, stdout = run_cli(args)
+    summary = last_json(stdout)
+    assert code == 0 and summary["resumed_from"] == 32 and summary["images"] == 64
+    fresh = tmp_path / "fresh.npy"
+    assert run_cli(embed_args(run, fresh, "eval.batch_size=16"))[0] == 0
+    np.testing.assert_array_equal(np.load(out), np.load(fresh))
+    assert out.with_suffix(".csv").read_bytes() == fresh.with_suffix(".csv").read_bytes()
+
+
+def test_a_finished_run_is_reported_again_without_recomputing(tiny_run, tmp_path, monkeypatch):
+    run, _ = tiny_run
+    out = tmp_path / "done.npy"
+    assert run_cli(embed_args(run, out))[0] == 0
+    before = out.read_bytes()
+    monkeypatch.setattr(EmbeddingWriter, "append", lambda *a: pytest.fail("recomputed a finished embedding"))
+    code, stdout = run_cli(embed_args(run, out))
+    summary = last_json(stdout)
+    assert code == 0 and summary["resumed_from"] == 64 and summary["images_per_sec"] is None
+    assert summary["images"] == 64 and out.read_bytes() == before
+
+
+def test_existing_files_of_other_data_need_overwrite(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    out = tmp_path / "o.npy"
+    assert run_cli(embed_args(run, out))[0] == 0
+    assert run_cli(embed_args(run, out) + ["--split", "test"])[0] == 2
+    assert "--overwrite" in capsys.readouterr().err
+    code, stdout = run_cli(embed_args(run, out) + ["--split", "test", "--overwrite"])
+    assert code == 0 and last_json(stdout)["images"] == 32 and np.load(out).shape == (32, 32)
+    foreign = tmp_path / "foreign.npy"
+    np.save(foreign, np.zeros((2, 2), dtype=np.float32))
+    assert run_cli(embed_args(run, foreign))[0] == 2
+    assert "no embedding card" in capsys.readouterr().err
+
+
+def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    out = tmp_path / "c.npy"
+    assert run_cli(embed_args(run, out))[0] == 0
+    code, _ = run_cli(embed_args(run / "checkpoints" / "step-00000010.pt", out))
+    assert code == 2 and "another checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"),
+    ("suffix", "must end in .npy"),
+    ("streamed", "streamed shards"),
+])
+def test_user_errors_exit_2_with_what_to_do(tiny_run, tmp_path, capsys, case, message):
+    run, _ = tiny_run
+    args = {
+        "missing": embed_args(tmp_path / "nothing", tmp_path / "m.npy"),
+        "suffix": embed_args(run, tmp_path / "m.bin"),
+        "streamed": embed_args(run, tmp_path / "m.npy", "data.name=shards", "data.root=https://x/a-{0..1}.tar"),
+    }[case]
+    assert run_cli(args)[0] == 2
+    assert message in capsys.readouterr().err
+
+
+def test_copied_run_dir_keeps_the_identity(tiny_run, tmp_path):
+    """The identity is the checkpoint's bytes, not its path: a copied run continues the same files."""
+    run, _ = tiny_run
+    out = tmp_path / "i.npy"
+    assert run_cli(embed_args(run, out))[0] == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(run / "checkpoints", copy / "checkpoints")
+    code, stdout = run_cli(embed_args(copy, out))
+    assert code == 0 and last_json(stdout)["resumed_from"] == 64
+    assert torch.from_numpy(np.load(out)).norm(dim=1).allclose(torch.ones(64))

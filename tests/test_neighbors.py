@@ -1,0 +1,153 @@
+"""`repre neighbors` and the exact search behind it: torch's chunked search against a plain top-k and FAISS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import last_json, run_cli, save_png
+from repre.use.pictures import grid_size, thumb_size
+from repre.use.search import faiss_top_k, top_k, torch_top_k
+
+
+@pytest.fixture(scope="module")
+def embedded_folder(tiny_run, tmp_path_factory):
+    """A flat folder of 12 random images, one of them copied (a.png, a_copy.png), embedded with the tiny run."""
+    root = tmp_path_factory.mktemp("neighbors")
+    rng = np.random.default_rng(1)
+    for i in range(11):
+        save_png(root / "imgs" / f"img{i:02d}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    shutil.copy(root / "imgs" / "img03.png", root / "imgs" / "img03_copy.png")
+    out = root / "emb.npy"
+    run, _ = tiny_run
+    code, _ = run_cli(["embed", "--checkpoint", str(run), "--out", str(out), "--set", "data.name=folder",
+                       "--set", f"data.root={root / 'imgs'}"])
+    assert code == 0
+    return run, out
+
+
+def neighbors_args(run, emb, out, *extra: str) -> list[str]:
+    return ["neighbors", "--checkpoint", str(run), "--embeddings", str(emb), "--out", str(out), *extra]
+
+
+def test_a_duplicated_image_is_its_copy_s_nearest_neighbour(embedded_folder, tmp_path):
+    run, emb = embedded_folder
+    rows = [line.split(",")[2] for line in emb.with_suffix(".csv").read_text().splitlines()[1:]]
+    query = next(i for i, p in enumerate(rows) if p.endswith("img03.png"))
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-index", str(query), "--k", "3"))
+    result = last_json(stdout)
+    assert code == 0 and result["command"] == "neighbors" and result["k"] == 3
+    (q,) = result["queries"]
+    assert q["row"] == query and q["path"].endswith("img03.png") and len(q["neighbors"]) == 3
+    first = q["neighbors"][0]
+    assert first["path"].endswith("img03_copy.png") and first["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert query not in [n["row"] for n in q["neighbors"]]
+    sims = [n["similarity"] for n in q["neighbors"]]
+    assert sims == sorted(sims, reverse=True)
+    with Image.open(tmp_path / "nn.png") as picture:
+        assert picture.size == grid_size(1, 4, thumb_size(16))  # a query and 3 neighbours, 16 px images at 96
+
+
+def test_drawn_queries_are_fixed_by_the_seed(embedded_folder, tmp_path):
+    run, emb = embedded_folder
+    drawn = []
+    for name in ("a", "b"):
+        code, stdout = run_cli(neighbors_args(run, emb, tmp_path / f"{name}.png", "--queries", "4", "--k", "2"))
+        assert code == 0
+        drawn.append([q["row"] for q in last_json(stdout)["queries"]])
+    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 4
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "c.png", "--queries", "4", "--seed", "1"))
+    assert code == 0 and [q["row"] for q in last_json(stdout)["queries"]] != drawn[0]
+    with Image.open(tmp_path / "a.png") as picture:
+        assert picture.size == grid_size(4, 3, thumb_size(16))
+
+
+def test_torch_and_faiss_give_the_same_neighbours(embedded_folder, tmp_path):
+    pytest.importorskip("faiss")
+    run, emb = embedded_folder
+    results = {}
+    for backend in ("torch", "faiss"):
+        code, stdout = run_cli(neighbors_args(run, emb, tmp_path / f"{backend}.png", "--k", "4", "--backend", backend))
+        assert code == 0
+        results[backend] = last_json(stdout)
+    for a, b in zip(results["torch"]["queries"], results["faiss"]["queries"], strict=True):
+        assert [n["row"] for n in a["neighbors"]] == [n["row"] for n in b["neighbors"]]
+        assert [n["similarity"] for n in a["neighbors"]] == pytest.approx([n["similarity"] for n in b["neighbors"]],
+                                                                          abs=1e-5)
+
+
+def random_bank(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+    return x.numpy()
+
+
+def test_chunked_torch_search_is_the_plain_top_k(tmp_path):
+    bank = np.lib.format.open_memmap(tmp_path / "bank.npy", mode="w+", dtype=np.float32, shape=(2500, 16))
+    bank[:] = random_bank(2500, 16)
+    queries = torch.from_numpy(random_bank(40, 16, seed=1))
+    sims, rows = torch_top_k(bank, queries, 7, chunk=300)  # 9 chunks, the last one short
+    expected_sims, expected_rows = (queries @ torch.from_numpy(np.array(bank)).t()).topk(7, dim=1)
+    assert torch.equal(rows, expected_rows)
+    torch.testing.assert_close(sims, expected_sims)
+
+
+def test_faiss_search_agrees_with_torch():
+    pytest.importorskip("faiss")
+    bank = random_bank(3000, 32)
+    queries = torch.from_numpy(random_bank(50, 32, seed=2))
+    t_sims, t_rows = torch_top_k(bank, queries, 10, chunk=700)
+    f_sims, f_rows = faiss_top_k(bank, queries, 10, chunk=700)
+    assert torch.equal(t_rows, f_rows)
+    torch.testing.assert_close(t_sims, f_sims, atol=1e-5, rtol=0)
+
+
+def test_faiss_missing_exits_2_saying_how_to_install_it(embedded_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    run, emb = embedded_folder
+    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--backend", "faiss"))[0] == 2
+    assert "pip install 'repre[faiss]'" in capsys.readouterr().err
+    with pytest.raises(Exception, match="unknown search backend"):
+        top_k(random_bank(5, 4), torch.zeros(1, 4), 2, backend="annoy")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--k", "12"], "k is from 1 to 11"),
+    (["--query-index", "3,99"], "--query-index 99 is not a row"),
+    (["--query-index", "3,x"], "as integers"),
+    (["--queries", "20"], "the embeddings have 12 rows"),
+    (["--set", "data.root=/nowhere"], "does not exist"),
+    (["--out", "x.jpg"], "must end in .png"),
+])
+def test_bad_inputs_exit_2_with_what_to_do(embedded_folder, tmp_path, capsys, extra, message):
+    run, emb = embedded_folder
+    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", *extra))[0] == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_or_unfinished_embeddings_exit_2(embedded_folder, tmp_path, capsys):
+    run, emb = embedded_folder
+    assert run_cli(neighbors_args(run, tmp_path / "none.npy", tmp_path / "x.png"))[0] == 2
+    assert "as `repre embed` writes them" in capsys.readouterr().err
+    for suffix in (".npy", ".csv", ".json"):
+        shutil.copy(emb.with_suffix(suffix), tmp_path / f"part{suffix}")
+    card = json.loads((tmp_path / "part.json").read_text())
+    card["progress"]["complete"] = False
+    (tmp_path / "part.json").write_text(json.dumps(card))
+    assert run_cli(neighbors_args(run, tmp_path / "part.npy", tmp_path / "x.png"))[0] == 2
+    assert "rerun the same `repre embed` command" in capsys.readouterr().err
+
+
+def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, capsys):
+    run, emb = embedded_folder
+    for suffix in (".npy", ".csv", ".json"):
+        shutil.copy(emb.with_suffix(suffix), tmp_path / f"moved{suffix}")
+    csv_path = tmp_path / "moved.csv"
+    csv_path.write_text(csv_path.read_text().replace("img", "IMG"))
+    assert run_cli(neighbors_args(run, tmp_path / "moved.npy", tmp_path / "x.png", "--query-index", "0"))[0] == 2
+    assert "the data changed since embed" in capsys.readouterr().err
