@@ -53,3 +53,28 @@ def test_without_labels_the_map_shows_thumbnails(tmp_path):
         embedding_map(x, [None] * 30, tmp_path / "no.png")
     with pytest.raises(UserError, match="umap|tsne"):
         embedding_map(x, [0] * 30, tmp_path / "no.png", method="mds")
+
+
+def test_repre_map_draws_an_embedding_file_by_label_or_as_thumbnails(tiny_run, tmp_path):
+    """The tiny run's labelled train images: a scatter; a flat folder without labels: thumbnails, which need
+    the checkpoint (exit 2 without it)."""
+    from conftest import last_json, run_cli, save_png
+
+    run, _ = tiny_run
+    labelled = tmp_path / "train.npy"
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(labelled)])[0] == 0
+    code, stdout = run_cli(["map", "--embeddings", str(labelled), "--out", str(tmp_path / "map.png"),
+                            "--max-points", "40"])
+    result = last_json(stdout)
+    assert code == 0 and result["kind"] == "scatter" and result["points"] == 40 and result["subsampled"]
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        save_png(tmp_path / "flat" / f"{i}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    flat = tmp_path / "flat.npy"
+    folder = ["--set", "data.name=folder", "--set", f"data.root={tmp_path / 'flat'}"]
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(flat), *folder])[0] == 0
+    code, _ = run_cli(["map", "--embeddings", str(flat), "--out", str(tmp_path / "x.png")])
+    assert code == 2
+    code, stdout = run_cli(["map", "--embeddings", str(flat), "--out", str(tmp_path / "thumbs.png"),
+                            "--checkpoint", str(run)])
+    assert code == 0 and last_json(stdout)["kind"] == "thumbnails" and (tmp_path / "thumbs.png").is_file()

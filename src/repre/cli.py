@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("presets", help="list the presets")
+    mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
+    mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
+    mp.add_argument("--out", required=True, help="FILE.png")
+    mp.add_argument("--checkpoint", help="the run embed used: thumbnails of the images when there are no labels")
+    mp.add_argument("--method", default="tsne", choices=["tsne", "umap"],
+                    help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
+    mp.add_argument("--max-points", type=int, default=5000,
+                    help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")
+    mp.add_argument("--seed", type=int, default=0)
+    mp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="data.* overrides for the thumbnails' images (embed's own are read from its card)")
     sh = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
     sh.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
@@ -182,6 +193,18 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    from repre.use.embedding_map import map_file
+
+    result = map_file(args.embeddings, args.out, args.checkpoint, args.method, args.max_points, args.seed,
+                      args.overrides)
+    sampled = f", a random {result['points']} of {result['embeddings']} (seed {result['seed']})" \
+        if result["subsampled"] else ""
+    print(f"wrote {result['out']}: {result['method']} {result['kind']} of {result['points']} embeddings{sampled}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def cmd_presets(_: argparse.Namespace) -> int:
     from repre.config import list_presets
 
@@ -222,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     args = _parser().parse_args(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
-                "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors}
+                "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map}
     if args.command is None:
         args = _parser().parse_args(["pretrain", *(argv or [])])
     try:

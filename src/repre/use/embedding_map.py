@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from repre.errors import UserError
+from repre.use.neighbors import finished_card, query_source, read_index, thumbnail
+from repre.use.store import EmbeddingFiles
 
 SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
 METHODS = ("tsne", "umap")
@@ -103,3 +105,24 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
         raise UserError("the embeddings have no labels: give --checkpoint RUN so the map can show the images")
     return {"command": "map", "out": str(path), "method": method, "kind": kind, "points": len(rows),
             "embeddings": len(embeddings), "subsampled": len(rows) < len(embeddings), "seed": seed}
+
+
+def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | None = None, method: str = "tsne",
+             limit: int = 5000, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
+    with `checkpoint`, thumbnails of the images where there are no labels."""
+    files = EmbeddingFiles.of(embeddings)
+    card = finished_card(files)
+    bank = np.load(files.npy, mmap_mode="r")
+    index = read_index(files.csv, set(range(len(bank))), len(bank))
+    labels = [index[r][2] for r in range(len(bank))]
+    picture = None
+    if checkpoint is not None:
+        source, size = query_source(checkpoint, card, list(overrides or []))
+
+        def picture(row: int) -> Image.Image:
+            view = thumbnail(source, *index[row][:2], size)  # uint8 [3, S, S]
+            return Image.fromarray(view.permute(1, 2, 0).numpy())
+
+    result = embedding_map(bank, labels, out, method, limit, seed, thumbnail=picture)
+    return {**result, "embeddings_file": str(files.npy)}
