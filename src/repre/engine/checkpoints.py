@@ -189,11 +189,14 @@ class Checkpoints:
                             f"({checkpoint_io.size_mismatch(exc)}); use the same model.arch and method settings, "
                             "or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
+
+        def parts(keys: list[str]) -> str:  # "decoder", "method", ...: the branch's weights by their own name
+            return ", ".join(sorted({k.removeprefix("branch.").split(".")[0] for k in keys})) or "-"
+
         if not loaded:
             raise UserError(f"--init-from {source}: none of its weights belong to this model")
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
-                 ckpt.get("step"), loaded, len(missing), ", ".join(sorted({k.split(".")[0] for k in missing})) or "-",
-                 len(unexpected), ", ".join(sorted({k.split(".")[0] for k in unexpected})) or "-")
+                 ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
 
     def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
