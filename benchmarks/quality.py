@@ -85,6 +85,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "K4096": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=4096"], "m0.98"),
     # the CPU presets at their budget of 51,200 images (any --methods): batch, lr, warm-up, crops, encoder
     "b128": ("baseline", ["train.batch_size=128", "train.max_steps=400"], "base"),
+    "b64": ("baseline", ["train.batch_size=64", "train.max_steps=800"], "base"),
     "lr-x0.5": ("baseline", ["train.lr=5e-4"], "base"),
     "lr-x1.5": ("baseline", ["train.lr=1.5e-3"], "base"),
     "warm0.05": ("baseline", ["train.warmup_fraction=0.05"], "base"),

@@ -111,10 +111,19 @@ def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str) -> list[
 
 def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tuple[int, float]]],
                       size: int) -> Image.Image:
-    """A row per query: the query image, then its neighbours with their similarities under them."""
+    """A row per query: the query image, then its neighbours with their similarities (and labels, when known)
+    under them. Four decimals: the features of a short run are anisotropic, so neighbours often differ only in
+    the third."""
     images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
-    captions = [[f"query {q}", *(f"{s:.3f}" for _, s in h)] for q, h in hits.items()]
+    captions = [[f"query {q}" + labelled(index, q), *(f"{s:.4f}" + labelled(index, r) for r, s in h)]
+                for q, h in hits.items()]
     return captioned_grid(images, captions)
+
+
+def labelled(index: dict, row: int) -> str:
+    """' (label)' when the row's label is known, else ''."""
+    label = index[row][2]
+    return "" if label is None else f" ({label})"
 
 
 def described(index: dict, row: int, **more: Any) -> dict[str, Any]:

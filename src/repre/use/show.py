@@ -124,31 +124,32 @@ def tile(image: torch.Tensor, smooth: bool) -> Image.Image:
     return Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy())
 
 
-def columns(images: torch.Tensor, runs: list[Panels]) -> list[tuple[str, list[Image.Image]]]:
-    """The picture's columns: (title, one tile per image)."""
-    cols = [("image", [tile(x, True) for x in images])]
+def columns(images: torch.Tensor, runs: list[Panels]) -> list[tuple[str, str, list[Image.Image]]]:
+    """The picture's columns: (run name, or "" when one run is shown; title; one tile per image)."""
+    cols = [("", "image", [tile(x, True) for x in images])]
     for run in runs:
-        tag = f"{run.name}: " if len(runs) > 1 else ""
+        group = run.name if len(runs) > 1 else ""
         if run.recon is not None:
-            cols.append((tag + "reconstruction", [tile(x, True) for x in run.recon]))
-        cols.append((tag + "patch PCA", [tile(x, False) for x in run.pca]))
+            cols.append((group, "reconstruction", [tile(x, True) for x in run.recon]))
+        cols.append((group, "patch PCA", [tile(x, False) for x in run.pca]))
         if run.attention is not None:
-            cols.append((tag + "attention, mean", [tile(a.mean(dim=0, keepdim=True), False) for a in run.attention]))
+            cols.append((group, "attention, mean", [tile(a.mean(dim=0, keepdim=True), False) for a in run.attention]))
             for head in range(run.attention.shape[1]):
-                cols.append((f"head {head}", [tile(a[head : head + 1], False) for a in run.attention]))
+                cols.append((group, f"head {head}", [tile(a[head : head + 1], False) for a in run.attention]))
     return cols
 
 
-def draw(cols: list[tuple[str, list[Image.Image]]], path: Path) -> None:
-    """Columns of tiles under their titles -> one PNG."""
+def draw(cols: list[tuple[str, str, list[Image.Image]]], path: Path) -> None:
+    """Columns of tiles under their titles, each run's name once above its first column -> one PNG."""
     pad, header = 4, 28
-    rows = len(cols[0][1])
+    rows = len(cols[0][2])
     sheet = Image.new("RGB", (len(cols) * (TILE + pad) + pad, header + rows * (TILE + pad) + pad), "white")
     pen = ImageDraw.Draw(sheet)
-    for c, (title, tiles) in enumerate(cols):
+    for c, (group, title, tiles) in enumerate(cols):
         left = pad + c * (TILE + pad)
-        for line, text in enumerate(title.split(": ")[-2:] if ": " in title else [title]):
-            pen.text((left, 2 + 12 * line), text[:16], fill="black")
+        if group and (c == 0 or cols[c - 1][0] != group):
+            pen.text((left, 2), group, fill="black")  # spans the run's columns
+        pen.text((left, 14), title[:16], fill="black")
         for r, picture in enumerate(tiles):
             sheet.paste(picture, (left, header + r * (TILE + pad)))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,4 +174,4 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     draw(cols, Path(out))
     return {"command": "show", "out": str(out), "images": len(labels), "labels": labels,
             "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
-            "columns": [title for title, _ in cols]}
+            "columns": [f"{group}: {title}" if group else title for group, title, _ in cols]}
