@@ -86,6 +86,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # the CPU presets at their budget of 51,200 images (any --methods): batch, lr, warm-up, crops, encoder
     "b128": ("baseline", ["train.batch_size=128", "train.max_steps=400"], "base"),
     "b64": ("baseline", ["train.batch_size=64", "train.max_steps=800"], "base"),
+    "b32": ("baseline", ["train.batch_size=32", "train.max_steps=1600"], "base"),
     "lr-x0.5": ("baseline", ["train.lr=5e-4"], "base"),
     "lr-x1.5": ("baseline", ["train.lr=1.5e-3"], "base"),
     "warm0.05": ("baseline", ["train.warmup_fraction=0.05"], "base"),
@@ -93,6 +94,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "crop0.4": ("baseline", ["aug.crop_scale=[0.4,1.0]"], "base"),
     "crop0.14": ("baseline", ["aug.crop_scale=[0.14,1.0]"], "base"),
     "femto": ("baseline", ["model.arch=vit_femto_patch4"], "base"),
+    "avgpool": ("baseline", ["model.kwargs.global_pool=avg"], "base"),  # the patch tokens' mean, not the class token
     # DINO's knobs not tried above: the head's last layer free to sharpen (official for ViT-S), fewer local
     # crops, the official teacher-temperature warm-up, constant weight decay
     "nll": ("baseline", ["method.dino.norm_last_layer=false"], "base"),
