@@ -112,8 +112,8 @@ def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str) -> list[
 def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tuple[int, float]]],
                       size: int) -> Image.Image:
     """A row per query: the query image, then its neighbours with their similarities (and labels, when known)
-    under them. Four decimals: the features of a short run are anisotropic, so neighbours often differ only in
-    the third."""
+    under them. Four decimals: the features of a short run fill a narrow cone, so neighbours' similarities often
+    differ only in the third or fourth."""
     images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
     captions = [[f"query {q}" + labelled(index, q), *(f"{s:.4f}" + labelled(index, r) for r, s in h)]
                 for q, h in hits.items()]
