@@ -66,6 +66,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "nearest": ("repre", ["recon.upsample=nearest"], "base"),
     "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
     "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)
+    "half": ("repre", ["recon.fraction=0.5"], "base"),  # each image reconstructed from one of its two views
     "scenes-base": ("baseline", SCENES, None),
     "scenes": ("repre", SCENES, "scenes-base"),
     "long-base": ("baseline", LONG, None),
@@ -94,11 +95,18 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "crop0.4": ("baseline", ["aug.crop_scale=[0.4,1.0]"], "base"),
     "crop0.14": ("baseline", ["aug.crop_scale=[0.14,1.0]"], "base"),
     "femto": ("baseline", ["model.arch=vit_femto_patch4"], "base"),
+    "tau0.1": ("baseline", ["method.mocov3.temperature=0.1"], "base"),  # MoCo v3's temperature (preset 0.2)
+    "tau0.3": ("baseline", ["method.mocov3.temperature=0.3"], "base"),
+    # a wider pico ViT (160-d, 5 heads: ~1.5x the FLOPs) and a deeper one (8 blocks: ~1.3x)
+    "d160": ("baseline", ["model.kwargs.embed_dim=160", "model.kwargs.num_heads=5"], "base"),
+    "depth8": ("baseline", ["model.kwargs.depth=8"], "base"),
     "avgpool": ("baseline", ["model.kwargs.global_pool=avg"], "base"),  # the patch tokens' mean, not the class token
     # DINO's knobs not tried above: the head's last layer free to sharpen (official for ViT-S), fewer local
     # crops, the official teacher-temperature warm-up, constant weight decay
     "nll": ("baseline", ["method.dino.norm_last_layer=false"], "base"),
     "local2": ("baseline", ["data.local_crops=2"], "base"),
+    "local0": ("baseline", ["data.local_crops=0"], "base"),  # the two global crops only
+    "local16": ("baseline", ["data.local_size=16"], "base"),  # 4 x 4 patches a local crop (preset 12 px: 3 x 3)
     "tt-warm": ("baseline", ["method.dino.teacher_temp=0.07", "method.dino.warmup_teacher_temp_fraction=0.3"], "base"),
     "wd-const": ("baseline", ["train.weight_decay_end=0.04"], "base"),
 }
