@@ -66,7 +66,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "nearest": ("repre", ["recon.upsample=nearest"], "base"),
     "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
     "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)
-    "half": ("repre", ["recon.fraction=0.5"], "base"),  # each image reconstructed from one of its two views
+    "one-view": ("repre", ["recon.views=1"], "base"),  # each image reconstructed from one of its two views
     "scenes-base": ("baseline", SCENES, None),
     "scenes": ("repre", SCENES, "scenes-base"),
     "long-base": ("baseline", LONG, None),

@@ -79,23 +79,25 @@ def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions
     assert height == scale * (rows * 16 + (rows + 1) * 2)
 
 
-def test_reconstructed_share_takes_one_view_of_each_image_at_one_half():
-    from repre.reconstruction import reconstructed_share
+def test_one_view_each_alternates_by_the_images_global_index():
+    from repre.reconstruction import one_view_each
 
     x = torch.arange(8)  # [x1; x2] of 4 images: rows 0-3 their first views, rows 4-7 their second
-    assert reconstructed_share(x, 0.5).tolist() == [0, 1, 6, 7]  # images 0, 1 by view 1; images 2, 3 by view 2
-    assert reconstructed_share(x, 0.25).tolist() == [0, 7]
-    assert reconstructed_share(x, 0.01).tolist() == [0, 7]  # at least one image per view
-    assert reconstructed_share(x, 1.0) is x
+    assert one_view_each(x).tolist() == [0, 2, 5, 7]  # images 0, 2 by their first view; 1, 3 by their second
+    # two processes, two images each: [x1; x2] of images 0, 1 and of images 2, 3
+    shares = [one_view_each(torch.cat([x[i:i + 2], x[4 + i:6 + i]]), offset=i) for i in (0, 2)]
+    assert sorted(torch.cat(shares).tolist()) == [0, 2, 5, 7]  # N processes: the views one process takes
+    odd = one_view_each(torch.tensor([1, 11]), offset=1)  # the single image 1 of a process, views 1 and 11
+    assert odd.tolist() == [11]
 
 
-def test_fraction_decodes_only_its_share_of_the_views():
-    """recon.fraction=0.5: the decoder runs on half the views, the loss ignores the other half's targets, and
-    the contrastive loss is the same as with every view reconstructed."""
+def test_one_view_decodes_half_the_views():
+    """recon.views=1: the decoder runs on half the views, the loss ignores the other half's targets, and the
+    contrastive loss is the one with both views reconstructed."""
     torch.manual_seed(0)
-    model = build_model(tiny_config("model.drop_path=0.0", "recon.fraction=0.5"))
+    model = build_model(tiny_config("model.drop_path=0.0", "recon.views=1"))
     torch.manual_seed(0)
-    full = build_model(tiny_config("model.drop_path=0.0"))
+    both = build_model(tiny_config("model.drop_path=0.0"))
     views = torch.randn(4, 2, 3, 16, 16)
     batch_sizes = []
     model.decoder.register_forward_hook(lambda m, args, out: batch_sizes.append(out.shape[0]))
@@ -104,13 +106,13 @@ def test_fraction_decodes_only_its_share_of_the_views():
         torch.manual_seed(1)
         return m(views, 0.99, targets=targets)
 
-    half = run(model, views)
+    one = run(model, views)
     skipped = views.clone()
-    skipped[:2, 1] = 0  # images 0, 1 are reconstructed from their first view only
-    skipped[2:, 0] = 0  # images 2, 3 from their second
+    skipped[0::2, 1] = 0  # even images are reconstructed from their first view only
+    skipped[1::2, 0] = 0  # odd ones from their second
     kept = views.clone()
-    kept[0, 0] = 0
-    torch.testing.assert_close(run(model, skipped)["loss_recon"], half["loss_recon"])
-    assert not torch.allclose(run(model, kept)["loss_recon"], half["loss_recon"])
-    torch.testing.assert_close(half["loss_contrastive"], run(full, views)["loss_contrastive"])
+    kept[1, 1] = 0
+    torch.testing.assert_close(run(model, skipped)["loss_recon"], one["loss_recon"])
+    assert not torch.allclose(run(model, kept)["loss_recon"], one["loss_recon"])
+    torch.testing.assert_close(one["loss_contrastive"], run(both, views)["loss_contrastive"])
     assert batch_sizes == [4, 4, 4]  # 4 of the 8 views, each call

@@ -44,4 +44,4 @@ def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
     r = cfg.recon
     return RePre(method, taps=resolve_taps(r.taps, encoder.depth), weight=r.weight, width=r.width,
                  min_width=r.min_width, loss=r.loss, norm_pix=r.norm_pix, norm_pix_floor=r.norm_pix_floor,
-                 depth=r.depth, upsample=r.upsample, out_stride=r.out_stride, fraction=r.fraction)
+                 depth=r.depth, upsample=r.upsample, out_stride=r.out_stride, views=r.views)

@@ -213,17 +213,17 @@ class ReconConfig:
     # the x2 steps stop at this stride; a 1x1 conv then predicts out_stride x out_stride pixels per position
     # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
     out_stride: int = 1
-    # the share of the global views the decoder reconstructs (the encoder sees them all): 0.5 reconstructs each
-    # image once, from one of its two views, at half the decoder's cost. 1.0: every view, as the paper
-    fraction: float = 1.0
+    # global views reconstructed per image: 2, both (the paper); 1, one (the first for even images in the batch,
+    # the second for odd ones), at half the decoder's cost. The encoder sees both either way
+    views: Literal[1, 2] = 2
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
         "weight": ">=0", "width": ">0", "min_width": ">0", "depth": ">=1", "weight_end": ">=0",
-        "out_stride": ">=1", "norm_pix_floor": ">0", "fraction": "(0,1]",
+        "out_stride": ">=1", "norm_pix_floor": ">0",
     }
     # options kept for measurements in progress (docs/results.md), not used by any preset: they may change or go
-    experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride", "fraction"}
+    experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride", "views"}
 
 
 @dataclass

@@ -8,8 +8,8 @@ pixels; the total adds lambda * reconstruction loss:
     recon = branch.loss(out["recon_maps"], out["recon_targets"])  # or the clean targets: recon.target
     loss = contrastive + weight * recon
 
-`fraction` < 1 decodes a share of the global views only (`reconstructed_share`): the encoder still sees them
-all, the decoder's cost falls in proportion.
+With views=1 the decoder reconstructs one global view of each image (`one_view_each`): the encoder still sees
+both, the decoder's cost halves.
 
 With the branch disabled no decoder exists and the plain method is trained: the baseline.
 """
@@ -22,21 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from repre.core.dist import rank
 from repre.methods.base import Method, stack_views
 from repre.nn import ReconstructionBranch
 
 
-def reconstructed_share(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The rows of a [x1; x2] stack ([2B, ...]: both global views of B images) that the decoder reconstructs:
-    the first n images' first view and the last n images' second view, n = round(fraction * B), at least 1.
-
-    The batch is in random order, so these are a random share of the images, and at fraction 0.5 each image
-    is reconstructed once, from either view (the two views are augmented differently). 1.0: all rows."""
-    if fraction >= 1.0:
-        return x
+def one_view_each(x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """[2B, ...], both global views of B images stacked as [x1; x2] -> [B, ...]: one view of each image, the
+    first for even and the second for odd images. `offset`: the global index of this process's first image,
+    so that N processes, each with its share of the batch, reconstruct the views one process would."""
     b = x.shape[0] // 2
-    n = max(1, round(fraction * b))
-    return torch.cat([x[:n], x[2 * b - n:]])
+    first = offset % 2
+    return torch.cat([x[first:b:2], x[b + 1 - first::2]])
 
 
 class Baseline(nn.Module):
@@ -70,15 +67,15 @@ class RePre(Baseline):
     """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder).
     forward(views, momentum) -> dict of named losses."""
 
-    def __init__(self, method: Method, *, taps: Sequence[int], weight: float = 1.0, fraction: float = 1.0,
+    def __init__(self, method: Method, *, taps: Sequence[int], weight: float = 1.0, views: int = 2,
                  **branch: Any) -> None:
-        """`fraction`: the share of the global views reconstructed (`reconstructed_share`); `branch`: the
+        """`views`: the global views reconstructed per image, 2 or 1 (`one_view_each`); `branch`: the
         `ReconstructionBranch` arguments (width, min_width, loss, norm_pix, ...)."""
         super().__init__(method)
         self.branch = ReconstructionBranch(method.encoder, taps, **branch)
         self.method.taps = self.branch.taps  # the method returns these blocks' maps from its own forward
         self.weight = weight  # the trainer sets a scheduled weight
-        self.fraction = fraction
+        self.views = views
 
     @property
     def decoder(self) -> nn.Module:
@@ -96,8 +93,11 @@ class RePre(Baseline):
         views themselves, as the encoder received them."""
         out = self.method(views, momentum, labels, local_views)
         targets = out.pop("recon_targets") if targets is None else stack_views(targets)
-        maps = [reconstructed_share(m, self.fraction) for m in out.pop("recon_maps")]
-        loss_recon = self.branch.loss(maps, reconstructed_share(targets, self.fraction))
+        maps = out.pop("recon_maps")
+        if self.views == 1:
+            offset = rank() * views.shape[0]  # every process has an equal share of the global batch
+            maps, targets = [one_view_each(m, offset) for m in maps], one_view_each(targets, offset)
+        loss_recon = self.branch.loss(maps, targets)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = loss_recon
         out["loss"] = out["loss"] + self.weight * loss_recon
