@@ -82,37 +82,37 @@ def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions
 def test_one_view_each_alternates_by_the_images_global_index():
     from repre.reconstruction import one_view_each
 
-    x = torch.arange(8)  # [x1; x2] of 4 images: rows 0-3 their first views, rows 4-7 their second
-    assert one_view_each(x).tolist() == [0, 2, 5, 7]  # images 0, 2 by their first view; 1, 3 by their second
-    # two processes, two images each: [x1; x2] of images 0, 1 and of images 2, 3
-    shares = [one_view_each(torch.cat([x[i:i + 2], x[4 + i:6 + i]]), offset=i) for i in (0, 2)]
-    assert sorted(torch.cat(shares).tolist()) == [0, 2, 5, 7]  # N processes: the views one process takes
-    odd = one_view_each(torch.tensor([1, 11]), offset=1)  # the single image 1 of a process, views 1 and 11
-    assert odd.tolist() == [11]
+    x = torch.arange(12)  # [x1; x2] of 6 images: rows 0-5 their first views, rows 6-11 their second
+    whole = [0, 2, 4, 7, 9, 11]  # images 0, 2, 4 by their first view; 1, 3, 5 by their second
+    assert one_view_each(x).tolist() == whole
+    # two processes, three images each: [x1; x2] of images 0-2 and of images 3-5 (the second starts odd)
+    shares = [one_view_each(torch.cat([x[i:i + 3], x[6 + i:9 + i]]), offset=i) for i in (0, 3)]
+    assert sorted(torch.cat(shares).tolist()) == whole  # N processes: the views one process takes
 
 
 def test_one_view_decodes_half_the_views():
-    """recon.views=1: the decoder runs on half the views, the loss ignores the other half's targets, and the
-    contrastive loss is the one with both views reconstructed."""
+    """recon.views=1: the decoder runs on half the views, the loss is the branch's loss on those views' maps
+    and targets, and the contrastive loss is the one with both views reconstructed."""
     torch.manual_seed(0)
     model = build_model(tiny_config("model.drop_path=0.0", "recon.views=1"))
     torch.manual_seed(0)
     both = build_model(tiny_config("model.drop_path=0.0"))
-    views = torch.randn(4, 2, 3, 16, 16)
+    views, clean = torch.randn(4, 2, 3, 16, 16), torch.randn(4, 2, 3, 16, 16)
     batch_sizes = []
     model.decoder.register_forward_hook(lambda m, args, out: batch_sizes.append(out.shape[0]))
+    one = model(views, 0.99, targets=clean)
 
-    def run(m, targets):
-        torch.manual_seed(1)
-        return m(views, 0.99, targets=targets)
+    rows = [0, 2, 5, 7]  # of [x1; x2]: images 0 and 2 by their first view, 1 and 3 by their second
+    maps = model.method(views, 0.99)["recon_maps"]
+    targets = clean.transpose(0, 1).flatten(0, 1)
+    torch.testing.assert_close(one["loss_recon"], model.branch.loss([m[rows] for m in maps], targets[rows]))
+    torch.testing.assert_close(one["loss_contrastive"], both(views, 0.99, targets=clean)["loss_contrastive"])
+    assert batch_sizes[0] == 4  # 4 of the 8 views
 
-    one = run(model, views)
-    skipped = views.clone()
-    skipped[0::2, 1] = 0  # even images are reconstructed from their first view only
-    skipped[1::2, 0] = 0  # odd ones from their second
-    kept = views.clone()
-    kept[1, 1] = 0
-    torch.testing.assert_close(run(model, skipped)["loss_recon"], one["loss_recon"])
-    assert not torch.allclose(run(model, kept)["loss_recon"], one["loss_recon"])
-    torch.testing.assert_close(one["loss_contrastive"], run(both, views)["loss_contrastive"])
-    assert batch_sizes == [4, 4, 4]  # 4 of the 8 views, each call
+
+def test_views_is_one_or_two():
+    from repre.config import load_config
+    from repre.errors import UserError
+
+    with pytest.raises(UserError, match="recon.views must be one of 1, 2"):
+        load_config("fmnist-mocov3-repre", ["recon.views=true"])

@@ -30,7 +30,8 @@ from repre.nn import ReconstructionBranch
 def one_view_each(x: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """[2B, ...], both global views of B images stacked as [x1; x2] -> [B, ...]: one view of each image, the
     first for even and the second for odd images. `offset`: the global index of this process's first image,
-    so that N processes, each with its share of the batch, reconstruct the views one process would."""
+    so that N processes, each with a contiguous share of the global batch (repre's indexed sampler), reconstruct
+    the views one process would. Any other order still reconstructs one view of each image."""
     b = x.shape[0] // 2
     first = offset % 2
     return torch.cat([x[first:b:2], x[b + 1 - first::2]])
@@ -71,11 +72,13 @@ class RePre(Baseline):
                  **branch: Any) -> None:
         """`views`: the global views reconstructed per image, 2 or 1 (`one_view_each`); `branch`: the
         `ReconstructionBranch` arguments (width, min_width, loss, norm_pix, ...)."""
+        if views not in (1, 2):
+            raise ValueError(f"views={views!r}: the global views reconstructed per image are 1 or 2")
         super().__init__(method)
         self.branch = ReconstructionBranch(method.encoder, taps, **branch)
         self.method.taps = self.branch.taps  # the method returns these blocks' maps from its own forward
         self.weight = weight  # the trainer sets a scheduled weight
-        self.views = views
+        self.views_per_image = views
 
     @property
     def decoder(self) -> nn.Module:
@@ -94,7 +97,7 @@ class RePre(Baseline):
         out = self.method(views, momentum, labels, local_views)
         targets = out.pop("recon_targets") if targets is None else stack_views(targets)
         maps = out.pop("recon_maps")
-        if self.views == 1:
+        if self.views_per_image == 1:
             offset = rank() * views.shape[0]  # every process has an equal share of the global batch
             maps, targets = [one_view_each(m, offset) for m in maps], one_view_each(targets, offset)
         loss_recon = self.branch.loss(maps, targets)
