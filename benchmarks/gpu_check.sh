@@ -105,17 +105,19 @@ wait  # the JPEGs
 
 # 2. throughput (bf16, timed one stage at a time): ViT-S/16 at 224, MoCo v3 +- RePre and the supervised reference
 #    step, as the preset runs (compiled, nearest x2 steps), with MFU; RePre again with the decoder's x2 steps
-#    stopping at stride 4 (recon.out_stride=4; the other two steps have no decoder and are not rerun)
+#    stopping at stride 4 (recon.out_stride=4; the other two steps have no decoder and are not rerun), with one
+#    view of each image reconstructed (recon.views=1), and with both
 SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
 VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
-want vit-s16-224 && stage vit-s16-224 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.out_stride=4
+want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.out_stride=4 \
+  --compare recon.views=1 --compare "recon.out_stride=4&recon.views=1"
 
 # DINO (multi-crop) at 224 +- RePre, eager and compiled (the preset compiles)
 if want frameworks-224 || want dino-224; then
-  stage dino-vit-s16-224 300 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+  stage dino-vit-s16-224 360 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
-    --compare train.compile=true
+    --compare train.compile=true --compare recon.views=1
 fi
 
 # 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
@@ -140,8 +142,8 @@ fi
 rm -rf "$JPEGS"
 
 # ViT-B/16 at 224, compiled
-want vit-b16-224 && stage vit-b16-224 150 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224
+want vit-b16-224 && stage vit-b16-224 190 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
+  --configs repre-tensors,baseline-tensors $VIT --set model.arch=vit_base_patch16_224 --compare recon.views=1
 
 # the same three eager (what compiling is worth)
 want vit-s16-224-eager && stage vit-s16-224-eager 120 python benchmarks/throughput.py --rounds 1 --steps 10 \
@@ -164,9 +166,9 @@ fi
 #     Fashion-MNIST and on pre-made tensors
 # (frameworks-224 = dino-224 + moby-224)
 if want frameworks-224 || want moby-224; then
-  stage moby-swin-t-224 200 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+  stage moby-swin-t-224 240 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128 \
-    --compare train.compile=true
+    --compare train.compile=true --compare recon.views=1
 fi
 want profile && stage profile 60 python benchmarks/profile_step.py $VIT --set train.compile=false
 want host-sync && stage host-sync 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
