@@ -9,6 +9,7 @@ from conftest import tiny_config
 from repre.builder import build_model
 from repre.eval.recon import to_pixel_space, unpatchify
 from repre.losses import patchify, reconstruction_loss
+from repre.methods.base import stack_views
 
 
 def flat_patch_with_ripple(level: float = 1 / 255) -> torch.Tensor:
@@ -104,7 +105,7 @@ def test_one_view_decodes_half_the_views():
 
     rows = [0, 2, 5, 7]  # of [x1; x2]: images 0 and 2 by their first view, 1 and 3 by their second
     maps = model.method(views, 0.99)["recon_maps"]
-    targets = clean.transpose(0, 1).flatten(0, 1)
+    targets = stack_views(clean)
     torch.testing.assert_close(one["loss_recon"], model.branch.loss([m[rows] for m in maps], targets[rows]))
     torch.testing.assert_close(one["loss_contrastive"], both(views, 0.99, targets=clean)["loss_contrastive"])
     assert batch_sizes[0] == 4  # 4 of the 8 views

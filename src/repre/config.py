@@ -671,7 +671,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices or isinstance(value, bool) or type(value) not in {type(c) for c in choices}:
+        if type(value) not in {type(c) for c in choices} or value not in choices:  # true is not 1
             raise UserError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
     if origin is list:
