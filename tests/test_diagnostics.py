@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from repre.config import load_config
+from repre.engine.callbacks import CollapseWatch, LossTrend, engine_callbacks
 from repre.engine.diagnostics import TrendWatch, loss_balance
 
 
@@ -25,3 +27,12 @@ def test_trend_watch_warns_once_when_losses_diverge():
 def test_trend_watch_quiet_when_both_fall():
     watch = TrendWatch(window=2)
     assert all(watch.update(4.0 - i * 0.1, 1.0 - i * 0.05) is None for i in range(8))
+
+
+@pytest.mark.parametrize(("preset", "watches_trend"), [("fmnist-mocov3-repre", True), ("fmnist-moby-repre", True),
+                                                       ("fmnist-dino-repre", False), ("fmnist-mocov3", False)])
+def test_loss_trend_only_where_the_contrastive_loss_level_means_fit(preset, watches_trend):
+    # DINO's loss moves with its teacher's entropy; without the branch there is no second loss
+    kinds = {type(c) for c in engine_callbacks(load_config(preset))}
+    assert (LossTrend in kinds) is watches_trend
+    assert CollapseWatch in kinds
