@@ -7,9 +7,23 @@ import torch
 
 from conftest import tiny_config
 from repre.builder import build_model
-from repre.eval.recon import to_pixel_space, unpatchify
-from repre.losses import patchify, reconstruction_loss
+from repre.eval.recon import to_pixel_space
+from repre.losses import reconstruction_loss
 from repre.methods.base import stack_views
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """MAE's patchify, the reference layout of norm_pix: [B, C, H, W] -> [B, L, patch * patch * C]."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
+    """The inverse of `patchify`: [B, L, patch * patch * C] -> [B, C, H, W]."""
+    b, _, d = x.shape
+    h, w, c = size[0] // patch, size[1] // patch, d // (patch * patch)
+    return x.reshape(b, h, w, patch, patch, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * patch, w * patch)
 
 
 def flat_patch_with_ripple(level: float = 1 / 255) -> torch.Tensor:
@@ -37,6 +51,20 @@ def test_norm_pix_floor_leaves_textured_patches_unchanged():
     p = patchify(target, 4)
     formula = (patchify(pred, 4) - (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).sqrt()).square().mean()
     torch.testing.assert_close(reconstruction_loss(pred, target, "l2", True, 4), formula, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("patch", "floor"), [(2, 1e-6), (4, 1e-6), (4, 0.01)])
+def test_norm_pix_loss_equals_maes_patch_layout(patch, floor):
+    """The statistics taken in place ([B, 1, H, W] maps) give MAE's loss on patchified images, flat
+    (floored) patches included."""
+    torch.manual_seed(0)
+    target = torch.cat([flat_patch_with_ripple().repeat(1, 1, 2, 2), torch.randn(1, 3, 8, 8)])
+    pred = torch.randn(2, 3, 8, 8)
+    p = patchify(target, patch)
+    normalized = (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).clamp(min=floor).sqrt()
+    reference = (patchify(pred, patch) - normalized).abs().mean()
+    torch.testing.assert_close(reconstruction_loss(pred, target, "l1", True, patch, floor), reference,
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("floor", [1e-6, 0.01])

@@ -19,17 +19,20 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: in
     return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
-def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, L, patch * patch * C] (H and W divisible by patch)."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+def patch_stats(x: torch.Tensor, patch: int, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of each patch x patch block's pixels over all channels (MAE's norm_pix statistics, the
+    variance unbiased and floored at `floor`): [B, C, H, W] -> (mean, std), each [B, 1, H, W] and constant over
+    a block, so `(x - mean) / std` normalizes and `y * std + mean` undoes it without reordering pixels into
+    patches (H and W divisible by patch)."""
+    n = x.shape[1] * patch * patch
 
+    def block_mean(v: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, 1, H, W]
+        pooled = F.avg_pool2d(v.mean(dim=1, keepdim=True), patch)
+        return pooled.repeat_interleave(patch, dim=-2).repeat_interleave(patch, dim=-1)
 
-def patch_stats(patches: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-patch mean and std of patchified images [B, L, D] -> ([B, L, 1], [B, L, 1]), the variance floored at
-    `floor` (norm_pix's normalization, and its inverse for pictures)."""
-    return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True).clamp(min=floor).sqrt()
+    mean = block_mean(x)
+    var = block_mean((x - mean).square()) * (n / (n - 1))  # two passes, as torch.var: exact for flat patches
+    return mean, var.clamp(min=floor).sqrt()
 
 
 def reconstruction_loss(
@@ -45,8 +48,7 @@ def reconstruction_loss(
     """
     pred, target = pred.float(), target.float()
     if norm_pix:
-        pred, target = patchify(pred, patch), patchify(target, patch)
-        mean, std = patch_stats(target, floor)
+        mean, std = patch_stats(target, patch, floor)
         target = (target - mean) / std
     if kind == "l1":
         return F.l1_loss(pred, target)

@@ -16,17 +16,9 @@ from repre.data.pipeline import ViewCollate, ViewDataset, clean_targets, view_sp
 from repre.data.sources import ImageSource
 from repre.data.views import denormalize
 from repre.errors import UserError
-from repre.losses import patch_stats, patchify
+from repre.losses import patch_stats
 from repre.methods.base import stack_views
 from repre.reconstruction import RePre
-
-
-def unpatchify(x: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
-    """[B, L, patch * patch * C] -> [B, C, H, W] (inverse of `repre.losses.patchify`)."""
-    b, _, d = x.shape
-    h, w = size[0] // patch, size[1] // patch
-    c = d // (patch * patch)
-    return x.reshape(b, h, w, patch, patch, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * patch, w * patch)
 
 
 def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int,
@@ -35,8 +27,8 @@ def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, pat
     with the target's patch statistics, as MAE's pictures do)."""
     if not norm_pix:
         return pred
-    mean, std = patch_stats(patchify(target.float(), patch), floor)
-    return unpatchify(patchify(pred.float(), patch) * std + mean, patch, target.shape[-2:])
+    mean, std = patch_stats(target.float(), patch, floor)
+    return pred.float() * std + mean
 
 
 def save_grid(rows: list[torch.Tensor], path: Path) -> None:
