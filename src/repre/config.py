@@ -214,7 +214,7 @@ class ReconConfig:
     # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
     out_stride: int = 1
     # global views reconstructed per image: 2, both (the paper); 1, one (the first for even images in the batch,
-    # the second for odd ones), at half the decoder's cost. The encoder sees both either way
+    # the second for odd ones), at half the decoder's cost (the MoBY presets). The encoder sees both either way
     views: Literal[1, 2] = 2
 
     # the valid values of the fields above (`RULES`), checked by `validate`
@@ -223,7 +223,7 @@ class ReconConfig:
         "out_stride": ">=1", "norm_pix_floor": ">0",
     }
     # options kept for measurements in progress (docs/results.md), not used by any preset: they may change or go
-    experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride", "views"}
+    experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride"}
 
 
 @dataclass
