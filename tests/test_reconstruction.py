@@ -58,8 +58,8 @@ def test_norm_pix_loss_equals_maes_patch_layout(patch, floor):
     """The statistics taken in place ([B, 1, H, W] maps) give MAE's loss on patchified images, flat
     (floored) patches included."""
     torch.manual_seed(0)
-    target = torch.cat([flat_patch_with_ripple().repeat(1, 1, 2, 2), torch.randn(1, 3, 8, 8)])
-    pred = torch.randn(2, 3, 8, 8)
+    target = torch.cat([flat_patch_with_ripple().repeat(1, 1, 2, 3), torch.randn(1, 3, 8, 12)])  # not square
+    pred = torch.randn(2, 3, 8, 12)
     p = patchify(target, patch)
     normalized = (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).clamp(min=floor).sqrt()
     reference = (patchify(pred, patch) - normalized).abs().mean()
