@@ -67,6 +67,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
     "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)
     "one-view": ("repre", ["recon.views=1"], "base"),  # each image reconstructed from one of its two views
+    "taps2": ("repre", ["recon.taps=2"], "base"),  # the last two taps: MoBY's stages at strides 4 and 8, not 2
     "scenes-base": ("baseline", SCENES, None),
     "scenes": ("repre", SCENES, "scenes-base"),
     "long-base": ("baseline", LONG, None),
@@ -102,6 +103,11 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "d160": ("baseline", ["model.kwargs.embed_dim=160", "model.kwargs.num_heads=5"], "base"),
     "depth8": ("baseline", ["model.kwargs.depth=8"], "base"),
     "avgpool": ("baseline", ["model.kwargs.global_pool=avg"], "base"),  # the patch tokens' mean, not the class token
+    # augmentation strength: no blur; no photometric stage at all; brightness and contrast jitter twice as strong
+    "blur0": ("baseline", ["aug.blur_prob=[0.0,0.0]"], "base"),
+    "photo0": ("baseline", ["aug.jitter_prob=0.0", "aug.blur_prob=[0.0,0.0]", "aug.solarize_prob=[0.0,0.0]",
+                            "aug.grayscale_prob=0.0"], "base"),
+    "jitter0.8": ("baseline", ["aug.brightness=0.8", "aug.contrast=0.8"], "base"),
     # DINO's knobs not tried above: the head's last layer free to sharpen (official for ViT-S), fewer local
     # crops, the official teacher-temperature warm-up, constant weight decay
     "nll": ("baseline", ["method.dino.norm_last_layer=false"], "base"),
@@ -113,7 +119,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
-LATER_RECON_KEYS = ("recon.norm_pix", "recon.upsample")
+LATER_RECON_KEYS = ("recon.norm_pix", "recon.upsample", "recon.views", "recon.out_stride", "recon.taps")
 EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are unchanged
     "eval.knn.train_subset=20000", "eval.knn.test_subset=5000",
     "eval.linear.train_subset=20000", "eval.linear.test_subset=5000", "eval.linear.epochs=20",

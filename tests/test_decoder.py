@@ -85,7 +85,8 @@ def test_decoder_cost_vit_s16_224_at_most_10_percent():
 
 
 def test_decoder_cost_default_preset_is_as_stated():
-    """The default preset's decoder costs 7.5% of its encoder's forward FLOPs (docs/results.md)."""
+    """The default preset's decoder (4x4 pixel shuffle at stride 4) costs 4.5% of its encoder's forward FLOPs
+    (its preset's comment)."""
     cfg = load_config("fmnist-mocov3-repre")
     model = build_model(cfg).eval()
     enc, dec = model.method.encoder, model.decoder
@@ -94,7 +95,7 @@ def test_decoder_cost_default_preset_is_as_stated():
         _, maps = enc(x, model.method.taps)
         ratio = flops(lambda: dec(maps, (28, 28))) / flops(lambda: enc(x, model.method.taps))
     print(f"decoder/encoder FLOPs, default preset: {ratio:.3f}")
-    assert 0.07 <= ratio <= 0.08
+    assert 0.04 <= ratio <= 0.05
 
 
 @settings(max_examples=25, deadline=None)

@@ -223,7 +223,7 @@ class ReconConfig:
         "out_stride": ">=1", "norm_pix_floor": ">0",
     }
     # options kept for measurements in progress (docs/results.md), not used by any preset: they may change or go
-    experimental: ClassVar[set[str]] = {"depth", "weight_end", "out_stride"}
+    experimental: ClassVar[set[str]] = {"depth", "weight_end"}
 
 
 @dataclass
