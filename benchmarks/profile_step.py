@@ -57,7 +57,7 @@ def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[
     trainer.model.train()
 
     def step() -> None:
-        with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
+        with trainer.settings():  # what fit() sets: Dynamo's graph limit, deterministic mode, the attention kernel
             trainer.train_step(batch)
         trainer.state.step += 1
 
@@ -110,8 +110,9 @@ def main() -> None:
     args = p.parse_args()
     trainer, step, batch = trainer_step(args.preset, args.overrides)
     parts = {"step": timed(step, args.warmup, args.steps)}
-    for name, fn in decoder_parts(trainer, batch).items():
-        parts[name] = timed(fn, args.warmup, args.steps)
+    with trainer.settings():  # the parts with the step's attention kernel
+        for name, fn in decoder_parts(trainer, batch).items():
+            parts[name] = timed(fn, args.warmup, args.steps)
     cuda = trainer.rt.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
     with torch.profiler.profile(activities=activities) as prof:

@@ -201,7 +201,7 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
     trainer.model.train()
 
     def repre_step(batch):
-        with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
+        with trainer.settings():  # what fit() sets: Dynamo's graph limit, deterministic mode, the attention kernel
             trainer.train_step(batch)
         trainer.state.step += 1
 

@@ -1,8 +1,9 @@
 """The pre-training loop: one place for AMP, backward, clipping and the optimizer step; logs and checkpoints.
 
 What is not the step lives beside it: the non-finite guard (`guard`), checkpoints and resume (`checkpoints`),
-the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), and the
-process-wide settings of a run (`repre.core.runtime.run_settings`).
+the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), the
+process-wide settings of a run (`repre.core.runtime.run_settings`) and the attention kernel it trains with
+(`repre.models.attention`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from repre.engine.optim import build_optimizer, clip_or_measure
 from repre.engine.signals import GracefulStop
 from repre.engine.state import RunState
 from repre.errors import StoppedEarly, UserError
+from repre.models.attention import training_attention
 from repre.models.sync_bn import convert_sync_batchnorm
 
 log = logging.getLogger("repre")
@@ -156,9 +158,13 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
 
-    def settings(self) -> contextlib.AbstractContextManager[None]:
-        """The run's process-wide settings (`run_settings`), in force inside the block."""
-        return run_settings(self.cfg, self.rt.device, self.cuda_used_before)
+    @contextlib.contextmanager
+    def settings(self) -> Iterator[None]:
+        """The run's process-wide settings (`run_settings`) and the attention kernel its step trains fastest
+        with (`training_attention`), in force inside the block."""
+        with run_settings(self.cfg, self.rt.device, self.cuda_used_before), \
+                training_attention(self.model, self.rt.device, self.rt.dtype):
+            yield
 
     def fit(self) -> dict[str, Any]:
         """Train to the total step count; writes metrics, checkpoints and summary.json, with the run's
