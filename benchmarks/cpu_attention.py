@@ -16,7 +16,9 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -108,6 +110,12 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def commit() -> str | None:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent)
+    return done.stdout.strip() or None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
@@ -115,6 +123,7 @@ def main() -> None:
     args = p.parse_args()
     result = {"machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
                           "torch": torch.__version__, "timm": timm.__version__},
+              "date": time.strftime("%Y-%m-%d"), "commit": commit(),
               "numerics": numerics(), "speed": speed(args.rounds)}
     if args.out:
         with open(args.out, "w") as f:

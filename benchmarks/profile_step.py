@@ -30,6 +30,7 @@ from repre.config import load_config
 from repre.data.pipeline import pretrain_loader
 from repre.engine.trainer import Trainer
 from repre.losses import reconstruction_loss
+from repre.models.attention import training_attention
 
 SYNTHETIC = ["data.name=synthetic", "data.synthetic_train=512", "train.num_workers=0", "train.progress=false",
              "eval.knn.enabled=false", "train.diagnose_every=0"]
@@ -57,7 +58,7 @@ def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[
     trainer.model.train()
 
     def step() -> None:
-        with trainer.settings():  # what fit() sets: Dynamo's graph limit, deterministic mode, the attention kernel
+        with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
             trainer.train_step(batch)
         trainer.state.step += 1
 
@@ -110,7 +111,8 @@ def main() -> None:
     args = p.parse_args()
     trainer, step, batch = trainer_step(args.preset, args.overrides)
     parts = {"step": timed(step, args.warmup, args.steps)}
-    with trainer.settings():  # the parts with the step's attention kernel
+    rt = trainer.rt
+    with training_attention(trainer.model, rt.device, rt.dtype):  # the attention kernel of the step's forward
         for name, fn in decoder_parts(trainer, batch).items():
             parts[name] = timed(fn, args.warmup, args.steps)
     cuda = trainer.rt.device.type == "cuda"

@@ -112,6 +112,8 @@ def _lightly_step(trainer):
     from lightly.models.modules.heads import BYOLPredictionHead, MoCoProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 
+    from repre.models.attention import training_attention
+
     cfg, rt = trainer.cfg, trainer.rt
     backbone = trainer.model.method.encoder.model
     d, hidden, out = backbone.num_features, cfg.method.mocov3.mlp_dim, cfg.method.mocov3.proj_dim
@@ -125,7 +127,8 @@ def _lightly_step(trainer):
 
     def step(batch):
         x1, x2 = batch["views"][:, 0], batch["views"][:, 1]
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp), \
+                training_attention(backbone, rt.device, rt.dtype):  # the kernel of repre's training forward
             update_momentum(backbone, m_backbone, 0.99)
             update_momentum(projector, m_projector, 0.99)
             q1, q2 = predictor(projector(backbone(x1))), predictor(projector(backbone(x2)))
@@ -148,25 +151,28 @@ def _lightly_dino_step(trainer):
     from lightly.models.modules.heads import DINOProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-    rt, m = trainer.rt, trainer.cfg.method
+    from repre.models.attention import training_attention
+
+    rt, m = trainer.rt, trainer.cfg.method.dino
     student = trainer.model.method.encoder.model
 
     def make_head():
-        return DINOProjectionHead(student.num_features, m.mlp_dim, m.proj_dim, m.out_dim, freeze_last_layer=1,
-                                  norm_last_layer=m.norm_last_layer)
+        return DINOProjectionHead(student.num_features, m.hidden_dim, m.bottleneck_dim, m.out_dim,
+                                  freeze_last_layer=1, norm_last_layer=m.norm_last_layer)
 
     head, teacher_head = make_head(), make_head()  # lightly's weight-normalized head cannot be deep-copied
     teacher_head.load_state_dict(head.state_dict())
     teacher = copy.deepcopy(student)
     deactivate_requires_grad(teacher), deactivate_requires_grad(teacher_head)
-    loss_fn = DINOLoss(output_dim=m.out_dim, teacher_temp=m.teacher_temp, student_temp=m.temperature,
+    loss_fn = DINOLoss(output_dim=m.out_dim, teacher_temp=m.teacher_temp, student_temp=m.student_temp,
                        center_momentum=m.center_momentum)
     opt = torch.optim.AdamW([*student.parameters(), *head.parameters()], lr=1e-4, weight_decay=0.04)
 
     def step(batch):
         views, local = batch["views"], batch["local_views"]
         globals_ = [views[:, 0], views[:, 1]]
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp), \
+                training_attention(student, rt.device, rt.dtype):  # the kernel of repre's training forward
             update_momentum(student, teacher, 0.996)
             update_momentum(head, teacher_head, 0.996)
             with torch.no_grad():
@@ -201,7 +207,7 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
     trainer.model.train()
 
     def repre_step(batch):
-        with trainer.settings():  # what fit() sets: Dynamo's graph limit, deterministic mode, the attention kernel
+        with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
             trainer.train_step(batch)
         trainer.state.step += 1
 

@@ -2,8 +2,8 @@
 
 What is not the step lives beside it: the non-finite guard (`guard`), checkpoints and resume (`checkpoints`),
 the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), the
-process-wide settings of a run (`repre.core.runtime.run_settings`) and the attention kernel it trains with
-(`repre.models.attention`).
+process-wide settings of a run (`repre.core.runtime.run_settings`) and the attention kernel of its training
+forward (`repre.models.attention`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,8 @@ class Trainer:
         if sched.recon_weight is not None and self.cfg.recon.enabled:
             self.model.weight = float(sched.recon_weight[step])
         batch = self.data.to_device(batch)
-        with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
+        with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
+                training_attention(self.model, self.rt.device, self.rt.dtype):
             out = self.forward_model(batch["views"], float(sched.momentum[step]), batch["label"],
                                      batch.get("local_views"), batch.get("targets"))
         for callback in self.callbacks:
@@ -158,13 +159,9 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
 
-    @contextlib.contextmanager
-    def settings(self) -> Iterator[None]:
-        """The run's process-wide settings (`run_settings`) and the attention kernel its step trains fastest
-        with (`training_attention`), in force inside the block."""
-        with run_settings(self.cfg, self.rt.device, self.cuda_used_before), \
-                training_attention(self.model, self.rt.device, self.rt.dtype):
-            yield
+    def settings(self) -> contextlib.AbstractContextManager[None]:
+        """The run's process-wide settings (`run_settings`), in force inside the block."""
+        return run_settings(self.cfg, self.rt.device, self.cuda_used_before)
 
     def fit(self) -> dict[str, Any]:
         """Train to the total step count; writes metrics, checkpoints and summary.json, with the run's

@@ -83,18 +83,17 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,
                         round(e.finetune.warmup_fraction * e.finetune.steps))
     batches = iter(loader)
-    with training_attention(model, rt.device, rt.dtype):
-        for step in range(e.finetune.steps):
-            batch = next(batches)
-            for g in opt.param_groups:
-                g["lr"] = float(lrs[step]) * g["lr_scale"]
-            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-                logits = model(batch["views"][:, 0].to(rt.device))
-            loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device),
-                                   label_smoothing=e.finetune.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    for step in range(e.finetune.steps):
+        batch = next(batches)
+        for g in opt.param_groups:
+            g["lr"] = float(lrs[step]) * g["lr_scale"]
+        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp), \
+                training_attention(model, rt.device, rt.dtype):
+            logits = model(batch["views"][:, 0].to(rt.device))
+        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=e.finetune.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
             "extra": {"steps": e.finetune.steps, "final_train_loss": float(loss.detach()), "classes": classes}}
 

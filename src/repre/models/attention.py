@@ -1,12 +1,15 @@
-"""Which attention kernel timm's blocks run while a model trains on a CPU.
+"""Which attention kernel timm's blocks run in a training forward on a CPU.
 
 timm's `Attention` (ViT) and `WindowAttention` (Swin) have two paths, chosen by their `fused_attn`
 attribute: PyTorch's `scaled_dot_product_attention`, or the same formula as matrix products and a softmax.
-On a CPU under bf16 autocast the fused kernel's backward is the slow one: a training step of the attention
-alone is 1.3-5.2x faster unfused at 10 to 785 tokens, while in fp32 and at inference the fused kernel is
-about as fast or faster (`benchmarks/cpu_attention.py`, in docs/results.md). Both paths are as close to an
-fp64 reference in both precisions (bf16: output 5.9e-3 relative error both, gradients 6.2e-3 fused and
-7.1e-3 unfused), so what changes is the speed. timm's Swin already defaults to the unfused path.
+On a CPU under bf16 autocast the fused kernel's backward is the slow part: forward + backward of one attention
+module is 1.3-5.2x faster unfused at 10 to 785 tokens, while a forward alone is mostly faster fused, and in
+fp32 the fused kernel is as fast or faster (`benchmarks/cpu_attention.py`, measured on one Xeon with AMX;
+docs/results.md). So only the modules that train switch (a momentum or teacher encoder keeps the fused
+forward), only for the training forward (the autograd graph keeps the path for the backward), and the
+evaluations run as before. What the unfused path costs: it keeps the attention matrix for the backward (the
+default preset's peak memory +9%), and its bf16 gradients are slightly further from an fp64 reference (7.1e-3
+relative error against 6.2e-3; fp32: the same). timm's Swin already defaults to the unfused path.
 """
 
 from __future__ import annotations
@@ -19,19 +22,24 @@ from torch import nn
 
 
 def unfused_pays(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether training on `device` with autocast to `dtype` (fp32: none) should run the unfused path."""
+    """Whether a training forward on `device` under autocast to `dtype` (fp32: none) should run unfused."""
     return device.type == "cpu" and dtype == torch.bfloat16
+
+
+def trained_attention(model: nn.Module) -> list[nn.Module]:
+    """timm's attention modules of `model` that have parameters to train (not a momentum encoder's)."""
+    return [m for m in model.modules()
+            if hasattr(m, "fused_attn") and any(p.requires_grad for p in m.parameters())]
 
 
 @contextlib.contextmanager
 def training_attention(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Inside the block, every timm attention module of `model` runs the path that trains fastest on `device`
-    with autocast to `dtype`; on exit each is put back as it was (the evaluations keep the fused forward)."""
-    modules = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    """Inside the block (a training forward), the attention modules of `model` that train run the path that
+    trains fastest on `device` under autocast to `dtype`; on exit each is put back as it was."""
+    modules = trained_attention(model) if unfused_pays(device, dtype) else []
     before = [m.fused_attn for m in modules]
-    if unfused_pays(device, dtype):
-        for m in modules:
-            m.fused_attn = False
+    for m in modules:
+        m.fused_attn = False
     try:
         yield
     finally:
