@@ -113,11 +113,12 @@ want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --roun
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.out_stride=1 \
   --compare recon.views=1
 
-# DINO (multi-crop) at 224 +- RePre, eager and compiled (the preset compiles)
+# DINO (multi-crop) at 224 +- RePre, eager and compiled (the preset compiles); RePre again with one view, and with
+# the x2 steps to full resolution (recon.out_stride=1, the preset before)
 if want frameworks-224 || want dino-224; then
-  stage dino-vit-s16-224 360 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
+  stage dino-vit-s16-224 420 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
-    --compare train.compile=true --compare recon.views=1
+    --compare train.compile=true --compare recon.views=1 --compare recon.out_stride=1
 fi
 
 # 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
