@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 
+from repre.builder import build_model
 from repre.config import load_config
 from repre.engine.callbacks import CollapseWatch, LossTrend, engine_callbacks
 from repre.engine.diagnostics import TrendWatch, loss_balance
@@ -33,6 +36,14 @@ def test_trend_watch_quiet_when_both_fall():
                                                        ("fmnist-dino-repre", False), ("fmnist-mocov3", False)])
 def test_loss_trend_only_where_the_contrastive_loss_level_means_fit(preset, watches_trend):
     # DINO's loss moves with its teacher's entropy; without the branch there is no second loss
-    kinds = {type(c) for c in engine_callbacks(load_config(preset))}
+    cfg = load_config(preset)
+    kinds = {type(c) for c in engine_callbacks(cfg, build_model(cfg, num_classes=10).method)}
     assert (LossTrend in kinds) is watches_trend
     assert CollapseWatch in kinds
+
+
+@pytest.mark.parametrize(("preset", "prototypes"), [("fmnist-dino", 1024), ("fmnist-mocov3-repre", None)])
+def test_collapse_watch_bounds_the_teacher_entropy_by_the_prototypes(preset, prototypes):
+    cfg = load_config(preset)
+    (watch,) = [c for c in engine_callbacks(cfg, build_model(cfg).method) if isinstance(c, CollapseWatch)]
+    assert watch.uniform == (pytest.approx(math.log(prototypes)) if prototypes else math.inf)

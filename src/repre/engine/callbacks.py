@@ -16,6 +16,7 @@ import torch
 from repre.config import Config
 from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter
+from repre.methods.base import Method
 
 if TYPE_CHECKING:
     from repre.engine.trainer import Trainer
@@ -101,17 +102,13 @@ class CollapseWatch(Callback):
                         "center_momentum) and the EMA momentum", step, why)
 
 
-def engine_callbacks(cfg: Config) -> list[Callback]:
-    """The monitors every run has: loss balance and (except DINO) loss trends with the RePre branch, and the
-    collapse watch."""
-    dino = cfg.method.name == "dino"  # only DINO logs teacher_entropy, over its out_dim prototypes
+def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
+    """The monitors every run has: loss balance and loss trends with the RePre branch (trends only where the
+    method's loss level measures fit: `Method.loss_tracks_fit`), and the collapse watch."""
     monitors: list[Callback] = []
     if cfg.recon.enabled:
         if cfg.train.diagnose_every:
             monitors.append(LossBalance(cfg.train.diagnose_every))
-        if not dino:
-            # DINO's loss includes its teacher's entropy, which centering and sharpening move on their own (the
-            # Fashion-MNIST baseline's loss rises ~25% over steps 90-250), so a rise there says nothing of the
-            # two losses competing; the gradient cosine (LossBalance) still measures that.
+        if method.loss_tracks_fit:
             monitors.append(LossTrend())
-    return [*monitors, CollapseWatch(cfg.method.dino.out_dim if dino else None)]
+    return [*monitors, CollapseWatch(method.prototypes)]

@@ -77,7 +77,7 @@ class Trainer:
         self.guard = make_guard(cfg.train.host_sync, self.state, cfg.train.max_bad_steps, self.optimizer,
                                 self.rt.device)
         self.schedules = RunSchedules.build(cfg, self.total)
-        self.callbacks = [*engine_callbacks(cfg), *callbacks]
+        self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]
         self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
                                        self.rt.device)
         self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync

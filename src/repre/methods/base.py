@@ -48,6 +48,9 @@ class Method(nn.Module):
 
     encoder: Backbone
     eval_encoder_key: str = "encoder"
+    # whether a rising contrastive loss means a worse fit (the loss-trend monitor); DINO's loss also moves with
+    # its teacher's entropy, which centering and sharpening change on their own
+    loss_tracks_fit: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,6 +59,11 @@ class Method(nn.Module):
     @property
     def eval_encoder(self) -> Backbone:
         return getattr(self, self.eval_encoder_key)
+
+    @property
+    def prototypes(self) -> int | None:
+        """The number of outputs whose teacher entropy forward logs as "teacher_entropy" (None: not logged)."""
+        return None
 
     def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,
                 **extra: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -24,6 +24,9 @@ from repre.models.heads import DINOHead
 class DINO(Method):
     eval_encoder_key = "teacher_encoder"  # DINO evaluates and exports the teacher, as the official code
     no_decay_1d = True  # no weight decay on biases and normalization parameters (the official parameter groups)
+    # the loss includes the teacher's entropy (a healthy Fashion-MNIST baseline's rises ~25% over steps 90-250),
+    # so a rise says nothing of the two losses competing: no loss-trend warning
+    loss_tracks_fit = False
 
     def __init__(
         self,
@@ -50,6 +53,10 @@ class DINO(Method):
         self.temps = (warmup_teacher_temp, teacher_temp, warmup_teacher_temp_fraction)
         self.freeze_fraction = freeze_last_layer_fraction
         self.teacher_temp, self.freeze_last_layer = warmup_teacher_temp, freeze_last_layer_fraction > 0
+
+    @property
+    def prototypes(self) -> int:
+        return self.center.shape[1]
 
     def ema_pairs(self):
         return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
