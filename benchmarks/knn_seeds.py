@@ -5,7 +5,7 @@ repository under $REPRE_BENCH_CACHE/knn_seeds (default ~/.cache/repre/benchmarks
 finished run (summary.json with completed=true) is not run again, so an interrupted benchmark continues
 where it stopped. The summary is the last stdout line (JSON).
 
-    python benchmarks/knn_seeds.py [--seeds 0,1,2] [--set KEY=VALUE ...]
+    python benchmarks/knn_seeds.py [--seeds 0,1,2] [--rows repre,baseline,random] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -63,33 +63,41 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--rows", default="repre,baseline,random", help="of repre, baseline, random")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows: dict[str, dict[int, dict]] = {k: {} for k in PRESETS}
+    wanted = args.rows.split(",")
+    if unknown := set(wanted) - {*PRESETS, "random"}:
+        p.error(f"--rows: unknown {sorted(unknown)}; choose from repre, baseline, random")
+    presets = {k: v for k, v in PRESETS.items() if k in wanted}
+    rows: dict[str, dict[int, dict]] = {k: {} for k in presets}
     for seed in seeds:
-        for key, preset in PRESETS.items():
+        for key, preset in presets.items():
             rows[key][seed] = run(preset, seed, args.overrides)
             s = rows[key][seed]
             print(f"seed {seed} {key:<9} knn {s['knn_top1']:.4f}  {s['images_per_sec']:.0f} img/s  {s['wall_s']:.0f} s",
                   file=sys.stderr, flush=True)
-    rand = {seed: random_init(seed, args.overrides) for seed in seeds}
     table = {
-        key: {"knn_top1": [rows[key][s]["knn_top1"] for s in seeds], "wall_s": [rows[key][s]["wall_s"] for s in seeds]}
-        for key in PRESETS
+        key: {"knn_top1": [rows[key][s]["knn_top1"] for s in seeds], "wall_s": [rows[key][s]["wall_s"] for s in seeds],
+              "images_per_sec": [rows[key][s]["images_per_sec"] for s in seeds]}
+        for key in presets
     }
-    table["random_init"] = {"knn_top1": [rand[s] for s in seeds]}
-    diffs = [rows["repre"][s]["knn_top1"] - rows["baseline"][s]["knn_top1"] for s in seeds]
+    if "random" in wanted:
+        table["random_init"] = {"knn_top1": [random_init(s, args.overrides) for s in seeds]}
     print(f"\n{'encoder':<13}{'k-NN top-1 (mean ± std)':<26}per seed")
     for key, row in table.items():
         m, sd = mean_std(row["knn_top1"])
         print(f"{key:<13}{m:.4f} ± {sd:.4f}{'':<8}{', '.join(f'{v:.4f}' for v in row['knn_top1'])}")
-    dm, dsd = mean_std(diffs)
-    print(f"RePre - baseline (paired by seed): {dm:+.4f} ± {dsd:.4f}  ({', '.join(f'{d:+.4f}' for d in diffs)})")
+    paired = None
+    if len(presets) == 2:
+        diffs = [rows["repre"][s]["knn_top1"] - rows["baseline"][s]["knn_top1"] for s in seeds]
+        dm, dsd = mean_std(diffs)
+        print(f"RePre - baseline (paired by seed): {dm:+.4f} ± {dsd:.4f}  ({', '.join(f'{d:+.4f}' for d in diffs)})")
+        paired = {"per_seed": diffs, "mean": dm, "std": dsd}
     summary = {key: dict(zip(("mean", "std"), mean_std(row["knn_top1"]), strict=True)) for key, row in table.items()}
     print(json.dumps({"benchmark": "knn_seeds", "date": time.strftime("%Y-%m-%d"), "seeds": seeds,
-                      "overrides": args.overrides, "table": table, "summary": summary,
-                      "paired_diff": {"per_seed": diffs, "mean": dm, "std": dsd}}))
+                      "overrides": args.overrides, "table": table, "summary": summary, "paired_diff": paired}))
 
 
 if __name__ == "__main__":

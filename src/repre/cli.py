@@ -22,7 +22,7 @@ from repre.errors import StoppedEarly, UserError
 log = logging.getLogger("repre")
 
 EPILOG = """examples:
-  repre pretrain                                   # Fashion-MNIST, MoCo v3 + RePre, ~4 min on 2 CPU cores
+  repre pretrain                                   # Fashion-MNIST, MoCo v3 + RePre, ~5.5 min on 2 CPU cores with bf16
   repre pretrain --config fmnist-mocov3 --out runs/base
   repre pretrain --set train.max_steps=20 --set recon.taps=[1,3,5]
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
