@@ -262,7 +262,8 @@ def search(method: str, points: list[str], seeds: list[int], tasks: list[str], o
     for seed in seeds:
         for point in points:
             row, extra, _ = SEARCH[point]
-            cfg = row_config(method, row, seed, [*extra, "eval.split=val", *overrides])
+            # --set changes every point; a point's own changes come after, so they win where both set a key
+            cfg = row_config(method, row, seed, [*overrides, *extra, "eval.split=val"])
             out = run_dir(method, f"search-{point}", seed, cfg, results)
             if not only_cached:
                 pretrain(cfg, out, tasks)
