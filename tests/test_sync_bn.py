@@ -38,8 +38,10 @@ def worker(rank: int, world: int, port: int, queue) -> None:
     # DDP averages parameter gradients over processes; the reference sums over the whole batch: x world
     gw, gb = model[0].weight.grad.clone(), model[0].bias.grad.clone()
     dist.all_reduce(gw), dist.all_reduce(gb)
-    queue.put((rank, {"y": y.detach(), "gx": xs.grad, "gw": gw, "gb": gb, "mean": model[0].running_mean.clone(),
-                      "var": model[0].running_var.clone()}))
+    out = {"y": y.detach(), "gx": xs.grad, "gw": gw, "gb": gb, "mean": model[0].running_mean, "var": model[0].running_var}
+    # NumPy copies travel by value; torch would pass tensors as file descriptors that the parent can only open
+    # while this process is alive, a race with its exit
+    queue.put((rank, {k: v.detach().numpy().copy() for k, v in out.items()}))
     dist.destroy_process_group()
 
 
@@ -50,7 +52,8 @@ def test_sync_batchnorm_equals_batchnorm_over_the_global_batch():
     procs = [ctx.Process(target=worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
+    results = {rank: {k: torch.from_numpy(v) for k, v in out.items()}
+               for rank, out in (queue.get(timeout=120) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
     torch.manual_seed(0)
