@@ -18,6 +18,7 @@
 # The Fashion-MNIST IDX files are read from $FMNIST (default .gpu-data/fashion-mnist, inside the source tree:
 # copy /usr/share/datasets/fashion-mnist there when the GPU machine has no dataset package); the stages that need
 # them are skipped without it.
+# QUALITY_JOBS=FILE replaces the quality stage's job list (one line of quality.py arguments a job; # comments).
 # QUALITY_SET="--set train.max_steps=3 ..." shrinks the quality runs for a dry run of this script (with
 # QUALITY_LANES=2 on a small machine).
 set -u
@@ -183,12 +184,17 @@ fi
 # 3. quality: benchmarks/quality.py runs as a queue of jobs, most important first, QUALITY_LANES at a time, until
 #    QUALITY_UNTIL seconds after this script started; each finished evaluation is cached, so what finishes
 #    is kept and reported (locally: quality.py --results <unpacked>/quality, which skips cached work)
-quality_jobs() {  # one line per job: quality.py arguments (the presets as they are; test split, seeds 1-3)
-  for m in moby dino mocov3; do for s in 1 2 3; do
-    echo "--methods $m --seeds $s --rows repre"; echo "--methods $m --seeds $s --rows baseline"
+quality_jobs() {  # one line per job: quality.py arguments; QUALITY_JOBS=FILE: that file's lines instead
+  if [ -n "${QUALITY_JOBS:-}" ]; then grep -v '^ *\(#\|$\)' "$QUALITY_JOBS"; return; fi
+  # MoCo v3's test row at the presets' values (seeds 1-3), then DINO's knobs at batch 32 on validation seeds
+  # 0-2 (its preset, and the larger lr and longer warm-up that lifted MoCo v3), then MoCo v3's other rows
+  for s in 1 2 3; do
+    echo "--methods mocov3 --seeds $s --rows repre"; echo "--methods mocov3 --seeds $s --rows baseline"
+  done
+  for s in 0 1 2; do for p in base warm0.2 lr2e-3-warm0.2 lr4e-3-warm0.2; do
+    echo "--methods dino --search $p --seeds $s --only knn,linear"
   done; done
-  for s in 1 2 3; do echo "--methods moby --seeds $s --rows random,supervised"; done
-  for s in 0 1; do echo "--search nearest --seeds $s"; echo "--search base --seeds $s"; done
+  for s in 1 2 3; do echo "--methods mocov3 --seeds $s --rows random,supervised"; done
 }
 quality_queue() {  # every job ends by DEADLINE (epoch seconds): none is left running after the stage
   quality_jobs | xargs -P "$QUALITY_LANES" -I{} bash -c "left=\$(( $DEADLINE - \$(date +%s) )); \
