@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from conftest import last_json, run_cli, save_png
-from repre.use.pictures import grid_size, thumb_size
+from repre.core.pictures import sheet_size, thumb_side
+from repre.use.neighbors import QUERY_GAP
 from repre.use.search import faiss_top_k, top_k, torch_top_k
 
 
@@ -51,7 +52,8 @@ def test_a_duplicated_image_is_its_copy_s_nearest_neighbour(embedded_folder, tmp
     sims = [n["similarity"] for n in q["neighbors"]]
     assert sims == sorted(sims, reverse=True)
     with Image.open(tmp_path / "nn.png") as picture:
-        assert picture.size == grid_size(1, 4, thumb_size(16))  # a query and 3 neighbours, 16 px images at 96
+        # a query and 3 neighbours, 16 px images at 96
+        assert picture.size == sheet_size(1, 4, thumb_side(16), captioned=True, gap=QUERY_GAP)
 
 
 def test_drawn_queries_are_fixed_by_the_seed(embedded_folder, tmp_path):
@@ -65,7 +67,7 @@ def test_drawn_queries_are_fixed_by_the_seed(embedded_folder, tmp_path):
     code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "c.png", "--queries", "4", "--seed", "1"))
     assert code == 0 and [q["row"] for q in last_json(stdout)["queries"]] != drawn[0]
     with Image.open(tmp_path / "a.png") as picture:
-        assert picture.size == grid_size(4, 3, thumb_size(16))
+        assert picture.size == sheet_size(4, 3, thumb_side(16), captioned=True, gap=QUERY_GAP)
 
 
 def test_torch_and_faiss_give_the_same_neighbours(embedded_folder, tmp_path):

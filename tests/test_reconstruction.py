@@ -97,15 +97,15 @@ def test_targets_replace_the_views_as_what_is_reconstructed():
 def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions(tmp_path, target, rows):
     from PIL import Image
 
+    from repre.core.pictures import sheet_size, thumb_side
     from repre.core.runtime import setup_runtime
     from repre.data.sources import train_source
     from repre.eval.recon import save_recon_grid
 
     cfg = tiny_config(f"recon.target={target}", "eval.recon.images=2")
     save_recon_grid(build_model(cfg), cfg, train_source(cfg), tmp_path / "recon.png", setup_runtime(cfg.train))
-    height = Image.open(tmp_path / "recon.png").height
-    scale = 96 // 16  # save_grid upscales 16-pixel images to 96
-    assert height == scale * (rows * 16 + (rows + 1) * 2)
+    size = Image.open(tmp_path / "recon.png").size
+    assert size == sheet_size(rows, 4, thumb_side(16))  # a column per view (2 images x 2 views)
 
 
 def test_one_view_each_alternates_by_the_images_global_index():

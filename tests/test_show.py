@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import last_json, run_cli
+from repre.core.pictures import sheet_size
 from repre.errors import UserError
 from repre.models.backbone import Backbone
 from repre.use.show import TILE, cls_attention, patch_pca
@@ -65,7 +66,7 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
     per_run = ["reconstruction", "patch PCA", "attention, mean", "head 0", "head 1"]
     assert [c.split(": ")[-1] for c in result["columns"]] == ["image", *per_run, *per_run]
     width, height = Image.open(out).size
-    assert result["images"] == 3 and height == 28 + 3 * (TILE + 4) + 4 and width == 11 * (TILE + 4) + 4
+    assert result["images"] == 3 and (width, height) == sheet_size(3, 11, TILE, titled=True)
 
 
 def test_show_needs_at_least_one_image(tiny_run, tmp_path):

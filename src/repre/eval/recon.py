@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.utils import make_grid, save_image
 
 from repre.config import Config
+from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, clean_targets, view_spec
@@ -33,13 +33,8 @@ def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, pat
 
 def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     """Rows of [N, 3, H, W] images in [0, 1] -> one PNG, upscaled (nearest) so small images stay visible."""
-    n, size = rows[0].shape[0], rows[0].shape[-1]
-    grid = make_grid(torch.cat([r.float().cpu() for r in rows]), nrow=n, padding=2, pad_value=1.0)
-    scale = max(1, 96 // size)
-    if scale > 1:
-        grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, str(path))
+    side = thumb_side(rows[0].shape[-1])
+    save_png(sheet([Column([tile(row[i].cpu(), side) for row in rows]) for i in range(len(rows[0]))]), path)
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,15 +18,17 @@ import torch
 from PIL import Image
 
 from repre.core import checkpoint_io as ckpt_io
+from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
 from repre.data.sources import ImageSource, image_path
 from repre.errors import UserError
 from repre.eval import load_checkpoint_config
 from repre.use.embed import embed_source
-from repre.use.pictures import captioned_grid, save_picture
 from repre.use.search import top_k
 from repre.use.store import EmbeddingFiles, read_card
+
+QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
 
 log = logging.getLogger("repre")
 
@@ -117,7 +119,9 @@ def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tup
     images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
     captions = [[f"query {q}" + labelled(index, q), *(f"{s:.4f}" + labelled(index, r) for r, s in h)]
                 for q, h in hits.items()]
-    return captioned_grid(images, captions)
+    side = thumb_side(size)
+    return sheet([Column([tile(row[c], side) for row in images], captions=[row[c] for row in captions])
+                  for c in range(len(images[0]))], gap=QUERY_GAP)
 
 
 def labelled(index: dict, row: int) -> str:
@@ -154,7 +158,7 @@ def neighbors(checkpoint: str | Path, embeddings: str | Path, out: str | Path, o
     hits = dict(zip(chosen, nearest(bank, chosen, k, backend), strict=True))
     index = read_index(files.csv, set(chosen) | {r for h in hits.values() for r, _ in h}, rows)
     source, size = query_source(checkpoint, card, overrides or [])
-    save_picture(neighbors_picture(source, index, hits, size), Path(out))
+    save_png(neighbors_picture(source, index, hits, size), Path(out))
     results = [described(index, q, neighbors=[described(index, r, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
     return {"command": "neighbors", "out": str(out), "embeddings": str(files.npy), "backend": backend, "k": k,

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from repre.core.checkpoint_io import run_dir
+from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import pretraining_stats
@@ -116,44 +117,22 @@ def first_images(checkpoint: str | Path, overrides: list[str], n: int) -> tuple[
     return denormalize(x[:n].float(), mean, std), labels[:n].tolist()
 
 
-def tile(image: torch.Tensor, smooth: bool) -> Image.Image:
-    """[C, h, w] in [0, 1] (C 1 or 3) -> a TILE x TILE RGB picture (nearest for feature maps, so patches show)."""
-    x = image.float().clamp(0, 1).expand(3, -1, -1)[None]
-    x = F.interpolate(x, size=(TILE, TILE), mode="bilinear" if smooth else "nearest",
-                      **({"align_corners": False} if smooth else {}))
-    return Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy())
+def columns(images: torch.Tensor, runs: list[Panels]) -> list[Column]:
+    """The picture's columns: the images, then each run's panels (its name as their group when there are two)."""
+    def tiles(maps: torch.Tensor, smooth: bool) -> list[Image.Image]:  # [N, C, h, w] in [0, 1]
+        return [tile(m, TILE, smooth) for m in maps]
 
-
-def columns(images: torch.Tensor, runs: list[Panels]) -> list[tuple[str, str, list[Image.Image]]]:
-    """The picture's columns: (run name, or "" when one run is shown; title; one tile per image)."""
-    cols = [("", "image", [tile(x, True) for x in images])]
+    cols = [Column(tiles(images, True), "image")]
     for run in runs:
         group = run.name if len(runs) > 1 else ""
         if run.recon is not None:
-            cols.append((group, "reconstruction", [tile(x, True) for x in run.recon]))
-        cols.append((group, "patch PCA", [tile(x, False) for x in run.pca]))
+            cols.append(Column(tiles(run.recon, True), "reconstruction", group))
+        cols.append(Column(tiles(run.pca, False), "patch PCA", group))
         if run.attention is not None:
-            cols.append((group, "attention, mean", [tile(a.mean(dim=0, keepdim=True), False) for a in run.attention]))
+            cols.append(Column(tiles(run.attention.mean(dim=1, keepdim=True), False), "attention, mean", group))
             for head in range(run.attention.shape[1]):
-                cols.append((group, f"head {head}", [tile(a[head : head + 1], False) for a in run.attention]))
+                cols.append(Column(tiles(run.attention[:, head : head + 1], False), f"head {head}", group))
     return cols
-
-
-def draw(cols: list[tuple[str, str, list[Image.Image]]], path: Path) -> None:
-    """Columns of tiles under their titles, each run's name once above its first column -> one PNG."""
-    pad, header = 4, 28
-    rows = len(cols[0][2])
-    sheet = Image.new("RGB", (len(cols) * (TILE + pad) + pad, header + rows * (TILE + pad) + pad), "white")
-    pen = ImageDraw.Draw(sheet)
-    for c, (group, title, tiles) in enumerate(cols):
-        left = pad + c * (TILE + pad)
-        if group and (c == 0 or cols[c - 1][0] != group):
-            pen.text((left, 2), group, fill="black")  # spans the run's columns
-        pen.text((left, 14), title[:16], fill="black")
-        for r, picture in enumerate(tiles):
-            sheet.paste(picture, (left, header + r * (TILE + pad)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
 
 
 def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
@@ -171,7 +150,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
         if runs[0].name == runs[1].name:
             runs[0].name, runs[1].name = "first", "second"
     cols = columns(pixels, runs)
-    draw(cols, Path(out))
+    save_png(sheet(cols), Path(out))
     return {"command": "show", "out": str(out), "images": len(labels), "labels": labels,
             "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
-            "columns": [f"{group}: {title}" if group else title for group, title, _ in cols]}
+            "columns": [f"{c.group}: {c.title}" if c.group else c.title for c in cols]}

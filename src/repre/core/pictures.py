@@ -1,0 +1,77 @@
+"""Sheets of image tiles in columns, each column with an optional title above it and captions under its tiles:
+the one layout of every picture repre draws (recon.png, `repre show`, `repre neighbors`). PIL only, no plotting
+library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+PAD = 4  # pixels between tiles and around the sheet
+HEADER = 24  # the strip above the tiles for the columns' group names (one line) and titles (the next)
+CAPTION = 14  # the strip under each tile for its caption
+
+
+@dataclass
+class Column:
+    """One column of a sheet: equal square tiles top to bottom, a title, the group it belongs to (written once
+    above the group's first column) and a caption under each tile."""
+
+    tiles: list[Image.Image]
+    title: str = ""
+    group: str = ""
+    captions: list[str] | None = None
+
+
+def thumb_side(size: int) -> int:
+    """The side at which images of side `size` are drawn: small ones upscaled by a whole factor to about 96."""
+    return size * max(1, 96 // size)
+
+
+def tile(image: torch.Tensor, side: int, smooth: bool = False) -> Image.Image:
+    """[C, h, w] (C 1 or 3; float in [0, 1], or uint8) -> a side x side RGB tile; nearest (pixels and patches
+    stay sharp) unless `smooth` (bilinear)."""
+    x = image.float() / 255 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
+    x = x.expand(3, -1, -1)[None]
+    x = F.interpolate(x, size=(side, side), mode="bilinear" if smooth else "nearest",
+                      **({"align_corners": False} if smooth else {}))
+    return Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy())
+
+
+def sheet_size(rows: int, cols: int, side: int, titled: bool = False, captioned: bool = False,
+               gap: int = 0) -> tuple[int, int]:
+    """(width, height) of a `sheet` of `rows` x `cols` tiles of side `side`."""
+    return PAD + cols * (side + PAD) + gap, PAD + titled * HEADER + rows * (side + captioned * CAPTION + PAD)
+
+
+def sheet(columns: list[Column], gap: int = 0) -> Image.Image:
+    """Columns of tiles -> one RGB picture; `gap` more pixels set the first column apart (e.g. the queries).
+    Every column has as many tiles, all of one side, as the first."""
+    side, rows = columns[0].tiles[0].width, len(columns[0].tiles)
+    titled = any(c.title or c.group for c in columns)
+    captioned = any(c.captions for c in columns)
+    picture = Image.new("RGB", sheet_size(rows, len(columns), side, titled, captioned, gap), "white")
+    pen, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    top = PAD + titled * HEADER
+    for c, column in enumerate(columns):
+        x = PAD + c * (side + PAD) + (gap if c else 0)
+        if column.group and (c == 0 or columns[c - 1].group != column.group):
+            pen.text((x, 2), column.group, fill="black", font=font)  # spans the group's columns
+        if column.title:
+            pen.text((x, 14), column.title[:16], fill="black", font=font)
+        captions = column.captions or [""] * rows
+        for r, (picture_tile, text) in enumerate(zip(column.tiles, captions, strict=True)):
+            y = top + r * (side + captioned * CAPTION + PAD)
+            picture.paste(picture_tile, (x, y))
+            if text:
+                pen.text((x + 1, y + side + 1), text, fill="black", font=font)
+    return picture
+
+
+def save_png(picture: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
