@@ -145,3 +145,20 @@ def test_views_is_one_or_two():
 
     with pytest.raises(UserError, match="recon.views must be one of 1, 2"):
         load_config("fmnist-mocov3-repre", ["recon.views=true"])
+
+
+def test_recon_eval_gives_what_the_patch_statistics_alone_score(monkeypatch):
+    """With norm_pix the reconstructions borrow each patch's mean and std from the image: a decoder that
+    outputs zeros scores exactly `psnr_patch_means_db`, the floor the reported PSNR is read against."""
+    from repre.core.runtime import setup_runtime
+    from repre.eval.recon import recon_eval
+
+    cfg = tiny_config("recon.norm_pix=true", "eval.recon.subset=8")
+    model, rt = build_model(cfg), setup_runtime(cfg.train)
+    decoded = recon_eval(model, cfg, rt, None)
+    assert decoded["extra"]["psnr_patch_means_db"] > 0 and decoded["value"] != decoded["extra"]["psnr_patch_means_db"]
+    monkeypatch.setattr(model, "reconstruct", lambda maps, size: torch.zeros(len(maps[0]), 3, *size))
+    zeros = recon_eval(model, cfg, rt, None)
+    assert zeros["value"] == pytest.approx(zeros["extra"]["psnr_patch_means_db"], abs=1e-4)
+    raw = tiny_config("recon.norm_pix=false", "eval.recon.subset=8")
+    assert "psnr_patch_means_db" not in recon_eval(build_model(raw), raw, rt, None)["extra"]

@@ -86,7 +86,8 @@ class AugConfig:
     grayscale_prob: float = 0.2  # probability of converting a view to grayscale
     # Gaussian blur probability per view: [global 1, global 2] or [global 1, global 2, local]
     blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])
-    # range of the blur's sigma, in pixels at 224 px (scaled with the view's size)
+    # range of the blur's sigma, in pixels of the view, not scaled with its size (ImageNet's at 224 px; the
+    # Fashion-MNIST presets set a smaller one)
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     # solarization probability per view, as blur_prob
     solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
@@ -235,7 +236,9 @@ class TrainConfig:
     max_steps: int = 0  # > 0 wins over epochs; schedules span the actual total
     lr: float = 1.5e-4  # base lr for a batch of 256; the run uses lr * batch_size / 256
     min_lr: float = 0.0  # the lr at the end of the cosine
-    weight_decay: float = 0.1  # AdamW's decoupled weight decay (biases, norms and tokens excluded)
+    # AdamW's decoupled weight decay: MoCo v3 decays every parameter, DINO and MoBY all but biases and norms
+    # (their official rules)
+    weight_decay: float = 0.1
     warmup_steps: int = 0  # > 0 wins over warmup_fraction
     warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
     warmup_lr: float = 0.0  # the lr at the start of the warm-up (absolute, as min_lr; MoBY's recipe: 5e-7 per 512)

@@ -99,7 +99,9 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
         b = loaded(x)
     diff = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
     if diff > 1e-5:
-        raise UserError(f"the loaded export's features differ from the checkpoint's by {diff:.2e}")
+        raise UserError(f"the loaded export's features differ from the checkpoint's by {diff:.2e} (relative), so "
+                        f"nothing was written: the installed timm builds {card['arch']} otherwise than the "
+                        f"training did; export with the timm version of the training{old_timm_hint()}")
     return diff
 
 

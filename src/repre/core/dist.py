@@ -132,11 +132,3 @@ def gather_objects(obj: Any) -> list[Any]:
     dist.all_gather_object(out, obj)
     return out
 
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every process."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -59,7 +59,8 @@ class FashionMNIST:
         except (OSError, EOFError) as exc:
             raise UserError(f"cannot read Fashion-MNIST in {folder}: {exc}; reinstall the files") from None
         if len(self.images) != len(self.labels):
-            raise UserError(f"Fashion-MNIST in {folder}: {len(self.images)} images but {len(self.labels)} labels")
+            raise UserError(f"Fashion-MNIST in {folder}: {len(self.images)} images but {len(self.labels)} labels; "
+                            "the images and labels files come from different sets: reinstall the four files")
         self.num_classes = len(CLASSES)
 
     def __len__(self) -> int:

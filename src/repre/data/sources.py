@@ -105,7 +105,8 @@ def first_readable(source: ImageSource, index: int, read):
             return read((index + skipped) % n), skipped
         except UnreadableImage as exc:
             log.warning("skipping unreadable image (replaced by the next one): %s", exc)
-    raise UserError("no image in the dataset could be read")
+    raise UserError(f"none of the {n} images of the dataset could be read (each is named in a warning above): "
+                    "check data.root and data.name, and that the files are images PIL can open")
 
 
 def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:

@@ -65,7 +65,8 @@ def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay:
 
 
 def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
-    """Fine-tune a copy of the encoder with a new head on the train split; report test top-1."""
+    """Fine-tune the encoder's timm model in place, with a new head, on the train split; report test top-1. The
+    encoder is changed: a caller that keeps it passes a copy (`evaluate` builds one from the checkpoint)."""
     e = cfg.eval
     source = eval_source(cfg, "train")
     classes = source.num_classes

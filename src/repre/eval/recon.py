@@ -71,25 +71,40 @@ def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Pa
 @torch.no_grad()
 def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> dict[str, Any]:
     """PSNR (dB) and L1 of the reconstructions of held-out images (test split, no augmentation), in [0, 1]
-    pixel space; `out/recon.png`: inputs, reconstructions and error maps (|error| x 4, clipped)."""
+    pixel space; `out/recon.png`: inputs, reconstructions and error maps (|error| x 4, clipped). With
+    recon.norm_pix the reconstructions take each patch's mean and std from the image itself (as MAE's
+    pictures do), so `extra["psnr_patch_means_db"]` gives what those statistics alone score: the image of its
+    patch means, the reconstruction of a decoder that outputs zeros."""
     if not isinstance(model, RePre):
         raise UserError("this checkpoint has no decoder (pre-trained with recon.enabled=false): nothing to evaluate")
     loader = eval_loader(cfg, "test", cfg.eval.recon.subset)
     mean, std = loader.dataset.mean, loader.dataset.std
+    branch = model.branch
     model.eval()
-    psnr, l1, shown = [], [], None
+    psnr, l1, floor, shown = [], [], [], None
     for x, _ in loader:
         x = x.to(rt.device)
         a, b = denormalize(x.float(), mean, std), denormalize(reconstruct(model, x, rt), mean, std)
-        mse = (a - b).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
-        psnr.append(10 * torch.log10(1.0 / mse).cpu())
+        psnr.append(batch_psnr(a, b))
         l1.append((a - b).abs().mean(dim=(1, 2, 3)).cpu())
+        if branch.norm_pix:
+            means = to_pixel_space(torch.zeros_like(x, dtype=torch.float32), x, True, branch.patch_size,
+                                   branch.norm_pix_floor)
+            floor.append(batch_psnr(a, denormalize(means, mean, std)))
         if shown is None:
             k = min(cfg.eval.recon.images, len(x))
             err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * 4).clamp(0, 1).expand(-1, 3, -1, -1)
             shown = [a[:k], b[:k], err]
     extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}
+    if floor:
+        extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
         save_grid(shown, out / "recon.png")
         extra["picture"] = str(out / "recon.png")
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
+
+
+def batch_psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Images a, b [N, C, H, W] in [0, 1] -> the PSNR (dB) of each pair [N], on the CPU."""
+    mse = (a - b).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return (10 * torch.log10(1.0 / mse)).cpu()

@@ -90,16 +90,13 @@ class Method(nn.Module):
             for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True):
                 p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
 
-    # which parameters skip weight decay: biases and norm parameters (1-D), and names containing any of
-    # `no_decay_names`; by default none (MoCo v3's official ViT recipe decays all)
+    # whether biases and norm parameters (1-D) skip weight decay; by default they do not (MoCo v3's official
+    # ViT recipe decays all)
     no_decay_1d: bool = False
-    no_decay_names: tuple[str, ...] = ()
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
-        """Whether weight decay applies to a parameter (the class's `no_decay_1d` and `no_decay_names`)."""
-        if self.no_decay_1d and (name.endswith(".bias") or param.ndim == 1):
-            return False
-        return not any(n in name for n in self.no_decay_names)
+        """Whether weight decay applies to a parameter (all, or all but biases and 1-D ones: `no_decay_1d`)."""
+        return not (self.no_decay_1d and (name.endswith(".bias") or param.ndim == 1))
 
     def param_groups(self, weight_decay: float, module: nn.Module | None = None) -> list[dict]:
         """AdamW groups for the trainable parameters of `module` (default: this method), split by `decays`.

@@ -51,7 +51,8 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """x: [B, 3, H, W] -> (pooled [B, D], maps: list of [B, D, H/p, W/p], one per requested tap)."""
+    """x: [B, 3, H, W] -> (pooled [B, D], maps: one [B, C_i, H/s_i, W/s_i] per requested tap i). A ViT's taps
+    all have C_i = D and s_i = p, its patch size; a Swin's follow its stages (`unit_channels`, `unit_strides`)."""
 
     def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm", model: nn.Module | None = None) -> None:
         """`init`: "timm", or "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`). `model`: an
