@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL decodes everything when it is gone
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -26,7 +26,6 @@ from repre.errors import UserError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, replaced and counted
 
 
 class UnreadableImage(Exception):
