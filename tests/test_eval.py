@@ -60,3 +60,25 @@ def test_eval_knn_on_val_through_the_cli(tiny_run):
                             "--set", "eval.val_size=16"])
     result = last_json(stdout)
     assert code == 0 and result["extra"]["queries"] == 16 and result["extra"]["bank"] == 64 - 16
+
+
+def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path):
+    """Shards without labels: k-NN, both linear probes and fine-tuning exit 2 naming what they need."""
+    import pytest
+
+    from conftest import tiny_config, write_shards
+    from repre.core.runtime import setup_runtime
+    from repre.errors import UserError
+    from repre.eval import encoder_tasks
+    from repre.eval.lincls import probe_source
+    from repre.models.backbone import Backbone
+
+    for split in ("train", "val"):
+        write_shards(tmp_path / split, shards=1, per_shard=4, labels=False)
+    cfg = tiny_config("data.name=shards", f"data.root={tmp_path}", "data.image_size=16")
+    encoder, rt = Backbone(cfg.model.arch, cfg.model.kwargs), setup_runtime(cfg.train)
+    for task, what in (("knn", "k-NN"), ("linear", "the linear probe"), ("finetune", "fine-tuning")):
+        with pytest.raises(UserError, match=f"^{what} needs labels"):
+            encoder_tasks()[task](encoder, cfg, rt)
+    with pytest.raises(UserError, match="^the linear probe needs labels"):
+        probe_source(cfg)

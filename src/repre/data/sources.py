@@ -167,6 +167,13 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+def labelled(source: ImageSource, task: str) -> int:
+    """The number of classes of `source`; exit 2 saying that `task` needs labels when it has none."""
+    if not source.num_classes:
+        raise UserError(f"{task} needs labels: use a folder with class sub-folders in train/ and val/")
+    return source.num_classes
+
+
 def eval_source(cfg: Config, split: str) -> ImageSource:
     """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
     sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""

@@ -17,8 +17,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import FirstN, eval_source
-from repre.errors import UserError
+from repre.data.sources import FirstN, eval_source, labelled
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
 from repre.models.attention import training_attention
@@ -69,9 +68,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     encoder is changed: a caller that keeps it passes a copy (`evaluate` builds one from the checkpoint)."""
     e = cfg.eval
     source = eval_source(cfg, "train")
-    classes = source.num_classes
-    if not classes:
-        raise UserError("fine-tuning needs labels: use a folder with class sub-folders in train/ and val/")
+    classes = labelled(source, "fine-tuning")
     if e.finetune.train_subset:
         source = FirstN(source, e.finetune.train_subset)
     model = encoder.model

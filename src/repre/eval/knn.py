@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
+from repre.data.sources import labelled
 from repre.errors import UserError
 from repre.eval.features import pooled_embeddings
 from repre.models.backbone import Backbone
@@ -46,9 +47,7 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     e = cfg.eval
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
-    classes = train.dataset.source.num_classes
-    if not classes:
-        raise UserError("k-NN needs labels: use a folder with class sub-folders in train/ and val/")
+    classes = labelled(train.dataset.source, "k-NN")
     bank, bank_y = extract_features(encoder, train, rt)
     queries, query_y = extract_features(encoder, test, rt)
     pred = knn_predict(bank, bank_y, queries, e.knn.k, e.knn.temperature, classes)

@@ -31,7 +31,7 @@ from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.core.schedules import warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import FirstN, ImageSource, eval_source
+from repre.data.sources import FirstN, ImageSource, eval_source, labelled
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.protocols import Protocol
@@ -130,11 +130,10 @@ def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: di
     dist.barrier()
 
 
-def train_source(cfg: Config) -> ImageSource:
+def probe_source(cfg: Config) -> ImageSource:
     """The labelled train split of the probe (its first eval.linear.train_subset images)."""
     source = eval_source(cfg, "train")
-    if not source.num_classes:
-        raise UserError("the linear probe needs labels: use a folder with class sub-folders in train/ and val/")
+    labelled(source, "the linear probe")
     return FirstN(source, cfg.eval.linear.train_subset) if cfg.eval.linear.train_subset else source
 
 
@@ -150,7 +149,7 @@ def check_batch(batch: int, images: int) -> None:
 
 def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol, out: Path | None) -> dict[str, Any]:
     """Train the protocol's head on the train split, resuming from `out` (None: no checkpoint); report test top-1."""
-    source = train_source(cfg)
+    source = probe_source(cfg)
     check_batch(protocol.batch_size, len(source))
     steps = len(source) // protocol.batch_size
     dim = feature_dim(encoder, protocol.features, protocol.blocks)

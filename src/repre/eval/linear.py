@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.errors import UserError
+from repre.data.sources import labelled
 from repre.eval.features import frozen_outputs
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
@@ -81,9 +81,7 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) 
     probe's test top-1."""
     e = cfg.eval.linear
     train, test = eval_loader(cfg, "train", e.train_subset), eval_loader(cfg, "test", e.test_subset)
-    classes = train.dataset.source.num_classes
-    if not classes:
-        raise UserError("the linear probe needs labels: use a folder with class sub-folders in train/ and val/")
+    classes = labelled(train.dataset.source, "the linear probe")
     xtr, ytr = block_features(encoder, train, rt, protocol.features, protocol.blocks)
     xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks)
     rows = sweep(xtr, ytr, classes, cfg, protocol)
