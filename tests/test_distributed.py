@@ -49,7 +49,8 @@ def final_model(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name,extra", [
-    ("mocov3", ["train.max_steps=5"]),
+    # with the loss-balance diagnostics (every preset measures them): their extra gradients leave DDP's alone
+    ("mocov3", ["train.max_steps=5", "train.diagnose_every=2"]),
     # clean targets, reconstructed from one view: 3 images a process, so the second's first image is odd and
     # its second view is the one reconstructed
     ("mocov3-clean-one-view", ["train.max_steps=3", "recon.target=clean", "recon.norm_pix_floor=0.01", "recon.views=1",
@@ -64,6 +65,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extr
     run(one, 1, extra)
     done = run(two, 2, extra)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    if "train.diagnose_every=2" in extra:
+        assert "diag_grad_cosine" in (two / "metrics.jsonl").read_text()
     a, b = ckpt_io.load(one / "checkpoints" / "last.pt"), ckpt_io.load(two / "checkpoints" / "last.pt")
     # the gradients' running averages (what DDP averages), not the weights: Adam turns the rounding noise of
     # gradients that are zero in exact arithmetic (the attention key bias, a norm bias before batch norm) into
