@@ -119,6 +119,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # DINO at batch 32 with the MoCo v3 preset's larger lr and longer warm-up (together they lifted MoCo v3)
     "lr2e-3-warm0.2": ("baseline", ["train.lr=2e-3", "train.warmup_fraction=0.2"], "base"),
     "lr4e-3-warm0.2": ("baseline", ["train.lr=4e-3", "train.warmup_fraction=0.2"], "base"),
+    "m0.97-warm0.2": ("baseline", ["method.momentum=0.97", "train.warmup_fraction=0.2"], "base"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
