@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from repre.config import Config
 from repre.core.checkpoint_io import run_dir
 from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.runtime import Runtime, setup_runtime
@@ -26,7 +27,7 @@ from repre.data.evaluation import eval_loader
 from repre.data.sources import pretraining_stats
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
-from repre.eval import load_checkpoint_config, load_model
+from repre.eval import load_checkpoint_config, model_from
 from repre.eval.recon import reconstruct
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
@@ -86,11 +87,13 @@ class Panels:
     recon: torch.Tensor | None
 
 
-def panels(checkpoint: str | Path, images: torch.Tensor, overrides: list[str], rt: Runtime) -> Panels:
+def panels(checkpoint: str | Path, images: torch.Tensor, overrides: list[str], rt: Runtime,
+           loaded: tuple[dict, Config] | None = None) -> Panels:
     """uint8-range images [B, 3, S, S] in [0, 1] -> the pictures of `checkpoint`'s evaluated encoder (and its
-    decoder's reconstruction when it has one), each computed at the checkpoint's own input size and stats."""
-    model, cfg = load_model(checkpoint, overrides)
-    model.eval().to(rt.device)
+    decoder's reconstruction when it has one), each computed at the checkpoint's own input size and stats.
+    `loaded`: the checkpoint and its config when already read."""
+    ckpt, cfg = loaded or load_checkpoint_config(checkpoint, overrides)
+    model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
     encoder = getattr(model.method, eval_encoder_key(cfg.method.name))
     mean, std = pretraining_stats(cfg.data)
     size = cfg.data.image_size
@@ -107,10 +110,9 @@ def panels(checkpoint: str | Path, images: torch.Tensor, overrides: list[str], r
 
 
 
-def first_images(checkpoint: str | Path, overrides: list[str], n: int) -> tuple[torch.Tensor, list[int]]:
-    """The first `n` test images of the checkpoint's data (with `overrides`), resized and centre-cropped as
-    for evaluation: ([n, 3, S, S] in [0, 1], labels)."""
-    _, cfg = load_checkpoint_config(checkpoint, overrides)
+def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int]]:
+    """The first `n` test images of the config's data, resized and centre-cropped as for evaluation:
+    ([n, 3, S, S] in [0, 1], labels)."""
     loader = eval_loader(cfg, "test", n)
     x, labels = next(iter(loader))
     mean, std = loader.dataset.mean, loader.dataset.std
@@ -142,9 +144,10 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     overrides = list(overrides or [])
     if images < 1:
         raise UserError(f"--images {images}: show at least one image")
-    pixels, labels = first_images(checkpoint, overrides, images)
-    rt = setup_runtime(load_checkpoint_config(checkpoint, overrides)[1].train)
-    runs = [panels(checkpoint, pixels, overrides, rt)]
+    loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
+    pixels, labels = first_images(loaded[1], images)
+    rt = setup_runtime(loaded[1].train)
+    runs = [panels(checkpoint, pixels, overrides, rt, loaded)]
     if compare is not None:
         runs.append(panels(compare, pixels, [], rt))
         if runs[0].name == runs[1].name:
