@@ -78,8 +78,9 @@ class LossTrend(Callback):
 
 
 class CollapseWatch(Callback):
-    """One warning a run: embeddings collapsing to a point, or (DINO, after the warm-up) a teacher whose
-    outputs are near uniform over its `out_dim` prototypes."""
+    """One warning a run, after its first 10% (a fresh encoder's features may be anisotropic, a fresh teacher's
+    outputs near uniform): embeddings collapsing to a point, or (DINO) a teacher whose outputs are near uniform
+    over its `out_dim` prototypes (entropy above 95% of the uniform's)."""
 
     def __init__(self, out_dim: int | None) -> None:
         """`out_dim`: DINO's prototypes (None: no teacher entropy to watch)."""
