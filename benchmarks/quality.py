@@ -90,6 +90,7 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "b128": ("baseline", ["train.batch_size=128", "train.max_steps=400"], "base"),
     "b64": ("baseline", ["train.batch_size=64", "train.max_steps=800"], "base"),
     "b32": ("baseline", ["train.batch_size=32", "train.max_steps=1600"], "base"),
+    "b16": ("baseline", ["train.batch_size=16", "train.max_steps=3200"], "base"),  # DINO: the trend of b256 to b32
     "lr-x0.5": ("baseline", ["train.lr=5e-4"], "base"),
     "lr-x1.5": ("baseline", ["train.lr=1.5e-3"], "base"),
     "warm0.05": ("baseline", ["train.warmup_fraction=0.05"], "base"),
