@@ -87,12 +87,11 @@ class Panels:
     recon: torch.Tensor | None
 
 
-def panels(checkpoint: str | Path, images: torch.Tensor, overrides: list[str], rt: Runtime,
-           loaded: tuple[dict, Config] | None = None) -> Panels:
+def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Tensor, rt: Runtime) -> Panels:
     """uint8-range images [B, 3, S, S] in [0, 1] -> the pictures of `checkpoint`'s evaluated encoder (and its
     decoder's reconstruction when it has one), each computed at the checkpoint's own input size and stats.
-    `loaded`: the checkpoint and its config when already read."""
-    ckpt, cfg = loaded or load_checkpoint_config(checkpoint, overrides)
+    `loaded`: the checkpoint, read, and its config (`load_checkpoint_config`)."""
+    ckpt, cfg = loaded
     model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
     encoder = getattr(model.method, eval_encoder_key(cfg.method.name))
     mean, std = pretraining_stats(cfg.data)
@@ -147,9 +146,9 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
     pixels, labels = first_images(loaded[1], images)
     rt = setup_runtime(loaded[1].train)
-    runs = [panels(checkpoint, pixels, overrides, rt, loaded)]
+    runs = [panels(checkpoint, loaded, pixels, rt)]
     if compare is not None:
-        runs.append(panels(compare, pixels, [], rt))
+        runs.append(panels(compare, load_checkpoint_config(compare), pixels, rt))
         if runs[0].name == runs[1].name:
             runs[0].name, runs[1].name = "first", "second"
     cols = columns(pixels, runs)
