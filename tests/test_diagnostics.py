@@ -1,4 +1,6 @@
+import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -47,3 +49,36 @@ def test_collapse_watch_bounds_the_teacher_entropy_by_the_prototypes(preset, pro
     cfg = load_config(preset)
     (watch,) = [c for c in engine_callbacks(cfg, build_model(cfg).method) if isinstance(c, CollapseWatch)]
     assert watch.uniform == (pytest.approx(math.log(prototypes)) if prototypes else math.inf)
+
+
+def watch_lines(entropies: list[float], every: int = 10, total: int = 1600) -> list[str]:
+    """The warnings of a DINO watch (K = 1024: the line at 6.585 nats) fed one train line every `every` steps."""
+    watch, trainer = CollapseWatch(1024), SimpleNamespace(state=SimpleNamespace(step=0), total=total)
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("repre").addHandler(handler)
+    try:
+        for i, entropy in enumerate(entropies, start=1):
+            trainer.state.step = i * every
+            watch.on_log(trainer, {"embedding_std": 0.6, "teacher_entropy": entropy})
+    finally:
+        logging.getLogger("repre").removeHandler(handler)
+    return warnings
+
+
+def test_collapse_watch_ignores_one_line_over_the_line():
+    # the DINO preset on validation seed 1 (steps 160-260): one 10-step window at 6.60, then trains on
+    healthy = [6.0] * 15 + [6.25, 6.45, 6.50, 6.55, 6.60, 6.57, 6.54, 6.58, 6.51, 6.53] + [6.3] * 100
+    assert watch_lines(healthy) == []
+    assert watch_lines([6.0] * 20 + [6.6, 6.4] * 50) == []  # every other line: never lasting
+
+
+def test_collapse_watch_warns_once_when_the_teacher_stays_uniform():
+    # a sharper teacher's run (validation seed 1): near 6.93 from step 270 on
+    collapsed = [6.0] * 26 + [6.9] * 100
+    (warning,) = watch_lines(collapsed)
+    # 5% of 1,600 steps = 80 steps after the first line over the line (step 270)
+    assert "step 350" in warning and "since step 270" in warning and "teacher_entropy 6.90" in warning
+    # a short run: two lines suffice
+    assert len(watch_lines([6.9] * 5, every=10, total=20)) == 1

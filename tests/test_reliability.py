@@ -229,7 +229,8 @@ def test_collapse_warning_is_logged(tmp_path, repre_log, monkeypatch):
     from repre.methods import base
 
     monkeypatch.setattr(base, "embedding_std", lambda z: torch.tensor(0.01))
-    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=4", "train.num_workers=0"), tmp_path / "run")
+    # train lines at steps 4 and 8: a sign that lasts two lines
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=8", "train.num_workers=0"), tmp_path / "run")
     trainer.fit()
     assert "collapsing" in repre_log.text
 

@@ -78,29 +78,44 @@ class LossTrend(Callback):
 
 
 class CollapseWatch(Callback):
-    """One warning a run, after its first 10% (a fresh encoder's features may be anisotropic, a fresh teacher's
-    outputs near uniform): embeddings collapsing to a point, or (DINO) a teacher whose outputs are near uniform
-    over its `out_dim` prototypes (entropy above 95% of the uniform's)."""
+    """One warning a run when a sign of collapse lasts: embeddings collapsing to a point, or (DINO) a teacher
+    whose outputs are near uniform over its `out_dim` prototypes (entropy above 95% of the uniform's), in every
+    train line over `LASTING` of the run's steps (at least two lines), counted after the first 10% of the run
+    (a fresh encoder's features may be anisotropic, a fresh teacher's outputs near uniform).
+
+    Why lasting: the Fashion-MNIST DINO preset's teacher brushes the line for one 10-step window near step 200
+    and trains well; a teacher that collapses to uniform stays there for hundreds of steps (docs/results.md)."""
+
+    LASTING = 0.05
 
     def __init__(self, out_dim: int | None) -> None:
         """`out_dim`: DINO's prototypes (None: no teacher entropy to watch)."""
         self.uniform = math.log(max(out_dim, 2)) if out_dim else math.inf
         self.warned = False
+        self.since: int | None = None  # the step of the first line of the current run of lines with a sign
+
+    def sign(self, values: dict[str, float]) -> str | None:
+        """What in one train line's values looks like collapse (None: nothing)."""
+        if values.get("embedding_std", 1.0) < COLLAPSE_STD:
+            return (f"embedding_std {values['embedding_std']:.3f} (about 1 when healthy, 0 when every image maps "
+                    "to one point)")
+        if values.get("teacher_entropy", 0.0) > 0.95 * self.uniform:
+            return f"teacher_entropy {values['teacher_entropy']:.2f} of at most {self.uniform:.2f} (uniform outputs)"
+        return None
 
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
         step = trainer.state.step
-        if self.warned or step <= 0.1 * trainer.total:  # a fresh encoder's features may be anisotropic
+        if self.warned or step <= 0.1 * trainer.total:
             return
-        why = None
-        if values.get("embedding_std", 1.0) < COLLAPSE_STD:
-            why = (f"embedding_std {values['embedding_std']:.3f} (about 1 when healthy, 0 when every image maps to "
-                   "one point)")
-        if values.get("teacher_entropy", 0.0) > 0.95 * self.uniform:
-            why = f"teacher_entropy {values['teacher_entropy']:.2f} of at most {self.uniform:.2f} (uniform outputs)"
-        if why:
+        why = self.sign(values)
+        if why is None:
+            self.since = None
+            return
+        self.since = step if self.since is None else self.since
+        if step - self.since >= max(self.LASTING * trainer.total, 1):
             self.warned = True
-            log.warning("step %d: %s: the run is collapsing; check the lr, the temperatures (DINO: teacher_temp, "
-                        "center_momentum) and the EMA momentum", step, why)
+            log.warning("step %d: %s, and so since step %d: the run is collapsing; check the lr, the temperatures "
+                        "(DINO: teacher_temp, center_momentum) and the EMA momentum", step, why, self.since)
 
 
 def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
