@@ -127,6 +127,7 @@ def test_every_numeric_field_has_a_range():
     ("method.temperature=0.1", "method.dino.student_temp"),
     ("method.mlp_dim=2048", "method.dino.hidden_dim"),
     ("method.queue_size=1024", "method.moby.queue_size"),
+    ("train.warmup_steps=40", "train.warmup_fraction"),
 ])
 def test_an_old_key_names_its_new_one(setting, new, tmp_path):
     """Keys of an older repre, in --set or in a YAML file, fail with the key to write instead."""
@@ -154,3 +155,16 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
     assert (e.knn.enabled, e.knn.k, e.linear.blocks, e.finetune.lr, e.segment.root, e.recon.images, e.knn.quick_test,
             e.batch_size) == (False, 7, 4, 3e-3, "/seg", 4, 500, 128)
     assert e.knn.train_subset is None  # 0.1.0's 0 meant all images
+
+
+def test_an_older_warm_up_in_steps_keeps_its_length():
+    """train.warmup_steps (removed) becomes the fraction of max_steps that rounds back to the same steps."""
+    from repre.core.schedules import RunSchedules
+
+    old = load_config("fmnist-mocov3-repre").to_dict()
+    old["train"] |= {"warmup_steps": 37, "warmup_fraction": 0.1, "max_steps": 800}
+    lr = RunSchedules.build(config_from_dict(old), 800).lr
+    assert int(lr.argmax()) == 37  # the peak: the first step after a 37-step warm-up
+    old["train"] |= {"max_steps": 0, "epochs": 3}
+    with pytest.raises(UserError, match="warmup_steps=37 with an epoch budget"):
+        config_from_dict(old)

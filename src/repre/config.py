@@ -198,7 +198,7 @@ class ReconConfig:
     enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
     taps: int | list[int] = 4  # n evenly spaced blocks ending with the last, or explicit 0-based block indices
-    loss: Literal["l1", "l2", "smooth_l1"] = "l1"  # the reconstruction loss on pixels
+    loss: Literal["l1", "l2"] = "l1"  # the reconstruction loss on pixels
     # what is reconstructed: view, the encoder's input (after colour jitter, grayscale, blur, solarization);
     # clean, the same crop and flip before that photometric stage (restoring the image, not copying the input)
     target: Literal["view", "clean"] = "view"
@@ -239,7 +239,6 @@ class TrainConfig:
     # AdamW's decoupled weight decay: MoCo v3 decays every parameter, DINO and MoBY all but biases and norms
     # (their official rules)
     weight_decay: float = 0.1
-    warmup_steps: int = 0  # > 0 wins over warmup_fraction
     warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
     warmup_lr: float = 0.0  # the lr at the start of the warm-up (absolute, as min_lr; MoBY's recipe: 5e-7 per 512)
     clip_grad: float = 0.0  # max grad norm; 0 disables clipping (the global norm is still logged)
@@ -270,7 +269,7 @@ class TrainConfig:
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
         "batch_size": ">=2", "epochs": ">=0", "max_steps": ">=0", "lr": ">=0", "min_lr": ">=0", "warmup_lr": ">=0",
-        "weight_decay": ">=0", "warmup_steps": ">=0", "warmup_fraction": "[0,1]", "clip_grad": ">=0",
+        "weight_decay": ">=0", "warmup_fraction": "[0,1]", "clip_grad": ">=0",
         "weight_decay_end": ">=0", "seed": ">=0", "log_every": ">0", "checkpoint_every": ">0",
         "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",
         "num_workers": ">=-1", "diagnose_every": ">=0",
@@ -464,6 +463,8 @@ def renamed_message(key: str) -> str | None:
         return f"config key {key!r} was renamed to {RENAMED[key]!r} in repre 0.2.0"
     if key == "eval.knn":
         return "eval.knn is a section since repre 0.2.0: write eval.knn.enabled=true/false"
+    if key == "train.warmup_steps":
+        return "train.warmup_steps was removed in repre 0.2.0: set train.warmup_fraction (a fraction of the run)"
     return None
 
 
@@ -476,9 +477,16 @@ def _resolved(raw: dict[str, Any]) -> bool:
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     """A resolved config written by an older repre (a checkpoint's, a run's config.yaml) in today's keys: the
-    shared method keys go to the section of the framework that ran. Files people write get `renamed_message`."""
+    shared method keys go to the section of the framework that ran, a warm-up in steps becomes a fraction.
+    Files people write get `renamed_message`."""
     raw = copy.deepcopy(raw)
-    method, evals = raw.get("method") or {}, raw.get("eval") or {}
+    method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
+    warmup_steps = train.pop("warmup_steps", 0)
+    if warmup_steps:  # the same warm-up as a fraction: round(fraction * max_steps) gives the steps back
+        if not train.get("max_steps"):
+            raise UserError(f"this config sets train.warmup_steps={warmup_steps} with an epoch budget; repre "
+                            "0.2.0 has only train.warmup_fraction: load it with repre 0.1 to resume it exactly")
+        train["warmup_fraction"] = warmup_steps / train["max_steps"]
     name = method.get("name", MethodConfig.name)
     for old, targets in RENAMED_METHOD.items():
         if old in method:

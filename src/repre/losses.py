@@ -54,8 +54,6 @@ def reconstruction_loss(
         return F.l1_loss(pred, target)
     if kind == "l2":
         return F.mse_loss(pred, target)
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target)
     raise ValueError(f"unknown reconstruction loss {kind!r}")
 
 

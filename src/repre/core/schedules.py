@@ -48,7 +48,7 @@ class RunSchedules:
     @classmethod
     def build(cls, cfg: Config, total: int) -> RunSchedules:
         t, r = cfg.train, cfg.recon
-        warmup = t.warmup_steps if t.warmup_steps > 0 else round(t.warmup_fraction * total)
+        warmup = round(t.warmup_fraction * total)
         return cls(
             lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup, t.warmup_lr),
             momentum=momentum_schedule(cfg.method.momentum, total),
