@@ -91,6 +91,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "b64": ("baseline", ["train.batch_size=64", "train.max_steps=800"], "base"),
     "b32": ("baseline", ["train.batch_size=32", "train.max_steps=1600"], "base"),
     "b16": ("baseline", ["train.batch_size=16", "train.max_steps=3200"], "base"),  # DINO: the trend of b256 to b32
+    # DINO: the MoCo v3 preset's global crops, (0.25, 1), and local crops below them, (0.05, 0.25)
+    "crops0.25": ("baseline", ["aug.crop_scale=[0.25,1.0]", "aug.local_crop_scale=[0.05,0.25]"], "base"),
     "lr-x0.5": ("baseline", ["train.lr=5e-4"], "base"),
     "lr-x1.5": ("baseline", ["train.lr=1.5e-3"], "base"),
     "warm0.05": ("baseline", ["train.warmup_fraction=0.05"], "base"),
