@@ -20,41 +20,46 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import yaml
+
 from repre.engine.callbacks import CollapseWatch
 
 
-def replay(run: Path) -> dict:
-    from repre.config import load_config
+def finite(line: dict) -> bool:
+    """Whether the trainer gave this train line to its callbacks: every value finite (a window average)."""
+    return all(v is not None and math.isfinite(v) for v in line.values() if not isinstance(v, str))
 
-    cfg = load_config(str(run / "config.yaml"))
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [x for x in lines if x["kind"] == "train"]
-    summary = json.loads((run / "summary.json").read_text())
-    total = summary.get("total_steps") or cfg.train.max_steps
-    out_dim = cfg.method.dino.out_dim if cfg.method.name == "dino" else None
-    watch = CollapseWatch(out_dim)
+
+def replay(run: Path) -> dict:
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    method = raw["method"]
+    out_dim = method.get("dino", {}).get("out_dim", method.get("out_dim")) if method["name"] == "dino" else None
+    train = [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["kind"] == "train"]
+    total = json.loads((run / "summary.json").read_text())["total_steps"]
+    watch = CollapseWatch(out_dim, raw["train"]["log_every"])
     trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=total)
     warned: list[int] = []
     handler = logging.Handler()
     handler.emit = lambda record: warned.append(trainer.state.step)
     logging.getLogger("repre").addHandler(handler)
     try:
-        for line in train:
+        for line in filter(finite, train):
             trainer.state.step = line["step"]
             watch.on_log(trainer, line)
+        watch.on_fit_end(trainer, None, True)
     finally:
         logging.getLogger("repre").removeHandler(handler)
-    late = [x for x in train if x["step"] > 0.1 * total]
-    entropy = [(x["step"], x["teacher_entropy"]) for x in late if "teacher_entropy" in x]
+    late = [x for x in filter(finite, train) if x["step"] > 0.1 * total]
     knn = run / "eval" / "knn" / "result.json"
     report = {"steps": total, "warns_at": warned[0] if warned else None,
               "knn": round(json.loads(knn.read_text())["value"], 4) if knn.is_file() else None,
               "embedding_std_min": round(min(x["embedding_std"] for x in late), 4) if late else None}
-    if entropy:
+    entropy = [(x["step"], x["teacher_entropy"]) for x in late if "teacher_entropy" in x]
+    if entropy and out_dim:
+        line = 0.95 * math.log(out_dim)
         peak = max(entropy, key=lambda x: x[1])
-        report |= {"entropy_line": round(0.95 * math.log(out_dim), 4), "entropy_peak": round(peak[1], 4),
-                   "peak_step": peak[0], "entropy_last": round(entropy[-1][1], 4),
-                   "steps_above_line": [s for s, e in entropy if e > 0.95 * math.log(out_dim)]}
+        report |= {"entropy_line": round(line, 4), "entropy_peak": round(peak[1], 4), "peak_step": peak[0],
+                   "entropy_last": round(entropy[-1][1], 4), "steps_above_line": [s for s, e in entropy if e > line]}
     return report
 
 
@@ -69,7 +74,7 @@ def main() -> None:
         print(f"{run.name:<48} peak {r.get('entropy_peak', '-')!s:<7} above {len(r.get('steps_above_line', []))!s:<4}"
               f"warns {r['warns_at']!s:<6} k-NN {r['knn']}", file=sys.stderr)
     print(json.dumps({"benchmark": "collapse-watch", "date": time.strftime("%Y-%m-%d"),
-                      "lasting": CollapseWatch.LASTING,
+                      "watch": {"share": CollapseWatch.SHARE, "span": CollapseWatch.SPAN, "lines": CollapseWatch.LINES},
                       "runs": runs}, indent=1))
 
 

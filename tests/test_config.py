@@ -157,7 +157,7 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
     assert e.knn.train_subset is None  # 0.1.0's 0 meant all images
 
 
-def test_an_older_warm_up_in_steps_keeps_its_length():
+def test_an_older_warm_up_in_steps_keeps_its_length(repre_log):
     """train.warmup_steps (removed) becomes the fraction of max_steps that rounds back to the same steps."""
     from repre.core.schedules import RunSchedules
 
@@ -166,5 +166,7 @@ def test_an_older_warm_up_in_steps_keeps_its_length():
     lr = RunSchedules.build(config_from_dict(old), 800).lr
     assert int(lr.argmax()) == 37  # the peak: the first step after a 37-step warm-up
     old["train"] |= {"max_steps": 0, "epochs": 3}
-    with pytest.raises(UserError, match="warmup_steps=37 with an epoch budget"):
-        config_from_dict(old)
+    assert config_from_dict(old).train.warmup_fraction == 0.1  # an epoch budget: its fraction, with a warning
+    assert "warm-up of 37 steps" in repre_log.text
+    old["train"] |= {"max_steps": 20, "epochs": 0}
+    assert config_from_dict(old).train.warmup_fraction == 1.0  # longer than the run: the whole run, as before

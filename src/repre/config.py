@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from collections.abc import Callable
@@ -482,11 +483,12 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
     warmup_steps = train.pop("warmup_steps", 0)
-    if warmup_steps:  # the same warm-up as a fraction: round(fraction * max_steps) gives the steps back
-        if not train.get("max_steps"):
-            raise UserError(f"this config sets train.warmup_steps={warmup_steps} with an epoch budget; repre "
-                            "0.2.0 has only train.warmup_fraction: load it with repre 0.1 to resume it exactly")
-        train["warmup_fraction"] = warmup_steps / train["max_steps"]
+    if warmup_steps and train.get("max_steps"):  # the same steps: round(fraction * max_steps) gives them back
+        train["warmup_fraction"] = min(warmup_steps / train["max_steps"], 1.0)
+    elif warmup_steps:  # an epoch budget: the steps a run has depend on its data, unknown here
+        logging.getLogger("repre").warning(
+            "this config's warm-up of %d steps (train.warmup_steps, removed in repre 0.2.0) is read as its "
+            "train.warmup_fraction, %s, which a resumed run trains with", warmup_steps, train.get("warmup_fraction"))
     name = method.get("name", MethodConfig.name)
     for old, targets in RENAMED_METHOD.items():
         if old in method:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repre")
 
-COLLAPSE_STD = 0.1  # embedding_std below this: a collapse warning (once a run)
+COLLAPSE_STD = 0.1  # embedding_std below this: a sign of collapse (`CollapseWatch`)
 
 
 class Callback:
@@ -78,21 +79,26 @@ class LossTrend(Callback):
 
 
 class CollapseWatch(Callback):
-    """One warning a run when a sign of collapse lasts: embeddings collapsing to a point, or (DINO) a teacher
-    whose outputs are near uniform over its `out_dim` prototypes (entropy above 95% of the uniform's), in every
-    train line over `LASTING` of the run's steps (at least two lines), counted after the first 10% of the run
-    (a fresh encoder's features may be anisotropic, a fresh teacher's outputs near uniform).
+    """One warning a run when signs of collapse last: embeddings collapsing to a point (`embedding_std` under
+    `COLLAPSE_STD`), or (DINO) a teacher whose outputs are near uniform over its `out_dim` prototypes (entropy
+    above 95% of the uniform's). It reads the train lines after the first 10% of the run (a fresh encoder's
+    features may be anisotropic, a fresh teacher's outputs near uniform) and warns when `SHARE` of the last n
+    lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run ends on 2 or more such
+    lines in a row. A resumed run counts its lines from the resume on.
 
     Why lasting: the Fashion-MNIST DINO preset's teacher brushes the line for one 10-step window near step 200
     and trains well; a teacher that collapses to uniform stays there for hundreds of steps (docs/results.md)."""
 
-    LASTING = 0.05
+    SHARE, SPAN, LINES = 0.8, 0.05, (2, 20)
 
-    def __init__(self, out_dim: int | None) -> None:
-        """`out_dim`: DINO's prototypes (None: no teacher entropy to watch)."""
+    def __init__(self, out_dim: int | None, log_every: int) -> None:
+        """`out_dim`: DINO's prototypes (None: no teacher entropy to watch); `log_every`: steps a train line."""
         self.uniform = math.log(max(out_dim, 2)) if out_dim else math.inf
+        self.log_every = log_every
+        self.recent: deque[bool] | None = None  # whether each of the last n lines shows a sign
+        self.why = ""  # the latest sign
+        self.in_a_row = 0  # the lines up to the latest that show a sign
         self.warned = False
-        self.since: int | None = None  # the step of the first line of the current run of lines with a sign
 
     def sign(self, values: dict[str, float]) -> str | None:
         """What in one train line's values looks like collapse (None: nothing)."""
@@ -104,18 +110,28 @@ class CollapseWatch(Callback):
         return None
 
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
-        step = trainer.state.step
-        if self.warned or step <= 0.1 * trainer.total:
+        if self.warned or trainer.state.step <= 0.1 * trainer.total:
             return
+        if self.recent is None:
+            lines = round(self.SPAN * trainer.total / self.log_every)
+            self.recent = deque(maxlen=min(max(lines, self.LINES[0]), self.LINES[1]))
         why = self.sign(values)
-        if why is None:
-            self.since = None
-            return
-        self.since = step if self.since is None else self.since
-        if step - self.since >= max(self.LASTING * trainer.total, 1):
-            self.warned = True
-            log.warning("step %d: %s, and so since step %d: the run is collapsing; check the lr, the temperatures "
-                        "(DINO: teacher_temp, center_momentum) and the EMA momentum", step, why, self.since)
+        self.recent.append(why is not None)
+        self.in_a_row = self.in_a_row + 1 if why else 0
+        self.why = why or self.why
+        n = self.recent.maxlen or 0
+        if len(self.recent) == n and sum(self.recent) >= self.SHARE * n:
+            self.warn(trainer.state.step, f"in {sum(self.recent)} of the last {n} train lines")
+
+    def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
+        if not self.warned and self.in_a_row >= 2:  # a collapse in the run's last lines
+            self.warn(trainer.state.step, f"in the run's last {self.in_a_row} train lines")
+        return {}
+
+    def warn(self, step: int, where: str) -> None:
+        self.warned = True
+        log.warning("step %d: %s, %s: the run is collapsing; check the lr, the temperatures (DINO: teacher_temp, "
+                    "center_momentum) and the EMA momentum", step, self.why, where)
 
 
 def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
@@ -127,4 +143,4 @@ def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
             monitors.append(LossBalance(cfg.train.diagnose_every))
         if method.loss_tracks_fit:
             monitors.append(LossTrend())
-    return [*monitors, CollapseWatch(method.prototypes)]
+    return [*monitors, CollapseWatch(method.prototypes, cfg.train.log_every)]
