@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -38,20 +37,13 @@ def replay(run: Path) -> dict:
     total = json.loads((run / "summary.json").read_text())["total_steps"]
     watch = CollapseWatch(out_dim, raw["train"]["log_every"])
     trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=total)
-    warned: list[int] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: warned.append(trainer.state.step)
-    logging.getLogger("repre").addHandler(handler)
-    try:
-        for line in filter(finite, train):
-            trainer.state.step = line["step"]
-            watch.on_log(trainer, line)
-        watch.on_fit_end(trainer, None, True)
-    finally:
-        logging.getLogger("repre").removeHandler(handler)
+    for line in filter(finite, train):
+        trainer.state.step = line["step"]
+        watch.on_log(trainer, line)
+    watch.on_fit_end(trainer, None, True)
     late = [x for x in filter(finite, train) if x["step"] > 0.1 * total]
     knn = run / "eval" / "knn" / "result.json"
-    report = {"steps": total, "warns_at": warned[0] if warned else None,
+    report = {"steps": total, "warns_at": watch.warned_at,
               "knn": round(json.loads(knn.read_text())["value"], 4) if knn.is_file() else None,
               "embedding_std_min": round(min(x["embedding_std"] for x in late), 4) if late else None}
     entropy = [(x["step"], x["teacher_entropy"]) for x in late if "teacher_entropy" in x]

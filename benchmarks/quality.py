@@ -123,9 +123,9 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # faster teacher
     "lr2e-3-warm0.2": ("baseline", ["train.lr=2e-3", "train.warmup_fraction=0.2"], "base"),
     "m0.97-warm0.2": ("baseline", ["method.momentum=0.97", "train.warmup_fraction=0.2"], "base"),
-    # DINO's teacher-temperature warm-up (0.04 -> 0.07 gained, but its teacher stayed near uniform) to 0.055 only
     # a sharper teacher from the start (preset 0.04): its entropy peaks higher, and the watch warns (results)
     "tt0.03": ("baseline", ["method.dino.teacher_temp=0.03", "method.dino.warmup_teacher_temp=0.03"], "base"),
+    # DINO's teacher-temperature warm-up (0.04 -> 0.07 gained, but its teacher stayed near uniform) to 0.055 only
     "tt-warm0.055": ("baseline", ["method.dino.teacher_temp=0.055", "method.dino.warmup_teacher_temp_fraction=0.3"],
                      "base"),
 }

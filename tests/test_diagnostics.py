@@ -51,49 +51,44 @@ def test_collapse_watch_bounds_the_teacher_entropy_by_the_prototypes(preset, pro
     assert watch.uniform == (pytest.approx(math.log(prototypes)) if prototypes else math.inf)
 
 
-def watch_lines(lines: list[float], every: int = 10, total: int = 1600, out_dim: int | None = 1024) -> list[str]:
-    """The warnings of a watch fed one train line every `every` steps, then the run's end: each value is DINO's
-    teacher entropy (K = 1024: its line is 6.585 nats) or, with `out_dim=None`, MoCo v3's embedding_std."""
+def watch_lines(log, lines: list[float], every: int = 10, total: int = 1600, out_dim: int | None = 1024) -> list[str]:
+    """The warnings (`log`: the repre_log fixture) of a watch fed one train line every `every` steps, then the
+    run's end: each value is DINO's teacher entropy (K = 1024: its line is 6.585 nats) or, with
+    `out_dim=None`, MoCo v3's embedding_std."""
+    log.clear()
     watch = CollapseWatch(out_dim, every)
     trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=total)
-    warnings = []
-    handler = logging.Handler()
-    handler.emit = lambda record: warnings.append(record.getMessage())
-    logging.getLogger("repre").addHandler(handler)
-    try:
-        for i, value in enumerate(lines, start=1):
-            trainer.state.step = i * every
-            key = "teacher_entropy" if out_dim else "embedding_std"
-            watch.on_log(trainer, {"embedding_std": 0.6, key: value})
-        watch.on_fit_end(trainer, None, True)
-    finally:
-        logging.getLogger("repre").removeHandler(handler)
-    return warnings
+    key = "teacher_entropy" if out_dim else "embedding_std"
+    for i, value in enumerate(lines, start=1):
+        trainer.state.step = i * every
+        watch.on_log(trainer, {"embedding_std": 0.6, key: value})
+    watch.on_fit_end(trainer, None, True)
+    return [r.getMessage() for r in log.records if r.levelno == logging.WARNING]
 
 
-def test_collapse_watch_ignores_one_line_over_the_line():
+def test_collapse_watch_ignores_one_line_over_the_line(repre_log):
     # the DINO preset on validation seed 1 (steps 160-260): one 10-step window at 6.60, then trains on
     healthy = [6.0] * 15 + [6.25, 6.45, 6.50, 6.55, 6.60, 6.57, 6.54, 6.58, 6.51, 6.53] + [6.3] * 135
-    assert watch_lines(healthy) == []
-    assert watch_lines([6.0] * 20 + [6.6, 6.4] * 70) == []  # every other line: half the window
-    assert watch_lines([6.9, 6.0], total=20) == []  # a short run: one line of two
+    assert watch_lines(repre_log, healthy) == []
+    assert watch_lines(repre_log, [6.0] * 20 + [6.6, 6.4] * 70) == []  # every other line: half the window
+    assert watch_lines(repre_log, [6.9, 6.0], total=20) == []  # a short run: one line of two
 
 
-def test_collapse_watch_warns_once_when_the_teacher_stays_uniform():
+def test_collapse_watch_warns_once_when_the_teacher_stays_uniform(repre_log):
     # a sharper teacher's run (validation seed 1): near 6.93 from step 270 on; the window: 8 lines (80 steps)
     collapsed = [6.0] * 26 + [6.9] * 134
-    (warning,) = watch_lines(collapsed)
+    (warning,) = watch_lines(repre_log, collapsed)
     assert warning.startswith("step 330: teacher_entropy 6.90 of at most 6.93") and "7 of the last 8" in warning
     # with a dip now and then (a teacher hovering around the line): still 80% of the window
-    (warning,) = watch_lines([6.0] * 26 + ([6.9] * 4 + [6.5]) * 26)
+    (warning,) = watch_lines(repre_log, [6.0] * 26 + ([6.9] * 4 + [6.5]) * 26)
     assert "of the last 8" in warning
     # a collapse in the run's last lines, too few for the window
-    (warning,) = watch_lines([6.0] * 155 + [6.9] * 5)
+    (warning,) = watch_lines(repre_log, [6.0] * 155 + [6.9] * 5)
     assert warning.startswith("step 1600") and "last 5 train lines" in warning
-    assert len(watch_lines([6.9] * 2, total=20)) == 1  # a short run: two lines
+    assert len(watch_lines(repre_log, [6.9] * 2, total=20)) == 1  # a short run: two lines
 
 
-def test_collapse_watch_warns_when_embeddings_collapse():
-    assert watch_lines([0.5] * 160, out_dim=None) == []
-    (warning,) = watch_lines([0.5] * 100 + [0.01] * 60, out_dim=None)
+def test_collapse_watch_warns_when_embeddings_collapse(repre_log):
+    assert watch_lines(repre_log, [0.5] * 160, out_dim=None) == []
+    (warning,) = watch_lines(repre_log, [0.5] * 100 + [0.01] * 60, out_dim=None)
     assert warning.startswith("step 1070: embedding_std 0.010")  # 7 of 8 lines

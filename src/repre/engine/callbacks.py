@@ -98,7 +98,7 @@ class CollapseWatch(Callback):
         self.recent: deque[bool] | None = None  # whether each of the last n lines shows a sign
         self.why = ""  # the latest sign
         self.in_a_row = 0  # the lines up to the latest that show a sign
-        self.warned = False
+        self.warned_at: int | None = None  # the step of the warning
 
     def sign(self, values: dict[str, float]) -> str | None:
         """What in one train line's values looks like collapse (None: nothing)."""
@@ -110,7 +110,7 @@ class CollapseWatch(Callback):
         return None
 
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
-        if self.warned or trainer.state.step <= 0.1 * trainer.total:
+        if self.warned_at is not None or trainer.state.step <= 0.1 * trainer.total:
             return
         if self.recent is None:
             lines = round(self.SPAN * trainer.total / self.log_every)
@@ -124,12 +124,12 @@ class CollapseWatch(Callback):
             self.warn(trainer.state.step, f"in {sum(self.recent)} of the last {n} train lines")
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
-        if not self.warned and self.in_a_row >= 2:  # a collapse in the run's last lines
+        if self.warned_at is None and self.in_a_row >= 2:  # a collapse in the run's last lines
             self.warn(trainer.state.step, f"in the run's last {self.in_a_row} train lines")
         return {}
 
     def warn(self, step: int, where: str) -> None:
-        self.warned = True
+        self.warned_at = step
         log.warning("step %d: %s, %s: the run is collapsing; check the lr, the temperatures (DINO: teacher_temp, "
                     "center_momentum) and the EMA momentum", step, self.why, where)
 
