@@ -73,7 +73,7 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
 }
 
 STAGES=${STAGES:-"cuda-check ddp-nccl sync-check tests vit-s16-224 vit-b16-224 vit-s16-224-eager real-data-compiled real-data decoder-speed view-speed frameworks-224 profile host-sync real-data-shards default-preset"}
-want() { [[ " $STAGES " == *" $1 "* ]]; }
+want() { [[ " $STAGES " == *" $1 "* || ( " $STAGES " == *" targets "* && $1 == targets-* ) ]]; }
 JPEGS="$OUT/jpegs"  # ImageNet-sized JPEGs generated here, as a folder and as tar shards (real-data stages)
 if want real-data || want real-data-compiled || want real-data-shards; then
   python benchmarks/make_jpegs.py "$JPEGS" --train 4096 --val 64 --shard-size 512 > "$OUT/make-jpegs.log" 2>&1 &
@@ -104,11 +104,29 @@ if want cuda-check || want ddp-nccl || want sync-check || want tests; then
 fi
 wait  # the JPEGs
 
+SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
+
+# 1b. RePre's cost against its baseline, as each GPU preset runs (compiled, bf16, 224 px, pre-made batches): the
+#     step-time ratio, MFU (against the matmul peak measured in the run and against the data sheet's) and the
+#     peak CUDA memory of each step, 3 interleaved rounds of 10 steps after 3 warm-up steps, each configuration
+#     compiled once (throughput.py --in-process); MoCo v3 ViT-S/16 and ViT-B/16 at batch 256, DINO ViT-S/16 with
+#     its preset's multi-crop and MoBY Swin-T at batch 128. Not in the default STAGES: STAGES=targets (or any
+#     of targets-vit-s16, targets-vit-b16, targets-dino, targets-moby).
+TARGETS="--in-process --rounds 3 --steps 10 --warmup 3 --mfu --configs repre-tensors,baseline-tensors $SYN \
+  --set train.compile=true"
+want targets-vit-s16 && stage targets-vit-s16 200 python benchmarks/throughput.py $TARGETS \
+  --preset in1k-vit-s16-mocov3-repre --set train.batch_size=256
+want targets-vit-b16 && stage targets-vit-b16 200 python benchmarks/throughput.py $TARGETS \
+  --preset in1k-vit-b16-mocov3-repre --set train.batch_size=256
+want targets-dino && stage targets-dino 240 python benchmarks/throughput.py $TARGETS \
+  --preset in1k-vit-s16-dino-repre --set train.batch_size=128
+want targets-moby && stage targets-moby 240 python benchmarks/throughput.py $TARGETS \
+  --preset in1k-swin-t-moby-repre --set train.batch_size=128
+
 # 2. throughput (bf16, timed one stage at a time): ViT-S/16 at 224, MoCo v3 +- RePre and the supervised reference
 #    step, as the preset runs (compiled, nearest x2 steps to stride 4, then a 4x4 pixel shuffle), with MFU; RePre
 #    again with the x2 steps to full resolution (recon.out_stride=1, the preset before; the other two steps have
 #    no decoder and are not rerun), with one view of each image reconstructed (recon.views=1)
-SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
 VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
 want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.out_stride=1 \
@@ -186,12 +204,9 @@ fi
 #    is kept and reported (locally: quality.py --results <unpacked>/quality, which skips cached work)
 quality_jobs() {  # one line per job: quality.py arguments; QUALITY_JOBS=FILE: that file's lines instead
   if [ -n "${QUALITY_JOBS:-}" ]; then grep -v '^ *\(#\|$\)' "$QUALITY_JOBS"; return; fi
-  # MoCo v3's test row at the presets' values (seeds 1-3), then DINO's knobs at batch 32 on validation seeds
-  # 0-2 (its preset; batch 16 x 3,200 steps, where batches 256 to 32 raised k-NN and lowered the teacher's
-  # entropy; the longer warm-up that lifted MoCo v3; a milder teacher-temperature warm-up)
-  for s in 1 2 3; do
-    echo "--methods mocov3 --seeds $s --rows repre"; echo "--methods mocov3 --seeds $s --rows baseline"
-  done
+  # DINO's knobs at batch 32 on validation seeds 0-2 (its preset; batch 16 x 3,200 steps, where batches 256 to
+  # 32 raised k-NN and lowered the teacher's entropy; the longer warm-up that lifted MoCo v3; a milder
+  # teacher-temperature warm-up)
   for s in 0 1 2; do for p in base b16 warm0.2 tt-warm0.055; do
     echo "--methods dino --search $p --seeds $s --only knn,linear"
   done; done
@@ -225,8 +240,10 @@ for f in sorted(out.glob("*.json")):
     if d.get("benchmark") == "throughput":
         for name, row in d["results"].items():
             mfu = f"{row['mfu']:.3f}" if row.get("mfu") is not None else "-"
+            sheet = f"{row['mfu_datasheet']:.3f}" if row.get("mfu_datasheet") is not None else "-"
             mem = f"{row['peak_cuda_mb']:.0f}" if row.get("peak_cuda_mb") else "-"
-            print(f"{f.stem:<22}{name:<20}{row['images_per_sec']:>10.1f} img/s  MFU {mfu}  {mem} MB CUDA")
+            print(f"{f.stem:<22}{name:<20}{row['images_per_sec']:>10.1f} img/s  MFU {mfu} (data sheet {sheet})"
+                  f"  {mem} MB CUDA")
         print(f"{f.stem:<22}ratios {json.dumps({k: round(v, 3) for k, v in d['ratios'].items()})}")
         for name, why in d.get("failed", {}).items():
             print(f"{f.stem:<22}{name:<20}FAILED {why[-150:]!r}")

@@ -13,6 +13,11 @@ machine's absolute speed varies by the hour.
 benchmarks/throughput.py and src/, so each commit's own code and keys), as rows "NAME@LABEL" in the same
 interleaved rounds: how a change moves throughput, measured side by side.
 
+--in-process builds (and compiles) each configuration once, in this process, and interleaves its rounds there:
+compiled GPU steps then cost one compilation a configuration, not one a round. Each configuration's peak CUDA
+memory is what building and warming it up allocated beyond the configurations already resident; there is no
+peak RSS (for CPU memory, the default child processes).
+
 --method picks the method's preset (fmnist-<method>-repre on CPU; with --device cuda the paper-scale one on
 synthetic data unless --set data.root=... is given); --device, --arch, --image-size and --batch-size are
 shorthands for --set train.device=, model.arch=, data.image_size=, train.batch_size=.
@@ -76,10 +81,12 @@ def _time_steps(step, batches, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def matmul_peak(device, dtype, n: int = 8192, reps: int = 20) -> float:
-    """Measured dense matmul FLOP/s of this device at `dtype` (n x n x n products, best of 3 timings)."""
+def matmul_peak(device, dtype) -> float:
+    """Measured dense matmul FLOP/s of this device at `dtype` (n x n x n products, best of 3 timings; n 8192 on
+    a GPU, 2048 on a CPU, where 8192 would take minutes)."""
     import torch
 
+    n, reps = (8192, 20) if device.type == "cuda" else (2048, 3)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
     for _ in range(3):
@@ -90,6 +97,19 @@ def matmul_peak(device, dtype, n: int = 8192, reps: int = 20) -> float:
         _sync()
         best = min(best, (time.perf_counter() - start) / reps)
     return 2 * n**3 / best
+
+
+# dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; the first name that the device's
+# name contains wins (the PCIe and NVL parts before the SXM ones)
+DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.5, "H100": 989.4, "H200 NVL": 835.5, "H200": 989.4,
+                         "A100": 312.0, "L40S": 362.1}
+
+
+def datasheet_flops(device: str, precision: str) -> float | None:
+    """The data sheet's dense bf16 FLOP/s of a known GPU; None for other devices and precisions."""
+    if precision != "bf16":
+        return None
+    return next((tflops * 1e12 for name, tflops in DATASHEET_BF16_TFLOPS.items() if name in device), None)
 
 
 def step_flops(step, batch) -> int:
@@ -187,10 +207,9 @@ def _lightly_dino_step(trainer):
     return step
 
 
-def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str], mfu: bool) -> dict:
-
-    import torch
-
+def build(name: str, preset: str, overrides: list[str]):
+    """(trainer, step(batch), batches) for one configuration: its Trainer, the step the configuration times, and
+    the batches it reads (one pre-made batch repeated, or the real loader)."""
     from repre.data.pipeline import pretrain_loader
 
     premade = name.endswith("tensors") or name.startswith("lightly")
@@ -212,26 +231,81 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
         trainer.state.step += 1
 
     step = {"lightly": _lightly_step, "lightly-dino": _lightly_dino_step}.get(name, lambda _: repre_step)(trainer)
-    sec = _time_steps(step, batches, warmup, steps)
+    return trainer, step, batches
+
+
+def row(name: str, trainer, sec: float, flops: int | None, peak: float | None, peak_cuda_mb: float | None,
+        peak_rss_mb: float | None) -> dict:
+    """One configuration's measurement, as the summary reads it."""
+    import torch
+
     bs = trainer.cfg.train.batch_size
-    flops = peak = None
-    if mfu:
-        flops = step_flops(step, next(batches))
-        peak = matmul_peak(trainer.rt.device, trainer.rt.dtype)
     return {
         "step_flops": flops,
         "device_peak_flops": peak,
-        "mfu": flops / sec / peak if mfu else None,
+        "mfu": flops / sec / peak if flops and peak else None,
         "config": name,
         "step_s": sec,
         "images_per_sec": bs / sec,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "peak_rss_mb": peak_rss_mb,
+        "peak_cuda_mb": peak_cuda_mb,
         "batch_size": bs,
         "precision": trainer.rt.precision,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if trainer.rt.device.type == "cuda" else trainer.rt.device.type,
     }
+
+
+def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str], mfu: bool) -> dict:
+    import torch
+
+    trainer, step, batches = build(name, preset, overrides)
+    sec = _time_steps(step, batches, warmup, steps)
+    flops = peak = None
+    if mfu:
+        flops = step_flops(step, next(batches))
+        peak = matmul_peak(trainer.rt.device, trainer.rt.dtype)
+    cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return row(name, trainer, sec, flops, peak, cuda_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Every configuration built and warmed up (compiled) once in this process, then timed in interleaved
+    rounds: one compilation per configuration instead of one per round (what makes 3 rounds of compiled GPU
+    steps affordable). A configuration's peak device memory is taken while it is built and warmed up, less
+    what was allocated before it: the earlier configurations stay resident and unchanged meanwhile (between
+    steps they hold their weights and optimizer states only), so it is the peak the step would have alone;
+    a workspace shared by all (cuBLAS's) counts in the first only. No peak RSS: the process is shared."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    built = {}
+    for name, extra in names:
+        key = label(name, extra)
+        if cuda:
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        trainer, step, batches = build(name, args.preset, args.overrides + (extra.split("&") if extra else []))
+        for _ in range(args.warmup):
+            step(next(batches))
+        peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+        built[key] = (trainer, step, batches, peak_mb)
+        print(f"built {key:<17} (warm-up {args.warmup} steps)", file=sys.stderr, flush=True)
+    times: dict[str, list[float]] = {key: [] for key in built}
+    for r in range(args.rounds):
+        for key, (_, step, batches, _) in built.items():
+            times[key].append(_time_steps(step, batches, 1, args.steps))  # one step back into the caches
+            print(f"round {r + 1} {key:<17} {times[key][-1]:7.3f} s/step", file=sys.stderr, flush=True)
+    peak = None
+    if args.mfu:
+        first = next(iter(built.values()))[0]
+        peak = matmul_peak(first.rt.device, first.rt.dtype)
+    runs = {}
+    for key, (trainer, step, batches, peak_mb) in built.items():
+        flops = step_flops(step, next(batches)) if args.mfu else None
+        runs[key] = [row(key, trainer, sec, flops, peak, peak_mb, None) for sec in times[key]]
+    return runs
 
 
 PAPER_PRESETS = {"mocov3": "in1k-vit-s16-mocov3-repre", "dino": "in1k-vit-s16-dino-repre",
@@ -297,8 +371,13 @@ def main() -> None:
                         "'aug.geometric_on=device&data.decode_on=device'")
     p.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                    help="also run every configuration from the checkout in DIR, as NAME@LABEL")
+    p.add_argument("--in-process", action="store_true",
+                   help="build and compile each configuration once in this process, then interleave its rounds "
+                        "there (compiled GPU steps; no peak RSS)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.in_process and args.tree:
+        p.error("--in-process times one checkout; --tree runs each checkout's own script in child processes")
     args.preset, args.overrides = resolve_shorthands(args)
     if args.child:
         print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides, args.mfu)))
@@ -310,7 +389,9 @@ def main() -> None:
     trees = dict(tree.split("=", 1) for tree in args.tree) if args.tree else {"": None}
     runs: dict[str, list[dict]] = {label(*n) + (f"@{t}" if t else ""): [] for t in trees for n in names}
     failed: dict[str, str] = {}
-    for r in range(args.rounds):
+    if args.in_process:
+        runs = in_process(names, args)
+    for r in range(0 if args.in_process else args.rounds):
         for (name, extra), tree in itertools.product(names, trees):
             script, env = tree_command(trees[tree])
             cmd = [sys.executable, script, "--child", name, "--preset", args.preset,
@@ -331,10 +412,12 @@ def main() -> None:
     if not any(runs.values()):
         sys.exit("every configuration failed")
     result = summary(runs, names, args, failed)
-    print(f"\n{'config':<20}{'img/s':>9}{'step s':>9}{'peak RSS MB':>13}{'MFU':>7}")
+    print(f"\n{'config':<20}{'img/s':>9}{'step s':>9}{'peak MB':>13}{'MFU':>7}  (peak MB: RSS, or CUDA in-process)")
     for name, row in result["results"].items():
         mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "-"
-        print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{row['peak_rss_mb']:>13.0f}{mfu:>7}")
+        memory = row["peak_rss_mb"] if row["peak_rss_mb"] is not None else row["peak_cuda_mb"]
+        memory = f"{memory:.0f}" if memory is not None else "-"
+        print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{memory:>13}{mfu:>7}")
     for key, value in result["ratios"].items():
         print(f"{key}: {value:.3f}")
     print(json.dumps(result))
@@ -348,6 +431,8 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
     measured by any child of this run (one peak for every row, so rows compare); the ratios."""
     done = {name: rs for name, rs in runs.items() if rs}
     peak = max((x["device_peak_flops"] for rs in done.values() for x in rs), default=None) if args.mfu else None
+    first = next(iter(done.values()))[0] if done else {}
+    sheet = datasheet_flops(first.get("device") or "", first.get("precision") or "")
     table = {}
     for name, rs in done.items():
         step_s = statistics.median(x["step_s"] for x in rs)
@@ -356,18 +441,20 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
             "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
             "step_s": step_s,
             "rounds": len(rs),
-            "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+            "peak_rss_mb": max((x["peak_rss_mb"] for x in rs if x["peak_rss_mb"] is not None), default=None),
             "peak_cuda_mb": rs[0]["peak_cuda_mb"],
             "mfu": flops / step_s / peak if args.mfu else None,
+            "mfu_datasheet": flops / step_s / sheet if args.mfu and sheet else None,
             "step_tflops": flops / 1e12 if args.mfu else None,
             "achieved_tflops_per_s": flops / step_s / 1e12 if args.mfu else None,
             "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if args.mfu else None,
         }
-    first = next(iter(done.values()))[0] if done else {}
     meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare,
             "device": first.get("device"), "rounds": args.rounds, "steps": args.steps,
             "precision": first.get("precision"), "batch_size": first.get("batch_size"),
-            "run_peak_tflops": peak / 1e12 if peak else None, "date": time.strftime("%Y-%m-%d")}
+            "run_peak_tflops": peak / 1e12 if peak else None,
+            "datasheet_peak_tflops": sheet / 1e12 if sheet else None, "in_process": args.in_process,
+            "date": time.strftime("%Y-%m-%d")}
     ratios = ratios_of(table, names, args.compare)
     labels = [tree.split("=", 1)[0] for tree in args.tree]
     for name, extra in names:  # each checkout against the first (--tree): images per second
