@@ -6,7 +6,8 @@
 # stage, or after the group for the correctness stages, which run side by side. $OUT stays small (one archive and
 # summary.txt, however many stages ran) and the archive is current whenever the check is stopped; the compact
 # table is printed last and written to $OUT/summary.txt. STAGES picks stages (default: all but quality and the
-# cost targets, STAGES=targets, whose four stages are limited to 880 s together; see each stage's name).
+# cost targets, STAGES=targets, whose four stages are limited to 880 s together: give them BUDGET=900, or the
+# later ones are cut or skipped; see each stage's name).
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
 # BUDGET (seconds, default 300) bounds the whole check: the stages run in order of importance (correctness and
 # the test suite; ViT-S/16 MoCo v3 +- RePre; DINO +- RePre; real JPEGs; ViT-B/16; the rest), each within what

@@ -13,10 +13,10 @@ machine's absolute speed varies by the hour.
 benchmarks/throughput.py and src/, so each commit's own code and keys), as rows "NAME@LABEL" in the same
 interleaved rounds: how a change moves throughput, measured side by side.
 
---in-process builds (and compiles) each configuration once, in this process, and interleaves its rounds there:
-compiled GPU steps then cost one compilation a configuration, not one a round. Each configuration's peak CUDA
-memory is what building and warming it up allocated beyond the configurations already resident; there is no
-peak RSS (for CPU memory, the default child processes).
+--in-process builds (and compiles) each *-tensors configuration once, in this process, and interleaves its
+rounds there: compiled GPU steps then cost one compilation a configuration, not one a round. Each
+configuration's peak CUDA memory is that of one of its steps beyond the configurations already resident; there
+is no peak RSS (for CPU memory, the default child processes).
 
 --method picks the method's preset (fmnist-<method>-repre on CPU; with --device cuda the paper-scale one on
 synthetic data unless --set data.root=... is given); --device, --arch, --image-size and --batch-size are
@@ -269,42 +269,56 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
     return row(name, trainer, sec, flops, peak, cuda_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace) -> dict[str, list[dict]]:
+def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
+               failed: dict[str, str]) -> dict[str, list[dict]]:
     """Every configuration built and warmed up (compiled) once in this process, then timed in interleaved
     rounds: one compilation per configuration instead of one per round (what makes 3 rounds of compiled GPU
-    steps affordable). A configuration's peak device memory is taken while it is built and warmed up, less
-    what was allocated before it: the earlier configurations stay resident and unchanged meanwhile (between
-    steps they hold their weights and optimizer states only), so it is the peak the step would have alone;
-    a workspace shared by all (cuBLAS's) counts in the first only. No peak RSS: the process is shared."""
+    steps affordable). A configuration's peak CUDA memory is that of one step after its warm-up, less what was
+    allocated before it was built: the configurations built earlier stay resident and unchanged meanwhile
+    (weights, gradients, optimizer states, queues), so it is what the step would hold alone; compilation's
+    temporaries and the cuBLAS workspace (allocated before the first) are left out. No peak RSS: the process
+    is shared. A configuration that fails is named in `failed`; after each round the summary so far is printed."""
     import torch
 
     cuda = torch.cuda.is_available()
+    if cuda:  # the cuBLAS workspace, allocated once for all, before any configuration's `before`
+        torch.ones(8, 8, device="cuda", dtype=torch.bfloat16) @ torch.ones(8, 8, device="cuda", dtype=torch.bfloat16)
     built = {}
     for name, extra in names:
         key = label(name, extra)
-        if cuda:
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        trainer, step, batches = build(name, args.preset, args.overrides + (extra.split("&") if extra else []))
-        for _ in range(args.warmup):
-            step(next(batches))
-        peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+        try:
+            if cuda:
+                torch.cuda.synchronize()
+                before = torch.cuda.memory_allocated()
+            trainer, step, batches = build(name, args.preset, args.overrides + (extra.split("&") if extra else []))
+            for _ in range(args.warmup):
+                step(next(batches))
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                step(next(batches))
+                torch.cuda.synchronize()
+            peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+        except Exception as exc:  # noqa: BLE001 - the other configurations go on, as in the child mode
+            failed[key] = f"{type(exc).__name__}: {exc}"[-3000:]
+            print(f"configuration {key} failed ({failed[key]})", file=sys.stderr, flush=True)
+            continue
         built[key] = (trainer, step, batches, peak_mb)
         print(f"built {key:<17} (warm-up {args.warmup} steps)", file=sys.stderr, flush=True)
-    times: dict[str, list[float]] = {key: [] for key in built}
+    runs: dict[str, list[dict]] = {key: [] for key in built}
     for r in range(args.rounds):
-        for key, (_, step, batches, _) in built.items():
-            times[key].append(_time_steps(step, batches, 1, args.steps))  # one step back into the caches
-            print(f"round {r + 1} {key:<17} {times[key][-1]:7.3f} s/step", file=sys.stderr, flush=True)
-    peak = None
-    if args.mfu:
+        for key, (trainer, step, batches, peak_mb) in built.items():
+            sec = _time_steps(step, batches, 1, args.steps)  # one step back into the caches
+            runs[key].append(row(key, trainer, sec, None, None, peak_mb, None))
+            print(f"round {r + 1} {key:<17} {sec:7.3f} s/step", file=sys.stderr, flush=True)
+        # what is done so far, as the last stdout line: a run stopped by a time limit keeps it
+        print(json.dumps(summary(runs, names, args, failed, partial=True, mfu=False)), flush=True)
+    if args.mfu and built:
         first = next(iter(built.values()))[0]
         peak = matmul_peak(first.rt.device, first.rt.dtype)
-    runs = {}
-    for key, (trainer, step, batches, peak_mb) in built.items():
-        flops = step_flops(step, next(batches)) if args.mfu else None
-        runs[key] = [row(key, trainer, sec, flops, peak, peak_mb, None) for sec in times[key]]
+        for key, (trainer, step, batches, peak_mb) in built.items():
+            flops = step_flops(step, next(batches))
+            runs[key] = [row(key, trainer, x["step_s"], flops, peak, peak_mb, None) for x in runs[key]]
     return runs
 
 
@@ -378,6 +392,9 @@ def main() -> None:
     args = p.parse_args()
     if args.in_process and args.tree:
         p.error("--in-process times one checkout; --tree runs each checkout's own script in child processes")
+    if args.in_process and any(not c.endswith("-tensors") for c in args.configs.split(",")):
+        p.error("--in-process times pre-made batches only (*-tensors configurations): the real pipeline's "
+                "workers of every configuration would stay alive and compete for the cores")
     args.preset, args.overrides = resolve_shorthands(args)
     if args.child:
         print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides, args.mfu)))
@@ -390,7 +407,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {label(*n) + (f"@{t}" if t else ""): [] for t in trees for n in names}
     failed: dict[str, str] = {}
     if args.in_process:
-        runs = in_process(names, args)
+        runs = in_process(names, args, failed)
     for r in range(0 if args.in_process else args.rounds):
         for (name, extra), tree in itertools.product(names, trees):
             script, env = tree_command(trees[tree])
@@ -426,28 +443,30 @@ def main() -> None:
 
 
 def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], args: argparse.Namespace,
-            failed: dict[str, str], partial: bool = False) -> dict:
+            failed: dict[str, str], partial: bool = False, mfu: bool = True) -> dict:
     """The run's JSON: per configuration the medians over its rounds; MFU against the highest bf16 matmul peak
-    measured by any child of this run (one peak for every row, so rows compare); the ratios."""
+    measured by any child of this run (one peak for every row, so rows compare); the ratios. mfu=False: rows
+    without MFU yet (the in-process rounds, counted after the last)."""
     done = {name: rs for name, rs in runs.items() if rs}
-    peak = max((x["device_peak_flops"] for rs in done.values() for x in rs), default=None) if args.mfu else None
+    mfu = mfu and args.mfu
+    peak = max((x["device_peak_flops"] for rs in done.values() for x in rs), default=None) if mfu else None
     first = next(iter(done.values()))[0] if done else {}
     sheet = datasheet_flops(first.get("device") or "", first.get("precision") or "")
     table = {}
     for name, rs in done.items():
         step_s = statistics.median(x["step_s"] for x in rs)
-        flops = rs[0]["step_flops"] if args.mfu else None
+        flops = rs[0]["step_flops"] if mfu else None
         table[name] = {
             "images_per_sec": statistics.median(x["images_per_sec"] for x in rs),
             "step_s": step_s,
             "rounds": len(rs),
             "peak_rss_mb": max((x["peak_rss_mb"] for x in rs if x["peak_rss_mb"] is not None), default=None),
             "peak_cuda_mb": rs[0]["peak_cuda_mb"],
-            "mfu": flops / step_s / peak if args.mfu else None,
-            "mfu_datasheet": flops / step_s / sheet if args.mfu and sheet else None,
-            "step_tflops": flops / 1e12 if args.mfu else None,
-            "achieved_tflops_per_s": flops / step_s / 1e12 if args.mfu else None,
-            "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if args.mfu else None,
+            "mfu": flops / step_s / peak if mfu else None,
+            "mfu_datasheet": flops / step_s / sheet if mfu and sheet else None,
+            "step_tflops": flops / 1e12 if mfu else None,
+            "achieved_tflops_per_s": flops / step_s / 1e12 if mfu else None,
+            "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if mfu else None,
         }
     meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare,
             "device": first.get("device"), "rounds": args.rounds, "steps": args.steps,
