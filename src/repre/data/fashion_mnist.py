@@ -25,7 +25,7 @@ def _missing_message(root: Path, missing: list[str]) -> str:
         "  On Debian/Ubuntu (as root): apt-get install -y dataset-fashion-mnist   "
         f"(installs the files in {DEFAULT_ROOT})\n"
         "  Elsewhere: download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n"
-        "  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from the dataset's release at\n"
+        "  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from\n"
         "  github.com/zalandoresearch/fashion-mnist into one folder and pass --set data.root=FOLDER."
     )
 

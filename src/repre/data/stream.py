@@ -80,7 +80,8 @@ def open_shard(url: str) -> BinaryIO:
 class _PipeStream(io.RawIOBase):
     """A command's standard output. Its standard error goes to a temporary file (a pipe would fill and stall the
     command: `wget` and `curl` report progress there); at the end a non-zero exit is an OSError with its tail.
-    The command runs in a session of its own, so closing early ends every process of a pipeline."""
+    The command leads a process group of its own (setsid), so closing early ends every process of a
+    pipeline."""
 
     def __init__(self, url: str) -> None:
         self.url, self.stderr = url, tempfile.TemporaryFile()
