@@ -30,12 +30,12 @@ from collections import Counter
 from contextlib import nullcontext
 
 import torch
+from profile_step import trainer_step
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 import repre.engine.trainer
-from profile_step import trainer_step
 
 
 class Traffic(TorchDispatchMode):
@@ -118,8 +118,8 @@ def main() -> None:
         added = {k: v - ref["mb_by_op"].get(k, 0.0) for k, v in c["mb_by_op"].items()}
         top = sorted(added.items(), key=lambda kv: -kv[1])[:args.top]
         print(f"  {name}, MB added per image: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
-    print(json.dumps({"benchmark": "step_traffic", "preset": args.preset, "overrides": base, "at": args.at, "torch": torch.__version__,
-                      "date": time.strftime("%Y-%m-%d"), "rows": counts}))
+    print(json.dumps({"benchmark": "step_traffic", "preset": args.preset, "overrides": base, "at": args.at,
+                      "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": counts}))
 
 
 if __name__ == "__main__":
