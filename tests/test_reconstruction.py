@@ -117,6 +117,9 @@ def test_one_view_each_alternates_by_the_images_global_index():
     # two processes, three images each: [x1; x2] of images 0-2 and of images 3-5 (the second starts odd)
     shares = [one_view_each(torch.cat([x[i:i + 3], x[6 + i:9 + i]]), offset=i) for i in (0, 3)]
     assert sorted(torch.cat(shares).tolist()) == whole  # N processes: the views one process takes
+    x = torch.zeros(12, requires_grad=True)  # the gradient reaches the chosen views' rows and no other
+    one_view_each(x).backward(torch.arange(1.0, 7.0))
+    assert x.grad.tolist() == [1, 0, 2, 0, 3, 0, 0, 4, 0, 5, 0, 6]
 
 
 def test_one_view_decodes_half_the_views():
