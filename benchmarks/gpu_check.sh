@@ -126,12 +126,13 @@ want targets-moby && stage targets-moby 240 python benchmarks/throughput.py $TAR
 
 # 2. throughput (bf16, timed one stage at a time): ViT-S/16 at 224, MoCo v3 +- RePre and the supervised reference
 #    step, as the preset runs (compiled, nearest x2 steps to stride 4, then a 4x4 pixel shuffle, one view of each
-#    image reconstructed), with MFU; RePre again with the x2 steps to full resolution (recon.out_stride=1) and
-#    with both views reconstructed (recon.views=2; the other two steps have no decoder and are not rerun)
+#    image reconstructed), with MFU; RePre again with both views reconstructed (recon.views=2), and with both
+#    views and the x2 steps to full resolution (the preset before both; the other two steps have no decoder and
+#    are not rerun)
 VIT="--preset in1k-vit-s16-mocov3-repre $SYN --set train.batch_size=256"
 want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 --mfu \
-  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.out_stride=1 \
-  --compare recon.views=2
+  --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.views=2 \
+  --compare 'recon.views=2&recon.out_stride=1'
 
 # DINO (multi-crop) at 224 +- RePre, eager and compiled (the preset compiles); RePre again with one view, and with
 # the x2 steps to full resolution (recon.out_stride=1, the preset before)

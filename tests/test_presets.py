@@ -101,3 +101,23 @@ def test_imagenet_presets_resolve_to_the_official_recipe(preset):
     resolved = flatten(load_config(preset).to_dict())
     wrong = {key: (resolved[key], want) for key, want in OFFICIAL[preset].items() if resolved[key] != want}
     assert not wrong, f"{preset}: (resolved, official) {wrong}"
+
+
+# What each preset's branch computes, as its quality gates chose (docs/results.md, section 2): views
+# reconstructed per image, output stride, taps and upsampling. Presets inherit these through `_base_`, so a
+# change to a base preset shows here for each preset it reaches.
+BRANCH = {
+    "fmnist-mocov3-repre": (2, 4, 4, "bilinear"),
+    "fmnist-dino-repre": (2, 4, 4, "bilinear"),  # one view lowered DINO's k-NN on every validation seed
+    "fmnist-moby-repre": (1, 1, 2, "bilinear"),  # a pixel shuffle lowered MoBY's k-NN on every seed
+    "in1k-vit-s16-mocov3-repre": (1, 4, 4, "nearest"),
+    "in1k-vit-b16-mocov3-repre": (1, 4, 4, "nearest"),
+    "in1k-vit-s16-dino-repre": (2, 4, 4, "nearest"),
+    "in1k-swin-t-moby-repre": (1, 1, 3, "bilinear"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(BRANCH))
+def test_presets_reconstruct_what_their_quality_gates_chose(preset):
+    r = flatten(load_config(preset).to_dict())
+    assert (r["recon.views"], r["recon.out_stride"], r["recon.taps"], r["recon.upsample"]) == BRANCH[preset]
