@@ -190,7 +190,7 @@ fi
 if want frameworks-224 || want moby-224; then
   stage moby-swin-t-224 240 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128 \
-    --compare train.compile=true --compare recon.views=1
+    --compare train.compile=true --compare recon.upsample=bilinear
 fi
 want profile && stage profile 60 python benchmarks/profile_step.py $VIT --set train.compile=false
 want host-sync && stage host-sync 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \

@@ -113,7 +113,7 @@ BRANCH = {
     "in1k-vit-s16-mocov3-repre": (1, 4, 4, "nearest"),
     "in1k-vit-b16-mocov3-repre": (1, 4, 4, "nearest"),
     "in1k-vit-s16-dino-repre": (2, 4, 4, "nearest"),
-    "in1k-swin-t-moby-repre": (1, 1, 3, "bilinear"),
+    "in1k-swin-t-moby-repre": (1, 1, 3, "nearest"),
 }
 
 
