@@ -111,10 +111,12 @@ SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf1
 #     step-time ratio, MFU (against the matmul peak measured in the run and against the data sheet's) and the
 #     peak CUDA memory of each step, 3 interleaved rounds of 10 steps after 3 warm-up steps, each configuration
 #     compiled once (throughput.py --in-process); MoCo v3 ViT-S/16 and ViT-B/16 at batch 256, DINO ViT-S/16 with
-#     its preset's multi-crop and MoBY Swin-T at batch 128. Not in the default STAGES: STAGES=targets (or any
-#     of targets-vit-s16, targets-vit-b16, targets-dino, targets-moby).
-TARGETS="--in-process --rounds 3 --steps 10 --warmup 3 --mfu --configs repre-tensors,baseline-tensors $SYN \
-  --set train.compile=true"
+#     its preset's multi-crop and MoBY Swin-T at batch 128; then where each step's time goes (--profile: by kind
+#     of kernel, with the matmul and attention kernels' FLOP/s against the measured peak, and the time no kernel
+#     runs): what bounds the MFU. Not in the default STAGES: STAGES=targets (or any of targets-vit-s16,
+#     targets-vit-b16, targets-dino, targets-moby).
+TARGETS="--in-process --rounds 3 --steps 10 --warmup 3 --mfu --profile --configs repre-tensors,baseline-tensors \
+  $SYN --set train.compile=true"
 want targets-vit-s16 && stage targets-vit-s16 200 python benchmarks/throughput.py $TARGETS \
   --preset in1k-vit-s16-mocov3-repre --set train.batch_size=256
 want targets-vit-b16 && stage targets-vit-b16 200 python benchmarks/throughput.py $TARGETS \
@@ -246,6 +248,11 @@ for f in sorted(out.glob("*.json")):
             mem = f"{row['peak_cuda_mb']:.0f}" if row.get("peak_cuda_mb") else "-"
             print(f"{f.stem:<22}{name:<20}{row['images_per_sec']:>10.1f} img/s  MFU {mfu} (data sheet {sheet})"
                   f"  {mem} MB CUDA")
+        for name, row in d["results"].items():  # --profile: each kind's share of the step (and of the peak)
+            if row.get("bound"):
+                print(f"{f.stem:<22}{name:<20}" + ", ".join(
+                    f"{k} {v['share']:.0%}" + (f" at {v['of_peak']:.0%} of peak" if v["of_peak"] else "")
+                    for k, v in row["bound"].items()))
         print(f"{f.stem:<22}ratios {json.dumps({k: round(v, 3) for k, v in d['ratios'].items()})}")
         for name, why in d.get("failed", {}).items():
             print(f"{f.stem:<22}{name:<20}FAILED {why[-150:]!r}")

@@ -9,13 +9,15 @@ Parts, each forward + backward on the same batch and timed with device synchroni
   encoder-taps   the same with the tap maps returned (forward_intermediates) and in the backward
   decoder        the decoder alone on tap maps of the step's shapes, with the reconstruction loss
   loss           the reconstruction loss alone on a prediction of the step's shape
-The profiler's table (top ops by device time, or CPU time without CUDA) is printed to stderr and returned.
+The profiler's table (top ops by device time, or CPU time without CUDA) is printed to stderr and returned, and
+where the time of each step (RePre's and the baseline's) goes by kind of kernel (benchmarks/kernel_kinds.py).
 Prints a JSON line last ({"benchmark": "profile_step", ...}).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -25,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from kernel_kinds import flops_by_kind, format_bound, where_time_goes  # this folder's modules
+from throughput import matmul_peak
 
 from repre.config import load_config
 from repre.data.pipeline import pretrain_loader
@@ -54,7 +58,8 @@ def timed(fn: Callable[[], None], warmup: int, steps: int) -> float:
 
 def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[], None], dict]:
     trainer = Trainer(load_config(preset, SYNTHETIC + overrides), Path(tempfile.mkdtemp()) / "run")
-    batch = next(iter(pretrain_loader(trainer.cfg, trainer.data.source, 0, False)))
+    # pinned where a run pins (a GPU): the step's host-to-device copy as a run makes it
+    batch = next(iter(pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory)))
     trainer.model.train()
 
     def step() -> None:
@@ -101,6 +106,14 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
     return {"encoder": encode([]), "encoder-taps": encode(repre.method.taps), "decoder": decoder, "loss": loss}
 
 
+def by_kind(step: Callable[[], None], step_s: float, peak: float) -> dict:
+    """Where the time of a step that takes `step_s` goes (`kernel_kinds.where_time_goes`)."""
+    def on_batch(_: None) -> None:
+        step()
+
+    return where_time_goes(on_batch, itertools.repeat(None), step_s, flops_by_kind(on_batch, None), peak)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="in1k-vit-s16-mocov3-repre")
@@ -126,19 +139,25 @@ def main() -> None:
     table = prof.key_averages().table(sort_by=key, row_limit=args.top)
     print(table, file=sys.stderr)
     peak_step = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    peak = matmul_peak(rt.device, rt.dtype)
+    kinds = {"step": by_kind(step, parts["step"], peak)}
     del trainer, step
     _, base_step, _ = trainer_step(args.preset, args.overrides + ["recon.enabled=false"])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     parts["step-baseline"] = timed(base_step, args.warmup, args.steps)
+    kinds["step-baseline"] = by_kind(base_step, parts["step-baseline"], peak)
     ratios = {"step_over_baseline": parts["step"] / parts["step-baseline"],
               "decoder_share_of_extra": parts["decoder"] / max(parts["step"] - parts["step-baseline"], 1e-9),
               "taps_over_no_taps": parts["encoder-taps"] / parts["encoder"]}
     for name, sec in parts.items():
         print(f"{name:<15}{sec * 1000:9.2f} ms", file=sys.stderr)
+    for name, rows in kinds.items():
+        print(format_bound(name, rows), file=sys.stderr)
     print(json.dumps({"benchmark": "profile_step", "preset": args.preset, "overrides": args.overrides,
                       "device": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"),
-                      "seconds": parts, "ratios": ratios, "peak_cuda_mb_repre": peak_step,
+                      "seconds": parts, "ratios": ratios, "by_kind": kinds, "matmul_peak_tflops": peak / 1e12,
+                      "peak_cuda_mb_repre": peak_step,
                       "peak_cuda_mb_baseline": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                       "top_ops": table}))
 

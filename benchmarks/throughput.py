@@ -16,7 +16,8 @@ interleaved rounds: how a change moves throughput, measured side by side.
 --in-process builds (and compiles) each *-tensors configuration once, in this process, and interleaves its
 rounds there: compiled GPU steps then cost one compilation a configuration, not one a round. Each
 configuration's peak CUDA memory is that of one of its steps beyond the configurations already resident; there
-is no peak RSS (for CPU memory, the default child processes).
+is no peak RSS (for CPU memory, the default child processes). --profile (with --in-process) adds where each
+configuration's step time goes, by kind of kernel, and the compute kinds' FLOP/s (benchmarks/kernel_kinds.py).
 
 --method picks the method's preset (fmnist-<method>-repre on CPU; with --device cuda the paper-scale one on
 synthetic data unless --set data.root=... is given); --device, --arch, --image-size and --batch-size are
@@ -115,12 +116,9 @@ def datasheet_flops(device: str, precision: str) -> float | None:
 def step_flops(step, batch) -> int:
     """FLOPs of one training step (forward and backward of every module, momentum encoder included) as
     torch.utils.flop_counter counts them: matmuls, convolutions and attention; element-wise work is not counted."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from kernel_kinds import flops_by_kind
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(batch)
-    return counter.get_total_flops()
+    return sum(flops_by_kind(step, batch).values())
 
 
 def _lightly_step(trainer):
@@ -279,6 +277,7 @@ def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
     temporaries and the cuBLAS workspace (allocated before the first) are left out. No peak RSS: the process
     is shared. A configuration that fails is named in `failed`; after each round the summary so far is printed."""
     import torch
+    from kernel_kinds import flops_by_kind, format_bound, where_time_goes
 
     cuda = torch.cuda.is_available()
     if cuda:  # the cuBLAS workspace, allocated once for all, before any configuration's `before`
@@ -313,12 +312,17 @@ def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
             print(f"round {r + 1} {key:<17} {sec:7.3f} s/step", file=sys.stderr, flush=True)
         # what is done so far, as the last stdout line: a run stopped by a time limit keeps it
         print(json.dumps(summary(runs, names, args, failed, partial=True, mfu=False)), flush=True)
-    if args.mfu and built:
+    if (args.mfu or args.profile) and built:
         first = next(iter(built.values()))[0]
         peak = matmul_peak(first.rt.device, first.rt.dtype)
         for key, (trainer, step, batches, peak_mb) in built.items():
-            flops = step_flops(step, next(batches))
-            runs[key] = [row(key, trainer, x["step_s"], flops, peak, peak_mb, None) for x in runs[key]]
+            kinds = flops_by_kind(step, next(batches))
+            runs[key] = [row(key, trainer, x["step_s"], sum(kinds.values()), peak, peak_mb, None)
+                         for x in runs[key]]
+            if args.profile:  # where the step's time goes, from 2 profiled steps, against its median time
+                step_s = statistics.median(x["step_s"] for x in runs[key])
+                runs[key][0]["bound"] = where_time_goes(step, batches, step_s, kinds, peak)
+                print(format_bound(key, runs[key][0]["bound"]), file=sys.stderr, flush=True)
     return runs
 
 
@@ -388,10 +392,16 @@ def main() -> None:
     p.add_argument("--in-process", action="store_true",
                    help="build and compile each configuration once in this process, then interleave its rounds "
                         "there (compiled GPU steps; no peak RSS)")
+    p.add_argument("--profile", action="store_true",
+                   help="with --in-process: where each configuration's step time goes, by kind of kernel "
+                        "(matmul, attention, fused, copies, no kernel running...), with the compute kinds' "
+                        "achieved FLOP/s against the matmul peak (benchmarks/kernel_kinds.py)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.in_process and args.tree:
         p.error("--in-process times one checkout; --tree runs each checkout's own script in child processes")
+    if args.profile and not args.in_process:
+        p.error("--profile needs --in-process (the configurations' steps are profiled where they were timed)")
     if args.in_process and any(not c.endswith("-tensors") for c in args.configs.split(",")):
         p.error("--in-process times pre-made batches only (*-tensors configurations): the real pipeline's "
                 "workers of every configuration would stay alive and compete for the cores")
@@ -468,6 +478,8 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
             "achieved_tflops_per_s": flops / step_s / 1e12 if mfu else None,
             "device_peak_tflops": max(x["device_peak_flops"] for x in rs) / 1e12 if mfu else None,
         }
+        if "bound" in rs[0]:  # --profile
+            table[name]["bound"] = rs[0]["bound"]
     meta = {"preset": args.preset, "overrides": args.overrides, "compare": args.compare,
             "device": first.get("device"), "rounds": args.rounds, "steps": args.steps,
             "precision": first.get("precision"), "batch_size": first.get("batch_size"),

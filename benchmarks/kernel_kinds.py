@@ -1,0 +1,126 @@
+"""Where a training step's device time goes, by kind of work: what bounds its MFU.
+
+A profiled step's kernels (CUDA), or its ATen operators (CPU, self time), grouped by the kind of work their
+names say they do: the compute-bound kinds (matmul, attention, convolution), the memory-bound ones (Inductor's
+fused kernels, norms, copies, the optimizer and EMA, eager element-wise work) and the time no kernel runs (the
+step's wall time less its kernels': launch and host overhead). With the step's FLOPs by the same kinds
+(torch.utils.flop_counter) each compute kind's achieved FLOP/s follows, against the device's matmul peak.
+
+Used by `throughput.py --profile` and `profile_step.py`; importable from scripts run in this folder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+# (kind, pattern on the lower-cased kernel or operator name); the first match wins, so attention and convolution
+# kernels built on GEMM templates (cutlass, implicit GEMM) are named for what they compute
+KINDS = [
+    ("host to device", r"htod"),
+    ("attention", r"attention|flash|fmha|sdpa"),
+    ("convolution", r"conv|fprop|dgrad|wgrad|nchwtonhwc|nhwctonchw"),
+    ("matmul", r"gemm|gemv|nvjet|cutlass|xmma|cublas|splitk|triton_tem|\b(mm|addmm|bmm|baddbmm|matmul|linear)\b"),
+    ("optimizer and EMA", r"multi_tensor|foreach|adam|lerp"),
+    ("fused by Inductor", r"triton"),
+    ("norm", r"norm|moments|welford|gammabeta"),
+    ("upsample", r"upsample|pixel_shuffle"),
+    ("copy and layout", r"copy|memcpy|memset|fill|\bcat\b|catarray|index|gather|scatter|clone|permute|transpose"),
+]
+OTHER = "other element-wise and reductions"
+COMPUTE = ("matmul", "attention", "convolution")
+_PATTERNS = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
+
+
+def kind_of(name: str) -> str:
+    """The kind of work a CUDA kernel's or an ATen operator's name says it does (`OTHER` when none)."""
+    low = name.lower()
+    return next((kind for kind, pattern in _PATTERNS if pattern.search(low)), OTHER)
+
+
+def _device_us(event) -> float:
+    """An averaged profiler event's own device time, microseconds (the attribute's name changed in torch 2.4)."""
+    value = getattr(event, "self_device_time_total", None)
+    return float(value if value is not None else event.self_cuda_time_total)
+
+
+def seconds_by_kind(step: Callable[[dict], None], batches: Iterator[dict],
+                    steps: int = 2) -> tuple[dict[str, float], float]:
+    """(seconds per step by kind, the profiled steps' wall seconds per step), over `steps` profiled steps: each
+    CUDA kernel's device time on a GPU, each ATen operator's self time on a CPU (the host's work between
+    operators is left out)."""
+    cuda = torch.cuda.is_available()
+    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(next(batches))
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    found: dict[str, float] = {}
+    for event in prof.key_averages():
+        if cuda:
+            if event.device_type != torch.autograd.DeviceType.CUDA or "activity buffer" in event.key.lower():
+                continue  # host-side ranges; the profiler's own buffer requests
+            us = _device_us(event)
+        else:
+            if not event.key.startswith("aten::"):
+                continue  # Python, autograd and optimizer ranges: their operators are counted themselves
+            us = event.self_cpu_time_total
+        kind = kind_of(event.key)
+        found[kind] = found.get(kind, 0.0) + us / 1e6 / steps
+    return dict(sorted(found.items(), key=lambda kv: -kv[1])), wall
+
+
+def flops_by_kind(step: Callable[[dict], None], batch: dict) -> dict[str, int]:
+    """FLOPs of one step by kind, as torch.utils.flop_counter counts them (matmuls, attention, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(batch)
+    found: dict[str, int] = {}
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        kind = kind_of(str(op))
+        found[kind] = found.get(kind, 0) + int(flops)
+    return found
+
+
+def where_time_goes(step: Callable[[dict], None], batches: Iterator[dict], step_s: float,
+                    flops: dict[str, int] | None = None,
+                    peak_flops: float | None = None) -> dict[str, dict[str, float | None]]:
+    """Two steps profiled, by kind (`seconds_by_kind`), against a step's wall time: `step_s`, the step timed
+    without the profiler, on a GPU (profiling slows the host's launches, not the kernels); on a CPU the profiled
+    steps' own (the operators' self times include the profiler's overhead). See `bound`."""
+    seconds, profiled = seconds_by_kind(step, batches)
+    return bound(seconds, step_s if torch.cuda.is_available() else profiled, flops, peak_flops)
+
+
+def bound(seconds: dict[str, float], step_s: float, flops: dict[str, int] | None = None,
+          peak_flops: float | None = None) -> dict[str, dict[str, float | None]]:
+    """Each kind's share of the step's wall time `step_s`, with "no kernel running" for what the kinds leave;
+    for the compute kinds with `flops`, their achieved TFLOP/s inside their own kernels and its fraction of
+    `peak_flops` (the measured matmul peak)."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for kind, sec in seconds.items():
+        achieved = flops.get(kind, 0) / sec if flops and kind in COMPUTE and sec > 0 else None
+        rows[kind] = {"ms": sec * 1e3, "share": sec / step_s,
+                      "tflops_per_s": achieved / 1e12 if achieved else None,
+                      "of_peak": achieved / peak_flops if achieved and peak_flops else None}
+    idle = step_s - sum(seconds.values())
+    rows["no kernel running"] = {"ms": idle * 1e3, "share": idle / step_s, "tflops_per_s": None, "of_peak": None}
+    return rows
+
+
+def format_bound(name: str, rows: dict[str, dict[str, float | None]]) -> str:
+    """A table of `bound`'s rows, one line per kind."""
+    lines = [f"{name}: where a step's time goes"]
+    for kind, r in rows.items():
+        rate = (f"  {r['tflops_per_s']:7.3g} TFLOP/s" if r["tflops_per_s"] else "")
+        rate += f" ({r['of_peak']:.0%} of the matmul peak)" if r["of_peak"] else ""
+        lines.append(f"  {kind:<36}{r['ms']:9.2f} ms {r['share']:6.1%}{rate}")
+    return "\n".join(lines)
