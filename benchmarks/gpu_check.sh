@@ -6,8 +6,8 @@
 # stage, or after the group for the correctness stages, which run side by side. $OUT stays small (one archive and
 # summary.txt, however many stages ran) and the archive is current whenever the check is stopped; the compact
 # table is printed last and written to $OUT/summary.txt. STAGES picks stages (default: all but quality and the
-# cost targets, STAGES=targets, whose four stages are limited to 880 s together: give them BUDGET=900, or the
-# later ones are cut or skipped; see each stage's name).
+# cost targets, STAGES=targets, whose five stages are limited to 1,080 s together: run them in parts, e.g.
+# STAGES="targets-vit-s16 targets-vit-b16" BUDGET=560, then the others; BUDGET cuts or skips the later ones).
 # Runs from the source tree with the machine's own torch and timm: no installs, no network.
 # BUDGET (seconds, default 300) bounds the whole check: the stages run in order of importance (correctness and
 # the test suite; ViT-S/16 MoCo v3 +- RePre; DINO +- RePre; real JPEGs; ViT-B/16; the rest), each within what
@@ -114,13 +114,16 @@ SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf1
 #     its preset's multi-crop and MoBY Swin-T at batch 128; then where each step's time goes (--profile: by kind
 #     of kernel, with the matmul and attention kernels' FLOP/s against the measured peak, and the time no kernel
 #     runs): what bounds the MFU. Not in the default STAGES: STAGES=targets (or any of targets-vit-s16,
-#     targets-vit-b16, targets-dino, targets-moby).
+#     targets-vit-b16, targets-vit-s16-b512, targets-dino, targets-moby).
 TARGETS="--in-process --rounds 3 --steps 10 --warmup 3 --mfu --profile --configs repre-tensors,baseline-tensors \
   $SYN --set train.compile=true"
 want targets-vit-s16 && stage targets-vit-s16 200 python benchmarks/throughput.py $TARGETS \
   --preset in1k-vit-s16-mocov3-repre --set train.batch_size=256
 want targets-vit-b16 && stage targets-vit-b16 200 python benchmarks/throughput.py $TARGETS \
   --preset in1k-vit-b16-mocov3-repre --set train.batch_size=256
+# the per-GPU batch as a lever on ViT-S/16's MFU: the same two steps at 512 images
+want targets-vit-s16-b512 && stage targets-vit-s16-b512 200 python benchmarks/throughput.py $TARGETS \
+  --preset in1k-vit-s16-mocov3-repre --set train.batch_size=512
 want targets-dino && stage targets-dino 240 python benchmarks/throughput.py $TARGETS \
   --preset in1k-vit-s16-dino-repre --set train.batch_size=128
 want targets-moby && stage targets-moby 240 python benchmarks/throughput.py $TARGETS \
