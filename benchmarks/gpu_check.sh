@@ -112,8 +112,8 @@ SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf1
 #     peak CUDA memory of each step, 3 interleaved rounds of 10 steps after 3 warm-up steps, each configuration
 #     compiled once (throughput.py --in-process); MoCo v3 ViT-S/16 and ViT-B/16 at batch 256, DINO ViT-S/16 with
 #     its preset's multi-crop and MoBY Swin-T at batch 128; then where each step's time goes (--profile: by kind
-#     of kernel, with the matmul and attention kernels' FLOP/s against the measured peak, and the time no kernel
-#     runs): what bounds the MFU. Not in the default STAGES: STAGES=targets (or any of targets-vit-s16,
+#     of kernel, with the matmul, attention and convolution kernels' FLOP/s against the measured peak, and the
+#     time no kernel runs): what bounds the MFU. Not in the default STAGES: STAGES=targets (or any of targets-vit-s16,
 #     targets-vit-b16, targets-vit-s16-b512, targets-dino, targets-moby).
 TARGETS="--in-process --rounds 3 --steps 10 --warmup 3 --mfu --profile --configs repre-tensors,baseline-tensors \
   $SYN --set train.compile=true"
@@ -197,7 +197,7 @@ if want frameworks-224 || want moby-224; then
     --configs repre-tensors,baseline-tensors --preset in1k-swin-t-moby-repre $SYN --set train.batch_size=128 \
     --compare train.compile=true --compare recon.upsample=bilinear
 fi
-want profile && stage profile 60 python benchmarks/profile_step.py $VIT --set train.compile=false
+want profile && stage profile 90 python benchmarks/profile_step.py $VIT --set train.compile=false
 want host-sync && stage host-sync 120 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
   --configs repre-tensors $VIT --compare train.host_sync=step
 if [ -d "$FMNIST" ] && want default-preset; then
@@ -275,6 +275,8 @@ for f in sorted(out.glob("*.json")):
     elif d.get("benchmark") == "profile_step":
         print(f"{f.stem:<22}" + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in d["seconds"].items())
               + " " + json.dumps({k: round(v, 3) for k, v in d["ratios"].items()}))
+        for name, rows in d.get("by_kind", {}).items():
+            print(f"{f.stem:<22}{name:<20}" + ", ".join(f"{k} {v['share']:.0%}" for k, v in rows.items()))
     else:
         print(f"{f.stem:<22}{json.dumps(d)[:200]}")
 PY

@@ -6,32 +6,41 @@ fused kernels, norms, copies, the optimizer and EMA, eager element-wise work) an
 step's wall time less its kernels': launch and host overhead). With the step's FLOPs by the same kinds
 (torch.utils.flop_counter) each compute kind's achieved FLOP/s follows, against the device's matmul peak.
 
+On a CPU the attention operator has no FLOP formula in torch's counter (no FLOP/s for it), and the kernels of
+a compiled region are not ATen operators: their time counts as no kernel running.
+
 Used by `throughput.py --profile` and `profile_step.py`; importable from scripts run in this folder.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
-# (kind, pattern on the lower-cased kernel or operator name); the first match wins, so attention and convolution
-# kernels built on GEMM templates (cutlass, implicit GEMM) are named for what they compute
+# (kind, pattern on the lower-cased kernel or operator name); the first match wins. Inductor's generated
+# element-wise and reduction kernels come first: their names list the ops they fused (a convolution's bias,
+# the copies SDPA's strides ask for), which are not the compute kinds' work. Attention and convolution kernels
+# built on GEMM templates (cutlass, implicit GEMM, Inductor's `triton_tem` templates) are named for what they
+# compute, before the remaining GEMMs.
 KINDS = [
     ("host to device", r"htod"),
+    ("fused by Inductor", r"\btriton_(poi|red|per)_"),
     ("attention", r"attention|flash|fmha|sdpa"),
-    ("convolution", r"conv|fprop|dgrad|wgrad|nchwtonhwc|nhwctonchw"),
+    ("convolution", r"conv|fprop|dgrad|wgrad|winograd|scudnn|nchwtonhwc|nhwctonchw"),
     ("matmul", r"gemm|gemv|nvjet|cutlass|xmma|cublas|splitk|triton_tem|\b(mm|addmm|bmm|baddbmm|matmul|linear)\b"),
     ("optimizer and EMA", r"multi_tensor|foreach|adam|lerp"),
-    ("fused by Inductor", r"triton"),
-    ("norm", r"norm|moments|welford|gammabeta"),
+    ("norm", r"layer_norm|group_norm|batch_norm|rms_norm|moments|welford|gammabeta|\bbn_(fw|bw)"),
     ("upsample", r"upsample|pixel_shuffle"),
     ("copy and layout", r"copy|memcpy|memset|fill|\bcat\b|catarray|index|gather|scatter|clone|permute|transpose"),
 ]
 OTHER = "other element-wise and reductions"
 COMPUTE = ("matmul", "attention", "convolution")
+IDLE = "no kernel running"
 _PATTERNS = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
 
 
@@ -41,42 +50,40 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in _PATTERNS if pattern.search(low)), OTHER)
 
 
-def _device_us(event) -> float:
-    """An averaged profiler event's own device time, microseconds (the attribute's name changed in torch 2.4)."""
-    value = getattr(event, "self_device_time_total", None)
-    return float(value if value is not None else event.self_cuda_time_total)
-
-
-def seconds_by_kind(step: Callable[[dict], None], batches: Iterator[dict],
+def seconds_by_kind(step: Callable[[Any], None], batches: Iterator[Any], device: torch.device,
                     steps: int = 2) -> tuple[dict[str, float], float]:
     """(seconds per step by kind, the profiled steps' wall seconds per step), over `steps` profiled steps: each
     CUDA kernel's device time on a GPU, each ATen operator's self time on a CPU (the host's work between
     operators is left out)."""
-    cuda = torch.cuda.is_available()
+    cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
     with torch.profiler.profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             step(next(batches))
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         wall = (time.perf_counter() - start) / steps
     found: dict[str, float] = {}
     for event in prof.key_averages():
+        if getattr(event, "is_user_annotation", False):
+            continue  # record_function ranges (the optimizer's step...) projected on the GPU: not kernels
         if cuda:
-            if event.device_type != torch.autograd.DeviceType.CUDA or "activity buffer" in event.key.lower():
-                continue  # host-side ranges; the profiler's own buffer requests
-            us = _device_us(event)
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue  # host-side operators and runtime calls
+            us = event.self_device_time_total
         else:
             if not event.key.startswith("aten::"):
                 continue  # Python, autograd and optimizer ranges: their operators are counted themselves
             us = event.self_cpu_time_total
         kind = kind_of(event.key)
         found[kind] = found.get(kind, 0.0) + us / 1e6 / steps
+    if cuda and not found:
+        raise RuntimeError("the profiler recorded no CUDA kernel (is CUPTI available to this process?)")
     return dict(sorted(found.items(), key=lambda kv: -kv[1])), wall
 
 
-def flops_by_kind(step: Callable[[dict], None], batch: dict) -> dict[str, int]:
+def flops_by_kind(step: Callable[[Any], None], batch: Any) -> dict[str, int]:
     """FLOPs of one step by kind, as torch.utils.flop_counter counts them (matmuls, attention, convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -85,26 +92,27 @@ def flops_by_kind(step: Callable[[dict], None], batch: dict) -> dict[str, int]:
         step(batch)
     found: dict[str, int] = {}
     for op, flops in counter.get_flop_counts().get("Global", {}).items():
-        kind = kind_of(str(op))
+        kind = kind_of(str(op))  # "aten.mm", "aten._scaled_dot_product_flash_attention", ...
         found[kind] = found.get(kind, 0) + int(flops)
     return found
 
 
-def where_time_goes(step: Callable[[dict], None], batches: Iterator[dict], step_s: float,
+def where_time_goes(step: Callable[[Any], None], batches: Iterator[Any], step_s: float, device: torch.device,
                     flops: dict[str, int] | None = None,
                     peak_flops: float | None = None) -> dict[str, dict[str, float | None]]:
     """Two steps profiled, by kind (`seconds_by_kind`), against a step's wall time: `step_s`, the step timed
     without the profiler, on a GPU (profiling slows the host's launches, not the kernels); on a CPU the profiled
     steps' own (the operators' self times include the profiler's overhead). See `bound`."""
-    seconds, profiled = seconds_by_kind(step, batches)
-    return bound(seconds, step_s if torch.cuda.is_available() else profiled, flops, peak_flops)
+    seconds, profiled = seconds_by_kind(step, batches, device)
+    return bound(seconds, step_s if device.type == "cuda" else profiled, flops, peak_flops)
 
 
 def bound(seconds: dict[str, float], step_s: float, flops: dict[str, int] | None = None,
           peak_flops: float | None = None) -> dict[str, dict[str, float | None]]:
-    """Each kind's share of the step's wall time `step_s`, with "no kernel running" for what the kinds leave;
-    for the compute kinds with `flops`, their achieved TFLOP/s inside their own kernels and its fraction of
-    `peak_flops` (the measured matmul peak)."""
+    """Each kind's share of the step's wall time `step_s`, with `IDLE` for what the kinds leave; for the
+    compute kinds with `flops`, their achieved TFLOP/s inside their own kernels and its fraction of `peak_flops`
+    (the measured matmul peak). Kernels longer than the step together (overlapping streams, or a profile that
+    is off) leave a negative `IDLE`, reported as it is with a warning."""
     rows: dict[str, dict[str, float | None]] = {}
     for kind, sec in seconds.items():
         achieved = flops.get(kind, 0) / sec if flops and kind in COMPUTE and sec > 0 else None
@@ -112,7 +120,10 @@ def bound(seconds: dict[str, float], step_s: float, flops: dict[str, int] | None
                       "tflops_per_s": achieved / 1e12 if achieved else None,
                       "of_peak": achieved / peak_flops if achieved and peak_flops else None}
     idle = step_s - sum(seconds.values())
-    rows["no kernel running"] = {"ms": idle * 1e3, "share": idle / step_s, "tflops_per_s": None, "of_peak": None}
+    if idle < 0:
+        print(f"warning: the kernels take {-idle * 1e3:.2f} ms more than the step's {step_s * 1e3:.2f} ms "
+              "(streams overlap, or the profile and the timing disagree)", file=sys.stderr)
+    rows[IDLE] = {"ms": idle * 1e3, "share": idle / step_s, "tflops_per_s": None, "of_peak": None}
     return rows
 
 

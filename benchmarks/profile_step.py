@@ -106,12 +106,14 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
     return {"encoder": encode([]), "encoder-taps": encode(repre.method.taps), "decoder": decoder, "loss": loss}
 
 
-def by_kind(step: Callable[[], None], step_s: float, peak: float) -> dict:
-    """Where the time of a step that takes `step_s` goes (`kernel_kinds.where_time_goes`)."""
+def by_kind(step: Callable[[], None], step_s: float, device: torch.device, peak: float) -> dict:
+    """Where the time of a step that takes `step_s` goes (`kernel_kinds.where_time_goes`). `step_s` is timed
+    with the device synchronised around each step, so on a GPU the launches a pipelined loop would overlap
+    with the previous step's kernels count as no kernel running here (throughput.py's times do not)."""
     def on_batch(_: None) -> None:
         step()
 
-    return where_time_goes(on_batch, itertools.repeat(None), step_s, flops_by_kind(on_batch, None), peak)
+    return where_time_goes(on_batch, itertools.repeat(None), step_s, device, flops_by_kind(on_batch, None), peak)
 
 
 def main() -> None:
@@ -140,13 +142,14 @@ def main() -> None:
     print(table, file=sys.stderr)
     peak_step = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     peak = matmul_peak(rt.device, rt.dtype)
-    kinds = {"step": by_kind(step, parts["step"], peak)}
+    kinds = {"step": by_kind(step, parts["step"], rt.device, peak)}
     del trainer, step
     _, base_step, _ = trainer_step(args.preset, args.overrides + ["recon.enabled=false"])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     parts["step-baseline"] = timed(base_step, args.warmup, args.steps)
-    kinds["step-baseline"] = by_kind(base_step, parts["step-baseline"], peak)
+    peak_baseline = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # before the profiled steps
+    kinds["step-baseline"] = by_kind(base_step, parts["step-baseline"], rt.device, peak)
     ratios = {"step_over_baseline": parts["step"] / parts["step-baseline"],
               "decoder_share_of_extra": parts["decoder"] / max(parts["step"] - parts["step-baseline"], 1e-9),
               "taps_over_no_taps": parts["encoder-taps"] / parts["encoder"]}
@@ -158,7 +161,7 @@ def main() -> None:
                       "device": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"),
                       "seconds": parts, "ratios": ratios, "by_kind": kinds, "matmul_peak_tflops": peak / 1e12,
                       "peak_cuda_mb_repre": peak_step,
-                      "peak_cuda_mb_baseline": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                      "peak_cuda_mb_baseline": peak_baseline,
                       "top_ops": table}))
 
 

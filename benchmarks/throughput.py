@@ -277,7 +277,6 @@ def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
     temporaries and the cuBLAS workspace (allocated before the first) are left out. No peak RSS: the process
     is shared. A configuration that fails is named in `failed`; after each round the summary so far is printed."""
     import torch
-    from kernel_kinds import flops_by_kind, format_bound, where_time_goes
 
     cuda = torch.cuda.is_available()
     if cuda:  # the cuBLAS workspace, allocated once for all, before any configuration's `before`
@@ -313,17 +312,32 @@ def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
         # what is done so far, as the last stdout line: a run stopped by a time limit keeps it
         print(json.dumps(summary(runs, names, args, failed, partial=True, mfu=False)), flush=True)
     if (args.mfu or args.profile) and built:
-        first = next(iter(built.values()))[0]
-        peak = matmul_peak(first.rt.device, first.rt.dtype)
-        for key, (trainer, step, batches, peak_mb) in built.items():
-            kinds = flops_by_kind(step, next(batches))
-            runs[key] = [row(key, trainer, x["step_s"], sum(kinds.values()), peak, peak_mb, None)
-                         for x in runs[key]]
-            if args.profile:  # where the step's time goes, from 2 profiled steps, against its median time
-                step_s = statistics.median(x["step_s"] for x in runs[key])
-                runs[key][0]["bound"] = where_time_goes(step, batches, step_s, kinds, peak)
-                print(format_bound(key, runs[key][0]["bound"]), file=sys.stderr, flush=True)
+        count_and_profile(built, runs, names, args, failed)
     return runs
+
+
+def count_and_profile(built: dict[str, tuple], runs: dict[str, list[dict]], names: list[tuple[str, str | None]],
+                      args: argparse.Namespace, failed: dict[str, str]) -> None:
+    """After the in-process rounds: each configuration's step FLOPs (by kind) against the matmul peak, then with
+    --profile where each step's time goes (2 profiled steps against its median). The summary is printed after
+    the counts and after each profile, so a run stopped by a time limit keeps its MFU."""
+    from kernel_kinds import flops_by_kind, format_bound, where_time_goes
+
+    first = next(iter(built.values()))[0]
+    peak = matmul_peak(first.rt.device, first.rt.dtype)
+    kinds = {}
+    for key, (trainer, step, batches, peak_mb) in built.items():
+        kinds[key] = flops_by_kind(step, next(batches))
+        runs[key] = [row(key, trainer, x["step_s"], sum(kinds[key].values()), peak, peak_mb, None)
+                     for x in runs[key]]
+    print(json.dumps(summary(runs, names, args, failed, partial=True)), flush=True)
+    if not args.profile:
+        return
+    for key, (trainer, step, batches, _) in built.items():
+        step_s = statistics.median(x["step_s"] for x in runs[key])
+        runs[key][0]["bound"] = where_time_goes(step, batches, step_s, trainer.rt.device, kinds[key], peak)
+        print(format_bound(key, runs[key][0]["bound"]), file=sys.stderr, flush=True)
+        print(json.dumps(summary(runs, names, args, failed, partial=True)), flush=True)
 
 
 PAPER_PRESETS = {"mocov3": "in1k-vit-s16-mocov3-repre", "dino": "in1k-vit-s16-dino-repre",
