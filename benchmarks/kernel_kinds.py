@@ -9,7 +9,10 @@ step's wall time less its kernels': launch and host overhead). With the step's F
 On a CPU the attention operator has no FLOP formula in torch's counter (no FLOP/s for it), and the kernels of
 a compiled region are not ATen operators: their time counts as no kernel running.
 
-Used by `throughput.py --profile` and `profile_step.py`; importable from scripts run in this folder.
+Used by `throughput.py --profile` and `profile_step.py`; importable from scripts run in this folder:
+
+    prof, wall = profiled(step, batches, device)
+    rows = where_time_goes(prof, wall, step_s, device, flops_by_kind(step, batch), peak_flops)
 """
 
 from __future__ import annotations
@@ -50,11 +53,9 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in _PATTERNS if pattern.search(low)), OTHER)
 
 
-def seconds_by_kind(step: Callable[[Any], None], batches: Iterator[Any], device: torch.device,
-                    steps: int = 2) -> tuple[dict[str, float], float]:
-    """(seconds per step by kind, the profiled steps' wall seconds per step), over `steps` profiled steps: each
-    CUDA kernel's device time on a GPU, each ATen operator's self time on a CPU (the host's work between
-    operators is left out)."""
+def profiled(step: Callable[[Any], None], batches: Iterator[Any], device: torch.device,
+             steps: int = 2) -> tuple[torch.profiler.profile, float]:
+    """(the profile of `steps` steps, their wall seconds per step): host operators, and on a GPU its kernels."""
     cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
     with torch.profiler.profile(activities=activities) as prof:
@@ -64,6 +65,13 @@ def seconds_by_kind(step: Callable[[Any], None], batches: Iterator[Any], device:
         if cuda:
             torch.cuda.synchronize(device)
         wall = (time.perf_counter() - start) / steps
+    return prof, wall
+
+
+def seconds_by_kind(prof: torch.profiler.profile, device: torch.device, steps: int = 2) -> dict[str, float]:
+    """Seconds per step by kind in a profile of `steps` steps (`profiled`): each CUDA kernel's device time on a
+    GPU, each ATen operator's self time on a CPU (the host's work between operators is left out)."""
+    cuda = device.type == "cuda"
     found: dict[str, float] = {}
     for event in prof.key_averages():
         if getattr(event, "is_user_annotation", False):
@@ -80,7 +88,7 @@ def seconds_by_kind(step: Callable[[Any], None], batches: Iterator[Any], device:
         found[kind] = found.get(kind, 0.0) + us / 1e6 / steps
     if cuda and not found:
         raise RuntimeError("the profiler recorded no CUDA kernel (is CUPTI available to this process?)")
-    return dict(sorted(found.items(), key=lambda kv: -kv[1])), wall
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
 def flops_by_kind(step: Callable[[Any], None], batch: Any) -> dict[str, int]:
@@ -97,14 +105,13 @@ def flops_by_kind(step: Callable[[Any], None], batch: Any) -> dict[str, int]:
     return found
 
 
-def where_time_goes(step: Callable[[Any], None], batches: Iterator[Any], step_s: float, device: torch.device,
+def where_time_goes(prof: torch.profiler.profile, profiled_s: float, step_s: float, device: torch.device,
                     flops: dict[str, int] | None = None,
                     peak_flops: float | None = None) -> dict[str, dict[str, float | None]]:
-    """Two steps profiled, by kind (`seconds_by_kind`), against a step's wall time: `step_s`, the step timed
-    without the profiler, on a GPU (profiling slows the host's launches, not the kernels); on a CPU the profiled
-    steps' own (the operators' self times include the profiler's overhead). See `bound`."""
-    seconds, profiled = seconds_by_kind(step, batches, device)
-    return bound(seconds, step_s if device.type == "cuda" else profiled, flops, peak_flops)
+    """A profile of 2 steps (`profiled`, whose steps took `profiled_s` each) by kind, against a step's wall time:
+    `step_s`, the step timed without the profiler, on a GPU (profiling slows the host's launches, not the
+    kernels); on a CPU `profiled_s` (the operators' self times include the profiler's overhead). See `bound`."""
+    return bound(seconds_by_kind(prof, device), step_s if device.type == "cuda" else profiled_s, flops, peak_flops)
 
 
 def bound(seconds: dict[str, float], step_s: float, flops: dict[str, int] | None = None,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from kernel_kinds import flops_by_kind, format_bound, where_time_goes  # this folder's modules
+from kernel_kinds import flops_by_kind, format_bound, profiled, where_time_goes  # this folder's modules
 from throughput import matmul_peak
 
 from repre.config import load_config
@@ -106,14 +106,18 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
     return {"encoder": encode([]), "encoder-taps": encode(repre.method.taps), "decoder": decoder, "loss": loss}
 
 
-def by_kind(step: Callable[[], None], step_s: float, device: torch.device, peak: float) -> dict:
-    """Where the time of a step that takes `step_s` goes (`kernel_kinds.where_time_goes`). `step_s` is timed
-    with the device synchronised around each step, so on a GPU the launches a pipelined loop would overlap
-    with the previous step's kernels count as no kernel running here (throughput.py's times do not)."""
+def by_kind(step: Callable[[], None], step_s: float, device: torch.device,
+            peak: float) -> tuple[dict, torch.profiler.profile]:
+    """(where the time of a step that takes `step_s` goes, the profile of 2 steps it was read from);
+    `kernel_kinds.where_time_goes`. `step_s` is timed with the device synchronised around each step, so on a
+    GPU the launches a pipelined loop would overlap with the previous step's kernels count as no kernel running
+    here (throughput.py's times do not)."""
     def on_batch(_: None) -> None:
         step()
 
-    return where_time_goes(on_batch, itertools.repeat(None), step_s, device, flops_by_kind(on_batch, None), peak)
+    flops = flops_by_kind(on_batch, None)
+    prof, wall = profiled(on_batch, itertools.repeat(None), device)
+    return where_time_goes(prof, wall, step_s, device, flops, peak), prof
 
 
 def main() -> None:
@@ -130,26 +134,21 @@ def main() -> None:
     with training_attention(trainer.model, rt.device, rt.dtype):  # the attention kernel of the step's forward
         for name, fn in decoder_parts(trainer, batch).items():
             parts[name] = timed(fn, args.warmup, args.steps)
-    cuda = trainer.rt.device.type == "cuda"
-    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(2):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
+    cuda = rt.device.type == "cuda"
+    peak_step = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # before the profiled steps
+    peak = matmul_peak(rt.device, rt.dtype)
+    kinds = {}
+    kinds["step"], prof = by_kind(step, parts["step"], rt.device, peak)
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=args.top)
     print(table, file=sys.stderr)
-    peak_step = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    peak = matmul_peak(rt.device, rt.dtype)
-    kinds = {"step": by_kind(step, parts["step"], rt.device, peak)}
     del trainer, step
     _, base_step, _ = trainer_step(args.preset, args.overrides + ["recon.enabled=false"])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     parts["step-baseline"] = timed(base_step, args.warmup, args.steps)
     peak_baseline = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # before the profiled steps
-    kinds["step-baseline"] = by_kind(base_step, parts["step-baseline"], rt.device, peak)
+    kinds["step-baseline"], _ = by_kind(base_step, parts["step-baseline"], rt.device, peak)
     ratios = {"step_over_baseline": parts["step"] / parts["step-baseline"],
               "decoder_share_of_extra": parts["decoder"] / max(parts["step"] - parts["step-baseline"], 1e-9),
               "taps_over_no_taps": parts["encoder-taps"] / parts["encoder"]}

@@ -321,7 +321,7 @@ def count_and_profile(built: dict[str, tuple], runs: dict[str, list[dict]], name
     """After the in-process rounds: each configuration's step FLOPs (by kind) against the matmul peak, then with
     --profile where each step's time goes (2 profiled steps against its median). The summary is printed after
     the counts and after each profile, so a run stopped by a time limit keeps its MFU."""
-    from kernel_kinds import flops_by_kind, format_bound, where_time_goes
+    from kernel_kinds import flops_by_kind, format_bound, profiled, where_time_goes
 
     first = next(iter(built.values()))[0]
     peak = matmul_peak(first.rt.device, first.rt.dtype)
@@ -335,7 +335,8 @@ def count_and_profile(built: dict[str, tuple], runs: dict[str, list[dict]], name
         return
     for key, (trainer, step, batches, _) in built.items():
         step_s = statistics.median(x["step_s"] for x in runs[key])
-        runs[key][0]["bound"] = where_time_goes(step, batches, step_s, trainer.rt.device, kinds[key], peak)
+        prof, wall = profiled(step, batches, trainer.rt.device)
+        runs[key][0]["bound"] = where_time_goes(prof, wall, step_s, trainer.rt.device, kinds[key], peak)
         print(format_bound(key, runs[key][0]["bound"]), file=sys.stderr, flush=True)
         print(json.dumps(summary(runs, names, args, failed, partial=True)), flush=True)
 
