@@ -18,7 +18,7 @@ from repre.data.pipeline import (
     pretrain_loader,
     view_spec,
 )
-from repre.data.sources import eval_source, load_or_replace, train_source, val_split
+from repre.data.sources import build_source, eval_source, load_or_replace, subset_of, train_source, val_split
 from repre.data.views import ViewSpec, gaussian_blur, make_views, normalize, photometric
 from repre.errors import UserError
 
@@ -313,3 +313,27 @@ def test_eval_split_val_never_reads_the_test_split(tmp_path):
     assert len(train) == 32 and len(val) == 8
     with pytest.raises(UserError):  # the test split is missing: only split=test would need it
         eval_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'fm'}"), "test")
+
+
+def test_subsets_of_a_class_sorted_folder_cover_every_class(tmp_path):
+    for c in ("a", "b", "c"):  # a folder lists its images class by class
+        for i in range(6):
+            save_png(tmp_path / "imgs" / "train" / c / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
+    source = build_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'imgs'}").data, "train")
+    picked = subset_of(source, 6)
+    assert len(picked) == 6 and sorted(source.load(i)[1] for i in picked.indices) == [0, 0, 1, 1, 2, 2]
+    assert len(subset_of(source, 100)) == 18
+
+
+def test_subsets_of_a_dataset_in_random_order_are_its_first_images(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 255, size=(40, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "fm", imgs, (np.arange(40) % 10).astype(np.uint8), "train")
+    source = build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'fm'}").data, "train")
+    assert subset_of(source, 5).indices == [0, 1, 2, 3, 4]  # the subsets every committed result used
+
+
+def test_a_root_with_val_but_no_train_is_refused(tmp_path):
+    for split in ("cat", "val/cat"):
+        save_png(tmp_path / "imgs" / split / "0.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(UserError, match="no train/"):  # else val/ would be a class of the train split
+        build_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'imgs'}").data, "train")

@@ -34,7 +34,7 @@ class DataConfig:
     # the dataset: Fashion-MNIST, a folder of images, tar shards, generated images or scenes
     name: Literal["fashion-mnist", "folder", "synthetic", "fashion-scenes", "shards"] = "fashion-mnist"
     root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
-    subset: int | None = None  # first N training images
+    subset: int | None = None  # N training images (from files: spread over them, every class)
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0 for MoCo v3)
     local_size: int = 12  # their size (96 at 224 in DINO)
@@ -286,8 +286,8 @@ class KNNConfig:
     enabled: bool = True  # a k-NN at the end of pre-training, in its summary (needs labels)
     k: int = 20  # neighbours that vote
     temperature: float = 0.07  # each neighbour votes with exp(similarity / T)
-    train_subset: int | None = None  # bank size (first N train images); None: all
-    test_subset: int | None = None  # queries (first N test images); None: all
+    train_subset: int | None = None  # bank size (N train images, as data.subset picks them); None: all
+    test_subset: int | None = None  # queries (N test images, as data.subset picks them); None: all
     quick_train: int = 10000  # the bank of the k-NN during pre-training (train.eval_every)
     quick_test: int = 2000  # the queries of the k-NN during pre-training
 
@@ -319,8 +319,8 @@ class LinearConfig:
     epochs: int | None = None  # epochs of the probe; null: the protocol's (quick 30, mocov3 90, dino 100)
     batch_size: int | None = None  # the probe's global batch, shared by the processes; null: 1024 (all protocols)
     val_fraction: float = 0.1  # quick: of the train split, held out to choose lr and weight decay
-    train_subset: int | None = None  # first N train images for the probe; None: all
-    test_subset: int | None = None  # first N test images scored; None: all
+    train_subset: int | None = None  # N train images for the probe (as data.subset picks them); None: all
+    test_subset: int | None = None  # N test images scored (as data.subset picks them); None: all
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
@@ -341,8 +341,8 @@ class FinetuneConfig:
     label_smoothing: float = 0.1  # of the cross-entropy
     warmup_fraction: float = 0.1  # linear warm-up, as a fraction of the steps
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # area range of the random resized crops
-    train_subset: int | None = None  # first N train images; None: all
-    test_subset: int | None = None  # first N test images scored; None: all
+    train_subset: int | None = None  # N train images (as data.subset picks them); None: all
+    test_subset: int | None = None  # N test images scored (as data.subset picks them); None: all
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {

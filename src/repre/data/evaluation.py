@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from repre.config import Config
 from repre.data.folder import UnreadableImage
 from repre.data.pipeline import resolve_workers
-from repre.data.sources import FirstN, ImageSource, eval_source, load_or_replace, stats
+from repre.data.sources import ImageSource, eval_source, load_or_replace, stats, subset_of
 from repre.data.views import normalize
 
 
@@ -94,7 +94,7 @@ def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
     """Deterministic loader over `split` (see `eval_source`) for feature extraction."""
     source = eval_source(cfg, split)
     if subset:
-        source = FirstN(source, subset)
+        source = subset_of(source, subset)
     mean, std = stats(cfg.data, source)
     return _loader(cfg, EvalDataset(source, cfg.data.image_size, mean, std), shuffle=False)
 

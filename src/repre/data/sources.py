@@ -41,7 +41,13 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         raise UserError(f"evaluation needs labelled splits: with data.name=shards, data.root must be a folder "
                         f"with train/ and val/ shards; {root} is a shard or a pattern")
     if split == "train":
-        return base / "train" if (base / "train").is_dir() else base
+        if (base / "train").is_dir():
+            return base / "train"
+        held_out = [d for d in ("val", "test") if (base / d).is_dir()]
+        if held_out:  # the root as the train split would train on the images evaluation tests with
+            raise UserError(f"{base} has {held_out[0]}/ but no train/ folder: put the training images in "
+                            f"{base}/train/ (or point data.root at a folder of training images only)")
+        return base
     for name in ("val", "test"):
         if (base / name).is_dir():
             return base / name
@@ -122,25 +128,6 @@ def image_path(source: ImageSource, index: int) -> str:
     return path(index) if callable(path) else ""
 
 
-class FirstN:
-    """The first `count` images of a source."""
-
-    def __init__(self, source: ImageSource, count: int) -> None:
-        self.source, self.count = source, min(count, len(source))
-        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
-
-    def __len__(self) -> int:
-        return self.count
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.source.load(index)
-
-    def path(self, index: int) -> str:
-        return image_path(self.source, index)
-
-
 class Selection:
     """The images of a source at `indices`, in that order."""
 
@@ -156,6 +143,18 @@ class Selection:
 
     def path(self, index: int) -> str:
         return image_path(self.source, self.indices[index])
+
+
+def subset_of(source: ImageSource, count: int) -> ImageSource:
+    """`count` images of `source` (all of them if it has fewer), the same for every run. Folders and shards
+    often hold their images class by class, so their first `count` could be a few classes: a source read from
+    files gives every (len / count)-th image, each class in proportion. Fashion-MNIST and the generated
+    datasets are stored in random order: they give their first `count`, which is such a sample already."""
+    size = len(source)
+    count = min(count, size)
+    from_files = size > 0 and bool(image_path(source, 0))
+    index = torch.arange(count)
+    return Selection(source, index * size // count if from_files else index)
 
 
 def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,4 +187,4 @@ def eval_source(cfg: Config, split: str) -> ImageSource:
 
 def train_source(cfg: Config) -> ImageSource:
     source = build_source(cfg.data, "train", seed=cfg.train.seed)
-    return FirstN(source, cfg.data.subset) if cfg.data.subset else source
+    return subset_of(source, cfg.data.subset) if cfg.data.subset else source

@@ -20,7 +20,8 @@ from repre.errors import UserError
 
 log = logging.getLogger("repre")
 
-# keys a resumed run may change: how long it runs and how it reports, not what it computes
+# keys a resumed run may change: how long it runs (its schedules then follow the new length) and how it
+# reports, not what it computes
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
                      "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every",
                      "train.max_bad_steps", "model.grad_checkpointing", "train.progress", "train.num_workers",
@@ -203,6 +204,12 @@ class Checkpoints:
         before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
         idle = tuple(f"method.{name}." for name in FRAMEWORKS if name != self.cfg.method.name)  # not what runs
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        length = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in ("train.max_steps", "train.epochs")
+                  if k in changed]
+        if length:  # the schedules are rebuilt for the new length, as the official scripts do with --epochs
+            log.warning("resuming with %s: the learning rate, momentum, weight decay and the other schedules "
+                        "follow the new length from here on, so their values change at the resumed step",
+                        ", ".join(length))
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES + idle)]
         if changed:
             diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])

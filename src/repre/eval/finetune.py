@@ -17,7 +17,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import FirstN, eval_source, labelled
+from repre.data.sources import eval_source, labelled, subset_of
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
 from repre.models.attention import training_attention
@@ -70,7 +70,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     source = eval_source(cfg, "train")
     classes = labelled(source, "fine-tuning")
     if e.finetune.train_subset:
-        source = FirstN(source, e.finetune.train_subset)
+        source = subset_of(source, e.finetune.train_subset)
     model = encoder.model
     model.reset_classifier(classes)
     model.to(rt.device).train()

@@ -31,7 +31,7 @@ from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.core.schedules import warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import FirstN, ImageSource, eval_source, labelled
+from repre.data.sources import ImageSource, eval_source, labelled, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.protocols import Protocol
@@ -131,10 +131,10 @@ def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: di
 
 
 def probe_source(cfg: Config) -> ImageSource:
-    """The labelled train split of the probe (its first eval.linear.train_subset images)."""
+    """The labelled train split of the probe (eval.linear.train_subset of its images: `subset_of`)."""
     source = eval_source(cfg, "train")
     labelled(source, "the linear probe")
-    return FirstN(source, cfg.eval.linear.train_subset) if cfg.eval.linear.train_subset else source
+    return subset_of(source, cfg.eval.linear.train_subset) if cfg.eval.linear.train_subset else source
 
 
 def check_batch(batch: int, images: int) -> None:

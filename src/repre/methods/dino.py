@@ -7,7 +7,10 @@ over every pair of different crops; the center is an EMA of the teacher's batch 
 
 Schedules that are DINO's own live here and follow the run's progress (`set_progress`): the teacher
 temperature's linear warm-up and the freezing of the head's last layer. The EMA update runs at the start of a
-step, before the teacher forward: the same as the official update after the previous optimizer step.
+step, before the teacher forward, with that step's momentum; the official code updates after each optimizer
+step with that step's value. So each update here takes the next step's momentum, and the one after the last
+step is left out: its momentum would be 1 - (1 - base) * pi² / (4 * steps²) (the cosine of
+`repre.core.schedules.momentum_schedule`), 1 - 2e-8 for the Fashion-MNIST preset's 1,600 steps.
 """
 
 from __future__ import annotations
