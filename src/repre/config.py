@@ -216,7 +216,8 @@ class ReconConfig:
     # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
     out_stride: int = 1
     # global views reconstructed per image: 2, both (the paper); 1, one (the first for even images in the batch,
-    # the second for odd ones), at half the decoder's cost (the MoBY presets). The encoder sees both either way
+    # the second for odd ones), at half the decoder's cost (the MoBY and the MoCo v3 GPU presets). The encoder
+    # sees both either way
     views: Literal[1, 2] = 2
 
     # the valid values of the fields above (`RULES`), checked by `validate`
