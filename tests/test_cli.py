@@ -3,8 +3,9 @@ import math
 
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
-from conftest import last_json, pretrain_args, run_cli
+from conftest import TINY, last_json, pretrain_args, run_cli
 from repre import __version__
 
 
@@ -105,6 +106,16 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys, setting, message):
     assert message in capsys.readouterr().err
 
 
+def test_an_error_in_a_data_worker_is_a_message_not_a_traceback(tmp_path, capsys):
+    for i in range(4):  # no image readable: the worker raises the UserError
+        (tmp_path / "bad" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / "a" / f"{i}.png").write_bytes(b"not an image")
+    code, _ = run_cli(pretrain_args(tmp_path / "x", "data.name=folder", f"data.root={tmp_path / 'bad'}",
+                                    "train.batch_size=2", "train.num_workers=1"))
+    err = capsys.readouterr().err
+    assert code == 2 and "repre: error: none of the 4 images" in err and "Traceback" not in err
+
+
 def test_missing_dataset_exit_2(tmp_path, capsys):
     code, _ = run_cli(["pretrain", "--out", str(tmp_path / "x"), "--set", f"data.root={tmp_path}/nothing"])
     assert code == 2
@@ -150,9 +161,11 @@ def test_python_m_repre_entry_point():
     assert done.returncode == 0 and "fmnist-mocov3" in done.stdout
 
 
-def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch):
+def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, repre_log, capsys):
     import os
     import signal
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from repre.engine.trainer import Trainer
 
@@ -166,15 +179,49 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     out = tmp_path / "stopped"
-    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn.enabled=false"))
+    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn.enabled=false",
+                                         "train.log_every=1"))
     summary = last_json(stdout)
     assert code == 3 and summary["completed"] is False and summary["steps"] == 3
     assert (out / "checkpoints" / "step-00000003.pt").is_file()
+    assert f"stopped at step 3 of 6, checkpoint {out}" in repre_log.text and "--resume`" in repre_log.text
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 4, "kind": "train"}\n')
+    with SummaryWriter(str(out / "tb")) as tb:  # as a run killed after its checkpoint leaves them
+        tb.add_scalar("train/loss", 9.0, 4)
     monkeypatch.setattr(Trainer, "train_step", original)
     code, stdout = run_cli(["pretrain", "--out", str(out), "--resume"])
-    assert code == 0 and last_json(stdout)["steps"] == 6
+    done = last_json(stdout)
+    assert code == 0 and done["steps"] == 6 and done["loss"] is not None
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]  # the stale step 4 purged
+    assert 9.0 not in [e.value for e in events.Scalars("train/loss")]
+    # requeued after the end: the results stand, nothing is trained or evaluated again
+    code, stdout = run_cli(["pretrain", "--out", str(out), "--resume"])
+    assert code == 0 and last_json(stdout) == done and "completed its 6 steps" in repre_log.text
+    assert json.loads((out / "summary.json").read_text()) == done
+    code, _ = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=4"])
+    assert code == 2 and "past train.max_steps=4" in capsys.readouterr().err
+
+
+def test_resume_without_out_reads_the_default_runs_own_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain"]
+    for item in TINY + ["eval.knn.enabled=false"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0  # into runs/fmnist-mocov3-repre
+    code, stdout = run_cli(["pretrain", "--resume", "--set", "train.max_steps=6"])
+    assert code == 0 and last_json(stdout)["steps"] == 6  # the run's own config, its length changed
+
+
+def test_a_run_that_failed_before_its_first_step_leaves_its_out_usable(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _ = run_cli(pretrain_args(out, "train.batch_size=100000"))
+    assert code == 2 and "fewer than one batch" in capsys.readouterr().err
+    code, stdout = run_cli(pretrain_args(out, "eval.knn.enabled=false"))  # the corrected retry, same --out
+    assert code == 0 and last_json(stdout)["steps"] == 4
 
 
 def test_resume_with_a_different_model_is_refused(tmp_path, capsys):

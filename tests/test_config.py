@@ -170,3 +170,10 @@ def test_an_older_warm_up_in_steps_keeps_its_length(repre_log):
     assert "warm-up of 37 steps" in repre_log.text
     old["train"] |= {"max_steps": 20, "epochs": 0}
     assert config_from_dict(old).train.warmup_fraction == 1.0  # longer than the run: the whole run, as before
+
+
+def test_a_root_under_home_is_expanded():  # the shell leaves `--set data.root=~/photos` as it is
+    from pathlib import Path
+
+    cfg = load_config(None, ["data.root=~/photos", "eval.segment.root=~/scenes"])
+    assert cfg.data.root == str(Path.home() / "photos") and cfg.eval.segment.root == str(Path.home() / "scenes")

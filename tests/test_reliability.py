@@ -349,3 +349,10 @@ def test_deterministic_mode_is_on_for_the_run_and_refuses_what_a_gpu_cannot_do(t
     with pytest.raises(UserError, match="is a file"):  # a construction that fails leaves nothing on either
         Trainer(cfg, tmp_path / "file")
     assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("data:\n  name: synthetic\n")
+    with pytest.raises(UserError, match="is not a checkpoint"):
+        ckpt_io.load(path)

@@ -24,7 +24,7 @@ log = logging.getLogger("repre")
 EPILOG = """examples:
   repre pretrain                                   # Fashion-MNIST, MoCo v3 + RePre, ~5.5 min on 2 CPU cores with bf16
   repre pretrain --config fmnist-mocov3 --out runs/base
-  repre pretrain --set train.max_steps=20 --set recon.taps=[1,3,5]
+  repre pretrain --set train.max_steps=20 --set 'recon.taps=[1,3,5]'
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
   repre show --checkpoint runs/fmnist-mocov3-repre --compare runs/base --out show.png
   torchrun --nproc-per-node 8 -m repre eval linear --checkpoint RUN --set eval.linear.protocol=dino
@@ -108,11 +108,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from repre.config import load_config
     from repre.pretraining import pretrain
 
-    source = args.config
-    if source is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
-        source = str(Path(args.out) / "config.yaml")  # resume with the run's own config
-    cfg = load_config(source, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     out = Path(args.out or f"runs/{cfg.preset}")
+    if args.config is None and args.resume and (out / "config.yaml").is_file():
+        cfg = load_config(str(out / "config.yaml"), args.overrides)  # resume with the run's own config
     try:
         summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
     except StoppedEarly as stop:
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UserError as exc:
-        _say(f"repre: error: {exc}")
+        _say(f"repre: error: {user_message(exc)}")
         _tell_launcher(exc)
         return 2
     except KeyboardInterrupt:
@@ -274,7 +273,7 @@ def _tell_launcher(exc: BaseException) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    message = f"repre: error: {exc}"
+    message = f"repre: error: {user_message(exc)}"
     record = {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
     try:
         Path(path).write_text(json.dumps(record))
@@ -286,6 +285,13 @@ def _say(message: str) -> None:
     """An error for people, on stderr; under torchrun rank 0 says it once for all processes."""
     if _launch_rank() == 0:
         print(message, file=sys.stderr)
+
+
+def user_message(exc: UserError) -> str:
+    """The error's message. One raised in a data loader's worker comes back as a UserError whose text is the
+    worker's whole traceback, which ends with the message."""
+    text = str(exc)
+    return text.rsplit("UserError: ", 1)[-1].strip() if "Original Traceback" in text else text
 
 
 def out_of_memory_message(exc: BaseException) -> str:

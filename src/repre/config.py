@@ -27,6 +27,11 @@ DEFAULT_PRESET = "fmnist-mocov3-repre"
 REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as streams (data.shard_access=auto)
 
 
+def _home(root: str | None) -> str | None:
+    """A root given as ~/... (the shell leaves `--set data.root=~/x` as it is) in the user's home."""
+    return str(Path(root).expanduser()) if isinstance(root, str) and root.startswith("~") else root
+
+
 @dataclass
 class DataConfig:
     """What images to read and at which size."""
@@ -62,6 +67,9 @@ class DataConfig:
         "scenes_test": ">0", "scene_size": ">0", "shuffle_block": ">=1", "stream_size": ">=0", "mean": "[0,1]",
         "std": ">0",
     }
+
+    def __post_init__(self) -> None:
+        self.root = _home(self.root)
 
     @property
     def streamed(self) -> bool:
@@ -367,6 +375,9 @@ class SegmentConfig:
     test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs
     lr: float = 1e-2  # the probe's learning rate
     epochs: int = 10  # the probe's epochs
+
+    def __post_init__(self) -> None:
+        self.root = _home(self.root)
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {

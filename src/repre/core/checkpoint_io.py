@@ -182,6 +182,11 @@ def load(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         verify(path, fh)
         fh.seek(0)
+        head = fh.read(4)
+        if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
+            raise UserError(f"{path} is not a checkpoint (not a file torch.save writes): give a run directory or "
+                            "one of its checkpoints/*.pt")
+        fh.seek(0)
         try:
             ckpt = torch.load(fh, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"

@@ -29,10 +29,13 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "trai
 
 
 def prepare_out(out: Path, resume: bool) -> None:
-    """Create the run directory; a non-empty one is refused unless the run resumes."""
+    """Create the run directory; one with a run in it is refused unless the run resumes. A run that failed
+    before its first logged step (a wrong setting found when the data loader starts) left only its config and
+    an empty TensorBoard folder: the retry may use the directory."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not resume:
+    started = out.is_dir() and any(p.name not in ("config.yaml", "tb") for p in out.iterdir())
+    if started and not resume:
         raise UserError(
             f"--out {out} is not empty; add --resume to continue that run, or choose another --out"
         )
@@ -117,6 +120,9 @@ class Checkpoints:
                     path.rename(aside)  # out of the way of pruning and of the next resume
                 log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
                 continue
+            if ckpt["step"] > total:
+                raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
+                                f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
             self._check_compatible(ckpt["config"], path)
             self._restore(ckpt)
             self.last_good = path

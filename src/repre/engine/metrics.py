@@ -15,15 +15,17 @@ from repre.core.dist import all_reduce_sum
 class MetricWriter:
     """Appends JSON lines to `folder/metrics.jsonl` and scalars to `folder/tb/`."""
 
-    def __init__(self, folder: Path, tensorboard: bool = True, enabled: bool = True) -> None:
-        """`enabled` False: writes nothing (the processes other than rank 0 of a distributed run)."""
+    def __init__(self, folder: Path, tensorboard: bool = True, enabled: bool = True, after_step: int = 0) -> None:
+        """`enabled` False: writes nothing (the processes other than rank 0 of a distributed run). `after_step`:
+        the step a run resumes from; TensorBoard drops the events of later steps that the stopped run had
+        written, as the resume truncates metrics.jsonl."""
         self.path = folder / "metrics.jsonl"
         self.enabled = enabled
         self.tb = None
         if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(folder / "tb"))
+            self.tb = SummaryWriter(str(folder / "tb"), purge_step=after_step + 1 if after_step else None)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -18,8 +19,11 @@ class GracefulStop:
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, _frame) -> None:
+        if os.getpid() != self._pid:  # a forked data worker inherits the handler; the main process stops the run
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True

@@ -17,11 +17,11 @@ class RunState:
     train_seconds: float = 0.0
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
     bad_streak: int = 0  # consecutive skipped steps, now
-    last: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float | None] = field(default_factory=dict)  # the last logged window's means
 
     def to_dict(self) -> dict[str, Any]:
         """What a checkpoint's "run" entry holds (the step is kept apart, as "step")."""
-        return {k: v for k, v in asdict(self).items() if k not in ("step", "bad_streak", "last")}
+        return {k: v for k, v in asdict(self).items() if k not in ("step", "bad_streak")}
 
     def load(self, step: int, run: dict[str, Any]) -> None:
         """Restore from a checkpoint's "step" and "run" entries (entries added since read as 0)."""
@@ -31,3 +31,4 @@ class RunState:
         self.train_seconds = float(run["train_seconds"])
         self.nonfinite_steps = int(run.get("nonfinite_steps", 0))
         self.upscaled_images = int(run.get("upscaled_images", 0))
+        self.last = dict(run.get("last", {}))  # the last logged window: a resumed run's summary reports it

@@ -171,8 +171,13 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         s, main = self.state, dist.is_main()
+        done = self._completed_summary()
+        if done is not None:  # a requeued command after the run ended: its results stand, nothing is redone
+            log.info("the run in %s completed its %d steps; its summary.json stands (a larger train.max_steps "
+                     "with --resume goes on)", self.out, s.step)
+            return done
         self.guard.start()
-        writer = MetricWriter(self.out, enabled=main)
+        writer = MetricWriter(self.out, enabled=main, after_step=s.step)
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = tqdm(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
                    dynamic_ncols=True, desc="pretrain")
@@ -191,11 +196,22 @@ class Trainer:
                 s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
         else:
             path = self.save_checkpoint(final=True)
+            if not completed:
+                log.warning("stopped at step %d of %d, checkpoint %s: go on with `repre pretrain --out %s --resume`",
+                            s.step, self.total, path, self.out)
         summary = self._finish(writer, path, completed)
         writer.close()
         if not completed:
             raise StoppedEarly(json.dumps(summary))
         return summary
+
+    def _completed_summary(self) -> dict[str, Any] | None:
+        """summary.json of a resumed run that already completed all its steps, else None."""
+        path = self.out / "summary.json"
+        if self.state.step < self.total or not path.is_file():
+            return None
+        summary = json.loads(path.read_text())
+        return summary if summary.get("completed") and summary.get("steps") == self.state.step else None
 
     def _loop(self, loader, writer: MetricWriter, bar: tqdm) -> bool:
         """Steps until the total or a stop request; returns whether the run completed."""

@@ -19,7 +19,8 @@ QUERY_CHUNK = 1024
 
 def top_k(bank: np.ndarray, queries: torch.Tensor, k: int, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """bank [N, D] (an array or a memory map), queries [Q, D] float32 -> (similarities [Q, k] float32, bank rows
-    [Q, k] int64), most similar first."""
+    [Q, k] int64), most similar first. `queries` may be an array too."""
+    queries = torch.as_tensor(queries)
     if not 0 < k <= len(bank):
         raise UserError(f"k={k} neighbours asked of a bank of {len(bank)} rows")
     if backend == "torch":
