@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -186,8 +187,10 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, rep
     assert (out / "checkpoints" / "step-00000003.pt").is_file()
     assert f"stopped at step 3 of 6, checkpoint {out}" in repre_log.text and "--resume`" in repre_log.text
     (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 4, "kind": "train"}\n')
+    time.sleep(1.1)  # event files sort by their names, which start with the second they were opened in
     with SummaryWriter(str(out / "tb")) as tb:  # as a run killed after its checkpoint leaves them
         tb.add_scalar("train/loss", 9.0, 4)
+    time.sleep(1.1)
     monkeypatch.setattr(Trainer, "train_step", original)
     code, stdout = run_cli(["pretrain", "--out", str(out), "--resume"])
     done = last_json(stdout)

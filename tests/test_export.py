@@ -108,3 +108,22 @@ def test_an_old_timm_is_named_with_the_remedy(monkeypatch):
     assert "timm 1.0.29 is installed" in old_timm_hint() and "needs >= 1.0.31 (pip install -U timm)" in old_timm_hint()
     monkeypatch.setattr(timm, "__version__", "1.0.31")
     assert old_timm_hint() == ""
+
+
+def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
+    from repre.export import run_evaluations
+
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 20, "knn_top1": 0.7}))
+    for task, step, key, value in [("knn", 10, "encoder", 0.5), ("linear", 20, "encoder", 0.6),
+                                   ("segment", 20, "momentum_encoder", 0.2), ("finetune", 20, None, 0.3)]:
+        folder = tmp_path / "eval" / task
+        folder.mkdir(parents=True)
+        of = {"step": step, "encoder": key, "set": ["eval.linear.epochs=3"]} if key else None
+        folder.joinpath("result.json").write_text(json.dumps({"task": task, "metric": "top1", "value": value,
+                                                             **({"checkpoint": of} if of else {})}))
+    evals = run_evaluations(tmp_path, 20, "encoder", "encoder")
+    assert evals == {"knn": {"metric": "top1", "value": 0.7, "from": "pretrain"},  # not step 10's eval
+                     "linear": {"metric": "top1", "value": 0.6, "set": ["eval.linear.epochs=3"]}}
+    assert run_evaluations(tmp_path, 10, "encoder", "encoder") == {
+        "knn": {"metric": "top1", "value": 0.5, "set": ["eval.linear.epochs=3"]}}
+    assert set(run_evaluations(tmp_path, 20, "momentum_encoder", "encoder")) == {"segment"}

@@ -30,16 +30,27 @@ from repre.methods import eval_encoder_key
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
 
 
+def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> dict[str, dict[str, Any]]:
+    """The results of `run_dir` that describe this checkpoint's encoder: the run's final k-NN and each `repre
+    eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given."""
+    evals = {}
+    summary = run_dir / "summary.json"
+    done = json.loads(summary.read_text()) if summary.is_file() else {}
+    if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
+        evals["knn"] = {"metric": "top1", "value": done["knn_top1"], "from": "pretrain"}
+    for path in sorted((run_dir / "eval").glob("*/result.json")):
+        r = json.loads(path.read_text())
+        of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
+        if of.get("step") == step and of.get("encoder") == key:
+            evals[r.get("task", path.parent.name)] = {"metric": r.get("metric"), "value": r.get("value"),
+                                                      "set": of.get("set", [])}
+    return evals
+
+
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
-    evals = {}
-    summary = run_dir / "summary.json" if run_dir is not None else None
-    if summary is not None and summary.is_file() and json.loads(summary.read_text()).get("knn_top1") is not None:
-        evals["knn"] = {"metric": "top1", "value": json.loads(summary.read_text())["knn_top1"], "from": "pretrain"}
-    if run_dir is not None:
-        for result in sorted((run_dir / "eval").glob("*/result.json")):  # `repre eval` of this run's last.pt
-            r = json.loads(result.read_text())
-            evals[r.get("task", result.parent.name)] = {"metric": r.get("metric"), "value": r.get("value")}
+    step = int(ckpt.get("step", 0))
+    evals = run_evaluations(run_dir, step, key, eval_encoder_key(cfg.method.name)) if run_dir is not None else {}
     return {
         "format": "repre-export-1",
         "arch": arch,
@@ -49,7 +60,7 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
         "recon": cfg.recon.enabled,
         "preset": cfg.preset,
         "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
-        "step": int(ckpt.get("step", 0)),
+        "step": step,
         "evaluations": evals,
         "versions": {"trained_with": ckpt.get("versions", {}), "exported_with": ckpt_io.versions()},
         "load": 'timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=FILE), '
@@ -121,9 +132,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    # the run's evaluation results describe its last.pt: carried only for that one
-    last = ckpt_io.checkpoint_file(checkpoint).name == "last.pt"
-    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, ckpt_io.run_dir(checkpoint) if last else None)
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, ckpt_io.run_dir(checkpoint))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
     save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})

@@ -83,18 +83,21 @@ def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str,
 def evaluate(
     task: str, checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
-    """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra"};
+    """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra",
+    "checkpoint"} ("checkpoint": which file, step and encoder were evaluated, with which `overrides`);
     pictures go to `out`, and the linear probe's checkpoint (protocols mocov3 and dino). Under torchrun every
     process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
+    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    evaluated = {"file": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),
+                 "encoder": eval_encoder_key(cfg.method.name), "set": list(overrides or [])}
     if task == "recon":
         from repre.eval.recon import recon_eval
 
-        model, cfg = load_model(checkpoint, overrides)
         rt = setup_runtime(cfg.train)
-        return recon_eval(model.to(rt.device), cfg, rt, Path(out) if out else None)
-    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+        model = model_from(ckpt, cfg, checkpoint).to(rt.device)
+        return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
     joins = dist.launched() and not dist.is_distributed()  # under torchrun: join the group, leave it after
     try:
         rt = setup_runtime(cfg.train)
@@ -102,8 +105,10 @@ def evaluate(
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
             encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
             if task == "linear":  # the papers' protocols keep a resumable checkpoint in `out`
-                return encoder_tasks()[task](encoder, cfg, rt, Path(out) if out else None)
-            return encoder_tasks()[task](encoder, cfg, rt)
+                result = encoder_tasks()[task](encoder, cfg, rt, Path(out) if out else None)
+            else:
+                result = encoder_tasks()[task](encoder, cfg, rt)
+        return {**result, "checkpoint": evaluated}
     finally:
         if joins:
             dist.shutdown()
