@@ -71,7 +71,7 @@ def test_damaged_newest_checkpoint_is_detected_and_the_previous_used(tmp_path, r
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data: torch.load alone would not notice
     newest.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="damaged"):
+    with pytest.raises(UserError, match="damaged.*its run has step-00000004.pt in"):  # what to use instead
         ckpt_io.load(newest)
     trainer = Trainer(tiny_config(*RESUME, "train.max_steps=8", "train.num_workers=0"), out, resume=True)
     assert trainer.state.step == 4

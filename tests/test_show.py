@@ -73,3 +73,16 @@ def test_show_needs_at_least_one_image(tiny_run, tmp_path):
     run, _ = tiny_run
     code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "0"])
     assert code == 2
+
+
+def test_show_draws_an_unlabelled_folders_training_images(tiny_run, tmp_path):
+    import numpy as np
+
+    from conftest import save_png
+
+    for i in range(3):  # no train/ or val/: pre-training images without labels or a held-out split
+        save_png(tmp_path / "photos" / f"{i}.png", np.full((28, 28, 3), 80 * i, np.uint8))
+    run, _ = tiny_run
+    code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "2",
+                            "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'photos'}"])
+    assert code == 0 and last_json(stdout)["images"] == 2

@@ -144,6 +144,9 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
     card_tmp = out.with_name(f".tmp-{out.stem}.json")
     card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # safetensors writes its file 0600; a plain file's mode, as for the card
     os.replace(tmp, out)
     os.replace(card_tmp, out.with_suffix(".json"))
     return card

@@ -134,10 +134,13 @@ def verify(path: Path, fh=None) -> None:
     except ValueError:
         raise UserError(f"{side} is not a checksum file; delete it to load {path} unchecked") from None
     actual = os.fstat(fh.fileno()).st_size if fh is not None else path.stat().st_size
+    in_run = path.parent.name == "checkpoints"  # name the run's other checkpoints, newest first
+    others = [p.name for p in step_checkpoints(path.parent.parent) if p != path][::-1] if in_run else []
+    instead = f"; its run has {', '.join(others[:3])} in {path.parent}" if others else ""
     if actual != int(size):
-        raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written")
+        raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written{instead}")
     if (_digest_of(fh) if fh is not None else _digest(path)) != digest:
-        raise UserError(f"{path} is damaged: its SHA-256 differs from the one recorded when it was written")
+        raise UserError(f"{path} is damaged: its SHA-256 differs from the one recorded when it was written{instead}")
 
 
 def step_checkpoints(folder: Path) -> list[Path]:

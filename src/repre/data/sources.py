@@ -52,8 +52,8 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         if (base / name).is_dir():
             return base / name
     raise UserError(
-        f"evaluation needs labelled splits: {base}/train/<class>/... and {base}/val/<class>/...; "
-        f"{base} has no val/ (or test/) folder"
+        f"{base} has no val/ (or test/) folder: evaluation and the test split read labelled images from "
+        f"{base}/train/<class>/... and {base}/val/<class>/..."
     )
 
 

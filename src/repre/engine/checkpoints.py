@@ -39,6 +39,9 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise UserError(
             f"--out {out} is not empty; add --resume to continue that run, or choose another --out"
         )
+    if started and not ((out / "config.yaml").is_file() or (out / "checkpoints").is_dir()):
+        raise UserError(f"--out {out} holds files but no run (no config.yaml or checkpoints/): give a run's "
+                        "directory, or a new or empty one")
     out.mkdir(parents=True, exist_ok=True)
 
 

@@ -34,7 +34,8 @@ class MetricWriter:
             fh.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
+                if (key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and math.isfinite(value)):  # flags (eval lines' knn_quick) are not series
                     self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from repre.core.runtime import Runtime
 from repre.models.backbone import Backbone
@@ -19,12 +20,15 @@ Extra = TypeVar("Extra")
 
 @torch.no_grad()
 def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extra]], rt: Runtime,
-                   fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[torch.Tensor | None, Extra]]:
+                   fn: Callable[[torch.Tensor], torch.Tensor],
+                   desc: str = "") -> Iterator[tuple[torch.Tensor | None, Extra]]:
     """`fn(x)` for each (x, extra) of `batches` (x: normalized images [B, 3, H, W]), one batch at a time ->
     (the output float32 on the CPU, or None for an x of no rows; `extra` as given). `module` runs in eval mode
-    and goes back to its mode when the iteration ends."""
+    and goes back to its mode when the iteration ends. `desc`: a progress bar so named, on a terminal."""
     was_training = module.training
     module.eval()
+    if desc:
+        batches = tqdm(batches, desc=desc, unit="batch", leave=False, disable=None)  # None: off unless a terminal
     try:
         for x, extra in batches:
             if len(x) == 0:
@@ -38,11 +42,11 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
 
 
 def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
-                   fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   fn: Callable[[torch.Tensor], torch.Tensor], desc: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
     """`frozen_batches` gathered: (the outputs concatenated along dim 0, float32 on the CPU; the labels
     concatenated, or None)."""
     outputs, labels = [], []
-    for out, y in frozen_batches(module, batches, rt, fn):
+    for out, y in frozen_batches(module, batches, rt, fn, desc):
         outputs.append(out)
         if y is not None:
             labels.append(y)
@@ -50,8 +54,8 @@ def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
 
 
 def pooled_embeddings(encoder: Backbone, batches: Iterable[tuple[torch.Tensor, Extra]],
-                      rt: Runtime) -> Iterator[tuple[torch.Tensor | None, Extra]]:
+                      rt: Runtime, desc: str = "") -> Iterator[tuple[torch.Tensor | None, Extra]]:
     """The encoder's pooled features, L2-normalized on the CPU in float32, one batch at a time: (x [B, 3, H, W],
     extra) -> ([B, D] or None for an x of no rows, extra). What k-NN compares and `repre embed` writes."""
-    for out, extra in frozen_batches(encoder, batches, rt, lambda x: encoder(x)[0]):
+    for out, extra in frozen_batches(encoder, batches, rt, lambda x: encoder(x)[0], desc):
         yield (None if out is None else F.normalize(out, dim=1)), extra

@@ -22,9 +22,10 @@ from repre.models.backbone import Backbone
 log = logging.getLogger("repre")
 
 
-def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
+                     desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings` gathered."""
-    feats, labels = zip(*pooled_embeddings(encoder, loader, rt), strict=True)
+    feats, labels = zip(*pooled_embeddings(encoder, loader, rt, desc), strict=True)
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -48,8 +49,8 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
     classes = labelled(train.dataset.source, "k-NN")
-    bank, bank_y = extract_features(encoder, train, rt)
-    queries, query_y = extract_features(encoder, test, rt)
+    bank, bank_y = extract_features(encoder, train, rt, "k-NN bank")
+    queries, query_y = extract_features(encoder, test, rt, "k-NN queries")
     pred = knn_predict(bank, bank_y, queries, e.knn.k, e.knn.temperature, classes)
     top1 = float((pred == query_y).float().mean())
     extra = {"k": e.knn.k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries)}

@@ -33,7 +33,7 @@ def block_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (features [N, blocks * D * (2 if kind == "both" else 1)] float32 on CPU, labels [N])."""
     check_layout(encoder, kind, blocks)
-    return frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks))
+    return frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks), "probe features")
 
 
 def train_linear(

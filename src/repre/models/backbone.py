@@ -9,6 +9,7 @@ asked, the feature maps of the tap units (ViT blocks, Swin stages) for the RePre
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +43,7 @@ def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, 
 
 def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     if not timm.is_model(arch.split(".")[0]):
-        near = timm.list_models(f"*{arch.split('_')[0]}*")[:5] or timm.list_models("vit_*")[:5]
+        near = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6) or timm.list_models("vit_*")[:5]
         raise UserError(f"unknown model.arch {arch!r}; e.g. {', '.join(near)} or {', '.join(SMALL_CONFIGS)}")
     try:
         return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)

@@ -111,8 +111,14 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
 
 def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int]]:
     """The first `n` test images of the config's data, resized and centre-cropped as for evaluation:
-    ([n, 3, S, S] in [0, 1], labels)."""
-    loader = eval_loader(cfg, "test", n)
+    ([n, 3, S, S] in [0, 1], labels). A folder or shards without a held-out split (unlabelled images) show
+    their training images."""
+    try:
+        loader = eval_loader(cfg, "test", n)
+    except UserError:
+        if cfg.data.name not in ("folder", "shards"):
+            raise
+        loader = eval_loader(cfg, "train", n)
     x, labels = next(iter(loader))
     mean, std = loader.dataset.mean, loader.dataset.std
     return denormalize(x[:n].float(), mean, std), labels[:n].tolist()
