@@ -130,6 +130,11 @@ def test_missing_dataset_exit_2(tmp_path, capsys):
     assert "dataset-fashion-mnist" in capsys.readouterr().err
 
 
+def test_no_command_shows_the_commands():
+    code, stdout = run_cli([])
+    assert code == 0 and "COMMAND" in stdout and "repre pretrain" in stdout  # no run starts unasked
+
+
 def test_presets_and_version(capsys):
     assert run_cli(["presets"])[1].splitlines()[0].split("\t")[0] == "fmnist-mocov3-repre"
     from repre.cli import main

@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
                 "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map}
-    if args.command is None:
-        args = _parser().parse_args(["pretrain", *(argv or [])])
+    if args.command is None:  # the commands and examples, rather than starting a default run unasked
+        _parser().print_help()
+        return 0
     try:
         return commands[args.command](args)
     except UserError as exc:

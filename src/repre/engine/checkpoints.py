@@ -223,8 +223,9 @@ class Checkpoints:
         if changed:
             diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
             raise UserError(
-                f"cannot resume from {path}: the config differs in {diffs}. Resume with the run's own "
-                f"config (omit --config) or start a new --out; only {', '.join(RESUMABLE_CHANGES)} may change"
+                f"cannot resume from {path}: the config differs in {diffs}. Resume with the run's own config "
+                f"(no --config, and no --set of those keys) or start a new --out; only "
+                f"{', '.join(RESUMABLE_CHANGES)} may change"
             )
 
     def _truncate_metrics(self) -> None:

@@ -90,8 +90,9 @@ def evaluate(
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),
-                 "encoder": eval_encoder_key(cfg.method.name), "set": list(overrides or [])}
+                 "encoder": encoder_key, "set": list(overrides or [])}
     if task == "recon":
         from repre.eval.recon import recon_eval
 
