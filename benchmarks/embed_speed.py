@@ -62,7 +62,7 @@ def embed_rates(checkpoint: Path, out: Path) -> tuple[float, float, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=10000, help="first N training images (data.subset)")
+    p.add_argument("--images", type=int, default=10000, help="N training images (data.subset)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--preset", default="fmnist-mocov3-repre")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -314,7 +314,7 @@ def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):
     resumed = Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True)
     assert resumed.fit()["nonfinite_steps"] == 1
     assert repre_log.text.count("skipped for a non-finite loss") == 1
-    assert "train.max_steps 4 -> 8: the learning rate" in repre_log.text  # its schedules follow the new length
+    assert "resuming a run of 4 steps as one of 8: the learning rate" in repre_log.text  # the schedules follow
 
 
 @pytest.mark.parametrize("before,after", [("step", "log"), ("log", "step")])

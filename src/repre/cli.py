@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
     sh.add_argument("--out", required=True, help="FILE.png")
-    sh.add_argument("--images", type=int, default=4, help="the first N test images (default 4)")
+    sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
     sh.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override the first checkpoint's config (data.* picks the images)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
@@ -105,13 +105,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from repre.config import load_config
+    from repre.config import DEFAULT_PRESET, load_config, source_dict
     from repre.pretraining import pretrain
 
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out or f"runs/{cfg.preset}")
-    if args.config is None and args.resume and (out / "config.yaml").is_file():
-        cfg = load_config(str(out / "config.yaml"), args.overrides)  # resume with the run's own config
+    out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
+    source = args.config
+    if source is None and args.resume and (out / "config.yaml").is_file():
+        source = str(out / "config.yaml")  # resume with the run's own config
+    cfg = load_config(source, args.overrides)
     try:
         summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
     except StoppedEarly as stop:
@@ -257,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("repre: interrupted")
         return 3
-    except BrokenPipeError:  # `repre ... | head -1`: the reader had what it wanted; the command's work is done
+    except BrokenPipeError:  # `repre ... | head -1`: the reader left; say nothing more (Python's recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 0
+        return 1
     except MemoryError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError; host OOM is MemoryError
         _say(out_of_memory_message(exc))
         return 2

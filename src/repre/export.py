@@ -34,17 +34,25 @@ def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> d
     """The results of `run_dir` that describe this checkpoint's encoder: the run's final k-NN and each `repre
     eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given."""
     evals = {}
-    summary = run_dir / "summary.json"
-    done = json.loads(summary.read_text()) if summary.is_file() else {}
+    done = _read_json(run_dir / "summary.json")
     if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
         evals["knn"] = {"metric": "top1", "value": done["knn_top1"], "from": "pretrain"}
     for path in sorted((run_dir / "eval").glob("*/result.json")):
-        r = json.loads(path.read_text())
+        r = _read_json(path)
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
-        if of.get("step") == step and of.get("encoder") == key:
-            evals[r.get("task", path.parent.name)] = {"metric": r.get("metric"), "value": r.get("value"),
-                                                      "set": of.get("set", [])}
+        if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
+            how = [item for item in of.get("set", []) if str(item).startswith("eval.")]  # no data paths
+            evals[r.get("task", path.parent.name)] = {"metric": r.get("metric"), "value": r.get("value"), "set": how}
     return evals
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when there is none or it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
@@ -132,7 +140,8 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, ckpt_io.run_dir(checkpoint))
+    in_run = Path(checkpoint).is_dir() or ckpt_io.checkpoint_file(checkpoint).parent.name == "checkpoints"
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, ckpt_io.run_dir(checkpoint) if in_run else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
     save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
@@ -144,9 +153,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
     card_tmp = out.with_name(f".tmp-{out.stem}.json")
     card_tmp.write_text(json.dumps(card, indent=2) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # safetensors writes its file 0600; a plain file's mode, as for the card
+    tmp.chmod(card_tmp.stat().st_mode & 0o777)  # safetensors writes its file 0600; the card's mode (umask's)
     os.replace(tmp, out)
     os.replace(card_tmp, out.with_suffix(".json"))
     return card

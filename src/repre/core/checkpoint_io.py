@@ -134,13 +134,18 @@ def verify(path: Path, fh=None) -> None:
     except ValueError:
         raise UserError(f"{side} is not a checksum file; delete it to load {path} unchecked") from None
     actual = os.fstat(fh.fileno()).st_size if fh is not None else path.stat().st_size
-    in_run = path.parent.name == "checkpoints"  # name the run's other checkpoints, newest first
-    others = [p.name for p in step_checkpoints(path.parent.parent) if p != path][::-1] if in_run else []
-    instead = f"; its run has {', '.join(others[:3])} in {path.parent}" if others else ""
+    instead = _others(path)
     if actual != int(size):
         raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written{instead}")
     if (_digest_of(fh) if fh is not None else _digest(path)) != digest:
         raise UserError(f"{path} is damaged: its SHA-256 differs from the one recorded when it was written{instead}")
+
+
+def _others(path: Path) -> str:
+    """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none)."""
+    in_run = path.parent.name == "checkpoints"
+    others = [p.name for p in step_checkpoints(path.parent.parent) if p != path][::-1] if in_run else []
+    return f"; its run has {', '.join(others[:3])} in {path.parent}" if others else ""
 
 
 def step_checkpoints(folder: Path) -> list[Path]:
@@ -187,6 +192,8 @@ def load(path: str | Path) -> dict[str, Any]:
         fh.seek(0)
         head = fh.read(4)
         if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
+            if path.parent.name == "checkpoints":
+                raise UserError(f"{path} is empty or damaged (not a file torch.save writes){_others(path)}")
             raise UserError(f"{path} is not a checkpoint (not a file torch.save writes): give a run directory or "
                             "one of its checkpoints/*.pt")
         fh.seek(0)

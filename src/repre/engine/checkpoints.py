@@ -39,9 +39,6 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise UserError(
             f"--out {out} is not empty; add --resume to continue that run, or choose another --out"
         )
-    if started and not ((out / "config.yaml").is_file() or (out / "checkpoints").is_dir()):
-        raise UserError(f"--out {out} holds files but no run (no config.yaml or checkpoints/): give a run's "
-                        "directory, or a new or empty one")
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -127,6 +124,7 @@ class Checkpoints:
                 raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
                                 f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
             self._check_compatible(ckpt["config"], path)
+            self._warn_if_longer_or_shorter(ckpt["config"], total)
             self._restore(ckpt)
             self.last_good = path
             log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
@@ -213,12 +211,6 @@ class Checkpoints:
         before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
         idle = tuple(f"method.{name}." for name in FRAMEWORKS if name != self.cfg.method.name)  # not what runs
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-        length = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in ("train.max_steps", "train.epochs")
-                  if k in changed]
-        if length:  # the schedules are rebuilt for the new length, as the official scripts do with --epochs
-            log.warning("resuming with %s: the learning rate, momentum, weight decay and the other schedules "
-                        "follow the new length from here on, so their values change at the resumed step",
-                        ", ".join(length))
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES + idle)]
         if changed:
             diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
@@ -227,6 +219,15 @@ class Checkpoints:
                 f"(no --config, and no --set of those keys) or start a new --out; only "
                 f"{', '.join(RESUMABLE_CHANGES)} may change"
             )
+
+    def _warn_if_longer_or_shorter(self, old: dict[str, Any], total: int) -> None:
+        """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""
+        t = config_from_dict(old).train
+        was = t.max_steps if t.max_steps > 0 else t.epochs * (len(self.data) // t.batch_size)
+        if was != total and dist.is_main():
+            log.warning("resuming a run of %d steps as one of %d: the learning rate, momentum, weight decay and "
+                        "the other schedules follow the new length from here on, so their values change at the "
+                        "resumed step", was, total)
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again)."""

@@ -196,7 +196,7 @@ class Trainer:
                 s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
         else:
             path = self.save_checkpoint(final=True)
-            if not completed:
+            if not completed and main:
                 log.warning("stopped at step %d of %d, checkpoint %s: go on with `repre pretrain --out %s --resume`",
                             s.step, self.total, path, self.out)
         summary = self._finish(writer, path, completed)
@@ -206,12 +206,18 @@ class Trainer:
         return summary
 
     def _completed_summary(self) -> dict[str, Any] | None:
-        """summary.json of a resumed run that already completed all its steps, else None."""
+        """summary.json of a resumed run that already completed all its steps, else None. Distributed: None
+        unless every process read it so (they must all take the same path)."""
         path = self.out / "summary.json"
-        if self.state.step < self.total or not path.is_file():
-            return None
-        summary = json.loads(path.read_text())
-        return summary if summary.get("completed") and summary.get("steps") == self.state.step else None
+        summary = None
+        if self.state.step >= self.total and path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("completed") and stored.get("steps") == self.state.step:
+                summary = stored
+        if dist.is_distributed():
+            agreed = dist.all_reduce_sum(torch.tensor([float(summary is not None)], device=self.rt.device))
+            summary = summary if int(agreed.item()) == dist.world_size() else None
+        return summary
 
     def _loop(self, loader, writer: MetricWriter, bar: tqdm) -> bool:
         """Steps until the total or a stop request; returns whether the run completed."""

@@ -12,10 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from repre.config import Config
+from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.models.backbone import Backbone
 
 Extra = TypeVar("Extra")
+
+
+def bar_name(cfg: Config, name: str) -> str:
+    """`name` for a progress bar of an evaluation, or "" for none: bars follow train.progress, on rank 0."""
+    return name if cfg.train.progress and dist.is_main() else ""
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import labelled
 from repre.errors import UserError
-from repre.eval.features import pooled_embeddings
+from repre.eval.features import bar_name, pooled_embeddings
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
@@ -49,8 +49,8 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
     classes = labelled(train.dataset.source, "k-NN")
-    bank, bank_y = extract_features(encoder, train, rt, "k-NN bank")
-    queries, query_y = extract_features(encoder, test, rt, "k-NN queries")
+    bank, bank_y = extract_features(encoder, train, rt, bar_name(cfg, "k-NN bank"))
+    queries, query_y = extract_features(encoder, test, rt, bar_name(cfg, "k-NN queries"))
     pred = knn_predict(bank, bank_y, queries, e.knn.k, e.knn.temperature, classes)
     top1 = float((pred == query_y).float().mean())
     extra = {"k": e.knn.k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries)}

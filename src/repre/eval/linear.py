@@ -20,7 +20,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import labelled
-from repre.eval.features import frozen_outputs
+from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
 from repre.eval.protocols import Protocol, resolve
@@ -29,11 +29,12 @@ from repre.models.backbone import Backbone
 
 
 def block_features(
-    encoder: Backbone, loader: DataLoader, rt: Runtime, kind: str, blocks: int
+    encoder: Backbone, loader: DataLoader, rt: Runtime, kind: str, blocks: int, desc: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (features [N, blocks * D * (2 if kind == "both" else 1)] float32 on CPU, labels [N])."""
+    """-> (features [N, blocks * D * (2 if kind == "both" else 1)] float32 on CPU, labels [N]); `desc`: a
+    progress bar's name."""
     check_layout(encoder, kind, blocks)
-    return frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks), "probe features")
+    return frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks), desc)
 
 
 def train_linear(
@@ -82,8 +83,8 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) 
     e = cfg.eval.linear
     train, test = eval_loader(cfg, "train", e.train_subset), eval_loader(cfg, "test", e.test_subset)
     classes = labelled(train.dataset.source, "the linear probe")
-    xtr, ytr = block_features(encoder, train, rt, protocol.features, protocol.blocks)
-    xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks)
+    xtr, ytr = block_features(encoder, train, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe train"))
+    xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe test"))
     rows = sweep(xtr, ytr, classes, cfg, protocol)
     best = max(rows, key=lambda r: r["val_top1"])
     mean, std = xtr.mean(dim=0), xtr.std(dim=0) + 1e-6

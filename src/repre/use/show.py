@@ -110,9 +110,9 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
 
 
 def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int]]:
-    """The first `n` test images of the config's data, resized and centre-cropped as for evaluation:
-    ([n, 3, S, S] in [0, 1], labels). A folder or shards without a held-out split (unlabelled images) show
-    their training images."""
+    """`n` test images of the config's data (picked by `repre.data.sources.subset_of`), resized and
+    centre-cropped as for evaluation: ([n, 3, S, S] in [0, 1], labels). A folder or shards without a held-out
+    split (unlabelled images) show their training images."""
     try:
         loader = eval_loader(cfg, "test", n)
     except UserError:
