@@ -263,6 +263,12 @@ def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
                 tmp_path / "x", init_from=source)
 
 
+def test_init_from_nothing_is_refused_before_out_is_made(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint there"):
+        Trainer(tiny_config(), tmp_path / "x", init_from=tmp_path / "nope")
+    assert not (tmp_path / "x").exists()
+
+
 def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch):
     """SIGINT once: the run stops at the step boundary with a checkpoint (status 3); twice: it quits at once
     (KeyboardInterrupt, status 3 from the CLI) without waiting for the step to end."""

@@ -63,6 +63,8 @@ class Trainer:
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
+        if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
+            raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         prepare_out(out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         torch.manual_seed(cfg.train.seed)
