@@ -56,12 +56,6 @@ def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> 
     return encoder_from(ckpt, cfg, checkpoint), cfg
 
 
-def load_model(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[nn.Module, Config]:
-    """The whole pre-training model of a checkpoint (method, momentum encoder, decoder)."""
-    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    return model_from(ckpt, cfg, checkpoint), cfg
-
-
 def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     """The whole pre-training model of a loaded checkpoint, built from `cfg` (`checkpoint` names it in errors)."""
     head = ckpt["model"].get("method.head.weight")  # supervised checkpoints carry their class count
