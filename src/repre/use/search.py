@@ -17,9 +17,10 @@ BANK_CHUNK = 16384  # bank rows per matrix product: [1024 queries, 16384] float3
 QUERY_CHUNK = 1024
 
 
-def top_k(bank: np.ndarray, queries: torch.Tensor, k: int, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
-    """bank [N, D] (an array or a memory map), queries [Q, D] float32 -> (similarities [Q, k] float32, bank rows
-    [Q, k] int64), most similar first. `queries` may be an array too."""
+def top_k(bank: np.ndarray, queries: torch.Tensor | np.ndarray, k: int,
+          backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """bank [N, D] (an array or a memory map), queries [Q, D] float32 (a tensor or an array) -> (similarities
+    [Q, k] float32, bank rows [Q, k] int64), most similar first."""
     queries = torch.as_tensor(queries)
     if not 0 < k <= len(bank):
         raise UserError(f"k={k} neighbours asked of a bank of {len(bank)} rows")
