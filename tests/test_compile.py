@@ -11,9 +11,9 @@ from repre.core.runtime import run_settings
 from repre.engine.compile import compile_blocks
 
 
-def test_compile_wraps_blocks_and_decoder_and_keeps_names(monkeypatch):
+def test_compile_wraps_blocks_and_the_branch_loss_and_keeps_names(monkeypatch):
     compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append((type(self).__name__, k)))
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: compiled.append((fn.__qualname__, k)) or fn)
     cfg = tiny_config("train.compile=true")
     model = build_model(cfg)
     names = list(model.state_dict())
@@ -23,7 +23,9 @@ def test_compile_wraps_blocks_and_decoder_and_keeps_names(monkeypatch):
         assert torch._dynamo.config.recompile_limit >= 32
     assert torch._dynamo.config.recompile_limit == limit  # and put back after it
     kinds = [name for name, _ in compiled]
-    assert kinds.count("Block") == 2 * 4 and kinds.count("Decoder") == 1  # online + momentum, 4 blocks
+    # online + momentum, 4 blocks each; the branch's loss with the decoder inside it
+    assert kinds.count("Module._call_impl") == 2 * 4 and kinds.count("ReconstructionBranch.loss") == 1
+    assert len(kinds) == 9
     assert all(k == {"dynamic": False} for _, k in compiled)  # one static graph per shape
     assert list(model.state_dict()) == names
 
@@ -39,8 +41,8 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
         return [x["loss"] for x in lines if "loss" in x and x.get("kind") != "eval"]
 
     eager = run(tmp_path / "eager")
-    compile_ = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **k: compile_(self, backend="eager", **k))
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="eager", **k))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     try:
@@ -49,5 +51,5 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
     finally:
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-    assert graphs >= 3  # captured: the blocks at two token counts (global, local crops) and the decoder
+    assert graphs >= 3  # captured: the blocks at two token counts (global, local crops) and the branch's loss
     assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-5)

@@ -108,18 +108,49 @@ def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions
     assert size == sheet_size(rows, 4, thumb_side(16))  # a column per view (2 images x 2 views)
 
 
-def test_one_view_each_alternates_by_the_images_global_index():
-    from repre.reconstruction import one_view_each
+def test_one_view_rows_alternate_by_the_images_global_index():
+    from repre.reconstruction import one_view_rows
 
     x = torch.arange(12)  # [x1; x2] of 6 images: rows 0-5 their first views, rows 6-11 their second
     whole = [0, 2, 4, 7, 9, 11]  # images 0, 2, 4 by their first view; 1, 3, 5 by their second
-    assert one_view_each(x).tolist() == whole
+    assert x[one_view_rows(12)].tolist() == whole
     # two processes, three images each: [x1; x2] of images 0-2 and of images 3-5 (the second starts odd)
-    shares = [one_view_each(torch.cat([x[i:i + 3], x[6 + i:9 + i]]), offset=i) for i in (0, 3)]
+    shares = [torch.cat([x[i:i + 3], x[6 + i:9 + i]])[one_view_rows(6, offset=i)] for i in (0, 3)]
     assert sorted(torch.cat(shares).tolist()) == whole  # N processes: the views one process takes
-    x = torch.zeros(12, requires_grad=True)  # the gradient reaches the chosen views' rows and no other
-    one_view_each(x).backward(torch.arange(1.0, 7.0))
-    assert x.grad.tolist() == [1, 0, 2, 0, 3, 0, 0, 4, 0, 5, 0, 6]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_maps_as_token_views_change_no_value(monkeypatch, precision):
+    """A ViT's tap maps reach the decoder as views of its tokens, their rows chosen before the copy, which casts
+    under autocast: the loss and every gradient are those of the former path, bit for bit, which copied every
+    view's maps contiguous in fp32 (timm's NCHW output), then chose the rows, and let the convolution cast."""
+    import repre.models.decoder as decoder_module
+    from repre.models.backbone import Backbone
+
+    cfg = tiny_config("model.drop_path=0.0", "recon.views=1")
+    views = torch.randn(4, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def step(former: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        with monkeypatch.context() as m:
+            if former:
+                forward = Backbone.forward
+                m.setattr(Backbone, "forward", lambda self, x, taps=(): (
+                    lambda pooled, maps: (pooled, [t.contiguous() for t in maps]))(*forward(self, x, taps)))
+                m.setattr(decoder_module, "_dense", lambda x: x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = model(views, 0.99)
+                if not former:
+                    maps = model.method(views, 0.99)["recon_maps"]
+                    assert not maps[0].is_contiguous() and maps[0].dtype == torch.float32  # views, not copies
+        out["loss"].backward()
+        return out["loss"].detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    (loss, grads), (former_loss, former_grads) = step(False), step(True)
+    assert torch.equal(loss, former_loss)
+    assert grads.keys() == former_grads.keys() and any(n.startswith("branch.") for n in grads)
+    assert all(torch.equal(grads[n], former_grads[n]) for n in grads)
 
 
 def test_one_view_decodes_half_the_views():

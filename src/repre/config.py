@@ -269,7 +269,7 @@ class TrainConfig:
     # auto: bf16 where the hardware runs it natively (fp16 on GPUs without bf16), else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_workers: int = -1  # -1: min(8, cores - 1)
-    compile: bool = False  # torch.compile each transformer block and the decoder (weights keep their names)
+    compile: bool = False  # torch.compile each transformer block and the decoder with its loss (weights keep their names)
     # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
     # PyTorch's deterministic algorithms (can be slower); on a GPU with recon.upsample=nearest and no local crops
     deterministic: bool = False

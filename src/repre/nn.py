@@ -14,6 +14,7 @@ or, at the cost of a second encoder forward, `loss = ssl_loss + 1.0 * branch(ima
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,11 +76,21 @@ class ReconstructionBranch(nn.Module):
         pixels with norm_pix)."""
         return self.decoder(maps, size)
 
-    def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        """Tap maps and the images they should give back (normalized, [B, 3, H, W]) -> the scalar loss."""
+    def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Tap maps and the images they should give back (normalized, [B, 3, H, W]) -> the scalar loss. `rows`:
+        the batch rows to reconstruct ([N] indices into maps and targets; None: all). Chosen here, a compiled
+        loss (`compile_loss`) reads only those rows of the tap maps."""
+        if rows is not None:
+            maps, targets = [m.index_select(0, rows) for m in maps], targets.index_select(0, rows)
         pred = self.reconstruct(maps, targets.shape[-2:])
         return reconstruction_loss(pred, targets, self.loss_kind, self.norm_pix, self.patch_size,
                                    self.norm_pix_floor)
+
+    def compile_loss(self, **options: Any) -> None:
+        """torch.compile `loss` in place (`options`: torch.compile's): the choice of rows, the tap maps' copy
+        into the decoder's layout and dtype, the decoder and the loss in one graph, so the copy reads only the
+        chosen rows and the copy's and the loss's element-wise work fuse. `reconstruct` stays eager."""
+        self.loss = torch.compile(self.loss, **options)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """images [B, 3, H, W] -> the loss of reconstructing `targets` (default: the images) from their tap maps.

@@ -8,7 +8,7 @@ pixels; the total adds lambda * reconstruction loss:
     recon = branch.loss(out["recon_maps"], out["recon_targets"])  # or the clean targets: recon.target
     loss = contrastive + weight * recon
 
-With views=1 the decoder reconstructs one global view of each image (`one_view_each`): the encoder still sees
+With views=1 the decoder reconstructs one global view of each image (`one_view_rows`): the encoder still sees
 both, the decoder's cost halves.
 
 With the branch disabled no decoder exists and the plain method is trained: the baseline.
@@ -27,18 +27,14 @@ from repre.methods.base import Method, stack_views
 from repre.nn import ReconstructionBranch
 
 
-def one_view_each(x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """[2B, ...], both global views of B images stacked as [x1; x2] -> [B, ...]: one view of each image, the
-    first for even and the second for odd images. `offset`: the global index of this process's first image,
-    so that N processes, each with a contiguous share of the global batch (repre's indexed sampler), reconstruct
-    the views one process would. Any other order still reconstructs one view of each image."""
-    b = x.shape[0] // 2
-    first = offset % 2
-    # One gather, not two strided slices and a cat: the slices' backward writes two full-size zero gradients
-    # and adds them; index_select's writes one (the same values and gradients, fewer bytes moved).
-    on = {"device": x.device}
-    index = torch.cat([torch.arange(first, b, 2, **on), torch.arange(b + 1 - first, 2 * b, 2, **on)])
-    return x.index_select(0, index)
+def one_view_rows(n: int, offset: int = 0, device: torch.device | None = None) -> torch.Tensor:
+    """The rows of [x1; x2] (n = 2B rows: both global views of B images) that reconstruct one view of each
+    image: [B] indices, the first view for even and the second for odd images. `offset`: the global index of
+    this process's first image, so that N processes, each with a contiguous share of the global batch (repre's
+    indexed sampler), reconstruct the views one process would. Any other order still reconstructs one view of
+    each image."""
+    b, first = n // 2, offset % 2
+    return torch.cat([torch.arange(first, b, 2, device=device), torch.arange(b + 1 - first, n, 2, device=device)])
 
 
 class Baseline(nn.Module):
@@ -74,7 +70,7 @@ class RePre(Baseline):
 
     def __init__(self, method: Method, *, taps: Sequence[int], weight: float = 1.0, views: int = 2,
                  **branch: Any) -> None:
-        """`views`: the global views reconstructed per image, 2 or 1 (`one_view_each`); `branch`: the
+        """`views`: the global views reconstructed per image, 2 or 1 (`one_view_rows`); `branch`: the
         `ReconstructionBranch` arguments (width, min_width, loss, norm_pix, ...)."""
         if views not in (1, 2):
             raise ValueError(f"views={views!r}: the global views reconstructed per image are 1 or 2")
@@ -100,11 +96,10 @@ class RePre(Baseline):
         views themselves, as the encoder received them."""
         out = self.method(views, momentum, labels, local_views)
         targets = out.pop("recon_targets") if targets is None else stack_views(targets)
-        maps = out.pop("recon_maps")
-        if self.views_per_image == 1:
-            offset = rank() * views.shape[0]  # every process has an equal share of the global batch
-            maps, targets = [one_view_each(m, offset) for m in maps], one_view_each(targets, offset)
-        loss_recon = self.branch.loss(maps, targets)
+        rows = None
+        if self.views_per_image == 1:  # every process has an equal share of the global batch
+            rows = one_view_rows(targets.shape[0], rank() * views.shape[0], targets.device)
+        loss_recon = self.branch.loss(out.pop("recon_maps"), targets, rows)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = loss_recon
         out["loss"] = out["loss"] + self.weight * loss_recon

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from torch import nn
 
-from repre.models.decoder import Decoder
+from repre.nn import ReconstructionBranch
 
 
 def units(model: nn.Module) -> list[nn.Module]:
-    """What is compiled: every transformer block (the members of each `blocks` sequence, timm's layout for ViTs,
-    Swin stages and their relatives) and the RePre decoder."""
+    """The modules compiled whole: every transformer block (the members of each `blocks` sequence, timm's layout
+    for ViTs, Swin stages and their relatives)."""
     found = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, (nn.Sequential, nn.ModuleList)):
             found += list(module)
-        elif isinstance(module, Decoder):
-            found.append(module)
     return found
 
 
 def compile_blocks(model: nn.Module) -> None:
-    """torch.compile, in place, every transformer block (online and momentum encoders) and the decoder: the
-    repeated units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged.
+    """torch.compile, in place, every transformer block (online and momentum encoders) and the RePre branch's
+    loss (`ReconstructionBranch.compile_loss`: the tap maps' copy, the decoder and its loss): the repeated
+    units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged.
 
     Static shapes: each input shape (DINO's global and local crops, Swin's stages and shifted windows) gets its
     own graph. Dynamo's default would make the second shape symbolic: slower kernels, and on a CPU minutes of
@@ -30,3 +29,6 @@ def compile_blocks(model: nn.Module) -> None:
     versions may run blocks past the limit uncompiled."""
     for module in units(model):
         module.compile(dynamic=False)
+    for module in model.modules():
+        if isinstance(module, ReconstructionBranch):
+            module.compile_loss(dynamic=False)

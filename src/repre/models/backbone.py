@@ -87,9 +87,18 @@ class Backbone(nn.Module):
         return cls(arch, {}, model=model)
 
     def forward(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A ViT's maps are views of its tokens ([B, C, h, w] with channels-last strides), not copies: whoever
+        reads them copies what it needs, in its own dtype (the decoder: the views it reconstructs, in bf16
+        under autocast), where timm's NCHW output would copy every view in fp32 first. A Swin's are timm's
+        (contiguous: its NCHW output is the only one it offers)."""
         if not taps:
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True), []
-        final, maps = self.model.forward_intermediates(x, indices=list(taps), output_fmt="NCHW", norm=False)
+        if self.hierarchical:
+            final, maps = self.model.forward_intermediates(x, indices=list(taps), output_fmt="NCHW", norm=False)
+        else:
+            final, tokens = self.model.forward_intermediates(x, indices=list(taps), output_fmt="NLC", norm=False)
+            grid = self.model.patch_embed.dynamic_feat_size(x.shape[-2:])
+            maps = [t.unflatten(1, grid).permute(0, 3, 1, 2) for t in tokens]  # [B, L, C] -> [B, C, h, w]
         return self.model.forward_head(final, pre_logits=True), maps
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

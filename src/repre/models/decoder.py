@@ -27,6 +27,15 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """A tap map as the lateral 1x1 convolution reads it: contiguous (a ViT's maps are views of its tokens), in
+    the autocast dtype when autocast is on. Autocast would make the same cast inside the convolution; made here,
+    the copy writes half the bytes, and values and gradients are unchanged."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    return x.to(dtype, memory_format=torch.contiguous_format)
+
+
 class ConvBlock(nn.Sequential):
     """3x3 conv + GroupNorm + GELU: [B, c_in, h, w] -> [B, c_out, h, w]."""
 
@@ -64,7 +73,7 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
 
     def forward(self, maps: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]
+        lat = [layer(_dense(m)) for layer, m in zip(self.laterals, maps, strict=True)]
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
             if x.shape[-2:] != lat[i].shape[-2:]:
