@@ -9,6 +9,11 @@ synthetic images, eager, under bf16 autocast, with every operator PyTorch dispat
 (views and reshapes move nothing and are skipped). Rows: the preset with the branch, each --compare variant of
 it, and the baseline (recon.enabled=false); each with its ratio to the baseline.
 
+Memory: the weights (fp32), the trained ones' gradients and AdamW moments, and the distinct storages autograd
+saves for the backward (the activations alive when the forward ends, the weights' bf16 copies among them): what
+sets a step's peak above the allocator's slack and the backward's transients. Eager: a compiled step saves
+fewer activations (the partitioner recomputes element-wise work in the backward), in both rows.
+
 A step's counts are a part that grows with the batch (activations) and a fixed part (the optimizer, the
 momentum update, the weights' casts to bf16). Each row is counted at batches of 2 and 4 images and the two
 parts solved for; the table gives them at --at images a process (the GPU measurements' batch: 256).
@@ -59,17 +64,45 @@ def _bytes(values: list) -> int:
     return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
 
 
+class Saved:
+    """The bytes autograd keeps for the backward: every distinct storage saved, parameters excluded (the
+    activations alive when the forward ends, which set a step's peak memory above the weights and optimizer
+    state)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self.params:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """The weights (fp32), and for the trained ones a gradient and AdamW's two moments: a step's memory that
+    does not grow with the batch (the bf16 copies autocast makes of the weights are among the saved bytes)."""
+    return sum(p.numel() * 4 * (4 if p.requires_grad else 1) for p in model.parameters())
+
+
 def count_step(preset: str, overrides: list[str]) -> dict[str, float]:
-    """One step's FLOPs and bytes moved (read + written), in total and by operator ("op:NAME")."""
+    """One step's FLOPs, bytes moved (read + written; in total and by operator, "op:NAME") and bytes saved for
+    the backward."""
     torch.manual_seed(0)
-    _, step, _ = trainer_step(preset, overrides)
+    trainer, step, _ = trainer_step(preset, overrides)
     step()  # the first step builds the optimizer's state: count a step like every later one
-    flops, traffic = FlopCounterMode(display=False), Traffic()
-    with flops, traffic:
+    flops, traffic, saved = FlopCounterMode(display=False), Traffic(), Saved(trainer.model)
+    with flops, traffic, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         step()
     moved = traffic.read + traffic.written
-    return {"flop": flops.get_total_flops(), "bytes": sum(moved.values()),
-            "bytes_written": sum(traffic.written.values()), **{f"op:{k}": v for k, v in moved.items()}}
+    return {"flop": flops.get_total_flops(), "bytes": sum(moved.values()), "saved": saved.bytes,
+            "state": state_bytes(trainer.model), "bytes_written": sum(traffic.written.values()),
+            **{f"op:{k}": v for k, v in moved.items()}}
 
 
 def count(preset: str, overrides: list[str], at: int) -> dict:
@@ -83,6 +116,9 @@ def count(preset: str, overrides: list[str], at: int) -> dict:
     return {"gflop_per_image": at_batch["flop"] / at / 1e9, "mb_per_image": at_batch["bytes"] / at / 2**20,
             "mb_written_per_image": at_batch["bytes_written"] / at / 2**20,
             "fixed_gflop": fixed["flop"] / 1e9, "fixed_mb": fixed["bytes"] / 2**20,
+            "saved_mb_per_image": per_image["saved"] / 2**20, "saved_fixed_mb": fixed["saved"] / 2**20,
+            "state_mb": small["state"] / 2**20,
+            "memory_mb": (small["state"] + at_batch["saved"]) / 2**20,
             "mb_by_op": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 
@@ -105,13 +141,15 @@ def main() -> None:
         counts[name] = count(args.preset, overrides, args.at)
         print(f"counted {name}", file=sys.stderr, flush=True)
     ref = counts["baseline"]
-    print(f"{args.preset} at {args.at} images a step, per image: GFLOP, MB read + written (eager, bf16 autocast), "
-          "ratios to the baseline")
+    print(f"{args.preset} at {args.at} images a step, per image: GFLOP, MB read + written (eager, bf16 autocast); "
+          "a step's memory (weights, gradients, AdamW's moments and the bytes saved for the backward); ratios to "
+          "the baseline")
     for name, c in counts.items():
         c["flop_ratio"] = c["gflop_per_image"] / ref["gflop_per_image"]
         c["bytes_ratio"] = c["mb_per_image"] / ref["mb_per_image"]
+        c["memory_ratio"] = c["memory_mb"] / ref["memory_mb"]
         print(f"{name:<44}{c['gflop_per_image']:8.2f} GFLOP {c['mb_per_image']:8.1f} MB   x{c['flop_ratio']:.3f} "
-              f"FLOP  x{c['bytes_ratio']:.3f} bytes")
+              f"FLOP  x{c['bytes_ratio']:.3f} bytes   {c['memory_mb']:8.0f} MB memory  x{c['memory_ratio']:.3f}")
     for name, c in counts.items():
         if name == "baseline":
             continue

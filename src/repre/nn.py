@@ -80,7 +80,7 @@ class ReconstructionBranch(nn.Module):
         """Tap maps and the images they should give back (normalized, [B, 3, H, W]) -> the scalar loss. `rows`:
         the batch rows to reconstruct ([N] indices into maps and targets; None: all). Chosen here, a compiled
         loss (`compile_loss`) reads only those rows of the tap maps."""
-        if rows is not None:
+        if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two)
             maps, targets = [m.index_select(0, rows) for m in maps], targets.index_select(0, rows)
         pred = self.reconstruct(maps, targets.shape[-2:])
         return reconstruction_loss(pred, targets, self.loss_kind, self.norm_pix, self.patch_size,
