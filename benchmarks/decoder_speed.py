@@ -4,7 +4,8 @@
 
 Shapes of ViT-S/16 at 224 (4 taps of [N, 384, 14, 14], width 128 halving to 8 over 4 x2 steps to 224 px).
 Variants (--variants): `<upsampling>-<mode>[-s<out_stride>]`, upsampling bilinear or nearest, mode nchw (eager),
-channels_last (eager) or compiled (torch.compile of the decoder, as train.compile=true does), out_stride as
+channels_last (eager) or compiled (torch.compile of the decoder; train.compile=true compiles it together with
+its loss and the choice and copy of the tap maps, here given contiguous), out_stride as
 recon.out_stride (default 1). Prints a JSON line last. Beside the times, every variant's forward FLOPs and the
 values its layers write per view (bf16 MB: the memory traffic that bounds it on a GPU), counted on the CPU.
 `--count-only` skips the timing (any machine).

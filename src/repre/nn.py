@@ -89,8 +89,10 @@ class ReconstructionBranch(nn.Module):
     def compile_loss(self, **options: Any) -> None:
         """torch.compile `loss` in place (`options`: torch.compile's): the choice of rows, the tap maps' copy
         into the decoder's layout and dtype, the decoder and the loss in one graph, so the copy reads only the
-        chosen rows and the copy's and the loss's element-wise work fuse. `reconstruct` stays eager."""
-        self.loss = torch.compile(self.loss, **options)
+        chosen rows and the copy's and the loss's element-wise work fuse. `reconstruct` stays eager. The compiled
+        `loss` is an attribute of this instance: compile after copying the module, not before."""
+        if "loss" not in vars(self):  # compiled once
+            self.loss = torch.compile(self.loss, **options)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """images [B, 3, H, W] -> the loss of reconstructing `targets` (default: the images) from their tap maps.

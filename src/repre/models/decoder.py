@@ -33,7 +33,8 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     the copy writes half the bytes, and values and gradients are unchanged."""
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    return x.to(dtype, memory_format=torch.contiguous_format)
+    # one copy for a ViT's views (channels-last strides); `.contiguous()` for any other strides `to` would keep
+    return x.to(dtype, memory_format=torch.contiguous_format).contiguous()
 
 
 class ConvBlock(nn.Sequential):
