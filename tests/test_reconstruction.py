@@ -117,6 +117,9 @@ def test_one_view_rows_alternate_by_the_images_global_index():
     # two processes, three images each: [x1; x2] of images 0-2 and of images 3-5 (the second starts odd)
     shares = [torch.cat([x[i:i + 3], x[6 + i:9 + i]])[one_view_rows(6, offset=i)] for i in (0, 3)]
     assert sorted(torch.cat(shares).tolist()) == whole  # N processes: the views one process takes
+    x = torch.zeros(12, requires_grad=True)  # as the branch chooses them: the gradient reaches those rows only
+    x.index_select(0, one_view_rows(12)).backward(torch.arange(1.0, 7.0))
+    assert x.grad.tolist() == [1, 0, 2, 0, 3, 0, 0, 4, 0, 5, 0, 6]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -141,12 +144,11 @@ def test_maps_as_token_views_change_no_value(monkeypatch, precision):
                 m.setattr(decoder_module, "_dense", lambda x: x)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(views, 0.99)
-                if not former:
-                    maps = model.method(views, 0.99)["recon_maps"]
-                    assert not maps[0].is_contiguous() and maps[0].dtype == torch.float32  # views, not copies
         out["loss"].backward()
         return out["loss"].detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
+    maps = build_model(cfg).method.encoder(stack_views(views), [1, 3])[1]
+    assert not maps[0].is_contiguous() and maps[0].shape == (8, 32, 4, 4)  # views of the tokens, not copies
     (loss, grads), (former_loss, former_grads) = step(False), step(True)
     assert torch.equal(loss, former_loss)
     assert grads.keys() == former_grads.keys() and any(n.startswith("branch.") for n in grads)
