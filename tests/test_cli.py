@@ -71,6 +71,20 @@ def test_eval_refuses_a_mismatched_checkpoint(tiny_run, capsys):
     assert "does not match" in capsys.readouterr().err
 
 
+def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
+    """A pre-training key given to an evaluation would change nothing: refused, naming it and what is read."""
+    from repre.eval import unused_overrides
+
+    out, _ = tiny_run
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "train.lr=1", "--set", "eval.knn.k=5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--set train.lr: not read by `repre eval knn`" in err and "eval.*, data.*" in err
+    given = ["aug.hflip=0", "method.mocov3.temperature=1", "train.seed=3", "data.subset=8", "model.kwargs={depth: 2}"]
+    assert unused_overrides("knn", given) == ["aug.hflip", "method.mocov3.temperature"]
+    assert unused_overrides("finetune", ["aug.hflip=0", "train.device=cpu"]) == []
+    assert unused_overrides("recon", ["recon.upsample=nearest", "train.max_steps=3"]) == ["train.max_steps"]
+
+
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run
     assert run_cli(pretrain_args(out))[0] == 2

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from repre.builder import build_encoder, build_model
-from repre.config import EVAL_TASKS, Config, config_from_dict, deep_update, migrate, parse_overrides
+from repre.config import EVAL_TASKS, Config, config_from_dict, deep_update, flatten, migrate, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
@@ -64,6 +64,21 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     return model
 
 
+# the run settings an evaluation reads; the other train.* keys, with method.*, recon.* and aug.*, are the
+# pre-training's (aug.* also the augmented probes', recon.* and method.* also the decoder's evaluation)
+TRAIN_KEYS_READ = ("device", "precision", "seed", "num_workers", "progress")
+
+
+def unused_overrides(task: str, overrides: list[str]) -> list[str]:
+    """The `--set` keys that evaluation `task` would not read (they would change nothing)."""
+    reads = ["eval.", "data.", "model.", *(f"train.{k}" for k in TRAIN_KEYS_READ)]
+    if task in ("linear", "finetune"):  # the papers' probes and fine-tuning crop and flip as aug.* says
+        reads.append("aug.")
+    if task == "recon":  # the whole pre-training model
+        reads += ["recon.", "method."]
+    return [k for k in flatten(parse_overrides(overrides)) if not k.startswith(tuple(reads))]
+
+
 def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:
     """Evaluations of a frozen or fine-tuned encoder: task -> fn(encoder, cfg, rt) -> result dict."""
     from repre.eval.finetune import finetune_eval
@@ -83,6 +98,13 @@ def evaluate(
     process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
+    unused = unused_overrides(task, list(overrides or []))
+    if unused:
+        raise UserError(
+            f"--set {', '.join(unused)}: not read by `repre eval {task}` (it would change nothing). Evaluation reads "
+            f"eval.*, data.*, model.* and train.{{{','.join(TRAIN_KEYS_READ)}}}"
+            f"{'; aug.* for its augmentation' if task in ('linear', 'finetune') else ''}"
+            f"{'; recon.* and method.* for the decoder' if task == 'recon' else ''}: drop the others")
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),
