@@ -118,6 +118,31 @@ def test_full_disk_leaves_the_previous_checkpoint_valid(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["step-00000001.pt", "step-00000001.pt.sha256"]
 
 
+def test_last_pt_is_the_newest_step_file_stored_once(tmp_path, monkeypatch):
+    """last.pt is a hard link to the newest step file (its bytes on disk once, kept when that file is pruned);
+    where the filesystem has no hard links, an atomic copy with the same checksum."""
+    folder = tmp_path / "checkpoints"
+    first, second, last = folder / "step-00000001.pt", folder / "step-00000002.pt", folder / "last.pt"
+    for i, path in enumerate((first, second)):
+        ckpt_io.save({"schema": 1, "model": {"w": torch.full((4,), float(i))}, "config": {}}, path)
+        ckpt_io.link_atomic(path, last)
+    ckpt_io.link_atomic(second, last)  # again, onto a name that is already the same file
+    assert os.path.samefile(second, last) and last.stat().st_nlink == 2
+    second.unlink(), second.with_name(second.name + ".sha256").unlink()  # pruned
+    ckpt_io.verify(last)
+    assert torch.equal(ckpt_io.load(last)["model"]["w"], torch.ones(4))
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    ckpt_io.link_atomic(first, last)
+    assert not os.path.samefile(first, last) and last.read_bytes() == first.read_bytes()
+    ckpt_io.verify(last)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "last.pt.sha256", "step-00000001.pt",
+                                                       "step-00000001.pt.sha256"]
+
+
 def test_a_failed_periodic_write_does_not_stop_training(tmp_path, monkeypatch, repre_log):
     real_save, calls = ckpt_io.save, []
 
@@ -321,6 +346,19 @@ def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):
     assert resumed.fit()["nonfinite_steps"] == 1
     assert repre_log.text.count("skipped for a non-finite loss") == 1
     assert "resuming a run of 4 steps as one of 8: the learning rate" in repre_log.text  # the schedules follow
+
+
+def test_resume_on_another_device_says_its_steps_compute_differently(tmp_path, repre_log):
+    """train.device may change on resume, and `auto` precision with it: the checkpoint records how its steps
+    were computed, and a resume computing otherwise says so."""
+    settings = [*RESUME, "train.checkpoint_every=2", "train.num_workers=0", "train.device=cpu"]
+    Trainer(tiny_config(*settings, "train.max_steps=2"), tmp_path / "run").fit()
+    path = ckpt_io.step_checkpoints(tmp_path / "run")[-1]
+    ckpt = ckpt_io.load(path)
+    assert ckpt["runtime"] == {"device": "cpu", "precision": "fp32", "processes": 1}
+    ckpt_io.save({**ckpt, "runtime": {"device": "cuda", "precision": "bf16", "processes": 1}}, path)  # a GPU's
+    assert Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run", resume=True).fit()["steps"] == 4
+    assert "resuming a run trained on cuda in bf16 on cpu in fp32: the steps from here" in repre_log.text
 
 
 @pytest.mark.parametrize("before,after", [("step", "log"), ("log", "step")])

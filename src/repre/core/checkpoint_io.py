@@ -84,15 +84,24 @@ def _write_atomic(path: Path, write, digest: str | None = None) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        digest = digest or f"{_digest(tmp)} {tmp.stat().st_size}\n"
-        side_tmp = tmp.with_name(tmp.name + ".sha256")
-        side_tmp.write_text(digest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _publish(tmp, path, digest)
+
+
+def _publish(tmp: Path, path: Path, digest: str | None) -> None:
+    """Rename the finished temporary file `tmp` over `path`, then put its checksum sidecar beside it; on any
+    failure both temporaries are removed and `path` is left as it was."""
+    side_tmp = tmp.with_name(tmp.name + ".sha256")
+    try:
+        side_tmp.write_text(digest or f"{_digest(tmp)} {tmp.stat().st_size}\n")
         _sidecar(path).unlink(missing_ok=True)  # never a new file beside an old checksum
         os.replace(tmp, path)
         os.replace(side_tmp, _sidecar(path))
     except BaseException:
         tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".sha256").unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
         raise
 
 
@@ -113,14 +122,25 @@ def sweep_temporaries(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a written checkpoint (e.g. to last.pt) with the same temporary-file, fsync, rename sequence."""
-    def write(fh) -> None:
-        with open(src, "rb") as source:
-            shutil.copyfileobj(source, fh)
-
+def link_atomic(src: Path, dst: Path) -> None:
+    """Make `dst` (last.pt) the written checkpoint `src`: a hard link, so the bytes are on disk once and stay
+    when `src` is pruned, put in place by the same rename as every write; a copy (written and synced as `save`
+    writes) where the filesystem has no hard links."""
     side = _sidecar(src)
-    _write_atomic(dst, write, side.read_text() if side.is_file() else None)  # the same bytes: the same checksum
+    digest = side.read_text() if side.is_file() else None  # the same bytes: the same checksum
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links (FAT, some network and FUSE filesystems), or `src` on another device
+        def write(fh) -> None:
+            with open(src, "rb") as source:
+                shutil.copyfileobj(source, fh)
+
+        _write_atomic(dst, write, digest)
+        return
+    _publish(tmp, dst, digest)
+    tmp.unlink(missing_ok=True)  # a rename between two links of one file leaves both names
 
 
 def verify(path: Path, fh=None) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
 from repre.core import checkpoint_io, dist
+from repre.core.runtime import Runtime
 from repre.data.pipeline import PretrainData
 from repre.engine.state import RunState
 from repre.errors import UserError
@@ -48,9 +49,9 @@ class Checkpoints:
     and `resume` (the state is gathered; rank 0 writes and tidies)."""
 
     def __init__(self, out: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, device: torch.device) -> None:
+                 scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime) -> None:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
-        self.data, self.state, self.device = data, state, device
+        self.data, self.state, self.rt, self.device = data, state, rt, rt.device
         self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
 
     # ------------------------------------------------------------ writing
@@ -74,6 +75,7 @@ class Checkpoints:
             "rng": rng,
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
             "config": self.cfg.to_dict(),
+            "runtime": self._runtime(),
             "versions": checkpoint_io.versions(),
         }
 
@@ -87,7 +89,7 @@ class Checkpoints:
             return path
         try:
             checkpoint_io.save(state, path)
-            checkpoint_io.copy_atomic(path, self.out / "checkpoints" / "last.pt")  # bytes, not a second pickle
+            checkpoint_io.link_atomic(path, self.out / "checkpoints" / "last.pt")  # the same file
         except OSError as exc:
             kept = f"; {self.last_good} is intact" if self.last_good else ""
             failed = exc.filename or path
@@ -124,6 +126,7 @@ class Checkpoints:
                 raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
                                 f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
             self._check_compatible(ckpt["config"], path)
+            self._warn_if_computed_otherwise(ckpt.get("runtime"))
             self._warn_if_longer_or_shorter(ckpt["config"], total)
             self._restore(ckpt)
             self.last_good = path
@@ -219,6 +222,21 @@ class Checkpoints:
                 f"(no --config, and no --set of those keys) or start a new --out; only "
                 f"{', '.join(RESUMABLE_CHANGES)} may change"
             )
+
+    def _runtime(self) -> dict[str, Any]:
+        """How the steps were computed: the device type, the precision (both resolved) and the processes."""
+        return {"device": self.device.type, "precision": self.rt.precision, "processes": dist.world_size()}
+
+    def _warn_if_computed_otherwise(self, was: dict[str, Any] | None) -> None:
+        """train.device may change on resume (a GPU run goes on on a CPU), and with it `auto` precision: say so,
+        since the steps from here are no longer those an uninterrupted run computes. Checkpoints written before
+        they recorded it say nothing."""
+        now = self._runtime()
+        if not was or not dist.is_main() or all(was.get(k) == now[k] for k in ("device", "precision")):
+            return
+        log.warning("resuming a run trained on %s in %s on %s in %s: the steps from here compute differently (not "
+                    "bitwise what the run would have given where it started); set train.device and train.precision "
+                    "to continue as it was", was.get("device"), was.get("precision"), now["device"], now["precision"])
 
     def _warn_if_longer_or_shorter(self, old: dict[str, Any], total: int) -> None:
         """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""
