@@ -1,8 +1,9 @@
 """Training throughput of the default preset: RePre vs baseline, real pipeline vs pre-made tensors, vs lightly.
 
 Each configuration runs in its own child process (so peak RSS is its own), interleaved A B C ... A B C ...
-over several rounds; the table reports medians. Only ratios from the same run mean anything: this
-machine's absolute speed varies by the hour.
+over several rounds; the table reports medians, and each ratio also round by round (`paired_ratios`: on a
+machine whose speed drifts, their median is the steadier estimate). Only ratios from the same run mean
+anything: this machine's absolute speed varies by the hour.
 
     python benchmarks/throughput.py [--rounds 3] [--steps 20] [--warmup 4] [--preset fmnist-mocov3-repre]
     python benchmarks/throughput.py --configs repre --tree old=../old-worktree --tree new=.   # two commits
@@ -307,7 +308,7 @@ def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
     for r in range(args.rounds):
         for key, (trainer, step, batches, peak_mb) in built.items():
             sec = _time_steps(step, batches, 1, args.steps)  # one step back into the caches
-            runs[key].append(row(key, trainer, sec, None, None, peak_mb, None))
+            runs[key].append({**row(key, trainer, sec, None, None, peak_mb, None), "round": r})
             print(f"round {r + 1} {key:<17} {sec:7.3f} s/step", file=sys.stderr, flush=True)
         # what is done so far, as the last stdout line: a run stopped by a time limit keeps it
         print(json.dumps(summary(runs, names, args, failed, partial=True, mfu=False)), flush=True)
@@ -446,7 +447,7 @@ def main() -> None:
                 failed[name] = f"exit {done.returncode}: {done.stderr[-3000:]}"
                 print(f"configuration {name} failed ({failed[name]})", file=sys.stderr, flush=True)
                 continue
-            res = json.loads(done.stdout.strip().splitlines()[-1])
+            res = {**json.loads(done.stdout.strip().splitlines()[-1]), "round": r}
             runs[name].append(res)
             print(f"round {r + 1} {name:<17} {res['images_per_sec']:7.1f} img/s", file=sys.stderr, flush=True)
             # what is done so far, as the last stdout line: a run stopped by a time limit keeps it
@@ -461,7 +462,10 @@ def main() -> None:
         memory = f"{memory:.0f}" if memory is not None else "-"
         print(f"{name:<20}{row['images_per_sec']:>9.1f}{row['step_s']:>9.3f}{memory:>13}{mfu:>7}")
     for key, value in result["ratios"].items():
-        print(f"{key}: {value:.3f}")
+        paired = result["paired_ratios"].get(key)
+        rounds = (f"; round by round {' '.join(f'{x:.3f}' for x in paired['rounds'])}, median {paired['median']:.3f}"
+                  if paired and len(paired["rounds"]) > 1 else "")
+        print(f"{key}: {value:.3f}{rounds}")
     print(json.dumps(result))
     if failed:
         sys.exit(1)  # after the JSON: the table of what ran is kept, the failure still shows in the exit status
@@ -502,6 +506,7 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
             "datasheet_peak_tflops": sheet / 1e12 if sheet else None, "in_process": args.in_process,
             "date": time.strftime("%Y-%m-%d")}
     ratios = ratios_of(table, names, args.compare)
+    paired = paired_ratios(done, names, args.compare)
     labels = [tree.split("=", 1)[0] for tree in args.tree]
     for name, extra in names:  # each checkout against the first (--tree): images per second
         first = f"{label(name, extra)}@{labels[0]}" if labels else None
@@ -510,17 +515,15 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
             if {first, row} <= set(table):
                 ratios[f"images_per_sec[{row}]/[{first}]"] = table[row]["images_per_sec"] / table[first]["images_per_sec"]
     meta["trees"] = {tree.split("=", 1)[0]: tree.split("=", 1)[1] for tree in args.tree}
-    return {"benchmark": "throughput", **meta, "results": table, "ratios": ratios, "failed": failed,
-            "partial": partial}
+    return {"benchmark": "throughput", **meta, "results": table, "ratios": ratios, "paired_ratios": paired,
+            "failed": failed, "partial": partial}
 
 
-def ratios_of(table: dict[str, dict], names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, float]:
+def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, tuple[str, str, str]]:
     """RePre over baseline step time, pipeline over pre-made tensors, ours over lightly, and each --compare
-    override over the configuration without it: those whose configurations both ran."""
-    def images(a: str, b: str) -> float:
-        return table[a]["images_per_sec"] / table[b]["images_per_sec"]
-
-    pairs = {  # name: (numerator, denominator, "step" time ratio or "images" per second ratio)
+    override over the configuration without it: name -> (numerator, denominator, "step" time or "images" per
+    second)."""
+    pairs = {
         "repre_step_time_over_baseline": ("repre", "baseline", "step"),
         "repre_step_time_over_baseline_tensors": ("repre-tensors", "baseline-tensors", "step"),
         "pipeline_over_tensors_repre": ("repre", "repre-tensors", "images"),
@@ -535,11 +538,29 @@ def ratios_of(table: dict[str, dict], names: list[tuple[str, str | None]], compa
     for name, extra in names:  # each --compare override against the configuration without it
         if extra:
             pairs[f"images_per_sec[{label(name, extra)}]/[{name}]"] = (label(name, extra), name, "images")
-    ratios = {}
-    for key, (a, b, kind) in pairs.items():
-        if {a, b} <= set(table):
-            ratios[key] = table[a]["step_s"] / table[b]["step_s"] if kind == "step" else images(a, b)
-    return ratios
+    return pairs
+
+
+def ratios_of(table: dict[str, dict], names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, float]:
+    """The ratios of `ratio_pairs` whose configurations both ran, from their medians over the rounds."""
+    field = {"step": "step_s", "images": "images_per_sec"}
+    return {key: table[a][field[kind]] / table[b][field[kind]]
+            for key, (a, b, kind) in ratio_pairs(names, compare).items() if {a, b} <= set(table)}
+
+
+def paired_ratios(runs: dict[str, list[dict]], names: list[tuple[str, str | None]],
+                  compare: list[str]) -> dict[str, dict]:
+    """The same ratios round by round: each round's numerator over the same round's denominator, measured one
+    after the other. Where the machine's speed drifts between rounds (a shared VM), their median is steadier
+    than the ratio of the two medians; the per-round values show the spread."""
+    field = {"step": "step_s", "images": "images_per_sec"}
+    out = {}
+    for key, (a, b, kind) in ratio_pairs(names, compare).items():
+        by_round = {y["round"]: y for y in runs.get(b, [])}  # a round where one of them failed has no ratio
+        rounds = [x[field[kind]] / by_round[x["round"]][field[kind]] for x in runs.get(a, []) if x["round"] in by_round]
+        if rounds:
+            out[key] = {"median": statistics.median(rounds), "rounds": rounds}
+    return out
 
 
 if __name__ == "__main__":
