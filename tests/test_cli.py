@@ -8,6 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import TINY, last_json, pretrain_args, run_cli
 from repre import __version__
+from repre.errors import UserError
 
 
 def test_run_writes_every_output_of_the_contract(tiny_run):
@@ -73,16 +74,18 @@ def test_eval_refuses_a_mismatched_checkpoint(tiny_run, capsys):
 
 def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     """A pre-training key given to an evaluation would change nothing: refused, naming it and what is read."""
-    from repre.eval import unused_overrides
+    from repre.eval import eval_reads, refuse_unread
 
     out, _ = tiny_run
     code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "train.lr=1", "--set", "eval.knn.k=5"])
     err = capsys.readouterr().err
     assert code == 2 and "--set train.lr: not read by `repre eval knn`" in err and "eval.*, data.*" in err
     given = ["aug.hflip=0", "method.mocov3.temperature=1", "train.seed=3", "data.subset=8", "model.kwargs={depth: 2}"]
-    assert unused_overrides("knn", given) == ["aug.hflip", "method.mocov3.temperature"]
-    assert unused_overrides("finetune", ["aug.hflip=0", "train.device=cpu"]) == []
-    assert unused_overrides("recon", ["recon.upsample=nearest", "train.max_steps=3"]) == ["train.max_steps"]
+    with pytest.raises(UserError, match=r"--set aug.hflip, method.mocov3.temperature: not read by `repre eval knn`"):
+        refuse_unread("repre eval knn", given, eval_reads("knn"))
+    refuse_unread("repre eval finetune", ["aug.hflip=0", "train.device=cpu"], eval_reads("finetune"))
+    with pytest.raises(UserError, match=r"--set train.max_steps: not read"):
+        refuse_unread("repre eval recon", ["recon.upsample=nearest", "train.max_steps=3"], eval_reads("recon"))
 
 
 def test_out_not_empty_without_resume(tiny_run, capsys):

@@ -173,3 +173,18 @@ def test_copied_run_dir_keeps_the_identity(tiny_run, tmp_path):
     code, stdout = run_cli(embed_args(copy, out))
     assert code == 0 and last_json(stdout)["resumed_from"] == 64
     assert torch.from_numpy(np.load(out)).norm(dim=1).allclose(torch.ones(64))
+
+
+def test_embed_show_neighbors_and_map_refuse_settings_they_do_not_read(tiny_run, tmp_path, capsys):
+    """A --set key the command does not read would change nothing: exit 2 before anything is read or written."""
+    run, _ = tiny_run
+    assert run_cli(embed_args(run, tmp_path / "e.npy", "train.lr=1", "eval.batch_size=8"))[0] == 2
+    assert "--set train.lr: not read by `repre embed`" in capsys.readouterr().err and not (tmp_path / "e.npy").exists()
+    assert run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "s.png"), "--set", "aug.hflip=0"])[0] == 2
+    assert "--set aug.hflip: not read by `repre show`" in capsys.readouterr().err
+    assert run_cli(["neighbors", "--checkpoint", str(run), "--embeddings", str(tmp_path / "e.npy"),
+                    "--out", str(tmp_path / "n.png"), "--set", "model.arch=vit_tiny_patch16_224"])[0] == 2
+    assert "--set model.arch: not read by `repre neighbors`" in capsys.readouterr().err
+    assert run_cli(["map", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "m.png"),
+                    "--set", "data.subset=8"])[0] == 2
+    assert "need --checkpoint RUN" in capsys.readouterr().err

@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="FILE.png")
     sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
     sh.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the first checkpoint's config (data.* picks the images)")
+                    help="override the first checkpoint's config (data.* picks the images; model.*, recon.*, method.*, "
+                    "train.device/precision/seed/num_workers/progress)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
     ex.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
     ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
@@ -83,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--out", required=True,
                     help="FILE.npy (float32 [N, D]); the index goes to FILE.csv, the card and progress to FILE.json")
     em.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the checkpoint's config, e.g. data.name=folder data.root=DIR for other images")
+                    help="override the checkpoint's data.*, model.*, eval.batch_size or train.device/precision/seed/"
+                    "num_workers/progress, e.g. data.name=folder data.root=DIR for other images")
     em.add_argument("--split", choices=("train", "test"), default="train",
                     help="the run's training images (default; data.subset applies) or its test split")
     em.add_argument("--overwrite", action="store_true",
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
     nb.add_argument("--out", required=True, help="the picture, a .png")
     nb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the data config (after the overrides embed was given, which apply by default)")
+                    help="override data.* (after the overrides embed was given, which apply by default)")
     nb.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
     nb.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     nb.add_argument("--query-index", metavar="ROW,ROW,...",

@@ -64,19 +64,27 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     return model
 
 
-# the run settings an evaluation reads; the other train.* keys, with method.*, recon.* and aug.*, are the
-# pre-training's (aug.* also the augmented probes', recon.* and method.* also the decoder's evaluation)
-TRAIN_KEYS_READ = ("device", "precision", "seed", "num_workers", "progress")
+# the run settings that evaluating or embedding a checkpoint reads; the other train.* keys are the pre-training's
+RUN_KEYS_READ = tuple(f"train.{k}" for k in ("device", "precision", "seed", "num_workers", "progress"))
 
 
-def unused_overrides(task: str, overrides: list[str]) -> list[str]:
-    """The `--set` keys that evaluation `task` would not read (they would change nothing)."""
-    reads = ["eval.", "data.", "model.", *(f"train.{k}" for k in TRAIN_KEYS_READ)]
+def eval_reads(task: str) -> tuple[str, ...]:
+    """The config keys (prefixes) evaluation `task` reads: its own, the data's, the encoder's and the run's."""
+    reads = ("eval.", "data.", "model.", *RUN_KEYS_READ)
     if task in ("linear", "finetune"):  # the papers' probes and fine-tuning crop and flip as aug.* says
-        reads.append("aug.")
-    if task == "recon":  # the whole pre-training model
-        reads += ["recon.", "method."]
-    return [k for k in flatten(parse_overrides(overrides)) if not k.startswith(tuple(reads))]
+        reads += ("aug.",)
+    if task == "recon":  # the whole pre-training model, decoder included
+        reads += ("recon.", "method.")
+    return reads
+
+
+def refuse_unread(command: str, overrides: list[str], reads: tuple[str, ...]) -> None:
+    """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently)."""
+    unread = [k for k in flatten(parse_overrides(overrides)) if not k.startswith(reads)]
+    if unread:
+        named = ", ".join(r + "*" if r.endswith(".") else r for r in reads)
+        raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing); it reads "
+                        f"{named}: drop the others")
 
 
 def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:
@@ -98,13 +106,7 @@ def evaluate(
     process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
-    unused = unused_overrides(task, list(overrides or []))
-    if unused:
-        raise UserError(
-            f"--set {', '.join(unused)}: not read by `repre eval {task}` (it would change nothing). Evaluation reads "
-            f"eval.*, data.*, model.* and train.{{{','.join(TRAIN_KEYS_READ)}}}"
-            f"{'; aug.* for its augmentation' if task in ('linear', 'finetune') else ''}"
-            f"{'; recon.* and method.* for the decoder' if task == 'recon' else ''}: drop the others")
+    refuse_unread(f"repre eval {task}", list(overrides or []), eval_reads(task))
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),

@@ -31,7 +31,7 @@ from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import indexed_loader
 from repre.data.sources import ImageSource, build_source, image_path, train_source
 from repre.errors import UserError
-from repre.eval import encoder_from, load_checkpoint_config, seeded
+from repre.eval import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread, seeded
 from repre.eval.features import pooled_embeddings
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
@@ -40,6 +40,7 @@ from repre.use.store import FORMAT, EmbeddingFiles, EmbeddingWriter, read_card
 log = logging.getLogger("repre")
 
 SPLITS = ("train", "test")
+READS = ("data.", "model.", "eval.batch_size", *RUN_KEYS_READ)  # the config keys embed reads (`--set`)
 
 
 def embed_source(cfg: Config, split: str) -> ImageSource:
@@ -102,6 +103,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     files = EmbeddingFiles.of(out)
     if dist.launched():
         raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
+    refuse_unread("repre embed", list(overrides or []), READS)
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     source = embed_source(cfg, split)
     rt = setup_runtime(cfg.train)

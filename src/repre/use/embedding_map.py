@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from repre.errors import UserError
+from repre.eval import refuse_unread
 from repre.use.neighbors import finished_card, query_source, read_index, thumbnail
 from repre.use.store import EmbeddingFiles
 
@@ -111,6 +112,9 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
              limit: int = 5000, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
     with `checkpoint`, thumbnails of the images where there are no labels."""
+    if overrides and checkpoint is None:
+        raise UserError("--set changes the data of the thumbnails, which need --checkpoint RUN; add it or drop --set")
+    refuse_unread("repre map", list(overrides or []), ("data.",))  # the thumbnails' images
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     bank = np.load(files.npy, mmap_mode="r")

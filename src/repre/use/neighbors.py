@@ -23,7 +23,7 @@ from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
 from repre.data.sources import ImageSource, image_path
 from repre.errors import UserError
-from repre.eval import load_checkpoint_config
+from repre.eval import load_checkpoint_config, refuse_unread
 from repre.use.embed import embed_source
 from repre.use.search import top_k
 from repre.use.store import EmbeddingFiles, read_card
@@ -142,6 +142,7 @@ def neighbors(checkpoint: str | Path, embeddings: str | Path, out: str | Path, o
     rows. `query_rows`: rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns
     {"command": "neighbors", "out", "backend", "k", "queries": [{"row", "index", "path", "label",
     "neighbors": [{"row", "index", "path", "label", "similarity"}, ...]}, ...]}."""
+    refuse_unread("repre neighbors", list(overrides or []), ("data.",))  # the images' side only
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     rows = card["progress"]["rows"]

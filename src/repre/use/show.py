@@ -27,7 +27,7 @@ from repre.data.evaluation import eval_loader
 from repre.data.sources import pretraining_stats
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
-from repre.eval import load_checkpoint_config, model_from
+from repre.eval import RUN_KEYS_READ, load_checkpoint_config, model_from, refuse_unread
 from repre.eval.recon import reconstruct
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
@@ -149,6 +149,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     overrides = list(overrides or [])
     if images < 1:
         raise UserError(f"--images {images}: show at least one image")
+    refuse_unread("repre show", overrides, ("data.", "model.", "recon.", "method.", *RUN_KEYS_READ))
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
     pixels, labels = first_images(loaded[1], images)
     rt = setup_runtime(loaded[1].train)
