@@ -329,8 +329,8 @@ def count_and_profile(built: dict[str, tuple], runs: dict[str, list[dict]], name
     kinds = {}
     for key, (trainer, step, batches, peak_mb) in built.items():
         kinds[key] = flops_by_kind(step, next(batches))
-        runs[key] = [row(key, trainer, x["step_s"], sum(kinds[key].values()), peak, peak_mb, None)
-                     for x in runs[key]]
+        runs[key] = [{**row(key, trainer, x["step_s"], sum(kinds[key].values()), peak, peak_mb, None),
+                      "round": x["round"]} for x in runs[key]]
     print(json.dumps(summary(runs, names, args, failed, partial=True)), flush=True)
     if not args.profile:
         return
@@ -505,24 +505,23 @@ def summary(runs: dict[str, list[dict]], names: list[tuple[str, str | None]], ar
             "run_peak_tflops": peak / 1e12 if peak else None,
             "datasheet_peak_tflops": sheet / 1e12 if sheet else None, "in_process": args.in_process,
             "date": time.strftime("%Y-%m-%d")}
-    ratios = ratios_of(table, names, args.compare)
-    paired = paired_ratios(done, names, args.compare)
-    labels = [tree.split("=", 1)[0] for tree in args.tree]
-    for name, extra in names:  # each checkout against the first (--tree): images per second
-        first = f"{label(name, extra)}@{labels[0]}" if labels else None
-        for other in labels[1:]:
-            row = f"{label(name, extra)}@{other}"
-            if {first, row} <= set(table):
-                ratios[f"images_per_sec[{row}]/[{first}]"] = table[row]["images_per_sec"] / table[first]["images_per_sec"]
+    pairs = ratio_pairs(names, args.compare, [tree.split("=", 1)[0] for tree in args.tree])
+    ratios = {key: table[a][FIELD[kind]] / table[b][FIELD[kind]]  # of the medians over the rounds
+              for key, (a, b, kind) in pairs.items() if {a, b} <= set(table)}
+    paired = paired_ratios(done, pairs)
     meta["trees"] = {tree.split("=", 1)[0]: tree.split("=", 1)[1] for tree in args.tree}
     return {"benchmark": "throughput", **meta, "results": table, "ratios": ratios, "paired_ratios": paired,
             "failed": failed, "partial": partial}
 
 
-def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, tuple[str, str, str]]:
-    """RePre over baseline step time, pipeline over pre-made tensors, ours over lightly, and each --compare
-    override over the configuration without it: name -> (numerator, denominator, "step" time or "images" per
-    second)."""
+FIELD = {"step": "step_s", "images": "images_per_sec"}  # what a ratio divides: step times, or images per second
+
+
+def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str],
+                trees: list[str]) -> dict[str, tuple[str, str, str]]:
+    """RePre over baseline step time, pipeline over pre-made tensors, ours over lightly, each --compare
+    override over the configuration without it, and each --tree checkout over the first: name -> (numerator,
+    denominator, "step" time or "images" per second)."""
     pairs = {
         "repre_step_time_over_baseline": ("repre", "baseline", "step"),
         "repre_step_time_over_baseline_tensors": ("repre-tensors", "baseline-tensors", "step"),
@@ -538,26 +537,20 @@ def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str]) -> dict
     for name, extra in names:  # each --compare override against the configuration without it
         if extra:
             pairs[f"images_per_sec[{label(name, extra)}]/[{name}]"] = (label(name, extra), name, "images")
+        for other in trees[1:]:  # each checkout against the first: images per second
+            row, first = f"{label(name, extra)}@{other}", f"{label(name, extra)}@{trees[0]}"
+            pairs[f"images_per_sec[{row}]/[{first}]"] = (row, first, "images")
     return pairs
 
 
-def ratios_of(table: dict[str, dict], names: list[tuple[str, str | None]], compare: list[str]) -> dict[str, float]:
-    """The ratios of `ratio_pairs` whose configurations both ran, from their medians over the rounds."""
-    field = {"step": "step_s", "images": "images_per_sec"}
-    return {key: table[a][field[kind]] / table[b][field[kind]]
-            for key, (a, b, kind) in ratio_pairs(names, compare).items() if {a, b} <= set(table)}
-
-
-def paired_ratios(runs: dict[str, list[dict]], names: list[tuple[str, str | None]],
-                  compare: list[str]) -> dict[str, dict]:
-    """The same ratios round by round: each round's numerator over the same round's denominator, measured one
-    after the other. Where the machine's speed drifts between rounds (a shared VM), their median is steadier
-    than the ratio of the two medians; the per-round values show the spread."""
-    field = {"step": "step_s", "images": "images_per_sec"}
+def paired_ratios(runs: dict[str, list[dict]], pairs: dict[str, tuple[str, str, str]]) -> dict[str, dict]:
+    """The ratios round by round: each round's numerator over the same round's denominator, both measured in
+    that round. Where the machine's speed drifts between rounds (a shared VM), their median is steadier than the
+    ratio of the two medians; the per-round values show the spread."""
     out = {}
-    for key, (a, b, kind) in ratio_pairs(names, compare).items():
+    for key, (a, b, kind) in pairs.items():
         by_round = {y["round"]: y for y in runs.get(b, [])}  # a round where one of them failed has no ratio
-        rounds = [x[field[kind]] / by_round[x["round"]][field[kind]] for x in runs.get(a, []) if x["round"] in by_round]
+        rounds = [x[FIELD[kind]] / by_round[x["round"]][FIELD[kind]] for x in runs.get(a, []) if x["round"] in by_round]
         if rounds:
             out[key] = {"median": statistics.median(rounds), "rounds": rounds}
     return out
