@@ -83,7 +83,12 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     given = ["aug.hflip=0", "method.mocov3.temperature=1", "train.seed=3", "data.subset=8", "model.kwargs={depth: 2}"]
     with pytest.raises(UserError, match=r"--set aug.hflip, method.mocov3.temperature: not read by `repre eval knn`"):
         refuse_unread("repre eval knn", given, eval_reads("knn"))
-    refuse_unread("repre eval finetune", ["aug.hflip=0", "train.device=cpu"], eval_reads("finetune"))
+    refuse_unread("repre eval finetune", ["aug.hflip=0", "train.device=cpu", "method.name=dino"], eval_reads("finetune"))
+    with pytest.raises(UserError, match=r"--set aug.hflip: not read by `repre eval linear`"):  # its protocols' own
+        refuse_unread("repre eval linear", ["aug.hflip=0"], eval_reads("linear"))
+    refuse_unread("repre eval knn", ["trian.device=cpu"], eval_reads("knn"))  # no key: the config names the nearest
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "train.devic=cpu"])
+    assert code == 2 and "did you mean 'train.device'" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"--set train.max_steps: not read"):
         refuse_unread("repre eval recon", ["recon.upsample=nearest", "train.max_steps=3"], eval_reads("recon"))
 

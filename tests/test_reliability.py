@@ -77,6 +77,9 @@ def test_damaged_newest_checkpoint_is_detected_and_the_previous_used(tmp_path, r
     assert trainer.state.step == 4
     assert "skipping unreadable checkpoint" in repre_log.text and "damaged" in repre_log.text
     assert not newest.exists() and newest.with_name(newest.name + ".damaged").exists()  # out of pruning's way
+    last = out / "checkpoints" / "last.pt"  # was the damaged file's other name; now the one resumed from
+    assert os.path.samefile(last, out / "checkpoints" / "step-00000004.pt")
+    ckpt_io.verify(last)
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):

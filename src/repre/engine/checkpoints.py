@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,8 @@ class Checkpoints:
             self._warn_if_longer_or_shorter(ckpt["config"], total)
             self._restore(ckpt)
             self.last_good = path
+            if main:  # last.pt names the checkpoint the run goes on from (not a damaged one moved aside)
+                self._relink_last(path)
             log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
             if main:
                 self._truncate_metrics()
@@ -141,6 +144,11 @@ class Checkpoints:
         if main:
             self._truncate_metrics()
         return False
+
+    def _relink_last(self, path: Path) -> None:
+        last = self.out / "checkpoints" / "last.pt"
+        if not (last.is_file() and os.path.samefile(last, path)):
+            checkpoint_io.link_atomic(path, last)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -235,8 +243,8 @@ class Checkpoints:
         if not was or not dist.is_main() or all(was.get(k) == now[k] for k in ("device", "precision")):
             return
         log.warning("resuming a run trained on %s in %s on %s in %s: the steps from here compute differently (not "
-                    "bitwise what the run would have given where it started); set train.device and train.precision "
-                    "to continue as it was", was.get("device"), was.get("precision"), now["device"], now["precision"])
+                    "bitwise what the run would have given where it started); --set train.device=%s to go on as it "
+                    "was", was.get("device"), was.get("precision"), now["device"], now["precision"], was.get("device"))
 
     def _warn_if_longer_or_shorter(self, old: dict[str, Any], total: int) -> None:
         """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""

@@ -64,23 +64,26 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     return model
 
 
-# the run settings that evaluating or embedding a checkpoint reads; the other train.* keys are the pre-training's
-RUN_KEYS_READ = tuple(f"train.{k}" for k in ("device", "precision", "seed", "num_workers", "progress"))
+# what evaluating, embedding or drawing a checkpoint reads besides the data and the encoder's keys: the run
+# settings below (the other train.* keys are the pre-training's) and method.name (which encoder is evaluated)
+RUN_KEYS_READ = ("method.name", *(f"train.{k}" for k in ("device", "precision", "seed", "num_workers", "progress")))
 
 
 def eval_reads(task: str) -> tuple[str, ...]:
     """The config keys (prefixes) evaluation `task` reads: its own, the data's, the encoder's and the run's."""
     reads = ("eval.", "data.", "model.", *RUN_KEYS_READ)
-    if task in ("linear", "finetune"):  # the papers' probes and fine-tuning crop and flip as aug.* says
-        reads += ("aug.",)
+    if task == "finetune":  # its crops' aspect ratios and flips (the linear probes fix their own; no jitter)
+        reads += ("aug.crop_ratio", "aug.hflip")
     if task == "recon":  # the whole pre-training model, decoder included
         reads += ("recon.", "method.")
     return reads
 
 
 def refuse_unread(command: str, overrides: list[str], reads: tuple[str, ...]) -> None:
-    """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently)."""
-    unread = [k for k in flatten(parse_overrides(overrides)) if not k.startswith(reads)]
+    """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently).
+    Keys that are no config key at all are left to the config's own error, which names the nearest."""
+    known = flatten(Config().to_dict())
+    unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not k.startswith(reads)]
     if unread:
         named = ", ".join(r + "*" if r.endswith(".") else r for r in reads)
         raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing); it reads "

@@ -35,6 +35,9 @@ from repre.reconstruction import RePre
 
 TILE = 96  # pixels per panel
 
+# the config keys show reads (`--set`): the images' (the evaluation's split and batch), the whole model's, the run's
+READS = ("data.", "eval.split", "eval.val_size", "eval.batch_size", "model.", "recon.", "method.", *RUN_KEYS_READ)
+
 
 @torch.no_grad()
 def cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     overrides = list(overrides or [])
     if images < 1:
         raise UserError(f"--images {images}: show at least one image")
-    refuse_unread("repre show", overrides, ("data.", "model.", "recon.", "method.", *RUN_KEYS_READ))
+    refuse_unread("repre show", overrides, READS)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
     pixels, labels = first_images(loaded[1], images)
     rt = setup_runtime(loaded[1].train)
