@@ -1,3 +1,4 @@
+import io
 import logging
 import math
 from types import SimpleNamespace
@@ -27,6 +28,28 @@ def test_trend_watch_warns_once_when_losses_diverge():
     message = watch.update(3.7, 1.2)
     assert message and "reconstruction loss rose" in message
     assert watch.update(3.6, 1.3) is None  # once per direction
+
+
+def test_loss_trend_goes_on_from_its_checkpointed_state():
+    """Interrupted after three lines and resumed from its state, the watch warns at the sixth line, as the
+    uninterrupted one does, and once (its warnings are part of the state)."""
+    before, after = LossTrend(), LossTrend()  # each compares the last 3 lines with the 3 before them
+    for _ in range(3):
+        before.on_log(None, {"loss_contrastive": 4.0, "loss_recon": 1.0})
+    after.load_state_dict(ckpt_round_trip(before.state_dict()))
+    for i in range(3):
+        after.on_log(None, {"loss_contrastive": 3.8 - 0.1 * i, "loss_recon": 1.1 + 0.1 * i})
+        assert after.trend.warned == ({"reconstruction"} if i == 2 else set())
+    resumed = after.state_dict()
+    assert resumed["warned"] == ["reconstruction"] and len(resumed["history"]) == 6  # all it compares
+
+
+def ckpt_round_trip(state: dict) -> dict:
+    """`state` as a checkpoint gives it back (torch.save, then weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def test_trend_watch_quiet_when_both_fall():

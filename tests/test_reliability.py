@@ -263,6 +263,23 @@ def test_collapse_warning_is_logged(tmp_path, repre_log, monkeypatch):
     assert "collapsing" in repre_log.text
 
 
+def test_a_resumed_run_warns_of_collapse_as_the_uninterrupted_one(tmp_path, repre_log, monkeypatch):
+    """The collapse watch's lines are in the checkpoint: a sign in the line before the interruption and one
+    after it last two lines, as without the interruption (the resumed watch counted one, and never warned)."""
+    from repre.methods import base
+
+    monkeypatch.setattr(base, "embedding_std", lambda z: torch.tensor(0.01))
+    settings = [*RESUME, "train.num_workers=0"]  # a train line and a checkpoint every 4 steps
+    Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "whole").fit()
+    whole = [r.getMessage() for r in repre_log.records if "collapsing" in r.getMessage()]
+    repre_log.clear()
+    Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run").fit()
+    assert ckpt_io.load(tmp_path / "run")["monitors"]["CollapseWatch"]["recent"] == [True]
+    Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True).fit()
+    resumed = [r.getMessage() for r in repre_log.records if "collapsing" in r.getMessage()]
+    assert len(whole) == 1 and resumed == whole and whole[0].startswith("step 8: ")
+
+
 def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, capsys):
     from repre import pretraining
 

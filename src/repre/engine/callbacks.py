@@ -47,6 +47,26 @@ class Callback:
         """When the loop has ended and its checkpoint is written: entries for the run's summary."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as the uninterrupted one would (a monitor's recent lines and
+        warnings), in plain values a checkpoint holds; kept by rank 0, which reads the train lines."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back `state_dict()`'s values."""
+
+
+def monitor_states(callbacks: list[Callback]) -> dict[str, dict[str, Any]]:
+    """The callbacks' states that are not empty, by class name (one callback of a class a run)."""
+    return {type(c).__name__: state for c in callbacks if (state := c.state_dict())}
+
+
+def load_monitor_states(callbacks: list[Callback], states: dict[str, dict[str, Any]] | None) -> None:
+    """Give each callback its state from a checkpoint (those a resumed run adds or drops start fresh)."""
+    for callback in callbacks:
+        if (state := (states or {}).get(type(callback).__name__)) is not None:
+            callback.load_state_dict(state)
+
 
 class LossBalance(Callback):
     """Every `every` steps: the gradient each loss sends into the encoder and their cosine
@@ -77,6 +97,13 @@ class LossTrend(Callback):
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
         self.trend.update(values["loss_contrastive"], values["loss_recon"])
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(v) for v in self.trend.history], "warned": sorted(self.trend.warned)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trend.history = [tuple(v) for v in state["history"]]
+        self.trend.warned = set(state["warned"])
+
 
 class CollapseWatch(Callback):
     """One warning a run when signs of collapse last: embeddings collapsing to a point (`embedding_std` under
@@ -84,7 +111,8 @@ class CollapseWatch(Callback):
     above 95% of the uniform's). It reads the train lines after the first 10% of the run (a fresh encoder's
     features may be anisotropic, a fresh teacher's outputs near uniform) and warns when `SHARE` of the last n
     lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run ends on 2 or more such
-    lines in a row. A resumed run counts its lines from the resume on.
+    lines in a row. Its lines and its warning are in the checkpoint: a resumed run warns as the uninterrupted
+    one would.
 
     Why lasting: the Fashion-MNIST DINO preset's teacher brushes the line for one 10-step window near step 200
     and trains well; a teacher that collapses to uniform stays there for hundreds of steps (docs/results.md)."""
@@ -99,6 +127,7 @@ class CollapseWatch(Callback):
         self.why = ""  # the latest sign
         self.in_a_row = 0  # the lines up to the latest that show a sign
         self.warned_at: int | None = None  # the step of the warning
+        self.resumed: list[bool] = []  # a resumed run's recent lines, until the run's length sizes `recent`
 
     def sign(self, values: dict[str, float]) -> str | None:
         """What in one train line's values looks like collapse (None: nothing)."""
@@ -114,7 +143,7 @@ class CollapseWatch(Callback):
             return
         if self.recent is None:
             lines = round(self.SPAN * trainer.total / self.log_every)
-            self.recent = deque(maxlen=min(max(lines, self.LINES[0]), self.LINES[1]))
+            self.recent = deque(self.resumed, maxlen=min(max(lines, self.LINES[0]), self.LINES[1]))
         why = self.sign(values)
         self.recent.append(why is not None)
         self.in_a_row = self.in_a_row + 1 if why else 0
@@ -127,6 +156,14 @@ class CollapseWatch(Callback):
         if self.warned_at is None and self.in_a_row >= 2:  # a collapse in the run's last lines
             self.warn(trainer.state.step, f"in the run's last {self.in_a_row} train lines")
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        recent = list(self.recent) if self.recent is not None else self.resumed
+        return {"recent": recent, "why": self.why, "in_a_row": self.in_a_row, "warned_at": self.warned_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resumed, self.recent = list(state["recent"]), None  # sized by the resumed run's length
+        self.why, self.in_a_row, self.warned_at = state["why"], state["in_a_row"], state["warned_at"]
 
     def warn(self, step: int, where: str) -> None:
         self.warned_at = step

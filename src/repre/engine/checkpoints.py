@@ -17,6 +17,7 @@ from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
 from repre.core import checkpoint_io, dist
 from repre.core.runtime import Runtime
 from repre.data.pipeline import PretrainData
+from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
 from repre.engine.state import RunState
 from repre.errors import UserError
 
@@ -50,9 +51,10 @@ class Checkpoints:
     and `resume` (the state is gathered; rank 0 writes and tidies)."""
 
     def __init__(self, out: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime) -> None:
+                 scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime,
+                 monitors: list[Callback]) -> None:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
-        self.data, self.state, self.rt, self.device = data, state, rt, rt.device
+        self.data, self.state, self.rt, self.device, self.monitors = data, state, rt, rt.device, monitors
         self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
 
     # ------------------------------------------------------------ writing
@@ -73,6 +75,7 @@ class Checkpoints:
             "scaler": self.scaler.state_dict(),
             "step": self.state.step,
             "run": self.state.to_dict(),
+            "monitors": monitor_states(self.monitors),  # rank 0's: it reads the train lines
             "rng": rng,
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
             "config": self.cfg.to_dict(),
@@ -158,6 +161,7 @@ class Checkpoints:
         self._restore_rng(ckpt["rng"])
         self.data.load_state_dict(ckpt.get("stream"))
         self.state.load(ckpt["step"], ckpt["run"])
+        load_monitor_states(self.monitors, ckpt.get("monitors"))
 
     def _restore_optimizer(self, saved: dict[str, Any]) -> None:
         """The optimizer's state, with this run's `fused` choice (device, host_sync), not the checkpointed run's."""

@@ -45,6 +45,7 @@ class TrendWatch:
     def update(self, contrastive: float, recon: float) -> str | None:
         self.history.append((contrastive, recon))
         w = self.window
+        del self.history[: -2 * w]  # all it compares
         if len(self.history) < 2 * w:
             return None
         before = [sum(v[i] for v in self.history[-2 * w : -w]) / w for i in (0, 1)]

@@ -81,7 +81,7 @@ class Trainer:
         self.schedules = RunSchedules.build(cfg, self.total)
         self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]
         self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
-                                       self.rt)
+                                       self.rt, self.callbacks)
         self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
         self.stop: GracefulStop | None = None  # set by fit()
         self.stop_agreed = False  # distributed: whether any process was asked to stop (as the processes agreed)
