@@ -264,18 +264,30 @@ def test_collapse_warning_is_logged(tmp_path, repre_log, monkeypatch):
 
 
 def test_a_resumed_run_warns_of_collapse_as_the_uninterrupted_one(tmp_path, repre_log, monkeypatch):
-    """The collapse watch's lines are in the checkpoint: a sign in the line before the interruption and one
-    after it last two lines, as without the interruption (the resumed watch counted one, and never warned)."""
+    """The collapse watch's lines are in the checkpoint: a run stopped (Ctrl-C) after the first line with a
+    sign and resumed warns at step 8, as the uninterrupted run does (it counted one line, and never warned)."""
+    from repre.engine import trainer as trainer_mod
     from repre.methods import base
 
     monkeypatch.setattr(base, "embedding_std", lambda z: torch.tensor(0.01))
-    settings = [*RESUME, "train.num_workers=0"]  # a train line and a checkpoint every 4 steps
-    Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "whole").fit()
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=8"]  # train lines at steps 4 and 8
+    Trainer(tiny_config(*settings), tmp_path / "whole").fit()
     whole = [r.getMessage() for r in repre_log.records if "collapsing" in r.getMessage()]
     repre_log.clear()
-    Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run").fit()
+    original, asked = trainer_mod.Trainer.train_step, []
+
+    def interrupt_once(self, batch):
+        out = original(self, batch)
+        if self.state.step == 4 and not asked:
+            asked.append(self.state.step)
+            os.kill(os.getpid(), signal.SIGINT)  # the run stops after its next step, at step 5
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupt_once)
+    with pytest.raises(StoppedEarly):
+        Trainer(tiny_config(*settings), tmp_path / "run").fit()
     assert ckpt_io.load(tmp_path / "run")["monitors"]["CollapseWatch"]["recent"] == [True]
-    Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True).fit()
+    assert Trainer(tiny_config(*settings), tmp_path / "run", resume=True).fit()["completed"]
     resumed = [r.getMessage() for r in repre_log.records if "collapsing" in r.getMessage()]
     assert len(whole) == 1 and resumed == whole and whole[0].startswith("step 8: ")
 

@@ -110,8 +110,8 @@ class CollapseWatch(Callback):
     `COLLAPSE_STD`), or (DINO) a teacher whose outputs are near uniform over its `out_dim` prototypes (entropy
     above 95% of the uniform's). It reads the train lines after the first 10% of the run (a fresh encoder's
     features may be anisotropic, a fresh teacher's outputs near uniform) and warns when `SHARE` of the last n
-    lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run ends on 2 or more such
-    lines in a row. Its lines and its warning are in the checkpoint: a resumed run warns as the uninterrupted
+    lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run completes on 2 or more
+    such lines in a row. Its lines and its warning are in the checkpoint: a resumed run warns as the uninterrupted
     one would.
 
     Why lasting: the Fashion-MNIST DINO preset's teacher brushes the line for one 10-step window near step 200
@@ -153,7 +153,9 @@ class CollapseWatch(Callback):
             self.warn(trainer.state.step, f"in {sum(self.recent)} of the last {n} train lines")
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
-        if self.warned_at is None and self.in_a_row >= 2:  # a collapse in the run's last lines
+        # a collapse in the run's last lines; a stopped run goes on counting when it resumes (its final checkpoint,
+        # written before this hook, holds the count, not a warning made here)
+        if completed and self.warned_at is None and self.in_a_row >= 2:
             self.warn(trainer.state.step, f"in the run's last {self.in_a_row} train lines")
         return {}
 

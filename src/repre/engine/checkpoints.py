@@ -161,7 +161,8 @@ class Checkpoints:
         self._restore_rng(ckpt["rng"])
         self.data.load_state_dict(ckpt.get("stream"))
         self.state.load(ckpt["step"], ckpt["run"])
-        load_monitor_states(self.monitors, ckpt.get("monitors"))
+        if dist.is_main():  # rank 0's monitors read the train lines; the others' stay as built
+            load_monitor_states(self.monitors, ckpt.get("monitors"))
 
     def _restore_optimizer(self, saved: dict[str, Any]) -> None:
         """The optimizer's state, with this run's `fused` choice (device, host_sync), not the checkpointed run's."""
