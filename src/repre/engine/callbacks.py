@@ -111,8 +111,8 @@ class CollapseWatch(Callback):
     above 95% of the uniform's). It reads the train lines after the first 10% of the run (a fresh encoder's
     features may be anisotropic, a fresh teacher's outputs near uniform) and warns when `SHARE` of the last n
     lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run completes on 2 or more
-    such lines in a row. Its lines and its warning are in the checkpoint: a resumed run warns as the uninterrupted
-    one would.
+    such lines in a row. Its lines and its warning are in the checkpoint: a resumed run of the same length warns
+    as the uninterrupted one would.
 
     Why lasting: the Fashion-MNIST DINO preset's teacher brushes the line for one 10-step window near step 200
     and trains well; a teacher that collapses to uniform stays there for hundreds of steps (docs/results.md)."""

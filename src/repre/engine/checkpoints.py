@@ -54,14 +54,14 @@ class Checkpoints:
                  scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime,
                  monitors: list[Callback]) -> None:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
-        self.data, self.state, self.rt, self.device, self.monitors = data, state, rt, rt.device, monitors
+        self.data, self.state, self.rt, self.monitors = data, state, rt, monitors
         self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
 
     # ------------------------------------------------------------ writing
 
     def _rng_state(self) -> dict[str, torch.Tensor | None]:
         return {"torch": torch.get_rng_state(),  # the training device's generator only
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+                "cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None}
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds. Distributed: a collective (every process's RNG state is gathered)."""
@@ -199,8 +199,8 @@ class Checkpoints:
             rng = {"torch": torch.get_rng_state(), "cuda": None}  # this process's own seed (set by the trainer)
         torch.set_rng_state(rng["torch"])
         cuda_rng = rng.get("cuda")
-        if torch.is_tensor(cuda_rng) and self.device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_rng, self.device)
+        if torch.is_tensor(cuda_rng) and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.rt.device)
 
     def init_from(self, source: str | Path) -> None:
         """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
@@ -238,7 +238,7 @@ class Checkpoints:
 
     def _runtime(self) -> dict[str, Any]:
         """How the steps were computed: the device type, the precision (both resolved) and the processes."""
-        return {"device": self.device.type, "precision": self.rt.precision, "processes": dist.world_size()}
+        return {"device": self.rt.device.type, "precision": self.rt.precision, "processes": dist.world_size()}
 
     def _warn_if_computed_otherwise(self, was: dict[str, Any] | None) -> None:
         """train.device may change on resume (a GPU run goes on on a CPU), and with it `auto` precision: say so,
