@@ -20,6 +20,14 @@ def test_output_size_equals_input_size(stride, size):
     assert dec(maps, (size, size)).shape == (2, 3, size, size)
 
 
+def test_decoder_runs_on_the_meta_device():
+    """Shapes only, as FLOP counters and deferred initialisation use it: the meta device has no autocast state
+    to ask about."""
+    dec = Decoder([24, 24], 4, width=16, min_width=4).to("meta")
+    maps = [torch.empty(2, 24, 4, 4, device="meta") for _ in range(2)]
+    assert dec(maps, (16, 16)).shape == (2, 3, 16, 16)
+
+
 def test_hierarchical_maps_fuse_unet_style():
     """Taps at strides 4, 8, 16, 32 (as Swin stages) with different widths."""
     dec = Decoder([16, 32, 64, 128], 4, width=32)

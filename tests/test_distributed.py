@@ -122,8 +122,9 @@ def test_torchrun_with_one_process_runs_the_distributed_path_to_the_same_losses(
 def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
     """SIGKILL of torchrun and its workers after the step-4 checkpoint (a lost machine), then --resume: the
     final weights equal (bitwise) those of an uninterrupted two-process run; drop path on, so each process's
-    RNG state counts."""
-    extra = ["train.max_steps=12", "train.checkpoint_every=4", "model.drop_path=0.1"]
+    RNG state counts. The checkpoint falls between train lines (steps 3 and 6): the resumed line of step 6
+    averages steps 4 to 6 of both processes, as the uninterrupted one."""
+    extra = ["train.max_steps=12", "train.checkpoint_every=4", "train.log_every=3", "model.drop_path=0.1"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     run(whole, 2, extra)
     proc = subprocess.Popen(pretrain_cmd(broken, 2, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -143,7 +144,8 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
     a, b = final_model(whole), final_model(broken)
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 13))
+    assert steps == [3, 6, 9, 12]
+    assert losses(broken) == pytest.approx(losses(whole), rel=1e-6)
 
 
 def test_global_batch_must_divide_among_processes(tmp_path):

@@ -292,6 +292,43 @@ def test_a_resumed_run_warns_of_collapse_as_the_uninterrupted_one(tmp_path, repr
     assert len(whole) == 1 and resumed == whole and whole[0].startswith("step 8: ")
 
 
+def test_a_run_stopped_between_train_lines_resumes_to_the_uninterrupted_lines(tmp_path, monkeypatch):
+    """Stopped (Ctrl-C) at step 5, between the lines of steps 4 and 8, after the loss-balance measurement of
+    step 5: the resumed run's line at step 8 averages steps 5 to 8 and carries that measurement, as the
+    uninterrupted run's does; every line is the same but for its timing."""
+    import json
+
+    from repre.engine import trainer as trainer_mod
+
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=8", "train.diagnose_every=5"]
+
+    def lines(out: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_sec"}
+                for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    Trainer(tiny_config(*settings), tmp_path / "whole").fit()
+    original, asked = trainer_mod.Trainer.train_step, []
+
+    def interrupt_once(self, batch):
+        out = original(self, batch)
+        if self.state.step == 4 and not asked:
+            asked.append(self.state.step)
+            os.kill(os.getpid(), signal.SIGINT)  # the run stops after this step, at step 5
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", interrupt_once)
+    with pytest.raises(StoppedEarly):
+        Trainer(tiny_config(*settings), tmp_path / "run").fit()
+    ckpt = ckpt_io.load(tmp_path / "run")
+    assert ckpt["step"] == 5 and ckpt["window"]["loss"][1] == 1.0  # one step of the next line
+    assert "diag_grad_cosine" in ckpt["monitors"]["LossBalance"]["pending"]
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
+    assert Trainer(tiny_config(*settings), tmp_path / "run", resume=True).fit()["completed"]
+    whole, resumed = lines(tmp_path / "whole"), lines(tmp_path / "run")
+    assert [r["step"] for r in whole] == [4, 8] and "diag_grad_cosine" in whole[1]
+    assert resumed == whole
+
+
 def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, capsys):
     from repre import pretraining
 

@@ -49,7 +49,8 @@ class Callback:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to go on as the uninterrupted one would (a monitor's recent lines and
-        warnings), in plain values a checkpoint holds; kept by rank 0, which reads the train lines."""
+        warnings, values measured for the next train line), in plain values a checkpoint holds; kept by rank 0,
+        which reads and writes the train lines."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -86,6 +87,12 @@ class LossBalance(Callback):
     def log_values(self, trainer: Trainer) -> dict[str, float]:
         values, self.pending = self.pending, {}
         return values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": self.pending} if self.pending else {}  # measured, its train line not yet written
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = dict(state["pending"])
 
 
 class LossTrend(Callback):

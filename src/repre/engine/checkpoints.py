@@ -18,6 +18,7 @@ from repre.core import checkpoint_io, dist
 from repre.core.runtime import Runtime
 from repre.data.pipeline import PretrainData
 from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
+from repre.engine.metrics import WindowMeter
 from repre.engine.state import RunState
 from repre.errors import UserError
 
@@ -47,14 +48,15 @@ def prepare_out(out: Path, resume: bool) -> None:
 
 class Checkpoints:
     """Writes and restores everything a run needs to go on exactly: the model, the optimizer, the scaler, the run
-    variables, every process's RNG and the data pipeline's position. Distributed: every process calls `save`
+    variables, every process's RNG, the data pipeline's position, the monitors' state and the steps of the next
+    train line so far (a resumed run writes the uninterrupted run's lines). Distributed: every process calls `save`
     and `resume` (the state is gathered; rank 0 writes and tidies)."""
 
     def __init__(self, out: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime,
-                 monitors: list[Callback]) -> None:
+                 monitors: list[Callback], window: WindowMeter) -> None:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
-        self.data, self.state, self.rt, self.monitors = data, state, rt, monitors
+        self.data, self.state, self.rt, self.monitors, self.window = data, state, rt, monitors, window
         self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
 
     # ------------------------------------------------------------ writing
@@ -76,6 +78,7 @@ class Checkpoints:
             "step": self.state.step,
             "run": self.state.to_dict(),
             "monitors": monitor_states(self.monitors),  # rank 0's: it reads the train lines
+            "window": self.window.state_dict(),  # the next train line's steps so far, over all processes
             "rng": rng,
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
             "config": self.cfg.to_dict(),
@@ -161,6 +164,7 @@ class Checkpoints:
         self._restore_rng(ckpt["rng"])
         self.data.load_state_dict(ckpt.get("stream"))
         self.state.load(ckpt["step"], ckpt["run"])
+        self.window.load_state_dict(ckpt.get("window") or {}, holds_totals=dist.is_main())
         if dist.is_main():  # rank 0's monitors read the train lines; the others' stay as built
             load_monitor_states(self.monitors, ckpt.get("monitors"))
 

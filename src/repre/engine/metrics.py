@@ -64,10 +64,30 @@ class WindowMeter:
             self.counts[key] = self.counts[key] + finite.float() if key in self.counts else finite.float()
 
     def read(self) -> dict[str, float | None]:
+        """The window's means (over its steps and all processes); the window starts anew."""
+        totals = self._totals()
+        self.sums, self.counts = {}, {}
+        return {k: (s / n if n else None) for k, (s, n) in totals.items()}
+
+    def state_dict(self) -> dict[str, list[float]]:
+        """The window so far, for a checkpoint written between train lines: [sum, count] by key, summed over
+        the processes (a collective, as `read`)."""
+        return {k: [s, n] for k, (s, n) in self._totals().items()}
+
+    def load_state_dict(self, state: dict[str, list[float]], holds_totals: bool = True) -> None:
+        """Go on with a checkpointed window. `holds_totals` False (every process of a distributed run but
+        rank 0): start empty, as rank 0's sums hold every process's and `read` adds them all up."""
+        self.sums, self.counts = {}, {}
+        if holds_totals:
+            for key, (s, n) in state.items():
+                self.sums[key] = torch.tensor(s, device=self.device)
+                self.counts[key] = torch.tensor(n, device=self.device)
+
+    def _totals(self) -> dict[str, tuple[float, float]]:
+        """(sum, count) by key over the window and all processes: one reduction, one sync."""
         keys = list(self.sums)
         if not keys:
             return {}
         device = self.device or next((v.device for v in self.sums.values() if v.device.type != "cpu"), torch.device("cpu"))
         totals = all_reduce_sum(torch.stack([torch.stack([self.sums[k], self.counts[k]]).to(device) for k in keys]))
-        self.sums, self.counts = {}, {}
-        return {k: (s / n if n else None) for k, (s, n) in zip(keys, totals.tolist(), strict=True)}
+        return {k: (s, n) for k, (s, n) in zip(keys, totals.tolist(), strict=True)}

@@ -80,8 +80,9 @@ class Trainer:
                                 self.rt.device)
         self.schedules = RunSchedules.build(cfg, self.total)
         self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]
+        self.meter = WindowMeter(self.rt.device)  # the train line's window, checkpointed between lines
         self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
-                                       self.rt, self.callbacks)
+                                       self.rt, self.callbacks, self.meter)
         self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
         self.stop: GracefulStop | None = None  # set by fit()
         self.stop_agreed = False  # distributed: whether any process was asked to stop (as the processes agreed)
@@ -224,7 +225,7 @@ class Trainer:
     def _loop(self, loader, writer: MetricWriter, bar: tqdm) -> bool:
         """Steps until the total or a stop request; returns whether the run completed."""
         t, s = self.cfg.train, self.state
-        meter, window_start, window_steps = WindowMeter(self.rt.device), time.perf_counter(), 0
+        meter, window_start, window_steps = self.meter, time.perf_counter(), 0
         self.model.train()
         batches, tick = iter(loader), time.perf_counter()
         while s.step < self.total and not self._stopping():

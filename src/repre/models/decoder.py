@@ -31,8 +31,9 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     """A tap map as the lateral 1x1 convolution reads it: contiguous (a ViT's maps are views of its tokens), in
     the autocast dtype when autocast is on. Autocast would make the same cast inside the convolution; made here,
     the copy writes half the bytes, and values and gradients are unchanged."""
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    device = x.device.type  # "meta" (shapes only, e.g. counting FLOPs) has no autocast
+    amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if amp else x.dtype
     # one copy for a ViT's views (channels-last strides); `.contiguous()` for any other strides `to` would keep
     return x.to(dtype, memory_format=torch.contiguous_format).contiguous()
 
