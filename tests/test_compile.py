@@ -24,7 +24,7 @@ def test_compile_wraps_blocks_and_the_branch_loss_and_keeps_names(monkeypatch):
     assert torch._dynamo.config.recompile_limit == limit  # and put back after it
     kinds = [name for name, _ in compiled]
     # online + momentum, 4 blocks each; the branch's loss with the decoder inside it
-    assert kinds.count("Module._call_impl") == 2 * 4 and kinds.count("ReconstructionBranch.loss") == 1
+    assert kinds.count("Module._call_impl") == 2 * 4 and kinds.count("ReconstructionBranch._loss") == 1
     assert len(kinds) == 9
     assert all(k == {"dynamic": False} for _, k in compiled)  # one static graph per shape
     assert list(model.state_dict()) == names

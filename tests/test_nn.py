@@ -37,6 +37,30 @@ def test_the_branch_owns_the_decoder_only_and_shares_the_encoders_forward():
     assert vit.blocks[0].attn.qkv.weight.grad is not None  # the loss trains the encoder too
 
 
+def test_a_compiled_loss_follows_a_copy_of_the_branch():
+    """`compile_loss` compiles a function of the branch: a copy made after compiling computes with its own
+    decoder (a loss bound to the first instance would use that one's weights). Dynamo's capture without code
+    generation (backend "eager"), for seconds on a CPU."""
+    import copy
+
+    torch.manual_seed(0)
+    branch = ReconstructionBranch(tiny_vit().eval(), taps=2, width=16)
+    x = torch.randn(2, 3, 16, 16)
+    _, maps = branch.encode(x)
+    eager = branch.loss(maps, x)
+    torch._dynamo.reset()
+    try:
+        branch.compile_loss(backend="eager")
+        twin = copy.deepcopy(branch)
+        with torch.no_grad():
+            twin.decoder.head.bias.add_(1.0)
+        torch.testing.assert_close(branch.loss(maps, x), eager)
+        assert not torch.allclose(twin.loss(maps, x), eager)
+        torch.testing.assert_close(twin.loss(maps, x), type(twin)._loss(twin, maps, x, None))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_the_branch_takes_a_swin():
     cfg = tiny_config(*SWIN_TINY)
     swin = build_model(cfg).method.encoder.model

@@ -13,7 +13,7 @@ or, at the cost of a second encoder forward, `loss = ssl_loss + 1.0 * branch(ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -61,6 +61,7 @@ class ReconstructionBranch(nn.Module):
                                out_stride=out_stride)
         self.loss_kind, self.norm_pix, self.norm_pix_floor = loss, norm_pix, norm_pix_floor
         self.patch_size = backbone.patch_size
+        self._compiled_loss: Callable[..., torch.Tensor] | None = None  # `compile_loss`
 
     @property
     def backbone(self) -> Backbone:
@@ -80,6 +81,9 @@ class ReconstructionBranch(nn.Module):
         """Tap maps and the images they should give back (normalized, [B, 3, H, W]) -> the scalar loss. `rows`:
         the batch rows to reconstruct ([N] indices into maps and targets; None: all). Chosen here, a compiled
         loss (`compile_loss`) reads only those rows of the tap maps."""
+        return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)
+
+    def _loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two)
             maps, targets = [m.index_select(0, rows) for m in maps], targets.index_select(0, rows)
         pred = self.reconstruct(maps, targets.shape[-2:])
@@ -87,12 +91,12 @@ class ReconstructionBranch(nn.Module):
                                    self.norm_pix_floor)
 
     def compile_loss(self, **options: Any) -> None:
-        """torch.compile `loss` in place (`options`: torch.compile's): the choice of rows, the tap maps' copy
-        into the decoder's layout and dtype, the decoder and the loss in one graph, so the copy reads only the
-        chosen rows and the copy's and the loss's element-wise work fuse. `reconstruct` stays eager. The compiled
-        `loss` is an attribute of this instance: compile after copying the module, not before."""
-        if "loss" not in vars(self):  # compiled once
-            self.loss = torch.compile(self.loss, **options)
+        """torch.compile `loss` (`options`: torch.compile's): the choice of rows, the tap maps' copy into the
+        decoder's layout and dtype, the decoder and the loss in one graph, so the copy reads only the chosen rows
+        and the copy's and the loss's element-wise work fuse. `reconstruct` stays eager. The compiled function
+        takes the branch as its argument: a copy of the branch computes with its own decoder."""
+        if self._compiled_loss is None:  # compiled once
+            self._compiled_loss = torch.compile(type(self)._loss, **options)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """images [B, 3, H, W] -> the loss of reconstructing `targets` (default: the images) from their tap maps.
