@@ -42,6 +42,29 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
         assert json.loads(fh.metadata()["repre_card"])["arch"] == card["arch"]
         assert not any(k.startswith(("method.", "head.weight")) for k in fh.keys())
     features_agree(run, file, card)
+    transform_agrees(file, card)
+
+
+def transform_agrees(file, card) -> None:
+    """timm's own evaluation transform for the loaded model (`resolve_data_config` reads the card's
+    `pretrained_cfg`) prepares an image as repre's evaluation does: input size, resize and crop, normalization
+    (PIL's resize against torchvision's on tensors: equal to a few grey levels)."""
+    import numpy as np
+    from PIL import Image
+
+    from repre.data.evaluation import centre_view
+    from repre.data.views import normalize
+
+    model = load_export(file, card)
+    config = timm.data.resolve_data_config({}, model=model)
+    size = card["pretrained_cfg"]["input_size"][-1]
+    y, x = np.mgrid[0:1:3j * size, 0:1:2j * size]  # a 3S x 2S image of gradients: a wrong crop or size shows
+    pixels = (255 * np.stack([x, y, x * y], axis=-1)).astype(np.uint8)
+    theirs = timm.data.create_transform(**config)(Image.fromarray(pixels))
+    view = centre_view(torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), size)
+    ours = normalize(view[None].float() / 255, config["mean"], config["std"])[0]
+    assert theirs.shape == ours.shape == (3, size, size)
+    assert ((theirs - ours).abs() * torch.tensor(config["std"])[:, None, None]).mean() < 2 / 255
 
 
 @needs_timm

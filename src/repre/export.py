@@ -1,12 +1,16 @@
 """Export a checkpoint's backbone as timm safetensors, with a model card, and prove it loads.
 
     FILE.safetensors   the encoder's weights, timm key names, no head (the card is also in its metadata)
-    FILE.json          the model card: arch, kwargs, which encoder, preset, data, evaluation results, versions
+    FILE.json          the model card: arch, kwargs, preprocessing, which encoder, preset, data, evaluation
+                       results, versions
 
 The loading contract, checked here before export reports success (strict key match, equal features):
 
-    timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=FILE), num_classes=0,
-                      **card["kwargs"])
+    timm.create_model(card["arch"], pretrained=True, num_classes=0, **card["kwargs"],
+                      pretrained_cfg_overlay=dict(file=FILE, **card["pretrained_cfg"]))
+
+`pretrained_cfg`: the input size, normalization and resize-and-crop of the run's evaluation, so that timm's
+`resolve_data_config({}, model=model)` gives the model the images it was trained and evaluated on.
 
 Which encoder: each paper's convention (MoCo v3 and MoBY: the online encoder; DINO: the teacher), or
 `encoder="encoder"` / `"teacher_encoder"` / `"momentum_encoder"` / `"target_encoder"` to choose.
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from repre.core import checkpoint_io as ckpt_io
+from repre.data.evaluation import timm_preprocessing
 from repre.errors import UserError
 from repre.eval import encoder_from, load_checkpoint_config
 from repre.methods import eval_encoder_key
@@ -60,9 +65,10 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
     step = int(ckpt.get("step", 0))
     evals = run_evaluations(run_dir, step, key, eval_encoder_key(cfg.method.name)) if run_dir is not None else {}
     return {
-        "format": "repre-export-1",
+        "format": "repre-export-2",
         "arch": arch,
         "kwargs": kwargs,
+        "pretrained_cfg": timm_preprocessing(cfg.data),
         "encoder": key,
         "method": cfg.method.name,
         "recon": cfg.recon.enabled,
@@ -71,8 +77,8 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
         "step": step,
         "evaluations": evals,
         "versions": {"trained_with": ckpt.get("versions", {}), "exported_with": ckpt_io.versions()},
-        "load": 'timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=FILE), '
-                'num_classes=0, **card["kwargs"])',
+        "load": 'timm.create_model(card["arch"], pretrained=True, num_classes=0, **card["kwargs"], '
+                'pretrained_cfg_overlay=dict(file=FILE, **card["pretrained_cfg"]))',
     }
 
 
@@ -80,8 +86,8 @@ def load_export(file: str | Path, card: dict[str, Any]) -> torch.nn.Module:
     """The documented loading call."""
     import timm
 
-    return timm.create_model(card["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),
-                             num_classes=0, **card["kwargs"])
+    return timm.create_model(card["arch"], pretrained=True, num_classes=0, **card["kwargs"],
+                             pretrained_cfg_overlay=dict(file=str(file), **card.get("pretrained_cfg", {})))
 
 
 TIMM_NEEDED = (1, 0, 31)  # the loading call: 1.0.30 and older fail it (ViT: custom_load; Swin: headless keys)

@@ -6,26 +6,42 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from repre.config import Config
+from repre.config import Config, DataConfig
+from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import UnreadableImage
 from repre.data.pipeline import resolve_workers
-from repre.data.sources import ImageSource, eval_source, load_or_replace, stats, subset_of
+from repre.data.sources import ImageSource, eval_source, load_or_replace, pretraining_stats, stats, subset_of
 from repre.data.views import normalize
+
+CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 256), as timm's and DINO's evaluation
 
 
 def centre_view(img: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, S, S], what evaluation shows the encoder: the short side resized (to S, or
-    to S / 0.875 when it is larger than S), then the centre S x S."""
+    to floor(S / CROP_PCT) when it is larger than S, as timm's evaluation transform), then the centre S x S."""
     if img.shape[-2:] != (size, size):
-        short = size if min(img.shape[-2:]) <= size else round(size / 0.875)
+        short = size if min(img.shape[-2:]) <= size else math.floor(size / CROP_PCT)
         img = TF.center_crop(TF.resize(img, [short], antialias=True), [size, size])
     return img
+
+
+def timm_preprocessing(cfg: DataConfig) -> dict[str, Any]:
+    """`centre_view` and the normalization of a run's data, in the terms of timm's `pretrained_cfg`: an
+    exported encoder carries them, and `timm.data.resolve_data_config({}, model=model)` then builds the
+    transform evaluation applies (the whole image resized where the dataset's images are no larger than the
+    input, as Fashion-MNIST's: `crop_pct` 1)."""
+    mean, std = pretraining_stats(cfg)
+    whole = cfg.name == "fashion-mnist" and FashionMNIST.side <= cfg.image_size
+    return {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear", "crop_mode": "center",
+            "crop_pct": 1.0 if whole else CROP_PCT, "mean": list(mean), "std": list(std)}
 
 
 class EvalDataset(Dataset):

@@ -46,6 +46,7 @@ class FashionMNIST:
     """One split as an image source: `load(i) -> (uint8 [3, 28, 28], label)` (gray replicated to 3 channels)."""
 
     mean, std = MEAN, STD
+    side = 28  # every image's
 
     def __init__(self, root: str | None, split: str) -> None:
         folder = Path(root or DEFAULT_ROOT)
