@@ -54,6 +54,14 @@ def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left as it was
 
 
+def test_fine_tuning_on_fewer_images_than_its_batch_names_its_own_batch_key(tiny_run, capsys):
+    """The advice names the key `repre eval finetune` reads (train.batch_size it refuses: not read)."""
+    out, _ = tiny_run
+    code, _ = run_cli(["eval", "finetune", "--checkpoint", str(out), "--set", "eval.finetune.batch_size=128"])
+    err = capsys.readouterr().err
+    assert code == 2 and "(eval.finetune.batch_size=128); lower eval.finetune.batch_size" in err
+
+
 def test_eval_knn_on_val_through_the_cli(tiny_run):
     out, _ = tiny_run
     code, stdout = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.split=val",

@@ -54,12 +54,23 @@ def test_fashion_scenes_source(fmnist_root):
 
 def test_eval_segment_end_to_end(tiny_run, fmnist_root):
     out, _ = tiny_run
-    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", f"data.root={fmnist_root}",
+    code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", f"eval.segment.root={fmnist_root}",
                             "--set", "eval.segment.train=16", "--set", "eval.segment.test=8",
                             "--set", "eval.segment.epochs=2"])
     result = last_json(stdout)
     assert code == 0 and result["task"] == "segment" and 0 <= result["value"] <= 1
     assert 0 <= result["extra"]["pixel_acc"] <= 1 and result["extra"]["feature_grid"] == [16, 16]
+
+
+def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_location():
+    """A run on a folder has its images in data.root, not Fashion-MNIST's files: the scenes' items come from
+    eval.segment.root, else the data.root of a run on Fashion-MNIST, else the default location."""
+    from conftest import tiny_config
+    from repre.eval.segment import scene_root
+
+    assert scene_root(tiny_config("data.name=folder", "data.root=/photos")) is None
+    assert scene_root(tiny_config("data.name=fashion-mnist", "data.root=/fm")) == "/fm"
+    assert scene_root(tiny_config("data.name=folder", "data.root=/photos", "eval.segment.root=/fm")) == "/fm"
 
 
 def test_pretrain_on_fashion_scenes(tmp_path, fmnist_root):

@@ -367,7 +367,9 @@ class SegmentConfig:
 
     # generated scenes of Fashion-MNIST items, or a folder of images with PNG masks
     data: Literal["fashion-scenes", "folder"] = "fashion-scenes"
-    root: str | None = None  # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png
+    # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png; fashion-scenes: the Fashion-MNIST
+    # files (null: data.root of a Fashion-MNIST run, else the default location)
+    root: str | None = None
     size: int = 0  # probe resolution; 0: data.scene_size (fashion-scenes) or data.image_size (folder)
     classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
     ignore: int = 255  # folder: mask value neither trained on nor scored

@@ -195,11 +195,12 @@ class EpochBatchSampler(Sampler):
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, batch_key: str = "train.batch_size") -> None:
+        """`batch_key`: the config key that set `batch_size`, named when the dataset is smaller than a batch."""
         if size < batch_size:
             raise UserError(
-                f"the dataset has {size} images, fewer than one batch (train.batch_size={batch_size}); "
-                "lower train.batch_size or add images"
+                f"the dataset has {size} images, fewer than one batch ({batch_key}={batch_size}); "
+                f"lower {batch_key} or add images"
             )
         self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
         self.steps_per_epoch = size // batch_size

@@ -105,18 +105,26 @@ class ProbeData:
     ignore: int
 
 
+def scene_root(cfg: Config) -> str | None:
+    """Where the scenes' Fashion-MNIST items are: eval.segment.root, else the run's data.root when it trained on
+    Fashion-MNIST (a folder run's root holds its own images), else the default location (None)."""
+    if cfg.eval.segment.root:
+        return cfg.eval.segment.root
+    return cfg.data.root if cfg.data.name in ("fashion-mnist", "fashion-scenes") else None
+
+
 def scene_data(cfg: Config) -> ProbeData:
     """fashion-scenes; with eval.split=val the probe-test scenes are composed from the validation items of the
     train split (`val_split`) and the probe-train scenes from the others (the test split is not read)."""
     e, d = cfg.eval, cfg.data
-    size, seed = e.segment.size or d.scene_size, cfg.train.seed
+    size, seed, root = e.segment.size or d.scene_size, cfg.train.seed, scene_root(cfg)
     if e.split == "test":
-        train = FashionScenes(d.root, "train", e.segment.train, size, seed=seed)
-        test = FashionScenes(d.root, "test", e.segment.test, size, seed=seed)
+        train = FashionScenes(root, "train", e.segment.train, size, seed=seed)
+        test = FashionScenes(root, "test", e.segment.test, size, seed=seed)
     else:
-        train_idx, val_idx = val_split(len(FashionMNIST(d.root, "train")), e.val_size)
-        train = FashionScenes(d.root, "train", e.segment.train, size, seed, items=train_idx)
-        test = FashionScenes(d.root, "val", e.segment.test, size, seed, items=val_idx)
+        train_idx, val_idx = val_split(len(FashionMNIST(root, "train")), e.val_size)
+        train = FashionScenes(root, "train", e.segment.train, size, seed, items=train_idx)
+        test = FashionScenes(root, "val", e.segment.test, size, seed, items=val_idx)
     rgb = lambda x: x[:, None].expand(-1, 3, -1, -1)  # noqa: E731
     return ProbeData(rgb(train.images), train.masks.long(), rgb(test.images), test.masks.long(),
                      NUM_SEGMENT_CLASSES, e.segment.ignore)
