@@ -96,7 +96,26 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run
     assert run_cli(pretrain_args(out))[0] == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "holds a run; add --resume" in capsys.readouterr().err
+
+
+def test_out_holding_other_files_is_refused_with_or_without_resume(tmp_path, capsys):
+    """A folder of the user's own files is no run to continue: neither a run nor --resume writes into it (the
+    advice to add --resume used to start a fresh run among them). Hidden files, as a Finder's .DS_Store, do
+    not count."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    for resume in ([], ["--resume"]):
+        assert run_cli(pretrain_args(out) + resume)[0] == 2
+        assert "holds files that are not a repre run (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".DS_Store").write_bytes(b"")
+    from repre.engine.checkpoints import prepare_out
+
+    prepare_out(hidden, resume=False)  # no error
 
 
 def test_resume_continues_to_the_new_total(tmp_path):

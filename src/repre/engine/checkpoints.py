@@ -33,15 +33,20 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "trai
 
 
 def prepare_out(out: Path, resume: bool) -> None:
-    """Create the run directory; one with a run in it is refused unless the run resumes. A run that failed
-    before its first logged step (a wrong setting found when the data loader starts) left only its config and
-    an empty TensorBoard folder: the retry may use the directory."""
+    """Create the run directory; one with a run in it is refused unless the run resumes, and one holding other
+    files always (a run would be written among them). A run that failed before its first logged step (a wrong
+    setting found when the data loader starts) left only its config and an empty TensorBoard folder: the retry
+    may use the directory."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
-    started = out.is_dir() and any(p.name not in ("config.yaml", "tb") for p in out.iterdir())
-    if started and not resume:
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+    if names and not names & {"config.yaml", "checkpoints", "metrics.jsonl"}:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"--out {out} holds files that are not a repre run ({shown}); choose a new or empty "
+                        "directory for --out")
+    if names - {"config.yaml", "tb"} and not resume:
         raise UserError(
-            f"--out {out} is not empty; add --resume to continue that run, or choose another --out"
+            f"--out {out} holds a run; add --resume to continue it, or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
 
