@@ -35,6 +35,8 @@ def test_unknown_key_names_the_nearest():
         load_config(None, ["train.batchsize=3"])
     with pytest.raises(UserError, match="recon.weight"):
         load_config(None, ["recon.wieght=1"])
+    with pytest.raises(UserError, match=r"'trian.max_steps'; did you mean 'train.max_steps'"):  # a section's typo
+        load_config(None, ["trian.max_steps=2"])
 
 
 def test_wrong_type_is_refused():

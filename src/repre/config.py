@@ -652,7 +652,8 @@ def build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     for key, value in raw.items():
         if key not in names:
             old = renamed_message(prefix + str(key))
-            raise UserError(old or _unknown_key_message(prefix + str(key), [prefix + n for n in names]))
+            raise UserError(old or _unknown_key_message(_first_leaf(prefix + str(key), value),
+                                                        [prefix + n for n in names]))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
 
@@ -667,6 +668,15 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + f.name)
     return keys
+
+
+def _first_leaf(key: str, value: Any) -> str:
+    """The dotted key of the first value under `key` (`trian` holding {max_steps: 2}: `trian.max_steps`): a
+    misspelt section is matched by the whole key, as it was given."""
+    while isinstance(value, dict) and value:
+        name, value = next(iter(value.items()))
+        key = f"{key}.{name}"
+    return key
 
 
 def _unknown_key_message(key: str, siblings: list[str]) -> str:
