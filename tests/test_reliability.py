@@ -73,6 +73,9 @@ def test_damaged_newest_checkpoint_is_detected_and_the_previous_used(tmp_path, r
     newest.write_bytes(bytes(data))
     with pytest.raises(UserError, match="damaged.*its run has step-00000004.pt in"):  # what to use instead
         ckpt_io.load(newest)
+    with pytest.raises(UserError, match="last.pt is damaged.*its run has step-00000004.pt in") as raised:
+        ckpt_io.load(out)  # what `repre eval RUN` reads: last.pt, the damaged file's other name, is not advised
+    assert "step-00000008" not in str(raised.value)
     trainer = Trainer(tiny_config(*RESUME, "train.max_steps=8", "train.num_workers=0"), out, resume=True)
     assert trainer.state.step == 4
     assert "skipping unreadable checkpoint" in repre_log.text and "damaged" in repre_log.text

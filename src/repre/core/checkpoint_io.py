@@ -162,10 +162,19 @@ def verify(path: Path, fh=None) -> None:
 
 
 def _others(path: Path) -> str:
-    """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none)."""
+    """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none);
+    not the damaged file under its other name (last.pt is a hard link to the newest step file)."""
     in_run = path.parent.name == "checkpoints"
-    others = [p.name for p in step_checkpoints(path.parent.parent) if p != path][::-1] if in_run else []
-    return f"; its run has {', '.join(others[:3])} in {path.parent}" if others else ""
+    others = [p for p in step_checkpoints(path.parent.parent) if not _same_file(p, path)][::-1] if in_run else []
+    names = ", ".join(p.name for p in others[:3])
+    return f"; its run has {names} in {path.parent}: pass one as the checkpoint" if others else ""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
 
 
 def step_checkpoints(folder: Path) -> list[Path]:
