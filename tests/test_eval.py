@@ -68,6 +68,9 @@ def test_eval_knn_on_val_through_the_cli(tiny_run):
                             "--set", "eval.val_size=16"])
     result = last_json(stdout)
     assert code == 0 and result["extra"]["queries"] == 16 and result["extra"]["bank"] == 64 - 16
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.split=val",
+                            "--set", "eval.val_size=16", "--set", "eval.knn.k=500"])
+    assert code == 0 and last_json(stdout)["extra"]["k"] == 48  # the k that voted: the whole bank
 
 
 def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path):

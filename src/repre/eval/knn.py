@@ -53,7 +53,11 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     queries, query_y = extract_features(encoder, test, rt, bar_name(cfg, "k-NN queries"))
     pred = knn_predict(bank, bank_y, queries, e.knn.k, e.knn.temperature, classes)
     top1 = float((pred == query_y).float().mean())
-    extra = {"k": e.knn.k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries)}
+    if e.knn.k > len(bank):
+        log.warning("eval.knn.k=%d is more than the bank's %d images: every image votes (k = %d)", e.knn.k,
+                    len(bank), len(bank))
+    extra = {"k": min(e.knn.k, len(bank)), "temperature": e.knn.temperature, "bank": len(bank),
+             "queries": len(queries)}
     return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
 
 
