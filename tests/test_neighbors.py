@@ -135,6 +135,9 @@ def test_bad_inputs_exit_2_with_what_to_do(embedded_folder, tmp_path, capsys, ex
 def test_missing_or_unfinished_embeddings_exit_2(embedded_folder, tmp_path, capsys):
     run, emb = embedded_folder
     assert run_cli(neighbors_args(run, tmp_path / "none.npy", tmp_path / "x.png"))[0] == 2
+    assert "none.npy does not exist" in capsys.readouterr().err
+    shutil.copy(emb, tmp_path / "alone.npy")  # no index or card beside it
+    assert run_cli(neighbors_args(run, tmp_path / "alone.npy", tmp_path / "x.png"))[0] == 2
     assert "as `repre embed` writes them" in capsys.readouterr().err
     for suffix in (".npy", ".csv", ".json"):
         shutil.copy(emb.with_suffix(suffix), tmp_path / f"part{suffix}")

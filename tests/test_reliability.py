@@ -350,7 +350,8 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_lo
     want = ckpt_io.encoder_state(ckpt_io.load(source))
     got = trainer.model.method.encoder.model.state_dict()
     assert all(torch.equal(got[k].cpu(), want[k].cpu()) for k in want)
-    assert trainer.state.step == 0 and "initialised from" in repre_log.text and "decoder" in repre_log.text
+    assert trainer.state.step == 0 and "initialised from" in repre_log.text
+    assert "0 new here (-)" in repre_log.text and "not used (decoder)" in repre_log.text  # the modules, by name
 
 
 def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):

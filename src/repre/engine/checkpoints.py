@@ -223,8 +223,9 @@ class Checkpoints:
                             "or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
-        def parts(keys: list[str]) -> str:  # "decoder", "method", ...: the branch's weights by their own name
-            return ", ".join(sorted({k.removeprefix("branch.").split(".")[0] for k in keys})) or "-"
+        def parts(keys: list[str]) -> str:  # "decoder", "projector", "teacher_head", ...: the modules they are in
+            return ", ".join(sorted({k.removeprefix("branch.").removeprefix("method.").split(".")[0]
+                                     for k in keys})) or "-"
 
         if not loaded:
             raise UserError(f"--init-from {source}: none of its weights belong to this model")

@@ -36,7 +36,9 @@ log = logging.getLogger("repre")
 def finished_card(files: EmbeddingFiles) -> dict[str, Any]:
     """The card of finished embeddings, or exit 2 saying what to do."""
     card = read_card(files.card)
-    if card is None or not files.npy.is_file() or not files.csv.is_file():
+    if not files.npy.is_file():
+        raise UserError(f"{files.npy} does not exist: give the FILE.npy a `repre embed --out FILE.npy` wrote")
+    if card is None or not files.csv.is_file():
         raise UserError(f"{files.npy} needs its .csv index and .json card beside it, as `repre embed` writes them")
     if not card["progress"]["complete"]:
         raise UserError(f"{files.npy} is unfinished ({card['progress']['rows']} rows so far): rerun the same "
