@@ -300,7 +300,7 @@ def test_val_split_is_fixed_disjoint_and_covers_sorted_classes():
     assert len(train) == 80 and len(val) == 20 and not set(train.tolist()) & set(val.tolist())
     labels = torch.arange(100) // 50  # a class-sorted folder: two classes, in order
     assert set(labels[val].tolist()) == {0, 1}
-    with pytest.raises(UserError, match="val_size"):
+    with pytest.raises(UserError, match="val_size=10 must be .*: --set eval.val_size=1 holds out a tenth"):
         val_split(10, 10)
 
 
@@ -323,6 +323,8 @@ def test_subsets_of_a_class_sorted_folder_cover_every_class(tmp_path):
     picked = subset_of(source, 6)
     assert len(picked) == 6 and sorted(source.load(i)[1] for i in picked.indices) == [0, 0, 1, 1, 2, 2]
     assert len(subset_of(source, 100)) == 18
+    with pytest.raises(UserError, match="no val/ .* --set eval.split=val"):  # the other way to evaluate
+        eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'imgs'}"), "test")
 
 
 def test_subsets_of_a_dataset_in_random_order_are_its_first_images(tmp_path):

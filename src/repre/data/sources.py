@@ -53,7 +53,8 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
             return base / name
     raise UserError(
         f"{base} has no val/ (or test/) folder: evaluation and the test split read labelled images from "
-        f"{base}/train/<class>/... and {base}/val/<class>/..."
+        f"{base}/train/<class>/... and {base}/val/<class>/...; or hold out part of the training images with "
+        "--set eval.split=val --set eval.val_size=N"
     )
 
 
@@ -161,7 +162,8 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
     `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
     if not 0 < val_size < size:
-        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images")
+        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images: "
+                        f"--set eval.val_size={max(1, size // 10)} holds out a tenth")
     perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
