@@ -108,13 +108,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from repre.config import DEFAULT_PRESET, load_config, source_dict
-    from repre.pretraining import pretrain
 
     out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
     source = args.config
     if source is None and args.resume and (out / "config.yaml").is_file():
         source = str(out / "config.yaml")  # resume with the run's own config
-    cfg = load_config(source, args.overrides)
+    cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+    from repre.pretraining import pretrain
+
     try:
         summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
     except StoppedEarly as stop:
