@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -55,9 +57,10 @@ def test_without_labels_the_map_shows_thumbnails(tmp_path):
         embedding_map(x, [0] * 30, tmp_path / "no.png", method="mds")
 
 
-def test_repre_map_draws_an_embedding_file_by_label_or_as_thumbnails(tiny_run, tmp_path):
-    """The tiny run's labelled train images: a scatter; a flat folder without labels: thumbnails, which need
-    the checkpoint (exit 2 without it)."""
+def test_repre_map_draws_an_embedding_file_by_label_or_as_thumbnails(tiny_run, tmp_path, capsys):
+    """The tiny run's labelled train images: a scatter; a flat folder without labels: thumbnails, the images
+    read with the data config of the checkpoint embed read (from its card; exit 2 when that one is gone) or of
+    --checkpoint."""
     from conftest import last_json, run_cli, save_png
 
     run, _ = tiny_run
@@ -73,8 +76,12 @@ def test_repre_map_draws_an_embedding_file_by_label_or_as_thumbnails(tiny_run, t
     flat = tmp_path / "flat.npy"
     folder = ["--set", "data.name=folder", "--set", f"data.root={tmp_path / 'flat'}"]
     assert run_cli(["embed", "--checkpoint", str(run), "--out", str(flat), *folder])[0] == 0
-    code, _ = run_cli(["map", "--embeddings", str(flat), "--out", str(tmp_path / "x.png")])
-    assert code == 2
+    code, stdout = run_cli(["map", "--embeddings", str(flat), "--out", str(tmp_path / "x.png")])
+    assert code == 0 and last_json(stdout)["kind"] == "thumbnails" and (tmp_path / "x.png").is_file()
     code, stdout = run_cli(["map", "--embeddings", str(flat), "--out", str(tmp_path / "thumbs.png"),
                             "--checkpoint", str(run)])
     assert code == 0 and last_json(stdout)["kind"] == "thumbnails" and (tmp_path / "thumbs.png").is_file()
+    card = json.loads(flat.with_suffix(".json").read_text())
+    flat.with_suffix(".json").write_text(json.dumps({**card, "checkpoint": str(tmp_path / "moved.pt")}))
+    code, _ = run_cli(["map", "--embeddings", str(flat), "--out", str(tmp_path / "y.png")])
+    assert code == 2 and "moved.pt) is gone: give --checkpoint" in capsys.readouterr().err

@@ -56,6 +56,15 @@ def test_a_duplicated_image_is_its_copy_s_nearest_neighbour(embedded_folder, tmp
         assert picture.size == sheet_size(1, 4, thumb_side(16), captioned=True, gap=QUERY_GAP)
 
 
+def test_without_checkpoint_the_images_are_read_as_embed_read_them(embedded_folder, tmp_path):
+    """--checkpoint defaults to the checkpoint embed read (its card names it): the same picture."""
+    run, emb = embedded_folder
+    given = last_json(run_cli(neighbors_args(run, emb, tmp_path / "a.png", "--queries", "2"))[1])
+    code, stdout = run_cli(["neighbors", "--embeddings", str(emb), "--out", str(tmp_path / "b.png"), "--queries", "2"])
+    assert code == 0 and last_json(stdout)["queries"] == given["queries"]
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
 def test_drawn_queries_are_fixed_by_the_seed(embedded_folder, tmp_path):
     run, emb = embedded_folder
     drawn = []

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
     mp.add_argument("--out", required=True, help="FILE.png")
-    mp.add_argument("--checkpoint", help="the run embed used: thumbnails of the images when there are no labels")
+    mp.add_argument("--checkpoint", help="the run whose data the thumbnails are read from when there are no labels "
+                    "(default: the one embed read, from the card)")
     mp.add_argument("--method", default="tsne", choices=["tsne", "umap"],
                     help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
     mp.add_argument("--max-points", type=int, default=5000,
@@ -91,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--overwrite", action="store_true",
                     help="replace FILE.* of another checkpoint or data (the same command continues its own files)")
     nb = sub.add_parser("neighbors", help="draw query images and their nearest images in an embedding file")
-    nb.add_argument("--checkpoint", required=True, help="the checkpoint whose data the images are read from")
+    nb.add_argument("--checkpoint", help="the checkpoint whose data the images are read from (default: the one "
+                    "embed read, from the card)")
     nb.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
     nb.add_argument("--out", required=True, help="the picture, a .png")
     nb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -111,7 +111,8 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
 def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | None = None, method: str = "tsne",
              limit: int = 5000, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
-    with `checkpoint`, thumbnails of the images where there are no labels."""
+    where there are no labels, thumbnails of the images, read with `checkpoint`'s data config (None: the
+    checkpoint embed read)."""
     if overrides and checkpoint is None:
         raise UserError("--set changes the data of the thumbnails, which need --checkpoint RUN; add it or drop --set")
     refuse_unread("repre map", list(overrides or []), ("data.",))  # the thumbnails' images
@@ -121,7 +122,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     index = read_index(files.csv, set(range(len(bank))), len(bank))
     labels = [index[r][2] for r in range(len(bank))]
     picture = None
-    if checkpoint is not None:
+    if checkpoint is not None or None in labels:  # thumbnails, read with the card's checkpoint by default
         source, size = query_source(checkpoint, card, list(overrides or []))
 
         def picture(row: int) -> Image.Image:

@@ -92,9 +92,14 @@ def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Te
     return centre_view(img, size)
 
 
-def query_source(checkpoint: str | Path, card: dict[str, Any], overrides: list[str]) -> tuple[ImageSource, int]:
-    """The data the embeddings were made from, and the image side: the checkpoint's config, embed's overrides,
-    then `overrides`."""
+def query_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str]) -> tuple[ImageSource, int]:
+    """The data the embeddings were made from, and the image side: the checkpoint's config (None: the one embed
+    read, named in the card), embed's overrides, then `overrides`."""
+    if checkpoint is None:
+        checkpoint = card.get("checkpoint")
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
+                            "RUN, a checkpoint whose data config reads the same images")
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
     ident = card["identity"]
     if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
@@ -137,11 +142,11 @@ def described(index: dict, row: int, **more: Any) -> dict[str, Any]:
     return {"row": row, "index": i, "path": path, "label": label, **more}
 
 
-def neighbors(checkpoint: str | Path, embeddings: str | Path, out: str | Path, overrides: list[str] | None = None,
+def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path, overrides: list[str] | None = None,
               queries: int = 8, k: int = 5, query_rows: list[int] | None = None, seed: int = 0,
               backend: str = "torch") -> dict[str, Any]:
     """Write a PNG to `out`: each row a query of `embeddings` (FILE.npy of `repre embed`) and its k nearest
-    rows. `query_rows`: rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns
+    rows, the images read with `checkpoint`'s data config (None: the checkpoint embed read). `query_rows`: rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns
     {"command": "neighbors", "out", "backend", "k", "queries": [{"row", "index", "path", "label",
     "neighbors": [{"row", "index", "path", "label", "similarity"}, ...]}, ...]}."""
     refuse_unread("repre neighbors", list(overrides or []), ("data.",))  # the images' side only
