@@ -71,6 +71,11 @@ def test_a_corrupt_image_is_reported_and_left_out(tiny_run, tmp_path, labelled_f
         (row, i, str(f)) for row, (i, f) in enumerate((i, f) for i, f in enumerate(files) if i != bad)]
     assert [r["label"] for r in index] == ["0"] * 12 + ["1"] * 12
     assert any(f"skipped unreadable image {bad}" in m and str(files[bad]) in m for m in repre_log.messages)
+    assert json.loads((tmp_path / "f.json").read_text())["classes"] == ["cat", "dog"]  # label i's name
+    code, stdout = run_cli(["neighbors", "--embeddings", str(tmp_path / "f.npy"), "--out", str(tmp_path / "n.png"),
+                            "--query-index", "0", "--k", "2"])
+    (query,) = last_json(stdout)["queries"]
+    assert code == 0 and query["class"] == "cat" and {n["class"] for n in query["neighbors"]} <= {"cat", "dog"}
 
 
 def test_the_test_split_and_a_flat_folder_without_labels(tiny_run, tmp_path):
@@ -83,6 +88,7 @@ def test_the_test_split_and_a_flat_folder_without_labels(tiny_run, tmp_path):
     code, stdout = run_cli(embed_args(run, tmp_path / "u.npy", "data.name=folder", f"data.root={tmp_path / 'flat'}"))
     assert code == 0 and last_json(stdout)["images"] == 3
     assert [r["label"] for r in index_of(tmp_path / "u.csv")] == ["", "", ""]
+    assert json.loads((tmp_path / "u.json").read_text())["classes"] is None
 
 
 def test_a_stopped_run_continues_from_its_last_batch(tiny_run, tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ class FashionMNIST:
 
     mean, std = MEAN, STD
     side = 28  # every image's
+    classes = CLASSES
 
     def __init__(self, root: str | None, split: str) -> None:
         folder = Path(root or DEFAULT_ROOT)

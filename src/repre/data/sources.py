@@ -168,6 +168,15 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+def class_names(source: ImageSource) -> list[str] | None:
+    """The names of a source's labels in label order (a folder's class folders, Fashion-MNIST's classes); None
+    where its labels have none (or it has no labels)."""
+    while isinstance(source, Selection):
+        source = source.source
+    names = getattr(source, "classes", None)
+    return list(names) if names else None
+
+
 def labelled(source: ImageSource, task: str) -> int:
     """The number of classes of `source`; exit 2 saying that `task` needs labels when it has none."""
     if not source.num_classes:

@@ -29,7 +29,7 @@ from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import indexed_loader
-from repre.data.sources import ImageSource, build_source, image_path, train_source
+from repre.data.sources import ImageSource, build_source, class_names, image_path, train_source
 from repre.errors import UserError
 from repre.eval import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread, seeded
 from repre.eval.features import pooled_embeddings
@@ -110,6 +110,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     with seeded(cfg.train.seed, rt):
         encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
     card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
+            "classes": class_names(source),  # label i's name (null: none known)
             "checkpoint": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),
             "overrides": list(overrides or []), "versions": ckpt_io.versions()}
     writer = open_writer(files, card, overwrite)

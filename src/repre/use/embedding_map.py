@@ -129,5 +129,6 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
             view = thumbnail(source, *index[row][:2], size)  # uint8 [3, S, S]
             return Image.fromarray(view.permute(1, 2, 0).numpy())
 
-    result = embedding_map(bank, labels, out, method, limit, seed, thumbnail=picture)
+    names = dict(enumerate(card.get("classes") or []))  # the legend's names
+    result = embedding_map(bank, labels, out, method, limit, seed, names=names, thumbnail=picture)
     return {**result, "embeddings_file": str(files.npy)}

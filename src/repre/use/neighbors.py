@@ -137,18 +137,21 @@ def labelled(index: dict, row: int) -> str:
     return "" if label is None else f" ({label})"
 
 
-def described(index: dict, row: int, **more: Any) -> dict[str, Any]:
+def described(index: dict, row: int, names: list[str] | None, **more: Any) -> dict[str, Any]:
+    """A row of the embeddings as the JSON line gives it: its source index, path, label and the label's name."""
     i, path, label = index[row]
-    return {"row": row, "index": i, "path": path, "label": label, **more}
+    name = names[label] if names and label is not None and 0 <= label < len(names) else None
+    return {"row": row, "index": i, "path": path, "label": label, "class": name, **more}
 
 
 def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path, overrides: list[str] | None = None,
               queries: int = 8, k: int = 5, query_rows: list[int] | None = None, seed: int = 0,
               backend: str = "torch") -> dict[str, Any]:
     """Write a PNG to `out`: each row a query of `embeddings` (FILE.npy of `repre embed`) and its k nearest
-    rows, the images read with `checkpoint`'s data config (None: the checkpoint embed read). `query_rows`: rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns
-    {"command": "neighbors", "out", "backend", "k", "queries": [{"row", "index", "path", "label",
-    "neighbors": [{"row", "index", "path", "label", "similarity"}, ...]}, ...]}."""
+    rows, the images read with `checkpoint`'s data config (None: the checkpoint embed read). `query_rows`:
+    rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns {"command": "neighbors", "out",
+    "backend", "k", "queries": [{"row", "index", "path", "label", "class", "neighbors": [{"row", "index",
+    "path", "label", "class", "similarity"}, ...]}, ...]}."""
     refuse_unread("repre neighbors", list(overrides or []), ("data.",))  # the images' side only
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
@@ -167,7 +170,8 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     index = read_index(files.csv, set(chosen) | {r for h in hits.values() for r, _ in h}, rows)
     source, size = query_source(checkpoint, card, overrides or [])
     save_png(neighbors_picture(source, index, hits, size), Path(out))
-    results = [described(index, q, neighbors=[described(index, r, similarity=round(s, 6)) for r, s in h])
+    names = card.get("classes")
+    results = [described(index, q, names, neighbors=[described(index, r, names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
     return {"command": "neighbors", "out": str(out), "embeddings": str(files.npy), "backend": backend, "k": k,
             "queries": results}
