@@ -329,3 +329,24 @@ def test_supervised_pretraining_runs_and_learns(tmp_path):
     train = [json.loads(x) for x in (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in train if r["kind"] == "train"]
     assert losses[-1] < min(losses[0], math.log(10)) - 0.1  # cross-entropy on 10 labels falls below chance
+
+
+def test_a_log_line_on_a_terminal_clears_the_progress_bar_first(monkeypatch):
+    """A warning during training (a skipped image, from a data worker too) starts a fresh line on a terminal
+    rather than following the bar's text; a redirected stderr gets the plain line."""
+    import io
+    import logging
+
+    from repre.cli import _StderrHandler
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("repre: %(message)s"))
+    record = logging.LogRecord("repre", logging.WARNING, __file__, 1, "skipping %s", ("x.png",), None)
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert handler.format(record) == "\r\x1b[Krepre: skipping x.png"
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert handler.format(record) == "repre: skipping x.png"

@@ -219,7 +219,9 @@ def cmd_presets(_: argparse.Namespace) -> int:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of the record (plays well with redirection)."""
+    """Writes to whatever sys.stderr is at the time of the record (plays well with redirection). On a terminal
+    a record first clears the line, so that it does not land after a progress bar's text (the bar draws itself
+    again below it); data workers log through it too."""
 
     @property
     def stream(self):
@@ -228,6 +230,10 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value) -> None:
         pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return "\r\x1b[K" + text if sys.stderr.isatty() else text
 
 
 def _launch_rank() -> int:
