@@ -367,7 +367,7 @@ def test_init_from_nothing_is_refused_before_out_is_made(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch):
+def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch, capsys):
     """SIGINT once: the run stops at the step boundary with a checkpoint (status 3); twice: it quits at once
     (KeyboardInterrupt, status 3 from the CLI) without waiting for the step to end."""
     from repre.engine import trainer as trainer_mod
@@ -387,6 +387,7 @@ def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch):
         args += ["--set", item]
     code, _ = run_cli(args)
     assert code == 3 and not (tmp_path / "run" / "summary.json").exists()  # quit before finishing the step
+    assert f"interrupted; `repre pretrain --out {tmp_path / 'run'} --resume` goes on" in capsys.readouterr().err
 
 
 def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log):

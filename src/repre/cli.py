@@ -124,6 +124,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if _launch_rank() == 0:
             print(str(stop), flush=True)
         return 3
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now; the newest one stands
+        _say(f"repre: interrupted; `repre pretrain --out {out} --resume` goes on from the run's newest checkpoint")
+        return 3
     if _launch_rank() == 0:
         print(json.dumps(summary), flush=True)
     return 0
