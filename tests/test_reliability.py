@@ -332,6 +332,22 @@ def test_a_run_stopped_between_train_lines_resumes_to_the_uninterrupted_lines(tm
     assert resumed == whole
 
 
+def test_a_moved_dataset_resumes_where_it_holds_the_run_s_images(tmp_path, image_folder, repre_log):
+    """data.root may change on resume (the dataset moved to a faster disk): the run goes on, and says where it
+    reads; a root with another number of training images is refused (it is other data)."""
+    import shutil
+
+    settings = [*RESUME, "data.name=folder", "train.batch_size=8", "train.max_steps=4", "train.num_workers=0"]
+    Trainer(tiny_config(*settings, f"data.root={image_folder}", "train.max_steps=2"), tmp_path / "run").fit()
+    moved = shutil.copytree(image_folder, tmp_path / "fast" / "imgs")
+    trainer = Trainer(tiny_config(*settings, f"data.root={moved}"), tmp_path / "run", resume=True)
+    assert trainer.state.step == 2 and f"resuming with data.root {moved} (the run trained on {image_folder})" in \
+        repre_log.text and "(24, as before)" in repre_log.text
+    (moved / "train" / "cat" / "0.png").unlink()
+    with pytest.raises(UserError, match=r"holds 23 training images, the run trained on 24"):
+        Trainer(tiny_config(*settings, f"data.root={moved}"), tmp_path / "run", resume=True)
+
+
 def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, capsys):
     from repre import pretraining
 

@@ -29,7 +29,8 @@ log = logging.getLogger("repre")
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
                      "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every",
                      "train.max_bad_steps", "model.grad_checkpointing", "train.progress", "train.num_workers",
-                     "train.host_sync", "train.device", "eval.", "description")
+                     "train.host_sync", "train.device", "data.root", "eval.", "description")
+# data.root: a dataset moved (to a faster disk); the images it holds are counted against the run's
 
 
 def prepare_out(out: Path, resume: bool) -> None:
@@ -88,6 +89,7 @@ class Checkpoints:
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
             "config": self.cfg.to_dict(),
             "runtime": self._runtime(),
+            "images": len(self.data),  # the training images: a resume from a moved data.root must find as many
             "versions": checkpoint_io.versions(),
         }
 
@@ -138,6 +140,7 @@ class Checkpoints:
                 raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
                                 f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
             self._check_compatible(ckpt["config"], path)
+            self._check_moved_data(ckpt, path)
             self._warn_if_computed_otherwise(ckpt.get("runtime"))
             self._warn_if_longer_or_shorter(ckpt["config"], total)
             self._restore(ckpt)
@@ -245,6 +248,21 @@ class Checkpoints:
                 f"(no --config, and no --set of those keys) or start a new --out; only "
                 f"{', '.join(RESUMABLE_CHANGES)} may change"
             )
+
+    def _check_moved_data(self, ckpt: dict[str, Any], path: Path) -> None:
+        """data.root may change on resume (the dataset moved): the new root must hold as many training images as
+        the run had, and the run says where it reads them now."""
+        was, now = ckpt["config"]["data"].get("root"), self.cfg.data.root
+        if was == now:
+            return
+        images = ckpt.get("images")
+        if images is not None and images != len(self.data):
+            raise UserError(f"cannot resume from {path}: data.root {now} holds {len(self.data)} training images, the "
+                            f"run trained on {images} in {was}; give the run's data (the same images, moved), or "
+                            "start a new --out with --init-from this run")
+        if dist.is_main():
+            log.warning("resuming with data.root %s (the run trained on %s): the same images are expected there%s",
+                        now, was, f" ({images}, as before)" if images is not None else "")
 
     def _runtime(self) -> dict[str, Any]:
         """How the steps were computed: the device type, the precision (both resolved) and the processes."""
