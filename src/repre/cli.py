@@ -142,8 +142,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'task':<10}{'metric':<10}{'value':<10}details")
-    print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(result['extra'])}")
+    details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
+    print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
+    print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")
     print(json.dumps(result), flush=True)
     return 0
 
