@@ -192,5 +192,5 @@ def test_embed_show_neighbors_and_map_refuse_settings_they_do_not_read(tiny_run,
                     "--out", str(tmp_path / "n.png"), "--set", "model.arch=vit_tiny_patch16_224"])[0] == 2
     assert "--set model.arch: not read by `repre neighbors`" in capsys.readouterr().err
     assert run_cli(["map", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "m.png"),
-                    "--set", "data.subset=8"])[0] == 2
-    assert "need --checkpoint RUN" in capsys.readouterr().err
+                    "--set", "train.lr=1"])[0] == 2
+    assert "--set train.lr: not read by `repre map`" in capsys.readouterr().err

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import timm
 import torch
 from safetensors import safe_open
 
-from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, run_cli
+from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
 from repre.eval import load_encoder
 from repre.export import load_export, old_timm_hint
 
@@ -42,29 +43,50 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
         assert json.loads(fh.metadata()["repre_card"])["arch"] == card["arch"]
         assert not any(k.startswith(("method.", "head.weight")) for k in fh.keys())
     features_agree(run, file, card)
-    transform_agrees(file, card)
+    size = card["pretrained_cfg"]["input_size"][-1]  # the tiny run's generated images: S x S, taken whole
+    transform_agrees(load_export(file, card), gradients(size, size))
 
 
-def transform_agrees(file, card) -> None:
-    """timm's own evaluation transform for the loaded model (`resolve_data_config` reads the card's
-    `pretrained_cfg`) prepares an image as repre's evaluation does: input size, resize and crop, normalization
-    (PIL's resize against torchvision's on tensors: equal to a few grey levels)."""
-    import numpy as np
+def gradients(height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3] of smooth gradients: a wrong crop or size shows, rounding hardly."""
+    y, x = np.mgrid[0 : 1 : height * 1j, 0 : 1 : width * 1j]
+    return (255 * np.stack([x, y, x * y], axis=-1)).astype(np.uint8)
+
+
+def transform_agrees(model, pixels: np.ndarray) -> None:
+    """timm's own evaluation transform for `model` (`resolve_data_config` reads its `pretrained_cfg`) prepares
+    an image as repre's evaluation does: input size, resize and crop, normalization (PIL's resize against
+    torchvision's on tensors: equal to within 2 grey levels on average)."""
     from PIL import Image
 
     from repre.data.evaluation import centre_view
     from repre.data.views import normalize
 
-    model = load_export(file, card)
     config = timm.data.resolve_data_config({}, model=model)
-    size = card["pretrained_cfg"]["input_size"][-1]
-    y, x = np.mgrid[0:1:3j * size, 0:1:2j * size]  # a 3S x 2S image of gradients: a wrong crop or size shows
-    pixels = (255 * np.stack([x, y, x * y], axis=-1)).astype(np.uint8)
+    size = config["input_size"][-1]
     theirs = timm.data.create_transform(**config)(Image.fromarray(pixels))
     view = centre_view(torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), size)
     ours = normalize(view[None].float() / 255, config["mean"], config["std"])[0]
     assert theirs.shape == ours.shape == (3, size, size)
     assert ((theirs - ours).abs() * torch.tensor(config["std"])[:, None, None]).mean() < 2 / 255
+
+
+@pytest.mark.parametrize("name,size,image,crop_pct", [
+    ("folder", 16, (48, 32), 0.875), ("fashion-scenes", 32, (64, 64), 0.875),  # larger: resized, centre-cropped
+    ("synthetic", 16, (16, 16), 1.0), ("fashion-mnist", 28, (28, 28), 1.0),  # no larger than the input: whole
+])
+def test_an_exported_model_card_prepares_images_as_evaluation(name, size, image, crop_pct):
+    """The card's `pretrained_cfg` for each kind of data: images larger than the input resized to
+    floor(S / 0.875) and centre-cropped, a dataset of images no larger than the input taken whole; timm's
+    transform from it equals repre's evaluation on an image of that dataset's size."""
+    from repre.data.evaluation import timm_preprocessing
+
+    cfg = tiny_config(f"data.name={name}", f"data.image_size={size}")
+    pre = timm_preprocessing(cfg.data)
+    assert pre["crop_pct"] == crop_pct and pre["input_size"] == [3, size, size]
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=size, patch_size=4,
+                              embed_dim=32, depth=1, num_heads=2, pretrained_cfg_overlay=pre)
+    transform_agrees(model, gradients(*image))
 
 
 @needs_timm

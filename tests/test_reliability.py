@@ -300,6 +300,7 @@ def test_a_run_stopped_between_train_lines_resumes_to_the_uninterrupted_lines(tm
     step 5: the resumed run's line at step 8 averages steps 5 to 8 and carries that measurement, as the
     uninterrupted run's does; every line is the same but for its timing."""
     import json
+    import shutil
 
     from repre.engine import trainer as trainer_mod
 
@@ -326,10 +327,16 @@ def test_a_run_stopped_between_train_lines_resumes_to_the_uninterrupted_lines(tm
     assert ckpt["step"] == 5 and ckpt["window"]["loss"][1] == 1.0  # one step of the next line
     assert "diag_grad_cosine" in ckpt["monitors"]["LossBalance"]["pending"]
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
+    shutil.copytree(tmp_path / "run", tmp_path / "short")
     assert Trainer(tiny_config(*settings), tmp_path / "run", resume=True).fit()["completed"]
     whole, resumed = lines(tmp_path / "whole"), lines(tmp_path / "run")
     assert [r["step"] for r in whole] == [4, 8] and "diag_grad_cosine" in whole[1]
     assert resumed == whole
+    # resumed at its new total, step 5: no step runs, and the carried step is the last line
+    assert Trainer(tiny_config(*settings, "train.max_steps=5"), tmp_path / "short", resume=True).fit()["completed"]
+    last = json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 5 and last["images_per_sec"] is None
+    assert last["loss"] == pytest.approx(ckpt["window"]["loss"][0])  # the one step's loss
 
 
 def test_a_moved_dataset_resumes_where_it_holds_the_run_s_images(tmp_path, image_folder, repre_log):
@@ -403,6 +410,19 @@ def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch, 
         args += ["--set", item]
     code, _ = run_cli(args)
     assert code == 3 and not (tmp_path / "run" / "summary.json").exists()  # quit before finishing the step
+    assert "interrupted; no checkpoint was written yet: run the same command again" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_after_a_checkpoint_says_to_resume(tmp_path, monkeypatch, capsys):
+    from repre import pretraining
+
+    def interrupted(cfg, out, **kw):
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "step-00000004.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretraining, "pretrain", interrupted)
+    assert run_cli(["pretrain", "--out", str(tmp_path / "run")])[0] == 3
     assert f"interrupted; `repre pretrain --out {tmp_path / 'run'} --resume` goes on" in capsys.readouterr().err
 
 

@@ -82,3 +82,20 @@ def test_lambda_schedule_is_logged_and_follows_a_cosine(tmp_path):
     weights = [r["recon_weight"] for r in lines if r["kind"] == "train"]
     assert weights[0] == pytest.approx(2.0) and all(a > b for a, b in zip(weights, weights[1:], strict=False))
     assert weights[-1] == pytest.approx(2.0 * 0.5 * (1 + np.cos(np.pi * 7 / 8)))
+
+
+def test_a_restored_window_has_the_same_keys_on_every_process():
+    """Rank 0 takes back the checkpointed sums, the other processes zeros for the same keys, in the same order:
+    the reduction of the next line pairs them (a process without the keys skipped the collective: a crash, or
+    a hang with NCCL)."""
+    from repre.engine.metrics import WindowMeter
+
+    saved = {"loss": [6.0, 2.0], "lr": [0.2, 2.0]}
+    main, other = WindowMeter(), WindowMeter()
+    main.load_state_dict(saved, holds_totals=True)
+    other.load_state_dict(saved, holds_totals=False)
+    assert list(main.sums) == list(other.sums) == ["loss", "lr"] and main and other
+    assert float(other.sums["loss"]) == float(other.counts["loss"]) == 0.0
+    main.add({"loss": torch.tensor(3.0), "lr": torch.tensor(0.1)})
+    assert main.read() == {"loss": pytest.approx(3.0), "lr": pytest.approx(0.1)}
+    assert not main

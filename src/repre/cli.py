@@ -125,7 +125,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             print(str(stop), flush=True)
         return 3
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now; the newest one stands
-        _say(f"repre: interrupted; `repre pretrain --out {out} --resume` goes on from the run's newest checkpoint")
+        from repre.core.checkpoint_io import step_checkpoints
+
+        go_on = (f"`repre pretrain --out {out} --resume` goes on from the run's newest checkpoint"
+                 if step_checkpoints(out) else "no checkpoint was written yet: run the same command again")
+        _say(f"repre: interrupted; {go_on}")
         return 3
     if _launch_rank() == 0:
         print(json.dumps(summary), flush=True)

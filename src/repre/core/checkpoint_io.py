@@ -167,7 +167,7 @@ def _others(path: Path) -> str:
     in_run = path.parent.name == "checkpoints"
     others = [p for p in step_checkpoints(path.parent.parent) if not _same_file(p, path)][::-1] if in_run else []
     names = ", ".join(p.name for p in others[:3])
-    return f"; its run has {names} in {path.parent}: pass one as the checkpoint" if others else ""
+    return f"; its run has {names} in {path.parent}" if others else ""
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -76,12 +76,16 @@ class WindowMeter:
 
     def load_state_dict(self, state: dict[str, list[float]], holds_totals: bool = True) -> None:
         """Go on with a checkpointed window. `holds_totals` False (every process of a distributed run but
-        rank 0): start empty, as rank 0's sums hold every process's and `read` adds them all up."""
+        rank 0): zeros for the same keys, as rank 0's sums hold every process's and `read` adds them all up
+        (every process keeps the same keys in the same order: the reduction pairs them)."""
         self.sums, self.counts = {}, {}
-        if holds_totals:
-            for key, (s, n) in state.items():
-                self.sums[key] = torch.tensor(s, device=self.device)
-                self.counts[key] = torch.tensor(n, device=self.device)
+        for key, (s, n) in state.items():
+            self.sums[key] = torch.tensor(s if holds_totals else 0.0, device=self.device)
+            self.counts[key] = torch.tensor(n if holds_totals else 0.0, device=self.device)
+
+    def __bool__(self) -> bool:
+        """Whether the window holds a step (the same on every process)."""
+        return bool(self.sums)
 
     def _totals(self) -> dict[str, tuple[float, float]]:
         """(sum, count) by key over the window and all processes: one reduction, one sync."""

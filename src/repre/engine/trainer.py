@@ -252,6 +252,8 @@ class Trainer:
                 self.save_checkpoint()  # never in a run of non-finite steps: the last good one stays newest
             for callback in self.callbacks:
                 callback.on_step_end(self, writer)
+        if s.step >= self.total and meter:  # resumed at its total between two lines: the steps carried over
+            self._log_window(writer, meter, bar, None)
         return s.step >= self.total
 
     def _stopping(self) -> bool:
@@ -281,7 +283,7 @@ class Trainer:
             self.stop_agreed = self.stop_agreed or stop > 0
         self.guard.sync()
 
-    def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float) -> None:
+    def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float | None) -> None:
         s = self.state
         values = meter.read()
         s.last = values
@@ -295,7 +297,8 @@ class Trainer:
         if missing:  # every step of the window was skipped
             log.warning("no finite %s in the window ending at step %d", ", ".join(missing), s.step)
             return
-        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{images_per_sec:.0f}")
+        speed = f"{images_per_sec:.0f}" if images_per_sec is not None else "-"  # None: no step timed in the window
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=speed)
         for callback in self.callbacks:
             callback.on_log(self, values)
 

@@ -23,12 +23,12 @@ def crop_and_flip(aug: AugConfig, **geometry: Any) -> AugConfig:
                                solarize_prob=[0.0, 0.0], **geometry)
 
 
-def augmented_loader(cfg: Config, source: ImageSource, aug: AugConfig, batch_size: int, start_step: int = 0,
-                     rank: int = 0, world: int = 1, batch_key: str = "train.batch_size") -> DataLoader:
+def augmented_loader(cfg: Config, source: ImageSource, aug: AugConfig, batch_size: int, batch_key: str,
+                     start_step: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
     """Batches {"views": normalized float [B / world, 1, 3, S, S], "label": [B / world], ...} of `source` at
     data.image_size, from global step `start_step` on; `batch_size` is the global batch B, set by `batch_key`."""
     mean, std = stats(cfg.data, source)
     spec = ViewSpec(aug=aug, size=cfg.data.image_size, mean=mean, std=std)
-    sampler = EpochBatchSampler(len(source), batch_size, cfg.train.seed, start_step, rank, world, batch_key)
+    sampler = EpochBatchSampler(len(source), batch_size, cfg.train.seed, start_step, rank, world, batch_key=batch_key)
     return DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1), batch_sampler=sampler,
                       collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))

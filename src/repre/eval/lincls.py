@@ -167,7 +167,8 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol,
     for epoch in range(resume(path, head, opt, key), protocol.epochs):
         for group in opt.param_groups:
             group["lr"] = float(lrs[epoch])
-        loader = augmented_loader(cfg, source, aug, protocol.batch_size, epoch * steps, dist.rank(), dist.world_size())
+        loader = augmented_loader(cfg, source, aug, protocol.batch_size, "eval.linear.batch_size", epoch * steps,
+                                  dist.rank(), dist.world_size())
         loss = train_epoch(encoder, head, opt, loader, steps, protocol, rt)
         log.info("linear probe (%s) epoch %d/%d: loss %.4f, lr %.4g", protocol.name, epoch + 1, protocol.epochs,
                  loss, float(lrs[epoch]))

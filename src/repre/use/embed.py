@@ -111,7 +111,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
         encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
     card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
             "classes": class_names(source),  # label i's name (null: none known)
-            "checkpoint": str(ckpt_io.checkpoint_file(checkpoint)), "step": int(ckpt.get("step", 0)),
+            "checkpoint": str(ckpt_io.checkpoint_file(checkpoint).resolve()), "step": int(ckpt.get("step", 0)),
             "overrides": list(overrides or []), "versions": ckpt_io.versions()}
     writer = open_writer(files, card, overwrite)
     resumed_from = writer.progress["next_index"]

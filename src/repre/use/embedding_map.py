@@ -113,8 +113,6 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
     where there are no labels, thumbnails of the images, read with `checkpoint`'s data config (None: the
     checkpoint embed read)."""
-    if overrides and checkpoint is None:
-        raise UserError("--set changes the data of the thumbnails, which need --checkpoint RUN; add it or drop --set")
     refuse_unread("repre map", list(overrides or []), ("data.",))  # the thumbnails' images
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)

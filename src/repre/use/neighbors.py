@@ -95,7 +95,8 @@ def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Te
 def query_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str]) -> tuple[ImageSource, int]:
     """The data the embeddings were made from, and the image side: the checkpoint's config (None: the one embed
     read, named in the card), embed's overrides, then `overrides`."""
-    if checkpoint is None:
+    given = checkpoint is not None
+    if not given:
         checkpoint = card.get("checkpoint")
         if not checkpoint or not Path(checkpoint).is_file():
             raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
@@ -103,8 +104,9 @@ def query_source(checkpoint: str | Path | None, card: dict[str, Any], overrides:
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
     ident = card["identity"]
     if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
-        log.warning("the embeddings were made from another checkpoint (%s); the images are read with the data "
-                    "config of %s", card.get("checkpoint"), checkpoint)
+        log.warning("the embeddings were made from %s; the images are read with the data config of %s",
+                    f"another checkpoint ({card.get('checkpoint')})" if given else "this file as it was then (it has "
+                    "changed since: the run went on)", checkpoint)
     source = embed_source(cfg, ident["split"])
     if len(source) != ident["images"]:
         raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
