@@ -43,7 +43,8 @@ class DataConfig:
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0 for MoCo v3)
     local_size: int = 12  # their size (96 at 224 in DINO)
-    mean: list[float] | None = None  # None: the source's (Fashion-MNIST's and its scenes' own; ImageNet's for folders and shards)
+    # None: the source's statistics (Fashion-MNIST's and its scenes' own; ImageNet's for folders and shards)
+    mean: list[float] | None = None
     std: list[float] | None = None  # with data.mean: 3 values each (RGB, of pixels in [0, 1])
     synthetic_train: int = 512  # images in the generated train split
     synthetic_test: int = 256  # images in the generated test split

@@ -146,9 +146,9 @@ def described(index: dict, row: int, names: list[str] | None, **more: Any) -> di
     return {"row": row, "index": i, "path": path, "label": label, "class": name, **more}
 
 
-def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path, overrides: list[str] | None = None,
-              queries: int = 8, k: int = 5, query_rows: list[int] | None = None, seed: int = 0,
-              backend: str = "torch") -> dict[str, Any]:
+def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path,
+              overrides: list[str] | None = None, queries: int = 8, k: int = 5,
+              query_rows: list[int] | None = None, seed: int = 0, backend: str = "torch") -> dict[str, Any]:
     """Write a PNG to `out`: each row a query of `embeddings` (FILE.npy of `repre embed`) and its k nearest
     rows, the images read with `checkpoint`'s data config (None: the checkpoint embed read). `query_rows`:
     rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns {"command": "neighbors", "out",
