@@ -41,7 +41,7 @@ def prepare_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
-    if names and not names & {"config.yaml", "checkpoints", "metrics.jsonl"}:
+    if names and not names & {"config.yaml", "tb", "checkpoints", "metrics.jsonl"}:  # no file a run writes
         shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise UserError(f"--out {out} holds files that are not a repre run ({shown}); choose a new or empty "
                         "directory for --out")
