@@ -32,3 +32,23 @@ def test_the_command_line_loads_no_torch_until_a_command_runs():
              "print(repre.__version__, sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split()[1:] == ["[]"], done.stdout
+
+
+def test_every_framework_is_registered_in_the_config_and_the_methods_alike():
+    """A framework is named in two layers: the config (method.name's values, FRAMEWORKS, its method.NAME section,
+    whose fields are the class's keyword arguments) and the methods' registry. They must agree: a name missing in
+    one would fail late or, worse, evaluate another encoder than the framework's."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from repre.config import FRAMEWORKS, MethodConfig
+    from repre.methods import FRAMEWORK_CLASSES, METHODS
+
+    names = set(typing.get_args(typing.get_type_hints(MethodConfig)["name"]))
+    assert names == set(METHODS) and set(FRAMEWORKS) == set(FRAMEWORK_CLASSES) <= names
+    sections = typing.get_type_hints(MethodConfig)
+    for name, cls in FRAMEWORK_CLASSES.items():
+        fields = {f.name for f in dataclasses.fields(sections[name])}
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "encoder"}
+        assert fields <= accepted, (name, fields - accepted)
