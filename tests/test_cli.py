@@ -122,6 +122,7 @@ def test_resume_continues_to_the_new_total(tmp_path):
     out = tmp_path / "r"
     code, stdout = run_cli(pretrain_args(out, "eval.knn.enabled=false"))
     assert code == 0 and last_json(stdout)["steps"] == 4
+    assert (last_json(stdout)["method"], last_json(stdout)["recon"]) == ("mocov3", True)  # what trained
     code, stdout = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=6"])
     assert code == 0 and last_json(stdout)["steps"] == 6
 

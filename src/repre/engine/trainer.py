@@ -320,7 +320,9 @@ class Trainer:
             "skipped_images": s.skipped_images,
             "nonfinite_steps": s.nonfinite_steps,
             "upscaled_images": s.upscaled_images,
-            "preset": self.cfg.preset,
+            "preset": self.cfg.preset,  # the config's origin; --set may have changed any of it
+            "method": self.cfg.method.name,
+            "recon": self.cfg.recon.enabled,
             "device": str(self.rt.device),
             "precision": self.rt.precision,
             "processes": dist.world_size(),
