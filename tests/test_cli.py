@@ -113,9 +113,9 @@ def test_out_holding_other_files_is_refused_with_or_without_resume(tmp_path, cap
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     (hidden / ".DS_Store").write_bytes(b"")
-    from repre.engine.checkpoints import prepare_out
+    from repre.engine.checkpoints import check_out
 
-    prepare_out(hidden, resume=False)  # no error
+    check_out(hidden, resume=False)  # no error
 
 
 def test_resume_continues_to_the_new_total(tmp_path):
@@ -351,3 +351,11 @@ def test_a_log_line_on_a_terminal_clears_the_progress_bar_first(monkeypatch):
     assert handler.format(record) == "\r\x1b[Krepre: skipping x.png"
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert handler.format(record) == "repre: skipping x.png"
+
+
+def test_a_wrong_setting_found_while_building_leaves_no_directory(tmp_path, capsys):
+    """A data root that does not exist, or an image size the patches do not divide, exits 2 before --out is made
+    (a retry with another --out would otherwise leave empty run directories behind)."""
+    for bad in (["data.name=folder", f"data.root={tmp_path / 'nowhere'}"], ["data.image_size=30"]):
+        assert run_cli(pretrain_args(tmp_path / "run", *bad))[0] == 2
+        assert "error" in capsys.readouterr().err and not (tmp_path / "run").exists()

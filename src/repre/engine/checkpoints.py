@@ -33,11 +33,12 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "trai
 # data.root: a dataset moved (to a faster disk); the images it holds are counted against the run's
 
 
-def prepare_out(out: Path, resume: bool) -> None:
-    """Create the run directory; one with a run in it is refused unless the run resumes, and one holding other
-    files always (a run would be written among them). A run that failed before its first logged step (a wrong
-    setting found when the data loader starts) left only its config and an empty TensorBoard folder: the retry
-    may use the directory."""
+def check_out(out: Path, resume: bool) -> None:
+    """Whether `out` may take the run (the trainer creates it once the data and the model are built, so that a
+    wrong setting leaves no empty directory): one with a run in it is refused unless the run resumes, and one
+    holding other files always (a run would be written among them). A run that failed before its first logged
+    step (a wrong setting found when the data loader starts) left only its config and an empty TensorBoard
+    folder: the retry may use the directory."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
@@ -49,7 +50,6 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise UserError(
             f"--out {out} holds a run; add --resume to continue it, or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
 
 
 class Checkpoints:

@@ -28,7 +28,7 @@ from repre.core.runtime import Runtime, check_deterministic, run_settings, setup
 from repre.core.schedules import RunSchedules
 from repre.data.pipeline import PretrainData
 from repre.engine.callbacks import Callback, engine_callbacks
-from repre.engine.checkpoints import Checkpoints, prepare_out
+from repre.engine.checkpoints import Checkpoints, check_out
 from repre.engine.compile import compile_blocks
 from repre.engine.guard import make_guard, skips_on_device
 from repre.engine.metrics import MetricWriter, WindowMeter
@@ -65,7 +65,7 @@ class Trainer:
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
-        prepare_out(out, resume)
+        check_out(out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         torch.manual_seed(cfg.train.seed)
         self.data = PretrainData(cfg, self.rt.device)
@@ -86,6 +86,7 @@ class Trainer:
         self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
         self.stop: GracefulStop | None = None  # set by fit()
         self.stop_agreed = False  # distributed: whether any process was asked to stop (as the processes agreed)
+        out.mkdir(parents=True, exist_ok=True)  # once the data and the model are built: a wrong setting leaves none
         resumed = self.checkpoints.resume(self.total) if resume else False
         if init_from and not resumed:
             self.checkpoints.init_from(init_from)
