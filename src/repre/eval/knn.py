@@ -51,13 +51,12 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     classes = labelled(train.dataset.source, "k-NN")
     bank, bank_y = extract_features(encoder, train, rt, bar_name(cfg, "k-NN bank"))
     queries, query_y = extract_features(encoder, test, rt, bar_name(cfg, "k-NN queries"))
-    pred = knn_predict(bank, bank_y, queries, e.knn.k, e.knn.temperature, classes)
+    k = min(e.knn.k, len(bank))  # the k that votes
+    if k < e.knn.k:
+        log.warning("eval.knn.k=%d is more than the bank's %d images: every image votes", e.knn.k, len(bank))
+    pred = knn_predict(bank, bank_y, queries, k, e.knn.temperature, classes)
     top1 = float((pred == query_y).float().mean())
-    if e.knn.k > len(bank):
-        log.warning("eval.knn.k=%d is more than the bank's %d images: every image votes (k = %d)", e.knn.k,
-                    len(bank), len(bank))
-    extra = {"k": min(e.knn.k, len(bank)), "temperature": e.knn.temperature, "bank": len(bank),
-             "queries": len(queries)}
+    extra = {"k": k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries)}
     return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
 
 

@@ -104,9 +104,9 @@ def query_source(checkpoint: str | Path | None, card: dict[str, Any], overrides:
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
     ident = card["identity"]
     if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
-        log.warning("the embeddings were made from %s; the images are read with the data config of %s",
-                    f"another checkpoint ({card.get('checkpoint')})" if given else "this file as it was then (it has "
-                    "changed since: the run went on)", checkpoint)
+        made_from = f"another checkpoint ({card.get('checkpoint')})" if given else "this file before the run went on"
+        log.warning("the embeddings were made from %s; the images are read with the data config of %s", made_from,
+                    checkpoint)
     source = embed_source(cfg, ident["split"])
     if len(source) != ident["images"]:
         raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
