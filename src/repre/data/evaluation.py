@@ -1,11 +1,13 @@
 """The loaders of evaluation: resize and centre crop, no augmentation, in a fixed order.
 
-`eval_loader` replaces an unreadable image by the next one (a batch is never short); `indexed_loader` (what
-`repre embed` reads) reports it and leaves it out, and says which source index each image is.
+An unreadable image is left out (a batch may then be short, or empty): `eval_loader` logs it, so that a score
+counts each readable image once and no other; `indexed_loader` (what `repre embed` reads) reports it with the
+source index of each image it keeps.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +20,10 @@ from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import UnreadableImage
 from repre.data.pipeline import resolve_workers
-from repre.data.sources import ImageSource, eval_source, load_or_replace, pretraining_stats, stats, subset_of
+from repre.data.sources import ImageSource, eval_source, pretraining_stats, stats, subset_of
 from repre.data.views import normalize
+
+log = logging.getLogger("repre")
 
 CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 256), as timm's and DINO's evaluation
 
@@ -46,7 +50,8 @@ def timm_preprocessing(cfg: DataConfig) -> dict[str, Any]:
 
 
 class EvalDataset(Dataset):
-    """index -> (normalized float [3, S, S], label): resize then centre crop, no augmentation."""
+    """index -> (normalized float [3, S, S] or None for an unreadable image, label): resize then centre crop, no
+    augmentation. `collate` leaves the unreadable images out."""
 
     def __init__(self, source: ImageSource, size: int, mean, std) -> None:
         self.source, self.size, self.mean, self.std = source, size, mean, std
@@ -54,13 +59,32 @@ class EvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, label, _ = load_or_replace(self.source, index)
-        return self.prepare(img), label
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
+        x, label, why = self.read(index)
+        if why is not None:
+            log.warning("left out of the evaluation: %s", why)
+        return x, label
+
+    def read(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
+        """(the prepared image or None, label or -1, why it is unreadable or None)."""
+        try:
+            img, label = self.source.load(index)
+        except UnreadableImage as exc:
+            return None, -1, str(exc)
+        return self.prepare(img), label, None
 
     def prepare(self, img: torch.Tensor) -> torch.Tensor:
         """uint8 [3, H, W] -> normalized float [3, S, S] (`centre_view`, normalized)."""
         return normalize(centre_view(img, self.size)[None].float() / 255, self.mean, self.std)[0]
+
+    def stack(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The readable images of a batch -> [B, 3, S, S], B possibly 0."""
+        return torch.stack(images) if images else torch.empty(0, 3, self.size, self.size)
+
+    def collate(self, items: list[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items -> (the readable images [B, 3, S, S]; their labels [B] int64)."""
+        readable = [it for it in items if it[0] is not None]
+        return self.stack([x for x, _ in readable]), torch.tensor([y for _, y in readable], dtype=torch.int64)
 
 
 @dataclass
@@ -74,27 +98,23 @@ class IndexedBatch:
 
 
 class IndexedEvalDataset(EvalDataset):
-    """index -> (normalized float [3, S, S] or None, label, index, why it is unreadable or None): an unreadable
-    image is reported, not replaced."""
+    """index -> (normalized float [3, S, S] or None, label, index, why it is unreadable or None): the caller
+    reports an unreadable image."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int, str | None]:
-        try:
-            img, label = self.source.load(index)
-        except UnreadableImage as exc:
-            return None, -1, index, str(exc)
-        return self.prepare(img), label, index, None
+        x, label, why = self.read(index)
+        return x, label, index, why
 
     def collate(self, items: list) -> tuple[torch.Tensor, IndexedBatch]:
         """Items -> (the readable images [B, 3, S, S], B possibly 0; their IndexedBatch)."""
         readable = [it for it in items if it[0] is not None]
-        x = torch.stack([it[0] for it in readable]) if readable else torch.empty(0, 3, self.size, self.size)
         batch = IndexedBatch(
             indices=torch.tensor([it[2] for it in readable], dtype=torch.int64),
             labels=torch.tensor([it[1] for it in readable], dtype=torch.int64),
             unreadable=[(it[2], it[3]) for it in items if it[0] is None],
             end=max(it[2] for it in items) + 1,
         )
-        return x, batch
+        return self.stack([it[0] for it in readable]), batch
 
 
 def _loader(cfg: Config, dataset: EvalDataset, **kw) -> DataLoader:
@@ -108,12 +128,14 @@ def _loader(cfg: Config, dataset: EvalDataset, **kw) -> DataLoader:
 
 
 def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
-    """Deterministic loader over `split` (see `eval_source`) for feature extraction."""
+    """Deterministic loader over `split` (see `eval_source`) for feature extraction: batches of (x [B, 3, S, S],
+    labels [B]), an unreadable image left out and logged."""
     source = eval_source(cfg, split)
     if subset:
         source = subset_of(source, subset)
     mean, std = stats(cfg.data, source)
-    return _loader(cfg, EvalDataset(source, cfg.data.image_size, mean, std), shuffle=False)
+    dataset = EvalDataset(source, cfg.data.image_size, mean, std)
+    return _loader(cfg, dataset, shuffle=False, collate_fn=dataset.collate)
 
 
 def indexed_loader(cfg: Config, source: ImageSource, start: int = 0) -> DataLoader:

@@ -20,7 +20,7 @@ from repre.config import Config
 from repre.core import dist
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
-from repre.data.sources import ImageSource, first_readable, stats, train_source
+from repre.data.sources import ImageSource, first_readable, load_or_replace, stats, train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
 from repre.data.views import ViewSpec, make_views, normalize, photometric, sample_views
 from repre.errors import UserError
@@ -71,7 +71,7 @@ class ViewDataset(Dataset):
         if self.crops_on_device:
             loaded, skipped = load_payload(self.source, index, self.decode_on_device)
         else:
-            (img, label), skipped = first_readable(self.source, index, self.source.load)
+            img, label, skipped = load_or_replace(self.source, index)
             loaded = {"image": img, "label": label}
         return self.sample(loaded, epoch, index, skipped)
 

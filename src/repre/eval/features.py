@@ -15,6 +15,7 @@ from tqdm import tqdm
 from repre.config import Config
 from repre.core import dist
 from repre.core.runtime import Runtime
+from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 Extra = TypeVar("Extra")
@@ -51,12 +52,16 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
 def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
                    fn: Callable[[torch.Tensor], torch.Tensor], desc: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
     """`frozen_batches` gathered: (the outputs concatenated along dim 0, float32 on the CPU; the labels
-    concatenated, or None)."""
+    concatenated, or None). Raises UserError when no batch had an image."""
     outputs, labels = [], []
     for out, y in frozen_batches(module, batches, rt, fn, desc):
+        if out is None:
+            continue
         outputs.append(out)
         if y is not None:
             labels.append(y)
+    if not outputs:
+        raise UserError("no image of the evaluation could be read (each is named in a warning above)")
     return torch.cat(outputs), (torch.cat(labels) if labels else None)
 
 

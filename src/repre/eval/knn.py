@@ -25,8 +25,10 @@ log = logging.getLogger("repre")
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
                      desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings` gathered."""
-    feats, labels = zip(*pooled_embeddings(encoder, loader, rt, desc), strict=True)
-    return torch.cat(feats), torch.cat(labels)
+    pairs = [(f, y) for f, y in pooled_embeddings(encoder, loader, rt, desc) if f is not None]
+    if not pairs:
+        raise UserError("no image of the evaluation could be read (each is named in a warning above)")
+    return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
 def knn_predict(

@@ -88,7 +88,10 @@ def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Protoco
     full = eval_loader(cfg, "test", cfg.eval.linear.test_subset)
     shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
     counts = torch.zeros(2, dtype=torch.int64, device=rt.device)  # correct, seen
-    for x, y in DataLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers):
+    for x, y in DataLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers,
+                           collate_fn=full.collate_fn):
+        if not len(x):
+            continue
         logits = head(frozen_features(encoder, x.to(rt.device, non_blocking=True), protocol, rt))
         counts += torch.stack([(logits.argmax(dim=1) == y.to(rt.device)).sum(), torch.tensor(len(y), device=rt.device)])
     correct, seen = dist.all_reduce_sum(counts).tolist()

@@ -83,6 +83,8 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     model.eval()
     psnr, l1, floor, shown = [], [], [], None
     for x, _ in loader:
+        if not len(x):
+            continue
         x = x.to(rt.device)
         a, b = denormalize(x.float(), mean, std), denormalize(reconstruct(model, x, rt), mean, std)
         psnr.append(batch_psnr(a, b))
@@ -95,6 +97,8 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
             k = min(cfg.eval.recon.images, len(x))
             err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * 4).clamp(0, 1).expand(-1, 3, -1, -1)
             shown = [a[:k], b[:k], err]
+    if not psnr:
+        raise UserError("no image of the evaluation could be read (each is named in a warning above)")
     extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())

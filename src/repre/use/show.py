@@ -122,9 +122,15 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int]]:
         if cfg.data.name not in ("folder", "shards"):
             raise
         loader = eval_loader(cfg, "train", n)
-    x, labels = next(iter(loader))
+    images, labels = loader.dataset.stack([]), torch.empty(0, dtype=torch.int64)
+    for x, y in loader:  # more than one batch where unreadable images were left out
+        images, labels = torch.cat([images, x]), torch.cat([labels, y])
+        if len(images) >= n:
+            break
+    if not len(images):
+        raise UserError("none of the images to show could be read (each is named in a warning above)")
     mean, std = loader.dataset.mean, loader.dataset.std
-    return denormalize(x[:n].float(), mean, std), labels[:n].tolist()
+    return denormalize(images[:n].float(), mean, std), labels[:n].tolist()
 
 
 def columns(images: torch.Tensor, runs: list[Panels]) -> list[Column]:
