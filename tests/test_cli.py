@@ -330,6 +330,7 @@ def test_supervised_pretraining_runs_and_learns(tmp_path):
     train = [json.loads(x) for x in (tmp_path / "sup" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in train if r["kind"] == "train"]
     assert losses[-1] < min(losses[0], math.log(10)) - 0.1  # cross-entropy on 10 labels falls below chance
+    assert not any("momentum" in r for r in train)  # no EMA to report
 
 
 def test_a_log_line_on_a_terminal_clears_the_progress_bar_first(monkeypatch):

@@ -126,10 +126,11 @@ class CollapseWatch(Callback):
 
     SHARE, SPAN, LINES = 0.8, 0.05, (2, 20)
 
-    def __init__(self, out_dim: int | None, log_every: int) -> None:
-        """`out_dim`: DINO's prototypes (None: no teacher entropy to watch); `log_every`: steps a train line."""
+    def __init__(self, out_dim: int | None, log_every: int, ema: bool = True) -> None:
+        """`out_dim`: DINO's prototypes (None: no teacher entropy to watch); `log_every`: steps a train line;
+        `ema`: whether the method has a momentum encoder (the warning then says to check its momentum)."""
         self.uniform = math.log(max(out_dim, 2)) if out_dim else math.inf
-        self.log_every = log_every
+        self.log_every, self.ema = log_every, ema
         self.recent: deque[bool] | None = None  # whether each of the last n lines shows a sign
         self.why = ""  # the latest sign
         self.in_a_row = 0  # the lines up to the latest that show a sign
@@ -176,8 +177,9 @@ class CollapseWatch(Callback):
 
     def warn(self, step: int, where: str) -> None:
         self.warned_at = step
-        log.warning("step %d: %s, %s: the run is collapsing; check the lr, the temperatures (DINO: teacher_temp, "
-                    "center_momentum) and the EMA momentum", step, self.why, where)
+        check = ("the lr, the temperatures (DINO: teacher_temp, center_momentum) and the EMA momentum" if self.ema
+                 else "the lr and the weight decay")
+        log.warning("step %d: %s, %s: the run is collapsing; check %s", step, self.why, where, check)
 
 
 def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
@@ -189,4 +191,4 @@ def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
             monitors.append(LossBalance(cfg.train.diagnose_every))
         if method.loss_tracks_fit:
             monitors.append(LossTrend())
-    return [*monitors, CollapseWatch(method.prototypes, cfg.train.log_every)]
+    return [*monitors, CollapseWatch(method.prototypes, cfg.train.log_every, ema=bool(method.ema_pairs()))]

@@ -78,7 +78,7 @@ class Trainer:
         self.state = RunState()
         self.guard = make_guard(cfg.train.host_sync, self.state, cfg.train.max_bad_steps, self.optimizer,
                                 self.rt.device)
-        self.schedules = RunSchedules.build(cfg, self.total)
+        self.schedules = RunSchedules.build(cfg, self.total, ema=bool(self.model.method.ema_pairs()))
         self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]
         self.meter = WindowMeter(self.rt.device)  # the train line's window, checkpointed between lines
         self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
