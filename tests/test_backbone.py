@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -146,3 +147,51 @@ def test_mocov3_init_needs_a_class_token():
     with pytest.raises(UserError, match="model.init=mocov3"):
         Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
                                           "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="mocov3")
+
+
+def _bicubic_sample(table: torch.Tensor, out: int, scale: float) -> torch.Tensor:
+    """A reference for one axis: table [N, D] -> [out, D] sampled at (i + 0.5) / scale - 0.5 with the cubic
+    convolution kernel (a = -0.75, as PyTorch's bicubic), indices clamped at the borders; no antialiasing."""
+    def kernel(t: float) -> float:
+        t, a = abs(t), -0.75
+        return ((a + 2) * t - (a + 3)) * t * t + 1 if t <= 1 else (((t - 5) * t + 8) * t - 4) * a if t < 2 else 0.0
+
+    rows = []
+    for i in range(out):
+        x = (i + 0.5) / scale - 0.5
+        base = math.floor(x)
+        rows.append(sum(kernel(x - j) * table[min(max(j, 0), len(table) - 1)] for j in range(base - 1, base + 3)))
+    return torch.stack(rows)
+
+
+def test_dino_init_resamples_the_position_embedding_as_dino_for_a_local_crop():
+    """dino vision_transformer.py:174-194: a 96 px crop of a 224 px ViT-S/16 samples the 14 x 14 table at
+    6 points per axis, bicubic without antialiasing, at the scale 6.1 / 14; the global crops keep the table."""
+    import timm
+
+    torch.manual_seed(0)
+    enc = Backbone("vit_small_patch16_224", {"img_size": 224, "dynamic_img_size": True, "depth": 1}, init="dino")
+    m = enc.model
+    assert 0.015 < float(m.cls_token.detach().std()) < 0.025  # trunc_normal_(std=.02), lines 161-162; timm's is 1e-6
+    table = m.pos_embed.detach()[0, 1:].reshape(14, 14, -1)
+    rows = torch.stack([_bicubic_sample(table[:, c], 6, 6.1 / 14) for c in range(14)], dim=1)  # [6, 14, D]
+    expected = torch.stack([_bicubic_sample(rows[r], 6, 6.1 / 14) for r in range(6)])  # [6, 6, D]
+    plain = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=224, dynamic_img_size=True, depth=1)
+    plain.load_state_dict(m.state_dict())
+    x_global, x_local = torch.randn(2, 3, 224, 224), torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        patches = m.patch_embed(x_local)  # [2, 6, 6, D]
+        tokens = m._pos_embed(patches)
+        added = tokens[:, 1:] - patches.flatten(1, 2)  # [2, 36, D]
+        torch.testing.assert_close(added, expected.flatten(0, 1)[None].expand(2, -1, -1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(tokens[:, 0], (m.cls_token + m.pos_embed[:, 0])[0].expand(2, -1))
+        assert torch.equal(m(x_global), plain(x_global))  # the trained grid: timm's embedding, unchanged
+        assert not torch.allclose(m(x_local), plain(x_local), atol=1e-3)  # timm low-passes it (antialiasing)
+    teacher = copy.deepcopy(m)
+    assert teacher._pos_embed.__self__ is teacher  # a copy (DINO's teacher) resamples its own table
+
+
+def test_dino_init_needs_a_class_token():
+    with pytest.raises(UserError, match="model.init=dino"):
+        Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                          "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="dino")

@@ -72,6 +72,7 @@ OFFICIAL = {
         "data.local_crops": 8,  # --local_crops_number (112)
         "data.local_size": 96,  # RandomResizedCrop(96, ...) (452)
         "data.image_size": 224,
+        "model.init": "dino",  # the class token's init, the local crops' position embedding (vision_transformer.py)
     },
     "in1k-swin-t-moby-repre": {  # get_started.md:154-155 (8 GPUs x 64), configs/moby_swin_tiny.yaml, config.py
         "method.name": "moby",

@@ -89,7 +89,7 @@ class AugConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect-ratio range of the crops
     hflip: float = 0.5  # probability of a horizontal flip
     jitter_prob: float = 0.8  # probability of the colour jitter (brightness, contrast, saturation, hue below)
-    brightness: float = 0.4  # colour-jitter strengths, as torchvision's ColorJitter
+    brightness: float = 0.4  # colour-jitter strengths as torchvision's ColorJitter takes them (their order: docs/data.md)
     contrast: float = 0.4  # colour-jitter strength
     saturation: float = 0.2  # colour-jitter strength
     hue: float = 0.1  # colour-jitter strength
@@ -127,8 +127,10 @@ class ModelConfig:
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
     # timm: timm's own initialization; mocov3: MoCo v3's ViT (its vits.py), a fixed 2-D sin-cos position embedding
-    # and its initialization, on the same timm model (ViTs with a class token)
-    init: Literal["timm", "mocov3"] = "timm"
+    # and its initialization; dino: DINO's ViT (its vision_transformer.py), its class token initialization and its
+    # resampling of the position embedding for the local crops. Both on the same timm model (ViTs with a class
+    # token), so that an export loads in timm as any other
+    init: Literal["timm", "mocov3", "dino"] = "timm"
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from repre.errors import UserError
+from repre.models.dino_vit import dino_init_
 from repre.models.mocov3_vit import mocov3_init_
 
 # Small configurations for small images: (timm architecture, keyword arguments). Image size comes from data.
@@ -32,6 +33,10 @@ SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "swin_pico_patch4_window4": ("swin_tiny_patch4_window7_224", dict(
         patch_size=4, window_size=4, embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8))),
 }
+
+
+# model.init -> what it does to a freshly built timm model, in place (raises ValueError where it does not fit)
+INITS = {"mocov3": mocov3_init_, "dino": dino_init_}
 
 
 def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -56,8 +61,9 @@ class Backbone(nn.Module):
     all have C_i = D and s_i = p, its patch size; a Swin's follow its stages (`unit_channels`, `unit_strides`)."""
 
     def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm", model: nn.Module | None = None) -> None:
-        """`init`: "timm", or "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`). `model`: an
-        existing timm model to wrap instead of building `arch` (`from_model`)."""
+        """`init`: "timm", "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`) or "dino" (DINO's:
+        `repre.models.dino_vit.dino_init_`). `model`: an existing timm model to wrap instead of building `arch`
+        (`from_model`)."""
         super().__init__()
         self.arch, self.kwargs = arch, dict(kwargs)
         self.model = model if model is not None else create_timm(arch, kwargs)
@@ -74,11 +80,11 @@ class Backbone(nn.Module):
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
         self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.depth
         self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.depth
-        if init == "mocov3":
+        if init != "timm":
             try:
-                mocov3_init_(self.model)
+                INITS[init](self.model)
             except ValueError as exc:
-                raise UserError(f"model.init=mocov3 does not fit {arch}: {exc}; use model.init=timm") from None
+                raise UserError(f"model.init={init} does not fit {arch}: {exc}; use model.init=timm") from None
 
     @classmethod
     def from_model(cls, model: nn.Module) -> Backbone:
