@@ -254,7 +254,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
     warmup_lr: float = 0.0  # the lr at the start of the warm-up (absolute, as min_lr; MoBY's recipe: 5e-7 per 512)
-    clip_grad: float = 0.0  # max grad norm; 0 disables clipping (the global norm is still logged)
+    # max grad norm, over every trained parameter (the RePre decoder's included); 0 disables clipping (the
+    # global norm is still logged)
+    clip_grad: float = 0.0
     clip_mode: Literal["global", "per_param"] = "global"  # per_param: each tensor's norm clipped (DINO)
     weight_decay_end: float | None = None  # weight decay follows a cosine to this value (DINO: 0.04 -> 0.4)
     seed: int = 0  # seeds initialization, augmentation and data order
