@@ -1,5 +1,6 @@
 """The linear-probe protocols: the papers' values (facebookresearch/moco-v3 at c349e6e, facebookresearch/dino at
-7c446df, cited per value), DINO's feature layout, the lr rule, N processes against one, and resume."""
+7c446df, SwinTransformer/Transformer-SSL at 4510de1, cited per value), DINO's feature layout, the lr rules, N
+processes against one, and resume."""
 
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ OFFICIAL = {
         "weight_decay": 0.0,  # eval_linear.py:107
         "init_std": 0.01,  # eval_linear.py:243 (normal_(mean=0.0, std=0.01)); bias zero: 244
     },
+    "moby": {
+        "epochs": 100,  # moby_linear.py:92
+        "batch_size": 512,  # get_started.md:181-182 (8 GPUs x --batch-size 64)
+        "base_lr": 0.5,  # moby_linear.py:71 (--lr 1.0), per 512 images (359)
+        "momentum": 0.9,  # moby_linear.py:98
+        "nesterov": True,  # optimizer.py:26
+        "weight_decay": 0.0,  # moby_linear.py:100
+        "warmup_epochs": 5,  # moby_linear.py:93
+        "warmup_lr": 2.5e-7,  # config.py:97 (5e-7), per 512 (moby_linear.py:360)
+        "min_lr": 2.5e-6,  # config.py:98 (5e-6), per 512 (moby_linear.py:361)
+        "label_smoothing": 0.1,  # config.py:59 -> LabelSmoothingCrossEntropy (moby_linear.py:140)
+        "clip_grad": 5.0,  # config.py:100 (moby_linear.py:241)
+        "drop_path": 0.2,  # moby_linear.py:72; model.train() at 189
+        "init_std": 0.02,  # swin_transformer.py:553 (trunc_normal_(std=.02)); bias zero: 555
+    },
 }
 # DINO's features: ViT-S: --n_last_blocks 4, --avgpool_patchtokens false (eval_linear.py:256,258, their
 # defaults); ViT-B: --n_last_blocks 1 --avgpool_patchtokens true (README.md:340,344)
@@ -63,10 +79,11 @@ EXACT = ["train.device=cpu", "train.precision=fp32", "train.num_workers=0", "eva
          "eval.linear.batch_size=16"]
 
 
-@pytest.mark.parametrize("name", ["mocov3", "dino"])
+@pytest.mark.parametrize("name", ["mocov3", "dino", "moby"])
 def test_the_protocols_resolve_to_the_official_values(name):
     p = resolve(LinearConfig(protocol=name), encoder("narrow"))
     assert {key: getattr(p, key) for key in OFFICIAL[name]} == OFFICIAL[name]
+    assert p.lr_per_step == (name == "moby")  # lr_scheduler.py:20-29, t_in_epochs=False
     assert (p.features, p.blocks) == (DINO_LAYOUT["narrow"] if name == "dino" else ("cls", 1))
     wide = resolve(LinearConfig(protocol=name), encoder("wide"))
     assert (wide.features, wide.blocks) == (DINO_LAYOUT["wide"] if name == "dino" else ("cls", 1))
@@ -95,6 +112,44 @@ def test_lr_scales_with_the_global_batch_and_falls_by_a_cosine_per_epoch():
         opt.step()
         sched.step()
     assert ours.tolist() == pytest.approx(dino)
+
+
+def test_moby_lr_warms_up_then_follows_timms_cosine_over_every_step():
+    """moby_linear.py:359-361 scale lr, warm-up and minimum lr by batch / 512; lr_scheduler.py:20-29 builds timm's
+    CosineLRScheduler over all steps (t_initial = epochs x steps, warmup_t = 5 epochs of steps), stepped every
+    step: linear from the warm-up lr over the warm-up, then min + (peak - min) (1 + cos(pi t / T)) / 2 with t
+    counted from the run's start (warmup_prefix false)."""
+    from repre.eval.lincls import probe_lrs
+
+    p = resolve(LinearConfig(protocol="moby", epochs=8, batch_size=256), encoder("swin"))
+    steps, peak, start, end = 3, 1.0 * 256 / 512, 5e-7 * 256 / 512, 5e-6 * 256 / 512
+    total, warm = 8 * steps, 5 * steps
+    want = [start + t * (peak - start) / warm if t < warm
+            else end + 0.5 * (peak - end) * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    lrs = probe_lrs(p, steps)
+    assert p.lr == peak and lrs.shape == (8, steps)
+    assert lrs.flatten().tolist() == pytest.approx(want, rel=1e-9)
+    mocov3 = probe_lrs(resolve(LinearConfig(protocol="mocov3", epochs=4), encoder("narrow")), steps)
+    assert torch.equal(mocov3, mocov3[:, :1].expand(-1, steps))  # once an epoch
+
+
+def test_moby_probe_runs_its_encoder_with_stochastic_depth_and_smooths_its_labels(tiny_run, tmp_path, monkeypatch):
+    """The head trains on features of the encoder in train mode with drop path 0.2 (each call draws other
+    blocks to drop), with label smoothing 0.1 and its gradient clipped at 5; the test runs in eval mode."""
+    run, _ = tiny_run
+    seen = []
+    real = lincls_module.frozen_features
+
+    def spy(encoder, x, protocol, rt):
+        rates = [m.drop_prob for m in encoder.modules() if hasattr(m, "drop_prob")]
+        seen.append((encoder.training, round(max(rates, default=0.0), 6)))
+        return real(encoder, x, protocol, rt)
+
+    monkeypatch.setattr(lincls_module, "frozen_features", spy)
+    result = evaluate("linear", run, [*EXACT, "eval.linear.protocol=moby", "eval.linear.epochs=1"], tmp_path / "moby")
+    extra = result["extra"]
+    assert (extra["protocol"], extra["label_smoothing"], extra["clip_grad"], extra["drop_path"]) == ("moby", 0.1, 5.0, 0.2)
+    assert seen[0] == (True, 0.2) and seen[-1] == (False, 0.2) and 0 <= result["value"] <= 1
 
 
 def test_dino_features_concatenate_class_tokens_and_the_last_blocks_mean_patch_token():
@@ -129,7 +184,7 @@ def intermediate_tokens(model: torch.nn.Module, x: torch.Tensor) -> list[torch.T
 
 
 def test_swin_reads_the_mean_of_its_last_stage_and_refuses_a_class_token():
-    for name in ("mocov3", "dino"):
+    for name in ("mocov3", "dino", "moby"):
         p = resolve(LinearConfig(protocol=name), encoder("swin"))
         assert (p.features, p.blocks) == ("avg", 1)
     with pytest.raises(UserError, match="no class token: use eval.linear.features=avg"):
@@ -137,9 +192,11 @@ def test_swin_reads_the_mean_of_its_last_stage_and_refuses_a_class_token():
 
 
 def test_bad_combinations_say_what_to_do():
+    with pytest.raises(UserError, match="moby reads features=cls of blocks=1.*leave them null"):
+        resolve(LinearConfig(protocol="moby", blocks=2), encoder("narrow"))
     with pytest.raises(UserError, match="mocov3 reads features=cls of blocks=1.*leave them null"):
         resolve(LinearConfig(protocol="mocov3", features="both"), encoder("narrow"))
-    with pytest.raises(UserError, match="eval.linear.lr=0.1 is the base lr of the mocov3 and dino protocols"):
+    with pytest.raises(UserError, match="eval.linear.lr=0.1 is the base lr of the mocov3, dino and moby protocols"):
         load_config("fmnist-mocov3-repre", ["eval.linear.lr=0.1"])
 
 

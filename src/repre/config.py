@@ -314,13 +314,14 @@ class KNNConfig:
 
 @dataclass
 class LinearConfig:
-    """The linear probe on frozen features, by one of three protocols (docs/evaluation.md): `quick`, repre's
+    """The linear probe on frozen features, by one of four protocols (docs/evaluation.md): `quick`, repre's
     CPU protocol on precomputed features with lr and weight decay chosen on a held-out part of the train split
-    (not a paper's protocol); `mocov3` and `dino`, the papers' ImageNet protocols (SGD on augmented views
-    through the frozen encoder, distributed under torchrun, resumed from the output folder). The keys left
-    null take the protocol's own values."""
+    (not a paper's protocol); `mocov3`, `dino` and `moby`, the papers' ImageNet protocols (SGD on augmented
+    views through the frozen encoder, distributed under torchrun, resumed from the output folder). The keys
+    left null take the protocol's own values."""
 
-    protocol: Literal["quick", "mocov3", "dino"] = "quick"  # quick: the CPU protocol; mocov3, dino: the papers'
+    # quick: the CPU protocol; mocov3, dino, moby: the papers'
+    protocol: Literal["quick", "mocov3", "dino", "moby"] = "quick"
     # class token, mean patch token, or both, of each of the last `blocks` blocks (a Swin: the mean of each
     # stage); null: the protocol's (cls; dino on ViT-B and wider: both; without a class token: avg)
     features: Literal["cls", "avg", "both"] | None = None
@@ -329,9 +330,11 @@ class LinearConfig:
     # quick: the probe's learning rates tried (the best on a held-out part of train is reported)
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
     wds: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])  # quick: the weight decays tried, with each lr
-    lr: float | None = None  # mocov3, dino: base lr per 256 images (x batch_size / 256); null: 3.0 / 0.001
-    epochs: int | None = None  # epochs of the probe; null: the protocol's (quick 30, mocov3 90, dino 100)
-    batch_size: int | None = None  # the probe's global batch, shared by the processes; null: 1024 (all protocols)
+    # mocov3, dino, moby: base lr per 256 images (x batch_size / 256); null: 3.0 / 0.001 / 0.5 (MoBY's 1.0 per 512)
+    lr: float | None = None
+    epochs: int | None = None  # epochs of the probe; null: the protocol's (quick 30, mocov3 90, dino 100, moby 100)
+    # the probe's global batch, shared by the processes; null: the protocol's (moby 512, the others 1024)
+    batch_size: int | None = None
     val_fraction: float = 0.1  # quick: of the train split, held out to choose lr and weight decay
     train_subset: int | None = None  # N train images for the probe (as data.subset picks them); None: all
     test_subset: int | None = None  # N test images scored (as data.subset picks them); None: all
@@ -822,8 +825,9 @@ def _validate_train(t: TrainConfig) -> None:
 
 def _validate_linear(lin: LinearConfig) -> None:
     if lin.protocol == "quick" and lin.lr is not None:
-        raise UserError(f"eval.linear.lr={lin.lr} is the base lr of the mocov3 and dino protocols; the quick protocol "
-                        "tries each of eval.linear.lrs: set those, or eval.linear.protocol=mocov3 or dino")
+        raise UserError(f"eval.linear.lr={lin.lr} is the base lr of the mocov3, dino and moby protocols; the quick "
+                        "protocol tries each of eval.linear.lrs: set those, or eval.linear.protocol=mocov3, dino or "
+                        "moby")
 
 
 _SECTION_RULES: dict[str, Callable[[Any], None]] = {

@@ -105,7 +105,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra",
     "checkpoint"} ("checkpoint": which file, step and encoder were evaluated, with which `overrides`);
-    pictures go to `out`, and the linear probe's checkpoint (protocols mocov3 and dino). Under torchrun every
+    pictures go to `out`, and the linear probe's checkpoint (protocols mocov3, dino and moby). Under torchrun every
     process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")

@@ -1,9 +1,10 @@
-"""The papers' linear probes (MoCo v3, DINO): a linear head trained by SGD on random resized crops and flips
-through the frozen encoder, features computed at every step (`repre.eval.protocols` holds the values).
+"""The papers' linear probes (MoCo v3, DINO, MoBY): a linear head trained by SGD on random resized crops and
+flips through the frozen encoder, features computed at every step (`repre.eval.protocols` holds the values).
 
-As the official scripts: the encoder stays in eval mode and runs without gradients (main_lincls.py:341-348;
-eval_linear.py:55,164); the lr follows a cosine over the epochs, set at the start of each epoch
-(main_lincls.py:499-503; eval_linear.py:109,127); a checkpoint of the head, its optimizer and the epoch is
+As the official scripts: the encoder runs without gradients, in eval mode (main_lincls.py:341-348;
+eval_linear.py:55,164) or, MoBY, in train mode with stochastic depth (moby_linear.py:72,189); the lr follows a
+cosine over the epochs, set at the start of each epoch (main_lincls.py:499-503; eval_linear.py:109,127) or,
+MoBY, at every step after a warm-up (lr_scheduler.py:20-29); a checkpoint of the head, its optimizer and the epoch is
 written after each epoch and resumed from when the evaluation is run again into the same folder
 (main_lincls.py:240-260; eval_linear.py:111-121). Under torchrun each process takes its share of every
 global batch and the head's gradients are averaged, so N processes compute what one process computes.
@@ -29,7 +30,7 @@ from repre.config import Config
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime
-from repre.core.schedules import warmup_cosine
+from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
 from repre.data.sources import ImageSource, eval_source, labelled, subset_of
 from repre.errors import UserError
@@ -44,7 +45,8 @@ STATE_FILE = "linear-probe.pt"  # in the evaluation's output folder
 
 
 def new_head(dim: int, classes: int, std: float, seed: int) -> nn.Linear:
-    """[B, dim] -> [B, classes]: weights ~ N(0, std), bias 0, drawn from `seed` (the same on every process)."""
+    """[B, dim] -> [B, classes]: weights ~ N(0, std), bias 0, drawn from `seed` (the same on every process).
+    (MoBY's head is drawn truncated at ±2: at std 0.02, 100 standard deviations, the same distribution.)"""
     head = nn.Linear(dim, classes)
     with torch.no_grad():
         head.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(seed))
@@ -54,7 +56,8 @@ def new_head(dim: int, classes: int, std: float, seed: int) -> nn.Linear:
 
 @torch.no_grad()
 def frozen_features(encoder: Backbone, x: torch.Tensor, protocol: Protocol, rt: Runtime) -> torch.Tensor:
-    """Normalized images x [B, 3, H, W] on the device -> float32 features [B, F] of the eval-mode encoder."""
+    """Normalized images x [B, 3, H, W] on the device -> float32 features [B, F] of the encoder, in the mode it
+    is in."""
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
         return token_features(encoder, x, protocol.features, protocol.blocks).float()
 
@@ -67,19 +70,55 @@ def average_gradients(module: nn.Module) -> None:
             p.grad = dist.all_reduce_sum(p.grad) / world
 
 
-def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, loader: DataLoader, steps: int,
-                protocol: Protocol, rt: Runtime) -> float:
-    """`steps` SGD steps of the head on `loader`'s batches -> the mean loss over them (all processes)."""
+def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, loader: DataLoader,
+                lrs: torch.Tensor, protocol: Protocol, rt: Runtime) -> float:
+    """One SGD step of the head per lr of `lrs` [steps] on `loader`'s batches -> the mean loss over them (all
+    processes). The encoder runs in train mode where the protocol gives it stochastic depth."""
+    encoder.train(protocol.drop_path is not None)
     total = torch.zeros((), device=rt.device)
-    for _, batch in zip(range(steps), loader, strict=False):
+    for lr, batch in zip(lrs.tolist(), loader, strict=False):
         x, y = batch["views"][:, 0].to(rt.device, non_blocking=True), batch["label"].to(rt.device)
-        loss = F.cross_entropy(head(frozen_features(encoder, x, protocol, rt)), y)
+        logits = head(frozen_features(encoder, x, protocol, rt))
+        loss = F.cross_entropy(logits, y, label_smoothing=protocol.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(head)
+        if protocol.clip_grad:
+            nn.utils.clip_grad_norm_(head.parameters(), protocol.clip_grad)
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
         total += loss.detach()
-    return float(dist.all_reduce_sum(total)) / (steps * dist.world_size())
+    encoder.eval()
+    return float(dist.all_reduce_sum(total)) / (len(lrs) * dist.world_size())
+
+
+def probe_lrs(protocol: Protocol, steps: int) -> torch.Tensor:
+    """The lr of every step -> [epochs, steps]: a cosine from `protocol.lr` to 0 set once an epoch (MoCo v3,
+    DINO); or (`lr_per_step`, MoBY) timm's CosineLRScheduler stepped every step, as Transformer-SSL builds it
+    (lr_scheduler.py:20-29): a linear warm-up from warmup_lr, then the cosine over all steps to min_lr."""
+    if not protocol.lr_per_step:
+        return warmup_cosine(protocol.lr, 0.0, protocol.epochs)[:, None].expand(-1, steps).clone()
+    from timm.scheduler import CosineLRScheduler
+
+    batch = protocol.batch_size
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=protocol.lr)
+    sched = CosineLRScheduler(opt, t_initial=protocol.epochs * steps, lr_min=scaled_lr(protocol.min_lr, batch),
+                              warmup_lr_init=scaled_lr(protocol.warmup_lr, batch),
+                              warmup_t=protocol.warmup_epochs * steps, cycle_limit=1, t_in_epochs=False)
+    values = []
+    for t in range(protocol.epochs * steps):
+        sched.step_update(t)
+        values.append(opt.param_groups[0]["lr"])
+    return torch.tensor(values, dtype=torch.float64).view(protocol.epochs, steps)
+
+
+def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
+    """A copy of `encoder` built with stochastic depth `rate` (timm's rule: rising linearly over the blocks to
+    `rate`), its weights the same."""
+    copy = Backbone(encoder.arch, {**encoder.kwargs, "drop_path_rate": rate})
+    copy.model.load_state_dict(encoder.model.state_dict())
+    return copy.to(next(encoder.parameters()).device)
 
 
 @torch.no_grad()
@@ -158,23 +197,24 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol,
     dim = feature_dim(encoder, protocol.features, protocol.blocks)
     head = new_head(dim, source.num_classes, protocol.init_std, cfg.train.seed).to(rt.device)
     opt = torch.optim.SGD(head.parameters(), lr=protocol.lr, momentum=protocol.momentum,
-                          weight_decay=protocol.weight_decay)
-    lrs = warmup_cosine(protocol.lr, 0.0, protocol.epochs)  # [epochs]: lr x 0.5 (1 + cos(pi e / epochs))
+                          weight_decay=protocol.weight_decay, nesterov=protocol.nesterov)
+    lrs = probe_lrs(protocol, steps)  # [epochs, steps]
     path = Path(out) / STATE_FILE if out is not None else None
     key = {**dataclasses.asdict(protocol), "classes": source.num_classes, "dim": dim, "steps_per_epoch": steps,
            "encoder_sha256": encoder_digest(encoder) if path is not None else None}  # what a resumed probe shares
+    if protocol.drop_path is not None:
+        encoder = with_drop_path(encoder, protocol.drop_path)
     encoder.eval()
     aug = crop_and_flip(cfg.aug, crop_scale=[0.08, 1.0], crop_ratio=[3 / 4, 4 / 3], hflip=0.5)  # torchvision's
-    # RandomResizedCrop and RandomHorizontalFlip defaults: main_lincls.py:273-274; eval_linear.py:86-87
+    # RandomResizedCrop and RandomHorizontalFlip defaults: main_lincls.py:273-274; eval_linear.py:86-87; MoBY's
+    # data/build.py:130-131
     loss = None  # a run resumed after its last epoch trains no more
     for epoch in range(resume(path, head, opt, key), protocol.epochs):
-        for group in opt.param_groups:
-            group["lr"] = float(lrs[epoch])
         loader = augmented_loader(cfg, source, aug, protocol.batch_size, "eval.linear.batch_size", epoch * steps,
                                   dist.rank(), dist.world_size())
-        loss = train_epoch(encoder, head, opt, loader, steps, protocol, rt)
+        loss = train_epoch(encoder, head, opt, loader, lrs[epoch], protocol, rt)
         log.info("linear probe (%s) epoch %d/%d: loss %.4f, lr %.4g", protocol.name, epoch + 1, protocol.epochs,
-                 loss, float(lrs[epoch]))
+                 loss, float(lrs[epoch, -1]))
         save(path, head, opt, key, epoch + 1, cfg)
     top1, seen = test_top1(encoder, head, cfg, protocol, rt)
     extra = {**protocol.summary(), "lr": protocol.lr, "dim": dim, "train_images": len(source), "test_images": seen,

@@ -52,7 +52,7 @@ def top1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def linear_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
-    """The probe of eval.linear.protocol: quick here; mocov3 and dino train in `repre.eval.lincls`, with a
+    """The probe of eval.linear.protocol: quick here; mocov3, dino and moby train in `repre.eval.lincls`, with a
     resumable checkpoint in `out` (None: none)."""
     protocol = resolve(cfg.eval.linear, encoder)
     if protocol.name == "quick":
