@@ -128,6 +128,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     # DINO's teacher-temperature warm-up (0.04 -> 0.07 gained, but its teacher stayed near uniform) to 0.055 only
     "tt-warm0.055": ("baseline", ["method.dino.teacher_temp=0.055", "method.dino.warmup_teacher_temp_fraction=0.3"],
                      "base"),
+    # DINO's own ViT (its class token's init, its local crops' position embedding without antialiasing)
+    "init-dino": ("baseline", ["model.init=dino"], "base"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
