@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import last_json, run_cli, save_png
+from conftest import last_json, run_cli, save_png, tiny_config
 from repre.data.evaluation import eval_loader
 from repre.eval import load_encoder
 from repre.eval.knn import extract_features
@@ -56,6 +56,25 @@ def test_rows_are_the_knn_features_with_their_index(tiny_run, tmp_path):
     assert [int(r["label"]) for r in index] == labels.tolist()
     card = json.loads((tmp_path / "e.json").read_text())
     assert card["progress"]["complete"] and card["identity"]["split"] == "train"
+
+
+def test_images_of_another_dataset_are_normalized_as_the_encoder_pretrained(tiny_run, tmp_path):
+    """The run's own test images written as PNGs and embedded as a folder: the same rows as the run's data gives
+    them (a folder's own statistics, ImageNet's, would shift every feature); data.mean/std still choose."""
+    from repre.data.sources import eval_source
+
+    run, _ = tiny_run
+    source = eval_source(tiny_config(), "test")
+    for i in range(len(source)):
+        save_png(tmp_path / "photos" / f"{i:03d}.png", source.load(i)[0].permute(1, 2, 0).numpy())
+    assert run_cli([*embed_args(run, tmp_path / "own.npy"), "--split", "test"])[0] == 0
+    folder = ("data.name=folder", f"data.root={tmp_path / 'photos'}")
+    assert run_cli(embed_args(run, tmp_path / "folder.npy", *folder))[0] == 0
+    np.testing.assert_allclose(np.load(tmp_path / "folder.npy"), np.load(tmp_path / "own.npy"), atol=1e-6)
+    imagenet = ("data.mean=[0.485,0.456,0.406]", "data.std=[0.229,0.224,0.225]")
+    assert run_cli(embed_args(run, tmp_path / "imagenet.npy", *folder, *imagenet))[0] == 0
+    shifted = (np.load(tmp_path / "imagenet.npy") * np.load(tmp_path / "own.npy")).sum(axis=1)
+    assert shifted.min() < 0.999  # what a folder's statistics did to the rows
 
 
 def test_a_corrupt_image_is_reported_and_left_out(tiny_run, tmp_path, labelled_folder, repre_log):

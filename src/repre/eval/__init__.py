@@ -16,16 +16,23 @@ from repre.config import EVAL_TASKS, Config, config_from_dict, deep_update, flat
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
+from repre.data.sources import pretraining_stats
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 
 
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
-    """A checkpoint and its config with `overrides` applied."""
+    """A checkpoint and its config with `overrides` applied. Whatever data `overrides` point at, the images are
+    normalized as the encoder pre-trained (`data.mean` and `data.std` set to its statistics), unless they set
+    `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature."""
     ckpt = ckpt_io.load(checkpoint)
     raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
-    deep_update(raw, parse_overrides(overrides or []))
+    given = parse_overrides(overrides or [])
+    if not {"mean", "std"} & set(given.get("data", {})):
+        mean, std = pretraining_stats(config_from_dict(raw).data)
+        raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
+    deep_update(raw, given)
     return ckpt, config_from_dict(raw)
 
 
