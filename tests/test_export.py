@@ -36,8 +36,9 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
     card = json.loads(file.with_suffix(".json").read_text())
     assert last_json(stdout)["arch"] == card["arch"] == "vit_tiny_patch16_224"
     assert card["encoder"] == "encoder" and card["check"]["strict_keys"]
-    assert card["evaluations"]["knn"]["value"] == pytest.approx(last_json(stdout)["evaluations"]["knn"]["value"])
-    assert 0 <= card["evaluations"]["knn"]["value"] <= 1  # the run's k-NN, from its summary or `repre eval knn`
+    knn = [e for e in card["evaluations"] if e["task"] == "knn"]
+    assert knn and knn == [e for e in last_json(stdout)["evaluations"] if e["task"] == "knn"]
+    assert all(0 <= e["value"] <= 1 for e in knn)  # the run's k-NN, from its summary and any `repre eval knn`
     assert "drop_path_rate" not in card["kwargs"] and card["kwargs"]["patch_size"] == 4
     with safe_open(str(file), "pt") as fh:
         assert json.loads(fh.metadata()["repre_card"])["arch"] == card["arch"]
@@ -159,16 +160,22 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
     from repre.export import run_evaluations
 
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 20, "knn_top1": 0.7}))
+    given = ["eval.knn.test_subset=100", "data.root=/home/me/photos"]
     for task, step, key, value in [("knn", 10, "encoder", 0.5), ("linear", 20, "encoder", 0.6),
                                    ("segment", 20, "momentum_encoder", 0.2), ("finetune", 20, None, 0.3)]:
         folder = tmp_path / "eval" / task
         folder.mkdir(parents=True)
-        of = {"step": step, "encoder": key, "set": ["eval.linear.epochs=3"]} if key else None
+        of = {"step": step, "encoder": key, "set": given} if key else None
         folder.joinpath("result.json").write_text(json.dumps({"task": task, "metric": "top1", "value": value,
                                                              **({"checkpoint": of} if of else {})}))
+    named = ["eval.knn.test_subset=100", "data.root=(a path)"]  # what was set, without the user's paths
     evals = run_evaluations(tmp_path, 20, "encoder", "encoder")
-    assert evals == {"knn": {"metric": "top1", "value": 0.7, "from": "pretrain"},  # not step 10's eval
-                     "linear": {"metric": "top1", "value": 0.6, "set": ["eval.linear.epochs=3"]}}
-    assert run_evaluations(tmp_path, 10, "encoder", "encoder") == {
-        "knn": {"metric": "top1", "value": 0.5, "set": ["eval.linear.epochs=3"]}}
-    assert set(run_evaluations(tmp_path, 20, "momentum_encoder", "encoder")) == {"segment"}
+    assert evals == [{"task": "knn", "metric": "top1", "value": 0.7, "from": "pretrain"},  # not step 10's eval
+                     {"task": "linear", "metric": "top1", "value": 0.6, "from": "repre eval", "set": named}]
+    assert run_evaluations(tmp_path, 10, "encoder", "encoder") == [
+        {"task": "knn", "metric": "top1", "value": 0.5, "from": "repre eval", "set": named}]
+    assert [e["task"] for e in run_evaluations(tmp_path, 20, "momentum_encoder", "encoder")] == ["segment"]
+    (tmp_path / "eval" / "knn" / "result.json").write_text(json.dumps(
+        {"task": "knn", "metric": "top1", "value": 0.55, "checkpoint": {"step": 20, "encoder": "encoder", "set": given}}))
+    assert [(e["task"], e["value"], e["from"]) for e in run_evaluations(tmp_path, 20, "encoder", "encoder")] == [
+        ("knn", 0.7, "pretrain"), ("knn", 0.55, "repre eval"), ("linear", 0.6, "repre eval")]  # a subset's k-NN beside

@@ -35,19 +35,22 @@ from repre.methods import eval_encoder_key
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
 
 
-def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> dict[str, dict[str, Any]]:
+def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> list[dict[str, Any]]:
     """The results of `run_dir` that describe this checkpoint's encoder: the run's final k-NN and each `repre
-    eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given."""
-    evals = {}
+    eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given (a
+    data path named, not given)."""
+    evals = []
     done = _read_json(run_dir / "summary.json")
     if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
-        evals["knn"] = {"metric": "top1", "value": done["knn_top1"], "from": "pretrain"}
+        evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain"})
     for path in sorted((run_dir / "eval").glob("*/result.json")):
         r = _read_json(path)
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
-            how = [item for item in of.get("set", []) if str(item).startswith("eval.")]  # no data paths
-            evals[r.get("task", path.parent.name)] = {"metric": r.get("metric"), "value": r.get("value"), "set": how}
+            how = [re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", str(item))
+                   for item in of.get("set", [])]
+            evals.append({"task": r.get("task", path.parent.name), "metric": r.get("metric"), "value": r.get("value"),
+                          "from": "repre eval", "set": how})
     return evals
 
 
@@ -65,7 +68,7 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
     step = int(ckpt.get("step", 0))
     evals = run_evaluations(run_dir, step, key, eval_encoder_key(cfg.method.name)) if run_dir is not None else {}
     return {
-        "format": "repre-export-2",
+        "format": "repre-export-3",
         "arch": arch,
         "kwargs": kwargs,
         "pretrained_cfg": timm_preprocessing(cfg.data),
