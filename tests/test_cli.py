@@ -231,7 +231,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, rep
                                          "train.log_every=1"))
     summary = last_json(stdout)
     assert code == 3 and summary["completed"] is False and summary["steps"] == 3
-    assert (out / "checkpoints" / "step-00000003.pt").is_file()
+    assert (out / "checkpoints" / "step-00000003.pt").is_file() and (out / "recon.png").is_file()  # drawn at a stop too
     assert f"stopped at step 3 of 6, checkpoint {out}" in repre_log.text and "--resume`" in repre_log.text
     (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 4, "kind": "train"}\n')
     time.sleep(1.1)  # event files sort by their names, which start with the second they were opened in
@@ -248,6 +248,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, rep
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]  # the stale step 4 purged
     assert 9.0 not in [e.value for e in events.Scalars("train/loss")]
+    assert [e.step for e in events.Images("recon")] == [3, 6]  # the reconstructions where each part ended
     # requeued after the end: the results stand, nothing is trained or evaluated again
     code, stdout = run_cli(["pretrain", "--out", str(out), "--resume"])
     assert code == 0 and last_json(stdout) == done and "completed its 6 steps" in repre_log.text

@@ -93,8 +93,10 @@ def test_targets_replace_the_views_as_what_is_reconstructed():
     assert not torch.allclose(other["loss_recon"], own["loss_recon"])
 
 
-@pytest.mark.parametrize("target,rows", [("view", 2), ("clean", 3)])
-def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions(tmp_path, target, rows):
+@pytest.mark.parametrize("target,norm_pix,columns", [("view", "false", 2), ("clean", "false", 3), ("view", "true", 3)])
+def test_recon_picture_names_what_each_column_shows(tmp_path, target, norm_pix, columns):
+    """A row an image; for each view: the view, the clean target (recon.target=clean), the patch means that a
+    norm_pix reconstruction starts from, the reconstruction; PSNRs under the reconstructions and the means."""
     from PIL import Image
 
     from repre.core.pictures import sheet_size, thumb_side
@@ -102,10 +104,21 @@ def test_recon_picture_shows_the_clean_targets_between_views_and_reconstructions
     from repre.data.sources import train_source
     from repre.eval.recon import save_recon_grid
 
-    cfg = tiny_config(f"recon.target={target}", "eval.recon.images=2")
+    cfg = tiny_config(f"recon.target={target}", f"recon.norm_pix={norm_pix}", "eval.recon.images=3")
     save_recon_grid(build_model(cfg), cfg, train_source(cfg), tmp_path / "recon.png", setup_runtime(cfg.train))
     size = Image.open(tmp_path / "recon.png").size
-    assert size == sheet_size(rows, 4, thumb_side(16))  # a column per view (2 images x 2 views)
+    assert size == sheet_size(3, 2 * columns, thumb_side(16), titled=True, captioned=True)
+
+
+def test_patch_means_are_a_norm_pix_reconstruction_of_zeros():
+    from repre.eval.recon import patch_means
+
+    cfg = tiny_config("recon.norm_pix=true")
+    branch = build_model(cfg).branch
+    x = torch.randn(2, 3, 16, 16)
+    means = patch_means(x, branch)  # patch 4
+    block = x[0, :, 4:8, 8:12]  # MAE's statistics: over the patch's pixels of every channel
+    assert torch.allclose(means[0, :, 4:8, 8:12], block.mean().expand(3, 4, 4), atol=1e-5)
 
 
 def test_one_view_rows_alternate_by_the_images_global_index():

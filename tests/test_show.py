@@ -63,10 +63,32 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
                             "--images", "3"])
     assert code == 0, stdout
     result = last_json(stdout)
-    per_run = ["reconstruction", "patch PCA", "attention, mean", "head 0", "head 1"]
+    per_run = ["patch means", "reconstruction", "patch PCA", "attention, mean", "head 0", "head 1"]  # norm_pix
     assert [c.split(": ")[-1] for c in result["columns"]] == ["image", *per_run, *per_run]
     width, height = Image.open(out).size
-    assert result["images"] == 3 and (width, height) == sheet_size(3, 11, TILE, titled=True)
+    assert result["images"] == 3 and (width, height) == sheet_size(3, 13, TILE, titled=True, captioned=True)
+    assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
+
+
+def test_attention_maps_keep_their_shape_and_say_how_peaked_they_are():
+    """Each map (and the heads' mean) is scaled to [0, 1] for its shape; its largest weight over a flat map's
+    says whether that shape means anything (1x: uniform, whatever the scaled picture looks like)."""
+    from repre.use.show import scaled_attention
+
+    flat = torch.full((1, 1, 4, 4), 0.9 / 16)
+    peaked = torch.full((1, 1, 4, 4), 0.1 / 15)
+    peaked[0, 0, 1, 2] = 0.8
+    maps, peak = scaled_attention(torch.cat([flat, peaked], dim=1))  # [1, 2 heads, 4, 4]
+    assert maps.shape == (1, 3, 4, 4) and float(maps[0, 1].max()) == 1.0 and float(maps[0, 1].min()) == 0.0
+    assert peak[0].tolist() == pytest.approx([1.0, 0.8 / (0.9 / 16), (0.9 / 16 + 0.8) / 2 / (0.9 / 16)])
+
+
+def test_show_names_the_classes_of_a_labelled_folder(tiny_run, tmp_path, image_folder):
+    run, _ = tiny_run
+    code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "2",
+                            "--set", "data.name=folder", "--set", f"data.root={image_folder}"])
+    result = last_json(stdout)
+    assert code == 0 and result["classes"] == ["cat", "dog"] and result["labels"] == [0, 1]  # spread over the classes
 
 
 def test_show_needs_at_least_one_image(tiny_run, tmp_path):
@@ -85,4 +107,4 @@ def test_show_draws_an_unlabelled_folders_training_images(tiny_run, tmp_path):
     run, _ = tiny_run
     code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "2",
                             "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'photos'}"])
-    assert code == 0 and last_json(stdout)["images"] == 2
+    assert code == 0 and last_json(stdout)["images"] == 2 and last_json(stdout)["labels"] == [None, None]

@@ -399,7 +399,7 @@ class SegmentConfig:
 class ReconEvalConfig:
     """The reconstruction branch seen from outside: recon.png and `repre eval recon`."""
 
-    images: int = 8  # images shown in recon.png
+    images: int = 8  # images shown in recon.png (a row each, both views) and in `repre eval recon`
     subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
 
     # the valid values of the fields above (`RULES`), checked by `validate`

@@ -38,6 +38,13 @@ class MetricWriter:
                         and math.isfinite(value)):  # flags (eval lines' knn_quick) are not series
                     self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
+    def image(self, tag: str, picture: Any, step: int) -> None:
+        """A picture (PIL RGB) in TensorBoard's images under `tag` at `step`."""
+        if self.tb is not None:
+            import numpy as np
+
+            self.tb.add_image(tag, np.asarray(picture), step, dataformats="HWC")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

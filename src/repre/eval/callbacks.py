@@ -1,5 +1,5 @@
-"""Evaluations that a pre-training run reports: a quick k-NN every `train.eval_every` steps, and when the run
-completes the reconstruction picture (recon.png) and the k-NN of the summary. Passed to the trainer by
+"""Evaluations that a pre-training run reports: a quick k-NN every `train.eval_every` steps, the reconstruction
+picture (recon.png, and in TensorBoard) when the run ends, and the k-NN of the summary when it completes. Passed to the trainer by
 `repre.pretraining.pretrain` (the engine imports no evaluation module)."""
 
 from __future__ import annotations
@@ -49,12 +49,14 @@ class PeriodicKNN(Callback):
 
 
 class ReconPicture(Callback):
-    """recon.png when the run completes: views above their reconstructions."""
+    """recon.png and TensorBoard's `recon` image when the run ends, completed or stopped (a resumed run draws
+    it again at its end): views and their reconstructions (`repre.eval.recon.recon_sheet`)."""
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
-        if completed and dist.is_main():
-            eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source, trainer.out / "recon.png",
-                  trainer.rt)
+        if dist.is_main() and trainer.state.step > 0:
+            picture = eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source,
+                            trainer.out / "recon.png", trainer.rt)
+            writer.image("recon", picture, trainer.state.step)
         return {}
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from repre.config import Config
@@ -20,6 +21,8 @@ from repre.losses import patch_stats
 from repre.methods.base import stack_views
 from repre.reconstruction import RePre
 
+ERROR_GAIN = 2  # the error maps of `repre eval recon`: |error| in [0, 1] pixels, times this, clipped at 1
+
 
 def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int,
                    floor: float = 1e-6) -> torch.Tensor:
@@ -31,10 +34,35 @@ def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, pat
     return pred.float() * std + mean
 
 
-def save_grid(rows: list[torch.Tensor], path: Path) -> None:
-    """Rows of [N, 3, H, W] images in [0, 1] -> one PNG, upscaled (nearest) so small images stay visible."""
-    side = thumb_side(rows[0].shape[-1])
-    save_png(sheet([Column([tile(row[i].cpu(), side) for row in rows]) for i in range(len(rows[0]))]), path)
+def tiles(images: torch.Tensor) -> list[Image.Image]:
+    """[N, 3, H, W] in [0, 1] -> tiles upscaled (nearest) so that small images stay visible."""
+    side = thumb_side(images.shape[-1])
+    return [tile(image.cpu(), side) for image in images]
+
+
+def scored(images: torch.Tensor, truth: torch.Tensor, title: str, group: str = "") -> Column:
+    """A column of `images` captioned with each one's PSNR against `truth` (both [N, 3, H, W] in [0, 1])."""
+    return Column(tiles(images), title, group, [f"{v:.1f} dB" for v in batch_psnr(truth, images).tolist()])
+
+
+def patch_means(target: torch.Tensor, branch: nn.Module) -> torch.Tensor:
+    """Normalized images [N, 3, H, W] -> each patch filled with its own mean: what a norm_pix reconstruction
+    shows before the decoder adds anything (its prediction of zeros through the target's patch statistics)."""
+    return to_pixel_space(torch.zeros_like(target, dtype=torch.float32), target, True, branch.patch_size,
+                          branch.norm_pix_floor)
+
+
+def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.Module, mean, std,
+                           title: str = "image", group: str = "") -> list[Column]:
+    """Columns of what is reconstructed, then (norm_pix) its patch means, then the reconstruction, each
+    captioned with its PSNR: with norm_pix the reconstruction takes each patch's mean and std from the
+    target, so the patch means column is what the decoder adds to."""
+    truth = denormalize(target.float(), mean, std)
+    cols = [Column(tiles(truth), title, group)]
+    if branch.norm_pix:
+        cols.append(scored(denormalize(patch_means(target, branch), mean, std), truth, "patch means", group))
+    cols.append(scored(denormalize(pred, mean, std), truth, "reconstruction", group))
+    return cols
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,30 +78,44 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Te
 
 
 @torch.no_grad()
-def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> None:
-    """Both views of the first `eval.recon.images` images (epoch-0 augmentation) above their reconstructions;
-    with recon.target=clean, the clean targets between them."""
+def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Image.Image:
+    """The first `eval.recon.images` images of the run (epoch-0 augmentation), a row each; for each of the two
+    views (a group of columns) the view, its clean target (recon.target=clean), its patch means (norm_pix) and
+    the reconstruction, captioned with PSNRs."""
     spec = view_spec(cfg, source)
     n = min(cfg.eval.recon.images, len(source))
     dataset = ViewDataset(source, spec, cfg.train.seed)
     clean = cfg.recon.target == "clean"
     batch = ViewCollate(spec, clean=clean)([dataset[(0, i)] for i in range(n)])
-    x = stack_views(batch["views"]).to(rt.device)
+    x = stack_views(batch["views"]).to(rt.device)  # [2n, 3, S, S]: the first views, then the second
     target = stack_views(clean_targets(batch["clean"], spec)).to(rt.device) if clean else x
     was_training = model.training
     model.eval()
     pred = reconstruct(model, x, rt, target)
     model.train(was_training)
-    rows = [x, target, pred] if clean else [x, pred]
-    save_grid([denormalize(r.float(), spec.mean, spec.std) for r in rows], path)
+    cols: list[Column] = []
+    for v, rows in enumerate((slice(0, n), slice(n, 2 * n))):
+        group = f"view {v + 1}"
+        if clean:
+            cols.append(Column(tiles(denormalize(x[rows].float(), spec.mean, spec.std)), "view", group))
+        cols += reconstruction_columns(target[rows], pred[rows], model.branch, spec.mean, spec.std,
+                                       "clean target" if clean else "view", group)
+    return sheet(cols)
+
+
+def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> Image.Image:
+    """`recon_sheet` written to `path`; returns it."""
+    picture = recon_sheet(model, cfg, source, rt)
+    save_png(picture, path)
+    return picture
 
 
 @torch.no_grad()
 def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> dict[str, Any]:
     """PSNR (dB) and L1 of the reconstructions of held-out images (test split, no augmentation), in [0, 1]
-    pixel space; `out/recon.png`: inputs, reconstructions and error maps (|error| x 4, clipped). With
-    recon.norm_pix the reconstructions take each patch's mean and std from the image itself (as MAE's
-    pictures do), so `extra["psnr_patch_means_db"]` gives what those statistics alone score: the image of its
+    pixel space; `out/recon.png`: images, their patch means (norm_pix), reconstructions (each with its PSNR)
+    and error maps (|error| x ERROR_GAIN, clipped). With recon.norm_pix the reconstructions take each patch's
+    mean and std from the image itself (as MAE's pictures do), so `extra["psnr_patch_means_db"]` gives what those statistics alone score: the image of its
     patch means, the reconstruction of a decoder that outputs zeros."""
     if not isinstance(model, RePre):
         raise UserError("this checkpoint has no decoder (pre-trained with recon.enabled=false): nothing to evaluate")
@@ -86,24 +128,24 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
         if not len(x):
             continue
         x = x.to(rt.device)
-        a, b = denormalize(x.float(), mean, std), denormalize(reconstruct(model, x, rt), mean, std)
+        pred = reconstruct(model, x, rt)
+        a, b = denormalize(x.float(), mean, std), denormalize(pred, mean, std)
         psnr.append(batch_psnr(a, b))
         l1.append((a - b).abs().mean(dim=(1, 2, 3)).cpu())
         if branch.norm_pix:
-            means = to_pixel_space(torch.zeros_like(x, dtype=torch.float32), x, True, branch.patch_size,
-                                   branch.norm_pix_floor)
-            floor.append(batch_psnr(a, denormalize(means, mean, std)))
+            floor.append(batch_psnr(a, denormalize(patch_means(x, branch), mean, std)))
         if shown is None:
             k = min(cfg.eval.recon.images, len(x))
-            err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * 4).clamp(0, 1).expand(-1, 3, -1, -1)
-            shown = [a[:k], b[:k], err]
+            shown = reconstruction_columns(x[:k], pred[:k], branch, mean, std)
+            err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
+            shown.append(Column(tiles(err), f"|error| x {ERROR_GAIN}"))
     if not psnr:
         raise UserError("no image of the evaluation could be read (each is named in a warning above)")
     extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
-        save_grid(shown, out / "recon.png")
+        save_png(sheet(shown), out / "recon.png")
         extra["picture"] = str(out / "recon.png")
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
 

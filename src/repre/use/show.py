@@ -1,9 +1,12 @@
 """Pictures of what an encoder learned, image by image (`repre show`):
 
-- the last block's class-token attention of each head over the patches (ViTs; DINO's figures);
+- the last block's class-token attention of each head over the patches (ViTs; DINO's figures), each map scaled
+  to its own range to show its shape, and captioned with its largest weight over a flat map's (1x: uniform);
 - the first three principal components of the last block's patch features as RGB (DINOv2's figures), fitted
-  on the patches of all the images shown;
-- for a checkpoint with the RePre decoder, its reconstruction of the image.
+  on the patches of all the images shown, for each checkpoint on its own (two encoders' colours are not
+  comparable, their arrangement is);
+- for a checkpoint with the RePre decoder, its reconstruction of the image, with its PSNR; with norm_pix also
+  the image's patch means, which the reconstruction takes from the image (and their PSNR).
 
 Given a second checkpoint (`compare`, e.g. the baseline of a RePre run), its panels sit beside the first's on the
 same images: the picture of what the branch changes.
@@ -24,11 +27,11 @@ from repre.core.checkpoint_io import run_dir
 from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import eval_loader
-from repre.data.sources import pretraining_stats
+from repre.data.sources import class_names, pretraining_stats
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval import RUN_KEYS_READ, load_checkpoint_config, model_from, refuse_unread
-from repre.eval.recon import reconstruct
+from repre.eval.recon import batch_psnr, patch_means, reconstruct
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 from repre.reconstruction import RePre
@@ -86,8 +89,21 @@ class Panels:
 
     name: str
     pca: torch.Tensor
-    attention: torch.Tensor | None  # [B, heads, h, w], each map scaled to [0, 1]
+    attention: torch.Tensor | None  # [B, heads, h, w], each map scaled to [0, 1] (its shape, not its height)
+    peak: torch.Tensor | None  # [B, heads + 1]: each map's (heads, then their mean) largest weight over uniform's
     recon: torch.Tensor | None
+    recon_psnr: list[float] | None  # dB, against the image
+    means: torch.Tensor | None  # norm_pix: the patch means the reconstruction starts from
+    means_psnr: list[float] | None
+
+
+def scaled_attention(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, heads, h, w] attention weights -> (each map and the heads' mean, scaled to [0, 1] to show its shape:
+    [B, heads + 1, h, w]; each one's largest weight over a uniform map's, 1 for a flat map: [B, heads + 1])."""
+    maps = torch.cat([attention, attention.mean(dim=1, keepdim=True)], dim=1)
+    peak = maps.amax(dim=(2, 3)) / maps.mean(dim=(2, 3)).clamp_min(1e-12)
+    lo, hi = maps.amin(dim=(2, 3), keepdim=True), maps.amax(dim=(2, 3), keepdim=True)
+    return (maps - lo) / (hi - lo).clamp_min(1e-8), peak
 
 
 def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Tensor, rt: Runtime) -> Panels:
@@ -99,23 +115,29 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
     encoder = getattr(model.method, eval_encoder_key(cfg.method.name))
     mean, std = pretraining_stats(cfg.data)
     size = cfg.data.image_size
-    x = normalize(F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                  if images.shape[-1] != size else images, mean, std).to(rt.device)
+    seen = (F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            if images.shape[-1] != size else images)
+    x = normalize(seen, mean, std).to(rt.device)
     try:
-        attention = cls_attention(encoder, x)
-        lo, hi = attention.amin(dim=(2, 3), keepdim=True), attention.amax(dim=(2, 3), keepdim=True)
-        attention = (attention - lo) / (hi - lo).clamp_min(1e-8)
+        attention, peak = scaled_attention(cls_attention(encoder, x))
     except UserError:
-        attention = None  # a Swin: no class token
-    recon = denormalize(reconstruct(model, x, rt), mean, std) if isinstance(model, RePre) else None
-    return Panels(run_dir(checkpoint).name, patch_pca(encoder, x), attention, recon)
+        attention = peak = None  # a Swin: no class token
+    recon = recon_psnr = means = means_psnr = None
+    if isinstance(model, RePre):
+        truth = seen.to(rt.device)
+        recon = denormalize(reconstruct(model, x, rt), mean, std)
+        recon_psnr = batch_psnr(truth, recon).tolist()
+        if model.branch.norm_pix:
+            means = denormalize(patch_means(x, model.branch), mean, std)
+            means_psnr = batch_psnr(truth, means).tolist()
+    return Panels(run_dir(checkpoint).name, patch_pca(encoder, x), attention, peak, recon, recon_psnr, means,
+                  means_psnr)
 
 
-
-def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int]]:
+def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str] | None]:
     """`n` test images of the config's data (picked by `repre.data.sources.subset_of`), resized and
-    centre-cropped as for evaluation: ([n, 3, S, S] in [0, 1], labels). A folder or shards without a held-out
-    split (unlabelled images) show their training images."""
+    centre-cropped as for evaluation: ([n, 3, S, S] in [0, 1], labels, the labels' names or None). A folder or
+    shards without a held-out split (unlabelled images) show their training images."""
     try:
         loader = eval_loader(cfg, "test", n)
     except UserError:
@@ -130,24 +152,32 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int]]:
     if not len(images):
         raise UserError("none of the images to show could be read (each is named in a warning above)")
     mean, std = loader.dataset.mean, loader.dataset.std
-    return denormalize(images[:n].float(), mean, std), labels[:n].tolist()
+    return denormalize(images[:n].float(), mean, std), labels[:n].tolist(), class_names(loader.dataset.source)
 
 
-def columns(images: torch.Tensor, runs: list[Panels]) -> list[Column]:
-    """The picture's columns: the images, then each run's panels (its name as their group when there are two)."""
+def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[Column]:
+    """The picture's columns: the images (captioned with their class), then each run's panels (its name as
+    their group when there are two): reconstructions and patch means with their PSNR, attention maps with
+    their largest weight over a uniform map's."""
     def tiles(maps: torch.Tensor, smooth: bool) -> list[Image.Image]:  # [N, C, h, w] in [0, 1]
         return [tile(m, TILE, smooth) for m in maps]
 
-    cols = [Column(tiles(images, True), "image")]
+    def db(values: list[float]) -> list[str]:
+        return [f"{v:.1f} dB" for v in values]
+
+    cols = [Column(tiles(images, True), "image", captions=names if any(names) else None)]
     for run in runs:
         group = run.name if len(runs) > 1 else ""
+        if run.means is not None:
+            cols.append(Column(tiles(run.means, False), "patch means", group, db(run.means_psnr)))
         if run.recon is not None:
-            cols.append(Column(tiles(run.recon, True), "reconstruction", group))
+            cols.append(Column(tiles(run.recon, True), "reconstruction", group, db(run.recon_psnr)))
         cols.append(Column(tiles(run.pca, False), "patch PCA", group))
         if run.attention is not None:
-            cols.append(Column(tiles(run.attention.mean(dim=1, keepdim=True), False), "attention, mean", group))
-            for head in range(run.attention.shape[1]):
-                cols.append(Column(tiles(run.attention[:, head : head + 1], False), f"head {head}", group))
+            heads = run.attention.shape[1] - 1
+            for i, title in [(heads, "attention, mean"), *((h, f"head {h}") for h in range(heads))]:
+                peaks = [f"max {v:.1f}x flat" for v in run.peak[:, i].tolist()]
+                cols.append(Column(tiles(run.attention[:, i : i + 1], False), title, group, peaks))
     return cols
 
 
@@ -160,15 +190,17 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
         raise UserError(f"--images {images}: show at least one image")
     refuse_unread("repre show", overrides, READS)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
-    pixels, labels = first_images(loaded[1], images)
+    pixels, labels, classes = first_images(loaded[1], images)
     rt = setup_runtime(loaded[1].train)
     runs = [panels(checkpoint, loaded, pixels, rt)]
     if compare is not None:
         runs.append(panels(compare, load_checkpoint_config(compare), pixels, rt))
         if runs[0].name == runs[1].name:
             runs[0].name, runs[1].name = "first", "second"
-    cols = columns(pixels, runs)
+    names = [classes[y] if classes and 0 <= y < len(classes) else "" for y in labels]
+    cols = columns(pixels, names, runs)
     save_png(sheet(cols), Path(out))
-    return {"command": "show", "out": str(out), "images": len(labels), "labels": labels,
+    return {"command": "show", "out": str(out), "images": len(labels), "labels": [y if y >= 0 else None for y in labels],
+            "classes": [n or None for n in names],
             "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
             "columns": [f"{c.group}: {c.title}" if c.group else c.title for c in cols]}
