@@ -68,8 +68,15 @@ def sheet(columns: list[Column], gap: int = 0) -> Image.Image:
             y = top + r * (side + captioned * CAPTION + PAD)
             picture.paste(picture_tile, (x, y))
             if text:
-                pen.text((x + 1, y + side + 1), text, fill="black", font=font)
+                pen.text((x + 1, y + side + 1), fitted(pen, text, font, side - 2), fill="black", font=font)
     return picture
+
+
+def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """`text`, cut at its end to fit `width` pixels."""
+    while text and pen.textlength(text, font=font) > width:
+        text = text[:-1]
+    return text
 
 
 def save_png(picture: Image.Image, path: Path) -> None:

@@ -121,22 +121,24 @@ def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str) -> list[
 
 
 def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tuple[int, float]]],
-                      size: int) -> Image.Image:
-    """A row per query: the query image, then its neighbours with their similarities (and labels, when known)
+                      size: int, names: list[str] | None = None) -> Image.Image:
+    """A row per query: the query image, then its neighbours with their similarities (and classes, when known)
     under them. Four decimals: the features of a short run fill a narrow cone, so neighbours' similarities often
     differ only in the third or fourth."""
     images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
-    captions = [[f"query {q}" + labelled(index, q), *(f"{s:.4f}" + labelled(index, r) for r, s in h)]
-                for q, h in hits.items()]
     side = thumb_side(size)
+    captions = [[f"row {q}{labelled(index, q, names)}", *(f"{s:.4f}{labelled(index, r, names)}" for r, s in h)]
+                for q, h in hits.items()]
     return sheet([Column([tile(row[c], side) for row in images], captions=[row[c] for row in captions])
                   for c in range(len(images[0]))], gap=QUERY_GAP)
 
 
-def labelled(index: dict, row: int) -> str:
-    """' (label)' when the row's label is known, else ''."""
+def labelled(index: dict, row: int, names: list[str] | None) -> str:
+    """' NAME' (the row's class name) or ' (label)' when its label is known, else ''."""
     label = index[row][2]
-    return "" if label is None else f" ({label})"
+    if label is None:
+        return ""
+    return f" {names[label]}" if names and 0 <= label < len(names) else f" ({label})"
 
 
 def described(index: dict, row: int, names: list[str] | None, **more: Any) -> dict[str, Any]:
@@ -171,8 +173,8 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     hits = dict(zip(chosen, nearest(bank, chosen, k, backend), strict=True))
     index = read_index(files.csv, set(chosen) | {r for h in hits.values() for r, _ in h}, rows)
     source, size = query_source(checkpoint, card, overrides or [])
-    save_png(neighbors_picture(source, index, hits, size), Path(out))
     names = card.get("classes")
+    save_png(neighbors_picture(source, index, hits, size, names), Path(out))
     results = [described(index, q, names, neighbors=[described(index, r, names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
     return {"command": "neighbors", "out": str(out), "embeddings": str(files.npy), "backend": backend, "k": k,
