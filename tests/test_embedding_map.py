@@ -70,6 +70,9 @@ def test_repre_map_draws_an_embedding_file_by_label_or_as_thumbnails(tiny_run, t
                             "--max-points", "40"])
     result = last_json(stdout)
     assert code == 0 and result["kind"] == "scatter" and result["points"] == 40 and result["subsampled"]
+    code, stdout = run_cli(["map", "--embeddings", str(labelled), "--out", str(tmp_path / "seen.png"),
+                            "--max-points", "40", "--thumbnails"])
+    assert code == 0 and last_json(stdout)["kind"] == "thumbnails"  # labelled images drawn as they look
     rng = np.random.default_rng(0)
     for i in range(12):
         save_png(tmp_path / "flat" / f"{i}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))

@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
     mp.add_argument("--out", required=True, help="FILE.png")
-    mp.add_argument("--checkpoint", help="the run whose data the thumbnails are read from when there are no labels "
-                    "(default: the one embed read, from the card)")
+    mp.add_argument("--checkpoint", help="the run whose data the thumbnails are read from (default: the one embed "
+                    "read, from the card)")
+    mp.add_argument("--thumbnails", action="store_true",
+                    help="the images at their places, also where every image has a label (default: by label)")
     mp.add_argument("--method", default="tsne", choices=["tsne", "umap"],
                     help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
     mp.add_argument("--max-points", type=int, default=5000,
@@ -210,7 +212,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     from repre.use.embedding_map import map_file
 
     result = map_file(args.embeddings, args.out, args.checkpoint, args.method, args.max_points, args.seed,
-                      args.overrides)
+                      args.overrides, args.thumbnails)
     sampled = f", a random {result['points']} of {result['embeddings']} (seed {result['seed']})" \
         if result["subsampled"] else ""
     print(f"wrote {result['out']}: {result['method']} {result['kind']} of {result['points']} embeddings{sampled}")

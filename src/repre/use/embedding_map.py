@@ -19,6 +19,7 @@ from repre.use.store import EmbeddingFiles
 
 SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
 METHODS = ("tsne", "umap")
+METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 def subsample(n: int, limit: int, seed: int) -> np.ndarray:
@@ -52,16 +53,25 @@ def layout(x: np.ndarray, method: str, seed: int) -> np.ndarray:
     return (points - lo) / np.maximum(hi - lo, 1e-12)
 
 
+# Tableau's 10 categorical colours (matplotlib's tab10): neighbouring classes in different hues
+TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
 def palette(n: int) -> list[tuple[int, int, int]]:
-    """n distinguishable colours (hues evenly spaced, two lightness levels)."""
+    """n distinguishable colours: tab10's for up to 10 classes, else hues evenly spaced at two lightness
+    levels."""
+    if n <= len(TAB10):
+        return [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in TAB10[:n]]
     return [tuple(round(255 * c) for c in colorsys.hls_to_rgb(i / n, 0.45 + 0.15 * (i % 2), 0.75)) for i in range(n)]
 
 
-def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str], path: Path) -> None:
-    """Positions [n, 2] in [0, 1], one label each -> a scatter with a legend."""
+def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str], path: Path,
+                 note: Sequence[str] = ()) -> None:
+    """Positions [n, 2] in [0, 1], one label each -> a scatter with a legend, `note` (lines: what the map is
+    of) under it."""
     classes = sorted(set(labels))
     colours = dict(zip(classes, palette(len(classes)), strict=True))
-    legend = 14 * len(classes) + 10
+    legend = 14 * (len(classes) + len(note) + 1) + 10
     sheet = Image.new("RGB", (SIZE + 180, max(SIZE, legend)), "white")
     pen = ImageDraw.Draw(sheet)
     for (u, v), label in zip(points, labels, strict=True):
@@ -71,6 +81,8 @@ def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str
         top = 10 + 14 * i
         pen.rectangle((SIZE + 10, top, SIZE + 20, top + 10), fill=colours[label])
         pen.text((SIZE + 26, top - 1), names.get(label, str(label))[:24], fill="black")
+    for i, line in enumerate(note):
+        pen.text((SIZE + 10, 10 + 14 * (len(classes) + 1 + i)), line[:28], fill="dimgray")
     sheet.save(path)
 
 
@@ -86,9 +98,10 @@ def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image],
 
 def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str | Path, method: str = "tsne",
                   limit: int = 5000, seed: int = 0, names: dict[int, str] | None = None,
-                  thumbnail: Callable[[int], Image.Image] | None = None) -> dict[str, Any]:
+                  thumbnail: Callable[[int], Image.Image] | None = None, about: Sequence[str] = ()) -> dict[str, Any]:
     """Map embeddings [N, D] (labels: one per row, None where unknown) into the PNG `out`: a scatter by label
-    when every drawn row has one, else thumbnails (`thumbnail(row)` -> a PIL image; required then)."""
+    when every drawn row has one, else thumbnails (`thumbnail(row)` -> a PIL image; required then). `about`:
+    lines under the scatter's legend saying what the embeddings are."""
     if limit < 3:
         raise UserError(f"--max-points {limit}: draw at least 3 points")
     rows = subsample(len(embeddings), limit, seed)
@@ -97,7 +110,8 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     if all(label is not None for label in drawn):
-        draw_scatter(points, drawn, names or {}, path)
+        shown = f"{len(rows):,} of {len(embeddings):,} rows" if len(rows) < len(embeddings) else f"{len(rows):,} rows"
+        draw_scatter(points, drawn, names or {}, path, [*about, f"{METHOD_NAMES.get(method, method)}, {shown}"])
         kind = "scatter"
     elif thumbnail is not None:
         draw_thumbnails(points, thumbnail, rows.tolist(), path)
@@ -109,10 +123,11 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
 
 
 def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | None = None, method: str = "tsne",
-             limit: int = 5000, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
+             limit: int = 5000, seed: int = 0, overrides: list[str] | None = None,
+             thumbnails: bool = False) -> dict[str, Any]:
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
-    where there are no labels, thumbnails of the images, read with `checkpoint`'s data config (None: the
-    checkpoint embed read)."""
+    where there are no labels, or with `thumbnails`, thumbnails of the images, read with `checkpoint`'s data
+    config (None: the checkpoint embed read)."""
     refuse_unread("repre map", list(overrides or []), ("data.",))  # the thumbnails' images
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
@@ -120,7 +135,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     index = read_index(files.csv, set(range(len(bank))), len(bank))
     labels = [index[r][2] for r in range(len(bank))]
     picture = None
-    if checkpoint is not None or None in labels:  # thumbnails, read with the card's checkpoint by default
+    if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
         source, size = query_source(checkpoint, card, list(overrides or []))
 
         def picture(row: int) -> Image.Image:
@@ -128,5 +143,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
             return Image.fromarray(view.permute(1, 2, 0).numpy())
 
     names = dict(enumerate(card.get("classes") or []))  # the legend's names
-    result = embedding_map(bank, labels, out, method, limit, seed, names=names, thumbnail=picture)
+    about = [Path(files.npy).name, f"{card['identity']['split']} split, step {card.get('step', '?')}"]
+    result = embedding_map(bank, [None] * len(bank) if thumbnails else labels, out, method, limit, seed,
+                           names=names, thumbnail=picture, about=about)
     return {**result, "embeddings_file": str(files.npy)}
