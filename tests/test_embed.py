@@ -155,7 +155,10 @@ def test_existing_files_of_other_data_need_overwrite(tiny_run, tmp_path, capsys)
     out = tmp_path / "o.npy"
     assert run_cli(embed_args(run, out))[0] == 0
     assert run_cli(embed_args(run, out) + ["--split", "test"])[0] == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "made with another split, images (their card: o.json); give another --out, or --overwrite" in \
+        capsys.readouterr().err
+    assert run_cli(embed_args(run, out, "data.subset=8") + ["--split", "test"])[0] == 2
+    assert "data.subset picks training images" in capsys.readouterr().err
     code, stdout = run_cli(embed_args(run, out) + ["--split", "test", "--overwrite"])
     assert code == 0 and last_json(stdout)["images"] == 32 and np.load(out).shape == (32, 32)
     foreign = tmp_path / "foreign.npy"
@@ -169,7 +172,7 @@ def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     out = tmp_path / "c.npy"
     assert run_cli(embed_args(run, out))[0] == 0
     code, _ = run_cli(embed_args(run / "checkpoints" / "step-00000010.pt", out))
-    assert code == 2 and "another checkpoint" in capsys.readouterr().err
+    assert code == 2 and "made with another checkpoint (their card" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case,message", [

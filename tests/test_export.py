@@ -45,7 +45,10 @@ def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
         assert not any(k.startswith(("method.", "head.weight")) for k in fh.keys())
     features_agree(run, file, card)
     size = card["pretrained_cfg"]["input_size"][-1]  # the tiny run's generated images: S x S, taken whole
-    transform_agrees(load_export(file, card), gradients(size, size))
+    loaded = load_export(file, card)
+    transform_agrees(loaded, gradients(size, size))
+    cfg = loaded.pretrained_cfg  # no hub weights, licence or classes of the architecture it was named after
+    assert "hf_hub_id" not in cfg and "license" not in cfg and cfg["num_classes"] == 0 and cfg.get("url") is None
 
 
 def gradients(height: int, width: int) -> np.ndarray:

@@ -33,6 +33,9 @@ from repre.eval import encoder_from, load_checkpoint_config
 from repre.methods import eval_encoder_key
 
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
+# the provenance that the timm architecture's own pretrained_cfg would otherwise lend the export (its hub weights,
+# their licence, ImageNet's 1,000 classes): none of it describes these weights
+NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
 
 
 def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> list[dict[str, Any]]:
@@ -71,7 +74,7 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
         "format": "repre-export-3",
         "arch": arch,
         "kwargs": kwargs,
-        "pretrained_cfg": timm_preprocessing(cfg.data),
+        "pretrained_cfg": {**timm_preprocessing(cfg.data), **NOT_TIMMS},
         "encoder": key,
         "method": cfg.method.name,
         "recon": cfg.recon.enabled,

@@ -45,7 +45,8 @@ def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str
     if problem or not state:
         raise UserError(
             f"checkpoint {checkpoint} does not match the {what} of the config used to evaluate it "
-            f"({problem or 'no weights'}); drop --set overrides of model.*/recon.* or pick the right checkpoint"
+            f"({problem or 'no weights'}); drop --set overrides of model.*, recon.* or data.image_size, or pick the "
+            "right checkpoint"
         )
 
 

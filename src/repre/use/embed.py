@@ -68,7 +68,9 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
         return EmbeddingWriter.create(files, card, card["identity"]["images"], card["identity"]["dim"])
     old = read_card(files.card)
     if old is None or old["identity"] != card["identity"]:
-        why = ("were made from another checkpoint, encoder, data, split or precision" if old
+        then, now = (old or {}).get("identity", {}), card["identity"]
+        differ = [k.removesuffix("_sha256") for k in now if then.get(k) != now[k]]
+        why = (f"were made with another {', '.join(differ)} (their card: {files.card.name})" if old
                else f"have no embedding card {files.card.name} to continue from")
         raise UserError(f"{files.npy} exists: it and its .csv / .json {why}; give another --out, or --overwrite "
                         "to replace them")
@@ -104,6 +106,9 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     if dist.launched():
         raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
     refuse_unread("repre embed", list(overrides or []), READS)
+    if split == "test" and any(str(o).startswith("data.subset=") for o in overrides or []):
+        raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
+                        "data.subset, or embed the training split")
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     source = embed_source(cfg, split)
     rt = setup_runtime(cfg.train)
