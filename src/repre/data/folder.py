@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -74,7 +75,8 @@ def _decode_pil(stream: BinaryIO, path_name: object) -> torch.Tensor:
             img.load()
             arr = to_rgb_array(img)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, EOFError, struct.error, ...)
-        raise UnreadableImage(f"{path_name}: {exc}") from None
+        why = re.sub(r" <_io\.\w+ object at 0x[0-9a-f]+>", "", str(exc))  # PIL names the buffer, not the file
+        raise UnreadableImage(f"{path_name}: {why}") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
         raise UnreadableImage(f"{path_name}: empty image")
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy (PIL arrays are read-only)

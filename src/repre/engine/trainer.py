@@ -317,7 +317,7 @@ class Trainer:
             "loss_contrastive": s.last.get("loss_contrastive"),
             "loss_recon": s.last.get("loss_recon"),
             "knn_top1": None,
-            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
             "skipped_images": s.skipped_images,
             "nonfinite_steps": s.nonfinite_steps,
             "upscaled_images": s.upscaled_images,

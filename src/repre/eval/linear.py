@@ -9,6 +9,7 @@ split and reported on test.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from repre.eval.probe import fit_probe
 from repre.eval.protocols import Protocol, resolve
 from repre.eval.tokens import check_layout, token_features
 from repre.models.backbone import Backbone
+
+log = logging.getLogger("repre")
 
 
 def block_features(
@@ -87,6 +90,10 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) 
     xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe test"))
     rows = sweep(xtr, ytr, classes, cfg, protocol)
     best = max(rows, key=lambda r: r["val_top1"])
+    for key, grid in (("lr", e.lrs), ("weight_decay", e.wds)):
+        if len(grid) > 1 and best[key] in (min(grid), max(grid)) and best[key] != 0:
+            log.warning("the linear probe chose %s %g, at the edge of its grid %s: a value beyond it may be "
+                        "better (eval.linear.%s)", key, best[key], list(grid), "lrs" if key == "lr" else "wds")
     mean, std = xtr.mean(dim=0), xtr.std(dim=0) + 1e-6
     head = train_linear((xtr - mean) / std, ytr, classes, best["lr"], best["weight_decay"], protocol.epochs,
                         cfg.train.seed, protocol.batch_size)

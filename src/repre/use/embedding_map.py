@@ -104,6 +104,8 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
     lines under the scatter's legend saying what the embeddings are."""
     if limit < 3:
         raise UserError(f"--max-points {limit}: draw at least 3 points")
+    if Path(out).suffix.lower() != ".png":
+        raise UserError(f"--out {out} must end in .png")
     rows = subsample(len(embeddings), limit, seed)
     points = layout(np.asarray(embeddings[rows], dtype=np.float32), method, seed)
     drawn = [labels[r] for r in rows]

@@ -52,9 +52,9 @@ def choose_queries(rows: int, count: int, given: list[int] | None, seed: int) ->
         bad = [r for r in given if not 0 <= r < rows]
         if bad:
             raise UserError(f"--query-index {bad[0]} is not a row of the embeddings (0 to {rows - 1})")
-        return list(given)
+        return list(dict.fromkeys(given))  # a row given twice is drawn once
     if not 0 < count <= rows:
-        raise UserError(f"--queries {count}: the embeddings have {rows} rows")
+        raise UserError(f"--queries {count}: the embeddings have {rows} rows, so from 1 to {rows}")
     return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
 
 

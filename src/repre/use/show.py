@@ -188,6 +188,8 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     overrides = list(overrides or [])
     if images < 1:
         raise UserError(f"--images {images}: show at least one image")
+    if Path(out).suffix.lower() != ".png":
+        raise UserError(f"--out {out} must end in .png")
     refuse_unread("repre show", overrides, READS)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
     pixels, labels, classes = first_images(loaded[1], images)
