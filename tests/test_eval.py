@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import last_json, run_cli
@@ -93,3 +94,13 @@ def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path)
             encoder_tasks()[task](encoder, cfg, rt)
     with pytest.raises(UserError, match="^the linear probe needs labels"):
         probe_source(cfg)
+
+
+def test_knn_reports_each_class_and_the_confusion():
+    from repre.eval.knn import per_class
+
+    truth, pred = torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0, 1])
+    out = per_class(pred, truth, 4, ["a", "b", "c", "d"])
+    assert out["per_class_top1"] == {"a": 0.5, "b": pytest.approx(2 / 3), "c": 0.0, "d": None}
+    assert out["confusion"] == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert "confusion" not in per_class(pred, truth, 101, None) and per_class(pred, truth, 3, None)["classes"] is None
