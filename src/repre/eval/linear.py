@@ -92,8 +92,8 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) 
     best = max(rows, key=lambda r: r["val_top1"])
     for key, grid in (("lr", e.lrs), ("weight_decay", e.wds)):
         if len(grid) > 1 and best[key] in (min(grid), max(grid)) and best[key] != 0:
-            log.warning("the linear probe chose %s %g, at the edge of its grid %s: a value beyond it may be "
-                        "better (eval.linear.%s)", key, best[key], list(grid), "lrs" if key == "lr" else "wds")
+            log.info("the linear probe chose %s %g, at the edge of its grid %s: a value beyond it may score "
+                     "higher (eval.linear.%s)", key, best[key], list(grid), "lrs" if key == "lr" else "wds")
     mean, std = xtr.mean(dim=0), xtr.std(dim=0) + 1e-6
     head = train_linear((xtr - mean) / std, ytr, classes, best["lr"], best["weight_decay"], protocol.epochs,
                         cfg.train.seed, protocol.batch_size)
