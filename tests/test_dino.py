@@ -188,3 +188,16 @@ def test_a_non_finite_teacher_batch_leaves_the_center_alone():
     model.method.center.fill_(0.5)
     model(torch.full((4, 2, 3, 16, 16), float("nan")), 0.996)
     assert torch.equal(model.method.center, torch.full_like(model.method.center, 0.5))
+
+
+def test_model_init_dino_resamples_the_local_crops_position_embedding_on_student_and_teacher():
+    """model.init=dino with local crops: the built student and its teacher copy take DINO's resampling
+    (repre.models.dino_vit), each of its own table; without local crops the model has no other size to take."""
+    from repre.models import dino_vit
+
+    model = build_model(tiny_config(*DINO_TINY, "model.init=dino"))
+    for name in ("encoder", "teacher_encoder"):
+        vit = getattr(model.method, name).model
+        assert vit._pos_embed.__func__ is dino_vit._pos_embed and vit._pos_embed.__self__ is vit
+    plain = build_model(tiny_config("model.init=dino")).method.encoder.model  # MoCo v3: no local crops
+    assert "_pos_embed" not in vars(plain)

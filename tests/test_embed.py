@@ -155,7 +155,7 @@ def test_existing_files_of_other_data_need_overwrite(tiny_run, tmp_path, capsys)
     out = tmp_path / "o.npy"
     assert run_cli(embed_args(run, out))[0] == 0
     assert run_cli(embed_args(run, out) + ["--split", "test"])[0] == 2
-    assert "made with another split, images (their card: o.json); give another --out, or --overwrite" in \
+    assert "made with another number of images, split (their card: o.json); give another --out, or --overwrite" in \
         capsys.readouterr().err
     assert run_cli(embed_args(run, out, "data.subset=8") + ["--split", "test"])[0] == 2
     assert "data.subset picks training images" in capsys.readouterr().err
@@ -165,6 +165,32 @@ def test_existing_files_of_other_data_need_overwrite(tiny_run, tmp_path, capsys)
     np.save(foreign, np.zeros((2, 2), dtype=np.float32))
     assert run_cli(embed_args(run, foreign))[0] == 2
     assert "no embedding card" in capsys.readouterr().err
+
+
+def test_a_card_from_before_the_normalization_was_recorded_goes_on(tiny_run, tmp_path, monkeypatch):
+    """A stopped embed whose card left data.mean/std null (the data's own statistics, as its rows were made)
+    continues; one whose rows took other statistics than the encoder's is refused."""
+    run, _ = tiny_run
+    out = tmp_path / "old.npy"
+    original = EmbeddingWriter.append
+
+    def crash_on_the_second_batch(self, feats, *rest):
+        if self.progress["rows"] == 16:
+            raise RuntimeError("killed")
+        return original(self, feats, *rest)
+
+    monkeypatch.setattr(EmbeddingWriter, "append", crash_on_the_second_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_cli(embed_args(run, out, "eval.batch_size=16"))
+    monkeypatch.setattr(EmbeddingWriter, "append", original)
+    card = json.loads(out.with_suffix(".json").read_text())
+    card["identity"]["data"].update(mean=None, std=None)  # as written before: the synthetic data's own, the same
+    out.with_suffix(".json").write_text(json.dumps(card))
+    code, stdout = run_cli(embed_args(run, out, "eval.batch_size=16"))
+    assert code == 0 and last_json(stdout)["resumed_from"] == 16
+    card["identity"]["data"].update(name="folder")  # another kind of data: other statistics, other rows
+    out.with_suffix(".json").write_text(json.dumps(card))
+    assert run_cli(embed_args(run, out, "eval.batch_size=16"))[0] == 2
 
 
 def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):

@@ -69,7 +69,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
     step = int(ckpt.get("step", 0))
-    evals = run_evaluations(run_dir, step, key, eval_encoder_key(cfg.method.name)) if run_dir is not None else {}
+    evals = run_evaluations(run_dir, step, key, eval_encoder_key(cfg.method.name)) if run_dir is not None else []
     return {
         "format": "repre-export-3",
         "arch": arch,

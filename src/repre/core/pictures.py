@@ -4,6 +4,7 @@ library."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,5 +81,8 @@ def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 
 def save_png(picture: Image.Image, path: Path) -> None:
+    """Write `picture` to `path` whole or not at all (a process stopped while writing leaves the old file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -334,4 +334,5 @@ class Trainer:
         summary["wall_s"] = round(time.perf_counter() - self.started, 3)
         if dist.is_main():
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        dist.barrier()  # no process exits (torchrun then stops the others) before rank 0's pictures and summary
         return summary

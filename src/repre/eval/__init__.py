@@ -30,7 +30,7 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None =
     raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
     given = parse_overrides(overrides or [])
     if not {"mean", "std"} & set(given.get("data", {})):
-        mean, std = pretraining_stats(config_from_dict(raw).data)
+        mean, std = pretraining_stats(config_from_dict({"data": raw.get("data", {})}).data)  # the data's alone
         raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
     deep_update(raw, given)
     return ckpt, config_from_dict(raw)

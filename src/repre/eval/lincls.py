@@ -113,10 +113,15 @@ def probe_lrs(protocol: Protocol, steps: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).view(protocol.epochs, steps)
 
 
+def drop_path_seed(seed: int, epoch: int, rank: int) -> int:
+    """The RNG seed of one process's stochastic depth in one epoch of a probe."""
+    return seed * 1_000_003 + epoch * 1_009 + rank
+
+
 def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
     """A copy of `encoder` built with stochastic depth `rate` (timm's rule: rising linearly over the blocks to
-    `rate`), its weights the same."""
-    copy = Backbone(encoder.arch, {**encoder.kwargs, "drop_path_rate": rate})
+    `rate`), its weights and its `model.init` behaviour the same."""
+    copy = Backbone(encoder.arch, {**encoder.kwargs, "drop_path_rate": rate}, encoder.init)
     copy.model.load_state_dict(encoder.model.state_dict())
     return copy.to(next(encoder.parameters()).device)
 
@@ -134,7 +139,9 @@ def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Protoco
         logits = head(frozen_features(encoder, x.to(rt.device, non_blocking=True), protocol, rt))
         counts += torch.stack([(logits.argmax(dim=1) == y.to(rt.device)).sum(), torch.tensor(len(y), device=rt.device)])
     correct, seen = dist.all_reduce_sum(counts).tolist()
-    return correct / max(seen, 1), seen
+    if not seen:
+        raise UserError("no test image of the linear probe could be read (each is named in a warning above)")
+    return correct / seen, seen
 
 
 def encoder_digest(encoder: Backbone) -> str:
@@ -152,9 +159,11 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: 
     if path is None or not path.is_file():
         return 0
     state = ckpt_io.load(path)
-    if state.get("probe") != key:
-        changed = sorted(k for k in key.keys() | state.get("probe", {}).keys()
-                         if key.get(k) != state.get("probe", {}).get(k))
+    # a probe written before a protocol field existed had that field's default
+    stored = {**{f.name: f.default for f in dataclasses.fields(Protocol) if f.default is not dataclasses.MISSING},
+              **state.get("probe", {})}
+    if stored != key:
+        changed = sorted(k for k in key.keys() | stored.keys() if key.get(k) != stored.get(k))
         raise UserError(f"{path} holds a linear probe of other settings or of another encoder (differing: "
                         f"{', '.join(changed)}); give another --out, or delete it to start again")
     head.load_state_dict(state["model"])
@@ -210,6 +219,9 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol,
     # data/build.py:130-131
     loss = None  # a run resumed after its last epoch trains no more
     for epoch in range(resume(path, head, opt, key), protocol.epochs):
+        if protocol.drop_path is not None:  # each epoch's stochastic depth: its own draws on each process (as
+            torch.manual_seed(drop_path_seed(cfg.train.seed, epoch, dist.rank()))  # moby_linear.py:353), and a
+            # resumed probe draws what the uninterrupted one drew
         loader = augmented_loader(cfg, source, aug, protocol.batch_size, "eval.linear.batch_size", epoch * steps,
                                   dist.rank(), dist.world_size())
         loss = train_epoch(encoder, head, opt, loader, lrs[epoch], protocol, rt)

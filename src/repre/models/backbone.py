@@ -65,7 +65,7 @@ class Backbone(nn.Module):
         `repre.models.dino_vit.dino_init_`). `model`: an existing timm model to wrap instead of building `arch`
         (`from_model`)."""
         super().__init__()
-        self.arch, self.kwargs = arch, dict(kwargs)
+        self.arch, self.kwargs, self.init = arch, dict(kwargs), init
         self.model = model if model is not None else create_timm(arch, kwargs)
         units = getattr(self.model, "blocks", None) or getattr(self.model, "layers", None)
         if units is None or not all(hasattr(self.model, a) for a in ("forward_intermediates", "patch_embed")):

@@ -24,12 +24,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from repre.config import Config
+from repre.config import Config, config_from_dict, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import indexed_loader
-from repre.data.sources import ImageSource, build_source, class_names, image_path, train_source
+from repre.data.sources import ImageSource, build_source, class_names, image_path, pretraining_stats, train_source
 from repre.errors import UserError
 from repre.eval import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread, seeded
 from repre.eval.features import pooled_embeddings
@@ -62,14 +62,25 @@ def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, image
         "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}))
 
 
+def same_data(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """An earlier card's identity with the normalization its rows had where it recorded none (cards written
+    before the data's mean and std were always set): the statistics of its data's kind."""
+    data = old.get("data")
+    if isinstance(data, dict) and data.get("mean") is None and data.get("std") is None:
+        mean, std = pretraining_stats(config_from_dict({"data": data}).data)
+        return {**old, "data": {**data, "mean": list(mean), "std": list(std)}}
+    return old
+
+
 def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) -> EmbeddingWriter:
     """New files, or those of an earlier run of the same identity continued; others exit 2 unless `overwrite`."""
     if overwrite or not files.existing():
         return EmbeddingWriter.create(files, card, card["identity"]["images"], card["identity"]["dim"])
     old = read_card(files.card)
-    if old is None or old["identity"] != card["identity"]:
-        then, now = (old or {}).get("identity", {}), card["identity"]
-        differ = [k.removesuffix("_sha256") for k in now if then.get(k) != now[k]]
+    if old is None or same_data(old["identity"], card["identity"]) != card["identity"]:
+        then, now = same_data((old or {}).get("identity", {}), card["identity"]), card["identity"]
+        named = {"checkpoint_sha256": "checkpoint", "images": "number of images", "dim": "width"}
+        differ = [named.get(k, k) for k in sorted(now.keys() | then.keys()) if then.get(k) != now.get(k)]
         why = (f"were made with another {', '.join(differ)} (their card: {files.card.name})" if old
                else f"have no embedding card {files.card.name} to continue from")
         raise UserError(f"{files.npy} exists: it and its .csv / .json {why}; give another --out, or --overwrite "
@@ -106,7 +117,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     if dist.launched():
         raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
     refuse_unread("repre embed", list(overrides or []), READS)
-    if split == "test" and any(str(o).startswith("data.subset=") for o in overrides or []):
+    if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from repre.core.pictures import save_png
 from repre.errors import UserError
 from repre.eval import refuse_unread
 from repre.use.neighbors import finished_card, query_source, read_index, thumbnail
@@ -83,7 +84,7 @@ def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str
         pen.text((SIZE + 26, top - 1), names.get(label, str(label))[:24], fill="black")
     for i, line in enumerate(note):
         pen.text((SIZE + 10, 10 + 14 * (len(classes) + 1 + i)), line[:28], fill="dimgray")
-    sheet.save(path)
+    save_png(sheet, path)
 
 
 def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image], rows: Sequence[int],
@@ -93,7 +94,7 @@ def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image],
     sheet = Image.new("RGB", (size + side, size + side), "white")
     for (u, v), row in zip(points, rows, strict=True):
         sheet.paste(thumbnail(row).convert("RGB").resize((side, side)), (round(u * size), round(v * size)))
-    sheet.save(path)
+    save_png(sheet, path)
 
 
 def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str | Path, method: str = "tsne",

@@ -145,7 +145,7 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str
             raise
         loader = eval_loader(cfg, "train", n)
     images, labels = loader.dataset.stack([]), torch.empty(0, dtype=torch.int64)
-    for x, y in loader:  # more than one batch where unreadable images were left out
+    for x, y in loader:  # batches of eval.batch_size: n images may take several (fewer where some are unreadable)
         images, labels = torch.cat([images, x]), torch.cat([labels, y])
         if len(images) >= n:
             break
