@@ -110,20 +110,26 @@ def test_the_test_split_and_a_flat_folder_without_labels(tiny_run, tmp_path):
     assert json.loads((tmp_path / "u.json").read_text())["classes"] is None
 
 
+def killed_after(monkeypatch, rows: int, args: list[str]) -> None:
+    """Run embed `args`, killed when it is about to append a batch after `rows` rows (the append patched)."""
+    original = EmbeddingWriter.append
+
+    def crash(self, feats, *rest):
+        if self.progress["rows"] == rows:
+            raise RuntimeError("killed")
+        return original(self, feats, *rest)
+
+    monkeypatch.setattr(EmbeddingWriter, "append", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_cli(args)
+
+
 def test_a_stopped_run_continues_from_its_last_batch(tiny_run, tmp_path, monkeypatch):
     run, _ = tiny_run
     out = tmp_path / "r.npy"
     args = embed_args(run, out, "eval.batch_size=16")  # 4 batches of the 64 images
     original = EmbeddingWriter.append
-
-    def crash_on_the_third_batch(self, feats, *rest):
-        if self.progress["rows"] == 32:
-            raise RuntimeError("killed")
-        return original(self, feats, *rest)
-
-    monkeypatch.setattr(EmbeddingWriter, "append", crash_on_the_third_batch)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_cli(args)
+    killed_after(monkeypatch, 32, args)
     card = json.loads(out.with_suffix(".json").read_text())["progress"]
     assert (card["next_index"], card["rows"], card["complete"]) == (32, 32, False)
     with open(out.with_suffix(".csv"), "a") as fh:  # a line written after the card's count: dropped on resume
@@ -173,15 +179,7 @@ def test_a_card_from_before_the_normalization_was_recorded_goes_on(tiny_run, tmp
     run, _ = tiny_run
     out = tmp_path / "old.npy"
     original = EmbeddingWriter.append
-
-    def crash_on_the_second_batch(self, feats, *rest):
-        if self.progress["rows"] == 16:
-            raise RuntimeError("killed")
-        return original(self, feats, *rest)
-
-    monkeypatch.setattr(EmbeddingWriter, "append", crash_on_the_second_batch)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_cli(embed_args(run, out, "eval.batch_size=16"))
+    killed_after(monkeypatch, 16, embed_args(run, out, "eval.batch_size=16"))
     monkeypatch.setattr(EmbeddingWriter, "append", original)
     card = json.loads(out.with_suffix(".json").read_text())
     card["identity"]["data"].update(mean=None, std=None)  # as written before: the synthetic data's own, the same
