@@ -12,7 +12,16 @@ import torch
 from torch import nn
 
 from repre.builder import build_encoder, build_model
-from repre.config import EVAL_TASKS, Config, config_from_dict, deep_update, flatten, migrate, parse_overrides
+from repre.config import (
+    EVAL_TASKS,
+    Config,
+    DataConfig,
+    config_from_dict,
+    deep_update,
+    flatten,
+    migrate,
+    parse_overrides,
+)
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
@@ -30,7 +39,9 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None =
     raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
     given = parse_overrides(overrides or [])
     if not {"mean", "std"} & set(given.get("data", {})):
-        mean, std = pretraining_stats(config_from_dict({"data": raw.get("data", {})}).data)  # the data's alone
+        data = raw.get("data", {})  # its name and statistics alone decide (pretraining_stats)
+        mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist"), mean=data.get("mean"),
+                                                 std=data.get("std")))
         raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
     deep_update(raw, given)
     return ckpt, config_from_dict(raw)

@@ -24,12 +24,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from repre.config import Config, config_from_dict, parse_overrides
+from repre.config import Config, DataConfig, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import indexed_loader
-from repre.data.sources import ImageSource, build_source, class_names, image_path, pretraining_stats, train_source
+from repre.data.sources import (
+    ImageSource,
+    build_source,
+    class_names,
+    image_path,
+    pretraining_stats,
+    train_source,
+)
 from repre.errors import UserError
 from repre.eval import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread, seeded
 from repre.eval.features import pooled_embeddings
@@ -67,7 +74,7 @@ def same_data(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     before the data's mean and std were always set): the statistics of its data's kind."""
     data = old.get("data")
     if isinstance(data, dict) and data.get("mean") is None and data.get("std") is None:
-        mean, std = pretraining_stats(config_from_dict({"data": data}).data)
+        mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist")))
         return {**old, "data": {**data, "mean": list(mean), "std": list(std)}}
     return old
 
