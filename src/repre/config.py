@@ -89,7 +89,8 @@ class AugConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect-ratio range of the crops
     hflip: float = 0.5  # probability of a horizontal flip
     jitter_prob: float = 0.8  # probability of the colour jitter (brightness, contrast, saturation, hue below)
-    brightness: float = 0.4  # colour-jitter strengths as torchvision's ColorJitter takes them (their order: docs/data.md)
+    # colour-jitter strengths as torchvision's ColorJitter takes them (their order: docs/data.md)
+    brightness: float = 0.4
     contrast: float = 0.4  # colour-jitter strength
     saturation: float = 0.2  # colour-jitter strength
     hue: float = 0.1  # colour-jitter strength

@@ -1,6 +1,6 @@
 """Evaluations that a pre-training run reports: a quick k-NN every `train.eval_every` steps, the reconstruction
-picture (recon.png, and in TensorBoard) when the run ends, and the k-NN of the summary when it completes. Passed to the trainer by
-`repre.pretraining.pretrain` (the engine imports no evaluation module)."""
+picture (recon.png, and in TensorBoard) when the run ends, and the k-NN of the summary when it completes.
+Passed to the trainer by `repre.pretraining.pretrain` (the engine imports no evaluation module)."""
 
 from __future__ import annotations
 

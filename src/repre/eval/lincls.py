@@ -4,13 +4,13 @@ flips through the frozen encoder, features computed at every step (`repre.eval.p
 As the official scripts: the encoder runs without gradients, in eval mode (main_lincls.py:341-348;
 eval_linear.py:55,164) or, MoBY, in train mode with stochastic depth (moby_linear.py:72,189); the lr follows a
 cosine over the epochs, set at the start of each epoch (main_lincls.py:499-503; eval_linear.py:109,127) or,
-MoBY, at every step after a warm-up (lr_scheduler.py:20-29); a checkpoint of the head, its optimizer and the epoch is
-written after each epoch and resumed from when the evaluation is run again into the same folder
+MoBY, at every step after a warm-up (lr_scheduler.py:20-29); a checkpoint of the head, its optimizer and the
+epoch is written after each epoch and resumed from when the evaluation is run again into the same folder
 (main_lincls.py:240-260; eval_linear.py:111-121). Under torchrun each process takes its share of every
-global batch and the head's gradients are averaged, so N processes compute what one process computes.
-Deviations: the last partial batch of an epoch is dropped; test images are resized with antialiased
-bilinear interpolation (DINO: bicubic); the reported top-1 is the final head's, not the best epoch's
-(main_lincls.py:315; eval_linear.py:134).
+global batch and the head's gradients are averaged, so N processes compute what one process computes (MoBY:
+in distribution, each process drawing its own stochastic depth). Deviations: the last partial batch of an
+epoch is dropped; test images are resized with antialiased bilinear interpolation (DINO: bicubic); the
+reported top-1 is the final head's, not the best epoch's (main_lincls.py:315; eval_linear.py:134).
 """
 
 from __future__ import annotations
@@ -219,9 +219,10 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol,
     # data/build.py:130-131
     loss = None  # a run resumed after its last epoch trains no more
     for epoch in range(resume(path, head, opt, key), protocol.epochs):
-        if protocol.drop_path is not None:  # each epoch's stochastic depth: its own draws on each process (as
-            torch.manual_seed(drop_path_seed(cfg.train.seed, epoch, dist.rank()))  # moby_linear.py:353), and a
-            # resumed probe draws what the uninterrupted one drew
+        # each epoch's stochastic depth from its own seed: other draws on each process (as moby_linear.py:353
+        # seeds each rank), and a resumed probe draws what the uninterrupted one drew
+        if protocol.drop_path is not None:
+            torch.manual_seed(drop_path_seed(cfg.train.seed, epoch, dist.rank()))
         loader = augmented_loader(cfg, source, aug, protocol.batch_size, "eval.linear.batch_size", epoch * steps,
                                   dist.rank(), dist.world_size())
         loss = train_epoch(encoder, head, opt, loader, lrs[epoch], protocol, rt)

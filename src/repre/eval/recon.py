@@ -115,8 +115,9 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     """PSNR (dB) and L1 of the reconstructions of held-out images (test split, no augmentation), in [0, 1]
     pixel space; `out/recon.png`: images, their patch means (norm_pix), reconstructions (each with its PSNR)
     and error maps (|error| x ERROR_GAIN, clipped). With recon.norm_pix the reconstructions take each patch's
-    mean and std from the image itself (as MAE's pictures do), so `extra["psnr_patch_means_db"]` gives what those statistics alone score: the image of its
-    patch means, the reconstruction of a decoder that outputs zeros."""
+    mean and std from the image itself (as MAE's pictures do), so `extra["psnr_patch_means_db"]` gives what
+    those statistics alone score: the image of its patch means, the reconstruction of a decoder that outputs
+    zeros."""
     if not isinstance(model, RePre):
         raise UserError("this checkpoint has no decoder (pre-trained with recon.enabled=false): nothing to evaluate")
     loader = eval_loader(cfg, "test", cfg.eval.recon.subset)
@@ -137,7 +138,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
         if shown is None:
             k = min(cfg.eval.recon.images, len(x))
             shown = reconstruction_columns(x[:k], pred[:k], branch, mean, std)
-            err = ((a[:k] - b[:k]).abs().mean(dim=1, keepdim=True) * ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
+            err = (a[:k] - b[:k]).abs().mean(dim=1, keepdim=True).mul(ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
             shown.append(Column(tiles(err), f"|error| x {ERROR_GAIN}"))
     if not psnr:
         raise UserError("no image of the evaluation could be read (each is named in a warning above)")

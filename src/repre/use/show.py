@@ -89,7 +89,7 @@ class Panels:
 
     name: str
     pca: torch.Tensor
-    attention: torch.Tensor | None  # [B, heads, h, w], each map scaled to [0, 1] (its shape, not its height)
+    attention: torch.Tensor | None  # [B, heads + 1, h, w]: the heads' maps, then their mean, each scaled to [0, 1]
     peak: torch.Tensor | None  # [B, heads + 1]: each map's (heads, then their mean) largest weight over uniform's
     recon: torch.Tensor | None
     recon_psnr: list[float] | None  # dB, against the image
@@ -202,7 +202,8 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     names = [classes[y] if classes and 0 <= y < len(classes) else "" for y in labels]
     cols = columns(pixels, names, runs)
     save_png(sheet(cols), Path(out))
-    return {"command": "show", "out": str(out), "images": len(labels), "labels": [y if y >= 0 else None for y in labels],
+    return {"command": "show", "out": str(out), "images": len(labels),
+            "labels": [y if y >= 0 else None for y in labels],
             "classes": [n or None for n in names],
             "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
             "columns": [f"{c.group}: {c.title}" if c.group else c.title for c in cols]}
