@@ -69,7 +69,7 @@ def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, image
         "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}))
 
 
-def same_data(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def with_stats(old: dict[str, Any]) -> dict[str, Any]:
     """An earlier card's identity with the normalization its rows had where it recorded none (cards written
     before the data's mean and std were always set): the statistics of its data's kind."""
     data = old.get("data")
@@ -84,8 +84,8 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
     if overwrite or not files.existing():
         return EmbeddingWriter.create(files, card, card["identity"]["images"], card["identity"]["dim"])
     old = read_card(files.card)
-    if old is None or same_data(old["identity"], card["identity"]) != card["identity"]:
-        then, now = same_data((old or {}).get("identity", {}), card["identity"]), card["identity"]
+    then, now = with_stats(old["identity"]) if old else {}, card["identity"]
+    if then != now:
         named = {"checkpoint_sha256": "checkpoint", "images": "number of images", "dim": "width"}
         differ = [named.get(k, k) for k in sorted(now.keys() | then.keys()) if then.get(k) != now.get(k)]
         why = (f"were made with another {', '.join(differ)} (their card: {files.card.name})" if old
