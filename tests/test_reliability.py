@@ -40,11 +40,14 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     """A run killed with SIGKILL right after its step-4 checkpoint, then resumed, ends with exactly the
     weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run. Drop path
     draws from the global RNG and the augmentations from the workers' (the first case) or the main process's
-    (the others), so the cases also check that every RNG stream resumes exactly."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    extra = [f"train.num_workers={workers}", *method, *BITWISE]
+    (the others), so the cases also check that every RNG stream resumes exactly. 16 steps of 8 an epoch: the
+    resumed run crosses an epoch boundary, where the sampler and the workers' seeds start again."""
+    # one thread each: the uninterrupted run trains alongside the killed one, a core each
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    extra = ["train.max_steps=16", f"train.num_workers={workers}", *method, *BITWISE]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(pretrain_cmd(whole, extra), check=True, env=env, capture_output=True)
+    with (tmp_path / "whole.log").open("w") as log:  # the child writes through its own copy of the handle
+        uninterrupted = subprocess.Popen(pretrain_cmd(whole, extra), env=env, stdout=subprocess.DEVNULL, stderr=log)
     proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-00000004.pt.sha256").exists() and time.time() < deadline:
@@ -55,6 +58,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     done = subprocess.run(pretrain_cmd(killed, extra) + ["--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stderr
+    assert uninterrupted.wait() == 0, (tmp_path / "whole.log").read_text()
     a, b = final_model(whole), final_model(killed)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
