@@ -26,6 +26,7 @@ EPILOG = """examples:
   repre pretrain --config fmnist-mocov3 --out runs/base
   repre pretrain --set train.max_steps=20 --set 'recon.taps=[1,3,5]'
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
+  repre compare runs/base runs/fmnist-mocov3-repre   # what each run reports, and the config keys that differ
   repre show --checkpoint runs/fmnist-mocov3-repre --compare runs/base --out show.png
   torchrun --nproc-per-node 8 -m repre eval linear --checkpoint RUN --set eval.linear.protocol=dino
   repre embed --checkpoint runs/fmnist-mocov3-repre --out emb.npy  # + emb.csv (index) and emb.json (card)
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("presets", help="list the presets")
+    cp = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
+    cp.add_argument("runs", nargs="+", metavar="RUN",
+                    help="run directories (or their checkpoints); the others' numbers are read against the first's")
     mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
     mp.add_argument("--out", required=True, help="FILE.png")
@@ -139,15 +143,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.checkpoint_io import run_dir
+    from repre.core.run_files import run_dir, write_result
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else run_dir(args.checkpoint) / "eval" / args.task
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
     print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
     print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")
@@ -220,6 +223,15 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from repre.use.compare import compare, table
+
+    result = compare(args.runs)
+    print(table(result))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def cmd_presets(_: argparse.Namespace) -> int:
     from repre.config import list_presets
 
@@ -266,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     args = _parser().parse_args(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
-                "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map}
+                "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map,
+                "compare": cmd_compare}
     if args.command is None:  # the commands and examples, rather than starting a default run unasked
         _parser().print_help()
         return 0

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from repre.core import checkpoint_io as ckpt_io
+from repre.core.run_files import read_json, run_dir, run_results
 from repre.data.evaluation import timm_preprocessing
 from repre.errors import UserError
 from repre.eval import encoder_from, load_checkpoint_config
@@ -43,27 +44,17 @@ def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> l
     eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given (a
     data path named, not given)."""
     evals = []
-    done = _read_json(run_dir / "summary.json")
+    done = read_json(run_dir / "summary.json")
     if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
         evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain"})
-    for path in sorted((run_dir / "eval").glob("*/result.json")):
-        r = _read_json(path)
+    for r in run_results(run_dir):
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
             how = [re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", str(item))
                    for item in of.get("set", [])]
-            evals.append({"task": r.get("task", path.parent.name), "metric": r.get("metric"), "value": r.get("value"),
+            evals.append({"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
                           "from": "repre eval", "set": how})
     return evals
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; {} when there is none or it is not one."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
@@ -153,7 +144,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
     in_run = Path(checkpoint).is_dir() or ckpt_io.checkpoint_file(checkpoint).parent.name == "checkpoints"
-    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, ckpt_io.run_dir(checkpoint) if in_run else None)
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
     save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})

@@ -202,15 +202,6 @@ def checkpoint_file(path: str | Path) -> Path:
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
-def run_dir(path: str | Path) -> Path:
-    """The run directory of a checkpoint argument: the directory itself, or the run above checkpoints/NAME.pt
-    (a file elsewhere: its folder)."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def load(path: str | Path) -> dict[str, Any]:
     """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
     path = checkpoint_file(path)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from repre.config import Config
-from repre.core.checkpoint_io import run_dir
 from repre.core.pictures import Column, save_png, sheet, tile
+from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, pretraining_stats

@@ -1,0 +1,65 @@
+"""A run directory's records, read without torch: which run a checkpoint argument names (`run_dir`), the
+results of `repre eval TASK` (RUN/eval/TASK/result.json, or its `--out`), summary.json, metrics.jsonl's lines.
+The export's model card and `repre compare` read them back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"
+
+
+def run_dir(path: str | Path) -> Path:
+    """The run directory of a checkpoint argument: the directory itself, or the run above checkpoints/NAME.pt
+    (a file elsewhere: its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def write_result(out: Path, result: dict[str, Any]) -> Path:
+    """`result` (evaluate()'s dict) as `out`/result.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULT
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when there is none or it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_results(run_dir: Path) -> list[dict[str, Any]]:
+    """Each `repre eval` result kept in `run_dir`/eval/TASK/, by task name; unreadable files left out. A result
+    written before repre recorded which checkpoint it evaluated has no `checkpoint`."""
+    results = []
+    for path in sorted(Path(run_dir, "eval").glob(f"*/{RESULT}")):
+        result = read_json(path)
+        if result:
+            results.append({**result, "task": result.get("task", path.parent.name)})
+    return results
+
+
+def metric_lines(run: Path) -> list[dict[str, Any]]:
+    """The lines of `run`/metrics.jsonl ([] without one); a line cut short by a crash is left out."""
+    try:
+        text = Path(run, "metrics.jsonl").read_text()
+    except OSError:
+        return []
+    lines = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            lines.append(value)
+    return lines

@@ -1,0 +1,77 @@
+"""`repre compare`: what each run reports against the first run's, and the config keys that differ."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import last_json, run_cli
+
+
+def copy_run(run: Path, to: Path, **config: dict) -> Path:
+    """A copy of `run` whose config.yaml sections are updated with `config` (the run's files as they were)."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("checkpoints", "tb", "eval"))
+    raw = yaml.safe_load((to / "config.yaml").read_text())
+    for section, values in config.items():
+        raw[section].update(values)
+    (to / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return to
+
+
+def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
+    run, summary = tiny_run
+    base = copy_run(run, tmp_path / "a" / "seed0", recon={"enabled": False})
+    done = json.loads((base / "summary.json").read_text())
+    (base / "summary.json").write_text(json.dumps({**done, "knn_top1": 0.5, "images_per_sec": 100.0}))
+    repre = copy_run(run, tmp_path / "b" / "seed0", train={"seed": 7})
+    (repre / "summary.json").write_text(json.dumps({**done, "knn_top1": 0.625, "images_per_sec": 80.0}))
+    (repre / "eval" / "linear").mkdir(parents=True)
+    (repre / "eval" / "linear" / "result.json").write_text(json.dumps(
+        {"task": "linear", "metric": "top1", "value": 0.75, "extra": {},
+         "checkpoint": {"step": 10, "encoder": "encoder", "set": ["eval.linear.epochs=2"]}}))
+    going = copy_run(run, tmp_path / "c" / "going")
+    (going / "summary.json").unlink()  # killed, or still training
+    with (going / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 25, "kind": "train", "loss_contr')  # the line a crash cut short
+
+    code, stdout = run_cli(["compare", str(base), str(repre / "checkpoints" / "last.pt"), str(going)])
+    assert code == 0
+    result = last_json(stdout)
+    assert result["differences"] == {"recon.enabled": [False, True, True], "train.seed": [0, 7, 0]}
+    a, b, c = result["runs"]
+    assert (a["loss_recon"], b["loss_recon"]) == (None, summary["loss_recon"])  # no branch: no recon loss
+    assert [r["knn_top1"] for r in (a, b, c)] == [0.5, 0.625, None]
+    assert b["evaluations"] == [{"task": "linear", "metric": "top1", "value": 0.75, "step": 10,
+                                 "set": ["eval.linear.epochs=2"]}]
+    last_train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(x)["kind"] == "train"][-1]
+    assert (c["completed"], c["steps"], c["loss_contrastive"]) == (None, 20, last_train["loss_contrastive"])
+    assert [step for step, _, quick in a["knn"] if quick] == [10]  # train.eval_every=10 of 20 steps
+    table = [re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines()[:-1]]
+    assert table[0] == ["a/seed0", "b/seed0", "c/going"]  # the fewest trailing parts that tell the runs apart
+    rows = {row[0]: row[1:] for row in table[1:]}
+    assert rows["steps"] == ["20", "20", "20 no summary"]
+    assert rows["images/s"] == ["100.0", "80.0 (x0.80)", "-"]
+    assert rows["knn top-1 (run's end)"] == ["0.5000", "0.6250 (+0.1250)", "-"]
+    assert rows["eval linear top1 [eval.linear.epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's
+    assert rows["config keys that differ:"] == [] and rows["train.seed"] == ["0", "7", "0"]
+
+
+def test_compare_refuses_a_folder_that_is_no_run_and_imports_no_torch(tiny_run, tmp_path):
+    code, _ = run_cli(["compare", str(tiny_run[0]), str(tmp_path)])
+    assert code == 2
+    probe = ("import sys, contextlib, io\n"
+             "from repre.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    assert main(['compare', {str(tiny_run[0])!r}, {str(tiny_run[0])!r}]) == 0\n"
+             "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
