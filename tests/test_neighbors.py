@@ -165,3 +165,16 @@ def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, 
     csv_path.write_text(csv_path.read_text().replace("img", "IMG"))
     assert run_cli(neighbors_args(run, tmp_path / "moved.npy", tmp_path / "x.png", "--query-index", "0"))[0] == 2
     assert "the data changed since embed" in capsys.readouterr().err
+
+
+def test_a_caption_fits_its_tile_and_a_cut_one_says_so():
+    """Captions may use the gap after their tile; one still too long ends with ".." (not a shorter word)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from repre.core.pictures import PAD, fitted
+
+    pen, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    side = thumb_side(28)
+    assert fitted(pen, "0.9931 Ankle boot", font, side + PAD - 3) == "0.9931 Ankle boot"  # a Fashion-MNIST name
+    cut = fitted(pen, "0.9931 " + "a long class name" * 3, font, side + PAD - 3)
+    assert cut.endswith("..") and cut.startswith("0.9931 a long") and pen.textlength(cut, font=font) <= side + PAD - 3

@@ -63,21 +63,25 @@ def sheet(columns: list[Column], gap: int = 0) -> Image.Image:
         if column.group and (c == 0 or columns[c - 1].group != column.group):
             pen.text((x, 2), column.group, fill="black", font=font)  # spans the group's columns
         if column.title:
-            pen.text((x, 14), column.title[:16], fill="black", font=font)
+            pen.text((x, 14), fitted(pen, column.title, font, side + PAD), fill="black", font=font)
         captions = column.captions or [""] * rows
         for r, (picture_tile, text) in enumerate(zip(column.tiles, captions, strict=True)):
             y = top + r * (side + captioned * CAPTION + PAD)
             picture.paste(picture_tile, (x, y))
             if text:
-                pen.text((x + 1, y + side + 1), fitted(pen, text, font, side - 2), fill="black", font=font)
+                # over the tile's width and most of the gap after it
+                pen.text((x + 1, y + side + 1), fitted(pen, text, font, side + PAD - 3), fill="black", font=font)
     return picture
 
 
 def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """`text`, cut at its end to fit `width` pixels."""
-    while text and pen.textlength(text, font=font) > width:
+    """`text`, or as much of it as fits `width` pixels followed by ".." (ASCII: Pillow's bitmap font, its
+    default before 10.1, has no ellipsis)."""
+    if pen.textlength(text, font=font) <= width:
+        return text
+    while text and pen.textlength(text + "..", font=font) > width:
         text = text[:-1]
-    return text
+    return text + ".." if text else ""
 
 
 def save_png(picture: Image.Image, path: Path) -> None:

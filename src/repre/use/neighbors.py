@@ -127,7 +127,7 @@ def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tup
     differ only in the third or fourth."""
     images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
     side = thumb_side(size)
-    captions = [[f"row {q}{labelled(index, q, names)}", *(f"{s:.4f}{labelled(index, r, names)}" for r, s in h)]
+    captions = [[f"#{q}{labelled(index, q, names)}", *(f"{s:.4f}{labelled(index, r, names)}" for r, s in h)]
                 for q, h in hits.items()]
     return sheet([Column([tile(row[c], side) for row in images], captions=[row[c] for row in captions])
                   for c in range(len(images[0]))], gap=QUERY_GAP)
