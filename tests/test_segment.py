@@ -153,12 +153,16 @@ def test_eval_segment_folder_without_root_is_a_clear_error(tiny_run):
     assert code == 2
 
 
-@pytest.mark.parametrize("init", ["timm", "mocov3"])
+@pytest.mark.parametrize("init", ["timm", "mocov3", "dino"])
 def test_the_dense_probe_resizes_a_copy_and_recomputes_a_fixed_sincos_embedding(init):
-    """At another input size a learned position embedding is interpolated; MoCo v3's fixed sin-cos one is
-    computed for the new grid and stays frozen. The caller's encoder is unchanged."""
+    """At another input size a learned position embedding is interpolated (timm's way, or DINO's for
+    model.init=dino); MoCo v3's fixed sin-cos one is computed for the new grid and stays frozen. The caller's
+    encoder is unchanged."""
+    from timm.layers import resample_abs_pos_embed
+
     from repre.eval.segment import at_size
     from repre.models.backbone import Backbone
+    from repre.models.dino_vit import dino_resample
     from repre.models.mocov3_vit import sincos_2d
 
     kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -167,5 +171,11 @@ def test_the_dense_probe_resizes_a_copy_and_recomputes_a_fixed_sincos_embedding(
     resized = at_size(encoder, (24, 24))
     assert torch.equal(encoder.model.pos_embed, before) and resized.model.pos_embed.shape == (1, 37, 32)
     fixed = torch.equal(resized.model.pos_embed.detach(), sincos_2d((6, 6), 32))
-    assert fixed == (init == "mocov3") and resized.model.pos_embed.requires_grad == (init == "timm")
+    assert fixed == (init == "mocov3") and resized.model.pos_embed.requires_grad == (init != "mocov3")
+    if init != "mocov3":
+        expected = (dino_resample(before, (6, 6), (4, 4)) if init == "dino" else
+                    resample_abs_pos_embed(before, (6, 6), (4, 4), num_prefix_tokens=1))
+        assert torch.allclose(resized.model.pos_embed.detach(), expected, atol=1e-6)
+        assert not torch.allclose(dino_resample(before, (6, 6), (4, 4)),
+                                  resample_abs_pos_embed(before, (6, 6), (4, 4), num_prefix_tokens=1), atol=1e-3)
     assert resized(torch.randn(2, 3, 24, 24))[0].shape == (2, 32)

@@ -3,7 +3,7 @@
 Data (eval.segment.data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
 test-split items), or a folder of images with PNG label masks (ADE20K-style, `repre.data.seg_folder`).
 An encoder pre-trained at another image size is evaluated at the scene size with resampled position
-embeddings (timm's `set_input_size`). Reported: mIoU over the classes present in the test scenes' truth or
+embeddings (timm's `set_input_size`; `model.init=dino`: DINO's resampling). Reported: mIoU over the classes present in the test scenes' truth or
 in the prediction (a class predicted but absent counts 0) (`value`), and pixel accuracy.
 """
 
@@ -27,6 +27,7 @@ from repre.errors import UserError
 from repre.eval.features import frozen_outputs
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
+from repre.models.dino_vit import dino_resample
 from repre.models.mocov3_vit import set_input_size
 
 
@@ -38,12 +39,17 @@ def dense_unit(encoder: Backbone) -> int:
 
 
 def at_size(encoder: Backbone, size: tuple[int, int]) -> Backbone:
-    """The encoder for inputs of `size`: itself, or a resized copy (learned position embeddings resampled, a
-    fixed sin-cos one computed for the new grid), so the caller's encoder is never changed."""
+    """The encoder for inputs of `size`: itself, or a resized copy, so the caller's encoder is never changed. A
+    learned position embedding is resampled (timm's way; `model.init=dino`: DINO's, as its ViT takes another
+    size), a fixed sin-cos one computed for the new grid."""
     if tuple(encoder.model.patch_embed.img_size) == tuple(size):
         return encoder
     resized = copy.deepcopy(encoder)
     set_input_size(resized.model, size)
+    if encoder.init == "dino":
+        grid, trained = tuple(resized.model.patch_embed.grid_size), tuple(encoder.model.patch_embed.grid_size)
+        with torch.no_grad():
+            resized.model.pos_embed.copy_(dino_resample(encoder.model.pos_embed, grid, trained))
     resized.model.to(next(encoder.model.parameters()).device)  # Swin's new attention masks are made on the CPU
     return resized
 

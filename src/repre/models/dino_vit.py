@@ -4,7 +4,7 @@ the class token's initialization, and how a smaller input (a local crop) gets it
 timm resamples the embedding for another grid with antialiasing (`resample_abs_pos_embed`): from 14 x 14 to
 DINO's 6 x 6 local grid that is a low-pass filter, and a freshly initialized (noisy) table keeps about 0.36 of
 its spread. DINO samples the table with plain bicubic interpolation at the scale (n + 0.1) / N (lines 174-194),
-which keeps about 0.86. `repre eval segment` sets another input size with timm's resampling (`set_input_size`).
+which keeps about 0.86. `repre eval segment`, which sets another input size for good, resamples DINO's way too.
 The model stays a plain timm VisionTransformer with timm's keys, so an export loads in timm as any other (timm
 then resamples its own way, at sizes other than the exported one).
 """
