@@ -3,6 +3,26 @@
 `PretrainData` is what the trainer sees: a loader that starts at any optimizer step, the stages left for the
 training device (`to_device`), and `state_dict()` / `load_state_dict()` for checkpoints. Where each stage runs
 (data workers or the device) is chosen here, from `aug.geometric_on`, `aug.photometric_on` and `data.decode_on`.
+
+A batch is a dict; which keys it holds tells which stages are left (B: this process's images; V: global views,
+2; L: DINO's local crops; S, s: their sides). From the loader (`ViewCollate`):
+
+    views              float [B, V, 3, S, S], normalized: every stage ran in the data workers; or uint8: the
+                       photometric stage is left for the device; absent: the crops are too (aug.geometric_on)
+    local_views        the same for DINO's local crops, [B, L, 3, s, s]
+    photo, local_photo float [B, V | L, N_PHOTO]: each view's photometric draws, while that stage is left
+    clean              uint8 [B, 2, 3, S, S]: the global views before the photometric stage (recon.target=clean,
+                       that stage in the workers)
+    pixels, jpeg, encoded, shapes, offsets, lengths
+                       the whole images, packed (`device_views.pack`), while the crops are left
+    boxes, flips       int64 [B, V, 4] (top, left, h, w) and bool [B, V]: each view's crop (local_boxes,
+                       local_flips: the local crops'), while the crops are left
+    label              int64 [B]; index int64 [B] (source indices); skipped, upscaled int64 []: images replaced
+                       as unreadable, and smaller than S (the run's summary counts them)
+    stream             streamed shards: the data worker's position after the batch (checkpoints keep it)
+
+After `to_device`: "views" (and "local_views") normalized float on the device, "label" there too, and with
+recon.target=clean "targets", float [B, 2, 3, S, S]; the other keys stay on the CPU.
 """
 
 from __future__ import annotations

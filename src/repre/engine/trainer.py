@@ -1,4 +1,5 @@
-"""The pre-training loop: one place for AMP, backward, clipping and the optimizer step; logs and checkpoints.
+"""The pre-training loop: the step (schedules, AMP, forward, backward, clipping; the optimizer step is taken
+by the non-finite guard), logs and checkpoints.
 
 What is not the step lives beside it: the non-finite guard (`guard`), checkpoints and resume (`checkpoints`),
 the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), the
@@ -49,7 +50,8 @@ def total_steps(cfg: Config, dataset_size: int) -> int:
 
 class Trainer:
     """Builds everything a run needs from its config, then `fit()`s; `repre.pretraining.pretrain` is the usual
-    entry point. Construction changes no process-wide setting; `fit()` sets them and puts them back."""
+    entry point. Construction joins torchrun's process group and seeds the global RNG, but changes none of the
+    settings of `repre.core.runtime.run_settings`: `fit()` sets them and puts them back."""
 
     def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None,
                  callbacks: Iterable[Callback] = ()) -> None:
@@ -127,8 +129,9 @@ class Trainer:
     # ------------------------------------------------------------ the step
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on a batch of views [B, 2, 3, H, W]; returns detached scalars. Called outside
-        `fit()` (a benchmark), it needs the run's settings: `with trainer.settings(): trainer.train_step(b)`."""
+        """One optimizer step on a batch of the loader (a dict: `repre.data.pipeline`'s docstring; `to_device`
+        here completes it); returns detached scalars. Called outside `fit()` (a benchmark), it needs the run's
+        settings: `with trainer.settings(): trainer.train_step(b)`."""
         step, sched = self.state.step, self.schedules
         for group in self.optimizer.param_groups:
             group["lr"] = float(sched.lr[step])
@@ -152,7 +155,7 @@ class Trainer:
         grad_norm = clip_or_measure(params, self.cfg.train.clip_grad, self.cfg.train.clip_mode)
         method.after_backward()
         finite = torch.isfinite(out["loss"].detach())
-        if not self.scaler.is_enabled():  # fp16: the scaler skips steps with inf/nan gradients itself
+        if not self.scaler.is_enabled():  # fp32, bf16: the gradients are checked here (fp16's scaler checks them)
             finite = finite & torch.isfinite(grad_norm)
         stop_requested = self.stop is not None and self.stop.requested
         if self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm, stop_requested):

@@ -36,14 +36,17 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
 
 class Method(nn.Module):
     """Base of a framework: `forward(views, momentum, labels=None, local_views=None) -> dict` with "loss" the
-    total (`local_views`: DINO's multi-crop; the other methods receive None).
+    method's own loss (`RePre` adds λ · reconstruction to it; `local_views`: DINO's multi-crop, the other
+    methods receive None) and 0-d values to log ("embedding_std", DINO's "teacher_entropy").
 
     Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
-    `ema_pairs()`; `eval_encoder_key` names the encoder that evaluation and export use (the online one, or
-    DINO's teacher). `set_progress(step, total)` runs before each step's forward and `after_backward()`
-    after the gradients are clipped, for schedules and gradient rules of a method's own. When `self.taps` is non-empty (set by the RePre
-    branch), forward also returns "recon_maps" (the online encoder's tap maps for the reconstructed views,
-    from the same forward as the contrastive loss) and "recon_targets" (those views, [N, 3, H, W]).
+    `ema_pairs()`; forward updates them (`update_momentum`) before the momentum encoder's pass. `eval_encoder_key` names the encoder that evaluation
+    and export use (the online one, or DINO's teacher). `set_progress(step, total)` runs before each step's
+    forward and `after_backward()` after the gradients are clipped, for schedules and gradient rules of a
+    method's own. A buffer that forward updates (DINO's center, MoBY's queues) must leave out a batch whose
+    loss is not finite, as the step is then skipped. When `self.taps` is non-empty (set by the RePre branch),
+    forward also returns "recon_maps" (the online encoder's tap maps of both global views, [2B, C_i, h_i, w_i]
+    each, from the same forward as the method's loss) and "recon_targets" (those views, [2B, 3, H, W]).
     """
 
     encoder: Backbone
@@ -51,6 +54,9 @@ class Method(nn.Module):
     # whether a rising contrastive loss means a worse fit (the loss-trend monitor); DINO's loss also moves with
     # its teacher's entropy, which centering and sharpening change on their own
     loss_tracks_fit: bool = True
+    # whether biases and norm parameters (1-D) skip weight decay; by default they do not (MoCo v3's official
+    # ViT recipe decays all)
+    no_decay_1d: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,9 +73,10 @@ class Method(nn.Module):
 
     def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,
                 **extra: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What forward returns: the loss, the detached embedding, scalars to log (the collapse monitor
-        `embedding_std` among them), and the RePre inputs (the tap maps and the views x) when taps are set."""
-        out = {"loss": loss, "embedding": pooled.detach(), "embedding_std": embedding_std(pooled.detach()), **extra}
+        """What forward returns: the loss, 0-d values to log (the collapse monitor `embedding_std` of the pooled
+        features [2B, D] among them), and when taps are set the RePre inputs: the tap maps and the views x
+        [2B, 3, H, W] they came from."""
+        out = {"loss": loss, "embedding_std": embedding_std(pooled.detach()), **extra}
         if self.taps:
             out["recon_maps"], out["recon_targets"] = maps, x
         return out
@@ -89,10 +96,6 @@ class Method(nn.Module):
         for online, target in self.ema_pairs():
             for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True):
                 p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
-
-    # whether biases and norm parameters (1-D) skip weight decay; by default they do not (MoCo v3's official
-    # ViT recipe decays all)
-    no_decay_1d: bool = False
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Whether weight decay applies to a parameter (all, or all but biases and 1-D ones: `no_decay_1d`)."""

@@ -84,7 +84,7 @@ class DINO(Method):
         local_views: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """views: [B, 2, 3, H, W] global crops; local_views: [B, L, 3, h, w] or None ->
-        {"loss", "embedding" [2B, D], "teacher_entropy", and the RePre inputs (the global crops) when taps are set}."""
+        {"loss", "embedding_std", "teacher_entropy", and the RePre inputs (the global crops) when taps are set}."""
         x = stack_views(views)
         pooled, maps = self.encoder(x, self.taps)
         student = [self.head(pooled)]

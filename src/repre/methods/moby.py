@@ -61,7 +61,7 @@ class MoBY(Method):
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
     ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W] -> {"loss", "embedding" [2B, D], and the RePre inputs when taps are set}."""
+        """views: [B, 2, 3, H, W] -> {"loss", "embedding_std", and the RePre inputs when taps are set}."""
         b = views.shape[0]
         x = stack_views(views)
         pooled, maps = self.encoder(x, self.taps)
@@ -75,6 +75,7 @@ class MoBY(Method):
         loss = moby_loss(q1, k2, queue2, self.temperature) + moby_loss(q2, k1, queue1, self.temperature)
         k1, k2 = gather(k1), gather(k2)
         ok = torch.isfinite(k1).all() & torch.isfinite(k2).all()  # non-finite keys never enter the queues
-        enqueue(self.queue1, self.queue_ptr, k1, ok)
-        self.queue_ptr.copy_(enqueue(self.queue2, self.queue_ptr, k2, ok))
+        ptr = enqueue(self.queue1, self.queue_ptr, k1, ok)
+        enqueue(self.queue2, self.queue_ptr, k2, ok)  # the same rows as queue1's: the two share one pointer
+        self.queue_ptr.copy_(ptr)
         return self.outputs(loss, pooled, maps, x)

@@ -42,7 +42,7 @@ class MoCoV3(Method):
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
     ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W] -> {"loss", "embedding" [2B, D], and the RePre inputs when taps are set}."""
+        """views: [B, 2, 3, H, W] -> {"loss", "embedding_std", and the RePre inputs when taps are set}."""
         b = views.shape[0]
         x = stack_views(views)
         pooled, maps = self.encoder(x, self.taps)

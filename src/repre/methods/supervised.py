@@ -25,7 +25,7 @@ class Supervised(Method):
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
     ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W], labels: [B] -> {"loss", "embedding" [2B, D], RePre inputs when taps are set}."""
+        """views: [B, 2, 3, H, W], labels: [B] -> {"loss", "embedding_std", RePre inputs when taps are set}."""
         if labels is None or bool((labels < 0).any()):
             raise UserError("method.name=supervised needs labelled images (class sub-folders or a labelled dataset)")
         x = stack_views(views)
