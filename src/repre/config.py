@@ -41,7 +41,7 @@ class DataConfig:
     root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
     subset: int | None = None  # N training images (from files: spread over them, every class)
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
-    local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0 for MoCo v3)
+    local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0: the other methods)
     local_size: int = 12  # their size (96 at 224 in DINO)
     # None: the source's statistics (Fashion-MNIST's and its scenes' own; ImageNet's for folders and shards)
     mean: list[float] | None = None
@@ -81,7 +81,8 @@ class DataConfig:
 
 @dataclass
 class AugConfig:
-    """Two-view augmentation (MoCo v3 / BYOL recipe); per-view probabilities are [view 1, view 2]."""
+    """Two-view augmentation (MoCo v3 / BYOL recipe); per-view probabilities are [view 1, view 2], with DINO's
+    local crops [view 1, view 2, local crops]."""
 
     # area range of the random resized crops, as fractions of the image
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -224,8 +225,9 @@ class ReconConfig:
     depth: int = 1  # 3x3 conv blocks at the encoder's resolution after the fusion (1: the fusion block only)
     weight_end: float | None = None  # lambda follows a cosine from `weight` to this over training; None: constant
     upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: ~2x faster on GPU)
-    # the x2 steps stop at this stride; a 1x1 conv then predicts out_stride x out_stride pixels per position
-    # (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the decoder's time
+    # the x2 steps stop at this stride (a power of two); a 1x1 conv then predicts out_stride x out_stride pixels
+    # per position (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the
+    # decoder's time
     out_stride: int = 1
     # global views reconstructed per image: 2, both (the paper); 1, one (the first for even images in the batch,
     # the second for odd ones), at half the decoder's cost (the MoBY and the MoCo v3 GPU presets). The encoder
@@ -245,7 +247,7 @@ class ReconConfig:
 class TrainConfig:
     """Optimisation and the run loop. All `*_every` and step counts are optimizer steps."""
 
-    batch_size: int = 256  # global batch (views are 2x this)
+    batch_size: int = 256  # global batch of images (each gives 2 global views, and DINO's data.local_crops)
     epochs: int = 1  # passes over the training images (when max_steps is 0)
     max_steps: int = 0  # > 0 wins over epochs; schedules span the actual total
     lr: float = 1.5e-4  # base lr for a batch of 256; the run uses lr * batch_size / 256
