@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from repre.config import Config
+from repre.config import Config, TrainConfig
 
 
 def warmup_cosine(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0) -> torch.Tensor:
@@ -29,6 +29,12 @@ def momentum_schedule(base: float, total: int) -> torch.Tensor:
     """MoCo v3's momentum: 1 - 0.5 * (1 + cos(pi * i / total)) * (1 - base), rising from `base` to 1."""
     steps = torch.arange(total, dtype=torch.float64)
     return 1 - 0.5 * (1 + torch.cos(math.pi * steps / total)) * (1 - base)
+
+
+def total_steps(train: TrainConfig, dataset_size: int) -> int:
+    """The optimizer steps of a run: train.max_steps, or train.epochs over `dataset_size` images in full
+    batches (the last partial batch of an epoch dropped)."""
+    return train.max_steps if train.max_steps > 0 else train.epochs * (dataset_size // train.batch_size)
 
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:

@@ -16,6 +16,7 @@ from torch import nn
 from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
 from repre.core import checkpoint_io, dist
 from repre.core.runtime import Runtime
+from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
 from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
 from repre.engine.metrics import WindowMeter
@@ -281,8 +282,7 @@ class Checkpoints:
 
     def _warn_if_longer_or_shorter(self, old: dict[str, Any], total: int) -> None:
         """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""
-        t = config_from_dict(old).train
-        was = t.max_steps if t.max_steps > 0 else t.epochs * (len(self.data) // t.batch_size)
+        was = total_steps(config_from_dict(old).train, len(self.data))
         if was != total and dist.is_main():
             log.warning("resuming a run of %d steps as one of %d: the learning rate, momentum, weight decay and "
                         "the other schedules follow the new length from here on, so their values change at the "

@@ -26,7 +26,7 @@ from repre.builder import build_model
 from repre.config import Config, save_yaml
 from repre.core import checkpoint_io, dist
 from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
-from repre.core.schedules import RunSchedules
+from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints, check_out
@@ -41,11 +41,6 @@ from repre.models.attention import training_attention
 from repre.models.sync_bn import convert_sync_batchnorm
 
 log = logging.getLogger("repre")
-
-
-def total_steps(cfg: Config, dataset_size: int) -> int:
-    per_epoch = dataset_size // cfg.train.batch_size
-    return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * per_epoch
 
 
 class Trainer:
@@ -71,7 +66,7 @@ class Trainer:
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         torch.manual_seed(cfg.train.seed)
         self.data = PretrainData(cfg, self.rt.device)
-        self.total = total_steps(cfg, len(self.data))
+        self.total = total_steps(cfg.train, len(self.data))
         self.model: nn.Module = self._build_model()
         device_skips = skips_on_device(cfg.train.host_sync, self.rt.device)
         self.optimizer = build_optimizer(self.model, cfg.train.weight_decay, cfg.train.lr,

@@ -19,6 +19,7 @@ from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 Extra = TypeVar("Extra")
+NONE_READ = "no image of the evaluation could be read (each is named in a warning above)"
 
 
 def bar_name(cfg: Config, name: str) -> str:
@@ -61,7 +62,7 @@ def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         if y is not None:
             labels.append(y)
     if not outputs:
-        raise UserError("no image of the evaluation could be read (each is named in a warning above)")
+        raise UserError(NONE_READ)
     return torch.cat(outputs), (torch.cat(labels) if labels else None)
 
 

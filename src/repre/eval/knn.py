@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from repre.config import Config
@@ -16,7 +17,7 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, labelled
 from repre.errors import UserError
-from repre.eval.features import bar_name, pooled_embeddings
+from repre.eval.features import bar_name, frozen_outputs
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
@@ -26,11 +27,9 @@ CONFUSION_CLASSES = 100  # above, the confusion matrix is left out of the result
 
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
                      desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings` gathered."""
-    pairs = [(f, y) for f, y in pooled_embeddings(encoder, loader, rt, desc) if f is not None]
-    if not pairs:
-        raise UserError("no image of the evaluation could be read (each is named in a warning above)")
-    return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
+    """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings`, gathered."""
+    features, labels = frozen_outputs(encoder, loader, rt, lambda x: encoder(x)[0], desc)
+    return F.normalize(features, dim=1), labels
 
 
 def knn_predict(

@@ -17,6 +17,7 @@ from repre.data.pipeline import ViewCollate, ViewDataset, clean_targets, view_sp
 from repre.data.sources import ImageSource
 from repre.data.views import denormalize
 from repre.errors import UserError
+from repre.eval.features import NONE_READ
 from repre.losses import patch_stats
 from repre.methods.base import stack_views
 from repre.reconstruction import RePre
@@ -141,7 +142,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
             err = (a[:k] - b[:k]).abs().mean(dim=1, keepdim=True).mul(ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
             shown.append(Column(tiles(err), f"|error| x {ERROR_GAIN}"))
     if not psnr:
-        raise UserError("no image of the evaluation could be read (each is named in a warning above)")
+        raise UserError(NONE_READ)
     extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())

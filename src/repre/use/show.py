@@ -32,7 +32,6 @@ from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval import RUN_KEYS_READ, load_checkpoint_config, model_from, refuse_unread
 from repre.eval.recon import batch_psnr, patch_means, reconstruct
-from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 from repre.reconstruction import RePre
 
@@ -112,7 +111,7 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
     `loaded`: the checkpoint, read, and its config (`load_checkpoint_config`)."""
     ckpt, cfg = loaded
     model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
-    encoder = getattr(model.method, eval_encoder_key(cfg.method.name))
+    encoder = model.method.eval_encoder
     mean, std = pretraining_stats(cfg.data)
     size = cfg.data.image_size
     seen = (F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
