@@ -24,6 +24,9 @@ inherits one), then `--set key=value` (values parse as YAML: `--set 'recon.taps=
 and values of the wrong type exit 2 naming the nearest valid key. The resolved config is saved as the run's
 `config.yaml` and in every checkpoint, and `--config` accepts it back. The presets set other values than
 these defaults: `repre presets` lists them, and `src/repre/presets/*.yaml` says why each value is chosen.
+`repre config [--config PRESET_OR_YAML] [--set key=value]...` prints the resolved config that `repre pretrain`
+would run with the same arguments (checked as it would check it; nothing runs): a file to edit and give back
+with `--config`.
 """
 
 

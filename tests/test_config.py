@@ -179,3 +179,16 @@ def test_a_root_under_home_is_expanded():  # the shell leaves `--set data.root=~
 
     cfg = load_config(None, ["data.root=~/photos", "eval.segment.root=~/scenes"])
     assert cfg.data.root == str(Path.home() / "photos") and cfg.eval.segment.root == str(Path.home() / "scenes")
+
+
+def test_repre_config_prints_what_pretrain_would_run_and_takes_it_back(tmp_path):
+    """`repre config` prints the resolved config of a preset and overrides, as a run's config.yaml; given back
+    as --config it is the same config; a wrong key exits 2 as pretrain would."""
+    from conftest import run_cli
+
+    code, printed = run_cli(["config", "--config", "fmnist-dino", "--set", "train.max_steps=7"])
+    assert code == 0
+    expected = load_config("fmnist-dino", ["train.max_steps=7"])
+    (tmp_path / "dino.yaml").write_text(printed)
+    assert load_config(str(tmp_path / "dino.yaml")) == expected and expected.data.local_crops == 4
+    assert run_cli(["config", "--set", "train.max_stepz=7"])[0] == 2

@@ -25,6 +25,7 @@ EPILOG = """examples:
   repre pretrain                                   # Fashion-MNIST, MoCo v3 + RePre: 2 CPU cores, ~5.5 min (bf16), ~17 (fp32)
   repre pretrain --config fmnist-mocov3 --out runs/base
   repre pretrain --set train.max_steps=20 --set 'recon.taps=[1,3,5]'
+  repre config --config fmnist-dino --set train.max_steps=400 > dino.yaml   # the resolved config, to edit
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
   repre compare runs/base runs/fmnist-mocov3-repre   # what each run reports, and the config keys that differ
   repre show --checkpoint runs/fmnist-mocov3-repre --compare runs/base --out show.png
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("presets", help="list the presets")
+    cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, and check it")
+    cf.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
+    cf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, as pretrain takes it")
     cp = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
     cp.add_argument("runs", nargs="+", metavar="RUN",
                     help="run directories (or their checkpoints); the others' numbers are read against the first's")
@@ -232,6 +237,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from repre.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="", flush=True)
+    return 0
+
+
 def cmd_presets(_: argparse.Namespace) -> int:
     from repre.config import list_presets
 
@@ -279,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
                 "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map,
-                "compare": cmd_compare}
+                "compare": cmd_compare, "config": cmd_config}
     if args.command is None:  # the commands and examples, rather than starting a default run unasked
         _parser().print_help()
         return 0

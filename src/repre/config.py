@@ -868,6 +868,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def to_yaml(cfg: Config | dict[str, Any]) -> str:
+    """The resolved config as YAML, every key in the order of the config code: what a run's config.yaml holds
+    and `--config` takes back."""
+    return yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, sort_keys=False)
+
+
 def save_yaml(cfg: Config | dict[str, Any], path: Path) -> None:
-    data = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(to_yaml(cfg))
