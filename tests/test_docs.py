@@ -17,7 +17,7 @@ def _generator():
 
 
 def test_configuration_reference_is_generated_from_the_config_code():
-    """docs/configuration.md is what docs/gen_configuration.py writes now: rerun it after changing config.py."""
+    """docs/configuration.md is what docs/gen_configuration.py writes now: rerun it after changing config/schema.py."""
     assert (ROOT / "docs" / "configuration.md").read_text() == _generator().render(), (
         "docs/configuration.md is stale: run `python docs/gen_configuration.py`")
 
@@ -29,4 +29,4 @@ def test_every_config_key_is_explained():
     cells = [re.split(r"(?<!\\)\|", line) for line in text.splitlines() if line.startswith("| `")]  # \| is text
     rows = {cell[1].strip().strip("`"): cell[5].strip() for cell in cells}
     assert set(rows) == set(all_keys()) - {"preset", "description"}
-    assert not [key for key, meaning in rows.items() if not meaning], "a field of config.py has no comment"
+    assert not [key for key, meaning in rows.items() if not meaning], "a field of config/schema.py has no comment"

@@ -1,0 +1,221 @@
+"""Typed construction and validation: a mapping -> the dataclasses of `schema`, every key checked and every
+value coerced to its field's type (`build`), then each section's ranges and rules and those that span
+sections (`validate`). Errors name the nearest valid key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, Union
+
+from repre.config.migrate import renamed_message
+from repre.config.schema import AugConfig, Config, DataConfig, LinearConfig, ReconConfig, TrainConfig
+from repre.errors import UserError
+
+
+def build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Construct dataclass `cls` from `raw`, checking every key and value type."""
+    if not isinstance(raw, dict):
+        where = prefix.rstrip(".") or "config"
+        raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            old = renamed_message(prefix + str(key))
+            raise UserError(old or _unknown_key_message(_first_leaf(prefix + str(key), value),
+                                                        [prefix + n for n in names]))
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, for suggestions and documentation."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _first_leaf(key: str, value: Any) -> str:
+    """The dotted key of the first value under `key` (`trian` holding {max_steps: 2}: `trian.max_steps`): a
+    misspelt section is matched by the whole key, as it was given."""
+    while isinstance(value, dict) and value:
+        name, value = next(iter(value.items()))
+        key = f"{key}.{name}"
+    return key
+
+
+def _unknown_key_message(key: str, siblings: list[str]) -> str:
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5) or difflib.get_close_matches(
+        key, siblings, n=1, cutoff=0.0
+    )
+    return f"unknown config key {key!r}; did you mean {near[0]!r}? (valid here: {', '.join(siblings)})"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key + ".")
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if type(value) not in {type(c) for c in choices} or value not in choices:  # true is not 1
+            raise UserError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r} (write [a, b] with --set)")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+RULES: dict[str, tuple[Callable[[float], bool], str]] = {  # a field's valid values -> (test, as said in errors)
+    ">0": (lambda v: v > 0, "> 0"),
+    ">=0": (lambda v: v >= 0, ">= 0"),
+    ">=1": (lambda v: v >= 1, ">= 1"),
+    ">=2": (lambda v: v >= 2, ">= 2"),
+    ">=-1": (lambda v: v >= -1, ">= -1"),
+    "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "[0,0.5]": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+}
+
+
+def check_ranges(section: str, values: Any) -> None:
+    """Every field of a section named in its `ranges` holds a valid value (each item of a list; None passes)."""
+    for key, rule in values.ranges.items():
+        value = getattr(values, key)
+        test, text = RULES[rule]
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        if not all(test(v) for v in items):
+            raise UserError(f"{section}.{key} must be {text}, got {value}")
+
+
+def sections(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every section of a config, nested ones included: [("data", DataConfig(...)), ("method.dino", ...), ...]."""
+    out = []
+    for f in dataclasses.fields(values):
+        child = getattr(values, f.name)
+        if dataclasses.is_dataclass(child):
+            out += [(prefix + f.name, child), *sections(child, f"{prefix}{f.name}.")]
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Every section's value ranges and own rules, then the rules that span sections."""
+    for name, values in sections(cfg):
+        _SECTION_RULES.get(name, lambda _: None)(values)
+        check_ranges(name, values)
+    _validate_across(cfg)
+
+
+def _validate_data(d: DataConfig) -> None:
+    if (d.mean is None) != (d.std is None):
+        raise UserError("set both data.mean and data.std, or neither")
+    if d.mean is not None and (len(d.mean) != 3 or len(d.std) != 3):
+        raise UserError("data.mean and data.std need 3 values each (RGB), std > 0")
+
+
+def _validate_aug(a: AugConfig) -> None:
+    for key in ("crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma"):
+        low_high = getattr(a, key)
+        if len(low_high) != 2 or low_high[0] > low_high[1]:
+            raise UserError(f"aug.{key} must be two numbers [low, high], got {low_high}")
+    for key in ("blur_prob", "solarize_prob"):  # per view: first global, second global[, local crops]
+        if len(getattr(a, key)) not in (2, 3):
+            raise UserError(f"aug.{key} must have 2 or 3 numbers (global 1, global 2[, local]), "
+                            f"got {getattr(a, key)}")
+    if a.geometric_on == "device" and a.photometric_on == "workers":
+        raise UserError("aug.geometric_on=device cuts the crops on the device, so the photometric stage that follows "
+                        "runs there too: set aug.photometric_on=auto (or device)")
+
+
+def _validate_recon(r: ReconConfig) -> None:
+    if isinstance(r.taps, int) and r.taps <= 0:
+        raise UserError(f"recon.taps must be > 0 (a count) or a list of block indices, got {r.taps}")
+    if r.out_stride & (r.out_stride - 1):
+        raise UserError(f"recon.out_stride must be a power of two (1, 2, 4, ...), got {r.out_stride}")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    if t.batch_size < 2:
+        raise UserError("train.batch_size must be at least 2: contrastive learning needs negatives in the batch")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise UserError("set train.epochs > 0 or train.max_steps > 0")
+
+
+def _validate_linear(lin: LinearConfig) -> None:
+    if lin.protocol == "quick" and lin.lr is not None:
+        raise UserError(f"eval.linear.lr={lin.lr} is the base lr of the mocov3, dino and moby protocols; the quick "
+                        "protocol tries each of eval.linear.lrs: set those, or eval.linear.protocol=mocov3, dino or "
+                        "moby")
+
+
+_SECTION_RULES: dict[str, Callable[[Any], None]] = {
+    "data": _validate_data, "aug": _validate_aug, "recon": _validate_recon, "train": _validate_train,
+    "eval.linear": _validate_linear}
+
+
+def _validate_across(cfg: Config) -> None:
+    """The rules that relate keys of several sections."""
+    d, t = cfg.data, cfg.train
+    if d.local_crops and cfg.method.name != "dino":
+        raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
+                        f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
+    if d.local_crops and d.local_size > d.image_size:
+        raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
+    if d.decode_on == "device" and cfg.aug.geometric_on != "device":
+        raise UserError("data.decode_on=device leaves the images encoded until they reach the device, where the "
+                        "crops must then be cut: add --set aug.geometric_on=device")
+    if d.streamed and d.subset:
+        raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name fewer "
+                        "shards in data.root (a shorter {a..b} range), or set data.shard_access=random for local shards")
+    if d.streamed and t.max_steps <= 0 and d.stream_size <= 0:
+        raise UserError("streamed shards have no index to count their images: set data.stream_size=N (the images in "
+                        "all shards; train.epochs then means N images each) or train.max_steps")

@@ -1,0 +1,151 @@
+"""Where a config comes from: the presets shipped in `repre/presets` (a `_base_` layers one over another), YAML
+files, a run's own config.yaml, `--set key=value` overrides; and back out as YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repre.config.checks import build, validate
+from repre.config.migrate import migrate
+from repre.config.schema import DEFAULT_PRESET, Config
+from repre.errors import UserError
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> description, from the YAML files shipped in `repre/presets`; the default first."""
+    out = {}
+    entries = sorted(resources.files("repre.presets").iterdir(), key=lambda p: (p.name != f"{DEFAULT_PRESET}.yaml", p.name))
+    for entry in entries:
+        if entry.name.endswith(".yaml"):
+            raw = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(raw.get("description", ""))
+    return out
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must hold a mapping of config sections, got {type(raw).__name__}")
+    return raw
+
+
+def _preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    presets = list_presets()
+    if name not in presets:
+        near = difflib.get_close_matches(name, presets, n=3)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise UserError(f"unknown preset {name!r}.{hint} `repre presets` lists them; a file path must exist.")
+    raw = _read_yaml(resources.files("repre.presets").joinpath(f"{name}.yaml").read_text(), f"preset {name}")
+    raw.setdefault("preset", name)
+    return _resolve_base(raw, seen + (name,))
+
+
+def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    """A `_base_: preset-name` key layers this mapping over that preset."""
+    base = raw.pop("_base_", None)
+    if base is None:
+        return raw
+    if base in seen:
+        raise UserError(f"preset inheritance loops through {base!r}")
+    merged = _preset_dict(str(base), seen)
+    merged.pop("preset", None)
+    deep_update(merged, raw)
+    return merged
+
+
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _resolved(raw: dict[str, Any]) -> bool:
+    """Whether a mapping is a resolved config that repre wrote (a run's config.yaml: every section and the
+    preset it came from), not a file a person wrote."""
+    sections = [f.name for f in dataclasses.fields(Config) if f.name not in ("preset", "description")]
+    return "preset" in raw and "_base_" not in raw and all(isinstance(raw.get(name), dict) for name in sections)
+
+
+def source_dict(source: str | None) -> dict[str, Any]:
+    """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
+    source = source or DEFAULT_PRESET
+    path = Path(source)
+    if path.is_file() or source.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
+        raw = _read_yaml(path.read_text(), str(path))
+        if _resolved(raw):  # a run's own config.yaml, perhaps from an older repre: read as it was trained
+            return migrate(raw)
+        raw.setdefault("preset", path.stem)
+        return _resolve_base(raw, ())
+    return _preset_dict(source)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c.d=[1,2]"]` -> nested mapping; values parse as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value (e.g. train.max_steps=20), got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {part} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(source: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults <- preset or YAML file <- overrides; validated. The Python entry point of `--config/--set`."""
+    raw = source_dict(source)
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    deep_update(raw, extra)
+    cfg = build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """A Config from a resolved mapping (a checkpoint's or a run's config, from this repre or an older one)."""
+    cfg = build(Config, migrate(raw), "")
+    validate(cfg)
+    return cfg
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def to_yaml(cfg: Config | dict[str, Any]) -> str:
+    """The resolved config as YAML, every key in the order of the config code: what a run's config.yaml holds
+    and `--config` takes back."""
+    return yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, sort_keys=False)
+
+
+def save_yaml(cfg: Config | dict[str, Any], path: Path) -> None:
+    path.write_text(to_yaml(cfg))

@@ -1,0 +1,92 @@
+"""Configs of older repres in today's keys: `migrate` reads a resolved config (a run's config.yaml, a
+checkpoint's) as it was trained; `renamed_message` tells a person who writes an old key what it is now."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from repre.config.schema import EVAL_TASKS, MethodConfig
+
+# keys renamed when each section's keys were given one meaning (CHANGELOG.md, 0.2.0): old -> new
+RENAMED = {
+    **{f"eval.{old}": f"eval.{new}" for old, new in {
+        "knn_k": "knn.k", "knn_temperature": "knn.temperature", "knn_train_subset": "knn.train_subset",
+        "knn_test_subset": "knn.test_subset", "quick_knn_train": "knn.quick_train",
+        "quick_knn_test": "knn.quick_test", "recon_images": "recon.images", "recon_subset": "recon.subset",
+    }.items()},
+    **{f"eval.{task}_{key}": f"eval.{task}.{key}" for task, keys in {
+        "linear": ("features", "blocks", "lrs", "wds", "epochs", "val_fraction", "train_subset", "test_subset"),
+        "finetune": ("steps", "batch_size", "lr", "layer_decay", "weight_decay", "label_smoothing",
+                     "warmup_fraction", "crop_scale", "train_subset", "test_subset"),
+        "segment": ("data", "root", "size", "classes", "ignore", "train", "test", "lr", "epochs"),
+    }.items() for key in keys},
+}
+# what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
+QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
+# method keys that were shared by the frameworks: old -> {framework: its key now}
+RENAMED_METHOD = {
+    "temperature": {"mocov3": "temperature", "moby": "temperature", "dino": "student_temp"},
+    "proj_dim": {"mocov3": "proj_dim", "moby": "proj_dim", "dino": "bottleneck_dim"},
+    "mlp_dim": {"mocov3": "mlp_dim", "moby": "mlp_dim", "dino": "hidden_dim"},
+    "freeze_patch_embed": {"mocov3": "freeze_patch_embed"},
+    "queue_size": {"moby": "queue_size"},
+    **{key: {"dino": key} for key in ("out_dim", "norm_last_layer", "teacher_temp", "warmup_teacher_temp",
+                                      "warmup_teacher_temp_fraction", "center_momentum",
+                                      "freeze_last_layer_fraction")},
+}
+
+
+def renamed_message(key: str) -> str | None:
+    """What to write instead of a key of an older repre (None: not an old key)."""
+    section, _, name = key.partition(".")
+    if section == "method" and name in RENAMED_METHOD:
+        new = " / ".join(f"method.{m}.{k}" for m, k in RENAMED_METHOD[name].items())
+        return f"config key {key!r} was renamed in repre 0.2.0: each framework has its own now ({new})"
+    if key in RENAMED:
+        return f"config key {key!r} was renamed to {RENAMED[key]!r} in repre 0.2.0"
+    if key == "eval.knn":
+        return "eval.knn is a section since repre 0.2.0: write eval.knn.enabled=true/false"
+    if key == "train.warmup_steps":
+        return "train.warmup_steps was removed in repre 0.2.0: set train.warmup_fraction (a fraction of the run)"
+    return None
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config written by an older repre (a checkpoint's, a run's config.yaml) in today's keys: the
+    shared method keys go to the section of the framework that ran, a warm-up in steps becomes a fraction.
+    Files people write get `renamed_message`."""
+    raw = copy.deepcopy(raw)
+    method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
+    warmup_steps = train.pop("warmup_steps", 0)
+    if warmup_steps and train.get("max_steps"):  # the same steps: round(fraction * max_steps) gives them back
+        train["warmup_fraction"] = min(warmup_steps / train["max_steps"], 1.0)
+    elif warmup_steps:  # an epoch budget: the steps a run has depend on its data, unknown here
+        logging.getLogger("repre").warning(
+            "this config's warm-up of %d steps (train.warmup_steps, removed in repre 0.2.0) is read as its "
+            "train.warmup_fraction, %s, which a resumed run trains with", warmup_steps, train.get("warmup_fraction"))
+    name = method.get("name", MethodConfig.name)
+    for old, targets in RENAMED_METHOD.items():
+        if old in method:
+            value = method.pop(old)
+            if name in targets:
+                method.setdefault(name, {})[targets[name]] = value
+    if isinstance(evals.get("knn"), bool):
+        evals["knn"] = {"enabled": evals["knn"]}
+    for old, new in RENAMED.items():
+        key = old.split(".", 1)[1]
+        if key in evals:
+            task, field_name = new.split(".")[1:]
+            evals.setdefault(task, {})[field_name] = evals.pop(key)
+    linear = evals.get("linear")
+    if isinstance(linear, dict) and "protocol" not in linear:  # written when the quick probe was the only one
+        for key, default in QUICK_DEFAULTS.items():  # its defaults are null now: each protocol's own
+            if linear.get(key) == default:
+                linear[key] = None
+    for task in EVAL_TASKS:  # 0.1.0 read a subset of 0 as "all images", which is null now
+        section = evals.get(task)
+        for key in section if isinstance(section, dict) else ():
+            if key.endswith("subset") and section[key] == 0:
+                section[key] = None
+    return raw
