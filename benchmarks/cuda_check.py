@@ -22,7 +22,7 @@ from repre.builder import build_model
 from repre.config import load_config
 from repre.data.pipeline import pretrain_loader
 from repre.data.sources import train_source
-from repre.eval import load_encoder
+from repre.pretrained import load_encoder
 from repre.pretraining import pretrain
 
 BASE = ["data.name=synthetic", "train.num_workers=0", "train.progress=false", "eval.knn.enabled=false",

@@ -25,8 +25,8 @@ from repre.config import Config, load_config
 from repre.core import checkpoint_io as ckpt_io
 from repre.core.runtime import setup_runtime
 from repre.data.evaluation import eval_loader
-from repre.eval import load_encoder
 from repre.eval.knn import extract_features
+from repre.pretrained import load_encoder
 from repre.use.embed import embed
 
 

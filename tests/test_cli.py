@@ -74,7 +74,8 @@ def test_eval_refuses_a_mismatched_checkpoint(tiny_run, capsys):
 
 def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     """A pre-training key given to an evaluation would change nothing: refused, naming it and what is read."""
-    from repre.eval import eval_reads, refuse_unread
+    from repre.eval import eval_reads
+    from repre.pretrained import refuse_unread
 
     out, _ = tiny_run
     code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "train.lr=1", "--set", "eval.knn.k=5"])

@@ -13,8 +13,8 @@ import torch
 
 from conftest import last_json, run_cli, save_png, tiny_config
 from repre.data.evaluation import eval_loader
-from repre.eval import load_encoder
 from repre.eval.knn import extract_features
+from repre.pretrained import load_encoder
 from repre.use.store import EmbeddingWriter
 
 

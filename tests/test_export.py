@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 
 from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
-from repre.eval import load_encoder
 from repre.export import load_export, old_timm_hint
+from repre.pretrained import load_encoder
 
 # the documented loading call needs pyproject's timm (older ones load neither ViT nor Swin exports, and
 # `repre export` fails its self-check, exit 2); a machine with its own older timm, such as the GPU check's, skips

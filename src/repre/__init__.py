@@ -28,7 +28,7 @@ _API = {  # name -> the module that defines it
     "build_model": "repre.builder",
     "pretrain": "repre.pretraining",
     "evaluate": "repre.eval",
-    "load_encoder": "repre.eval",
+    "load_encoder": "repre.pretrained",
     "export": "repre.export",
     "ReconstructionBranch": "repre.nn",
     "embed": "repre.use.embed",
@@ -38,9 +38,10 @@ _API = {  # name -> the module that defines it
 if TYPE_CHECKING:
     from repre.builder import build_encoder, build_model
     from repre.config import Config, load_config
-    from repre.eval import evaluate, load_encoder
+    from repre.eval import evaluate
     from repre.export import export
     from repre.nn import ReconstructionBranch
+    from repre.pretrained import load_encoder
     from repre.pretraining import pretrain
     from repre.use.embed import embed
     from repre.use.neighbors import neighbors

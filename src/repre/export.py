@@ -30,8 +30,8 @@ from repre.core import checkpoint_io as ckpt_io
 from repre.core.run_files import read_json, run_dir, run_results
 from repre.data.evaluation import timm_preprocessing
 from repre.errors import UserError
-from repre.eval import encoder_from, load_checkpoint_config
 from repre.methods import eval_encoder_key
+from repre.pretrained import encoder_from, load_checkpoint_config
 
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
 # the provenance that the timm architecture's own pretrained_cfg would otherwise lend the export (its hub weights,

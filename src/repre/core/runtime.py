@@ -121,3 +121,12 @@ def _deterministic(device: torch.device, cuda_used_before: bool) -> Iterator[Non
         torch.backends.cudnn.benchmark = before[2]
         if workspace:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextmanager
+def seeded(seed: int, rt: Runtime) -> Iterator[None]:
+    """Run a block from a fixed global RNG state (CPU and the CUDA device), restoring the caller's after."""
+    devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -2,90 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from repre.builder import build_encoder, build_model
-from repre.config import (
-    EVAL_TASKS,
-    Config,
-    DataConfig,
-    config_from_dict,
-    deep_update,
-    flatten,
-    migrate,
-    parse_overrides,
-)
+from repre.config import EVAL_TASKS, Config
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
-from repre.core.runtime import Runtime, setup_runtime
-from repre.data.sources import pretraining_stats
+from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
-
-
-def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
-    """A checkpoint and its config with `overrides` applied. Whatever data `overrides` point at, the images are
-    normalized as the encoder pre-trained (`data.mean` and `data.std` set to its statistics), unless they set
-    `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature."""
-    ckpt = ckpt_io.load(checkpoint)
-    raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
-    given = parse_overrides(overrides or [])
-    if not {"mean", "std"} & set(given.get("data", {})):
-        data = raw.get("data", {})  # its name and statistics alone decide (pretraining_stats)
-        mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist"), mean=data.get("mean"),
-                                                 std=data.get("std")))
-        raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
-    deep_update(raw, given)
-    return ckpt, config_from_dict(raw)
-
-
-def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        problem = f"{len(missing)} missing and {len(unexpected)} unexpected weights" if missing or unexpected else ""
-    except RuntimeError as exc:  # shape mismatches
-        problem = ckpt_io.size_mismatch(exc)
-    if problem or not state:
-        raise UserError(
-            f"checkpoint {checkpoint} does not match the {what} of the config used to evaluate it "
-            f"({problem or 'no weights'}); drop --set overrides of model.*, recon.* or data.image_size, or pick the "
-            "right checkpoint"
-        )
-
-
-def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> Backbone:
-    """Encoder `key` of a loaded checkpoint (default: the evaluated one, the online encoder or DINO's teacher)."""
-    encoder = build_encoder(cfg)
-    key = key or eval_encoder_key(cfg.method.name)
-    _load_into(encoder.model, ckpt_io.encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
-    return encoder
-
-
-def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Backbone, Config]:
-    """The evaluated encoder of a checkpoint (the online one; DINO's teacher) and its config with `overrides`."""
-    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    return encoder_from(ckpt, cfg, checkpoint), cfg
-
-
-def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
-    """The whole pre-training model of a loaded checkpoint, built from `cfg` (`checkpoint` names it in errors)."""
-    head = ckpt["model"].get("method.head.weight")  # supervised checkpoints carry their class count
-    model = build_model(cfg, None if head is None else head.shape[0])
-    _load_into(model, ckpt["model"], checkpoint, "model")
-    return model
-
-
-# what evaluating, embedding or drawing a checkpoint reads besides the data and the encoder's keys: the run
-# settings below (the other train.* keys are the pre-training's) and method.name (which encoder is evaluated)
-RUN_KEYS_READ = ("method.name", *(f"train.{k}" for k in ("device", "precision", "seed", "num_workers", "progress")))
+from repre.pretrained import RUN_KEYS_READ, encoder_from, load_checkpoint_config, model_from, refuse_unread
 
 
 def eval_reads(task: str) -> tuple[str, ...]:
@@ -96,17 +25,6 @@ def eval_reads(task: str) -> tuple[str, ...]:
     if task == "recon":  # the whole pre-training model, decoder included
         reads += ("recon.", "method.")
     return reads
-
-
-def refuse_unread(command: str, overrides: list[str], reads: tuple[str, ...]) -> None:
-    """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently).
-    Keys that are no config key at all are left to the config's own error, which names the nearest."""
-    known = flatten(Config().to_dict())
-    unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not k.startswith(reads)]
-    if unread:
-        named = ", ".join(r + "*" if r.endswith(".") else r for r in reads)
-        raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing); it reads "
-                        f"{named}: drop the others")
 
 
 def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:
@@ -153,12 +71,3 @@ def evaluate(
     finally:
         if joins:
             dist.shutdown()
-
-
-@contextlib.contextmanager
-def seeded(seed: int, rt: Runtime) -> Iterator[None]:
-    """Run a block from a fixed global RNG state (CPU and the CUDA device), restoring the caller's after."""
-    devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

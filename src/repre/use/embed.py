@@ -27,7 +27,7 @@ from tqdm import tqdm
 from repre.config import Config, DataConfig, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
-from repre.core.runtime import Runtime, setup_runtime
+from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
 from repre.data.sources import (
     ImageSource,
@@ -38,10 +38,10 @@ from repre.data.sources import (
     train_source,
 )
 from repre.errors import UserError
-from repre.eval import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread, seeded
 from repre.eval.features import pooled_embeddings
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
+from repre.pretrained import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread
 from repre.use.store import FORMAT, EmbeddingFiles, EmbeddingWriter, read_card
 
 log = logging.getLogger("repre")

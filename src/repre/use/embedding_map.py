@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from repre.core.pictures import save_png
 from repre.errors import UserError
-from repre.eval import refuse_unread
+from repre.pretrained import refuse_unread
 from repre.use.neighbors import finished_card, query_source, read_index, thumbnail
 from repre.use.store import EmbeddingFiles
 

@@ -23,7 +23,7 @@ from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
 from repre.data.sources import ImageSource, image_path
 from repre.errors import UserError
-from repre.eval import load_checkpoint_config, refuse_unread
+from repre.pretrained import load_checkpoint_config, refuse_unread
 from repre.use.embed import embed_source
 from repre.use.search import top_k
 from repre.use.store import EmbeddingFiles, read_card

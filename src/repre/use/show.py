@@ -30,9 +30,9 @@ from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, pretraining_stats
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
-from repre.eval import RUN_KEYS_READ, load_checkpoint_config, model_from, refuse_unread
 from repre.eval.recon import batch_psnr, patch_means, reconstruct
 from repre.models.backbone import Backbone
+from repre.pretrained import RUN_KEYS_READ, load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
 
 TILE = 96  # pixels per panel
