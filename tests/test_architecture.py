@@ -52,3 +52,33 @@ def test_every_framework_is_registered_in_the_config_and_the_methods_alike():
         fields = {f.name for f in dataclasses.fields(sections[name])}
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "encoder"}
         assert fields <= accepted, (name, fields - accepted)
+        assert_same_defaults(sections[name], cls.__init__)
+
+
+def assert_same_defaults(section: type, fn) -> None:
+    """Each field of a config section has the default of the keyword argument it is passed to: a Python
+    caller of the class and a config that leaves the key out get the same value."""
+    import dataclasses
+    import inspect
+
+    parameters = inspect.signature(fn).parameters
+    values = section()
+    differ = {f.name: (getattr(values, f.name), parameters[f.name].default) for f in dataclasses.fields(section)
+              if f.name in parameters and getattr(values, f.name) != parameters[f.name].default}
+    assert not differ, differ
+
+
+def test_every_branch_key_of_the_config_reaches_the_branch_with_its_default():
+    """recon.* reaches `ReconstructionBranch` by name (builder.py passes every key the wrapper does not read):
+    a new key needs its field and the branch's argument, nothing between."""
+    import dataclasses
+    import inspect
+
+    from repre.builder import RECON_WRAPPER_KEYS
+    from repre.config import ReconConfig
+    from repre.nn import ReconstructionBranch
+
+    fields = {f.name for f in dataclasses.fields(ReconConfig)} - set(RECON_WRAPPER_KEYS)
+    accepted = set(inspect.signature(ReconstructionBranch.__init__).parameters) - {"self", "encoder", "taps"}
+    assert fields == accepted
+    assert_same_defaults(ReconConfig, ReconstructionBranch.__init__)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from repre.config import Config
@@ -9,6 +11,9 @@ from repre.errors import UserError
 from repre.methods import build_method
 from repre.models.backbone import Backbone, resolve_arch, resolve_taps
 from repre.reconstruction import Baseline, RePre
+
+# the recon.* keys the wrapper or the trainer reads; every other one is a `ReconstructionBranch` argument
+RECON_WRAPPER_KEYS = ("enabled", "weight", "weight_end", "target", "taps", "views")
 
 
 def build_encoder(cfg: Config) -> Backbone:
@@ -42,6 +47,5 @@ def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
     if not cfg.recon.enabled:
         return Baseline(method)
     r = cfg.recon
-    return RePre(method, taps=resolve_taps(r.taps, encoder.depth), weight=r.weight, width=r.width,
-                 min_width=r.min_width, loss=r.loss, norm_pix=r.norm_pix, norm_pix_floor=r.norm_pix_floor,
-                 depth=r.depth, upsample=r.upsample, out_stride=r.out_stride, views=r.views)
+    branch = {k: v for k, v in dataclasses.asdict(r).items() if k not in RECON_WRAPPER_KEYS}  # width, loss, ...
+    return RePre(method, taps=resolve_taps(r.taps, encoder.depth), recon_weight=r.weight, views=r.views, **branch)

@@ -68,16 +68,17 @@ class RePre(Baseline):
     """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder).
     forward(views, momentum) -> dict of named losses."""
 
-    def __init__(self, method: Method, *, taps: Sequence[int], weight: float = 1.0, views: int = 2,
+    def __init__(self, method: Method, *, taps: Sequence[int], recon_weight: float = 1.0, views: int = 2,
                  **branch: Any) -> None:
-        """`views`: the global views reconstructed per image, 2 or 1 (`one_view_rows`); `branch`: the
-        `ReconstructionBranch` arguments (width, min_width, loss, norm_pix, ...)."""
+        """`recon_weight`: λ (the trainer sets it each step when it follows a schedule); `views`: the global
+        views reconstructed per image, 2 or 1 (`one_view_rows`); `branch`: the `ReconstructionBranch`
+        arguments (width, min_width, loss, norm_pix, ...)."""
         if views not in (1, 2):
             raise ValueError(f"views={views!r}: the global views reconstructed per image are 1 or 2")
         super().__init__(method)
         self.branch = ReconstructionBranch(method.encoder, taps, **branch)
         self.method.taps = self.branch.taps  # the method returns these blocks' maps from its own forward
-        self.weight = weight  # the trainer sets a scheduled weight
+        self.recon_weight = recon_weight
         self.views_per_image = views
 
     @property
@@ -102,6 +103,6 @@ class RePre(Baseline):
         loss_recon = self.branch.loss(out.pop("recon_maps"), targets, rows)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = loss_recon
-        out["loss"] = out["loss"] + self.weight * loss_recon
+        out["loss"] = out["loss"] + self.recon_weight * loss_recon
         return out
 

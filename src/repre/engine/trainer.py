@@ -135,7 +135,7 @@ class Trainer:
         method = self.model.method
         method.set_progress(step, self.total)
         if sched.recon_weight is not None and self.cfg.recon.enabled:
-            self.model.weight = float(sched.recon_weight[step])
+            self.model.recon_weight = float(sched.recon_weight[step])
         batch = self.data.to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
