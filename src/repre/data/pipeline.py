@@ -42,7 +42,7 @@ from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_pay
 from repre.data.folder import decode
 from repre.data.sources import ImageSource, first_readable, load_or_replace, stats, train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
-from repre.data.views import ViewSpec, make_views, normalize, photometric, sample_views
+from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, normalize, photometric, sample_views
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -78,7 +78,7 @@ class ViewDataset(Dataset):
     JPEG bytes with `decode_on_device`) and the views' boxes, flips and photometric parameters, drawn exactly
     as the views here would be, for `repre.data.device_views.crop_on_device`."""
 
-    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, n_views: int = 2,
+    def __init__(self, source: ImageSource, spec: ViewSpec, seed: int, n_views: int = GLOBAL_VIEWS,
                  crops_on_device: bool = False, decode_on_device: bool = False) -> None:
         self.source, self.spec, self.seed, self.n_views = source, spec, seed, n_views
         self.crops_on_device, self.decode_on_device = crops_on_device, decode_on_device
@@ -112,7 +112,7 @@ class ViewDataset(Dataset):
             sample["boxes"] = scale_boxes(boxes, (h, w), loaded["shape"])
             if spec.local_crops:
                 boxes, sample["local_flips"], sample["local_photo"] = sample_views(
-                    spec, seed, epoch, index, h, w, spec.local_crops, first=2)
+                    spec, seed, epoch, index, h, w, spec.local_crops, first=GLOBAL_VIEWS)
                 sample["local_boxes"] = scale_boxes(boxes, (h, w), loaded["shape"])
         else:
             img = loaded["image"]
@@ -121,7 +121,7 @@ class ViewDataset(Dataset):
             sample = {"views": views, "photo": photo, "label": loaded["label"]}
             if spec.local_crops:
                 sample["local_views"], sample["local_photo"] = make_views(
-                    img, spec, seed, epoch, index, spec.local_crops, first=2, size=spec.local_size)
+                    img, spec, seed, epoch, index, spec.local_crops, first=GLOBAL_VIEWS, size=spec.local_size)
         small = int(min(h, w) < spec.size)  # upscaled by the crop: counted, never refused
         return {**sample, "index": index, "skipped": skipped, "small": small}
 

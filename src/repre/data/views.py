@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import torch
@@ -28,8 +29,22 @@ from torchvision.transforms.v2 import functional as TF
 
 from repre.config import AugConfig
 
-# photometric parameter vector per view: jitter on, brightness, contrast, saturation, hue, gray, sigma, solarize
-N_PHOTO = 8
+
+class P(IntEnum):
+    """The photometric parameters of a view: its vector [N_PHOTO], one entry each (on/off flags are 0 or 1)."""
+
+    JITTER = 0  # colour jitter on
+    BRIGHTNESS = 1  # factors of the jitter's four operations, applied in this order
+    CONTRAST = 2
+    SATURATION = 3
+    HUE = 4  # a shift in turns of the YIQ hue circle
+    GRAY = 5  # grayscale on
+    SIGMA = 6  # the blur's sigma, in pixels (0: no blur)
+    SOLARIZE = 7  # solarization on
+
+
+N_PHOTO = len(P)
+GLOBAL_VIEWS = 2  # view ids 0 and 1 are an image's global views; 2 and up DINO's local crops
 
 
 @dataclass(frozen=True)
@@ -78,18 +93,18 @@ def sample_crop(rng: np.random.Generator, height: int, width: int, scale, ratio)
 def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int, width: int):
     """All random choices of one view: (crop box, flip, photometric vector [N_PHOTO])."""
     a = spec.aug
-    crop = sample_crop(rng, height, width, a.crop_scale if view < 2 else a.local_crop_scale, a.crop_ratio)
+    crop = sample_crop(rng, height, width, a.crop_scale if view < GLOBAL_VIEWS else a.local_crop_scale, a.crop_ratio)
     flip = bool(rng.random() < a.hflip)
     photo = np.zeros(N_PHOTO, dtype=np.float32)
-    photo[0] = rng.random() < a.jitter_prob
-    photo[1] = rng.uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)
-    photo[2] = rng.uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)
-    photo[3] = rng.uniform(max(0.0, 1 - a.saturation), 1 + a.saturation)
-    photo[4] = rng.uniform(-a.hue, a.hue)
-    photo[5] = rng.random() < a.grayscale_prob
+    photo[P.JITTER] = rng.random() < a.jitter_prob  # the draws in this order: a seed's views stay the same
+    photo[P.BRIGHTNESS] = rng.uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)
+    photo[P.CONTRAST] = rng.uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)
+    photo[P.SATURATION] = rng.uniform(max(0.0, 1 - a.saturation), 1 + a.saturation)
+    photo[P.HUE] = rng.uniform(-a.hue, a.hue)
+    photo[P.GRAY] = rng.random() < a.grayscale_prob
     blur = rng.random() < a.blur_prob[min(view, len(a.blur_prob) - 1)]
-    photo[6] = rng.uniform(*a.blur_sigma) if blur else 0.0
-    photo[7] = rng.random() < a.solarize_prob[min(view, len(a.solarize_prob) - 1)]
+    photo[P.SIGMA] = rng.uniform(*a.blur_sigma) if blur else 0.0
+    photo[P.SOLARIZE] = rng.random() < a.solarize_prob[min(view, len(a.solarize_prob) - 1)]
     return crop, flip, photo
 
 
@@ -99,8 +114,8 @@ def geometric(img: torch.Tensor, crop: tuple[int, int, int, int], flip: bool, si
     return out.flip(-1) if flip else out
 
 
-def sample_views(spec: ViewSpec, seed: int, epoch: int, index: int, height: int, width: int, n_views: int = 2,
-                 first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_views(spec: ViewSpec, seed: int, epoch: int, index: int, height: int, width: int,
+                 n_views: int = GLOBAL_VIEWS, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random choices of view ids first .. first + V - 1 of an image of `height` x `width`:
     (crop boxes [V, 4] int64 (top, left, h, w), flips [V] bool, photometric parameters [V, N_PHOTO])."""
     boxes, flips, photos = [], [], []
@@ -112,7 +127,7 @@ def sample_views(spec: ViewSpec, seed: int, epoch: int, index: int, height: int,
     return torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips), torch.from_numpy(np.stack(photos))
 
 
-def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = 2,
+def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = GLOBAL_VIEWS,
                first: int = 0, size: int | None = None):
     """One image -> (uint8 views [V, 3, s, s], photometric parameters [V, N_PHOTO]) for view ids
     first .. first + V - 1 (ids 0 and 1: the global views; 2 and up: DINO's local crops, of `spec.local_size`)."""
@@ -149,13 +164,13 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """x: [N, 3, H, W] in [0, 1]; p: [N, N_PHOTO]. Samples with p[:, 0] == 0 pass unchanged."""
-    on = p[:, 0].view(-1, 1, 1, 1) > 0
-    f = p.view(-1, N_PHOTO, 1, 1)
-    y = (x * f[:, 1:2]).clamp(0, 1)
-    y = _blend(y, _gray(y).mean(dim=(2, 3), keepdim=True), f[:, 2:3])
-    y = _blend(y, _gray(y), f[:, 3:4])
-    y = _hue(y, f[:, 4:5])
+    """x: [N, 3, H, W] in [0, 1]; p: [N, N_PHOTO]. Samples with p[:, P.JITTER] == 0 pass unchanged."""
+    on = p[:, P.JITTER].view(-1, 1, 1, 1) > 0
+    f = p.view(-1, N_PHOTO, 1, 1)  # f[:, [k]]: parameter k of each sample, [N, 1, 1, 1]
+    y = (x * f[:, [P.BRIGHTNESS]]).clamp(0, 1)
+    y = _blend(y, _gray(y).mean(dim=(2, 3), keepdim=True), f[:, [P.CONTRAST]])
+    y = _blend(y, _gray(y), f[:, [P.SATURATION]])
+    y = _hue(y, f[:, [P.HUE]])
     return torch.where(on, y, x)
 
 
@@ -181,9 +196,9 @@ def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> tor
     """uint8 [N, 3, S, S] + parameters [N, N_PHOTO] -> normalized float [N, 3, S, S]."""
     x = views.float().div_(255)
     x = color_jitter(x, photo)
-    x = torch.where(photo[:, 5].view(-1, 1, 1, 1) > 0, _gray(x).expand_as(x), x)
-    x = gaussian_blur(x, photo[:, 6], spec.blur_kernel_for(views.shape[-1]))
-    x = torch.where((photo[:, 7].view(-1, 1, 1, 1) > 0) & (x >= 0.5), 1 - x, x)
+    x = torch.where(photo[:, P.GRAY].view(-1, 1, 1, 1) > 0, _gray(x).expand_as(x), x)
+    x = gaussian_blur(x, photo[:, P.SIGMA], spec.blur_kernel_for(views.shape[-1]))
+    x = torch.where((photo[:, P.SOLARIZE].view(-1, 1, 1, 1) > 0) & (x >= 0.5), 1 - x, x)
     return normalize(x, spec.mean, spec.std)
 
 
