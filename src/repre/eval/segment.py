@@ -58,10 +58,9 @@ def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime
     """uint8 images [N, 3, S, S] (S: the encoder's input size, `at_size`) -> patch-token maps [N, D, h, w],
     float32: a ViT's last block (final norm applied), a Swin's deepest stage of stride <= 16 (its last stage is
     too coarse for a dense probe)."""
-    model, unit = encoder.model, dense_unit(encoder)
+    unit = dense_unit(encoder)
     batches = ((normalize(chunk.float().div(255), mean, std), None) for chunk in images.split(batch))
-    maps, _ = frozen_outputs(model, batches, rt, lambda x: model.forward_intermediates(
-        x, indices=[unit], norm=True, output_fmt="NCHW", intermediates_only=True)[0])
+    maps, _ = frozen_outputs(encoder, batches, rt, lambda x: encoder.unit_maps(x, [unit])[0])
     return maps
 
 

@@ -38,7 +38,7 @@ def token_features(encoder: Backbone, x: torch.Tensor, kind: str, blocks: int) -
     token then the mean patch token (registers excluded)."""
     model = encoder.model
     if encoder.hierarchical:
-        maps = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NCHW", intermediates_only=True)
+        maps = encoder.unit_maps(x, range(encoder.depth - blocks, encoder.depth))  # the last `blocks` stages
         return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
     outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
                                        return_prefix_tokens=kind != "avg", intermediates_only=True)

@@ -107,6 +107,13 @@ class Backbone(nn.Module):
             maps = [t.unflatten(1, grid).permute(0, 3, 1, 2) for t in tokens]  # [B, L, C] -> [B, C, h, w]
         return self.model.forward_head(final, pre_logits=True), maps
 
+    def unit_maps(self, x: torch.Tensor, units: Sequence[int]) -> list[torch.Tensor]:
+        """x [B, 3, H, W] -> the maps of `units` (0-based blocks, or a Swin's stages) after the final norm, as a
+        frozen evaluation reads them: [B, C_i, H/s_i, W/s_i] each, contiguous. (The training forward's tap maps
+        are taken before the norm.)"""
+        return self.model.forward_intermediates(x, indices=list(units), norm=True, output_fmt="NCHW",
+                                                intermediates_only=True)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 

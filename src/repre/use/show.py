@@ -67,8 +67,7 @@ def cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
 def patch_pca(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
     """Normalized images x [B, 3, H, W] -> the first 3 principal components of the last unit's patch features
     (final norm applied), fitted over all B * h * w patches, each scaled to [0, 1]: [B, 3, h, w]."""
-    maps = encoder.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)
-    feats = maps[-1].float()  # [B, D, h, w]
+    feats = encoder.unit_maps(x, [encoder.depth - 1])[0].float()  # [B, D, h, w]
     b, d, h, w = feats.shape
     flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
     flat = flat - flat.mean(dim=0)
