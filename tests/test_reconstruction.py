@@ -206,7 +206,7 @@ def test_recon_eval_gives_what_the_patch_statistics_alone_score(monkeypatch):
     model, rt = build_model(cfg), setup_runtime(cfg.train)
     decoded = recon_eval(model, cfg, rt, None)
     assert decoded["extra"]["psnr_patch_means_db"] > 0 and decoded["value"] != decoded["extra"]["psnr_patch_means_db"]
-    monkeypatch.setattr(model, "reconstruct", lambda maps, size: torch.zeros(len(maps[0]), 3, *size))
+    monkeypatch.setattr(model.branch, "reconstruct", lambda maps, size: torch.zeros(len(maps[0]), 3, *size))
     zeros = recon_eval(model, cfg, rt, None)
     assert zeros["value"] == pytest.approx(zeros["extra"]["psnr_patch_means_db"], abs=1e-4)
     raw = tiny_config("recon.norm_pix=false", "eval.recon.subset=8")

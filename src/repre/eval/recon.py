@@ -69,12 +69,11 @@ def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.
 def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Tensor | None = None) -> torch.Tensor:
     """Normalized images x [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space (norm_pix:
     with the statistics of `target`, the images reconstructed; default x)."""
-    encoder = model.method.encoder
-    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-        _, maps = encoder(x, model.method.taps)
-        pred = model.reconstruct(maps, x.shape[-2:])
-    target = x if target is None else target
     branch = model.branch
+    with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+        _, maps = branch.encode(x)
+        pred = branch.reconstruct(maps, x.shape[-2:])
+    target = x if target is None else target
     return to_pixel_space(pred.float(), target, branch.norm_pix, branch.patch_size, branch.norm_pix_floor)
 
 
