@@ -57,6 +57,11 @@ def reconstruction_loss(
     raise ValueError(f"unknown reconstruction loss {kind!r}")
 
 
+def teacher_probs(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """DINO's teacher targets: logits [N, K] centered and sharpened -> probabilities [N, K], float32."""
+    return F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
+
+
 def dino_loss(
     student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, n_crops: int,
     student_temp: float, teacher_temp: float,
@@ -68,7 +73,7 @@ def dino_loss(
     teacher: [2 * B, K] logits of the 2 global crops; center: [1, K].
     """
     s = (student.float() / student_temp).chunk(n_crops)
-    t = F.softmax((teacher.float() - center) / teacher_temp, dim=-1).detach().chunk(2)
+    t = teacher_probs(teacher, center, teacher_temp).detach().chunk(2)
     total, pairs = student.new_zeros((), dtype=torch.float32), 0
     for i, q in enumerate(t):
         for v, logits in enumerate(s):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from repre.core.dist import all_reduce_sum, world_size
-from repre.losses import center_update, dino_loss
+from repre.losses import center_update, dino_loss, teacher_probs
 from repre.methods.base import Method, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import DINOHead
@@ -98,7 +98,7 @@ class DINO(Method):
             teacher = self.teacher_head(self.teacher_encoder(x)[0]).float()
         loss = dino_loss(torch.cat(student), teacher, self.center, n_crops, self.student_temp, self.teacher_temp)
         with torch.no_grad():
-            probs = torch.softmax((teacher - self.center) / self.teacher_temp, dim=-1)
+            probs = teacher_probs(teacher, self.center, self.teacher_temp)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
             total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
             new = center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum)
