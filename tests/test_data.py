@@ -169,7 +169,7 @@ def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
     cfg = tiny_config(*dino, f"data.local_crops={local_crops}", "data.local_size=8")
     source = train_source(cfg)
     workers = next(iter(pretrain_loader(cfg, source, 0, False)))
-    raw = next(iter(pretrain_loader(cfg, source, 0, False, on_device=True)))
+    raw = next(iter(pretrain_loader(cfg, source, 0, False, photometric_on_device=True)))
     assert raw["views"].dtype == torch.uint8 and raw["photo"].shape == (*raw["views"].shape[:2], 8)
     done = finish_views(raw, view_spec(cfg, source))
     for key in ["views"] + ["local_views"] * bool(local_crops):

@@ -154,9 +154,9 @@ def test_fashion_mnist_crops_on_the_device_match_the_loader():
     """A source without files (Fashion-MNIST here) sends pixels; the loader's batches match the worker path."""
     cfg = tiny_config()
     source = train_source(cfg)
-    workers = next(iter(pretrain_loader(cfg, source, 0, False, on_device=True)))
+    workers = next(iter(pretrain_loader(cfg, source, 0, False, photometric_on_device=True)))
     device = tiny_config("aug.geometric_on=device")
-    packed = next(iter(pretrain_loader(device, source, 0, False, on_device=True)))
+    packed = next(iter(pretrain_loader(device, source, 0, False, photometric_on_device=True)))
     assert not packed["encoded"].any() and "views" not in packed
     cut = crop_on_device(dict(packed), cfg.data.image_size, cfg.data.local_size)
     assert (cut["views"].int() - workers["views"].int()).abs().max() <= 1
@@ -180,7 +180,7 @@ def test_shard_jpegs_travel_as_their_bytes(tmp_path):
     sample, skipped = load_payload(source, 0, encoded_ok=True)
     assert sample["encoded"] and sample["shape"] == (14, 22) and sample["payload"].numpy().tobytes() == data
     batch = ViewCollate(None, photometric=False)  # only its packing is used
-    packed = batch([{**sample, "index": 0, "skipped": skipped, "small": 0}])
+    packed = batch([{**sample, "index": 0, "skipped": skipped, "upscaled": 0}])
     images, bad = unpack(packed, torch.device("cpu"))
     assert bad == 0 and torch.equal(images[0], source.load(0)[0])
 
@@ -200,7 +200,7 @@ def test_a_huge_image_crosses_downscaled_with_its_boxes_scaled(monkeypatch):
     loaded = device_views.pixels_payload(img, 3)
     assert loaded["shape"] == (60, 40) and loaded["drawn"] == (120, 80)
     sample = device.sample(loaded, 0, 5)
-    assert "drawn" not in sample and sample["small"] == 0
+    assert "drawn" not in sample and sample["upscaled"] == 0
     boxes = sample["boxes"]
     assert (boxes[:, 0] + boxes[:, 2] <= 60).all() and (boxes[:, 1] + boxes[:, 3] <= 40).all() and (boxes[:, 2:] > 0).all()
     cut = resized_crops([loaded["payload"].view(3, 60, 40)], boxes[None], sample["flips"][None], 24)[0]

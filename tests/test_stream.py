@@ -190,8 +190,8 @@ def test_streamed_batches_can_be_cut_on_the_device(shards):
     cfg = stream_config(str(shards))
     device = stream_config(str(shards), "aug.geometric_on=device")
     source = train_source(cfg)
-    workers = next(iter(pretrain_loader(cfg, source, 0, False, on_device=True)))
-    packed = next(iter(pretrain_loader(device, source, 0, False, on_device=True)))
+    workers = next(iter(pretrain_loader(cfg, source, 0, False, photometric_on_device=True)))
+    packed = next(iter(pretrain_loader(device, source, 0, False, photometric_on_device=True)))
     assert "views" not in packed and packed["stream"] == workers["stream"]
     assert packed["index"].tolist() == workers["index"].tolist()
     cut = crop_on_device(dict(packed), 16, 12)

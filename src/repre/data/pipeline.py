@@ -122,8 +122,8 @@ class ViewDataset(Dataset):
             if spec.local_crops:
                 sample["local_views"], sample["local_photo"] = make_views(
                     img, spec, seed, epoch, index, spec.local_crops, first=GLOBAL_VIEWS, size=spec.local_size)
-        small = int(min(h, w) < spec.size)  # upscaled by the crop: counted, never refused
-        return {**sample, "index": index, "skipped": skipped, "small": small}
+        upscaled = int(min(h, w) < spec.size)  # upscaled by the crop: counted, never refused
+        return {**sample, "index": index, "skipped": skipped, "upscaled": upscaled}
 
 
 def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
@@ -197,7 +197,7 @@ class ViewCollate:
             "index": torch.tensor([s["index"] for s in samples]),
             "label": torch.tensor([s["label"] for s in samples]),
             "skipped": torch.tensor(sum(s["skipped"] for s in samples)),
-            "upscaled": torch.tensor(sum(s["small"] for s in samples)),
+            "upscaled": torch.tensor(sum(s["upscaled"] for s in samples)),
         })
         if "local_views" in samples[0]:  # DINO's local crops: [B, L, 3, s, s]
             self._views(samples, "local_views", "local_photo", batch)
@@ -268,15 +268,15 @@ def clean_targets_wanted(cfg: Config) -> bool:
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
-                    on_device: bool = False, positions: dict[int, tuple] | None = None) -> DataLoader:
+                    photometric_on_device: bool = False, positions: dict[int, tuple] | None = None) -> DataLoader:
     """An endless loader of two-view batches (this process's share of each global batch), starting at
-    optimizer step `start_step`. `on_device`: the views stay uint8 for `finish_views` on the device.
+    optimizer step `start_step`. `photometric_on_device`: the views stay uint8 for `finish_views` on the device.
     Streamed shards: `positions` are the workers' saved positions ({logical worker: position})."""
     spec = view_spec(cfg, source)
     views = ViewDataset(source, spec, cfg.train.seed, crops_on_device=cfg.aug.geometric_on == "device",
                         decode_on_device=cfg.data.decode_on == "device")
     workers = resolve_workers(cfg.train.num_workers)
-    collate = ViewCollate(spec, photometric=not on_device, clean=clean_targets_wanted(cfg))
+    collate = ViewCollate(spec, photometric=not photometric_on_device, clean=clean_targets_wanted(cfg))
     common = dict(collate_fn=collate, num_workers=workers,
                   pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     if isinstance(source, StreamShards):

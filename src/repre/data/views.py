@@ -202,15 +202,17 @@ def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> tor
     return normalize(x, spec.mean, spec.std)
 
 
-def to_device(values, like: torch.Tensor) -> torch.Tensor:
+def host_values_on(values, like: torch.Tensor) -> torch.Tensor:
     """Host values as a tensor on `like`'s device and dtype, without waiting for the device: a blocking copy would
     make the host wait for all the work queued before it (a host synchronisation in the training step)."""
     return torch.as_tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return (x - to_device(mean, x).view(1, -1, 1, 1)) / to_device(std, x).view(1, -1, 1, 1)
+    """Pixels in [0, 1], [..., 3, H, W] (the channel axis third from last) -> (x - mean) / std per channel."""
+    return (x - host_values_on(mean, x).view(-1, 1, 1)) / host_values_on(std, x).view(-1, 1, 1)
 
 
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return (x * to_device(std, x).view(1, -1, 1, 1) + to_device(mean, x).view(1, -1, 1, 1)).clamp(0, 1)
+    """`normalize` undone: [..., 3, H, W] -> pixels, clamped to [0, 1]."""
+    return (x * host_values_on(std, x).view(-1, 1, 1) + host_values_on(mean, x).view(-1, 1, 1)).clamp(0, 1)

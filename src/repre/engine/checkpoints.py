@@ -61,9 +61,9 @@ class Checkpoints:
 
     def __init__(self, out: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime,
-                 monitors: list[Callback], window: WindowMeter) -> None:
+                 callbacks: list[Callback], window: WindowMeter) -> None:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
-        self.data, self.state, self.rt, self.monitors, self.window = data, state, rt, monitors, window
+        self.data, self.state, self.rt, self.callbacks, self.window = data, state, rt, callbacks, window
         self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
 
     # ------------------------------------------------------------ writing
@@ -84,7 +84,7 @@ class Checkpoints:
             "scaler": self.scaler.state_dict(),
             "step": self.state.step,
             "run": self.state.to_dict(),
-            "monitors": monitor_states(self.monitors),  # rank 0's: it reads the train lines
+            "monitors": monitor_states(self.callbacks),  # the callbacks with a state; rank 0's: it reads the train lines
             "window": self.window.state_dict(),  # the next train line's steps so far, over all processes
             "rng": rng,
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
@@ -175,7 +175,7 @@ class Checkpoints:
         self.state.load(ckpt["step"], ckpt["run"])
         self.window.load_state_dict(ckpt.get("window") or {}, holds_totals=dist.is_main())
         if dist.is_main():  # rank 0's monitors read the train lines; the others' stay as built
-            load_monitor_states(self.monitors, ckpt.get("monitors"))
+            load_monitor_states(self.callbacks, ckpt.get("monitors"))
 
     def _restore_optimizer(self, saved: dict[str, Any]) -> None:
         """The optimizer's state, with this run's `fused` choice (device, host_sync), not the checkpointed run's."""

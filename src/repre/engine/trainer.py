@@ -233,19 +233,23 @@ class Trainer:
             if self.guard.stopped():
                 return False
             meter.add({**values, **self.schedules.logged(s.step)})
-            s.step, s.images_seen, window_steps = s.step + 1, s.images_seen + t.batch_size, window_steps + 1
+            s.step += 1
+            s.images_seen += t.batch_size
+            window_steps += 1
             self._count_images(batch)
             self.data.observe(batch)
             s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
             tick = time.perf_counter()
             bar.update(1)
-            logs, saves = s.step % t.log_every == 0 or s.step == self.total, s.step % t.checkpoint_every == 0
+            logs = s.step % t.log_every == 0 or s.step == self.total  # the last step always has its line
+            saves = s.step % t.checkpoint_every == 0
             if logs or saves:
                 self._sync_point()
                 if self.guard.diverged:
                     return False
             if logs:
-                self._log_window(writer, meter, bar, window_steps * t.batch_size / max(time.perf_counter() - window_start, 1e-9))
+                seconds = max(time.perf_counter() - window_start, 1e-9)
+                self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
             if saves and s.step < self.total and not s.bad_streak:
                 self.save_checkpoint()  # never in a run of non-finite steps: the last good one stays newest

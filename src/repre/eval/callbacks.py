@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from repre.engine.trainer import Trainer
 
 
-def quick(cfg: Config) -> Config:
+def with_quick_subsets(cfg: Config) -> Config:
     """The config of a k-NN during training: the eval.knn.quick_* subsets."""
     k = cfg.eval.knn
     knn = dataclasses.replace(k, train_subset=k.quick_train, test_subset=k.quick_test)
@@ -28,7 +28,7 @@ def quick(cfg: Config) -> Config:
 
 def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool) -> float | None:
     """k-NN top-1 of the encoder that export writes, logged as an eval line; the model is left in train mode."""
-    cfg = quick(trainer.cfg) if is_quick else trainer.cfg
+    cfg = with_quick_subsets(trainer.cfg) if is_quick else trainer.cfg
     top1 = eager(knn_top1_or_none, trainer.model.method.eval_encoder, cfg, trainer.rt)
     if top1 is not None:
         writer.write({"step": trainer.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": is_quick})
