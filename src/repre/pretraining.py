@@ -19,9 +19,5 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its share of
     each global batch, and leaves the group at the end.
     """
-    joins = dist.launched() and not dist.is_distributed()  # launched by torchrun: we join and leave
-    try:
+    with dist.joined():  # the trainer joins (under torchrun); the group is left here
         return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg)).fit()
-    finally:
-        if joins:
-            dist.shutdown()

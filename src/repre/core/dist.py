@@ -6,9 +6,11 @@ group (NCCL on GPUs, gloo on CPU) and picks this process's device (cuda:LOCAL_RA
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -90,6 +92,18 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def joined() -> Iterator[None]:
+    """A block that joins torchrun's process group when launched by it and not yet joined (`init_from_env`, inside
+    the block), and leaves the group when the block ends; a no-op otherwise."""
+    joins = launched() and not is_distributed()
+    try:
+        yield
+    finally:
+        if joins:
+            shutdown()
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -103,6 +117,29 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out)
+
+
+class _AllGather(torch.autograd.Function):
+    """x [*] on each process -> [world, *] in rank order; the gradient of x is the sum over processes of the
+    gradient of its slot. Backward uses all_reduce (gloo has no reduce_scatter): fine for small tensors."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.stack(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
+        dist.all_reduce(grad)
+        return grad[rank()]
+
+
+def all_gather_grad(x: torch.Tensor) -> torch.Tensor:
+    """x [*] on each process -> [world, *] in rank order, differentiable (`gather` is not): the gradient also
+    flows into the other processes' x (SyncBatchNorm's statistics). Distributed only."""
+    return _AllGather.apply(x)
 
 
 @torch.no_grad()

@@ -57,8 +57,7 @@ def evaluate(
         rt = setup_runtime(cfg.train)
         model = model_from(ckpt, cfg, checkpoint).to(rt.device)
         return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
-    joins = dist.launched() and not dist.is_distributed()  # under torchrun: join the group, leave it after
-    try:
+    with dist.joined():  # under torchrun: joined here, left after
         rt = setup_runtime(cfg.train)
         rt = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
@@ -68,6 +67,3 @@ def evaluate(
             else:
                 result = encoder_tasks()[task](encoder, cfg, rt)
         return {**result, "checkpoint": evaluated}
-    finally:
-        if joins:
-            dist.shutdown()

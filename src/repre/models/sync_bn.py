@@ -9,33 +9,10 @@ single process, or in eval mode, it is plain batch norm.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from repre.core.dist import is_distributed, rank, world_size
-
-
-class _AllGather(torch.autograd.Function):
-    """x [*] on each process -> [world, *] in rank order; the gradient of x is the sum over processes of the
-    gradient of its slot. Backward uses all_reduce (gloo has no reduce_scatter): fine for small tensors."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(out, x.contiguous())
-        return torch.stack(out)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
-        dist.all_reduce(grad)
-        return grad[rank()]
-
-
-def all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Differentiable all_gather: x [*] -> [world, *]."""
-    return _AllGather.apply(x)
+from repre.core.dist import all_gather_grad, is_distributed
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -53,7 +30,7 @@ class SyncBatchNorm(_BatchNorm):
         xf = x.float()
         count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
         local = torch.cat([count, xf.mean(dims), xf.var(dims, unbiased=False)])  # [2C + 1]
-        stats = all_gather(local)  # [world, 2C + 1], differentiable
+        stats = all_gather_grad(local)  # [world, 2C + 1], differentiable
         n, means, variances = stats[:, :1].detach(), stats[:, 1 : 1 + x.shape[1]], stats[:, 1 + x.shape[1] :]
         total = n.sum()
         mean = (n * means).sum(0) / total
