@@ -50,6 +50,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None,
                  callbacks: Iterable[Callback] = ()) -> None:
+        # The order matters: the checks that need neither data nor model first; the seed before the data and the
+        # model (every process builds the same weights); --out created once both exist (a wrong setting leaves no
+        # folder); the resume before DDP wraps the model.
         self.started = time.perf_counter()
         self.cfg, self.out = cfg, out
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
@@ -127,20 +130,12 @@ class Trainer:
         """One optimizer step on a batch of the loader (a dict: `repre.data.pipeline`'s docstring; `to_device`
         here completes it); returns detached scalars. Called outside `fit()` (a benchmark), it needs the run's
         settings: `with trainer.settings(): trainer.train_step(b)`."""
-        step, sched = self.state.step, self.schedules
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(sched.lr[step])
-            if sched.weight_decay is not None and group.get("decays", True):
-                group["weight_decay"] = float(sched.weight_decay[step])
-        method = self.model.method
-        method.set_progress(step, self.total)
-        if sched.recon_weight is not None and self.cfg.recon.enabled:
-            self.model.recon_weight = float(sched.recon_weight[step])
+        momentum = self._apply_schedules(self.state.step)
         batch = self.data.to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
-            out = self.forward_model(batch["views"], float(sched.momentum[step]), batch["label"],
-                                     batch.get("local_views"), batch.get("targets"))
+            out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"),
+                                     batch.get("targets"))
         for callback in self.callbacks:
             callback.on_forward(self, out)
         self.optimizer.zero_grad(set_to_none=True)
@@ -148,7 +143,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = clip_or_measure(params, self.cfg.train.clip_grad, self.cfg.train.clip_mode)
-        method.after_backward()
+        self.model.method.after_backward()
         finite = torch.isfinite(out["loss"].detach())
         if not self.scaler.is_enabled():  # fp32, bf16: the gradients are checked here (fp16's scaler checks them)
             finite = finite & torch.isfinite(grad_norm)
@@ -158,6 +153,20 @@ class Trainer:
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
+
+    def _apply_schedules(self, step: int) -> float:
+        """This step's values: lr and weight decay into the optimizer's groups, λ into the RePre wrapper, the
+        method's own (`set_progress`: DINO's teacher temperature and frozen last layer); returns the EMA
+        momentum, which the method's forward applies."""
+        sched = self.schedules
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(sched.lr[step])
+            if sched.weight_decay is not None and group.get("decays", True):
+                group["weight_decay"] = float(sched.weight_decay[step])
+        self.model.method.set_progress(step, self.total)
+        if sched.recon_weight is not None and self.cfg.recon.enabled:
+            self.model.recon_weight = float(sched.recon_weight[step])
+        return float(sched.momentum[step])
 
     # ------------------------------------------------------------ the loop
 
