@@ -73,14 +73,14 @@ class ReconstructionBranch(nn.Module):
         return self.backbone(images, self.taps)
 
     def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Tap maps -> pixels [B, 3, *size], in the loss's space (normalized pixels; per-patch normalized
-        pixels with norm_pix)."""
+        """Tap maps (list of [N, C_i, H/s_i, W/s_i], `encode`'s) -> pixels [N, 3, *size], in the loss's space
+        (normalized pixels; per-patch normalized pixels with norm_pix)."""
         return self.decoder(maps, size)
 
     def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Tap maps and the images they should give back (normalized, [B, 3, H, W]) -> the scalar loss. `rows`:
-        the batch rows to reconstruct ([N] indices into maps and targets; None: all). Chosen here, a compiled
-        loss (`compile_loss`) reads only those rows of the tap maps."""
+        """Tap maps (list of [N, C_i, H/s_i, W/s_i]) and the images they should give back (normalized,
+        [N, 3, H, W]) -> the scalar loss. `rows`: the batch rows to reconstruct ([n] indices into maps and
+        targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps."""
         return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)
 
     def _loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

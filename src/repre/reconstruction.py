@@ -93,8 +93,11 @@ class RePre(Baseline):
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
         local_views: torch.Tensor | None = None, targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`targets` [B, 2, 3, H, W]: what the two global views reconstruct (recon.target=clean); None: the
-        views themselves, as the encoder received them."""
+        """views [B, 2, 3, H, W] (local_views [B, L, 3, h, w]: DINO's) -> {"loss": the method's loss + λ ·
+        "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}.
+        `targets` [B, 2, 3, H, W]: what the two global views reconstruct (recon.target=clean); None: the views
+        themselves, as the encoder received them. With `views=1` the decoder reconstructs B of the 2B views
+        (`one_view_rows`)."""
         out = self.method(views, momentum, labels, local_views)
         targets = out.pop("recon_targets") if targets is None else stack_views(targets)
         rows = None

@@ -46,12 +46,16 @@ class ConvBlock(nn.Sequential):
 
 
 class Decoder(nn.Module):
-    """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, out_chans, H, W]."""
+    """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, out_chans, H, W].
+
+    Each map through a 1x1 lateral to `width` channels; fused top-down at the finest input stride (the deepest
+    first, each sum through a 3x3 block); then x2 steps (3x3 blocks, channels halved down to `min_width`) until
+    `out_stride`, where a 1x1 conv predicts out_stride x out_stride pixels per position (pixel shuffle)."""
 
     def __init__(
         self,
         in_dims: Sequence[int],
-        stride: int,
+        in_stride: int,
         width: int = 128,
         min_width: int = 8,
         out_chans: int = 3,
@@ -60,21 +64,23 @@ class Decoder(nn.Module):
         out_stride: int = 1,
     ) -> None:
         super().__init__()
-        if out_stride > stride:
-            raise ValueError(f"out_stride {out_stride} is coarser than the finest input stride {stride}")
-        self.stride, self.mode, self.out_stride = stride, upsample, out_stride
+        if out_stride > in_stride:
+            raise ValueError(f"out_stride {out_stride} is coarser than the finest input stride {in_stride}")
+        self.in_stride, self.mode, self.out_stride = in_stride, upsample, out_stride
         self.laterals = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
         )
         self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
         self.refine = nn.Sequential(*(ConvBlock(width, width) for _ in range(depth - 1)))
-        steps, widths = int(math.log2(stride // out_stride)), [width]
+        steps, widths = int(math.log2(in_stride // out_stride)), [width]
         for _ in range(steps):
             widths.append(max(min_width, widths[-1] // 2))
         self.up = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
 
     def forward(self, maps: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        """maps [B, C_i, h_i, w_i] -> [B, out_chans, *out_size] (the views' size; a last resize where the map
+        grid times the input stride does not reach it)."""
         lat = [layer(_dense(m)) for layer, m in zip(self.laterals, maps, strict=True)]
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
