@@ -127,30 +127,9 @@ class Checkpoints:
             checkpoint_io.sweep_temporaries(self.out)
         candidates = checkpoint_io.step_checkpoints(self.out)[::-1]
         dist.barrier()  # nobody reads while rank 0 sweeps
-        for path in candidates:
-            try:
-                ckpt = checkpoint_io.load(path)
-            except UserError as exc:  # every process finds the same damage: the same bytes
-                aside = path.with_name(path.name + ".damaged")
-                dist.barrier()  # every process is done reading it before rank 0 moves it
-                if main:
-                    path.rename(aside)  # out of the way of pruning and of the next resume
-                log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
-                continue
-            if ckpt["step"] > total:
-                raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
-                                f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
-            self._check_compatible(ckpt["config"], path)
-            self._check_moved_data(ckpt, path)
-            self._warn_if_computed_otherwise(ckpt.get("runtime"))
-            self._warn_if_longer_or_shorter(ckpt["config"], total)
-            self._restore(ckpt)
-            self.last_good = path
-            if main:  # last.pt names the checkpoint the run goes on from (not a damaged one moved aside)
-                self._relink_last(path)
-            log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
-            if main:
-                self._truncate_metrics()
+        found = self._first_readable(candidates)
+        if found is not None:
+            self._adopt(*found, total)
             return True
         if candidates:
             raise UserError(f"no checkpoint in {self.out / 'checkpoints'} could be read (each was moved aside as "
@@ -159,6 +138,37 @@ class Checkpoints:
         if main:
             self._truncate_metrics()
         return False
+
+    def _first_readable(self, candidates: list[Path]) -> tuple[dict[str, Any], Path] | None:
+        """The first checkpoint of `candidates` that loads, and its path; each damaged one before it is moved
+        aside (NAME.damaged: out of the way of pruning and of the next resume)."""
+        for path in candidates:
+            try:
+                return checkpoint_io.load(path), path
+            except UserError as exc:  # every process finds the same damage: the same bytes
+                aside = path.with_name(path.name + ".damaged")
+                dist.barrier()  # every process is done reading it before rank 0 moves it
+                if dist.is_main():
+                    path.rename(aside)
+                log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
+        return None
+
+    def _adopt(self, ckpt: dict[str, Any], path: Path, total: int) -> None:
+        """Go on from `ckpt`: checked against this run's config, restored, named by last.pt."""
+        if ckpt["step"] > total:
+            raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
+                            f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
+        self._check_compatible(ckpt["config"], path)
+        self._check_moved_data(ckpt, path)
+        self._warn_if_computed_otherwise(ckpt.get("runtime"))
+        self._warn_if_longer_or_shorter(ckpt["config"], total)
+        self._restore(ckpt)
+        self.last_good = path
+        if dist.is_main():  # last.pt names the checkpoint the run goes on from (not a damaged one moved aside)
+            self._relink_last(path)
+        log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
+        if dist.is_main():
+            self._truncate_metrics()
 
     def _relink_last(self, path: Path) -> None:
         last = self.out / "checkpoints" / "last.pt"
