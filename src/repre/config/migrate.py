@@ -54,11 +54,20 @@ def renamed_message(key: str) -> str | None:
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config written by an older repre (a checkpoint's, a run's config.yaml) in today's keys: the
-    shared method keys go to the section of the framework that ran, a warm-up in steps becomes a fraction.
-    Files people write get `renamed_message`."""
+    """A resolved config written by an older repre (a checkpoint's, a run's config.yaml) in today's keys, each
+    change of 0.2.0 in turn. Files people write get `renamed_message` instead."""
     raw = copy.deepcopy(raw)
     method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
+    _warmup_as_fraction(train)
+    _method_keys_to_their_framework(method)
+    _eval_keys_to_their_task(evals)
+    _quick_probe_values(evals)
+    _null_subsets(evals)
+    return raw
+
+
+def _warmup_as_fraction(train: dict[str, Any]) -> None:
+    """train.warmup_steps (removed) -> the train.warmup_fraction of max_steps that gives the same steps."""
     warmup_steps = train.pop("warmup_steps", 0)
     if warmup_steps and train.get("max_steps"):  # the same steps: round(fraction * max_steps) gives them back
         train["warmup_fraction"] = min(warmup_steps / train["max_steps"], 1.0)
@@ -66,12 +75,20 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         logging.getLogger("repre").warning(
             "this config's warm-up of %d steps (train.warmup_steps, removed in repre 0.2.0) is read as its "
             "train.warmup_fraction, %s, which a resumed run trains with", warmup_steps, train.get("warmup_fraction"))
+
+
+def _method_keys_to_their_framework(method: dict[str, Any]) -> None:
+    """The method keys the frameworks shared -> the section of the framework that ran (RENAMED_METHOD)."""
     name = method.get("name", MethodConfig.name)
     for old, targets in RENAMED_METHOD.items():
         if old in method:
             value = method.pop(old)
             if name in targets:
                 method.setdefault(name, {})[targets[name]] = value
+
+
+def _eval_keys_to_their_task(evals: dict[str, Any]) -> None:
+    """eval.knn as a bool -> eval.knn.enabled; the flat eval.TASK_KEY keys -> eval.TASK.KEY (RENAMED)."""
     if isinstance(evals.get("knn"), bool):
         evals["knn"] = {"enabled": evals["knn"]}
     for old, new in RENAMED.items():
@@ -79,14 +96,22 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         if key in evals:
             task, field_name = new.split(".")[1:]
             evals.setdefault(task, {})[field_name] = evals.pop(key)
+
+
+def _quick_probe_values(evals: dict[str, Any]) -> None:
+    """A linear section written when the quick probe was the only one: its values that are each protocol's own
+    now (null) where they were the quick probe's defaults."""
     linear = evals.get("linear")
-    if isinstance(linear, dict) and "protocol" not in linear:  # written when the quick probe was the only one
-        for key, default in QUICK_DEFAULTS.items():  # its defaults are null now: each protocol's own
+    if isinstance(linear, dict) and "protocol" not in linear:
+        for key, default in QUICK_DEFAULTS.items():
             if linear.get(key) == default:
                 linear[key] = None
-    for task in EVAL_TASKS:  # 0.1.0 read a subset of 0 as "all images", which is null now
+
+
+def _null_subsets(evals: dict[str, Any]) -> None:
+    """A subset of 0, which 0.1.0 read as "all images" -> null, which says so now."""
+    for task in EVAL_TASKS:
         section = evals.get(task)
         for key in section if isinstance(section, dict) else ():
             if key.endswith("subset") and section[key] == 0:
                 section[key] = None
-    return raw
