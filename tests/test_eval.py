@@ -104,3 +104,5 @@ def test_knn_reports_each_class_and_the_confusion():
     assert out["per_class_top1"] == {"a": 0.5, "b": pytest.approx(2 / 3), "c": 0.0, "d": None}
     assert out["confusion"] == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
     assert "confusion" not in per_class(pred, truth, 101, None) and per_class(pred, truth, 3, None)["classes"] is None
+    twice = per_class(pred, truth, 4, ["a", "b", "a", "d"])["per_class_top1"]  # a name twice: each class kept
+    assert twice == {"a (0)": 0.5, "b": pytest.approx(2 / 3), "a (2)": 0.0, "d": None}

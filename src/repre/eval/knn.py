@@ -72,6 +72,7 @@ def per_class(pred: torch.Tensor, truth: torch.Tensor, classes: int, names: list
     confusion.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
     seen = confusion.sum(dim=1)
     named = names if names and len(names) == classes else [str(c) for c in range(classes)]
+    named = [n if named.count(n) == 1 else f"{n} ({c})" for c, n in enumerate(named)]  # a name twice: by label too
     top1 = {n: (float(confusion[c, c] / seen[c]) if seen[c] else None) for c, n in enumerate(named)}
     out: dict[str, Any] = {"per_class_top1": top1, "classes": names}
     if classes <= CONFUSION_CLASSES:
