@@ -40,6 +40,8 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     with (going / "metrics.jsonl").open("a") as fh:
         fh.write('{"step": 25, "kind": "train", "loss_contr')  # the line a crash cut short
 
+    (repre / "checkpoints").mkdir()
+    (repre / "checkpoints" / "last.pt").touch()  # a checkpoint stands for its run
     code, stdout = run_cli(["compare", str(base), str(repre / "checkpoints" / "last.pt"), str(going)])
     assert code == 0
     result = last_json(stdout)
@@ -63,13 +65,72 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     assert rows["config keys that differ:"] == [] and rows["train.seed"] == ["0", "7", "0"]
 
 
-def test_compare_refuses_a_folder_that_is_no_run_and_imports_no_torch(tiny_run, tmp_path):
-    code, _ = run_cli(["compare", str(tiny_run[0]), str(tmp_path)])
-    assert code == 2
+def make_run(folder: Path, *overrides: str, summary: dict | None = None, lines: list[dict] | None = None) -> Path:
+    """A run folder as pretrain leaves it, written by hand: config.yaml, and summary.json and metrics.jsonl when
+    given."""
+    from repre.config import load_config, save_yaml
+
+    folder.mkdir(parents=True)
+    save_yaml(load_config(None, list(overrides)), folder / "config.yaml")
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    if lines is not None:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def rows_of(stdout: str) -> dict[str, list[str]]:
+    table = [re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines()[1:-1]]
+    return {row[0]: row[1:] for row in table}
+
+
+def test_compare_reads_what_is_there_and_shows_values_exactly(tmp_path, monkeypatch):
+    """A run with its config alone (just started), given alone or twice; config values that differ in their
+    fifth decimal; a summary that a resumed run has gone past (its last line counts); `.` as a run."""
+    fresh = make_run(tmp_path / "fresh", "train.lr=1.5e-4")
+    code, stdout = run_cli(["compare", str(fresh), str(fresh)])
+    assert code == 0 and "nothing reported yet" in stdout and "the runs' configs are the same" in stdout
+    assert run_cli(["compare", str(fresh)])[0] == 0
+    line = {"kind": "train", "loss_contrastive": 1.5, "loss_recon": 0.25}
+    resumed = make_run(tmp_path / "resumed", "train.lr=1.0e-4", summary={"completed": False, "steps": 400,
+                       "total_steps": 800, "loss_contrastive": 2.0}, lines=[{**line, "step": 400}, {**line, "step": 600}])
+    monkeypatch.chdir(resumed)
+    code, stdout = run_cli(["compare", str(fresh), "."])
+    assert code == 0 and stdout.splitlines()[0].split() == ["fresh", "resumed"]
+    rows = rows_of(stdout)
+    assert rows["train.lr"] == ["0.00015", "0.0001"]  # exactly: not 0.0001 twice
+    assert rows["steps"] == ["-", "600 no summary"] and rows["loss_contrastive (last)"] == ["-", "1.5000"]
+
+
+def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
+    """A config this repre would refuse (a removed loss) or wrote with older keys still compares; a framework's
+    own keys count for its runs alone, and the losses of different methods are not subtracted."""
+    mocov3 = make_run(tmp_path / "mocov3", summary={"completed": True, "steps": 8, "loss_contrastive": 2.0})
+    old = yaml.safe_load((mocov3 / "config.yaml").read_text())
+    old["method"]["temperature"] = old["method"]["mocov3"].pop("temperature")  # 0.1.0's shared key
+    old["recon"]["loss"] = "smooth_l1"  # removed: a run configured so no longer loads
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.yaml").write_text(yaml.safe_dump(old))
+    dino = make_run(tmp_path / "dino", "method.name=dino", "data.local_crops=2",
+                    summary={"completed": True, "steps": 8, "loss_contrastive": 6.0})
+    code, stdout = run_cli(["compare", str(mocov3), str(legacy), str(dino)])
+    assert code == 0
+    differences = last_json(stdout)["differences"]
+    assert differences["recon.loss"] == ["l1", "smooth_l1", "l1"]
+    assert differences["method.mocov3.temperature"] == [0.2, 0.2, None]  # the legacy key in today's place
+    assert differences["method.dino.out_dim"][:2] == [None, None] and differences["method.dino.out_dim"][2]
+    assert rows_of(stdout)["loss_contrastive (last)"] == ["2.0000", "-", "6.0000"]  # no "(+4.0000)"
+
+
+def test_compare_refuses_what_is_no_run_and_imports_no_torch(tiny_run, tmp_path):
+    for wrong in (tmp_path, tmp_path / "typo", tiny_run[0] / "checkpoints" / "step-99999999.pt"):
+        assert run_cli(["compare", str(tiny_run[0]), str(wrong)])[0] == 2
     probe = ("import sys, contextlib, io\n"
              "from repre.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n"
              f"    assert main(['compare', {str(tiny_run[0])!r}, {str(tiny_run[0])!r}]) == 0\n"
+             "    assert main(['config', '--set', 'train.max_steps=5']) == 0\n"
              "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
     src = str(Path(__file__).resolve().parents[1] / "src")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,

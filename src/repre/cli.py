@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a config key, as pretrain takes it")
     cp = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
     cp.add_argument("runs", nargs="+", metavar="RUN",
-                    help="run directories (or their checkpoints); the others' numbers are read against the first's")
+                    help="run directories (a checkpoint stands for its run); the others' numbers are read "
+                    "against the first's")
     mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
     mp.add_argument("--out", required=True, help="FILE.png")

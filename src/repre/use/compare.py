@@ -1,51 +1,85 @@
 """`repre compare`: runs side by side. For each run what it reports (its summary, or the last train line of a run
-that has not finished; the k-NN during and after training; each `repre eval` result kept in it), then the config
+still going or killed; the k-NN during and after training; each `repre eval` result kept in it), then the config
 keys on which the runs differ.
 
 The first run is the reference: the others' numbers carry their difference to it (a ratio for speed and time),
-so a RePre run given after its baseline reads as RePre's gain and cost.
+so a RePre run given after its baseline reads as RePre's gain and cost. Only the runs' files are read: no
+torch, and a config that this repre would refuse still compares (read as it was written, in today's keys).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repre.config import flatten, load_config
+import yaml
+
+from repre.config import FRAMEWORKS, Config, flatten, migrate
 from repre.core.run_files import metric_lines, read_json, run_dir, run_results
 from repre.errors import UserError
 
-Row = tuple[str, list[Any], Callable[[Any, Any], str]]
+LABEL_WIDTH, CELL_WIDTH = 48, 36  # characters; a longer text is cut in its middle
 
 
 def compare(runs: list[str | Path]) -> dict[str, Any]:
-    """{"command": "compare", "runs": [what each run reports], "differences": {config key: [value per run]}}."""
+    """{"command": "compare", "runs": [what each run reports], "differences": {config key: [value per run]}}.
+    A framework's own keys (method.NAME.*) count for the runs of that framework alone (null for the others)."""
     folders = [_run_folder(r) for r in runs]
-    configs = [load_config(str(f / "config.yaml")) for f in folders]
-    flat = [flatten(c.to_dict()) for c in configs]
-    differences = {key: [c.get(key) for c in flat] for key in sorted(set().union(*flat))
-                   if len({json.dumps(c.get(key), sort_keys=True) for c in flat}) > 1}
-    runs = [run_record(f, c.recon.enabled) for f, c in zip(folders, configs, strict=True)]
-    return {"command": "compare", "runs": runs, "differences": differences}
+    configs = [own_keys(run_config(f)) for f in folders]
+    keys = [k for k in flatten(Config().to_dict()) if any(c.get(k) is not None for c in configs)]
+    keys += sorted({k for c in configs for k in c} - set(keys))  # keys of older repres, in none of today's
+    differences = {key: [c.get(key) for c in configs] for key in keys
+                   if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
+    records = [run_record(f, c["method.name"], bool(c["recon.enabled"])) for f, c in zip(folders, configs, strict=True)]
+    return {"command": "compare", "runs": records, "differences": differences}
 
 
 def _run_folder(path: str | Path) -> Path:
-    folder = run_dir(path)
+    """The run of an argument: a run directory, or a checkpoint file in its checkpoints/ (which stands for its
+    run: the run's reports are compared, not that checkpoint's)."""
+    given = Path(path)
+    if not given.exists():
+        raise UserError(f"{path} does not exist; give run directories that `repre pretrain --out` wrote")
+    if given.is_file() and given.suffix != ".pt":
+        raise UserError(f"{path} is a file, not a run directory or a checkpoint (.pt)")
+    folder = run_dir(given).resolve()
     if not (folder / "config.yaml").is_file():
         raise UserError(f"{path} is not a run directory (no config.yaml in {folder}); give folders that "
                         "`repre pretrain --out` wrote, or their checkpoints")
     return folder
 
 
-def run_record(folder: Path, recon: bool) -> dict[str, Any]:
-    """What a run reports: its summary.json (a run still going or stopped without one: its last train line) and
-    its k-NN evaluations by step (`knn`: [step, top-1, quick]; quick: on the periodic subsets), then its
-    `repre eval` results. `loss_recon` is None for a run without the reconstruction branch."""
+def run_config(folder: Path) -> dict[str, Any]:
+    """A run's config.yaml, flat (key -> value), in today's keys over today's defaults; not validated."""
+    path = folder / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} holds no config (a mapping of sections)")
+    return {**flatten(Config().to_dict()), **flatten(migrate(raw))}
+
+
+def own_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the other frameworks' keys (method.NAME.* of a NAME that did not run) set to None."""
+    others = tuple(f"method.{name}." for name in FRAMEWORKS if name != config.get("method.name"))
+    return {k: (None if k.startswith(others) else v) for k, v in config.items()}
+
+
+def run_record(folder: Path, method: str, recon: bool) -> dict[str, Any]:
+    """What a run reports: its summary.json (a run still going or killed without one, or resumed since it was
+    written: its last train line) and its k-NN evaluations by step (`knn`: [step, top-1, quick]; quick: on the
+    periodic subsets), then its `repre eval` results. `loss_recon` is None for a run without the branch.
+    `train_s`: the training loop over every resumed part (`wall_s`: the last part's process)."""
     summary = read_json(folder / "summary.json")
     lines = metric_lines(folder)
     last = next((line for line in reversed(lines) if line.get("kind") == "train"), {})
+    if last.get("step", 0) > summary.get("steps", 0):  # resumed after the summary was written
+        summary = {}
     knn = [[line["step"], line["knn_top1"], bool(line.get("knn_quick"))] for line in lines
            if line.get("kind") == "eval" and line.get("knn_top1") is not None]
     evaluations = [{"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
@@ -53,9 +87,12 @@ def run_record(folder: Path, recon: bool) -> dict[str, Any]:
                    for r in run_results(folder)]
     return {
         "run": str(folder),
-        "completed": summary.get("completed"),  # None: no summary (running, or killed)
+        "method": method,
+        "recon": recon,
+        "completed": summary.get("completed"),  # None: no summary (running, killed, or resumed since)
         "steps": summary.get("steps", last.get("step")),
         "total_steps": summary.get("total_steps"),
+        "train_s": summary.get("train_s"),
         "wall_s": summary.get("wall_s"),
         "images_per_sec": summary.get("images_per_sec"),
         "loss_contrastive": summary.get("loss_contrastive", last.get("loss_contrastive")),
@@ -69,43 +106,67 @@ def run_record(folder: Path, recon: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------- the table
 
 
+@dataclass
+class Row:
+    """A row of the table: its label, a value per run, and how a value reads against the first run's (None
+    where there is no first value to read it against)."""
+
+    label: str
+    values: list[Any]
+    fmt: Callable[[Any, Any], str]
+    same_method: bool = False  # read against the first run's only where the methods are the same (losses)
+
+
 def table(result: dict[str, Any]) -> str:
     """The runs as columns, what they report as rows, then the config keys that differ."""
-    names = short_names([r["run"] for r in result["runs"]])
-    report = report_rows(result["runs"])
-    differing = [(key, values, _plain) for key, values in result["differences"].items()]
-    cells = [[fmt(v, values[0] if i else None) for i, v in enumerate(values)] for _, values, fmt in report + differing]
-    label_width = min(40, max(len(label) for label, _, _ in report + differing))
-    widths = [min(32, max([len(name)] + [len(row[i]) for row in cells])) for i, name in enumerate(names)]
+    runs = result["runs"]
+    names = short_names([r["run"] for r in runs])
+    report = report_rows(runs)
+    differing = [Row(key, values, _plain) for key, values in result["differences"].items()]
+    cells = [[row.fmt(v, _reference(row, runs, i)) for i, v in enumerate(row.values)] for row in report + differing]
+    label_width = min(LABEL_WIDTH, max((len(row.label) for row in report + differing), default=0))
+    widths = [min(CELL_WIDTH, max([len(name)] + [len(row[i]) for row in cells])) for i, name in enumerate(names)]
     lines = [_line("", names, label_width, widths)]
-    lines += [_line(label, row, label_width, widths) for (label, _, _), row in zip(report, cells, strict=False)]
+    if not report:
+        lines.append("nothing reported yet: no summary.json, train line or evaluation")
+    lines += [_line(row.label, texts, label_width, widths) for row, texts in zip(report, cells, strict=False)]
     if len(names) > 1:
         lines.append("config keys that differ:" if differing else "the runs' configs are the same")
-    lines += [_line(label, row, label_width, widths) for (label, _, _), row in zip(differing, cells[len(report):],
-                                                                                 strict=True)]
+    lines += [_line(row.label, texts, label_width, widths)
+              for row, texts in zip(differing, cells[len(report):], strict=True)]
     return "\n".join(lines)
 
 
+def _reference(row: Row, runs: list[dict[str, Any]], i: int) -> Any:
+    """The first run's value that run i's is read against (None for the first run itself)."""
+    if i == 0 or (row.same_method and runs[i]["method"] != runs[0]["method"]):
+        return None
+    return row.values[0]
+
+
 def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
-    """(label, a value per run, how a value reads against the first run's) for what the runs report."""
-    rows: list[Row] = [
-        ("steps", [_steps(r) for r in runs], _text),
-        ("images/s", [r["images_per_sec"] for r in runs], _ratio),
-        ("wall", [r["wall_s"] for r in runs], _duration),
-        ("loss_contrastive (last)", [r["loss_contrastive"] for r in runs], _difference),
-        ("loss_recon (last)", [r["loss_recon"] for r in runs], _difference),
-        ("knn top-1 (run's end)", [r["knn_top1"] for r in runs], _difference),
-        ("knn top-1 (quick, best)", [_best_quick(r) for r in runs], _text),
+    """The rows of what the runs report, those where some run has a value."""
+    rows = [
+        Row("steps", [_steps(r) for r in runs], _text),
+        Row("images/s", [r["images_per_sec"] for r in runs], _ratio),
+        Row("training time", [r["train_s"] for r in runs], _duration),
+        Row("loss_contrastive (last)", [r["loss_contrastive"] for r in runs], _difference, same_method=True),
+        Row("loss_recon (last)", [r["loss_recon"] for r in runs], _difference, same_method=True),
+        Row("knn top-1 (run's end)", [r["knn_top1"] for r in runs], _difference),
+        Row("knn top-1 (quick, best)", [_best_quick(r) for r in runs], _text),
     ]
     labels: dict[str, dict[int, Any]] = {}
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
-            label = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(map(str, e['set']))}]" if e["set"] else "")
+            name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(map(str, e['set']))}]" if e["set"] else "")
+            label, n = name, 1
+            while i in labels.get(label, {}):  # a second result of the run with the same name: numbered
+                n += 1
+                label = f"{name} ({n})"
             at = "" if e["step"] in (None, r["steps"]) else f" @{e['step']}"
             labels.setdefault(label, {})[i] = (e["value"], at)
-    for label, by_run in labels.items():
-        rows.append((label, [by_run.get(i) for i in range(len(runs))], _evaluated))
-    return [row for row in rows if any(v is not None for v in row[1])]
+    rows += [Row(label, [by_run.get(i) for i in range(len(runs))], _evaluated) for label, by_run in labels.items()]
+    return [row for row in rows if any(v is not None for v in row.values)]
 
 
 def _steps(r: dict[str, Any]) -> str | None:
@@ -132,8 +193,8 @@ def _text(v: str | None, first: Any) -> str:
 
 
 def _plain(v: Any, first: Any) -> str:
-    """A value as --set would write it (true, null, [2, 5]); a report's own text as it is."""
-    return v if isinstance(v, str) else _number(v) if isinstance(v, float) else json.dumps(v)
+    """A config value as --set would write it, exactly: 0.00015, 1e-06, true, null, [2, 5]."""
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def _difference(v: Any, first: Any) -> str:
@@ -158,7 +219,8 @@ def _duration(v: Any, first: Any) -> str:
 def _evaluated(v: Any, first: Any) -> str:
     if v is None:
         return "-"
-    (value, at), base = v, first[0] if first else None
+    value, at = v
+    base = first[0] if first else None
     return _difference(value, base if isinstance(base, (int, float)) else None) + at
 
 
@@ -169,14 +231,19 @@ def _line(label: str, cells: list[str], label_width: int, widths: list[int]) -> 
 
 
 def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """`text` on one line, cut in its middle to `width` (a path's end and a list's last items stay)."""
+    text = " ".join(text.split("\n"))
+    if len(text) <= width:
+        return text
+    head = (width - 2) // 2
+    return text[:head] + ".." + text[len(text) - (width - 2 - head):]
 
 
 def short_names(paths: list[str]) -> list[str]:
-    """The shortest trailing parts that tell the runs apart: runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0."""
-    parts = [Path(p).parts for p in paths]
+    """The fewest trailing parts that tell the runs apart: runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0."""
+    parts = [Path(p).resolve().parts for p in paths]
     for n in range(1, max(len(p) for p in parts) + 1):
         names = ["/".join(p[-n:]) for p in parts]
         if len(set(names)) == len(names):
             return names
-    return paths
+    return [str(Path(p).resolve()) for p in paths]  # the same run given twice
