@@ -27,8 +27,9 @@ and values of the wrong type exit 2 naming the nearest valid key. The resolved c
 `config.yaml` and in every checkpoint, and `--config` accepts it back. The presets set other values than
 these defaults: `repre presets` lists them, and `src/repre/presets/*.yaml` says why each value is chosen.
 `repre config [--config PRESET_OR_YAML] [--set key=value]...` prints the resolved config that `repre pretrain`
-would run with the same arguments (checked as it would check it; nothing runs): a file to edit and give back
-with `--config`.
+would run with the same arguments, validated as a config (keys, types, ranges, the rules across keys; what
+needs the model or the data is checked when pretrain builds them): a file to edit and give back with
+`--config`.
 """
 
 

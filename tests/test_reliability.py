@@ -48,17 +48,22 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     with (tmp_path / "whole.log").open("w") as log:  # the child writes through its own copy of the handle
         uninterrupted = subprocess.Popen(pretrain_cmd(whole, extra), env=env, stdout=subprocess.DEVNULL, stderr=log)
-    proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-00000004.pt.sha256").exists() and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
-    done = subprocess.run(pretrain_cmd(killed, extra) + ["--resume"], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "resuming from" in done.stderr
-    assert uninterrupted.wait() == 0, (tmp_path / "whole.log").read_text()
+    try:
+        proc = subprocess.Popen(pretrain_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (killed / "checkpoints" / "step-00000004.pt.sha256").exists() and time.time() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+        done = subprocess.run(pretrain_cmd(killed, extra) + ["--resume"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "resuming from" in done.stderr
+        assert uninterrupted.wait() == 0, (tmp_path / "whole.log").read_text()
+    finally:
+        uninterrupted.kill()  # a failure above leaves no run training on
+        uninterrupted.wait()
     a, b = final_model(whole), final_model(killed)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]

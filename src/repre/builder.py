@@ -12,7 +12,8 @@ from repre.methods import build_method
 from repre.models.backbone import Backbone, resolve_arch, resolve_taps
 from repre.reconstruction import Baseline, RePre
 
-# the recon.* keys the wrapper or the trainer reads; every other one is a `ReconstructionBranch` argument
+# the recon.* keys read outside the branch (the builder, the wrapper, the schedules, the data pipeline); every
+# other one is a `ReconstructionBranch` argument of the same name
 RECON_WRAPPER_KEYS = ("enabled", "weight", "weight_end", "target", "taps", "views")
 
 

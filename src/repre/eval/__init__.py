@@ -14,7 +14,14 @@ from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
-from repre.pretrained import RUN_KEYS_READ, encoder_from, load_checkpoint_config, model_from, refuse_unread
+from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval gave before repre.pretrained)
+    RUN_KEYS_READ,
+    encoder_from,
+    load_checkpoint_config,
+    load_encoder,
+    model_from,
+    refuse_unread,
+)
 
 
 def eval_reads(task: str) -> tuple[str, ...]:

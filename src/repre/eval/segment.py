@@ -57,7 +57,7 @@ def at_size(encoder: Backbone, size: tuple[int, int]) -> Backbone:
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
     """uint8 images [N, 3, S, S] (S: the encoder's input size, `at_size`) -> patch-token maps [N, D, h, w],
     float32: a ViT's last block (final norm applied), a Swin's deepest stage of stride <= 16 (its last stage is
-    too coarse for a dense probe)."""
+    too coarse for a dense probe; an inner stage has no norm after it)."""
     unit = dense_unit(encoder)
     batches = ((normalize(chunk.float().div(255), mean, std), None) for chunk in images.split(batch))
     maps, _ = frozen_outputs(encoder, batches, rt, lambda x: encoder.unit_maps(x, [unit])[0])

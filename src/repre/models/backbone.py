@@ -108,9 +108,10 @@ class Backbone(nn.Module):
         return self.model.forward_head(final, pre_logits=True), maps
 
     def unit_maps(self, x: torch.Tensor, units: Sequence[int]) -> list[torch.Tensor]:
-        """x [B, 3, H, W] -> the maps of `units` (0-based blocks, or a Swin's stages) after the final norm, as a
-        frozen evaluation reads them: [B, C_i, H/s_i, W/s_i] each, contiguous. (The training forward's tap maps
-        are taken before the norm.)"""
+        """x [B, 3, H, W] -> the maps of `units` (0-based blocks, or a Swin's stages) as a frozen evaluation reads
+        them: [B, C_i, H/s_i, W/s_i] each, contiguous; a ViT's blocks after its final norm, a Swin's stages as
+        they are (its last one normed: timm's norm follows the last stage). The training forward's tap maps
+        are taken without the norm."""
         return self.model.forward_intermediates(x, indices=list(units), norm=True, output_fmt="NCHW",
                                                 intermediates_only=True)
 
