@@ -114,7 +114,7 @@ class LossTrend(Callback):
 
 class CollapseWatch(Callback):
     """One warning a run when signs of collapse last: embeddings collapsing to a point (`embedding_std` under
-    `COLLAPSE_STD`), or (DINO) a teacher whose outputs are near uniform over its `out_dim` prototypes (entropy
+    `COLLAPSE_STD`), or (DINO) a teacher whose outputs are near uniform over its `prototypes` (entropy
     above 95% of the uniform's). It reads the train lines after the first 10% of the run (a fresh encoder's
     features may be anisotropic, a fresh teacher's outputs near uniform) and warns when `SHARE` of the last n
     lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run completes on 2 or more
@@ -126,10 +126,11 @@ class CollapseWatch(Callback):
 
     SHARE, SPAN, LINES = 0.8, 0.05, (2, 20)
 
-    def __init__(self, out_dim: int | None, log_every: int, ema: bool = True) -> None:
-        """`out_dim`: DINO's prototypes (None: no teacher entropy to watch); `log_every`: steps a train line;
-        `ema`: whether the method has a momentum encoder (the warning then says to check its momentum)."""
-        self.uniform = math.log(max(out_dim, 2)) if out_dim else math.inf
+    def __init__(self, prototypes: int | None, log_every: int, ema: bool = True) -> None:
+        """`prototypes`: DINO's outputs (`Method.prototypes`; None: no teacher entropy to watch); `log_every`:
+        steps a train line; `ema`: whether the method has a momentum encoder (the warning then says to check its
+        momentum)."""
+        self.uniform = math.log(max(prototypes, 2)) if prototypes else math.inf
         self.log_every, self.ema = log_every, ema
         self.recent: deque[bool] | None = None  # whether each of the last n lines shows a sign
         self.why = ""  # the latest sign
