@@ -7,7 +7,7 @@ from torch import nn
 from repre.nn import ReconstructionBranch
 
 
-def units(model: nn.Module) -> list[nn.Module]:
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The modules compiled whole: every transformer block (the members of each `blocks` sequence, timm's layout
     for ViTs, Swin stages and their relatives)."""
     found = []
@@ -27,7 +27,7 @@ def compile_blocks(model: nn.Module) -> None:
     compiling for a Swin block. The run raises Dynamo's limit of graphs per unit while it trains
     (`repre.core.runtime.run_settings`); torch >= 2.5 shares a graph between the instances of a block, older
     versions may run blocks past the limit uncompiled."""
-    for module in units(model):
+    for module in transformer_blocks(model):
         module.compile(dynamic=False)
     for module in model.modules():
         if isinstance(module, ReconstructionBranch):
