@@ -106,3 +106,24 @@ def test_knn_reports_each_class_and_the_confusion():
     assert "confusion" not in per_class(pred, truth, 101, None) and per_class(pred, truth, 3, None)["classes"] is None
     twice = per_class(pred, truth, 4, ["a", "b", "a", "d"])["per_class_top1"]  # a name twice: each class kept
     assert twice == {"a (0)": 0.5, "b": pytest.approx(2 / 3), "a (2)": 0.0, "d": None}
+
+
+def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(tiny_run, tmp_path):
+    """Each checkpoint evaluated with the run's own settings adds a point at its step (repre_eval/TASK_METRIC);
+    a result of other settings (a --set that changes what is measured) is left out of the curve."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    values = {}
+    for checkpoint in (run / "checkpoints" / "step-00000010.pt", run):
+        code, stdout = run_cli(["eval", "knn", "--checkpoint", str(checkpoint), "--set", "eval.batch_size=32"])
+        assert code == 0
+        values[last_json(stdout)["checkpoint"]["step"]] = last_json(stdout)["value"]
+    assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    points = {e.step: e.value for e in events.Scalars("repre_eval/knn_top1")}
+    assert points == pytest.approx(values) and sorted(points) == [10, 20]

@@ -150,6 +150,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from repre.core.run_files import run_dir, write_result
+    from repre.engine.metrics import add_evaluation
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else run_dir(args.checkpoint) / "eval" / args.task
@@ -157,6 +158,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0
     write_result(out, result)
+    tag = add_evaluation(run_dir(args.checkpoint), result)
+    if tag:
+        log.info("added to the run's TensorBoard: %s at step %s", tag, result["checkpoint"]["step"])
     details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
     print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
     print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")

@@ -50,6 +50,29 @@ class MetricWriter:
             self.tb.close()
 
 
+# the --set keys that change how an evaluation runs, not what it measures
+RUN_ONLY_KEYS = ("train.device=", "train.precision=", "train.num_workers=", "train.progress=", "eval.batch_size=")
+
+
+def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
+    """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
+    checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
+    result measured as the run's own config says (no `--set` but `RUN_ONLY_KEYS`). Returns the tag written, or
+    None (no run TensorBoard there, or other settings)."""
+    of = result.get("checkpoint") or {}
+    if not (run / "tb").is_dir() or any(not str(item).startswith(RUN_ONLY_KEYS) for item in of.get("set", [])):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    tag = f"repre_eval/{result['task']}_{result['metric']}"
+    writer = SummaryWriter(str(run / "tb"))
+    try:
+        writer.add_scalar(tag, result["value"], int(of.get("step", 0)))
+    finally:
+        writer.close()
+    return tag
+
+
 class WindowMeter:
     """Means of per-step tensors kept on the device; `.item()` only when the window is read (one sync).
     Non-finite values (a skipped step's loss) are left out of their key's mean; a key with no finite value
