@@ -39,15 +39,15 @@ TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training
 NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
 
 
-def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> list[dict[str, Any]]:
-    """The results of `run_dir` that describe this checkpoint's encoder: the run's final k-NN and each `repre
+def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[dict[str, Any]]:
+    """The results of `run` that describe this checkpoint's encoder: the run's final k-NN and each `repre
     eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given (a
     data path named, not given)."""
     evals = []
-    done = read_json(run_dir / "summary.json")
+    done = read_json(run / "summary.json")
     if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
         evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain"})
-    for r in run_results(run_dir):
+    for r in run_results(run):
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
             how = [re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", str(item))
@@ -57,10 +57,10 @@ def run_evaluations(run_dir: Path, step: int, key: str, evaluated_key: str) -> l
     return evals
 
 
-def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run_dir: Path | None) -> dict:
+def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
     step = int(ckpt.get("step", 0))
-    evals = run_evaluations(run_dir, step, key, eval_encoder_key(cfg.method.name)) if run_dir is not None else []
+    evals = run_evaluations(run, step, key, eval_encoder_key(cfg.method.name)) if run is not None else []
     return {
         "format": "repre-export-3",
         "arch": arch,

@@ -37,11 +37,11 @@ def read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def run_results(run_dir: Path) -> list[dict[str, Any]]:
-    """Each `repre eval` result kept in `run_dir`/eval/TASK/, by task name; unreadable files left out. A result
+def run_results(run: Path) -> list[dict[str, Any]]:
+    """Each `repre eval` result kept in `run`/eval/TASK/, by task name; unreadable files left out. A result
     written before repre recorded which checkpoint it evaluated has no `checkpoint`."""
     results = []
-    for path in sorted(Path(run_dir, "eval").glob(f"*/{RESULT}")):
+    for path in sorted(Path(run, "eval").glob(f"*/{RESULT}")):
         result = read_json(path)
         if result:
             results.append({**result, "task": result.get("task", path.parent.name)})
