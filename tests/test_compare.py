@@ -92,8 +92,9 @@ def test_compare_reads_what_is_there_and_shows_values_exactly(tmp_path, monkeypa
     assert code == 0 and "nothing reported yet" in stdout and "the runs' configs are the same" in stdout
     assert run_cli(["compare", str(fresh)])[0] == 0
     line = {"kind": "train", "loss_contrastive": 1.5, "loss_recon": 0.25}
-    resumed = make_run(tmp_path / "resumed", "train.lr=1.0e-4", summary={"completed": False, "steps": 400,
-                       "total_steps": 800, "loss_contrastive": 2.0}, lines=[{**line, "step": 400}, {**line, "step": 600}])
+    stopped = {"completed": False, "steps": 400, "total_steps": 800, "loss_contrastive": 2.0}
+    resumed = make_run(tmp_path / "resumed", "train.lr=1.0e-4", summary=stopped,
+                       lines=[{**line, "step": 400}, {**line, "step": 600}])
     monkeypatch.chdir(resumed)
     code, stdout = run_cli(["compare", str(fresh), "."])
     assert code == 0 and stdout.splitlines()[0].split() == ["fresh", "resumed"]

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("presets", help="list the presets")
-    cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, validated as a config")
+    cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, validated")
     cf.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
     cf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, as pretrain takes it")

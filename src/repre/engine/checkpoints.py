@@ -84,7 +84,7 @@ class Checkpoints:
             "scaler": self.scaler.state_dict(),
             "step": self.state.step,
             "run": self.state.to_dict(),
-            "monitors": monitor_states(self.callbacks),  # the callbacks with a state; rank 0's: it reads the train lines
+            "monitors": monitor_states(self.callbacks),  # those with a state; rank 0's: it reads the train lines
             "window": self.window.state_dict(),  # the next train line's steps so far, over all processes
             "rng": rng,
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)

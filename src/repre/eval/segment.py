@@ -3,8 +3,9 @@
 Data (eval.segment.data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
 test-split items), or a folder of images with PNG label masks (ADE20K-style, `repre.data.seg_folder`).
 An encoder pre-trained at another image size is evaluated at the scene size with resampled position
-embeddings (timm's `set_input_size`; `model.init=dino`: DINO's resampling). Reported: mIoU over the classes present in the test scenes' truth or
-in the prediction (a class predicted but absent counts 0) (`value`), and pixel accuracy.
+embeddings (timm's `set_input_size`; `model.init=dino`: DINO's resampling). Reported: mIoU over the classes
+present in the test scenes' truth or in the prediction (a class predicted but absent counts 0) (`value`), and
+pixel accuracy.
 """
 
 from __future__ import annotations

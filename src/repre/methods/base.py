@@ -40,13 +40,14 @@ class Method(nn.Module):
     methods receive None) and 0-d values to log ("embedding_std", DINO's "teacher_entropy").
 
     Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
-    `ema_pairs()`; forward updates them (`update_momentum`) before the momentum encoder's pass. `eval_encoder_key` names the encoder that evaluation
-    and export use (the online one, or DINO's teacher). `set_progress(step, total)` runs before each step's
-    forward and `after_backward()` after the gradients are clipped, for schedules and gradient rules of a
-    method's own. A buffer that forward updates (DINO's center, MoBY's queues) must leave out values that are
-    not finite (a non-finite teacher or key would stay in it for good; the step itself is then skipped). When `self.taps` is non-empty (set by the RePre branch),
-    forward also returns "recon_maps" (the online encoder's tap maps of both global views, [2B, C_i, h_i, w_i]
-    each, from the same forward as the method's loss) and "recon_targets" (those views, [2B, 3, H, W]).
+    `ema_pairs()`; forward updates them (`update_momentum`) before the momentum encoder's pass.
+    `eval_encoder_key` names the encoder that evaluation and export use (the online one, or DINO's teacher).
+    `set_progress(step, total)` runs before each step's forward and `after_backward()` after the gradients are
+    clipped, for schedules and gradient rules of a method's own. A buffer that forward updates (DINO's center,
+    MoBY's queues) must leave out values that are not finite (a non-finite teacher or key would stay in it for
+    good; the step itself is then skipped). When `self.taps` is non-empty (set by the RePre branch), forward
+    also returns "recon_maps" (the online encoder's tap maps of both global views, [2B, C_i, h_i, w_i] each,
+    from the same forward as the method's loss) and "recon_targets" (those views, [2B, 3, H, W]).
     """
 
     encoder: Backbone
