@@ -59,7 +59,7 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     assert table[0] == ["a/seed0", "b/seed0", "c/going"]  # the fewest trailing parts that tell the runs apart
     rows = {row[0]: row[1:] for row in table[1:]}
     assert rows["steps"] == ["20", "20", "20 no summary"]
-    assert rows["images/s"] == ["100.0", "80.0 (x0.80)", "-"]
+    assert rows["images/s"] == ["100.0", "80.0 (x0.80)", "-"] and rows["trained on"] == ["cpu fp32", "cpu fp32", "-"]
     assert rows["knn top-1 (run's end)"] == ["0.5000", "0.6250 (+0.1250)", "-"]
     assert rows["eval linear top1 [eval.linear.epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's
     assert rows["config keys that differ:"] == [] and rows["train.seed"] == ["0", "7", "0"]

@@ -92,6 +92,9 @@ def run_record(folder: Path, method: str, recon: bool) -> dict[str, Any]:
         "completed": summary.get("completed"),  # None: no summary (running, killed, or resumed since)
         "steps": summary.get("steps", last.get("step")),
         "total_steps": summary.get("total_steps"),
+        "device": summary.get("device"),  # where it trained, in which precision, on how many processes
+        "precision": summary.get("precision"),
+        "processes": summary.get("processes"),
         "train_s": summary.get("train_s"),
         "wall_s": summary.get("wall_s"),
         "images_per_sec": summary.get("images_per_sec"),
@@ -148,6 +151,7 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     """The rows of what the runs report, those where some run has a value."""
     rows = [
         Row("steps", [_steps(r) for r in runs], _text),
+        Row("trained on", [_trained_on(r) for r in runs], _text),
         Row("images/s", [r["images_per_sec"] for r in runs], _ratio),
         Row("training time", [r["train_s"] for r in runs], _duration),
         Row("loss_contrastive (last)", [r["loss_contrastive"] for r in runs], _difference, same_method=True),
@@ -174,6 +178,13 @@ def _steps(r: dict[str, Any]) -> str | None:
         return None
     state = {True: "", False: " stopped", None: " no summary"}[r["completed"]]
     return f"{r['steps']}" + (f"/{r['total_steps']}" if r["total_steps"] not in (None, r["steps"]) else "") + state
+
+
+def _trained_on(r: dict[str, Any]) -> str | None:
+    """"cpu fp32", "cuda:0 bf16 x8": what the speed row is a speed of."""
+    if r["device"] is None:
+        return None
+    return f"{r['device']} {r['precision']}" + (f" x{r['processes']}" if (r["processes"] or 1) > 1 else "")
 
 
 def _best_quick(r: dict[str, Any]) -> str | None:
