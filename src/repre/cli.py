@@ -35,6 +35,15 @@ EPILOG = """examples:
 """
 
 
+def _set_option(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """`--set KEY=VALUE`, repeatable, into `overrides`."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _checkpoint_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="repre", description="Reconstructive pre-training (RePre) of vision transformers.",
@@ -45,22 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="pre-train an encoder from a preset or YAML config")
     pre.add_argument("--config", help="preset name (see `repre presets`) or YAML file; default fmnist-mocov3-repre")
     pre.add_argument("--out", help="run directory (default runs/<preset>)")
-    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
+    _set_option(pre, "override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
     pre.add_argument("--resume", action="store_true",
                      help="continue from the newest checkpoint in --out (starts fresh, saying so, if none)")
     pre.add_argument("--init-from", metavar="CKPT",
                      help="start from another run's weights (checkpoint or run directory): continued pre-training")
     ev = sub.add_parser("eval", help="evaluate a checkpoint")
     ev.add_argument("task", choices=EVAL_TASKS)
-    ev.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    _checkpoint_option(ev)
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(ev)
     sub.add_parser("presets", help="list the presets")
     cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, validated")
     cf.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
-    cf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, as pretrain takes it")
+    _set_option(cf, "override a config key, as pretrain takes it")
     cp = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
     cp.add_argument("runs", nargs="+", metavar="RUN",
                     help="run directories (a checkpoint stands for its run); the others' numbers are read "
@@ -77,28 +84,25 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("--max-points", type=int, default=5000,
                     help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")
     mp.add_argument("--seed", type=int, default=0)
-    mp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="data.* overrides for the thumbnails' images (embed's own are read from its card)")
+    _set_option(mp, "data.* overrides for the thumbnails' images (embed's own are read from its card)")
     sh = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
-    sh.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    _checkpoint_option(sh)
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
     sh.add_argument("--out", required=True, help="FILE.png")
     sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
-    sh.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the first checkpoint's config (data.* picks the images; model.*, recon.*, method.*, "
-                    "train.device/precision/seed/num_workers/progress)")
+    _set_option(sh, "override the first checkpoint's config (data.* picks the images; model.*, recon.*, method.*, "
+                "train.device/precision/seed/num_workers/progress)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
-    ex.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    _checkpoint_option(ex)
     ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
     ex.add_argument("--encoder", help="which encoder: encoder (online), teacher_encoder (DINO's default), "
                     "momentum_encoder, target_encoder")
     em = sub.add_parser("embed", help="write the embedding of every image (L2-normalized, pooled) with an index")
-    em.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
+    _checkpoint_option(em)
     em.add_argument("--out", required=True,
                     help="FILE.npy (float32 [N, D]); the index goes to FILE.csv, the card and progress to FILE.json")
-    em.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the checkpoint's data.*, model.*, eval.batch_size or train.device/precision/seed/"
-                    "num_workers/progress, e.g. data.name=folder data.root=DIR for other images")
+    _set_option(em, "override the checkpoint's data.*, model.*, eval.batch_size or train.device/precision/seed/"
+                "num_workers/progress, e.g. data.name=folder data.root=DIR for other images")
     em.add_argument("--split", choices=("train", "test"), default="train",
                     help="the run's training images (default; data.subset applies) or its test split")
     em.add_argument("--overwrite", action="store_true",
@@ -108,8 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                     "embed read, from the card)")
     nb.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
     nb.add_argument("--out", required=True, help="the picture, a .png")
-    nb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override data.* (after the overrides embed was given, which apply by default)")
+    _set_option(nb, "override data.* (after the overrides embed was given, which apply by default)")
     nb.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
     nb.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     nb.add_argument("--query-index", metavar="ROW,ROW,...",
