@@ -116,7 +116,8 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_run[0], run)
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("tb"))  # other tests evaluate the shared run
+    (run / "tb").mkdir()
     values = {}
     for checkpoint in (run / "checkpoints" / "step-00000010.pt", run):
         code, stdout = run_cli(["eval", "knn", "--checkpoint", str(checkpoint), "--set", "eval.batch_size=32"])
