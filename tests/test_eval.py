@@ -128,3 +128,18 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     events.Reload()
     points = [(e.step, e.value) for e in events.Scalars("repre_eval/knn_top1")]
     assert [step for step, _ in points] == [10, 20] and dict(points) == pytest.approx(values)  # no third point
+
+
+def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tiny_run, tmp_path, monkeypatch):
+    """A run folder one may read but not write: no point for the curve, with a warning, and no error (the
+    command prints and keeps its result as ever)."""
+    import torch.utils.tensorboard
+
+    from repre.engine.metrics import add_evaluation
+
+    def refuse(*_, **__):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", refuse)
+    result = {"task": "knn", "metric": "top1", "value": 0.5, "checkpoint": {"step": 20, "set": []}}
+    assert add_evaluation(tiny_run[0], result) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,15 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     from torch.utils.tensorboard import SummaryWriter
 
     tag = f"repre_eval/{result['task']}_{result['metric']}"
-    writer = SummaryWriter(str(run / "tb"))
     try:
-        writer.add_scalar(tag, result["value"], int(of.get("step", 0)))
-    finally:
-        writer.close()
+        writer = SummaryWriter(str(run / "tb"))
+        try:
+            writer.add_scalar(tag, result["value"], int(of.get("step", 0)))
+        finally:
+            writer.close()
+    except OSError as exc:  # a run folder one may read, not write: the result itself stands
+        logging.getLogger("repre").warning("the result is not added to %s: %s", run / "tb", exc)
+        return None
     return tag
 
 
