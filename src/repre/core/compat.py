@@ -44,6 +44,14 @@ def scale_each_(tensors: list[torch.Tensor], scales: torch.Tensor) -> None:
     torch._foreach_mul_(tensors, list(scales.to(tensors[0].dtype).unbind()))
 
 
+def ema_(targets: list[torch.Tensor], sources: list[torch.Tensor], m: float) -> None:
+    """targets[i] = targets[i] * m + sources[i] * (1 - m), in place: two fused launches on a GPU for all the
+    tensors, where a loop launches two kernels a tensor (about 300 for a ViT-S and its projector). The same
+    operations as the loop, so the same values."""
+    torch._foreach_mul_(targets, m)
+    torch._foreach_add_(targets, sources, alpha=1.0 - m)
+
+
 @contextmanager
 def compiled_graphs_per_unit(limit: int) -> Iterator[None]:
     """Dynamo's limit of graphs per compiled unit raised to at least `limit` inside the block, then put back."""

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from repre.core.compat import ema_
 from repre.models.backbone import Backbone
 
 
@@ -94,9 +95,13 @@ class Method(nn.Module):
     @torch.no_grad()
     def update_momentum(self, m: float) -> None:
         """target = target * m + online * (1 - m) for every parameter of every pair."""
+        targets, sources = [], []
         for online, target in self.ema_pairs():
             for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True):
-                p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
+                targets.append(p_t)
+                sources.append(p_o.detach())
+        if targets:
+            ema_(targets, sources, m)
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Whether weight decay applies to a parameter (all, or all but biases and 1-D ones: `no_decay_1d`)."""
