@@ -8,6 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import TINY, last_json, pretrain_args, run_cli
 from repre import __version__
+from repre.cli import main
 from repre.errors import UserError
 
 
@@ -93,6 +94,18 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     with pytest.raises(UserError, match=r"--set train.max_steps: not read"):
         refuse_unread("repre eval recon", ["recon.upsample=nearest", "train.max_steps=3"], eval_reads("recon"))
 
+
+
+def test_help_lists_the_keys_a_command_reads(capsys):
+    """--help of a command that loads a checkpoint lists what `refuse_unread` lets through, from the same table;
+    a key its section holds is not listed twice."""
+    from repre.config import reads
+
+    assert reads.listed(("data.", "method.", "method.name", "train.seed")) == "data.*, method.*, train.seed"
+    with pytest.raises(SystemExit):
+        main(["show", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert reads.listed(reads.SHOW) in text and "method.name" not in text
 
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run

@@ -39,9 +39,9 @@ def test_scale_each_multiplies_every_tensor_by_its_own_factor():
 def test_ema_equals_the_per_tensor_update_bit_for_bit():
     torch.manual_seed(0)
     targets, sources = [torch.randn(5), torch.randn(3, 4)], [torch.randn(5), torch.randn(3, 4)]
-    expected = [t.clone().mul_(0.996).add_(s, alpha=1.0 - 0.996) for t, s in zip(targets, sources)]
+    expected = [t.clone().mul_(0.996).add_(s, alpha=1.0 - 0.996) for t, s in zip(targets, sources, strict=True)]
     compat.ema_(targets, sources, 0.996)
-    assert all(torch.equal(t, e) for t, e in zip(targets, expected))
+    assert all(torch.equal(t, e) for t, e in zip(targets, expected, strict=True))
 
 
 def test_dynamo_graph_limit_is_raised_in_the_block_and_put_back():

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from repre._version import __version__
-from repre.config import EVAL_TASKS
+from repre.config import EVAL_TASKS, reads
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("task", choices=EVAL_TASKS)
     _checkpoint_option(ev)
     ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
-    _set_option(ev)
+    own = "; ".join(f"{task} also {reads.listed(keys)}" for task, keys in reads.EVAL_TASK.items())
+    _set_option(ev, f"override a key of the checkpoint's config: {reads.listed(reads.EVAL)}; {own}")
     sub.add_parser("presets", help="list the presets")
     cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, validated")
     cf.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
@@ -84,14 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("--max-points", type=int, default=5000,
                     help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")
     mp.add_argument("--seed", type=int, default=0)
-    _set_option(mp, "data.* overrides for the thumbnails' images (embed's own are read from its card)")
+    _set_option(mp, f"override {reads.listed(reads.IMAGES)} for the thumbnails' images (embed's own are read from its "
+                "card)")
     sh = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
     _checkpoint_option(sh)
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
     sh.add_argument("--out", required=True, help="FILE.png")
     sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
-    _set_option(sh, "override the first checkpoint's config (data.* picks the images; model.*, recon.*, method.*, "
-                "train.device/precision/seed/num_workers/progress)")
+    _set_option(sh, f"override a key of the first checkpoint's config: {reads.listed(reads.SHOW)} (data.* picks the "
+                "images)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
     _checkpoint_option(ex)
     ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
@@ -101,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     _checkpoint_option(em)
     em.add_argument("--out", required=True,
                     help="FILE.npy (float32 [N, D]); the index goes to FILE.csv, the card and progress to FILE.json")
-    _set_option(em, "override the checkpoint's data.*, model.*, eval.batch_size or train.device/precision/seed/"
-                "num_workers/progress, e.g. data.name=folder data.root=DIR for other images")
+    _set_option(em, f"override a key of the checkpoint's config: {reads.listed(reads.EMBED)}; e.g. data.name=folder "
+                "data.root=DIR for other images")
     em.add_argument("--split", choices=("train", "test"), default="train",
                     help="the run's training images (default; data.subset applies) or its test split")
     em.add_argument("--overwrite", action="store_true",
@@ -112,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                     "embed read, from the card)")
     nb.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
     nb.add_argument("--out", required=True, help="the picture, a .png")
-    _set_option(nb, "override data.* (after the overrides embed was given, which apply by default)")
+    _set_option(nb, f"override {reads.listed(reads.IMAGES)} (after the overrides embed was given, which apply by "
+                "default)")
     nb.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
     nb.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     nb.add_argument("--query-index", metavar="ROW,ROW,...",

@@ -1,7 +1,7 @@
 """A pre-trained checkpoint as the commands after pre-training take it (`repre eval`, `export`, `embed`,
 `neighbors`, `map`, `show`): its config with `--set` overrides (its data's normalization kept), its encoder
-(the one export writes: the online one, DINO's teacher) or its whole model, and which `--set` keys a command
-reads."""
+(the one export writes: the online one, DINO's teacher) or its whole model, and the refusal of `--set` keys a
+command does not read (which it reads: `repre.config.reads`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from repre.builder import build_encoder, build_model
 from repre.config import Config, DataConfig, config_from_dict, deep_update, flatten, migrate, parse_overrides
+from repre.config.reads import listed
 from repre.core import checkpoint_io as ckpt_io
 from repre.data.sources import pretraining_stats
 from repre.errors import UserError
@@ -70,17 +71,11 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     return model
 
 
-# what evaluating, embedding or drawing a checkpoint reads besides the data and the encoder's keys: the run
-# settings below (the other train.* keys are the pre-training's) and method.name (which encoder is evaluated)
-RUN_KEYS_READ = ("method.name", *(f"train.{k}" for k in ("device", "precision", "seed", "num_workers", "progress")))
-
-
 def refuse_unread(command: str, overrides: list[str], reads: tuple[str, ...]) -> None:
     """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently).
     Keys that are no config key at all are left to the config's own error, which names the nearest."""
     known = flatten(Config().to_dict())
     unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not k.startswith(reads)]
     if unread:
-        named = ", ".join(r + "*" if r.endswith(".") else r for r in reads)
         raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing); it reads "
-                        f"{named}: drop the others")
+                        f"{listed(reads)}: drop the others")

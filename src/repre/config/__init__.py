@@ -9,6 +9,7 @@ one written by an older repre is read in today's keys (`migrate`).
     loading.py    presets, YAML files and --set overrides -> a validated Config; Config -> YAML
     checks.py     typed construction (each key and value checked) and validation
     migrate.py    an older repre's keys in today's
+    reads.py      the keys each command after pre-training reads from --set
 """
 
 from repre.config.checks import all_keys, build, sections, validate

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from repre.config import EVAL_TASKS, Config
+from repre.config.reads import eval_reads  # noqa: F401 (repre.eval's name for it)
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, seeded, setup_runtime
@@ -15,23 +16,12 @@ from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval gave before repre.pretrained)
-    RUN_KEYS_READ,
     encoder_from,
     load_checkpoint_config,
     load_encoder,
     model_from,
     refuse_unread,
 )
-
-
-def eval_reads(task: str) -> tuple[str, ...]:
-    """The config keys (prefixes) evaluation `task` reads: its own, the data's, the encoder's and the run's."""
-    reads = ("eval.", "data.", "model.", *RUN_KEYS_READ)
-    if task == "finetune":  # its crops' aspect ratios and flips (the linear probes fix their own; no jitter)
-        reads += ("aug.crop_ratio", "aug.hflip")
-    if task == "recon":  # the whole pre-training model, decoder included
-        reads += ("recon.", "method.")
-    return reads
 
 
 def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:

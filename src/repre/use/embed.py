@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from repre.config import Config, DataConfig, parse_overrides
+from repre.config import Config, DataConfig, parse_overrides, reads
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, seeded, setup_runtime
@@ -41,13 +41,12 @@ from repre.errors import UserError
 from repre.eval.features import pooled_embeddings
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
-from repre.pretrained import RUN_KEYS_READ, encoder_from, load_checkpoint_config, refuse_unread
+from repre.pretrained import encoder_from, load_checkpoint_config, refuse_unread
 from repre.use.store import FORMAT, EmbeddingFiles, EmbeddingWriter, read_card
 
 log = logging.getLogger("repre")
 
 SPLITS = ("train", "test")
-READS = ("data.", "model.", "eval.batch_size", *RUN_KEYS_READ)  # the config keys embed reads (`--set`)
 
 
 def embed_source(cfg: Config, split: str) -> ImageSource:
@@ -123,7 +122,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     files = EmbeddingFiles.of(out)
     if dist.launched():
         raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
-    refuse_unread("repre embed", list(overrides or []), READS)
+    refuse_unread("repre embed", list(overrides or []), reads.EMBED)
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")

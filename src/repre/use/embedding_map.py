@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from repre.config import reads
 from repre.core.pictures import save_png
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
@@ -131,7 +132,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
     where there are no labels, or with `thumbnails`, thumbnails of the images, read with `checkpoint`'s data
     config (None: the checkpoint embed read)."""
-    refuse_unread("repre map", list(overrides or []), ("data.",))  # the thumbnails' images
+    refuse_unread("repre map", list(overrides or []), reads.IMAGES)  # the thumbnails' images
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     bank = np.load(files.npy, mmap_mode="r")

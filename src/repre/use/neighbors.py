@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from repre.config import reads
 from repre.core import checkpoint_io as ckpt_io
 from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.data.evaluation import centre_view
@@ -156,7 +157,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns {"command": "neighbors", "out",
     "backend", "k", "queries": [{"row", "index", "path", "label", "class", "neighbors": [{"row", "index",
     "path", "label", "class", "similarity"}, ...]}, ...]}."""
-    refuse_unread("repre neighbors", list(overrides or []), ("data.",))  # the images' side only
+    refuse_unread("repre neighbors", list(overrides or []), reads.IMAGES)
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     rows = card["progress"]["rows"]

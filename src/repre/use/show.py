@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from repre.config import Config
+from repre.config import Config, reads
 from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
@@ -32,13 +32,11 @@ from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval.recon import batch_psnr, patch_means, reconstruct
 from repre.models.backbone import Backbone
-from repre.pretrained import RUN_KEYS_READ, load_checkpoint_config, model_from, refuse_unread
+from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
 
 TILE = 96  # pixels per panel
 
-# the config keys show reads (`--set`): the images' (the evaluation's split and batch), the whole model's, the run's
-READS = ("data.", "eval.split", "eval.val_size", "eval.batch_size", "model.", "recon.", "method.", *RUN_KEYS_READ)
 
 
 @torch.no_grad()
@@ -188,7 +186,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
         raise UserError(f"--images {images}: show at least one image")
     if Path(out).suffix.lower() != ".png":
         raise UserError(f"--out {out} must end in .png")
-    refuse_unread("repre show", overrides, READS)
+    refuse_unread("repre show", overrides, reads.SHOW)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
     pixels, labels, classes = first_images(loaded[1], images)
     rt = setup_runtime(loaded[1].train)

@@ -1,0 +1,29 @@
+"""The config keys each command that loads a checkpoint reads from `--set`: a key it does not read is refused
+(`repre.pretrained.refuse_unread`: it would change nothing), and its `--help` lists them (`listed`). An entry
+ending in "." is a section, every key under it."""
+
+from __future__ import annotations
+
+# the run's settings, the same for any command (the other train.* keys are the pre-training's), and method.name
+# (which of the checkpoint's encoders is evaluated)
+RUN_KEYS = ("method.name", "train.device", "train.precision", "train.seed", "train.num_workers", "train.progress")
+
+EVAL = ("eval.", "data.", "model.", *RUN_KEYS)  # every `repre eval` task
+EVAL_TASK = {
+    "finetune": ("aug.crop_ratio", "aug.hflip"),  # its crops' aspect ratios and flips (the probes fix their own)
+    "recon": ("recon.", "method."),  # the whole pre-training model, decoder included
+}
+SHOW = ("data.", "eval.split", "eval.val_size", "eval.batch_size", "model.", "recon.", "method.", *RUN_KEYS)
+EMBED = ("data.", "model.", "eval.batch_size", *RUN_KEYS)
+IMAGES = ("data.",)  # map and neighbors: which images are drawn
+
+
+def eval_reads(task: str) -> tuple[str, ...]:
+    """The keys `repre eval TASK` reads: every task's, and the task's own."""
+    return EVAL + EVAL_TASK.get(task, ())
+
+
+def listed(reads: tuple[str, ...]) -> str:
+    """`reads` for a person: sections as "data.*", a key that a listed section holds left out."""
+    sections = tuple(r for r in reads if r.endswith("."))
+    return ", ".join(r + "*" if r.endswith(".") else r for r in reads if r in sections or not r.startswith(sections))
