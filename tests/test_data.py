@@ -258,19 +258,22 @@ def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypat
     assert skipped == 1 and torch.equal(img, source.load(4)[0])
 
 
-def test_evaluation_leaves_an_unreadable_image_out_and_names_it(image_folder, repre_log):
-    """A score counts each readable image once: an unreadable one is not replaced by another (counted twice)."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_evaluation_leaves_an_unreadable_image_out_and_names_it_once(image_folder, workers, repre_log):
+    """A score counts each readable image once: an unreadable one is not replaced by another (counted twice).
+    It is named once a process, though each evaluation (a periodic k-NN) reads it again, from data workers."""
     from repre.data.evaluation import eval_loader
 
     broken = sorted((image_folder / "val" / "dog").iterdir())[2]
     broken.write_bytes(b"not an image")
     cfg = tiny_config("data.name=folder", f"data.root={image_folder}", "data.image_size=16", "eval.batch_size=4",
-                      "train.num_workers=0")
-    batches = list(eval_loader(cfg, "test", None))
-    labels = torch.cat([y for _, y in batches])
-    assert [len(x) for x, _ in batches] == [4, 4, 3] and torch.bincount(labels).tolist() == [6, 5]
-    assert any("left out of the evaluation" in r.getMessage() and broken.name in r.getMessage()
-               for r in repre_log.records)
+                      f"train.num_workers={workers}")
+    for _ in range(2):
+        batches = list(eval_loader(cfg, "test", None))
+        labels = torch.cat([y for _, y in batches])
+        assert [len(x) for x, _ in batches] == [4, 4, 3] and torch.bincount(labels).tolist() == [6, 5]
+    named = [r for r in repre_log.records if "left out of the evaluation" in r.getMessage()]
+    assert len(named) == 1 and broken.name in named[0].getMessage()
 
 
 def test_images_smaller_than_the_crop_are_upscaled_and_counted(tmp_path):

@@ -1,8 +1,9 @@
 """The loaders of evaluation: resize and centre crop, no augmentation, in a fixed order.
 
-An unreadable image is left out (a batch may then be short, or empty): `eval_loader` logs it, so that a score
-counts each readable image once and no other; `indexed_loader` (what `repre embed` reads) reports it with the
-source index of each image it keeps.
+An unreadable image is left out (a batch may then be short, or empty), so that a score counts each readable
+image once and no other: `eval_loader` names it in a warning, once a process (a periodic k-NN reads the same
+images at each evaluation); `indexed_loader` (what `repre embed` reads) reports it with the source index of
+each image it keeps.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def timm_preprocessing(cfg: DataConfig) -> dict[str, Any]:
 
 
 class EvalDataset(Dataset):
-    """index -> (normalized float [3, S, S] or None for an unreadable image, label): resize then centre crop, no
-    augmentation. `collate` leaves the unreadable images out."""
+    """index -> (normalized float [3, S, S] or None for an unreadable image, label, why it is unreadable or
+    None): resize then centre crop, no augmentation. `collate` leaves the unreadable images out."""
 
     def __init__(self, source: ImageSource, size: int, mean, std) -> None:
         self.source, self.size, self.mean, self.std = source, size, mean, std
@@ -59,11 +60,8 @@ class EvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
-        x, label, why = self.read(index)
-        if why is not None:
-            log.warning("left out of the evaluation: %s", why)
-        return x, label
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
+        return self.read(index)
 
     def read(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
         """(the prepared image or None, label or -1, why it is unreadable or None)."""
@@ -81,10 +79,29 @@ class EvalDataset(Dataset):
         """The readable images of a batch -> [B, 3, S, S], B possibly 0."""
         return torch.stack(images) if images else torch.empty(0, 3, self.size, self.size)
 
-    def collate(self, items: list[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Items -> (the readable images [B, 3, S, S]; their labels [B] int64)."""
+    def collate(self, items: list[tuple[torch.Tensor | None, int, str | None]],
+                ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Items -> (the readable images [B, 3, S, S]; their labels [B] int64; why each other one is unreadable)."""
         readable = [it for it in items if it[0] is not None]
-        return self.stack([x for x, _ in readable]), torch.tensor([y for _, y in readable], dtype=torch.int64)
+        labels = torch.tensor([y for _, y, _ in readable], dtype=torch.int64)
+        return self.stack([x for x, _, _ in readable]), labels, [why for x, _, why in items if x is None]
+
+
+_named: set[str] = set()  # the unreadable images this process has named in a warning
+
+
+class EvalLoader(DataLoader):
+    """`eval_loader`'s: batches of (x [B, 3, S, S], labels [B]); an unreadable image left out and named in a
+    warning the first time this process meets it (the data workers report it; the warning is the main
+    process's, which outlives them)."""
+
+    def __iter__(self):
+        for x, labels, unreadable in super().__iter__():
+            for why in unreadable:
+                if why not in _named:
+                    _named.add(why)
+                    log.warning("left out of the evaluation (named once): %s", why)
+            yield x, labels
 
 
 @dataclass
@@ -117,8 +134,8 @@ class IndexedEvalDataset(EvalDataset):
         return self.stack([it[0] for it in readable]), batch
 
 
-def _loader(cfg: Config, dataset: EvalDataset, **kw) -> DataLoader:
-    return DataLoader(
+def _loader(cfg: Config, dataset: EvalDataset, kind: type[DataLoader] = DataLoader, **kw) -> DataLoader:
+    return kind(
         dataset,
         batch_size=cfg.eval.batch_size,
         num_workers=resolve_workers(cfg.train.num_workers),
@@ -129,13 +146,13 @@ def _loader(cfg: Config, dataset: EvalDataset, **kw) -> DataLoader:
 
 def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
     """Deterministic loader over `split` (see `eval_source`) for feature extraction: batches of (x [B, 3, S, S],
-    labels [B]), an unreadable image left out and logged."""
+    labels [B]), an unreadable image left out and named in a warning once (`EvalLoader`)."""
     source = eval_source(cfg, split)
     if subset:
         source = subset_of(source, subset)
     mean, std = stats(cfg.data, source)
     dataset = EvalDataset(source, cfg.data.image_size, mean, std)
-    return _loader(cfg, dataset, shuffle=False, collate_fn=dataset.collate)
+    return _loader(cfg, dataset, EvalLoader, shuffle=False, collate_fn=dataset.collate)
 
 
 def indexed_loader(cfg: Config, source: ImageSource, start: int = 0) -> DataLoader:

@@ -31,7 +31,7 @@ from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
-from repre.data.evaluation import eval_loader
+from repre.data.evaluation import EvalLoader, eval_loader
 from repre.data.sources import ImageSource, eval_source, labelled, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
@@ -132,7 +132,7 @@ def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Protoco
     full = eval_loader(cfg, "test", cfg.eval.linear.test_subset)
     shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
     counts = torch.zeros(2, dtype=torch.int64, device=rt.device)  # correct, seen
-    for x, y in DataLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers,
+    for x, y in EvalLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers,
                            collate_fn=full.collate_fn):
         if not len(x):
             continue
