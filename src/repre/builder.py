@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from torch import nn
-
 from repre.config import Config
 from repre.errors import UserError
 from repre.methods import build_method
 from repre.models.backbone import Backbone, resolve_arch, resolve_taps
-from repre.reconstruction import Baseline, RePre
+from repre.reconstruction import Baseline, PretrainingModel, RePre
 
 # the recon.* keys read outside the branch (the builder, the wrapper, the schedules, the data pipeline); every
 # other one is a `ReconstructionBranch` argument of the same name
@@ -36,7 +34,7 @@ def build_encoder(cfg: Config) -> Backbone:
     return encoder
 
 
-def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
+def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel:
     """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Baseline(method)`.
 
     `num_classes`: classes of the training data, needed by method.name=supervised only.

@@ -37,9 +37,10 @@ def one_view_rows(n: int, offset: int = 0, device: torch.device | None = None) -
     return torch.cat([torch.arange(first, b, 2, device=device), torch.arange(b + 1 - first, n, 2, device=device)])
 
 
-class Baseline(nn.Module):
-    """The method alone: the baseline every RePre result is compared with. forward(views, momentum) -> dict of
-    named losses, "loss_recon" 0."""
+class PretrainingModel(nn.Module):
+    """What a run trains, `Baseline` or `RePre`: a method (`.method`), maybe with a branch beside it.
+    forward(views, momentum, labels, local_views, targets) -> {"loss": what the optimizer minimizes,
+    "loss_contrastive": the method's own loss, "loss_recon", and the method's other 0-d values}."""
 
     def __init__(self, method: Method) -> None:
         super().__init__()
@@ -53,6 +54,10 @@ class Baseline(nn.Module):
         """The method's weight-decay rule over every parameter of this module (a decoder included)."""
         return self.method.param_groups(weight_decay, module=self)
 
+
+class Baseline(PretrainingModel):
+    """The method alone: the baseline every RePre result is compared with ("loss_recon" 0)."""
+
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
         local_views: torch.Tensor | None = None, targets: torch.Tensor | None = None,
@@ -64,9 +69,8 @@ class Baseline(nn.Module):
         return out
 
 
-class RePre(Baseline):
-    """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder).
-    forward(views, momentum) -> dict of named losses."""
+class RePre(PretrainingModel):
+    """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder)."""
 
     def __init__(self, method: Method, *, taps: Sequence[int], recon_weight: float = 1.0, views: int = 2,
                  **branch: Any) -> None:

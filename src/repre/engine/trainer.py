@@ -39,6 +39,7 @@ from repre.engine.state import RunState
 from repre.errors import StoppedEarly, UserError
 from repre.models.attention import training_attention
 from repre.models.sync_bn import convert_sync_batchnorm
+from repre.reconstruction import PretrainingModel
 
 log = logging.getLogger("repre")
 
@@ -70,7 +71,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.data = PretrainData(cfg, self.rt.device)
         self.total = total_steps(cfg.train, len(self.data))
-        self.model: nn.Module = self._build_model()
+        self.model: PretrainingModel = self._build_model()
         device_skips = skips_on_device(cfg.train.host_sync, self.rt.device)
         self.optimizer = build_optimizer(self.model, cfg.train.weight_decay, cfg.train.lr,
                                          fused=device_skips or self.rt.device.type == "cuda")
@@ -94,7 +95,7 @@ class Trainer:
         if dist.is_main():
             save_yaml(cfg, out / "config.yaml")
 
-    def _build_model(self) -> nn.Module:
+    def _build_model(self) -> PretrainingModel:
         cfg = self.cfg
         model = build_model(cfg, self.data.num_classes).to(self.rt.device)
         if dist.is_distributed():
