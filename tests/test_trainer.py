@@ -99,3 +99,16 @@ def test_a_restored_window_has_the_same_keys_on_every_process():
     main.add({"loss": torch.tensor(3.0), "lr": torch.tensor(0.1)})
     assert main.read() == {"loss": pytest.approx(3.0), "lr": pytest.approx(0.1)}
     assert not main
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_reduced_precision_on_a_cpu_without_native_bf16_is_granted_with_a_warning(native, monkeypatch, repre_log):
+    """Emulated bf16 or fp16 runs many times slower than fp32: asked for explicitly, it is run, and said so."""
+    from repre.core import compat
+    from repre.core.runtime import pick_precision
+
+    monkeypatch.setattr(compat, "cpu_has_bf16", lambda: native)
+    assert pick_precision("bf16", torch.device("cpu")) == "bf16" and pick_precision("fp32", torch.device("cpu")) == "fp32"
+    assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    warned = [r.getMessage() for r in repre_log.records if "emulated" in r.getMessage()]
+    assert len(warned) == (0 if native else 1) and all("train.precision=bf16" in m for m in warned)
