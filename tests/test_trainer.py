@@ -112,3 +112,12 @@ def test_reduced_precision_on_a_cpu_without_native_bf16_is_granted_with_a_warnin
     assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     warned = [r.getMessage() for r in repre_log.records if "emulated" in r.getMessage()]
     assert len(warned) == (0 if native else 1) and all("train.precision=bf16" in m for m in warned)
+
+
+def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log):
+    """The k-NN after the last step can take minutes (all of Fashion-MNIST's 70,000 images): a line says so,
+    and how to shorten or skip it."""
+    pretrain(tiny_config("train.max_steps=2", "recon.enabled=false", "eval.knn.test_subset=16"), tmp_path / "r")
+    said = [r.getMessage() for r in repre_log.records if "the summary's k-NN" in r.getMessage()]
+    assert len(said) == 1 and "all training images" in said[0] and "16 test images" in said[0]
+    assert "eval.knn.enabled=false" in said[0]

@@ -5,6 +5,7 @@ Passed to the trainer by `repre.pretraining.pretrain` (the engine imports no eva
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 from repre.config import Config
@@ -17,6 +18,8 @@ from repre.eval.recon import save_recon_grid
 
 if TYPE_CHECKING:
     from repre.engine.trainer import Trainer
+
+log = logging.getLogger("repre")
 
 
 def with_quick_subsets(cfg: Config) -> Config:
@@ -64,8 +67,13 @@ class FinalKNN(Callback):
     """The summary's `knn_top1` when the run completes (rank 0; the others report None)."""
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
-        top1 = knn_line(trainer, writer, is_quick=False) if completed and dist.is_main() else None
-        return {"knn_top1": top1}
+        if not (completed and dist.is_main()):
+            return {"knn_top1": None}
+        k = trainer.cfg.eval.knn
+        log.info("the summary's k-NN: the features of %s training images (the bank) and %s test images; fewer: "
+                 "eval.knn.train_subset, eval.knn.test_subset; none: eval.knn.enabled=false",
+                 k.train_subset or "all", k.test_subset or "all")
+        return {"knn_top1": knn_line(trainer, writer, is_quick=False)}
 
 
 def run_callbacks(cfg: Config) -> list[Callback]:
