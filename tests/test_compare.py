@@ -49,8 +49,10 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     a, b, c = result["runs"]
     assert (a["loss_recon"], b["loss_recon"]) == (None, summary["loss_recon"])  # no branch: no recon loss
     assert [r["knn_top1"] for r in (a, b, c)] == [0.5, 0.625, None]
-    assert b["evaluations"] == [{"task": "linear", "metric": "top1", "value": 0.75, "step": 10,
-                                 "set": ["eval.linear.epochs=2"]}]
+    (evaluated,) = b["evaluations"]
+    assert {k: v for k, v in evaluated.items() if k != "settings"} == {
+        "task": "linear", "metric": "top1", "value": 0.75, "step": 10, "set": ["eval.linear.epochs=2"]}
+    assert "eval.linear.epochs" not in evaluated["settings"] and "eval.linear.protocol" in evaluated["settings"]
     last_train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                   if json.loads(x)["kind"] == "train"][-1]
     assert (c["completed"], c["steps"], c["loss_contrastive"]) == (None, 20, last_train["loss_contrastive"])
@@ -61,7 +63,7 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     assert rows["steps"] == ["20", "20", "20 no summary"]
     assert rows["images/s"] == ["100.0", "80.0 (x0.80)", "-"] and rows["trained on"] == ["cpu fp32", "cpu fp32", "-"]
     assert rows["knn top-1 (run's end)"] == ["0.5000", "0.6250 (+0.1250)", "-"]
-    assert rows["eval linear top1 [eval.linear.epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's
+    assert rows["eval linear top1 [epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's
     assert rows["config keys that differ:"] == [] and rows["train.seed"] == ["0", "7", "0"]
 
 
@@ -102,6 +104,23 @@ def test_compare_reads_what_is_there_and_shows_values_exactly(tmp_path, monkeypa
     assert rows["train.lr"] == ["0.00015", "0.0001"]  # exactly: not 0.0001 twice
     assert rows["steps"] == ["-", "600 no summary"] and rows["loss_contrastive (last)"] == ["-", "1.5000"]
 
+
+def test_compare_subtracts_no_evaluations_measured_otherwise(tmp_path):
+    """k-NN on other subsets (or k, split) measures something else: its value stands without a difference to
+    the first run's, marked; a `repre eval` result of the same --set but other run settings the same."""
+    done = {"completed": True, "steps": 8, "knn_top1": 0.5}
+    first = make_run(tmp_path / "all", summary=done)
+    fewer = make_run(tmp_path / "fewer", "eval.knn.test_subset=2000", "eval.linear.epochs=5",
+                     summary={**done, "knn_top1": 0.6})
+    same = make_run(tmp_path / "same", "eval.knn.quick_test=100", summary={**done, "knn_top1": 0.55})
+    for run, value in ((first, 0.7), (fewer, 0.8)):
+        (run / "eval" / "linear").mkdir(parents=True)
+        (run / "eval" / "linear" / "result.json").write_text(json.dumps(
+            {"task": "linear", "metric": "top1", "value": value, "extra": {}, "checkpoint": {"step": 8, "set": []}}))
+    code, stdout = run_cli(["compare", str(first), str(fewer), str(same)])
+    rows = rows_of(stdout)
+    assert code == 0 and rows["knn top-1 (run's end)"] == ["0.5000", "0.6000 (other settings)", "0.5500 (+0.0500)"]
+    assert rows["eval linear top1"] == ["0.7000", "0.8000 (other settings)", "-"]
 
 def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
     """A config this repre would refuse (a removed loss) or wrote with older keys still compares; a framework's

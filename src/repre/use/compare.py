@@ -33,8 +33,26 @@ def compare(runs: list[str | Path]) -> dict[str, Any]:
     keys += sorted({k for c in configs for k in c} - set(keys))  # keys of older repres, in none of today's
     differences = {key: [c.get(key) for c in configs] for key in keys
                    if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
-    records = [run_record(f, c["method.name"], bool(c["recon.enabled"])) for f, c in zip(folders, configs, strict=True)]
+    records = [run_record(f, c) for f, c in zip(folders, configs, strict=True)]
     return {"command": "compare", "runs": records, "differences": differences}
+
+
+# what a final k-NN does not read of eval.knn.*, and what the quick ones read
+NOT_FINAL_KNN = ("eval.knn.enabled", "eval.knn.quick_train", "eval.knn.quick_test")
+QUICK_KNN = ("eval.knn.k", "eval.knn.temperature", "eval.knn.quick_train", "eval.knn.quick_test")
+
+
+def measure_settings(config: dict[str, Any], task: str, given: list[str] = (), quick: bool = False) -> dict[str, Any]:
+    """The config values that decide what an evaluation of `task` measures (its eval section, the split),
+    without the keys `given` by `--set` (a result's label names those): where two runs' settings are the same,
+    their results differ by the encoders alone."""
+    split = ("eval.split", "eval.val_size")
+    if quick:
+        keys = [*QUICK_KNN, *split]
+    else:
+        keys = [k for k in config if k.startswith(f"eval.{task}.") and k not in NOT_FINAL_KNN] + list(split)
+    set_keys = {item.split("=", 1)[0] for item in given}
+    return {k: config.get(k) for k in keys if k not in set_keys}
 
 
 def _run_folder(path: str | Path) -> Path:
@@ -70,11 +88,13 @@ def own_keys(config: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if k.startswith(others) else v) for k, v in config.items()}
 
 
-def run_record(folder: Path, method: str, recon: bool) -> dict[str, Any]:
+def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     """What a run reports: its summary.json (a run still going or killed without one, or resumed since it was
     written: its last train line) and its k-NN evaluations by step (`knn`: [step, top-1, quick]; quick: on the
-    periodic subsets), then its `repre eval` results. `loss_recon` is None for a run without the branch.
-    `train_s`: the training loop over every resumed part (`wall_s`: the last part's process)."""
+    periodic subsets), then its `repre eval` results, each with the settings that decide what it measures
+    (`measure_settings`). `loss_recon` is None for a run without the branch. `train_s`: the training loop over
+    every resumed part (`wall_s`: the last part's process)."""
+    method, recon = config["method.name"], bool(config["recon.enabled"])
     summary = read_json(folder / "summary.json")
     lines = metric_lines(folder)
     last = next((line for line in reversed(lines) if line.get("kind") == "train"), {})
@@ -82,9 +102,12 @@ def run_record(folder: Path, method: str, recon: bool) -> dict[str, Any]:
         summary = {}
     knn = [[line["step"], line["knn_top1"], bool(line.get("knn_quick"))] for line in lines
            if line.get("kind") == "eval" and line.get("knn_top1") is not None]
-    evaluations = [{"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
-                    "step": (r.get("checkpoint") or {}).get("step"), "set": (r.get("checkpoint") or {}).get("set", [])}
-                   for r in run_results(folder)]
+    evaluations = []
+    for r in run_results(folder):
+        given = (r.get("checkpoint") or {}).get("set", [])
+        evaluations.append({"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
+                            "step": (r.get("checkpoint") or {}).get("step"), "set": given,
+                            "settings": measure_settings(config, r["task"], given)})
     return {
         "run": str(folder),
         "method": method,
@@ -102,6 +125,8 @@ def run_record(folder: Path, method: str, recon: bool) -> dict[str, Any]:
         "loss_recon": summary.get("loss_recon", last.get("loss_recon")) if recon else None,
         "knn_top1": summary.get("knn_top1"),
         "knn": knn,
+        "knn_settings": measure_settings(config, "knn"),
+        "knn_quick_settings": measure_settings(config, "knn", quick=True),
         "evaluations": evaluations,
     }
 
@@ -118,6 +143,8 @@ class Row:
     values: list[Any]
     fmt: Callable[[Any, Any], str]
     same_method: bool = False  # read against the first run's only where the methods are the same (losses)
+    settings: list[Any] | None = None  # what each run's value measured (evaluations): read against the first
+    # run's only where the same
 
 
 def table(result: dict[str, Any]) -> str:
@@ -126,7 +153,7 @@ def table(result: dict[str, Any]) -> str:
     names = short_names([r["run"] for r in runs])
     report = report_rows(runs)
     differing = [Row(key, values, _plain) for key, values in result["differences"].items()]
-    cells = [[row.fmt(v, _reference(row, runs, i)) for i, v in enumerate(row.values)] for row in report + differing]
+    cells = [[_cell(row, runs, i) for i in range(len(runs))] for row in report + differing]
     label_width = min(LABEL_WIDTH, max((len(row.label) for row in report + differing), default=0))
     widths = [min(CELL_WIDTH, max([len(name)] + [len(row[i]) for row in cells])) for i, name in enumerate(names)]
     lines = [_line("", names, label_width, widths)]
@@ -140,9 +167,22 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(row: Row, runs: list[dict[str, Any]], i: int) -> str:
+    text = row.fmt(row.values[i], _reference(row, runs, i))
+    if _measured_otherwise(row, i) and row.values[i] is not None and row.values[0] is not None:
+        text += " (other settings)"
+    return text
+
+
+def _measured_otherwise(row: Row, i: int) -> bool:
+    """Whether run i's value of an evaluation was measured with other settings than the first run's."""
+    return bool(i and row.settings and row.settings[i] != row.settings[0])
+
+
 def _reference(row: Row, runs: list[dict[str, Any]], i: int) -> Any:
-    """The first run's value that run i's is read against (None for the first run itself)."""
-    if i == 0 or (row.same_method and runs[i]["method"] != runs[0]["method"]):
+    """The first run's value that run i's is read against (None for the first run itself, a loss of another
+    method, an evaluation measured otherwise)."""
+    if i == 0 or (row.same_method and runs[i]["method"] != runs[0]["method"]) or _measured_otherwise(row, i):
         return None
     return row.values[0]
 
@@ -156,20 +196,25 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
         Row("training time", [r["train_s"] for r in runs], _duration),
         Row("loss_contrastive (last)", [r["loss_contrastive"] for r in runs], _difference, same_method=True),
         Row("loss_recon (last)", [r["loss_recon"] for r in runs], _difference, same_method=True),
-        Row("knn top-1 (run's end)", [r["knn_top1"] for r in runs], _difference),
-        Row("knn top-1 (quick, best)", [_best_quick(r) for r in runs], _text),
+        Row("knn top-1 (run's end)", [r["knn_top1"] for r in runs], _difference,
+            settings=[r["knn_settings"] for r in runs]),
+        Row("knn top-1 (quick, best)", [_best_quick(r) for r in runs], _text,
+            settings=[r["knn_quick_settings"] for r in runs]),
     ]
     labels: dict[str, dict[int, Any]] = {}
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
-            name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(map(str, e['set']))}]" if e["set"] else "")
+            given = [s.removeprefix(f"eval.{e['task']}.") for s in map(str, e["set"])]  # the task is named
+            name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "")
             label, n = name, 1
             while i in labels.get(label, {}):  # a second result of the run with the same name: numbered
                 n += 1
                 label = f"{name} ({n})"
             at = "" if e["step"] in (None, r["steps"]) else f" @{e['step']}"
-            labels.setdefault(label, {})[i] = (e["value"], at)
-    rows += [Row(label, [by_run.get(i) for i in range(len(runs))], _evaluated) for label, by_run in labels.items()]
+            labels.setdefault(label, {})[i] = (e["value"], at, e["settings"])
+    rows += [Row(label, [None if i not in by_run else by_run[i][:2] for i in range(len(runs))], _evaluated,
+                 settings=[by_run[i][2] if i in by_run else None for i in range(len(runs))])
+             for label, by_run in labels.items()]
     return [row for row in rows if any(v is not None for v in row.values)]
 
 
