@@ -108,3 +108,14 @@ def test_show_draws_an_unlabelled_folders_training_images(tiny_run, tmp_path):
     code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "2",
                             "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'photos'}"])
     assert code == 0 and last_json(stdout)["images"] == 2 and last_json(stdout)["labels"] == [None, None]
+
+
+def test_show_replaces_an_unreadable_image_by_the_next(tiny_run, tmp_path, image_folder, repre_log):
+    """--images N draws N images: an unreadable pick gives way to the next readable image not shown yet."""
+    run, _ = tiny_run
+    (image_folder / "val" / "cat" / "0.png").write_bytes(b"not an image")  # the first pick of val/
+    code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "2",
+                            "--set", "data.name=folder", "--set", f"data.root={image_folder}"])
+    result = last_json(stdout)
+    assert code == 0 and result["images"] == 2 and result["labels"] == [0, 1]
+    assert any("not shown" in m and "0.png" in m for m in repre_log.messages)

@@ -14,6 +14,7 @@ same images: the picture of what the branch changes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,17 @@ from repre.config import Config, reads
 from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
-from repre.data.evaluation import eval_loader
-from repre.data.sources import class_names, pretraining_stats
+from repre.data.evaluation import EvalDataset
+from repre.data.folder import UnreadableImage
+from repre.data.sources import class_names, eval_source, pretraining_stats, stats, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval.recon import batch_psnr, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
+
+log = logging.getLogger("repre")
 
 TILE = 96  # pixels per panel
 
@@ -131,24 +135,35 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
 
 
 def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str] | None]:
-    """`n` test images of the config's data (picked by `repre.data.sources.subset_of`), resized and
-    centre-cropped as for evaluation: ([n, 3, S, S] in [0, 1], labels, the labels' names or None). A folder or
-    shards without a held-out split (unlabelled images) show their training images."""
+    """`n` test images of the config's data (picked by `repre.data.sources.subset_of`; an unreadable one
+    replaced by the next readable image not shown yet), resized and centre-cropped as for evaluation:
+    ([n, 3, S, S] in [0, 1], labels, the labels' names or None). A folder or shards without a held-out split
+    (unlabelled images) show their training images."""
     try:
-        loader = eval_loader(cfg, "test", n)
+        source = eval_source(cfg, "test")
     except UserError:
         if cfg.data.name not in ("folder", "shards"):
             raise
-        loader = eval_loader(cfg, "train", n)
-    images, labels = loader.dataset.stack([]), torch.empty(0, dtype=torch.int64)
-    for x, y in loader:  # batches of eval.batch_size: n images may take several (fewer where some are unreadable)
-        images, labels = torch.cat([images, x]), torch.cat([labels, y])
-        if len(images) >= n:
+        source = eval_source(cfg, "train")
+    picked = subset_of(source, n)
+    mean, std = stats(cfg.data, picked)
+    prepare = EvalDataset(source, cfg.data.image_size, mean, std).prepare
+    shown: dict[int, tuple[torch.Tensor, int]] = {}
+    for pick in picked.indices:
+        for i in (j % len(source) for j in range(pick, pick + len(source))):
+            if i in shown:
+                continue
+            try:
+                img, label = source.load(i)
+            except UnreadableImage as exc:
+                log.warning("not shown: %s", exc)
+                continue
+            shown[i] = prepare(img), label
             break
-    if not len(images):
+    if not shown:
         raise UserError("none of the images to show could be read (each is named in a warning above)")
-    mean, std = loader.dataset.mean, loader.dataset.std
-    return denormalize(images[:n].float(), mean, std), labels[:n].tolist(), class_names(loader.dataset.source)
+    images = torch.stack([x for x, _ in shown.values()])
+    return denormalize(images, mean, std), [y for _, y in shown.values()], class_names(source)
 
 
 def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[Column]:
