@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,6 +110,27 @@ def test_recon_picture_names_what_each_column_shows(tmp_path, target, norm_pix, 
     size = Image.open(tmp_path / "recon.png").size
     assert size == sheet_size(3, 2 * columns, thumb_side(16), titled=True, captioned=True)
 
+
+def test_the_training_picture_draws_images_spread_over_a_folder(tmp_path, monkeypatch):
+    """A folder holds its images class by class: recon.png takes `subset_of`'s spread, not the first class's."""
+    from conftest import save_png
+    from repre.core.runtime import setup_runtime
+    from repre.data.sources import train_source
+    from repre.eval import recon
+
+    for i in range(12):
+        save_png(tmp_path / "imgs" / ("a" if i < 6 else "b") / f"{i:02d}.png", np.full((16, 16, 3), 20 * i, np.uint8))
+    cfg = tiny_config("data.name=folder", f"data.root={tmp_path / 'imgs'}", "eval.recon.images=3")
+    drawn = []
+
+    class Recorded(recon.ViewDataset):
+        def __getitem__(self, key):
+            drawn.append(key[1])
+            return super().__getitem__(key)
+
+    monkeypatch.setattr(recon, "ViewDataset", Recorded)
+    recon.recon_sheet(build_model(cfg), cfg, train_source(cfg), setup_runtime(cfg.train))
+    assert drawn == [0, 4, 8]
 
 def test_patch_means_are_a_norm_pix_reconstruction_of_zeros():
     from repre.eval.recon import patch_means

@@ -62,8 +62,8 @@ def sheet(columns: list[Column], gap: int = 0) -> Image.Image:
         x = PAD + c * (side + PAD) + (gap if c else 0)
         if column.group and (c == 0 or columns[c - 1].group != column.group):
             pen.text((x, 2), column.group, fill="black", font=font)  # spans the group's columns
-        if column.title:
-            pen.text((x, 14), fitted(pen, column.title, font, side + PAD), fill="black", font=font)
+        if column.title:  # over the tile's width and most of the gap after it, as the captions
+            pen.text((x, 14), fitted(pen, column.title, font, side + PAD - 3), fill="black", font=font)
         captions = column.captions or [""] * rows
         for r, (picture_tile, text) in enumerate(zip(column.tiles, captions, strict=True)):
             y = top + r * (side + captioned * CAPTION + PAD)

@@ -14,7 +14,7 @@ from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, clean_targets, view_spec
-from repre.data.sources import ImageSource
+from repre.data.sources import ImageSource, subset_of
 from repre.data.views import denormalize
 from repre.errors import UserError
 from repre.eval.features import NONE_READ
@@ -79,14 +79,16 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Te
 
 @torch.no_grad()
 def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Image.Image:
-    """The first `eval.recon.images` images of the run (epoch-0 augmentation), a row each; for each of the two
+    """`eval.recon.images` training images of the run (`subset_of`'s: a folder's spread over its classes; epoch-0
+    augmentation), a row each; for each of the two
     views (a group of columns) the view, its clean target (recon.target=clean), its patch means (norm_pix) and
     the reconstruction, captioned with PSNRs."""
     spec = view_spec(cfg, source)
-    n = min(cfg.eval.recon.images, len(source))
+    picks = subset_of(source, cfg.eval.recon.images).indices
+    n = len(picks)
     dataset = ViewDataset(source, spec, cfg.train.seed)
     clean = cfg.recon.target == "clean"
-    batch = ViewCollate(spec, clean=clean)([dataset[(0, i)] for i in range(n)])
+    batch = ViewCollate(spec, clean=clean)([dataset[(0, i)] for i in picks])
     x = stack_views(batch["views"]).to(rt.device)  # [2n, 3, S, S]: the first views, then the second
     target = stack_views(clean_targets(batch["clean"], spec)).to(rt.device) if clean else x
     was_training = model.training
