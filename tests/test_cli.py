@@ -375,3 +375,14 @@ def test_a_wrong_setting_found_while_building_leaves_no_directory(tmp_path, caps
     for bad in (["data.name=folder", f"data.root={tmp_path / 'nowhere'}"], ["data.image_size=30"]):
         assert run_cli(pretrain_args(tmp_path / "run", *bad))[0] == 2
         assert "error" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_embed_says_the_same_command_goes_on(monkeypatch, capsys):
+    import repre.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_embed", interrupted)
+    assert main(["embed", "--checkpoint", "x", "--out", "e.npy"]) == 3
+    assert "interrupted; the same command goes on from the rows written" in capsys.readouterr().err

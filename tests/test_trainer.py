@@ -70,8 +70,9 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
                      "center_momentum": 0.9, "freeze_last_layer_fraction": 0.05}
     Checkpoints._check_compatible(now, old, tmp_path / "step.pt")
     old["method"]["temperature"] = 0.2
-    with pytest.raises(UserError, match="method.dino.student_temp"):
+    with pytest.raises(UserError, match="method.dino.student_temp") as refused:
         Checkpoints._check_compatible(now, old, tmp_path / "step.pt")
+    assert "data.root, eval.*, description may change" in str(refused.value)  # sections as eval.*
 
 
 def test_lambda_schedule_is_logged_and_follows_a_cosine(tmp_path):

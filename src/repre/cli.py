@@ -24,7 +24,7 @@ log = logging.getLogger("repre")
 EPILOG = """examples:
   repre pretrain                                   # Fashion-MNIST, MoCo v3 + RePre: 2 CPU cores, ~5.5 min (bf16), ~17 (fp32)
   repre pretrain --config fmnist-mocov3 --out runs/base
-  repre pretrain --set train.max_steps=20 --set 'recon.taps=[1,3,5]'
+  repre pretrain --set train.max_steps=20 --set 'recon.taps=[1,3,5]' --out runs/try   # a short try
   repre config --config fmnist-dino --set train.max_steps=400 > dino.yaml   # the resolved config, to edit
   repre eval knn --checkpoint runs/fmnist-mocov3-repre
   repre compare runs/base runs/fmnist-mocov3-repre   # what each run reports, and the config keys that differ
@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     own = "; ".join(f"{task} also {reads.listed(keys)}" for task, keys in reads.EVAL_TASK.items())
     _set_option(ev, f"override a key of the checkpoint's config: {reads.listed(reads.EVAL)}; {own}")
     sub.add_parser("presets", help="list the presets")
-    cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, validated")
+    cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, its keys and "
+                        "values validated (the model, e.g. model.arch, is checked when pretrain builds it)")
     cf.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
     _set_option(cf, "override a config key, as pretrain takes it")
     cp = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         _tell_launcher(exc)
         return 2
     except KeyboardInterrupt:
-        _say("repre: interrupted")
+        go_on = "; the same command goes on from the rows written" if args.command == "embed" else ""
+        _say(f"repre: interrupted{go_on}")
         return 3
     except BrokenPipeError:  # `repre ... | head -1`: the reader left; say nothing more (Python's recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes

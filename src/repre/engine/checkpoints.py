@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
+from repre.config.reads import listed
 from repre.core import checkpoint_io, dist
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
@@ -257,7 +258,7 @@ class Checkpoints:
             raise UserError(
                 f"cannot resume from {path}: the config differs in {diffs}. Resume with the run's own config "
                 f"(no --config, and no --set of those keys) or start a new --out; only "
-                f"{', '.join(RESUMABLE_CHANGES)} may change"
+                f"{listed(RESUMABLE_CHANGES)} may change"
             )
 
     def _check_moved_data(self, ckpt: dict[str, Any], path: Path) -> None:
