@@ -95,17 +95,18 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
         refuse_unread("repre eval recon", ["recon.upsample=nearest", "train.max_steps=3"], eval_reads("recon"))
 
 
-
 def test_help_lists_the_keys_a_command_reads(capsys):
     """--help of a command that loads a checkpoint lists what `refuse_unread` lets through, from the same table;
     a key its section holds is not listed twice."""
     from repre.config import reads
 
     assert reads.listed(("data.", "method.", "method.name", "train.seed")) == "data.*, method.*, train.seed"
+    assert reads.listed(("eval.", "eval.knn.", "eval.split")) == "eval.*"
     with pytest.raises(SystemExit):
         main(["show", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert reads.listed(reads.SHOW) in text and "method.name" not in text
+    assert reads.listed(reads.SHOW) in text and "method.name" not in text and "eval.batch_size" not in text
+
 
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run
@@ -385,4 +386,4 @@ def test_an_interrupted_embed_says_the_same_command_goes_on(monkeypatch, capsys)
 
     monkeypatch.setattr(cli, "cmd_embed", interrupted)
     assert main(["embed", "--checkpoint", "x", "--out", "e.npy"]) == 3
-    assert "interrupted; the same command goes on from the rows written" in capsys.readouterr().err
+    assert "interrupted; the same command (without --overwrite) goes on from the rows written" in capsys.readouterr().err

@@ -121,6 +121,23 @@ def test_compare_subtracts_no_evaluations_measured_otherwise(tmp_path):
     rows = rows_of(stdout)
     assert code == 0 and rows["knn top-1 (run's end)"] == ["0.5000", "0.6000 (other settings)", "0.5500 (+0.0500)"]
     assert rows["eval linear top1"] == ["0.7000", "0.8000 (other settings)", "-"]
+    elsewhere = make_run(tmp_path / "elsewhere", "data.root=/other/images", summary={**done, "knn_top1": 0.4})
+    assert rows_of(run_cli(["compare", str(first), str(elsewhere)])[1])["knn top-1 (run's end)"][1] == (
+        "0.4000 (other settings)")  # other images
+
+
+def test_measure_settings_leave_out_what_the_result_names_and_what_changes_no_result():
+    from repre.config import Config, flatten
+    from repre.use.compare import measure_settings
+
+    config = flatten(Config().to_dict())
+    linear = measure_settings(config, "linear", ["eval.linear={epochs: 3}", "eval.linear.lrs=[0.1]"])
+    assert "eval.linear.protocol" in linear and not {"eval.linear.epochs", "eval.linear.lrs"} & set(linear)
+    assert "eval.recon.images" not in measure_settings(config, "recon")  # the picture's rows only
+    assert "aug.hflip" in measure_settings(config, "finetune") and "aug.hflip" not in linear
+    assert "eval.val_size" not in linear  # read with eval.split=val alone
+    assert "eval.val_size" in measure_settings({**config, "eval.split": "val"}, "linear")
+
 
 def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
     """A config this repre would refuse (a removed loss) or wrote with older keys still compares; a framework's

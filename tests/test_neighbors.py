@@ -179,3 +179,19 @@ def test_a_caption_fits_its_tile_and_a_cut_one_says_so():
         assert fitted(pen, "0.9931 Ankle boot", font, side + PAD - 3) == "0.9931 Ankle boot"  # a class name
     cut = fitted(pen, "0.9931 " + "a long class name" * 3, font, side + PAD - 3)
     assert cut.endswith("..") and cut.startswith("0.9931 a long") and pen.textlength(cut, font=font) <= side + PAD - 3
+
+
+def test_a_column_title_leaves_a_gap_before_the_next_column():
+    """A title as wide as the column's pitch ran into the next column's ("reconstructionview 2" at 64 px)."""
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    from repre.core.pictures import HEADER, PAD, Column, sheet, tile
+
+    pen, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    side = int(pen.textlength("reconstruction", font=font)) - PAD  # the title as wide as the column's pitch
+    blank = [tile(torch.ones(3, 8, 8), side)]
+    picture = sheet([Column(blank, "reconstruction"), Column(blank, "")])  # the second: no title of its own
+    header = torch.from_numpy(np.asarray(picture.convert("L"))[:HEADER].copy())
+    inked = (header < 128).any(dim=0).nonzero()
+    assert int(inked.max()) < PAD + side + PAD - 2  # the title ends 3 px or more before the next column starts

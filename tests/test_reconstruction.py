@@ -132,6 +132,7 @@ def test_the_training_picture_draws_images_spread_over_a_folder(tmp_path, monkey
     recon.recon_sheet(build_model(cfg), cfg, train_source(cfg), setup_runtime(cfg.train))
     assert drawn == [0, 4, 8]
 
+
 def test_patch_means_are_a_norm_pix_reconstruction_of_zeros():
     from repre.eval.recon import patch_means
 

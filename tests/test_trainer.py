@@ -120,5 +120,5 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     and how to shorten or skip it."""
     pretrain(tiny_config("train.max_steps=2", "recon.enabled=false", "eval.knn.test_subset=16"), tmp_path / "r")
     said = [r.getMessage() for r in repre_log.records if "the summary's k-NN" in r.getMessage()]
-    assert len(said) == 1 and "all training images" in said[0] and "16 test images" in said[0]
+    assert len(said) == 1 and "all training images" in said[0] and "16 held-out ones" in said[0]
     assert "eval.knn.enabled=false" in said[0]

@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         _tell_launcher(exc)
         return 2
     except KeyboardInterrupt:
-        go_on = "; the same command goes on from the rows written" if args.command == "embed" else ""
+        go_on = ("; the same command (without --overwrite) goes on from the rows written" if args.command == "embed"
+                 else "")
         _say(f"repre: interrupted{go_on}")
         return 3
     except BrokenPipeError:  # `repre ... | head -1`: the reader left; say nothing more (Python's recipe)

@@ -13,7 +13,8 @@ EVAL_TASK = {
     "finetune": ("aug.crop_ratio", "aug.hflip"),  # its crops' aspect ratios and flips (the probes fix their own)
     "recon": ("recon.", "method."),  # the whole pre-training model, decoder included
 }
-SHOW = ("data.", "eval.split", "eval.val_size", "eval.batch_size", "model.", "recon.", "method.", *RUN_KEYS)
+# show reads its few images one by one (no loader, no workers) and draws on one process
+SHOW = ("data.", "eval.split", "eval.val_size", "model.", "recon.", "method.", "train.device", "train.precision")
 EMBED = ("data.", "model.", "eval.batch_size", *RUN_KEYS)
 IMAGES = ("data.",)  # map and neighbors: which images are drawn
 
@@ -24,6 +25,7 @@ def eval_reads(task: str) -> tuple[str, ...]:
 
 
 def listed(reads: tuple[str, ...]) -> str:
-    """`reads` for a person: sections as "data.*", a key that a listed section holds left out."""
+    """`reads` for a person: sections as "data.*", a key or section that a listed section holds left out."""
     sections = tuple(r for r in reads if r.endswith("."))
-    return ", ".join(r + "*" if r.endswith(".") else r for r in reads if r in sections or not r.startswith(sections))
+    kept = [r for r in reads if not any(r != s and r.startswith(s) for s in sections)]
+    return ", ".join(r + "*" if r.endswith(".") else r for r in kept)

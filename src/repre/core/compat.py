@@ -45,9 +45,9 @@ def scale_each_(tensors: list[torch.Tensor], scales: torch.Tensor) -> None:
 
 
 def ema_(targets: list[torch.Tensor], sources: list[torch.Tensor], m: float) -> None:
-    """targets[i] = targets[i] * m + sources[i] * (1 - m), in place: two fused launches on a GPU for all the
-    tensors, where a loop launches two kernels a tensor (about 300 for a ViT-S and its projector). The same
-    operations as the loop, so the same values."""
+    """targets[i] = targets[i] * m + sources[i] * (1 - m), in place: on a GPU a few multi-tensor kernel
+    launches for all the tensors, where a loop launches two a tensor (about 300 for a ViT-S and its projector).
+    On a CPU it runs that loop: the same values (tests/test_compat.py)."""
     torch._foreach_mul_(targets, m)
     torch._foreach_add_(targets, sources, alpha=1.0 - m)
 

@@ -56,7 +56,8 @@ def pick_precision(name: str, device: torch.device) -> str:
     """auto: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32.
     bf16 or fp16 asked of a CPU without native bf16 is granted with a warning: it runs emulated."""
     if name != "auto":
-        if name != "fp32" and device.type == "cpu" and not compat.cpu_has_bf16():
+        rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's processes: one warning (before the group forms)
+        if name != "fp32" and device.type == "cpu" and not compat.cpu_has_bf16() and rank0:
             log.warning("train.precision=%s on a CPU without native bf16 (AVX512-BF16 or AMX): emulated, many "
                         "times slower than fp32; train.precision=auto picks fp32 here", name)
         return name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,9 @@ class EvalDataset(Dataset):
         return self.stack([x for x, _, _ in readable]), labels, [why for x, _, why in items if x is None]
 
 
-_named: set[str] = set()  # the unreadable images this process has named in a warning
+# the unreadable images this process has named in a warning: kept by the process, not by a loader, since each
+# evaluation (a periodic k-NN) makes new loaders over the same images
+_named: set[str] = set()
 
 
 class EvalLoader(DataLoader):
@@ -95,7 +98,7 @@ class EvalLoader(DataLoader):
     warning the first time this process meets it (the data workers report it; the warning is the main
     process's, which outlives them)."""
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, labels, unreadable in super().__iter__():
             for why in unreadable:
                 if why not in _named:

@@ -146,7 +146,7 @@ class Selection:
         return image_path(self.source, self.indices[index])
 
 
-def subset_of(source: ImageSource, count: int) -> ImageSource:
+def subset_of(source: ImageSource, count: int) -> Selection:
     """`count` images of `source` (all of them if it has fewer), the same for every run. Folders and shards
     often hold their images class by class, so their first `count` could be a few classes: a source read from
     files gives every (len / count)-th image, each class in proportion. Fashion-MNIST and the generated

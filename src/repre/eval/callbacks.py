@@ -70,9 +70,9 @@ class FinalKNN(Callback):
         if not (completed and dist.is_main()):
             return {"knn_top1": None}
         k = trainer.cfg.eval.knn
-        log.info("the summary's k-NN: the features of %s training images (the bank) and %s test images; fewer: "
-                 "eval.knn.train_subset, eval.knn.test_subset; none: eval.knn.enabled=false",
-                 k.train_subset or "all", k.test_subset or "all")
+        log.info("the summary's k-NN, where the data has labels: the features of %s training images (the bank) "
+                 "and %s held-out ones; fewer: eval.knn.train_subset, eval.knn.test_subset; none: "
+                 "eval.knn.enabled=false", k.train_subset or "all", k.test_subset or "all")
         return {"knn_top1": knn_line(trainer, writer, is_quick=False)}
 
 

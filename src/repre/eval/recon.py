@@ -79,10 +79,9 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Te
 
 @torch.no_grad()
 def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Image.Image:
-    """`eval.recon.images` training images of the run (`subset_of`'s: a folder's spread over its classes; epoch-0
-    augmentation), a row each; for each of the two
-    views (a group of columns) the view, its clean target (recon.target=clean), its patch means (norm_pix) and
-    the reconstruction, captioned with PSNRs."""
+    """`eval.recon.images` training images of the run (`subset_of`'s: a folder's spread over its classes;
+    epoch-0 augmentation), a row each; for each of the two views (a group of columns) the view, its clean target
+    (recon.target=clean), its patch means (norm_pix) and the reconstruction, captioned with PSNRs."""
     spec = view_spec(cfg, source)
     picks = subset_of(source, cfg.eval.recon.images).indices
     n = len(picks)

@@ -10,14 +10,14 @@ torch, and a config that this repre would refuse still compares (read as it was 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from repre.config import FRAMEWORKS, Config, flatten, migrate
+from repre.config import FRAMEWORKS, Config, flatten, migrate, parse_overrides, reads
 from repre.core.run_files import metric_lines, read_json, run_dir, run_results
 from repre.errors import UserError
 
@@ -37,21 +37,27 @@ def compare(runs: list[str | Path]) -> dict[str, Any]:
     return {"command": "compare", "runs": records, "differences": differences}
 
 
-# what a final k-NN does not read of eval.knn.*, and what the quick ones read
-NOT_FINAL_KNN = ("eval.knn.enabled", "eval.knn.quick_train", "eval.knn.quick_test")
+# keys of an eval section that change no result: whether the final k-NN runs, the quick ones' subsets, the
+# number of images in recon's picture
+NO_RESULT = ("eval.knn.enabled", "eval.knn.quick_train", "eval.knn.quick_test", "eval.recon.images")
 QUICK_KNN = ("eval.knn.k", "eval.knn.temperature", "eval.knn.quick_train", "eval.knn.quick_test")
 
 
-def measure_settings(config: dict[str, Any], task: str, given: list[str] = (), quick: bool = False) -> dict[str, Any]:
-    """The config values that decide what an evaluation of `task` measures (its eval section, the split),
-    without the keys `given` by `--set` (a result's label names those): where two runs' settings are the same,
-    their results differ by the encoders alone."""
-    split = ("eval.split", "eval.val_size")
+def measure_settings(config: dict[str, Any], task: str, given: Sequence[str] = (), quick: bool = False,
+                     ) -> dict[str, Any]:
+    """The config values that decide what an evaluation of `task` measures: the images (data.name, data.root,
+    the split), its eval section and the task's own keys outside it (`repre.config.reads.EVAL_TASK`), without
+    the keys `given` by `--set` (a result's label names those). Where two runs' settings are the same, their
+    results differ by the encoders alone."""
+    images = ["data.name", "data.root", "eval.split"] + (["eval.val_size"] if config.get("eval.split") == "val" else [])
     if quick:
-        keys = [*QUICK_KNN, *split]
+        keys = [*QUICK_KNN, *images]
     else:
-        keys = [k for k in config if k.startswith(f"eval.{task}.") and k not in NOT_FINAL_KNN] + list(split)
-    set_keys = {item.split("=", 1)[0] for item in given}
+        own = [k for k in config if k.startswith(f"eval.{task}.") and k not in NO_RESULT]
+        # the task's own keys outside eval.* (finetune's crops); recon's recon.* and method.* are the model's
+        read = [r for r in reads.EVAL_TASK.get(task, ()) if not r.endswith(".")]
+        keys = [*own, *read, *images]
+    set_keys = set(flatten(parse_overrides(list(given))))
     return {k: config.get(k) for k in keys if k not in set_keys}
 
 

@@ -42,7 +42,6 @@ log = logging.getLogger("repre")
 TILE = 96  # pixels per panel
 
 
-
 @torch.no_grad()
 def cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
     """Normalized images x [B, 3, H, W] -> the last block's attention of the class token to each patch, per
@@ -149,16 +148,20 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str
     mean, std = stats(cfg.data, picked)
     prepare = EvalDataset(source, cfg.data.image_size, mean, std).prepare
     shown: dict[int, tuple[torch.Tensor, int]] = {}
+    failed: set[int] = set()  # each image is tried once
     for pick in picked.indices:
         for i in (j % len(source) for j in range(pick, pick + len(source))):
-            if i in shown:
+            if i in shown or i in failed:
                 continue
             try:
                 img, label = source.load(i)
             except UnreadableImage as exc:
+                failed.add(i)
                 log.warning("not shown: %s", exc)
                 continue
             shown[i] = prepare(img), label
+            break
+        else:  # every image was tried: none is left to show
             break
     if not shown:
         raise UserError("none of the images to show could be read (each is named in a warning above)")
