@@ -195,3 +195,7 @@ def test_a_column_title_leaves_a_gap_before_the_next_column():
     header = torch.from_numpy(np.asarray(picture.convert("L"))[:HEADER].copy())
     inked = (header < 128).any(dim=0).nonzero()
     assert int(inked.max()) < PAD + side + PAD - 2  # the title ends 3 px or more before the next column starts
+
+
+def test_small_images_are_drawn_near_96_px_by_a_whole_factor():
+    assert [thumb_side(s) for s in (16, 28, 48, 64, 70, 224)] == [96, 84, 96, 128, 70, 224]

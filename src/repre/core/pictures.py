@@ -29,8 +29,10 @@ class Column:
 
 
 def thumb_side(size: int) -> int:
-    """The side at which images of side `size` are drawn: small ones upscaled by a whole factor to about 96."""
-    return size * max(1, 96 // size)
+    """The side at which images of side `size` are drawn: small ones upscaled by the whole factor nearest
+    96 / size, a half rounded up (28 px: 84; 64 px: 128, where a class name under a 64 px tile was cut), larger
+    ones as they are."""
+    return size * max(1, int(96 / size + 0.5))
 
 
 def tile(image: torch.Tensor, side: int, smooth: bool = False) -> Image.Image:
