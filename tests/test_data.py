@@ -240,8 +240,9 @@ def test_bad_files_of_every_kind_are_unreadable_never_a_crash(tmp_path):
         assert decode(tmp_path / f"ok.{ext}").shape == (3, 32, 32)
 
 
-def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypatch):
-    """A file the process may not open (simulated: the tests run as root, which chmod does not stop)."""
+def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypatch, repre_log):
+    """A file the process may not open (simulated: the tests run as root, which chmod does not stop); counted at
+    each read (each epoch), named in a warning once a process."""
     from pathlib import Path
 
     source = ImageFolder(image_folder / "train")
@@ -254,8 +255,11 @@ def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypat
         return real_read(path)
 
     monkeypatch.setattr(Path, "read_bytes", guarded)
-    img, _, skipped = load_or_replace(source, 3)
-    assert skipped == 1 and torch.equal(img, source.load(4)[0])
+    for _ in range(2):  # two epochs
+        img, _, skipped = load_or_replace(source, 3)
+        assert skipped == 1 and torch.equal(img, source.load(4)[0])
+    named = [m for m in repre_log.messages if "skipping unreadable image" in m]
+    assert len(named) == 1 and "Permission denied" in named[0]
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -8,7 +8,6 @@ each image it keeps.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +19,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import UnreadableImage
+from repre.data.folder import UnreadableImage, warn_unreadable
 from repre.data.pipeline import resolve_workers
 from repre.data.sources import ImageSource, eval_source, pretraining_stats, stats, subset_of
 from repre.data.views import normalize
-
-log = logging.getLogger("repre")
 
 CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 256), as timm's and DINO's evaluation
 
@@ -88,11 +85,6 @@ class EvalDataset(Dataset):
         return self.stack([x for x, _, _ in readable]), labels, [why for x, _, why in items if x is None]
 
 
-# the unreadable images this process has named in a warning: kept by the process, not by a loader, since each
-# evaluation (a periodic k-NN) makes new loaders over the same images
-_named: set[str] = set()
-
-
 class EvalLoader(DataLoader):
     """`eval_loader`'s: batches of (x [B, 3, S, S], labels [B]); an unreadable image left out and named in a
     warning the first time this process meets it (the data workers report it; the warning is the main
@@ -101,9 +93,7 @@ class EvalLoader(DataLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, labels, unreadable in super().__iter__():
             for why in unreadable:
-                if why not in _named:
-                    _named.add(why)
-                    log.warning("left out of the evaluation (named once): %s", why)
+                warn_unreadable(why, "left out of the evaluation")
             yield x, labels
 
 

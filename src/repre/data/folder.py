@@ -8,6 +8,7 @@ the next index and counts it (see `repre.data.sources`), so a bad file never sto
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import warnings
@@ -25,12 +26,27 @@ except ImportError:  # pragma: no cover - torchvision without image decoding
 
 from repre.errors import UserError
 
+log = logging.getLogger("repre")
+
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics
 
 
 class UnreadableImage(Exception):
     """A file in the folder that is not a decodable image."""
+
+
+# the unreadable images this process has named in a warning: kept by the process, since a run's data workers
+# read the same images every epoch and each evaluation (a periodic k-NN) makes new loaders over them
+_named_unreadable: set[str] = set()
+
+
+def warn_unreadable(why: str, what: str) -> None:
+    """Warn "`what` (named once a process): `why`" the first time this process meets `why` (an
+    UnreadableImage's text: the file and what is wrong with it). Each data worker is a process of its own."""
+    if why not in _named_unreadable:
+        _named_unreadable.add(why)
+        log.warning("%s (named once a process): %s", what, why)
 
 
 def _scan(root: Path) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -10,12 +9,10 @@ import torch
 
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import ImageFolder, UnreadableImage
+from repre.data.folder import ImageFolder, UnreadableImage, warn_unreadable
 from repre.data.scenes import FashionScenes
 from repre.data.synthetic import Synthetic
 from repre.errors import UserError
-
-log = logging.getLogger("repre")
 
 
 class ImageSource(Protocol):
@@ -111,7 +108,7 @@ def first_readable(source: ImageSource, index: int, read):
         try:
             return read((index + skipped) % n), skipped
         except UnreadableImage as exc:
-            log.warning("skipping unreadable image (replaced by the next one): %s", exc)
+            warn_unreadable(str(exc), "skipping unreadable image (replaced by the next one)")
     raise UserError(f"none of the {n} images of the dataset could be read (each is named in a warning above): "
                     "check data.root and data.name, and that the files are images PIL can open")
 

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from repre.config import REMOTE_ROOTS
-from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
+from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, warn_unreadable
 from repre.data.shards import LABEL_EXTENSIONS, expand, shard_paths, split_key
 from repre.errors import UserError
 
@@ -266,7 +266,7 @@ class StreamViews(IterableDataset):
                 try:
                     loaded = self.views.load_bytes(data, f"{self.shards.urls[shard]}:{key}", label)
                 except UnreadableImage as exc:
-                    log.warning("skipping unreadable image: %s", exc)
+                    warn_unreadable(str(exc), "skipping unreadable image")
                     skipped += 1
                     continue
                 sample = self.views.sample(loaded, epoch, index, skipped)
