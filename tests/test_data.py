@@ -11,10 +11,10 @@ from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.pipeline import (
     EpochBatchSampler,
     PretrainData,
+    Stages,
     ViewCollate,
     ViewDataset,
     finish_views,
-    photometric_on_device,
     pretrain_loader,
     view_spec,
 )
@@ -169,13 +169,14 @@ def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
     cfg = tiny_config(*dino, f"data.local_crops={local_crops}", "data.local_size=8")
     source = train_source(cfg)
     workers = next(iter(pretrain_loader(cfg, source, 0, False)))
-    raw = next(iter(pretrain_loader(cfg, source, 0, False, photometric_on_device=True)))
+    raw = next(iter(pretrain_loader(cfg, source, 0, False, Stages.of(cfg, torch.device("cuda")))))
     assert raw["views"].dtype == torch.uint8 and raw["photo"].shape == (*raw["views"].shape[:2], 8)
     done = finish_views(raw, view_spec(cfg, source))
     for key in ["views"] + ["local_views"] * bool(local_crops):
         assert torch.equal(done[key], workers[key]), key
     assert finish_views(workers, view_spec(cfg, source)) is workers  # finished views pass unchanged
-    assert photometric_on_device(cfg, torch.device("cuda")) and not photometric_on_device(cfg, torch.device("cpu"))
+    assert Stages.of(cfg, torch.device("cuda")).photometric_on_device  # auto: on a GPU
+    assert not Stages.of(cfg, torch.device("cpu")).photometric_on_device
 
 
 @pytest.mark.parametrize("where,local_crops", [("workers", 0), ("device", 0), ("workers", 2), ("device", 2),

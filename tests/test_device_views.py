@@ -12,9 +12,11 @@ from torchvision.transforms.v2 import functional as TF
 from conftest import last_json, pretrain_args, run_cli, save_png, tiny_config
 from repre.data import device_views
 from repre.data.device_views import crop_on_device, jpeg_shape, resample_weights, resized_crops, unpack
-from repre.data.pipeline import ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
+from repre.data.pipeline import Stages, ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
 from repre.data.sources import train_source
 from repre.errors import UserError
+
+CUDA = torch.device("cuda")  # Stages.of reads the type alone: the stages of a GPU run, without a GPU
 
 
 def _jpeg(arr: np.ndarray, **kw) -> bytes:
@@ -154,9 +156,9 @@ def test_fashion_mnist_crops_on_the_device_match_the_loader():
     """A source without files (Fashion-MNIST here) sends pixels; the loader's batches match the worker path."""
     cfg = tiny_config()
     source = train_source(cfg)
-    workers = next(iter(pretrain_loader(cfg, source, 0, False, photometric_on_device=True)))
+    workers = next(iter(pretrain_loader(cfg, source, 0, False, Stages.of(cfg, CUDA))))
     device = tiny_config("aug.geometric_on=device")
-    packed = next(iter(pretrain_loader(device, source, 0, False, photometric_on_device=True)))
+    packed = next(iter(pretrain_loader(device, source, 0, False, Stages.of(device, CUDA))))
     assert not packed["encoded"].any() and "views" not in packed
     cut = crop_on_device(dict(packed), cfg.data.image_size, cfg.data.local_size)
     assert (cut["views"].int() - workers["views"].int()).abs().max() <= 1

@@ -13,11 +13,13 @@ import torch
 
 from conftest import BITWISE, tiny_config, write_shards
 from repre.core import checkpoint_io as ckpt_io
-from repre.data.pipeline import ViewDataset, pretrain_loader, view_spec
+from repre.data.pipeline import Stages, ViewDataset, pretrain_loader, view_spec
 from repre.data.sources import train_source
 from repre.data.stream import KEY_BITS, StreamShards, StreamViews, read_samples
 from repre.engine.trainer import Trainer
 from repre.errors import UserError
+
+CUDA = torch.device("cuda")  # Stages.of reads the type alone: the stages of a GPU run, without a GPU
 
 SHARDS, PER_SHARD = 6, 10
 
@@ -190,8 +192,8 @@ def test_streamed_batches_can_be_cut_on_the_device(shards):
     cfg = stream_config(str(shards))
     device = stream_config(str(shards), "aug.geometric_on=device")
     source = train_source(cfg)
-    workers = next(iter(pretrain_loader(cfg, source, 0, False, photometric_on_device=True)))
-    packed = next(iter(pretrain_loader(device, source, 0, False, photometric_on_device=True)))
+    workers = next(iter(pretrain_loader(cfg, source, 0, False, Stages.of(cfg, CUDA))))
+    packed = next(iter(pretrain_loader(device, source, 0, False, Stages.of(device, CUDA))))
     assert "views" not in packed and packed["stream"] == workers["stream"]
     assert packed["index"].tolist() == workers["index"].tolist()
     cut = crop_on_device(dict(packed), 16, 12)

@@ -2,7 +2,8 @@
 
 `PretrainData` is what the trainer sees: a loader that starts at any optimizer step, the stages left for the
 training device (`to_device`), and `state_dict()` / `load_state_dict()` for checkpoints. Where each stage runs
-(data workers or the device) is chosen here, from `aug.geometric_on`, `aug.photometric_on` and `data.decode_on`.
+(data workers or the device) is decided once, by `Stages.of` (`aug.geometric_on`, `aug.photometric_on`,
+`data.decode_on`, the device).
 
 A batch is a dict; which keys it holds tells which stages are left (B: this process's images; V: global views,
 2; L: DINO's local crops; S, s: their sides). From the loader (`ViewCollate`):
@@ -31,6 +32,7 @@ import io
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -254,29 +256,37 @@ def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
                     local_crops=cfg.data.local_crops, local_size=cfg.data.local_size)
 
 
-def photometric_on_device(cfg: Config, device: torch.device) -> bool:
-    """Whether the photometric stage runs on the training device (aug.photometric_on; auto: on a GPU, or
-    where the crops are cut: aug.geometric_on=device)."""
-    where = cfg.aug.photometric_on
-    auto = device.type == "cuda" or cfg.aug.geometric_on == "device"
-    return where == "device" or (where == "auto" and auto)
+@dataclass(frozen=True)
+class Stages:
+    """Where the stages of a run's pipeline run, decided once: each in the data workers (False) or on the
+    training device (True), after `PretrainData.to_device` (`finish_views`)."""
 
+    decode_on_device: bool  # data.decode_on=device: JPEG bytes cross, the device decodes them
+    crops_on_device: bool  # aug.geometric_on=device: whole images cross, the crops are cut there
+    photometric_on_device: bool  # uint8 views and their photometric parameters cross (aug.photometric_on)
+    clean_targets: bool  # the batches carry the reconstruction targets of recon.target=clean
 
-def clean_targets_wanted(cfg: Config) -> bool:
-    """Whether batches carry the reconstruction targets of recon.target=clean."""
-    return cfg.recon.enabled and cfg.recon.target == "clean"
+    @classmethod
+    def of(cls, cfg: Config, device: torch.device) -> Stages:
+        """The stages of `cfg` training on `device` (only its type is read). aug.photometric_on=auto: on the
+        device on a GPU, or where the crops are cut."""
+        crops, where = cfg.aug.geometric_on == "device", cfg.aug.photometric_on
+        return cls(decode_on_device=cfg.data.decode_on == "device", crops_on_device=crops,
+                   photometric_on_device=where == "device" or (where == "auto" and (device.type == "cuda" or crops)),
+                   clean_targets=cfg.recon.enabled and cfg.recon.target == "clean")
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
-                    photometric_on_device: bool = False, positions: dict[int, tuple] | None = None) -> DataLoader:
+                    stages: Stages | None = None, positions: dict[int, tuple] | None = None) -> DataLoader:
     """An endless loader of two-view batches (this process's share of each global batch), starting at
-    optimizer step `start_step`. `photometric_on_device`: the views stay uint8 for `finish_views` on the device.
+    optimizer step `start_step`; the stages of `stages` (default: those of a CPU run) left for `finish_views`.
     Streamed shards: `positions` are the workers' saved positions ({logical worker: position})."""
+    stages = stages or Stages.of(cfg, torch.device("cpu"))
     spec = view_spec(cfg, source)
-    views = ViewDataset(source, spec, cfg.train.seed, crops_on_device=cfg.aug.geometric_on == "device",
-                        decode_on_device=cfg.data.decode_on == "device")
+    views = ViewDataset(source, spec, cfg.train.seed, crops_on_device=stages.crops_on_device,
+                        decode_on_device=stages.decode_on_device)
     workers = resolve_workers(cfg.train.num_workers)
-    collate = ViewCollate(spec, photometric=not photometric_on_device, clean=clean_targets_wanted(cfg))
+    collate = ViewCollate(spec, photometric=not stages.photometric_on_device, clean=stages.clean_targets)
     common = dict(collate_fn=collate, num_workers=workers,
                   pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     if isinstance(source, StreamShards):
@@ -308,7 +318,7 @@ class PretrainData:
             dist.barrier()
         self.spec = view_spec(cfg, self.source)
         self.device = device
-        self.photometric_on_device = photometric_on_device(cfg, device)
+        self.stages = Stages.of(cfg, device)
         self.positions: dict[int, tuple] = {}  # streamed shards: {data worker: its position after its last batch}
 
     def __len__(self) -> int:
@@ -320,8 +330,7 @@ class PretrainData:
 
     def loader(self, start_step: int, pin_memory: bool) -> DataLoader:
         """Batches of this process's share of each global batch, from optimizer step `start_step` on."""
-        return pretrain_loader(self.cfg, self.source, start_step, pin_memory, self.photometric_on_device,
-                               dict(self.positions))
+        return pretrain_loader(self.cfg, self.source, start_step, pin_memory, self.stages, dict(self.positions))
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
@@ -329,7 +338,7 @@ class PretrainData:
         with recon.target=clean the reconstruction targets under "targets" ([B, 2, 3, S, S], `clean_targets`)."""
         keys = ("views", "label", "local_views", "photo", "local_photo", "pixels", "clean")
         moved = {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
-        return finish_views({**batch, **moved}, self.spec, clean_targets_wanted(self.cfg))
+        return finish_views({**batch, **moved}, self.spec, self.stages.clean_targets)
 
     def observe(self, batch: dict) -> None:
         """A batch was trained on: where its data worker's stream now stands (streamed shards)."""
