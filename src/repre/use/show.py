@@ -14,7 +14,6 @@ same images: the picture of what the branch changes.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import EvalDataset
-from repre.data.folder import UnreadableImage
+from repre.data.folder import UnreadableImage, warn_unreadable
 from repre.data.sources import class_names, eval_source, pretraining_stats, stats, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
@@ -36,8 +35,6 @@ from repre.eval.recon import batch_psnr, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
-
-log = logging.getLogger("repre")
 
 TILE = 96  # pixels per panel
 
@@ -157,7 +154,7 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str
                 img, label = source.load(i)
             except UnreadableImage as exc:
                 failed.add(i)
-                log.warning("not shown: %s", exc)
+                warn_unreadable(str(exc), "not shown")
                 continue
             shown[i] = prepare(img), label
             break
