@@ -16,6 +16,7 @@ from repre.data.pipeline import (
     ViewDataset,
     finish_views,
     pretrain_loader,
+    resolve_workers,
     view_spec,
 )
 from repre.data.sources import build_source, eval_source, load_or_replace, subset_of, train_source, val_split
@@ -152,6 +153,18 @@ def test_same_batches_with_0_and_2_workers():
         x, y = next(a), next(b)
         assert torch.equal(x["index"], y["index"])
         assert torch.equal(x["views"], y["views"])
+
+
+@pytest.mark.parametrize("cores, processes, workers", [(2, None, 1), (64, None, 8), (64, "8", 7), (32, "8", 3),
+                                                       (2, "2", 0)])
+def test_automatic_workers_share_the_cores_among_torchruns_processes(monkeypatch, cores, processes, workers):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    if processes is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    assert resolve_workers(-1) == workers
+    assert resolve_workers(3) == 3
 
 
 def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():

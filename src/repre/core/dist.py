@@ -56,6 +56,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """The processes a launcher started on this node (torchrun's LOCAL_WORLD_SIZE; 1 without one)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group a launcher described (MASTER_ADDR, RANK, WORLD_SIZE, LOCAL_RANK) when `launched()`.
 

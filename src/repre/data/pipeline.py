@@ -243,11 +243,13 @@ class EpochBatchSampler(Sampler):
 
 
 def resolve_workers(requested: int) -> int:
-    """-1 -> min(8, cores - 1): leave a core to the training loop."""
+    """-1 -> min(8, this process's share of the cores - 1), leaving a core to its training loop. The share:
+    the cores it may run on, divided among the processes torchrun started on the node, which all see the same
+    cores (the official MoCo v3 divides its workers so too); 8 GPU processes on 64 cores get 7 workers each."""
     if requested >= 0:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores - 1))
+    return max(0, min(8, cores // dist.local_world_size() - 1))
 
 
 def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
