@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import BITWISE, DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
+from repre.builder import build_model
 from repre.core import checkpoint_io as ckpt_io
 from repre.engine.guard import DeviceGuard
 from repre.engine.trainer import Trainer
@@ -497,6 +498,11 @@ def test_deterministic_mode_is_on_for_the_run_and_refuses_what_a_gpu_cannot_do(t
 
     with pytest.raises(UserError, match="recon.upsample=nearest"):  # raised before anything touches CUDA
         check_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
+    # a decoder that never interpolates runs with bilinear set: patch 4 reconstructed by a 4x4 shuffle
+    assert not build_model(tiny_config(), 10).branch.resamples(16)
+    check_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"), resamples=False)
+    assert build_model(tiny_config("recon.out_stride=2"), 10).branch.resamples(16)  # one x2 step
+    assert build_model(tiny_config(*SWIN_TINY, "recon.out_stride=2"), 10).branch.resamples(32)  # stages' strides
     with pytest.raises(UserError, match="data.local_crops=0"):
         check_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
     assert not torch.are_deterministic_algorithms_enabled()

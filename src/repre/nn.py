@@ -59,6 +59,7 @@ class ReconstructionBranch(nn.Module):
                             f"(stride {min(strides)}): use at most {min(strides)}")
         self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
                                out_stride=out_stride)
+        self.strides = strides
         self.loss_kind, self.norm_pix, self.norm_pix_floor = loss, norm_pix, norm_pix_floor
         self.patch_size = backbone.patch_size
         self._compiled_loss: Callable[..., torch.Tensor] | None = None  # `compile_loss`
@@ -66,6 +67,13 @@ class ReconstructionBranch(nn.Module):
     @property
     def backbone(self) -> Backbone:
         return self._backbone[0]
+
+    def resamples(self, size: int) -> bool:
+        """Whether reconstructing size x size views interpolates: x2 steps, taps at different strides (the
+        deeper map resized to the shallower one) or a last resize to the views' size."""
+        d = self.decoder
+        reached = size // d.in_stride * 2 ** len(d.up) * d.out_stride
+        return bool(len(d.up)) or len(set(self.strides)) > 1 or reached != size
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """images [B, 3, H, W] -> (pooled embedding [B, D], tap maps: list of [B, C_i, H/s_i, W/s_i]) from one

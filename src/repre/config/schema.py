@@ -90,7 +90,8 @@ class AugConfig:
     # solarization probability per view, as blur_prob
     solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
     # where the batched photometric stage runs: in the data workers, or on the training device (uint8 views
-    # cross to it; the jitter, blur and solarization run there). auto: the device when it is a GPU
+    # cross to it; the jitter, blur and solarization run there). auto: the device when it is a GPU or where
+    # the crops are cut (aug.geometric_on=device)
     photometric_on: Literal["auto", "workers", "device"] = "auto"
     # where the random resized crops and flips are cut: in the data workers (per image), or on the training
     # device (batched; whole images cross to it, the workers only read files and draw the parameters)
@@ -197,7 +198,8 @@ class ReconConfig:
 
     enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
-    taps: int | list[int] = 4  # n evenly spaced blocks ending with the last, or explicit 0-based block indices
+    # n evenly spaced blocks (a Swin: stages) ending with the last, or 0-based indices (negative: from the end)
+    taps: int | list[int] = 4
     loss: Literal["l1", "l2"] = "l1"  # the reconstruction loss on pixels
     # what is reconstructed: view, the encoder's input (after colour jitter, grayscale, blur, solarization);
     # clean, the same crop and flip before that photometric stage (restoring the image, not copying the input)

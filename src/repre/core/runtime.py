@@ -76,9 +76,11 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
 COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
 
 
-def check_deterministic(cfg: Config, device: torch.device) -> None:
-    """train.deterministic on a GPU refuses what PyTorch has no deterministic CUDA backward for."""
-    if device.type == "cuda" and cfg.recon.enabled and cfg.recon.upsample != "nearest":
+def check_deterministic(cfg: Config, device: torch.device, resamples: bool = True) -> None:
+    """train.deterministic on a GPU refuses what PyTorch has no deterministic CUDA backward for. `resamples`:
+    whether the decoder interpolates (`ReconstructionBranch.resamples`); one without x2 steps runs with
+    recon.upsample=bilinear too."""
+    if device.type == "cuda" and cfg.recon.enabled and resamples and cfg.recon.upsample != "nearest":
         raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
                         f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
     if device.type == "cuda" and cfg.data.local_crops > 0:

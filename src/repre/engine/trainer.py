@@ -59,8 +59,6 @@ class Trainer:
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
         rt = setup_runtime(cfg.train)
         self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
-        if cfg.train.deterministic:
-            check_deterministic(cfg, self.rt.device)
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
@@ -97,7 +95,11 @@ class Trainer:
 
     def _build_model(self) -> PretrainingModel:
         cfg = self.cfg
-        model = build_model(cfg, self.data.num_classes).to(self.rt.device)
+        model = build_model(cfg, self.data.num_classes)
+        if cfg.train.deterministic:  # before anything touches the device
+            branch = getattr(model, "branch", None)
+            check_deterministic(cfg, self.rt.device, branch is not None and branch.resamples(cfg.data.image_size))
+        model = model.to(self.rt.device)
         if dist.is_distributed():
             convert_sync_batchnorm(model)  # the heads' batch norm over the global batch, as the official code
             torch.manual_seed(cfg.train.seed * 1_000 + dist.rank())  # drop path: independent draws per process
