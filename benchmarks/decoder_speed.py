@@ -54,7 +54,7 @@ def main() -> None:
         upsample, mode, *rest = variant.split("-")
         out_stride = int(rest[0][1:]) if rest else 1
         torch.manual_seed(0)
-        decoder = Decoder([384] * 4, 16, 128, 8, upsample=upsample, out_stride=out_stride)
+        decoder = Decoder([384] * 4, 16, 128, upsample=upsample, out_stride=out_stride)
         counts[variant] = count(decoder)
         print(f"{variant:<24}{counts[variant]['gflops_per_view']:7.3f} GFLOP/view "
               f"{counts[variant]['written_mb_per_view']:6.2f} MB/view written", flush=True)

@@ -42,8 +42,6 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "base": ("baseline", [], None),
     "repre": ("repre", [], "base"),  # the preset as it stands
     "width16": ("repre", ["recon.width=16"], "base"),
-    "width64": ("repre", ["recon.width=64", "recon.min_width=16"], "base"),
-    "depth3": ("repre", ["recon.depth=3"], "base"),
     "taps-last": ("repre", ["recon.taps=[5]"], "base"),
     "taps-2": ("repre", ["recon.taps=[2,5]"], "base"),
     "taps-6": ("repre", ["recon.taps=6"], "base"),
@@ -52,17 +50,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "lam2": ("repre", ["recon.weight=2.0"], "base"),
     "lam5": ("repre", ["recon.weight=5.0"], "base"),
     "lam10": ("repre", ["recon.weight=10.0"], "base"),
-    "lam10-cos0": ("repre", ["recon.weight=10.0", "recon.weight_end=0.0"], "base"),
-    "lam0-cos10": ("repre", ["recon.weight=0.0", "recon.weight_end=10.0"], "base"),
-    "l2": ("repre", ["recon.loss=l2"], "base"),
     "normpix": ("repre", ["recon.norm_pix=true"], "base"),  # the Fashion-MNIST presets' choice
     "rawpix": ("repre", ["recon.norm_pix=false"], "base"),  # raw pixels
-    "normpix-l2": ("repre", ["recon.norm_pix=true", "recon.loss=l2"], "base"),
-    # what is reconstructed: the crop before colour jitter etc. (clean), and norm_pix's variance floored at a
-    # tenth of the dataset's pixel std (the preset: the view as the encoder sees it, MAE's epsilon)
-    "floor": ("repre", ["recon.norm_pix_floor=0.01"], "base"),
-    "clean": ("repre", ["recon.target=clean"], "base"),
-    "clean-floor": ("repre", ["recon.target=clean", "recon.norm_pix_floor=0.01"], "base"),
     "nearest": ("repre", ["recon.upsample=nearest"], "base"),
     "tail2": ("repre", ["recon.out_stride=2"], "base"),  # the last x2 step replaced by a 2x2 pixel shuffle
     "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)

@@ -42,7 +42,6 @@ TINY = [
     "method.moby.proj_dim=32",
     "method.dino.bottleneck_dim=32",
     "recon.width=16",
-    "recon.min_width=8",
     "train.batch_size=16",
     "train.max_steps=4",
     "train.log_every=2",

@@ -140,12 +140,13 @@ def test_measure_settings_leave_out_what_the_result_names_and_what_changes_no_re
 
 
 def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
-    """A config this repre would refuse (a removed loss) or wrote with older keys still compares; a framework's
+    """A config this repre would refuse (a removed option's other value) or wrote with older keys still compares; a framework's
     own keys count for its runs alone, and the losses of different methods are not subtracted."""
     mocov3 = make_run(tmp_path / "mocov3", summary={"completed": True, "steps": 8, "loss_contrastive": 2.0})
     old = yaml.safe_load((mocov3 / "config.yaml").read_text())
     old["method"]["temperature"] = old["method"]["mocov3"].pop("temperature")  # 0.1.0's shared key
     old["recon"]["loss"] = "smooth_l1"  # removed: a run configured so no longer loads
+    old["recon"]["depth"] = 1  # removed, at the value the code has now: gone
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "config.yaml").write_text(yaml.safe_dump(old))
@@ -154,7 +155,7 @@ def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
     code, stdout = run_cli(["compare", str(mocov3), str(legacy), str(dino)])
     assert code == 0
     differences = last_json(stdout)["differences"]
-    assert differences["recon.loss"] == ["l1", "smooth_l1", "l1"]
+    assert differences["recon.loss"] == [None, "smooth_l1", None] and "recon.depth" not in differences
     assert differences["method.mocov3.temperature"] == [0.2, 0.2, None]  # the legacy key in today's place
     assert differences["method.dino.out_dim"][:2] == [None, None] and differences["method.dino.out_dim"][2]
     assert rows_of(stdout)["loss_contrastive (last)"] == ["2.0000", "-", "6.0000"]  # no "(+4.0000)"

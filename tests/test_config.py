@@ -43,7 +43,7 @@ def test_wrong_type_is_refused():
     with pytest.raises(UserError, match="train.max_steps must be int"):
         load_config(None, ["train.max_steps=ten"])
     with pytest.raises(UserError, match="one of"):
-        load_config(None, ["recon.loss=l3"])
+        load_config(None, ["recon.upsample=bicubic"])
 
 
 def test_config_file_round_trip(tmp_path):
@@ -157,6 +157,24 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
     assert (e.knn.enabled, e.knn.k, e.linear.blocks, e.finetune.lr, e.segment.root, e.recon.images, e.knn.quick_test,
             e.batch_size) == (False, 7, 4, 3e-3, "/seg", 4, 500, 128)
     assert e.knn.train_subset is None  # 0.1.0's 0 meant all images
+
+
+def test_a_removed_option_loads_at_the_value_the_code_has_and_is_refused_at_another():
+    """An older run's config holds every REMOVED key: at the value the code computes with now it reads as it
+    was; another value computed what this repre cannot (refused with the option's fate); a person writing the
+    key is told the same."""
+    from repre.config.migrate import REMOVED
+
+    old = load_config("fmnist-mocov3-repre").to_dict()
+    for key, (now, _) in REMOVED.items():
+        section, name = key.split(".")
+        old[section][name] = now
+    assert config_from_dict(old) == load_config("fmnist-mocov3-repre")
+    old["recon"]["depth"] = 3
+    with pytest.raises(UserError, match=r"recon.depth=3, which repre 0.2.0 removed \(the decoder has no blocks"):
+        config_from_dict(old)
+    with pytest.raises(UserError, match="'recon.weight_end' was removed in repre 0.2.0: lambda .recon.weight. is"):
+        load_config(None, ["recon.weight_end=0.0"])
 
 
 def test_an_older_warm_up_in_steps_keeps_its_length(repre_log):

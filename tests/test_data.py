@@ -10,7 +10,6 @@ from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.pipeline import (
     EpochBatchSampler,
-    PretrainData,
     Stages,
     ViewCollate,
     ViewDataset,
@@ -20,7 +19,7 @@ from repre.data.pipeline import (
     view_spec,
 )
 from repre.data.sources import build_source, eval_source, load_or_replace, subset_of, train_source, val_split
-from repre.data.views import ViewSpec, gaussian_blur, make_views, normalize, photometric
+from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
 from repre.errors import UserError
 
 
@@ -190,35 +189,6 @@ def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
     assert finish_views(workers, view_spec(cfg, source)) is workers  # finished views pass unchanged
     assert Stages.of(cfg, torch.device("cuda")).photometric_on_device  # auto: on a GPU
     assert not Stages.of(cfg, torch.device("cpu")).photometric_on_device
-
-
-@pytest.mark.parametrize("where,local_crops", [("workers", 0), ("device", 0), ("workers", 2), ("device", 2),
-                                               ("crops", 2)])
-def test_clean_targets_are_the_crops_before_the_photometric_stage(where, local_crops):
-    """recon.target=clean: each batch carries the two global views as cut and flipped, normalized, and not
-    jittered, wherever the photometric stage runs ("crops": the crops too are cut on the device) and with
-    multi-crop; the views themselves are unchanged."""
-    dino = ["method.name=dino", "method.dino.out_dim=16", "data.local_size=8"] if local_crops else []
-    strong = ["aug.jitter_prob=1.0", "aug.solarize_prob=[1.0,1.0]"]
-    place = ["aug.geometric_on=device"] if where == "crops" else [f"aug.photometric_on={where}"]
-    settings = [*dino, f"data.local_crops={local_crops}", *place, *strong]
-
-    def first_batch(target: str) -> dict[str, torch.Tensor]:
-        data = PretrainData(tiny_config(*settings, f"recon.target={target}"), torch.device("cpu"))
-        return data.to_device(next(iter(data.loader(0, False))))
-
-    batch, plain = first_batch("clean"), first_batch("view")
-    cfg = tiny_config(*settings)
-    source = train_source(cfg)
-    spec = view_spec(cfg, source)
-    assert torch.equal(batch["views"], plain["views"]) and "targets" not in plain
-    assert batch["targets"].shape == batch["views"][:, :2].shape and batch["targets"].dtype == torch.float32
-    for row, index in enumerate(batch["index"].tolist()):
-        cut, _ = make_views(source.load(index)[0], spec, cfg.train.seed, 0, index)
-        expected = normalize(cut.float() / 255, spec.mean, spec.std)
-        grey = 1 / 255 / min(spec.std) if where == "crops" else 0  # device crops: within one grey level
-        torch.testing.assert_close(batch["targets"][row], expected, rtol=0, atol=grey + 1e-6)
-    assert (batch["targets"] - batch["views"][:, :2]).abs().amax() > 1.0  # the encoder saw jittered views
 
 
 def test_collate_shapes():

@@ -10,12 +10,12 @@ from repre.builder import build_model
 from repre.config import load_config
 from repre.errors import UserError
 from repre.models.backbone import Backbone, resolve_taps
-from repre.models.decoder import ConvBlock, Decoder
+from repre.models.decoder import Decoder
 
 
 @pytest.mark.parametrize("stride,size", [(4, 16), (4, 28), (8, 32), (16, 32), (14, 28), (1, 8), (3, 12)])
 def test_output_size_equals_input_size(stride, size):
-    dec = Decoder([24, 24, 24], stride, width=16, min_width=4)
+    dec = Decoder([24, 24, 24], stride, width=16)
     maps = [torch.randn(2, 24, size // stride, size // stride) for _ in range(3)]
     assert dec(maps, (size, size)).shape == (2, 3, size, size)
 
@@ -23,7 +23,7 @@ def test_output_size_equals_input_size(stride, size):
 def test_decoder_runs_on_the_meta_device():
     """Shapes only, as FLOP counters and deferred initialisation use it: the meta device has no autocast state
     to ask about."""
-    dec = Decoder([24, 24], 4, width=16, min_width=4).to("meta")
+    dec = Decoder([24, 24], 4, width=16).to("meta")
     maps = [torch.empty(2, 24, 4, 4, device="meta") for _ in range(2)]
     assert dec(maps, (16, 16)).shape == (2, 3, 16, 16)
 
@@ -35,15 +35,15 @@ def test_hierarchical_maps_fuse_unet_style():
     assert dec(maps, (64, 64)).shape == (2, 3, 64, 64)
 
 
-def test_width_halves_at_each_upsampling_step():
-    dec = Decoder([8], 16, width=128, min_width=8)
-    assert [b[0].out_channels for b in dec.up] == [64, 32, 16, 8]
+def test_width_halves_at_each_upsampling_step_down_to_8():
+    assert [b[0].out_channels for b in Decoder([8], 16, width=128).up] == [64, 32, 16, 8]
+    assert [b[0].out_channels for b in Decoder([8], 16, width=32).up] == [16, 8, 8, 8]
 
 
 @pytest.mark.parametrize("stride,out_stride,size", [(4, 2, 16), (4, 4, 16), (16, 4, 64), (16, 16, 32), (14, 2, 28)])
 def test_out_stride_stops_the_x2_steps_and_shuffles_pixels(stride, out_stride, size):
     """recon.out_stride: x2 steps down to that stride, then a 1x1 conv to 3 x out_stride² channels, shuffled."""
-    dec = Decoder([24, 24], stride, width=16, min_width=4, out_stride=out_stride)
+    dec = Decoder([24, 24], stride, width=16, out_stride=out_stride)
     maps = [torch.randn(2, 24, size // stride, size // stride) for _ in range(2)]
     assert dec(maps, (size, size)).shape == (2, 3, size, size)
     assert len(dec.up) == int(math.log2(stride // out_stride)) and dec.head.out_channels == 3 * out_stride**2
@@ -53,7 +53,7 @@ def test_resizing_after_the_head_equals_resizing_before_it():
     """A stride that is not a power of two ends with a resize: done on the 3 output channels after the 1x1 head
     (cheaper) it equals the resize of the decoder's features before the head (both are affine per pixel)."""
     torch.manual_seed(0)
-    dec = Decoder([24, 24], 14, width=16, min_width=4)
+    dec = Decoder([24, 24], 14, width=16)
     maps = [torch.randn(2, 24, 2, 2) for _ in range(2)]
     lat = [layer(m) for layer, m in zip(dec.laterals, maps, strict=True)]
     x = dec.fuse[0](dec.fuse[1](lat[1]) + lat[0])
@@ -76,10 +76,10 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def decoder_to_encoder_flops(arch: str, kwargs: dict, size: int, taps: int, width: int, min_width: int) -> float:
+def decoder_to_encoder_flops(arch: str, kwargs: dict, size: int, taps: int, width: int) -> float:
     enc = Backbone(arch, {"img_size": size, **kwargs}).eval()
     tap_idx = resolve_taps(taps, enc.depth)
-    dec = Decoder([enc.embed_dim] * len(tap_idx), enc.patch_size, width, min_width).eval()
+    dec = Decoder([enc.embed_dim] * len(tap_idx), enc.patch_size, width).eval()
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         _, maps = enc(x, tap_idx)
@@ -87,7 +87,7 @@ def decoder_to_encoder_flops(arch: str, kwargs: dict, size: int, taps: int, widt
 
 
 def test_decoder_cost_vit_s16_224_at_most_10_percent():
-    ratio = decoder_to_encoder_flops("vit_small_patch16_224", {}, 224, 4, 128, 8)
+    ratio = decoder_to_encoder_flops("vit_small_patch16_224", {}, 224, 4, 128)
     print(f"decoder/encoder FLOPs, ViT-S/16 at 224: {ratio:.3f}")
     assert ratio <= 0.10
 
@@ -127,7 +127,7 @@ def test_taps_and_decoder_shapes_over_random_vits(patch, grid, depth, n_taps, wi
     x = torch.randn(2, 3, size, size)
     pooled, maps = enc(x, taps)
     assert pooled.shape == (2, 16) and [m.shape for m in maps] == [(2, 16, grid, grid)] * n
-    dec = Decoder([16] * n, patch, width=width, min_width=4, upsample=upsample)
+    dec = Decoder([16] * n, patch, width=width, upsample=upsample)
     assert dec(maps, (size, size)).shape == (2, 3, size, size)
 
 
@@ -142,9 +142,3 @@ def test_decoder_shapes_over_random_hierarchies(stages, base, size):
     maps = [torch.randn(1, c, size // s, size // s) for c, s in zip(chans, strides, strict=True)]
     assert Decoder(chans, strides[0], width=16)(maps, (size, size)).shape == (1, 3, size, size)
 
-
-def test_decoder_depth_adds_blocks_at_the_encoder_resolution():
-    maps = [torch.randn(2, 16, 4, 4)]
-    shallow, deep = Decoder([16], 4, width=8, depth=1), Decoder([16], 4, width=8, depth=3)
-    assert len(shallow.refine) == 0 and len(deep.refine) == 2 and isinstance(deep.refine[0], ConvBlock)
-    assert deep(maps, (16, 16)).shape == shallow(maps, (16, 16)).shape == (2, 3, 16, 16)

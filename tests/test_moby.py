@@ -113,7 +113,7 @@ def test_swin_taps_and_decoder_output(arch, size, strides):
         _, maps = enc(torch.randn(1, 3, size, size), taps)
         assert [m.shape[-1] for m in maps] == [size // s for s in strides]
         assert [m.shape[1] for m in maps] == enc.unit_channels
-        dec = Decoder(enc.unit_channels, strides[0], width=16, min_width=8)
+        dec = Decoder(enc.unit_channels, strides[0], width=16)
         assert dec(maps, (size, size)).shape == (1, 3, size, size)
 
 

@@ -10,9 +10,9 @@ from repre.methods import build_method
 from repre.models.backbone import Backbone, resolve_arch, resolve_taps
 from repre.reconstruction import Baseline, PretrainingModel, RePre
 
-# the recon.* keys read outside the branch (the builder, the wrapper, the schedules, the data pipeline); every
-# other one is a `ReconstructionBranch` argument of the same name
-RECON_WRAPPER_KEYS = ("enabled", "weight", "weight_end", "target", "taps", "views")
+# the recon.* keys read outside the branch (the builder, the wrapper); every other one is a
+# `ReconstructionBranch` argument of the same name
+RECON_WRAPPER_KEYS = ("enabled", "weight", "taps", "views")
 
 
 def build_encoder(cfg: Config) -> Backbone:
@@ -46,5 +46,5 @@ def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel
     if not cfg.recon.enabled:
         return Baseline(method)
     r = cfg.recon
-    branch = {k: v for k, v in dataclasses.asdict(r).items() if k not in RECON_WRAPPER_KEYS}  # width, loss, ...
+    branch = {k: v for k, v in dataclasses.asdict(r).items() if k not in RECON_WRAPPER_KEYS}  # width, norm_pix, ...
     return RePre(method, taps=resolve_taps(r.taps, encoder.depth), recon_weight=r.weight, views=r.views, **branch)

@@ -19,11 +19,14 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: in
     return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
-def patch_stats(x: torch.Tensor, patch: int, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+NORM_PIX_EPS = 1e-6  # the floor of a patch's variance with norm_pix (MAE's norm_pix_loss adds this epsilon)
+
+
+def patch_stats(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of each patch x patch block's pixels over all channels (MAE's norm_pix statistics, the
-    variance unbiased and floored at `floor`): [B, C, H, W] -> (mean, std), each [B, 1, H, W] and constant over
-    a block, so `(x - mean) / std` normalizes and `y * std + mean` undoes it without reordering pixels into
-    patches (H and W divisible by patch)."""
+    variance unbiased, floored at NORM_PIX_EPS): [B, C, H, W] -> (mean, std), each [B, 1, H, W] and constant
+    over a block, so `(x - mean) / std` normalizes and `y * std + mean` undoes it without reordering pixels
+    into patches (H and W divisible by patch)."""
     n = x.shape[1] * patch * patch
 
     def block_mean(v: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, 1, H, W]
@@ -32,29 +35,21 @@ def patch_stats(x: torch.Tensor, patch: int, floor: float = 1e-6) -> tuple[torch
 
     mean = block_mean(x)
     var = block_mean((x - mean).square()) * (n / (n - 1))  # two passes, as torch.var: exact for flat patches
-    return mean, var.clamp(min=floor).sqrt()
+    return mean, var.clamp(min=NORM_PIX_EPS).sqrt()
 
 
-def reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", norm_pix: bool = False, patch: int = 16,
-    floor: float = 1e-6,
-) -> torch.Tensor:
-    """Mean pixel loss between pred and target ([B, 3, H, W], normalized pixel space).
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = False,
+                        patch: int = 16) -> torch.Tensor:
+    """The mean L1 distance between pred and target ([B, 3, H, W], normalized pixel space).
 
-    norm_pix: the target is normalized per patch (mean 0, std 1 over each patch's pixels and channels,
-    as MAE's norm_pix_loss), and the prediction is read in that normalized space. The variance is floored at
-    `floor` (MAE adds 1e-6): with small patches (4x4 pixels) a flat patch's std can be a grey level or two,
-    and without a floor its ripple becomes a target as large as an edge.
+    norm_pix: the target is normalized per patch (mean 0, std 1 over each patch's pixels and channels, as MAE's
+    norm_pix_loss, `patch_stats`), and the prediction is read in that normalized space.
     """
     pred, target = pred.float(), target.float()
     if norm_pix:
-        mean, std = patch_stats(target, patch, floor)
+        mean, std = patch_stats(target, patch)
         target = (target - mean) / std
-    if kind == "l1":
-        return F.l1_loss(pred, target)
-    if kind == "l2":
-        return F.mse_loss(pred, target)
-    raise ValueError(f"unknown reconstruction loss {kind!r}")
+    return F.l1_loss(pred, target)
 
 
 def teacher_probs(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:

@@ -40,11 +40,7 @@ class ReconstructionBranch(nn.Module):
         taps: int | Sequence[int] = 4,
         *,
         width: int = 128,
-        min_width: int = 8,
-        loss: str = "l1",
         norm_pix: bool = False,
-        norm_pix_floor: float = 1e-6,
-        depth: int = 1,
         upsample: str = "bilinear",
         out_stride: int = 1,
     ) -> None:
@@ -57,10 +53,9 @@ class ReconstructionBranch(nn.Module):
         if out_stride > min(strides):
             raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
                             f"(stride {min(strides)}): use at most {min(strides)}")
-        self.decoder = Decoder(channels, min(strides), width, min_width, depth=depth, upsample=upsample,
-                               out_stride=out_stride)
+        self.decoder = Decoder(channels, min(strides), width, upsample=upsample, out_stride=out_stride)
         self.strides = strides
-        self.loss_kind, self.norm_pix, self.norm_pix_floor = loss, norm_pix, norm_pix_floor
+        self.norm_pix = norm_pix
         self.patch_size = backbone.patch_size
         self._compiled_loss: Callable[..., torch.Tensor] | None = None  # `compile_loss`
 
@@ -95,8 +90,7 @@ class ReconstructionBranch(nn.Module):
         if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two)
             maps, targets = [m.index_select(0, rows) for m in maps], targets.index_select(0, rows)
         pred = self.reconstruct(maps, targets.shape[-2:])
-        return reconstruction_loss(pred, targets, self.loss_kind, self.norm_pix, self.patch_size,
-                                   self.norm_pix_floor)
+        return reconstruction_loss(pred, targets, self.norm_pix, self.patch_size)
 
     def compile_loss(self, **options: Any) -> None:
         """torch.compile `loss` (`options`: torch.compile's): the choice of rows, the tap maps' copy into the

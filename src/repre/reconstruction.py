@@ -5,7 +5,7 @@ contrastive loss already runs) and hands them to its `repre.nn.ReconstructionBra
 pixels; the total adds lambda * reconstruction loss:
 
     out = method(views, momentum)            # "loss" = contrastive; "recon_maps", "recon_targets"
-    recon = branch.loss(out["recon_maps"], out["recon_targets"])  # or the clean targets: recon.target
+    recon = branch.loss(out["recon_maps"], out["recon_targets"])
     loss = contrastive + weight * recon
 
 With views=1 the decoder reconstructs one global view of each image (`one_view_rows`): the encoder still sees
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from repre.core.dist import rank
-from repre.methods.base import Method, stack_views
+from repre.methods.base import Method
 from repre.nn import ReconstructionBranch
 
 
@@ -39,7 +39,7 @@ def one_view_rows(n: int, offset: int = 0, device: torch.device | None = None) -
 
 class PretrainingModel(nn.Module):
     """What a run trains, `Baseline` or `RePre`: a method (`.method`), maybe with a branch beside it.
-    forward(views, momentum, labels, local_views, targets) -> {"loss": what the optimizer minimizes,
+    forward(views, momentum, labels, local_views) -> {"loss": what the optimizer minimizes,
     "loss_contrastive": the method's own loss, "loss_recon", and the method's other 0-d values}."""
 
     def __init__(self, method: Method) -> None:
@@ -60,9 +60,9 @@ class Baseline(PretrainingModel):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-        local_views: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """views [B, V, 3, H, W] (local_views [B, L, 3, h, w]) -> the method's losses; `targets` is unused."""
+        """views [B, V, 3, H, W] (local_views [B, L, 3, h, w]) -> the method's losses."""
         out = self.method(views, momentum, labels, local_views)
         out["loss_contrastive"] = out["loss"]
         out["loss_recon"] = torch.zeros((), device=out["loss"].device)
@@ -74,9 +74,8 @@ class RePre(PretrainingModel):
 
     def __init__(self, method: Method, *, taps: Sequence[int], recon_weight: float = 1.0, views: int = 2,
                  **branch: Any) -> None:
-        """`recon_weight`: λ (the trainer sets it each step when it follows a schedule); `views`: the global
-        views reconstructed per image, 2 or 1 (`one_view_rows`); `branch`: the `ReconstructionBranch`
-        arguments (width, min_width, loss, norm_pix, ...)."""
+        """`recon_weight`: λ; `views`: the global views reconstructed per image, 2 or 1 (`one_view_rows`);
+        `branch`: the `ReconstructionBranch` arguments (width, norm_pix, upsample, out_stride)."""
         if views not in (1, 2):
             raise ValueError(f"views={views!r}: the global views reconstructed per image are 1 or 2")
         super().__init__(method)
@@ -95,15 +94,14 @@ class RePre(PretrainingModel):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-        local_views: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """views [B, 2, 3, H, W] (local_views [B, L, 3, h, w]: DINO's) -> {"loss": the method's loss + λ ·
-        "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}.
-        `targets` [B, 2, 3, H, W]: what the two global views reconstruct (recon.target=clean); None: the views
-        themselves, as the encoder received them. With `views=1` the decoder reconstructs B of the 2B views
+        "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}. The
+        decoder reconstructs the global views as the encoder received them; with `views=1` B of the 2B views
         (`one_view_rows`)."""
         out = self.method(views, momentum, labels, local_views)
-        targets = out.pop("recon_targets") if targets is None else stack_views(targets)
+        targets = out.pop("recon_targets")
         rows = None
         if self.views_per_image == 1:  # every process has an equal share of the global batch
             rows = one_view_rows(targets.shape[0], rank() * views.shape[0], targets.device)

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from repre.config.schema import EVAL_TASKS, MethodConfig
+from repre.errors import UserError
 
 # keys renamed when each section's keys were given one meaning (CHANGELOG.md, 0.2.0): old -> new
 RENAMED = {
@@ -22,6 +23,16 @@ RENAMED = {
                      "warmup_fraction", "crop_scale", "train_subset", "test_subset"),
         "segment": ("data", "root", "size", "classes", "ignore", "train", "test", "lr", "epochs"),
     }.items() for key in keys},
+}
+# keys removed in 0.2.0 (options no preset used, measured and left; docs/results.md) -> (the one value the code
+# has now, what became of the option)
+REMOVED = {
+    "recon.loss": ("l1", "the reconstruction loss is L1; L2 was no better on the seed measured"),
+    "recon.target": ("view", "the branch reconstructs the view; the clean crop was no better on 3 seeds"),
+    "recon.norm_pix_floor": (1e-6, "norm_pix floors a patch's variance at MAE's 1e-6; 0.01 was no better on 3 seeds"),
+    "recon.min_width": (8, "the decoder's x2 steps halve its width down to 8"),
+    "recon.depth": (1, "the decoder has no blocks after its fusion; 3 blocks scored lower in k-NN and linear"),
+    "recon.weight_end": (None, "lambda (recon.weight) is constant; schedules scored lower in k-NN and linear"),
 }
 # what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
 QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
@@ -48,15 +59,20 @@ def renamed_message(key: str) -> str | None:
         return f"config key {key!r} was renamed to {RENAMED[key]!r} in repre 0.2.0"
     if key == "eval.knn":
         return "eval.knn is a section since repre 0.2.0: write eval.knn.enabled=true/false"
+    if key in REMOVED:
+        return f"config key {key!r} was removed in repre 0.2.0: {REMOVED[key][1]}"
     if key == "train.warmup_steps":
         return "train.warmup_steps was removed in repre 0.2.0: set train.warmup_fraction (a fraction of the run)"
     return None
 
 
-def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     """A resolved config written by an older repre (a checkpoint's, a run's config.yaml) in today's keys, each
-    change of 0.2.0 in turn. Files people write get `renamed_message` instead."""
+    change of 0.2.0 in turn. Files people write get `renamed_message` instead. A removed key (REMOVED) holding
+    the value the code has now goes; another value is refused (the run computed what this repre cannot), or
+    with `refuse_removed=False` (a run only described, as by `repre compare`) kept."""
     raw = copy.deepcopy(raw)
+    _removed_keys(raw, refuse_removed)
     method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
     _warmup_as_fraction(train)
     _method_keys_to_their_framework(method)
@@ -64,6 +80,20 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     _quick_probe_values(evals)
     _null_subsets(evals)
     return raw
+
+
+def _removed_keys(raw: dict[str, Any], refuse: bool) -> None:
+    """Each REMOVED key at the value the code has now -> gone; at another value -> an error, or kept."""
+    for key, (now, why) in REMOVED.items():
+        section_name, name = key.split(".")
+        section = raw.get(section_name)
+        if not isinstance(section, dict) or name not in section:
+            continue
+        if section[name] == now:
+            del section[name]
+        elif refuse:
+            raise UserError(f"this run was configured with {key}={section[name]!r}, which repre 0.2.0 removed "
+                            f"({why}): use the repre that trained it (its summary.json names the version)")
 
 
 def _warmup_as_fraction(train: dict[str, Any]) -> None:

@@ -194,24 +194,15 @@ class MethodConfig:
 
 @dataclass
 class ReconConfig:
-    """The RePre reconstruction branch."""
+    """The RePre reconstruction branch: a convolutional decoder on the encoder's maps of several depths, an L1
+    loss against the pixels of the view the encoder saw."""
 
     enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
     # n evenly spaced blocks (a Swin: stages) ending with the last, or 0-based indices (negative: from the end)
     taps: int | list[int] = 4
-    loss: Literal["l1", "l2"] = "l1"  # the reconstruction loss on pixels
-    # what is reconstructed: view, the encoder's input (after colour jitter, grayscale, blur, solarization);
-    # clean, the same crop and flip before that photometric stage (restoring the image, not copying the input)
-    target: Literal["view", "clean"] = "view"
     norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
-    # norm_pix divides by the patch's std, its variance floored here (units: the dataset's pixel variance after
-    # normalization), so a flat patch's faint ripple is not blown up to a unit-size target; 1e-6: MAE's epsilon
-    norm_pix_floor: float = 1e-6
-    width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step
-    min_width: int = 8  # the halving stops here
-    depth: int = 1  # 3x3 conv blocks at the encoder's resolution after the fusion (1: the fusion block only)
-    weight_end: float | None = None  # lambda follows a cosine from `weight` to this over training; None: constant
+    width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step, to 8
     upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: ~2x faster on GPU)
     # the x2 steps stop at this stride (a power of two); a 1x1 conv then predicts out_stride x out_stride pixels
     # per position (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the
@@ -223,12 +214,7 @@ class ReconConfig:
     views: Literal[1, 2] = 2
 
     # the valid values of the fields above (`RULES`), checked by `validate`
-    ranges: ClassVar[dict[str, str]] = {
-        "weight": ">=0", "width": ">0", "min_width": ">0", "depth": ">=1", "weight_end": ">=0",
-        "out_stride": ">=1", "norm_pix_floor": ">0",
-    }
-    # options kept for measurements in progress (docs/results.md), not used by any preset: they may change or go
-    experimental: ClassVar[set[str]] = {"depth", "weight_end"}
+    ranges: ClassVar[dict[str, str]] = {"weight": ">=0", "width": ">0", "out_stride": ">=1"}
 
 
 @dataclass

@@ -49,18 +49,16 @@ class RunSchedules:
     lr: torch.Tensor  # [total]
     momentum: torch.Tensor  # [total] the EMA momentum of the momentum / teacher encoder
     ema: bool  # whether the method has one (else the train lines leave the momentum out)
-    recon_weight: torch.Tensor | None  # [total] λ, when recon.weight_end is set
     weight_decay: torch.Tensor | None  # [total] when train.weight_decay_end is set
 
     @classmethod
     def build(cls, cfg: Config, total: int, ema: bool = True) -> RunSchedules:
-        t, r = cfg.train, cfg.recon
+        t = cfg.train
         warmup = round(t.warmup_fraction * total)
         return cls(
             lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup, t.warmup_lr),
             momentum=momentum_schedule(cfg.method.momentum, total),
             ema=ema,
-            recon_weight=warmup_cosine(r.weight, r.weight_end, total) if r.weight_end is not None else None,
             weight_decay=(warmup_cosine(t.weight_decay, t.weight_decay_end, total)
                           if t.weight_decay_end is not None else None),
         )
@@ -68,8 +66,6 @@ class RunSchedules:
     def logged(self, step: int) -> dict[str, torch.Tensor]:
         """The values of `step` that a train line reports."""
         values = {"lr": self.lr[step], **({"momentum": self.momentum[step]} if self.ema else {})}
-        if self.recon_weight is not None:
-            values["recon_weight"] = self.recon_weight[step]
         if self.weight_decay is not None:
             values["weight_decay"] = self.weight_decay[step]
         return values

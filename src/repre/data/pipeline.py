@@ -12,8 +12,6 @@ A batch is a dict; which keys it holds tells which stages are left (B: this proc
                        photometric stage is left for the device; absent: the crops are too (aug.geometric_on)
     local_views        the same for DINO's local crops, [B, L, 3, s, s]
     photo, local_photo float [B, V | L, N_PHOTO]: each view's photometric draws, while that stage is left
-    clean              uint8 [B, 2, 3, S, S]: the global views before the photometric stage (recon.target=clean,
-                       that stage in the workers)
     pixels, jpeg, encoded, shapes, offsets, lengths
                        the whole images, packed (`device_views.pack`), while the crops are left
     boxes, flips       int64 [B, V, 4] (top, left, h, w) and bool [B, V]: each view's crop (local_boxes,
@@ -22,8 +20,8 @@ A batch is a dict; which keys it holds tells which stages are left (B: this proc
                        as unreadable, and smaller than S (the run's summary counts them)
     stream             streamed shards: the data worker's position after the batch (checkpoints keep it)
 
-After `to_device`: "views" (and "local_views") normalized float on the device, "label" there too, and with
-recon.target=clean "targets", float [B, 2, 3, S, S]; the other keys stay on the CPU.
+After `to_device`: "views" (and "local_views") normalized float on the device, "label" there too; the other
+keys stay on the CPU.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_pay
 from repre.data.folder import decode
 from repre.data.sources import ImageSource, first_readable, load_or_replace, stats, train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
-from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, normalize, photometric, sample_views
+from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, photometric, sample_views
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -135,26 +133,12 @@ def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec
     return photometric(views.flatten(0, 1), photo.flatten(0, 1).to(views.device), spec).view(b, v, *views.shape[2:])
 
 
-def clean_targets(views: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-    """The reconstruction targets of recon.target=clean: uint8 views [B, V, 3, S, S] (after the crop and flip,
-    before the photometric stage) -> the first two, normalized as the encoder's input: float [B, 2, 3, S, S]."""
-    two = views[:, :2]
-    return normalize(two.flatten(0, 1).float().div_(255), spec.mean, spec.std).view(two.shape)
-
-
-def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec, clean: bool = False) -> dict[str, torch.Tensor]:
+def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, torch.Tensor]:
     """The stages a batch's loader left out, where its tensors are now (the training device): the crops of a
     packed batch (aug.geometric_on=device; "pixels" moved, "jpeg" on the CPU), then the photometric stage of
-    uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged.
-
-    `clean` (recon.target=clean): also "targets", the global views before the photometric stage
-    (`clean_targets`), from the uint8 views here or, when the loader ran the photometric stage, from the uint8
-    copy it kept under "clean"."""
+    uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged."""
     if "boxes" in batch:
         batch = crop_on_device(batch, spec.size, spec.local_size)
-    if clean and "targets" not in batch:
-        uint8 = batch["views"] if batch["views"].dtype == torch.uint8 else batch["clean"]
-        batch = dict(batch, targets=clean_targets(uint8, spec))
     if batch["views"].dtype != torch.uint8:
         return batch
     out = dict(batch, views=batched_photometric(batch["views"], batch["photo"], spec))
@@ -168,20 +152,15 @@ class ViewCollate:
     (and DINO's local crops -> [B, L, 3, s, s]). With `photometric=False` the views stay uint8 and their
     parameters travel beside them ("photo", "local_photo"): `finish_views` completes them on the device.
     Samples without views (crops on the device) are packed (`repre.data.device_views.pack`) with their
-    boxes [B, V, 4], flips [B, V] and parameters.
+    boxes [B, V, 4], flips [B, V] and parameters."""
 
-    `clean` (recon.target=clean) with the photometric stage here: the two global views are also kept as they
-    were before it, uint8 [B, 2, 3, S, S] under "clean" (a quarter of the float views' bytes)."""
-
-    def __init__(self, spec: ViewSpec, photometric: bool = True, clean: bool = False) -> None:
-        self.spec, self.photometric, self.clean = spec, photometric, clean
+    def __init__(self, spec: ViewSpec, photometric: bool = True) -> None:
+        self.spec, self.photometric = spec, photometric
 
     def _views(self, samples: list[dict], key: str, photo_key: str, batch: dict[str, torch.Tensor]) -> None:
         views = torch.stack([s[key] for s in samples])  # [B, V, 3, S, S] uint8
         photo = torch.stack([s[photo_key] for s in samples])  # [B, V, N_PHOTO]
         if self.photometric:
-            if self.clean and key == "views":
-                batch["clean"] = views[:, :2].contiguous()
             batch[key] = batched_photometric(views, photo, self.spec)
         else:
             batch[key], batch[photo_key] = views, photo
@@ -266,7 +245,6 @@ class Stages:
     decode_on_device: bool  # data.decode_on=device: JPEG bytes cross, the device decodes them
     crops_on_device: bool  # aug.geometric_on=device: whole images cross, the crops are cut there
     photometric_on_device: bool  # uint8 views and their photometric parameters cross (aug.photometric_on)
-    clean_targets: bool  # the batches carry the reconstruction targets of recon.target=clean
 
     @classmethod
     def of(cls, cfg: Config, device: torch.device) -> Stages:
@@ -274,8 +252,7 @@ class Stages:
         device on a GPU, or where the crops are cut."""
         crops, where = cfg.aug.geometric_on == "device", cfg.aug.photometric_on
         return cls(decode_on_device=cfg.data.decode_on == "device", crops_on_device=crops,
-                   photometric_on_device=where == "device" or (where == "auto" and (device.type == "cuda" or crops)),
-                   clean_targets=cfg.recon.enabled and cfg.recon.target == "clean")
+                   photometric_on_device=where == "device" or (where == "auto" and (device.type == "cuda" or crops)))
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
@@ -288,7 +265,7 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     views = ViewDataset(source, spec, cfg.train.seed, crops_on_device=stages.crops_on_device,
                         decode_on_device=stages.decode_on_device)
     workers = resolve_workers(cfg.train.num_workers)
-    collate = ViewCollate(spec, photometric=not stages.photometric_on_device, clean=stages.clean_targets)
+    collate = ViewCollate(spec, photometric=not stages.photometric_on_device)
     common = dict(collate_fn=collate, num_workers=workers,
                   pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     if isinstance(source, StreamShards):
@@ -336,11 +313,10 @@ class PretrainData:
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
-        left out run there (aug.geometric_on, aug.photometric_on; JPEG bytes stay on the CPU for the decoder), and
-        with recon.target=clean the reconstruction targets under "targets" ([B, 2, 3, S, S], `clean_targets`)."""
-        keys = ("views", "label", "local_views", "photo", "local_photo", "pixels", "clean")
+        left out run there (aug.geometric_on, aug.photometric_on; JPEG bytes stay on the CPU for the decoder)."""
+        keys = ("views", "label", "local_views", "photo", "local_photo", "pixels")
         moved = {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
-        return finish_views({**batch, **moved}, self.spec, self.stages.clean_targets)
+        return finish_views({**batch, **moved}, self.spec)
 
     def observe(self, batch: dict) -> None:
         """A batch was trained on: where its data worker's stream now stands (streamed shards)."""

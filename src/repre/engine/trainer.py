@@ -137,8 +137,7 @@ class Trainer:
         batch = self.data.to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
-            out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"),
-                                     batch.get("targets"))
+            out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"))
         for callback in self.callbacks:
             callback.on_forward(self, out)
         self.optimizer.zero_grad(set_to_none=True)
@@ -158,7 +157,7 @@ class Trainer:
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
 
     def _apply_schedules(self, step: int) -> float:
-        """This step's values: lr and weight decay into the optimizer's groups, λ into the RePre wrapper, the
+        """This step's values: lr and weight decay into the optimizer's groups, the
         method's own (`set_progress`: DINO's teacher temperature and frozen last layer); returns the EMA
         momentum, which the method's forward applies."""
         sched = self.schedules
@@ -167,8 +166,6 @@ class Trainer:
             if sched.weight_decay is not None and group.get("decays", True):
                 group["weight_decay"] = float(sched.weight_decay[step])
         self.model.method.set_progress(step, self.total)
-        if sched.recon_weight is not None and self.cfg.recon.enabled:
-            self.model.recon_weight = float(sched.recon_weight[step])
         return float(sched.momentum[step])
 
     # ------------------------------------------------------------ the loop

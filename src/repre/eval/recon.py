@@ -13,7 +13,7 @@ from repre.config import Config
 from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.data.pipeline import ViewCollate, ViewDataset, clean_targets, view_spec
+from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
 from repre.data.sources import ImageSource, subset_of
 from repre.data.views import denormalize
 from repre.errors import UserError
@@ -25,13 +25,12 @@ from repre.reconstruction import RePre
 ERROR_GAIN = 2  # the error maps of `repre eval recon`: |error| in [0, 1] pixels, times this, clipped at 1
 
 
-def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int,
-                   floor: float = 1e-6) -> torch.Tensor:
+def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int) -> torch.Tensor:
     """A prediction in the loss's space -> normalized pixel space (norm_pix: undo per-patch normalization
     with the target's patch statistics, as MAE's pictures do)."""
     if not norm_pix:
         return pred
-    mean, std = patch_stats(target.float(), patch, floor)
+    mean, std = patch_stats(target.float(), patch)
     return pred.float() * std + mean
 
 
@@ -49,8 +48,7 @@ def scored(images: torch.Tensor, truth: torch.Tensor, title: str, group: str = "
 def patch_means(target: torch.Tensor, branch: nn.Module) -> torch.Tensor:
     """Normalized images [N, 3, H, W] -> each patch filled with its own mean: what a norm_pix reconstruction
     shows before the decoder adds anything (its prediction of zeros through the target's patch statistics)."""
-    return to_pixel_space(torch.zeros_like(target, dtype=torch.float32), target, True, branch.patch_size,
-                          branch.norm_pix_floor)
+    return to_pixel_space(torch.zeros_like(target, dtype=torch.float32), target, True, branch.patch_size)
 
 
 def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.Module, mean, std,
@@ -66,41 +64,35 @@ def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.
     return cols
 
 
-def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime, target: torch.Tensor | None = None) -> torch.Tensor:
+def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     """Normalized images x [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space (norm_pix:
-    with the statistics of `target`, the images reconstructed; default x)."""
+    with the patch statistics of x)."""
     branch = model.branch
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
         _, maps = branch.encode(x)
         pred = branch.reconstruct(maps, x.shape[-2:])
-    target = x if target is None else target
-    return to_pixel_space(pred.float(), target, branch.norm_pix, branch.patch_size, branch.norm_pix_floor)
+    return to_pixel_space(pred.float(), x, branch.norm_pix, branch.patch_size)
 
 
 @torch.no_grad()
 def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Image.Image:
     """`eval.recon.images` training images of the run (`subset_of`'s: a folder's spread over its classes;
-    epoch-0 augmentation), a row each; for each of the two views (a group of columns) the view, its clean target
-    (recon.target=clean), its patch means (norm_pix) and the reconstruction, captioned with PSNRs."""
+    epoch-0 augmentation), a row each; for each of the two views (a group of columns) the view, its patch means
+    (norm_pix) and the reconstruction, captioned with PSNRs."""
     spec = view_spec(cfg, source)
     picks = subset_of(source, cfg.eval.recon.images).indices
     n = len(picks)
     dataset = ViewDataset(source, spec, cfg.train.seed)
-    clean = cfg.recon.target == "clean"
-    batch = ViewCollate(spec, clean=clean)([dataset[(0, i)] for i in picks])
+    batch = ViewCollate(spec)([dataset[(0, i)] for i in picks])
     x = stack_views(batch["views"]).to(rt.device)  # [2n, 3, S, S]: the first views, then the second
-    target = stack_views(clean_targets(batch["clean"], spec)).to(rt.device) if clean else x
     was_training = model.training
     model.eval()
-    pred = reconstruct(model, x, rt, target)
+    pred = reconstruct(model, x, rt)
     model.train(was_training)
     cols: list[Column] = []
     for v, rows in enumerate((slice(0, n), slice(n, 2 * n))):
-        group = f"view {v + 1}"
-        if clean:
-            cols.append(Column(tiles(denormalize(x[rows].float(), spec.mean, spec.std)), "view", group))
-        cols += reconstruction_columns(target[rows], pred[rows], model.branch, spec.mean, spec.std,
-                                       "clean target" if clean else "view", group)
+        cols += reconstruction_columns(x[rows], pred[rows], model.branch, spec.mean, spec.std, "view",
+                                       f"view {v + 1}")
     return sheet(cols)
 
 

@@ -2,8 +2,7 @@
 
     taps (deepest last) --1x1 conv + GN--> laterals [B, W, h_i, w_i]
     top-down: x = block(lat[-1]); for shallower taps: x = block(resize(x) + lat[i])
-    depth - 1 more blocks at that resolution (recon.depth)
-    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to `min_width`,
+    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to MIN_WIDTH,
     down to stride `out_stride`
     1x1 conv to 3 x out_stride² channels, pixel shuffle to full resolution (out_stride 1: plain 3 channels)
     a final interpolation when the stride is not a power of two.
@@ -21,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MIN_WIDTH = 8  # the x2 steps halve the width down to this (no preset's decoder halves below it)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -49,7 +50,7 @@ class Decoder(nn.Module):
     """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, out_chans, H, W].
 
     Each map through a 1x1 lateral to `width` channels; fused top-down at the finest input stride (the deepest
-    first, each sum through a 3x3 block); then x2 steps (3x3 blocks, channels halved down to `min_width`) until
+    first, each sum through a 3x3 block); then x2 steps (3x3 blocks, channels halved down to MIN_WIDTH) until
     `out_stride`, where a 1x1 conv predicts out_stride x out_stride pixels per position (pixel shuffle)."""
 
     def __init__(
@@ -57,9 +58,7 @@ class Decoder(nn.Module):
         in_dims: Sequence[int],
         in_stride: int,
         width: int = 128,
-        min_width: int = 8,
         out_chans: int = 3,
-        depth: int = 1,
         upsample: str = "bilinear",
         out_stride: int = 1,
     ) -> None:
@@ -71,10 +70,9 @@ class Decoder(nn.Module):
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
         )
         self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
-        self.refine = nn.Sequential(*(ConvBlock(width, width) for _ in range(depth - 1)))
         steps, widths = int(math.log2(in_stride // out_stride)), [width]
         for _ in range(steps):
-            widths.append(max(min_width, widths[-1] // 2))
+            widths.append(max(MIN_WIDTH, widths[-1] // 2))
         self.up = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
 
@@ -87,7 +85,6 @@ class Decoder(nn.Module):
             if x.shape[-2:] != lat[i].shape[-2:]:
                 x = self._resize(x, size=lat[i].shape[-2:])
             x = self.fuse[i](x + lat[i])
-        x = self.refine(x)
         for block in self.up:
             x = block(self._resize(x, scale_factor=2.0))
         x = F.pixel_shuffle(self.head(x), self.out_stride)  # the 1x1 conv and the resize commute: 3 channels

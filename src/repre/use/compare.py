@@ -85,7 +85,7 @@ def run_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds no config (a mapping of sections)")
-    return {**flatten(Config().to_dict()), **flatten(migrate(raw))}
+    return {**flatten(Config().to_dict()), **flatten(migrate(raw, refuse_removed=False))}
 
 
 def own_keys(config: dict[str, Any]) -> dict[str, Any]:
