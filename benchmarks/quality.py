@@ -36,7 +36,6 @@ from pathlib import Path
 SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir()
 TASKS = ["knn", "linear", "finetune", "segment"]
 ROWS = ["repre", "baseline", "supervised", "random"]
-SCENES = ["data.name=fashion-scenes"]  # pre-training on scenes; classification evaluations on Fashion-MNIST
 LONG = ["train.batch_size=256", "train.max_steps=800"]  # 4x the images of the presets' 51,200
 SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared with)
     "base": ("baseline", [], None),
@@ -57,8 +56,6 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "tail4": ("repre", ["recon.out_stride=4"], "base"),  # the last two: at 28 px every step (patch 4)
     "one-view": ("repre", ["recon.views=1"], "base"),  # each image reconstructed from one of its two views
     "taps2": ("repre", ["recon.taps=2"], "base"),  # the last two taps: MoBY's stages at strides 4 and 8, not 2
-    "scenes-base": ("baseline", SCENES, None),
-    "scenes": ("repre", SCENES, "scenes-base"),
     "long-base": ("baseline", LONG, None),
     "long": ("repre", LONG, "long-base"),
     # the EMA momentum of a 200-step run (DINO's 0.996 keeps ~45% of the initial teacher after 200 steps); the
@@ -192,11 +189,6 @@ def cached(out: Path, task: str) -> float | None:
     return json.loads(path.read_text())["value"] if path.is_file() else None
 
 
-def eval_overrides(cfg, task: str) -> list[str]:
-    """Scene-pre-trained encoders are classified on Fashion-MNIST."""
-    return ["data.name=fashion-mnist"] if cfg.data.name == "fashion-scenes" and task != "segment" else []
-
-
 def evaluate(row: str, cfg, out: Path, task: str) -> float:
     """Cached: out/eval/<task>/result.json."""
     import torch
@@ -214,7 +206,7 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
         rt = setup_runtime(cfg.train)
         result = encoder_tasks()[task](build_encoder(cfg).to(rt.device), cfg, rt)
     else:
-        result = eval_checkpoint(task, out, eval_overrides(cfg, task))  # the run's config carries the budget
+        result = eval_checkpoint(task, out, [])  # the run's config carries the budget
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2))
     return result["value"]

@@ -76,7 +76,7 @@ def transform_agrees(model, pixels: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name,size,image,crop_pct", [
-    ("folder", 16, (48, 32), 0.875), ("fashion-scenes", 32, (64, 64), 0.875),  # larger: resized, centre-cropped
+    ("folder", 16, (48, 32), 0.875), ("shards", 32, (64, 64), 0.875),  # larger: resized, centre-cropped
     ("synthetic", 16, (16, 16), 1.0), ("fashion-mnist", 28, (28, 28), 1.0),  # no larger than the input: whole
 ])
 def test_an_exported_model_card_prepares_images_as_evaluation(name, size, image, crop_pct):

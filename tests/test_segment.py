@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import last_json, run_cli, save_png, write_idx
+from conftest import last_json, run_cli, save_png, tiny_config, write_idx
 from repre.data.folder import UnreadableImage
 from repre.data.scenes import FashionScenes, compose
 from repre.data.seg_folder import SegmentationFolder, read_mask
@@ -65,7 +65,6 @@ def test_eval_segment_end_to_end(tiny_run, fmnist_root):
 def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_location():
     """A run on a folder has its images in data.root, not Fashion-MNIST's files: the scenes' items come from
     eval.segment.root, else the data.root of a run on Fashion-MNIST, else the default location."""
-    from conftest import tiny_config
     from repre.eval.segment import scene_root
 
     assert scene_root(tiny_config("data.name=folder", "data.root=/photos")) is None
@@ -73,16 +72,19 @@ def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_loca
     assert scene_root(tiny_config("data.name=folder", "data.root=/photos", "eval.segment.root=/fm")) == "/fm"
 
 
-def test_pretrain_on_fashion_scenes(tmp_path, fmnist_root):
-    from conftest import TINY
+def test_a_run_pre_trained_on_scenes_is_refused_and_its_scene_size_stays_the_probes():
+    """Pre-training on fashion-scenes is gone: such a run's config is refused; another run's scene keys go, a
+    canvas other than 64 px kept as the dense probe's size, which the probe read from it."""
+    from repre.config.loading import config_from_dict
 
-    args = ["pretrain", "--out", str(tmp_path / "s")]
-    for item in TINY + ["data.name=fashion-scenes", f"data.root={fmnist_root}", "data.scenes_train=32",
-                        "data.scenes_test=8", "data.image_size=32"]:
-        args += ["--set", item]
-    code, stdout = run_cli(args)
-    summary = last_json(stdout)
-    assert code == 0 and summary["completed"] and summary["knn_top1"] is None  # scenes have no image label
+    old = tiny_config().to_dict()
+    old["data"] |= {"scenes_train": 10000, "scenes_test": 2000, "scene_size": 48}
+    assert config_from_dict(old).eval.segment.size == 48
+    old["data"]["scene_size"] = 64
+    assert config_from_dict(old) == tiny_config()
+    old["data"]["name"] = "fashion-scenes"
+    with pytest.raises(UserError, match="pre-trained on fashion-scenes"):
+        config_from_dict(old)
 
 
 def seg_folder(root: Path, n_train: int = 10, n_val: int = 4, size: tuple[int, int] = (20, 24)) -> Path:

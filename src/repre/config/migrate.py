@@ -24,6 +24,7 @@ RENAMED = {
         "segment": ("data", "root", "size", "classes", "ignore", "train", "test", "lr", "epochs"),
     }.items() for key in keys},
 }
+SCENE_SIZE = 64  # the canvas of the dense probe's scenes (repre.data.scenes.SIZE)
 # keys removed in 0.2.0 (options no preset used, measured and left; docs/results.md) -> (the one value the code
 # has now, what became of the option)
 REMOVED = {
@@ -59,6 +60,9 @@ def renamed_message(key: str) -> str | None:
         return f"config key {key!r} was renamed to {RENAMED[key]!r} in repre 0.2.0"
     if key == "eval.knn":
         return "eval.knn is a section since repre 0.2.0: write eval.knn.enabled=true/false"
+    if key in ("data.scenes_train", "data.scenes_test", "data.scene_size"):
+        return (f"config key {key!r} was removed in repre 0.2.0 with pre-training on fashion-scenes; the dense "
+                "probe's scenes are 64 px unless eval.segment.size says otherwise")
     if key in REMOVED:
         return f"config key {key!r} was removed in repre 0.2.0: {REMOVED[key][1]}"
     if key == "train.warmup_steps":
@@ -77,6 +81,7 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     _warmup_as_fraction(train)
     _method_keys_to_their_framework(method)
     _eval_keys_to_their_task(evals)
+    _pretraining_on_scenes(raw, refuse_removed)
     _quick_probe_values(evals)
     _null_subsets(evals)
     return raw
@@ -94,6 +99,24 @@ def _removed_keys(raw: dict[str, Any], refuse: bool) -> None:
         elif refuse:
             raise UserError(f"this run was configured with {key}={section[name]!r}, which repre 0.2.0 removed "
                             f"({why}): use the repre that trained it (its summary.json names the version)")
+
+
+def _pretraining_on_scenes(raw: dict[str, Any], refuse: bool) -> None:
+    """Pre-training on fashion-scenes (data.name, removed in 0.2.0) is refused (or kept); its keys go:
+    data.scenes_train and scenes_test, and data.scene_size, whose value the dense probe's eval.segment.size=0
+    read (now the scenes' 64 px)."""
+    data, evals = raw.get("data"), raw.get("eval")
+    if not isinstance(data, dict):
+        return
+    if data.get("name") == "fashion-scenes" and refuse:
+        raise UserError("this run pre-trained on fashion-scenes (data.name), which repre 0.2.0 removed (its gain "
+                        "did not hold on the test split): use the repre that trained it (its summary.json names "
+                        "the version); the dense probe still reads the scenes (eval.segment.data)")
+    data.pop("scenes_train", None), data.pop("scenes_test", None)
+    size = data.pop("scene_size", SCENE_SIZE)
+    segment = evals.get("segment") if isinstance(evals, dict) else None
+    if size != SCENE_SIZE and isinstance(segment, dict) and not segment.get("size"):
+        segment["size"] = size
 
 
 def _warmup_as_fraction(train: dict[str, Any]) -> None:

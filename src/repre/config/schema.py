@@ -22,22 +22,19 @@ def _home(root: str | None) -> str | None:
 class DataConfig:
     """What images to read and at which size."""
 
-    # the dataset: Fashion-MNIST, a folder of images, tar shards, generated images or scenes
-    name: Literal["fashion-mnist", "folder", "synthetic", "fashion-scenes", "shards"] = "fashion-mnist"
+    # the dataset: Fashion-MNIST, a folder of images, tar shards or generated images
+    name: Literal["fashion-mnist", "folder", "synthetic", "shards"] = "fashion-mnist"
     root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
     subset: int | None = None  # N training images (from files: spread over them, every class)
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0: the other methods)
     local_size: int = 12  # their size (96 at 224 in DINO)
-    # None: the source's statistics (Fashion-MNIST's and its scenes' own; ImageNet's for folders and shards)
+    # None: the source's statistics (Fashion-MNIST's own; ImageNet's for folders and shards)
     mean: list[float] | None = None
     std: list[float] | None = None  # with data.mean: 3 values each (RGB, of pixels in [0, 1])
     synthetic_train: int = 512  # images in the generated train split
     synthetic_test: int = 256  # images in the generated test split
     synthetic_classes: int = 10  # labels of the generated images
-    scenes_train: int = 10000  # fashion-scenes: generated scenes per split for pre-training
-    scenes_test: int = 2000  # generated scenes in the test split
-    scene_size: int = 64  # fashion-scenes canvas (pre-train with data.image_size <= this)
     # where JPEGs of folders and shards are decoded: in the data workers, or on the training device (nvJPEG on a
     # GPU; the bytes cross, not the pixels). device needs aug.geometric_on=device
     decode_on: Literal["workers", "device"] = "workers"
@@ -50,8 +47,8 @@ class DataConfig:
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
         "subset": ">0", "image_size": ">0", "local_crops": ">=0", "local_size": ">0",
-        "synthetic_train": ">0", "synthetic_test": ">0", "synthetic_classes": ">=1", "scenes_train": ">0",
-        "scenes_test": ">0", "scene_size": ">0", "shuffle_block": ">=1", "stream_size": ">=0", "mean": "[0,1]",
+        "synthetic_train": ">0", "synthetic_test": ">0", "synthetic_classes": ">=1",
+        "shuffle_block": ">=1", "stream_size": ">=0", "mean": "[0,1]",
         "std": ">0",
     }
 
@@ -357,7 +354,7 @@ class SegmentConfig:
     # folder: ROOT/images/{train,val}/*.jpg with ROOT/masks/{train,val}/*.png; fashion-scenes: the Fashion-MNIST
     # files (null: data.root of a Fashion-MNIST run, else the default location)
     root: str | None = None
-    size: int = 0  # probe resolution; 0: data.scene_size (fashion-scenes) or data.image_size (folder)
+    size: int = 0  # probe resolution; 0: the scenes' 64 px canvas (fashion-scenes) or data.image_size (folder)
     classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
     ignore: int = 255  # folder: mask value neither trained on nor scored
     train: int = 2000  # probe-train scenes (train-split items), or the first N folder pairs

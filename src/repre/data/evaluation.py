@@ -40,9 +40,9 @@ def timm_preprocessing(cfg: DataConfig) -> dict[str, Any]:
     """`centre_view` and the normalization of a run's data, in the terms of timm's `pretrained_cfg`: an
     exported encoder carries them, and `timm.data.resolve_data_config({}, model=model)` then builds the
     transform evaluation applies (`crop_pct` 1, the whole image resized, where every image of the dataset is
-    square and no larger than the input: Fashion-MNIST's 28 px items, the generated scenes and images)."""
+    square and no larger than the input: Fashion-MNIST's 28 px items, the generated images)."""
     mean, std = pretraining_stats(cfg)
-    side = {"fashion-mnist": FashionMNIST.side, "fashion-scenes": cfg.scene_size, "synthetic": cfg.image_size}
+    side = {"fashion-mnist": FashionMNIST.side, "synthetic": cfg.image_size}
     whole = side.get(cfg.name, cfg.image_size + 1) <= cfg.image_size
     return {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear", "crop_mode": "center",
             "crop_pct": 1.0 if whole else CROP_PCT, "mean": list(mean), "std": list(std)}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from repre.data.fashion_mnist import CLASSES, MEAN, STD, FashionMNIST
 
 NUM_SEGMENT_CLASSES = len(CLASSES) + 1  # background + the ten garment classes
+SIZE = 64  # the canvas's side
 SPLIT_KEYS = {"train": 0, "test": 1, "val": 2}
 FOREGROUND = 20  # pixel value (of 255) above which an item's pixel counts as the item
 
@@ -44,7 +45,7 @@ class FashionScenes:
     num_classes = None  # no image-level label: k-NN and linear probes do not apply; segmentation does
 
     def __init__(
-        self, root: str | None, split: str, count: int, size: int = 64, seed: int = 0,
+        self, root: str | None, split: str, count: int, size: int = SIZE, seed: int = 0,
         items: torch.Tensor | None = None,
     ) -> None:
         """`split`: train, test or val (val scenes use train-split items: pass disjoint `items` indices of

@@ -10,7 +10,6 @@ import torch
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, warn_unreadable
-from repre.data.scenes import FashionScenes
 from repre.data.synthetic import Synthetic
 from repre.errors import UserError
 
@@ -64,9 +63,6 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     """The `split` ("train" or "test") of the configured dataset."""
     if cfg.name == "fashion-mnist":
         return FashionMNIST(cfg.root, split)
-    if cfg.name == "fashion-scenes":
-        count = cfg.scenes_train if split == "train" else cfg.scenes_test
-        return FashionScenes(cfg.root, split, count, cfg.scene_size, seed=seed)
     if cfg.name == "synthetic":
         count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)
@@ -97,7 +93,7 @@ def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tupl
 def pretraining_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalization a run pre-trained with, without opening its data: `stats` of its dataset's class
     (folders and shards: ImageNet's)."""
-    by_name = {"fashion-mnist": FashionMNIST, "fashion-scenes": FashionScenes, "synthetic": Synthetic}
+    by_name = {"fashion-mnist": FashionMNIST, "synthetic": Synthetic}
     return stats(cfg, by_name.get(cfg.name, ImageFolder))
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.scenes import NUM_SEGMENT_CLASSES, FashionScenes
+from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
 from repre.data.sources import pretraining_stats, val_split
 from repre.data.views import normalize
@@ -116,14 +116,14 @@ def scene_root(cfg: Config) -> str | None:
     Fashion-MNIST (a folder run's root holds its own images), else the default location (None)."""
     if cfg.eval.segment.root:
         return cfg.eval.segment.root
-    return cfg.data.root if cfg.data.name in ("fashion-mnist", "fashion-scenes") else None
+    return cfg.data.root if cfg.data.name == "fashion-mnist" else None
 
 
 def scene_data(cfg: Config) -> ProbeData:
     """fashion-scenes; with eval.split=val the probe-test scenes are composed from the validation items of the
     train split (`val_split`) and the probe-train scenes from the others (the test split is not read)."""
-    e, d = cfg.eval, cfg.data
-    size, seed, root = e.segment.size or d.scene_size, cfg.train.seed, scene_root(cfg)
+    e = cfg.eval
+    size, seed, root = e.segment.size or SIZE, cfg.train.seed, scene_root(cfg)
     if e.split == "test":
         train = FashionScenes(root, "train", e.segment.train, size, seed=seed)
         test = FashionScenes(root, "test", e.segment.test, size, seed=seed)
