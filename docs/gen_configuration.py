@@ -29,7 +29,8 @@ these defaults: `repre presets` lists them, and `src/repre/presets/*.yaml` says 
 `repre config [--config PRESET_OR_YAML] [--set key=value]...` prints the resolved config that `repre pretrain`
 would run with the same arguments, validated as a config (keys, types, ranges, the rules across keys; what
 needs the model or the data is checked when pretrain builds them): a file to edit and give back with
-`--config`.
+`--config`. Two keys sit outside the sections: `preset`, the preset a config came from (a YAML file: its
+name), and `description`, a preset's line in `repre presets`.
 """
 
 

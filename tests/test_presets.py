@@ -104,7 +104,7 @@ def test_imagenet_presets_resolve_to_the_official_recipe(preset):
     assert not wrong, f"{preset}: (resolved, official) {wrong}"
 
 
-# What each preset's branch computes, as its quality gates chose (docs/results.md, section 2): views
+# What each preset's branch computes, as its quality gates chose (docs/results.md, section 4.1): views
 # reconstructed per image, output stride, taps and upsampling. Presets inherit these through `_base_`, so a
 # change to a base preset shows here for each preset it reaches.
 BRANCH = {
