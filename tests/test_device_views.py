@@ -97,7 +97,7 @@ def test_views_cut_on_the_device_equal_the_workers(mixed_folder, decode_on_devic
         assert torch.equal(cut[key.replace("views", "photo")], workers[key.replace("views", "photo")])
     done, ref = finish_views(dict(packed), spec), finish_views(dict(workers), spec)
     assert done["views"].dtype == torch.float32
-    torch.testing.assert_close(done["views"], ref["views"], atol=0.1, rtol=0)
+    torch.testing.assert_close(done["views"], ref["views"], atol=0.05, rtol=0)  # measured: 0.038
 
 
 def test_jpeg_shape_sends_only_what_the_device_decodes(tmp_path):

@@ -201,3 +201,22 @@ def test_model_init_dino_resamples_the_local_crops_position_embedding_on_student
         assert vit._pos_embed.__func__ is dino_vit._pos_embed and vit._pos_embed.__self__ is vit
     plain = build_model(tiny_config("model.init=dino")).method.encoder.model  # MoCo v3: no local crops
     assert "_pos_embed" not in vars(plain)
+
+
+def test_local_crops_reach_the_loss_crop_major():
+    """The student's logits in DINO's order: the two global crops, then each local crop for the whole batch."""
+    from repre.methods.base import stack_views
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(*DINO_TINY, "recon.enabled=false", "model.drop_path=0.0"))
+    d = model.method
+    views, local = torch.randn(4, 2, 3, 16, 16), torch.randn(4, 2, 3, 8, 8)
+    center = d.center.clone()
+    out = model(views, 1.0, None, local)
+    with torch.no_grad():
+        global_logits = d.head(d.encoder(stack_views(views))[0])
+        local_logits = torch.cat([d.head(d.encoder(local[:, i])[0]) for i in range(2)])  # crop by crop
+        teacher = d.teacher_head(d.teacher_encoder(stack_views(views))[0])
+    expected = dino_loss(torch.cat([global_logits, local_logits]), teacher, center, 4, d.student_temp,
+                         d.teacher_temp)
+    torch.testing.assert_close(out["loss"].detach(), expected)

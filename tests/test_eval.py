@@ -143,3 +143,36 @@ def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tin
     monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", refuse)
     result = {"task": "knn", "metric": "top1", "value": 0.5, "checkpoint": {"step": 20, "set": []}}
     assert add_evaluation(tiny_run[0], result) is None
+
+
+def test_knn_votes_are_weighted_by_exp_of_similarity_over_temperature():
+    """Two class-0 neighbours at similarity 0.6 outvote one class-1 neighbour at 0.9 under plain or exp(s)
+    weights, not under exp(s / 0.07) (InstDisc's and DINO's eval_knn)."""
+    q = torch.tensor([[1.0, 0.0, 0.0]])
+
+    def at(c: float) -> list[float]:
+        return [c, (1 - c * c) ** 0.5, 0.0]
+
+    bank = torch.tensor([at(0.6), [0.6, 0.0, 0.8], at(0.9)])
+    labels = torch.tensor([0, 0, 1])
+    assert knn_predict(bank, labels, q, k=3, temperature=0.07, classes=2).tolist() == [1]
+    assert knn_predict(bank, labels, q, k=3, temperature=10.0, classes=2).tolist() == [0]
+
+
+def test_fine_tuning_changes_the_encoder():
+    import copy
+
+    from conftest import tiny_config
+    from repre.core.runtime import setup_runtime
+    from repre.eval.finetune import finetune_eval
+    from repre.models.backbone import Backbone, resolve_arch
+
+    cfg = tiny_config("eval.finetune.steps=3", "eval.finetune.train_subset=16", "eval.finetune.batch_size=8",
+                      "eval.finetune.test_subset=8")
+    torch.manual_seed(0)
+    encoder = Backbone(*resolve_arch(cfg.model.arch, cfg.data.image_size, 0.0, cfg.model.kwargs))
+    before = copy.deepcopy(encoder.model.state_dict())
+    finetune_eval(encoder, cfg, setup_runtime(cfg.train))
+    after = encoder.model.state_dict()
+    for name in ("blocks.0.attn.qkv.weight", "patch_embed.proj.weight"):
+        assert not torch.equal(after[name], before[name])

@@ -140,3 +140,31 @@ def test_fixed_batch_overfits():
         first = first or (out["loss_recon"].item(), out["loss_contrastive"].item())
     assert out["loss_recon"].item() < 0.5 * first[0]
     assert out["loss_contrastive"].item() < first[1]
+
+
+def test_freeze_patch_embed_reaches_the_model():
+    """method.mocov3.freeze_patch_embed (the in1k presets' --stop-grad-conv1): frozen, and in no group."""
+    model = build_model(tiny_config("method.mocov3.freeze_patch_embed=true"))
+    frozen = list(model.method.encoder.model.patch_embed.parameters())
+    assert frozen and not any(p.requires_grad for p in frozen)
+    trained = {id(p) for g in model.param_groups(0.1) for p in g["params"]}
+    assert not any(id(p) in trained for p in frozen)
+
+
+def test_each_views_query_meets_the_other_views_key():
+    """The symmetrized loss, written out as the official forward: ctr(q1, k2) + ctr(q2, k1)."""
+    from repre.methods.base import stack_views
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("recon.enabled=false", "model.drop_path=0.0"))
+    m = model.method
+    views = torch.randn(8, 2, 3, 16, 16)
+    out = model(views, 1.0)  # momentum 1: the momentum encoder stays as built
+    b, x = 8, stack_views(views)
+    pooled, _ = m.encoder(x)
+    q1, q2 = m.predictor(m.projector(pooled[:b])), m.predictor(m.projector(pooled[b:]))
+    with torch.no_grad():
+        keys, _ = m.momentum_encoder(x)
+        k1, k2 = m.momentum_projector(keys[:b]), m.momentum_projector(keys[b:])
+    expected = mocov3_loss(q1, k2, m.temperature) + mocov3_loss(q2, k1, m.temperature)
+    torch.testing.assert_close(out["loss"], expected)

@@ -204,3 +204,10 @@ def test_recon_eval_gives_what_the_patch_statistics_alone_score(monkeypatch):
     assert zeros["value"] == pytest.approx(zeros["extra"]["psnr_patch_means_db"], abs=1e-4)
     raw = tiny_config("recon.norm_pix=false", "eval.recon.subset=8")
     assert "psnr_patch_means_db" not in recon_eval(build_model(raw), raw, rt, None)["extra"]
+
+
+def test_psnr_is_ten_log10_of_one_over_the_mse():
+    from repre.eval.recon import batch_psnr
+
+    a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.1)  # mse 0.01: 20 dB
+    assert batch_psnr(a, b).tolist() == pytest.approx([20.0, 20.0])

@@ -108,3 +108,45 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     said = [r.getMessage() for r in repre_log.records if "the summary's k-NN" in r.getMessage()]
     assert len(said) == 1 and "all training images" in said[0] and "16 held-out ones" in said[0]
     assert "eval.knn.enabled=false" in said[0]
+
+
+def test_lambda_weighs_the_reconstruction_loss_in_every_step(tmp_path):
+    """loss = contrastive + recon.weight x reconstruction on every train line (λ 2: a dropped λ fails)."""
+    cfg = tiny_config("recon.weight=2.0", "train.max_steps=4", "train.log_every=1", "eval.knn.enabled=false",
+                      "train.diagnose_every=0")
+    pretrain(cfg, tmp_path / "r")
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    assert len(train) == 4
+    for r in train:
+        assert r["loss"] == pytest.approx(r["loss_contrastive"] + 2.0 * r["loss_recon"], rel=1e-5)
+
+
+def test_the_step_applies_the_scheduled_lr_weight_decay_and_clipping(tmp_path):
+    """The optimizer's groups carry each step's scheduled lr and weight decay (0 for the group that does not
+    decay), and the gradients it steps with are clipped to train.clip_grad (DINO's recipe: a rising decay)."""
+    from conftest import DINO_TINY
+    from repre.engine.trainer import Trainer
+
+    cfg = tiny_config(*DINO_TINY, "train.max_steps=3", "train.weight_decay_end=0.4", "train.clip_grad=0.05",
+                      "eval.knn.enabled=false", "train.warmup_fraction=0.5")
+    trainer = Trainer(cfg, tmp_path / "run")
+    seen, method = [], trainer.model.method
+    after_backward = method.after_backward
+
+    def spy() -> None:  # called after the clipping, before the optimizer step
+        groups = trainer.optimizer.param_groups
+        grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        seen.append(([g["lr"] for g in groups], [g["weight_decay"] for g in groups], float(norm)))
+        after_backward()
+
+    method.after_backward = spy
+    trainer.fit()
+    sched = trainer.schedules
+    assert len(seen) == 3
+    for step, (lrs, wds, norm) in enumerate(seen):
+        assert lrs == pytest.approx([float(sched.lr[step])] * len(lrs))
+        assert wds[0] == pytest.approx(float(sched.weight_decay[step])) and wds[1] == 0.0
+        assert norm <= 0.05 * (1 + 1e-4)
+    assert float(sched.weight_decay[2]) > float(sched.weight_decay[0])
