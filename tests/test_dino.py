@@ -138,9 +138,9 @@ def test_no_weight_decay_on_biases_and_norms():
 @pytest.mark.parametrize("recon", ["true", "false"])
 def test_dino_runs_through_the_cli(tmp_path, recon):
     args = ["pretrain", "--out", str(tmp_path / "d")]
-    for item in TINY + DINO_TINY + [f"recon.enabled={recon}", "train.max_steps=20", "train.weight_decay=0.04",
+    for item in TINY + DINO_TINY + [f"recon.enabled={recon}", "train.max_steps=6", "train.weight_decay=0.04",
                                     "train.weight_decay_end=0.4", "train.clip_grad=3.0", "train.clip_mode=per_param",
-                                    "method.dino.freeze_last_layer_fraction=0.1", "train.log_every=5"]:
+                                    "method.dino.freeze_last_layer_fraction=0.2", "train.log_every=3"]:
         args += ["--set", item]
     code, stdout = run_cli(args)
     summary = last_json(stdout)

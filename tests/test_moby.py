@@ -105,7 +105,7 @@ def test_a_checkpoint_with_other_decay_groups_says_what_to_do(tmp_path):
     ("swin_pico_patch4_window4", 64, [4, 8, 16]),
 ])
 def test_swin_taps_and_decoder_output(arch, size, strides):
-    name, kwargs = resolve_arch(arch, size, 0.0, {})
+    name, kwargs = resolve_arch(arch, size, 0.0, {"embed_dim": 16, "num_heads": [1, 2, 4, 8][: len(strides)]})
     enc = Backbone(name, kwargs)
     taps = list(range(enc.depth))
     assert enc.hierarchical and enc.unit_strides == strides
@@ -120,7 +120,7 @@ def test_swin_taps_and_decoder_output(arch, size, strides):
 @pytest.mark.parametrize("recon", ["true", "false"])
 def test_moby_runs_through_the_cli(tmp_path, recon):
     args = ["pretrain", "--out", str(tmp_path / "m")]
-    for item in TINY + SWIN_TINY + [f"recon.enabled={recon}", "train.max_steps=20", "train.log_every=5"]:
+    for item in TINY + SWIN_TINY + [f"recon.enabled={recon}", "train.max_steps=6", "train.log_every=3"]:
         args += ["--set", item]
     code, stdout = run_cli(args)
     summary = last_json(stdout)
@@ -153,8 +153,8 @@ def test_swin_evaluations_linear_finetune_segment_units():
     from repre.eval.finetune import block_offsets, layer_id
     from repre.eval.segment import dense_unit
 
-    name, kwargs = resolve_arch("swin_tiny_patch4_window7_224", 224, 0.0, {})
-    enc = Backbone(name, kwargs)
+    name, kwargs = resolve_arch("swin_tiny_patch4_window7_224", 224, 0.0, {"embed_dim": 16, "num_heads": [1, 2, 4, 8]})
+    enc = Backbone(name, kwargs)  # Swin-T's stages and blocks, narrow: the layout is what is checked
     offsets = block_offsets(enc.model)  # Swin-T: 2, 2, 6, 2 blocks
     assert offsets == [0, 2, 4, 10, 12]
     assert layer_id("patch_embed.proj.weight", 12, offsets) == 0
