@@ -33,6 +33,14 @@ def pretrain_cmd(out: Path, procs: int, extra: list[str]) -> list[str]:
     return cmd
 
 
+def run_plain(out: Path, extra: list[str]) -> None:
+    """One plain process's run, in this process (what `python -m repre pretrain` runs, without the launch)."""
+    from repre.config import load_config
+    from repre.pretraining import pretrain
+
+    pretrain(load_config(None, EXACT + extra), out)
+
+
 def run(out: Path, procs: int, extra: list[str], resume: bool = False) -> subprocess.CompletedProcess:
     cmd = pretrain_cmd(out, procs, extra) + (["--resume"] if resume else [])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -61,7 +69,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extr
     """MoCo v3: keys gathered with the offset of each process's queries, synced batch norm in the heads.
     DINO: the center averaged over processes, multi-crop. MoBY: gathered keys in the queues."""
     one, two = tmp_path / "one", tmp_path / "two"
-    run(one, 1, extra)
+    run_plain(one, extra)
     done = run(two, 2, extra)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     if "train.diagnose_every=2" in extra:
@@ -113,7 +121,7 @@ def gone(pid: int) -> bool:
 def test_torchrun_with_one_process_runs_the_distributed_path_to_the_same_losses(tmp_path):
     """`torchrun --nproc_per_node 1` joins a one-process group: DDP, SyncBatchNorm and every collective run (the
     GPU check uses it to test NCCL on one GPU) and compute what a plain process computes."""
-    run(tmp_path / "plain", 1, ["train.max_steps=3"])
+    run_plain(tmp_path / "plain", ["train.max_steps=3"])
     done = run(tmp_path / "torchrun", -1, ["train.max_steps=3"])
     assert "distributed: 1 process (gloo)" in done.stderr
     assert losses(tmp_path / "torchrun") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
