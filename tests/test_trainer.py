@@ -150,3 +150,20 @@ def test_the_step_applies_the_scheduled_lr_weight_decay_and_clipping(tmp_path):
         assert wds[0] == pytest.approx(float(sched.weight_decay[step])) and wds[1] == 0.0
         assert norm <= 0.05 * (1 + 1e-4)
     assert float(sched.weight_decay[2]) > float(sched.weight_decay[0])
+
+
+def test_a_data_workers_error_stops_the_workers_at_once(tmp_path):
+    """The error's traceback holds the loader's iterator: its workers are stopped when the error leaves the
+    run, not when the traceback is collected (then after a 5 s join timeout each, in a library user's process)."""
+    import multiprocessing
+
+    from repre.errors import UserError
+
+    for i in range(4):  # no image readable: the worker raises the UserError
+        (tmp_path / "bad" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / "a" / f"{i}.png").write_bytes(b"not an image")
+    cfg = tiny_config("data.name=folder", f"data.root={tmp_path / 'bad'}", "train.batch_size=2",
+                      "train.num_workers=1")
+    with pytest.raises(UserError, match="none of the 4 images"):
+        pretrain(cfg, tmp_path / "run")
+    assert not multiprocessing.active_children()

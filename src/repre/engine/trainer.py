@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,17 @@ from repre.models.sync_bn import convert_sync_batchnorm
 from repre.reconstruction import PretrainingModel
 
 log = logging.getLogger("repre")
+
+
+def next_batch(batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The loader's next batch. A data worker's error (or Ctrl-C) while waiting for it keeps the loader's
+    iterator alive in its traceback: its workers are stopped here, at once (collected later, each would wait
+    out a 5 s join timeout in the caller's process)."""
+    try:
+        return next(batches)
+    except BaseException:
+        getattr(batches, "_shutdown_workers", lambda: None)()  # torch's multi-process iterator
+        raise
 
 
 class Trainer:
@@ -237,7 +248,7 @@ class Trainer:
         self.model.train()
         batches, tick = iter(loader), time.perf_counter()
         while s.step < self.total and not self._stopping():
-            batch = next(batches)
+            batch = next_batch(batches)
             values = self.train_step(batch)
             if self.guard.stopped():
                 return False
