@@ -112,7 +112,8 @@ def _pretraining_on_scenes(raw: dict[str, Any], refuse: bool) -> None:
         raise UserError("this run pre-trained on fashion-scenes (data.name), which repre 0.2.0 removed (its gain "
                         "did not hold on the test split): use the repre that trained it (its summary.json names "
                         "the version); the dense probe still reads the scenes (eval.segment.data)")
-    data.pop("scenes_train", None), data.pop("scenes_test", None)
+    for key in ("scenes_train", "scenes_test"):
+        data.pop(key, None)
     size = data.pop("scene_size", SCENE_SIZE)
     segment = evals.get("segment") if isinstance(evals, dict) else None
     if size != SCENE_SIZE and isinstance(segment, dict) and not segment.get("size"):
