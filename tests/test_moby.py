@@ -182,3 +182,24 @@ def test_non_finite_keys_never_enter_the_queue():
     ptr = enqueue(queue, ptr, torch.ones(4, 2), torch.tensor(True))
     ptr = enqueue(queue, ptr, torch.full((4, 2), float("nan")), torch.tensor(False))
     assert int(ptr) == 4 and torch.isfinite(queue).all() and queue[:4].eq(1).all()
+
+
+def test_each_views_query_meets_the_other_views_key_and_queue():
+    """The symmetrized loss, written out as the official forward: ctr(q1, k2, queue2) + ctr(q2, k1, queue1)
+    with the queues as they were before the batch's keys enter them."""
+    from repre.methods.base import stack_views
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(*SWIN_TINY, "recon.enabled=false", "model.drop_path=0.0"))
+    m = model.method
+    views = torch.randn(4, 2, 3, 32, 32)
+    queue1, queue2 = m.queue1.clone(), m.queue2.clone()
+    out = model(views, 1.0)  # momentum 1: the target encoder stays as built
+    b, x = 4, stack_views(views)
+    pooled, _ = m.encoder(x)
+    q1, q2 = m.predictor(m.projector(pooled[:b])), m.predictor(m.projector(pooled[b:]))
+    with torch.no_grad():
+        keys, _ = m.target_encoder(x)
+        k1, k2 = m.target_projector(keys[:b]), m.target_projector(keys[b:])
+    expected = moby_loss(q1, k2, queue2, m.temperature) + moby_loss(q2, k1, queue1, m.temperature)
+    torch.testing.assert_close(out["loss"], expected)
