@@ -84,7 +84,7 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
     def decoder() -> None:
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
             pred = repre.reconstruct(maps, target.shape[-2:])
-            loss = reconstruction_loss(pred, target, cfg.recon.norm_pix, repre.encoder.patch_size)
+            loss = reconstruction_loss(pred, target, norm_pix=cfg.recon.norm_pix, patch=repre.encoder.patch_size)
         loss.backward()
 
     pred = torch.randn_like(target, requires_grad=True)
@@ -100,7 +100,7 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
 
     def loss() -> None:
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            value = reconstruction_loss(pred, target, cfg.recon.norm_pix, repre.encoder.patch_size)
+            value = reconstruction_loss(pred, target, norm_pix=cfg.recon.norm_pix, patch=repre.encoder.patch_size)
         value.backward()
 
     return {"encoder": encode([]), "encoder-taps": encode(repre.method.taps), "decoder": decoder, "loss": loss}

@@ -73,6 +73,16 @@ def test_eval_refuses_a_mismatched_checkpoint(tiny_run, capsys):
     assert "does not match" in capsys.readouterr().err
 
 
+def test_a_removed_key_given_with_a_checkpoint_is_the_persons_not_the_runs(tiny_run):
+    """--set on a checkpoint's config is what a person wrote: a removed key is named as removed (the run's own
+    config migrates before it)."""
+    from repre.pretrained import load_checkpoint_config
+
+    out, _ = tiny_run
+    with pytest.raises(UserError, match="config key 'data.scene_size' was removed in repre 0.2.0"):
+        load_checkpoint_config(out / "checkpoints" / "last.pt", ["data.scene_size=48"])
+
+
 def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     """A pre-training key given to an evaluation would change nothing: refused, naming it and what is read."""
     from repre.eval import eval_reads

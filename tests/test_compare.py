@@ -155,7 +155,7 @@ def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
     code, stdout = run_cli(["compare", str(mocov3), str(legacy), str(dino)])
     assert code == 0
     differences = last_json(stdout)["differences"]
-    assert differences["recon.loss"] == [None, "smooth_l1", None] and "recon.depth" not in differences
+    assert differences["recon.loss"] == ["l1", "smooth_l1", "l1"] and "recon.depth" not in differences
     assert differences["method.mocov3.temperature"] == [0.2, 0.2, None]  # the legacy key in today's place
     assert differences["method.dino.out_dim"][:2] == [None, None] and differences["method.dino.out_dim"][2]
     assert rows_of(stdout)["loss_contrastive (last)"] == ["2.0000", "-", "6.0000"]  # no "(+4.0000)"

@@ -69,3 +69,16 @@ def test_eager_runs_without_compiling():
     fn = torch.compile(lambda x: calls.append(torch.compiler.is_compiling()) or x + 1, backend="eager")
     assert torch.equal(compat.eager(fn, torch.zeros(1)), torch.ones(1))
     assert calls == [False]
+
+
+def test_a_loaders_workers_stop_as_an_error_leaves_the_block():
+    """Without the clean-up the error's traceback (here kept by pytest) holds the iterator and its worker."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    with pytest.raises(RuntimeError, match="in the step"):
+        with compat.workers_stopped_on_error(iter(DataLoader(list(range(8)), batch_size=2, num_workers=1))) as batches:
+            next(batches)
+            raise RuntimeError("an error in the step")
+    assert not multiprocessing.active_children()

@@ -38,7 +38,7 @@ def test_norm_pix_loss_equals_the_formula():
     pred = torch.randn(2, 3, 8, 8)
     p = patchify(target, 4)
     formula = (patchify(pred, 4) - (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).sqrt()).abs().mean()
-    torch.testing.assert_close(reconstruction_loss(pred, target, True, 4), formula, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reconstruction_loss(pred, target, norm_pix=True, patch=4), formula, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("patch", [2, 4])
@@ -51,7 +51,7 @@ def test_norm_pix_loss_equals_maes_patch_layout(patch):
     p = patchify(target, patch)
     normalized = (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).clamp(min=1e-6).sqrt()
     reference = (patchify(pred, patch) - normalized).abs().mean()
-    torch.testing.assert_close(reconstruction_loss(pred, target, True, patch), reference,
+    torch.testing.assert_close(reconstruction_loss(pred, target, norm_pix=True, patch=patch), reference,
                                rtol=1e-5, atol=1e-6)
 
 

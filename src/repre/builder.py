@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from repre.config import Config
 from repre.errors import UserError
 from repre.methods import build_method
@@ -32,6 +34,14 @@ def build_encoder(cfg: Config) -> Backbone:
         raise UserError(f"data.local_size={cfg.data.local_size} is not divisible by the patch size {p}; "
                         f"use {max(p, cfg.data.local_size - cfg.data.local_size % p)}")
     return encoder
+
+
+def decoder_resamples(cfg: Config) -> bool:
+    """Whether the run's decoder interpolates (`ReconstructionBranch.resamples`), asked of a model built on the
+    meta device: shapes without weights, in a fraction of a second (the class count does not reach the decoder)."""
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes=1)
+    return isinstance(model, RePre) and model.branch.resamples(cfg.data.image_size)
 
 
 def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel:

@@ -38,7 +38,7 @@ def patch_stats(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor
     return mean, var.clamp(min=NORM_PIX_EPS).sqrt()
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = False,
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, *, norm_pix: bool = False,
                         patch: int = 16) -> torch.Tensor:
     """The mean L1 distance between pred and target ([B, 3, H, W], normalized pixel space).
 

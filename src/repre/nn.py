@@ -54,7 +54,7 @@ class ReconstructionBranch(nn.Module):
             raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
                             f"(stride {min(strides)}): use at most {min(strides)}")
         self.decoder = Decoder(channels, min(strides), width, upsample=upsample, out_stride=out_stride)
-        self.strides = strides
+        self.strides = strides  # of the tapped maps: `resamples` reads them
         self.norm_pix = norm_pix
         self.patch_size = backbone.patch_size
         self._compiled_loss: Callable[..., torch.Tensor] | None = None  # `compile_loss`
@@ -90,7 +90,7 @@ class ReconstructionBranch(nn.Module):
         if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two)
             maps, targets = [m.index_select(0, rows) for m in maps], targets.index_select(0, rows)
         pred = self.reconstruct(maps, targets.shape[-2:])
-        return reconstruction_loss(pred, targets, self.norm_pix, self.patch_size)
+        return reconstruction_loss(pred, targets, norm_pix=self.norm_pix, patch=self.patch_size)
 
     def compile_loss(self, **options: Any) -> None:
         """torch.compile `loss` (`options`: torch.compile's): the choice of rows, the tap maps' copy into the

@@ -32,7 +32,7 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None =
                                                  std=data.get("std")))
         raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
     deep_update(raw, given)
-    return ckpt, config_from_dict(raw)
+    return ckpt, config_from_dict(raw, migrated=True)
 
 
 def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str) -> None:

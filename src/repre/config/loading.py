@@ -123,9 +123,11 @@ def load_config(source: str | None = None, overrides: list[str] | dict[str, Any]
     return cfg
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """A Config from a resolved mapping (a checkpoint's or a run's config, from this repre or an older one)."""
-    cfg = build(Config, migrate(raw), "")
+def config_from_dict(raw: dict[str, Any], migrated: bool = False) -> Config:
+    """A Config from a resolved mapping (a checkpoint's or a run's config, from this repre or an older one).
+    `migrated`: `raw` is in today's keys already (`migrate`d, then a person's `--set` on top, which gets
+    `renamed_message` rather than a migration)."""
+    cfg = build(Config, raw if migrated else migrate(raw), "")
     validate(cfg)
     return cfg
 

@@ -28,7 +28,7 @@ SCENE_SIZE = 64  # the canvas of the dense probe's scenes (repre.data.scenes.SIZ
 # keys removed in 0.2.0 (options no preset used, measured and left; docs/results.md) -> (the one value the code
 # has now, what became of the option)
 REMOVED = {
-    "recon.loss": ("l1", "the reconstruction loss is L1; L2 was no better on the seed measured"),
+    "recon.loss": ("l1", "the reconstruction loss is L1; L2, one seed, fell below the baseline in linear and dense"),
     "recon.target": ("view", "the branch reconstructs the view; the clean crop was no better on 3 seeds"),
     "recon.norm_pix_floor": (1e-6, "norm_pix floors a patch's variance at MAE's 1e-6; 0.01 was no better on 3 seeds"),
     "recon.min_width": (8, "the decoder's x2 steps halve its width down to 8"),
@@ -98,7 +98,7 @@ def _removed_keys(raw: dict[str, Any], refuse: bool) -> None:
             del section[name]
         elif refuse:
             raise UserError(f"this run was configured with {key}={section[name]!r}, which repre 0.2.0 removed "
-                            f"({why}): use the repre that trained it (its summary.json names the version)")
+                            f"({why}): use the repre that trained it (its summary.json's versions name the release and commit)")
 
 
 def _pretraining_on_scenes(raw: dict[str, Any], refuse: bool) -> None:
@@ -110,8 +110,8 @@ def _pretraining_on_scenes(raw: dict[str, Any], refuse: bool) -> None:
         return
     if data.get("name") == "fashion-scenes" and refuse:
         raise UserError("this run pre-trained on fashion-scenes (data.name), which repre 0.2.0 removed (its gain "
-                        "did not hold on the test split): use the repre that trained it (its summary.json names "
-                        "the version); the dense probe still reads the scenes (eval.segment.data)")
+                        "did not hold on the test split): use the repre that trained it (its summary.json's versions "
+                        "name the release and commit); the dense probe still reads the scenes (eval.segment.data)")
     for key in ("scenes_train", "scenes_test"):
         data.pop(key, None)
     size = data.pop("scene_size", SCENE_SIZE)

@@ -252,7 +252,8 @@ class TrainConfig:
     num_workers: int = -1
     compile: bool = False  # torch.compile each transformer block and the decoder with its loss (weights keep their names)
     # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
-    # PyTorch's deterministic algorithms (can be slower); on a GPU with recon.upsample=nearest and no local crops
+    # PyTorch's deterministic algorithms (can be slower); on a GPU with no local crops, and recon.upsample=nearest
+    # where the decoder interpolates
     deterministic: bool = False
     progress: bool = True  # the progress bar on standard error
     diagnose_every: int = 100  # loss-balance diagnostics (RePre only): gradient norms and cosine; 0: off

@@ -12,6 +12,19 @@ import torch
 T = TypeVar("T")
 
 
+@contextmanager
+def workers_stopped_on_error(batches: Iterator[T]) -> Iterator[Iterator[T]]:
+    """`batches`, a DataLoader's iterator, whose worker processes stop as an exception leaves the block. The
+    exception's traceback keeps the iterator alive: collected later, each worker would wait out a 5 s join
+    timeout in the caller's process. `_shutdown_workers` is the multi-process iterator's own clean-up (the
+    single-process iterator has none)."""
+    try:
+        yield batches
+    except BaseException:
+        getattr(batches, "_shutdown_workers", lambda: None)()
+        raise
+
+
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 natively here (then bf16 autocast is about 2x faster than fp32 on a CPU)."""
     try:

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from repre.builder import build_model
+from repre.builder import build_model, decoder_resamples
 from repre.config import Config, save_yaml
 from repre.core import checkpoint_io, dist
+from repre.core.compat import workers_stopped_on_error
 from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
@@ -44,17 +45,6 @@ from repre.reconstruction import PretrainingModel
 log = logging.getLogger("repre")
 
 
-def next_batch(batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The loader's next batch. A data worker's error (or Ctrl-C) while waiting for it keeps the loader's
-    iterator alive in its traceback: its workers are stopped here, at once (collected later, each would wait
-    out a 5 s join timeout in the caller's process)."""
-    try:
-        return next(batches)
-    except BaseException:
-        getattr(batches, "_shutdown_workers", lambda: None)()  # torch's multi-process iterator
-        raise
-
-
 class Trainer:
     """Builds everything a run needs from its config, then `fit()`s; `repre.pretraining.pretrain` is the usual
     entry point. Construction joins torchrun's process group and seeds the global RNG, but changes none of the
@@ -70,6 +60,8 @@ class Trainer:
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
         rt = setup_runtime(cfg.train)
         self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
+        if cfg.train.deterministic:  # before the data are indexed
+            check_deterministic(cfg, self.rt.device, decoder_resamples(cfg))
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
@@ -106,11 +98,7 @@ class Trainer:
 
     def _build_model(self) -> PretrainingModel:
         cfg = self.cfg
-        model = build_model(cfg, self.data.num_classes)
-        if cfg.train.deterministic:  # before anything touches the device
-            branch = getattr(model, "branch", None)
-            check_deterministic(cfg, self.rt.device, branch is not None and branch.resamples(cfg.data.image_size))
-        model = model.to(self.rt.device)
+        model = build_model(cfg, self.data.num_classes).to(self.rt.device)
         if dist.is_distributed():
             convert_sync_batchnorm(model)  # the heads' batch norm over the global batch, as the official code
             torch.manual_seed(cfg.train.seed * 1_000 + dist.rank())  # drop path: independent draws per process
@@ -168,9 +156,9 @@ class Trainer:
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
 
     def _apply_schedules(self, step: int) -> float:
-        """This step's values: lr and weight decay into the optimizer's groups, the
-        method's own (`set_progress`: DINO's teacher temperature and frozen last layer); returns the EMA
-        momentum, which the method's forward applies."""
+        """This step's values: lr and weight decay into the optimizer's groups, the method's own
+        (`set_progress`: DINO's teacher temperature and frozen last layer); returns the EMA momentum, which the
+        method's forward applies."""
         sched = self.schedules
         for group in self.optimizer.param_groups:
             group["lr"] = float(sched.lr[step])
@@ -243,12 +231,17 @@ class Trainer:
 
     def _loop(self, loader, writer: MetricWriter, bar: tqdm) -> bool:
         """Steps until the total or a stop request; returns whether the run completed."""
+        self.model.train()
+        with workers_stopped_on_error(iter(loader)) as batches:
+            return self._steps(batches, writer, bar)
+
+    def _steps(self, batches: Iterator[dict[str, torch.Tensor]], writer: MetricWriter, bar: tqdm) -> bool:
+        """`_loop`'s steps, the batches from the loader's iterator."""
         t, s = self.cfg.train, self.state
         meter, window_start, window_steps = self.meter, time.perf_counter(), 0
-        self.model.train()
-        batches, tick = iter(loader), time.perf_counter()
+        tick = time.perf_counter()
         while s.step < self.total and not self._stopping():
-            batch = next_batch(batches)
+            batch = next(batches)
             values = self.train_step(batch)
             if self.guard.stopped():
                 return False

@@ -58,6 +58,7 @@ class Decoder(nn.Module):
         in_dims: Sequence[int],
         in_stride: int,
         width: int = 128,
+        *,
         out_chans: int = 3,
         upsample: str = "bilinear",
         out_stride: int = 1,

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from repre.config import FRAMEWORKS, Config, flatten, migrate, parse_overrides, reads
+from repre.config.migrate import REMOVED
 from repre.core.run_files import metric_lines, read_json, run_dir, run_results
 from repre.errors import UserError
 
@@ -77,7 +78,8 @@ def _run_folder(path: str | Path) -> Path:
 
 
 def run_config(folder: Path) -> dict[str, Any]:
-    """A run's config.yaml, flat (key -> value), in today's keys over today's defaults; not validated."""
+    """A run's config.yaml, flat (key -> value), in today's keys over today's defaults (a removed key: the value
+    the code has now, so that a run trained with another shows it); not validated."""
     path = folder / "config.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
@@ -85,7 +87,8 @@ def run_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds no config (a mapping of sections)")
-    return {**flatten(Config().to_dict()), **flatten(migrate(raw, refuse_removed=False))}
+    now = {**flatten(Config().to_dict()), **{key: value for key, (value, _) in REMOVED.items()}}
+    return {**now, **flatten(migrate(raw, refuse_removed=False))}
 
 
 def own_keys(config: dict[str, Any]) -> dict[str, Any]:
