@@ -170,7 +170,12 @@ def test_a_removed_option_loads_at_the_value_the_code_has_and_is_refused_at_anot
         section, name = key.split(".")
         old[section][name] = now
     assert config_from_dict(old) == load_config("fmnist-mocov3-repre")
-    old["recon"]["depth"] = 3
+    old["recon"] |= {"weight": 0.5, "weight_end": 0.5}  # lambda's schedule from 0.5 to 0.5: the constant 0.5
+    assert config_from_dict(old).recon.weight == 0.5
+    old["recon"] |= {"weight_end": 0.1}
+    with pytest.raises(UserError, match=r"recon.weight_end=0.1, which repre 0.2.0 removed"):
+        config_from_dict(old)
+    old["recon"] |= {"weight_end": None, "depth": 3}
     with pytest.raises(UserError, match=r"recon.depth=3, which repre 0.2.0 removed \(the decoder has no blocks"):
         config_from_dict(old)
     with pytest.raises(UserError, match="'recon.weight_end' was removed in repre 0.2.0: lambda .recon.weight. is"):

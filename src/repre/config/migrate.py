@@ -35,6 +35,9 @@ REMOVED = {
     "recon.depth": (1, "the decoder has no blocks after its fusion; 3 blocks scored lower in k-NN and linear"),
     "recon.weight_end": (None, "lambda (recon.weight) is constant; schedules scored lower in k-NN and linear"),
 }
+# removed keys that also compute what the code does now at the value of another key of their section: a
+# schedule of lambda from recon.weight to the same value is the constant lambda
+SAME_AS_NOW = {"recon.weight_end": "weight"}
 # what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
 QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
 # method keys that were shared by the frameworks: old -> {framework: its key now}
@@ -88,13 +91,15 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
 
 
 def _removed_keys(raw: dict[str, Any], refuse: bool) -> None:
-    """Each REMOVED key at the value the code has now -> gone; at another value -> an error, or kept."""
+    """Each REMOVED key at the value the code has now (or SAME_AS_NOW's) -> gone; at another value -> an
+    error, or kept."""
     for key, (now, why) in REMOVED.items():
         section_name, name = key.split(".")
         section = raw.get(section_name)
         if not isinstance(section, dict) or name not in section:
             continue
-        if section[name] == now:
+        other = SAME_AS_NOW.get(key)
+        if section[name] == now or (other in section and section[name] == section[other]):
             del section[name]
         elif refuse:
             raise UserError(f"this run was configured with {key}={section[name]!r}, which repre 0.2.0 removed "
