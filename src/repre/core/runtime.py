@@ -53,13 +53,15 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32.
+    """auto: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with bf16 instructions:
+    `compat.cpu_has_bf16`), else fp32.
     bf16 or fp16 asked of a CPU without native bf16 is granted with a warning: it runs emulated."""
     if name != "auto":
         rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's processes: one warning (before the group forms)
         if name != "fp32" and device.type == "cpu" and not compat.cpu_has_bf16() and rank0:
-            log.warning("train.precision=%s on a CPU without native bf16 (AVX512-BF16 or AMX): emulated, many "
-                        "times slower than fp32; train.precision=auto picks fp32 here", name)
+            log.warning("train.precision=%s on a CPU without bf16 instructions (AVX512-BF16, AMX-BF16 or Arm's "
+                        "BF16): emulated, many times slower than fp32 (15x on an AVX2 CPU, docs/results.md); "
+                        "train.precision=auto picks fp32 here", name)
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
