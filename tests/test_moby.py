@@ -54,11 +54,18 @@ def test_forward_enqueues_this_batch_target_keys():
     torch.testing.assert_close(moby.queue1.norm(dim=1), torch.ones(40))
 
 
-def test_target_has_no_drop_path_online_keeps_it():
-    model = build_model(tiny_config(*SWIN_TINY, "model.drop_path=0.2"))
-    online = [m.drop_prob for m in model.method.encoder.modules() if hasattr(m, "drop_prob")]
-    target = [m.drop_prob for m in model.method.target_encoder.modules() if hasattr(m, "drop_prob")]
-    assert max(online) > 0 and target and max(target) == 0
+def test_target_has_no_drop_path_online_rises_linearly_over_every_block():
+    """Transformer-SSL's Swin (swin_transformer.py: dpr = linspace(0, drop_path_rate, sum(depths))): the rate
+    rises block by block across the stages, not stage by stage; the target encoder has none."""
+    model = build_model(tiny_config(*SWIN_TINY, "model.drop_path=0.2",
+                                    "model.kwargs={embed_dim: 16, depths: [1, 2, 3], num_heads: [1, 2, 4]}"))
+
+    def rates(encoder: torch.nn.Module) -> list[float]:  # each block's (its two DropPaths share it)
+        return [b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0
+                for b in encoder.modules() if type(b).__name__ == "SwinTransformerBlock"]
+
+    torch.testing.assert_close(torch.tensor(rates(model.method.encoder)), torch.linspace(0, 0.2, 6))
+    assert rates(model.method.target_encoder) == [0.0] * 6
 
 
 def test_drop_path_zero_means_none_even_where_timm_defaults_to_more():
@@ -70,7 +77,7 @@ def test_drop_path_zero_means_none_even_where_timm_defaults_to_more():
 
 
 def test_weight_decay_as_the_official_groups():
-    """Transformer-SSL's set_weight_decay on the MoBY wrapper (optimizer.py:37-40): every trainable parameter
+    """Transformer-SSL's set_weight_decay on the MoBY wrapper (optimizer.py:42-45): every trainable parameter
     decays but 1-D ones and biases; the relative position tables decay; the target encoder is not trained."""
     model = build_model(tiny_config(*SWIN_TINY))
     groups = model.param_groups(0.05)

@@ -83,7 +83,7 @@ OFFICIAL = {
         "train.epochs": 300,  # EPOCHS 300
         "train.warmup_fraction": pytest.approx(5 / 300, abs=1e-4),  # WARMUP_EPOCHS 5
         "train.weight_decay": 0.05,  # WEIGHT_DECAY 0.05
-        "train.clip_grad": 5.0,  # CLIP_GRAD (config.py:100), a global norm (moby_main.py:158-159)
+        "train.clip_grad": 5.0,  # CLIP_GRAD (config.py:100), a global norm (moby_main.py:152-153)
         "train.clip_mode": "global",
         "method.momentum": 0.99,  # CONTRAST_MOMENTUM
         "method.moby.temperature": 0.2,  # CONTRAST_TEMPERATURE

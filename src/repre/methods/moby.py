@@ -37,7 +37,7 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torc
 class MoBY(Method):
     # no weight decay on biases and norms; Swin's relative position tables decay (Transformer-SSL at 4510de1:
     # moby_main.py:87 builds the optimizer on the MoBY wrapper, which has no no_weight_decay, so
-    # optimizer.py:37-40 exempts only 1-D parameters and biases)
+    # optimizer.py:42-45 exempts only 1-D parameters and biases)
     no_decay_1d = True
 
     def __init__(
