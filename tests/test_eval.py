@@ -74,8 +74,9 @@ def test_eval_knn_on_val_through_the_cli(tiny_run):
     assert code == 0 and last_json(stdout)["extra"]["k"] == 48  # the k that voted: the whole bank
 
 
-def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path):
-    """Shards without labels: k-NN, both linear probes and fine-tuning exit 2 naming what they need."""
+def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path, repre_log):
+    """Shards without labels: k-NN, both linear probes and fine-tuning exit 2 naming what they need; the
+    run's k-NN is skipped with a note, and no line announces the images it would have read."""
     import pytest
 
     from conftest import tiny_config, write_shards
@@ -94,6 +95,12 @@ def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path)
             encoder_tasks()[task](encoder, cfg, rt)
     with pytest.raises(UserError, match="^the linear probe needs labels"):
         probe_source(cfg)
+    from repre.eval.knn import knn_top1_or_none
+
+    assert knn_top1_or_none(encoder, cfg, rt, say="the summary's") is None
+    said = [r.getMessage() for r in repre_log.records]
+    assert any(m.startswith("k-NN skipped: k-NN needs labels") for m in said)
+    assert not any(m.startswith("k-NN: ") for m in said)
 
 
 def test_knn_reports_each_class_and_the_confusion():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from repre.data.sources import build_source
 from repre.engine.optim import clip_or_measure
 from repre.pretraining import pretrain
 
@@ -102,12 +103,14 @@ def test_reduced_precision_on_a_cpu_without_native_bf16_is_granted_with_a_warnin
 
 
 def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log):
-    """The k-NN after the last step can take minutes (all of Fashion-MNIST's 70,000 images): a line says so,
-    and how to shorten or skip it."""
+    """The k-NN after the last step can take minutes (all of Fashion-MNIST's 70,000 images): a line says how
+    many images it reads, and how to read fewer or none; where the data has no labels, only that it is
+    skipped."""
     pretrain(tiny_config("train.max_steps=2", "recon.enabled=false", "eval.knn.test_subset=16"), tmp_path / "r")
-    said = [r.getMessage() for r in repre_log.records if "the summary's k-NN" in r.getMessage()]
-    assert len(said) == 1 and "all training images" in said[0] and "16 held-out ones" in said[0]
-    assert "eval.knn.enabled=false" in said[0]
+    said = [r.getMessage() for r in repre_log.records if r.getMessage().startswith("k-NN: ")]
+    train_images = len(build_source(tiny_config().data, "train"))
+    assert len(said) == 1 and f"{train_images} training images" in said[0] and "16 held-out ones" in said[0]
+    assert "the summary's" in said[0] and "eval.knn.enabled=false" in said[0]
 
 
 def test_lambda_weighs_the_reconstruction_loss_in_every_step(tmp_path):

@@ -187,6 +187,8 @@ class Trainer:
                      "with --resume goes on)", self.out, s.step)
             return done
         self.guard.start()
+        if main:
+            self._say_what_runs()
         writer = MetricWriter(self.out, enabled=main, after_step=s.step)
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = tqdm(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
@@ -214,6 +216,14 @@ class Trainer:
         if not completed:
             raise StoppedEarly(json.dumps(summary))
         return summary
+
+    def _say_what_runs(self) -> None:
+        """One line before the first step: what trains, where its files go, on what, and how to watch it."""
+        processes = dist.world_size()
+        log.info("%s into %s: %d steps of %d images, on %s in %s%s; metrics.jsonl and checkpoints/ there, curves: "
+                 "tensorboard --logdir %s", self.cfg.preset, self.out, self.total, self.cfg.train.batch_size,
+                 self.rt.device, self.rt.precision, f" ({processes} processes)" if processes > 1 else "",
+                 self.out / "tb")
 
     def _completed_summary(self) -> dict[str, Any] | None:
         """summary.json of a resumed run that already completed all its steps, else None. Distributed: None

@@ -29,10 +29,11 @@ def with_quick_subsets(cfg: Config) -> Config:
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, knn=knn))
 
 
-def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool) -> float | None:
-    """k-NN top-1 of the encoder that export writes, logged as an eval line; the model is left in train mode."""
+def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool, say: str = "") -> float | None:
+    """k-NN top-1 of the encoder that export writes, logged as an eval line; the model is left in train mode.
+    `say`: as `knn_eval`'s."""
     cfg = with_quick_subsets(trainer.cfg) if is_quick else trainer.cfg
-    top1 = eager(knn_top1_or_none, trainer.model.method.eval_encoder, cfg, trainer.rt)
+    top1 = eager(knn_top1_or_none, trainer.model.method.eval_encoder, cfg, trainer.rt, say)
     if top1 is not None:
         writer.write({"step": trainer.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": is_quick})
     trainer.model.train()
@@ -57,9 +58,10 @@ class ReconPicture(Callback):
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
         if dist.is_main() and trainer.state.step > 0:
-            picture = eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source,
-                            trainer.out / "recon.png", trainer.rt)
+            path = trainer.out / "recon.png"
+            picture = eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source, path, trainer.rt)
             writer.image("recon", picture, trainer.state.step)
+            log.info("views and their reconstructions at step %d: %s", trainer.state.step, path)
         return {}
 
 
@@ -69,11 +71,9 @@ class FinalKNN(Callback):
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
         if not (completed and dist.is_main()):
             return {"knn_top1": None}
-        k = trainer.cfg.eval.knn
-        log.info("the summary's k-NN, where the data has labels: the features of %s training images (the bank) "
-                 "and %s held-out ones; fewer: eval.knn.train_subset, eval.knn.test_subset; none: "
-                 "eval.knn.enabled=false", k.train_subset or "all", k.test_subset or "all")
-        return {"knn_top1": knn_line(trainer, writer, is_quick=False)}
+        say = ("the summary's, after the last step; fewer: --set eval.knn.train_subset=N --set "
+               "eval.knn.test_subset=M, none: --set eval.knn.enabled=false")
+        return {"knn_top1": knn_line(trainer, writer, is_quick=False, say=say)}
 
 
 def run_callbacks(cfg: Config) -> list[Callback]:

@@ -33,11 +33,12 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
                    desc: str = "") -> Iterator[tuple[torch.Tensor | None, Extra]]:
     """`fn(x)` for each (x, extra) of `batches` (x: normalized images [B, 3, H, W]), one batch at a time ->
     (the output float32 on the CPU, or None for an x of no rows; `extra` as given). `module` runs in eval mode
-    and goes back to its mode when the iteration ends. `desc`: a progress bar so named, on a terminal."""
+    and goes back to its mode when the iteration ends. `desc`: a progress bar so named (`bar_name`), on a
+    terminal or in a log, as the training's."""
     was_training = module.training
     module.eval()
     if desc:
-        batches = tqdm(batches, desc=desc, unit="batch", leave=False, disable=None)  # None: off unless a terminal
+        batches = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     try:
         for x, extra in batches:
             if len(x) == 0:

@@ -46,12 +46,17 @@ def knn_predict(
     return torch.cat(preds)
 
 
-def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
-    """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries)."""
+def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict[str, Any]:
+    """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries). `say`:
+    a line logged, with how many images it reads, once the data are known to have labels (e.g. how to read
+    fewer)."""
     e = cfg.eval
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
     classes = labelled(train.dataset.source, "k-NN")
+    if say:
+        log.info("k-NN: the features of %d training images (the bank) and %d held-out ones (the queries); %s",
+                 len(train.dataset), len(test.dataset), say)
     bank, bank_y = extract_features(encoder, train, rt, bar_name(cfg, "k-NN bank"))
     queries, query_y = extract_features(encoder, test, rt, bar_name(cfg, "k-NN queries"))
     k = min(e.knn.k, len(bank))  # the k that votes
@@ -80,10 +85,11 @@ def per_class(pred: torch.Tensor, truth: torch.Tensor, classes: int, names: list
     return out
 
 
-def knn_top1_or_none(encoder: Backbone, cfg: Config, rt: Runtime) -> float | None:
-    """k-NN top-1 during or after pre-training; None (with a note) where the data has no labels."""
+def knn_top1_or_none(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> float | None:
+    """k-NN top-1 during or after pre-training; None (with a note) where the data has no labels. `say`: as
+    `knn_eval`'s."""
     try:
-        return knn_eval(encoder, cfg, rt)["value"]
+        return knn_eval(encoder, cfg, rt, say)["value"]
     except UserError as exc:
         log.warning("k-NN skipped: %s", exc)
         return None
