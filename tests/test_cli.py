@@ -118,6 +118,21 @@ def test_help_lists_the_keys_a_command_reads(capsys):
     assert reads.listed(reads.SHOW) in text and "method.name" not in text and "eval.batch_size" not in text
 
 
+def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):
+    """`repre eval --help` names, for each task, the keys that make it quicker: each is a config key."""
+    import re
+
+    from repre.config import EVAL_TASKS, Config
+    from repre.config.loading import flatten
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    named = set(re.findall(r"eval\.[a-z]+\.[a-z_]+", text))
+    assert named and named <= set(flatten(Config().to_dict()))
+    assert {key.split(".")[1] for key in named} == set(EVAL_TASKS)
+
+
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run
     assert run_cli(pretrain_args(out))[0] == 2
