@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import last_json, run_cli, save_png
 from repre.core.pictures import sheet_size, thumb_side
-from repre.use.neighbors import QUERY_GAP
+from repre.use.neighbors import NOTE, QUERY_GAP
 from repre.use.search import faiss_top_k, top_k, torch_top_k
 
 
@@ -53,7 +53,7 @@ def test_a_duplicated_image_is_its_copy_s_nearest_neighbour(embedded_folder, tmp
     assert sims == sorted(sims, reverse=True)
     with Image.open(tmp_path / "nn.png") as picture:
         # a query and 3 neighbours, 16 px images at 96
-        assert picture.size == sheet_size(1, 4, thumb_side(16), captioned=True, gap=QUERY_GAP)
+        assert picture.size == sheet_size(1, 4, thumb_side(16), True, True, QUERY_GAP, [NOTE])
 
 
 def test_without_checkpoint_the_images_are_read_as_embed_read_them(embedded_folder, tmp_path):
@@ -76,7 +76,7 @@ def test_drawn_queries_are_fixed_by_the_seed(embedded_folder, tmp_path):
     code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "c.png", "--queries", "4", "--seed", "1"))
     assert code == 0 and [q["row"] for q in last_json(stdout)["queries"]] != drawn[0]
     with Image.open(tmp_path / "a.png") as picture:
-        assert picture.size == sheet_size(4, 3, thumb_side(16), captioned=True, gap=QUERY_GAP)
+        assert picture.size == sheet_size(4, 3, thumb_side(16), True, True, QUERY_GAP, [NOTE])
 
 
 def test_torch_and_faiss_give_the_same_neighbours(embedded_folder, tmp_path):

@@ -78,7 +78,14 @@ def test_recon_picture_names_what_each_column_shows(tmp_path, norm_pix, columns)
     cfg = tiny_config(f"recon.norm_pix={norm_pix}", "eval.recon.images=3")
     save_recon_grid(build_model(cfg), cfg, train_source(cfg), tmp_path / "recon.png", setup_runtime(cfg.train))
     size = Image.open(tmp_path / "recon.png").size
-    assert size == sheet_size(3, 2 * columns, thumb_side(16), titled=True, captioned=True)
+    assert size == sheet_size(3, 2 * columns, thumb_side(16), titled=True, captioned=True)  # in colour: no note
+
+
+def test_a_picture_of_gray_reconstructions_says_why_they_have_colour():
+    from repre.eval.recon import GRAY_NOTE, gray_note
+
+    gray = torch.rand(2, 1, 8, 8).expand(-1, 3, -1, -1)
+    assert gray_note(gray) == [GRAY_NOTE] and gray_note(torch.rand(2, 3, 8, 8)) == []
 
 
 def test_the_training_picture_draws_images_spread_over_a_folder(tmp_path, monkeypatch):

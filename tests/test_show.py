@@ -10,7 +10,7 @@ from conftest import last_json, run_cli
 from repre.core.pictures import sheet_size
 from repre.errors import UserError
 from repre.models.backbone import Backbone
-from repre.use.show import TILE, cls_attention, patch_pca
+from repre.use.show import ATTENTION_NOTE, PCA_NOTE, TILE, cls_attention, patch_pca
 
 VIT = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -66,7 +66,8 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
     per_run = ["patch means", "reconstruction", "patch PCA", "attention, mean", "head 0", "head 1"]  # norm_pix
     assert [c.split(": ")[-1] for c in result["columns"]] == ["image", *per_run, *per_run]
     width, height = Image.open(out).size
-    assert result["images"] == 3 and (width, height) == sheet_size(3, 13, TILE, titled=True, captioned=True)
+    notes = [ATTENTION_NOTE, PCA_NOTE]  # the synthetic images are in colour: no note on gray reconstructions
+    assert result["images"] == 3 and (width, height) == sheet_size(3, 13, TILE, True, True, notes=notes)
     assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
 
 

@@ -1,10 +1,11 @@
-"""Sheets of image tiles in columns, each column with an optional title above it and captions under its tiles:
-the one layout of every picture repre draws (recon.png, `repre show`, `repre neighbors`). PIL only, no plotting
-library."""
+"""Sheets of image tiles in columns, each column with an optional title above it and captions under its tiles,
+and notes under the sheet that say how to read it: the one layout of every picture repre draws (recon.png,
+`repre show`, `repre neighbors`). PIL only, no plotting library."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 PAD = 4  # pixels between tiles and around the sheet
 HEADER = 24  # the strip above the tiles for the columns' group names (one line) and titles (the next)
 CAPTION = 14  # the strip under each tile for its caption
+NOTE_LINE = 12  # a line of the notes under the sheet
 
 
 @dataclass
@@ -46,19 +48,33 @@ def tile(image: torch.Tensor, side: int, smooth: bool = False) -> Image.Image:
 
 
 def sheet_size(rows: int, cols: int, side: int, titled: bool = False, captioned: bool = False,
-               gap: int = 0) -> tuple[int, int]:
-    """(width, height) of a `sheet` of `rows` x `cols` tiles of side `side`."""
-    return PAD + cols * (side + PAD) + gap, PAD + titled * HEADER + rows * (side + captioned * CAPTION + PAD)
+               gap: int = 0, notes: Sequence[str] = ()) -> tuple[int, int]:
+    """(width, height) of a `sheet` of `rows` x `cols` tiles of side `side`, with `notes` under it."""
+    width = PAD + cols * (side + PAD) + gap
+    tiles_height = PAD + titled * HEADER + rows * (side + captioned * CAPTION + PAD)
+    lines = note_lines(notes, width)
+    return width, tiles_height + len(lines) * NOTE_LINE + bool(lines) * PAD
 
 
-def sheet(columns: list[Column], gap: int = 0) -> Image.Image:
-    """Columns of tiles -> one RGB picture; `gap` more pixels set the first column apart (e.g. the queries).
-    Every column has as many tiles, all of one side, as the first."""
+def note_lines(notes: Sequence[str], width: int) -> list[str]:
+    """`notes` in lines that fit a sheet `width` pixels wide."""
+    font = ImageFont.load_default()
+    return [line for note in notes for line in wrapped(note, font, width - 2 * PAD)]
+
+
+def sheet(columns: list[Column], gap: int = 0, notes: Sequence[str] = ()) -> Image.Image:
+    """Columns of tiles -> one RGB picture; `gap` more pixels set the first column apart (e.g. the queries);
+    `notes`, how to read the picture, under it, each wrapped to its width. Every column has as many tiles, all
+    of one side, as the first."""
     side, rows = columns[0].tiles[0].width, len(columns[0].tiles)
     titled = any(c.title or c.group for c in columns)
     captioned = any(c.captions for c in columns)
-    picture = Image.new("RGB", sheet_size(rows, len(columns), side, titled, captioned, gap), "white")
+    size = sheet_size(rows, len(columns), side, titled, captioned, gap, notes)
+    picture = Image.new("RGB", size, "white")
     pen, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    lines = note_lines(notes, size[0])
+    for i, line in enumerate(lines):  # under the tiles, the last line PAD above the bottom
+        pen.text((PAD, size[1] - PAD - (len(lines) - i) * NOTE_LINE), line, fill="black", font=font)
     top = PAD + titled * HEADER
     for c, column in enumerate(columns):
         x = PAD + c * (side + PAD) + (gap if c else 0)
@@ -74,6 +90,17 @@ def sheet(columns: list[Column], gap: int = 0) -> Image.Image:
                 # over the tile's width and most of the gap after it
                 pen.text((x + 1, y + side + 1), fitted(pen, text, font, side + PAD - 3), fill="black", font=font)
     return picture
+
+
+def wrapped(text: str, font, width: int) -> list[str]:
+    """`text` in lines of at most `width` pixels, broken between words (a longer word keeps a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:

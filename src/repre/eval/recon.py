@@ -64,6 +64,15 @@ def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.
     return cols
 
 
+GRAY_NOTE = ("reconstruction: the decoder predicts the 3 channels each on its own; on gray images its colour fringes "
+             "are where they disagree")
+
+
+def gray_note(images: torch.Tensor) -> list[str]:
+    """The note under a picture of reconstructions of images [N, 3, H, W]: GRAY_NOTE where they are gray."""
+    return [GRAY_NOTE] if bool((images.amax(dim=1) == images.amin(dim=1)).all()) else []
+
+
 def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     """Normalized images x [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space (norm_pix:
     with the patch statistics of x)."""
@@ -91,9 +100,9 @@ def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime)
     model.train(was_training)
     cols: list[Column] = []
     for v, rows in enumerate((slice(0, n), slice(n, 2 * n))):
-        cols += reconstruction_columns(x[rows], pred[rows], model.branch, spec.mean, spec.std, "view",
+        cols += reconstruction_columns(x[rows], pred[rows], model.branch, spec.mean, spec.std, "input",
                                        f"view {v + 1}")
-    return sheet(cols)
+    return sheet(cols, notes=gray_note(denormalize(x, spec.mean, spec.std)))
 
 
 def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> Image.Image:
@@ -117,7 +126,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     mean, std = loader.dataset.mean, loader.dataset.std
     branch = model.branch
     model.eval()
-    psnr, l1, floor, shown = [], [], [], None
+    psnr, l1, floor, shown, notes = [], [], [], None, []
     for x, _ in loader:
         if not len(x):
             continue
@@ -131,6 +140,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
         if shown is None:
             k = min(cfg.eval.recon.images, len(x))
             shown = reconstruction_columns(x[:k], pred[:k], branch, mean, std)
+            notes = gray_note(a[:k])
             err = (a[:k] - b[:k]).abs().mean(dim=1, keepdim=True).mul(ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
             shown.append(Column(tiles(err), f"|error| x {ERROR_GAIN}"))
     if not psnr:
@@ -139,7 +149,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
-        save_png(sheet(shown), out / "recon.png")
+        save_png(sheet(shown, notes=notes), out / "recon.png")
         extra["picture"] = str(out / "recon.png")
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
 

@@ -30,6 +30,8 @@ from repre.use.search import top_k
 from repre.use.store import EmbeddingFiles, read_card
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
+NOTE = ("each row: a query image (its index in the data) and the images whose embeddings are nearest to its, nearest "
+        "first, each with its cosine similarity to the query")  # under the picture
 
 log = logging.getLogger("repre")
 
@@ -130,8 +132,9 @@ def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tup
     side = thumb_side(size)
     captions = [[f"#{q}{labelled(index, q, names)}", *(f"{s:.4f}{labelled(index, r, names)}" for r, s in h)]
                 for q, h in hits.items()]
-    return sheet([Column([tile(row[c], side) for row in images], captions=[row[c] for row in captions])
-                  for c in range(len(images[0]))], gap=QUERY_GAP)
+    titles = ["query", *(f"nearest {c}" if c == 1 else str(c) for c in range(1, len(images[0])))]
+    return sheet([Column([tile(row[c], side) for row in images], titles[c], captions=[row[c] for row in captions])
+                  for c in range(len(images[0]))], gap=QUERY_GAP, notes=[NOTE])
 
 
 def labelled(index: dict, row: int, names: list[str] | None) -> str:

@@ -31,12 +31,18 @@ from repre.data.folder import UnreadableImage, warn_unreadable
 from repre.data.sources import class_names, eval_source, pretraining_stats, stats, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
-from repre.eval.recon import batch_psnr, patch_means, reconstruct
+from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
 
 TILE = 96  # pixels per panel
+# how to read the panels: a note under the picture for each it has
+ATTENTION_NOTE = ("attention: the last block's class-token weights over the patches, each map scaled to its own range "
+                  "(bright: more weight); max Nx flat: its largest weight over a uniform map's (1x: no patch "
+                  "preferred)")
+PCA_NOTE = ("patch PCA: the first 3 principal components of the last block's patch features as RGB: patches of one "
+            "colour, features alike (the colours themselves mean nothing)")
 
 
 @torch.no_grad()
@@ -192,6 +198,15 @@ def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[
     return cols
 
 
+def notes(images: torch.Tensor, runs: list[Panels]) -> list[str]:
+    """How to read the picture's panels, a line each for those it has."""
+    said = [ATTENTION_NOTE] if any(run.attention is not None for run in runs) else []
+    said.append(PCA_NOTE)
+    if any(run.recon is not None for run in runs):
+        said += gray_note(images)
+    return said
+
+
 def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
          overrides: list[str] | None = None) -> dict[str, Any]:
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for its first `images` test images into
@@ -212,7 +227,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
             runs[0].name, runs[1].name = "first", "second"
     names = [classes[y] if classes and 0 <= y < len(classes) else "" for y in labels]
     cols = columns(pixels, names, runs)
-    save_png(sheet(cols), Path(out))
+    save_png(sheet(cols, notes=notes(pixels, runs)), Path(out))
     return {"command": "show", "out": str(out), "images": len(labels),
             "labels": [y if y >= 0 else None for y in labels],
             "classes": [n or None for n in names],
