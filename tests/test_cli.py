@@ -118,6 +118,14 @@ def test_help_lists_the_keys_a_command_reads(capsys):
     assert reads.listed(reads.SHOW) in text and "method.name" not in text and "eval.batch_size" not in text
 
 
+def test_an_option_the_command_lacks_is_that_commands_error_with_the_nearest(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["pretrain", "--confg", "fmnist-mocov3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage: repre pretrain")
+    assert "repre pretrain: error: unrecognized arguments: --confg fmnist-mocov3; did you mean --config?" in err
+
+
 def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):
     """`repre eval --help` names, for each task, the keys that make it quicker: each is a config key."""
     import re

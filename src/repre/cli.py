@@ -8,9 +8,11 @@ but resumable (`"completed": false` in summary.json).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -137,7 +139,21 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
     nb.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                     help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
+    p.set_defaults(command_parsers=sub.choices)
     return p
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; an option the command does not have is that command's error (its usage, the nearest
+    option), not the top-level parser's."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = args.command_parsers.get(args.command, parser)
+        options = sorted(set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", command.format_usage())))
+        near = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {near[0]}?" if near else ""))
+    return args
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -313,7 +329,7 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _setup_logging()
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
                 "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map,
                 "compare": cmd_compare, "config": cmd_config}

@@ -5,6 +5,7 @@ subset is drawn, and the result says so."""
 from __future__ import annotations
 
 import colorsys
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
 METHODS = ("tsne", "umap")
 METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
+log = logging.getLogger("repre")
+
 
 def subsample(n: int, limit: int, seed: int) -> np.ndarray:
     """Row numbers to draw: all n, or a sorted random `limit` of them drawn with `seed`."""
@@ -37,6 +40,8 @@ def layout(x: np.ndarray, method: str, seed: int) -> np.ndarray:
         raise UserError(f"unknown map method {method!r}; choose from {', '.join(METHODS)}")
     if len(x) < 3:
         raise UserError(f"a map needs at least 3 embeddings, the file has {len(x)}")
+    log.info("%s of %d embeddings%s", METHOD_NAMES[method], len(x),
+             " (about a minute for 5,000 on 2 CPU cores)" if method == "tsne" else "")
     try:
         if method == "tsne":
             from sklearn.manifold import TSNE
