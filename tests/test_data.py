@@ -226,7 +226,7 @@ def test_bad_files_of_every_kind_are_unreadable_never_a_crash(tmp_path):
 
 def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypatch, repre_log):
     """A file the process may not open (simulated: the tests run as root, which chmod does not stop); counted at
-    each read (each epoch), named in a warning once a process."""
+    each read (each epoch), named in a warning once per process."""
     from pathlib import Path
 
     source = ImageFolder(image_folder / "train")
@@ -249,7 +249,7 @@ def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypat
 @pytest.mark.parametrize("workers", [0, 1])
 def test_evaluation_leaves_an_unreadable_image_out_and_names_it_once(image_folder, workers, repre_log):
     """A score counts each readable image once: an unreadable one is not replaced by another (counted twice).
-    It is named once a process, though each evaluation (a periodic k-NN) reads it again, from data workers."""
+    It is named once per process, though each evaluation (a periodic k-NN) reads it again, from data workers."""
     from repre.data.evaluation import eval_loader
 
     broken = sorted((image_folder / "val" / "dog").iterdir())[2]

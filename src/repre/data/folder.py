@@ -42,11 +42,11 @@ _named_unreadable: set[str] = set()
 
 
 def warn_unreadable(why: str, what: str) -> None:
-    """Warn "`what` (named once a process): `why`" the first time this process meets `why` (an
-    UnreadableImage's text: the file and what is wrong with it). Each data worker is a process of its own."""
+    """Warn "`what`: `why` (...)" the first time this process meets `why` (an UnreadableImage's text: the
+    file and what is wrong with it). Each data worker is a process of its own."""
     if why not in _named_unreadable:
         _named_unreadable.add(why)
-        log.warning("%s (named once a process): %s", what, why)
+        log.warning("%s: %s (each unreadable file is named once per process)", what, why)
 
 
 def _scan(root: Path) -> list[Path]:
