@@ -1,7 +1,7 @@
 """The loaders of evaluation: resize and centre crop, no augmentation, in a fixed order.
 
 An unreadable image is left out (a batch may then be short, or empty), so that a score counts each readable
-image once and no other: `eval_loader` names it in a warning, once a process (a periodic k-NN reads the same
+image once and no other: `eval_loader` names it in a warning, once per process (a periodic k-NN reads the same
 images at each evaluation); `indexed_loader` (what `repre embed` reads) reports it with the source index of
 each image it keeps.
 """
