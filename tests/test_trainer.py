@@ -92,14 +92,43 @@ def test_a_restored_window_has_the_same_keys_on_every_process():
 @pytest.mark.parametrize("native", [True, False])
 def test_reduced_precision_on_a_cpu_without_native_bf16_is_granted_with_a_warning(native, monkeypatch, repre_log):
     """Emulated bf16 or fp16 runs many times slower than fp32: asked for explicitly, it is run, and said so."""
-    from repre.core import compat
+    from repre.core import runtime
     from repre.core.runtime import pick_precision
 
-    monkeypatch.setattr(compat, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
     assert pick_precision("bf16", torch.device("cpu")) == "bf16" and pick_precision("fp32", torch.device("cpu")) == "fp32"
     assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     warned = [r.getMessage() for r in repre_log.records if "emulated" in r.getMessage()]
     assert len(warned) == (0 if native else 1) and all("train.precision=bf16" in m for m in warned)
+
+
+@pytest.mark.parametrize(("onednn", "flags", "native"), [
+    (True, {"avx2", "avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}, False),  # AVX-512 alone: oneDNN emulates
+    (True, {"avx2", "avx512_f", "avx512_bf16"}, True),
+    (True, {"avx512_f", "amx_tile", "amx_bf16"}, True),
+    (True, {"fp", "asimd", "bf16"}, True),  # Arm with BF16
+    (True, None, True),  # the CPU's features unknown: oneDNN's answer
+    (False, {"avx512_bf16"}, False),
+])
+def test_native_bf16_needs_bf16_instructions_not_only_avx512(onednn, flags, native, monkeypatch):
+    from repre.core import compat, runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    monkeypatch.setattr(compat, "onednn_has_bf16", lambda: onednn)
+    assert runtime.cpu_has_bf16() is native
+
+
+def test_the_cpus_features_come_from_pytorch_else_from_linux(monkeypatch, tmp_path):
+    from repre.core.runtime import cpu_flags
+
+    if hasattr(torch.cpu, "get_capabilities"):
+        assert cpu_flags() == {k for k, v in torch.cpu.get_capabilities().items() if v is True}
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)  # an older PyTorch
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(str(x86)) == {"fpu", "avx2", "avx512_bf16"} and cpu_flags(str(arm)) == {"fp", "asimd", "bf16"}
+    assert cpu_flags(str(tmp_path / "none")) is None  # not Linux: nothing to read
 
 
 def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log):

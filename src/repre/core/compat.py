@@ -25,33 +25,13 @@ def workers_stopped_on_error(batches: Iterator[T]) -> Iterator[Iterator[T]]:
         raise
 
 
-# the x86 features with bf16 dot products (vdpbf16ps, AMX tiles), as /proc/cpuinfo names them
-X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (then bf16 autocast is about 2x faster than fp32): x86 with
-    AVX512-BF16 or AMX-BF16, or Arm with BF16. oneDNN's probe (private) also answers yes on x86 CPUs that have
-    AVX-512 but no bf16 instructions, where oneDNN emulates bf16; there the CPU's flags decide, where they can be
-    read (Linux)."""
+def onednn_has_bf16() -> bool:
+    """oneDNN's own answer to whether it runs bf16 here: yes also on x86 CPUs with AVX-512 but no bf16
+    instructions, where it emulates bf16 (`repre.core.runtime.cpu_has_bf16` asks the CPU too)."""
     try:
-        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-    flags = x86_cpu_flags()
-    return onednn and (flags is None or bool(flags & X86_BF16_FLAGS))
-
-
-def x86_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The first x86 CPU's feature flags as Linux lists them (None elsewhere: another system or architecture)."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return None
 
 
 def skips_steps_on_device(optimizer: torch.optim.Optimizer) -> bool:

@@ -18,6 +18,8 @@ from repre.errors import UserError
 log = logging.getLogger("repre")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the CPU features with bf16 arithmetic (dot products, matrix tiles): x86's and Arm's names
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 @dataclass(frozen=True)
@@ -52,20 +54,43 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """This CPU's features: torch.cpu.get_capabilities() (recent PyTorch), else Linux's cpuinfo
+    (x86's flags, Arm's Features); None where neither tells."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        return frozenset(k for k, v in capabilities().items() if v is True)
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (bf16 autocast then about 2x faster than fp32): oneDNN runs it,
+    and the CPU has bf16 instructions (AVX512-BF16, AMX-BF16, Arm's BF16), where its features can be read."""
+    flags = cpu_flags()
+    return compat.onednn_has_bf16() and (flags is None or bool(flags & BF16_FLAGS))
+
+
 def pick_precision(name: str, device: torch.device) -> str:
     """auto: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with bf16 instructions:
-    `compat.cpu_has_bf16`), else fp32.
+    `cpu_has_bf16`), else fp32.
     bf16 or fp16 asked of a CPU without native bf16 is granted with a warning: it runs emulated."""
     if name != "auto":
         rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's processes: one warning (before the group forms)
-        if name != "fp32" and device.type == "cpu" and not compat.cpu_has_bf16() and rank0:
+        if name != "fp32" and device.type == "cpu" and not cpu_has_bf16() and rank0:
             log.warning("train.precision=%s on a CPU without bf16 instructions (AVX512-BF16, AMX-BF16 or Arm's "
                         "BF16): emulated, many times slower than fp32 (15x on an AVX2 CPU, docs/results.md); "
                         "train.precision=auto picks fp32 here", name)
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and compat.cpu_has_bf16():
+    if device.type == "cpu" and cpu_has_bf16():
         return "bf16"
     return "fp32"
 

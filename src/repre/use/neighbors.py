@@ -30,8 +30,8 @@ from repre.use.search import top_k
 from repre.use.store import EmbeddingFiles, read_card
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
-NOTE = ("each row: a query image (its index in the data) and the images whose embeddings are nearest to its, nearest "
-        "first, each with its cosine similarity to the query")  # under the picture
+NOTE = ("each row: a query image (#: its row in the embeddings file) and the images whose embeddings are nearest to "
+        "its, nearest first, each with its cosine similarity to the query")  # under the picture
 
 log = logging.getLogger("repre")
 
