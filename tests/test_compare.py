@@ -174,11 +174,3 @@ def test_compare_refuses_what_is_no_run_and_imports_no_torch(tiny_run, tmp_path)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
-
-
-def test_a_long_label_keeps_its_start_a_long_value_its_end():
-    from repre.use.compare import _cut
-
-    label = "eval finetune top1 [steps=20, train_subset=2000, test_subset=500]"
-    assert _cut(label, 30, keep_start=True) == "eval finetune top1 [steps=20.."
-    assert _cut("runs/some/long/path/seed0", 15) == "runs/s..h/seed0"

@@ -290,18 +290,17 @@ def _evaluated(v: Any, first: Any) -> str:
 
 
 def _line(label: str, cells: list[str], label_width: int, widths: list[int]) -> str:
-    parts = [_cut(label, label_width, keep_start=True).ljust(label_width)]
+    parts = [_cut(label, label_width).ljust(label_width)]
     parts += [_cut(c, w).ljust(w) for c, w in zip(cells, widths, strict=True)]
     return "  ".join(parts).rstrip()
 
 
-def _cut(text: str, width: int, keep_start: bool = False) -> str:
-    """`text` on one line, cut in its middle to `width` (a path's end and a list's last items stay), or at its
-    end (`keep_start`: a label's first --set, the one written first)."""
+def _cut(text: str, width: int) -> str:
+    """`text` on one line, cut in its middle to `width` (a path's end and a list's last items stay)."""
     text = " ".join(text.split("\n"))
     if len(text) <= width:
         return text
-    head = width - 2 if keep_start else (width - 2) // 2
+    head = (width - 2) // 2
     return text[:head] + ".." + text[len(text) - (width - 2 - head):]
 
 
