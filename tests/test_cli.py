@@ -124,6 +124,9 @@ def test_an_option_the_command_lacks_is_that_commands_error_with_the_nearest(cap
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("usage: repre pretrain")
     assert "repre pretrain: error: unrecognized arguments: --confg fmnist-mocov3; did you mean --config?" in err
+    with pytest.raises(SystemExit):  # before the command: the top level's
+        main(["--confg", "pretrain"])
+    assert capsys.readouterr().err.startswith("usage: repre [-h]")
 
 
 def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):

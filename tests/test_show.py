@@ -68,6 +68,8 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
     width, height = Image.open(out).size
     notes = [ATTENTION_NOTE, PCA_NOTE]  # the synthetic images are in colour: no note on gray reconstructions
     assert result["images"] == 3 and (width, height) == sheet_size(3, 13, TILE, True, True, notes=notes)
+    strip = Image.open(out).convert("L").crop((0, sheet_size(3, 13, TILE, True, True)[1], width, height))
+    assert strip.getextrema()[0] < 64  # the notes are drawn in the strip under the tiles
     assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
 
 

@@ -136,10 +136,10 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     many images it reads, and how to read fewer or none; where the data has no labels, only that it is
     skipped."""
     pretrain(tiny_config("train.max_steps=2", "recon.enabled=false", "eval.knn.test_subset=16"), tmp_path / "r")
-    said = [r.getMessage() for r in repre_log.records if r.getMessage().startswith("k-NN: ")]
+    said = [r.getMessage() for r in repre_log.records if r.getMessage().startswith("the summary's k-NN")]
     train_images = len(build_source(tiny_config().data, "train"))
-    assert len(said) == 1 and f"{train_images} training images" in said[0] and "16 held-out ones" in said[0]
-    assert "the summary's" in said[0] and "eval.knn.enabled=false" in said[0]
+    assert len(said) == 1 and f"{train_images:,} training images" in said[0] and "16 held-out ones" in said[0]
+    assert "eval.knn.train_subset=N" in said[0] and "eval.knn.enabled=false" in said[0]
 
 
 def test_lambda_weighs_the_reconstruction_loss_in_every_step(tmp_path):

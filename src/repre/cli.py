@@ -139,17 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
     nb.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                     help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
-    p.set_defaults(command_parsers=sub.choices)
+    p.commands = sub.choices  # each command's parser, for its own errors (`_parse`)
     return p
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command line; an option the command does not have is that command's error (its usage, the nearest
-    option), not the top-level parser's."""
-    parser = _parser()
+    """The command line; an option the command does not have, given after it, is that command's error (its
+    usage, the nearest option), not the top-level parser's."""
+    parser, argv = _parser(), list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        command = args.command_parsers.get(args.command, parser)
+        after = args.command in argv and argv.index(unknown[0]) > argv.index(args.command)
+        command = parser.commands[args.command] if after else parser
         options = sorted(set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", command.format_usage())))
         near = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)
         command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {near[0]}?" if near else ""))

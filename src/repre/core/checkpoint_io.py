@@ -206,8 +206,9 @@ def load(path: str | Path) -> dict[str, Any]:
     """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
     given, path = Path(path), checkpoint_file(path)
     if not path.is_file() and (given / "config.yaml").is_file():  # a run directory whose run is at its start
-        raise UserError(f"{given} is a run without a checkpoint yet: it writes one every train.checkpoint_every "
-                        "steps and when it stops (Ctrl-C writes one too); evaluate it then")
+        raise UserError(f"{given} is a run without a checkpoint yet (a run writes one every "
+                        "train.checkpoint_every steps and when it stops, Ctrl-C included): give a run or a .pt file "
+                        "that has one")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with checkpoints/last.pt")
     with open(path, "rb") as fh:

@@ -71,8 +71,7 @@ class FinalKNN(Callback):
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
         if not (completed and dist.is_main()):
             return {"knn_top1": None}
-        say = ("the summary's, after the last step; fewer: --set eval.knn.train_subset=N --set "
-               "eval.knn.test_subset=M, none: --set eval.knn.enabled=false")
+        say = "the summary's k-NN, after the last step (none: --set eval.knn.enabled=false)"
         return {"knn_top1": knn_line(trainer, writer, is_quick=False, say=say)}
 
 

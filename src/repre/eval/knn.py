@@ -48,15 +48,16 @@ def knn_predict(
 
 def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict[str, Any]:
     """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries). `say`:
-    a line logged, with how many images it reads, once the data are known to have labels (e.g. how to read
-    fewer)."""
+    which k-NN this is, logged with how many images it reads and how to read fewer, once the data are known
+    to have labels."""
     e = cfg.eval
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
     classes = labelled(train.dataset.source, "k-NN")
     if say:
-        log.info("k-NN: the features of %d training images (the bank) and %d held-out ones (the queries); %s",
-                 len(train.dataset), len(test.dataset), say)
+        log.info("%s: the features of %s training images (the bank) and %s held-out ones (the queries); fewer: "
+                 "--set eval.knn.train_subset=N --set eval.knn.test_subset=M", say, f"{len(train.dataset):,}",
+                 f"{len(test.dataset):,}")
     bank, bank_y = extract_features(encoder, train, rt, bar_name(cfg, "k-NN bank"))
     queries, query_y = extract_features(encoder, test, rt, bar_name(cfg, "k-NN queries"))
     k = min(e.knn.k, len(bank))  # the k that votes
