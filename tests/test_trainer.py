@@ -140,6 +140,10 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     train_images = len(build_source(tiny_config().data, "train"))
     assert len(said) == 1 and f"{train_images:,} training images" in said[0] and "16 held-out ones" in said[0]
     assert "eval.knn.train_subset=N" in said[0] and "eval.knn.enabled=false" in said[0]
+    start = [m for m in (r.getMessage() for r in repre_log.records) if " into " in m and "steps of" in m]
+    assert start == [f"{tiny_config().preset} into {tmp_path / 'r'}: 2 steps of {tiny_config().train.batch_size} images, "
+                     f"on cpu in fp32; metrics.jsonl and checkpoints/ there, curves: tensorboard --logdir "
+                     f"{tmp_path / 'r' / 'tb'}"]
 
 
 def test_lambda_weighs_the_reconstruction_loss_in_every_step(tmp_path):
