@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from repre.core.runtime import setup_runtime
 from repre.data.sources import build_source
 from repre.engine.optim import clip_or_measure
 from repre.pretraining import pretrain
@@ -141,8 +142,9 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     assert len(said) == 1 and f"{train_images:,} training images" in said[0] and "16 held-out ones" in said[0]
     assert "eval.knn.train_subset=N" in said[0] and "eval.knn.enabled=false" in said[0]
     start = [m for m in (r.getMessage() for r in repre_log.records) if " into " in m and "steps of" in m]
+    device = str(setup_runtime(tiny_config().train).device)  # cpu here, cuda on a GPU machine
     assert start == [f"{tiny_config().preset} into {tmp_path / 'r'}: 2 steps of {tiny_config().train.batch_size} images, "
-                     f"on cpu in fp32; metrics.jsonl and checkpoints/ there, curves: tensorboard --logdir "
+                     f"on {device} in fp32; metrics.jsonl and checkpoints/ there, curves: tensorboard --logdir "
                      f"{tmp_path / 'r' / 'tb'}"]
 
 
