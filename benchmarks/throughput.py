@@ -14,8 +14,9 @@ anything: this machine's absolute speed varies by the hour.
 benchmarks/throughput.py and src/, so each commit's own code and keys), as rows "NAME@LABEL" in the same
 interleaved rounds: how a change moves throughput, measured side by side.
 
---in-process builds (and compiles) each *-tensors configuration once, in this process, and interleaves its
-rounds there: compiled GPU steps then cost one compilation a configuration, not one a round. Each
+--in-process builds (and compiles) each configuration on pre-made batches (*-tensors, lightly) once, in this
+process, and interleaves its rounds there: compiled GPU steps then cost one compilation a configuration, not one
+a round; on a CPU a round's configurations run seconds apart, the steadiest ratio where the speed drifts. Each
 configuration's peak CUDA memory is that of one of its steps beyond the configurations already resident; there
 is no peak RSS (for CPU memory, the default child processes). --profile (with --in-process) adds where each
 configuration's step time goes, by kind of kernel, and the compute kinds' FLOP/s (benchmarks/kernel_kinds.py).
@@ -35,6 +36,9 @@ Configurations:
                    (MoCoProjectionHead, BYOLPredictionHead, NTXentLoss: SimCLR's 2N-1-way loss, update_momentum)
   lightly-dino     with a DINO preset: the same DINO step from lightly's parts (DINOProjectionHead, DINOLoss,
                    update_momentum, the head's last-layer cancelling) on the same multi-crop tensors
+  baseline-per-view-tensors, repre-per-view-tensors
+                   with a MoCo v3 preset: its step with each view through the encoders on its own, as the
+                   official code and lightly run them, where repre stacks both views into one batch
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import time
 from pathlib import Path
 
 CONFIGS = ["repre", "baseline", "repre-tensors", "baseline-tensors", "lightly"]
-OPTIONAL = ["supervised-tensors", "lightly-dino"]
+OPTIONAL = ["supervised-tensors", "lightly-dino", "baseline-per-view-tensors", "repre-per-view-tensors"]
 
 
 def _trainer(preset: str, recon: bool, extra: list[str]):
@@ -206,12 +210,41 @@ def _lightly_dino_step(trainer):
     return step
 
 
+def _per_view_forward(method):
+    """MoCo v3's forward with each view through the online and momentum encoders on its own (batches of B, not
+    one of 2B): the same loss and outputs, the official code's order of work."""
+    import torch
+
+    from repre.core.dist import gather, rank
+    from repre.losses import mocov3_loss
+
+    def forward(views, momentum, labels=None, local_views=None):
+        x1, x2 = views[:, 0], views[:, 1]
+        (p1, m1), (p2, m2) = method.encoder(x1, method.taps), method.encoder(x2, method.taps)
+        q1, q2 = method.predictor(method.projector(p1)), method.predictor(method.projector(p2))
+        with torch.no_grad():
+            method.update_momentum(momentum)
+            k1, k2 = (method.momentum_projector(method.momentum_encoder(x)[0]) for x in (x1, x2))
+        offset = rank() * views.shape[0]
+        loss = (mocov3_loss(q1, gather(k2), method.temperature, offset)
+                + mocov3_loss(q2, gather(k1), method.temperature, offset))
+        maps = [torch.cat(pair) for pair in zip(m1, m2)]  # [x1; x2] order, as the stacked forward's
+        return method.outputs(loss, torch.cat([p1, p2]), maps, torch.cat([x1, x2]))
+
+    return forward
+
+
+def is_premade(name: str) -> bool:
+    """Whether a configuration times its step on one pre-made batch (no data loader)."""
+    return name.endswith("-tensors") or name.startswith("lightly")
+
+
 def build(name: str, preset: str, overrides: list[str]):
     """(trainer, step(batch), batches) for one configuration: its Trainer, the step the configuration times, and
     the batches it reads (one pre-made batch repeated, or the real loader)."""
     from repre.data.pipeline import pretrain_loader
 
-    premade = name.endswith("tensors") or name.startswith("lightly")
+    premade = is_premade(name)
     # pre-made tensors: no worker process left running to compete for the cores
     extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
     trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
@@ -223,6 +256,10 @@ def build(name: str, preset: str, overrides: list[str]):
         batches = itertools.repeat(next(batches))
         del loader
     trainer.model.train()
+    if "-per-view" in name:  # an instance attribute: the class's forward stays the other configurations'
+        if trainer.cfg.method.name != "mocov3":
+            raise SystemExit(f"{name} needs a MoCo v3 preset, not {trainer.cfg.method.name}")
+        trainer.model.method.forward = _per_view_forward(trainer.model.method)
 
     def repre_step(batch):
         with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
@@ -418,9 +455,9 @@ def main() -> None:
         p.error("--in-process times one checkout; --tree runs each checkout's own script in child processes")
     if args.profile and not args.in_process:
         p.error("--profile needs --in-process (the configurations' steps are profiled where they were timed)")
-    if args.in_process and any(not c.endswith("-tensors") for c in args.configs.split(",")):
-        p.error("--in-process times pre-made batches only (*-tensors configurations): the real pipeline's "
-                "workers of every configuration would stay alive and compete for the cores")
+    if args.in_process and any(not is_premade(c) for c in args.configs.split(",")):
+        p.error("--in-process times pre-made batches only (*-tensors and lightly configurations): the real "
+                "pipeline's workers of every configuration would stay alive and compete for the cores")
     args.preset, args.overrides = resolve_shorthands(args)
     if args.child:
         print(json.dumps(child(args.child, args.preset, args.warmup, args.steps, args.overrides, args.mfu)))
@@ -529,6 +566,10 @@ def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str],
         "pipeline_over_tensors_baseline": ("baseline", "baseline-tensors", "images"),
         "baseline_tensors_over_lightly_dino": ("baseline-tensors", "lightly-dino", "images"),
         "baseline_tensors_over_lightly": ("baseline-tensors", "lightly", "images"),
+        "baseline_per_view_tensors_over_lightly": ("baseline-per-view-tensors", "lightly", "images"),
+        "step_time[baseline-per-view-tensors]/[baseline-tensors]": ("baseline-per-view-tensors",
+                                                                    "baseline-tensors", "step"),
+        "step_time[repre-per-view-tensors]/[repre-tensors]": ("repre-per-view-tensors", "repre-tensors", "step"),
     }
     for extra in compare:  # RePre's overhead under each override (e.g. train.compile=true)
         pairs[f"repre_step_time_over_baseline_tensors[{extra}]"] = (
