@@ -15,7 +15,9 @@ import torch
 from conftest import BITWISE, DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
 from repre.core import checkpoint_io as ckpt_io
-from repre.engine.guard import DeviceGuard
+from repre.engine import guard as guard_mod
+from repre.engine.guard import DeviceGuard, HostGuard
+from repre.engine.state import RunState
 from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
 from repre.methods.base import embedding_std
@@ -455,6 +457,29 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
     assert not all(torch.equal(encoder[k], before[8][k]) for k in encoder)  # step 9 ran before the check
     assert summary["checkpoint"].endswith("step-00000003.pt")  # none at step 6: it was non-finite
     assert "skipped for a non-finite loss" in repre_log.text and "3 non-finite steps in a row" in repre_log.text
+
+
+@pytest.mark.parametrize("strategy", ["host", "device"])
+def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monkeypatch, strategy):
+    """Distributed: this process's loss is finite, another's is not; the step is skipped here too, and the
+    trainer's `skipped_step` says so (1, not this process's own 0: averaged over processes it reads 1)."""
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(layer.parameters(), fused=strategy == "device")
+    layer(torch.ones(1, 2)).sum().backward()
+    before = [p.detach().clone() for p in layer.parameters()]
+    monkeypatch.setattr(guard_mod.dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(guard_mod.dist, "all_reduce_sum", lambda x: x + torch.tensor([1.0, 0.0]))  # one bad rank
+    monkeypatch.setattr(guard_mod.dist, "all_reduce_max", lambda x: torch.ones_like(x))
+    monkeypatch.setattr(guard_mod.dist, "is_main", lambda: True)
+    state = RunState()
+    guard = HostGuard(state, 3) if strategy == "host" else DeviceGuard(state, 3, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    finite, loss = torch.tensor(True), torch.tensor(1.0)
+    outcome = guard.step(optimizer, scaler, finite, loss, torch.tensor(1.0), stop_requested=False)
+    assert outcome.skipped.item() == 1.0 and not outcome.stop
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before))  # no process took the step
+    guard.sync()
+    assert state.nonfinite_steps == 1
 
 
 def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):

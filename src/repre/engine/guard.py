@@ -12,6 +12,7 @@ Two strategies, chosen by `train.host_sync` (`make_guard`):
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 
@@ -19,6 +20,15 @@ from repre.core import compat, dist
 from repre.engine.state import RunState
 
 log = logging.getLogger("repre")
+
+
+class Outcome(NamedTuple):
+    """A step as the guard took it: `skipped` (a float 0-d tensor on the device, 1.0 or 0.0), the same on every
+    process; `stop`: whether a process asked to stop, where the step's agreement carried the request (the host
+    strategy's one all-reduce carries both), else False."""
+
+    skipped: torch.Tensor
+    stop: bool
 
 
 class NonFiniteGuard:
@@ -32,9 +42,9 @@ class NonFiniteGuard:
         """Called when the loop starts (after a resume: the counts go on from the checkpoint's)."""
 
     def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
-             loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> bool:
-        """Take the optimizer step (through `scaler`) unless `finite` (a bool scalar on the device) is false.
-        Returns whether any process asked to stop, where the step's agreement carried it (else False)."""
+             loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> Outcome:
+        """Take the optimizer step (through `scaler`) unless `finite` (a bool scalar on the device: this
+        process's loss and gradients) is false on any process."""
         raise NotImplementedError
 
     def sync(self) -> None:
@@ -49,22 +59,22 @@ class NonFiniteGuard:
 
 
 class HostGuard(NonFiniteGuard):
-    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> bool:
+    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> Outcome:
         s, stop = self.state, False
         if dist.is_distributed():  # one process's non-finite step skips it everywhere; a stop anywhere stops all
             flags = torch.stack([(~finite).float(), torch.tensor(float(stop_requested), device=finite.device)])
             bad, stops = dist.all_reduce_sum(flags).tolist()
-            finite, stop = torch.tensor(bad == 0), stops > 0
+            finite, stop = torch.tensor(bad == 0, device=finite.device), stops > 0
         if bool(finite):  # a non-finite step must not reach the weights
             scaler.step(optimizer)
             s.bad_streak = 0
-            return stop
+            return Outcome((~finite).float(), stop)
         optimizer.zero_grad(set_to_none=True)
         s.nonfinite_steps += 1
         s.bad_streak += 1
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
                     s.step + 1, float(loss.detach()), float(grad_norm))
-        return stop
+        return Outcome((~finite).float(), stop)
 
 
 class DeviceGuard(NonFiniteGuard):
@@ -76,7 +86,7 @@ class DeviceGuard(NonFiniteGuard):
     def start(self) -> None:
         self.total.fill_(self.state.nonfinite_steps)
 
-    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> bool:
+    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> Outcome:
         bad = (~finite).float()
         if dist.is_distributed():  # one process's non-finite loss skips the step everywhere (async: no host sync)
             bad = dist.all_reduce_max(bad)
@@ -87,7 +97,7 @@ class DeviceGuard(NonFiniteGuard):
         self.total += bad
         self.streak = (self.streak + 1) * bad
         self.worst = torch.maximum(self.worst, self.streak)
-        return False  # the stop request is agreed at the sync points
+        return Outcome(bad, False)  # the stop request is agreed at the sync points
 
     def sync(self) -> None:
         if self.diverged:

@@ -149,11 +149,12 @@ class Trainer:
         if not self.scaler.is_enabled():  # fp32, bf16: the gradients are checked here (fp16's scaler checks them)
             finite = finite & torch.isfinite(grad_norm)
         stop_requested = self.stop is not None and self.stop.requested
-        if self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm, stop_requested):
-            self.stop_agreed = True
+        outcome = self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm, stop_requested)
+        self.stop_agreed |= outcome.stop
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
-        return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": (~finite).float()}
+        # the skip as every process took it (a step one process found non-finite is skipped by all)
+        return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": outcome.skipped}
 
     def _apply_schedules(self, step: int) -> float:
         """This step's values: lr and weight decay into the optimizer's groups, the method's own
