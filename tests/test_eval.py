@@ -40,6 +40,25 @@ def test_layer_decay_groups():
     assert wd[id(m.blocks[0].norm1.weight)] == 0.0 and wd[id(m.pos_embed)] == 0.0 and wd[id(m.head.weight)] == 0.05
 
 
+def test_layer_decay_groups_of_a_swin_leave_its_position_tables_undecayed():
+    """Swin's relative position tables are matrices that its `no_weight_decay()` exempts (Swin's fine-tuning);
+    a stage's patch merging goes with the stage's first block."""
+    from repre.eval.finetune import block_offsets, layer_decay_groups
+    from repre.models.backbone import Backbone, resolve_arch
+
+    enc = Backbone(*resolve_arch("swin_pico_patch2_window4", 32, 0.0, {}))
+    m = enc.model
+    m.reset_classifier(3)
+    groups = layer_decay_groups(m, block_offsets(m)[-1], 0.05, 0.5)
+    wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    tables = [p for name, p in m.named_parameters() if name.endswith("relative_position_bias_table")]
+    assert len(tables) == 6 and all(wd[id(p)] == 0.0 for p in tables)
+    assert wd[id(m.layers[0].blocks[0].attn.qkv.weight)] == 0.05 and wd[id(m.head.fc.weight)] == 0.05
+    assert scale[id(m.layers[1].downsample.reduction.weight)] == scale[id(m.layers[1].blocks[0].attn.qkv.weight)]
+    assert scale[id(m.layers[2].blocks[1].attn.qkv.weight)] == 0.5 and scale[id(m.head.fc.weight)] == 1.0
+
+
 def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     """A new head's initialisation is drawn from the run's seed, not from whatever state the caller left."""
     from repre.eval import evaluate

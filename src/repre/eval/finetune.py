@@ -1,8 +1,9 @@
 """End-to-end fine-tuning with a new head: layer-wise lr decay, label smoothing, warm-up + cosine, AdamW.
 
 As BEiT / MAE fine-tuning, shortened for CPU presets: the lr of block i is lr * decay^(depth - i) (patch
-embedding and tokens at depth 0, the head and final norm at full lr); no weight decay on biases, norms,
-position embedding and class token. Training augmentation: random resized crop and flip only.
+embedding and tokens at depth 0, the head and final norm at full lr); no weight decay on biases, norms and the
+parameters the timm model names in `no_weight_decay()` (a ViT's position embedding and class token, a Swin's
+position tables, as Swin's own fine-tuning). Training augmentation: random resized crop and flip only.
 """
 
 from __future__ import annotations
@@ -47,15 +48,16 @@ def layer_id(name: str, depth: int, offsets: list[int] | None = None) -> int:
 
 
 def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay: float) -> list[dict]:
-    """AdamW groups with an `lr_scale` each (layer-wise decay) and weight decay only on matrices.
-    `depth`: the number of blocks (a Swin's blocks over all its stages)."""
+    """AdamW groups with an `lr_scale` each (layer-wise decay) and weight decay only on matrices that the model
+    does not exempt (`no_weight_decay()`). `depth`: the number of blocks (a Swin's blocks over all its stages)."""
     groups: dict[tuple[int, bool], dict] = {}
     offsets = block_offsets(model)
+    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         lid = layer_id(name, depth, offsets)
-        no_wd = p.ndim == 1 or name in ("cls_token", "pos_embed", "reg_token")
+        no_wd = p.ndim == 1 or name in exempt
         group = groups.setdefault((lid, no_wd), {
             "params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (depth + 1 - lid),
         })
