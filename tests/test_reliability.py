@@ -246,6 +246,39 @@ def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path,
     assert "3 non-finite steps in a row" in repre_log.text and "lower train.lr" in repre_log.text
 
 
+def test_a_run_stopped_within_a_streak_of_skipped_steps_resumes_counting_it(tmp_path):
+    """Ctrl-C after two non-finite steps in a row (max_bad_steps 3): the final checkpoint keeps the streak, so
+    a third one after --resume stops the run where the uninterrupted run stops (the device strategy: its
+    counters start from the checkpoint's; the host strategy reads the same state)."""
+    settings = [*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0",
+                "train.host_sync=log"]
+    uninterrupted = Trainer(tiny_config(*settings), tmp_path / "uninterrupted")
+    poison(uninterrupted, {4, 5, 6})
+    with pytest.raises(StoppedEarly) as stop:
+        uninterrupted.fit()
+    expected = __import__("json").loads(str(stop.value))
+    trainer = Trainer(tiny_config(*settings), tmp_path / "run")
+    poison(trainer, {4, 5})
+    step = trainer.train_step
+
+    def interrupt_after_step_6(batch):
+        out = step(batch)
+        if trainer.state.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: stop at the step's end, with a checkpoint
+        return out
+
+    trainer.train_step = interrupt_after_step_6
+    with pytest.raises(StoppedEarly):
+        trainer.fit()
+    resumed = Trainer(tiny_config(*settings), tmp_path / "run", resume=True)
+    assert resumed.state.step == 6 and resumed.state.bad_streak == 2
+    poison(resumed, {6})
+    with pytest.raises(StoppedEarly) as stop:
+        resumed.fit()
+    summary = __import__("json").loads(str(stop.value))
+    assert (summary["steps"], summary["nonfinite_steps"]) == (expected["steps"], 3) and not summary["completed"]
+
+
 def test_divergence_exits_3_through_the_cli(tmp_path, monkeypatch):
     from repre.engine import trainer as trainer_mod
 

@@ -85,6 +85,7 @@ class DeviceGuard(NonFiniteGuard):
 
     def start(self) -> None:
         self.total.fill_(self.state.nonfinite_steps)
+        self.streak.fill_(self.state.bad_streak)
 
     def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> Outcome:
         bad = (~finite).float()

@@ -21,7 +21,7 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         """What a checkpoint's "run" entry holds (the step is kept apart, as "step")."""
-        return {k: v for k, v in asdict(self).items() if k not in ("step", "bad_streak")}
+        return {k: v for k, v in asdict(self).items() if k != "step"}
 
     def load(self, step: int, run: dict[str, Any]) -> None:
         """Restore from a checkpoint's "step" and "run" entries (entries added since read as 0)."""
@@ -30,5 +30,7 @@ class RunState:
         self.images_seen = int(run["images_seen"])
         self.train_seconds = float(run["train_seconds"])
         self.nonfinite_steps = int(run.get("nonfinite_steps", 0))
+        # a run stopped by a signal within a streak of skipped steps goes on counting it, as it would have
+        self.bad_streak = int(run.get("bad_streak", 0))
         self.upscaled_images = int(run.get("upscaled_images", 0))
         self.last = dict(run.get("last", {}))  # the last logged window: a resumed run's summary reports it
