@@ -228,7 +228,7 @@ def _per_view_forward(method):
         offset = rank() * views.shape[0]
         loss = (mocov3_loss(q1, gather(k2), method.temperature, offset)
                 + mocov3_loss(q2, gather(k1), method.temperature, offset))
-        maps = [torch.cat(pair) for pair in zip(m1, m2)]  # [x1; x2] order, as the stacked forward's
+        maps = [torch.cat(pair) for pair in zip(m1, m2, strict=True)]  # [x1; x2] order, as the stacked forward's
         return method.outputs(loss, torch.cat([p1, p2]), maps, torch.cat([x1, x2]))
 
     return forward

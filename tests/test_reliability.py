@@ -510,7 +510,7 @@ def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monk
     finite, loss = torch.tensor(True), torch.tensor(1.0)
     outcome = guard.step(optimizer, scaler, finite, loss, torch.tensor(1.0), stop_requested=False)
     assert outcome.skipped.item() == 1.0 and not outcome.stop
-    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before))  # no process took the step
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))  # no process took the step
     guard.sync()
     assert state.nonfinite_steps == 1
 

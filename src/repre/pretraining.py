@@ -19,5 +19,5 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its share of
     each global batch, and leaves the group at the end.
     """
-    with dist.joined():  # the trainer joins (under torchrun); the group is left here
+    with dist.group_scope():  # the trainer joins the group (under torchrun); it is left here
         return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg)).fit()

@@ -200,7 +200,7 @@ class ReconConfig:
     taps: int | list[int] = 4
     norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
     width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step, to 8
-    upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: ~2x faster on GPU)
+    upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: cheaper on a GPU, docs/results.md)
     # the x2 steps stop at this stride (a power of two); a 1x1 conv then predicts out_stride x out_stride pixels
     # per position (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the
     # decoder's time

@@ -98,9 +98,10 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def joined() -> Iterator[None]:
-    """A block that joins torchrun's process group when launched by it and not yet joined (`init_from_env`, inside
-    the block), and leaves the group when the block ends; a no-op otherwise."""
+def group_scope() -> Iterator[None]:
+    """A block in which torchrun's process group is joined (by `init_from_env`, called inside it by whoever
+    sets up the run) and that leaves the group when it ends, unless the group was joined before the block.
+    Outside torchrun a no-op."""
     joins = launched() and not is_distributed()
     try:
         yield

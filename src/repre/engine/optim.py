@@ -16,7 +16,7 @@ def build_optimizer(model: nn.Module, weight_decay: float, lr: float, fused: boo
 
 def clip_or_measure(params: list[torch.Tensor], max_norm: float, mode: str = "global") -> torch.Tensor:
     """Clip gradients to `max_norm` (> 0), or only measure them (clip_grad_norm_ with an infinite bound still
-    rescales every gradient, ~30x slower than measuring on CPU). Returns the global norm before clipping.
+    rescales every gradient: many times the cost of measuring their norm). Returns the global norm before clipping.
 
     mode "global": one factor for all gradients (torch's clip_grad_norm_); "per_param": each tensor's gradient
     scaled by max_norm / (its norm + 1e-6) when that is below 1 (the official DINO code).

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from repre.config import EVAL_TASKS, Config
-from repre.config.reads import eval_reads  # noqa: F401 (repre.eval's name for it)
+from repre.config.reads import eval_reads
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.runtime import Runtime, seeded, setup_runtime
@@ -54,7 +54,7 @@ def evaluate(
         rt = setup_runtime(cfg.train)
         model = model_from(ckpt, cfg, checkpoint).to(rt.device)
         return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
-    with dist.joined():  # under torchrun: joined here, left after
+    with dist.group_scope():  # under torchrun: joined in the block, left after it
         rt = setup_runtime(cfg.train)
         rt = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
