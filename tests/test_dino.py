@@ -143,7 +143,8 @@ def test_dino_runs_through_the_cli(tmp_path, recon):
     args = ["pretrain", "--out", str(tmp_path / "d")]
     for item in TINY + DINO_TINY + [f"recon.enabled={recon}", "train.max_steps=6", "train.weight_decay=0.04",
                                     "train.weight_decay_end=0.4", "train.clip_grad=3.0", "train.clip_mode=per_param",
-                                    "method.dino.freeze_last_layer_fraction=0.2", "train.log_every=3"]:
+                                    "method.dino.freeze_last_layer_fraction=0.2", "train.log_every=3",
+                                    "method.dino.teacher_temp=0.07", "method.dino.warmup_teacher_temp_fraction=0.5"]:
         args += ["--set", item]
     code, stdout = run_cli(args)
     summary = last_json(stdout)
@@ -155,6 +156,8 @@ def test_dino_runs_through_the_cli(tmp_path, recon):
     lines = [__import__("json").loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train"]
     assert "teacher_entropy" in train[0] and train[-1]["weight_decay"] > train[0]["weight_decay"]
+    # the teacher's temperature logged as lr and momentum are: 0.04, 0.05, 0.06 over the warm-up's 3 steps, then 0.07
+    assert [r["teacher_temp"] for r in train] == pytest.approx([0.05, 0.07])
     code, stdout = run_cli(["eval", "knn", "--checkpoint", str(run)])
     assert code == 0 and last_json(stdout)["value"] == pytest.approx(summary["knn_top1"])
 

@@ -256,7 +256,7 @@ class Trainer:
             values = self.train_step(batch)
             if self.guard.stopped():
                 return False
-            meter.add({**values, **self.schedules.logged(s.step)})
+            meter.add({**values, **self.schedules.logged(s.step), **self.model.method.logged()})
             s.step += 1
             s.images_seen += t.batch_size
             window_steps += 1

@@ -89,6 +89,10 @@ class Method(nn.Module):
     def after_backward(self) -> None:
         """Called after backward and clipping, before the optimizer step."""
 
+    def logged(self) -> dict[str, float]:
+        """This step's values of the method's own schedules (`set_progress`'s) that a train line reports."""
+        return {}
+
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return []
 

@@ -73,6 +73,9 @@ class DINO(Method):
         self.teacher_temp = start + (end - start) * step / warmup if step < warmup else end
         self.freeze_last_layer = step < round(self.freeze_fraction * total)
 
+    def logged(self) -> dict[str, float]:
+        return {"teacher_temp": self.teacher_temp}
+
     def after_backward(self) -> None:
         """Drop the last layer's gradients while it is frozen (the optimizer then leaves it untouched)."""
         if self.freeze_last_layer:
