@@ -192,7 +192,9 @@ class MethodConfig:
 @dataclass
 class ReconConfig:
     """The RePre reconstruction branch: a convolutional decoder on the encoder's maps of several depths, an L1
-    loss against the pixels of the view the encoder saw."""
+    loss against the pixels of the view the encoder saw. The defaults are the branch at its plainest (x2 steps
+    up to full resolution, bilinear, both views); every preset sets the measured choices (docs/results.md), so a
+    config of one's own starts from a preset (`_base_:`)."""
 
     enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
@@ -400,8 +402,13 @@ class EvalConfig:
     ranges: ClassVar[dict[str, str]] = {"batch_size": ">0", "val_size": ">0"}
 
 
-EVAL_TASKS = ("knn", "linear", "finetune", "segment", "recon")  # `repre eval TASK`; each has its eval.TASK section
-FRAMEWORKS = ("mocov3", "dino", "moby")  # the method.name values with a section of their own
+def _sections(cls: type) -> tuple[str, ...]:
+    """The names of a section's sub-sections (its dataclass fields), in their order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory))
+
+
+EVAL_TASKS = _sections(EvalConfig)  # `repre eval TASK`: every eval.TASK section
+FRAMEWORKS = _sections(MethodConfig)  # the method.name values with a section of their own
 
 
 @dataclass

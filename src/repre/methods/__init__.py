@@ -1,7 +1,7 @@
 """Contrastive frameworks, each a small file on `Method`; `METHODS` is the registry.
 
 A framework `NAME` is its `Method` subclass here and, in `repre.config`, a value of `method.name`, a section
-`method.NAME` whose fields are its keyword arguments, and a member of `FRAMEWORKS` (tests/test_architecture.py
+`method.NAME` whose fields are its keyword arguments (`FRAMEWORKS` lists those sections; tests/test_architecture.py
 checks that they agree).
 """
 
