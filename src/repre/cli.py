@@ -19,6 +19,7 @@ from pathlib import Path
 
 from repre._version import __version__
 from repre.config import EVAL_TASKS, reads
+from repre.core import run_files
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -162,8 +163,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
     source = args.config
-    if source is None and args.resume and (out / "config.yaml").is_file():
-        source = str(out / "config.yaml")  # resume with the run's own config
+    if source is None and args.resume and (out / run_files.CONFIG).is_file():
+        source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
     from repre.pretraining import pretrain
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from repre.core import checkpoint_io as ckpt_io
+from repre.core import run_files
 from repre.core.run_files import read_json, run_dir, run_results
 from repre.data.evaluation import timm_preprocessing
 from repre.errors import UserError
@@ -44,7 +45,7 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
     eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given (a
     data path named, not given)."""
     evals = []
-    done = read_json(run / "summary.json")
+    done = read_json(run / run_files.SUMMARY)
     if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
         evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain"})
     for r in run_results(run):
@@ -143,7 +144,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    in_run = Path(checkpoint).is_dir() or ckpt_io.checkpoint_file(checkpoint).parent.name == "checkpoints"
+    in_run = Path(checkpoint).is_dir() or ckpt_io.checkpoint_file(checkpoint).parent.name == run_files.CHECKPOINTS
     card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from repre.core import run_files
 from repre.errors import UserError
 
 SCHEMA = 1
@@ -118,7 +119,7 @@ def save(state: dict[str, Any], path: Path) -> None:
 
 def sweep_temporaries(folder: Path) -> None:
     """Remove the temporary files of writes that a crash (SIGKILL, power loss) interrupted."""
-    for tmp in (folder / "checkpoints").glob(".*.tmp*"):
+    for tmp in (folder / run_files.CHECKPOINTS).glob(".*.tmp*"):
         tmp.unlink(missing_ok=True)
 
 
@@ -164,7 +165,7 @@ def verify(path: Path, fh=None) -> None:
 def _others(path: Path) -> str:
     """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none);
     not the damaged file under its other name (last.pt is a hard link to the newest step file)."""
-    in_run = path.parent.name == "checkpoints"
+    in_run = path.parent.name == run_files.CHECKPOINTS
     others = [p for p in step_checkpoints(path.parent.parent) if not _same_file(p, path)][::-1] if in_run else []
     names = ", ".join(p.name for p in others[:3])
     return f"; its run has {names} in {path.parent}" if others else ""
@@ -179,7 +180,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def step_checkpoints(folder: Path) -> list[Path]:
     """`checkpoints/step-XXXXXXXX.pt` files of a run, oldest first."""
-    files = [p for p in (folder / "checkpoints").glob("step-*.pt") if _STEP_FILE.search(p.name)]
+    files = [p for p in (folder / run_files.CHECKPOINTS).glob("step-*.pt") if _STEP_FILE.search(p.name)]
     return sorted(files, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
 
 
@@ -198,14 +199,14 @@ def checkpoint_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    candidates = (path / "checkpoints" / "last.pt", path / "last.pt")
+    candidates = (path / run_files.CHECKPOINTS / run_files.LAST, path / run_files.LAST)
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
     given, path = Path(path), checkpoint_file(path)
-    if not path.is_file() and (given / "config.yaml").is_file():  # a run directory whose run is at its start
+    if not path.is_file() and (given / run_files.CONFIG).is_file():  # a run directory whose run is at its start
         raise UserError(f"{given} is a run without a checkpoint yet (a run writes one every "
                         "train.checkpoint_every steps and when it stops, Ctrl-C included): give a run or a .pt file "
                         "that has one")
@@ -216,7 +217,7 @@ def load(path: str | Path) -> dict[str, Any]:
         fh.seek(0)
         head = fh.read(4)
         if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
-            if path.parent.name == "checkpoints":
+            if path.parent.name == run_files.CHECKPOINTS:
                 raise UserError(f"{path} is empty or damaged (not a file torch.save writes){_others(path)}")
             raise UserError(f"{path} is not a checkpoint (not a file torch.save writes): give a run directory or "
                             "one of its checkpoints/*.pt")

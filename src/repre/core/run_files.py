@@ -1,6 +1,15 @@
-"""A run directory's records, read without torch: which run a checkpoint argument names (`run_dir`), the
-results of `repre eval TASK` (RUN/eval/TASK/result.json, or its `--out`), summary.json, metrics.jsonl's lines.
-The export's model card and `repre compare` read them back."""
+"""A run directory's layout and records, read without torch: which run a checkpoint argument names
+(`run_dir`), the results of `repre eval TASK` (RUN/eval/TASK/result.json, or its `--out`), summary.json,
+metrics.jsonl's lines. The export's model card and `repre compare` read them back.
+
+    RUN/config.yaml        the resolved config the run trains with (`--resume` reads it)
+    RUN/metrics.jsonl      a line per logged window and evaluation
+    RUN/tb/                TensorBoard's event files
+    RUN/checkpoints/       step-NNNNNNNN.pt (each with a .sha256), last.pt (the newest, the same file)
+    RUN/summary.json       the run's result, written when it ends
+    RUN/recon.png          the reconstructions of its last step (RePre)
+    RUN/eval/TASK/         `repre eval TASK`'s result.json
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+TB = "tb"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+SUMMARY = "summary.json"
 RESULT = "result.json"
 
 
@@ -17,7 +32,7 @@ def run_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
 def write_result(out: Path, result: dict[str, Any]) -> Path:
@@ -51,7 +66,7 @@ def run_results(run: Path) -> list[dict[str, Any]]:
 def metric_lines(run: Path) -> list[dict[str, Any]]:
     """The lines of `run`/metrics.jsonl ([] without one); a line cut short by a crash is left out."""
     try:
-        text = Path(run, "metrics.jsonl").read_text()
+        text = Path(run, METRICS).read_text()
     except OSError:
         return []
     lines = []

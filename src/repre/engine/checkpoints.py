@@ -15,7 +15,7 @@ from torch import nn
 
 from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
 from repre.config.reads import listed
-from repre.core import checkpoint_io, dist
+from repre.core import checkpoint_io, dist, run_files
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
@@ -44,11 +44,12 @@ def check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
-    if names and not names & {"config.yaml", "tb", "checkpoints", "metrics.jsonl"}:  # no file a run writes
+    written_by_a_run = {run_files.CONFIG, run_files.TB, run_files.CHECKPOINTS, run_files.METRICS}
+    if names and not names & written_by_a_run:
         shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise UserError(f"--out {out} holds files that are not a repre run ({shown}); choose a new or empty "
                         "directory for --out")
-    if names - {"config.yaml", "tb"} and not resume:
+    if names - {run_files.CONFIG, run_files.TB} and not resume:
         raise UserError(
             f"--out {out} holds a run; add --resume to continue it, or choose another --out"
         )
@@ -99,13 +100,13 @@ class Checkpoints:
         """Write step-N.pt and last.pt. A failed periodic write (full disk) leaves the previous checkpoints
         valid, is logged and training goes on; a failed final write raises UserError."""
         state = self.state_dict()
-        path = self.out / "checkpoints" / f"step-{self.state.step:08d}.pt"
+        path = self.out / run_files.CHECKPOINTS / f"step-{self.state.step:08d}.pt"
         if not dist.is_main():
             self.last_good = path
             return path
         try:
             checkpoint_io.save(state, path)
-            checkpoint_io.link_atomic(path, self.out / "checkpoints" / "last.pt")  # the same file
+            checkpoint_io.link_atomic(path, self.out / run_files.CHECKPOINTS / run_files.LAST)  # the same file
         except OSError as exc:
             kept = f"; {self.last_good} is intact" if self.last_good else ""
             failed = exc.filename or path
@@ -172,7 +173,7 @@ class Checkpoints:
             self._truncate_metrics()
 
     def _relink_last(self, path: Path) -> None:
-        last = self.out / "checkpoints" / "last.pt"
+        last = self.out / run_files.CHECKPOINTS / run_files.LAST
         if not (last.is_file() and os.path.samefile(last, path)):
             checkpoint_io.link_atomic(path, last)
 
@@ -301,7 +302,7 @@ class Checkpoints:
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
-        path = self.out / "metrics.jsonl"
+        path = self.out / run_files.METRICS
         if path.is_file():
             keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
             path.write_text("".join(f"{ln}\n" for ln in keep))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from repre.core import run_files
 from repre.core.dist import all_reduce_sum
 
 
@@ -20,13 +21,13 @@ class MetricWriter:
         """`enabled` False: writes nothing (the processes other than rank 0 of a distributed run). `after_step`:
         the step a run resumes from; TensorBoard drops the events of later steps that the stopped run had
         written, as the resume truncates metrics.jsonl."""
-        self.path = folder / "metrics.jsonl"
+        self.path = folder / run_files.METRICS
         self.enabled = enabled
         self.tb = None
         if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(folder / "tb"), purge_step=after_step + 1 if after_step else None)
+            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + 1 if after_step else None)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -61,19 +62,19 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     result measured as the run's own config says (no `--set` but `RUN_ONLY_KEYS`). Returns the tag written, or
     None (no run TensorBoard there, or other settings)."""
     of = result.get("checkpoint") or {}
-    if not (run / "tb").is_dir() or any(not str(item).startswith(RUN_ONLY_KEYS) for item in of.get("set", [])):
+    if not (run / run_files.TB).is_dir() or any(not str(item).startswith(RUN_ONLY_KEYS) for item in of.get("set", [])):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
     tag = f"repre_eval/{result['task']}_{result['metric']}"
     try:
-        writer = SummaryWriter(str(run / "tb"))
+        writer = SummaryWriter(str(run / run_files.TB))
         try:
             writer.add_scalar(tag, result["value"], int(of.get("step", 0)))
         finally:
             writer.close()
     except OSError as exc:  # a run folder one may read, not write: the result itself stands
-        logging.getLogger("repre").warning("the result is not added to %s: %s", run / "tb", exc)
+        logging.getLogger("repre").warning("the result is not added to %s: %s", run / run_files.TB, exc)
         return None
     return tag
 

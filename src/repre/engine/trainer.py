@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from repre.builder import build_model, decoder_resamples
 from repre.config import Config, save_yaml
-from repre.core import checkpoint_io, dist
+from repre.core import checkpoint_io, dist, run_files
 from repre.core.compat import workers_stopped_on_error
 from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
@@ -94,7 +94,7 @@ class Trainer:
             self.checkpoints.init_from(init_from)
         self.forward_model = self._wrap_ddp()
         if dist.is_main():
-            save_yaml(cfg, out / "config.yaml")
+            save_yaml(cfg, out / run_files.CONFIG)
 
     def _build_model(self) -> PretrainingModel:
         cfg = self.cfg
@@ -224,12 +224,12 @@ class Trainer:
         log.info("%s into %s: %d steps of %d images, on %s in %s%s; metrics.jsonl and checkpoints/ there, curves: "
                  "tensorboard --logdir %s", self.cfg.preset, self.out, self.total, self.cfg.train.batch_size,
                  self.rt.device, self.rt.precision, f" ({processes} processes)" if processes > 1 else "",
-                 self.out / "tb")
+                 self.out / run_files.TB)
 
     def _completed_summary(self) -> dict[str, Any] | None:
         """summary.json of a resumed run that already completed all its steps, else None. Distributed: None
         unless every process read it so (they must all take the same path)."""
-        path = self.out / "summary.json"
+        path = self.out / run_files.SUMMARY
         summary = None
         if self.state.step >= self.total and path.is_file():
             stored = json.loads(path.read_text())
@@ -359,6 +359,6 @@ class Trainer:
             summary.update(callback.on_fit_end(self, writer, completed))
         summary["wall_s"] = round(time.perf_counter() - self.started, 3)
         if dist.is_main():
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (self.out / run_files.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         dist.barrier()  # no process exits (torchrun then stops the others) before rank 0's pictures and summary
         return summary

@@ -19,6 +19,7 @@ import yaml
 
 from repre.config import FRAMEWORKS, Config, flatten, migrate, parse_overrides, reads
 from repre.config.migrate import REMOVED
+from repre.core import run_files
 from repre.core.run_files import metric_lines, read_json, run_dir, run_results
 from repre.errors import UserError
 
@@ -71,7 +72,7 @@ def _run_folder(path: str | Path) -> Path:
     if given.is_file() and given.suffix != ".pt":
         raise UserError(f"{path} is a file, not a run directory or a checkpoint (.pt)")
     folder = run_dir(given).resolve()
-    if not (folder / "config.yaml").is_file():
+    if not (folder / run_files.CONFIG).is_file():
         raise UserError(f"{path} is not a run directory (no config.yaml in {folder}); give folders that "
                         "`repre pretrain --out` wrote, or their checkpoints")
     return folder
@@ -80,7 +81,7 @@ def _run_folder(path: str | Path) -> Path:
 def run_config(folder: Path) -> dict[str, Any]:
     """A run's config.yaml, flat (key -> value), in today's keys over today's defaults (a removed key: the value
     the code has now, so that a run trained with another shows it); not validated."""
-    path = folder / "config.yaml"
+    path = folder / run_files.CONFIG
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -104,7 +105,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     (`measure_settings`). `loss_recon` is None for a run without the branch. `train_s`: the training loop over
     every resumed part (`wall_s`: the last part's process)."""
     method, recon = config["method.name"], bool(config["recon.enabled"])
-    summary = read_json(folder / "summary.json")
+    summary = read_json(folder / run_files.SUMMARY)
     lines = metric_lines(folder)
     last = next((line for line in reversed(lines) if line.get("kind") == "train"), {})
     if last.get("step", 0) > summary.get("steps", 0):  # resumed after the summary was written
