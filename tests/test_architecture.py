@@ -68,6 +68,14 @@ def assert_same_defaults(section: type, fn) -> None:
     assert not differ, differ
 
 
+def test_every_eval_section_is_a_task_with_an_evaluation():
+    """EVAL_TASKS are the eval.* sections (`repre eval TASK`'s choices): each must have its evaluation."""
+    from repre.config import EVAL_TASKS
+    from repre.eval import encoder_tasks
+
+    assert set(encoder_tasks()) | {"recon"} == set(EVAL_TASKS)
+
+
 def test_every_branch_key_of_the_config_reaches_the_branch_with_its_default():
     """recon.* reaches `ReconstructionBranch` by name (builder.py passes every key the wrapper does not read):
     a new key needs its field and the branch's argument, nothing between."""

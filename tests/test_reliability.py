@@ -246,12 +246,13 @@ def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path,
     assert "3 non-finite steps in a row" in repre_log.text and "lower train.lr" in repre_log.text
 
 
-def test_a_run_stopped_within_a_streak_of_skipped_steps_resumes_counting_it(tmp_path):
+@pytest.mark.parametrize("host_sync", ["step", "log"])
+def test_a_run_stopped_within_a_streak_of_skipped_steps_resumes_counting_it(tmp_path, host_sync):
     """Ctrl-C after two non-finite steps in a row (max_bad_steps 3): the final checkpoint keeps the streak, so
-    a third one after --resume stops the run where the uninterrupted run stops (the device strategy: its
-    counters start from the checkpoint's; the host strategy reads the same state)."""
+    a third one after --resume stops the run where the uninterrupted run stops (the host strategy after the
+    step, the device strategy at its next sync point, its counters started from the checkpoint's)."""
     settings = [*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0",
-                "train.host_sync=log"]
+                f"train.host_sync={host_sync}"]
     uninterrupted = Trainer(tiny_config(*settings), tmp_path / "uninterrupted")
     poison(uninterrupted, {4, 5, 6})
     with pytest.raises(StoppedEarly) as stop:
@@ -495,7 +496,7 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
 @pytest.mark.parametrize("strategy", ["host", "device"])
 def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monkeypatch, strategy):
     """Distributed: this process's loss is finite, another's is not; the step is skipped here too, and the
-    trainer's `skipped_step` says so (1, not this process's own 0: averaged over processes it reads 1)."""
+    guard's outcome says so (1, not this process's own 0: averaged over processes it reads 1)."""
     layer = torch.nn.Linear(2, 1)
     optimizer = torch.optim.AdamW(layer.parameters(), fused=strategy == "device")
     layer(torch.ones(1, 2)).sum().backward()
@@ -513,6 +514,19 @@ def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monk
     assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))  # no process took the step
     guard.sync()
     assert state.nonfinite_steps == 1
+
+
+def test_skipped_step_is_the_guards_outcome_not_the_local_loss(tmp_path):
+    """The train line's `skipped_step` is the skip the processes agreed on (`Outcome.skipped`), not whether
+    this process's loss was finite: here the guard skips a step whose local loss is finite."""
+    from repre.engine.guard import Outcome
+
+    trainer = Trainer(tiny_config(*RESUME, "train.num_workers=0"), tmp_path / "run")
+    trainer.guard.step = lambda *args, **kw: Outcome(torch.tensor(1.0), False)  # another process's NaN
+    batch = next(iter(trainer.data.loader(0, False)))
+    with trainer.settings():
+        values = trainer.train_step(batch)
+    assert torch.isfinite(values["loss"]) and values["skipped_step"].item() == 1.0
 
 
 def test_sync_free_skip_count_carries_over_a_resume(tmp_path, repre_log):

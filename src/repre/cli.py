@@ -191,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from repre.engine.metrics import add_evaluation
     from repre.eval import evaluate
 
-    out = Path(args.out) if args.out else run_dir(args.checkpoint) / "eval" / args.task
+    out = Path(args.out) if args.out else run_dir(args.checkpoint) / run_files.EVAL / args.task
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0

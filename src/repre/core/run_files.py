@@ -23,6 +23,8 @@ TB = "tb"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 SUMMARY = "summary.json"
+RECON_PNG = "recon.png"
+EVAL = "eval"
 RESULT = "result.json"
 
 
@@ -56,7 +58,7 @@ def run_results(run: Path) -> list[dict[str, Any]]:
     """Each `repre eval` result kept in `run`/eval/TASK/, by task name; unreadable files left out. A result
     written before repre recorded which checkpoint it evaluated has no `checkpoint`."""
     results = []
-    for path in sorted(Path(run, "eval").glob(f"*/{RESULT}")):
+    for path in sorted(Path(run, EVAL).glob(f"*/{RESULT}")):
         result = read_json(path)
         if result:
             results.append({**result, "task": result.get("task", path.parent.name)})

@@ -134,7 +134,7 @@ class Checkpoints:
             self._adopt(*found, total)
             return True
         if candidates:
-            raise UserError(f"no checkpoint in {self.out / 'checkpoints'} could be read (each was moved aside as "
+            raise UserError(f"no checkpoint in {self.out / run_files.CHECKPOINTS} could be read (each was moved aside as "
                             "*.damaged); start a new --out, or --init-from a copy you trust")
         log.info("no checkpoint in %s: starting fresh", self.out)
         if main:

@@ -23,9 +23,10 @@ log = logging.getLogger("repre")
 
 
 class Outcome(NamedTuple):
-    """A step as the guard took it: `skipped` (a float 0-d tensor on the device, 1.0 or 0.0), the same on every
-    process; `stop`: whether a process asked to stop, where the step's agreement carried the request (the host
-    strategy's one all-reduce carries both), else False."""
+    """A step as the guard took it: `skipped` (a float 0-d tensor, 1.0 or 0.0), the same on every process (fp16:
+    a step the loss scaler drops for overflowing gradients reads 0, the scaler's own business); `stop`: whether a
+    process asked to stop, where the step's agreement carried the request (the host strategy's one all-reduce
+    carries both), else False."""
 
     skipped: torch.Tensor
     stop: bool
@@ -63,18 +64,20 @@ class HostGuard(NonFiniteGuard):
         s, stop = self.state, False
         if dist.is_distributed():  # one process's non-finite step skips it everywhere; a stop anywhere stops all
             flags = torch.stack([(~finite).float(), torch.tensor(float(stop_requested), device=finite.device)])
-            bad, stops = dist.all_reduce_sum(flags).tolist()
-            finite, stop = torch.tensor(bad == 0, device=finite.device), stops > 0
-        if bool(finite):  # a non-finite step must not reach the weights
+            bad, stops = dist.all_reduce_sum(flags).tolist()  # the step's one sync
+            ok, stop = bad == 0, stops > 0
+        else:
+            ok = bool(finite)  # the step's one sync
+        if ok:  # a non-finite step must not reach the weights
             scaler.step(optimizer)
             s.bad_streak = 0
-            return Outcome((~finite).float(), stop)
+            return Outcome(torch.tensor(0.0), stop)
         optimizer.zero_grad(set_to_none=True)
         s.nonfinite_steps += 1
         s.bad_streak += 1
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
                     s.step + 1, float(loss.detach()), float(grad_norm))
-        return Outcome((~finite).float(), stop)
+        return Outcome(torch.tensor(1.0), stop)
 
 
 class DeviceGuard(NonFiniteGuard):

@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from repre.config import Config
-from repre.core import dist
+from repre.core import dist, run_files
 from repre.core.compat import eager
 from repre.engine.callbacks import Callback
 from repre.engine.metrics import MetricWriter
@@ -58,7 +58,7 @@ class ReconPicture(Callback):
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
         if dist.is_main() and trainer.state.step > 0:
-            path = trainer.out / "recon.png"
+            path = trainer.out / run_files.RECON_PNG
             picture = eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source, path, trainer.rt)
             writer.image("recon", picture, trainer.state.step)
             log.info("views and their reconstructions at step %d: %s", trainer.state.step, path)

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from repre.config import Config
+from repre.core import run_files
 from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
@@ -154,8 +155,8 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
-        save_png(sheet(shown, notes=notes), out / "recon.png")
-        extra["picture"] = str(out / "recon.png")
+        save_png(sheet(shown, notes=notes), out / run_files.RECON_PNG)
+        extra["picture"] = str(out / run_files.RECON_PNG)
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
 
 
