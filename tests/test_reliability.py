@@ -21,6 +21,7 @@ from repre.engine.state import RunState
 from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
 from repre.methods.base import embedding_std
+from repre.pretrained import encoder_state
 
 RESUME = TINY + ["train.max_steps=40", "train.checkpoint_every=4", "train.log_every=4", "eval.knn.enabled=false",
                  "train.diagnose_every=0", "data.synthetic_train=128"]
@@ -416,7 +417,7 @@ def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, ca
 def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_log):
     source, _ = tiny_run
     trainer = Trainer(tiny_config("recon.enabled=false"), tmp_path / "cont", init_from=source)
-    want = ckpt_io.encoder_state(ckpt_io.load(source))
+    want = encoder_state(ckpt_io.load(source))
     got = trainer.model.method.encoder.model.state_dict()
     assert all(torch.equal(got[k].cpu(), want[k].cpu()) for k in want)
     assert trainer.state.step == 0 and "initialised from" in repre_log.text

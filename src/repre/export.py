@@ -32,7 +32,7 @@ from repre.core.run_files import read_json, run_dir, run_results
 from repre.data.evaluation import timm_preprocessing
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.pretrained import encoder_from, load_checkpoint_config
+from repre.pretrained import encoder_from, encoder_state, load_checkpoint_config
 
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
 # the provenance that the timm architecture's own pretrained_cfg would otherwise lend the export (its hub weights,
@@ -138,7 +138,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
     ckpt, cfg = load_checkpoint_config(checkpoint)
     key = encoder or eval_encoder_key(cfg.method.name)
-    if not ckpt_io.encoder_state(ckpt, key):
+    if not encoder_state(ckpt, key):
         keys = sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and "encoder" in k})
         raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}")
     backbone = encoder_from(ckpt, cfg, checkpoint, key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from repre.builder import build_encoder, build_model
@@ -49,11 +50,19 @@ def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str
         )
 
 
+def encoder_state(ckpt: dict, key: str = "encoder") -> dict[str, torch.Tensor]:
+    """An encoder's weights with timm's key names: the online one (`key` "encoder") or, for DINO, the teacher.
+    A checkpoint's "model" is a `PretrainingModel`'s state: the method's encoders are `method.KEY`, Backbones
+    whose timm model is their `model`."""
+    prefix = f"method.{key}.model."
+    return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+
+
 def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> Backbone:
     """Encoder `key` of a loaded checkpoint (default: the evaluated one, the online encoder or DINO's teacher)."""
     encoder = build_encoder(cfg)
     key = key or eval_encoder_key(cfg.method.name)
-    _load_into(encoder.model, ckpt_io.encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
+    _load_into(encoder.model, encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
     return encoder
 
 

@@ -22,7 +22,6 @@ from repre.core import run_files
 from repre.errors import UserError
 
 SCHEMA = 1
-ENCODER_PREFIX = "method.encoder.model."  # where the online timm model's weights sit in "model"
 _STEP_FILE = re.compile(r"step-(\d{8})\.pt$")
 
 
@@ -246,9 +245,3 @@ def _renamed(key: str) -> str:
 def size_mismatch(exc: RuntimeError) -> str:
     """The first "size mismatch" line of a load_state_dict error (or its start): what to show a user."""
     return next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
-
-
-def encoder_state(ckpt: dict[str, Any], key: str = "encoder") -> dict[str, torch.Tensor]:
-    """An encoder's weights with timm key names: the online one (`key` "encoder") or, for DINO, the teacher."""
-    prefix = ENCODER_PREFIX.replace(".encoder.", f".{key}.")
-    return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
