@@ -258,7 +258,7 @@ def build(name: str, preset: str, overrides: list[str]):
     trainer.model.train()
     if "-per-view" in name:  # an instance attribute: the class's forward stays the other configurations'
         if trainer.cfg.method.name != "mocov3":
-            raise SystemExit(f"{name} needs a MoCo v3 preset, not {trainer.cfg.method.name}")
+            raise ValueError(f"{name} needs a MoCo v3 preset, not {trainer.cfg.method.name}")
         trainer.model.method.forward = _per_view_forward(trainer.model.method)
 
     def repre_step(batch):

@@ -144,7 +144,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    in_run = Path(checkpoint).is_dir() or ckpt_io.checkpoint_file(checkpoint).parent.name == run_files.CHECKPOINTS
+    in_run = Path(checkpoint).is_dir() or run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
     card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix

@@ -164,7 +164,7 @@ def verify(path: Path, fh=None) -> None:
 def _others(path: Path) -> str:
     """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none);
     not the damaged file under its other name (last.pt is a hard link to the newest step file)."""
-    in_run = path.parent.name == run_files.CHECKPOINTS
+    in_run = run_files.in_checkpoints(path)
     others = [p for p in step_checkpoints(path.parent.parent) if not _same_file(p, path)][::-1] if in_run else []
     names = ", ".join(p.name for p in others[:3])
     return f"; its run has {names} in {path.parent}" if others else ""
@@ -216,7 +216,7 @@ def load(path: str | Path) -> dict[str, Any]:
         fh.seek(0)
         head = fh.read(4)
         if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
-            if path.parent.name == run_files.CHECKPOINTS:
+            if run_files.in_checkpoints(path):
                 raise UserError(f"{path} is empty or damaged (not a file torch.save writes){_others(path)}")
             raise UserError(f"{path} is not a checkpoint (not a file torch.save writes): give a run directory or "
                             "one of its checkpoints/*.pt")

@@ -28,13 +28,18 @@ EVAL = "eval"
 RESULT = "result.json"
 
 
+def in_checkpoints(path: str | Path) -> bool:
+    """Whether a file sits in a run's checkpoints/ folder."""
+    return Path(path).parent.name == CHECKPOINTS
+
+
 def run_dir(path: str | Path) -> Path:
     """The run directory of a checkpoint argument: the directory itself, or the run above checkpoints/NAME.pt
     (a file elsewhere: its folder)."""
     path = Path(path)
     if path.is_dir():
         return path
-    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+    return path.parent.parent if in_checkpoints(path) else path.parent
 
 
 def write_result(out: Path, result: dict[str, Any]) -> Path:
