@@ -30,7 +30,13 @@ these defaults: `repre presets` lists them, and `src/repre/presets/*.yaml` says 
 would run with the same arguments, validated as a config (keys, types, ranges, the rules across keys; what
 needs the model or the data is checked when pretrain builds them): a file to edit and give back with
 `--config`. Two keys sit outside the sections: `preset`, the preset a config came from (a YAML file: its
-name), and `description`, a preset's line in `repre presets`.
+name), and `description`, a preset's line in `repre presets` (run only).
+
+A key marked *run only* changes how a run or an evaluation goes (where and how fast it runs, what it logs,
+draws and keeps, when it gives up), not what it computes: a resumed run may change it
+([training.md](training.md#resume)), an evaluation that sets it is drawn in the run's TensorBoard as one
+measured with the run's own config, and two runs that differ in it have results `repre compare` sets side by
+side as measured alike.
 """
 
 
@@ -74,7 +80,7 @@ def render() -> str:
     for name, values in sections(Config()):
         cls = type(values)
         docs = _field_docs(source, cls.__name__)
-        experimental = getattr(cls, "experimental", set())
+        experimental, run_only = getattr(cls, "experimental", set()), getattr(cls, "run_only", set())
         parts.append(f"## `{name}`\n\n{' '.join((cls.__doc__ or '').split())}\n")
         rows = []
         for f in dataclasses.fields(cls):
@@ -84,6 +90,8 @@ def render() -> str:
             annotation, text = docs[f.name]
             rule = cls.ranges.get(f.name)
             valid = RULES[rule][1] if rule else ""
+            if f.name in run_only:
+                text = f"*Run only.* {text}"
             if f.name in experimental:
                 text = f"*Experimental.* {text}"
             rows.append(f"| `{name}.{f.name}` | `{_cell(annotation)}` | `{_cell(_value(value))}` | {valid} | "

@@ -121,6 +121,20 @@ def test_every_numeric_field_has_a_range():
     assert not unchecked, f"numeric keys without a range in their section's `ranges`: {unchecked}"
 
 
+def test_run_only_names_fields_of_its_section():
+    """A section's `run_only` names its own fields (a misspelt name would leave a key refused on resume), and
+    RUN_ONLY_KEYS finds them in nested sections."""
+    import dataclasses
+
+    from repre.config import RUN_ONLY_KEYS, Config, all_keys, sections
+
+    for name, values in [("", Config()), *sections(Config())]:
+        names = {f.name for f in dataclasses.fields(values)}
+        assert getattr(values, "run_only", set()) <= names, name
+    assert set(RUN_ONLY_KEYS) <= set(all_keys())
+    assert {"eval.knn.quick_train", "model.grad_checkpointing", "description"} <= set(RUN_ONLY_KEYS)
+
+
 @pytest.mark.parametrize("setting,new", [
     ("eval.knn_k=5", "eval.knn.k"),
     ("eval.segment_root=/data", "eval.segment.root"),

@@ -5,7 +5,8 @@ naming the nearest valid key (`checks`), so a typo never silently falls back to 
 is saved with every run (`config.yaml`) and every checkpoint, and is accepted back by `--config` (`loading`);
 one written by an older repre is read in today's keys (`migrate`).
 
-    schema.py     the dataclasses: every key, its type, default, documentation and valid values
+    schema.py     the dataclasses: every key, its type, default, documentation, valid values and whether it
+                  changes what a run computes (`RUN_ONLY_KEYS`: it does not)
     loading.py    presets, YAML files and --set overrides -> a validated Config; Config -> YAML
     checks.py     typed construction (each key and value checked) and validation
     migrate.py    an older repre's keys in today's
@@ -30,6 +31,7 @@ from repre.config.schema import (
     EVAL_TASKS,
     FRAMEWORKS,
     REMOTE_ROOTS,
+    RUN_ONLY_KEYS,
     AugConfig,
     Config,
     DataConfig,
@@ -46,13 +48,14 @@ from repre.config.schema import (
     ReconEvalConfig,
     SegmentConfig,
     TrainConfig,
+    idle_sections,
 )
 
 __all__ = [
-    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "REMOTE_ROOTS",
+    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "REMOTE_ROOTS", "RUN_ONLY_KEYS",
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",
-    "all_keys", "build", "config_from_dict", "deep_update", "flatten", "list_presets", "load_config",
+    "all_keys", "build", "config_from_dict", "deep_update", "flatten", "idle_sections", "list_presets", "load_config",
     "migrate", "parse_overrides", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

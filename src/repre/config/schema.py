@@ -1,6 +1,7 @@
 """The config's sections: every key a typed field of a dataclass. A field's comment is its documentation
-(docs/gen_configuration.py writes docs/configuration.md from them) and its section's `ranges` says its valid
-values (`checks.RULES`)."""
+(docs/gen_configuration.py writes docs/configuration.md from them), its section's `ranges` says its valid
+values (`checks.RULES`) and its section's `run_only` whether it changes how a run goes rather than what it
+computes (`RUN_ONLY_KEYS`)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ class ModelConfig:
     ranges: ClassVar[dict[str, str]] = {
         "drop_path": "[0,1)",
     }
+    run_only: ClassVar[set[str]] = {"grad_checkpointing"}  # memory against time, the same values
 
 
 @dataclass
@@ -268,6 +270,10 @@ class TrainConfig:
         "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",
         "num_workers": ">=-1", "diagnose_every": ">=0",
     }
+    run_only: ClassVar[set[str]] = {
+        "log_every", "checkpoint_every", "keep_checkpoints", "milestone_every", "max_bad_steps", "host_sync",
+        "eval_every", "device", "num_workers", "progress", "diagnose_every",
+    }
     # options kept for tests and measurements of the non-finite guard's two strategies: auto chooses well
     experimental: ClassVar[set[str]] = {"host_sync"}
 
@@ -289,6 +295,7 @@ class KNNConfig:
         "k": ">0", "temperature": ">0", "train_subset": ">0", "test_subset": ">0", "quick_train": ">0",
         "quick_test": ">0",
     }
+    run_only: ClassVar[set[str]] = {"enabled", "quick_train", "quick_test"}  # the k-NN during and after pre-training
 
 
 @dataclass
@@ -383,6 +390,7 @@ class ReconEvalConfig:
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {"images": ">0", "subset": ">0"}
+    run_only: ClassVar[set[str]] = {"images"}  # a picture's rows
 
 
 @dataclass
@@ -400,6 +408,7 @@ class EvalConfig:
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {"batch_size": ">0", "val_size": ">0"}
+    run_only: ClassVar[set[str]] = {"batch_size"}
 
 
 def _sections(cls: type) -> tuple[str, ...]:
@@ -425,5 +434,29 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    run_only: ClassVar[set[str]] = {"description"}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _run_only(cls: type, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys of `cls` and its sub-sections that its sections name in `run_only`."""
+    own = tuple(prefix + f.name for f in dataclasses.fields(cls) if f.name in getattr(cls, "run_only", ()))
+    return own + sum((_run_only(f.default_factory, f"{prefix}{f.name}.") for f in dataclasses.fields(cls)
+                      if dataclasses.is_dataclass(f.default_factory)), ())
+
+
+# The keys that change how a run or an evaluation goes (where and how fast it runs, what it logs, draws and
+# keeps, when it gives up), never the weights it trains nor the results it reports at its end: the same run
+# with another value of them computes the same numbers (up to the rounding of another device). A resumed run
+# may change them (`engine.checkpoints`), an evaluation that sets them still measures the run's own encoder
+# (`engine.metrics.add_evaluation`) and two runs that differ only in them have comparable results
+# (`use.compare`).
+RUN_ONLY_KEYS = _run_only(Config)
+
+
+def idle_sections(method: str) -> tuple[str, ...]:
+    """The sections of the frameworks that do not run, as key prefixes (method.NAME.): a run of `method` reads
+    none of their keys."""
+    return tuple(f"method.{name}." for name in FRAMEWORKS if name != method)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repre.config import FRAMEWORKS, Config, config_from_dict, flatten
+from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections
 from repre.config.reads import listed
 from repre.core import checkpoint_io, dist, run_files
 from repre.core.runtime import Runtime
@@ -26,13 +26,10 @@ from repre.errors import UserError
 
 log = logging.getLogger("repre")
 
-# keys a resumed run may change: how long it runs (its schedules then follow the new length) and how it
-# reports, not what it computes
-RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.eval_every", "train.diagnose_every", "train.keep_checkpoints", "train.milestone_every",
-                     "train.max_bad_steps", "model.grad_checkpointing", "train.progress", "train.num_workers",
-                     "train.host_sync", "train.device", "data.root", "eval.", "description")
-# data.root: a dataset moved (to a faster disk); the images it holds are counted against the run's
+# keys a resumed run may change: how it runs and reports (the run-only keys), how long it runs (its schedules
+# then follow the new length), where its images are (a dataset moved to a faster disk: the images it holds are
+# counted against the run's) and the evaluations; never what it computes
+RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "data.root", "eval.", *RUN_ONLY_KEYS)
 
 
 def check_out(out: Path, resume: bool) -> None:
@@ -251,7 +248,7 @@ class Checkpoints:
     def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
         before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
-        idle = tuple(f"method.{name}." for name in FRAMEWORKS if name != self.cfg.method.name)  # not what runs
+        idle = idle_sections(self.cfg.method.name)
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES + idle)]
         if changed:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from repre.config import RUN_ONLY_KEYS
 from repre.core import run_files
 from repre.core.dist import all_reduce_sum
 
@@ -52,17 +53,19 @@ class MetricWriter:
             self.tb.close()
 
 
-# the --set keys that change how an evaluation runs, not what it measures
-RUN_ONLY_KEYS = ("train.device=", "train.precision=", "train.num_workers=", "train.progress=", "eval.batch_size=")
+# the --set keys that change how an evaluation runs, not what it measures: the run-only keys, and the precision,
+# which rounds an evaluation's forward passes (but changes a pre-training's steps: not a run-only key)
+EVAL_AS_RUN = (*RUN_ONLY_KEYS, "train.precision")
 
 
 def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
     checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
-    result measured as the run's own config says (no `--set` but `RUN_ONLY_KEYS`). Returns the tag written, or
+    result measured as the run's own config says (no `--set` but `EVAL_AS_RUN`). Returns the tag written, or
     None (no run TensorBoard there, or other settings)."""
     of = result.get("checkpoint") or {}
-    if not (run / run_files.TB).is_dir() or any(not str(item).startswith(RUN_ONLY_KEYS) for item in of.get("set", [])):
+    given = [str(item).split("=")[0].strip() for item in of.get("set", [])]
+    if not (run / run_files.TB).is_dir() or any(key not in EVAL_AS_RUN for key in given):
         return None
     from torch.utils.tensorboard import SummaryWriter
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from repre.config import FRAMEWORKS, Config, flatten, migrate, parse_overrides, reads
+from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, migrate, parse_overrides, reads
 from repre.config.migrate import REMOVED
 from repre.core import run_files
 from repre.core.run_files import metric_lines, read_json, run_dir, run_results
@@ -39,23 +39,21 @@ def compare(runs: list[str | Path]) -> dict[str, Any]:
     return {"command": "compare", "runs": records, "differences": differences}
 
 
-# keys of an eval section that change no result: whether the final k-NN runs, the quick ones' subsets, the
-# number of images in recon's picture
-NO_RESULT = ("eval.knn.enabled", "eval.knn.quick_train", "eval.knn.quick_test", "eval.recon.images")
+# what the k-NN during pre-training measures with (its subsets are run-only for every other result)
 QUICK_KNN = ("eval.knn.k", "eval.knn.temperature", "eval.knn.quick_train", "eval.knn.quick_test")
 
 
 def measure_settings(config: dict[str, Any], task: str, given: Sequence[str] = (), quick: bool = False,
                      ) -> dict[str, Any]:
     """The config values that decide what an evaluation of `task` measures: the images (data.name, data.root,
-    the split), its eval section and the task's own keys outside it (`repre.config.reads.EVAL_TASK`), without
+    the split), its eval section (but for its run-only keys) and the task's own keys outside it (`repre.config.reads.EVAL_TASK`), without
     the keys `given` by `--set` (a result's label names those). Where two runs' settings are the same, their
     results differ by the encoders alone."""
     images = ["data.name", "data.root", "eval.split"] + (["eval.val_size"] if config.get("eval.split") == "val" else [])
     if quick:
         keys = [*QUICK_KNN, *images]
     else:
-        own = [k for k in config if k.startswith(f"eval.{task}.") and k not in NO_RESULT]
+        own = [k for k in config if k.startswith(f"eval.{task}.") and k not in RUN_ONLY_KEYS]
         # the task's own keys outside eval.* (finetune's crops); recon's recon.* and method.* are the model's
         read = [r for r in reads.EVAL_TASK.get(task, ()) if not r.endswith(".")]
         keys = [*own, *read, *images]
@@ -94,7 +92,7 @@ def run_config(folder: Path) -> dict[str, Any]:
 
 def own_keys(config: dict[str, Any]) -> dict[str, Any]:
     """`config` with the other frameworks' keys (method.NAME.* of a NAME that did not run) set to None."""
-    others = tuple(f"method.{name}." for name in FRAMEWORKS if name != config.get("method.name"))
+    others = idle_sections(str(config.get("method.name")))
     return {k: (None if k.startswith(others) else v) for k, v in config.items()}
 
 
