@@ -64,7 +64,7 @@ def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[
 
     def step() -> None:
         with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
-            trainer.train_step(batch)
+            trainer.train_step(trainer.data.to_device(batch))
         trainer.state.step += 1
 
     return trainer, step, batch

@@ -77,7 +77,7 @@ def check(preset: str, overrides: list[str], steps: int) -> dict[str, int]:
             warnings.showwarning = record
             try:
                 with trainer.settings():  # what fit() sets around every step
-                    trainer.train_step(batch)
+                    trainer.train_step(trainer.data.to_device(batch))
             finally:
                 if i == 1 + steps:
                     set_mode("default")

@@ -263,7 +263,7 @@ def build(name: str, preset: str, overrides: list[str]):
 
     def repre_step(batch):
         with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
-            trainer.train_step(batch)
+            trainer.train_step(trainer.data.to_device(batch))
         trainer.state.step += 1
 
     step = {"lightly": _lightly_step, "lightly-dino": _lightly_dino_step}.get(name, lambda _: repre_step)(trainer)

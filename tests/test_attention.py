@@ -89,7 +89,7 @@ def test_unfused_path_computes_the_same_outputs_and_gradients(arch, sdpa_calls):
 def test_a_bf16_training_step_on_a_cpu_trains_unfused_and_evaluates_fused(sdpa_calls, tmp_path):
     trainer = Trainer(tiny_config("train.precision=bf16"), tmp_path / "run")
     batch = next(iter(trainer.data.loader(0, False)))
-    trainer.train_step(batch)
+    trainer.train_step(trainer.data.to_device(batch))
     assert sdpa_calls and not any(sdpa_calls)  # the momentum encoder's forward only, without autograd
     sdpa_calls.clear()
     trainer.model.eval()

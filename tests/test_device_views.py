@@ -119,12 +119,17 @@ def test_jpeg_shape_sends_only_what_the_device_decodes(tmp_path):
     assert jpeg_shape(data[: len(data) // 2]) is None
 
 
+def _undecodable(good: bytes) -> bytes:
+    """A JPEG with `good`'s headers (its size passes the worker's check) and entropy-coded data no decoder reads."""
+    header_end = good.index(b"\xff\xda")  # start of scan
+    return good[:header_end] + b"\xff\xda\x00\x02" + b"\xff\x00" * 3 + b"\xff\xd9"
+
+
 def test_a_jpeg_no_decoder_reads_becomes_grey_and_is_counted(repre_log):
     """A JPEG whose header passed the worker's check but whose data no decoder reads: grey of the promised size,
     counted as skipped, a warning; the rest of the batch is decoded."""
     good = _jpeg(np.full((8, 10, 3), 200, dtype=np.uint8))
-    header_end = good.index(b"\xff\xda")  # start of scan: keep the headers, garble the entropy-coded data
-    bad = good[:header_end] + b"\xff\xda\x00\x02" + b"\xff\x00" * 3 + b"\xff\xd9"
+    bad = _undecodable(good)
     assert jpeg_shape(bad) == (8, 10)
     payloads = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in (good, bad)]
     batch = {"pixels": torch.empty(0, dtype=torch.uint8), "jpeg": torch.cat(payloads),
@@ -143,6 +148,18 @@ def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path):
                                       "eval.knn.enabled=false", "aug.geometric_on=device", "data.decode_on=device"))
     summary = last_json(out)
     assert code == 0 and summary["completed"] and summary["skipped_images"] == 0 and summary["upscaled_images"] > 0
+
+
+def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_folder, tmp_path):
+    """The count of images the device could not decode reaches the run's summary: one epoch of 16 images, one
+    of them a JPEG with a valid header and garbled data."""
+    path = mixed_folder / "train" / "a" / "1.jpg"
+    path.write_bytes(_undecodable(path.read_bytes()))
+    code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
+                                      "data.image_size=16", "train.batch_size=8", "train.max_steps=2",
+                                      "eval.knn.enabled=false", "aug.geometric_on=device", "data.decode_on=device"))
+    summary = last_json(out)
+    assert code == 0 and summary["completed"] and summary["skipped_images"] == 1
 
 
 def test_contradictory_placements_are_refused():

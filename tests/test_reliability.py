@@ -526,7 +526,7 @@ def test_skipped_step_is_the_guards_outcome_not_the_local_loss(tmp_path):
     trainer.guard.step = lambda *args, **kw: Outcome(torch.tensor(1.0), False)  # another process's NaN
     batch = next(iter(trainer.data.loader(0, False)))
     with trainer.settings():
-        values = trainer.train_step(batch)
+        values = trainer.train_step(trainer.data.to_device(batch))
     assert torch.isfinite(values["loss"]) and values["skipped_step"].item() == 1.0
 
 

@@ -206,3 +206,35 @@ def test_a_data_workers_error_stops_the_workers_at_once(tmp_path):
     with pytest.raises(UserError, match="none of the 4 images"):
         pretrain(cfg, tmp_path / "run")
     assert not multiprocessing.active_children()
+
+
+def test_the_processes_agree_on_image_counts_and_a_stop_at_sync_points(monkeypatch):
+    """Distributed: a process's counts wait for the sync point, which sums them over the processes, and a signal
+    that reached another process stops this one there, not before. One process: both at once."""
+    from types import SimpleNamespace
+
+    from repre.engine import agreement as agreement_mod
+    from repre.engine.agreement import Agreement
+    from repre.engine.state import RunState
+
+    batch = {"skipped": torch.tensor(1), "upscaled": torch.tensor(2)}
+    state = RunState()
+    alone = Agreement(state, torch.device("cpu"))
+    alone.signal = SimpleNamespace(requested=False)
+    alone.add_images(batch)
+    assert (state.skipped_images, state.upscaled_images) == (1, 2) and not alone.stopping()
+    alone.signal.requested = True
+    assert alone.stopping()
+
+    monkeypatch.setattr(agreement_mod.dist, "is_distributed", lambda: True)
+    others = [torch.tensor([3.0, 0.0, 1.0]), torch.zeros(3)]  # the other process: 3 skipped images and a stop; none
+    monkeypatch.setattr(agreement_mod.dist, "all_reduce_sum", lambda x: x + others.pop(0))
+    state = RunState()
+    agreed = Agreement(state, torch.device("cpu"))
+    agreed.signal = SimpleNamespace(requested=False)
+    agreed.add_images(batch)
+    assert (state.skipped_images, state.upscaled_images) == (0, 0) and not agreed.stopping()
+    agreed.sync()
+    assert (state.skipped_images, state.upscaled_images) == (4, 2) and agreed.stopping()
+    agreed.sync()  # nothing new on either process: the counts stand, the stop too
+    assert (state.skipped_images, state.upscaled_images) == (4, 2) and agreed.stopping()

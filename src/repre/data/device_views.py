@@ -273,12 +273,12 @@ def _cut(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, s: int) -> t
 
 def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int) -> dict[str, torch.Tensor]:
     """A packed batch -> the same with uint8 "views" [B, V, 3, S, S] (and "local_views" [B, L, 3, s, s]) cut on
-    the device, ready for the photometric stage. Images that could not be decoded are added to "skipped"."""
+    the device, ready for the photometric stage. Images that could not be decoded are added to "skipped" (the
+    loader's count, on the CPU)."""
     device = batch["pixels"].device
     images, bad = unpack(batch, device)
-    if bad:
-        batch["skipped"] += bad  # the loader's CPU counter, read by the trainer after the step
     out = {k: val for k, val in batch.items() if k not in ("pixels", "jpeg", "offsets", "lengths")}
+    out["skipped"] = batch["skipped"] + bad
     sets = [(batch["boxes"], batch["flips"], size)]
     if "local_boxes" in batch:
         sets.append((batch["local_boxes"], batch["local_flips"], local_size))

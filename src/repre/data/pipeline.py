@@ -20,8 +20,9 @@ A batch is a dict; which keys it holds tells which stages are left (B: this proc
                        as unreadable, and smaller than S (the run's summary counts them)
     stream             streamed shards: the data worker's position after the batch (checkpoints keep it)
 
-After `to_device`: "views" (and "local_views") normalized float on the device, "label" there too; the other
-keys stay on the CPU.
+After `to_device` (a new dict; the loader's is left as it was): "views" (and "local_views") normalized float on
+the device, "label" there too; the other keys stay on the CPU, "skipped" with the images the device could not
+decode added.
 """
 
 from __future__ import annotations

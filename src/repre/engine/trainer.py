@@ -2,7 +2,7 @@
 by the non-finite guard), logs and checkpoints.
 
 What is not the step lives beside it: the non-finite guard (`guard`), checkpoints and resume (`checkpoints`),
-the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), the
+what the processes agree on between steps (`agreement`), the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), the
 process-wide settings of a run (`repre.core.runtime.run_settings`) and the attention kernel of its training
 forward (`repre.models.attention`).
 """
@@ -29,6 +29,7 @@ from repre.core.compat import workers_stopped_on_error
 from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
+from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints, check_out
 from repre.engine.compile import compile_blocks
@@ -85,9 +86,7 @@ class Trainer:
         self.meter = WindowMeter(self.rt.device)  # the train line's window, checkpointed between lines
         self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
                                        self.rt, self.callbacks, self.meter)
-        self.pending_images = [0, 0]  # distributed: this process's skipped and upscaled images since the last sync
-        self.stop: GracefulStop | None = None  # set by fit()
-        self.stop_agreed = False  # distributed: whether any process was asked to stop (as the processes agreed)
+        self.agreement = Agreement(self.state, self.rt.device)
         out.mkdir(parents=True, exist_ok=True)  # once the data and the model are built: a wrong setting leaves none
         resumed = self.checkpoints.resume(self.total) if resume else False
         if init_from and not resumed:
@@ -129,11 +128,11 @@ class Trainer:
     # ------------------------------------------------------------ the step
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on a batch of the loader (a dict: `repre.data.pipeline`'s docstring; `to_device`
-        here completes it); returns detached scalars. Called outside `fit()` (a benchmark), it needs the run's
-        settings: `with trainer.settings(): trainer.train_step(b)`."""
+        """One optimizer step on a batch of the loader on the device, its views complete (a dict:
+        `repre.data.pipeline`'s docstring; `self.data.to_device(b)` of the loader's `b`); returns detached
+        scalars. Called outside `fit()` (a benchmark), it needs the run's settings: `with trainer.settings():
+        trainer.train_step(trainer.data.to_device(b))`."""
         momentum = self._apply_schedules(self.state.step)
-        batch = self.data.to_device(batch)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
             out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"))
@@ -148,9 +147,9 @@ class Trainer:
         finite = torch.isfinite(out["loss"].detach())
         if not self.scaler.is_enabled():  # fp32, bf16: the gradients are checked here (fp16's scaler checks them)
             finite = finite & torch.isfinite(grad_norm)
-        stop_requested = self.stop is not None and self.stop.requested
-        outcome = self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm, stop_requested)
-        self.stop_agreed |= outcome.stop
+        outcome = self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm,
+                                  self.agreement.requested)
+        self.agreement.agree_stop(outcome.stop)
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         # the skip as every process took it (a step one process found non-finite is skipped by all)
@@ -194,8 +193,8 @@ class Trainer:
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = tqdm(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
                    dynamic_ncols=True, desc="pretrain")
-        with GracefulStop() as stop:
-            self.stop = stop
+        with GracefulStop() as signal:
+            self.agreement.signal = signal
             completed = self._loop(loader, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
             completed = completed and not self.guard.diverged
@@ -251,8 +250,8 @@ class Trainer:
         t, s = self.cfg.train, self.state
         meter, window_start, window_steps = self.meter, time.perf_counter(), 0
         tick = time.perf_counter()
-        while s.step < self.total and not self._stopping():
-            batch = next(batches)
+        while s.step < self.total and not self.agreement.stopping():
+            batch = self.data.to_device(next(batches))
             values = self.train_step(batch)
             if self.guard.stopped():
                 return False
@@ -260,7 +259,7 @@ class Trainer:
             s.step += 1
             s.images_seen += t.batch_size
             window_steps += 1
-            self._count_images(batch)
+            self.agreement.add_images(batch)
             self.data.observe(batch)
             s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
             tick = time.perf_counter()
@@ -283,31 +282,10 @@ class Trainer:
             self._log_window(writer, meter, bar, None)
         return s.step >= self.total
 
-    def _stopping(self) -> bool:
-        """Whether to stop before the next step: a signal here, or (distributed) on any process."""
-        return self.stop_agreed if dist.is_distributed() else self.stop.requested
-
-    def _count_images(self, batch: dict[str, torch.Tensor]) -> None:
-        """Skipped (unreadable) and upscaled images of a step's batch (CPU tensors: no device sync);
-        distributed: kept until `_sync_point` sums them over the processes."""
-        skipped, upscaled = int(batch["skipped"]), int(batch.get("upscaled", 0))
-        if dist.is_distributed():
-            self.pending_images = [self.pending_images[0] + skipped, self.pending_images[1] + upscaled]
-        else:
-            self.state.skipped_images += skipped
-            self.state.upscaled_images += upscaled
-
     def _sync_point(self) -> None:
         """At log and checkpoint steps and when the loop ends (every process at the same steps): the image
-        counts summed over the processes, the stop agreed, the guard's counts read. Idempotent."""
-        s = self.state
-        if dist.is_distributed():
-            stop = float(self.stop is not None and self.stop.requested)
-            total = dist.all_reduce_sum(torch.tensor([*map(float, self.pending_images), stop], device=self.rt.device))
-            skipped, upscaled, stop = total.tolist()
-            s.skipped_images, s.upscaled_images = s.skipped_images + int(skipped), s.upscaled_images + int(upscaled)
-            self.pending_images = [0, 0]
-            self.stop_agreed = self.stop_agreed or stop > 0
+        counts and the stop agreed, the guard's counts read. Idempotent."""
+        self.agreement.sync()
         self.guard.sync()
 
     def _log_window(self, writer: MetricWriter, meter: WindowMeter, bar: tqdm, images_per_sec: float | None) -> None:
