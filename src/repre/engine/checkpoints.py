@@ -15,12 +15,13 @@ from torch import nn
 
 from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections
 from repre.config.reads import listed
-from repre.core import checkpoint_io, dist, run_files
+from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
 from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
 from repre.engine.metrics import WindowMeter
+from repre.engine.optim import load_optimizer_state
 from repre.engine.state import RunState
 from repre.errors import UserError
 
@@ -67,15 +68,8 @@ class Checkpoints:
 
     # ------------------------------------------------------------ writing
 
-    def _rng_state(self) -> dict[str, torch.Tensor | None]:
-        return {"torch": torch.get_rng_state(),  # the training device's generator only
-                "cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None}
-
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds. Distributed: a collective (every process's RNG state is gathered)."""
-        rng = self._rng_state()
-        if dist.is_distributed():
-            rng["ranks"] = dist.gather_objects(self._rng_state())  # drop path draws differ per process
         return {
             "schema": checkpoint_io.SCHEMA,
             "model": self.model.state_dict(),
@@ -85,7 +79,7 @@ class Checkpoints:
             "run": self.state.to_dict(),
             "monitors": monitor_states(self.callbacks),  # those with a state; rank 0's: it reads the train lines
             "window": self.window.state_dict(),  # the next train line's steps so far, over all processes
-            "rng": rng,
+            "rng": rng.state_dict(self.rt.device),
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
             "config": self.cfg.to_dict(),
             "runtime": self._runtime(),
@@ -176,53 +170,15 @@ class Checkpoints:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self._restore_optimizer(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         if ckpt["scaler"]:  # empty when written with the scaler disabled
             self.scaler.load_state_dict(ckpt["scaler"])
-        self._restore_rng(ckpt["rng"])
+        rng.load_state_dict(ckpt["rng"], self.rt.device)
         self.data.load_state_dict(ckpt.get("stream"))
         self.state.load(ckpt["step"], ckpt["run"])
         self.window.load_state_dict(ckpt.get("window") or {}, holds_totals=dist.is_main())
         if dist.is_main():  # rank 0's monitors read the train lines; the others' stay as built
             load_monitor_states(self.callbacks, ckpt.get("monitors"))
-
-    def _restore_optimizer(self, saved: dict[str, Any]) -> None:
-        """The optimizer's state, with this run's `fused` choice (device, host_sync), not the checkpointed run's."""
-        fused = [g.get("fused") for g in self.optimizer.param_groups]
-        self._check_groups(saved)
-        self.optimizer.load_state_dict(saved)
-        for group, was in zip(self.optimizer.param_groups, fused, strict=True):
-            group["fused"] = was
-            for p in group["params"]:
-                state = self.optimizer.state.get(p, {})
-                if torch.is_tensor(state.get("step")):  # fused keeps step on the parameter's device, else CPU
-                    state["step"] = state["step"].to(p.device if was else "cpu", torch.float32)
-
-    def _check_groups(self, saved: dict[str, Any]) -> None:
-        """The checkpoint's parameter groups have this run's sizes, or a UserError saying what to do (repre
-        0.1 exempted Swin's relative position tables from MoBY's weight decay; 0.2 decays them, as the official
-        optimizer does)."""
-        sizes = [len(g["params"]) for g in self.optimizer.param_groups]
-        was = [len(g["params"]) for g in saved["param_groups"]]
-        if sizes != was:
-            raise UserError(
-                f"the checkpoint's optimizer has parameter groups of {was} tensors, this version of repre builds "
-                f"{sizes} (which parameters get weight decay changed; docs/training.md): resume it with the "
-                "version that wrote it, or start a new --out with `--init-from` this run (its weights; a fresh "
-                "optimizer state)")
-
-    def _restore_rng(self, rng: dict[str, Any]) -> None:
-        ranks = rng.get("ranks")
-        if dist.is_distributed() and ranks and len(ranks) == dist.world_size():
-            rng = ranks[dist.rank()]
-        elif dist.is_distributed() or ranks:
-            log.info("resuming with %d processes, written with %d: drop-path draws continue from new seeds",
-                     dist.world_size(), len(ranks or [1]))
-            rng = {"torch": torch.get_rng_state(), "cuda": None}  # this process's own seed (set by the trainer)
-        torch.set_rng_state(rng["torch"])
-        cuda_rng = rng.get("cuda")
-        if torch.is_tensor(cuda_rng) and self.rt.device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_rng, self.rt.device)
 
     def init_from(self, source: str | Path) -> None:
         """Continued pre-training: this run's model starts from another run's weights (not its optimizer,

@@ -1,17 +1,41 @@
-"""The optimizer of pre-training and the gradient clipping of its step."""
+"""The optimizer of pre-training, its state from a checkpoint, and the gradient clipping of its step."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from repre.core import compat
+from repre.errors import UserError
 
 
 def build_optimizer(model: nn.Module, weight_decay: float, lr: float, fused: bool) -> torch.optim.AdamW:
     """AdamW over the model's parameter groups (`param_groups`: which parameters decay is the method's rule);
     `fused`: one kernel for the whole update (a GPU, or the device-side non-finite guard)."""
     return torch.optim.AdamW(model.param_groups(weight_decay), lr=lr, fused=fused or None)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """A checkpoint's optimizer state, with this run's `fused` choice (device, host_sync), not the checkpointed
+    run's: a run may resume on another device. Groups of other sizes than this run's raise UserError."""
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    was = [len(g["params"]) for g in saved["param_groups"]]
+    if sizes != was:  # repre 0.1 exempted a Swin's relative position tables from MoBY's weight decay; 0.2 decays
+        raise UserError(  # them, as the official optimizer does
+            f"the checkpoint's optimizer has parameter groups of {was} tensors, this version of repre builds "
+            f"{sizes} (which parameters get weight decay changed; docs/training.md): resume it with the "
+            "version that wrote it, or start a new --out with `--init-from` this run (its weights; a fresh "
+            "optimizer state)")
+    fused = [g.get("fused") for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, was_fused in zip(optimizer.param_groups, fused, strict=True):
+        group["fused"] = was_fused
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")):  # fused keeps step on the parameter's device, else on the CPU
+                state["step"] = state["step"].to(p.device if was_fused else "cpu", torch.float32)
 
 
 def clip_or_measure(params: list[torch.Tensor], max_norm: float, mode: str = "global") -> torch.Tensor:

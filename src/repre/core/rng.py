@@ -1,0 +1,43 @@
+"""The global random state of a run's processes, as a checkpoint keeps it. Each process draws its own numbers
+(drop path differs per process), so a checkpoint holds every process's state and each takes its own back on
+resume: a resumed run draws what the uninterrupted one would have."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from repre.core import dist
+
+log = logging.getLogger("repre")
+
+
+def _own(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """This process's generators: the CPU's, and the training device's when it is a GPU."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def state_dict(device: torch.device) -> dict[str, Any]:
+    """This process's state, and every process's under "ranks" when distributed (a collective)."""
+    state: dict[str, Any] = _own(device)
+    if dist.is_distributed():
+        state["ranks"] = dist.gather_objects(_own(device))
+    return state
+
+
+def load_state_dict(saved: dict[str, Any], device: torch.device) -> None:
+    """Take back this process's state from `saved`. Saved with another number of processes: every process keeps
+    the state it was seeded with (the trainer seeds each its own) and says so."""
+    ranks = saved.get("ranks")
+    if dist.is_distributed() and ranks and len(ranks) == dist.world_size():
+        saved = ranks[dist.rank()]
+    elif dist.is_distributed() or ranks:
+        log.info("resuming with %d processes, written with %d: drop-path draws continue from new seeds",
+                 dist.world_size(), len(ranks or [1]))
+        saved = _own(device)
+    torch.set_rng_state(saved["torch"])
+    if torch.is_tensor(saved.get("cuda")) and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda"], device)
