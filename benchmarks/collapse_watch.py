@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import yaml
 
+from repre.core import run_files
 from repre.engine.callbacks import CollapseWatch
 
 
@@ -30,11 +31,11 @@ def finite(line: dict) -> bool:
 
 
 def replay(run: Path) -> dict:
-    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw = yaml.safe_load((run / run_files.CONFIG).read_text())
     method = raw["method"]
     out_dim = method.get("dino", {}).get("out_dim", method.get("out_dim")) if method["name"] == "dino" else None
-    train = [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["kind"] == "train"]
-    total = json.loads((run / "summary.json").read_text())["total_steps"]
+    train = [x for x in run_files.metric_lines(run) if x["kind"] == "train"]
+    total = run_files.read_json(run / run_files.SUMMARY)["total_steps"]
     watch = CollapseWatch(out_dim, raw["train"]["log_every"])
     trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=total)
     for line in filter(finite, train):
@@ -42,7 +43,7 @@ def replay(run: Path) -> dict:
         watch.on_log(trainer, line)
     watch.on_fit_end(trainer, None, True)
     late = [x for x in filter(finite, train) if x["step"] > 0.1 * total]
-    knn = run / "eval" / "knn" / "result.json"
+    knn = run / run_files.EVAL / "knn" / run_files.RESULT
     report = {"steps": total, "warns_at": watch.warned_at,
               "knn": round(json.loads(knn.read_text())["value"], 4) if knn.is_file() else None,
               "embedding_std_min": round(min(x["embedding_std"] for x in late), 4) if late else None}

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from repre.core import run_files
+
 
 def run(out: Path, procs: int, preset: str, overrides: list[str]) -> list[float]:
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
@@ -28,8 +30,7 @@ def run(out: Path, procs: int, preset: str, overrides: list[str]) -> list[float]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
     if done.returncode:
         sys.exit(f"{' '.join(cmd[:6])} ... failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["kind"] == "train"]
+    return [line["loss"] for line in run_files.metric_lines(out) if line["kind"] == "train"]
 
 
 def main() -> None:

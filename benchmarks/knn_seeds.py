@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from repre.core import run_files
+
 PRESETS = {"repre": "fmnist-mocov3-repre", "baseline": "fmnist-mocov3"}
 
 
@@ -30,7 +32,7 @@ def cache_dir() -> Path:
 
 def run(preset: str, seed: int, overrides: list[str]) -> dict:
     out = cache_dir() / f"{preset}-seed{seed}"
-    summary = out / "summary.json"
+    summary = out / run_files.SUMMARY
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
         return json.loads(summary.read_text())
     cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from repre.core import run_files
+
 SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir()
 TASKS = ["knn", "linear", "finetune", "segment"]
 ROWS = ["repre", "baseline", "supervised", "random"]
@@ -173,19 +175,19 @@ def pretrain(cfg, out: Path, tasks: list[str]) -> None:
 
     from repre.pretraining import pretrain as run
 
-    if all((out / "eval" / t / "result.json").is_file() for t in tasks):
+    if all((out / run_files.EVAL / t / run_files.RESULT).is_file() for t in tasks):
         return
-    summary = out / "summary.json"
+    summary = out / run_files.SUMMARY
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
-        if (out / "checkpoints" / "last.pt").is_file():
+        if (out / run_files.CHECKPOINTS / run_files.LAST).is_file():
             return
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished elsewhere: train again, same seed
+        shutil.rmtree(out / run_files.CHECKPOINTS, ignore_errors=True)  # finished elsewhere: train again, same seed
         summary.unlink()
     run(cfg, out, resume=True)
 
 
 def cached(out: Path, task: str) -> float | None:
-    path = out / "eval" / task / "result.json"
+    path = out / run_files.EVAL / task / run_files.RESULT
     return json.loads(path.read_text())["value"] if path.is_file() else None
 
 
@@ -198,7 +200,7 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
     from repre.eval import encoder_tasks
     from repre.eval import evaluate as eval_checkpoint
 
-    cached = out / "eval" / task / "result.json"
+    cached = out / run_files.EVAL / task / run_files.RESULT
     if cached.is_file():
         return json.loads(cached.read_text())["value"]
     if row == "random":
@@ -227,7 +229,7 @@ def plot(table: dict, curves: dict[str, Path], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, run in curves.items():
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        lines = run_files.metric_lines(run)
         train = [r for r in lines if r["kind"] == "train"]
         axes[0].plot([r["step"] for r in train], [r["loss_contrastive"] for r in train], label=name)
         if any(r["loss_recon"] for r in train):
@@ -267,12 +269,12 @@ def search(method: str, points: list[str], seeds: list[int], tasks: list[str], o
                 table.setdefault(point, {}).setdefault(task, []).append(value)
                 if value is not None:
                     print(f"search seed {seed} {point:<12} {task:<8} {value:.4f}", file=sys.stderr, flush=True)
-            summary = out / "summary.json"
+            summary = out / run_files.SUMMARY
             if summary.is_file():
                 s = json.loads(summary.read_text())
                 cost.setdefault(point, []).append(s["train_s"] / max(s["steps"], 1))
             if drop:
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                shutil.rmtree(out / run_files.CHECKPOINTS, ignore_errors=True)
     print(f"\nsearch ({method}, eval.split=val, seeds {seeds}): value, then point - its baseline (paired seeds)")
     print(f"{'point':<13}{'s/step':>8}  " + "".join(f"{t:<22}" for t in tasks))
     diffs: dict[str, dict[str, list[float]]] = {}
@@ -329,7 +331,7 @@ def main() -> None:
                 out = run_dir(method, row, seed, cfg, args.results)
                 if row != "random" and not args.cached:
                     pretrain(cfg, out, tasks)
-                if (out / "metrics.jsonl").is_file():
+                if (out / run_files.METRICS).is_file():
                     curves.setdefault(row, out)
                 for task in tasks:
                     value = cached(out, task) if args.cached else evaluate(row, cfg, out, task)
