@@ -82,7 +82,7 @@ def check_preset(preset: str, dev: str) -> dict[str, dict]:
 
 
 def check_views(dev: str) -> dict[str, dict]:
-    """The device placement of the views (aug.geometric_on, data.decode_on, aug.photometric_on) on CUDA against
+    """The device placement of the views (data.device_stages: photometric, crops, decode) on CUDA against
     the CPU: crops within one grey level (TF32 products), nvJPEG against libjpeg-turbo (`_compare_decoders`), the
     photometric stage to float rounding."""
     import numpy as np

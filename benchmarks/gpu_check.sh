@@ -149,10 +149,10 @@ if want frameworks-224 || want dino-224; then
 fi
 
 # 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
-#     aug.photometric_on=auto) against the same step on pre-made tensors (real / synthetic: is the input the
+#     data.device_stages=auto) against the same step on pre-made tensors (real / synthetic: is the input the
 #     bottleneck?), compiled as the preset runs (with the baseline step: RePre's overhead and MFU as it runs);
-#     then eager with the crops on the GPU (aug.geometric_on=device) and the crops plus nvJPEG decoding
-#     (data.decode_on=device), the workers only reading files (on pre-made tensors the device placements redo
+#     then eager with the crops on the GPU (data.device_stages=crops) and the crops plus nvJPEG decoding
+#     (data.device_stages=decode), the workers only reading files (on pre-made tensors the device placements redo
 #     their work on the same batch every step: their cost inside the step)
 REAL="--preset in1k-vit-s16-mocov3-repre --set train.device=cuda --set train.precision=bf16 \
   --set train.batch_size=256 --set train.num_workers=$(( $(nproc) - 2 ))"
@@ -163,7 +163,7 @@ if [ -d "$JPEGS/folder" ]; then
   want real-data && stage real-data 200 python benchmarks/throughput.py --rounds 1 --steps 10 --warmup 3 \
     --configs repre,repre-tensors $REAL --set data.name=folder --set data.root="$JPEGS/folder" \
     --set train.compile=false \
-    --compare aug.geometric_on=device --compare "aug.geometric_on=device&data.decode_on=device"
+    --compare data.device_stages=crops --compare data.device_stages=decode
   want real-data-shards && stage real-data-shards 60 python benchmarks/throughput.py --rounds 1 --steps 10 \
     --warmup 3 --configs repre $REAL --set data.name=shards --set data.root="$JPEGS/shards"
 fi

@@ -36,7 +36,7 @@ CONFIGS = {
     "mocov3-repre": ("in1k-vit-s16-mocov3-repre", []),
     "dino-repre": ("in1k-vit-s16-dino-repre", ["data.local_size=32"]),
     "moby-repre": ("in1k-swin-t-moby-repre", ["data.image_size=224", "model.kwargs={}", "train.batch_size=16"]),
-    "mocov3-repre-geometric-on-device": ("in1k-vit-s16-mocov3-repre", ["aug.geometric_on=device"]),
+    "mocov3-repre-geometric-on-device": ("in1k-vit-s16-mocov3-repre", ["data.device_stages=crops"]),
 }
 
 
@@ -94,9 +94,11 @@ def main() -> None:
     base = [*SYN, f"train.device={args.device}"]
     configs = dict(CONFIGS)
     if args.jpegs:
-        files = ["data.name=folder", f"data.root={args.jpegs}", "aug.geometric_on=device"]
-        configs["mocov3-repre-folder-geometric-on-device"] = ("in1k-vit-s16-mocov3-repre", files)
-        configs["mocov3-repre-folder-decode-on-device"] = ("in1k-vit-s16-mocov3-repre", files + ["data.decode_on=device"])
+        files = ["data.name=folder", f"data.root={args.jpegs}"]
+        configs["mocov3-repre-folder-geometric-on-device"] = ("in1k-vit-s16-mocov3-repre",
+                                                              files + ["data.device_stages=crops"])
+        configs["mocov3-repre-folder-decode-on-device"] = ("in1k-vit-s16-mocov3-repre",
+                                                           files + ["data.device_stages=decode"])
     results = {}
     for name, (preset, extra) in configs.items():
         start = time.perf_counter()

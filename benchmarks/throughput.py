@@ -248,7 +248,7 @@ def build(name: str, preset: str, overrides: list[str]):
     # pre-made tensors: no worker process left running to compete for the cores
     extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
     trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
-    # the pipeline configs augment where a run would (aug.photometric_on); pre-made tensors are finished views
+    # the pipeline configs augment where a run would (data.device_stages); pre-made tensors are finished views
     loader = (pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory) if premade
               else trainer.data.loader(0, trainer.rt.pin_memory))
     batches = iter(loader)
@@ -438,8 +438,8 @@ def main() -> None:
                    help="config override for every configuration (e.g. train.device=cuda)")
     p.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
                    help="also run every configuration with this override, in the same rounds (repeatable; "
-                        "several overrides joined by &): e.g. train.host_sync=step, aug.photometric_on=workers, "
-                        "'aug.geometric_on=device&data.decode_on=device'")
+                        "several overrides joined by &): e.g. train.host_sync=step, data.device_stages=workers, "
+                        "'recon.views=1&recon.out_stride=4'")
     p.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                    help="also run every configuration from the checkout in DIR, as NAME@LABEL")
     p.add_argument("--in-process", action="store_true",

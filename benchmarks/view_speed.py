@@ -64,7 +64,7 @@ def main() -> None:
                 batched_photometric(torch.stack(local), torch.stack(local_photos), spec)
 
     def worker_packing(start: int, end: int, decode_on_device: bool) -> dict:
-        """What a data worker does for a batch with the crops on the device: decode (or, with decode_on=device,
+        """What a data worker does for a batch with the crops on the device: decode (or, with data.device_stages=decode,
         read the JPEG header only), draw the views' parameters, pack."""
         ds = ViewDataset(None, spec, 0, crops_on_device=True, decode_on_device=decode_on_device)
         samples = [ds.sample(ds.load_bytes(blobs[i], f"image {i}", 0), 0, i) for i in range(start, end)]

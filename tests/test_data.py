@@ -175,7 +175,7 @@ def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():
 
 @pytest.mark.parametrize("local_crops", [0, 2])
 def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
-    """aug.photometric_on=device: uint8 views and their parameters leave the loader, finish_views completes
+    """data.device_stages=photometric: uint8 views and their parameters leave the loader, finish_views completes
     them where the model runs, with the same result (here on the CPU: bitwise)."""
     dino = ["method.name=dino", "method.dino.out_dim=16"] if local_crops else []
     cfg = tiny_config(*dino, f"data.local_crops={local_crops}", "data.local_size=8")

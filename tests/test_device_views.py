@@ -1,4 +1,4 @@
-"""aug.geometric_on=device and data.decode_on=device: crops cut and JPEGs decoded where the model runs (here the
+"""data.device_stages=crops and decode: crops cut and JPEGs decoded where the model runs (here the
 CPU), from the parameters the workers draw, against the worker path."""
 
 import io
@@ -76,7 +76,7 @@ def test_resized_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
 @pytest.mark.parametrize("decode_on_device", [False, True])
 def test_views_cut_on_the_device_equal_the_workers(mixed_folder, decode_on_device):
     """The same boxes, flips and photometric parameters as the worker path, so the same views within one grey
-    level (the worker path rounds between its passes); JPEGs travel as bytes only with decode_on=device."""
+    level (the worker path rounds between its passes); JPEGs travel as bytes only with device_stages=decode."""
     cfg = tiny_config("method.name=dino", "method.dino.out_dim=16", "data.local_crops=2", "data.local_size=8",
                       "data.name=folder", f"data.root={mixed_folder}", "data.image_size=16")
     source = train_source(cfg)
@@ -145,7 +145,7 @@ def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path):
     """The trainer finishes packed batches: a run completes with the same step count and counts."""
     code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
                                       "data.image_size=16", "train.batch_size=8", "train.max_steps=3",
-                                      "eval.knn.enabled=false", "aug.geometric_on=device", "data.decode_on=device"))
+                                      "eval.knn.enabled=false", "data.device_stages=decode"))
     summary = last_json(out)
     assert code == 0 and summary["completed"] and summary["skipped_images"] == 0 and summary["upscaled_images"] > 0
 
@@ -157,16 +157,45 @@ def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_
     path.write_bytes(_undecodable(path.read_bytes()))
     code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
                                       "data.image_size=16", "train.batch_size=8", "train.max_steps=2",
-                                      "eval.knn.enabled=false", "aug.geometric_on=device", "data.decode_on=device"))
+                                      "eval.knn.enabled=false", "data.device_stages=decode"))
     summary = last_json(out)
     assert code == 0 and summary["completed"] and summary["skipped_images"] == 1
 
 
-def test_contradictory_placements_are_refused():
-    with pytest.raises(UserError, match="aug.photometric_on=auto"):
-        tiny_config("aug.geometric_on=device", "aug.photometric_on=workers")
-    with pytest.raises(UserError, match="aug.geometric_on=device"):
-        tiny_config("data.decode_on=device")
+@pytest.mark.parametrize("value,on_cpu,on_gpu", [
+    ("auto", (False, False, False), (True, False, False)),
+    ("workers", (False, False, False), (False, False, False)),
+    ("photometric", (True, False, False), (True, False, False)),
+    ("crops", (True, True, False), (True, True, False)),
+    ("decode", (True, True, True), (True, True, True)),
+])
+def test_each_device_stage_adds_one_to_the_one_before(value, on_cpu, on_gpu):
+    """data.device_stages: (photometric, crops, decode) on the device, on a CPU and on a GPU."""
+    cfg = tiny_config(f"data.device_stages={value}")
+    for device, expected in ((torch.device("cpu"), on_cpu), (CUDA, on_gpu)):
+        stages = Stages.of(cfg, device)
+        assert (stages.photometric_on_device, stages.crops_on_device, stages.decode_on_device) == expected
+
+
+@pytest.mark.parametrize("old,new", [
+    ({"aug": {"photometric_on": "auto", "geometric_on": "workers"}, "data": {"decode_on": "workers"}}, "auto"),
+    ({"aug": {"photometric_on": "workers", "geometric_on": "workers"}, "data": {"decode_on": "workers"}}, "workers"),
+    ({"aug": {"photometric_on": "device", "geometric_on": "workers"}, "data": {"decode_on": "workers"}}, "photometric"),
+    ({"aug": {"photometric_on": "auto", "geometric_on": "device"}, "data": {"decode_on": "workers"}}, "crops"),
+    ({"aug": {"photometric_on": "auto", "geometric_on": "device"}, "data": {"decode_on": "device"}}, "decode"),
+])
+def test_the_three_placement_keys_of_older_configs_read_as_one(old, new):
+    """A run's config with aug.photometric_on, aug.geometric_on and data.decode_on reads as the
+    data.device_stages that places the same stages; a person who writes one of them is told the new key."""
+    from repre.config import config_from_dict, migrate
+
+    raw = tiny_config().to_dict()
+    for section, keys in old.items():
+        raw[section].pop("device_stages", None)
+        raw[section].update(keys)
+    assert config_from_dict(migrate(raw)).data.device_stages == new
+    with pytest.raises(UserError, match="data.device_stages"):
+        tiny_config("aug.geometric_on=device")
 
 
 def test_fashion_mnist_crops_on_the_device_match_the_loader():
@@ -174,7 +203,7 @@ def test_fashion_mnist_crops_on_the_device_match_the_loader():
     cfg = tiny_config()
     source = train_source(cfg)
     workers = next(iter(pretrain_loader(cfg, source, 0, False, Stages.of(cfg, CUDA))))
-    device = tiny_config("aug.geometric_on=device")
+    device = tiny_config("data.device_stages=crops")
     packed = next(iter(pretrain_loader(device, source, 0, False, Stages.of(device, CUDA))))
     assert not packed["encoded"].any() and "views" not in packed
     cut = crop_on_device(dict(packed), cfg.data.image_size, cfg.data.local_size)
@@ -182,7 +211,7 @@ def test_fashion_mnist_crops_on_the_device_match_the_loader():
 
 
 def test_shard_jpegs_travel_as_their_bytes(tmp_path):
-    """data.name=shards with decode_on=device: a JPEG member crosses as the member's bytes, decoded to the pixels
+    """data.name=shards with device_stages=decode: a JPEG member crosses as the member's bytes, decoded to the pixels
     the worker path decodes."""
     import tarfile
 

@@ -185,12 +185,12 @@ def test_stream_settings_that_cannot_work_say_what_to_do(shards):
 
 
 def test_streamed_batches_can_be_cut_on_the_device(shards):
-    """aug.geometric_on=device with streamed shards: packed batches with the stream position, the same images
+    """data.device_stages=crops with streamed shards: packed batches with the stream position, the same images
     (and parameters) in the same order as the worker path."""
     from repre.data.device_views import crop_on_device
 
     cfg = stream_config(str(shards))
-    device = stream_config(str(shards), "aug.geometric_on=device")
+    device = stream_config(str(shards), "data.device_stages=crops")
     source = train_source(cfg)
     workers = next(iter(pretrain_loader(cfg, source, 0, False, Stages.of(cfg, CUDA))))
     packed = next(iter(pretrain_loader(device, source, 0, False, Stages.of(device, CUDA))))

@@ -39,12 +39,12 @@ def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_th
     from repre.engine.trainer import Trainer
 
     def losses(where: str) -> list[float]:
-        cfg = tiny_config(f"aug.photometric_on={where}", "train.log_every=1", "train.max_steps=3", "eval.knn.enabled=false",
+        cfg = tiny_config(f"data.device_stages={where}", "train.log_every=1", "train.max_steps=3", "eval.knn.enabled=false",
                           "train.precision=fp32")
         Trainer(cfg, tmp_path / where).fit()
         return [json.loads(line)["loss"] for line in (tmp_path / where / "metrics.jsonl").read_text().splitlines()]
 
-    device, workers = losses("device"), losses("workers")
+    device, workers = losses("photometric"), losses("workers")
     if torch.cuda.is_available():  # CUDA kernels against the CPU's in the workers: the images differ in rounding
         assert device == pytest.approx(workers, rel=1e-5)
     else:

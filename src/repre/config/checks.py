@@ -171,9 +171,6 @@ def _validate_aug(a: AugConfig) -> None:
         if len(getattr(a, key)) not in (2, 3):
             raise UserError(f"aug.{key} must have 2 or 3 numbers (global 1, global 2[, local]), "
                             f"got {getattr(a, key)}")
-    if a.geometric_on == "device" and a.photometric_on == "workers":
-        raise UserError("aug.geometric_on=device cuts the crops on the device, so the photometric stage that follows "
-                        "runs there too: set aug.photometric_on=auto (or device)")
 
 
 def _validate_recon(r: ReconConfig) -> None:
@@ -210,9 +207,6 @@ def _validate_across(cfg: Config) -> None:
                         f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
     if d.local_crops and d.local_size > d.image_size:
         raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
-    if d.decode_on == "device" and cfg.aug.geometric_on != "device":
-        raise UserError("data.decode_on=device leaves the images encoded until they reach the device, where the "
-                        "crops must then be cut: add --set aug.geometric_on=device")
     if d.streamed and d.subset:
         raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name fewer "
                         "shards in data.root (a shorter {a..b} range), or set data.shard_access=random for local shards")

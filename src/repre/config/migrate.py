@@ -24,6 +24,8 @@ RENAMED = {
         "segment": ("data", "root", "size", "classes", "ignore", "train", "test", "lr", "epochs"),
     }.items() for key in keys},
 }
+# where each stage of the views' pipeline ran, three keys until data.device_stages said it in one value
+PLACEMENT_KEYS = ("data.decode_on", "aug.geometric_on", "aug.photometric_on")
 SCENE_SIZE = 64  # the canvas of the dense probe's scenes (repre.data.scenes.SIZE)
 # keys removed in 0.2.0 (options no preset used, measured and left; docs/results.md) -> (the one value the code
 # has now, what became of the option)
@@ -70,6 +72,10 @@ def renamed_message(key: str) -> str | None:
         return f"config key {key!r} was removed in repre 0.2.0: {REMOVED[key][1]}"
     if key == "train.warmup_steps":
         return "train.warmup_steps was removed in repre 0.2.0: set train.warmup_fraction (a fraction of the run)"
+    if key in PLACEMENT_KEYS:
+        return (f"config key {key!r} was replaced in repre 0.2.0 by data.device_stages, which says in one value "
+                "which stages run on the device: photometric (aug.photometric_on=device), crops "
+                "(aug.geometric_on=device), decode (data.decode_on=device), workers (none) or auto")
     return None
 
 
@@ -82,6 +88,7 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     _removed_keys(raw, refuse_removed)
     method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
     _warmup_as_fraction(train)
+    _one_placement_key(raw)
     _method_keys_to_their_framework(method)
     _eval_keys_to_their_task(evals)
     _pretraining_on_scenes(raw, refuse_removed)
@@ -134,6 +141,19 @@ def _warmup_as_fraction(train: dict[str, Any]) -> None:
         logging.getLogger("repre").warning(
             "this config's warm-up of %d steps (train.warmup_steps, removed in repre 0.2.0) is read as its "
             "train.warmup_fraction, %s, which a resumed run trains with", warmup_steps, train.get("warmup_fraction"))
+
+
+def _one_placement_key(raw: dict[str, Any]) -> None:
+    """data.decode_on, aug.geometric_on and aug.photometric_on -> data.device_stages: the last stage on the
+    device (decode, then crops, then photometric; photometric_on=auto: auto)."""
+    data, aug = raw.get("data"), raw.get("aug")
+    if not isinstance(data, dict) or not isinstance(aug, dict):
+        return
+    old = {"decode": data.pop("decode_on", None), "crops": aug.pop("geometric_on", None),
+           "photometric": aug.pop("photometric_on", None)}
+    if any(old.values()):
+        last = next((stage for stage, where in old.items() if where == "device"), None)
+        data["device_stages"] = last or ("workers" if old["photometric"] == "workers" else "auto")
 
 
 def _method_keys_to_their_framework(method: dict[str, Any]) -> None:

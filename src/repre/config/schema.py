@@ -36,9 +36,12 @@ class DataConfig:
     synthetic_train: int = 512  # images in the generated train split
     synthetic_test: int = 256  # images in the generated test split
     synthetic_classes: int = 10  # labels of the generated images
-    # where JPEGs of folders and shards are decoded: in the data workers, or on the training device (nvJPEG on a
-    # GPU; the bytes cross, not the pixels). device needs aug.geometric_on=device
-    decode_on: Literal["workers", "device"] = "workers"
+    # the stages of the views' pipeline that run on the training device instead of the data workers, each value
+    # adding one to the value before: workers, none; photometric, the colour jitter, blur and solarization (uint8
+    # views and their parameters cross); crops, the random resized crops and flips too (whole images cross, cut
+    # as batched matrix products; the workers only read files and draw the parameters); decode, the JPEG decoding
+    # of folders and shards too (their bytes cross; nvJPEG on a GPU). auto: photometric on a GPU, else workers
+    device_stages: Literal["auto", "workers", "photometric", "crops", "decode"] = "auto"
     # data.name=shards: read through an index of member offsets (random), or each shard as one stream (stream:
     # URLs, pipe: commands, shards in an object store). auto: stream for http(s):// and pipe: roots
     shard_access: Literal["auto", "random", "stream"] = "auto"
@@ -87,13 +90,6 @@ class AugConfig:
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     # solarization probability per view, as blur_prob
     solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
-    # where the batched photometric stage runs: in the data workers, or on the training device (uint8 views
-    # cross to it; the jitter, blur and solarization run there). auto: the device when it is a GPU or where
-    # the crops are cut (aug.geometric_on=device)
-    photometric_on: Literal["auto", "workers", "device"] = "auto"
-    # where the random resized crops and flips are cut: in the data workers (per image), or on the training
-    # device (batched; whole images cross to it, the workers only read files and draw the parameters)
-    geometric_on: Literal["workers", "device"] = "workers"
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {

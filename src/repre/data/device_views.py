@@ -1,10 +1,10 @@
-"""The geometric stage, and JPEG decoding, on the training device: `aug.geometric_on=device`, `data.decode_on=device`.
+"""The geometric stage, and JPEG decoding, on the training device: `data.device_stages=crops` and `decode`.
 
 Why: decoding, cropping and the photometric stage cost a data worker milliseconds per image at 224 px, so a
 fast GPU needs many cores of data workers (docs/results.md, "Input pipeline"); with the photometric stage on the
 device (the GPU default) decoding is nearly all that remains. Here the workers only read files and draw each view's parameters (the same draws, from the same
 (seed, epoch, index, view) generators, as the worker path: `repre.data.views.sample_views`); a batch crosses to
-the device as whole images (decoded pixels, or the JPEG bytes themselves with `data.decode_on=device`) with the
+the device as whole images (decoded pixels, or the JPEG bytes themselves with `data.device_stages=decode`) with the
 crop boxes, flips and photometric parameters beside them. On the device:
 
 - JPEGs are decoded in one batched call (nvJPEG on a GPU); one the device refuses is decoded on the CPU;
@@ -123,7 +123,7 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device, names: list[str
     On a GPU the caller's stream is drained first: nvJPEG's hardware decoder writes its outputs without waiting
     for the work queued on that stream, into memory the caching allocator may just have freed from it (silent
     corruption; pytorch/vision#9606). The decode waits for the device anyway (it returns decoded pixels), so the
-    wait only moves earlier; data.decode_on=device is therefore not free of host synchronisation."""
+    wait only moves earlier; data.device_stages=decode is therefore not free of host synchronisation."""
     names = names or [f"JPEG {i}" for i in range(len(data))]
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()

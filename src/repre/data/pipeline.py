@@ -2,14 +2,13 @@
 
 `PretrainData` is what the trainer sees: a loader that starts at any optimizer step, the stages left for the
 training device (`to_device`), and `state_dict()` / `load_state_dict()` for checkpoints. Where each stage runs
-(data workers or the device) is decided once, by `Stages.of` (`aug.geometric_on`, `aug.photometric_on`,
-`data.decode_on`, the device).
+(data workers or the device) is decided once, by `Stages.of` (`data.device_stages`, the device).
 
 A batch is a dict; which keys it holds tells which stages are left (B: this process's images; V: global views,
 2; L: DINO's local crops; S, s: their sides). From the loader (`ViewCollate`):
 
     views              float [B, V, 3, S, S], normalized: every stage ran in the data workers; or uint8: the
-                       photometric stage is left for the device; absent: the crops are too (aug.geometric_on)
+                       photometric stage is left for the device; absent: the crops are too (data.device_stages)
     local_views        the same for DINO's local crops, [B, L, 3, s, s]
     photo, local_photo float [B, V | L, N_PHOTO]: each view's photometric draws, while that stage is left
     pixels, jpeg, encoded, shapes, offsets, lengths
@@ -136,7 +135,7 @@ def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec
 
 def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, torch.Tensor]:
     """The stages a batch's loader left out, where its tensors are now (the training device): the crops of a
-    packed batch (aug.geometric_on=device; "pixels" moved, "jpeg" on the CPU), then the photometric stage of
+    packed batch (data.device_stages=crops; "pixels" moved, "jpeg" on the CPU), then the photometric stage of
     uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged."""
     if "boxes" in batch:
         batch = crop_on_device(batch, spec.size, spec.local_size)
@@ -243,17 +242,20 @@ class Stages:
     """Where the stages of a run's pipeline run, decided once: each in the data workers (False) or on the
     training device (True), after `PretrainData.to_device` (`finish_views`)."""
 
-    decode_on_device: bool  # data.decode_on=device: JPEG bytes cross, the device decodes them
-    crops_on_device: bool  # aug.geometric_on=device: whole images cross, the crops are cut there
-    photometric_on_device: bool  # uint8 views and their photometric parameters cross (aug.photometric_on)
+    decode_on_device: bool  # data.device_stages=decode: JPEG bytes cross, the device decodes them
+    crops_on_device: bool  # crops (and decode): whole images cross, the crops are cut there
+    photometric_on_device: bool  # photometric (and the later ones): uint8 views and their parameters cross
+
+    ORDER = ("workers", "photometric", "crops", "decode")  # data.device_stages: each adds a stage to the last
 
     @classmethod
     def of(cls, cfg: Config, device: torch.device) -> Stages:
-        """The stages of `cfg` training on `device` (only its type is read). aug.photometric_on=auto: on the
-        device on a GPU, or where the crops are cut."""
-        crops, where = cfg.aug.geometric_on == "device", cfg.aug.photometric_on
-        return cls(decode_on_device=cfg.data.decode_on == "device", crops_on_device=crops,
-                   photometric_on_device=where == "device" or (where == "auto" and (device.type == "cuda" or crops)))
+        """The stages of `cfg` training on `device` (only its type is read; auto: photometric on a GPU)."""
+        chosen = cfg.data.device_stages
+        if chosen == "auto":
+            chosen = "photometric" if device.type == "cuda" else "workers"
+        on_device = cls.ORDER.index(chosen)
+        return cls(decode_on_device=on_device >= 3, crops_on_device=on_device >= 2, photometric_on_device=on_device >= 1)
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,
@@ -314,7 +316,7 @@ class PretrainData:
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
-        left out run there (aug.geometric_on, aug.photometric_on; JPEG bytes stay on the CPU for the decoder)."""
+        left out run there (data.device_stages; JPEG bytes stay on the CPU for the decoder)."""
         keys = ("views", "label", "local_views", "photo", "local_photo", "pixels")
         moved = {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
         return finish_views({**batch, **moved}, self.spec)

@@ -6,7 +6,7 @@ the views do not depend on the number of data workers or processes, and a resume
 The pipeline has two stages:
 - geometric, per sample (images may differ in size): random resized crop and horizontal flip -> uint8, in the
   data workers (here), or batched on the training device from the same parameters (`sample_views`;
-  `repre.data.device_views`, aug.geometric_on=device);
+  `repre.data.device_views`, data.device_stages=crops);
 - photometric, batched on a [N, 3, S, S] float tensor with per-sample parameters: colour jitter,
   grayscale, Gaussian blur, solarization, then normalization. It runs in the collate function (in the
   data workers) and can equally run on an accelerator.
