@@ -1,5 +1,5 @@
 """Typed construction and validation: a mapping -> the dataclasses of `schema`, every key checked and every
-value coerced to its field's type (`build`), then each section's ranges and rules and those that span
+value coerced to its field's type (`build_section`), then each section's ranges and rules and those that span
 sections (`validate`). Errors name the nearest valid key."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from repre.config.schema import AugConfig, Config, DataConfig, LinearConfig, Rec
 from repre.errors import UserError
 
 
-def build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     """Construct dataclass `cls` from `raw`, checking every key and value type."""
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "config"
@@ -68,7 +68,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, key + ".")
+        return build_section(tp, value, key + ".")
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from repre.config.checks import build, validate
+from repre.config.checks import build_section, validate
 from repre.config.migrate import migrate
 from repre.config.schema import DEFAULT_PRESET, Config
 from repre.errors import UserError
@@ -118,7 +118,7 @@ def load_config(source: str | None = None, overrides: list[str] | dict[str, Any]
     raw = source_dict(source)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     deep_update(raw, extra)
-    cfg = build(Config, raw, "")
+    cfg = build_section(Config, raw, "")
     validate(cfg)
     return cfg
 
@@ -127,7 +127,7 @@ def config_from_dict(raw: dict[str, Any], migrated: bool = False) -> Config:
     """A Config from a resolved mapping (a checkpoint's or a run's config, from this repre or an older one).
     `migrated`: `raw` is in today's keys already (`migrate`d, then a person's `--set` on top, which gets
     `renamed_message` rather than a migration)."""
-    cfg = build(Config, raw if migrated else migrate(raw), "")
+    cfg = build_section(Config, raw if migrated else migrate(raw), "")
     validate(cfg)
     return cfg
 
