@@ -423,3 +423,21 @@ def test_an_interrupted_embed_says_the_same_command_goes_on(monkeypatch, capsys)
     monkeypatch.setattr(cli, "cmd_embed", interrupted)
     assert main(["embed", "--checkpoint", "x", "--out", "e.npy"]) == 3
     assert "interrupted; the same command (without --overwrite) goes on from the rows written" in capsys.readouterr().err
+
+
+def test_a_progress_bar_written_to_a_file_redraws_twice_a_minute(monkeypatch):
+    """Into a job's log every redraw is a line: 30 s between them there, a terminal's tenth of a second else."""
+    import io
+    import sys
+
+    from repre.core.progress import FILE_INTERVAL, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, interval in ((io.StringIO(), FILE_INTERVAL), (Terminal(), 0.1)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = progress_bar(total=3)
+        assert bar.mininterval == interval and FILE_INTERVAL == 30.0
+        bar.close()

@@ -26,6 +26,7 @@ from repre.builder import build_model, decoder_resamples
 from repre.config import Config, save_yaml
 from repre.core import checkpoint_io, dist, run_files
 from repre.core.compat import workers_stopped_on_error
+from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
@@ -191,8 +192,8 @@ class Trainer:
             self._say_what_runs()
         writer = MetricWriter(self.out, enabled=main, after_step=s.step)
         loader = self.data.loader(s.step, self.rt.pin_memory)
-        bar = tqdm(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
-                   dynamic_ncols=True, desc="pretrain")
+        bar = progress_bar(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
+                           desc="pretrain")
         with GracefulStop() as signal:
             self.agreement.signal = signal
             completed = self._loop(loader, writer, bar)

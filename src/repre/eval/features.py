@@ -10,10 +10,10 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from repre.config import Config
 from repre.core import dist
+from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime
 from repre.errors import UserError
 from repre.models.backbone import Backbone
@@ -38,7 +38,7 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
     was_training = module.training
     module.eval()
     if desc:
-        batches = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        batches = progress_bar(batches, desc=desc, unit="batch", leave=False)
     try:
         for x, extra in batches:
             if len(x) == 0:

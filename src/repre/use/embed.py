@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from repre.config import Config, DataConfig, parse_overrides, reads
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
+from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
 from repre.data.sources import (
@@ -100,7 +99,7 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
 def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime, writer: EmbeddingWriter) -> int:
     """Embed the source's images from the writer's `next_index` to the end; returns the images read."""
     start = writer.progress["next_index"]
-    bar = tqdm(total=len(source), initial=start, unit="img", desc="embed", disable=not cfg.train.progress)
+    bar = progress_bar(total=len(source), initial=start, unit="img", desc="embed", disable=not cfg.train.progress)
     try:
         for feats, batch in pooled_embeddings(encoder, indexed_loader(cfg, source, start), rt):
             for index, why in batch.unreadable:
