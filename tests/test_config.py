@@ -218,6 +218,15 @@ def test_a_root_under_home_is_expanded():  # the shell leaves `--set data.root=~
     assert cfg.data.root == str(Path.home() / "photos") and cfg.eval.segment.root == str(Path.home() / "scenes")
 
 
+def test_a_relative_root_is_kept_absolute_and_a_remote_one_as_given(tmp_path, monkeypatch):
+    """A run started in one directory finds its images from any other (`repre eval`, `--resume`, compare)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.name=folder", "data.root=photos", "eval.segment.root=../scenes"])
+    assert cfg.data.root == str(tmp_path / "photos") and cfg.eval.segment.root == str(tmp_path.parent / "scenes")
+    for remote in ("https://host/shards-{000..009}.tar", "pipe:aws s3 cp s3://b/s-000.tar -"):
+        assert load_config(None, ["data.name=shards", f"data.root={remote}"]).data.root == remote
+
+
 def test_repre_config_prints_what_pretrain_would_run_and_takes_it_back(tmp_path):
     """`repre config` prints the resolved config of a preset and overrides, as a run's config.yaml; given back
     as --config it is the same config; a wrong key exits 2 as pretrain would."""

@@ -202,3 +202,16 @@ def test_fine_tuning_changes_the_encoder():
     after = encoder.model.state_dict()
     for name in ("blocks.0.attn.qkv.weight", "patch_embed.proj.weight"):
         assert not torch.equal(after[name], before[name])
+
+
+def test_an_eval_out_that_is_a_file_is_refused_before_the_evaluation(tiny_run, tmp_path, monkeypatch):
+    """--out naming a file (or a folder under one) exits 2 before any work: the result would be lost after it."""
+    import repre.eval
+
+    ran = []
+    monkeypatch.setattr(repre.eval, "evaluate", lambda *a, **k: ran.append(a))
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "knn"):
+        code, _ = run_cli(["eval", "knn", "--checkpoint", str(tiny_run[0]), "--out", str(out)])
+        assert code == 2
+    assert not ran

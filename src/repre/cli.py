@@ -192,6 +192,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else run_dir(args.checkpoint) / run_files.EVAL / args.task
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # before the evaluation: its result would be lost when it is written
+        raise UserError(f"--out {out}: {blocked} is a file; give a directory for the result")
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0

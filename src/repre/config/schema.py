@@ -6,17 +6,21 @@ computes (`RUN_ONLY_KEYS`)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 DEFAULT_PRESET = "fmnist-mocov3-repre"
 REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as streams (data.shard_access=auto)
 
 
-def _home(root: str | None) -> str | None:
-    """A root given as ~/... (the shell leaves `--set data.root=~/x` as it is) in the user's home."""
-    return str(Path(root).expanduser()) if isinstance(root, str) and root.startswith("~") else root
+def _absolute(root: str | None) -> str | None:
+    """A local root as an absolute path: ~/... in the user's home (the shell leaves `--set data.root=~/x` as it
+    is), a relative one from the current directory, so that the run's config names the same images from any
+    directory (`repre eval`, `--resume`). Remote roots (REMOTE_ROOTS) stay as they are."""
+    if not isinstance(root, str) or not root or root.startswith(REMOTE_ROOTS):
+        return root
+    return os.path.abspath(os.path.expanduser(root))
 
 
 @dataclass
@@ -25,7 +29,9 @@ class DataConfig:
 
     # the dataset: Fashion-MNIST, a folder of images, tar shards or generated images
     name: Literal["fashion-mnist", "folder", "synthetic", "shards"] = "fashion-mnist"
-    root: str | None = None  # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist)
+    # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist); a local path is kept
+    # absolute (a relative one from the current directory), so that a run finds its images from any directory
+    root: str | None = None
     subset: int | None = None  # N training images (from files: spread over them, every class)
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0: the other methods)
@@ -57,7 +63,7 @@ class DataConfig:
     }
 
     def __post_init__(self) -> None:
-        self.root = _home(self.root)
+        self.root = _absolute(self.root)
 
     @property
     def streamed(self) -> bool:
@@ -369,7 +375,7 @@ class SegmentConfig:
     epochs: int = 10  # the probe's epochs
 
     def __post_init__(self) -> None:
-        self.root = _home(self.root)
+        self.root = _absolute(self.root)
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
