@@ -386,3 +386,20 @@ def test_each_photometric_operation_is_torchvisions(op):
         ref = TF.rgb_to_grayscale(xf, num_output_channels=3)
     spec = ViewSpec(AugConfig(), 16, (0.0,) * 3, (1.0,) * 3)
     torch.testing.assert_close(photometric(x, photo, spec), ref, atol=2e-3, rtol=0)
+
+
+def test_a_folder_without_classes_or_with_one_is_told_what_evaluation_needs(tmp_path):
+    """A flat folder: its missing val/ is not answered with a hold-out (still no labels); one class: no score
+    (every prediction would be right); Fashion-MNIST's default name on a folder of images: data.name=folder."""
+    from repre.data.sources import labelled
+
+    for i in range(4):
+        save_png(tmp_path / "flat" / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
+        save_png(tmp_path / "one" / "train" / "all" / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
+    with pytest.raises(UserError, match="its images no classes: .* `repre eval recon --set eval.split=val`"):
+        eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'flat'}"), "test")
+    one = build_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'one'}").data, "train")
+    with pytest.raises(UserError, match=r"k-NN needs at least 2 classes; these images have one \(all\)"):
+        labelled(one, "k-NN")
+    with pytest.raises(UserError, match="add --set data.name=folder"):
+        build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'flat'}").data, "train")

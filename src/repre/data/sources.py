@@ -47,6 +47,13 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     for name in ("val", "test"):
         if (base / name).is_dir():
             return base / name
+    train = base / "train" if (base / "train").is_dir() else base
+    if not any(p.is_dir() for p in train.iterdir()):  # no classes: holding images out would not give labels
+        raise UserError(
+            f"{base} has no val/ (or test/) folder, and its images no classes: k-NN, the linear probe and "
+            f"fine-tuning read labelled images from {base}/train/<class>/... and {base}/val/<class>/...; "
+            "without labels, `repre eval recon --set eval.split=val` holds out part of the training images, and "
+            "`repre embed`, `neighbors` and `map` need none")
     raise UserError(
         f"{base} has no val/ (or test/) folder: evaluation and the test split read labelled images from "
         f"{base}/train/<class>/... and {base}/val/<class>/...; or hold out part of the training images with "
@@ -171,9 +178,15 @@ def class_names(source: ImageSource) -> list[str] | None:
 
 
 def labelled(source: ImageSource, task: str) -> int:
-    """The number of classes of `source`; exit 2 saying that `task` needs labels when it has none."""
+    """The number of classes of `source`; exit 2 saying that `task` needs labels when it has fewer than two (one
+    class: every prediction right, a score that says nothing; a folder nested one level too deep)."""
     if not source.num_classes:
-        raise UserError(f"{task} needs labels: use a folder with class sub-folders in train/ and val/")
+        raise UserError(f"{task} needs labels: use a folder with class sub-folders in train/ and val/ (every image "
+                        "in one; the sub-folder is its class)")
+    if source.num_classes < 2:
+        names = class_names(source) or ["one"]
+        raise UserError(f"{task} needs at least 2 classes; these images have one ({names[0]}): a folder's classes "
+                        "are the sub-folders right under train/ and val/ (or under data.root)")
     return source.num_classes
 
 
