@@ -144,7 +144,9 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     assert "eval.knn.train_subset=N" in said[0] and "eval.knn.enabled=false" in said[0]
     start = [m for m in (r.getMessage() for r in repre_log.records) if " into " in m and "steps of" in m]
     device = str(setup_runtime(tiny_config().train).device)  # cpu here, cuda on a GPU machine
-    assert start == [f"{tiny_config().preset} into {tmp_path / 'r'}: 2 steps of {tiny_config().train.batch_size} images, "
+    batch, classes = tiny_config().train.batch_size, tiny_config().data.synthetic_classes
+    images = f"{2 * batch / train_images:.3g} epochs of synthetic: {train_images} images, {classes} classes"
+    assert start == [f"{tiny_config().preset} into {tmp_path / 'r'}: 2 steps of {batch} images ({images}), "
                      f"on {device} in fp32; metrics.jsonl and checkpoints/ there, curves: tensorboard --logdir "
                      f"{tmp_path / 'r' / 'tb'}"]
 
