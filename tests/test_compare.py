@@ -34,7 +34,7 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     (repre / "eval" / "linear").mkdir(parents=True)
     (repre / "eval" / "linear" / "result.json").write_text(json.dumps(
         {"task": "linear", "metric": "top1", "value": 0.75, "extra": {},
-         "checkpoint": {"step": 10, "encoder": "encoder", "set": ["eval.linear.epochs=2"]}}))
+         "checkpoint": {"step": 10, "encoder": "encoder", "set": ["eval.linear.epochs=2", "train.progress=false"]}}))
     going = copy_run(run, tmp_path / "c" / "going")
     (going / "summary.json").unlink()  # killed, or still training
     with (going / "metrics.jsonl").open("a") as fh:
@@ -51,7 +51,8 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     assert [r["knn_top1"] for r in (a, b, c)] == [0.5, 0.625, None]
     (evaluated,) = b["evaluations"]
     assert {k: v for k, v in evaluated.items() if k != "settings"} == {
-        "task": "linear", "metric": "top1", "value": 0.75, "step": 10, "set": ["eval.linear.epochs=2"]}
+        "task": "linear", "metric": "top1", "value": 0.75, "step": 10,
+        "set": ["eval.linear.epochs=2", "train.progress=false"]}
     assert "eval.linear.epochs" not in evaluated["settings"] and "eval.linear.protocol" in evaluated["settings"]
     last_train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                   if json.loads(x)["kind"] == "train"][-1]
@@ -63,7 +64,8 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     assert rows["steps"] == ["20", "20", "20 no summary"]
     assert rows["images/s"] == ["100.0", "80.0 (x0.80)", "-"] and rows["trained on"] == ["cpu fp32", "cpu fp32", "-"]
     assert rows["knn top-1 (run's end)"] == ["0.5000", "0.6250 (+0.1250)", "-"]
-    assert rows["eval linear top1 [epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's
+    assert rows["eval linear top1 [epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's; run-only
+    # keys (progress) left out of its label
     assert rows["config keys that differ:"] == [] and rows["train.seed"] == ["0", "7", "0"]
 
 

@@ -52,7 +52,8 @@ def test_fashion_scenes_source(fmnist_root):
     assert img.shape == (3, 64, 64) and label == -1 and src.mask(2).shape == (64, 64)
 
 
-def test_eval_segment_end_to_end(tiny_run, fmnist_root):
+def test_eval_segment_end_to_end(tiny_run, fmnist_root, repre_log):
+    """The scenes on a run of other images: measured, and said to be the scenes (not the run's images)."""
     out, _ = tiny_run
     code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", f"eval.segment.root={fmnist_root}",
                             "--set", "eval.segment.train=16", "--set", "eval.segment.test=8",
@@ -60,6 +61,7 @@ def test_eval_segment_end_to_end(tiny_run, fmnist_root):
     result = last_json(stdout)
     assert code == 0 and result["task"] == "segment" and 0 <= result["value"] <= 1
     assert 0 <= result["extra"]["pixel_acc"] <= 1 and result["extra"]["feature_grid"] == [16, 16]
+    assert "measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this run's synthetic" in repre_log.text
 
 
 def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_location():

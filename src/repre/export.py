@@ -53,8 +53,9 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
             how = [re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", str(item))
                    for item in of.get("set", [])]
+            on = r.get("extra", {}).get("data") if r["task"] == "segment" else None  # the probe's own images
             evals.append({"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
-                          "from": "repre eval", "set": how})
+                          "from": "repre eval", "set": how, **({"data": on} if on else {})})
     return evals
 
 

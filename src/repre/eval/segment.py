@@ -11,6 +11,7 @@ pixel accuracy.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from repre.config import Config
+from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
@@ -30,6 +32,8 @@ from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 from repre.models.dino_vit import dino_resample
 from repre.models.mocov3_vit import set_input_size
+
+log = logging.getLogger("repre")
 
 
 def dense_unit(encoder: Backbone) -> int:
@@ -160,6 +164,10 @@ def folder_data(cfg: Config) -> ProbeData:
 def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """Train the probe on probe-train images, report mIoU and pixel accuracy on probe-test images."""
     e = cfg.eval
+    if e.segment.data == "fashion-scenes" and cfg.data.name != "fashion-mnist" and dist.is_main():
+        log.warning("the dense probe measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this "
+                    "run's %s images: for masks of your own, --set eval.segment.data=folder "
+                    "--set eval.segment.root=DIR (docs/evaluation.md)", cfg.data.name)
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg.data)
     encoder = at_size(encoder, tuple(data.train_images.shape[-2:]))

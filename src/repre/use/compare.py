@@ -212,7 +212,8 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     labels: dict[str, dict[int, Any]] = {}
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
-            given = [s.removeprefix(f"eval.{e['task']}.") for s in map(str, e["set"])]  # the task is named
+            given = [s.removeprefix(f"eval.{e['task']}.") for s in map(str, e["set"])  # the task is named
+                     if s.split("=")[0].strip() not in RUN_ONLY_KEYS]  # how it ran: the same result
             name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "")
             label, n = name, 1
             while i in labels.get(label, {}):  # a second result of the run with the same name: numbered
