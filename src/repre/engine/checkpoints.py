@@ -24,6 +24,7 @@ from repre.engine.metrics import WindowMeter
 from repre.engine.optim import load_optimizer_state
 from repre.engine.state import RunState
 from repre.errors import UserError
+from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
 
@@ -184,6 +185,11 @@ class Checkpoints:
         """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
         schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed."""
         ckpt = checkpoint_io.load(source)
+        resized = [key for name, module in self.model.named_modules() if isinstance(module, Backbone)
+                   for key in module.fit_state(ckpt["model"], f"{name}.")]
+        if resized:
+            log.info("--init-from %s: trained at data.image_size=%s, its position embeddings resampled to this run's "
+                     "%d", source, ckpt["config"]["data"].get("image_size"), self.cfg.data.image_size)
         try:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:

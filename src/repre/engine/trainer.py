@@ -88,9 +88,11 @@ class Trainer:
         self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
                                        self.rt, self.callbacks, self.meter)
         self.agreement = Agreement(self.state, self.rt.device)
+        if init_from and not resume:  # before --out is made: weights that do not fit leave no folder
+            self.checkpoints.init_from(init_from)
         out.mkdir(parents=True, exist_ok=True)  # once the data and the model are built: a wrong setting leaves none
         resumed = self.checkpoints.resume(self.total) if resume else False
-        if init_from and not resumed:
+        if init_from and resume and not resumed:  # the first launch of a requeued command
             self.checkpoints.init_from(init_from)
         self.forward_model = self._wrap_ddp()
         if dist.is_main():

@@ -16,11 +16,12 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from repre.errors import UserError
-from repre.models.dino_vit import dino_init_
-from repre.models.mocov3_vit import mocov3_init_
+from repre.models.dino_vit import dino_init_, dino_resample
+from repre.models.mocov3_vit import has_fixed_sincos, mocov3_init_
 
 # Small configurations for small images: (timm architecture, keyword arguments). Image size comes from data.
 SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -122,6 +123,30 @@ class Backbone(nn.Module):
         """MoCo v3's stability trick: keep the random patch projection fixed."""
         for p in self.model.patch_embed.parameters():
             p.requires_grad = False
+
+    @torch.no_grad()
+    def fit_state(self, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+        """Entries of a state dict (this backbone's under `prefix`) trained at another image size, made to fit
+        it, in place: a ViT's position embedding [1, P + H*W, D] -> [1, P + h*w, D] for this patch grid (DINO's
+        resampling with model.init=dino, timm's bicubic one else; a fixed sin-cos one, MoCo v3's, is this
+        backbone's own, computed for its grid). Returns the keys changed."""
+        key = f"{prefix}model.pos_embed"
+        own = getattr(self.model, "pos_embed", None)
+        if self.hierarchical or own is None or key not in state or state[key].shape == own.shape:
+            return []
+        saved, prefix_tokens = state[key], int(getattr(self.model, "num_prefix_tokens", 1))
+        side = math.isqrt(saved.shape[1] - prefix_tokens)
+        if side * side != saved.shape[1] - prefix_tokens or saved.shape[-1] != own.shape[-1]:
+            return []  # not a square grid of this width: left for the load to name
+        grid = tuple(self.model.patch_embed.grid_size)
+        if has_fixed_sincos(self.model):
+            state[key] = own.detach().clone()
+        elif self.init == "dino":
+            state[key] = dino_resample(saved, grid, (side, side))
+        else:
+            state[key] = resample_abs_pos_embed(saved, new_size=list(grid), old_size=[side, side],
+                                                num_prefix_tokens=prefix_tokens)
+        return [key]
 
 
 def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
