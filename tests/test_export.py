@@ -28,12 +28,16 @@ def features_agree(run, file, card) -> None:
 
 
 @needs_timm
-def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path):
+def test_vit_export_loads_with_timm_and_matches(tiny_run, tmp_path, repre_log):
     run, _ = tiny_run
     file = tmp_path / "vit.safetensors"
     code, stdout = run_cli(["export", "--checkpoint", str(run), "--out", str(file)])
     assert code == 0, stdout
     card = json.loads(file.with_suffix(".json").read_text())
+    assert card["step"] == card["total_steps"] == 20 and "exporting step" not in repre_log.text
+    step_10 = run / "checkpoints" / "step-00000010.pt"  # before the run's end: said, and in the card
+    assert run_cli(["export", "--checkpoint", str(step_10), "--out", str(tmp_path / "early.safetensors")])[0] == 0
+    assert "exporting step 10 of the run's 20" in repre_log.text
     assert last_json(stdout)["arch"] == card["arch"] == "vit_tiny_patch16_224"
     assert card["encoder"] == "encoder" and card["check"]["strict_keys"]
     knn = [e for e in card["evaluations"] if e["task"] == "knn"]

@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     _set_option(em, f"override a key of the checkpoint's config: {reads.listed(reads.EMBED)}; e.g. data.name=folder "
                 "data.root=DIR for other images")
     em.add_argument("--split", choices=("train", "test"), default="train",
-                    help="the run's training images (default; data.subset applies) or its test split")
+                    help="the run's training images (default; data.subset applies) or its test split (a folder's "
+                         "val/, or test/)")
     em.add_argument("--overwrite", action="store_true",
                     help="replace FILE.* of another checkpoint or data (the same command continues its own files)")
     nb = sub.add_parser("neighbors", help="draw query images and their nearest images in an embedding file")

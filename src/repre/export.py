@@ -19,6 +19,7 @@ Which encoder: each paper's convention (MoCo v3 and MoBY: the online encoder; DI
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,10 +30,13 @@ import torch
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
 from repre.core.run_files import read_json, run_dir, run_results
+from repre.core.schedules import total_steps
 from repre.data.evaluation import timm_preprocessing
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.pretrained import encoder_from, encoder_state, load_checkpoint_config
+
+log = logging.getLogger("repre")
 
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
 # the provenance that the timm architecture's own pretrained_cfg would otherwise lend the export (its hub weights,
@@ -62,6 +66,7 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
     step = int(ckpt.get("step", 0))
+    total = total_steps(cfg.train, ckpt["images"]) if ckpt.get("images") else None  # None: written before it
     evals = run_evaluations(run, step, key, eval_encoder_key(cfg.method.name)) if run is not None else []
     return {
         "format": "repre-export-3",
@@ -74,6 +79,7 @@ def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str,
         "preset": cfg.preset,
         "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
         "step": step,
+        "total_steps": total,  # the run's; a checkpoint before its end (stopped, or a step checkpoint) has fewer
         "evaluations": evals,
         "versions": {"trained_with": ckpt.get("versions", {}), "exported_with": ckpt_io.versions()},
         "load": 'timm.create_model(card["arch"], pretrained=True, num_classes=0, **card["kwargs"], '
@@ -147,6 +153,9 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
     in_run = Path(checkpoint).is_dir() or run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
     card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None)
+    if card["total_steps"] and card["step"] < card["total_steps"]:
+        log.warning("exporting step %d of the run's %d (a stopped run, or a step checkpoint): the encoder as it was "
+                    "there", card["step"], card["total_steps"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
     save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from repre.config import Config, DataConfig
+from repre.core import dist
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, warn_unreadable
 from repre.data.synthetic import Synthetic
 from repre.errors import UserError
+
+log = logging.getLogger("repre")
 
 
 class ImageSource(Protocol):
@@ -204,4 +208,7 @@ def eval_source(cfg: Config, split: str) -> ImageSource:
 
 def train_source(cfg: Config) -> ImageSource:
     source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    if cfg.data.subset and cfg.data.subset > len(source) and dist.is_main():
+        log.warning("data.subset=%d, but the training split holds %d images: all of them are used",
+                    cfg.data.subset, len(source))
     return subset_of(source, cfg.data.subset) if cfg.data.subset else source
