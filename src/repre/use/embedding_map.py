@@ -40,22 +40,22 @@ def layout(x: np.ndarray, method: str, seed: int) -> np.ndarray:
         raise UserError(f"unknown map method {method!r}; choose from {', '.join(METHODS)}")
     if len(x) < 3:
         raise UserError(f"a map needs at least 3 embeddings, the file has {len(x)}")
-    log.info("%s of %d embeddings%s", METHOD_NAMES[method], len(x),
-             " (about a minute for 5,000 on 2 CPU cores)" if method == "tsne" else "")
-    try:
+    try:  # before saying it runs: a missing package is the first thing to hear
         if method == "tsne":
             from sklearn.manifold import TSNE
-
-            perplexity = min(30.0, (len(x) - 1) / 3)
-            points = TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
         else:
             import umap
-
-            points = umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x)
     except ImportError:
         extra = "map" if method == "tsne" else "umap"
         raise UserError(f"--method {method} needs {'scikit-learn' if method == 'tsne' else 'umap-learn'}: "
                         f"pip install 'repre[{extra}]'") from None
+    log.info("%s of %d embeddings%s", METHOD_NAMES[method], len(x),
+             " (about a minute for 5,000 on 2 CPU cores)" if method == "tsne" else "")
+    if method == "tsne":
+        perplexity = min(30.0, (len(x) - 1) / 3)
+        points = TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+    else:
+        points = umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x)
     lo, hi = points.min(axis=0), points.max(axis=0)
     return (points - lo) / np.maximum(hi - lo, 1e-12)
 
