@@ -195,3 +195,21 @@ def test_dino_init_needs_a_class_token():
     with pytest.raises(UserError, match="model.init=dino"):
         Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
                                           "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="dino")
+
+
+@pytest.mark.parametrize("extra", [{}, {"no_embed_class": True}, {"reg_tokens": 2, "no_embed_class": True}])
+def test_a_position_embedding_of_another_grid_is_resampled_as_timm_does(extra):
+    """fit_state: a state dict trained at 16 px (4x4 patches) fits the backbone at 24 px (6x6), with timm's
+    resampling and its count of position-less prefix tokens (deit3's no_embed_class, registers)."""
+    from timm.layers import resample_abs_pos_embed
+
+    kwargs = {**dict(patch_size=4, embed_dim=32, depth=2, num_heads=2), **extra}
+    small = Backbone("vit_tiny_patch16_224", {**kwargs, "img_size": 16})
+    big = Backbone("vit_tiny_patch16_224", {**kwargs, "img_size": 24})
+    state = {f"encoder.{k}": v for k, v in small.state_dict().items()}
+    assert big.fit_state(state, "encoder.") == ["encoder.model.pos_embed"]
+    prefix = 0 if extra.get("no_embed_class") else 1
+    expected = resample_abs_pos_embed(small.model.pos_embed, new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=prefix)
+    torch.testing.assert_close(state["encoder.model.pos_embed"], expected)
+    big.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})  # every other weight fits
+    assert big.fit_state(state, "encoder.") == []  # fits now: nothing to change

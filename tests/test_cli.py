@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import TINY, last_json, pretrain_args, run_cli
+from conftest import TINY, last_json, pretrain_args, run_cli, tiny_config
 from repre import __version__
 from repre.cli import main
 from repre.errors import UserError
@@ -425,19 +425,23 @@ def test_an_interrupted_embed_says_the_same_command_goes_on(monkeypatch, capsys)
     assert "interrupted; the same command (without --overwrite) goes on from the rows written" in capsys.readouterr().err
 
 
-def test_a_progress_bar_written_to_a_file_redraws_twice_a_minute(monkeypatch):
-    """Into a job's log every redraw is a line: 30 s between them there, a terminal's tenth of a second else."""
+def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkeypatch):
+    """Into a job's log every redraw is a line: a run of 12 steps logged every 2 (a new postfix each time) draws
+    its bar when it starts and ends, not at each step or each train line; on a terminal it redraws at both."""
     import io
     import sys
 
-    from repre.core.progress import FILE_INTERVAL, progress_bar
+    from repre.engine.trainer import Trainer
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    for stream, interval in ((io.StringIO(), FILE_INTERVAL), (Terminal(), 0.1)):
+    redraws = {}
+    for name, stream in (("file", io.StringIO()), ("terminal", Terminal())):
         monkeypatch.setattr(sys, "stderr", stream)
-        bar = progress_bar(total=3)
-        assert bar.mininterval == interval and FILE_INTERVAL == 30.0
-        bar.close()
+        cfg = tiny_config("train.max_steps=12", "train.log_every=2", "eval.knn.enabled=false", "train.progress=true",
+                          "recon.enabled=false")
+        Trainer(cfg, tmp_path / name).fit()
+        redraws[name] = stream.getvalue().count("pretrain:")
+    assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws

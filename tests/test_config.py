@@ -128,10 +128,12 @@ def test_run_only_names_fields_of_its_section():
 
     from repre.config import RUN_ONLY_KEYS, Config, all_keys, sections
 
+    expected = set()
     for name, values in [("", Config()), *sections(Config())]:
         names = {f.name for f in dataclasses.fields(values)}
         assert getattr(values, "run_only", set()) <= names, name
-    assert set(RUN_ONLY_KEYS) <= set(all_keys())
+        expected |= {f"{name}.{key}".lstrip(".") for key in getattr(values, "run_only", set())}
+    assert set(RUN_ONLY_KEYS) == expected and expected <= set(all_keys())  # every section's, nested ones too
     assert {"eval.knn.quick_train", "model.grad_checkpointing", "description"} <= set(RUN_ONLY_KEYS)
 
 
@@ -223,7 +225,7 @@ def test_a_relative_root_is_kept_absolute_and_a_remote_one_as_given(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["data.name=folder", "data.root=photos", "eval.segment.root=../scenes"])
     assert cfg.data.root == str(tmp_path / "photos") and cfg.eval.segment.root == str(tmp_path.parent / "scenes")
-    for remote in ("https://host/shards-{000..009}.tar", "pipe:aws s3 cp s3://b/s-000.tar -"):
+    for remote in ("https://host/shards-{000..009}.tar", "pipe:aws s3 cp s3://b/s-000.tar -", "s3://b/s-{0..9}.tar"):
         assert load_config(None, ["data.name=shards", f"data.root={remote}"]).data.root == remote
 
 

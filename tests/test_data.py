@@ -401,5 +401,13 @@ def test_a_folder_without_classes_or_with_one_is_told_what_evaluation_needs(tmp_
     one = build_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'one'}").data, "train")
     with pytest.raises(UserError, match=r"k-NN needs at least 2 classes; these images have one \(all\)"):
         labelled(one, "k-NN")
-    with pytest.raises(UserError, match="add --set data.name=folder"):
-        build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'flat'}").data, "train")
+    (tmp_path / "afile").write_text("x")
+    for root, what in (("nowhere", "does not exist"), ("afile", "is a file, not a folder")):
+        for split in ("train", "test"):  # the test split first: recon, show, embed --split test
+            with pytest.raises(UserError, match=f"data.root .*{root} {what}"):
+                eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / root}"), split)
+    (tmp_path / "empty").mkdir()  # a folder made for the Fashion-MNIST files: how to get them
+    for root, message in (("flat", "holds images.* add --set data.name=folder"), ("one", "add --set data.name=folder"),
+                          ("empty", "Fashion-MNIST not found")):
+        with pytest.raises(UserError, match=message):
+            build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / root}").data, "train")

@@ -152,9 +152,18 @@ def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path):
 
 def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_folder, tmp_path):
     """The count of images the device could not decode reaches the run's summary: one epoch of 16 images, one
-    of them a JPEG with a valid header and garbled data."""
+    of them a JPEG with a valid header and garbled data. The finished batch carries it; the loader's batch is
+    left as it was (a second finish counts nothing twice)."""
     path = mixed_folder / "train" / "a" / "1.jpg"
     path.write_bytes(_undecodable(path.read_bytes()))
+    cfg = tiny_config("data.name=folder", f"data.root={mixed_folder}", "data.image_size=16", "data.device_stages=decode")
+    source = train_source(cfg)
+    spec = view_spec(cfg, source)
+    ds = ViewDataset(source, spec, 0, crops_on_device=True, decode_on_device=True)
+    packed = ViewCollate(spec, photometric=False)([ds[(0, i)] for i in range(len(source))])
+    done = finish_views(dict(packed), spec)
+    assert (int(packed["skipped"]), int(done["skipped"])) == (0, 1)
+    assert int(finish_views(done, spec)["skipped"]) == 1 and torch.equal(finish_views(done, spec)["views"], done["views"])
     code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
                                       "data.image_size=16", "train.batch_size=8", "train.max_steps=2",
                                       "eval.knn.enabled=false", "data.device_stages=decode"))
@@ -183,6 +192,7 @@ def test_each_device_stage_adds_one_to_the_one_before(value, on_cpu, on_gpu):
     ({"aug": {"photometric_on": "device", "geometric_on": "workers"}, "data": {"decode_on": "workers"}}, "photometric"),
     ({"aug": {"photometric_on": "auto", "geometric_on": "device"}, "data": {"decode_on": "workers"}}, "crops"),
     ({"aug": {"photometric_on": "auto", "geometric_on": "device"}, "data": {"decode_on": "device"}}, "decode"),
+    ({"aug": {"photometric_on": "auto"}, "data": {"decode_on": "workers", "device_stages": "crops"}}, "crops"),
 ])
 def test_the_three_placement_keys_of_older_configs_read_as_one(old, new):
     """A run's config with aug.photometric_on, aug.geometric_on and data.decode_on reads as the
@@ -190,8 +200,8 @@ def test_the_three_placement_keys_of_older_configs_read_as_one(old, new):
     from repre.config import config_from_dict, migrate
 
     raw = tiny_config().to_dict()
+    raw["data"].pop("device_stages")  # a config of before the key; the last case: edited to have both
     for section, keys in old.items():
-        raw[section].pop("device_stages", None)
         raw[section].update(keys)
     assert config_from_dict(migrate(raw)).data.device_stages == new
     with pytest.raises(UserError, match="data.device_stages"):

@@ -145,8 +145,9 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("tb"))  # other tests evaluate the shared run
     (run / "tb").mkdir()
     values = {}
-    for checkpoint in (run / "checkpoints" / "step-00000010.pt", run):
-        code, stdout = run_cli(["eval", "knn", "--checkpoint", str(checkpoint), "--set", "eval.batch_size=32"])
+    for checkpoint, how in ((run / "checkpoints" / "step-00000010.pt", "eval.batch_size=32"),
+                            (run, "train.precision=fp32")):  # a run-only key; the precision
+        code, stdout = run_cli(["eval", "knn", "--checkpoint", str(checkpoint), "--set", how])
         assert code == 0
         values[last_json(stdout)["checkpoint"]["step"]] = last_json(stdout)["value"]
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0

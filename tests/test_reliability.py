@@ -434,16 +434,15 @@ def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
 
 @pytest.mark.parametrize("init", ["timm", "dino", "mocov3"])
 def test_init_from_a_run_at_another_image_size_resamples_its_position_embedding(tmp_path, tiny_run, init, repre_log):
-    """Continued pre-training at a larger size (16 -> 24 px: a 4x4 -> 6x6 patch grid): the position embedding is
-    resampled as the encoder's init resamples it (timm's bicubic, DINO's), or is this run's own fixed sin-cos
-    (MoCo v3's); every other weight is the run's."""
+    """Continued pre-training at a larger size (16 -> 24 px: a 4x4 -> 6x6 patch grid): the position embedding of
+    each encoder (the momentum one's too) is resampled as the encoder's init resamples it (timm's bicubic,
+    DINO's), or is this run's own fixed sin-cos (MoCo v3's); every other weight is the run's."""
     from timm.layers import resample_abs_pos_embed
 
     from repre.models.dino_vit import dino_resample
 
     source, _ = tiny_run
-    trainer = Trainer(tiny_config("recon.enabled=false", "data.image_size=24", f"model.init={init}"),
-                      tmp_path / "big", init_from=source)
+    trainer = Trainer(tiny_config("data.image_size=24", f"model.init={init}"), tmp_path / "big", init_from=source)
     want, got = encoder_state(ckpt_io.load(source)), trainer.model.method.encoder.model.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want if k != "pos_embed")
     expected = {"timm": lambda p: resample_abs_pos_embed(p, new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1),
@@ -451,6 +450,8 @@ def test_init_from_a_run_at_another_image_size_resamples_its_position_embedding(
                 "mocov3": lambda _: Trainer(tiny_config("data.image_size=24", "model.init=mocov3"),
                                             tmp_path / "fresh").model.method.encoder.model.pos_embed}[init]
     torch.testing.assert_close(got["pos_embed"], expected(want["pos_embed"]))
+    momentum = encoder_state(ckpt_io.load(source), "momentum_encoder")["pos_embed"]
+    torch.testing.assert_close(trainer.model.method.momentum_encoder.model.pos_embed, expected(momentum))
     assert "position embeddings resampled to this run's 24" in repre_log.text
 
 

@@ -240,3 +240,17 @@ def test_the_processes_agree_on_image_counts_and_a_stop_at_sync_points(monkeypat
     assert (state.skipped_images, state.upscaled_images) == (4, 2) and agreed.stopping()
     agreed.sync()  # nothing new on either process: the counts stand, the stop too
     assert (state.skipped_images, state.upscaled_images) == (4, 2) and agreed.stopping()
+
+
+@pytest.mark.parametrize("stages", ["photometric", "crops"])
+def test_train_step_refuses_a_batch_of_the_loader_not_finished_on_the_device(tmp_path, stages):
+    """Stages left for the device (uint8 views, or packed images): a loader batch given to train_step as it is
+    would train on unfinished views; it says what to call instead."""
+    from repre.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_config(f"data.device_stages={stages}", "train.num_workers=0"), tmp_path / "run")
+    batch = next(iter(trainer.data.loader(0, False)))
+    with trainer.settings():
+        with pytest.raises(TypeError, match=r"trainer.train_step\(trainer.data.to_device\(batch\)\)"):
+            trainer.train_step(batch)
+        assert torch.isfinite(trainer.train_step(trainer.data.to_device(batch))["loss"])

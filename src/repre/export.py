@@ -66,7 +66,8 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
 def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
     step = int(ckpt.get("step", 0))
-    total = total_steps(cfg.train, ckpt["images"]) if ckpt.get("images") else None  # None: written before it
+    # None: an epoch budget in a checkpoint written before it recorded its images
+    total = total_steps(cfg.train, ckpt.get("images") or 0) if cfg.train.max_steps or ckpt.get("images") else None
     evals = run_evaluations(run, step, key, eval_encoder_key(cfg.method.name)) if run is not None else []
     return {
         "format": "repre-export-3",

@@ -17,7 +17,8 @@ from repre.errors import UserError
 
 
 def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    """Construct dataclass `cls` from `raw`, checking every key and value type."""
+    """Construct dataclass `cls` (a section, or the whole `Config`) from `raw`, checking every key and value
+    type; its sub-sections in turn."""
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "config"
         raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}")

@@ -144,16 +144,16 @@ def _warmup_as_fraction(train: dict[str, Any]) -> None:
 
 
 def _one_placement_key(raw: dict[str, Any]) -> None:
-    """data.decode_on, aug.geometric_on and aug.photometric_on -> data.device_stages: the last stage on the
-    device (decode, then crops, then photometric; photometric_on=auto: auto)."""
+    """data.decode_on, aug.geometric_on and aug.photometric_on -> data.device_stages: the latest stage of the
+    pipeline they put on the device (decode, else crops, else photometric; photometric_on=auto: auto). A config
+    that has data.device_stages already keeps it."""
     data, aug = raw.get("data"), raw.get("aug")
-    if not isinstance(data, dict) or not isinstance(aug, dict):
-        return
+    data, aug = data if isinstance(data, dict) else {}, aug if isinstance(aug, dict) else {}
     old = {"decode": data.pop("decode_on", None), "crops": aug.pop("geometric_on", None),
            "photometric": aug.pop("photometric_on", None)}
-    if any(old.values()):
-        last = next((stage for stage, where in old.items() if where == "device"), None)
-        data["device_stages"] = last or ("workers" if old["photometric"] == "workers" else "auto")
+    if any(old.values()) and "device_stages" not in data and isinstance(raw.get("data"), dict):
+        latest = next((stage for stage, where in old.items() if where == "device"), None)
+        data["device_stages"] = latest or ("workers" if old["photometric"] == "workers" else "auto")
 
 
 def _method_keys_to_their_framework(method: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -17,8 +18,8 @@ REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as stre
 def _absolute(root: str | None) -> str | None:
     """A local root as an absolute path: ~/... in the user's home (the shell leaves `--set data.root=~/x` as it
     is), a relative one from the current directory, so that the run's config names the same images from any
-    directory (`repre eval`, `--resume`). Remote roots (REMOTE_ROOTS) stay as they are."""
-    if not isinstance(root, str) or not root or root.startswith(REMOTE_ROOTS):
+    directory (`repre eval`, `--resume`). Remote roots (pipe:, or any URL: scheme://) stay as they are."""
+    if not isinstance(root, str) or not root or root.startswith(REMOTE_ROOTS) or re.match(r"[a-z][a-z0-9+.-]*://", root):
         return root
     return os.path.abspath(os.path.expanduser(root))
 
@@ -43,7 +44,7 @@ class DataConfig:
     synthetic_test: int = 256  # images in the generated test split
     synthetic_classes: int = 10  # labels of the generated images
     # the stages of the views' pipeline that run on the training device instead of the data workers, each value
-    # adding one to the value before: workers, none; photometric, the colour jitter, blur and solarization (uint8
+    # adding one to the value before it (in this order: `repre.data.pipeline.STAGE_ORDER`): workers, none; photometric, the colour jitter, blur and solarization (uint8
     # views and their parameters cross); crops, the random resized crops and flips too (whole images cross, cut
     # as batched matrix products; the workers only read files and draw the parameters); decode, the JPEG decoding
     # of folders and shards too (their bytes cross; nvJPEG on a GPU). auto: photometric on a GPU, else workers
@@ -454,7 +455,8 @@ def _run_only(cls: type, prefix: str = "") -> tuple[str, ...]:
 # with another value of them computes the same numbers (up to the rounding of another device). A resumed run
 # may change them (`engine.checkpoints`), an evaluation that sets them still measures the run's own encoder
 # (`engine.metrics.add_evaluation`) and two runs that differ only in them have comparable results
-# (`use.compare`).
+# (`use.compare`). One exception: streamed shards give their images in an order that follows
+# train.num_workers (a resume with another count warns).
 RUN_ONLY_KEYS = _run_only(Config)
 
 

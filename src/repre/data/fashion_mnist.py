@@ -53,10 +53,6 @@ class FashionMNIST:
         folder = Path(root or DEFAULT_ROOT)
         names = FILES["train" if split == "train" else "test"]
         missing = [n for n in names if not (folder / n).is_file()]
-        if missing and root and folder.is_dir() and not any(folder.glob("*-ubyte*")):
-            raise UserError(f"data.root {folder} holds no Fashion-MNIST files, and data.name is fashion-mnist (the "
-                            "default): for a folder of your own images add --set data.name=folder (tar shards: "
-                            "data.name=shards)")
         if missing:
             raise UserError(_missing_message(folder, missing))
         try:

@@ -8,6 +8,7 @@ the next index and counts it (see `repre.data.sources`), so a bad file never sto
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import re
@@ -47,6 +48,18 @@ def warn_unreadable(why: str, what: str) -> None:
     if why not in _named_unreadable:
         _named_unreadable.add(why)
         log.warning("%s: %s (each unreadable file is named once per process)", what, why)
+
+
+def holds_images(root: str | Path, depth: int = 2) -> bool:
+    """Whether `root` is a folder with image files in it or in its sub-folders down to `depth` levels (root/
+    train/CLASS/: 2). A quick look, not a scan: the first entries of each folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    entries = list(itertools.islice(root.iterdir(), 50))
+    if any(p.suffix.lower() in EXTENSIONS for p in entries):
+        return True
+    return depth > 0 and any(holds_images(p, depth - 1) for p in entries[:10] if p.is_dir())
 
 
 def _scan(root: Path) -> list[Path]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from repre.config import Config
+from repre.config import Config, DataConfig
 from repre.core import dist
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
@@ -137,7 +138,7 @@ def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, to
     """The stages a batch's loader left out, where its tensors are now (the training device): the crops of a
     packed batch (data.device_stages=crops; "pixels" moved, "jpeg" on the CPU), then the photometric stage of
     uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged."""
-    if "boxes" in batch:
+    if "pixels" in batch:  # packed whole images (a finished batch keeps its boxes, not its pixels)
         batch = crop_on_device(batch, spec.size, spec.local_size)
     if batch["views"].dtype != torch.uint8:
         return batch
@@ -237,6 +238,10 @@ def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
                     local_crops=cfg.data.local_crops, local_size=cfg.data.local_size)
 
 
+# data.device_stages's values after auto, in order: each puts one more stage on the device than the one before
+STAGE_ORDER = typing.get_args(typing.get_type_hints(DataConfig)["device_stages"])[1:]
+
+
 @dataclass(frozen=True)
 class Stages:
     """Where the stages of a run's pipeline run, decided once: each in the data workers (False) or on the
@@ -246,15 +251,13 @@ class Stages:
     crops_on_device: bool  # crops (and decode): whole images cross, the crops are cut there
     photometric_on_device: bool  # photometric (and the later ones): uint8 views and their parameters cross
 
-    ORDER = ("workers", "photometric", "crops", "decode")  # data.device_stages: each adds a stage to the last
-
     @classmethod
     def of(cls, cfg: Config, device: torch.device) -> Stages:
         """The stages of `cfg` training on `device` (only its type is read; auto: photometric on a GPU)."""
         chosen = cfg.data.device_stages
         if chosen == "auto":
             chosen = "photometric" if device.type == "cuda" else "workers"
-        on_device = cls.ORDER.index(chosen)
+        on_device = STAGE_ORDER.index(chosen)
         return cls(decode_on_device=on_device >= 3, crops_on_device=on_device >= 2, photometric_on_device=on_device >= 1)
 
 

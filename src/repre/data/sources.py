@@ -11,7 +11,7 @@ import torch
 from repre.config import Config, DataConfig
 from repre.core import dist
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import ImageFolder, UnreadableImage, warn_unreadable
+from repre.data.folder import ImageFolder, UnreadableImage, holds_images, warn_unreadable
 from repre.data.synthetic import Synthetic
 from repre.errors import UserError
 
@@ -40,6 +40,9 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
             return base
         raise UserError(f"evaluation needs labelled splits: with data.name=shards, data.root must be a folder "
                         f"with train/ and val/ shards; {root} is a shard or a pattern")
+    if not base.is_dir():
+        what = "is a file, not a folder" if base.exists() else "does not exist"
+        raise UserError(f"data.root {base} {what}; set data.root to a folder of images")
     if split == "train":
         if (base / "train").is_dir():
             return base / "train"
@@ -73,7 +76,13 @@ STREAMS_EVALUATE = ("evaluation reads labelled images at random, which streamed 
 def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     """The `split` ("train" or "test") of the configured dataset."""
     if cfg.name == "fashion-mnist":
-        return FashionMNIST(cfg.root, split)
+        try:
+            return FashionMNIST(cfg.root, split)
+        except UserError:
+            if cfg.root and holds_images(cfg.root):  # the default data.name on a folder of one's own images
+                raise UserError(f"data.root {cfg.root} holds images, not the Fashion-MNIST files data.name=fashion-"
+                                "mnist (the default) reads: add --set data.name=folder") from None
+            raise
     if cfg.name == "synthetic":
         count = cfg.synthetic_train if split == "train" else cfg.synthetic_test
         return Synthetic(split, count, cfg.image_size, cfg.synthetic_classes, seed=seed)

@@ -187,15 +187,18 @@ class Checkpoints:
         ckpt = checkpoint_io.load(source)
         resized = [key for name, module in self.model.named_modules() if isinstance(module, Backbone)
                    for key in module.fit_state(ckpt["model"], f"{name}.")]
+        size = ckpt["config"]["data"].get("image_size")
         if resized:
             log.info("--init-from %s: trained at data.image_size=%s, its position embeddings resampled to this run's "
-                     "%d", source, ckpt["config"]["data"].get("image_size"), self.cfg.data.image_size)
+                     "%d", source, size, self.cfg.data.image_size)
         try:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
+            sizes = (f"; it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
+                     if size != self.cfg.data.image_size else "")
             raise UserError(f"--init-from {source}: its weights do not fit this model "
-                            f"({checkpoint_io.size_mismatch(exc)}); use the same model.arch and method settings, "
-                            "or another checkpoint") from None
+                            f"({checkpoint_io.size_mismatch(exc)}{sizes}); use the same model.arch and method "
+                            "settings, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
         def parts(keys: list[str]) -> str:  # "decoder", "projector", "teacher_head", ...: the modules they are in
@@ -224,7 +227,7 @@ class Checkpoints:
     def _check_moved_data(self, ckpt: dict[str, Any], path: Path) -> None:
         """data.root may change on resume (the dataset moved): the new root must hold as many training images as
         the run had, and the run says where it reads them now."""
-        was, now = ckpt["config"]["data"].get("root"), self.cfg.data.root
+        was, now = config_from_dict(ckpt["config"]).data.root, self.cfg.data.root  # a relative root: made absolute
         if was == now:
             return
         images = ckpt.get("images")

@@ -135,6 +135,10 @@ class Trainer:
         `repre.data.pipeline`'s docstring; `self.data.to_device(b)` of the loader's `b`); returns detached
         scalars. Called outside `fit()` (a benchmark), it needs the run's settings: `with trainer.settings():
         trainer.train_step(trainer.data.to_device(b))`."""
+        views = batch.get("views")
+        if views is None or not views.is_floating_point() or views.device.type != self.rt.device.type:
+            raise TypeError("train_step takes a batch on the training device, its views complete: "
+                            "trainer.train_step(trainer.data.to_device(batch)) for a batch of the loader")
         momentum = self._apply_schedules(self.state.step)
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
@@ -317,7 +321,8 @@ class Trainer:
             log.warning("no finite %s in the window ending at step %d", ", ".join(missing), s.step)
             return
         speed = f"{images_per_sec:.0f}" if images_per_sec is not None else "-"  # None: no step timed in the window
-        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=speed)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=speed,
+                        refresh=False)  # drawn with the next step, at the bar's own interval (a log file's 30 s)
         for callback in self.callbacks:
             callback.on_log(self, values)
 

@@ -134,7 +134,9 @@ class Backbone(nn.Module):
         own = getattr(self.model, "pos_embed", None)
         if self.hierarchical or own is None or key not in state or state[key].shape == own.shape:
             return []
-        saved, prefix_tokens = state[key], int(getattr(self.model, "num_prefix_tokens", 1))
+        saved = state[key]
+        # tokens without a position (deit3, registers with no_embed_class: none of the prefix tokens have one)
+        prefix_tokens = 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
         side = math.isqrt(saved.shape[1] - prefix_tokens)
         if side * side != saved.shape[1] - prefix_tokens or saved.shape[-1] != own.shape[-1]:
             return []  # not a square grid of this width: left for the load to name
