@@ -210,3 +210,15 @@ def test_each_views_query_meets_the_other_views_key_and_queue():
         k1, k2 = m.target_projector(keys[:b]), m.target_projector(keys[b:])
     expected = moby_loss(q1, k2, queue2, m.temperature) + moby_loss(q2, k1, queue1, m.temperature)
     torch.testing.assert_close(out["loss"], expected)
+
+
+def test_a_queue_longer_than_the_dataset_is_said_before_the_first_step(tmp_path, repre_log):
+    """64 training images against a queue of 256 keys: each image's older keys fill it ~4 times over, so many
+    negatives are the positive's own image; the run says so, with a size below the images."""
+    from repre.engine.trainer import Trainer
+
+    model = build_model(tiny_config("method.name=moby", "method.moby.queue_size=256"), 10)
+    assert model.method.data_notes(1000) == [] and model.method.data_notes(100)[0].endswith("(e.g. 64)")
+    cfg = tiny_config("method.name=moby", "method.moby.queue_size=256", "train.max_steps=1", "eval.knn.enabled=false")
+    Trainer(cfg, tmp_path / "run").fit()
+    assert "method.moby.queue_size=256 keys a view, for 64 training images" in repre_log.text

@@ -232,6 +232,8 @@ class Trainer:
                  "curves: tensorboard --logdir %s", self.cfg.preset, self.out, self.total, self.cfg.train.batch_size,
                  self._images(), self.rt.device, self.rt.precision, f" ({processes} processes)" if processes > 1 else "",
                  self.out / run_files.TB)
+        for note in self.model.method.data_notes(len(self.data)):
+            log.warning(note)
 
     def _images(self) -> str:
         """"12.3 epochs of folder /data/photos: 277 images, 3 classes": the data a layout mistake shows in."""

@@ -93,6 +93,11 @@ class Method(nn.Module):
         """This step's values of the method's own schedules (`set_progress`'s) that a train line reports."""
         return {}
 
+    def data_notes(self, images: int) -> list[str]:
+        """Warnings about training on `images` images, said before the first step (MoBY: a queue that holds
+        each image several times)."""
+        return []
+
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return []
 

@@ -55,6 +55,14 @@ class MoBY(Method):
         self.register_buffer("queue2", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    def data_notes(self, images: int) -> list[str]:
+        size = len(self.queue1)
+        if size < images:
+            return []
+        return [f"method.moby.queue_size={size} keys a view, for {images:,} training images: the queue holds each "
+                f"image's older keys about {size / images:.0f} times, so many of its negatives are the image itself; "
+                f"--set method.moby.queue_size=N below the images (e.g. {1 << max(0, (images - 1).bit_length() - 1)})"]
+
     def ema_pairs(self):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
