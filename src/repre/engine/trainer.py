@@ -232,7 +232,8 @@ class Trainer:
                  "curves: tensorboard --logdir %s", self.cfg.preset, self.out, self.total, self.cfg.train.batch_size,
                  self._images(), self.rt.device, self.rt.precision, f" ({processes} processes)" if processes > 1 else "",
                  self.out / run_files.TB)
-        for note in self.model.method.data_notes(len(self.data)):
+        known = not (self.cfg.data.streamed and not self.cfg.data.stream_size)  # a stream's size: data.stream_size
+        for note in self.model.method.data_notes(len(self.data)) if known else ():
             log.warning(note)
 
     def _images(self) -> str:
