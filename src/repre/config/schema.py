@@ -44,10 +44,11 @@ class DataConfig:
     synthetic_test: int = 256  # images in the generated test split
     synthetic_classes: int = 10  # labels of the generated images
     # the stages of the views' pipeline that run on the training device instead of the data workers, each value
-    # adding one to the value before it (in this order: `repre.data.pipeline.STAGE_ORDER`): workers, none; photometric, the colour jitter, blur and solarization (uint8
-    # views and their parameters cross); crops, the random resized crops and flips too (whole images cross, cut
-    # as batched matrix products; the workers only read files and draw the parameters); decode, the JPEG decoding
-    # of folders and shards too (their bytes cross; nvJPEG on a GPU). auto: photometric on a GPU, else workers
+    # adding one to the value before it (in this order: `repre.data.pipeline.STAGE_ORDER`): workers, none;
+    # photometric, the colour jitter, grayscale, blur, solarization and normalization (uint8 views and their
+    # parameters cross); crops, the random resized crops and flips too (whole images cross, cut as batched matrix
+    # products; the workers only read files and draw the parameters); decode, the JPEG decoding of folders and
+    # shards too (their bytes cross; nvJPEG on a GPU). auto: photometric on a CUDA GPU, else workers
     device_stages: Literal["auto", "workers", "photometric", "crops", "decode"] = "auto"
     # data.name=shards: read through an index of member offsets (random), or each shard as one stream (stream:
     # URLs, pipe: commands, shards in an object store). auto: stream for http(s):// and pipe: roots
@@ -207,7 +208,9 @@ class ReconConfig:
     taps: int | list[int] = 4
     norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
     width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step, to 8
-    upsample: Literal["bilinear", "nearest"] = "bilinear"  # the decoder's x2 steps (nearest: cheaper on a GPU, docs/results.md)
+    # how the decoder resizes: its x2 steps, and a deeper tap to a shallower one's grid in its fusion (nearest:
+    # cheaper on a GPU, docs/results.md)
+    upsample: Literal["bilinear", "nearest"] = "bilinear"
     # the x2 steps stop at this stride (a power of two); a 1x1 conv then predicts out_stride x out_stride pixels
     # per position (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the
     # decoder's time
@@ -248,7 +251,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite steps (skipped) before the run stops with status 3
     # step: the skip of a non-finite step is decided on the host (one synchronisation a step); log: on the
     # device, inside the fused AdamW step, with no synchronisation in the step (counts and the max_bad_steps
-    # check at log and checkpoint steps). auto: log on a GPU
+    # check at log and checkpoint steps). auto: log on a CUDA GPU
     host_sync: Literal["auto", "step", "log"] = "auto"
     eval_every: int = 0  # k-NN during training; 0: only at the end
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: CUDA, else MPS, else the CPU
