@@ -156,14 +156,16 @@ def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_
     left as it was (a second finish counts nothing twice)."""
     path = mixed_folder / "train" / "a" / "1.jpg"
     path.write_bytes(_undecodable(path.read_bytes()))
-    cfg = tiny_config("data.name=folder", f"data.root={mixed_folder}", "data.image_size=16", "data.device_stages=decode")
+    cfg = tiny_config("data.name=folder", f"data.root={mixed_folder}", "data.image_size=16",
+                      "data.device_stages=decode")
     source = train_source(cfg)
     spec = view_spec(cfg, source)
     ds = ViewDataset(source, spec, 0, crops_on_device=True, decode_on_device=True)
     packed = ViewCollate(spec, photometric=False)([ds[(0, i)] for i in range(len(source))])
     done = finish_views(dict(packed), spec)
     assert (int(packed["skipped"]), int(done["skipped"])) == (0, 1)
-    assert int(finish_views(done, spec)["skipped"]) == 1 and torch.equal(finish_views(done, spec)["views"], done["views"])
+    again = finish_views(done, spec)
+    assert int(again["skipped"]) == 1 and torch.equal(again["views"], done["views"])
     code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
                                       "data.image_size=16", "train.batch_size=8", "train.max_steps=2",
                                       "eval.knn.enabled=false", "data.device_stages=decode"))

@@ -61,7 +61,8 @@ def test_eval_segment_end_to_end(tiny_run, fmnist_root, repre_log):
     result = last_json(stdout)
     assert code == 0 and result["task"] == "segment" and 0 <= result["value"] <= 1
     assert 0 <= result["extra"]["pixel_acc"] <= 1 and result["extra"]["feature_grid"] == [16, 16]
-    assert "measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this run's synthetic" in repre_log.text
+    said = "measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this run's synthetic"
+    assert said in repre_log.text
 
 
 def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_location():

@@ -39,8 +39,8 @@ def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_th
     from repre.engine.trainer import Trainer
 
     def losses(where: str) -> list[float]:
-        cfg = tiny_config(f"data.device_stages={where}", "train.log_every=1", "train.max_steps=3", "eval.knn.enabled=false",
-                          "train.precision=fp32")
+        cfg = tiny_config(f"data.device_stages={where}", "train.log_every=1", "train.max_steps=3",
+                          "eval.knn.enabled=false", "train.precision=fp32")
         Trainer(cfg, tmp_path / where).fit()
         return [json.loads(line)["loss"] for line in (tmp_path / where / "metrics.jsonl").read_text().splitlines()]
 

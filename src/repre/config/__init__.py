@@ -56,6 +56,7 @@ __all__ = [
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",
-    "all_keys", "build_section", "config_from_dict", "deep_update", "flatten", "idle_sections", "list_presets", "load_config",
+    "all_keys", "build_section", "config_from_dict", "deep_update", "flatten", "idle_sections", "list_presets",
+    "load_config",
     "migrate", "parse_overrides", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

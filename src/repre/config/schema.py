@@ -13,13 +13,14 @@ from typing import Any, ClassVar, Literal
 
 DEFAULT_PRESET = "fmnist-mocov3-repre"
 REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as streams (data.shard_access=auto)
+URL = re.compile(r"[a-z][a-z0-9+.-]*://")  # a root kept as given (s3://, gs://, ...), not made a local path
 
 
 def _absolute(root: str | None) -> str | None:
     """A local root as an absolute path: ~/... in the user's home (the shell leaves `--set data.root=~/x` as it
     is), a relative one from the current directory, so that the run's config names the same images from any
     directory (`repre eval`, `--resume`). Remote roots (pipe:, or any URL: scheme://) stay as they are."""
-    if not isinstance(root, str) or not root or root.startswith(REMOTE_ROOTS) or re.match(r"[a-z][a-z0-9+.-]*://", root):
+    if not isinstance(root, str) or not root or root.startswith(REMOTE_ROOTS) or URL.match(root):
         return root
     return os.path.abspath(os.path.expanduser(root))
 

@@ -258,7 +258,8 @@ class Stages:
         if chosen == "auto":
             chosen = "photometric" if device.type == "cuda" else "workers"
         on_device = STAGE_ORDER.index(chosen)
-        return cls(decode_on_device=on_device >= 3, crops_on_device=on_device >= 2, photometric_on_device=on_device >= 1)
+        return cls(decode_on_device=on_device >= 3, crops_on_device=on_device >= 2,
+                   photometric_on_device=on_device >= 1)
 
 
 def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memory: bool,

@@ -2,9 +2,9 @@
 by the non-finite guard), logs and checkpoints.
 
 What is not the step lives beside it: the non-finite guard (`guard`), checkpoints and resume (`checkpoints`),
-what the processes agree on between steps (`agreement`), the data pipeline and its position (`repre.data.pipeline`), monitors and evaluations (`callbacks`), the
-process-wide settings of a run (`repre.core.runtime.run_settings`) and the attention kernel of its training
-forward (`repre.models.attention`).
+what the processes agree on between steps (`agreement`), the data pipeline and its position
+(`repre.data.pipeline`), monitors and evaluations (`callbacks`), the process-wide settings of a run
+(`repre.core.runtime.run_settings`) and the attention kernel of its training forward (`repre.models.attention`).
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ class Trainer:
         processes = dist.world_size()
         log.info("%s into %s: %d steps of %d images (%s), on %s in %s%s; metrics.jsonl and checkpoints/ there, "
                  "curves: tensorboard --logdir %s", self.cfg.preset, self.out, self.total, self.cfg.train.batch_size,
-                 self._images(), self.rt.device, self.rt.precision, f" ({processes} processes)" if processes > 1 else "",
-                 self.out / run_files.TB)
+                 self._images(), self.rt.device, self.rt.precision,
+                 f" ({processes} processes)" if processes > 1 else "", self.out / run_files.TB)
         known = not (self.cfg.data.streamed and not self.cfg.data.stream_size)  # a stream's size: data.stream_size
         for note in self.model.method.data_notes(len(self.data)) if known else ():
             log.warning(note)
