@@ -56,7 +56,7 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
     running framework's section only); a change in what the run computes is still refused."""
     from types import SimpleNamespace
 
-    from repre.config import load_config
+    from repre.config import config_from_dict, load_config
     from repre.engine.checkpoints import Checkpoints
     from repre.errors import UserError
 
@@ -66,10 +66,10 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
                      "freeze_patch_embed": False, "queue_size": 4096, "out_dim": 1024, "norm_last_layer": True,
                      "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "warmup_teacher_temp_fraction": 0.0,
                      "center_momentum": 0.9, "freeze_last_layer_fraction": 0.05}
-    Checkpoints._check_compatible(now, old, tmp_path / "step.pt")
+    Checkpoints._check_compatible(now, config_from_dict(old), tmp_path / "step.pt")
     old["method"]["temperature"] = 0.2
     with pytest.raises(UserError, match="method.dino.student_temp") as refused:
-        Checkpoints._check_compatible(now, old, tmp_path / "step.pt")
+        Checkpoints._check_compatible(now, config_from_dict(old), tmp_path / "step.pt")
     listed = str(refused.value).split("only ")[-1]
     assert "data.root, eval.*, description" in listed and "eval.batch_size" not in listed  # sections as eval.*
 

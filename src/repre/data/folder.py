@@ -133,8 +133,7 @@ class ImageFolder:
         """`classes`: the label order to use (an evaluation split takes its train split's classes)."""
         self.root = Path(root)
         if not self.root.is_dir():
-            what = "is a file, not a folder" if self.root.exists() else "does not exist"
-            raise UserError(f"image folder {self.root} {what}; set data.root to a folder of images")
+            raise UserError(f"image folder {self.root} does not exist; set data.root to a folder of images")
         self.files = _scan(self.root)
         if not self.files:
             raise UserError(

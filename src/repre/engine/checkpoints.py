@@ -126,8 +126,8 @@ class Checkpoints:
             self._adopt(*found, total)
             return True
         if candidates:
-            raise UserError(f"no checkpoint in {self.out / run_files.CHECKPOINTS} could be read (each was moved aside as "
-                            "*.damaged); start a new --out, or --init-from a copy you trust")
+            raise UserError(f"no checkpoint in {self.out / run_files.CHECKPOINTS} could be read (each was moved "
+                            "aside as *.damaged); start a new --out, or --init-from a copy you trust")
         log.info("no checkpoint in %s: starting fresh", self.out)
         if main:
             self._truncate_metrics()
@@ -152,10 +152,11 @@ class Checkpoints:
         if ckpt["step"] > total:
             raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
                             f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
-        self._check_compatible(ckpt["config"], path)
-        self._check_moved_data(ckpt, path)
+        was = config_from_dict(ckpt["config"])  # in today's keys (keys added since: defaults; roots absolute)
+        self._check_compatible(was, path)
+        self._check_moved_data(was, ckpt.get("images"), path)
         self._warn_if_computed_otherwise(ckpt.get("runtime"))
-        self._warn_if_longer_or_shorter(ckpt["config"], total)
+        self._warn_if_longer_or_shorter(was, total)
         self._restore(ckpt)
         self.last_good = path
         if dist.is_main():  # last.pt names the checkpoint the run goes on from (not a damaged one moved aside)
@@ -210,9 +211,9 @@ class Checkpoints:
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
 
-    def _check_compatible(self, old: dict[str, Any], path: Path) -> None:
+    def _check_compatible(self, was: Config, path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
-        before, now = flatten(config_from_dict(old).to_dict()), flatten(self.cfg.to_dict())  # keys added since: defaults
+        before, now = flatten(was.to_dict()), flatten(self.cfg.to_dict())
         idle = idle_sections(self.cfg.method.name)
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES + idle)]
@@ -224,13 +225,13 @@ class Checkpoints:
                 f"{listed(RESUMABLE_CHANGES)} may change"
             )
 
-    def _check_moved_data(self, ckpt: dict[str, Any], path: Path) -> None:
+    def _check_moved_data(self, config: Config, images: int | None, path: Path) -> None:
         """data.root may change on resume (the dataset moved): the new root must hold as many training images as
-        the run had, and the run says where it reads them now."""
-        was, now = config_from_dict(ckpt["config"]).data.root, self.cfg.data.root  # a relative root: made absolute
+        the run had (`images`: the checkpoint's count; None before it recorded one), and the run says where it
+        reads them now."""
+        was, now = config.data.root, self.cfg.data.root
         if was == now:
             return
-        images = ckpt.get("images")
         if images is not None and images != len(self.data):
             raise UserError(f"cannot resume from {path}: data.root {now} holds {len(self.data)} training images, the "
                             f"run trained on {images} in {was}; give the run's data (the same images, moved), or "
@@ -254,9 +255,9 @@ class Checkpoints:
                     "bitwise what the run would have given where it started); --set train.device=%s to go on as it "
                     "was", was.get("device"), was.get("precision"), now["device"], now["precision"], was.get("device"))
 
-    def _warn_if_longer_or_shorter(self, old: dict[str, Any], total: int) -> None:
+    def _warn_if_longer_or_shorter(self, config: Config, total: int) -> None:
         """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""
-        was = total_steps(config_from_dict(old).train, len(self.data))
+        was = total_steps(config.train, len(self.data))
         if was != total and dist.is_main():
             log.warning("resuming a run of %d steps as one of %d: the learning rate, momentum, weight decay and "
                         "the other schedules follow the new length from here on, so their values change at the "

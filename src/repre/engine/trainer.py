@@ -232,15 +232,20 @@ class Trainer:
                  "curves: tensorboard --logdir %s", self.cfg.preset, self.out, self.total, self.cfg.train.batch_size,
                  self._images(), self.rt.device, self.rt.precision,
                  f" ({processes} processes)" if processes > 1 else "", self.out / run_files.TB)
-        known = not (self.cfg.data.streamed and not self.cfg.data.stream_size)  # a stream's size: data.stream_size
-        for note in self.model.method.data_notes(len(self.data)) if known else ():
-            log.warning(note)
+        if self._image_count() is not None:
+            for note in self.model.method.data_notes(self._image_count()):
+                log.warning(note)
+
+    def _image_count(self) -> int | None:
+        """The training images, or None for a stream of unknown size (its length is its first shard's)."""
+        d = self.cfg.data
+        return None if d.streamed and not d.stream_size else len(self.data)
 
     def _images(self) -> str:
         """"12.3 epochs of folder /data/photos: 277 images, 3 classes": the data a layout mistake shows in."""
-        d, n = self.cfg.data, len(self.data)
+        d, n = self.cfg.data, self._image_count()
         where = d.name + (f" {d.root}" if d.root else "")
-        if d.streamed and not d.stream_size:
+        if n is None:
             return f"streamed {where}"
         classes = f"{self.data.num_classes} classes" if self.data.num_classes else "no labels"
         epochs = self.total * self.cfg.train.batch_size / n
