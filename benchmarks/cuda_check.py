@@ -21,7 +21,7 @@ import torch
 from repre.builder import build_model
 from repre.config import load_config
 from repre.data.pipeline import pretrain_loader
-from repre.data.sources import train_source
+from repre.data.splits import train_source
 from repre.pretrained import load_encoder
 from repre.pretraining import pretrain
 

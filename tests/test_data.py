@@ -18,7 +18,8 @@ from repre.data.pipeline import (
     resolve_workers,
     view_spec,
 )
-from repre.data.sources import build_source, eval_source, load_or_replace, subset_of, train_source, val_split
+from repre.data.sources import build_source, load_or_replace
+from repre.data.splits import eval_source, subset_of, train_source, val_split
 from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
 from repre.errors import UserError
 

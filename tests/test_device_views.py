@@ -2,6 +2,7 @@
 CPU), from the parameters the workers draw, against the worker path."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from conftest import last_json, pretrain_args, run_cli, save_png, tiny_config
 from repre.data import device_views
 from repre.data.device_views import crop_on_device, jpeg_shape, resample_weights, resized_crops, unpack
 from repre.data.pipeline import Stages, ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
-from repre.data.sources import train_source
+from repre.data.sources import build_source
+from repre.data.splits import subset_of, train_source
 from repre.errors import UserError
 
 CUDA = torch.device("cuda")  # Stages.of reads the type alone: the stages of a GPU run, without a GPU
@@ -243,6 +245,22 @@ def test_shard_jpegs_travel_as_their_bytes(tmp_path):
     packed = batch([{**sample, "index": 0, "skipped": skipped, "upscaled": 0}])
     images, bad = unpack(packed, torch.device("cpu"))
     assert bad == 0 and torch.equal(images[0], source.load(0)[0])
+
+
+def test_a_subset_of_a_folder_still_sends_its_jpegs_as_bytes(mixed_folder):
+    """data.subset (or the validation hold-out) over a folder: its images still cross undecoded to a device that
+    decodes JPEGs, and keep their class names."""
+    from repre.data.pipeline import load_payload
+    from repre.data.sources import class_names
+
+    source = build_source(tiny_config("data.name=folder", f"data.root={mixed_folder}").data, "train")
+    picked = subset_of(subset_of(source, 12), 6)  # a selection of a selection, as an evaluation's subset
+    jpeg = next(i for i in range(len(picked)) if picked.path(i).endswith(".jpg"))
+    sample, _ = load_payload(picked, jpeg, encoded_ok=True)
+    assert sample["encoded"] and sample["payload"].numpy().tobytes() == Path(picked.path(jpeg)).read_bytes()
+    assert class_names(picked) == ["a", "b"]
+    generated = subset_of(build_source(tiny_config().data, "train"), 4)  # no files: pixels, as before
+    assert not load_payload(generated, 0, encoded_ok=True)[0]["encoded"]
 
 
 def test_a_huge_image_crosses_downscaled_with_its_boxes_scaled(monkeypatch):

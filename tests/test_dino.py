@@ -8,7 +8,7 @@ import torch
 from conftest import DINO_TINY, TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
 from repre.data.pipeline import pretrain_loader
-from repre.data.sources import train_source
+from repre.data.splits import train_source
 from repre.data.views import ViewSpec, make_views
 from repre.engine.optim import clip_or_measure
 from repre.losses import center_update, dino_loss

@@ -61,7 +61,7 @@ def test_rows_are_the_knn_features_with_their_index(tiny_run, tmp_path):
 def test_images_of_another_dataset_are_normalized_as_the_encoder_pretrained(tiny_run, tmp_path):
     """The run's own test images written as PNGs and embedded as a folder: the same rows as the run's data gives
     them (a folder's own statistics, ImageNet's, would shift every feature); data.mean/std still choose."""
-    from repre.data.sources import eval_source
+    from repre.data.splits import eval_source
 
     run, _ = tiny_run
     source = eval_source(tiny_config(), "test")

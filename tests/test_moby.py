@@ -8,7 +8,7 @@ import torch
 from conftest import SWIN_TINY, TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
 from repre.data.pipeline import pretrain_loader
-from repre.data.sources import train_source
+from repre.data.splits import train_source
 from repre.losses import moby_loss
 from repre.methods.moby import enqueue
 from repre.models.backbone import Backbone, resolve_arch

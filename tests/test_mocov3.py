@@ -9,7 +9,7 @@ from conftest import tiny_config
 from repre.builder import build_model
 from repre.core.schedules import momentum_schedule, warmup_cosine
 from repre.data.pipeline import pretrain_loader
-from repre.data.sources import train_source
+from repre.data.splits import train_source
 from repre.losses import mocov3_loss
 from repre.methods.mocov3 import MoCoV3
 from repre.models.heads import mlp

@@ -72,7 +72,7 @@ def test_recon_picture_names_what_each_column_shows(tmp_path, norm_pix, columns)
 
     from repre.core.pictures import sheet_size, thumb_side
     from repre.core.runtime import setup_runtime
-    from repre.data.sources import train_source
+    from repre.data.splits import train_source
     from repre.eval.recon import save_recon_grid
 
     cfg = tiny_config(f"recon.norm_pix={norm_pix}", "eval.recon.images=3")
@@ -92,7 +92,7 @@ def test_the_training_picture_draws_images_spread_over_a_folder(tmp_path, monkey
     """A folder holds its images class by class: recon.png takes `subset_of`'s spread, not the first class's."""
     from conftest import save_png
     from repre.core.runtime import setup_runtime
-    from repre.data.sources import train_source
+    from repre.data.splits import train_source
     from repre.eval import recon
 
     for i in range(12):

@@ -14,7 +14,7 @@ import torch
 from conftest import BITWISE, tiny_config, write_shards
 from repre.core import checkpoint_io as ckpt_io
 from repre.data.pipeline import Stages, ViewDataset, pretrain_loader, view_spec
-from repre.data.sources import train_source
+from repre.data.splits import train_source
 from repre.data.stream import KEY_BITS, StreamShards, StreamViews, read_samples
 from repre.engine.trainer import Trainer
 from repre.errors import UserError
@@ -176,7 +176,7 @@ def test_stream_settings_that_cannot_work_say_what_to_do(shards):
     with pytest.raises(UserError, match="6 shards cannot feed 1 process"):
         pretrain_loader(cfg, train_source(cfg), 0, False)
     with pytest.raises(UserError, match="shard_access=random"):
-        from repre.data.sources import eval_source
+        from repre.data.splits import eval_source
 
         eval_source(cfg, "test")
     with pytest.raises(UserError, match="data.subset=8 picks images by index"):

@@ -41,7 +41,8 @@ from repre.config import Config, DataConfig
 from repre.core import dist
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
-from repre.data.sources import ImageSource, first_readable, load_or_replace, stats, train_source
+from repre.data.sources import EncodedImages, ImageSource, first_readable, load_or_replace, stats
+from repre.data.splits import train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
 from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, photometric, sample_views
 from repre.errors import UserError
@@ -65,7 +66,7 @@ def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dic
     the number of images skipped. Sources without files (Fashion-MNIST, synthetic) send pixels."""
 
     def read(i: int) -> dict:
-        if hasattr(source, "encoded"):
+        if isinstance(source, EncodedImages):
             return payload_from_bytes(*source.encoded(i), encoded_ok=encoded_ok)
         return pixels_payload(*source.load(i))
 

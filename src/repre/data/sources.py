@@ -1,26 +1,24 @@
-"""Image sources: every dataset as indexable uint8 images with labels, their splits and their statistics."""
+"""Image sources: every dataset as indexable uint8 images with labels, and their statistics. Which of a
+source's images a run or an evaluation reads (subsets, splits) is `repre.data.splits`."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from repre.config import Config, DataConfig
-from repre.core import dist
+from repre.config import DataConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, holds_images, warn_unreadable
 from repre.data.synthetic import Synthetic
 from repre.errors import UserError
 
-log = logging.getLogger("repre")
-
 
 class ImageSource(Protocol):
     """What every dataset provides: indexable uint8 [3, H, W] images with integer labels (-1: none). Sources
-    read from files also have `path(index) -> str` (see `image_path`)."""
+    read from files also have `path(index) -> str` (see `image_path`) and may be `EncodedImages`; sources
+    whose labels have names hold them in `classes` (see `class_names`)."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -29,6 +27,15 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def load(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+
+@runtime_checkable
+class EncodedImages(Protocol):
+    """A source whose images can leave undecoded (a folder's files, a shard's members): `encoded(index)` ->
+    (the file's bytes, its name for messages, its label); raises UnreadableImage. The data pipeline sends
+    such bytes to the device when it decodes JPEGs there."""
+
+    def encoded(self, index: int) -> tuple[bytes, str, int]: ...
 
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
@@ -142,50 +149,9 @@ def image_path(source: ImageSource, index: int) -> str:
     return path(index) if callable(path) else ""
 
 
-class Selection:
-    """The images of a source at `indices`, in that order."""
-
-    def __init__(self, source: ImageSource, indices: torch.Tensor) -> None:
-        self.source, self.indices = source, indices.tolist()
-        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.source.load(self.indices[index])
-
-    def path(self, index: int) -> str:
-        return image_path(self.source, self.indices[index])
-
-
-def subset_of(source: ImageSource, count: int) -> Selection:
-    """`count` images of `source` (all of them if it has fewer), the same for every run. Folders and shards
-    often hold their images class by class, so their first `count` could be a few classes: a source read from
-    files gives every (len / count)-th image, each class in proportion. Fashion-MNIST and the generated
-    datasets are stored in random order: they give their first `count`, which is such a sample already."""
-    size = len(source)
-    count = min(count, size)
-    from_files = size > 0 and bool(image_path(source, 0))
-    index = torch.arange(count)
-    return Selection(source, index * size // count if from_files else index)
-
-
-def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
-    `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
-    if not 0 < val_size < size:
-        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images: "
-                        f"--set eval.val_size={max(1, size // 10)} holds out a tenth")
-    perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
-    return perm[val_size:].sort().values, perm[:val_size].sort().values
-
-
 def class_names(source: ImageSource) -> list[str] | None:
     """The names of a source's labels in label order (a folder's class folders, Fashion-MNIST's classes); None
     where its labels have none (or it has no labels)."""
-    while isinstance(source, Selection):
-        source = source.source
     names = getattr(source, "classes", None)
     return list(names) if names else None
 
@@ -201,23 +167,3 @@ def labelled(source: ImageSource, task: str) -> int:
         raise UserError(f"{task} needs at least 2 classes; these images have one ({names[0]}): a folder's classes "
                         "are the sub-folders right under train/ and val/ (or under data.root)")
     return source.num_classes
-
-
-def eval_source(cfg: Config, split: str) -> ImageSource:
-    """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
-    sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
-    if cfg.data.streamed:
-        raise UserError(STREAMS_EVALUATE.format(root=cfg.data.root))
-    if cfg.eval.split == "test":
-        return build_source(cfg.data, split, seed=cfg.train.seed)
-    source = build_source(cfg.data, "train", seed=cfg.train.seed)
-    train_idx, val_idx = val_split(len(source), cfg.eval.val_size)
-    return Selection(source, train_idx if split == "train" else val_idx)
-
-
-def train_source(cfg: Config) -> ImageSource:
-    source = build_source(cfg.data, "train", seed=cfg.train.seed)
-    if cfg.data.subset and cfg.data.subset > len(source) and dist.is_main():
-        log.warning("data.subset=%d, but the training split holds %d images: all of them are used",
-                    cfg.data.subset, len(source))
-    return subset_of(source, cfg.data.subset) if cfg.data.subset else source

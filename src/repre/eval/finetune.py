@@ -18,7 +18,8 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import eval_source, labelled, subset_of
+from repre.data.sources import labelled
+from repre.data.splits import eval_source, subset_of
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
 from repre.models.attention import training_attention

@@ -32,7 +32,8 @@ from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import EvalLoader, eval_loader
-from repre.data.sources import ImageSource, eval_source, labelled, subset_of
+from repre.data.sources import ImageSource, labelled
+from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.protocols import Protocol

@@ -15,7 +15,8 @@ from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
-from repre.data.sources import ImageSource, subset_of
+from repre.data.sources import ImageSource
+from repre.data.splits import subset_of
 from repre.data.views import denormalize
 from repre.errors import UserError
 from repre.eval.features import NONE_READ

@@ -24,7 +24,8 @@ from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
-from repre.data.sources import pretraining_stats, val_split
+from repre.data.sources import pretraining_stats
+from repre.data.splits import val_split
 from repre.data.views import normalize
 from repre.errors import UserError
 from repre.eval.features import frozen_outputs

@@ -28,14 +28,8 @@ from repre.core import dist
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
-from repre.data.sources import (
-    ImageSource,
-    build_source,
-    class_names,
-    image_path,
-    pretraining_stats,
-    train_source,
-)
+from repre.data.sources import ImageSource, build_source, class_names, image_path, pretraining_stats
+from repre.data.splits import train_source
 from repre.errors import UserError
 from repre.eval.features import pooled_embeddings
 from repre.methods import eval_encoder_key

@@ -28,7 +28,8 @@ from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import EvalDataset
 from repre.data.folder import UnreadableImage, warn_unreadable
-from repre.data.sources import class_names, eval_source, pretraining_stats, stats, subset_of
+from repre.data.sources import class_names, pretraining_stats, stats
+from repre.data.splits import eval_source, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
@@ -137,7 +138,7 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
 
 
 def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str] | None]:
-    """`n` test images of the config's data (picked by `repre.data.sources.subset_of`; an unreadable one
+    """`n` test images of the config's data (picked by `repre.data.splits.subset_of`; an unreadable one
     replaced by the next readable image not shown yet), resized and centre-cropped as for evaluation:
     ([n, 3, S, S] in [0, 1], labels, the labels' names or None). A folder or shards without a held-out split
     (unlabelled images) show their training images."""

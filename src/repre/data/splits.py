@@ -1,0 +1,98 @@
+"""Which images of a source a run or an evaluation reads: a fixed subset, the validation hold-out of the
+train split, the training images and the labelled splits of an evaluation."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from repre.config import Config
+from repre.core import dist
+from repre.data.sources import (
+    STREAMS_EVALUATE,
+    EncodedImages,
+    ImageSource,
+    build_source,
+    class_names,
+    image_path,
+)
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+
+class Selection:
+    """The images of a source at `indices`, in that order, with its statistics and class names (`select`
+    makes one)."""
+
+    def __init__(self, source: ImageSource, indices: torch.Tensor) -> None:
+        self.source, self.indices = source, indices.tolist()
+        self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
+        self.classes = class_names(source)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.source.load(self.indices[index])
+
+    def path(self, index: int) -> str:
+        return image_path(self.source, self.indices[index])
+
+
+class EncodedSelection(Selection):
+    """A `Selection` of a source whose images can leave undecoded (`EncodedImages`): so can its own."""
+
+    source: EncodedImages
+
+    def encoded(self, index: int) -> tuple[bytes, str, int]:
+        return self.source.encoded(self.indices[index])
+
+
+def select(source: ImageSource, indices: torch.Tensor) -> Selection:
+    """The images of `source` at `indices` [n], offering what `source` offers (its files' bytes included)."""
+    return (EncodedSelection if isinstance(source, EncodedImages) else Selection)(source, indices)
+
+
+def subset_of(source: ImageSource, count: int) -> Selection:
+    """`count` images of `source` (all of them if it has fewer), the same for every run. Folders and shards
+    often hold their images class by class, so their first `count` could be a few classes: a source read from
+    files gives every (len / count)-th image, each class in proportion. Fashion-MNIST and the generated
+    datasets are stored in random order: they give their first `count`, which is such a sample already."""
+    size = len(source)
+    count = min(count, size)
+    from_files = size > 0 and bool(image_path(source, 0))
+    index = torch.arange(count)
+    return select(source, index * size // count if from_files else index)
+
+
+def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
+    `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
+    if not 0 < val_size < size:
+        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images: "
+                        f"--set eval.val_size={max(1, size // 10)} holds out a tenth")
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def eval_source(cfg: Config, split: str) -> ImageSource:
+    """The labelled `split` ("train" or "test") an evaluation uses. With eval.split=val the evaluation never
+    sees the test split: "test" is a fixed random eval.val_size of the train images, "train" the others."""
+    if cfg.data.streamed:
+        raise UserError(STREAMS_EVALUATE.format(root=cfg.data.root))
+    if cfg.eval.split == "test":
+        return build_source(cfg.data, split, seed=cfg.train.seed)
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    train_idx, val_idx = val_split(len(source), cfg.eval.val_size)
+    return select(source, train_idx if split == "train" else val_idx)
+
+
+def train_source(cfg: Config) -> ImageSource:
+    """The images a run pre-trains on: the train split, or its fixed `data.subset` (`subset_of`)."""
+    source = build_source(cfg.data, "train", seed=cfg.train.seed)
+    if cfg.data.subset and cfg.data.subset > len(source) and dist.is_main():
+        log.warning("data.subset=%d, but the training split holds %d images: all of them are used",
+                    cfg.data.subset, len(source))
+    return subset_of(source, cfg.data.subset) if cfg.data.subset else source
