@@ -16,7 +16,7 @@ OFFICIAL = {
         "train.lr": 1.5e-4,  # --lr=1.5e-4, per 256 (main_moco.py:190)
         "train.weight_decay": 0.1,  # --weight-decay=.1
         "train.epochs": 300,  # --epochs=300
-        "train.warmup_fraction": pytest.approx(40 / 300, abs=1e-4),  # --warmup-epochs=40
+        "train.warmup_fraction": pytest.approx(40 / 300, abs=1e-6),  # --warmup-epochs=40
         "train.clip_grad": 0.0,  # no clipping in main_moco.py
         "method.momentum": 0.99,  # --moco-m default (main_moco.py:99), with --moco-m-cos
         "method.mocov3.temperature": 0.2,  # --moco-t=.2
@@ -28,7 +28,7 @@ OFFICIAL = {
         "data.local_crops": 0,
         "model.arch": "vit_small_patch16_224",  # vits.py:115-119: patch 16, 384-d, depth 12 ...
         "model.kwargs": {"num_heads": 12},  # ... 12 heads
-        "model.init": "mocov3",  # fixed sin-cos position embedding (vits.py:27,53-69), its init (31-47)
+        "model.init": "mocov3",  # fixed sin-cos position embedding (vits.py:29,53-69), its init (31-47)
     },
     "in1k-vit-b16-mocov3-repre": {  # CONFIG.md:153-165 (ViT-Base, 8 nodes); main_moco.py defaults
         "method.name": "mocov3",
@@ -36,7 +36,7 @@ OFFICIAL = {
         "train.lr": 1.5e-4,
         "train.weight_decay": 0.1,
         "train.epochs": 300,
-        "train.warmup_fraction": pytest.approx(40 / 300, abs=1e-4),
+        "train.warmup_fraction": pytest.approx(40 / 300, abs=1e-6),
         "train.clip_grad": 0.0,
         "method.momentum": 0.99,
         "method.mocov3.temperature": 0.2,
@@ -53,7 +53,7 @@ OFFICIAL = {
         "train.lr": 5e-4,  # main_dino.py:96, per 256 (239)
         "train.min_lr": 1e-6,  # 101
         "train.epochs": 300,  # --epochs 300
-        "train.warmup_fraction": pytest.approx(10 / 300, abs=1e-4),  # --warmup_epochs 10 (99)
+        "train.warmup_fraction": pytest.approx(10 / 300, abs=1e-6),  # --warmup_epochs 10 (99)
         "train.weight_decay": 0.04,  # 82
         "train.weight_decay_end": 0.4,  # 84
         "train.clip_grad": 3.0,  # 87
@@ -64,8 +64,8 @@ OFFICIAL = {
         "method.dino.student_temp": 0.1,  # DINOLoss (365)
         "method.dino.teacher_temp": 0.07,  # --teacher_temp 0.07
         "method.dino.warmup_teacher_temp": 0.04,  # 68
-        "method.dino.warmup_teacher_temp_fraction": pytest.approx(30 / 300, abs=1e-4),  # --warmup_teacher_temp_epochs 30
-        "method.dino.freeze_last_layer_fraction": pytest.approx(1 / 300, abs=1e-4),  # --freeze_last_layer 1 (93)
+        "method.dino.warmup_teacher_temp_fraction": pytest.approx(30 / 300, abs=1e-6),  # --warmup_teacher_temp_epochs 30
+        "method.dino.freeze_last_layer_fraction": pytest.approx(1 / 300, abs=1e-6),  # --freeze_last_layer 1 (93)
         "model.drop_path": 0.1,  # --drop_path_rate (105)
         "aug.crop_scale": [0.4, 1.0],  # --global_crops_scale (108)
         "aug.local_crop_scale": [0.05, 0.4],  # --local_crops_scale (115)
@@ -81,7 +81,7 @@ OFFICIAL = {
         "train.min_lr": 5e-6,  # MIN_LR 5e-6 per 512 (config.py:98, moby_main.py:212), at batch 512
         "train.warmup_lr": 5e-7,  # WARMUP_LR 5e-7 per 512 (config.py:97, moby_main.py:211), at batch 512
         "train.epochs": 300,  # EPOCHS 300
-        "train.warmup_fraction": pytest.approx(5 / 300, abs=1e-4),  # WARMUP_EPOCHS 5
+        "train.warmup_fraction": pytest.approx(5 / 300, abs=1e-6),  # WARMUP_EPOCHS 5
         "train.weight_decay": 0.05,  # WEIGHT_DECAY 0.05
         "train.clip_grad": 5.0,  # CLIP_GRAD (config.py:100), a global norm (moby_main.py:152-153)
         "train.clip_mode": "global",
@@ -102,6 +102,28 @@ def test_imagenet_presets_resolve_to_the_official_recipe(preset):
     resolved = flatten(load_config(preset).to_dict())
     wrong = {key: (resolved[key], want) for key, want in OFFICIAL[preset].items() if resolved[key] != want}
     assert not wrong, f"{preset}: (resolved, official) {wrong}"
+
+
+IMAGENET_TRAIN = 1_281_167  # ImageNet-1k's training images
+# the parts of a run the official scripts give in epochs, each as the fraction of the run a preset sets
+IN_EPOCHS = {
+    "in1k-vit-s16-mocov3-repre": {"train.warmup_fraction": 40},
+    "in1k-vit-b16-mocov3-repre": {"train.warmup_fraction": 40},
+    "in1k-vit-s16-dino-repre": {"train.warmup_fraction": 10, "method.dino.warmup_teacher_temp_fraction": 30,
+                                "method.dino.freeze_last_layer_fraction": 1},
+    "in1k-swin-t-moby-repre": {"train.warmup_fraction": 5},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(IN_EPOCHS))
+def test_fractions_of_the_run_come_to_the_official_steps(preset):
+    """On ImageNet-1k (full batches, as every official loader drops the last), each fraction rounds to the steps
+    of the official epochs: MoCo v3's 40 warm-up epochs are 50,040 steps at batch 1024."""
+    resolved = flatten(load_config(preset).to_dict())
+    per_epoch = IMAGENET_TRAIN // resolved["train.batch_size"]
+    total = resolved["train.epochs"] * per_epoch
+    steps = {key: round(resolved[key] * total) for key in IN_EPOCHS[preset]}
+    assert steps == {key: epochs * per_epoch for key, epochs in IN_EPOCHS[preset].items()}
 
 
 # What each preset's branch computes, as its quality gates chose (docs/results.md, section 4.1): views
