@@ -165,7 +165,6 @@ def test_the_dense_probe_resizes_a_copy_and_recomputes_a_fixed_sincos_embedding(
     encoder is unchanged."""
     from timm.layers import resample_abs_pos_embed
 
-    from repre.eval.segment import at_size
     from repre.models.backbone import Backbone
     from repre.models.dino_vit import dino_resample
     from repre.models.mocov3_vit import sincos_2d
@@ -173,7 +172,7 @@ def test_the_dense_probe_resizes_a_copy_and_recomputes_a_fixed_sincos_embedding(
     kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
     encoder = Backbone("vit_tiny_patch16_224", kwargs, init=init)
     before = encoder.model.pos_embed.detach().clone()
-    resized = at_size(encoder, (24, 24))
+    resized = encoder.at_size((24, 24))
     assert torch.equal(encoder.model.pos_embed, before) and resized.model.pos_embed.shape == (1, 37, 32)
     fixed = torch.equal(resized.model.pos_embed.detach(), sincos_2d((6, 6), 32))
     assert fixed == (init == "mocov3") and resized.model.pos_embed.requires_grad == (init != "mocov3")

@@ -2,15 +2,14 @@
 
 Data (eval.segment.data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
 test-split items), or a folder of images with PNG label masks (ADE20K-style, `repre.data.seg_folder`).
-An encoder pre-trained at another image size is evaluated at the scene size with resampled position
-embeddings (timm's `set_input_size`; `model.init=dino`: DINO's resampling). Reported: mIoU over the classes
+An encoder pre-trained at another image size is evaluated at the scene size with its position embedding made
+for that size (`Backbone.at_size`). Reported: mIoU over the classes
 present in the test scenes' truth or in the prediction (a class predicted but absent counts 0) (`value`), and
 pixel accuracy.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +30,6 @@ from repre.errors import UserError
 from repre.eval.features import frozen_outputs
 from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
-from repre.models.dino_vit import dino_resample
-from repre.models.mocov3_vit import set_input_size
 
 log = logging.getLogger("repre")
 
@@ -44,24 +41,8 @@ def dense_unit(encoder: Backbone) -> int:
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 
-def at_size(encoder: Backbone, size: tuple[int, int]) -> Backbone:
-    """The encoder for inputs of `size`: itself, or a resized copy, so the caller's encoder is never changed. A
-    learned position embedding is resampled (timm's way; `model.init=dino`: DINO's, as its ViT takes another
-    size), a fixed sin-cos one computed for the new grid."""
-    if tuple(encoder.model.patch_embed.img_size) == tuple(size):
-        return encoder
-    resized = copy.deepcopy(encoder)
-    set_input_size(resized.model, size)
-    if encoder.init == "dino":
-        grid, trained = tuple(resized.model.patch_embed.grid_size), tuple(encoder.model.patch_embed.grid_size)
-        with torch.no_grad():
-            resized.model.pos_embed.copy_(dino_resample(encoder.model.pos_embed, grid, trained))
-    resized.model.to(next(encoder.model.parameters()).device)  # Swin's new attention masks are made on the CPU
-    return resized
-
-
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
-    """uint8 images [N, 3, S, S] (S: the encoder's input size, `at_size`) -> patch-token maps [N, D, h, w],
+    """uint8 images [N, 3, S, S] (S: the encoder's input size, `Backbone.at_size`) -> patch-token maps [N, D, h, w],
     float32: a ViT's last block (final norm applied), a Swin's deepest stage of stride <= 16 (its last stage is
     too coarse for a dense probe; an inner stage has no norm after it)."""
     unit = dense_unit(encoder)
@@ -171,7 +152,7 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
                     "--set eval.segment.root=DIR (docs/evaluation.md)", cfg.data.name)
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg.data)
-    encoder = at_size(encoder, tuple(data.train_images.shape[-2:]))
+    encoder = encoder.at_size(tuple(data.train_images.shape[-2:]))
     f_train = feature_maps(encoder, data.train_images, mean, std, rt, e.batch_size)
     f_test = feature_maps(encoder, data.test_images, mean, std, rt, e.batch_size)
     probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,

@@ -9,6 +9,7 @@ asked, the feature maps of the tap units (ViT blocks, Swin stages) for the RePre
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from torch import nn
 
 from repre.errors import UserError
 from repre.models.dino_vit import dino_init_, dino_resample
-from repre.models.mocov3_vit import has_fixed_sincos, mocov3_init_
+from repre.models.mocov3_vit import has_fixed_sincos, mocov3_init_, sincos_2d
 
 # Small configurations for small images: (timm architecture, keyword arguments). Image size comes from data.
 SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -125,29 +126,53 @@ class Backbone(nn.Module):
             p.requires_grad = False
 
     @torch.no_grad()
+    def pos_embed_at(self, grid: tuple[int, int], saved: torch.Tensor | None = None,
+                     trained: tuple[int, int] | None = None) -> torch.Tensor:
+        """A ViT's position embedding for the patch grid `grid` (h, w): `saved` [1, P + H*W, D], a table trained on
+        the grid `trained` (H, W) (default: this backbone's own), -> [1, P + h*w, D]. A fixed sin-cos table
+        (MoCo v3's) is computed for `grid`; a learned one resampled DINO's way with model.init=dino (as its ViT
+        takes another size), timm's bicubic way else. P: the prefix tokens that have a position (none with
+        timm's `no_embed_class`: deit3, registers)."""
+        saved = self.model.pos_embed if saved is None else saved
+        trained = tuple(self.model.patch_embed.grid_size) if trained is None else trained
+        if has_fixed_sincos(self.model):
+            return sincos_2d(grid, self.model.embed_dim).to(saved)
+        if self.init == "dino":
+            return dino_resample(saved, grid, trained)
+        prefix_tokens = 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
+        return resample_abs_pos_embed(saved, new_size=list(grid), old_size=list(trained),
+                                      num_prefix_tokens=prefix_tokens)
+
+    def at_size(self, size: tuple[int, int]) -> Backbone:
+        """This encoder for inputs of `size` (H, W): itself, or a resized copy, so that this one never changes (a
+        frozen evaluation at another size). A ViT's position embedding follows `pos_embed_at` (a fixed one
+        stays frozen); a Swin's attention masks are rebuilt by timm."""
+        if tuple(self.model.patch_embed.img_size) == tuple(size):
+            return self
+        resized = copy.deepcopy(self)
+        resized.model.set_input_size(img_size=size)
+        own = getattr(self.model, "pos_embed", None)
+        if not self.hierarchical and own is not None:
+            grid = tuple(resized.model.patch_embed.grid_size)
+            resized.model.pos_embed = nn.Parameter(self.pos_embed_at(grid).detach().clone(),
+                                                   requires_grad=own.requires_grad)
+        return resized.to(own.device if own is not None else next(self.parameters()).device)
+
+    @torch.no_grad()
     def fit_state(self, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
         """Entries of a state dict (this backbone's under `prefix`) trained at another image size, made to fit
-        it, in place: a ViT's position embedding [1, P + H*W, D] -> [1, P + h*w, D] for this patch grid (DINO's
-        resampling with model.init=dino, timm's bicubic one else; a fixed sin-cos one, MoCo v3's, is this
-        backbone's own, computed for its grid). Returns the keys changed."""
+        it, in place: a ViT's position embedding [1, P + H*W, D] -> [1, P + h*w, D] for this patch grid
+        (`pos_embed_at`). Returns the keys changed."""
         key = f"{prefix}model.pos_embed"
         own = getattr(self.model, "pos_embed", None)
         if self.hierarchical or own is None or key not in state or state[key].shape == own.shape:
             return []
         saved = state[key]
-        # tokens without a position (deit3, registers with no_embed_class: none of the prefix tokens have one)
         prefix_tokens = 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
         side = math.isqrt(saved.shape[1] - prefix_tokens)
         if side * side != saved.shape[1] - prefix_tokens or saved.shape[-1] != own.shape[-1]:
             return []  # not a square grid of this width: left for the load to name
-        grid = tuple(self.model.patch_embed.grid_size)
-        if has_fixed_sincos(self.model):
-            state[key] = own.detach().clone()
-        elif self.init == "dino":
-            state[key] = dino_resample(saved, grid, (side, side))
-        else:
-            state[key] = resample_abs_pos_embed(saved, new_size=list(grid), old_size=[side, side],
-                                                num_prefix_tokens=prefix_tokens)
+        state[key] = self.pos_embed_at(tuple(self.model.patch_embed.grid_size), saved, (side, side))
         return [key]
 
 

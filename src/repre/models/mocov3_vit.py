@@ -62,14 +62,3 @@ def has_fixed_sincos(model: nn.Module) -> bool:
         return False
     expected = sincos_2d(tuple(model.patch_embed.grid_size), model.embed_dim).to(pos.device, pos.dtype)
     return pos.shape == expected.shape and bool(torch.allclose(pos, expected, atol=1e-5))
-
-
-@torch.no_grad()
-def set_input_size(model: nn.Module, size: tuple[int, int]) -> None:
-    """timm's `set_input_size`, except that a fixed sin-cos position embedding is computed for the new grid (as
-    MoCo v3 would build it at that size) instead of interpolated, and stays frozen."""
-    fixed = has_fixed_sincos(model)
-    model.set_input_size(img_size=size)
-    if fixed:
-        grid = tuple(model.patch_embed.grid_size)
-        model.pos_embed = nn.Parameter(sincos_2d(grid, model.embed_dim).to(model.pos_embed), requires_grad=False)
