@@ -51,12 +51,13 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
         module.train(was_training)
 
 
-def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
-                   fn: Callable[[torch.Tensor], torch.Tensor], desc: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`frozen_batches` gathered: (the outputs concatenated along dim 0, float32 on the CPU; the labels
-    concatenated, or None). Raises UserError when no batch had an image."""
+def gathered(
+    batches: Iterable[tuple[torch.Tensor | None, torch.Tensor | None]],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(output [B, ...] or None, labels [B] or None) batches -> (the outputs concatenated along dim 0, the labels
+    concatenated or None). Raises UserError when no batch had an image."""
     outputs, labels = [], []
-    for out, y in frozen_batches(module, batches, rt, fn, desc):
+    for out, y in batches:
         if out is None:
             continue
         outputs.append(out)
@@ -65,6 +66,12 @@ def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     if not outputs:
         raise UserError(NONE_READ)
     return torch.cat(outputs), (torch.cat(labels) if labels else None)
+
+
+def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
+                   fn: Callable[[torch.Tensor], torch.Tensor], desc: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`frozen_batches` gathered: (the outputs, float32 on the CPU; the labels or None)."""
+    return gathered(frozen_batches(module, batches, rt, fn, desc))
 
 
 def pooled_embeddings(encoder: Backbone, batches: Iterable[tuple[torch.Tensor, Extra]],

@@ -9,7 +9,6 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from repre.config import Config
@@ -17,7 +16,7 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, labelled
 from repre.errors import UserError
-from repre.eval.features import bar_name, frozen_outputs
+from repre.eval.features import bar_name, gathered, pooled_embeddings
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
@@ -28,8 +27,7 @@ CONFUSION_CLASSES = 100  # above, the confusion matrix is left out of the result
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
                      desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings`, gathered."""
-    features, labels = frozen_outputs(encoder, loader, rt, lambda x: encoder(x)[0], desc)
-    return F.normalize(features, dim=1), labels
+    return gathered(pooled_embeddings(encoder, loader, rt, desc))
 
 
 def knn_predict(
