@@ -156,6 +156,25 @@ def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, messa
     assert not (tmp_path / out).exists()
 
 
+def test_a_failed_self_check_leaves_the_earlier_export_and_no_temporary(tiny_run, tmp_path, monkeypatch):
+    """The weights and the card are replaced only once the export loads as documented: a check that fails leaves
+    the folder as it was."""
+    import repre.export
+
+    run, _ = tiny_run
+    out = tmp_path / "encoder.safetensors"
+    out.write_bytes(b"an earlier export")
+    out.with_suffix(".json").write_text("{}")
+
+    def fails(*args):
+        raise repre.export.UserError("the exported features differ")
+
+    monkeypatch.setattr(repre.export, "self_check", fails)
+    assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "encoder.safetensors"]
+    assert out.read_bytes() == b"an earlier export" and out.with_suffix(".json").read_text() == "{}"
+
+
 def test_an_old_timm_is_named_with_the_remedy(monkeypatch):
     monkeypatch.setattr(timm, "__version__", "1.0.29")
     assert "timm 1.0.29 is installed" in old_timm_hint() and "needs >= 1.0.31 (pip install -U timm)" in old_timm_hint()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
+from repre.core.atomic import replacing
 from repre.core.run_files import read_json, run_dir, run_results
 from repre.core.schedules import total_steps
 from repre.data.evaluation import timm_preprocessing
@@ -157,18 +157,10 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     if card["total_steps"] and card["step"] < card["total_steps"]:
         log.warning("exporting step %d of the run's %d (a stopped run, or a step checkpoint): the encoder as it was "
                     "there", card["step"], card["total_steps"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")  # timm picks its reader by the .safetensors suffix
-    save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
-    try:
-        diff = self_check(tmp, card, state, backbone.model)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
-    card_tmp = out.with_name(f".tmp-{out.stem}.json")
-    card_tmp.write_text(json.dumps(card, indent=2) + "\n")
-    tmp.chmod(card_tmp.stat().st_mode & 0o777)  # safetensors writes its file 0600; the card's mode (umask's)
-    os.replace(tmp, out)
-    os.replace(card_tmp, out.with_suffix(".json"))
+    with replacing(out.with_suffix(".json")) as card_tmp, replacing(out) as tmp:  # the weights, then the card
+        save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
+        diff = self_check(tmp, card, state, backbone.model)  # neither file is written when it fails
+        card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
+        card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+        tmp.chmod(card_tmp.stat().st_mode & 0o777)  # safetensors writes its file 0600; the card's mode (umask's)
     return card

@@ -4,7 +4,6 @@ and notes under the sheet that say how to read it: the one layout of every pictu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+
+from repre.core.atomic import replacing
 
 PAD = 4  # pixels between tiles and around the sheet
 HEADER = 24  # the strip above the tiles for the columns' group names (one line) and titles (the next)
@@ -115,7 +116,5 @@ def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 def save_png(picture: Image.Image, path: Path) -> None:
     """Write `picture` to `path` whole or not at all (a process stopped while writing leaves the old file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        picture.save(tmp, format="PNG")

@@ -30,6 +30,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from repre.core.atomic import replacing
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
 from repre.errors import UserError
 
@@ -141,10 +142,8 @@ def load_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np
         pass
     entries, keys, labels = build_index(paths, root)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, entries=entries, keys=keys, labels=labels)
-        os.replace(tmp, cache)
+        with replacing(cache) as tmp:
+            np.savez(tmp, entries=entries, keys=keys, labels=labels)
     except OSError as exc:  # a read-only home: index again next time
         log.info("could not cache the shard index in %s (%s)", cache.parent, exc)
     return entries, keys, labels

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
+from repre.core.atomic import replacing
 from repre.errors import UserError
 
 FORMAT = "repre-embed-1"
@@ -63,9 +63,8 @@ def read_card(path: Path) -> dict[str, Any] | None:
 
 def write_card(path: Path, card: dict[str, Any]) -> None:
     """Replace the card atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
 
 
 def index_lines(rows: range, indices: list[int], paths: list[str], labels: list[int]) -> bytes:
