@@ -83,7 +83,7 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
 
     def decoder() -> None:
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-            pred = repre.reconstruct(maps, target.shape[-2:])
+            pred = repre.branch.reconstruct(maps, target.shape[-2:])
             loss = reconstruction_loss(pred, target, norm_pix=cfg.recon.norm_pix, patch=repre.encoder.patch_size)
         loss.backward()
 

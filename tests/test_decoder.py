@@ -97,7 +97,7 @@ def test_decoder_cost_default_preset_is_as_stated():
     (its preset's comment)."""
     cfg = load_config("fmnist-mocov3-repre")
     model = build_model(cfg).eval()
-    enc, dec = model.method.encoder, model.decoder
+    enc, dec = model.method.encoder, model.branch.decoder
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         _, maps = enc(x, model.method.taps)

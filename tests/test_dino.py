@@ -100,7 +100,7 @@ def test_student_sees_every_crop_teacher_only_globals():
     seen = {"student": [], "teacher": []}
     model.method.encoder.register_forward_hook(lambda m, i, o: seen["student"].append(tuple(i[0].shape)))
     model.method.teacher_encoder.register_forward_hook(lambda m, i, o: seen["teacher"].append(tuple(i[0].shape)))
-    model.decoder.register_forward_hook(lambda m, i, o: seen.update(decoded=tuple(o.shape)))
+    model.branch.decoder.register_forward_hook(lambda m, i, o: seen.update(decoded=tuple(o.shape)))
     out = model(batch["views"], 0.996, None, batch["local_views"])
     b = cfg.train.batch_size
     assert seen["student"] == [(2 * b, 3, 16, 16), (2 * b, 3, 8, 8)] and seen["teacher"] == [(2 * b, 3, 16, 16)]

@@ -177,7 +177,7 @@ def test_one_view_decodes_half_the_views():
     both = build_model(tiny_config("model.drop_path=0.0"))
     views = torch.randn(4, 2, 3, 16, 16)
     batch_sizes = []
-    model.decoder.register_forward_hook(lambda m, args, out: batch_sizes.append(out.shape[0]))
+    model.branch.decoder.register_forward_hook(lambda m, args, out: batch_sizes.append(out.shape[0]))
     one = model(views, 0.99)
 
     rows = [0, 2, 5, 7]  # of [x1; x2]: images 0 and 2 by their first view, 1 and 3 by their second

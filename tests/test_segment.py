@@ -115,7 +115,6 @@ def test_segmentation_folder_pairs_sizes_and_classes(tmp_path, caplog):
     assert "1 of 10 train images have no mask" in caplog.text  # 0.jpg is left out, with a warning
     assert train.images.shape == (9, 3, 16, 16) and train.images.dtype == torch.uint8
     assert train.masks.shape == (9, 16, 16) and set(train.masks.unique().tolist()) <= {1, 2, 255}
-    assert train.num_classes() == 3  # 1 + the largest index, the ignore value aside
 
 
 def test_segmentation_folder_errors_name_the_layout(tmp_path):

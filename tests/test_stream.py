@@ -16,6 +16,7 @@ from repre.core import checkpoint_io as ckpt_io
 from repre.data.pipeline import Stages, ViewDataset, pretrain_loader, view_spec
 from repre.data.splits import train_source
 from repre.data.stream import KEY_BITS, StreamShards, StreamViews, read_samples
+from repre.engine.checkpoints import Checkpoints
 from repre.engine.trainer import Trainer
 from repre.errors import UserError
 
@@ -82,7 +83,7 @@ def test_a_run_crashed_after_a_checkpoint_resumes_to_the_same_weights(shards, tm
                 "eval.knn.enabled=false", *BITWISE]
     cfg = stream_config(str(shards), *settings)
     Trainer(cfg, tmp_path / "whole").fit()
-    save = Trainer.save_checkpoint
+    save = Checkpoints.save
 
     def crash_after_step_4(self, final=False):
         path = save(self, final)
@@ -90,10 +91,10 @@ def test_a_run_crashed_after_a_checkpoint_resumes_to_the_same_weights(shards, tm
             raise RuntimeError("simulated crash")
         return path
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_step_4)
+    monkeypatch.setattr(Checkpoints, "save", crash_after_step_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         Trainer(cfg, tmp_path / "crashed").fit()
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    monkeypatch.setattr(Checkpoints, "save", save)
     assert Trainer(cfg, tmp_path / "crashed", resume=True).fit()["completed"]
     a, b = (ckpt_io.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("whole", "crashed"))
     assert not [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]

@@ -84,14 +84,6 @@ class RePre(PretrainingModel):
         self.recon_weight = recon_weight
         self.views_per_image = views
 
-    @property
-    def decoder(self) -> nn.Module:
-        return self.branch.decoder
-
-    def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Tap maps -> pixels [N, 3, H, W] in the loss's space."""
-        return self.branch.reconstruct(maps, size)
-
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
         local_views: torch.Tensor | None = None,

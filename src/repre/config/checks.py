@@ -118,7 +118,7 @@ RULES: dict[str, tuple[Callable[[float], bool], str]] = {  # a field's valid val
     ">0": (lambda v: v > 0, "> 0"),
     ">=0": (lambda v: v >= 0, ">= 0"),
     ">=1": (lambda v: v >= 1, ">= 1"),
-    ">=2": (lambda v: v >= 2, ">= 2"),
+    ">=2": (lambda v: v >= 2, "at least 2"),
     ">=-1": (lambda v: v >= -1, ">= -1"),
     "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -182,8 +182,6 @@ def _validate_recon(r: ReconConfig) -> None:
 
 
 def _validate_train(t: TrainConfig) -> None:
-    if t.batch_size < 2:
-        raise UserError("train.batch_size must be at least 2: contrastive learning needs negatives in the batch")
     if t.max_steps <= 0 and t.epochs <= 0:
         raise UserError("set train.epochs > 0 or train.max_steps > 0")
 

@@ -335,8 +335,8 @@ class PretrainData:
         """Streamed shards: every process's data-worker positions (distributed: a collective), else None."""
         if not isinstance(self.source, StreamShards):
             return None
-        ranks = dist.gather_objects(self.positions) if dist.is_distributed() else [self.positions]
-        return {"workers": max(1, resolve_workers(self.cfg.train.num_workers)), "ranks": ranks}
+        return {"workers": max(1, resolve_workers(self.cfg.train.num_workers)),
+                "ranks": dist.gather_objects(self.positions)}
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         """Where each data worker's stream goes on: its saved position when the processes and workers are as

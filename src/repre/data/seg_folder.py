@@ -104,8 +104,3 @@ class SegmentationFolder:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def num_classes(self) -> int:
-        """1 + the largest class index present (the ignore value aside)."""
-        valid = self.masks[self.masks != self.ignore]
-        return int(valid.max()) + 1 if valid.numel() else 1

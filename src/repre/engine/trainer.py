@@ -124,10 +124,6 @@ class Trainer:
                    else {"broadcast_buffers": False})
         return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
 
-    def save_checkpoint(self, final: bool = False) -> Path | None:
-        """Write step-N.pt and last.pt (`Checkpoints.save`); every process calls it."""
-        return self.checkpoints.save(final)
-
     # ------------------------------------------------------------ the step
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -214,7 +210,7 @@ class Trainer:
                 "warm-up: start again from it with `repre pretrain --init-from CHECKPOINT --out NEW_DIR --set ...`",
                 s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
         else:
-            path = self.save_checkpoint(final=True)
+            path = self.checkpoints.save(final=True)
             if not completed and main:
                 log.warning("stopped at step %d of %d, checkpoint %s: go on with `repre pretrain --out %s --resume`",
                             s.step, self.total, path, self.out)
@@ -301,7 +297,7 @@ class Trainer:
                 self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
             if saves and s.step < self.total and not s.bad_streak:
-                self.save_checkpoint()  # never in a run of non-finite steps: the last good one stays newest
+                self.checkpoints.save()  # never in a run of non-finite steps: the last good one stays newest
             for callback in self.callbacks:
                 callback.on_step_end(self, writer)
         if s.step >= self.total and meter:  # resumed at its total between two lines: the steps carried over
