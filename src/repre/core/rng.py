@@ -1,6 +1,6 @@
-"""The global random state of a run's processes, as a checkpoint keeps it. Each process draws its own numbers
-(drop path differs per process), so a checkpoint holds every process's state and each takes its own back on
-resume: a resumed run draws what the uninterrupted one would have."""
+"""The seeds a run derives from train.seed, and the global random state of its processes as a checkpoint keeps
+it. Each process draws its own numbers (drop path differs per process), so a checkpoint holds every process's
+state and each takes its own back on resume: a resumed run draws what the uninterrupted one would have."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ import torch
 from repre.core import dist
 
 log = logging.getLogger("repre")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's image order (the same on every process: each takes its share of one order). The
+    large prime keeps the seeds of (seed, epoch) pairs apart for any run length."""
+    return seed * 1_000_003 + epoch
+
+
+def process_seed(seed: int, rank: int) -> int:
+    """The seed of one process's own draws (stochastic depth: independent on every process)."""
+    return seed * 1_000 + rank
 
 
 def _own(device: torch.device) -> dict[str, torch.Tensor | None]:

@@ -31,12 +31,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from repre.data.folder import UnreadableImage, decode
-
-try:
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # pragma: no cover - torchvision without image decoding: every image is decoded by PIL
-    decode_jpeg = None
+from repre.data.folder import ImageReadMode, UnreadableImage, complete_jpeg, decode, decode_jpeg
 
 log = logging.getLogger("repre")
 
@@ -48,7 +43,7 @@ EXIF_ORIENTATION = 0x0112
 def jpeg_shape(data: bytes) -> tuple[int, int] | None:
     """(H, W) of a JPEG the device decoder takes as it is: complete, RGB or grayscale, without an EXIF rotation
     (nvJPEG ignores EXIF), of at most MAX_PIXELS; None for anything else, which the worker decodes instead."""
-    if decode_jpeg is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if not complete_jpeg(data):
         return None
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only

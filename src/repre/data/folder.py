@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL decodes everything when it is gone
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:  # pragma: no cover - torchvision without image decoding
-    decode_jpeg = None
+    ImageReadMode = decode_jpeg = None
 
 from repre.errors import UserError
 
@@ -83,10 +83,16 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def complete_jpeg(data: bytes) -> bool:
+    """Whether torchvision's JPEG decoder is available and `data` is a whole JPEG (its start and end markers; a
+    truncated file is left to PIL, which names what is wrong)."""
+    return decode_jpeg is not None and data.startswith(b"\xff\xd8") and data.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
 def _decode_fast(data: bytes) -> torch.Tensor | None:
     """JPEGs through torchvision's libjpeg-turbo decoder (faster than PIL's on one core, the same pixels;
     docs/results.md), EXIF orientation applied; None for anything else (PIL's path then decides)."""
-    if decode_jpeg is None or not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if not complete_jpeg(data):
         return None  # not a JPEG, or a truncated one: PIL reports it
     try:
         with warnings.catch_warnings():

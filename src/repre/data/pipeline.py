@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from repre.config import Config, DataConfig
 from repre.core import dist
+from repre.core.rng import epoch_seed
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
 from repre.data.sources import EncodedImages, ImageSource, first_readable, load_or_replace, stats
@@ -212,7 +213,7 @@ class EpochBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, offset = divmod(self.start_step, self.steps_per_epoch)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             order = torch.randperm(self.size, generator=g).tolist()
             for b in range(offset, self.steps_per_epoch):
                 batch = order[b * self.batch_size : (b + 1) * self.batch_size]

@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from repre.config import REMOTE_ROOTS
+from repre.core.rng import epoch_seed
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, warn_unreadable
 from repre.data.shards import LABEL_EXTENSIONS, expand, shard_paths, split_key
 from repre.errors import UserError
@@ -226,7 +227,7 @@ class StreamViews(IterableDataset):
         """This worker's shards in `epoch`: every stream gets as many (the shuffled list cut to a multiple of
         processes x workers; the few left over sit this epoch out), so no stream runs ahead by whole shards."""
         n = len(self.shards.urls)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)).tolist()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch))).tolist()
         streams = self.world * workers
         return order[: n // streams * streams][self.rank :: self.world][logical::workers]
 

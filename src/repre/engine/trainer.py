@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from repre.builder import build_model, decoder_resamples
 from repre.config import Config, save_yaml
-from repre.core import checkpoint_io, dist, run_files
+from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
@@ -103,7 +103,7 @@ class Trainer:
         model = build_model(cfg, self.data.num_classes).to(self.rt.device)
         if dist.is_distributed():
             convert_sync_batchnorm(model)  # the heads' batch norm over the global batch, as the official code
-            torch.manual_seed(cfg.train.seed * 1_000 + dist.rank())  # drop path: independent draws per process
+            torch.manual_seed(rng.process_seed(cfg.train.seed, dist.rank()))  # drop path: independent draws per process
         if cfg.train.compile:
             compile_blocks(model)
         return model

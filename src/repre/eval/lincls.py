@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from repre.config import Config
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
+from repre.core.rng import epoch_seed
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import EvalLoader, eval_loader
@@ -116,7 +117,7 @@ def probe_lrs(protocol: Protocol, steps: int) -> torch.Tensor:
 
 def drop_path_seed(seed: int, epoch: int, rank: int) -> int:
     """The RNG seed of one process's stochastic depth in one epoch of a probe."""
-    return seed * 1_000_003 + epoch * 1_009 + rank
+    return epoch_seed(seed, epoch * 1_009) + rank  # epochs 1,009 apart: room for every rank between them
 
 
 def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
