@@ -118,6 +118,21 @@ def test_help_lists_the_keys_a_command_reads(capsys):
     assert reads.listed(reads.SHOW) in text and "method.name" not in text and "eval.batch_size" not in text
 
 
+def test_the_options_choices_are_the_librarys():
+    """The parser imports no torch (--help stays fast), so it spells the choices the library checks: the same."""
+    from repre.cli import _parser
+    from repre.use.embed import SPLITS
+    from repre.use.embedding_map import METHODS
+    from repre.use.search import BACKENDS
+
+    def choices(command: str, option: str) -> tuple:
+        actions = _parser().commands[command]._actions
+        return tuple(next(a for a in actions if option in a.option_strings).choices)
+
+    assert choices("map", "--method") == METHODS and choices("embed", "--split") == SPLITS
+    assert choices("neighbors", "--backend") == BACKENDS
+
+
 def test_an_option_the_command_lacks_is_that_commands_error_with_the_nearest(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["pretrain", "--confg", "fmnist-mocov3"])

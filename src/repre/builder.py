@@ -44,6 +44,19 @@ def decoder_resamples(cfg: Config) -> bool:
     return isinstance(model, RePre) and model.branch.resamples(cfg.data.image_size)
 
 
+def check_deterministic(cfg: Config, device: torch.device) -> None:
+    """train.deterministic on a GPU refuses what PyTorch has no deterministic CUDA backward for: a decoder that
+    interpolates (`decoder_resamples`) other than nearest, and DINO's local crops."""
+    if device.type != "cuda":
+        return
+    if cfg.recon.enabled and cfg.recon.upsample != "nearest" and decoder_resamples(cfg):
+        raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
+                        f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
+    if cfg.data.local_crops > 0:
+        raise UserError("train.deterministic=true on a GPU needs data.local_crops=0: the local crops resample the "
+                        "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
+
+
 def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel:
     """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Baseline(method)`.
 

@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                     "read, from the card)")
     mp.add_argument("--thumbnails", action="store_true",
                     help="the images at their places, also where every image has a label (default: by label)")
-    mp.add_argument("--method", default="tsne", choices=["tsne", "umap"],
+    mp.add_argument("--method", default="tsne", choices=("tsne", "umap"),
                     help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
     mp.add_argument("--max-points", type=int, default=5000,
                     help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")

@@ -103,18 +103,6 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
 COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
 
 
-def check_deterministic(cfg: Config, device: torch.device, resamples: bool = True) -> None:
-    """train.deterministic on a GPU refuses what PyTorch has no deterministic CUDA backward for. `resamples`:
-    whether the decoder interpolates (`ReconstructionBranch.resamples`); one without x2 steps runs with
-    recon.upsample=bilinear too."""
-    if device.type == "cuda" and cfg.recon.enabled and resamples and cfg.recon.upsample != "nearest":
-        raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
-                        f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
-    if device.type == "cuda" and cfg.data.local_crops > 0:
-        raise UserError("train.deterministic=true on a GPU needs data.local_crops=0: the local crops resample the "
-                        "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
-
-
 @contextmanager
 def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = False) -> Iterator[None]:
     """Every process-wide setting a run changes, set on entry and put back on exit, whatever ends the block.

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from repre.builder import build_model, decoder_resamples
+from repre.builder import build_model, check_deterministic
 from repre.config import Config, save_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
-from repre.core.runtime import Runtime, check_deterministic, run_settings, setup_runtime
+from repre.core.runtime import Runtime, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
 from repre.engine.agreement import Agreement
@@ -63,7 +63,7 @@ class Trainer:
         rt = setup_runtime(cfg.train)
         self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
         if cfg.train.deterministic:  # before the data are indexed
-            check_deterministic(cfg, self.rt.device, decoder_resamples(cfg))
+            check_deterministic(cfg, self.rt.device)
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")

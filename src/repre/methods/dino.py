@@ -27,8 +27,8 @@ from repre.models.heads import DINOHead
 class DINO(Method):
     eval_encoder_key = "teacher_encoder"  # DINO evaluates and exports the teacher, as the official code
     no_decay_1d = True  # no weight decay on biases and normalization parameters (the official parameter groups)
-    # the loss includes the teacher's entropy (a healthy Fashion-MNIST baseline's rises ~25% over steps 90-250),
-    # so a rise says nothing of the two losses competing: no loss-trend warning (the gradient cosine of the
+    # the loss includes the teacher's entropy (which rises for a while in healthy runs, the Fashion-MNIST
+    # baseline's among them), so a rise says nothing of the two losses competing: no loss-trend warning (the gradient cosine of the
     # loss-balance monitor still measures that)
     loss_tracks_fit = False
 

@@ -2,14 +2,14 @@
 
 timm's `Attention` (ViT) and `WindowAttention` (Swin) have two paths, chosen by their `fused_attn`
 attribute: PyTorch's `scaled_dot_product_attention`, or the same formula as matrix products and a softmax.
-On a CPU under bf16 autocast the fused kernel's backward is the slow part: forward + backward of one attention
-module is 1.3-5.2x faster unfused at 10 to 785 tokens, while a forward alone is mostly faster fused, and in
-fp32 the fused kernel is as fast or faster (`benchmarks/cpu_attention.py`, measured on one Xeon with AMX;
-docs/results.md). So only the modules that train switch (a momentum or teacher encoder keeps the fused
-forward), only for the training forward (the autograd graph keeps the path for the backward), and the
-evaluations run as before. What the unfused path costs: it keeps the attention matrix for the backward (the
-default preset's peak memory +9%), and its bf16 gradients are slightly further from an fp64 reference (7.1e-3
-relative error against 6.2e-3; fp32: the same). timm's Swin already defaults to the unfused path.
+On a CPU under bf16 autocast the fused kernel's backward is the slow part: forward + backward of an attention
+module is faster unfused at every token count measured, while a forward alone is mostly faster fused, and in
+fp32 the fused kernel is as fast or faster (docs/results.md, `benchmarks/cpu_attention.py`). So only the
+modules that train switch (a momentum or teacher encoder keeps the fused forward), only for the training
+forward (the autograd graph keeps the path for the backward), and the evaluations run as before. What the
+unfused path costs: it keeps the attention matrix for the backward (more peak memory), and its bf16 gradients
+are slightly further from an fp64 reference (fp32: the same). timm's Swin already defaults to the unfused
+path.
 """
 
 from __future__ import annotations
