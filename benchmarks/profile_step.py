@@ -77,7 +77,7 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
     views = batch["views"].to(rt.device)
     with torch.no_grad(), torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
         x = views.transpose(0, 1).flatten(0, 1)
-        _, maps = repre.method.encoder(x, repre.method.taps)
+        _, maps = repre.method.encoder(x, repre.branch.taps)
     maps = [m.detach().requires_grad_(True) for m in maps]
     target = x.float()
 
@@ -103,7 +103,7 @@ def decoder_parts(trainer: Trainer, batch: dict) -> dict[str, Callable[[], None]
             value = reconstruction_loss(pred, target, norm_pix=cfg.recon.norm_pix, patch=repre.encoder.patch_size)
         value.backward()
 
-    return {"encoder": encode([]), "encoder-taps": encode(repre.method.taps), "decoder": decoder, "loss": loss}
+    return {"encoder": encode([]), "encoder-taps": encode(repre.branch.taps), "decoder": decoder, "loss": loss}
 
 
 def by_kind(step: Callable[[], None], step_s: float, device: torch.device,

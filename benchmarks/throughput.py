@@ -218,9 +218,9 @@ def _per_view_forward(method):
     from repre.core.dist import gather, rank
     from repre.losses import mocov3_loss
 
-    def forward(views, momentum, labels=None, local_views=None):
+    def forward(views, momentum, labels=None, local_views=None, taps=()):
         x1, x2 = views[:, 0], views[:, 1]
-        (p1, m1), (p2, m2) = method.encoder(x1, method.taps), method.encoder(x2, method.taps)
+        (p1, m1), (p2, m2) = method.encoder(x1, taps), method.encoder(x2, taps)
         q1, q2 = method.predictor(method.projector(p1)), method.predictor(method.projector(p2))
         with torch.no_grad():
             method.update_momentum(momentum)

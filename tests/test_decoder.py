@@ -100,8 +100,8 @@ def test_decoder_cost_default_preset_is_as_stated():
     enc, dec = model.method.encoder, model.branch.decoder
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
-        _, maps = enc(x, model.method.taps)
-        ratio = flops(lambda: dec(maps, (28, 28))) / flops(lambda: enc(x, model.method.taps))
+        _, maps = enc(x, model.branch.taps)
+        ratio = flops(lambda: dec(maps, (28, 28))) / flops(lambda: enc(x, model.branch.taps))
     print(f"decoder/encoder FLOPs, default preset: {ratio:.3f}")
     assert 0.04 <= ratio <= 0.05
 

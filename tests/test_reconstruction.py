@@ -181,7 +181,7 @@ def test_one_view_decodes_half_the_views():
     one = model(views, 0.99)
 
     rows = [0, 2, 5, 7]  # of [x1; x2]: images 0 and 2 by their first view, 1 and 3 by their second
-    maps = model.method(views, 0.99)["recon_maps"]
+    maps = model.method(views, 0.99, taps=model.branch.taps).maps
     targets = stack_views(views)
     torch.testing.assert_close(one["loss_recon"], model.branch.loss([m[rows] for m in maps], targets[rows]))
     torch.testing.assert_close(one["loss_contrastive"], both(views, 0.99)["loss_contrastive"])

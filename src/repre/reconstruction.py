@@ -4,9 +4,9 @@
 contrastive loss already runs) and hands them to its `repre.nn.ReconstructionBranch`, which decodes them to
 pixels; the total adds lambda * reconstruction loss:
 
-    out = method(views, momentum)            # "loss" = contrastive; "recon_maps", "recon_targets"
-    recon = branch.loss(out["recon_maps"], out["recon_targets"])
-    loss = contrastive + weight * recon
+    out = method(views, momentum, taps=branch.taps)   # a MethodOutput: the method's loss, maps, views
+    recon = branch.loss(out.maps, out.views)
+    loss = out.loss + weight * recon
 
 With views=1 the decoder reconstructs one global view of each image (`one_view_rows`): the encoder still sees
 both, the decoder's cost halves.
@@ -64,9 +64,8 @@ class Baseline(PretrainingModel):
     ) -> dict[str, torch.Tensor]:
         """views [B, V, 3, H, W] (local_views [B, L, 3, h, w]) -> the method's losses."""
         out = self.method(views, momentum, labels, local_views)
-        out["loss_contrastive"] = out["loss"]
-        out["loss_recon"] = torch.zeros((), device=out["loss"].device)
-        return out
+        zero = torch.zeros((), device=out.loss.device)
+        return {"loss": out.loss, **out.logged, "loss_contrastive": out.loss, "loss_recon": zero}
 
 
 class RePre(PretrainingModel):
@@ -80,7 +79,6 @@ class RePre(PretrainingModel):
             raise ValueError(f"views={views!r}: the global views reconstructed per image are 1 or 2")
         super().__init__(method)
         self.branch = ReconstructionBranch(method.encoder, taps, **branch)
-        self.method.taps = self.branch.taps  # the method returns these blocks' maps from its own forward
         self.recon_weight = recon_weight
         self.views_per_image = views
 
@@ -92,14 +90,11 @@ class RePre(PretrainingModel):
         "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}. The
         decoder reconstructs the global views as the encoder received them; with `views=1` B of the 2B views
         (`one_view_rows`)."""
-        out = self.method(views, momentum, labels, local_views)
-        targets = out.pop("recon_targets")
+        out = self.method(views, momentum, labels, local_views, taps=self.branch.taps)
         rows = None
         if self.views_per_image == 1:  # every process has an equal share of the global batch
-            rows = one_view_rows(targets.shape[0], rank() * views.shape[0], targets.device)
-        loss_recon = self.branch.loss(out.pop("recon_maps"), targets, rows)
-        out["loss_contrastive"] = out["loss"]
-        out["loss_recon"] = loss_recon
-        out["loss"] = out["loss"] + self.recon_weight * loss_recon
-        return out
+            rows = one_view_rows(out.views.shape[0], rank() * views.shape[0], out.views.device)
+        loss_recon = self.branch.loss(out.maps, out.views, rows)
+        return {"loss": out.loss + self.recon_weight * loss_recon, **out.logged, "loss_contrastive": out.loss,
+                "loss_recon": loss_recon}
 

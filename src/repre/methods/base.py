@@ -1,8 +1,9 @@
-"""What every framework shares: the online encoder, momentum (EMA) pairs, taps for the RePre branch."""
+"""What every framework shares: the online encoder, momentum (EMA) pairs, and what its forward returns."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,10 +36,23 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     return z.std(dim=0).mean() * z.shape[1] ** 0.5
 
 
+@dataclass
+class MethodOutput:
+    """What a framework's forward returns: its own loss (`RePre` adds λ · reconstruction to it), 0-d values to
+    log ("embedding_std", DINO's "teacher_entropy"), and for the RePre branch the online encoder's maps of the
+    tap units it was asked for ([2B, C_i, h_i, w_i] each, from the same forward as the loss; none without taps)
+    and the views they came from, [x1; x2]: [2B, 3, H, W]."""
+
+    loss: torch.Tensor
+    logged: dict[str, torch.Tensor]
+    views: torch.Tensor
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+
 class Method(nn.Module):
-    """Base of a framework: `forward(views, momentum, labels=None, local_views=None) -> dict` with "loss" the
-    method's own loss (`RePre` adds λ · reconstruction to it; `local_views`: DINO's multi-crop, the other
-    methods receive None) and 0-d values to log ("embedding_std", DINO's "teacher_entropy").
+    """Base of a framework: `forward(views, momentum, labels=None, local_views=None, taps=()) -> MethodOutput`
+    (`local_views`: DINO's multi-crop, the other methods receive None; `taps`: the units whose maps the RePre
+    branch decodes).
 
     Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
     `ema_pairs()`; forward updates them (`update_momentum`) before the momentum encoder's pass.
@@ -46,9 +60,7 @@ class Method(nn.Module):
     `set_progress(step, total)` runs before each step's forward and `after_backward()` after the gradients are
     clipped, for schedules and gradient rules of a method's own. A buffer that forward updates (DINO's center,
     MoBY's queues) must leave out values that are not finite (a non-finite teacher or key would stay in it for
-    good; the step itself is then skipped). When `self.taps` is non-empty (set by the RePre branch), forward
-    also returns "recon_maps" (the online encoder's tap maps of both global views, [2B, C_i, h_i, w_i] each,
-    from the same forward as the method's loss) and "recon_targets" (those views, [2B, 3, H, W]).
+    good; the step itself is then skipped).
     """
 
     encoder: Backbone
@@ -60,10 +72,6 @@ class Method(nn.Module):
     # ViT recipe decays all)
     no_decay_1d: bool = False
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.taps: list[int] = []
-
     @property
     def eval_encoder(self) -> Backbone:
         return getattr(self, self.eval_encoder_key)
@@ -74,14 +82,10 @@ class Method(nn.Module):
         return None
 
     def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,
-                **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+                **extra: torch.Tensor) -> MethodOutput:
         """What forward returns: the loss, 0-d values to log (the collapse monitor `embedding_std` of the pooled
-        features [2B, D] among them), and when taps are set the RePre inputs: the tap maps and the views x
-        [2B, 3, H, W] they came from."""
-        out = {"loss": loss, "embedding_std": embedding_std(pooled.detach()), **extra}
-        if self.taps:
-            out["recon_maps"], out["recon_targets"] = maps, x
-        return out
+        features [2B, D] and `extra`), the tap maps and the views x [2B, 3, H, W] they came from."""
+        return MethodOutput(loss, {"embedding_std": embedding_std(pooled.detach()), **extra}, x, maps)
 
     def set_progress(self, step: int, total: int) -> None:
         """Called before the forward of optimizer step `step` (0-based) of `total`."""

@@ -15,11 +15,13 @@ step is left out: its momentum would be 1 - (1 - base) * pi² / (4 * steps²) (t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from repre.core.dist import all_reduce_sum, world_size
 from repre.losses import center_update, dino_loss, teacher_probs
-from repre.methods.base import Method, momentum_copy, stack_views
+from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import DINOHead
 
@@ -84,12 +86,12 @@ class DINO(Method):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-        local_views: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W] global crops; local_views: [B, L, 3, h, w] or None ->
-        {"loss", "embedding_std", "teacher_entropy", and the RePre inputs (the global crops) when taps are set}."""
+        local_views: torch.Tensor | None = None, taps: Sequence[int] = (),
+    ) -> MethodOutput:
+        """views: [B, 2, 3, H, W] global crops; local_views: [B, L, 3, h, w] or None -> the loss,
+        "embedding_std", "teacher_entropy", and the `taps`' maps of the global crops [x1; x2]."""
         x = stack_views(views)
-        pooled, maps = self.encoder(x, self.taps)
+        pooled, maps = self.encoder(x, taps)
         student = [self.head(pooled)]
         n_crops = 2
         if local_views is not None and local_views.shape[1]:

@@ -8,12 +8,14 @@ loss sums the two directions: moby_loss(q1, k2, queue of view 2) + moby_loss(q2,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from repre.core.dist import gather
 from repre.losses import moby_loss
-from repre.methods.base import Method, momentum_copy, stack_views
+from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import moby_mlp
 
@@ -68,11 +70,12 @@ class MoBY(Method):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
-    ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W] -> {"loss", "embedding_std", and the RePre inputs when taps are set}."""
+        taps: Sequence[int] = (),
+    ) -> MethodOutput:
+        """views: [B, 2, 3, H, W] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
         b = views.shape[0]
         x = stack_views(views)
-        pooled, maps = self.encoder(x, self.taps)
+        pooled, maps = self.encoder(x, taps)
         q1, q2 = self.predictor(self.projector(pooled[:b])), self.predictor(self.projector(pooled[b:]))  # BN per view
         with torch.no_grad():
             self.update_momentum(momentum)

@@ -7,11 +7,13 @@ ctr(q1, k2) + ctr(q2, k1), each CE(q . k^T / tau) * 2 tau with keys gathered ove
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from repre.core.dist import gather, rank
 from repre.losses import mocov3_loss
-from repre.methods.base import Method, momentum_copy, stack_views
+from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import mlp
 
@@ -41,11 +43,12 @@ class MoCoV3(Method):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
-    ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W] -> {"loss", "embedding_std", and the RePre inputs when taps are set}."""
+        taps: Sequence[int] = (),
+    ) -> MethodOutput:
+        """views: [B, 2, 3, H, W] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
         b = views.shape[0]
         x = stack_views(views)
-        pooled, maps = self.encoder(x, self.taps)
+        pooled, maps = self.encoder(x, taps)
         z = self.projector(pooled[:b]), self.projector(pooled[b:])  # BN statistics per view, as official
         q1, q2 = self.predictor(z[0]), self.predictor(z[1])
         with torch.no_grad():

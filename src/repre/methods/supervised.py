@@ -6,12 +6,14 @@ the pooled embedding of every view, cross-entropy with label smoothing. Needs a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from repre.errors import UserError
-from repre.methods.base import Method, stack_views
+from repre.methods.base import Method, MethodOutput, stack_views
 from repre.models.backbone import Backbone
 
 
@@ -24,11 +26,12 @@ class Supervised(Method):
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
-    ) -> dict[str, torch.Tensor]:
-        """views: [B, 2, 3, H, W], labels: [B] -> {"loss", "embedding_std", RePre inputs when taps are set}."""
+        taps: Sequence[int] = (),
+    ) -> MethodOutput:
+        """views: [B, 2, 3, H, W], labels: [B] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
         if labels is None or bool((labels < 0).any()):
             raise UserError("method.name=supervised needs labelled images (class sub-folders or a labelled dataset)")
         x = stack_views(views)
-        pooled, maps = self.encoder(x, self.taps)
+        pooled, maps = self.encoder(x, taps)
         loss = F.cross_entropy(self.head(pooled).float(), labels.repeat(2), label_smoothing=self.label_smoothing)
         return self.outputs(loss, pooled, maps, x)
