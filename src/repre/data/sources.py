@@ -156,6 +156,12 @@ def class_names(source: ImageSource) -> list[str] | None:
     return list(names) if names else None
 
 
+def class_name(names: list[str] | None, label: int | None) -> str | None:
+    """The name of `label` among a source's `names` (`class_names`); None without names or a label (-1, None),
+    or for a label the names do not reach."""
+    return names[label] if names and label is not None and 0 <= label < len(names) else None
+
+
 def labelled(source: ImageSource, task: str) -> int:
     """The number of classes of `source`; exit 2 saying that `task` needs labels when it has fewer than two (one
     class: every prediction right, a score that says nothing; a folder nested one level too deep)."""

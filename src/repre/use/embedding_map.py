@@ -17,8 +17,8 @@ from repre.config import reads
 from repre.core.pictures import save_png
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
-from repre.use.neighbors import finished_card, query_source, read_index, thumbnail
-from repre.use.store import EmbeddingFiles
+from repre.use.images import embedded_source, thumbnail
+from repre.use.store import EmbeddingFiles, finished_card, read_index
 
 SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
 METHODS = ("tsne", "umap")
@@ -145,7 +145,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     labels = [index[r][2] for r in range(len(bank))]
     picture = None
     if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
-        source, size = query_source(checkpoint, card, list(overrides or []))
+        source, size = embedded_source(checkpoint, card, list(overrides or []))
 
         def picture(row: int) -> Image.Image:
             view = thumbnail(source, *index[row][:2], size)  # uint8 [3, S, S]

@@ -8,7 +8,6 @@ embed was given (recorded in FILE.json), then the overrides given here.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,35 +17,19 @@ import torch
 from PIL import Image
 
 from repre.config import reads
-from repre.core import checkpoint_io as ckpt_io
 from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
-from repre.data.evaluation import centre_view
-from repre.data.folder import UnreadableImage
-from repre.data.sources import ImageSource, image_path
+from repre.data.sources import ImageSource, class_name
 from repre.errors import UserError
-from repre.pretrained import load_checkpoint_config, refuse_unread
-from repre.use.embed import embed_source
+from repre.pretrained import refuse_unread
+from repre.use.images import embedded_source, thumbnail
 from repre.use.search import top_k
-from repre.use.store import EmbeddingFiles, read_card
+from repre.use.store import EmbeddingFiles, finished_card, read_index
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
 NOTE = ("each row: a query image (#: its row in the embeddings file) and the images whose embeddings are nearest to "
         "its, nearest first, each with its cosine similarity to the query")  # under the picture
 
 log = logging.getLogger("repre")
-
-
-def finished_card(files: EmbeddingFiles) -> dict[str, Any]:
-    """The card of finished embeddings, or exit 2 saying what to do."""
-    card = read_card(files.card)
-    if not files.npy.is_file():
-        raise UserError(f"{files.npy} does not exist: give the FILE.npy a `repre embed --out FILE.npy` wrote")
-    if card is None or not files.csv.is_file():
-        raise UserError(f"{files.npy} needs its .csv index and .json card beside it, as `repre embed` writes them")
-    if not card["progress"]["complete"]:
-        raise UserError(f"{files.npy} is unfinished ({card['progress']['rows']} rows so far): rerun the same "
-                        "`repre embed` command to finish it")
-    return card
 
 
 def choose_queries(rows: int, count: int, given: list[int] | None, seed: int) -> list[int]:
@@ -67,56 +50,6 @@ def without_self(query: int, sims: torch.Tensor, rows: torch.Tensor, k: int) -> 
     return hits[:k]
 
 
-def read_index(path: Path, wanted: set[int], expected: int) -> dict[int, tuple[int, str, int | None]]:
-    """The index lines of the `wanted` rows: row -> (source index, path, label or None), read in one pass;
-    the index must have `expected` rows."""
-    found, count = {}, 0
-    with open(path, newline="") as fh:
-        for line in csv.DictReader(fh):
-            row = int(line["row"])
-            if row in wanted:
-                found[row] = (int(line["index"]), line["path"], int(line["label"]) if line["label"] else None)
-            count += 1
-    if count != expected:
-        raise UserError(f"{path} has {count} rows, the embeddings {expected}: rerun `repre embed --overwrite`")
-    return found
-
-
-def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Tensor:
-    """Image `index` of `source` as the encoder saw it: uint8 [3, S, S]. It must still be the file the index
-    names."""
-    if image_path(source, index) != path:
-        raise UserError(f"image {index} of the data is {image_path(source, index) or 'not a file'}, the index says "
-                        f"{path or 'not a file'}: the data changed since embed, or pass the same --set data.*")
-    try:
-        img, _ = source.load(index)
-    except UnreadableImage as exc:
-        raise UserError(f"image {index} cannot be read now ({exc}); it could when it was embedded") from None
-    return centre_view(img, size)
-
-
-def query_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str]) -> tuple[ImageSource, int]:
-    """The data the embeddings were made from, and the image side: the checkpoint's config (None: the one embed
-    read, named in the card), embed's overrides, then `overrides`."""
-    given = checkpoint is not None
-    if not given:
-        checkpoint = card.get("checkpoint")
-        if not checkpoint or not Path(checkpoint).is_file():
-            raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
-                            "RUN, a checkpoint whose data config reads the same images")
-    _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
-    ident = card["identity"]
-    if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
-        made_from = f"another checkpoint ({card.get('checkpoint')})" if given else "this file before the run went on"
-        log.warning("the embeddings were made from %s; the images are read with the data config of %s", made_from,
-                    checkpoint)
-    source = embed_source(cfg, ident["split"])
-    if len(source) != ident["images"]:
-        raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
-                        "pass the same --set data.* as embed")
-    return source, cfg.data.image_size
-
-
 def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str) -> list[list[tuple[int, float]]]:
     """bank [N, D] -> for each query row, its k nearest other rows: [(row, cosine similarity), ...], nearest first."""
     sims, found = top_k(bank, torch.from_numpy(np.array(bank[queries])), k + 1, backend)
@@ -130,26 +63,26 @@ def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tup
     differ only in the third or fourth."""
     images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
     side = thumb_side(size)
-    captions = [[f"#{q}{labelled(index, q, names)}", *(f"{s:.4f}{labelled(index, r, names)}" for r, s in h)]
+    captions = [[f"#{q}{class_caption(index, q, names)}", *(f"{s:.4f}{class_caption(index, r, names)}" for r, s in h)]
                 for q, h in hits.items()]
     titles = ["query", *(f"nearest {c}" if c == 1 else str(c) for c in range(1, len(images[0])))]
     return sheet([Column([tile(row[c], side) for row in images], titles[c], captions=[row[c] for row in captions])
                   for c in range(len(images[0]))], gap=QUERY_GAP, notes=[NOTE])
 
 
-def labelled(index: dict, row: int, names: list[str] | None) -> str:
+def class_caption(index: dict, row: int, names: list[str] | None) -> str:
     """' NAME' (the row's class name) or ' (label)' when its label is known, else ''."""
     label = index[row][2]
     if label is None:
         return ""
-    return f" {names[label]}" if names and 0 <= label < len(names) else f" ({label})"
+    name = class_name(names, label)
+    return f" {name}" if name is not None else f" ({label})"
 
 
 def described(index: dict, row: int, names: list[str] | None, **more: Any) -> dict[str, Any]:
     """A row of the embeddings as the JSON line gives it: its source index, path, label and the label's name."""
     i, path, label = index[row]
-    name = names[label] if names and label is not None and 0 <= label < len(names) else None
-    return {"row": row, "index": i, "path": path, "label": label, "class": name, **more}
+    return {"row": row, "index": i, "path": path, "label": label, "class": class_name(names, label), **more}
 
 
 def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path,
@@ -176,7 +109,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     chosen = choose_queries(rows, queries, query_rows, seed)
     hits = dict(zip(chosen, nearest(bank, chosen, k, backend), strict=True))
     index = read_index(files.csv, set(chosen) | {r for h in hits.values() for r, _ in h}, rows)
-    source, size = query_source(checkpoint, card, overrides or [])
+    source, size = embedded_source(checkpoint, card, overrides or [])
     names = card.get("classes")
     save_png(neighbors_picture(source, index, hits, size, names), Path(out))
     results = [described(index, q, names, neighbors=[described(index, r, names, similarity=round(s, 6)) for r, s in h])

@@ -28,7 +28,7 @@ from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import EvalDataset
 from repre.data.folder import UnreadableImage, warn_unreadable
-from repre.data.sources import class_names, pretraining_stats, stats
+from repre.data.sources import class_name, class_names, pretraining_stats, stats
 from repre.data.splits import eval_source, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
@@ -226,7 +226,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
         runs.append(panels(compare, load_checkpoint_config(compare), pixels, rt))
         if runs[0].name == runs[1].name:
             runs[0].name, runs[1].name = "first", "second"
-    names = [classes[y] if classes and 0 <= y < len(classes) else "" for y in labels]
+    names = [class_name(classes, y) or "" for y in labels]
     cols = columns(pixels, names, runs)
     save_png(sheet(cols, notes=notes(pixels, runs)), Path(out))
     return {"command": "show", "out": str(out), "images": len(labels),

@@ -67,6 +67,34 @@ def write_card(path: Path, card: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(card, indent=2) + "\n")
 
 
+def finished_card(files: EmbeddingFiles) -> dict[str, Any]:
+    """The card of finished embeddings, or exit 2 saying what to do."""
+    card = read_card(files.card)
+    if not files.npy.is_file():
+        raise UserError(f"{files.npy} does not exist: give the FILE.npy a `repre embed --out FILE.npy` wrote")
+    if card is None or not files.csv.is_file():
+        raise UserError(f"{files.npy} needs its .csv index and .json card beside it, as `repre embed` writes them")
+    if not card["progress"]["complete"]:
+        raise UserError(f"{files.npy} is unfinished ({card['progress']['rows']} rows so far): rerun the same "
+                        "`repre embed` command to finish it")
+    return card
+
+
+def read_index(path: Path, wanted: set[int], expected: int) -> dict[int, tuple[int, str, int | None]]:
+    """The index lines of the `wanted` rows: row -> (source index, path, label or None), read in one pass;
+    the index must have `expected` rows."""
+    found, count = {}, 0
+    with open(path, newline="") as fh:
+        for line in csv.DictReader(fh):
+            row = int(line["row"])
+            if row in wanted:
+                found[row] = (int(line["index"]), line["path"], int(line["label"]) if line["label"] else None)
+            count += 1
+    if count != expected:
+        raise UserError(f"{path} has {count} rows, the embeddings {expected}: rerun `repre embed --overwrite`")
+    return found
+
+
 def index_lines(rows: range, indices: list[int], paths: list[str], labels: list[int]) -> bytes:
     """CSV lines of the index: row, source index, path, label (-1 written as "")."""
     buf = io.StringIO()

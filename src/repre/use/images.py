@@ -1,0 +1,56 @@
+"""The images behind the rows of an embedding file: the data they were read from, and a row's image as the
+encoder saw it (the pictures of `repre neighbors` and `repre map`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repre.core import checkpoint_io as ckpt_io
+from repre.data.evaluation import centre_view
+from repre.data.folder import UnreadableImage
+from repre.data.sources import ImageSource, image_path
+from repre.errors import UserError
+from repre.pretrained import load_checkpoint_config
+from repre.use.embed import embed_source
+
+log = logging.getLogger("repre")
+
+
+def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
+                    overrides: list[str]) -> tuple[ImageSource, int]:
+    """The data the embeddings were made from, and the image side: the checkpoint's config (None: the one embed
+    read, named in the card), embed's overrides, then `overrides`."""
+    given = checkpoint is not None
+    if not given:
+        checkpoint = card.get("checkpoint")
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
+                            "RUN, a checkpoint whose data config reads the same images")
+    _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
+    ident = card["identity"]
+    if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
+        made_from = f"another checkpoint ({card.get('checkpoint')})" if given else "this file before the run went on"
+        log.warning("the embeddings were made from %s; the images are read with the data config of %s", made_from,
+                    checkpoint)
+    source = embed_source(cfg, ident["split"])
+    if len(source) != ident["images"]:
+        raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
+                        "pass the same --set data.* as embed")
+    return source, cfg.data.image_size
+
+
+def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Tensor:
+    """Image `index` of `source` as the encoder saw it: uint8 [3, S, S]. It must still be the file the index
+    names."""
+    if image_path(source, index) != path:
+        raise UserError(f"image {index} of the data is {image_path(source, index) or 'not a file'}, the index says "
+                        f"{path or 'not a file'}: the data changed since embed, or pass the same --set data.*")
+    try:
+        img, _ = source.load(index)
+    except UnreadableImage as exc:
+        raise UserError(f"image {index} cannot be read now ({exc}); it could when it was embedded") from None
+    return centre_view(img, size)
