@@ -37,7 +37,7 @@ from repre.data.sources import ImageSource, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
-from repre.eval.protocols import Protocol
+from repre.eval.protocols import LinearProtocol
 from repre.eval.tokens import feature_dim, token_features
 from repre.models.backbone import Backbone
 
@@ -57,7 +57,7 @@ def new_head(dim: int, classes: int, std: float, seed: int) -> nn.Linear:
 
 
 @torch.no_grad()
-def frozen_features(encoder: Backbone, x: torch.Tensor, protocol: Protocol, rt: Runtime) -> torch.Tensor:
+def frozen_features(encoder: Backbone, x: torch.Tensor, protocol: LinearProtocol, rt: Runtime) -> torch.Tensor:
     """Normalized images x [B, 3, H, W] on the device -> float32 features [B, F] of the encoder, in the mode it
     is in."""
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
@@ -73,7 +73,7 @@ def average_gradients(module: nn.Module) -> None:
 
 
 def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, loader: DataLoader,
-                lrs: torch.Tensor, protocol: Protocol, rt: Runtime) -> float:
+                lrs: torch.Tensor, protocol: LinearProtocol, rt: Runtime) -> float:
     """One SGD step of the head per lr of `lrs` [steps] on `loader`'s batches -> the mean loss over them (all
     processes). The encoder runs in train mode where the protocol gives it stochastic depth."""
     encoder.train(protocol.drop_path is not None)
@@ -95,7 +95,7 @@ def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, 
     return float(dist.all_reduce_sum(total)) / (len(lrs) * dist.world_size())
 
 
-def probe_lrs(protocol: Protocol, steps: int) -> torch.Tensor:
+def probe_lrs(protocol: LinearProtocol, steps: int) -> torch.Tensor:
     """The lr of every step -> [epochs, steps]: a cosine from `protocol.lr` to 0 set once an epoch (MoCo v3,
     DINO); or (`lr_per_step`, MoBY) timm's CosineLRScheduler stepped every step, as Transformer-SSL builds it
     (lr_scheduler.py:20-29): a linear warm-up from warmup_lr, then the cosine over all steps to min_lr."""
@@ -129,7 +129,7 @@ def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
 
 
 @torch.no_grad()
-def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Protocol, rt: Runtime) -> tuple[float, int]:
+def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: LinearProtocol, rt: Runtime) -> tuple[float, int]:
     """(top-1, images) of the head on the test split, each process scoring every world-th image."""
     full = eval_loader(cfg, "test", cfg.eval.linear.test_subset)
     shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
@@ -162,7 +162,7 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: 
         return 0
     state = ckpt_io.load(path)
     # a probe written before a protocol field existed had that field's default
-    stored = {**{f.name: f.default for f in dataclasses.fields(Protocol) if f.default is not dataclasses.MISSING},
+    stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol) if f.default is not dataclasses.MISSING},
               **state.get("probe", {})}
     if stored != key:
         changed = sorted(k for k in key.keys() | stored.keys() if key.get(k) != stored.get(k))
@@ -200,7 +200,7 @@ def check_batch(batch: int, images: int) -> None:
                         f"(eval.linear.batch_size={batch}); lower eval.linear.batch_size")
 
 
-def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol, out: Path | None) -> dict[str, Any]:
+def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProtocol, out: Path | None) -> dict[str, Any]:
     """Train the protocol's head on the train split, resuming from `out` (None: no checkpoint); report test top-1."""
     source = probe_source(cfg)
     check_batch(protocol.batch_size, len(source))

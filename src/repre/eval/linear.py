@@ -10,6 +10,7 @@ split and reported on test.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from repre.data.sources import labelled
 from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
-from repre.eval.protocols import Protocol, resolve
+from repre.eval.protocols import LinearProtocol, resolve
 from repre.eval.tokens import check_layout, token_features
 from repre.models.backbone import Backbone
 
@@ -49,6 +50,12 @@ def train_linear(
     return fit_probe(head, x, y, F.cross_entropy, lr, wd, epochs, batch=batch, seed=seed)
 
 
+def standardizer(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Features x [N, F] -> the map that standardizes features [M, F] by x's per-feature mean and std."""
+    mean, std = x.mean(dim=0), x.std(dim=0) + 1e-6
+    return lambda features: (features - mean) / std
+
+
 @torch.no_grad()
 def top1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((head(x).argmax(dim=1) == y).float().mean())
@@ -63,24 +70,24 @@ def linear_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = 
     return lincls_eval(encoder, cfg, rt, protocol, out)
 
 
-def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, protocol: Protocol) -> list[dict]:
+def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, protocol: LinearProtocol) -> list[dict]:
     """Each lr x weight decay of eval.linear, trained on train features [N, F] less a held-out part, scored
     on that part -> [{"lr", "weight_decay", "val_top1"}, ...]."""
     e, seed = cfg.eval.linear, cfg.train.seed
     perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(e.val_fraction * len(xtr)))
     fit, val = perm[n_val:], perm[:n_val]
-    mean, std = xtr[fit].mean(dim=0), xtr[fit].std(dim=0) + 1e-6
+    standard = standardizer(xtr[fit])
     rows = []
     for lr in e.lrs:
         for wd in e.wds:
-            head = train_linear((xtr[fit] - mean) / std, ytr[fit], classes, lr, wd, protocol.epochs, seed,
+            head = train_linear(standard(xtr[fit]), ytr[fit], classes, lr, wd, protocol.epochs, seed,
                                 protocol.batch_size)
-            rows.append({"lr": lr, "weight_decay": wd, "val_top1": top1(head, (xtr[val] - mean) / std, ytr[val])})
+            rows.append({"lr": lr, "weight_decay": wd, "val_top1": top1(head, standard(xtr[val]), ytr[val])})
     return rows
 
 
-def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) -> dict[str, Any]:
+def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProtocol) -> dict[str, Any]:
     """The quick CPU protocol: sweep lr x weight decay on a validation split of train; report the chosen
     probe's test top-1."""
     e = cfg.eval.linear
@@ -94,9 +101,9 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: Protocol) 
         if len(grid) > 1 and best[key] in (min(grid), max(grid)) and best[key] != 0:
             log.info("the linear probe chose %s %g, at the edge of its grid %s: a value beyond it may score "
                      "higher (eval.linear.%s)", key, best[key], list(grid), "lrs" if key == "lr" else "wds")
-    mean, std = xtr.mean(dim=0), xtr.std(dim=0) + 1e-6
-    head = train_linear((xtr - mean) / std, ytr, classes, best["lr"], best["weight_decay"], protocol.epochs,
+    standard = standardizer(xtr)
+    head = train_linear(standard(xtr), ytr, classes, best["lr"], best["weight_decay"], protocol.epochs,
                         cfg.train.seed, protocol.batch_size)
     extra = {**protocol.summary(), "val_top1": best["val_top1"], "lr": best["lr"],
              "weight_decay": best["weight_decay"], "dim": xtr.shape[1], "sweep": rows}
-    return {"task": "linear", "metric": "top1", "value": top1(head, (xte - mean) / std, yte), "extra": extra}
+    return {"task": "linear", "metric": "top1", "value": top1(head, standard(xte), yte), "extra": extra}

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "base_lr": 0.5,  # moby_linear.py:71 (--lr default 1.0) per 512 images (359)
     },
 }
-# what the MoBY protocol does beyond the others' SGD (`Protocol`'s fields; per 256 images where scaled)
+# what the MoBY protocol does beyond the others' SGD (`LinearProtocol`'s fields; per 256 images where scaled)
 MOBY = {
     "nesterov": True,  # optimizer.py:26
     "warmup_epochs": 5,  # moby_linear.py:93
@@ -71,7 +71,7 @@ DINO_WIDE = 768  # ViT-B's width: DINO evaluates ViT-B with 1 block + avgpool, n
 
 
 @dataclass(frozen=True)
-class Protocol:
+class LinearProtocol:
     """One linear probe's resolved values."""
 
     name: str  # quick | mocov3 | dino | moby
@@ -120,7 +120,7 @@ def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
     # (moco-v3 README.md:90), which vits.py:25 extends
 
 
-def resolve(lin: LinearConfig, encoder: Backbone) -> Protocol:
+def resolve(lin: LinearConfig, encoder: Backbone) -> LinearProtocol:
     """`eval.linear` -> the protocol's values, each null key taking the protocol's own; UserError for a
     combination the protocol does not allow."""
     features, blocks = default_layout(lin.protocol, encoder)
@@ -132,7 +132,7 @@ def resolve(lin: LinearConfig, encoder: Backbone) -> Protocol:
     features, blocks = lin.features or features, lin.blocks or blocks
     check_layout(encoder, features, blocks)
     own = DEFAULTS[lin.protocol]
-    return Protocol(name=lin.protocol, features=features, blocks=blocks, epochs=lin.epochs or own["epochs"],
+    return LinearProtocol(name=lin.protocol, features=features, blocks=blocks, epochs=lin.epochs or own["epochs"],
                     batch_size=lin.batch_size or own["batch_size"],
                     base_lr=lin.lr if lin.lr is not None else own["base_lr"],
                     **(MOBY if lin.protocol == "moby" else {}))
