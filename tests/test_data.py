@@ -351,13 +351,13 @@ def test_a_root_with_val_but_no_train_is_refused(tmp_path):
 def test_per_view_blur_and_solarize_probabilities_follow_byol():
     """BYOL's asymmetric views: the first always blurred and never solarized, the second blurred at 0.1 and
     solarized at 0.2 (2,000 draws each)."""
-    from repre.data.views import P, sample_view, view_rng
+    from repre.data.views import Photo, sample_view, view_rng
 
     spec = ViewSpec(AugConfig(), 16, (0.5,) * 3, (0.5,) * 3)
     rates = []
     for v in (0, 1):
         photos = np.stack([sample_view(view_rng(0, 0, i, v), spec, v, 32, 32)[2] for i in range(2000)])
-        rates.append(((photos[:, P.SIGMA] > 0).mean(), photos[:, P.SOLARIZE].mean()))
+        rates.append(((photos[:, Photo.SIGMA] > 0).mean(), photos[:, Photo.SOLARIZE].mean()))
     assert rates[0] == pytest.approx((1.0, 0.0), abs=0.03) and rates[1] == pytest.approx((0.1, 0.2), abs=0.03)
 
 
@@ -367,23 +367,23 @@ def test_each_photometric_operation_is_torchvisions(op):
     a rotation in YIQ, left out here)."""
     from torchvision.transforms.v2 import functional as TF
 
-    from repre.data.views import N_PHOTO, P
+    from repre.data.views import N_PHOTO, Photo
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g)
     photo = torch.zeros(4, N_PHOTO)
-    photo[:, [P.BRIGHTNESS, P.CONTRAST, P.SATURATION]] = 1.0
+    photo[:, [Photo.BRIGHTNESS, Photo.CONTRAST, Photo.SATURATION]] = 1.0
     xf, f = x.float() / 255, 1.3
     if op in ("brightness", "contrast", "saturation"):
-        photo[:, P.JITTER] = 1.0
-        photo[:, {"brightness": P.BRIGHTNESS, "contrast": P.CONTRAST, "saturation": P.SATURATION}[op]] = f
+        photo[:, Photo.JITTER] = 1.0
+        photo[:, {"brightness": Photo.BRIGHTNESS, "contrast": Photo.CONTRAST, "saturation": Photo.SATURATION}[op]] = f
         ref = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
                "saturation": TF.adjust_saturation}[op](xf, f)
     elif op == "solarize":
-        photo[:, P.SOLARIZE] = 1.0
+        photo[:, Photo.SOLARIZE] = 1.0
         ref = TF.solarize(xf, 0.5)
     else:
-        photo[:, P.GRAY] = 1.0
+        photo[:, Photo.GRAY] = 1.0
         ref = TF.rgb_to_grayscale(xf, num_output_channels=3)
     spec = ViewSpec(AugConfig(), 16, (0.0,) * 3, (1.0,) * 3)
     torch.testing.assert_close(photometric(x, photo, spec), ref, atol=2e-3, rtol=0)

@@ -70,4 +70,5 @@ def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel
         return Baseline(method)
     r = cfg.recon
     branch = {k: v for k, v in dataclasses.asdict(r).items() if k not in RECON_WRAPPER_KEYS}  # width, norm_pix, ...
-    return RePre(method, taps=resolve_taps(r.taps, encoder.depth), recon_weight=r.weight, views=r.views, **branch)
+    return RePre(method, taps=resolve_taps(r.taps, encoder.depth), recon_weight=r.weight,
+                 views_per_image=r.views, **branch)

@@ -8,7 +8,7 @@ pixels; the total adds lambda * reconstruction loss:
     recon = branch.loss(out.maps, out.views)
     loss = out.loss + weight * recon
 
-With views=1 the decoder reconstructs one global view of each image (`one_view_rows`): the encoder still sees
+With views_per_image=1 (recon.views) the decoder reconstructs one global view of each image (`one_view_rows`): the encoder still sees
 both, the decoder's cost halves.
 
 With the branch disabled no decoder exists and the plain method is trained: the baseline.
@@ -71,16 +71,17 @@ class Baseline(PretrainingModel):
 class RePre(PretrainingModel):
     """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder)."""
 
-    def __init__(self, method: Method, *, taps: Sequence[int], recon_weight: float = 1.0, views: int = 2,
+    def __init__(self, method: Method, *, taps: Sequence[int], recon_weight: float = 1.0, views_per_image: int = 2,
                  **branch: Any) -> None:
-        """`recon_weight`: λ; `views`: the global views reconstructed per image, 2 or 1 (`one_view_rows`);
-        `branch`: the `ReconstructionBranch` arguments (width, norm_pix, upsample, out_stride)."""
-        if views not in (1, 2):
-            raise ValueError(f"views={views!r}: the global views reconstructed per image are 1 or 2")
+        """`recon_weight`: λ; `views_per_image`: the global views reconstructed per image, 2 or 1
+        (`one_view_rows`); `branch`: the `ReconstructionBranch` arguments (width, norm_pix, upsample, out_stride)."""
+        if views_per_image not in (1, 2):
+            raise ValueError(f"views_per_image={views_per_image!r}: the global views reconstructed per image are "
+                             "1 or 2")
         super().__init__(method)
         self.branch = ReconstructionBranch(method.encoder, taps, **branch)
         self.recon_weight = recon_weight
-        self.views_per_image = views
+        self.views_per_image = views_per_image
 
     def forward(
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
@@ -88,7 +89,7 @@ class RePre(PretrainingModel):
     ) -> dict[str, torch.Tensor]:
         """views [B, 2, 3, H, W] (local_views [B, L, 3, h, w]: DINO's) -> {"loss": the method's loss + λ ·
         "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}. The
-        decoder reconstructs the global views as the encoder received them; with `views=1` B of the 2B views
+        decoder reconstructs the global views as the encoder received them; with `views_per_image=1` B of the 2B views
         (`one_view_rows`)."""
         out = self.method(views, momentum, labels, local_views, taps=self.branch.taps)
         rows = None

@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from repre.config import AugConfig
 
 
-class P(IntEnum):
+class Photo(IntEnum):
     """The photometric parameters of a view: its vector [N_PHOTO], one entry each (on/off flags are 0 or 1)."""
 
     JITTER = 0  # colour jitter on
@@ -43,7 +43,7 @@ class P(IntEnum):
     SOLARIZE = 7  # solarization on
 
 
-N_PHOTO = len(P)
+N_PHOTO = len(Photo)
 GLOBAL_VIEWS = 2  # view ids 0 and 1 are an image's global views; 2 and up DINO's local crops
 
 
@@ -96,15 +96,15 @@ def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int
     crop = sample_crop(rng, height, width, a.crop_scale if view < GLOBAL_VIEWS else a.local_crop_scale, a.crop_ratio)
     flip = bool(rng.random() < a.hflip)
     photo = np.zeros(N_PHOTO, dtype=np.float32)
-    photo[P.JITTER] = rng.random() < a.jitter_prob  # the draws in this order: a seed's views stay the same
-    photo[P.BRIGHTNESS] = rng.uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)
-    photo[P.CONTRAST] = rng.uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)
-    photo[P.SATURATION] = rng.uniform(max(0.0, 1 - a.saturation), 1 + a.saturation)
-    photo[P.HUE] = rng.uniform(-a.hue, a.hue)
-    photo[P.GRAY] = rng.random() < a.grayscale_prob
+    photo[Photo.JITTER] = rng.random() < a.jitter_prob  # the draws in this order: a seed's views stay the same
+    photo[Photo.BRIGHTNESS] = rng.uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)
+    photo[Photo.CONTRAST] = rng.uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)
+    photo[Photo.SATURATION] = rng.uniform(max(0.0, 1 - a.saturation), 1 + a.saturation)
+    photo[Photo.HUE] = rng.uniform(-a.hue, a.hue)
+    photo[Photo.GRAY] = rng.random() < a.grayscale_prob
     blur = rng.random() < a.blur_prob[min(view, len(a.blur_prob) - 1)]
-    photo[P.SIGMA] = rng.uniform(*a.blur_sigma) if blur else 0.0
-    photo[P.SOLARIZE] = rng.random() < a.solarize_prob[min(view, len(a.solarize_prob) - 1)]
+    photo[Photo.SIGMA] = rng.uniform(*a.blur_sigma) if blur else 0.0
+    photo[Photo.SOLARIZE] = rng.random() < a.solarize_prob[min(view, len(a.solarize_prob) - 1)]
     return crop, flip, photo
 
 
@@ -164,13 +164,13 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """x: [N, 3, H, W] in [0, 1]; p: [N, N_PHOTO]. Samples with p[:, P.JITTER] == 0 pass unchanged."""
-    on = p[:, P.JITTER].view(-1, 1, 1, 1) > 0
+    """x: [N, 3, H, W] in [0, 1]; p: [N, N_PHOTO]. Samples with p[:, Photo.JITTER] == 0 pass unchanged."""
+    on = p[:, Photo.JITTER].view(-1, 1, 1, 1) > 0
     f = p.view(-1, N_PHOTO, 1, 1)  # f[:, [k]]: parameter k of each sample, [N, 1, 1, 1]
-    y = (x * f[:, [P.BRIGHTNESS]]).clamp(0, 1)
-    y = _blend(y, _gray(y).mean(dim=(2, 3), keepdim=True), f[:, [P.CONTRAST]])
-    y = _blend(y, _gray(y), f[:, [P.SATURATION]])
-    y = _hue(y, f[:, [P.HUE]])
+    y = (x * f[:, [Photo.BRIGHTNESS]]).clamp(0, 1)
+    y = _blend(y, _gray(y).mean(dim=(2, 3), keepdim=True), f[:, [Photo.CONTRAST]])
+    y = _blend(y, _gray(y), f[:, [Photo.SATURATION]])
+    y = _hue(y, f[:, [Photo.HUE]])
     return torch.where(on, y, x)
 
 
@@ -196,9 +196,9 @@ def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> tor
     """uint8 [N, 3, S, S] + parameters [N, N_PHOTO] -> normalized float [N, 3, S, S]."""
     x = views.float().div_(255)
     x = color_jitter(x, photo)
-    x = torch.where(photo[:, P.GRAY].view(-1, 1, 1, 1) > 0, _gray(x).expand_as(x), x)
-    x = gaussian_blur(x, photo[:, P.SIGMA], spec.blur_kernel_for(views.shape[-1]))
-    x = torch.where((photo[:, P.SOLARIZE].view(-1, 1, 1, 1) > 0) & (x >= 0.5), 1 - x, x)
+    x = torch.where(photo[:, Photo.GRAY].view(-1, 1, 1, 1) > 0, _gray(x).expand_as(x), x)
+    x = gaussian_blur(x, photo[:, Photo.SIGMA], spec.blur_kernel_for(views.shape[-1]))
+    x = torch.where((photo[:, Photo.SOLARIZE].view(-1, 1, 1, 1) > 0) & (x >= 0.5), 1 - x, x)
     return normalize(x, spec.mean, spec.std)
 
 

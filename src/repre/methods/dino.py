@@ -56,9 +56,12 @@ class DINO(Method):
         self.teacher_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.student_temp, self.center_momentum = student_temp, center_momentum
-        self.temps = (warmup_teacher_temp, teacher_temp, warmup_teacher_temp_fraction)
+        # the teacher temperature's schedule (`set_progress`) and this step's value
+        self.teacher_temp_start, self.teacher_temp_end = warmup_teacher_temp, teacher_temp
+        self.teacher_temp_warmup = warmup_teacher_temp_fraction
+        self.teacher_temp = warmup_teacher_temp
         self.freeze_fraction = freeze_last_layer_fraction
-        self.teacher_temp, self.freeze_last_layer = warmup_teacher_temp, freeze_last_layer_fraction > 0
+        self.freeze_last_layer = freeze_last_layer_fraction > 0
 
     @property
     def prototypes(self) -> int:
@@ -70,8 +73,8 @@ class DINO(Method):
     def set_progress(self, step: int, total: int) -> None:
         """Teacher temperature: linear from the warm-up value over `warmup_teacher_temp_fraction` of the run
         (value at step i: start + (end - start) * i / warmup), then constant; last layer frozen early on."""
-        start, end, fraction = self.temps
-        warmup = round(fraction * total)
+        start, end = self.teacher_temp_start, self.teacher_temp_end
+        warmup = round(self.teacher_temp_warmup * total)
         self.teacher_temp = start + (end - start) * step / warmup if step < warmup else end
         self.freeze_last_layer = step < round(self.freeze_fraction * total)
 
