@@ -56,6 +56,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def launch_rank() -> int:
+    """This process's rank as its launcher set it (RANK; 0 without one), known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def local_world_size() -> int:
     """The processes a launcher started on this node (torchrun's LOCAL_WORLD_SIZE; 1 without one)."""
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from repre.config import Config, TrainConfig
-from repre.core import compat
+from repre.core import compat, dist
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -82,8 +82,7 @@ def pick_precision(name: str, device: torch.device) -> str:
     `cpu_has_bf16`), else fp32.
     bf16 or fp16 asked of a CPU without native bf16 is granted with a warning: it runs emulated."""
     if name != "auto":
-        rank0 = os.environ.get("RANK", "0") == "0"  # torchrun's processes: one warning (before the group forms)
-        if name != "fp32" and device.type == "cpu" and not cpu_has_bf16() and rank0:
+        if name != "fp32" and device.type == "cpu" and not cpu_has_bf16() and dist.launch_rank() == 0:
             log.warning("train.precision=%s on a CPU without bf16 instructions (AVX512-BF16, AMX-BF16 or Arm's "
                         "BF16): emulated, many times slower than fp32 (15x on an AVX2 CPU, docs/results.md); "
                         "train.precision=auto picks fp32 here", name)
@@ -95,8 +94,12 @@ def pick_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
-def setup_runtime(cfg: TrainConfig) -> Runtime:
+def setup_runtime(cfg: TrainConfig, join_group: bool = False) -> Runtime:
+    """The device and precision of train.device and train.precision. `join_group`: under a launcher (torchrun)
+    join its process group first, the device then this process's (`dist.init_from_env`)."""
     device = pick_device(cfg.device)
+    if join_group:
+        device = dist.init_from_env(device)
     return Runtime(device=device, precision=pick_precision(cfg.precision, device))
 
 

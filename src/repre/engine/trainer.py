@@ -10,7 +10,6 @@ what the processes agree on between steps (`agreement`), the data pipeline and i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -60,8 +59,7 @@ class Trainer:
         self.started = time.perf_counter()
         self.cfg, self.out = cfg, out
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
-        rt = setup_runtime(cfg.train)
-        self.rt: Runtime = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
+        self.rt: Runtime = setup_runtime(cfg.train, join_group=True)
         if cfg.train.deterministic:  # before the data are indexed
             check_deterministic(cfg, self.rt.device)
         if cfg.train.batch_size % dist.world_size():

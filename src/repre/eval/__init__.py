@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,8 +54,7 @@ def evaluate(
         model = model_from(ckpt, cfg, checkpoint).to(rt.device)
         return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
     with dist.group_scope():  # under torchrun: joined in the block, left after it
-        rt = setup_runtime(cfg.train)
-        rt = dataclasses.replace(rt, device=dist.init_from_env(rt.device))
+        rt = setup_runtime(cfg.train, join_group=True)
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
             encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
             if task == "linear":  # the papers' protocols keep a resumable checkpoint in `out`
