@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from repre.config import Config
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
 from repre.core.atomic import replacing
@@ -63,7 +64,8 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
     return evals
 
 
-def model_card(ckpt: dict[str, Any], cfg, key: str, arch: str, kwargs: dict[str, Any], run: Path | None) -> dict:
+def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: dict[str, Any],
+               run: Path | None) -> dict:
     """What a user of the file needs to load and judge it."""
     step = int(ckpt.get("step", 0))
     # None: an epoch budget in a checkpoint written before it recorded its images

@@ -8,8 +8,8 @@ pixels; the total adds lambda * reconstruction loss:
     recon = branch.loss(out.maps, out.views)
     loss = out.loss + weight * recon
 
-With views_per_image=1 (recon.views) the decoder reconstructs one global view of each image (`one_view_rows`): the encoder still sees
-both, the decoder's cost halves.
+With views_per_image=1 (recon.views) the decoder reconstructs one global view of each image (`one_view_rows`):
+the encoder still sees both, the decoder's cost halves.
 
 With the branch disabled no decoder exists and the plain method is trained: the baseline.
 """
@@ -24,6 +24,7 @@ from torch import nn
 
 from repre.core.dist import rank
 from repre.methods.base import Method
+from repre.models.backbone import Backbone
 from repre.nn import ReconstructionBranch
 
 
@@ -47,7 +48,7 @@ class PretrainingModel(nn.Module):
         self.method = method
 
     @property
-    def encoder(self):
+    def encoder(self) -> Backbone:
         return self.method.encoder
 
     def param_groups(self, weight_decay: float) -> list[dict]:

@@ -20,7 +20,8 @@ SPLIT_KEYS = {"train": 0, "test": 1, "val": 2}
 FOREGROUND = 20  # pixel value (of 255) above which an item's pixel counts as the item
 
 
-def compose(items: torch.Tensor, labels: torch.Tensor, seed: int, split: str, index: int, size: int):
+def compose(items: torch.Tensor, labels: torch.Tensor, seed: int, split: str, index: int,
+            size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One scene: (uint8 image [size, size], uint8 label map [size, size])."""
     rng = np.random.default_rng([seed, SPLIT_KEYS[split], index])
     canvas = torch.zeros(size, size, dtype=torch.uint8)

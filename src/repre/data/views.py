@@ -19,6 +19,7 @@ space (a close, batched approximation of torchvision's HSV hue shift).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from repre.config import AugConfig
+
+Stats = Sequence[float]  # per-channel normalization values: (R, G, B)
 
 
 class Photo(IntEnum):
@@ -90,7 +93,8 @@ def sample_crop(rng: np.random.Generator, height: int, width: int, scale, ratio)
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int, width: int):
+def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int,
+                width: int) -> tuple[tuple[int, int, int, int], bool, np.ndarray]:
     """All random choices of one view: (crop box, flip, photometric vector [N_PHOTO])."""
     a = spec.aug
     crop = sample_crop(rng, height, width, a.crop_scale if view < GLOBAL_VIEWS else a.local_crop_scale, a.crop_ratio)
@@ -128,7 +132,7 @@ def sample_views(spec: ViewSpec, seed: int, epoch: int, index: int, height: int,
 
 
 def make_views(img: torch.Tensor, spec: ViewSpec, seed: int, epoch: int, index: int, n_views: int = GLOBAL_VIEWS,
-               first: int = 0, size: int | None = None):
+               first: int = 0, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One image -> (uint8 views [V, 3, s, s], photometric parameters [V, N_PHOTO]) for view ids
     first .. first + V - 1 (ids 0 and 1: the global views; 2 and up: DINO's local crops, of `spec.local_size`)."""
     boxes, flips, photo = sample_views(spec, seed, epoch, index, img.shape[-2], img.shape[-1], n_views, first)
@@ -208,11 +212,11 @@ def host_values_on(values, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
 
 
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
     """Pixels in [0, 1], [..., 3, H, W] (the channel axis third from last) -> (x - mean) / std per channel."""
     return (x - host_values_on(mean, x).view(-1, 1, 1)) / host_values_on(std, x).view(-1, 1, 1)
 
 
-def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+def denormalize(x: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
     """`normalize` undone: [..., 3, H, W] -> pixels, clamped to [0, 1]."""
     return (x * host_values_on(std, x).view(-1, 1, 1) + host_values_on(mean, x).view(-1, 1, 1)).clamp(0, 1)

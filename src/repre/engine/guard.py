@@ -60,7 +60,8 @@ class NonFiniteGuard:
 
 
 class HostGuard(NonFiniteGuard):
-    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> Outcome:
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
+             loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> Outcome:
         s, stop = self.state, False
         if dist.is_distributed():  # one process's non-finite step skips it everywhere; a stop anywhere stops all
             flags = torch.stack([(~finite).float(), torch.tensor(float(stop_requested), device=finite.device)])
@@ -90,7 +91,8 @@ class DeviceGuard(NonFiniteGuard):
         self.total.fill_(self.state.nonfinite_steps)
         self.streak.fill_(self.state.bad_streak)
 
-    def step(self, optimizer, scaler, finite, loss, grad_norm, stop_requested) -> Outcome:
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
+             loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> Outcome:
         bad = (~finite).float()
         if dist.is_distributed():  # one process's non-finite loss skips the step everywhere (async: no host sync)
             bad = dist.all_reduce_max(bad)

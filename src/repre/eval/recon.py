@@ -17,7 +17,7 @@ from repre.data.evaluation import eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
 from repre.data.sources import ImageSource
 from repre.data.splits import subset_of
-from repre.data.views import denormalize
+from repre.data.views import Stats, denormalize
 from repre.errors import UserError
 from repre.eval.features import NONE_READ
 from repre.losses import patch_stats
@@ -53,7 +53,7 @@ def patch_means(target: torch.Tensor, branch: nn.Module) -> torch.Tensor:
     return to_pixel_space(torch.zeros_like(target, dtype=torch.float32), target, True, branch.patch_size)
 
 
-def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.Module, mean, std,
+def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.Module, mean: Stats, std: Stats,
                            title: str = "image", group: str = "") -> list[Column]:
     """Columns of what is reconstructed, then (norm_pix) its patch means, then the reconstruction, each
     captioned with its PSNR: with norm_pix the reconstruction takes each patch's mean and std from the

@@ -25,7 +25,7 @@ from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
 from repre.data.sources import pretraining_stats
 from repre.data.splits import val_split
-from repre.data.views import normalize
+from repre.data.views import Stats, normalize
 from repre.errors import UserError
 from repre.eval.features import frozen_outputs
 from repre.eval.probe import fit_probe
@@ -41,7 +41,8 @@ def dense_unit(encoder: Backbone) -> int:
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 
-def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime, batch: int) -> torch.Tensor:
+def feature_maps(encoder: Backbone, images: torch.Tensor, mean: Stats, std: Stats, rt: Runtime,
+                 batch: int) -> torch.Tensor:
     """uint8 images [N, 3, S, S] (S: the encoder's input size, `Backbone.at_size`) -> patch-token maps [N, D, h, w],
     float32: a ViT's last block (final norm applied), a Swin's deepest stage of stride <= 16 (its last stage is
     too coarse for a dense probe; an inner stage has no norm after it)."""
@@ -52,7 +53,7 @@ def feature_maps(encoder: Backbone, images: torch.Tensor, mean, std, rt: Runtime
 
 
 def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: float, epochs: int, seed: int = 0,
-                ignore: int = 255):
+                ignore: int = 255) -> torch.nn.Conv2d:
     """feats [N, D, h, w], masks [N, S, S] -> a 1x1 conv probe trained with AdamW + cosine."""
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)

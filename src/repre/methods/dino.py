@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from repre.core.dist import all_reduce_sum, world_size
 from repre.losses import center_update, dino_loss, teacher_probs
@@ -30,8 +31,8 @@ class DINO(Method):
     eval_encoder_key = "teacher_encoder"  # DINO evaluates and exports the teacher, as the official code
     no_decay_1d = True  # no weight decay on biases and normalization parameters (the official parameter groups)
     # the loss includes the teacher's entropy (which rises for a while in healthy runs, the Fashion-MNIST
-    # baseline's among them), so a rise says nothing of the two losses competing: no loss-trend warning (the gradient cosine of the
-    # loss-balance monitor still measures that)
+    # baseline's among them), so a rise says nothing of the two losses competing: no loss-trend warning (the
+    # gradient cosine of the loss-balance monitor still measures that)
     loss_tracks_fit = False
 
     def __init__(
@@ -67,7 +68,7 @@ class DINO(Method):
     def prototypes(self) -> int:
         return self.center.shape[1]
 
-    def ema_pairs(self):
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
 
     def set_progress(self, step: int, total: int) -> None:

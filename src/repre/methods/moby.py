@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from repre.core.dist import gather
 from repre.losses import moby_loss
@@ -65,7 +66,7 @@ class MoBY(Method):
                 f"image's older keys about {size / images:.0f} times, so many of its negatives are the image itself; "
                 f"--set method.moby.queue_size=N below the images (e.g. {1 << max(0, (images - 1).bit_length() - 1)})"]
 
-    def ema_pairs(self):
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
     def forward(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from repre.core.dist import gather, rank
 from repre.losses import mocov3_loss
@@ -38,7 +39,7 @@ class MoCoV3(Method):
         self.momentum_projector = momentum_copy(self.projector)
         self.temperature = temperature
 
-    def ema_pairs(self):
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)]
 
     def forward(
