@@ -60,16 +60,30 @@ class Trainer:
         self.cfg, self.out = cfg, out
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
         self.rt: Runtime = setup_runtime(cfg.train, join_group=True)
-        if cfg.train.deterministic:  # before the data are indexed
+        self._check_before_building(resume, init_from)
+        torch.manual_seed(cfg.train.seed)
+        self._build(callbacks)
+        self._start(resume, init_from)
+        self.forward_model = self._wrap_ddp()
+        if dist.is_main():
+            save_yaml(cfg, out / run_files.CONFIG)
+
+    def _check_before_building(self, resume: bool, init_from: str | Path | None) -> None:
+        """What needs neither data nor model, checked before either is built (indexing a dataset takes time)."""
+        cfg = self.cfg
+        if cfg.train.deterministic:
             check_deterministic(cfg, self.rt.device)
         if cfg.train.batch_size % dist.world_size():
             raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
-        check_out(out, resume)
+        check_out(self.out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
-        torch.manual_seed(cfg.train.seed)
+
+    def _build(self, callbacks: Iterable[Callback]) -> None:
+        """The data, the model and what trains it: optimizer, scaler, guard, schedules, callbacks, checkpoints."""
+        cfg = self.cfg
         self.data = PretrainData(cfg, self.rt.device)
         self.total = total_steps(cfg.train, len(self.data))
         self.model: PretrainingModel = self._build_model()
@@ -83,18 +97,19 @@ class Trainer:
         self.schedules = RunSchedules.build(cfg, self.total, ema=bool(self.model.method.ema_pairs()))
         self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]
         self.meter = WindowMeter(self.rt.device)  # the train line's window, checkpointed between lines
-        self.checkpoints = Checkpoints(out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
+        self.checkpoints = Checkpoints(self.out, cfg, self.model, self.optimizer, self.scaler, self.data, self.state,
                                        self.rt, self.callbacks, self.meter)
         self.agreement = Agreement(self.state, self.rt.device)
+
+    def _start(self, resume: bool, init_from: str | Path | None) -> None:
+        """Where the run starts: another run's weights (--init-from), its own last checkpoint (--resume), or
+        fresh; --out is created here, once the data and the model are built."""
         if init_from and not resume:  # before --out is made: weights that do not fit leave no folder
             self.checkpoints.init_from(init_from)
-        out.mkdir(parents=True, exist_ok=True)  # once the data and the model are built: a wrong setting leaves none
+        self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.checkpoints.resume(self.total) if resume else False
         if init_from and resume and not resumed:  # the first launch of a requeued command
             self.checkpoints.init_from(init_from)
-        self.forward_model = self._wrap_ddp()
-        if dist.is_main():
-            save_yaml(cfg, out / run_files.CONFIG)
 
     def _build_model(self) -> PretrainingModel:
         cfg = self.cfg
