@@ -73,6 +73,32 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
     assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
 
 
+def test_two_checkpoints_of_a_run_are_named_by_their_steps(tiny_run, tmp_path):
+    run, _ = tiny_run
+    code, stdout = run_cli(["show", "--checkpoint", str(run / "checkpoints" / "step-00000010.pt"), "--compare",
+                            str(run), "--out", str(tmp_path / "show.png"), "--images", "1"])
+    groups = {c.split(": ")[0] for c in last_json(stdout)["columns"] if ": " in c}
+    assert code == 0 and groups == {f"{run.name}, step 10", f"{run.name}, step 20"}
+
+
+def test_each_checkpoint_sees_the_images_as_its_own_evaluation_does(tiny_run):
+    """Images of any size are prepared per checkpoint (`centre_view` at its size), never from another
+    checkpoint's resized copy: a checkpoint's panels do not depend on what it is drawn beside."""
+    from repre.core.runtime import setup_runtime
+    from repre.data.evaluation import centre_view
+    from repre.pretrained import load_checkpoint_config
+    from repre.use.show import panels
+
+    run, _ = tiny_run
+    loaded = load_checkpoint_config(run)
+    g = torch.Generator().manual_seed(0)
+    read = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in ((40, 52), (9, 30))]
+    drawn = panels(run, loaded, read, setup_runtime(loaded[1].train))
+    size = loaded[1].data.image_size
+    expected = torch.stack([centre_view(img, size) for img in read]).float() / 255
+    assert torch.equal(drawn.images, expected) and drawn.recon.shape == (2, 3, size, size)
+
+
 def test_attention_maps_keep_their_shape_and_say_how_peaked_they_are():
     """Each map (and the heads' mean) is scaled to [0, 1] for its shape; its largest weight over a flat map's
     says whether that shape means anything (1x: uniform, whatever the scaled picture looks like)."""

@@ -26,9 +26,9 @@ from repre.config import Config, reads
 from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
-from repre.data.evaluation import EvalDataset
+from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage, warn_unreadable
-from repre.data.sources import class_name, class_names, pretraining_stats, stats
+from repre.data.sources import class_name, class_names, pretraining_stats
 from repre.data.splits import eval_source, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
@@ -91,6 +91,8 @@ class Panels:
     """One checkpoint's pictures of the same images, each [B, 3 or 1, h, w] in [0, 1]."""
 
     name: str
+    step: int
+    images: torch.Tensor  # [B, 3, S, S] in [0, 1]: the images as this checkpoint's evaluation sees them
     pca: torch.Tensor
     attention: torch.Tensor | None  # [B, heads + 1, h, w]: the heads' maps, then their mean, each scaled to [0, 1]
     peak: torch.Tensor | None  # [B, heads + 1]: each map's (heads, then their mean) largest weight over uniform's
@@ -109,17 +111,16 @@ def scaled_attention(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return (maps - lo) / (hi - lo).clamp_min(1e-8), peak
 
 
-def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Tensor, rt: Runtime) -> Panels:
-    """uint8-range images [B, 3, S, S] in [0, 1] -> the pictures of `checkpoint`'s evaluated encoder (and its
-    decoder's reconstruction when it has one), each computed at the checkpoint's own input size and stats.
-    `loaded`: the checkpoint, read, and its config (`load_checkpoint_config`)."""
+def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[torch.Tensor], rt: Runtime) -> Panels:
+    """uint8 images [3, H, W] -> the pictures of `checkpoint`'s evaluated encoder (and its decoder's
+    reconstruction when it has one), each image prepared as this checkpoint's evaluation prepares it (its own
+    input size, `centre_view`, and stats). `loaded`: the checkpoint, read, and its config
+    (`load_checkpoint_config`)."""
     ckpt, cfg = loaded
     model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
     encoder = model.method.eval_encoder
     mean, std = pretraining_stats(cfg.data)
-    size = cfg.data.image_size
-    seen = (F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            if images.shape[-1] != size else images)
+    seen = torch.stack([centre_view(img, cfg.data.image_size) for img in images]).float() / 255
     x = normalize(seen, mean, std).to(rt.device)
     try:
         attention, peak = scaled_attention(cls_attention(encoder, x))
@@ -133,15 +134,15 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: torch.Te
         if model.branch.norm_pix:
             means = denormalize(patch_means(x, model.branch), mean, std)
             means_psnr = batch_psnr(truth, means).tolist()
-    return Panels(run_dir(checkpoint).name, patch_pca(encoder, x), attention, peak, recon, recon_psnr, means,
-                  means_psnr)
+    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, patch_pca(encoder, x), attention, peak,
+                  recon, recon_psnr, means, means_psnr)
 
 
-def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str] | None]:
+def first_images(cfg: Config, n: int) -> tuple[list[torch.Tensor], list[int], list[str] | None]:
     """`n` test images of the config's data (picked by `repre.data.splits.subset_of`; an unreadable one
-    replaced by the next readable image not shown yet), resized and centre-cropped as for evaluation:
-    ([n, 3, S, S] in [0, 1], labels, the labels' names or None). A folder or shards without a held-out split
-    (unlabelled images) show their training images."""
+    replaced by the next readable image not shown yet), as read: (uint8 [3, H, W] each, labels, the labels'
+    names or None). A folder or shards without a held-out split (unlabelled images) show their training
+    images."""
     try:
         source = eval_source(cfg, "test")
     except UserError:
@@ -149,8 +150,6 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str
             raise
         source = eval_source(cfg, "train")
     picked = subset_of(source, n)
-    mean, std = stats(cfg.data, picked)
-    prepare = EvalDataset(source, cfg.data.image_size, mean, std).prepare
     shown: dict[int, tuple[torch.Tensor, int]] = {}
     failed: set[int] = set()  # each image is tried once
     for pick in picked.indices:
@@ -163,14 +162,13 @@ def first_images(cfg: Config, n: int) -> tuple[torch.Tensor, list[int], list[str
                 failed.add(i)
                 warn_unreadable(str(exc), "not shown")
                 continue
-            shown[i] = prepare(img), label
+            shown[i] = img, label
             break
         else:  # every image was tried: none is left to show
             break
     if not shown:
         raise UserError("none of the images to show could be read (each is named in a warning above)")
-    images = torch.stack([x for x, _ in shown.values()])
-    return denormalize(images, mean, std), [y for _, y in shown.values()], class_names(source)
+    return [x for x, _ in shown.values()], [y for _, y in shown.values()], class_names(source)
 
 
 def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[Column]:
@@ -219,14 +217,18 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
         raise UserError(f"--out {out} must end in .png")
     refuse_unread("repre show", overrides, reads.SHOW)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
-    pixels, labels, classes = first_images(loaded[1], images)
+    read, labels, classes = first_images(loaded[1], images)
     rt = setup_runtime(loaded[1].train)
-    runs = [panels(checkpoint, loaded, pixels, rt)]
+    runs = [panels(checkpoint, loaded, read, rt)]
     if compare is not None:
-        runs.append(panels(compare, load_checkpoint_config(compare), pixels, rt))
-        if runs[0].name == runs[1].name:
-            runs[0].name, runs[1].name = "first", "second"
+        runs.append(panels(compare, load_checkpoint_config(compare), read, rt))
+        if runs[0].name == runs[1].name:  # two checkpoints of one run
+            for run in runs:
+                run.name = f"{run.name}, step {run.step}" if runs[0].step != runs[1].step else run.name
+            if runs[0].name == runs[1].name:
+                runs[0].name, runs[1].name = "first", "second"
     names = [class_name(classes, y) or "" for y in labels]
+    pixels = runs[0].images  # the image column: as the first checkpoint sees them
     cols = columns(pixels, names, runs)
     save_png(sheet(cols, notes=notes(pixels, runs)), Path(out))
     return {"command": "show", "out": str(out), "images": len(labels),
