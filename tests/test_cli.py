@@ -459,4 +459,7 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
                           "recon.enabled=false")
         Trainer(cfg, tmp_path / name).fit()
         redraws[name] = stream.getvalue().count("pretrain:")
+        if name == "file":  # each redraw a line of its own, as `tail` and `less` show a job's log
+            lines = [ln for ln in stream.getvalue().splitlines() if "pretrain:" in ln]
+            assert "\r" not in stream.getvalue() and len(lines) == redraws["file"], stream.getvalue()
     assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws

@@ -1,19 +1,37 @@
-"""Progress bars. On a terminal a bar redraws up to ten times a second; written to a file (a cluster job's
-log, `2> log`) it adds a line each time it redraws, so there it redraws every `FILE_INTERVAL` seconds: a long
+"""Progress bars. On a terminal a bar redraws up to ten times a second in place; written to a file (a cluster
+job's log, `2> log`) each redraw is a line of its own, so there it redraws every `FILE_INTERVAL` seconds: a long
 run's log reads as a line of progress (step, loss, lr, images/s) twice a minute, not one per step."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 FILE_INTERVAL = 30.0  # seconds between the lines of a bar written to a file
+CURSOR_UP = "\x1b[A"  # tqdm's move to a bar above (nested bars); nothing to move in a file
+
+
+class LogLines:
+    """A file as a bar's output: each redraw a line. tqdm starts a redraw with a carriage return, which a
+    terminal turns into drawing over the last one but a file keeps: one ever longer line full of returns."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").replace(CURSOR_UP, "").strip("\n").rstrip()
+        if line:  # a bar's clearing (blanks) or cursor moves write nothing
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """`tqdm(iterable, **kwargs)` on standard error, redrawn at most every `FILE_INTERVAL` s unless that is a
-    terminal."""
-    interval = 0.1 if sys.stderr.isatty() else FILE_INTERVAL
-    return tqdm(iterable, mininterval=interval, dynamic_ncols=True, **kwargs)
+    """`tqdm(iterable, **kwargs)` on standard error: on a terminal redrawn in place, into a file a line every
+    `FILE_INTERVAL` s (`LogLines`)."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, mininterval=0.1, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, mininterval=FILE_INTERVAL, file=LogLines(sys.stderr), **kwargs)
