@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -155,6 +157,33 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     events.Reload()
     points = [(e.step, e.value) for e in events.Scalars("repre_eval/knn_top1")]
     assert [step for step, _ in points] == [10, 20] and dict(points) == pytest.approx(values)  # no third point
+    # each result kept: the run's own in eval/knn/, the earlier checkpoint's and the other k's beside it
+    kept = {str(p.parent.relative_to(run / "eval" / "knn")): json.loads(p.read_text())["value"]
+            for p in (run / "eval" / "knn").rglob("result.json")}
+    assert set(kept) == {".", "step-00000010", "eval.knn.k=3"} and kept["."] == pytest.approx(values[20])
+
+
+def test_a_result_goes_where_no_other_result_is(tmp_path):
+    """`repre eval`'s default folder: the run's last checkpoint with the run's settings in eval/TASK/, another
+    checkpoint or settings that change what is measured in a folder of their own under it."""
+    import os
+
+    from repre.core.run_files import eval_dir
+
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for step in (200, 300):
+        (checkpoints / f"step-00000{step}.pt").write_bytes(str(step).encode())
+    os.link(checkpoints / "step-00000300.pt", checkpoints / "last.pt")
+    knn = run / "eval" / "knn"
+    assert eval_dir(run, "knn", []) == eval_dir(checkpoints / "last.pt", "knn", []) == knn
+    assert eval_dir(checkpoints / "step-00000300.pt", "knn", ["eval.batch_size=64", "train.device=cpu"]) == knn
+    assert eval_dir(checkpoints / "step-00000200.pt", "knn", []) == knn / "step-00000200"
+    assert eval_dir(run, "knn", ["eval.split=val"]) == knn / "eval.split=val"
+    assert (eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
+            == run / "eval" / "segment" / "step-00000200" / "eval.segment.root=_data_ade")
+    assert len(eval_dir(run, "knn", [f"data.root=/{'x' * 200}"]).name) <= 80
 
 
 def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tiny_run, tmp_path, monkeypatch):

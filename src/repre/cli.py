@@ -188,11 +188,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.run_files import run_dir, write_result
+    from repre.core.run_files import eval_dir, run_dir, write_result
     from repre.engine.metrics import add_evaluation
     from repre.eval import evaluate
 
-    out = Path(args.out) if args.out else run_dir(args.checkpoint) / run_files.EVAL / args.task
+    out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
     blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:  # before the evaluation: its result would be lost when it is written
         raise UserError(f"--out {out}: {blocked} is a file; give a directory for the result")

@@ -32,6 +32,7 @@ from repre.config.schema import (
     FRAMEWORKS,
     REMOTE_ROOTS,
     RUN_ONLY_KEYS,
+    SAME_MEASUREMENT_KEYS,
     AugConfig,
     Config,
     DataConfig,
@@ -52,7 +53,7 @@ from repre.config.schema import (
 )
 
 __all__ = [
-    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "REMOTE_ROOTS", "RUN_ONLY_KEYS",
+    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "REMOTE_ROOTS", "RUN_ONLY_KEYS", "SAME_MEASUREMENT_KEYS",
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",

@@ -8,14 +8,20 @@ metrics.jsonl's lines. The export's model card and `repre compare` read them bac
     RUN/checkpoints/       step-NNNNNNNN.pt (each with a .sha256), last.pt (the newest, the same file)
     RUN/summary.json       the run's result, written when it ends
     RUN/recon.png          the reconstructions of its last step (RePre)
-    RUN/eval/TASK/         `repre eval TASK`'s result.json
+    RUN/eval/TASK/         `repre eval TASK`'s result.json (and pictures) for the run's last checkpoint
+                           measured as the run's config says; under it, step-N/ for another checkpoint and
+                           a folder named by the --set items for other settings (`eval_dir`)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+from repre.config import SAME_MEASUREMENT_KEYS
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -40,6 +46,28 @@ def run_dir(path: str | Path) -> Path:
     if path.is_dir():
         return path
     return path.parent.parent if in_checkpoints(path) else path.parent
+
+
+def measured_otherwise(overrides: list[str]) -> list[str]:
+    """The `--set` items of an evaluation that change what it measures (other images, a subset, another k):
+    those of keys outside `SAME_MEASUREMENT_KEYS`."""
+    return [item for item in overrides if item.split("=")[0].strip() not in SAME_MEASUREMENT_KEYS]
+
+
+def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
+    """Where `repre eval TASK` keeps its result and pictures when no --out is given: RUN/eval/TASK/ for the run's
+    last checkpoint measured with the run's settings, else a folder under it, so that no result replaces another
+    one's: step-N/ for a checkpoint other than the last (step-N.pt), then one named by the `--set` items that
+    change what is measured (`measured_otherwise`; '/' written '_', a long name shortened by its hash)."""
+    path = Path(checkpoint)
+    out = run_dir(path) / EVAL / task
+    last = path.parent / LAST
+    if in_checkpoints(path) and path.name != LAST and not (last.is_file() and os.path.samefile(path, last)):
+        out = out / path.stem
+    settings = ",".join(measured_otherwise(overrides)).replace("/", "_").replace(" ", "")
+    if len(settings) > 80:
+        settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+    return out / settings if settings else out
 
 
 def write_result(out: Path, result: dict[str, Any]) -> Path:

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from repre.config import RUN_ONLY_KEYS
 from repre.core import run_files
 from repre.core.dist import all_reduce_sum
 
@@ -53,19 +52,14 @@ class MetricWriter:
             self.tb.close()
 
 
-# the --set keys that change how an evaluation runs, not what it measures: the run-only keys, and the precision,
-# which rounds an evaluation's forward passes (but changes a pre-training's steps: not a run-only key)
-SAME_MEASUREMENT_KEYS = (*RUN_ONLY_KEYS, "train.precision")
-
-
 def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
     checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
-    result measured as the run's own config says (no `--set` but `SAME_MEASUREMENT_KEYS`). Returns the tag written, or
-    None (no run TensorBoard there, or other settings)."""
+    result measured as the run's own config says (no `--set` that changes what it measures:
+    `run_files.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, or other
+    settings)."""
     of = result.get("checkpoint") or {}
-    given = [str(item).split("=")[0].strip() for item in of.get("set", [])]
-    if not (run / run_files.TB).is_dir() or any(key not in SAME_MEASUREMENT_KEYS for key in given):
+    if not (run / run_files.TB).is_dir() or run_files.measured_otherwise([str(s) for s in of.get("set", [])]):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
