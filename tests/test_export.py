@@ -187,9 +187,10 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
 
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 20, "knn_top1": 0.7}))
     given = ["eval.knn.test_subset=100", "data.root=/home/me/photos"]
-    for task, step, key, value in [("knn", 10, "encoder", 0.5), ("linear", 20, "encoder", 0.6),
+    for task, step, key, value in [("knn/step-00000010", 10, "encoder", 0.5), ("linear", 20, "encoder", 0.6),
                                    ("segment", 20, "momentum_encoder", 0.2), ("finetune", 20, None, 0.3)]:
-        folder = tmp_path / "eval" / task
+        folder = tmp_path / "eval" / task  # an earlier checkpoint's result in its own folder (`eval_dir`)
+        task = task.split("/")[0]
         folder.mkdir(parents=True)
         of = {"step": step, "encoder": key, "set": given} if key else None
         folder.joinpath("result.json").write_text(json.dumps({"task": task, "metric": "top1", "value": value,

@@ -214,7 +214,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from repre.export import export
 
     card = export(args.checkpoint, args.out, args.encoder)
-    print(f"exported {card['encoder']} of {card['arch']} ({card['method']}, step {card['step']}) to {args.out}; "
+    model = card["arch"] if card["model"] == card["arch"] else f"{card['model']} (timm's {card['arch']}, reshaped)"
+    print(f"exported {card['encoder']} of {model} ({card['method']}, step {card['step']}) to {args.out}; "
           f"loads with timm: strict keys, features within {card['check']['max_rel_feature_diff']:.1e}")
     print(json.dumps({"export": str(args.out), "card": str(Path(args.out).with_suffix(".json")), **card}), flush=True)
     return 0

@@ -53,7 +53,7 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
     done = read_json(run / run_files.SUMMARY)
     if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
         evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain"})
-    for r in run_results(run):
+    for r in run_results(run, every=True):
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
             how = [re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", str(item))
@@ -75,6 +75,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "format": "repre-export-3",
         "arch": arch,
         "kwargs": kwargs,
+        "model": cfg.model.arch,  # the run's model.arch: timm's `arch` as `kwargs` shape it (vit_pico_patch4)
         "pretrained_cfg": {**timm_preprocessing(cfg.data), **NOT_TIMMS},
         "encoder": key,
         "method": cfg.method.name,

@@ -87,14 +87,16 @@ def read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def run_results(run: Path) -> list[dict[str, Any]]:
-    """Each `repre eval` result kept in `run`/eval/TASK/, by task name; unreadable files left out. A result
-    written before repre recorded which checkpoint it evaluated has no `checkpoint`."""
+def run_results(run: Path, every: bool = False) -> list[dict[str, Any]]:
+    """Each `repre eval` result kept in `run`/eval/TASK/ (the run's last checkpoint measured with its settings),
+    by task name; `every`: also those of other checkpoints and settings in the folders under them (`eval_dir`).
+    Unreadable files are left out. A result written before repre recorded which checkpoint it evaluated has no
+    `checkpoint`."""
     results = []
-    for path in sorted(Path(run, EVAL).glob(f"*/{RESULT}")):
+    for path in sorted(Path(run, EVAL).glob(f"**/{RESULT}" if every else f"*/{RESULT}")):
         result = read_json(path)
         if result:
-            results.append({**result, "task": result.get("task", path.parent.name)})
+            results.append({**result, "task": result.get("task", path.relative_to(Path(run, EVAL)).parts[0])})
     return results
 
 
