@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from repre.config import Config
 from repre.core import dist
 from repre.core.runtime import Runtime
-from repre.data.fashion_mnist import FashionMNIST
+from repre.data.fashion_mnist import CLASSES, FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
 from repre.data.seg_folder import SegmentationFolder
 from repre.data.sources import pretraining_stats
@@ -96,6 +96,7 @@ class ProbeData:
     test_masks: torch.Tensor
     classes: int
     ignore: int
+    names: list[str] | None = None  # the classes' names in index order, where known
 
 
 def scene_root(cfg: Config) -> str | None:
@@ -120,7 +121,7 @@ def scene_data(cfg: Config) -> ProbeData:
         test = FashionScenes(root, "val", e.segment.test, size, seed, items=val_idx)
     rgb = lambda x: x[:, None].expand(-1, 3, -1, -1)  # noqa: E731
     return ProbeData(rgb(train.images), train.masks.long(), rgb(test.images), test.masks.long(),
-                     NUM_SEGMENT_CLASSES, e.segment.ignore)
+                     NUM_SEGMENT_CLASSES, e.segment.ignore, ["background", *CLASSES])
 
 
 def folder_data(cfg: Config) -> ProbeData:
@@ -159,7 +160,8 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,
                         data.ignore)
     m, acc, per_class = miou(confusion(probe, f_test, data.test_masks, data.classes, data.ignore))
-    extra = {"pixel_acc": acc, "per_class_iou": per_class, "data": e.segment.data, "classes": data.classes,
+    extra = {"pixel_acc": acc, "per_class_iou": per_class, "class_names": data.names, "data": e.segment.data,
+             "classes": data.classes,
              "train_images": len(data.train_images), "test_images": len(data.test_images),
              "feature_grid": list(f_train.shape[-2:])}
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}
