@@ -49,8 +49,11 @@ def test_without_labels_the_map_shows_thumbnails(tmp_path):
         seen.append(row)
         return Image.new("L", (28, 28), 255)
 
-    result = embedding_map(x, [None] * 30, tmp_path / "map.png", thumbnail=thumbnail)
+    result = embedding_map(x, [None] * 30, tmp_path / "map.png", thumbnail=thumbnail, about=["emb.npy"])
     assert result["kind"] == "thumbnails" and sorted(seen) == list(range(30))
+    picture = Image.open(tmp_path / "map.png").convert("L")
+    caption = picture.crop((0, 1432, picture.width, picture.height))  # under the 1,400 + 32 px of the map
+    assert picture.height > 1432 and caption.getextrema()[0] < 64  # what the map is, written under it
     with pytest.raises(UserError, match="--checkpoint"):
         embedding_map(x, [None] * 30, tmp_path / "no.png")
     with pytest.raises(UserError, match="umap|tsne"):

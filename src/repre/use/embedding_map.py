@@ -94,12 +94,17 @@ def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str
 
 
 def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image], rows: Sequence[int],
-                    path: Path, side: int = 32) -> None:
-    """Positions [n, 2] in [0, 1] -> each image's thumbnail (`thumbnail(row)`, side x side) at its place."""
-    size = 1400
-    sheet = Image.new("RGB", (size + side, size + side), "white")
+                    path: Path, about: Sequence[str] = (), side: int = 32) -> None:
+    """Positions [n, 2] in [0, 1] -> each image's thumbnail (`thumbnail(row)`, side x side) at its place, and
+    the lines of `about` under them."""
+    size, line = 1400, 14
+    footer = line * len(about) + 10 if about else 0
+    sheet = Image.new("RGB", (size + side, size + side + footer), "white")
     for (u, v), row in zip(points, rows, strict=True):
         sheet.paste(thumbnail(row).convert("RGB").resize((side, side)), (round(u * size), round(v * size)))
+    pen = ImageDraw.Draw(sheet)
+    for i, text in enumerate(about):
+        pen.text((8, size + side + 5 + line * i), text, fill="black")
     save_png(sheet, path)
 
 
@@ -118,12 +123,13 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
     drawn = [labels[r] for r in rows]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    shown = f"{len(rows):,} of {len(embeddings):,} rows" if len(rows) < len(embeddings) else f"{len(rows):,} rows"
+    about = [*about, f"{METHOD_NAMES.get(method, method)}, {shown}"]
     if all(label is not None for label in drawn):
-        shown = f"{len(rows):,} of {len(embeddings):,} rows" if len(rows) < len(embeddings) else f"{len(rows):,} rows"
-        draw_scatter(points, drawn, names or {}, path, [*about, f"{METHOD_NAMES.get(method, method)}, {shown}"])
+        draw_scatter(points, drawn, names or {}, path, about)
         kind = "scatter"
     elif thumbnail is not None:
-        draw_thumbnails(points, thumbnail, rows.tolist(), path)
+        draw_thumbnails(points, thumbnail, rows.tolist(), path, about)
         kind = "thumbnails"
     else:
         raise UserError("the embeddings have no labels: give --checkpoint RUN so the map can show the images")
