@@ -20,10 +20,10 @@ import yaml
 from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, migrate, parse_overrides, reads
 from repre.config.migrate import REMOVED
 from repre.core import run_files
-from repre.core.run_files import metric_lines, read_json, run_dir, run_results
+from repre.core.run_files import measured_otherwise, metric_lines, read_json, run_dir, run_results
 from repre.errors import UserError
 
-LABEL_WIDTH, CELL_WIDTH = 48, 36  # characters; a longer text is cut in its middle
+LABEL_WIDTH, CELL_WIDTH = 64, 36  # characters; a longer text is cut in its middle
 
 
 def compare(runs: list[str | Path]) -> dict[str, Any]:
@@ -212,8 +212,8 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     labels: dict[str, dict[int, Any]] = {}
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
-            given = [s.removeprefix(f"eval.{e['task']}.") for s in map(str, e["set"])  # the task is named
-                     if s.split("=")[0].strip() not in RUN_ONLY_KEYS]  # how it ran: the same result
+            given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
+                     for s in measured_otherwise(list(map(str, e["set"])))]
             name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "")
             label, n = name, 1
             while i in labels.get(label, {}):  # a second result of the run with the same name: numbered
