@@ -56,6 +56,16 @@ def test_a_duplicated_image_is_its_copy_s_nearest_neighbour(embedded_folder, tmp
         assert picture.size == sheet_size(1, 4, thumb_side(16), True, True, QUERY_GAP, [NOTE])
 
 
+def test_the_share_of_neighbours_of_their_querys_class():
+    from repre.use.neighbors import same_class
+
+    def query(label, *near):
+        return {"label": label, "neighbors": [{"label": n} for n in near]}
+
+    assert same_class([query(0, 0, 1, 0), query(2, 2, None)]) == pytest.approx(3 / 4)  # unlabelled ones aside
+    assert same_class([query(None, 0, 1)]) is None
+
+
 def test_without_checkpoint_the_images_are_read_as_embed_read_them(embedded_folder, tmp_path):
     """--checkpoint defaults to the checkpoint embed read (its card names it): the same picture."""
     run, emb = embedded_folder

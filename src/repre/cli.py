@@ -256,9 +256,14 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
     result = neighbors(args.checkpoint, args.embeddings, args.out, args.overrides, args.queries, args.k,
                        _rows(args.query_index), args.seed, args.backend)
+    def named(item: dict) -> str:
+        return f" {item['class']}" if item.get("class") else ""
+
     for q in result["queries"]:
-        near = ", ".join(f"{n['row']} ({n['similarity']:.4f})" for n in q["neighbors"])
-        print(f"query {q['row']}: {near}")
+        near = ", ".join(f"{n['row']}{named(n)} ({n['similarity']:.4f})" for n in q["neighbors"])
+        print(f"query {q['row']}{named(q)}: {near}")
+    if result["same_class"] is not None:
+        print(f"neighbours of their query's class: {result['same_class']:.1%}")
     print(f"picture: {result['out']}")
     print(json.dumps(result), flush=True)
     return 0

@@ -92,7 +92,8 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     rows, the images read with `checkpoint`'s data config (None: the checkpoint embed read). `query_rows`:
     rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns {"command": "neighbors", "out",
     "backend", "k", "queries": [{"row", "index", "path", "label", "class", "neighbors": [{"row", "index",
-    "path", "label", "class", "similarity"}, ...]}, ...]}."""
+    "path", "label", "class", "similarity"}, ...]}, ...], "same_class": the share of the neighbours whose label
+    is their query's, or None without labels}."""
     refuse_unread("repre neighbors", list(overrides or []), reads.IMAGES)
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
@@ -115,4 +116,12 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     results = [described(index, q, names, neighbors=[described(index, r, names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
     return {"command": "neighbors", "out": str(out), "embeddings": str(files.npy), "backend": backend, "k": k,
-            "queries": results}
+            "queries": results, "same_class": same_class(results)}
+
+
+def same_class(queries: list[dict[str, Any]]) -> float | None:
+    """The share of the labelled queries' neighbours that have their query's label (a retrieval precision at
+    k); None when no query and neighbour both have a label."""
+    pairs = [(q["label"], n["label"]) for q in queries for n in q["neighbors"]
+             if q["label"] is not None and n["label"] is not None]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
