@@ -23,6 +23,12 @@ def test_run_writes_every_output_of_the_contract(tiny_run):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "config.yaml").is_file() and (out / "recon.png").is_file()
     assert any((out / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    (config,) = events.Tensors("config/text_summary")  # the run's config, in TensorBoard's text tab
+    assert "batch_size" in config.tensor_proto.string_val[0].decode()
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     pts = ["last.pt", "step-00000010.pt", "step-00000020.pt"]
     assert names == sorted(pts + [f"{n}.sha256" for n in pts])  # each with its checksum sidecar

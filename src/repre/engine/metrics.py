@@ -40,6 +40,12 @@ class MetricWriter:
                         and math.isfinite(value)):  # flags (eval lines' knn_quick) are not series
                     self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        """`text` in TensorBoard's text tab under `tag` at `step`, shown as written (a code block)."""
+        if self.tb is not None:
+            fenced = "\n".join("    " + line for line in text.splitlines())  # markdown: indented = verbatim
+            self.tb.add_text(tag, fenced, step)
+
     def image(self, tag: str, picture: Any, step: int) -> None:
         """A picture (PIL RGB) in TensorBoard's images under `tag` at `step`."""
         if self.tb is not None:

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from repre.builder import build_model, check_deterministic
-from repre.config import Config, save_yaml
+from repre.config import Config, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
@@ -206,6 +206,7 @@ class Trainer:
         if main:
             self._say_what_runs()
         writer = MetricWriter(self.out, enabled=main, after_step=s.step)
+        writer.text("config", to_yaml(self.cfg), s.step)  # runs told apart in TensorBoard (a resume: its own)
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = progress_bar(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
                            desc="pretrain")
