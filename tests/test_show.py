@@ -63,12 +63,13 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
                             "--images", "3"])
     assert code == 0, stdout
     result = last_json(stdout)
-    per_run = ["patch means", "reconstruction", "patch PCA", "attention, mean", "head 0", "head 1"]  # norm_pix
+    per_run = ["patch means", "reconstruction", "patch PCA", "attention, mean", "mean, on the image", "head 0",
+               "head 1"]  # norm_pix
     assert [c.split(": ")[-1] for c in result["columns"]] == ["image", *per_run, *per_run]
     width, height = Image.open(out).size
     notes = [ATTENTION_NOTE, PCA_NOTE]  # the synthetic images are in colour: no note on gray reconstructions
-    assert result["images"] == 3 and (width, height) == sheet_size(3, 13, TILE, True, True, notes=notes)
-    strip = Image.open(out).convert("L").crop((0, sheet_size(3, 13, TILE, True, True)[1], width, height))
+    assert result["images"] == 3 and (width, height) == sheet_size(3, 15, TILE, True, True, notes=notes)
+    strip = Image.open(out).convert("L").crop((0, sheet_size(3, 15, TILE, True, True)[1], width, height))
     assert strip.getextrema()[0] < 64  # the notes are drawn in the strip under the tiles
     assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
 
@@ -97,6 +98,18 @@ def test_each_checkpoint_sees_the_images_as_its_own_evaluation_does(tiny_run):
     size = loaded[1].data.image_size
     expected = torch.stack([centre_view(img, size) for img in read]).float() / 255
     assert torch.equal(drawn.images, expected) and drawn.recon.shape == (2, 3, size, size)
+
+
+def test_attention_on_the_image_is_red_where_the_weight_lies():
+    from repre.use.show import on_image
+
+    images = torch.full((1, 3, 8, 8), 0.4)
+    maps = torch.zeros(1, 1, 2, 2)
+    maps[0, 0, 0, 0] = 1.0  # all the weight on the top-left patch
+    drawn = on_image(images, maps)
+    assert drawn.shape == images.shape
+    assert drawn[0, 0, 0, 0] > 0.8 and drawn[0, 2, 0, 0] == pytest.approx(0.2)  # red there, over the grey
+    assert torch.allclose(drawn[0, :, -1, -1], torch.full((3,), 0.2))  # elsewhere the image in grey, halved
 
 
 def test_attention_maps_keep_their_shape_and_say_how_peaked_they_are():

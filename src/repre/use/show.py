@@ -41,7 +41,7 @@ TILE = 96  # pixels per panel
 # how to read the panels: a note under the picture for each it has
 ATTENTION_NOTE = ("attention: the last block's class-token weights over the patches, each map scaled to its own range "
                   "(bright: more weight); max Nx flat: its largest weight over a uniform map's (1x: no patch "
-                  "preferred)")
+                  "preferred); on the image: the heads' mean map in red over the image in grey")
 PCA_NOTE = ("patch PCA: the first 3 principal components of the last block's patch features as RGB: patches of one "
             "colour, features alike (the colours themselves mean nothing)")
 
@@ -171,6 +171,15 @@ def first_images(cfg: Config, n: int) -> tuple[list[torch.Tensor], list[int], li
     return [x for x, _ in shown.values()], [y for _, y in shown.values()], class_names(source)
 
 
+def on_image(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Images [B, 3, S, S] and maps [B, 1, h, w], both in [0, 1] -> the maps as a heat colour (black, red,
+    orange) over the images in grey, the maps resized bilinear to the images: where the weight lies, also on a
+    dark background."""
+    weight = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    heat = torch.cat([weight, 0.6 * weight.square(), torch.zeros_like(weight)], dim=1)
+    return (0.5 * images.mean(dim=1, keepdim=True) + 0.7 * heat).clamp(0, 1)
+
+
 def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[Column]:
     """The picture's columns: the images (captioned with their class), then each run's panels (its name as
     their group when there are two): reconstructions and patch means with their PSNR, attention maps with
@@ -194,6 +203,9 @@ def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[
             for i, title in [(heads, "attention, mean"), *((h, f"head {h}") for h in range(heads))]:
                 peaks = [f"max {v:.1f}x flat" for v in run.peak[:, i].tolist()]
                 cols.append(Column(tiles(run.attention[:, i : i + 1], False), title, group, peaks))
+                if i == heads:
+                    cols.append(Column(tiles(on_image(run.images, run.attention[:, i : i + 1]), True),
+                                       "mean, on the image", group))
     return cols
 
 
