@@ -206,8 +206,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
     print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
     print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")
+    per_class = _per_class(result["extra"])
+    if per_class:
+        print(per_class)
     print(json.dumps(result), flush=True)
     return 0
+
+
+def _per_class(extra: dict) -> str:
+    """A result's value per class on one line ("" for none, or more than 20 classes): k-NN's top-1, the dense
+    probe's IoU."""
+    if isinstance(extra.get("per_class_top1"), dict):
+        name, values = "top-1", extra["per_class_top1"]
+    elif isinstance(extra.get("per_class_iou"), list):
+        names = extra.get("class_names") or [str(c) for c in range(len(extra["per_class_iou"]))]
+        name, values = "IoU", dict(zip(names, extra["per_class_iou"], strict=False))
+    else:
+        return ""
+    if not values or len(values) > 20:
+        return ""
+    return f"per class ({name}): " + ", ".join(f"{c} {'-' if v is None else f'{v:.3f}'}" for c, v in values.items())
 
 
 def cmd_export(args: argparse.Namespace) -> int:
