@@ -144,7 +144,7 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("tb"))  # other tests evaluate the shared run
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("tb", "eval"))  # other tests evaluate the shared run
     (run / "tb").mkdir()
     values = {}
     for checkpoint, how in ((run / "checkpoints" / "step-00000010.pt", "eval.batch_size=32"),
