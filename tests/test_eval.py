@@ -163,27 +163,46 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     assert set(kept) == {".", "step-00000010", "eval.knn.k=3"} and kept["."] == pytest.approx(values[20])
 
 
-def test_a_result_goes_where_no_other_result_is(tmp_path):
-    """`repre eval`'s default folder: the run's last checkpoint with the run's settings in eval/TASK/, another
-    checkpoint or settings that change what is measured in a folder of their own under it."""
+def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
+    """`repre eval`'s default folder: the run's newest checkpoint with the run's settings in eval/TASK/, an
+    earlier checkpoint (however it is named: a symlink, a relative path) or settings that change what is
+    measured in a folder of their own under it; a result of the former newest checkpoint moves aside when the
+    run has gone on."""
     import os
 
-    from repre.core.run_files import eval_dir
+    from repre.core.run_files import checkpoint_step, eval_dir, keep_earlier
 
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"
     checkpoints.mkdir(parents=True)
     for step in (200, 300):
         (checkpoints / f"step-00000{step}.pt").write_bytes(str(step).encode())
+        (checkpoints / f"step-00000{step}.pt.sha256").write_text(f"digest{step} 3\n")
     os.link(checkpoints / "step-00000300.pt", checkpoints / "last.pt")
     knn = run / "eval" / "knn"
     assert eval_dir(run, "knn", []) == eval_dir(checkpoints / "last.pt", "knn", []) == knn
     assert eval_dir(checkpoints / "step-00000300.pt", "knn", ["eval.batch_size=64", "train.device=cpu"]) == knn
     assert eval_dir(checkpoints / "step-00000200.pt", "knn", []) == knn / "step-00000200"
+    (run / "best.pt").symlink_to(checkpoints / "step-00000200.pt")
+    monkeypatch.chdir(checkpoints)
+    assert eval_dir(run / "best.pt", "knn", []) == eval_dir("step-00000200.pt", "knn", []) == knn / "step-00000200"
     assert eval_dir(run, "knn", ["eval.split=val"]) == knn / "eval.split=val"
     assert (eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
             == run / "eval" / "segment" / "step-00000200" / "eval.segment.root=_data_ade")
     assert len(eval_dir(run, "knn", [f"data.root=/{'x' * 200}"]).name) <= 80
+    (checkpoints / "last.pt").unlink()  # a filesystem without hard links: last.pt a copy, its checksum too
+    (checkpoints / "last.pt").write_bytes(b"300")
+    (checkpoints / "last.pt.sha256").write_text("digest300 3\n")
+    assert checkpoint_step(run) == 300 and eval_dir(checkpoints / "step-00000300.pt", "knn", []) == knn
+    # the run went on to step 400: step 300's result in eval/knn/ moves aside, with its pictures
+    knn.mkdir(parents=True)
+    (knn / "result.json").write_text(json.dumps({"value": 0.5, "checkpoint": {"step": 300}}))
+    (knn / "picture.png").write_bytes(b"png")
+    keep_earlier(knn, 300)
+    assert sorted(p.name for p in knn.iterdir()) == ["picture.png", "result.json"]  # the same step: replaced
+    keep_earlier(knn, 400)
+    assert [p.name for p in knn.iterdir()] == ["step-00000300"]
+    assert json.loads((knn / "step-00000300" / "result.json").read_text())["value"] == 0.5
 
 
 def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tiny_run, tmp_path, monkeypatch):

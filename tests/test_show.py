@@ -83,8 +83,8 @@ def test_two_checkpoints_of_a_run_are_named_by_their_steps(tiny_run, tmp_path):
 
 
 def test_each_checkpoint_sees_the_images_as_its_own_evaluation_does(tiny_run):
-    """Images of any size are prepared per checkpoint (`centre_view` at its size), never from another
-    checkpoint's resized copy: a checkpoint's panels do not depend on what it is drawn beside."""
+    """`panels` takes the images as read, of any size, and prepares them as the checkpoint's evaluation does
+    (`centre_view` at its own size): not from a copy another checkpoint's size was made from."""
     from repre.core.runtime import setup_runtime
     from repre.data.evaluation import centre_view
     from repre.pretrained import load_checkpoint_config

@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("task", choices=EVAL_TASKS)
     _checkpoint_option(ev)
-    ev.add_argument("--out", help="output folder (default <run>/eval/<task>)")
+    ev.add_argument("--out", help="output folder (default <run>/eval/<task>, for an earlier checkpoint or other "
+                    "settings a folder under it)")
     own = "; ".join(f"{task} also {reads.listed(keys)}" for task, keys in reads.EVAL_TASK.items())
     _set_option(ev, f"override a key of the checkpoint's config: {reads.listed(reads.EVAL)}; {own}")
     sub.add_parser("presets", help="list the presets")
@@ -188,11 +189,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.run_files import eval_dir, run_dir, write_result
+    from repre.core.run_files import checkpoint_step, eval_dir, keep_earlier, run_dir, write_result
     from repre.engine.metrics import add_evaluation
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
+    if not args.out and _launch_rank() == 0:
+        keep_earlier(out, checkpoint_step(args.checkpoint))
     blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:  # before the evaluation: its result would be lost when it is written
         raise UserError(f"--out {out}: {blocked} is a file; give a directory for the result")

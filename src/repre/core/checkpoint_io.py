@@ -22,7 +22,6 @@ from repre.core import run_files
 from repre.errors import UserError
 
 SCHEMA = 1
-_STEP_FILE = re.compile(r"step-(\d{8})\.pt$")
 
 
 def versions() -> dict[str, str | None]:
@@ -49,7 +48,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    return run_files.checksum_file(path)
 
 
 def _digest_of(fh) -> str:
@@ -179,14 +178,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def step_checkpoints(folder: Path) -> list[Path]:
     """`checkpoints/step-XXXXXXXX.pt` files of a run, oldest first."""
-    files = [p for p in (folder / run_files.CHECKPOINTS).glob("step-*.pt") if _STEP_FILE.search(p.name)]
-    return sorted(files, key=lambda p: int(_STEP_FILE.search(p.name).group(1)))
+    files = [p for p in (folder / run_files.CHECKPOINTS).glob("step-*.pt")
+             if run_files.STEP_FILE.fullmatch(p.name)]
+    return sorted(files, key=lambda p: int(run_files.STEP_FILE.fullmatch(p.name).group(1)))
 
 
 def prune(folder: Path, keep: int, milestone_every: int = 0) -> None:
     """Delete all but the newest `keep` step checkpoints, sparing milestones (steps divisible by milestone_every)."""
     for old in step_checkpoints(folder)[:-keep]:
-        step = int(_STEP_FILE.search(old.name).group(1))
+        step = int(run_files.STEP_FILE.fullmatch(old.name).group(1))
         if milestone_every and step % milestone_every == 0:
             continue
         old.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ LAST = "last.pt"
 SUMMARY = "summary.json"
 RECON_PNG = "recon.png"
 EVAL = "eval"
+STEP_FILE = re.compile(r"step-(\d{8})\.pt")  # a step checkpoint's name (fullmatch)
 RESULT = "result.json"
 
 
@@ -54,20 +56,64 @@ def measured_otherwise(overrides: list[str]) -> list[str]:
     return [item for item in overrides if item.split("=")[0].strip() not in SAME_MEASUREMENT_KEYS]
 
 
+def checksum_file(checkpoint: Path) -> Path:
+    """The sidecar holding a checkpoint file's SHA-256 and size (NAME.pt.sha256)."""
+    return checkpoint.with_name(checkpoint.name + ".sha256")
+
+
+def checkpoint_step(checkpoint: str | Path) -> int | None:
+    """The step of the run's step-N.pt that a checkpoint argument names: the file itself (through a symlink or
+    a relative path), or the one last.pt is (a hard link, or a copy with the same recorded checksum); a run
+    directory names its last.pt. None for a file outside a run's checkpoints/ or one no step file matches."""
+    path = Path(checkpoint).resolve()
+    if path.is_dir():
+        path = path / CHECKPOINTS / LAST
+    if not in_checkpoints(path) or not path.is_file():
+        return None
+    if STEP_FILE.fullmatch(path.name):
+        return int(STEP_FILE.fullmatch(path.name).group(1))
+    recorded = checksum_file(path).read_text() if checksum_file(path).is_file() else None
+    for step_file in sorted(path.parent.glob("step-*.pt"), reverse=True):
+        side = checksum_file(step_file)
+        if not STEP_FILE.fullmatch(step_file.name):
+            continue
+        if os.path.samefile(step_file, path) or (recorded and side.is_file() and side.read_text() == recorded):
+            return int(STEP_FILE.fullmatch(step_file.name).group(1))
+    return None
+
+
 def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     """Where `repre eval TASK` keeps its result and pictures when no --out is given: RUN/eval/TASK/ for the run's
-    last checkpoint measured with the run's settings, else a folder under it, so that no result replaces another
-    one's: step-N/ for a checkpoint other than the last (step-N.pt), then one named by the `--set` items that
-    change what is measured (`measured_otherwise`; '/' written '_', a long name shortened by its hash)."""
-    path = Path(checkpoint)
-    out = run_dir(path) / EVAL / task
-    last = path.parent / LAST
-    if in_checkpoints(path) and path.name != LAST and not (last.is_file() and os.path.samefile(path, last)):
-        out = out / path.stem
+    newest checkpoint (last.pt) measured with the run's settings, else a folder under it, so that no result
+    replaces another one's: step-NNNNNNNN/ for an earlier checkpoint, then one named by the `--set` items that
+    change what is measured (`measured_otherwise`; '/' written '_', a long name shortened by its hash).
+    `keep_earlier` moves a result of the run's former last checkpoint out of the way."""
+    path = Path(checkpoint).resolve()
+    run = run_dir(path)
+    out = run / EVAL / task
+    step = checkpoint_step(path)
+    if step is not None and step != checkpoint_step(run):
+        out = out / f"step-{step:08d}"
     settings = ",".join(measured_otherwise(overrides)).replace("/", "_").replace(" ", "")
     if len(settings) > 80:
         settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
     return out / settings if settings else out
+
+
+def keep_earlier(folder: Path, step: int | None) -> None:
+    """Before checkpoint step `step`'s result goes to `folder`: the result of another step there (the run's
+    newest checkpoint when it was evaluated, since superseded) moves with its pictures to its own
+    step-NNNNNNNN/ folder under it, as `eval_dir` names it, unless that folder holds one already."""
+    was = (read_json(folder / RESULT).get("checkpoint") or {}).get("step")
+    if step is None or not isinstance(was, int) or was == step:
+        return
+    kept = folder / f"step-{was:08d}"
+    if kept.exists():
+        return
+    kept.mkdir()
+    for path in folder.iterdir():
+        if path.is_file():
+            path.rename(kept / path.name)
 
 
 def write_result(out: Path, result: dict[str, Any]) -> Path:

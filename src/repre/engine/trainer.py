@@ -69,7 +69,8 @@ class Trainer:
             save_yaml(cfg, out / run_files.CONFIG)
 
     def _check_before_building(self, resume: bool, init_from: str | Path | None) -> None:
-        """What needs neither data nor model, checked before either is built (indexing a dataset takes time)."""
+        """What needs neither the data nor the trained model, checked before either is built (indexing a dataset
+        takes time; `check_deterministic` builds a shape-only model on the meta device)."""
         cfg = self.cfg
         if cfg.train.deterministic:
             check_deterministic(cfg, self.rt.device)

@@ -111,7 +111,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     knn = [[line["step"], line["knn_top1"], bool(line.get("knn_quick"))] for line in lines
            if line.get("kind") == "eval" and line.get("knn_top1") is not None]
     evaluations = []
-    for r in run_results(folder):
+    for r in run_results(folder, every=True):
         given = (r.get("checkpoint") or {}).get("set", [])
         evaluations.append({"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
                             "step": (r.get("checkpoint") or {}).get("step"), "set": given,
