@@ -187,6 +187,7 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     monkeypatch.chdir(checkpoints)
     assert eval_dir(run / "best.pt", "knn", []) == eval_dir("step-00000200.pt", "knn", []) == knn / "step-00000200"
     assert eval_dir(run, "knn", ["eval.split=val"]) == knn / "eval.split=val"
+    assert eval_dir(run, "knn", ["eval.linear.epochs=5"]) == knn  # another task's key: k-NN measures the same
     assert (eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
             == run / "eval" / "segment" / "step-00000200" / "eval.segment.root=_data_ade")
     assert len(eval_dir(run, "knn", [f"data.root=/{'x' * 200}"]).name) <= 80

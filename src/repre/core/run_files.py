@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from repre.config import SAME_MEASUREMENT_KEYS
+from repre.config import EVAL_TASKS, SAME_MEASUREMENT_KEYS
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -50,10 +50,13 @@ def run_dir(path: str | Path) -> Path:
     return path.parent.parent if in_checkpoints(path) else path.parent
 
 
-def measured_otherwise(overrides: list[str]) -> list[str]:
-    """The `--set` items of an evaluation that change what it measures (other images, a subset, another k):
-    those of keys outside `SAME_MEASUREMENT_KEYS`."""
-    return [item for item in overrides if item.split("=")[0].strip() not in SAME_MEASUREMENT_KEYS]
+def measured_otherwise(overrides: list[str], task: str) -> list[str]:
+    """The `--set` items of an evaluation of `task` that change what it measures (other images, a subset,
+    another k): those of keys outside `SAME_MEASUREMENT_KEYS` and outside the other tasks' sections."""
+    others = tuple(f"eval.{t}." for t in EVAL_TASKS if t != task)
+    keys = [item.split("=")[0].strip() for item in overrides]
+    return [item for item, key in zip(overrides, keys, strict=True)
+            if key not in SAME_MEASUREMENT_KEYS and not key.startswith(others)]
 
 
 def checksum_file(checkpoint: Path) -> Path:
@@ -94,7 +97,7 @@ def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     step = checkpoint_step(path)
     if step is not None and step != checkpoint_step(run):
         out = out / f"step-{step:08d}"
-    settings = ",".join(measured_otherwise(overrides)).replace("/", "_").replace(" ", "")
+    settings = ",".join(measured_otherwise(overrides, task)).replace("/", "_").replace(" ", "")
     if len(settings) > 80:
         settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
     return out / settings if settings else out

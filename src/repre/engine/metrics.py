@@ -65,7 +65,8 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     `run_files.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, or other
     settings)."""
     of = result.get("checkpoint") or {}
-    if not (run / run_files.TB).is_dir() or run_files.measured_otherwise([str(s) for s in of.get("set", [])]):
+    given = [str(s) for s in of.get("set", [])]
+    if not (run / run_files.TB).is_dir() or run_files.measured_otherwise(given, result["task"]):
         return None
     from torch.utils.tensorboard import SummaryWriter
 

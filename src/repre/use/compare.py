@@ -213,7 +213,7 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
             given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
-                     for s in measured_otherwise(list(map(str, e["set"])))]
+                     for s in measured_otherwise(list(map(str, e["set"])), e["task"])]
             name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "")
             label, n = name, 1
             while i in labels.get(label, {}):  # a second result of the run with the same name: numbered
