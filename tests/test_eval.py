@@ -195,15 +195,22 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     (checkpoints / "last.pt").write_bytes(b"300")
     (checkpoints / "last.pt.sha256").write_text("digest300 3\n")
     assert checkpoint_step(run) == 300 and eval_dir(checkpoints / "step-00000300.pt", "knn", []) == knn
-    # the run went on to step 400: step 300's result in eval/knn/ moves aside, with its pictures
-    knn.mkdir(parents=True)
-    (knn / "result.json").write_text(json.dumps({"value": 0.5, "checkpoint": {"step": 300}}))
-    (knn / "picture.png").write_bytes(b"png")
-    keep_earlier(knn, 300)
-    assert sorted(p.name for p in knn.iterdir()) == ["picture.png", "result.json"]  # the same step: replaced
-    keep_earlier(knn, 400)
-    assert [p.name for p in knn.iterdir()] == ["step-00000300"]
-    assert json.loads((knn / "step-00000300" / "result.json").read_text())["value"] == 0.5
+    # the run went on to step 400: step 300's results move aside, with their pictures, where eval_dir puts them
+    for folder in (knn, knn / "eval.split=val"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text(json.dumps({"value": 0.5, "checkpoint": {"step": 300}}))
+        (folder / "picture.png").write_bytes(b"png")
+    keep_earlier(run, "knn", [])
+    assert sorted(p.name for p in knn.iterdir()) == ["eval.split=val", "picture.png", "result.json"]  # step 300
+    (checkpoints / "step-00000400.pt").write_bytes(b"400")
+    (checkpoints / "last.pt").unlink()
+    os.link(checkpoints / "step-00000400.pt", checkpoints / "last.pt")
+    keep_earlier(run, "knn", [])
+    keep_earlier(run, "knn", ["eval.split=val"])
+    assert sorted(p.name for p in knn.iterdir()) == ["eval.split=val", "step-00000300"]
+    for settings in ([], ["eval.split=val"]):
+        kept = eval_dir(checkpoints / "step-00000300.pt", "knn", settings)
+        assert sorted(p.name for p in kept.iterdir() if p.is_file()) == ["picture.png", "result.json"]
 
 
 def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tiny_run, tmp_path, monkeypatch):

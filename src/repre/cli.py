@@ -189,13 +189,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.run_files import checkpoint_step, eval_dir, keep_earlier, run_dir, write_result
+    from repre.core.run_files import eval_dir, keep_earlier, run_dir, write_result
     from repre.engine.metrics import add_evaluation
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
     if not args.out and _launch_rank() == 0:
-        keep_earlier(out, checkpoint_step(args.checkpoint))
+        keep_earlier(args.checkpoint, args.task, args.overrides)
     blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:  # before the evaluation: its result would be lost when it is written
         raise UserError(f"--out {out}: {blocked} is a file; give a directory for the result")
@@ -277,6 +277,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
     result = neighbors(args.checkpoint, args.embeddings, args.out, args.overrides, args.queries, args.k,
                        _rows(args.query_index), args.seed, args.backend)
+
     def named(item: dict) -> str:
         return f" {item['class']}" if item.get("class") else ""
 

@@ -85,35 +85,42 @@ def checkpoint_step(checkpoint: str | Path) -> int | None:
     return None
 
 
+def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> tuple[Path, int | None, str]:
+    """(RUN/eval/TASK, the checkpoint's step when it is an earlier one than the run's newest, else None, the name
+    of the folder of the settings that change what is measured or "")."""
+    path = Path(checkpoint).resolve()
+    run = run_dir(path)
+    step = checkpoint_step(path)
+    earlier = step if step is not None and step != checkpoint_step(run) else None
+    settings = ",".join(measured_otherwise(overrides, task)).replace("/", "_").replace(" ", "")
+    if len(settings) > 80:
+        settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+    return run / EVAL / task, earlier, settings
+
+
 def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     """Where `repre eval TASK` keeps its result and pictures when no --out is given: RUN/eval/TASK/ for the run's
     newest checkpoint (last.pt) measured with the run's settings, else a folder under it, so that no result
     replaces another one's: step-NNNNNNNN/ for an earlier checkpoint, then one named by the `--set` items that
-    change what is measured (`measured_otherwise`; '/' written '_', a long name shortened by its hash).
-    `keep_earlier` moves a result of the run's former last checkpoint out of the way."""
-    path = Path(checkpoint).resolve()
-    run = run_dir(path)
-    out = run / EVAL / task
-    step = checkpoint_step(path)
-    if step is not None and step != checkpoint_step(run):
-        out = out / f"step-{step:08d}"
-    settings = ",".join(measured_otherwise(overrides, task)).replace("/", "_").replace(" ", "")
-    if len(settings) > 80:
-        settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+    change what is measured (`measured_otherwise`; '/' written '_', a long name shortened by its hash)."""
+    top, earlier, settings = _eval_location(checkpoint, task, overrides)
+    out = top / f"step-{earlier:08d}" if earlier is not None else top
     return out / settings if settings else out
 
 
-def keep_earlier(folder: Path, step: int | None) -> None:
-    """Before checkpoint step `step`'s result goes to `folder`: the result of another step there (the run's
-    newest checkpoint when it was evaluated, since superseded) moves with its pictures to its own
-    step-NNNNNNNN/ folder under it, as `eval_dir` names it, unless that folder holds one already."""
+def keep_earlier(checkpoint: str | Path, task: str, overrides: list[str]) -> None:
+    """Before the result of the run's newest checkpoint goes to its `eval_dir`: a result there of another step
+    (the newest when it was evaluated; the run has gone on since) moves with its pictures to the folder
+    `eval_dir` gives that step, unless that folder holds a result already."""
+    top, earlier, settings = _eval_location(checkpoint, task, overrides)
+    folder = top / settings if settings else top
     was = (read_json(folder / RESULT).get("checkpoint") or {}).get("step")
-    if step is None or not isinstance(was, int) or was == step:
+    if earlier is not None or not isinstance(was, int) or was == checkpoint_step(checkpoint):
         return
-    kept = folder / f"step-{was:08d}"
-    if kept.exists():
+    kept = top / f"step-{was:08d}" / settings if settings else top / f"step-{was:08d}"
+    if (kept / RESULT).exists():
         return
-    kept.mkdir()
+    kept.mkdir(parents=True, exist_ok=True)
     for path in folder.iterdir():
         if path.is_file():
             path.rename(kept / path.name)
