@@ -219,8 +219,13 @@ def test_quick_is_labelled_as_repres_cpu_protocol(tiny_run):
     code, stdout = run_cli(["eval", "linear", "--checkpoint", str(out), "--out", str(out / "eval" / "quick"),
                             "--set", "eval.linear.epochs=2", "--set", "eval.linear.lrs=[0.01]",
                             "--set", "eval.linear.wds=[0.0]"])
-    extra = last_json(stdout)["extra"]
+    result = last_json(stdout)
+    extra = result["extra"]
     assert code == 0 and extra["protocol"] == "quick" and "quick CPU protocol (not a paper's)" in extra["reference"]
+    # each class's top-1, and the confusion matrix its queries fill: the overall top-1 is their diagonal
+    confusion = torch.tensor(extra["confusion"])
+    assert len(extra["per_class_top1"]) == len(confusion) and "per class (top-1):" in stdout
+    assert result["value"] == pytest.approx(float(confusion.diag().sum() / confusion.sum()))
 
 
 class Interrupted(Exception):

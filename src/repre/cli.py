@@ -217,8 +217,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _per_class(extra: dict) -> str:
-    """A result's value per class on one line ("" for none, or more than 20 classes): k-NN's top-1, the dense
-    probe's IoU."""
+    """A result's value per class on one line ("" for none, or more than 20 classes): k-NN's and the quick
+    linear probe's top-1, the dense probe's IoU."""
     if isinstance(extra.get("per_class_top1"), dict):
         name, values = "top-1", extra["per_class_top1"]
     elif isinstance(extra.get("per_class_iou"), list):

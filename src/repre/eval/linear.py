@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.data.sources import labelled
+from repre.data.sources import class_names, labelled
 from repre.eval.features import bar_name, frozen_outputs
+from repre.eval.knn import per_class
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
 from repre.eval.protocols import LinearProtocol, resolve
@@ -104,6 +105,9 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProt
     standard = standardizer(xtr)
     head = train_linear(standard(xtr), ytr, classes, best["lr"], best["weight_decay"], protocol.epochs,
                         cfg.train.seed, protocol.batch_size)
+    with torch.no_grad():
+        pred = head(standard(xte)).argmax(dim=1)
     extra = {**protocol.summary(), "val_top1": best["val_top1"], "lr": best["lr"],
-             "weight_decay": best["weight_decay"], "dim": xtr.shape[1], "sweep": rows}
-    return {"task": "linear", "metric": "top1", "value": top1(head, standard(xte), yte), "extra": extra}
+             "weight_decay": best["weight_decay"], "dim": xtr.shape[1], "sweep": rows,
+             **per_class(pred, yte, classes, class_names(test.dataset.source))}
+    return {"task": "linear", "metric": "top1", "value": float((pred == yte).float().mean()), "extra": extra}
