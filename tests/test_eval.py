@@ -125,7 +125,7 @@ def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path,
 
 
 def test_knn_reports_each_class_and_the_confusion():
-    from repre.eval.knn import per_class
+    from repre.eval.scores import per_class
 
     truth, pred = torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0, 1])
     out = per_class(pred, truth, 4, ["a", "b", "c", "d"])

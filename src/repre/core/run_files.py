@@ -85,17 +85,17 @@ def checkpoint_step(checkpoint: str | Path) -> int | None:
     return None
 
 
-def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> tuple[Path, int | None, str]:
-    """(RUN/eval/TASK, the checkpoint's step when it is an earlier one than the run's newest, else None, the name
-    of the folder of the settings that change what is measured or "")."""
+def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> tuple[Path, int | None, bool, str]:
+    """(RUN/eval/TASK, the checkpoint's step (`checkpoint_step`), whether it is earlier than the run's newest,
+    the name of the folder of the settings that change what is measured or "")."""
     path = Path(checkpoint).resolve()
     run = run_dir(path)
     step = checkpoint_step(path)
-    earlier = step if step is not None and step != checkpoint_step(run) else None
+    earlier = step is not None and step != checkpoint_step(run)
     settings = ",".join(measured_otherwise(overrides, task)).replace("/", "_").replace(" ", "")
     if len(settings) > 80:
         settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
-    return run / EVAL / task, earlier, settings
+    return run / EVAL / task, step, earlier, settings
 
 
 def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
@@ -103,8 +103,8 @@ def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     newest checkpoint (last.pt) measured with the run's settings, else a folder under it, so that no result
     replaces another one's: step-NNNNNNNN/ for an earlier checkpoint, then one named by the `--set` items that
     change what is measured (`measured_otherwise`; '/' written '_', a long name shortened by its hash)."""
-    top, earlier, settings = _eval_location(checkpoint, task, overrides)
-    out = top / f"step-{earlier:08d}" if earlier is not None else top
+    top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
+    out = top / f"step-{step:08d}" if earlier else top
     return out / settings if settings else out
 
 
@@ -112,10 +112,10 @@ def keep_earlier(checkpoint: str | Path, task: str, overrides: list[str]) -> Non
     """Before the result of the run's newest checkpoint goes to its `eval_dir`: a result there of another step
     (the newest when it was evaluated; the run has gone on since) moves with its pictures to the folder
     `eval_dir` gives that step, unless that folder holds a result already."""
-    top, earlier, settings = _eval_location(checkpoint, task, overrides)
+    top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
     folder = top / settings if settings else top
     was = (read_json(folder / RESULT).get("checkpoint") or {}).get("step")
-    if earlier is not None or not isinstance(was, int) or was == checkpoint_step(checkpoint):
+    if earlier or step is None or not isinstance(was, int) or was == step:
         return
     kept = top / f"step-{was:08d}" / settings if settings else top / f"step-{was:08d}"
     if (kept / RESULT).exists():

@@ -17,12 +17,10 @@ from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, labelled
 from repre.errors import UserError
 from repre.eval.features import bar_name, gathered, pooled_embeddings
+from repre.eval.scores import per_class
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
-
-CONFUSION_CLASSES = 100  # above, the confusion matrix is left out of the result (ImageNet's: a million counts)
-
 
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
                      desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,22 +64,6 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict
     extra = {"k": k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries),
              **per_class(pred, query_y, classes, class_names(test.dataset.source))}
     return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
-
-
-def per_class(pred: torch.Tensor, truth: torch.Tensor, classes: int, names: list[str] | None) -> dict[str, Any]:
-    """Predicted and true labels [M] -> {"per_class_top1": {class: top-1 of its queries, or None without any},
-    "confusion": counts [true][predicted] (classes x classes; up to CONFUSION_CLASSES classes), "classes": the
-    names (or None)}."""
-    confusion = torch.zeros(classes, classes, dtype=torch.int64)
-    confusion.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
-    seen = confusion.sum(dim=1)
-    named = names if names and len(names) == classes else [str(c) for c in range(classes)]
-    named = [n if named.count(n) == 1 else f"{n} ({c})" for c, n in enumerate(named)]  # a name twice: by label too
-    top1 = {n: (float(confusion[c, c] / seen[c]) if seen[c] else None) for c, n in enumerate(named)}
-    out: dict[str, Any] = {"per_class_top1": top1, "classes": names}
-    if classes <= CONFUSION_CLASSES:
-        out["confusion"] = confusion.tolist()
-    return out
 
 
 def knn_top1_or_none(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> float | None:

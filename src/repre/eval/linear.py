@@ -23,10 +23,10 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, labelled
 from repre.eval.features import bar_name, frozen_outputs
-from repre.eval.knn import per_class
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
 from repre.eval.protocols import LinearProtocol, resolve
+from repre.eval.scores import per_class
 from repre.eval.tokens import check_layout, token_features
 from repre.models.backbone import Backbone
 

@@ -1,0 +1,25 @@
+"""A classifier's scores by class, as k-NN and the quick linear probe report them beside their top-1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CONFUSION_CLASSES = 100  # above, the confusion matrix is left out of the result (ImageNet's: a million counts)
+
+
+def per_class(pred: torch.Tensor, truth: torch.Tensor, classes: int, names: list[str] | None) -> dict[str, Any]:
+    """Predicted and true labels [M] -> {"per_class_top1": {class: top-1 of its queries, or None without any},
+    "confusion": counts [true][predicted] (classes x classes; up to CONFUSION_CLASSES classes), "classes": the
+    names (or None)}."""
+    confusion = torch.zeros(classes, classes, dtype=torch.int64)
+    confusion.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
+    seen = confusion.sum(dim=1)
+    named = names if names and len(names) == classes else [str(c) for c in range(classes)]
+    named = [n if named.count(n) == 1 else f"{n} ({c})" for c, n in enumerate(named)]  # a name twice: by label too
+    top1 = {n: (float(confusion[c, c] / seen[c]) if seen[c] else None) for c, n in enumerate(named)}
+    out: dict[str, Any] = {"per_class_top1": top1, "classes": names}
+    if classes <= CONFUSION_CLASSES:
+        out["confusion"] = confusion.tolist()
+    return out
