@@ -125,6 +125,12 @@ class Backbone(nn.Module):
         for p in self.model.patch_embed.parameters():
             p.requires_grad = False
 
+    @property
+    def _positioned_prefix_tokens(self) -> int:
+        """The prefix tokens (class, registers) that have a row in a ViT's position embedding: none with timm's
+        `no_embed_class` (deit3, registers), else all."""
+        return 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
+
     @torch.no_grad()
     def pos_embed_at(self, grid: tuple[int, int], saved: torch.Tensor | None = None,
                      trained: tuple[int, int] | None = None) -> torch.Tensor:
@@ -139,9 +145,8 @@ class Backbone(nn.Module):
             return sincos_2d(grid, self.model.embed_dim).to(saved)
         if self.init == "dino":
             return dino_resample(saved, grid, trained)
-        prefix_tokens = 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
         return resample_abs_pos_embed(saved, new_size=list(grid), old_size=list(trained),
-                                      num_prefix_tokens=prefix_tokens)
+                                      num_prefix_tokens=self._positioned_prefix_tokens)
 
     def at_size(self, size: tuple[int, int]) -> Backbone:
         """This encoder for inputs of `size` (H, W): itself, or a resized copy, so that this one never changes (a
@@ -168,7 +173,7 @@ class Backbone(nn.Module):
         if self.hierarchical or own is None or key not in state or state[key].shape == own.shape:
             return []
         saved = state[key]
-        prefix_tokens = 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
+        prefix_tokens = self._positioned_prefix_tokens
         side = math.isqrt(saved.shape[1] - prefix_tokens)
         if side * side != saved.shape[1] - prefix_tokens or saved.shape[-1] != own.shape[-1]:
             return []  # not a square grid of this width: left for the load to name
