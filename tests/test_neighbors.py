@@ -56,6 +56,36 @@ def test_a_duplicated_image_is_its_copy_s_nearest_neighbour(embedded_folder, tmp
         assert picture.size == sheet_size(1, 4, thumb_side(16), True, True, QUERY_GAP, [NOTE])
 
 
+def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder, tmp_path, capsys):
+    """--query-embeddings: the queries are rows of a second file (other images, one checkpoint); none is left
+    out of the bank, so k may be the bank's every row, and the query image's copy in the bank is nearest."""
+    run, emb = embedded_folder
+    rng = np.random.default_rng(7)
+    save_png(tmp_path / "q" / "other.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    shutil.copy(emb.parent / "imgs" / "img05.png", tmp_path / "q" / "same.png")
+    queries = tmp_path / "q.npy"
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(queries), "--set", "data.name=folder",
+                    "--set", f"data.root={tmp_path / 'q'}"])[0] == 0
+    index = [line.split(",")[2] for line in queries.with_suffix(".csv").read_text().splitlines()[1:]]
+    same = next(i for i, p in enumerate(index) if p.endswith("same.png"))
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings", str(queries),
+                                          "--query-index", str(same), "--k", "12"))
+    result = last_json(stdout)
+    assert code == 0 and result["query_embeddings"] == str(queries) and result["embeddings"] == str(emb)
+    (q,) = result["queries"]
+    assert q["row"] == same and q["path"].endswith("same.png") and len(q["neighbors"]) == 12
+    assert q["neighbors"][0]["path"].endswith("img05.png")
+    assert q["neighbors"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    with Image.open(tmp_path / "nn.png") as picture:
+        assert picture.size[0] == sheet_size(1, 13, thumb_side(16), True, True, QUERY_GAP, [NOTE])[0]
+
+    card = json.loads(queries.with_suffix(".json").read_text())
+    card["identity"]["checkpoint_sha256"] = "0" * 64  # as if another checkpoint had embedded them
+    queries.with_suffix(".json").write_text(json.dumps(card))
+    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--query-embeddings", str(queries)))[0] == 2
+    assert "embed both with the same checkpoint" in capsys.readouterr().err
+
+
 def test_the_share_of_neighbours_of_their_querys_class():
     from repre.use.neighbors import same_class
 

@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     nb.add_argument("--query-index", metavar="ROW,ROW,...",
                     help="the queries: rows of FILE.npy (the index's `row`), instead of drawing them")
+    nb.add_argument("--query-embeddings", metavar="FILE.npy",
+                    help="draw the queries from this file of the same checkpoint (e.g. embed --split test), their "
+                         "neighbours from --embeddings; --query-index then names its rows")
     nb.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
     nb.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                     help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
@@ -276,7 +279,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     from repre.use.neighbors import neighbors
 
     result = neighbors(args.checkpoint, args.embeddings, args.out, args.overrides, args.queries, args.k,
-                       _rows(args.query_index), args.seed, args.backend)
+                       _rows(args.query_index), args.seed, args.backend, args.query_embeddings)
 
     def named(item: dict) -> str:
         return f" {item['class']}" if item.get("class") else ""

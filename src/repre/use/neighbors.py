@@ -1,14 +1,16 @@
 """`repre neighbors`: query images and their nearest images in a file of `repre embed`, as a picture.
 
 Each row of the picture is a query (given as rows of FILE.npy, or drawn at random with a fixed seed) and its
-k most similar rows (cosine similarity; the query itself left out), the similarity under each. The images are
-read from the data the embeddings were made from: the checkpoint's config with the `--set` overrides that
-embed was given (recorded in FILE.json), then the overrides given here.
+k most similar rows (cosine similarity; the query itself left out), the similarity under each. The queries may
+come from a second file of the same checkpoint (e.g. the test split's, against the training images' bank).
+The images are read from the data the embeddings were made from: the checkpoint's config with the `--set`
+overrides that embed was given (recorded in FILE.json), then the overrides given here.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from repre.use.store import EmbeddingFiles, finished_card, read_index
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
 NOTE = ("each row: a query image (#: its row in the embeddings file) and the images whose embeddings are nearest to "
         "its, nearest first, each with its cosine similarity to the query")  # under the picture
+NOTE_OTHER = ("each row: a query image (#: its row in the queries' file, {queries}) and the images of {bank} whose "
+              "embeddings are nearest to its, nearest first, each with its cosine similarity to the query")
 
 log = logging.getLogger("repre")
 
@@ -44,30 +48,77 @@ def choose_queries(rows: int, count: int, given: list[int] | None, seed: int) ->
     return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
 
 
+@dataclass
+class Embedded:
+    """A finished file of `repre embed` opened for search: its files, its card and its rows [N, D] (a memory
+    map); `index` and `source` (its rows' lines and images) once read."""
+
+    files: EmbeddingFiles
+    card: dict[str, Any]
+    rows: np.ndarray
+    index: dict[int, tuple[int, str, int | None]] | None = None
+    source: ImageSource | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> Embedded:
+        files = EmbeddingFiles.of(path)
+        card = finished_card(files)
+        rows = np.load(files.npy, mmap_mode="r")
+        if rows.ndim != 2 or len(rows) != card["progress"]["rows"]:
+            raise UserError(f"{files.npy} holds {rows.shape}, its card {card['progress']['rows']} rows: rerun "
+                            "`repre embed --overwrite`")
+        return cls(files, card, rows)
+
+    @property
+    def names(self) -> list[str] | None:
+        return self.card.get("classes")
+
+
+def comparable(bank: Embedded, queries: Embedded) -> None:
+    """Exit 2 unless two files hold features of one encoder (the same checkpoint and encoder), so that their
+    cosine similarities mean something."""
+    a, b = bank.card["identity"], queries.card["identity"]
+    if (a["checkpoint_sha256"], a["encoder"], a["dim"]) != (b["checkpoint_sha256"], b["encoder"], b["dim"]):
+        raise UserError(f"{queries.files.npy} and {bank.files.npy} were embedded by different checkpoints or "
+                        f"encoders ({queries.card.get('checkpoint')} step {queries.card.get('step')}, "
+                        f"{bank.card.get('checkpoint')} step {bank.card.get('step')}): one encoder's features are "
+                        "not comparable with another's; embed both with the same checkpoint")
+
+
 def without_self(query: int, sims: torch.Tensor, rows: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """A query's k + 1 nearest (sims [k + 1], rows [k + 1]) -> its k nearest other rows: (row, similarity)."""
     hits = [(int(r), float(s)) for s, r in zip(sims, rows, strict=True) if int(r) != query]
     return hits[:k]
 
 
-def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str) -> list[list[tuple[int, float]]]:
-    """bank [N, D] -> for each query row, its k nearest other rows: [(row, cosine similarity), ...], nearest first."""
+def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str,
+            asked: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    """bank [N, D] -> for each query row, its k nearest rows of the bank: [(row, cosine similarity), ...],
+    nearest first. The queries are rows of `asked` [M, D] when given, else rows of the bank (themselves left
+    out)."""
+    if asked is not None:
+        sims, found = top_k(bank, torch.from_numpy(np.array(asked[queries])), k, backend)
+        return [[(int(r), float(s)) for s, r in zip(si, fi, strict=True)] for si, fi in zip(sims, found, strict=True)]
     sims, found = top_k(bank, torch.from_numpy(np.array(bank[queries])), k + 1, backend)
     return [without_self(q, s, f, k) for q, s, f in zip(queries, sims, found, strict=True)]
 
 
-def neighbors_picture(source: ImageSource, index: dict, hits: dict[int, list[tuple[int, float]]],
-                      size: int, names: list[str] | None = None) -> Image.Image:
+def neighbors_picture(queries: Embedded, bank: Embedded, hits: dict[int, list[tuple[int, float]]],
+                      size: int) -> Image.Image:
     """A row per query: the query image, then its neighbours with their similarities (and classes, when known)
     under them. Four decimals: the features of a short run fill a narrow cone, so neighbours' similarities often
     differ only in the third or fourth."""
-    images = [[thumbnail(source, *index[r][:2], size) for r in [q, *(r for r, _ in h)]] for q, h in hits.items()]
+    def drawn(side: Embedded, row: int) -> torch.Tensor:
+        return thumbnail(side.source, *side.index[row][:2], size)
+
+    images = [[drawn(queries, q), *(drawn(bank, r) for r, _ in h)] for q, h in hits.items()]
     side = thumb_side(size)
-    captions = [[f"#{q}{class_caption(index, q, names)}", *(f"{s:.4f}{class_caption(index, r, names)}" for r, s in h)]
-                for q, h in hits.items()]
+    captions = [[f"#{q}{class_caption(queries.index, q, queries.names)}",
+                 *(f"{s:.4f}{class_caption(bank.index, r, bank.names)}" for r, s in h)] for q, h in hits.items()]
     titles = ["query", *(f"nearest {c}" if c == 1 else str(c) for c in range(1, len(images[0])))]
+    note = NOTE if queries is bank else NOTE_OTHER.format(queries=queries.files.npy.name, bank=bank.files.npy.name)
     return sheet([Column([tile(row[c], side) for row in images], titles[c], captions=[row[c] for row in captions])
-                  for c in range(len(images[0]))], gap=QUERY_GAP, notes=[NOTE])
+                  for c in range(len(images[0]))], gap=QUERY_GAP, notes=[note])
 
 
 def class_caption(index: dict, row: int, names: list[str] | None) -> str:
@@ -87,41 +138,52 @@ def described(index: dict, row: int, names: list[str] | None, **more: Any) -> di
 
 def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path,
               overrides: list[str] | None = None, queries: int = 8, k: int = 5,
-              query_rows: list[int] | None = None, seed: int = 0, backend: str = "torch") -> dict[str, Any]:
-    """Write a PNG to `out`: each row a query of `embeddings` (FILE.npy of `repre embed`) and its k nearest
-    rows, the images read with `checkpoint`'s data config (None: the checkpoint embed read). `query_rows`:
-    rows of FILE.npy (default: `queries` rows drawn with `seed`). Returns {"command": "neighbors", "out",
-    "backend", "k", "queries": [{"row", "index", "path", "label", "class", "neighbors": [{"row", "index",
-    "path", "label", "class", "similarity"}, ...]}, ...], "same_class": the share of the neighbours whose label
-    is their query's, or None without labels}."""
+              query_rows: list[int] | None = None, seed: int = 0, backend: str = "torch",
+              query_embeddings: str | Path | None = None) -> dict[str, Any]:
+    """Write a PNG to `out`: each row a query and its k nearest rows of `embeddings` (FILE.npy of `repre
+    embed`), the images read with `checkpoint`'s data config (None: the checkpoint embed read). The queries are
+    rows of `query_embeddings` (another file of the same checkpoint) when given, else of `embeddings` (each
+    query left out of its own neighbours): `query_rows`, or `queries` rows drawn with `seed`. Returns
+    {"command": "neighbors", "out", "embeddings", "query_embeddings", "backend", "k", "queries": [{"row",
+    "index", "path", "label", "class", "neighbors": [{"row", "index", "path", "label", "class", "similarity"},
+    ...]}, ...], "same_class": the share of the neighbours whose label is their query's, or None without
+    labels}."""
     refuse_unread("repre neighbors", list(overrides or []), reads.IMAGES)
-    files = EmbeddingFiles.of(embeddings)
-    card = finished_card(files)
-    rows = card["progress"]["rows"]
-    if rows < 2:
-        raise UserError(f"{files.npy} has {rows} rows: neighbours need at least 2 images")
-    if not 0 < k < rows:
-        raise UserError(f"--k {k}: the embeddings have {rows} rows, so k is from 1 to {rows - 1}")
     if Path(out).suffix.lower() != ".png":
         raise UserError(f"--out {out} must end in .png")
-    bank = np.load(files.npy, mmap_mode="r")
-    if bank.ndim != 2 or len(bank) != rows:
-        raise UserError(f"{files.npy} holds {bank.shape}, its card {rows} rows: rerun `repre embed --overwrite`")
-    chosen = choose_queries(rows, queries, query_rows, seed)
-    hits = dict(zip(chosen, nearest(bank, chosen, k, backend), strict=True))
-    index = read_index(files.csv, set(chosen) | {r for h in hits.values() for r, _ in h}, rows)
-    source, size = embedded_source(checkpoint, card, overrides or [])
-    names = card.get("classes")
-    save_png(neighbors_picture(source, index, hits, size, names), Path(out))
-    results = [described(index, q, names, neighbors=[described(index, r, names, similarity=round(s, 6)) for r, s in h])
+    bank = Embedded.open(embeddings)
+    asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank
+    comparable(bank, asked)
+    own = asked is bank  # the queries are rows of the bank: each is left out of its own neighbours
+    if own and len(bank.rows) < 2:
+        raise UserError(f"{bank.files.npy} has {len(bank.rows)} rows: neighbours need at least 2 images")
+    if not 0 < k <= len(bank.rows) - own:
+        raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows, so k is from 1 to "
+                        f"{len(bank.rows) - own}")
+    chosen = choose_queries(len(asked.rows), queries, query_rows, seed)
+    hits = dict(zip(chosen, nearest(bank.rows, chosen, k, backend, None if own else asked.rows), strict=True))
+    found = {r for h in hits.values() for r, _ in h}
+    bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))
+    bank.source, size = embedded_source(checkpoint, bank.card, overrides or [])
+    if not own:
+        asked.index = read_index(asked.files.csv, set(chosen), len(asked.rows))
+        asked.source, _ = embedded_source(checkpoint, asked.card, overrides or [])
+    save_png(neighbors_picture(asked, bank, hits, size), Path(out))
+    results = [described(asked.index, q, asked.names,
+                         neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
-    return {"command": "neighbors", "out": str(out), "embeddings": str(files.npy), "backend": backend, "k": k,
+    return {"command": "neighbors", "out": str(out), "embeddings": str(bank.files.npy),
+            "query_embeddings": None if own else str(asked.files.npy), "backend": backend, "k": k,
             "queries": results, "same_class": same_class(results)}
 
 
 def same_class(queries: list[dict[str, Any]]) -> float | None:
-    """The share of the labelled queries' neighbours that have their query's label (a retrieval precision at
-    k); None when no query and neighbour both have a label."""
-    pairs = [(q["label"], n["label"]) for q in queries for n in q["neighbors"]
+    """The share of the labelled queries' neighbours that have their query's class (a retrieval precision at
+    k; by name where both are named, so that two files' labels need not share an order); None when no query
+    and neighbour both have a label."""
+    def kind(item: dict[str, Any]) -> Any:
+        return item["label"] if item.get("class") is None else item["class"]
+
+    pairs = [(kind(q), kind(n)) for q in queries for n in q["neighbors"]
              if q["label"] is not None and n["label"] is not None]
     return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
