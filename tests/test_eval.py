@@ -151,7 +151,10 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
                             (run, "train.precision=fp32")):  # a run-only key; the precision
         code, stdout = run_cli(["eval", "knn", "--checkpoint", str(checkpoint), "--set", how])
         assert code == 0
-        values[last_json(stdout)["checkpoint"]["step"]] = last_json(stdout)["value"]
+        evaluated = last_json(stdout)["checkpoint"]
+        values[evaluated["step"]] = last_json(stdout)["value"]
+        # the step file, not last.pt (which names another step once the run goes on)
+        assert evaluated["file"] == str(run / "checkpoints" / f"step-{evaluated['step']:08d}.pt")
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
