@@ -170,9 +170,32 @@ def test_a_failed_self_check_leaves_the_earlier_export_and_no_temporary(tiny_run
         raise repre.export.UserError("the exported features differ")
 
     monkeypatch.setattr(repre.export, "self_check", fails)
-    assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 2
+    assert run_cli(["export", "--checkpoint", str(run), "--out", str(out), "--overwrite"])[0] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "encoder.safetensors"]
     assert out.read_bytes() == b"an earlier export" and out.with_suffix(".json").read_text() == "{}"
+
+
+def test_an_export_replaces_only_an_export_of_the_same_weights(tiny_run, tmp_path, capsys):
+    """The same checkpoint and encoder again (a card with newer results) replaces the files; other weights, or
+    files repre did not write, need --overwrite, and are left as they were without it."""
+    run, _ = tiny_run
+    out = tmp_path / "vit.safetensors"
+
+    def export(checkpoint, *extra: str) -> int:
+        return run_cli(["export", "--checkpoint", str(checkpoint), "--out", str(out), *extra])[0]
+
+    assert export(run) == 0 and export(run / "checkpoints" / "step-00000020.pt") == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["checkpoint"]["file"] == "step-00000020.pt" and len(card["checkpoint"]["sha256"]) == 64
+    before = out.read_bytes()
+    assert export(run / "checkpoints" / "step-00000010.pt") == 2
+    assert "holds the encoder of step-00000020.pt; give another --out, or --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert export(run / "checkpoints" / "step-00000010.pt", "--overwrite") == 0
+    assert json.loads(out.with_suffix(".json").read_text())["checkpoint"]["file"] == "step-00000010.pt"
+    out.with_suffix(".json").unlink()
+    assert export(run / "checkpoints" / "step-00000010.pt") == 2  # no card: not known to be these weights
+    assert "no card of a repre export" in capsys.readouterr().err
 
 
 def test_an_old_timm_is_named_with_the_remedy(monkeypatch):

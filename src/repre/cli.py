@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
     ex.add_argument("--encoder", help="which encoder: encoder (online), teacher_encoder (DINO's default), "
                     "momentum_encoder, target_encoder")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace FILE.* of other weights (an export of the same checkpoint and encoder is replaced "
+                         "without it)")
     em = sub.add_parser("embed", help="write the embedding of every image (L2-normalized, pooled) with an index")
     _checkpoint_option(em)
     em.add_argument("--out", required=True,
@@ -237,7 +240,7 @@ def _per_class(extra: dict) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from repre.export import export
 
-    card = export(args.checkpoint, args.out, args.encoder)
+    card = export(args.checkpoint, args.out, args.encoder, args.overwrite)
     model = card["arch"] if card["model"] == card["arch"] else f"{card['model']} (timm's {card['arch']}, reshaped)"
     print(f"exported {card['encoder']} of {model} ({card['method']}, step {card['step']}) to {args.out}; "
           f"loads with timm: strict keys, features within {card['check']['max_rel_feature_diff']:.1e}")

@@ -65,8 +65,9 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
 
 
 def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: dict[str, Any],
-               run: Path | None) -> dict:
-    """What a user of the file needs to load and judge it."""
+               run: Path | None, weights: dict[str, str]) -> dict:
+    """What a user of the file needs to load and judge it; `weights`: the checkpoint's file and SHA-256
+    (`weights_of`)."""
     step = int(ckpt.get("step", 0))
     # None: an epoch budget in a checkpoint written before it recorded its images
     total = total_steps(cfg.train, ckpt.get("images") or 0) if cfg.train.max_steps or ckpt.get("images") else None
@@ -78,6 +79,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "model": cfg.model.arch,  # the run's model.arch: timm's `arch` as `kwargs` shape it (vit_pico_patch4)
         "pretrained_cfg": {**timm_preprocessing(cfg.data), **NOT_TIMMS},
         "encoder": key,
+        "checkpoint": weights,
         "method": cfg.method.name,
         "recon": cfg.recon.enabled,
         "preset": cfg.preset,
@@ -139,9 +141,30 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
     return diff
 
 
-def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) -> dict[str, Any]:
+def weights_of(checkpoint: str | Path) -> dict[str, str]:
+    """Which checkpoint an export's weights come from: its file's name (a run's step file, `ckpt_io.named_file`;
+    not its folder, which a shared card would give away) and SHA-256."""
+    return {"file": ckpt_io.named_file(checkpoint).name, "sha256": ckpt_io.digest(checkpoint)}
+
+
+def refuse_replacing(out: Path, weights: dict[str, str], key: str) -> None:
+    """Exit 2 when `out` or its card exists and holds other weights (another checkpoint or encoder, or a file
+    repre did not export); the same weights are exported again (a card with newer results)."""
+    if not (out.exists() or out.with_suffix(".json").exists()):
+        return
+    card = read_json(out.with_suffix(".json"))
+    was = card.get("checkpoint")
+    if isinstance(was, dict) and was.get("sha256") == weights["sha256"] and card.get("encoder") == key:
+        return
+    what = (f"the {card.get('encoder')} of {was.get('file')}" if isinstance(was, dict)
+            else "other weights (no card of a repre export naming its checkpoint beside it)")
+    raise UserError(f"{out} exists and holds {what}; give another --out, or --overwrite to replace it")
+
+
+def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
+           overwrite: bool = False) -> dict[str, Any]:
     """Write FILE.safetensors and FILE.json from a checkpoint (file or run directory); returns the card with
-    the self-check's result under "check"."""
+    the self-check's result under "check". Files of other weights at `out` are refused unless `overwrite`."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -152,11 +175,14 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None) 
     if not encoder_state(ckpt, key):
         keys = sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and "encoder" in k})
         raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}")
+    weights = weights_of(checkpoint)
+    if not overwrite:
+        refuse_replacing(out, weights, key)
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
     in_run = Path(checkpoint).is_dir() or run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
-    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None)
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None, weights)
     if card["total_steps"] and card["step"] < card["total_steps"]:
         log.warning("exporting step %d of the run's %d (a stopped run, or a step checkpoint): the encoder as it was "
                     "there", card["step"], card["total_steps"])

@@ -202,6 +202,17 @@ def checkpoint_file(path: str | Path) -> Path:
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
+def named_file(path: str | Path) -> Path:
+    """The file a record (a result, a model card) names for a checkpoint argument: a run's step-N.pt where the
+    argument is one (the run, its last.pt or a link), since last.pt names another step once the run goes on;
+    else the file given."""
+    file = checkpoint_file(path)
+    step = run_files.checkpoint_step(file)
+    if step is None:
+        return file
+    return (file.resolve() if file.is_symlink() else file).parent / f"step-{step:08d}.pt"
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
     given, path = Path(path), checkpoint_file(path)

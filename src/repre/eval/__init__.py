@@ -9,7 +9,7 @@ from typing import Any
 from repre.config import EVAL_TASKS, Config
 from repre.config.reads import eval_reads
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist, run_files
+from repre.core import dist
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
@@ -33,16 +33,6 @@ def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str,
     return {"knn": knn_eval, "linear": linear_eval, "finetune": finetune_eval, "segment": segment_eval}
 
 
-def evaluated_file(checkpoint: str | Path) -> Path:
-    """The file a result names: a run's step-N.pt where the argument is one (the run, its last.pt or a link),
-    since last.pt names another step once the run goes on; else the file given."""
-    file = ckpt_io.checkpoint_file(checkpoint)
-    step = run_files.checkpoint_step(file)
-    if step is None:
-        return file
-    return (file.resolve() if file.is_symlink() else file).parent / f"step-{step:08d}.pt"
-
-
 def evaluate(
     task: str, checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
@@ -55,7 +45,7 @@ def evaluate(
     refuse_unread(f"repre eval {task}", list(overrides or []), eval_reads(task))
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
-    evaluated = {"file": str(evaluated_file(checkpoint)), "step": int(ckpt.get("step", 0)),
+    evaluated = {"file": str(ckpt_io.named_file(checkpoint)), "step": int(ckpt.get("step", 0)),
                  "encoder": encoder_key, "set": list(overrides or [])}
     if task == "recon":
         from repre.eval.recon import recon_eval
