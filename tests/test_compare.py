@@ -176,3 +176,25 @@ def test_compare_refuses_what_is_no_run_and_imports_no_torch(tiny_run, tmp_path)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
+    """--seeds: runs that differ in train.seed alone are a column, each number their mean ± sample std (n=...
+    where a run lacks it), read against the first setting's mean; the JSON keeps every run."""
+    done = {"completed": True, "steps": 8}
+    for seed, (knn, speed) in enumerate([(0.5, 100.0), (0.6, 110.0), (0.7, 90.0)]):
+        make_run(tmp_path / "base" / f"seed{seed}", f"train.seed={seed}", "recon.enabled=false",
+                 summary={**done, "knn_top1": knn, "images_per_sec": speed})
+    for seed, knn in enumerate([0.7, 0.8, None]):
+        make_run(tmp_path / "repre" / f"seed{seed}", f"train.seed={seed}", "train.device=cpu",  # run-only: same
+                 summary={**done, "knn_top1": knn, "images_per_sec": 80.0} if knn else None)
+    runs = [str(tmp_path / name / f"seed{seed}") for name in ("base", "repre") for seed in range(3)]
+    code, stdout = run_cli(["compare", "--seeds", *runs])
+    assert code == 0 and last_json(stdout)["columns"] == [[0, 1, 2], [3, 4, 5]]
+    assert len(last_json(stdout)["runs"]) == 6
+    assert re.split(r"\s{2,}", stdout.splitlines()[0].strip()) == ["base x 3 runs", "repre x 3 runs"]
+    rows = rows_of(stdout)
+    assert rows["knn top-1 (run's end)"] == ["0.6000 ± 0.1000", "0.7500 ± 0.0707 (n=2) (+0.1500)"]
+    assert rows["images/s"] == ["100.0 ± 10.0", "80.0 ± 0.0 (n=2) (x0.80)"]
+    assert rows["recon.enabled"] == ["false", "true"] and rows["train.seed"] == ["0, 1, 2", "0, 1, 2"]
+    assert len(rows_of(run_cli(["compare", *runs])[1])["train.seed"]) == 6  # without --seeds: a column a run

@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("runs", nargs="+", metavar="RUN",
                     help="run directories (a checkpoint stands for its run); the others' numbers are read "
                     "against the first's")
+    cp.add_argument("--seeds", action="store_true",
+                    help="one column for the runs that differ in train.seed alone (and run-only keys): each number "
+                         "their mean ± standard deviation; the first setting is the reference")
     mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
     mp.add_argument("--out", required=True, help="FILE.png")
@@ -312,7 +315,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from repre.use.compare import compare, table
 
-    result = compare(args.runs)
+    result = compare(args.runs, args.seeds)
     print(table(result))
     print(json.dumps(result), flush=True)
     return 0

@@ -10,6 +10,7 @@ torch, and a config that this repre would refuse still compares (read as it was 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,14 @@ from repre.errors import UserError
 LABEL_WIDTH, CELL_WIDTH = 64, 36  # characters; a longer text is cut in its middle
 
 
-def compare(runs: list[str | Path]) -> dict[str, Any]:
-    """{"command": "compare", "runs": [what each run reports], "differences": {config key: [value per run]}}.
-    A framework's own keys (method.NAME.*) count for the runs of that framework alone (null for the others)."""
+SEED_KEYS = ("train.seed",)  # what `seeds` groups runs over
+
+
+def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
+    """{"command": "compare", "runs": [what each run reports], "differences": {config key: [value per run]},
+    "columns": [[run indices] per column of the table]}. A framework's own keys (method.NAME.*) count for the
+    runs of that framework alone (null for the others). A column is a run, or with `seeds` the runs whose
+    configs differ in `SEED_KEYS` and run-only keys alone (`seed_groups`)."""
     folders = [_run_folder(r) for r in runs]
     configs = [own_keys(run_config(f)) for f in folders]
     keys = [k for k in flatten(Config().to_dict()) if any(c.get(k) is not None for c in configs)]
@@ -36,7 +42,18 @@ def compare(runs: list[str | Path]) -> dict[str, Any]:
     differences = {key: [c.get(key) for c in configs] for key in keys
                    if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
     records = [run_record(f, c) for f, c in zip(folders, configs, strict=True)]
-    return {"command": "compare", "runs": records, "differences": differences}
+    columns = seed_groups(configs) if seeds else [[i] for i in range(len(records))]
+    return {"command": "compare", "runs": records, "differences": differences, "columns": columns}
+
+
+def seed_groups(configs: list[dict[str, Any]]) -> list[list[int]]:
+    """The runs' indices grouped by their configs but for the seed and the run-only keys (runs of one setting
+    over several seeds), each group where its first run is."""
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        setting = {k: v for k, v in config.items() if k not in SEED_KEYS and k not in RUN_ONLY_KEYS}
+        groups.setdefault(json.dumps(setting, sort_keys=True, default=str), []).append(i)
+    return list(groups.values())
 
 
 # what the k-NN during pre-training measures with (its subsets are run-only for every other result)
@@ -144,55 +161,86 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Row:
-    """A row of the table: its label, a value per run, and how a value reads against the first run's (None
-    where there is no first value to read it against)."""
+    """A row of the table: its label, a value per run, and how a column's values (those of its runs) read
+    against the first column's (None where there is nothing to read them against)."""
 
     label: str
     values: list[Any]
-    fmt: Callable[[Any, Any], str]
-    same_method: bool = False  # read against the first run's only where the methods are the same (losses)
+    fmt: Callable[[list[Any], list[Any] | None], str]
+    same_method: bool = False  # read against the first column's only where the methods are the same (losses)
     settings: list[Any] | None = None  # what each run's value measured (evaluations): read against the first
-    # run's only where the same
+    # column's only where the same
 
 
 def table(result: dict[str, Any]) -> str:
-    """The runs as columns, what they report as rows, then the config keys that differ."""
-    runs = result["runs"]
-    names = short_names([r["run"] for r in runs])
+    """The runs (or groups of seeds: `compare`'s columns) as columns, what they report as rows, then the config
+    keys that differ."""
+    runs, columns = result["runs"], result.get("columns") or [[i] for i in range(len(result["runs"]))]
+    names = column_names([r["run"] for r in runs], columns)
     report = report_rows(runs)
     differing = [Row(key, values, _plain) for key, values in result["differences"].items()]
-    cells = [[_cell(row, runs, i) for i in range(len(runs))] for row in report + differing]
+    cells = [[_cell(row, runs, columns, c) for c in range(len(columns))] for row in report + differing]
     label_width = min(LABEL_WIDTH, max((len(row.label) for row in report + differing), default=0))
     widths = [min(CELL_WIDTH, max([len(name)] + [len(row[i]) for row in cells])) for i, name in enumerate(names)]
     lines = [_line("", names, label_width, widths)]
     if not report:
         lines.append("nothing reported yet: no summary.json, train line or evaluation")
     lines += [_line(row.label, texts, label_width, widths) for row, texts in zip(report, cells, strict=False)]
-    if len(names) > 1:
+    if len(runs) > 1:
         lines.append("config keys that differ:" if differing else "the runs' configs are the same")
     lines += [_line(row.label, texts, label_width, widths)
               for row, texts in zip(differing, cells[len(report):], strict=True)]
     return "\n".join(lines)
 
 
-def _cell(row: Row, runs: list[dict[str, Any]], i: int) -> str:
-    text = row.fmt(row.values[i], _reference(row, runs, i))
-    if _measured_otherwise(row, i) and row.values[i] is not None and row.values[0] is not None:
+def column_names(paths: list[str], columns: list[list[int]]) -> list[str]:
+    """A column's name: its run's `short_names`; a group of runs (seeds), the folder holding them all when that
+    tells the groups apart (runs/base/seed0, runs/base/seed1 -> base), else its first run's, with "x N runs"."""
+    if all(len(c) == 1 for c in columns):
+        return short_names(paths)
+    parents = [os.path.commonpath([str(Path(paths[i]).resolve()) for i in c]) for c in columns]
+    every = [Path(p).resolve() for p in paths]
+    apart = len(set(parents)) == len(parents) and all(  # each holds its own runs alone
+        sum(Path(p).is_relative_to(parent) for p in every) == len(c) for parent, c in zip(parents, columns, strict=True))
+    names = short_names(parents if apart else [paths[c[0]] for c in columns])
+    return [name + (f" x {len(c)} runs" if len(c) > 1 else "") for name, c in zip(names, columns, strict=True)]
+
+
+def _cell(row: Row, runs: list[dict[str, Any]], columns: list[list[int]], c: int) -> str:
+    values = [row.values[i] for i in columns[c]]
+    text = row.fmt(values, _reference(row, runs, columns, c))
+    if _measured_otherwise(row, columns, c) and _has(values) and _has([row.values[i] for i in columns[0]]):
         text += " (other settings)"
     return text
 
 
-def _measured_otherwise(row: Row, i: int) -> bool:
-    """Whether run i's value of an evaluation was measured with other settings than the first run's."""
-    return bool(i and row.settings and row.settings[i] != row.settings[0])
+def _has(values: list[Any]) -> bool:
+    return any(v is not None for v in values)
 
 
-def _reference(row: Row, runs: list[dict[str, Any]], i: int) -> Any:
-    """The first run's value that run i's is read against (None for the first run itself, a loss of another
-    method, an evaluation measured otherwise)."""
-    if i == 0 or (row.same_method and runs[i]["method"] != runs[0]["method"]) or _measured_otherwise(row, i):
+def _settings(row: Row, members: list[int]) -> str | None:
+    """What a column's values measured (its runs' settings, as one text), or None when its runs measured
+    differently."""
+    texts = {json.dumps(row.settings[i], sort_keys=True, default=str) for i in members}
+    return texts.pop() if len(texts) == 1 else None
+
+
+def _measured_otherwise(row: Row, columns: list[list[int]], c: int) -> bool:
+    """Whether column c's values of an evaluation were measured with other settings than the first column's
+    (or its own runs' with different ones)."""
+    if not row.settings or c == 0:
+        return False
+    mine = _settings(row, columns[c])
+    return mine is None or mine != _settings(row, columns[0])
+
+
+def _reference(row: Row, runs: list[dict[str, Any]], columns: list[list[int]], c: int) -> list[Any] | None:
+    """The first column's values that column c's are read against (None for the first column itself, a loss
+    of another method, an evaluation measured otherwise)."""
+    method = runs[columns[c][0]]["method"]  # a column's runs share their config but for the seed
+    if c == 0 or (row.same_method and method != runs[columns[0][0]]["method"]) or _measured_otherwise(row, columns, c):
         return None
-    return row.values[0]
+    return [row.values[i] for i in columns[0]]
 
 
 def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
@@ -249,44 +297,72 @@ def _best_quick(r: dict[str, Any]) -> str | None:
     return f"{top1:.4f} @{step}"
 
 
-def _number(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+@dataclass(frozen=True)
+class Spread:
+    """A column's numbers: their mean, sample standard deviation and count, of `runs` runs."""
+
+    mean: float
+    std: float
+    n: int
+    runs: int
+
+    @classmethod
+    def of(cls, values: list[Any] | None) -> Spread | None:
+        """None where no run has a number."""
+        numbers = [float(v) for v in values or [] if isinstance(v, (int, float))]
+        if not numbers:
+            return None
+        mean = sum(numbers) / len(numbers)
+        var = sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1) if len(numbers) > 1 else 0.0
+        return cls(mean, var ** 0.5, len(numbers), len(values or []))
+
+    def text(self, scale: float = 1.0, digits: int = 4, unit: str = "") -> str:
+        """"0.6514" for one run; "0.6514 ± 0.0031" for several; "(n=2)" where fewer runs than the column's
+        have one."""
+        text = f"{self.mean / scale:.{digits}f}" + (f" ± {self.std / scale:.{digits}f}" if self.n > 1 else "") + unit
+        return text + (f" (n={self.n})" if self.n < self.runs else "")
 
 
-def _text(v: str | None, first: Any) -> str:
-    return "-" if v is None else v
+def _text(values: list[Any], first: Any) -> str:
+    """Texts: the one they share, else each (a column of several runs)."""
+    texts = list(dict.fromkeys(v for v in values if v is not None))
+    return ", ".join(texts) if texts else "-"
 
 
-def _plain(v: Any, first: Any) -> str:
-    """A config value as --set would write it, exactly: 0.00015, 1e-06, true, null, [2, 5]."""
-    return v if isinstance(v, str) else json.dumps(v)
+def _plain(values: list[Any], first: Any) -> str:
+    """A config value as --set would write it, exactly: 0.00015, 1e-06, true, null, [2, 5] (a column of several
+    runs: each value they have)."""
+    return ", ".join(dict.fromkeys(v if isinstance(v, str) else json.dumps(v) for v in values))
 
 
-def _difference(v: Any, first: Any) -> str:
-    if v is None:
+def _difference(values: list[Any], first: list[Any] | None) -> str:
+    here, there = Spread.of(values), Spread.of(first)
+    if here is None:
         return "-"
-    return _number(v) + (f" ({v - first:+.4f})" if isinstance(first, (int, float)) else "")
+    return here.text() + (f" ({here.mean - there.mean:+.4f})" if there else "")
 
 
-def _ratio(v: Any, first: Any) -> str:
-    if v is None:
+def _ratio(values: list[Any], first: list[Any] | None) -> str:
+    here, there = Spread.of(values), Spread.of(first)
+    if here is None:
         return "-"
-    return f"{v:.1f}" + (f" (x{v / first:.2f})" if isinstance(first, (int, float)) and first else "")
+    return here.text(digits=1) + (f" (x{here.mean / there.mean:.2f})" if there and there.mean else "")
 
 
-def _duration(v: Any, first: Any) -> str:
-    if v is None:
+def _duration(values: list[Any], first: list[Any] | None) -> str:
+    here, there = Spread.of(values), Spread.of(first)
+    if here is None:
         return "-"
-    text = f"{v / 60:.1f} min" if v >= 60 else f"{v:.0f} s"
-    return text + (f" (x{v / first:.2f})" if isinstance(first, (int, float)) and first else "")
+    text = here.text(60, 1, " min") if here.mean >= 60 else here.text(1, 0, " s")
+    return text + (f" (x{here.mean / there.mean:.2f})" if there and there.mean else "")
 
 
-def _evaluated(v: Any, first: Any) -> str:
-    if v is None:
+def _evaluated(values: list[Any], first: list[Any] | None) -> str:
+    """Results (value, "" or " @STEP" of an earlier checkpoint's)."""
+    if not _has(values):
         return "-"
-    value, at = v
-    base = first[0] if first else None
-    return _difference(value, base if isinstance(base, (int, float)) else None) + at
+    at = "".join(dict.fromkeys(v[1] for v in values if v is not None))
+    return _difference([v and v[0] for v in values], [v and v[0] for v in first] if first else None) + at
 
 
 def _line(label: str, cells: list[str], label_width: int, widths: list[int]) -> str:
