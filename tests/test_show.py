@@ -133,6 +133,22 @@ def test_show_names_the_classes_of_a_labelled_folder(tiny_run, tmp_path, image_f
     assert code == 0 and result["classes"] == ["cat", "dog"] and result["labels"] == [0, 1]  # spread over the classes
 
 
+def test_show_draws_the_images_it_is_given_by_index(tiny_run, tmp_path, image_folder, capsys):
+    """--image-index: those test images, in that order (val/ holds 6 cats, then 6 dogs); an index past them or
+    an unreadable image exits 2 saying so."""
+    run, _ = tiny_run
+    argv = ["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--set", "data.name=folder",
+            "--set", f"data.root={image_folder}"]
+    code, stdout = run_cli([*argv, "--image-index", "7,0"])
+    result = last_json(stdout)
+    assert code == 0 and result["indices"] == [7, 0] and result["classes"] == ["dog", "cat"]
+    assert run_cli([*argv, "--image-index", "12"])[0] == 2
+    assert "--image-index 12: the images shown are 12, so from 0 to 11" in capsys.readouterr().err
+    (image_folder / "val" / "cat" / "0.png").write_bytes(b"not an image")
+    assert run_cli([*argv, "--image-index", "0"])[0] == 2
+    assert "--image-index 0 cannot be read" in capsys.readouterr().err
+
+
 def test_show_needs_at_least_one_image(tiny_run, tmp_path):
     run, _ = tiny_run
     code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "0"])

@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
     sh.add_argument("--out", required=True, help="FILE.png")
     sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
+    sh.add_argument("--image-index", metavar="I,I,...",
+                    help="the test images shown, by index (a result's or neighbors' `index`), instead of --images")
     _set_option(sh, f"override a key of the first checkpoint's config: {reads.listed(reads.SHOW)} (data.* picks the "
                 "images)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
@@ -254,7 +256,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from repre.use.show import show
 
-    result = show(args.checkpoint, args.out, args.compare, args.images, args.overrides)
+    result = show(args.checkpoint, args.out, args.compare, args.images, args.overrides,
+                  _rows(args.image_index, "--image-index", "indices of the test images"))
     print(f"wrote {result['out']}: {result['images']} images, columns {', '.join(result['columns'])}")
     print(json.dumps(result), flush=True)
     return 0
@@ -271,14 +274,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(text: str | None) -> list[int] | None:
+def _rows(text: str | None, option: str = "--query-index", what: str = "rows of the embeddings") -> list[int] | None:
     """"3,17,42" -> [3, 17, 42]."""
     if not text:
         return None
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--query-index {text!r}: give rows of the embeddings as integers, e.g. 3,17,42") from None
+        raise UserError(f"{option} {text!r}: give {what} as integers, e.g. 3,17,42") from None
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:

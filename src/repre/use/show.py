@@ -28,7 +28,7 @@ from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage, warn_unreadable
-from repre.data.sources import class_name, class_names, pretraining_stats
+from repre.data.sources import ImageSource, class_name, class_names, pretraining_stats
 from repre.data.splits import eval_source, subset_of
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
@@ -138,17 +138,40 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
                   recon, recon_psnr, means, means_psnr)
 
 
-def first_images(cfg: Config, n: int) -> tuple[list[torch.Tensor], list[int], list[str] | None]:
-    """`n` test images of the config's data (picked by `repre.data.splits.subset_of`; an unreadable one
-    replaced by the next readable image not shown yet), as read: (uint8 [3, H, W] each, labels, the labels'
-    names or None). A folder or shards without a held-out split (unlabelled images) show their training
-    images."""
+def shown_source(cfg: Config) -> ImageSource:
+    """The images show draws from: the config's test split; a folder or shards without a held-out split
+    (unlabelled images), their training images."""
     try:
-        source = eval_source(cfg, "test")
+        return eval_source(cfg, "test")
     except UserError:
         if cfg.data.name not in ("folder", "shards"):
             raise
-        source = eval_source(cfg, "train")
+        return eval_source(cfg, "train")
+
+
+Shown = tuple[list[int], list[torch.Tensor], list[int], list[str] | None]  # indices, uint8 [3, H, W] images,
+# labels, the labels' names or None
+
+
+def chosen_images(cfg: Config, indices: list[int]) -> Shown:
+    """The images of `shown_source` at `indices` (e.g. a result's or `repre neighbors`' `index`), as read; one
+    that cannot be read exits 2."""
+    source = shown_source(cfg)
+    read = []
+    for i in dict.fromkeys(indices):
+        if not 0 <= i < len(source):
+            raise UserError(f"--image-index {i}: the images shown are {len(source)}, so from 0 to {len(source) - 1}")
+        try:
+            read.append(source.load(i))
+        except UnreadableImage as exc:
+            raise UserError(f"--image-index {i} cannot be read ({exc})") from None
+    return list(dict.fromkeys(indices)), [x for x, _ in read], [y for _, y in read], class_names(source)
+
+
+def first_images(cfg: Config, n: int) -> Shown:
+    """`n` images of `shown_source` (picked by `repre.data.splits.subset_of`; an unreadable one replaced by
+    the next readable image not shown yet), as read."""
+    source = shown_source(cfg)
     picked = subset_of(source, n)
     shown: dict[int, tuple[torch.Tensor, int]] = {}
     failed: set[int] = set()  # each image is tried once
@@ -168,7 +191,7 @@ def first_images(cfg: Config, n: int) -> tuple[list[torch.Tensor], list[int], li
             break
     if not shown:
         raise UserError("none of the images to show could be read (each is named in a warning above)")
-    return [x for x, _ in shown.values()], [y for _, y in shown.values()], class_names(source)
+    return list(shown), [x for x, _ in shown.values()], [y for _, y in shown.values()], class_names(source)
 
 
 def on_image(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -219,17 +242,19 @@ def notes(images: torch.Tensor, runs: list[Panels]) -> list[str]:
 
 
 def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
-         overrides: list[str] | None = None) -> dict[str, Any]:
-    """Draw the pictures of `checkpoint` (and of `compare` beside them) for its first `images` test images into
-    the PNG `out` -> {"out", "images", "labels", "checkpoints", "columns"}."""
+         overrides: list[str] | None = None, image_index: list[int] | None = None) -> dict[str, Any]:
+    """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
+    at `image_index` when given) into the PNG `out` -> {"out", "images", "indices", "labels", "classes",
+    "checkpoints", "columns"}."""
     overrides = list(overrides or [])
-    if images < 1:
+    if images < 1 and not image_index:
         raise UserError(f"--images {images}: show at least one image")
     if Path(out).suffix.lower() != ".png":
         raise UserError(f"--out {out} must end in .png")
     refuse_unread("repre show", overrides, reads.SHOW)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
-    read, labels, classes = first_images(loaded[1], images)
+    indices, read, labels, classes = (chosen_images(loaded[1], image_index) if image_index
+                                      else first_images(loaded[1], images))
     rt = setup_runtime(loaded[1].train)
     runs = [panels(checkpoint, loaded, read, rt)]
     if compare is not None:
@@ -243,7 +268,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     pixels = runs[0].images  # the image column: as the first checkpoint sees them
     cols = columns(pixels, names, runs)
     save_png(sheet(cols, notes=notes(pixels, runs)), Path(out))
-    return {"command": "show", "out": str(out), "images": len(labels),
+    return {"command": "show", "out": str(out), "images": len(labels), "indices": indices,
             "labels": [y if y >= 0 else None for y in labels],
             "classes": [n or None for n in names],
             "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
