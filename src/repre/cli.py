@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="FILE.png")
     sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
     sh.add_argument("--image-index", metavar="I,I,...",
-                    help="the test images shown, by index (a result's or neighbors' `index`), instead of --images")
+                    help="the test images shown, by index (e.g. an `index` of `repre embed --split test`), instead of "
+                    "--images")
     _set_option(sh, f"override a key of the first checkpoint's config: {reads.listed(reads.SHOW)} (data.* picks the "
                 "images)")
     ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")

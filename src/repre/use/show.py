@@ -154,7 +154,7 @@ Shown = tuple[list[int], list[torch.Tensor], list[int], list[str] | None]  # ind
 
 
 def chosen_images(cfg: Config, indices: list[int]) -> Shown:
-    """The images of `shown_source` at `indices` (e.g. a result's or `repre neighbors`' `index`), as read; one
+    """The images of `shown_source` at `indices` (e.g. those of `repre embed --split test`'s rows), as read; one
     that cannot be read exits 2."""
     source = shown_source(cfg)
     read = []
