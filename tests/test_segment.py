@@ -3,8 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import last_json, run_cli, save_png, tiny_config, write_idx
+from repre.core.pictures import sheet_size, thumb_side
 from repre.data.folder import UnreadableImage
 from repre.data.scenes import FashionScenes, compose
 from repre.data.seg_folder import SegmentationFolder, read_mask
@@ -63,6 +65,21 @@ def test_eval_segment_end_to_end(tiny_run, fmnist_root, repre_log):
     assert 0 <= result["extra"]["pixel_acc"] <= 1 and result["extra"]["feature_grid"] == [16, 16]
     said = "measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this run's synthetic"
     assert said in repre_log.text
+    with Image.open(result["extra"]["picture"]) as picture:  # 8 test scenes: image, truth, prediction
+        assert picture.size[0] == sheet_size(8, 3, thumb_side(64), True, True)[0]
+        assert picture.size[1] > sheet_size(8, 3, thumb_side(64), True, True)[1]  # the colours named under it
+
+
+def test_the_masks_are_drawn_in_the_palettes_colours_and_the_unlabelled_in_white():
+    from repre.eval.segment import PALETTE, coloured, segment_picture
+
+    masks = torch.tensor([[[0, 1], [255, 1 + len(PALETTE)]]])
+    drawn = coloured(masks, ignore=255)  # [1, 3, 2, 2]
+    assert drawn[0, :, 0, 0].tolist() == [0, 0, 0] and drawn[0, :, 0, 1].tolist() == list(PALETTE[1][1])
+    assert drawn[0, :, 1, 0].tolist() == [255, 255, 255] and drawn[0, :, 1, 1].tolist() == list(PALETTE[1][1])
+    images = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    picture = segment_picture(images, masks, torch.tensor([[[0, 1], [0, 0]]]), 255, ["background", "coat"], 2)
+    assert picture.size[0] == sheet_size(1, 3, thumb_side(2), True, True)[0]
 
 
 def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_location():

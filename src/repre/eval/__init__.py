@@ -57,7 +57,8 @@ def evaluate(
         rt = setup_runtime(cfg.train, join_group=True)
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
             encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
-            if task == "linear":  # the papers' protocols keep a resumable checkpoint in `out`
+            if task in ("linear", "segment"):  # the papers' protocols keep a resumable checkpoint in `out`;
+                # the dense probe draws its predictions there
                 result = encoder_tasks()[task](encoder, cfg, rt, Path(out) if out else None)
             else:
                 result = encoder_tasks()[task](encoder, cfg, rt)

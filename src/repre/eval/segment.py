@@ -5,20 +5,23 @@ test-split items), or a folder of images with PNG label masks (ADE20K-style, `re
 An encoder pre-trained at another image size is evaluated at the scene size with its position embedding made
 for that size (`Backbone.at_size`). Reported: mIoU over the classes
 present in the test scenes' truth or in the prediction (a class predicted but absent counts 0) (`value`), and
-pixel accuracy.
+pixel accuracy; `out/segment.png` draws the first probe-test images, their truth and the probe's prediction.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from repre.config import Config
 from repre.core import dist
+from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import CLASSES, FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
@@ -32,6 +35,16 @@ from repre.eval.probe import fit_probe
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
+
+PICTURE = "segment.png"
+SHOWN = 8  # probe-test images drawn
+# a class's colour in the picture, by index (cycled past the last): distinct colours, the background black
+PALETTE = [("black", (0, 0, 0)), ("red", (230, 25, 75)), ("green", (60, 180, 75)), ("yellow", (255, 225, 25)),
+           ("blue", (0, 130, 200)), ("orange", (245, 130, 48)), ("purple", (145, 30, 180)), ("cyan", (70, 240, 240)),
+           ("magenta", (240, 50, 230)), ("lime", (210, 245, 60)), ("pink", (250, 190, 212)), ("teal", (0, 128, 128)),
+           ("lavender", (220, 190, 255)), ("brown", (170, 110, 40)), ("maroon", (128, 0, 0)), ("olive", (128, 128, 0)),
+           ("navy", (0, 0, 128)), ("grey", (128, 128, 128))]
+IGNORED = (255, 255, 255)  # pixels without a label
 
 
 def dense_unit(encoder: Backbone) -> int:
@@ -64,13 +77,20 @@ def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: floa
 
 
 @torch.no_grad()
+def predicted(probe: torch.nn.Conv2d, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """feats [N, D, h, w] -> the probe's class of each pixel [N, *size]: the logits upsampled bilinear, as
+    `confusion` scores them."""
+    return F.interpolate(probe(feats), size=size, mode="bilinear", align_corners=False).argmax(dim=1)
+
+
+@torch.no_grad()
 def confusion(probe: torch.nn.Conv2d, feats: torch.Tensor, masks: torch.Tensor, classes: int,
               ignore: int = 255) -> torch.Tensor:
     """[classes, classes] pixel counts, rows = truth, columns = prediction; `ignore` pixels and labels outside
     [0, classes) are not counted."""
     conf = torch.zeros(classes, classes, dtype=torch.long)
     for f, m in zip(feats.split(64), masks.split(64), strict=True):
-        pred = F.interpolate(probe(f), size=m.shape[-2:], mode="bilinear", align_corners=False).argmax(dim=1)
+        pred = predicted(probe, f, tuple(m.shape[-2:]))
         m = m.long()
         valid = (m != ignore) & (m >= 0) & (m < classes)
         conf += torch.bincount(m[valid] * classes + pred[valid], minlength=classes**2).view(classes, classes)
@@ -84,6 +104,30 @@ def miou(conf: torch.Tensor) -> tuple[float, float, list[float | None]]:
     per_class = [float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True)]
     present = [v for v in per_class if v is not None]
     return sum(present) / max(len(present), 1), float(tp.sum() / conf.sum().clamp_min(1)), per_class
+
+
+def coloured(masks: torch.Tensor, ignore: int) -> torch.Tensor:
+    """Class maps [N, S, S] -> uint8 [N, 3, S, S] in `PALETTE`'s colours, `ignore` pixels white."""
+    table = torch.tensor([rgb for _, rgb in PALETTE] + [IGNORED], dtype=torch.uint8)
+    index = torch.where(masks == ignore, len(PALETTE), masks.long() % len(PALETTE))
+    return table[index].permute(0, 3, 1, 2)
+
+
+def segment_picture(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, ignore: int,
+                    names: list[str] | None, classes: int) -> Image.Image:
+    """A row per probe-test image (uint8 [N, 3, S, S]): the image, its true classes and the probe's prediction
+    ([N, S, S] each), the prediction's pixel accuracy under it; the colours named under the picture."""
+    side = thumb_side(images.shape[-1])
+    valid = truth != ignore
+    acc = ((pred == truth) & valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp_min(1)
+    legend = ", ".join(f"{(names or [])[c] if c < len(names or []) else c} {PALETTE[c % len(PALETTE)][0]}"
+                       for c in range(classes))
+    return sheet([Column([tile(x, side) for x in images], "image"),
+                  Column([tile(x, side) for x in coloured(truth, ignore)], "truth"),
+                  Column([tile(x, side) for x in coloured(pred, ignore)], "probe", captions=[
+                      f"{a:.1%} of pixels" for a in acc.tolist()])],
+                 notes=[f"each row: a probe-test image, its classes and the dense probe's prediction (the share of "
+                        f"its labelled pixels predicted right under it); colours: {legend}; white: no label"])
 
 
 @dataclass
@@ -145,8 +189,9 @@ def folder_data(cfg: Config) -> ProbeData:
     return ProbeData(*parts, classes, e.segment.ignore)
 
 
-def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
-    """Train the probe on probe-train images, report mIoU and pixel accuracy on probe-test images."""
+def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
+    """Train the probe on probe-train images, report mIoU and pixel accuracy on probe-test images; draw the
+    first of them, their truth and the prediction into `out/segment.png`."""
     e = cfg.eval
     if e.segment.data == "fashion-scenes" and cfg.data.name != "fashion-mnist" and dist.is_main():
         log.warning("the dense probe measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this "
@@ -164,4 +209,10 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
              "classes": data.classes,
              "train_images": len(data.train_images), "test_images": len(data.test_images),
              "feature_grid": list(f_train.shape[-2:])}
+    if out is not None and dist.is_main():
+        n = min(SHOWN, len(data.test_images))
+        pred = predicted(probe, f_test[:n], tuple(data.test_masks.shape[-2:]))
+        save_png(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore, data.names,
+                                 data.classes), out / PICTURE)
+        extra["picture"] = str(out / PICTURE)
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}
