@@ -3,7 +3,9 @@ still going or killed; the k-NN during and after training; each `repre eval` res
 keys on which the runs differ.
 
 The first run is the reference: the others' numbers carry their difference to it (a ratio for speed and time),
-so a RePre run given after its baseline reads as RePre's gain and cost. Only the runs' files are read: no
+so a RePre run given after its baseline reads as RePre's gain and cost. With `seeds`, the runs of one setting
+over several seeds are one column: each number their mean ± standard deviation, read against the first
+column's mean. Only the runs' files are read: no
 torch, and a config that this repre would refuse still compares (read as it was written, in today's keys).
 """
 
