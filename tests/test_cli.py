@@ -209,6 +209,20 @@ def test_resume_continues_to_the_new_total(tmp_path):
     assert code == 0 and last_json(stdout)["steps"] == 6
 
 
+def test_resume_goes_on_past_a_summary_and_a_metrics_line_cut_short(tmp_path, repre_log):
+    """A crash or a full disk while the run's files were written: the cut line is dropped (said), the summary
+    written again."""
+    out = tmp_path / "r"
+    assert run_cli(pretrain_args(out, "eval.knn.enabled=false"))[0] == 0
+    (out / "summary.json").write_text('{"completed": tr')
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 4, "kind": "tra')
+    code, stdout = run_cli(["pretrain", "--out", str(out), "--resume"])
+    assert code == 0 and last_json(stdout)["steps"] == 4 and json.loads((out / "summary.json").read_text())["completed"]
+    assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    assert "left out 1 line(s) cut short" in repre_log.text
+
+
 def test_resume_on_an_empty_dir_starts_fresh(tmp_path, capsys):
     code, stdout = run_cli(pretrain_args(tmp_path / "new", "eval.knn.enabled=false") + ["--resume"])
     assert code == 0 and last_json(stdout)["steps"] == 4

@@ -16,6 +16,7 @@ from torch import nn
 from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections
 from repre.config.reads import listed
 from repre.core import checkpoint_io, dist, rng, run_files
+from repre.core.atomic import replacing
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
@@ -264,8 +265,21 @@ class Checkpoints:
                         "resumed step", was, total)
 
     def _truncate_metrics(self) -> None:
-        """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
+        """Drop metric lines written after the checkpoint we resume from (they will be written again), and a
+        line cut short by a crash or a full disk (said)."""
         path = self.out / run_files.METRICS
-        if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.state.step]
-            path.write_text("".join(f"{ln}\n" for ln in keep))
+        if not path.is_file():
+            return
+        keep, cut = [], 0
+        for line in filter(None, path.read_text().splitlines()):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                cut += 1
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= self.state.step:
+                keep.append(line)
+        if cut:
+            log.warning("%s: left out %d line(s) cut short when the run stopped", path, cut)
+        with replacing(path) as tmp:
+            tmp.write_text("".join(f"{ln}\n" for ln in keep))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from repre.builder import build_model, check_deterministic
 from repre.config import Config, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
+from repre.core.atomic import replacing
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, run_settings, setup_runtime
@@ -268,7 +269,7 @@ class Trainer:
         path = self.out / run_files.SUMMARY
         summary = None
         if self.state.step >= self.total and path.is_file():
-            stored = json.loads(path.read_text())
+            stored = run_files.read_json(path)  # {} for one cut short: the run's end is redone
             if stored.get("completed") and stored.get("steps") == self.state.step:
                 summary = stored
         if dist.is_distributed():
@@ -375,6 +376,7 @@ class Trainer:
             summary.update(callback.on_fit_end(self, writer, completed))
         summary["wall_s"] = round(time.perf_counter() - self.started, 3)
         if dist.is_main():
-            (self.out / run_files.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+            with replacing(self.out / run_files.SUMMARY) as tmp:
+                tmp.write_text(json.dumps(summary, indent=2) + "\n")
         dist.barrier()  # no process exits (torchrun then stops the others) before rank 0's pictures and summary
         return summary
