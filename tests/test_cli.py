@@ -175,6 +175,35 @@ def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):
     assert {key.split(".")[1] for key in named} == set(EVAL_TASKS)
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, tmp_path, capsys, monkeypatch):
+    """A file where --out needs a folder: eval, show (and the commands that write a file) exit 2 before they
+    compute anything; pretrain, and an error of the filesystem met later, say which path and why (exit 2)."""
+    import errno
+
+    import repre.cli
+
+    run, _ = tiny_run
+    (tmp_path / "afile").write_text("")
+    import repre.eval
+    import repre.use.show
+
+    monkeypatch.setattr(repre.eval, "evaluate", lambda *args: pytest.fail("the work began"))
+    monkeypatch.setattr(repre.use.show, "show", lambda *args: pytest.fail("the work began"))
+    for argv in (["eval", "knn", "--checkpoint", str(run), "--out", str(tmp_path / "afile" / "sub")],
+                 ["show", "--checkpoint", str(run), "--out", str(tmp_path / "afile" / "s.png")]):
+        assert run_cli(argv)[0] == 2
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert run_cli(pretrain_args(tmp_path / "afile" / "run"))[0] == 2
+    assert f"cannot use {tmp_path / 'afile' / 'run'}: Not a directory" in capsys.readouterr().err
+
+    def refused(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/shared/runs")
+
+    monkeypatch.setattr(repre.cli, "cmd_config", refused)
+    assert run_cli(["config"])[0] == 2
+    assert "cannot use /srv/shared/runs: Permission denied; give another path" in capsys.readouterr().err
+
+
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run
     assert run_cli(pretrain_args(out))[0] == 2

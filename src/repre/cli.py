@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from repre._version import __version__
 from repre.config import EVAL_TASKS, reads
 from repre.core import run_files
+from repre.core.atomic import check_writable
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -208,23 +210,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
     if not args.out and _launch_rank() == 0:
         keep_earlier(args.checkpoint, args.task, args.overrides)
-    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocked is not None:  # before the evaluation: its result would be lost when it is written
-        raise UserError(f"--out {out}: {blocked} is a file; give a directory for the result")
+    check_writable(out, "--out" if args.out else "the result's folder")  # before the work its result needs
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0
-    write_result(out, result)
-    tag = add_evaluation(run_dir(args.checkpoint), result)
-    if tag:
-        log.info("added to the run's TensorBoard: %s at step %s", tag, result["checkpoint"]["step"])
     details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
     print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
     print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")
     per_class = _per_class(result["extra"])
     if per_class:
         print(per_class)
-    print(json.dumps(result), flush=True)
+    print(json.dumps(result), flush=True)  # before the files: a folder that fails now still has it printed
+    write_result(out, result)
+    tag = add_evaluation(run_dir(args.checkpoint), result)
+    if tag:
+        log.info("added to the run's TensorBoard: %s at step %s", tag, result["checkpoint"]["step"])
     return 0
 
 
@@ -373,6 +373,13 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
+FILE_OUTPUTS = ("export", "show", "embed", "neighbors", "map")  # the commands whose --out is a file
+# a file or folder that cannot be written where the user pointed (exit 2, not a crash): no permission, a read-only
+# filesystem, a file where a folder should be or the reverse, a full disk or quota
+PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOSPC,
+               errno.EDQUOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _setup_logging()
@@ -384,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
     try:
+        if args.command in FILE_OUTPUTS:  # before the work that the file would hold
+            check_writable(Path(args.out).absolute().parent, "--out")
         return commands[args.command](args)
     except UserError as exc:
         _say(f"repre: error: {user_message(exc)}")
@@ -404,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         if "out of memory" not in str(exc).lower():
             raise
         _say(out_of_memory_message(exc))
+        return 2
+    except OSError as exc:
+        if exc.errno not in PATH_ERRORS or not exc.filename:
+            raise
+        hint = ("free space there, or give another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+                "give another path (one this user may read or write, a folder where a folder belongs)")
+        _say(f"repre: error: cannot use {exc.filename}: {exc.strerror}; {hint}")
         return 2
 
 

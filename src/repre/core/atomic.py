@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from repre.errors import UserError
+
 
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
@@ -24,3 +26,14 @@ def replacing(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Exit 2 before any work when `folder` (where a command's files go) could not be written: it, or a folder
+    above it, is a file, or the nearest existing one is not writable by this user. Nothing is created."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    blocked = next((p for p in (existing, *existing.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"{option} {folder}: {blocked} is a file, not a folder; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {folder}: {existing} is not writable by this user; give a path you can write to (--out)")
