@@ -167,6 +167,15 @@ def test_automatic_workers_share_the_cores_among_torchruns_processes(monkeypatch
     assert resolve_workers(3) == 3
 
 
+def test_more_workers_than_the_cores_can_hold_are_refused(monkeypatch):
+    """train.num_workers=1000 on 2 cores hung the run until the memory ran out: refused, saying the most."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resolve_workers(8) == 8
+    with pytest.raises(UserError, match=r"train.num_workers=9: .* at most 8 here \(-1 chooses 1\)"):
+        resolve_workers(9)
+
+
 def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():
     whole = iter(EpochBatchSampler(40, 8, seed=3, start_step=3))
     shares = [iter(EpochBatchSampler(40, 8, seed=3, start_step=3, rank=r, world=4)) for r in range(4)]

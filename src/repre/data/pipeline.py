@@ -224,14 +224,22 @@ class EpochBatchSampler(Sampler):
         return self.steps_per_epoch
 
 
+WORKERS_PER_CORE = 4  # the most data workers a core may be given: room for loading that waits on a network disk
+
+
 def resolve_workers(requested: int) -> int:
     """-1 -> min(8, this process's share of the cores - 1), leaving a core to its training loop. The share:
     the cores it may run on, divided among the processes torchrun started on the node, which all see the same
     cores (the official MoCo v3 divides its workers so too); 8 GPU processes on 64 cores get 7 workers each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // dist.local_world_size())
+    if requested > WORKERS_PER_CORE * share:
+        raise UserError(f"train.num_workers={requested}: each data worker is a process with its own memory, and "
+                        f"{requested} on {share} core(s) would exhaust it before the first step; at most "
+                        f"{WORKERS_PER_CORE * share} here (-1 chooses {max(0, min(8, share - 1))})")
     if requested >= 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores // dist.local_world_size() - 1))
+    return max(0, min(8, share - 1))
 
 
 def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:
