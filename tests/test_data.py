@@ -1,4 +1,7 @@
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -421,3 +424,25 @@ def test_a_folder_without_classes_or_with_one_is_told_what_evaluation_needs(tmp_
                           ("empty", "Fashion-MNIST not found")):
         with pytest.raises(UserError, match=message):
             build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / root}").data, "train")
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_silently_left_out(tmp_path, monkeypatch, repre_log):
+    """Its images are left out with a warning naming it; no image readable at all says why (was: "no images")."""
+    for c in ("cat", "dog"):
+        for i in range(2):
+            save_png(tmp_path / c / f"{i}.png", np.zeros((8, 8, 3), np.uint8))
+    listed = os.scandir
+
+    def scandir(path):
+        if "dog" in str(path) or refused_root:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return listed(path)
+
+    refused_root = False
+    monkeypatch.setattr(os, "scandir", scandir)
+    folder = ImageFolder(tmp_path)
+    assert len(folder) == 2 and folder.classes == ["cat"]
+    assert f"cannot list folder {tmp_path / 'dog'} (Permission denied): its images are left out" in repre_log.text
+    refused_root = True
+    with pytest.raises(UserError, match="no readable images .* give this user read access"):
+        ImageFolder(tmp_path)

@@ -62,12 +62,16 @@ def holds_images(root: str | Path, depth: int = 2) -> bool:
     return depth > 0 and any(holds_images(p, depth - 1) for p in entries[:10] if p.is_dir())
 
 
-def _scan(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+def _scan(root: Path) -> tuple[list[Path], list[OSError]]:
+    """The image files under `root`, in a fixed order, and the errors of the folders that could not be listed
+    (their images left out; each is warned of)."""
+    files, unlisted = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
         dirnames.sort()
         files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
-    return files
+    for exc in unlisted:
+        log.warning("cannot list folder %s (%s): its images are left out", exc.filename, exc.strerror)
+    return files, unlisted
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -140,7 +144,10 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"image folder {self.root} does not exist; set data.root to a folder of images")
-        self.files = _scan(self.root)
+        self.files, unlisted = _scan(self.root)
+        if not self.files and unlisted:
+            raise UserError(f"no readable images in {self.root}: {len(unlisted)} folder(s) cannot be listed, "
+                            f"{unlisted[0].filename} first ({unlisted[0].strerror}); give this user read access")
         if not self.files:
             raise UserError(
                 f"no images in {self.root} (looked for {', '.join(EXTENSIONS)} in it and its sub-folders); "
