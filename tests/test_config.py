@@ -62,6 +62,21 @@ def test_missing_file_and_unknown_preset():
         load_config("fmnist-mocov")
 
 
+def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):
+    """A key written twice (YAML keeps the last silently), a file that is not text, a folder (a run's: its
+    config.yaml named)."""
+    (tmp_path / "dup.yaml").write_text("train:\n  max_steps: 10\n  max_steps: 20\n")
+    with pytest.raises(UserError, match=r"(?s)not valid YAML: .*'max_steps' is given twice.*line 3"):
+        load_config(str(tmp_path / "dup.yaml"))
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_config(str(tmp_path / "bin.yaml"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("")
+    with pytest.raises(UserError, match=f"is a folder; a run's: give --config {tmp_path / 'run' / 'config.yaml'}"):
+        load_config(str(tmp_path / "run"))
+
+
 def test_bad_override_syntax():
     with pytest.raises(UserError, match="key=value"):
         parse_overrides(["train.max_steps"])

@@ -28,9 +28,29 @@ def list_presets() -> dict[str, str]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML would keep the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in this mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no code runs from the file
     except yaml.YAMLError as exc:
         raise UserError(f"{where} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -81,10 +101,19 @@ def source_dict(source: str | None) -> dict[str, Any]:
     """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
     source = source or DEFAULT_PRESET
     path = Path(source)
+    if path.is_dir():
+        run = path / "config.yaml"
+        hint = (f"a run's: give --config {run} to train with its settings, or --out {path} --resume to go on with it"
+                if run.is_file() else "give a preset name or a YAML file")
+        raise UserError(f"--config {source} is a folder; {hint}")
     if path.is_file() or source.endswith((".yaml", ".yml")):
         if not path.is_file():
             raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
-        raw = _read_yaml(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"config file {source} is not UTF-8 text: give a YAML file") from None
+        raw = _read_yaml(text, str(path))
         if _resolved(raw):  # a run's own config.yaml, perhaps from an older repre: read as it was trained
             return migrate(raw)
         raw.setdefault("preset", path.stem)
