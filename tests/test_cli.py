@@ -406,6 +406,13 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     code, _ = run_cli(pretrain_args(out, "eval.knn.enabled=false", "recon.weight=0.5") + ["--resume"])
     assert code == 2
     assert "recon.weight" in capsys.readouterr().err
+    # another framework and six more keys: the framework named first, the count of those not listed
+    many = ["method.name=dino", *(f"aug.{k}=0.01" for k in ("hflip", "jitter_prob", "brightness", "contrast",
+                                                              "saturation", "hue"))]
+    code, _ = run_cli(pretrain_args(out, "eval.knn.enabled=false", *many) + ["--resume"])
+    said = capsys.readouterr().err
+    assert code == 2 and "the config differs in method.name: 'mocov3' -> 'dino', aug." in said
+    assert "(and 2 more). Resume" in said
 
 
 def test_shards_without_a_root_exit_2_saying_what_to_set(tmp_path, capsys):

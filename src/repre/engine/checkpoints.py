@@ -219,7 +219,9 @@ class Checkpoints:
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES + idle)]
         if changed:
-            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+            changed.sort(key=lambda k: k not in ("method.name", "model.arch", "recon.enabled"))  # what else follows
+            more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5]) + more
             raise UserError(
                 f"cannot resume from {path}: the config differs in {diffs}. Resume with the run's own config "
                 f"(no --config, and no --set of those keys) or start a new --out; only "
