@@ -149,10 +149,12 @@ def test_show_draws_the_images_it_is_given_by_index(tiny_run, tmp_path, image_fo
     assert "--image-index 0 cannot be read" in capsys.readouterr().err
 
 
-def test_show_needs_at_least_one_image(tiny_run, tmp_path):
+def test_show_needs_at_least_one_image_and_at_most_a_readable_picture(tiny_run, tmp_path):
     run, _ = tiny_run
     code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "0"])
     assert code == 2
+    code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "65"])
+    assert code == 2 and not (tmp_path / "x.png").exists()  # a picture 65 rows tall: refused before any work
 
 
 def test_show_draws_an_unlabelled_folders_training_images(tiny_run, tmp_path):

@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     _checkpoint_option(sh)
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
     sh.add_argument("--out", required=True, help="FILE.png")
-    sh.add_argument("--images", type=int, default=4, help="test images shown (default 4; data.subset's rule picks them)")
+    sh.add_argument("--images", type=int, default=4, help="test images shown (default 4, at most 64; data.subset's rule picks them)")
     sh.add_argument("--image-index", metavar="I,I,...",
                     help="the test images shown, by index (e.g. an `index` of `repre embed --split test`), instead of "
                     "--images")

@@ -38,6 +38,7 @@ from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
 
 TILE = 96  # pixels per panel
+MAX_IMAGES = 64  # rows of a picture
 # how to read the panels: a note under the picture for each it has
 ATTENTION_NOTE = ("attention: the last block's class-token weights over the patches, each map scaled to its own range "
                   "(bright: more weight); max Nx flat: its largest weight over a uniform map's (1x: no patch "
@@ -249,6 +250,9 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     overrides = list(overrides or [])
     if images < 1 and not image_index:
         raise UserError(f"--images {images}: show at least one image")
+    if max(images, len(image_index or [])) > MAX_IMAGES:
+        raise UserError(f"{len(image_index or []) or images} images: show draws at most {MAX_IMAGES}, a row each "
+                        "(a taller picture cannot be read); draw others in another picture")
     if Path(out).suffix.lower() != ".png":
         raise UserError(f"--out {out} must end in .png")
     refuse_unread("repre show", overrides, reads.SHOW)
