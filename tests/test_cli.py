@@ -495,7 +495,7 @@ def test_a_wrong_setting_found_while_building_leaves_no_directory(tmp_path, caps
         assert "error" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-def test_an_interrupted_embed_says_the_same_command_goes_on(monkeypatch, capsys):
+def test_an_interrupted_embed_or_eval_says_what_the_same_command_does(monkeypatch, capsys):
     import repre.cli as cli
 
     def interrupted(args):
@@ -504,6 +504,9 @@ def test_an_interrupted_embed_says_the_same_command_goes_on(monkeypatch, capsys)
     monkeypatch.setattr(cli, "cmd_embed", interrupted)
     assert main(["embed", "--checkpoint", "x", "--out", "e.npy"]) == 3
     assert "interrupted; the same command (without --overwrite) goes on from the rows written" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "cmd_eval", interrupted)
+    assert main(["eval", "knn", "--checkpoint", "x"]) == 3
+    assert "interrupted; no partial result is kept, the same command starts again" in capsys.readouterr().err
 
 
 def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkeypatch):

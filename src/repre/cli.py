@@ -399,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         _tell_launcher(exc)
         return 2
     except KeyboardInterrupt:
-        go_on = ("; the same command (without --overwrite) goes on from the rows written" if args.command == "embed"
-                 else "")
+        go_on = {"embed": "; the same command (without --overwrite) goes on from the rows written",
+                 "eval": "; no partial result is kept, the same command starts again (the linear probe's papers' "
+                         "protocols go on from their last saved epoch)"}.get(args.command, "")
         _say(f"repre: interrupted{go_on}")
         return 3
     except BrokenPipeError:  # `repre ... | head -1`: the reader left; say nothing more (Python's recipe)
