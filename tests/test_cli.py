@@ -253,9 +253,14 @@ def test_resume_goes_on_past_a_summary_and_a_metrics_line_cut_short(tmp_path, re
 
 
 def test_resume_on_an_empty_dir_starts_fresh(tmp_path, capsys):
-    code, stdout = run_cli(pretrain_args(tmp_path / "new", "eval.knn.enabled=false") + ["--resume"])
+    code, stdout = run_cli(pretrain_args(tmp_path / "baseline", "eval.knn.enabled=false") + ["--resume"])
     assert code == 0 and last_json(stdout)["steps"] == 4
     assert "starting fresh" in capsys.readouterr().err
+    code, stdout = run_cli(pretrain_args(tmp_path / "baseline2", "eval.knn.enabled=false") + ["--resume"])
+    assert code == 0 and "beside it has some" not in capsys.readouterr().err  # another seed's run, on purpose
+    code, stdout = run_cli(pretrain_args(tmp_path / "basline", "eval.knn.enabled=false") + ["--resume"])  # a typo
+    said = capsys.readouterr().err
+    assert code == 0 and "it has no checkpoint, so this is a new run; baseline" in said
 
 
 @pytest.mark.parametrize(

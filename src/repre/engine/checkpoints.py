@@ -4,9 +4,11 @@ another run's weights. The files themselves (atomic writes, checksums, safe load
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,20 @@ log = logging.getLogger("repre")
 # then follow the new length), where its images are (a dataset moved to a faster disk: the images it holds are
 # counted against the run's) and the evaluations; never what it computes
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "data.root", "eval.", *RUN_ONLY_KEYS)
+
+
+def similar_runs(out: Path) -> list[str]:
+    """The folders beside `out` with checkpoints and a name like its own (sigin: sigint), what a mistyped --out
+    meant; names that differ in their digits alone (seed0, seed1) are other runs on purpose."""
+    def letters(name: str) -> str:
+        return re.sub(r"\d", "", name)
+
+    try:
+        runs = [p.name for p in out.parent.iterdir() if p.name != out.name and (p / run_files.CHECKPOINTS).is_dir()
+                and letters(p.name) != letters(out.name)]
+    except OSError:
+        return []
+    return difflib.get_close_matches(out.name, runs, n=2, cutoff=0.8)
 
 
 def check_out(out: Path, resume: bool) -> None:
@@ -131,6 +147,10 @@ class Checkpoints:
                             "aside as *.damaged); start a new --out, or --init-from a copy you trust")
         log.info("no checkpoint in %s: starting fresh", self.out)
         if main:
+            near = similar_runs(self.out)
+            if near:
+                log.warning("--resume --out %s: it has no checkpoint, so this is a new run; %s beside it has some "
+                            "(stop and give that --out to go on with it)", self.out, " or ".join(near))
             self._truncate_metrics()
         return False
 
