@@ -80,6 +80,8 @@ def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(UserError, match="key=value"):
         parse_overrides(["train.max_steps"])
+    with pytest.raises(UserError, match=r"--set recon.taps=\[1,3: the value is not valid YAML"):
+        parse_overrides(["recon.taps=[1,3"])
 
 
 def test_batch_size_needs_negatives():

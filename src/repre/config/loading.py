@@ -130,7 +130,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise UserError(f"--set expects key=value (e.g. train.max_steps=20), got {item!r}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        except yaml.YAMLError as exc:
+            if text.strip().startswith(("[", "{")):  # meant as a list or mapping: say where it breaks
+                raise UserError(f"--set {item}: the value is not valid YAML ({str(exc).splitlines()[0]}); write a "
+                                "list as [a, b], a mapping as {key: value}") from None
             value = text
         node = out
         parts = key.strip().split(".")
