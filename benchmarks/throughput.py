@@ -218,12 +218,11 @@ def _per_view_forward(method):
     from repre.core.dist import gather, rank
     from repre.losses import mocov3_loss
 
-    def forward(views, momentum, labels=None, local_views=None, taps=()):
+    def forward(views, labels=None, local_views=None, taps=()):
         x1, x2 = views[:, 0], views[:, 1]
         (p1, m1), (p2, m2) = method.encoder(x1, taps), method.encoder(x2, taps)
         q1, q2 = method.predictor(method.projector(p1)), method.predictor(method.projector(p2))
-        with torch.no_grad():
-            method.update_momentum(momentum)
+        with torch.no_grad():  # the targets: updated by the model wrapping the method before this forward
             k1, k2 = (method.momentum_projector(method.momentum_encoder(x)[0]) for x in (x1, x2))
         offset = rank() * views.shape[0]
         loss = (mocov3_loss(q1, gather(k2), method.temperature, offset)

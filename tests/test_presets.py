@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from repre.config import flatten, load_config
+from repre.config import flatten, list_presets, load_config
 
 OFFICIAL = {
     "in1k-vit-s16-mocov3-repre": {  # CONFIG.md:105-117 (ViT-Small, 1 node, batch 1024); main_moco.py defaults
@@ -138,6 +138,11 @@ BRANCH = {
     "in1k-vit-s16-dino-repre": (2, 4, 4, "nearest"),
     "in1k-swin-t-moby-repre": (1, 4, 3, "nearest"),
 }
+
+
+def test_every_repre_preset_names_its_branch_here():
+    """A new preset with the branch states the branch its quality gate chose in BRANCH (else none checks it)."""
+    assert set(BRANCH) == {name for name in list_presets() if load_config(name).recon.enabled}
 
 
 @pytest.mark.parametrize("preset", sorted(BRANCH))

@@ -10,6 +10,7 @@ from conftest import tiny_config
 from repre.builder import build_model
 from repre.eval.recon import to_pixel_space
 from repre.losses import reconstruction_loss
+from repre.methods import FRAMEWORK_CLASSES
 from repre.methods.base import stack_views
 
 
@@ -181,7 +182,7 @@ def test_one_view_decodes_half_the_views():
     one = model(views, 0.99)
 
     rows = [0, 2, 5, 7]  # of [x1; x2]: images 0 and 2 by their first view, 1 and 3 by their second
-    maps = model.method(views, 0.99, taps=model.branch.taps).maps
+    maps = model.method(views, taps=model.branch.taps).maps
     targets = stack_views(views)
     torch.testing.assert_close(one["loss_recon"], model.branch.loss([m[rows] for m in maps], targets[rows]))
     torch.testing.assert_close(one["loss_contrastive"], both(views, 0.99)["loss_contrastive"])
@@ -218,3 +219,26 @@ def test_psnr_is_ten_log10_of_one_over_the_mse():
 
     a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.1)  # mse 0.01: 20 dB
     assert batch_psnr(a, b).tolist() == pytest.approx([20.0, 20.0])
+
+
+@pytest.mark.parametrize("recon", [False, True], ids=["baseline", "repre"])
+@pytest.mark.parametrize("name", sorted(FRAMEWORK_CLASSES))
+def test_every_framework_s_targets_follow_its_online_weights(name, recon):
+    """Whichever framework and wrapper, a step moves each target of `ema_pairs()` toward its online weights by
+    the step's momentum (the wrapper updates them: no framework repeats it), and every module no optimizer
+    trains is such a target (a pair left out would keep its target at the initial weights, and nothing else
+    would fail)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(f"method.name={name}", f"recon.enabled={str(recon).lower()}"), num_classes=10)
+    pairs = [(p_o, p_t) for online, target in model.method.ema_pairs()
+             for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True)]
+    with torch.no_grad():
+        for p_o, _ in pairs:
+            p_o.add_(torch.randn_like(p_o))  # the online weights off their copies
+    before = [p_t.detach().clone() for _, p_t in pairs]
+    model(torch.randn(4, 2, 3, 16, 16), 0.75)
+    for (p_o, p_t), was in zip(pairs, before, strict=True):
+        torch.testing.assert_close(p_t, 0.75 * was + 0.25 * p_o)
+    frozen = [child for child in model.method.children()  # the copies that no optimizer trains
+              if list(child.parameters()) and not any(p.requires_grad for p in child.parameters())]
+    assert {id(m) for m in frozen} == {id(target) for _, target in model.method.ema_pairs()}

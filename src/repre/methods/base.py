@@ -50,12 +50,14 @@ class MethodOutput:
 
 
 class Method(nn.Module):
-    """Base of a framework: `forward(views, momentum, labels=None, local_views=None, taps=()) -> MethodOutput`
+    """Base of a framework: `forward(views, labels=None, local_views=None, taps=()) -> MethodOutput`
     (`local_views`: DINO's multi-crop, the other methods receive None; `taps`: the units whose maps the RePre
     branch decodes).
 
     Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
-    `ema_pairs()`; forward updates them (`update_momentum`) before the momentum encoder's pass.
+    `ema_pairs()`: the model wrapping the method (`repre.reconstruction.PretrainingModel`) updates them with
+    the step's momentum (`update_momentum`) before each forward, so that the targets of a step are the EMA
+    of the weights that step starts from, as the official MoCo v3, MoBY and DINO code have them.
     `eval_encoder_key` names the encoder that evaluation and export use (the online one, or DINO's teacher).
     `set_progress(step, total)` runs before each step's forward and `after_backward()` after the gradients are
     clipped, for schedules and gradient rules of a method's own. A buffer that forward updates (DINO's center,

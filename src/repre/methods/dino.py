@@ -89,7 +89,7 @@ class DINO(Method):
                 p.grad = None
 
     def forward(
-        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+        self, views: torch.Tensor, labels: torch.Tensor | None = None,
         local_views: torch.Tensor | None = None, taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W] global crops; local_views: [B, L, 3, h, w] or None -> the loss,
@@ -102,8 +102,7 @@ class DINO(Method):
             n_crops += local_views.shape[1]
             local_pooled, _ = self.encoder(local_views.transpose(0, 1).flatten(0, 1))  # crop-major [L*B, ...]
             student.append(self.head(local_pooled))
-        with torch.no_grad():
-            self.update_momentum(momentum)
+        with torch.no_grad():  # the targets: updated by the model wrapping this method before this forward
             teacher = self.teacher_head(self.teacher_encoder(x)[0]).float()
         loss = dino_loss(torch.cat(student), teacher, self.center, n_crops, self.student_temp, self.teacher_temp)
         with torch.no_grad():

@@ -70,7 +70,7 @@ class MoBY(Method):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
     def forward(
-        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
+        self, views: torch.Tensor, labels: torch.Tensor | None = None, local_views: None = None,
         taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
@@ -78,8 +78,7 @@ class MoBY(Method):
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
         q1, q2 = self.predictor(self.projector(pooled[:b])), self.predictor(self.projector(pooled[b:]))  # BN per view
-        with torch.no_grad():
-            self.update_momentum(momentum)
+        with torch.no_grad():  # the targets: updated by the model wrapping this method before this forward
             t_pooled, _ = self.target_encoder(x)
             k1 = F.normalize(self.target_projector(t_pooled[:b]).float(), dim=1)
             k2 = F.normalize(self.target_projector(t_pooled[b:]).float(), dim=1)

@@ -43,7 +43,7 @@ class MoCoV3(Method):
         return [(self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)]
 
     def forward(
-        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
+        self, views: torch.Tensor, labels: torch.Tensor | None = None, local_views: None = None,
         taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
@@ -52,8 +52,7 @@ class MoCoV3(Method):
         pooled, maps = self.encoder(x, taps)
         z = self.projector(pooled[:b]), self.projector(pooled[b:])  # BN statistics per view, as official
         q1, q2 = self.predictor(z[0]), self.predictor(z[1])
-        with torch.no_grad():
-            self.update_momentum(momentum)
+        with torch.no_grad():  # the targets: updated by the model wrapping this method before this forward
             k_pooled, _ = self.momentum_encoder(x)
             k1, k2 = self.momentum_projector(k_pooled[:b]), self.momentum_projector(k_pooled[b:])
         offset = rank() * b

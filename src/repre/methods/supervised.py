@@ -25,7 +25,7 @@ class Supervised(Method):
         self.label_smoothing = label_smoothing
 
     def forward(
-        self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None, local_views: None = None,
+        self, views: torch.Tensor, labels: torch.Tensor | None = None, local_views: None = None,
         taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W], labels: [B] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
