@@ -18,7 +18,7 @@ from repre.core.dist import gather
 from repre.losses import moby_loss
 from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
 from repre.models.backbone import Backbone
-from repre.models.heads import moby_mlp
+from repre.models.heads import bn_mlp
 
 
 @torch.no_grad()
@@ -49,8 +49,8 @@ class MoBY(Method):
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.projector = moby_mlp(encoder.embed_dim, mlp_dim, proj_dim)
-        self.predictor = moby_mlp(proj_dim, mlp_dim, proj_dim)
+        self.projector = bn_mlp(encoder.embed_dim, mlp_dim, proj_dim)
+        self.predictor = bn_mlp(proj_dim, mlp_dim, proj_dim)
         self.target_encoder = momentum_copy(encoder)
         self.target_projector = momentum_copy(self.projector)
         self.temperature = temperature

@@ -53,7 +53,8 @@ class DINOHead(nn.Module):
         return self.last_layer(x)
 
 
-def moby_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """MoBY's projector / predictor: Linear + BN + ReLU, then Linear. [B, in_dim] -> [B, out_dim]."""
+def bn_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear + BN + ReLU, then Linear: BYOL's projector and predictor, which MoBY takes as they are.
+    [B, in_dim] -> [B, out_dim]."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
                          nn.Linear(hidden_dim, out_dim))
