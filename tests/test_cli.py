@@ -520,7 +520,10 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
     import io
     import sys
 
+    import repre.core.progress
     from repre.engine.trainer import Trainer
+
+    monkeypatch.setattr(repre.core.progress, "TERMINAL_INTERVAL", 0.0)  # every update redraws, however fast the steps
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

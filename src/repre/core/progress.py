@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+TERMINAL_INTERVAL = 0.1  # the least seconds between a bar's redraws on a terminal
 FILE_INTERVAL = 30.0  # seconds between the lines of a bar written to a file
 CURSOR_UP = "\x1b[A"  # tqdm's move to a bar above (nested bars); nothing to move in a file
 
@@ -33,5 +34,5 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     """`tqdm(iterable, **kwargs)` on standard error: on a terminal redrawn in place, into a file a line every
     `FILE_INTERVAL` s (`LogLines`)."""
     if sys.stderr.isatty():
-        return tqdm(iterable, mininterval=0.1, dynamic_ncols=True, **kwargs)
+        return tqdm(iterable, mininterval=TERMINAL_INTERVAL, dynamic_ncols=True, **kwargs)
     return tqdm(iterable, mininterval=FILE_INTERVAL, file=LogLines(sys.stderr), **kwargs)
