@@ -203,6 +203,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, t
     assert run_cli(["config"])[0] == 2
     assert "cannot use /srv/shared/runs: Permission denied; give another path" in capsys.readouterr().err
 
+    def renamed(args):  # os.replace of a finished temporary file over its target: the target named
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", "/w/.v.12.tmp.safetensors", None, "/w/v.safetensors")
+
+    def full(args):  # a write to a full disk names no file: the command's --out is named
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(repre.cli, "cmd_export", renamed)
+    assert run_cli(["export", "--checkpoint", "x", "--out", str(tmp_path / "v.safetensors")])[0] == 2
+    assert "cannot use /w/v.safetensors: Is a directory" in capsys.readouterr().err
+    monkeypatch.setattr(repre.cli, "cmd_embed", full)
+    assert run_cli(["embed", "--checkpoint", "x", "--out", str(tmp_path / "e.npy")])[0] == 2
+    assert f"cannot write {tmp_path / 'e.npy'}: No space left on device; free space there" in capsys.readouterr().err
+
 
 def test_out_not_empty_without_resume(tiny_run, capsys):
     out, _ = tiny_run

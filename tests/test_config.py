@@ -75,6 +75,16 @@ def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("")
     with pytest.raises(UserError, match=f"is a folder; a run's: give --config {tmp_path / 'run' / 'config.yaml'}"):
         load_config(str(tmp_path / "run"))
+    (tmp_path / "merged.yaml").write_text("train: {<<: {max_steps: 20, log_every: 5}, max_steps: 30}\n")
+    merged = load_config(str(tmp_path / "merged.yaml")).train  # a YAML merge key: the key after it overrides
+    assert (merged.max_steps, merged.log_every) == (30, 5)
+
+
+def test_a_folder_named_as_a_preset_leaves_the_preset_as_it_was(tmp_path, monkeypatch):
+    """runs/fmnist-mocov3-repre/ is the default --out: within runs/ the preset of that name is still the preset."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist-mocov3-repre").mkdir()
+    assert load_config("fmnist-mocov3-repre") == load_config(None)
 
 
 def test_bad_override_syntax():

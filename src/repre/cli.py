@@ -416,11 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         _say(out_of_memory_message(exc))
         return 2
     except OSError as exc:
-        if exc.errno not in PATH_ERRORS or not exc.filename:
+        message = path_error_message(exc, getattr(args, "out", None))
+        if message is None:
             raise
-        hint = ("free space there, or give another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
-                "give another path (one this user may read or write, a folder where a folder belongs)")
-        _say(f"repre: error: cannot use {exc.filename}: {exc.strerror}; {hint}")
+        _say(message)
+        _tell_launcher(UserError(message.removeprefix("repre: error: ")))
         return 2
 
 
@@ -443,6 +443,19 @@ def _say(message: str) -> None:
     """An error for people, on stderr; under torchrun rank 0 says it once for all processes."""
     if _launch_rank() == 0:
         print(message, file=sys.stderr)
+
+
+def path_error_message(exc: OSError, out: str | None) -> str | None:
+    """The message of a file or folder that cannot be written where the user pointed (no permission, a file
+    where a folder belongs, a full disk), naming it: the target of a rename over it (not the hidden temporary
+    file), or the command's --out where the error names none (a write to a full disk). None: another error."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    path = exc.filename2 or exc.filename or ((out or "the output") if full else None)
+    if exc.errno not in PATH_ERRORS or path is None:
+        return None
+    hint = ("free space there, or give another --out" if full else
+            "give another path (one this user may read or write, a folder where a folder belongs)")
+    return f"repre: error: cannot {'write' if full else 'use'} {path}: {exc.strerror or os.strerror(exc.errno)}; {hint}"
 
 
 def user_message(exc: UserError) -> str:

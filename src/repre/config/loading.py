@@ -35,6 +35,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: the merged keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, str):
             continue
@@ -101,7 +103,7 @@ def source_dict(source: str | None) -> dict[str, Any]:
     """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
     source = source or DEFAULT_PRESET
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and source not in list_presets():  # a preset's name stays the preset's beside a run folder
         run = path / "config.yaml"
         hint = (f"a run's: give --config {run} to train with its settings, or --out {path} --resume to go on with it"
                 if run.is_file() else "give a preset name or a YAML file")
