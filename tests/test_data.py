@@ -170,13 +170,16 @@ def test_automatic_workers_share_the_cores_among_torchruns_processes(monkeypatch
     assert resolve_workers(3) == 3
 
 
-def test_more_workers_than_the_cores_can_hold_are_refused(monkeypatch):
-    """train.num_workers=1000 on 2 cores hung the run until the memory ran out: refused, saying the most."""
+def test_more_workers_than_the_cores_can_hold_are_refused_and_many_said(monkeypatch, repre_log):
+    """train.num_workers=1000 on 2 cores hung the run until the memory ran out: refused, saying what to set; 9
+    (more than 4 a core) runs, said once."""
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert resolve_workers(8) == 8
-    with pytest.raises(UserError, match=r"train.num_workers=9: .* at most 8 here \(-1 chooses 1\)"):
-        resolve_workers(9)
+    assert resolve_workers(8) == 8 and "num_workers" not in repre_log.text
+    assert resolve_workers(9) == resolve_workers(9) == 9
+    assert repre_log.text.count("train.num_workers=9 on 2 core(s): more workers than") == 1
+    with pytest.raises(UserError, match=r"train.num_workers=1000 on 2 core\(s\): .* train.num_workers=-1 chooses 1"):
+        resolve_workers(1000)
 
 
 def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():

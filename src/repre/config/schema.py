@@ -259,7 +259,8 @@ class TrainConfig:
     # auto: bf16 where the hardware runs it natively (fp16 on GPUs without bf16), else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # data workers of each process; -1: min(8, its share of the cores - 1), the cores divided among torchrun's
-    # processes on the node; at most 4 per core of its share; streamed shards resume exactly only with as many
+    # processes on the node; more than 4 per core of its share are said, more than 64 refused; streamed shards
+    # resume exactly only with as many
     num_workers: int = -1
     compile: bool = False  # torch.compile each transformer block and the decoder with its loss (weights keep their names)
     # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
