@@ -79,6 +79,13 @@ def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder,
     with Image.open(tmp_path / "nn.png") as picture:
         assert picture.size[0] == sheet_size(1, 13, thumb_side(16), True, True, QUERY_GAP, [NOTE])[0]
 
+    # the bank again as the queries' file (a copy): the same rows, each query left out of its neighbours
+    for suffix in (".npy", ".csv", ".json"):
+        shutil.copy(emb.with_suffix(suffix), tmp_path / f"copy{suffix}")
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings", str(tmp_path / "copy.npy"),
+                                          "--query-index", "3", "--k", "11"))
+    assert code == 0 and 3 not in [n["row"] for n in last_json(stdout)["queries"][0]["neighbors"]]
+
     card = json.loads(queries.with_suffix(".json").read_text())
     card["identity"]["checkpoint_sha256"] = "0" * 64  # as if another checkpoint had embedded them
     queries.with_suffix(".json").write_text(json.dumps(card))
@@ -94,6 +101,8 @@ def test_the_share_of_neighbours_of_their_querys_class():
 
     assert same_class([query(0, 0, 1, 0), query(2, 2, None)]) == pytest.approx(3 / 4)  # unlabelled ones aside
     assert same_class([query(None, 0, 1)]) is None
+    named = {"label": 4, "class": "Coat", "neighbors": [{"label": 1, "class": "Coat"}, {"label": 4, "class": None}]}
+    assert same_class([named]) == 1.0  # by name where both are named (two files' labels), else by label
 
 
 def test_without_checkpoint_the_images_are_read_as_embed_read_them(embedded_folder, tmp_path):
@@ -171,7 +180,7 @@ def test_faiss_missing_exits_2_saying_how_to_install_it(embedded_folder, tmp_pat
     (["--k", "12"], "k is from 1 to 11"),
     (["--query-index", "3,99"], "--query-index 99 is not a row"),
     (["--query-index", "3,x"], "as integers"),
-    (["--queries", "20"], "the embeddings have 12 rows"),
+    (["--queries", "20"], "emb.npy has 12 rows"),
     (["--set", "data.root=/nowhere"], "does not exist"),
     (["--out", "x.jpg"], "must end in .png"),
 ])

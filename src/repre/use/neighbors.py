@@ -36,15 +36,17 @@ NOTE_OTHER = ("each row: a query image (#: its row in the queries' file, {querie
 log = logging.getLogger("repre")
 
 
-def choose_queries(rows: int, count: int, given: list[int] | None, seed: int) -> list[int]:
-    """The query rows: those `given`, checked, or `count` distinct rows drawn from `seed` (the same every time)."""
+def choose_queries(rows: int, count: int, given: list[int] | None, seed: int, name: str = "the embeddings",
+                   ) -> list[int]:
+    """The query rows of a file of `rows` rows (`name`): those `given`, checked, or `count` distinct rows drawn
+    from `seed` (the same every time)."""
     if given:
         bad = [r for r in given if not 0 <= r < rows]
         if bad:
-            raise UserError(f"--query-index {bad[0]} is not a row of the embeddings (0 to {rows - 1})")
+            raise UserError(f"--query-index {bad[0]} is not a row of {name} (0 to {rows - 1})")
         return list(dict.fromkeys(given))  # a row given twice is drawn once
     if not 0 < count <= rows:
-        raise UserError(f"--queries {count}: the embeddings have {rows} rows, so from 1 to {rows}")
+        raise UserError(f"--queries {count}: {name} has {rows} rows, so from 1 to {rows}")
     return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
 
 
@@ -154,13 +156,15 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     bank = Embedded.open(embeddings)
     asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank
     comparable(bank, asked)
+    if asked.files.npy.resolve() == bank.files.npy.resolve() or asked.card["identity"] == bank.card["identity"]:
+        asked = bank  # the same rows (the file, a link to it or a copy)
     own = asked is bank  # the queries are rows of the bank: each is left out of its own neighbours
     if own and len(bank.rows) < 2:
         raise UserError(f"{bank.files.npy} has {len(bank.rows)} rows: neighbours need at least 2 images")
     if not 0 < k <= len(bank.rows) - own:
         raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows, so k is from 1 to "
                         f"{len(bank.rows) - own}")
-    chosen = choose_queries(len(asked.rows), queries, query_rows, seed)
+    chosen = choose_queries(len(asked.rows), queries, query_rows, seed, asked.files.npy.name)
     hits = dict(zip(chosen, nearest(bank.rows, chosen, k, backend, None if own else asked.rows), strict=True))
     found = {r for h in hits.values() for r, _ in h}
     bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))
@@ -179,11 +183,11 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
 
 def same_class(queries: list[dict[str, Any]]) -> float | None:
     """The share of the labelled queries' neighbours that have their query's class (a retrieval precision at
-    k; by name where both are named, so that two files' labels need not share an order); None when no query
-    and neighbour both have a label."""
-    def kind(item: dict[str, Any]) -> Any:
-        return item["label"] if item.get("class") is None else item["class"]
+    k; by name where both are named, so that two files' labels need not share an order, else by label); None
+    when no query and neighbour both have a label."""
+    def same(q: dict[str, Any], n: dict[str, Any]) -> bool:
+        named = q.get("class") is not None and n.get("class") is not None
+        return q["class"] == n["class"] if named else q["label"] == n["label"]
 
-    pairs = [(kind(q), kind(n)) for q in queries for n in q["neighbors"]
-             if q["label"] is not None and n["label"] is not None]
-    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+    pairs = [same(q, n) for q in queries for n in q["neighbors"] if q["label"] is not None and n["label"] is not None]
+    return sum(pairs) / len(pairs) if pairs else None
