@@ -537,6 +537,7 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
     from repre.engine.trainer import Trainer
 
     monkeypatch.setattr(repre.core.progress, "TERMINAL_INTERVAL", 0.0)  # every update redraws, however fast the steps
+    monkeypatch.setattr(repre.core.progress, "FILE_INTERVAL", 1e9)  # and into a file none, however slow
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -139,7 +139,7 @@ def test_show_draws_the_images_it_is_given_by_index(tiny_run, tmp_path, image_fo
     run, _ = tiny_run
     argv = ["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--set", "data.name=folder",
             "--set", f"data.root={image_folder}"]
-    code, stdout = run_cli([*argv, "--image-index", "7,0"])
+    code, stdout = run_cli([*argv, "--image-index", "7,0", "--images", "100"])  # --images is not read then
     result = last_json(stdout)
     assert code == 0 and result["indices"] == [7, 0] and result["classes"] == ["dog", "cat"]
     assert run_cli([*argv, "--image-index", "12"])[0] == 2

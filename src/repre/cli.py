@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     _checkpoint_option(sh)
     sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
     sh.add_argument("--out", required=True, help="FILE.png")
-    sh.add_argument("--images", type=int, default=4, help="test images shown (default 4, at most 64; data.subset's rule picks them)")
+    sh.add_argument("--images", type=int, default=4,
+                    help="test images shown (default 4, at most 64; data.subset's rule picks them)")
     sh.add_argument("--image-index", metavar="I,I,...",
                     help="the test images shown, by index (e.g. an `index` of `repre embed --split test`), instead of "
                     "--images")
@@ -208,9 +209,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
-    if not args.out and _launch_rank() == 0:
-        keep_earlier(args.checkpoint, args.task, args.overrides)
-    check_writable(out, "--out" if args.out else "the result's folder")  # before the work its result needs
+    if _launch_rank() == 0:  # which alone writes; before the work its result needs
+        check_writable(out, "--out" if args.out else "the result's folder")
+        if not args.out:
+            keep_earlier(args.checkpoint, args.task, args.overrides)
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0

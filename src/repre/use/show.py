@@ -248,11 +248,12 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     at `image_index` when given) into the PNG `out` -> {"out", "images", "indices", "labels", "classes",
     "checkpoints", "columns"}."""
     overrides = list(overrides or [])
-    if images < 1 and not image_index:
+    n = len(dict.fromkeys(image_index)) if image_index else images  # --image-index: --images is not read
+    if n < 1:
         raise UserError(f"--images {images}: show at least one image")
-    if max(images, len(image_index or [])) > MAX_IMAGES:
-        raise UserError(f"{len(image_index or []) or images} images: show draws at most {MAX_IMAGES}, a row each "
-                        "(a taller picture cannot be read); draw others in another picture")
+    if n > MAX_IMAGES:
+        raise UserError(f"{n} images: show draws at most {MAX_IMAGES}, a row each (a taller picture cannot be read); "
+                        "draw others in another picture")
     if Path(out).suffix.lower() != ".png":
         raise UserError(f"--out {out} must end in .png")
     refuse_unread("repre show", overrides, reads.SHOW)
