@@ -80,6 +80,10 @@ def test_the_masks_are_drawn_in_the_palettes_colours_and_the_unlabelled_in_white
     images = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
     picture = segment_picture(images, masks, torch.tensor([[[0, 1], [0, 0]]]), 255, ["background", "coat"], 2)
     assert picture.size[0] == sheet_size(1, 3, thumb_side(2), True, True)[0]
+    from repre.eval.segment import legend
+
+    assert legend([0, 1], ["background", "coat"], 2) == "background black, coat red"  # the classes drawn
+    assert legend([3, 21], None, 150) == "3 yellow, 21 yellow (the 18 colours repeat past class 17)"
 
 
 def test_the_scenes_read_fashion_mnist_where_the_run_says_or_at_its_default_location():

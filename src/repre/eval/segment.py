@@ -113,21 +113,33 @@ def coloured(masks: torch.Tensor, ignore: int) -> torch.Tensor:
     return table[index].permute(0, 3, 1, 2)
 
 
+def legend(shown: list[int], names: list[str] | None, classes: int) -> str:
+    """The colours of the classes `shown`, by name where known: "background black, Coat orange, ..."; where
+    the classes outnumber the palette's colours, a colour stands for several."""
+    def name(c: int) -> str:
+        return names[c] if names and c < len(names) else str(c)
+
+    text = ", ".join(f"{name(c)} {PALETTE[c % len(PALETTE)][0]}" for c in shown)
+    return text + (f" (the {len(PALETTE)} colours repeat past class {len(PALETTE) - 1})" if classes > len(PALETTE)
+                   else "")
+
+
 def segment_picture(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, ignore: int,
                     names: list[str] | None, classes: int) -> Image.Image:
     """A row per probe-test image (uint8 [N, 3, S, S]): the image, its true classes and the probe's prediction
-    ([N, S, S] each), the prediction's pixel accuracy under it; the colours named under the picture."""
+    ([N, S, S] each), the prediction's pixel accuracy under it; the colours of the classes drawn named under
+    the picture."""
     side = thumb_side(images.shape[-1])
     valid = truth != ignore
     acc = ((pred == truth) & valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp_min(1)
-    legend = ", ".join(f"{(names or [])[c] if c < len(names or []) else c} {PALETTE[c % len(PALETTE)][0]}"
-                       for c in range(classes))
+    shown = sorted(set(truth[valid].unique().tolist()) | set(pred.unique().tolist()))
     return sheet([Column([tile(x, side) for x in images], "image"),
                   Column([tile(x, side) for x in coloured(truth, ignore)], "truth"),
                   Column([tile(x, side) for x in coloured(pred, ignore)], "probe", captions=[
                       f"{a:.1%} of pixels" for a in acc.tolist()])],
                  notes=[f"each row: a probe-test image, its classes and the dense probe's prediction (the share of "
-                        f"its labelled pixels predicted right under it); colours: {legend}; white: no label"])
+                        f"its labelled pixels predicted right under it); colours: {legend(shown, names, classes)}; "
+                        "white: no label"])
 
 
 @dataclass
@@ -212,7 +224,10 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
     if out is not None and dist.is_main():
         n = min(SHOWN, len(data.test_images))
         pred = predicted(probe, f_test[:n], tuple(data.test_masks.shape[-2:]))
-        save_png(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore, data.names,
-                                 data.classes), out / PICTURE)
-        extra["picture"] = str(out / PICTURE)
+        try:
+            save_png(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore, data.names,
+                                     data.classes), out / PICTURE)
+            extra["picture"] = str(out / PICTURE)
+        except OSError as exc:  # the result stands without its picture
+            log.warning("the dense probe's picture was not written (%s); its result follows", exc)
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}
