@@ -4,9 +4,8 @@
 contrastive loss already runs) and hands them to its `repre.nn.ReconstructionBranch`, which decodes them to
 pixels; the total adds lambda * reconstruction loss:
 
-    method.update_momentum(momentum)                   # the EMA targets, for every method (`method_output`)
-    out = method(views, taps=branch.taps)              # a MethodOutput: the method's loss, maps, views
-    recon = branch.loss(out.maps, out.views)
+    out = method.step(views, momentum, taps=branch.taps)  # its targets' EMA, then its forward: a MethodOutput
+    recon = branch.loss(out.maps, out.views)              # (the method's loss, the tap maps, their views)
     loss = out.loss + weight * recon
 
 With views_per_image=1 (recon.views) the decoder reconstructs one global view of each image (`one_view_rows`):
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from repre.core.dist import rank
-from repre.methods.base import Method, MethodOutput
+from repre.methods.base import Method
 from repre.models.backbone import Backbone
 from repre.nn import ReconstructionBranch
 
@@ -56,13 +55,6 @@ class PretrainingModel(nn.Module):
         """The method's weight-decay rule over every parameter of this module (a decoder included)."""
         return self.method.param_groups(weight_decay, module=self)
 
-    def method_output(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None,
-                      local_views: torch.Tensor | None, taps: Sequence[int] = ()) -> MethodOutput:
-        """The method's step: its momentum targets moved toward the online weights (EMA with this step's
-        `momentum`; no framework repeats it), then its forward."""
-        self.method.update_momentum(momentum)
-        return self.method(views, labels, local_views, taps=taps)
-
 
 class Baseline(PretrainingModel):
     """The method alone: the baseline every RePre result is compared with ("loss_recon" 0)."""
@@ -72,7 +64,7 @@ class Baseline(PretrainingModel):
         local_views: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """views [B, V, 3, H, W] (local_views [B, L, 3, h, w]) -> the method's losses."""
-        out = self.method_output(views, momentum, labels, local_views)
+        out = self.method.step(views, momentum, labels, local_views)
         zero = torch.zeros((), device=out.loss.device)
         return {"loss": out.loss, **out.logged, "loss_contrastive": out.loss, "loss_recon": zero}
 
@@ -100,7 +92,7 @@ class RePre(PretrainingModel):
         "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}. The
         decoder reconstructs the global views as the encoder received them; with `views_per_image=1` B of the 2B views
         (`one_view_rows`)."""
-        out = self.method_output(views, momentum, labels, local_views, self.branch.taps)
+        out = self.method.step(views, momentum, labels, local_views, self.branch.taps)
         rows = None
         if self.views_per_image == 1:  # every process has an equal share of the global batch
             rows = one_view_rows(out.views.shape[0], rank() * views.shape[0], out.views.device)

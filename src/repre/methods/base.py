@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,9 +56,9 @@ class Method(nn.Module):
     branch decodes).
 
     Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
-    `ema_pairs()`: the model wrapping the method (`repre.reconstruction.PretrainingModel`) updates them with
-    the step's momentum (`update_momentum`) before each forward, so that the targets of a step are the EMA
-    of the weights that step starts from, as the official MoCo v3, MoBY and DINO code have them.
+    `ema_pairs()`. A training step calls `step(views, momentum, ...)`, which updates them with the step's
+    momentum before the forward (the targets of a step are the EMA of the weights that step starts from, as
+    the official MoCo v3, MoBY and DINO code have them): no framework updates them itself.
     `eval_encoder_key` names the encoder that evaluation and export use (the online one, or DINO's teacher).
     `set_progress(step, total)` runs before each step's forward and `after_backward()` after the gradients are
     clipped, for schedules and gradient rules of a method's own. A buffer that forward updates (DINO's center,
@@ -106,6 +107,13 @@ class Method(nn.Module):
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return []
+
+    def step(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+             local_views: torch.Tensor | None = None, taps: Sequence[int] = ()) -> MethodOutput:
+        """A training step's forward: the momentum targets moved toward the online weights (`update_momentum`
+        with this step's `momentum`), then `forward`. Not for a subclass to override."""
+        self.update_momentum(momentum)
+        return self(views, labels, local_views, taps=taps)
 
     @torch.no_grad()
     def update_momentum(self, m: float) -> None:
