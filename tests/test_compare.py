@@ -180,7 +180,8 @@ def test_compare_refuses_what_is_no_run_and_imports_no_torch(tiny_run, tmp_path)
 
 def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
     """--seeds: runs that differ in train.seed alone are a column, each number their mean ± sample std (n=...
-    where a run lacks it), read against the first setting's mean; the JSON keeps every run."""
+    where a run lacks it), read against the first setting's: paired by seed (the differences' mean ± std), a
+    ratio of the means for speed; the JSON keeps every run."""
     done = {"completed": True, "steps": 8}
     for seed, (knn, speed) in enumerate([(0.5, 100.0), (0.6, 110.0), (0.7, 90.0)]):
         make_run(tmp_path / "base" / f"seed{seed}", f"train.seed={seed}", "recon.enabled=false",
@@ -194,7 +195,10 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
     assert len(last_json(stdout)["runs"]) == 6
     assert re.split(r"\s{2,}", stdout.splitlines()[0].strip()) == ["base x 3 runs", "repre x 3 runs"]
     rows = rows_of(stdout)
-    assert rows["knn top-1 (run's end)"] == ["0.6000 ± 0.1000", "0.7500 ± 0.0707 (n=2) (+0.1500)"]
+    assert rows["knn top-1 (run's end)"] == ["0.6000 ± 0.1000", "0.7500 ± 0.0707 (n=2) (+0.2000 ± 0.0000 paired)"]
     assert rows["images/s"] == ["100.0 ± 10.0", "80.0 ± 0.0 (n=2) (x0.80)"]
     assert rows["recon.enabled"] == ["false", "true"] and rows["train.seed"] == ["0, 1, 2", "0, 1, 2"]
     assert len(rows_of(run_cli(["compare", *runs])[1])["train.seed"]) == 6  # without --seeds: a column a run
+    other = make_run(tmp_path / "other" / "seed5", "train.seed=5", summary={**done, "knn_top1": 0.9})
+    code, stdout = run_cli(["compare", "--seeds", *runs[:3], str(other), runs[3]])  # seeds 5 and 0: not paired
+    assert rows_of(stdout)["knn top-1 (run's end)"][1] == "0.8000 ± 0.1414 (+0.2000)"  # the means' difference

@@ -5,7 +5,7 @@ keys on which the runs differ.
 The first run is the reference: the others' numbers carry their difference to it (a ratio for speed and time),
 so a RePre run given after its baseline reads as RePre's gain and cost. With `seeds`, the runs of one setting
 over several seeds are one column: each number their mean ± standard deviation, read against the first
-column's mean. Only the runs' files are read: no
+column's, paired by seed where the two columns hold the same seeds. Only the runs' files are read: no
 torch, and a config that this repre would refuse still compares (read as it was written, in today's keys).
 """
 
@@ -26,7 +26,7 @@ from repre.core import run_files
 from repre.core.run_files import measured_otherwise, metric_lines, read_json, run_dir, run_results
 from repre.errors import UserError
 
-LABEL_WIDTH, CELL_WIDTH = 64, 36  # characters; a longer text is cut in its middle
+LABEL_WIDTH, CELL_WIDTH = 64, 48  # characters; a longer text is cut in its middle
 
 
 SEED_KEYS = ("train.seed",)  # what `seeds` groups runs over
@@ -138,6 +138,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "run": str(folder),
         "method": method,
+        "seed": config.get("train.seed"),
         "recon": recon,
         "completed": summary.get("completed"),  # None: no summary (running, killed, or resumed since)
         "steps": summary.get("steps", last.get("step")),
@@ -236,13 +237,23 @@ def _measured_otherwise(row: Row, columns: list[list[int]], c: int) -> bool:
     return mine is None or mine != _settings(row, columns[0])
 
 
+class Paired(list):
+    """The first column's values in the order of another column's runs, matched by their seeds."""
+
+
 def _reference(row: Row, runs: list[dict[str, Any]], columns: list[list[int]], c: int) -> list[Any] | None:
     """The first column's values that column c's are read against (None for the first column itself, a loss
-    of another method, an evaluation measured otherwise)."""
+    of another method, an evaluation measured otherwise): `Paired` with c's runs where both columns hold the
+    same seeds, each once."""
     method = runs[columns[c][0]]["method"]  # a column's runs share their config but for the seed
     if c == 0 or (row.same_method and method != runs[columns[0][0]]["method"]) or _measured_otherwise(row, columns, c):
         return None
-    return [row.values[i] for i in columns[0]]
+    first = [row.values[i] for i in columns[0]]
+    mine, theirs = [runs[i]["seed"] for i in columns[c]], [runs[i]["seed"] for i in columns[0]]
+    if len(mine) > 1 and len(set(mine)) == len(mine) and sorted(map(str, mine)) == sorted(map(str, theirs)):
+        by_seed = dict(zip(theirs, first, strict=True))
+        return Paired(by_seed[seed] for seed in mine)
+    return first
 
 
 def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
@@ -338,9 +349,17 @@ def _plain(values: list[Any], first: Any) -> str:
 
 
 def _difference(values: list[Any], first: list[Any] | None) -> str:
+    """The values' mean (± std) and its difference to the first column's: paired by seed where `first` is
+    `Paired` (the mean ± std of the runs' differences to their seed's run), else the difference of the means."""
     here, there = Spread.of(values), Spread.of(first)
     if here is None:
         return "-"
+    if isinstance(first, Paired):
+        gaps = Spread.of([v - f for v, f in zip(values, first, strict=True)
+                          if isinstance(v, (int, float)) and isinstance(f, (int, float))])
+        if gaps is not None:
+            n = f", n={gaps.n}" if gaps.n < here.n else ""  # pairs fewer than the runs with a value
+            return here.text() + f" ({gaps.mean:+.4f} ± {gaps.std:.4f} paired{n})"
     return here.text() + (f" ({here.mean - there.mean:+.4f})" if there else "")
 
 
@@ -363,8 +382,10 @@ def _evaluated(values: list[Any], first: list[Any] | None) -> str:
     """Results (value, "" or " @STEP" of an earlier checkpoint's)."""
     if not _has(values):
         return "-"
-    at = "".join(dict.fromkeys(v[1] for v in values if v is not None))
-    return _difference([v and v[0] for v in values], [v and v[0] for v in first] if first else None) + at
+    steps = list(dict.fromkeys(v[1].strip(" @") for v in values if v is not None and v[1]))
+    at = f" @{', '.join(steps)}" if steps else ""
+    reference = type(first)(v and v[0] for v in first) if first else None  # Paired stays paired
+    return _difference([v and v[0] for v in values], reference) + at
 
 
 def _line(label: str, cells: list[str], label_width: int, widths: list[int]) -> str:
