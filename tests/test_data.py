@@ -445,7 +445,7 @@ def test_a_folder_that_cannot_be_listed_is_named_not_silently_left_out(tmp_path,
     monkeypatch.setattr(os, "scandir", scandir)
     folder = ImageFolder(tmp_path)
     assert len(folder) == 2 and folder.classes == ["cat"]
-    assert f"cannot list folder {tmp_path / 'dog'} (Permission denied): its images are left out" in repre_log.text
+    assert f"cannot list 1 folder(s), their images left out: {tmp_path / 'dog'} (Permission denied)" in repre_log.text
     refused_root = True
     with pytest.raises(UserError, match="no readable images .* give this user read access"):
         ImageFolder(tmp_path)

@@ -69,8 +69,10 @@ def _scan(root: Path) -> tuple[list[Path], list[OSError]]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
         dirnames.sort()
         files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
-    for exc in unlisted:
-        log.warning("cannot list folder %s (%s): its images are left out", exc.filename, exc.strerror)
+    if unlisted:  # one warning a scan (each process scans): the first folders named
+        named = "; ".join(f"{exc.filename} ({exc.strerror})" for exc in unlisted[:3])
+        log.warning("cannot list %d folder(s), their images left out: %s%s", len(unlisted), named,
+                    "; ..." if len(unlisted) > 3 else "")
     return files, unlisted
 
 

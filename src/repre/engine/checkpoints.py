@@ -38,8 +38,8 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "data.root", "eval.", *R
 
 
 def similar_runs(out: Path) -> list[str]:
-    """The folders beside `out` with checkpoints and a name like its own (sigin: sigint), what a mistyped --out
-    meant; names that differ in their digits alone (seed0, seed1) are other runs on purpose."""
+    """The folders beside `out` with checkpoints and a name like its own (basline beside baseline): what a
+    mistyped --out meant. Names that differ in their digits alone (seed0, seed1) are other runs on purpose."""
     def letters(name: str) -> str:
         return re.sub(r"\d", "", name)
 
