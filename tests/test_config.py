@@ -92,6 +92,8 @@ def test_bad_override_syntax():
         parse_overrides(["train.max_steps"])
     with pytest.raises(UserError, match=r"--set recon.taps=\[1,3: the value is not valid YAML"):
         parse_overrides(["recon.taps=[1,3"])
+    with pytest.raises(UserError, match="'depth' is given twice"):
+        parse_overrides(["model.kwargs={depth: 2, depth: 4}"])
 
 
 def test_batch_size_needs_negatives():

@@ -131,7 +131,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"--set expects key=value (e.g. train.max_steps=20), got {item!r}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else None  # a SafeLoader
         except yaml.YAMLError as exc:
             if text.strip().startswith(("[", "{")):  # meant as a list or mapping: say where it breaks
                 raise UserError(f"--set {item}: the value is not valid YAML ({str(exc).splitlines()[0]}); write a "
