@@ -209,9 +209,13 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, t
     def full(args):  # a write to a full disk names no file: the command's --out is named
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(repre.cli, "cmd_export", renamed)
-    assert run_cli(["export", "--checkpoint", "x", "--out", str(tmp_path / "v.safetensors")])[0] == 2
-    assert "cannot use /w/v.safetensors: Is a directory" in capsys.readouterr().err
+    def written(args):  # the temporary file beside the target could not be made: the target named
+        raise PermissionError(errno.EACCES, "Permission denied", "/w/.v.12.tmp.safetensors")
+
+    for error in (renamed, written):
+        monkeypatch.setattr(repre.cli, "cmd_export", error)
+        assert run_cli(["export", "--checkpoint", "x", "--out", str(tmp_path / "v.safetensors")])[0] == 2
+        assert "cannot use /w/v.safetensors: " in capsys.readouterr().err
     monkeypatch.setattr(repre.cli, "cmd_embed", full)
     assert run_cli(["embed", "--checkpoint", "x", "--out", str(tmp_path / "e.npy")])[0] == 2
     assert f"cannot write {tmp_path / 'e.npy'}: No space left on device; free space there" in capsys.readouterr().err

@@ -202,3 +202,8 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
     other = make_run(tmp_path / "other" / "seed5", "train.seed=5", summary={**done, "knn_top1": 0.9})
     code, stdout = run_cli(["compare", "--seeds", *runs[:3], str(other), runs[3]])  # seeds 5 and 0: not paired
     assert rows_of(stdout)["knn top-1 (run's end)"][1] == "0.8000 ± 0.1414 (+0.2000)"  # the means' difference
+    from repre.use.compare import Paired, _difference, _evaluated
+
+    # results of different checkpoints in one column: each listed with its step, no mean
+    assert _evaluated([(0.5, ""), (0.625, " @100")], [(0.5, ""), (0.5, "")]) == "0.5000, 0.6250 @end, 100"
+    assert _difference([0.7], Paired([0.5])) == "0.7000 (+0.2000 paired)"  # one pair: no spread

@@ -84,7 +84,9 @@ def test_a_folder_named_as_a_preset_leaves_the_preset_as_it_was(tmp_path, monkey
     """runs/fmnist-mocov3-repre/ is the default --out: within runs/ the preset of that name is still the preset."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fmnist-mocov3-repre").mkdir()
+    (tmp_path / "fmnist-mocov3").write_text("a log, say")
     assert load_config("fmnist-mocov3-repre") == load_config(None)
+    assert not load_config("fmnist-mocov3").recon.enabled  # the preset, not the file
 
 
 def test_bad_override_syntax():
@@ -92,7 +94,7 @@ def test_bad_override_syntax():
         parse_overrides(["train.max_steps"])
     with pytest.raises(UserError, match=r"--set recon.taps=\[1,3: the value is not valid YAML"):
         parse_overrides(["recon.taps=[1,3"])
-    with pytest.raises(UserError, match="'depth' is given twice"):
+    with pytest.raises(UserError, match=r"--set model.kwargs=\{depth: 2, depth: 4\}: key 'depth' is given twice"):
         parse_overrides(["model.kwargs={depth: 2, depth: 4}"])
 
 

@@ -173,8 +173,11 @@ def test_automatic_workers_share_the_cores_among_torchruns_processes(monkeypatch
 def test_more_workers_than_the_cores_can_hold_are_refused_and_many_said(monkeypatch, repre_log):
     """train.num_workers=1000 on 2 cores hung the run until the memory ran out: refused, saying what to set; 9
     (more than 4 a core) runs, said once."""
+    from repre.data.pipeline import _warn_many_workers
+
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    _warn_many_workers.cache_clear()  # said once a process: whatever ran before
     assert resolve_workers(8) == 8 and "num_workers" not in repre_log.text
     assert resolve_workers(9) == resolve_workers(9) == 9
     assert repre_log.text.count("train.num_workers=9 on 2 core(s): more workers than") == 1

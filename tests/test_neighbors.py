@@ -103,6 +103,7 @@ def test_the_share_of_neighbours_of_their_querys_class():
     assert same_class([query(None, 0, 1)]) is None
     named = {"label": 4, "class": "Coat", "neighbors": [{"label": 1, "class": "Coat"}, {"label": 4, "class": None}]}
     assert same_class([named]) == 1.0  # by name where both are named (two files' labels), else by label
+    assert same_class([named], two_files=True) == 1.0  # the pair named on one side alone left out
 
 
 def test_without_checkpoint_the_images_are_read_as_embed_read_them(embedded_folder, tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 from repre._version import __version__
 from repre.config import EVAL_TASKS, reads
 from repre.core import run_files
-from repre.core.atomic import check_writable
+from repre.core.atomic import check_writable, written_file
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -179,6 +179,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from repre.config import DEFAULT_PRESET, load_config, source_dict
 
     out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
+    args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
     source = args.config
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
@@ -209,6 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from repre.eval import evaluate
 
     out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
+    args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
     if _launch_rank() == 0:  # which alone writes; before the work its result needs
         check_writable(out, "--out" if args.out else "the result's folder")
         if not args.out:
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(out_of_memory_message(exc))
         return 2
     except OSError as exc:
-        message = path_error_message(exc, getattr(args, "out", None))
+        message = path_error_message(exc, getattr(args, "resolved_out", None) or getattr(args, "out", None))
         if message is None:
             raise
         _say(message)
@@ -452,7 +454,8 @@ def path_error_message(exc: OSError, out: str | None) -> str | None:
     where a folder belongs, a full disk), naming it: the target of a rename over it (not the hidden temporary
     file), or the command's --out where the error names none (a write to a full disk). None: another error."""
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    path = exc.filename2 or exc.filename or ((out or "the output") if full else None)
+    named = exc.filename2 or exc.filename
+    path = written_file(str(named)) if named else (out or "the output") if full else None
     if exc.errno not in PATH_ERRORS or path is None:
         return None
     hint = ("free space there, or give another --out" if full else

@@ -108,7 +108,7 @@ def source_dict(source: str | None) -> dict[str, Any]:
         hint = (f"a run's: give --config {run} to train with its settings, or --out {path} --resume to go on with it"
                 if run.is_file() else "give a preset name or a YAML file")
         raise UserError(f"--config {source} is a folder; {hint}")
-    if path.is_file() or source.endswith((".yaml", ".yml")):
+    if (path.is_file() and source not in list_presets()) or source.endswith((".yaml", ".yml")):
         if not path.is_file():
             raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
         try:
@@ -132,6 +132,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise UserError(f"--set expects key=value (e.g. train.max_steps=20), got {item!r}")
         try:
             value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else None  # a SafeLoader
+        except yaml.constructor.ConstructorError as exc:  # a key written twice (`_unique_mapping`)
+            raise UserError(f"--set {item}: {exc.problem}") from None
         except yaml.YAMLError as exc:
             if text.strip().startswith(("[", "{")):  # meant as a list or mapping: say where it breaks
                 raise UserError(f"--set {item}: the value is not valid YAML ({str(exc).splitlines()[0]}); write a "

@@ -5,6 +5,7 @@ process stopped while writing leaves the old file, or none). Checkpoints add an 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,16 @@ def replacing(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def written_file(path: str) -> str:
+    """The file a temporary file stands for (`replacing`'s .NAME.PID.tmp.SUFFIX, a checkpoint's .NAME.tmp and
+    its checksum's .NAME.tmp.sha256), so that an error names what the user asked for; other paths as given."""
+    name = Path(path).name
+    found = re.fullmatch(r"\.(.+)\.\d+\.tmp(\.[^.]+)?", name) or re.fullmatch(r"\.(.+)\.tmp(?:\.sha256)?", name)
+    if found is None:
+        return path
+    return str(Path(path).with_name("".join(part or "" for part in found.groups())))
 
 
 def check_writable(folder: Path, option: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from repre.eval.features import NONE_READ
 from repre.losses import patch_stats
 from repre.methods.base import stack_views
 from repre.reconstruction import RePre
+
+log = logging.getLogger("repre")
 
 ERROR_GAIN = 2  # the error maps of `repre eval recon`: |error| in [0, 1] pixels, times this, clipped at 1
 
@@ -156,8 +159,11 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
-        save_png(sheet(shown, notes=notes), out / run_files.RECON_PNG)
-        extra["picture"] = str(out / run_files.RECON_PNG)
+        try:
+            save_png(sheet(shown, notes=notes), out / run_files.RECON_PNG)
+            extra["picture"] = str(out / run_files.RECON_PNG)
+        except OSError as exc:  # the result stands without its picture
+            log.warning("the reconstructions' picture was not written (%s); the result follows", exc)
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
 
 

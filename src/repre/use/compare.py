@@ -251,8 +251,8 @@ def _reference(row: Row, runs: list[dict[str, Any]], columns: list[list[int]], c
     first = [row.values[i] for i in columns[0]]
     mine, theirs = [runs[i]["seed"] for i in columns[c]], [runs[i]["seed"] for i in columns[0]]
     if len(mine) > 1 and len(set(mine)) == len(mine) and sorted(map(str, mine)) == sorted(map(str, theirs)):
-        by_seed = dict(zip(theirs, first, strict=True))
-        return Paired(by_seed[seed] for seed in mine)
+        by_seed = dict(zip(map(str, theirs), first, strict=True))
+        return Paired(by_seed[str(seed)] for seed in mine)
     return first
 
 
@@ -359,7 +359,8 @@ def _difference(values: list[Any], first: list[Any] | None) -> str:
                           if isinstance(v, (int, float)) and isinstance(f, (int, float))])
         if gaps is not None:
             n = f", n={gaps.n}" if gaps.n < here.n else ""  # pairs fewer than the runs with a value
-            return here.text() + f" ({gaps.mean:+.4f} ± {gaps.std:.4f} paired{n})"
+            spread = f" ± {gaps.std:.4f}" if gaps.n > 1 else ""  # one pair has none
+            return here.text() + f" ({gaps.mean:+.4f}{spread} paired{n})"
     return here.text() + (f" ({here.mean - there.mean:+.4f})" if there else "")
 
 
@@ -382,8 +383,11 @@ def _evaluated(values: list[Any], first: list[Any] | None) -> str:
     """Results (value, "" or " @STEP" of an earlier checkpoint's)."""
     if not _has(values):
         return "-"
-    steps = list(dict.fromkeys(v[1].strip(" @") for v in values if v is not None and v[1]))
-    at = f" @{', '.join(steps)}" if steps else ""
+    steps = list(dict.fromkeys(v[1].strip(" @") or "end" for v in values if v is not None))
+    if len(steps) > 1:  # the runs' results are of different checkpoints: no mean to read against another's
+        numbers = [f"{v[0]:.4f}" if isinstance(v[0], (int, float)) else "-" for v in values if v is not None]
+        return ", ".join(numbers) + f" @{', '.join(steps)}"
+    at = "" if steps == ["end"] else f" @{steps[0]}"
     reference = type(first)(v and v[0] for v in first) if first else None  # Paired stays paired
     return _difference([v and v[0] for v in values], reference) + at
 

@@ -157,6 +157,8 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank
     comparable(bank, asked)
     if asked.files.npy.resolve() == bank.files.npy.resolve() or asked.card["identity"] == bank.card["identity"]:
+        log.info("%s holds the rows of %s: each query is left out of its own neighbours", asked.files.npy,
+                 bank.files.npy)
         asked = bank  # the same rows (the file, a link to it or a copy)
     own = asked is bank  # the queries are rows of the bank: each is left out of its own neighbours
     if own and len(bank.rows) < 2:
@@ -177,17 +179,18 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
                          neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
     return {"command": "neighbors", "out": str(out), "embeddings": str(bank.files.npy),
-            "query_embeddings": None if own else str(asked.files.npy), "backend": backend, "k": k,
-            "queries": results, "same_class": same_class(results)}
+            "query_embeddings": None if query_embeddings is None else str(query_embeddings), "backend": backend, "k": k,
+            "queries": results, "same_class": same_class(results, two_files=not own)}
 
 
-def same_class(queries: list[dict[str, Any]]) -> float | None:
+def same_class(queries: list[dict[str, Any]], two_files: bool = False) -> float | None:
     """The share of the labelled queries' neighbours that have their query's class (a retrieval precision at
-    k; by name where both are named, so that two files' labels need not share an order, else by label); None
-    when no query and neighbour both have a label."""
-    def same(q: dict[str, Any], n: dict[str, Any]) -> bool:
-        named = q.get("class") is not None and n.get("class") is not None
-        return q["class"] == n["class"] if named else q["label"] == n["label"]
+    k): by name where both are named, else by label, which two files (`two_files`) need not order alike: there
+    a pair named on one side alone is left out. None when no query and neighbour are comparable."""
+    def named(item: dict[str, Any]) -> bool:
+        return item.get("class") is not None
 
-    pairs = [same(q, n) for q in queries for n in q["neighbors"] if q["label"] is not None and n["label"] is not None]
+    pairs = [q["class"] == n["class"] if named(q) and named(n) else q["label"] == n["label"]
+             for q in queries for n in q["neighbors"]
+             if q["label"] is not None and n["label"] is not None and not (two_files and named(q) != named(n))]
     return sum(pairs) / len(pairs) if pairs else None
