@@ -285,6 +285,10 @@ def test_two_processes_train_the_head_one_process_trains(tiny_run, tmp_path):
     two = json.loads(done.stdout.strip().splitlines()[-1])
     assert (one["extra"]["processes"], two["extra"]["processes"]) == (1, 2)
     assert two["value"] == one["value"] and two["extra"]["test_images"] == one["extra"]["test_images"] == 32
+    # each class's top-1 from the counts of both processes: the same matrix as one process's, its trace the top-1
+    assert two["extra"]["confusion"] == one["extra"]["confusion"] and len(one["extra"]["per_class_top1"]) == 10
+    assert sum(map(sum, one["extra"]["confusion"])) == 32
+    assert sum(row[c] for c, row in enumerate(one["extra"]["confusion"])) / 32 == one["value"]
     assert two["extra"]["final_train_loss"] == pytest.approx(one["extra"]["final_train_loss"], rel=1e-5)
     a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt")["model"] for d in ("1", "2"))
     for key in a:

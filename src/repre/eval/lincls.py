@@ -33,11 +33,12 @@ from repre.core.rng import epoch_seed
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import EvalLoader, eval_loader
-from repre.data.sources import ImageSource, labelled
+from repre.data.sources import ImageSource, class_names, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.protocols import LinearProtocol
+from repre.eval.scores import scores_of
 from repre.eval.tokens import feature_dim, token_features
 from repre.models.backbone import Backbone
 
@@ -129,21 +130,24 @@ def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
 
 
 @torch.no_grad()
-def test_top1(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: LinearProtocol, rt: Runtime) -> tuple[float, int]:
-    """(top-1, images) of the head on the test split, each process scoring every world-th image."""
+def test_confusion(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: LinearProtocol,
+                   rt: Runtime) -> torch.Tensor:
+    """The head's counts on the test split, [true][predicted] (classes x classes, on the CPU), each process
+    scoring every world-th image; top-1 is their trace over their sum."""
     full = eval_loader(cfg, "test", cfg.eval.linear.test_subset)
     shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
-    counts = torch.zeros(2, dtype=torch.int64, device=rt.device)  # correct, seen
+    classes = head.out_features
+    counts = torch.zeros(classes * classes, dtype=torch.int64, device=rt.device)
     for x, y in EvalLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers,
                            collate_fn=full.collate_fn):
         if not len(x):
             continue
         logits = head(frozen_features(encoder, x.to(rt.device, non_blocking=True), protocol, rt))
-        counts += torch.stack([(logits.argmax(dim=1) == y.to(rt.device)).sum(), torch.tensor(len(y), device=rt.device)])
-    correct, seen = dist.all_reduce_sum(counts).tolist()
-    if not seen:
+        counts += torch.bincount(y.to(rt.device) * classes + logits.argmax(dim=1), minlength=classes * classes)
+    confusion = dist.all_reduce_sum(counts).view(classes, classes).cpu()
+    if not confusion.sum():
         raise UserError("no test image of the linear probe could be read (each is named in a warning above)")
-    return correct / seen, seen
+    return confusion
 
 
 def encoder_digest(encoder: Backbone) -> str:
@@ -231,7 +235,9 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
         log.info("linear probe (%s) epoch %d/%d: loss %.4f, lr %.4g", protocol.name, epoch + 1, protocol.epochs,
                  loss, float(lrs[epoch, -1]))
         save(path, head, opt, key, epoch + 1, cfg)
-    top1, seen = test_top1(encoder, head, cfg, protocol, rt)
+    confusion = test_confusion(encoder, head, cfg, protocol, rt)
+    seen = int(confusion.sum())
     extra = {**protocol.summary(), "lr": protocol.lr, "dim": dim, "train_images": len(source), "test_images": seen,
-             "steps_per_epoch": steps, "processes": dist.world_size(), "final_train_loss": loss}
-    return {"task": "linear", "metric": "top1", "value": top1, "extra": extra}
+             "steps_per_epoch": steps, "processes": dist.world_size(), "final_train_loss": loss,
+             **scores_of(confusion, class_names(source))}
+    return {"task": "linear", "metric": "top1", "value": int(confusion.trace()) / seen, "extra": extra}

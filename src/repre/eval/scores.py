@@ -1,4 +1,4 @@
-"""A classifier's scores by class, as k-NN and the quick linear probe report them beside their top-1."""
+"""A classifier's scores by class, as k-NN and the linear probes report them beside their top-1."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ def per_class(pred: torch.Tensor, truth: torch.Tensor, classes: int, names: list
     names (or None)}."""
     confusion = torch.zeros(classes, classes, dtype=torch.int64)
     confusion.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
+    return scores_of(confusion, names)
+
+
+def scores_of(confusion: torch.Tensor, names: list[str] | None) -> dict[str, Any]:
+    """Counts [true][predicted] (classes x classes, on the CPU) -> `per_class`'s scores."""
+    classes = confusion.shape[0]
     seen = confusion.sum(dim=1)
     named = names if names and len(names) == classes else [str(c) for c in range(classes)]
     named = [n if named.count(n) == 1 else f"{n} ({c})" for c, n in enumerate(named)]  # a name twice: by label too
