@@ -67,11 +67,30 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
                "head 1"]  # norm_pix
     assert [c.split(": ")[-1] for c in result["columns"]] == ["image", *per_run, *per_run]
     width, height = Image.open(out).size
-    notes = [ATTENTION_NOTE, PCA_NOTE]  # the synthetic images are in colour: no note on gray reconstructions
+    # the synthetic images are in colour: no note on gray reconstructions
+    notes = [ATTENTION_NOTE.format(block="the last block"), PCA_NOTE.format(block="the last block")]
     assert result["images"] == 3 and (width, height) == sheet_size(3, 15, TILE, True, True, notes=notes)
     strip = Image.open(out).convert("L").crop((0, sheet_size(3, 15, TILE, True, True)[1], width, height))
     assert strip.getextrema()[0] < 64  # the notes are drawn in the strip under the tiles
     assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
+
+
+def test_show_draws_the_block_it_is_asked_for(tiny_run, tmp_path, capsys):
+    """--block: another block's attention and patch features (the first block's differ from the last's), said
+    under the picture and in the output; a block the encoder lacks exits 2 naming its count."""
+    from conftest import tiny_config
+    from repre.builder import build_encoder
+
+    encoder = build_encoder(tiny_config()).eval()  # 4 blocks
+    x = torch.randn(2, 3, 16, 16)
+    assert not torch.equal(cls_attention(encoder, x, 0), cls_attention(encoder, x))
+    assert not torch.equal(patch_pca(encoder, x, 0), patch_pca(encoder, x))
+    run, _ = tiny_run
+    argv = ["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "1"]
+    code, stdout = run_cli([*argv, "--block", "0"])
+    assert code == 0 and last_json(stdout)["block"] == 0
+    assert run_cli([*argv, "--block", "4"])[0] == 2
+    assert "--block 4: tiny's encoder has 4 blocks, so from 0 to 3" in capsys.readouterr().err
 
 
 def test_two_checkpoints_of_a_run_are_named_by_their_steps(tiny_run, tmp_path):

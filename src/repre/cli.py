@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="FILE.png")
     sh.add_argument("--images", type=int, default=4,
                     help="test images shown (default 4, at most 64; data.subset's rule picks them)")
+    sh.add_argument("--block", type=int, default=-1,
+                    help="the block (a Swin: the stage) whose attention and patch features are drawn, 0-based "
+                         "(default -1: the last; the RePre decoder reads several, recon.taps)")
     sh.add_argument("--image-index", metavar="I,I,...",
                     help="the test images shown, by index (e.g. an `index` of `repre embed --split test`), instead of "
                     "--images")
@@ -262,7 +265,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from repre.use.show import show
 
     result = show(args.checkpoint, args.out, args.compare, args.images, args.overrides,
-                  _rows(args.image_index, "--image-index", "indices of the test images"))
+                  _rows(args.image_index, "--image-index", "indices of the test images"), args.block)
     print(f"wrote {result['out']}: {result['images']} images, columns {', '.join(result['columns'])}")
     print(json.dumps(result), flush=True)
     return 0

@@ -1,8 +1,9 @@
 """Pictures of what an encoder learned, image by image (`repre show`):
 
-- the last block's class-token attention of each head over the patches (ViTs; DINO's figures), each map scaled
-  to its own range to show its shape, and captioned with its largest weight over a flat map's (1x: uniform);
-- the first three principal components of the last block's patch features as RGB (DINOv2's figures), fitted
+- the last block's (or `block`'s) class-token attention of each head over the patches (ViTs; DINO's figures),
+  each map scaled to its own range to show its shape, and captioned with its largest weight over a flat map's
+  (1x: uniform);
+- the first three principal components of that block's patch features as RGB (DINOv2's figures), fitted
   on the patches of all the images shown, for each checkpoint on its own (two encoders' colours are not
   comparable, their arrangement is);
 - for a checkpoint with the RePre decoder, its reconstruction of the image, with its PSNR; with norm_pix also
@@ -40,27 +41,27 @@ from repre.reconstruction import RePre
 TILE = 96  # pixels per panel
 MAX_IMAGES = 64  # rows of a picture
 # how to read the panels: a note under the picture for each it has
-ATTENTION_NOTE = ("attention: the last block's class-token weights over the patches, each map scaled to its own range "
+ATTENTION_NOTE = ("attention: {block}'s class-token weights over the patches, each map scaled to its own range "
                   "(bright: more weight); max Nx flat: its largest weight over a uniform map's (1x: no patch "
                   "preferred); on the image: the heads' mean map in red over the image in grey")
-PCA_NOTE = ("patch PCA: the first 3 principal components of the last block's patch features as RGB: patches of one "
+PCA_NOTE = ("patch PCA: the first 3 principal components of {block}'s patch features as RGB: patches of one "
             "colour, features alike (the colours themselves mean nothing)")
 
 
 @torch.no_grad()
-def cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
-    """Normalized images x [B, 3, H, W] -> the last block's attention of the class token to each patch, per
-    head: [B, heads, h, w] (softmax over all tokens, so a head's map sums to at most 1)."""
+def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.Tensor:
+    """Normalized images x [B, 3, H, W] -> `block`'s attention (default the last's) of the class token to each
+    patch, per head: [B, heads, h, w] (softmax over all tokens, so a head's map sums to at most 1)."""
     model = encoder.model
     if encoder.hierarchical or not getattr(model, "num_prefix_tokens", 0):
         raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT")
-    attn, seen = model.blocks[-1].attn, {}
+    attn, seen = model.blocks[block].attn, {}
     handle = attn.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0]))
     try:
         model.forward_features(x)
     finally:
         handle.remove()
-    tokens = seen["x"]  # the attention's input: the last block's normed tokens [B, N, D]
+    tokens = seen["x"]  # the attention's input: the block's normed tokens [B, N, D]
     b, n, d = tokens.shape
     qkv = attn.qkv(tokens).reshape(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
@@ -70,10 +71,10 @@ def cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def patch_pca(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
-    """Normalized images x [B, 3, H, W] -> the first 3 principal components of the last unit's patch features
-    (final norm applied), fitted over all B * h * w patches, each scaled to [0, 1]: [B, 3, h, w]."""
-    feats = encoder.unit_maps(x, [encoder.depth - 1])[0].float()  # [B, D, h, w]
+def patch_pca(encoder: Backbone, x: torch.Tensor, unit: int = -1) -> torch.Tensor:
+    """Normalized images x [B, 3, H, W] -> the first 3 principal components of `unit`'s patch features (default
+    the last unit's; final norm applied), fitted over all B * h * w patches, each scaled to [0, 1]: [B, 3, h, w]."""
+    feats = encoder.unit_maps(x, [unit % encoder.depth])[0].float()  # [B, D, h, w]
     b, d, h, w = feats.shape
     flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
     flat = flat - flat.mean(dim=0)
@@ -112,19 +113,23 @@ def scaled_attention(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return (maps - lo) / (hi - lo).clamp_min(1e-8), peak
 
 
-def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[torch.Tensor], rt: Runtime) -> Panels:
-    """uint8 images [3, H, W] -> the pictures of `checkpoint`'s evaluated encoder (and its decoder's
-    reconstruction when it has one), each image prepared as this checkpoint's evaluation prepares it (its own
-    input size, `centre_view`, and stats). `loaded`: the checkpoint, read, and its config
-    (`load_checkpoint_config`)."""
+def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[torch.Tensor], rt: Runtime,
+           block: int = -1) -> Panels:
+    """uint8 images [3, H, W] -> the pictures of `checkpoint`'s evaluated encoder at `block` (a Swin: a stage;
+    default the last) (and its decoder's reconstruction when it has one), each image prepared as this
+    checkpoint's evaluation prepares it (its own input size, `centre_view`, and stats). `loaded`: the
+    checkpoint, read, and its config (`load_checkpoint_config`)."""
     ckpt, cfg = loaded
     model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
     encoder = model.method.eval_encoder
+    if not -encoder.depth <= block < encoder.depth:
+        raise UserError(f"--block {block}: {run_dir(checkpoint).name}'s encoder has {encoder.depth} "
+                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {encoder.depth - 1}")
     mean, std = pretraining_stats(cfg.data)
     seen = torch.stack([centre_view(img, cfg.data.image_size) for img in images]).float() / 255
     x = normalize(seen, mean, std).to(rt.device)
     try:
-        attention, peak = scaled_attention(cls_attention(encoder, x))
+        attention, peak = scaled_attention(cls_attention(encoder, x, block))
     except UserError:
         attention = peak = None  # a Swin: no class token
     recon = recon_psnr = means = means_psnr = None
@@ -135,8 +140,8 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
         if model.branch.norm_pix:
             means = denormalize(patch_means(x, model.branch), mean, std)
             means_psnr = batch_psnr(truth, means).tolist()
-    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, patch_pca(encoder, x), attention, peak,
-                  recon, recon_psnr, means, means_psnr)
+    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, patch_pca(encoder, x, block), attention,
+                  peak, recon, recon_psnr, means, means_psnr)
 
 
 def shown_source(cfg: Config) -> ImageSource:
@@ -233,20 +238,21 @@ def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[
     return cols
 
 
-def notes(images: torch.Tensor, runs: list[Panels]) -> list[str]:
+def notes(images: torch.Tensor, runs: list[Panels], block: int = -1) -> list[str]:
     """How to read the picture's panels, a line each for those it has."""
-    said = [ATTENTION_NOTE] if any(run.attention is not None for run in runs) else []
-    said.append(PCA_NOTE)
+    which = "the last block" if block == -1 else f"block {block}"
+    said = [ATTENTION_NOTE.format(block=which)] if any(run.attention is not None for run in runs) else []
+    said.append(PCA_NOTE.format(block=which))
     if any(run.recon is not None for run in runs):
         said += gray_note(images)
     return said
 
 
 def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
-         overrides: list[str] | None = None, image_index: list[int] | None = None) -> dict[str, Any]:
+         overrides: list[str] | None = None, image_index: list[int] | None = None, block: int = -1) -> dict[str, Any]:
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
-    at `image_index` when given) into the PNG `out` -> {"out", "images", "indices", "labels", "classes",
-    "checkpoints", "columns"}."""
+    at `image_index` when given), the attention and patch features of `block` (a Swin: a stage; -1: the last),
+    into the PNG `out` -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block", "columns"}."""
     overrides = list(overrides or [])
     n = len(dict.fromkeys(image_index)) if image_index else images  # --image-index: --images is not read
     if n < 1:
@@ -261,9 +267,9 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     indices, read, labels, classes = (chosen_images(loaded[1], image_index) if image_index
                                       else first_images(loaded[1], images))
     rt = setup_runtime(loaded[1].train)
-    runs = [panels(checkpoint, loaded, read, rt)]
+    runs = [panels(checkpoint, loaded, read, rt, block)]
     if compare is not None:
-        runs.append(panels(compare, load_checkpoint_config(compare), read, rt))
+        runs.append(panels(compare, load_checkpoint_config(compare), read, rt, block))
         if runs[0].name == runs[1].name:  # two checkpoints of one run
             for run in runs:
                 run.name = f"{run.name}, step {run.step}" if runs[0].step != runs[1].step else run.name
@@ -272,9 +278,9 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     names = [class_name(classes, y) or "" for y in labels]
     pixels = runs[0].images  # the image column: as the first checkpoint sees them
     cols = columns(pixels, names, runs)
-    save_png(sheet(cols, notes=notes(pixels, runs)), Path(out))
+    save_png(sheet(cols, notes=notes(pixels, runs, block)), Path(out))
     return {"command": "show", "out": str(out), "images": len(labels), "indices": indices,
             "labels": [y if y >= 0 else None for y in labels],
             "classes": [n or None for n in names],
-            "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []),
+            "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []), "block": block,
             "columns": [f"{c.group}: {c.title}" if c.group else c.title for c in cols]}
