@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                     "against the first's")
     cp.add_argument("--seeds", action="store_true",
                     help="one column for the runs that differ in train.seed alone (and run-only keys): each number "
-                         "their mean ± standard deviation; the first setting is the reference")
+                         "their mean ± standard deviation, its difference to the first column's paired by seed")
     mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
     mp.add_argument("--out", required=True, help="FILE.png")
