@@ -47,4 +47,5 @@ def check_writable(folder: Path, option: str) -> None:
     if blocked is not None:
         raise UserError(f"{option} {folder}: {blocked} is a file, not a folder; give another path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {folder}: {existing} is not writable by this user; give a path you can write to (--out)")
+        raise UserError(f"{option} {folder}: {existing} is not writable by this user; give a path you can write to "
+                        "(--out)")

@@ -4,15 +4,19 @@ and notes under the sheet that say how to read it: the one layout of every pictu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from repre.core.atomic import replacing
+
+log = logging.getLogger("repre")
 
 PAD = 4  # pixels between tiles and around the sheet
 HEADER = 24  # the strip above the tiles for the columns' group names (one line) and titles (the next)
@@ -118,3 +122,14 @@ def save_png(picture: Image.Image, path: Path) -> None:
     """Write `picture` to `path` whole or not at all (a process stopped while writing leaves the old file)."""
     with replacing(path) as tmp:
         picture.save(tmp, format="PNG")
+
+
+def save_result_picture(picture: Image.Image, path: Path, extra: dict[str, Any]) -> None:
+    """An evaluation's picture: written to `path` and named in its result's `extra["picture"]`; one that
+    cannot be written (a full disk, no permission) is warned of, and the result stands without it."""
+    try:
+        save_png(picture, path)
+    except OSError as exc:
+        log.warning("the picture %s was not written (%s); the result follows", path, exc)
+        return
+    extra["picture"] = str(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from torch import nn
 
 from repre.config import Config
 from repre.core import run_files
-from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
+from repre.core.pictures import Column, save_png, save_result_picture, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
@@ -24,8 +23,6 @@ from repre.eval.features import NONE_READ
 from repre.losses import patch_stats
 from repre.methods.base import stack_views
 from repre.reconstruction import RePre
-
-log = logging.getLogger("repre")
 
 ERROR_GAIN = 2  # the error maps of `repre eval recon`: |error| in [0, 1] pixels, times this, clipped at 1
 
@@ -159,11 +156,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
-        try:
-            save_png(sheet(shown, notes=notes), out / run_files.RECON_PNG)
-            extra["picture"] = str(out / run_files.RECON_PNG)
-        except OSError as exc:  # the result stands without its picture
-            log.warning("the reconstructions' picture was not written (%s); the result follows", exc)
+        save_result_picture(sheet(shown, notes=notes), out / run_files.RECON_PNG, extra)
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from repre.config import Config
 from repre.core import dist
-from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
+from repre.core.pictures import Column, save_result_picture, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import CLASSES, FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
@@ -224,10 +224,6 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
     if out is not None and dist.is_main():
         n = min(SHOWN, len(data.test_images))
         pred = predicted(probe, f_test[:n], tuple(data.test_masks.shape[-2:]))
-        try:
-            save_png(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore, data.names,
-                                     data.classes), out / PICTURE)
-            extra["picture"] = str(out / PICTURE)
-        except OSError as exc:  # the result stands without its picture
-            log.warning("the dense probe's picture was not written (%s); its result follows", exc)
+        save_result_picture(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore,
+                                            data.names, data.classes), out / PICTURE, extra)
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}
