@@ -126,17 +126,17 @@ def test_fractions_of_the_run_come_to_the_official_steps(preset):
     assert steps == {key: epochs * per_epoch for key, epochs in IN_EPOCHS[preset].items()}
 
 
-# What each preset's branch computes, as its quality gates chose (docs/results.md, section 4.1): views
-# reconstructed per image, output stride, taps and upsampling. Presets inherit these through `_base_`, so a
-# change to a base preset shows here for each preset it reaches.
+# What each preset's branch computes, as its quality gates chose (docs/results.md, sections 4.1 and 4.2): views
+# reconstructed per image, output stride, taps, upsampling and per-patch normalized targets. Presets inherit
+# these through `_base_`, so a change to a base preset shows here for each preset it reaches.
 BRANCH = {
-    "fmnist-mocov3-repre": (2, 4, 4, "bilinear"),
-    "fmnist-dino-repre": (2, 4, 4, "bilinear"),  # one view lowered DINO's k-NN on every validation seed
-    "fmnist-moby-repre": (1, 4, 2, "nearest"),  # the 4x4 shuffle: every task higher on average on 3 test seeds
-    "in1k-vit-s16-mocov3-repre": (1, 4, 4, "nearest"),
-    "in1k-vit-b16-mocov3-repre": (1, 4, 4, "nearest"),
-    "in1k-vit-s16-dino-repre": (2, 4, 4, "nearest"),
-    "in1k-swin-t-moby-repre": (1, 4, 3, "nearest"),
+    "fmnist-mocov3-repre": (2, 4, 4, "bilinear", True),
+    "fmnist-dino-repre": (2, 4, 4, "bilinear", True),  # one view lowered DINO's k-NN on every validation seed
+    "fmnist-moby-repre": (1, 4, 2, "nearest", True),  # the 4x4 shuffle: every task higher on average on 3 test seeds
+    "in1k-vit-s16-mocov3-repre": (1, 4, 4, "nearest", True),
+    "in1k-vit-b16-mocov3-repre": (1, 4, 4, "nearest", True),
+    "in1k-vit-s16-dino-repre": (2, 4, 4, "nearest", True),
+    "in1k-swin-t-moby-repre": (1, 4, 3, "nearest", True),
 }
 
 
@@ -148,4 +148,5 @@ def test_every_repre_preset_names_its_branch_here():
 @pytest.mark.parametrize("preset", sorted(BRANCH))
 def test_presets_reconstruct_what_their_quality_gates_chose(preset):
     r = flatten(load_config(preset).to_dict())
-    assert (r["recon.views"], r["recon.out_stride"], r["recon.taps"], r["recon.upsample"]) == BRANCH[preset]
+    keys = ("recon.views", "recon.out_stride", "recon.taps", "recon.upsample", "recon.norm_pix")
+    assert tuple(r[key] for key in keys) == BRANCH[preset]
