@@ -1,4 +1,6 @@
+import copy
 import json
+import math
 
 import pytest
 import torch
@@ -246,8 +248,6 @@ def test_knn_votes_are_weighted_by_exp_of_similarity_over_temperature():
 
 
 def test_fine_tuning_changes_the_encoder():
-    import copy
-
     from conftest import tiny_config
     from repre.core.runtime import setup_runtime
     from repre.eval.finetune import finetune_eval
@@ -275,3 +275,22 @@ def test_an_eval_out_that_is_a_file_is_refused_before_the_evaluation(tiny_run, t
         code, _ = run_cli(["eval", "knn", "--checkpoint", str(tiny_run[0]), "--out", str(out)])
         assert code == 2
     assert not ran
+
+
+def test_fine_tuning_in_fp16_skips_a_step_whose_gradients_overflow():
+    """fp16 fine-tuning scales its loss, so a batch that overflows fp16 skips its step (unscaled, AdamW would turn
+    every weight to NaN and the top-1 would be noise)."""
+    from repre.core.runtime import Runtime
+    from repre.eval.finetune import train_steps
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    before = copy.deepcopy(model.state_dict())
+    opt = torch.optim.AdamW([{"params": model.parameters(), "lr_scale": 1.0}])
+    views = torch.full((4, 2, 3, 2, 2), 1e6)  # beyond fp16's largest value (65504): inf under autocast
+    batch = {"views": views, "label": torch.tensor([0, 1, 0, 1])}
+    loss = train_steps(model, opt, iter([batch]), torch.tensor([1e-3]), 0.0,
+                       Runtime(device=torch.device("cpu"), precision="fp16"))
+    assert not math.isfinite(loss)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])  # the step was skipped: every weight as it was

@@ -8,6 +8,9 @@ position tables, as Swin's own fine-tuning). Training augmentation: random resiz
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,6 +27,8 @@ from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
 from repre.models.attention import training_attention
 from repre.models.backbone import Backbone
+
+log = logging.getLogger("repre")
 
 
 def block_offsets(model: nn.Module) -> list[int]:
@@ -83,20 +88,34 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune.weight_decay, e.finetune.layer_decay))
     lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,
                         round(e.finetune.warmup_fraction * e.finetune.steps))
-    batches = iter(loader)
-    for step in range(e.finetune.steps):
+    loss = train_steps(model, opt, iter(loader), lrs, e.finetune.label_smoothing, rt)
+    if not math.isfinite(loss):
+        log.warning("fine-tuning diverged (its last training loss is %s), so its top-1 measures nothing: lower "
+                    "eval.finetune.lr (now %g)", loss, e.finetune.lr)
+    return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
+            "extra": {"steps": e.finetune.steps, "final_train_loss": loss, "classes": classes}}
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[dict], lrs: torch.Tensor,
+                label_smoothing: float, rt: Runtime) -> float:
+    """One AdamW step per lr of `lrs` [steps] (each group's lr times its `lr_scale`) on the next batch's first
+    view [B, 3, H, W] and its labels [B] -> the last step's loss."""
+    # fp16 needs its loss scaled (small gradients underflow) and a step with overflowing gradients skipped (it
+    # would turn the weights to NaN), as pre-training's scaler does; in bf16 and fp32 the scaler does nothing
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
+    for lr in lrs.tolist():
         batch = next(batches)
         for g in opt.param_groups:
-            g["lr"] = float(lrs[step]) * g["lr_scale"]
+            g["lr"] = lr * g["lr_scale"]
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp), \
                 training_attention(model, rt.device, rt.dtype):
             logits = model(batch["views"][:, 0].to(rt.device))
-        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=e.finetune.label_smoothing)
+        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
-            "extra": {"steps": e.finetune.steps, "final_train_loss": float(loss.detach()), "classes": classes}}
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return float(loss.detach())
 
 
 def test_top1(model: nn.Module, cfg: Config, rt: Runtime) -> float:
