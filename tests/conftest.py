@@ -124,9 +124,9 @@ def repre_log(caplog, monkeypatch):
 
 # settings and data that several test modules share
 
+LOCAL_AUG = ["aug.blur_prob=[1.0, 0.1, 0.5]", "aug.solarize_prob=[0.0, 0.2, 0.0]"]  # DINO's for its local crops
 DINO_TINY = ["method.name=dino", "method.dino.out_dim=64", "method.dino.student_temp=0.1", "method.momentum=0.996",
-             "data.local_crops=2", "data.local_size=8", "aug.blur_prob=[1.0, 0.1, 0.5]",
-             "aug.solarize_prob=[0.0, 0.2, 0.0]"]
+             "data.local_crops=2", "data.local_size=8", *LOCAL_AUG]
 
 
 SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "data.image_size=32",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import last_json, run_cli
+from conftest import LOCAL_AUG, last_json, run_cli
 
 
 def copy_run(run: Path, to: Path, **config: dict) -> Path:
@@ -152,7 +152,7 @@ def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "config.yaml").write_text(yaml.safe_dump(old))
-    dino = make_run(tmp_path / "dino", "method.name=dino", "data.local_crops=2",
+    dino = make_run(tmp_path / "dino", "method.name=dino", "data.local_crops=2", *LOCAL_AUG,
                     summary={"completed": True, "steps": 8, "loss_contrastive": 6.0})
     code, stdout = run_cli(["compare", str(mocov3), str(legacy), str(dino)])
     assert code == 0

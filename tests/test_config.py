@@ -46,6 +46,16 @@ def test_wrong_type_is_refused():
         load_config(None, ["recon.upsample=bicubic"])
 
 
+def test_local_crops_need_their_own_blur_and_solarization():
+    """With two values the local crops would take the second global view's (blur 0.1, solarize 0.2, not DINO's
+    0.5 and 0): refused, the message naming the values to set, which then load."""
+    two_views = ["method.name=dino", "data.local_crops=4"]
+    with pytest.raises(UserError, match=r"aug.blur_prob and aug.solarize_prob .* --set aug.blur_prob=\[1.0,0.1,0.5\]"):
+        load_config(None, two_views)
+    cfg = load_config(None, [*two_views, "aug.blur_prob=[1.0,0.1,0.5]", "aug.solarize_prob=[0.0,0.2,0.0]"])
+    assert cfg.aug.blur_prob[2] == 0.5
+
+
 def test_config_file_round_trip(tmp_path):
     from repre.config import save_yaml
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_png, tiny_config, write_idx
+from conftest import LOCAL_AUG, save_png, tiny_config, write_idx
 from repre.config import AugConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
@@ -196,7 +196,7 @@ def test_sampler_shares_of_the_global_batch_make_up_the_single_process_batch():
 def test_photometric_stage_on_the_device_equals_the_workers(local_crops):
     """data.device_stages=photometric: uint8 views and their parameters leave the loader, finish_views completes
     them where the model runs, with the same result (here on the CPU: bitwise)."""
-    dino = ["method.name=dino", "method.dino.out_dim=16"] if local_crops else []
+    dino = ["method.name=dino", "method.dino.out_dim=16", *LOCAL_AUG] if local_crops else []
     cfg = tiny_config(*dino, f"data.local_crops={local_crops}", "data.local_size=8")
     source = train_source(cfg)
     workers = next(iter(pretrain_loader(cfg, source, 0, False)))

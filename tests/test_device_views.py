@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import last_json, pretrain_args, run_cli, save_png, tiny_config
+from conftest import LOCAL_AUG, last_json, pretrain_args, run_cli, save_png, tiny_config
 from repre.data import device_views
 from repre.data.device_views import crop_on_device, jpeg_shape, resample_weights, resized_crops, unpack
 from repre.data.pipeline import Stages, ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
@@ -79,7 +79,7 @@ def test_resized_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
 def test_views_cut_on_the_device_equal_the_workers(mixed_folder, decode_on_device):
     """The same boxes, flips and photometric parameters as the worker path, so the same views within one grey
     level (the worker path rounds between its passes); JPEGs travel as bytes only with device_stages=decode."""
-    cfg = tiny_config("method.name=dino", "method.dino.out_dim=16", "data.local_crops=2", "data.local_size=8",
+    cfg = tiny_config("method.name=dino", "method.dino.out_dim=16", "data.local_crops=2", "data.local_size=8", *LOCAL_AUG,
                       "data.name=folder", f"data.root={mixed_folder}", "data.image_size=16")
     source = train_source(cfg)
     spec = view_spec(cfg, source)

@@ -92,7 +92,8 @@ class AugConfig:
     saturation: float = 0.2  # colour-jitter strength
     hue: float = 0.1  # colour-jitter strength
     grayscale_prob: float = 0.2  # probability of converting a view to grayscale
-    # Gaussian blur probability per view: [global 1, global 2] or [global 1, global 2, local]
+    # Gaussian blur probability per view: [global 1, global 2], or [global 1, global 2, local] (data.local_crops
+    # needs the third)
     blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])
     # range of the blur's sigma, in pixels of the view, not scaled with its size (ImageNet's at 224 px; the
     # Fashion-MNIST presets set a smaller one)
