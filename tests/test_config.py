@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import LOCAL_AUG
 from repre.config import Config, all_keys, config_from_dict, list_presets, load_config, parse_overrides
 from repre.errors import UserError
 
@@ -54,6 +55,18 @@ def test_local_crops_need_their_own_blur_and_solarization():
         load_config(None, two_views)
     cfg = load_config(None, [*two_views, "aug.blur_prob=[1.0,0.1,0.5]", "aug.solarize_prob=[0.0,0.2,0.0]"])
     assert cfg.aug.blur_prob[2] == 0.5
+
+
+def test_an_older_run_s_local_crops_keep_the_probabilities_they_trained_with(tmp_path):
+    """A run from before the refusal (two values, local crops) still loads, resumes and evaluates: its local crops'
+    value, the second, is written out as the third."""
+    import yaml
+
+    raw = load_config(None, ["method.name=dino", "data.local_crops=4", *LOCAL_AUG]).to_dict()
+    raw["aug"].update(blur_prob=[1.0, 0.1], solarize_prob=[0.0, 0.2])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.aug.blur_prob == [1.0, 0.1, 0.1] and again.aug.solarize_prob == [0.0, 0.2, 0.2]
 
 
 def test_config_file_round_trip(tmp_path):

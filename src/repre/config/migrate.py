@@ -94,6 +94,7 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     _pretraining_on_scenes(raw, refuse_removed)
     _quick_probe_values(evals)
     _null_subsets(evals)
+    _local_crops_probabilities(raw)
     return raw
 
 
@@ -194,3 +195,13 @@ def _null_subsets(evals: dict[str, Any]) -> None:
         for key in section if isinstance(section, dict) else ():
             if key.endswith("subset") and section[key] == 0:
                 section[key] = None
+
+
+def _local_crops_probabilities(raw: dict[str, Any]) -> None:
+    """DINO's local crops with two blur or solarization probabilities, which gave them the second global view's
+    (today refused) -> that value written out as the third: the run's views as they were."""
+    data, aug = raw.get("data") or {}, raw.get("aug") or {}
+    for key in ("blur_prob", "solarize_prob"):
+        values = aug.get(key)
+        if data.get("local_crops") and isinstance(values, list) and len(values) == 2:
+            aug[key] = [*values, values[1]]
