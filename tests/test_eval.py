@@ -76,6 +76,8 @@ def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     second = evaluate("finetune", out, overrides)
     assert first == second
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left as it was
+    evaluate("recon", out, ["eval.recon.subset=8", "eval.recon.images=2"])  # builds the whole model
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_fine_tuning_on_fewer_images_than_its_batch_names_its_own_batch_key(tiny_run, capsys):

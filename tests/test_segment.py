@@ -172,6 +172,18 @@ def test_eval_segment_on_a_folder_end_to_end(tiny_run, tmp_path):
     assert 0 <= result["value"] <= 1 and result["extra"]["feature_grid"] == [4, 4]
 
 
+def test_the_probe_s_classes_come_from_both_splits_and_a_label_beyond_a_given_count_is_refused():
+    """Counted from the masks: the highest label of either split + 1 (a class only in the test masks has an
+    output); given: a label at or above it exits 2 naming the counts to set, not cross-entropy's index error."""
+    from repre.eval.segment import mask_classes
+
+    train, test = torch.tensor([[[0, 1], [255, 1]]]), torch.tensor([[[0, 4], [1, 255]]])
+    assert mask_classes(train, test, 0, ignore=255) == 5
+    assert mask_classes(train, test, 6, ignore=255) == 6
+    with pytest.raises(UserError, match=r"label 4, but eval.segment.classes=3 .* eval.segment.classes=5"):
+        mask_classes(train, test, 3, ignore=255)
+
+
 def test_eval_segment_folder_without_root_is_a_clear_error(tiny_run):
     out, _ = tiny_run
     code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment.data=folder"])

@@ -51,8 +51,9 @@ def evaluate(
         from repre.eval.recon import recon_eval
 
         rt = setup_runtime(cfg.train)
-        model = model_from(ckpt, cfg, checkpoint).to(rt.device)
-        return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
+        with seeded(cfg.train.seed, rt):  # building the model draws its initial weights
+            model = model_from(ckpt, cfg, checkpoint).to(rt.device)
+            return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
     with dist.group_scope():  # under torchrun: joined in the block, left after it
         rt = setup_runtime(cfg.train, join_group=True)
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time

@@ -196,9 +196,20 @@ def folder_data(cfg: Config) -> ProbeData:
         train_idx, val_idx = val_split(len(full), min(e.val_size, max(1, len(full) // 5)))
         train_idx, val_idx = train_idx[: e.segment.train], val_idx[: e.segment.test]
         parts = (full.images[train_idx], full.masks[train_idx], full.images[val_idx], full.masks[val_idx])
-    masks = parts[1][parts[1] != e.segment.ignore]
-    classes = e.segment.classes or (int(masks.max()) + 1 if masks.numel() else 1)
-    return ProbeData(*parts, classes, e.segment.ignore)
+    return ProbeData(*parts, mask_classes(parts[1], parts[3], e.segment.classes, e.segment.ignore), e.segment.ignore)
+
+
+def mask_classes(train: torch.Tensor, test: torch.Tensor, given: int, ignore: int) -> int:
+    """The classes of masks [N, S, S] (train and test): `given` (eval.segment.classes), or 0: the highest label
+    + 1. A label at or above a given count is refused by name (the probe has no output for it)."""
+    labels = torch.cat([train.flatten(), test.flatten()])
+    labels = labels[labels != ignore]
+    highest = int(labels.max()) if labels.numel() else 0
+    if given and highest >= given:
+        raise UserError(f"the masks hold label {highest}, but eval.segment.classes={given} allows 0 to {given - 1}: "
+                        f"set eval.segment.classes={highest + 1} (or 0: counted from the masks), or "
+                        f"eval.segment.ignore={highest} when it marks pixels to leave out")
+    return given or highest + 1
 
 
 def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
