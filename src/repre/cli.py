@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from repre._version import __version__
@@ -61,6 +62,128 @@ def _checkpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (its last.pt)")
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pre-train an encoder from a preset or YAML config")
+    p.add_argument("--config", help="preset name (see `repre presets`) or YAML file; default fmnist-mocov3-repre")
+    p.add_argument("--out", help="run directory (default runs/<preset>)")
+    _set_option(p, "override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --out (starts fresh, saying so, if none)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from another run's weights (checkpoint or run directory): continued pre-training")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint", epilog=EVAL_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=EVAL_TASKS)
+    _checkpoint_option(p)
+    p.add_argument("--out", help="output folder (default <run>/eval/<task>, for an earlier checkpoint or other "
+                   "settings a folder under it)")
+    own = "; ".join(f"{task} also {reads.listed(keys)}" for task, keys in reads.EVAL_TASK.items())
+    _set_option(p, f"override a key of the checkpoint's config: {reads.listed(reads.EVAL)}; {own}")
+
+
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("presets", help="list the presets")
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, its keys and "
+                       "values validated (the model, e.g. model.arch, is checked when pretrain builds it)")
+    p.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
+    _set_option(p, "override a config key, as pretrain takes it")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories (a checkpoint stands for its run); the others' numbers are read "
+                   "against the first's")
+    p.add_argument("--seeds", action="store_true",
+                   help="one column for the runs that differ in train.seed alone (and run-only keys): each number "
+                   "their mean ± standard deviation, its difference to the first column's paired by seed")
+
+
+def _add_map(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
+    p.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
+    p.add_argument("--out", required=True, help="FILE.png")
+    p.add_argument("--checkpoint", help="the run whose data the thumbnails are read from (default: the one embed "
+                   "read, from the card)")
+    p.add_argument("--thumbnails", action="store_true",
+                   help="the images at their places, also where every image has a label (default: by label)")
+    p.add_argument("--method", default="tsne", choices=("tsne", "umap"),
+                   help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
+    p.add_argument("--max-points", type=int, default=5000,
+                   help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")
+    p.add_argument("--seed", type=int, default=0)
+    _set_option(p, f"override {reads.listed(reads.IMAGES)} for the thumbnails' images (embed's own are read from its "
+                "card)")
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
+    _checkpoint_option(p)
+    p.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
+    p.add_argument("--out", required=True, help="FILE.png")
+    p.add_argument("--images", type=int, default=4,
+                   help="test images shown (default 4, at most 64; data.subset's rule picks them)")
+    p.add_argument("--block", type=int, default=-1,
+                   help="the block (a Swin: the stage) whose attention and patch features are drawn, 0-based "
+                   "(default -1: the last; the RePre decoder reads several, recon.taps)")
+    p.add_argument("--image-index", metavar="I,I,...",
+                   help="the test images shown, by index (e.g. an `index` of `repre embed --split test`), instead of "
+                   "--images")
+    _set_option(p, f"override a key of the first checkpoint's config: {reads.listed(reads.SHOW)} (data.* picks the "
+                "images)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
+    _checkpoint_option(p)
+    p.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
+    p.add_argument("--encoder", help="which encoder: encoder (online), teacher_encoder (DINO's default), "
+                   "momentum_encoder, target_encoder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace FILE.* of other weights (an export of the same checkpoint and encoder is replaced "
+                   "without it)")
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="write the embedding of every image (L2-normalized, pooled) with an index")
+    _checkpoint_option(p)
+    p.add_argument("--out", required=True,
+                   help="FILE.npy (float32 [N, D]); the index goes to FILE.csv, the card and progress to FILE.json")
+    _set_option(p, f"override a key of the checkpoint's config: {reads.listed(reads.EMBED)}; e.g. data.name=folder "
+                "data.root=DIR for other images")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="the run's training images (default; data.subset applies) or its test split (a folder's "
+                   "val/, or test/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace FILE.* of another checkpoint or data (the same command continues its own files)")
+
+
+def _add_neighbors(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("neighbors", help="draw query images and their nearest images in an embedding file")
+    p.add_argument("--checkpoint", help="the checkpoint whose data the images are read from (default: the one "
+                   "embed read, from the card)")
+    p.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
+    p.add_argument("--out", required=True, help="the picture, a .png")
+    _set_option(p, f"override {reads.listed(reads.IMAGES)} (after the overrides embed was given, which apply by "
+                "default)")
+    p.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
+    p.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
+    p.add_argument("--query-index", metavar="ROW,ROW,...",
+                   help="the queries: rows of FILE.npy (the index's `row`), instead of drawing them")
+    p.add_argument("--query-embeddings", metavar="FILE.npy",
+                   help="draw the queries from this file of the same checkpoint (e.g. embed --split test), their "
+                   "neighbours from --embeddings; --query-index then names its rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
+    p.add_argument("--backend", choices=("torch", "faiss"), default="torch",
+                   help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="repre", description="Reconstructive pre-training (RePre) of vision transformers.",
@@ -68,98 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"repre {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    pre = sub.add_parser("pretrain", help="pre-train an encoder from a preset or YAML config")
-    pre.add_argument("--config", help="preset name (see `repre presets`) or YAML file; default fmnist-mocov3-repre")
-    pre.add_argument("--out", help="run directory (default runs/<preset>)")
-    _set_option(pre, "override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
-    pre.add_argument("--resume", action="store_true",
-                     help="continue from the newest checkpoint in --out (starts fresh, saying so, if none)")
-    pre.add_argument("--init-from", metavar="CKPT",
-                     help="start from another run's weights (checkpoint or run directory): continued pre-training")
-    ev = sub.add_parser("eval", help="evaluate a checkpoint", epilog=EVAL_EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("task", choices=EVAL_TASKS)
-    _checkpoint_option(ev)
-    ev.add_argument("--out", help="output folder (default <run>/eval/<task>, for an earlier checkpoint or other "
-                    "settings a folder under it)")
-    own = "; ".join(f"{task} also {reads.listed(keys)}" for task, keys in reads.EVAL_TASK.items())
-    _set_option(ev, f"override a key of the checkpoint's config: {reads.listed(reads.EVAL)}; {own}")
-    sub.add_parser("presets", help="list the presets")
-    cf = sub.add_parser("config", help="print the resolved config (YAML) that pretrain would run, its keys and "
-                        "values validated (the model, e.g. model.arch, is checked when pretrain builds it)")
-    cf.add_argument("--config", help="preset name or YAML file, as pretrain takes it; default fmnist-mocov3-repre")
-    _set_option(cf, "override a config key, as pretrain takes it")
-    cp = sub.add_parser("compare", help="runs side by side: what each reports, and the config keys that differ")
-    cp.add_argument("runs", nargs="+", metavar="RUN",
-                    help="run directories (a checkpoint stands for its run); the others' numbers are read "
-                    "against the first's")
-    cp.add_argument("--seeds", action="store_true",
-                    help="one column for the runs that differ in train.seed alone (and run-only keys): each number "
-                         "their mean ± standard deviation, its difference to the first column's paired by seed")
-    mp = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
-    mp.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
-    mp.add_argument("--out", required=True, help="FILE.png")
-    mp.add_argument("--checkpoint", help="the run whose data the thumbnails are read from (default: the one embed "
-                    "read, from the card)")
-    mp.add_argument("--thumbnails", action="store_true",
-                    help="the images at their places, also where every image has a label (default: by label)")
-    mp.add_argument("--method", default="tsne", choices=("tsne", "umap"),
-                    help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
-    mp.add_argument("--max-points", type=int, default=5000,
-                    help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")
-    mp.add_argument("--seed", type=int, default=0)
-    _set_option(mp, f"override {reads.listed(reads.IMAGES)} for the thumbnails' images (embed's own are read from its "
-                "card)")
-    sh = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
-    _checkpoint_option(sh)
-    sh.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
-    sh.add_argument("--out", required=True, help="FILE.png")
-    sh.add_argument("--images", type=int, default=4,
-                    help="test images shown (default 4, at most 64; data.subset's rule picks them)")
-    sh.add_argument("--block", type=int, default=-1,
-                    help="the block (a Swin: the stage) whose attention and patch features are drawn, 0-based "
-                         "(default -1: the last; the RePre decoder reads several, recon.taps)")
-    sh.add_argument("--image-index", metavar="I,I,...",
-                    help="the test images shown, by index (e.g. an `index` of `repre embed --split test`), instead of "
-                    "--images")
-    _set_option(sh, f"override a key of the first checkpoint's config: {reads.listed(reads.SHOW)} (data.* picks the "
-                "images)")
-    ex = sub.add_parser("export", help="export the backbone as timm safetensors with a model card")
-    _checkpoint_option(ex)
-    ex.add_argument("--out", required=True, help="FILE.safetensors (the model card goes to FILE.json)")
-    ex.add_argument("--encoder", help="which encoder: encoder (online), teacher_encoder (DINO's default), "
-                    "momentum_encoder, target_encoder")
-    ex.add_argument("--overwrite", action="store_true",
-                    help="replace FILE.* of other weights (an export of the same checkpoint and encoder is replaced "
-                         "without it)")
-    em = sub.add_parser("embed", help="write the embedding of every image (L2-normalized, pooled) with an index")
-    _checkpoint_option(em)
-    em.add_argument("--out", required=True,
-                    help="FILE.npy (float32 [N, D]); the index goes to FILE.csv, the card and progress to FILE.json")
-    _set_option(em, f"override a key of the checkpoint's config: {reads.listed(reads.EMBED)}; e.g. data.name=folder "
-                "data.root=DIR for other images")
-    em.add_argument("--split", choices=("train", "test"), default="train",
-                    help="the run's training images (default; data.subset applies) or its test split (a folder's "
-                         "val/, or test/)")
-    em.add_argument("--overwrite", action="store_true",
-                    help="replace FILE.* of another checkpoint or data (the same command continues its own files)")
-    nb = sub.add_parser("neighbors", help="draw query images and their nearest images in an embedding file")
-    nb.add_argument("--checkpoint", help="the checkpoint whose data the images are read from (default: the one "
-                    "embed read, from the card)")
-    nb.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
-    nb.add_argument("--out", required=True, help="the picture, a .png")
-    _set_option(nb, f"override {reads.listed(reads.IMAGES)} (after the overrides embed was given, which apply by "
-                "default)")
-    nb.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
-    nb.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
-    nb.add_argument("--query-index", metavar="ROW,ROW,...",
-                    help="the queries: rows of FILE.npy (the index's `row`), instead of drawing them")
-    nb.add_argument("--query-embeddings", metavar="FILE.npy",
-                    help="draw the queries from this file of the same checkpoint (e.g. embed --split test), their "
-                         "neighbours from --embeddings; --query-index then names its rows")
-    nb.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
-    nb.add_argument("--backend", choices=("torch", "faiss"), default="torch",
-                    help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
+    for name in COMMANDS:  # in the order `repre --help` lists them
+        COMMANDS[name][0](sub)
     p.commands = sub.choices  # each command's parser, for its own errors (`_parse`)
     return p
 
@@ -391,16 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     _setup_logging()
     args = _parse(argv)
-    commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export,
-                "show": cmd_show, "embed": cmd_embed, "neighbors": cmd_neighbors, "map": cmd_map,
-                "compare": cmd_compare, "config": cmd_config}
     if args.command is None:  # the commands and examples, rather than starting a default run unasked
         _parser().print_help()
         return 0
     try:
         if args.command in FILE_OUTPUTS:  # before the work that the file would hold
             check_writable(Path(args.out).absolute().parent, "--out")
-        return commands[args.command](args)
+        return COMMANDS[args.command][1](args)
     except UserError as exc:
         _say(f"repre: error: {user_message(exc)}")
         _tell_launcher(exc)
@@ -480,5 +510,15 @@ def out_of_memory_message(exc: BaseException) -> str:
             "and a lower train.batch_size (the lr scales with it) or train.precision=bf16")
 
 
+# each command: what adds its parser, what runs it; in the order `repre --help` lists them
+COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
+    "pretrain": (_add_pretrain, cmd_pretrain), "eval": (_add_eval, cmd_eval), "presets": (_add_presets, cmd_presets),
+    "config": (_add_config, cmd_config), "compare": (_add_compare, cmd_compare), "map": (_add_map, cmd_map),
+    "show": (_add_show, cmd_show), "export": (_add_export, cmd_export), "embed": (_add_embed, cmd_embed),
+    "neighbors": (_add_neighbors, cmd_neighbors),
+}
+
+
 if __name__ == "__main__":
     sys.exit(main())
+
