@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors import safe_open
 
-from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
+from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, pretrain_args, run_cli, tiny_config
 from repre.export import load_export, old_timm_hint
 from repre.pretrained import load_encoder
 
@@ -95,6 +95,28 @@ def test_an_exported_model_card_prepares_images_as_evaluation(name, size, image,
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=size, patch_size=4,
                               embed_dim=32, depth=1, num_heads=2, pretrained_cfg_overlay=pre)
     transform_agrees(model, gradients(*image))
+
+
+@needs_timm
+@pytest.mark.parametrize("size,crop_pct", [(24, 1.0), (16, 0.875)])
+def test_a_folder_run_s_card_prepares_its_own_images_as_evaluation(image_folder, tmp_path, repre_log, size,
+                                                                    crop_pct):
+    """A folder's crop is chosen on a sample of its evaluation images (20 x 24 px): no larger than the input (24)
+    they are resized whole, as `repre embed` reads them (a 0.875 crop would cut their border); larger (16), cut
+    to 0.875 of the short side. The check runs timm's transform from the card on those images. Where the data
+    is gone, the card follows the data's kind, unchecked."""
+    run, out = tmp_path / "run", tmp_path / "vit.safetensors"
+    assert run_cli(pretrain_args(run, "data.name=folder", f"data.root={image_folder}", f"data.image_size={size}",
+                                 "train.max_steps=2", "eval.knn.enabled=false"))[0] == 0
+    assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["pretrained_cfg"]["crop_pct"] == crop_pct and card["check"]["transform_images"] == 12
+    assert card["check"]["transform_max_diff_grey_levels"] < 2 and "otherwise than" not in repre_log.text
+    image_folder.rename(tmp_path / "moved")
+    assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["pretrained_cfg"]["crop_pct"] == 0.875 and card["check"]["transform_images"] == 0
+    assert "not readable here" in repre_log.text
 
 
 @needs_timm

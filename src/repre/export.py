@@ -18,6 +18,7 @@ Which encoder: each paper's convention (MoCo v3 and MoBY: the online encoder; DI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -32,7 +33,10 @@ from repre.core import run_files
 from repre.core.atomic import replacing
 from repre.core.run_files import read_json, run_dir, run_results
 from repre.core.schedules import total_steps
-from repre.data.evaluation import timm_preprocessing
+from repre.data.evaluation import centre_view, timm_preprocessing
+from repre.data.folder import UnreadableImage
+from repre.data.splits import eval_source, subset_of
+from repre.data.views import normalize
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.pretrained import encoder_from, encoder_state, load_checkpoint_config
@@ -43,6 +47,40 @@ TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training
 # the provenance that the timm architecture's own pretrained_cfg would otherwise lend the export (its hub weights,
 # their licence, ImageNet's 1,000 classes): none of it describes these weights
 NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
+# images of the run's evaluation data that the card's resize and crop are chosen on and checked with
+PREPROCESSING_SAMPLE = 16
+TRANSFORM_TOLERANCE = 2.0  # grey levels, on average over an image: PIL's resize against torchvision's
+
+
+def sample_images(cfg: Config) -> list[torch.Tensor]:
+    """Up to PREPROCESSING_SAMPLE readable images, uint8 [3, H, W], of what the run's evaluation reads (its test
+    split, spread over it as a subset is); none where that data is not on this machine."""
+    try:
+        source = subset_of(eval_source(cfg, "test"), PREPROCESSING_SAMPLE)
+        images = []
+        for index in range(len(source)):
+            with contextlib.suppress(UnreadableImage):
+                images.append(source.load(index)[0])
+        return images
+    except (UserError, OSError):
+        return []
+
+
+def transform_difference(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
+    """The largest mean |difference| over an image, in grey levels, between the transform timm builds for
+    `model` from its `pretrained_cfg` and repre's evaluation (`centre_view`, normalized), over `images`."""
+    import timm
+    from PIL import Image
+
+    config = timm.data.resolve_data_config({}, model=model)
+    transform, size = timm.data.create_transform(**config), config["input_size"][-1]
+    std = torch.tensor(config["std"])[:, None, None]
+    worst = 0.0
+    for img in images:
+        theirs = transform(Image.fromarray(img.permute(1, 2, 0).numpy()))
+        ours = normalize(centre_view(img, size)[None].float() / 255, config["mean"], config["std"])[0]
+        worst = max(worst, float(((theirs - ours).abs() * std).mean() * 255))
+    return worst
 
 
 def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[dict[str, Any]]:
@@ -65,9 +103,9 @@ def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[
 
 
 def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: dict[str, Any],
-               run: Path | None, weights: dict[str, str]) -> dict:
+               run: Path | None, weights: dict[str, str], images: list[torch.Tensor]) -> dict:
     """What a user of the file needs to load and judge it; `weights`: the checkpoint's file and SHA-256
-    (`weights_of`)."""
+    (`weights_of`); `images`: a sample of the run's evaluation images, whose sizes choose the resize and crop."""
     step = int(ckpt.get("step", 0))
     # None: an epoch budget in a checkpoint written before it recorded its images
     total = total_steps(cfg.train, ckpt.get("images") or 0) if cfg.train.max_steps or ckpt.get("images") else None
@@ -77,7 +115,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "arch": arch,
         "kwargs": kwargs,
         "model": cfg.model.arch,  # the run's model.arch: timm's `arch` as `kwargs` shape it (vit_pico_patch4)
-        "pretrained_cfg": {**timm_preprocessing(cfg.data), **NOT_TIMMS},
+        "pretrained_cfg": {**timm_preprocessing(cfg.data, [min(img.shape[-2:]) for img in images]), **NOT_TIMMS},
         "encoder": key,
         "checkpoint": weights,
         "method": cfg.method.name,
@@ -115,9 +153,10 @@ def old_timm_hint() -> str:
     return ""
 
 
-def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor], reference: torch.nn.Module) -> float:
-    """Load the file the documented way; the keys must match exactly and the features agree. Returns the max
-    relative feature difference."""
+def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor], reference: torch.nn.Module,
+               images: list[torch.Tensor]) -> dict[str, Any]:
+    """Load the file the documented way; the keys must match exactly and the features agree; timm's transform
+    from the card is compared with repre's evaluation on `images` (the run's). Returns the card's `check`."""
     try:
         loaded = load_export(file, card).eval()
     except Exception as exc:  # noqa: BLE001 - any failure of the loading call fails the export
@@ -138,7 +177,18 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
         raise UserError(f"the loaded export's features differ from the checkpoint's by {diff:.2e} (relative), so "
                         f"nothing was written: the installed timm builds {card['arch']} otherwise than the "
                         f"training did; export with the timm version of the training{old_timm_hint()}")
-    return diff
+    check = {"strict_keys": True, "max_rel_feature_diff": diff, "transform_images": len(images)}
+    if images:
+        check["transform_max_diff_grey_levels"] = worst = transform_difference(loaded, images)
+        if worst > TRANSFORM_TOLERANCE:
+            log.warning("timm's transform from the card (crop_pct %s) prepares some of %d of the run's images "
+                        "otherwise than repre's evaluation (%.1f grey levels on average over an image): their "
+                        "sizes are mixed around the input's %d px, so features through timm's transform differ "
+                        "from `repre embed`'s", card["pretrained_cfg"]["crop_pct"], len(images), worst, size)
+    else:
+        log.info("the run's images are not readable here: the card's resize and crop follow its data's kind "
+                 "(data.name=%s), unchecked", card["data"]["name"])
+    return check
 
 
 def weights_of(checkpoint: str | Path) -> dict[str, str]:
@@ -182,14 +232,14 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
     in_run = Path(checkpoint).is_dir() or run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
-    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None, weights)
+    images = sample_images(cfg)
+    card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None, weights, images)
     if card["total_steps"] and card["step"] < card["total_steps"]:
         log.warning("exporting step %d of the run's %d (a stopped run, or a step checkpoint): the encoder as it was "
                     "there", card["step"], card["total_steps"])
     with replacing(out.with_suffix(".json")) as card_tmp, replacing(out) as tmp:  # the weights, then the card
         save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
-        diff = self_check(tmp, card, state, backbone.model)  # neither file is written when it fails
-        card["check"] = {"strict_keys": True, "max_rel_feature_diff": diff}
+        card["check"] = self_check(tmp, card, state, backbone.model, images)  # no file written when it fails
         card_tmp.write_text(json.dumps(card, indent=2) + "\n")
         tmp.chmod(card_tmp.stat().st_mode & 0o777)  # safetensors writes its file 0600; the card's mode (umask's)
     return card

@@ -9,7 +9,7 @@ each image it keeps.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +37,19 @@ def centre_view(img: torch.Tensor, size: int) -> torch.Tensor:
     return img
 
 
-def timm_preprocessing(cfg: DataConfig) -> dict[str, Any]:
+def timm_preprocessing(cfg: DataConfig, short_sides: Sequence[int] = ()) -> dict[str, Any]:
     """`centre_view` and the normalization of a run's data, in the terms of timm's `pretrained_cfg`: an
     exported encoder carries them, and `timm.data.resolve_data_config({}, model=model)` then builds the
-    transform evaluation applies (`crop_pct` 1, the whole image resized, where every image of the dataset is
-    square and no larger than the input: Fashion-MNIST's 28 px items, the generated images)."""
+    transform evaluation applies. `crop_pct` 1 (the short side resized to the input, as `centre_view` does
+    with an image no larger than it) where most of `short_sides` (those of a sample of the run's images) are at
+    most the input size, else CROP_PCT; without a sample, 1 for the datasets whose images are all that small
+    (Fashion-MNIST's 28 px items, the generated images)."""
     mean, std = pretraining_stats(cfg)
-    side = {"fashion-mnist": FashionMNIST.side, "synthetic": cfg.image_size}
-    whole = side.get(cfg.name, cfg.image_size + 1) <= cfg.image_size
+    if short_sides:
+        whole = 2 * sum(side <= cfg.image_size for side in short_sides) >= len(short_sides)
+    else:
+        side = {"fashion-mnist": FashionMNIST.side, "synthetic": cfg.image_size}
+        whole = side.get(cfg.name, cfg.image_size + 1) <= cfg.image_size
     return {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear", "crop_mode": "center",
             "crop_pct": 1.0 if whole else CROP_PCT, "mean": list(mean), "std": list(std)}
 
