@@ -103,6 +103,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", action="store_true",
                    help="one column for the runs that differ in train.seed alone (and run-only keys): each number "
                    "their mean ± standard deviation, its difference to the first column's paired by seed")
+    p.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
+                   help="the table as aligned text (default; long texts cut), a Markdown table or a LaTeX tabular "
+                   "(booktabs), whole; the JSON line follows each")
 
 
 def _add_map(sub: argparse._SubParsersAction) -> None:
@@ -360,7 +363,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from repre.use.compare import compare, table
 
     result = compare(args.runs, args.seeds)
-    print(table(result))
+    print(table(result, args.format))
     print(json.dumps(result), flush=True)
     return 0
 

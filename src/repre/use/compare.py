@@ -175,25 +175,72 @@ class Row:
     # column's only where the same
 
 
-def table(result: dict[str, Any]) -> str:
+FORMATS = ("text", "markdown", "latex")  # how `table` writes the table (the JSON line follows each)
+
+
+@dataclass
+class Part:
+    """A part of the table: a note above it (or None), and its rows' labels and cells (a text per column)."""
+
+    note: str | None
+    labels: list[str]
+    cells: list[list[str]]
+
+
+def table(result: dict[str, Any], fmt: str = "text") -> str:
     """The runs (or groups of seeds: `compare`'s columns) as columns, what they report as rows, then the config
-    keys that differ."""
+    keys that differ: aligned text (long texts cut in their middle), a Markdown table or a LaTeX tabular
+    (booktabs), whole."""
     runs, columns = result["runs"], result.get("columns") or [[i] for i in range(len(result["runs"]))]
     names = column_names([r["run"] for r in runs], columns)
     report = report_rows(runs)
     differing = [Row(key, values, _plain) for key, values in result["differences"].items()]
     cells = [[_cell(row, runs, columns, c) for c in range(len(columns))] for row in report + differing]
-    label_width = min(LABEL_WIDTH, max((len(row.label) for row in report + differing), default=0))
-    widths = [min(CELL_WIDTH, max([len(name)] + [len(row[i]) for row in cells])) for i, name in enumerate(names)]
-    lines = [_line("", names, label_width, widths)]
-    if not report:
-        lines.append("nothing reported yet: no summary.json, train line or evaluation")
-    lines += [_line(row.label, texts, label_width, widths) for row, texts in zip(report, cells, strict=False)]
+    parts = [Part(None if report else "nothing reported yet: no summary.json, train line or evaluation",
+                  [row.label for row in report], cells[:len(report)])]
     if len(runs) > 1:
-        lines.append("config keys that differ:" if differing else "the runs' configs are the same")
-    lines += [_line(row.label, texts, label_width, widths)
-              for row, texts in zip(differing, cells[len(report):], strict=True)]
+        parts.append(Part("config keys that differ:" if differing else "the runs' configs are the same",
+                          [row.label for row in differing], cells[len(report):]))
+    return {"text": _text_table, "markdown": _markdown_table, "latex": _latex_table}[fmt](names, parts)
+
+
+def _text_table(names: list[str], parts: list[Part]) -> str:
+    labels = [label for part in parts for label in part.labels]
+    rows = [row for part in parts for row in part.cells]
+    label_width = min(LABEL_WIDTH, max((len(label) for label in labels), default=0))
+    widths = [min(CELL_WIDTH, max([len(name)] + [len(row[i]) for row in rows])) for i, name in enumerate(names)]
+    lines = [_line("", names, label_width, widths)]
+    for part in parts:
+        lines += [part.note] if part.note else []
+        lines += [_line(label, row, label_width, widths) for label, row in zip(part.labels, part.cells, strict=True)]
     return "\n".join(lines)
+
+
+def _markdown_table(names: list[str], parts: list[Part]) -> str:
+    cell = lambda text: " ".join(text.split()).replace("|", "\\|")  # noqa: E731 - one line, no bare pipe
+    lines = ["| | " + " | ".join(map(cell, names)) + " |", "|---" * (len(names) + 1) + "|"]
+    for part in parts:
+        lines += [f"| **{cell(part.note)}** |" + " |" * len(names)] if part.note else []
+        lines += [f"| {cell(label)} | " + " | ".join(map(cell, row)) + " |"
+                  for label, row in zip(part.labels, part.cells, strict=True)]
+    return "\n".join(lines)
+
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
+def _latex_table(names: list[str], parts: list[Part]) -> str:
+    cell = lambda text: "".join(LATEX_ESCAPES.get(ch, ch) for ch in " ".join(text.split()))  # noqa: E731
+    lines = [r"\begin{tabular}{" + "l" * (len(names) + 1) + "}", r"\toprule",
+             " & " + " & ".join(map(cell, names)) + r" \\"]
+    for part in parts:
+        lines.append(r"\midrule")
+        if part.note:  # across the columns
+            lines.append(rf"\multicolumn{{{len(names) + 1}}}{{l}}{{\emph{{{cell(part.note)}}}}} \\")
+        lines += [" & ".join([cell(label), *map(cell, row)]) + r" \\"
+                  for label, row in zip(part.labels, part.cells, strict=True)]
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"])
 
 
 def column_names(paths: list[str], columns: list[list[int]]) -> list[str]:
