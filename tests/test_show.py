@@ -101,6 +101,20 @@ def test_two_checkpoints_of_a_run_are_named_by_their_steps(tiny_run, tmp_path):
     assert code == 0 and groups == {f"{run.name}, step 10", f"{run.name}, step 20"}
 
 
+def test_two_runs_of_one_folder_name_are_named_by_the_folders_that_tell_them_apart(tiny_run, tmp_path):
+    """runs/repre/seed1 beside runs/base/seed1: "repre/seed1" and "base/seed1" head their panels, as `repre
+    compare` names them (not both "seed1", nor "first" and "second")."""
+    import shutil
+
+    run, _ = tiny_run
+    for name in ("repre", "base"):
+        shutil.copytree(run, tmp_path / name / "seed1", ignore=shutil.ignore_patterns("eval", "tb"))
+    code, stdout = run_cli(["show", "--checkpoint", str(tmp_path / "repre" / "seed1"), "--compare",
+                            str(tmp_path / "base" / "seed1"), "--out", str(tmp_path / "show.png"), "--images", "1"])
+    groups = [c.split(": ")[0] for c in last_json(stdout)["columns"] if ": " in c]
+    assert code == 0 and list(dict.fromkeys(groups)) == ["repre/seed1", "base/seed1"]
+
+
 def test_each_checkpoint_sees_the_images_as_its_own_evaluation_does(tiny_run):
     """`panels` takes the images as read, of any size, and prepares them as the checkpoint's evaluation does
     (`centre_view` at its own size): not from a copy another checkpoint's size was made from."""

@@ -37,6 +37,7 @@ from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
+from repre.use.compare import short_names
 
 TILE = 96  # pixels per panel
 MAX_IMAGES = 64  # rows of a picture
@@ -270,7 +271,11 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     runs = [panels(checkpoint, loaded, read, rt, block)]
     if compare is not None:
         runs.append(panels(compare, load_checkpoint_config(compare), read, rt, block))
-        if runs[0].name == runs[1].name:  # two checkpoints of one run
+        if runs[0].name == runs[1].name:  # runs/repre/seed1 and runs/base/seed1, or two checkpoints of one run
+            apart = short_names([str(run_dir(checkpoint)), str(run_dir(compare))])  # the same run: whole paths
+            for run, name in zip(runs, apart, strict=True):
+                run.name = name if apart[0] != apart[1] else run.name
+        if runs[0].name == runs[1].name:
             for run in runs:
                 run.name = f"{run.name}, step {run.step}" if runs[0].step != runs[1].step else run.name
             if runs[0].name == runs[1].name:
