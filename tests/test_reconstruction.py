@@ -214,6 +214,27 @@ def test_recon_eval_gives_what_the_patch_statistics_alone_score(monkeypatch):
     assert "psnr_patch_means_db" not in recon_eval(build_model(raw), raw, rt, None)["extra"]
 
 
+def test_the_recon_picture_s_images_are_spread_over_a_class_sorted_folder(image_folder, tmp_path):
+    """`repre eval recon` draws eval.recon.images test images spread over the split as a subset is: a folder's
+    val/cat/* then val/dog/* give one of each class for 2 images (its first 2 were both cats), and the picture
+    has a row each."""
+    from PIL import Image
+
+    from repre.core.runtime import setup_runtime
+    from repre.data.evaluation import eval_loader
+    from repre.eval.recon import recon_eval, spread_images
+
+    folder = ["data.name=folder", f"data.root={image_folder}", "data.image_size=16"]
+    cfg = tiny_config(*folder, "eval.recon.images=2")
+    dataset = eval_loader(cfg, "test", None).dataset  # 6 cats, then 6 dogs
+    assert torch.equal(spread_images(dataset, 2), torch.stack([dataset.read(0)[0], dataset.read(6)[0]]))
+    model, rt = build_model(cfg), setup_runtime(cfg.train)
+    assert recon_eval(model, cfg, rt, tmp_path)["value"] > 0
+    (tmp_path / "one").mkdir()
+    recon_eval(model, tiny_config(*folder, "eval.recon.images=1"), rt, tmp_path / "one")
+    assert Image.open(tmp_path / "recon.png").size[1] > Image.open(tmp_path / "one" / "recon.png").size[1]
+
+
 def test_psnr_is_ten_log10_of_one_over_the_mse():
     from repre.eval.recon import batch_psnr
 

@@ -13,7 +13,7 @@ from repre.config import Config
 from repre.core import run_files
 from repre.core.pictures import Column, save_png, save_result_picture, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
-from repre.data.evaluation import eval_loader
+from repre.data.evaluation import EvalDataset, eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
 from repre.data.sources import ImageSource
 from repre.data.splits import subset_of
@@ -133,7 +133,7 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
     mean, std = loader.dataset.mean, loader.dataset.std
     branch = model.branch
     model.eval()
-    psnr, l1, floor, shown, notes = [], [], [], None, []
+    psnr, l1, floor = [], [], []
     for x, _ in loader:
         if not len(x):
             continue
@@ -144,20 +144,32 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
         l1.append((a - b).abs().mean(dim=(1, 2, 3)).cpu())
         if branch.norm_pix:
             floor.append(batch_psnr(a, denormalize(patch_means(x, branch), mean, std)))
-        if shown is None:
-            k = min(cfg.eval.recon.images, len(x))
-            shown = reconstruction_columns(x[:k], pred[:k], branch, mean, std)
-            notes = gray_note(a[:k])
-            err = (a[:k] - b[:k]).abs().mean(dim=1, keepdim=True).mul(ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
-            shown.append(Column(tiles(err), f"|error| x {ERROR_GAIN}"))
     if not psnr:
         raise UserError(NONE_READ)
     extra: dict[str, Any] = {"l1": float(torch.cat(l1).mean()), "images": int(sum(len(p) for p in psnr))}
     if floor:
         extra["psnr_patch_means_db"] = float(torch.cat(floor).mean())
     if out is not None:
-        save_result_picture(sheet(shown, notes=notes), out / run_files.RECON_PNG, extra)
+        x = spread_images(loader.dataset, cfg.eval.recon.images).to(rt.device)
+        save_result_picture(error_sheet(model, x, rt, mean, std), out / run_files.RECON_PNG, extra)
     return {"task": "recon", "metric": "psnr_db", "value": float(torch.cat(psnr).mean()), "extra": extra}
+
+
+def spread_images(dataset: EvalDataset, count: int) -> torch.Tensor:
+    """`count` of the dataset's images, prepared [k, 3, S, S], spread over it as a subset is (a class-sorted
+    folder: each class in proportion, not its first class alone); the unreadable left out."""
+    read = [dataset.read(int(i))[0] for i in subset_of(dataset.source, count).indices]
+    return dataset.stack([img for img in read if img is not None])
+
+
+def error_sheet(model: RePre, x: torch.Tensor, rt: Runtime, mean: Stats, std: Stats) -> Image.Image:
+    """Normalized images x [k, 3, S, S], a row each: the image, its patch means (norm_pix), the reconstruction
+    (each with its PSNR) and the error map (|error| x ERROR_GAIN, clipped)."""
+    pred = reconstruct(model, x, rt)
+    a, b = denormalize(x.float(), mean, std), denormalize(pred, mean, std)
+    shown = reconstruction_columns(x, pred, model.branch, mean, std)
+    err = (a - b).abs().mean(dim=1, keepdim=True).mul(ERROR_GAIN).clamp(0, 1).expand(-1, 3, -1, -1)
+    return sheet([*shown, Column(tiles(err), f"|error| x {ERROR_GAIN}")], notes=gray_note(a))
 
 
 def batch_psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
