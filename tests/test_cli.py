@@ -12,6 +12,13 @@ from repre.cli import main
 from repre.errors import UserError
 
 
+def replace_command(monkeypatch, name: str, handler) -> None:
+    """What runs command `name` (its parser stays), for the rest of the test."""
+    import repre.cli
+
+    monkeypatch.setitem(repre.cli.COMMANDS, name, (repre.cli.COMMANDS[name][0], handler))
+
+
 def test_run_writes_every_output_of_the_contract(tiny_run):
     out, summary = tiny_run
     assert summary["completed"] and summary["steps"] == 20
@@ -199,7 +206,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, t
     def refused(args):
         raise PermissionError(errno.EACCES, "Permission denied", "/srv/shared/runs")
 
-    monkeypatch.setattr(repre.cli, "cmd_config", refused)
+    replace_command(monkeypatch, "config", refused)
     assert run_cli(["config"])[0] == 2
     assert "cannot use /srv/shared/runs: Permission denied; give another path" in capsys.readouterr().err
 
@@ -213,10 +220,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, t
         raise PermissionError(errno.EACCES, "Permission denied", "/w/.v.12.tmp.safetensors")
 
     for error in (renamed, written):
-        monkeypatch.setattr(repre.cli, "cmd_export", error)
+        replace_command(monkeypatch, "export", error)
         assert run_cli(["export", "--checkpoint", "x", "--out", str(tmp_path / "v.safetensors")])[0] == 2
         assert "cannot use /w/v.safetensors: " in capsys.readouterr().err
-    monkeypatch.setattr(repre.cli, "cmd_embed", full)
+    replace_command(monkeypatch, "embed", full)
     assert run_cli(["embed", "--checkpoint", "x", "--out", str(tmp_path / "e.npy")])[0] == 2
     assert f"cannot write {tmp_path / 'e.npy'}: No space left on device; free space there" in capsys.readouterr().err
 
@@ -518,15 +525,14 @@ def test_a_wrong_setting_found_while_building_leaves_no_directory(tmp_path, caps
 
 
 def test_an_interrupted_embed_or_eval_says_what_the_same_command_does(monkeypatch, capsys):
-    import repre.cli as cli
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_embed", interrupted)
+    replace_command(monkeypatch, "embed", interrupted)
     assert main(["embed", "--checkpoint", "x", "--out", "e.npy"]) == 3
     assert "interrupted; the same command (without --overwrite) goes on from the rows written" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "cmd_eval", interrupted)
+    replace_command(monkeypatch, "eval", interrupted)
     assert main(["eval", "knn", "--checkpoint", "x"]) == 3
     assert "interrupted; no partial result is kept, the same command starts again" in capsys.readouterr().err
 
