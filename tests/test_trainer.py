@@ -254,3 +254,17 @@ def test_train_step_refuses_a_batch_of_the_loader_not_finished_on_the_device(tmp
         with pytest.raises(TypeError, match=r"trainer.train_step\(trainer.data.to_device\(batch\)\)"):
             trainer.train_step(batch)
         assert torch.isfinite(trainer.train_step(trainer.data.to_device(batch))["loss"])
+
+
+def test_one_step_at_lr_0_keeps_the_initial_encoder_a_random_init_reference(tmp_path):
+    """docs/evaluation.md's random-init reference: `train.max_steps=1 train.lr=0` writes a run whose encoder is
+    the initial one, bit for bit, to evaluate as any run (the floor a pre-trained row is read against)."""
+    import copy
+
+    from repre.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_config("train.max_steps=1", "train.lr=0", "eval.knn.enabled=false"), tmp_path / "run")
+    before = copy.deepcopy(trainer.model.method.encoder.state_dict())
+    trainer.fit()
+    after = trainer.model.method.encoder.state_dict()
+    assert all(torch.equal(after[name], value) for name, value in before.items())
