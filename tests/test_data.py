@@ -11,19 +11,12 @@ from conftest import LOCAL_AUG, save_png, tiny_config, write_idx
 from repre.config import AugConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, decode
-from repre.data.pipeline import (
-    EpochBatchSampler,
-    Stages,
-    ViewCollate,
-    ViewDataset,
-    finish_views,
-    pretrain_loader,
-    resolve_workers,
-    view_spec,
-)
+from repre.data.pipeline import Stages, ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
+from repre.data.sampler import EpochBatchSampler
 from repre.data.sources import build_source, load_or_replace
 from repre.data.splits import eval_source, subset_of, train_source, val_split
 from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
+from repre.data.workers import resolve_workers
 from repre.errors import UserError
 
 
@@ -173,7 +166,7 @@ def test_automatic_workers_share_the_cores_among_torchruns_processes(monkeypatch
 def test_more_workers_than_the_cores_can_hold_are_refused_and_many_said(monkeypatch, repre_log):
     """train.num_workers=1000 on 2 cores hung the run until the memory ran out: refused, saying what to set; 9
     (more than 4 a core) runs, said once."""
-    from repre.data.pipeline import _warn_many_workers
+    from repre.data.workers import _warn_many_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -20,10 +20,10 @@ from torchvision.transforms.v2 import functional as TF
 from repre.config import Config, DataConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import UnreadableImage, warn_unreadable
-from repre.data.pipeline import resolve_workers
 from repre.data.sources import ImageSource, pretraining_stats, stats
 from repre.data.splits import eval_source, subset_of
 from repre.data.views import normalize
+from repre.data.workers import resolve_workers
 
 CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 256), as timm's and DINO's evaluation
 

@@ -26,28 +26,25 @@ decode added.
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
-import os
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from repre.config import Config, DataConfig
 from repre.core import dist
-from repre.core.rng import epoch_seed
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
+from repre.data.sampler import EpochBatchSampler
 from repre.data.sources import EncodedImages, ImageSource, first_readable, load_or_replace, stats
 from repre.data.splits import train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
 from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, photometric, sample_views
-from repre.errors import UserError
+from repre.data.workers import resolve_workers
 
 log = logging.getLogger("repre")
 
@@ -189,67 +186,6 @@ class ViewCollate:
         if "stream" in samples[-1]:  # streamed shards: the worker's position after this batch (for checkpoints)
             batch["stream"] = samples[-1]["stream"]
         return batch
-
-
-class EpochBatchSampler(Sampler):
-    """Batches of (epoch, index) keys, reshuffled each epoch from (seed, epoch); drops the last partial batch.
-
-    `start_step` resumes inside an epoch: iteration begins with the batch of that global step. Distributed
-    (`world` > 1): every process draws the same global batch of `batch_size` keys and keeps its own contiguous
-    share, `rank`-th of `world`, so N processes see exactly the images (and views) one process would.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1, batch_key: str = "train.batch_size") -> None:
-        """`batch_key`: the config key that set `batch_size`, named when the dataset is smaller than a batch."""
-        if size < batch_size:
-            raise UserError(
-                f"the dataset has {size} images, fewer than one batch ({batch_key}={batch_size}); "
-                f"lower {batch_key} or add images"
-            )
-        self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
-        self.steps_per_epoch = size // batch_size
-        self.share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, offset = divmod(self.start_step, self.steps_per_epoch)
-        while True:
-            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-            order = torch.randperm(self.size, generator=g).tolist()
-            for b in range(offset, self.steps_per_epoch):
-                batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-                yield [(epoch, i) for i in batch[self.share]]
-            epoch, offset = epoch + 1, 0
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-
-# data workers per core: more are said to be many (room for loading that waits on a network disk), and past the
-# most refused (each a process with its own memory: 1,000 on 2 cores hung a run until the memory ran out)
-MANY_WORKERS_PER_CORE, MOST_WORKERS_PER_CORE = 4, 64
-
-
-def resolve_workers(requested: int) -> int:
-    """-1 -> min(8, this process's share of the cores - 1), leaving a core to its training loop. The share:
-    the cores it may run on, divided among the processes torchrun started on the node, which all see the same
-    cores (the official MoCo v3 divides its workers so too); 8 GPU processes on 64 cores get 7 workers each."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // dist.local_world_size())
-    chosen = max(0, min(8, share - 1))
-    if requested > MOST_WORKERS_PER_CORE * share:
-        raise UserError(f"train.num_workers={requested} on {share} core(s): each data worker is a process with its "
-                        f"own memory, and so many would exhaust it before the first step; --set "
-                        f"train.num_workers=-1 chooses {chosen} here (allowed with --resume)")
-    if requested > MANY_WORKERS_PER_CORE * share and dist.is_main():
-        _warn_many_workers(requested, share, chosen)
-    return requested if requested >= 0 else chosen
-
-
-@functools.cache  # once a process: each loader asks
-def _warn_many_workers(requested: int, share: int, chosen: int) -> None:
-    log.warning("train.num_workers=%d on %d core(s): more workers than loading can use unless it waits on a slow "
-                "disk; --set train.num_workers=-1 chooses %d here", requested, share, chosen)
 
 
 def view_spec(cfg: Config, source: ImageSource) -> ViewSpec:

@@ -11,9 +11,11 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from repre.config import AugConfig, Config
-from repre.data.pipeline import EpochBatchSampler, ViewCollate, ViewDataset, resolve_workers
+from repre.data.pipeline import ViewCollate, ViewDataset
+from repre.data.sampler import EpochBatchSampler
 from repre.data.sources import ImageSource, stats
 from repre.data.views import ViewSpec
+from repre.data.workers import resolve_workers
 
 
 def crop_and_flip(aug: AugConfig, **geometry: Any) -> AugConfig:

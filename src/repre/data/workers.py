@@ -1,0 +1,39 @@
+"""How many data workers a loader starts: `train.num_workers`, its -1 resolved from this process's share of
+the cores, and counts that would exhaust the memory refused."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from repre.core import dist
+from repre.errors import UserError
+
+log = logging.getLogger("repre")
+
+# data workers per core: more are said to be many (room for loading that waits on a network disk), and past the
+# most refused (each a process with its own memory: 1,000 on 2 cores hung a run until the memory ran out)
+MANY_WORKERS_PER_CORE, MOST_WORKERS_PER_CORE = 4, 64
+
+
+def resolve_workers(requested: int) -> int:
+    """-1 -> min(8, this process's share of the cores - 1), leaving a core to its training loop. The share:
+    the cores it may run on, divided among the processes torchrun started on the node, which all see the same
+    cores (the official MoCo v3 divides its workers so too); 8 GPU processes on 64 cores get 7 workers each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // dist.local_world_size())
+    chosen = max(0, min(8, share - 1))
+    if requested > MOST_WORKERS_PER_CORE * share:
+        raise UserError(f"train.num_workers={requested} on {share} core(s): each data worker is a process with its "
+                        f"own memory, and so many would exhaust it before the first step; --set "
+                        f"train.num_workers=-1 chooses {chosen} here (allowed with --resume)")
+    if requested > MANY_WORKERS_PER_CORE * share and dist.is_main():
+        _warn_many_workers(requested, share, chosen)
+    return requested if requested >= 0 else chosen
+
+
+@functools.cache  # once a process: each loader asks
+def _warn_many_workers(requested: int, share: int, chosen: int) -> None:
+    log.warning("train.num_workers=%d on %d core(s): more workers than loading can use unless it waits on a slow "
+                "disk; --set train.num_workers=-1 chooses %d here", requested, share, chosen)
