@@ -211,7 +211,7 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
 
 def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_path):
     """`--format markdown` and `latex`: the same cells as the text table, none cut, each part's note a row of its
-    own, and what would break the format escaped (a pipe in Markdown; _, ~ and ± in LaTeX)."""
+    own, and what would break the format escaped (a pipe in Markdown; _, ~, | and ± in LaTeX)."""
     from repre.config import load_config
 
     done = {"completed": True, "steps": 8, "loss_contrastive": 2.0}
@@ -236,4 +236,4 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
     assert r"\multicolumn{3}{l}{\emph{config keys that differ:}} \\" in lines
     assert r"loss\_contrastive (last) & 2.0000 $\pm$ 0.0000 & 2.0000 $\pm$ 0.0000 (+0.0000 $\pm$ 0.0000 paired) \\" in lines
     assert lines[-3:-1] == [r"\bottomrule", r"\end{tabular}"]
-    assert any(line.startswith(rf"description & a | b, \textasciitilde{{}}{'x' * 80} & ") for line in lines)
+    assert any(line.startswith(rf"description & a \textbar{{}} b, \textasciitilde{{}}{'x' * 80} & ") for line in lines)

@@ -216,8 +216,8 @@ def test_recon_eval_gives_what_the_patch_statistics_alone_score(monkeypatch):
 
 def test_the_recon_picture_s_images_are_spread_over_a_class_sorted_folder(image_folder, tmp_path):
     """`repre eval recon` draws eval.recon.images test images spread over the split as a subset is: a folder's
-    val/cat/* then val/dog/* give one of each class for 2 images (its first 2 were both cats), and the picture
-    has a row each."""
+    val/cat/* then val/dog/* give one of each class for 2 images (its first 2 were both cats), an unreadable
+    one replaced, and the picture has a row each."""
     from PIL import Image
 
     from repre.core.runtime import setup_runtime
@@ -228,6 +228,8 @@ def test_the_recon_picture_s_images_are_spread_over_a_class_sorted_folder(image_
     cfg = tiny_config(*folder, "eval.recon.images=2")
     dataset = eval_loader(cfg, "test", None).dataset  # 6 cats, then 6 dogs
     assert torch.equal(spread_images(dataset, 2), torch.stack([dataset.read(0)[0], dataset.read(6)[0]]))
+    (image_folder / "val" / "cat" / "0.png").write_bytes(b"not an image")  # replaced by the next readable one
+    assert torch.equal(spread_images(dataset, 2), torch.stack([dataset.read(6)[0], dataset.read(1)[0]]))
     model, rt = build_model(cfg), setup_runtime(cfg.train)
     assert recon_eval(model, cfg, rt, tmp_path)["value"] > 0
     (tmp_path / "one").mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +157,19 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
 
 
 def spread_images(dataset: EvalDataset, count: int) -> torch.Tensor:
-    """`count` of the dataset's images, prepared [k, 3, S, S], spread over it as a subset is (a class-sorted
-    folder: each class in proportion, not its first class alone); the unreadable left out."""
-    read = [dataset.read(int(i))[0] for i in subset_of(dataset.source, count).indices]
-    return dataset.stack([img for img in read if img is not None])
+    """`count` readable images of the dataset (fewer where it has fewer), prepared [k, 3, S, S], spread over it
+    as a subset is (a class-sorted folder: each class in proportion, not its first class alone); an unreadable
+    one is replaced by the first readable image after the spread ones."""
+    picks = [int(i) for i in subset_of(dataset.source, count).indices]
+    chosen = set(picks)
+    images = []
+    for index in itertools.chain(picks, (i for i in range(len(dataset.source)) if i not in chosen)):
+        if len(images) == count:
+            break
+        img = dataset.read(index)[0]
+        if img is not None:
+            images.append(img)
+    return dataset.stack(images)
 
 
 def error_sheet(model: RePre, x: torch.Tensor, rt: Runtime, mean: Stats, std: Stats) -> Image.Image:

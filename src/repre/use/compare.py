@@ -175,9 +175,6 @@ class Row:
     # column's only where the same
 
 
-FORMATS = ("text", "markdown", "latex")  # how `table` writes the table (the JSON line follows each)
-
-
 @dataclass
 class Part:
     """A part of the table: a note above it (or None), and its rows' labels and cells (a text per column)."""
@@ -201,7 +198,7 @@ def table(result: dict[str, Any], fmt: str = "text") -> str:
     if len(runs) > 1:
         parts.append(Part("config keys that differ:" if differing else "the runs' configs are the same",
                           [row.label for row in differing], cells[len(report):]))
-    return {"text": _text_table, "markdown": _markdown_table, "latex": _latex_table}[fmt](names, parts)
+    return RENDERERS[fmt](names, parts)
 
 
 def _text_table(names: list[str], parts: list[Part]) -> str:
@@ -216,31 +213,43 @@ def _text_table(names: list[str], parts: list[Part]) -> str:
     return "\n".join(lines)
 
 
+def _markdown_cell(text: str) -> str:
+    """One line; a backslash and a pipe escaped (a bare pipe would split the cell)."""
+    return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|")
+
+
 def _markdown_table(names: list[str], parts: list[Part]) -> str:
-    cell = lambda text: " ".join(text.split()).replace("|", "\\|")  # noqa: E731 - one line, no bare pipe
-    lines = ["| | " + " | ".join(map(cell, names)) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = ["| | " + " | ".join(map(_markdown_cell, names)) + " |", "|---" * (len(names) + 1) + "|"]
     for part in parts:
-        lines += [f"| **{cell(part.note)}** |" + " |" * len(names)] if part.note else []
-        lines += [f"| {cell(label)} | " + " | ".join(map(cell, row)) + " |"
+        lines += [f"| **{_markdown_cell(part.note)}** |" + " |" * len(names)] if part.note else []
+        lines += [f"| {_markdown_cell(label)} | " + " | ".join(map(_markdown_cell, row)) + " |"
                   for label, row in zip(part.labels, part.cells, strict=True)]
     return "\n".join(lines)
 
 
+# what LaTeX would read otherwise (| < > print as other glyphs in the default font encoding)
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                 "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def _latex_cell(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in " ".join(text.split()))
 
 
 def _latex_table(names: list[str], parts: list[Part]) -> str:
-    cell = lambda text: "".join(LATEX_ESCAPES.get(ch, ch) for ch in " ".join(text.split()))  # noqa: E731
     lines = [r"\begin{tabular}{" + "l" * (len(names) + 1) + "}", r"\toprule",
-             " & " + " & ".join(map(cell, names)) + r" \\"]
+             " & " + " & ".join(map(_latex_cell, names)) + r" \\"]
     for part in parts:
         lines.append(r"\midrule")
         if part.note:  # across the columns
-            lines.append(rf"\multicolumn{{{len(names) + 1}}}{{l}}{{\emph{{{cell(part.note)}}}}} \\")
-        lines += [" & ".join([cell(label), *map(cell, row)]) + r" \\"
+            lines.append(rf"\multicolumn{{{len(names) + 1}}}{{l}}{{\emph{{{_latex_cell(part.note)}}}}} \\")
+        lines += [" & ".join([_latex_cell(label), *map(_latex_cell, row)]) + r" \\"
                   for label, row in zip(part.labels, part.cells, strict=True)]
     return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"])
+
+
+RENDERERS = {"text": _text_table, "markdown": _markdown_table, "latex": _latex_table}  # `table`'s formats
 
 
 def column_names(paths: list[str], columns: list[list[int]]) -> list[str]:
