@@ -58,8 +58,9 @@ def test_local_crops_need_their_own_blur_and_solarization():
 
 
 def test_an_older_run_s_local_crops_keep_the_probabilities_they_trained_with(tmp_path):
-    """A run from before the refusal (two values, local crops) still loads, resumes and evaluates: its local crops'
-    value, the second, is written out as the third."""
+    """A run's config from before the refusal (two values, local crops) still loads (`migrate`, which reads a
+    checkpoint's config for --resume, eval and export too): its local crops' value, the second, written out as
+    the third."""
     import yaml
 
     raw = load_config(None, ["method.name=dino", "data.local_crops=4", *LOCAL_AUG]).to_dict()

@@ -116,7 +116,27 @@ def test_a_folder_run_s_card_prepares_its_own_images_as_evaluation(image_folder,
     assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["pretrained_cfg"]["crop_pct"] == 0.875 and card["check"]["transform_images"] == 0
-    assert "not readable here" in repre_log.text
+    assert "evaluation images cannot be read here" in repre_log.text
+
+
+def test_the_transform_check_says_when_the_card_prepares_some_images_otherwise(repre_log):
+    """Images no larger than the input agree with a crop_pct 1 card within the resizes' rounding; one larger,
+    which repre cuts to 0.875 of its short side, differs beyond it, and the export says so."""
+    from repre.data.evaluation import timm_preprocessing
+    from repre.export import TRANSFORM_TOLERANCE, transform_check
+
+    cfg = tiny_config("data.name=folder", "data.image_size=16")
+    small = [torch.from_numpy(gradients(side, side + 4)).permute(2, 0, 1).contiguous() for side in (12, 16)]
+    pre = timm_preprocessing(cfg.data, [12, 16])
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=4,
+                              embed_dim=32, depth=1, num_heads=2, pretrained_cfg_overlay=pre)
+    card = {"pretrained_cfg": pre, "data": {"image_size": 16}}
+    assert pre["crop_pct"] == 1.0
+    assert transform_check(model, card, small)["transform_max_diff_grey_levels"] < TRANSFORM_TOLERANCE
+    assert "otherwise than" not in repre_log.text
+    large = torch.from_numpy(gradients(64, 64)).permute(2, 0, 1).contiguous()
+    assert transform_check(model, card, [*small, large])["transform_max_diff_grey_levels"] > TRANSFORM_TOLERANCE
+    assert "prepares some of 3 of the run's images otherwise than repre's evaluation" in repre_log.text
 
 
 @needs_timm

@@ -184,6 +184,15 @@ def test_the_probe_s_classes_come_from_both_splits_and_a_label_beyond_a_given_co
         mask_classes(train, test, 3, ignore=255)
 
 
+def test_a_folder_s_class_found_only_in_its_val_masks_has_an_output(tmp_path):
+    from repre.eval.segment import folder_data
+
+    root = seg_folder(tmp_path / "seg")  # classes 1 and 2 (255 ignored)
+    save_png(root / "masks" / "val" / "0.png", np.full((20, 24), 3, dtype=np.uint8))  # class 3: val alone
+    cfg = tiny_config("eval.segment.data=folder", f"eval.segment.root={root}", "eval.segment.size=16")
+    assert folder_data(cfg).classes == 4
+
+
 def test_eval_segment_folder_without_root_is_a_clear_error(tiny_run):
     out, _ = tiny_run
     code, stdout = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment.data=folder"])

@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"repre {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:  # in the order `repre --help` lists them
+    for name in COMMANDS:  # the table at the end of this module, in the order `repre --help` lists them
         COMMANDS[name][0](sub)
     p.commands = sub.choices  # each command's parser, for its own errors (`_parse`)
     return p
@@ -524,4 +524,3 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
 
 if __name__ == "__main__":
     sys.exit(main())
-

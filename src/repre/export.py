@@ -54,16 +54,20 @@ TRANSFORM_TOLERANCE = 2.0  # grey levels, on average over an image: PIL's resize
 
 def sample_images(cfg: Config) -> list[torch.Tensor]:
     """Up to PREPROCESSING_SAMPLE readable images, uint8 [3, H, W], of what the run's evaluation reads (its test
-    split, spread over it as a subset is); none where that data is not on this machine."""
+    split, spread over it as a subset is); none, said, where they cannot be read here."""
+    images, why = [], "none readable"
     try:
         source = subset_of(eval_source(cfg, "test"), PREPROCESSING_SAMPLE)
-        images = []
         for index in range(len(source)):
             with contextlib.suppress(UnreadableImage):
                 images.append(source.load(index)[0])
-        return images
-    except (UserError, OSError):
-        return []
+    except (UserError, OSError) as exc:
+        why = str(exc).splitlines()[0]
+    if not images:
+        log.warning("the run's evaluation images cannot be read here (%s): the card's resize and crop follow its "
+                    "data's kind (data.name=%s) unchecked; export where its data is for a card chosen on them", why,
+                    cfg.data.name)
+    return images
 
 
 def transform_difference(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
@@ -177,18 +181,21 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
         raise UserError(f"the loaded export's features differ from the checkpoint's by {diff:.2e} (relative), so "
                         f"nothing was written: the installed timm builds {card['arch']} otherwise than the "
                         f"training did; export with the timm version of the training{old_timm_hint()}")
-    check = {"strict_keys": True, "max_rel_feature_diff": diff, "transform_images": len(images)}
-    if images:
-        check["transform_max_diff_grey_levels"] = worst = transform_difference(loaded, images)
-        if worst > TRANSFORM_TOLERANCE:
-            log.warning("timm's transform from the card (crop_pct %s) prepares some of %d of the run's images "
-                        "otherwise than repre's evaluation (%.1f grey levels on average over an image): their "
-                        "sizes are mixed around the input's %d px, so features through timm's transform differ "
-                        "from `repre embed`'s", card["pretrained_cfg"]["crop_pct"], len(images), worst, size)
-    else:
-        log.info("the run's images are not readable here: the card's resize and crop follow its data's kind "
-                 "(data.name=%s), unchecked", card["data"]["name"])
-    return check
+    return {"strict_keys": True, "max_rel_feature_diff": diff, **transform_check(loaded, card, images)}
+
+
+def transform_check(loaded: torch.nn.Module, card: dict[str, Any], images: list[torch.Tensor]) -> dict[str, Any]:
+    """The card's `check` of its preprocessing: timm's transform against repre's evaluation on `images`, said
+    when they differ beyond the resizes' rounding (a folder of images both smaller and larger than the input)."""
+    if not images:
+        return {"transform_images": 0}
+    worst = transform_difference(loaded, images)
+    if worst > TRANSFORM_TOLERANCE:
+        log.warning("timm's transform from the card (crop_pct %s) prepares some of %d of the run's images otherwise "
+                    "than repre's evaluation (%.1f grey levels on average over an image): their sizes are mixed "
+                    "around the input's %d px, so features through timm's transform differ from `repre embed`'s",
+                    card["pretrained_cfg"]["crop_pct"], len(images), worst, card["data"]["image_size"])
+    return {"transform_images": len(images), "transform_max_diff_grey_levels": worst}
 
 
 def weights_of(checkpoint: str | Path) -> dict[str, str]:

@@ -204,11 +204,11 @@ def _validate_across(cfg: Config) -> None:
     if d.local_crops and cfg.method.name != "dino":
         raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
                         f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
-    short = [key for key in ("blur_prob", "solarize_prob") if len(getattr(cfg.aug, key)) < 3]
-    if d.local_crops and short:  # else the local crops would take the second global view's probabilities
-        raise UserError(f"data.local_crops={d.local_crops} needs a third value in {' and '.join('aug.' + k for k in short)}"
-                        " for the local crops (DINO's: blur 0.5, solarize 0): e.g. --set aug.blur_prob=[1.0,0.1,0.5] "
-                        "--set aug.solarize_prob=[0.0,0.2,0.0], as the fmnist-dino-repre preset sets them")
+    no_local = [f"aug.{key}" for key in ("blur_prob", "solarize_prob") if len(getattr(cfg.aug, key)) < 3]
+    if d.local_crops and no_local:  # else the local crops would take the second global view's probabilities
+        raise UserError(f"data.local_crops={d.local_crops} needs a third value in {' and '.join(no_local)} for the "
+                        "local crops (DINO's: blur 0.5, solarize 0): e.g. --set aug.blur_prob=[1.0,0.1,0.5] --set "
+                        "aug.solarize_prob=[0.0,0.2,0.0], as the fmnist-dino-repre preset sets them")
     if d.local_crops and d.local_size > d.image_size:
         raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
     if d.streamed and d.subset:

@@ -205,3 +205,6 @@ def _local_crops_probabilities(raw: dict[str, Any]) -> None:
         values = aug.get(key)
         if data.get("local_crops") and isinstance(values, list) and len(values) == 2:
             aug[key] = [*values, values[1]]
+            logging.getLogger("repre").warning(
+                "aug.%s=%s of a run with DINO's local crops reads as %s, the value its local crops took (a new run "
+                "from this config: set DINO's third value, 0.5 for blur, 0 for solarization)", key, values, aug[key])

@@ -374,7 +374,7 @@ class SegmentConfig:
     # files (null: data.root of a Fashion-MNIST run, else the default location)
     root: str | None = None
     size: int = 0  # probe resolution; 0: the scenes' 64 px canvas (fashion-scenes) or data.image_size (folder)
-    classes: int = 0  # folder: number of classes; 0: 1 + the largest index in the probe-train masks
+    classes: int = 0  # folder: number of classes; 0: 1 + the largest label in the probe-train and probe-test masks
     ignore: int = 255  # folder: mask value neither trained on nor scored
     train: int = 2000  # probe-train scenes (train-split items), or the first N folder pairs
     test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs

@@ -89,11 +89,12 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,
                         round(e.finetune.warmup_fraction * e.finetune.steps))
     loss = train_steps(model, opt, iter(loader), lrs, e.finetune.label_smoothing, rt)
-    if not math.isfinite(loss):
-        log.warning("fine-tuning diverged (its last training loss is %s), so its top-1 measures nothing: lower "
-                    "eval.finetune.lr (now %g)", loss, e.finetune.lr)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        log.warning("fine-tuning diverged (weights that are not finite), so its top-1 measures nothing: lower "
+                    "eval.finetune.lr (now %g)", e.finetune.lr)
     return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
-            "extra": {"steps": e.finetune.steps, "final_train_loss": loss, "classes": classes}}
+            "extra": {"steps": e.finetune.steps, "final_train_loss": loss if math.isfinite(loss) else None,
+                      "classes": classes}}
 
 
 def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[dict], lrs: torch.Tensor,

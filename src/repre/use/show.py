@@ -249,6 +249,20 @@ def notes(images: torch.Tensor, runs: list[Panels], block: int = -1) -> list[str
     return said
 
 
+def panel_names(runs: list[Panels], checkpoint: str | Path, compare: str | Path) -> tuple[str, str]:
+    """What heads two runs' panels: their folders' names; where those are the same (runs/repre/seed1 beside
+    runs/base/seed1), the fewest trailing parts of their paths that tell them apart, as `repre compare` names
+    runs; two checkpoints of one run: the name with each one's step; else "first" and "second"."""
+    if runs[0].name != runs[1].name:
+        return runs[0].name, runs[1].name
+    paths = short_names([str(run_dir(checkpoint)), str(run_dir(compare))])  # one run: its whole path twice
+    if paths[0] != paths[1]:
+        return paths[0], paths[1]
+    if runs[0].step != runs[1].step:
+        return f"{runs[0].name}, step {runs[0].step}", f"{runs[1].name}, step {runs[1].step}"
+    return "first", "second"
+
+
 def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
          overrides: list[str] | None = None, image_index: list[int] | None = None, block: int = -1) -> dict[str, Any]:
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
@@ -271,15 +285,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     runs = [panels(checkpoint, loaded, read, rt, block)]
     if compare is not None:
         runs.append(panels(compare, load_checkpoint_config(compare), read, rt, block))
-        if runs[0].name == runs[1].name:  # runs/repre/seed1 and runs/base/seed1, or two checkpoints of one run
-            apart = short_names([str(run_dir(checkpoint)), str(run_dir(compare))])  # the same run: whole paths
-            for run, name in zip(runs, apart, strict=True):
-                run.name = name if apart[0] != apart[1] else run.name
-        if runs[0].name == runs[1].name:
-            for run in runs:
-                run.name = f"{run.name}, step {run.step}" if runs[0].step != runs[1].step else run.name
-            if runs[0].name == runs[1].name:
-                runs[0].name, runs[1].name = "first", "second"
+        runs[0].name, runs[1].name = panel_names(runs, checkpoint, compare)
     names = [class_name(classes, y) or "" for y in labels]
     pixels = runs[0].images  # the image column: as the first checkpoint sees them
     cols = columns(pixels, names, runs)
