@@ -212,11 +212,9 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
 def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_path):
     """`--format markdown` and `latex`: the same cells as the text table, none cut, each part's note a row of its
     own, and what would break the format escaped (a pipe in Markdown; _, ~, | and ± in LaTeX)."""
-    from repre.config import load_config
-
     done = {"completed": True, "steps": 8, "loss_contrastive": 2.0}
     runs = [make_run(tmp_path / "base" / f"seed{s}", f"train.seed={s}", "recon.enabled=false",
-                     "description=a | b, ~" + "x" * 80, summary={**done, "knn_top1": 0.5 + s / 100}) for s in (0, 1)]
+                     "preset=a | b, ~" + "x" * 80, summary={**done, "knn_top1": 0.5 + s / 100}) for s in (0, 1)]
     runs += [make_run(tmp_path / "repre" / f"seed{s}", f"train.seed={s}", summary={**done, "knn_top1": 0.6 + s / 50})
              for s in (0, 1)]
     given = ["compare", "--seeds", *map(str, runs)]
@@ -226,8 +224,8 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
     assert code == 0 and lines[:2] == ["| | base x 2 runs | repre x 2 runs |", "|---|---|---|"]
     assert "| knn top-1 (run's end) | 0.5050 ± 0.0071 | 0.6100 ± 0.0141 (+0.1050 ± 0.0071 paired) |" in lines
     assert "| **config keys that differ:** | | |" in lines
-    preset = load_config(None).description
-    assert f"| description | a \\| b, ~{'x' * 80} | {preset} |" in lines  # whole; its pipe escaped
+    assert f"| preset | a \\| b, ~{'x' * 80} | fmnist-mocov3-repre |" in lines  # whole; its pipe escaped
+    assert not any(line.startswith("| description |") for line in lines)  # the presets' prose: `preset` names them
     assert len(lines) == len(text) + 2 and json.loads(lines[-1])["columns"] == [[0, 1], [2, 3]]  # the rule, the JSON
     code, latex = run_cli([*given, "--format", "latex"])
     lines = latex.splitlines()
@@ -236,4 +234,4 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
     assert r"\multicolumn{3}{l}{\emph{config keys that differ:}} \\" in lines
     assert r"loss\_contrastive (last) & 2.0000 $\pm$ 0.0000 & 2.0000 $\pm$ 0.0000 (+0.0000 $\pm$ 0.0000 paired) \\" in lines
     assert lines[-3:-1] == [r"\bottomrule", r"\end{tabular}"]
-    assert any(line.startswith(rf"description & a \textbar{{}} b, \textasciitilde{{}}{'x' * 80} & ") for line in lines)
+    assert rf"preset & a \textbar{{}} b, \textasciitilde{{}}{'x' * 80} & fmnist-mocov3-repre \\" in lines

@@ -30,6 +30,9 @@ LABEL_WIDTH, CELL_WIDTH = 64, 48  # characters; a longer text is cut in its midd
 
 
 SEED_KEYS = ("train.seed",)  # what `seeds` groups runs over
+# a preset's prose, not a setting: the `preset` key names it, and `--set` leaves it as the preset wrote it (a
+# folder run from a Fashion-MNIST preset still says "Fashion-MNIST")
+PROSE = ("description",)
 
 
 def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
@@ -39,7 +42,7 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
     configs differ in `SEED_KEYS` and run-only keys alone (`seed_groups`)."""
     folders = [_run_folder(r) for r in runs]
     configs = [own_keys(run_config(f)) for f in folders]
-    keys = [k for k in flatten(Config().to_dict()) if any(c.get(k) is not None for c in configs)]
+    keys = [k for k in flatten(Config().to_dict()) if k not in PROSE and any(c.get(k) is not None for c in configs)]
     keys += sorted({k for c in configs for k in c} - set(keys))  # keys of older repres, in none of today's
     differences = {key: [c.get(key) for c in configs] for key in keys
                    if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
