@@ -633,3 +633,27 @@ def test_a_run_without_a_checkpoint_yet_says_so(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(UserError, match="checkpoints/last.pt does not exist; give a .pt file or a run directory"):
         ckpt_io.load(tmp_path / "photos")
+
+
+def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_it_ends(tmp_path, capsys):
+    """A second process training one directory (a requeue while the first runs, the workers a SIGKILLed
+    torchrun leaves) would write its checkpoints and metrics lines among the first's: refused, naming the
+    holder, before anything is written. The lock is gone with its process, however that ends."""
+    run = tmp_path / "run"
+    args = ["pretrain", "--out", str(run), "--resume"]
+    for item in RESUME:
+        args += ["--set", item]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from repre.core.run_lock import RunLock; "
+        f"Path({str(run)!r}).mkdir(); assert RunLock(Path({str(run)!r})).acquire() is None; "
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_cli(args)[0] == 2
+        err = capsys.readouterr().err
+        assert f"{run} is being trained by another process (pid {holder.pid} on " in err
+        assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
+    finally:
+        holder.kill()  # SIGKILL: no release, the system's
+        holder.wait()
+    assert run_cli(args)[0] == 0

@@ -27,6 +27,7 @@ from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.atomic import replacing
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
+from repre.core.run_lock import RunLock
 from repre.core.runtime import Runtime, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
@@ -109,6 +110,10 @@ class Trainer:
         if init_from and not resume:  # before --out is made: weights that do not fit leave no folder
             self.checkpoints.init_from(init_from)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.out)  # before the resume rewrites anything: another process may train here
+        refusals = [why for why in dist.gather_objects(self.lock.acquire() if dist.is_main() else None) if why]
+        if refusals:
+            raise UserError(refusals[0])
         resumed = self.checkpoints.resume(self.total) if resume else False
         if init_from and resume and not resumed:  # the first launch of a requeued command
             self.checkpoints.init_from(init_from)
@@ -194,8 +199,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the total step count; writes metrics, checkpoints and summary.json, with the run's
         process-wide settings in force until it returns or raises."""
-        with self.settings():
-            return self._fit()
+        try:
+            with self.settings():
+                return self._fit()
+        finally:
+            self.lock.release()
 
     def _fit(self) -> dict[str, Any]:
         s, main = self.state, dist.is_main()
@@ -228,8 +236,9 @@ class Trainer:
         else:
             path = self.checkpoints.save(final=True)
             if not completed and main:
-                log.warning("stopped at step %d of %d, checkpoint %s: go on with `repre pretrain --out %s --resume`",
-                            s.step, self.total, path, self.out)
+                again = ("the same torchrun command with --resume" if dist.launched()
+                         else f"`repre pretrain --out {self.out} --resume`")
+                log.warning("stopped at step %d of %d, checkpoint %s: go on with %s", s.step, self.total, path, again)
         summary = self._finish(writer, path, completed)
         writer.close()
         if not completed:
