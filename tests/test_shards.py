@@ -42,6 +42,18 @@ def test_splits_follow_the_folder_rule(tmp_path):
     assert len(build_source(cfg, "train")) == 8 and len(build_source(cfg, "test")) == 3
     with pytest.raises(UserError, match="train/ and val/"):
         build_source(DataConfig(name="shards", root=str(tmp_path / "train" / "part-0000.tar")), "test")
+    with pytest.raises(UserError, match=r"no val/ \(or test/\) shards: .* read labelled shards from"):
+        build_source(DataConfig(name="shards", root=str(tmp_path / "train")), "test")  # no folder layout named
+
+
+def test_held_out_shards_beside_the_training_ones_are_not_trained_on(tmp_path):
+    """train-*.tar and val-*.tar in one folder: every .tar of a folder root is trained on, the val shards too;
+    refused, naming the layout (train/ and val/) or a pattern of the training shards."""
+    write_shards(tmp_path, shards=2, per_shard=4)
+    (tmp_path / "part-0001.tar").rename(tmp_path / "val-0000.tar")
+    with pytest.raises(UserError, match=r"holds val-0000.tar beside the training shards.*/train/ and .*/val/"):
+        build_source(DataConfig(name="shards", root=str(tmp_path)), "train")
+    assert len(build_source(DataConfig(name="shards", root=str(tmp_path / "part-{0000..0000}.tar")), "train")) == 4
 
 
 def test_unlabelled_shards_and_a_corrupt_image(tmp_path, repre_log):

@@ -57,11 +57,21 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         if held_out:  # the root as the train split would train on the images evaluation tests with
             raise UserError(f"{base} has {held_out[0]}/ but no train/ folder: put the training images in "
                             f"{base}/train/ (or point data.root at a folder of training images only)")
+        held_out = sorted(p.name for p in base.glob("*.tar") if p.name.startswith(("val", "test")))
+        if name == "shards" and held_out:  # every .tar of the root would be trained on
+            raise UserError(f"{base} holds {held_out[0]} beside the training shards, and training reads every "
+                            f".tar there: put them in {base}/train/ and {base}/val/ (evaluation reads val/), or "
+                            "point data.root at the training shards alone (a pattern such as "
+                            f"{base}/train-{{000000..000099}}.tar)")
         return base
-    for name in ("val", "test"):
-        if (base / name).is_dir():
-            return base / name
+    for held_out in ("val", "test"):
+        if (base / held_out).is_dir():
+            return base / held_out
     train = base / "train" if (base / "train").is_dir() else base
+    if name == "shards":
+        raise UserError(f"{base} has no val/ (or test/) shards: evaluation and the test split read labelled shards "
+                        f"from {base}/val/ (training from {base}/train/); or hold out part of the training images "
+                        "with --set eval.split=val --set eval.val_size=N")
     if not any(p.is_dir() for p in train.iterdir()):  # no classes: holding images out would not give labels
         raise UserError(
             f"{base} has no val/ (or test/) folder, and its images no classes: k-NN, the linear probe and "
