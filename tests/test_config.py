@@ -295,3 +295,18 @@ def test_repre_config_prints_what_pretrain_would_run_and_takes_it_back(tmp_path)
     (tmp_path / "dino.yaml").write_text(printed)
     assert load_config(str(tmp_path / "dino.yaml")) == expected and expected.data.local_crops == 4
     assert run_cli(["config", "--set", "train.max_stepz=7"])[0] == 2
+
+
+def test_an_empty_mapping_clears_a_preset_s_and_a_model_that_does_not_build_names_its_kwargs():
+    """`--set 'model.kwargs={}'` drops the ViT-S preset's {num_heads: 12} (merged, {} changed nothing), and a
+    model.arch its kwargs do not fit says which kwargs, not timm's error alone."""
+    from repre.builder import build_encoder
+
+    preset = "in1k-vit-s16-mocov3-repre"
+    assert load_config(preset).model.kwargs == {"num_heads": 12}
+    assert load_config(preset, ["model.kwargs={}"]).model.kwargs == {}
+    assert load_config(preset, ["model.kwargs={depth: 2}"]).model.kwargs == {"num_heads": 12, "depth": 2}
+    small = ["model.arch=vit_pico_patch4", "data.image_size=16", "data.name=synthetic"]
+    with pytest.raises(UserError, match=r"model.kwargs \{'num_heads': 12\} apply to model.arch=vit_pico_patch4"):
+        build_encoder(load_config(preset, small))
+    assert build_encoder(load_config(preset, [*small, "model.kwargs={}"])).embed_dim == 128

@@ -22,7 +22,14 @@ def build_encoder(cfg: Config) -> Backbone:
     arch, kwargs = resolve_arch(cfg.model.arch, cfg.data.image_size, cfg.model.drop_path, cfg.model.kwargs)
     if cfg.data.local_crops:  # DINO's local crops: position embeddings interpolated to their size
         kwargs["dynamic_img_size"] = True
-    encoder = Backbone(arch, kwargs, cfg.model.init)
+    try:
+        encoder = Backbone(arch, kwargs, cfg.model.init)
+    except UserError as exc:
+        if not cfg.model.kwargs:
+            raise
+        raise UserError(f"{exc}; model.kwargs {cfg.model.kwargs} apply to model.arch={cfg.model.arch} too (a "
+                        "preset's stay when --set changes model.arch): set them to fit it, e.g. --set "
+                        "model.kwargs.num_heads=N, or clear them with --set 'model.kwargs={}'") from None
     size, p = cfg.data.image_size, encoder.patch_size
     if size % p:
         lower, upper = size - size % p, size - size % p + p

@@ -85,8 +85,10 @@ def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
 
 
 def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """`src`'s values into `dst`: a mapping merges into the one there, an empty one clears it (`--set
+    'model.kwargs={}'` drops a preset's kwargs; merged, it would change nothing)."""
     for key, value in src.items():
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(dst.get(key), dict):
             deep_update(dst[key], value)
         else:
             dst[key] = value
