@@ -35,4 +35,6 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     `FILE_INTERVAL` s (`LogLines`)."""
     if sys.stderr.isatty():
         return tqdm(iterable, mininterval=TERMINAL_INTERVAL, dynamic_ncols=True, **kwargs)
-    return tqdm(iterable, mininterval=FILE_INTERVAL, file=LogLines(sys.stderr), **kwargs)
+    # maxinterval too: tqdm's monitor thread redraws a bar whose redraws it has spaced out every maxinterval
+    # seconds (10 by default), which in a file was a line every 10 s
+    return tqdm(iterable, mininterval=FILE_INTERVAL, maxinterval=FILE_INTERVAL, file=LogLines(sys.stderr), **kwargs)
