@@ -298,14 +298,18 @@ def test_repre_config_prints_what_pretrain_would_run_and_takes_it_back(tmp_path)
 
 
 def test_an_empty_mapping_clears_a_preset_s_and_a_model_that_does_not_build_names_its_kwargs():
-    """`--set 'model.kwargs={}'` drops the ViT-S preset's {num_heads: 12} (merged, {} changed nothing), and a
-    model.arch its kwargs do not fit says which kwargs, not timm's error alone."""
+    """A mapping `--set` gives below a section replaces the preset's: `model.kwargs={}` drops the ViT-S preset's
+    {num_heads: 12} (merged, {} changed nothing), a later dotted key goes into it, and a dotted key alone or a
+    section's mapping merge. A model.arch its kwargs do not fit says which kwargs, not timm's error alone."""
     from repre.builder import build_encoder
 
     preset = "in1k-vit-s16-mocov3-repre"
     assert load_config(preset).model.kwargs == {"num_heads": 12}
     assert load_config(preset, ["model.kwargs={}"]).model.kwargs == {}
-    assert load_config(preset, ["model.kwargs={depth: 2}"]).model.kwargs == {"num_heads": 12, "depth": 2}
+    assert load_config(preset, ["model.kwargs={depth: 2}"]).model.kwargs == {"depth": 2}
+    assert load_config(preset, ["model.kwargs={}", "model.kwargs.depth=2"]).model.kwargs == {"depth": 2}
+    assert load_config(preset, ["model.kwargs.depth=2"]).model.kwargs == {"num_heads": 12, "depth": 2}
+    assert load_config(preset, ["train={}"]).train == load_config(preset).train  # a section merges
     small = ["model.arch=vit_pico_patch4", "data.image_size=16", "data.name=synthetic"]
     with pytest.raises(UserError, match=r"model.kwargs \{'num_heads': 12\} apply to model.arch=vit_pico_patch4"):
         build_encoder(load_config(preset, small))

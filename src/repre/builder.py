@@ -9,7 +9,7 @@ import torch
 from repre.config import Config
 from repre.errors import UserError
 from repre.methods import build_method
-from repre.models.backbone import Backbone, resolve_arch, resolve_taps
+from repre.models.backbone import Backbone, ModelBuildError, resolve_arch, resolve_taps
 from repre.reconstruction import Baseline, PretrainingModel, RePre
 
 # the recon.* keys read outside the branch (the builder, the wrapper); every other one is a
@@ -24,12 +24,12 @@ def build_encoder(cfg: Config) -> Backbone:
         kwargs["dynamic_img_size"] = True
     try:
         encoder = Backbone(arch, kwargs, cfg.model.init)
-    except UserError as exc:
+    except ModelBuildError as exc:
         if not cfg.model.kwargs:
             raise
         raise UserError(f"{exc}; model.kwargs {cfg.model.kwargs} apply to model.arch={cfg.model.arch} too (a "
                         "preset's stay when --set changes model.arch): set them to fit it, e.g. --set "
-                        "model.kwargs.num_heads=N, or clear them with --set 'model.kwargs={}'") from None
+                        "model.kwargs.num_heads=N, or drop them with --set 'model.kwargs={}'") from None
     size, p = cfg.data.image_size, encoder.patch_size
     if size % p:
         lower, upper = size - size % p, size - size % p + p

@@ -84,11 +84,17 @@ def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
     return merged
 
 
+class Whole(dict):
+    """A mapping `--set` gives whole below a section (`--set 'model.kwargs={depth: 8}'`): it replaces the one
+    before it, where a section's (`--set 'train={lr: 0.1}'`) and a dotted key's merge."""
+
+
 def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """`src`'s values into `dst`: a mapping merges into the one there, an empty one clears it (`--set
-    'model.kwargs={}'` drops a preset's kwargs; merged, it would change nothing)."""
+    """`src`'s values into `dst`: a mapping merges into the one there, but for a `Whole` one, which replaces it."""
     for key, value in src.items():
-        if isinstance(value, dict) and value and isinstance(dst.get(key), dict):
+        if isinstance(value, Whole):
+            dst[key] = dict(value)
+        elif isinstance(value, dict) and isinstance(dst.get(key), dict):
             deep_update(dst[key], value)
         else:
             dst[key] = value
@@ -126,7 +132,9 @@ def source_dict(source: str | None) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["a.b=1", "c.d=[1,2]"]` -> nested mapping; values parse as YAML."""
+    """`["a.b=1", "c.d=[1,2]"]` -> nested mapping; values parse as YAML, in order (a later item wins). A mapping
+    below a section is `Whole`: `model.kwargs={}` clears a preset's kwargs, and a later `model.kwargs.depth=8`
+    goes into it."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -143,6 +151,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = text
         node = out
         parts = key.strip().split(".")
+        if isinstance(value, dict) and len(parts) > 1:
+            value = Whole(value)
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

@@ -37,6 +37,10 @@ SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+class ModelBuildError(UserError):
+    """timm could not build a known architecture with the keyword arguments given (its model.kwargs among them)."""
+
+
 # model.init -> what it does to a freshly built timm model, in place (raises ValueError where it does not fit)
 INITS = {"mocov3": mocov3_init_, "dino": dino_init_}
 
@@ -55,7 +59,7 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise UserError(f"cannot build {arch} with {kwargs}: {exc}") from None
+        raise ModelBuildError(f"cannot build {arch} with {kwargs}: {exc}") from None
 
 
 class Backbone(nn.Module):
