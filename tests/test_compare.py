@@ -215,8 +215,8 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
     done = {"completed": True, "steps": 8, "loss_contrastive": 2.0}
     runs = [make_run(tmp_path / "base" / f"seed{s}", f"train.seed={s}", "recon.enabled=false",
                      "preset=a | b, ~" + "x" * 80, summary={**done, "knn_top1": 0.5 + s / 100}) for s in (0, 1)]
-    runs += [make_run(tmp_path / "repre" / f"seed{s}", f"train.seed={s}", summary={**done, "knn_top1": 0.6 + s / 50})
-             for s in (0, 1)]
+    runs += [make_run(tmp_path / "repre" / f"seed{s}", f"train.seed={s}", "description=another preset's prose",
+                      summary={**done, "knn_top1": 0.6 + s / 50}) for s in (0, 1)]
     given = ["compare", "--seeds", *map(str, runs)]
     text = run_cli(given)[1].splitlines()[:-1]
     code, markdown = run_cli([*given, "--format", "markdown"])

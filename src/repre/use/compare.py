@@ -43,7 +43,7 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
     folders = [_run_folder(r) for r in runs]
     configs = [own_keys(run_config(f)) for f in folders]
     keys = [k for k in flatten(Config().to_dict()) if k not in PROSE and any(c.get(k) is not None for c in configs)]
-    keys += sorted({k for c in configs for k in c} - set(keys))  # keys of older repres, in none of today's
+    keys += sorted({k for c in configs for k in c} - set(keys) - set(PROSE))  # keys of older repres, none of today's
     differences = {key: [c.get(key) for c in configs] for key in keys
                    if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
     records = [run_record(f, c) for f, c in zip(folders, configs, strict=True)]
