@@ -645,7 +645,7 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
         args += ["--set", item]
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from repre.core.run_lock import RunLock; "
-        f"Path({str(run)!r}).mkdir(); assert RunLock(Path({str(run)!r})).acquire() is None; "
+        f"Path({str(run)!r}).mkdir(); lock = RunLock(Path({str(run)!r})); assert lock.acquire() is None; "
         "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -657,3 +657,25 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
         holder.kill()  # SIGKILL: no release, the system's
         holder.wait()
     assert run_cli(args)[0] == 0
+
+
+def test_trainers_of_one_process_share_its_lock_until_the_last_lets_go(tmp_path):
+    """Closing any descriptor of a file drops a process's POSIX lock on it: two trainers of one directory in one
+    process (a notebook's) share one lock, counted; it stays while either holds it, and is given back when the
+    last releases it or is collected."""
+    import gc
+
+    from repre.core.run_lock import RunLock
+
+    def free() -> bool:  # what another process finds
+        code = ("from pathlib import Path; from repre.core.run_lock import RunLock; "
+                f"lock = RunLock(Path({str(tmp_path)!r})); print(lock.acquire() is None)")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
+
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    assert first.acquire() is None and second.acquire() is None and not free()
+    first.release()
+    assert not free()
+    del second
+    gc.collect()
+    assert free()

@@ -1,11 +1,12 @@
 """One training process a run directory: a lock that its process holds while it trains, which the operating
-system releases however the process ends (a crash or SIGKILL leaves no stale lock). A POSIX record lock
-(`lockf`): a process's own, which its data workers (forked, and alive a moment after it) do not inherit, and
-which another trainer of the same process (a notebook's earlier one, a test's) shares.
+system releases however the process ends (a crash or SIGKILL leaves no stale lock on a local disk).
 
 Two processes training one directory (a requeued job while the first still runs, or the workers a `torchrun`
-killed with SIGKILL leaves behind) would both write checkpoints and metrics.jsonl lines into it. Where the
-platform has no `fcntl` (Windows) nothing is locked.
+killed with SIGKILL leaves behind) would both write checkpoints and metrics.jsonl lines into it. The lock is a
+POSIX record lock (`lockf`): a process's own, which its data workers (forked, and alive a moment after it) do
+not inherit. A process holds one lock a file: its trainers of one directory (a notebook's, a test's) share it,
+counted, since closing any descriptor of the file would drop it. Where the platform has no `fcntl` (Windows)
+nothing is locked; a network filesystem mounted without locks guards nothing across machines.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from pathlib import Path
 
 try:
@@ -25,44 +27,74 @@ except ImportError:  # Windows
 
 LOCK = ".lock"  # hidden: `check_out` reads a folder with it alone as empty
 log = logging.getLogger("repre")
+_held: dict[str, list[int]] = {}  # this process's locks: lock file -> [descriptor, trainers holding it]
+
+
+def _drop(key: str) -> None:
+    """One holder fewer of this process's lock `key`; the last gives it back."""
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _held[key]
+        fcntl.lockf(entry[0], fcntl.LOCK_UN)
+        os.close(entry[0])
 
 
 class RunLock:
     """The lock of run directory `folder` (`folder`/.lock, which names its holder: pid, host, since when)."""
 
     def __init__(self, folder: Path) -> None:
-        self.path, self.fd = Path(folder) / LOCK, None
+        self.path = Path(folder) / LOCK
+        self._release = None  # a weakref.finalize: given back on `release()`, or when this object is collected
 
     def acquire(self) -> str | None:
         """Take the lock -> None, or why not (another process holds it)."""
-        if fcntl is None:
+        if fcntl is None or self._release is not None:
             return None
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):  # a filesystem without locks (some network mounts)
-                os.close(fd)
-                log.warning("cannot lock %s (%s): nothing keeps a second process from training there", self.path,
-                            exc.strerror)
-                return None
-            holder = self._holder(fd)
-            os.close(fd)
-            return (f"{self.path.parent} is being trained by another process (pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')}, since {holder.get('since', '?')}): wait for it to end, or stop it "
-                    "(the workers of a torchrun killed with SIGKILL go on: ps lists them), or give another --out")
-        os.ftruncate(fd, 0)
-        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
-        self.fd = fd
+        key = str(self.path.resolve())
+        if key in _held:
+            _held[key][1] += 1
+        else:
+            why = self._lock(key)
+            if why:
+                return why
+        self._release = weakref.finalize(self, _drop, key)
         return None
 
     def release(self) -> None:
         """Give the lock back (the file stays, naming its last holder)."""
-        if self.fd is not None:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def _lock(self, key: str) -> str | None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # the run's own writes will say what is wrong with the folder
+            log.warning("cannot lock %s (%s): nothing keeps a second process from training there", self.path,
+                        exc.strerror)
+            return None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = self._holder(fd) if exc.errno in (errno.EACCES, errno.EAGAIN) else None
+            os.close(fd)
+            if holder is None:  # a filesystem without locks (some network mounts)
+                log.warning("cannot lock %s (%s): nothing keeps a second process from training there",
+                            self.path, exc.strerror)
+                return None
+            return (f"{self.path.parent} is being trained by another process (pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}, since {holder.get('since', '?')}): wait for it to end, or stop it "
+                    "(the workers of a torchrun killed with SIGKILL go on: ps lists them), or give another --out; "
+                    f"if that process is gone (its machine crashed, on a network filesystem), delete {self.path}")
+        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)
+        os.fsync(fd)  # another machine reads the holder from the file
+        _held[key] = [fd, 1]
+        return None
 
     @staticmethod
     def _holder(fd: int) -> dict:

@@ -65,10 +65,15 @@ class Trainer:
         self._check_before_building(resume, init_from)
         torch.manual_seed(cfg.train.seed)
         self._build(callbacks)
-        self._start(resume, init_from)
-        self.forward_model = self._wrap_ddp()
-        if dist.is_main():
-            save_yaml(cfg, out / run_files.CONFIG)
+        self.lock = RunLock(out)  # taken by `_start`, given back when `fit` ends (or this construction fails)
+        try:
+            self._start(resume, init_from)
+            self.forward_model = self._wrap_ddp()
+            if dist.is_main():
+                save_yaml(cfg, out / run_files.CONFIG)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _check_before_building(self, resume: bool, init_from: str | Path | None) -> None:
         """What needs neither the data nor the trained model, checked before either is built (indexing a dataset
@@ -110,7 +115,7 @@ class Trainer:
         if init_from and not resume:  # before --out is made: weights that do not fit leave no folder
             self.checkpoints.init_from(init_from)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.lock = RunLock(self.out)  # before the resume rewrites anything: another process may train here
+        # before the resume rewrites anything: another process may train here
         refusals = [why for why in dist.gather_objects(self.lock.acquire() if dist.is_main() else None) if why]
         if refusals:
             raise UserError(refusals[0])
