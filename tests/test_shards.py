@@ -53,6 +53,10 @@ def test_held_out_shards_beside_the_training_ones_are_not_trained_on(tmp_path):
     (tmp_path / "part-0001.tar").rename(tmp_path / "val-0000.tar")
     with pytest.raises(UserError, match=r"holds val-0000.tar beside the training shards.*/train/ and .*/val/"):
         build_source(DataConfig(name="shards", root=str(tmp_path)), "train")
+    (tmp_path / "more").mkdir()  # a split named inside the name, in a sub-folder (read too)
+    (tmp_path / "val-0000.tar").rename(tmp_path / "more" / "in1k-validation-00.tar")
+    with pytest.raises(UserError, match=r"holds in1k-validation-00.tar beside"):
+        build_source(DataConfig(name="shards", root=str(tmp_path)), "train")
     assert len(build_source(DataConfig(name="shards", root=str(tmp_path / "part-{0000..0000}.tar")), "train")) == 4
 
 

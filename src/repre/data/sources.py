@@ -3,6 +3,7 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +39,10 @@ class EncodedImages(Protocol):
     def encoded(self, index: int) -> tuple[bytes, str, int]: ...
 
 
+# a shard named for a held-out split: val-000000.tar, in1k-validation-00.tar, test_3.tar
+HELD_OUT = re.compile(r"(^|[-_.])(val|valid|validation|test)([-_.]|\d|$)")
+
+
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not root:
         raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
@@ -57,8 +62,8 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         if held_out:  # the root as the train split would train on the images evaluation tests with
             raise UserError(f"{base} has {held_out[0]}/ but no train/ folder: put the training images in "
                             f"{base}/train/ (or point data.root at a folder of training images only)")
-        held_out = sorted(p.name for p in base.glob("*.tar") if p.name.startswith(("val", "test")))
-        if name == "shards" and held_out:  # every .tar of the root would be trained on
+        held_out = sorted(p.name for p in base.rglob("*.tar") if HELD_OUT.search(p.stem)) if name == "shards" else []
+        if held_out:  # every .tar under the root would be trained on
             raise UserError(f"{base} holds {held_out[0]} beside the training shards, and training reads every "
                             f".tar there: put them in {base}/train/ and {base}/val/ (evaluation reads val/), or "
                             "point data.root at the training shards alone (a pattern such as "
