@@ -654,7 +654,7 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
         assert f"{run} is being trained by another process (pid {holder.pid} on " in err
         assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
     finally:
-        holder.kill()  # SIGKILL: no release, the system's
+        holder.kill()  # SIGKILL: no unlock but the system's
         holder.wait()
     assert run_cli(args)[0] == 0
 
@@ -662,7 +662,7 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
 def test_trainers_of_one_process_share_its_lock_until_the_last_lets_go(tmp_path):
     """Closing any descriptor of a file drops a process's POSIX lock on it: two trainers of one directory in one
     process (a notebook's) share one lock, counted; it stays while either holds it, and is given back when the
-    last releases it or is collected."""
+    last unlocks it or is collected."""
     import gc
 
     from repre.core.run_lock import RunLock
@@ -674,7 +674,7 @@ def test_trainers_of_one_process_share_its_lock_until_the_last_lets_go(tmp_path)
 
     first, second = RunLock(tmp_path), RunLock(tmp_path)
     assert first.acquire() is None and second.acquire() is None and not free()
-    first.release()
+    first.unlock()
     assert not free()
     del second
     gc.collect()

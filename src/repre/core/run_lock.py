@@ -1,5 +1,5 @@
 """One training process a run directory: a lock that its process holds while it trains, which the operating
-system releases however the process ends (a crash or SIGKILL leaves no stale lock on a local disk).
+system frees however the process ends (a crash or SIGKILL leaves no stale lock on a local disk).
 
 Two processes training one directory (a requeued job while the first still runs, or the workers a `torchrun`
 killed with SIGKILL leaves behind) would both write checkpoints and metrics.jsonl lines into it. The lock is a
@@ -47,11 +47,11 @@ class RunLock:
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK
-        self._release = None  # a weakref.finalize: given back on `release()`, or when this object is collected
+        self._unlock = None  # a weakref.finalize: given back on `unlock()`, or when this object is collected
 
     def acquire(self) -> str | None:
         """Take the lock -> None, or why not (another process holds it)."""
-        if fcntl is None or self._release is not None:
+        if fcntl is None or self._unlock is not None:
             return None
         key = str(self.path.resolve())
         if key in _held:
@@ -60,14 +60,14 @@ class RunLock:
             why = self._lock(key)
             if why:
                 return why
-        self._release = weakref.finalize(self, _drop, key)
+        self._unlock = weakref.finalize(self, _drop, key)
         return None
 
-    def release(self) -> None:
+    def unlock(self) -> None:
         """Give the lock back (the file stays, naming its last holder)."""
-        if self._release is not None:
-            self._release()
-            self._release = None
+        if self._unlock is not None:
+            self._unlock()
+            self._unlock = None
 
     def _lock(self, key: str) -> str | None:
         try:

@@ -72,7 +72,7 @@ class Trainer:
             if dist.is_main():
                 save_yaml(cfg, out / run_files.CONFIG)
         except BaseException:
-            self.lock.release()
+            self.lock.unlock()
             raise
 
     def _check_before_building(self, resume: bool, init_from: str | Path | None) -> None:
@@ -208,7 +208,7 @@ class Trainer:
             with self.settings():
                 return self._fit()
         finally:
-            self.lock.release()
+            self.lock.unlock()
 
     def _fit(self) -> dict[str, Any]:
         s, main = self.state, dist.is_main()
