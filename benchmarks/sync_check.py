@@ -30,12 +30,12 @@ from repre.engine.trainer import Trainer
 
 SYN = ["data.name=synthetic", "data.synthetic_train=256", "train.num_workers=2", "train.progress=false",
        "eval.knn.enabled=false", "train.diagnose_every=0", "train.device=cuda", "train.host_sync=log",
-       "train.batch_size=32", "data.image_size=64", "model.kwargs={img_size: 64}",
+       "train.batch_size=32", "data.image_size=64",  # the model's img_size follows data.image_size
        "train.compile=false"]  # eager: compiled kernels add no host waits, and compiling would take most of the time
 CONFIGS = {
     "mocov3-repre": ("in1k-vit-s16-mocov3-repre", []),
     "dino-repre": ("in1k-vit-s16-dino-repre", ["data.local_size=32"]),
-    "moby-repre": ("in1k-swin-t-moby-repre", ["data.image_size=224", "model.kwargs={}", "train.batch_size=16"]),
+    "moby-repre": ("in1k-swin-t-moby-repre", ["data.image_size=224", "train.batch_size=16"]),
     "mocov3-repre-geometric-on-device": ("in1k-vit-s16-mocov3-repre", ["data.device_stages=crops"]),
 }
 
