@@ -679,3 +679,19 @@ def test_trainers_of_one_process_share_its_lock_until_the_last_lets_go(tmp_path)
     del second
     gc.collect()
     assert free()
+
+
+def test_a_requeue_that_lost_its_length_is_refused_with_config_and_goes_on_when_it_gives_it(tmp_path, capsys):
+    """`--resume --config PRESET` without the run's `--set train.max_steps=4` would go on as a run of the preset's
+    800 steps, its schedules rebuilt: refused, naming both lengths; the same with the length given (or without
+    --config: the run's own config) goes on."""
+    run = tmp_path / "run"
+    items = [item for item in RESUME if not item.startswith("train.max_steps=")]
+    lost = ["--config", "fmnist-mocov3-repre", *[a for item in items for a in ("--set", item)]]
+    assert run_cli(["pretrain", "--out", str(run), *lost, "--set", "train.max_steps=4"])[0] == 0
+    assert run_cli(["pretrain", "--out", str(run), "--resume", *lost])[0] == 2
+    err = capsys.readouterr().err
+    assert f"--resume into {run}: the run has train.max_steps=4, train.epochs=" in err
+    assert "gives train.max_steps=800" in err
+    assert run_cli(["pretrain", "--out", str(run), "--resume", *lost, "--set", "train.max_steps=6"])[0] == 0
+    assert run_cli(["pretrain", "--out", str(run), "--resume"])[0] == 0  # its own config: 6 steps, done

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from repre._version import __version__
-from repre.config import EVAL_TASKS, reads
+from repre.config import EVAL_TASKS, Config, reads
 from repre.core import run_files
 from repre.core.atomic import check_writable, written_file
 from repre.errors import StoppedEarly, UserError
@@ -223,6 +223,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+    if args.resume and args.config is not None:
+        _refuse_another_length(out, cfg, args.config, args.overrides)
     from repre.pretraining import pretrain
 
     try:
@@ -241,6 +243,32 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if _launch_rank() == 0:
         print(json.dumps(summary), flush=True)
     return 0
+
+
+LENGTH_KEYS = ("max_steps", "epochs")  # train.*: how long a run is, which its schedules follow
+
+
+def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[str]) -> None:
+    """`--resume` with `--config`: a run length other than the run's, unless `--set` gives it. A requeued command
+    that lost its `--set train.max_steps=N` would go on as a run of the preset's length, its schedules rebuilt
+    (the Python API and an explicit `--set` only warn: `Checkpoints`)."""
+    import yaml
+
+    from repre.config import migrate
+
+    try:
+        saved = migrate(yaml.safe_load((out / run_files.CONFIG).read_text())).get("train") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # no run yet, or its config cannot say: the resume itself tells
+    given = {item.partition("=")[0].strip() for item in overrides}
+    changed = [k for k in LENGTH_KEYS if k in saved and saved[k] != getattr(cfg.train, k)]
+    if changed and not given & {f"train.{k}" for k in LENGTH_KEYS}:
+        was = ", ".join(f"train.{k}={saved.get(k)}" for k in LENGTH_KEYS)
+        now = ", ".join(f"train.{k}={getattr(cfg.train, k)}" for k in LENGTH_KEYS)
+        raise UserError(f"--resume into {out}: the run has {was}, and --config {config} gives {now}, so its "
+                        f"schedules would follow another length: give --set train.max_steps=N (or train.epochs) to "
+                        f"change its length, or the run's own --set as before, or leave out --config to resume with "
+                        f"the run's config")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
