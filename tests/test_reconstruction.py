@@ -229,7 +229,7 @@ def test_the_recon_picture_s_images_are_spread_over_a_class_sorted_folder(image_
     dataset = eval_loader(cfg, "test", None).dataset  # 6 cats, then 6 dogs
     assert torch.equal(spread_images(dataset, 2), torch.stack([dataset.read(0)[0], dataset.read(6)[0]]))
     (image_folder / "val" / "cat" / "0.png").write_bytes(b"not an image")  # replaced by the next readable one
-    assert torch.equal(spread_images(dataset, 2), torch.stack([dataset.read(6)[0], dataset.read(1)[0]]))
+    assert torch.equal(spread_images(dataset, 2), torch.stack([dataset.read(1)[0], dataset.read(6)[0]]))
     model, rt = build_model(cfg), setup_runtime(cfg.train)
     assert recon_eval(model, cfg, rt, tmp_path)["value"] > 0
     (tmp_path / "one").mkdir()

@@ -18,7 +18,6 @@ Which encoder: each paper's convention (MoCo v3 and MoBY: the online encoder; DI
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -34,8 +33,7 @@ from repre.core.atomic import replacing
 from repre.core.run_files import read_json, run_dir, run_results
 from repre.core.schedules import total_steps
 from repre.data.evaluation import centre_view, timm_preprocessing
-from repre.data.folder import UnreadableImage
-from repre.data.splits import eval_source, subset_of
+from repre.data.splits import eval_source, spread_readable
 from repre.data.views import normalize
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
@@ -57,10 +55,7 @@ def sample_images(cfg: Config) -> list[torch.Tensor]:
     split, spread over it as a subset is); none, said, where they cannot be read here."""
     images, why = [], "none readable"
     try:
-        source = subset_of(eval_source(cfg, "test"), PREPROCESSING_SAMPLE)
-        for index in range(len(source)):
-            with contextlib.suppress(UnreadableImage):
-                images.append(source.load(index)[0])
+        images = [img for img, _ in spread_readable(eval_source(cfg, "test"), PREPROCESSING_SAMPLE).values()]
     except (UserError, OSError) as exc:
         why = str(exc).splitlines()[0]
     if not images:

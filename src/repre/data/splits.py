@@ -9,6 +9,7 @@ import torch
 
 from repre.config import Config
 from repre.core import dist
+from repre.data.folder import UnreadableImage, warn_unreadable
 from repre.data.sources import (
     STREAMS_EVALUATE,
     EncodedImages,
@@ -65,6 +66,28 @@ def subset_of(source: ImageSource, count: int) -> Selection:
     from_files = size > 0 and bool(image_path(source, 0))
     index = torch.arange(count)
     return select(source, index * size // count if from_files else index)
+
+
+def spread_readable(source: ImageSource, count: int) -> dict[int, tuple[torch.Tensor, int]]:
+    """`count` images of `source` picked as `subset_of` picks them (spread over a class-sorted folder), an
+    unreadable one replaced by the next readable image not picked yet (named in a warning): {index: (uint8
+    [3, H, W], label)} in the order picked; fewer where fewer can be read. What a picture of a source shows."""
+    picked: dict[int, tuple[torch.Tensor, int]] = {}
+    failed: set[int] = set()  # each image is tried once
+    for pick in subset_of(source, count).indices:
+        for i in (j % len(source) for j in range(pick, pick + len(source))):
+            if i in picked or i in failed:
+                continue
+            try:
+                picked[i] = source.load(i)
+            except UnreadableImage as exc:
+                failed.add(i)
+                warn_unreadable(str(exc), "not shown")
+                continue
+            break
+        else:  # every image was tried: none is left
+            break
+    return picked
 
 
 def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:

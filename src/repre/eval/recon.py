@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import EvalDataset, eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
 from repre.data.sources import ImageSource
-from repre.data.splits import subset_of
+from repre.data.splits import spread_readable, subset_of
 from repre.data.views import Stats, denormalize
 from repre.errors import UserError
 from repre.eval.features import NONE_READ
@@ -157,19 +156,9 @@ def recon_eval(model: nn.Module, cfg: Config, rt: Runtime, out: Path | None) -> 
 
 
 def spread_images(dataset: EvalDataset, count: int) -> torch.Tensor:
-    """`count` readable images of the dataset (fewer where it has fewer), prepared [k, 3, S, S], spread over it
-    as a subset is (a class-sorted folder: each class in proportion, not its first class alone); an unreadable
-    one is replaced by the first readable image after the spread ones."""
-    picks = [int(i) for i in subset_of(dataset.source, count).indices]
-    chosen = set(picks)
-    images = []
-    for index in itertools.chain(picks, (i for i in range(len(dataset.source)) if i not in chosen)):
-        if len(images) == count:
-            break
-        img = dataset.read(index)[0]
-        if img is not None:
-            images.append(img)
-    return dataset.stack(images)
+    """`count` of the dataset's images (`spread_readable`'s: a class-sorted folder's each class in proportion,
+    not its first class alone), prepared [k, 3, S, S]."""
+    return dataset.stack([dataset.prepare(img) for img, _ in spread_readable(dataset.source, count).values()])
 
 
 def error_sheet(model: RePre, x: torch.Tensor, rt: Runtime, mean: Stats, std: Stats) -> Image.Image:

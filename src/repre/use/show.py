@@ -28,9 +28,9 @@ from repre.core.pictures import Column, save_png, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import centre_view
-from repre.data.folder import UnreadableImage, warn_unreadable
+from repre.data.folder import UnreadableImage
 from repre.data.sources import ImageSource, class_name, class_names, pretraining_stats
-from repre.data.splits import eval_source, subset_of
+from repre.data.splits import eval_source, spread_readable
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
@@ -176,26 +176,9 @@ def chosen_images(cfg: Config, indices: list[int]) -> Shown:
 
 
 def first_images(cfg: Config, n: int) -> Shown:
-    """`n` images of `shown_source` (picked by `repre.data.splits.subset_of`; an unreadable one replaced by
-    the next readable image not shown yet), as read."""
+    """`n` images of `shown_source` (`repre.data.splits.spread_readable`'s), as read."""
     source = shown_source(cfg)
-    picked = subset_of(source, n)
-    shown: dict[int, tuple[torch.Tensor, int]] = {}
-    failed: set[int] = set()  # each image is tried once
-    for pick in picked.indices:
-        for i in (j % len(source) for j in range(pick, pick + len(source))):
-            if i in shown or i in failed:
-                continue
-            try:
-                img, label = source.load(i)
-            except UnreadableImage as exc:
-                failed.add(i)
-                warn_unreadable(str(exc), "not shown")
-                continue
-            shown[i] = img, label
-            break
-        else:  # every image was tried: none is left to show
-            break
+    shown = spread_readable(source, n)
     if not shown:
         raise UserError("none of the images to show could be read (each is named in a warning above)")
     return list(shown), [x for x, _ in shown.values()], [y for _, y in shown.values()], class_names(source)
