@@ -82,9 +82,10 @@ def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder,
     # the bank again as the queries' file (a copy): the same rows, each query left out of its neighbours
     for suffix in (".npy", ".csv", ".json"):
         shutil.copy(emb.with_suffix(suffix), tmp_path / f"copy{suffix}")
-    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings", str(tmp_path / "copy.npy"),
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.pdf", "--query-embeddings", str(tmp_path / "copy.npy"),
                                           "--query-index", "3", "--k", "11"))
     assert code == 0 and 3 not in [n["row"] for n in last_json(stdout)["queries"][0]["neighbors"]]
+    assert (tmp_path / "nn.pdf").read_bytes().count(b"/Subtype /Image") == 12  # the query and its 11, as a PDF
 
     card = json.loads(queries.with_suffix(".json").read_text())
     card["identity"]["checkpoint_sha256"] = "0" * 64  # as if another checkpoint had embedded them
@@ -215,37 +216,3 @@ def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, 
     csv_path.write_text(csv_path.read_text().replace("img", "IMG"))
     assert run_cli(neighbors_args(run, tmp_path / "moved.npy", tmp_path / "x.png", "--query-index", "0"))[0] == 2
     assert "the data changed since embed" in capsys.readouterr().err
-
-
-def test_a_caption_fits_its_tile_and_a_cut_one_says_so():
-    """Captions may use the gap after their tile; one still too long ends with ".." (not a shorter word)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from repre.core.pictures import PAD, fitted
-
-    pen, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
-    side = thumb_side(28)
-    if isinstance(font, ImageFont.FreeTypeFont):  # Pillow >= 10.1 with FreeType (the wider bitmap font cuts it)
-        assert fitted(pen, "0.9931 Ankle boot", font, side + PAD - 3) == "0.9931 Ankle boot"  # a class name
-    cut = fitted(pen, "0.9931 " + "a long class name" * 3, font, side + PAD - 3)
-    assert cut.endswith("..") and cut.startswith("0.9931 a long") and pen.textlength(cut, font=font) <= side + PAD - 3
-
-
-def test_a_column_title_leaves_a_gap_before_the_next_column():
-    """A title as wide as the column's pitch ran into the next column's ("reconstructionview 2" at 64 px)."""
-    import torch
-    from PIL import Image, ImageDraw, ImageFont
-
-    from repre.core.pictures import HEADER, PAD, Column, sheet, tile
-
-    pen, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
-    side = int(pen.textlength("reconstruction", font=font)) - PAD  # the title as wide as the column's pitch
-    blank = [tile(torch.ones(3, 8, 8), side)]
-    picture = sheet([Column(blank, "reconstruction"), Column(blank, "")])  # the second: no title of its own
-    header = torch.from_numpy(np.asarray(picture.convert("L"))[:HEADER].copy())
-    inked = (header < 128).any(dim=0).nonzero()
-    assert int(inked.max()) < PAD + side + PAD - 2  # the title ends 3 px or more before the next column starts
-
-
-def test_small_images_are_drawn_near_96_px_by_a_whole_factor():
-    assert [thumb_side(s) for s in (16, 28, 48, 64, 70, 224)] == [96, 84, 96, 128, 70, 224]

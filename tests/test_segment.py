@@ -243,12 +243,12 @@ def test_the_probe_learns_a_separable_map():
 
 def test_a_picture_that_cannot_be_written_leaves_the_result(tmp_path, repre_log):
     """An evaluation's picture on a full disk (or a folder it may not write): warned of, the result without it."""
-    from repre.core.pictures import save_result_picture
+    from repre.core.pictures import Picture, save_result_picture
 
     extra = {}
-    save_result_picture(Image.new("RGB", (2, 2)), tmp_path / "segment.png", extra)
+    save_result_picture(Picture((2, 2)), tmp_path / "segment.png", extra)
     assert extra == {"picture": str(tmp_path / "segment.png")}
     (tmp_path / "afile").write_text("")
     extra = {}
-    save_result_picture(Image.new("RGB", (2, 2)), tmp_path / "afile" / "segment.png", extra)
+    save_result_picture(Picture((2, 2)), tmp_path / "afile" / "segment.png", extra)
     assert extra == {} and "was not written" in repre_log.text

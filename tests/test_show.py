@@ -110,9 +110,10 @@ def test_two_runs_of_one_folder_name_are_named_by_the_folders_that_tell_them_apa
     for name in ("repre", "base"):
         shutil.copytree(run, tmp_path / name / "seed1", ignore=shutil.ignore_patterns("eval", "tb"))
     code, stdout = run_cli(["show", "--checkpoint", str(tmp_path / "repre" / "seed1"), "--compare",
-                            str(tmp_path / "base" / "seed1"), "--out", str(tmp_path / "show.png"), "--images", "1"])
+                            str(tmp_path / "base" / "seed1"), "--out", str(tmp_path / "show.svg"), "--images", "1"])
     groups = [c.split(": ")[0] for c in last_json(stdout)["columns"] if ": " in c]
     assert code == 0 and list(dict.fromkeys(groups)) == ["repre/seed1", "base/seed1"]
+    assert all(f">{name}</text>" in (tmp_path / "show.svg").read_text() for name in groups)  # for a paper's figure
 
 
 def test_each_checkpoint_sees_the_images_as_its_own_evaluation_does(tiny_run):

@@ -52,6 +52,10 @@ e.g. a k-NN in under a minute on 2 CPU cores:
   repre eval knn --checkpoint RUN --set eval.knn.train_subset=5000 --set eval.knn.test_subset=1000
 """
 
+PICTURE_OUT = (  # --out of show, neighbors and map
+    "the picture: FILE.png, or FILE.svg or FILE.pdf (text as text, for a paper; matplotlib: "
+    "pip install 'repre[figures]')")
+
 
 def _set_option(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """`--set KEY=VALUE`, repeatable, into `overrides`."""
@@ -111,7 +115,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _add_map(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("map", help="a 2-D map (t-SNE or UMAP) of an embedding file, by label or as thumbnails")
     p.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (its .csv and .json beside)")
-    p.add_argument("--out", required=True, help="FILE.png")
+    p.add_argument("--out", required=True, help=PICTURE_OUT)
     p.add_argument("--checkpoint", help="the run whose data the thumbnails are read from (default: the one embed "
                    "read, from the card)")
     p.add_argument("--thumbnails", action="store_true",
@@ -129,7 +133,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="pictures of the learned features: attention, patch PCA, reconstruction")
     _checkpoint_option(p)
     p.add_argument("--compare", help="a second checkpoint or run (e.g. the baseline), drawn beside the first")
-    p.add_argument("--out", required=True, help="FILE.png")
+    p.add_argument("--out", required=True, help=PICTURE_OUT)
     p.add_argument("--images", type=int, default=4,
                    help="test images shown (default 4, at most 64; data.subset's rule picks them)")
     p.add_argument("--block", type=int, default=-1,
@@ -172,7 +176,7 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="the checkpoint whose data the images are read from (default: the one "
                    "embed read, from the card)")
     p.add_argument("--embeddings", required=True, help="FILE.npy written by `repre embed` (with its .csv and .json)")
-    p.add_argument("--out", required=True, help="the picture, a .png")
+    p.add_argument("--out", required=True, help=PICTURE_OUT)
     _set_option(p, f"override {reads.listed(reads.IMAGES)} (after the overrides embed was given, which apply by "
                 "default)")
     p.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")

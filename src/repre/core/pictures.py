@@ -1,20 +1,27 @@
 """Sheets of image tiles in columns, each column with an optional title above it and captions under its tiles,
 and notes under the sheet that say how to read it: the one layout of every picture repre draws (recon.png,
-`repre show`, `repre neighbors`). PIL only, no plotting library."""
+`repre show`, `repre neighbors`; `repre map` draws its own on the same `Picture`).
+
+A `Picture` keeps the operations that draw it: PIL replays them into a PNG, matplotlib (optional) into an SVG
+or a PDF whose text stays text (sharp at any size, editable, and found by a search), the tiles embedded as the
+PNG draws them."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from repre.core.atomic import replacing
+from repre.errors import UserError
 
 log = logging.getLogger("repre")
 
@@ -22,6 +29,51 @@ PAD = 4  # pixels between tiles and around the sheet
 HEADER = 24  # the strip above the tiles for the columns' group names (one line) and titles (the next)
 CAPTION = 14  # the strip under each tile for its caption
 NOTE_LINE = 12  # a line of the notes under the sheet
+FORMATS = (".png", ".svg", ".pdf")  # what `--out` of show, neighbors and map may end in
+# The vector text's size in points (a pixel each): matplotlib's DejaVu Sans at 9 pt is as wide as the 10 px
+# font PIL draws with (Pillow's Aileron; measured on captions and notes, within 1%), so what fits in the PNG
+# fits in the SVG and the PDF.
+VECTOR_FONT_SIZE = 9
+
+Colour = str | tuple[int, int, int]
+
+
+@dataclass
+class Picture:
+    """A picture `size` (width, height) pixels on white, as the operations that draw it in order: tiles pasted
+    at their top-left corner, text at its top-left (PIL's default font), filled dots (circles: centre and
+    diameter) and rectangles (x0, y0, x1, y1)."""
+
+    size: tuple[int, int]
+    ops: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def paste(self, image: Image.Image, xy: tuple[int, int]) -> None:
+        self.ops.append(("image", image.convert("RGB"), xy))
+
+    def text(self, xy: tuple[float, float], text: str, fill: Colour = "black") -> None:
+        self.ops.append(("text", text, xy, fill))
+
+    def dot(self, centre: tuple[float, float], diameter: float, fill: Colour) -> None:
+        self.ops.append(("dot", centre, diameter, fill))
+
+    def rectangle(self, box: tuple[float, float, float, float], fill: Colour) -> None:
+        self.ops.append(("rectangle", box, fill))
+
+    def raster(self) -> Image.Image:
+        """The picture drawn by PIL (what the PNG holds, and TensorBoard shows)."""
+        picture = Image.new("RGB", self.size, "white")
+        pen, font = ImageDraw.Draw(picture), ImageFont.load_default()
+        for kind, *args in self.ops:
+            if kind == "image":
+                picture.paste(args[0], args[1])
+            elif kind == "text":
+                pen.text(args[1], args[0], fill=args[2], font=font)
+            elif kind == "dot":
+                (x, y), r = args[0], args[1] / 2
+                pen.ellipse((x - r, y - r, x + r, y + r), fill=args[2])
+            else:
+                pen.rectangle(args[0], fill=args[1])
+        return picture
 
 
 @dataclass
@@ -67,33 +119,33 @@ def note_lines(notes: Sequence[str], width: int) -> list[str]:
     return [line for note in notes for line in wrapped(note, font, width - 2 * PAD)]
 
 
-def sheet(columns: list[Column], gap: int = 0, notes: Sequence[str] = ()) -> Image.Image:
-    """Columns of tiles -> one RGB picture; `gap` more pixels set the first column apart (e.g. the queries);
+def sheet(columns: list[Column], gap: int = 0, notes: Sequence[str] = ()) -> Picture:
+    """Columns of tiles -> one picture; `gap` more pixels set the first column apart (e.g. the queries);
     `notes`, how to read the picture, under it, each wrapped to its width. Every column has as many tiles, all
     of one side, as the first."""
     side, rows = columns[0].tiles[0].width, len(columns[0].tiles)
     titled = any(c.title or c.group for c in columns)
     captioned = any(c.captions for c in columns)
     size = sheet_size(rows, len(columns), side, titled, captioned, gap, notes)
-    picture = Image.new("RGB", size, "white")
-    pen, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    picture = Picture(size)
+    pen, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()  # to measure text
     lines = note_lines(notes, size[0])
     for i, line in enumerate(lines):  # under the tiles, the last line PAD above the bottom
-        pen.text((PAD, size[1] - PAD - (len(lines) - i) * NOTE_LINE), line, fill="black", font=font)
+        picture.text((PAD, size[1] - PAD - (len(lines) - i) * NOTE_LINE), line)
     top = PAD + titled * HEADER
     for c, column in enumerate(columns):
         x = PAD + c * (side + PAD) + (gap if c else 0)
         if column.group and (c == 0 or columns[c - 1].group != column.group):
-            pen.text((x, 2), column.group, fill="black", font=font)  # spans the group's columns
+            picture.text((x, 2), column.group)  # spans the group's columns
         if column.title:  # over the tile's width and most of the gap after it, as the captions
-            pen.text((x, 14), fitted(pen, column.title, font, side + PAD - 3), fill="black", font=font)
+            picture.text((x, 14), fitted(pen, column.title, font, side + PAD - 3))
         captions = column.captions or [""] * rows
         for r, (picture_tile, text) in enumerate(zip(column.tiles, captions, strict=True)):
             y = top + r * (side + captioned * CAPTION + PAD)
             picture.paste(picture_tile, (x, y))
             if text:
                 # over the tile's width and most of the gap after it
-                pen.text((x + 1, y + side + 1), fitted(pen, text, font, side + PAD - 3), fill="black", font=font)
+                picture.text((x + 1, y + side + 1), fitted(pen, text, font, side + PAD - 3))
     return picture
 
 
@@ -118,17 +170,83 @@ def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + ".." if text else ""
 
 
-def save_png(picture: Image.Image, path: Path) -> None:
-    """Write `picture` to `path` whole or not at all (a process stopped while writing leaves the old file)."""
+def picture_path(out: str | Path) -> Path:
+    """`--out` of a picture, checked before anything is computed: it ends in .png, .svg or .pdf, and the last
+    two find matplotlib."""
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"--out {out} must end in {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
+    if suffix != ".png":
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError(f"--out {out}: {suffix[1:].upper()} pictures need matplotlib: "
+                            "pip install 'repre[figures]' (or give a .png)") from None
+    return path
+
+
+def save_picture(picture: Picture, path: Path) -> None:
+    """Write `picture` to `path` in the format its suffix names (.png; .svg and .pdf: `picture_path`), whole or
+    not at all (a process stopped while writing leaves the old file)."""
+    fmt = path.suffix.lower()[1:]
     with replacing(path) as tmp:
-        picture.save(tmp, format="PNG")
+        if fmt in ("svg", "pdf"):
+            save_vector(picture, tmp, fmt)
+        else:
+            picture.raster().save(tmp, format="PNG")
 
 
-def save_result_picture(picture: Image.Image, path: Path, extra: dict[str, Any]) -> None:
+def save_vector(picture: Picture, path: Path, fmt: str) -> None:
+    """`picture` as an SVG or a PDF through matplotlib, a pixel a point: the tiles as images, the text as text
+    (SVG: <text> elements; PDF: the font embedded as TrueType, which journals ask for, not Type 3)."""
+    import matplotlib
+    from matplotlib.collections import CircleCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import IdentityTransform
+
+    width, height = picture.size
+    font = ImageFont.load_default()
+    ascent = font.getmetrics()[0] if isinstance(font, ImageFont.FreeTypeFont) else 9  # PIL's y: the ascender's
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "font.family": "DejaVu Sans",
+                                "svg.hashsalt": "repre"}):  # the same picture, the same SVG ids
+        fig = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
+        fig.suppressComposite = True  # each tile an image of its own (one to move in an editor), not one merged
+        for kind, group in itertools.groupby(picture.ops, key=lambda op: op[0]):
+            for op in [list(group)] if kind == "dot" else group:
+                if kind == "dot":  # a run of dots as one collection: a circle drawn once, placed N times
+                    areas = list(dict.fromkeys(d * d * np.pi / 4 for _, _, d, _ in op))  # points^2
+                    dots = CircleCollection(areas if len(areas) == 1 else [d * d * np.pi / 4 for _, _, d, _ in op],
+                                            offsets=[(x, height - y) for _, (x, y), _, _ in op],
+                                            offset_transform=IdentityTransform(),
+                                            facecolors=[colour(fill) for *_, fill in op], edgecolors="none")
+                    fig.add_artist(dots)
+                elif kind == "image":
+                    _, image, (x, y) = op
+                    fig.figimage(np.asarray(image), xo=x, yo=height - y - image.height, origin="upper")
+                elif kind == "text":
+                    _, text, (x, y), fill = op
+                    fig.text(x / width, 1 - (y + ascent) / height, text, color=colour(fill),
+                             fontsize=VECTOR_FONT_SIZE, ha="left", va="baseline")  # on the PNG's baseline
+                else:
+                    _, (x0, y0, x1, y1), fill = op
+                    fig.add_artist(Rectangle((x0, height - y1), x1 - x0, y1 - y0, transform=IdentityTransform(),
+                                             facecolor=colour(fill), edgecolor="none"))
+        metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None}  # no clock: the same bytes
+        fig.savefig(path, format=fmt, dpi=72, metadata=metadata)
+
+
+def colour(fill: Colour) -> Any:
+    """A PIL colour (a name, or 0-255 RGB) as matplotlib takes it."""
+    return tuple(c / 255 for c in fill) if isinstance(fill, tuple) else fill
+
+
+def save_result_picture(picture: Picture, path: Path, extra: dict[str, Any]) -> None:
     """An evaluation's picture: written to `path` and named in its result's `extra["picture"]`; one that
     cannot be written (a full disk, no permission) is warned of, and the result stands without it."""
     try:
-        save_png(picture, path)
+        save_picture(picture, path)
     except OSError as exc:
         log.warning("the picture %s was not written (%s); the result follows", path, exc)
         return

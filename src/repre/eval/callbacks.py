@@ -60,7 +60,7 @@ class ReconPicture(Callback):
         if dist.is_main() and trainer.state.step > 0:
             path = trainer.out / run_files.RECON_PNG
             picture = eager(save_recon_grid, trainer.model, trainer.cfg, trainer.data.source, path, trainer.rt)
-            writer.image("recon", picture, trainer.state.step)
+            writer.image("recon", picture.raster(), trainer.state.step)
             log.info("views and their reconstructions at step %d: %s", trainer.state.step, path)
         return {}
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from repre.config import Config
 from repre.core import run_files
-from repre.core.pictures import Column, save_png, save_result_picture, sheet, thumb_side, tile
+from repre.core.pictures import Column, Picture, save_picture, save_result_picture, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.evaluation import EvalDataset, eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
@@ -91,7 +91,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
 
 
 @torch.no_grad()
-def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Image.Image:
+def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Picture:
     """`eval.recon.images` training images of the run (`subset_of`'s: a folder's spread over its classes;
     epoch-0 augmentation), a row each; for each of the two views (a group of columns) the view, its patch means
     (norm_pix) and the reconstruction, captioned with PSNRs."""
@@ -112,10 +112,10 @@ def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime)
     return sheet(cols, notes=gray_note(denormalize(x, spec.mean, spec.std)))
 
 
-def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> Image.Image:
+def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> Picture:
     """`recon_sheet` written to `path`; returns it."""
     picture = recon_sheet(model, cfg, source, rt)
-    save_png(picture, path)
+    save_picture(picture, path)
     return picture
 
 
@@ -161,7 +161,7 @@ def spread_images(dataset: EvalDataset, count: int) -> torch.Tensor:
     return dataset.stack([dataset.prepare(img) for img, _ in spread_readable(dataset.source, count).values()])
 
 
-def error_sheet(model: RePre, x: torch.Tensor, rt: Runtime, mean: Stats, std: Stats) -> Image.Image:
+def error_sheet(model: RePre, x: torch.Tensor, rt: Runtime, mean: Stats, std: Stats) -> Picture:
     """Normalized images x [k, 3, S, S], a row each: the image, its patch means (norm_pix), the reconstruction
     (each with its PSNR) and the error map (|error| x ERROR_GAIN, clipped)."""
     pred = reconstruct(model, x, rt)

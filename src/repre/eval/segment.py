@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from repre.config import Config
 from repre.core import dist
-from repre.core.pictures import Column, save_result_picture, sheet, thumb_side, tile
+from repre.core.pictures import Column, Picture, save_result_picture, sheet, thumb_side, tile
 from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import CLASSES, FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
@@ -125,7 +124,7 @@ def legend(shown: list[int], names: list[str] | None, classes: int) -> str:
 
 
 def segment_picture(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, ignore: int,
-                    names: list[str] | None, classes: int) -> Image.Image:
+                    names: list[str] | None, classes: int) -> Picture:
     """A row per probe-test image (uint8 [N, 3, S, S]): the image, its true classes and the probe's prediction
     ([N, S, S] each), the prediction's pixel accuracy under it; the colours of the classes drawn named under
     the picture."""

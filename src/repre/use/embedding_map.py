@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from repre.config import reads
-from repre.core.pictures import save_png
+from repre.core.pictures import Picture, picture_path, save_picture
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import embedded_source, thumbnail
@@ -79,18 +79,17 @@ def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str
     classes = sorted(set(labels))
     colours = dict(zip(classes, palette(len(classes)), strict=True))
     legend = 14 * (len(classes) + len(note) + 1) + 10
-    sheet = Image.new("RGB", (SIZE + 180, max(SIZE, legend)), "white")
-    pen = ImageDraw.Draw(sheet)
+    picture = Picture((SIZE + 180, max(SIZE, legend)))
     for (u, v), label in zip(points, labels, strict=True):
         x, y = 10 + u * (SIZE - 20), 10 + v * (SIZE - 20)
-        pen.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colours[label])
+        picture.dot((x, y), 5, fill=colours[label])
     for i, label in enumerate(classes):
         top = 10 + 14 * i
-        pen.rectangle((SIZE + 10, top, SIZE + 20, top + 10), fill=colours[label])
-        pen.text((SIZE + 26, top - 1), names.get(label, str(label))[:24], fill="black")
+        picture.rectangle((SIZE + 10, top, SIZE + 20, top + 10), fill=colours[label])
+        picture.text((SIZE + 26, top - 1), names.get(label, str(label))[:24])
     for i, line in enumerate(note):
-        pen.text((SIZE + 10, 10 + 14 * (len(classes) + 1 + i)), line[:28], fill="dimgray")
-    save_png(sheet, path)
+        picture.text((SIZE + 10, 10 + 14 * (len(classes) + 1 + i)), line[:28], fill="dimgray")
+    save_picture(picture, path)
 
 
 def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image], rows: Sequence[int],
@@ -99,29 +98,26 @@ def draw_thumbnails(points: np.ndarray, thumbnail: Callable[[int], Image.Image],
     the lines of `about` under them."""
     size, line = 1400, 14
     footer = line * len(about) + 10 if about else 0
-    sheet = Image.new("RGB", (size + side, size + side + footer), "white")
+    picture = Picture((size + side, size + side + footer))
     for (u, v), row in zip(points, rows, strict=True):
-        sheet.paste(thumbnail(row).convert("RGB").resize((side, side)), (round(u * size), round(v * size)))
-    pen = ImageDraw.Draw(sheet)
+        picture.paste(thumbnail(row).convert("RGB").resize((side, side)), (round(u * size), round(v * size)))
     for i, text in enumerate(about):
-        pen.text((8, size + side + 5 + line * i), text, fill="black")
-    save_png(sheet, path)
+        picture.text((8, size + side + 5 + line * i), text)
+    save_picture(picture, path)
 
 
 def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str | Path, method: str = "tsne",
                   limit: int = 5000, seed: int = 0, names: dict[int, str] | None = None,
                   thumbnail: Callable[[int], Image.Image] | None = None, about: Sequence[str] = ()) -> dict[str, Any]:
-    """Map embeddings [N, D] (labels: one per row, None where unknown) into the PNG `out`: a scatter by label
-    when every drawn row has one, else thumbnails (`thumbnail(row)` -> a PIL image; required then). `about`:
-    lines under the scatter's legend saying what the embeddings are."""
+    """Map embeddings [N, D] (labels: one per row, None where unknown) into the picture `out` (.png, .svg or
+    .pdf): a scatter by label when every drawn row has one, else thumbnails (`thumbnail(row)` -> a PIL image;
+    required then). `about`: lines under the scatter's legend saying what the embeddings are."""
     if limit < 3:
         raise UserError(f"--max-points {limit}: draw at least 3 points")
-    if Path(out).suffix.lower() != ".png":
-        raise UserError(f"--out {out} must end in .png")
+    path = picture_path(out)
     rows = subsample(len(embeddings), limit, seed)
     points = layout(np.asarray(embeddings[rows], dtype=np.float32), method, seed)
     drawn = [labels[r] for r in rows]
-    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     shown = f"{len(rows):,} of {len(embeddings):,} rows" if len(rows) < len(embeddings) else f"{len(rows):,} rows"
     about = [*about, f"{METHOD_NAMES.get(method, method)}, {shown}"]

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from repre.config import reads
-from repre.core.pictures import Column, save_png, sheet, thumb_side, tile
+from repre.core.pictures import Column, Picture, picture_path, save_picture, sheet, thumb_side, tile
 from repre.data.sources import ImageSource, class_name
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
@@ -106,7 +105,7 @@ def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str,
 
 
 def neighbors_picture(queries: Embedded, bank: Embedded, hits: dict[int, list[tuple[int, float]]],
-                      size: int) -> Image.Image:
+                      size: int) -> Picture:
     """A row per query: the query image, then its neighbours with their similarities (and classes, when known)
     under them. Four decimals: the features of a short run fill a narrow cone, so neighbours' similarities often
     differ only in the third or fourth."""
@@ -151,8 +150,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     ...]}, ...], "same_class": the share of the neighbours whose label is their query's, or None without
     labels}."""
     refuse_unread("repre neighbors", list(overrides or []), reads.IMAGES)
-    if Path(out).suffix.lower() != ".png":
-        raise UserError(f"--out {out} must end in .png")
+    path = picture_path(out)
     bank = Embedded.open(embeddings)
     asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank
     comparable(bank, asked)
@@ -174,7 +172,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     if not own:
         asked.index = read_index(asked.files.csv, set(chosen), len(asked.rows))
         asked.source, _ = embedded_source(checkpoint, asked.card, overrides or [])
-    save_png(neighbors_picture(asked, bank, hits, size), Path(out))
+    save_picture(neighbors_picture(asked, bank, hits, size), path)
     results = [described(asked.index, q, asked.names,
                          neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from repre.config import Config, reads
-from repre.core.pictures import Column, save_png, sheet, tile
+from repre.core.pictures import Column, picture_path, save_picture, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import centre_view
@@ -258,8 +258,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     if n > MAX_IMAGES:
         raise UserError(f"{n} images: show draws at most {MAX_IMAGES}, a row each (a taller picture cannot be read); "
                         "draw others in another picture")
-    if Path(out).suffix.lower() != ".png":
-        raise UserError(f"--out {out} must end in .png")
+    path = picture_path(out)
     refuse_unread("repre show", overrides, reads.SHOW)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
     indices, read, labels, classes = (chosen_images(loaded[1], image_index) if image_index
@@ -272,7 +271,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     names = [class_name(classes, y) or "" for y in labels]
     pixels = runs[0].images  # the image column: as the first checkpoint sees them
     cols = columns(pixels, names, runs)
-    save_png(sheet(cols, notes=notes(pixels, runs, block)), Path(out))
+    save_picture(sheet(cols, notes=notes(pixels, runs, block)), path)
     return {"command": "show", "out": str(out), "images": len(labels), "indices": indices,
             "labels": [y if y >= 0 else None for y in labels],
             "classes": [n or None for n in names],
