@@ -55,18 +55,19 @@ class Trainer:
 
     def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None,
                  callbacks: Iterable[Callback] = ()) -> None:
-        # The order matters: the checks that need neither data nor model first; the seed before the data and the
+        # The order matters: the checks that need neither data nor model first, and the lock of an existing --out
+        # (a requeue while the run trains waits for no indexing to be refused); the seed before the data and the
         # model (every process builds the same weights); --out created once both exist (a wrong setting leaves no
         # folder); the resume before DDP wraps the model.
         self.started = time.perf_counter()
         self.cfg, self.out = cfg, out
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
         self.rt: Runtime = setup_runtime(cfg.train, join_group=True)
-        self._check_before_building(resume, init_from)
-        torch.manual_seed(cfg.train.seed)
-        self._build(callbacks)
-        self.lock = RunLock(out)  # taken by `_start`, given back when `fit` ends (or this construction fails)
+        self.lock = RunLock(out)  # taken once --out exists, given back when `fit` ends (or this construction fails)
         try:
+            self._check_before_building(resume, init_from)
+            torch.manual_seed(cfg.train.seed)
+            self._build(callbacks)
             self._start(resume, init_from)
             self.forward_model = self._wrap_ddp()
             if dist.is_main():
@@ -88,6 +89,15 @@ class Trainer:
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         check_out(self.out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
+        self._take_lock()  # a requeue while the run trains: refused before it indexes the data
+
+    def _take_lock(self) -> None:
+        """The run directory's lock, taken by the main process where --out exists (every process calls this: it
+        gathers the answer), or the refusal that names its holder; nothing once held."""
+        why = self.lock.acquire() if dist.is_main() and self.out.is_dir() else None
+        refusals = [reason for reason in dist.gather_objects(why) if reason]
+        if refusals:
+            raise UserError(refusals[0])
 
     def _build(self, callbacks: Iterable[Callback]) -> None:
         """The data, the model and what trains it: optimizer, scaler, guard, schedules, callbacks, checkpoints."""
@@ -115,10 +125,7 @@ class Trainer:
         if init_from and not resume:  # before --out is made: weights that do not fit leave no folder
             self.checkpoints.init_from(init_from)
         self.out.mkdir(parents=True, exist_ok=True)
-        # before the resume rewrites anything: another process may train here
-        refusals = [why for why in dist.gather_objects(self.lock.acquire() if dist.is_main() else None) if why]
-        if refusals:
-            raise UserError(refusals[0])
+        self._take_lock()  # a new --out (an existing one is locked already): before anything is written
         resumed = self.checkpoints.resume(self.total) if resume else False
         if init_from and resume and not resumed:  # the first launch of a requeued command
             self.checkpoints.init_from(init_from)
@@ -205,6 +212,7 @@ class Trainer:
         """Train to the total step count; writes metrics, checkpoints and summary.json, with the run's
         process-wide settings in force until it returns or raises."""
         try:
+            self._take_lock()  # a second fit() of this trainer (after a stop) trains under the lock too
             with self.settings():
                 return self._fit()
         finally:
