@@ -34,6 +34,22 @@ def test_the_command_line_loads_no_torch_until_a_command_runs():
     assert done.stdout.split()[1:] == ["[]"], done.stdout
 
 
+def test_each_name_of_the_python_api_stays_what_it_names():
+    """`repre.NAME` loads on first use; a module of the package with the same name as one of them would replace
+    it once imported (Python binds a submodule on its package): `repre.export` was the function, then, after any
+    import of the module `repre.export`, that module. Each name is read, its module imported, and read again."""
+    import importlib.util
+    import types
+
+    import repre
+
+    for name in repre.__all__:
+        first = getattr(repre, name)
+        importlib.import_module(repre._API.get(name, "repre._version"))
+        assert getattr(repre, name) is first and not isinstance(first, types.ModuleType), name
+        assert not importlib.util.find_spec(f"repre.{name}"), f"repre.{name} is also a module"
+
+
 def test_every_framework_is_registered_in_the_config_and_the_methods_alike():
     """A framework is named in two layers: the config (method.name's values, FRAMEWORKS, its method.NAME section,
     whose fields are the class's keyword arguments) and the methods' registry. They must agree: a name missing in

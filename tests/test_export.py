@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, pretrain_args, run_cli, tiny_config
-from repre.export import load_export, old_timm_hint
+from repre.exporting import load_export, old_timm_hint
 from repre.pretrained import load_encoder
 
 # the documented loading call needs pyproject's timm (older ones load neither ViT nor Swin exports, and
@@ -123,7 +123,7 @@ def test_the_transform_check_says_when_the_card_prepares_some_images_otherwise(r
     """Images no larger than the input agree with a crop_pct 1 card within the resizes' rounding; one larger,
     which repre cuts to 0.875 of its short side, differs beyond it, and the export says so."""
     from repre.data.evaluation import timm_preprocessing
-    from repre.export import TRANSFORM_TOLERANCE, transform_check
+    from repre.exporting import TRANSFORM_TOLERANCE, transform_check
 
     cfg = tiny_config("data.name=folder", "data.image_size=16")
     small = [torch.from_numpy(gradients(side, side + 4)).permute(2, 0, 1).contiguous() for side in (12, 16)]
@@ -201,7 +201,7 @@ def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, messa
 def test_a_failed_self_check_leaves_the_earlier_export_and_no_temporary(tiny_run, tmp_path, monkeypatch):
     """The weights and the card are replaced only once the export loads as documented: a check that fails leaves
     the folder as it was."""
-    import repre.export
+    import repre.exporting
 
     run, _ = tiny_run
     out = tmp_path / "encoder.safetensors"
@@ -209,9 +209,9 @@ def test_a_failed_self_check_leaves_the_earlier_export_and_no_temporary(tiny_run
     out.with_suffix(".json").write_text("{}")
 
     def fails(*args):
-        raise repre.export.UserError("the exported features differ")
+        raise repre.exporting.UserError("the exported features differ")
 
-    monkeypatch.setattr(repre.export, "self_check", fails)
+    monkeypatch.setattr(repre.exporting, "self_check", fails)
     assert run_cli(["export", "--checkpoint", str(run), "--out", str(out), "--overwrite"])[0] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.json", "encoder.safetensors"]
     assert out.read_bytes() == b"an earlier export" and out.with_suffix(".json").read_text() == "{}"
@@ -248,7 +248,7 @@ def test_an_old_timm_is_named_with_the_remedy(monkeypatch):
 
 
 def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
-    from repre.export import run_evaluations
+    from repre.exporting import run_evaluations
 
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 20, "knn_top1": 0.7}))
     given = ["eval.knn.test_subset=100", "data.root=/home/me/photos"]

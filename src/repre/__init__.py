@@ -29,7 +29,7 @@ _API = {  # name -> the module that defines it
     "pretrain": "repre.pretraining",
     "evaluate": "repre.eval",
     "load_encoder": "repre.pretrained",
-    "export": "repre.export",
+    "export": "repre.exporting",
     "ReconstructionBranch": "repre.nn",
     "embed": "repre.use.embed",
     "neighbors": "repre.use.neighbors",
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from repre.builder import build_encoder, build_model
     from repre.config import Config, load_config
     from repre.eval import evaluate
-    from repre.export import export
+    from repre.exporting import export
     from repre.nn import ReconstructionBranch
     from repre.pretrained import load_encoder
     from repre.pretraining import pretrain

@@ -1,4 +1,4 @@
-"""The `repre` command: a thin layer over `repre.config`, `repre.pretraining`, `repre.eval`, `repre.export`
+"""The `repre` command: a thin layer over `repre.config`, `repre.pretraining`, `repre.eval`, `repre.exporting`
 and `repre.use`.
 
 Exit status: 0 success; 1 internal error; 2 user error (the message says what to do); 3 stopped early
@@ -319,7 +319,7 @@ def _per_class(extra: dict) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from repre.export import export
+    from repre.exporting import export
 
     card = export(args.checkpoint, args.out, args.encoder, args.overwrite)
     model = card["arch"] if card["model"] == card["arch"] else f"{card['model']} (timm's {card['arch']}, reshaped)"
