@@ -237,7 +237,8 @@ def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path,
     before = poison(trainer, {2, 5, 6, 7})  # 0-based steps; 5, 6, 7 in a row
     with pytest.raises(StoppedEarly) as stop:
         trainer.fit()
-    summary = __import__("json").loads(str(stop.value))
+    summary = stop.value.summary  # the message: the same as JSON (what `repre pretrain` prints)
+    assert summary == __import__("json").loads(str(stop.value))
     assert not summary["completed"] and summary["nonfinite_steps"] == 4 and summary["steps"] == 7
     after = trainer.model.method.encoder.state_dict()
     assert all(torch.equal(after[k], before[5][k]) for k in after)  # steps 5, 6, 7 left the weights alone

@@ -54,7 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted([*__all__, "__doc__", "__file__", "__name__", "__path__"])
 
 
 __all__ = ["Config", "ReconstructionBranch", "__version__", "build_encoder", "build_model", "embed", "evaluate",

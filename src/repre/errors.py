@@ -6,4 +6,11 @@ class UserError(Exception):
 
 
 class StoppedEarly(Exception):
-    """The run stopped before its end but can be resumed (exit status 3)."""
+    """The run stopped before its end but can be resumed (exit status 3). `summary`: the run's summary (what
+    summary.json holds); the message is it as JSON."""
+
+    def __init__(self, summary: dict) -> None:
+        import json
+
+        super().__init__(json.dumps(summary))
+        self.summary = summary

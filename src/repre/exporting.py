@@ -37,14 +37,11 @@ from repre.data.splits import eval_source, spread_readable
 from repre.data.views import normalize
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.pretrained import encoder_from, encoder_state, load_checkpoint_config
+from repre.pretrained import NOT_TIMMS, encoder_from, encoder_state, load_checkpoint_config
 
 log = logging.getLogger("repre")
 
 TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
-# the provenance that the timm architecture's own pretrained_cfg would otherwise lend the export (its hub weights,
-# their licence, ImageNet's 1,000 classes): none of it describes these weights
-NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
 # images of the run's evaluation data that the card's resize and crop are chosen on and checked with
 PREPROCESSING_SAMPLE = 16
 TRANSFORM_TOLERANCE = 2.0  # grey levels, on average over an image: PIL's resize against torchvision's

@@ -45,6 +45,8 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, *, norm_pix: b
     norm_pix: the target is normalized per patch (mean 0, std 1 over each patch's pixels and channels, as MAE's
     norm_pix_loss, `patch_stats`), and the prediction is read in that normalized space.
     """
+    if pred.shape != target.shape:  # F.l1_loss would broadcast a grey [B, 1, H, W] target, with a warning
+        raise ValueError(f"the reconstruction {list(pred.shape)} and its target {list(target.shape)} differ in shape")
     pred, target = pred.float(), target.float()
     if norm_pix:
         mean, std = patch_stats(target, patch)

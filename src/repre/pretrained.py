@@ -5,19 +5,35 @@ command does not read (which it reads: `repre.config.reads`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from repre.builder import build_encoder, build_model
-from repre.config import Config, DataConfig, config_from_dict, deep_update, flatten, migrate, parse_overrides
+from repre.config import (
+    Config,
+    DataConfig,
+    config_from_dict,
+    deep_update,
+    flatten,
+    migrate,
+    override_items,
+    parse_overrides,
+    reads,
+)
 from repre.config.reads import listed
 from repre.core import checkpoint_io as ckpt_io
+from repre.data.evaluation import timm_preprocessing
 from repre.data.sources import pretraining_stats
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
+
+# the provenance that the timm architecture's own pretrained_cfg would otherwise lend a run's encoder (its hub
+# weights, their licence, ImageNet's 1,000 classes): none of it describes these weights
+NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
 
 
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
@@ -66,10 +82,19 @@ def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | Non
     return encoder
 
 
-def load_encoder(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Backbone, Config]:
-    """The evaluated encoder of a checkpoint (the online one; DINO's teacher) and its config with `overrides`."""
+def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None) -> tuple[Backbone, Config]:
+    """The evaluated encoder of a checkpoint (the online one; DINO's teacher), ready to embed images, and its
+    config with `overrides` (of data.*, model.* and method.name; others are refused). It is in eval mode (no
+    stochastic depth), and its timm model's `pretrained_cfg` is the run's evaluation input (size,
+    normalization, resize and crop), so `timm.data.resolve_data_config({}, model=encoder.model)` builds the
+    transform evaluation applies (`crop_pct` by the data's kind; `repre export` chooses it on the run's
+    images)."""
+    refuse_unread("repre.load_encoder", override_items(overrides), reads.ENCODER)
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    return encoder_from(ckpt, cfg, checkpoint), cfg
+    encoder = encoder_from(ckpt, cfg, checkpoint).eval()
+    run = {k: tuple(v) if isinstance(v, list) else v for k, v in timm_preprocessing(cfg.data).items()}  # timm's
+    encoder.model.pretrained_cfg = {**encoder.model.pretrained_cfg, **run, **NOT_TIMMS}
+    return encoder, cfg
 
 
 def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:

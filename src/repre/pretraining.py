@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from repre.config import Config
+import torch
+
+from repre.config import Config, config_from_dict
 from repre.core import dist
 from repre.engine.trainer import Trainer
 from repre.eval.callbacks import run_callbacks
@@ -15,9 +17,19 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     """Pre-train per `cfg` into `out`; returns the summary (also written to out/summary.json). `init_from`: a
     checkpoint (or run directory) whose model weights start this run, unless `resume` finds a checkpoint.
 
-    Raises `StoppedEarly` (its message: the summary JSON) when interrupted; the run can be resumed.
-    Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its share of
-    each global batch, and leaves the group at the end.
+    `cfg` is checked again as a YAML file would be (its values changed in Python included: a wrong type or
+    range raises `UserError` naming the key). The run seeds the global RNG from `train.seed`; the caller's
+    state (CPU, and a CUDA device already in use) is put back when it returns or raises.
+
+    Raises `StoppedEarly` (its `summary`; its message: the summary as JSON) when interrupted; the run can be
+    resumed. Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its
+    share of each global batch, and leaves the group at the end.
     """
-    with dist.group_scope():  # the trainer joins the group (under torchrun); it is left here
+    if not isinstance(cfg, Config):
+        raise TypeError(f"pretrain takes a Config, e.g. repre.load_config('fmnist-mocov3-repre', "
+                        f"['train.max_steps=20']), not {type(cfg).__name__}")
+    cfg = config_from_dict(cfg.to_dict(), migrated=True)  # typed and validated as a loaded config
+    in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if in_use else []), dist.group_scope():
+        # the trainer joins the group (under torchrun); it is left here
         return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg)).fit()

@@ -20,6 +20,7 @@ from repre.config.loading import (
     flatten,
     list_presets,
     load_config,
+    override_items,
     parse_overrides,
     save_yaml,
     source_dict,
@@ -59,5 +60,5 @@ __all__ = [
     "TrainConfig",
     "all_keys", "build_section", "config_from_dict", "deep_update", "flatten", "idle_sections", "list_presets",
     "load_config",
-    "migrate", "parse_overrides", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
+    "migrate", "override_items", "parse_overrides", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -131,12 +132,23 @@ def source_dict(source: str | None) -> dict[str, Any]:
     return _preset_dict(source)
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def override_items(overrides: Sequence[str] | None) -> list[str]:
+    """`--set` items as Python gives them (a list or tuple of "key=value" strings, or None) -> a list; one string
+    alone (it would be read letter by letter) or a mapping raises TypeError."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str | Mapping) or not all(isinstance(item, str) for item in overrides):
+        raise TypeError(f"overrides are 'key=value' strings in a list, e.g. ['train.max_steps=20'], not "
+                        f"{overrides!r} (load_config also takes a mapping)")
+    return list(overrides)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`["a.b=1", "c.d=[1,2]"]` -> nested mapping; values parse as YAML, in order (a later item wins). A mapping
     below a section is `Whole`: `model.kwargs={}` clears a preset's kwargs, and a later `model.kwargs.depth=8`
     goes into it."""
     out: dict[str, Any] = {}
-    for item in items:
+    for item in override_items(items):
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set expects key=value (e.g. train.max_steps=20), got {item!r}")
@@ -149,22 +161,36 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise UserError(f"--set {item}: the value is not valid YAML ({str(exc).splitlines()[0]}); write a "
                                 "list as [a, b], a mapping as {key: value}") from None
             value = text
-        node = out
-        parts = key.strip().split(".")
-        if isinstance(value, dict) and len(parts) > 1:
-            value = Whole(value)
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {key}: {part} is set both as a value and as a section")
-        node[parts[-1]] = value
+        _place(out, key.strip(), value)
     return out
 
 
-def load_config(source: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults <- preset or YAML file <- overrides; validated. The Python entry point of `--config/--set`."""
+def _place(out: dict[str, Any], key: str, value: Any) -> None:
+    """`value` into the nested mapping `out` at the dotted `key`; a mapping below a section is `Whole`."""
+    node, parts = out, key.split(".")
+    if isinstance(value, dict) and len(parts) > 1:
+        value = Whole(value)
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is set both as a value and as a section")
+    node[parts[-1]] = value
+
+
+def load_config(source: str | None = None, overrides: Sequence[str] | Mapping[str, Any] | None = None) -> Config:
+    """Defaults <- preset or YAML file <- overrides; validated. The Python entry point of `--config/--set`.
+    `overrides`: `--set` items (["train.max_steps=20"]), or a mapping: sections ({"train": {"max_steps": 20}},
+    merged into the preset's) or dotted keys ({"train.max_steps": 20}, as `--set` gives them)."""
     raw = source_dict(source)
-    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    if isinstance(overrides, Mapping):
+        extra: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if "." in key:
+                _place(extra, key, value)
+            else:
+                deep_update(extra, {key: value})
+    else:
+        extra = parse_overrides(override_items(overrides))
     deep_update(raw, extra)
     cfg = build_section(Config, raw, "")
     validate(cfg)

@@ -255,7 +255,7 @@ class Trainer:
         summary = self._finish(writer, path, completed)
         writer.close()
         if not completed:
-            raise StoppedEarly(json.dumps(summary))
+            raise StoppedEarly(summary)
         return summary
 
     def _say_what_runs(self) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repre.config import EVAL_TASKS, Config
+from repre.config import EVAL_TASKS, Config, override_items
 from repre.config.reads import eval_reads
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
@@ -42,11 +42,11 @@ def evaluate(
     process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
-    refuse_unread(f"repre eval {task}", list(overrides or []), eval_reads(task))
+    refuse_unread(f"repre eval {task}", override_items(overrides), eval_reads(task))
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(ckpt_io.named_file(checkpoint)), "step": int(ckpt.get("step", 0)),
-                 "encoder": encoder_key, "set": list(overrides or [])}
+                 "encoder": encoder_key, "set": override_items(overrides)}
     if task == "recon":
         from repre.eval.recon import recon_eval
 

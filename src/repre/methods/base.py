@@ -111,8 +111,11 @@ class Method(nn.Module):
     def step(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
              local_views: torch.Tensor | None = None, taps: Sequence[int] = ()) -> MethodOutput:
         """A training step's forward: the momentum targets moved toward the online weights (`update_momentum`
-        with this step's `momentum`), then `forward`. Not for a subclass to override."""
-        self.update_momentum(momentum)
+        with this step's `momentum`), then `forward`. In eval mode (a validation loss) the targets stay, as
+        every state a forward updates does (DINO's center, MoBY's queues), like batch norm's statistics. Not for
+        a subclass to override."""
+        if self.training:
+            self.update_momentum(momentum)
         return self(views, labels, local_views, taps=taps)
 
     @torch.no_grad()

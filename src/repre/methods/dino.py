@@ -108,8 +108,9 @@ class DINO(Method):
         with torch.no_grad():
             probs = teacher_probs(teacher, self.center, self.teacher_temp)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-            total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
-            new = center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum)
-            # a non-finite teacher batch (its step is skipped) must not poison the center for good; no host sync
-            self.center.copy_(torch.where(torch.isfinite(new).all(), new, self.center))
+            if self.training:  # in eval mode (a validation loss) the center stays
+                total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
+                new = center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum)
+                # a non-finite teacher batch (its step is skipped) must not poison the center for good; no host sync
+                self.center.copy_(torch.where(torch.isfinite(new).all(), new, self.center))
         return self.outputs(loss, pooled, maps, x, teacher_entropy=entropy)

@@ -84,9 +84,10 @@ class MoBY(Method):
             k2 = F.normalize(self.target_projector(t_pooled[b:]).float(), dim=1)
         queue1, queue2 = self.queue1.clone(), self.queue2.clone()  # the loss's copies; the buffers change below
         loss = moby_loss(q1, k2, queue2, self.temperature) + moby_loss(q2, k1, queue1, self.temperature)
-        k1, k2 = gather(k1), gather(k2)
-        ok = torch.isfinite(k1).all() & torch.isfinite(k2).all()  # non-finite keys never enter the queues
-        ptr = enqueue(self.queue1, self.queue_ptr, k1, ok)
-        enqueue(self.queue2, self.queue_ptr, k2, ok)  # the same rows as queue1's: the two share one pointer
-        self.queue_ptr.copy_(ptr)
+        if self.training:  # in eval mode (a validation loss) the queues stay
+            k1, k2 = gather(k1), gather(k2)
+            ok = torch.isfinite(k1).all() & torch.isfinite(k2).all()  # non-finite keys never enter the queues
+            ptr = enqueue(self.queue1, self.queue_ptr, k1, ok)
+            enqueue(self.queue2, self.queue_ptr, k2, ok)  # the same rows as queue1's: the two share one pointer
+            self.queue_ptr.copy_(ptr)
         return self.outputs(loss, pooled, maps, x)

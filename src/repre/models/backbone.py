@@ -99,7 +99,10 @@ class Backbone(nn.Module):
         return cls(arch, {}, model=model)
 
     def forward(self, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """A ViT's maps are views of its tokens ([B, C, h, w] with channels-last strides), not copies: whoever
+        """Images x [B, 3, H, W] -> (the pooled embedding [B, D], the maps of the blocks (a Swin: stages) `taps`
+        names: [B, C_i, H/s_i, W/s_i] each; none without taps).
+
+        A ViT's maps are views of its tokens ([B, C, h, w] with channels-last strides), not copies: whoever
         reads them copies what it needs, in its own dtype (the decoder, compiled: the views it reconstructs, in
         bf16 under autocast, in one kernel), where timm's NCHW output would copy every view in fp32 first. A
         Swin's are timm's (contiguous: its NCHW output is the only one it offers)."""

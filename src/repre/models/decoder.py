@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MIN_WIDTH = 8  # the x2 steps halve the width down to this (no preset's decoder halves below it)
+UPSAMPLE = ("bilinear", "nearest")  # the x2 steps' interpolation (recon.upsample)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -66,6 +67,8 @@ class Decoder(nn.Module):
         super().__init__()
         if out_stride > in_stride:
             raise ValueError(f"out_stride {out_stride} is coarser than the finest input stride {in_stride}")
+        if width < 1 or upsample not in UPSAMPLE:
+            raise ValueError(f"width {width} (at least 1), upsample {upsample!r} (one of {', '.join(UPSAMPLE)})")
         self.in_stride, self.mode, self.out_stride = in_stride, upsample, out_stride
         self.laterals = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims

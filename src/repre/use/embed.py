@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repre.config import Config, DataConfig, parse_overrides, reads
+from repre.config import Config, DataConfig, override_items, parse_overrides, reads
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.progress import progress_bar
@@ -115,7 +115,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     files = EmbeddingFiles.of(out)
     if dist.launched():
         raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
-    refuse_unread("repre embed", list(overrides or []), reads.EMBED)
+    refuse_unread("repre embed", override_items(overrides), reads.EMBED)
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
@@ -127,7 +127,7 @@ def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None =
     card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
             "classes": class_names(source),  # label i's name (null: none known)
             "checkpoint": str(ckpt_io.checkpoint_file(checkpoint).resolve()), "step": int(ckpt.get("step", 0)),
-            "overrides": list(overrides or []), "versions": ckpt_io.versions()}
+            "overrides": override_items(overrides), "versions": ckpt_io.versions()}
     writer = open_writer(files, card, overwrite)
     resumed_from = writer.progress["next_index"]
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from repre.config import reads
+from repre.config import override_items, reads
 from repre.core.pictures import Picture, picture_path, save_picture
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
@@ -139,7 +139,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
     where there are no labels, or with `thumbnails`, thumbnails of the images, read with `checkpoint`'s data
     config (None: the checkpoint embed read)."""
-    refuse_unread("repre map", list(overrides or []), reads.IMAGES)  # the thumbnails' images
+    refuse_unread("repre map", override_items(overrides), reads.IMAGES)  # the thumbnails' images
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     bank = np.load(files.npy, mmap_mode="r")
@@ -147,7 +147,7 @@ def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | N
     labels = [index[r][2] for r in range(len(bank))]
     picture = None
     if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
-        source, size = embedded_source(checkpoint, card, list(overrides or []))
+        source, size = embedded_source(checkpoint, card, override_items(overrides))
 
         def picture(row: int) -> Image.Image:
             view = thumbnail(source, *index[row][:2], size)  # uint8 [3, S, S]

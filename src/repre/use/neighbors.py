@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repre.config import reads
+from repre.config import override_items, reads
 from repre.core.pictures import Column, Picture, picture_path, save_picture, sheet, thumb_side, tile
 from repre.data.sources import ImageSource, class_name
 from repre.errors import UserError
@@ -149,7 +149,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     "index", "path", "label", "class", "neighbors": [{"row", "index", "path", "label", "class", "similarity"},
     ...]}, ...], "same_class": the share of the neighbours whose label is their query's, or None without
     labels}."""
-    refuse_unread("repre neighbors", list(overrides or []), reads.IMAGES)
+    refuse_unread("repre neighbors", override_items(overrides), reads.IMAGES)
     path = picture_path(out)
     bank = Embedded.open(embeddings)
     asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank

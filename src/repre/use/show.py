@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from repre.config import Config, reads
+from repre.config import Config, override_items, reads
 from repre.core.pictures import Column, picture_path, save_picture, sheet, tile
 from repre.core.run_files import run_dir
 from repre.core.runtime import Runtime, setup_runtime
@@ -251,7 +251,7 @@ def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = N
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
     at `image_index` when given), the attention and patch features of `block` (a Swin: a stage; -1: the last),
     into the PNG `out` -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block", "columns"}."""
-    overrides = list(overrides or [])
+    overrides = override_items(overrides)
     n = len(dict.fromkeys(image_index)) if image_index else images  # --image-index: --images is not read
     if n < 1:
         raise UserError(f"--images {images}: show at least one image")

@@ -1,0 +1,98 @@
+"""The Python API as a library user calls it: what its entry points take and refuse, what they leave behind,
+and what they give back."""
+
+from __future__ import annotations
+
+import pytest
+import timm.data
+import torch
+
+import repre
+from conftest import LOCAL_AUG, tiny_config
+from repre.builder import build_model
+from repre.config import load_config
+from repre.errors import UserError
+from repre.models.decoder import Decoder
+from repre.nn import ReconstructionBranch
+
+
+def test_overrides_are_a_list_or_a_mapping_and_one_string_is_refused():
+    """One string was read letter by letter ("--set expects key=value, got 'e'"), a dotted mapping's key named
+    as its own nearest key ("unknown config key 'train.max_steps'; did you mean 'train.max_steps'?")."""
+    assert load_config(None, ("train.max_steps=12",)).train.max_steps == 12
+    assert load_config(None, {"train.max_steps": 10, "train": {"lr": 0.5}}).train.max_steps == 10
+    assert load_config(None, {"train": {"max_steps": 11}}).train.max_steps == 11
+    assert load_config("fmnist-mocov3-repre", {"model.kwargs": {}}).model.kwargs == {}  # a mapping: replaced
+    for bad in ("train.max_steps=3", [3]):
+        with pytest.raises(TypeError, match=r"'key=value' strings in a list"):
+            load_config(None, bad)
+    with pytest.raises(TypeError, match=r"'key=value' strings in a list"):
+        repre.evaluate("knn", "no-such-run", "eval.knn.k=5")  # before the checkpoint is looked for
+
+
+def test_pretrain_checks_a_config_changed_in_python_and_puts_the_callers_rng_back(tmp_path):
+    with pytest.raises(TypeError, match="pretrain takes a Config"):
+        repre.pretrain("fmnist-mocov3-repre", tmp_path / "a")
+    cfg = tiny_config("train.max_steps=2", "eval.knn.enabled=false", "eval.recon.images=2")
+    cfg.train.max_steps = "2"
+    with pytest.raises(UserError, match="train.max_steps must be int"):
+        repre.pretrain(cfg, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    cfg.train.max_steps = 2
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    summary = repre.pretrain(cfg, tmp_path / "a")
+    assert summary["completed"] and torch.equal(torch.rand(3), expected)  # the run's seeding stayed inside
+
+
+def test_load_encoder_gives_an_encoder_ready_to_embed(tiny_run):
+    """In eval mode, and timm's data config from it is the run's evaluation input (not the architecture's 224
+    px ImageNet defaults); keys it does not read are refused."""
+    run, _ = tiny_run
+    encoder, cfg = repre.load_encoder(run)
+    assert not encoder.training
+    data = timm.data.resolve_data_config({}, model=encoder.model)
+    assert data["input_size"] == (3, cfg.data.image_size, cfg.data.image_size)
+    assert data["mean"] == pytest.approx(cfg.data.mean) and data["std"] == pytest.approx(cfg.data.std)
+    assert encoder.model.pretrained_cfg["hf_hub_id"] is None  # not timm's hub weights
+    with pytest.raises(UserError, match="not read by `repre.load_encoder`"):
+        repre.load_encoder(run, ["train.lr=0.1"])
+
+
+@pytest.mark.parametrize("name", ["mocov3", "dino", "moby"])
+def test_a_forward_in_eval_mode_changes_no_state(name):
+    """A validation loss (the model in eval mode) leaves the momentum encoder, DINO's center and MoBY's queues as
+    they were; in training mode the step updates them."""
+    extra = [f"method.name={name}"] + (["data.local_crops=2", *LOCAL_AUG] if name == "dino" else [])
+    cfg = tiny_config(*extra)
+    model = build_model(cfg)
+    size, small = cfg.data.image_size, cfg.data.local_size
+    views = torch.randn(4, 2, 3, size, size)
+    local = torch.randn(4, 2, 3, small, small) if name == "dino" else None
+    with torch.no_grad():
+        for p in model.method.encoder.parameters():  # as after an optimizer step: the EMA targets have to move
+            p.add_(0.01 * torch.randn_like(p))
+        model(views, 0.5, local_views=local)  # a training step: the state moves off its initial values
+        model.eval()
+        before = {k: v.clone() for k, v in model.method.state_dict().items()}
+        model(views, 0.5, local_views=local)
+    after = model.method.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    model.train()
+    with torch.no_grad():
+        model(views, 0.5, local_views=local)
+    assert not all(torch.equal(model.method.state_dict()[k], before[k]) for k in before)
+
+
+def test_the_branch_refuses_what_would_fail_or_broadcast_later():
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=0)
+    with pytest.raises(ValueError, match="upsample 'bicubic'"):
+        ReconstructionBranch(vit, taps=2, upsample="bicubic")
+    with pytest.raises(ValueError, match="width 0"):
+        Decoder([8], 4, width=0)
+    branch = ReconstructionBranch(vit, taps=2, width=8)
+    _, maps = branch.encode(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"reconstruction \[2, 3, 32, 32\] and its target \[2, 1, 32, 32\]"):
+        branch.loss(maps, torch.randn(2, 1, 32, 32))  # a grey target: broadcast over the channels before
+
