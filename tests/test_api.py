@@ -12,6 +12,7 @@ from conftest import LOCAL_AUG, tiny_config
 from repre.builder import build_model
 from repre.config import load_config
 from repre.errors import UserError
+from repre.losses import dino_loss, reconstruction_loss
 from repre.models.decoder import Decoder
 from repre.nn import ReconstructionBranch
 
@@ -95,4 +96,9 @@ def test_the_branch_refuses_what_would_fail_or_broadcast_later():
     _, maps = branch.encode(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"reconstruction \[2, 3, 32, 32\] and its target \[2, 1, 32, 32\]"):
         branch.loss(maps, torch.randn(2, 1, 32, 32))  # a grey target: broadcast over the channels before
+    assert branch.reconstruct(maps, 32).shape == (2, 3, 32, 32)  # a side: a square
+    with pytest.raises(ValueError, match="give patch="):
+        reconstruction_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), norm_pix=True)  # 16 px patches before
+    with pytest.raises(ValueError, match="6 student rows for 4 crops of the 2 images"):
+        dino_loss(torch.zeros(6, 5), torch.zeros(4, 5), torch.zeros(1, 5), 4, 0.1, 0.04)
 

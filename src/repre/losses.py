@@ -39,12 +39,15 @@ def patch_stats(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, *, norm_pix: bool = False,
-                        patch: int = 16) -> torch.Tensor:
+                        patch: int | None = None) -> torch.Tensor:
     """The mean L1 distance between pred and target ([B, 3, H, W], normalized pixel space).
 
-    norm_pix: the target is normalized per patch (mean 0, std 1 over each patch's pixels and channels, as MAE's
-    norm_pix_loss, `patch_stats`), and the prediction is read in that normalized space.
+    norm_pix: the target is normalized per patch of side `patch` (the encoder's: required then; mean 0, std 1
+    over each patch's pixels and channels, as MAE's norm_pix_loss, `patch_stats`), and the prediction is read in
+    that normalized space.
     """
+    if norm_pix and patch is None:
+        raise ValueError("norm_pix=True normalizes the target per patch: give patch=, the encoder's patch size")
     if pred.shape != target.shape:  # F.l1_loss would broadcast a grey [B, 1, H, W] target, with a warning
         raise ValueError(f"the reconstruction {list(pred.shape)} and its target {list(target.shape)} differ in shape")
     pred, target = pred.float(), target.float()
@@ -69,6 +72,9 @@ def dino_loss(
     student: [n_crops * B, K] logits, crop-major (the 2 global crops first, then the local ones);
     teacher: [2 * B, K] logits of the 2 global crops; center: [1, K].
     """
+    if student.shape[0] * 2 != n_crops * teacher.shape[0]:
+        raise ValueError(f"{student.shape[0]} student rows for {n_crops} crops of the {teacher.shape[0] // 2} "
+                         f"images the teacher's {teacher.shape[0]} rows hold: expected {n_crops * teacher.shape[0] // 2}")
     s = (student.float() / student_temp).chunk(n_crops)
     t = teacher_probs(teacher, center, teacher_temp).detach().chunk(2)
     total, pairs = student.new_zeros((), dtype=torch.float32), 0

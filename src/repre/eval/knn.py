@@ -31,7 +31,8 @@ def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
 def knn_predict(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, temperature: float, classes: int
 ) -> torch.Tensor:
-    """bank [N, D], queries [M, D] (L2-normalized) -> predicted class per query [M]."""
+    """bank [N, D], queries [M, D] -> predicted class per query [M]. Both L2-normalized, as `pooled_embeddings`
+    gives them (the similarity's exp over the temperature overflows on raw features)."""
     k = min(k, bank.shape[0])
     preds = []
     for chunk in queries.split(1024):

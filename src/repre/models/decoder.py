@@ -80,9 +80,10 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
 
-    def forward(self, maps: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        """maps [B, C_i, h_i, w_i] -> [B, out_chans, *out_size] (the views' size; a last resize where the map
-        grid times the input stride does not reach it)."""
+    def forward(self, maps: Sequence[torch.Tensor], out_size: int | tuple[int, int]) -> torch.Tensor:
+        """maps [B, C_i, h_i, w_i] -> [B, out_chans, *out_size] (the views' size, or its side; a last resize
+        where the map grid times the input stride does not reach it)."""
+        out_size = (out_size, out_size) if isinstance(out_size, int) else out_size
         lat = [layer(_dense(m)) for layer, m in zip(self.laterals, maps, strict=True)]
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
