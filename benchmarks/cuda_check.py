@@ -69,7 +69,7 @@ def check_preset(preset: str, dev: str) -> dict[str, dict]:
                                                    "train.checkpoint_every=3"]), out)
     checks["train_bf16_cuda"] = {"ok": bool(summary["completed"]) and summary["loss"] == summary["loss"],
                                  "loss": summary["loss"], "precision": summary.get("precision")}
-    enc_cpu, _ = load_encoder(out, ["train.device=cpu"])
+    enc_cpu, _ = load_encoder(out)  # on the CPU: checkpoints load there
     enc_gpu = copy.deepcopy(enc_cpu).to(dev)
     x = batch["views"][:, 0].float()
     with torch.no_grad():

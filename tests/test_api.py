@@ -3,6 +3,9 @@ and what they give back."""
 
 from __future__ import annotations
 
+import pickle
+import typing
+
 import pytest
 import timm.data
 import torch
@@ -10,18 +13,21 @@ import torch
 import repre
 from conftest import LOCAL_AUG, tiny_config
 from repre.builder import build_model
-from repre.config import load_config
-from repre.errors import UserError
+from repre.config import ReconConfig, load_config
+from repre.errors import StoppedEarly, UserError
 from repre.losses import dino_loss, reconstruction_loss
-from repre.models.decoder import Decoder
+from repre.models.decoder import UPSAMPLE, Decoder
 from repre.nn import ReconstructionBranch
 
 
 def test_overrides_are_a_list_or_a_mapping_and_one_string_is_refused():
-    """One string was read letter by letter ("--set expects key=value, got 'e'"), a dotted mapping's key named
-    as its own nearest key ("unknown config key 'train.max_steps'; did you mean 'train.max_steps'?")."""
+    """One string would be read letter by letter ("--set expects key=value, got 'e'"); a mapping takes dotted
+    keys as `--set` does and sections as YAML does, and stays the caller's as it was."""
     assert load_config(None, ("train.max_steps=12",)).train.max_steps == 12
-    assert load_config(None, {"train.max_steps": 10, "train": {"lr": 0.5}}).train.max_steps == 10
+    assert load_config(None, (item for item in ["train.max_steps=13"])).train.max_steps == 13  # read once
+    given = {"train": {"lr": 0.5}, "train.max_steps": 10}
+    cfg = load_config(None, given)
+    assert (cfg.train.max_steps, cfg.train.lr) == (10, 0.5) and given == {"train": {"lr": 0.5}, "train.max_steps": 10}
     assert load_config(None, {"train": {"max_steps": 11}}).train.max_steps == 11
     assert load_config("fmnist-mocov3-repre", {"model.kwargs": {}}).model.kwargs == {}  # a mapping: replaced
     for bad in ("train.max_steps=3", [3]):
@@ -40,6 +46,7 @@ def test_pretrain_checks_a_config_changed_in_python_and_puts_the_callers_rng_bac
         repre.pretrain(cfg, tmp_path / "a")
     assert not (tmp_path / "a").exists()
     cfg.train.max_steps = 2
+    cfg.data.root = tmp_path  # a Path set from Python counts as the string it names (synthetic data: unread)
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -57,6 +64,10 @@ def test_load_encoder_gives_an_encoder_ready_to_embed(tiny_run):
     assert data["input_size"] == (3, cfg.data.image_size, cfg.data.image_size)
     assert data["mean"] == pytest.approx(cfg.data.mean) and data["std"] == pytest.approx(cfg.data.std)
     assert encoder.model.pretrained_cfg["hf_hub_id"] is None  # not timm's hub weights
+    momentum, _ = repre.load_encoder(run, encoder="momentum_encoder")
+    assert not all(torch.equal(a, b) for a, b in zip(momentum.parameters(), encoder.parameters(), strict=True))
+    with pytest.raises(UserError, match="has no 'teacher_encoder'; it has encoder, momentum_encoder"):
+        repre.load_encoder(run, encoder="teacher_encoder")
     with pytest.raises(UserError, match="not read by `repre.load_encoder`"):
         repre.load_encoder(run, ["train.lr=0.1"])
 
@@ -92,13 +103,20 @@ def test_the_branch_refuses_what_would_fail_or_broadcast_later():
         ReconstructionBranch(vit, taps=2, upsample="bicubic")
     with pytest.raises(ValueError, match="width 0"):
         Decoder([8], 4, width=0)
+    assert typing.get_args(typing.get_type_hints(ReconConfig)["upsample"]) == UPSAMPLE  # one list of modes
     branch = ReconstructionBranch(vit, taps=2, width=8)
     _, maps = branch.encode(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"reconstruction \[2, 3, 32, 32\] and its target \[2, 1, 32, 32\]"):
-        branch.loss(maps, torch.randn(2, 1, 32, 32))  # a grey target: broadcast over the channels before
+        branch.loss(maps, torch.randn(2, 1, 32, 32))  # a grey target, which F.l1_loss would broadcast
     assert branch.reconstruct(maps, 32).shape == (2, 3, 32, 32)  # a side: a square
     with pytest.raises(ValueError, match="give patch="):
-        reconstruction_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), norm_pix=True)  # 16 px patches before
+        reconstruction_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), norm_pix=True)  # patches of what size?
     with pytest.raises(ValueError, match="6 student rows for 4 crops of the 2 images"):
         dino_loss(torch.zeros(6, 5), torch.zeros(4, 5), torch.zeros(1, 5), 4, 0.1, 0.04)
 
+
+
+def test_a_stopped_run_s_summary_survives_pickling():
+    """A torchrun worker's error travels pickled: the summary comes back as the summary, its message as JSON."""
+    stop = pickle.loads(pickle.dumps(StoppedEarly({"completed": False, "steps": 3})))
+    assert stop.summary == {"completed": False, "steps": 3} and str(stop) == '{"completed": false, "steps": 3}'

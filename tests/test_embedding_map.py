@@ -58,6 +58,10 @@ def test_without_labels_the_map_shows_thumbnails(tmp_path):
         embedding_map(x, [None] * 30, tmp_path / "no.png")
     with pytest.raises(UserError, match="umap|tsne"):
         embedding_map(x, [0] * 30, tmp_path / "no.png", method="mds")
+    from repre.use.embedding_map import map_file
+
+    with pytest.raises(UserError, match="must end in .png, .svg or .pdf"):  # before the file or its images are read
+        map_file(tmp_path / "none.npy", tmp_path / "map.jpg", thumbnails=True)
 
 
 def test_repre_map_draws_an_embedding_file_by_label_or_as_thumbnails(tiny_run, tmp_path, capsys):

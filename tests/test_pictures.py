@@ -60,6 +60,21 @@ def test_a_sheet_is_the_same_picture_as_png_svg_and_pdf(tmp_path):
         assert (tmp_path / f"again.{suffix}").read_bytes() == (tmp_path / f"s.{suffix}").read_bytes()
 
 
+def test_vector_text_is_the_text_and_the_page_the_picture_whatever_matplotlibrc_says(tmp_path, monkeypatch):
+    """A caption with dollar signs is no TeX (mathtext turned "$5 and $10" into maths, and raised on "$\\foo$"),
+    and a user's `savefig.bbox: tight` does not crop the page."""
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.bbox", "tight")
+    picture = sheet([Column([tile(torch.ones(3, 8, 8), 96)], "$5 and $10", captions=["$\\foo$"])])
+    save_picture(picture, tmp_path / "s.svg")
+    save_picture(picture, tmp_path / "s.pdf")
+    svg = ET.parse(tmp_path / "s.svg").getroot()
+    assert {"".join(t.itertext()) for t in svg.iter("{http://www.w3.org/2000/svg}text")} == {"$5 and $10", "$\\foo$"}
+    assert (svg.get("width"), svg.get("height")) == tuple(f"{side}pt" for side in picture.size)
+    assert re.search(rb"/MediaBox \[ *0 0 %d %d *\]" % picture.size, (tmp_path / "s.pdf").read_bytes())
+
+
 def test_a_map_s_dots_are_one_collection_in_an_svg(tmp_path):
     """5,000 dots of a scatter: a circle defined once and used 5,000 times (3 MB of paths drawn one by one)."""
     from repre.use.embedding_map import draw_scatter

@@ -664,6 +664,13 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
     assert run_cli(args)[0] == 0
 
 
+def lock_free(folder: Path) -> bool:
+    """Whether another process could take `folder`'s run lock now."""
+    code = ("from pathlib import Path; from repre.core.run_lock import RunLock; "
+            f"lock = RunLock(Path({str(folder)!r})); print(lock.acquire() is None)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
+
+
 def test_trainers_of_one_process_share_its_lock_until_the_last_lets_go(tmp_path):
     """Closing any descriptor of a file drops a process's POSIX lock on it: two trainers of one directory in one
     process (a notebook's) share one lock, counted; it stays while either holds it, and is given back when the
@@ -672,18 +679,26 @@ def test_trainers_of_one_process_share_its_lock_until_the_last_lets_go(tmp_path)
 
     from repre.core.run_lock import RunLock
 
-    def free() -> bool:  # what another process finds
-        code = ("from pathlib import Path; from repre.core.run_lock import RunLock; "
-                f"lock = RunLock(Path({str(tmp_path)!r})); print(lock.acquire() is None)")
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
-
     first, second = RunLock(tmp_path), RunLock(tmp_path)
-    assert first.acquire() is None and second.acquire() is None and not free()
+    assert first.acquire() is None and second.acquire() is None and not lock_free(tmp_path)
     first.unlock()
-    assert not free()
+    assert not lock_free(tmp_path)
     del second
     gc.collect()
-    assert free()
+    assert lock_free(tmp_path)
+
+
+def test_a_trainer_fitted_again_trains_under_the_lock_again(tmp_path):
+    """fit() gives the lock back when it ends; a second fit() of the trainer (after a stop, in a notebook) takes
+    it again for as long as it trains."""
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=2", "eval.knn.enabled=false"), run)
+    trainer.fit()
+    assert lock_free(run)
+    seen = []
+    trainer._fit = lambda: seen.append(lock_free(run)) or {}  # the second run's body: is the lock held?
+    trainer.fit()
+    assert seen == [False] and lock_free(run)
 
 
 def test_a_requeue_that_lost_its_length_is_refused_with_config_and_goes_on_when_it_gives_it(tmp_path, capsys):

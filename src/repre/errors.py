@@ -14,3 +14,6 @@ class StoppedEarly(Exception):
 
         super().__init__(json.dumps(summary))
         self.summary = summary
+
+    def __reduce__(self) -> tuple:  # pickled (a torchrun worker's error): built again from the summary
+        return type(self), (self.summary,)

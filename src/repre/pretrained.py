@@ -36,7 +36,7 @@ from repre.models.backbone import Backbone
 NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
 
 
-def load_checkpoint_config(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[dict, Config]:
+def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | None = None) -> tuple[dict, Config]:
     """A checkpoint and its config with `overrides` applied. Whatever data `overrides` point at, the images are
     normalized as the encoder pre-trained (`data.mean` and `data.std` set to its statistics), unless they set
     `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature."""
@@ -74,27 +74,40 @@ def encoder_state(ckpt: dict, key: str = "encoder") -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
 
 
+def held_encoder(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> str:
+    """`key` (default: the evaluated encoder, the online one or DINO's teacher), or a UserError naming the
+    encoders the checkpoint holds."""
+    key = key or eval_encoder_key(cfg.method.name)
+    if not encoder_state(ckpt, key):
+        keys = sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and "encoder" in k})
+        raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}")
+    return key
+
+
 def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> Backbone:
     """Encoder `key` of a loaded checkpoint (default: the evaluated one, the online encoder or DINO's teacher)."""
+    key = held_encoder(ckpt, cfg, checkpoint, key)
     encoder = build_encoder(cfg)
-    key = key or eval_encoder_key(cfg.method.name)
     _load_into(encoder.model, encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
     return encoder
 
 
-def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None) -> tuple[Backbone, Config]:
-    """The evaluated encoder of a checkpoint (the online one; DINO's teacher), ready to embed images, and its
-    config with `overrides` (of data.*, model.* and method.name; others are refused). It is in eval mode (no
-    stochastic depth), and its timm model's `pretrained_cfg` is the run's evaluation input (size,
-    normalization, resize and crop), so `timm.data.resolve_data_config({}, model=encoder.model)` builds the
-    transform evaluation applies (`crop_pct` by the data's kind; `repre export` chooses it on the run's
-    images)."""
+def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
+                 encoder: str | None = None) -> tuple[Backbone, Config]:
+    """An encoder of a checkpoint, ready to embed images, and the config with `overrides` (of data.* and
+    model.*; others are refused). `encoder`: which (the evaluated one by default: the online encoder, DINO's
+    teacher; or encoder, teacher_encoder, momentum_encoder, target_encoder, as `repre export --encoder`).
+
+    It is in eval mode (no stochastic depth), and its timm model's `pretrained_cfg` holds the run's input size,
+    normalization and resize-and-crop, so `timm.data.resolve_data_config({}, model=encoder.model)` builds the
+    run's evaluation transform; its `crop_pct` follows the data's kind (1 for Fashion-MNIST, 0.875 for a folder),
+    where `repre export` chooses it on the run's own images (a folder of images no larger than the input: 1)."""
     refuse_unread("repre.load_encoder", override_items(overrides), reads.ENCODER)
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    encoder = encoder_from(ckpt, cfg, checkpoint).eval()
+    backbone = encoder_from(ckpt, cfg, checkpoint, encoder).eval()
     run = {k: tuple(v) if isinstance(v, list) else v for k, v in timm_preprocessing(cfg.data).items()}  # timm's
-    encoder.model.pretrained_cfg = {**encoder.model.pretrained_cfg, **run, **NOT_TIMMS}
-    return encoder, cfg
+    backbone.model.pretrained_cfg = {**backbone.model.pretrained_cfg, **run, **NOT_TIMMS}
+    return backbone, cfg
 
 
 def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
@@ -105,7 +118,7 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     return model
 
 
-def refuse_unread(command: str, overrides: list[str], reads: tuple[str, ...]) -> None:
+def refuse_unread(command: str, overrides: Sequence[str], reads: tuple[str, ...]) -> None:
     """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently).
     Keys that are no config key at all are left to the config's own error, which names the nearest."""
     known = flatten(Config().to_dict())

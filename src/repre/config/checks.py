@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -111,6 +112,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is str and isinstance(value, str):
         return value
+    if tp is str and isinstance(value, os.PathLike):  # a Path set from Python (data.root = Path(...))
+        return os.fspath(value)
     raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 

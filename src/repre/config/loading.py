@@ -3,6 +3,7 @@ files, a run's own config.yaml, `--set key=value` overrides; and back out as YAM
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
@@ -137,10 +138,11 @@ def override_items(overrides: Sequence[str] | None) -> list[str]:
     alone (it would be read letter by letter) or a mapping raises TypeError."""
     if overrides is None:
         return []
-    if isinstance(overrides, str | Mapping) or not all(isinstance(item, str) for item in overrides):
+    items = None if isinstance(overrides, str | Mapping) else list(overrides)  # a generator read once
+    if items is None or not all(isinstance(item, str) for item in items):
         raise TypeError(f"overrides are 'key=value' strings in a list, e.g. ['train.max_steps=20'], not "
                         f"{overrides!r} (load_config also takes a mapping)")
-    return list(overrides)
+    return items
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -184,7 +186,7 @@ def load_config(source: str | None = None, overrides: Sequence[str] | Mapping[st
     raw = source_dict(source)
     if isinstance(overrides, Mapping):
         extra: dict[str, Any] = {}
-        for key, value in overrides.items():
+        for key, value in copy.deepcopy(dict(overrides)).items():  # the caller's mapping stays as it was
             if "." in key:
                 _place(extra, key, value)
             else:

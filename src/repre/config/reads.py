@@ -17,7 +17,7 @@ EVAL_TASK = {
 SHOW = ("data.", "eval.split", "eval.val_size", "model.", "recon.", "method.", "train.device", "train.precision")
 EMBED = ("data.", "model.", "eval.batch_size", *RUN_KEYS)
 IMAGES = ("data.",)  # map and neighbors: which images are drawn
-ENCODER = ("data.", "model.", "method.name")  # `repre.load_encoder` (Python): the encoder and its input
+ENCODER = ("data.", "model.")  # `repre.load_encoder` (Python): the encoder and its input
 
 
 def eval_reads(task: str) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,44 +35,72 @@ FORMATS = (".png", ".svg", ".pdf")  # what `--out` of show, neighbors and map ma
 # fits in the SVG and the PDF.
 VECTOR_FONT_SIZE = 9
 
-Colour = str | tuple[int, int, int]
+Colour = str | tuple[int, int, int]  # PIL's: a name, or 0-255 RGB
+
+
+class Tile(NamedTuple):
+    """An RGB image pasted with its top-left corner at `xy`."""
+
+    image: Image.Image
+    xy: tuple[int, int]
+
+
+class Text(NamedTuple):
+    """A line of text (PIL's default font) with its top-left corner at `xy`."""
+
+    xy: tuple[float, float]
+    text: str
+    fill: Colour
+
+
+class Dot(NamedTuple):
+    """A filled circle."""
+
+    centre: tuple[float, float]
+    diameter: float
+    fill: Colour
+
+
+class Box(NamedTuple):
+    """A filled rectangle (x0, y0, x1, y1)."""
+
+    corners: tuple[float, float, float, float]
+    fill: Colour
 
 
 @dataclass
 class Picture:
-    """A picture `size` (width, height) pixels on white, as the operations that draw it in order: tiles pasted
-    at their top-left corner, text at its top-left (PIL's default font), filled dots (circles: centre and
-    diameter) and rectangles (x0, y0, x1, y1)."""
+    """A picture `size` (width, height) pixels on white, as the operations that draw it, in order."""
 
     size: tuple[int, int]
-    ops: list[tuple[Any, ...]] = field(default_factory=list)
+    ops: list[Tile | Text | Dot | Box] = field(default_factory=list)
 
     def paste(self, image: Image.Image, xy: tuple[int, int]) -> None:
-        self.ops.append(("image", image.convert("RGB"), xy))
+        self.ops.append(Tile(image if image.mode == "RGB" else image.convert("RGB"), xy))
 
     def text(self, xy: tuple[float, float], text: str, fill: Colour = "black") -> None:
-        self.ops.append(("text", text, xy, fill))
+        self.ops.append(Text(xy, text, fill))
 
     def dot(self, centre: tuple[float, float], diameter: float, fill: Colour) -> None:
-        self.ops.append(("dot", centre, diameter, fill))
+        self.ops.append(Dot(centre, diameter, fill))
 
-    def rectangle(self, box: tuple[float, float, float, float], fill: Colour) -> None:
-        self.ops.append(("rectangle", box, fill))
+    def rectangle(self, corners: tuple[float, float, float, float], fill: Colour) -> None:
+        self.ops.append(Box(corners, fill))
 
     def raster(self) -> Image.Image:
         """The picture drawn by PIL (what the PNG holds, and TensorBoard shows)."""
         picture = Image.new("RGB", self.size, "white")
         pen, font = ImageDraw.Draw(picture), ImageFont.load_default()
-        for kind, *args in self.ops:
-            if kind == "image":
-                picture.paste(args[0], args[1])
-            elif kind == "text":
-                pen.text(args[1], args[0], fill=args[2], font=font)
-            elif kind == "dot":
-                (x, y), r = args[0], args[1] / 2
-                pen.ellipse((x - r, y - r, x + r, y + r), fill=args[2])
+        for op in self.ops:
+            if isinstance(op, Tile):
+                picture.paste(op.image, op.xy)
+            elif isinstance(op, Text):
+                pen.text(op.xy, op.text, fill=op.fill, font=font)
+            elif isinstance(op, Dot):
+                (x, y), r = op.centre, op.diameter / 2
+                pen.ellipse((x - r, y - r, x + r, y + r), fill=op.fill)
             else:
-                pen.rectangle(args[0], fill=args[1])
+                pen.rectangle(op.corners, fill=op.fill)
         return picture
 
 
@@ -187,54 +215,73 @@ def picture_path(out: str | Path) -> Path:
 
 
 def save_picture(picture: Picture, path: Path) -> None:
-    """Write `picture` to `path` in the format its suffix names (.png; .svg and .pdf: `picture_path`), whole or
+    """Write `picture` to `path` in the format its suffix names (.png, .svg or .pdf: `picture_path`), whole or
     not at all (a process stopped while writing leaves the old file)."""
     fmt = path.suffix.lower()[1:]
+    if f".{fmt}" not in FORMATS:
+        raise ValueError(f"{path}: a picture is a {', '.join(FORMATS)}")
     with replacing(path) as tmp:
-        if fmt in ("svg", "pdf"):
-            save_vector(picture, tmp, fmt)
-        else:
+        if fmt == "png":
             picture.raster().save(tmp, format="PNG")
+        else:
+            save_vector(picture, tmp, fmt)
 
 
 def save_vector(picture: Picture, path: Path, fmt: str) -> None:
     """`picture` as an SVG or a PDF through matplotlib, a pixel a point: the tiles as images, the text as text
-    (SVG: <text> elements; PDF: the font embedded as TrueType, which journals ask for, not Type 3)."""
+    (SVG: <text> elements; PDF: the font embedded as TrueType, which journals ask for, not Type 3). matplotlib's
+    own defaults, whatever the user's matplotlibrc says (`savefig.bbox: tight` would crop the page)."""
     import matplotlib
-    from matplotlib.collections import CircleCollection
+    import matplotlib.style
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-    from matplotlib.transforms import IdentityTransform
 
     width, height = picture.size
     font = ImageFont.load_default()
     ascent = font.getmetrics()[0] if isinstance(font, ImageFont.FreeTypeFont) else 9  # PIL's y: the ascender's
-    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "font.family": "DejaVu Sans",
-                                "svg.hashsalt": "repre"}):  # the same picture, the same SVG ids
+    settings = {"svg.fonttype": "none", "pdf.fonttype": 42, "font.family": ["DejaVu Sans", "sans-serif"],
+                "svg.hashsalt": "repre"}  # the same picture, the same SVG ids
+    with matplotlib.style.context("default"), matplotlib.rc_context(settings):
         fig = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
         fig.suppressComposite = True  # each tile an image of its own (one to move in an editor), not one merged
-        for kind, group in itertools.groupby(picture.ops, key=lambda op: op[0]):
-            for op in [list(group)] if kind == "dot" else group:
-                if kind == "dot":  # a run of dots as one collection: a circle drawn once, placed N times
-                    areas = list(dict.fromkeys(d * d * np.pi / 4 for _, _, d, _ in op))  # points^2
-                    dots = CircleCollection(areas if len(areas) == 1 else [d * d * np.pi / 4 for _, _, d, _ in op],
-                                            offsets=[(x, height - y) for _, (x, y), _, _ in op],
-                                            offset_transform=IdentityTransform(),
-                                            facecolors=[colour(fill) for *_, fill in op], edgecolors="none")
-                    fig.add_artist(dots)
-                elif kind == "image":
-                    _, image, (x, y) = op
-                    fig.figimage(np.asarray(image), xo=x, yo=height - y - image.height, origin="upper")
-                elif kind == "text":
-                    _, text, (x, y), fill = op
-                    fig.text(x / width, 1 - (y + ascent) / height, text, color=colour(fill),
-                             fontsize=VECTOR_FONT_SIZE, ha="left", va="baseline")  # on the PNG's baseline
-                else:
-                    _, (x0, y0, x1, y1), fill = op
-                    fig.add_artist(Rectangle((x0, height - y1), x1 - x0, y1 - y0, transform=IdentityTransform(),
-                                             facecolor=colour(fill), edgecolor="none"))
+        for kind, ops in itertools.groupby(picture.ops, key=type):
+            if kind is Dot:
+                fig.add_artist(dot_collection(list(ops), height))
+            else:
+                for op in ops:
+                    draw_vector(fig, op, height, ascent)
         metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None}  # no clock: the same bytes
         fig.savefig(path, format=fmt, dpi=72, metadata=metadata)
+
+
+def draw_vector(fig: Any, op: Tile | Text | Box, height: int, ascent: int) -> None:
+    """One operation on a matplotlib Figure a pixel a point (its y axis points up, PIL's down)."""
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import IdentityTransform
+
+    if isinstance(op, Tile):
+        x, y = op.xy
+        fig.figimage(np.asarray(op.image), xo=x, yo=height - y - op.image.height, origin="upper")
+    elif isinstance(op, Text):  # on the PNG's baseline; "$" is a dollar sign, not mathtext
+        x, y = op.xy
+        fig.text(x / fig.bbox.width, 1 - (y + ascent) / height, op.text, color=colour(op.fill),
+                 fontsize=VECTOR_FONT_SIZE, ha="left", va="baseline", parse_math=False)
+    else:
+        x0, y0, x1, y1 = op.corners
+        fig.add_artist(Rectangle((x0, height - y1), x1 - x0, y1 - y0, transform=IdentityTransform(),
+                                 facecolor=colour(op.fill), edgecolor="none"))
+
+
+def dot_collection(dots: list[Dot], height: int) -> Any:
+    """A run of dots as one matplotlib collection: a circle drawn once and placed at each centre (an SVG `use`
+    each), where a path a dot made a 5,000-point map 3 MB."""
+    from matplotlib.collections import CircleCollection
+    from matplotlib.transforms import IdentityTransform
+
+    areas = [d.diameter**2 * np.pi / 4 for d in dots]  # points^2
+    return CircleCollection(areas[:1] if len(set(areas)) == 1 else areas,  # one size: one circle to place
+                            offsets=[(d.centre[0], height - d.centre[1]) for d in dots],
+                            offset_transform=IdentityTransform(), facecolors=[colour(d.fill) for d in dots],
+                            edgecolors="none")
 
 
 def colour(fill: Colour) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str,
 
 
 def evaluate(
-    task: str, checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None
+    task: str, checkpoint: str | Path, overrides: Sequence[str] | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
     """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra",
     "checkpoint"} ("checkpoint": which file, step and encoder were evaluated, with which `overrides`);

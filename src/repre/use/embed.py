@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime,
     return len(source) - start
 
 
-def embed(checkpoint: str | Path, out: str | Path, overrides: list[str] | None = None, split: str = "train",
+def embed(checkpoint: str | Path, out: str | Path, overrides: Sequence[str] | None = None, split: str = "train",
           overwrite: bool = False) -> dict[str, Any]:
     """Write the L2-normalized pooled embedding of every readable image of the checkpoint's data (its config
     plus `overrides`; `split` train or test) to `out` (FILE.npy, with FILE.csv and FILE.json beside it).

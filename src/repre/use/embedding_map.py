@@ -134,12 +134,13 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
 
 
 def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | None = None, method: str = "tsne",
-             limit: int = 5000, seed: int = 0, overrides: list[str] | None = None,
+             limit: int = 5000, seed: int = 0, overrides: Sequence[str] | None = None,
              thumbnails: bool = False) -> dict[str, Any]:
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);
     where there are no labels, or with `thumbnails`, thumbnails of the images, read with `checkpoint`'s data
     config (None: the checkpoint embed read)."""
     refuse_unread("repre map", override_items(overrides), reads.IMAGES)  # the thumbnails' images
+    picture_path(out)  # before the images are read
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
     bank = np.load(files.npy, mmap_mode="r")

@@ -10,6 +10,7 @@ overrides that embed was given (recorded in FILE.json), then the overrides given
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,10 @@ def described(index: dict, row: int, names: list[str] | None, **more: Any) -> di
 
 
 def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path,
-              overrides: list[str] | None = None, queries: int = 8, k: int = 5,
+              overrides: Sequence[str] | None = None, queries: int = 8, k: int = 5,
               query_rows: list[int] | None = None, seed: int = 0, backend: str = "torch",
               query_embeddings: str | Path | None = None) -> dict[str, Any]:
-    """Write a PNG to `out`: each row a query and its k nearest rows of `embeddings` (FILE.npy of `repre
+    """Draw into `out` (.png, .svg or .pdf): each row a query and its k nearest rows of `embeddings` (FILE.npy of `repre
     embed`), the images read with `checkpoint`'s data config (None: the checkpoint embed read). The queries are
     rows of `query_embeddings` (another file of the same checkpoint) when given, else of `embeddings` (each
     query left out of its own neighbours): `query_rows`, or `queries` rows drawn with `seed`. Returns

@@ -15,6 +15,7 @@ same images: the picture of what the branch changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,10 +248,10 @@ def panel_names(runs: list[Panels], checkpoint: str | Path, compare: str | Path)
 
 
 def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
-         overrides: list[str] | None = None, image_index: list[int] | None = None, block: int = -1) -> dict[str, Any]:
+         overrides: Sequence[str] | None = None, image_index: list[int] | None = None, block: int = -1) -> dict[str, Any]:
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
     at `image_index` when given), the attention and patch features of `block` (a Swin: a stage; -1: the last),
-    into the PNG `out` -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block", "columns"}."""
+    into `out` (.png, .svg or .pdf) -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block", "columns"}."""
     overrides = override_items(overrides)
     n = len(dict.fromkeys(image_index)) if image_index else images  # --image-index: --images is not read
     if n < 1:
