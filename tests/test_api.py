@@ -120,3 +120,19 @@ def test_a_stopped_run_s_summary_survives_pickling():
     """A torchrun worker's error travels pickled: the summary comes back as the summary, its message as JSON."""
     stop = pickle.loads(pickle.dumps(StoppedEarly({"completed": False, "steps": 3})))
     assert stop.summary == {"completed": False, "steps": 3} and str(stop) == '{"completed": false, "steps": 3}'
+
+
+def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tmp_path):
+    """keep=True: the run's eval/TASK/result.json, which `repre compare` and the export card read (and the run's
+    TensorBoard); by default the result is only returned."""
+    import shutil
+
+    from repre.core.run_files import run_results
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("eval"))
+    quick = ["eval.knn.train_subset=32", "eval.knn.test_subset=16"]
+    repre.evaluate("knn", run, quick)
+    assert run_results(run) == []
+    result = repre.evaluate("knn", run, quick, keep=True)
+    assert [r["value"] for r in run_results(run, every=True)] == [result["value"]]

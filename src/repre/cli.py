@@ -276,9 +276,8 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.run_files import eval_dir, keep_earlier, run_dir, write_result
-    from repre.engine.metrics import add_evaluation
-    from repre.eval import evaluate
+    from repre.core.run_files import eval_dir, keep_earlier
+    from repre.eval import evaluate, keep_result
 
     out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
     args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
@@ -296,10 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if per_class:
         print(per_class)
     print(json.dumps(result), flush=True)  # before the files: a folder that fails now still has it printed
-    write_result(out, result)
-    tag = add_evaluation(run_dir(args.checkpoint), result)
-    if tag:
-        log.info("added to the run's TensorBoard: %s at step %s", tag, result["checkpoint"]["step"])
+    keep_result(result, args.checkpoint, out)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 from repre.config import EVAL_TASKS, Config, override_items
 from repre.config.reads import eval_reads
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist
+from repre.core import dist, run_files
+from repre.core.atomic import check_writable
 from repre.core.runtime import Runtime, seeded, setup_runtime
+from repre.engine.metrics import add_evaluation
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
@@ -21,6 +24,8 @@ from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval 
     model_from,
     refuse_unread,
 )
+
+log = logging.getLogger("repre")
 
 
 def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:
@@ -34,19 +39,47 @@ def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str,
 
 
 def evaluate(
-    task: str, checkpoint: str | Path, overrides: Sequence[str] | None = None, out: str | Path | None = None
+    task: str, checkpoint: str | Path, overrides: Sequence[str] | None = None, out: str | Path | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Run evaluation `task` on a checkpoint or run directory -> {"task", "metric", "value", "extra",
     "checkpoint"} ("checkpoint": which file, step and encoder were evaluated, with which `overrides`);
     pictures go to `out`, and the linear probe's checkpoint (protocols mocov3, dino and moby). Under torchrun every
-    process calls it: the linear probe's protocols share the work, the other tasks run whole in each process."""
+    process calls it: the linear probe's protocols share the work, the other tasks run whole in each process.
+
+    `keep`: also keep the result as `repre eval` does (`keep_result`), in `out` (default: the run's folder for
+    the task, `run_files.eval_dir`, where `repre compare` and the export card find it)."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
-    refuse_unread(f"repre eval {task}", override_items(overrides), eval_reads(task))
+    overrides = override_items(overrides)
+    if keep and dist.launch_rank() == 0:  # where it goes, checked before the work
+        check_writable(Path(out or run_files.eval_dir(checkpoint, task, overrides)), "out")
+        if out is None:
+            run_files.keep_earlier(checkpoint, task, overrides)
+    if keep and out is None:
+        out = run_files.eval_dir(checkpoint, task, overrides)
+    result = _evaluate(task, checkpoint, overrides, out)
+    if keep and dist.launch_rank() == 0:  # under torchrun one process writes
+        keep_result(result, checkpoint, Path(out))
+    return result
+
+
+def keep_result(result: dict[str, Any], checkpoint: str | Path, out: Path) -> Path:
+    """`result` kept as `repre eval` keeps it: `out`/result.json, and a scalar in the run's TensorBoard at the
+    checkpoint's step (`add_evaluation`: a result measured as the run's config says) -> the result's file."""
+    path = run_files.write_result(out, result)
+    tag = add_evaluation(run_files.run_dir(checkpoint), result)
+    if tag:
+        log.info("added to the run's TensorBoard: %s at step %s", tag, result["checkpoint"]["step"])
+    return path
+
+
+def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str | Path | None) -> dict[str, Any]:
+    refuse_unread(f"repre eval {task}", overrides, eval_reads(task))
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(ckpt_io.named_file(checkpoint)), "step": int(ckpt.get("step", 0)),
-                 "encoder": encoder_key, "set": override_items(overrides)}
+                 "encoder": encoder_key, "set": overrides}
     if task == "recon":
         from repre.eval.recon import recon_eval
 
