@@ -445,3 +445,82 @@ def test_a_folder_that_cannot_be_listed_is_named_not_silently_left_out(tmp_path,
     refused_root = True
     with pytest.raises(UserError, match="no readable images .* give this user read access"):
         ImageFolder(tmp_path)
+
+
+OWN_DATA = '''
+import numpy as np
+
+class Arrays:
+    classes = ["dark", "light"]
+
+    def __init__(self, n, seed):
+        rng = np.random.default_rng(seed)
+        self.labels = rng.integers(0, 2, n)
+        self.x = [rng.integers(0, 100, (20, 20), dtype=np.uint8) + 150 * y for y in self.labels]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if i == 5:
+            raise OSError("file 5 is cut short")
+        return self.x[i], int(self.labels[i])
+
+calls = []
+
+def images(split, root):
+    calls.append((split, root))
+    return Arrays(64 if split == "train" else 32, 0 if split == "train" else 1)
+
+not_a_function = 3
+'''
+
+
+def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monkeypatch):
+    """data.name=python: the function data.source names gives each split; a run trains on it, and its evaluation
+    and export call it again from the run's config (an image it cannot read skipped, as a folder's)."""
+    from conftest import last_json, pretrain_args, run_cli
+
+    (tmp_path / "own_images_for_test.py").write_text(OWN_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    args = pretrain_args(run, "data.name=python", "data.source=own_images_for_test:images", f"data.root={tmp_path}",
+                         "train.max_steps=2", "eval.recon.images=2")
+    code, stdout = run_cli(args)
+    import own_images_for_test
+
+    assert code == 0 and last_json(stdout)["knn_top1"] is not None
+    assert ("train", str(tmp_path)) in own_images_for_test.calls and ("test", str(tmp_path)) in own_images_for_test.calls
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(run)])
+    assert code == 0 and last_json(stdout)["metric"] == "top1"
+    code, stdout = run_cli(["export", "--checkpoint", str(run), "--out", str(tmp_path / "e.safetensors")])
+    assert code == 0 and last_json(stdout)["check"]["transform_images"] == 16  # the crop chosen on its images
+
+
+def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, monkeypatch):
+    from repre.config import load_config
+    from repre.data.python_source import as_image, python_source
+
+    (tmp_path / "own_images_for_check.py").write_text(OWN_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="data.source names as module:function"):
+        load_config(None, ["data.name=python"])
+    with pytest.raises(UserError, match="read with data.name=python only"):
+        load_config(None, ["data.source=own_images_for_check:images"])
+    for source, why in (("no_such_module_here:images", "cannot import no_such_module_here"),
+                        ("own_images_for_check:not_a_function", "has no function not_a_function")):
+        with pytest.raises(UserError, match=why):
+            python_source(load_config(None, ["data.name=python", f"data.source={source}"]).data, "train")
+    source = python_source(load_config(None, ["data.name=python", "data.source=own_images_for_check:images"]).data,
+                           "train")
+    assert (len(source), source.num_classes, source.classes) == (64, 2, ["dark", "light"])
+    image, label = source.load(0)
+    assert image.dtype == torch.uint8 and image.shape == (3, 20, 20) and label in (0, 1)
+    with pytest.raises(UnreadableImage, match=r"own_images_for_check:images\[5\]: file 5 is cut short"):
+        source.load(5)
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)  # 3 rows: an array's last axis is its channels
+    for given in (grey, grey[..., None], torch.from_numpy(grey)[None].float() / 255, torch.from_numpy(grey),
+                  Image.fromarray(grey).convert("RGBA"), np.stack([grey] * 4, axis=-1)):
+        assert torch.equal(as_image(given, "x"), torch.from_numpy(grey).expand(3, -1, -1)), type(given)
+    with pytest.raises(UserError, match=r"x is an image of shape \[2, 3, 4, 5\]"):
+        as_image(np.zeros((2, 3, 4, 5)), "x")

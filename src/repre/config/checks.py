@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -160,6 +161,11 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_data(d: DataConfig) -> None:
+    if d.name == "python" and not re.fullmatch(r"[\w.]+:[\w.]+", d.source or ""):
+        raise UserError(f"data.name=python reads the dataset of your own code that data.source names as "
+                        f"module:function (e.g. --set data.source=mydata:images); got {d.source!r}")
+    if d.name != "python" and d.source is not None:
+        raise UserError(f"data.source={d.source} is read with data.name=python only (data.name={d.name})")
     if (d.mean is None) != (d.std is None):
         raise UserError("set both data.mean and data.std, or neither")
     if d.mean is not None and (len(d.mean) != 3 or len(d.std) != 3):

@@ -29,11 +29,16 @@ def _absolute(root: str | None) -> str | None:
 class DataConfig:
     """What images to read and at which size."""
 
-    # the dataset: Fashion-MNIST, a folder of images, tar shards or generated images
-    name: Literal["fashion-mnist", "folder", "synthetic", "shards"] = "fashion-mnist"
+    # the dataset: Fashion-MNIST, a folder of images, tar shards, generated images, or python: a dataset of your
+    # own code (data.source)
+    name: Literal["fashion-mnist", "folder", "synthetic", "shards", "python"] = "fashion-mnist"
     # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist); a local path is kept
     # absolute (a relative one from the current directory), so that a run finds its images from any directory
     root: str | None = None
+    # data.name=python: "module:function", called as function(split, root) with split "train" or "test" and
+    # data.root; it returns a dataset: len() and [i] -> (image, label) (an image: PIL, an array HxW or HxWxC, or a
+    # tensor CxHxW; a label: int, or None), its `classes` the labels' names where it has labels
+    source: str | None = None
     subset: int | None = None  # N training images (from files: spread over them, every class)
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0: the other methods)

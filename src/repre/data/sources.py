@@ -122,6 +122,10 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
         classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
         return ImageFolder(_folder_split(cfg.root, split), classes=classes)
+    if cfg.name == "python":
+        from repre.data.python_source import python_source
+
+        return python_source(cfg, split)
     raise UserError(f"unknown data.name {cfg.name!r}")
 
 
