@@ -79,7 +79,7 @@ def as_image(image: Any, where: str) -> torch.Tensor:
     if isinstance(image, Image.Image):
         return torch.from_numpy(np.array(to_rgb_array(image))).permute(2, 0, 1).contiguous()  # writable
     channels_last = not isinstance(image, torch.Tensor)
-    x = torch.as_tensor(np.asarray(image) if channels_last else image).detach().cpu()
+    x = torch.from_numpy(np.array(image)) if channels_last else image.detach().cpu()  # a copy: a memmap is read-only
     if x.ndim == 2:
         x = x[None]
     elif x.ndim == 3 and channels_last:
