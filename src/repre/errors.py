@@ -6,8 +6,9 @@ class UserError(Exception):
 
 
 class StoppedEarly(Exception):
-    """The run stopped before its end but can be resumed (exit status 3). `summary`: the run's summary (what
-    summary.json holds); the message is it as JSON."""
+    """The run stopped before its end (exit status 3): interrupted, it resumes from its last checkpoint; stopped
+    by non-finite steps in a row, a new run starts from the last good one (the log names it). `summary`: the
+    run's summary (what summary.json holds); the message is it as JSON."""
 
     def __init__(self, summary: dict) -> None:
         import json

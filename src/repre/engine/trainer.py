@@ -56,7 +56,7 @@ class Trainer:
     def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None,
                  callbacks: Iterable[Callback] = ()) -> None:
         # The order matters: the checks that need neither data nor model first, and the lock of an existing --out
-        # (a requeue while the run trains waits for no indexing to be refused); the seed before the data and the
+        # (a requeue while the run trains is refused before the data are indexed); the seed before the data and the
         # model (every process builds the same weights); --out created once both exist (a wrong setting leaves no
         # folder); the resume before DDP wraps the model.
         self.started = time.perf_counter()
