@@ -52,12 +52,12 @@ def evaluate(
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     overrides = override_items(overrides)
-    if keep and dist.launch_rank() == 0:  # where it goes, checked before the work
-        check_writable(Path(out or run_files.eval_dir(checkpoint, task, overrides)), "out")
-        if out is None:
-            run_files.keep_earlier(checkpoint, task, overrides)
-    if keep and out is None:
-        out = run_files.eval_dir(checkpoint, task, overrides)
+    if keep:
+        given, out = out, Path(out) if out is not None else run_files.eval_dir(checkpoint, task, overrides)
+        if dist.launch_rank() == 0:  # where it goes, checked before the work
+            check_writable(out, "out")
+            if given is None:  # a result of the run's earlier newest step there moves to that step's folder
+                run_files.keep_earlier(checkpoint, task, overrides)
     result = _evaluate(task, checkpoint, overrides, out)
     if keep and dist.launch_rank() == 0:  # under torchrun one process writes
         keep_result(result, checkpoint, Path(out))
