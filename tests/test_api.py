@@ -122,9 +122,10 @@ def test_a_stopped_run_s_summary_survives_pickling():
     assert stop.summary == {"completed": False, "steps": 3} and str(stop) == '{"completed": false, "steps": 3}'
 
 
-def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tmp_path):
+def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tmp_path, monkeypatch, repre_log):
     """keep=True: the run's eval/TASK/result.json, which `repre compare` and the export card read (and the run's
-    TensorBoard); by default the result is only returned."""
+    TensorBoard); by default the result is only returned. A result that cannot be written after the work (a
+    full disk) is returned, and logged."""
     import shutil
 
     from repre.core.run_files import run_results
@@ -136,3 +137,10 @@ def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tm
     assert run_results(run) == []
     result = repre.evaluate("knn", run, quick, keep=True)
     assert [r["value"] for r in run_results(run, every=True)] == [result["value"]]
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("repre.eval.keep_result", full_disk)
+    assert repre.evaluate("knn", run, quick, keep=True)["value"] == result["value"]
+    assert "the result is not written" in repre_log.text and '"task": "knn"' in repre_log.text

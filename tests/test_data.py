@@ -472,6 +472,34 @@ def images(split, root):
     calls.append((split, root))
     return Arrays(64 if split == "train" else 32, 0 if split == "train" else 1)
 
+def train_only(split, root):
+    if split != "train":
+        raise FileNotFoundError(f"{root}/{split}.npy")
+    return Arrays(8, 0)
+
+class Items:
+    classes = np.array(["a", "b"])
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+grey = np.zeros((4, 4), np.uint8)
+
+def odd_items(split, root):
+    return Items([(grey, 1, "meta"), {"image": grey}, (grey, 2), grey, (grey, "b")])
+
+def sorted_classes(split, root):
+    return Items([(grey, 0)] * 8 + [(grey, 1)] * 8)
+
+def empty(split, root):
+    return Items([])
+
 not_a_function = 3
 '''
 
@@ -507,7 +535,7 @@ def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, m
         load_config(None, ["data.name=python"])
     with pytest.raises(UserError, match="read with data.name=python only"):
         load_config(None, ["data.source=own_images_for_check:images"])
-    for source, why in (("no_such_module_here:images", "cannot import no_such_module_here"),
+    for source, why in (("no_such_module_here:images", "no module no_such_module_here on the Python path"),
                         ("own_images_for_check:not_a_function", "has no function not_a_function")):
         with pytest.raises(UserError, match=why):
             python_source(load_config(None, ["data.name=python", f"data.source={source}"]).data, "train")
@@ -524,3 +552,43 @@ def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, m
         assert torch.equal(as_image(given, "x"), torch.from_numpy(grey).expand(3, -1, -1)), type(given)
     with pytest.raises(UserError, match=r"x is an image of shape \[2, 3, 4, 5\]"):
         as_image(np.zeros((2, 3, 4, 5)), "x")
+    assert as_image(np.array([[0, 65535]], dtype=np.uint16), "x")[0].tolist() == [[0, 255]]  # 16 bits scaled
+    for bad, why in ((np.array([[-5, 1000]], dtype=np.int16), "int16 pixels from -5 to 1000"),
+                     (np.array([[0.0, 255.0]]), "float pixels from 0 to 255"), ({"a": 1}, "of type dict")):
+        with pytest.raises(UserError, match=why):  # values that would wrap or clip, a mapping
+            as_image(bad, "x")
+
+
+def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, monkeypatch):
+    """Python's and installed packages' functions are not called (a run's config could name shutil:rmtree); the
+    function's error, an item that is no (image, label), a label beyond its classes or none where it has classes
+    are said; a class-sorted dataset's subset spreads over its classes."""
+    from repre.config import load_config
+    from repre.data.python_source import python_source
+    from repre.data.splits import subset_of
+
+    (tmp_path / "own_items_for_check.py").write_text(OWN_DATA)
+    (tmp_path / "victim").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def source(name: str, split: str = "train", root: str | None = None):
+        extra = [f"data.root={root}"] if root else []
+        return python_source(load_config(None, ["data.name=python", f"data.source={name}", *extra]).data, split)
+
+    for library in ("shutil:rmtree", "numpy:save"):
+        with pytest.raises(UserError, match="is a module of Python or of an installed package"):
+            source(library, root=str(tmp_path / "victim"))
+    assert (tmp_path / "victim").is_dir()
+    with pytest.raises(UserError, match=r"raised for the test split: FileNotFoundError: .*/test.npy"):
+        source("own_items_for_check:train_only", "test", str(tmp_path))
+    with pytest.raises(UserError, match="gave an empty dataset for the train split"):
+        source("own_items_for_check:empty")
+    odd = source("own_items_for_check:odd_items")
+    assert odd.classes == ["a", "b"] and odd.load(0)[1] == 1  # (image, label, more): the first two
+    for index, why in ((1, r"\[1\] is of type dict"), (2, r"\[2\] has label 2; the dataset's classes \(2: a, b\)"),
+                       (3, r"\[3\] has label None"), (4, r"\[4\] has label 'b'")):
+        with pytest.raises(UserError, match=why):
+            odd.load(index)
+    labels = [label for _, label in (source("own_items_for_check:sorted_classes").load(i)
+                                     for i in subset_of(source("own_items_for_check:sorted_classes"), 4).indices)]
+    assert labels == [0, 0, 1, 1]  # spread: the first 4 would be one class

@@ -35,9 +35,9 @@ class DataConfig:
     # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist); a local path is kept
     # absolute (a relative one from the current directory), so that a run finds its images from any directory
     root: str | None = None
-    # data.name=python: "module:function", called as function(split, root) with split "train" or "test" and
-    # data.root; it returns a dataset: len() and [i] -> (image, label) (an image: PIL, an array HxW or HxWxC, or a
-    # tensor CxHxW; a label: int, or None), its `classes` the labels' names where it has labels
+    # data.name=python: "module:function" of your own code (docs/data.md), called as function(split, root) with
+    # split "train" or "test" and data.root; it returns a dataset: len() and [i] -> (image, label) (an image:
+    # PIL, an array HxW or HxWxC, or a tensor CxHxW), its `classes` the labels' names where it has labels
     source: str | None = None
     subset: int | None = None  # N training images (from files: spread over them, every class)
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
@@ -71,7 +71,8 @@ class DataConfig:
     }
 
     def __post_init__(self) -> None:
-        self.root = _absolute(self.root)
+        if self.name != "python":  # your own code's root may be no path (a table's name)
+            self.root = _absolute(self.root)
 
     @property
     def streamed(self) -> bool:

@@ -1,13 +1,18 @@
 """A dataset of your own code as an image source (data.name=python): images that are no files repre reads
-(arrays, a database, DICOM, HDF5), or files read your own way.
+(arrays, a database, DICOM), or files read your own way.
 
-data.source names a function as "module:function"; repre imports the module (from the Python path, the current
-directory included) and calls `function(split, root)`, split "train" or "test" and root data.root (None when
-unset), for each split it reads. The function returns a map-style dataset: `len(dataset)` and `dataset[i]` ->
-(image, label) or an image alone. An image is a PIL image, an array HxW or HxWxC, or a tensor CxHxW (C 1, 3 or
-4; uint8, or floats in [0, 1]); a label an int, or None (unlabelled). `dataset.classes`, where it
-has one, names the labels in order (torchvision's datasets have it). Because the config names the function,
-every command that reads a run's data (resume, evaluation, export, embed) calls it again.
+data.source names a function as "module:function"; repre imports the module (from the Python path; the
+current folder is added to its end) and calls `function(split, root)`, split "train" or "test" and root
+data.root (None when unset), once a process for each split it reads. The function returns a map-style dataset:
+`len(dataset)` and `dataset[i]` -> (image, label, ...) or an image alone. An image is a PIL image, an array HxW
+or HxWxC, or a tensor CxHxW (C 1, 3 or 4): uint8, uint16 (scaled to 8 bits, as a 16-bit PNG is), integers in
+0..255, or floats in [0, 1]. A label is an int in 0..len(classes)-1, where `dataset.classes` names the labels
+(torchvision's datasets have it); a dataset without `classes` has no labels.
+
+The config names the function, so every command that reads a run's data (resume, evaluation, export, embed)
+calls it again: reading a run of data.name=python runs that code. The module must be a file of your own,
+not part of Python or of an installed package, so a run's config cannot make a command call any library
+function with its arguments; read runs whose code you trust.
 
 The images are normalized with data.mean and data.std, or ImageNet's statistics when they are not set (as
 folders are): a dataset's own statistics are not read, so that a checkpoint's normalization is known without
@@ -16,9 +21,14 @@ calling the function.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import os
 import sys
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,21 +40,37 @@ from repre.data.folder import MEAN, STD, UnreadableImage, to_rgb_array
 from repre.errors import UserError
 
 
-def import_source(name: str) -> Any:
-    """"module:function" -> the function; a UserError that says what could not be found."""
+def _library_folders() -> list[Path]:
+    """Python's own library and the installed packages' folders."""
+    paths = sysconfig.get_paths()
+    return [Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
+
+
+def import_source(name: str) -> Callable[[str, str | None], Any]:
+    """"module:function" -> the function, from a module of your own (a file outside Python's library and the
+    installed packages); a UserError that says what could not be found or may not be called."""
     module_name, _, attr = name.partition(":")
     if os.getcwd() not in sys.path and "" not in sys.path:  # the `repre` script's path lacks the current folder
         sys.path.append(os.getcwd())
+    top = module_name.split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise UserError(f"data.source={name}: no module {top} on the Python path; run from the folder that holds "
+                        f"{top}.py or add that folder to PYTHONPATH")
+    origin = Path(spec.origin).resolve() if spec.origin and spec.has_location else None
+    if origin is None or any(origin.is_relative_to(folder) for folder in _library_folders()):
+        where = f"at {origin}" if origin else "built into Python"
+        raise UserError(f"data.source={name}: {top} is a module of Python or of an installed package ({where}); "
+                        "data.source names a function of your own code (rename a file of yours that has this name)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"data.source={name}: cannot import {module_name} ({exc}); run from the folder that holds "
-                        f"it or add that folder to PYTHONPATH") from None
+        raise UserError(f"data.source={name}: importing {module_name} failed: {exc}") from None
     found: Any = module
     for part in attr.split("."):
         found = getattr(found, part, None)
     if not callable(found):
-        raise UserError(f"data.source={name}: {module_name} has no function {attr}")
+        raise UserError(f"data.source={name}: {module_name} ({module.__file__}) has no function {attr}")
     return found
 
 
@@ -52,47 +78,101 @@ class PythonSource:
     """`dataset[i]` as repre's images: uint8 [3, H, W] and an int label (-1: none)."""
 
     mean, std = MEAN, STD  # ImageNet's, unless data.mean and data.std are set (the module's docstring)
+    class_sorted = True  # its images may come class by class, as a folder's: a subset spreads over them
 
     def __init__(self, dataset: Any, name: str, split: str) -> None:
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise UserError(f"data.source={name} gave {type(dataset).__name__} for the {split} split: return a "
                             "dataset with len() and [i] (e.g. a torch Dataset)")
+        if len(dataset) == 0:
+            raise UserError(f"data.source={name} gave an empty dataset for the {split} split")
         self.dataset, self.name = dataset, name
-        self.classes = [str(c) for c in getattr(dataset, "classes", None) or []]
+        classes = getattr(dataset, "classes", None)
+        self.classes = [str(c) for c in classes] if classes is not None else []
         self.num_classes = len(self.classes) or None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
+        where = f"{self.name}[{index}]"
         try:
             item = self.dataset[index]
         except OSError as exc:  # a file the dataset reads: left out and counted, as a folder's
-            raise UnreadableImage(f"{self.name}[{index}]: {exc}") from None
-        image, label = item if isinstance(item, tuple | list) else (item, None)
-        return as_image(image, f"{self.name}[{index}]"), -1 if label is None else int(label)
+            raise UnreadableImage(f"{where}: {exc}") from None
+        if isinstance(item, dict | str | bytes):
+            raise UserError(f"{where} is of type {type(item).__name__}: return (image, label) or an image")
+        image, label = (item[0], item[1]) if isinstance(item, tuple | list) and len(item) >= 2 else (item, None)
+        return as_image(image, where), self.label(label, where)
+
+    def label(self, label: Any, where: str) -> int:
+        """An item's label as an index of `classes` (-1 where the dataset has none)."""
+        if not self.num_classes:
+            return -1
+        try:
+            index = int(label)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < self.num_classes:
+            raise UserError(f"{where} has label {label!r}; the dataset's classes ({self.num_classes}: "
+                            f"{', '.join(self.classes[:5])}{', ...' if self.num_classes > 5 else ''}) need an int "
+                            f"from 0 to {self.num_classes - 1}")
+        return index
 
 
 def as_image(image: Any, where: str) -> torch.Tensor:
-    """A PIL image, an array (HxW or HxWxC, numpy's and PIL's layout) or a tensor (HxW or CxHxW, torch's);
-    uint8, or floats in [0, 1] -> uint8 [3, H, W]."""
+    """A PIL image, an array (HxW or HxWxC, numpy's and PIL's layout) or a tensor (HxW or CxHxW, torch's) ->
+    uint8 [3, H, W]; pixel values as the module's docstring says."""
     if isinstance(image, Image.Image):
         return torch.from_numpy(np.array(to_rgb_array(image))).permute(2, 0, 1).contiguous()  # writable
     channels_last = not isinstance(image, torch.Tensor)
-    x = torch.from_numpy(np.array(image)) if channels_last else image.detach().cpu()  # a copy: a memmap is read-only
+    try:
+        x = torch.from_numpy(np.array(image)) if channels_last else image.detach().cpu()  # a memmap is read-only
+    except TypeError:
+        raise UserError(f"{where} is of type {type(image).__name__}, not an image: give a PIL image, an array or "
+                        "a tensor") from None
     if x.ndim == 2:
         x = x[None]
     elif x.ndim == 3 and channels_last:
         x = x.permute(2, 0, 1)
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
-        raise UserError(f"{where} is an image of shape {list(image.shape)}: give an array HxW or HxWxC, or a "
-                        "tensor CxHxW, with 1, 3 or 4 channels")
-    if x.is_floating_point():
-        x = (x.float().clamp(0, 1) * 255).round()
-    x = x.to(torch.uint8)[:3]  # RGBA: the colour channels
+        raise UserError(f"{where} is an image of shape {list(x.shape)}: give an array HxW or HxWxC, or a tensor "
+                        "CxHxW, with 1, 3 or 4 channels")
+    x = to_uint8(x, where)[:3]  # RGBA: the colour channels
     return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x.contiguous()
+
+
+def to_uint8(x: torch.Tensor, where: str) -> torch.Tensor:
+    """Pixels as uint8: uint16 scaled (65535 -> 255), integers in 0..255 and floats in [0, 1] read as they are;
+    others refused (their range would wrap or clip)."""
+    if x.dtype == torch.uint8:
+        return x
+    if x.dtype == torch.uint16:  # 16-bit images (DICOM, 16-bit PNG) scaled as a folder's 16-bit PNG is
+        return (x.to(torch.int32).double() * 255 / 65535).round().to(torch.uint8)
+    low, high = float(x.min()), float(x.max())
+    if x.is_floating_point():
+        if low < 0 or high > 1:
+            raise UserError(f"{where} has float pixels from {low:g} to {high:g}: give floats in [0, 1] (divide by "
+                            "the largest value) or uint8")
+        return (x.float() * 255).round().to(torch.uint8)
+    if low < 0 or high > 255:
+        raise UserError(f"{where} has {str(x.dtype).removeprefix('torch.')} pixels from {low:g} to {high:g}: give "
+                        "uint8, uint16, or floats in [0, 1]")
+    return x.to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(source: str, root: str | None, split: str) -> Any:
+    """The function's dataset of a split, made once a process (a run's periodic k-NN reads both splits again)."""
+    function = import_source(source)
+    try:
+        return function(split, root)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"data.source={source} raised for the {split} split: {type(exc).__name__}: {exc}") from exc
 
 
 def python_source(cfg: DataConfig, split: str) -> PythonSource:
     """The `split` ("train" or "test") of the dataset that data.source's function gives."""
-    return PythonSource(import_source(cfg.source)(split, cfg.root), cfg.source, split)
+    return PythonSource(_dataset(cfg.source, cfg.root, split), cfg.source, split)

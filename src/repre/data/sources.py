@@ -186,7 +186,7 @@ def labelled(source: ImageSource, task: str) -> int:
     class: every prediction right, a score that says nothing; a folder nested one level too deep)."""
     if not source.num_classes:
         raise UserError(f"{task} needs labels: use a folder with class sub-folders in train/ and val/ (every image "
-                        "in one; the sub-folder is its class)")
+                        "in one; the sub-folder is its class), or, with data.name=python, a dataset with `classes`")
     if source.num_classes < 2:
         names = class_names(source) or ["one"]
         raise UserError(f"{task} needs at least 2 classes; these images have one ({names[0]}): a folder's classes "

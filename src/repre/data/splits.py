@@ -59,13 +59,14 @@ def select(source: ImageSource, indices: torch.Tensor) -> Selection:
 def subset_of(source: ImageSource, count: int) -> Selection:
     """`count` images of `source` (all of them if it has fewer), the same for every run. Folders and shards
     often hold their images class by class, so their first `count` could be a few classes: a source read from
-    files gives every (len / count)-th image, each class in proportion. Fashion-MNIST and the generated
-    datasets are stored in random order: they give their first `count`, which is such a sample already."""
+    files, or one that says it may be so (`class_sorted`: a dataset of your own code), gives every
+    (len / count)-th image, each class in proportion. Fashion-MNIST and the generated datasets are stored in
+    random order: they give their first `count`, which is such a sample already."""
     size = len(source)
     count = min(count, size)
-    from_files = size > 0 and bool(image_path(source, 0))
+    spread = size > 0 and (bool(image_path(source, 0)) or getattr(source, "class_sorted", False))
     index = torch.arange(count)
-    return select(source, index * size // count if from_files else index)
+    return select(source, index * size // count if spread else index)
 
 
 def spread_readable(source: ImageSource, count: int) -> dict[int, tuple[torch.Tensor, int]]:

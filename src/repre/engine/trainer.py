@@ -278,7 +278,7 @@ class Trainer:
     def _images(self) -> str:
         """"12.3 epochs of folder /data/photos: 277 images, 3 classes": the data a layout mistake shows in."""
         d, n = self.cfg.data, self._image_count()
-        where = d.name + (f" {d.root}" if d.root else "")
+        where = d.name + (f" {d.source}" if d.source else "") + (f" {d.root}" if d.root else "")
         if n is None:
             return f"streamed {where}"
         classes = f"{self.data.num_classes} classes" if self.data.num_classes else "no labels"

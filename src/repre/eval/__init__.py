@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +61,10 @@ def evaluate(
                 run_files.keep_earlier(checkpoint, task, overrides)
     result = _evaluate(task, checkpoint, overrides, out)
     if keep and dist.launch_rank() == 0:  # under torchrun one process writes
-        keep_result(result, checkpoint, Path(out))
+        try:
+            keep_result(result, checkpoint, Path(out))
+        except OSError as exc:  # a full disk after the work: the result is logged, and returned
+            log.warning("the result is not written to %s (%s): %s", out, exc, json.dumps(result))
     return result
 
 

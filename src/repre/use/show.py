@@ -152,7 +152,7 @@ def shown_source(cfg: Config) -> ImageSource:
     try:
         return eval_source(cfg, "test")
     except UserError:
-        if cfg.data.name not in ("folder", "shards"):
+        if cfg.data.name not in ("folder", "shards", "python"):
             raise
         return eval_source(cfg, "train")
 
