@@ -276,15 +276,13 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.run_files import eval_dir, keep_earlier
-    from repre.eval import evaluate, keep_result
+    from repre.core.run_files import eval_dir
+    from repre.eval import evaluate, keep_result, result_folder
 
-    out = Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides)
-    args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
-    if _launch_rank() == 0:  # which alone writes; before the work its result needs
-        check_writable(out, "--out" if args.out else "the result's folder")
-        if not args.out:
-            keep_earlier(args.checkpoint, args.task, args.overrides)
+    # named by an error of the filesystem (a full disk), from here on
+    args.resolved_out = str(Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides))
+    out = result_folder(args.checkpoint, args.task, args.overrides, args.out,
+                        "--out" if args.out else "the result's folder")
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0

@@ -90,6 +90,10 @@ class PythonSource:
         classes = getattr(dataset, "classes", None)
         self.classes = [str(c) for c in classes] if classes is not None else []
         self.num_classes = len(self.classes) or None
+        try:  # an item of a form repre cannot read is said now, before a model is built and workers start
+            self.load(0)
+        except UnreadableImage:
+            pass
 
     def __len__(self) -> int:
         return len(self.dataset)

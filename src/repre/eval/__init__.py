@@ -54,11 +54,7 @@ def evaluate(
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     overrides = override_items(overrides)
     if keep:
-        given, out = out, Path(out) if out is not None else run_files.eval_dir(checkpoint, task, overrides)
-        if dist.launch_rank() == 0:  # where it goes, checked before the work
-            check_writable(out, "out")
-            if given is None:  # a result of the run's earlier newest step there moves to that step's folder
-                run_files.keep_earlier(checkpoint, task, overrides)
+        out = result_folder(checkpoint, task, overrides, out, "out")
     result = _evaluate(task, checkpoint, overrides, out)
     if keep and dist.launch_rank() == 0:  # under torchrun one process writes
         try:
@@ -66,6 +62,19 @@ def evaluate(
         except OSError as exc:  # a full disk after the work: the result is logged, and returned
             log.warning("the result is not written to %s (%s): %s", out, exc, json.dumps(result))
     return result
+
+
+def result_folder(checkpoint: str | Path, task: str, overrides: list[str], out: str | Path | None,
+                  option: str) -> Path:
+    """Where a kept result goes: `out`, or the run's folder for the task (`run_files.eval_dir`), checked
+    writable before the work (`option` names it in the error); a result of the run's earlier newest step there
+    moves to that step's folder first. Under torchrun the first process checks and moves."""
+    folder = Path(out) if out is not None else run_files.eval_dir(checkpoint, task, overrides)
+    if dist.launch_rank() == 0:
+        check_writable(folder, option)
+        if out is None:
+            run_files.keep_earlier(checkpoint, task, overrides)
+    return folder
 
 
 def keep_result(result: dict[str, Any], checkpoint: str | Path, out: Path) -> Path:
