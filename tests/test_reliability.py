@@ -655,9 +655,12 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
         with monkeypatch.context() as patched:
             patched.setattr("repre.engine.trainer.PretrainData", None)  # indexing the data would fail otherwise
             assert run_cli(args)[0] == 2
-        err = capsys.readouterr().err
-        assert f"{run} is being trained by another process (pid {holder.pid} on " in err
-        assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
+            assert f"{run} is being trained by another process (pid {holder.pid} on " in capsys.readouterr().err
+            assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
+            (run / "metrics.jsonl").write_text("")  # a run, as far as the second process can tell
+            assert run_cli([a for a in args if a != "--resume"])[0] == 2  # not "add --resume": it is trained
+            assert "is being trained by another process" in capsys.readouterr().err
+            (run / "metrics.jsonl").unlink()
     finally:
         holder.kill()  # SIGKILL: no unlock but the system's
         holder.wait()

@@ -87,14 +87,18 @@ class Trainer:
                             f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
+        self._take_lock(runs_only=True)  # a run another process trains: said so before "add --resume" is
         check_out(self.out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         self._take_lock()  # a requeue while the run trains: refused before it indexes the data
 
-    def _take_lock(self) -> None:
-        """The run directory's lock, taken by the main process where --out exists (every process calls this: it
-        gathers the answer), or the refusal that names its holder; nothing once held."""
-        why = self.lock.acquire() if dist.is_main() and self.out.is_dir() else None
+    def _take_lock(self, runs_only: bool = False) -> None:
+        """The run directory's lock, taken by the main process where --out exists (`runs_only`: where it holds a
+        run), or the refusal that names its holder; nothing once held. Every process calls this: it gathers the
+        main process's answer."""
+        written = (run_files.CONFIG, run_files.METRICS, run_files.CHECKPOINTS)  # what makes a folder a run's
+        there = any((self.out / name).exists() for name in written) if runs_only else self.out.is_dir()
+        why = self.lock.acquire() if dist.is_main() and there else None
         refusals = [reason for reason in dist.gather_objects(why) if reason]
         if refusals:
             raise UserError(refusals[0])
