@@ -57,7 +57,9 @@ def import_source(name: str) -> Callable[[str, str | None], Any]:
     if spec is None:
         raise UserError(f"data.source={name}: no module {top} on the Python path; run from the folder that holds "
                         f"{top}.py or add that folder to PYTHONPATH")
-    origin = Path(spec.origin).resolve() if spec.origin and spec.has_location else None
+    locations = list(spec.submodule_search_locations or [])  # a folder without __init__.py has no origin
+    found_at = spec.origin if spec.origin and spec.has_location else (locations[0] if locations else None)
+    origin = Path(found_at).resolve() if found_at else None
     if origin is None or any(origin.is_relative_to(folder) for folder in _library_folders()):
         where = f"at {origin}" if origin else "built into Python"
         raise UserError(f"data.source={name}: {top} is a module of Python or of an installed package ({where}); "
