@@ -248,22 +248,24 @@ def save_vector(picture: Picture, path: Path, fmt: str) -> None:
                 fig.add_artist(dot_collection(list(ops), height))
             else:
                 for op in ops:
-                    draw_vector(fig, op, height, ascent)
+                    draw_vector(fig, op, picture.size, ascent)
         metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None}  # no clock: the same bytes
         fig.savefig(path, format=fmt, dpi=72, metadata=metadata)
 
 
-def draw_vector(fig: Any, op: Tile | Text | Box, height: int, ascent: int) -> None:
-    """One operation on a matplotlib Figure a pixel a point (its y axis points up, PIL's down)."""
+def draw_vector(fig: Any, op: Tile | Text | Box, size: tuple[int, int], ascent: int) -> None:
+    """One operation on a matplotlib Figure of `size` (width, height) points, a pixel a point (its y axis points
+    up, PIL's down)."""
     from matplotlib.patches import Rectangle
     from matplotlib.transforms import IdentityTransform
 
+    width, height = size
     if isinstance(op, Tile):
         x, y = op.xy
         fig.figimage(np.asarray(op.image), xo=x, yo=height - y - op.image.height, origin="upper")
     elif isinstance(op, Text):  # on the PNG's baseline; "$" is a dollar sign, not mathtext
         x, y = op.xy
-        fig.text(x / fig.bbox.width, 1 - (y + ascent) / height, op.text, color=colour(op.fill),
+        fig.text(x / width, 1 - (y + ascent) / height, op.text, color=colour(op.fill),
                  fontsize=VECTOR_FONT_SIZE, ha="left", va="baseline", parse_math=False)
     else:
         x0, y0, x1, y1 = op.corners
