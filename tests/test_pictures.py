@@ -76,7 +76,7 @@ def test_vector_text_is_the_text_and_the_page_the_picture_whatever_matplotlibrc_
 
 
 def test_a_map_s_dots_are_one_collection_in_an_svg(tmp_path):
-    """5,000 dots of a scatter: a circle defined once and used 5,000 times (3 MB of paths drawn one by one)."""
+    """5,000 dots of a scatter: a circle defined once and used 5,000 times, not a path written out per dot."""
     from repre.use.embedding_map import draw_scatter
 
     points = np.random.default_rng(0).random((5000, 2))

@@ -30,9 +30,9 @@ HEADER = 24  # the strip above the tiles for the columns' group names (one line)
 CAPTION = 14  # the strip under each tile for its caption
 NOTE_LINE = 12  # a line of the notes under the sheet
 FORMATS = (".png", ".svg", ".pdf")  # what `--out` of show, neighbors and map may end in
-# The vector text's size in points (a pixel each): matplotlib's DejaVu Sans at 9 pt is as wide as the 10 px
-# font PIL draws with (Pillow's Aileron; measured on captions and notes, within 1%), so what fits in the PNG
-# fits in the SVG and the PDF.
+# The vector text's size in points (a pixel each): matplotlib's DejaVu Sans is wider than the 10 px font PIL
+# draws with (Pillow's Aileron); at 9 pt it is as wide, so what `fitted` and `wrapped` fit in the PNG fits in
+# the SVG and the PDF.
 VECTOR_FONT_SIZE = 9
 
 Colour = str | tuple[int, int, int]  # PIL's: a name, or 0-255 RGB
@@ -275,7 +275,7 @@ def draw_vector(fig: Any, op: Tile | Text | Box, size: tuple[int, int], ascent: 
 
 def dot_collection(dots: list[Dot], height: int) -> Any:
     """A run of dots as one matplotlib collection: a circle drawn once and placed at each centre (an SVG `use`
-    each), where a path a dot made a 5,000-point map 3 MB."""
+    each), where a path a dot would write each circle out again."""
     from matplotlib.collections import CircleCollection
     from matplotlib.transforms import IdentityTransform
 
