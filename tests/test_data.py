@@ -1,5 +1,6 @@
 
 import errno
+import hashlib
 import os
 
 import numpy as np
@@ -504,10 +505,13 @@ not_a_function = 3
 '''
 
 
-def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monkeypatch):
+def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monkeypatch, repre_log):
     """data.name=python: the function data.source names gives each split; a run trains on it, and its evaluation
-    and export call it again from the run's config (an image it cannot read skipped, as a folder's)."""
+    and export call it again from the run's config (an image it cannot read skipped, as a folder's). The
+    checkpoint records the module's file: a command reading the run where the file has changed says so."""
     from conftest import last_json, pretrain_args, run_cli
+    from repre.core import checkpoint_io
+    from repre.pretrained import load_checkpoint_config
 
     (tmp_path / "own_images_for_test.py").write_text(OWN_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -523,6 +527,17 @@ def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monke
     assert code == 0 and last_json(stdout)["metric"] == "top1"
     code, stdout = run_cli(["export", "--checkpoint", str(run), "--out", str(tmp_path / "e.safetensors")])
     assert code == 0 and last_json(stdout)["check"]["transform_images"] == 16  # the crop chosen on its images
+    module = tmp_path / "own_images_for_test.py"
+    recorded = checkpoint_io.load(run / "checkpoints" / "last.pt")["data_code"]
+    assert recorded == {"file": str(module.resolve()), "sha256": hashlib.sha256(module.read_bytes()).hexdigest()}
+    assert "the images may not be those" not in repre_log.text
+    module.write_text(OWN_DATA.replace("calls = []", "calls = []  # edited"))
+    load_checkpoint_config(run)
+    changed = f"{module.resolve()} has changed since (sha256 {recorded['sha256'][:12]} -> "
+    assert changed in repre_log.text
+    repre_log.clear()
+    code, _ = run_cli([*args, "--resume"])  # the run is done: it says so, and nothing more
+    assert code == 0 and changed in repre_log.text  # resuming says it too
 
 
 def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, monkeypatch):

@@ -25,8 +25,9 @@ from repre.config import (
 )
 from repre.config.reads import listed
 from repre.core import checkpoint_io as ckpt_io
+from repre.core import dist
 from repre.data.evaluation import timm_preprocessing
-from repre.data.sources import pretraining_stats
+from repre.data.sources import check_data_code, pretraining_stats
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
@@ -48,8 +49,12 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | No
         mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist"), mean=data.get("mean"),
                                                  std=data.get("std")))
         raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
+    recorded_source = raw.get("data", {}).get("source")
     deep_update(raw, given)
-    return ckpt, config_from_dict(raw, migrated=True)
+    cfg = config_from_dict(raw, migrated=True)
+    if cfg.data.source == recorded_source and dist.launch_rank() == 0:  # the run's data, not others given
+        check_data_code(cfg.data, ckpt.get("data_code"), checkpoint)
+    return ckpt, cfg
 
 
 def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str) -> None:

@@ -40,7 +40,7 @@ from repre.core import dist
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
 from repre.data.sampler import EpochBatchSampler
-from repre.data.sources import EncodedImages, ImageSource, first_readable, load_or_replace, stats
+from repre.data.sources import EncodedImages, ImageSource, data_code, first_readable, load_or_replace, stats
 from repre.data.splits import train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
 from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, photometric, sample_views
@@ -256,6 +256,7 @@ class PretrainData:
         if not dist.is_main():
             dist.barrier()  # rank 0 first: it indexes (and caches) tar shards once for the others
         self.source = train_source(cfg)
+        self.code = data_code(cfg.data)  # the code that made these images where it is not repre's, as it was read
         if dist.is_main():
             dist.barrier()
         self.spec = view_spec(cfg, self.source)

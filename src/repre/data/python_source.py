@@ -12,7 +12,9 @@ or HxWxC, or a tensor CxHxW (C 1, 3 or 4): uint8, uint16 (scaled to 8 bits, as a
 The config names the function, so every command that reads a run's data (resume, evaluation, export, embed)
 calls it again: reading a run of data.name=python runs that code. The module must be a file of your own,
 not part of Python or of an installed package, so a run's config cannot make a command call any library
-function with its arguments; read runs whose code you trust.
+function with its arguments; read runs whose code you trust. A checkpoint records the module's file and its
+SHA-256 (`code_identity`): a command that reads the run where that name is another file, or the file has
+changed, says so (the images may not be those the run trained on).
 
 The images are normalized with data.mean and data.std, or ImageNet's statistics when they are not set (as
 folders are): a dataset's own statistics are not read, so that a checkpoint's normalization is known without
@@ -22,8 +24,10 @@ calling the function.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import sysconfig
@@ -39,6 +43,8 @@ from repre.config import DataConfig
 from repre.data.folder import MEAN, STD, UnreadableImage, to_rgb_array
 from repre.errors import UserError
 
+log = logging.getLogger("repre")
+
 
 def _library_folders() -> list[Path]:
     """Python's own library and the installed packages' folders."""
@@ -46,13 +52,18 @@ def _library_folders() -> list[Path]:
     return [Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
 
 
-def import_source(name: str) -> Callable[[str, str | None], Any]:
-    """"module:function" -> the function, from a module of your own (a file outside Python's library and the
-    installed packages); a UserError that says what could not be found or may not be called."""
-    module_name, _, attr = name.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:  # the `repre` script's path lacks the current folder
+def _current_folder_on_path() -> None:
+    """The current folder at the end of the Python path, where a module of your own is looked for: the `repre`
+    script's path lacks it. It stays there: data workers started by spawn import the module again."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
-    top = module_name.split(".")[0]
+
+
+def _check_own(name: str) -> None:
+    """A UserError unless data.source `name`'s top module is a file or folder of your own: found on the Python
+    path (not imported), outside Python's library and the installed packages."""
+    _current_folder_on_path()
+    top = name.partition(":")[0].split(".")[0]
     spec = importlib.util.find_spec(top)
     if spec is None:
         raise UserError(f"data.source={name}: no module {top} on the Python path; run from the folder that holds "
@@ -64,6 +75,13 @@ def import_source(name: str) -> Callable[[str, str | None], Any]:
         where = f"at {origin}" if origin else "built into Python"
         raise UserError(f"data.source={name}: {top} is a module of Python or of an installed package ({where}); "
                         "data.source names a function of your own code (rename a file of yours that has this name)")
+
+
+def import_source(name: str) -> Callable[[str, str | None], Any]:
+    """"module:function" -> the function, from a module of your own (`_check_own`); a UserError that says what
+    could not be found or may not be called."""
+    _check_own(name)
+    module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -74,6 +92,35 @@ def import_source(name: str) -> Callable[[str, str | None], Any]:
     if not callable(found):
         raise UserError(f"data.source={name}: {module_name} ({module.__file__}) has no function {attr}")
     return found
+
+
+def code_identity(source: str) -> dict[str, str] | None:
+    """Which file data.source's module is, and its SHA-256: {"file", "sha256"}; None where it is no file of
+    your own (importing it says why)."""
+    try:
+        _check_own(source)
+        spec = importlib.util.find_spec(source.partition(":")[0])  # a package's parents are imported
+    except (UserError, ImportError, ValueError):
+        return None
+    if spec is None or not spec.has_location or not spec.origin or not os.path.isfile(spec.origin):
+        return None
+    path = Path(spec.origin).resolve()
+    return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def check_code(source: str, recorded: dict[str, str] | None, run: str | Path) -> None:
+    """Warn where data.source's module is not the file `recorded` for `run` (another file of that name, or
+    the same file changed since): its images may not be those the run was trained on."""
+    now = code_identity(source)
+    if not recorded or now is None or now == recorded:
+        return
+    was = f"{recorded['file']} (sha256 {recorded['sha256'][:12]})"
+    if now["file"] == recorded["file"]:
+        why = f"{now['file']} has changed since (sha256 {recorded['sha256'][:12]} -> {now['sha256'][:12]})"
+    else:
+        why = f"here it is {now['file']} (sha256 {now['sha256'][:12]})"
+    log.warning("data.source=%s: %s read the module %s; %s: the images may not be those it was trained on",
+                source, run, was, why)
 
 
 class PythonSource:

@@ -129,6 +129,24 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     raise UserError(f"unknown data.name {cfg.name!r}")
 
 
+def data_code(cfg: DataConfig) -> dict[str, str] | None:
+    """The code that makes the images, as a checkpoint records it: data.name=python's module file and its
+    SHA-256 ({"file", "sha256"}); None for the other sources (repre's own code reads them)."""
+    if cfg.name != "python":
+        return None
+    from repre.data.python_source import code_identity
+
+    return code_identity(cfg.source)
+
+
+def check_data_code(cfg: DataConfig, recorded: dict[str, str] | None, run: str | Path) -> None:
+    """Warn where the code that makes the images is not what `run` `recorded` (`data_code`)."""
+    if cfg.name == "python" and recorded:
+        from repre.data.python_source import check_code
+
+        check_code(cfg.source, recorded, run)
+
+
 def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalization statistics: the configured ones, else the dataset's own."""
     if cfg.mean is not None and cfg.std is not None:

@@ -22,6 +22,7 @@ from repre.core.atomic import replacing
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
+from repre.data.sources import check_data_code
 from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
 from repre.engine.metrics import WindowMeter
 from repre.engine.optim import load_optimizer_state
@@ -102,6 +103,7 @@ class Checkpoints:
             "config": self.cfg.to_dict(),
             "runtime": self._runtime(),
             "images": len(self.data),  # the training images: a resume from a moved data.root must find as many
+            "data_code": self.data.code,  # data.name=python: which file made them (None: repre's own readers)
             "versions": checkpoint_io.versions(),
         }
 
@@ -176,6 +178,8 @@ class Checkpoints:
         was = config_from_dict(ckpt["config"])  # in today's keys (keys added since: defaults; roots absolute)
         self._check_compatible(was, path)
         self._check_moved_data(was, ckpt.get("images"), path)
+        if dist.is_main():
+            check_data_code(self.cfg.data, ckpt.get("data_code"), path)
         self._warn_if_computed_otherwise(ckpt.get("runtime"))
         self._warn_if_longer_or_shorter(was, total)
         self._restore(ckpt)
