@@ -98,6 +98,7 @@ def test_a_removed_key_given_with_a_checkpoint_is_the_persons_not_the_runs(tiny_
 
 def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     """A pre-training key given to an evaluation would change nothing: refused, naming it and what is read."""
+    from repre.config import reads
     from repre.eval import eval_reads
     from repre.pretrained import refuse_unread
 
@@ -106,8 +107,10 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--set train.lr: not read by `repre eval knn`" in err and "eval.*, data.*" in err
     given = ["aug.hflip=0", "method.mocov3.temperature=1", "train.seed=3", "data.subset=8", "model.kwargs={depth: 2}"]
-    with pytest.raises(UserError, match=r"--set aug.hflip, method.mocov3.temperature: not read by `repre eval knn`"):
-        refuse_unread("repre eval knn", given, eval_reads("knn"))
+    with pytest.raises(UserError, match=r"--set aug.hflip, method.mocov3.temperature, data.subset: not read by `repre "
+                                         r"eval knn` .*; it reads eval.\*, data.\* \(not subset, device_stages, "):
+        refuse_unread("repre eval knn", given, eval_reads("knn"))  # data.subset: the pre-training's images
+    refuse_unread("repre embed", ["data.subset=8", "data.root=/x"], reads.EMBED)  # the run's training images
     refuse_unread("repre eval finetune", ["aug.hflip=0", "train.device=cpu", "method.name=dino"], eval_reads("finetune"))
     with pytest.raises(UserError, match=r"--set aug.hflip: not read by `repre eval linear`"):  # its protocols' own
         refuse_unread("repre eval linear", ["aug.hflip=0"], eval_reads("linear"))
@@ -123,7 +126,9 @@ def test_help_lists_the_keys_a_command_reads(capsys):
     a key its section holds is not listed twice."""
     from repre.config import reads
 
-    assert reads.listed(("data.", "method.", "method.name", "train.seed")) == "data.*, method.*, train.seed"
+    data = "data.* (not subset, device_stages, shuffle_block, stream_size)"  # the pre-training's own data keys
+    assert reads.listed(("data.", "method.", "method.name", "train.seed")) == f"{data}, method.*, train.seed"
+    assert reads.listed(("data.", "data.subset")) == "data.* (not device_stages, shuffle_block, stream_size)"
     assert reads.listed(("eval.", "eval.knn.", "eval.split")) == "eval.*"
     with pytest.raises(SystemExit):
         main(["show", "--help"])

@@ -23,7 +23,7 @@ from repre.config import (
     parse_overrides,
     reads,
 )
-from repre.config.reads import listed
+from repre.config.reads import listed, reads_key
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.data.evaluation import timm_preprocessing
@@ -127,7 +127,7 @@ def refuse_unread(command: str, overrides: Sequence[str], reads: tuple[str, ...]
     """A UserError naming the `--set` keys that `command` does not read (they would change nothing silently).
     Keys that are no config key at all are left to the config's own error, which names the nearest."""
     known = flatten(Config().to_dict())
-    unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not k.startswith(reads)]
+    unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not reads_key(k, reads)]
     if unread:
         raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing); it reads "
                         f"{listed(reads)}: drop the others")

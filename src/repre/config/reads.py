@@ -1,8 +1,13 @@
 """The config keys each command that loads a checkpoint reads from `--set`: a key it does not read is refused
 (`repre.pretrained.refuse_unread`: it would change nothing), and its `--help` lists them (`listed`). An entry
-ending in "." is a section, every key under it."""
+ending in "." is a section, every key under it but those of `PRETRAINING_DATA`, which a command reads only where
+it names them."""
 
 from __future__ import annotations
+
+# the data keys only pre-training reads: which training images (data.subset; `repre embed` reads it too), where
+# its pipeline's stages run, how streamed shards are shuffled and counted
+PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "data.stream_size")
 
 # the run's settings, the same for any command (the other train.* keys are the pre-training's), and method.name
 # (which of the checkpoint's encoders is evaluated)
@@ -15,7 +20,7 @@ EVAL_TASK = {
 }
 # show reads its few images one by one (no loader, no workers) and draws on one process
 SHOW = ("data.", "eval.split", "eval.val_size", "model.", "recon.", "method.", "train.device", "train.precision")
-EMBED = ("data.", "model.", "eval.batch_size", *RUN_KEYS)
+EMBED = ("data.", "data.subset", "model.", "eval.batch_size", *RUN_KEYS)  # the run's training images
 IMAGES = ("data.",)  # map and neighbors: which images are drawn
 ENCODER = ("data.", "model.")  # `repre.load_encoder` (Python): the encoder and its input
 
@@ -25,8 +30,16 @@ def eval_reads(task: str) -> tuple[str, ...]:
     return EVAL + EVAL_TASK.get(task, ())
 
 
+def reads_key(key: str, reads: tuple[str, ...]) -> bool:
+    """Whether a command that reads `reads` reads config key `key`."""
+    return key in reads or (key.startswith(reads) and key not in PRETRAINING_DATA)
+
+
 def listed(reads: tuple[str, ...]) -> str:
-    """`reads` for a person: sections as "data.*", a key or section that a listed section holds left out."""
+    """`reads` for a person: sections as "data.*" (with the pre-training's data keys it leaves out), a key or
+    section that a listed section holds left out."""
     sections = tuple(r for r in reads if r.endswith("."))
     kept = [r for r in reads if not any(r != s and r.startswith(s) for s in sections)]
-    return ", ".join(r + "*" if r.endswith(".") else r for r in kept)
+    unread = [k.removeprefix("data.") for k in PRETRAINING_DATA if k not in reads]
+    but = f" (not {', '.join(unread)})" if unread else ""
+    return ", ".join(r + "*" + (but if r == "data." else "") if r.endswith(".") else r for r in kept)

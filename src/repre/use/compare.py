@@ -68,10 +68,11 @@ QUICK_KNN = ("eval.knn.k", "eval.knn.temperature", "eval.knn.quick_train", "eval
 def measure_settings(config: dict[str, Any], task: str, given: Sequence[str] = (), quick: bool = False,
                      ) -> dict[str, Any]:
     """The config values that decide what an evaluation of `task` measures: the images (data.name, data.root,
-    the split), its eval section (but for its run-only keys) and the task's own keys outside it
+    data.source, the split), its eval section (but for its run-only keys) and the task's own keys outside it
     (`repre.config.reads.EVAL_TASK`), without the keys `given` by `--set` (a result's label names those). Where
     two runs' settings are the same, their results differ by the encoders alone."""
-    images = ["data.name", "data.root", "eval.split"] + (["eval.val_size"] if config.get("eval.split") == "val" else [])
+    images = ["data.name", "data.root", "data.source", "eval.split"]
+    images += ["eval.val_size"] if config.get("eval.split") == "val" else []
     if quick:
         keys = [*QUICK_KNN, *images]
     else:
