@@ -16,6 +16,7 @@ from repre.builder import build_model
 from repre.config import ReconConfig, load_config
 from repre.errors import StoppedEarly, UserError
 from repre.losses import dino_loss, reconstruction_loss
+from repre.methods import FRAMEWORK_CLASSES
 from repre.models.decoder import UPSAMPLE, Decoder
 from repre.nn import ReconstructionBranch
 
@@ -72,7 +73,7 @@ def test_load_encoder_gives_an_encoder_ready_to_embed(tiny_run):
         repre.load_encoder(run, ["train.lr=0.1"])
 
 
-@pytest.mark.parametrize("name", ["mocov3", "dino", "moby"])
+@pytest.mark.parametrize("name", sorted(FRAMEWORK_CLASSES))
 def test_a_forward_in_eval_mode_changes_no_state(name):
     """A validation loss (the model in eval mode) leaves the momentum encoder, DINO's center and MoBY's queues as
     they were; in training mode the step updates them."""

@@ -38,8 +38,9 @@ def final_model(out: Path) -> dict:
     return ckpt_io.load(out / "checkpoints" / "last.pt")["model"]
 
 
-@pytest.mark.parametrize("workers,method", [(2, ["model.drop_path=0.1"]), (0, DINO_TINY), (0, SWIN_TINY)],
-                         ids=["mocov3-2-workers-drop-path", "dino", "moby"])
+@pytest.mark.parametrize("workers,method", [pytest.param(2, ["model.drop_path=0.1"], id="mocov3-2-workers-drop-path"),
+                                            pytest.param(0, DINO_TINY, id="dino"),
+                                            pytest.param(0, SWIN_TINY, id="moby")])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, workers, method):
     """A run killed with SIGKILL right after its step-4 checkpoint, then resumed, ends with exactly the
     weights and buffers (momentum encoders, DINO's center, MoBY's queues) of an uninterrupted run. Drop path
