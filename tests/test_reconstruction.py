@@ -137,36 +137,39 @@ def test_one_view_rows_alternate_by_the_images_global_index():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_maps_as_token_views_change_no_value(monkeypatch, precision):
-    """A ViT's tap maps reach the decoder as views of its tokens, their rows chosen before the copy, which casts
-    under autocast: the loss and every gradient are those of the former path, bit for bit, which copied every
-    view's maps contiguous in fp32 (timm's NCHW output), then chose the rows, and let the convolution cast."""
-    import repre.models.decoder as decoder_module
+def test_maps_as_token_views_reach_the_decoder_uncopied_with_the_convolutions_values(monkeypatch, precision):
+    """A ViT's tap maps reach the decoder as views of its tokens, and its laterals project them as matmuls over
+    that layout: the loss and every gradient are those of the 1x1 convolutions on the maps copied to NCHW
+    (timm's output), up to the rounding of another order of summation (bf16: of the bf16 results)."""
     from repre.models.backbone import Backbone
 
     cfg = tiny_config("model.drop_path=0.0", "recon.views=1")
     views = torch.randn(4, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
-    def step(former: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(copied: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
         model = build_model(cfg)
         with monkeypatch.context() as m:
-            if former:
+            if copied:  # contiguous NCHW maps: the laterals' convolutions read them
                 forward = Backbone.forward
                 m.setattr(Backbone, "forward", lambda self, x, taps=(): (
                     lambda pooled, maps: (pooled, [t.contiguous() for t in maps]))(*forward(self, x, taps)))
-                m.setattr(decoder_module, "_dense", lambda x: x)
+            read = []
+            model.branch.decoder.laterals[0].register_forward_pre_hook(lambda _, args: read.append(args[0]))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(views, 0.99)
+        assert (read[0].stride(1) == 1) is not copied  # the matmul path reads the chosen rows, channels last
         out["loss"].backward()
         return out["loss"].detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
     maps = build_model(cfg).method.encoder(stack_views(views), [1, 3])[1]
-    assert not maps[0].is_contiguous() and maps[0].shape == (8, 32, 4, 4)  # views of the tokens, not copies
-    (loss, grads), (former_loss, former_grads) = step(False), step(True)
-    assert torch.equal(loss, former_loss)
-    assert grads.keys() == former_grads.keys() and any(n.startswith("branch.") for n in grads)
-    assert all(torch.equal(grads[n], former_grads[n]) for n in grads)
+    assert not maps[0].is_contiguous() and maps[0].stride(1) == 1  # views of the tokens, not copies
+    (loss, grads), (conv_loss, conv_grads) = step(False), step(True)
+    tolerance = 1e-2 if precision == "bf16" else 1e-5
+    assert torch.allclose(loss, conv_loss, rtol=tolerance)
+    assert grads.keys() == conv_grads.keys() and any(n.startswith("branch.") for n in grads)
+    for name, grad in grads.items():
+        assert (grad - conv_grads[name]).norm() <= tolerance * conv_grads[name].norm() + 1e-12, name
 
 
 def test_one_view_decodes_half_the_views():

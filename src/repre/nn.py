@@ -87,15 +87,16 @@ class ReconstructionBranch(nn.Module):
         return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)
 
     def _loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two)
-            maps, targets = [m.index_select(0, rows) for m in maps], targets.index_select(0, rows)
+        if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two);
+            # indexing keeps a ViT map's channels-last layout, which the decoder's laterals read (index_select: NCHW)
+            maps, targets = [m[rows] for m in maps], targets.index_select(0, rows)
         pred = self.reconstruct(maps, targets.shape[-2:])
         return reconstruction_loss(pred, targets, norm_pix=self.norm_pix, patch=self.patch_size)
 
     def compile_loss(self, **options: Any) -> None:
-        """torch.compile `loss` (`options`: torch.compile's): the choice of rows, the tap maps' copy into the
-        decoder's layout and dtype, the decoder and the loss in one graph, so the copy reads only the chosen rows
-        and the copy's and the loss's element-wise work fuse. `reconstruct` stays eager. The compiled function
+        """torch.compile `loss` (`options`: torch.compile's): the choice of rows, the tap maps' cast to the
+        decoder's dtype, the decoder and the loss in one graph, so the cast reads only the chosen rows and the
+        cast's and the loss's element-wise work fuse. `reconstruct` stays eager. The compiled function
         takes the branch as its argument: a copy of the branch computes with its own decoder."""
         if self._compiled_loss is None:  # compiled once
             self._compiled_loss = torch.compile(type(self)._loss, **options)

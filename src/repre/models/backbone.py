@@ -103,9 +103,9 @@ class Backbone(nn.Module):
         names: [B, C_i, H/s_i, W/s_i] each; none without taps).
 
         A ViT's maps are views of its tokens ([B, C, h, w] with channels-last strides), not copies: whoever
-        reads them copies what it needs, in its own dtype (the decoder, compiled: the views it reconstructs, in
-        bf16 under autocast, in one kernel), where timm's NCHW output would copy every view in fp32 first. A
-        Swin's are timm's (contiguous: its NCHW output is the only one it offers)."""
+        reads them reads them in that layout (the decoder's laterals: a matmul over the channels, in bf16 under
+        autocast), where timm's NCHW output would copy every view in fp32 first. A Swin's are timm's
+        (contiguous: its NCHW output is the only one it offers)."""
         if not taps:
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True), []
         if self.hierarchical:

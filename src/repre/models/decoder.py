@@ -29,15 +29,25 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    """A tap map as the lateral 1x1 convolution reads it: contiguous (a ViT's maps are views of its tokens), in
-    the autocast dtype when autocast is on. Autocast would make the same cast inside the convolution; made here,
-    the copy writes half the bytes, and values and gradients are unchanged."""
-    device = x.device.type  # "meta" (shapes only, e.g. counting FLOPs) has no autocast
-    amp = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    dtype = torch.get_autocast_dtype(device) if amp else x.dtype
-    # one copy for a ViT's views (channels-last strides); `.contiguous()` for any other strides `to` would keep
-    return x.to(dtype, memory_format=torch.contiguous_format).contiguous()
+class Lateral(nn.Sequential):
+    """1x1 conv + GroupNorm: a tap map [B, c_in, h, w] -> [B, width, h, w] (contiguous).
+
+    A map whose channels are its innermost dimension (a ViT's: a view of its [B, h, w, C] tokens) is projected
+    as a matmul over that layout, with the convolution's own weight: the same values, without first copying
+    the map into NCHW, and a matmul's backward instead of a 1x1 convolution's (on a CPU in bf16 the copies and
+    that backward were most of the decoder's time). Other maps (a Swin's, contiguous NCHW) go through the
+    convolution, which reads them as they are."""
+
+    def __init__(self, c_in: int, width: int) -> None:
+        super().__init__(nn.Conv2d(c_in, width, 1, bias=False), _norm(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm = self[0], self[1]
+        if x.stride(1) == 1:
+            x = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2).contiguous()
+        else:
+            x = conv(x)
+        return norm(x)
 
 
 class ConvBlock(nn.Sequential):
@@ -70,9 +80,7 @@ class Decoder(nn.Module):
         if width < 1 or upsample not in UPSAMPLE:
             raise ValueError(f"width {width} (at least 1), upsample {upsample!r} (one of {', '.join(UPSAMPLE)})")
         self.in_stride, self.mode, self.out_stride = in_stride, upsample, out_stride
-        self.laterals = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), _norm(width)) for c in in_dims
-        )
+        self.laterals = nn.ModuleList(Lateral(c, width) for c in in_dims)
         self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
         steps, widths = int(math.log2(in_stride // out_stride)), [width]
         for _ in range(steps):
@@ -84,7 +92,7 @@ class Decoder(nn.Module):
         """maps [B, C_i, h_i, w_i] -> [B, out_chans, *out_size] (the views' size, or its side; a last resize
         where the map grid times the input stride does not reach it)."""
         out_size = (out_size, out_size) if isinstance(out_size, int) else out_size
-        lat = [layer(_dense(m)) for layer, m in zip(self.laterals, maps, strict=True)]
+        lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
             if x.shape[-2:] != lat[i].shape[-2:]:
