@@ -39,6 +39,10 @@ Configurations:
   baseline-per-view-tensors, repre-per-view-tensors
                    with a MoCo v3 preset: its step with each view through the encoders on its own, as the
                    official code and lightly run them, where repre stacks both views into one batch
+  repre-conv-laterals-tensors
+                   the RePre step with the decoder's laterals as 1x1 convolutions on the tap maps copied to
+                   contiguous NCHW in the autocast dtype (the decoder's path before its laterals projected a
+                   ViT's channels-last maps as matmuls): what that change saved, in the same rounds
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ import time
 from pathlib import Path
 
 CONFIGS = ["repre", "baseline", "repre-tensors", "baseline-tensors", "lightly"]
-OPTIONAL = ["supervised-tensors", "lightly-dino", "baseline-per-view-tensors", "repre-per-view-tensors"]
+OPTIONAL = ["supervised-tensors", "lightly-dino", "baseline-per-view-tensors", "repre-per-view-tensors",
+            "repre-conv-laterals-tensors"]
 
 
 def _trainer(preset: str, recon: bool, extra: list[str]):
@@ -233,6 +238,23 @@ def _per_view_forward(method):
     return forward
 
 
+def _conv_laterals(decoder) -> None:
+    """The decoder's laterals as they were before the matmul path: every map copied to contiguous NCHW in the
+    autocast dtype, then its 1x1 convolution and norm (instance attributes: the class's forward stays the
+    other configurations')."""
+    import torch
+
+    def lateral_forward(conv, norm):
+        def forward(x):
+            device = x.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+            return norm(conv(x.to(dtype, memory_format=torch.contiguous_format).contiguous()))
+        return forward
+
+    for lateral in decoder.laterals:
+        lateral.forward = lateral_forward(lateral[0], lateral[1])
+
+
 def is_premade(name: str) -> bool:
     """Whether a configuration times its step on one pre-made batch (no data loader)."""
     return name.endswith("-tensors") or name.startswith("lightly")
@@ -259,6 +281,8 @@ def build(name: str, preset: str, overrides: list[str]):
         if trainer.cfg.method.name != "mocov3":
             raise ValueError(f"{name} needs a MoCo v3 preset, not {trainer.cfg.method.name}")
         trainer.model.method.forward = _per_view_forward(trainer.model.method)
+    if "-conv-laterals" in name:
+        _conv_laterals(trainer.model.branch.decoder)
 
     def repre_step(batch):
         with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
@@ -569,6 +593,10 @@ def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str],
         "step_time[baseline-per-view-tensors]/[baseline-tensors]": ("baseline-per-view-tensors",
                                                                     "baseline-tensors", "step"),
         "step_time[repre-per-view-tensors]/[repre-tensors]": ("repre-per-view-tensors", "repre-tensors", "step"),
+        "step_time[repre-conv-laterals-tensors]/[repre-tensors]": ("repre-conv-laterals-tensors", "repre-tensors",
+                                                                   "step"),
+        "step_time[repre-conv-laterals-tensors]/[baseline-tensors]": ("repre-conv-laterals-tensors",
+                                                                      "baseline-tensors", "step"),
     }
     for extra in compare:  # RePre's overhead under each override (e.g. train.compile=true)
         pairs[f"repre_step_time_over_baseline_tensors[{extra}]"] = (
