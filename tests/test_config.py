@@ -1,6 +1,7 @@
 import re
 
 import pytest
+import timm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,6 +229,20 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
     assert (e.knn.enabled, e.knn.k, e.linear.blocks, e.finetune.lr, e.segment.root, e.recon.images, e.knn.quick_test,
             e.batch_size) == (False, 7, 4, 3e-3, "/seg", 4, 500, 128)
     assert e.knn.train_subset is None  # 0.1.0's 0 meant all images
+
+
+def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch_it_trained():
+    """recon.norm_pix and recon.out_stride default to the presets' measured choices: a run's config written
+    without them trained the plain branch (raw pixels, x2 steps to full resolution) and reads so; a config of
+    one's own without `_base_` gets the measured ones."""
+    from repre.nn import ReconstructionBranch
+
+    old = load_config("fmnist-mocov3-repre").to_dict()
+    del old["recon"]["norm_pix"], old["recon"]["out_stride"]
+    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (False, 1)
+    assert (Config().recon.norm_pix, Config().recon.out_stride) == (True, 4)
+    branch = ReconstructionBranch(timm.create_model("vit_tiny_patch16_224", img_size=64, depth=4))
+    assert branch.norm_pix and len(branch.decoder.up) == 2 and branch.decoder.out_stride == 4  # 16 -> 4, shuffled
 
 
 def test_a_removed_option_loads_at_the_value_the_code_has_and_is_refused_at_another():

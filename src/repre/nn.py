@@ -40,9 +40,9 @@ class ReconstructionBranch(nn.Module):
         taps: int | Sequence[int] = 4,
         *,
         width: int = 128,
-        norm_pix: bool = False,
+        norm_pix: bool = True,
         upsample: str = "bilinear",
-        out_stride: int = 1,
+        out_stride: int = 4,
     ) -> None:
         super().__init__()
         backbone = encoder if isinstance(encoder, Backbone) else Backbone.from_model(encoder)

@@ -42,6 +42,9 @@ REMOVED = {
 SAME_AS_NOW = {"recon.weight_end": "weight"}
 # what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
 QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
+# recon.* defaults a config written without the key was trained with: the branch at its plainest, before the
+# presets' measured choices became the defaults
+FORMER_RECON_DEFAULTS = {"norm_pix": False, "out_stride": 1}
 # method keys that were shared by the frameworks: old -> {framework: its key now}
 RENAMED_METHOD = {
     "temperature": {"mocov3": "temperature", "moby": "temperature", "dino": "student_temp"},
@@ -95,6 +98,7 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     _quick_probe_values(evals)
     _null_subsets(evals)
     _local_crops_probabilities(raw)
+    _former_recon_defaults(raw)
     return raw
 
 
@@ -208,3 +212,12 @@ def _local_crops_probabilities(raw: dict[str, Any]) -> None:
             logging.getLogger("repre").warning(
                 "aug.%s=%s of a run with DINO's local crops reads as %s, the value its local crops took (a new run "
                 "from this config: set DINO's third value, 0.5 for blur, 0 for solarization)", key, values, aug[key])
+
+
+def _former_recon_defaults(raw: dict[str, Any]) -> None:
+    """A recon section written before a key of FORMER_RECON_DEFAULTS existed: that key at the default the run
+    was trained with, not today's."""
+    recon = raw.get("recon")
+    if isinstance(recon, dict):
+        for key, value in FORMER_RECON_DEFAULTS.items():
+            recon.setdefault(key, value)

@@ -206,23 +206,23 @@ class MethodConfig:
 @dataclass
 class ReconConfig:
     """The RePre reconstruction branch: a convolutional decoder on the encoder's maps of several depths, an L1
-    loss against the pixels of the view the encoder saw. The defaults are the branch at its plainest (x2 steps
-    up to full resolution, bilinear, both views); every preset sets the measured choices (docs/results.md), so a
-    config of one's own starts from a preset (`_base_:`)."""
+    loss against the pixels of the view the encoder saw. The defaults are the choices every preset measured
+    (docs/results.md, sections 4.1 and 4.2): per-patch normalized targets, x2 steps down to stride 4, then a
+    pixel shuffle. The MoBY and GPU presets also take one view and nearest steps."""
 
     enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction
     # n evenly spaced blocks (a Swin: stages) ending with the last, or 0-based indices (negative: from the end)
     taps: int | list[int] = 4
-    norm_pix: bool = False  # per-patch normalized targets (MAE's norm_pix_loss)
+    norm_pix: bool = True  # per-patch normalized targets (MAE's norm_pix_loss); false: the view's pixels
     width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step, to 8
     # how the decoder resizes: its x2 steps, and a deeper tap to a shallower one's grid in its fusion (nearest:
     # cheaper on a GPU, docs/results.md)
     upsample: Literal["bilinear", "nearest"] = "bilinear"
-    # the x2 steps stop at this stride (a power of two); a 1x1 conv then predicts out_stride x out_stride pixels
-    # per position (pixel shuffle). 1: convolutions up to full resolution, where a GPU spends most of the
-    # decoder's time
-    out_stride: int = 1
+    # the x2 steps stop at this stride (a power of two, at most the finest tapped map's); a 1x1 conv then
+    # predicts out_stride x out_stride pixels per position (pixel shuffle). 1: convolutions up to full
+    # resolution, where a GPU spends most of the decoder's time
+    out_stride: int = 4
     # global views reconstructed per image: 2, both (the paper); 1, one (the first for even images in the batch,
     # the second for odd ones), at half the decoder's cost (the MoBY and the MoCo v3 GPU presets). The encoder
     # sees both either way
