@@ -177,7 +177,7 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     run has gone on."""
     import os
 
-    from repre.core.run_files import checkpoint_step, eval_dir, keep_earlier
+    from repre.core.run_files import checkpoint_step, eval_dir, move_superseded_result
 
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"
@@ -210,13 +210,13 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").write_text(json.dumps({"value": 0.5, "checkpoint": {"step": 300}}))
         (folder / "picture.png").write_bytes(b"png")
-    keep_earlier(run, "knn", [])
+    move_superseded_result(run, "knn", [])
     assert sorted(p.name for p in knn.iterdir()) == ["eval.split=val", "picture.png", "result.json"]  # step 300
     (checkpoints / "step-00000400.pt").write_bytes(b"400")
     (checkpoints / "last.pt").unlink()
     os.link(checkpoints / "step-00000400.pt", checkpoints / "last.pt")
-    keep_earlier(run, "knn", [])
-    keep_earlier(run, "knn", ["eval.split=val"])
+    move_superseded_result(run, "knn", [])
+    move_superseded_result(run, "knn", ["eval.split=val"])
     assert sorted(p.name for p in knn.iterdir()) == ["eval.split=val", "step-00000300"]
     for settings in ([], ["eval.split=val"]):
         kept = eval_dir(checkpoints / "step-00000300.pt", "knn", settings)

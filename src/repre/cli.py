@@ -326,8 +326,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from repre.use.show import show
 
-    result = show(args.checkpoint, args.out, args.compare, args.images, args.overrides,
-                  _rows(args.image_index, "--image-index", "indices of the test images"), args.block)
+    result = show(args.checkpoint, args.out, compare=args.compare, images=args.images, overrides=args.overrides,
+                  image_index=_rows(args.image_index, "--image-index", "indices of the test images"),
+                  block=args.block)
     print(f"wrote {result['out']}: {result['images']} images, columns {', '.join(result['columns'])}")
     print(json.dumps(result), flush=True)
     return 0
@@ -336,7 +337,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from repre.use.embed import embed
 
-    summary = embed(args.checkpoint, args.out, args.overrides, args.split, args.overwrite)
+    summary = embed(args.checkpoint, args.out, overrides=args.overrides, split=args.split, overwrite=args.overwrite)
     rate = f", {summary['images_per_sec']} images/s" if summary["images_per_sec"] else " (already complete)"
     print(f"embedded {summary['images']} images of {summary['source_images']} ({summary['skipped']} unreadable, "
           f"left out) as {summary['dim']}-d rows of {summary['embeddings']}; index {summary['index']}{rate}")
@@ -357,8 +358,9 @@ def _rows(text: str | None, option: str = "--query-index", what: str = "rows of 
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from repre.use.neighbors import neighbors
 
-    result = neighbors(args.checkpoint, args.embeddings, args.out, args.overrides, args.queries, args.k,
-                       _rows(args.query_index), args.seed, args.backend, args.query_embeddings)
+    result = neighbors(args.checkpoint, args.embeddings, args.out, overrides=args.overrides, queries=args.queries,
+                       k=args.k, query_rows=_rows(args.query_index), seed=args.seed, backend=args.backend,
+                       query_embeddings=args.query_embeddings)
 
     def named(item: dict) -> str:
         return f" {item['class']}" if item.get("class") else ""
@@ -376,8 +378,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from repre.use.embedding_map import map_file
 
-    result = map_file(args.embeddings, args.out, args.checkpoint, args.method, args.max_points, args.seed,
-                      args.overrides, args.thumbnails)
+    result = map_file(args.embeddings, args.out, checkpoint=args.checkpoint, method=args.method,
+                      limit=args.max_points, seed=args.seed, overrides=args.overrides, thumbnails=args.thumbnails)
     sampled = f", a random {result['points']} of {result['embeddings']} (seed {result['seed']})" \
         if result["subsampled"] else ""
     print(f"wrote {result['out']}: {result['method']} {result['kind']} of {result['points']} embeddings{sampled}")
@@ -534,9 +536,10 @@ def user_message(exc: UserError) -> str:
 
 def out_of_memory_message(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true (allowed with --resume), "
-            "or lower eval.batch_size for evaluations; or start a new --out with --init-from the last checkpoint "
-            "and a lower train.batch_size (the lr scales with it) or train.precision=bf16")
+    return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true or run more processes "
+            "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for "
+            "evaluations; or start a new --out with --init-from the last checkpoint and a lower "
+            "train.batch_size (the lr scales with it) or train.precision=bf16")
 
 
 # each command: what adds its parser, what runs it; in the order `repre --help` lists them

@@ -110,7 +110,7 @@ def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     return out / settings if settings else out
 
 
-def keep_earlier(checkpoint: str | Path, task: str, overrides: list[str]) -> None:
+def move_superseded_result(checkpoint: str | Path, task: str, overrides: list[str]) -> None:
     """Before the result of the run's newest checkpoint goes to its `eval_dir`: a result there of another step
     (the newest when it was evaluated; the run has gone on since) moves with its pictures to the folder
     `eval_dir` gives that step, unless that folder holds a result already."""
@@ -173,3 +173,13 @@ def metric_lines(run: Path) -> list[dict[str, Any]]:
         if isinstance(value, dict):
             lines.append(value)
     return lines
+
+
+def short_names(paths: list[str]) -> list[str]:
+    """The fewest trailing parts that tell the runs apart: runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(Path(p).resolve()) for p in paths]  # the same run given twice

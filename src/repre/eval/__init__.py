@@ -73,7 +73,7 @@ def result_folder(checkpoint: str | Path, task: str, overrides: list[str], out: 
     if dist.launch_rank() == 0:
         check_writable(folder, option)
         if out is None:
-            run_files.keep_earlier(checkpoint, task, overrides)
+            run_files.move_superseded_result(checkpoint, task, overrides)
     return folder
 
 

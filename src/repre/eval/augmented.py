@@ -1,6 +1,6 @@
 """The training batches of the evaluations that train (fine-tuning, the papers' linear probes): one random
 resized crop per image, flipped or not, without photometric changes. Each view is a function of (seed, epoch,
-image), and each process takes its share of every global batch (`repre.data.pipeline.EpochBatchSampler`), so
+image), and each process takes its share of every global batch (`repre.data.sampler.EpochBatchSampler`), so
 N processes see what one process sees and a run restarted at a step sees what it would have seen."""
 
 from __future__ import annotations

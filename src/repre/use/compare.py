@@ -23,7 +23,14 @@ import yaml
 from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, migrate, parse_overrides, reads
 from repre.config.migrate import REMOVED
 from repre.core import run_files
-from repre.core.run_files import measured_otherwise, metric_lines, read_json, run_dir, run_results
+from repre.core.run_files import (
+    measured_otherwise,
+    metric_lines,
+    read_json,
+    run_dir,
+    run_results,
+    short_names,
+)
 from repre.errors import UserError
 
 LABEL_WIDTH, CELL_WIDTH = 64, 48  # characters; a longer text is cut in its middle
@@ -465,13 +472,3 @@ def _cut(text: str, width: int) -> str:
         return text
     head = (width - 2) // 2
     return text[:head] + ".." + text[len(text) - (width - 2 - head):]
-
-
-def short_names(paths: list[str]) -> list[str]:
-    """The fewest trailing parts that tell the runs apart: runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0."""
-    parts = [Path(p).resolve().parts for p in paths]
-    for n in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-n:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [str(Path(p).resolve()) for p in paths]  # the same run given twice

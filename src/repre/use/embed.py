@@ -108,8 +108,8 @@ def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime,
     return len(source) - start
 
 
-def embed(checkpoint: str | Path, out: str | Path, overrides: Sequence[str] | None = None, split: str = "train",
-          overwrite: bool = False) -> dict[str, Any]:
+def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] | None = None,
+          split: str = "train", overwrite: bool = False) -> dict[str, Any]:
     """Write the L2-normalized pooled embedding of every readable image of the checkpoint's data (its config
     plus `overrides`; `split` train or test) to `out` (FILE.npy, with FILE.csv and FILE.json beside it).
     Returns the summary {"command": "embed", "embeddings", "index", "card", "images", "dim", "skipped", ...}."""

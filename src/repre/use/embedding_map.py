@@ -133,7 +133,7 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
             "embeddings": len(embeddings), "subsampled": len(rows) < len(embeddings), "seed": seed}
 
 
-def map_file(embeddings: str | Path, out: str | Path, checkpoint: str | Path | None = None, method: str = "tsne",
+def map_file(embeddings: str | Path, out: str | Path, *, checkpoint: str | Path | None = None, method: str = "tsne",
              limit: int = 5000, seed: int = 0, overrides: Sequence[str] | None = None,
              thumbnails: bool = False) -> dict[str, Any]:
     """`repre map`: the map of an embedding file written by `repre embed` (its rows, labels from its index);

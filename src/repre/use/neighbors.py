@@ -138,7 +138,7 @@ def described(index: dict, row: int, names: list[str] | None, **more: Any) -> di
     return {"row": row, "index": i, "path": path, "label": label, "class": class_name(names, label), **more}
 
 
-def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path,
+def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path, *,
               overrides: Sequence[str] | None = None, queries: int = 8, k: int = 5,
               query_rows: list[int] | None = None, seed: int = 0, backend: str = "torch",
               query_embeddings: str | Path | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from repre.config import Config, override_items, reads
 from repre.core.pictures import Column, picture_path, save_picture, sheet, tile
-from repre.core.run_files import run_dir
+from repre.core.run_files import run_dir, short_names
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
@@ -38,7 +38,6 @@ from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
-from repre.use.compare import short_names
 
 TILE = 96  # pixels per panel
 MAX_IMAGES = 64  # rows of a picture
@@ -247,7 +246,7 @@ def panel_names(runs: list[Panels], checkpoint: str | Path, compare: str | Path)
     return "first", "second"
 
 
-def show(checkpoint: str | Path, out: str | Path, compare: str | Path | None = None, images: int = 4,
+def show(checkpoint: str | Path, out: str | Path, *, compare: str | Path | None = None, images: int = 4,
          overrides: Sequence[str] | None = None, image_index: list[int] | None = None, block: int = -1) -> dict[str, Any]:
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
     at `image_index` when given), the attention and patch features of `block` (a Swin: a stage; -1: the last),
