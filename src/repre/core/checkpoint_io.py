@@ -243,7 +243,9 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):
         raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model'/'config' entries)")
     if ckpt["schema"] != SCHEMA:
-        raise UserError(f"{path} has checkpoint schema {ckpt['schema']}; this repre reads schema {SCHEMA}")
+        wrote = (ckpt.get("versions") or {}).get("repre") or "unknown"
+        raise UserError(f"{path} has checkpoint schema {ckpt['schema']} (written by repre {wrote}); this repre "
+                        f"({versions()['repre']}) reads schema {SCHEMA}: read it with the repre that wrote it")
     ckpt["model"] = {_renamed(k): v for k, v in ckpt["model"].items()}
     return ckpt
 

@@ -160,7 +160,9 @@ class ImageFolder:
         self.classes = (classes or parents) if labelled else []
         unknown = sorted(set(parents) - set(self.classes))
         if labelled and unknown:
-            raise UserError(f"{self.root} has classes the train split lacks: {', '.join(unknown[:5])}")
+            raise UserError(f"{self.root} has classes the train split lacks: {', '.join(unknown[:5])}; each class "
+                            "folder of a held-out split needs one of the same name under train/ (the labels are "
+                            "the train split's): add its training images there, or move these folders out")
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[p.relative_to(self.root).parts[0]] if labelled else -1 for p in self.files]
         self.num_classes = len(self.classes) or None

@@ -134,7 +134,8 @@ class PythonSource:
             raise UserError(f"data.source={name} gave {type(dataset).__name__} for the {split} split: return a "
                             "dataset with len() and [i] (e.g. a torch Dataset)")
         if len(dataset) == 0:
-            raise UserError(f"data.source={name} gave an empty dataset for the {split} split")
+            raise UserError(f"data.source={name} gave an empty dataset for the {split} split: return its images "
+                            "(does data.root point at them?)")
         self.dataset, self.name = dataset, name
         classes = getattr(dataset, "classes", None)
         self.classes = [str(c) for c in classes] if classes is not None else []

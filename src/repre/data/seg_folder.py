@@ -99,7 +99,8 @@ class SegmentationFolder:
             images.append(img)
             masks.append(msk)
         if not images:
-            raise UserError(f"no readable image/mask pair in the {split} split of {root}")
+            raise UserError(f"no readable image/mask pair in the {split} split of {root}: each was skipped with a "
+                            "warning above; give images PIL can open and grayscale or palette PNG masks")
         self.images, self.masks, self.ignore = torch.stack(images), torch.stack(masks), ignore
 
     def __len__(self) -> int:

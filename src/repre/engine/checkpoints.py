@@ -232,7 +232,11 @@ class Checkpoints:
                                      for k in keys})) or "-"
 
         if not loaded:
-            raise UserError(f"--init-from {source}: none of its weights belong to this model")
+            was = ckpt["config"]
+            raise UserError(f"--init-from {source}: none of its weights belong to this model (it holds "
+                            f"{was['model']['arch']} with {was['method']['name']}; this run builds "
+                            f"{self.cfg.model.arch} with {self.cfg.method.name}): give a checkpoint of the same "
+                            "model.arch")
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
 
