@@ -82,3 +82,36 @@ def test_a_loaders_workers_stop_as_an_error_leaves_the_block():
             next(batches)
             raise RuntimeError("an error in the step")
     assert not multiprocessing.active_children()
+
+
+def test_torch_s_batch_norm_base_is_what_its_batch_norms_subclass():
+    """repre's SyncBatchNorm subclasses it and overrides its input check, as BatchNorm1d/2d do."""
+    assert issubclass(torch.nn.BatchNorm1d, compat.BatchNormBase) and issubclass(torch.nn.BatchNorm2d,
+                                                                                compat.BatchNormBase)
+    assert "_check_input_dim" in vars(torch.nn.BatchNorm1d)  # the hook each subclass defines
+    with pytest.raises(ValueError):
+        torch.nn.BatchNorm1d(4)(torch.zeros(2, 4, 3, 3))  # 4-D input refused by BatchNorm1d's own check
+
+
+def test_a_timm_vit_adds_its_position_embedding_through_the_replaced_method():
+    """`replace_pos_embed`: timm's forward_features calls the instance's `_pos_embed`, and a deep copy calls
+    its own copy's."""
+    import copy
+
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=0)
+    seen = []
+
+    def pos_embed(self, x):
+        seen.append(self)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
+    compat.replace_pos_embed(model, pos_embed)
+    expected = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=0)
+    expected.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model.forward_features(x), expected.forward_features(x), atol=1e-6) and seen == [model]
+    twin = copy.deepcopy(model)
+    twin.forward_features(x)
+    assert seen[-1] is twin

@@ -1,5 +1,5 @@
-"""Every use of a PyTorch interface that is not public, in one place, each with a test (tests/test_compat.py)
-that fails when a new PyTorch version changes it. Callers elsewhere use only these functions."""
+"""Every use of a PyTorch (or timm) interface that is not public, in one place, each with a test
+(tests/test_compat.py) that fails when a new release changes it. Callers elsewhere use only these names."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ from typing import Any, TypeVar
 import torch
 
 T = TypeVar("T")
+
+# torch's base of its batch norms: BatchNorm1d/2d/3d subclass it, each with `_check_input_dim`; a batch norm of
+# its own (repre.models.sync_bn) subclasses it the same way, for the same parameters, buffers and state dict
+BatchNormBase = torch.nn.modules.batchnorm._BatchNorm
+
+
+def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Tensor]) -> None:
+    """Make `pos_embed(model, x)` this timm ViT's `_pos_embed`, the step of its `forward_features` that adds the
+    position embedding (and the prefix tokens) to the patch tokens: this instance's only (a deep copy rebinds
+    it to the copy)."""
+    import types
+
+    model._pos_embed = types.MethodType(pos_embed, model)
 
 
 @contextmanager

@@ -11,11 +11,11 @@ then resamples its own way, at sizes other than the exported one).
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from repre.core.compat import replace_pos_embed
 
 OFFSET = 0.1  # dino vision_transformer.py:183, "a small number to avoid floating point error in the interpolation"
 
@@ -56,4 +56,4 @@ def dino_init_(model: nn.Module) -> None:
                          "that covers it")
     nn.init.trunc_normal_(model.cls_token, std=0.02)
     if model.dynamic_img_size:
-        model._pos_embed = types.MethodType(_pos_embed, model)  # this instance's; deep copies rebind it
+        replace_pos_embed(model, _pos_embed)

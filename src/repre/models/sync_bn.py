@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from repre.core.compat import BatchNormBase
 from repre.core.dist import all_gather_grad, is_distributed
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(BatchNormBase):
     """Drop-in for BatchNorm1d/2d ([N, C] or [N, C, ...]) with the same parameters, buffers and state-dict keys."""
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -57,7 +57,7 @@ class SyncBatchNorm(_BatchNorm):
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every batch-norm layer under `module` (in place; returns the module, or its replacement when
     `module` itself is one) by a SyncBatchNorm holding the same tensors."""
-    if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+    if isinstance(module, BatchNormBase) and not isinstance(module, SyncBatchNorm):
         sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             setattr(sync, name, tensor)  # the same objects: requires_grad (frozen EMA copies), device and dtype kept
