@@ -12,6 +12,7 @@ import torch
 from conftest import SWIN_TINY, tiny_config
 from repre.builder import build_model
 from repre.core import checkpoint_io
+from repre.errors import UserError
 from repre.nn import ReconstructionBranch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -64,7 +65,9 @@ def test_a_compiled_loss_follows_a_copy_of_the_branch():
 def test_the_branch_takes_a_swin():
     cfg = tiny_config(*SWIN_TINY)
     swin = build_model(cfg).method.encoder.model
-    branch = ReconstructionBranch(swin, taps=3, width=16)
+    with pytest.raises(UserError, match=r"out_stride=4 is coarser than the encoder's finest tapped map \(stride 2\)"):
+        ReconstructionBranch(swin, taps=3, width=16)  # patch 2: its first stage is finer than the default stride
+    branch = ReconstructionBranch(swin, taps=3, width=16, out_stride=2)
     loss = branch(torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size))
     assert loss.ndim == 0 and torch.isfinite(loss)
 

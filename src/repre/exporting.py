@@ -37,7 +37,7 @@ from repre.data.splits import eval_source, spread_readable
 from repre.data.views import normalize
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.pretrained import NOT_TIMMS, encoder_from, held_encoder, load_checkpoint_config
+from repre.pretrained import NOT_TIMMS, encoder_from, held_encoder_key, load_checkpoint_config
 
 log = logging.getLogger("repre")
 
@@ -220,7 +220,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
     ckpt, cfg = load_checkpoint_config(checkpoint)
-    key = held_encoder(ckpt, cfg, checkpoint, encoder)
+    key = held_encoder_key(ckpt, cfg, checkpoint, encoder)
     weights = weights_of(checkpoint)
     if not overwrite:
         refuse_replacing(out, weights, key)

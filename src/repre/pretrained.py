@@ -79,7 +79,7 @@ def encoder_state(ckpt: dict, key: str = "encoder") -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
 
 
-def held_encoder(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> str:
+def held_encoder_key(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> str:
     """`key` (default: the evaluated encoder, the online one or DINO's teacher), or a UserError naming the
     encoders the checkpoint holds."""
     key = key or eval_encoder_key(cfg.method.name)
@@ -91,7 +91,7 @@ def held_encoder(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | Non
 
 def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> Backbone:
     """Encoder `key` of a loaded checkpoint (default: the evaluated one, the online encoder or DINO's teacher)."""
-    key = held_encoder(ckpt, cfg, checkpoint, key)
+    key = held_encoder_key(ckpt, cfg, checkpoint, key)
     encoder = build_encoder(cfg)
     _load_into(encoder.model, encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
     return encoder
