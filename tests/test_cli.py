@@ -141,14 +141,12 @@ def test_the_options_choices_are_the_librarys():
     from repre.cli import _parser
     from repre.use.embed import SPLITS
     from repre.use.embedding_map import METHODS
-    from repre.use.search import BACKENDS
 
     def choices(command: str, option: str) -> tuple:
         actions = _parser().commands[command]._actions
         return tuple(next(a for a in actions if option in a.option_strings).choices)
 
     assert choices("map", "--method") == METHODS and choices("embed", "--split") == SPLITS
-    assert choices("neighbors", "--backend") == BACKENDS
 
 
 def test_eval_prints_each_class_under_its_table():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from PIL import Image
 
 from conftest import last_json, run_cli, save_png
 from repre.core.pictures import sheet_size, thumb_side
+from repre.errors import UserError
 from repre.use.neighbors import NOTE, QUERY_GAP
-from repre.use.search import faiss_top_k, top_k, torch_top_k
+from repre.use.search import top_k, torch_top_k
 
 
 @pytest.fixture(scope="module")
@@ -130,20 +130,6 @@ def test_drawn_queries_are_fixed_by_the_seed(embedded_folder, tmp_path):
         assert picture.size == sheet_size(4, 3, thumb_side(16), True, True, QUERY_GAP, [NOTE])
 
 
-def test_torch_and_faiss_give_the_same_neighbours(embedded_folder, tmp_path):
-    pytest.importorskip("faiss")
-    run, emb = embedded_folder
-    results = {}
-    for backend in ("torch", "faiss"):
-        code, stdout = run_cli(neighbors_args(run, emb, tmp_path / f"{backend}.png", "--k", "4", "--backend", backend))
-        assert code == 0
-        results[backend] = last_json(stdout)
-    for a, b in zip(results["torch"]["queries"], results["faiss"]["queries"], strict=True):
-        assert [n["row"] for n in a["neighbors"]] == [n["row"] for n in b["neighbors"]]
-        assert [n["similarity"] for n in a["neighbors"]] == pytest.approx([n["similarity"] for n in b["neighbors"]],
-                                                                          abs=1e-5)
-
-
 def random_bank(n: int, d: int, seed: int = 0) -> np.ndarray:
     x = torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
     return x.numpy()
@@ -157,25 +143,8 @@ def test_chunked_torch_search_is_the_plain_top_k(tmp_path):
     expected_sims, expected_rows = (queries @ torch.from_numpy(np.array(bank)).t()).topk(7, dim=1)
     assert torch.equal(rows, expected_rows)
     torch.testing.assert_close(sims, expected_sims)
-
-
-def test_faiss_search_agrees_with_torch():
-    pytest.importorskip("faiss")
-    bank = random_bank(3000, 32)
-    queries = torch.from_numpy(random_bank(50, 32, seed=2))
-    t_sims, t_rows = torch_top_k(bank, queries, 10, chunk=700)
-    f_sims, f_rows = faiss_top_k(bank, queries, 10, chunk=700)
-    assert torch.equal(t_rows, f_rows)
-    torch.testing.assert_close(t_sims, f_sims, atol=1e-5, rtol=0)
-
-
-def test_faiss_missing_exits_2_saying_how_to_install_it(embedded_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
-    run, emb = embedded_folder
-    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--backend", "faiss"))[0] == 2
-    assert "pip install 'repre[faiss]'" in capsys.readouterr().err
-    with pytest.raises(Exception, match="unknown search backend"):
-        top_k(random_bank(5, 4), torch.zeros(1, 4), 2, backend="annoy")
+    with pytest.raises(UserError, match="k=9 neighbours asked of a bank of 5 rows"):
+        top_k(random_bank(5, 4), torch.zeros(1, 4), 9)
 
 
 @pytest.mark.parametrize("extra,message", [

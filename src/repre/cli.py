@@ -187,8 +187,6 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
                    help="draw the queries from this file of the same checkpoint (e.g. embed --split test), their "
                    "neighbours from --embeddings; --query-index then names its rows")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
-    p.add_argument("--backend", choices=("torch", "faiss"), default="torch",
-                   help="exact search: torch (default; chunked, any size) or faiss (pip install 'repre[faiss]')")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -359,7 +357,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     from repre.use.neighbors import neighbors
 
     result = neighbors(args.checkpoint, args.embeddings, args.out, overrides=args.overrides, queries=args.queries,
-                       k=args.k, query_rows=_rows(args.query_index), seed=args.seed, backend=args.backend,
+                       k=args.k, query_rows=_rows(args.query_index), seed=args.seed,
                        query_embeddings=args.query_embeddings)
 
     def named(item: dict) -> str:

@@ -93,15 +93,15 @@ def without_self(query: int, sims: torch.Tensor, rows: torch.Tensor, k: int) -> 
     return hits[:k]
 
 
-def nearest(bank: np.ndarray, queries: list[int], k: int, backend: str,
+def nearest(bank: np.ndarray, queries: list[int], k: int,
             asked: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
     """bank [N, D] -> for each query row, its k nearest rows of the bank: [(row, cosine similarity), ...],
     nearest first. The queries are rows of `asked` [M, D] when given, else rows of the bank (themselves left
     out)."""
     if asked is not None:
-        sims, found = top_k(bank, torch.from_numpy(np.array(asked[queries])), k, backend)
+        sims, found = top_k(bank, torch.from_numpy(np.array(asked[queries])), k)
         return [[(int(r), float(s)) for s, r in zip(si, fi, strict=True)] for si, fi in zip(sims, found, strict=True)]
-    sims, found = top_k(bank, torch.from_numpy(np.array(bank[queries])), k + 1, backend)
+    sims, found = top_k(bank, torch.from_numpy(np.array(bank[queries])), k + 1)
     return [without_self(q, s, f, k) for q, s, f in zip(queries, sims, found, strict=True)]
 
 
@@ -140,13 +140,13 @@ def described(index: dict, row: int, names: list[str] | None, **more: Any) -> di
 
 def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path, *,
               overrides: Sequence[str] | None = None, queries: int = 8, k: int = 5,
-              query_rows: list[int] | None = None, seed: int = 0, backend: str = "torch",
+              query_rows: list[int] | None = None, seed: int = 0,
               query_embeddings: str | Path | None = None) -> dict[str, Any]:
     """Draw into `out` (.png, .svg or .pdf): each row a query and its k nearest rows of `embeddings` (FILE.npy of `repre
     embed`), the images read with `checkpoint`'s data config (None: the checkpoint embed read). The queries are
     rows of `query_embeddings` (another file of the same checkpoint) when given, else of `embeddings` (each
     query left out of its own neighbours): `query_rows`, or `queries` rows drawn with `seed`. Returns
-    {"command": "neighbors", "out", "embeddings", "query_embeddings", "backend", "k", "queries": [{"row",
+    {"command": "neighbors", "out", "embeddings", "query_embeddings", "k", "queries": [{"row",
     "index", "path", "label", "class", "neighbors": [{"row", "index", "path", "label", "class", "similarity"},
     ...]}, ...], "same_class": the share of the neighbours whose label is their query's, or None without
     labels}."""
@@ -166,7 +166,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
         raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows, so k is from 1 to "
                         f"{len(bank.rows) - own}")
     chosen = choose_queries(len(asked.rows), queries, query_rows, seed, asked.files.npy.name)
-    hits = dict(zip(chosen, nearest(bank.rows, chosen, k, backend, None if own else asked.rows), strict=True))
+    hits = dict(zip(chosen, nearest(bank.rows, chosen, k, None if own else asked.rows), strict=True))
     found = {r for h in hits.values() for r, _ in h}
     bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))
     bank.source, size = embedded_source(checkpoint, bank.card, overrides or [])
@@ -178,7 +178,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
                          neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
     return {"command": "neighbors", "out": str(out), "embeddings": str(bank.files.npy),
-            "query_embeddings": None if query_embeddings is None else str(query_embeddings), "backend": backend, "k": k,
+            "query_embeddings": None if query_embeddings is None else str(query_embeddings), "k": k,
             "queries": results, "same_class": same_class(results, two_files=not own)}
 
 

@@ -1,9 +1,6 @@
-"""Exact top-k search by cosine similarity (inner products of L2-normalized rows) in a bank of embeddings.
-
-Two backends give the same neighbours: `torch`, chunked matrix products over the bank (a memory map is read
-one chunk at a time, so a bank larger than memory works), and `faiss` (the optional extra `repre[faiss]`:
-a flat inner-product index, multi-threaded; it holds the bank in memory).
-"""
+"""Exact top-k search by cosine similarity (inner products of L2-normalized rows) in a bank of embeddings:
+chunked matrix products over the bank (a memory map is read one chunk at a time, so a bank larger than memory
+works). FAISS's flat index gives the same rows, slower here (docs/results.md, section 8)."""
 
 from __future__ import annotations
 
@@ -12,23 +9,17 @@ import torch
 
 from repre.errors import UserError
 
-BACKENDS = ("torch", "faiss")
 BANK_CHUNK = 16384  # bank rows per matrix product: [1024 queries, 16384] float32 is 64 MiB
 QUERY_CHUNK = 1024
 
 
-def top_k(bank: np.ndarray, queries: torch.Tensor | np.ndarray, k: int,
-          backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+def top_k(bank: np.ndarray, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """bank [N, D] (an array or a memory map), queries [Q, D] float32 (a tensor or an array) -> (similarities
     [Q, k] float32, bank rows [Q, k] int64), most similar first."""
     queries = torch.as_tensor(queries)
     if not 0 < k <= len(bank):
         raise UserError(f"k={k} neighbours asked of a bank of {len(bank)} rows")
-    if backend == "torch":
-        return torch_top_k(bank, queries, k)
-    if backend == "faiss":
-        return faiss_top_k(bank, queries, k)
-    raise UserError(f"unknown search backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    return torch_top_k(bank, queries, k)
 
 
 def torch_top_k(bank: np.ndarray, queries: torch.Tensor, k: int,
@@ -46,18 +37,3 @@ def torch_top_k(bank: np.ndarray, queries: torch.Tensor, k: int,
         sims.append(best_s)
         rows.append(best_r)
     return torch.cat(sims), torch.cat(rows)
-
-
-def faiss_top_k(bank: np.ndarray, queries: torch.Tensor, k: int,
-                chunk: int = BANK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact search with FAISS's flat inner-product index."""
-    try:
-        import faiss
-    except ImportError:
-        raise UserError("--backend faiss needs FAISS: pip install 'repre[faiss]' (faiss-cpu), or use --backend "
-                        "torch (the default; the same exact neighbours)") from None
-    index = faiss.IndexFlatIP(bank.shape[1])
-    for start in range(0, len(bank), chunk):
-        index.add(np.ascontiguousarray(bank[start:start + chunk], dtype=np.float32))
-    sims, rows = index.search(np.ascontiguousarray(queries.float().numpy()), k)
-    return torch.from_numpy(sims), torch.from_numpy(rows).long()
