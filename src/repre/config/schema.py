@@ -246,6 +246,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
     warmup_lr: float = 0.0  # the lr at the start of the warm-up (absolute, as min_lr; MoBY's recipe: 5e-7 per 512)
+    # the lr's cosine: over the steps after the warm-up (MoCo v3's and DINO's schedules), or over the whole run
+    # with the warm-up joining it where it stands (timm's CosineLRScheduler, as MoBY's official code runs it)
+    cosine_span: Literal["after_warmup", "whole_run"] = "after_warmup"
     # max grad norm, over every trained parameter (the RePre decoder's included); 0 disables clipping (the
     # global norm is still logged)
     clip_grad: float = 0.0

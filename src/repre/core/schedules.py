@@ -10,17 +10,20 @@ import torch
 from repre.config import Config, TrainConfig
 
 
-def warmup_cosine(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0) -> torch.Tensor:
+def warmup_cosine(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0,
+                  whole_run: bool = False) -> torch.Tensor:
     """[total] values: linear from `start` to `base` over `warmup` steps, then half-cosine from `base` to `final`.
 
     Step i of the warmup has start + (base - start) * i / warmup (MoCo v3's per-iteration rule with start 0;
     timm's CosineLRScheduler with warmup_lr_init=start, as MoBY); the cosine part is
-    final + (base - final) * 0.5 * (1 + cos(pi * (i - warmup) / (total - warmup))).
+    final + (base - final) * 0.5 * (1 + cos(pi * (i - warmup) / (total - warmup))) (MoCo v3, DINO), or with
+    `whole_run` final + (base - final) * 0.5 * (1 + cos(pi * i / total)): the cosine over the whole run, the
+    warm-up joining it where it stands (timm's CosineLRScheduler without warmup_prefix, as MoBY runs it).
     """
     warmup = min(warmup, total)
     steps = torch.arange(total, dtype=torch.float64)
     warm = start + (base - start) * steps[:warmup] / max(warmup, 1)
-    t = (steps[warmup:] - warmup) / max(total - warmup, 1)
+    t = steps[warmup:] / total if whole_run else (steps[warmup:] - warmup) / max(total - warmup, 1)
     cos = final + (base - final) * 0.5 * (1 + torch.cos(math.pi * t))
     return torch.cat([warm, cos])
 
@@ -56,7 +59,8 @@ class RunSchedules:
         t = cfg.train
         warmup = round(t.warmup_fraction * total)
         return cls(
-            lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup, t.warmup_lr),
+            lr=warmup_cosine(scaled_lr(t.lr, t.batch_size), t.min_lr, total, warmup, t.warmup_lr,
+                             whole_run=t.cosine_span == "whole_run"),
             momentum=momentum_schedule(cfg.method.momentum, total),
             ema=ema,
             weight_decay=(warmup_cosine(t.weight_decay, t.weight_decay_end, total)

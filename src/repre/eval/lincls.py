@@ -98,22 +98,15 @@ def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, 
 
 def probe_lrs(protocol: LinearProtocol, steps: int) -> torch.Tensor:
     """The lr of every step -> [epochs, steps]: a cosine from `protocol.lr` to 0 set once an epoch (MoCo v3,
-    DINO); or (`lr_per_step`, MoBY) timm's CosineLRScheduler stepped every step, as Transformer-SSL builds it
-    (lr_scheduler.py:20-29): a linear warm-up from warmup_lr, then the cosine over all steps to min_lr."""
+    DINO); or (`lr_per_step`, MoBY) the values of timm's CosineLRScheduler stepped every step, as
+    Transformer-SSL builds it (lr_scheduler.py:20-29): a linear warm-up from warmup_lr, then the cosine over all
+    steps to min_lr (`warmup_cosine`'s `whole_run`)."""
     if not protocol.lr_per_step:
         return warmup_cosine(protocol.lr, 0.0, protocol.epochs)[:, None].expand(-1, steps).clone()
-    from timm.scheduler import CosineLRScheduler
-
     batch = protocol.batch_size
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=protocol.lr)
-    sched = CosineLRScheduler(opt, t_initial=protocol.epochs * steps, lr_min=scaled_lr(protocol.min_lr, batch),
-                              warmup_lr_init=scaled_lr(protocol.warmup_lr, batch),
-                              warmup_t=protocol.warmup_epochs * steps, cycle_limit=1, t_in_epochs=False)
-    values = []
-    for t in range(protocol.epochs * steps):
-        sched.step_update(t)
-        values.append(opt.param_groups[0]["lr"])
-    return torch.tensor(values, dtype=torch.float64).view(protocol.epochs, steps)
+    return warmup_cosine(protocol.lr, scaled_lr(protocol.min_lr, batch), protocol.epochs * steps,
+                         protocol.warmup_epochs * steps, scaled_lr(protocol.warmup_lr, batch),
+                         whole_run=True).view(protocol.epochs, steps)
 
 
 def drop_path_seed(seed: int, epoch: int, rank: int) -> int:
