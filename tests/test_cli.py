@@ -256,6 +256,21 @@ def test_out_holding_other_files_is_refused_with_or_without_resume(tmp_path, cap
     check_out(hidden, resume=False)  # no error
 
 
+def test_one_rule_tells_what_a_folder_holds(tmp_path):
+    """`folder_kind`: the rule `--out`'s check and the run lock share."""
+    from repre.core.run_files import folder_kind
+
+    (tmp_path / "started" / "tb").mkdir(parents=True)
+    (tmp_path / "started" / "config.yaml").write_text("preset: x\n")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hidden").mkdir()
+    (tmp_path / "hidden" / ".lock").write_text("")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("")
+    kinds = {name: folder_kind(tmp_path / name) for name in ("started", "run", "hidden", "mine", "none")}
+    assert kinds == {"started": "started", "run": "run", "hidden": "empty", "mine": "foreign", "none": "absent"}
+
+
 def test_resume_continues_to_the_new_total(tmp_path):
     out = tmp_path / "r"
     code, stdout = run_cli(pretrain_args(out, "eval.knn.enabled=false"))

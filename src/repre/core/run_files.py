@@ -20,7 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from repre.config import EVAL_TASKS, SAME_MEASUREMENT_KEYS
 
@@ -34,6 +34,27 @@ RECON_PNG = "recon.png"
 EVAL = "eval"
 STEP_FILE = re.compile(r"step-(\d{8})\.pt")  # a step checkpoint's name (fullmatch)
 RESULT = "result.json"
+
+
+# what a folder holds, as `folder_kind` tells: nothing there, no visible file, only a run's start (a config and
+# an empty TensorBoard folder: a run that failed before its first logged step), a run, or files of something else
+FolderKind = Literal["absent", "empty", "started", "run", "foreign"]
+STARTED = {CONFIG, TB}  # what a run writes before its first logged step
+RUN_NAMES = {CONFIG, TB, CHECKPOINTS, METRICS}  # what only a run writes
+
+
+def folder_kind(folder: str | Path) -> FolderKind:
+    """What `folder` holds (`FolderKind`): the one rule of what counts as a run directory, for `--out`'s check
+    and the run lock. Hidden files (the lock) are not counted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "absent"
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    if not names:
+        return "empty"
+    if not names & RUN_NAMES:
+        return "foreign"
+    return "started" if names <= STARTED else "run"
 
 
 def in_checkpoints(path: str | Path) -> bool:

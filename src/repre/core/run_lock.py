@@ -25,7 +25,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-LOCK = ".lock"  # hidden: `check_out` reads a folder with it alone as empty
+LOCK = ".lock"  # hidden: `run_files.folder_kind` does not count it (a folder with it alone is empty)
 log = logging.getLogger("repre")
 _held: dict[str, list[int]] = {}  # this process's locks: lock file -> [descriptor, trainers holding it]
 

@@ -60,13 +60,13 @@ def check_out(out: Path, resume: bool) -> None:
     folder: the retry may use the directory."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
-    names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
-    written_by_a_run = {run_files.CONFIG, run_files.TB, run_files.CHECKPOINTS, run_files.METRICS}
-    if names and not names & written_by_a_run:
-        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    kind = run_files.folder_kind(out)
+    if kind == "foreign":
+        names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise UserError(f"--out {out} holds files that are not a repre run ({shown}); choose a new or empty "
                         "directory for --out")
-    if names - {run_files.CONFIG, run_files.TB} and not resume:
+    if kind == "run" and not resume:
         raise UserError(
             f"--out {out} holds a run; add --resume to continue it, or choose another --out"
         )

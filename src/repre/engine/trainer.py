@@ -96,8 +96,8 @@ class Trainer:
         """The run directory's lock, taken by the main process where --out exists (`runs_only`: where it holds a
         run), or the refusal that names its holder; nothing once held. Every process calls this: it gathers the
         main process's answer."""
-        written = (run_files.CONFIG, run_files.METRICS, run_files.CHECKPOINTS)  # what makes a folder a run's
-        there = any((self.out / name).exists() for name in written) if runs_only else self.out.is_dir()
+        kind = run_files.folder_kind(self.out)
+        there = kind in ("started", "run") if runs_only else kind != "absent"
         why = self.lock.acquire() if dist.is_main() and there else None
         refusals = [reason for reason in dist.gather_objects(why) if reason]
         if refusals:
