@@ -4,9 +4,11 @@
 
 Shapes of ViT-S/16 at 224 (4 taps of [N, 384, 14, 14], width 128 halving to 8 over 4 x2 steps to 224 px).
 Variants (--variants): `<upsampling>-<mode>[-s<out_stride>]`, upsampling bilinear or nearest, mode nchw (eager),
-channels_last (eager) or compiled (torch.compile of the decoder; train.compile=true compiles it together with
-its loss and the choice and copy of the tap maps, here given contiguous), out_stride as
-recon.out_stride (default 1). Prints a JSON line last. Beside the times, every variant's forward FLOPs and the
+channels_last (eager, the decoder's activations too) or compiled (torch.compile of the decoder;
+train.compile=true compiles it together with its loss and the choice of the tap maps), out_stride as
+recon.out_stride (default 1).
+The tap maps are what a ViT gives in training, views of its [N, 196, 384] tokens (channels last), except in
+channels_last mode, where they are channels-last copies. Prints a JSON line last. Beside the times, every variant's forward FLOPs and the
 values its layers write per view (bf16 MB: the memory traffic that bounds it on a GPU), counted on the CPU.
 `--count-only` skips the timing (any machine).
 """
@@ -64,8 +66,10 @@ def main() -> None:
         decoder = decoder.to(dev, memory_format=memory)
         if mode == "compiled":
             decoder.compile()
-        maps = [torch.randn(args.batch, 384, 14, 14, device=dev).contiguous(memory_format=memory)
-                .requires_grad_(True) for _ in range(4)]
+        tokens = [torch.randn(args.batch, 196, 384, device=dev, requires_grad=True) for _ in range(4)]
+        maps = [t.unflatten(1, (14, 14)).permute(0, 3, 1, 2) for t in tokens]  # [N, 384, 14, 14] views
+        if mode == "channels_last":
+            maps = [m.contiguous(memory_format=memory) for m in maps]
         target = torch.randn(args.batch, 3, 224, 224, device=dev)
         results[variant] = run(decoder, maps, target, args.steps)
         print(f"{variant:<24}{results[variant] * 1000:9.2f} ms", flush=True)

@@ -1,5 +1,5 @@
 """`repre neighbors`' exact search (chunked matrix products, `repre.use.search`) against FAISS's flat
-inner-product index, which repre offered as a backend before this measurement.
+inner-product index, the library that would do it.
 
     pip install faiss-cpu
     python benchmarks/search_speed.py [--rows 200000] [--dim 384] [--queries 8,1024] [--repeats 3]

@@ -110,7 +110,8 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     with pytest.raises(UserError, match=r"--set aug.hflip, method.mocov3.temperature, data.subset: not read by `repre "
                                          r"eval knn` .*; it reads eval.\*, data.\* \(not subset, device_stages, "):
         refuse_unread("repre eval knn", given, eval_reads("knn"))  # data.subset: the pre-training's images
-    refuse_unread("repre embed", ["data.subset=8", "data.root=/x"], reads.EMBED)  # the run's training images
+    for command, read in (("repre embed", reads.EMBED), ("repre neighbors", reads.IMAGES)):  # embed's images
+        refuse_unread(command, ["data.subset=8", "data.root=/x"], read)
     refuse_unread("repre eval finetune", ["aug.hflip=0", "train.device=cpu", "method.name=dino"], eval_reads("finetune"))
     with pytest.raises(UserError, match=r"--set aug.hflip: not read by `repre eval linear`"):  # its protocols' own
         refuse_unread("repre eval linear", ["aug.hflip=0"], eval_reads("linear"))

@@ -231,15 +231,22 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
     assert e.knn.train_subset is None  # 0.1.0's 0 meant all images
 
 
-def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch_it_trained():
+def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch_it_trained(tmp_path):
     """recon.norm_pix and recon.out_stride default to the presets' measured choices: a run's config written
-    without them trained the plain branch (raw pixels, x2 steps to full resolution) and reads so; a config of
-    one's own without `_base_` gets the measured ones."""
+    without them (a checkpoint's, a run's config.yaml) trained the plain branch (raw pixels, x2 steps to full
+    resolution) and reads so; a config of one's own without `_base_` gets the measured ones."""
+    import yaml
+
     from repre.nn import ReconstructionBranch
 
     old = load_config("fmnist-mocov3-repre").to_dict()
     del old["recon"]["norm_pix"], old["recon"]["out_stride"]
     assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (False, 1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))  # a run's, as --resume reads it
+    assert (load_config(str(tmp_path / "config.yaml")).recon.out_stride) == 1
+    (tmp_path / "mine.yaml").write_text("recon:\n  weight: 0.5\n")  # a person's, no _base_
+    mine = load_config(str(tmp_path / "mine.yaml"))
+    assert (mine.recon.norm_pix, mine.recon.out_stride, mine.recon.weight) == (True, 4, 0.5)
     assert (Config().recon.norm_pix, Config().recon.out_stride) == (True, 4)
     branch = ReconstructionBranch(timm.create_model("vit_tiny_patch16_224", img_size=64, depth=4))
     assert branch.norm_pix and len(branch.decoder.up) == 2 and branch.decoder.out_stride == 4  # 16 -> 4, shuffled

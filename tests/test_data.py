@@ -511,6 +511,7 @@ def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monke
     checkpoint records the module's file: a command reading the run where the file has changed says so."""
     from conftest import last_json, pretrain_args, run_cli
     from repre.core import checkpoint_io
+    from repre.data.python_source import check_code
     from repre.pretrained import load_checkpoint_config
 
     (tmp_path / "own_images_for_test.py").write_text(OWN_DATA)
@@ -538,6 +539,10 @@ def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monke
     repre_log.clear()
     code, _ = run_cli([*args, "--resume"])  # the run is done: it says so, and nothing more
     assert code == 0 and changed in repre_log.text  # resuming says it too
+    repre_log.clear()
+    moved = {"file": "/elsewhere/own_images_for_test.py", "sha256": hashlib.sha256(module.read_bytes()).hexdigest()}
+    check_code("own_images_for_test:images", moved, run)
+    assert "may not be those" not in repre_log.text  # the same code at another path (a moved checkout)
 
 
 def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, monkeypatch):

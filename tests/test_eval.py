@@ -198,9 +198,11 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     assert (eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
             == run / "eval" / "segment" / "step-00000200" / "eval.segment.root=_data_ade")
     assert len(eval_dir(run, "knn", [f"data.root=/{'x' * 200}"]).name) <= 80
-    # a name a shell reads as it is: no brackets to glob, no quotes, no spaces
-    assert eval_dir(run, "linear", ["eval.linear.lrs=[0.1, 0.01]", "data.root='/my data/*'"]).name == (
-        "eval.linear.lrs=0.1,0.01,data.root=_mydata__")
+    # a name a shell reads as it is: no brackets to glob, no quotes, no spaces; where characters were left out
+    # or replaced, the settings' hash keeps two of them apart
+    named = eval_dir(run, "linear", ["eval.linear.lrs=[0.1, 0.01]", "data.root='/my data/*'"]).name
+    assert named.startswith("eval.linear.lrs=0.1,0.01,data.root=_mydata__..") and len(named) == 54
+    assert eval_dir(run, "knn", ["data.root=/数据/猫"]) != eval_dir(run, "knn", ["data.root=/数据/狗"])
     (checkpoints / "last.pt").unlink()  # a filesystem without hard links: last.pt a copy, its checksum too
     (checkpoints / "last.pt").write_bytes(b"300")
     (checkpoints / "last.pt.sha256").write_text("digest300 3\n")

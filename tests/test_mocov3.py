@@ -7,7 +7,8 @@ from torch import nn
 
 from conftest import tiny_config
 from repre.builder import build_model
-from repre.core.schedules import momentum_schedule, warmup_cosine
+from repre.config import load_config
+from repre.core.schedules import RunSchedules, momentum_schedule, warmup_cosine
 from repre.data.pipeline import pretrain_loader
 from repre.data.splits import train_source
 from repre.losses import mocov3_loss
@@ -73,6 +74,10 @@ def test_warmup_from_a_start_lr_equals_timms_scheduler_as_moby_builds_it():
     assert float((ours - theirs).abs().max()) < 0.016 * base  # 1.51% of base, mid-run
     torch.testing.assert_close(warmup_cosine(base, final, total, warmup, start, whole_run=True), theirs,
                                rtol=1e-12, atol=0)
+    cfg = load_config("in1k-swin-t-moby-repre", [f"train.lr={base * 256 / 512}", f"train.min_lr={final}",
+                                                 f"train.warmup_lr={start}", f"train.warmup_fraction={warmup / total}"])
+    assert cfg.train.cosine_span == "whole_run"  # the preset's, reaching the run's schedule
+    torch.testing.assert_close(RunSchedules.build(cfg, total).lr, theirs, rtol=1e-12, atol=0)
 
 
 def test_momentum_encoder_is_updated_before_the_key_forward():

@@ -208,7 +208,8 @@ class ReconConfig:
     """The RePre reconstruction branch: a convolutional decoder on the encoder's maps of several depths, an L1
     loss against the pixels of the view the encoder saw. The defaults are the choices every preset measured
     (docs/results.md, sections 4.1 and 4.2): per-patch normalized targets, x2 steps down to stride 4, then a
-    pixel shuffle. The MoBY and GPU presets also take one view and nearest steps."""
+    pixel shuffle. The MoBY and MoCo v3 GPU presets also reconstruct one view, the MoBY and GPU presets resize
+    by nearest interpolation."""
 
     enabled: bool = True  # the reconstruction branch; false: the plain framework (the baseline)
     weight: float = 1.0  # lambda in: total = contrastive + lambda * reconstruction

@@ -113,10 +113,14 @@ def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> t
     run = run_dir(path)
     step = checkpoint_step(path)
     earlier = step is not None and step != checkpoint_step(run)
-    settings = re.sub(r"[\s\[\](){}'\"]", "", ",".join(measured_otherwise(overrides, task)))
+    given = ",".join(measured_otherwise(overrides, task))
+    digest = hashlib.sha1(given.encode()).hexdigest()[:8]
+    settings = re.sub(r"[\s\[\](){}'\"]", "", given)
     settings = re.sub(r"[^A-Za-z0-9._,=+-]", "_", settings)  # a name a shell takes as it is (no glob, no /)
     if len(settings) > 80:
-        settings = f"{settings[:60]}..{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+        settings = f"{settings[:60]}..{digest}"
+    elif settings != given.replace("/", "_"):  # characters left out or replaced: two settings could meet
+        settings = f"{settings}..{digest}"
     return run / EVAL / task, step, earlier, settings
 
 
@@ -124,8 +128,9 @@ def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     """Where `repre eval TASK` keeps its result and pictures when no --out is given: RUN/eval/TASK/ for the run's
     newest checkpoint (last.pt) measured with the run's settings, else a folder under it, so that no result
     replaces another one's: step-NNNNNNNN/ for an earlier checkpoint, then one named by the `--set` items that
-    change what is measured (`measured_otherwise`; brackets, quotes and spaces left out, other characters a
-    shell reads, '/' among them, written '_', a long name shortened by its hash)."""
+    change what is measured (`measured_otherwise`; '/' written '_'; brackets, quotes and spaces left out and
+    other characters a shell reads written '_', the name then ending in the settings' hash, as a long name
+    shortened does)."""
     top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
     out = top / f"step-{step:08d}" if earlier else top
     return out / settings if settings else out

@@ -13,8 +13,8 @@ The config names the function, so every command that reads a run's data (resume,
 calls it again: reading a run of data.name=python runs that code. The module must be a file of your own,
 not part of Python or of an installed package, so a run's config cannot make a command call any library
 function with its arguments; read runs whose code you trust. A checkpoint records the module's file and its
-SHA-256 (`code_identity`): a command that reads the run where that name is another file, or the file has
-changed, says so (the images may not be those the run trained on).
+SHA-256 (`code_identity`): a command that reads the run where that name holds other code (another file, or
+the file changed since) says so (the images may not be those the run trained on).
 
 The images are normalized with data.mean and data.std, or ImageNet's statistics when they are not set (as
 folders are): a dataset's own statistics are not read, so that a checkpoint's normalization is known without
@@ -109,10 +109,11 @@ def code_identity(source: str) -> dict[str, str] | None:
 
 
 def check_code(source: str, recorded: dict[str, str] | None, run: str | Path) -> None:
-    """Warn where data.source's module is not the file `recorded` for `run` (another file of that name, or
-    the same file changed since): its images may not be those the run was trained on."""
+    """Warn where data.source's module holds other code than the file `recorded` for `run` (another file of
+    that name, or the same file changed since): its images may not be those the run was trained on. The same
+    code elsewhere (a moved or copied checkout) is no news."""
     now = code_identity(source)
-    if not recorded or now is None or now == recorded:
+    if not recorded or now is None or now["sha256"] == recorded.get("sha256"):
         return
     was = f"{recorded['file']} (sha256 {recorded['sha256'][:12]})"
     if now["file"] == recorded["file"]:

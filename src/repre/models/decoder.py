@@ -34,9 +34,9 @@ class Lateral(nn.Sequential):
 
     A map whose channels are its innermost dimension (a ViT's: a view of its [B, h, w, C] tokens) is projected
     as a matmul over that layout, with the convolution's own weight: the same values, without first copying
-    the map into NCHW, and a matmul's backward instead of a 1x1 convolution's (on a CPU in bf16 the copies and
-    that backward were most of the decoder's time). Other maps (a Swin's, contiguous NCHW) go through the
-    convolution, which reads them as they are."""
+    the map into NCHW, and a matmul's backward instead of a 1x1 convolution's, both costly on a CPU in bf16
+    (docs/results.md, section 5.1). Other maps (a Swin's, contiguous NCHW) go through the convolution, which
+    reads them as they are."""
 
     def __init__(self, c_in: int, width: int) -> None:
         super().__init__(nn.Conv2d(c_in, width, 1, bias=False), _norm(width))
