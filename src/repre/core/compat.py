@@ -1,5 +1,6 @@
 """Every use of a PyTorch (or timm) interface that is not public, in one place, each with a test
-(tests/test_compat.py) that fails when a newer PyTorch or timm changes it. Callers elsewhere use only these names."""
+(tests/test_compat.py) that fails when a newer PyTorch or timm changes it. Callers elsewhere use only these
+names."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ def data_code(cfg: DataConfig) -> dict[str, str] | None:
 
 def check_data_code(cfg: DataConfig, recorded: dict[str, str] | None, run: str | Path) -> None:
     """Warn where the code that makes the images is not what `run` `recorded` (`data_code`)."""
-    if cfg.name == "python" and recorded:
+    if cfg.name == "python":
         from repre.data.python_source import check_code
 
         check_code(cfg.source, recorded, run)

@@ -19,8 +19,8 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 def compile_blocks(model: nn.Module) -> None:
     """torch.compile, in place, every transformer block (online and momentum encoders) and the RePre branch's
-    loss (`ReconstructionBranch.compile_loss`: the choice of the tap maps' rows, the decoder and its loss): the repeated
-    units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged.
+    loss (`ReconstructionBranch.compile_loss`: the choice of the tap maps' rows, the decoder and its loss): the
+    repeated units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged.
 
     Static shapes: each input shape (DINO's global and local crops, Swin's stages and shifted windows) gets its
     own graph. Dynamo's default would make the second shape symbolic: slower kernels, and on a CPU minutes of
