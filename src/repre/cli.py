@@ -217,7 +217,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from repre.config import DEFAULT_PRESET, load_config, source_dict
+    from repre.config import DEFAULT_PRESET, check_global_batch, load_config, source_dict
 
     out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
     args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
@@ -225,6 +225,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+    check_global_batch("train.batch_size", cfg.train.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
     if args.resume and args.config is not None:
         _refuse_another_length(out, cfg, args.config, args.overrides)
     from repre.pretraining import pretrain

@@ -13,7 +13,7 @@ one written by an older repre is read in today's keys (`migrate`).
     reads.py      the keys each command after pre-training reads from --set
 """
 
-from repre.config.checks import all_keys, build_section, sections, validate
+from repre.config.checks import all_keys, build_section, check_global_batch, sections, validate
 from repre.config.loading import (
     config_from_dict,
     deep_update,
@@ -58,7 +58,7 @@ __all__ = [
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",
-    "all_keys", "build_section", "config_from_dict", "deep_update", "flatten", "idle_sections", "list_presets",
+    "all_keys", "build_section", "check_global_batch", "config_from_dict", "deep_update", "flatten", "idle_sections", "list_presets",
     "load_config",
     "migrate", "override_items", "parse_overrides", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

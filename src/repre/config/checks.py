@@ -160,6 +160,15 @@ def validate(cfg: Config) -> None:
     _validate_across(cfg)
 
 
+def check_global_batch(key: str, batch: int, processes: int) -> None:
+    """`key`=`batch` is a global batch: each of `processes` processes takes an equal share of it. The CLI checks
+    this with torchrun's WORLD_SIZE before torch is imported (every process would otherwise import it, join
+    the group and build the run first); the trainer and the probe check it again with the group's size."""
+    if batch % processes:
+        raise UserError(f"{key}={batch} (the global batch) is not divisible by the {processes} processes; use a "
+                        f"multiple of {processes}")
+
+
 def _validate_data(d: DataConfig) -> None:
     if d.name == "python" and not re.fullmatch(r"[\w.]+:[\w.]+", d.source or ""):
         raise UserError(f"data.name=python reads the dataset of your own code that data.source names as "

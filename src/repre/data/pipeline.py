@@ -229,7 +229,9 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
                         decode_on_device=stages.decode_on_device)
     workers = resolve_workers(cfg.train.num_workers)
     collate = ViewCollate(spec, photometric=not stages.photometric_on_device)
-    common = dict(collate_fn=collate, num_workers=workers,
+    # the loader's seed for its workers from a generator of its own, not a draw from the global RNG: drop path
+    # draws from that, and a resumed run makes its loader at another point of it (exact resume)
+    common = dict(collate_fn=collate, num_workers=workers, generator=torch.Generator().manual_seed(cfg.train.seed),
                   pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     if isinstance(source, StreamShards):
         check_enough_shards(len(source.urls), dist.world_size(), max(1, workers))  # here, not in a worker: a clear error
@@ -237,12 +239,7 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
                              start_step, positions)
         return DataLoader(stream, batch_size=cfg.train.batch_size // dist.world_size(), **common)
     sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, dist.rank(), dist.world_size())
-    return DataLoader(
-        views,
-        batch_sampler=sampler,
-        generator=torch.Generator().manual_seed(cfg.train.seed),  # not a draw from the global RNG: exact resume
-        **common,
-    )
+    return DataLoader(views, batch_sampler=sampler, **common)
 
 
 class PretrainData:

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from repre.builder import build_model, check_deterministic
-from repre.config import Config, save_yaml, to_yaml
+from repre.config import Config, check_global_batch, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.atomic import replacing
 from repre.core.compat import workers_stopped_on_error
@@ -82,9 +82,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.train.deterministic:
             check_deterministic(cfg, self.rt.device)
-        if cfg.train.batch_size % dist.world_size():
-            raise UserError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by the "
-                            f"{dist.world_size()} processes; use a multiple of {dist.world_size()}")
+        check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size())
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         self._take_lock(runs_only=True)  # a run another process trains: said so before "add --resume" is

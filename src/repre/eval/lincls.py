@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from repre.config import Config
+from repre.config import Config, check_global_batch
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist
 from repre.core.rng import epoch_seed
@@ -188,10 +188,7 @@ def probe_source(cfg: Config) -> ImageSource:
 
 
 def check_batch(batch: int, images: int) -> None:
-    world = dist.world_size()
-    if batch % world:
-        raise UserError(f"eval.linear.batch_size={batch} (the global batch) is not divisible by the {world} "
-                        f"processes; use a multiple of {world}")
+    check_global_batch("eval.linear.batch_size", batch, dist.world_size())
     if images < batch:
         raise UserError(f"the probe's train split has {images} images, fewer than one batch "
                         f"(eval.linear.batch_size={batch}); lower eval.linear.batch_size")
