@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from repre.config import AugConfig, Config
@@ -33,4 +34,5 @@ def augmented_loader(cfg: Config, source: ImageSource, aug: AugConfig, batch_siz
     spec = ViewSpec(aug=aug, size=cfg.data.image_size, mean=mean, std=std)
     sampler = EpochBatchSampler(len(source), batch_size, cfg.train.seed, start_step, rank, world, batch_key=batch_key)
     return DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1), batch_sampler=sampler,
-                      collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers))
+                      collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers),
+                      generator=torch.Generator().manual_seed(cfg.train.seed))  # leaves the global RNG alone
