@@ -62,11 +62,27 @@ def test_exif_orientation_is_applied(tmp_path):
     assert decode(tmp_path / "r.jpg").shape == (3, 20, 10)
 
 
+def test_a_folder_gives_back_its_files_names_as_on_disk_in_order(tmp_path):
+    """The index holds the names in arrays, not a str or Path a file (data workers share arrays' pages; see
+    `PackedStrings`): names come back as the disk has them, not-UTF-8 bytes and non-ASCII ones included, in
+    sorted order, each with its class folder's label."""
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    names = ["cat/a.png", "cat/\u00e9t\u00e9.png", "dog/b.PNG", os.fsdecode(b"dog/\xff.png")]
+    for name in names:
+        save_png(tmp_path / name, pixels)
+    folder = ImageFolder(tmp_path)
+    assert [os.path.relpath(folder.path(i), tmp_path) for i in range(len(folder))] == names
+    assert folder.labels.tolist() == [0, 0, 1, 1] and folder.classes == ["cat", "dog"]
+    assert folder.load(3)[0].shape == (3, 4, 4) and folder.names[-1] == names[-1]
+    with pytest.raises(IndexError):
+        folder.names[4]
+
+
 def test_corrupt_image_is_replaced_and_counted(image_folder):
     bad = image_folder / "train" / "cat" / "0.png"
     bad.write_bytes(b"not an image")
     source = ImageFolder(image_folder / "train")
-    index = source.files.index(bad)
+    index = [source.path(i) for i in range(len(source))].index(str(bad))
     img, label, skipped = load_or_replace(source, index)
     assert skipped == 1 and img.shape[0] == 3
     assert torch.equal(img, source.load(index + 1)[0])
@@ -243,7 +259,7 @@ def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypat
     from pathlib import Path
 
     source = ImageFolder(image_folder / "train")
-    locked = source.files[3]
+    locked = source.path(3)
     real_read = Path.read_bytes
 
     def guarded(path):
@@ -350,7 +366,7 @@ def test_subsets_of_a_dataset_in_random_order_are_its_first_images(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 255, size=(40, 28, 28), dtype=np.uint8)
     write_idx(tmp_path / "fm", imgs, (np.arange(40) % 10).astype(np.uint8), "train")
     source = build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / 'fm'}").data, "train")
-    assert subset_of(source, 5).indices == [0, 1, 2, 3, 4]  # the subsets every committed result used
+    assert subset_of(source, 5).indices.tolist() == [0, 1, 2, 3, 4]  # the subsets every committed result used
 
 
 def test_a_root_with_val_but_no_train_is_refused(tmp_path):

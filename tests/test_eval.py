@@ -162,7 +162,8 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
-    points = [(e.step, e.value) for e in events.Scalars("repre_eval/knn_top1")]
+    # read in the event files' name order, whose writer counter sorts as text: "10" before "9"
+    points = sorted((e.step, e.value) for e in events.Scalars("repre_eval/knn_top1"))
     assert [step for step, _ in points] == [10, 20] and dict(points) == pytest.approx(values)  # no third point
     # each result kept: the run's own in eval/knn/, the earlier checkpoint's and the other k's beside it
     kept = {str(p.parent.relative_to(run / "eval" / "knn")): json.loads(p.read_text())["value"]

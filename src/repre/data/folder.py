@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,18 +63,45 @@ def holds_images(root: str | Path, depth: int = 2) -> bool:
     return depth > 0 and any(holds_images(p, depth - 1) for p in entries[:10] if p.is_dir())
 
 
-def _scan(root: Path) -> tuple[list[Path], list[OSError]]:
-    """The image files under `root`, in a fixed order, and the errors of the folders that could not be listed
-    (their images left out; each is warned of)."""
-    files, unlisted = [], []
+def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
+    """The image files under `root` in a fixed order, as paths relative to it; the first-level folder each
+    is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images
+    left out; each is warned of). Strings, not `Path`s: a folder of a million images is indexed in seconds."""
+    names, tops, unlisted = [], [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
         dirnames.sort()
-        files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
+        rel = os.path.relpath(dirpath, root)
+        prefix, top = ("", "") if rel == "." else (rel + os.sep, rel.split(os.sep, 1)[0])
+        found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
+        names += found
+        tops += [top] * len(found)
     if unlisted:  # one warning a scan (each process scans): the first folders named
         named = "; ".join(f"{exc.filename} ({exc.strerror})" for exc in unlisted[:3])
         log.warning("cannot list %d folder(s), their images left out: %s%s", len(unlisted), named,
                     "; ..." if len(unlisted) > 3 else "")
-    return files, unlisted
+    return names, tops, unlisted
+
+
+class PackedStrings:
+    """A sequence of strings held in two arrays: their bytes end to end, and where each starts. A list of `str`
+    or `Path` objects is copied into each forked data worker page by page, as reading it touches the objects'
+    reference counts (a folder of a million images: hundreds of MB a worker), and pickles slowly to a spawned
+    one; two arrays are neither."""
+
+    def __init__(self, items: Sequence[str]) -> None:
+        encoded = [os.fsencode(item) for item in items]
+        self._starts = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._starts[1:])
+        self._bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, index: int) -> str:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} strings")
+        index %= len(self)
+        return os.fsdecode(self._bytes[self._starts[index]:self._starts[index + 1]].tobytes())
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -123,7 +151,7 @@ def _decode_pil(stream: BinaryIO, path_name: object) -> torch.Tensor:
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy (PIL arrays are read-only)
 
 
-def decode(path: Path | BinaryIO, name: str | None = None) -> torch.Tensor:
+def decode(path: str | Path | BinaryIO, name: str | None = None) -> torch.Tensor:
     """A file (or an open binary stream, called `name` in messages) -> uint8 [3, H, W]; raises
     UnreadableImage for anything that cannot be fully decoded. JPEGs go through torchvision's decoder (those
     it refuses fall back to PIL), everything else through PIL."""
@@ -146,17 +174,17 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"image folder {self.root} does not exist; set data.root to a folder of images")
-        self.files, unlisted = _scan(self.root)
-        if not self.files and unlisted:
+        names, tops, unlisted = _scan(self.root)
+        if not names and unlisted:
             raise UserError(f"no readable images in {self.root}: {len(unlisted)} folder(s) cannot be listed, "
                             f"{unlisted[0].filename} first ({unlisted[0].strerror}); give this user read access")
-        if not self.files:
+        if not names:
             raise UserError(
                 f"no images in {self.root} (looked for {', '.join(EXTENSIONS)} in it and its sub-folders); "
                 "point data.root at a folder that holds images"
             )
-        parents = sorted({p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1})
-        labelled = all(len(p.relative_to(self.root).parts) > 1 for p in self.files)
+        parents = sorted(set(tops) - {""})
+        labelled = "" not in tops
         self.classes = (classes or parents) if labelled else []
         unknown = sorted(set(parents) - set(self.classes))
         if labelled and unknown:
@@ -164,23 +192,24 @@ class ImageFolder:
                             "folder of a held-out split needs one of the same name under train/ (the labels are "
                             "the train split's): add its training images there, or move these folders out")
         index = {c: i for i, c in enumerate(self.classes)}
-        self.labels = [index[p.relative_to(self.root).parts[0]] if labelled else -1 for p in self.files]
+        self.names = PackedStrings(names)  # relative to root
+        self.labels = np.array([index[t] for t in tops] if labelled else [-1] * len(names), dtype=np.int64)
         self.num_classes = len(self.classes) or None
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.names)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return decode(self.files[index]), self.labels[index]
+        return decode(self.path(index)), int(self.labels[index])
 
     def path(self, index: int) -> str:
         """Where image `index` lives: its file."""
-        return str(self.files[index])
+        return os.path.join(self.root, self.names[index])
 
     def encoded(self, index: int) -> tuple[bytes, str, int]:
         """The file's bytes undecoded, its name for messages, its label; raises UnreadableImage."""
-        path = self.files[index]
+        path = self.path(index)
         try:
-            return path.read_bytes(), str(path), self.labels[index]
+            return Path(path).read_bytes(), path, int(self.labels[index])
         except OSError as exc:
             raise UnreadableImage(f"{path}: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from repre.config import Config
@@ -28,7 +29,8 @@ class Selection:
     makes one)."""
 
     def __init__(self, source: ImageSource, indices: torch.Tensor) -> None:
-        self.source, self.indices = source, indices.tolist()
+        # an array, not a list of ints: forked data workers share its pages (`folder.PackedStrings`)
+        self.source, self.indices = source, indices.numpy().astype(np.int64)
         self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
         self.classes = class_names(source)
 
@@ -36,10 +38,10 @@ class Selection:
         return len(self.indices)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.source.load(self.indices[index])
+        return self.source.load(int(self.indices[index]))
 
     def path(self, index: int) -> str:
-        return image_path(self.source, self.indices[index])
+        return image_path(self.source, int(self.indices[index]))
 
 
 class EncodedSelection(Selection):
@@ -48,7 +50,7 @@ class EncodedSelection(Selection):
     source: EncodedImages
 
     def encoded(self, index: int) -> tuple[bytes, str, int]:
-        return self.source.encoded(self.indices[index])
+        return self.source.encoded(int(self.indices[index]))
 
 
 def select(source: ImageSource, indices: torch.Tensor) -> Selection:
@@ -75,7 +77,7 @@ def spread_readable(source: ImageSource, count: int) -> dict[int, tuple[torch.Te
     [3, H, W], label)} in the order picked; fewer where fewer can be read. What a picture of a source shows."""
     picked: dict[int, tuple[torch.Tensor, int]] = {}
     failed: set[int] = set()  # each image is tried once
-    for pick in subset_of(source, count).indices:
+    for pick in subset_of(source, count).indices.tolist():
         for i in (j % len(source) for j in range(pick, pick + len(source))):
             if i in picked or i in failed:
                 continue

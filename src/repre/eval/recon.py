@@ -96,7 +96,7 @@ def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime)
     epoch-0 augmentation), a row each; for each of the two views (a group of columns) the view, its patch means
     (norm_pix) and the reconstruction, captioned with PSNRs."""
     spec = view_spec(cfg, source)
-    picks = subset_of(source, cfg.eval.recon.images).indices
+    picks = subset_of(source, cfg.eval.recon.images).indices.tolist()
     n = len(picks)
     dataset = ViewDataset(source, spec, cfg.train.seed)
     batch = ViewCollate(spec)([dataset[(0, i)] for i in picks])
