@@ -72,8 +72,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extr
     run_plain(one, extra)
     done = run(two, 2, extra)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
-    if "train.diagnose_every=2" in extra:
-        assert "diag_grad_cosine" in (two / "metrics.jsonl").read_text()
+    if "train.diagnose_every=2" in extra:  # measured on the global batch's gradients, as one process does
+        def diag(out: Path) -> list[dict[str, float]]:
+            return [{k: v for k, v in json.loads(line).items() if k.startswith("diag_")}
+                    for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+        assert any(diag(two)) and diag(two) == [pytest.approx(d, rel=1e-3) for d in diag(one)]
     a, b = ckpt_io.load(one / "checkpoints" / "last.pt"), ckpt_io.load(two / "checkpoints" / "last.pt")
     # the gradients' running averages (what DDP averages), not the weights: Adam turns the rounding noise of
     # gradients that are zero in exact arithmetic (the attention key bias, a norm bias before batch norm) into
@@ -162,7 +166,7 @@ def test_killed_two_process_streamed_run_resumes_to_the_uninterrupted_weights(tm
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 6, 9, 12]
-    assert losses(broken) == pytest.approx(losses(whole), rel=1e-6)
+    assert losses(broken) == losses(whole)  # each process's window carried over: the same sums in the same order
 
 
 def test_global_batch_must_divide_among_processes(tmp_path):

@@ -373,7 +373,7 @@ def test_a_run_stopped_between_train_lines_resumes_to_the_uninterrupted_lines(tm
     with pytest.raises(StoppedEarly):
         Trainer(tiny_config(*settings), tmp_path / "run").fit()
     ckpt = ckpt_io.load(tmp_path / "run")
-    assert ckpt["step"] == 5 and ckpt["window"]["loss"][1] == 1.0  # one step of the next line
+    assert ckpt["step"] == 5 and ckpt["window"]["ranks"][0]["loss"][1] == 1.0  # one step of the next line
     assert "diag_grad_cosine" in ckpt["monitors"]["LossBalance"]["pending"]
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
     shutil.copytree(tmp_path / "run", tmp_path / "short")
@@ -385,7 +385,67 @@ def test_a_run_stopped_between_train_lines_resumes_to_the_uninterrupted_lines(tm
     assert Trainer(tiny_config(*settings, "train.max_steps=5"), tmp_path / "short", resume=True).fit()["completed"]
     last = json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 5 and last["images_per_sec"] is None
-    assert last["loss"] == pytest.approx(ckpt["window"]["loss"][0])  # the one step's loss
+    assert last["loss"] == pytest.approx(ckpt["window"]["ranks"][0]["loss"][0])  # the one step's loss
+
+
+def test_a_run_that_failed_in_the_k_nn_of_a_checkpoint_step_resumes_to_the_uninterrupted_lines(tmp_path, monkeypatch):
+    """The k-NN of a step that also checkpoints runs before the checkpoint: a run lost during it (here an error)
+    resumes from the checkpoint before and writes that k-NN's line, as the uninterrupted run; TensorBoard holds
+    each step's values once."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from repre.eval.callbacks import PeriodicKNN
+    from repre.pretraining import pretrain
+
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=6", "train.checkpoint_every=2", "train.log_every=2",
+                "train.eval_every=4", "eval.knn.enabled=true"]
+
+    def lines(out: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_sec"}
+                for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+    pretrain(tiny_config(*settings), tmp_path / "whole")
+    original = PeriodicKNN.on_step_end
+
+    def lost_in_the_k_nn(self, trainer, writer):
+        if trainer.state.step == 4:
+            raise RuntimeError("the machine is gone")
+        original(self, trainer, writer)
+
+    monkeypatch.setattr(PeriodicKNN, "on_step_end", lost_in_the_k_nn)
+    with pytest.raises(RuntimeError):
+        pretrain(tiny_config(*settings), tmp_path / "run")
+    assert ckpt_io.load(tmp_path / "run")["step"] == 2
+    monkeypatch.setattr(PeriodicKNN, "on_step_end", original)
+    pretrain(tiny_config(*settings), tmp_path / "run", resume=True)
+    whole, resumed = lines(tmp_path / "whole"), lines(tmp_path / "run")
+    assert [(r["step"], r["kind"]) for r in whole] == [(2, "train"), (4, "train"), (4, "eval"), (6, "train"),
+                                                       (6, "eval")]
+    assert resumed == whole
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert sorted(e.step for e in events.Scalars("train/loss")) == [2, 4, 6]
+    assert sorted(e.step for e in events.Scalars("eval/knn_top1")) == [4, 6]
+
+
+def test_a_run_resumed_before_its_first_checkpoint_draws_each_step_once_in_tensorboard(tmp_path):
+    """Lost before its first checkpoint, a run resumed with --resume starts again at step 0: metrics.jsonl
+    and TensorBoard drop what the lost run wrote."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=4", "train.log_every=1"]
+    Trainer(tiny_config(*settings), tmp_path / "run").fit()
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    (tmp_path / "run" / "summary.json").unlink()
+    Trainer(tiny_config(*settings), tmp_path / "run", resume=True).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def test_a_moved_dataset_resumes_where_it_holds_the_run_s_images(tmp_path, image_folder, repre_log):

@@ -74,21 +74,36 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
     assert "data.root, eval.*, description" in listed and "eval.batch_size" not in listed  # sections as eval.*
 
 
-def test_a_restored_window_has_the_same_keys_on_every_process():
-    """Rank 0 takes back the checkpointed sums, the other processes zeros for the same keys, in the same order:
-    the reduction of the next line pairs them (a process without the keys skipped the collective: a crash, or
-    a hang with NCCL)."""
+def test_a_restored_window_goes_on_with_each_process_own_sums(monkeypatch):
+    """Each process takes back its own sums (the resumed line adds what the uninterrupted one adds, in its order).
+    Saved by another number of processes, or by an earlier version (the totals), rank 0 takes the totals and the
+    others zeros for the same keys, in the same order: the reduction of the next line pairs them (a process
+    without the keys skipped the collective: a crash, or a hang with NCCL)."""
+    from repre.engine import metrics
     from repre.engine.metrics import WindowMeter
 
-    saved = {"loss": [6.0, 2.0], "lr": [0.2, 2.0]}
-    main, other = WindowMeter(), WindowMeter()
-    main.load_state_dict(saved, holds_totals=True)
-    other.load_state_dict(saved, holds_totals=False)
-    assert list(main.sums) == list(other.sums) == ["loss", "lr"] and main and other
-    assert float(other.sums["loss"]) == float(other.counts["loss"]) == 0.0
-    main.add({"loss": torch.tensor(3.0), "lr": torch.tensor(0.1)})
-    assert main.read() == {"loss": pytest.approx(3.0), "lr": pytest.approx(0.1)}
-    assert not main
+    saved = {"ranks": [{"loss": [6.0, 2.0], "lr": [0.25, 2.0]}, {"loss": [4.0, 2.0], "lr": [0.25, 2.0]}]}
+    earlier = {"loss": [10.0, 4.0], "lr": [0.5, 4.0]}  # an earlier version's: the processes' totals
+
+    def restored(state: dict, world: int, rank: int) -> dict[str, list[float]]:
+        monkeypatch.setattr(metrics, "world_size", lambda: world)
+        monkeypatch.setattr(metrics, "rank", lambda: rank)
+        meter = WindowMeter()
+        meter.load_state_dict(state)
+        return {k: [float(meter.sums[k]), float(meter.counts[k])] for k in meter.sums}
+
+    assert restored(saved, 2, 0) == {"loss": [6.0, 2.0], "lr": [0.25, 2.0]}
+    assert restored(saved, 2, 1) == {"loss": [4.0, 2.0], "lr": [0.25, 2.0]}
+    assert restored(saved, 1, 0) == restored(earlier, 1, 0) == restored(earlier, 2, 0) == earlier
+    zeros = {"loss": [0.0, 0.0], "lr": [0.0, 0.0]}
+    assert restored(saved, 3, 2) == restored(earlier, 2, 1) == zeros and list(restored(saved, 3, 2)) == ["loss", "lr"]
+    monkeypatch.setattr(metrics, "world_size", lambda: 1)
+    monkeypatch.setattr(metrics, "rank", lambda: 0)
+    meter = WindowMeter()
+    meter.load_state_dict(saved)
+    meter.add({"loss": torch.tensor(2.0), "lr": torch.tensor(0.1)})
+    assert meter.read() == {"loss": pytest.approx(12.0 / 5), "lr": pytest.approx(0.6 / 5)} and not meter
+    assert WindowMeter().state_dict() == {"ranks": [{}]}
 
 
 @pytest.mark.parametrize("native", [True, False])

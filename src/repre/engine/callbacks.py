@@ -41,7 +41,7 @@ class Callback:
         """After a train line, on rank 0, when every value of the window is finite (window averages)."""
 
     def on_step_end(self, trainer: Trainer, writer: MetricWriter) -> None:
-        """After a step's bookkeeping (logs and checkpoints included)."""
+        """After a step's bookkeeping (its train line included), before its checkpoint."""
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
         """When the loop has ended and its checkpoint is written: entries for the run's summary."""

@@ -97,7 +97,7 @@ class Checkpoints:
             "step": self.state.step,
             "run": self.state.to_dict(),
             "monitors": monitor_states(self.callbacks),  # those with a state; rank 0's: it reads the train lines
-            "window": self.window.state_dict(),  # the next train line's steps so far, over all processes
+            "window": self.window.state_dict(),  # the next train line's steps so far, each process's
             "rng": rng.state_dict(self.rt.device),
             "stream": self.data.state_dict(),  # the data pipeline's position (None: the step says it all)
             "config": self.cfg.to_dict(),
@@ -203,7 +203,7 @@ class Checkpoints:
         rng.load_state_dict(ckpt["rng"], self.rt.device)
         self.data.load_state_dict(ckpt.get("stream"))
         self.state.load(ckpt["step"], ckpt["run"])
-        self.window.load_state_dict(ckpt.get("window") or {}, holds_totals=dist.is_main())
+        self.window.load_state_dict(ckpt.get("window") or {})
         if dist.is_main():  # rank 0's monitors read the train lines; the others' stay as built
             load_monitor_states(self.callbacks, ckpt.get("monitors"))
 

@@ -14,17 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repre.core import dist
+
 log = logging.getLogger("repre")
 
 
 def loss_balance(encoder: nn.Module, contrastive: torch.Tensor, recon: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Norms of d(contrastive)/d(encoder) and d(lambda * recon)/d(encoder), and the cosine between them."""
+    """Norms of d(contrastive)/d(encoder) and d(lambda * recon)/d(encoder), and the cosine between them; under
+    torchrun, of the global batch's gradients (each process's averaged, as DDP averages the step's: every
+    process calls this at the same steps)."""
     params = [p for p in encoder.parameters() if p.requires_grad]
     flat = []
     for loss in (contrastive, recon):
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float()
-                               for g, p in zip(grads, params, strict=True)]))
+        local = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float()
+                           for g, p in zip(grads, params, strict=True)])
+        flat.append(dist.all_reduce_sum(local) / dist.world_size())
     a, b = flat
     return {
         "diag_grad_norm_contrastive": a.norm(),

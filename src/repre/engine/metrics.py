@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from repre.core import run_files
-from repre.core.dist import all_reduce_sum
+from repre.core.dist import all_reduce_sum, gather_objects, rank, world_size
 
 
 class MetricWriter:
@@ -19,15 +19,15 @@ class MetricWriter:
 
     def __init__(self, folder: Path, tensorboard: bool = True, enabled: bool = True, after_step: int = 0) -> None:
         """`enabled` False: writes nothing (the processes other than rank 0 of a distributed run). `after_step`:
-        the step a run resumes from; TensorBoard drops the events of later steps that the stopped run had
-        written, as the resume truncates metrics.jsonl."""
+        the step a run resumes from (0 for a run that starts, or resumes without a checkpoint); TensorBoard drops
+        the events of later steps that a stopped run had written, as the resume truncates metrics.jsonl."""
         self.path = folder / run_files.METRICS
         self.enabled = enabled
         self.tb = None
         if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + 1 if after_step else None)
+            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -52,6 +52,11 @@ class MetricWriter:
             import numpy as np
 
             self.tb.add_image(tag, np.asarray(picture), step, dataformats="HWC")
+
+    def flush(self) -> None:
+        """TensorBoard's queued events onto the disk (metrics.jsonl is written line by line)."""
+        if self.tb is not None:
+            self.tb.flush()
 
     def close(self) -> None:
         if self.tb is not None:
@@ -109,19 +114,25 @@ class WindowMeter:
         self.sums, self.counts = {}, {}
         return {k: (s / n if n else None) for k, (s, n) in totals.items()}
 
-    def state_dict(self) -> dict[str, list[float]]:
-        """The window so far, for a checkpoint written between train lines: [sum, count] by key, summed over
-        the processes (a collective, as `read`)."""
-        return {k: [s, n] for k, (s, n) in self._totals().items()}
+    def state_dict(self) -> dict[str, Any]:
+        """The window so far, for a checkpoint written between train lines: each process's own [sum, count] by
+        key, in rank order under "ranks" (a collective). A resumed process goes on with its own sums, so the
+        resumed line adds the same numbers in the same order as the uninterrupted one."""
+        own = {k: [float(self.sums[k]), float(self.counts[k])] for k in self.sums}
+        return {"ranks": gather_objects(own)}
 
-    def load_state_dict(self, state: dict[str, list[float]], holds_totals: bool = True) -> None:
-        """Go on with a checkpointed window. `holds_totals` False (every process of a distributed run but
-        rank 0): zeros for the same keys, as rank 0's sums hold every process's and `read` adds them all up
-        (every process keeps the same keys in the same order: the reduction pairs them)."""
-        self.sums, self.counts = {}, {}
-        for key, (s, n) in state.items():
-            self.sums[key] = torch.tensor(s if holds_totals else 0.0, device=self.device)
-            self.counts[key] = torch.tensor(n if holds_totals else 0.0, device=self.device)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on with a checkpointed window. Written by another number of processes (or by an earlier version,
+        which kept the processes' totals: {key: [sum, count]}), rank 0 goes on with the totals and the others
+        with zeros for the same keys (every process keeps the same keys in the same order: `read` pairs them)."""
+        ranks = state.get("ranks", [state] if state else [])
+        if len(ranks) == world_size():
+            own = ranks[rank()]
+        else:
+            totals = {k: [sum(r[k][i] for r in ranks) for i in (0, 1)] for k in (ranks[0] if ranks else {})}
+            own = totals if rank() == 0 else {k: [0.0, 0.0] for k in totals}
+        self.sums = {k: torch.tensor(s, device=self.device) for k, (s, _) in own.items()}
+        self.counts = {k: torch.tensor(n, device=self.device) for k, (_, n) in own.items()}
 
     def __bool__(self) -> bool:
         """Whether the window holds a step (the same on every process)."""

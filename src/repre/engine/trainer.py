@@ -249,6 +249,7 @@ class Trainer:
                 "warm-up: start again from it with `repre pretrain --init-from CHECKPOINT --out NEW_DIR --set ...`",
                 s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
         else:
+            writer.flush()
             path = self.checkpoints.save(final=True)
             if not completed and main:
                 again = ("the same torchrun command with --resume" if dist.launched()
@@ -336,10 +337,11 @@ class Trainer:
                 seconds = max(time.perf_counter() - window_start, 1e-9)
                 self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
-            if saves and s.step < self.total and not s.bad_streak:
-                self.checkpoints.save()  # never in a run of non-finite steps: the last good one stays newest
-            for callback in self.callbacks:
+            for callback in self.callbacks:  # before the checkpoint: a run resumed from it has what they wrote
                 callback.on_step_end(self, writer)
+            if saves and s.step < self.total and not s.bad_streak:
+                writer.flush()  # the step's scalars on disk before a resume could take the checkpoint
+                self.checkpoints.save()  # never in a run of non-finite steps: the last good one stays newest
         if s.step >= self.total and meter:  # resumed at its total between two lines: the steps carried over
             self._log_window(writer, meter, bar, None)
         return s.step >= self.total
