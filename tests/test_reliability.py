@@ -430,6 +430,21 @@ def test_a_run_that_failed_in_the_k_nn_of_a_checkpoint_step_resumes_to_the_unint
     assert sorted(e.step for e in events.Scalars("eval/knn_top1")) == [4, 6]
 
 
+def test_a_run_lost_after_its_final_k_nn_writes_it_once_when_resumed(tmp_path):
+    """Lost between its final k-NN and summary.json, a resumed run redoes its end: one final eval line."""
+    import json
+
+    from repre.pretraining import pretrain
+
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=4", "eval.knn.enabled=true"]
+    pretrain(tiny_config(*settings), tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    summary = pretrain(tiny_config(*settings), tmp_path / "run", resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in lines] == [(4, "train"), (4, "eval")]
+    assert lines[-1]["knn_top1"] == summary["knn_top1"]
+
+
 def test_a_run_resumed_before_its_first_checkpoint_draws_each_step_once_in_tensorboard(tmp_path):
     """Lost before its first checkpoint, a run resumed with --resume starts again at step 0: metrics.jsonl
     and TensorBoard drop what the lost run wrote."""

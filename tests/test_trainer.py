@@ -283,3 +283,25 @@ def test_one_step_at_lr_0_keeps_the_initial_encoder_a_random_init_reference(tmp_
     trainer.fit()
     after = trainer.model.method.encoder.state_dict()
     assert all(torch.equal(after[name], value) for name, value in before.items())
+
+
+def test_the_random_state_resumes_between_a_plain_process_and_a_one_process_group(monkeypatch):
+    """A run written by a plain process goes on under `torchrun --nproc_per_node 1` with its drop-path draws, and
+    the reverse: one process either way. With another number of processes each keeps its new seed."""
+    from repre.core import rng
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    plain = rng.state_dict(cpu)
+    group = {**plain, "ranks": [rng.state_dict(cpu)]}  # what a one-process group writes
+    expected = torch.rand(3)
+    for saved in (plain, group):
+        torch.manual_seed(2)
+        rng.load_state_dict(saved, cpu)
+        assert torch.equal(torch.rand(3), expected)
+    monkeypatch.setattr(rng.dist, "world_size", lambda: 2)
+    torch.manual_seed(2)
+    fresh = torch.rand(3)
+    torch.manual_seed(2)
+    rng.load_state_dict(group, cpu)
+    assert torch.equal(torch.rand(3), fresh)

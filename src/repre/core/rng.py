@@ -42,12 +42,12 @@ def state_dict(device: torch.device) -> dict[str, Any]:
 def load_state_dict(saved: dict[str, Any], device: torch.device) -> None:
     """Take back this process's state from `saved`. Saved with another number of processes: every process keeps
     the state it was seeded with (the trainer seeds each its own) and says so."""
-    ranks = saved.get("ranks")
-    if dist.is_distributed() and ranks and len(ranks) == dist.world_size():
+    ranks = saved.get("ranks") or [saved]  # a plain process's and a one-process group's are alike
+    if len(ranks) == dist.world_size():
         saved = ranks[dist.rank()]
-    elif dist.is_distributed() or ranks:
+    else:
         log.info("resuming with %d processes, written with %d: drop-path draws continue from new seeds",
-                 dist.world_size(), len(ranks or [1]))
+                 dist.world_size(), len(ranks))
         saved = _own(device)
     torch.set_rng_state(saved["torch"])
     if torch.is_tensor(saved.get("cuda")) and device.type == "cuda":

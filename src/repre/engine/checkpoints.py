@@ -188,7 +188,7 @@ class Checkpoints:
             self._relink_last(path)
         log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
         if dist.is_main():
-            self._truncate_metrics()
+            self._truncate_metrics(final=self.state.step == total)
 
     def _relink_last(self, path: Path) -> None:
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
@@ -294,9 +294,10 @@ class Checkpoints:
                         "the other schedules follow the new length from here on, so their values change at the "
                         "resumed step", was, total)
 
-    def _truncate_metrics(self) -> None:
+    def _truncate_metrics(self, final: bool = False) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again), and a
-        line cut short by a crash or a full disk (said)."""
+        line cut short by a crash or a full disk (said). `final`: the checkpoint is the run's last, after which
+        its end wrote eval lines at that step (the final k-NN): they go too, as the resumed run's end redoes it."""
         path = self.out / run_files.METRICS
         if not path.is_file():
             return
@@ -307,7 +308,10 @@ class Checkpoints:
             except ValueError:
                 cut += 1
                 continue
-            if isinstance(record, dict) and record.get("step", 0) <= self.state.step:
+            if not isinstance(record, dict):
+                continue
+            step = record.get("step", 0)
+            if step < self.state.step or step == self.state.step and not (final and record.get("kind") == "eval"):
                 keep.append(line)
         if cut:
             log.warning("%s: left out %d line(s) cut short when the run stopped", path, cut)
