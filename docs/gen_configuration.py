@@ -27,12 +27,13 @@ section replaces the preset's, `--set 'model.kwargs={}'` drops its kwargs, where
 `--set model.kwargs.depth=8`). Unknown keys
 and values of the wrong type exit 2 naming the nearest valid key. The resolved config is saved as the run's
 `config.yaml` and in every checkpoint, and `--config` accepts it back. The presets set other values than
-these defaults: `repre presets` lists them, and `src/repre/presets/*.yaml` says why each value is chosen.
+these defaults: `repre presets` lists the presets, `repre config --config PRESET` prints one's values, and
+`src/repre/presets/*.yaml` says why each value is chosen.
 `repre config [--config PRESET_OR_YAML] [--set key=value]...` prints the resolved config that `repre pretrain`
 would run with the same arguments, validated as a config (keys, types, ranges, the rules across keys; what
 needs the model or the data is checked when pretrain builds them): a file to edit and give back with
-`--config`. Two keys sit outside the sections: `preset`, the preset a config came from (a YAML file: its
-name), and `description`, a preset's line in `repre presets` (run only).
+`--config`. Two keys sit outside the sections: `preset`, the preset a config came from (a YAML file without a
+`preset:` key: its file name; one `repre config` wrote keeps its preset's, and with it `runs/<preset>`), and `description`, a preset's line in `repre presets` (run only).
 
 A key marked *run only* changes how a run or an evaluation goes (where and how fast it runs, what it logs,
 draws and keeps, when it gives up), not what it computes: a resumed run may change it

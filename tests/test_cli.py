@@ -403,7 +403,7 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, rep
     code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn.enabled=false",
                                          "train.log_every=1"))
     summary = last_json(stdout)
-    assert code == 3 and summary["completed"] is False and summary["steps"] == 3
+    assert code == 3 and summary["completed"] is False and summary["steps"] == 3 and summary["diverged"] is False
     assert (out / "checkpoints" / "step-00000003.pt").is_file() and (out / "recon.png").is_file()  # drawn at a stop too
     assert f"stopped at step 3 of 6, checkpoint {out}" in repre_log.text and "--resume`" in repre_log.text
     (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 4, "kind": "train"}\n')

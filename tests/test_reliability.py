@@ -296,7 +296,7 @@ def test_divergence_exits_3_through_the_cli(tmp_path, monkeypatch):
     for item in RESUME + ["train.max_bad_steps=2", "train.num_workers=0"]:
         args += ["--set", item]
     code, stdout = run_cli(args)
-    assert code == 3 and last_json(stdout)["completed"] is False
+    assert code == 3 and last_json(stdout)["completed"] is False and last_json(stdout)["diverged"] is True
 
 
 def test_collapse_monitor():

@@ -377,6 +377,8 @@ class Trainer:
         s = self.state
         summary = {
             "completed": completed,
+            # stopped by `train.max_bad_steps` non-finite steps in a row: --resume repeats them (`_fit`'s advice)
+            "diverged": self.guard.diverged,
             "steps": s.step,
             "total_steps": self.total,
             "wall_s": None,  # set last: this process's setup, loop and final evaluations
