@@ -234,15 +234,16 @@ class Interrupted(Exception):
 
 @pytest.mark.parametrize("protocol", ["dino", "moby"])
 def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_path, monkeypatch, protocol):
-    """Stopped after its first epoch of 3 and run again into the same folder: the same head (bitwise) and top-1
-    (MoBY's too: each epoch's stochastic depth is drawn from its own seed)."""
+    """Stopped after its first epoch of 3 and run again into the same folder: the same head (bitwise), top-1 and
+    last train loss (MoBY's too: each epoch's stochastic depth is drawn from its own seed); run once more, after
+    its last epoch, it trains nothing and reports the same."""
     run, _ = tiny_run
     overrides = EXACT + [f"eval.linear.protocol={protocol}", "eval.linear.epochs=3", "eval.linear.lr=0.5"]
     whole = evaluate("linear", run, overrides, tmp_path / "whole")
     save = lincls_module.save
 
-    def save_then_stop(path, head, opt, key, epoch, cfg):
-        save(path, head, opt, key, epoch, cfg)
+    def save_then_stop(path, head, opt, key, epoch, loss, cfg):
+        save(path, head, opt, key, epoch, loss, cfg)
         if epoch == 1:
             raise Interrupted
 
@@ -255,6 +256,8 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_pa
     assert resumed["value"] == whole["value"] and resumed["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
     a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt") for d in ("whole", "broken"))
     assert a["epoch"] == b["epoch"] == 3 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    done = evaluate("linear", run, overrides, tmp_path / "broken")  # after its last epoch: tested again, as it was
+    assert done["value"] == whole["value"] and done["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
     with pytest.raises(UserError, match="other settings or of another encoder .differing: base_lr"):
         evaluate("linear", run, [*overrides, "eval.linear.lr=0.1"], tmp_path / "broken")
     if protocol == "dino":  # a probe written before the protocols' later fields: their defaults, so it goes on

@@ -152,11 +152,12 @@ def encoder_digest(encoder: Backbone) -> str:
     return h.hexdigest()
 
 
-def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: dict[str, Any]) -> int:
+def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
+           key: dict[str, Any]) -> tuple[int, float | None]:
     """Load a probe checkpoint of the same settings (`key`) into head and optimizer -> the epochs it has done
-    (0 without one)."""
+    and its last epoch's train loss ((0, None) without one)."""
     if path is None or not path.is_file():
-        return 0
+        return 0, None
     state = ckpt_io.load(path)
     # a probe written before a protocol field existed had that field's default
     stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol) if f.default is not dataclasses.MISSING},
@@ -168,15 +169,17 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: 
     head.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     log.info("resuming the linear probe from %s (epoch %d of %d)", path, state["epoch"], key["epochs"])
-    return state["epoch"]
+    return state["epoch"], state.get("loss")
 
 
 def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: dict[str, Any], epoch: int,
-         cfg: Config) -> None:
-    """Rank 0 writes the probe's checkpoint after `epoch` epochs; every process waits for it."""
+         loss: float, cfg: Config) -> None:
+    """Rank 0 writes the probe's checkpoint after `epoch` epochs (`loss`: that epoch's train loss); every process
+    waits for it."""
     if path is not None and dist.is_main():
         ckpt_io.save({"schema": ckpt_io.SCHEMA, "model": head.state_dict(), "optimizer": opt.state_dict(),
-                      "epoch": epoch, "probe": key, "config": cfg.to_dict(), "versions": ckpt_io.versions()}, path)
+                      "epoch": epoch, "loss": loss, "probe": key, "config": cfg.to_dict(),
+                      "versions": ckpt_io.versions()}, path)
     dist.barrier()
 
 
@@ -213,8 +216,8 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
     aug = crop_and_flip(cfg.aug, crop_scale=[0.08, 1.0], crop_ratio=[3 / 4, 4 / 3], hflip=0.5)  # torchvision's
     # RandomResizedCrop and RandomHorizontalFlip defaults: main_lincls.py:273-274; eval_linear.py:86-87; MoBY's
     # data/build.py:130-131
-    loss = None  # a run resumed after its last epoch trains no more
-    for epoch in range(resume(path, head, opt, key), protocol.epochs):
+    done, loss = resume(path, head, opt, key)  # a probe resumed after its last epoch trains no more
+    for epoch in range(done, protocol.epochs):
         # each epoch's stochastic depth from its own seed: other draws on each process (as moby_linear.py:353
         # seeds each rank), and a resumed probe draws what the uninterrupted one drew
         if protocol.drop_path is not None:
@@ -224,7 +227,7 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
         loss = train_epoch(encoder, head, opt, loader, lrs[epoch], protocol, rt)
         log.info("linear probe (%s) epoch %d/%d: loss %.4f, lr %.4g", protocol.name, epoch + 1, protocol.epochs,
                  loss, float(lrs[epoch, -1]))
-        save(path, head, opt, key, epoch + 1, cfg)
+        save(path, head, opt, key, epoch + 1, loss, cfg)
     confusion = test_confusion(encoder, head, cfg, protocol, rt)
     seen = int(confusion.sum())
     extra = {**protocol.summary(), "lr": protocol.lr, "dim": dim, "train_images": len(source), "test_images": seen,
