@@ -1,4 +1,4 @@
-"""`repre neighbors`' exact search (chunked matrix products, `repre.use.search`) against FAISS's flat
+"""`repre neighbors`' exact search (chunked matrix products, `repre.core.search`) against FAISS's flat
 inner-product index, the library that would do it.
 
     pip install faiss-cpu
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repre.use.search import BANK_CHUNK, torch_top_k
+from repre.core.search import BANK_CHUNK, torch_top_k
 
 
 def faiss_top_k(bank: np.ndarray, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

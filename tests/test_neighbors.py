@@ -12,9 +12,9 @@ from PIL import Image
 
 from conftest import last_json, run_cli, save_png
 from repre.core.pictures import sheet_size, thumb_side
+from repre.core.search import top_k, torch_top_k
 from repre.errors import UserError
 from repre.use.neighbors import NOTE, QUERY_GAP
-from repre.use.search import top_k, torch_top_k
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,11 @@ import torch
 
 from repre.config import override_items, reads
 from repre.core.pictures import Column, Picture, picture_path, save_picture, sheet, thumb_side, tile
+from repre.core.search import top_k
 from repre.data.sources import ImageSource, class_name
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import embedded_source, thumbnail
-from repre.use.search import top_k
 from repre.use.store import EmbeddingFiles, finished_card, read_index
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
