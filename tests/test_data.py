@@ -15,7 +15,7 @@ from repre.data.folder import ImageFolder, UnreadableImage, decode
 from repre.data.pipeline import Stages, ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
 from repre.data.sampler import EpochBatchSampler
 from repre.data.sources import build_source, load_or_replace
-from repre.data.splits import eval_source, subset_of, train_source, val_split
+from repre.data.splits import eval_source, select, subset_of, train_source, val_split
 from repre.data.views import ViewSpec, gaussian_blur, make_views, photometric
 from repre.data.workers import resolve_workers
 from repre.errors import UserError
@@ -52,6 +52,22 @@ def test_image_modes_become_rgb(tmp_path):
     for path in (gray, rgba, deep, pal, cmyk):
         img = decode(path)
         assert img.shape == (3, 9, 7) and img.dtype == torch.uint8, path
+
+
+def test_grey_images_of_more_than_8_bits_keep_their_brightness_in_any_format(tmp_path):
+    """16-bit values read 0..65535 -> 0..255 whether PIL opens the file as I;16 (PNG, TIFF) or I (a 16-bit PGM):
+    a dark image stays dark (not stretched to its own maximum), as an array of the same values
+    (`python_source.to_uint8`); floats read from [0, 1]."""
+    from repre.data.python_source import as_image
+
+    dark = (np.arange(63, dtype=np.uint16).reshape(7, 9) * 100)  # up to 6,200 of 65,535: 24 of 255
+    expected = as_image(dark, "dark")
+    for suffix in (".png", ".tif", ".pgm"):
+        Image.fromarray(dark).save(tmp_path / f"dark{suffix}")
+        assert torch.equal(decode(tmp_path / f"dark{suffix}"), expected), suffix
+    assert int(expected.max()) == 24
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "half.tif")
+    assert decode(tmp_path / "half.tif").unique().tolist() == [128]
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -628,3 +644,5 @@ def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, 
     labels = [label for _, label in (source("own_items_for_check:sorted_classes").load(i)
                                      for i in subset_of(source("own_items_for_check:sorted_classes"), 4).indices)]
     assert labels == [0, 0, 1, 1]  # spread: the first 4 would be one class
+    held_out = select(source("own_items_for_check:sorted_classes"), torch.arange(2, 16, 2))  # as eval.split=val's
+    assert [held_out.load(i)[1] for i in subset_of(held_out, 2).indices.tolist()] == [0, 1]  # spread too

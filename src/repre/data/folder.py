@@ -108,13 +108,22 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 [H, W, 3], with EXIF orientation applied."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
+        return np.repeat(_to_8_bits(img)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return np.asarray(img.convert("RGB"))
+
+
+def _to_8_bits(img: Image.Image) -> np.ndarray:
+    """A grey image of more than 8 bits (PIL modes I;16*, I, F) -> uint8 [H, W], rounded as
+    `python_source.to_uint8` rounds arrays: integers scaled from 0..65535 (a mode-I image, such as a 16-bit PGM,
+    holds 16-bit values too), floats from [0, 1]; values beyond those ranges by the image's own maximum (no range
+    is standard there)."""
+    arr = np.asarray(img, dtype=np.float64)
+    high = float(arr.max()) if arr.size else 0.0
+    usual = 1.0 if img.mode == "F" else 65535.0
+    top = usual if high <= usual else high
+    return np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
 
 
 def complete_jpeg(data: bytes) -> bool:

@@ -33,6 +33,8 @@ class Selection:
         self.source, self.indices = source, indices.numpy().astype(np.int64)
         self.mean, self.std, self.num_classes = source.mean, source.std, source.num_classes
         self.classes = class_names(source)
+        # a selection of a class-sorted source in its order (the validation split's sorted indices) is class-sorted
+        self.class_sorted = getattr(source, "class_sorted", False)
 
     def __len__(self) -> int:
         return len(self.indices)
