@@ -405,10 +405,10 @@ def test_per_view_blur_and_solarize_probabilities_follow_byol():
     assert rates[0] == pytest.approx((1.0, 0.0), abs=0.03) and rates[1] == pytest.approx((0.1, 0.2), abs=0.03)
 
 
-@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "solarize", "gray"])
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue", "solarize", "gray"])
 def test_each_photometric_operation_is_torchvisions(op):
-    """Each operation of the batched photometric stage equals torchvision's (hue is approximated by design:
-    a rotation in YIQ, left out here)."""
+    """Each operation of the batched photometric stage equals torchvision's, with a factor a sample (hue: each
+    sample its own shift, both directions)."""
     from torchvision.transforms.v2 import functional as TF
 
     from repre.data.views import N_PHOTO, Photo
@@ -423,6 +423,10 @@ def test_each_photometric_operation_is_torchvisions(op):
         photo[:, {"brightness": Photo.BRIGHTNESS, "contrast": Photo.CONTRAST, "saturation": Photo.SATURATION}[op]] = f
         ref = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
                "saturation": TF.adjust_saturation}[op](xf, f)
+    elif op == "hue":
+        shifts = [0.1, -0.1, 0.37, -0.5]
+        photo[:, Photo.JITTER], photo[:, Photo.HUE] = 1.0, torch.tensor(shifts)
+        ref = torch.stack([TF.adjust_hue(image, shift) for image, shift in zip(xf, shifts, strict=True)])
     elif op == "solarize":
         photo[:, Photo.SOLARIZE] = 1.0
         ref = TF.solarize(xf, 0.5)

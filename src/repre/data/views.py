@@ -11,9 +11,8 @@ The pipeline has two stages:
   grayscale, Gaussian blur, solarization, then normalization. It runs in the collate function (in the
   data workers) and can equally run on an accelerator.
 
-Differences from torchvision's ColorJitter, by design: the four jitter operations are applied in the fixed
-order brightness, contrast, saturation, hue (torchvision shuffles the order), and hue is rotated in YIQ
-space (a close, batched approximation of torchvision's HSV hue shift).
+Difference from torchvision's ColorJitter, by design: the four jitter operations are applied in the fixed
+order brightness, contrast, saturation, hue (torchvision shuffles the order); each is torchvision's.
 """
 
 from __future__ import annotations
@@ -154,17 +153,17 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate chroma in YIQ space by `shift` turns per sample ([N, 1, 1, 1])."""
-    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    i = 0.596 * x[:, 0] - 0.274 * x[:, 1] - 0.322 * x[:, 2]
-    q = 0.211 * x[:, 0] - 0.523 * x[:, 1] + 0.312 * x[:, 2]
-    angle = 2 * math.pi * shift[:, 0]
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    i, q = i * cos - q * sin, i * sin + q * cos
-    r = y + 0.956 * i + 0.621 * q
-    g = y - 0.272 * i - 0.647 * q
-    b = y - 1.106 * i + 1.703 * q
-    return torch.stack([r, g, b], dim=1).clamp(0, 1)
+    """The HSV hue of x [N, 3, H, W] in [0, 1] turned by `shift` turns per sample ([N, 1, 1, 1]): torchvision's
+    `adjust_hue`, one factor a sample. Value (the largest channel) and chroma (largest - smallest) stay; each
+    channel comes back from the turned hue by the closed form of HSV -> RGB."""
+    high, low = x.max(dim=1, keepdim=True).values, x.min(dim=1, keepdim=True).values  # [N, 1, H, W]
+    chroma = high - low
+    r, g, b = ((high - x) / torch.where(chroma > 0, chroma, torch.ones_like(chroma))).unbind(1)
+    red, green = high[:, 0] == x[:, 0], high[:, 0] == x[:, 1]
+    sector = torch.where(red, b - g, torch.where(green, 2.0 + r - b, 4.0 + g - r))  # [N, H, W]: hue x 6
+    turned = (sector + 6.0 * shift[:, 0]).unsqueeze(1)
+    k = torch.remainder(x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + turned, 6.0)  # [N, 3, H, W]
+    return high - chroma * torch.minimum(k, 4.0 - k).clamp(0, 1)
 
 
 def color_jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
