@@ -161,6 +161,7 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
     state = ckpt_io.load(path)
     # a probe written before a protocol field existed had that field's default
     stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol) if f.default is not dataclasses.MISSING},
+              **{k: key[k] for k in PROBE_DATA},  # a probe written before they were recorded: as they are now
               **state.get("probe", {})}
     if stored != key:
         changed = sorted(k for k in key.keys() | stored.keys() if key.get(k) != stored.get(k))
@@ -170,6 +171,16 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
     opt.load_state_dict(state["optimizer"])
     log.info("resuming the linear probe from %s (epoch %d of %d)", path, state["epoch"], key["epochs"])
     return state["epoch"], state.get("loss")
+
+
+PROBE_DATA = ("data", "split", "seed", "precision")  # recorded in a probe's checkpoint since these were added
+
+
+def probe_data(cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """What the probe trains on and how, beyond its protocol: the images (data.name and data.root, the split), the
+    seed of its crops and head, the precision; a probe resumed with others would mix two runs."""
+    return {"data": f"{cfg.data.name} {cfg.data.source or cfg.data.root}", "split": cfg.eval.split,
+            "seed": cfg.train.seed, "precision": rt.precision}
 
 
 def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: dict[str, Any], epoch: int,
@@ -209,7 +220,8 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
     lrs = probe_lrs(protocol, steps)  # [epochs, steps]
     path = Path(out) / STATE_FILE if out is not None else None
     key = {**dataclasses.asdict(protocol), "classes": source.num_classes, "dim": dim, "steps_per_epoch": steps,
-           "encoder_sha256": encoder_digest(encoder) if path is not None else None}  # what a resumed probe shares
+           "encoder_sha256": encoder_digest(encoder) if path is not None else None,  # what a resumed probe shares
+           **probe_data(cfg, rt)}
     if protocol.drop_path is not None:
         encoder = with_drop_path(encoder, protocol.drop_path)
     encoder.eval()

@@ -15,7 +15,8 @@ from repre.models.backbone import Backbone
 
 
 def has_class_token(encoder: Backbone) -> bool:
-    return not encoder.hierarchical and bool(getattr(encoder.model, "num_prefix_tokens", 0))
+    """A ViT with a class token (timm's `cls_token`; its register tokens, if any, come after it)."""
+    return not encoder.hierarchical and getattr(encoder.model, "cls_token", None) is not None
 
 
 def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
