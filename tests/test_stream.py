@@ -209,3 +209,34 @@ def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards,
     assert resumed.data.positions == {0: (0, 0, ())}
     assert "every stream restarts at the start of epoch 0" in repre_log.text
     assert resumed.fit()["completed"]
+
+
+def test_a_label_that_is_no_integer_is_read_as_unlabelled_and_said(tmp_path, repre_log):
+    """Indexed shards refuse it before the run; a stream meets it mid-run, where one file should not stop it."""
+    import tarfile
+
+    from conftest import add, png_bytes
+
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        add(tar, "a.png", png_bytes(0))
+        add(tar, "a.cls", b"cat")
+        add(tar, "b.png", png_bytes(1))
+        add(tar, "b.cls", b"2")
+    assert [(key, label) for key, _, label in read_samples(str(tmp_path / "bad.tar"))] == [("a", -1), ("b", 2)]
+    assert "a.cls holds 'cat', not an integer label" in repre_log.text
+
+
+def test_unreadable_images_at_the_end_of_an_epoch_are_counted_with_the_next_one(tmp_path):
+    """The count rides on the worker's next sample, in the next epoch if need be (it was dropped there)."""
+    import tarfile
+    from itertools import islice
+
+    from conftest import add, png_bytes
+
+    with tarfile.open(tmp_path / "part-0000.tar", "w") as tar:
+        for i in range(2):
+            add(tar, f"{i}.png", png_bytes(i))
+        add(tar, "2.png", b"not an image")
+    views = stream(stream_config(str(tmp_path / "part-0000.tar"), "data.shuffle_block=1"))
+    samples = list(islice(iter(views), 4))  # epoch 0: 2 images, then 1 unreadable; epoch 1 starts
+    assert [s["skipped"] for s in samples] == [0, 0, 1, 0]

@@ -152,9 +152,16 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 image = tar.extractfile(member).read()
             elif ext in LABEL_EXTENSIONS:
                 text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                label = int(text) if text.lstrip("-").isdigit() else -1
+                label = int(text) if text.lstrip("-").isdigit() else _not_a_label(url, member.name, text)
     if image is not None:
         yield key, image, label
+
+
+def _not_a_label(url: str, name: str, text: str) -> int:
+    """-1 (no label) for a label file that holds no integer, said once a process: a stream cannot be checked
+    before the run, as indexed shards are (they refuse it), and one bad file should not stop it."""
+    warn_unreadable(f"{url}:{name} holds {text[:20]!r}, not an integer label", "read as unlabelled")
+    return -1
 
 
 class StreamShards:
@@ -209,6 +216,7 @@ class StreamViews(IterableDataset):
         self.shards, self.views, self.seed, self.block = shards, views, seed, block
         self.rank, self.world, self.start_step = rank, world, start_step
         self.positions = positions or {}
+        self.skipped = 0  # unreadable images since this worker's last sample, carried into its next (epochs too)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -254,7 +262,7 @@ class StreamViews(IterableDataset):
         shards = self._shards_of(epoch, logical, workers)
         block = given // self.block
         source = self._read_from(shards, sizes, block * self.block)
-        skipped, gave = 0, False
+        gave = False
         while True:
             items = list(islice(source, self.block))
             if not items:
@@ -268,10 +276,10 @@ class StreamViews(IterableDataset):
                     loaded = self.views.load_bytes(data, f"{self.shards.urls[shard]}:{key}", label)
                 except UnreadableImage as exc:
                     warn_unreadable(str(exc), "skipping unreadable image")
-                    skipped += 1
+                    self.skipped += 1
                     continue
-                sample = self.views.sample(loaded, epoch, index, skipped)
-                skipped = 0
+                sample = self.views.sample(loaded, epoch, index, self.skipped)
+                self.skipped = 0
                 sample["stream"] = (logical, *stream_position(epoch, block * self.block + pos + 1, sizes))
                 gave = True
                 yield sample
