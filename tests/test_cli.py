@@ -583,3 +583,15 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
             lines = [ln for ln in stream.getvalue().splitlines() if "pretrain:" in ln]
             assert "\r" not in stream.getvalue() and len(lines) == redraws["file"], stream.getvalue()
     assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws
+
+
+def test_a_global_batch_torchrun_cannot_share_is_refused_before_torch_is_imported(tmp_path):
+    """Each process would otherwise import torch and timm, join the group and take the run's lock first."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.environ.update(TORCHELASTIC_RUN_ID='x', WORLD_SIZE='2'); from repre.cli import main; "
+            f"status = main(['pretrain', '--out', {str(tmp_path / 'run')!r}, '--set', 'train.batch_size=15']); "
+            "sys.exit(10 + status if 'torch' in sys.modules else status)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not divisible by the 2 processes" in done.stderr, done.stderr[-500:]

@@ -68,6 +68,8 @@ def test_grey_images_of_more_than_8_bits_keep_their_brightness_in_any_format(tmp
     assert int(expected.max()) == 24
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "half.tif")
     assert decode(tmp_path / "half.tif").unique().tolist() == [128]
+    eight = Image.fromarray(np.full((4, 4), 200, dtype=np.uint8)).convert("I")  # made in code: 8-bit values
+    assert as_image(eight, "eight").unique().tolist() == as_image(np.asarray(eight), "array").unique().tolist() == [200]
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -197,7 +197,9 @@ def test_swin_reads_the_mean_of_its_last_stage_and_refuses_a_class_token():
 
 def test_register_tokens_are_not_read_as_a_class_token():
     """A ViT with registers reads its class token (the first prefix token); one with registers and no class
-    token has none to read."""
+    token has none to read, nor to draw the attention of."""
+    from repre.use.show import cls_attention
+
     kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, reg_tokens=2)
     with_cls = Backbone("vit_tiny_patch16_224", kwargs)
     x = torch.randn(2, 3, 16, 16)
@@ -206,6 +208,8 @@ def test_register_tokens_are_not_read_as_a_class_token():
     registers_only = Backbone("vit_tiny_patch16_224", {**kwargs, "class_token": False, "global_pool": "avg"})
     with pytest.raises(UserError, match="no class token: use eval.linear.features=avg"):
         resolve(LinearConfig(protocol="dino", features="cls"), registers_only)
+    with pytest.raises(UserError, match="has no class token: attention maps need a ViT"):  # repre show's
+        cls_attention(registers_only, x)
 
 
 def test_bad_combinations_say_what_to_do():
@@ -273,12 +277,12 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_pa
     assert done["value"] == whole["value"] and done["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
     with pytest.raises(UserError, match="other settings or of another encoder .differing: base_lr"):
         evaluate("linear", run, [*overrides, "eval.linear.lr=0.1"], tmp_path / "broken")
-    with pytest.raises(UserError, match="differing: seed, split"):  # other images, crops and head
+    with pytest.raises(UserError, match="differing: images, seed, split"):  # other images, crops and head
         evaluate("linear", run, [*overrides, "train.seed=1", "eval.split=val", "eval.val_size=16"], tmp_path / "broken")
     if protocol == "dino":  # a probe written before the protocols' later fields: their defaults, so it goes on
         state = ckpt_io.load(tmp_path / "broken" / "linear-probe.pt")
         for field in ("nesterov", "warmup_epochs", "warmup_lr", "min_lr", "lr_per_step", "label_smoothing",
-                      "clip_grad", "drop_path", "data", "split", "seed", "precision"):
+                      "clip_grad", "drop_path", "data", "split", "images", "image_size", "seed", "precision"):
             del state["probe"][field]
         ckpt_io.save(state, tmp_path / "broken" / "linear-probe.pt")
         assert evaluate("linear", run, overrides, tmp_path / "broken")["value"] == whole["value"]

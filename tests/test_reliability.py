@@ -431,7 +431,8 @@ def test_a_run_that_failed_in_the_k_nn_of_a_checkpoint_step_resumes_to_the_unint
 
 
 def test_a_run_lost_after_its_final_k_nn_writes_it_once_when_resumed(tmp_path):
-    """Lost between its final k-NN and summary.json, a resumed run redoes its end: one final eval line."""
+    """Lost between its final k-NN and summary.json, a resumed run redoes its end: one final eval line. Requeued
+    once more after it completed, it redoes nothing and keeps that line."""
     import json
 
     from repre.pretraining import pretrain
@@ -443,6 +444,9 @@ def test_a_run_lost_after_its_final_k_nn_writes_it_once_when_resumed(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["kind"]) for r in lines] == [(4, "train"), (4, "eval")]
     assert lines[-1]["knn_top1"] == summary["knn_top1"]
+    assert pretrain(tiny_config(*settings), tmp_path / "run", resume=True) == summary
+    again = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert again == lines
 
 
 def test_a_run_resumed_before_its_first_checkpoint_draws_each_step_once_in_tensorboard(tmp_path):

@@ -171,6 +171,13 @@ def read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def completed_summary(run: Path, step: int) -> dict[str, Any] | None:
+    """The run's summary.json where it says the run completed at `step` (a command requeued after the run's end:
+    nothing is redone), else None (one cut short reads as none: the end is redone)."""
+    stored = read_json(run / SUMMARY)
+    return stored if stored.get("completed") and stored.get("steps") == step else None
+
+
 def run_results(run: Path, every: bool = False) -> list[dict[str, Any]]:
     """Each `repre eval` result kept in `run`/eval/TASK/ (the run's last checkpoint measured with its settings),
     by task name; `every`: also those of other checkpoints and settings in the folders under them (`eval_dir`).

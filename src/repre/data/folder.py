@@ -106,22 +106,29 @@ class PackedStrings:
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 [H, W, 3], with EXIF orientation applied."""
+    from_file = img.format is not None  # before the transpose, whose copy has no format
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return np.repeat(_to_8_bits(img)[..., None], 3, axis=2)
+        return np.repeat(_to_8_bits(img, from_file)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return np.asarray(img.convert("RGB"))
 
 
-def _to_8_bits(img: Image.Image) -> np.ndarray:
+def _to_8_bits(img: Image.Image, from_file: bool) -> np.ndarray:
     """A grey image of more than 8 bits (PIL modes I;16*, I, F) -> uint8 [H, W], rounded as
-    `python_source.to_uint8` rounds arrays: integers scaled from 0..65535 (a mode-I image, such as a 16-bit PGM,
-    holds 16-bit values too), floats from [0, 1]; values beyond those ranges by the image's own maximum (no range
+    `python_source.to_uint8` rounds arrays. Integers are scaled from 0..65535: a file opened as mode I holds 16-bit
+    values too (a 16-bit PGM); a mode-I image made in code with values up to 255 is read as 8-bit, as an array of
+    them is. Floats are read from [0, 1]. Values beyond these ranges are scaled by the image's own maximum (no range
     is standard there)."""
     arr = np.asarray(img, dtype=np.float64)
     high = float(arr.max()) if arr.size else 0.0
-    usual = 1.0 if img.mode == "F" else 65535.0
+    if img.mode == "F":
+        usual = 1.0
+    elif img.mode == "I" and not from_file and high <= 255:
+        usual = 255.0
+    else:
+        usual = 65535.0
     top = usual if high <= usual else high
     return np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
 
@@ -202,7 +209,7 @@ class ImageFolder:
                             "the train split's): add its training images there, or move these folders out")
         index = {c: i for i, c in enumerate(self.classes)}
         self.names = PackedStrings(names)  # relative to root
-        self.labels = np.array([index[t] for t in tops] if labelled else [-1] * len(names), dtype=np.int64)
+        self.labels = np.array([index[t] for t in tops], dtype=np.int64) if labelled else np.full(len(names), -1)
         self.num_classes = len(self.classes) or None
 
     def __len__(self) -> int:

@@ -157,10 +157,17 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
         yield key, image, label
 
 
+_labels_said: list[str] = []  # the first label file that held no integer, named once a process
+
+
 def _not_a_label(url: str, name: str, text: str) -> int:
-    """-1 (no label) for a label file that holds no integer, said once a process: a stream cannot be checked
-    before the run, as indexed shards are (they refuse it), and one bad file should not stop it."""
-    warn_unreadable(f"{url}:{name} holds {text[:20]!r}, not an integer label", "read as unlabelled")
+    """-1 (no label) for a label file that holds no integer, said once a process (shards of class names would
+    say it at every sample): a stream cannot be checked before the run, as indexed shards are (they refuse it),
+    and one bad file should not stop it."""
+    if not _labels_said:
+        _labels_said.append(name)
+        log.warning("%s:%s holds %r, not an integer label: read as unlabelled, as is any other such label file "
+                    "(not named again)", url, name, text[:20])
     return -1
 
 
@@ -216,7 +223,6 @@ class StreamViews(IterableDataset):
         self.shards, self.views, self.seed, self.block = shards, views, seed, block
         self.rank, self.world, self.start_step = rank, world, start_step
         self.positions = positions or {}
-        self.skipped = 0  # unreadable images since this worker's last sample, carried into its next (epochs too)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -224,8 +230,10 @@ class StreamViews(IterableDataset):
         check_enough_shards(len(self.shards.urls), self.world, workers)
         logical = (physical + self.start_step) % workers
         epoch, given, sizes = self.positions.get(logical, stream_position())
+        skipped = 0  # unreadable images since the last sample: counted with the next, in the next epoch if need be
         while True:
-            if not (yield from self._epoch(epoch, given, list(sizes), logical, workers)) and not given:
+            gave, skipped = yield from self._epoch(epoch, given, list(sizes), logical, workers, skipped)
+            if not gave and not given:
                 urls = [self.shards.urls[i] for i in self._shards_of(epoch, logical, workers)]
                 raise UserError(f"the shards {', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''} gave no readable "
                                 "image (see the warnings above): check data.root and that the shards can be read")
@@ -255,10 +263,11 @@ class StreamViews(IterableDataset):
                 sizes.append(count)
             seen += count
 
-    def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int,
-               workers: int) -> Generator[dict, None, bool]:
-        """Yields the collate samples of this worker's epoch from position `given` on; returns whether it gave
-        any (an epoch of unreadable images gives none)."""
+    def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int, workers: int,
+               skipped: int) -> Generator[dict, None, tuple[bool, int]]:
+        """Yields the collate samples of this worker's epoch from position `given` on (`skipped`: unreadable
+        images not yet counted); returns whether it gave any (an epoch of unreadable images gives none) and the
+        unreadable images after its last sample."""
         shards = self._shards_of(epoch, logical, workers)
         block = given // self.block
         source = self._read_from(shards, sizes, block * self.block)
@@ -266,7 +275,7 @@ class StreamViews(IterableDataset):
         while True:
             items = list(islice(source, self.block))
             if not items:
-                return gave
+                return gave, skipped
             rng = np.random.default_rng([self.seed, epoch, self.rank, logical, block])
             order = rng.permutation(len(items))
             for pos in range(given - block * self.block, len(items)):
@@ -276,10 +285,10 @@ class StreamViews(IterableDataset):
                     loaded = self.views.load_bytes(data, f"{self.shards.urls[shard]}:{key}", label)
                 except UnreadableImage as exc:
                     warn_unreadable(str(exc), "skipping unreadable image")
-                    self.skipped += 1
+                    skipped += 1
                     continue
-                sample = self.views.sample(loaded, epoch, index, self.skipped)
-                self.skipped = 0
+                sample = self.views.sample(loaded, epoch, index, skipped)
+                skipped = 0
                 sample["stream"] = (logical, *stream_position(epoch, block * self.block + pos + 1, sizes))
                 gave = True
                 yield sample

@@ -188,7 +188,9 @@ class Checkpoints:
             self._relink_last(path)
         log.info("resuming from %s (step %d of %d)", path, self.state.step, total)
         if dist.is_main():
-            self._truncate_metrics(final=self.state.step == total)
+            # at the run's end, its final evaluation is redone unless a summary says the run completed there
+            redone = self.state.step == total and run_files.completed_summary(self.out, total) is None
+            self._truncate_metrics(final=redone)
 
     def _relink_last(self, path: Path) -> None:
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
@@ -296,8 +298,8 @@ class Checkpoints:
 
     def _truncate_metrics(self, final: bool = False) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again), and a
-        line cut short by a crash or a full disk (said). `final`: the checkpoint is the run's last, after which
-        its end wrote eval lines at that step (the final k-NN): they go too, as the resumed run's end redoes it."""
+        line cut short by a crash or a full disk (said). `final`: the checkpoint is the run's last and the run's
+        end (the final k-NN, written after it at its step) is redone: those eval lines go too."""
         path = self.out / run_files.METRICS
         if not path.is_file():
             return
@@ -311,7 +313,8 @@ class Checkpoints:
             if not isinstance(record, dict):
                 continue
             step = record.get("step", 0)
-            if step < self.state.step or step == self.state.step and not (final and record.get("kind") == "eval"):
+            redone_eval = final and step == self.state.step and record.get("kind") == "eval"
+            if step <= self.state.step and not redone_eval:
                 keep.append(line)
         if cut:
             log.warning("%s: left out %d line(s) cut short when the run stopped", path, cut)

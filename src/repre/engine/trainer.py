@@ -291,12 +291,7 @@ class Trainer:
     def _completed_summary(self) -> dict[str, Any] | None:
         """summary.json of a resumed run that already completed all its steps, else None. Distributed: None
         unless every process read it so (they must all take the same path)."""
-        path = self.out / run_files.SUMMARY
-        summary = None
-        if self.state.step >= self.total and path.is_file():
-            stored = run_files.read_json(path)  # {} for one cut short: the run's end is redone
-            if stored.get("completed") and stored.get("steps") == self.state.step:
-                summary = stored
+        summary = run_files.completed_summary(self.out, self.state.step) if self.state.step >= self.total else None
         if dist.is_distributed():
             agreed = dist.all_reduce_sum(torch.tensor([float(summary is not None)], device=self.rt.device))
             summary = summary if int(agreed.item()) == dist.world_size() else None

@@ -45,6 +45,8 @@ from repre.models.backbone import Backbone
 log = logging.getLogger("repre")
 
 STATE_FILE = "linear-probe.pt"  # in the evaluation's output folder
+# what a probe's checkpoint records beyond its protocol since these were added (`probe_data`)
+PROBE_DATA = ("data", "split", "images", "image_size", "seed", "precision")
 
 
 def new_head(dim: int, classes: int, std: float, seed: int) -> nn.Linear:
@@ -173,14 +175,12 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
     return state["epoch"], state.get("loss")
 
 
-PROBE_DATA = ("data", "split", "seed", "precision")  # recorded in a probe's checkpoint since these were added
-
-
-def probe_data(cfg: Config, rt: Runtime) -> dict[str, Any]:
-    """What the probe trains on and how, beyond its protocol: the images (data.name and data.root, the split), the
-    seed of its crops and head, the precision; a probe resumed with others would mix two runs."""
+def probe_data(cfg: Config, rt: Runtime, images: int) -> dict[str, Any]:
+    """What the probe trains on and how, beyond its protocol: the images (data.name and data.root, the split, how
+    many: a subset or the held-out size; their size), the seed of its crops and head, the precision. A probe
+    resumed with others would mix two probes."""
     return {"data": f"{cfg.data.name} {cfg.data.source or cfg.data.root}", "split": cfg.eval.split,
-            "seed": cfg.train.seed, "precision": rt.precision}
+            "images": images, "image_size": cfg.data.image_size, "seed": cfg.train.seed, "precision": rt.precision}
 
 
 def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: dict[str, Any], epoch: int,
@@ -221,7 +221,7 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
     path = Path(out) / STATE_FILE if out is not None else None
     key = {**dataclasses.asdict(protocol), "classes": source.num_classes, "dim": dim, "steps_per_epoch": steps,
            "encoder_sha256": encoder_digest(encoder) if path is not None else None,  # what a resumed probe shares
-           **probe_data(cfg, rt)}
+           **probe_data(cfg, rt, len(source))}
     if protocol.drop_path is not None:
         encoder = with_drop_path(encoder, protocol.drop_path)
     encoder.eval()

@@ -22,7 +22,7 @@ from typing import Any
 from repre.config import LinearConfig
 from repre.core.schedules import scaled_lr
 from repre.errors import UserError
-from repre.eval.tokens import check_layout, has_class_token
+from repre.eval.tokens import check_layout
 from repre.models.backbone import Backbone
 
 REFERENCES = {
@@ -109,7 +109,7 @@ class LinearProtocol:
 
 def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
     """The features and blocks a protocol reads when eval.linear leaves them null."""
-    if not has_class_token(encoder):  # a Swin: the mean of the last stage, as both papers' ResNet-50 (avgpool)
+    if not encoder.has_class_token:  # a Swin: the mean of the last stage, as both papers' ResNet-50 (avgpool)
         return "avg", 1  # and MoBY's Swin (models/swin_transformer.py:577-579, after the final norm)
     if name == "dino" and encoder.embed_dim < DINO_WIDE:
         # eval_linear.py:256,258: --n_last_blocks 4, --avgpool_patchtokens false, "for ViT-Small"

@@ -14,14 +14,9 @@ from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 
-def has_class_token(encoder: Backbone) -> bool:
-    """A ViT with a class token (timm's `cls_token`; its register tokens, if any, come after it)."""
-    return not encoder.hierarchical and getattr(encoder.model, "cls_token", None) is not None
-
-
 def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
     """Raise UserError when `encoder` cannot give features `kind` of its last `blocks` blocks."""
-    if kind in ("cls", "both") and not has_class_token(encoder):
+    if kind in ("cls", "both") and not encoder.has_class_token:
         raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg (or leave it null)")
     if not 1 <= blocks <= encoder.depth:
         raise UserError(f"eval.linear.blocks must be in 1..{encoder.depth}, got {blocks}")

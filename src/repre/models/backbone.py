@@ -133,6 +133,11 @@ class Backbone(nn.Module):
             p.requires_grad = False
 
     @property
+    def has_class_token(self) -> bool:
+        """A ViT with a class token (timm's `cls_token`; register tokens, if any, come after it)."""
+        return not self.hierarchical and getattr(self.model, "cls_token", None) is not None
+
+    @property
     def _positioned_prefix_tokens(self) -> int:
         """The prefix tokens (class, registers) that have a row in a ViT's position embedding: none with timm's
         `no_embed_class` (deit3, registers), else all."""

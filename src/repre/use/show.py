@@ -54,7 +54,7 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
     """Normalized images x [B, 3, H, W] -> `block`'s attention (default the last's) of the class token to each
     patch, per head: [B, heads, h, w] (softmax over all tokens, so a head's map sums to at most 1)."""
     model = encoder.model
-    if encoder.hierarchical or not getattr(model, "num_prefix_tokens", 0):
+    if not encoder.has_class_token:
         raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT")
     attn, seen = model.blocks[block].attn, {}
     handle = attn.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0]))
