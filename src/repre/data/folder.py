@@ -66,7 +66,8 @@ def holds_images(root: str | Path, depth: int = 2) -> bool:
 def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
     """The image files under `root` in a fixed order, as paths relative to it; the first-level folder each
     is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images
-    left out; each is warned of). Strings, not `Path`s: a folder of a million images is indexed in seconds."""
+    left out; each is warned of). Strings, not `Path`s, which take far longer to make (docs/results.md,
+    section 6)."""
     names, tops, unlisted = [], [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
         dirnames.sort()
@@ -85,7 +86,7 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
 class PackedStrings:
     """A sequence of strings held in two arrays: their bytes end to end, and where each starts. A list of `str`
     or `Path` objects is copied into each forked data worker page by page, as reading it touches the objects'
-    reference counts (a folder of a million images: hundreds of MB a worker), and pickles slowly to a spawned
+    reference counts (docs/results.md, section 6: most of the index a worker), and pickles slowly to a spawned
     one; two arrays are neither."""
 
     def __init__(self, items: Sequence[str]) -> None:

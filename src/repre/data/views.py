@@ -39,7 +39,7 @@ class Photo(IntEnum):
     BRIGHTNESS = 1  # factors of the jitter's four operations, applied in this order
     CONTRAST = 2
     SATURATION = 3
-    HUE = 4  # a shift in turns of the YIQ hue circle
+    HUE = 4  # a shift of the HSV hue, in turns
     GRAY = 5  # grayscale on
     SIGMA = 6  # the blur's sigma, in pixels (0: no blur)
     SOLARIZE = 7  # solarization on
