@@ -169,6 +169,27 @@ def test_killed_two_process_streamed_run_resumes_to_the_uninterrupted_weights(tm
     assert losses(broken) == losses(whole)  # each process's window carried over: the same sums in the same order
 
 
+def test_a_two_process_run_resumed_between_train_lines_ends_as_the_uninterrupted_one(tmp_path):
+    """Indexed data (the sampler's per-process shares): a copy of the run keeping only its step-4 checkpoint,
+    between the lines of steps 3 and 6, resumed: bitwise the same weights and the same lines (each process
+    carried its own share of the step-6 line)."""
+    import shutil
+
+    extra = ["train.max_steps=9", "train.checkpoint_every=4", "train.log_every=3", "model.drop_path=0.1"]
+    whole, again = tmp_path / "whole", tmp_path / "again"
+    run(whole, 2, extra)
+    shutil.copytree(whole, again)
+    for path in (again / "checkpoints").iterdir():
+        if not path.name.startswith("step-00000004.pt"):
+            path.unlink()
+    (again / "summary.json").unlink()
+    done = run(again, 2, extra, resume=True)
+    assert "step-00000004.pt (step 4 of 9)" in done.stderr
+    a, b = final_model(whole), final_model(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(again) == losses(whole) and len(losses(whole)) == 3
+
+
 def test_global_batch_must_divide_among_processes(tmp_path):
     cmd = pretrain_cmd(tmp_path / "run", 2, ["train.batch_size=15"])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
