@@ -63,7 +63,29 @@ def test_inductor_deterministic_mode_is_set_in_the_block_and_put_back():
     assert config.deterministic == before
 
 
-def test_eager_runs_without_compiling():
+def test_a_compiled_backward_runs_again_on_one_forward_in_the_block():
+    """What the loss-balance diagnostics do in a compiled run: two gradients from one forward's graph, after
+    steps that compiled its backward (AOTAutograd, as Inductor uses it)."""
+    linear = torch.nn.Linear(4, 4)
+
+    def two_gradients_of_one_forward() -> None:
+        torch._dynamo.reset()
+        f = torch.compile(lambda x: (linear(x).relu() * linear(x).sigmoid()).sum(), backend="aot_eager")
+        x = torch.randn(3, 4)
+        for _ in range(2):
+            f(x).backward()
+        out = f(x)
+        torch.autograd.grad(out, [linear.weight], retain_graph=True)
+        torch.autograd.grad(out, [linear.weight])
+
+    with pytest.raises(RuntimeError, match="donated buffers"):  # the failure the block exists for
+        two_gradients_of_one_forward()
+    with compat.reusable_compiled_backward():
+        two_gradients_of_one_forward()
+    torch._dynamo.reset()
+
+
+
     assert hasattr(torch.compiler, "set_stance")
     calls = []
     fn = torch.compile(lambda x: calls.append(torch.compiler.is_compiling()) or x + 1, backend="eager")

@@ -32,17 +32,18 @@ def test_compile_wraps_blocks_and_the_branch_loss_and_keeps_names(monkeypatch):
 
 def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
     """train.compile=true through the CLI on DINO + RePre (multi-crop: two token counts; k-NN and the recon grid
-    at the end), with dynamo's graph capture but no code generation (backend "eager", seconds instead of minutes
-    on a CPU): the same per-step losses as the eager run."""
+    at the end; the loss-balance diagnostics at step 2, two gradients from one compiled graph), with dynamo's
+    graph capture and AOTAutograd's forward and backward graphs but no code generation (backend "aot_eager",
+    seconds instead of minutes on a CPU): the same per-step losses as the eager run."""
     def run(out, *extra):
-        assert run_cli(pretrain_args(out, *DINO_TINY, "train.max_steps=3", "train.log_every=1",
+        assert run_cli(pretrain_args(out, *DINO_TINY, "train.max_steps=3", "train.log_every=1", "train.diagnose_every=2",
                                      "model.drop_path=0.0", "train.precision=fp32", *extra))[0] == 0
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         return [x["loss"] for x in lines if "loss" in x and x.get("kind") != "eval"]
 
     eager = run(tmp_path / "eager")
     compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="eager", **k))
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     try:

@@ -505,6 +505,19 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_lo
     assert "0 new here (-)" in repre_log.text and "not used (decoder)" in repre_log.text  # the modules, by name
 
 
+def test_init_from_another_method_starts_its_teacher_as_the_loaded_student(tmp_path, tiny_run):
+    """A MoCo v3 run continued as DINO: the teacher (what DINO evaluates and exports) is the loaded encoder, not
+    the random one it was built as; a run of the same method takes its momentum encoder from the checkpoint."""
+    source, _ = tiny_run
+    dino = Trainer(tiny_config(*DINO_TINY), tmp_path / "dino", init_from=source).model.method
+    loaded = encoder_state(ckpt_io.load(source))
+    for module in (dino.encoder, dino.teacher_encoder):
+        assert all(torch.equal(module.model.state_dict()[k].cpu(), loaded[k].cpu()) for k in loaded)
+    same = Trainer(tiny_config(), tmp_path / "same", init_from=source).model.method
+    momentum = encoder_state(ckpt_io.load(source), "momentum_encoder")
+    assert all(torch.equal(same.momentum_encoder.model.state_dict()[k].cpu(), momentum[k].cpu()) for k in momentum)
+
+
 def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
     source, _ = tiny_run
     with pytest.raises(UserError, match="do not fit"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from repre.config.checks import build_section, validate
+from repre.config.checks import build_section, sections, validate
 from repre.config.migrate import migrate
 from repre.config.schema import DEFAULT_PRESET, Config
 from repre.errors import UserError
@@ -84,6 +84,9 @@ def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
     merged.pop("preset", None)
     deep_update(merged, raw)
     return merged
+
+
+SECTION_KEYS = frozenset(name for name, _ in sections(Config()))  # "data", "method.dino", "eval.knn", ...
 
 
 class Whole(dict):
@@ -168,9 +171,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _place(out: dict[str, Any], key: str, value: Any) -> None:
-    """`value` into the nested mapping `out` at the dotted `key`; a mapping below a section is `Whole`."""
+    """`value` into the nested mapping `out` at the dotted `key`; a mapping for a key that is a value (such as
+    `model.kwargs`) is `Whole`, one for a section (`method.dino`, `eval.knn`) merges as the section's keys do."""
     node, parts = out, key.split(".")
-    if isinstance(value, dict) and len(parts) > 1:
+    if isinstance(value, dict) and len(parts) > 1 and key not in SECTION_KEYS:
         value = Whole(value)
     for part in parts[:-1]:
         node = node.setdefault(part, {})

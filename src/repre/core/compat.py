@@ -109,6 +109,23 @@ def inductor_deterministic() -> Iterator[None]:
         config.deterministic = before
 
 
+@contextmanager
+def reusable_compiled_backward() -> Iterator[None]:
+    """Compiled backward graphs that run more than once on one forward (`retain_graph=True`) inside the block:
+    AOTAutograd's donated buffers, freed by a graph's first backward, off (where this PyTorch has them)."""
+    import torch._functorch.config as config
+
+    if not hasattr(config, "donated_buffer"):
+        yield
+        return
+    before = config.donated_buffer
+    config.donated_buffer = False
+    try:
+        yield
+    finally:
+        config.donated_buffer = before
+
+
 def eager(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)` without compiling (a one-off pass such as an evaluation: new shapes would each
     compile a graph). Where torch.compiler.set_stance is missing (torch < 2.6) `fn` runs as it is: correct, but

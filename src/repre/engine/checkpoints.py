@@ -241,6 +241,16 @@ class Checkpoints:
                             "model.arch")
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
+        self._start_new_targets(set(missing))
+
+    def _start_new_targets(self, missing: set[str]) -> None:
+        """Each EMA copy (momentum encoder, teacher, target) that the loaded weights did not fill starts as the
+        copy of its online module, as a new run's does (a checkpoint of another method has none, or other names)."""
+        names = {id(module): name for name, module in self.model.named_modules()}
+        for online, target in self.model.method.ema_pairs():
+            prefix = names[id(target)] + "."
+            if any(key.startswith(prefix) for key in missing):
+                target.load_state_dict(online.state_dict())
 
     def _check_compatible(self, was: Config, path: Path) -> None:
         """A resumed run must compute what the checkpointed one did; only its length and reporting may change."""
