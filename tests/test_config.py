@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import pytest
@@ -332,6 +333,11 @@ def test_an_empty_mapping_clears_a_preset_s_and_a_model_that_does_not_build_name
     assert load_config(preset, ["model.kwargs={}", "model.kwargs.depth=2"]).model.kwargs == {"depth": 2}
     assert load_config(preset, ["model.kwargs.depth=2"]).model.kwargs == {"num_heads": 12, "depth": 2}
     assert load_config(preset, ["train={}"]).train == load_config(preset).train  # a section merges
+    dino = load_config("fmnist-dino-repre", ["method.dino={teacher_temp: 0.07}"]).method.dino  # a nested one too
+    assert dino == dataclasses.replace(load_config("fmnist-dino-repre").method.dino, teacher_temp=0.07)
+    for value in ("", "5", "[1, 2]"):  # a section given a value: said, not a traceback
+        with pytest.raises(UserError, match="data is a section; set its keys"):
+            load_config(preset, [f"data={value}"])
     small = ["model.arch=vit_pico_patch4", "data.image_size=16", "data.name=synthetic"]
     with pytest.raises(UserError, match=r"model.kwargs \{'num_heads': 12\} apply to model.arch=vit_pico_patch4"):
         build_encoder(load_config(preset, small))

@@ -169,7 +169,7 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
         a = reference.eval()(x)
         b = loaded(x)
     diff = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
-    if diff > 1e-5:
+    if not diff <= 1e-5:  # NaN features fail too
         raise UserError(f"the loaded export's features differ from the checkpoint's by {diff:.2e} (relative), so "
                         f"nothing was written: the installed timm builds {card['arch']} otherwise than the "
                         f"training did; export with the timm version of the training{old_timm_hint()}")

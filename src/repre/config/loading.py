@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from repre.config.checks import build_section, sections, validate
-from repre.config.migrate import migrate
+from repre.config.migrate import migrate, renamed_message
 from repre.config.schema import DEFAULT_PRESET, Config
 from repre.errors import UserError
 
@@ -150,8 +150,8 @@ def override_items(overrides: Sequence[str] | None) -> list[str]:
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`["a.b=1", "c.d=[1,2]"]` -> nested mapping; values parse as YAML, in order (a later item wins). A mapping
-    below a section is `Whole`: `model.kwargs={}` clears a preset's kwargs, and a later `model.kwargs.depth=8`
-    goes into it."""
+    for a key that is a value is `Whole`: `model.kwargs={}` clears a preset's kwargs, and a later
+    `model.kwargs.depth=8` goes into it; one for a section merges (`method.dino={teacher_temp: 0.07}`)."""
     out: dict[str, Any] = {}
     for item in override_items(items):
         key, sep, text = item.partition("=")
@@ -174,6 +174,9 @@ def _place(out: dict[str, Any], key: str, value: Any) -> None:
     """`value` into the nested mapping `out` at the dotted `key`; a mapping for a key that is a value (such as
     `model.kwargs`) is `Whole`, one for a section (`method.dino`, `eval.knn`) merges as the section's keys do."""
     node, parts = out, key.split(".")
+    if key in SECTION_KEYS and not isinstance(value, dict):  # (a key of an older repre there: its new name)
+        raise UserError(renamed_message(key) or f"--set {key}={value!r}: {key} is a section; set its keys "
+                        f"({key}.KEY=VALUE) or give a mapping ({key}={{KEY: VALUE}})")
     if isinstance(value, dict) and len(parts) > 1 and key not in SECTION_KEYS:
         value = Whole(value)
     for part in parts[:-1]:
