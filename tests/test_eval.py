@@ -196,8 +196,14 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     assert eval_dir(run / "best.pt", "knn", []) == eval_dir("step-00000200.pt", "knn", []) == knn / "step-00000200"
     assert eval_dir(run, "knn", ["eval.split=val"]) == knn / "eval.split=val"
     assert eval_dir(run, "knn", ["eval.linear.epochs=5"]) == knn  # another task's key: k-NN measures the same
-    assert (eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
-            == run / "eval" / "segment" / "step-00000200" / "eval.segment.root=_data_ade")
+    ade = eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
+    assert ade.parent == run / "eval" / "segment" / "step-00000200" and ade.name.startswith("eval.segment.root=_data_ade..")
+    assert eval_dir(run, "knn", ["data.root=/a/b_c"]) != eval_dir(run, "knn", ["data.root=/a_b/c"])  # '/' as '_'
+    models = tmp_path / "models"  # checkpoint files side by side, outside a run: a folder each
+    models.mkdir()
+    for name in ("a.pt", "b.pt"):
+        (models / name).write_bytes(b"pt")
+    assert eval_dir(models / "a.pt", "knn", []) == models / "eval" / "knn" / "a" != eval_dir(models / "b.pt", "knn", [])
     assert len(eval_dir(run, "knn", [f"data.root=/{'x' * 200}"]).name) <= 80
     # a name a shell reads as it is: no brackets to glob, no quotes, no spaces; where characters were left out
     # or replaced, the settings' hash keeps two of them apart

@@ -119,18 +119,22 @@ def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> t
     settings = re.sub(r"[^A-Za-z0-9._,=+-]", "_", settings)  # a name a shell takes as it is (no glob, no /)
     if len(settings) > 80:
         settings = f"{settings[:60]}..{digest}"
-    elif settings != given.replace("/", "_"):  # characters left out or replaced: two settings could meet
+    elif settings != given:  # characters left out or replaced ('/' too): two settings could meet
         settings = f"{settings}..{digest}"
-    return run / EVAL / task, step, earlier, settings
+    top = run / EVAL / task
+    if path.is_file() and not in_checkpoints(path):  # checkpoint files side by side in a folder: one each
+        top = top / path.stem
+    return top, step, earlier, settings
 
 
 def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     """Where `repre eval TASK` keeps its result and pictures when no --out is given: RUN/eval/TASK/ for the run's
     newest checkpoint (last.pt) measured with the run's settings, else a folder under it, so that no result
     replaces another one's: step-NNNNNNNN/ for an earlier checkpoint, then one named by the `--set` items that
-    change what is measured (`measured_otherwise`; '/' written '_'; brackets, quotes and spaces left out and
-    other characters a shell reads written '_', the name then ending in the settings' hash, as a long name
-    shortened does)."""
+    change what is measured (`measured_otherwise`; brackets, quotes and spaces left out and '/' and other
+    characters a shell reads written '_', the name then ending in the settings' hash, as a long name shortened
+    does). A checkpoint file outside a run's checkpoints/ keeps its results in FOLDER/eval/TASK/NAME/ (NAME: the
+    file's name without .pt)."""
     top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
     out = top / f"step-{step:08d}" if earlier else top
     return out / settings if settings else out
