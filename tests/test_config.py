@@ -234,15 +234,16 @@ def test_a_config_written_by_an_older_repre_loads_with_its_values():
 
 def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch_it_trained(tmp_path):
     """recon.norm_pix and recon.out_stride default to the presets' measured choices: a run's config written
-    without them (a checkpoint's, a run's config.yaml) trained the plain branch (raw pixels, x2 steps to full
-    resolution) and reads so; a config of one's own without `_base_` gets the measured ones."""
+    without out_stride (a checkpoint's, a run's config.yaml, from before the key) trained x2 steps to full
+    resolution and reads so; every config repre wrote holds norm_pix, so one without it is a person's and gets
+    today's default, as a config of one's own without `_base_` gets the measured ones."""
     import yaml
 
     from repre.nn import ReconstructionBranch
 
     old = load_config("fmnist-mocov3-repre").to_dict()
     del old["recon"]["norm_pix"], old["recon"]["out_stride"]
-    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (False, 1)
+    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (True, 1)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))  # a run's, as --resume reads it
     assert (load_config(str(tmp_path / "config.yaml")).recon.out_stride) == 1
     (tmp_path / "mine.yaml").write_text("recon:\n  weight: 0.5\n")  # a person's, no _base_

@@ -43,8 +43,9 @@ SAME_AS_NOW = {"recon.weight_end": "weight"}
 # what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
 QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
 # recon.* defaults a config written without the key was trained with: the branch at its plainest, before the
-# presets' measured choices became the defaults
-FORMER_RECON_DEFAULTS = {"norm_pix": False, "out_stride": 1}
+# presets' measured choices became the defaults. Not recon.norm_pix: every config repre wrote holds it, so one
+# without it is a person's file shaped like a run's, which takes today's default
+FORMER_RECON_DEFAULTS = {"out_stride": 1}
 # method keys that were shared by the frameworks: old -> {framework: its key now}
 RENAMED_METHOD = {
     "temperature": {"mocov3": "temperature", "moby": "temperature", "dino": "student_temp"},
