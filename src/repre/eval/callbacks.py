@@ -41,7 +41,8 @@ def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool, say: str = 
 
 
 class PeriodicKNN(Callback):
-    """A quick k-NN every `every` steps before the last, on rank 0 (the others wait for it at their next collective: the checkpoint's, or the next step's)."""
+    """A quick k-NN every `every` steps before the last, on rank 0 (the others wait for it at their next
+    collective: the checkpoint's, or the next step's)."""
 
     def __init__(self, every: int) -> None:
         self.every = every
