@@ -590,7 +590,8 @@ def test_a_global_batch_torchrun_cannot_share_is_refused_before_torch_is_importe
     import subprocess
     import sys
 
-    code = ("import os, sys; os.environ.update(TORCHELASTIC_RUN_ID='x', WORLD_SIZE='2'); from repre.cli import main; "
+    code = ("import os, sys; os.environ.update(TORCHELASTIC_RUN_ID='x', WORLD_SIZE='2', RANK='0'); "
+            "from repre.cli import main; "
             f"status = main(['pretrain', '--out', {str(tmp_path / 'run')!r}, '--set', 'train.batch_size=15']); "
             "sys.exit(10 + status if 'torch' in sys.modules else status)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

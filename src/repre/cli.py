@@ -225,7 +225,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: its WORLD_SIZE, before each process imports torch
+    if "TORCHELASTIC_RUN_ID" in os.environ and _launch_rank() == 0:
+        # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
+        # then stops the others; one failing first could have rank 0 stopped before it spoke)
         check_global_batch("train.batch_size", cfg.train.batch_size, int(os.environ["WORLD_SIZE"]))
     if args.resume and args.config is not None:
         _refuse_another_length(out, cfg, args.config, args.overrides)
