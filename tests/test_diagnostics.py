@@ -22,6 +22,19 @@ def test_loss_balance_norms_and_cosine():
     assert enc.weight.grad is None  # measuring leaves .grad alone
 
 
+def test_a_non_finite_diagnostic_is_written_as_json_null(tmp_path):
+    """A diagnosed step whose gradients are NaN: metrics.jsonl stays JSON (null; NaN is no JSON) and
+    TensorBoard gets no point."""
+    import json
+
+    from repre.engine.metrics import MetricWriter
+
+    writer = MetricWriter(tmp_path, tensorboard=False)
+    writer.write({"step": 4, "kind": "train", "loss": 1.5, "diag_grad_cosine": float("nan"), "x": float("inf")})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line) == {"step": 4, "kind": "train", "loss": 1.5, "diag_grad_cosine": None, "x": None}
+
+
 def test_trend_watch_warns_once_when_losses_diverge():
     watch = TrendWatch(window=2, tol=0.02)
     assert watch.update(4.0, 1.0) is None and watch.update(4.0, 1.0) is None and watch.update(3.8, 1.1) is None

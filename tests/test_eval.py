@@ -308,3 +308,27 @@ def test_fine_tuning_in_fp16_skips_a_step_whose_gradients_overflow():
     assert not math.isfinite(loss)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name])  # the step was skipped: every weight as it was
+
+
+def test_fp16_loss_scale_stops_at_its_floor_so_a_long_overflow_leaves_the_weights_finite():
+    """200 overflowing batches halve the scale 200 times: GradScaler's reaches 0, and the next good batch's
+    gradients unscale to NaN past its own overflow check; the scale stops at 1 and that batch trains."""
+    from repre.core.runtime import LossScaler, Runtime
+    from repre.eval.finetune import train_steps
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    before = copy.deepcopy(model.state_dict())
+    opt = torch.optim.AdamW([{"params": model.parameters(), "lr_scale": 1.0}])
+    bad = {"views": torch.full((4, 2, 3, 2, 2), 1e6), "label": torch.tensor([0, 1, 0, 1])}
+    good = {"views": torch.rand(4, 2, 3, 2, 2), "label": torch.tensor([0, 1, 0, 1])}
+    rt = Runtime(device=torch.device("cpu"), precision="fp16")
+    loss = train_steps(model, opt, iter([bad] * 200 + [good]), torch.full((201,), 1e-3), 0.0, rt)
+    assert math.isfinite(loss)
+    weights = model.state_dict()
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not all(torch.equal(weights[k], before[k]) for k in weights)  # the good batch trained
+    scaler = LossScaler(rt)
+    scaler.current()
+    scaler.update(2.0 ** -10)
+    assert scaler.get_scale() == LossScaler.FLOOR

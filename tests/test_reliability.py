@@ -240,7 +240,7 @@ def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path,
         trainer.fit()
     summary = stop.value.summary  # the message: the same as JSON (what `repre pretrain` prints)
     assert summary == __import__("json").loads(str(stop.value))
-    assert not summary["completed"] and summary["nonfinite_steps"] == 4 and summary["steps"] == 7
+    assert not summary["completed"] and summary["nonfinite_steps"] == 4 and summary["steps"] == 8  # 6, 7, 8 (1-based)
     after = trainer.model.method.encoder.state_dict()
     assert all(torch.equal(after[k], before[5][k]) for k in after)  # steps 5, 6, 7 left the weights alone
     assert all(torch.equal(before[3][k], before[2][k]) for k in after)  # skipped step 2 changed nothing
@@ -621,18 +621,61 @@ def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monk
     layer(torch.ones(1, 2)).sum().backward()
     before = [p.detach().clone() for p in layer.parameters()]
     monkeypatch.setattr(guard_mod.dist, "is_distributed", lambda: True)
-    monkeypatch.setattr(guard_mod.dist, "all_reduce_sum", lambda x: x + torch.tensor([1.0, 0.0]))  # one bad rank
+    monkeypatch.setattr(guard_mod.dist, "all_reduce_sum", lambda x: x + torch.tensor([1.0, 0.0, 0.0]))  # a bad rank
     monkeypatch.setattr(guard_mod.dist, "all_reduce_max", lambda x: torch.ones_like(x))
     monkeypatch.setattr(guard_mod.dist, "is_main", lambda: True)
     state = RunState()
     guard = HostGuard(state, 3) if strategy == "host" else DeviceGuard(state, 3, torch.device("cpu"))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    finite, loss = torch.tensor(True), torch.tensor(1.0)
-    outcome = guard.step(optimizer, scaler, finite, loss, torch.tensor(1.0), stop_requested=False)
+    finite, overflow, loss = torch.tensor(True), torch.tensor(False), torch.tensor(1.0)
+    outcome = guard.step(optimizer, finite, overflow, loss, torch.tensor(1.0), stop_requested=False)
     assert outcome.skipped.item() == 1.0 and not outcome.stop
     assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))  # no process took the step
     guard.sync()
     assert state.nonfinite_steps == 1
+
+
+@pytest.mark.parametrize("strategy", ["host", "device"])
+def test_a_non_finite_loss_skips_the_step_though_its_gradients_are_finite(strategy):
+    """A NaN loss whose gradients are finite (fp16: the loss scaler finds nothing to skip) still skips the step,
+    and an fp16 overflow is skipped without being counted or ending the streak."""
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(layer.parameters(), fused=strategy == "device")
+    state = RunState(bad_streak=1)
+    guard = HostGuard(state, 3) if strategy == "host" else DeviceGuard(state, 3, torch.device("cpu"))
+    guard.start()
+    for finite, overflow in [(False, False), (True, True)]:
+        layer(torch.ones(1, 2)).sum().backward()
+        before = [p.detach().clone() for p in layer.parameters()]
+        outcome = guard.step(optimizer, torch.tensor(finite), torch.tensor(overflow), torch.tensor(float("nan")),
+                             torch.tensor(1.0), stop_requested=False)
+        assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))
+        assert outcome.skipped.item() == float(not finite)
+    guard.sync()
+    assert (state.nonfinite_steps, state.bad_streak) == (1, 2)  # the overflow: neither counted nor a reset
+
+
+@pytest.mark.parametrize("host_sync", ["step", "log"])
+def test_fp16_overflow_at_the_loss_scale_floor_counts_as_non_finite(tmp_path, host_sync):
+    """fp16: gradients that overflow while the scaler can lower its scale are its business (skipped, not
+    counted); at its floor (1.0) they are non-finite gradients, counted until max_bad_steps stops the run, and
+    the scale never goes below it (GradScaler's would reach 0 and unscale finite gradients into NaN weights)."""
+    from repre.core.runtime import LossScaler
+
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=12", "train.max_bad_steps=3", "train.num_workers=0",
+                                  "train.precision=fp16", f"train.host_sync={host_sync}", "train.log_every=1"),
+                      tmp_path / "run")
+    trainer.scaler.current()  # the scale made, then set as after many halvings: two more overflows reach the floor
+    trainer.scaler.update(4.0)
+    first = next(p for p in trainer.model.method.encoder.parameters() if p.requires_grad)
+    first.register_hook(lambda g: g * float("nan"))  # every gradient non-finite, every loss finite
+    before = {k: v.clone() for k, v in trainer.model.method.encoder.state_dict().items()}
+    with pytest.raises(StoppedEarly) as stop:
+        trainer.fit()
+    summary = stop.value.summary
+    assert summary["diverged"] and (summary["steps"], summary["nonfinite_steps"]) == (5, 3)  # 2 uncounted first
+    assert trainer.scaler.get_scale() == LossScaler.FLOOR
+    after = trainer.model.method.encoder.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in after)
 
 
 def test_skipped_step_is_the_guards_outcome_not_the_local_loss(tmp_path):

@@ -40,6 +40,30 @@ class Runtime:
         return self.device.type == "cuda"
 
 
+class LossScaler(torch.amp.GradScaler):
+    """fp16's loss scaling (`torch.amp.GradScaler`, disabled in fp32 and bf16) with its scale kept at or above
+    `FLOOR` (as DeepSpeed's `min_loss_scale`, commonly 1). GradScaler halves its scale at every step whose
+    gradients overflow and has no floor: after about 140 such steps with no long good stretch between them (a
+    run of non-finite steps) the scale reaches 0, its inverse inf, and unscaling makes finite gradients inf or
+    NaN after its own overflow check has passed them: the optimizer writes NaN into the weights. At the floor,
+    an overflow is no longer the scale's: pre-training counts it as a non-finite gradient."""
+
+    FLOOR = 1.0
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt.device.type, enabled=rt.dtype == torch.float16)
+        self.device = rt.device
+
+    def current(self) -> torch.Tensor:
+        """The scale as a 0-d float tensor on the device, read without a host sync (`get_scale()` syncs)."""
+        return self.scale(torch.ones((), device=self.device))
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        super().update(new_scale)
+        if self.is_enabled():  # on the device: no host sync
+            super().update(self.current().clamp(min=self.FLOOR))
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():

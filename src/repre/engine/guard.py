@@ -24,9 +24,9 @@ log = logging.getLogger("repre")
 
 class Outcome(NamedTuple):
     """A step as the guard took it: `skipped` (a float 0-d tensor, 1.0 or 0.0), the same on every process (fp16:
-    a step the loss scaler drops for overflowing gradients reads 0, the scaler's own business); `stop`: whether a
-    process asked to stop, where the step's agreement carried the request (the host strategy's one all-reduce
-    carries both), else False."""
+    a step skipped for gradients that overflowed while the loss scaler could lower its scale reads 0, the
+    scaler's own business); `stop`: whether a process asked to stop, where the step's agreement carried the
+    request (the host strategy's one all-reduce carries both), else False."""
 
     skipped: torch.Tensor
     stop: bool
@@ -42,10 +42,12 @@ class NonFiniteGuard:
     def start(self) -> None:
         """Called when the loop starts (after a resume: the counts go on from the checkpoint's)."""
 
-    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
+    def step(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor, overflow: torch.Tensor,
              loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> Outcome:
-        """Take the optimizer step (through `scaler`) unless `finite` (a bool scalar on the device: this
-        process's loss and gradients) is false on any process."""
+        """Take the optimizer step (its gradients unscaled) unless `finite` (a bool scalar on the device: this
+        process's loss and gradients) is false on any process, a skip counted, or `overflow` (fp16's gradients
+        overflowed, the loss scaler lowers its scale) is true, a skip not counted that leaves the streak as it
+        was."""
         raise NotImplementedError
 
     def sync(self) -> None:
@@ -60,20 +62,21 @@ class NonFiniteGuard:
 
 
 class HostGuard(NonFiniteGuard):
-    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
+    def step(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor, overflow: torch.Tensor,
              loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> Outcome:
-        s, stop = self.state, False
+        s = self.state
+        flags = torch.stack([~finite, overflow, torch.tensor(stop_requested, device=finite.device)]).float()
         if dist.is_distributed():  # one process's non-finite step skips it everywhere; a stop anywhere stops all
-            flags = torch.stack([(~finite).float(), torch.tensor(float(stop_requested), device=finite.device)])
-            bad, stops = dist.all_reduce_sum(flags).tolist()  # the step's one sync
-            ok, stop = bad == 0, stops > 0
-        else:
-            ok = bool(finite)  # the step's one sync
-        if ok:  # a non-finite step must not reach the weights
-            scaler.step(optimizer)
+            flags = dist.all_reduce_sum(flags)
+        bad, overflowed, stops = flags.tolist()  # the step's one sync
+        stop = stops > 0 and dist.is_distributed()
+        if not (bad or overflowed):  # a non-finite step must not reach the weights
+            optimizer.step()
             s.bad_streak = 0
             return Outcome(torch.tensor(0.0), stop)
         optimizer.zero_grad(set_to_none=True)
+        if not bad:  # fp16: the loss scaler lowers its scale
+            return Outcome(torch.tensor(0.0), stop)
         s.nonfinite_steps += 1
         s.bad_streak += 1
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
@@ -91,17 +94,15 @@ class DeviceGuard(NonFiniteGuard):
         self.total.fill_(self.state.nonfinite_steps)
         self.streak.fill_(self.state.bad_streak)
 
-    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor,
+    def step(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor, overflow: torch.Tensor,
              loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool) -> Outcome:
-        bad = (~finite).float()
+        flags = torch.stack([~finite, overflow]).float()
         if dist.is_distributed():  # one process's non-finite loss skips the step everywhere (async: no host sync)
-            bad = dist.all_reduce_max(bad)
-        if scaler.is_enabled():  # fp16: the scaler passes its own found_inf (overflowing gradients)
-            scaler.step(optimizer)
-        else:
-            compat.step_unless(optimizer, bad)
+            flags = dist.all_reduce_max(flags)
+        bad, overflowed = flags.unbind()
+        compat.step_unless(optimizer, torch.maximum(bad, overflowed))
         self.total += bad
-        self.streak = (self.streak + 1) * bad
+        self.streak = torch.where(bad > 0, self.streak + 1, self.streak * overflowed)  # overflow: as it was
         self.worst = torch.maximum(self.worst, self.streak)
         return Outcome(bad, False)  # the stop request is agreed at the sync points
 

@@ -32,8 +32,10 @@ class MetricWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v  # JSON has no NaN: null
+                  for k, v in record.items()}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if (key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -28,7 +28,7 @@ from repre.core.atomic import replacing
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
 from repre.core.run_lock import RunLock
-from repre.core.runtime import Runtime, run_settings, setup_runtime
+from repre.core.runtime import LossScaler, Runtime, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
 from repre.engine.agreement import Agreement
@@ -110,7 +110,7 @@ class Trainer:
         device_skips = skips_on_device(cfg.train.host_sync, self.rt.device)
         self.optimizer = build_optimizer(self.model, cfg.train.weight_decay, cfg.train.lr,
                                          fused=device_skips or self.rt.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.dtype == torch.float16)
+        self.scaler = LossScaler(self.rt)
         self.state = RunState()
         self.guard = make_guard(cfg.train.host_sync, self.state, cfg.train.max_bad_steps, self.optimizer,
                                 self.rt.device)
@@ -181,16 +181,24 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = clip_or_measure(params, self.cfg.train.clip_grad, self.cfg.train.clip_mode)
         self.model.method.after_backward()
-        finite = torch.isfinite(out["loss"].detach())
-        if not self.scaler.is_enabled():  # fp32, bf16: the gradients are checked here (fp16's scaler checks them)
-            finite = finite & torch.isfinite(grad_norm)
-        outcome = self.guard.step(self.optimizer, self.scaler, finite, out["loss"], grad_norm,
-                                  self.agreement.requested)
+        finite, overflow = self._finite(out["loss"].detach(), grad_norm)
+        outcome = self.guard.step(self.optimizer, finite, overflow, out["loss"], grad_norm, self.agreement.requested)
         self.agreement.agree_stop(outcome.stop)
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy
         # the skip as every process took it (a step one process found non-finite is skipped by all)
         return {**scalars, "grad_norm": grad_norm.detach(), "skipped_step": outcome.skipped}
+
+    def _finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(finite, overflow), bool scalars on the device. `finite` false: a non-finite loss or gradient, a step
+        skipped and counted (`train.max_bad_steps`). `overflow` true: under fp16, gradients that overflowed while
+        the loss scaler can still lower its scale, a step skipped and not counted (GradScaler's own skip; at the
+        scaler's floor an overflow is a non-finite gradient)."""
+        loss_ok, grads_ok = torch.isfinite(loss), torch.isfinite(grad_norm)  # grad_norm: of every gradient, unscaled
+        if not self.scaler.is_enabled():
+            return loss_ok & grads_ok, torch.zeros_like(grads_ok)
+        lowers = self.scaler.current() > LossScaler.FLOOR
+        return loss_ok & (grads_ok | lowers), ~grads_ok & lowers
 
     def _apply_schedules(self, step: int) -> float:
         """This step's values: lr and weight decay into the optimizer's groups, the method's own
@@ -311,8 +319,6 @@ class Trainer:
         while s.step < self.total and not self.agreement.stopping():
             batch = self.data.to_device(next(batches))
             values = self.train_step(batch)
-            if self.guard.stopped():
-                return False
             meter.add({**values, **self.schedules.logged(s.step), **self.model.method.logged()})
             s.step += 1
             s.images_seen += t.batch_size
@@ -322,6 +328,8 @@ class Trainer:
             s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
             tick = time.perf_counter()
             bar.update(1)
+            if self.guard.stopped():  # the host strategy: this step ended a streak of max_bad_steps
+                return False
             logs = s.step % t.log_every == 0 or s.step == self.total  # the last step always has its line
             saves = s.step % t.checkpoint_every == 0
             if logs or saves:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repre.config import Config
-from repre.core.runtime import Runtime
+from repre.core.runtime import LossScaler, Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
 from repre.data.sources import labelled
@@ -103,7 +103,7 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
     view [B, 3, H, W] and its labels [B] -> the last step's loss."""
     # fp16 needs its loss scaled (small gradients underflow) and a step with overflowing gradients skipped (it
     # would turn the weights to NaN), as pre-training's scaler does; in bf16 and fp32 the scaler does nothing
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
+    scaler = LossScaler(rt)
     for lr in lrs.tolist():
         batch = next(batches)
         for g in opt.param_groups:
