@@ -78,7 +78,23 @@ def check_preset(preset: str, dev: str) -> dict[str, dict]:
     diff = float((a - b.cpu()).abs().max() / a.abs().max())
     # the checkpoint written by the CUDA run loads on CPU; its features agree across devices
     checks["checkpoint_cuda_to_cpu_features"] = {"ok": diff < 1e-3, "max_rel_diff": diff}
+    checks["show_and_embed_on_cuda"] = use_on(out, dev)
     return checks
+
+
+def use_on(run: Path, dev: str) -> dict:
+    """`repre show` and `repre embed` of a run on the device (their models there, their pictures and rows on
+    the host)."""
+    from repre.use.embed import embed
+    from repre.use.show import show
+
+    try:
+        on = [f"train.device={dev}"]
+        drawn = show(run, run / "show.png", images=2, overrides=on)
+        rows = embed(run, run / "emb.npy", overrides=[*on, "data.synthetic_train=64"])
+        return {"ok": drawn["images"] == 2 and rows["images"] == 64}
+    except Exception as exc:  # reported as a failed check, the other checks still run
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def check_views(dev: str) -> dict[str, dict]:

@@ -191,6 +191,35 @@ def test_a_card_from_before_the_normalization_was_recorded_goes_on(tiny_run, tmp
     assert run_cli(embed_args(run, out, "eval.batch_size=16"))[0] == 2
 
 
+def test_settings_that_change_the_rows_are_part_of_their_identity(tiny_run, tmp_path, monkeypatch, capsys):
+    """A stopped embed continued with another model.* setting, or other generated images (train.seed), would mix
+    two kinds of rows in one file: refused, naming what differs; a card from before they were recorded goes on."""
+    run, _ = tiny_run
+    out = tmp_path / "s.npy"
+    original = EmbeddingWriter.append
+    killed_after(monkeypatch, 16, embed_args(run, out, "eval.batch_size=16", "train.seed=7"))
+    monkeypatch.setattr(EmbeddingWriter, "append", original)
+    assert run_cli(embed_args(run, out, "eval.batch_size=16"))[0] == 2
+    assert "made with another seed (train.seed, which draws generated images)" in capsys.readouterr().err
+    pooled = 'model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2, global_pool: avg, fc_norm: false}'
+    assert run_cli(embed_args(run, out, "eval.batch_size=16", "train.seed=7", pooled))[0] == 2
+    assert "made with another model settings" in capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    del card["identity"]["model"], card["identity"]["data_seed"]  # as written before they were recorded
+    out.with_suffix(".json").write_text(json.dumps(card))
+    code, stdout = run_cli(embed_args(run, out, "eval.batch_size=16", "train.seed=7"))
+    assert code == 0 and last_json(stdout)["resumed_from"] == 16
+
+
+def test_the_test_split_of_a_folder_without_one_says_what_embed_can_do(tiny_run, tmp_path, image_folder, capsys):
+    run, _ = tiny_run
+    shutil.rmtree(image_folder / "val")
+    args = embed_args(run, tmp_path / "t.npy", "data.name=folder", f"data.root={image_folder}") + ["--split", "test"]
+    assert run_cli(args)[0] == 2
+    assert (f"--split test: {image_folder} has no val/ (or test/) folder to read the test images from: embed its "
+            "training images (--split train)") in capsys.readouterr().err
+
+
 def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "c.npy"
@@ -240,3 +269,7 @@ def test_embed_show_neighbors_and_map_refuse_settings_they_do_not_read(tiny_run,
     assert run_cli(["map", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "m.png"),
                     "--set", "train.lr=1"])[0] == 2
     assert "--set train.lr: not read by `repre map`" in capsys.readouterr().err
+    assert run_cli(embed_args(run, tmp_path / "l.npy"))[0] == 0  # labelled rows: the map draws points, no images
+    assert run_cli(["map", "--embeddings", str(tmp_path / "l.npy"), "--out", str(tmp_path / "m.png"),
+                    "--set", "data.image_size=32"])[0] == 2
+    assert "the map of labelled rows draws points, no images; --thumbnails" in capsys.readouterr().err

@@ -151,6 +151,7 @@ def test_chunked_torch_search_is_the_plain_top_k(tmp_path):
     (["--k", "12"], "k is from 1 to 11"),
     (["--query-index", "3,99"], "--query-index 99 is not a row"),
     (["--query-index", "3,x"], "as integers"),
+    (["--query-index", ","], "as integers"),
     (["--queries", "20"], "emb.npy has 12 rows"),
     (["--set", "data.root=/nowhere"], "does not exist"),
     (["--out", "x.jpg"], "must end in .png"),
@@ -185,3 +186,20 @@ def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, 
     csv_path.write_text(csv_path.read_text().replace("img", "IMG"))
     assert run_cli(neighbors_args(run, tmp_path / "moved.npy", tmp_path / "x.png", "--query-index", "0"))[0] == 2
     assert "the data changed since embed" in capsys.readouterr().err
+
+
+def test_a_relative_data_root_is_found_from_another_directory(tiny_run, tmp_path, monkeypatch):
+    """embed given `data.root=imgs` (relative) read the images there; neighbors run from elsewhere reads the
+    same images, not ./imgs of its own directory; fewer rows than the 8 default queries: every row a query."""
+    run, _ = tiny_run
+    rng = np.random.default_rng(2)
+    for i in range(5):
+        save_png(tmp_path / "imgs" / f"{i}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", "e.npy", "--set", "data.name=folder",
+                    "--set", "data.root=imgs"])[0] == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stdout = run_cli(["neighbors", "--embeddings", str(tmp_path / "e.npy"), "--out", "nn.png", "--k", "2"])
+    assert code == 0 and len(last_json(stdout)["queries"]) == 5

@@ -183,6 +183,23 @@ def test_show_draws_the_images_it_is_given_by_index(tiny_run, tmp_path, image_fo
     assert "--image-index 0 cannot be read" in capsys.readouterr().err
 
 
+def test_show_draws_embeds_test_images_whatever_the_runs_eval_split(tiny_run, tmp_path):
+    """A run evaluated on a held-out part of its training images (eval.split=val) still shows the test images
+    that `repre embed --split test` indexes: --image-index names the same images in both."""
+    from repre.pretrained import load_checkpoint_config
+    from repre.use.embed import embed_source
+    from repre.use.show import chosen_images
+
+    run, _ = tiny_run
+    _, cfg = load_checkpoint_config(run, ["data.name=synthetic"])
+    cfg.eval.split, cfg.eval.val_size = "val", 16
+    _, images, labels, _ = chosen_images(cfg, [0, 20])
+    test = embed_source(cfg, "test")
+    for image, label, i in zip(images, labels, [0, 20], strict=True):
+        expected, expected_label = test.load(i)
+        assert torch.equal(image, expected) and label == expected_label
+
+
 def test_show_needs_at_least_one_image_and_at_most_a_readable_picture(tiny_run, tmp_path):
     run, _ = tiny_run
     code, stdout = run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "x.png"), "--images", "0"])

@@ -179,7 +179,8 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help=PICTURE_OUT)
     _set_option(p, f"override {reads.listed(reads.IMAGES)} (after the overrides embed was given, which apply by "
                 "default)")
-    p.add_argument("--queries", type=int, default=8, help="queries drawn at random (default 8)")
+    p.add_argument("--queries", type=int, help="queries drawn at random (default 8, or every row of a smaller "
+                   "file)")
     p.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     p.add_argument("--query-index", metavar="ROW,ROW,...",
                    help="the queries: rows of FILE.npy (the index's `row`), instead of drawing them")
@@ -349,12 +350,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _rows(text: str | None, option: str = "--query-index", what: str = "rows of the embeddings") -> list[int] | None:
     """"3,17,42" -> [3, 17, 42]."""
-    if not text:
+    if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        rows = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"{option} {text!r}: give {what} as integers, e.g. 3,17,42") from None
+        rows = []
+    if not rows:
+        raise UserError(f"{option} {text!r}: give {what} as integers, e.g. 3,17,42")
+    return rows
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:

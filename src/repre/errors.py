@@ -5,6 +5,15 @@ class UserError(Exception):
     """A bad input: config, path, data or checkpoint. The message says what is wrong and what to do."""
 
 
+class NoTestSplit(UserError):
+    """Data without a held-out split (a folder without val/ or test/, shards without val/): `root` is its folder.
+    The message says what evaluation needs; a command that can do without it says its own."""
+
+    def __init__(self, message: str, root: str) -> None:
+        super().__init__(message)
+        self.root = root
+
+
 class StoppedEarly(Exception):
     """The run stopped before its end (exit status 3): interrupted, it resumes from its last checkpoint; stopped
     by non-finite steps in a row, a new run starts from the last good one (the log names it). `summary`: the

@@ -19,7 +19,7 @@ EVAL_TASK = {
     "recon": ("recon.", "method."),  # the whole pre-training model, decoder included
 }
 # show reads its few images one by one (no loader, no workers) and draws on one process
-SHOW = ("data.", "eval.split", "eval.val_size", "model.", "recon.", "method.", "train.device", "train.precision")
+SHOW = ("data.", "model.", "recon.", "method.", "train.device", "train.precision")
 EMBED = ("data.", "data.subset", "model.", "eval.batch_size", *RUN_KEYS)  # the run's training images
 IMAGES = ("data.", "data.subset")  # map and neighbors: which images are drawn (embed's: its data.subset too)
 ENCODER = ("data.", "model.")  # `repre.load_encoder` (Python): the encoder and its input

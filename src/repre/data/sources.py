@@ -13,7 +13,7 @@ from repre.config import DataConfig
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import ImageFolder, UnreadableImage, holds_images, warn_unreadable
 from repre.data.synthetic import Synthetic
-from repre.errors import UserError
+from repre.errors import NoTestSplit, UserError
 
 
 class ImageSource(Protocol):
@@ -74,19 +74,19 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
             return base / held_out
     train = base / "train" if (base / "train").is_dir() else base
     if name == "shards":
-        raise UserError(f"{base} has no val/ (or test/) shards: evaluation and the test split read labelled shards "
-                        f"from {base}/val/ (training from {base}/train/); or hold out part of the training images "
-                        "with --set eval.split=val --set eval.val_size=N")
+        raise NoTestSplit(f"{base} has no val/ (or test/) shards: evaluation and the test split read labelled "
+                          f"shards from {base}/val/ (training from {base}/train/); or hold out part of the training "
+                          "images with --set eval.split=val --set eval.val_size=N", str(base))
     if not any(p.is_dir() for p in train.iterdir()):  # no classes: holding images out would not give labels
-        raise UserError(
+        raise NoTestSplit(
             f"{base} has no val/ (or test/) folder, and its images no classes: k-NN, the linear probe and "
             f"fine-tuning read labelled images from {base}/train/<class>/... and {base}/val/<class>/...; "
             "without labels, `repre eval recon --set eval.split=val` holds out part of the training images, and "
-            "`repre embed`, `neighbors` and `map` need none")
-    raise UserError(
+            "`repre embed`, `neighbors` and `map` need none", str(base))
+    raise NoTestSplit(
         f"{base} has no val/ (or test/) folder: evaluation and the test split read labelled images from "
         f"{base}/train/<class>/... and {base}/val/<class>/...; or hold out part of the training images with "
-        "--set eval.split=val --set eval.val_size=N"
+        "--set eval.split=val --set eval.val_size=N", str(base)
     )
 
 

@@ -31,7 +31,7 @@ from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
 from repre.data.sources import ImageSource, build_source, class_names, image_path, pretraining_stats
 from repre.data.splits import train_source
-from repre.errors import UserError
+from repre.errors import NoTestSplit, UserError
 from repre.eval.features import pooled_embeddings
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
@@ -43,32 +43,47 @@ log = logging.getLogger("repre")
 SPLITS = ("train", "test")
 
 
-def embed_source(cfg: Config, split: str) -> ImageSource:
-    """The images embed reads: the run's training images (data.subset included) or its test split."""
+def embed_source(cfg: Config, split: str, command: str = "embed") -> ImageSource:
+    """The images embed reads (and `show` draws): the run's training images (data.subset included) or the data's
+    test split (whatever the run's eval.split)."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose train or test")
     if cfg.data.streamed:
-        raise UserError(f"embed reads images by index, which streamed shards ({cfg.data.root}) cannot give: "
+        raise UserError(f"{command} reads images by index, which streamed shards ({cfg.data.root}) cannot give: "
                         "--set data.shard_access=random with local shards, or data.name=folder")
-    return train_source(cfg) if split == "train" else build_source(cfg.data, "test", seed=cfg.train.seed)
+    if split == "train":
+        return train_source(cfg)
+    try:
+        return build_source(cfg.data, "test", seed=cfg.train.seed)
+    except NoTestSplit as exc:
+        raise UserError(f"--split test: {exc.root} has no val/ (or test/) {'shards' if cfg.data.name == 'shards' else 'folder'} "
+                        f"to read the test images from: {command} its training images (--split train), or put "
+                        f"held-out images in {exc.root}/val/") from None
 
 
 def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, images: int, dim: int) -> dict:
     """What makes the rows what they are: a rerun continues only files of the same identity (as JSON has it,
     to compare with a card's)."""
+    m = cfg.model
     return json.loads(json.dumps({
         "checkpoint_sha256": ckpt_io.digest(checkpoint), "encoder": eval_encoder_key(cfg.method.name),
+        "model": {"arch": m.arch, "kwargs": m.kwargs, "init": m.init},  # model.kwargs may change the features
         "data": dataclasses.asdict(cfg.data), "split": split, "images": images, "dim": dim,
+        # generated images are drawn from the seed
+        **({"data_seed": cfg.train.seed} if cfg.data.name == "synthetic" else {}),
         "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}))
 
 
-def with_stats(old: dict[str, Any]) -> dict[str, Any]:
-    """An earlier card's identity with the normalization its rows had where it recorded none (cards written
-    before the data's mean and std were always set): the statistics of its data's kind."""
+def upgraded(old: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """An earlier card's identity in today's terms: the normalization its rows had where it recorded none
+    (cards written before the data's mean and std were always set: the statistics of its data's kind); the
+    model settings and the generated images' seed where it did not record them (taken as this run's)."""
     data = old.get("data")
     if isinstance(data, dict) and data.get("mean") is None and data.get("std") is None:
         mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist")))
-        return {**old, "data": {**data, "mean": list(mean), "std": list(std)}}
+        old = {**old, "data": {**data, "mean": list(mean), "std": list(std)}}
+    if "model" not in old:
+        old = {**old, **{k: now[k] for k in ("model", "data_seed") if k in now}}
     return old
 
 
@@ -77,9 +92,11 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
     if overwrite or not files.existing():
         return EmbeddingWriter.create(files, card, card["identity"]["images"], card["identity"]["dim"])
     old = read_card(files.card)
-    then, now = with_stats(old["identity"]) if old else {}, card["identity"]
+    now = card["identity"]
+    then = upgraded(old["identity"], now) if old else {}
     if then != now:
-        named = {"checkpoint_sha256": "checkpoint", "images": "number of images", "dim": "width"}
+        named = {"checkpoint_sha256": "checkpoint", "images": "number of images", "dim": "width",
+                 "model": "model settings", "data_seed": "seed (train.seed, which draws generated images)"}
         differ = [named.get(k, k) for k in sorted(now.keys() | then.keys()) if then.get(k) != now.get(k)]
         why = (f"were made with another {', '.join(differ)} (their card: {files.card.name})" if old
                else f"have no embedding card {files.card.name} to continue from")

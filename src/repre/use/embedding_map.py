@@ -147,6 +147,9 @@ def map_file(embeddings: str | Path, out: str | Path, *, checkpoint: str | Path 
     index = read_index(files.csv, set(range(len(bank))), len(bank))
     labels = [index[r][2] for r in range(len(bank))]
     picture = None
+    if overrides and not (thumbnails or None in labels):
+        raise UserError(f"--set {', '.join(override_items(overrides))}: the map of labelled rows draws points, "
+                        "no images; --thumbnails draws the images, which --set data.* picks")
     if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
         source, size = embedded_source(checkpoint, card, override_items(overrides))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from repre.config import parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
@@ -32,6 +33,8 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
                             "RUN, a checkpoint whose data config reads the same images")
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
     ident = card["identity"]
+    if "root" not in parse_overrides(overrides).get("data", {}):  # the root embed read, made absolute there: a
+        cfg.data.root = ident["data"]["root"]  # relative --set data.root names it from any directory
     if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
         made_from = f"another checkpoint ({card.get('checkpoint')})" if given else "this file before the run went on"
         log.warning("the embeddings were made from %s; the images are read with the data config of %s", made_from,

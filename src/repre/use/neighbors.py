@@ -36,10 +36,14 @@ NOTE_OTHER = ("each row: a query image (#: its row in the queries' file, {querie
 log = logging.getLogger("repre")
 
 
-def choose_queries(rows: int, count: int, given: list[int] | None, seed: int, name: str = "the embeddings",
+DEFAULT_QUERIES = 8
+
+
+def choose_queries(rows: int, count: int | None, given: list[int] | None, seed: int, name: str = "the embeddings",
                    ) -> list[int]:
     """The query rows of a file of `rows` rows (`name`): those `given`, checked, or `count` distinct rows drawn
-    from `seed` (the same every time)."""
+    from `seed` (the same every time; None: `DEFAULT_QUERIES`, or every row of a smaller file)."""
+    count = min(DEFAULT_QUERIES, rows) if count is None else count
     if given:
         bad = [r for r in given if not 0 <= r < rows]
         if bad:
@@ -139,13 +143,14 @@ def described(index: dict, row: int, names: list[str] | None, **more: Any) -> di
 
 
 def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | Path, *,
-              overrides: Sequence[str] | None = None, queries: int = 8, k: int = 5,
+              overrides: Sequence[str] | None = None, queries: int | None = None, k: int = 5,
               query_rows: list[int] | None = None, seed: int = 0,
               query_embeddings: str | Path | None = None) -> dict[str, Any]:
     """Draw into `out` (.png, .svg or .pdf): each row a query and its k nearest rows of `embeddings` (FILE.npy of `repre
     embed`), the images read with `checkpoint`'s data config (None: the checkpoint embed read). The queries are
     rows of `query_embeddings` (another file of the same checkpoint) when given, else of `embeddings` (each
-    query left out of its own neighbours): `query_rows`, or `queries` rows drawn with `seed`. Returns
+    query left out of its own neighbours): `query_rows`, or `queries` rows (None: 8, or all of fewer) drawn
+    with `seed`. Returns
     {"command": "neighbors", "out", "embeddings", "query_embeddings", "k", "queries": [{"row",
     "index", "path", "label", "class", "neighbors": [{"row", "index", "path", "label", "class", "similarity"},
     ...]}, ...], "same_class": the share of the neighbours whose label is their query's, or None without
@@ -155,7 +160,8 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     bank = Embedded.open(embeddings)
     asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank
     comparable(bank, asked)
-    if asked.files.npy.resolve() == bank.files.npy.resolve() or asked.card["identity"] == bank.card["identity"]:
+    if asked is not bank and (asked.files.npy.resolve() == bank.files.npy.resolve()
+                              or asked.card["identity"] == bank.card["identity"]):
         log.info("%s holds the rows of %s: each query is left out of its own neighbours", asked.files.npy,
                  bank.files.npy)
         asked = bank  # the same rows (the file, a link to it or a copy)

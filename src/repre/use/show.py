@@ -31,13 +31,14 @@ from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
 from repre.data.sources import ImageSource, class_name, class_names, pretraining_stats
-from repre.data.splits import eval_source, spread_readable
+from repre.data.splits import spread_readable
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
 from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
+from repre.use.embed import embed_source
 
 TILE = 96  # pixels per panel
 MAX_IMAGES = 64  # rows of a picture
@@ -141,19 +142,23 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
         if model.branch.norm_pix:
             means = denormalize(patch_means(x, model.branch), mean, std)
             means_psnr = batch_psnr(truth, means).tolist()
-    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, patch_pca(encoder, x, block), attention,
-                  peak, recon, recon_psnr, means, means_psnr)
+    def host(t: torch.Tensor | None) -> torch.Tensor | None:  # drawn beside `seen`, on the CPU
+        return None if t is None else t.cpu()
+
+    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, host(patch_pca(encoder, x, block)),
+                  host(attention), host(peak), host(recon), recon_psnr, host(means), means_psnr)
 
 
 def shown_source(cfg: Config) -> ImageSource:
-    """The images show draws from: the config's test split; a folder or shards without a held-out split
-    (unlabelled images), their training images."""
+    """The images show draws from, those of `repre embed --split test`: the data's test split (whatever the
+    run's eval.split); a folder, shards or your own code without a held-out split (unlabelled images), embed's
+    training images."""
     try:
-        return eval_source(cfg, "test")
+        return embed_source(cfg, "test", "show")
     except UserError:
-        if cfg.data.name not in ("folder", "shards", "python"):
+        if cfg.data.name not in ("folder", "shards", "python") or cfg.data.streamed:
             raise
-        return eval_source(cfg, "train")
+        return embed_source(cfg, "train", "show")
 
 
 Shown = tuple[list[int], list[torch.Tensor], list[int], list[str] | None]  # indices, uint8 [3, H, W] images,
