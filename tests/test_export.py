@@ -271,3 +271,28 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
         {"task": "knn", "metric": "top1", "value": 0.55, "checkpoint": {"step": 20, "encoder": "encoder", "set": given}}))
     assert [(e["task"], e["value"], e["from"]) for e in run_evaluations(tmp_path, 20, "encoder", "encoder")] == [
         ("knn", 0.7, "pretrain"), ("knn", 0.55, "repre eval"), ("linear", 0.6, "repre eval")]  # a subset's k-NN beside
+
+
+@needs_timm
+@pytest.mark.parametrize("arch,kwargs", [
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}),
+    ("swin_tiny_patch4_window7_224", {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (1, 1),
+                                      "num_heads": (1, 2)}),
+])
+def test_the_kwargs_an_export_leaves_out_change_no_feature(arch, kwargs):
+    """The card leaves TRAINING_ONLY_KWARGS out: each changes timm's model in training only, so the exported
+    weights give the same features without it."""
+    from repre.exporting import TRAINING_ONLY_KWARGS
+
+    torch.manual_seed(0)
+    plain = timm.create_model(arch, num_classes=0, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for key in TRAINING_ONLY_KWARGS:
+        try:
+            model = timm.create_model(arch, num_classes=0, **kwargs, **{key: 0.5}).eval()
+        except TypeError:  # an architecture without this rate
+            continue
+        model.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), plain(x))
+

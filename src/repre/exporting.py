@@ -41,7 +41,9 @@ from repre.pretrained import NOT_TIMMS, encoder_from, held_encoder_key, load_che
 
 log = logging.getLogger("repre")
 
-TRAINING_ONLY_KWARGS = ("drop_path_rate",)  # regularisation of the pre-training run, not of the weights
+# regularisation of the pre-training run (timm's stochastic depth and dropouts), not of the weights
+TRAINING_ONLY_KWARGS = ("drop_path_rate", "drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate",
+                        "attn_drop_rate")
 # images of the run's evaluation data that the card's resize and crop are chosen on and checked with
 PREPROCESSING_SAMPLE = 16
 TRANSFORM_TOLERANCE = 2.0  # grey levels, on average over an image: PIL's resize against torchvision's
