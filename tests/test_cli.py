@@ -1,5 +1,7 @@
+import errno
 import json
 import math
+import os
 import time
 
 import pytest
@@ -189,7 +191,6 @@ def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):
 def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, tmp_path, capsys, monkeypatch):
     """A file where --out needs a folder: eval, show (and the commands that write a file) exit 2 before they
     compute anything; pretrain, and an error of the filesystem met later, say which path and why (exit 2)."""
-    import errno
 
     import repre.cli
 
@@ -230,6 +231,37 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, t
     replace_command(monkeypatch, "embed", full)
     assert run_cli(["embed", "--checkpoint", "x", "--out", str(tmp_path / "e.npy")])[0] == 2
     assert f"cannot write {tmp_path / 'e.npy'}: No space left on device; free space there" in capsys.readouterr().err
+
+
+def test_a_full_disk_in_export_and_embed_exits_2_and_leaves_no_half_file(tiny_run, tmp_path, monkeypatch, capsys):
+    """safetensors raises its own error for a failed write, and a write into embed's memory-mapped rows on a
+    full disk would kill the process (SIGBUS): both come out as the full-disk message, exit 2, no file left."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    run, _ = tiny_run
+
+    def no_space(*args, **kw):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    assert run_cli(["export", "--checkpoint", str(run), "--out", str(tmp_path / "v.safetensors")])[0] == 2
+    assert f"cannot write {tmp_path / 'v.safetensors'}: No space left on device" in capsys.readouterr().err
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(tmp_path / "e.npy")])[0] == 2
+    assert f"cannot write {tmp_path / 'e.npy'}: No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="a folder that takes no new file: Linux's /proc")
+def test_an_out_where_no_file_can_be_made_exits_2(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    assert run_cli(["show", "--checkpoint", str(run), "--out", "/proc/x.png"])[0] == 2
+    assert "cannot write /proc/x.png: no file can be made there" in capsys.readouterr().err
 
 
 def test_out_not_empty_without_resume(tiny_run, capsys):

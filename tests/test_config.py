@@ -343,3 +343,13 @@ def test_an_empty_mapping_clears_a_preset_s_and_a_model_that_does_not_build_name
     with pytest.raises(UserError, match=r"model.kwargs \{'num_heads': 12\} apply to model.arch=vit_pico_patch4"):
         build_encoder(load_config(preset, small))
     assert build_encoder(load_config(preset, [*small, "model.kwargs={}"])).embed_dim == 128
+
+
+def test_a_mapping_key_glued_to_its_value_is_refused_with_the_fix():
+    """`{depth:8}` is YAML for a key "depth:8" without a value: timm drops it, and the run would train another
+    model than the one asked for."""
+    with pytest.raises(UserError, match=r"reads 'depth:8' as a key without a value; write a space after the "
+                                        r"colon: \{depth: 8\}"):
+        load_config(None, ["model.kwargs={patch_size: 4, depth:8}"])
+    assert load_config(None, ["model.kwargs={depth: 8}"]).model.kwargs == {"depth": 8}
+

@@ -526,11 +526,20 @@ def path_error_message(exc: OSError, out: str | None) -> str | None:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     named = exc.filename2 or exc.filename
     path = written_file(str(named)) if named else (out or "the output") if full else None
+    if exc.errno == errno.ENOENT and named and out and made_for(str(named), out):  # /proc/x: a folder that takes
+        return (f"repre: error: cannot write {path}: no file can be made there (a folder such as /proc takes none); "
+                "give another --out")  # no new file
     if exc.errno not in PATH_ERRORS or path is None:
         return None
     hint = ("free space there, or give another --out" if full else
             "give another path (one this user may read or write, a folder where a folder belongs)")
     return f"repre: error: cannot {'write' if full else 'use'} {path}: {exc.strerror or os.strerror(exc.errno)}; {hint}"
+
+
+def made_for(named: str, out: str) -> bool:
+    """Whether `named` is a file or folder being made for `--out`: `out` itself, or the temporary file that
+    stands for it (not a missing input beside it)."""
+    return Path(written_file(named)).absolute() == Path(out).absolute()
 
 
 def user_message(exc: UserError) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,21 @@ TRAINING_ONLY_KWARGS = ("drop_path_rate", "drop_rate", "pos_drop_rate", "patch_d
 # images of the run's evaluation data that the card's resize and crop are chosen on and checked with
 PREPROCESSING_SAMPLE = 16
 TRANSFORM_TOLERANCE = 2.0  # grey levels, on average over an image: PIL's resize against torchvision's
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file; a failed write (a full disk) raises OSError as any file's would, with its errno
+    (safetensors raises its own error, with the OS error in its text)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(state, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from exc
 
 
 def sample_images(cfg: Config) -> list[torch.Tensor]:
@@ -216,7 +232,6 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
            overwrite: bool = False) -> dict[str, Any]:
     """Write FILE.safetensors and FILE.json from a checkpoint (file or run directory); returns the card with
     the self-check's result under "check". Files of other weights at `out` are refused unless `overwrite`."""
-    from safetensors.torch import save_file
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -236,7 +251,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
         log.warning("exporting step %d of the run's %d (a stopped run, or a step checkpoint): the encoder as it was "
                     "there", card["step"], card["total_steps"])
     with replacing(out.with_suffix(".json")) as card_tmp, replacing(out) as tmp:  # the weights, then the card
-        save_file(state, str(tmp), metadata={"repre_card": json.dumps(card)})
+        save_weights(state, tmp, {"repre_card": json.dumps(card)})
         card["check"] = self_check(tmp, card, state, backbone.model, images)  # no file written when it fails
         card_tmp.write_text(json.dumps(card, indent=2) + "\n")
         tmp.chmod(card_tmp.stat().st_mode & 0o777)  # safetensors writes its file 0600; the card's mode (umask's)

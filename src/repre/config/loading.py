@@ -166,8 +166,26 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
                 raise UserError(f"--set {item}: the value is not valid YAML ({str(exc).splitlines()[0]}); write a "
                                 "list as [a, b], a mapping as {key: value}") from None
             value = text
+        if (glued := _glued_key(value)) is not None:
+            name, _, given = glued.partition(":")
+            raise UserError(f"--set {item}: YAML reads {glued!r} as a key without a value; write a space after "
+                            f"the colon: {{{name}: {given}}}")
         _place(out, key.strip(), value)
     return out
+
+
+def _glued_key(value: Any) -> str | None:
+    """The first key of a mapping in `value` (nested included) written `key:value` without a space, which YAML
+    reads as one key `"key:value"` with no value (`{depth:8}` sets nothing), or None."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if v is None and isinstance(k, str) and ":" in k and not k.endswith(":"):
+                return k
+            if (inner := _glued_key(v)) is not None:
+                return inner
+    if isinstance(value, list):
+        return next((g for v in value if (g := _glued_key(v)) is not None), None)
+    return None
 
 
 def _place(out: dict[str, Any], key: str, value: Any) -> None:

@@ -294,7 +294,7 @@ class Trainer:
             return f"streamed {where}"
         classes = f"{self.data.num_classes} classes" if self.data.num_classes else "no labels"
         epochs = self.total * self.cfg.train.batch_size / n
-        return f"{epochs:.3g} epochs of {where}: {n:,} images, {classes}"
+        return f"{epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'} of {where}: {n:,} images, {classes}"
 
     def _completed_summary(self) -> dict[str, Any] | None:
         """summary.json of a resumed run that already completed all its steps, else None. Distributed: None

@@ -16,8 +16,10 @@ lines past its count are overwritten when the run continues.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,18 @@ def _header(fh, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dty
     return npy_format.read_array_header_2_0(fh)
 
 
+def reserve(path: Path) -> None:
+    """Allocate the disk blocks of `path` (a memory-mapped file made sparse at its full size): a full disk fails
+    here as OSError (ENOSPC), where a write through the memory map would kill the process (SIGBUS). A
+    filesystem that cannot allocate ahead keeps the file sparse."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
 class EmbeddingWriter:
     """Appends batches of embeddings to FILE.npy and their lines to FILE.csv, and records the progress in the
     card after each batch. `create` starts the files; `reopen` continues them from the card's progress."""
@@ -143,6 +157,12 @@ class EmbeddingWriter:
         files.npy.parent.mkdir(parents=True, exist_ok=True)
         files.card.unlink(missing_ok=True)  # no card of old rows beside new files
         array = npy_format.open_memmap(files.npy, mode="w+", dtype=np.float32, shape=(images, dim))
+        try:
+            reserve(files.npy)
+        except OSError:
+            del array
+            files.npy.unlink(missing_ok=True)
+            raise
         files.csv.write_bytes(",".join(COLUMNS).encode() + b"\n")
         card = {**card, "progress": {"next_index": 0, "rows": 0, "skipped": 0, "complete": False,
                                      "csv_bytes": files.csv.stat().st_size}}
