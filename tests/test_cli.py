@@ -628,3 +628,10 @@ def test_a_global_batch_torchrun_cannot_share_is_refused_before_torch_is_importe
             "sys.exit(10 + status if 'torch' in sys.modules else status)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "not divisible by the 2 processes" in done.stderr, done.stderr[-500:]
+
+
+def test_reading_a_checkpoint_as_another_method_names_the_method_it_trained_with(tiny_run, capsys):
+    run, _ = tiny_run
+    assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "method.name=dino"])[0] == 2
+    assert ("has no 'teacher_encoder'; it has encoder, momentum_encoder (it was trained with method.name=mocov3, "
+            "read here as dino: drop --set method.name)") in capsys.readouterr().err

@@ -220,6 +220,23 @@ def test_the_test_split_of_a_folder_without_one_says_what_embed_can_do(tiny_run,
             "training images (--split train)") in capsys.readouterr().err
 
 
+def test_the_runs_subset_is_not_applied_to_other_images(tmp_path, image_folder):
+    """A run pre-trained on data.subset=16 of its images: embed of another folder reads all of that folder (the
+    subset picked among the run's own images), and neighbors reads the same images back."""
+    from conftest import TINY
+
+    args = ["pretrain", "--out", str(tmp_path / "run")]
+    for item in [*TINY, "data.subset=16", "train.max_steps=1", "eval.knn.enabled=false", "train.num_workers=0"]:
+        args += ["--set", item]
+    assert run_cli(args)[0] == 0
+    code, stdout = run_cli(embed_args(tmp_path / "run", tmp_path / "f.npy", "data.name=folder",
+                                      f"data.root={image_folder}"))
+    assert code == 0 and last_json(stdout)["images"] == 24  # image_folder's train/: 2 classes x 12
+    code, stdout = run_cli(embed_args(tmp_path / "run", tmp_path / "s.npy"))
+    assert code == 0 and last_json(stdout)["images"] == 16  # the run's own images: its subset
+    assert run_cli(["neighbors", "--embeddings", str(tmp_path / "f.npy"), "--out", str(tmp_path / "n.png")])[0] == 0
+
+
 def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "c.npy"

@@ -518,9 +518,23 @@ def test_init_from_another_method_starts_its_teacher_as_the_loaded_student(tmp_p
     assert all(torch.equal(same.momentum_encoder.model.state_dict()[k].cpu(), momentum[k].cpu()) for k in momentum)
 
 
+def test_init_from_a_dino_run_starts_another_method_from_its_teacher(tmp_path, repre_log):
+    """DINO evaluates and exports its teacher: a MoCo v3 run continued from a DINO run starts its encoder and
+    momentum encoder from that teacher, not from the student."""
+    dino = Trainer(tiny_config(*DINO_TINY, "train.max_steps=2", "eval.knn.enabled=false"), tmp_path / "dino")
+    dino.fit()
+    state = ckpt_io.load(tmp_path / "dino")
+    teacher, student = encoder_state(state, "teacher_encoder"), encoder_state(state)
+    assert not all(torch.equal(teacher[k], student[k]) for k in teacher)
+    method = Trainer(tiny_config(), tmp_path / "moco", init_from=tmp_path / "dino").model.method
+    for module in (method.encoder, method.momentum_encoder):
+        assert all(torch.equal(module.model.state_dict()[k].cpu(), teacher[k].cpu()) for k in teacher)
+    assert "the encoder starts from its teacher_encoder (the encoder dino evaluates" in repre_log.text
+
+
 def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
     source, _ = tiny_run
-    with pytest.raises(UserError, match="do not fit"):
+    with pytest.raises(UserError, match="other model settings: size mismatch"):
         Trainer(tiny_config("model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
                 tmp_path / "x", init_from=source)
     assert not (tmp_path / "x").exists()  # refused before --out is made

@@ -28,6 +28,7 @@ from repre.engine.metrics import WindowMeter
 from repre.engine.optim import load_optimizer_state
 from repre.engine.state import RunState
 from repre.errors import UserError
+from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
@@ -213,6 +214,7 @@ class Checkpoints:
         """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
         schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed."""
         ckpt = checkpoint_io.load(source)
+        ckpt["model"] = self._evaluated_as_online(ckpt, source)
         resized = [key for name, module in self.model.named_modules() if isinstance(module, Backbone)
                    for key in module.fit_state(ckpt["model"], f"{name}.")]
         size = ckpt["config"]["data"].get("image_size")
@@ -222,10 +224,12 @@ class Checkpoints:
         try:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
-            sizes = (f"; it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
-                     if size != self.cfg.data.image_size else "")
-            raise UserError(f"--init-from {source}: its weights do not fit this model "
-                            f"({checkpoint_io.size_mismatch(exc)}{sizes}); use the same model.arch and method "
+            was, arch = ckpt["config"], self.cfg.model.arch
+            why = (f"it holds {was['model']['arch']}, this run builds {arch}" if was["model"]["arch"] != arch else
+                   f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
+                   if size != self.cfg.data.image_size else "other model settings")
+            raise UserError(f"--init-from {source}: its weights do not fit this model ({why}: "
+                            f"{checkpoint_io.size_mismatch(exc).rstrip('.')}); use the same model.arch and method "
                             "settings, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
@@ -242,6 +246,20 @@ class Checkpoints:
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
         self._start_new_targets(set(missing))
+
+    def _evaluated_as_online(self, ckpt: dict[str, Any], source: str | Path) -> dict[str, torch.Tensor]:
+        """The checkpoint's weights, with the encoder its method evaluates and exports (DINO's teacher) as the
+        online encoder when this run is of another method (a DINO run of the same method keeps its student)."""
+        was = ckpt["config"]["method"]["name"]
+        key = eval_encoder_key(was)
+        if key == "encoder" or was == self.cfg.method.name:
+            return ckpt["model"]
+        ours, theirs = "method.encoder.", f"method.{key}."
+        state = {k: v for k, v in ckpt["model"].items() if not k.startswith(ours)}
+        state.update({ours + k[len(theirs):]: v for k, v in ckpt["model"].items() if k.startswith(theirs)})
+        log.info("--init-from %s: the encoder starts from its %s (the encoder %s evaluates and exports)", source,
+                 key, was)
+        return state
 
     def _start_new_targets(self, missing: set[str]) -> None:
         """Each EMA copy (momentum encoder, teacher, target) that the loaded weights did not fill starts as the

@@ -61,6 +61,16 @@ def embed_source(cfg: Config, split: str, command: str = "embed") -> ImageSource
                         f"held-out images in {exc.root}/val/") from None
 
 
+def drop_run_subset(cfg: Config, overrides: list[str]) -> None:
+    """The run's data.subset picks among its own training images: for other images (`--set data.name`, `root`
+    or `source`) without a data.subset of their own, all of them."""
+    given = parse_overrides(overrides).get("data", {})
+    if cfg.data.subset and "subset" not in given and given.keys() & {"name", "root", "source"}:
+        log.info("data.subset=%d is the run's subset of its training images: all the images given are read",
+                 cfg.data.subset)
+        cfg.data.subset = None
+
+
 def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, images: int, dim: int) -> dict:
     """What makes the rows what they are: a rerun continues only files of the same identity (as JSON has it,
     to compare with a card's)."""
@@ -138,6 +148,7 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    drop_run_subset(cfg, override_items(overrides))
     source = embed_source(cfg, split)
     rt = setup_runtime(cfg.train)
     with seeded(cfg.train.seed, rt):

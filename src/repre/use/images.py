@@ -16,7 +16,7 @@ from repre.data.folder import UnreadableImage
 from repre.data.sources import ImageSource, image_path
 from repre.errors import UserError
 from repre.pretrained import load_checkpoint_config
-from repre.use.embed import embed_source
+from repre.use.embed import drop_run_subset, embed_source
 
 log = logging.getLogger("repre")
 
@@ -32,6 +32,7 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
             raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
                             "RUN, a checkpoint whose data config reads the same images")
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
+    drop_run_subset(cfg, [*card["overrides"], *overrides])
     ident = card["identity"]
     if "root" not in parse_overrides(overrides).get("data", {}):  # the root embed read, made absolute there: a
         cfg.data.root = ident["data"]["root"]  # relative --set data.root names it from any directory

@@ -38,7 +38,7 @@ from repre.eval.recon import batch_psnr, gray_note, patch_means, reconstruct
 from repre.models.backbone import Backbone
 from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
-from repre.use.embed import embed_source
+from repre.use.embed import drop_run_subset, embed_source
 
 TILE = 96  # pixels per panel
 MAX_IMAGES = 64  # rows of a picture
@@ -266,6 +266,7 @@ def show(checkpoint: str | Path, out: str | Path, *, compare: str | Path | None 
     path = picture_path(out)
     refuse_unread("repre show", overrides, reads.SHOW)
     loaded = load_checkpoint_config(checkpoint, overrides)  # read once: an ImageNet checkpoint is large
+    drop_run_subset(loaded[1], overrides)  # images as embed reads them
     indices, read, labels, classes = (chosen_images(loaded[1], image_index) if image_index
                                       else first_images(loaded[1], images))
     rt = setup_runtime(loaded[1].train)
