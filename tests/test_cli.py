@@ -617,6 +617,21 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
     assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws
 
 
+def test_a_bar_a_terminal_clears_at_its_end_ends_with_its_last_line_in_a_file(monkeypatch):
+    """The k-NN's bars leave nothing on a terminal (leave=False); in a file their first line (0%) stayed their
+    last, as if the k-NN had hung: there the end is written."""
+    import io
+    import sys
+
+    from repre.core.progress import progress_bar
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    for _ in progress_bar(range(3), desc="k-NN bank", leave=False):
+        pass
+    assert "k-NN bank: 100%" in stream.getvalue().splitlines()[-1]
+
+
 def test_a_global_batch_torchrun_cannot_share_is_refused_before_torch_is_imported(tmp_path):
     """Each process would otherwise import torch and timm, join the group and take the run's lock first."""
     import subprocess

@@ -170,7 +170,11 @@ def test_existing_files_of_other_data_need_overwrite(tiny_run, tmp_path, capsys)
     foreign = tmp_path / "foreign.npy"
     np.save(foreign, np.zeros((2, 2), dtype=np.float32))
     assert run_cli(embed_args(run, foreign))[0] == 2
-    assert "no embedding card" in capsys.readouterr().err
+    assert "foreign.npy exists beside --out, and foreign.json is missing; give another --out" in capsys.readouterr().err
+    (tmp_path / "card.json").write_text("{}")  # an export's card, say, of the name embed's would take
+    assert run_cli(embed_args(run, tmp_path / "card.npy"))[0] == 2
+    assert "card.json exists beside --out, and card.json is no embedding card (another file of that name)" in \
+        capsys.readouterr().err
 
 
 def test_a_card_from_before_the_normalization_was_recorded_goes_on(tiny_run, tmp_path, monkeypatch):

@@ -261,15 +261,17 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
         folder.joinpath("result.json").write_text(json.dumps({"task": task, "metric": "top1", "value": value,
                                                              **({"checkpoint": of} if of else {})}))
     named = ["eval.knn.test_subset=100", "data.root=(a path)"]  # what was set, without the user's paths
-    evals = run_evaluations(tmp_path, 20, "encoder", "encoder")
-    assert evals == [{"task": "knn", "metric": "top1", "value": 0.7, "from": "pretrain"},  # not step 10's eval
+    cfg = tiny_config("eval.knn.train_subset=40")  # the run's k-NN: on a subset of the bank
+    evals = run_evaluations(tmp_path, 20, "encoder", cfg)
+    assert evals == [{"task": "knn", "metric": "top1", "value": 0.7, "from": "pretrain",  # not step 10's eval
+                      "settings": ["eval.knn.train_subset=40"]},
                      {"task": "linear", "metric": "top1", "value": 0.6, "from": "repre eval", "set": named}]
-    assert run_evaluations(tmp_path, 10, "encoder", "encoder") == [
+    assert run_evaluations(tmp_path, 10, "encoder", cfg) == [
         {"task": "knn", "metric": "top1", "value": 0.5, "from": "repre eval", "set": named}]
-    assert [e["task"] for e in run_evaluations(tmp_path, 20, "momentum_encoder", "encoder")] == ["segment"]
+    assert [e["task"] for e in run_evaluations(tmp_path, 20, "momentum_encoder", cfg)] == ["segment"]
     (tmp_path / "eval" / "knn" / "result.json").write_text(json.dumps(
         {"task": "knn", "metric": "top1", "value": 0.55, "checkpoint": {"step": 20, "encoder": "encoder", "set": given}}))
-    assert [(e["task"], e["value"], e["from"]) for e in run_evaluations(tmp_path, 20, "encoder", "encoder")] == [
+    assert [(e["task"], e["value"], e["from"]) for e in run_evaluations(tmp_path, 20, "encoder", cfg)] == [
         ("knn", 0.7, "pretrain"), ("knn", 0.55, "repre eval"), ("linear", 0.6, "repre eval")]  # a subset's k-NN beside
 
 

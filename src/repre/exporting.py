@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from repre.config import Config
+from repre.config import Config, KNNConfig
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
 from repre.core.atomic import replacing
@@ -97,14 +97,26 @@ def transform_difference(model: torch.nn.Module, images: list[torch.Tensor]) -> 
     return worst
 
 
-def run_evaluations(run: Path, step: int, key: str, evaluated_key: str) -> list[dict[str, Any]]:
-    """The results of `run` that describe this checkpoint's encoder: the run's final k-NN and each `repre
-    eval` result (run/eval/TASK/result.json) of the same step and encoder, with the `--set` it was given (a
-    data path named, not given)."""
+def knn_settings(cfg: Config) -> list[str]:
+    """The settings of a run's final k-NN that differ from the defaults (a subset, k, T, the validation split),
+    as config items ("eval.knn.train_subset=1000"): what its value measured."""
+    knn, default = cfg.eval.knn, KNNConfig()
+    said = [f"eval.knn.{name}={getattr(knn, name)}" for name in ("k", "temperature", "train_subset", "test_subset")
+            if getattr(knn, name) != getattr(default, name)]
+    if cfg.eval.split != "test":
+        said += [f"eval.split={cfg.eval.split}", f"eval.val_size={cfg.eval.val_size}"]
+    return said
+
+
+def run_evaluations(run: Path, step: int, key: str, cfg: Config) -> list[dict[str, Any]]:
+    """The results of `run` that describe this checkpoint's encoder: the run's final k-NN (with the settings of
+    `cfg`, the run's config, that differ from the defaults) and each `repre eval` result (run/eval/TASK/
+    result.json) of the same step and encoder, with the `--set` it was given (a data path named, not given)."""
     evals = []
     done = read_json(run / run_files.SUMMARY)
-    if done.get("knn_top1") is not None and done.get("steps") == step and key == evaluated_key:
-        evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain"})
+    if done.get("knn_top1") is not None and done.get("steps") == step and key == eval_encoder_key(cfg.method.name):
+        evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain",
+                      "settings": knn_settings(cfg)})
     for r in run_results(run, every=True):
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
@@ -123,7 +135,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
     step = int(ckpt.get("step", 0))
     # None: an epoch budget in a checkpoint written before it recorded its images
     total = total_steps(cfg.train, ckpt.get("images") or 0) if cfg.train.max_steps or ckpt.get("images") else None
-    evals = run_evaluations(run, step, key, eval_encoder_key(cfg.method.name)) if run is not None else []
+    evals = run_evaluations(run, step, key, cfg) if run is not None else []
     return {
         "format": "repre-export-3",
         "arch": arch,

@@ -36,5 +36,7 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     if sys.stderr.isatty():
         return tqdm(iterable, mininterval=TERMINAL_INTERVAL, dynamic_ncols=True, **kwargs)
     # maxinterval too: tqdm's monitor thread redraws a bar whose redraws it has spaced out every maxinterval
-    # seconds (10 by default), which in a file was a line every 10 s
+    # seconds (10 by default), which in a file was a line every 10 s. A file keeps every line: a bar that a
+    # terminal clears at its end (leave=False) would leave its first line (0%) as its last; its end is written.
+    kwargs["leave"] = True
     return tqdm(iterable, mininterval=FILE_INTERVAL, maxinterval=FILE_INTERVAL, file=LogLines(sys.stderr), **kwargs)

@@ -108,10 +108,15 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
         named = {"checkpoint_sha256": "checkpoint", "images": "number of images", "dim": "width",
                  "model": "model settings", "data_seed": "seed (train.seed, which draws generated images)"}
         differ = [named.get(k, k) for k in sorted(now.keys() | then.keys()) if then.get(k) != now.get(k)]
-        why = (f"were made with another {', '.join(differ)} (their card: {files.card.name})" if old
-               else f"have no embedding card {files.card.name} to continue from")
-        raise UserError(f"{files.npy} exists: it and its .csv / .json {why}; give another --out, or --overwrite "
-                        "to replace them")
+        if old:
+            said = (f"{files.npy} exists: it and its .csv / .json were made with another {', '.join(differ)} (their "
+                    f"card: {files.card.name})")
+        else:
+            there = " and ".join(p.name for p in files.existing())
+            kind = ("is no embedding card (another file of that name)" if files.card.exists()
+                    else "is missing")
+            said = f"{there} exist{'s' if len(files.existing()) == 1 else ''} beside --out, and {files.card.name} {kind}"
+        raise UserError(f"{said}; give another --out, or --overwrite to replace them")
     if not old["progress"]["complete"]:
         log.info("continuing %s from image %d (%d rows written)", files.npy, old["progress"]["next_index"],
                  old["progress"]["rows"])
