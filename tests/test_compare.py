@@ -178,7 +178,7 @@ def test_compare_refuses_what_is_no_run_and_imports_no_torch(tiny_run, tmp_path)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
-def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
+def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path, repre_log):
     """--seeds: runs that differ in train.seed alone are a column, each number their mean ± sample std (n=...
     where a run lacks it), read against the first setting's: paired by seed (the differences' mean ± std), a
     ratio of the means for speed; the JSON keeps every run."""
@@ -202,6 +202,10 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path):
     other = make_run(tmp_path / "other" / "seed5", "train.seed=5", summary={**done, "knn_top1": 0.9})
     code, stdout = run_cli(["compare", "--seeds", *runs[:3], str(other), runs[3]])  # seeds 5 and 0: not paired
     assert rows_of(stdout)["knn top-1 (run's end)"][1] == "0.8000 ± 0.1414 (+0.2000)"  # the means' difference
+    copy = tmp_path / "base" / "copy0"
+    shutil.copytree(runs[0], copy)  # a copy of seed 0 beside it: one seed twice in the column, said
+    assert run_cli(["compare", "--seeds", str(copy), *runs[:3]])[0] == 0
+    assert "runs of the same seed in one column (seeds [0, 0, 1, 2])" in repre_log.text
     from repre.use.compare import Paired, _difference, _evaluated
 
     # results of different checkpoints in one column: each listed with its step, no mean

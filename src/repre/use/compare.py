@@ -12,6 +12,7 @@ torch, and a config that this repre would refuse still compares (read as it was 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from repre.core.run_files import (
     short_names,
 )
 from repre.errors import UserError
+
+log = logging.getLogger("repre")
 
 LABEL_WIDTH, CELL_WIDTH = 64, 48  # characters; a longer text is cut in its middle
 
@@ -55,6 +58,11 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
                    if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
     records = [run_record(f, c) for f, c in zip(folders, configs, strict=True)]
     columns = seed_groups(configs) if seeds else [[i] for i in range(len(records))]
+    for column in columns:
+        seen = [records[i]["seed"] for i in column]
+        if len(set(map(str, seen))) < len(seen):
+            log.warning("%s: runs of the same seed in one column (seeds %s): their spread is not the seeds' (a copy "
+                        "of a run, or a seed not set?)", ", ".join(str(runs[i]) for i in column), seen)
     return {"command": "compare", "runs": records, "differences": differences, "columns": columns}
 
 
