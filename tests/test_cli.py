@@ -117,10 +117,12 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     refuse_unread("repre eval finetune", ["aug.hflip=0", "train.device=cpu", "method.name=dino"], eval_reads("finetune"))
     with pytest.raises(UserError, match=r"--set aug.hflip: not read by `repre eval linear`"):  # its protocols' own
         refuse_unread("repre eval linear", ["aug.hflip=0"], eval_reads("linear"))
+    with pytest.raises(UserError, match=r"--set recon.norm_pix: not read by `repre eval recon`"):  # the decoder is
+        refuse_unread("repre eval recon", ["recon.norm_pix=false"], eval_reads("recon"))  # measured as it trained
     refuse_unread("repre eval knn", ["trian.device=cpu"], eval_reads("knn"))  # no key: the config names the nearest
     code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "train.devic=cpu"])
     assert code == 2 and "did you mean 'train.device'" in capsys.readouterr().err
-    with pytest.raises(UserError, match=r"--set train.max_steps: not read"):
+    with pytest.raises(UserError, match=r"--set recon.upsample, train.max_steps: not read"):
         refuse_unread("repre eval recon", ["recon.upsample=nearest", "train.max_steps=3"], eval_reads("recon"))
 
 

@@ -14,9 +14,10 @@ PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "
 RUN_KEYS = ("method.name", "train.device", "train.precision", "train.seed", "train.num_workers", "train.progress")
 
 EVAL = ("eval.", "data.", "model.", *RUN_KEYS)  # every `repre eval` task
+# recon reads none of recon.* or method.*: its decoder is the checkpoint's as trained (norm_pix, upsample, the
+# taps have no weights to refuse another value, and would turn what it measures into something else)
 EVAL_TASK = {
     "finetune": ("aug.crop_ratio", "aug.hflip"),  # its crops' aspect ratios and flips (the probes fix their own)
-    "recon": ("recon.", "method."),  # the whole pre-training model, decoder included
 }
 # show reads its few images one by one (no loader, no workers) and draws on one process
 SHOW = ("data.", "model.", "recon.", "method.", "train.device", "train.precision")

@@ -92,7 +92,7 @@ def measure_settings(config: dict[str, Any], task: str, given: Sequence[str] = (
         keys = [*QUICK_KNN, *images]
     else:
         own = [k for k in config if k.startswith(f"eval.{task}.") and k not in RUN_ONLY_KEYS]
-        # the task's own keys outside eval.* (finetune's crops); recon's recon.* and method.* are the model's
+        # the task's own keys outside eval.* (finetune's crops)
         read = [r for r in reads.EVAL_TASK.get(task, ()) if not r.endswith(".")]
         keys = [*own, *read, *images]
     set_keys = set(flatten(parse_overrides(list(given))))
