@@ -213,3 +213,11 @@ def test_a_position_embedding_of_another_grid_is_resampled_as_timm_does(extra):
     torch.testing.assert_close(state["encoder.model.pos_embed"], expected)
     big.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})  # every other weight fits
     assert big.fit_state(state, "encoder.") == []  # fits now: nothing to change
+
+
+def test_a_hybrid_vits_token_side_is_its_stem_and_patch_reduction_together():
+    """vit_*_r_*: a CNN stem reduces by 4 before 8-px patches: a token is 32 px, as its map's grid says (the
+    decoder's steps and norm_pix's patch follow it; the projection's 8 alone left them 4x off)."""
+    b = Backbone("vit_tiny_r_s16_p8_224", {"img_size": 64})
+    _, maps = b(torch.randn(1, 3, 64, 64), [b.depth - 1])
+    assert b.patch_size == 32 and b.unit_strides[-1] == 32 and maps[0].shape[-2:] == (2, 2)

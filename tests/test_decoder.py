@@ -142,3 +142,15 @@ def test_decoder_shapes_over_random_hierarchies(stages, base, size):
     maps = [torch.randn(1, c, size // s, size // s) for c, s in zip(chans, strides, strict=True)]
     assert Decoder(chans, strides[0], width=16)(maps, (size, size)).shape == (1, 3, size, size)
 
+
+
+def test_a_patch_that_x2_steps_cannot_reach_is_refused():
+    """A 14-px patch: x2 steps from stride 14 never land on out_stride 4 or 1 (the decoder stopped short and
+    stretched its output to the image); the branch says so instead."""
+    from repre.nn import ReconstructionBranch
+
+    encoder = Backbone("vit_tiny_patch16_224", {"img_size": 56, "patch_size": 14, "embed_dim": 32, "depth": 2,
+                                                "num_heads": 2})
+    for out_stride in (1, 4):
+        with pytest.raises(UserError, match="needs an encoder whose patch is a power of two"):
+            ReconstructionBranch(encoder, taps=2, out_stride=out_stride)

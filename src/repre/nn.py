@@ -53,6 +53,11 @@ class ReconstructionBranch(nn.Module):
         if out_stride > min(strides):
             raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
                             f"(stride {min(strides)}): use at most {min(strides)}")
+        ratio = min(strides) // out_stride
+        if min(strides) % out_stride or ratio & (ratio - 1):  # the decoder doubles its resolution step by step
+            raise UserError(f"the encoder's finest tapped map has stride {min(strides)} (its patch), which x2 steps "
+                            f"from recon.out_stride={out_stride} do not reach: the branch needs an encoder whose "
+                            "patch is a power of two (vit_*_patch16, patch8, ...; not patch14)")
         self.decoder = Decoder(channels, min(strides), width, upsample=upsample, out_stride=out_stride)
         self.strides = strides  # of the tapped maps: `resamples` reads them
         self.norm_pix = norm_pix

@@ -82,7 +82,8 @@ class Backbone(nn.Module):
         self.hierarchical = not hasattr(self.model, "blocks")
         self.embed_dim: int = self.model.num_features
         self.depth: int = len(units)  # tap units: blocks (ViT) or stages (Swin)
-        self.patch_size: int = int(self.model.patch_embed.patch_size[0])
+        embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches
+        self.patch_size: int = int(embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size[0])
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
         self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.depth
         self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.depth
