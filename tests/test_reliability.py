@@ -868,3 +868,19 @@ def test_a_requeue_that_lost_its_length_is_refused_with_config_and_goes_on_when_
     assert "gives train.max_steps=800" in err
     assert run_cli(["pretrain", "--out", str(run), "--resume", *lost, "--set", "train.max_steps=6"])[0] == 0
     assert run_cli(["pretrain", "--out", str(run), "--resume"])[0] == 0  # its own config: 6 steps, done
+
+
+def test_a_stop_signal_to_the_whole_process_group_ends_the_step_and_writes_a_checkpoint(tmp_path):
+    """scancel, `timeout` and a terminal's Ctrl-C signal every process of the job, the data workers too: the run
+    still ends its step, writes a checkpoint and exits 3 (a worker the signal killed ended the run with
+    PyTorch's "DataLoader worker is killed by signal", and no checkpoint)."""
+    out = tmp_path / "run"
+    cmd = pretrain_cmd(out, ["train.max_steps=100000", "train.num_workers=1", "train.log_every=1"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr[-2000:]
+    assert "stopped at step" in stderr and (out / "checkpoints" / "last.pt").is_file()

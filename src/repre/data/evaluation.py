@@ -23,7 +23,7 @@ from repre.data.folder import UnreadableImage, warn_unreadable
 from repre.data.sources import ImageSource, pretraining_stats, stats
 from repre.data.splits import eval_source, subset_of
 from repre.data.views import normalize
-from repre.data.workers import resolve_workers
+from repre.data.workers import resolve_workers, worker_started
 
 CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 256), as timm's and DINO's evaluation
 
@@ -138,6 +138,7 @@ def _loader(cfg: Config, dataset: EvalDataset, kind: type[DataLoader] = DataLoad
         dataset,
         batch_size=cfg.eval.batch_size,
         num_workers=resolve_workers(cfg.train.num_workers),
+        worker_init_fn=worker_started,  # a stop signal reaches the main process alone (k-NN during training)
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone (k-NN during training)
         **kw,
     )

@@ -44,7 +44,7 @@ from repre.data.sources import EncodedImages, ImageSource, data_code, first_read
 from repre.data.splits import train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
 from repre.data.views import GLOBAL_VIEWS, ViewSpec, make_views, photometric, sample_views
-from repre.data.workers import resolve_workers
+from repre.data.workers import resolve_workers, worker_started
 
 log = logging.getLogger("repre")
 
@@ -232,7 +232,8 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     # the loader's seed for its workers from a generator of its own, not a draw from the global RNG: drop path
     # draws from that, and a resumed run makes its loader at another point of it (exact resume)
     common = dict(collate_fn=collate, num_workers=workers, generator=torch.Generator().manual_seed(cfg.train.seed),
-                  pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                  pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                  worker_init_fn=worker_started)
     if isinstance(source, StreamShards):
         check_enough_shards(len(source.urls), dist.world_size(), max(1, workers))  # here, not in a worker: a clear error
         stream = StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, dist.rank(), dist.world_size(),

@@ -1,11 +1,12 @@
-"""How many data workers a loader starts: `train.num_workers`, its -1 resolved from this process's share of
-the cores, and counts that would exhaust the memory refused."""
+"""How many data workers a loader starts (`train.num_workers`, its -1 resolved from this process's share of
+the cores, and counts that would exhaust the memory refused), and how a worker starts (`worker_started`)."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import signal
 
 from repre.core import dist
 from repre.errors import UserError
@@ -37,3 +38,14 @@ def resolve_workers(requested: int) -> int:
 def _warn_many_workers(requested: int, share: int, chosen: int) -> None:
     log.warning("train.num_workers=%d on %d core(s): more workers than loading can use unless it waits on a slow "
                 "disk; --set train.num_workers=-1 chooses %d here", requested, share, chosen)
+
+
+def worker_started(_: int) -> None:
+    """A data worker's `worker_init_fn`: SIGINT and SIGTERM ignored. Ctrl-C, Slurm's scancel and `timeout`
+    signal the whole process group; the main process then ends its step, writes a checkpoint and stops
+    (`GracefulStop`), reading batches until then, where a worker the signal killed ended the run with PyTorch's
+    "DataLoader worker is killed by signal" and no checkpoint. The workers end with the main process, as ever
+    (PyTorch's loader stops them, or they see it gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+

@@ -16,7 +16,7 @@ from repre.data.pipeline import ViewCollate, ViewDataset
 from repre.data.sampler import EpochBatchSampler
 from repre.data.sources import ImageSource, stats
 from repre.data.views import ViewSpec
-from repre.data.workers import resolve_workers
+from repre.data.workers import resolve_workers, worker_started
 
 
 def crop_and_flip(aug: AugConfig, **geometry: Any) -> AugConfig:
@@ -35,4 +35,5 @@ def augmented_loader(cfg: Config, source: ImageSource, aug: AugConfig, batch_siz
     sampler = EpochBatchSampler(len(source), batch_size, cfg.train.seed, start_step, rank, world, batch_key=batch_key)
     return DataLoader(ViewDataset(source, spec, cfg.train.seed, n_views=1), batch_sampler=sampler,
                       collate_fn=ViewCollate(spec), num_workers=resolve_workers(cfg.train.num_workers),
+                      worker_init_fn=worker_started,
                       generator=torch.Generator().manual_seed(cfg.train.seed))  # leaves the global RNG alone
