@@ -59,7 +59,10 @@ def test_load_encoder_gives_an_encoder_ready_to_embed(tiny_run):
     """In eval mode, and timm's data config from it is the run's evaluation input (not the architecture's 224
     px ImageNet defaults); keys it does not read are refused."""
     run, _ = tiny_run
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
     encoder, cfg = repre.load_encoder(run)
+    assert torch.equal(torch.get_rng_state(), rng)  # the model's random init, replaced, drew from a copy
     assert not encoder.training
     data = timm.data.resolve_data_config({}, model=encoder.model)
     assert data["input_size"] == (3, cfg.data.image_size, cfg.data.image_size)
@@ -110,6 +113,14 @@ def test_the_branch_refuses_what_would_fail_or_broadcast_later():
     with pytest.raises(ValueError, match=r"reconstruction \[2, 3, 32, 32\] and its target \[2, 1, 32, 32\]"):
         branch.loss(maps, torch.randn(2, 1, 32, 32))  # a grey target, which F.l1_loss would broadcast
     assert branch.reconstruct(maps, 32).shape == (2, 3, 32, 32)  # a side: a square
+    with pytest.raises(ValueError, match=r"targets of \(64, 64\) pixels for maps of images of \(32, 32\)"):
+        branch.loss(maps, torch.randn(2, 3, 64, 64))  # another crop's images: the decoder would stretch to them
+    for out_stride in (0, -2, 3, 2.0, True):
+        with pytest.raises(UserError, match=f"recon.out_stride={out_stride!r}: a power of two"):
+            ReconstructionBranch(vit, taps=2, out_stride=out_stride)
+    for taps in (2.0, "4", True, [1, 2.0]):
+        with pytest.raises(UserError, match="give a count of blocks"):
+            ReconstructionBranch(vit, taps=taps)
     with pytest.raises(ValueError, match="give patch="):
         reconstruction_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), norm_pix=True)  # patches of what size?
     with pytest.raises(ValueError, match="6 student rows for 4 crops of the 2 images"):

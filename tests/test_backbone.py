@@ -221,3 +221,14 @@ def test_a_hybrid_vits_token_side_is_its_stem_and_patch_reduction_together():
     b = Backbone("vit_tiny_r_s16_p8_224", {"img_size": 64})
     _, maps = b(torch.randn(1, 3, 64, 64), [b.depth - 1])
     assert b.patch_size == 32 and b.unit_strides[-1] == 32 and maps[0].shape[-2:] == (2, 2)
+
+
+def test_maps_come_in_the_order_of_the_taps_asked_for():
+    b = Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 4,
+                                          "num_heads": 2})
+    x = torch.randn(1, 3, 16, 16)
+    _, (three, one, last) = b(x, [3, 1, -1])
+    _, (one_alone,) = b(x, [1])
+    assert torch.equal(one, one_alone) and torch.equal(three, last) and not torch.equal(three, one)
+    with pytest.raises(ValueError, match="tap 7: the encoder has 4 blocks, so from -4 to 3"):
+        b(x, [7])

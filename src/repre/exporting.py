@@ -184,7 +184,8 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
     """Load the file the documented way; the keys must match exactly and the features agree; timm's transform
     from the card is compared with repre's evaluation on `images` (the run's). Returns the card's `check`."""
     try:
-        loaded = load_export(file, card).eval()
+        with torch.random.fork_rng(devices=[]):  # timm's random init, replaced: the caller's RNG stays as it was
+            loaded = load_export(file, card).eval()
     except Exception as exc:  # noqa: BLE001 - any failure of the loading call fails the export
         raise UserError(f"the export does not load with the documented timm call ({type(exc).__name__}: "
                         f"{str(exc)[:300]}){old_timm_hint()}") from None

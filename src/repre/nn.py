@@ -45,6 +45,9 @@ class ReconstructionBranch(nn.Module):
         out_stride: int = 4,
     ) -> None:
         super().__init__()
+        if isinstance(out_stride, bool) or not isinstance(out_stride, int) or out_stride < 1 or out_stride & (out_stride - 1):
+            raise UserError(f"recon.out_stride={out_stride!r}: a power of two (1, 2, 4, ...), the pixels each output "
+                            "cell of the decoder's last convolution writes a side of")
         backbone = encoder if isinstance(encoder, Backbone) else Backbone.from_model(encoder)
         self._backbone = (backbone,)  # a tuple: not a submodule, its parameters stay the caller's
         self.taps = resolve_taps(taps, backbone.depth)
@@ -88,7 +91,13 @@ class ReconstructionBranch(nn.Module):
     def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Tap maps (list of [N, C_i, H/s_i, W/s_i]) and the images they should give back (normalized,
         [N, 3, H, W]) -> the scalar loss. `rows`: the batch rows to reconstruct ([n] indices into maps and
-        targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps."""
+        targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps.
+        Targets of another size than the images the maps were made from raise ValueError."""
+        finest = min(range(len(maps)), key=lambda i: self.strides[i])
+        made = tuple(n * self.strides[finest] for n in maps[finest].shape[-2:])
+        if tuple(targets.shape[-2:]) != made:
+            raise ValueError(f"targets of {tuple(targets.shape[-2:])} pixels for maps of images of {made}: give the "
+                             "images the maps were made from (e.g. not another crop's)")
         return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)
 
     def _loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

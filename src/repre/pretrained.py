@@ -95,7 +95,8 @@ def held_encoder_key(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str |
 def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> Backbone:
     """Encoder `key` of a loaded checkpoint (default: the evaluated one, the online encoder or DINO's teacher)."""
     key = held_encoder_key(ckpt, cfg, checkpoint, key)
-    encoder = build_encoder(cfg)
+    with torch.random.fork_rng(devices=[]):  # its random init is replaced: the caller's RNG stays as it was
+        encoder = build_encoder(cfg)
     _load_into(encoder.model, encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
     return encoder
 
@@ -121,7 +122,8 @@ def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
 def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     """The whole pre-training model of a loaded checkpoint, built from `cfg` (`checkpoint` names it in errors)."""
     head = ckpt["model"].get("method.head.weight")  # supervised checkpoints carry their class count
-    model = build_model(cfg, None if head is None else head.shape[0])
+    with torch.random.fork_rng(devices=[]):  # its random init is replaced: the caller's RNG stays as it was
+        model = build_model(cfg, None if head is None else head.shape[0])
     _load_into(model, ckpt["model"], checkpoint, "model")
     return model
 

@@ -109,13 +109,23 @@ class Backbone(nn.Module):
         (contiguous: its NCHW output is the only one it offers)."""
         if not taps:
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True), []
+        units = [self._unit(t) for t in taps]
+        indices = sorted(set(units))  # timm gives them in depth order
         if self.hierarchical:
-            final, maps = self.model.forward_intermediates(x, indices=list(taps), output_fmt="NCHW", norm=False)
+            final, maps = self.model.forward_intermediates(x, indices=indices, output_fmt="NCHW", norm=False)
         else:
-            final, tokens = self.model.forward_intermediates(x, indices=list(taps), output_fmt="NLC", norm=False)
+            final, tokens = self.model.forward_intermediates(x, indices=indices, output_fmt="NLC", norm=False)
             grid = self.model.patch_embed.dynamic_feat_size(x.shape[-2:])
             maps = [t.unflatten(1, grid).permute(0, 3, 1, 2) for t in tokens]  # [B, L, C] -> [B, C, h, w]
-        return self.model.forward_head(final, pre_logits=True), maps
+        at = dict(zip(indices, maps, strict=True))
+        return self.model.forward_head(final, pre_logits=True), [at[u] for u in units]  # in the order asked
+
+    def _unit(self, tap: int) -> int:
+        """A tap (negative: from the end) as a 0-based block (a Swin: stage) index; out of range: ValueError."""
+        if not -self.depth <= tap < self.depth:
+            raise ValueError(f"tap {tap}: the encoder has {self.depth} {'stages' if self.hierarchical else 'blocks'}, "
+                             f"so from {-self.depth} to {self.depth - 1}")
+        return tap % self.depth
 
     def unit_maps(self, x: torch.Tensor, units: Sequence[int]) -> list[torch.Tensor]:
         """x [B, 3, H, W] -> the maps of `units` (0-based blocks, or a Swin's stages) as a frozen evaluation reads
@@ -200,6 +210,9 @@ def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     An int n: n evenly spaced blocks ending with the last, `ceil((i + 1) * depth / n) - 1`
     (depth 12 -> [2, 5, 8, 11], depth 6 -> [1, 2, 4, 5]). A list: block indices, negatives from the end.
     """
+    if isinstance(spec, bool) or not isinstance(spec, int | Sequence) or isinstance(spec, str) or (
+            not isinstance(spec, int) and not all(isinstance(t, int) and not isinstance(t, bool) for t in spec)):
+        raise UserError(f"recon.taps={spec!r}: give a count of blocks (an int) or a list of block indices")
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
             raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for an encoder of {depth} blocks (ViT) or stages (Swin)")
