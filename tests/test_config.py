@@ -353,3 +353,12 @@ def test_a_mapping_key_glued_to_its_value_is_refused_with_the_fix():
         load_config(None, ["model.kwargs={patch_size: 4, depth:8}"])
     assert load_config(None, ["model.kwargs={depth: 8}"]).model.kwargs == {"depth": 8}
 
+
+
+def test_the_classes_defaults_do_not_claim_a_preset():
+    """`Config()` holds the classes' defaults, which differ from every preset's (batch, lr, heads...): a run of
+    it is recorded as "defaults", not as the default preset it is not."""
+    from repre.config import DEFAULT_PRESET
+
+    assert Config().preset == "defaults" and load_config(None).preset == DEFAULT_PRESET
+    assert Config().train.batch_size != load_config(None).train.batch_size

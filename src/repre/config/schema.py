@@ -443,7 +443,8 @@ FRAMEWORKS = _sections(MethodConfig)  # the method.name values with a section of
 class Config:
     """A whole run."""
 
-    preset: str = DEFAULT_PRESET
+    # the preset or YAML file the config came from; "defaults": these classes' defaults, which are no preset's
+    preset: str = "defaults"
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
