@@ -38,9 +38,23 @@ import torch
 from profile_step import trainer_step
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import repre.engine.trainer
+
+
+def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# the fused attention a CPU dispatches, which torch's counter leaves uncounted (it counts the GPU kernels'): the
+# same formulas, on the same arguments' shapes (query, key, value [B, heads, L, E]; the backward's grad first)
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
 
 
 class Traffic(TorchDispatchMode):
@@ -96,7 +110,7 @@ def count_step(preset: str, overrides: list[str]) -> dict[str, float]:
     torch.manual_seed(0)
     trainer, step, _ = trainer_step(preset, overrides)
     step()  # the first step builds the optimizer's state: count a step like every later one
-    flops, traffic, saved = FlopCounterMode(display=False), Traffic(), Saved(trainer.model)
+    flops, traffic, saved = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION), Traffic(), Saved(trainer.model)
     with flops, traffic, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         step()
     moved = traffic.read + traffic.written
