@@ -884,3 +884,25 @@ def test_a_stop_signal_to_the_whole_process_group_ends_the_step_and_writes_a_che
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr[-2000:]
     assert "stopped at step" in stderr and (out / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("host_sync", ["step", "log"])
+def test_a_skipped_step_leaves_the_running_statistics_as_they_were(tmp_path, host_sync):
+    """A NaN in a step's forward updates the heads' batch-norm running statistics before the step is known to be
+    skipped: the skip puts them back (they stayed NaN in every later checkpoint)."""
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=4", "train.num_workers=0", f"train.host_sync={host_sync}",
+                                  "train.log_every=1"), tmp_path / "run")
+    forward, step, seen = trainer.forward_model, trainer.train_step, {}
+
+    def nan_at_step_2(views, *args, **kw):
+        return forward(views * float("nan") if trainer.state.step == 1 else views, *args, **kw)
+
+    def recorded(batch):
+        seen.setdefault(trainer.state.step, [b.clone() for b in trainer.running.live])
+        return step(batch)
+
+    trainer.forward_model, trainer.train_step = nan_at_step_2, recorded
+    assert trainer.fit()["nonfinite_steps"] == 1 and trainer.running.live
+    assert all(torch.equal(a, b) for a, b in zip(seen[1], seen[2], strict=True))  # step 2 left them as they were
+    assert not all(torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))  # step 3 moved them
+    assert all(torch.isfinite(b).all() for b in trainer.running.live)

@@ -121,6 +121,30 @@ class DeviceGuard(NonFiniteGuard):
             self.diverged = True
 
 
+class RunningStatistics:
+    """The batch-norm running statistics of a model (MoCo v3's and MoBY's heads; ViT and Swin have none), kept
+    from before each step's forward: the forward updates them before the step is known to be skipped, and a
+    forward that made NaN would leave them NaN for good. A skipped step puts them back."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.live = [b for m in model.modules() if isinstance(m, compat.BatchNormBase)
+                     for b in (m.running_mean, m.running_var) if b is not None]
+        self.kept = [b.clone() for b in self.live]
+
+    def keep(self) -> None:
+        """Before the forward."""
+        for kept, live in zip(self.kept, self.live, strict=True):
+            kept.copy_(live)
+
+    def restore(self, skipped: torch.Tensor) -> None:
+        """After the step: where `skipped` (the guard's outcome; on the device for the device strategy, no
+        host sync) is 1, the statistics from before the forward."""
+        if not self.live or (skipped.device.type == "cpu" and not skipped.item()):
+            return
+        for kept, live in zip(self.kept, self.live, strict=True):
+            live.copy_(torch.where(skipped > 0, kept, live))
+
+
 def skips_on_device(host_sync: str, device: torch.device) -> bool:
     """train.host_sync: whether the skip is to be decided on the device (`log`; `auto`: on a GPU)."""
     return host_sync == "log" or (host_sync == "auto" and device.type == "cuda")
