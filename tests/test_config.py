@@ -362,3 +362,16 @@ def test_the_classes_defaults_do_not_claim_a_preset():
 
     assert Config().preset == "defaults" and load_config(None).preset == DEFAULT_PRESET
     assert Config().train.batch_size != load_config(None).train.batch_size
+
+
+def test_a_section_mapping_merges_with_what_came_before_it_and_a_values_mapping_replaces():
+    """`--set train.lr=0.2 --set 'train={seed: 3}'`: both hold (the mapping dropped the lr); a mapping for a key
+    that is a value (model.kwargs) replaces the preset's, in a section's mapping, a Python mapping or a file."""
+    cfg = load_config(None, ["train.lr=0.2", "train={seed: 3}", "method.mocov3={temperature: 0.3}",
+                             "method={mocov3: {proj_dim: 64}}"])
+    assert (cfg.train.lr, cfg.train.seed) == (0.2, 3)
+    assert (cfg.method.mocov3.temperature, cfg.method.mocov3.proj_dim) == (0.3, 64)
+    for overrides in (["model={kwargs: {}}"], {"model": {"kwargs": {}}}, ["model.kwargs={}"]):
+        assert load_config("in1k-vit-s16-mocov3-repre", overrides).model.kwargs == {}
+    assert load_config("in1k-vit-s16-mocov3-repre", ["model.kwargs.depth=8"]).model.kwargs == {"num_heads": 12,
+                                                                                            "depth": 8}

@@ -82,7 +82,7 @@ def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
         raise UserError(f"preset inheritance loops through {base!r}")
     merged = _preset_dict(str(base), seen)
     merged.pop("preset", None)
-    deep_update(merged, raw)
+    deep_update(merged, wholes(raw))  # model.kwargs: this file's, not merged into the base's
     return merged
 
 
@@ -94,15 +94,29 @@ class Whole(dict):
     before it, where a section's (`--set 'train={lr: 0.1}'`) and a dotted key's merge."""
 
 
-def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """`src`'s values into `dst`: a mapping merges into the one there, but for a `Whole` one, which replaces it."""
+def deep_update(dst: dict[str, Any], src: dict[str, Any], keep_whole: bool = False) -> None:
+    """`src`'s values into `dst`: a mapping merges into the one there, but for a `Whole` one, which replaces it
+    (`keep_whole`: as a `Whole`, for overrides merged before they meet the config)."""
     for key, value in src.items():
         if isinstance(value, Whole):
-            dst[key] = dict(value)
-        elif isinstance(value, dict) and isinstance(dst.get(key), dict):
-            deep_update(dst[key], value)
+            dst[key] = value if keep_whole else dict(value)
+        elif isinstance(value, dict) and isinstance(dst.get(key), dict) and not isinstance(dst.get(key), Whole):
+            deep_update(dst[key], value, keep_whole)
         else:
             dst[key] = value
+
+
+def wholes(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A mapping of the section `prefix` ("": the whole config) with the mappings it gives for keys that are
+    values (`model.kwargs`) marked `Whole`: each replaces the one before it, as `--set 'model.kwargs={...}'`
+    does, where the sections' own mappings merge."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and not isinstance(value, Whole):
+            value = wholes(value, full) if full in SECTION_KEYS else Whole(value)
+        out[key] = value
+    return out
 
 
 def _resolved(raw: dict[str, Any]) -> bool:
@@ -195,13 +209,13 @@ def _place(out: dict[str, Any], key: str, value: Any) -> None:
     if key in SECTION_KEYS and not isinstance(value, dict):  # (a key of an older repre there: its new name)
         raise UserError(renamed_message(key) or f"--set {key}={value!r}: {key} is a section; set its keys "
                         f"({key}.KEY=VALUE) or give a mapping ({key}={{KEY: VALUE}})")
-    if isinstance(value, dict) and len(parts) > 1 and key not in SECTION_KEYS:
-        value = Whole(value)
+    if isinstance(value, dict):  # a section's merges with what came before it; a value's (model.kwargs) replaces
+        value = wholes(value, key) if key in SECTION_KEYS else Whole(value) if len(parts) > 1 else value
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {part} is set both as a value and as a section")
-    node[parts[-1]] = value
+    deep_update(node, {parts[-1]: value}, keep_whole=True)
 
 
 def load_config(source: str | None = None, overrides: Sequence[str] | Mapping[str, Any] | None = None) -> Config:
@@ -215,7 +229,7 @@ def load_config(source: str | None = None, overrides: Sequence[str] | Mapping[st
             if "." in key:
                 _place(extra, key, value)
             else:
-                deep_update(extra, {key: value})
+                deep_update(extra, wholes({key: value}), keep_whole=True)
     else:
         extra = parse_overrides(override_items(overrides))
     deep_update(raw, extra)
