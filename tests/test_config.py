@@ -375,3 +375,27 @@ def test_a_section_mapping_merges_with_what_came_before_it_and_a_values_mapping_
         assert load_config("in1k-vit-s16-mocov3-repre", overrides).model.kwargs == {}
     assert load_config("in1k-vit-s16-mocov3-repre", ["model.kwargs.depth=8"]).model.kwargs == {"num_heads": 12,
                                                                                             "depth": 8}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.kwargs.img_size=32"], "model.kwargs.img_size=32: repre sets it from data.image_size"),
+    (["model.kwargs.drop_path_rate=0.1"], "repre sets it from model.drop_path"),
+    (["train.lr=inf"], "train.lr must be >= 0 and finite, got inf"),
+    (["eval.linear.lrs=[]"], "eval.linear.lrs is an empty list"),
+    (["eval.finetune.crop_scale=[0.9, 0.1]"], r"eval.finetune.crop_scale must be two numbers \[low, high\]"),
+])
+def test_values_that_would_crash_later_or_pass_as_another_are_refused(overrides, message):
+    """Each passed validation, then crashed at the first batch or the probe's first sweep (a traceback), or
+    trained with something else than the config says (inf, a drop path beside model.drop_path)."""
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+    load_config(None, ["model.kwargs.img_size=28"])  # the same as data.image_size: as it was
+
+
+def test_a_dotted_key_in_a_file_and_a_file_as_base_say_what_to_write(tmp_path):
+    (tmp_path / "dotted.yaml").write_text("train.lr: 0.1\n")
+    with pytest.raises(UserError, match=r"'train.lr' is a dotted key: in a YAML file, nest it"):
+        load_config(str(tmp_path / "dotted.yaml"))
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\n")
+    with pytest.raises(UserError, match="_base_: base.yaml is no preset"):
+        load_config(str(tmp_path / "child.yaml"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BITWISE, DINO_TINY, SWIN_TINY, TINY, last_json, run_cli, tiny_config
+from conftest import BITWISE, DINO_TINY, SWIN_TINY, TINY, last_json, pretrain_args, run_cli, tiny_config
 from repre.builder import build_model
 from repre.core import checkpoint_io as ckpt_io
 from repre.engine import guard as guard_mod
@@ -866,7 +866,7 @@ def test_a_requeue_that_lost_its_length_is_refused_with_config_and_goes_on_when_
     err = capsys.readouterr().err
     assert f"--resume into {run}: the run has train.max_steps=4, train.epochs=" in err
     assert "gives train.max_steps=800" in err
-    assert run_cli(["pretrain", "--out", str(run), "--resume", *lost, "--set", "train.max_steps=6"])[0] == 0
+    assert run_cli(["pretrain", "--out", str(run), "--resume", *lost, "--set", "train={max_steps: 6}"])[0] == 0
     assert run_cli(["pretrain", "--out", str(run), "--resume"])[0] == 0  # its own config: 6 steps, done
 
 
@@ -906,3 +906,15 @@ def test_a_skipped_step_leaves_the_running_statistics_as_they_were(tmp_path, hos
     assert all(torch.equal(a, b) for a, b in zip(seen[1], seen[2], strict=True))  # step 2 left them as they were
     assert not all(torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))  # step 3 moved them
     assert all(torch.isfinite(b).all() for b in trainer.running.live)
+
+
+def test_a_config_file_of_another_name_resumes_the_run_it_describes(tmp_path):
+    """The preset label is where a config came from, not what it computes: the run's config.yaml saved as
+    my.yaml (preset `my`) resumes it (it was refused as a change of preset)."""
+    run = tmp_path / "run"
+    assert run_cli(pretrain_args(run, *RESUME, "train.max_steps=2", "train.num_workers=0"))[0] == 0
+    text = (run / "config.yaml").read_text()
+    mine = tmp_path / "my.yaml"
+    mine.write_text("\n".join("preset: my" if ln.startswith("preset:") else ln for ln in text.splitlines()) + "\n")
+    code, _ = run_cli(["pretrain", "--out", str(run), "--resume", "--config", str(mine), "--set", "train.max_steps=3"])
+    assert code == 0

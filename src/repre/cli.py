@@ -261,13 +261,13 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
     (the Python API and an explicit `--set` only warn: `Checkpoints`)."""
     import yaml
 
-    from repre.config import migrate
+    from repre.config import flatten, migrate, parse_overrides
 
     try:
         saved = migrate(yaml.safe_load((out / run_files.CONFIG).read_text())).get("train") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return  # no run yet, or its config cannot say: the resume itself tells
-    given = {item.partition("=")[0].strip() for item in overrides}
+    given = set(flatten(parse_overrides(overrides)))  # `train.max_steps=N` or `train={max_steps: N}`
     changed = [k for k in LENGTH_KEYS if k in saved and saved[k] != getattr(cfg.train, k)]
     if changed and not given & {f"train.{k}" for k in LENGTH_KEYS}:
         was = ", ".join(f"train.{k}={saved.get(k)}" for k in LENGTH_KEYS)

@@ -54,8 +54,9 @@ class ReconstructionBranch(nn.Module):
         channels = [backbone.unit_channels[t] for t in self.taps]
         strides = [backbone.unit_strides[t] for t in self.taps]
         if out_stride > min(strides):
+            most = 1 << (min(strides).bit_length() - 1)  # the largest power of two not above it
             raise UserError(f"recon.out_stride={out_stride} is coarser than the encoder's finest tapped map "
-                            f"(stride {min(strides)}): use at most {min(strides)}")
+                            f"(stride {min(strides)}): use at most {most}")
         ratio = min(strides) // out_stride
         if min(strides) % out_stride or ratio & (ratio - 1):  # the decoder doubles its resolution step by step
             raise UserError(f"the encoder's finest tapped map has stride {min(strides)} (its patch), which x2 steps "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -29,6 +30,10 @@ def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
+            if isinstance(key, str) and "." in key and key in all_keys(Config):  # `train.lr: 0.1` in a file
+                head, _, rest = key.partition(".")
+                raise UserError(f"{key!r} is a dotted key: in a YAML file, nest it ({head}: then {rest}: indented "
+                                "below it); dotted keys are --set's")
             old = renamed_message(prefix + str(key))
             raise UserError(old or _unknown_key_message(_first_leaf(prefix + str(key), value),
                                                         [prefix + n for n in names]))
@@ -138,8 +143,10 @@ def check_ranges(section: str, values: Any) -> None:
         value = getattr(values, key)
         test, text = RULES[rule]
         items = value if isinstance(value, list) else [] if value is None else [value]
-        if not all(test(v) for v in items):
-            raise UserError(f"{section}.{key} must be {text}, got {value}")
+        if isinstance(value, list) and not value:
+            raise UserError(f"{section}.{key} is an empty list: give one or more values {text}")
+        if not all(math.isfinite(v) and test(v) for v in items):  # inf passed every lower bound
+            raise UserError(f"{section}.{key} must be {text}{' and finite' if text[0] in '>' else ''}, got {value}")
 
 
 def sections(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -181,11 +188,15 @@ def _validate_data(d: DataConfig) -> None:
         raise UserError("data.mean and data.std need 3 values each (RGB), std > 0")
 
 
-def _validate_aug(a: AugConfig) -> None:
-    for key in ("crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma"):
-        low_high = getattr(a, key)
+def _low_high(section: str, values: Any, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        low_high = getattr(values, key)
         if len(low_high) != 2 or low_high[0] > low_high[1]:
-            raise UserError(f"aug.{key} must be two numbers [low, high], got {low_high}")
+            raise UserError(f"{section}.{key} must be two numbers [low, high], got {low_high}")
+
+
+def _validate_aug(a: AugConfig) -> None:
+    _low_high("aug", a, ("crop_scale", "local_crop_scale", "crop_ratio", "blur_sigma"))
     for key in ("blur_prob", "solarize_prob"):  # per view: first global, second global[, local crops]
         if len(getattr(a, key)) not in (2, 3):
             raise UserError(f"aug.{key} must have 2 or 3 numbers (global 1, global 2[, local]), "
@@ -211,14 +222,30 @@ def _validate_linear(lin: LinearConfig) -> None:
                         "moby")
 
 
+def _validate_kwargs(cfg: Config) -> None:
+    """model.kwargs that would contradict what repre gives timm from its own keys (a crash at the first batch,
+    or a drop path other than model.drop_path's, silently)."""
+    kw = cfg.model.kwargs
+    size = kw.get("img_size", cfg.data.image_size)
+    mine = {"img_size": (size if isinstance(size, int) else list(size)) not in (cfg.data.image_size,
+                                                                               [cfg.data.image_size] * 2),
+            "drop_path_rate": kw.get("drop_path_rate", cfg.model.drop_path) != cfg.model.drop_path,
+            "num_classes": "num_classes" in kw}
+    said = {"img_size": "repre sets it from data.image_size", "drop_path_rate": "repre sets it from model.drop_path",
+            "num_classes": "the encoder is built without a head (num_classes=0)"}
+    for key in (k for k, contradicts in mine.items() if contradicts):
+        raise UserError(f"model.kwargs.{key}={kw[key]}: {said[key]}; drop it from model.kwargs")
+
+
 _SECTION_RULES: dict[str, Callable[[Any], None]] = {
     "data": _validate_data, "aug": _validate_aug, "recon": _validate_recon, "train": _validate_train,
-    "eval.linear": _validate_linear}
+    "eval.linear": _validate_linear, "eval.finetune": lambda f: _low_high("eval.finetune", f, ("crop_scale",))}
 
 
 def _validate_across(cfg: Config) -> None:
     """The rules that relate keys of several sections."""
     d, t = cfg.data, cfg.train
+    _validate_kwargs(cfg)
     if d.local_crops and cfg.method.name != "dino":
         raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
                         f"{cfg.method.name} uses 2 views, so set data.local_crops=0")

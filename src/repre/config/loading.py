@@ -80,6 +80,10 @@ def _resolve_base(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
         return raw
     if base in seen:
         raise UserError(f"preset inheritance loops through {base!r}")
+    if str(base) not in list_presets():
+        near = difflib.get_close_matches(str(base), list_presets(), n=3)
+        raise UserError(f"_base_: {base} is no preset{' (did you mean ' + ', '.join(near) + '?)' if near else ''}: "
+                        "_base_ names a preset (`repre presets` lists them), not a file")
     merged = _preset_dict(str(base), seen)
     merged.pop("preset", None)
     deep_update(merged, wholes(raw))  # model.kwargs: this file's, not merged into the base's

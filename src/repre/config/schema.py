@@ -270,7 +270,7 @@ class TrainConfig:
     # auto: bf16 where the hardware runs it natively (fp16 on GPUs without bf16), else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # data workers of each process; -1: min(8, its share of the cores - 1), the cores divided among torchrun's
-    # processes on the node; more than 4 per core of its share are said, more than 64 refused; streamed shards
+    # processes on the node; more than 4 per core of its share are said, more than 64 per core refused; streamed shards
     # resume exactly only with as many
     num_workers: int = -1
     compile: bool = False  # torch.compile each transformer block and the decoder with its loss (weights keep their names)
@@ -454,7 +454,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    run_only: ClassVar[set[str]] = {"description"}
+    run_only: ClassVar[set[str]] = {"preset", "description"}  # labels: what a run computes is the rest
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
