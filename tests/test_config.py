@@ -399,3 +399,11 @@ def test_a_dotted_key_in_a_file_and_a_file_as_base_say_what_to_write(tmp_path):
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\n")
     with pytest.raises(UserError, match="_base_: base.yaml is no preset"):
         load_config(str(tmp_path / "child.yaml"))
+
+
+def test_numbers_read_as_yaml_1_2_reads_them():
+    """PyYAML's YAML 1.1 read `010` as 8, `1:30` as 90 and `1e-5` as a string, which model.kwargs handed to timm
+    as one (a typed key was mended, a kwarg not)."""
+    assert load_config(None, ["train.max_steps=010"]).train.max_steps == 10
+    assert load_config(None, ["model.kwargs.init_values=1e-5"]).model.kwargs == {"init_values": 1e-5}
+    assert parse_overrides(["a.b=1:30", "a.c=.inf", "a.d=0x10"])["a"] == {"b": "1:30", "c": float("inf"), "d": 16}

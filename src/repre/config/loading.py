@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -50,6 +51,28 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+# Numbers as YAML 1.2 reads them (and people write them): PyYAML follows YAML 1.1, where `010` is octal 8,
+# `1:30` is 90 (base 60) and `1e-5` (no dot) is a string, which reached timm as one through model.kwargs.
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+)$"),
+                                       list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+                       r"|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+
+
+def _yaml_12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+    base = 16 if digits.startswith("0x") else 8 if digits.startswith("0o") else 10
+    return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+_UniqueKeyLoader.add_constructor(_INT, _yaml_12_int)
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
