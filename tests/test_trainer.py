@@ -71,7 +71,7 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
     with pytest.raises(UserError, match="method.dino.student_temp") as refused:
         Checkpoints._check_compatible(now, config_from_dict(old), tmp_path / "step.pt")
     listed = str(refused.value).split("only ")[-1]
-    assert "data.root, eval.*, description" in listed and "eval.batch_size" not in listed  # sections as eval.*
+    assert "data.root, eval.*, preset, description" in listed and "eval.batch_size" not in listed  # sections as eval.*
 
 
 def test_a_restored_window_goes_on_with_each_process_own_sums(monkeypatch):
