@@ -36,6 +36,13 @@ def test_scale_each_multiplies_every_tensor_by_its_own_factor():
     assert torch.equal(tensors[0], torch.full((3,), 2.0)) and torch.equal(tensors[1], torch.full((2, 2), 0.5))
 
 
+def test_copy_each_copies_every_tensor():
+    targets, sources = [torch.zeros(3), torch.zeros(2, 2)], [torch.arange(3.0), torch.ones(2, 2)]
+    compat.copy_each_(targets, sources)
+    assert all(torch.equal(t, s) for t, s in zip(targets, sources, strict=True))
+    compat.copy_each_([], [])  # a model without batch norm: nothing to copy
+
+
 def test_ema_equals_the_per_tensor_update_bit_for_bit():
     torch.manual_seed(0)
     targets, sources = [torch.randn(5), torch.randn(3, 4)], [torch.randn(5), torch.randn(3, 4)]

@@ -72,6 +72,12 @@ def scale_each_(tensors: list[torch.Tensor], scales: torch.Tensor) -> None:
     torch._foreach_mul_(tensors, list(scales.to(tensors[0].dtype).unbind()))
 
 
+def copy_each_(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """targets[i].copy_(sources[i]), in one multi-tensor kernel launch where the device has one."""
+    if targets:
+        torch._foreach_copy_(targets, sources)
+
+
 def ema_(targets: list[torch.Tensor], sources: list[torch.Tensor], m: float) -> None:
     """targets[i] = targets[i] * m + sources[i] * (1 - m), in place: on a GPU a few multi-tensor kernel
     launches for all the tensors, where a loop launches two a tensor (about 300 for a ViT-S and its projector).

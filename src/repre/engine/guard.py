@@ -133,8 +133,7 @@ class RunningStatistics:
 
     def keep(self) -> None:
         """Before the forward."""
-        for kept, live in zip(self.kept, self.live, strict=True):
-            kept.copy_(live)
+        compat.copy_each_(self.kept, self.live)
 
     def restore(self, skipped: torch.Tensor) -> None:
         """After the step: where `skipped` (the guard's outcome; on the device for the device strategy, no
