@@ -45,7 +45,8 @@ class ReconstructionBranch(nn.Module):
         out_stride: int = 4,
     ) -> None:
         super().__init__()
-        if isinstance(out_stride, bool) or not isinstance(out_stride, int) or out_stride < 1 or out_stride & (out_stride - 1):
+        power_of_two = type(out_stride) is int and out_stride >= 1 and not out_stride & (out_stride - 1)
+        if not power_of_two:
             raise UserError(f"recon.out_stride={out_stride!r}: a power of two (1, 2, 4, ...), the pixels each output "
                             "cell of the decoder's last convolution writes a side of")
         backbone = encoder if isinstance(encoder, Backbone) else Backbone.from_model(encoder)

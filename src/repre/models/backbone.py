@@ -210,8 +210,10 @@ def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     An int n: n evenly spaced blocks ending with the last, `ceil((i + 1) * depth / n) - 1`
     (depth 12 -> [2, 5, 8, 11], depth 6 -> [1, 2, 4, 5]). A list: block indices, negatives from the end.
     """
-    if isinstance(spec, bool) or not isinstance(spec, int | Sequence) or isinstance(spec, str) or (
-            not isinstance(spec, int) and not all(isinstance(t, int) and not isinstance(t, bool) for t in spec)):
+    def whole(v: Any) -> bool:  # an int, not a bool (True is an int to Python)
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (whole(spec) or (isinstance(spec, Sequence) and not isinstance(spec, str) and all(map(whole, spec)))):
         raise UserError(f"recon.taps={spec!r}: give a count of blocks (an int) or a list of block indices")
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
