@@ -526,9 +526,9 @@ def path_error_message(exc: OSError, out: str | None) -> str | None:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     named = exc.filename2 or exc.filename
     path = written_file(str(named)) if named else (out or "the output") if full else None
-    if exc.errno == errno.ENOENT and named and out and made_for(str(named), out):  # /proc/x: a folder that takes
+    if exc.errno == errno.ENOENT and named and out and made_for(str(named), out):  # a folder that takes no file
         return (f"repre: error: cannot write {path}: no file can be made there (a folder such as /proc takes none); "
-                "give another --out")  # no new file
+                "give another --out")
     if exc.errno not in PATH_ERRORS or path is None:
         return None
     hint = ("free space there, or give another --out" if full else
