@@ -225,16 +225,16 @@ def _validate_linear(lin: LinearConfig) -> None:
 def _validate_kwargs(cfg: Config) -> None:
     """model.kwargs that would contradict what repre gives timm from its own keys (a crash at the first batch,
     or a drop path other than model.drop_path's, silently)."""
-    kw = cfg.model.kwargs
-    size = kw.get("img_size", cfg.data.image_size)
-    mine = {"img_size": (size if isinstance(size, int) else list(size)) not in (cfg.data.image_size,
-                                                                               [cfg.data.image_size] * 2),
-            "drop_path_rate": kw.get("drop_path_rate", cfg.model.drop_path) != cfg.model.drop_path,
-            "num_classes": "num_classes" in kw}
-    said = {"img_size": "repre sets it from data.image_size", "drop_path_rate": "repre sets it from model.drop_path",
-            "num_classes": "the encoder is built without a head (num_classes=0)"}
-    for key in (k for k, contradicts in mine.items() if contradicts):
-        raise UserError(f"model.kwargs.{key}={kw[key]}: {said[key]}; drop it from model.kwargs")
+    kw, size = cfg.model.kwargs, cfg.data.image_size
+    if "img_size" in kw and kw["img_size"] not in (size, [size, size], (size, size)):
+        raise UserError(f"model.kwargs.img_size={kw['img_size']}: repre sets it from data.image_size; drop it from "
+                        "model.kwargs")
+    if kw.get("drop_path_rate", cfg.model.drop_path) != cfg.model.drop_path:
+        raise UserError(f"model.kwargs.drop_path_rate={kw['drop_path_rate']}: repre sets it from model.drop_path; "
+                        "drop it from model.kwargs")
+    if "num_classes" in kw:
+        raise UserError(f"model.kwargs.num_classes={kw['num_classes']}: the encoder is built without a head "
+                        "(num_classes=0); drop it from model.kwargs")
 
 
 _SECTION_RULES: dict[str, Callable[[Any], None]] = {
