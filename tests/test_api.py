@@ -3,6 +3,7 @@ and what they give back."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import typing
 
@@ -74,6 +75,23 @@ def test_load_encoder_gives_an_encoder_ready_to_embed(tiny_run):
         repre.load_encoder(run, encoder="teacher_encoder")
     with pytest.raises(UserError, match="not read by `repre.load_encoder`"):
         repre.load_encoder(run, ["train.lr=0.1"])
+
+
+def test_an_encoder_loaded_at_another_image_size_has_its_position_embedding_for_that_grid(tiny_run, repre_log):
+    """At data.image_size 24 (the run's: 16), the 6 x 6 grid's position embedding (`Backbone.pos_embed_at`:
+    MoCo v3's fixed sin-cos computed for it) and every other weight as trained; the whole model too (`recon`)."""
+    from repre.eval import evaluate
+
+    run, _ = tiny_run
+    own, _ = repre.load_encoder(run)
+    bigger, cfg = repre.load_encoder(run, ["data.image_size=24"])
+    assert cfg.data.image_size == 24 and "trained at data.image_size=16" in repre_log.text
+    torch.testing.assert_close(bigger.model.pos_embed, own.pos_embed_at((6, 6)))
+    others = {k: v for k, v in own.state_dict().items() if k != "model.pos_embed"}
+    assert all(torch.equal(v, bigger.state_dict()[k]) for k, v in others.items())
+    assert bigger(torch.zeros(2, 3, 24, 24))[0].shape == own(torch.zeros(2, 3, 16, 16))[0].shape
+    result = evaluate("recon", run, ["data.image_size=24", "eval.recon.subset=4", "eval.recon.images=2"])
+    assert math.isfinite(result["value"])
 
 
 @pytest.mark.parametrize("name", sorted(FRAMEWORK_CLASSES))

@@ -5,6 +5,7 @@ command does not read (which it reads: `repre.config.reads`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from repre.data.evaluation import timm_preprocessing
 from repre.data.sources import check_data_code, pretraining_stats
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.models.backbone import Backbone
+from repre.models.backbone import Backbone, fit_backbones
+
+log = logging.getLogger("repre")
 
 # the provenance that the timm architecture's own pretrained_cfg would otherwise lend a run's encoder (its hub
 # weights, their licence, ImageNet's 1,000 classes): none of it describes these weights
@@ -97,7 +100,9 @@ def encoder_from(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | Non
     key = held_encoder_key(ckpt, cfg, checkpoint, key)
     with torch.random.fork_rng(devices=[]):  # its random init is replaced: the caller's RNG stays as it was
         encoder = build_encoder(cfg)
-    _load_into(encoder.model, encoder_state(ckpt, key), checkpoint, f"encoder {cfg.model.arch}")
+    state = {f"model.{k}": v for k, v in encoder_state(ckpt, key).items()}
+    _fit_image_size(encoder, state, ckpt, cfg, checkpoint)
+    _load_into(encoder, state, checkpoint, f"encoder {cfg.model.arch}")
     return encoder
 
 
@@ -124,8 +129,20 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     head = ckpt["model"].get("method.head.weight")  # supervised checkpoints carry their class count
     with torch.random.fork_rng(devices=[]):  # its random init is replaced: the caller's RNG stays as it was
         model = build_model(cfg, None if head is None else head.shape[0])
-    _load_into(model, ckpt["model"], checkpoint, "model")
+    state = dict(ckpt["model"])  # the checkpoint's own stays as it was read
+    _fit_image_size(model, state, ckpt, cfg, checkpoint)
+    _load_into(model, state, checkpoint, "model")
     return model
+
+
+def _fit_image_size(module: nn.Module, state: dict[str, torch.Tensor], ckpt: dict, cfg: Config,
+                    checkpoint: str | Path) -> None:
+    """`state` (`module`'s), trained at another data.image_size than `cfg`'s, made to fit in place: a ViT's
+    position embedding resampled to this patch grid (`Backbone.fit_state`), as DINO's evaluations do."""
+    if fit_backbones(module, state):
+        trained = ckpt.get("config", {}).get("data", {}).get("image_size")
+        log.info("%s: trained at data.image_size=%s, its position embeddings resampled to %d", checkpoint,
+                 trained, cfg.data.image_size)
 
 
 def refuse_unread(command: str, overrides: Sequence[str], reads: tuple[str, ...]) -> None:

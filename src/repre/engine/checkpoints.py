@@ -29,7 +29,7 @@ from repre.engine.optim import load_optimizer_state
 from repre.engine.state import RunState
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.models.backbone import Backbone
+from repre.models.backbone import fit_backbones
 
 log = logging.getLogger("repre")
 
@@ -215,8 +215,7 @@ class Checkpoints:
         schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed."""
         ckpt = checkpoint_io.load(source)
         ckpt["model"] = self._evaluated_as_online(ckpt, source)
-        resized = [key for name, module in self.model.named_modules() if isinstance(module, Backbone)
-                   for key in module.fit_state(ckpt["model"], f"{name}.")]
+        resized = fit_backbones(self.model, ckpt["model"])
         size = ckpt["config"]["data"].get("image_size")
         if resized:
             log.info("--init-from %s: trained at data.image_size=%s, its position embeddings resampled to this run's "

@@ -204,6 +204,13 @@ class Backbone(nn.Module):
         return [key]
 
 
+def fit_backbones(module: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """`Backbone.fit_state` for every Backbone of `module` (itself included; `state` is `module`'s, its keys
+    under `prefix`): a checkpoint trained at another image size made to fit, in place. Returns the keys changed."""
+    return [key for name, sub in module.named_modules() if isinstance(sub, Backbone)
+            for key in sub.fit_state(state, f"{prefix}{name}." if name else prefix)]
+
+
 def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     """`recon.taps` -> sorted 0-based block indices.
 
