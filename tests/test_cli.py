@@ -158,7 +158,7 @@ def test_eval_prints_each_class_under_its_table():
     from repre.cli import _per_class
 
     assert _per_class({"per_class_top1": {"Coat": 0.5, "Bag": None}}) == "per class (top-1): Coat 0.500, Bag -"
-    assert _per_class({"per_class_iou": [0.9, 0.25], "class_names": ["background", "Coat"]}) == (
+    assert _per_class({"per_class_iou": {"background": 0.9, "Coat": 0.25}}) == (
         "per class (IoU): background 0.900, Coat 0.250")
     assert _per_class({"per_class_top1": {str(c): 0.1 for c in range(21)}}) == ""  # too many for a line
     assert _per_class({"k": 20}) == ""

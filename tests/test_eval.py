@@ -76,6 +76,9 @@ def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     second = evaluate("finetune", out, overrides)
     assert first == second
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left as it was
+    confusion = torch.tensor(first["extra"]["confusion"])  # each class's top-1 and the counts, as k-NN's
+    assert confusion.sum() == 32 and first["value"] == pytest.approx(float(confusion.trace()) / 32)
+    assert len(first["extra"]["per_class_top1"]) == 10
     evaluate("recon", out, ["eval.recon.subset=8", "eval.recon.images=2"])  # builds the whole model
     assert torch.equal(torch.get_rng_state(), state)
 

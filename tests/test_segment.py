@@ -63,6 +63,7 @@ def test_eval_segment_end_to_end(tiny_run, fmnist_root, repre_log):
     result = last_json(stdout)
     assert code == 0 and result["task"] == "segment" and 0 <= result["value"] <= 1
     assert 0 <= result["extra"]["pixel_acc"] <= 1 and result["extra"]["feature_grid"] == [16, 16]
+    assert list(result["extra"]["per_class_iou"]) == result["extra"]["classes"]  # each class's IoU by its name
     said = "measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this run's synthetic"
     assert said in repre_log.text
     with Image.open(result["extra"]["picture"]) as picture:  # 8 test scenes: image, truth, prediction
@@ -167,7 +168,8 @@ def test_eval_segment_on_a_folder_end_to_end(tiny_run, tmp_path):
                             "--set", f"eval.segment.root={root}", "--set", "eval.segment.size=16",
                             "--set", "eval.segment.epochs=2"])
     result = last_json(stdout)
-    assert code == 0 and result["extra"]["data"] == "folder" and result["extra"]["classes"] == 3
+    assert code == 0 and result["extra"]["data"] == "folder" and result["extra"]["classes"] is None  # no names
+    assert list(result["extra"]["per_class_iou"]) == ["0", "1", "2"]
     assert result["extra"]["train_images"] == 9 and result["extra"]["test_images"] == 4
     assert 0 <= result["value"] <= 1 and result["extra"]["feature_grid"] == [4, 4]
 

@@ -305,9 +305,8 @@ def _per_class(extra: dict) -> str:
     linear probe's top-1, the dense probe's IoU."""
     if isinstance(extra.get("per_class_top1"), dict):
         name, values = "top-1", extra["per_class_top1"]
-    elif isinstance(extra.get("per_class_iou"), list):
-        names = extra.get("class_names") or [str(c) for c in range(len(extra["per_class_iou"]))]
-        name, values = "IoU", dict(zip(names, extra["per_class_iou"], strict=False))
+    elif isinstance(extra.get("per_class_iou"), dict):
+        name, values = "IoU", extra["per_class_iou"]
     else:
         return ""
     if not values or len(values) > 20:

@@ -21,10 +21,11 @@ from repre.config import Config
 from repre.core.runtime import LossScaler, Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import labelled
+from repre.data.sources import class_names, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
+from repre.eval.scores import per_class
 from repre.models.attention import training_attention
 from repre.models.backbone import Backbone
 
@@ -92,9 +93,10 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         log.warning("fine-tuning diverged (weights that are not finite), so its top-1 measures nothing: lower "
                     "eval.finetune.lr (now %g)", e.finetune.lr)
-    return {"task": "finetune", "metric": "top1", "value": test_top1(model, cfg, rt),
+    pred, truth = test_predictions(model, cfg, rt)
+    return {"task": "finetune", "metric": "top1", "value": float((pred == truth).sum()) / max(len(truth), 1),
             "extra": {"steps": e.finetune.steps, "final_train_loss": loss if math.isfinite(loss) else None,
-                      "classes": classes}}
+                      **per_class(pred, truth, classes, class_names(source))}}
 
 
 def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[dict], lrs: torch.Tensor,
@@ -119,6 +121,7 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
     return float(loss.detach())
 
 
-def test_top1(model: nn.Module, cfg: Config, rt: Runtime) -> float:
+def test_predictions(model: nn.Module, cfg: Config, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fine-tuned classifier's predicted and true labels [M] of the test split's images."""
     logits, labels = frozen_outputs(model, eval_loader(cfg, "test", cfg.eval.finetune.test_subset), rt, model)
-    return float((logits.argmax(dim=1) == labels).sum()) / max(len(labels), 1)
+    return logits.argmax(dim=1), labels

@@ -105,6 +105,11 @@ def miou(conf: torch.Tensor) -> tuple[float, float, list[float | None]]:
     return sum(present) / max(len(present), 1), float(tp.sum() / conf.sum().clamp_min(1)), per_class
 
 
+def by_name(values: list[float | None], names: list[str] | None) -> dict[str, float | None]:
+    """Each class's value keyed by its name (its label where the names are unknown), as k-NN's per class."""
+    return {names[c] if names and len(names) == len(values) else str(c): v for c, v in enumerate(values)}
+
+
 def coloured(masks: torch.Tensor, ignore: int) -> torch.Tensor:
     """Class maps [N, S, S] -> uint8 [N, 3, S, S] in `PALETTE`'s colours, `ignore` pixels white."""
     table = torch.tensor([rgb for _, rgb in PALETTE] + [IGNORED], dtype=torch.uint8)
@@ -227,8 +232,8 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
     probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,
                         data.ignore)
     m, acc, per_class = miou(confusion(probe, f_test, data.test_masks, data.classes, data.ignore))
-    extra = {"pixel_acc": acc, "per_class_iou": per_class, "class_names": data.names, "data": e.segment.data,
-             "classes": data.classes,
+    extra = {"pixel_acc": acc, "per_class_iou": by_name(per_class, data.names), "classes": data.names,
+             "data": e.segment.data,
              "train_images": len(data.train_images), "test_images": len(data.test_images),
              "feature_grid": list(f_train.shape[-2:])}
     if out is not None and dist.is_main():
