@@ -49,6 +49,16 @@ def test_wrong_type_is_refused():
         load_config(None, ["recon.upsample=bicubic"])
 
 
+@pytest.mark.parametrize(("text", "read_as"), [("2024", "a number"), ("on", "true or false"),
+                                               ("pipe: cat a.tar", "a mapping")])
+def test_a_text_key_given_what_yaml_reads_as_another_type_says_to_quote_it(text, read_as):
+    """A folder named 2024 or `on`, a `pipe:` command with a space: the message says how to pass the text,
+    which then loads as written."""
+    with pytest.raises(UserError, match=f"YAML read it as {read_as}: for the text, quote it"):
+        load_config(None, [f"data.root={text}"])
+    assert load_config(None, [f"data.root='{text}'"]).data.root.endswith(text)  # a folder: made absolute
+
+
 def test_local_crops_need_their_own_blur_and_solarization():
     """With two values the local crops would take the second global view's (blur 0.1, solarize 0.2, not DINO's
     0.5 and 0): refused, the message naming the values to set, which then load."""

@@ -88,7 +88,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except UserError:
                 continue
-        raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}{_quote_hint(key, value, options)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if type(value) not in {type(c) for c in choices} or value not in choices:  # true is not 1
@@ -120,7 +120,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is str and isinstance(value, os.PathLike):  # a Path set from Python (data.root = Path(...))
         return os.fspath(value)
-    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+                    f"{_quote_hint(key, value, (tp,))}")
+
+
+def _quote_hint(key: str, value: Any, options: tuple[Any, ...]) -> str:
+    """For a text key given what YAML read as a number, a truth value or a mapping (a folder named 2024, `on`,
+    a `pipe: cmd` with a space): how to pass the text."""
+    if str not in options or isinstance(value, (str, list)):
+        return ""
+    kind = "true or false" if isinstance(value, bool) else "a mapping" if isinstance(value, dict) else "a number"
+    return f"; YAML read it as {kind}: for the text, quote it (--set '{key}=\"...\"')"
 
 
 RULES: dict[str, tuple[Callable[[float], bool], str]] = {  # a field's valid values -> (test, as said in errors)
