@@ -652,3 +652,14 @@ def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, 
     assert labels == [0, 0, 1, 1]  # spread: the first 4 would be one class
     held_out = select(source("own_items_for_check:sorted_classes"), torch.arange(2, 16, 2))  # as eval.split=val's
     assert [held_out.load(i)[1] for i in subset_of(held_out, 2).indices.tolist()] == [0, 1]  # spread too
+
+
+def test_a_generated_image_and_its_views_draw_different_numbers():
+    """NumPy pads a short seed key with zeros: the image's key (seed, split, index) must not be any view's
+    (seed, epoch, index, view), or the first view of epoch 0 replays the draws that made its image."""
+    from repre.data.synthetic import image_rng
+    from repre.data.views import view_rng
+
+    for index in range(4):
+        made = image_rng(3, "train", index).random(4)
+        assert not any(np.array_equal(made, view_rng(3, 0, index, view).random(4)) for view in range(3))

@@ -14,7 +14,8 @@ crop boxes, flips and photometric parameters beside them. On the device:
   rows). The images are sorted by size and padded in chunks to a common size; the padding has zero weight.
 
 The views equal torchvision's float `resized_crop` up to float rounding, and the worker path's uint8 ones within
-one grey level (that path rounds between its horizontal and vertical passes). The photometric stage follows
+one grey level (that path rounds between its horizontal and vertical passes; an image over `MAX_PIXELS`, which
+crosses downscaled, within a few). The photometric stage follows
 (`repre.data.views.photometric`).
 """
 

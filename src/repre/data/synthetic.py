@@ -10,6 +10,10 @@ import numpy as np
 import torch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+# the last word of an image's seed key: five words, so that no view's four-word key (seed, epoch, index, view:
+# `views.view_rng`) draws the same numbers. NumPy pads a key of three words with zeros, so (seed, 0, index) was
+# (seed, 0, index, 0): the first view of epoch 0 would replay the draws that made its own image.
+IMAGE_KEY = 0x5EED
 
 
 def _shape_mask(kind: int, size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -32,9 +36,14 @@ def _shape_mask(kind: int, size: int, cy: float, cx: float, r: float) -> np.ndar
     return masks[kind % len(masks)]
 
 
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The draws that make image `index` of `split`."""
+    return np.random.default_rng([seed, 0 if split == "train" else 1, index, 0, IMAGE_KEY])
+
+
 def make_image(seed: int, split: str, index: int, size: int, classes: int) -> tuple[np.ndarray, int]:
     """One image: uint8 [3, size, size] and its class."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    rng = image_rng(seed, split, index)
     label = index % classes
     hue = label / classes
     color = 0.5 + 0.45 * np.cos(2 * np.pi * (hue + np.array([0.0, 1 / 3, 2 / 3])))

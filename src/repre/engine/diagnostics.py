@@ -1,9 +1,9 @@
 """Loss-balance diagnostics for hybrid objectives (contrastive + lambda * reconstruction).
 
-Every `train.diagnose_every` steps the trainer measures the gradient each loss sends into the shared
-encoder (two extra backward passes through the graph of that step: about 2/3 of a step's backward cost,
-so ~1% of the run at the default every-100-steps) and logs their norms and cosine. `TrendWatch` warns when
-one loss keeps rising while the other falls.
+Every `train.diagnose_every` steps the `LossBalance` callback (engine/callbacks.py) measures the gradient
+each loss sends into the shared encoder (two extra backward passes through the graph of that step: about 2/3
+of a step's backward cost, so ~1% of the run at the default every-100-steps) and logs their norms and cosine.
+`TrendWatch` warns when one loss keeps rising while the other falls.
 """
 
 from __future__ import annotations

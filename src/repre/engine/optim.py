@@ -22,8 +22,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
     run's: a run may resume on another device. Groups of other sizes than this run's raise UserError."""
     sizes = [len(g["params"]) for g in optimizer.param_groups]
     was = [len(g["params"]) for g in saved["param_groups"]]
-    if sizes != was:  # repre 0.1 exempted a Swin's relative position tables from MoBY's weight decay; 0.2 decays
-        raise UserError(  # them, as the official optimizer does
+    if sizes != was:  # the checkpoint's run gave other parameters weight decay (another version's rule)
+        raise UserError(
             f"the checkpoint's optimizer has parameter groups of {was} tensors, this version of repre builds "
             f"{sizes} (which parameters get weight decay changed; docs/training.md): resume it with the "
             "version that wrote it, or start a new --out with `--init-from` this run (its weights; a fresh "
