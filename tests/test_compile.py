@@ -8,7 +8,7 @@ import torch
 from conftest import DINO_TINY, pretrain_args, run_cli, tiny_config
 from repre.builder import build_model
 from repre.core.runtime import run_settings
-from repre.engine.compile import compile_blocks
+from repre.engine.compile import compile_units
 
 
 def test_compile_wraps_blocks_and_the_branch_loss_and_keeps_names(monkeypatch):
@@ -17,7 +17,7 @@ def test_compile_wraps_blocks_and_the_branch_loss_and_keeps_names(monkeypatch):
     cfg = tiny_config("train.compile=true")
     model = build_model(cfg)
     names = list(model.state_dict())
-    compile_blocks(model)
+    compile_units(model)
     limit = torch._dynamo.config.recompile_limit
     with run_settings(cfg, torch.device("cpu")):  # Dynamo's graph limit per unit, raised while the run trains
         assert torch._dynamo.config.recompile_limit >= 32

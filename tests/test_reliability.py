@@ -898,14 +898,14 @@ def test_a_skipped_step_leaves_the_running_statistics_as_they_were(tmp_path, hos
         return forward(views * float("nan") if trainer.state.step == 1 else views, *args, **kw)
 
     def recorded(batch):
-        seen.setdefault(trainer.state.step, [b.clone() for b in trainer.running.live])
+        seen.setdefault(trainer.state.step, [b.clone() for b in trainer.bn_statistics.live])
         return step(batch)
 
     trainer.forward_model, trainer.train_step = nan_at_step_2, recorded
-    assert trainer.fit()["nonfinite_steps"] == 1 and trainer.running.live
+    assert trainer.fit()["nonfinite_steps"] == 1 and trainer.bn_statistics.live
     assert all(torch.equal(a, b) for a, b in zip(seen[1], seen[2], strict=True))  # step 2 left them as they were
     assert not all(torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))  # step 3 moved them
-    assert all(torch.isfinite(b).all() for b in trainer.running.live)
+    assert all(torch.isfinite(b).all() for b in trainer.bn_statistics.live)
 
 
 def test_a_config_file_of_another_name_resumes_the_run_it_describes(tmp_path):

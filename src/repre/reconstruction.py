@@ -43,6 +43,8 @@ class PretrainingModel(nn.Module):
     forward(views, momentum, labels, local_views) -> {"loss": what the optimizer minimizes,
     "loss_contrastive": the method's own loss, "loss_recon", and the method's other 0-d values}."""
 
+    recon_weight: float = 0.0  # λ, the reconstruction loss's weight in "loss" (a Baseline has none)
+
     def __init__(self, method: Method) -> None:
         super().__init__()
         self.method = method

@@ -459,6 +459,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def measures_loss_balance(self) -> bool:
+        """Whether a run measures the gradient each loss sends into the encoder (the RePre branch's loss-balance
+        diagnostics, every train.diagnose_every steps: the trainer's `LossBalance`, the runtime's settings)."""
+        return self.recon.enabled and self.train.diagnose_every > 0
+
 
 def _run_only(cls: type, prefix: str = "") -> tuple[str, ...]:
     """The dotted keys of `cls` and its sub-sections that its sections name in `run_only`."""

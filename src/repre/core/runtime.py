@@ -134,7 +134,7 @@ COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 
 def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = False) -> Iterator[None]:
     """Every process-wide setting a run changes, set on entry and put back on exit, whatever ends the block.
 
-    - train.compile: Dynamo's graphs per compiled unit raised to COMPILE_GRAPHS (`compile_blocks`); with the
+    - train.compile: Dynamo's graphs per compiled unit raised to COMPILE_GRAPHS (`compile_units`); with the
       loss-balance diagnostics, compiled backward graphs that run again on one forward (they take each loss's
       gradient from the step's graph before its backward).
     - train.deterministic: PyTorch's deterministic algorithms (an operation without one raises), cuBLAS with a
@@ -145,7 +145,7 @@ def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = Fal
     with contextlib.ExitStack() as stack:
         if cfg.train.compile:
             stack.enter_context(compat.compiled_graphs_per_unit(COMPILE_GRAPHS))
-            if cfg.recon.enabled and cfg.train.diagnose_every:
+            if cfg.measures_loss_balance:
                 stack.enter_context(compat.reusable_compiled_backward())
         if cfg.train.deterministic:  # what a GPU cannot do deterministically is refused earlier (check_deterministic)
             stack.enter_context(_deterministic(device, cuda_used_before))

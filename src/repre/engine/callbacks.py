@@ -17,7 +17,7 @@ import torch
 from repre.config import Config
 from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter
-from repre.methods.base import Method
+from repre.methods.base import TEACHER_ENTROPY, Method
 
 if TYPE_CHECKING:
     from repre.engine.trainer import Trainer
@@ -143,8 +143,8 @@ class CollapseWatch(Callback):
         if values.get("embedding_std", 1.0) < COLLAPSE_STD:
             return (f"embedding_std {values['embedding_std']:.3f} (about 1 when healthy, 0 when every image maps "
                     "to one point)")
-        if values.get("teacher_entropy", 0.0) > 0.95 * self.uniform:
-            return f"teacher_entropy {values['teacher_entropy']:.2f} of at most {self.uniform:.2f} (uniform outputs)"
+        if values.get(TEACHER_ENTROPY, 0.0) > 0.95 * self.uniform:
+            return f"{TEACHER_ENTROPY} {values[TEACHER_ENTROPY]:.2f} of at most {self.uniform:.2f} (uniform outputs)"
         return None
 
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
@@ -187,9 +187,8 @@ def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
     """The monitors every run has: loss balance and loss trends with the RePre branch (trends only where the
     method's loss level measures fit: `Method.loss_tracks_fit`), and the collapse watch."""
     monitors: list[Callback] = []
-    if cfg.recon.enabled:
-        if cfg.train.diagnose_every:
-            monitors.append(LossBalance(cfg.train.diagnose_every))
-        if method.loss_tracks_fit:
-            monitors.append(LossTrend())
+    if cfg.measures_loss_balance:
+        monitors.append(LossBalance(cfg.train.diagnose_every))
+    if cfg.recon.enabled and method.loss_tracks_fit:
+        monitors.append(LossTrend())
     return [*monitors, CollapseWatch(method.prototypes, cfg.train.log_every, ema=bool(method.ema_pairs()))]

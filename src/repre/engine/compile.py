@@ -17,7 +17,7 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def compile_blocks(model: nn.Module) -> None:
+def compile_units(model: nn.Module) -> None:
     """torch.compile, in place, every transformer block (online and momentum encoders) and the RePre branch's
     loss (`ReconstructionBranch.compile_loss`: the choice of the tap maps' rows, the decoder and its loss): the
     repeated units, so one graph serves all blocks; `Module.compile` leaves parameter names unchanged.

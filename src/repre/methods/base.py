@@ -12,6 +12,10 @@ from torch import nn
 from repre.core.compat import ema_
 from repre.models.backbone import Backbone
 
+# the 0-d value a method with prototypes (DINO) logs: its teacher's mean output entropy, which the collapse
+# watch reads (uniform outputs: at most log(prototypes))
+TEACHER_ENTROPY = "teacher_entropy"
+
 
 def stack_views(views: torch.Tensor) -> torch.Tensor:
     """[B, V, 3, H, W] -> the first two views stacked as [x1; x2]: [2B, 3, H, W] (one encoder pass for both)."""
@@ -81,7 +85,7 @@ class Method(nn.Module):
 
     @property
     def prototypes(self) -> int | None:
-        """The number of outputs whose teacher entropy forward logs as "teacher_entropy" (None: not logged)."""
+        """The number of outputs whose teacher entropy forward logs as `TEACHER_ENTROPY` (None: not logged)."""
         return None
 
     def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,

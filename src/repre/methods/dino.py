@@ -22,7 +22,7 @@ from torch import nn
 
 from repre.core.dist import all_reduce_sum, world_size
 from repre.losses import center_update, dino_loss, teacher_probs
-from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
+from repre.methods.base import TEACHER_ENTROPY, Method, MethodOutput, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import DINOHead
 
@@ -113,4 +113,4 @@ class DINO(Method):
                 new = center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum)
                 # a non-finite teacher batch (its step is skipped) must not poison the center for good; no host sync
                 self.center.copy_(torch.where(torch.isfinite(new).all(), new, self.center))
-        return self.outputs(loss, pooled, maps, x, teacher_entropy=entropy)
+        return self.outputs(loss, pooled, maps, x, **{TEACHER_ENTROPY: entropy})
