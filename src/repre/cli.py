@@ -23,6 +23,7 @@ from repre._version import __version__
 from repre.config import EVAL_TASKS, Config, reads
 from repre.core import run_files
 from repre.core.atomic import check_writable, written_file
+from repre.core.launch import launch_rank, launched, launched_world_size
 from repre.errors import StoppedEarly, UserError
 
 log = logging.getLogger("repre")
@@ -226,10 +227,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
-    if "TORCHELASTIC_RUN_ID" in os.environ and _launch_rank() == 0:
+    if launched() and launch_rank() == 0:
         # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
         # then stops the others; one failing first could have rank 0 stopped before it spoke)
-        check_global_batch("train.batch_size", cfg.train.batch_size, int(os.environ["WORLD_SIZE"]))
+        check_global_batch("train.batch_size", cfg.train.batch_size, launched_world_size())
     if args.resume and args.config is not None:
         _refuse_another_length(out, cfg, args.config, args.overrides)
     from repre.pretraining import pretrain
@@ -237,7 +238,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
     except StoppedEarly as stop:
-        if _launch_rank() == 0:
+        if launch_rank() == 0:
             print(str(stop), flush=True)
         return 3
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now; the newest one stands
@@ -247,7 +248,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                  if step_checkpoints(out) else "no checkpoint was written yet: run the same command again")
         _say(f"repre: interrupted; {go_on}")
         return 3
-    if _launch_rank() == 0:
+    if launch_rank() == 0:
         print(json.dumps(summary), flush=True)
     return 0
 
@@ -287,7 +288,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = result_folder(args.checkpoint, args.task, args.overrides, args.out,
                         "--out" if args.out else "the result's folder")
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
-    if _launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
+    if launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0
     details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
     print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
@@ -434,15 +435,10 @@ class _StderrHandler(logging.StreamHandler):
         return "\r\x1b[K" + text if sys.stderr.isatty() else text
 
 
-def _launch_rank() -> int:
-    """This process's rank under torchrun (RANK), 0 otherwise: only rank 0 prints results and errors."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def _setup_logging() -> None:
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()
-        rank = _launch_rank()
+        rank = launch_rank()
         handler.setFormatter(logging.Formatter(f"repre[rank {rank}]: %(message)s" if rank else "repre: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.WARNING if rank else logging.INFO)  # other ranks: their own warnings only
@@ -514,7 +510,7 @@ def _tell_launcher(exc: BaseException) -> None:
 
 def _say(message: str) -> None:
     """An error for people, on stderr; under torchrun rank 0 says it once for all processes."""
-    if _launch_rank() == 0:
+    if launch_rank() == 0:
         print(message, file=sys.stderr)
 
 

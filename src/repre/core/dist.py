@@ -16,6 +16,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from repre.core.launch import (  # noqa: F401 (offered here too: the launcher's side of a process group)
+    launch_rank,
+    launched,
+    launched_world_size,
+    local_rank,
+    local_world_size,
+)
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -40,30 +47,6 @@ def is_main() -> bool:
     """Whether this process logs, draws and writes files (rank 0, or the only process)."""
     return rank() == 0
 
-
-def launched_world_size() -> int:
-    """The process count a launcher such as torchrun asked for (WORLD_SIZE), read when called."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched() -> bool:
-    """Whether a launcher asked for a process group: WORLD_SIZE > 1, or torchrun (even with one process, so
-    that `torchrun --nproc_per_node 1` runs, and checks, the distributed code path)."""
-    return launched_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def launch_rank() -> int:
-    """This process's rank as its launcher set it (RANK; 0 without one), known before the group is joined."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def local_world_size() -> int:
-    """The processes a launcher started on this node (torchrun's LOCAL_WORLD_SIZE; 1 without one)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def init_from_env(device: torch.device) -> torch.device:
