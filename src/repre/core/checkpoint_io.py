@@ -179,14 +179,14 @@ def _same_file(a: Path, b: Path) -> bool:
 def step_checkpoints(folder: Path) -> list[Path]:
     """`checkpoints/step-XXXXXXXX.pt` files of a run, oldest first."""
     files = [p for p in (folder / run_files.CHECKPOINTS).glob("step-*.pt")
-             if run_files.STEP_FILE.fullmatch(p.name)]
-    return sorted(files, key=lambda p: int(run_files.STEP_FILE.fullmatch(p.name).group(1)))
+             if run_files.step_of(p.name) is not None]
+    return sorted(files, key=lambda p: run_files.step_of(p.name))
 
 
 def prune(folder: Path, keep: int, milestone_every: int = 0) -> None:
     """Delete all but the newest `keep` step checkpoints, sparing milestones (steps divisible by milestone_every)."""
     for old in step_checkpoints(folder)[:-keep]:
-        step = int(run_files.STEP_FILE.fullmatch(old.name).group(1))
+        step = run_files.step_of(old.name)
         if milestone_every and step % milestone_every == 0:
             continue
         old.unlink(missing_ok=True)
@@ -210,7 +210,7 @@ def named_file(path: str | Path) -> Path:
     step = run_files.checkpoint_step(file)
     if step is None:
         return file
-    return (file.resolve() if file.is_symlink() else file).parent / f"step-{step:08d}.pt"
+    return (file.resolve() if file.is_symlink() else file).parent / f"{run_files.step_name(step)}.pt"
 
 
 def load(path: str | Path) -> dict[str, Any]:

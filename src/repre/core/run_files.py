@@ -32,7 +32,7 @@ LAST = "last.pt"
 SUMMARY = "summary.json"
 RECON_PNG = "recon.png"
 EVAL = "eval"
-STEP_FILE = re.compile(r"step-(\d{8})\.pt")  # a step checkpoint's name (fullmatch)
+_STEP_FILE = re.compile(r"step-(\d{8})\.pt")  # a step checkpoint's name (`step_name`, `step_of`)
 RESULT = "result.json"
 
 
@@ -85,6 +85,18 @@ def checksum_file(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".sha256")
 
 
+def step_name(step: int) -> str:
+    """The name of step `step`'s checkpoint, without ".pt" (and of the folder of its evaluation results):
+    "step-00000200"."""
+    return f"step-{step:08d}"
+
+
+def step_of(name: str) -> int | None:
+    """The step a checkpoint file's name holds ("step-00000200.pt" -> 200), None for any other name."""
+    match = _STEP_FILE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
 def checkpoint_step(checkpoint: str | Path) -> int | None:
     """The step of the run's step-N.pt that a checkpoint argument names: the file itself (through a symlink or
     a relative path), or the one last.pt is (a hard link, or a copy with the same recorded checksum); a run
@@ -94,15 +106,15 @@ def checkpoint_step(checkpoint: str | Path) -> int | None:
         path = path / CHECKPOINTS / LAST
     if not in_checkpoints(path) or not path.is_file():
         return None
-    if STEP_FILE.fullmatch(path.name):
-        return int(STEP_FILE.fullmatch(path.name).group(1))
+    if step_of(path.name) is not None:
+        return step_of(path.name)
     recorded = checksum_file(path).read_text() if checksum_file(path).is_file() else None
     for step_file in sorted(path.parent.glob("step-*.pt"), reverse=True):
         side = checksum_file(step_file)
-        if not STEP_FILE.fullmatch(step_file.name):
+        if step_of(step_file.name) is None:
             continue
         if os.path.samefile(step_file, path) or (recorded and side.is_file() and side.read_text() == recorded):
-            return int(STEP_FILE.fullmatch(step_file.name).group(1))
+            return step_of(step_file.name)
     return None
 
 
@@ -136,7 +148,7 @@ def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     does). A checkpoint file outside a run's checkpoints/ keeps its results in FOLDER/eval/TASK/NAME/ (NAME: the
     file's name without .pt)."""
     top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
-    out = top / f"step-{step:08d}" if earlier else top
+    out = top / step_name(step) if earlier else top
     return out / settings if settings else out
 
 
@@ -149,7 +161,7 @@ def move_superseded_result(checkpoint: str | Path, task: str, overrides: list[st
     was = (read_json(folder / RESULT).get("checkpoint") or {}).get("step")
     if earlier or step is None or not isinstance(was, int) or was == step:
         return
-    kept = top / f"step-{was:08d}" / settings if settings else top / f"step-{was:08d}"
+    kept = top / step_name(was) / settings if settings else top / step_name(was)
     if (kept / RESULT).exists():
         return
     kept.mkdir(parents=True, exist_ok=True)

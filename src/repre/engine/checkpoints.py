@@ -112,7 +112,7 @@ class Checkpoints:
         """Write step-N.pt and last.pt. A failed periodic write (full disk) leaves the previous checkpoints
         valid, is logged and training goes on; a failed final write raises UserError."""
         state = self.state_dict()
-        path = self.out / run_files.CHECKPOINTS / f"step-{self.state.step:08d}.pt"
+        path = self.out / run_files.CHECKPOINTS / f"{run_files.step_name(self.state.step)}.pt"
         if not dist.is_main():
             self.last_good = path
             return path
