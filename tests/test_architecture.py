@@ -58,11 +58,12 @@ def test_every_framework_is_registered_in_the_config_and_the_methods_alike():
     import inspect
     import typing
 
-    from repre.config import FRAMEWORKS, MethodConfig
+    from repre.config import FRAMEWORKS, MULTI_CROP, MethodConfig
     from repre.methods import FRAMEWORK_CLASSES, METHODS
 
     names = set(typing.get_args(typing.get_type_hints(MethodConfig)["name"]))
     assert names == set(METHODS) and set(FRAMEWORKS) == set(FRAMEWORK_CLASSES) <= names
+    assert set(MULTI_CROP) == {name for name, cls in FRAMEWORK_CLASSES.items() if cls.multi_crop}
     sections = typing.get_type_hints(MethodConfig)
     for name, cls in FRAMEWORK_CLASSES.items():
         fields = {f.name for f in dataclasses.fields(sections[name])}

@@ -165,7 +165,7 @@ def test_dino_runs_through_the_cli(tmp_path, recon):
 def test_local_crops_are_refused_for_mocov3(tmp_path, capsys):
     args = ["pretrain", "--out", str(tmp_path / "m"), "--set", "data.local_crops=2"]
     assert run_cli(args)[0] == 2
-    assert "multi-crop is DINO's" in capsys.readouterr().err
+    assert "multi-crop is for method.name=dino" in capsys.readouterr().err
 
 
 def test_fixed_batch_overfits():

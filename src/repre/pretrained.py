@@ -82,12 +82,18 @@ def encoder_state(ckpt: dict, key: str = "encoder") -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
 
 
+def encoder_keys(ckpt: dict) -> list[str]:
+    """The encoders a checkpoint holds, by their method's attribute names (a `Backbone`'s weights are
+    `method.KEY.model.*`; heads hold none under `model`)."""
+    return sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and k.split(".")[2:3] == ["model"]})
+
+
 def held_encoder_key(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> str:
     """`key` (default: the evaluated encoder, the online one or DINO's teacher), or a UserError naming the
     encoders the checkpoint holds."""
     key = key or eval_encoder_key(cfg.method.name)
     if not encoder_state(ckpt, key):
-        keys = sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and "encoder" in k})
+        keys = encoder_keys(ckpt)
         trained = ckpt.get("config", {}).get("method", {}).get("name")
         why = (f" (it was trained with method.name={trained}, read here as {cfg.method.name}: drop --set "
                "method.name)" if trained and trained != cfg.method.name else "")

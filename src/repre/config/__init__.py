@@ -31,6 +31,7 @@ from repre.config.schema import (
     DEFAULT_PRESET,
     EVAL_TASKS,
     FRAMEWORKS,
+    MULTI_CROP,
     REMOTE_ROOTS,
     RUN_ONLY_KEYS,
     SAME_MEASUREMENT_KEYS,
@@ -54,7 +55,7 @@ from repre.config.schema import (
 )
 
 __all__ = [
-    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "REMOTE_ROOTS", "RUN_ONLY_KEYS", "SAME_MEASUREMENT_KEYS",
+    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "MULTI_CROP", "REMOTE_ROOTS", "RUN_ONLY_KEYS", "SAME_MEASUREMENT_KEYS",
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from typing import Any, Literal, Union
 
 from repre.config.migrate import renamed_message
-from repre.config.schema import AugConfig, Config, DataConfig, LinearConfig, ReconConfig, TrainConfig
+from repre.config.schema import (
+    MULTI_CROP,
+    AugConfig,
+    Config,
+    DataConfig,
+    LinearConfig,
+    ReconConfig,
+    TrainConfig,
+)
 from repre.errors import UserError
 
 
@@ -256,8 +264,8 @@ def _validate_across(cfg: Config) -> None:
     """The rules that relate keys of several sections."""
     d, t = cfg.data, cfg.train
     _validate_kwargs(cfg)
-    if d.local_crops and cfg.method.name != "dino":
-        raise UserError(f"data.local_crops={d.local_crops}: multi-crop is DINO's (method.name=dino); "
+    if d.local_crops and cfg.method.name not in MULTI_CROP:
+        raise UserError(f"data.local_crops={d.local_crops}: multi-crop is for method.name={'|'.join(MULTI_CROP)}; "
                         f"{cfg.method.name} uses 2 views, so set data.local_crops=0")
     no_local = [f"aug.{key}" for key in ("blur_prob", "solarize_prob") if len(getattr(cfg.aug, key)) < 3]
     if d.local_crops and no_local:  # else the local crops would take the second global view's probabilities

@@ -437,6 +437,7 @@ def _sections(cls: type) -> tuple[str, ...]:
 
 EVAL_TASKS = _sections(EvalConfig)  # `repre eval TASK`: every eval.TASK section
 FRAMEWORKS = _sections(MethodConfig)  # the method.name values with a section of their own
+MULTI_CROP = ("dino",)  # the frameworks that take local crops (data.local_crops): `Method.multi_crop`
 
 
 @dataclass

@@ -78,6 +78,8 @@ class Method(nn.Module):
     # whether biases and norm parameters (1-D) skip weight decay; by default they do not (MoCo v3's official
     # ViT recipe decays all)
     no_decay_1d: bool = False
+    # whether forward takes local crops (`local_views`, data.local_crops); the config's MULTI_CROP names these
+    multi_crop: bool = False
 
     @property
     def eval_encoder(self) -> Backbone:

@@ -34,6 +34,7 @@ class DINO(Method):
     # baseline's among them), so a rise says nothing of the two losses competing: no loss-trend warning (the
     # gradient cosine of the loss-balance monitor still measures that)
     loss_tracks_fit = False
+    multi_crop = True
 
     def __init__(
         self,
