@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -51,7 +52,7 @@ def _sidecar(path: Path) -> Path:
     return run_files.checksum_file(path)
 
 
-def _digest_of(fh) -> str:
+def _digest_of(fh: IO[bytes]) -> str:
     h = hashlib.sha256()
     for block in iter(lambda: fh.read(1 << 22), b""):
         h.update(block)
@@ -72,7 +73,7 @@ def digest(path: str | Path) -> str:
     return recorded[0] if recorded else _digest(path)
 
 
-def _write_atomic(path: Path, write, digest: str | None = None) -> None:
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], object], digest: str | None = None) -> None:
     """write(fh) into a temporary file beside `path`, fsync, rename over `path`, then its checksum sidecar
     (`digest`, "<sha256> <size>", when the bytes are known to be another file's; else hashed here).
     On any failure (a full disk: ENOSPC, EFBIG) the temporary file is removed and `path` is left as it was."""
@@ -142,7 +143,7 @@ def link_atomic(src: Path, dst: Path) -> None:
     tmp.unlink(missing_ok=True)  # a rename between two links of one file leaves both names
 
 
-def verify(path: Path, fh=None) -> None:
+def verify(path: Path, fh: IO[bytes] | None = None) -> None:
     """Raise UserError when `path` does not match its sidecar checksum (files without one are not checked).
     `fh`: the file already opened for loading (hashed through it, so the bytes checked are the bytes loaded)."""
     side = _sidecar(path)

@@ -24,7 +24,8 @@ def top_k(bank: np.ndarray, queries: torch.Tensor | np.ndarray, k: int) -> tuple
 
 def torch_top_k(bank: np.ndarray, queries: torch.Tensor, k: int,
                 chunk: int = BANK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact search: each chunk of the bank against each chunk of queries, keeping a running top k."""
+    """Exact search of a bank [N, D] (an array or a memory map) for queries [M, D], L2-normalized: each chunk
+    of the bank against each chunk of queries, keeping a running top k -> (similarities, bank rows) [M, k]."""
     sims, rows = [], []
     for q in queries.float().split(QUERY_CHUNK):
         best_s, best_r = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.int64)

@@ -4,8 +4,9 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -161,7 +162,10 @@ def pretraining_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, 
     return stats(cfg, by_name.get(cfg.name, ImageFolder))
 
 
-def first_readable(source: ImageSource, index: int, read):
+T = TypeVar("T")
+
+
+def first_readable(source: ImageSource, index: int, read: Callable[[int], T]) -> tuple[T, int]:
     """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
     n = len(source)
     for skipped in range(n):

@@ -70,7 +70,8 @@ def view_rng(seed: int, epoch: int, index: int, view: int) -> np.random.Generato
     return np.random.default_rng([seed, epoch, index, view])
 
 
-def sample_crop(rng: np.random.Generator, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+def sample_crop(rng: np.random.Generator, height: int, width: int, scale: Sequence[float],
+                ratio: Sequence[float]) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box (top, left, h, w): area fraction in `scale`, log-uniform aspect in `ratio`."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -205,7 +206,7 @@ def photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec) -> tor
     return normalize(x, spec.mean, spec.std)
 
 
-def host_values_on(values, like: torch.Tensor) -> torch.Tensor:
+def host_values_on(values: Sequence[float] | np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """Host values as a tensor on `like`'s device and dtype, without waiting for the device: a blocking copy would
     make the host wait for all the work queued before it (a host synchronisation in the training step)."""
     return torch.as_tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)

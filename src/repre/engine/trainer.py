@@ -309,7 +309,7 @@ class Trainer:
             summary = summary if int(agreed.item()) == dist.world_size() else None
         return summary
 
-    def _loop(self, loader, writer: MetricWriter, bar: tqdm) -> bool:
+    def _loop(self, loader: Iterable[dict[str, torch.Tensor]], writer: MetricWriter, bar: tqdm) -> bool:
         """Steps until the total or a stop request; returns whether the run completed."""
         self.model.train()
         with workers_stopped_on_error(iter(loader)) as batches:

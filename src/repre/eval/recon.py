@@ -28,8 +28,9 @@ ERROR_GAIN = 2  # the error maps of `repre eval recon`: |error| in [0, 1] pixels
 
 
 def to_pixel_space(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool, patch: int) -> torch.Tensor:
-    """A prediction in the loss's space -> normalized pixel space (norm_pix: undo per-patch normalization
-    with the target's patch statistics, as MAE's pictures do)."""
+    """A prediction [B, 3, H, W] in the loss's space -> normalized pixel space [B, 3, H, W] (norm_pix: undo
+    the per-patch normalization with the statistics of the target's [B, 3, H, W] `patch` x `patch` patches, as
+    MAE's pictures do)."""
     if not norm_pix:
         return pred
     mean, std = patch_stats(target.float(), patch)
