@@ -108,7 +108,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", action="store_true",
                    help="one column for the runs that differ in train.seed alone (and run-only keys): each number "
                    "their mean ± standard deviation, its difference to the first column's paired by seed")
-    p.add_argument("--format", choices=("text", "markdown", "latex"), default="text",  # use.compare.RENDERERS
+    p.add_argument("--format", choices=("text", "markdown", "latex"), default="text",  # use.tables.RENDERERS
                    help="the table as aligned text (default; long texts cut), a Markdown table or a LaTeX tabular "
                    "(booktabs), whole; the JSON line follows each")
 
