@@ -176,7 +176,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- the table's rows and cells (`use.tables` renders)
+# ------------------------------------------------ the table's rows and cells (`use.tables` draws it)
 
 
 @dataclass
