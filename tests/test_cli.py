@@ -286,7 +286,7 @@ def test_out_holding_other_files_is_refused_with_or_without_resume(tmp_path, cap
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     (hidden / ".DS_Store").write_bytes(b"")
-    from repre.engine.checkpoints import check_out
+    from repre.core.run_files import check_out
 
     check_out(hidden, resume=False)  # no error
 

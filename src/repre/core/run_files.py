@@ -15,6 +15,7 @@ metrics.jsonl's lines. The export's model card and `repre compare` read them bac
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from repre.config import EVAL_TASKS, SAME_MEASUREMENT_KEYS
+from repre.errors import UserError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -232,3 +234,37 @@ def short_names(paths: list[str]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     return [str(Path(p).resolve()) for p in paths]  # the same run given twice
+
+
+def similar_runs(out: Path) -> list[str]:
+    """The folders beside `out` with checkpoints and a name like its own (basline beside baseline): what a
+    mistyped --out meant. Names that differ in their digits alone (seed0, seed1) are other runs on purpose."""
+    def letters(name: str) -> str:
+        return re.sub(r"\d", "", name)
+
+    try:
+        runs = [p.name for p in out.parent.iterdir() if p.name != out.name and (p / CHECKPOINTS).is_dir()
+                and letters(p.name) != letters(out.name)]
+    except OSError:
+        return []
+    return difflib.get_close_matches(out.name, runs, n=2, cutoff=0.8)
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """Whether `out` may take the run (the trainer creates it once the data and the model are built, so that a
+    wrong setting leaves no empty directory): one with a run in it is refused unless the run resumes, and one
+    holding other files always (a run would be written among them). A run that failed before its first logged
+    step (a wrong setting found when the data loader starts) left only its config and an empty TensorBoard
+    folder: the retry may use the directory."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    kind = folder_kind(out)
+    if kind == "foreign":
+        names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"--out {out} holds files that are not a repre run ({shown}); choose a new or empty "
+                        "directory for --out")
+    if kind == "run" and not resume:
+        raise UserError(
+            f"--out {out} holds a run; add --resume to continue it, or choose another --out"
+        )

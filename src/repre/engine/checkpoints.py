@@ -4,11 +4,8 @@ another run's weights. The files themselves (atomic writes, checksums, safe load
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +15,12 @@ from torch import nn
 from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections
 from repre.config.reads import listed
 from repre.core import checkpoint_io, dist, rng, run_files
-from repre.core.atomic import replacing
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
 from repre.data.sources import check_data_code
 from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
-from repre.engine.metrics import WindowMeter
+from repre.engine.metrics import WindowMeter, truncate_metrics
 from repre.engine.optim import load_optimizer_state
 from repre.engine.state import RunState
 from repre.errors import UserError
@@ -37,40 +33,6 @@ log = logging.getLogger("repre")
 # then follow the new length), where its images are (a dataset moved to a faster disk: the images it holds are
 # counted against the run's) and the evaluations; never what it computes
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "data.root", "eval.", *RUN_ONLY_KEYS)
-
-
-def similar_runs(out: Path) -> list[str]:
-    """The folders beside `out` with checkpoints and a name like its own (basline beside baseline): what a
-    mistyped --out meant. Names that differ in their digits alone (seed0, seed1) are other runs on purpose."""
-    def letters(name: str) -> str:
-        return re.sub(r"\d", "", name)
-
-    try:
-        runs = [p.name for p in out.parent.iterdir() if p.name != out.name and (p / run_files.CHECKPOINTS).is_dir()
-                and letters(p.name) != letters(out.name)]
-    except OSError:
-        return []
-    return difflib.get_close_matches(out.name, runs, n=2, cutoff=0.8)
-
-
-def check_out(out: Path, resume: bool) -> None:
-    """Whether `out` may take the run (the trainer creates it once the data and the model are built, so that a
-    wrong setting leaves no empty directory): one with a run in it is refused unless the run resumes, and one
-    holding other files always (a run would be written among them). A run that failed before its first logged
-    step (a wrong setting found when the data loader starts) left only its config and an empty TensorBoard
-    folder: the retry may use the directory."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory")
-    kind = run_files.folder_kind(out)
-    if kind == "foreign":
-        names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise UserError(f"--out {out} holds files that are not a repre run ({shown}); choose a new or empty "
-                        "directory for --out")
-    if kind == "run" and not resume:
-        raise UserError(
-            f"--out {out} holds a run; add --resume to continue it, or choose another --out"
-        )
 
 
 class Checkpoints:
@@ -150,11 +112,11 @@ class Checkpoints:
                             "aside as *.damaged); start a new --out, or --init-from a copy you trust")
         log.info("no checkpoint in %s: starting fresh", self.out)
         if main:
-            near = similar_runs(self.out)
+            near = run_files.similar_runs(self.out)
             if near:
                 log.warning("--resume --out %s: it has no checkpoint, so this is a new run; %s beside it has some "
                             "(stop and give that --out to go on with it)", self.out, " or ".join(near))
-            self._truncate_metrics()
+            truncate_metrics(self.out / run_files.METRICS, self.state.step)
         return False
 
     def _first_readable(self, candidates: list[Path]) -> tuple[dict[str, Any], Path] | None:
@@ -191,7 +153,7 @@ class Checkpoints:
         if dist.is_main():
             # at the run's end, its final evaluation is redone unless a summary says the run completed there
             redone = self.state.step == total and run_files.completed_summary(self.out, total) is None
-            self._truncate_metrics(final=redone)
+            truncate_metrics(self.out / run_files.METRICS, self.state.step, final=redone)
 
     def _relink_last(self, path: Path) -> None:
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
@@ -322,28 +284,3 @@ class Checkpoints:
             log.warning("resuming a run of %d steps as one of %d: the learning rate, momentum, weight decay and "
                         "the other schedules follow the new length from here on, so their values change at the "
                         "resumed step", was, total)
-
-    def _truncate_metrics(self, final: bool = False) -> None:
-        """Drop metric lines written after the checkpoint we resume from (they will be written again), and a
-        line cut short by a crash or a full disk (said). `final`: the checkpoint is the run's last and the run's
-        end (the final k-NN, written after it at its step) is redone: those eval lines go too."""
-        path = self.out / run_files.METRICS
-        if not path.is_file():
-            return
-        keep, cut = [], 0
-        for line in filter(None, path.read_text().splitlines()):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                cut += 1
-                continue
-            if not isinstance(record, dict):
-                continue
-            step = record.get("step", 0)
-            redone_eval = final and step == self.state.step and record.get("kind") == "eval"
-            if step <= self.state.step and not redone_eval:
-                keep.append(line)
-        if cut:
-            log.warning("%s: left out %d line(s) cut short when the run stopped", path, cut)
-        with replacing(path) as tmp:
-            tmp.write_text("".join(f"{ln}\n" for ln in keep))

@@ -1,4 +1,5 @@
-"""metrics.jsonl and TensorBoard: one writer for both, averaging train values over the log window."""
+"""metrics.jsonl and TensorBoard: one writer for both, averaging train values over the log window; the lines a
+resumed run writes again, dropped (`truncate_metrics`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Any
 import torch
 
 from repre.core import run_files
+from repre.core.atomic import replacing
 from repre.core.dist import all_reduce_sum, gather_objects, rank, world_size
+
+log = logging.getLogger("repre")
 
 
 class MetricWriter:
@@ -85,7 +89,7 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
         finally:
             writer.close()
     except OSError as exc:  # a run folder one may read, not write: the result itself stands
-        logging.getLogger("repre").warning("the result is not added to %s: %s", run / run_files.TB, exc)
+        log.warning("the result is not added to %s: %s", run / run_files.TB, exc)
         return None
     return tag
 
@@ -148,3 +152,29 @@ class WindowMeter:
         device = self.device or next((v.device for v in self.sums.values() if v.device.type != "cpu"), torch.device("cpu"))
         totals = all_reduce_sum(torch.stack([torch.stack([self.sums[k], self.counts[k]]).to(device) for k in keys]))
         return {k: (s, n) for k, (s, n) in zip(keys, totals.tolist(), strict=True)}
+
+
+def truncate_metrics(path: Path, step: int, final: bool = False) -> None:
+    """metrics.jsonl (`path`) as it stood at the checkpoint of `step` that a run resumes from: the lines written
+    after it go (they will be written again), as does a line cut short by a crash or a full disk (said).
+    `final`: the checkpoint is the run's last and the run's end (the final k-NN, written after it at its
+    step) is redone: those eval lines go too. TensorBoard's own are purged by `MetricWriter(after_step=...)`."""
+    if not path.is_file():
+        return
+    keep, cut = [], 0
+    for line in filter(None, path.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            cut += 1
+            continue
+        if not isinstance(record, dict):
+            continue
+        at = record.get("step", 0)
+        redone_eval = final and at == step and record.get("kind") == "eval"
+        if at <= step and not redone_eval:
+            keep.append(line)
+    if cut:
+        log.warning("%s: left out %d line(s) cut short when the run stopped", path, cut)
+    with replacing(path) as tmp:
+        tmp.write_text("".join(f"{ln}\n" for ln in keep))

@@ -33,7 +33,7 @@ from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
 from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
-from repre.engine.checkpoints import Checkpoints, check_out
+from repre.engine.checkpoints import Checkpoints
 from repre.engine.compile import compile_units
 from repre.engine.guard import RunningStatistics, make_guard, skips_on_device
 from repre.engine.metrics import MetricWriter, WindowMeter
@@ -86,7 +86,7 @@ class Trainer:
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         self._take_lock(runs_only=True)  # a run another process trains: said so before "add --resume" is
-        check_out(self.out, resume)
+        run_files.check_out(self.out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         self._take_lock()  # a requeue while the run trains: refused before it indexes the data
 
