@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import last_json, run_cli
+from repre.errors import UserError
 from repre.eval.knn import knn_predict
 from repre.eval.linear import top1, train_linear
 
@@ -18,6 +19,28 @@ def test_linear_probe_separates_separable_features():
     torch.manual_seed(0)
     head = train_linear(x[:400], y[:400], 5, lr=1e-2, wd=0.0, epochs=100)  # one batch an epoch: 100 steps
     assert top1(head, x[400:], y[400:]) > 0.98
+
+
+def test_the_quick_probe_s_sweep_compares_settings_not_initial_heads():
+    """Each cell starts from the same head (drawn from the seed, not from whatever the global RNG holds), so
+    equal settings score equally, and the retrained head does not depend on the grid's size."""
+    from repre.config import load_config
+    from repre.eval.linear import sweep
+    from repre.eval.protocols import LinearProtocol
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 5
+    x = torch.randn(5, 16, generator=g)[y] + 2 * torch.randn(300, 16, generator=g)  # overlapping classes
+    cfg = load_config(None, ["eval.linear.lrs=[0.01]", "eval.linear.wds=[0.0, 0.0, 0.0]"])
+    protocol = LinearProtocol("quick", "cls", 1, epochs=3, batch_size=64, base_lr=None)
+    scores = {row["val_top1"] for row in sweep(x, y, 5, cfg, protocol)}
+    assert len(scores) == 1
+    torch.manual_seed(1)
+    first = train_linear(x, y, 5, 0.01, 0.0, 3, seed=7).weight
+    torch.manual_seed(2)
+    assert torch.equal(first, train_linear(x, y, 5, 0.01, 0.0, 3, seed=7).weight)
+    with pytest.raises(UserError, match="2 training image"):  # one left to fit: its std is NaN
+        sweep(x[:2], y[:2], 5, cfg, protocol)
 
 
 def test_knn_weighted_vote():
@@ -335,3 +358,15 @@ def test_fp16_loss_scale_stops_at_its_floor_so_a_long_overflow_leaves_the_weight
     scaler.current()
     scaler.update(2.0 ** -10)
     assert scaler.get_scale() == LossScaler.FLOOR
+
+
+def test_an_encoder_whose_outputs_are_not_finite_gives_no_number(tiny_run, tmp_path, capsys):
+    """NaN weights vote class 0 for every query: k-NN would report a top-1 that measures nothing (the bank's 64
+    images are the first found)."""
+    out, _ = tiny_run
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    key = "method.encoder.model.blocks.0.attn.qkv.weight"
+    ckpt["model"][key] = torch.full_like(ckpt["model"][key], float("nan"))
+    torch.save(ckpt, tmp_path / "nan.pt")
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(tmp_path / "nan.pt")])
+    assert code == 2 and "the outputs of 64 of 64 images are not finite" in capsys.readouterr().err

@@ -172,6 +172,9 @@ def test_eval_segment_on_a_folder_end_to_end(tiny_run, tmp_path):
     assert list(result["extra"]["per_class_iou"]) == ["0", "1", "2"]
     assert result["extra"]["train_images"] == 9 and result["extra"]["test_images"] == 4
     assert 0 <= result["value"] <= 1 and result["extra"]["feature_grid"] == [4, 4]
+    code, _ = run_cli(["eval", "segment", "--checkpoint", str(out), "--set", "eval.segment.data=folder",
+                       "--set", f"eval.segment.root={root}", "--set", "eval.segment.size=18"])
+    assert code == 2  # a 4-px patch grid covers 16 of its 18 px: refused
 
 
 def test_the_probe_s_classes_come_from_both_splits_and_a_label_beyond_a_given_count_is_refused():

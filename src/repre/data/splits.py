@@ -99,8 +99,10 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
     `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
     if not 0 < val_size < size:
-        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images: "
-                        f"--set eval.val_size={max(1, size // 10)} holds out a tenth")
+        hint = (f": --set eval.val_size={max(1, size // 10)} holds out a tenth" if size >= 10 else
+                ", too few to hold any out: give the evaluation more images" if size < 2 else
+                f": --set eval.val_size={max(1, size // 10)}")
+        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images{hint}")
     perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 

@@ -65,7 +65,13 @@ def gathered(
             labels.append(y)
     if not outputs:
         raise UserError(NONE_READ)
-    return torch.cat(outputs), (torch.cat(labels) if labels else None)
+    out = torch.cat(outputs)
+    bad = int((~torch.isfinite(out.flatten(1))).any(dim=1).sum())
+    if bad:  # every vote or prediction of such a row would be class 0: a number that measures nothing
+        raise UserError(f"the outputs of {bad} of {len(out)} images are not finite (NaN or inf): the weights are "
+                        "(a diverged run's checkpoint: evaluate an earlier one), or the forward overflowed in "
+                        "reduced precision (--set train.precision=fp32)")
+    return out, (torch.cat(labels) if labels else None)
 
 
 def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,

@@ -22,6 +22,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.sources import class_names, labelled
+from repre.errors import UserError
 from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
@@ -31,6 +32,8 @@ from repre.eval.tokens import check_layout, token_features
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
+
+SMALL_HOLD_OUT = 50  # held-out images below which the sweep's choice is said to be mostly chance
 
 
 def block_features(
@@ -46,8 +49,12 @@ def train_linear(
     x: torch.Tensor, y: torch.Tensor, classes: int, lr: float, wd: float, epochs: int, seed: int = 0,
     batch: int = 1024,
 ) -> torch.nn.Linear:
-    """AdamW + cosine on standardized features x [N, F] -> a linear classifier [F -> classes]."""
-    head = torch.nn.Linear(x.shape[1], classes)
+    """AdamW + cosine on standardized features x [N, F] -> a linear classifier [F -> classes]. Its initial
+    weights (PyTorch's default draw) come from `seed`: every cell of the sweep and the retrained head start from
+    the same head, so the sweep compares the settings alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(x.shape[1], classes)
     return fit_probe(head, x, y, F.cross_entropy, lr, wd, epochs, batch=batch, seed=seed)
 
 
@@ -77,6 +84,13 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, proto
     e, seed = cfg.eval.linear, cfg.train.seed
     perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(e.val_fraction * len(xtr)))
+    if len(xtr) - n_val < 2:  # a feature's std over one image is NaN: every prediction would be class 0
+        raise UserError(f"the quick linear probe has {len(xtr)} training image(s): too few to hold "
+                        f"{n_val} out (eval.linear.val_fraction={e.val_fraction}) and fit on the rest; give it "
+                        "more images (eval.linear.train_subset, data.subset) or a smaller val_fraction")
+    if n_val < SMALL_HOLD_OUT and len(e.lrs) * len(e.wds) > 1:
+        log.warning("the quick linear probe chooses its lr and weight decay on %d held-out image(s): a choice by "
+                    "chance; give it more images or fewer values in eval.linear.lrs and wds", n_val)
     fit, val = perm[n_val:], perm[:n_val]
     standard = standardizer(xtr[fit])
     rows = []

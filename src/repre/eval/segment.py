@@ -53,6 +53,16 @@ def dense_unit(encoder: Backbone) -> int:
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 
+def check_size(encoder: Backbone, size: int | None) -> None:
+    """eval.segment.size (None: the default) must be a multiple of the stride of the map the probe reads: else
+    the map covers part of the image, and its predictions, stretched over all of it, land off their pixels."""
+    stride = encoder.unit_strides[dense_unit(encoder)]
+    if size and size % stride:
+        lower, upper = size - size % stride, size - size % stride + stride
+        raise UserError(f"eval.segment.size={size} is not a multiple of {stride}, the stride of the maps the dense "
+                        f"probe reads: use {lower or upper} or {upper}")
+
+
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean: Stats, std: Stats, rt: Runtime,
                  batch: int) -> torch.Tensor:
     """uint8 images [N, 3, S, S] (S: the encoder's input size, `Backbone.at_size`) -> patch-token maps [N, D, h, w],
@@ -224,6 +234,7 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
         log.warning("the dense probe measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this "
                     "run's %s images: for masks of your own, --set eval.segment.data=folder "
                     "--set eval.segment.root=DIR (docs/evaluation.md)", cfg.data.name)
+    check_size(encoder, e.segment.size)
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg.data)
     encoder = encoder.at_size(tuple(data.train_images.shape[-2:]))
