@@ -449,6 +449,27 @@ def test_a_run_lost_after_its_final_k_nn_writes_it_once_when_resumed(tmp_path):
     assert again == lines
 
 
+def test_a_run_whose_checkpoints_hold_last_pt_alone_resumes_from_it(tmp_path, repre_log):
+    """A copy of the newest checkpoint alone (last.pt, no step file it is): --resume goes on from its step (it
+    started afresh and wrote over it)."""
+    import shutil
+
+    from repre.pretraining import pretrain
+
+    run = tmp_path / "run"
+    pretrain(tiny_config(*RESUME, "train.num_workers=0", "train.max_steps=4", "train.checkpoint_every=4"), run)
+    folder = run / "checkpoints"
+    copied = tmp_path / "last.pt"
+    shutil.copy(folder / "last.pt", copied)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    shutil.copy(copied, folder / "last.pt")  # no sidecar, no step file
+    pretrain(tiny_config(*RESUME, "train.num_workers=0", "train.max_steps=6", "train.checkpoint_every=4"), run,
+             resume=True)
+    assert f"resuming from {folder / 'last.pt'} (step 4 of 6)" in repre_log.text
+    assert torch.load(folder / "last.pt", weights_only=False)["step"] == 6
+
+
 def test_a_run_resumed_before_its_first_checkpoint_draws_each_step_once_in_tensorboard(tmp_path):
     """Lost before its first checkpoint, a run resumed with --resume starts again at step 0: metrics.jsonl
     and TensorBoard drop what the lost run wrote."""

@@ -102,6 +102,9 @@ class Checkpoints:
         if main:
             checkpoint_io.sweep_temporaries(self.out)
         candidates = checkpoint_io.step_checkpoints(self.out)[::-1]
+        last = self.out / run_files.CHECKPOINTS / run_files.LAST
+        if last.is_file() and run_files.checkpoint_step(last) is None:  # no step file is it (a copy of it alone)
+            candidates.insert(0, last)
         dist.barrier()  # nobody reads while rank 0 sweeps
         found = self._first_readable(candidates)
         if found is not None:
