@@ -199,3 +199,28 @@ def test_global_batch_must_divide_among_processes(tmp_path):
     printed = [ln for ln in done.stderr.splitlines() if ln.startswith("repre: error:")]
     assert len(printed) == 1 and "not divisible by the 2 processes" in printed[0]  # rank 0 says it once
     assert "traceback : repre: error: train.batch_size=15" in done.stderr  # the launcher's summary: the message
+
+
+PER_RANK_IMAGES = '''
+import os
+
+import numpy as np
+
+
+def images(split, root):
+    count = 64 if os.environ.get("RANK", "0") == "0" else 48  # a node holding part of the images
+    return [(np.full((16, 16, 3), i % 251, np.uint8), i % 2) for i in range(count)]
+'''
+
+
+def test_processes_that_do_not_agree_stop_at_once_naming_the_difference(tmp_path):
+    """Rank 1 sees fewer images: its epochs have fewer steps, so it would leave rank 0 waiting at a collective
+    until the timeout (and with the same length, train on other images silently). Both stop before training."""
+    (tmp_path / "per_rank_images.py").write_text(PER_RANK_IMAGES)
+    cmd = pretrain_cmd(tmp_path / "run", 2, ["data.name=python", "data.source=per_rank_images:images",
+                                             "train.max_steps=0", "train.epochs=2"])
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "(training images) is 64 on rank 0, 48 on rank 1" in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

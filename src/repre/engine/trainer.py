@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from repre.builder import build_model, check_deterministic
-from repre.config import Config, check_global_batch, save_yaml, to_yaml
+from repre.config import Config, check_global_batch, flatten, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.atomic import replacing
 from repre.core.compat import workers_stopped_on_error
@@ -46,6 +46,30 @@ from repre.models.sync_bn import convert_sync_batchnorm
 from repre.reconstruction import PretrainingModel
 
 log = logging.getLogger("repre")
+
+
+# keys each process may set its own way: where its node holds the images, how it reads them and draws its bar,
+# the batch of rank 0's evaluations; every other key decides what the processes compute together
+PER_PROCESS_KEYS = ("preset", "description", "data.root", "train.num_workers", "train.progress", "eval.batch_size")
+
+
+def check_processes_agree(cfg: Config, images: int, total: int) -> None:
+    """Every process of a distributed run trains the run rank 0 records: the same config (but `PER_PROCESS_KEYS`),
+    the same number of training images and of steps. Processes launched with other settings would train
+    something else silently, and with other lengths wait at a collective until its timeout. Each process
+    raises the same UserError."""
+    if not dist.is_distributed():
+        return
+    own = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in PER_PROCESS_KEYS}
+    own |= {"(training images)": images, "(steps)": total}
+    everyone = dist.gather_objects(own)
+    differ = [(key, r, other.get(key)) for r, other in enumerate(everyone) for key in everyone[0]
+              if other.get(key) != everyone[0][key]]
+    if differ:
+        said = "; ".join(f"{key} is {everyone[0][key]!r} on rank 0, {value!r} on rank {r}"
+                         for key, r, value in differ[:4])
+        raise UserError(f"the processes do not agree: {said}{' ...' if len(differ) > 4 else ''}; launch every "
+                        "process with the same --config and --set items, each node with the same images")
 
 
 class Trainer:
@@ -106,6 +130,7 @@ class Trainer:
         cfg = self.cfg
         self.data = PretrainData(cfg, self.rt.device)
         self.total = total_steps(cfg.train, len(self.data))
+        check_processes_agree(cfg, len(self.data), self.total)
         self.model: PretrainingModel = self._build_model()
         device_skips = skips_on_device(cfg.train.host_sync, self.rt.device)
         self.optimizer = build_optimizer(self.model, cfg.train.weight_decay, cfg.train.lr,
