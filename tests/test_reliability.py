@@ -449,6 +449,33 @@ def test_a_run_lost_after_its_final_k_nn_writes_it_once_when_resumed(tmp_path):
     assert again == lines
 
 
+def test_a_signal_during_the_final_k_nn_stops_it_and_resume_redoes_it(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM during the final evaluations (minutes on ImageNet, longer than its grace period)
+    leaves them at once: summary.json says "completed": false (what a requeue reads), and --resume redoes them
+    alone, as the uninterrupted run's end."""
+    import json
+
+    import repre.eval.callbacks as callbacks_mod
+    from repre.pretraining import pretrain
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("not interrupted")
+
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=4", "eval.knn.enabled=true"]
+    with monkeypatch.context() as patched:
+        patched.setattr(callbacks_mod, "knn_top1_or_none", signalled)
+        with pytest.raises(StoppedEarly) as stop:
+            pretrain(tiny_config(*settings), tmp_path / "run")
+    assert stop.value.summary["completed"] is False and stop.value.summary["steps"] == 4
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"] is False
+    summary = pretrain(tiny_config(*settings), tmp_path / "run", resume=True)
+    assert summary["completed"] and summary["knn_top1"] is not None
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in lines] == [(4, "train"), (4, "eval")]
+
+
 def test_a_run_whose_checkpoints_hold_last_pt_alone_resumes_from_it(tmp_path, repre_log):
     """A copy of the newest checkpoint alone (last.pt, no step file it is): --resume goes on from its step (it
     started afresh and wrote over it)."""

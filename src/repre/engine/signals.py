@@ -2,33 +2,60 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 log = logging.getLogger("repre")
 
 
+class Interrupted(Exception):
+    """A stop request during `GracefulStop.interrupting()`: the work under way (a final evaluation) is left."""
+
+
 class GracefulStop:
     """Context manager: SIGTERM or SIGINT set `requested`; a second SIGINT raises KeyboardInterrupt at once.
+    Within `interrupting()` a request raises `Interrupted` at once instead (what runs there has no step to
+    stop after: a run's final evaluations, minutes on ImageNet, longer than a scheduler waits after its signal).
 
     Handlers are installed only in the main thread (elsewhere signals cannot be caught) and restored on exit.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self._interrupting = False
         self._previous: dict[int, object] = {}
         self._pid = os.getpid()
 
     def _handle(self, signum: int, _frame) -> None:
         if os.getpid() != self._pid:  # a forked data worker inherits the handler; the main process stops the run
             return
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self._interrupting:
             raise KeyboardInterrupt
-        self.requested = True
-        log.warning("%s received: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)",
-                    signal.Signals(signum).name)
+        already, self.requested = self.requested, True
+        name = signal.Signals(signum).name
+        if self._interrupting:
+            log.warning("%s received: the final evaluations are left (--resume redoes them)", name)
+            raise Interrupted(name)
+        if already:  # torchrun passes a second Ctrl-C on as SIGTERM
+            return
+        again = ("torchrun stops the processes 30 s after its signal" if "TORCHELASTIC_RUN_ID" in os.environ
+                 else "Ctrl-C again to quit now")
+        log.warning("%s received: stopping after this step and writing a checkpoint (%s)", name, again)
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """A block that a stop request interrupts (`Interrupted`), one that came before it included."""
+        if self.requested:
+            raise Interrupted("a stop requested before")
+        self._interrupting = True
+        try:
+            yield
+        finally:
+            self._interrupting = False
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from repre.engine.compile import compile_units
 from repre.engine.guard import RunningStatistics, make_guard, skips_on_device
 from repre.engine.metrics import MetricWriter, WindowMeter
 from repre.engine.optim import build_optimizer, clip_or_measure
-from repre.engine.signals import GracefulStop
+from repre.engine.signals import GracefulStop, Interrupted
 from repre.engine.state import RunState
 from repre.errors import StoppedEarly, UserError
 from repre.models.attention import training_attention
@@ -272,31 +272,34 @@ class Trainer:
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = progress_bar(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
                            desc="pretrain")
-        with GracefulStop() as signal:
+        with GracefulStop() as signal:  # to the end: a signal during the final evaluations stops them too
             self.agreement.signal = signal
             completed = self._loop(loader, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
             completed = completed and not self.guard.diverged
-        bar.close()
-        if self.guard.diverged:  # the weights are the last good step's, but the run cannot go on as configured
-            path = self.checkpoints.last_good
-            log.error(
-                "stopped: %d non-finite steps in a row at step %d. The last good checkpoint is %s. Usual remedies: "
-                "a lower train.lr, train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), a longer "
-                "warm-up: start again from it with `repre pretrain --init-from CHECKPOINT --out NEW_DIR --set ...`",
-                s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
-        else:
-            writer.flush()
-            path = self.checkpoints.save(final=True)
-            if not completed and main:
-                again = ("the same torchrun command with --resume" if dist.launched()
-                         else f"`repre pretrain --out {self.out} --resume`")
-                log.warning("stopped at step %d of %d, checkpoint %s: go on with %s", s.step, self.total, path, again)
-        summary = self._finish(writer, path, completed)
+            bar.close()
+            if self.guard.diverged:  # the weights are the last good step's, but the run cannot go on as configured
+                path = self.checkpoints.last_good
+                log.error(
+                    "stopped: %d non-finite steps in a row at step %d. The last good checkpoint is %s. Usual "
+                    "remedies: a lower train.lr, train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), "
+                    "a longer warm-up: start again from it with `repre pretrain --init-from CHECKPOINT --out "
+                    "NEW_DIR --set ...`", s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
+            else:
+                writer.flush()
+                path = self.checkpoints.save(final=True)
+                if not completed and main:
+                    log.warning("stopped at step %d of %d, checkpoint %s: go on with %s", s.step, self.total, path,
+                                self._resume_command())
+            summary = self._finish(writer, path, completed, signal)
         writer.close()
-        if not completed:
+        if not summary["completed"]:
             raise StoppedEarly(summary)
         return summary
+
+    def _resume_command(self) -> str:
+        return ("the same torchrun command with --resume" if dist.launched()
+                else f"`repre pretrain --out {self.out} --resume`")
 
     def _say_what_runs(self) -> None:
         """One line before the first step: what trains on which images, where its files go, on what, and how to
@@ -324,6 +327,23 @@ class Trainer:
         classes = f"{self.data.num_classes} classes" if self.data.num_classes else "no labels"
         epochs = self.total * self.cfg.train.batch_size / n
         return f"{epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'} of {where}: {n:,} images, {classes}"
+
+    def _run_fit_end(self, summary: dict[str, Any], writer: MetricWriter, completed: bool) -> None:
+        for callback in self.callbacks:
+            summary.update(callback.on_fit_end(self, writer, completed))
+
+    def _interrupted(self, work: Callable[[], None], signal: GracefulStop) -> bool:
+        """Run `work` so that a stop request interrupts it; whether any process was stopped so (agreed: every
+        process reaches this)."""
+        stopped = False
+        try:
+            with signal.interrupting():
+                work()
+        except Interrupted:
+            stopped = True
+        if dist.is_distributed():
+            stopped = bool(dist.all_reduce_sum(torch.tensor([float(stopped)], device=self.rt.device)).item())
+        return stopped
 
     def _completed_summary(self) -> dict[str, Any] | None:
         """summary.json of a resumed run that already completed all its steps, else None. Distributed: None
@@ -404,8 +424,11 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_log(self, values)
 
-    def _finish(self, writer: MetricWriter, checkpoint: Path | None, completed: bool) -> dict[str, Any]:
-        """The run's summary (written to summary.json on rank 0), with what the callbacks add (k-NN)."""
+    def _finish(self, writer: MetricWriter, checkpoint: Path | None, completed: bool,
+                signal: GracefulStop) -> dict[str, Any]:
+        """The run's summary (written to summary.json on rank 0), with what the callbacks add (k-NN). A run that
+        completed its steps and is stopped during its final evaluations ends stopped (`completed` false): its
+        last checkpoint holds every step, and --resume redoes the evaluations."""
         s = self.state
         summary = {
             "completed": completed,
@@ -432,8 +455,13 @@ class Trainer:
             "processes": dist.world_size(),
             "versions": checkpoint_io.versions(),
         }
-        for callback in self.callbacks:
-            summary.update(callback.on_fit_end(self, writer, completed))
+        if completed and self._interrupted(lambda: self._run_fit_end(summary, writer, completed), signal):
+            summary.update(completed=False, knn_top1=None)
+            if dist.is_main():
+                log.warning("stopped before the run's final evaluations; every step is in %s: go on with %s",
+                            checkpoint, self._resume_command())
+        elif not completed:
+            self._run_fit_end(summary, writer, completed)
         summary["wall_s"] = round(time.perf_counter() - self.started, 3)
         if dist.is_main():
             with replacing(self.out / run_files.SUMMARY) as tmp:
