@@ -76,8 +76,9 @@ def test_a_run_of_an_older_repre_resumes_with_its_preset(tmp_path):
 
 def test_a_restored_window_goes_on_with_each_process_own_sums(monkeypatch):
     """Each process takes back its own sums (the resumed line adds what the uninterrupted one adds, in its order).
-    Saved by another number of processes, or by an earlier version (the totals), rank 0 takes the totals and the
-    others zeros for the same keys, in the same order: the reduction of the next line pairs them (a process
+    Saved by another number of processes, or by an earlier version (the totals), rank 0 takes the totals (scaled to
+    this number of processes, so that each step weighs the same in the line) and the others zeros for the same
+    keys, in the same order: the reduction of the next line pairs them (a process
     without the keys skipped the collective: a crash, or a hang with NCCL)."""
     from repre.engine import metrics
     from repre.engine.metrics import WindowMeter
@@ -94,7 +95,9 @@ def test_a_restored_window_goes_on_with_each_process_own_sums(monkeypatch):
 
     assert restored(saved, 2, 0) == {"loss": [6.0, 2.0], "lr": [0.25, 2.0]}
     assert restored(saved, 2, 1) == {"loss": [4.0, 2.0], "lr": [0.25, 2.0]}
-    assert restored(saved, 1, 0) == restored(earlier, 1, 0) == restored(earlier, 2, 0) == earlier
+    assert restored(earlier, 1, 0) == restored(earlier, 2, 0) == earlier
+    assert restored(saved, 1, 0) == {"loss": [5.0, 2.0], "lr": [0.25, 2.0]}  # 2 steps of 2 values: of 1 each
+    assert restored(saved, 4, 0) == {"loss": [20.0, 8.0], "lr": [1.0, 8.0]}  # of 4 each
     zeros = {"loss": [0.0, 0.0], "lr": [0.0, 0.0]}
     assert restored(saved, 3, 2) == restored(earlier, 2, 1) == zeros and list(restored(saved, 3, 2)) == ["loss", "lr"]
     monkeypatch.setattr(metrics, "world_size", lambda: 1)
@@ -102,7 +105,7 @@ def test_a_restored_window_goes_on_with_each_process_own_sums(monkeypatch):
     meter = WindowMeter()
     meter.load_state_dict(saved)
     meter.add({"loss": torch.tensor(2.0), "lr": torch.tensor(0.1)})
-    assert meter.read() == {"loss": pytest.approx(12.0 / 5), "lr": pytest.approx(0.6 / 5)} and not meter
+    assert meter.read() == {"loss": pytest.approx(7.0 / 3), "lr": pytest.approx(0.35 / 3)} and not meter
     assert WindowMeter().state_dict() == {"ranks": [{}]}
 
 

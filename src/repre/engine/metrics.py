@@ -129,13 +129,16 @@ class WindowMeter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Go on with a checkpointed window. Written by another number of processes (or by an earlier version,
-        which kept the processes' totals: {key: [sum, count]}), rank 0 goes on with the totals and the others
-        with zeros for the same keys (every process keeps the same keys in the same order: `read` pairs them)."""
+        which kept the processes' totals: {key: [sum, count]}), rank 0 goes on with the totals, scaled to this
+        number of processes so that every step weighs the same in the line, and the others with zeros for the
+        same keys (every process keeps the same keys in the same order: `read` pairs them)."""
         ranks = state.get("ranks", [state] if state else [])
         if len(ranks) == world_size():
             own = ranks[rank()]
-        else:
-            totals = {k: [sum(r[k][i] for r in ranks) for i in (0, 1)] for k in (ranks[0] if ranks else {})}
+        else:  # scaled to this count of processes, each of whose steps adds one value a process (an earlier
+            # version's totals: their count of processes unknown, as they are)
+            scale = world_size() / len(ranks) if "ranks" in state else 1.0
+            totals = {k: [scale * sum(r[k][i] for r in ranks) for i in (0, 1)] for k in (ranks[0] if ranks else {})}
             own = totals if rank() == 0 else {k: [0.0, 0.0] for k in totals}
         self.sums = {k: torch.tensor(s, device=self.device) for k, (s, _) in own.items()}
         self.counts = {k: torch.tensor(n, device=self.device) for k, (_, n) in own.items()}
