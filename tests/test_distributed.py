@@ -224,3 +224,28 @@ def test_processes_that_do_not_agree_stop_at_once_naming_the_difference(tmp_path
     assert done.returncode != 0
     assert "(training images) is 64 on rank 0, 48 on rank 1" in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+MISSING_ON_RANK_1 = '''
+import os
+
+import numpy as np
+
+
+def images(split, root):
+    if os.environ.get("RANK") == "1":
+        raise FileNotFoundError("/data/scans: missing on this node")
+    return [(np.full((16, 16, 3), i % 251, np.uint8), i % 2) for i in range(64)]
+'''
+
+
+def test_a_process_that_fails_alone_is_named_and_the_others_say_one_line(tmp_path):
+    """Rank 1 cannot read its data: its error reaches torchrun's summary, and rank 0, which lost it in a
+    collective, says so in one line (it printed a traceback that buried the cause)."""
+    (tmp_path / "missing_on_rank_1.py").write_text(MISSING_ON_RANK_1)
+    cmd = pretrain_cmd(tmp_path / "run", 2, ["data.name=python", "data.source=missing_on_rank_1:images"])
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0 and "missing on this node" in done.stderr
+    assert "repre: error: another process of this run stopped" in done.stderr
+    assert "[rank0]:Traceback" not in done.stderr and "[rank0]: Traceback" not in done.stderr

@@ -480,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(out_of_memory_message(exc))
         return 2
     except RuntimeError as exc:
+        if launched() and lost_a_process(exc):
+            _say(lost_process_message(exc))
+            return 1
         if "out of memory" not in str(exc).lower():
             raise
         _say(out_of_memory_message(exc))
@@ -542,6 +545,26 @@ def user_message(exc: UserError) -> str:
     worker's whole traceback, which ends with the message."""
     text = str(exc)
     return text.rsplit("UserError: ", 1)[-1].strip() if "Original Traceback" in text else text
+
+
+# what a collective raises in the processes left when another process of the run has stopped (gloo's socket
+# errors; NCCL's DistBackendError)
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "DistBackendError",
+             "NCCL communicator was aborted")
+
+
+def lost_a_process(exc: RuntimeError) -> bool:
+    """Whether `exc` is a collective's error in a process whose peer stopped (its own error said elsewhere)."""
+    torch_dist = getattr(sys.modules.get("torch"), "distributed", None)
+    backend_error = getattr(torch_dist, "DistBackendError", ())
+    return isinstance(exc, backend_error) or any(text in f"{type(exc).__name__}: {exc}" for text in LOST_PEER)
+
+
+def lost_process_message(exc: RuntimeError) -> str:
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return ("repre: error: another process of this run stopped, and this one lost it in a collective "
+            f"({first}): the stopped process's own error is in torchrun's summary below (its \"Root Cause\"); "
+            "the checkpoints written stand: mend the cause and run the same command with --resume")
 
 
 def out_of_memory_message(exc: BaseException) -> str:
