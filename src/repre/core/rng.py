@@ -46,9 +46,14 @@ def load_state_dict(saved: dict[str, Any], device: torch.device) -> None:
     if len(ranks) == dist.world_size():
         saved = ranks[dist.rank()]
     else:
-        log.info("resuming with %d processes, written with %d: drop-path draws continue from new seeds",
-                 dist.world_size(), len(ranks))
+        if dist.is_main():
+            log.info("resuming with %s, written with %s: drop-path draws continue from new seeds",
+                     _processes(dist.world_size()), _processes(len(ranks)))
         saved = _own(device)
     torch.set_rng_state(saved["torch"])
     if torch.is_tensor(saved.get("cuda")) and device.type == "cuda":
         torch.cuda.set_rng_state(saved["cuda"], device)
+
+
+def _processes(count: int) -> str:
+    return f"{count} process{'' if count == 1 else 'es'}"

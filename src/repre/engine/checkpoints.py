@@ -133,7 +133,7 @@ class Checkpoints:
                 dist.barrier()  # every process is done reading it before rank 0 moves it
                 if dist.is_main():
                     path.rename(aside)
-                log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
+                    log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
         return None
 
     def _adopt(self, ckpt: dict[str, Any], path: Path, total: int) -> None:
