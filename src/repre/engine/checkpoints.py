@@ -103,8 +103,8 @@ class Checkpoints:
             checkpoint_io.sweep_temporaries(self.out)
         candidates = checkpoint_io.step_checkpoints(self.out)[::-1]
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
-        if last.is_file() and run_files.checkpoint_step(last) is None:  # no step file is it (a copy of it alone)
-            candidates.insert(0, last)
+        if not candidates and last.is_file():  # the newest checkpoint copied alone, without its step file
+            candidates = [last]
         dist.barrier()  # nobody reads while rank 0 sweeps
         found = self._first_readable(candidates)
         if found is not None:
