@@ -17,7 +17,7 @@ from torch import nn
 
 from repre.core.compat import replace_pos_embed
 
-OFFSET = 0.1  # dino vision_transformer.py:183, "a small number to avoid floating point error in the interpolation"
+OFFSET = 0.1  # dino vision_transformer.py:184-186, "a small number to avoid floating point error in the interpolation"
 
 
 def dino_resample(pos_embed: torch.Tensor, grid: tuple[int, int], trained: tuple[int, int]) -> torch.Tensor:
