@@ -663,3 +663,21 @@ def test_a_generated_image_and_its_views_draw_different_numbers():
     for index in range(4):
         made = image_rng(3, "train", index).random(4)
         assert not any(np.array_equal(made, view_rng(3, 0, index, view).random(4)) for view in range(3))
+
+
+def test_split_folders_are_read_by_their_names_and_a_class_named_train_is_not_taken_for_one(tmp_path):
+    """training/ and validation/ (ADE20K's names) are splits: read as two classes, the run trained on the
+    validation images. A class folder named train (Pascal VOC's) among other classes was read as the whole
+    training split: refused, saying how to lay it out."""
+    from repre.config import DataConfig
+
+    grey = np.zeros((8, 8, 3), np.uint8)
+    for split, cls in (("training", "a"), ("training", "b"), ("validation", "a"), ("validation", "b")):
+        save_png(tmp_path / "ade" / split / cls / "0.png", grey)
+    train = build_source(DataConfig(name="folder", root=str(tmp_path / "ade")), "train")
+    test = build_source(DataConfig(name="folder", root=str(tmp_path / "ade")), "test")
+    assert (len(train), train.num_classes, len(test)) == (2, 2, 2)
+    for cls in ("aeroplane", "bus", "train"):
+        save_png(tmp_path / "voc" / cls / "0.png", grey)
+    with pytest.raises(UserError, match="a class named train would be taken for a split"):
+        build_source(DataConfig(name="folder", root=str(tmp_path / "voc")), "train")

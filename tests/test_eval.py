@@ -370,3 +370,17 @@ def test_an_encoder_whose_outputs_are_not_finite_gives_no_number(tiny_run, tmp_p
     torch.save(ckpt, tmp_path / "nan.pt")
     code, _ = run_cli(["eval", "knn", "--checkpoint", str(tmp_path / "nan.pt")])
     assert code == 2 and "the outputs of 64 of 64 images are not finite" in capsys.readouterr().err
+
+
+def test_held_out_images_without_a_label_of_the_training_classes_are_refused(tiny_run, image_folder, capsys):
+    """A loose file beside val/'s class folders makes the split unlabelled (-1): k-NN and the probe counted each
+    query as a wrong class and reported 0.0."""
+    import shutil
+
+    out, _ = tiny_run
+    shutil.copy(image_folder / "train" / "cat" / "0.png", image_folder / "val" / "stray.png")
+    for task in ("knn", "linear"):
+        code, _ = run_cli(["eval", task, "--checkpoint", str(out), "--set", "data.name=folder",
+                           "--set", f"data.root={image_folder}", "--set", "data.image_size=16"])
+        err = capsys.readouterr().err
+        assert code == 2 and "the held-out images" in err, err

@@ -44,6 +44,29 @@ class EncodedImages(Protocol):
 HELD_OUT = re.compile(r"(^|[-_.])(val|valid|validation|test)([-_.]|\d|$)")
 
 
+# a root's split folders (the first found of each), and names that are no class (macOS's and Jupyter's own)
+TRAIN_DIRS = ("train", "training")
+HELD_OUT_DIRS = ("val", "valid", "validation", "test")
+NOT_CLASSES = re.compile(r"^(\.|__MACOSX$)")
+
+
+def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` that is a folder in `base`, or None. A split folder among other folders is refused:
+    a class named `train` (Pascal VOC's, COCO's) would otherwise be read as the whole training split."""
+    found = next((base / n for n in names if (base / n).is_dir()), None)
+    if found is None:
+        return None
+    splits = TRAIN_DIRS + HELD_OUT_DIRS
+    others = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in splits
+                    and not NOT_CLASSES.match(d.name))
+    if others:
+        raise UserError(f"{base} holds {found.name}/ beside other folders ({', '.join(others[:3])}"
+                        f"{', ...' if len(others) > 3 else ''}): read as splits, train/ and val/ (or test/) stand "
+                        f"alone; read as classes, a class named {found.name} would be taken for a split: put the "
+                        f"class folders in {base}/train/ (and held-out ones in {base}/val/), or rename that class")
+    return found
+
+
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not root:
         raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
@@ -56,12 +79,12 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not base.is_dir():
         what = "is a file, not a folder" if base.exists() else "does not exist"
         raise UserError(f"data.root {base} {what}; set data.root to a folder of images")
+    train, held = _split_dir(base, TRAIN_DIRS), _split_dir(base, HELD_OUT_DIRS)
     if split == "train":
-        if (base / "train").is_dir():
-            return base / "train"
-        held_out = [d for d in ("val", "test") if (base / d).is_dir()]
-        if held_out:  # the root as the train split would train on the images evaluation tests with
-            raise UserError(f"{base} has {held_out[0]}/ but no train/ folder: put the training images in "
+        if train is not None:
+            return train
+        if held is not None:  # the root as the train split would train on the images evaluation tests with
+            raise UserError(f"{base} has {held.name}/ but no train/ folder: put the training images in "
                             f"{base}/train/ (or point data.root at a folder of training images only)")
         held_out = sorted(p.name for p in base.rglob("*.tar") if HELD_OUT.search(p.stem)) if name == "shards" else []
         if held_out:  # every .tar under the root would be trained on
@@ -70,10 +93,9 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
                             "point data.root at the training shards alone (a pattern such as "
                             f"{base}/train-{{000000..000099}}.tar)")
         return base
-    for held_out in ("val", "test"):
-        if (base / held_out).is_dir():
-            return base / held_out
-    train = base / "train" if (base / "train").is_dir() else base
+    if held is not None:
+        return held
+    train = train or base
     if name == "shards":
         raise NoTestSplit(f"{base} has no val/ (or test/) shards: evaluation and the test split read labelled "
                           f"shards from {base}/val/ (training from {base}/train/); or hold out part of the training "
@@ -201,6 +223,21 @@ def class_name(names: list[str] | None, label: int | None) -> str | None:
     """The name of `label` among a source's `names` (`class_names`); None without names or a label (-1, None),
     or for a label the names do not reach."""
     return names[label] if names and label is not None and 0 <= label < len(names) else None
+
+
+def check_labels(labels: torch.Tensor | None, classes: int, task: str, images: str) -> None:
+    """Every label [N] of the `images` that `task` read is one of the training images' `classes`: an image
+    without one (-1: a loose file beside class folders, a shard sample without its .cls) or with a class they
+    lack would be counted as another class, or fail inside the loss."""
+    if labels is None:
+        raise UserError(f"{task}: the {images} have no labels; give them class sub-folders (or .cls files in "
+                        "shards), as the training images have")
+    unlabelled, beyond = int((labels < 0).sum()), sorted({int(v) for v in labels[labels >= classes]})
+    if unlabelled or beyond:
+        said = ", ".join(([f"{unlabelled} without a label (a file beside the class folders, or a shard sample "
+                           "without its .cls)"] if unlabelled else []) +
+                         ([f"labels {beyond[:5]} beyond the training images' {classes} classes"] if beyond else []))
+        raise UserError(f"{task}: of the {images}, {said}; give every image one of the training images' classes")
 
 
 def labelled(source: ImageSource, task: str) -> int:

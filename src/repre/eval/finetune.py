@@ -21,7 +21,7 @@ from repre.config import Config
 from repre.core.runtime import LossScaler, Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import class_names, labelled
+from repre.data.sources import check_labels, class_names, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
@@ -94,6 +94,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
         log.warning("fine-tuning diverged (weights that are not finite), so its top-1 measures nothing: lower "
                     "eval.finetune.lr (now %g)", e.finetune.lr)
     pred, truth = test_predictions(model, cfg, rt)
+    check_labels(truth, classes, "fine-tuning", "held-out images")
     return {"task": "finetune", "metric": "top1", "value": float((pred == truth).sum()) / max(len(truth), 1),
             "extra": {"steps": e.finetune.steps, "final_train_loss": loss if math.isfinite(loss) else None,
                       **per_class(pred, truth, classes, class_names(source))}}
@@ -113,6 +114,7 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
         with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp), \
                 training_attention(model, rt.device, rt.dtype):
             logits = model(batch["views"][:, 0].to(rt.device))
+        check_labels(batch["label"], logits.shape[1], "fine-tuning", "training images")
         loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

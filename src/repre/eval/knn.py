@@ -15,7 +15,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.search import top_k
 from repre.data.evaluation import eval_loader
-from repre.data.sources import class_names, labelled
+from repre.data.sources import check_labels, class_names, labelled
 from repre.errors import UserError
 from repre.eval.features import bar_name, gathered, pooled_embeddings
 from repre.eval.scores import per_class
@@ -58,6 +58,8 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict
                  f"{len(test.dataset):,}")
     bank, bank_y = extract_features(encoder, train, rt, bar_name(cfg, "k-NN bank"))
     queries, query_y = extract_features(encoder, test, rt, bar_name(cfg, "k-NN queries"))
+    check_labels(bank_y, classes, "k-NN", "training images (the bank)")
+    check_labels(query_y, classes, "k-NN", "held-out images (the queries)")
     k = min(e.knn.k, len(bank))  # the k that votes
     if k < e.knn.k:
         log.warning("eval.knn.k=%d is more than the bank's %d images: every image votes", e.knn.k, len(bank))

@@ -33,7 +33,7 @@ from repre.core.rng import epoch_seed
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import EvalLoader, eval_loader
-from repre.data.sources import ImageSource, class_names, labelled
+from repre.data.sources import ImageSource, check_labels, class_names, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
@@ -82,6 +82,7 @@ def train_epoch(encoder: Backbone, head: nn.Linear, opt: torch.optim.Optimizer, 
     encoder.train(protocol.drop_path is not None)
     total = torch.zeros((), device=rt.device)
     for lr, batch in zip(lrs.tolist(), loader, strict=False):
+        check_labels(batch["label"], head.out_features, "the linear probe", "training images")
         x, y = batch["views"][:, 0].to(rt.device, non_blocking=True), batch["label"].to(rt.device)
         logits = head(frozen_features(encoder, x, protocol, rt))
         loss = F.cross_entropy(logits, y, label_smoothing=protocol.label_smoothing)
@@ -133,12 +134,19 @@ def test_confusion(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Li
     shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
     classes = head.out_features
     counts = torch.zeros(classes * classes, dtype=torch.int64, device=rt.device)
+    labels = []  # checked once every process has scored its share (one process alone raising would hang the rest)
     for x, y in EvalLoader(shard, batch_size=full.batch_size, num_workers=full.num_workers,
                            collate_fn=full.collate_fn):
         if not len(x):
             continue
+        labels.append(y)
         logits = head(frozen_features(encoder, x.to(rt.device, non_blocking=True), protocol, rt))
-        counts += torch.bincount(y.to(rt.device) * classes + logits.argmax(dim=1), minlength=classes * classes)
+        known = (y >= 0) & (y < classes)
+        counts += torch.bincount((y[known].to(rt.device) * classes + logits.argmax(dim=1)[known.to(rt.device)]),
+                                 minlength=classes * classes)
+    seen = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    unknown = [label for part in dist.gather_objects(seen[(seen < 0) | (seen >= classes)].tolist()) for label in part]
+    check_labels(torch.tensor(unknown, dtype=torch.int64), classes, "the linear probe", "held-out images")
     confusion = dist.all_reduce_sum(counts).view(classes, classes).cpu()
     if not confusion.sum():
         raise UserError("no test image of the linear probe could be read (each is named in a warning above)")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.data.sources import class_names, labelled
+from repre.data.sources import check_labels, class_names, labelled
 from repre.errors import UserError
 from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval
@@ -110,6 +110,8 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProt
     classes = labelled(train.dataset.source, "the linear probe")
     xtr, ytr = block_features(encoder, train, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe train"))
     xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe test"))
+    check_labels(ytr, classes, "the linear probe", "training images")
+    check_labels(yte, classes, "the linear probe", "held-out images")
     rows = sweep(xtr, ytr, classes, cfg, protocol)
     best = max(rows, key=lambda r: r["val_top1"])
     for key, grid in (("lr", e.lrs), ("weight_decay", e.wds)):
