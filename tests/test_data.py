@@ -681,3 +681,20 @@ def test_split_folders_are_read_by_their_names_and_a_class_named_train_is_not_ta
         save_png(tmp_path / "voc" / cls / "0.png", grey)
     with pytest.raises(UserError, match="a class named train would be taken for a split"):
         build_source(DataConfig(name="folder", root=str(tmp_path / "voc")), "train")
+
+
+def test_a_folder_link_loop_and_a_fifo_named_like_an_image_are_left_out(tmp_path, repre_log):
+    """os.walk follows a link back up the tree again and again (the images counted ~40 times); a FIFO named
+    .jpg blocked its reader for good (a run that no signal stopped)."""
+    grey = np.zeros((8, 8, 3), np.uint8)
+    save_png(tmp_path / "loop" / "a.png", grey)
+    save_png(tmp_path / "loop" / "sub" / "b.png", grey)
+    (tmp_path / "loop" / "sub" / "up").symlink_to("..")
+    assert len(ImageFolder(tmp_path / "loop")) == 2 and "links to folders read already" in repre_log.text
+    os.mkfifo(tmp_path / "loop" / "pipe.png")
+    folder = ImageFolder(tmp_path / "loop")
+    pipe = [folder.names[i] for i in range(len(folder))].index("pipe.png")
+    with pytest.raises(UnreadableImage, match="not a regular file"):
+        folder.load(pipe)
+    with pytest.raises(UnreadableImage, match="not a regular file"):
+        folder.encoded(pipe)

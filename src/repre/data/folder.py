@@ -7,11 +7,13 @@ the next index and counts it (see `repre.data.sources`), so a bad file never sto
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import logging
 import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,14 +70,23 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
     is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images
     left out; each is warned of). Strings, not `Path`s, which take far longer to make (docs/results.md,
     section 6)."""
-    names, tops, unlisted = [], [], []
+    names, tops, unlisted, seen, looped = [], [], [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
+        folder = os.stat(dirpath)
+        if (folder.st_dev, folder.st_ino) in seen:  # a link back to a folder already read: its images once
+            looped.append(dirpath)
+            dirnames.clear()
+            continue
+        seen.add((folder.st_dev, folder.st_ino))
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)
         prefix, top = ("", "") if rel == "." else (rel + os.sep, rel.split(os.sep, 1)[0])
         found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
         names += found
         tops += [top] * len(found)
+    if looped:
+        log.warning("%d folder(s) under %s are links to folders read already, left out: %s%s", len(looped), root,
+                    "; ".join(looped[:3]), "; ..." if len(looped) > 3 else "")
     if unlisted:  # one warning a scan (each process scans): the first folders named
         named = "; ".join(f"{exc.filename} ({exc.strerror})" for exc in unlisted[:3])
         log.warning("cannot list %d folder(s), their images left out: %s%s", len(unlisted), named,
@@ -168,13 +179,21 @@ def _decode_pil(stream: BinaryIO, path_name: object) -> torch.Tensor:
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy (PIL arrays are read-only)
 
 
+def read_file(path: str | Path) -> bytes:
+    """A regular file's bytes; OSError for anything else named like an image (a FIFO would block its reader
+    for good, a device read without end)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return Path(path).read_bytes()
+
+
 def decode(path: str | Path | BinaryIO, name: str | None = None) -> torch.Tensor:
     """A file (or an open binary stream, called `name` in messages) -> uint8 [3, H, W]; raises
     UnreadableImage for anything that cannot be fully decoded. JPEGs go through torchvision's decoder (those
     it refuses fall back to PIL), everything else through PIL."""
     path_name = name or path
     try:
-        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
+        data = path.read() if hasattr(path, "read") else read_file(path)
     except OSError as exc:
         raise UnreadableImage(f"{path_name}: {exc}") from None
     fast = _decode_fast(data)
@@ -227,6 +246,6 @@ class ImageFolder:
         """The file's bytes undecoded, its name for messages, its label; raises UnreadableImage."""
         path = self.path(index)
         try:
-            return Path(path).read_bytes(), path, int(self.labels[index])
+            return read_file(path), path, int(self.labels[index])
         except OSError as exc:
             raise UnreadableImage(f"{path}: {exc}") from None
