@@ -137,3 +137,14 @@ def test_the_index_is_cached_and_rebuilt_when_a_shard_changes(tmp_path, monkeypa
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))  # rewritten: index anew
     with pytest.raises(AssertionError, match="scanned again"):
         TarShards(str(tmp_path / "d"))
+
+
+def test_members_with_more_dots_than_webdataset_keys_allow_are_said_to_be_left_out(tmp_path, monkeypatch, repre_log):
+    """frame.000001.jpg is field "000001.jpg" of sample "frame" by WebDataset's rule, no image: left out
+    silently before (a shard of such names 'held no images' though every member ended in .jpg)."""
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for name in ("frame.000001.jpg", "IMG_1.edited.png", "plain.png"):
+            add(tar, name, png_bytes(0))
+    assert len(TarShards(str(tmp_path / "s-000.tar"))) == 1
+    assert "2 member(s) of the shards" in repre_log.text and "frame.000001.jpg" in repre_log.text

@@ -81,9 +81,23 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (dot + ext).lower()
 
 
-def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict[str, int]]:
-    """One shard's images [(shard, offset, size, key)] in member order, and its labels {key: label}."""
-    images, labels = [], {}
+def dotted_image(ext: str) -> bool:
+    """Whether a member's extension (`split_key`'s) is no image's, though its last part is: frame.000001.jpg,
+    IMG_1.edited.jpg. By WebDataset's rule that is a field "000001.jpg" of sample "frame", not an image: left
+    out, and said (`warn_dotted`)."""
+    return ext not in EXTENSIONS and "." + ext.rsplit(".", 1)[-1] in EXTENSIONS
+
+
+def warn_dotted(count: int, example: str, where: str) -> None:
+    log.warning("%d member(s) of the shards in %s end in an image extension but hold more dots (%s): by "
+                "WebDataset's rule (the key ends at the first dot) none is an image, so they are left out; name "
+                "each sample KEY.jpg, with no dot in KEY", count, where, example)
+
+
+def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict[str, int], list[str]]:
+    """One shard's images [(shard, offset, size, key)] in member order, its labels {key: label}, and the names
+    of the members left out though they end in an image extension (`dotted_image`)."""
+    images, labels, dotted = [], {}, []
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
@@ -92,6 +106,8 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                 key, ext = split_key(member.name)
                 if ext in EXTENSIONS:
                     images.append((shard, member.offset_data, member.size, key))
+                elif dotted_image(ext):
+                    dotted.append(member.name)
                 elif ext in LABEL_EXTENSIONS:
                     text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
                     try:
@@ -100,22 +116,25 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                         raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label") from None
     except tarfile.ReadError as exc:
         raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
-    return images, labels
+    return images, labels, dotted
 
 
 def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scan the shards' member headers: (entries [N, 3] int64: shard, offset, size; keys [N] bytes; labels [N])."""
     start = time.perf_counter()
-    entries, keys, labels_of = [], [], []
+    entries, keys, labels_of, dotted = [], [], [], []
     for i, path in enumerate(paths):
-        images, labels = _scan(path, i)
+        images, labels, left_out = _scan(path, i)
+        dotted += left_out
         for shard, offset, size, key in images:
             entries.append((shard, offset, size))
             keys.append(key.encode())
             labels_of.append(labels.get(key, -1))
+    if dotted:
+        warn_dotted(len(dotted), dotted[0], root)
     if not entries:
-        raise UserError(f"the {len(paths)} shards under {root} hold no images (looked for members ending in "
-                        f"{', '.join(EXTENSIONS)})")
+        raise UserError(f"the {len(paths)} shards under {root} hold no images (looked for members named "
+                        f"KEY{', KEY'.join(EXTENSIONS)}, KEY without a dot)")
     log.info("indexed %d images in %d shards under %s (%.1f s)", len(entries), len(paths), root,
              time.perf_counter() - start)
     return np.array(entries, dtype=np.int64), np.array(keys), np.array(labels_of, dtype=np.int64)

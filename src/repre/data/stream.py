@@ -49,7 +49,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from repre.config import REMOTE_ROOTS
 from repre.core.rng import epoch_seed
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, warn_unreadable
-from repre.data.shards import LABEL_EXTENSIONS, expand, shard_paths, split_key
+from repre.data.shards import LABEL_EXTENSIONS, dotted_image, expand, shard_paths, split_key, warn_dotted
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -150,6 +150,9 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 key, image, label = k, None, -1
             if ext in EXTENSIONS:
                 image = tar.extractfile(member).read()
+            elif dotted_image(ext) and not _dotted_said:
+                _dotted_said.append(member.name)
+                warn_dotted(1, member.name, url)
             elif ext in LABEL_EXTENSIONS:
                 text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
                 label = int(text) if text.lstrip("-").isdigit() else _not_a_label(url, member.name, text)
@@ -157,6 +160,7 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
         yield key, image, label
 
 
+_dotted_said: list[str] = []  # the first member left out for the dots in its name, named once a process
 _labels_said: list[str] = []  # the first label file that held no integer, named once a process
 
 
