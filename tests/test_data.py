@@ -611,7 +611,11 @@ def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, m
     with pytest.raises(UserError, match=r"x is an image of shape \[2, 3, 4, 5\]"):
         as_image(np.zeros((2, 3, 4, 5)), "x")
     assert as_image(np.array([[0, 65535]], dtype=np.uint16), "x")[0].tolist() == [[0, 255]]  # 16 bits scaled
+    assert as_image(np.array([[True, False]]), "x")[0].tolist() == [[255, 0]]  # a mask, as PIL's mode "1"
+    assert as_image(np.full((1, 2), 7, dtype=np.uint32), "x")[0].tolist() == [[7, 7]]  # torch has no min of uint32
     for bad, why in ((np.array([[-5, 1000]], dtype=np.int16), "int16 pixels from -5 to 1000"),
+                     (np.array([[300]], dtype=np.uint64), "uint64 pixels from 300 to 300"),
+                     (np.array([[np.nan, 1.0]]), "not finite"),  # NaN read as 0
                      (np.array([[0.0, 255.0]]), "float pixels from 0 to 255"), ({"a": 1}, "of type dict")):
         with pytest.raises(UserError, match=why):  # values that would wrap or clip, a mapping
             as_image(bad, "x")

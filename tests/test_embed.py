@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from conftest import last_json, run_cli, save_png, tiny_config
 from repre.data.evaluation import eval_loader
 from repre.eval.knn import extract_features
 from repre.pretrained import load_encoder
-from repre.use.store import EmbeddingWriter
+from repre.use.store import EmbeddingWriter, read_index
 
 
 def embed_args(run, out, *extra: str) -> list[str]:
@@ -26,7 +27,7 @@ def embed_args(run, out, *extra: str) -> list[str]:
 
 
 def index_of(path) -> list[dict]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -102,11 +103,12 @@ def test_the_test_split_and_a_flat_folder_without_labels(tiny_run, tmp_path):
     code, stdout = run_cli(embed_args(run, tmp_path / "t.npy") + ["--split", "test"])
     assert code == 0 and last_json(stdout)["images"] == 32  # TINY: 32 test images
     rng = np.random.default_rng(0)
-    for i in range(3):
-        save_png(tmp_path / "flat" / f"{i}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    for name in ("0", "1", os.fsdecode(b"caf\xe9")):  # a name of an old archive's, not UTF-8
+        save_png(tmp_path / "flat" / f"{name}.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
     code, stdout = run_cli(embed_args(run, tmp_path / "u.npy", "data.name=folder", f"data.root={tmp_path / 'flat'}"))
     assert code == 0 and last_json(stdout)["images"] == 3
     assert [r["label"] for r in index_of(tmp_path / "u.csv")] == ["", "", ""]
+    assert read_index(tmp_path / "u.csv", {2}, 3)[2][1] == str(tmp_path / "flat" / os.fsdecode(b"caf\xe9.png"))
     assert json.loads((tmp_path / "u.json").read_text())["classes"] is None
 
 

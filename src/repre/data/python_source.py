@@ -198,12 +198,19 @@ def as_image(image: Any, where: str) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor, where: str) -> torch.Tensor:
-    """Pixels as uint8: uint16 scaled (65535 -> 255), integers in 0..255 and floats in [0, 1] read as they are;
-    others refused (their range would wrap or clip)."""
+    """Pixels as uint8: uint16 scaled (65535 -> 255), booleans as 0 and 255, integers in 0..255 and floats in
+    [0, 1] read as they are; others refused (their range would wrap or clip, or NaN read as 0)."""
     if x.dtype == torch.uint8:
         return x
+    if x.dtype == torch.bool:  # a mask: PIL's mode "1" reads as 0 and 255
+        return x.to(torch.uint8) * 255
     if x.dtype == torch.uint16:  # 16-bit images (DICOM, 16-bit PNG) scaled as a folder's 16-bit PNG is
         return (x.to(torch.int32).double() * 255 / 65535).round().to(torch.uint8)
+    given = x.dtype
+    if x.dtype in (torch.uint32, torch.uint64):  # torch has no min/max of these: their range as int64's
+        x = x.to(torch.int64) if int(x.to(torch.float64).max()) < 2**63 else x.to(torch.float64)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise UserError(f"{where} has pixels that are not finite (NaN or inf): give finite values")
     low, high = float(x.min()), float(x.max())
     if x.is_floating_point():
         if low < 0 or high > 1:
@@ -211,7 +218,7 @@ def to_uint8(x: torch.Tensor, where: str) -> torch.Tensor:
                             "the largest value) or uint8")
         return (x.float() * 255).round().to(torch.uint8)
     if low < 0 or high > 255:
-        raise UserError(f"{where} has {str(x.dtype).removeprefix('torch.')} pixels from {low:g} to {high:g}: give "
+        raise UserError(f"{where} has {str(given).removeprefix('torch.')} pixels from {low:g} to {high:g}: give "
                         "uint8, uint16, or floats in [0, 1]")
     return x.to(torch.uint8)
 

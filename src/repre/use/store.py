@@ -86,7 +86,7 @@ def read_index(path: Path, wanted: set[int], expected: int) -> dict[int, tuple[i
     """The index lines of the `wanted` rows: row -> (source index, path, label or None), read in one pass;
     the index must have `expected` rows."""
     found, count = {}, 0
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         for line in csv.DictReader(fh):
             row = int(line["row"])
             if row in wanted:
@@ -103,7 +103,8 @@ def index_lines(rows: range, indices: list[int], paths: list[str], labels: list[
     writer = csv.writer(buf, lineterminator="\n")
     for row, index, path, label in zip(rows, indices, paths, labels, strict=True):
         writer.writerow((row, index, path, "" if label < 0 else label))
-    return buf.getvalue().encode()
+    return buf.getvalue().encode("utf-8", "surrogateescape")  # a file name's bytes as they are (not UTF-8 in
+    # old archives'), read back by `read_index` to the same path
 
 
 def set_rows(npy: Path, rows: int) -> None:
