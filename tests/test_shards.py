@@ -148,3 +148,15 @@ def test_members_with_more_dots_than_webdataset_keys_allow_are_said_to_be_left_o
             add(tar, name, png_bytes(0))
     assert len(TarShards(str(tmp_path / "s-000.tar"))) == 1
     assert "2 member(s) of the shards" in repre_log.text and "frame.000001.jpg" in repre_log.text
+
+
+def test_a_shard_cut_short_says_so(tmp_path, monkeypatch):
+    """A copy that stopped mid-member was called "not an uncompressed tar file"."""
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for i in range(3):
+            add(tar, f"k{i}.png", png_bytes(i, size=64))
+    whole = (tmp_path / "s-000.tar").read_bytes()
+    (tmp_path / "s-000.tar").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UserError, match="is cut short; copy it again"):
+        TarShards(str(tmp_path / "s-000.tar"))

@@ -186,12 +186,15 @@ def as_image(image: Any, where: str) -> torch.Tensor:
     except TypeError:
         raise UserError(f"{where} is of type {type(image).__name__}, not an image: give a PIL image, an array or "
                         "a tensor") from None
+    given = list(x.shape)
     if x.ndim == 2:
         x = x[None]
     elif x.ndim == 3 and channels_last:
         x = x.permute(2, 0, 1)
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
-        raise UserError(f"{where} is an image of shape {list(x.shape)}: give an array HxW or HxWxC, or a tensor "
+        hint = (" (channels first: an array's are last, .transpose(1, 2, 0))"
+                if channels_last and len(given) == 3 and given[0] in (1, 3, 4) else "")
+        raise UserError(f"{where} is an image of shape {given}{hint}: give an array HxW or HxWxC, or a tensor "
                         "CxHxW, with 1, 3 or 4 channels")
     x = to_uint8(x, where)[:3]  # RGBA: the colour channels
     return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x.contiguous()

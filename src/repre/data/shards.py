@@ -115,6 +115,9 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                     except ValueError:
                         raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label") from None
     except tarfile.ReadError as exc:
+        if images or labels:  # read well up to some member: a shard cut short (a copy that stopped)
+            raise UserError(f"{path} ends in the middle of a member ({exc}) after {len(images)} images: it is cut "
+                            "short; copy it again") from None
         raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
     return images, labels, dotted
 
