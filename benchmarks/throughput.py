@@ -82,9 +82,15 @@ def _sync() -> None:
 
 
 def _time_steps(step, batches, warmup: int, steps: int) -> float:
+    """Seconds a step over `steps` steps after `warmup` (compilation happens there); the CUDA peak memory is
+    counted from the timed steps on (compilation's temporaries left out)."""
+    import torch
+
     for _ in range(warmup):
         step(next(batches))
     _sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step(next(batches))
@@ -320,11 +326,13 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
 
     trainer, step, batches = build(name, preset, overrides)
     sec = _time_steps(step, batches, warmup, steps)
+    # the timed steps' peak, read before the FLOP count's step: under its dispatch mode a compiled module runs
+    # eagerly, and an eager step's peak is another (a compiled one's is lower)
+    cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     flops = peak = None
     if mfu:
         flops = step_flops(step, next(batches))
         peak = matmul_peak(trainer.rt.device, trainer.rt.dtype)
-    cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return row(name, trainer, sec, flops, peak, cuda_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
