@@ -221,6 +221,17 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {sd:.4f}"
 
 
+BOLD_STDS = 1.5  # docs/results.md's rule: a paired difference is bold past this many of its standard deviations
+
+
+def bold(diffs: list[float]) -> bool:
+    """docs/results.md's rule for a paired difference over seeds: the same sign on every seed (at least 2) and
+    a mean more than BOLD_STDS of their standard deviations from zero."""
+    if len(diffs) < 2 or not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+        return False
+    return abs(statistics.mean(diffs)) > BOLD_STDS * statistics.stdev(diffs)
+
+
 def plot(table: dict, curves: dict[str, Path], path: Path) -> None:
     import matplotlib
 
@@ -275,7 +286,8 @@ def search(method: str, points: list[str], seeds: list[int], tasks: list[str], o
                 cost.setdefault(point, []).append(s["train_s"] / max(s["steps"], 1))
             if drop:
                 shutil.rmtree(out / run_files.CHECKPOINTS, ignore_errors=True)
-    print(f"\nsearch ({method}, eval.split=val, seeds {seeds}): value, then point - its baseline (paired seeds)")
+    print(f"\nsearch ({method}, eval.split=val, seeds {seeds}): value, then point - its baseline (paired seeds; "
+          "* bold by docs/results.md's rule)")
     print(f"{'point':<13}{'s/step':>8}  " + "".join(f"{t:<22}" for t in tasks))
     diffs: dict[str, dict[str, list[float]]] = {}
     for point, values in table.items():
@@ -287,7 +299,7 @@ def search(method: str, points: list[str], seeds: list[int], tasks: list[str], o
                      if a is not None and b is not None]
             diffs.setdefault(point, {})[t] = pairs
             cell = f"{statistics.mean(have):.4f}" if have else "-"
-            cells.append(cell + (f" ({statistics.mean(pairs):+.4f})" if pairs else ""))
+            cells.append(cell + (f" ({statistics.mean(pairs):+.4f}{'*' if bold(pairs) else ''})" if pairs else ""))
         step = f"{statistics.mean(cost[point]):.3f}" if cost.get(point) else "-"
         print(f"{point:<13}{step:>8}  " + "".join(f"{c:<22}" for c in cells))
     return {"values": table, "diff_to_baseline": diffs, "sec_per_step": cost}
@@ -323,7 +335,7 @@ def main() -> None:
         return
     report = {}
     for method in args.methods.split(","):
-        table: dict[str, dict[str, list[float]]] = {r: {t: [] for t in tasks} for r in rows}
+        by_seed: dict[str, dict[str, dict[int, float]]] = {r: {t: {} for t in tasks} for r in rows}
         curves = {}
         for seed in seeds:
             for row in rows:
@@ -338,23 +350,26 @@ def main() -> None:
                     if value is None:
                         print(f"{method} seed {seed} {row:<10} {task:<8} not cached", file=sys.stderr)
                         continue
-                    table[row][task].append(value)
+                    by_seed[row][task][seed] = value
                     print(f"{method} seed {seed} {row:<10} {task:<8} {value:.4f}", file=sys.stderr, flush=True)
+        table = {r: {t: [by_seed[r][t][s] for s in seeds if s in by_seed[r][t]] for t in tasks} for r in rows}
         print(f"\n{method}: mean ± std over seeds {seeds}")
         print(f"{'row':<12}" + "".join(f"{t:<20}" for t in tasks))
         for row in rows:
             print(f"{row:<12}" + "".join(f"{mean_std(table[row][t]):<20}" for t in tasks))
-        diffs = {}
-        if {"repre", "baseline"} <= set(rows):
-            diffs = {t: [a - b for a, b in zip(table["repre"][t], table["baseline"][t], strict=not args.cached)]
-                     for t in tasks}
-            print(f"{'RePre-base':<12}" + "".join(f"{mean_std(diffs[t]):<20}" for t in tasks))
+        diffs, bolds = {}, {}
+        if {"repre", "baseline"} <= set(rows):  # paired by seed: a seed either row lacks (--cached) is left out
+            diffs = {t: [by_seed["repre"][t][s] - by_seed["baseline"][t][s] for s in seeds
+                         if s in by_seed["repre"][t] and s in by_seed["baseline"][t]] for t in tasks}
+            bolds = {t: bold(diffs[t]) for t in tasks}
+            print(f"{'RePre-base':<12}" + "".join(f"{mean_std(diffs[t]) + ('*' if bolds[t] else ''):<20}"
+                                                 for t in tasks) + "  (* bold by docs/results.md's rule)")
             for t in tasks:
                 print(f"  {t}: per seed {', '.join(f'{d:+.4f}' for d in diffs[t])}")
         if args.plot:
             SUMMARIES.mkdir(parents=True, exist_ok=True)
             plot(table, curves, SUMMARIES / f"{method}.png")
-        report[method] = {"table": table, "paired_diff": diffs}
+        report[method] = {"table": table, "paired_diff": diffs, "bold": bolds}
     print(json.dumps({"benchmark": "quality", "date": time.strftime("%Y-%m-%d"), "seeds": seeds,
                       "overrides": args.overrides, "eval_budget": EVAL_DEFAULTS, "results": report}))
 
