@@ -108,7 +108,8 @@ wait  # the JPEGs
 
 SYN="--set data.name=synthetic --set train.device=cuda --set train.precision=bf16 --set data.synthetic_train=512"
 
-# 1b. RePre's cost against its baseline, as each GPU preset runs (compiled, bf16, 224 px, pre-made batches): the
+# 1b. RePre's cost against its baseline, each GPU preset compiled (the Swin-T preset itself runs eager: its row is
+#     the compiled step, never compiled on a GPU before, its compile time unknown), bf16, 224 px, pre-made batches: the
 #     step-time ratio, MFU (against the matmul peak measured in the run and against the data sheet's) and the
 #     peak CUDA memory of each step, 3 interleaved rounds of 10 steps after 3 warm-up steps, each configuration
 #     compiled once (throughput.py --in-process); MoCo v3 ViT-S/16 and ViT-B/16 at batch 256, DINO ViT-S/16 with
@@ -284,3 +285,4 @@ PY
 cat "$OUT/summary.txt" "$OUT/quality-jobs.txt" 2>/dev/null
 cp "$OUT/summary.txt" "$PACK/"
 pack
+rm -rf "$OUT"  # the work folder: everything of it is in the archive

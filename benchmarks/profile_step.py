@@ -56,8 +56,11 @@ def timed(fn: Callable[[], None], warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
+RUNS = tempfile.TemporaryDirectory(prefix="repre-profile-")  # the run's config and lock; removed at exit
+
+
 def trainer_step(preset: str, overrides: list[str]) -> tuple[Trainer, Callable[[], None], dict]:
-    trainer = Trainer(load_config(preset, SYNTHETIC + overrides), Path(tempfile.mkdtemp()) / "run")
+    trainer = Trainer(load_config(preset, SYNTHETIC + overrides), Path(tempfile.mkdtemp(dir=RUNS.name)) / "run")
     # pinned where a run pins (a GPU): the step's host-to-device copy as a run makes it
     batch = next(iter(pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory)))
     trainer.model.train()

@@ -48,6 +48,7 @@ Configurations:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -71,7 +72,13 @@ def _trainer(preset: str, recon: bool, extra: list[str]):
     overrides = [f"recon.enabled={str(recon).lower()}", "train.progress=false", "eval.knn.enabled=false",
                  "train.diagnose_every=0", *extra]
     cfg = load_config(preset, overrides)
-    return Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
+    return Trainer(cfg, Path(tempfile.mkdtemp(dir=_runs().name)) / "run")
+
+
+@functools.cache
+def _runs() -> tempfile.TemporaryDirectory:
+    """The folder of this process's runs (their configs and locks; no checkpoint is written): removed at exit."""
+    return tempfile.TemporaryDirectory(prefix="repre-throughput-")
 
 
 def _sync() -> None:
