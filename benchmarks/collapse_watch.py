@@ -68,7 +68,7 @@ def main() -> None:
               f"warns {r['warns_at']!s:<6} k-NN {r['knn']}", file=sys.stderr)
     print(json.dumps({"benchmark": "collapse-watch", "date": time.strftime("%Y-%m-%d"),
                       "watch": {"share": CollapseWatch.SHARE, "span": CollapseWatch.SPAN, "lines": CollapseWatch.LINES},
-                      "runs": runs}, indent=1))
+                      "runs": runs}))  # one line, the last, as every script's
 
 
 if __name__ == "__main__":

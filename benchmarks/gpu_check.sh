@@ -276,7 +276,7 @@ for f in sorted(out.glob("*.json")):
               f" in {d['wall_s']} s " + " ".join(x["test"] for x in d["failures"])[:300])
     elif d.get("benchmark") == "profile_step":
         print(f"{f.stem:<22}" + " ".join(f"{k}={v * 1000:.1f}ms" for k, v in d["seconds"].items())
-              + " " + json.dumps({k: round(v, 3) for k, v in d["ratios"].items()}))
+              + " " + json.dumps({k: v if v is None else round(v, 3) for k, v in d["ratios"].items()}))
         for name, rows in d.get("by_kind", {}).items():
             print(f"{f.stem:<22}{name:<20}" + ", ".join(f"{k} {v['share']:.0%}" for k, v in rows.items()))
     else:

@@ -153,7 +153,9 @@ def main() -> None:
     peak_baseline = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # before the profiled steps
     kinds["step-baseline"], _ = by_kind(base_step, parts["step-baseline"], rt.device, peak)
     ratios = {"step_over_baseline": parts["step"] / parts["step-baseline"],
-              "decoder_share_of_extra": parts["decoder"] / max(parts["step"] - parts["step-baseline"], 1e-9),
+              # None where the step is not slower than its baseline (noise on a CPU): no extra to share
+              "decoder_share_of_extra": (parts["decoder"] / (parts["step"] - parts["step-baseline"])
+                                         if parts["step"] > parts["step-baseline"] else None),
               "taps_over_no_taps": parts["encoder-taps"] / parts["encoder"]}
     for name, sec in parts.items():
         print(f"{name:<15}{sec * 1000:9.2f} ms", file=sys.stderr)

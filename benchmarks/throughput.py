@@ -1,4 +1,6 @@
-"""Training throughput of the default preset: RePre vs baseline, real pipeline vs pre-made tensors, vs lightly.
+"""Training throughput of a preset (the default one unless --preset): RePre vs baseline, real pipeline vs
+pre-made tensors, vs lightly. Prints a table and each ratio, then, as its last stdout line, the whole result
+as one JSON object (the files under benchmarks/results/ are these lines).
 
 Each configuration runs in its own child process (so peak RSS is its own), interleaved A B C ... A B C ...
 over several rounds; the table reports medians, and each ratio also round by round (`paired_ratios`: on a
