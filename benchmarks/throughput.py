@@ -625,6 +625,10 @@ def ratio_pairs(names: list[tuple[str, str | None]], compare: list[str],
         for other in trees[1:]:  # each checkout against the first: images per second
             row, first = f"{label(name, extra)}@{other}", f"{label(name, extra)}@{trees[0]}"
             pairs[f"images_per_sec[{row}]/[{first}]"] = (row, first, "images")
+    if trees:  # rows are NAME@TREE: each pair above within each checkout too
+        within = {f"{key}@{tree}": (f"{a}@{tree}", f"{b}@{tree}", kind) for tree in trees
+                  for key, (a, b, kind) in pairs.items() if "@" not in a}
+        pairs.update(within)
     return pairs
 
 
