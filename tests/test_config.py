@@ -417,15 +417,3 @@ def test_numbers_read_as_yaml_1_2_reads_them():
     assert load_config(None, ["train.max_steps=010"]).train.max_steps == 10
     assert load_config(None, ["model.kwargs.init_values=1e-5"]).model.kwargs == {"init_values": 1e-5}
     assert parse_overrides(["a.b=1:30", "a.c=.inf", "a.d=0x10"])["a"] == {"b": "1:30", "c": float("inf"), "d": 16}
-
-
-def test_keys_the_chosen_protocol_or_probe_data_does_not_read_are_refused():
-    """The quick probe's sweep keys under a paper's protocol, a class count for the scenes: each would change
-    nothing but the result's folder name."""
-    for items, said in ((["eval.linear.protocol=mocov3", "eval.linear.lrs=[5.0]"], "eval.linear.lrs: read by the quick"),
-                        (["eval.linear.protocol=dino", "eval.linear.val_fraction=0.5"], "eval.linear.val_fraction"),
-                        (["eval.segment.classes=3"], "eval.segment.classes=3 is read with eval.segment.data=folder")):
-        with pytest.raises(UserError, match=said):
-            load_config(None, items)
-    assert load_config(None, ["eval.linear.protocol=mocov3", "eval.linear.lr=1.0"]).eval.linear.lr == 1.0
-    assert load_config(None, ["eval.segment.data=folder", "eval.segment.classes=3"]).eval.segment.classes == 3

@@ -679,6 +679,8 @@ def test_split_folders_are_read_by_their_names_and_a_class_named_train_is_not_ta
     grey = np.zeros((8, 8, 3), np.uint8)
     for split, cls in (("training", "a"), ("training", "b"), ("validation", "a"), ("validation", "b")):
         save_png(tmp_path / "ade" / split / cls / "0.png", grey)
+    (tmp_path / "ade" / "lost+found").mkdir()  # a mount point's: no images, left alone
+    save_png(tmp_path / "ade" / "devkit" / "preview.png", grey)  # an image beside the two splits: left alone too
     train = build_source(DataConfig(name="folder", root=str(tmp_path / "ade")), "train")
     test = build_source(DataConfig(name="folder", root=str(tmp_path / "ade")), "test")
     assert (len(train), train.num_classes, len(test)) == (2, 2, 2)

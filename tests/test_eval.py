@@ -384,3 +384,15 @@ def test_held_out_images_without_a_label_of_the_training_classes_are_refused(tin
                            "--set", f"data.root={image_folder}", "--set", "data.image_size=16"])
         err = capsys.readouterr().err
         assert code == 2 and "the held-out images" in err, err
+
+
+def test_keys_the_chosen_protocol_or_probe_data_does_not_read_are_refused(tiny_run, capsys):
+    """The quick probe's sweep keys under a paper's protocol, a class count for the scenes: each would change
+    nothing but the result's folder name. Given with --set only: a run's own config holding them still loads."""
+    out, _ = tiny_run
+    for task, items, said in (
+            ("linear", ["eval.linear.protocol=mocov3", "eval.linear.lrs=[5.0]"], "eval.linear.lrs: read by the quick"),
+            ("linear", ["eval.linear.protocol=dino", "eval.linear.val_fraction=0.5"], "eval.linear.val_fraction"),
+            ("segment", ["eval.segment.classes=3"], "eval.segment.classes: read with eval.segment.data=folder")):
+        code, _ = run_cli(["eval", task, "--checkpoint", str(out), *[a for i in items for a in ("--set", i)]])
+        assert code == 2 and said in capsys.readouterr().err

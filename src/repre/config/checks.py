@@ -22,7 +22,6 @@ from repre.config.schema import (
     DataConfig,
     LinearConfig,
     ReconConfig,
-    SegmentConfig,
     TrainConfig,
 )
 from repre.errors import UserError
@@ -239,17 +238,6 @@ def _validate_linear(lin: LinearConfig) -> None:
         raise UserError(f"eval.linear.lr={lin.lr} is the base lr of the mocov3, dino and moby protocols; the quick "
                         "protocol tries each of eval.linear.lrs: set those, or eval.linear.protocol=mocov3, dino or "
                         "moby")
-    quick_only = [f"eval.linear.{k}" for k in ("lrs", "wds", "val_fraction")
-                  if getattr(lin, k) != getattr(LinearConfig(), k)]
-    if lin.protocol != "quick" and quick_only:
-        raise UserError(f"{', '.join(quick_only)}: read by the quick protocol alone (its sweep); the {lin.protocol} "
-                        "protocol trains at one lr, eval.linear.lr (per 256 images): set that instead")
-
-
-def _validate_segment(seg: SegmentConfig) -> None:
-    if seg.data == "fashion-scenes" and seg.classes:
-        raise UserError(f"eval.segment.classes={seg.classes} is read with eval.segment.data=folder alone: the scenes "
-                        "have their own 11 classes (background and Fashion-MNIST's 10)")
 
 
 def _validate_kwargs(cfg: Config) -> None:
@@ -269,8 +257,7 @@ def _validate_kwargs(cfg: Config) -> None:
 
 _SECTION_RULES: dict[str, Callable[[Any], None]] = {
     "data": _validate_data, "aug": _validate_aug, "recon": _validate_recon, "train": _validate_train,
-    "eval.linear": _validate_linear, "eval.segment": _validate_segment,
-    "eval.finetune": lambda f: _low_high("eval.finetune", f, ("crop_scale",))}
+    "eval.linear": _validate_linear, "eval.finetune": lambda f: _low_high("eval.finetune", f, ("crop_scale",))}
 
 
 def _validate_across(cfg: Config) -> None:

@@ -44,3 +44,17 @@ def listed(reads: tuple[str, ...]) -> str:
     unread = [k.removeprefix("data.") for k in PRETRAINING_DATA if k not in reads]
     but = f" (not {', '.join(unread)})" if unread else ""
     return ", ".join(r + "*" + (but if r == "data." else "") if r.endswith(".") else r for r in kept)
+
+
+def idle_keys(protocol: str, segment_data: str) -> dict[str, str]:
+    """The eval keys an evaluation leaves unread under these settings (eval.linear.protocol,
+    eval.segment.data) -> why, for `repre eval`'s refusal of them given with --set."""
+    idle = {}
+    if protocol != "quick":
+        why = (f"read by the quick protocol alone (its sweep); the {protocol} protocol trains at one lr, "
+               "eval.linear.lr (per 256 images)")
+        idle |= {f"eval.linear.{k}": why for k in ("lrs", "wds", "val_fraction")}
+    if segment_data == "fashion-scenes":
+        idle["eval.segment.classes"] = ("read with eval.segment.data=folder alone: the scenes have their own 11 "
+                                        "classes (background and Fashion-MNIST's 10)")
+    return idle

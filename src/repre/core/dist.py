@@ -48,7 +48,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group a launcher described (MASTER_ADDR, RANK, WORLD_SIZE, LOCAL_RANK) when `launched()`.
 

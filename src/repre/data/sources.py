@@ -51,14 +51,18 @@ NOT_CLASSES = re.compile(r"^(\.|__MACOSX$)")
 
 
 def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
-    """The first of `names` that is a folder in `base`, or None. A split folder among other folders is refused:
-    a class named `train` (Pascal VOC's, COCO's) would otherwise be read as the whole training split."""
+    """The first of `names` that is a folder in `base`, or None. With a training and a held-out folder both
+    there, the root is split (other folders beside them, `lost+found` or a devkit, are left alone); one of them
+    alone beside other folders of images is refused: a class named `train` (Pascal VOC's, COCO's) would
+    otherwise be read as the whole training split."""
     found = next((base / n for n in names if (base / n).is_dir()), None)
     if found is None:
         return None
+    if any((base / n).is_dir() for n in TRAIN_DIRS) and any((base / n).is_dir() for n in HELD_OUT_DIRS):
+        return found
     splits = TRAIN_DIRS + HELD_OUT_DIRS
     others = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in splits
-                    and not NOT_CLASSES.match(d.name))
+                    and not NOT_CLASSES.match(d.name) and holds_images(d, 1))
     if others:
         raise UserError(f"{base} holds {found.name}/ beside other folders ({', '.join(others[:3])}"
                         f"{', ...' if len(others) > 3 else ''}): read as splits, train/ and val/ (or test/) stand "
@@ -238,6 +242,24 @@ def check_labels(labels: torch.Tensor | None, classes: int, task: str, images: s
                            "without its .cls)"] if unlabelled else []) +
                          ([f"labels {beyond[:5]} beyond the training images' {classes} classes"] if beyond else []))
         raise UserError(f"{task}: of the {images}, {said}; give every image one of the training images' classes")
+
+
+def known_labels(source: ImageSource) -> torch.Tensor | None:
+    """A source's labels [N] where it holds them in an index (folders, shards, Fashion-MNIST; a selection of
+    one), without reading an image; None where only loading tells (a dataset of your own code, a stream)."""
+    picked = getattr(source, "indices", None)
+    labels = known_labels(source.source) if hasattr(source, "source") else getattr(source, "labels", None)
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    return labels[torch.as_tensor(picked)] if picked is not None else labels
+
+
+def check_source_labels(source: ImageSource, classes: int, task: str, images: str) -> None:
+    """`check_labels` on a source's indexed labels, before any image is read (every process alike)."""
+    labels = known_labels(source)
+    if labels is not None:
+        check_labels(labels, classes, task, images)
 
 
 def labelled(source: ImageSource, task: str) -> int:

@@ -44,7 +44,9 @@ class Callback:
         """After a step's bookkeeping (its train line included), before its checkpoint."""
 
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
-        """When the loop has ended and its checkpoint is written: entries for the run's summary."""
+        """When the loop has ended and its checkpoint is written: entries for the run's summary. A signal may
+        interrupt it (`signals.Interrupted`: the hooks after it do not run on that process), so it uses no
+        collective: the other processes would wait at it for good."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 log = logging.getLogger("repre")
 
 
-class Interrupted(Exception):
-    """A stop request during `GracefulStop.interrupting()`: the work under way (a final evaluation) is left."""
+class Interrupted(BaseException):
+    """A stop request during `GracefulStop.interrupting()`: the work under way (a final evaluation) is left. A
+    BaseException, as KeyboardInterrupt: the `except Exception` of the work it leaves (a dataset's own code
+    called there, an image's decoding) must not take it for an error of its own."""
 
 
 class GracefulStop:

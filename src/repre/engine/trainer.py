@@ -48,9 +48,10 @@ from repre.reconstruction import PretrainingModel
 log = logging.getLogger("repre")
 
 
-# keys each process may set its own way: where its node holds the images, how it reads them and draws its bar,
-# the batch of rank 0's evaluations; every other key decides what the processes compute together
-PER_PROCESS_KEYS = ("preset", "description", "data.root", "train.num_workers", "train.progress", "eval.batch_size")
+# keys each process may set its own way: labels, where its node holds the images, how it reads them and draws
+# its bar, and the evaluations (rank 0 alone runs them; their paths are made absolute on each node); every other
+# key decides what the processes compute together
+PER_PROCESS_KEYS = ("preset", "description", "data.root", "train.num_workers", "train.progress", "eval.")
 
 
 def check_processes_agree(cfg: Config, images: int, total: int) -> None:
@@ -60,7 +61,7 @@ def check_processes_agree(cfg: Config, images: int, total: int) -> None:
     raises the same UserError."""
     if not dist.is_distributed():
         return
-    own = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in PER_PROCESS_KEYS}
+    own = {k: v for k, v in flatten(cfg.to_dict()).items() if not k.startswith(PER_PROCESS_KEYS)}
     own |= {"(training images)": images, "(steps)": total}
     everyone = dist.gather_objects(own)
     differ = [(key, r, other.get(key)) for r, other in enumerate(everyone) for key in everyone[0]
@@ -332,15 +333,16 @@ class Trainer:
         for callback in self.callbacks:
             summary.update(callback.on_fit_end(self, writer, completed))
 
-    def _interrupted(self, work: Callable[[], None], signal: GracefulStop) -> bool:
-        """Run `work` so that a stop request interrupts it; whether any process was stopped so (agreed: every
-        process reaches this)."""
+    def _run_interruptibly(self, work: Callable[[], None], signal: GracefulStop) -> bool:
+        """Run `work` so that a stop request interrupts it; returns whether any process was stopped so (agreed:
+        every process reaches this)."""
         stopped = False
         try:
             with signal.interrupting():
                 work()
         except Interrupted:
             stopped = True
+        stopped = stopped or signal.requested  # a request the work took for an error of its own (a bare except)
         if dist.is_distributed():
             stopped = bool(dist.all_reduce_sum(torch.tensor([float(stopped)], device=self.rt.device)).item())
         return stopped
@@ -455,7 +457,7 @@ class Trainer:
             "processes": dist.world_size(),
             "versions": checkpoint_io.versions(),
         }
-        if completed and self._interrupted(lambda: self._run_fit_end(summary, writer, completed), signal):
+        if completed and self._run_interruptibly(lambda: self._run_fit_end(summary, writer, completed), signal):
             summary.update(completed=False, knn_top1=None)
             if dist.is_main():
                 log.warning("stopped before the run's final evaluations; every step is in %s: go on with %s",

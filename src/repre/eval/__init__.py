@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from repre.config import EVAL_TASKS, Config, override_items
-from repre.config.reads import eval_reads
+from repre.config import EVAL_TASKS, Config, flatten, override_items, parse_overrides
+from repre.config.reads import eval_reads, idle_keys
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist, run_files
 from repre.core.atomic import check_writable
@@ -90,6 +90,10 @@ def keep_result(result: dict[str, Any], checkpoint: str | Path, out: Path) -> Pa
 def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str | Path | None) -> dict[str, Any]:
     refuse_unread(f"repre eval {task}", overrides, eval_reads(task))
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    idle = idle_keys(cfg.eval.linear.protocol, cfg.eval.segment.data)
+    given = [k for k in flatten(parse_overrides(overrides)) if k in idle]
+    if given:  # each would change nothing but the name of the result's folder
+        raise UserError(f"--set {given[0]}: {idle[given[0]]}; drop it")
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(ckpt_io.named_file(checkpoint)), "step": int(ckpt.get("step", 0)),
                  "encoder": encoder_key, "set": overrides}

@@ -69,8 +69,8 @@ def gathered(
     bad = int((~torch.isfinite(out.flatten(1))).any(dim=1).sum())
     if bad:  # every vote or prediction of such a row would be class 0: a number that measures nothing
         raise UserError(f"the outputs of {bad} of {len(out)} images are not finite (NaN or inf): the weights are "
-                        "(a diverged run's checkpoint: evaluate an earlier one), or the forward overflowed in "
-                        "reduced precision (--set train.precision=fp32)")
+                        "not finite (a diverged run's checkpoint: evaluate an earlier one), or the forward overflowed "
+                        "in reduced precision (--set train.precision=fp32)")
     return out, (torch.cat(labels) if labels else None)
 
 

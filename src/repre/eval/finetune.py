@@ -8,7 +8,6 @@ position tables, as Swin's own fine-tuning). Training augmentation: random resiz
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -21,15 +20,14 @@ from repre.config import Config
 from repre.core.runtime import LossScaler, Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import check_labels, class_names, labelled
+from repre.data.sources import check_labels, check_source_labels, class_names, labelled
 from repre.data.splits import eval_source, subset_of
+from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
 from repre.eval.features import frozen_outputs
 from repre.eval.scores import per_class
 from repre.models.attention import training_attention
 from repre.models.backbone import Backbone
-
-log = logging.getLogger("repre")
 
 
 def block_offsets(model: nn.Module) -> list[int]:
@@ -78,6 +76,8 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     e = cfg.eval
     source = eval_source(cfg, "train")
     classes = labelled(source, "fine-tuning")
+    check_source_labels(source, classes, "fine-tuning", "training images")
+    check_source_labels(eval_source(cfg, "test"), classes, "fine-tuning", "held-out images")
     if e.finetune.train_subset:
         source = subset_of(source, e.finetune.train_subset)
     model = encoder.model
@@ -90,9 +90,9 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,
                         round(e.finetune.warmup_fraction * e.finetune.steps))
     loss = train_steps(model, opt, iter(loader), lrs, e.finetune.label_smoothing, rt)
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        log.warning("fine-tuning diverged (weights that are not finite), so its top-1 measures nothing: lower "
-                    "eval.finetune.lr (now %g)", e.finetune.lr)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # its top-1 would measure nothing
+        raise UserError(f"fine-tuning diverged (weights that are not finite after {e.finetune.steps} steps): lower "
+                        f"eval.finetune.lr (now {e.finetune.lr:g})")
     pred, truth = test_predictions(model, cfg, rt)
     check_labels(truth, classes, "fine-tuning", "held-out images")
     return {"task": "finetune", "metric": "top1", "value": float((pred == truth).sum()) / max(len(truth), 1),

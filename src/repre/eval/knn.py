@@ -15,7 +15,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.search import top_k
 from repre.data.evaluation import eval_loader
-from repre.data.sources import check_labels, class_names, labelled
+from repre.data.sources import check_labels, check_source_labels, class_names, labelled
 from repre.errors import UserError
 from repre.eval.features import bar_name, gathered, pooled_embeddings
 from repre.eval.scores import per_class
@@ -52,6 +52,8 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
     classes = labelled(train.dataset.source, "k-NN")
+    check_source_labels(train.dataset.source, classes, "k-NN", "training images (the bank)")
+    check_source_labels(test.dataset.source, classes, "k-NN", "held-out images (the queries)")
     if say:
         log.info("%s: the features of %s training images (the bank) and %s held-out ones (the queries); fewer: "
                  "--set eval.knn.train_subset=N --set eval.knn.test_subset=M", say, f"{len(train.dataset):,}",

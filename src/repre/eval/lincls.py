@@ -33,7 +33,7 @@ from repre.core.rng import epoch_seed
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import EvalLoader, eval_loader
-from repre.data.sources import ImageSource, check_labels, class_names, labelled
+from repre.data.sources import ImageSource, check_labels, check_source_labels, class_names, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip
@@ -205,7 +205,8 @@ def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: di
 def probe_source(cfg: Config) -> ImageSource:
     """The labelled train split of the probe (eval.linear.train_subset of its images: `subset_of`)."""
     source = eval_source(cfg, "train")
-    labelled(source, "the linear probe")
+    check_source_labels(source, labelled(source, "the linear probe"), "the linear probe", "training images")
+    check_source_labels(eval_source(cfg, "test"), source.num_classes, "the linear probe", "held-out images")
     return subset_of(source, cfg.eval.linear.train_subset) if cfg.eval.linear.train_subset else source
 
 

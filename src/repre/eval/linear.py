@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.data.sources import check_labels, class_names, labelled
+from repre.data.sources import check_labels, check_source_labels, class_names, labelled
 from repre.errors import UserError
 from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval
@@ -108,6 +108,8 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProt
     e = cfg.eval.linear
     train, test = eval_loader(cfg, "train", e.train_subset), eval_loader(cfg, "test", e.test_subset)
     classes = labelled(train.dataset.source, "the linear probe")
+    check_source_labels(train.dataset.source, classes, "the linear probe", "training images")
+    check_source_labels(test.dataset.source, classes, "the linear probe", "held-out images")
     xtr, ytr = block_features(encoder, train, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe train"))
     xte, yte = block_features(encoder, test, rt, protocol.features, protocol.blocks, bar_name(cfg, "probe test"))
     check_labels(ytr, classes, "the linear probe", "training images")
