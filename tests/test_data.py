@@ -1,5 +1,6 @@
 
 import errno
+import gzip
 import hashlib
 import os
 
@@ -29,6 +30,10 @@ def test_fashion_mnist_reads_idx_files(tmp_path):
     img, label = source.load(3)
     assert len(source) == 5 and label == 3 and img.shape == (3, 28, 28)
     assert torch.equal(img[1], torch.from_numpy(imgs[3]))
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):  # uncompressed, as torchvision's raw/
+        (tmp_path / "raw").mkdir(exist_ok=True)
+        (tmp_path / "raw" / name).write_bytes(gzip.decompress((tmp_path / f"{name}.gz").read_bytes()))
+    assert torch.equal(FashionMNIST(str(tmp_path / "raw"), "train").load(3)[0], img)
 
 
 def test_missing_fashion_mnist_says_what_to_do(tmp_path):

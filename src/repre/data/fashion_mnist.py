@@ -1,4 +1,5 @@
-"""Fashion-MNIST from its four IDX `.gz` files (Xiao, Rasul, Vollgraf 2017; MIT licence, Zalando Research)."""
+"""Fashion-MNIST from its four IDX `.gz` files, or the same files uncompressed (Xiao, Rasul, Vollgraf 2017; MIT
+licence, Zalando Research)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,14 @@ def _missing_message(root: Path, missing: list[str]) -> str:
     )
 
 
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """The file `name` (.gz) in `folder`, or the same file uncompressed (as torchvision's `raw/` folder holds it
+    beside the archive), or None."""
+    return next((p for p in (folder / name, folder / name.removesuffix(".gz")) if p.is_file()), None)
+
+
 def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
         data = fh.read()
     if len(data) < 4 or data[2] != 0x08 or data[3] != expected_dims:
         raise UserError(f"{path} is not an IDX file of unsigned bytes with {expected_dims} dimensions")
@@ -52,12 +59,13 @@ class FashionMNIST:
     def __init__(self, root: str | None, split: str) -> None:
         folder = Path(root or DEFAULT_ROOT)
         names = FILES["train" if split == "train" else "test"]
-        missing = [n for n in names if not (folder / n).is_file()]
+        files = [_idx_file(folder, n) for n in names]
+        missing = [n for n, f in zip(names, files, strict=True) if f is None]
         if missing:
             raise UserError(_missing_message(folder, missing))
         try:
-            self.images = torch.from_numpy(_read_idx(folder / names[0], 3).copy())
-            self.labels = torch.from_numpy(_read_idx(folder / names[1], 1).astype(np.int64))
+            self.images = torch.from_numpy(_read_idx(files[0], 3).copy())
+            self.labels = torch.from_numpy(_read_idx(files[1], 1).astype(np.int64))
         except (OSError, EOFError) as exc:
             raise UserError(f"cannot read Fashion-MNIST in {folder}: {exc}; reinstall the files") from None
         if len(self.images) != len(self.labels):
