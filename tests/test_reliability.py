@@ -476,6 +476,27 @@ def test_a_signal_during_the_final_k_nn_stops_it_and_resume_redoes_it(tmp_path, 
     assert [(r["step"], r["kind"]) for r in lines] == [(4, "train"), (4, "eval")]
 
 
+def test_a_signal_while_the_run_builds_stops_it_before_its_first_step(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM while a run indexes its images or builds its model killed it without a summary (no
+    requeue): it stops before the first step, as a signal during the loop stops it, and resumes."""
+    import repre.engine.trainer as trainer_mod
+    from repre.pretraining import pretrain
+
+    built = trainer_mod.PretrainData
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return built(*args, **kwargs)
+
+    settings = [*RESUME, "train.num_workers=0", "train.max_steps=4"]
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer_mod, "PretrainData", signalled)
+        with pytest.raises(StoppedEarly) as stop:
+            pretrain(tiny_config(*settings), tmp_path / "run")
+    assert stop.value.summary["completed"] is False and stop.value.summary["steps"] == 0
+    assert pretrain(tiny_config(*settings), tmp_path / "run", resume=True)["steps"] == 4
+
+
 def test_a_run_whose_checkpoints_hold_last_pt_alone_resumes_from_it(tmp_path, repre_log):
     """A copy of the newest checkpoint alone (last.pt, no step file it is): --resume goes on from its step (it
     started afresh and wrote over it)."""

@@ -9,6 +9,7 @@ import torch
 
 from repre.config import Config, config_from_dict
 from repre.core import dist
+from repre.engine.signals import GracefulStop
 from repre.engine.trainer import Trainer
 from repre.eval.callbacks import run_callbacks
 
@@ -31,5 +32,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     cfg = config_from_dict(cfg.to_dict(), migrated=True)  # typed and validated as a loaded config
     in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if in_use else []), dist.group_scope():
-        # the trainer joins the group (under torchrun); it is left here
-        return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg)).fit()
+        # the trainer joins the group (under torchrun); it is left here. A signal while it builds (indexing a large
+        # folder, compiling) stops the run before its first step, as one during the loop does
+        with GracefulStop() as signal:
+            return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg), signal=signal).fit()

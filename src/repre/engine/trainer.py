@@ -79,12 +79,14 @@ class Trainer:
     settings of `repre.core.runtime.run_settings`: `fit()` sets them and puts them back."""
 
     def __init__(self, cfg: Config, out: Path, resume: bool = False, init_from: str | Path | None = None,
-                 callbacks: Iterable[Callback] = ()) -> None:
+                 callbacks: Iterable[Callback] = (), signal: GracefulStop | None = None) -> None:
+        """`signal`: the stop requests of a caller that took them before this construction (`pretrain`'s, so
+        that one during the build stops the run before its first step); None: `fit` takes its own."""
         # The order matters: the checks that need neither data nor model first, and the lock of an existing --out
         # (a requeue while the run trains is refused before the data are indexed); the seed before the data and the
         # model (every process builds the same weights); --out created once both exist (a wrong setting leaves no
         # folder); the resume before DDP wraps the model.
-        self.started = time.perf_counter()
+        self.started, self.signal = time.perf_counter(), signal
         self.cfg, self.out = cfg, out
         self.cuda_used_before = torch.cuda.is_available() and torch.cuda.is_initialized()
         self.rt: Runtime = setup_runtime(cfg.train, join_group=True)
@@ -273,7 +275,8 @@ class Trainer:
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = progress_bar(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
                            desc="pretrain")
-        with GracefulStop() as signal:  # to the end: a signal during the final evaluations stops them too
+        # to the end: a signal during the final evaluations stops them too
+        with contextlib.nullcontext(self.signal) if self.signal else GracefulStop() as signal:
             self.agreement.signal = signal
             completed = self._loop(loader, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
