@@ -710,3 +710,14 @@ def test_a_folder_link_loop_and_a_fifo_named_like_an_image_are_left_out(tmp_path
         folder.load(pipe)
     with pytest.raises(UnreadableImage, match="not a regular file"):
         folder.encoded(pipe)
+
+
+def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
+    """Jupyter's .ipynb_checkpoints/ (copies of the images), macOS's __MACOSX/ and ._ files: they were read as
+    images, and a hidden folder at the top as a class."""
+    grey = np.zeros((8, 8, 3), np.uint8)
+    for name in ("cat/0.png", "dog/0.png", "cat/.ipynb_checkpoints/0.png", ".ipynb_checkpoints/1.png",
+                 "__MACOSX/cat/._0.png", "cat/._1.png"):
+        save_png(tmp_path / "imgs" / name, grey)
+    folder = ImageFolder(tmp_path / "imgs")
+    assert len(folder) == 2 and folder.classes == ["cat", "dog"]

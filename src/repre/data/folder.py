@@ -65,6 +65,11 @@ def holds_images(root: str | Path, depth: int = 2) -> bool:
     return depth > 0 and any(holds_images(p, depth - 1) for p in entries[:10] if p.is_dir())
 
 
+# hidden files and folders, and macOS's archive folder: copies and metadata, never images of the dataset
+# (.ipynb_checkpoints/ holds copies of a notebook's images, ._x.jpg is AppleDouble metadata)
+HIDDEN = re.compile(r"^(\.|__MACOSX$)")
+
+
 def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
     """The image files under `root` in a fixed order, as paths relative to it; the first-level folder each
     is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images
@@ -78,10 +83,10 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
             dirnames.clear()
             continue
         seen.add((folder.st_dev, folder.st_ino))
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not HIDDEN.match(d))
         rel = os.path.relpath(dirpath, root)
         prefix, top = ("", "") if rel == "." else (rel + os.sep, rel.split(os.sep, 1)[0])
-        found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
+        found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS) and not HIDDEN.match(f)]
         names += found
         tops += [top] * len(found)
     if looped:

@@ -12,7 +12,7 @@ import torch
 
 from repre.config import DataConfig
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import ImageFolder, UnreadableImage, holds_images, warn_unreadable
+from repre.data.folder import HIDDEN, ImageFolder, UnreadableImage, holds_images, warn_unreadable
 from repre.data.synthetic import Synthetic
 from repre.errors import NoTestSplit, UserError
 
@@ -44,10 +44,9 @@ class EncodedImages(Protocol):
 HELD_OUT = re.compile(r"(^|[-_.])(val|valid|validation|test)([-_.]|\d|$)")
 
 
-# a root's split folders (the first found of each), and names that are no class (macOS's and Jupyter's own)
+# a root's split folders (the first found of each)
 TRAIN_DIRS = ("train", "training")
 HELD_OUT_DIRS = ("val", "valid", "validation", "test")
-NOT_CLASSES = re.compile(r"^(\.|__MACOSX$)")
 
 
 def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
@@ -62,7 +61,7 @@ def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
         return found
     splits = TRAIN_DIRS + HELD_OUT_DIRS
     others = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in splits
-                    and not NOT_CLASSES.match(d.name) and holds_images(d, 1))
+                    and not HIDDEN.match(d.name) and holds_images(d, 1))
     if others:
         raise UserError(f"{base} holds {found.name}/ beside other folders ({', '.join(others[:3])}"
                         f"{', ...' if len(others) > 3 else ''}): read as splits, train/ and val/ (or test/) stand "
