@@ -256,6 +256,9 @@ class Checkpoints:
         reads them now."""
         was, now = config.data.root, self.cfg.data.root
         if was == now:
+            if images is not None and images != len(self.data) and dist.is_main():  # files added or taken away
+                log.warning("data.root %s holds %d training images, the run trained on %d there: its steps from "
+                            "here draw from these, not as the uninterrupted run's", now, len(self.data), images)
             return
         if images is not None and images != len(self.data):
             raise UserError(f"cannot resume from {path}: data.root {now} holds {len(self.data)} training images, the "
