@@ -28,6 +28,7 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.requested = False
+        self.ending = False  # set once the loop is over: no step is left to stop after
         self._interrupting = False
         self._previous: dict[int, object] = {}
         self._pid = os.getpid()
@@ -43,6 +44,9 @@ class GracefulStop:
             log.warning("%s received: the final evaluations are left (--resume redoes them)", name)
             raise Interrupted(name)
         if already:  # torchrun passes a second Ctrl-C on as SIGTERM
+            return
+        if self.ending:  # the loop is over: another process evaluates, this one waits for it
+            log.warning("%s received: the run's end is left (--resume redoes its final evaluations)", name)
             return
         again = ("torchrun stops the processes 30 s after its signal" if "TORCHELASTIC_RUN_ID" in os.environ
                  else "Ctrl-C again to quit now")

@@ -281,6 +281,7 @@ class Trainer:
             completed = self._loop(loader, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
             completed = completed and not self.guard.diverged
+            signal.ending = True
             bar.close()
             if self.guard.diverged:  # the weights are the last good step's, but the run cannot go on as configured
                 path = self.checkpoints.last_good
