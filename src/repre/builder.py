@@ -9,7 +9,7 @@ import torch
 from repre.config import Config
 from repre.errors import UserError
 from repre.methods import build_method
-from repre.models.backbone import Backbone, ModelBuildError, resolve_arch, resolve_taps
+from repre.models.backbone import Backbone, ModelBuildError, resolve_arch
 from repre.reconstruction import Baseline, PretrainingModel, RePre
 
 # the recon.* keys read outside the branch (the builder, the wrapper); every other one is a
@@ -77,5 +77,5 @@ def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel
         return Baseline(method)
     r = cfg.recon
     branch = {k: v for k, v in dataclasses.asdict(r).items() if k not in RECON_WRAPPER_KEYS}  # width, norm_pix, ...
-    return RePre(method, taps=resolve_taps(r.taps, encoder.depth), recon_weight=r.weight,
+    return RePre(method, taps=r.taps, recon_weight=r.weight,
                  views_per_image=r.views, **branch)

@@ -74,10 +74,11 @@ class Baseline(PretrainingModel):
 class RePre(PretrainingModel):
     """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder)."""
 
-    def __init__(self, method: Method, *, taps: Sequence[int], recon_weight: float = 1.0, views_per_image: int = 2,
+    def __init__(self, method: Method, *, taps: int | Sequence[int], recon_weight: float = 1.0, views_per_image: int = 2,
                  **branch: Any) -> None:
-        """`recon_weight`: λ; `views_per_image`: the global views reconstructed per image, 2 or 1
-        (`one_view_rows`); `branch`: the `ReconstructionBranch` arguments (width, norm_pix, upsample, out_stride)."""
+        """`taps`: the encoder units the branch reads (`ReconstructionBranch`: a count, or block indices);
+        `recon_weight`: λ; `views_per_image`: the global views reconstructed per image, 2 or 1 (`one_view_rows`);
+        `branch`: the `ReconstructionBranch` arguments (width, norm_pix, upsample, out_stride)."""
         if views_per_image not in (1, 2):
             raise ValueError(f"views_per_image={views_per_image!r}: the global views reconstructed per image are "
                              "1 or 2")
