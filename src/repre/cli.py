@@ -558,15 +558,20 @@ def lost_a_process(exc: RuntimeError) -> bool:
     return any(text in str(exc) for text in LOST_PEER)
 
 
+def _first_line(exc: BaseException, width: int) -> str:
+    """An error's first line, at most `width` characters (a CUDA or gloo message runs on for lines)."""
+    return str(exc).strip().splitlines()[0][:width] if str(exc).strip() else type(exc).__name__
+
+
 def lost_process_message(exc: RuntimeError) -> str:
-    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    first = _first_line(exc, 160)
     return ("repre: error: another process of this run stopped, and this one lost it in a collective "
             f"({first}): the stopped process's own error is in torchrun's summary below (its \"Root Cause\"); "
             "the checkpoints written stand: mend the cause and run the same command with --resume")
 
 
 def out_of_memory_message(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    first = _first_line(exc, 200)
     return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true or run more processes "
             "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for "
             "evaluations; or start a new --out with --init-from the last checkpoint and a lower "

@@ -108,8 +108,8 @@ def checkpoint_step(checkpoint: str | Path) -> int | None:
         path = path / CHECKPOINTS / LAST
     if not in_checkpoints(path) or not path.is_file():
         return None
-    if step_of(path.name) is not None:
-        return step_of(path.name)
+    if (own := step_of(path.name)) is not None:
+        return own
     recorded = checksum_file(path).read_text() if checksum_file(path).is_file() else None
     for step_file in sorted(path.parent.glob("step-*.pt"), reverse=True):
         side = checksum_file(step_file)
