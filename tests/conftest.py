@@ -114,9 +114,9 @@ def repre_log(caplog, monkeypatch):
     """caplog for the "repre" logger (the CLI stops it propagating to the root logger, where caplog listens)."""
     import logging
 
-    from repre.cli import _setup_logging
+    from repre.cli import setup_logging
 
-    _setup_logging()  # what the CLI does on its first call; then let records reach caplog
+    setup_logging()  # what the CLI does on its first call; then let records reach caplog
     monkeypatch.setattr(logging.getLogger("repre"), "propagate", True)
     caplog.set_level("INFO", logger="repre")
     return caplog

@@ -16,9 +16,9 @@ from repre.errors import UserError
 
 def replace_command(monkeypatch, name: str, handler) -> None:
     """What runs command `name` (its parser stays), for the rest of the test."""
-    import repre.cli
+    from repre.cli import commands
 
-    monkeypatch.setitem(repre.cli.COMMANDS, name, (repre.cli.COMMANDS[name][0], handler))
+    monkeypatch.setitem(commands.RUN, name, handler)
 
 
 def test_run_writes_every_output_of_the_contract(tiny_run):
@@ -143,19 +143,25 @@ def test_help_lists_the_keys_a_command_reads(capsys):
 
 def test_the_options_choices_are_the_librarys():
     """The parser imports no torch (--help stays fast), so it spells the choices the library checks: the same."""
-    from repre.cli import _parser
+    from repre.cli.parser import build
     from repre.use.embed import SPLITS
     from repre.use.embedding_map import METHODS
 
     def choices(command: str, option: str) -> tuple:
-        actions = _parser().commands[command]._actions
+        actions = build().commands[command]._actions
         return tuple(next(a for a in actions if option in a.option_strings).choices)
 
     assert choices("map", "--method") == METHODS and choices("embed", "--split") == SPLITS
 
 
+def test_each_command_has_options_and_a_runner():
+    from repre.cli import commands, parser
+
+    assert list(parser.ADD) == list(commands.RUN) == list(parser.build().commands)
+
+
 def test_eval_prints_each_class_under_its_table():
-    from repre.cli import _per_class
+    from repre.cli.commands import _per_class
 
     assert _per_class({"per_class_top1": {"Coat": 0.5, "Bag": None}}) == "per class (top-1): Coat 0.500, Bag -"
     assert _per_class({"per_class_iou": {"background": 0.9, "Coat": 0.25}}) == (
@@ -193,8 +199,6 @@ def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):
 def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, tmp_path, capsys, monkeypatch):
     """A file where --out needs a folder: eval, show (and the commands that write a file) exit 2 before they
     compute anything; pretrain, and an error of the filesystem met later, say which path and why (exit 2)."""
-
-    import repre.cli
 
     run, _ = tiny_run
     (tmp_path / "afile").write_text("")
@@ -554,13 +558,13 @@ def test_a_log_line_on_a_terminal_clears_the_progress_bar_first(monkeypatch):
     import io
     import logging
 
-    from repre.cli import _StderrHandler
+    from repre.cli import StderrHandler
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    handler = _StderrHandler()
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("repre: %(message)s"))
     record = logging.LogRecord("repre", logging.WARNING, __file__, 1, "skipping %s", ("x.png",), None)
     monkeypatch.setattr("sys.stderr", Terminal())

@@ -1,0 +1,66 @@
+"""The `repre` command. `parser` holds each command's options, `commands` what each runs, `failures` how an
+error is told; `main` ties them.
+
+Exit status: 0 success; 1 internal error; 2 user error (the message says what to do); 3 stopped early
+but resumable (`"completed": false` in summary.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from repre.cli import commands, failures, parser
+from repre.core.atomic import check_writable
+from repre.core.launch import launch_rank
+
+log = logging.getLogger("repre")
+
+FILE_OUTPUTS = ("export", "show", "embed", "neighbors", "map")  # the commands whose --out is a file
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    setup_logging()
+    args = parser.parse(argv)
+    if args.command is None:  # the commands and examples, rather than starting a default run unasked
+        parser.build().print_help()
+        return 0
+    try:
+        if args.command in FILE_OUTPUTS:  # before the work that the file would hold
+            check_writable(Path(args.out).absolute().parent, "--out")
+        return commands.RUN[args.command](args)
+    except BaseException as exc:
+        status = failures.tell(exc, args)
+        if status is None:
+            raise
+        return status
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (plays well with redirection). On a terminal
+    a record first clears the line, so that it does not land after a progress bar's text (the bar draws itself
+    again below it); data workers log through it too."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return "\r\x1b[K" + text if sys.stderr.isatty() else text
+
+
+def setup_logging() -> None:
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        handler = StderrHandler()
+        rank = launch_rank()
+        handler.setFormatter(logging.Formatter(f"repre[rank {rank}]: %(message)s" if rank else "repre: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING if rank else logging.INFO)  # other ranks: their own warnings only
+        log.propagate = False

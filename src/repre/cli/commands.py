@@ -1,0 +1,223 @@
+"""What each `repre` command runs: a thin layer over `repre.config`, `repre.pretraining`, `repre.eval`,
+`repre.exporting` and `repre.use`, which it imports when the command runs (no torch for `--help`). Each prints a
+line for people and, last, one JSON line for scripts (docs: the CLI contract)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from repre.cli.failures import say
+from repre.config import Config
+from repre.core import run_files
+from repre.core.launch import launch_rank, launched, launched_world_size
+from repre.errors import StoppedEarly, UserError
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from repre.config import DEFAULT_PRESET, check_global_batch, load_config, source_dict
+
+    out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
+    args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
+    source = args.config
+    if source is None and args.resume and (out / run_files.CONFIG).is_file():
+        source = str(out / run_files.CONFIG)  # resume with the run's own config
+    cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+    if launched() and launch_rank() == 0:
+        # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
+        # then stops the others; one failing first could have rank 0 stopped before it spoke)
+        check_global_batch("train.batch_size", cfg.train.batch_size, launched_world_size())
+    if args.resume and args.config is not None:
+        _refuse_another_length(out, cfg, args.config, args.overrides)
+    from repre.pretraining import pretrain
+
+    try:
+        summary = pretrain(cfg, out, resume=args.resume, init_from=args.init_from)
+    except StoppedEarly as stop:
+        if launch_rank() == 0:
+            print(str(stop), flush=True)
+        return 3
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now; the newest one stands
+        from repre.core.checkpoint_io import step_checkpoints
+
+        go_on = (f"`repre pretrain --out {out} --resume` goes on from the run's newest checkpoint"
+                 if step_checkpoints(out) else "no checkpoint was written yet: run the same command again")
+        say(f"repre: interrupted; {go_on}")
+        return 3
+    if launch_rank() == 0:
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+LENGTH_KEYS = ("max_steps", "epochs")  # train.*: how long a run is, which its schedules follow
+
+
+def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[str]) -> None:
+    """`--resume` with `--config`: a run length other than the run's, unless `--set` gives it. A requeued command
+    that lost its `--set train.max_steps=N` would go on as a run of the preset's length, its schedules rebuilt
+    (the Python API and an explicit `--set` only warn: `Checkpoints`)."""
+    import yaml
+
+    from repre.config import flatten, migrate, parse_overrides
+
+    try:
+        saved = migrate(yaml.safe_load((out / run_files.CONFIG).read_text())).get("train") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # no run yet, or its config cannot say: the resume itself tells
+    given = set(flatten(parse_overrides(overrides)))  # `train.max_steps=N` or `train={max_steps: N}`
+    changed = [k for k in LENGTH_KEYS if k in saved and saved[k] != getattr(cfg.train, k)]
+    if changed and not given & {f"train.{k}" for k in LENGTH_KEYS}:
+        was = ", ".join(f"train.{k}={saved.get(k)}" for k in LENGTH_KEYS)
+        now = ", ".join(f"train.{k}={getattr(cfg.train, k)}" for k in LENGTH_KEYS)
+        raise UserError(f"--resume into {out}: the run has {was}, and --config {config} gives {now}, so its "
+                        f"schedules would follow another length: give --set train.max_steps=N (or train.epochs) to "
+                        f"change its length, or the run's own --set as before, or leave out --config to resume with "
+                        f"the run's config")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from repre.core.run_files import eval_dir
+    from repre.eval import evaluate, keep_result, result_folder
+
+    # named by an error of the filesystem (a full disk), from here on
+    args.resolved_out = str(Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides))
+    out = result_folder(args.checkpoint, args.task, args.overrides, args.out,
+                        "--out" if args.out else "the result's folder")
+    result = evaluate(args.task, args.checkpoint, args.overrides, out)
+    if launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
+        return 0
+    details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
+    print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
+    print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")
+    per_class = _per_class(result["extra"])
+    if per_class:
+        print(per_class)
+    print(json.dumps(result), flush=True)  # before the files: a folder that fails now still has it printed
+    keep_result(result, args.checkpoint, out)
+    return 0
+
+
+def _per_class(extra: dict) -> str:
+    """A result's value per class on one line ("" for none, or more than 20 classes): k-NN's and the quick
+    linear probe's top-1, the dense probe's IoU."""
+    if isinstance(extra.get("per_class_top1"), dict):
+        name, values = "top-1", extra["per_class_top1"]
+    elif isinstance(extra.get("per_class_iou"), dict):
+        name, values = "IoU", extra["per_class_iou"]
+    else:
+        return ""
+    if not values or len(values) > 20:
+        return ""
+    return f"per class ({name}): " + ", ".join(f"{c} {'-' if v is None else f'{v:.3f}'}" for c, v in values.items())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from repre.exporting import export
+
+    card = export(args.checkpoint, args.out, args.encoder, args.overwrite)
+    model = card["arch"] if card["model"] == card["arch"] else f"{card['model']} (timm's {card['arch']}, reshaped)"
+    print(f"exported {card['encoder']} of {model} ({card['method']}, step {card['step']}) to {args.out}; "
+          f"loads with timm: strict keys, features within {card['check']['max_rel_feature_diff']:.1e}")
+    print(json.dumps({"export": str(args.out), "card": str(Path(args.out).with_suffix(".json")), **card}), flush=True)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from repre.use.show import show
+
+    result = show(args.checkpoint, args.out, compare=args.compare, images=args.images, overrides=args.overrides,
+                  image_index=_rows(args.image_index, "--image-index", "indices of the test images"),
+                  block=args.block)
+    print(f"wrote {result['out']}: {result['images']} images, columns {', '.join(result['columns'])}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from repre.use.embed import embed
+
+    summary = embed(args.checkpoint, args.out, overrides=args.overrides, split=args.split, overwrite=args.overwrite)
+    rate = f", {summary['images_per_sec']} images/s" if summary["images_per_sec"] else " (already complete)"
+    print(f"embedded {summary['images']} images of {summary['source_images']} ({summary['skipped']} unreadable, "
+          f"left out) as {summary['dim']}-d rows of {summary['embeddings']}; index {summary['index']}{rate}")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _rows(text: str | None, option: str = "--query-index", what: str = "rows of the embeddings") -> list[int] | None:
+    """"3,17,42" -> [3, 17, 42]."""
+    if text is None:
+        return None
+    try:
+        rows = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        rows = []
+    if not rows:
+        raise UserError(f"{option} {text!r}: give {what} as integers, e.g. 3,17,42")
+    return rows
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from repre.use.neighbors import neighbors
+
+    result = neighbors(args.checkpoint, args.embeddings, args.out, overrides=args.overrides, queries=args.queries,
+                       k=args.k, query_rows=_rows(args.query_index), seed=args.seed,
+                       query_embeddings=args.query_embeddings)
+
+    def named(item: dict) -> str:
+        return f" {item['class']}" if item.get("class") else ""
+
+    for q in result["queries"]:
+        near = ", ".join(f"{n['row']}{named(n)} ({n['similarity']:.4f})" for n in q["neighbors"])
+        print(f"query {q['row']}{named(q)}: {near}")
+    if result["same_class"] is not None:
+        print(f"neighbours of their query's class: {result['same_class']:.1%}")
+    print(f"picture: {result['out']}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from repre.use.embedding_map import map_file
+
+    result = map_file(args.embeddings, args.out, checkpoint=args.checkpoint, method=args.method,
+                      limit=args.max_points, seed=args.seed, overrides=args.overrides, thumbnails=args.thumbnails)
+    sampled = f", a random {result['points']} of {result['embeddings']} (seed {result['seed']})" \
+        if result["subsampled"] else ""
+    print(f"wrote {result['out']}: {result['method']} {result['kind']} of {result['points']} embeddings{sampled}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from repre.use.compare import compare, table
+
+    result = compare(args.runs, args.seeds)
+    print(table(result, args.format))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from repre.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="", flush=True)
+    return 0
+
+
+def cmd_presets(_: argparse.Namespace) -> int:
+    from repre.config import list_presets
+
+    for name, description in list_presets().items():
+        print(f"{name}\t{description}")
+    return 0
+
+
+# each command's runner (`parser.ADD` holds its options)
+RUN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "pretrain": cmd_pretrain, "eval": cmd_eval, "presets": cmd_presets, "config": cmd_config,
+    "compare": cmd_compare, "map": cmd_map, "show": cmd_show, "export": cmd_export, "embed": cmd_embed,
+    "neighbors": cmd_neighbors,
+}
