@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import io
 import json
 import os
+import shutil
 import struct
 import tarfile
 import tempfile
@@ -21,7 +23,12 @@ from repre.cli import main
 from repre.config import load_config
 
 torch.set_num_threads(2)
-os.environ.setdefault("REPRE_CACHE", tempfile.mkdtemp(prefix="repre-test-cache-"))  # never the user's ~/.cache
+# one folder for what the tests leave outside their tmp_path: repre's cache (never the user's ~/.cache) and the
+# temporary files of the processes they start (torchrun's, its workers'); removed when the tests end
+SCRATCH = tempfile.mkdtemp(prefix="repre-tests-")
+os.environ.setdefault("REPRE_CACHE", os.path.join(SCRATCH, "cache"))
+os.environ["TMPDIR"] = SCRATCH  # child processes only: this one's tempfile already chose its folder
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 
 # what a bitwise comparison of two runs needs on a GPU: the deterministic algorithms, and with them nearest x2
