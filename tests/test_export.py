@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import DINO_TINY, SWIN_TINY, TINY, last_json, pretrain_args, run_cli, tiny_config
 from repre.exporting import load_export, old_timm_hint
@@ -235,9 +236,44 @@ def test_an_export_replaces_only_an_export_of_the_same_weights(tiny_run, tmp_pat
     assert out.read_bytes() == before
     assert export(run / "checkpoints" / "step-00000010.pt", "--overwrite") == 0
     assert json.loads(out.with_suffix(".json").read_text())["checkpoint"]["file"] == "step-00000010.pt"
-    out.with_suffix(".json").unlink()
+    out.with_suffix(".json").unlink()  # an export stopped between its renames: the weights' own card decides
+    assert export(run / "checkpoints" / "step-00000010.pt") == 0
+    save_file({"w": torch.zeros(1)}, str(out))  # weights repre did not export
     assert export(run / "checkpoints" / "step-00000010.pt") == 2  # no card: not known to be these weights
-    assert "no card of a repre export" in capsys.readouterr().err
+    assert f"{out} exists and holds other weights (no card of a repre export" in capsys.readouterr().err
+    out.unlink()
+    out.with_suffix(".json").write_text("{}")  # a stray file of the card's name, beside no weights
+    assert export(run / "checkpoints" / "step-00000010.pt") == 2
+    assert f"{out.with_suffix('.json')} exists and holds another file" in capsys.readouterr().err
+
+
+def test_the_card_names_the_runs_results_however_its_checkpoint_is_given(tiny_run, tmp_path, monkeypatch):
+    """A run's checkpoints/ folder, and last.pt given from inside it, are the run: their cards carry its k-NN."""
+    run, _ = tiny_run
+    for given in (run, run / "checkpoints", "last.pt"):
+        monkeypatch.chdir(run / "checkpoints" if given == "last.pt" else tmp_path)
+        out = tmp_path / "e.safetensors"
+        assert run_cli(["export", "--checkpoint", str(given), "--out", str(out), "--overwrite"])[0] == 0
+        assert [e["from"] for e in json.loads(out.with_suffix(".json").read_text())["evaluations"]] == ["pretrain"]
+
+
+def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(tiny_run, tmp_path):
+    """A scheduler's or `timeout`'s SIGTERM stops an export as Ctrl-C does: exit 3, the folder as it was."""
+    import signal
+    import subprocess
+    import sys
+
+    run, _ = tiny_run
+    code = ("import sys, time, repre.exporting as e\n"
+            "e.self_check = lambda *a: (print('checking', flush=True), time.sleep(60))\n"
+            "from repre.cli import main\n"
+            f"sys.exit(main(['export', '--checkpoint', {str(run)!r}, '--out', {str(tmp_path / 'e.safetensors')!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "checking\n"  # the weights are written to their temporary file
+    assert any(tmp_path.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 3 and "repre: interrupted" in proc.stderr.read()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_old_timm_is_named_with_the_remedy(monkeypatch):

@@ -604,12 +604,19 @@ def test_init_from_a_dino_run_starts_another_method_from_its_teacher(tmp_path, r
     assert "the encoder starts from its teacher_encoder (the encoder dino evaluates" in repre_log.text
 
 
-def test_init_from_a_different_model_is_refused(tmp_path, tiny_run):
+def test_init_from_a_different_model_is_refused_naming_what_differs(tmp_path, tiny_run):
+    """Another width at another size: the kwarg is named, not the size (the position embedding would be
+    resampled); another depth, whose weights would load in part (blocks left at random), is refused too."""
     source, _ = tiny_run
-    with pytest.raises(UserError, match="other model settings: size mismatch"):
-        Trainer(tiny_config("model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
+    with pytest.raises(UserError, match="model.kwargs differ: embed_dim 32 there, 48 here: size mismatch"):
+        Trainer(tiny_config("data.image_size=24", "model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
                 tmp_path / "x", init_from=source)
     assert not (tmp_path / "x").exists()  # refused before --out is made
+    for depth in (2, 6):
+        with pytest.raises(UserError, match=f"its encoder is not this run's .model.kwargs differ: depth 4 there, "
+                           f"{depth} here: 24 encoder tensors are in one of the two alone, model.blocks.{min(depth, 4)}\\."):
+            Trainer(tiny_config(f"model.kwargs={{patch_size: 4, embed_dim: 32, depth: {depth}, num_heads: 2}}",
+                                "recon.taps=2"), tmp_path / "x", init_from=source)
 
 
 @pytest.mark.parametrize("init", ["timm", "dino", "mocov3"])
@@ -639,6 +646,19 @@ def test_init_from_nothing_is_refused_before_out_is_made(tmp_path):
     with pytest.raises(UserError, match="no checkpoint there"):
         Trainer(tiny_config(), tmp_path / "x", init_from=tmp_path / "nope")
     assert not (tmp_path / "x").exists()
+
+
+def test_an_export_or_a_cut_copy_given_as_a_checkpoint_is_named_so(tmp_path, tiny_run):
+    from safetensors.torch import save_file
+
+    source, _ = tiny_run
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "vit.safetensors"))
+    with pytest.raises(UserError, match="vit.safetensors is a safetensors file .a `repre export` holds the encoder"):
+        ckpt_io.load(tmp_path / "vit.safetensors")
+    whole = (source / "checkpoints" / "last.pt").read_bytes()
+    (tmp_path / "copy.pt").write_bytes(whole[: len(whole) // 2])  # outside a run: no checksum beside it
+    with pytest.raises(UserError, match="copy.pt is not a readable repre checkpoint: it is cut short or damaged"):
+        ckpt_io.load(tmp_path / "copy.pt")
 
 
 def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch, capsys):

@@ -227,18 +227,37 @@ def weights_of(checkpoint: str | Path) -> dict[str, str]:
     return {"file": ckpt_io.named_file(checkpoint).name, "sha256": ckpt_io.digest(checkpoint)}
 
 
+def exported_card(path: Path) -> dict[str, Any]:
+    """The model card a repre export wrote into FILE.safetensors' metadata; {} for another file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            card = json.loads((fh.metadata() or {}).get("repre_card", "{}"))
+    except (OSError, ValueError, SafetensorError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
 def refuse_replacing(out: Path, weights: dict[str, str], key: str) -> None:
-    """Exit 2 when `out` or its card exists and holds other weights (another checkpoint or encoder, or a file
-    repre did not export); the same weights are exported again (a card with newer results)."""
-    if not (out.exists() or out.with_suffix(".json").exists()):
+    """Exit 2 when `out` holds other weights (another checkpoint or encoder, or a file repre did not export), or,
+    where there is no `out`, a card beside it names others; the same weights are exported again (a card with
+    newer results). The weights' own card (in their metadata) decides over the card file beside them, which an
+    export stopped between its two renames leaves behind."""
+    card_file = out.with_suffix(".json")
+    if out.exists():
+        named, card = out, exported_card(out)
+    elif card_file.exists():
+        named, card = card_file, read_json(card_file)
+    else:
         return
-    card = read_json(out.with_suffix(".json"))
     was = card.get("checkpoint")
     if isinstance(was, dict) and was.get("sha256") == weights["sha256"] and card.get("encoder") == key:
         return
     what = (f"the {card.get('encoder')} of {was.get('file')}" if isinstance(was, dict)
-            else "other weights (no card of a repre export naming its checkpoint beside it)")
-    raise UserError(f"{out} exists and holds {what}; give another --out, or --overwrite to replace it")
+            else "other weights (no card of a repre export naming its checkpoint)" if named == out
+            else "another file (not the card of a repre export)")
+    raise UserError(f"{named} exists and holds {what}; give another --out, or --overwrite to replace it")
 
 
 def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,

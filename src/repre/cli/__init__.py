@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in FILE_OUTPUTS:  # before the work that the file would hold
             check_writable(Path(args.out).absolute().parent, "--out")
-        return commands.RUN[args.command](args)
+        if args.command == "pretrain":
+            return commands.RUN[args.command](args)
+        with failures.terminated_as_interrupted():
+            return commands.RUN[args.command](args)
     except BaseException as exc:
         status = failures.tell(exc, args)
         if status is None:

@@ -8,8 +8,12 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from repre.core.atomic import written_file
@@ -25,6 +29,25 @@ PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISD
 GOES_ON = {"embed": "; the same command (without --overwrite) goes on from the rows written",
            "eval": "; no partial result is kept, the same command starts again (the linear probe's papers' "
                    "protocols go on from their last saved epoch)"}
+
+
+@contextmanager
+def terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `timeout`, torchrun stopping its processes) raises KeyboardInterrupt, as
+    Ctrl-C does: the command's files are left whole (no temporary file of a half-written one) and it says how to
+    go on. Pre-training handles both signals itself (it stops at a step and writes a checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def tell(exc: BaseException, args: argparse.Namespace) -> int | None:

@@ -226,21 +226,21 @@ def load(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         verify(path, fh)
         fh.seek(0)
-        head = fh.read(4)
-        if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
+        head = fh.read(9)
+        if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
             if run_files.in_checkpoints(path):
                 raise UserError(f"{path} is empty or damaged (not a file torch.save writes){_others(path)}")
+            if head[8:9] == b"{":  # safetensors: a header's length, then its JSON
+                raise UserError(f"{path} is a safetensors file (a `repre export` holds the encoder alone): give "
+                                "the run directory it was exported from, or one of its checkpoints/*.pt (an "
+                                "export's card names the file, `checkpoint`)")
             raise UserError(f"{path} is not a checkpoint (not a file torch.save writes): give a run directory or "
                             "one of its checkpoints/*.pt")
         fh.seek(0)
         try:
             ckpt = torch.load(fh, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
-            unsafe = "unsupported global" in str(exc).lower()  # a class or function the file would call
-            why = ("it holds Python objects that could run code when opened (only tensors and plain values are "
-                   "allowed); it was not written by repre or has been tampered with" if unsafe
-                   else f"{type(exc).__name__}: {str(exc)[:200]}")
-            raise UserError(f"{path} is not a readable repre checkpoint: {why}") from None
+            raise UserError(f"{path} is not a readable repre checkpoint: {_unreadable(exc)}") from None
     if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):
         raise UserError(f"{path} is not a repre checkpoint (no 'schema'/'model'/'config' entries)")
     if ckpt["schema"] != SCHEMA:
@@ -249,6 +249,17 @@ def load(path: str | Path) -> dict[str, Any]:
                         f"({versions()['repre']}) reads schema {SCHEMA}: read it with the repre that wrote it")
     ckpt["model"] = {_renamed(k): v for k, v in ckpt["model"].items()}
     return ckpt
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why torch.load could not read a checkpoint, for people."""
+    if "unsupported global" in str(exc).lower():  # a class or function the file would call
+        return ("it holds Python objects that could run code when opened (only tensors and plain values are "
+                "allowed); it was not written by repre or has been tampered with")
+    if isinstance(exc, EOFError) or "PytorchStreamReader" in str(exc):  # the zip archive's end is missing
+        return ("it is cut short or damaged (not a whole file torch.save wrote: a copy that did not finish?); "
+                "copy it again, or give another checkpoint")
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _renamed(key: str) -> str:

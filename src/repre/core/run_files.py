@@ -60,17 +60,17 @@ def folder_kind(folder: str | Path) -> FolderKind:
 
 
 def in_checkpoints(path: str | Path) -> bool:
-    """Whether a file sits in a run's checkpoints/ folder."""
-    return Path(path).parent.name == CHECKPOINTS
+    """Whether a file sits in a run's checkpoints/ folder (`last.pt` given from inside it too)."""
+    return Path(path).absolute().parent.name == CHECKPOINTS
 
 
 def run_dir(path: str | Path) -> Path:
-    """The run directory of a checkpoint argument: the directory itself, or the run above checkpoints/NAME.pt
-    (a file elsewhere: its folder)."""
+    """The run directory of a checkpoint argument: the directory itself, the run above its checkpoints/ folder
+    (given for its last.pt) or above checkpoints/NAME.pt (a file elsewhere: its folder)."""
     path = Path(path)
     if path.is_dir():
-        return path
-    return path.parent.parent if in_checkpoints(path) else path.parent
+        return path.absolute().parent if path.absolute().name == CHECKPOINTS and (path / LAST).exists() else path
+    return path.absolute().parent.parent if in_checkpoints(path) else path.parent
 
 
 def measured_otherwise(overrides: list[str], task: str) -> list[str]:

@@ -188,13 +188,9 @@ class Checkpoints:
         try:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
-            was, arch = ckpt["config"], self.cfg.model.arch
-            why = (f"it holds {was['model']['arch']}, this run builds {arch}" if was["model"]["arch"] != arch else
-                   f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
-                   if size != self.cfg.data.image_size else "other model settings")
-            raise UserError(f"--init-from {source}: its weights do not fit this model ({why}: "
-                            f"{checkpoint_io.size_mismatch(exc).rstrip('.')}); use the same model.arch and method "
-                            "settings, or another checkpoint") from None
+            raise UserError(f"--init-from {source}: its weights do not fit this model ({self._unlike(ckpt)}: "
+                            f"{checkpoint_io.size_mismatch(exc).rstrip('.')}); use the same model.arch, model.kwargs "
+                            "and method settings, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
         def parts(keys: list[str]) -> str:  # "decoder", "projector", "teacher_head", ...: the modules they are in
@@ -207,9 +203,28 @@ class Checkpoints:
                             f"{was['model']['arch']} with {was['method']['name']}; this run builds "
                             f"{self.cfg.model.arch} with {self.cfg.method.name}): give a checkpoint of the same "
                             "model.arch")
+        encoder = [k.removeprefix("method.encoder.") for k in (*missing, *unexpected) if k.startswith("method.encoder.")]
+        if encoder:  # another depth: blocks that would start at random, or be dropped
+            raise UserError(f"--init-from {source}: its encoder is not this run's ({self._unlike(ckpt)}: {len(encoder)} "
+                            f"encoder tensors are in one of the two alone, {encoder[0]} first); use the same "
+                            "model.arch and model.kwargs, or another checkpoint")
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
         self._start_new_targets(set(missing))
+
+    def _unlike(self, ckpt: dict[str, Any]) -> str:
+        """How the checkpoint's model differs from this run's: its arch, its kwargs, then its image size."""
+        was = ckpt["config"]
+        if was["model"]["arch"] != self.cfg.model.arch:
+            return f"it holds {was['model']['arch']}, this run builds {self.cfg.model.arch}"
+        theirs, ours = was["model"].get("kwargs") or {}, self.cfg.model.kwargs or {}
+        differ = [k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)]
+        if differ:
+            return "model.kwargs differ: " + ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
+        size = was["data"].get("image_size")
+        if size != self.cfg.data.image_size:
+            return f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
+        return "other model settings"
 
     def _evaluated_as_online(self, ckpt: dict[str, Any], source: str | Path) -> dict[str, torch.Tensor]:
         """The checkpoint's weights, with the encoder its method evaluates and exports (DINO's teacher) as the
