@@ -94,10 +94,7 @@ def held_encoder_key(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str |
     key = key or eval_encoder_key(cfg.method.name)
     if not encoder_state(ckpt, key):
         keys = encoder_keys(ckpt)
-        trained = ckpt.get("config", {}).get("method", {}).get("name")
-        why = (f" (it was trained with method.name={trained}, read here as {cfg.method.name}: drop --set "
-               "method.name)" if trained and trained != cfg.method.name else "")
-        raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}{why}")
+        raise UserError(f"checkpoint {checkpoint} has no {key!r}; it has {', '.join(keys) or 'no encoders'}")
     return key
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 # its pipeline's stages run, how streamed shards are shuffled and counted
 PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "data.stream_size")
 
-# the run's settings, the same for any command (the other train.* keys are the pre-training's), and method.name
-# (which of the checkpoint's encoders is evaluated)
-RUN_KEYS = ("method.name", "train.device", "train.precision", "train.seed", "train.num_workers", "train.progress")
+# the run's settings, the same for any command (the other train.* keys are the pre-training's); not method.name:
+# the encoder measured is the one the checkpoint's method evaluates and exports (DINO's teacher), whatever is set
+RUN_KEYS = ("train.device", "train.precision", "train.seed", "train.num_workers", "train.progress")
 
 EVAL = ("eval.", "data.", "model.", *RUN_KEYS)  # every `repre eval` task
 # recon reads none of recon.* or method.*: its decoder is the checkpoint's as trained (norm_pix, upsample, the
