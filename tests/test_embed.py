@@ -247,8 +247,27 @@ def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "c.npy"
     assert run_cli(embed_args(run, out))[0] == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    step_file = run / "checkpoints" / "step-00000020.pt"  # not last.pt, which a run still training replaces
+    assert card["checkpoint"] == str(step_file.resolve()) and card["step"] == 20
     code, _ = run_cli(embed_args(run / "checkpoints" / "step-00000010.pt", out))
-    assert code == 2 and "made with another checkpoint (their card" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "made with another checkpoint (their card" in err
+    assert f"to go on with the weights they were made from, give --checkpoint {step_file.resolve()}" in err
+
+
+def test_features_that_are_not_finite_are_refused(tiny_run, tmp_path, capsys):
+    """A diverged checkpoint's NaN rows would pass for embeddings (neighbours ranked by NaN, the map's traceback):
+    exit 2, as k-NN does."""
+    from repre.core import checkpoint_io as ckpt_io
+
+    run, _ = tiny_run
+    ckpt = ckpt_io.load(run)
+    ckpt["model"]["method.encoder.model.blocks.3.mlp.fc2.weight"][0, 0] = float("inf")
+    torch.save(ckpt, tmp_path / "diverged.pt")
+    assert run_cli(embed_args(tmp_path / "diverged.pt", tmp_path / "e.npy"))[0] == 2
+    assert "are not finite (NaN or inf): the weights are not finite (a diverged run's checkpoint: embed an earlier" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case,message", [

@@ -178,6 +178,39 @@ def test_missing_or_unfinished_embeddings_exit_2(embedded_folder, tmp_path, caps
     assert "rerun the same `repre embed` command" in capsys.readouterr().err
 
 
+def test_an_image_unreadable_since_embed_is_drawn_grey_and_rows_not_finite_are_refused(embedded_folder, tmp_path,
+                                                                                     capsys, repre_log):
+    """One image that cannot be read now costs its tile, not the picture (nor a map's minutes of layout); an
+    embedding file with NaN rows (written before embed refused them) is refused by neighbors and map."""
+    run, emb = embedded_folder
+    shutil.copytree(emb.parent / "imgs", tmp_path / "imgs")
+    for suffix in (".npy", ".csv", ".json"):
+        shutil.copy(emb.with_suffix(suffix), tmp_path / f"e{suffix}")
+    csv_path = tmp_path / "e.csv"
+    csv_path.write_text(csv_path.read_text().replace(str(emb.parent / "imgs"), str(tmp_path / "imgs")))
+    (tmp_path / "imgs" / "img00.png").write_bytes((tmp_path / "imgs" / "img00.png").read_bytes()[:100])
+    args = neighbors_args(run, tmp_path / "e.npy", tmp_path / "n.png", "--query-index", "0", "--k", "2",
+                          "--set", f"data.root={tmp_path / 'imgs'}")
+    assert run_cli(args)[0] == 0 and (tmp_path / "n.png").is_file()
+    assert "image 0 cannot be read now" in repre_log.text and "drawn grey" in repre_log.text
+    rows = np.load(tmp_path / "e.npy", mmap_mode="r+")
+    rows[3] = np.nan
+    rows.flush()
+    assert run_cli(args)[0] == 2
+    assert "the embeddings hold rows that are not finite" in capsys.readouterr().err
+    assert run_cli(["map", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "m.png")])[0] == 2
+    assert "the embeddings hold rows that are not finite" in capsys.readouterr().err
+
+
+def test_the_picture_takes_at_most_its_queries_and_neighbours(embedded_folder, tmp_path, capsys, monkeypatch):
+    import repre.use.neighbors
+
+    run, emb = embedded_folder
+    monkeypatch.setattr(repre.use.neighbors, "MAX_QUERIES", 2)
+    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--queries", "3"))[0] == 2
+    assert "3 queries: the picture draws at most 2, a row each" in capsys.readouterr().err
+
+
 def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, capsys):
     run, emb = embedded_folder
     for suffix in (".npy", ".csv", ".json"):

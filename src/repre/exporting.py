@@ -268,6 +268,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
+    checkpoint = ckpt_io.named_file(checkpoint)  # a run still training replaces its last.pt: one file read
     ckpt, cfg = load_checkpoint_config(checkpoint)
     key = held_encoder_key(ckpt, cfg, checkpoint, encoder)
     weights = weights_of(checkpoint)

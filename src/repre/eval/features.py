@@ -66,12 +66,18 @@ def gathered(
     if not outputs:
         raise UserError(NONE_READ)
     out = torch.cat(outputs)
-    bad = int((~torch.isfinite(out.flatten(1))).any(dim=1).sum())
-    if bad:  # every vote or prediction of such a row would be class 0: a number that measures nothing
-        raise UserError(f"the outputs of {bad} of {len(out)} images are not finite (NaN or inf): the weights are "
-                        "not finite (a diverged run's checkpoint: evaluate an earlier one), or the forward overflowed "
-                        "in reduced precision (--set train.precision=fp32)")
+    check_finite(out)
     return out, (torch.cat(labels) if labels else None)
+
+
+def check_finite(out: torch.Tensor, what: str = "evaluate") -> None:
+    """A UserError where a row of `out` ([N, ...], one an image) is not finite: every vote or prediction of such a
+    row would be class 0, every similarity NaN, a number that measures nothing."""
+    bad = int((~torch.isfinite(out.flatten(1))).any(dim=1).sum())
+    if bad:
+        raise UserError(f"the outputs of {bad} of {len(out)} images are not finite (NaN or inf): the weights are "
+                        f"not finite (a diverged run's checkpoint: {what} an earlier one), or the forward overflowed "
+                        "in reduced precision (--set train.precision=fp32)")
 
 
 def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,

@@ -32,7 +32,7 @@ from repre.data.evaluation import indexed_loader
 from repre.data.sources import ImageSource, build_source, class_names, image_path, pretraining_stats
 from repre.data.splits import train_source
 from repre.errors import NoTestSplit, UserError
-from repre.eval.features import pooled_embeddings
+from repre.eval.features import check_finite, pooled_embeddings
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 from repre.pretrained import encoder_from, load_checkpoint_config, refuse_unread
@@ -111,6 +111,8 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
         if old:
             said = (f"{files.npy} exists: it and its .csv / .json were made with another {', '.join(differ)} (their "
                     f"card: {files.card.name})")
+            if "checkpoint" in differ and old.get("checkpoint"):  # a run that trained on: its step file goes on
+                said += f"; to go on with the weights they were made from, give --checkpoint {old['checkpoint']}"
         else:
             there = " and ".join(p.name for p in files.existing())
             kind = ("is no embedding card (another file of that name)" if files.card.exists()
@@ -131,6 +133,8 @@ def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime,
         for feats, batch in pooled_embeddings(encoder, indexed_loader(cfg, source, start), rt):
             for index, why in batch.unreadable:
                 log.warning("skipped unreadable image %d (left out of the embeddings): %s", index, why)
+            if feats is not None:
+                check_finite(feats, "embed")  # the rows written so far stay
             indices = batch.indices.tolist()
             writer.append(feats, indices, [image_path(source, i) for i in indices], batch.labels.tolist(),
                           len(batch.unreadable), batch.end)
@@ -152,6 +156,9 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
+    # the run's step file, not its last.pt, which a run still training replaces: the weights read, their
+    # checksum and the card's file are one checkpoint's
+    checkpoint = ckpt_io.named_file(checkpoint)
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     drop_run_subset(cfg, override_items(overrides))
     source = embed_source(cfg, split)

@@ -18,7 +18,7 @@ from repre.core.pictures import Picture, picture_path, save_picture
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import embedded_source, thumbnail
-from repre.use.store import EmbeddingFiles, finished_card, read_index
+from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, read_index
 
 SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
 METHODS = ("tsne", "umap")
@@ -40,6 +40,8 @@ def layout(x: np.ndarray, method: str, seed: int) -> np.ndarray:
         raise UserError(f"unknown map method {method!r}; choose from {', '.join(METHODS)}")
     if len(x) < 3:
         raise UserError(f"a map needs at least 3 embeddings, the file has {len(x)}")
+    if not np.isfinite(x).all():
+        raise UserError(NOT_FINITE)
     try:  # before saying it runs: a missing package is the first thing to hear
         if method == "tsne":
             from sklearn.manifold import TSNE

@@ -20,6 +20,8 @@ from repre.use.embed import drop_run_subset, embed_source
 
 log = logging.getLogger("repre")
 
+UNREADABLE_GREY = 128  # the tile of an image that cannot be read now
+
 
 def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
                     overrides: list[str]) -> tuple[ImageSource, int]:
@@ -43,7 +45,8 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
     source = embed_source(cfg, ident["split"])
     if len(source) != ident["images"]:
         raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
-                        "pass the same --set data.* as embed")
+                        "pass the same --set data.* as embed, or, where the images changed since (files added or "
+                        "removed), embed them again (`repre embed ... --overwrite`)")
     return source, cfg.data.image_size
 
 
@@ -52,9 +55,11 @@ def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Te
     names."""
     if image_path(source, index) != path:
         raise UserError(f"image {index} of the data is {image_path(source, index) or 'not a file'}, the index says "
-                        f"{path or 'not a file'}: the data changed since embed, or pass the same --set data.*")
+                        f"{path or 'not a file'}: the data changed since embed (embed it again: `repre embed ... "
+                        "--overwrite`), or pass the same --set data.*")
     try:
         img, _ = source.load(index)
-    except UnreadableImage as exc:
-        raise UserError(f"image {index} cannot be read now ({exc}); it could when it was embedded") from None
+    except UnreadableImage as exc:  # one image is no reason to lose the picture (and a map's minutes of layout)
+        log.warning("image %d cannot be read now (%s), though it could when it was embedded: drawn grey", index, exc)
+        return torch.full((3, size, size), UNREADABLE_GREY, dtype=torch.uint8)
     return centre_view(img, size)

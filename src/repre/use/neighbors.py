@@ -25,7 +25,7 @@ from repre.data.sources import ImageSource, class_name
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import embedded_source, thumbnail
-from repre.use.store import EmbeddingFiles, finished_card, read_index
+from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, read_index
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
 NOTE = ("each row: a query image (#: its row in the embeddings file) and the images whose embeddings are nearest to "
@@ -37,6 +37,7 @@ log = logging.getLogger("repre")
 
 
 DEFAULT_QUERIES = 8
+MAX_QUERIES, MAX_K = 64, 32  # the picture's rows and columns (a larger one cannot be read, and takes GBs to draw)
 
 
 def choose_queries(rows: int, count: int | None, given: list[int] | None, seed: int, name: str = "the embeddings",
@@ -104,9 +105,18 @@ def nearest(bank: np.ndarray, queries: list[int], k: int,
     out)."""
     if asked is not None:
         sims, found = top_k(bank, torch.from_numpy(np.array(asked[queries])), k)
+        check_finite(sims)
         return [[(int(r), float(s)) for s, r in zip(si, fi, strict=True)] for si, fi in zip(sims, found, strict=True)]
     sims, found = top_k(bank, torch.from_numpy(np.array(bank[queries])), k + 1)
+    check_finite(sims)
     return [without_self(q, s, f, k) for q, s, f in zip(queries, sims, found, strict=True)]
+
+
+def check_finite(sims: torch.Tensor) -> None:
+    """A UserError where a similarity is not finite: a row of the file is NaN or inf (embedded from a diverged
+    checkpoint), and every ranking through it measures nothing."""
+    if not torch.isfinite(sims).all():
+        raise UserError(NOT_FINITE)
 
 
 def neighbors_picture(queries: Embedded, bank: Embedded, hits: dict[int, list[tuple[int, float]]],
@@ -168,10 +178,13 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     own = asked is bank  # the queries are rows of the bank: each is left out of its own neighbours
     if own and len(bank.rows) < 2:
         raise UserError(f"{bank.files.npy} has {len(bank.rows)} rows: neighbours need at least 2 images")
-    if not 0 < k <= len(bank.rows) - own:
-        raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows, so k is from 1 to "
-                        f"{len(bank.rows) - own}")
+    if not 0 < k <= min(len(bank.rows) - own, MAX_K):
+        raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows and the picture takes at most {MAX_K} "
+                        f"neighbours a query, so k is from 1 to {min(len(bank.rows) - own, MAX_K)}")
     chosen = choose_queries(len(asked.rows), queries, query_rows, seed, asked.files.npy.name)
+    if len(chosen) > MAX_QUERIES:
+        raise UserError(f"{len(chosen)} queries: the picture draws at most {MAX_QUERIES}, a row each (a taller one "
+                        "cannot be read); draw them in several pictures (--query-index, --seed)")
     hits = dict(zip(chosen, nearest(bank.rows, chosen, k, None if own else asked.rows), strict=True))
     found = {r for h in hits.values() for r, _ in h}
     bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))

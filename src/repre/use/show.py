@@ -67,7 +67,8 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
     b, n, d = tokens.shape
     qkv = attn.qkv(tokens).reshape(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, heads, N, N]
+    # the class token's row alone: [B, heads, 1, N] (all N rows would take B * heads * N^2 floats)
+    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
     h, w = model.patch_embed.grid_size
     return weights[:, :, 0, model.num_prefix_tokens:].reshape(b, attn.num_heads, h, w)
 

@@ -32,6 +32,11 @@ from repre.core.atomic import replacing
 from repre.errors import UserError
 
 FORMAT = "repre-embed-1"
+
+# an embedding file with rows that are not finite (written before embed refused them)
+NOT_FINITE = ("the embeddings hold rows that are not finite (NaN or inf): they were embedded from a diverged "
+              "checkpoint, or in reduced precision that overflowed; embed an earlier checkpoint, or with "
+              "--set train.precision=fp32, with --overwrite")
 COLUMNS = ("row", "index", "path", "label")
 
 
