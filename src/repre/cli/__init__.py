@@ -60,6 +60,8 @@ class StderrHandler(logging.StreamHandler):
 
 
 def setup_logging() -> None:
+    """repre's log records on stderr as "repre: ..." (another torchrun rank: "repre[rank N]: ...", its warnings
+    alone), once however often it is called."""
     if not any(isinstance(h, StderrHandler) for h in log.handlers):
         handler = StderrHandler()
         rank = launch_rank()
