@@ -623,6 +623,41 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
     assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws
 
 
+def test_a_bar_in_a_file_writes_a_line_at_most_every_interval(monkeypatch):
+    """tqdm's monitor thread redrew a bar whose updates it had spaced out, without restarting the interval: a
+    line, then another a step later (fast steps, then slow ones)."""
+    import io
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    import repre.core.progress
+    from repre.core.progress import progress_bar
+
+    class Timed(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times = []
+
+        def write(self, text: str) -> int:
+            if "steps:" in text:
+                self.times.append(time.monotonic())
+            return super().write(text)
+
+    monkeypatch.setattr(repre.core.progress, "FILE_INTERVAL", 0.3)
+    monkeypatch.setattr(tqdm, "monitor_interval", 0.05)  # the monitor wakes often (every 10 s by default)
+    stream = Timed()
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar = progress_bar(total=50, desc="steps")
+    for i in range(50):
+        time.sleep(0.005 if i < 30 else 0.08)
+        bar.update(1)
+    bar.close()
+    gaps = [b - a for a, b in zip(stream.times[1:-2], stream.times[2:-1], strict=True)]  # the first and last apart
+    assert gaps and min(gaps) >= 0.29, (gaps, stream.getvalue())
+
+
 def test_a_bar_a_terminal_clears_at_its_end_ends_with_its_last_line_in_a_file(monkeypatch):
     """The k-NN's bars leave nothing on a terminal (leave=False); in a file their first line (0%) stayed their
     last, as if the k-NN had hung: there the end is written."""

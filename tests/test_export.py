@@ -1,6 +1,7 @@
 """`repre export`: timm safetensors that load with the documented call and give the checkpoint's features."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -113,6 +114,11 @@ def test_a_folder_run_s_card_prepares_its_own_images_as_evaluation(image_folder,
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["pretrained_cfg"]["crop_pct"] == crop_pct and card["check"]["transform_images"] == 12
     assert card["check"]["transform_max_diff_grey_levels"] < 2 and "otherwise than" not in repre_log.text
+    shutil.rmtree(image_folder / "val")  # no held-out images: the crop is chosen on the training images
+    assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["pretrained_cfg"]["crop_pct"] == crop_pct and card["check"]["transform_images"] == 16
+    assert "cannot be read here" not in repre_log.text
     image_folder.rename(tmp_path / "moved")
     assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0
     card = json.loads(out.with_suffix(".json").read_text())

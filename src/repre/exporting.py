@@ -36,7 +36,7 @@ from repre.core.schedules import total_steps
 from repre.data.evaluation import centre_view, timm_preprocessing
 from repre.data.splits import eval_source, spread_readable
 from repre.data.views import normalize
-from repre.errors import UserError
+from repre.errors import NoTestSplit, UserError
 from repre.methods import eval_encoder_key
 from repre.pretrained import NOT_TIMMS, encoder_from, held_encoder_key, load_checkpoint_config
 
@@ -67,10 +67,15 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str,
 
 def sample_images(cfg: Config) -> list[torch.Tensor]:
     """Up to PREPROCESSING_SAMPLE readable images, uint8 [3, H, W], of what the run's evaluation reads (its test
-    split, spread over it as a subset is); none, said, where they cannot be read here."""
+    split, spread over it as a subset is; data without one: its training images); none, said, where they cannot
+    be read here."""
     images, why = [], "none readable"
     try:
-        images = [img for img, _ in spread_readable(eval_source(cfg, "test"), PREPROCESSING_SAMPLE).values()]
+        try:
+            source = eval_source(cfg, "test")
+        except NoTestSplit:  # a folder of one's own images: the run's images as evaluation prepares them
+            source = eval_source(cfg, "train")
+        images = [img for img, _ in spread_readable(source, PREPROCESSING_SAMPLE).values()]
     except (UserError, OSError) as exc:
         why = str(exc).splitlines()[0]
     if not images:

@@ -130,7 +130,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     result = show(args.checkpoint, args.out, compare=args.compare, images=args.images, overrides=args.overrides,
                   image_index=_rows(args.image_index, "--image-index", "indices of the test images"),
                   block=args.block)
-    print(f"wrote {result['out']}: {result['images']} images, columns {', '.join(result['columns'])}")
+    print(f"wrote {result['out']}: {result['images']} images, {len(result['columns'])} columns: "
+          f"{' | '.join(result['columns'])}")
     print(json.dumps(result), flush=True)
     return 0
 
@@ -166,9 +167,10 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
                        k=args.k, query_rows=_rows(args.query_index), seed=args.seed,
                        query_embeddings=args.query_embeddings)
 
-    def named(item: dict) -> str:
-        return f" {item['class']}" if item.get("class") else ""
+    def named(item: dict) -> str:  # its class, else its file's name
+        return f" {item['class']}" if item.get("class") else f" {Path(item['path']).name}" if item.get("path") else ""
 
+    print("each query's row of the embeddings, then its neighbours': row, class or file, (cosine similarity)")
     for q in result["queries"]:
         near = ", ".join(f"{n['row']}{named(n)} ({n['similarity']:.4f})" for n in q["neighbors"])
         print(f"query {q['row']}{named(q)}: {near}")

@@ -35,8 +35,11 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     `FILE_INTERVAL` s (`LogLines`)."""
     if sys.stderr.isatty():
         return tqdm(iterable, mininterval=TERMINAL_INTERVAL, dynamic_ncols=True, **kwargs)
-    # maxinterval too: tqdm's monitor thread redraws a bar whose redraws it has spaced out every maxinterval
-    # seconds (10 by default), which in a file was a line every 10 s. A file keeps every line: a bar that a
-    # terminal clears at its end (leave=False) would leave its first line (0%) as its last; its end is written.
+    # miniters=1: each update asks whether FILE_INTERVAL has passed since the last line. With tqdm's default
+    # (dynamic) miniters its monitor thread redraws a bar whose updates it has spaced out, every maxinterval
+    # seconds, with the count it last drew and without restarting the interval: a stale line, then another a few
+    # seconds later. A file keeps every line: a bar that a terminal clears at its end (leave=False) would leave
+    # its first line (0%) as its last; its end is written.
     kwargs["leave"] = True
+    kwargs.setdefault("miniters", 1)
     return tqdm(iterable, mininterval=FILE_INTERVAL, maxinterval=FILE_INTERVAL, file=LogLines(sys.stderr), **kwargs)

@@ -70,6 +70,12 @@ def holds_images(root: str | Path, depth: int = 2) -> bool:
 HIDDEN = re.compile(r"^(\.|__MACOSX$)")
 
 
+def loose_images(root: Path) -> bool:
+    """Whether image files lie in `root` itself (not in a sub-folder): then its images have no classes."""
+    return any(e.is_file() and e.name.lower().endswith(EXTENSIONS) and not HIDDEN.match(e.name)
+               for e in os.scandir(root))
+
+
 def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
     """The image files under `root` in a fixed order, as paths relative to it; the first-level folder each
     is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images

@@ -12,7 +12,14 @@ import torch
 
 from repre.config import DataConfig
 from repre.data.fashion_mnist import FashionMNIST
-from repre.data.folder import HIDDEN, ImageFolder, UnreadableImage, holds_images, warn_unreadable
+from repre.data.folder import (
+    HIDDEN,
+    ImageFolder,
+    UnreadableImage,
+    holds_images,
+    loose_images,
+    warn_unreadable,
+)
 from repre.data.synthetic import Synthetic
 from repre.errors import NoTestSplit, UserError
 
@@ -103,7 +110,8 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         raise NoTestSplit(f"{base} has no val/ (or test/) shards: evaluation and the test split read labelled "
                           f"shards from {base}/val/ (training from {base}/train/); or hold out part of the training "
                           "images with --set eval.split=val --set eval.val_size=N", str(base))
-    if not any(p.is_dir() for p in train.iterdir()):  # no classes: holding images out would not give labels
+    if loose_images(train) or not any(p.is_dir() for p in train.iterdir()):  # no classes (`ImageFolder`'s
+        # rule): holding images out would not give labels
         raise NoTestSplit(
             f"{base} has no val/ (or test/) folder, and its images no classes: k-NN, the linear probe and "
             f"fine-tuning read labelled images from {base}/train/<class>/... and {base}/val/<class>/...; "
