@@ -310,13 +310,14 @@ def test_one_rule_tells_what_a_folder_holds(tmp_path):
     assert kinds == {"started": "started", "run": "run", "hidden": "empty", "mine": "foreign", "none": "absent"}
 
 
-def test_resume_continues_to_the_new_total(tmp_path):
+def test_resume_continues_to_the_new_total(tmp_path, repre_log):
     out = tmp_path / "r"
     code, stdout = run_cli(pretrain_args(out, "eval.knn.enabled=false"))
     assert code == 0 and last_json(stdout)["steps"] == 4
     assert (last_json(stdout)["method"], last_json(stdout)["recon"]) == ("mocov3", True)  # what trained
     code, stdout = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=6"])
     assert code == 0 and last_json(stdout)["steps"] == 6
+    assert "step-00000004.pt (step 4 of 6)" in repre_log.text  # went on from step 4, not from the start
 
 
 def test_resume_goes_on_past_a_summary_and_a_metrics_line_cut_short(tmp_path, repre_log):

@@ -92,7 +92,7 @@ def test_a_compiled_backward_runs_again_on_one_forward_in_the_block():
     torch._dynamo.reset()
 
 
-
+def test_eager_runs_without_compiling():
     assert hasattr(torch.compiler, "set_stance")
     calls = []
     fn = torch.compile(lambda x: calls.append(torch.compiler.is_compiling()) or x + 1, backend="eager")

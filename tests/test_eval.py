@@ -258,7 +258,8 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
         assert sorted(p.name for p in kept.iterdir() if p.is_file()) == ["picture.png", "result.json"]
 
 
-def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tiny_run, tmp_path, monkeypatch):
+def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tiny_run, tmp_path, monkeypatch,
+                                                                           repre_log):
     """A run folder one may read but not write: no point for the curve, with a warning, and no error (the
     command prints and keeps its result as ever)."""
     import torch.utils.tensorboard
@@ -271,6 +272,7 @@ def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tin
     monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", refuse)
     result = {"task": "knn", "metric": "top1", "value": 0.5, "checkpoint": {"step": 20, "set": []}}
     assert add_evaluation(tiny_run[0], result) is None
+    assert "the result is not added" in repre_log.text and "read-only" in repre_log.text
 
 
 def test_knn_votes_are_weighted_by_exp_of_similarity_over_temperature():

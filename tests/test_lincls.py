@@ -269,11 +269,20 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_pa
         evaluate("linear", run, overrides, tmp_path / "broken")
     monkeypatch.setattr(lincls_module, "save", save)
     assert ckpt_io.load(tmp_path / "broken" / "linear-probe.pt")["epoch"] == 1
+    epochs, train_epoch = [], lincls_module.train_epoch
+
+    def counted(*args, **kwargs):
+        epochs.append(1)
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(lincls_module, "train_epoch", counted)  # a probe started again would reach the same head
     resumed = evaluate("linear", run, overrides, tmp_path / "broken")
+    assert len(epochs) == 2
     assert resumed["value"] == whole["value"] and resumed["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
     a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt") for d in ("whole", "broken"))
     assert a["epoch"] == b["epoch"] == 3 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     done = evaluate("linear", run, overrides, tmp_path / "broken")  # after its last epoch: tested again, as it was
+    assert len(epochs) == 2  # no epoch trained
     assert done["value"] == whole["value"] and done["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
     with pytest.raises(UserError, match="other settings or of another encoder .differing: base_lr"):
         evaluate("linear", run, [*overrides, "eval.linear.lr=0.1"], tmp_path / "broken")

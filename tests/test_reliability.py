@@ -470,7 +470,11 @@ def test_a_signal_during_the_final_k_nn_stops_it_and_resume_redoes_it(tmp_path, 
             pretrain(tiny_config(*settings), tmp_path / "run")
     assert stop.value.summary["completed"] is False and stop.value.summary["steps"] == 4
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"] is False
-    summary = pretrain(tiny_config(*settings), tmp_path / "run", resume=True)
+    from repre.engine.trainer import Trainer
+
+    with monkeypatch.context() as patched:  # the evaluations alone: no step trained again
+        patched.setattr(Trainer, "train_step", lambda *args: pytest.fail("a step trained again"))
+        summary = pretrain(tiny_config(*settings), tmp_path / "run", resume=True)
     assert summary["completed"] and summary["knn_top1"] is not None
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["kind"]) for r in lines] == [(4, "train"), (4, "eval")]
@@ -906,7 +910,7 @@ def test_a_run_directory_another_process_trains_is_refused_and_free_again_when_i
     finally:
         holder.kill()  # SIGKILL: no unlock but the system's
         holder.wait()
-    assert run_cli(args)[0] == 0
+    assert run_cli([*args, "--set", "train.max_steps=1"])[0] == 0  # one step shows the lock free
 
 
 def lock_free(folder: Path) -> bool:

@@ -95,7 +95,9 @@ def test_a_run_crashed_after_a_checkpoint_resumes_to_the_same_weights(shards, tm
     with pytest.raises(RuntimeError, match="simulated crash"):
         Trainer(cfg, tmp_path / "crashed").fit()
     monkeypatch.setattr(Checkpoints, "save", save)
-    assert Trainer(cfg, tmp_path / "crashed", resume=True).fit()["completed"]
+    resumed = Trainer(cfg, tmp_path / "crashed", resume=True)
+    assert resumed.state.step == 4  # from the checkpoint (a run started again would reach the same weights)
+    assert resumed.fit()["completed"]
     a, b = (ckpt_io.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("whole", "crashed"))
     assert not [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert set(a["stream"]["ranks"][0]) == {0, 1}

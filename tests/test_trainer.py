@@ -181,33 +181,44 @@ def test_lambda_weighs_the_reconstruction_loss_in_every_step(tmp_path):
         assert r["loss"] == pytest.approx(r["loss_contrastive"] + 2.0 * r["loss_recon"], rel=1e-5)
 
 
-def test_the_step_applies_the_scheduled_lr_weight_decay_and_clipping(tmp_path):
+@pytest.mark.parametrize("clip_mode", ["global", "per_param"])
+def test_the_step_applies_the_scheduled_lr_weight_decay_momentum_and_clipping(tmp_path, clip_mode):
     """The optimizer's groups carry each step's scheduled lr and weight decay (0 for the group that does not
-    decay), and the gradients it steps with are clipped to train.clip_grad (DINO's recipe: a rising decay)."""
+    decay), the EMA pairs move with the step's scheduled momentum (the logged one is read from the table), and
+    the gradients it steps with are clipped to train.clip_grad, over all of them or each tensor alone (DINO's
+    recipe: a rising decay, per-parameter clipping)."""
     from conftest import DINO_TINY
     from repre.engine.trainer import Trainer
 
     cfg = tiny_config(*DINO_TINY, "train.max_steps=3", "train.weight_decay_end=0.4", "train.clip_grad=0.05",
-                      "eval.knn.enabled=false", "train.warmup_fraction=0.5")
+                      f"train.clip_mode={clip_mode}", "eval.knn.enabled=false", "train.warmup_fraction=0.5")
     trainer = Trainer(cfg, tmp_path / "run")
-    seen, method = [], trainer.model.method
-    after_backward = method.after_backward
+    seen, momenta, method = [], [], trainer.model.method
+    after_backward, update_momentum = method.after_backward, method.update_momentum
 
     def spy() -> None:  # called after the clipping, before the optimizer step
         groups = trainer.optimizer.param_groups
-        grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        seen.append(([g["lr"] for g in groups], [g["weight_decay"] for g in groups], float(norm)))
+        norms = torch.stack([torch.linalg.vector_norm(p.grad) for g in groups for p in g["params"] if p.grad is not None])
+        seen.append(([g["lr"] for g in groups], [g["weight_decay"] for g in groups], norms))
         after_backward()
 
-    method.after_backward = spy
+    def moved(momentum: float) -> None:
+        momenta.append(momentum)
+        update_momentum(momentum)
+
+    method.after_backward, method.update_momentum = spy, moved
     trainer.fit()
     sched = trainer.schedules
-    assert len(seen) == 3
-    for step, (lrs, wds, norm) in enumerate(seen):
+    assert len(seen) == 3 and momenta == pytest.approx([float(m) for m in sched.momentum[:3]])
+    assert momenta[2] > momenta[0]
+    for step, (lrs, wds, norms) in enumerate(seen):
         assert lrs == pytest.approx([float(sched.lr[step])] * len(lrs))
         assert wds[0] == pytest.approx(float(sched.weight_decay[step])) and wds[1] == 0.0
-        assert norm <= 0.05 * (1 + 1e-4)
+        total = float(torch.linalg.vector_norm(norms))
+        if clip_mode == "global":
+            assert total <= 0.05 * (1 + 1e-4)
+        else:  # each tensor's norm within the bound, so all of them beyond it
+            assert float(norms.max()) <= 0.05 * (1 + 1e-4) and total > 0.05
     assert float(sched.weight_decay[2]) > float(sched.weight_decay[0])
 
 
