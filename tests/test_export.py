@@ -256,11 +256,13 @@ def test_an_export_replaces_only_an_export_of_the_same_weights(tiny_run, tmp_pat
 def test_the_card_names_the_runs_results_however_its_checkpoint_is_given(tiny_run, tmp_path, monkeypatch):
     """A run's checkpoints/ folder, and last.pt given from inside it, are the run: their cards carry its k-NN."""
     run, _ = tiny_run
+    cards = []
     for given in (run, run / "checkpoints", "last.pt"):
         monkeypatch.chdir(run / "checkpoints" if given == "last.pt" else tmp_path)
         out = tmp_path / "e.safetensors"
         assert run_cli(["export", "--checkpoint", str(given), "--out", str(out), "--overwrite"])[0] == 0
-        assert [e["from"] for e in json.loads(out.with_suffix(".json").read_text())["evaluations"]] == ["pretrain"]
+        cards.append(json.loads(out.with_suffix(".json").read_text())["evaluations"])
+    assert cards[0][0]["from"] == "pretrain" and cards[1] == cards[2] == cards[0]
 
 
 def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(tiny_run, tmp_path):
