@@ -129,6 +129,26 @@ def repre_log(caplog, monkeypatch):
     return caplog
 
 
+@pytest.fixture
+def loader_batches(monkeypatch) -> list[dict[str, tuple[str, tuple[int, ...]]]]:
+    """Each batch of the pre-training loader as the trainer hands it to `PretrainData.to_device`, before the
+    stages left for the device run: {key: (dtype, shape)} of its tensors. Which keys cross tells where each
+    stage ran (uint8 "views" and "photo": the photometric stage left; "pixels", "jpeg", "boxes" and no "views":
+    the crops and decoding too)."""
+    from repre.data.pipeline import PretrainData
+
+    seen: list[dict[str, tuple[str, tuple[int, ...]]]] = []
+    to_device = PretrainData.to_device
+
+    def record(self, batch):
+        seen.append({k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in batch.items()
+                     if isinstance(v, torch.Tensor)})
+        return to_device(self, batch)
+
+    monkeypatch.setattr(PretrainData, "to_device", record)
+    return seen
+
+
 # settings and data that several test modules share
 
 LOCAL_AUG = ["aug.blur_prob=[1.0, 0.1, 0.5]", "aug.solarize_prob=[0.0, 0.2, 0.0]"]  # DINO's for its local crops

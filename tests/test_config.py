@@ -1,4 +1,6 @@
+import contextlib
 import dataclasses
+import functools
 import re
 
 import pytest
@@ -145,13 +147,22 @@ def test_batch_size_needs_negatives():
     value=st.one_of(st.integers(-5, 5), st.floats(-2, 2, allow_nan=False), st.text(max_size=5), st.booleans()),
 )
 def test_any_override_either_loads_or_fails_cleanly(key, value):
-    """Every key/value pair gives a valid Config or a UserError, never another exception."""
+    """Every key/value pair gives a valid Config or a UserError, never another exception; a nested key's override
+    reaches its own key (eval.knn.k, not eval.knn), and a config that loads holds the value given."""
+    override = functools.reduce(lambda inner, name: {name: inner}, reversed(key.split(".")), value)
     try:
-        cfg = load_config(None, {key.split(".")[0]: {key.split(".")[1]: value}} if "." in key else {key: value})
+        cfg = load_config(None, override)
     except UserError:
         return
     assert isinstance(cfg, Config)
     assert config_from_dict(cfg.to_dict()) == cfg
+    got = functools.reduce(getattr, key.split("."), cfg)
+    if key not in ("data.root", "eval.segment.root"):  # a local root is made absolute
+        expected = value
+        if isinstance(got, float) and isinstance(value, str):  # a float key reads text as a number ("1e-3")
+            with contextlib.suppress(ValueError):
+                expected = float(value)
+        assert got == expected or (got != got and expected != expected), (key, value, got)  # NaN is NaN
 
 
 @pytest.mark.parametrize("setting,message", [
@@ -169,23 +180,25 @@ def test_every_numeric_range_is_checked_before_a_run(setting, message):
 
 
 def test_every_numeric_field_has_a_range():
-    import dataclasses
+    """Every int or float key (a list's items too) is named in its section's `ranges`, nested sections'
+    (method.mocov3, eval.knn, ...) as well as the top-level ones'."""
     import typing
 
-    from repre.config import Config
+    def unchecked(cls: type, prefix: str) -> list[str]:
+        keys = []
+        hints = typing.get_type_hints(cls)
+        for name, tp in ((f.name, hints[f.name]) for f in dataclasses.fields(cls)):
+            key = f"{prefix}{name}"
+            if dataclasses.is_dataclass(tp):
+                keys += unchecked(tp, f"{key}.")
+                continue
+            parts = {tp, *typing.get_args(tp), *(a for t in typing.get_args(tp) for a in typing.get_args(t))}
+            if {int, float} & parts and name not in getattr(cls, "ranges", {}) and key != "recon.taps":
+                keys.append(key)  # recon.taps: indices, negative allowed
+        return keys
 
-    unchecked = []
-    hints = typing.get_type_hints(Config)
-    for section in dataclasses.fields(Config):
-        cls = hints[section.name]
-        if dataclasses.is_dataclass(cls):
-            for name, tp in typing.get_type_hints(cls).items():
-                key = f"{section.name}.{name}"
-                parts = {tp, *typing.get_args(tp), *(a for t in typing.get_args(tp) for a in typing.get_args(t))}
-                numeric = bool({int, float} & parts)
-                if numeric and name not in cls.ranges and key != "recon.taps":  # taps: indices, negative allowed
-                    unchecked.append(key)
-    assert not unchecked, f"numeric keys without a range in their section's `ranges`: {unchecked}"
+    missing = unchecked(Config, "")
+    assert not missing, f"numeric keys without a range in their section's `ranges`: {missing}"
 
 
 def test_run_only_names_fields_of_its_section():

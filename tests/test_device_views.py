@@ -148,16 +148,20 @@ def test_a_jpeg_no_decoder_reads_becomes_grey_and_is_counted(repre_log):
     assert "grey in its place" in repre_log.text
 
 
-def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path):
-    """The trainer finishes packed batches: a run completes with the same step count and counts."""
+def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path, loader_batches):
+    """The trainer finishes packed batches: the loader's hold whole images (JPEG bytes among them) and each
+    view's box, no views; a run completes with the same step count and counts."""
     code, out = run_cli(pretrain_args(tmp_path / "run", "data.name=folder", f"data.root={mixed_folder}",
                                       "data.image_size=16", "train.batch_size=8", "train.max_steps=3",
                                       "eval.knn.enabled=false", "data.device_stages=decode"))
     summary = last_json(out)
     assert code == 0 and summary["completed"] and summary["skipped_images"] == 0 and summary["upscaled_images"] > 0
+    assert len(loader_batches) == 3 and not any("views" in b for b in loader_batches), loader_batches
+    assert all({"pixels", "jpeg", "encoded", "boxes", "flips"} <= b.keys() for b in loader_batches), loader_batches
+    assert sum(b["jpeg"][1][0] for b in loader_batches) > 0  # JPEG bytes cross undecoded
 
 
-def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_folder, tmp_path):
+def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_folder, tmp_path, loader_batches):
     """The count of images the device could not decode reaches the run's summary: one epoch of 16 images, one
     of them a JPEG with a valid header and garbled data. The finished batch carries it; the loader's batch is
     left as it was (a second finish counts nothing twice)."""
@@ -178,6 +182,8 @@ def test_a_jpeg_found_undecodable_on_the_device_is_counted_in_the_summary(mixed_
                                       "eval.knn.enabled=false", "data.device_stages=decode"))
     summary = last_json(out)
     assert code == 0 and summary["completed"] and summary["skipped_images"] == 1
+    # counted on the device: the loader's batches held the JPEG bytes, no views
+    assert len(loader_batches) == 2 and all("jpeg" in b and "views" not in b for b in loader_batches), loader_batches
 
 
 @pytest.mark.parametrize("value,on_cpu,on_gpu", [

@@ -297,24 +297,80 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_pa
         assert evaluate("linear", run, overrides, tmp_path / "broken")["value"] == whole["value"]
 
 
-def lincls_cmd(run: Path, out: Path, procs: int) -> list[str]:
+def lincls_cmd(run: Path, out: Path, procs: int, extra: tuple[str, ...] = ()) -> list[str]:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
     cmd = [*launch, "-m", "repre", "eval", "linear", "--checkpoint", str(run), "--out", str(out)]
-    for item in [*EXACT, "eval.linear.protocol=mocov3"]:
+    for item in [*EXACT, "eval.linear.protocol=mocov3", *extra]:
         cmd += ["--set", item]
     return cmd
 
 
-def test_two_processes_train_the_head_one_process_trains(tiny_run, tmp_path):
-    """Each process its half of every global batch of 16, the head's gradients averaged (gloo on the CPU)."""
+# 64 train and 32 test images of 10 classes; each read of a train image is written to data.root/reads.txt as
+# "RANK INDEX", in the order read
+READS_OWN_IMAGES = '''
+import os
+
+import numpy as np
+
+
+class Images:
+    classes = [str(c) for c in range(10)]
+
+    def __init__(self, split, root):
+        self.split, self.root = split, root
+
+    def __len__(self):
+        return 64 if self.split == "train" else 32
+
+    def __getitem__(self, i):
+        if self.split == "train":
+            with open(os.path.join(self.root, "reads.txt"), "a") as f:
+                f.write(f"{os.environ.get('RANK', '0')} {i}\\n")
+        pixels = np.random.default_rng(i + (0 if self.split == "train" else 1000)).integers(0, 256, (16, 16, 3))
+        return pixels.astype(np.uint8), i % 10
+
+
+def images(split, root):
+    return Images(split, root)
+'''
+
+
+def train_reads(root: Path) -> dict[int, list[int]]:
+    """The train images each rank read, in order (data.root/reads.txt of READS_OWN_IMAGES)."""
+    reads: dict[int, list[int]] = {}
+    for line in (root / "reads.txt").read_text().splitlines():
+        rank, index = map(int, line.split())
+        reads.setdefault(rank, []).append(index)
+    return reads
+
+
+def test_two_processes_train_the_head_one_process_trains(tiny_run, tmp_path, monkeypatch):
+    """Each process its half of every global batch of 16, the head's gradients averaged (gloo on the CPU): in each
+    epoch the two processes read disjoint halves of the 64 train images, and the head is the one process's."""
     run, _ = tiny_run
-    one = evaluate("linear", run, [*EXACT, "eval.linear.protocol=mocov3"], tmp_path / "1")  # in this process
-    done = subprocess.run(lincls_cmd(run, tmp_path / "2", 2), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    (tmp_path / "reads_own_images.py").write_text(READS_OWN_IMAGES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for d in ("1", "2"):
+        (tmp_path / d).mkdir()
+    own = ("data.name=python", "data.source=reads_own_images:images")
+    one = evaluate("linear", run, [*EXACT, "eval.linear.protocol=mocov3", *own, f"data.root={tmp_path / '1'}"],
+                   tmp_path / "1")  # in this process
+    done = subprocess.run(lincls_cmd(run, tmp_path / "2", 2, (*own, f"data.root={tmp_path / '2'}")), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"task"') == 1  # rank 0 alone prints the result
     two = json.loads(done.stdout.strip().splitlines()[-1])
     assert (one["extra"]["processes"], two["extra"]["processes"]) == (1, 2)
+    # the first read of each process is the source's check of its first image; then 2 epochs of 4 steps, each
+    # step 8 images of a process: the halves of each epoch disjoint, together every train image once
+    alone, reads = train_reads(tmp_path / "1"), train_reads(tmp_path / "2")
+    assert sorted(reads) == [0, 1] and [len(reads[0]), len(reads[1]), len(alone[0])] == [1 + 2 * 32] * 2 + [1 + 2 * 64]
+    for epoch in range(2):
+        halves = [reads[rank][1 + 32 * epoch:1 + 32 * (epoch + 1)] for rank in (0, 1)]
+        assert not set(halves[0]) & set(halves[1]) and sorted(halves[0] + halves[1]) == list(range(64))
+        for step in range(4):  # each global batch: one process's batch, halved
+            batch = alone[0][1 + 64 * epoch + 16 * step:1 + 64 * epoch + 16 * (step + 1)]
+            assert sorted(halves[0][8 * step:8 * (step + 1)] + halves[1][8 * step:8 * (step + 1)]) == sorted(batch)
     assert two["value"] == one["value"] and two["extra"]["test_images"] == one["extra"]["test_images"] == 32
     # each class's top-1 from the counts of both processes: the same matrix as one process's, its trace the top-1
     assert two["extra"]["confusion"] == one["extra"]["confusion"] and len(one["extra"]["per_class_top1"]) == 10

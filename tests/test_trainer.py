@@ -34,7 +34,9 @@ def test_clipping_bounds_the_norm():
     torch.testing.assert_close(clip_or_measure(ps, 0.0), torch.tensor(1.0), atol=1e-4, rtol=1e-4)
 
 
-def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_the_workers(tmp_path):
+def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_the_workers(tmp_path, loader_batches):
+    """data.device_stages=photometric: the loader's batches hold uint8 views and their photometric draws (the
+    stage ran on the device), and the run's losses are those of the run that does it all in the workers."""
     from conftest import tiny_config
     from repre.engine.trainer import Trainer
 
@@ -44,7 +46,13 @@ def test_a_run_with_the_photometric_stage_on_the_device_equals_one_with_it_in_th
         Trainer(cfg, tmp_path / where).fit()
         return [json.loads(line)["loss"] for line in (tmp_path / where / "metrics.jsonl").read_text().splitlines()]
 
-    device, workers = losses("photometric"), losses("workers")
+    device = losses("photometric")
+    assert len(loader_batches) == 3
+    assert all(b["views"][0] == "uint8" and "photo" in b for b in loader_batches), loader_batches
+    loader_batches.clear()
+    workers = losses("workers")
+    assert len(loader_batches) == 3
+    assert all(b["views"][0] == "float32" and "photo" not in b for b in loader_batches), loader_batches
     if torch.cuda.is_available():  # CUDA kernels against the CPU's in the workers: the images differ in rounding
         assert device == pytest.approx(workers, rel=1e-5)
     else:
