@@ -624,6 +624,22 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
     assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws
 
 
+def test_a_command_puts_back_the_callers_sigterm_handler(tmp_path):
+    """A library user's (or test runner's) SIGTERM handler is theirs again after main() returns or fails."""
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["presets"]) == 0 and signal.getsignal(signal.SIGTERM) is mine
+        assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_bar_in_a_file_writes_a_line_at_most_every_interval(monkeypatch):
     """tqdm's monitor thread redrew a bar whose updates it had spaced out, without restarting the interval: a
     line, then another a step later (fast steps, then slow ones)."""
@@ -687,10 +703,15 @@ def test_a_global_batch_torchrun_cannot_share_is_refused_before_torch_is_importe
     assert done.returncode == 2 and "not divisible by the 2 processes" in done.stderr, done.stderr[-500:]
 
 
-def test_the_method_of_an_evaluation_is_the_checkpoints(tiny_run, capsys):
+def test_the_method_of_an_evaluation_is_the_checkpoints(tiny_run, tmp_path, capsys):
     """The encoder measured is the one the checkpoint's method evaluates: another method.name given with --set
-    would measure the same encoder (or another one, unasked) under a folder of its name."""
+    would measure the same encoder (or another one, unasked) under a folder of its name; show would build
+    another model than the checkpoint's."""
     run, _ = tiny_run
-    for command in (["eval", "knn"], ["eval", "recon"], ["embed", "--out", "e.npy"]):
+    for command in (["eval", "knn"], ["eval", "recon"], ["embed", "--out", str(tmp_path / "e.npy")],
+                    ["show", "--out", str(tmp_path / "s.png")]):
         assert run_cli([*command, "--checkpoint", str(run), "--set", "method.name=moby"])[0] == 2
-        assert f"--set method.name: not read by `repre {command[0]}" in capsys.readouterr().err
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"--set method.name: not read by `repre {command[0]}" in err and "(it would change nothing); method.*: the " \
+               "checkpoint's method builds its model and picks the encoder evaluated" in err
+    assert not list(tmp_path.iterdir())

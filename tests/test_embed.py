@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import last_json, run_cli, save_png, tiny_config
+from repre.core import checkpoint_io as ckpt_io
 from repre.data.evaluation import eval_loader
 from repre.eval.knn import extract_features
 from repre.pretrained import load_encoder
@@ -248,8 +249,8 @@ def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     out = tmp_path / "c.npy"
     assert run_cli(embed_args(run, out))[0] == 0
     card = json.loads(out.with_suffix(".json").read_text())
-    step_file = run / "checkpoints" / "step-00000020.pt"  # not last.pt, which a run still training replaces
-    assert card["checkpoint"] == str(step_file.resolve()) and card["step"] == 20
+    step_file = run / "checkpoints" / "step-00000020.pt"  # the weights read: its checksum, not last.pt's
+    assert card["step"] == 20 and card["identity"]["checkpoint_sha256"] == ckpt_io.digest(step_file)
     code, _ = run_cli(embed_args(run / "checkpoints" / "step-00000010.pt", out))
     err = capsys.readouterr().err
     assert code == 2 and "made with another checkpoint (their card" in err
@@ -259,15 +260,14 @@ def test_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
 def test_features_that_are_not_finite_are_refused(tiny_run, tmp_path, capsys):
     """A diverged checkpoint's NaN rows would pass for embeddings (neighbours ranked by NaN, the map's traceback):
     exit 2, as k-NN does."""
-    from repre.core import checkpoint_io as ckpt_io
-
     run, _ = tiny_run
     ckpt = ckpt_io.load(run)
     ckpt["model"]["method.encoder.model.blocks.3.mlp.fc2.weight"][0, 0] = float("inf")
     torch.save(ckpt, tmp_path / "diverged.pt")
     assert run_cli(embed_args(tmp_path / "diverged.pt", tmp_path / "e.npy"))[0] == 2
-    assert "are not finite (NaN or inf): the weights are not finite (a diverged run's checkpoint: embed an earlier" \
-        in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "images of the batch from image 0 are not finite (NaN or inf): the weights are not finite (a diverged " \
+        "run's checkpoint: embed an earlier one, with --overwrite or into another --out)" in err
 
 
 @pytest.mark.parametrize("case,message", [

@@ -265,6 +265,14 @@ def test_the_card_names_the_runs_results_however_its_checkpoint_is_given(tiny_ru
     assert cards[0][0]["from"] == "pretrain" and cards[1] == cards[2] == cards[0]
 
 
+def test_a_run_without_a_checkpoint_yet_is_named_so(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("preset: x\n")
+    for command in (["export", "--out", str(tmp_path / "x.safetensors")], ["embed", "--out", str(tmp_path / "x.npy")]):
+        assert run_cli([*command, "--checkpoint", str(tmp_path / "run")])[0] == 2
+        assert "run is a run without a checkpoint yet" in capsys.readouterr().err
+
+
 def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(tiny_run, tmp_path):
     """A scheduler's or `timeout`'s SIGTERM stops an export as Ctrl-C does: exit 3, the folder as it was."""
     import signal

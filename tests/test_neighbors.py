@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import last_json, run_cli, save_png
+from repre.core import checkpoint_io as ckpt_io
 from repre.core.pictures import sheet_size, thumb_side
 from repre.core.search import top_k, torch_top_k
 from repre.errors import UserError
@@ -209,6 +210,25 @@ def test_the_picture_takes_at_most_its_queries_and_neighbours(embedded_folder, t
     monkeypatch.setattr(repre.use.neighbors, "MAX_QUERIES", 2)
     assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--queries", "3"))[0] == 2
     assert "3 queries: the picture draws at most 2, a row each" in capsys.readouterr().err
+    monkeypatch.setattr(repre.use.neighbors, "MAX_K", 4)
+    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--k", "5"))[0] == 2
+    assert "the picture takes at most 4 neighbours a query, so k is from 1 to 4" in capsys.readouterr().err
+
+
+def test_a_run_that_trained_on_since_embed_still_draws_its_images(tiny_run, tmp_path, repre_log):
+    """The card names the run's last.pt for the images' data config, which stays when the run trains on and
+    prunes the step file the rows were made from: drawn, with a warning."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(tmp_path / "e.npy")])[0] == 0
+    checkpoints = run / "checkpoints"
+    # the run went on: its last.pt another step's (as a run links it), the rows' step file pruned
+    ckpt_io.link_atomic(checkpoints / "step-00000010.pt", checkpoints / "last.pt")
+    for step_file in checkpoints.glob("step-00000020.*"):
+        step_file.unlink()
+    args = ["neighbors", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "n.png"), "--queries", "2"]
+    assert run_cli(args)[0] == 0 and (tmp_path / "n.png").is_file()
+    assert "the embeddings were made from this file before the run went on" in repre_log.text
 
 
 def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, capsys):

@@ -38,13 +38,11 @@ from repre.data.splits import eval_source, spread_readable
 from repre.data.views import normalize
 from repre.errors import NoTestSplit, UserError
 from repre.methods import eval_encoder_key
+from repre.models.backbone import TRAINING_ONLY_KWARGS
 from repre.pretrained import NOT_TIMMS, encoder_from, held_encoder_key, load_checkpoint_config
 
 log = logging.getLogger("repre")
 
-# regularisation of the pre-training run (timm's stochastic depth and dropouts), not of the weights
-TRAINING_ONLY_KWARGS = ("drop_path_rate", "drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate",
-                        "attn_drop_rate")
 # images of the run's evaluation data that the card's resize and crop are chosen on and checked with
 PREPROCESSING_SAMPLE = 16
 TRANSFORM_TOLERANCE = 2.0  # grey levels, on average over an image: PIL's resize against torchvision's
@@ -273,7 +271,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
-    checkpoint = ckpt_io.named_file(checkpoint)  # a run still training replaces its last.pt: one file read
+    checkpoint = ckpt_io.pinned(checkpoint)  # a run still training replaces its last.pt: one file read
     ckpt, cfg = load_checkpoint_config(checkpoint)
     key = held_encoder_key(ckpt, cfg, checkpoint, encoder)
     weights = weights_of(checkpoint)
@@ -282,7 +280,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    in_run = Path(checkpoint).is_dir() or run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
+    in_run = run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
     images = sample_images(cfg)
     card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None, weights, images)
     if card["total_steps"] and card["step"] < card["total_steps"]:

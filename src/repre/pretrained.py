@@ -154,5 +154,7 @@ def refuse_unread(command: str, overrides: Sequence[str], reads: tuple[str, ...]
     known = flatten(Config().to_dict())
     unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not reads_key(k, reads)]
     if unread:
-        raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing); it reads "
-                        f"{listed(reads)}: drop the others")
+        method = ("; method.*: the checkpoint's method builds its model and picks the encoder evaluated (`repre "
+                  "export --encoder` writes another one)" if any(k.startswith("method.") for k in unread) else "")
+        raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing){method}; it "
+                        f"reads {listed(reads)}: drop the others")

@@ -33,10 +33,14 @@ GOES_ON = {"embed": "; the same command (without --overwrite) goes on from the r
 
 @contextmanager
 def terminated_as_interrupted() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop, `timeout`, torchrun stopping its processes) raises KeyboardInterrupt, as
-    Ctrl-C does: the command's files are left whole (no temporary file of a half-written one) and it says how to
-    go on. Pre-training handles both signals itself (it stops at a step and writes a checkpoint)."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+    """SIGTERM (a scheduler's stop, `timeout`) raises KeyboardInterrupt, as Ctrl-C does: the command's files are
+    left whole (no temporary file of a half-written one) and it says how to go on. It is taken between Python
+    bytecodes, so a long native call (a UMAP layout) finishes first. Pre-training handles both signals itself (it
+    stops at a step and writes a checkpoint)."""
+    if threading.current_thread() is not threading.main_thread() or launched():
+        # only the main thread may set handlers; under torchrun SIGTERM is the launcher stopping the processes
+        # left when another failed (its error is torchrun's summary), and a process waiting in a collective
+        # would not run a Python handler before the launcher's SIGKILL
         yield
         return
 
@@ -159,6 +163,3 @@ def out_of_memory_message(exc: BaseException) -> str:
             "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for "
             "evaluations; or start a new --out with --init-from the last checkpoint and a lower "
             "train.batch_size (the lr scales with it) or train.precision=bf16")
-
-
-# each command: what adds its parser, what runs it; in the order `repre --help` lists them

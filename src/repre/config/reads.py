@@ -14,13 +14,14 @@ PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "
 RUN_KEYS = ("train.device", "train.precision", "train.seed", "train.num_workers", "train.progress")
 
 EVAL = ("eval.", "data.", "model.", *RUN_KEYS)  # every `repre eval` task
-# recon reads none of recon.* or method.*: its decoder is the checkpoint's as trained (norm_pix, upsample, the
-# taps have no weights to refuse another value, and would turn what it measures into something else)
+# recon reads none of recon.*: its decoder is the checkpoint's as trained (norm_pix, upsample, the taps have no
+# weights to refuse another value, and would turn what it measures into something else); no command after
+# pre-training reads method.*: the checkpoint's method builds what it loads and picks the encoder evaluated
 EVAL_TASK = {
     "finetune": ("aug.crop_ratio", "aug.hflip"),  # its crops' aspect ratios and flips (the probes fix their own)
 }
 # show reads its few images one by one (no loader, no workers) and draws on one process
-SHOW = ("data.", "model.", "recon.", "method.", "train.device", "train.precision")
+SHOW = ("data.", "model.", "recon.", "train.device", "train.precision")
 EMBED = ("data.", "data.subset", "model.", "eval.batch_size", *RUN_KEYS)  # the run's training images
 IMAGES = ("data.", "data.subset")  # map and neighbors: which images are drawn (embed's: its data.subset too)
 ENCODER = ("data.", "model.")  # `repre.load_encoder` (Python): the encoder and its input

@@ -165,7 +165,7 @@ def _others(path: Path) -> str:
     """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none);
     not the damaged file under its other name (last.pt is a hard link to the newest step file)."""
     in_run = run_files.in_checkpoints(path)
-    others = [p for p in step_checkpoints(path.parent.parent) if not _same_file(p, path)][::-1] if in_run else []
+    others = [p for p in step_checkpoints(path.absolute().parent.parent) if not _same_file(p, path)][::-1] if in_run else []
     names = ", ".join(p.name for p in others[:3])
     return f"; its run has {names} in {path.parent}" if others else ""
 
@@ -212,6 +212,13 @@ def named_file(path: str | Path) -> Path:
     if step is None:
         return file
     return (file.resolve() if file.is_symlink() else file).parent / f"{run_files.step_name(step)}.pt"
+
+
+def pinned(path: str | Path) -> Path:
+    """The file to read a checkpoint argument from, once: a run's step file where the argument names one (the
+    run, its last.pt, which a run still training replaces between a read of its weights and of its checksum),
+    else the argument (a missing file: `load` says what is missing)."""
+    return named_file(path) if checkpoint_file(path).is_file() else Path(path)
 
 
 def load(path: str | Path) -> dict[str, Any]:

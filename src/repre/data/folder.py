@@ -72,8 +72,8 @@ HIDDEN = re.compile(r"^(\.|__MACOSX$)")
 
 def loose_images(root: Path) -> bool:
     """Whether image files lie in `root` itself (not in a sub-folder): then its images have no classes."""
-    return any(e.is_file() and e.name.lower().endswith(EXTENSIONS) and not HIDDEN.match(e.name)
-               for e in os.scandir(root))
+    with os.scandir(root) as entries:
+        return any(e.is_file() and e.name.lower().endswith(EXTENSIONS) and not HIDDEN.match(e.name) for e in entries)
 
 
 def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:

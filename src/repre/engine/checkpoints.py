@@ -4,6 +4,7 @@ another run's weights. The files themselves (atomic writes, checksums, safe load
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ from repre.engine.optim import load_optimizer_state
 from repre.engine.state import RunState
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.models.backbone import fit_backbones
+from repre.models.backbone import TRAINING_ONLY_KWARGS, fit_backbones
 
 log = logging.getLogger("repre")
 
@@ -188,9 +189,10 @@ class Checkpoints:
         try:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
-            raise UserError(f"--init-from {source}: its weights do not fit this model ({self._unlike(ckpt)}: "
-                            f"{checkpoint_io.size_mismatch(exc).rstrip('.')}); use the same model.arch, model.kwargs "
-                            "and method settings, or another checkpoint") from None
+            mismatch = checkpoint_io.size_mismatch(exc).rstrip(".")
+            why = self._unlike(ckpt) if "method.encoder." in mismatch else self._unlike_method(ckpt)
+            raise UserError(f"--init-from {source}: its weights do not fit this model ({why}: {mismatch}); use the "
+                            "same model.arch, model.kwargs and method settings, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
         def parts(keys: list[str]) -> str:  # "decoder", "projector", "teacher_head", ...: the modules they are in
@@ -218,13 +220,26 @@ class Checkpoints:
         if was["model"]["arch"] != self.cfg.model.arch:
             return f"it holds {was['model']['arch']}, this run builds {self.cfg.model.arch}"
         theirs, ours = was["model"].get("kwargs") or {}, self.cfg.model.kwargs or {}
-        differ = [k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)]
+        differ = [k for k in sorted({*theirs, *ours} - set(TRAINING_ONLY_KWARGS)) if theirs.get(k) != ours.get(k)]
         if differ:
             return "model.kwargs differ: " + ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
         size = was["data"].get("image_size")
         if size != self.cfg.data.image_size:
             return f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
         return "other model settings"
+
+    def _unlike_method(self, ckpt: dict[str, Any]) -> str:
+        """How the checkpoint's method settings differ from this run's (its heads' shapes follow them)."""
+        name = self.cfg.method.name
+        theirs = ckpt["config"]["method"].get(name) or {}
+        section = getattr(self.cfg.method, name, None)
+        ours = flatten({name: dataclasses.asdict(section)}) if dataclasses.is_dataclass(section) else {}
+        theirs = flatten({name: theirs})
+        differ = [k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)]
+        if not differ:
+            return "other method settings"
+        return "method settings differ: " + ", ".join(f"method.{k} {theirs.get(k)} there, {ours.get(k)} here"
+                                                      for k in differ)
 
     def _evaluated_as_online(self, ckpt: dict[str, Any], source: str | Path) -> dict[str, torch.Tensor]:
         """The checkpoint's weights, with the encoder its method evaluates and exports (DINO's teacher) as the

@@ -70,14 +70,15 @@ def gathered(
     return out, (torch.cat(labels) if labels else None)
 
 
-def check_finite(out: torch.Tensor, what: str = "evaluate") -> None:
+def check_finite(out: torch.Tensor, remedy: str = "evaluate an earlier one", where: str = "") -> None:
     """A UserError where a row of `out` ([N, ...], one an image) is not finite: every vote or prediction of such a
-    row would be class 0, every similarity NaN, a number that measures nothing."""
+    row would be class 0, every similarity NaN, a number that measures nothing. `where`: which images these are;
+    `remedy`: what to do with a diverged checkpoint, for the message."""
     bad = int((~torch.isfinite(out.flatten(1))).any(dim=1).sum())
     if bad:
-        raise UserError(f"the outputs of {bad} of {len(out)} images are not finite (NaN or inf): the weights are "
-                        f"not finite (a diverged run's checkpoint: {what} an earlier one), or the forward overflowed "
-                        "in reduced precision (--set train.precision=fp32)")
+        raise UserError(f"the outputs of {bad} of {len(out)} images{where} are not finite (NaN or inf): the weights "
+                        f"are not finite (a diverged run's checkpoint: {remedy}), or the forward "
+                        "overflowed in reduced precision (--set train.precision=fp32)")
 
 
 def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,

@@ -43,6 +43,9 @@ class ModelBuildError(UserError):
 
 # model.init -> what it does to a freshly built timm model, in place (raises ValueError where it does not fit)
 INITS = {"mocov3": mocov3_init_, "dino": dino_init_}
+# regularisation of the pre-training run (timm's stochastic depth and dropouts), not of the weights' shapes
+TRAINING_ONLY_KWARGS = ("drop_path_rate", "drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate",
+                        "attn_drop_rate")
 
 
 def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from repre.config import Config, DataConfig, override_items, parse_overrides, reads
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist
+from repre.core import dist, run_files
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
@@ -97,6 +97,14 @@ def upgraded(old: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def made_from(card: dict[str, Any]) -> Path | None:
+    """The run's step file of the card's step, where it is still there (a run prunes its older ones)."""
+    if not card.get("checkpoint") or not isinstance(card.get("step"), int):
+        return None
+    step_file = Path(card["checkpoint"]).parent / f"{run_files.step_name(card['step'])}.pt"
+    return step_file if run_files.in_checkpoints(step_file) and step_file.is_file() else None
+
+
 def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) -> EmbeddingWriter:
     """New files, or those of an earlier run of the same identity continued; others exit 2 unless `overwrite`."""
     if overwrite or not files.existing():
@@ -111,8 +119,9 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
         if old:
             said = (f"{files.npy} exists: it and its .csv / .json were made with another {', '.join(differ)} (their "
                     f"card: {files.card.name})")
-            if "checkpoint" in differ and old.get("checkpoint"):  # a run that trained on: its step file goes on
-                said += f"; to go on with the weights they were made from, give --checkpoint {old['checkpoint']}"
+            step_file = made_from(old)
+            if "checkpoint" in differ and step_file is not None:  # a run that trained on: its step file goes on
+                said += f"; to go on with the weights they were made from, give --checkpoint {step_file}"
         else:
             there = " and ".join(p.name for p in files.existing())
             kind = ("is no embedding card (another file of that name)" if files.card.exists()
@@ -133,8 +142,9 @@ def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime,
         for feats, batch in pooled_embeddings(encoder, indexed_loader(cfg, source, start), rt):
             for index, why in batch.unreadable:
                 log.warning("skipped unreadable image %d (left out of the embeddings): %s", index, why)
-            if feats is not None:
-                check_finite(feats, "embed")  # the rows written so far stay
+            if feats is not None:  # the rows written so far stay; other weights' go to a new file
+                check_finite(feats, "embed an earlier one, with --overwrite or into another --out",
+                             f" of the batch from image {int(batch.indices[0])}")
             indices = batch.indices.tolist()
             writer.append(feats, indices, [image_path(source, i) for i in indices], batch.labels.tolist(),
                           len(batch.unreadable), batch.end)
@@ -156,9 +166,7 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
-    # the run's step file, not its last.pt, which a run still training replaces: the weights read, their
-    # checksum and the card's file are one checkpoint's
-    checkpoint = ckpt_io.named_file(checkpoint)
+    given, checkpoint = checkpoint, ckpt_io.pinned(checkpoint)  # the weights read and their checksum: one file's
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     drop_run_subset(cfg, override_items(overrides))
     source = embed_source(cfg, split)
@@ -167,7 +175,8 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
         encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
     card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
             "classes": class_names(source),  # label i's name (null: none known)
-            "checkpoint": str(ckpt_io.checkpoint_file(checkpoint).resolve()), "step": int(ckpt.get("step", 0)),
+            # the file the images' data config is read from later (neighbors, map): the run's last.pt stays
+            "checkpoint": str(ckpt_io.checkpoint_file(given).resolve()), "step": int(ckpt.get("step", 0)),
             "overrides": override_items(overrides), "versions": ckpt_io.versions()}
     writer = open_writer(files, card, overwrite)
     resumed_from = writer.progress["next_index"]
