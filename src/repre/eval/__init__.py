@@ -89,13 +89,14 @@ def keep_result(result: dict[str, Any], checkpoint: str | Path, out: Path) -> Pa
 
 def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str | Path | None) -> dict[str, Any]:
     refuse_unread(f"repre eval {task}", overrides, eval_reads(task))
-    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    read = ckpt_io.pinned(checkpoint)  # one file: a run still training replaces its last.pt
+    ckpt, cfg = load_checkpoint_config(read, overrides)
     idle = idle_keys(cfg.eval.linear.protocol, cfg.eval.segment.data)
     given = [k for k in flatten(parse_overrides(overrides)) if k in idle]
     if given:  # each would change nothing but the name of the result's folder
         raise UserError(f"--set {given[0]}: {idle[given[0]]}; drop it")
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
-    evaluated = {"file": str(ckpt_io.named_file(checkpoint)), "step": int(ckpt.get("step", 0)),
+    evaluated = {"file": str(read), "step": int(ckpt.get("step", 0)),
                  "encoder": encoder_key, "set": overrides}
     if task == "recon":
         from repre.eval.recon import recon_eval
