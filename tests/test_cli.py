@@ -712,6 +712,6 @@ def test_the_method_of_an_evaluation_is_the_checkpoints(tiny_run, tmp_path, caps
                     ["show", "--out", str(tmp_path / "s.png")]):
         assert run_cli([*command, "--checkpoint", str(run), "--set", "method.name=moby"])[0] == 2
         err = " ".join(capsys.readouterr().err.split())
-        assert f"--set method.name: not read by `repre {command[0]}" in err and "(it would change nothing); method.*: the " \
+        assert f"--set method.name: not read by `repre {command[0]}" in err and "(method.*: the " \
                "checkpoint's method builds its model and picks the encoder evaluated" in err
     assert not list(tmp_path.iterdir())

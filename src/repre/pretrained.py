@@ -154,7 +154,9 @@ def refuse_unread(command: str, overrides: Sequence[str], reads: tuple[str, ...]
     known = flatten(Config().to_dict())
     unread = [k for k in flatten(parse_overrides(overrides)) if k in known and not reads_key(k, reads)]
     if unread:
-        method = ("; method.*: the checkpoint's method builds its model and picks the encoder evaluated (`repre "
-                  "export --encoder` writes another one)" if any(k.startswith("method.") for k in unread) else "")
-        raise UserError(f"--set {', '.join(unread)}: not read by `{command}` (it would change nothing){method}; it "
-                        f"reads {listed(reads)}: drop the others")
+        why = ["it would change nothing"] if any(not k.startswith("method.") for k in unread) else []
+        if any(k.startswith("method.") for k in unread):  # would build another model, or measure another encoder
+            why.append("method.*: the checkpoint's method builds its model and picks the encoder evaluated "
+                       "(`repre export --encoder` writes another one)")
+        raise UserError(f"--set {', '.join(unread)}: not read by `{command}` ({'; '.join(why)}); it reads "
+                        f"{listed(reads)}: drop the others")
