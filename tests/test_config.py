@@ -172,6 +172,8 @@ def test_any_override_either_loads_or_fails_cleanly(key, value):
     ("model.drop_path=1.0", "model.drop_path must be in [0, 1)"),
     ("aug.crop_scale=[0.9,0.2]", "aug.crop_scale must be two numbers [low, high]"),
     ("method.dino.out_dim=0", "method.dino.out_dim must be > 0"),
+    ("eval.linear.features=max", "eval.linear.features must be one of cls, avg, both or null, got 'max'"),
+    ("eval.linear.batch_size=x", "eval.linear.batch_size must be int or null, got 'x'"),
 ])
 def test_every_numeric_range_is_checked_before_a_run(setting, message):
     """Each section's `ranges`: a value torch would fail on later is refused when the config loads (exit 2)."""

@@ -247,6 +247,7 @@ def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path,
     assert not all(torch.equal(before[4][k], before[3][k]) for k in after)  # a good step after it trained
     assert summary["checkpoint"].endswith("step-00000004.pt")  # the last good one; nothing written after
     assert "3 non-finite steps in a row" in repre_log.text and "lower train.lr" in repre_log.text
+    assert f"--config {trainer.out / 'config.yaml'} --init-from " in repre_log.text  # the run's own model, not a preset
 
 
 @pytest.mark.parametrize("host_sync", ["step", "log"])
@@ -569,6 +570,12 @@ def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, ca
     code, _ = run_cli(["pretrain", "--out", str(tmp_path / "run"), "--set", "data.name=synthetic"])
     err = capsys.readouterr().err
     assert code == 2 and "out of memory" in err and "train.batch_size" in err and "--init-from" in err
+    import repre.eval
+
+    monkeypatch.setattr(repre.eval, "evaluate", oom)
+    code, _ = run_cli(["eval", "finetune", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and "eval.finetune.batch_size (finetune)" in err and "--resume" not in err
 
 
 def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_log):

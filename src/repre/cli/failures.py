@@ -72,7 +72,7 @@ def tell(exc: BaseException, args: argparse.Namespace) -> int | None:
         say(lost_process_message(exc))
         return 1
     if isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
-        say(out_of_memory_message(exc))
+        say(out_of_memory_message(exc, args.command))
         return 2
     if isinstance(exc, OSError):
         message = path_error_message(exc, getattr(args, "resolved_out", None) or getattr(args, "out", None))
@@ -154,12 +154,25 @@ def lost_process_message(exc: RuntimeError) -> str:
     first = _first_line(exc, 160)
     return ("repre: error: another process of this run stopped, and this one lost it in a collective "
             f"({first}): the stopped process's own error is in torchrun's summary below (its \"Root Cause\"); "
-            "the checkpoints written stand: mend the cause and run the same command with --resume")
+            "mend the cause and run the same command again (pretrain with --resume: the checkpoints written stand; the "
+            "linear probe's papers' protocols go on from their last saved epoch)")
 
 
-def out_of_memory_message(exc: BaseException) -> str:
+# what lowers the memory a command needs, but pre-training's (its own message)
+LESS_MEMORY = {
+    "eval": "lower eval.batch_size (the features), eval.finetune.batch_size (finetune) or eval.linear.batch_size "
+            "(the papers' linear probes), or --set train.device=cpu",
+    "embed": "lower eval.batch_size, or --set train.device=cpu; the same command goes on from the rows written",
+    "show": "draw fewer --images, or --set train.device=cpu",
+}
+
+
+def out_of_memory_message(exc: BaseException, command: str = "pretrain") -> str:
     first = _first_line(exc, 200)
+    if command != "pretrain":
+        return f"repre: error: out of memory ({first}): {LESS_MEMORY.get(command, 'free memory, or use a larger machine')}"
     return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true or run more processes "
-            "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for "
-            "evaluations; or start a new --out with --init-from the last checkpoint and a lower "
-            "train.batch_size (the lr scales with it) or train.precision=bf16")
+            "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for the "
+            "run's k-NN; or start a new run from the last checkpoint with a lower train.batch_size (the lr scales "
+            "with it) or train.precision=bf16: `repre pretrain --config RUN/config.yaml --init-from RUN --out "
+            "NEW_DIR --set ...`")

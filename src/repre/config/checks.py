@@ -78,6 +78,13 @@ def _unknown_key_message(key: str, siblings: list[str]) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    """A type as a person reads it: "int", "one of cls, avg" for a Literal, "int or null" for an Optional (whose
+    typing name is "Optional")."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if t is type(None) else _type_name(t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(str(c) for c in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -199,7 +206,8 @@ def _validate_data(d: DataConfig) -> None:
         raise UserError(f"data.name=python reads the dataset of your own code that data.source names as "
                         f"module:function (e.g. --set data.source=mydata:images); got {d.source!r}")
     if d.name != "python" and d.source is not None:
-        raise UserError(f"data.source={d.source} is read with data.name=python only (data.name={d.name})")
+        raise UserError(f"data.source={d.source} is read with data.name=python only (data.name={d.name}): drop it "
+                        "(--set data.source=null), or set data.name=python")
     if (d.mean is None) != (d.std is None):
         raise UserError("set both data.mean and data.std, or neither")
     if d.mean is not None and (len(d.mean) != 3 or len(d.std) != 3):

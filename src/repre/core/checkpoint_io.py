@@ -155,10 +155,11 @@ def verify(path: Path, fh: IO[bytes] | None = None) -> None:
         raise UserError(f"{side} is not a checksum file; delete it to load {path} unchecked") from None
     actual = os.fstat(fh.fileno()).st_size if fh is not None else path.stat().st_size
     if actual != int(size):
-        raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written{_others(path)}")
+        raise UserError(f"{path} is truncated or damaged: {actual} bytes, {size} when written{_others(path)}; copy "
+                        "it again, or give another checkpoint")
     if (_digest_of(fh) if fh is not None else _digest(path)) != digest:
         raise UserError(f"{path} is damaged: its SHA-256 differs from the one recorded when it was written"
-                        f"{_others(path)}")
+                        f"{_others(path)}; copy it again, or give another checkpoint")
 
 
 def _others(path: Path) -> str:

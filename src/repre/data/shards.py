@@ -182,8 +182,9 @@ class TarShards:
         self.entries, self.keys, self.labels = load_index(self.paths, root)  # [N, 3] shard/offset/size, [N], [N]
         labelled = int((self.labels >= 0).sum())
         if 0 < labelled < len(self.labels):
-            log.warning("%d of %d images in %s have no .cls label: treated as unlabelled", len(self.labels) - labelled,
-                        len(self.labels), root)
+            log.warning("%d of %d images in %s have no .cls label: all the shards are read as unlabelled (k-NN, "
+                        "the probes and method.name=supervised need labels); give every sample a KEY.cls, or none",
+                        len(self.labels) - labelled, len(self.labels), root)
             self.labels = np.full_like(self.labels, -1)
         self.num_classes = int(self.labels.max()) + 1 if labelled == len(self.labels) else None
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()

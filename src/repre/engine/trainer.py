@@ -285,11 +285,14 @@ class Trainer:
             bar.close()
             if self.guard.diverged:  # the weights are the last good step's, but the run cannot go on as configured
                 path = self.checkpoints.last_good
+                start = (f"start a new run from it with the run's config: `repre pretrain --config "
+                         f"{self.out / run_files.CONFIG} --init-from {path} --out NEW_DIR --set ...`" if path else
+                         f"no checkpoint was written yet: start again with `repre pretrain --config "
+                         f"{self.out / run_files.CONFIG} --out NEW_DIR --set ...`")
                 log.error(
-                    "stopped: %d non-finite steps in a row at step %d. The last good checkpoint is %s. Usual "
-                    "remedies: a lower train.lr, train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), "
-                    "a longer warm-up: start again from it with `repre pretrain --init-from CHECKPOINT --out "
-                    "NEW_DIR --set ...`", s.bad_streak, s.step, path or "none (no checkpoint was written yet)")
+                    "stopped: %d non-finite steps in a row at step %d. Usual remedies: a lower train.lr, "
+                    "train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), a longer warm-up; the last "
+                    "good checkpoint is %s: %s", s.bad_streak, s.step, path or "none", start)
             else:
                 writer.flush()
                 path = self.checkpoints.save(final=True)

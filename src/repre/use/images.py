@@ -45,8 +45,9 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
     source = embed_source(cfg, ident["split"])
     if len(source) != ident["images"]:
         raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
-                        "pass the same --set data.* as embed, or, where the images changed since (files added or "
-                        "removed), embed them again (`repre embed ... --overwrite`)")
+                        "embed's own --set apply already (from its card): drop a --set data.* or --checkpoint of "
+                        "other images, or, where the images changed since (files added or removed), embed them "
+                        "again (`repre embed ... --overwrite`)")
     return source, cfg.data.image_size
 
 
@@ -56,7 +57,8 @@ def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Te
     if image_path(source, index) != path:
         raise UserError(f"image {index} of the data is {image_path(source, index) or 'not a file'}, the index says "
                         f"{path or 'not a file'}: the data changed since embed (embed it again: `repre embed ... "
-                        "--overwrite`), or pass the same --set data.*")
+                        "--overwrite`), or a --set data.* or --checkpoint given here reads other images (embed's "
+                        "own apply already): drop it")
     try:
         img, _ = source.load(index)
     except UnreadableImage as exc:  # one image is no reason to lose the picture (and a map's minutes of layout)
