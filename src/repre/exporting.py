@@ -280,7 +280,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     backbone = encoder_from(ckpt, cfg, checkpoint, key)
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
     kwargs = {k: v for k, v in backbone.kwargs.items() if k not in TRAINING_ONLY_KWARGS}
-    in_run = run_files.in_checkpoints(ckpt_io.checkpoint_file(checkpoint))
+    in_run = run_files.in_checkpoints(checkpoint)  # a file now (`pinned`): a step file of a run, or another
     images = sample_images(cfg)
     card = model_card(ckpt, cfg, key, backbone.arch, kwargs, run_dir(checkpoint) if in_run else None, weights, images)
     if card["total_steps"] and card["step"] < card["total_steps"]:
