@@ -467,6 +467,9 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, rep
     assert json.loads((out / "summary.json").read_text()) == done
     code, _ = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=4"])
     assert code == 2 and "past train.max_steps=4" in capsys.readouterr().err
+    code, _ = run_cli(["pretrain", "--out", str(out), "--resume", "--set", "train.max_steps=0",
+                       "--set", "train.epochs=1"])  # a length in epochs is named as the user set it
+    assert code == 2 and "past train.epochs=1 (" in capsys.readouterr().err
 
 
 def test_resume_without_out_reads_the_default_runs_own_config(tmp_path, monkeypatch):

@@ -833,6 +833,15 @@ def test_resume_on_another_device_says_its_steps_compute_differently(tmp_path, r
     ckpt_io.save({**ckpt, "runtime": {"device": "cuda", "precision": "bf16", "processes": 1}}, path)  # a GPU's
     assert Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run", resume=True).fit()["steps"] == 4
     assert "resuming a run trained on cuda in bf16 on cpu in fp32: the steps from here" in repre_log.text
+    assert "--set train.device=cuda --set train.precision=bf16 to go on" in repre_log.text
+    path = ckpt_io.step_checkpoints(tmp_path / "run")[-1]
+    ckpt = ckpt_io.load(path)
+    ckpt_io.save({**ckpt, "runtime": {"device": "cpu", "precision": "bf16", "processes": 1}}, path)
+    repre_log.clear()  # the same device in another precision: the remedy is the precision alone
+    assert Trainer(tiny_config(*settings, "train.max_steps=6"), tmp_path / "run", resume=True).fit()["steps"] == 6
+    assert "trained on cpu in bf16 on cpu in fp32" in repre_log.text
+    assert "--set train.precision=bf16 to go on as it was" in repre_log.text
+    assert "train.device=" not in repre_log.text
 
 
 @pytest.mark.parametrize("before,after", [("step", "log"), ("log", "step")])

@@ -140,8 +140,9 @@ class Checkpoints:
     def _adopt(self, ckpt: dict[str, Any], path: Path, total: int) -> None:
         """Go on from `ckpt`: checked against this run's config, restored, named by last.pt."""
         if ckpt["step"] > total:
-            raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
-                            f"train.max_steps={total}; resume with a larger train.max_steps, or without setting it")
+            raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past {self._length(total)}; "
+                            "resume with a longer run (a larger train.max_steps or train.epochs), or without setting "
+                            "them to go on as the run was set")
         was = config_from_dict(ckpt["config"])  # in today's keys (keys added since: defaults; roots absolute)
         self._check_compatible(was, path)
         self._check_moved_data(was, ckpt.get("images"), path)
@@ -158,6 +159,13 @@ class Checkpoints:
             # at the run's end, its final evaluation is redone unless a summary says the run completed there
             redone = self.state.step == total and run_files.completed_summary(self.out, total) is None
             truncate_metrics(self.out / run_files.METRICS, self.state.step, final=redone)
+
+    def _length(self, total: int) -> str:
+        """This run's length as the user set it: "train.max_steps=N" or "train.epochs=E (N steps)"."""
+        train = self.cfg.train
+        if train.max_steps > 0:
+            return f"train.max_steps={total}"
+        return f"train.epochs={train.epochs} ({total} steps of {train.batch_size} images)"
 
     def _relink_last(self, path: Path) -> None:
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
@@ -309,9 +317,10 @@ class Checkpoints:
         now = self._runtime()
         if not was or not dist.is_main() or all(was.get(k) == now[k] for k in ("device", "precision")):
             return
+        remedy = [f"train.{k}={was.get(k)}" for k in ("device", "precision") if was.get(k) != now[k]]
         log.warning("resuming a run trained on %s in %s on %s in %s: the steps from here compute differently (not "
-                    "bitwise what the run would have given where it started); --set train.device=%s to go on as it "
-                    "was", was.get("device"), was.get("precision"), now["device"], now["precision"], was.get("device"))
+                    "bitwise what the run would have given where it started); --set %s to go on as it was",
+                    was.get("device"), was.get("precision"), now["device"], now["precision"], " --set ".join(remedy))
 
     def _warn_if_longer_or_shorter(self, config: Config, total: int) -> None:
         """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""
