@@ -146,11 +146,16 @@ def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path,
             encoder_tasks()[task](encoder, cfg, rt)
     with pytest.raises(UserError, match="^the linear probe needs labels"):
         probe_source(cfg)
-    from repre.eval.knn import knn_top1_or_none
+    from repre.pretraining import pretrain
 
-    assert knn_top1_or_none(encoder, cfg, rt, say="the summary's") is None
+    summary = pretrain(tiny_config("data.name=shards", f"data.root={tmp_path}", "data.image_size=16",
+                                   "train.batch_size=4", "train.max_steps=4", "train.eval_every=1",
+                                   "eval.knn.enabled=true"),
+                       tmp_path / "run")
     said = [r.getMessage() for r in repre_log.records]
-    assert any(m.startswith("k-NN skipped: k-NN needs labels") for m in said)
+    assert summary["knn_top1"] is None
+    assert [m for m in said if "k-NN" in m and "skipped" in m] == [  # once, for the periodic and final k-NN
+        next(m for m in said if m.startswith("k-NN skipped in this run: k-NN needs labels"))]
     assert not any(m.startswith("the summary's") for m in said)
 
 

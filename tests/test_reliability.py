@@ -466,7 +466,7 @@ def test_a_signal_during_the_final_k_nn_stops_it_and_resume_redoes_it(tmp_path, 
 
     settings = [*RESUME, "train.num_workers=0", "train.max_steps=4", "eval.knn.enabled=true"]
     with monkeypatch.context() as patched:
-        patched.setattr(callbacks_mod, "knn_top1_or_none", signalled)
+        patched.setattr(callbacks_mod, "knn_eval", signalled)
         with pytest.raises(StoppedEarly) as stop:
             pretrain(tiny_config(*settings), tmp_path / "run")
     assert stop.value.summary["completed"] is False and stop.value.summary["steps"] == 4

@@ -213,6 +213,19 @@ def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards,
     assert resumed.fit()["completed"]
 
 
+def test_a_streamed_run_says_once_why_it_has_no_k_nn_and_how_to_measure_it_after(shards, tmp_path, repre_log):
+    """k-NN reads labelled images at random: a streamed run skips its periodic and final k-NN with one note,
+    whose --set settings are told to be for `repre eval knn` on the run, not for this run."""
+    from repre.pretraining import pretrain
+
+    cfg = stream_config(str(shards), "train.max_steps=4", "train.eval_every=1", "eval.knn.enabled=true")
+    assert pretrain(cfg, tmp_path / "run")["knn_top1"] is None
+    notes = [r.getMessage() for r in repre_log.records if "k-NN skipped" in r.getMessage()]
+    assert len(notes) == 1 and "data.shard_access=random" in notes[0]
+    assert notes[0].endswith(f"(those settings are for `repre eval knn --checkpoint {tmp_path / 'run'}`, once the "
+                             "run has a checkpoint)")
+
+
 def test_a_label_that_is_no_integer_is_read_as_unlabelled_and_said(tmp_path, repre_log):
     """Indexed shards refuse it before the run; a stream meets it mid-run, where one file should not stop it."""
     import tarfile

@@ -13,7 +13,8 @@ from repre.core import dist, run_files
 from repre.core.compat import eager
 from repre.engine.callbacks import Callback
 from repre.engine.metrics import MetricWriter
-from repre.eval.knn import knn_top1_or_none
+from repre.errors import UserError
+from repre.eval.knn import knn_eval
 from repre.eval.recon import save_recon_grid
 
 if TYPE_CHECKING:
@@ -29,28 +30,48 @@ def with_quick_subsets(cfg: Config) -> Config:
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, knn=knn))
 
 
-def knn_line(trainer: Trainer, writer: MetricWriter, is_quick: bool, say: str = "") -> float | None:
-    """k-NN top-1 of the encoder that export writes, logged as an eval line; the model is left in train mode.
-    `say`: as `knn_eval`'s."""
-    cfg = with_quick_subsets(trainer.cfg) if is_quick else trainer.cfg
-    top1 = eager(knn_top1_or_none, trainer.model.method.eval_encoder, cfg, trainer.rt, say)
-    if top1 is not None:
+class RunKNN:
+    """The run's k-NN top-1 of the encoder that export writes, logged as an eval line (the model is left in
+    train mode). Data it cannot measure (no labels, streamed shards) is said once: the reason holds for the
+    whole run, and the settings it names are for `repre eval knn` on the run's checkpoint, not for this run."""
+
+    def __init__(self) -> None:
+        self.skipped = False
+
+    def line(self, trainer: Trainer, writer: MetricWriter, is_quick: bool, say: str = "") -> float | None:
+        """`say`: as `knn_eval`'s."""
+        if self.skipped:
+            return None
+        cfg = with_quick_subsets(trainer.cfg) if is_quick else trainer.cfg
+        try:
+            top1 = eager(knn_eval, trainer.model.method.eval_encoder, cfg, trainer.rt, say)["value"]
+        except UserError as exc:
+            self.skipped = True
+            log.warning("k-NN skipped in this run: %s%s", exc, self._later(trainer, str(exc)))
+            return None
+        finally:
+            trainer.model.train()
         writer.write({"step": trainer.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": is_quick})
-    trainer.model.train()
-    return top1
+        return top1
+
+    @staticmethod
+    def _later(trainer: Trainer, reason: str) -> str:
+        if "--set" not in reason:
+            return ""
+        return f" (those settings are for `repre eval knn --checkpoint {trainer.out}`, once the run has a checkpoint)"
 
 
 class PeriodicKNN(Callback):
     """A quick k-NN every `every` steps before the last, on rank 0 (the others wait for it at their next
     collective: the checkpoint's, or the next step's)."""
 
-    def __init__(self, every: int) -> None:
-        self.every = every
+    def __init__(self, every: int, knn: RunKNN) -> None:
+        self.every, self.knn = every, knn
 
     def on_step_end(self, trainer: Trainer, writer: MetricWriter) -> None:
         step = trainer.state.step
         if step % self.every == 0 and step < trainer.total and dist.is_main():
-            knn_line(trainer, writer, is_quick=True)
+            self.knn.line(trainer, writer, is_quick=True)
 
 
 class ReconPicture(Callback):
@@ -69,20 +90,24 @@ class ReconPicture(Callback):
 class FinalKNN(Callback):
     """The summary's `knn_top1` when the run completes (rank 0; the others report None)."""
 
+    def __init__(self, knn: RunKNN) -> None:
+        self.knn = knn
+
     def on_fit_end(self, trainer: Trainer, writer: MetricWriter, completed: bool) -> dict[str, Any]:
         if not (completed and dist.is_main()):
             return {"knn_top1": None}
         say = "the summary's k-NN, after the last step (none: --set eval.knn.enabled=false)"
-        return {"knn_top1": knn_line(trainer, writer, is_quick=False, say=say)}
+        return {"knn_top1": self.knn.line(trainer, writer, is_quick=False, say=say)}
 
 
 def run_callbacks(cfg: Config) -> list[Callback]:
     """The evaluations a pre-training run with `cfg` reports."""
     callbacks: list[Callback] = []
+    knn = RunKNN()
     if cfg.train.eval_every:
-        callbacks.append(PeriodicKNN(cfg.train.eval_every))
+        callbacks.append(PeriodicKNN(cfg.train.eval_every, knn))
     if cfg.recon.enabled:
         callbacks.append(ReconPicture())
     if cfg.eval.knn.enabled:
-        callbacks.append(FinalKNN())
+        callbacks.append(FinalKNN(knn))
     return callbacks

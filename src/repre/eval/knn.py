@@ -70,13 +70,3 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict
     extra = {"k": k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries),
              **per_class(pred, query_y, classes, class_names(test.dataset.source))}
     return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
-
-
-def knn_top1_or_none(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> float | None:
-    """k-NN top-1 during or after pre-training; None (with a note) where the data has no labels. `say`: as
-    `knn_eval`'s."""
-    try:
-        return knn_eval(encoder, cfg, rt, say)["value"]
-    except UserError as exc:
-        log.warning("k-NN skipped: %s", exc)
-        return None
