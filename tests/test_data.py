@@ -648,14 +648,25 @@ def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, 
         with pytest.raises(UserError, match="is a module of Python or of an installed package"):
             source(library, root=str(tmp_path / "victim"))
     assert (tmp_path / "victim").is_dir()
-    with pytest.raises(UserError, match=r"raised for the test split: FileNotFoundError: .*/test.npy"):
+    with pytest.raises(UserError, match=r"raised for the test split: FileNotFoundError: .*/test.npy'? \(at "
+                       r".*own_items_for_check.py:\d+ in train_only: raise FileNotFoundError"):  # where, in your code
         source("own_items_for_check:train_only", "test", str(tmp_path))
+    (tmp_path / "own_typo_for_check.py").write_text("import numpy\nx = undefined_name\n")
+    (tmp_path / "own_syntax_for_check.py").write_text("def images(split, root)\n    return 1\n")
+    for module, why in (("own_typo_for_check", r"NameError: name 'undefined_name' is not defined \(at "
+                                               r".*own_typo_for_check.py:2 in <module>: x = undefined_name\)"),
+                        ("own_syntax_for_check", r"SyntaxError: expected ':' \(at .*own_syntax_for_check.py:1: "
+                                                 r"def images\(split, root\)\)")):
+        with pytest.raises(UserError, match=f"importing {module} failed: {why}"):
+            source(f"{module}:images")
     with pytest.raises(UserError, match="gave an empty dataset for the train split"):
         source("own_items_for_check:empty")
     odd = source("own_items_for_check:odd_items")
     assert odd.classes == ["a", "b"] and odd.load(0)[1] == 1  # (image, label, more): the first two
     for index, why in ((1, r"\[1\] is of type dict"), (2, r"\[2\] has label 2; the dataset's classes \(2: a, b\)"),
-                       (3, r"\[3\] has label None"), (4, r"\[4\] has label 'b'")):
+                       (3, r"\[3\] has label None"), (4, r"\[4\] has label 'b'"),
+                       (5, r"\[5\] raised IndexError: list index out of range \(at .*own_items_for_check.py:\d+ in "
+                           r"__getitem__: return self.items\[i\]\); mend the dataset, or raise OSError")):
         with pytest.raises(UserError, match=why):
             odd.load(index)
     labels = [label for _, label in (source("own_items_for_check:sorted_classes").load(i)

@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import sysconfig
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,15 +78,33 @@ def _check_own(name: str) -> None:
                         "data.source names a function of your own code (rename a file of yours that has this name)")
 
 
+def raised(exc: BaseException) -> str:
+    """"KeyError: 'k' (at /src/mydata.py:12 in scans: return x[k])": `exc` and the innermost line of your code
+    that raised it (not repre's, Python's or an installed package's), where there is one."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        text = (exc.text or "").strip()
+        return f"{type(exc).__name__}: {exc.msg} (at {exc.filename}:{exc.lineno}{': ' + text if text else ''})"
+    return f"{type(exc).__name__}: {exc}{_your_line(exc)}"
+
+
+def _your_line(exc: BaseException) -> str:
+    not_yours = [Path(__file__).resolve().parents[1], *_library_folders()]
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename)
+        if path.is_file() and not any(path.resolve().is_relative_to(f) for f in not_yours):
+            return f" (at {frame.filename}:{frame.lineno} in {frame.name}{': ' + frame.line if frame.line else ''})"
+    return ""
+
+
 def import_source(name: str) -> Callable[[str, str | None], Any]:
     """"module:function" -> the function, from a module of your own (`_check_own`); a UserError that says what
-    could not be found or may not be called."""
+    could not be found or may not be called, or where importing it failed."""
     _check_own(name)
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"data.source={name}: importing {module_name} failed: {exc}") from None
+    except Exception as exc:  # ImportError, and whatever the module's own code raises (SyntaxError, NameError, ...)
+        raise UserError(f"data.source={name}: importing {module_name} failed: {raised(exc)}") from None
     found: Any = module
     for part in attr.split("."):
         found = getattr(found, part, None)
@@ -155,6 +174,9 @@ class PythonSource:
             item = self.dataset[index]
         except OSError as exc:  # a file the dataset reads: left out and counted, as a folder's
             raise UnreadableImage(f"{where}: {exc}") from None
+        except Exception as exc:  # a bug in the dataset: said as such, where it is (not a data worker's traceback)
+            raise UserError(f"{where} raised {raised(exc)}; mend the dataset, or "
+                            "raise OSError for an image to be left out and counted") from exc
         if isinstance(item, dict | str | bytes):
             raise UserError(f"{where} is of type {type(item).__name__}: return (image, label) or an image")
         image, label = (item[0], item[1]) if isinstance(item, tuple | list) and len(item) >= 2 else (item, None)
@@ -235,7 +257,7 @@ def _dataset(source: str, root: str | None, split: str) -> Any:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"data.source={source} raised for the {split} split: {type(exc).__name__}: {exc}") from exc
+        raise UserError(f"data.source={source} raised for the {split} split: {raised(exc)}") from exc
 
 
 def python_source(cfg: DataConfig, split: str) -> PythonSource:
