@@ -66,8 +66,12 @@ def test_non_vit_is_refused():
 
 
 def test_unknown_arch_is_refused():
-    with pytest.raises(UserError, match="unknown model.arch"):
+    with pytest.raises(UserError, match="unknown model.arch 'vit_nonexistent_patch3': .*a timm vision transformer"):
         Backbone("vit_nonexistent_patch3", {})
+    with pytest.raises(UserError, match=r"did you mean vit_pico_patch4\b"):  # a typo: the nearest names
+        Backbone("vit_pico_ptach4", {})
+    with pytest.raises(UserError, match=r"did you mean vit_small_patch16_224\b"):
+        Backbone("vit_smal_patch16_224", {})
 
 
 def _grads_and_calls(checkpointing: bool):

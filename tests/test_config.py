@@ -365,7 +365,8 @@ def test_an_empty_mapping_clears_a_preset_s_and_a_model_that_does_not_build_name
         with pytest.raises(UserError, match="data is a section; set its keys"):
             load_config(preset, [f"data={value}"])
     small = ["model.arch=vit_pico_patch4", "data.image_size=16", "data.name=synthetic"]
-    with pytest.raises(UserError, match=r"model.kwargs \{'num_heads': 12\} apply to model.arch=vit_pico_patch4"):
+    with pytest.raises(UserError, match=r"^cannot build model.arch=vit_pico_patch4 at data.image_size=16 with "
+                       r"model.kwargs \{num_heads: 12\}: .*divisible.*; set model.kwargs to fit it"):
         build_encoder(load_config(preset, small))
     assert build_encoder(load_config(preset, [*small, "model.kwargs={}"])).embed_dim == 128
 

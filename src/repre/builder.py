@@ -24,12 +24,14 @@ def build_encoder(cfg: Config) -> Backbone:
         kwargs["dynamic_img_size"] = True
     try:
         encoder = Backbone(arch, kwargs, cfg.model.init)
-    except ModelBuildError as exc:
+    except ModelBuildError as exc:  # said in the config's terms (not the timm name and kwargs it resolved to)
+        given = f"model.arch={cfg.model.arch} at data.image_size={cfg.data.image_size}"
         if not cfg.model.kwargs:
-            raise
-        raise UserError(f"{exc}; model.kwargs {cfg.model.kwargs} apply to model.arch={cfg.model.arch} too (a "
-                        "preset's stay when --set changes model.arch): set them to fit it, e.g. --set "
-                        "model.kwargs.num_heads=N, or drop them with --set 'model.kwargs={}'") from None
+            raise UserError(f"cannot build {given}: {exc.reason}") from None
+        kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in cfg.model.kwargs.items()) + "}"
+        raise UserError(f"cannot build {given} with model.kwargs {kwargs}: {exc.reason}; set model.kwargs to fit "
+                        "it (e.g. --set model.kwargs.num_heads=N; a preset's stay when --set changes model.arch), "
+                        "or drop them with --set 'model.kwargs={}'") from None
     size, p = cfg.data.image_size, encoder.patch_size
     if size % p:
         lower, upper = size - size % p, size - size % p + p

@@ -38,7 +38,12 @@ SMALL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 class ModelBuildError(UserError):
-    """timm could not build a known architecture with the keyword arguments given (its model.kwargs among them)."""
+    """timm could not build a known architecture with the keyword arguments given (its model.kwargs among them):
+    `reason` is timm's."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # model.init -> what it does to a freshly built timm model, in place (raises ValueError where it does not fit)
@@ -57,12 +62,16 @@ def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, 
 
 def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     if not timm.is_model(arch.split(".")[0]):
-        near = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6) or timm.list_models("vit_*")[:5]
-        raise UserError(f"unknown model.arch {arch!r}; e.g. {', '.join(near)} or {', '.join(SMALL_CONFIGS)}")
+        near = difflib.get_close_matches(arch, [*SMALL_CONFIGS, *timm.list_models()], n=5, cutoff=0.6)
+        raise UserError(f"unknown model.arch {arch!r}: "
+                        + (f"did you mean {', '.join(near)}? " if near else "")
+                        + "a timm vision transformer (vit_small_patch16_224, swin_tiny_patch4_window7_224; "
+                        "timm.list_models('vit_*') lists them) or one for small images (" + ", ".join(SMALL_CONFIGS)
+                        + ")")
     try:
         return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ModelBuildError(f"cannot build {arch} with {kwargs}: {exc}") from None
+        raise ModelBuildError(f"cannot build {arch} with {kwargs}: {exc}", str(exc)) from None
 
 
 class Backbone(nn.Module):
