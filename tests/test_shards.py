@@ -88,7 +88,8 @@ def test_bad_shard_roots_say_what_to_do(tmp_path):
     with tarfile.open(tmp_path / "bad-label.tar", "w") as tar:
         add(tar, "a.png", png_bytes(0))
         add(tar, "a.cls", b"cat")
-    with pytest.raises(UserError, match="not an integer label"):
+    with pytest.raises(UserError, match=r"a.cls holds 'cat', not an integer label: a .cls member holds the class "
+                                        r"index .*; write the indices .*, or leave out every .cls"):
         TarShards(str(tmp_path / "bad-label.tar"))
 
 

@@ -113,7 +113,10 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                     try:
                         labels[key] = int(text)
                     except ValueError:
-                        raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label") from None
+                        raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label: a "
+                                        f"{ext} member holds the class index (0, 1, ...) as text; write the "
+                                        "indices (keep class names in another member, e.g. KEY.txt, which is "
+                                        f"not read), or leave out every {ext} for unlabelled images") from None
     except tarfile.ReadError as exc:
         if images or labels:  # read well up to some member: a shard cut short (a copy that stopped)
             raise UserError(f"{path} ends in the middle of a member ({exc}) after {len(images)} images: it is cut "
