@@ -142,7 +142,8 @@ def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path,
     cfg = tiny_config("data.name=shards", f"data.root={tmp_path}", "data.image_size=16")
     encoder, rt = Backbone(cfg.model.arch, cfg.model.kwargs), setup_runtime(cfg.train)
     for task, what in (("knn", "k-NN"), ("linear", "the linear probe"), ("finetune", "fine-tuning")):
-        with pytest.raises(UserError, match=f"^{what} needs labels"):
+        with pytest.raises(UserError, match=f"^{what} needs labels, which these images have not: labels come "
+                                            "from class sub-folders .*a KEY.cls per sample in shards"):
             encoder_tasks()[task](encoder, cfg, rt)
     with pytest.raises(UserError, match="^the linear probe needs labels"):
         probe_source(cfg)

@@ -236,13 +236,17 @@ def class_name(names: list[str] | None, label: int | None) -> str | None:
     return names[label] if names and label is not None and 0 <= label < len(names) else None
 
 
+# where labels come from, for a message saying that some are missing
+LABELS_FROM = ("labels come from class sub-folders (train/<class>/..., val/<class>/...; the sub-folder is the "
+               "class), a KEY.cls per sample in shards, or `classes` on a dataset of your own code (data.name=python)")
+
+
 def check_labels(labels: torch.Tensor | None, classes: int, task: str, images: str) -> None:
     """Every label [N] of the `images` that `task` read is one of the training images' `classes`: an image
     without one (-1: a loose file beside class folders, a shard sample without its .cls) or with a class they
     lack would be counted as another class, or fail inside the loss."""
     if labels is None:
-        raise UserError(f"{task}: the {images} have no labels; give them class sub-folders (or .cls files in "
-                        "shards), as the training images have")
+        raise UserError(f"{task}: the {images} have no labels, as the training images have; {LABELS_FROM}")
     unlabelled, beyond = int((labels < 0).sum()), sorted({int(v) for v in labels[labels >= classes]})
     if unlabelled or beyond:
         said = ", ".join(([f"{unlabelled} without a label (a file beside the class folders, or a shard sample "
@@ -273,8 +277,7 @@ def labelled(source: ImageSource, task: str) -> int:
     """The number of classes of `source`; exit 2 saying that `task` needs labels when it has fewer than two (one
     class: every prediction right, a score that says nothing; a folder nested one level too deep)."""
     if not source.num_classes:
-        raise UserError(f"{task} needs labels: use a folder with class sub-folders in train/ and val/ (every image "
-                        "in one; the sub-folder is its class), or, with data.name=python, a dataset with `classes`")
+        raise UserError(f"{task} needs labels, which these images have not: {LABELS_FROM}")
     if source.num_classes < 2:
         names = class_names(source) or ["one"]
         raise UserError(f"{task} needs at least 2 classes; these images have one ({names[0]}): a folder's classes "
