@@ -210,6 +210,7 @@ def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards,
                       tmp_path / "run", resume=True)
     assert resumed.data.positions == {0: (0, 0, ())}
     assert "every stream restarts at the start of epoch 0" in repre_log.text
+    assert "to go on exactly, stop and resume with 1 process and --set train.num_workers=2" in repre_log.text
     assert resumed.fit()["completed"]
 
 
