@@ -433,3 +433,98 @@ def test_numbers_read_as_yaml_1_2_reads_them():
     assert load_config(None, ["train.max_steps=010"]).train.max_steps == 10
     assert load_config(None, ["model.kwargs.init_values=1e-5"]).model.kwargs == {"init_values": 1e-5}
     assert parse_overrides(["a.b=1:30", "a.c=.inf", "a.d=0x10"])["a"] == {"b": "1:30", "c": float("inf"), "d": 16}
+
+
+def test_a_printed_config_edited_by_a_person_is_read_as_written_not_as_an_older_run_s(tmp_path):
+    """`repre config` and a run's config.yaml carry the repre that wrote them: a copy with a key deleted takes
+    today's default (not the one an older run's config without that key trained with), and one switched to
+    DINO's local crops with two blur values is refused with the fix (not read as an older run's)."""
+    from repre.config import to_yaml
+
+    printed = to_yaml(load_config(None))
+    assert printed.startswith("repre_version: ")
+    (tmp_path / "edited.yaml").write_text(printed.replace("  out_stride: 4\n", ""))
+    assert load_config(str(tmp_path / "edited.yaml")).recon.out_stride == 4  # an older run's would read 1
+    dino = printed.replace("  name: mocov3\n", "  name: dino\n").replace("  local_crops: 0\n", "  local_crops: 4\n")
+    (tmp_path / "dino.yaml").write_text(dino)
+    with pytest.raises(UserError, match="needs a third value in aug.blur_prob"):
+        load_config(str(tmp_path / "dino.yaml"))
+
+
+def test_files_that_would_run_defaults_under_a_preset_s_name_are_refused(tmp_path):
+    """An empty file (a failed `repre config > FILE` leaves one), comments alone, and a printed config trimmed to
+    a few keys that keeps `preset: NAME` (a label: the rest would be repre's defaults, not NAME's)."""
+    for name, text in (("empty.yaml", ""), ("comments.yaml", "# nothing here\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=f"config file .*{name} holds no settings"):
+            load_config(str(tmp_path / name))
+    (tmp_path / "short.yaml").write_text("preset: fmnist-dino\ntrain:\n  max_steps: 400\n")
+    with pytest.raises(UserError, match="names `preset: fmnist-dino` but lacks the sections data, aug, model, "
+                                        "method, recon, eval, .*write `_base_: fmnist-dino`"):
+        load_config(str(tmp_path / "short.yaml"))
+    (tmp_path / "based.yaml").write_text("_base_: fmnist-dino\ntrain:\n  max_steps: 400\n")
+    based = load_config(str(tmp_path / "based.yaml"))
+    assert (based.method.name, based.train.max_steps, based.preset) == ("dino", 400, "based")
+    (tmp_path / "mine.yaml").write_text("preset: my-sweep\ntrain:\n  max_steps: 400\n")  # a label of one's own
+    assert load_config(str(tmp_path / "mine.yaml")).preset == "my-sweep"
+
+
+@pytest.mark.parametrize("text", ["1e-3", "1e5", "0o17", "0x10", "010", "12", ".5", "true", "null", "~", "2:30"])
+def test_a_text_value_is_written_so_that_it_reads_back_as_text(text, tmp_path):
+    """PyYAML writes by YAML 1.1's rules, where `1e-3` is a string and goes unquoted; the loader reads YAML 1.2's
+    numbers: a config file named 1e-3.yaml made `preset: 1e-3`, which --resume then refused as a float."""
+    from repre.config import save_yaml
+
+    cfg = load_config(None, [f"description={text!r}", "model.kwargs={tag: '" + text + "'}"])
+    assert cfg.description == text and cfg.model.kwargs == {"tag": text}
+    save_yaml(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg  # a Path too
+
+
+def test_a_set_value_cut_by_a_yaml_comment_is_refused_with_the_quotes_to_write():
+    with pytest.raises(UserError, match=r"YAML reads '#3' as a comment, so the value would be '/data/run'; quote"):
+        parse_overrides(["data.root=/data/run #3"])
+    with pytest.raises(UserError, match=r"YAML reads '#x' as a comment, so the value would be None"):
+        parse_overrides(["data.root=#x"])
+    assert parse_overrides(['description="run #3"', "description2=a#b"]) == {"description": "run #3",
+                                                                               "description2": "a#b"}
+
+
+def test_a_missing_config_path_object_says_so():
+    from pathlib import Path
+
+    with pytest.raises(UserError, match="config file nope.yaml does not exist"):
+        load_config(Path("nope.yaml"))
+
+
+def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_log):
+    """`--set method.dino.*` (or a file of one's own) on a MoCo v3 run changes nothing: a warning names them;
+    a preset's or a run's config, which hold every framework's section, says nothing."""
+    from conftest import pretrain_args, run_cli
+    from repre.config import given_keys
+
+    assert given_keys(None, ["method.dino.teacher_temp=0.07", "train.lr=1"]) == {"method.dino.teacher_temp",
+                                                                                 "train.lr"}
+    (tmp_path / "mine.yaml").write_text("_base_: fmnist-mocov3\nmethod:\n  moby:\n    queue_size: 8\n")
+    assert given_keys(str(tmp_path / "mine.yaml"), []) == {"method.moby.queue_size"}
+    assert given_keys("fmnist-dino", []) == set()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stray").write_text("")  # the run stops at --out: the warning came before it
+    args = pretrain_args(tmp_path / "run", "method.name=mocov3")
+    code, _ = run_cli([*args, "--set", "method.dino.teacher_temp=0.07"])
+    assert code == 2
+    assert ("method.dino.bottleneck_dim, method.dino.hidden_dim, method.dino.teacher_temp, method.moby.mlp_dim, "
+            "method.moby.proj_dim: read only with the method each names, and this run trains method.name=mocov3: "
+            "they change nothing") in repre_log.text
+
+
+def test_the_default_out_is_named_by_the_preset_a_set_gives(tmp_path, monkeypatch, capsys):
+    from conftest import TINY, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "foo").mkdir(parents=True)
+    (tmp_path / "runs" / "foo" / "stray").write_text("")  # stops the run at --out: the folder it chose
+    args = ["pretrain", "--set", "preset=foo", *[a for item in TINY for a in ("--set", item)]]
+    code, _ = run_cli(args)
+    assert code == 2 and "--out runs/foo holds" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "fmnist-mocov3-repre").exists()

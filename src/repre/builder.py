@@ -66,6 +66,14 @@ def check_deterministic(cfg: Config, device: torch.device) -> None:
                         "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
 
 
+def check_builds(cfg: Config) -> None:
+    """Build the run's model shape-only, on the meta device (no memory, no weights' time), so that a setting it
+    refuses (model.arch, model.kwargs, recon.taps, recon.out_stride, ...) is said before the data are indexed,
+    which takes minutes on a large folder. The class count is a stand-in: the data's is checked with them."""
+    with torch.device("meta"):
+        build_model(cfg, num_classes=2)
+
+
 def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel:
     """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Baseline(method)`.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +18,17 @@ from repre.errors import StoppedEarly, UserError
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from repre.config import DEFAULT_PRESET, check_global_batch, load_config, source_dict
+    from repre.config import DEFAULT_PRESET, check_global_batch, load_config, parse_overrides, source_dict
 
-    out = Path(args.out) if args.out else Path("runs") / str(source_dict(args.config).get("preset", DEFAULT_PRESET))
+    # runs/PRESET, the preset a --set preset=NAME names included
+    preset = parse_overrides(args.overrides).get("preset") or source_dict(args.config).get("preset", DEFAULT_PRESET)
+    out = Path(args.out) if args.out else Path("runs") / str(preset)
     args.resolved_out = str(out)  # named by an error of the filesystem (a full disk)
     source = args.config
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+    _warn_of_idle_keys(cfg, args.config, args.overrides)
     if launched() and launch_rank() == 0:
         # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
         # then stops the others; one failing first could have rank 0 stopped before it spoke)
@@ -51,6 +55,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) -> None:
+    """Keys given for a framework that does not run (`--set method.dino.teacher_temp=...` on a MoCo v3 run)
+    change nothing: said (not refused: one list of settings may serve runs of several frameworks)."""
+    from repre.config import given_keys, idle_sections
+
+    if launch_rank() != 0:
+        return
+    idle = sorted(k for k in given_keys(config, overrides) if k.startswith(idle_sections(cfg.method.name)))
+    if idle:
+        logging.getLogger("repre").warning(
+            "%s: read only with the method each names, and this run trains method.name=%s: %s nothing",
+            ", ".join(idle), cfg.method.name, "it changes" if len(idle) == 1 else "they change")
+
+
 LENGTH_KEYS = ("max_steps", "epochs")  # train.*: how long a run is, which its schedules follow
 
 
@@ -60,10 +78,10 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
     (the Python API and an explicit `--set` only warn: `Checkpoints`)."""
     import yaml
 
-    from repre.config import flatten, migrate, parse_overrides
+    from repre.config import flatten, parse_overrides, read_written
 
     try:
-        saved = migrate(yaml.safe_load((out / run_files.CONFIG).read_text())).get("train") or {}
+        saved = read_written(yaml.safe_load((out / run_files.CONFIG).read_text()))[0].get("train") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return  # no run yet, or its config cannot say: the resume itself tells
     given = set(flatten(parse_overrides(overrides)))  # `train.max_steps=N` or `train={max_steps: N}`

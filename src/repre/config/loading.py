@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from repre._version import __version__
 from repre.config.checks import build_section, sections, validate
 from repre.config.migrate import migrate, renamed_message
 from repre.config.schema import DEFAULT_PRESET, Config
@@ -146,6 +148,22 @@ def wholes(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# the key of a config repre wrote (`to_yaml`) naming the repre that wrote it: a file with it is in that repre's keys
+# (a person's edit of it included), one without it that is `_resolved` a run's of a repre before the key
+VERSION_KEY = "repre_version"
+
+
+def read_written(raw: dict[str, Any], refuse_removed: bool = True) -> tuple[dict[str, Any], bool]:
+    """A config mapping read from YAML -> (it in today's keys, without `VERSION_KEY`; whether a repre wrote it).
+    A resolved config written before `VERSION_KEY` existed is `migrate`d (read as it was trained;
+    `refuse_removed`: as `migrate`'s); one written since, or edited by a person since, is taken as it is."""
+    raw = dict(raw)
+    written = raw.pop(VERSION_KEY, None)
+    if written is None and _resolved(raw):
+        return migrate(raw, refuse_removed), True
+    return raw, written is not None
+
+
 def _resolved(raw: dict[str, Any]) -> bool:
     """Whether a mapping is a resolved config that repre wrote (a run's config.yaml: every section and the
     preset it came from), not a file a person wrote."""
@@ -153,9 +171,9 @@ def _resolved(raw: dict[str, Any]) -> bool:
     return "preset" in raw and "_base_" not in raw and all(isinstance(raw.get(name), dict) for name in sections)
 
 
-def source_dict(source: str | None) -> dict[str, Any]:
+def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
-    source = source or DEFAULT_PRESET
+    source = os.fspath(source) if source else DEFAULT_PRESET
     path = Path(source)
     if path.is_dir() and source not in list_presets():  # a preset's name stays the preset's beside a run folder
         run = path / "config.yaml"
@@ -170,11 +188,30 @@ def source_dict(source: str | None) -> dict[str, Any]:
         except UnicodeDecodeError:
             raise UserError(f"config file {source} is not UTF-8 text: give a YAML file") from None
         raw = _read_yaml(text, str(path))
-        if _resolved(raw):  # a run's own config.yaml, perhaps from an older repre: read as it was trained
-            return migrate(raw)
+        if not raw:  # it would run repre's defaults, which are no preset's
+            raise UserError(f"config file {source} holds no settings (it is empty or comments only; a failed "
+                            "`repre config > FILE` leaves it empty): give a preset, or a YAML file that starts "
+                            "from one with `_base_: PRESET`")
+        raw, written = read_written(raw)
+        if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
+            return raw
+        _refuse_a_preset_label_alone(raw, source)
         raw.setdefault("preset", path.stem)
         return _resolve_base(raw, ())
     return _preset_dict(source)
+
+
+def _refuse_a_preset_label_alone(raw: dict[str, Any], source: str) -> None:
+    """A file of some sections naming a shipped preset in `preset:` (a printed config trimmed to what changes)
+    would be labelled that preset while the rest of it is repre's defaults: `_base_` is what starts from one."""
+    preset = raw.get("preset")
+    if "_base_" not in raw and isinstance(preset, str) and preset in list_presets():
+        missing = [f.name for f in dataclasses.fields(Config)
+                   if f.name not in ("preset", "description") and f.name not in raw]
+        raise UserError(f"config file {source} names `preset: {preset}` but lacks the sections {', '.join(missing)}, "
+                        f"which would be repre's defaults, not {preset}'s: `preset:` is a label; write `_base_: "
+                        f"{preset}` to start from that preset (with the keys you change), or give every section "
+                        f"(`repre config --config {preset}` prints them)")
 
 
 def override_items(overrides: Sequence[str] | None) -> list[str]:
@@ -207,12 +244,28 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
                 raise UserError(f"--set {item}: the value is not valid YAML ({str(exc).splitlines()[0]}); write a "
                                 "list as [a, b], a mapping as {key: value}") from None
             value = text
+        if (dropped := _comment_dropped(text, value)) is not None:
+            raise UserError(f"--set {item}: YAML reads {dropped!r} as a comment, so the value would be {value!r}; "
+                            f"quote a value that holds #: --set '{key.strip()}=\"{text.strip()}\"'")
         if (glued := _glued_key(value)) is not None:
             name, _, given = glued.partition(":")
             raise UserError(f"--set {item}: YAML reads {glued!r} as a key without a value; write a space after "
                             f"the colon: {{{name}: {given}}}")
         _place(out, key.strip(), value)
     return out
+
+
+def _comment_dropped(text: str, value: Any) -> str | None:
+    """The part of a `--set` value that YAML dropped as a comment (` #...`: `data.root=/data/run #3` is
+    "/data/run"), or None where it kept every character (`"run #3"` quoted, `a#b`)."""
+    found = re.search(r"(?:^|\s)#", text)
+    if found is None:
+        return None
+    try:
+        before = yaml.load(text[:found.start()], Loader=_UniqueKeyLoader) if text[:found.start()].strip() else None
+    except yaml.YAMLError:  # the # is inside a quoted string or a flow collection that it does not end
+        return None
+    return text[found.start():].strip() if before == value else None
 
 
 def _glued_key(value: Any) -> str | None:
@@ -245,7 +298,20 @@ def _place(out: dict[str, Any], key: str, value: Any) -> None:
     deep_update(node, {parts[-1]: value}, keep_whole=True)
 
 
-def load_config(source: str | None = None, overrides: Sequence[str] | Mapping[str, Any] | None = None) -> Config:
+def given_keys(source: str | os.PathLike[str] | None, overrides: Sequence[str] | None) -> set[str]:
+    """The keys a person gave (flat, "method.dino.teacher_temp"): `overrides`', and those of a YAML file of their
+    own at `source` (not a preset's, not those of a config repre wrote, which holds every key)."""
+    keys = set(flatten(parse_overrides(override_items(overrides))))
+    path = Path(os.fspath(source)) if source else None
+    if path is not None and path.is_file() and str(source) not in list_presets():
+        raw, _ = read_written(_read_yaml(path.read_text(encoding="utf-8"), str(path)))
+        if not _resolved(raw):
+            keys |= set(flatten({k: v for k, v in raw.items() if k != "_base_"}))
+    return keys
+
+
+def load_config(source: str | os.PathLike[str] | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] | None = None) -> Config:
     """Defaults <- preset or YAML file <- overrides; validated. The Python entry point of `--config/--set`.
     `overrides`: `--set` items (["train.max_steps=20"]), or a mapping: sections ({"train": {"max_steps": 20}},
     merged into the preset's) or dotted keys ({"train.max_steps": 20}, as `--set` gives them)."""
@@ -285,10 +351,26 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML as `_UniqueKeyLoader` reads it back: a string that it would read as another type (`1e-3`, `0o17`:
+    numbers by YAML 1.2's rules, strings by the 1.1 rules PyYAML writes with) is quoted."""
+
+
+def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
+    reads_as = _UniqueKeyLoader("").resolve(yaml.ScalarNode, value, (True, False))
+    style = "'" if reads_as != "tag:yaml.org,2002:str" else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def to_yaml(cfg: Config | dict[str, Any]) -> str:
-    """The resolved config as YAML, every key in the order of the config code: what a run's config.yaml holds
-    and `--config` takes back."""
-    return yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else cfg, sort_keys=False)
+    """The resolved config as YAML, every key in the order of the config code, after `repre_version` (the repre
+    that wrote it: a config in today's keys, never migrated): what a run's config.yaml holds and `--config`
+    takes back."""
+    return yaml.dump({VERSION_KEY: __version__, **(cfg.to_dict() if isinstance(cfg, Config) else cfg)},
+                     Dumper=_Dumper, sort_keys=False)
 
 
 def save_yaml(cfg: Config | dict[str, Any], path: Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from repre.builder import build_model, check_deterministic
+from repre.builder import build_model, check_builds, check_deterministic
 from repre.config import Config, check_global_batch, flatten, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.atomic import replacing
@@ -105,8 +105,9 @@ class Trainer:
 
     def _check_before_building(self, resume: bool, init_from: str | Path | None) -> None:
         """What needs neither the data nor the trained model, checked before either is built (indexing a dataset
-        takes time; `check_deterministic` builds a shape-only model on the meta device)."""
+        takes time; `check_builds` builds a shape-only model on the meta device)."""
         cfg = self.cfg
+        check_builds(cfg)
         if cfg.train.deterministic:
             check_deterministic(cfg, self.rt.device)
         check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size())

@@ -62,7 +62,7 @@ def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, 
 
 def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     if not timm.is_model(arch.split(".")[0]):
-        near = difflib.get_close_matches(arch, [*SMALL_CONFIGS, *timm.list_models()], n=5, cutoff=0.6)
+        near = difflib.get_close_matches(arch, [*SMALL_CONFIGS, *timm.list_models()], n=5, cutoff=0.8)
         raise UserError(f"unknown model.arch {arch!r}: "
                         + (f"did you mean {', '.join(near)}? " if near else "")
                         + "a timm vision transformer (vit_small_patch16_224, swin_tiny_patch4_window7_224; "

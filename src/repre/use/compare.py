@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, migrate, parse_overrides, reads
+from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, parse_overrides, read_written, reads
 from repre.config.migrate import REMOVED
 from repre.core import run_files
 from repre.core.run_files import (
@@ -123,7 +123,7 @@ def run_config(folder: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds no config (a mapping of sections)")
     now = {**flatten(Config().to_dict()), **{key: value for key, (value, _) in REMOVED.items()}}
-    return {**now, **flatten(migrate(raw, refuse_removed=False))}
+    return {**now, **flatten(read_written(raw, refuse_removed=False)[0])}
 
 
 def own_keys(config: dict[str, Any]) -> dict[str, Any]:
