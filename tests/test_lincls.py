@@ -380,3 +380,30 @@ def test_two_processes_train_the_head_one_process_trains(tiny_run, tmp_path, mon
     a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt")["model"] for d in ("1", "2"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_stochastic_depth_is_added_as_timm_builds_it_to_an_encoder_of_one_s_own(kind):
+    """MoBY's probe trains through drop path 0.2: the copy has timm's modules for `drop_path_rate` (rising over
+    the blocks, a Swin's across its stages) and the encoder's weights, for an encoder wrapped from a model of
+    one's own too (its Backbone kwargs empty: a rebuild from them was timm's default model, which its weights
+    did not fit)."""
+    import timm
+    from timm.layers import DropPath
+
+    kwargs = (dict(img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2) if kind == "vit" else
+              dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 2), num_heads=(1, 2)))
+    arch = "vit_tiny_patch16_224" if kind == "vit" else "swin_tiny_patch4_window7_224"
+
+    def rates(model):
+        return [(name, m.drop_prob if isinstance(m, DropPath) else 0.0) for name, m in model.named_modules()
+                if name.rsplit(".", 1)[-1].startswith("drop_path")]
+
+    own = Backbone.from_model(timm.create_model(arch, num_classes=0, **kwargs))  # timm's Swin: drop path 0.1
+    before = rates(own.model)
+    copied = lincls_module.with_drop_path(own, 0.2)
+    built = timm.create_model(arch, num_classes=0, drop_path_rate=0.2, **kwargs)
+    assert rates(copied.model) == rates(built) and max(r for _, r in rates(built)) == pytest.approx(0.2)
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), own.state_dict().values(),
+                                                  strict=True))
+    assert rates(own.model) == before  # the encoder itself unchanged

@@ -15,6 +15,7 @@ reported top-1 is the final head's, not the best epoch's (main_lincls.py:315; ev
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -118,11 +120,18 @@ def drop_path_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
-    """A copy of `encoder` built with stochastic depth `rate` (timm's rule: rising linearly over the blocks to
-    `rate`), its weights and its `model.init` behaviour the same."""
-    copy = Backbone(encoder.arch, {**encoder.kwargs, "drop_path_rate": rate}, encoder.init)
-    copy.model.load_state_dict(encoder.model.state_dict())
-    return copy.to(next(encoder.parameters()).device)
+    """A copy of `encoder` with stochastic depth `rate` as timm builds it (`drop_path_rate`: rising linearly
+    over the blocks, a Swin's across its stages, from 0 to `rate`): its residual branches' `drop_path*` modules
+    replaced, so that an encoder of one's own (`Backbone.from_model`, whose kwargs do not rebuild it) is the
+    same model with the same weights."""
+    copied = copy.deepcopy(encoder)
+    model = copied.model
+    blocks = [b for layer in model.layers for b in layer.blocks] if copied.hierarchical else list(model.blocks)
+    for block, r in zip(blocks, torch.linspace(0, rate, len(blocks)).tolist(), strict=True):
+        for name, child in list(block.named_children()):
+            if name.startswith("drop_path") and isinstance(child, DropPath | nn.Identity):
+                setattr(block, name, DropPath(r) if r > 0 else nn.Identity())
+    return copied
 
 
 @torch.no_grad()
