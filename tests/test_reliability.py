@@ -1033,3 +1033,31 @@ def test_a_config_file_of_another_name_resumes_the_run_it_describes(tmp_path):
     mine.write_text("\n".join("preset: my" if ln.startswith("preset:") else ln for ln in text.splitlines()) + "\n")
     code, _ = run_cli(["pretrain", "--out", str(run), "--resume", "--config", str(mine), "--set", "train.max_steps=3"])
     assert code == 0
+
+
+def test_a_run_that_raises_ends_its_tensorboard_writer_and_progress_bar(tmp_path, monkeypatch):
+    """A notebook's run that an error or a second Ctrl-C ends: TensorBoard's writer thread and the bar end with
+    it (each such run left a thread behind), and the same process resumes the run."""
+    import threading
+
+    from tqdm import tqdm
+
+    def writers() -> int:
+        return sum(type(t).__name__ == "_AsyncWriterThread" for t in threading.enumerate())
+
+    before = writers()
+    original, calls = Trainer.train_step, []
+
+    def interrupted(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    settings = [*RESUME, "train.num_workers=0", "train.progress=true"]
+    with monkeypatch.context() as patched:
+        patched.setattr(Trainer, "train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(tiny_config(*settings), tmp_path / "run").fit()
+    assert writers() == before and not list(tqdm._instances)
+    assert Trainer(tiny_config(*settings), tmp_path / "run", resume=True).fit()["completed"]

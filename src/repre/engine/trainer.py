@@ -272,12 +272,24 @@ class Trainer:
         if main:
             self._say_what_runs()
         writer = MetricWriter(self.out, enabled=main, after_step=s.step)
+        try:
+            summary = self._train(writer)
+        finally:  # an error or a second Ctrl-C too: TensorBoard's writer thread ends (a notebook runs on)
+            writer.close()
+        if not summary["completed"]:
+            raise StoppedEarly(summary)
+        return summary
+
+    def _train(self, writer: MetricWriter) -> dict[str, Any]:
+        """The steps from here to the end, the last checkpoint and the summary (`_finish`)."""
+        s, main = self.state, dist.is_main()
         writer.text("config", to_yaml(self.cfg), s.step)  # runs told apart in TensorBoard (a resume: its own)
         loader = self.data.loader(s.step, self.rt.pin_memory)
         bar = progress_bar(total=self.total, initial=s.step, disable=not (self.cfg.train.progress and main),
                            desc="pretrain")
         # to the end: a signal during the final evaluations stops them too
-        with contextlib.nullcontext(self.signal) if self.signal else GracefulStop() as signal:
+        stops = contextlib.nullcontext(self.signal) if self.signal else GracefulStop()
+        with contextlib.closing(bar), stops as signal:
             self.agreement.signal = signal
             completed = self._loop(loader, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
@@ -300,11 +312,7 @@ class Trainer:
                 if not completed and main:
                     log.warning("stopped at step %d of %d, checkpoint %s: go on with %s", s.step, self.total, path,
                                 self._resume_command())
-            summary = self._finish(writer, path, completed, signal)
-        writer.close()
-        if not summary["completed"]:
-            raise StoppedEarly(summary)
-        return summary
+            return self._finish(writer, path, completed, signal)
 
     def _resume_command(self) -> str:
         return ("the same torchrun command with --resume" if dist.launched()
