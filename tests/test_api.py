@@ -174,3 +174,35 @@ def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tm
     monkeypatch.setattr("repre.eval.keep_result", full_disk)
     assert repre.evaluate("knn", run, quick, keep=True)["value"] == result["value"]
     assert "the result is not written" in repre_log.text and '"task": "knn"' in repre_log.text
+
+
+def test_a_framework_refuses_views_it_would_pair_wrongly_and_encoders_it_cannot_serve():
+    """View-first views (`torch.stack([x1, x2])`: [2, B, ...]) trained images 0 and 1 as one image's views
+    without an error; DINO's local crops need an encoder of dynamic image size (timm's assertion said otherwise);
+    a padding encoder's maps are of larger images than its targets; an int patch size (XCiT) was a TypeError;
+    supervised without a class count names it."""
+    from repre.methods import DINO, MoCoV3
+    from repre.models.backbone import Backbone
+    from repre.reconstruction import RePre
+
+    def vit(**extra):
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2,
+                                 num_heads=2, num_classes=0, **extra)
+
+    model = RePre(MoCoV3(Backbone.from_model(vit()), proj_dim=8, mlp_dim=16), taps=2, width=8)
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"views must be \[B, 2, 3, H, W\].*got a tensor of shape \[2, 4, 3, 32, 32\]"):
+        model(torch.stack([x1, x2]), 0.99)
+    assert model(torch.stack([x1, x2], dim=1), 0.99)["loss"].isfinite()
+    dino = DINO(Backbone.from_model(vit()), out_dim=16, hidden_dim=16, bottleneck_dim=8)
+    with pytest.raises(ValueError, match="build the timm model with dynamic_img_size=True"):
+        dino(torch.stack([x1, x2], dim=1), local_views=torch.randn(4, 2, 3, 16, 16))
+    dino = DINO(Backbone.from_model(vit(dynamic_img_size=True)), out_dim=16, hidden_dim=16, bottleneck_dim=8)
+    assert dino(torch.stack([x1, x2], dim=1), local_views=torch.randn(4, 2, 3, 16, 16)).loss.isfinite()
+    with pytest.raises(ValueError, match="dynamic_img_pad=True"):
+        ReconstructionBranch(vit(dynamic_img_size=True, dynamic_img_pad=True), taps=2)
+    xcit = timm.create_model("xcit_nano_12_p8_224", img_size=32, num_classes=0)
+    with pytest.raises(UserError, match="not a timm vision transformer"):
+        ReconstructionBranch(xcit, taps=2)
+    with pytest.raises(UserError, match=r"build_model\(cfg, num_classes=N\)"):
+        build_model(tiny_config("method.name=supervised"))

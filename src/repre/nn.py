@@ -50,6 +50,10 @@ class ReconstructionBranch(nn.Module):
             raise UserError(f"recon.out_stride={out_stride!r}: a power of two (1, 2, 4, ...), the pixels each output "
                             "cell of the decoder's last convolution writes a side of")
         backbone = encoder if isinstance(encoder, Backbone) else Backbone.from_model(encoder)
+        if getattr(backbone.model.patch_embed, "dynamic_img_pad", False):
+            raise ValueError("the encoder pads images to a multiple of its patch (dynamic_img_pad=True), so its "
+                             "maps are of larger images than the targets: build it without dynamic_img_pad and give "
+                             "images whose sides are multiples of the patch")
         self._backbone = (backbone,)  # a tuple: not a submodule, its parameters stay the caller's
         self.taps = resolve_taps(taps, backbone.depth)
         channels = [backbone.unit_channels[t] for t in self.taps]

@@ -33,8 +33,9 @@ def build_method(cfg: Config, encoder: Backbone, num_classes: int | None = None)
     cls = _method_class(name)
     if cls is Supervised:
         if not num_classes:
-            raise UserError("method.name=supervised needs a labelled dataset (class sub-folders, Fashion-MNIST, "
-                            "synthetic)")
+            raise UserError("method.name=supervised trains a classifier: it needs the class count of labelled "
+                            "data (pre-training reads it from the data: class sub-folders, Fashion-MNIST, "
+                            "synthetic; in Python, build_model(cfg, num_classes=N))")
         return Supervised(encoder, num_classes)
     return cls(encoder, **dataclasses.asdict(getattr(cfg.method, name)))
 

@@ -86,7 +86,10 @@ class Backbone(nn.Module):
         self.arch, self.kwargs, self.init = arch, dict(kwargs), init
         self.model = model if model is not None else create_timm(arch, kwargs)
         units = getattr(self.model, "blocks", None) or getattr(self.model, "layers", None)
-        if units is None or not all(hasattr(self.model, a) for a in ("forward_intermediates", "patch_embed")):
+        # a ViT's tap maps are its tokens on the patch grid, which its patch embedding names (not XCiT's)
+        grid = hasattr(self.model, "layers") or hasattr(getattr(self.model, "patch_embed", None), "dynamic_feat_size")
+        needs = ("forward_intermediates", "patch_embed")
+        if units is None or not grid or not all(hasattr(self.model, a) for a in needs):
             raise UserError(
                 f"{arch} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
                 "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
@@ -95,7 +98,8 @@ class Backbone(nn.Module):
         self.embed_dim: int = self.model.num_features
         self.depth: int = len(units)  # tap units: blocks (ViT) or stages (Swin)
         embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches
-        self.patch_size: int = int(embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size[0])
+        side = embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size  # (h, w), or an int (XCiT)
+        self.patch_size: int = int(side if isinstance(side, int) else side[0])
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
         self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.depth
         self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.depth
