@@ -104,8 +104,19 @@ def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):
     """A key written twice (YAML keeps the last silently), a file that is not text, a folder (a run's: its
     config.yaml named)."""
     (tmp_path / "dup.yaml").write_text("train:\n  max_steps: 10\n  max_steps: 20\n")
-    with pytest.raises(UserError, match=r"(?s)not valid YAML: .*'max_steps' is given twice.*line 3"):
+    with pytest.raises(UserError, match=r"dup.yaml is not valid YAML at line 3, column 3: 'max_steps: 20': key "
+                                        r"'max_steps' is given twice in this mapping \(keep one of them\)"):
         load_config(str(tmp_path / "dup.yaml"))
+    for text, said in (  # the usual slips of a hand-written file: where, and what to do
+            ("train:\n\tmax_steps: 5\n", r"at line 2, column 1: 'max_steps: 5': .*\(indent with spaces"),
+            ("train:\n  max_steps: 5\n lr: 2\n", r"at line 3, column 2: 'lr: 2': .*\(a key indented other than"),
+            ("train:\n  max_steps: 5\n    lr: 2\n", r"at line 3, column 7: 'lr: 2': .*\(a key indented deeper"),
+            ("train: {max_steps: 5\n", r"at line 2, column 1 \(the end of the file\): .*from line 1: 'train: "),
+            ("train:\n  max_steps:5\n", r"train must be a mapping, got 'max_steps:5' \(YAML needs a space after a "
+                                       r"key's colon: max_steps: 5\)")):
+        (tmp_path / "slip.yaml").write_text(text)
+        with pytest.raises(UserError, match=said):
+            load_config(str(tmp_path / "slip.yaml"))
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(UserError, match="is not UTF-8 text"):
         load_config(str(tmp_path / "bin.yaml"))

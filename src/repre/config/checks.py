@@ -32,7 +32,9 @@ def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     type; its sub-sections in turn."""
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "config"
-        raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}")
+        glued = isinstance(raw, str) and ":" in raw and ": " not in raw  # `max_steps:5`: YAML's one string
+        hint = f" (YAML needs a space after a key's colon: {raw.replace(':', ': ', 1)})" if glued else ""
+        raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}{hint}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -77,11 +77,37 @@ def _yaml_12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _UniqueKeyLoader.add_constructor(_INT, _yaml_12_int)
 
 
+# PyYAML's words for the usual slips of a hand-written file -> what to do
+_YAML_HINTS = {
+    "'\\t'": "indent with spaces: YAML takes no tabs",
+    "mapping values are not allowed here": "a key indented deeper than the keys beside it, or a value holding "
+                                           "': ', which needs quotes",
+    "expected <block end>": "a key indented other than the keys beside it: align it with them",
+    "is given twice": "keep one of them",
+}
+
+
+def _yaml_error(exc: yaml.YAMLError, where: str) -> str:
+    """`where` is not valid YAML: the line and column, PyYAML's problem, the line itself, and what to do."""
+    mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"{where} is not valid YAML: {problem}"
+    lines = (mark.buffer or "").rstrip("\0").splitlines()
+    line = lines[mark.line].strip() if mark.line < len(lines) else ""
+    if not line and opened is not None and opened.line < len(lines):  # at the end: where what is unclosed began
+        problem += f", {getattr(exc, 'context', '')} from line {opened.line + 1}: {lines[opened.line].strip()!r}"
+    hint = next((what for words, what in _YAML_HINTS.items() if words in problem), "")
+    shown = f": {line!r}" if line else " (the end of the file)"
+    return (f"{where} is not valid YAML at line {mark.line + 1}, column {mark.column + 1}{shown}: {problem}"
+            + (f" ({hint})" if hint else ""))
+
+
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no code runs from the file
     except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML: {exc}") from None
+        raise UserError(_yaml_error(exc, where)) from None
     if not isinstance(raw, dict):
         raise UserError(f"{where} must hold a mapping of config sections, got {type(raw).__name__}")
     return raw
