@@ -350,3 +350,20 @@ def test_the_kwargs_an_export_leaves_out_change_no_feature(arch, kwargs):
         with torch.no_grad():
             torch.testing.assert_close(model(x), plain(x))
 
+
+
+def test_weights_that_do_not_fit_timm_s_model_are_named_by_their_keys(monkeypatch, tmp_path):
+    import timm
+
+    import repre.exporting as exporting
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                              num_classes=0)
+    state = dict(model.state_dict())
+    del state["pos_embed"]
+    state.update({f"extra.{i}": torch.zeros(1) for i in range(5)})
+    monkeypatch.setattr(exporting, "load_export", lambda file, card: model)
+    with pytest.raises(exporting.UserError, match=r"do not fit timm's vit_tiny_patch16_224, so nothing was "
+                                                  r"written: the export lacks pos_embed and has more extra.0, "
+                                                  r"extra.1, extra.2 and 2 more"):
+        exporting.self_check(tmp_path / "unused", {"arch": "vit_tiny_patch16_224", "kwargs": {}}, state, model, [])

@@ -194,9 +194,10 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
                         f"{str(exc)[:300]}){old_timm_hint()}") from None
     keys = set(loaded.state_dict())
     if keys != set(state):
-        missing, extra = sorted(keys - set(state))[:3], sorted(set(state) - keys)[:3]
-        raise UserError(f"exported keys do not match timm's {card['arch']}: missing {missing}, unexpected {extra}"
-                        f"{old_timm_hint()}")
+        differ = [f"{what} {_some(names)}" for what, names in (("lacks", keys - set(state)),
+                                                                ("has more", set(state) - keys)) if names]
+        raise UserError(f"the export's weights do not fit timm's {card['arch']}, so nothing was written: the export "
+                        f"{' and '.join(differ)}{old_timm_hint()}")
     size = card["kwargs"].get("img_size", 224)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -208,6 +209,12 @@ def self_check(file: Path, card: dict[str, Any], state: dict[str, torch.Tensor],
                         f"nothing was written: the installed timm builds {card['arch']} otherwise than the "
                         f"training did; export with the timm version of the training{old_timm_hint()}")
     return {"strict_keys": True, "max_rel_feature_diff": diff, **transform_check(loaded, card, images)}
+
+
+def _some(names: set[str]) -> str:
+    """"pos_embed, cls_token and 3 more": the first names of a set, for a message."""
+    first = sorted(names)[:3]
+    return ", ".join(first) + (f" and {len(names) - len(first)} more" if len(names) > len(first) else "")
 
 
 def transform_check(loaded: torch.nn.Module, card: dict[str, Any], images: list[torch.Tensor]) -> dict[str, Any]:
