@@ -4,8 +4,10 @@ process stopped while writing leaves the old file, or none). Checkpoints add an 
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ def replacing(path: Path) -> Iterator[Path]:
     process (two processes writing one file do not share it) and keeps `path`'s suffix last (writers such as
     numpy's and safetensors' pick their format by it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
@@ -27,6 +30,36 @@ def replacing(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# a temporary file untouched this long is no write in progress (a write is seconds), on another host either,
+# where its process number says nothing
+ABANDONED_S = 600
+
+
+def _sweep_abandoned(path: Path) -> None:
+    """Remove the temporaries of earlier writes of `path` whose process was killed (SIGKILL, an out-of-memory
+    kill: nothing of it could remove them; an export's is the size of its weights): their process is gone
+    and they are not written to any more."""
+    for tmp in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
+        found = re.fullmatch(rf"\.{re.escape(path.stem)}\.(\d+)\.tmp{re.escape(path.suffix)}", tmp.name)
+        if found is None or int(found.group(1)) == os.getpid() or _alive(int(found.group(1))):
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime > ABANDONED_S:
+                tmp.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove: it stays, as before
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def written_file(path: str) -> str:
