@@ -32,8 +32,13 @@ these defaults: `repre presets` lists the presets, `repre config --config PRESET
 `repre config [--config PRESET_OR_YAML] [--set key=value]...` prints the resolved config that `repre pretrain`
 would run with the same arguments, validated as a config (keys, types, ranges, the rules across keys; what
 needs the model or the data is checked when pretrain builds them): a file to edit and give back with
-`--config`. Two keys sit outside the sections: `preset`, the preset a config came from (a YAML file without a
-`preset:` key: its file name; one `repre config` wrote keeps its preset's, and with it `runs/<preset>`), and `description`, a preset's line in `repre presets` (run only).
+`--config`. Three keys sit outside the sections: `repre_version`, the repre that wrote a config (a run's
+`config.yaml`, `repre config`'s output: such a file, edited or not, is read as written, where one without it
+that holds every section is a run's of an older repre, read in today's keys as it trained); `preset`, the
+preset a config came from (a YAML file without a `preset:` key: its file name; one `repre config` wrote keeps
+its preset's, and with it `runs/<preset>`; a label only: a file of some sections that names a shipped preset
+there is refused, since `_base_: PRESET` is what starts from one); and `description`, a preset's line in
+`repre presets` (run only).
 
 A key marked *run only* changes how a run or an evaluation goes (where and how fast it runs, what it logs,
 draws and keeps, when it gives up), not what it computes: a resumed run may change it
