@@ -194,6 +194,8 @@ def test_a_framework_refuses_views_it_would_pair_wrongly_and_encoders_it_cannot_
     with pytest.raises(ValueError, match=r"views must be \[B, 2, 3, H, W\].*got a tensor of shape \[2, 4, 3, 32, 32\]"):
         model(torch.stack([x1, x2]), 0.99)
     assert model(torch.stack([x1, x2], dim=1), 0.99)["loss"].isfinite()
+    with pytest.raises(ValueError, match="MoCoV3 takes no local crops"):  # they were left out silently
+        model(torch.stack([x1, x2], dim=1), 0.99, local_views=torch.randn(4, 2, 3, 16, 16))
     dino = DINO(Backbone.from_model(vit()), out_dim=16, hidden_dim=16, bottleneck_dim=8)
     with pytest.raises(ValueError, match="build the timm model with dynamic_img_size=True"):
         dino(torch.stack([x1, x2], dim=1), local_views=torch.randn(4, 2, 3, 16, 16))

@@ -857,17 +857,19 @@ def test_resume_may_change_host_sync_and_with_it_the_fused_optimizer(tmp_path, b
 
 
 def test_deterministic_mode_is_on_for_the_run_and_refuses_what_a_gpu_cannot_do(tmp_path):
-    from repre.builder import check_deterministic
+    from repre.builder import check_builds
 
+    cuda, deterministic = torch.device("cuda"), "train.deterministic=true"
     with pytest.raises(UserError, match="recon.upsample=nearest"):  # raised before anything touches CUDA
-        check_deterministic(tiny_config("recon.upsample=bilinear", "recon.out_stride=2"), torch.device("cuda"))
+        check_builds(tiny_config(deterministic, "recon.upsample=bilinear", "recon.out_stride=2"), cuda)
     assert build_model(tiny_config("recon.out_stride=2"), 10).branch.resamples(16)  # one x2 step
     # a decoder that never interpolates runs with bilinear set: patch 4 reconstructed by a 4x4 shuffle
     assert not build_model(tiny_config(), 10).branch.resamples(16)
-    check_deterministic(tiny_config("recon.upsample=bilinear"), torch.device("cuda"))
+    check_builds(tiny_config(deterministic, "recon.upsample=bilinear"), cuda)
     assert build_model(tiny_config(*SWIN_TINY, "recon.out_stride=2"), 10).branch.resamples(32)  # stages' strides
     with pytest.raises(UserError, match="data.local_crops=0"):
-        check_deterministic(tiny_config("recon.upsample=nearest", *DINO_TINY), torch.device("cuda"))
+        check_builds(tiny_config(deterministic, "recon.upsample=nearest", *DINO_TINY), cuda)
+    check_builds(tiny_config("recon.upsample=nearest", *DINO_TINY), cuda)  # not deterministic: fine
     assert not torch.are_deterministic_algorithms_enabled()
     cfg = tiny_config("train.deterministic=true", "train.device=cpu", "train.max_steps=2", "eval.knn.enabled=false")
     trainer = Trainer(cfg, tmp_path / "run")  # the CPU has deterministic backwards for bilinear steps

@@ -45,33 +45,23 @@ def build_encoder(cfg: Config) -> Backbone:
     return encoder
 
 
-def decoder_resamples(cfg: Config) -> bool:
-    """Whether the run's decoder interpolates (`ReconstructionBranch.resamples`), asked of a model built on the
-    meta device: shapes without weights, in a fraction of a second (the class count does not reach the decoder)."""
+def check_builds(cfg: Config, device: torch.device) -> None:
+    """Build the run's model shape-only, on the meta device (no memory, no weights' time), so that a setting it
+    refuses (model.arch, model.kwargs, recon.taps, recon.out_stride, ...) is said before the data are indexed,
+    which takes minutes on a large folder (the class count is a stand-in: the data's is checked with them);
+    and with train.deterministic on a GPU, what PyTorch has no deterministic CUDA backward for: a decoder that
+    interpolates (`ReconstructionBranch.resamples`) other than nearest, and DINO's local crops."""
     with torch.device("meta"):
-        model = build_model(cfg, num_classes=1)
-    return isinstance(model, RePre) and model.branch.resamples(cfg.data.image_size)
-
-
-def check_deterministic(cfg: Config, device: torch.device) -> None:
-    """train.deterministic on a GPU refuses what PyTorch has no deterministic CUDA backward for: a decoder that
-    interpolates (`decoder_resamples`) other than nearest, and DINO's local crops."""
-    if device.type != "cuda":
+        model = build_model(cfg, num_classes=2)
+    if not (cfg.train.deterministic and device.type == "cuda"):
         return
-    if cfg.recon.enabled and cfg.recon.upsample != "nearest" and decoder_resamples(cfg):
+    resamples = isinstance(model, RePre) and model.branch.resamples(cfg.data.image_size)
+    if cfg.recon.enabled and cfg.recon.upsample != "nearest" and resamples:
         raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
                         f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
     if cfg.data.local_crops > 0:
         raise UserError("train.deterministic=true on a GPU needs data.local_crops=0: the local crops resample the "
                         "position embeddings bicubically, which has no deterministic CUDA backward in PyTorch")
-
-
-def check_builds(cfg: Config) -> None:
-    """Build the run's model shape-only, on the meta device (no memory, no weights' time), so that a setting it
-    refuses (model.arch, model.kwargs, recon.taps, recon.out_stride, ...) is said before the data are indexed,
-    which takes minutes on a large folder. The class count is a stand-in: the data's is checked with them."""
-    with torch.device("meta"):
-        build_model(cfg, num_classes=2)
 
 
 def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel:

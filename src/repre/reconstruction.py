@@ -65,7 +65,7 @@ class Baseline(PretrainingModel):
         self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
         local_views: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """views [B, V, 3, H, W] (local_views [B, L, 3, h, w]) -> the method's losses."""
+        """views [B, 2, 3, H, W] (local_views [B, L, 3, h, w]: DINO's) -> the method's losses ("loss_recon" 0)."""
         out = self.method.step(views, momentum, labels, local_views)
         zero = torch.zeros((), device=out.loss.device)
         return {"loss": out.loss, **out.logged, "loss_contrastive": out.loss, "loss_recon": zero}

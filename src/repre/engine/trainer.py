@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from repre.builder import build_model, check_builds, check_deterministic
+from repre.builder import build_model, check_builds
 from repre.config import Config, check_global_batch, flatten, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.atomic import replacing
@@ -107,9 +107,7 @@ class Trainer:
         """What needs neither the data nor the trained model, checked before either is built (indexing a dataset
         takes time; `check_builds` builds a shape-only model on the meta device)."""
         cfg = self.cfg
-        check_builds(cfg)
-        if cfg.train.deterministic:
-            check_deterministic(cfg, self.rt.device)
+        check_builds(cfg, self.rt.device)
         check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size())
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
@@ -450,7 +448,8 @@ class Trainer:
         s = self.state
         summary = {
             "completed": completed,
-            # stopped by `train.max_bad_steps` non-finite steps in a row: --resume repeats them (`_fit`'s advice)
+            # stopped by `train.max_bad_steps` non-finite steps in a row: `_train`'s advice starts a new run from
+            # the last good checkpoint (--resume would repeat them)
             "diverged": self.guard.diverged,
             "steps": s.step,
             "total_steps": self.total,

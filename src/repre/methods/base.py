@@ -117,6 +117,8 @@ class Method(nn.Module):
         return []
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(target, online) modules: each step moves the target's parameters toward the online ones'
+        (`update_momentum`); a method without a momentum encoder has none."""
         return []
 
     def step(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
@@ -124,7 +126,11 @@ class Method(nn.Module):
         """A training step's forward: the momentum targets moved toward the online weights (`update_momentum`
         with this step's `momentum`), then `forward`. In eval mode (a validation loss) the targets stay, as
         every state a forward updates does (DINO's center, MoBY's queues), like batch norm's statistics. Not for
-        a subclass to override."""
+        a subclass to override. Local crops to a method without them (`multi_crop`) raise ValueError: they
+        would be left out silently."""
+        if local_views is not None and local_views.shape[1] and not self.multi_crop:
+            raise ValueError(f"{type(self).__name__} takes no local crops (local_views of shape "
+                             f"{list(local_views.shape)}): DINO does; give local_views=None")
         if self.training:
             self.update_momentum(momentum)
         return self(views, labels, local_views, taps=taps)

@@ -58,7 +58,7 @@ class ConvBlock(nn.Sequential):
 
 
 class Decoder(nn.Module):
-    """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, out_chans, H, W].
+    """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, 3, H, W].
 
     Each map through a 1x1 lateral to `width` channels; fused top-down at the finest input stride (the deepest
     first, each sum through a 3x3 block); then x2 steps (3x3 blocks, channels halved down to MIN_WIDTH) until
@@ -70,7 +70,6 @@ class Decoder(nn.Module):
         in_stride: int,
         width: int = 128,
         *,
-        out_chans: int = 3,
         upsample: str = "bilinear",
         out_stride: int = 1,
     ) -> None:
@@ -86,10 +85,10 @@ class Decoder(nn.Module):
         for _ in range(steps):
             widths.append(max(MIN_WIDTH, widths[-1] // 2))
         self.up = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.head = nn.Conv2d(widths[-1], out_chans * out_stride**2, 1)
+        self.head = nn.Conv2d(widths[-1], 3 * out_stride**2, 1)
 
     def forward(self, maps: Sequence[torch.Tensor], out_size: int | tuple[int, int]) -> torch.Tensor:
-        """maps [B, C_i, h_i, w_i] -> [B, out_chans, *out_size] (the views' size, or its side; a last resize
+        """maps [B, C_i, h_i, w_i] -> [B, 3, *out_size] (the views' size, or its side; a last resize
         where the map grid times the input stride does not reach it)."""
         out_size = (out_size, out_size) if isinstance(out_size, int) else out_size
         lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]

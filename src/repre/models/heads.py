@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 
-def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
-    """MoCo v3's MLP: hidden layers Linear(no bias) + BN + ReLU; output Linear(no bias) [+ BN without affine].
+def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """MoCo v3's MLP (its ViT's projector and predictor): hidden layers Linear(no bias) + BN + ReLU; output
+    Linear(no bias) + BN without affine.
 
     [B, in_dim] -> [B, out_dim]. Batch norm makes the statistics per call: call it once per view.
     """
@@ -18,7 +19,7 @@ def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bo
         layers.append(nn.Linear(d_in, d_out, bias=False))
         if i < num_layers - 1:
             layers += [nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
-        elif last_bn:
+        else:
             layers.append(nn.BatchNorm1d(d_out, affine=False))
     return nn.Sequential(*layers)
 
