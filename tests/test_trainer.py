@@ -327,3 +327,34 @@ def test_the_random_state_resumes_between_a_plain_process_and_a_one_process_grou
     torch.manual_seed(2)
     rng.load_state_dict(group, cpu)
     assert torch.equal(torch.rand(3), fresh)
+
+
+def test_the_periodic_k_nn_and_checkpoints_are_no_training_time(tmp_path, monkeypatch):
+    """A run's train_s and images/s are its steps' (data waits included): the periodic k-NN's time was counted
+    into the next step and window, so runs of other train.eval_every compared at other speeds. A clock that
+    only the k-NN moves: the run's training time stays as the steps alone give it."""
+    import types
+
+    import repre.engine.trainer as trainer_mod
+    import repre.eval.callbacks as callbacks_mod
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001  # every reading: the steps' time
+        return now[0]
+
+    knn = callbacks_mod.knn_eval
+
+    def slow_knn(*args, **kwargs):
+        now[0] += 100.0  # a k-NN of 100 s
+        return knn(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(callbacks_mod, "knn_eval", slow_knn)
+    summary = pretrain(tiny_config("train.max_steps=4", "train.eval_every=1", "train.log_every=2",
+                                   "eval.knn.enabled=false"), tmp_path / "run")
+    assert summary["train_s"] < 1
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in lines].count("eval") == 3  # the k-NN ran, at steps 1 to 3
+    assert all(r["images_per_sec"] > 1000 for r in lines if r["kind"] == "train")

@@ -405,11 +405,14 @@ class Trainer:
                 seconds = max(time.perf_counter() - window_start, 1e-9)
                 self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
+            paused = time.perf_counter()  # the periodic k-NN and the checkpoint: no step's time, nor the window's
             for callback in self.callbacks:  # before the checkpoint: a run resumed from it has what they wrote
                 callback.on_step_end(self, writer)
             if saves and s.step < self.total and not s.bad_streak:
                 writer.flush()  # the step's scalars on disk before a resume could take the checkpoint
                 self.checkpoints.save()  # never in a run of non-finite steps: the last good one stays newest
+            pause = time.perf_counter() - paused
+            tick, window_start = tick + pause, window_start + pause
         if s.step >= self.total and meter:  # resumed at its total between two lines: the steps carried over
             self._log_window(writer, meter, bar, None)
         return s.step >= self.total
