@@ -33,7 +33,10 @@ class MetricWriter:
 
             self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + 1)
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any], series: str = "") -> None:
+        """`record` as a line of metrics.jsonl, and its numbers as TensorBoard scalars KIND/KEY`series` at its
+        step (`series`: a suffix that keeps values measured otherwise apart, as the periodic k-NN's on its
+        subsets from the final one's)."""
         if not self.enabled:
             return
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v  # JSON has no NaN: null
@@ -44,7 +47,7 @@ class MetricWriter:
             for key, value in record.items():
                 if (key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool)
                         and math.isfinite(value)):  # flags (eval lines' knn_quick) are not series
-                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+                    self.tb.add_scalar(f"{record['kind']}/{key}{series}", value, record["step"])
 
     def text(self, tag: str, text: str, step: int) -> None:
         """`text` in TensorBoard's text tab under `tag` at `step`, shown as written (a code block)."""

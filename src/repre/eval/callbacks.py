@@ -51,7 +51,8 @@ class RunKNN:
             return None
         finally:
             trainer.model.train()
-        writer.write({"step": trainer.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": is_quick})
+        writer.write({"step": trainer.state.step, "kind": "eval", "knn_top1": top1, "knn_quick": is_quick},
+                     series="_quick" if is_quick else "")  # TensorBoard: on the subsets, one curve; the final apart
         return top1
 
     @staticmethod
