@@ -449,6 +449,13 @@ def test_a_run_lost_after_its_final_k_nn_writes_it_once_when_resumed(tmp_path):
     assert pretrain(tiny_config(*settings), tmp_path / "run", resume=True) == summary
     again = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert again == lines
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()  # the end redone is drawn once (its k-NN and reconstructions were there twice)
+    assert [e.step for e in events.Scalars("eval/knn_top1")] == [4]
+    assert [e.step for e in events.Scalars("train/loss")] == [4]  # the kept train line, drawn again
+    assert [e.step for e in events.Images("recon")] == [4]
 
 
 def test_a_signal_during_the_final_k_nn_stops_it_and_resume_redoes_it(tmp_path, monkeypatch):

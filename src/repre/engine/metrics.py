@@ -21,17 +21,24 @@ log = logging.getLogger("repre")
 class MetricWriter:
     """Appends JSON lines to `folder/metrics.jsonl` and scalars to `folder/tb/`."""
 
-    def __init__(self, folder: Path, tensorboard: bool = True, enabled: bool = True, after_step: int = 0) -> None:
+    def __init__(self, folder: Path, tensorboard: bool = True, enabled: bool = True, after_step: int = 0,
+                 end_redone: bool = False) -> None:
         """`enabled` False: writes nothing (the processes other than rank 0 of a distributed run). `after_step`:
         the step a run resumes from (0 for a run that starts, or resumes without a checkpoint); TensorBoard drops
-        the events of later steps that a stopped run had written, as the resume truncates metrics.jsonl."""
+        the events of later steps that a stopped run had written, as the resume truncates metrics.jsonl.
+        `end_redone`: the run resumes at its last step to redo its end (the final k-NN, the reconstructions):
+        that step's events go too, and its lines that stay in metrics.jsonl (the train line) are drawn again,
+        so that each value is in TensorBoard once."""
         self.path = folder / run_files.METRICS
         self.enabled = enabled
         self.tb = None
         if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + 1)
+            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + (0 if end_redone else 1))
+            for record in run_files.metric_lines(folder) if end_redone else ():
+                if record.get("step") == after_step:
+                    self._scalars(record, "")
 
     def write(self, record: dict[str, Any], series: str = "") -> None:
         """`record` as a line of metrics.jsonl, and its numbers as TensorBoard scalars KIND/KEY`series` at its
@@ -43,11 +50,15 @@ class MetricWriter:
                   for k, v in record.items()}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record, allow_nan=False) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if (key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and math.isfinite(value)):  # flags (eval lines' knn_quick) are not series
-                    self.tb.add_scalar(f"{record['kind']}/{key}{series}", value, record["step"])
+        self._scalars(record, series)
+
+    def _scalars(self, record: dict[str, Any], series: str) -> None:
+        if self.tb is None:
+            return
+        for key, value in record.items():
+            if (key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):  # flags (eval lines' knn_quick) are not series
+                self.tb.add_scalar(f"{record['kind']}/{key}{series}", value, record["step"])
 
     def text(self, tag: str, text: str, step: int) -> None:
         """`text` in TensorBoard's text tab under `tag` at `step`, shown as written (a code block)."""

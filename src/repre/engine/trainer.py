@@ -269,7 +269,8 @@ class Trainer:
         self.guard.start()
         if main:
             self._say_what_runs()
-        writer = MetricWriter(self.out, enabled=main, after_step=s.step)
+        # resumed at its last step (no summary says it completed): its end is redone, drawn once in TensorBoard
+        writer = MetricWriter(self.out, enabled=main, after_step=s.step, end_redone=0 < s.step == self.total)
         try:
             summary = self._train(writer)
         finally:  # an error or a second Ctrl-C too: TensorBoard's writer thread ends (a notebook runs on)
