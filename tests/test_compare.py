@@ -62,9 +62,11 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     assert table[0] == ["a/seed0", "b/seed0", "c/going"]  # the fewest trailing parts that tell the runs apart
     rows = {row[0]: row[1:] for row in table[1:]}
     assert rows["steps"] == ["20", "20", "20 no summary"]
-    assert rows["images/s"] == ["100.0", "80.0 (x0.80)", "-"] and rows["trained on"] == ["cpu fp32", "cpu fp32", "-"]
+    speed = last_train["images_per_sec"]  # without a summary: its last train line's
+    assert rows["images/s"] == ["100.0", "80.0 (x0.80)", f"{speed:.1f} (x{speed / 100:.2f})"]
+    assert rows["trained on"] == ["cpu fp32", "cpu fp32", "-"]
     assert rows["knn top-1 (run's end)"] == ["0.5000", "0.6250 (+0.1250)", "-"]
-    assert rows["eval linear top1 [epochs=2]"] == ["-", "0.7500 @10", "-"]  # an earlier checkpoint's; run-only
+    assert rows["eval linear top1 [epochs=2] @10"] == ["-", "0.7500", "-"]  # an earlier checkpoint's; run-only
     # keys (progress) left out of its label
     assert rows["config keys that differ:"] == [] and rows["train.seed"] == ["0", "7", "0"]
 
@@ -104,7 +106,7 @@ def test_compare_reads_what_is_there_and_shows_values_exactly(tmp_path, monkeypa
     assert code == 0 and stdout.splitlines()[0].split() == ["fresh", "resumed"]
     rows = rows_of(stdout)
     assert rows["train.lr"] == ["0.00015", "0.0001"]  # exactly: not 0.0001 twice
-    assert rows["steps"] == ["-", "600 no summary"] and rows["loss_contrastive (last)"] == ["-", "1.5000"]
+    assert rows["steps"] == ["-", "600/800 no summary"] and rows["loss_contrastive (last)"] == ["-", "1.5000"]
 
 
 def test_compare_subtracts_no_evaluations_measured_otherwise(tmp_path):
@@ -126,6 +128,46 @@ def test_compare_subtracts_no_evaluations_measured_otherwise(tmp_path):
     elsewhere = make_run(tmp_path / "elsewhere", "data.root=/other/images", summary={**done, "knn_top1": 0.4})
     assert rows_of(run_cli(["compare", str(first), str(elsewhere)])[1])["knn top-1 (run's end)"][1] == (
         "0.4000 (other settings)")  # other images
+
+
+def test_results_of_one_checkpoint_share_a_row_and_no_other_is_subtracted(tmp_path):
+    """The baseline evaluated at step 4 and the RePre run at 4 and at its end (8): the two results at step 4 in
+    one row, read against each other; the end's in its own row (against step 4's it was the training between
+    them, "+0.0312")."""
+    done = {"completed": True, "steps": 8, "knn_top1": 0.5}
+    base = make_run(tmp_path / "base", "recon.enabled=false", summary=done)
+    repre = make_run(tmp_path / "repre", summary=done)
+
+    def result(run: Path, folder: str, step: int, value: float) -> None:
+        (run / "eval" / "knn" / folder).mkdir(parents=True, exist_ok=True)
+        (run / "eval" / "knn" / folder / "result.json").write_text(json.dumps(
+            {"task": "knn", "metric": "top1", "value": value, "extra": {}, "checkpoint": {"step": step, "set": []}}))
+
+    result(base, "step-00000004", 4, 0.375)
+    result(repre, ".", 8, 0.40625)
+    result(repre, "step-00000004", 4, 0.4375)
+    code, stdout = run_cli(["compare", str(base), str(repre)])
+    rows = rows_of(stdout)
+    assert code == 0 and rows["eval knn top1 @4"] == ["0.3750", "0.4375 (+0.0625)"]
+    assert rows["eval knn top1"] == ["-", "0.4062"]
+    assert not any(label.startswith("eval knn top1 (2)") for label in rows)
+
+
+def test_a_run_s_state_and_a_mapping_s_differing_item_are_shown(tmp_path):
+    """A diverged run reads "diverged" (it read "stopped", as a Ctrl-C); a run without a summary takes its speed
+    from its last train line and its length from its config; two runs whose model.kwargs differ in one item
+    show that item (the two long texts were cut to the same middle)."""
+    diverged = make_run(tmp_path / "nan", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2}",
+                        summary={"completed": False, "diverged": True, "steps": 10, "total_steps": 200})
+    going = make_run(tmp_path / "going", "model.kwargs={patch_size: 4, embed_dim: 64, depth: 4, num_heads: 2}",
+                     "train.max_steps=400", lines=[{"step": 162, "kind": "train", "images_per_sec": 75.5}])
+    code, stdout = run_cli(["compare", str(diverged), str(going)])
+    rows, result = rows_of(stdout), last_json(stdout)
+    assert code == 0 and rows["steps"] == ["10/200 diverged", "162/400 no summary"]
+    assert rows["images/s"] == ["-", "75.5"] and result["runs"][0]["diverged"] is True
+    assert result["differences"]["model.kwargs.embed_dim"] == [32, 64] and rows["model.kwargs.embed_dim"] == ["32",
+                                                                                                          "64"]
+    assert "model.kwargs" not in result["differences"] and "model.kwargs.depth" not in result["differences"]
 
 
 def test_measure_settings_leave_out_what_the_result_names_and_what_changes_no_result():
@@ -206,10 +248,8 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path, r
     shutil.copytree(runs[0], copy)  # a copy of seed 0 beside it: one seed twice in the column, said
     assert run_cli(["compare", "--seeds", str(copy), *runs[:3]])[0] == 0
     assert "runs of the same seed in one column (seeds [0, 0, 1, 2])" in repre_log.text
-    from repre.use.compare import Paired, _difference, _evaluated
+    from repre.use.compare import Paired, _difference
 
-    # results of different checkpoints in one column: each listed with its step, no mean
-    assert _evaluated([(0.5, ""), (0.625, " @100")], [(0.5, ""), (0.5, "")]) == "0.5000, 0.6250 @end, 100"
     assert _difference([0.7], Paired([0.5])) == "0.7000 (+0.2000 paired)"  # one pair: no spread
 
 

@@ -50,10 +50,12 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
     configs differ in `SEED_KEYS` and run-only keys alone (`seed_groups`)."""
     folders = [_run_folder(r) for r in runs]
     configs = [own_keys(run_config(f)) for f in folders]
-    keys = [k for k in flatten(Config().to_dict()) if k not in PROSE and any(c.get(k) is not None for c in configs)]
-    keys += sorted({k for c in configs for k in c} - set(keys) - set(PROSE))  # keys of older repres, none of today's
-    differences = {key: [c.get(key) for c in configs] for key in keys
-                   if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1}
+    shown = [_mapping_keys(c) for c in configs]  # model.kwargs.embed_dim: the part of a mapping that differs
+    keys = [k for k in flatten(Config().to_dict()) for k in _below(k, shown)]
+    keys = [k for k in keys if k not in PROSE and any(c.get(k) is not None for c in shown)]
+    keys += sorted({k for c in shown for k in c} - set(keys) - set(PROSE))  # keys of older repres, none of today's
+    differences = {key: [c.get(key) for c in shown] for key in keys
+                   if len({json.dumps(c.get(key), sort_keys=True) for c in shown}) > 1}
     records = [run_record(f, c) for f, c in zip(folders, configs, strict=True)]
     columns = seed_groups(configs) if seeds else [[i] for i in range(len(records))]
     for column in columns:
@@ -62,6 +64,24 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
             log.warning("%s: runs of the same seed in one column (seeds %s): their spread is not the seeds' (a copy "
                         "of a run, or a seed not set?)", ", ".join(str(runs[i]) for i in column), seen)
     return {"command": "compare", "runs": records, "differences": differences, "columns": columns}
+
+
+def _mapping_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A flat config with each mapping value (model.kwargs) as a key per item, as --set writes them
+    (model.kwargs.embed_dim): two runs' kwargs that differ in one item show that item, not two long texts."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _below(key: str, configs: list[dict[str, Any]]) -> list[str]:
+    """`key`, or where the configs give it as a mapping the keys of its items (sorted): the rows in its place."""
+    items = sorted({k for c in configs for k in c if k.startswith(f"{key}.")})
+    return items if items else [key]
 
 
 def seed_groups(configs: list[dict[str, Any]]) -> list[list[int]]:
@@ -158,14 +178,16 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         "seed": config.get("train.seed"),
         "recon": recon,
         "completed": summary.get("completed"),  # None: no summary (running, killed, or resumed since)
+        "diverged": summary.get("diverged"),  # stopped by train.max_bad_steps non-finite steps in a row
         "steps": summary.get("steps", last.get("step")),
-        "total_steps": summary.get("total_steps"),
+        # without a summary: the length its config gives in steps (one in epochs needs the data's size)
+        "total_steps": summary.get("total_steps", config.get("train.max_steps") or None),
         "device": summary.get("device"),  # where it trained, in which precision, on how many processes
         "precision": summary.get("precision"),
         "processes": summary.get("processes"),
         "train_s": summary.get("train_s"),
         "wall_s": summary.get("wall_s"),
-        "images_per_sec": summary.get("images_per_sec"),
+        "images_per_sec": summary.get("images_per_sec", last.get("images_per_sec")),  # else the last window's
         "loss_contrastive": summary.get("loss_contrastive", last.get("loss_contrastive")),
         "loss_recon": summary.get("loss_recon", last.get("loss_recon")) if recon else None,
         "knn_top1": summary.get("knn_top1"),
@@ -286,25 +308,32 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     labels: dict[str, dict[int, Any]] = {}
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
-            given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
-                     for s in measured_otherwise(list(map(str, e["set"])), e["task"])]
-            name = f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "")
-            label, n = name, 1
+            name = label = _evaluation_label(e, r)
+            n = 1
             while i in labels.get(label, {}):  # a second result of the run with the same name: numbered
                 n += 1
                 label = f"{name} ({n})"
-            at = "" if e["step"] in (None, r["steps"]) else f" @{e['step']}"
-            labels.setdefault(label, {})[i] = (e["value"], at, e["settings"])
-    rows += [Row(label, [None if i not in by_run else by_run[i][:2] for i in range(len(runs))], _evaluated,
-                 settings=[by_run[i][2] if i in by_run else None for i in range(len(runs))])
+            labels.setdefault(label, {})[i] = (e["value"], e["settings"])
+    rows += [Row(label, [by_run[i][0] if i in by_run else None for i in range(len(runs))], _difference,
+                 settings=[by_run[i][1] if i in by_run else None for i in range(len(runs))])
              for label, by_run in labels.items()]
     return [row for row in rows if any(v is not None for v in row.values)]
+
+
+def _evaluation_label(e: dict[str, Any], r: dict[str, Any]) -> str:
+    """"eval linear top1 [epochs=2] @400": the task, its metric, the `--set` that change what it measured, and
+    the checkpoint, unless the run's last: a row holds results of one checkpoint, read against each other (a
+    run's result at its end against another's at step 400 differed by the training between them)."""
+    given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
+             for s in measured_otherwise(list(map(str, e["set"])), e["task"])]
+    at = "" if e["step"] in (None, r["steps"]) else f" @{e['step']}"
+    return f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "") + at
 
 
 def _steps(r: dict[str, Any]) -> str | None:
     if r["steps"] is None:
         return None
-    state = {True: "", False: " stopped", None: " no summary"}[r["completed"]]
+    state = " diverged" if r.get("diverged") else {True: "", False: " stopped", None: " no summary"}[r["completed"]]
     return f"{r['steps']}" + (f"/{r['total_steps']}" if r["total_steps"] not in (None, r["steps"]) else "") + state
 
 
@@ -390,16 +419,3 @@ def _duration(values: list[Any], first: list[Any] | None) -> str:
         return "-"
     text = here.text(60, 1, " min") if here.mean >= 60 else here.text(1, 0, " s")
     return text + (f" (x{here.mean / there.mean:.2f})" if there and there.mean else "")
-
-
-def _evaluated(values: list[Any], first: list[Any] | None) -> str:
-    """Results (value, "" or " @STEP" of an earlier checkpoint's)."""
-    if not _has(values):
-        return "-"
-    steps = list(dict.fromkeys(v[1].strip(" @") or "end" for v in values if v is not None))
-    if len(steps) > 1:  # the runs' results are of different checkpoints: no mean to read against another's
-        numbers = [f"{v[0]:.4f}" if isinstance(v[0], (int, float)) else "-" for v in values if v is not None]
-        return ", ".join(numbers) + f" @{', '.join(steps)}"
-    at = "" if steps == ["end"] else f" @{steps[0]}"
-    reference = type(first)(v and v[0] for v in first) if first else None  # Paired stays paired
-    return _difference([v and v[0] for v in values], reference) + at
