@@ -26,7 +26,7 @@ from repre.config import (
 )
 from repre.config.reads import listed, reads_key
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist
+from repre.core import launch
 from repre.data.evaluation import timm_preprocessing
 from repre.data.sources import check_data_code, pretraining_stats
 from repre.errors import UserError
@@ -55,7 +55,7 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | No
     recorded_source = raw.get("data", {}).get("source")
     deep_update(raw, given)
     cfg = config_from_dict(raw, migrated=True)
-    if cfg.data.source == recorded_source and dist.launch_rank() == 0:  # the run's data, not others given
+    if cfg.data.source == recorded_source and launch.launch_rank() == 0:  # the run's data, not others given
         check_data_code(cfg.data, ckpt.get("data_code"), checkpoint)
     return ckpt, cfg
 

@@ -16,13 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from repre.core.launch import (  # noqa: F401 (offered here too: the launcher's side of a process group)
-    launch_rank,
-    launched,
-    launched_world_size,
-    local_rank,
-    local_world_size,
-)
+from repre.core.launch import launched, launched_world_size, local_rank
 from repre.errors import UserError
 
 log = logging.getLogger("repre")

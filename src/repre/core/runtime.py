@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from repre.config import Config, TrainConfig
-from repre.core import compat, dist
+from repre.core import compat, dist, launch
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -106,7 +106,7 @@ def pick_precision(name: str, device: torch.device) -> str:
     `cpu_has_bf16`), else fp32.
     bf16 or fp16 asked of a CPU without native bf16 is granted with a warning: it runs emulated."""
     if name != "auto":
-        if name != "fp32" and device.type == "cpu" and not cpu_has_bf16() and dist.launch_rank() == 0:
+        if name != "fp32" and device.type == "cpu" and not cpu_has_bf16() and launch.launch_rank() == 0:
             log.warning("train.precision=%s on a CPU without bf16 instructions (AVX512-BF16, AMX-BF16 or Arm's "
                         "BF16): emulated, many times slower than fp32 (15x on an AVX2 CPU, docs/results.md); "
                         "train.precision=auto picks fp32 here", name)

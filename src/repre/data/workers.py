@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from repre.core import dist
+from repre.core import dist, launch
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -23,7 +23,7 @@ def resolve_workers(requested: int) -> int:
     the cores it may run on, divided among the processes torchrun started on the node, which all see the same
     cores (the official MoCo v3 divides its workers so too); 8 GPU processes on 64 cores get 7 workers each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // dist.local_world_size())
+    share = max(1, cores // launch.local_world_size())
     chosen = max(0, min(8, share - 1))
     if requested > MOST_WORKERS_PER_CORE * share:
         raise UserError(f"train.num_workers={requested} on {share} core(s): each data worker is a process with its "

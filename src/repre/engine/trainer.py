@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from repre.builder import build_model, check_builds
 from repre.config import Config, check_global_batch, flatten, save_yaml, to_yaml
-from repre.core import checkpoint_io, dist, rng, run_files
+from repre.core import checkpoint_io, dist, launch, rng, run_files
 from repre.core.atomic import replacing
 from repre.core.compat import workers_stopped_on_error
 from repre.core.progress import progress_bar
@@ -314,7 +314,7 @@ class Trainer:
             return self._finish(writer, path, completed, signal)
 
     def _resume_command(self) -> str:
-        return ("the same torchrun command with --resume" if dist.launched()
+        return ("the same torchrun command with --resume" if launch.launched()
                 else f"`repre pretrain --out {self.out} --resume`")
 
     def _say_what_runs(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from repre.config import EVAL_TASKS, Config, flatten, override_items, parse_overrides
 from repre.config.reads import eval_reads, idle_keys
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist, run_files
+from repre.core import dist, launch, run_files
 from repre.core.atomic import check_writable
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.engine.metrics import add_evaluation
@@ -56,7 +56,7 @@ def evaluate(
     if keep:
         out = result_folder(checkpoint, task, overrides, out, "out")
     result = _evaluate(task, checkpoint, overrides, out)
-    if keep and dist.launch_rank() == 0:  # under torchrun one process writes
+    if keep and launch.launch_rank() == 0:  # under torchrun one process writes
         try:
             keep_result(result, checkpoint, Path(out))
         except OSError as exc:  # a full disk after the work: the result is logged, and returned
@@ -70,7 +70,7 @@ def result_folder(checkpoint: str | Path, task: str, overrides: list[str], out: 
     writable before the work (`option` names it in the error); a result of the run's earlier newest step there
     moves to that step's folder first. Under torchrun the first process checks and moves."""
     folder = Path(out) if out is not None else run_files.eval_dir(checkpoint, task, overrides)
-    if dist.launch_rank() == 0:
+    if launch.launch_rank() == 0:
         check_writable(folder, option)
         if out is None:
             run_files.move_superseded_result(checkpoint, task, overrides)

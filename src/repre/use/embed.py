@@ -25,7 +25,7 @@ from typing import Any
 
 from repre.config import Config, DataConfig, override_items, parse_overrides, reads
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist, run_files
+from repre.core import launch, run_files
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
@@ -160,7 +160,7 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     plus `overrides`; `split` train or test) to `out` (FILE.npy, with FILE.csv and FILE.json beside it).
     Returns the summary {"command": "embed", "embeddings", "index", "card", "images", "dim", "skipped", ...}."""
     files = EmbeddingFiles.of(out)
-    if dist.launched():
+    if launch.launched():
         raise UserError("embed runs in one process (it writes one file in order): run it without torchrun")
     refuse_unread("repre embed", override_items(overrides), reads.EMBED)
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
