@@ -448,7 +448,7 @@ def test_each_photometric_operation_is_torchvisions(op):
 def test_a_folder_without_classes_or_with_one_is_told_what_evaluation_needs(tmp_path):
     """A flat folder: its missing val/ is not answered with a hold-out (still no labels); one class: no score
     (every prediction would be right); Fashion-MNIST's default name on a folder of images: data.name=folder."""
-    from repre.data.sources import labelled
+    from repre.data.labels import labelled
 
     for i in range(4):
         save_png(tmp_path / "flat" / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))

@@ -261,8 +261,8 @@ def test_shard_jpegs_travel_as_their_bytes(tmp_path):
 def test_a_subset_of_a_folder_still_sends_its_jpegs_as_bytes(mixed_folder):
     """data.subset (or the validation hold-out) over a folder: its images still cross undecoded to a device that
     decodes JPEGs, and keep their class names."""
+    from repre.data.labels import class_names
     from repre.data.pipeline import load_payload
-    from repre.data.sources import class_names
 
     source = build_source(tiny_config("data.name=folder", f"data.root={mixed_folder}").data, "train")
     picked = subset_of(subset_of(source, 12), 6)  # a selection of a selection, as an evaluation's subset

@@ -11,12 +11,12 @@ import torch
 from repre.config import Config
 from repre.core import dist
 from repre.data.folder import UnreadableImage, warn_unreadable
+from repre.data.labels import class_names
 from repre.data.sources import (
     STREAMS_EVALUATE,
     EncodedImages,
     ImageSource,
     build_source,
-    class_names,
     image_path,
 )
 from repre.errors import UserError

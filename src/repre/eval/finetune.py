@@ -20,7 +20,7 @@ from repre.config import Config
 from repre.core.runtime import LossScaler, Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import eval_loader
-from repre.data.sources import check_labels, check_source_labels, class_names, labelled
+from repre.data.labels import check_labels, check_source_labels, class_names, labelled
 from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip

@@ -15,7 +15,7 @@ from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.core.search import top_k
 from repre.data.evaluation import eval_loader
-from repre.data.sources import check_labels, check_source_labels, class_names, labelled
+from repre.data.labels import check_labels, check_source_labels, class_names, labelled
 from repre.eval.features import bar_name, gathered, pooled_embeddings
 from repre.eval.scores import per_class
 from repre.models.backbone import Backbone

@@ -35,7 +35,8 @@ from repre.core.rng import epoch_seed
 from repre.core.runtime import Runtime
 from repre.core.schedules import scaled_lr, warmup_cosine
 from repre.data.evaluation import EvalLoader, eval_loader
-from repre.data.sources import ImageSource, check_labels, check_source_labels, class_names, labelled
+from repre.data.labels import check_labels, check_source_labels, class_names, labelled
+from repre.data.sources import ImageSource
 from repre.data.splits import eval_source, subset_of
 from repre.errors import UserError
 from repre.eval.augmented import augmented_loader, crop_and_flip

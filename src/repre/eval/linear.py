@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from repre.config import Config
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
-from repre.data.sources import check_labels, check_source_labels, class_names, labelled
+from repre.data.labels import check_labels, check_source_labels, class_names, labelled
 from repre.errors import UserError
 from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval

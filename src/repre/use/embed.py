@@ -29,7 +29,8 @@ from repre.core import launch, run_files
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
-from repre.data.sources import ImageSource, build_source, class_names, image_path, pretraining_stats
+from repre.data.labels import class_names
+from repre.data.sources import ImageSource, build_source, image_path, pretraining_stats
 from repre.data.splits import train_source
 from repre.errors import NoTestSplit, UserError
 from repre.eval.features import check_finite, pooled_embeddings

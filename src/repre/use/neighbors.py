@@ -21,7 +21,8 @@ import torch
 from repre.config import override_items, reads
 from repre.core.pictures import Column, Picture, picture_path, save_picture, sheet, thumb_side, tile
 from repre.core.search import top_k
-from repre.data.sources import ImageSource, class_name
+from repre.data.labels import class_name
+from repre.data.sources import ImageSource
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import embedded_source, thumbnail

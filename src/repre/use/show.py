@@ -30,7 +30,8 @@ from repre.core.run_files import run_dir, short_names
 from repre.core.runtime import Runtime, setup_runtime
 from repre.data.evaluation import centre_view
 from repre.data.folder import UnreadableImage
-from repre.data.sources import ImageSource, class_name, class_names, pretraining_stats
+from repre.data.labels import class_name, class_names
+from repre.data.sources import ImageSource, pretraining_stats
 from repre.data.splits import spread_readable
 from repre.data.views import denormalize, normalize
 from repre.errors import UserError
