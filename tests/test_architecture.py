@@ -107,3 +107,17 @@ def test_every_branch_key_of_the_config_reaches_the_branch_with_its_default():
     accepted = set(inspect.signature(ReconstructionBranch.__init__).parameters) - {"self", "encoder", "taps"}
     assert fields == accepted
     assert_same_defaults(ReconConfig, ReconstructionBranch.__init__)
+
+
+def test_the_checkpoint_layout_names_are_the_model_s_attributes():
+    """Checkpoints, --init-from and export read a PretrainingModel's state by `repre.reconstruction`'s names: a
+    renamed attribute (`.method`, `.branch`, a Backbone's `.model`) fails here, not in a user's export."""
+    from conftest import tiny_config
+    from repre.builder import build_model
+    from repre.pretrained import encoder_keys
+    from repre.reconstruction import BRANCH, ENCODER_WEIGHTS, METHOD, encoder_prefix
+
+    state = build_model(tiny_config("method.name=dino", "method.dino.out_dim=64")).state_dict()
+    assert all(k.startswith((METHOD, BRANCH)) for k in state) and any(k.startswith(BRANCH) for k in state)
+    assert any(k.startswith(encoder_prefix("teacher_encoder") + ENCODER_WEIGHTS) for k in state)
+    assert encoder_keys({"model": state}) == ["encoder", "teacher_encoder"]

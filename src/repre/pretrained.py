@@ -32,6 +32,7 @@ from repre.data.sources import check_data_code, pretraining_stats
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone, fit_backbones
+from repre.reconstruction import ENCODER_WEIGHTS, METHOD, encoder_prefix
 
 log = logging.getLogger("repre")
 
@@ -78,14 +79,16 @@ def encoder_state(ckpt: dict, key: str = "encoder") -> dict[str, torch.Tensor]:
     """An encoder's weights with timm's key names: the online one (`key` "encoder") or, for DINO, the teacher.
     A checkpoint's "model" is a `PretrainingModel`'s state: the method's encoders are `method.KEY`, Backbones
     whose timm model is their `model`."""
-    prefix = f"method.{key}.model."
+    prefix = encoder_prefix(key) + ENCODER_WEIGHTS
     return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
 
 
 def encoder_keys(ckpt: dict) -> list[str]:
     """The encoders a checkpoint holds, by their method's attribute names (a `Backbone`'s weights are
     `method.KEY.model.*`; heads hold none under `model`)."""
-    return sorted({k.split(".")[1] for k in ckpt["model"] if k.startswith("method.") and k.split(".")[2:3] == ["model"]})
+    state = ckpt["model"]
+    attributes = {k.split(".")[1] for k in state if k.startswith(METHOD)}
+    return sorted(a for a in attributes if any(k.startswith(encoder_prefix(a) + ENCODER_WEIGHTS) for k in state))
 
 
 def held_encoder_key(ckpt: dict, cfg: Config, checkpoint: str | Path, key: str | None = None) -> str:
@@ -129,7 +132,7 @@ def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
 
 def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
     """The whole pre-training model of a loaded checkpoint, built from `cfg` (`checkpoint` names it in errors)."""
-    head = ckpt["model"].get("method.head.weight")  # supervised checkpoints carry their class count
+    head = ckpt["model"].get(f"{METHOD}head.weight")  # supervised checkpoints carry their class count
     with torch.random.fork_rng(devices=[]):  # its random init is replaced: the caller's RNG stays as it was
         model = build_model(cfg, None if head is None else head.shape[0])
     state = dict(ckpt["model"])  # the checkpoint's own stays as it was read

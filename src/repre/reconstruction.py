@@ -38,6 +38,18 @@ def one_view_rows(n: int, offset: int = 0, device: torch.device | None = None) -
     return torch.cat([torch.arange(first, b, 2, device=device), torch.arange(b + 1 - first, n, 2, device=device)])
 
 
+# where a PretrainingModel's state dict (a checkpoint's "model") holds its parts: the method's modules under
+# METHOD + their attribute names (encoder, projector, teacher_encoder, ...), RePre's branch (its decoder) under
+# BRANCH; a method's encoder is a Backbone, its timm model's weights under ENCODER_WEIGHTS (`encoder_prefix`)
+METHOD, BRANCH, ENCODER_WEIGHTS = "method.", "branch.", "model."
+
+
+def encoder_prefix(key: str = "encoder") -> str:
+    """"method.KEY.": the state-dict prefix of the method's encoder `key` (its timm model's weights: this
+    + ENCODER_WEIGHTS)."""
+    return f"{METHOD}{key}."
+
+
 class PretrainingModel(nn.Module):
     """What a run trains, `Baseline` or `RePre`: a method (`.method`), maybe with a branch beside it.
     forward(views, momentum, labels, local_views) -> {"loss": what the optimizer minimizes,

@@ -27,6 +27,7 @@ from repre.engine.state import RunState
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import TRAINING_ONLY_KWARGS, fit_backbones
+from repre.reconstruction import BRANCH, METHOD, encoder_prefix
 
 log = logging.getLogger("repre")
 
@@ -198,13 +199,13 @@ class Checkpoints:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
             mismatch = checkpoint_io.size_mismatch(exc).rstrip(".")
-            why = self._unlike(ckpt) if "method.encoder." in mismatch else self._unlike_method(ckpt)
+            why = self._unlike(ckpt) if encoder_prefix() in mismatch else self._unlike_method(ckpt)
             raise UserError(f"--init-from {source}: its weights do not fit this model ({why}: {mismatch}); use the "
                             "same model.arch, model.kwargs and method settings, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
         def parts(keys: list[str]) -> str:  # "decoder", "projector", "teacher_head", ...: the modules they are in
-            return ", ".join(sorted({k.removeprefix("branch.").removeprefix("method.").split(".")[0]
+            return ", ".join(sorted({k.removeprefix(BRANCH).removeprefix(METHOD).split(".")[0]
                                      for k in keys})) or "-"
 
         if not loaded:
@@ -213,7 +214,7 @@ class Checkpoints:
                             f"{was['model']['arch']} with {was['method']['name']}; this run builds "
                             f"{self.cfg.model.arch} with {self.cfg.method.name}): give a checkpoint of the same "
                             "model.arch")
-        encoder = [k.removeprefix("method.encoder.") for k in (*missing, *unexpected) if k.startswith("method.encoder.")]
+        encoder = [k.removeprefix(encoder_prefix()) for k in (*missing, *unexpected) if k.startswith(encoder_prefix())]
         if encoder:  # another depth: blocks that would start at random, or be dropped
             raise UserError(f"--init-from {source}: its encoder is not this run's ({self._unlike(ckpt)}: {len(encoder)} "
                             f"encoder tensors are in one of the two alone, {encoder[0]} first); use the same "
@@ -256,7 +257,7 @@ class Checkpoints:
         key = eval_encoder_key(was)
         if key == "encoder" or was == self.cfg.method.name:
             return ckpt["model"]
-        ours, theirs = "method.encoder.", f"method.{key}."
+        ours, theirs = encoder_prefix(), encoder_prefix(key)
         state = {k: v for k, v in ckpt["model"].items() if not k.startswith(ours)}
         state.update({ours + k[len(theirs):]: v for k, v in ckpt["model"].items() if k.startswith(theirs)})
         log.info("--init-from %s: the encoder starts from its %s (the encoder %s evaluates and exports)", source,
