@@ -249,3 +249,45 @@ def test_a_process_that_fails_alone_is_named_and_the_others_say_one_line(tmp_pat
     assert done.returncode != 0 and "missing on this node" in done.stderr
     assert "repre: error: another process of this run stopped" in done.stderr
     assert "[rank0]:Traceback" not in done.stderr and "[rank0]: Traceback" not in done.stderr
+
+
+LOST_ON_RANK_1 = '''
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+
+
+class Images:
+    """Rank 1 of the first attempt is killed (a lost GPU) once the run has its step-4 checkpoint."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        first, rank_1 = os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0", os.environ.get("RANK") == "1"
+        if first and rank_1 and Path(os.environ["CHECKPOINTED"]).is_file():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.full((16, 16, 3), i % 251, np.uint8), i % 2
+
+
+def images(split, root):
+    return Images()
+'''
+
+
+def test_torchrun_restarts_a_run_that_lost_a_process_from_its_newest_checkpoint(tmp_path):
+    """`torchrun --max-restarts 1`: a process killed after the step-4 checkpoint, every process starts again and
+    goes on from it (the restarted processes met the store of the attempt before and hung, or failed to
+    connect)."""
+    (tmp_path / "lost_on_rank_1.py").write_text(LOST_ON_RANK_1)
+    out = tmp_path / "run"
+    cmd = pretrain_cmd(out, 2, ["data.name=python", "data.source=lost_on_rank_1:images", "train.batch_size=8",
+                                "train.max_steps=8", "train.checkpoint_every=4"])
+    cmd.insert(cmd.index("--standalone"), "--max-restarts=1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CHECKPOINTED": str(out / "checkpoints" / "step-00000004.pt.sha256")}
+    done = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step-00000004.pt (step 4 of 8)" in done.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8

@@ -66,7 +66,13 @@ def init_from_env(device: torch.device) -> torch.device:
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    # torchrun --max-restarts starts every process again against the store of the attempt before, which still
+    # holds that attempt's addresses: the restarted processes waited on them (gloo: hung, or "connectFullMesh
+    # failed"). Each attempt keeps its keys under a prefix of its own.
+    store, rank_, world = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"repre/attempt-{attempt}", store), rank=rank_,
+                            world_size=world, timeout=TIMEOUT)
     if is_main():
         n = world_size()
         log.info("distributed: %d process%s (%s)", n, "es" if n > 1 else "", backend)
