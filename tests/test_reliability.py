@@ -1095,3 +1095,28 @@ def test_a_write_removes_what_a_killed_write_of_the_same_file_left(tmp_path):
     assert not left[f".enc.{gone}.tmp.safetensors"].exists()
     assert all(path.exists() for name, path in left.items() if name != f".enc.{gone}.tmp.safetensors")
     assert fresh.exists()
+
+
+def test_processes_that_see_other_checkpoints_stop_naming_the_folder(tmp_path, monkeypatch):
+    """Every process resumes from rank 0's choice; a process that cannot read it (a node whose view of --out
+    lags) stops every process with one message (each went on from its own newest, or none, and waited in a
+    collective for good). Damage that every process finds is moved aside as before."""
+    import types
+
+    import repre.engine.checkpoints as checkpoints_mod
+    from repre.engine.checkpoints import Checkpoints
+
+    out = tmp_path / "run"
+    Trainer(tiny_config(*RESUME, "train.max_steps=4", "train.num_workers=0"), out).fit()
+    newest = ckpt_io.step_checkpoints(out)[-1]
+    views = {"rank 1": "checkpoint does not exist there"}
+    monkeypatch.setattr(checkpoints_mod.dist, "gather_objects",
+                        lambda why: [why, None if why is None and not views else views["rank 1"]])
+    holder = types.SimpleNamespace(out=out)
+    with pytest.raises(UserError, match=r"process 1 cannot read the checkpoint the others resume from \(checkpoint "
+                                        r"does not exist there\): --out \(.*run\) must be one folder that every "
+                                        r"process sees whole"):
+        Checkpoints._first_readable(holder, [newest])
+    assert newest.is_file()  # not moved aside: rank 0 read it
+    views.clear()
+    assert Checkpoints._first_readable(holder, [newest])[1] == newest

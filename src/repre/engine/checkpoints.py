@@ -99,7 +99,9 @@ class Checkpoints:
     # ------------------------------------------------------------ reading
 
     def resume(self, total: int) -> bool:
-        """Load the newest readable checkpoint (every process reads the same file; rank 0 alone tidies)."""
+        """Load the newest readable checkpoint: rank 0's choice, which every process reads (a node whose view of
+        --out lags would go on from another step, or none, and wait in a collective for good); rank 0 alone
+        tidies."""
         main = dist.is_main()
         if main:
             checkpoint_io.sweep_temporaries(self.out)
@@ -107,7 +109,7 @@ class Checkpoints:
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
         if not candidates and last.is_file():  # the newest checkpoint copied alone, without its step file
             candidates = [last]
-        dist.barrier()  # nobody reads while rank 0 sweeps
+        candidates = dist.gather_objects(candidates)[0]  # also: nobody reads while rank 0 sweeps
         found = self._first_readable(candidates)
         if found is not None:
             self._adopt(*found, total)
@@ -129,13 +131,21 @@ class Checkpoints:
         aside (NAME.damaged: out of the way of pruning and of the next resume)."""
         for path in candidates:
             try:
-                return checkpoint_io.load(path), path
-            except UserError as exc:  # every process finds the same damage: the same bytes
+                ckpt, why = checkpoint_io.load(path), None
+            except UserError as exc:
+                ckpt, why = None, str(exc)
+            whys = dist.gather_objects(why)  # also: every process is done reading it before rank 0 moves it
+            if all(w is None for w in whys):
+                return ckpt, path
+            if any(w is None for w in whys):  # not the same bytes everywhere: not damage, but another view
+                rank, reason = next((r, w) for r, w in enumerate(whys) if w is not None)
+                raise UserError(f"process {rank} cannot read the checkpoint the others resume from ({reason}): "
+                                f"--out ({self.out}) must be one folder that every process sees whole (a shared "
+                                "filesystem, its writes visible on every node)")
+            if dist.is_main():  # every process finds the same damage: the same bytes
                 aside = path.with_name(path.name + ".damaged")
-                dist.barrier()  # every process is done reading it before rank 0 moves it
-                if dist.is_main():
-                    path.rename(aside)
-                    log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, exc)
+                path.rename(aside)
+                log.warning("skipping unreadable checkpoint %s (moved to %s): %s", path, aside.name, why)
         return None
 
     def _adopt(self, ckpt: dict[str, Any], path: Path, total: int) -> None:

@@ -175,10 +175,22 @@ def encoder_digest(encoder: Backbone) -> str:
 def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
            key: dict[str, Any]) -> tuple[int, float | None]:
     """Load a probe checkpoint of the same settings (`key`) into head and optimizer -> the epochs it has done
-    and its last epoch's train loss ((0, None) without one)."""
-    if path is None or not path.is_file():
+    and its last epoch's train loss ((0, None) without one). Under torchrun rank 0's view decides whether there
+    is one, and a process that cannot read it stops every process (one going on from another epoch would wait
+    in a collective for good)."""
+    if not dist.gather_objects(path is not None and path.is_file())[0]:
         return 0, None
-    state = ckpt_io.load(path)
+    assert path is not None
+    try:
+        state, why = ckpt_io.load(path), None
+    except UserError as exc:
+        state, why = None, str(exc)
+    whys = dist.gather_objects(why)
+    if any(w is not None for w in whys):
+        rank, reason = next((r, w) for r, w in enumerate(whys) if w is not None)
+        raise UserError(f"process {rank} cannot read the linear probe's checkpoint ({reason})"
+                        + ("" if all(w is not None for w in whys) else ": --out must be one folder that every "
+                           "process sees whole (a shared filesystem)"))
     # a probe written before a protocol field existed had that field's default
     stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol) if f.default is not dataclasses.MISSING},
               **{k: key[k] for k in PROBE_DATA},  # a probe written before they were recorded: as they are now
