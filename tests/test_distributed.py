@@ -291,3 +291,34 @@ def test_torchrun_restarts_a_run_that_lost_a_process_from_its_newest_checkpoint(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step-00000004.pt (step 4 of 8)" in done.stderr
     assert json.loads((out / "summary.json").read_text())["steps"] == 8
+
+
+STOPPED_WHILE_BUILT = '''
+import os
+import signal
+import time
+
+import numpy as np
+
+
+def images(split, root):
+    if os.environ.get("RANK") == "0" and split == "train":  # a scheduler's signal while the run is built
+        os.kill(os.getppid(), signal.SIGTERM)  # torchrun passes it on to every process
+        time.sleep(2)
+    return [(np.full((16, 16, 3), i % 251, np.uint8), i % 2) for i in range(64)]
+'''
+
+
+def test_a_signal_while_a_two_process_run_builds_stops_it_before_its_first_step(tmp_path):
+    """The processes agree on a stop at log steps alone (or every step with the host guard): one asked while the
+    run was built trained up to a log step's worth of steps first (50 in the ImageNet presets) inside the
+    launcher's grace period. They agree before the first step; the signal is said once."""
+    (tmp_path / "stopped_while_built.py").write_text(STOPPED_WHILE_BUILT)
+    out = tmp_path / "run"
+    cmd = pretrain_cmd(out, 2, ["data.name=python", "data.source=stopped_while_built:images", "train.batch_size=8",
+                                "train.max_steps=20", "train.log_every=10", "train.host_sync=log"])
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["completed"], summary["steps"]) == (False, 0), done.stderr[-2000:]
+    assert done.stderr.count("SIGTERM received") == 1

@@ -9,6 +9,8 @@ import signal
 import threading
 from collections.abc import Iterator
 
+from repre.core.launch import launch_rank
+
 log = logging.getLogger("repre")
 
 
@@ -29,6 +31,8 @@ class GracefulStop:
     def __init__(self) -> None:
         self.requested = False
         self.ending = False  # set once the loop is over: no step is left to stop after
+        # where the steps stop: the trainer says so where processes agree on a stop at log steps alone
+        self.when = "after this step"
         self._interrupting = False
         self._previous: dict[int, object] = {}
         self._pid = os.getpid()
@@ -43,14 +47,14 @@ class GracefulStop:
         if self._interrupting:
             log.warning("%s received: the final evaluations are left (--resume redoes them)", name)
             raise Interrupted(name)
-        if already:  # torchrun passes a second Ctrl-C on as SIGTERM
-            return
+        if already or launch_rank() != 0:  # torchrun passes a second Ctrl-C on as SIGTERM; it signals every
+            return  # process: the first says it for all
         if self.ending:  # the loop is over: another process evaluates, this one waits for it
             log.warning("%s received: the run's end is left (--resume redoes its final evaluations)", name)
             return
         again = ("torchrun stops the processes 30 s after its signal" if "TORCHELASTIC_RUN_ID" in os.environ
                  else "Ctrl-C again to quit now")
-        log.warning("%s received: stopping after this step and writing a checkpoint (%s)", name, again)
+        log.warning("%s received: stopping %s and writing a checkpoint (%s)", name, self.when, again)
 
     @contextlib.contextmanager
     def interrupting(self) -> Iterator[None]:

@@ -35,7 +35,7 @@ from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints
 from repre.engine.compile import compile_units
-from repre.engine.guard import RunningStatistics, make_guard, skips_on_device
+from repre.engine.guard import DeviceGuard, RunningStatistics, make_guard, skips_on_device
 from repre.engine.metrics import MetricWriter, WindowMeter
 from repre.engine.optim import build_optimizer, clip_or_measure
 from repre.engine.signals import GracefulStop, Interrupted
@@ -290,6 +290,8 @@ class Trainer:
         stops = contextlib.nullcontext(self.signal) if self.signal else GracefulStop()
         with contextlib.closing(bar), stops as signal:
             self.agreement.signal = signal
+            if dist.is_distributed() and isinstance(self.guard, DeviceGuard):  # no collective a step
+                signal.when = "at the next log or checkpoint step (where the processes agree on it)"
             completed = self._loop(loader, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
             completed = completed and not self.guard.diverged
@@ -381,6 +383,7 @@ class Trainer:
         """`_loop`'s steps, the batches from the loader's iterator."""
         t, s = self.cfg.train, self.state
         meter, window_start, window_steps = self.meter, time.perf_counter(), 0
+        self._sync_point()  # a stop asked while the run was built: agreed now, before the first step
         tick = time.perf_counter()
         while s.step < self.total and not self.agreement.stopping():
             batch = self.data.to_device(next(batches))
