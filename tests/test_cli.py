@@ -718,3 +718,14 @@ def test_the_method_of_an_evaluation_is_the_checkpoints(tiny_run, tmp_path, caps
         assert f"--set method.name: not read by `repre {command[0]}" in err and "(method.*: the " \
                "checkpoint's method builds its model and picks the encoder evaluated" in err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["export", "--checkpoint", "RUN", "--out", "enc.safetensors"],
+                                     ["show", "--checkpoint", "RUN", "--out", "show.png"], ["compare", "RUN"]])
+def test_a_one_process_command_under_torchrun_says_to_run_it_alone(command, monkeypatch, capsys):
+    """export, show, map, neighbors, compare ran whole in every process (the same file written N times, N
+    results printed): refused before any work."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _ = run_cli(command)
+    assert code == 2 and f"repre {command[0]} runs in one process: run it without torchrun" in capsys.readouterr().err

@@ -13,11 +13,14 @@ from pathlib import Path
 
 from repre.cli import commands, failures, parser
 from repre.core.atomic import check_writable
-from repre.core.launch import launch_rank
+from repre.core.launch import launch_rank, launched
+from repre.errors import UserError
 
 log = logging.getLogger("repre")
 
 FILE_OUTPUTS = ("export", "show", "embed", "neighbors", "map")  # the commands whose --out is a file
+# the commands that run in one process (torchrun would run each whole in every process, on one file)
+ONE_PROCESS = (*FILE_OUTPUTS, "compare", "config", "presets")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.build().print_help()
         return 0
     try:
+        if args.command in ONE_PROCESS and launched():
+            raise UserError(f"repre {args.command} runs in one process: run it without torchrun (only pretrain and "
+                            "eval share their work among processes)")
         if args.command in FILE_OUTPUTS:  # before the work that the file would hold
             check_writable(Path(args.out).absolute().parent, "--out")
         if args.command == "pretrain":
