@@ -729,3 +729,11 @@ def test_a_one_process_command_under_torchrun_says_to_run_it_alone(command, monk
     monkeypatch.setenv("RANK", "0")
     code, _ = run_cli(command)
     assert code == 2 and f"repre {command[0]} runs in one process: run it without torchrun" in capsys.readouterr().err
+
+
+def test_eval_recon_under_torchrun_says_to_run_it_alone(tiny_run, monkeypatch, capsys):
+    """It ran whole in every process, each on the first GPU."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _ = run_cli(["eval", "recon", "--checkpoint", str(tiny_run[0])])
+    assert code == 2 and "repre eval recon runs in one process" in capsys.readouterr().err

@@ -101,6 +101,8 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
     if task == "recon":
         from repre.eval.recon import recon_eval
 
+        if launch.launched():  # it would run whole in every process, each on the first GPU
+            raise UserError("repre eval recon runs in one process: run it without torchrun")
         rt = setup_runtime(cfg.train)
         with seeded(cfg.train.seed, rt):  # building the model draws its initial weights
             model = model_from(ckpt, cfg, checkpoint).to(rt.device)

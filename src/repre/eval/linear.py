@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from repre.config import Config
+from repre.core import dist
 from repre.core.runtime import Runtime
 from repre.data.evaluation import eval_loader
 from repre.data.labels import check_labels, check_source_labels, class_names, labelled
@@ -88,7 +89,7 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, proto
         raise UserError(f"the quick linear probe has {len(xtr)} training image(s): too few to hold "
                         f"{n_val} out (eval.linear.val_fraction={e.val_fraction}) and fit on the rest; give it "
                         "more images (a larger eval.linear.train_subset, or none) or a smaller eval.linear.val_fraction")
-    if n_val < SMALL_HOLD_OUT and len(e.lrs) * len(e.wds) > 1:
+    if n_val < SMALL_HOLD_OUT and len(e.lrs) * len(e.wds) > 1 and dist.is_main():  # each process fits alike
         log.warning("the quick linear probe chooses its lr and weight decay on %d held-out image(s): a choice by "
                     "chance; give it more images or fewer values in eval.linear.lrs and wds", n_val)
     fit, val = perm[n_val:], perm[:n_val]
