@@ -112,7 +112,7 @@ def test_compare_reads_what_is_there_and_shows_values_exactly(tmp_path, monkeypa
 def test_compare_subtracts_no_evaluations_measured_otherwise(tmp_path):
     """k-NN on other subsets (or k, split) measures something else: its value stands without a difference to
     the first run's, marked; a `repre eval` result of the same --set but other run settings the same."""
-    done = {"completed": True, "steps": 8, "knn_top1": 0.5}
+    done = {"completed": True, "steps": 8, "total_steps": 8, "knn_top1": 0.5}
     first = make_run(tmp_path / "all", summary=done)
     fewer = make_run(tmp_path / "fewer", "eval.knn.test_subset=2000", "eval.linear.epochs=5",
                      summary={**done, "knn_top1": 0.6})
@@ -134,7 +134,7 @@ def test_results_of_one_checkpoint_share_a_row_and_no_other_is_subtracted(tmp_pa
     """The baseline evaluated at step 4 and the RePre run at 4 and at its end (8): the two results at step 4 in
     one row, read against each other; the end's in its own row (against step 4's it was the training between
     them, "+0.0312")."""
-    done = {"completed": True, "steps": 8, "knn_top1": 0.5}
+    done = {"completed": True, "steps": 8, "total_steps": 8, "knn_top1": 0.5}
     base = make_run(tmp_path / "base", "recon.enabled=false", summary=done)
     repre = make_run(tmp_path / "repre", summary=done)
 
@@ -151,6 +151,10 @@ def test_results_of_one_checkpoint_share_a_row_and_no_other_is_subtracted(tmp_pa
     assert code == 0 and rows["eval knn top1 @4"] == ["0.3750", "0.4375 (+0.0625)"]
     assert rows["eval knn top1"] == ["-", "0.4062"]
     assert not any(label.startswith("eval knn top1 (2)") for label in rows)
+    stopped = make_run(tmp_path / "stopped", summary={**done, "completed": False, "steps": 4})
+    result(stopped, ".", 4, 0.25)  # its last checkpoint, not a run's end
+    rows = rows_of(run_cli(["compare", str(repre), str(stopped)])[1])
+    assert rows["eval knn top1 @4"] == ["0.4375", "0.2500 (-0.1875)"] and rows["eval knn top1"] == ["0.4062", "-"]
 
 
 def test_a_run_s_state_and_a_mapping_s_differing_item_are_shown(tmp_path):
@@ -168,6 +172,10 @@ def test_a_run_s_state_and_a_mapping_s_differing_item_are_shown(tmp_path):
     assert result["differences"]["model.kwargs.embed_dim"] == [32, 64] and rows["model.kwargs.embed_dim"] == ["32",
                                                                                                           "64"]
     assert "model.kwargs" not in result["differences"] and "model.kwargs.depth" not in result["differences"]
+    plain = make_run(tmp_path / "plain", "model.kwargs={}")  # no item: each of the other's is "-" here
+    code, stdout = run_cli(["compare", str(plain), str(going)])
+    rows, result = rows_of(stdout), last_json(stdout)
+    assert rows["model.kwargs.embed_dim"] == ["-", "64"] and "model.kwargs" not in result["differences"]
 
 
 def test_measure_settings_leave_out_what_the_result_names_and_what_changes_no_result():

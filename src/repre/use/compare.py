@@ -66,12 +66,16 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
     return {"command": "compare", "runs": records, "differences": differences, "columns": columns}
 
 
+# the config keys whose value is a mapping (model.kwargs): `compare` shows each of its items as a key
+MAPPING_ITEMS = tuple(f"{k}." for k, v in flatten(Config().to_dict()).items() if isinstance(v, dict))
+
+
 def _mapping_keys(config: dict[str, Any]) -> dict[str, Any]:
     """A flat config with each mapping value (model.kwargs) as a key per item, as --set writes them
     (model.kwargs.embed_dim): two runs' kwargs that differ in one item show that item, not two long texts."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # {}: no item
             out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
         else:
             out[key] = value
@@ -221,7 +225,8 @@ def table(result: dict[str, Any], fmt: str = "text") -> str:
     runs, columns = result["runs"], result.get("columns") or [[i] for i in range(len(result["runs"]))]
     names = column_names([r["run"] for r in runs], columns)
     report = report_rows(runs)
-    differing = [Row(key, values, _plain) for key, values in result["differences"].items()]
+    differing = [Row(key, values, _given if key.startswith(MAPPING_ITEMS) else _plain)
+                 for key, values in result["differences"].items()]
     cells = [[_cell(row, runs, columns, c) for c in range(len(columns))] for row in report + differing]
     parts = [Part(None if report else "nothing reported yet: no summary.json, train line or evaluation",
                   [row.label for row in report], cells[:len(report)])]
@@ -322,11 +327,11 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
 
 def _evaluation_label(e: dict[str, Any], r: dict[str, Any]) -> str:
     """"eval linear top1 [epochs=2] @400": the task, its metric, the `--set` that change what it measured, and
-    the checkpoint, unless the run's last: a row holds results of one checkpoint, read against each other (a
+    the checkpoint, unless the end of a completed run: a row holds results of one checkpoint, read against each other (a
     run's result at its end against another's at step 400 differed by the training between them)."""
     given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
              for s in measured_otherwise(list(map(str, e["set"])), e["task"])]
-    at = "" if e["step"] in (None, r["steps"]) else f" @{e['step']}"
+    at = "" if e["step"] is None or (r["completed"] and e["step"] == r["total_steps"]) else f" @{e['step']}"
     return f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "") + at
 
 
@@ -382,6 +387,11 @@ def _text(values: list[Any], first: Any) -> str:
     """Texts: the one they share, else each (a column of several runs)."""
     texts = list(dict.fromkeys(v for v in values if v is not None))
     return ", ".join(texts) if texts else "-"
+
+
+def _given(values: list[Any], first: Any) -> str:
+    """An item of a mapping (model.kwargs.depth): as `_plain`, "-" where a run's mapping does not give it."""
+    return _plain([v for v in values if v is not None], first) if _has(values) else "-"
 
 
 def _plain(values: list[Any], first: Any) -> str:
