@@ -460,6 +460,19 @@ def test_a_printed_config_edited_by_a_person_is_read_as_written_not_as_an_older_
     (tmp_path / "dino.yaml").write_text(dino)
     with pytest.raises(UserError, match="needs a third value in aug.blur_prob"):
         load_config(str(tmp_path / "dino.yaml"))
+    # a repre before KEYS_VERSION wrote it: read in its keys, as it trained (out_stride's former default)
+    (tmp_path / "older.yaml").write_text(printed.replace("  out_stride: 4\n", "").replace(
+        printed.splitlines()[0], "repre_version: 0.1.0"))
+    assert load_config(str(tmp_path / "older.yaml")).recon.out_stride == 1
+
+
+def test_a_config_of_a_newer_repre_says_so(tmp_path, repre_log):
+    from repre.config import to_yaml
+
+    printed = to_yaml(load_config(None))
+    (tmp_path / "newer.yaml").write_text(printed.replace(printed.splitlines()[0], "repre_version: 9.0.0"))
+    assert load_config(str(tmp_path / "newer.yaml")) == load_config(None)
+    assert "a config written by repre 9.0.0, newer than this one" in repre_log.text
 
 
 def test_files_that_would_run_defaults_under_a_preset_s_name_are_refused(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -17,9 +18,11 @@ import yaml
 
 from repre._version import __version__
 from repre.config.checks import build_section, sections, validate
-from repre.config.migrate import migrate, renamed_message
+from repre.config.migrate import KEYS_VERSION, migrate, renamed_message
 from repre.config.schema import DEFAULT_PRESET, Config
 from repre.errors import UserError
+
+log = logging.getLogger("repre")
 
 
 def list_presets() -> dict[str, str]:
@@ -181,13 +184,23 @@ VERSION_KEY = "repre_version"
 
 def read_written(raw: dict[str, Any], refuse_removed: bool = True) -> tuple[dict[str, Any], bool]:
     """A config mapping read from YAML -> (it in today's keys, without `VERSION_KEY`; whether a repre wrote it).
-    A resolved config written before `VERSION_KEY` existed is `migrate`d (read as it was trained;
-    `refuse_removed`: as `migrate`'s); one written since, or edited by a person since, is taken as it is."""
+    A resolved config in older keys (written by a repre before `KEYS_VERSION`, or before configs named their
+    repre) is `migrate`d: read as it was trained (`refuse_removed`: as `migrate`'s). One in today's keys, a
+    person's edit of it included, is taken as it is."""
     raw = dict(raw)
     written = raw.pop(VERSION_KEY, None)
-    if written is None and _resolved(raw):
+    if written is not None and _version(written) > _version(__version__):
+        log.warning("a config written by repre %s, newer than this one (%s): the keys it added are unknown here "
+                    "(pip install -U repre)", written, __version__)
+    older = written is None or _version(written) < _version(KEYS_VERSION)
+    if older and _resolved(raw):
         return migrate(raw, refuse_removed), True
     return raw, written is not None
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    """"0.2.0" -> (0, 2, 0): the release's numbers (a suffix such as ".dev3" left out)."""
+    return tuple(int(part) for part in re.findall(r"\d+", str(text).split("+")[0])[:3])
 
 
 def _resolved(raw: dict[str, Any]) -> bool:
