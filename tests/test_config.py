@@ -113,7 +113,11 @@ def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):
             ("train:\n  max_steps: 5\n    lr: 2\n", r"at line 3, column 7: 'lr: 2': .*\(a key indented deeper"),
             ("train: {max_steps: 5\n", r"at line 2, column 1 \(the end of the file\): .*from line 1: 'train: "),
             ("train:\n  max_steps:5\n", r"train must be a mapping, got 'max_steps:5' \(YAML needs a space after a "
-                                       r"key's colon: max_steps: 5\)")):
+                                       r"key's colon: max_steps: 5\)"),
+            ("train:\n  max_steps:5\n  lr: 1\n", r"at line 3, .*\(line 2, 'max_steps:5': YAML needs a space after a "
+                                                 r"key's colon: max_steps: 5\)"),  # it ran on into line 3
+            ("train: {max_steps:5}\n", r"train.max_steps:5 is a key without a value \(YAML needs a space"),
+            ("model:\n  kwargs:\n    depth:8\n", r"model.kwargs must be a mapping, got 'depth:8' \(YAML needs")):
         (tmp_path / "slip.yaml").write_text(text)
         with pytest.raises(UserError, match=said):
             load_config(str(tmp_path / "slip.yaml"))
@@ -510,6 +514,11 @@ def test_a_set_value_cut_by_a_yaml_comment_is_refused_with_the_quotes_to_write()
         parse_overrides(["data.root=/data/run #3"])
     with pytest.raises(UserError, match=r"YAML reads '#x' as a comment, so the value would be None"):
         parse_overrides(["data.root=#x"])
+    with pytest.raises(UserError, match=r"quote a value that holds #: --set \"description='it''s #3'\""):
+        parse_overrides(["description=it's #3"])
+    assert parse_overrides(["description='it''s #3'"]) == {"description": "it's #3"}  # the fix reads back
+    with pytest.raises(UserError, match=r"the value would be \[0.5, 0.5\]; drop the comment"):
+        parse_overrides(["data.mean=[0.5, 0.5]  # rgb"])
     assert parse_overrides(['description="run #3"', "description2=a#b"]) == {"description": "run #3",
                                                                                "description2": "a#b"}
 

@@ -27,14 +27,24 @@ from repre.config.schema import (
 from repre.errors import UserError
 
 
+def glued_fix(text: Any) -> str:
+    """"YAML needs a space after a key's colon: depth: 8" for `depth:8`, which YAML reads as one string (a key
+    without a value, or a value where a mapping belongs); "" for anything else."""
+    if not (isinstance(text, str) and re.fullmatch(r"\s*[\w.]+:[^\s:/].*", text)):  # not a URL's `://`
+        return ""
+    return f"YAML needs a space after a key's colon: {text.strip().replace(':', ': ', 1)}"
+
+
+def _glued(text: Any) -> str:
+    return f" ({glued_fix(text)})" if glued_fix(text) else ""
+
+
 def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     """Construct dataclass `cls` (a section, or the whole `Config`) from `raw`, checking every key and value
     type; its sub-sections in turn."""
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "config"
-        glued = isinstance(raw, str) and ":" in raw and ": " not in raw  # `max_steps:5`: YAML's one string
-        hint = f" (YAML needs a space after a key's colon: {raw.replace(':', ': ', 1)})" if glued else ""
-        raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}{hint}")
+        raise UserError(renamed_message(where) or f"{where} must be a mapping, got {raw!r}{_glued(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -45,6 +55,8 @@ def build_section(cls: type, raw: dict[str, Any], prefix: str) -> Any:
                 raise UserError(f"{key!r} is a dotted key: in a YAML file, nest it ({head}: then {rest}: indented "
                                 "below it); dotted keys are --set's")
             old = renamed_message(prefix + str(key))
+            if old is None and value is None and glued_fix(key):  # `{max_steps:5}`: a key without a value
+                raise UserError(f"{prefix}{key} is a key without a value{_glued(key)}")
             raise UserError(old or _unknown_key_message(_first_leaf(prefix + str(key), value),
                                                         [prefix + n for n in names]))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
@@ -118,7 +130,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{key} must be a mapping, got {value!r}")
+            raise UserError(f"{key} must be a mapping, got {value!r}{_glued(value)}")
         return dict(value)
     if tp is Any:
         return value

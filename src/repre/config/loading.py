@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from repre._version import __version__
-from repre.config.checks import build_section, sections, validate
+from repre.config.checks import build_section, glued_fix, sections, validate
 from repre.config.migrate import KEYS_VERSION, migrate, renamed_message
 from repre.config.schema import DEFAULT_PRESET, Config
 from repre.errors import UserError
@@ -101,6 +101,9 @@ def _yaml_error(exc: yaml.YAMLError, where: str) -> str:
     if not line and opened is not None and opened.line < len(lines):  # at the end: where what is unclosed began
         problem += f", {getattr(exc, 'context', '')} from line {opened.line + 1}: {lines[opened.line].strip()!r}"
     hint = next((what for words, what in _YAML_HINTS.items() if words in problem), "")
+    glued = [n for n in (mark.line - 1, mark.line) if 0 <= n < len(lines) and glued_fix(lines[n].strip())]
+    if glued:  # `max_steps:5` is one string, which runs on into the next line: the slip is there
+        hint = f"line {glued[0] + 1}, {lines[glued[0]].strip()!r}: {glued_fix(lines[glued[0]].strip())}"
     shown = f": {line!r}" if line else " (the end of the file)"
     return (f"{where} is not valid YAML at line {mark.line + 1}, column {mark.column + 1}{shown}: {problem}"
             + (f" ({hint})" if hint else ""))
@@ -284,8 +287,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
                                 "list as [a, b], a mapping as {key: value}") from None
             value = text
         if (dropped := _comment_dropped(text, value)) is not None:
+            quoted = "'" + text.strip().replace("'", "''") + "'"  # YAML's single quotes: ' doubled, nothing else
+            fix = (f"quote a value that holds #: --set \"{key.strip()}={quoted}\"" if isinstance(value, str | None)
+                   else "drop the comment")
             raise UserError(f"--set {item}: YAML reads {dropped!r} as a comment, so the value would be {value!r}; "
-                            f"quote a value that holds #: --set '{key.strip()}=\"{text.strip()}\"'")
+                            f"{fix}")
         if (glued := _glued_key(value)) is not None:
             name, _, given = glued.partition(":")
             raise UserError(f"--set {item}: YAML reads {glued!r} as a key without a value; write a space after "
