@@ -191,7 +191,7 @@ def test_a_framework_refuses_views_it_would_pair_wrongly_and_encoders_it_cannot_
 
     model = RePre(MoCoV3(Backbone.from_model(vit()), proj_dim=8, mlp_dim=16), taps=2, width=8)
     x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"views must be \[B, 2, 3, H, W\].*got a tensor of shape \[2, 4, 3, 32, 32\]"):
+    with pytest.raises(ValueError, match=r"views must be \[B, 2, C, H, W\].*got a tensor of shape \[2, 4, 3, 32, 32\]"):
         model(torch.stack([x1, x2]), 0.99)
     assert model(torch.stack([x1, x2], dim=1), 0.99)["loss"].isfinite()
     with pytest.raises(ValueError, match="MoCoV3 takes no local crops"):  # they were left out silently

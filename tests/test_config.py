@@ -490,6 +490,10 @@ def test_files_that_would_run_defaults_under_a_preset_s_name_are_refused(tmp_pat
     with pytest.raises(UserError, match="names `preset: fmnist-dino` but lacks the sections data, aug, model, "
                                         "method, recon, eval, .*write `_base_: fmnist-dino`"):
         load_config(str(tmp_path / "short.yaml"))
+    (tmp_path / "fmnist-dino.yaml").write_text("train:\n  max_steps: 400\nrecon:\n")  # named as it, recon null
+    with pytest.raises(UserError, match="fmnist-dino.yaml is named as the preset fmnist-dino but lacks the sections "
+                                        "data, aug, model, method, recon, eval,"):
+        load_config(str(tmp_path / "fmnist-dino.yaml"))
     (tmp_path / "based.yaml").write_text("_base_: fmnist-dino\ntrain:\n  max_steps: 400\n")
     based = load_config(str(tmp_path / "based.yaml"))
     assert (based.method.name, based.train.max_steps, based.preset) == ("dino", 400, "based")

@@ -1076,25 +1076,26 @@ def test_a_run_that_raises_ends_its_tensorboard_writer_and_progress_bar(tmp_path
 def test_a_write_removes_what_a_killed_write_of_the_same_file_left(tmp_path):
     """An export SIGKILLed while writing left its hidden temporary (the size of the weights) for good: the next
     write of that file removes those of processes that are gone and untouched for a while; a live process's, a
-    fresh one (a write on another host of a shared folder) and other files' stay."""
+    fresh one (a write on another host of a shared folder, where its number says nothing) and other files'
+    stay."""
     from repre.core.atomic import ABANDONED_S, replacing
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    def gone_pid() -> str:
+        return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    gone, gone_too = gone_pid(), gone_pid()
     old = time.time() - ABANDONED_S - 60
-    left = {name: tmp_path / name for name in (f".enc.{gone}.tmp.safetensors", f".enc.{os.getppid()}.tmp.safetensors",
-                                               f".other.{gone}.tmp.safetensors", f".enc.{gone}.tmp.json")}
-    for path in left.values():
-        path.write_bytes(b"partial")
-        os.utime(path, (old, old))
-    fresh = tmp_path / f".enc.{int(gone) + 1}.tmp.safetensors"  # a number of no process, written just now
-    fresh.write_bytes(b"partial")
+    stays = [f".enc.{os.getppid()}.tmp.safetensors", f".other.{gone}.tmp.safetensors", f".enc.{gone}.tmp.json"]
+    for name in (f".enc.{gone}.tmp.safetensors", *stays):
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (old, old))
+    (tmp_path / f".enc.{gone_too}.tmp.safetensors").write_bytes(b"partial")  # gone, but written just now
     with replacing(tmp_path / "enc.safetensors") as tmp:
         tmp.write_bytes(b"weights")
     assert (tmp_path / "enc.safetensors").read_bytes() == b"weights"
-    assert not left[f".enc.{gone}.tmp.safetensors"].exists()
-    assert all(path.exists() for name, path in left.items() if name != f".enc.{gone}.tmp.safetensors")
-    assert fresh.exists()
+    assert not (tmp_path / f".enc.{gone}.tmp.safetensors").exists()
+    assert all((tmp_path / name).exists() for name in (*stays, f".enc.{gone_too}.tmp.safetensors"))
 
 
 def test_processes_that_see_other_checkpoints_stop_naming_the_folder(tmp_path, monkeypatch):

@@ -237,8 +237,8 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
         raw, written = read_written(raw)
         if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
             return raw
+        raw.setdefault("preset", path.stem)  # a file named as a preset is labelled it: the same rule
         _refuse_a_preset_label_alone(raw, source)
-        raw.setdefault("preset", path.stem)
         return _resolve_base(raw, ())
     return _preset_dict(source)
 
@@ -249,9 +249,11 @@ def _refuse_a_preset_label_alone(raw: dict[str, Any], source: str) -> None:
     preset = raw.get("preset")
     if "_base_" not in raw and isinstance(preset, str) and preset in list_presets():
         missing = [f.name for f in dataclasses.fields(Config)
-                   if f.name not in ("preset", "description") and f.name not in raw]
-        raise UserError(f"config file {source} names `preset: {preset}` but lacks the sections {', '.join(missing)}, "
-                        f"which would be repre's defaults, not {preset}'s: `preset:` is a label; write `_base_: "
+                   if f.name not in ("preset", "description") and not isinstance(raw.get(f.name), dict)]
+        named = f"names `preset: {preset}`" if Path(source).stem != preset else f"is named as the preset {preset}"
+        raise UserError(f"config file {source} {named} but lacks the sections {', '.join(missing)}, "
+                        f"which would be repre's defaults, not {preset}'s: `preset:` (or a file's name) is a label; "
+                        f"write `_base_: "
                         f"{preset}` to start from that preset (with the keys you change), or give every section "
                         f"(`repre config --config {preset}` prints them)")
 

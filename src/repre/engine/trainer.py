@@ -461,7 +461,7 @@ class Trainer:
             "steps": s.step,
             "total_steps": self.total,
             "wall_s": None,  # set last: this process's setup, loop and final evaluations
-            "train_s": round(s.train_seconds, 3),  # the training loop over all resumed parts, data waits included
+            "train_s": round(s.train_seconds, 3),  # the steps of all resumed parts, data waits included
             "images_per_sec": round(s.images_seen / s.train_seconds, 2) if s.train_seconds else None,
             "loss": s.last.get("loss"),
             "loss_contrastive": s.last.get("loss_contrastive"),

@@ -18,11 +18,11 @@ TEACHER_ENTROPY = "teacher_entropy"
 
 
 def stack_views(views: torch.Tensor) -> torch.Tensor:
-    """[B, 2, 3, H, W] -> the two views stacked as [x1; x2]: [2B, 3, H, W] (one encoder pass for both). Another
+    """[B, 2, C, H, W] -> the two views stacked as [x1; x2]: [2B, C, H, W] (one encoder pass for both). Another
     shape is refused: `torch.stack([x1, x2])` ([2, B, ...], view first) would pair images 0 and 1 as one
     image's views, and train on it without an error."""
-    if views.ndim != 5 or views.shape[1] != 2 or views.shape[2] != 3:
-        raise ValueError(f"views must be [B, 2, 3, H, W], the two views of each image (torch.stack([x1, x2], "
+    if views.ndim != 5 or views.shape[1] != 2:
+        raise ValueError(f"views must be [B, 2, C, H, W], the two views of each image (torch.stack([x1, x2], "
                          f"dim=1)), got a tensor of shape {list(views.shape)}")
     return views.transpose(0, 1).reshape(2 * views.shape[0], *views.shape[2:])
 

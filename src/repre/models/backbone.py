@@ -41,7 +41,7 @@ class ModelBuildError(UserError):
     """timm could not build a known architecture with the keyword arguments given (its model.kwargs among them):
     `reason` is timm's."""
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str = "") -> None:  # a default: unpickled from its message alone
         super().__init__(message)
         self.reason = reason
 

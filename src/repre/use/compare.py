@@ -160,7 +160,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     """What a run reports: its summary.json (a run still going or killed without one, or resumed since it was
     written: its last train line) and its k-NN evaluations by step (`knn`: [step, top-1, quick]; quick: on the
     periodic subsets), then its `repre eval` results, each with the settings that decide what it measures
-    (`measure_settings`). `loss_recon` is None for a run without the branch. `train_s`: the training loop over
+    (`measure_settings`). `loss_recon` is None for a run without the branch. `train_s`: the steps over
     every resumed part (`wall_s`: the last part's process)."""
     method, recon = config["method.name"], bool(config["recon.enabled"])
     summary = read_json(folder / run_files.SUMMARY)
