@@ -241,7 +241,7 @@ class TrainConfig:
     epochs: int = 1  # passes over the training images (when max_steps is 0)
     max_steps: int = 0  # > 0 wins over epochs; schedules span the actual total
     lr: float = 1.5e-4  # base lr for a batch of 256; the run uses lr * batch_size / 256
-    min_lr: float = 0.0  # the lr at the end of the cosine
+    min_lr: float = 0.0  # the lr at the end of the cosine (absolute: not scaled with the batch size)
     # AdamW's decoupled weight decay: MoCo v3 decays every parameter, DINO and MoBY all but biases and norms
     # (their official rules)
     weight_decay: float = 0.1

@@ -117,7 +117,7 @@ class Method(nn.Module):
         return []
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(target, online) modules: each step moves the target's parameters toward the online ones'
+        """(online, target) modules: each step moves the target's parameters toward the online ones'
         (`update_momentum`); a method without a momentum encoder has none."""
         return []
 
