@@ -166,7 +166,7 @@ def test_swin_evaluations_linear_finetune_segment_units():
     assert offsets == [0, 2, 4, 10, 12]
     assert layer_id("patch_embed.proj.weight", 12, offsets) == 0
     assert layer_id("layers.2.blocks.5.mlp.fc1.weight", 12, offsets) == 4 + 5 + 1
-    assert layer_id("layers.1.downsample.reduction.weight", 12, offsets) == 2 + 1
+    assert layer_id("layers.1.downsample.reduction.weight", 12, offsets) == 2  # the block before it: SimMIM's
     assert layer_id("norm.weight", 12, offsets) == 13
     assert enc.unit_strides[dense_unit(enc)] == 16  # the stride-16 stage, not the stride-32 one
 

@@ -40,7 +40,8 @@ def block_offsets(model: nn.Module) -> list[int]:
 
 def layer_id(name: str, depth: int, offsets: list[int] | None = None) -> int:
     """0 for the patch embedding and tokens, i + 1 for block i (Swin: counted over all stages; a stage's patch
-    merging goes with its first block), depth + 1 for everything after the blocks."""
+    merging, which timm puts at its start, goes with the block before it, as SimMIM's `get_swin_layer` puts it
+    at the end of the stage before), depth + 1 for everything after the blocks."""
     if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed", "absolute_pos_embed")):
         return 0
     parts = name.split(".")
@@ -48,7 +49,7 @@ def layer_id(name: str, depth: int, offsets: list[int] | None = None) -> int:
         return int(parts[1]) + 1
     if parts[0] == "layers" and offsets:
         stage = int(parts[1])
-        return offsets[stage] + (int(parts[3]) if parts[2] == "blocks" else 0) + 1
+        return offsets[stage] + (int(parts[3]) + 1 if parts[2] == "blocks" else 0)
     return depth + 1
 
 
