@@ -253,9 +253,8 @@ def _refuse_a_preset_label_alone(raw: dict[str, Any], source: str) -> None:
         named = f"names `preset: {preset}`" if Path(source).stem != preset else f"is named as the preset {preset}"
         raise UserError(f"config file {source} {named} but lacks the sections {', '.join(missing)}, "
                         f"which would be repre's defaults, not {preset}'s: `preset:` (or a file's name) is a label; "
-                        f"write `_base_: "
-                        f"{preset}` to start from that preset (with the keys you change), or give every section "
-                        f"(`repre config --config {preset}` prints them)")
+                        f"write `_base_: {preset}` to start from that preset (with the keys you change), or give "
+                        f"every section (`repre config --config {preset}` prints them)")
 
 
 def override_items(overrides: Sequence[str] | None) -> list[str]:
@@ -414,8 +413,8 @@ _Dumper.add_representer(str, _represent_str)
 
 def to_yaml(cfg: Config | dict[str, Any]) -> str:
     """The resolved config as YAML, every key in the order of the config code, after `repre_version` (the repre
-    that wrote it: a config in today's keys, never migrated): what a run's config.yaml holds and `--config`
-    takes back."""
+    that wrote it, which `read_written` reads to migrate it or not): what a run's config.yaml holds and
+    `--config` takes back."""
     return yaml.dump({VERSION_KEY: __version__, **(cfg.to_dict() if isinstance(cfg, Config) else cfg)},
                      Dumper=_Dumper, sort_keys=False)
 
