@@ -51,7 +51,7 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
     folders = [_run_folder(r) for r in runs]
     configs = [own_keys(run_config(f)) for f in folders]
     shown = [_mapping_keys(c) for c in configs]  # model.kwargs.embed_dim: the part of a mapping that differs
-    keys = [k for k in flatten(Config().to_dict()) for k in _below(k, shown)]
+    keys = [item for key in flatten(Config().to_dict()) for item in _below(key, shown)]
     keys = [k for k in keys if k not in PROSE and any(c.get(k) is not None for c in shown)]
     keys += sorted({k for c in shown for k in c} - set(keys) - set(PROSE))  # keys of older repres, none of today's
     differences = {key: [c.get(key) for c in shown] for key in keys
@@ -327,8 +327,8 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
 
 def _evaluation_label(e: dict[str, Any], r: dict[str, Any]) -> str:
     """"eval linear top1 [epochs=2] @400": the task, its metric, the `--set` that change what it measured, and
-    the checkpoint, unless the end of a completed run: a row holds results of one checkpoint, read against each other (a
-    run's result at its end against another's at step 400 differed by the training between them)."""
+    the checkpoint, unless the end of a completed run: a row holds results of one checkpoint, read against each
+    other (a run's result at its end against another's at step 400 differed by the training between them)."""
     given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
              for s in measured_otherwise(list(map(str, e["set"])), e["task"])]
     at = "" if e["step"] is None or (r["completed"] and e["step"] == r["total_steps"]) else f" @{e['step']}"
