@@ -202,7 +202,7 @@ def read_written(raw: dict[str, Any], refuse_removed: bool = True) -> tuple[dict
 
 
 def _version(text: Any) -> tuple[int, ...]:
-    """"0.2.0" -> (0, 2, 0): the release's numbers (a suffix such as ".dev3" left out)."""
+    """"0.2.0" -> (0, 2, 0): the version's numbers (a suffix such as ".dev3" left out)."""
     return tuple(int(part) for part in re.findall(r"\d+", str(text).split("+")[0])[:3])
 
 

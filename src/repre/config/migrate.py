@@ -11,8 +11,8 @@ from repre.config.schema import EVAL_TASKS, MethodConfig
 from repre.errors import UserError
 
 # the repre whose keys `migrate` leads to: a config written by it or a later one (its `repre_version`) is read
-# as written; an older one, or one written before configs named their repre, is migrated. A release that
-# changes keys adds its steps to `migrate` and raises this to its version
+# as written; an older one, or one written before configs named their repre, is migrated. A version of repre
+# that changes keys adds its steps to `migrate` and raises this to itself
 KEYS_VERSION = "0.2.0"
 
 # keys renamed when each section's keys were given one meaning (CHANGELOG.md, 0.2.0): old -> new
