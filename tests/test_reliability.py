@@ -1114,9 +1114,9 @@ def test_processes_that_see_other_checkpoints_stop_naming_the_folder(tmp_path, m
     monkeypatch.setattr(checkpoints_mod.dist, "gather_objects",
                         lambda why: [why, None if why is None and not views else views["rank 1"]])
     holder = types.SimpleNamespace(out=out)
-    with pytest.raises(UserError, match=r"process 1 cannot read the checkpoint the others resume from \(checkpoint "
-                                        r"does not exist there\): --out \(.*run\) must be one folder that every "
-                                        r"process sees whole"):
+    with pytest.raises(UserError, match=r"process 1 cannot read the checkpoint that the others read \(checkpoint "
+                                        r"does not exist there\): .*run must be one folder that every process sees "
+                                        r"whole"):
         Checkpoints._first_readable(holder, [newest])
     assert newest.is_file()  # not moved aside: rank 0 read it
     views.clear()

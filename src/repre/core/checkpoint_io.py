@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import torch
 
-from repre.core import run_files
+from repre.core import dist, run_files
 from repre.errors import UserError
 
 SCHEMA = 1
@@ -114,6 +114,24 @@ def save(state: dict[str, Any], path: Path) -> None:
         cause = next((e for e in (exc.__context__, exc.__cause__) if isinstance(e, OSError)), None)
         raise OSError(getattr(cause, "errno", None) or errno.EIO,
                       f"{cause.strerror if cause else exc}", str(path)) from exc
+
+
+def load_everywhere(path: Path, what: str, folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """`load(path)` on every process (a collective under torchrun): (the checkpoint, None) where every process
+    read it; (None, why) where every one failed alike (damage: the same bytes everywhere). Where some read it and
+    others not, every process raises the same UserError: they see other files at `folder` (a node whose view
+    lags), and one going on from another state would wait in a collective for good."""
+    try:
+        ckpt, why = load(path), None
+    except UserError as exc:
+        ckpt, why = None, str(exc)
+    whys = dist.gather_objects(why)
+    if any(w is None for w in whys) and any(w is not None for w in whys):
+        rank, reason = next((r, w) for r, w in enumerate(whys) if w is not None)
+        raise UserError(f"process {rank} cannot read {what} that the others read ({reason}): {folder} must be "
+                        "one folder that every process sees whole (a shared filesystem, its writes visible on "
+                        "every node)")
+    return ckpt, why
 
 
 def sweep_temporaries(folder: Path) -> None:

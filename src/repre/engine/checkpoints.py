@@ -130,18 +130,10 @@ class Checkpoints:
         """The first checkpoint of `candidates` that loads, and its path; each damaged one before it is moved
         aside (NAME.damaged: out of the way of pruning and of the next resume)."""
         for path in candidates:
-            try:
-                ckpt, why = checkpoint_io.load(path), None
-            except UserError as exc:
-                ckpt, why = None, str(exc)
-            whys = dist.gather_objects(why)  # also: every process is done reading it before rank 0 moves it
-            if all(w is None for w in whys):
+            # a collective: every process is done reading it before rank 0 moves it
+            ckpt, why = checkpoint_io.load_everywhere(path, "the checkpoint", self.out)
+            if ckpt is not None:
                 return ckpt, path
-            if any(w is None for w in whys):  # not the same bytes everywhere: not damage, but another view
-                rank, reason = next((r, w) for r, w in enumerate(whys) if w is not None)
-                raise UserError(f"process {rank} cannot read the checkpoint the others resume from ({reason}): "
-                                f"--out ({self.out}) must be one folder that every process sees whole (a shared "
-                                "filesystem, its writes visible on every node)")
             if dist.is_main():  # every process finds the same damage: the same bytes
                 aside = path.with_name(path.name + ".damaged")
                 path.rename(aside)

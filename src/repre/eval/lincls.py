@@ -181,16 +181,9 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
     if not dist.gather_objects(path is not None and path.is_file())[0]:
         return 0, None
     assert path is not None
-    try:
-        state, why = ckpt_io.load(path), None
-    except UserError as exc:
-        state, why = None, str(exc)
-    whys = dist.gather_objects(why)
-    if any(w is not None for w in whys):
-        rank, reason = next((r, w) for r, w in enumerate(whys) if w is not None)
-        raise UserError(f"process {rank} cannot read the linear probe's checkpoint ({reason})"
-                        + ("" if all(w is not None for w in whys) else ": --out must be one folder that every "
-                           "process sees whole (a shared filesystem)"))
+    state, why = ckpt_io.load_everywhere(path, "the linear probe's checkpoint", path.parent)
+    if state is None:
+        raise UserError(why)
     # a probe written before a protocol field existed had that field's default
     stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol) if f.default is not dataclasses.MISSING},
               **{k: key[k] for k in PROBE_DATA},  # a probe written before they were recorded: as they are now
