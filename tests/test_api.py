@@ -208,3 +208,20 @@ def test_a_framework_refuses_views_it_would_pair_wrongly_and_encoders_it_cannot_
         ReconstructionBranch(xcit, taps=2)
     with pytest.raises(UserError, match=r"build_model\(cfg, num_classes=N\)"):
         build_model(tiny_config("method.name=supervised"))
+
+
+def test_supervised_refuses_an_unlabelled_image_in_any_batch_read_on_the_host():
+    """A label of -1 (an unlabelled image of a dataset of one's own code) is refused, at the first batch and at a
+    later one: on the host the check costs nothing; on an accelerator only the first batch is read (a value
+    read there waits for the device)."""
+    from repre.methods import Supervised
+    from repre.models.backbone import Backbone
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                            num_classes=0)
+    model = Supervised(Backbone.from_model(vit), num_classes=3)
+    views = torch.randn(2, 2, 3, 32, 32)
+    assert model(views, torch.tensor([0, 2])).loss.isfinite()
+    for labels in (torch.tensor([1, -1]), None):
+        with pytest.raises(UserError, match="needs labelled images"):
+            model(views, labels)

@@ -23,14 +23,24 @@ class Supervised(Method):
         self.encoder = encoder
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         self.label_smoothing = label_smoothing
+        self.labels_checked = False  # on an accelerator, the first batch's labels are checked alone (`check_labels`)
+
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        """Refuse a batch with an unlabelled image (label -1). Labels on the host are checked at every step; on
+        an accelerator only the first batch's: reading a device tensor's value waits for the device, each step.
+        A dataset is labelled throughout or not at all (shards with some labels missing read as unlabelled)."""
+        if labels is not None and self.labels_checked and labels.device.type != "cpu":
+            return
+        if labels is None or bool((labels < 0).any()):
+            raise UserError("method.name=supervised needs labelled images (class sub-folders or a labelled dataset)")
+        self.labels_checked = True
 
     def forward(
         self, views: torch.Tensor, labels: torch.Tensor | None = None, local_views: None = None,
         taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W], labels: [B] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
-        if labels is None or bool((labels < 0).any()):
-            raise UserError("method.name=supervised needs labelled images (class sub-folders or a labelled dataset)")
+        self.check_labels(labels)
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
         loss = F.cross_entropy(self.head(pooled).float(), labels.repeat(2), label_smoothing=self.label_smoothing)
