@@ -733,3 +733,41 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
         save_png(tmp_path / "imgs" / name, grey)
     folder = ImageFolder(tmp_path / "imgs")
     assert len(folder) == 2 and folder.classes == ["cat", "dog"]
+
+
+def test_a_split_folders_classes_are_the_folders_that_hold_images(tmp_path, repre_log):
+    """Both splits of a folder label by the train split's classes: they were every folder in train/, so a
+    hidden folder, an empty one, one of text files or a link to a class made classes of no image (labels
+    shifted, a probe predicting them, one class counted as two). Of a folder and a link to it, the link is left
+    out and named (the folder was, when its name sorted later)."""
+    from repre.config import DataConfig
+
+    grey = np.zeros((8, 8, 3), np.uint8)
+    for name in ("train/a/0.png", "train/b/0.png", "train/z/0.png", "train/.ipynb_checkpoints/0.png",
+                 "val/a/0.png", "val/z/0.png"):
+        save_png(tmp_path / name, grey)
+    for empty in ("train/__MACOSX", "train/empty/sub", "train/notes"):
+        (tmp_path / empty).mkdir(parents=True)
+    (tmp_path / "train/notes/read.txt").write_text("no image")
+    (tmp_path / "train/a_link").symlink_to("z")
+    cfg = DataConfig(name="folder", root=str(tmp_path))
+    train, test = build_source(cfg, "train"), build_source(cfg, "test")
+    assert train.classes == test.classes == ["a", "b", "z"] and train.num_classes == 3
+    assert [(train.names[i], int(train.labels[i])) for i in range(len(train))] == [
+        ("a/0.png", 0), ("b/0.png", 1), ("z/0.png", 2)]
+    assert test.labels.tolist() == [0, 2]
+    assert "links to folders read already, left out: " + str(tmp_path / "train/a_link") in repre_log.text
+    assert "2 folder(s) in " + str(tmp_path / "train") + " hold no image and are no class: empty, notes" in repre_log.text
+
+
+def test_a_held_out_folder_evaluation_does_not_read_is_named(tmp_path, repre_log):
+    """With val/ and test/, evaluation reads val/: test/ was never read, nor said to be left."""
+    from repre.config import DataConfig
+
+    grey = np.zeros((8, 8, 3), np.uint8)
+    for name in ("train/a/0.png", "val/a/0.png", "test/a/0.png", "test/a/1.png"):
+        save_png(tmp_path / name, grey)
+    assert len(build_source(DataConfig(name="folder", root=str(tmp_path)), "test")) == 1
+    assert (f"{tmp_path} holds val/ and test/: evaluation reads val/, the first of val/, valid/, validation/, test/; "
+            f"to evaluate on test/, point data.root at a folder of two links, train -> {tmp_path}/train and "
+            f"val -> {tmp_path}/test") in repre_log.text

@@ -76,6 +76,72 @@ def loose_images(root: Path) -> bool:
         return any(e.is_file() and e.name.lower().endswith(EXTENSIONS) and not HIDDEN.match(e.name) for e in entries)
 
 
+def _reading_order(parent: str, names: list[str]) -> list[str]:
+    """The sub-folders `names` of `parent` in the order a scan reads them: hidden ones left out, folders before
+    links to folders, each sorted. Of a folder and a link to it, the folder is read and the link is the one
+    left out (and named)."""
+    kept = [n for n in names if not HIDDEN.match(n)]
+    links = {n for n in kept if os.path.islink(os.path.join(parent, n))}
+    return sorted(set(kept) - links) + sorted(links)
+
+
+def _holds_image(folder: str, seen: set[tuple[int, int]]) -> bool:
+    """Whether a scan finds an image file in `folder` or below it: a walk that stops at the first one (a
+    directory is read in chunks, so a class folder's first entries usually answer). `seen`: the (device,
+    inode) of the folders read already, this one's added; a folder met again (a link) is not read again."""
+    stack = [folder]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            subs = []
+            with os.scandir(path) as entries:
+                for e in entries:
+                    if HIDDEN.match(e.name):
+                        continue
+                    if e.is_dir():
+                        subs.append(e.name)
+                    elif e.name.lower().endswith(EXTENSIONS):
+                        return True
+        except OSError:  # a folder that cannot be listed: its images are left out by the scan too
+            continue
+        stack += [os.path.join(path, n) for n in reversed(_reading_order(path, subs))]
+    return False
+
+
+# the folders named in a warning for holding no image: a run builds its sources more than once
+_said_empty: set[str] = set()
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """The class names of a split folder, sorted: its first-level folders that hold an image at any depth,
+    as the scan of `ImageFolder` finds them (hidden folders, folders without an image and links to a folder
+    read already are no class; a folder of no image is named in a warning). Held-out splits label by their
+    train split's classes: this finds them without listing every image."""
+    root = str(root)
+    with os.scandir(root) as entries:
+        folders = [e.name for e in entries if e.is_dir()]
+    seen: set[tuple[int, int]] = {(os.stat(root).st_dev, os.stat(root).st_ino)}
+    classes, empty = [], []
+    for name in _reading_order(root, folders):
+        path = os.path.join(root, name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a link to a folder read already
+            continue
+        (classes if _holds_image(path, seen) else empty).append(name)
+    if empty and root not in _said_empty:
+        _said_empty.add(root)
+        log.warning("%d folder(s) in %s hold no image and are no class: %s%s", len(empty), root,
+                    ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
+    return sorted(classes)
+
+
 def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
     """The image files under `root` in a fixed order, as paths relative to it; the first-level folder each
     is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images
@@ -89,7 +155,7 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
             dirnames.clear()
             continue
         seen.add((folder.st_dev, folder.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not HIDDEN.match(d))
+        dirnames[:] = _reading_order(dirpath, dirnames)
         rel = os.path.relpath(dirpath, root)
         prefix, top = ("", "") if rel == "." else (rel + os.sep, rel.split(os.sep, 1)[0])
         found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS) and not HIDDEN.match(f)]

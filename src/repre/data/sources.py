@@ -3,6 +3,7 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from repre.data.folder import (
     HIDDEN,
     ImageFolder,
     UnreadableImage,
+    class_folders,
     holds_images,
     loose_images,
     warn_unreadable,
@@ -47,6 +49,8 @@ class EncodedImages(Protocol):
     def encoded(self, index: int) -> tuple[bytes, str, int]: ...
 
 
+log = logging.getLogger("repre")
+
 # a shard named for a held-out split: val-000000.tar, in1k-validation-00.tar, test_3.tar
 HELD_OUT = re.compile(r"(^|[-_.])(val|valid|validation|test)([-_.]|\d|$)")
 
@@ -77,6 +81,20 @@ def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
     return found
 
 
+_said_unread: set[Path] = set()  # the roots whose unread held-out folders were named: sources are built often
+
+
+def _say_unread_held_out(base: Path, held: Path) -> None:
+    """Name the held-out folders of `base` that evaluation does not read (it reads `held`, the first)."""
+    unread = [n for n in HELD_OUT_DIRS if (base / n).is_dir() and base / n != held]
+    if unread and base not in _said_unread:
+        _said_unread.add(base)
+        log.warning("%s holds %s/ and %s/: evaluation reads %s/, the first of %s/; to evaluate on %s/, point "
+                    "data.root at a folder of two links, train -> %s and val -> %s", base, held.name,
+                    "/ and ".join(unread), held.name, "/, ".join(HELD_OUT_DIRS), unread[0],
+                    _split_dir(base, TRAIN_DIRS), base / unread[0])
+
+
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not root:
         raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
@@ -104,6 +122,7 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
                             f"{base}/train-{{000000..000099}}.tar)")
         return base
     if held is not None:
+        _say_unread_held_out(base, held)
         return held
     train = train or base
     if name == "shards":
@@ -154,7 +173,7 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         return TarShards(str(_folder_split(cfg.root, split, "shards")))
     if cfg.name == "folder":
         train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
+        classes = class_folders(train_dir) if train_dir.is_dir() else None
         return ImageFolder(_folder_split(cfg.root, split), classes=classes)
     if cfg.name == "python":
         from repre.data.python_source import python_source
