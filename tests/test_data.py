@@ -771,3 +771,21 @@ def test_a_held_out_folder_evaluation_does_not_read_is_named(tmp_path, repre_log
     assert (f"{tmp_path} holds val/ and test/: evaluation reads val/, the first of val/, valid/, validation/, test/; "
             f"to evaluate on test/, point data.root at a folder of two links, train -> {tmp_path}/train and "
             f"val -> {tmp_path}/test") in repre_log.text
+
+
+def test_an_image_larger_than_pillow_decodes_is_unreadable_in_every_format(tmp_path, monkeypatch):
+    """Pillow refuses an image of more than twice `MAX_IMAGE_PIXELS` (a decompression bomb): a PNG was refused in
+    its words, a JPEG of the same size decoded by torchvision's path. One rule now, in words that say what to do;
+    the JPEG's size is read from its frame header (a baseline, a progressive and one behind a long EXIF block)."""
+    from repre.data.folder import jpeg_pixels
+
+    for name, kw in (("base.jpg", {}), ("prog.jpg", {"progressive": True}), ("exif.jpg", {"exif": b"Exif\0\0" + bytes(60000)})):
+        Image.new("RGB", (50, 60)).save(tmp_path / name, "JPEG", **kw)
+        assert jpeg_pixels((tmp_path / name).read_bytes()) == 3000
+    Image.new("RGB", (50, 60)).save(tmp_path / "big.png")
+    assert decode(tmp_path / "base.jpg").shape == (3, 60, 50)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for name in ("base.jpg", "prog.jpg", "big.png"):
+        with pytest.raises(UnreadableImage, match=r"3,000 pixels, more than the 2,000 Pillow decodes \(its guard against "
+                                                  r"decompression bombs\): downscale it"):
+            decode(tmp_path / name)

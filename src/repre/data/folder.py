@@ -228,11 +228,35 @@ def complete_jpeg(data: bytes) -> bool:
     return decode_jpeg is not None and data.startswith(b"\xff\xd8") and data.rstrip(b"\0").endswith(b"\xff\xd9")
 
 
+def jpeg_pixels(data: bytes) -> int | None:
+    """A JPEG's height x width as its frame header (SOFn) gives it, without decoding; None where none is found."""
+    i, end = 2, len(data) - 9
+    while i < end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header, not DHT/JPG/DAC
+            return int.from_bytes(data[i + 5:i + 7], "big") * int.from_bytes(data[i + 7:i + 9], "big")
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def pil_refuses(pixels: int) -> bool:
+    """Whether Pillow refuses an image of `pixels` as a decompression bomb (over twice MAX_IMAGE_PIXELS)."""
+    return Image.MAX_IMAGE_PIXELS is not None and pixels > 2 * Image.MAX_IMAGE_PIXELS
+
+
 def _decode_fast(data: bytes) -> torch.Tensor | None:
     """JPEGs through torchvision's libjpeg-turbo decoder (faster than PIL's on one core, the same pixels;
-    docs/results.md), EXIF orientation applied; None for anything else (PIL's path then decides)."""
-    if not complete_jpeg(data):
-        return None  # not a JPEG, or a truncated one: PIL reports it
+    docs/results.md), EXIF orientation applied; None for anything else (PIL's path then decides: a truncated
+    JPEG, and one larger than Pillow decodes, are refused there, as an image of any other format)."""
+    if not complete_jpeg(data) or pil_refuses(jpeg_pixels(data) or 0):
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -248,6 +272,11 @@ def _decode_pil(stream: BinaryIO, path_name: object) -> torch.Tensor:
         with Image.open(stream) as img:
             img.load()
             arr = to_rgb_array(img)
+    except Image.DecompressionBombError as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise UnreadableImage(f"{path_name}: {f'{int(size[1]):,} pixels' if size else 'an image'}, more than the "
+                              f"{2 * Image.MAX_IMAGE_PIXELS:,} Pillow decodes (its guard against decompression "
+                              "bombs): downscale it") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, EOFError, struct.error, ...)
         why = re.sub(r" <_io\.\w+ object at 0x[0-9a-f]+>", "", str(exc))  # PIL names the buffer, not the file
         raise UnreadableImage(f"{path_name}: {why}") from None
