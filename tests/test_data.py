@@ -465,8 +465,9 @@ def test_a_folder_without_classes_or_with_one_is_told_what_evaluation_needs(tmp_
             with pytest.raises(UserError, match=f"data.root .*{root} {what}"):
                 eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / root}"), split)
     (tmp_path / "empty").mkdir()  # a folder made for the Fashion-MNIST files: how to get them
+    save_png(tmp_path / "deep" / "train" / "cat" / "2019" / "x.png", np.zeros((8, 8, 3), np.uint8))
     for root, message in (("flat", "holds images.* add --set data.name=folder"), ("one", "add --set data.name=folder"),
-                          ("empty", "Fashion-MNIST not found")):
+                          ("deep", "add --set data.name=folder"), ("empty", "Fashion-MNIST not found")):
         with pytest.raises(UserError, match=message):
             build_source(tiny_config("data.name=fashion-mnist", f"data.root={tmp_path / root}").data, "train")
 

@@ -131,10 +131,15 @@ def seg_folder(root: Path, n_train: int = 10, n_val: int = 4, size: tuple[int, i
 
 
 def test_segmentation_folder_pairs_sizes_and_classes(tmp_path, caplog):
+    """Pairs by name; macOS's ._ files (AppleDouble metadata) are no images or masks, as in image folders (they
+    were "unreadable pairs")."""
     root = seg_folder(tmp_path / "seg")
+    for where in ("images/train/._1.jpg", "masks/train/._1.png"):
+        (root / where).write_bytes(b"\0\5\26\7")
     with caplog.at_level("WARNING", logger="repre"):
         train = SegmentationFolder(root, "train", size=16)
     assert "1 of 10 train images have no mask" in caplog.text  # 0.jpg is left out, with a warning
+    assert "unreadable" not in caplog.text
     assert train.images.shape == (9, 3, 16, 16) and train.images.dtype == torch.uint8
     assert train.masks.shape == (9, 16, 16) and set(train.masks.unique().tolist()) <= {1, 2, 255}
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
+from repre.data.folder import EXTENSIONS, HIDDEN, MEAN, STD, UnreadableImage, decode
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -41,8 +41,8 @@ def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     images, masks = _split_dir(root / "images", split), _split_dir(mask_base, split)
     if images is None or masks is None:
         raise UserError(f"no {split} split under {root}: expected {layout}")
-    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in EXTENSIONS)
+    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png" and not HIDDEN.match(p.name)}
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in EXTENSIONS and not HIDDEN.match(p.name))
     pairs = [(p, by_stem[p.stem]) for p in files if p.stem in by_stem]
     if len(pairs) < len(files):
         missing = next(p for p in files if p.stem not in by_stem)

@@ -154,7 +154,7 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         try:
             return FashionMNIST(cfg.root, split)
         except UserError:
-            if cfg.root and holds_images(cfg.root):  # the default data.name on a folder of one's own images
+            if cfg.root and holds_images(cfg.root, 3):  # the default data.name on a folder of images (train/CLASS/SUB/)
                 raise UserError(f"data.root {cfg.root} holds images, not the Fashion-MNIST files data.name=fashion-"
                                 "mnist (the default) reads: add --set data.name=folder") from None
             raise

@@ -96,8 +96,9 @@ def spread_readable(source: ImageSource, count: int) -> dict[int, tuple[torch.Te
 
 
 def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, validation indices), each sorted, of a train split of `size` images: a fixed random
-    `val_size` of them (the same for every run and seed; class-sorted folders still give every class)."""
+    """(train indices, validation indices), each sorted, of a train split of `size` images: a random `val_size`
+    of them, the same for every run and seed of that `size` (another image count draws another); each class in
+    proportion on average, not by construction (a small `val_size` may miss a class)."""
     if not 0 < val_size < size:
         hint = (f": --set eval.val_size={max(1, size // 10)} holds out a tenth" if size >= 10 else
                 ", too few to hold any out: give the evaluation more images" if size < 2 else

@@ -342,7 +342,8 @@ class Trainer:
         where = d.name + (f" {d.source}" if d.source else "") + (f" {d.root}" if d.root else "")
         if n is None:
             return f"streamed {where}"
-        classes = f"{self.data.num_classes} classes" if self.data.num_classes else "no labels"
+        k = self.data.num_classes
+        classes = f"{k} class{'' if k == 1 else 'es'}" if k else "no labels"
         epochs = self.total * self.cfg.train.batch_size / n
         return f"{epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'} of {where}: {n:,} images, {classes}"
 
