@@ -734,6 +734,8 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
         save_png(tmp_path / "imgs" / name, grey)
     folder = ImageFolder(tmp_path / "imgs")
     assert len(folder) == 2 and folder.classes == ["cat", "dog"]
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "dog" / "1.JFIF", "JPEG")  # a web download's name on Windows
+    assert len(ImageFolder(tmp_path / "imgs")) == 3
 
 
 def test_a_split_folders_classes_are_the_folders_that_hold_images(tmp_path, repre_log):
