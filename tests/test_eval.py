@@ -297,21 +297,29 @@ def test_knn_votes_are_weighted_by_exp_of_similarity_over_temperature():
     assert knn_predict(bank, labels, q, k=3, temperature=10.0, classes=2).tolist() == [0]
 
 
-def test_fine_tuning_changes_the_encoder():
+def test_fine_tuning_changes_all_of_the_encoder_from_a_head_of_near_zero_logits():
+    """Every parameter is fine-tuned, as the references do: model.init=mocov3's fixed sin-cos position embedding and
+    a frozen patch projection stayed as pre-trained. The head is drawn as MAE's (std 2e-5, bias 0; timm's default
+    started the logits at random)."""
     from conftest import tiny_config
     from repre.core.runtime import setup_runtime
-    from repre.eval.finetune import finetune_eval
-    from repre.models.backbone import Backbone, resolve_arch
+    from repre.builder import build_encoder
+    from repre.eval.finetune import finetune_eval, new_head
 
-    cfg = tiny_config("eval.finetune.steps=3", "eval.finetune.train_subset=16", "eval.finetune.batch_size=8",
-                      "eval.finetune.test_subset=8")
+    cfg = tiny_config("model.init=mocov3", "eval.finetune.steps=3", "eval.finetune.train_subset=16",
+                      "eval.finetune.batch_size=8", "eval.finetune.test_subset=8")
     torch.manual_seed(0)
-    encoder = Backbone(*resolve_arch(cfg.model.arch, cfg.data.image_size, 0.0, cfg.model.kwargs))
+    encoder = build_encoder(cfg)
+    encoder.freeze_patch_embed()
+    assert not encoder.model.pos_embed.requires_grad
     before = copy.deepcopy(encoder.model.state_dict())
+    new_head(encoder.model, 10)
+    head = encoder.model.get_classifier()
+    assert 1e-5 < float(head.weight.detach().std()) < 4e-5 and not head.bias.any()
     finetune_eval(encoder, cfg, setup_runtime(cfg.train))
     after = encoder.model.state_dict()
-    for name in ("blocks.0.attn.qkv.weight", "patch_embed.proj.weight"):
-        assert not torch.equal(after[name], before[name])
+    for name in ("blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "pos_embed"):
+        assert not torch.equal(after[name], before[name]), name
 
 
 def test_an_eval_out_that_is_a_file_is_refused_before_the_evaluation(tiny_run, tmp_path, monkeypatch):

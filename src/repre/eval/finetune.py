@@ -1,6 +1,6 @@
 """End-to-end fine-tuning with a new head: layer-wise lr decay, label smoothing, warm-up + cosine, AdamW.
 
-As BEiT / MAE fine-tuning, shortened for CPU presets: the lr of block i is lr * decay^(depth - i) (patch
+As BEiT / MAE fine-tuning, shortened for CPU presets: every parameter trained, a new head; the lr of block i is lr * decay^(depth - i) (patch
 embedding and tokens at depth 0, the head and final norm at full lr); no weight decay on biases, norms and the
 parameters the timm model names in `no_weight_decay()` (a ViT's position embedding and class token, a Swin's
 position tables, as Swin's own fine-tuning). Training augmentation: random resized crop and flip only.
@@ -71,6 +71,16 @@ def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay:
     return list(groups.values())
 
 
+def new_head(model: nn.Module, classes: int) -> None:
+    """A head of `classes` outputs on the timm model, its weights drawn as MAE's fine-tuning draws them (a
+    truncated normal of std 2e-5, facebookresearch/mae main_finetune.py:257; BEiT's the same, 0.02 x 0.001) and
+    its bias 0: the first logits near 0, where timm's default head starts them at random."""
+    model.reset_classifier(classes)
+    head = model.get_classifier()
+    nn.init.trunc_normal_(head.weight, std=2e-5)
+    nn.init.zeros_(head.bias)
+
+
 def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
     """Fine-tune the encoder's timm model in place, with a new head, on the train split; report test top-1. The
     encoder is changed: a caller that keeps it passes a copy (`evaluate` builds one from the checkpoint)."""
@@ -82,7 +92,9 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     if e.finetune.train_subset:
         source = subset_of(source, e.finetune.train_subset)
     model = encoder.model
-    model.reset_classifier(classes)
+    new_head(model, classes)
+    model.requires_grad_(True)  # all of it, as the references: pre-training may have frozen some (model.init=mocov3
+    # fixes its sin-cos position embedding, method.mocov3.freeze_patch_embed the patch projection)
     model.to(rt.device).train()
     loader = augmented_loader(cfg, source, crop_and_flip(cfg.aug, crop_scale=e.finetune.crop_scale),
                               e.finetune.batch_size, "eval.finetune.batch_size")
