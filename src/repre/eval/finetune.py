@@ -1,9 +1,10 @@
 """End-to-end fine-tuning with a new head: layer-wise lr decay, label smoothing, warm-up + cosine, AdamW.
 
-As BEiT / MAE fine-tuning, shortened for CPU presets: every parameter trained, a new head; the lr of block i is lr * decay^(depth - i) (patch
-embedding and tokens at depth 0, the head and final norm at full lr); no weight decay on biases, norms and the
-parameters the timm model names in `no_weight_decay()` (a ViT's position embedding and class token, a Swin's
-position tables, as Swin's own fine-tuning). Training augmentation: random resized crop and flip only.
+As BEiT / MAE fine-tuning, shortened for CPU presets: every parameter trained, a new head; the lr of block i is
+lr * decay^(depth - i) (patch embedding and tokens at depth 0, the head and final norm at full lr); no weight
+decay on biases, norms and the parameters the timm model names in `no_weight_decay()` (a ViT's position
+embedding and class token, a Swin's position tables, as Swin's own fine-tuning). Training augmentation: random
+resized crop and flip only.
 """
 
 from __future__ import annotations
