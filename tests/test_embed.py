@@ -7,6 +7,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,10 +143,32 @@ def test_a_stopped_run_continues_from_its_last_batch(tiny_run, tmp_path, monkeyp
     code, stdout = run_cli(args)
     summary = last_json(stdout)
     assert code == 0 and summary["resumed_from"] == 32 and summary["images"] == 64
+    assert f"{out} holds 64 of 64 images as " in stdout and "images from 32 embedded now" in stdout
     fresh = tmp_path / "fresh.npy"
     assert run_cli(embed_args(run, fresh, "eval.batch_size=16"))[0] == 0
     np.testing.assert_array_equal(np.load(out), np.load(fresh))
     assert out.with_suffix(".csv").read_bytes() == fresh.with_suffix(".csv").read_bytes()
+
+
+def test_a_second_embed_of_the_same_out_is_refused_while_the_first_writes(tiny_run, tmp_path, capsys):
+    """A rerun while the first still wrote continued from the same row: the index doubled (35,898 lines for
+    19,997 rows), both exiting 0. The second is refused now, naming the first; the lock goes with its process."""
+    run, _ = tiny_run
+    out = tmp_path / "emb" / "r.npy"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from repre.core.run_lock import RunLock; "
+        f"Path({str(out.parent)!r}).mkdir(); lock = RunLock(Path({str(out.parent)!r}), '.r.npy.lock'); "
+        "assert lock.acquire() is None; print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_cli(embed_args(run, out))[0] == 2
+        assert f"{out} is being written by another process (pid {holder.pid} on " in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli(embed_args(run, out))[0] == 0
 
 
 def test_a_finished_run_is_reported_again_without_recomputing(tiny_run, tmp_path, monkeypatch):

@@ -302,8 +302,8 @@ def test_fine_tuning_changes_all_of_the_encoder_from_a_head_of_near_zero_logits(
     a frozen patch projection stayed as pre-trained. The head is drawn as MAE's (std 2e-5, bias 0; timm's default
     started the logits at random)."""
     from conftest import tiny_config
-    from repre.core.runtime import setup_runtime
     from repre.builder import build_encoder
+    from repre.core.runtime import setup_runtime
     from repre.eval.finetune import finetune_eval, new_head
 
     cfg = tiny_config("model.init=mocov3", "eval.finetune.steps=3", "eval.finetune.train_subset=16",

@@ -159,8 +159,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     summary = embed(args.checkpoint, args.out, overrides=args.overrides, split=args.split, overwrite=args.overwrite)
     rate = f", {summary['images_per_sec']} images/s" if summary["images_per_sec"] else " (already complete)"
-    print(f"embedded {summary['images']} images of {summary['source_images']} ({summary['skipped']} unreadable, "
-          f"left out) as {summary['dim']}-d rows of {summary['embeddings']}; index {summary['index']}{rate}")
+    resumed = f"; images from {summary['resumed_from']} embedded now" if summary["resumed_from"] and summary["images_per_sec"] else ""
+    print(f"{summary['embeddings']} holds {summary['images']} of {summary['source_images']} images as "
+          f"{summary['dim']}-d rows ({summary['skipped']} unreadable, left out{resumed}); index "
+          f"{summary['index']}{rate}")
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -1,5 +1,6 @@
-"""One training process a run directory: a lock that its process holds while it trains, which the operating
-system frees however the process ends (a crash or SIGKILL leaves no stale lock on a local disk).
+"""One training process a run directory (and one writer an embedding file): a lock that its process holds while
+it works, which the operating system frees however the process ends (a crash or SIGKILL leaves no stale lock on
+a local disk).
 
 Two processes training one directory (a requeued job while the first still runs, or the workers a `torchrun`
 killed with SIGKILL leaves behind) would both write checkpoints and metrics.jsonl lines into it. The lock is a
@@ -45,8 +46,11 @@ def _drop(key: str) -> None:
 class RunLock:
     """The lock of run directory `folder` (`folder`/.lock, which names its holder: pid, host, since when)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / LOCK
+    def __init__(self, folder: Path, name: str = LOCK, busy: str = "") -> None:
+        """`name`: another lock file in `folder` (one of files of its own); `busy`: what another process holding
+        it does, as a refusal says it (by default: trains `folder`)."""
+        self.path = Path(folder) / name
+        self.busy = busy
         self._unlock = None  # a weakref.finalize: given back on `unlock()`, or when this object is collected
 
     def acquire(self) -> str | None:
@@ -73,7 +77,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # the run's own writes will say what is wrong with the folder
-            log.warning("cannot lock %s (%s): nothing keeps a second process from training there", self.path,
+            log.warning("cannot lock %s (%s): nothing keeps a second process from working there at once", self.path,
                         exc.strerror)
             return None
         try:
@@ -82,13 +86,14 @@ class RunLock:
             holder = self._holder(fd) if exc.errno in (errno.EACCES, errno.EAGAIN) else None
             os.close(fd)
             if holder is None:  # a filesystem without locks (some network mounts)
-                log.warning("cannot lock %s (%s): nothing keeps a second process from training there",
+                log.warning("cannot lock %s (%s): nothing keeps a second process from working there at once",
                             self.path, exc.strerror)
                 return None
-            return (f"{self.path.parent} is being trained by another process (pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')}, since {holder.get('since', '?')}): wait for it to end, or stop it "
-                    "(the workers of a torchrun killed with SIGKILL go on: ps lists them), or give another --out; "
-                    f"if that process is gone (its machine crashed, on a network filesystem), delete {self.path}")
+            stop = "" if self.busy else " (the workers of a torchrun killed with SIGKILL go on: ps lists them)"
+            return (f"{self.busy or f'{self.path.parent} is being trained'} by another process (pid "
+                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}): wait "
+                    f"for it to end, or stop it{stop}, or give another --out; if that process is gone (its machine "
+                    f"crashed, on a network filesystem), delete {self.path}")
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)

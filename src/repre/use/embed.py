@@ -27,6 +27,7 @@ from repre.config import Config, DataConfig, override_items, parse_overrides, re
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import launch, run_files
 from repre.core.progress import progress_bar
+from repre.core.run_lock import RunLock
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
 from repre.data.labels import class_names
@@ -167,6 +168,29 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
+    lock = lock_out(files)
+    try:
+        return _embed(files, checkpoint, overrides, split, overwrite)
+    finally:
+        lock.unlock()
+
+
+def lock_out(files: EmbeddingFiles) -> RunLock:
+    """The lock of `files`, held while they are written: a second `repre embed` of the same --out (a rerun while
+    the first still runs) would continue from the same row and write the index twice over."""
+    try:
+        files.npy.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # the writer says what is wrong with the folder
+    lock = RunLock(files.npy.parent, f".{files.npy.name}.lock", f"{files.npy} is being written")
+    why = lock.acquire()
+    if why:
+        raise UserError(why)
+    return lock
+
+
+def _embed(files: EmbeddingFiles, checkpoint: str | Path, overrides: Sequence[str] | None, split: str,
+           overwrite: bool) -> dict[str, Any]:
     given, checkpoint = checkpoint, ckpt_io.pinned(checkpoint)  # the weights read and their checksum: one file's
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     drop_run_subset(cfg, override_items(overrides))
