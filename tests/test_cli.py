@@ -737,3 +737,13 @@ def test_eval_recon_under_torchrun_says_to_run_it_alone(tiny_run, monkeypatch, c
     monkeypatch.setenv("RANK", "0")
     code, _ = run_cli(["eval", "recon", "--checkpoint", str(tiny_run[0])])
     assert code == 2 and "repre eval recon runs in one process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["map", "neighbors"])
+def test_a_seed_numpy_would_refuse_exits_2_at_the_argument(command, capsys):
+    """map --seed -1 was a traceback from scikit-learn (or numpy, with a subset): the argument is checked."""
+    for bad in ("-1", "4294967296", "x"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--embeddings", "e.npy", "--out", "m.png", "--seed", bad])
+        assert exited.value.code == 2
+        assert f"argument --seed: '{bad}' is no seed: give an integer from 0 to 4294967295" in capsys.readouterr().err

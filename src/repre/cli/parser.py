@@ -43,6 +43,17 @@ PICTURE_OUT = (  # --out of show, neighbors and map
     "pip install 'repre[figures]')")
 
 
+def seed(text: str) -> int:
+    """A --seed: an integer from 0 to 2**32 - 1, what numpy and scikit-learn take."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is no seed: give an integer from 0 to {2**32 - 1}")
+    return value
+
+
 def _set_option(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """`--set KEY=VALUE`, repeatable, into `overrides`."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
@@ -110,7 +121,7 @@ def _add_map(sub: argparse._SubParsersAction) -> None:
                    help="tsne (scikit-learn: pip install 'repre[map]') or umap (pip install 'repre[umap]')")
     p.add_argument("--max-points", type=int, default=5000,
                    help="above this, a random subset drawn with --seed (default 5000: t-SNE takes about a minute)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the subset and the layout (default 0)")
     _set_option(p, f"override {reads.listed(reads.IMAGES)} for the thumbnails' images (embed's own are read from its "
                 "card)")
 
@@ -173,7 +184,7 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query-embeddings", metavar="FILE.npy",
                    help="draw the queries from this file of the same checkpoint (e.g. embed --split test), their "
                    "neighbours from --embeddings; --query-index then names its rows")
-    p.add_argument("--seed", type=int, default=0, help="seed of the drawn queries (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the drawn queries (default 0)")
 
 
 # each command's options, in the order `repre --help` lists them (`commands.RUN` runs them)
