@@ -256,3 +256,24 @@ def test_a_relative_data_root_is_found_from_another_directory(tiny_run, tmp_path
     monkeypatch.chdir(elsewhere)
     code, stdout = run_cli(["neighbors", "--embeddings", str(tmp_path / "e.npy"), "--out", "nn.png", "--k", "2"])
     assert code == 0 and len(last_json(stdout)["queries"]) == 5
+
+
+def test_a_moved_folder_is_read_where_data_root_names_it(tmp_path, image_folder, capsys):
+    """A folder moved since embed, named by --set data.root: its paths were compared with the index's whole
+    ("the data changed since embed") and the run's data.subset was dropped (24 images against the 10 embedded):
+    the same images under the new root are drawn now; another file there is still refused."""
+    from conftest import pretrain_args
+
+    run = tmp_path / "run"
+    assert run_cli(pretrain_args(run, "data.name=folder", f"data.root={image_folder}", "data.subset=10",
+                                 "train.batch_size=8", "train.max_steps=2", "train.eval_every=0"))[0] == 0
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(tmp_path / "e.npy")])[0] == 0
+    moved = tmp_path / "moved"
+    shutil.move(image_folder, moved)
+    args = ["neighbors", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "n.png"), "--k", "2",
+            "--set", f"data.root={moved}"]
+    code, stdout = run_cli(args)
+    assert code == 0 and len(last_json(stdout)["queries"]) == 8
+    (moved / "train" / "cat" / "0.png").rename(moved / "train" / "cat" / "00.png")  # another file list
+    assert run_cli([*args, "--query-index", "0"])[0] == 2
+    assert f"({moved}/train/cat/0.png under the data.root given): the data changed" in capsys.readouterr().err

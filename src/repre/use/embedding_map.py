@@ -153,10 +153,10 @@ def map_file(embeddings: str | Path, out: str | Path, *, checkpoint: str | Path 
         raise UserError(f"--set {', '.join(override_items(overrides))}: the map of labelled rows draws points, "
                         "no images; --thumbnails draws the images, which --set data.* picks")
     if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
-        source, size = embedded_source(checkpoint, card, override_items(overrides))
+        images = embedded_source(checkpoint, card, override_items(overrides))
 
         def picture(row: int) -> Image.Image:
-            view = thumbnail(source, *index[row][:2], size)  # uint8 [3, S, S]
+            view = thumbnail(images, *index[row][:2])  # uint8 [3, S, S]
             return Image.fromarray(view.permute(1, 2, 0).numpy())
 
     names = dict(enumerate(card.get("classes") or []))  # the legend's names

@@ -4,6 +4,8 @@ encoder saw it (the pictures of `repre neighbors` and `repre map`)."""
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,31 @@ log = logging.getLogger("repre")
 UNREADABLE_GREY = 128  # the tile of an image that cannot be read now
 
 
-def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
-                    overrides: list[str]) -> tuple[ImageSource, int]:
-    """The data the embeddings were made from, and the image side: the checkpoint's config (None: the one embed
-    read, named in the card), embed's overrides, then `overrides`."""
+@dataclass
+class EmbeddedImages:
+    """The images an embedding file was made from, as they are read now."""
+
+    source: ImageSource
+    size: int  # the side the encoder saw them at
+    moved: tuple[str, str] | None = None  # (the root embed read, the root --set data.root names now), absolute
+
+    def path_now(self, path: str) -> str:
+        """A file the index names -> where that file is now (under the root given, for a moved folder)."""
+        if self.moved is None or not path:
+            return path
+        then, now = self.moved
+        return os.path.join(now, os.path.relpath(path, then))
+
+
+def _without_root(overrides: list[str]) -> list[str]:
+    return [item for item in overrides if item.split("=", 1)[0].strip() != "data.root"]
+
+
+def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str]) -> EmbeddedImages:
+    """The data the embeddings were made from: the checkpoint's config (None: the one embed read, named in the
+    card), embed's overrides, then `overrides`. A `data.root` among them names where the same images are now
+    (a moved or copied folder): the run's data.subset still picks among them, and an index path is compared
+    relative to the root."""
     given = checkpoint is not None
     if not given:
         checkpoint = card.get("checkpoint")
@@ -34,10 +57,14 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
             raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
                             "RUN, a checkpoint whose data config reads the same images")
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
-    drop_run_subset(cfg, [*card["overrides"], *overrides])
+    drop_run_subset(cfg, [*card["overrides"], *_without_root(overrides)])
     ident = card["identity"]
+    then = ident["data"]["root"]
+    moved = None
     if "root" not in parse_overrides(overrides).get("data", {}):  # the root embed read, made absolute there: a
-        cfg.data.root = ident["data"]["root"]  # relative --set data.root names it from any directory
+        cfg.data.root = then  # relative --set data.root names it from any directory
+    elif then and cfg.data.root:
+        moved = (then, os.path.abspath(cfg.data.root))
     if ckpt_io.digest(checkpoint) != ident["checkpoint_sha256"]:
         made_from = f"another checkpoint ({card.get('checkpoint')})" if given else "this file before the run went on"
         log.warning("the embeddings were made from %s; the images are read with the data config of %s", made_from,
@@ -48,20 +75,26 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any],
                         "embed's own --set apply already (from its card): drop a --set data.* or --checkpoint of "
                         "other images, or, where the images changed since (files added or removed), embed them "
                         "again (`repre embed ... --overwrite`)")
-    return source, cfg.data.image_size
+    return EmbeddedImages(source, cfg.data.image_size, moved)
 
 
-def thumbnail(source: ImageSource, index: int, path: str, size: int) -> torch.Tensor:
-    """Image `index` of `source` as the encoder saw it: uint8 [3, S, S]. It must still be the file the index
-    names."""
-    if image_path(source, index) != path:
-        raise UserError(f"image {index} of the data is {image_path(source, index) or 'not a file'}, the index says "
-                        f"{path or 'not a file'}: the data changed since embed (embed it again: `repre embed ... "
-                        "--overwrite`), or a --set data.* or --checkpoint given here reads other images (embed's "
-                        "own apply already): drop it")
+def _same_file(a: str, b: str) -> bool:
+    return a == b or bool(a and b and os.path.abspath(a) == os.path.abspath(b))
+
+
+def thumbnail(images: EmbeddedImages, index: int, path: str) -> torch.Tensor:
+    """Image `index` of the images as the encoder saw it: uint8 [3, S, S]. It must still be the file the index
+    names (`path`; under the new root of a moved folder)."""
+    now = image_path(images.source, index)
+    if not _same_file(now, images.path_now(path)):
+        moved = f" ({images.path_now(path)} under the data.root given)" if images.moved else ""
+        raise UserError(f"image {index} of the data is {now or 'not a file'}, the index says {path or 'not a file'}"
+                        f"{moved}: the data changed since embed (embed it again: `repre embed ... --overwrite`), "
+                        "or a --set data.* or --checkpoint given here reads other images (embed's own apply "
+                        "already): drop it")
     try:
-        img, _ = source.load(index)
+        img, _ = images.source.load(index)
     except UnreadableImage as exc:  # one image is no reason to lose the picture (and a map's minutes of layout)
         log.warning("image %d cannot be read now (%s), though it could when it was embedded: drawn grey", index, exc)
-        return torch.full((3, size, size), UNREADABLE_GREY, dtype=torch.uint8)
-    return centre_view(img, size)
+        return torch.full((3, images.size, images.size), UNREADABLE_GREY, dtype=torch.uint8)
+    return centre_view(img, images.size)

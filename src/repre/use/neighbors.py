@@ -22,10 +22,9 @@ from repre.config import override_items, reads
 from repre.core.pictures import Column, Picture, picture_path, save_picture, sheet, thumb_side, tile
 from repre.core.search import top_k
 from repre.data.labels import class_name
-from repre.data.sources import ImageSource
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
-from repre.use.images import embedded_source, thumbnail
+from repre.use.images import EmbeddedImages, embedded_source, thumbnail
 from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, read_index
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
@@ -59,13 +58,13 @@ def choose_queries(rows: int, count: int | None, given: list[int] | None, seed: 
 @dataclass
 class Embedded:
     """A finished file of `repre embed` opened for search: its files, its card and its rows [N, D] (a memory
-    map); `index` and `source` (its rows' lines and images) once read."""
+    map); `index` and `images` (its rows' lines and images) once read."""
 
     files: EmbeddingFiles
     card: dict[str, Any]
     rows: np.ndarray
     index: dict[int, tuple[int, str, int | None]] | None = None
-    source: ImageSource | None = None
+    images: EmbeddedImages | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Embedded:
@@ -120,16 +119,15 @@ def check_finite(sims: torch.Tensor) -> None:
         raise UserError(NOT_FINITE)
 
 
-def neighbors_picture(queries: Embedded, bank: Embedded, hits: dict[int, list[tuple[int, float]]],
-                      size: int) -> Picture:
+def neighbors_picture(queries: Embedded, bank: Embedded, hits: dict[int, list[tuple[int, float]]]) -> Picture:
     """A row per query: the query image, then its neighbours with their similarities (and classes, when known)
     under them. Four decimals: the features of a short run fill a narrow cone, so neighbours' similarities often
     differ only in the third or fourth."""
     def drawn(side: Embedded, row: int) -> torch.Tensor:
-        return thumbnail(side.source, *side.index[row][:2], size)
+        return thumbnail(side.images, *side.index[row][:2])
 
     images = [[drawn(queries, q), *(drawn(bank, r) for r, _ in h)] for q, h in hits.items()]
-    side = thumb_side(size)
+    side = thumb_side(bank.images.size)
     captions = [[f"#{q}{class_caption(queries.index, q, queries.names)}",
                  *(f"{s:.4f}{class_caption(bank.index, r, bank.names)}" for r, s in h)] for q, h in hits.items()]
     titles = ["query", *(f"nearest {c}" if c == 1 else str(c) for c in range(1, len(images[0])))]
@@ -189,11 +187,11 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     hits = dict(zip(chosen, nearest(bank.rows, chosen, k, None if own else asked.rows), strict=True))
     found = {r for h in hits.values() for r, _ in h}
     bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))
-    bank.source, size = embedded_source(checkpoint, bank.card, overrides or [])
+    bank.images = embedded_source(checkpoint, bank.card, overrides or [])
     if not own:
         asked.index = read_index(asked.files.csv, set(chosen), len(asked.rows))
-        asked.source, _ = embedded_source(checkpoint, asked.card, overrides or [])
-    save_picture(neighbors_picture(asked, bank, hits, size), path)
+        asked.images = embedded_source(checkpoint, asked.card, overrides or [])
+    save_picture(neighbors_picture(asked, bank, hits), path)
     results = [described(asked.index, q, asked.names,
                          neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])
                for q, h in hits.items()]
