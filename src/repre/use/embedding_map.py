@@ -74,23 +74,32 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     return [tuple(round(255 * c) for c in colorsys.hls_to_rgb(i / n, 0.45 + 0.15 * (i % 2), 0.75)) for i in range(n)]
 
 
+MANY_CLASSES = 20  # above this, a map by label is a map of hues that cannot be told apart
+
+
 def draw_scatter(points: np.ndarray, labels: Sequence[int], names: dict[int, str], path: Path,
                  note: Sequence[str] = ()) -> None:
     """Positions [n, 2] in [0, 1], one label each -> a scatter with a legend, `note` (lines: what the map is
     of) under it."""
     classes = sorted(set(labels))
     colours = dict(zip(classes, palette(len(classes)), strict=True))
-    legend = 14 * (len(classes) + len(note) + 1) + 10
-    picture = Picture((SIZE + 180, max(SIZE, legend)))
+    fits = (SIZE - 10) // 14 - len(note) - 1  # legend lines beside the map, the note's under them
+    shown = classes if len(classes) <= fits else classes[:fits - 1]
+    picture = Picture((SIZE + 180, SIZE))
     for (u, v), label in zip(points, labels, strict=True):
         x, y = 10 + u * (SIZE - 20), 10 + v * (SIZE - 20)
         picture.dot((x, y), 5, fill=colours[label])
-    for i, label in enumerate(classes):
+    for i, label in enumerate(shown):
         top = 10 + 14 * i
         picture.rectangle((SIZE + 10, top, SIZE + 20, top + 10), fill=colours[label])
         picture.text((SIZE + 26, top - 1), names.get(label, str(label))[:24])
+    below = len(shown) + 1  # the note's first line: a blank line under the legend
+    if len(shown) < len(classes):
+        picture.text((SIZE + 10, 10 + 14 * len(shown)), f"and {len(classes) - len(shown):,} more classes",
+                     fill="dimgray")
+        below += 1
     for i, line in enumerate(note):
-        picture.text((SIZE + 10, 10 + 14 * (len(classes) + 1 + i)), line[:28], fill="dimgray")
+        picture.text((SIZE + 10, 10 + 14 * (below + i)), line[:28], fill="dimgray")
     save_picture(picture, path)
 
 
@@ -124,6 +133,9 @@ def embedding_map(embeddings: np.ndarray, labels: Sequence[int | None], out: str
     shown = f"{len(rows):,} of {len(embeddings):,} rows" if len(rows) < len(embeddings) else f"{len(rows):,} rows"
     about = [*about, f"{METHOD_NAMES.get(method, method)}, {shown}"]
     if all(label is not None for label in drawn):
+        if len(set(drawn)) > MANY_CLASSES:
+            log.warning("%d classes drawn: so many colours cannot be told apart (the legend names the first); "
+                        "--thumbnails draws the images", len(set(drawn)))
         draw_scatter(points, drawn, names or {}, path, about)
         kind = "scatter"
     elif thumbnail is not None:
