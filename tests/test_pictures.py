@@ -122,3 +122,13 @@ def test_a_column_title_leaves_a_gap_before_the_next_column():
 
 def test_small_images_are_drawn_near_96_px_by_a_whole_factor():
     assert [thumb_side(s) for s in (16, 28, 48, 64, 70, 224)] == [96, 84, 96, 128, 70, 224]
+
+
+def test_a_larger_image_is_shrunk_to_its_tile_antialiased():
+    """A 224 px image in a 96 px tile kept every few pixels: 1-px stripes (mean grey) came out 0 to 255."""
+    stripes = torch.zeros(3, 224, 224)
+    stripes[:, :, ::2] = 1
+    values = np.asarray(tile(stripes, 96))
+    assert values.shape == (96, 96, 3) and 100 < values.min() <= values.max() < 155
+    small = np.asarray(tile(torch.eye(8)[None], 96))  # enlarged: each pixel a sharp 12 px block
+    assert set(np.unique(small).tolist()) == {0, 255}

@@ -123,12 +123,16 @@ def thumb_side(size: int) -> int:
 
 
 def tile(image: torch.Tensor, side: int, smooth: bool = False) -> Image.Image:
-    """[C, h, w] (C 1 or 3; float in [0, 1], or uint8) -> a side x side RGB tile; nearest (pixels and patches
-    stay sharp) unless `smooth` (bilinear)."""
+    """[C, h, w] (C 1 or 3; float in [0, 1], or uint8) -> a side x side RGB tile: enlarged nearest (pixels and
+    patches stay sharp) unless `smooth` (bilinear); shrunk antialiased (a 224 px image in a 96 px tile: a
+    plain resize keeps every few pixels, and fine stripes turn to moire)."""
     x = image.float() / 255 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
     x = x.expand(3, -1, -1)[None]
-    x = F.interpolate(x, size=(side, side), mode="bilinear" if smooth else "nearest",
-                      **({"align_corners": False} if smooth else {}))
+    if max(x.shape[-2:]) > side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    else:
+        x = F.interpolate(x, size=(side, side), mode="bilinear" if smooth else "nearest",
+                          **({"align_corners": False} if smooth else {}))
     return Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy())
 
 
