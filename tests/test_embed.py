@@ -101,6 +101,16 @@ def test_a_corrupt_image_is_reported_and_left_out(tiny_run, tmp_path, labelled_f
     assert code == 0 and query["class"] == "cat" and {n["class"] for n in query["neighbors"]} <= {"cat", "dog"}
 
 
+def test_a_folder_of_no_readable_image_exits_2(tiny_run, tmp_path, capsys):
+    """Every image unreadable: embed exited 0 with a file of no row (evaluation stops in that case)."""
+    run, _ = tiny_run
+    for i in range(3):
+        (tmp_path / "bad" / f"{i}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "bad" / f"{i}.png").write_bytes(b"not a png")
+    assert run_cli(embed_args(run, tmp_path / "b.npy", "data.name=folder", f"data.root={tmp_path / 'bad'}"))[0] == 2
+    assert "none of the 3 images could be read (each is named in a warning above)" in capsys.readouterr().err
+
+
 def test_the_test_split_and_a_flat_folder_without_labels(tiny_run, tmp_path):
     run, _ = tiny_run
     code, stdout = run_cli(embed_args(run, tmp_path / "t.npy") + ["--split", "test"])

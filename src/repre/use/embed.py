@@ -209,6 +209,9 @@ def _embed(files: EmbeddingFiles, checkpoint: str | Path, overrides: Sequence[st
     read = write_rows(encoder, cfg, source, rt, writer)
     seconds = time.perf_counter() - started
     progress = writer.finish()["progress"]
+    if not progress["rows"]:  # as evaluation refuses features of no image
+        raise UserError(f"none of the {len(source):,} images could be read (each is named in a warning above): "
+                        f"{files.npy} holds no row; mend or replace the files, then run with --overwrite")
     return {"command": "embed", "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
             "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
             "source_images": len(source), "split": split, "resumed_from": resumed_from,
