@@ -55,6 +55,18 @@ def test_a_swin_has_no_class_token_attention():
     assert patch_pca(encoder.eval(), torch.randn(2, 3, 32, 32)).shape[1] == 3
 
 
+def test_the_notes_of_a_swin_name_its_stages():
+    """--block counts a Swin's stages: its notes said "block 1"."""
+    from repre.use.show import Panels, notes
+
+    def panels(unit: str) -> Panels:
+        return Panels("run", 0, torch.rand(1, 3, 8, 8), torch.rand(1, 3, 2, 2), None, None, None, None, None, None,
+                      unit)
+
+    assert notes(torch.rand(1, 3, 8, 8), [panels("stage")], 1) == [PCA_NOTE.format(block="stage 1")]
+    assert notes(torch.rand(1, 3, 8, 8), [panels("block")], -1) == [PCA_NOTE.format(block="the last block")]
+
+
 def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
     """The tiny RePre run beside itself: image, then per run reconstruction, PCA, mean attention and 2 heads."""
     run, _ = tiny_run

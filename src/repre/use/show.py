@@ -106,6 +106,7 @@ class Panels:
     recon_psnr: list[float] | None  # dB, against the image
     means: torch.Tensor | None  # norm_pix: the patch means the reconstruction starts from
     means_psnr: list[float] | None
+    unit: str = "block"  # what --block counts in this encoder: "block", or a Swin's "stage"
 
 
 def scaled_attention(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +149,8 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
         return None if t is None else t.cpu()
 
     return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, host(patch_pca(encoder, x, block)),
-                  host(attention), host(peak), host(recon), recon_psnr, host(means), means_psnr)
+                  host(attention), host(peak), host(recon), recon_psnr, host(means), means_psnr,
+                  "stage" if encoder.hierarchical else "block")
 
 
 def shown_source(cfg: Config) -> ImageSource:
@@ -231,7 +233,8 @@ def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[
 
 def notes(images: torch.Tensor, runs: list[Panels], block: int = -1) -> list[str]:
     """How to read the picture's panels, a line each for those it has."""
-    which = "the last block" if block == -1 else f"block {block}"
+    unit = runs[0].unit if len({run.unit for run in runs}) == 1 else "block or stage"
+    which = f"the last {unit}" if block == -1 else f"{unit} {block}"
     said = [ATTENTION_NOTE.format(block=which)] if any(run.attention is not None for run in runs) else []
     said.append(PCA_NOTE.format(block=which))
     if any(run.recon is not None for run in runs):
