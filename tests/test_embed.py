@@ -179,6 +179,7 @@ def test_a_second_embed_of_the_same_out_is_refused_while_the_first_writes(tiny_r
         holder.kill()
         holder.wait()
     assert run_cli(embed_args(run, out))[0] == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.csv", "r.json", "r.npy"]  # the lock file goes with it
 
 
 def test_a_finished_run_is_reported_again_without_recomputing(tiny_run, tmp_path, monkeypatch):

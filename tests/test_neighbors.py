@@ -277,3 +277,17 @@ def test_a_moved_folder_is_read_where_data_root_names_it(tmp_path, image_folder,
     (moved / "train" / "cat" / "0.png").rename(moved / "train" / "cat" / "00.png")  # another file list
     assert run_cli([*args, "--query-index", "0"])[0] == 2
     assert f"({moved}/train/cat/0.png under the data.root given): the data changed" in capsys.readouterr().err
+
+
+def test_queries_read_from_a_memory_map_are_searched_without_a_warning(tmp_path):
+    """python.md's `top_k(bank, np.asarray(bank[:2]), k)` on `np.load(..., mmap_mode="r")` warned of a
+    non-writable array (torch's); the rows are copied."""
+    import warnings
+
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    np.save(tmp_path / "e.npy", x / np.linalg.norm(x, axis=1, keepdims=True))
+    bank = np.load(tmp_path / "e.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sims, rows = top_k(bank, np.asarray(bank[:2]), 3)
+    assert rows[:, 0].tolist() == [0, 1]

@@ -634,6 +634,10 @@ def test_init_from_a_different_model_is_refused_naming_what_differs(tmp_path, ti
     with pytest.raises(UserError, match=r"method settings differ: method.mocov3.proj_dim 32 there, 16 here: size "):
         Trainer(tiny_config("method.mocov3.proj_dim=16", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, "
                             "num_heads: 2, attn_drop_rate: 0.1}"), tmp_path / "x", init_from=source)
+    with pytest.raises(UserError, match=r"model.kwargs differ: mlp_ratio unset \(the architecture's own\) there, 2 "
+                       "here: size mismatch"):  # it said "None there"
+        Trainer(tiny_config("model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2, mlp_ratio: 2}"),
+                tmp_path / "x", init_from=source)
     for depth in (2, 6):
         with pytest.raises(UserError, match=f"its encoder is not this run's .model.kwargs differ: depth 4 there, "
                            f"{depth} here: 24 encoder tensors are in one of the two alone, model.blocks.{min(depth, 4)}\\."):

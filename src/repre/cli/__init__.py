@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command in ONE_PROCESS and launched():
-            raise UserError(f"repre {args.command} runs in one process: run it without torchrun (only pretrain and "
-                            "eval share their work among processes)")
+            raise UserError(f"repre {args.command} runs in one process: run it without torchrun (pretrain and the "
+                            "papers' linear probes share their work among processes)")
         if args.command in FILE_OUTPUTS:  # before the work that the file would hold
             check_writable(Path(args.out).absolute().parent, "--out")
         if args.command == "pretrain":

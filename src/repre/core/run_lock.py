@@ -28,7 +28,7 @@ except ImportError:  # Windows
 
 LOCK = ".lock"  # hidden: `run_files.folder_kind` does not count it (a folder with it alone is empty)
 log = logging.getLogger("repre")
-_held: dict[str, list[int]] = {}  # this process's locks: lock file -> [descriptor, trainers holding it]
+_held: dict[str, list[int]] = {}  # this process's locks: lock file -> [descriptor, holders, remove the file]
 
 
 def _drop(key: str) -> None:
@@ -39,6 +39,11 @@ def _drop(key: str) -> None:
     entry[1] -= 1
     if entry[1] <= 0:
         del _held[key]
+        if entry[2]:  # removed while still held: a process that opened it before finds it gone (`_lock`)
+            try:
+                os.unlink(key)
+            except OSError:
+                pass
         fcntl.lockf(entry[0], fcntl.LOCK_UN)
         os.close(entry[0])
 
@@ -46,11 +51,12 @@ def _drop(key: str) -> None:
 class RunLock:
     """The lock of run directory `folder` (`folder`/.lock, which names its holder: pid, host, since when)."""
 
-    def __init__(self, folder: Path, name: str = LOCK, busy: str = "") -> None:
+    def __init__(self, folder: Path, name: str = LOCK, busy: str = "", remove: bool = False) -> None:
         """`name`: another lock file in `folder` (one of files of its own); `busy`: what another process holding
-        it does, as a refusal says it (by default: trains `folder`)."""
+        it does, as a refusal says it (by default: trains `folder`); `remove`: the file goes when the lock is
+        given back (a lock beside a user's own files), where a run directory's stays, naming its last holder."""
         self.path = Path(folder) / name
-        self.busy = busy
+        self.busy, self.remove = busy, remove
         self._unlock = None  # a weakref.finalize: given back on `unlock()`, or when this object is collected
 
     def acquire(self) -> str | None:
@@ -73,7 +79,7 @@ class RunLock:
             self._unlock()
             self._unlock = None
 
-    def _lock(self, key: str) -> str | None:
+    def _lock(self, key: str, tries: int = 3) -> str | None:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # the run's own writes will say what is wrong with the folder
@@ -94,12 +100,22 @@ class RunLock:
                     f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}): wait "
                     f"for it to end, or stop it{stop}, or give another --out; if that process is gone (its machine "
                     f"crashed, on a network filesystem), delete {self.path}")
+        if tries > 1 and not self._still_named(fd):  # its holder removed it as it let go: lock the new one
+            os.close(fd)
+            return self._lock(key, tries - 1)
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)
         os.fsync(fd)  # another machine reads the holder from the file
-        _held[key] = [fd, 1]
+        _held[key] = [fd, 1, self.remove]
         return None
+
+    def _still_named(self, fd: int) -> bool:
+        """Whether the file locked through `fd` is still the one at `path`."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except OSError:
+            return False
 
     @staticmethod
     def _holder(fd: int) -> dict:

@@ -233,7 +233,10 @@ class Checkpoints:
         theirs, ours = was["model"].get("kwargs") or {}, self.cfg.model.kwargs or {}
         differ = [k for k in sorted({*theirs, *ours} - set(TRAINING_ONLY_KWARGS)) if theirs.get(k) != ours.get(k)]
         if differ:
-            return "model.kwargs differ: " + ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
+            def said(kwargs: dict[str, Any], k: str) -> str:
+                return str(kwargs[k]) if k in kwargs else "unset (the architecture's own)"
+
+            return "model.kwargs differ: " + ", ".join(f"{k} {said(theirs, k)} there, {said(ours, k)} here" for k in differ)
         size = was["data"].get("image_size")
         if size != self.cfg.data.image_size:
             return f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"

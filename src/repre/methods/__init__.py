@@ -34,8 +34,9 @@ def build_method(cfg: Config, encoder: Backbone, num_classes: int | None = None)
     if cls is Supervised:
         if not num_classes:
             raise UserError("method.name=supervised trains a classifier: it needs the class count of labelled "
-                            "data (pre-training reads it from the data: class sub-folders, Fashion-MNIST, "
-                            "synthetic; in Python, build_model(cfg, num_classes=N))")
+                            "data (pre-training reads it from the data: class sub-folders, indexed shards with "
+                            ".cls labels, a python source's classes, Fashion-MNIST, synthetic; streamed shards "
+                            "give none; in Python, build_model(cfg, num_classes=N))")
         return Supervised(encoder, num_classes)
     return cls(encoder, **dataclasses.asdict(getattr(cfg.method, name)))
 

@@ -182,7 +182,7 @@ def lock_out(files: EmbeddingFiles) -> RunLock:
         files.npy.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass  # the writer says what is wrong with the folder
-    lock = RunLock(files.npy.parent, f".{files.npy.name}.lock", f"{files.npy} is being written")
+    lock = RunLock(files.npy.parent, f".{files.npy.name}.lock", f"{files.npy} is being written", remove=True)
     why = lock.acquire()
     if why:
         raise UserError(why)
