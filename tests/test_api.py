@@ -203,6 +203,14 @@ def test_a_framework_refuses_views_it_would_pair_wrongly_and_encoders_it_cannot_
     assert dino(torch.stack([x1, x2], dim=1), local_views=torch.randn(4, 2, 3, 16, 16)).loss.isfinite()
     with pytest.raises(ValueError, match="dynamic_img_pad=True"):
         ReconstructionBranch(vit(dynamic_img_size=True, dynamic_img_pad=True), taps=2)
+    with pytest.raises(ValueError, match=r"drops patch tokens while it trains \(patch_drop_rate > 0\)"):
+        ReconstructionBranch(vit(patch_drop_rate=0.25), taps=2)  # the first step failed in unflatten
+    with pytest.raises(UserError, match=r"recon.enabled=true\) cannot serve model.arch=vit_tiny_patch16_224 with "
+                                        r"model.kwargs .*patch_drop_rate"):
+        build_model(tiny_config("model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2, "
+                                "patch_drop_rate: 0.25}"))
+    assert build_model(tiny_config("recon.enabled=false", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, "
+                                   "num_heads: 2, patch_drop_rate: 0.25}"))
     xcit = timm.create_model("xcit_nano_12_p8_224", img_size=32, num_classes=0)
     with pytest.raises(UserError, match="not a timm vision transformer"):
         ReconstructionBranch(xcit, taps=2)

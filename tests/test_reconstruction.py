@@ -40,6 +40,10 @@ def test_norm_pix_loss_equals_the_formula():
     p = patchify(target, 4)
     formula = (patchify(pred, 4) - (p - p.mean(-1, keepdim=True)) / p.var(-1, keepdim=True).sqrt()).abs().mean()
     torch.testing.assert_close(reconstruction_loss(pred, target, norm_pix=True, patch=4), formula, rtol=1e-5, atol=1e-6)
+    # low precision is computed in float32, float64 kept (a float64 gradient check saw a float32 loss)
+    assert reconstruction_loss(pred.bfloat16(), target, norm_pix=True, patch=4).dtype == torch.float32
+    wide = reconstruction_loss(pred.double(), target.double(), norm_pix=True, patch=4)
+    assert wide.dtype == torch.float64 and torch.isclose(wide, formula.double(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("patch", [2, 4])

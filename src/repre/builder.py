@@ -77,5 +77,8 @@ def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel
         return Baseline(method)
     r = cfg.recon
     branch = {k: v for k, v in dataclasses.asdict(r).items() if k not in RECON_WRAPPER_KEYS}  # width, norm_pix, ...
-    return RePre(method, taps=r.taps, recon_weight=r.weight,
-                 views_per_image=r.views, **branch)
+    try:
+        return RePre(method, taps=r.taps, recon_weight=r.weight, views_per_image=r.views, **branch)
+    except ValueError as exc:  # the branch's refusal of an encoder (Python's words), in the config's
+        raise UserError(f"the reconstruction branch (recon.enabled=true) cannot serve model.arch={cfg.model.arch} "
+                        f"with model.kwargs {cfg.model.kwargs or {}}: {exc}") from None

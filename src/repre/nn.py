@@ -54,6 +54,10 @@ class ReconstructionBranch(nn.Module):
             raise ValueError("the encoder pads images to a multiple of its patch (dynamic_img_pad=True), so its "
                              "maps are of larger images than the targets: build it without dynamic_img_pad and give "
                              "images whose sides are multiples of the patch")
+        if getattr(getattr(backbone.model, "patch_drop", None), "prob", 0.0) > 0:
+            raise ValueError("the encoder drops patch tokens while it trains (patch_drop_rate > 0), so its maps lack "
+                             "the patches the decoder needs: build it without patch_drop_rate (or train without "
+                             "the reconstruction branch)")
         self._backbone = (backbone,)  # a tuple: not a submodule, its parameters stay the caller's
         self.taps = resolve_taps(taps, backbone.depth)
         channels = [backbone.unit_channels[t] for t in self.taps]
