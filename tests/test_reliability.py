@@ -1,5 +1,6 @@
 """Never lose a run: exact resume after SIGKILL, safe and atomic checkpoints, divergence guards, --init-from."""
 
+import json
 import os
 import pickle
 import resource
@@ -594,6 +595,23 @@ def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_lo
     assert all(torch.equal(got[k].cpu(), want[k].cpu()) for k in want)
     assert trainer.state.step == 0 and "initialised from" in repre_log.text
     assert "0 new here (-)" in repre_log.text and "not used (decoder)" in repre_log.text  # the modules, by name
+
+
+def test_a_run_started_from_another_records_it_in_its_checkpoints_and_export(tmp_path, tiny_run):
+    """The run, a resume of it and its export name the checkpoint it started from (its file, digest and step):
+    nothing did, so an export's card counted 4 steps for an encoder of 24."""
+    source, _ = tiny_run
+    args = pretrain_args(tmp_path / "cont", "train.max_steps=4", "train.eval_every=0")
+    assert run_cli([*args, "--init-from", str(source)])[0] == 0
+    step_file = source / "checkpoints" / "step-00000020.pt"  # what last.pt names: a training run replaces last.pt
+    want = {"checkpoint": str(step_file.resolve()), "sha256": ckpt_io.digest(step_file), "step": 20}
+    assert ckpt_io.load(tmp_path / "cont")["init_from"] == want
+    longer = [a if a != "train.max_steps=4" else "train.max_steps=6" for a in args]
+    assert run_cli([*longer, "--resume"])[0] == 0
+    assert ckpt_io.load(tmp_path / "cont")["init_from"] == want
+    assert run_cli(["export", "--checkpoint", str(tmp_path / "cont"), "--out", str(tmp_path / "e.safetensors")])[0] == 0
+    card = json.loads((tmp_path / "e.json").read_text())
+    assert card["init_from"] == want and card["step"] == 6
 
 
 def test_init_from_another_method_starts_its_teacher_as_the_loaded_student(tmp_path, tiny_run):

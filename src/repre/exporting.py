@@ -153,6 +153,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
         "step": step,
         "total_steps": total,  # the run's; a checkpoint before its end (stopped, or a step checkpoint) has fewer
+        "init_from": ckpt.get("init_from"),  # the checkpoint the run started from (--init-from), its steps not counted
         "evaluations": evals,
         "versions": {"trained_with": ckpt.get("versions", {}), "exported_with": ckpt_io.versions()},
         "load": 'timm.create_model(card["arch"], pretrained=True, num_classes=0, **card["kwargs"], '
@@ -264,7 +265,8 @@ def refuse_replacing(out: Path, weights: dict[str, str], key: str) -> None:
     was = card.get("checkpoint")
     if isinstance(was, dict) and was.get("sha256") == weights["sha256"] and card.get("encoder") == key:
         return
-    what = (f"the {card.get('encoder')} of {was.get('file')}" if isinstance(was, dict)
+    what = (f"the {card.get('encoder')} of {was.get('file')} (sha256 {str(was.get('sha256'))[:12]}; these weights: "
+            f"{key} of {weights.get('file')}, sha256 {weights['sha256'][:12]})" if isinstance(was, dict)
             else "other weights (no card of a repre export naming its checkpoint)" if named == out
             else "another file (not the card of a repre export)")
     raise UserError(f"{named} exists and holds {what}; give another --out, or --overwrite to replace it")

@@ -120,7 +120,8 @@ def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
 
     It is in eval mode (no stochastic depth), and its timm model's `pretrained_cfg` holds the run's input size,
     normalization and resize-and-crop, so `timm.data.resolve_data_config({}, model=encoder.model)` builds the
-    run's evaluation transform; its `crop_pct` follows the data's kind (1 for Fashion-MNIST, 0.875 for a folder),
+    run's evaluation transform; its `crop_pct` follows the data's kind (1 for Fashion-MNIST at an input of at
+    least its 28 px, 0.875 for a folder),
     where `repre export` chooses it on the run's own images (a folder of images no larger than the input: 1)."""
     refuse_unread("repre.load_encoder", override_items(overrides), reads.ENCODER)
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -264,7 +265,9 @@ def load(path: str | Path) -> dict[str, Any]:
                             "one of its checkpoints/*.pt")
         fh.seek(0)
         try:
-            ckpt = torch.load(fh, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a pickle of another protocol than torch.save's: said below if so
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+                ckpt = torch.load(fh, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
             raise UserError(f"{path} is not a readable repre checkpoint: {_unreadable(exc)}") from None
     if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):
@@ -282,6 +285,10 @@ def _unreadable(exc: Exception) -> str:
     if "unsupported global" in str(exc).lower():  # a class or function the file would call
         return ("it holds Python objects that could run code when opened (only tensors and plain values are "
                 "allowed); it was not written by repre or has been tampered with")
+    if "weights only load failed" in str(exc).lower():  # torch's advice (weights_only=False) would run its code
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+        return ("it is no file of tensors and plain values that torch.save wrote, which alone open safely"
+                f"{f' ({detail[1].strip()})' if detail else ''}; give a run directory or one of its checkpoints/*.pt")
     if isinstance(exc, EOFError) or "PytorchStreamReader" in str(exc):  # the zip archive's end is missing
         return ("it is cut short or damaged (not a whole file torch.save wrote: a copy that did not finish?); "
                 "copy it again, or give another checkpoint")

@@ -49,6 +49,7 @@ class Checkpoints:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
         self.data, self.state, self.rt, self.callbacks, self.window = data, state, rt, callbacks, window
         self.last_good: Path | None = None  # the newest checkpoint written or resumed from with finite state
+        self.started_from: dict[str, Any] | None = None  # --init-from's checkpoint: file, sha256, step
 
     # ------------------------------------------------------------ writing
 
@@ -69,6 +70,7 @@ class Checkpoints:
             "runtime": self._runtime(),
             "images": len(self.data),  # the training images: a resume from a moved data.root must find as many
             "data_code": self.data.code,  # data.name=python: which file made them (None: repre's own readers)
+            "init_from": self.started_from,  # the weights it started from, where not its own initialization
             "versions": checkpoint_io.versions(),
         }
 
@@ -181,6 +183,7 @@ class Checkpoints:
         if ckpt["scaler"]:  # empty when written with the scaler disabled
             self.scaler.load_state_dict(ckpt["scaler"])
         rng.load_state_dict(ckpt["rng"], self.rt.device)
+        self.started_from = ckpt.get("init_from")
         self.data.load_state_dict(ckpt.get("stream"))
         self.state.load(ckpt["step"], ckpt["run"])
         self.window.load_state_dict(ckpt.get("window") or {})
@@ -189,7 +192,9 @@ class Checkpoints:
 
     def init_from(self, source: str | Path) -> None:
         """Continued pre-training: this run's model starts from another run's weights (not its optimizer,
-        schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed."""
+        schedules or step). Weights this model lacks or has in addition (a decoder, a head) are listed; the
+        checkpoint read is recorded (`started_from`)."""
+        source = checkpoint_io.pinned(source)  # a run still training replaces its last.pt
         ckpt = checkpoint_io.load(source)
         ckpt["model"] = self._evaluated_as_online(ckpt, source)
         resized = fit_backbones(self.model, ckpt["model"])
@@ -223,6 +228,8 @@ class Checkpoints:
                             "model.arch and model.kwargs, or another checkpoint")
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
+        self.started_from = {"checkpoint": str(Path(source).resolve()), "sha256": checkpoint_io.digest(source),
+                             "step": ckpt.get("step")}
         self._start_new_targets(set(missing))
 
     def _unlike(self, ckpt: dict[str, Any]) -> str:
