@@ -715,7 +715,7 @@ def test_a_folder_link_loop_and_a_fifo_named_like_an_image_are_left_out(tmp_path
     save_png(tmp_path / "loop" / "a.png", grey)
     save_png(tmp_path / "loop" / "sub" / "b.png", grey)
     (tmp_path / "loop" / "sub" / "up").symlink_to("..")
-    assert len(ImageFolder(tmp_path / "loop")) == 2 and "links to folders read already" in repre_log.text
+    assert len(ImageFolder(tmp_path / "loop")) == 2 and "read already under another name (a link)" in repre_log.text
     os.mkfifo(tmp_path / "loop" / "pipe.png")
     folder = ImageFolder(tmp_path / "loop")
     pipe = [folder.names[i] for i in range(len(folder))].index("pipe.png")
@@ -741,8 +741,8 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
 def test_a_split_folders_classes_are_the_folders_that_hold_images(tmp_path, repre_log):
     """Both splits of a folder label by the train split's classes: they were every folder in train/, so a
     hidden folder, an empty one, one of text files or a link to a class made classes of no image (labels
-    shifted, a probe predicting them, one class counted as two). Of a folder and a link to it, the link is left
-    out and named (the folder was, when its name sorted later)."""
+    shifted, a probe predicting them, one class counted as two). Of a folder and a link to it, the one first by
+    name is read (the scan's order, which a resumed run's images keep), the other named."""
     from repre.config import DataConfig
 
     grey = np.zeros((8, 8, 3), np.uint8)
@@ -754,12 +754,16 @@ def test_a_split_folders_classes_are_the_folders_that_hold_images(tmp_path, repr
     (tmp_path / "train/notes/read.txt").write_text("no image")
     (tmp_path / "train/a_link").symlink_to("z")
     cfg = DataConfig(name="folder", root=str(tmp_path))
-    train, test = build_source(cfg, "train"), build_source(cfg, "test")
-    assert train.classes == test.classes == ["a", "b", "z"] and train.num_classes == 3
+    train = build_source(cfg, "train")
+    assert train.classes == ["a", "a_link", "b"] and train.num_classes == 3
     assert [(train.names[i], int(train.labels[i])) for i in range(len(train))] == [
-        ("a/0.png", 0), ("b/0.png", 1), ("z/0.png", 2)]
-    assert test.labels.tolist() == [0, 2]
-    assert "links to folders read already, left out: " + str(tmp_path / "train/a_link") in repre_log.text
+        ("a/0.png", 0), ("a_link/0.png", 1), ("b/0.png", 2)]
+    assert "read already under another name (a link), left out: " + str(tmp_path / "train/z") in repre_log.text
+    with pytest.raises(UserError, match="has classes the train split lacks: z"):
+        build_source(cfg, "test")
+    (tmp_path / "val/z").rename(tmp_path / "val/a_link")  # the held-out split names it as the train split reads it
+    test = build_source(cfg, "test")
+    assert test.classes == train.classes and test.labels.tolist() == [0, 1]
     assert "2 folder(s) in " + str(tmp_path / "train") + " hold no image and are no class: empty, notes" in repre_log.text
 
 

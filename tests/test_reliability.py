@@ -1143,3 +1143,19 @@ def test_processes_that_see_other_checkpoints_stop_naming_the_folder(tmp_path, m
     assert newest.is_file()  # not moved aside: rank 0 read it
     views.clear()
     assert Checkpoints._first_readable(holder, [newest])[1] == newest
+
+
+def test_a_supervised_run_whose_data_gained_a_class_is_refused_on_resume_in_words(tmp_path, image_folder, capsys):
+    """The head has the class count of the data it trained on: a class added since made `--resume` a traceback
+    (a size mismatch inside load_state_dict)."""
+    import shutil
+
+    args = pretrain_args(tmp_path / "sup", "method.name=supervised", "data.name=folder", f"data.root={image_folder}",
+                         "train.batch_size=8", "train.max_steps=2", "train.eval_every=0")
+    assert run_cli(args)[0] == 0
+    shutil.copytree(image_folder / "train" / "cat", image_folder / "train" / "cow")
+    longer = [a if a != "train.max_steps=2" else "train.max_steps=3" for a in args]
+    assert run_cli([*longer, "--resume"])[0] == 2
+    said = capsys.readouterr().err
+    assert "its weights do not fit this run's model (method.name=supervised: the data hold 3 classes now" in said
+    assert "size mismatch for method.head.weight" in said

@@ -76,13 +76,9 @@ def loose_images(root: Path) -> bool:
         return any(e.is_file() and e.name.lower().endswith(EXTENSIONS) and not HIDDEN.match(e.name) for e in entries)
 
 
-def _reading_order(parent: str, names: list[str]) -> list[str]:
-    """The sub-folders `names` of `parent` in the order a scan reads them: hidden ones left out, folders before
-    links to folders, each sorted. Of a folder and a link to it, the folder is read and the link is the one
-    left out (and named)."""
-    kept = [n for n in names if not HIDDEN.match(n)]
-    links = {n for n in kept if os.path.islink(os.path.join(parent, n))}
-    return sorted(set(kept) - links) + sorted(links)
+def _visible(names: list[str]) -> list[str]:
+    """The sub-folder names a scan reads, in its order: hidden ones left out, the others sorted."""
+    return sorted(n for n in names if not HIDDEN.match(n))
 
 
 def _holds_image(folder: str, seen: set[tuple[int, int]]) -> bool:
@@ -102,13 +98,17 @@ def _holds_image(folder: str, seen: set[tuple[int, int]]) -> bool:
                 for e in entries:
                     if HIDDEN.match(e.name):
                         continue
-                    if e.is_dir():
+                    try:
+                        is_dir = e.is_dir()
+                    except OSError:  # a link that cannot be followed: os.walk lists it as a file too
+                        is_dir = False
+                    if is_dir:
                         subs.append(e.name)
                     elif e.name.lower().endswith(EXTENSIONS):
                         return True
         except OSError:  # a folder that cannot be listed: its images are left out by the scan too
             continue
-        stack += [os.path.join(path, n) for n in reversed(_reading_order(path, subs))]
+        stack += [os.path.join(path, n) for n in reversed(_visible(subs))]
     return False
 
 
@@ -118,28 +118,30 @@ _said_empty: set[str] = set()
 
 def class_folders(root: str | Path) -> list[str]:
     """The class names of a split folder, sorted: its first-level folders that hold an image at any depth,
-    as the scan of `ImageFolder` finds them (hidden folders, folders without an image and links to a folder
-    read already are no class; a folder of no image is named in a warning). Held-out splits label by their
-    train split's classes: this finds them without listing every image."""
+    as the scan of `ImageFolder` finds them (hidden folders, folders without an image, and a folder met
+    already under an earlier name (a link to it, or the folder a link names) are no class; a folder of no
+    image is named in a warning). Held-out splits label by their train split's classes: this finds them
+    without listing every image. Where a class folder holds a link to another class folder, the scan reads
+    the other's images as the first's: that class is found here but holds no image."""
     root = str(root)
     with os.scandir(root) as entries:
         folders = [e.name for e in entries if e.is_dir()]
     seen: set[tuple[int, int]] = {(os.stat(root).st_dev, os.stat(root).st_ino)}
     classes, empty = [], []
-    for name in _reading_order(root, folders):
+    for name in _visible(folders):
         path = os.path.join(root, name)
         try:
             st = os.stat(path)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in seen:  # a link to a folder read already
+        if (st.st_dev, st.st_ino) in seen:  # read already under an earlier name
             continue
         (classes if _holds_image(path, seen) else empty).append(name)
     if empty and root not in _said_empty:
         _said_empty.add(root)
         log.warning("%d folder(s) in %s hold no image and are no class: %s%s", len(empty), root,
                     ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
-    return sorted(classes)
+    return classes
 
 
 def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
@@ -155,15 +157,15 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
             dirnames.clear()
             continue
         seen.add((folder.st_dev, folder.st_ino))
-        dirnames[:] = _reading_order(dirpath, dirnames)
+        dirnames[:] = _visible(dirnames)
         rel = os.path.relpath(dirpath, root)
         prefix, top = ("", "") if rel == "." else (rel + os.sep, rel.split(os.sep, 1)[0])
         found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS) and not HIDDEN.match(f)]
         names += found
         tops += [top] * len(found)
     if looped:
-        log.warning("%d folder(s) under %s are links to folders read already, left out: %s%s", len(looped), root,
-                    "; ".join(looped[:3]), "; ..." if len(looped) > 3 else "")
+        log.warning("%d folder(s) under %s were read already under another name (a link), left out: %s%s",
+                    len(looped), root, "; ".join(looped[:3]), "; ..." if len(looped) > 3 else "")
     if unlisted:  # one warning a scan (each process scans): the first folders named
         named = "; ".join(f"{exc.filename} ({exc.strerror})" for exc in unlisted[:3])
         log.warning("cannot list %d folder(s), their images left out: %s%s", len(unlisted), named,

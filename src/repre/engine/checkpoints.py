@@ -155,7 +155,7 @@ class Checkpoints:
             check_data_code(self.cfg.data, ckpt.get("data_code"), path)
         self._warn_if_computed_otherwise(ckpt.get("runtime"))
         self._warn_if_longer_or_shorter(was, total)
-        self._restore(ckpt)
+        self._restore(ckpt, path)
         self.last_good = path
         if dist.is_main():  # last.pt names the checkpoint the run goes on from (not a damaged one moved aside)
             self._relink_last(path)
@@ -177,8 +177,14 @@ class Checkpoints:
         if not (last.is_file() and os.path.samefile(last, path)):
             checkpoint_io.link_atomic(path, last)
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+    def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # the config is the run's (checked): what the data decides differs
+            classes = (f" (method.name=supervised: the data hold {self.data.num_classes} classes now, the head "
+                       "another count)" if self.cfg.method.name == "supervised" else "")
+            raise UserError(f"cannot resume from {path}: its weights do not fit this run's model{classes}: "
+                            f"{checkpoint_io.size_mismatch(exc)}; train anew into another --out") from None
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
         if ckpt["scaler"]:  # empty when written with the scaler disabled
             self.scaler.load_state_dict(ckpt["scaler"])
