@@ -233,3 +233,8 @@ def test_supervised_refuses_an_unlabelled_image_in_any_batch_read_on_the_host():
     for labels in (torch.tensor([1, -1]), None):
         with pytest.raises(UserError, match="needs labelled images"):
             model(views, labels)
+    fresh = Supervised(Backbone.from_model(vit), num_classes=3)
+    with pytest.raises(RuntimeError, match="meta"):  # an accelerator's first batch is read (a meta tensor has no values)
+        fresh.check_labels(torch.tensor([0, 1], device="meta"))
+    fresh.check_labels(torch.tensor([0, 1]))
+    fresh.check_labels(torch.tensor([0, -1], device="meta"))  # later ones are not: reading waits for the device

@@ -790,9 +790,12 @@ def test_an_image_larger_than_pillow_decodes_is_unreadable_in_every_format(tmp_p
         Image.new("RGB", (50, 60)).save(tmp_path / name, "JPEG", **kw)
         assert jpeg_pixels((tmp_path / name).read_bytes()) == 3000
     Image.new("RGB", (50, 60)).save(tmp_path / "big.png")
+    data = (tmp_path / "base.jpg").read_bytes()
+    (tmp_path / "stray.jpg").write_bytes(data[:20] + b"\0\0\0" + data[20:])  # bytes libjpeg skips: PIL reads the size
+    assert jpeg_pixels((tmp_path / "stray.jpg").read_bytes()) is None
     assert decode(tmp_path / "base.jpg").shape == (3, 60, 50)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    for name in ("base.jpg", "prog.jpg", "big.png"):
+    for name in ("base.jpg", "prog.jpg", "stray.jpg", "big.png"):
         with pytest.raises(UnreadableImage, match=r"3,000 pixels, more than the 2,000 Pillow decodes \(its guard against "
                                                   r"decompression bombs\): downscale it"):
             decode(tmp_path / name)

@@ -291,3 +291,4 @@ def test_queries_read_from_a_memory_map_are_searched_without_a_warning(tmp_path)
         warnings.simplefilter("error")
         sims, rows = top_k(bank, np.asarray(bank[:2]), 3)
     assert rows[:, 0].tolist() == [0, 1]
+    assert top_k(bank, np.asarray(bank[:2]).tolist(), 3)[1][:, 0].tolist() == [0, 1]  # a list, as before

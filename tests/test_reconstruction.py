@@ -44,6 +44,7 @@ def test_norm_pix_loss_equals_the_formula():
     assert reconstruction_loss(pred.bfloat16(), target, norm_pix=True, patch=4).dtype == torch.float32
     wide = reconstruction_loss(pred.double(), target.double(), norm_pix=True, patch=4)
     assert wide.dtype == torch.float64 and torch.isclose(wide, formula.double(), rtol=1e-5)
+    assert reconstruction_loss(pred, target.double(), norm_pix=True, patch=4).dtype == torch.float64
 
 
 @pytest.mark.parametrize("patch", [2, 4])

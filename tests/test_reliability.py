@@ -610,8 +610,8 @@ def test_a_run_started_from_another_records_it_in_its_checkpoints_and_export(tmp
     assert run_cli([*longer, "--resume"])[0] == 0
     assert ckpt_io.load(tmp_path / "cont")["init_from"] == want
     assert run_cli(["export", "--checkpoint", str(tmp_path / "cont"), "--out", str(tmp_path / "e.safetensors")])[0] == 0
-    card = json.loads((tmp_path / "e.json").read_text())
-    assert card["init_from"] == want and card["step"] == 6
+    card = json.loads((tmp_path / "e.json").read_text())  # the file's name, as `checkpoint`: no path of the machine
+    assert card["init_from"] == {**want, "checkpoint": "step-00000020.pt"} and card["step"] == 6
 
 
 def test_init_from_another_method_starts_its_teacher_as_the_loaded_student(tmp_path, tiny_run):
@@ -1159,3 +1159,20 @@ def test_a_supervised_run_whose_data_gained_a_class_is_refused_on_resume_in_word
     said = capsys.readouterr().err
     assert "its weights do not fit this run's model (method.name=supervised: the data hold 3 classes now" in said
     assert "size mismatch for method.head.weight" in said
+
+
+def test_a_lock_file_removed_while_it_was_locked_is_locked_again_where_it_is_now(tmp_path, monkeypatch):
+    """A lock that removes its file when given back (embed's) lets another process lock the file it opened just
+    before: holding a file of no name, it would write beside a new holder. Each process checks that the file
+    it locked is still there; after three tries it says so rather than hold nothing."""
+    from repre.core.run_lock import RunLock
+
+    answers = iter([False, True])
+    monkeypatch.setattr(RunLock, "_still_named", lambda self, fd: next(answers))
+    lock = RunLock(tmp_path, ".x.lock", "x is being written", remove=True)
+    assert lock.acquire() is None  # locked on the second try
+    lock.unlock()
+    assert not (tmp_path / ".x.lock").exists()  # removed with the lock
+    monkeypatch.setattr(RunLock, "_still_named", lambda self, fd: False)
+    why = RunLock(tmp_path, ".x.lock", "x is being written", remove=True).acquire()
+    assert why and "was removed each time this process locked it" in why

@@ -131,6 +131,11 @@ def run_evaluations(run: Path, step: int, key: str, cfg: Config) -> list[dict[st
     return evals
 
 
+def init_record(started: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint's `init_from` as a card shows it: its file's name, not the path on the training machine."""
+    return None if started is None else {**started, "checkpoint": Path(started["checkpoint"]).name}
+
+
 def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: dict[str, Any],
                run: Path | None, weights: dict[str, str], images: list[torch.Tensor]) -> dict:
     """What a user of the file needs to load and judge it; `weights`: the checkpoint's file and SHA-256
@@ -153,7 +158,9 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
         "step": step,
         "total_steps": total,  # the run's; a checkpoint before its end (stopped, or a step checkpoint) has fewer
-        "init_from": ckpt.get("init_from"),  # the checkpoint the run started from (--init-from), its steps not counted
+        # the checkpoint the run started from (--init-from; null: none), its steps not counted; named by its file
+        # alone, as `checkpoint`; absent for a checkpoint written before repre recorded it
+        **({"init_from": init_record(ckpt["init_from"])} if "init_from" in ckpt else {}),
         "evaluations": evals,
         "versions": {"trained_with": ckpt.get("versions", {}), "exported_with": ckpt_io.versions()},
         "load": 'timm.create_model(card["arch"], pretrained=True, num_classes=0, **card["kwargs"], '

@@ -50,7 +50,7 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, *, norm_pix: b
         raise ValueError("norm_pix=True normalizes the target per patch: give patch=, the encoder's patch size")
     if pred.shape != target.shape:  # F.l1_loss would broadcast a grey [B, 1, H, W] target, with a warning
         raise ValueError(f"the reconstruction {list(pred.shape)} and its target {list(target.shape)} differ in shape")
-    wide = torch.promote_types(pred.dtype, torch.float32)  # low precision computed in float32, float64 kept
+    wide = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)  # float64 kept
     pred, target = pred.to(wide), target.to(wide)
     if norm_pix:
         mean, std = patch_stats(target, patch)

@@ -49,7 +49,8 @@ def _drop(key: str) -> None:
 
 
 class RunLock:
-    """The lock of run directory `folder` (`folder`/.lock, which names its holder: pid, host, since when)."""
+    """The lock of run directory `folder` (`folder`/.lock, which names its holder: pid, host, since when), or of
+    other files in `folder` (a lock file of their own)."""
 
     def __init__(self, folder: Path, name: str = LOCK, busy: str = "", remove: bool = False) -> None:
         """`name`: another lock file in `folder` (one of files of its own); `busy`: what another process holding
@@ -74,7 +75,7 @@ class RunLock:
         return None
 
     def unlock(self) -> None:
-        """Give the lock back (the file stays, naming its last holder)."""
+        """Give the lock back (the file stays, naming its last holder, unless made to be removed)."""
         if self._unlock is not None:
             self._unlock()
             self._unlock = None
@@ -100,9 +101,12 @@ class RunLock:
                     f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}): wait "
                     f"for it to end, or stop it{stop}, or give another --out; if that process is gone (its machine "
                     f"crashed, on a network filesystem), delete {self.path}")
-        if tries > 1 and not self._still_named(fd):  # its holder removed it as it let go: lock the new one
+        if not self._still_named(fd):  # its holder removed it as it let go: lock the file there now
             os.close(fd)
-            return self._lock(key, tries - 1)
+            if tries > 1:
+                return self._lock(key, tries - 1)
+            return (f"{self.path} was removed each time this process locked it (another process takes it and gives "
+                    "it back): run again")
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)

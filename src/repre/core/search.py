@@ -16,8 +16,8 @@ QUERY_CHUNK = 1024
 def top_k(bank: np.ndarray, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """bank [N, D] (an array or a memory map), queries [Q, D] float32 (a tensor or an array) -> (similarities
     [Q, k] float32, bank rows [Q, k] int64), most similar first."""
-    queries = torch.as_tensor(np.array(queries)) if isinstance(queries, np.ndarray) else queries  # a copy: rows
-    # of a memory map are read-only, which torch warns of
+    queries = torch.as_tensor(np.array(queries) if isinstance(queries, np.ndarray) else queries)  # a copy of an
+    # array: rows of a memory map are read-only, which torch warns of
     if not 0 < k <= len(bank):
         raise UserError(f"k={k} neighbours asked of a bank of {len(bank)} rows")
     return torch_top_k(bank, queries, k)

@@ -257,7 +257,8 @@ def _decode_fast(data: bytes) -> torch.Tensor | None:
     """JPEGs through torchvision's libjpeg-turbo decoder (faster than PIL's on one core, the same pixels;
     docs/results.md), EXIF orientation applied; None for anything else (PIL's path then decides: a truncated
     JPEG, and one larger than Pillow decodes, are refused there, as an image of any other format)."""
-    if not complete_jpeg(data) or pil_refuses(jpeg_pixels(data) or 0):
+    pixels = jpeg_pixels(data) if complete_jpeg(data) else None
+    if pixels is None or pil_refuses(pixels):  # a header not read here (stray bytes): PIL decides on its size
         return None
     try:
         with warnings.catch_warnings():

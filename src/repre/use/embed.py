@@ -168,11 +168,35 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     if split == "test" and parse_overrides(overrides or []).get("data", {}).get("subset") is not None:
         raise UserError("--set data.subset picks training images: --split test embeds the whole test split; drop "
                         "data.subset, or embed the training split")
-    lock = lock_out(files)
+    given, checkpoint = checkpoint, ckpt_io.pinned(checkpoint)  # the weights read and their checksum: one file's
+    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
+    drop_run_subset(cfg, override_items(overrides))
+    source = embed_source(cfg, split)
+    rt = setup_runtime(cfg.train)
+    with seeded(cfg.train.seed, rt):
+        encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
+    card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
+            "classes": class_names(source),  # label i's name (null: none known)
+            # the file the images' data config is read from later (neighbors, map): the run's last.pt stays
+            "checkpoint": str(ckpt_io.checkpoint_file(given).resolve()), "step": int(ckpt.get("step", 0)),
+            "overrides": override_items(overrides), "versions": ckpt_io.versions()}
+    lock = lock_out(files)  # once the checkpoint and the data are known good: no folder made for a refusal
     try:
-        return _embed(files, checkpoint, overrides, split, overwrite)
+        writer = open_writer(files, card, overwrite)
+        resumed_from = writer.progress["next_index"]
+        started = time.perf_counter()
+        read = write_rows(encoder, cfg, source, rt, writer)
+        seconds = time.perf_counter() - started
+        progress = writer.finish()["progress"]
     finally:
         lock.unlock()
+    if not progress["rows"]:  # as evaluation refuses features of no image
+        raise UserError(f"none of the {len(source):,} images could be read (each is named in a warning above): "
+                        f"{files.npy} holds no row; mend or replace the files, then run with --overwrite")
+    return {"command": "embed", "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
+            "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
+            "source_images": len(source), "split": split, "resumed_from": resumed_from,
+            "images_per_sec": round(read / seconds, 1) if read else None, "device": rt.device.type}
 
 
 def lock_out(files: EmbeddingFiles) -> RunLock:
@@ -187,32 +211,3 @@ def lock_out(files: EmbeddingFiles) -> RunLock:
     if why:
         raise UserError(why)
     return lock
-
-
-def _embed(files: EmbeddingFiles, checkpoint: str | Path, overrides: Sequence[str] | None, split: str,
-           overwrite: bool) -> dict[str, Any]:
-    given, checkpoint = checkpoint, ckpt_io.pinned(checkpoint)  # the weights read and their checksum: one file's
-    ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
-    drop_run_subset(cfg, override_items(overrides))
-    source = embed_source(cfg, split)
-    rt = setup_runtime(cfg.train)
-    with seeded(cfg.train.seed, rt):
-        encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
-    card = {"format": FORMAT, "identity": identity(checkpoint, cfg, split, rt, len(source), encoder.embed_dim),
-            "classes": class_names(source),  # label i's name (null: none known)
-            # the file the images' data config is read from later (neighbors, map): the run's last.pt stays
-            "checkpoint": str(ckpt_io.checkpoint_file(given).resolve()), "step": int(ckpt.get("step", 0)),
-            "overrides": override_items(overrides), "versions": ckpt_io.versions()}
-    writer = open_writer(files, card, overwrite)
-    resumed_from = writer.progress["next_index"]
-    started = time.perf_counter()
-    read = write_rows(encoder, cfg, source, rt, writer)
-    seconds = time.perf_counter() - started
-    progress = writer.finish()["progress"]
-    if not progress["rows"]:  # as evaluation refuses features of no image
-        raise UserError(f"none of the {len(source):,} images could be read (each is named in a warning above): "
-                        f"{files.npy} holds no row; mend or replace the files, then run with --overwrite")
-    return {"command": "embed", "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
-            "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
-            "source_images": len(source), "split": split, "resumed_from": resumed_from,
-            "images_per_sec": round(read / seconds, 1) if read else None, "device": rt.device.type}
