@@ -159,7 +159,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     summary = embed(args.checkpoint, args.out, overrides=args.overrides, split=args.split, overwrite=args.overwrite)
     rate = f", {summary['images_per_sec']} images/s" if summary["images_per_sec"] else " (already complete)"
-    resumed = f"; images from {summary['resumed_from']} embedded now" if summary["resumed_from"] and summary["images_per_sec"] else ""
+    went_on = summary["resumed_from"] and summary["images_per_sec"]  # a continued file, with work left
+    resumed = f"; images from {summary['resumed_from']} embedded now" if went_on else ""
     print(f"{summary['embeddings']} holds {summary['images']} of {summary['source_images']} images as "
           f"{summary['dim']}-d rows ({summary['skipped']} unreadable, left out{resumed}); index "
           f"{summary['index']}{rate}")

@@ -92,7 +92,7 @@ def _say_unread_held_out(base: Path, held: Path) -> None:
         log.warning("%s holds %s/ and %s/: evaluation reads %s/, the first of %s/; to evaluate on %s/, point "
                     "data.root at a folder of two links, train -> %s and val -> %s", base, held.name,
                     "/ and ".join(unread), held.name, "/, ".join(HELD_OUT_DIRS), unread[0],
-                    _split_dir(base, TRAIN_DIRS), base / unread[0])
+                    _split_dir(base, TRAIN_DIRS) or base / "train", base / unread[0])
 
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
