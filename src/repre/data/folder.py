@@ -112,8 +112,10 @@ def _holds_image(folder: str, seen: set[tuple[int, int]]) -> bool:
     return False
 
 
-# the folders named in a warning for holding no image: a run builds its sources more than once
+# the folders named in a warning for holding no image, or links read already: a run builds its sources more
+# than once
 _said_empty: set[str] = set()
+_said_looped: set[str] = set()
 
 
 def class_folders(root: str | Path) -> list[str]:
@@ -163,7 +165,8 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
         found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS) and not HIDDEN.match(f)]
         names += found
         tops += [top] * len(found)
-    if looped:
+    if looped and str(root) not in _said_looped:  # once a process: a run scans its folder for training and k-NN
+        _said_looped.add(str(root))
         log.warning("%d folder(s) under %s were read already under another name (a link), left out: %s%s",
                     len(looped), root, "; ".join(looped[:3]), "; ..." if len(looped) > 3 else "")
     if unlisted:  # one warning a scan (each process scans): the first folders named
