@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -227,8 +228,10 @@ def test_a_run_that_trained_on_since_embed_still_draws_its_images(tiny_run, tmp_
     for step_file in checkpoints.glob("step-00000020.*"):
         step_file.unlink()
     args = ["neighbors", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "n.png"), "--queries", "2"]
-    assert run_cli(args)[0] == 0 and (tmp_path / "n.png").is_file()
+    code, stdout = run_cli(args)
+    assert code == 0 and (tmp_path / "n.png").is_file()
     assert "the embeddings were made from this file before the run went on" in repre_log.text
+    assert re.search(r"query \d+ label \d+: \d+ label \d+ \(", stdout)  # generated images: their labels (were blank)
 
 
 def test_images_that_changed_since_embed_are_refused(embedded_folder, tmp_path, capsys):

@@ -188,10 +188,15 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
                        k=args.k, query_rows=_rows(args.query_index), seed=args.seed,
                        query_embeddings=args.query_embeddings)
 
-    def named(item: dict) -> str:  # its class, else its file's name
-        return f" {item['class']}" if item.get("class") else f" {Path(item['path']).name}" if item.get("path") else ""
+    def named(item: dict) -> str:  # its class, else its file's name, else its label (generated images)
+        if item.get("class"):
+            return f" {item['class']}"
+        if item.get("path"):
+            return f" {Path(item['path']).name}"
+        return f" label {item['label']}" if item.get("label") is not None else ""
 
-    print("each query's row of the embeddings, then its neighbours': row, class or file, (cosine similarity)")
+    print("each query's row of the embeddings, then its neighbours': row, class, file or label, (cosine "
+          "similarity)")
     for q in result["queries"]:
         near = ", ".join(f"{n['row']}{named(n)} ({n['similarity']:.4f})" for n in q["neighbors"])
         print(f"query {q['row']}{named(q)}: {near}")
