@@ -262,3 +262,37 @@ def test_a_picture_that_cannot_be_written_leaves_the_result(tmp_path, repre_log)
     extra = {}
     save_result_picture(Picture((2, 2)), tmp_path / "afile" / "segment.png", extra)
     assert extra == {} and "was not written" in repre_log.text
+
+
+def test_the_probe_size_is_checked_against_the_maps_stride_when_left_to_its_default():
+    """A patch-7 ViT on the 64 px scenes: a map of 9 x 9 tokens covered 63 px and was stretched over 64 (mIoU
+    reported); only an eval.segment.size given was checked."""
+    from repre.eval.segment import check_size
+    from repre.models.backbone import Backbone
+
+    vit = Backbone("vit_tiny_patch16_224", {"img_size": 63, "patch_size": 7, "embed_dim": 16, "depth": 1,
+                                            "num_heads": 1})
+    with pytest.raises(UserError, match=r"eval.segment.size=64 \(its default\) is not a multiple of 7, the stride "
+                                        r"of the maps the dense probe reads: --set eval.segment.size=63 \(or 70\)"):
+        check_size(vit, tiny_config())
+    with pytest.raises(UserError, match=r"eval.segment.size=16 \(its default\)"):  # a folder: data.image_size
+        check_size(vit, tiny_config("eval.segment.data=folder", "eval.segment.root=x"))
+    check_size(vit, tiny_config("eval.segment.size=63"))
+
+
+def test_an_ignore_label_among_the_classes_is_neither_predicted_nor_scored():
+    """ADE20K's raw masks mark unlabelled pixels 0: with eval.segment.ignore=0 the probe still predicted class 0,
+    scored it (IoU 0, in the mean) and drew it white."""
+    from repre.eval.segment import predicted
+
+    probe = torch.nn.Conv2d(2, 3, 1)
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.copy_(torch.tensor([5.0, 1.0, 0.0]))  # class 0 would win everywhere
+    feats = torch.randn(2, 2, 4, 4)
+    assert set(predicted(probe, feats, (8, 8), ignore=0).unique().tolist()) == {1}
+    masks = torch.ones(2, 8, 8, dtype=torch.long)
+    masks[:, :4] = 0  # unlabelled
+    conf = confusion(probe, feats, masks, 3, ignore=0)
+    m, acc, per_class = miou(conf)
+    assert per_class == [None, 1.0, None] and m == 1.0 and acc == 1.0

@@ -385,7 +385,7 @@ class SegmentConfig:
     root: str | None = None
     size: int = 0  # probe resolution; 0: the scenes' 64 px canvas (fashion-scenes) or data.image_size (folder)
     classes: int = 0  # folder: number of classes; 0: 1 + the largest label in the probe-train and probe-test masks
-    ignore: int = 255  # folder: mask value neither trained on nor scored
+    ignore: int = 255  # a mask value neither trained on, predicted nor scored (raw ADE20K masks: 0, unlabelled)
     train: int = 2000  # probe-train scenes (train-split items), or the first N folder pairs
     test: int = 1000  # probe-test scenes (test-split items), or the first N val pairs
     lr: float = 1e-2  # the probe's learning rate

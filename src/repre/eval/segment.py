@@ -53,14 +53,23 @@ def dense_unit(encoder: Backbone) -> int:
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 
-def check_size(encoder: Backbone, size: int | None) -> None:
-    """eval.segment.size (None: the default) must be a multiple of the stride of the map the probe reads: else
-    the map covers part of the image, and its predictions, stretched over all of it, land off their pixels."""
+def probe_size(cfg: Config) -> int:
+    """The side of the probe's images: eval.segment.size, else the scenes' canvas or a folder's data.image_size."""
+    e = cfg.eval.segment
+    return e.size or (SIZE if e.data == "fashion-scenes" else cfg.data.image_size)
+
+
+def check_size(encoder: Backbone, cfg: Config) -> None:
+    """The probe's image side (`probe_size`, set or by default) must be a multiple of the stride of the map the
+    probe reads: else the map covers part of the image, and its predictions, stretched over all of it, land off
+    their pixels."""
     stride = encoder.unit_strides[dense_unit(encoder)]
-    if size and size % stride:
+    size = probe_size(cfg)
+    if size % stride:
         lower, upper = size - size % stride, size - size % stride + stride
-        raise UserError(f"eval.segment.size={size} is not a multiple of {stride}, the stride of the maps the dense "
-                        f"probe reads: use {lower or upper} or {upper}")
+        given = "" if cfg.eval.segment.size else " (its default)"
+        raise UserError(f"eval.segment.size={size}{given} is not a multiple of {stride}, the stride of the maps the "
+                        f"dense probe reads: --set eval.segment.size={lower or upper} (or {upper})")
 
 
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean: Stats, std: Stats, rt: Runtime,
@@ -86,10 +95,13 @@ def train_probe(feats: torch.Tensor, masks: torch.Tensor, classes: int, lr: floa
 
 
 @torch.no_grad()
-def predicted(probe: torch.nn.Conv2d, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def predicted(probe: torch.nn.Conv2d, feats: torch.Tensor, size: tuple[int, int], ignore: int = 255) -> torch.Tensor:
     """feats [N, D, h, w] -> the probe's class of each pixel [N, *size]: the logits upsampled bilinear, as
-    `confusion` scores them."""
-    return F.interpolate(probe(feats), size=size, mode="bilinear", align_corners=False).argmax(dim=1)
+    `confusion` scores them. An `ignore` label among the classes (ADE20K's 0: unlabelled) is no prediction."""
+    logits = F.interpolate(probe(feats), size=size, mode="bilinear", align_corners=False)
+    if 0 <= ignore < logits.shape[1]:
+        logits[:, ignore] = -torch.inf  # after the resize: -inf weighed by 0 there would be NaN
+    return logits.argmax(dim=1)
 
 
 @torch.no_grad()
@@ -99,7 +111,7 @@ def confusion(probe: torch.nn.Conv2d, feats: torch.Tensor, masks: torch.Tensor, 
     [0, classes) are not counted."""
     conf = torch.zeros(classes, classes, dtype=torch.long)
     for f, m in zip(feats.split(64), masks.split(64), strict=True):
-        pred = predicted(probe, f, tuple(m.shape[-2:]))
+        pred = predicted(probe, f, tuple(m.shape[-2:]), ignore)
         m = m.long()
         valid = (m != ignore) & (m >= 0) & (m < classes)
         conf += torch.bincount(m[valid] * classes + pred[valid], minlength=classes**2).view(classes, classes)
@@ -181,7 +193,7 @@ def scene_data(cfg: Config) -> ProbeData:
     """fashion-scenes; with eval.split=val the probe-test scenes are composed from the validation items of the
     train split (`val_split`) and the probe-train scenes from the others (the test split is not read)."""
     e = cfg.eval
-    size, seed, root = e.segment.size or SIZE, cfg.train.seed, scene_root(cfg)
+    size, seed, root = probe_size(cfg), cfg.train.seed, scene_root(cfg)
     if e.split == "test":
         train = FashionScenes(root, "train", e.segment.train, size, seed=seed)
         test = FashionScenes(root, "test", e.segment.test, size, seed=seed)
@@ -200,7 +212,7 @@ def folder_data(cfg: Config) -> ProbeData:
     e = cfg.eval
     if not e.segment.root:
         raise UserError("eval.segment.data=folder needs eval.segment.root=/path (images/ and masks/ inside)")
-    size = e.segment.size or cfg.data.image_size
+    size = probe_size(cfg)
     if e.split == "test":
         train = SegmentationFolder(e.segment.root, "train", size, e.segment.train, e.segment.ignore)
         test = SegmentationFolder(e.segment.root, "val", size, e.segment.test, e.segment.ignore)
@@ -234,7 +246,7 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
         log.warning("the dense probe measures Fashion-MNIST scenes (eval.segment.data=fashion-scenes), not this "
                     "run's %s images: for masks of your own, --set eval.segment.data=folder "
                     "--set eval.segment.root=DIR (docs/evaluation.md)", cfg.data.name)
-    check_size(encoder, e.segment.size)
+    check_size(encoder, cfg)
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg.data)
     encoder = encoder.at_size(tuple(data.train_images.shape[-2:]))
@@ -249,7 +261,7 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
              "feature_grid": list(f_train.shape[-2:])}
     if out is not None and dist.is_main():
         n = min(SHOWN, len(data.test_images))
-        pred = predicted(probe, f_test[:n], tuple(data.test_masks.shape[-2:]))
+        pred = predicted(probe, f_test[:n], tuple(data.test_masks.shape[-2:]), data.ignore)
         save_result_picture(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore,
                                             data.names, data.classes), out / PICTURE, extra)
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}
