@@ -1045,14 +1045,45 @@ def test_a_skipped_step_leaves_the_running_statistics_as_they_were(tmp_path, hos
         return forward(views * float("nan") if trainer.state.step == 1 else views, *args, **kw)
 
     def recorded(batch):
-        seen.setdefault(trainer.state.step, [b.clone() for b in trainer.bn_statistics.live])
+        seen.setdefault(trainer.state.step, [b.clone() for b in trainer.forward_buffers.live])
         return step(batch)
 
     trainer.forward_model, trainer.train_step = nan_at_step_2, recorded
-    assert trainer.fit()["nonfinite_steps"] == 1 and trainer.bn_statistics.live
+    assert trainer.fit()["nonfinite_steps"] == 1 and trainer.forward_buffers.live
     assert all(torch.equal(a, b) for a, b in zip(seen[1], seen[2], strict=True))  # step 2 left them as they were
     assert not all(torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))  # step 3 moved them
-    assert all(torch.isfinite(b).all() for b in trainer.bn_statistics.live)
+    assert all(torch.isfinite(b).all() for b in trainer.forward_buffers.live)
+
+
+@pytest.mark.parametrize("host_sync", ["step", "log"])
+@pytest.mark.parametrize("method", [[], DINO_TINY, SWIN_TINY], ids=["mocov3", "dino", "moby"])
+def test_a_step_skipped_for_its_loss_puts_back_every_buffer_its_forward_moved(tmp_path, method, host_sync):
+    """The usual divergence: the student's loss turns NaN while the teacher's outputs and keys stay finite.
+    DINO's center and MoBY's queues took that step's values, and the heads' batch-norm counts moved (the
+    documented promise: a skipped step leaves them as they were). Every buffer but the EMA copies' is compared."""
+    trainer = Trainer(tiny_config(*RESUME, *method, "train.max_steps=4", "train.num_workers=0",
+                                  f"train.host_sync={host_sync}"), tmp_path / "run")
+    forward, step, seen = trainer.forward_model, trainer.train_step, {}
+
+    def nan_loss_at_step_2(*args, **kw):
+        out = forward(*args, **kw)
+        if trainer.state.step == 1:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    def buffers() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in trainer.model.named_buffers() if "momentum" not in k and "teacher" not in k
+                and "target" not in k}
+
+    def recorded(batch):
+        seen.setdefault(trainer.state.step, buffers())
+        return step(batch)
+
+    trainer.forward_model, trainer.train_step = nan_loss_at_step_2, recorded
+    assert trainer.fit()["nonfinite_steps"] == 1
+    moved = [k for k in seen[1] if not torch.equal(seen[1][k], seen[2][k])]
+    assert moved == []
+    assert any(not torch.equal(seen[2][k], seen[3][k]) for k in seen[2])  # the next step moves them
 
 
 def test_a_config_file_of_another_name_resumes_the_run_it_describes(tmp_path):

@@ -121,14 +121,18 @@ class DeviceGuard(NonFiniteGuard):
             self.diverged = True
 
 
-class RunningStatistics:
-    """The batch-norm running statistics of a model (MoCo v3's and MoBY's heads; ViT and Swin have none), kept
-    from before each step's forward: the forward updates them before the step is known to be skipped, and a
-    forward that made NaN would leave them NaN for good. A skipped step puts them back."""
+class ForwardBuffers:
+    """The buffers a step's forward changes before the step is known to be skipped, kept from before it: the
+    batch-norm running statistics and counts (MoCo v3's and MoBY's heads; ViT and Swin have none) and the
+    method's own (`Method.step_buffers`: DINO's center, MoBY's queues). A forward that made NaN would leave
+    them NaN for good, and a skipped step's teacher outputs or keys would stay in them: a skipped step puts
+    them back."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.live = [b for m in model.modules() if isinstance(m, compat.BatchNormBase)
-                     for b in (m.running_mean, m.running_var) if b is not None]
+        norms = [b for m in model.modules() if isinstance(m, compat.BatchNormBase)
+                 for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        method = getattr(model, "method", None)
+        self.live = norms + (list(method.step_buffers()) if method is not None else [])
         self.kept = [b.clone() for b in self.live]
 
     def keep(self) -> None:

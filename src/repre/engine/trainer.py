@@ -35,7 +35,7 @@ from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints
 from repre.engine.compile import compile_units
-from repre.engine.guard import DeviceGuard, RunningStatistics, make_guard, skips_on_device
+from repre.engine.guard import DeviceGuard, ForwardBuffers, make_guard, skips_on_device
 from repre.engine.metrics import MetricWriter, WindowMeter
 from repre.engine.optim import build_optimizer, clip_or_measure
 from repre.engine.signals import GracefulStop, Interrupted
@@ -142,7 +142,7 @@ class Trainer:
         self.guard = make_guard(cfg.train.host_sync, self.state, cfg.train.max_bad_steps, self.optimizer,
                                 self.rt.device)
         # the batch-norm running statistics (the heads'), which a skipped step puts back
-        self.bn_statistics = RunningStatistics(self.model)
+        self.forward_buffers = ForwardBuffers(self.model)
         self.schedules = RunSchedules.build(cfg, self.total, ema=bool(self.model.method.ema_pairs()))
         self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]
         self.meter = WindowMeter(self.rt.device)  # the train line's window, checkpointed between lines
@@ -199,7 +199,7 @@ class Trainer:
             raise TypeError("train_step takes a batch on the training device, its views complete: "
                             "trainer.train_step(trainer.data.to_device(batch)) for a batch of the loader")
         momentum = self._apply_schedules(self.state.step)
-        self.bn_statistics.keep()
+        self.forward_buffers.keep()
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
             out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"))
@@ -213,7 +213,7 @@ class Trainer:
         self.model.method.after_backward()
         finite, overflow = self._finite(out["loss"].detach(), grad_norm)
         outcome = self.guard.step(self.optimizer, finite, overflow, out["loss"], grad_norm, self.agreement.requested)
-        self.bn_statistics.restore(outcome.skipped)
+        self.forward_buffers.restore(outcome.skipped)
         self.agreement.agree_stop(outcome.stop)
         self.scaler.update()
         scalars = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}  # losses, entropy

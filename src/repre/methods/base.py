@@ -71,8 +71,8 @@ class Method(nn.Module):
     `eval_encoder_key` names the encoder that evaluation and export use (the online one, or DINO's teacher).
     `set_progress(step, total)` runs before each step's forward and `after_backward()` after the gradients are
     clipped, for schedules and gradient rules of a method's own. A buffer that forward updates (DINO's center,
-    MoBY's queues) must leave out values that are not finite (a non-finite teacher or key would stay in it for
-    good; the step itself is then skipped).
+    MoBY's queues) is listed in `step_buffers()`, which a skipped step puts back, and leaves out values that are
+    not finite itself (a non-finite teacher or key would stay in it for good in a loop of one's own).
     """
 
     encoder: Backbone
@@ -106,6 +106,10 @@ class Method(nn.Module):
 
     def after_backward(self) -> None:
         """Called after backward and clipping, before the optimizer step."""
+
+    def step_buffers(self) -> list[torch.Tensor]:
+        """The buffers forward updates in training (not the EMA copies), put back when the step is skipped."""
+        return []
 
     def logged(self) -> dict[str, float]:
         """This step's values of the method's own schedules (`set_progress`'s) that a train line reports."""

@@ -69,6 +69,9 @@ class DINO(Method):
     def prototypes(self) -> int:
         return self.center.shape[1]
 
+    def step_buffers(self) -> list[torch.Tensor]:
+        return [self.center]
+
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
 

@@ -69,6 +69,9 @@ class MoBY(Method):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
+    def step_buffers(self) -> list[torch.Tensor]:
+        return [self.queue1, self.queue2, self.queue_ptr]
+
     def forward(
         self, views: torch.Tensor, labels: torch.Tensor | None = None, local_views: None = None,
         taps: Sequence[int] = (),
