@@ -115,6 +115,8 @@ def test_a_restored_window_goes_on_with_each_process_own_sums(monkeypatch):
     meter.add({"loss": torch.tensor(2.0), "lr": torch.tensor(0.1)})
     assert meter.read() == {"loss": pytest.approx(7.0 / 3), "lr": pytest.approx(0.35 / 3)} and not meter
     assert WindowMeter().state_dict() == {"ranks": [{}]}
+    meter.add({"teacher_temp": 0.04, "lr": 6.25e-05})  # schedules' values: float32 sums, read to their digits
+    assert meter.read() == {"teacher_temp": 0.04, "lr": 6.25e-05}  # were 0.03999999910593033, 6.25000005432715e-05
 
 
 @pytest.mark.parametrize("native", [True, False])
