@@ -181,6 +181,8 @@ class Checkpoints:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:  # the config is the run's (checked): what the data decides differs
+            if "Error(s) in loading state_dict" not in str(exc):  # not the weights' shapes or names: as it is
+                raise
             classes = (f" (method.name=supervised: the data hold {self.data.num_classes} classes now, the head "
                        "another count)" if self.cfg.method.name == "supervised" else "")
             raise UserError(f"cannot resume from {path}: its weights do not fit this run's model{classes}: "
