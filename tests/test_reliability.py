@@ -1071,9 +1071,8 @@ def test_a_step_skipped_for_its_loss_puts_back_every_buffer_its_forward_moved(tm
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    def buffers() -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in trainer.model.named_buffers() if "momentum" not in k and "teacher" not in k
-                and "target" not in k}
+    def buffers() -> dict[str, torch.Tensor]:  # the EMA copies' heads' batch-norm statistics too (a forward's)
+        return {k: v.clone() for k, v in trainer.model.named_buffers()}
 
     def recorded(batch):
         seen.setdefault(trainer.state.step, buffers())
@@ -1207,3 +1206,18 @@ def test_a_lock_file_removed_while_it_was_locked_is_locked_again_where_it_is_now
     monkeypatch.setattr(RunLock, "_still_named", lambda self, fd: False)
     why = RunLock(tmp_path, ".x.lock", "x is being written", remove=True).acquire()
     assert why and "was removed each time this process locked it" in why
+
+
+def test_a_failure_while_weights_are_copied_on_resume_is_not_said_as_weights_that_do_not_fit(tmp_path, monkeypatch):
+    """load_state_dict wraps an error raised while it copies (out of memory on a GPU) in its own "Error(s) in
+    loading state_dict": that error goes on as it is, to the out-of-memory advice, not "train anew"."""
+    trainer = Trainer(tiny_config(*RESUME, "train.max_steps=2"), tmp_path / "run")
+    oom = ('Error(s) in loading state_dict for RePre:\n\tWhile copying the parameter named "w", whose dimensions in '
+           "the model are torch.Size([2]), an exception occurred : ('CUDA out of memory. Tried to allocate 2 GiB',).")
+
+    def failing(*args, **kw):
+        raise RuntimeError(oom)
+
+    monkeypatch.setattr(trainer.model, "load_state_dict", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.checkpoints._restore({"model": {}}, tmp_path / "x.pt")

@@ -123,8 +123,8 @@ def class_folders(root: str | Path) -> list[str]:
     as the scan of `ImageFolder` finds them (hidden folders, folders without an image, and a folder met
     already under an earlier name (a link to it, or the folder a link names) are no class; a folder of no
     image is named in a warning). Held-out splits label by their train split's classes: this finds them
-    without listing every image. Where a class folder holds a link to another class folder, the scan reads
-    the other's images as the first's: that class is found here but holds no image."""
+    without listing every image. Where a class folder holds a link to another class folder or to a folder in
+    one, the scan reads those images as the first class's: the other class is found here but may hold none."""
     root = str(root)
     with os.scandir(root) as entries:
         folders = [e.name for e in entries if e.is_dir()]

@@ -181,10 +181,13 @@ class Checkpoints:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:  # the config is the run's (checked): what the data decides differs
-            if "Error(s) in loading state_dict" not in str(exc):  # not the weights' shapes or names: as it is
+            said = str(exc)
+            fits = any(k in said for k in ("size mismatch", "Missing key(s)", "Unexpected key(s)"))
+            if not fits or "an exception occurred" in said:  # not the weights' shapes or names (out of memory)
                 raise
+            head = "size mismatch for method.head." in said
             classes = (f" (method.name=supervised: the data hold {self.data.num_classes} classes now, the head "
-                       "another count)" if self.cfg.method.name == "supervised" else "")
+                       "another count)" if head else "")
             raise UserError(f"cannot resume from {path}: its weights do not fit this run's model{classes}: "
                             f"{checkpoint_io.size_mismatch(exc)}; train anew into another --out") from None
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
