@@ -1221,3 +1221,26 @@ def test_a_failure_while_weights_are_copied_on_resume_is_not_said_as_weights_tha
     monkeypatch.setattr(trainer.model, "load_state_dict", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         trainer.checkpoints._restore({"model": {}}, tmp_path / "x.pt")
+
+
+def test_a_checkpoint_read_for_its_config_alone_maps_its_weights_and_is_not_hashed(tiny_run, tmp_path, monkeypatch):
+    """neighbors and map read a run's data config: they read and hashed its whole checkpoint (most of their time
+    on a large one), twice with --query-embeddings. The config alone maps the tensors and skips the hash; the
+    weights are read and checked as before."""
+    import shutil
+
+    step_file = tmp_path / "step-00000020.pt"
+    shutil.copy(tiny_run[0] / "checkpoints" / "step-00000020.pt", step_file)
+    shutil.copy(ckpt_io._sidecar(tiny_run[0] / "checkpoints" / "step-00000020.pt"), ckpt_io._sidecar(step_file))
+    full = ckpt_io.load(step_file)
+    monkeypatch.setattr(ckpt_io, "verify", lambda *a, **k: pytest.fail("hashed for its config"))
+    light = ckpt_io.load(step_file, weights=False)
+    assert light["config"] == full["config"] and light["step"] == full["step"]
+    monkeypatch.undo()
+    with open(step_file, "r+b") as fh:  # a damaged byte: the weights' load refuses, the config's does not read it
+        fh.seek(step_file.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(UserError, match="is damaged"):
+        ckpt_io.load(step_file)

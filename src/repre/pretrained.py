@@ -41,11 +41,13 @@ log = logging.getLogger("repre")
 NOT_TIMMS = {"url": None, "hf_hub_id": None, "tag": None, "license": None, "num_classes": 0}
 
 
-def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | None = None) -> tuple[dict, Config]:
+def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | None = None,
+                           weights: bool = True) -> tuple[dict, Config]:
     """A checkpoint and its config with `overrides` applied. Whatever data `overrides` point at, the images are
     normalized as the encoder pre-trained (`data.mean` and `data.std` set to its statistics), unless they set
-    `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature."""
-    ckpt = ckpt_io.load(checkpoint)
+    `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature. `weights`
+    False: for the config alone (`ckpt_io.load`'s)."""
+    ckpt = ckpt_io.load(checkpoint, weights)
     raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
     given = parse_overrides(overrides or [])
     if not {"mean", "std"} & set(given.get("data", {})):

@@ -241,8 +241,10 @@ def pinned(path: str | Path) -> Path:
     return named_file(path) if checkpoint_file(path).is_file() else Path(path)
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Open a repre checkpoint safely (no code runs from the file) and check that it is one."""
+def load(path: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Open a repre checkpoint safely (no code runs from the file) and check that it is one. `weights` False:
+    for its config and records alone, its tensors memory-mapped (not read) and its checksum not verified (a
+    damaged file's weights are not used)."""
     given, path = Path(path), checkpoint_file(path)
     if not path.is_file() and (given / run_files.CONFIG).is_file():  # a run directory whose run is at its start
         raise UserError(f"{given} is a run without a checkpoint yet (a run writes one every "
@@ -251,8 +253,9 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with checkpoints/last.pt")
     with open(path, "rb") as fh:
-        verify(path, fh)
-        fh.seek(0)
+        if weights:
+            verify(path, fh)
+            fh.seek(0)
         head = fh.read(9)
         if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip archive, or a pickle
             if run_files.in_checkpoints(path):
@@ -267,7 +270,8 @@ def load(path: str | Path) -> dict[str, Any]:
         try:
             with warnings.catch_warnings():  # a pickle of another protocol than torch.save's: said below if so
                 warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
-                ckpt = torch.load(fh, map_location="cpu", weights_only=True)
+                lazy = not weights and head[:4] == b"PK\x03\x04"  # mmap reads torch.save's zip archives
+                ckpt = torch.load(str(path) if lazy else fh, map_location="cpu", weights_only=True, mmap=lazy)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a file we can trust"
             raise UserError(f"{path} is not a readable repre checkpoint: {_unreadable(exc)}") from None
     if not isinstance(ckpt, dict) or not {"schema", "model", "config"} <= set(ckpt):

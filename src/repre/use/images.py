@@ -56,7 +56,7 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrid
         if not checkpoint or not Path(checkpoint).is_file():
             raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "
                             "RUN, a checkpoint whose data config reads the same images")
-    _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides])
+    _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides], weights=False)  # its data config
     drop_run_subset(cfg, [*card["overrides"], *_without_root(overrides)])
     ident = card["identity"]
     then = ident["data"]["root"]
