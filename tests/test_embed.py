@@ -161,8 +161,8 @@ def test_a_stopped_run_continues_from_its_last_batch(tiny_run, tmp_path, monkeyp
 
 
 def test_a_second_embed_of_the_same_out_is_refused_while_the_first_writes(tiny_run, tmp_path, capsys):
-    """A rerun while the first still wrote continued from the same row: the index doubled (35,898 lines for
-    19,997 rows), both exiting 0. The second is refused now, naming the first; the lock goes with its process."""
+    """A rerun while the first still wrote continued from the same row: the index held rows twice, both
+    exiting 0. The second is refused now, naming the first; the lock goes with its process."""
     run, _ = tiny_run
     out = tmp_path / "emb" / "r.npy"
     holder = subprocess.Popen([sys.executable, "-c", (
