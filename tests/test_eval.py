@@ -127,6 +127,22 @@ def test_eval_knn_on_val_through_the_cli(tiny_run):
     assert code == 0 and last_json(stdout)["extra"]["k"] == 48  # the k that voted: the whole bank
 
 
+def test_an_evaluation_each_process_runs_whole_warns_from_rank_0_alone(tiny_run, repre_log, monkeypatch):
+    """Under torchrun k-NN, fine-tuning and the dense probe run whole in every process: each repeated rank 0's
+    warnings (eight copies of each on eight GPUs). The others say only their errors now."""
+    import repre
+    from repre.core import launch
+
+    run, _ = tiny_run
+    overrides = ["eval.split=val", "eval.val_size=16", "eval.knn.k=500"]
+    repre.evaluate("knn", run, overrides)
+    assert "eval.knn.k=500 is more than the bank's 48 images" in repre_log.text
+    repre_log.clear()
+    monkeypatch.setattr(launch, "launch_rank", lambda: 1)
+    assert repre.evaluate("knn", run, overrides)["extra"]["k"] == 48
+    assert "eval.knn.k=500" not in repre_log.text
+
+
 def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path, repre_log):
     """Shards without labels: k-NN, both linear probes and fine-tuning exit 2 naming what they need; the
     run's k-NN is skipped with a note, and no line announces the images it would have read."""

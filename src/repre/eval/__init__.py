@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,32 @@ def evaluate(
     overrides = override_items(overrides)
     if keep:
         out = result_folder(checkpoint, task, overrides, out, "out")
-    result = _evaluate(task, checkpoint, overrides, out)
+    with _said_once(task):
+        result = _evaluate(task, checkpoint, overrides, out)
     if keep and launch.launch_rank() == 0:  # under torchrun one process writes
         try:
             keep_result(result, checkpoint, Path(out))
         except OSError as exc:  # a full disk after the work: the result is logged, and returned
             log.warning("the result is not written to %s (%s): %s", out, exc, json.dumps(result))
     return result
+
+
+WHOLE_IN_EACH = ("knn", "finetune", "segment")  # tasks each torchrun process runs whole, on the same images
+
+
+@contextlib.contextmanager
+def _said_once(task: str) -> Iterator[None]:
+    """A task each process runs whole says its warnings from rank 0 alone (the others would repeat them, on the
+    same images); their errors still show."""
+    if task not in WHOLE_IN_EACH or launch.launch_rank() == 0:
+        yield
+        return
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def result_folder(checkpoint: str | Path, task: str, overrides: list[str], out: str | Path | None,
