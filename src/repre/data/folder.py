@@ -40,17 +40,23 @@ class UnreadableImage(Exception):
     """A file in the folder that is not a decodable image."""
 
 
-# the unreadable images this process has named in a warning: kept by the process, since a run's data workers
-# read the same images every epoch and each evaluation (a periodic k-NN) makes new loaders over them
-_named_unreadable: set[str] = set()
+# the warnings this process has said, by key: a run reads the same images every epoch, builds its sources more
+# than once (training, each k-NN) and makes new loaders over them
+_said: set[tuple[str, str]] = set()
+
+
+def warn_once(key: tuple[str, str], message: str, *args: object) -> None:
+    """`log.warning(message, *args)` the first time this process meets `key` (what is said, of what). Each data
+    worker is a process of its own."""
+    if key not in _said:
+        _said.add(key)
+        log.warning(message, *args)
 
 
 def warn_unreadable(why: str, what: str) -> None:
     """Warn "`what`: `why` (...)" the first time this process meets `why` (an UnreadableImage's text: the
-    file and what is wrong with it). Each data worker is a process of its own."""
-    if why not in _named_unreadable:
-        _named_unreadable.add(why)
-        log.warning("%s: %s (each unreadable file is named once per process)", what, why)
+    file and what is wrong with it)."""
+    warn_once(("unreadable", why), "%s: %s (each unreadable file is named once per process)", what, why)
 
 
 def holds_images(root: str | Path, depth: int = 2) -> bool:
@@ -112,12 +118,6 @@ def _holds_image(folder: str, seen: set[tuple[int, int]]) -> bool:
     return False
 
 
-# the folders named in a warning for holding no image, or links read already: a run builds its sources more
-# than once
-_said_empty: set[str] = set()
-_said_looped: set[str] = set()
-
-
 def class_folders(root: str | Path) -> list[str]:
     """The class names of a split folder, sorted: its first-level folders that hold an image at any depth,
     as the scan of `ImageFolder` finds them (hidden folders, folders without an image, and a folder met
@@ -139,10 +139,9 @@ def class_folders(root: str | Path) -> list[str]:
         if (st.st_dev, st.st_ino) in seen:  # read already under an earlier name
             continue
         (classes if _holds_image(path, seen) else empty).append(name)
-    if empty and root not in _said_empty:
-        _said_empty.add(root)
-        log.warning("%d folder(s) in %s hold no image and are no class: %s%s", len(empty), root,
-                    ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
+    if empty:
+        warn_once(("no image", root), "%d folder(s) in %s hold no image and are no class: %s%s", len(empty), root,
+                  ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
     return classes
 
 
@@ -165,10 +164,9 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
         found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS) and not HIDDEN.match(f)]
         names += found
         tops += [top] * len(found)
-    if looped and str(root) not in _said_looped:  # once a process: a run scans its folder for training and k-NN
-        _said_looped.add(str(root))
-        log.warning("%d folder(s) under %s were read already under another name (a link), left out: %s%s",
-                    len(looped), root, "; ".join(looped[:3]), "; ..." if len(looped) > 3 else "")
+    if looped:
+        warn_once(("read already", str(root)), "%d folder(s) under %s were read already under another name (a "
+                  "link), left out: %s%s", len(looped), root, "; ".join(looped[:3]), "; ..." if len(looped) > 3 else "")
     if unlisted:  # one warning a scan (each process scans): the first folders named
         named = "; ".join(f"{exc.filename} ({exc.strerror})" for exc in unlisted[:3])
         log.warning("cannot list %d folder(s), their images left out: %s%s", len(unlisted), named,

@@ -3,7 +3,6 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from repre.data.folder import (
     class_folders,
     holds_images,
     loose_images,
+    warn_once,
     warn_unreadable,
 )
 from repre.data.synthetic import Synthetic
@@ -48,8 +48,6 @@ class EncodedImages(Protocol):
 
     def encoded(self, index: int) -> tuple[bytes, str, int]: ...
 
-
-log = logging.getLogger("repre")
 
 # a shard named for a held-out split: val-000000.tar, in1k-validation-00.tar, test_3.tar
 HELD_OUT = re.compile(r"(^|[-_.])(val|valid|validation|test)([-_.]|\d|$)")
@@ -81,18 +79,14 @@ def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
     return found
 
 
-_said_unread: set[Path] = set()  # the roots whose unread held-out folders were named: sources are built often
-
-
 def _say_unread_held_out(base: Path, held: Path) -> None:
     """Name the held-out folders of `base` that evaluation does not read (it reads `held`, the first)."""
     unread = [n for n in HELD_OUT_DIRS if (base / n).is_dir() and base / n != held]
-    if unread and base not in _said_unread:
-        _said_unread.add(base)
-        log.warning("%s holds %s/ and %s/: evaluation reads %s/, the first of %s/; to evaluate on %s/, point "
-                    "data.root at a folder of two links, train -> %s and val -> %s", base, held.name,
-                    "/ and ".join(unread), held.name, "/, ".join(HELD_OUT_DIRS), unread[0],
-                    _split_dir(base, TRAIN_DIRS) or base / "train", base / unread[0])
+    if unread:
+        warn_once(("unread held-out", str(base)), "%s holds %s/ and %s/: evaluation reads %s/, the first of %s/; to "
+                  "evaluate on %s/, point data.root at a folder of two links, train -> %s and val -> %s", base,
+                  held.name, "/ and ".join(unread), held.name, "/, ".join(HELD_OUT_DIRS), unread[0],
+                  _split_dir(base, TRAIN_DIRS) or base / "train", base / unread[0])
 
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
