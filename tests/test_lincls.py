@@ -89,6 +89,38 @@ def test_the_protocols_resolve_to_the_official_values(name):
     assert (wide.features, wide.blocks) == (DINO_LAYOUT["wide"] if name == "dino" else ("cls", 1))
 
 
+# each script's test transform at 224: Resize(256, PIL's resampling), CenterCrop(224) (main_lincls.py:290-291;
+# eval_linear.py:66-67, interpolation=3; Transformer-SSL data/build.py:137-138)
+OFFICIAL_TEST_RESAMPLING = {"mocov3": "BILINEAR", "dino": "BICUBIC", "moby": "BILINEAR"}
+
+
+@pytest.mark.parametrize("name", ["mocov3", "dino", "moby"])
+@pytest.mark.parametrize("shape", [(300, 451), (224, 224), (180, 200)])
+def test_test_images_are_resized_as_each_papers_script_resizes_them(name, shape):
+    """Every image, an image of 224 x 224 or smaller included, resized to 256 by the script's resampling."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2 as T
+
+    from repre.data.evaluation import centre_view
+
+    g = torch.Generator().manual_seed(0)
+    img = T.functional.gaussian_blur((torch.rand(3, *shape, generator=g) * 255).to(torch.uint8), [9, 9], [3.0, 3.0])
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+    h, w = shape
+    size = (256, int(256 * h / w)) if w < h else (int(256 * w / h), 256)  # as transforms.Resize(256) computes it
+    official = np.asarray(pil.resize(size, getattr(Image, OFFICIAL_TEST_RESAMPLING[name])))
+    top, left = round((official.shape[0] - 224) / 2), round((official.shape[1] - 224) / 2)
+    official = torch.from_numpy(official[top:top + 224, left:left + 224].copy()).permute(2, 0, 1).int()
+    ours = centre_view(img, 224, resolve(LinearConfig(protocol=name), encoder("narrow")).test_resize).int()
+    other = np.asarray(pil.resize(size, Image.BICUBIC if OFFICIAL_TEST_RESAMPLING[name] == "BILINEAR" else
+                                  Image.BILINEAR))
+    other = torch.from_numpy(other[top:top + 224, left:left + 224].copy()).permute(2, 0, 1).int()
+    # torchvision's antialiased resampling of tensors rounds a few pixels otherwise than PIL's
+    assert (ours - official).abs().max() <= 2 and (ours - official).abs().float().mean() < 0.05
+    assert (ours - other).abs().float().mean() > 0.1
+
+
 def test_quick_stays_the_default_with_its_values():
     p = resolve(LinearConfig(), encoder("narrow"))
     assert (p.name, p.features, p.blocks, p.epochs, p.batch_size, p.base_lr) == ("quick", "cls", 1, 30, 1024, None)

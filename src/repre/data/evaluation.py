@@ -28,12 +28,25 @@ from repre.data.workers import resolve_workers, worker_started
 CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 256), as timm's and DINO's evaluation
 
 
-def centre_view(img: torch.Tensor, size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class TestResize:
+    """How evaluation resizes an image before cutting out its centre S x S."""
+
+    interpolation: str = "bilinear"  # or "bicubic"; antialiased either way, as PIL's resampling is
+    every_image: bool = False  # True: every short side to floor(S / CROP_PCT), 256 at 224, as the papers'
+    # scripts resize; False: repre's rule, an image no larger than S resized to S without a margin (a
+    # Fashion-MNIST item is seen whole) and an S x S image left as it is
+
+
+def centre_view(img: torch.Tensor, size: int, resize: TestResize = TestResize()) -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, S, S], what evaluation shows the encoder: the short side resized (to S, or
-    to floor(S / CROP_PCT) when it is larger than S, as timm's evaluation transform), then the centre S x S."""
-    if img.shape[-2:] != (size, size):
-        short = size if min(img.shape[-2:]) <= size else math.floor(size / CROP_PCT)
-        img = TF.center_crop(TF.resize(img, [short], antialias=True), [size, size])
+    to floor(S / CROP_PCT) when it is larger than S or `resize.every_image`, as timm's evaluation transform),
+    then the centre S x S."""
+    if resize.every_image or img.shape[-2:] != (size, size):
+        whole = min(img.shape[-2:]) <= size and not resize.every_image
+        short = size if whole else math.floor(size / CROP_PCT)
+        mode = TF.InterpolationMode(resize.interpolation)
+        img = TF.center_crop(TF.resize(img, [short], interpolation=mode, antialias=True), [size, size])
     return img
 
 
@@ -58,8 +71,8 @@ class EvalDataset(Dataset):
     """index -> (normalized float [3, S, S] or None for an unreadable image, label, why it is unreadable or
     None): resize then centre crop, no augmentation. `collate` leaves the unreadable images out."""
 
-    def __init__(self, source: ImageSource, size: int, mean, std) -> None:
-        self.source, self.size, self.mean, self.std = source, size, mean, std
+    def __init__(self, source: ImageSource, size: int, mean, std, resize: TestResize = TestResize()) -> None:
+        self.source, self.size, self.mean, self.std, self.resize = source, size, mean, std, resize
 
     def __len__(self) -> int:
         return len(self.source)
@@ -77,7 +90,7 @@ class EvalDataset(Dataset):
 
     def prepare(self, img: torch.Tensor) -> torch.Tensor:
         """uint8 [3, H, W] -> normalized float [3, S, S] (`centre_view`, normalized)."""
-        return normalize(centre_view(img, self.size)[None].float() / 255, self.mean, self.std)[0]
+        return normalize(centre_view(img, self.size, self.resize)[None].float() / 255, self.mean, self.std)[0]
 
     def stack(self, images: list[torch.Tensor]) -> torch.Tensor:
         """The readable images of a batch -> [B, 3, S, S], B possibly 0."""
@@ -144,14 +157,15 @@ def _loader(cfg: Config, dataset: EvalDataset, kind: type[DataLoader] = DataLoad
     )
 
 
-def eval_loader(cfg: Config, split: str, subset: int | None) -> DataLoader:
+def eval_loader(cfg: Config, split: str, subset: int | None, resize: TestResize = TestResize()) -> DataLoader:
     """Deterministic loader over `split` (see `eval_source`) for feature extraction: batches of (x [B, 3, S, S],
-    labels [B]), an unreadable image left out and named in a warning once (`EvalLoader`)."""
+    labels [B]), each image resized as `resize` says, an unreadable image left out and named in a warning once
+    (`EvalLoader`)."""
     source = eval_source(cfg, split)
     if subset:
         source = subset_of(source, subset)
     mean, std = stats(cfg.data, source)
-    dataset = EvalDataset(source, cfg.data.image_size, mean, std)
+    dataset = EvalDataset(source, cfg.data.image_size, mean, std, resize)
     return _loader(cfg, dataset, EvalLoader, shuffle=False, collate_fn=dataset.collate)
 
 

@@ -9,8 +9,9 @@ epoch is written after each epoch and resumed from when the evaluation is run ag
 (main_lincls.py:240-260; eval_linear.py:111-121). Under torchrun each process takes its share of every
 global batch and the head's gradients are averaged, so N processes compute what one process computes (MoBY:
 in distribution, each process drawing its own stochastic depth). Deviations: the last partial batch of an
-epoch is dropped; test images are resized with antialiased bilinear interpolation (DINO: bicubic); the
-reported top-1 is the final head's, not the best epoch's (main_lincls.py:315; eval_linear.py:134).
+epoch is dropped; the reported top-1 is the final head's, not the best epoch's (main_lincls.py:315;
+eval_linear.py:134). Test images are resized as each script resizes them (`protocols.TEST_RESIZE`), with
+torchvision's antialiased resampling of tensors (within one level of PIL's).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def test_confusion(encoder: Backbone, head: nn.Linear, cfg: Config, protocol: Li
                    rt: Runtime) -> torch.Tensor:
     """The head's counts on the test split, [true][predicted] (classes x classes, on the CPU), each process
     scoring every world-th image; top-1 is their trace over their sum."""
-    full = eval_loader(cfg, "test", cfg.eval.linear.test_subset)
+    full = eval_loader(cfg, "test", cfg.eval.linear.test_subset, protocol.test_resize)
     shard = Subset(full.dataset, range(dist.rank(), len(full.dataset), dist.world_size()))
     classes = head.out_features
     counts = torch.zeros(classes * classes, dtype=torch.int64, device=rt.device)

@@ -21,6 +21,7 @@ from typing import Any
 
 from repre.config import LinearConfig
 from repre.core.schedules import scaled_lr
+from repre.data.evaluation import TestResize
 from repre.errors import UserError
 from repre.eval.tokens import check_layout
 from repre.models.backbone import Backbone
@@ -64,6 +65,14 @@ MOBY = {
     "drop_path": 0.2,  # moby_linear.py:72 (--drop-path-rate); the frozen encoder runs in train mode (189)
     "init_std": 0.02,  # the Swin head's trunc_normal_(std=.02) (models/swin_transformer.py:553), bias 0 (555)
 }
+# how each paper's script resizes a test image before its centre 224 x 224: every image's short side to 256
+# (floor(S / 0.875) at another size S; MoBY's S + 32 is the same 256 at 224), DINO's bicubic, the others' bilinear
+TEST_RESIZE = {
+    "quick": TestResize(),  # repre's evaluation rule (`repre.data.evaluation.centre_view`)
+    "mocov3": TestResize(every_image=True),  # main_lincls.py:290-291 (transforms.Resize(256), bilinear)
+    "dino": TestResize("bicubic", every_image=True),  # eval_linear.py:66-67 (Resize(256, interpolation=3))
+    "moby": TestResize(every_image=True),  # data/build.py:137-138 (Resize(IMG_SIZE + 32), bilinear)
+}
 MOMENTUM = 0.9  # main_lincls.py:60 (--momentum default); eval_linear.py:106
 WEIGHT_DECAY = 0.0  # main_lincls.py:62 (--wd default); eval_linear.py:107
 INIT_STD = 0.01  # the head's weights ~ N(0, 0.01), bias 0: main_lincls.py:168-169; eval_linear.py:243-244
@@ -91,6 +100,7 @@ class LinearProtocol:
     label_smoothing: float = 0.0
     clip_grad: float = 0.0  # the head's gradient norm clipped to this; 0: not clipped
     drop_path: float | None = None  # the encoder runs in train mode with this stochastic depth; None: eval mode
+    test_resize: TestResize = TestResize()  # how a test image is resized before its centre crop
 
     @property
     def lr(self) -> float:
@@ -134,5 +144,5 @@ def resolve(lin: LinearConfig, encoder: Backbone) -> LinearProtocol:
     own = DEFAULTS[lin.protocol]
     return LinearProtocol(name=lin.protocol, features=features, blocks=blocks, epochs=lin.epochs or own["epochs"],
                     batch_size=lin.batch_size or own["batch_size"],
-                    base_lr=lin.lr if lin.lr is not None else own["base_lr"],
+                    base_lr=lin.lr if lin.lr is not None else own["base_lr"], test_resize=TEST_RESIZE[lin.protocol],
                     **(MOBY if lin.protocol == "moby" else {}))
