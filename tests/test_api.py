@@ -158,7 +158,7 @@ def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tm
     full disk) is returned, and logged."""
     import shutil
 
-    from repre.core.run_files import run_results
+    from repre.core.eval_results import run_results
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("eval"))

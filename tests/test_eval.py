@@ -228,7 +228,8 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     run has gone on."""
     import os
 
-    from repre.core.run_files import checkpoint_step, eval_dir, move_superseded_result
+    from repre.core.eval_results import eval_dir, move_superseded_result
+    from repre.core.run_files import checkpoint_step
 
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"

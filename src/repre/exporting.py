@@ -31,7 +31,8 @@ from repre.config import Config, KNNConfig
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
 from repre.core.atomic import replacing
-from repre.core.run_files import read_json, run_dir, run_results
+from repre.core.eval_results import run_results
+from repre.core.run_files import read_json, run_dir
 from repre.core.schedules import total_steps
 from repre.data.evaluation import centre_view, timm_preprocessing
 from repre.data.splits import eval_source, spread_readable

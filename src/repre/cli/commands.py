@@ -96,7 +96,7 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from repre.core.run_files import eval_dir
+    from repre.core.eval_results import eval_dir
     from repre.eval import evaluate, keep_result, result_folder
 
     # named by an error of the filesystem (a full disk), from here on

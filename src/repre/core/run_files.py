@@ -1,6 +1,6 @@
 """A run directory's layout and records, read without torch: which run a checkpoint argument names
-(`run_dir`), the results of `repre eval TASK` (RUN/eval/TASK/result.json, or its `--out`), summary.json,
-metrics.jsonl's lines. The export's model card and `repre compare` read them back.
+(`run_dir`), which step a checkpoint is, what a folder holds and whether `--out` may take a run, summary.json,
+metrics.jsonl's lines. Where `repre eval` keeps its results: `repre.core.eval_results`.
 
     RUN/config.yaml        the resolved config the run trains with (`--resume` reads it)
     RUN/metrics.jsonl      a line per logged window and evaluation
@@ -16,14 +16,12 @@ metrics.jsonl's lines. The export's model card and `repre compare` read them bac
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from repre.config import EVAL_TASKS, SAME_MEASUREMENT_KEYS
 from repre.errors import UserError
 
 CONFIG = "config.yaml"
@@ -73,15 +71,6 @@ def run_dir(path: str | Path) -> Path:
     return path.absolute().parent.parent if in_checkpoints(path) else path.parent
 
 
-def measured_otherwise(overrides: list[str], task: str) -> list[str]:
-    """The `--set` items of an evaluation of `task` that change what it measures (other images, a subset,
-    another k): those of keys outside `SAME_MEASUREMENT_KEYS` and outside the other tasks' sections."""
-    others = tuple(f"eval.{t}." for t in EVAL_TASKS if t != task)
-    keys = [item.split("=")[0].strip() for item in overrides]
-    return [item for item, key in zip(overrides, keys, strict=True)
-            if key not in SAME_MEASUREMENT_KEYS and not key.startswith(others)]
-
-
 def checksum_file(checkpoint: Path) -> Path:
     """The sidecar holding a checkpoint file's SHA-256 and size (NAME.pt.sha256)."""
     return checkpoint.with_name(checkpoint.name + ".sha256")
@@ -120,66 +109,6 @@ def checkpoint_step(checkpoint: str | Path) -> int | None:
     return None
 
 
-def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> tuple[Path, int | None, bool, str]:
-    """(RUN/eval/TASK, the checkpoint's step (`checkpoint_step`), whether it is earlier than the run's newest,
-    the name of the folder of the settings that change what is measured or "")."""
-    path = Path(checkpoint).resolve()
-    run = run_dir(path)
-    step = checkpoint_step(path)
-    earlier = step is not None and step != checkpoint_step(run)
-    given = ",".join(measured_otherwise(overrides, task))
-    digest = hashlib.sha1(given.encode()).hexdigest()[:8]
-    settings = re.sub(r"[\s\[\](){}'\"]", "", given)
-    settings = re.sub(r"[^A-Za-z0-9._,=+-]", "_", settings)  # a name a shell takes as it is (no glob, no /)
-    if len(settings) > 80:
-        settings = f"{settings[:60]}..{digest}"
-    elif settings != given:  # characters left out or replaced ('/' too): two settings could meet
-        settings = f"{settings}..{digest}"
-    top = run / EVAL / task
-    if path.is_file() and not in_checkpoints(path):  # checkpoint files side by side in a folder: one each
-        top = top / path.stem
-    return top, step, earlier, settings
-
-
-def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
-    """Where `repre eval TASK` keeps its result and pictures when no --out is given: RUN/eval/TASK/ for the run's
-    newest checkpoint (last.pt) measured with the run's settings, else a folder under it, so that no result
-    replaces another one's: step-NNNNNNNN/ for an earlier checkpoint, then one named by the `--set` items that
-    change what is measured (`measured_otherwise`; brackets, quotes and spaces left out and '/' and other
-    characters a shell reads written '_', the name then ending in the settings' hash, as a long name shortened
-    does). A checkpoint file outside a run's checkpoints/ keeps its results in FOLDER/eval/TASK/NAME/ (NAME: the
-    file's name without .pt)."""
-    top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
-    out = top / step_name(step) if earlier else top
-    return out / settings if settings else out
-
-
-def move_superseded_result(checkpoint: str | Path, task: str, overrides: list[str]) -> None:
-    """Before the result of the run's newest checkpoint goes to its `eval_dir`: a result there of another step
-    (the newest when it was evaluated; the run has gone on since) moves with its pictures to the folder
-    `eval_dir` gives that step, unless that folder holds a result already."""
-    top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
-    folder = top / settings if settings else top
-    was = (read_json(folder / RESULT).get("checkpoint") or {}).get("step")
-    if earlier or step is None or not isinstance(was, int) or was == step:
-        return
-    kept = top / step_name(was) / settings if settings else top / step_name(was)
-    if (kept / RESULT).exists():
-        return
-    kept.mkdir(parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.rename(kept / path.name)
-
-
-def write_result(out: Path, result: dict[str, Any]) -> Path:
-    """`result` (evaluate()'s dict) as `out`/result.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULT
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
-
-
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`; {} when there is none or it is not one."""
     try:
@@ -194,19 +123,6 @@ def completed_summary(run: Path, step: int) -> dict[str, Any] | None:
     nothing is redone), else None (one cut short reads as none: the end is redone)."""
     stored = read_json(run / SUMMARY)
     return stored if stored.get("completed") and stored.get("steps") == step else None
-
-
-def run_results(run: Path, every: bool = False) -> list[dict[str, Any]]:
-    """Each `repre eval` result kept in `run`/eval/TASK/ (the run's last checkpoint measured with its settings),
-    by task name; `every`: also those of other checkpoints and settings in the folders under them (`eval_dir`).
-    Unreadable files are left out. A result written before repre recorded which checkpoint it evaluated has no
-    `checkpoint`."""
-    results = []
-    for path in sorted(Path(run, EVAL).glob(f"**/{RESULT}" if every else f"*/{RESULT}")):
-        result = read_json(path)
-        if result:
-            results.append({**result, "task": result.get("task", path.relative_to(Path(run, EVAL)).parts[0])})
-    return results
 
 
 def metric_lines(run: Path) -> list[dict[str, Any]]:

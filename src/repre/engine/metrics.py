@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from repre.core import run_files
+from repre.core import eval_results, run_files
 from repre.core.atomic import replacing
 from repre.core.dist import all_reduce_sum, gather_objects, rank, world_size
 
@@ -87,11 +87,11 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
     checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
     result measured as the run's own config says (no `--set` that changes what it measures:
-    `run_files.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, or other
+    `eval_results.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, or other
     settings)."""
     of = result.get("checkpoint") or {}
     given = [str(s) for s in of.get("set", [])]
-    if not (run / run_files.TB).is_dir() or run_files.measured_otherwise(given, result["task"]):
+    if not (run / run_files.TB).is_dir() or eval_results.measured_otherwise(given, result["task"]):
         return None
     from torch.utils.tensorboard import SummaryWriter
 

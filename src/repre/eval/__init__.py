@@ -12,7 +12,7 @@ from typing import Any
 from repre.config import EVAL_TASKS, Config, flatten, override_items, parse_overrides
 from repre.config.reads import eval_reads, idle_keys
 from repre.core import checkpoint_io as ckpt_io
-from repre.core import dist, launch, run_files
+from repre.core import dist, eval_results, launch, run_files
 from repre.core.atomic import check_writable
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.engine.metrics import add_evaluation
@@ -50,7 +50,7 @@ def evaluate(
     process calls it: the linear probe's protocols share the work, the other tasks run whole in each process.
 
     `keep`: also keep the result as `repre eval` does (`keep_result`), in `out` (default: the run's folder for
-    the task, `run_files.eval_dir`, where `repre compare` and the export card find it)."""
+    the task, `eval_results.eval_dir`, where `repre compare` and the export card find it)."""
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     overrides = override_items(overrides)
@@ -86,21 +86,21 @@ def _said_once(task: str) -> Iterator[None]:
 
 def result_folder(checkpoint: str | Path, task: str, overrides: list[str], out: str | Path | None,
                   option: str) -> Path:
-    """Where a kept result goes: `out`, or the run's folder for the task (`run_files.eval_dir`), checked
+    """Where a kept result goes: `out`, or the run's folder for the task (`eval_results.eval_dir`), checked
     writable before the work (`option` names it in the error); a result of the run's earlier newest step there
     moves to that step's folder first. Under torchrun the first process checks and moves."""
-    folder = Path(out) if out is not None else run_files.eval_dir(checkpoint, task, overrides)
+    folder = Path(out) if out is not None else eval_results.eval_dir(checkpoint, task, overrides)
     if launch.launch_rank() == 0:
         check_writable(folder, option)
         if out is None:
-            run_files.move_superseded_result(checkpoint, task, overrides)
+            eval_results.move_superseded_result(checkpoint, task, overrides)
     return folder
 
 
 def keep_result(result: dict[str, Any], checkpoint: str | Path, out: Path) -> Path:
     """`result` kept as `repre eval` keeps it: `out`/result.json, and a scalar in the run's TensorBoard at the
     checkpoint's step (`add_evaluation`: a result measured as the run's config says) -> the result's file."""
-    path = run_files.write_result(out, result)
+    path = eval_results.write_result(out, result)
     tag = add_evaluation(run_files.run_dir(checkpoint), result)
     if tag:
         log.info("added to the run's TensorBoard: %s at step %s", tag, result["checkpoint"]["step"])

@@ -24,14 +24,8 @@ import yaml
 from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, parse_overrides, read_written, reads
 from repre.config.migrate import REMOVED
 from repre.core import run_files
-from repre.core.run_files import (
-    measured_otherwise,
-    metric_lines,
-    read_json,
-    run_dir,
-    run_results,
-    short_names,
-)
+from repre.core.eval_results import measured_otherwise, run_results
+from repre.core.run_files import metric_lines, read_json, run_dir, short_names
 from repre.errors import UserError
 from repre.use.tables import RENDERERS, Part
 
