@@ -63,7 +63,8 @@ def speed(rounds: int) -> list[dict]:
                 fused_ms, unfused_ms = statistics.median(times[True]), statistics.median(times[False])
                 rows.append({"shape": name, "batch": b, "tokens": n, "width": d, "heads": h,
                              "mode": "train" if train else "inference", "precision": "bf16" if bf16 else "fp32",
-                             "fused_ms": fused_ms, "unfused_ms": unfused_ms, "fused_over_unfused": fused_ms / unfused_ms})
+                             "fused_ms": fused_ms, "unfused_ms": unfused_ms,
+                             "fused_over_unfused": fused_ms / unfused_ms})
                 print(f"{name:<42} {rows[-1]['mode']:<9} {rows[-1]['precision']}: fused {fused_ms:7.1f} ms, "
                       f"unfused {unfused_ms:7.1f} ms, fused / unfused {fused_ms / unfused_ms:.2f}", flush=True)
     return rows

@@ -197,7 +197,8 @@ def main() -> None:
     checks: dict[str, dict] = {}
     for name, c in check_views(dev).items():
         checks[f"views/{name}"] = c
-        print(f"{'views/' + name:<52} {'ok' if c['ok'] else 'FAILED'}  {c['max_rel_diff']}", file=sys.stderr, flush=True)
+        print(f"{'views/' + name:<52} {'ok' if c['ok'] else 'FAILED'}  {c['max_rel_diff']}", file=sys.stderr,
+              flush=True)
     for preset in args.presets.split(","):
         for name, c in check_preset(preset, dev).items():
             checks[f"{preset}/{name}"] = c

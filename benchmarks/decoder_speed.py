@@ -8,8 +8,9 @@ channels_last (eager, the decoder's activations too) or compiled (torch.compile 
 train.compile=true compiles it together with its loss and the choice of the tap maps), out_stride as
 recon.out_stride (default 1).
 The tap maps are what a ViT gives in training, views of its [N, 196, 384] tokens (channels last), except in
-channels_last mode, where they are channels-last copies. Prints a JSON line last. Beside the times, every variant's forward FLOPs and the
-values its layers write per view (bf16 MB: the memory traffic that bounds it on a GPU), counted on the CPU.
+channels_last mode, where they are channels-last copies. Prints a JSON line last. Beside the times, every
+variant's forward FLOPs and the values its layers write per view (bf16 MB: the memory traffic that bounds it
+on a GPU), counted on the CPU.
 `--count-only` skips the timing (any machine).
 """
 

@@ -68,10 +68,10 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "m0.95": ("baseline", ["method.momentum=0.95"], "m0.98"),
     "lr2e-3": ("baseline", ["method.momentum=0.98", "train.lr=2e-3"], "m0.98"),
     # the teacher's temperature (sharper than the preset's 0.04) and the number of prototypes K (preset 1024)
-    "tt0.02": ("baseline", ["method.momentum=0.98", "method.dino.teacher_temp=0.02", "method.dino.warmup_teacher_temp=0.02"],
-               "m0.98"),
-    "tt0.07": ("baseline", ["method.momentum=0.98", "method.dino.teacher_temp=0.07", "method.dino.warmup_teacher_temp=0.07"],
-               "m0.98"),
+    "tt0.02": ("baseline", ["method.momentum=0.98", "method.dino.teacher_temp=0.02",
+                            "method.dino.warmup_teacher_temp=0.02"], "m0.98"),
+    "tt0.07": ("baseline", ["method.momentum=0.98", "method.dino.teacher_temp=0.07",
+                            "method.dino.warmup_teacher_temp=0.07"], "m0.98"),
     "K256": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=256"], "m0.98"),
     "K4096": ("baseline", ["method.momentum=0.98", "method.dino.out_dim=4096"], "m0.98"),
     # the CPU presets at their budget of 51,200 images (any --methods): batch, lr, warm-up, crops, encoder

@@ -110,7 +110,8 @@ def count_step(preset: str, overrides: list[str]) -> dict[str, float]:
     torch.manual_seed(0)
     trainer, step, _ = trainer_step(preset, overrides)
     step()  # the first step builds the optimizer's state: count a step like every later one
-    flops, traffic, saved = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION), Traffic(), Saved(trainer.model)
+    flops = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    traffic, saved = Traffic(), Saved(trainer.model)
     with flops, traffic, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         step()
     moved = traffic.read + traffic.written

@@ -1,7 +1,7 @@
 """What the views of one image cost where they are made: in a data worker (decode, two resized crops per image,
-the photometric stage of the batch; one CPU thread) against on the device (`repre.data.device_views`: the crops of a whole batch as matrix
-products, from decoded pixels, and from JPEG bytes decoded there: nvJPEG on a GPU), then the photometric stage
-on the device. ImageNet-sized JPEGs from make_jpegs.py; interleaved rounds, medians.
+the photometric stage of the batch; one CPU thread) against on the device (`repre.data.device_views`: the
+crops of a whole batch as matrix products, from decoded pixels, and from JPEG bytes decoded there: nvJPEG on
+a GPU), then the photometric stage on the device. ImageNet-sized JPEGs from make_jpegs.py; interleaved rounds, medians.
 
 A worker's ms/image divided by the number of workers is the CPU pipeline's bound; the device's ms/image is time
 the GPU spends beside the training step (compare it with the step's ms/image from throughput.py).

@@ -33,7 +33,8 @@ atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 # what a bitwise comparison of two runs needs on a GPU: the deterministic algorithms, and with them nearest x2
 # steps and no local crops (CPU runs keep the defaults)
-BITWISE = ["train.deterministic=true", "recon.upsample=nearest", "data.local_crops=0"] if torch.cuda.is_available() else []
+BITWISE = (["train.deterministic=true", "recon.upsample=nearest", "data.local_crops=0"] if torch.cuda.is_available()
+           else [])
 
 TINY = [
     "data.name=synthetic",

@@ -234,7 +234,8 @@ def test_supervised_refuses_an_unlabelled_image_in_any_batch_read_on_the_host():
         with pytest.raises(UserError, match="needs labelled images"):
             model(views, labels)
     fresh = Supervised(Backbone.from_model(vit), num_classes=3)
-    with pytest.raises(RuntimeError, match="meta"):  # an accelerator's first batch is read (a meta tensor has no values)
+    # an accelerator's first batch is read (a meta tensor has no values)
+    with pytest.raises(RuntimeError, match="meta"):
         fresh.check_labels(torch.tensor([0, 1], device="meta"))
     fresh.check_labels(torch.tensor([0, 1]))
     fresh.check_labels(torch.tensor([0, -1], device="meta"))  # later ones are not: reading waits for the device

@@ -1,4 +1,5 @@
-"""The layers of docs/architecture.md hold: import-linter's contract in pyproject.toml, and a light CLI."""
+"""The layers of docs/architecture.md hold: import-linter's contract in pyproject.toml, the linter's rules, and a
+light CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ def test_layers_import_only_downward():
     lint = ("import sys\nfrom importlinter.cli import lint_imports\n"
             f"sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True, no_logo=True))")
     done = subprocess.run([sys.executable, "-c", lint], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_code_passes_its_linter():
+    """pyproject.toml's ruff rules (lines of at most 120 characters among them) hold for every Python file."""
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks", "docs"],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -141,7 +141,8 @@ def test_mocov3_init_follows_the_official_rules():
                                                    ("vit_base_patch16_224", {}, 12, 768)])
 def test_mocov3_vits_have_the_official_parameter_count(arch, kwargs, depth, dim):
     """vits.py:115-126 (patch 16, mlp ratio 4, qkv bias), without the classifier the method replaces."""
-    block = 2 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + 2 * dim + (dim * 4 * dim + 4 * dim) + (4 * dim * dim + dim)
+    block = (2 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim)  # norm, qkv, proj
+             + 2 * dim + (dim * 4 * dim + 4 * dim) + (4 * dim * dim + dim))  # norm, fc1, fc2
     official = (3 * 16 * 16 * dim + dim) + dim + 197 * dim + depth * block + 2 * dim  # patch, cls, pos, blocks, norm
     enc = Backbone(arch, {"img_size": 224, **kwargs}, init="mocov3")
     assert sum(p.numel() for p in enc.parameters()) == official

@@ -439,8 +439,8 @@ def test_sigterm_checkpoints_and_exits_3_then_resumes(tmp_path, monkeypatch, rep
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     out = tmp_path / "stopped"
-    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100", "eval.knn.enabled=false",
-                                         "train.log_every=1"))
+    code, stdout = run_cli(pretrain_args(out, "train.max_steps=6", "train.checkpoint_every=100",
+                                         "eval.knn.enabled=false", "train.log_every=1"))
     summary = last_json(stdout)
     assert code == 3 and summary["completed"] is False and summary["steps"] == 3 and summary["diverged"] is False
     assert (out / "checkpoints" / "step-00000003.pt").is_file() and (out / "recon.png").is_file()  # drawn at a stop too
@@ -592,7 +592,8 @@ def test_an_interrupted_embed_or_eval_says_what_the_same_command_does(monkeypatc
 
     replace_command(monkeypatch, "embed", interrupted)
     assert main(["embed", "--checkpoint", "x", "--out", "e.npy"]) == 3
-    assert "interrupted; the same command (without --overwrite) goes on from the rows written" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "interrupted; the same command (without --overwrite) goes on from the rows written" in said
     replace_command(monkeypatch, "eval", interrupted)
     assert main(["eval", "knn", "--checkpoint", "x"]) == 3
     assert "interrupted; no partial result is kept, the same command starts again" in capsys.readouterr().err

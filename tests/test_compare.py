@@ -192,8 +192,8 @@ def test_measure_settings_leave_out_what_the_result_names_and_what_changes_no_re
 
 
 def test_compare_takes_old_configs_and_other_frameworks(tmp_path):
-    """A config this repre would refuse (a removed option's other value) or wrote with older keys still compares; a framework's
-    own keys count for its runs alone, and the losses of different methods are not subtracted."""
+    """A config this repre would refuse (a removed option's other value) or wrote with older keys still compares;
+    a framework's own keys count for its runs alone, and the losses of different methods are not subtracted."""
     mocov3 = make_run(tmp_path / "mocov3", summary={"completed": True, "steps": 8, "loss_contrastive": 2.0})
     old = yaml.safe_load((mocov3 / "config.yaml").read_text())
     old["method"]["temperature"] = old["method"]["mocov3"].pop("temperature")  # 0.1.0's shared key
@@ -282,8 +282,10 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
     code, latex = run_cli([*given, "--format", "latex"])
     lines = latex.splitlines()
     assert code == 0 and lines[:3] == [r"\begin{tabular}{lll}", r"\toprule", r" & base x 2 runs & repre x 2 runs \\"]
-    assert r"knn top-1 (run's end) & 0.5050 $\pm$ 0.0071 & 0.6100 $\pm$ 0.0141 (+0.1050 $\pm$ 0.0071 paired) \\" in lines
+    assert (r"knn top-1 (run's end) & 0.5050 $\pm$ 0.0071 & 0.6100 $\pm$ 0.0141 (+0.1050 $\pm$ 0.0071 paired) \\"
+            in lines)
     assert r"\multicolumn{3}{l}{\emph{config keys that differ:}} \\" in lines
-    assert r"loss\_contrastive (last) & 2.0000 $\pm$ 0.0000 & 2.0000 $\pm$ 0.0000 (+0.0000 $\pm$ 0.0000 paired) \\" in lines
+    assert (r"loss\_contrastive (last) & 2.0000 $\pm$ 0.0000 & 2.0000 $\pm$ 0.0000 (+0.0000 $\pm$ 0.0000 paired) \\"
+            in lines)
     assert lines[-3:-1] == [r"\bottomrule", r"\end{tabular}"]
     assert rf"preset & a \textbar{{}} b, \textasciitilde{{}}{'x' * 80} & fmnist-mocov3-repre \\" in lines

@@ -36,8 +36,9 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
     graph capture and AOTAutograd's forward and backward graphs but no code generation (backend "aot_eager",
     seconds instead of minutes on a CPU): the same per-step losses as the eager run."""
     def run(out, *extra):
-        assert run_cli(pretrain_args(out, *DINO_TINY, "train.max_steps=3", "train.log_every=1", "train.diagnose_every=2",
-                                     "model.drop_path=0.0", "train.precision=fp32", *extra))[0] == 0
+        assert run_cli(pretrain_args(out, *DINO_TINY, "train.max_steps=3", "train.log_every=1",
+                                     "train.diagnose_every=2", "model.drop_path=0.0", "train.precision=fp32",
+                                     *extra))[0] == 0
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         return [x["loss"] for x in lines if "loss" in x and x.get("kind") != "eval"]
 

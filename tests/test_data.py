@@ -115,7 +115,8 @@ def test_corrupt_image_does_not_stop_a_run(image_folder, tmp_path):
     from conftest import last_json, run_cli
 
     (image_folder / "train" / "cat" / "1.png").write_bytes(b"")
-    (image_folder / "train" / "dog" / "2.png").write_bytes(open(image_folder / "train" / "dog" / "3.png", "rb").read()[:40])
+    whole = (image_folder / "train" / "dog" / "3.png").read_bytes()
+    (image_folder / "train" / "dog" / "2.png").write_bytes(whole[:40])
     args = ["pretrain", "--out", str(tmp_path / "run")]
     for item in ["data.name=folder", f"data.root={image_folder}", "data.image_size=16", "train.batch_size=8",
                  "train.max_steps=3", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}",
@@ -569,7 +570,8 @@ def test_a_dataset_of_ones_own_code_trains_evaluates_and_exports(tmp_path, monke
     import own_images_for_test
 
     assert code == 0 and last_json(stdout)["knn_top1"] is not None
-    assert ("train", str(tmp_path)) in own_images_for_test.calls and ("test", str(tmp_path)) in own_images_for_test.calls
+    calls = own_images_for_test.calls
+    assert ("train", str(tmp_path)) in calls and ("test", str(tmp_path)) in calls
     code, stdout = run_cli(["eval", "knn", "--checkpoint", str(run)])
     assert code == 0 and last_json(stdout)["metric"] == "top1"
     code, stdout = run_cli(["export", "--checkpoint", str(run), "--out", str(tmp_path / "e.safetensors")])
@@ -765,7 +767,8 @@ def test_a_split_folders_classes_are_the_folders_that_hold_images(tmp_path, repr
     (tmp_path / "val/z").rename(tmp_path / "val/a_link")  # the held-out split names it as the train split reads it
     test = build_source(cfg, "test")
     assert test.classes == train.classes and test.labels.tolist() == [0, 1]
-    assert "2 folder(s) in " + str(tmp_path / "train") + " hold no image and are no class: empty, notes" in repre_log.text
+    said = f"2 folder(s) in {tmp_path / 'train'} hold no image and are no class: empty, notes"
+    assert said in repre_log.text
 
 
 def test_a_held_out_folder_evaluation_does_not_read_is_named(tmp_path, repre_log):
@@ -787,7 +790,8 @@ def test_an_image_larger_than_pillow_decodes_is_unreadable_in_every_format(tmp_p
     the JPEG's size is read from its frame header (a baseline, a progressive and one behind a long EXIF block)."""
     from repre.data.folder import jpeg_pixels
 
-    for name, kw in (("base.jpg", {}), ("prog.jpg", {"progressive": True}), ("exif.jpg", {"exif": b"Exif\0\0" + bytes(60000)})):
+    exif = {"exif": b"Exif\0\0" + bytes(60000)}
+    for name, kw in (("base.jpg", {}), ("prog.jpg", {"progressive": True}), ("exif.jpg", exif)):
         Image.new("RGB", (50, 60)).save(tmp_path / name, "JPEG", **kw)
         assert jpeg_pixels((tmp_path / name).read_bytes()) == 3000
     Image.new("RGB", (50, 60)).save(tmp_path / "big.png")
@@ -797,6 +801,6 @@ def test_an_image_larger_than_pillow_decodes_is_unreadable_in_every_format(tmp_p
     assert decode(tmp_path / "base.jpg").shape == (3, 60, 50)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     for name in ("base.jpg", "prog.jpg", "stray.jpg", "big.png"):
-        with pytest.raises(UnreadableImage, match=r"3,000 pixels, more than the 2,000 Pillow decodes \(its guard against "
-                                                  r"decompression bombs\): downscale it"):
+        with pytest.raises(UnreadableImage, match=r"3,000 pixels, more than the 2,000 Pillow decodes \(its guard "
+                                                  r"against decompression bombs\): downscale it"):
             decode(tmp_path / name)

@@ -45,7 +45,8 @@ def test_head_last_layer_is_weight_normalized_with_unit_scale():
 
 def test_teacher_temperature_warmup_and_last_layer_freezing():
     model = build_model(tiny_config(*DINO_TINY, "method.dino.warmup_teacher_temp=0.04", "method.dino.teacher_temp=0.07",
-                                    "method.dino.warmup_teacher_temp_fraction=0.5", "method.dino.freeze_last_layer_fraction=0.25"))
+                                    "method.dino.warmup_teacher_temp_fraction=0.5",
+                                    "method.dino.freeze_last_layer_fraction=0.25"))
     dino = model.method
     temps = []
     for step in range(8):

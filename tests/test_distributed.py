@@ -20,8 +20,8 @@ from repre.core import checkpoint_io as ckpt_io
 
 # fp32 and no drop path: the processes' random draws are their own, the rest must match one process; the CPU
 # (gloo) even where a GPU is present (two processes would otherwise share it)
-EXACT = TINY + ["train.device=cpu", "train.precision=fp32", "model.drop_path=0.0", "train.log_every=1", "eval.knn.enabled=false",
-                "train.diagnose_every=0", "train.num_workers=0"]
+EXACT = TINY + ["train.device=cpu", "train.precision=fp32", "model.drop_path=0.0", "train.log_every=1",
+                "eval.knn.enabled=false", "train.diagnose_every=0", "train.num_workers=0"]
 
 
 def pretrain_cmd(out: Path, procs: int, extra: list[str]) -> list[str]:

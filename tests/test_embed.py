@@ -88,7 +88,7 @@ def test_a_corrupt_image_is_reported_and_left_out(tiny_run, tmp_path, labelled_f
     assert code == 0 and (summary["images"], summary["skipped"], summary["source_images"]) == (24, 1, 25)
     assert np.load(tmp_path / "f.npy").shape == (24, 32)
     index = index_of(tmp_path / "f.csv")
-    files = sorted((labelled_folder / "train" / "cat").iterdir()) + sorted((labelled_folder / "train" / "dog").iterdir())
+    files = [f for c in ("cat", "dog") for f in sorted((labelled_folder / "train" / c).iterdir())]
     bad = files.index(labelled_folder / "train" / "cat" / "5b.png")
     assert [(int(r["row"]), int(r["index"]), r["path"]) for r in index] == [
         (row, i, str(f)) for row, (i, f) in enumerate((i, f) for i, f in enumerate(files) if i != bad)]

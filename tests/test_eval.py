@@ -198,7 +198,8 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("tb", "eval"))  # other tests evaluate the shared run
+    # other tests evaluate the shared run
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("tb", "eval"))
     (run / "tb").mkdir()
     values = {}
     for checkpoint, how in ((run / "checkpoints" / "step-00000010.pt", "eval.batch_size=32"),
@@ -248,7 +249,8 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     assert eval_dir(run, "knn", ["eval.split=val"]) == knn / "eval.split=val"
     assert eval_dir(run, "knn", ["eval.linear.epochs=5"]) == knn  # another task's key: k-NN measures the same
     ade = eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
-    assert ade.parent == run / "eval" / "segment" / "step-00000200" and ade.name.startswith("eval.segment.root=_data_ade..")
+    assert ade.parent == run / "eval" / "segment" / "step-00000200"
+    assert ade.name.startswith("eval.segment.root=_data_ade..")
     assert eval_dir(run, "knn", ["data.root=/a/b_c"]) != eval_dir(run, "knn", ["data.root=/a_b/c"])  # '/' as '_'
     models = tmp_path / "models"  # checkpoint files side by side, outside a run: a folder each
     models.mkdir()

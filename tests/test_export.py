@@ -186,7 +186,8 @@ def test_dino_exports_the_teacher_unless_told(tmp_path):
     assert run_cli(args)[0] == 0
     teacher, online = tmp_path / "t.safetensors", tmp_path / "o.safetensors"
     assert run_cli(["export", "--checkpoint", str(tmp_path / "d"), "--out", str(teacher)])[0] == 0
-    assert run_cli(["export", "--checkpoint", str(tmp_path / "d"), "--out", str(online), "--encoder", "encoder"])[0] == 0
+    argv = ["export", "--checkpoint", str(tmp_path / "d"), "--out", str(online), "--encoder", "encoder"]
+    assert run_cli(argv)[0] == 0
     cards = [json.loads(f.with_suffix(".json").read_text()) for f in (teacher, online)]
     assert [c["encoder"] for c in cards] == ["teacher_encoder", "encoder"]
     a, b = (load_export(f, c).state_dict() for f, c in zip((teacher, online), cards, strict=True))
@@ -199,7 +200,8 @@ def test_dino_exports_the_teacher_unless_told(tmp_path):
 ])
 def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, message):
     run, _ = tiny_run
-    argv = ["export", "--checkpoint", str(run), "--out", str(tmp_path / out)] + (["--encoder", encoder] if encoder else [])
+    argv = ["export", "--checkpoint", str(run), "--out", str(tmp_path / out),
+            *(["--encoder", encoder] if encoder else [])]
     assert run_cli(argv)[0] == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / out).exists()
@@ -324,7 +326,8 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
         {"task": "knn", "metric": "top1", "value": 0.5, "from": "repre eval", "set": named}]
     assert [e["task"] for e in run_evaluations(tmp_path, 20, "momentum_encoder", cfg)] == ["segment"]
     (tmp_path / "eval" / "knn" / "result.json").write_text(json.dumps(
-        {"task": "knn", "metric": "top1", "value": 0.55, "checkpoint": {"step": 20, "encoder": "encoder", "set": given}}))
+        {"task": "knn", "metric": "top1", "value": 0.55,
+         "checkpoint": {"step": 20, "encoder": "encoder", "set": given}}))
     assert [(e["task"], e["value"], e["from"]) for e in run_evaluations(tmp_path, 20, "encoder", cfg)] == [
         ("knn", 0.7, "pretrain"), ("knn", 0.55, "repre eval"), ("linear", 0.6, "repre eval")]  # a subset's k-NN beside
 
@@ -378,7 +381,8 @@ def test_a_pickle_of_other_objects_is_no_checkpoint_in_words_that_do_not_advise_
 
     with open(tmp_path / "p.pkl", "wb") as fh:
         pickle.dump({"a": 1}, fh, protocol=4)
-    assert run_cli(["export", "--checkpoint", str(tmp_path / "p.pkl"), "--out", str(tmp_path / "o.safetensors")])[0] == 2
+    assert run_cli(["export", "--checkpoint", str(tmp_path / "p.pkl"),
+                    "--out", str(tmp_path / "o.safetensors")])[0] == 2
     said = capsys.readouterr().err
     assert "is no file of tensors and plain values that torch.save wrote, which alone open safely" in said
     assert "(Unsupported operand 149)" in said and "weights_only" not in said and "Warning" not in said

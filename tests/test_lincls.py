@@ -131,7 +131,8 @@ def test_lr_scales_with_the_global_batch_and_falls_by_a_cosine_per_epoch():
     lr x 0.5 (1 + cos(pi e / epochs)) (main_lincls.py:501) = CosineAnnealingLR(epochs, eta_min=0) stepped once an
     epoch (eval_linear.py:109,127)."""
     assert resolve(LinearConfig(protocol="mocov3"), encoder("narrow")).lr == 3.0 * 1024 / 256
-    assert resolve(LinearConfig(protocol="dino", batch_size=512), encoder("narrow")).lr == pytest.approx(0.001 * 512 / 256)
+    dino = resolve(LinearConfig(protocol="dino", batch_size=512), encoder("narrow"))
+    assert dino.lr == pytest.approx(0.001 * 512 / 256)
     assert resolve(LinearConfig(protocol="dino", lr=0.01, batch_size=256), encoder("narrow")).lr == 0.01
     epochs, lr = 7, 0.4
     ours = warmup_cosine(lr, 0.0, epochs)
@@ -236,7 +237,8 @@ def test_register_tokens_are_not_read_as_a_class_token():
     with_cls = Backbone("vit_tiny_patch16_224", kwargs)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(token_features(with_cls, x, "cls", 1), with_cls.model.eval().forward_features(x)[:, 0])
+        torch.testing.assert_close(token_features(with_cls, x, "cls", 1),
+                                   with_cls.model.eval().forward_features(x)[:, 0])
     registers_only = Backbone("vit_tiny_patch16_224", {**kwargs, "class_token": False, "global_pool": "avg"})
     with pytest.raises(UserError, match="no class token: use eval.linear.features=avg"):
         resolve(LinearConfig(protocol="dino", features="cls"), registers_only)
@@ -310,7 +312,8 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_pa
     monkeypatch.setattr(lincls_module, "train_epoch", counted)  # a probe started again would reach the same head
     resumed = evaluate("linear", run, overrides, tmp_path / "broken")
     assert len(epochs) == 2
-    assert resumed["value"] == whole["value"] and resumed["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
+    assert resumed["value"] == whole["value"]
+    assert resumed["extra"]["final_train_loss"] == whole["extra"]["final_train_loss"]
     a, b = (ckpt_io.load(tmp_path / d / "linear-probe.pt") for d in ("whole", "broken"))
     assert a["epoch"] == b["epoch"] == 3 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     done = evaluate("linear", run, overrides, tmp_path / "broken")  # after its last epoch: tested again, as it was

@@ -84,8 +84,8 @@ def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder,
     # the bank again as the queries' file (a copy): the same rows, each query left out of its neighbours
     for suffix in (".npy", ".csv", ".json"):
         shutil.copy(emb.with_suffix(suffix), tmp_path / f"copy{suffix}")
-    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.pdf", "--query-embeddings", str(tmp_path / "copy.npy"),
-                                          "--query-index", "3", "--k", "11"))
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.pdf", "--query-embeddings",
+                                          str(tmp_path / "copy.npy"), "--query-index", "3", "--k", "11"))
     assert code == 0 and 3 not in [n["row"] for n in last_json(stdout)["queries"][0]["neighbors"]]
     assert (tmp_path / "nn.pdf").read_bytes().count(b"/Subtype /Image") == 12  # the query and its 11, as a PDF
 

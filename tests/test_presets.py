@@ -64,7 +64,8 @@ OFFICIAL = {
         "method.dino.student_temp": 0.1,  # DINOLoss (365)
         "method.dino.teacher_temp": 0.07,  # --teacher_temp 0.07
         "method.dino.warmup_teacher_temp": 0.04,  # 68
-        "method.dino.warmup_teacher_temp_fraction": pytest.approx(30 / 300, abs=1e-6),  # --warmup_teacher_temp_epochs 30
+        # --warmup_teacher_temp_epochs 30
+        "method.dino.warmup_teacher_temp_fraction": pytest.approx(30 / 300, abs=1e-6),
         "method.dino.freeze_last_layer_fraction": pytest.approx(1 / 300, abs=1e-6),  # --freeze_last_layer 1 (93)
         "model.drop_path": 0.1,  # --drop_path_rate (105)
         "aug.crop_scale": [0.4, 1.0],  # --global_crops_scale (108)

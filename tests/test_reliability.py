@@ -646,7 +646,8 @@ def test_init_from_a_different_model_is_refused_naming_what_differs(tmp_path, ti
     resampled); another depth, whose weights would load in part (blocks left at random), is refused too."""
     source, _ = tiny_run
     with pytest.raises(UserError, match="model.kwargs differ: embed_dim 32 there, 48 here: size mismatch"):
-        Trainer(tiny_config("data.image_size=24", "model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
+        Trainer(tiny_config("data.image_size=24",
+                            "model.kwargs={patch_size: 4, embed_dim: 48, depth: 4, num_heads: 2}"),
                 tmp_path / "x", init_from=source)
     assert not (tmp_path / "x").exists()  # refused before --out is made
     with pytest.raises(UserError, match=r"method settings differ: method.mocov3.proj_dim 32 there, 16 here: size "):
@@ -658,7 +659,8 @@ def test_init_from_a_different_model_is_refused_naming_what_differs(tmp_path, ti
                 tmp_path / "x", init_from=source)
     for depth in (2, 6):
         with pytest.raises(UserError, match=f"its encoder is not this run's .model.kwargs differ: depth 4 there, "
-                           f"{depth} here: 24 encoder tensors are in one of the two alone, model.blocks.{min(depth, 4)}\\."):
+                           f"{depth} here: 24 encoder tensors are in one of the two alone, "
+                           f"model.blocks.{min(depth, 4)}\\."):
             Trainer(tiny_config(f"model.kwargs={{patch_size: 4, embed_dim: 32, depth: {depth}, num_heads: 2}}",
                                 "recon.taps=2"), tmp_path / "x", init_from=source)
 

@@ -38,7 +38,8 @@ def worker(rank: int, world: int, port: int, queue) -> None:
     # DDP averages parameter gradients over processes; the reference sums over the whole batch: x world
     gw, gb = model[0].weight.grad.clone(), model[0].bias.grad.clone()
     dist.all_reduce(gw), dist.all_reduce(gb)
-    out = {"y": y.detach(), "gx": xs.grad, "gw": gw, "gb": gb, "mean": model[0].running_mean, "var": model[0].running_var}
+    out = {"y": y.detach(), "gx": xs.grad, "gw": gw, "gb": gb, "mean": model[0].running_mean,
+           "var": model[0].running_var}
     # NumPy copies travel by value; torch would pass tensors as file descriptors that the parent can only open
     # while this process is alive, a race with its exit
     queue.put((rank, {k: v.detach().numpy().copy() for k, v in out.items()}))

@@ -126,8 +126,9 @@ def test_reduced_precision_on_a_cpu_without_native_bf16_is_granted_with_a_warnin
     from repre.core.runtime import pick_precision
 
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
-    assert pick_precision("bf16", torch.device("cpu")) == "bf16" and pick_precision("fp32", torch.device("cpu")) == "fp32"
-    assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    cpu = torch.device("cpu")
+    assert pick_precision("bf16", cpu) == "bf16" and pick_precision("fp32", cpu) == "fp32"
+    assert pick_precision("auto", cpu) == ("bf16" if native else "fp32")
     warned = [r.getMessage() for r in repre_log.records if "emulated" in r.getMessage()]
     assert len(warned) == (0 if native else 1) and all("train.precision=bf16" in m for m in warned)
 
@@ -208,7 +209,8 @@ def test_the_step_applies_the_scheduled_lr_weight_decay_momentum_and_clipping(tm
 
     def spy() -> None:  # called after the clipping, before the optimizer step
         groups = trainer.optimizer.param_groups
-        norms = torch.stack([torch.linalg.vector_norm(p.grad) for g in groups for p in g["params"] if p.grad is not None])
+        grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+        norms = torch.stack([torch.linalg.vector_norm(grad) for grad in grads])
         seen.append(([g["lr"] for g in groups], [g["weight_decay"] for g in groups], norms))
         after_backward()
 

@@ -75,7 +75,8 @@ def dino_loss(
     """
     if student.shape[0] * 2 != n_crops * teacher.shape[0]:
         raise ValueError(f"{student.shape[0]} student rows for {n_crops} crops of the {teacher.shape[0] // 2} "
-                         f"images the teacher's {teacher.shape[0]} rows hold: expected {n_crops * teacher.shape[0] // 2}")
+                         f"images the teacher's {teacher.shape[0]} rows hold: expected "
+                         f"{n_crops * teacher.shape[0] // 2}")
     s = (student.float() / student_temp).chunk(n_crops)
     t = teacher_probs(teacher, center, teacher_temp).detach().chunk(2)
     total, pairs = student.new_zeros((), dtype=torch.float32), 0

@@ -98,7 +98,8 @@ class ReconstructionBranch(nn.Module):
         (normalized pixels; per-patch normalized pixels with norm_pix)."""
         return self.decoder(maps, size)
 
-    def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
         """Tap maps (list of [N, C_i, H/s_i, W/s_i]) and the images they should give back (normalized,
         [N, 3, H, W]) -> the scalar loss. `rows`: the batch rows to reconstruct ([n] indices into maps and
         targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps.

@@ -86,8 +86,8 @@ class Baseline(PretrainingModel):
 class RePre(PretrainingModel):
     """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder)."""
 
-    def __init__(self, method: Method, *, taps: int | Sequence[int], recon_weight: float = 1.0, views_per_image: int = 2,
-                 **branch: Any) -> None:
+    def __init__(self, method: Method, *, taps: int | Sequence[int], recon_weight: float = 1.0,
+                 views_per_image: int = 2, **branch: Any) -> None:
         """`taps`: the encoder units the branch reads (`ReconstructionBranch`: a count, or block indices);
         `recon_weight`: λ; `views_per_image`: the global views reconstructed per image, 2 or 1 (`one_view_rows`);
         `branch`: the `ReconstructionBranch` arguments (width, norm_pix, upsample, out_stride)."""

@@ -91,7 +91,8 @@ def tell_launcher(exc: BaseException) -> None:
     if not path:
         return
     message = f"repre: error: {user_message(exc)}"
-    record = {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    info = {"py_callstack": message, "timestamp": str(int(time.time()))}
+    record = {"message": {"message": message, "extraInfo": info}}
     try:
         Path(path).write_text(json.dumps(record))
     except OSError:
@@ -170,7 +171,8 @@ LESS_MEMORY = {
 def out_of_memory_message(exc: BaseException, command: str = "pretrain") -> str:
     first = _first_line(exc, 200)
     if command != "pretrain":
-        return f"repre: error: out of memory ({first}): {LESS_MEMORY.get(command, 'free memory, or use a larger machine')}"
+        what = LESS_MEMORY.get(command, "free memory, or use a larger machine")
+        return f"repre: error: out of memory ({first}): {what}"
     return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true or run more processes "
             "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for the "
             "run's k-NN; or start a new run from the last checkpoint with a lower train.batch_size (the lr scales "

@@ -57,11 +57,12 @@ from repre.config.schema import (
 )
 
 __all__ = [
-    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "MULTI_CROP", "REMOTE_ROOTS", "RUN_ONLY_KEYS", "SAME_MEASUREMENT_KEYS",
+    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "MULTI_CROP", "REMOTE_ROOTS", "RUN_ONLY_KEYS",
+    "SAME_MEASUREMENT_KEYS",
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",
-    "all_keys", "build_section", "check_global_batch", "config_from_dict", "deep_update", "flatten", "given_keys", "idle_sections", "list_presets",
-    "load_config",
-    "migrate", "override_items", "parse_overrides", "read_written", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
+    "all_keys", "build_section", "check_global_batch", "config_from_dict", "deep_update", "flatten", "given_keys",
+    "idle_sections", "list_presets", "load_config", "migrate", "override_items", "parse_overrides", "read_written",
+    "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

@@ -297,8 +297,9 @@ def _validate_across(cfg: Config) -> None:
     if d.local_crops and d.local_size > d.image_size:
         raise UserError(f"data.local_size={d.local_size} must be between 1 and data.image_size={d.image_size}")
     if d.streamed and d.subset:
-        raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name fewer "
-                        "shards in data.root (a shorter {a..b} range), or set data.shard_access=random for local shards")
+        raise UserError(f"data.subset={d.subset} picks images by index, which streamed shards do not have: name "
+                        "fewer shards in data.root (a shorter {a..b} range), or set data.shard_access=random for "
+                        "local shards")
     if d.streamed and t.max_steps <= 0 and d.stream_size <= 0:
         raise UserError("streamed shards have no index to count their images: set data.stream_size=N (the images in "
                         "all shards; train.epochs then means N images each) or train.max_steps")

@@ -28,7 +28,8 @@ log = logging.getLogger("repre")
 def list_presets() -> dict[str, str]:
     """Preset name -> description, from the YAML files shipped in `repre/presets`; the default first."""
     out = {}
-    entries = sorted(resources.files("repre.presets").iterdir(), key=lambda p: (p.name != f"{DEFAULT_PRESET}.yaml", p.name))
+    default = f"{DEFAULT_PRESET}.yaml"
+    entries = sorted(resources.files("repre.presets").iterdir(), key=lambda p: (p.name != default, p.name))
     for entry in entries:
         if entry.name.endswith(".yaml"):
             raw = yaml.safe_load(entry.read_text()) or {}

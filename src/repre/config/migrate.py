@@ -133,8 +133,8 @@ def _pretraining_on_scenes(raw: dict[str, Any], refuse: bool) -> None:
         return
     if data.get("name") == "fashion-scenes" and refuse:
         raise UserError("this run pre-trained on fashion-scenes (data.name), which repre 0.2.0 removed (its gain "
-                        "did not hold on the test split): read it with the repre its summary.json names (versions.repre, "
-                        "versions.git); the dense probe still reads the scenes (eval.segment.data)")
+                        "did not hold on the test split): read it with the repre its summary.json names "
+                        "(versions.repre, versions.git); the dense probe still reads the scenes (eval.segment.data)")
     for key in ("scenes_train", "scenes_test"):
         data.pop(key, None)
     size = data.pop("scene_size", SCENE_SIZE)

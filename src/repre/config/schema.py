@@ -273,7 +273,8 @@ class TrainConfig:
     # processes on the node; more than 4 per core of its share are said, more than 64 per core refused; streamed shards
     # resume exactly only with as many
     num_workers: int = -1
-    compile: bool = False  # torch.compile each transformer block and the decoder with its loss (weights keep their names)
+    # torch.compile each transformer block and the decoder with its loss (weights keep their names)
+    compile: bool = False
     # the same bits from the same run on the same machine, GPUs included (exact resume after a crash there too):
     # PyTorch's deterministic algorithms (can be slower); on a GPU with no local crops, and recon.upsample=nearest
     # where the decoder interpolates

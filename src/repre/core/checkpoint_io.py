@@ -185,7 +185,8 @@ def _others(path: Path) -> str:
     """For a message about a bad checkpoint in a run: the run's other checkpoints, newest first ("" if none);
     not the damaged file under its other name (last.pt is a hard link to the newest step file)."""
     in_run = run_files.in_checkpoints(path)
-    others = [p for p in step_checkpoints(path.absolute().parent.parent) if not _same_file(p, path)][::-1] if in_run else []
+    run = path.absolute().parent.parent
+    others = [p for p in step_checkpoints(run) if not _same_file(p, path)][::-1] if in_run else []
     names = ", ".join(p.name for p in others[:3])
     return f"; its run has {names} in {path.parent}" if others else ""
 
@@ -251,7 +252,8 @@ def load(path: str | Path, weights: bool = True) -> dict[str, Any]:
                         "train.checkpoint_every steps and when it stops, Ctrl-C included): give a run or a .pt file "
                         "that has one")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with checkpoints/last.pt")
+        raise UserError(f"checkpoint {path} does not exist; give a .pt file or a run directory with "
+                        "checkpoints/last.pt")
     with open(path, "rb") as fh:
         if weights:
             verify(path, fh)

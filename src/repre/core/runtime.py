@@ -147,7 +147,8 @@ def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = Fal
             stack.enter_context(compat.compiled_graphs_per_unit(COMPILE_GRAPHS))
             if cfg.measures_loss_balance:
                 stack.enter_context(compat.reusable_compiled_backward())
-        if cfg.train.deterministic:  # what a GPU cannot do deterministically is refused earlier (`repre.builder.check_builds`)
+        # what a GPU cannot do deterministically is refused earlier (`repre.builder.check_builds`)
+        if cfg.train.deterministic:
             stack.enter_context(_deterministic(device, cuda_used_before))
             if cfg.train.compile:
                 stack.enter_context(compat.inductor_deterministic())

@@ -31,7 +31,8 @@ def torch_top_k(bank: np.ndarray, queries: torch.Tensor, k: int,
     for q in queries.float().split(QUERY_CHUNK):
         best_s, best_r = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.int64)
         for start in range(0, len(bank), chunk):
-            block = torch.from_numpy(np.array(bank[start:start + chunk], dtype=np.float32))  # a copy: maps are read-only
+            # a copy: memory maps are read-only
+            block = torch.from_numpy(np.array(bank[start:start + chunk], dtype=np.float32))
             s, r = (q @ block.t()).topk(min(k, len(block)), dim=1)  # [q, <=k]
             s, r = torch.cat([best_s, s], dim=1), torch.cat([best_r, r + start], dim=1)
             best_s, pick = s.topk(min(k, s.shape[1]), dim=1)

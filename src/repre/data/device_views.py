@@ -2,10 +2,11 @@
 
 Why: decoding, cropping and the photometric stage cost a data worker milliseconds per image at 224 px, so a
 fast GPU needs many cores of data workers (docs/results.md, "Input pipeline"); with the photometric stage on the
-device (the GPU default) decoding is nearly all that remains. Here the workers only read files and draw each view's parameters (the same draws, from the same
-(seed, epoch, index, view) generators, as the worker path: `repre.data.views.sample_views`); a batch crosses to
-the device as whole images (decoded pixels, or the JPEG bytes themselves with `data.device_stages=decode`) with the
-crop boxes, flips and photometric parameters beside them. On the device:
+device (the GPU default) decoding is nearly all that remains. Here the workers only read files and draw each
+view's parameters (the same draws, from the same (seed, epoch, index, view) generators, as the worker path:
+`repre.data.views.sample_views`); a batch crosses to the device as whole images (decoded pixels, or the JPEG
+bytes themselves with `data.device_stages=decode`) with the crop boxes, flips and photometric parameters beside
+them. On the device:
 
 - JPEGs are decoded in one batched call (nvJPEG on a GPU); one the device refuses is decoded on the CPU;
 - every view's random resized crop and flip is two matrix products, view = Ry · image · Rxᵀ, where Ry [S, H] and

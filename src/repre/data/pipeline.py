@@ -235,11 +235,13 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
                   pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
                   worker_init_fn=worker_started)
     if isinstance(source, StreamShards):
-        check_enough_shards(len(source.urls), dist.world_size(), max(1, workers))  # here, not in a worker: a clear error
+        # here, not in a worker: a clear error
+        check_enough_shards(len(source.urls), dist.world_size(), max(1, workers))
         stream = StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, dist.rank(), dist.world_size(),
                              start_step, positions)
         return DataLoader(stream, batch_size=cfg.train.batch_size // dist.world_size(), **common)
-    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, dist.rank(), dist.world_size())
+    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, start_step, dist.rank(),
+                                dist.world_size())
     return DataLoader(views, batch_sampler=sampler, **common)
 
 

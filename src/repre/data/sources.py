@@ -91,7 +91,8 @@ def _say_unread_held_out(base: Path, held: Path) -> None:
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not root:
-        raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{'shards' if name == 'shards' else 'images'}")
+        folder = "shards" if name == "shards" else "images"
+        raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{folder}")
     base = Path(root)
     if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
         if split == "train":

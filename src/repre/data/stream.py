@@ -86,7 +86,8 @@ class _PipeStream(io.RawIOBase):
 
     def __init__(self, url: str) -> None:
         self.url, self.stderr = url, tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602 - the user's command
+        # shell=True: the command is the user's own pipeline, as webdataset's "pipe:" URLs are
+        self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
                                      stderr=self.stderr, bufsize=1 << 20, start_new_session=True)
 
     def readable(self) -> bool:

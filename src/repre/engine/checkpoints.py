@@ -145,9 +145,9 @@ class Checkpoints:
     def _adopt(self, ckpt: dict[str, Any], path: Path, total: int) -> None:
         """Go on from `ckpt`: checked against this run's config, restored, named by last.pt."""
         if ckpt["step"] > total:
-            raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past {self._length(total)}; "
-                            "resume with a longer run (a larger train.max_steps or train.epochs), or without setting "
-                            "them to go on as the run was set")
+            raise UserError(f"cannot resume from {path}: the run is at step {ckpt['step']}, past "
+                            f"{self._length(total)}; resume with a longer run (a larger train.max_steps or "
+                            "train.epochs), or without setting them to go on as the run was set")
         was = config_from_dict(ckpt["config"])  # in today's keys (keys added since: defaults; roots absolute)
         self._check_compatible(was, path)
         self._check_moved_data(was, ckpt.get("images"), path)
@@ -234,9 +234,9 @@ class Checkpoints:
                             "model.arch")
         encoder = [k.removeprefix(encoder_prefix()) for k in (*missing, *unexpected) if k.startswith(encoder_prefix())]
         if encoder:  # another depth: blocks that would start at random, or be dropped
-            raise UserError(f"--init-from {source}: its encoder is not this run's ({self._unlike(ckpt)}: {len(encoder)} "
-                            f"encoder tensors are in one of the two alone, {encoder[0]} first); use the same "
-                            "model.arch and model.kwargs, or another checkpoint")
+            raise UserError(f"--init-from {source}: its encoder is not this run's ({self._unlike(ckpt)}: "
+                            f"{len(encoder)} encoder tensors are in one of the two alone, {encoder[0]} first); use "
+                            "the same model.arch and model.kwargs, or another checkpoint")
         log.info("initialised from %s (step %s): %d tensors loaded, %d new here (%s), %d not used (%s)", source,
                  ckpt.get("step"), loaded, len(missing), parts(missing), len(unexpected), parts(unexpected))
         self.started_from = {"checkpoint": str(Path(source).resolve()), "sha256": checkpoint_io.digest(source),
@@ -254,7 +254,8 @@ class Checkpoints:
             def said(kwargs: dict[str, Any], k: str) -> str:
                 return str(kwargs[k]) if k in kwargs else "unset (the architecture's own)"
 
-            return "model.kwargs differ: " + ", ".join(f"{k} {said(theirs, k)} there, {said(ours, k)} here" for k in differ)
+            return "model.kwargs differ: " + ", ".join(f"{k} {said(theirs, k)} there, {said(ours, k)} here"
+                                                       for k in differ)
         size = was["data"].get("image_size")
         if size != self.cfg.data.image_size:
             return f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"

@@ -167,7 +167,8 @@ class WindowMeter:
         keys = list(self.sums)
         if not keys:
             return {}
-        device = self.device or next((v.device for v in self.sums.values() if v.device.type != "cpu"), torch.device("cpu"))
+        accelerated = (v.device for v in self.sums.values() if v.device.type != "cpu")
+        device = self.device or next(accelerated, torch.device("cpu"))
         totals = all_reduce_sum(torch.stack([torch.stack([self.sums[k], self.counts[k]]).to(device) for k in keys]))
         return {k: (s, n) for k, (s, n) in zip(keys, totals.tolist(), strict=True)}
 

@@ -324,9 +324,9 @@ class Trainer:
         watch it."""
         processes = dist.world_size()
         log.info("%s into %s: %d step%s of %d images (%s), on %s in %s%s; metrics.jsonl and checkpoints/ there, "
-                 "curves: tensorboard --logdir %s", self.cfg.preset, self.out, self.total, "" if self.total == 1 else "s",
-                 self.cfg.train.batch_size,
-                 self._images(), self.rt.device, self.rt.precision,
+                 "curves: tensorboard --logdir %s", self.cfg.preset, self.out, self.total,
+                 "" if self.total == 1 else "s", self.cfg.train.batch_size, self._images(), self.rt.device,
+                 self.rt.precision,
                  f" ({processes} processes)" if processes > 1 else "", self.out / run_files.TB)
         if self._image_count() is not None:
             for note in self.model.method.data_notes(self._image_count()):

@@ -82,7 +82,8 @@ def check_finite(out: torch.Tensor, remedy: str = "evaluate an earlier one", whe
 
 
 def frozen_outputs(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rt: Runtime,
-                   fn: Callable[[torch.Tensor], torch.Tensor], desc: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
+                   fn: Callable[[torch.Tensor], torch.Tensor], desc: str = "",
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`frozen_batches` gathered: (the outputs, float32 on the CPU; the labels or None)."""
     return gathered(frozen_batches(module, batches, rt, fn, desc))
 

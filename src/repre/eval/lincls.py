@@ -233,7 +233,8 @@ def check_batch(batch: int, images: int) -> None:
                         f"(eval.linear.batch_size={batch}); lower eval.linear.batch_size")
 
 
-def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProtocol, out: Path | None) -> dict[str, Any]:
+def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProtocol,
+                out: Path | None) -> dict[str, Any]:
     """Train the protocol's head on the train split, resuming from `out` (None: no checkpoint); report test top-1."""
     source = probe_source(cfg)
     check_batch(protocol.batch_size, len(source))

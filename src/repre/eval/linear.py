@@ -88,7 +88,8 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, proto
     if len(xtr) - n_val < 2:  # a feature's std over one image is NaN: every prediction would be class 0
         raise UserError(f"the quick linear probe has {len(xtr)} training image(s): too few to hold "
                         f"{n_val} out (eval.linear.val_fraction={e.val_fraction}) and fit on the rest; give it "
-                        "more images (a larger eval.linear.train_subset, or none) or a smaller eval.linear.val_fraction")
+                        "more images (a larger eval.linear.train_subset, or none) or a smaller "
+                        "eval.linear.val_fraction")
     if n_val < SMALL_HOLD_OUT and len(e.lrs) * len(e.wds) > 1 and dist.is_main():  # each process fits alike
         log.warning("the quick linear probe chooses its lr and weight decay on %d held-out image(s): a choice by "
                     "chance; give it more images or fewer values in eval.linear.lrs and wds", n_val)

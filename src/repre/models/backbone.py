@@ -240,7 +240,8 @@ def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
         raise UserError(f"recon.taps={spec!r}: give a count of blocks (an int) or a list of block indices")
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
-            raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for an encoder of {depth} blocks (ViT) or stages (Swin)")
+            raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for an encoder of {depth} blocks "
+                            "(ViT) or stages (Swin)")
         return [math.ceil((i + 1) * depth / spec) - 1 for i in range(spec)]
     if not spec:
         raise UserError("recon.taps is an empty list; give block indices or a count")

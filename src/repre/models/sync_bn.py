@@ -58,7 +58,8 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every batch-norm layer under `module` (in place; returns the module, or its replacement when
     `module` itself is one) by a SyncBatchNorm holding the same tensors."""
     if isinstance(module, BatchNormBase) and not isinstance(module, SyncBatchNorm):
-        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             setattr(sync, name, tensor)  # the same objects: requires_grad (frozen EMA copies), device and dtype kept
         sync.train(module.training)

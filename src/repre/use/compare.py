@@ -238,7 +238,8 @@ def column_names(paths: list[str], columns: list[list[int]]) -> list[str]:
     parents = [os.path.commonpath([str(Path(paths[i]).resolve()) for i in c]) for c in columns]
     every = [Path(p).resolve() for p in paths]
     apart = len(set(parents)) == len(parents) and all(  # each holds its own runs alone
-        sum(Path(p).is_relative_to(parent) for p in every) == len(c) for parent, c in zip(parents, columns, strict=True))
+        sum(Path(p).is_relative_to(parent) for p in every) == len(c)
+        for parent, c in zip(parents, columns, strict=True))
     names = short_names(parents if apart else [paths[c[0]] for c in columns])
     return [name + (f" x {len(c)} runs" if len(c) > 1 else "") for name, c in zip(names, columns, strict=True)]
 

@@ -58,7 +58,8 @@ def embed_source(cfg: Config, split: str, command: str = "embed") -> ImageSource
     try:
         return build_source(cfg.data, "test", seed=cfg.train.seed)
     except NoTestSplit as exc:
-        raise UserError(f"--split test: {exc.root} has no val/ (or test/) {'shards' if cfg.data.name == 'shards' else 'folder'} "
+        kind = "shards" if cfg.data.name == "shards" else "folder"
+        raise UserError(f"--split test: {exc.root} has no val/ (or test/) {kind} "
                         f"to read the test images from: {command} its training images (--split train), or put "
                         f"held-out images in {exc.root}/val/") from None
 
@@ -128,7 +129,8 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
             there = " and ".join(p.name for p in files.existing())
             kind = ("is no embedding card (another file of that name)" if files.card.exists()
                     else "is missing")
-            said = f"{there} exist{'s' if len(files.existing()) == 1 else ''} beside --out, and {files.card.name} {kind}"
+            verb = "exists" if len(files.existing()) == 1 else "exist"
+            said = f"{there} {verb} beside --out, and {files.card.name} {kind}"
         raise UserError(f"{said}; give another --out, or --overwrite to replace them")
     if not old["progress"]["complete"]:
         log.info("continuing %s from image %d (%d rows written)", files.npy, old["progress"]["next_index"],

@@ -257,10 +257,12 @@ def panel_names(runs: list[Panels], checkpoint: str | Path, compare: str | Path)
 
 
 def show(checkpoint: str | Path, out: str | Path, *, compare: str | Path | None = None, images: int = 4,
-         overrides: Sequence[str] | None = None, image_index: list[int] | None = None, block: int = -1) -> dict[str, Any]:
+         overrides: Sequence[str] | None = None, image_index: list[int] | None = None,
+         block: int = -1) -> dict[str, Any]:
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
     at `image_index` when given), the attention and patch features of `block` (a Swin: a stage; -1: the last),
-    into `out` (.png, .svg or .pdf) -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block", "columns"}."""
+    into `out` (.png, .svg or .pdf) -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block",
+    "columns"}."""
     overrides = override_items(overrides)
     n = len(dict.fromkeys(image_index)) if image_index else images  # --image-index: --images is not read
     if n < 1:
