@@ -496,6 +496,8 @@ def test_a_folder_that_cannot_be_listed_is_named_not_silently_left_out(tmp_path,
 
 
 OWN_DATA = '''
+import threading
+
 import numpy as np
 
 class Arrays:
@@ -547,6 +549,24 @@ def sorted_classes(split, root):
 
 def empty(split, root):
     return Items([])
+
+class BrokenLength(Items):
+    def __len__(self):
+        raise RuntimeError("database connection closed")
+
+def broken_length(split, root):
+    return BrokenLength([])
+
+class Locked(Items):
+    def __init__(self, items):
+        super().__init__(items)
+        self.lock = threading.Lock()
+
+def locked(split, root):
+    return Locked([(grey, 0)])
+
+def float_labels(split, root):
+    return Items([(grey, 1.0), (grey, 1.7), (grey, "1")])
 
 not_a_function = 3
 '''
@@ -664,6 +684,22 @@ def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, 
             source(f"{module}:images")
     with pytest.raises(UserError, match="gave an empty dataset for the train split"):
         source("own_items_for_check:empty")
+    with pytest.raises(UserError, match=r"len\(\) of data.source=own_items_for_check:broken_length's train dataset "
+                       r"raised RuntimeError: database connection closed \(at .*own_items_for_check.py:\d+ in "
+                       r"__len__"):
+        source("own_items_for_check:broken_length")
+    import pickle
+
+    with pytest.raises(UserError, match=r"own_items_for_check:locked's dataset cannot be sent to the data workers, "
+                       r"which start by \w+ here and receive it pickled: TypeError: cannot pickle '_thread.lock'"):
+        pickle.dumps(source("own_items_for_check:locked"))  # what spawn and forkserver do with a worker's dataset
+    sent = pickle.loads(pickle.dumps(source("own_items_for_check:sorted_classes")))
+    assert len(sent) == 16 and sent.load(9)[1] == 1
+    floats = source("own_items_for_check:float_labels")
+    assert floats.load(0)[1] == 1  # a whole number stored as a float is its class
+    for index, why in ((1, "has label 1.7"), (2, "has label '1'")):  # not cut to class 1
+        with pytest.raises(UserError, match=why):
+            floats.load(index)
     odd = source("own_items_for_check:odd_items")
     assert odd.classes == ["a", "b"] and odd.load(0)[1] == 1  # (image, label, more): the first two
     for index, why in ((1, r"\[1\] is of type dict"), (2, r"\[2\] has label 2; the dataset's classes \(2: a, b\)"),

@@ -586,6 +586,26 @@ def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert code == 2 and "eval.finetune.batch_size (finetune)" in err and "--resume" not in err
 
+    def host_oom(*args, **kw):  # what the CPU's allocator raises (a RuntimeError, no MemoryError)
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 800000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(pretraining, "pretrain", host_oom)
+    code, _ = run_cli(["pretrain", "--out", str(tmp_path / "run"), "--set", "data.name=synthetic"])
+    assert code == 2 and "repre: error: out of memory" in capsys.readouterr().err
+
+
+def test_a_run_longer_than_its_schedules_fit_in_memory_is_refused_at_once():
+    """Every per-step value is precomputed: 10^11 steps asked for 800 GB (a traceback), 10^22 overflowed."""
+    from repre.core.schedules import total_steps
+
+    for steps in ("100000000000", "9999999999999999999999"):
+        with pytest.raises(UserError, match=r"train.max_steps must be in \[0, 100,000,000\]"):
+            tiny_config(f"train.max_steps={steps}")
+    with pytest.raises(UserError, match=r"train.epochs=10000000 of 1,281,167 images in batches of 256 is "
+                                        r"50,040,000,000 steps, more than the 100,000,000 a run may take"):
+        total_steps(tiny_config("train.max_steps=0", "train.epochs=10000000", "train.batch_size=256").train, 1_281_167)
+
 
 def test_init_from_starts_from_another_runs_weights(tmp_path, tiny_run, repre_log):
     source, _ = tiny_run

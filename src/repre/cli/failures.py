@@ -71,7 +71,7 @@ def tell(exc: BaseException, args: argparse.Namespace) -> int | None:
     if isinstance(exc, RuntimeError) and launched() and lost_a_process(exc):
         say(lost_process_message(exc))
         return 1
-    if isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+    if isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and out_of_memory(str(exc)):
         say(out_of_memory_message(exc, args.command))
         return 2
     if isinstance(exc, OSError):
@@ -166,6 +166,12 @@ LESS_MEMORY = {
     "embed": "lower eval.batch_size, or --set train.device=cpu; the same command goes on from the rows written",
     "show": "draw fewer --images, or --set train.device=cpu",
 }
+
+
+def out_of_memory(message: str) -> bool:
+    """Whether an error's message is an allocator's that ran out: CUDA's "out of memory", the CPU's
+    "DefaultCPUAllocator: can't allocate memory"."""
+    return "out of memory" in message.lower() or "can't allocate memory" in message
 
 
 def out_of_memory_message(exc: BaseException, command: str = "pretrain") -> str:

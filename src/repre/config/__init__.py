@@ -33,6 +33,7 @@ from repre.config.schema import (
     DEFAULT_PRESET,
     EVAL_TASKS,
     FRAMEWORKS,
+    MAX_STEPS,
     MULTI_CROP,
     REMOTE_ROOTS,
     RUN_ONLY_KEYS,
@@ -57,7 +58,7 @@ from repre.config.schema import (
 )
 
 __all__ = [
-    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "MULTI_CROP", "REMOTE_ROOTS", "RUN_ONLY_KEYS",
+    "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "MAX_STEPS", "MULTI_CROP", "REMOTE_ROOTS", "RUN_ONLY_KEYS",
     "SAME_MEASUREMENT_KEYS",
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 
 from repre.config.migrate import renamed_message
 from repre.config.schema import (
+    MAX_STEPS,
     MULTI_CROP,
     AugConfig,
     Config,
@@ -173,6 +174,7 @@ RULES: dict[str, tuple[Callable[[float], bool], str]] = {  # a field's valid val
     "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
     "[0,0.5]": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    "steps": (lambda v: 0 <= v <= MAX_STEPS, f"in [0, {MAX_STEPS:,}]"),
 }
 
 

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal
 DEFAULT_PRESET = "fmnist-mocov3-repre"
 REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as streams (data.shard_access=auto)
 URL = re.compile(r"[a-z][a-z0-9+.-]*://")  # a root kept as given (s3://, gs://, ...), not made a local path
+# the longest run: its schedules are precomputed a value a step (beyond it, they alone outgrow a machine's memory)
+MAX_STEPS = 10**8
 
 
 def _absolute(root: str | None) -> str | None:
@@ -284,7 +286,7 @@ class TrainConfig:
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
-        "batch_size": ">=2", "epochs": ">=0", "max_steps": ">=0", "lr": ">=0", "min_lr": ">=0", "warmup_lr": ">=0",
+        "batch_size": ">=2", "epochs": ">=0", "max_steps": "steps", "lr": ">=0", "min_lr": ">=0", "warmup_lr": ">=0",
         "weight_decay": ">=0", "warmup_fraction": "[0,1]", "clip_grad": ">=0",
         "weight_decay_end": ">=0", "seed": ">=0", "log_every": ">0", "checkpoint_every": ">0",
         "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from repre.config import Config, TrainConfig
+from repre.config import MAX_STEPS, Config, TrainConfig
+from repre.errors import UserError
 
 
 def warmup_cosine(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0,
@@ -37,7 +38,13 @@ def momentum_schedule(base: float, total: int) -> torch.Tensor:
 def total_steps(train: TrainConfig, dataset_size: int) -> int:
     """The optimizer steps of a run: train.max_steps, or train.epochs over `dataset_size` images in full
     batches (the last partial batch of an epoch dropped)."""
-    return train.max_steps if train.max_steps > 0 else train.epochs * (dataset_size // train.batch_size)
+    if train.max_steps > 0:
+        return train.max_steps
+    total = train.epochs * (dataset_size // train.batch_size)
+    if total > MAX_STEPS:
+        raise UserError(f"train.epochs={train.epochs} of {dataset_size:,} images in batches of {train.batch_size} "
+                        f"is {total:,} steps, more than the {MAX_STEPS:,} a run may take: set fewer epochs")
+    return total
 
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:

@@ -28,11 +28,13 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import multiprocessing
 import os
 import sys
 import sysconfig
 import traceback
 from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +155,12 @@ class PythonSource:
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise UserError(f"data.source={name} gave {type(dataset).__name__} for the {split} split: return a "
                             "dataset with len() and [i] (e.g. a torch Dataset)")
-        if len(dataset) == 0:
+        try:
+            size = len(dataset)
+        except Exception as exc:  # your code's bug, said where it is (len() of None: a TypeError)
+            raise UserError(f"len() of data.source={name}'s {split} dataset raised {raised(exc)}; mend its "
+                            "__len__ to return the number of images") from exc
+        if size == 0:
             raise UserError(f"data.source={name} gave an empty dataset for the {split} split: return its images "
                             "(does data.root point at them?)")
         self.dataset, self.name = dataset, name
@@ -164,6 +171,23 @@ class PythonSource:
             self.load(0)
         except UnreadableImage:
             pass
+        self.pickles = False  # whether the dataset was pickled once already (`__getstate__`)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a data worker started by spawn or forkserver (macOS, Windows; Linux from Python 3.14) receives,
+        pickled: a dataset that does not pickle (an open file, a lock, a connection) is said in words, once, where
+        torch's traceback would name neither it nor what to do. Workers started by fork pickle nothing."""
+        if not self.pickles:
+            try:
+                ForkingPickler.dumps(self.dataset)
+            except Exception as exc:
+                method = multiprocessing.get_start_method()
+                raise UserError(f"data.source={self.name}'s dataset cannot be sent to the data workers, which "
+                                f"start by {method} here and receive it pickled: {raised(exc)}; open files, "
+                                "connections and locks on first use in __getitem__ rather than in __init__, or "
+                                "--set train.num_workers=0") from exc
+            self.pickles = True
+        return self.__dict__
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -188,9 +212,10 @@ class PythonSource:
             return -1
         try:
             index = int(label)
-        except (TypeError, ValueError):
-            index = -1
-        if not 0 <= index < self.num_classes:
+            whole = bool(index == label)  # 1.7 is no class (nor "1"): not cut to one
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+            index, whole = -1, False
+        if not whole or not 0 <= index < self.num_classes:
             raise UserError(f"{where} has label {label!r}; the dataset's classes ({self.num_classes}: "
                             f"{', '.join(self.classes[:5])}{', ...' if self.num_classes > 5 else ''}) need an int "
                             f"from 0 to {self.num_classes - 1}")
