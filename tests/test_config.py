@@ -61,6 +61,11 @@ def test_a_text_key_given_what_yaml_reads_as_another_type_says_to_quote_it(text,
     assert load_config(None, [f"data.root='{text}'"]).data.root.endswith(text)  # a folder: made absolute
 
 
+def test_a_text_key_left_empty_is_said_to_be_null_not_a_number():
+    with pytest.raises(UserError, match=r"preset must be str, got None \(NoneType\); YAML read it as null"):
+        load_config(None, ["preset="])
+
+
 def test_local_crops_need_their_own_blur_and_solarization():
     """With two values the local crops would take the second global view's (blur 0.1, solarize 0.2, not DINO's
     0.5 and 0): refused, the message naming the values to set, which then load."""
@@ -346,6 +351,10 @@ def test_a_relative_root_is_kept_absolute_and_a_remote_one_as_given(tmp_path, mo
     assert cfg.data.root == str(tmp_path / "photos") and cfg.eval.segment.root == str(tmp_path.parent / "scenes")
     for remote in ("https://host/shards-{000..009}.tar", "pipe:aws s3 cp s3://b/s-000.tar -", "s3://b/s-{0..9}.tar"):
         assert load_config(None, ["data.name=shards", f"data.root={remote}"]).data.root == remote
+    (tmp_path / "scans").mkdir()  # your own code's root: a path where it names one, else its own text
+    own = ["data.name=python", "data.source=mine:scans"]
+    assert load_config(None, [*own, "data.root=scans"]).data.root == str(tmp_path / "scans")
+    assert load_config(None, [*own, "data.root=table_2024"]).data.root == "table_2024"
 
 
 def test_repre_config_prints_what_pretrain_would_run_and_takes_it_back(tmp_path):

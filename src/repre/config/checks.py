@@ -159,6 +159,8 @@ def _quote_hint(key: str, value: Any, options: tuple[Any, ...]) -> str:
     a `pipe: cmd` with a space): how to pass the text."""
     if str not in options or isinstance(value, (str, list)):
         return ""
+    if value is None:
+        return f"; YAML read it as null (an empty value, null or ~): give the text (--set '{key}=\"...\"')"
     kind = "true or false" if isinstance(value, bool) else "a mapping" if isinstance(value, dict) else "a number"
     return f"; YAML read it as {kind}: for the text, quote it (--set '{key}=\"...\"')"
 

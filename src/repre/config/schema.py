@@ -36,6 +36,7 @@ class DataConfig:
     name: Literal["fashion-mnist", "folder", "synthetic", "shards", "python"] = "fashion-mnist"
     # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist); a local path is kept
     # absolute (a relative one from the current directory), so that a run finds its images from any directory
+    # (data.name=python: where it names a file or folder that exists; another value is passed on as given)
     root: str | None = None
     # data.name=python: "module:function" of your own code (docs/data.md), called as function(split, root) with
     # split "train" or "test" and data.root; it returns a dataset: len() and [i] -> (image, label) (an image:
@@ -73,7 +74,8 @@ class DataConfig:
     }
 
     def __post_init__(self) -> None:
-        if self.name != "python":  # your own code's root may be no path (a table's name)
+        # your own code's root may be no path (a table's name): made absolute where it names one that exists
+        if self.name != "python" or (isinstance(self.root, str) and os.path.exists(os.path.expanduser(self.root))):
             self.root = _absolute(self.root)
 
     @property
