@@ -124,6 +124,11 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     assert code == 2 and "did you mean 'train.device'" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"--set recon.upsample, train.max_steps: not read"):
         refuse_unread("repre eval recon", ["recon.upsample=nearest", "train.max_steps=3"], eval_reads("recon"))
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.linear.epochs=5"])  # another task's
+    assert code == 2 and ("--set eval.linear.epochs: another evaluation's, not read by `repre eval knn`"
+                          in capsys.readouterr().err)
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.knn.enabled=false"])
+    assert code == 2 and "eval.knn.enabled: read by pre-training alone" in capsys.readouterr().err
 
 
 def test_help_lists_the_keys_a_command_reads(capsys):

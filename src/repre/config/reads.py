@@ -5,6 +5,8 @@ it names them."""
 
 from __future__ import annotations
 
+from repre.config.schema import EVAL_TASKS
+
 # the data keys only pre-training reads: which training images (data.subset; `repre embed` reads it too), where
 # its pipeline's stages run, how streamed shards are shuffled and counted
 PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "data.stream_size")
@@ -47,10 +49,15 @@ def listed(reads: tuple[str, ...]) -> str:
     return ", ".join(r + "*" + (but if r == "data." else "") if r.endswith(".") else r for r in kept)
 
 
+def other_tasks(task: str) -> tuple[str, ...]:
+    """The sections of the evaluations other than `task` ("eval.linear.", ...): `repre eval TASK` reads none."""
+    return tuple(f"eval.{t}." for t in EVAL_TASKS if t != task)
+
+
 def idle_keys(protocol: str, segment_data: str) -> dict[str, str]:
     """The eval keys an evaluation leaves unread under these settings (eval.linear.protocol,
     eval.segment.data) -> why, for `repre eval`'s refusal of them given with --set."""
-    idle = {}
+    idle = {"eval.knn.enabled": "read by pre-training alone (whether its run ends with a k-NN)"}
     if protocol != "quick":
         why = (f"read by the quick protocol alone (its sweep); the {protocol} protocol trains at one lr, "
                "eval.linear.lr (per 256 images)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from repre.config import EVAL_TASKS, Config, flatten, override_items, parse_overrides
-from repre.config.reads import eval_reads, idle_keys
+from repre.config.reads import eval_reads, idle_keys, other_tasks
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist, eval_results, launch, run_files
 from repre.core.atomic import check_writable
@@ -112,9 +112,13 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
     read = ckpt_io.pinned(checkpoint)  # one file: a run still training replaces its last.pt
     ckpt, cfg = load_checkpoint_config(read, overrides)
     idle = idle_keys(cfg.eval.linear.protocol, cfg.eval.segment.data)
-    given = [k for k in flatten(parse_overrides(overrides)) if k in idle]
+    keys = flatten(parse_overrides(overrides))
+    given = [k for k in keys if k in idle]
     if given:  # each would change nothing but the name of the result's folder
         raise UserError(f"--set {given[0]}: {idle[given[0]]}; drop it")
+    if others := [k for k in keys if k.startswith(other_tasks(task))]:
+        raise UserError(f"--set {', '.join(others)}: another evaluation's, not read by `repre eval {task}` (it "
+                        "would change nothing); drop them")
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(read), "step": int(ckpt.get("step", 0)),
                  "encoder": encoder_key, "set": overrides}
