@@ -646,9 +646,13 @@ def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, m
     for bad, why in ((np.array([[-5, 1000]], dtype=np.int16), "int16 pixels from -5 to 1000"),
                      (np.array([[300]], dtype=np.uint64), "uint64 pixels from 300 to 300"),
                      (np.array([[np.nan, 1.0]]), "not finite"),  # NaN read as 0
-                     (np.array([[0.0, 255.0]]), "float pixels from 0 to 255"), ({"a": 1}, "of type dict")):
-        with pytest.raises(UserError, match=why):  # values that would wrap or clip, a mapping
+                     (np.array([[0.0, 255.0]]), "float pixels from 0 to 255"), ({"a": 1}, "of type dict"),
+                     (Image.fromarray(np.array([[0.0, 255.0]], np.float32)), "float pixels from 0 to 255"),
+                     (Image.fromarray(np.array([[-5, 1000]], np.int32)), "mode I with pixels from -5 to 1000")):
+        with pytest.raises(UserError, match=why):  # values that would wrap, clip or be scaled image by image
             as_image(bad, "x")
+    floats = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert torch.equal(as_image(Image.fromarray(floats), "x"), as_image(floats, "x"))  # PIL's as the array's
 
 
 def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, monkeypatch):

@@ -226,6 +226,15 @@ def as_image(image: Any, where: str) -> torch.Tensor:
     """A PIL image, an array (HxW or HxWxC, numpy's and PIL's layout) or a tensor (HxW or CxHxW, torch's) ->
     uint8 [3, H, W]; pixel values as the module's docstring says."""
     if isinstance(image, Image.Image):
+        # float and 32-bit images by the arrays' rules (a folder's files of values beyond the usual ranges are
+        # scaled by their own maximum, a contrast that would change from one item to the next)
+        if image.mode == "F":
+            return as_image(np.asarray(image), where)
+        if image.mode == "I" and image.size[0] * image.size[1]:
+            low, high = image.getextrema()
+            if low < 0 or high > 65535:
+                raise UserError(f"{where} is a PIL image of mode I with pixels from {low} to {high}: give 8 or "
+                                "16 bits (0..65535), or floats in [0, 1]")
         return torch.from_numpy(np.array(to_rgb_array(image))).permute(2, 0, 1).contiguous()  # writable
     channels_last = not isinstance(image, torch.Tensor)
     try:
