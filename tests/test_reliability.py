@@ -734,9 +734,11 @@ def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch, 
 
     original = trainer_mod.Trainer.train_step
 
+    at = 1
+
     def interrupt(self, batch):
         out = original(self, batch)
-        if self.state.step == 1:
+        if self.state.step == at:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
         return out
@@ -748,6 +750,12 @@ def test_first_ctrl_c_checkpoints_a_second_quits_at_once(tmp_path, monkeypatch, 
     code, _ = run_cli(args)
     assert code == 3 and not (tmp_path / "run" / "summary.json").exists()  # quit before finishing the step
     assert "interrupted; no checkpoint was written yet: run the same command again" in capsys.readouterr().err
+    at = 6  # after the first train line (step 4), before the first checkpoint (step 4 is one: every 8 here)
+    args = [a.replace("train.checkpoint_every=4", "train.checkpoint_every=8") for a in args]
+    assert run_cli(args)[0] == 3 and (tmp_path / "run" / "metrics.jsonl").is_file()
+    said = capsys.readouterr().err
+    assert "no checkpoint was written yet: the same command with --resume starts the run again" in said
+    assert run_cli(args)[0] == 2  # the same command alone: refused, the folder holds a run
 
 
 def test_a_second_ctrl_c_after_a_checkpoint_says_to_resume(tmp_path, monkeypatch, capsys):

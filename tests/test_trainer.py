@@ -166,15 +166,17 @@ def test_the_summary_knn_says_what_it_reads_before_it_starts(tmp_path, repre_log
     """The k-NN after the last step can take minutes (all of Fashion-MNIST's 70,000 images): a line says how
     many images it reads, and how to read fewer or none; where the data has no labels, only that it is
     skipped."""
-    pretrain(tiny_config("train.max_steps=2", "recon.enabled=false", "eval.knn.test_subset=16"), tmp_path / "r")
+    more = "data.synthetic_train=70"  # not a whole number of batches
+    pretrain(tiny_config("train.max_steps=2", "recon.enabled=false", "eval.knn.test_subset=16", more), tmp_path / "r")
     said = [r.getMessage() for r in repre_log.records if r.getMessage().startswith("the summary's k-NN")]
-    train_images = len(build_source(tiny_config().data, "train"))
+    train_images = len(build_source(tiny_config(more).data, "train"))
     assert len(said) == 1 and f"{train_images:,} training images" in said[0] and "16 held-out ones" in said[0]
     assert "eval.knn.train_subset=N" in said[0] and "eval.knn.enabled=false" in said[0]
     start = [m for m in (r.getMessage() for r in repre_log.records) if " into " in m and "steps of" in m]
     device = str(setup_runtime(tiny_config().train).device)  # cpu here, cuda on a GPU machine
     batch, classes = tiny_config().train.batch_size, tiny_config().data.synthetic_classes
-    images = f"{2 * batch / train_images:.3g} epochs of synthetic: {train_images} images, {classes} classes"
+    epochs = 2 / (train_images // batch)  # the epochs the sampler runs: each drops its last partial batch
+    images = f"{epochs:.3g} epochs of synthetic: {train_images} images, {classes} classes"
     assert start == [f"{tiny_config().preset} into {tmp_path / 'r'}: 2 steps of {batch} images ({images}), "
                      f"on {device} in fp32; metrics.jsonl and checkpoints/ there, curves: tensorboard --logdir "
                      f"{tmp_path / 'r' / 'tb'}"]

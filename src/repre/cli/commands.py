@@ -45,9 +45,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         return 3
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now; the newest one stands
         from repre.core.checkpoint_io import step_checkpoints
+        from repre.core.run_files import folder_kind
 
-        go_on = (f"`repre pretrain --out {out} --resume` goes on from the run's newest checkpoint"
-                 if step_checkpoints(out) else "no checkpoint was written yet: run the same command again")
+        if step_checkpoints(out):
+            go_on = f"`repre pretrain --out {out} --resume` goes on from the run's newest checkpoint"
+        elif folder_kind(out) == "run":  # its first lines logged: the same command alone would be refused
+            go_on = f"no checkpoint was written yet: the same command with --resume starts the run again in {out}"
+        else:
+            go_on = "no checkpoint was written yet: run the same command again"
         say(f"repre: interrupted; {go_on}")
         return 3
     if launch_rank() == 0:

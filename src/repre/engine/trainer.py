@@ -345,7 +345,7 @@ class Trainer:
             return f"streamed {where}"
         k = self.data.num_classes
         classes = f"{k} class{'' if k == 1 else 'es'}" if k else "no labels"
-        epochs = self.total * self.cfg.train.batch_size / n
+        epochs = self.total / max(n // self.cfg.train.batch_size, 1)  # an epoch's last partial batch is dropped
         return f"{epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'} of {where}: {n:,} images, {classes}"
 
     def _run_fit_end(self, summary: dict[str, Any], writer: MetricWriter, completed: bool) -> None:
