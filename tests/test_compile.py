@@ -40,7 +40,15 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
                                      "train.diagnose_every=2", "model.drop_path=0.0", "train.precision=fp32",
                                      *extra))[0] == 0
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        return [x["loss"] for x in lines if "loss" in x and x.get("kind") != "eval"]
+        train = [x for x in lines if "loss" in x and x.get("kind") != "eval"]
+        summary = json.loads((out / "summary.json").read_text())
+        if "train.compile=true" in extra:  # the compiling first step is timed apart: neither speed counts it
+            assert summary["compile_s"] > 0 and train[0]["images_per_sec"] is None
+            batch = tiny_config().train.batch_size
+            assert summary["images_per_sec"] == pytest.approx(2 * batch / summary["train_s"], rel=0.02)
+        else:
+            assert summary["compile_s"] == 0 and train[0]["images_per_sec"] > 0
+        return [x["loss"] for x in train]
 
     eager = run(tmp_path / "eager")
     compile_ = torch.compile
