@@ -144,6 +144,7 @@ def test_the_transform_check_says_when_the_card_prepares_some_images_otherwise(r
     large = torch.from_numpy(gradients(64, 64)).permute(2, 0, 1).contiguous()
     assert transform_check(model, card, [*small, large])["transform_max_diff_grey_levels"] > TRANSFORM_TOLERANCE
     assert "prepares some of 3 of the run's images otherwise than repre's evaluation" in repre_log.text
+    assert "use `repre embed` or bring the images to one side of either kind" in repre_log.text  # what to do
 
 
 @needs_timm

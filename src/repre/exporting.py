@@ -234,9 +234,11 @@ def transform_check(loaded: torch.nn.Module, card: dict[str, Any], images: list[
     worst = transform_difference(loaded, images)
     if worst > TRANSFORM_TOLERANCE:
         log.warning("timm's transform from the card (crop_pct %s) prepares some of %d of the run's images otherwise "
-                    "than repre's evaluation (%.1f grey levels on average over an image): their sizes are mixed "
-                    "around the input's %d px, so features through timm's transform differ from `repre embed`'s",
-                    card["pretrained_cfg"]["crop_pct"], len(images), worst, card["data"]["image_size"])
+                    "than repre's evaluation (up to %.1f grey levels on average over an image): their sizes are "
+                    "mixed around the input's %d px, so features through timm's transform differ from `repre "
+                    "embed`'s for those images; where that matters, use `repre embed` or bring the images to "
+                    "one side of either kind (docs/export.md)", card["pretrained_cfg"]["crop_pct"], len(images), worst,
+                    card["data"]["image_size"])
     return {"transform_images": len(images), "transform_max_diff_grey_levels": worst}
 
 

@@ -59,7 +59,8 @@ class RunKNN:
     def _later(trainer: Trainer, reason: str) -> str:
         if "--set" not in reason:
             return ""
-        return f" (those settings are for `repre eval knn --checkpoint {trainer.out}`, once the run has a checkpoint)"
+        when = "" if trainer.state.step >= trainer.total else ", once the run has a checkpoint"
+        return f" (those settings are for `repre eval knn --checkpoint {trainer.out}`{when})"
 
 
 class PeriodicKNN(Callback):
