@@ -36,6 +36,28 @@ def test_pooled_equals_plain_forward():
     torch.testing.assert_close(without, enc.model(x))
 
 
+def test_tap_maps_are_the_blocks_outputs_before_the_final_norm():
+    """The decoder reads each tapped block's (a Swin: stage's) output as it leaves the block: its patch tokens
+    on the grid, the class token left out and no final norm (the last block's map too)."""
+    enc = tiny_vit(depth=4).eval()
+    swin = Backbone("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=2, window_size=4, embed_dim=16,
+                                                         depths=(1, 1, 1), num_heads=(1, 2, 4))).eval()
+    for model, units, taps in ((enc, enc.model.blocks, [1, 3]), (swin, swin.model.layers, [0, 2])):
+        seen = {}
+        for i in taps:
+            units[i].register_forward_hook(lambda m, inputs, out, i=i: seen.__setitem__(i, out))
+        x = torch.randn(2, 3, 16, 16) if model is enc else torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            _, maps = model(x, taps)
+        for i, got in zip(taps, maps, strict=True):
+            out = seen[i]
+            if model is enc:  # [B, 1 + 16, C]: the class token first, then the 4 x 4 grid
+                want = out[:, enc.model.num_prefix_tokens:].unflatten(1, (4, 4)).permute(0, 3, 1, 2)
+            else:  # timm's Swin stages give NHWC
+                want = out.permute(0, 3, 1, 2)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_tap_rule():
     assert resolve_taps(4, 12) == [2, 5, 8, 11]
     assert resolve_taps(4, 6) == [1, 2, 4, 5]

@@ -43,6 +43,45 @@ def test_the_quick_probe_s_sweep_compares_settings_not_initial_heads():
         sweep(x[:2], y[:2], 5, cfg, protocol)
 
 
+def test_the_quick_probe_standardizes_every_feature_by_the_training_features_statistics(monkeypatch):
+    """The head fits train features standardized per feature, and reads test features standardized by the
+    train features' mean and std (their own would hide a shift between the splits)."""
+    from conftest import tiny_config
+    from repre.core.runtime import setup_runtime
+    from repre.eval import linear
+    from repre.eval.protocols import resolve
+    from repre.models.backbone import Backbone
+
+    standard = linear.standardizer(torch.tensor([[0.0, 10.0], [2.0, 30.0]]))
+    fitted = standard(torch.tensor([[0.0, 10.0], [2.0, 30.0]]))
+    assert torch.allclose(fitted.mean(0), torch.zeros(2)) and torch.allclose(fitted.std(0), torch.ones(2), atol=1e-4)
+    assert torch.allclose(standard(torch.tensor([[1.0, 20.0], [3.0, 50.0]])),
+                          torch.tensor([[0.0, 0.0], [2 / 2**0.5, 30 / 200**0.5]]), atol=1e-4)  # the std: n - 1
+    g = torch.Generator().manual_seed(0)
+    xtr, ytr = torch.randn(40, 3, generator=g) * 5 + 3, torch.arange(40) % 2
+    xte, yte = torch.randn(10, 3, generator=g) * 2 - 7, torch.arange(10) % 2
+    features = iter([(xtr, ytr), (xte, yte)])
+    monkeypatch.setattr(linear, "block_features", lambda *args: next(features))
+    seen = []
+
+    class Spy(torch.nn.Linear):
+        def forward(self, x):
+            seen.append(x)
+            return super().forward(x)
+
+    def spy_head(x, y, classes, *args, **kw):
+        seen.append(x)
+        return Spy(x.shape[1], classes)
+
+    cfg = tiny_config("eval.linear.lrs=[0.01]", "eval.linear.wds=[0.0]")
+    encoder = Backbone(cfg.model.arch, cfg.model.kwargs)
+    monkeypatch.setattr(linear, "train_linear", spy_head)
+    linear.quick_eval(encoder, cfg, setup_runtime(cfg.train), resolve(cfg.eval.linear, encoder))
+    mean, std = xtr.mean(0), xtr.std(0) + 1e-6
+    fit_input, test_input = seen[-2], seen[-1]  # the retrained head's train features, then the test features
+    assert torch.allclose(fit_input, (xtr - mean) / std) and torch.allclose(test_input, (xte - mean) / std)
+
+
 def test_knn_weighted_vote():
     bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
     labels = torch.tensor([0, 0, 1])
@@ -371,6 +410,26 @@ def test_fine_tuning_in_fp16_skips_a_step_whose_gradients_overflow():
     assert not math.isfinite(loss)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name])  # the step was skipped: every weight as it was
+
+
+def test_fine_tuning_steps_each_group_at_the_scheduled_lr_times_its_layer_decay():
+    """Each step sets group lr = scheduled lr x lr_scale (MAE util/lr_sched.py:17-18, BEiT's), so a block
+    lower in the encoder moves less: the decay's groups alone would change nothing."""
+    from repre.core.runtime import Runtime
+    from repre.eval.finetune import train_steps
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.Linear(6, 2))
+    opt = torch.optim.AdamW([{"params": model[1].parameters(), "lr_scale": 0.25},
+                             {"params": model[2].parameters(), "lr_scale": 1.0}], weight_decay=0.0)
+    batch = {"views": torch.rand(4, 2, 3, 2, 2), "label": torch.tensor([0, 1, 0, 1])}
+    before = [p.detach().clone() for p in model.parameters()]
+    train_steps(model, opt, iter([batch]), torch.tensor([0.1]), 0.0, Runtime(device=torch.device("cpu"),
+                                                                              precision="fp32"))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1 * 0.25, 0.1])
+    # AdamW's first step moves each weight by lr (its update m / sqrt(v) is the gradient's sign)
+    moved = [float((p.detach() - b).abs().max()) for p, b in zip(model.parameters(), before, strict=True)]
+    assert moved[0] == pytest.approx(0.025, rel=1e-3) and moved[2] == pytest.approx(0.1, rel=1e-3)
 
 
 def test_fp16_loss_scale_stops_at_its_floor_so_a_long_overflow_leaves_the_weights_finite():

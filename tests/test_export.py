@@ -373,6 +373,38 @@ def test_weights_that_do_not_fit_timm_s_model_are_named_by_their_keys(monkeypatc
                                                   r"written: the export lacks pos_embed and has more extra.0, "
                                                   r"extra.1, extra.2 and 2 more"):
         exporting.self_check(tmp_path / "unused", {"arch": "vit_tiny_patch16_224", "kwargs": {}}, state, model, [])
+    card = {"arch": "vit_tiny_patch16_224", "kwargs": {"img_size": 16}}
+    for lacking in ({"pos_embed"}, set()):  # each side alone fails: a key missing, a key more
+        state = {k: v for k, v in model.state_dict().items() if k not in lacking}
+        if not lacking:
+            state["extra.0"] = torch.zeros(1)
+        with pytest.raises(exporting.UserError, match="lacks pos_embed" if lacking else "has more extra.0"):
+            exporting.self_check(tmp_path / "unused", card, state, model, [])
+
+
+def test_an_export_whose_features_differ_from_the_checkpoint_s_is_refused(monkeypatch, tmp_path):
+    """The same keys are not enough: timm's model built from the file must give the checkpoint encoder's
+    features (a timm that builds the architecture otherwise gives others)."""
+    import copy
+
+    import timm
+
+    import repre.exporting as exporting
+
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1,
+                                  num_heads=2, num_classes=0)
+    other = copy.deepcopy(reference)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    card = {"arch": "vit_tiny_patch16_224", "kwargs": {"img_size": 16}}
+    state = reference.state_dict()
+    monkeypatch.setattr(exporting, "load_export", lambda file, card: copy.deepcopy(reference))
+    assert exporting.self_check(tmp_path / "unused", card, state, reference, [])["max_rel_feature_diff"] == 0
+    monkeypatch.setattr(exporting, "load_export", lambda file, card: other)
+    with pytest.raises(exporting.UserError, match=r"the loaded export's features differ from the checkpoint's by "
+                                                  r"\d\.\d\de-\d\d \(relative\), so nothing was written"):
+        exporting.self_check(tmp_path / "unused", card, state, reference, [])
 
 
 def test_a_pickle_of_other_objects_is_no_checkpoint_in_words_that_do_not_advise_unsafe_loading(tmp_path, capsys):

@@ -145,6 +145,13 @@ def test_lr_scales_with_the_global_batch_and_falls_by_a_cosine_per_epoch():
         opt.step()
         sched.step()
     assert ours.tolist() == pytest.approx(dino)
+    from repre.eval.lincls import probe_lrs  # what the probe steps at: each epoch's value for all its steps
+
+    p = resolve(LinearConfig(protocol="mocov3", epochs=epochs, batch_size=256), encoder("narrow"))
+    lrs = probe_lrs(p, 3)
+    assert lrs.shape == (epochs, 3) and (lrs == lrs[:, :1]).all()
+    assert lrs[:, 0].tolist() == pytest.approx([p.lr * 0.5 * (1 + math.cos(math.pi * e / epochs))
+                                                for e in range(epochs)])
 
 
 def test_moby_lr_warms_up_then_follows_timms_cosine_over_every_step():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import SWIN_TINY, TINY, last_json, run_cli, tiny_config
 from repre.builder import build_model
@@ -52,6 +53,23 @@ def test_forward_enqueues_this_batch_target_keys():
         assert int(changed.sum()) == 16
         assert int(moby.queue_ptr) == (16 * (step + 1)) % 40
     torch.testing.assert_close(moby.queue1.norm(dim=1), torch.ones(40))
+
+
+def test_each_queue_takes_the_target_keys_of_its_own_view():
+    """queue1 holds the target's keys of the first views, queue2 of the second (Transformer-SSL models/moby.py:
+    _dequeue_and_enqueue(proj_1_ng, proj_2_ng)), at the rows the shared pointer names."""
+    from repre.methods.base import stack_views
+
+    cfg = tiny_config(*SWIN_TINY)
+    model = build_model(cfg)
+    moby, views = model.method, swin_batch(cfg)["views"]
+    model(views, 0.99)  # the EMA update first, then the forward and its keys: rows 0..15
+    with torch.no_grad():
+        pooled, _ = moby.target_encoder(stack_views(views))
+        k1, k2 = (F.normalize(moby.target_projector(half).float(), dim=1) for half in pooled.chunk(2))
+    torch.testing.assert_close(moby.queue1[:16], k1)
+    torch.testing.assert_close(moby.queue2[:16], k2)
+    assert not torch.allclose(k1, k2)  # the two views' keys differ: a swap would fail
 
 
 def test_target_has_no_drop_path_online_rises_linearly_over_every_block():

@@ -251,6 +251,24 @@ def test_the_probe_learns_a_separable_map():
     assert value > 0.95 and accuracy > 0.97
 
 
+def test_the_probe_trains_on_labelled_pixels_alone():
+    """eval.segment.ignore (ADE20K's 0: unlabelled) is no target in training: with most pixels unlabelled, the
+    probe still labels every pixel by its features (trained on them as class 0, it would answer 0)."""
+    from torch import nn
+
+    from repre.eval.segment import train_probe
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(1, 3, (32, 8, 8), generator=g)
+    feats = nn.functional.one_hot(truth, 3).permute(0, 3, 1, 2).float() * 4 + 0.1 * torch.randn(32, 3, 8, 8,
+                                                                                                generator=g)
+    masks = torch.where(torch.rand(32, 8, 8, generator=g) < 0.8, 0, truth)  # 80% unlabelled
+    probe = train_probe(feats, masks, 3, lr=0.1, epochs=30, ignore=0)
+    with torch.no_grad():
+        answer = probe(feats).argmax(dim=1)
+    assert (answer == truth).float().mean() > 0.95
+
+
 def test_a_picture_that_cannot_be_written_leaves_the_result(tmp_path, repre_log):
     """An evaluation's picture on a full disk (or a folder it may not write): warned of, the result without it."""
     from repre.core.pictures import Picture, save_result_picture
