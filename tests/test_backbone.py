@@ -45,7 +45,7 @@ def test_tap_maps_are_the_blocks_outputs_before_the_final_norm():
     for model, units, taps in ((enc, enc.model.blocks, [1, 3]), (swin, swin.model.layers, [0, 2])):
         seen = {}
         for i in taps:
-            units[i].register_forward_hook(lambda m, inputs, out, i=i: seen.__setitem__(i, out))
+            units[i].register_forward_hook(lambda m, inputs, out, i=i, seen=seen: seen.__setitem__(i, out))
         x = torch.randn(2, 3, 16, 16) if model is enc else torch.randn(2, 3, 32, 32)
         with torch.no_grad():
             _, maps = model(x, taps)
