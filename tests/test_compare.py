@@ -30,7 +30,8 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     done = json.loads((base / "summary.json").read_text())
     (base / "summary.json").write_text(json.dumps({**done, "knn_top1": 0.5, "images_per_sec": 100.0}))
     repre = copy_run(run, tmp_path / "b" / "seed0", train={"seed": 7})
-    (repre / "summary.json").write_text(json.dumps({**done, "knn_top1": 0.625, "images_per_sec": 80.0}))
+    (repre / "summary.json").write_text(json.dumps({**done, "knn_top1": 0.625, "images_per_sec": 80.0,
+                                                     "compile_s": 75.0}))
     (repre / "eval" / "linear").mkdir(parents=True)
     (repre / "eval" / "linear" / "result.json").write_text(json.dumps(
         {"task": "linear", "metric": "top1", "value": 0.75, "extra": {},
@@ -65,6 +66,7 @@ def test_compare_reads_each_run_against_the_first(tiny_run, tmp_path):
     speed = last_train["images_per_sec"]  # without a summary: its last train line's
     assert rows["images/s"] == ["100.0", "80.0 (x0.80)", f"{speed:.1f} (x{speed / 100:.2f})"]
     assert rows["trained on"] == ["cpu fp32", "cpu fp32", "-"]
+    assert rows["compile time"] == ["-", "1.2 min", "-"]  # a compiled run's, apart from its training time
     assert rows["knn top-1 (run's end)"] == ["0.5000", "0.6250 (+0.1250)", "-"]
     assert rows["eval linear top1 [epochs=2] @10"] == ["-", "0.7500", "-"]  # an earlier checkpoint's; run-only
     # keys (progress) left out of its label

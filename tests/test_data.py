@@ -566,7 +566,7 @@ def locked(split, root):
     return Locked([(grey, 0)])
 
 def float_labels(split, root):
-    return Items([(grey, 1.0), (grey, 1.7), (grey, "1")])
+    return Items([(grey, 1.0), (grey, 1.7), (grey, "1"), (grey, float("inf"))])
 
 not_a_function = 3
 '''
@@ -648,11 +648,12 @@ def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, m
                      (np.array([[np.nan, 1.0]]), "not finite"),  # NaN read as 0
                      (np.array([[0.0, 255.0]]), "float pixels from 0 to 255"), ({"a": 1}, "of type dict"),
                      (Image.fromarray(np.array([[0.0, 255.0]], np.float32)), "float pixels from 0 to 255"),
-                     (Image.fromarray(np.array([[-5, 1000]], np.int32)), "mode I with pixels from -5 to 1000")):
+                     (Image.fromarray(np.array([[0, 1000]], np.int32)), "int32 pixels from 0 to 1000")):
         with pytest.raises(UserError, match=why):  # values that would wrap, clip or be scaled image by image
             as_image(bad, "x")
-    floats = np.array([[0.0, 0.5, 1.0]], np.float32)
-    assert torch.equal(as_image(Image.fromarray(floats), "x"), as_image(floats, "x"))  # PIL's as the array's
+    floats, ints = np.array([[0.0, 0.5, 1.0]], np.float32), np.array([[0, 7, 255]], np.int32)
+    for held in (floats, ints):  # PIL's modes F and I as the arrays they hold
+        assert torch.equal(as_image(Image.fromarray(held), "x"), as_image(held, "x"))
 
 
 def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, monkeypatch):
@@ -701,7 +702,7 @@ def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, 
     assert len(sent) == 16 and sent.load(9)[1] == 1
     floats = source("own_items_for_check:float_labels")
     assert floats.load(0)[1] == 1  # a whole number stored as a float is its class
-    for index, why in ((1, "has label 1.7"), (2, "has label '1'")):  # not cut to class 1
+    for index, why in ((1, "has label 1.7"), (2, "has label '1'"), (3, "has label inf")):  # no class 1
         with pytest.raises(UserError, match=why):
             floats.load(index)
     odd = source("own_items_for_check:odd_items")

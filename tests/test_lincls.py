@@ -332,6 +332,7 @@ def test_an_interrupted_probe_resumes_to_the_uninterrupted_head(tiny_run, tmp_pa
         evaluate("linear", run, [*overrides, "train.seed=1", "eval.split=val", "eval.val_size=16"], tmp_path / "broken")
     if protocol == "dino":  # a probe written before the protocols' later fields: their defaults, so it goes on
         state = ckpt_io.load(tmp_path / "broken" / "linear-probe.pt")
+        assert "test_resize" not in state["probe"]  # how it scores is no setting of the head it trains
         for field in ("nesterov", "warmup_epochs", "warmup_lr", "min_lr", "lr_per_step", "label_smoothing",
                       "clip_grad", "drop_path", "data", "split", "images", "image_size", "seed", "precision"):
             del state["probe"][field]

@@ -592,7 +592,13 @@ def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(pretraining, "pretrain", host_oom)
     code, _ = run_cli(["pretrain", "--out", str(tmp_path / "run"), "--set", "data.name=synthetic"])
-    assert code == 2 and "repre: error: out of memory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "repre: error: out of the machine's memory" in err and "train.num_workers" in err
+    assert "more processes" not in err  # on one machine they would need more of its memory
+    monkeypatch.setattr(repre.eval, "evaluate", host_oom)
+    code, _ = run_cli(["eval", "finetune", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and "(the machine's memory ran out)" in err and "train.device=cpu" not in err
 
 
 def test_a_run_longer_than_its_schedules_fit_in_memory_is_refused_at_once():

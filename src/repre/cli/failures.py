@@ -176,9 +176,18 @@ def out_of_memory(message: str) -> bool:
 
 def out_of_memory_message(exc: BaseException, command: str = "pretrain") -> str:
     first = _first_line(exc, 200)
+    host = isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)  # the machine's, not a GPU's
     if command != "pretrain":
         what = LESS_MEMORY.get(command, "free memory, or use a larger machine")
+        if host:
+            what = what.split(", or --set train.device=cpu")[0] + " (the machine's memory ran out)"
         return f"repre: error: out of memory ({first}): {what}"
+    if host:  # more processes on one machine would need more of it
+        return (f"repre: error: out of the machine's memory ({first}). Set model.grad_checkpointing=true, fewer "
+                "train.num_workers (each data worker holds its own batches) or a lower eval.batch_size for the "
+                "run's k-NN (all allowed with --resume); or start a new run from the last checkpoint with a lower "
+                "train.batch_size (the lr scales with it): `repre pretrain --config RUN/config.yaml --init-from RUN "
+                "--out NEW_DIR --set ...`")
     return (f"repre: error: out of memory ({first}). Set model.grad_checkpointing=true or run more processes "
             "(both allowed with --resume: train.batch_size is the global batch), or lower eval.batch_size for the "
             "run's k-NN; or start a new run from the last checkpoint with a lower train.batch_size (the lr scales "

@@ -11,17 +11,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from repre.config import EVAL_TASKS, SAME_MEASUREMENT_KEYS
+from repre.config import SAME_MEASUREMENT_KEYS
+from repre.config.reads import other_tasks
 from repre.core.run_files import EVAL, RESULT, checkpoint_step, in_checkpoints, read_json, run_dir, step_name
 
 
 def measured_otherwise(overrides: list[str], task: str) -> list[str]:
     """The `--set` items of an evaluation of `task` that change what it measures (other images, a subset,
     another k): those of keys outside `SAME_MEASUREMENT_KEYS` and outside the other tasks' sections."""
-    others = tuple(f"eval.{t}." for t in EVAL_TASKS if t != task)
     keys = [item.split("=")[0].strip() for item in overrides]
     return [item for item, key in zip(overrides, keys, strict=True)
-            if key not in SAME_MEASUREMENT_KEYS and not key.startswith(others)]
+            if key not in SAME_MEASUREMENT_KEYS and not key.startswith(other_tasks(task))]
 
 
 def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> tuple[Path, int | None, bool, str]:

@@ -10,7 +10,7 @@ metrics.jsonl's lines. Where `repre eval` keeps its results: `repre.core.eval_re
     RUN/recon.png          the reconstructions of its last step (RePre)
     RUN/eval/TASK/         `repre eval TASK`'s result.json (and pictures) for the run's last checkpoint
                            measured as the run's config says; under it, step-N/ for another checkpoint and
-                           a folder named by the --set items for other settings (`eval_dir`)
+                           a folder named by the --set items for other settings (`eval_results.eval_dir`)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ CROP_PCT = 0.875  # the centre crop's share of the resized short side (224 of 25
 
 
 @dataclass(frozen=True)
-class TestResize:
+class EvalResize:
     """How evaluation resizes an image before cutting out its centre S x S."""
 
     interpolation: str = "bilinear"  # or "bicubic"; antialiased either way, as PIL's resampling is
@@ -38,7 +38,7 @@ class TestResize:
     # Fashion-MNIST item is seen whole) and an S x S image left as it is
 
 
-def centre_view(img: torch.Tensor, size: int, resize: TestResize = TestResize()) -> torch.Tensor:
+def centre_view(img: torch.Tensor, size: int, resize: EvalResize = EvalResize()) -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, S, S], what evaluation shows the encoder: the short side resized (to S, or
     to floor(S / CROP_PCT) when it is larger than S or `resize.every_image`, as timm's evaluation transform),
     then the centre S x S."""
@@ -71,7 +71,7 @@ class EvalDataset(Dataset):
     """index -> (normalized float [3, S, S] or None for an unreadable image, label, why it is unreadable or
     None): resize then centre crop, no augmentation. `collate` leaves the unreadable images out."""
 
-    def __init__(self, source: ImageSource, size: int, mean, std, resize: TestResize = TestResize()) -> None:
+    def __init__(self, source: ImageSource, size: int, mean, std, resize: EvalResize = EvalResize()) -> None:
         self.source, self.size, self.mean, self.std, self.resize = source, size, mean, std, resize
 
     def __len__(self) -> int:
@@ -157,7 +157,7 @@ def _loader(cfg: Config, dataset: EvalDataset, kind: type[DataLoader] = DataLoad
     )
 
 
-def eval_loader(cfg: Config, split: str, subset: int | None, resize: TestResize = TestResize()) -> DataLoader:
+def eval_loader(cfg: Config, split: str, subset: int | None, resize: EvalResize = EvalResize()) -> DataLoader:
     """Deterministic loader over `split` (see `eval_source`) for feature extraction: batches of (x [B, 3, S, S],
     labels [B]), each image resized as `resize` says, an unreadable image left out and named in a warning once
     (`EvalLoader`)."""

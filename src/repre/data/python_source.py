@@ -171,22 +171,22 @@ class PythonSource:
             self.load(0)
         except UnreadableImage:
             pass
-        self.pickles = False  # whether the dataset was pickled once already (`__getstate__`)
+        self._pickle_checked = False  # whether the dataset was pickled once already (`__getstate__`)
 
     def __getstate__(self) -> dict[str, Any]:
         """What a data worker started by spawn or forkserver (macOS, Windows; Linux from Python 3.14) receives,
         pickled: a dataset that does not pickle (an open file, a lock, a connection) is said in words, once, where
         torch's traceback would name neither it nor what to do. Workers started by fork pickle nothing."""
-        if not self.pickles:
+        if not self._pickle_checked:
             try:
-                ForkingPickler.dumps(self.dataset)
+                ForkingPickler(_Discarded()).dump(self.dataset)  # the bytes are not kept: no second copy
             except Exception as exc:
                 method = multiprocessing.get_start_method()
                 raise UserError(f"data.source={self.name}'s dataset cannot be sent to the data workers, which "
                                 f"start by {method} here and receive it pickled: {raised(exc)}; open files, "
                                 "connections and locks on first use in __getitem__ rather than in __init__, or "
                                 "--set train.num_workers=0") from exc
-            self.pickles = True
+            self._pickle_checked = True
         return self.__dict__
 
     def __len__(self) -> int:
@@ -213,7 +213,7 @@ class PythonSource:
         try:
             index = int(label)
             whole = bool(index == label)  # 1.7 is no class (nor "1"): not cut to one
-        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        except (TypeError, ValueError, OverflowError, RuntimeError):  # inf; a tensor of several values
             index, whole = -1, False
         if not whole or not 0 <= index < self.num_classes:
             raise UserError(f"{where} has label {label!r}; the dataset's classes ({self.num_classes}: "
@@ -222,19 +222,22 @@ class PythonSource:
         return index
 
 
+class _Discarded:
+    """A file that keeps nothing written to it (`PythonSource.__getstate__`'s check)."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 def as_image(image: Any, where: str) -> torch.Tensor:
     """A PIL image, an array (HxW or HxWxC, numpy's and PIL's layout) or a tensor (HxW or CxHxW, torch's) ->
     uint8 [3, H, W]; pixel values as the module's docstring says."""
     if isinstance(image, Image.Image):
-        # float and 32-bit images by the arrays' rules (a folder's files of values beyond the usual ranges are
-        # scaled by their own maximum, a contrast that would change from one item to the next)
-        if image.mode == "F":
+        # float and 32-bit images read as the arrays they hold: one rule for every item (a folder's files are
+        # read by their range, 8 or 16 bits, or beyond it scaled by their own maximum, a contrast that would
+        # change from one item to the next)
+        if image.mode in ("F", "I"):
             return as_image(np.asarray(image), where)
-        if image.mode == "I" and image.size[0] * image.size[1]:
-            low, high = image.getextrema()
-            if low < 0 or high > 65535:
-                raise UserError(f"{where} is a PIL image of mode I with pixels from {low} to {high}: give 8 or "
-                                "16 bits (0..65535), or floats in [0, 1]")
         return torch.from_numpy(np.array(to_rgb_array(image))).permute(2, 0, 1).contiguous()  # writable
     channels_last = not isinstance(image, torch.Tensor)
     try:

@@ -15,8 +15,7 @@ class RunState:
     upscaled_images: int = 0  # images smaller than data.image_size, upscaled by their crops
     images_seen: int = 0
     train_seconds: float = 0.0  # the steps' wall time, data waits included, compiling not
-    compile_seconds: float = 0.0  # train.compile: the first step of each start, which compiles the model
-    compiled_images: int = 0  # the images of those steps (left out of the speed, as their time is)
+    compile_seconds: float = 0.0  # train.compile: the first step of each start (its data wait not), which compiles
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
     bad_streak: int = 0  # consecutive skipped steps, now
     last: dict[str, float | None] = field(default_factory=dict)  # the last logged window's means
@@ -32,7 +31,6 @@ class RunState:
         self.images_seen = int(run["images_seen"])
         self.train_seconds = float(run["train_seconds"])
         self.compile_seconds = float(run.get("compile_seconds", 0.0))
-        self.compiled_images = int(run.get("compiled_images", 0))
         self.nonfinite_steps = int(run.get("nonfinite_steps", 0))
         # a run stopped by a signal within a streak of skipped steps goes on counting it, as it would have
         self.bad_streak = int(run.get("bad_streak", 0))

@@ -329,8 +329,8 @@ class Trainer:
                  self.rt.precision,
                  f" ({processes} processes)" if processes > 1 else "", self.out / run_files.TB)
         if self.cfg.train.compile:
-            log.info("train.compile: the first step compiles the model's blocks and decoder (a minute or more on "
-                     "a CPU); its time is counted apart (compile_s), not in images/s")
+            log.info("train.compile: the first step compiles the model (a minute or more on a CPU); its time is "
+                     "counted apart (compile_s), not in images/s")
         if self._image_count() is not None:
             for note in self.model.method.data_notes(self._image_count()):
                 log.warning(note)
@@ -390,23 +390,28 @@ class Trainer:
         meter, window_start, window_steps = self.meter, time.perf_counter(), 0
         self._sync_point()  # a stop asked while the run was built: agreed now, before the first step
         tick = time.perf_counter()
-        compiling = t.compile  # the first step of this start compiles: its time is no training speed
+        compiling = t.compile  # the first step of this start compiles: its compute is no training speed
         while s.step < self.total and not self.agreement.stopping():
             batch = self.data.to_device(next(batches))
+            if compiling:  # its data wait counts as any step's; the step itself is timed apart
+                fetched = time.perf_counter()
+                s.train_seconds += fetched - tick
+                tick = fetched
             values = self.train_step(batch)
             meter.add({**values, **self.schedules.logged(s.step), **self.model.method.logged()})
             s.step += 1
             s.images_seen += t.batch_size
+            window_steps += 1
             self.agreement.add_images(batch)
             self.data.observe(batch)
+            now = time.perf_counter()
             if compiling:
-                s.compile_seconds += time.perf_counter() - tick
-                s.compiled_images += t.batch_size
-                compiling, window_start = False, time.perf_counter()
+                s.compile_seconds += now - tick
+                window_start += now - tick  # the window's images/s leaves it out too
+                compiling = False
             else:
-                s.train_seconds += time.perf_counter() - tick  # wall time, data waits included
-                window_steps += 1
-            tick = time.perf_counter()
+                s.train_seconds += now - tick  # wall time, data waits included
+            tick = now
             bar.update(1)
             if self.guard.stopped():  # the host strategy: this step ended a streak of max_bad_steps
                 return False
@@ -418,7 +423,7 @@ class Trainer:
                     return False
             if logs:
                 seconds = max(time.perf_counter() - window_start, 1e-9)
-                self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds if window_steps else None)
+                self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
             paused = time.perf_counter()  # the periodic k-NN and the checkpoint: no step's time, nor the window's
             for callback in self.callbacks:  # before the checkpoint: a run resumed from it has what they wrote
@@ -474,8 +479,7 @@ class Trainer:
             "wall_s": None,  # set last: this process's setup, loop and final evaluations
             "train_s": round(s.train_seconds, 3),  # the steps of all resumed parts, data waits included
             "compile_s": round(s.compile_seconds, 3),  # train.compile: the first step of each part
-            "images_per_sec": (round((s.images_seen - s.compiled_images) / s.train_seconds, 2) if s.train_seconds
-                               else None),
+            "images_per_sec": round(s.images_seen / s.train_seconds, 2) if s.train_seconds else None,
             "loss": s.last.get("loss"),
             "loss_contrastive": s.last.get("loss_contrastive"),
             "loss_recon": s.last.get("loss_recon"),

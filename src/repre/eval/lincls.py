@@ -11,7 +11,7 @@ global batch and the head's gradients are averaged, so N processes compute what 
 in distribution, each process drawing its own stochastic depth). Deviations: the last partial batch of an
 epoch is dropped; the reported top-1 is the final head's, not the best epoch's (main_lincls.py:315;
 eval_linear.py:134). Test images are resized as each script resizes them (`protocols.TEST_RESIZE`), with
-torchvision's antialiased resampling of tensors (within one level of PIL's).
+torchvision's antialiased resampling of tensors (within two levels of PIL's).
 """
 
 from __future__ import annotations
@@ -173,6 +173,9 @@ def encoder_digest(encoder: Backbone) -> str:
     return h.hexdigest()
 
 
+TEST_ONLY = ("test_resize",)  # protocol fields of its scoring alone: a head trained before a change goes on
+
+
 def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
            key: dict[str, Any]) -> tuple[int, float | None]:
     """Load a probe checkpoint of the same settings (`key`) into head and optimizer -> the epochs it has done
@@ -186,7 +189,8 @@ def resume(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer,
     if state is None:
         raise UserError(why)
     # a probe written before a protocol field existed had that field's default
-    stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol) if f.default is not dataclasses.MISSING},
+    stored = {**{f.name: f.default for f in dataclasses.fields(LinearProtocol)
+                 if f.default is not dataclasses.MISSING and f.name not in TEST_ONLY},
               **{k: key[k] for k in PROBE_DATA},  # a probe written before they were recorded: as they are now
               **state.get("probe", {})}
     if stored != key:
@@ -245,7 +249,8 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
                           weight_decay=protocol.weight_decay, nesterov=protocol.nesterov)
     lrs = probe_lrs(protocol, steps)  # [epochs, steps]
     path = Path(out) / STATE_FILE if out is not None else None
-    key = {**dataclasses.asdict(protocol), "classes": source.num_classes, "dim": dim, "steps_per_epoch": steps,
+    trained = {k: v for k, v in dataclasses.asdict(protocol).items() if k not in TEST_ONLY}
+    key = {**trained, "classes": source.num_classes, "dim": dim, "steps_per_epoch": steps,
            "encoder_sha256": encoder_digest(encoder) if path is not None else None,  # what a resumed probe shares
            **probe_data(cfg, rt, len(source))}
     if protocol.drop_path is not None:

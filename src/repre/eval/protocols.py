@@ -21,7 +21,7 @@ from typing import Any
 
 from repre.config import LinearConfig
 from repre.core.schedules import scaled_lr
-from repre.data.evaluation import TestResize
+from repre.data.evaluation import EvalResize
 from repre.errors import UserError
 from repre.eval.tokens import check_layout
 from repre.models.backbone import Backbone
@@ -68,10 +68,10 @@ MOBY = {
 # how each paper's script resizes a test image before its centre 224 x 224: every image's short side to 256
 # (floor(S / 0.875) at another size S; MoBY's S + 32 is the same 256 at 224), DINO's bicubic, the others' bilinear
 TEST_RESIZE = {
-    "quick": TestResize(),  # repre's evaluation rule (`repre.data.evaluation.centre_view`)
-    "mocov3": TestResize(every_image=True),  # main_lincls.py:290-291 (transforms.Resize(256), bilinear)
-    "dino": TestResize("bicubic", every_image=True),  # eval_linear.py:66-67 (Resize(256, interpolation=3))
-    "moby": TestResize(every_image=True),  # data/build.py:137-138 (Resize(IMG_SIZE + 32), bilinear)
+    "quick": EvalResize(),  # repre's evaluation rule (`repre.data.evaluation.centre_view`)
+    "mocov3": EvalResize(every_image=True),  # main_lincls.py:290-291 (transforms.Resize(256), bilinear)
+    "dino": EvalResize("bicubic", every_image=True),  # eval_linear.py:66-67 (Resize(256, interpolation=3))
+    "moby": EvalResize(every_image=True),  # data/build.py:137-138 (Resize(IMG_SIZE + 32), bilinear)
 }
 MOMENTUM = 0.9  # main_lincls.py:60 (--momentum default); eval_linear.py:106
 WEIGHT_DECAY = 0.0  # main_lincls.py:62 (--wd default); eval_linear.py:107
@@ -100,7 +100,7 @@ class LinearProtocol:
     label_smoothing: float = 0.0
     clip_grad: float = 0.0  # the head's gradient norm clipped to this; 0: not clipped
     drop_path: float | None = None  # the encoder runs in train mode with this stochastic depth; None: eval mode
-    test_resize: TestResize = TestResize()  # how a test image is resized before its centre crop
+    test_resize: EvalResize = EvalResize()  # how a test image is resized before its centre crop
 
     @property
     def lr(self) -> float:

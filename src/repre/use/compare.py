@@ -184,6 +184,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         "precision": summary.get("precision"),
         "processes": summary.get("processes"),
         "train_s": summary.get("train_s"),
+        "compile_s": summary.get("compile_s") or None,  # train.compile's first steps (none: an eager run)
         "wall_s": summary.get("wall_s"),
         "images_per_sec": summary.get("images_per_sec", last.get("images_per_sec")),  # else the last window's
         "loss_contrastive": summary.get("loss_contrastive", last.get("loss_contrastive")),
@@ -298,6 +299,7 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
         Row("trained on", [_trained_on(r) for r in runs], _text),
         Row("images/s", [r["images_per_sec"] for r in runs], _ratio),
         Row("training time", [r["train_s"] for r in runs], _duration),
+        Row("compile time", [r["compile_s"] for r in runs], _duration),
         Row("loss_contrastive (last)", [r["loss_contrastive"] for r in runs], _difference, same_method=True),
         Row("loss_recon (last)", [r["loss_recon"] for r in runs], _difference, same_method=True),
         Row("knn top-1 (run's end)", [r["knn_top1"] for r in runs], _difference,
