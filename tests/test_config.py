@@ -105,6 +105,16 @@ def test_missing_file_and_unknown_preset():
         load_config("fmnist-mocov")
 
 
+def test_a_preset_name_beside_a_file_of_that_name_reads_the_preset_and_says_how_to_read_the_file(
+        tmp_path, monkeypatch, repre_log):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist-mocov3").write_text("_base_: fmnist-dino\n")
+    assert load_config("fmnist-mocov3").method.name == "mocov3"
+    assert "--config fmnist-mocov3 names the preset fmnist-mocov3, which is read" in repre_log.text
+    assert "give --config ./fmnist-mocov3" in repre_log.text
+    assert load_config("./fmnist-mocov3").method.name == "dino"
+
+
 def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):
     """A key written twice (YAML keeps the last silently), a file that is not text, a folder (a run's: its
     config.yaml named)."""

@@ -640,6 +640,8 @@ def test_a_dataset_of_ones_own_code_is_named_checked_and_read_as_rgb(tmp_path, m
         assert torch.equal(as_image(given, "x"), torch.from_numpy(grey).expand(3, -1, -1)), type(given)
     with pytest.raises(UserError, match=r"x is an image of shape \[2, 3, 4, 5\]"):
         as_image(np.zeros((2, 3, 4, 5)), "x")
+    with pytest.raises(UserError, match=r"shape \[28, 28, 3\] \(channels last: a tensor's are first"):
+        as_image(torch.zeros(28, 28, 3), "x")
     assert as_image(np.array([[0, 65535]], dtype=np.uint16), "x")[0].tolist() == [[0, 255]]  # 16 bits scaled
     assert as_image(np.array([[True, False]]), "x")[0].tolist() == [[255, 0]]  # a mask, as PIL's mode "1"
     assert as_image(np.full((1, 2), 7, dtype=np.uint32), "x")[0].tolist() == [[7, 7]]  # torch has no min of uint32

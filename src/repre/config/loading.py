@@ -241,6 +241,9 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
         raw.setdefault("preset", path.stem)  # a file named as a preset is labelled it: the same rule
         _refuse_a_preset_label_alone(raw, source)
         return _resolve_base(raw, ())
+    if path.is_file():  # a preset's name wins over a file of that name here: a stray file cannot replace it
+        log.warning("--config %s names the preset %s, which is read; for the file of that name here, give "
+                    "--config ./%s", source, source, source)
     return _preset_dict(source)
 
 

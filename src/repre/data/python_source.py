@@ -252,7 +252,9 @@ def as_image(image: Any, where: str) -> torch.Tensor:
         x = x.permute(2, 0, 1)
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
         hint = (" (channels first: an array's are last, .transpose(1, 2, 0))"
-                if channels_last and len(given) == 3 and given[0] in (1, 3, 4) else "")
+                if channels_last and len(given) == 3 and given[0] in (1, 3, 4) else
+                " (channels last: a tensor's are first, .permute(2, 0, 1))"
+                if not channels_last and len(given) == 3 and given[-1] in (1, 3, 4) else "")
         raise UserError(f"{where} is an image of shape {given}{hint}: give an array HxW or HxWxC, or a tensor "
                         "CxHxW, with 1, 3 or 4 channels")
     x = to_uint8(x, where)[:3]  # RGBA: the colour channels
