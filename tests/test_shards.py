@@ -21,6 +21,7 @@ def test_brace_patterns_expand_with_their_padding():
     assert expand("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert expand("x{1..2}-{0..1}.tar") == ["x1-0.tar", "x1-1.tar", "x2-0.tar", "x2-1.tar"]
     assert expand("plain.tar") == ["plain.tar"]
+    assert expand("a-{03..01}.tar") == ["a-03.tar", "a-02.tar", "a-01.tar"]  # counted down, as the shell does
 
 
 def test_shards_index_every_image_with_its_label_and_decode_it(tmp_path):
@@ -161,3 +162,20 @@ def test_a_shard_cut_short_says_so(tmp_path, monkeypatch):
     (tmp_path / "s-000.tar").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(UserError, match="is cut short; copy it again"):
         TarShards(str(tmp_path / "s-000.tar"))
+
+
+def test_a_damaged_member_header_is_refused_not_read_as_the_shard_s_end(tmp_path, monkeypatch):
+    """tarfile stops quietly at a header whose checksum fails: the members after it were left out unsaid."""
+    from repre.data.stream import read_samples
+
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for i in range(6):
+            add(tar, f"k{i}.png", png_bytes(i, size=16))
+    whole = bytearray((tmp_path / "s-000.tar").read_bytes())
+    at = [m.offset for m in tarfile.open(tmp_path / "s-000.tar").getmembers()][4]
+    whole[at + 148:at + 156] = b"99999999"  # the fifth member's header checksum
+    (tmp_path / "s-000.tar").write_bytes(bytes(whole))
+    with pytest.raises(UserError, match=f"has a damaged member header at byte {at:,}, after 4 images"):
+        TarShards(str(tmp_path / "s-000.tar"))
+    assert [key for key, _, _ in read_samples(f"pipe:cat {tmp_path / 's-000.tar'}")] == ["k0", "k1", "k2", "k3"]

@@ -143,6 +143,38 @@ def test_a_failing_shard_is_skipped_and_all_failing_is_an_error(shards, repre_lo
         next(iter(stream(stream_config(str(garbage)))))
 
 
+def test_an_empty_shard_is_passed_over_by_every_worker_and_by_the_first_images(shards, repre_log, monkeypatch):
+    """An empty shard holds no image: the pictures' first images come from the next shard, and a data worker
+    dealt it alone for an epoch goes on with the next epoch's (it stopped the run)."""
+    import tarfile
+
+    with tarfile.open(shards / "part-0000.tar", "w"):  # the first shard, now empty
+        pass
+    cfg = stream_config(str(shards))
+    source = train_source(cfg)
+    assert len(source) == PER_SHARD and source.load(0)[0].shape[0] == 3  # the first images of part-0001
+    views = ViewDataset(source, view_spec(cfg, source), cfg.train.seed)
+    from repre.data import stream as stream_module
+
+    for worker in range(SHARDS):  # as many data workers as shards: each is dealt one an epoch
+        info = type("WorkerInfo", (), {"num_workers": SHARDS, "id": worker})
+        monkeypatch.setattr(stream_module, "get_worker_info", lambda info=info: info)
+        samples = iter(StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, 0, 1))
+        assert len([next(samples) for _ in range(PER_SHARD)]) == PER_SHARD  # the one dealt the empty shard too
+    assert "gave no readable image in epoch" in repre_log.text
+    with pytest.raises(UserError, match=r"gave no images"):  # shards with none at all: said before the run
+        len(StreamShards(f"pipe:cat {shards / 'part-0000.tar'}"))
+
+
+def test_a_compressed_shard_in_a_stream_is_named_as_the_likely_cause(shards, tmp_path, repre_log, no_retry_wait):
+    import gzip
+
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress((shards / "part-0000.tar").read_bytes()))
+    assert list(read_samples(f"pipe:cat {tmp_path / 's.tar.gz'}")) == []
+    assert "shards are read as plain .tar; a compressed one is decompressed in the command" in repre_log.text
+    assert len(list(read_samples(f"pipe:zcat {tmp_path / 's.tar.gz'}"))) == PER_SHARD
+
+
 def test_a_shard_that_breaks_off_is_read_again_without_repeats(shards, repre_log, no_retry_wait, tmp_path):
     """The first reading stops after 5,000 bytes with an error (a dropped connection); the second gives the rest."""
     shard, flag = shards / "part-0000.tar", tmp_path / "tried"

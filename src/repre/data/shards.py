@@ -43,13 +43,15 @@ _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def expand(pattern: str) -> list[str]:
-    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar] (zero padding kept; several ranges allowed)."""
+    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar] (zero padding kept; several ranges allowed; a
+    range from high to low counts down, as the shell's)."""
     match = _BRACES.search(pattern)
     if not match:
         return [pattern]
     lo, hi = match.group(1), match.group(2)
     head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [p for i in range(int(lo), int(hi) + 1) for p in expand(f"{head}{i:0{len(lo)}d}{tail}")]
+    step = 1 if int(lo) <= int(hi) else -1
+    return [p for i in range(int(lo), int(hi) + step, step) for p in expand(f"{head}{i:0{len(lo)}d}{tail}")]
 
 
 def shard_paths(root: str) -> list[Path]:
@@ -117,12 +119,23 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                                         f"{ext} member holds the class index (0, 1, ...) as text; write the "
                                         "indices (keep class names in another member, e.g. KEY.txt, which is "
                                         f"not read), or leave out every {ext} for unlabelled images") from None
+            end = tar.offset  # where the member headers stopped: the end-of-archive blocks, or a damaged header
     except tarfile.ReadError as exc:
         if images or labels:  # read well up to some member: a shard cut short (a copy that stopped)
             raise UserError(f"{path} ends in the middle of a member ({exc}) after {len(images)} images: it is cut "
                             "short; copy it again") from None
         raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
+    if not zeros_from(path, end):  # tarfile stops quietly at a damaged header, its members after it unread
+        raise UserError(f"{path} has a damaged member header at byte {end:,}, after {len(images)} images: the "
+                        "members after it cannot be read; copy it again")
     return images, labels, dotted
+
+
+def zeros_from(path: Path, offset: int) -> bool:
+    """Whether the file holds only zero bytes from `offset` on (a tar's end-of-archive blocks and padding)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return not any(chunk.strip(b"\0") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
 def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -128,19 +128,57 @@ def read_samples(url: str, attempts: int = 3) -> Iterator[tuple[str, bytes, int]
                     given += 1
                     yield sample
             return
+        except DamagedShard as exc:  # read again, it would stop there again
+            log.warning("shard %s has %s, after %d samples: the members after it are left out; copy it again",
+                        url, exc, given)
+            return
         except BROKEN as exc:
+            # a first header that does not parse: a compressed shard is the likely cause, retried in vain
+            hint = (" (no tar header: shards are read as plain .tar; a compressed one is decompressed in the "
+                    "command, e.g. pipe:zcat FILE.tar.gz)" if given == 0 and isinstance(exc, tarfile.ReadError)
+                    else "")
             if attempt == attempts:
-                log.warning("shard %s broke off after %d samples (%s), %d times: going on with the next shard",
-                            url, given, exc, attempts)
+                log.warning("shard %s broke off after %d samples (%s)%s, %d times: going on with the next shard",
+                            url, given, exc, hint, attempts)
                 return
-            log.warning("shard %s broke off after %d samples (%s): reading it again", url, given, exc)
+            log.warning("shard %s broke off after %d samples (%s)%s: reading it again", url, given, exc, hint)
             time.sleep(RETRY_WAIT * attempt)
 
 
+class DamagedShard(Exception):
+    """A shard whose member headers stop at a damaged one: read again, it stops there again."""
+
+
+class _KeepsTail(io.RawIOBase):
+    """A stream that keeps the last bytes read from it: those tarfile read ahead of where it stopped."""
+
+    def __init__(self, raw: BinaryIO, keep: int = 1 << 16) -> None:
+        self.raw, self.keep, self.total, self.tail = raw, keep, 0, bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer) or 0
+        self.total += n
+        self.tail += memoryview(buffer)[:n]
+        del self.tail[: -self.keep]
+        return n
+
+    def rest_is_zeros(self, offset: int) -> bool:
+        """Whether every byte from `offset` on (read already, or not yet) is zero: a tar's end-of-archive
+        blocks and padding, not members after a damaged header."""
+        ahead = self.total - offset
+        if ahead > len(self.tail) or bytes(self.tail[len(self.tail) - ahead:]).strip(b"\0"):
+            return False
+        return not any(chunk.strip(b"\0") for chunk in iter(lambda: self.raw.read(1 << 20), b""))
+
+
 def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
-    """The samples of one reading of a shard; raises what a broken stream raises (BROKEN)."""
+    """The samples of one reading of a shard; raises what a broken stream raises (BROKEN), and DamagedShard
+    where its headers stop before its end."""
     key, image, label = None, None, -1
-    with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    with open_shard(url) as raw, _KeepsTail(raw) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -156,9 +194,12 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 warn_dotted(1, member.name, url)
             elif ext in LABEL_EXTENSIONS:
                 text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                label = int(text) if text.lstrip("-").isdigit() else _not_a_label(url, member.name, text)
-    if image is not None:
-        yield key, image, label
+                digits = text.lstrip("-")  # ASCII: "²" is a digit to isdigit() alone, not to int()
+                label = int(text) if digits.isascii() and digits.isdigit() else _not_a_label(url, member.name, text)
+        if image is not None:
+            yield key, image, label
+        if not stream.rest_is_zeros(tar.offset):  # tarfile ends quietly at a damaged header
+            raise DamagedShard(f"a damaged member header at byte {tar.offset:,}")
 
 
 _dotted_said: list[str] = []  # the first member left out for the dots in its name, named once a process
@@ -188,11 +229,15 @@ class StreamShards:
         self.root, self.urls, self.size = root, shard_urls(root), size
         self._first: list[tuple[str, bytes, int]] | None = None
 
-    def _first_images(self) -> list[tuple[str, bytes, int]]:
-        if self._first is None:
-            self._first = list(islice(read_samples(self.urls[0]), 64))
-            if not self._first:
-                raise UserError(f"the first shard {self.urls[0]} gave no images; check data.root={self.root}")
+    def _first_images(self) -> list[tuple[str, str, bytes, int]]:
+        """The first (up to 64) images of the first shard that gives any, (shard, key, bytes, label): an empty
+        shard is passed over."""
+        for url in self.urls if self._first is None else ():
+            self._first = [(url, *sample) for sample in islice(read_samples(url), 64)]
+            if self._first:
+                break
+        if not self._first:
+            raise UserError(f"the shards of data.root={self.root} gave no images; check it")
         return self._first
 
     def __len__(self) -> int:
@@ -200,8 +245,8 @@ class StreamShards:
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         first = self._first_images()
-        key, data, label = first[index % len(first)]
-        return decode(io.BytesIO(data), f"{self.urls[0]}:{key}"), label
+        url, key, data, label = first[index % len(first)]
+        return decode(io.BytesIO(data), f"{url}:{key}"), label
 
 
 def stream_position(epoch: int = 0, given: int = 0, sizes: tuple[int, ...] = ()) -> tuple[int, int, tuple[int, ...]]:
@@ -236,12 +281,18 @@ class StreamViews(IterableDataset):
         logical = (physical + self.start_step) % workers
         epoch, given, sizes = self.positions.get(logical, stream_position())
         skipped = 0  # unreadable images since the last sample: counted with the next, in the next epoch if need be
+        idle = 0  # epochs in a row in which this worker's shards gave no image
         while True:
             gave, skipped = yield from self._epoch(epoch, given, list(sizes), logical, workers, skipped)
-            if not gave and not given:
+            idle = 0 if gave or given else idle + 1
+            if idle:  # an empty shard, or unreadable ones: the next epoch deals this worker others
                 urls = [self.shards.urls[i] for i in self._shards_of(epoch, logical, workers)]
-                raise UserError(f"the shards {', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''} gave no readable "
-                                "image (see the warnings above): check data.root and that the shards can be read")
+                named = f"{', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''}"
+                if idle >= len(self.shards.urls):  # as many draws as shards, none with an image: none has one
+                    raise UserError(f"the shards {named} gave no readable image, nor any others in {idle} epochs: "
+                                    "check data.root and that the shards can be read")
+                log.warning("the shards %s gave no readable image in epoch %d: going on with the next epoch's",
+                            named, epoch)
             epoch, given, sizes = epoch + 1, 0, []
 
     def _shards_of(self, epoch: int, logical: int, workers: int) -> list[int]:
