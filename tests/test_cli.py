@@ -737,6 +737,23 @@ def test_a_one_process_command_under_torchrun_says_to_run_it_alone(command, monk
     assert code == 2 and f"repre {command[0]} runs in one process: run it without torchrun" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_usage_error_under_torchrun_is_said_once_and_written_for_torchrun_s_summary(rank, monkeypatch, capsys,
+                                                                                       tmp_path):
+    """argparse's error was printed by every process, and torchrun's summary showed none of it."""
+    import json
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    with pytest.raises(SystemExit) as exited:
+        main(["pretrain", "--out"])
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and ("expected one argument" in said) == (rank == "0")
+    written = json.loads((tmp_path / "error.json").read_text())["message"]["message"]
+    assert written == "repre: error: argument --out: expected one argument"
+
+
 def test_eval_recon_under_torchrun_says_to_run_it_alone(tiny_run, monkeypatch, capsys):
     """It ran whole in every process, each on the first GPU."""
     monkeypatch.setenv("WORLD_SIZE", "2")

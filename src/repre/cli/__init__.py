@@ -7,6 +7,8 @@ but resumable (`"completed": false` in summary.json).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ ONE_PROCESS = (*FILE_OUTPUTS, "compare", "config", "presets")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     setup_logging()
-    args = parser.parse(argv)
+    args = parse_once(argv)
     if args.command is None:  # the commands and examples, rather than starting a default run unasked
         parser.build().print_help()
         return 0
@@ -45,6 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         if status is None:
             raise
         return status
+
+
+def parse_once(argv: list[str] | None):
+    """`parser.parse`; under torchrun a usage error is printed by rank 0 alone and written to every process's
+    error file (torchrun's summary), as the other errors are."""
+    if not launched():
+        return parser.parse(argv)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse(argv)
+    except SystemExit as exc:
+        if exc.code:  # argparse's usage and "PROG: error: ..." (--help exits 0, on stdout)
+            failures.tell_launcher(UserError(said.getvalue().strip().splitlines()[-1].split(": error: ", 1)[-1]))
+        if launch_rank() == 0:
+            sys.stderr.write(said.getvalue())
+        raise
 
 
 class StderrHandler(logging.StreamHandler):

@@ -69,6 +69,7 @@ def tell(exc: BaseException, args: argparse.Namespace) -> int | None:
         return 1
     # torch.OutOfMemoryError (CUDA) is a RuntimeError; host OOM is MemoryError
     if isinstance(exc, RuntimeError) and launched() and lost_a_process(exc):
+        # no error file: torchrun's summary shows the earliest (to the second), which this one could hide
         say(lost_process_message(exc))
         return 1
     if isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and out_of_memory(str(exc)):
@@ -148,13 +149,17 @@ def lost_a_process(exc: RuntimeError) -> bool:
 
 def _first_line(exc: BaseException, width: int) -> str:
     """An error's first line, at most `width` characters (a CUDA or gloo message runs on for lines)."""
-    return str(exc).strip().splitlines()[0][:width] if str(exc).strip() else type(exc).__name__
+    if not str(exc).strip():
+        return type(exc).__name__
+    line = str(exc).strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def lost_process_message(exc: RuntimeError) -> str:
     first = _first_line(exc, 160)
     return ("repre: error: another process of this run stopped, and this one lost it in a collective "
-            f"({first}): the stopped process's own error is in torchrun's summary below (its \"Root Cause\"); "
+            f"({first}): the stopped process's own error is in torchrun's summary (its \"Root Cause\"; on several "
+            "nodes, in the log of the node it ran on); "
             "mend the cause and run the same command again (pretrain with --resume: the checkpoints written stand; the "
             "linear probe's papers' protocols go on from their last saved epoch)")
 

@@ -47,7 +47,8 @@ def load_state_dict(saved: dict[str, Any], device: torch.device) -> None:
         saved = ranks[dist.rank()]
     else:
         if dist.is_main():
-            log.info("resuming with %s, written with %s: drop-path draws continue from new seeds",
+            log.info("resuming with %s, written with %s: the processes' own random draws (stochastic depth, where "
+                     "set) continue from new seeds",
                      _processes(dist.world_size()), _processes(len(ranks)))
         saved = _own(device)
     torch.set_rng_state(saved["torch"])

@@ -311,8 +311,10 @@ class Trainer:
                 writer.flush()
                 path = self.checkpoints.save(final=True)
                 if not completed and main:
-                    log.warning("stopped at step %d of %d, checkpoint %s: go on with %s", s.step, self.total, path,
-                                self._resume_command())
+                    # a signal that reached another process alone is said by none: rank 0 speaks for all
+                    whose = "" if signal.requested else " (a stop asked of another process of the run)"
+                    log.warning("stopped at step %d of %d%s, checkpoint %s: go on with %s", s.step, self.total, whose,
+                                path, self._resume_command())
             return self._finish(writer, path, completed, signal)
 
     def _resume_command(self) -> str:
