@@ -331,8 +331,8 @@ class Trainer:
                  self.rt.precision,
                  f" ({processes} processes)" if processes > 1 else "", self.out / run_files.TB)
         if self.cfg.train.compile:
-            log.info("train.compile: the first step compiles the model (a minute or more on a CPU); its time is "
-                     "counted apart (compile_s), not in images/s")
+            log.info("train.compile: the first step compiles the model, a long step (on a CPU above all); its time "
+                     "is counted apart (compile_s), not in images/s")
         if self._image_count() is not None:
             for note in self.model.method.data_notes(self._image_count()):
                 log.warning(note)
