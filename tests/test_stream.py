@@ -184,6 +184,20 @@ def test_a_shard_that_breaks_off_is_read_again_without_repeats(shards, repre_log
     assert "reading it again" in repre_log.text
 
 
+def test_a_command_that_stalls_is_a_shard_that_broke_off(shards, repre_log, no_retry_wait, monkeypatch):
+    """A pipe: command that gives no data (a network that hangs) would hold its data worker, and the run, for
+    good: it is read again, then passed over, as an HTTP read's timeout is."""
+    import time
+
+    from repre.data import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "PIPE_STALL", 0.2)
+    start = time.perf_counter()
+    assert list(read_samples(f"pipe:sleep 30; cat {shards}/part-0000.tar")) == []
+    assert time.perf_counter() - start < 10 and "gave no data for 0.2 s" in repre_log.text
+    assert len(list(read_samples(f"pipe:sleep 0.1; cat {shards}/part-0000.tar"))) == PER_SHARD
+
+
 def test_a_command_that_talks_on_stderr_does_not_stall(shards):
     """wget and curl report progress on stderr: 1 MB of it must not fill a pipe and stall the stream."""
     cmd = f"pipe:python3 -c \"import sys; sys.stderr.write('x' * 1000000)\"; cat {shards}/part-0000.tar"

@@ -32,6 +32,7 @@ import http.client
 import io
 import logging
 import os
+import select
 import signal
 import subprocess
 import tarfile
@@ -78,6 +79,9 @@ def open_shard(url: str) -> BinaryIO:
     return open(url, "rb")  # noqa: SIM115 - closed by the reader
 
 
+PIPE_STALL = 120.0  # seconds a pipe: command may give no data before its shard counts as broken off
+
+
 class _PipeStream(io.RawIOBase):
     """A command's standard output. Its standard error goes to a temporary file (a pipe would fill and stall the
     command: `wget` and `curl` report progress there); at the end a non-zero exit is an OSError with its tail.
@@ -86,14 +90,18 @@ class _PipeStream(io.RawIOBase):
 
     def __init__(self, url: str) -> None:
         self.url, self.stderr = url, tempfile.TemporaryFile()
-        # shell=True: the command is the user's own pipeline, as webdataset's "pipe:" URLs are
+        # shell=True: the command is the user's own pipeline, as webdataset's "pipe:" URLs are; unbuffered, so
+        # that a wait for its output can be bounded (tarfile reads in blocks of its own)
         self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
-                                     stderr=self.stderr, bufsize=1 << 20, start_new_session=True)
+                                     stderr=self.stderr, bufsize=0, start_new_session=True)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        # a command that stalls (a network that hangs) is a shard that broke off, as an HTTP read's timeout is
+        if os.name != "nt" and not select.select([self.proc.stdout], [], [], PIPE_STALL)[0]:
+            raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s")
         n = self.proc.stdout.readinto(buffer)
         if n == 0 and self.proc.wait() != 0:
             self.stderr.seek(0)
