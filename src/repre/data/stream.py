@@ -40,7 +40,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Generator, Iterator
-from itertools import islice
+from itertools import chain, islice
 from typing import BinaryIO, Protocol
 
 import numpy as np
@@ -94,15 +94,20 @@ class _PipeStream(io.RawIOBase):
         # that a wait for its output can be bounded (tarfile reads in blocks of its own)
         self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
                                      stderr=self.stderr, bufsize=0, start_new_session=True)
+        self.pending, self.at = b"", 0  # what the last read of the pipe gave, and how much of it is passed on
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        # a command that stalls (a network that hangs) is a shard that broke off, as an HTTP read's timeout is
-        if os.name != "nt" and not select.select([self.proc.stdout], [], [], PIPE_STALL)[0]:
-            raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s")
-        n = self.proc.stdout.readinto(buffer)
+        if self.at == len(self.pending):
+            # a command that stalls (a network that hangs) is a shard that broke off, as an HTTP read's timeout is
+            if os.name != "nt" and not select.select([self.proc.stdout], [], [], PIPE_STALL)[0]:
+                raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s")
+            self.pending, self.at = os.read(self.proc.stdout.fileno(), 1 << 20), 0  # what the pipe holds now
+        n = min(len(buffer), len(self.pending) - self.at)
+        memoryview(buffer)[:n] = memoryview(self.pending)[self.at:self.at + n]
+        self.at += n
         if n == 0 and self.proc.wait() != 0:
             self.stderr.seek(0)
             err = self.stderr.read().decode("utf-8", "replace").strip()[-300:]
@@ -157,36 +162,11 @@ class DamagedShard(Exception):
     """A shard whose member headers stop at a damaged one: read again, it stops there again."""
 
 
-class _KeepsTail(io.RawIOBase):
-    """A stream that keeps the last bytes read from it: those tarfile read ahead of where it stopped."""
-
-    def __init__(self, raw: BinaryIO, keep: int = 1 << 16) -> None:
-        self.raw, self.keep, self.total, self.tail = raw, keep, 0, bytearray()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self.raw.readinto(buffer) or 0
-        self.total += n
-        self.tail += memoryview(buffer)[:n]
-        del self.tail[: -self.keep]
-        return n
-
-    def rest_is_zeros(self, offset: int) -> bool:
-        """Whether every byte from `offset` on (read already, or not yet) is zero: a tar's end-of-archive
-        blocks and padding, not members after a damaged header."""
-        ahead = self.total - offset
-        if ahead > len(self.tail) or bytes(self.tail[len(self.tail) - ahead:]).strip(b"\0"):
-            return False
-        return not any(chunk.strip(b"\0") for chunk in iter(lambda: self.raw.read(1 << 20), b""))
-
-
 def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
     """The samples of one reading of a shard; raises what a broken stream raises (BROKEN), and DamagedShard
     where its headers stop before its end."""
     key, image, label = None, None, -1
-    with open_shard(url) as raw, _KeepsTail(raw) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -206,7 +186,10 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 label = int(text) if digits.isascii() and digits.isdigit() else _not_a_label(url, member.name, text)
         if image is not None:
             yield key, image, label
-        if not stream.rest_is_zeros(tar.offset):  # tarfile ends quietly at a damaged header
+        # tarfile ends quietly at a damaged header: what follows it, unlike the end-of-archive blocks, is not
+        # zeros (tarfile's read-ahead, its stream's private `buf`, then the rest of the stream)
+        rest = chain([getattr(tar.fileobj, "buf", b"")], iter(lambda: stream.read(1 << 20), b""))
+        if any(chunk.strip(b"\0") for chunk in rest):
             raise DamagedShard(f"a damaged member header at byte {tar.offset:,}")
 
 
