@@ -95,16 +95,15 @@ class _PipeStream(io.RawIOBase):
         self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
                                      stderr=self.stderr, bufsize=0, start_new_session=True)
         self.pending, self.at = b"", 0  # what the last read of the pipe gave, and how much of it is passed on
+        if os.name != "nt":  # a read that would wait returns at once: the wait is `select`'s, bounded
+            os.set_blocking(self.proc.stdout.fileno(), False)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         if self.at == len(self.pending):
-            # a command that stalls (a network that hangs) is a shard that broke off, as an HTTP read's timeout is
-            if os.name != "nt" and not select.select([self.proc.stdout], [], [], PIPE_STALL)[0]:
-                raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s")
-            self.pending, self.at = os.read(self.proc.stdout.fileno(), 1 << 20), 0  # what the pipe holds now
+            self.pending, self.at = self._read(), 0
         n = min(len(buffer), len(self.pending) - self.at)
         memoryview(buffer)[:n] = memoryview(self.pending)[self.at:self.at + n]
         self.at += n
@@ -113,6 +112,16 @@ class _PipeStream(io.RawIOBase):
             err = self.stderr.read().decode("utf-8", "replace").strip()[-300:]
             raise OSError(f"`{self.url[len('pipe:'):]}` exited with status {self.proc.returncode}: {err}")
         return n
+
+    def _read(self) -> bytes:
+        """What the pipe holds now (up to 1 MB; b"" at its end), waiting for it at most PIPE_STALL seconds: a
+        command that stalls (a network that hangs) is a shard that broke off, as an HTTP read's timeout is."""
+        while True:
+            try:
+                return os.read(self.proc.stdout.fileno(), 1 << 20)
+            except BlockingIOError:
+                if not select.select([self.proc.stdout], [], [], PIPE_STALL)[0]:
+                    raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s") from None
 
     def close(self) -> None:
         if self.proc.poll() is None:
