@@ -21,7 +21,9 @@ def test_brace_patterns_expand_with_their_padding():
     assert expand("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert expand("x{1..2}-{0..1}.tar") == ["x1-0.tar", "x1-1.tar", "x2-0.tar", "x2-1.tar"]
     assert expand("plain.tar") == ["plain.tar"]
-    assert expand("a-{03..01}.tar") == ["a-03.tar", "a-02.tar", "a-01.tar"]  # counted down, as the shell does
+    # as bash: counted down, and padded where an end has a leading zero
+    assert expand("a-{03..01}.tar") == ["a-03.tar", "a-02.tar", "a-01.tar"]
+    assert expand("a-{10..8}") == ["a-10", "a-9", "a-8"] and expand("a-{8..010}") == ["a-008", "a-009", "a-010"]
 
 
 def test_shards_index_every_image_with_its_label_and_decode_it(tmp_path):
@@ -179,3 +181,9 @@ def test_a_damaged_member_header_is_refused_not_read_as_the_shard_s_end(tmp_path
     with pytest.raises(UserError, match=f"has a damaged member header at byte {at:,}, after 4 images"):
         TarShards(str(tmp_path / "s-000.tar"))
     assert [key for key, _, _ in read_samples(f"pipe:cat {tmp_path / 's-000.tar'}")] == ["k0", "k1", "k2", "k3"]
+    for cut in (at, at + 100):  # cut at a member's header, and inside it: no end-of-archive block
+        (tmp_path / "s-000.tar").write_bytes(bytes(whole[:cut]))
+        with pytest.raises(UserError, match=f"is cut short .no end-of-archive block. at byte {at:,}, after 4"):
+            TarShards(str(tmp_path / "s-000.tar"))
+        for url in (str(tmp_path / "s-000.tar"), f"pipe:cat {tmp_path / 's-000.tar'}"):
+            assert [key for key, _, _ in read_samples(url)] == ["k0", "k1", "k2", "k3"]

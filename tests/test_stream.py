@@ -161,9 +161,37 @@ def test_an_empty_shard_is_passed_over_by_every_worker_and_by_the_first_images(s
         monkeypatch.setattr(stream_module, "get_worker_info", lambda info=info: info)
         samples = iter(StreamViews(source, views, cfg.train.seed, cfg.data.shuffle_block, 0, 1))
         assert len([next(samples) for _ in range(PER_SHARD)]) == PER_SHARD  # the one dealt the empty shard too
-    assert "gave no readable image in epoch" in repre_log.text
+    assert "hold no image (epoch" in repre_log.text
     with pytest.raises(UserError, match=r"gave no images"):  # shards with none at all: said before the run
         len(StreamShards(f"pipe:cat {shards / 'part-0000.tar'}"))
+
+
+def test_shards_that_cannot_be_read_are_an_error_at_once_not_passed_over_as_empty(shards, no_retry_wait,
+                                                                                     monkeypatch):
+    """Only a shard read whole with nothing in it is passed over: failing ones (bad credentials, a wrong URL)
+    stop the run after one reading each, not after one per shard and epoch."""
+    from repre.data import stream as stream_module
+
+    calls, original = [], stream_module._members
+    monkeypatch.setattr(stream_module, "_members", lambda url: calls.append(url) or original(url))
+    with pytest.raises(UserError, match="gave no images .see the warnings above"):
+        len(StreamShards("pipe:false {0..7}"))
+    assert len(calls) == 3  # the first shard's 3 attempts, not the 7 others'
+    calls.clear()
+    with pytest.raises(UserError, match="gave no readable image .see the warnings above"):
+        next(iter(stream(stream_config("pipe:false {0..7}"))))
+    assert len(calls) == 3 * 8  # one epoch: each shard's 3 attempts
+
+
+def test_a_command_that_goes_on_after_its_shard_is_not_waited_for(shards, repre_log, no_retry_wait, monkeypatch):
+    """The shard ends at its end-of-archive blocks: what the command does after (an exit status, a pause) is
+    not the shard's."""
+    from repre.data import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "PIPE_STALL", 0.5)
+    for tail in ("exit 3", "sleep 5"):
+        assert len(list(read_samples(f"pipe:cat {shards}/part-0000.tar; {tail}"))) == PER_SHARD
+    assert "broke off" not in repre_log.text and "gave no data" not in repre_log.text
 
 
 def test_a_compressed_shard_in_a_stream_is_named_as_the_likely_cause(shards, tmp_path, repre_log, no_retry_wait):

@@ -37,21 +37,23 @@ from repre.errors import UserError
 log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
-INDEX_VERSION = 1  # of the cached index's layout
+INDEX_VERSION = 2  # of the cached index's layout and checks (2: shards cut short or damaged refused)
 OPEN_FILES = 64  # shard handles kept open per process
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def expand(pattern: str) -> list[str]:
-    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar] (zero padding kept; several ranges allowed; a
-    range from high to low counts down, as the shell's)."""
+    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar], as bash expands it: padded to the longer end's
+    width where an end has a leading zero ({8..010}: 008, 009, 010), else not ({10..8}: 10, 9, 8, counting
+    down); several ranges allowed."""
     match = _BRACES.search(pattern)
     if not match:
         return [pattern]
     lo, hi = match.group(1), match.group(2)
     head, tail = pattern[: match.start()], pattern[match.end() :]
+    width = max(len(lo), len(hi)) if any(len(end) > 1 and end[0] == "0" for end in (lo, hi)) else 0
     step = 1 if int(lo) <= int(hi) else -1
-    return [p for i in range(int(lo), int(hi) + step, step) for p in expand(f"{head}{i:0{len(lo)}d}{tail}")]
+    return [p for i in range(int(lo), int(hi) + step, step) for p in expand(f"{head}{i:0{width}d}{tail}")]
 
 
 def shard_paths(root: str) -> list[Path]:
@@ -125,9 +127,13 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
             raise UserError(f"{path} ends in the middle of a member ({exc}) after {len(images)} images: it is cut "
                             "short; copy it again") from None
         raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
-    if not zeros_from(path, end):  # tarfile stops quietly at a damaged header, its members after it unread
-        raise UserError(f"{path} has a damaged member header at byte {end:,}, after {len(images)} images: the "
-                        "members after it cannot be read; copy it again")
+    # tarfile stops quietly where a header is cut short or damaged, its members after it unread: its end is a
+    # whole end-of-archive block and zeros after it
+    why = ("is cut short (no end-of-archive block)" if path.stat().st_size - end < tarfile.BLOCKSIZE else
+           "has a damaged member header" if not zeros_from(path, end) else None)
+    if why:
+        raise UserError(f"{path} {why} at byte {end:,}, after {len(images)} images: the members after it cannot "
+                        "be read; copy it again")
     return images, labels, dotted
 
 

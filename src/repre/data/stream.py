@@ -32,7 +32,7 @@ import http.client
 import io
 import logging
 import os
-import select
+import selectors
 import signal
 import subprocess
 import tarfile
@@ -95,13 +95,18 @@ class _PipeStream(io.RawIOBase):
         self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
                                      stderr=self.stderr, bufsize=0, start_new_session=True)
         self.pending, self.at = b"", 0  # what the last read of the pipe gave, and how much of it is passed on
-        if os.name != "nt":  # a read that would wait returns at once: the wait is `select`'s, bounded
+        self.ready: selectors.BaseSelector | None = None
+        if os.name != "nt":  # a read that would wait returns at once: the wait is the selector's, bounded
             os.set_blocking(self.proc.stdout.fileno(), False)
+            self.ready = selectors.DefaultSelector()  # epoll or kqueue: any descriptor number (select's < 1024)
+            self.ready.register(self.proc.stdout, selectors.EVENT_READ)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if not len(buffer):
+            return 0
         if self.at == len(self.pending):
             self.pending, self.at = self._read(), 0
         n = min(len(buffer), len(self.pending) - self.at)
@@ -120,8 +125,19 @@ class _PipeStream(io.RawIOBase):
             try:
                 return os.read(self.proc.stdout.fileno(), 1 << 20)
             except BlockingIOError:
-                if not select.select([self.proc.stdout], [], [], PIPE_STALL)[0]:
+                if self.ready is not None and not self.ready.select(PIPE_STALL):
                     raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s") from None
+
+    def held(self) -> bytes:
+        """What the command has written and the reader not taken, without waiting for more (the command may
+        go on after its shard's end: its exit is not waited for)."""
+        rest = self.pending[self.at:]
+        if self.ready is None:  # reads wait (Windows): what was read already
+            return rest
+        try:
+            return rest + os.read(self.proc.stdout.fileno(), 1 << 20)
+        except BlockingIOError:
+            return rest
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -130,6 +146,8 @@ class _PipeStream(io.RawIOBase):
             except ProcessLookupError:
                 pass
         self.proc.wait()
+        if self.ready is not None:
+            self.ready.close()
         self.proc.stdout.close()
         self.stderr.close()
         super().close()
@@ -138,10 +156,12 @@ class _PipeStream(io.RawIOBase):
 BROKEN = (OSError, tarfile.TarError, http.client.HTTPException)  # what a shard that breaks off raises
 
 
-def read_samples(url: str, attempts: int = 3) -> Iterator[tuple[str, bytes, int]]:
+def read_samples(url: str, attempts: int = 3, failed: list[str] | None = None) -> Iterator[tuple[str, bytes, int]]:
     """(key, image bytes, label or -1) for each sample of a shard, in member order. A shard that breaks off
     (network, a failed command) is read again from its start, skipping what was given out, up to `attempts`
-    times (1 s, 2 s apart); then it ends early with a warning, the samples before the break kept."""
+    times (1 s, 2 s apart); then it ends early with a warning, the samples before the break kept, and its url
+    added to `failed` (as a damaged one's: an empty shard read whole is not)."""
+    failed = [] if failed is None else failed
     given = 0
     for attempt in range(1, attempts + 1):
         try:
@@ -151,17 +171,18 @@ def read_samples(url: str, attempts: int = 3) -> Iterator[tuple[str, bytes, int]
                     yield sample
             return
         except DamagedShard as exc:  # read again, it would stop there again
-            log.warning("shard %s has %s, after %d samples: the members after it are left out; copy it again",
+            log.warning("shard %s %s, after %d samples: the members after it are left out; copy it again",
                         url, exc, given)
+            failed.append(url)
             return
         except BROKEN as exc:
             # a first header that does not parse: a compressed shard is the likely cause, retried in vain
             hint = (" (no tar header: shards are read as plain .tar; a compressed one is decompressed in the "
-                    "command, e.g. pipe:zcat FILE.tar.gz)" if given == 0 and isinstance(exc, tarfile.ReadError)
-                    else "")
+                    "command, e.g. pipe:zcat FILE.tar.gz)" if given == 0 and "invalid header" in str(exc) else "")
             if attempt == attempts:
                 log.warning("shard %s broke off after %d samples (%s)%s, %d times: going on with the next shard",
                             url, given, exc, hint, attempts)
+                failed.append(url)
                 return
             log.warning("shard %s broke off after %d samples (%s)%s: reading it again", url, given, exc, hint)
             time.sleep(RETRY_WAIT * attempt)
@@ -195,11 +216,14 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 label = int(text) if digits.isascii() and digits.isdigit() else _not_a_label(url, member.name, text)
         if image is not None:
             yield key, image, label
-        # tarfile ends quietly at a damaged header: what follows it, unlike the end-of-archive blocks, is not
-        # zeros (tarfile's read-ahead, its stream's private `buf`, then the rest of the stream)
-        rest = chain([getattr(tar.fileobj, "buf", b"")], iter(lambda: stream.read(1 << 20), b""))
-        if any(chunk.strip(b"\0") for chunk in rest):
-            raise DamagedShard(f"a damaged member header at byte {tar.offset:,}")
+        # tarfile ends quietly where a header is cut short or damaged: a whole end-of-archive block, and zeros
+        # after it (tarfile's read-ahead, its stream's private `buf`, then what the stream holds), tell its end
+        stop = tar.offset
+        if getattr(tar.fileobj, "pos", stop + tarfile.BLOCKSIZE) - stop < tarfile.BLOCKSIZE:
+            raise DamagedShard(f"is cut short at byte {stop:,} (no end-of-archive block)")
+        held = [stream.held()] if isinstance(stream, _PipeStream) else iter(lambda: stream.read(1 << 20), b"")
+        if any(chunk.strip(b"\0") for chunk in chain([getattr(tar.fileobj, "buf", b"")], held)):
+            raise DamagedShard(f"has a damaged member header at byte {stop:,}")
 
 
 _dotted_said: list[str] = []  # the first member left out for the dots in its name, named once a process
@@ -227,17 +251,19 @@ class StreamShards:
 
     def __init__(self, root: str, size: int = 0) -> None:
         self.root, self.urls, self.size = root, shard_urls(root), size
-        self._first: list[tuple[str, bytes, int]] | None = None
+        self._first: list[tuple[str, str, bytes, int]] | None = None
 
     def _first_images(self) -> list[tuple[str, str, bytes, int]]:
         """The first (up to 64) images of the first shard that gives any, (shard, key, bytes, label): an empty
-        shard is passed over."""
+        shard read whole is passed over, one that cannot be read is an error (the next ones likely fail alike)."""
         for url in self.urls if self._first is None else ():
-            self._first = [(url, *sample) for sample in islice(read_samples(url), 64)]
-            if self._first:
+            failed: list[str] = []
+            self._first = [(url, *sample) for sample in islice(read_samples(url, failed=failed), 64)]
+            if self._first or failed:
                 break
         if not self._first:
-            raise UserError(f"the shards of data.root={self.root} gave no images; check it")
+            raise UserError(f"the shards of data.root={self.root} gave no images (see the warnings above); check "
+                            "data.root and that the shards can be read")
         return self._first
 
     def __len__(self) -> int:
@@ -281,18 +307,20 @@ class StreamViews(IterableDataset):
         logical = (physical + self.start_step) % workers
         epoch, given, sizes = self.positions.get(logical, stream_position())
         skipped = 0  # unreadable images since the last sample: counted with the next, in the next epoch if need be
-        idle = 0  # epochs in a row in which this worker's shards gave no image
+        idle = 0  # epochs in a row in which this worker's shards were empty
         while True:
-            gave, skipped = yield from self._epoch(epoch, given, list(sizes), logical, workers, skipped)
+            gave, skipped, empty = yield from self._epoch(epoch, given, list(sizes), logical, workers, skipped)
             idle = 0 if gave or given else idle + 1
-            if idle:  # an empty shard, or unreadable ones: the next epoch deals this worker others
+            if idle:
                 urls = [self.shards.urls[i] for i in self._shards_of(epoch, logical, workers)]
                 named = f"{', '.join(urls[:3])}{' ...' if len(urls) > 3 else ''}"
-                if idle >= len(self.shards.urls):  # as many draws as shards, none with an image: none has one
-                    raise UserError(f"the shards {named} gave no readable image, nor any others in {idle} epochs: "
-                                    "check data.root and that the shards can be read")
-                log.warning("the shards %s gave no readable image in epoch %d: going on with the next epoch's",
-                            named, epoch)
+                if not empty:  # shards that could not be read, or images none of which decodes
+                    raise UserError(f"the shards {named} gave no readable image (see the warnings above): check "
+                                    "data.root and that the shards can be read")
+                if idle >= len(self.shards.urls):  # as many draws as shards, each empty: a safety net
+                    raise UserError(f"the shards {named} hold no image, nor did this data worker's others in {idle} "
+                                    "epochs: check data.root")
+                log.warning("the shards %s hold no image (epoch %d): going on with the next epoch's", named, epoch)
             epoch, given, sizes = epoch + 1, 0, []
 
     def _shards_of(self, epoch: int, logical: int, workers: int) -> list[int]:
@@ -303,16 +331,18 @@ class StreamViews(IterableDataset):
         streams = self.world * workers
         return order[: n // streams * streams][self.rank :: self.world][logical::workers]
 
-    def _read_from(self, shards: list[int], sizes: list[int], start: int) -> Iterator[tuple[int, int, str, bytes, int]]:
+    def _read_from(self, shards: list[int], sizes: list[int], start: int,
+                   failed: list[str]) -> Iterator[tuple[int, int, str, bytes, int]]:
         """(shard, position, key, bytes, label) of the worker's epoch stream from sample `start` on: shards whose
-        sizes are known and that end before `start` are not read. Appends the size of each shard it finishes."""
+        sizes are known and that end before `start` are not read. Appends the size of each shard it finishes,
+        and the url of each that could not be read whole to `failed`."""
         seen = 0
         for i, shard in enumerate(shards):
             if i < len(sizes) and seen + sizes[i] <= start:
                 seen += sizes[i]
                 continue
             count = 0
-            for count, (key, data, label) in enumerate(read_samples(self.shards.urls[shard]), 1):
+            for count, (key, data, label) in enumerate(read_samples(self.shards.urls[shard], failed=failed), 1):
                 if seen + count > start:
                     yield shard, count - 1, key, data, label
             if i >= len(sizes):
@@ -320,18 +350,20 @@ class StreamViews(IterableDataset):
             seen += count
 
     def _epoch(self, epoch: int, given: int, sizes: list[int], logical: int, workers: int,
-               skipped: int) -> Generator[dict, None, tuple[bool, int]]:
+               skipped: int) -> Generator[dict, None, tuple[bool, int, bool]]:
         """Yields the collate samples of this worker's epoch from position `given` on (`skipped`: unreadable
-        images not yet counted); returns whether it gave any (an epoch of unreadable images gives none) and the
-        unreadable images after its last sample."""
+        images not yet counted); returns whether it gave any (an epoch of unreadable images gives none), the
+        unreadable images after its last sample, and whether its shards were empty (read whole, no sample)."""
         shards = self._shards_of(epoch, logical, workers)
         block = given // self.block
-        source = self._read_from(shards, sizes, block * self.block)
-        gave = False
+        failed: list[str] = []
+        source = self._read_from(shards, sizes, block * self.block, failed)
+        gave = read = False
         while True:
             items = list(islice(source, self.block))
+            read = read or bool(items)
             if not items:
-                return gave, skipped
+                return gave, skipped, not read and not failed
             rng = np.random.default_rng([self.seed, epoch, self.rank, logical, block])
             order = rng.permutation(len(items))
             for pos in range(given - block * self.block, len(items)):
