@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from repre.core.compat import ema_
+from repre.core.dist import all_reduce_sum
 from repre.models.backbone import Backbone
 
 # the 0-d value a method with prototypes (DINO) logs: its teacher's mean output entropy, which the collapse
@@ -41,9 +42,16 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 def embedding_std(z: torch.Tensor) -> torch.Tensor:
     """Collapse monitor: the per-dimension std of L2-normalized embeddings z [N, D], times sqrt(D). About 1
-    for embeddings spread over the sphere; toward 0 when every image maps to the same point (SimSiam's measure)."""
+    for embeddings spread over the sphere; toward 0 when every image maps to the same point (SimSiam's measure).
+    Under torchrun, of the global batch (each process's sums added): what one process of that batch computes,
+    where each process's own would read lower with few images each."""
     z = torch.nn.functional.normalize(z.float(), dim=1)
-    return z.std(dim=0).mean() * z.shape[1] ** 0.5
+    count = torch.full((1,), z.shape[0], dtype=z.dtype, device=z.device)
+    sums = all_reduce_sum(torch.cat([z.sum(dim=0), z.square().sum(dim=0), count]))  # [2D + 1]
+    d, n = z.shape[1], sums[-1]
+    mean = sums[:d] / n
+    variance = ((sums[d:2 * d] - n * mean.square()) / (n - 1)).clamp_min(0)  # unbiased, as torch.std
+    return variance.sqrt().mean() * d ** 0.5
 
 
 @dataclass
