@@ -752,6 +752,9 @@ def test_a_usage_error_under_torchrun_is_said_once_and_written_for_torchrun_s_su
     assert exited.value.code == 2 and ("expected one argument" in said) == (rank == "0")
     written = json.loads((tmp_path / "error.json").read_text())["message"]["message"]
     assert written == "repre: error: argument --out: expected one argument"
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and bool(capsys.readouterr().out) == (rank == "0")  # once too
 
 
 def test_eval_recon_under_torchrun_says_to_run_it_alone(tiny_run, monkeypatch, capsys):

@@ -50,18 +50,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_once(argv: list[str] | None):
-    """`parser.parse`; under torchrun a usage error is printed by rank 0 alone and written to every process's
-    error file (torchrun's summary), as the other errors are."""
+    """`parser.parse`; under torchrun what it prints before it exits (a usage error, --help, --version) is
+    printed by rank 0 alone, and a usage error written to every process's error file (torchrun's summary), as
+    the other errors are."""
     if not launched():
         return parser.parse(argv)
-    said = io.StringIO()
+    said, shown = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stderr(said):
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(shown):
             return parser.parse(argv)
     except SystemExit as exc:
-        if exc.code:  # argparse's usage and "PROG: error: ..." (--help exits 0, on stdout)
+        if exc.code:  # argparse's usage and "PROG: error: ..."
             failures.tell_launcher(UserError(said.getvalue().strip().splitlines()[-1].split(": error: ", 1)[-1]))
         if launch_rank() == 0:
+            sys.stdout.write(shown.getvalue())
             sys.stderr.write(said.getvalue())
         raise
 
