@@ -173,15 +173,18 @@ LESS_MEMORY = {
 }
 
 
+HOST_OUT_OF_MEMORY = "can't allocate memory"  # what torch's CPU allocator says
+
+
 def out_of_memory(message: str) -> bool:
     """Whether an error's message is an allocator's that ran out: CUDA's "out of memory", the CPU's
     "DefaultCPUAllocator: can't allocate memory"."""
-    return "out of memory" in message.lower() or "can't allocate memory" in message
+    return "out of memory" in message.lower() or HOST_OUT_OF_MEMORY in message
 
 
 def out_of_memory_message(exc: BaseException, command: str = "pretrain") -> str:
     first = _first_line(exc, 200)
-    host = isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)  # the machine's, not a GPU's
+    host = isinstance(exc, MemoryError) or HOST_OUT_OF_MEMORY in str(exc)  # the machine's, not a GPU's
     if command != "pretrain":
         what = LESS_MEMORY.get(command, "free memory, or use a larger machine")
         if host:

@@ -24,6 +24,7 @@ import re
 import tarfile
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -137,11 +138,17 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
     return images, labels, dotted
 
 
+def all_zeros(chunks: Iterable[bytes]) -> bool:
+    """Whether every byte of `chunks` is zero: what follows a tar's last member (its end-of-archive blocks and
+    padding), not members after a damaged header."""
+    return not any(chunk.strip(b"\0") for chunk in chunks)
+
+
 def zeros_from(path: Path, offset: int) -> bool:
-    """Whether the file holds only zero bytes from `offset` on (a tar's end-of-archive blocks and padding)."""
+    """Whether the file holds only zero bytes from `offset` on."""
     with open(path, "rb") as fh:
         fh.seek(offset)
-        return not any(chunk.strip(b"\0") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        return all_zeros(iter(lambda: fh.read(1 << 20), b""))
 
 
 def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

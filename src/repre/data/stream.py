@@ -50,7 +50,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from repre.config import REMOTE_ROOTS
 from repre.core.rng import epoch_seed
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, warn_unreadable
-from repre.data.shards import LABEL_EXTENSIONS, dotted_image, expand, shard_paths, split_key, warn_dotted
+from repre.data.shards import LABEL_EXTENSIONS, all_zeros, dotted_image, expand, shard_paths, split_key, warn_dotted
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -222,7 +222,7 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
         if getattr(tar.fileobj, "pos", stop + tarfile.BLOCKSIZE) - stop < tarfile.BLOCKSIZE:
             raise DamagedShard(f"is cut short at byte {stop:,} (no end-of-archive block)")
         held = [stream.held()] if isinstance(stream, _PipeStream) else iter(lambda: stream.read(1 << 20), b"")
-        if any(chunk.strip(b"\0") for chunk in chain([getattr(tar.fileobj, "buf", b"")], held)):
+        if not all_zeros(chain([getattr(tar.fileobj, "buf", b"")], held)):
             raise DamagedShard(f"has a damaged member header at byte {stop:,}")
 
 
