@@ -14,6 +14,9 @@ from repre.reconstruction import Baseline, PretrainingModel, RePre
 
 # the recon.* keys read outside the branch (the builder, the wrapper); every other one is a
 # `ReconstructionBranch` argument of the same name
+# the recon.* keys builder.py reads itself, not passed by name to ReconstructionBranch: `enabled` (whether there is
+# a branch), `weight` and `views` (RePre's recon_weight and views_per_image) and `taps` (RePre's first argument,
+# which it gives the branch)
 RECON_WRAPPER_KEYS = ("enabled", "weight", "taps", "views")
 
 
@@ -48,15 +51,18 @@ def build_encoder(cfg: Config) -> Backbone:
 def check_builds(cfg: Config, device: torch.device) -> None:
     """Build the run's model shape-only, on the meta device (no memory, no weights' time), so that a setting it
     refuses (model.arch, model.kwargs, recon.taps, recon.out_stride, ...) is said before the data are indexed,
-    which takes minutes on a large folder (the class count is a stand-in: the data's is checked with them);
-    and with train.deterministic on a GPU, what PyTorch has no deterministic CUDA backward for: a decoder that
-    interpolates (`ReconstructionBranch.resamples`) other than nearest, and DINO's local crops."""
+    which takes minutes on a large folder (the class count is a stand-in: the data's is checked with them)."""
     with torch.device("meta"):
         model = build_model(cfg, num_classes=2)
-    if not (cfg.train.deterministic and device.type == "cuda"):
-        return
+    if cfg.train.deterministic and device.type == "cuda":
+        check_deterministic_cuda(cfg, model)
+
+
+def check_deterministic_cuda(cfg: Config, model: PretrainingModel) -> None:
+    """With train.deterministic on a GPU, refuse what PyTorch has no deterministic CUDA backward for: a decoder
+    that interpolates (`ReconstructionBranch.resamples`) other than nearest, and DINO's local crops."""
     resamples = isinstance(model, RePre) and model.branch.resamples(cfg.data.image_size)
-    if cfg.recon.enabled and cfg.recon.upsample != "nearest" and resamples:
+    if resamples and cfg.recon.upsample != "nearest":
         raise UserError(f"train.deterministic=true on a GPU needs recon.upsample=nearest: PyTorch has no "
                         f"deterministic CUDA backward for {cfg.recon.upsample} upsampling")
     if cfg.data.local_crops > 0:

@@ -1,5 +1,6 @@
-"""The non-finite guard: an optimizer step whose loss or gradients are not finite is skipped (weights and
-optimizer state stay as they were) and counted; `train.max_bad_steps` skipped steps in a row stop the run.
+"""The non-finite guard: an optimizer step whose loss or gradients are not finite is skipped (weights, optimizer
+state and the buffers the forward moved stay as they were; the EMA copies keep the update that ran before the
+forward, towards the unchanged weights) and counted; `train.max_bad_steps` skipped steps in a row stop the run.
 
 Two strategies, chosen by `train.host_sync` (`make_guard`):
 - `HostGuard` (`step`): the skip is decided on the host, one sync a step (distributed: one all-reduce that also

@@ -5,7 +5,8 @@
     x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to MIN_WIDTH,
     down to stride `out_stride`
     1x1 conv to 3 x out_stride² channels, pixel shuffle to full resolution (out_stride 1: plain 3 channels)
-    a final interpolation when the stride is not a power of two.
+    a final interpolation to the view's size when it is not a multiple of the finest tap's stride (the maps
+    then cover a smaller image).
 
 One implementation serves plain transformers (every tap at stride p) and hierarchical ones (taps at
 different strides: the deeper map is upsampled to the shallower one before the add, U-Net style).
