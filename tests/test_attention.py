@@ -76,7 +76,7 @@ def test_unfused_path_computes_the_same_outputs_and_gradients(arch, sdpa_calls):
         model = encoder(arch).double()
         sdpa_calls.clear()
         with training_attention(model, CPU, dtype):
-            pooled, maps = model(x, taps=[model.depth - 1])
+            pooled, maps = model(x, taps=[model.num_units - 1])
         (pooled.square().sum() + maps[0].sum()).backward()
         assert len(sdpa_calls) == (6 if dtype == torch.float32 else 0)
         results.append((pooled, [p.grad for p in model.parameters()]))

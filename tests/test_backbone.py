@@ -246,7 +246,7 @@ def test_a_hybrid_vits_token_side_is_its_stem_and_patch_reduction_together():
     """vit_*_r_*: a CNN stem reduces by 4 before 8-px patches: a token is 32 px, as its map's grid says (the
     decoder's steps and norm_pix's patch follow it; the projection's 8 alone left them 4x off)."""
     b = Backbone("vit_tiny_r_s16_p8_224", {"img_size": 64})
-    _, maps = b(torch.randn(1, 3, 64, 64), [b.depth - 1])
+    _, maps = b(torch.randn(1, 3, 64, 64), [b.num_units - 1])
     assert b.patch_size == 32 and b.unit_strides[-1] == 32 and maps[0].shape[-2:] == (2, 2)
 
 

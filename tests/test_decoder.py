@@ -78,7 +78,7 @@ def flops(fn) -> int:
 
 def decoder_to_encoder_flops(arch: str, kwargs: dict, size: int, taps: int, width: int) -> float:
     enc = Backbone(arch, {"img_size": size, **kwargs}).eval()
-    tap_idx = resolve_taps(taps, enc.depth)
+    tap_idx = resolve_taps(taps, enc.num_units)
     dec = Decoder([enc.embed_dim] * len(tap_idx), enc.patch_size, width).eval()
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():

@@ -132,7 +132,7 @@ def test_a_checkpoint_with_other_decay_groups_says_what_to_do(tmp_path):
 def test_swin_taps_and_decoder_output(arch, size, strides):
     name, kwargs = resolve_arch(arch, size, 0.0, {"embed_dim": 16, "num_heads": [1, 2, 4, 8][: len(strides)]})
     enc = Backbone(name, kwargs)
-    taps = list(range(enc.depth))
+    taps = list(range(enc.num_units))
     assert enc.hierarchical and enc.unit_strides == strides
     with torch.no_grad():
         _, maps = enc(torch.randn(1, 3, size, size), taps)

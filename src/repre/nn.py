@@ -59,7 +59,7 @@ class ReconstructionBranch(nn.Module):
                              "the patches the decoder needs: build it without patch_drop_rate (or train without "
                              "the reconstruction branch)")
         self._backbone = (backbone,)  # a tuple: not a submodule, its parameters stay the caller's
-        self.taps = resolve_taps(taps, backbone.depth)
+        self.taps = resolve_taps(taps, backbone.num_units)
         channels = [backbone.unit_channels[t] for t in self.taps]
         strides = [backbone.unit_strides[t] for t in self.taps]
         if out_stride > min(strides):

@@ -1,11 +1,11 @@
-"""The RePre branch, composed around any method.
+"""What a run trains: `RePre`, a method with the reconstruction branch (`repre.nn`) beside it, or `Baseline`.
 
 `RePre(method, taps=..., ...)` asks the method for its online encoder's tap maps (from the forward the
 contrastive loss already runs) and hands them to its `repre.nn.ReconstructionBranch`, which decodes them to
 pixels; the total adds lambda * reconstruction loss:
 
-    out = method.step(views, momentum, taps=branch.taps)  # its targets' EMA, then its forward: a MethodOutput
-    recon = branch.loss(out.maps, out.views)              # (the method's loss, the tap maps, their views)
+    out = method.ema_then_forward(views, momentum, taps=branch.taps)  # a MethodOutput: the method's loss, the
+    recon = branch.loss(out.maps, out.stacked_views)                  # tap maps and the views they came from
     loss = out.loss + weight * recon
 
 With views_per_image=1 (recon.views) the decoder reconstructs one global view of each image (`one_view_rows`):
@@ -78,7 +78,7 @@ class Baseline(PretrainingModel):
         local_views: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """views [B, 2, 3, H, W] (local_views [B, L, 3, h, w]: DINO's) -> the method's losses ("loss_recon" 0)."""
-        out = self.method.step(views, momentum, labels, local_views)
+        out = self.method.ema_then_forward(views, momentum, labels, local_views)
         zero = torch.zeros((), device=out.loss.device)
         return {"loss": out.loss, **out.logged, "loss_contrastive": out.loss, "loss_recon": zero}
 
@@ -107,11 +107,11 @@ class RePre(PretrainingModel):
         "loss_recon", "loss_contrastive": the method's, "loss_recon", and the method's other 0-d values}. The
         decoder reconstructs the global views as the encoder received them; with `views_per_image=1` B of the 2B views
         (`one_view_rows`)."""
-        out = self.method.step(views, momentum, labels, local_views, self.branch.taps)
+        out = self.method.ema_then_forward(views, momentum, labels, local_views, self.branch.taps)
         rows = None
         if self.views_per_image == 1:  # every process has an equal share of the global batch
-            rows = one_view_rows(out.views.shape[0], rank() * views.shape[0], out.views.device)
-        loss_recon = self.branch.loss(out.maps, out.views, rows)
+            rows = one_view_rows(2 * len(views), rank() * len(views), views.device)  # of out.stacked_views
+        loss_recon = self.branch.loss(out.maps, out.stacked_views, rows)
         return {"loss": out.loss + self.recon_weight * loss_recon, **out.logged, "loss_contrastive": out.loss,
                 "loss_recon": loss_recon}
 

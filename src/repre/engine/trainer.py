@@ -202,6 +202,7 @@ class Trainer:
         self.forward_buffers.keep()
         with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
                 training_attention(self.model, self.rt.device, self.rt.dtype):
+            # the EMA copies move by `momentum` here, inside the forward (Method.ema_then_forward), before it
             out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"))
         for callback in self.callbacks:
             callback.on_forward(self, out)

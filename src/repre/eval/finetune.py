@@ -99,7 +99,7 @@ def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]
     model.to(rt.device).train()
     loader = augmented_loader(cfg, source, crop_and_flip(cfg.aug, crop_scale=e.finetune.crop_scale),
                               e.finetune.batch_size, "eval.finetune.batch_size")
-    blocks = block_offsets(model)[-1] if encoder.hierarchical else encoder.depth
+    blocks = block_offsets(model)[-1] if encoder.hierarchical else encoder.num_units
     opt = torch.optim.AdamW(layer_decay_groups(model, blocks, e.finetune.weight_decay, e.finetune.layer_decay))
     lrs = warmup_cosine(scaled_lr(e.finetune.lr, e.finetune.batch_size), 0.0, e.finetune.steps,
                         round(e.finetune.warmup_fraction * e.finetune.steps))

@@ -123,7 +123,7 @@ def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
         return "avg", 1  # and MoBY's Swin (models/swin_transformer.py:577-579, after the final norm)
     if name == "dino" and encoder.embed_dim < DINO_WIDE:
         # eval_linear.py:256,258: --n_last_blocks 4, --avgpool_patchtokens false, "for ViT-Small"
-        return "cls", min(4, encoder.depth)
+        return "cls", min(4, encoder.num_units)
     if name == "dino":  # dino README.md:340,344: ViT-B with --n_last_blocks 1 --avgpool_patchtokens true
         return "both", 1
     return "cls", 1  # quick; mocov3: the class token after the final norm, the head input of timm 0.4.9's ViT

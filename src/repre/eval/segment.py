@@ -49,7 +49,7 @@ IGNORED = (255, 255, 255)  # pixels without a label
 def dense_unit(encoder: Backbone) -> int:
     """The tap unit the dense probe reads: a ViT's last block; a Swin's deepest stage of stride <= 16."""
     if not encoder.hierarchical:
-        return encoder.depth - 1
+        return encoder.num_units - 1
     return max(i for i, s in enumerate(encoder.unit_strides) if s <= 16 or i == 0)
 
 

@@ -18,8 +18,10 @@ def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
     """Raise UserError when `encoder` cannot give features `kind` of its last `blocks` blocks."""
     if kind in ("cls", "both") and not encoder.has_class_token:
         raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg (or leave it null)")
-    if not 1 <= blocks <= encoder.depth:
-        raise UserError(f"eval.linear.blocks must be in 1..{encoder.depth}, got {blocks}")
+    if not 1 <= blocks <= encoder.num_units:
+        units = "stages" if encoder.hierarchical else "blocks"
+        raise UserError(f"eval.linear.blocks={blocks}: the last blocks (of Swin, stages) whose features the probe "
+                        f"reads; {encoder.arch} has {encoder.num_units} {units}, so 1 to {encoder.num_units}")
 
 
 def feature_dim(encoder: Backbone, kind: str, blocks: int) -> int:
@@ -34,7 +36,7 @@ def token_features(encoder: Backbone, x: torch.Tensor, kind: str, blocks: int) -
     token then the mean patch token (registers excluded)."""
     model = encoder.model
     if encoder.hierarchical:
-        maps = encoder.unit_maps(x, range(encoder.depth - blocks, encoder.depth))  # the last `blocks` stages
+        maps = encoder.unit_maps(x, range(encoder.num_units - blocks, encoder.num_units))  # the last `blocks` stages
         return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
     outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
                                        return_prefix_tokens=kind != "avg", intermediates_only=True)

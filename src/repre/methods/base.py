@@ -59,11 +59,12 @@ class MethodOutput:
     """What a framework's forward returns: its own loss (`RePre` adds λ · reconstruction to it), 0-d values to
     log ("embedding_std", DINO's "teacher_entropy"), and for the RePre branch the online encoder's maps of the
     tap units it was asked for ([2B, C_i, h_i, w_i] each, from the same forward as the loss; none without taps)
-    and the views they came from, [x1; x2]: [2B, 3, H, W]."""
+    and the views they came from, both global views of each image stacked, [x1; x2]: [2B, 3, H, W] (where the
+    views a method takes are [B, 2, 3, H, W])."""
 
     loss: torch.Tensor
     logged: dict[str, torch.Tensor]
-    views: torch.Tensor
+    stacked_views: torch.Tensor
     maps: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -73,7 +74,7 @@ class Method(nn.Module):
     branch decodes).
 
     Subclasses set `self.encoder` (the online backbone) and list their (online, momentum) module pairs in
-    `ema_pairs()`. A training step calls `step(views, momentum, ...)`, which updates them with the step's
+    `ema_pairs()`. A training step calls `ema_then_forward(views, momentum, ...)`, which updates them with the step's
     momentum before the forward (the targets of a step are the EMA of the weights that step starts from, as
     the official MoCo v3, MoBY and DINO code have them): no framework updates them itself.
     `eval_encoder_key` names the encoder that evaluation and export use (the online one, or DINO's teacher).
@@ -133,7 +134,7 @@ class Method(nn.Module):
         (`update_momentum`); a method without a momentum encoder has none."""
         return []
 
-    def step(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
+    def ema_then_forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
              local_views: torch.Tensor | None = None, taps: Sequence[int] = ()) -> MethodOutput:
         """A training step's forward: the momentum targets moved toward the online weights (`update_momentum`
         with this step's `momentum`), then `forward`. In eval mode (a validation loss) the targets stay, as

@@ -96,13 +96,13 @@ class Backbone(nn.Module):
             )
         self.hierarchical = not hasattr(self.model, "blocks")
         self.embed_dim: int = self.model.num_features
-        self.depth: int = len(units)  # tap units: blocks (ViT) or stages (Swin)
+        self.num_units: int = len(units)  # the units a tap names: blocks (ViT) or stages (Swin)
         embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches
         side = embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size  # (h, w), or an int (XCiT)
         self.patch_size: int = int(side if isinstance(side, int) else side[0])
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
-        self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.depth
-        self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.depth
+        self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.num_units
+        self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.num_units
         if init != "timm":
             try:
                 INITS[init](self.model)
@@ -138,10 +138,11 @@ class Backbone(nn.Module):
 
     def _unit(self, tap: int) -> int:
         """A tap (negative: from the end) as a 0-based block (a Swin: stage) index; out of range: ValueError."""
-        if not -self.depth <= tap < self.depth:
-            raise ValueError(f"tap {tap}: the encoder has {self.depth} {'stages' if self.hierarchical else 'blocks'}, "
-                             f"so from {-self.depth} to {self.depth - 1}")
-        return tap % self.depth
+        if not -self.num_units <= tap < self.num_units:
+            units = "stages" if self.hierarchical else "blocks"
+            raise ValueError(f"tap {tap}: the encoder has {self.num_units} {units}, "
+                             f"so from {-self.num_units} to {self.num_units - 1}")
+        return tap % self.num_units
 
     def unit_maps(self, x: torch.Tensor, units: Sequence[int]) -> list[torch.Tensor]:
         """x [B, 3, H, W] -> the maps of `units` (0-based blocks, or a Swin's stages) as a frozen evaluation reads

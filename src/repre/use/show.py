@@ -78,7 +78,7 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
 def patch_pca(encoder: Backbone, x: torch.Tensor, unit: int = -1) -> torch.Tensor:
     """Normalized images x [B, 3, H, W] -> the first 3 principal components of `unit`'s patch features (default
     the last unit's; final norm applied), fitted over all B * h * w patches, each scaled to [0, 1]: [B, 3, h, w]."""
-    feats = encoder.unit_maps(x, [unit % encoder.depth])[0].float()  # [B, D, h, w]
+    feats = encoder.unit_maps(x, [unit % encoder.num_units])[0].float()  # [B, D, h, w]
     b, d, h, w = feats.shape
     flat = feats.permute(0, 2, 3, 1).reshape(-1, d)
     flat = flat - flat.mean(dim=0)
@@ -127,9 +127,9 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
     ckpt, cfg = loaded
     model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
     encoder = model.method.eval_encoder
-    if not -encoder.depth <= block < encoder.depth:
-        raise UserError(f"--block {block}: {run_dir(checkpoint).name}'s encoder has {encoder.depth} "
-                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {encoder.depth - 1}")
+    if not -encoder.num_units <= block < encoder.num_units:
+        raise UserError(f"--block {block}: {run_dir(checkpoint).name}'s encoder has {encoder.num_units} "
+                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {encoder.num_units - 1}")
     mean, std = pretraining_stats(cfg.data)
     seen = torch.stack([centre_view(img, cfg.data.image_size) for img in images]).float() / 255
     x = normalize(seen, mean, std).to(rt.device)
