@@ -293,7 +293,9 @@ class Trainer:
             self.agreement.signal = signal
             if dist.is_distributed() and isinstance(self.guard, DeviceGuard):  # no collective a step
                 signal.when = "at the next log or checkpoint step (where the processes agree on it)"
-            completed = self._loop(loader, writer, bar)
+            self.model.train()
+            with workers_stopped_on_error(iter(loader)) as batches:
+                completed = self._steps(batches, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
             completed = completed and not self.guard.diverged
             signal.ending = True
@@ -381,14 +383,9 @@ class Trainer:
             summary = summary if int(agreed.item()) == dist.world_size() else None
         return summary
 
-    def _loop(self, loader: Iterable[dict[str, torch.Tensor]], writer: MetricWriter, bar: tqdm) -> bool:
-        """Steps until the total or a stop request; returns whether the run completed."""
-        self.model.train()
-        with workers_stopped_on_error(iter(loader)) as batches:
-            return self._steps(batches, writer, bar)
-
     def _steps(self, batches: Iterator[dict[str, torch.Tensor]], writer: MetricWriter, bar: tqdm) -> bool:
-        """`_loop`'s steps, the batches from the loader's iterator."""
+        """Steps until the total or a stop request, the batches from the loader's iterator; returns whether the
+        run completed."""
         t, s = self.cfg.train, self.state
         meter, window_start, window_steps = self.meter, time.perf_counter(), 0
         self._sync_point()  # a stop asked while the run was built: agreed now, before the first step

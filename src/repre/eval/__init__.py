@@ -9,16 +9,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from repre.config import EVAL_TASKS, Config, flatten, override_items, parse_overrides
+from repre.config import EVAL_TASKS, flatten, override_items, parse_overrides
 from repre.config.reads import eval_reads, idle_keys, other_tasks
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist, eval_results, launch, run_files
 from repre.core.atomic import check_writable
-from repre.core.runtime import Runtime, seeded, setup_runtime
+from repre.core.runtime import seeded, setup_runtime
 from repre.engine.metrics import add_evaluation
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
-from repre.models.backbone import Backbone
 from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval gave before repre.pretrained)
     encoder_from,
     load_checkpoint_config,
@@ -30,8 +29,14 @@ from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval 
 log = logging.getLogger("repre")
 
 
-def encoder_tasks() -> dict[str, Callable[[Backbone, Config, Runtime], dict[str, Any]]]:
-    """Evaluations of a frozen or fine-tuned encoder: task -> fn(encoder, cfg, rt) -> result dict."""
+# the encoder tasks that write files (the papers' linear probes' resumable checkpoint, the dense probe's picture):
+# they take the folder as a fourth argument, `out` (None: none written)
+WRITE_FILES = ("linear", "segment")
+
+
+def encoder_tasks() -> dict[str, Callable[..., dict[str, Any]]]:
+    """Evaluations of a frozen or fine-tuned encoder: task -> fn(encoder, cfg, rt[, out]) -> result dict (`out`
+    for the tasks of WRITE_FILES)."""
     from repre.eval.finetune import finetune_eval
     from repre.eval.knn import knn_eval
     from repre.eval.linear import linear_eval
@@ -135,9 +140,6 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
         rt = setup_runtime(cfg.train, join_group=True)
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
             encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
-            if task in ("linear", "segment"):  # the papers' protocols keep a resumable checkpoint in `out`;
-                # the dense probe draws its predictions there
-                result = encoder_tasks()[task](encoder, cfg, rt, Path(out) if out else None)
-            else:
-                result = encoder_tasks()[task](encoder, cfg, rt)
+            files = (Path(out) if out else None,) if task in WRITE_FILES else ()
+            result = encoder_tasks()[task](encoder, cfg, rt, *files)
         return {**result, "checkpoint": evaluated}
