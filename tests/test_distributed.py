@@ -305,23 +305,31 @@ import numpy as np
 
 
 def images(split, root):
-    if os.environ.get("RANK") == "0" and split == "train":  # a scheduler's signal while the run is built
-        os.kill(os.getppid(), signal.SIGTERM)  # torchrun passes it on to every process
+    if split == "train" and os.environ.get("RANK") == os.environ["SIGNALLED_RANK"]:  # while the run is built
+        # rank 0: a scheduler's signal to the launcher, which passes it on to every process; rank 1: a signal
+        # to one process alone (a node's own watchdog), which the others learn of when they agree
+        os.kill(os.getppid() if os.environ["RANK"] == "0" else os.getpid(), signal.SIGTERM)
         time.sleep(2)
     return [(np.full((16, 16, 3), i % 251, np.uint8), i % 2) for i in range(64)]
 '''
 
 
-def test_a_signal_while_a_two_process_run_builds_stops_it_before_its_first_step(tmp_path):
+@pytest.mark.parametrize("signalled", ["0", "1"], ids=["all-processes", "rank-1-alone"])
+def test_a_signal_while_a_two_process_run_builds_stops_it_before_its_first_step(tmp_path, signalled):
     """The processes agree on a stop at log steps alone (or every step with the host guard): one asked while the
     run was built trained up to a log step's worth of steps first (50 in the ImageNet presets) inside the
-    launcher's grace period. They agree before the first step; the signal is said once."""
+    launcher's grace period. They agree before the first step; the signal is said once, by rank 0: as its own,
+    or as another process's when rank 1 alone received it."""
     (tmp_path / "stopped_while_built.py").write_text(STOPPED_WHILE_BUILT)
     out = tmp_path / "run"
     cmd = pretrain_cmd(out, 2, ["data.name=python", "data.source=stopped_while_built:images", "train.batch_size=8",
                                 "train.max_steps=20", "train.log_every=10", "train.host_sync=log"])
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "SIGNALLED_RANK": signalled})
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["completed"], summary["steps"]) == (False, 0), done.stderr[-2000:]
-    assert done.stderr.count("SIGTERM received") == 1
+    assert done.stderr.count("SIGTERM received") == (signalled == "0"), done.stderr[-2000:]
+    stopped = [line for line in done.stderr.splitlines() if "stopped at step 0 of 20" in line]
+    assert len(stopped) == 1, done.stderr[-2000:]
+    assert ("a stop asked of another process of the run" in stopped[0]) == (signalled == "1")
+    assert "--resume" in stopped[0]
