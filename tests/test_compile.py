@@ -61,3 +61,43 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
         torch._dynamo.utils.counters.clear()
     assert graphs >= 3  # captured: the blocks at two token counts (global, local crops) and the branch's loss
     assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-5)
+
+
+def test_inductor_gives_the_branch_gradients_the_parameters_layout():
+    """Inductor (torch.compile's default backend, generated code) returns a 1x1 convolution's weight gradient
+    with other strides on its size-1 dimensions: no memory layout differs, which is why run_settings silences
+    DDP's warning about it. Any other stride difference would be a real one, and a copy each step. A Swin:
+    1x1 convolutions in the laterals and the head (a ViT's laterals are matrix products)."""
+    from repre.models.backbone import Backbone, resolve_arch
+    from repre.nn import ReconstructionBranch
+
+    swin = Backbone(*resolve_arch("swin_pico_patch2_window4", 16, 0.0, {}))
+    torch._dynamo.reset()
+    try:
+        branch = ReconstructionBranch(swin, taps=2, width=16)
+        branch.compile_loss()
+        x = torch.randn(2, 3, 16, 16)
+        _, maps = branch.encode(x)
+        branch.loss(maps, x).backward()
+    finally:
+        torch._dynamo.reset()
+    differ = {n: (tuple(p.shape), p.grad.stride(), p.stride()) for n, p in branch.named_parameters()
+              if p.grad.stride() != p.stride()}
+    assert "decoder.head.weight" in differ  # the case the warning is silenced for
+    for name, (shape, grad, param) in differ.items():
+        assert all(size == 1 for size, a, b in zip(shape, grad, param, strict=True) if a != b), name
+
+
+def test_run_settings_silence_ddp_s_stride_warning_under_compile_alone():
+    import warnings
+
+    from repre.core.runtime import GRAD_STRIDES_WARNING
+
+    def warned(*overrides):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with run_settings(tiny_config(*overrides), torch.device("cpu")):
+                warnings.warn(f"{GRAD_STRIDES_WARNING}. This may indicate ...", UserWarning, stacklevel=1)
+        return len(seen)
+
+    assert warned("train.compile=true") == 0 and warned() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ def setup_runtime(cfg: TrainConfig, join_group: bool = False) -> Runtime:
 
 
 COMPILE_GRAPHS = 32  # static graphs per compiled unit: Swin-T has 4 stages x 2 shifts x (online, momentum)
+GRAD_STRIDES_WARNING = "Grad strides do not match bucket view strides"  # DDP's (torch's reducer.cpp)
 
 
 @contextmanager
@@ -136,7 +138,10 @@ def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = Fal
 
     - train.compile: Dynamo's graphs per compiled unit raised to COMPILE_GRAPHS (`compile_units`); with the
       loss-balance diagnostics, compiled backward graphs that run again on one forward (they take each loss's
-      gradient from the step's graph before its backward).
+      gradient from the step's graph before its backward); DDP's "grad strides do not match bucket view
+      strides" warning silenced: Inductor gives a 1x1 convolution's weight gradient (the decoder's) other
+      strides on its size-1 dimensions, which address no memory, so the layouts are the same and DDP's copy
+      into its bucket is the one it makes anyway (tests/test_compile.py checks that no other stride differs).
     - train.deterministic: PyTorch's deterministic algorithms (an operation without one raises), cuBLAS with a
       fixed workspace, no cuDNN autotuning, and with train.compile Inductor's deterministic mode. The same run
       then gives the same bits on the same machine, GPU included, so a resumed run equals an uninterrupted one
@@ -147,6 +152,8 @@ def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = Fal
             stack.enter_context(compat.compiled_graphs_per_unit(COMPILE_GRAPHS))
             if cfg.measures_loss_balance:
                 stack.enter_context(compat.reusable_compiled_backward())
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", GRAD_STRIDES_WARNING, UserWarning)
         # what a GPU cannot do deterministically is refused earlier (`repre.builder.check_builds`)
         if cfg.train.deterministic:
             stack.enter_context(_deterministic(device, cuda_used_before))
