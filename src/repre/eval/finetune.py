@@ -56,7 +56,12 @@ def layer_id(name: str, depth: int, offsets: list[int] | None = None) -> int:
 
 def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay: float) -> list[dict]:
     """AdamW groups with an `lr_scale` each (layer-wise decay) and weight decay only on matrices that the model
-    does not exempt (`no_weight_decay()`). `depth`: the number of blocks (a Swin's blocks over all its stages)."""
+    does not exempt (`no_weight_decay()`). `depth`: the number of blocks (a Swin's blocks over all its stages).
+
+    Not timm's `param_groups_layer_decay`: its layers follow the model's `group_matcher`, which puts a ViT's
+    final norm one layer below the head (decay x its lr) and a Swin's patch merging with the stage after it;
+    MAE's `util/lr_decay.py:64-76` gives the final norm the head's lr and SimMIM's `optimizer.py:123-136` the
+    patch merging the layer of the block before it, as `layer_id` does."""
     groups: dict[tuple[int, bool], dict] = {}
     offsets = block_offsets(model)
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
