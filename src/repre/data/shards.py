@@ -38,7 +38,8 @@ from repre.errors import UserError
 log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
-INDEX_VERSION = 2  # of the cached index's layout and checks (2: shards cut short or damaged refused)
+# of the cached index's layout and checks (2: shards cut short or damaged refused; 3: a sample's first image alone)
+INDEX_VERSION = 3
 OPEN_FILES = 64  # shard handles kept open per process
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -99,17 +100,30 @@ def warn_dotted(count: int, example: str, where: str) -> None:
                 "each sample KEY.jpg, with no dot in KEY", count, where, example)
 
 
-def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict[str, int], list[str]]:
+def warn_second_images(count: int, example: str, where: str) -> None:
+    log.warning("%d member(s) of the shards in %s are a sample's second image (%s): a sample is the members of "
+                "one key in a row, so each reads its first image alone; give each image a key of its own",
+                count, where, example)
+
+
+def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict[str, int], list[str], list[str]]:
     """One shard's images [(shard, offset, size, key)] in member order, its labels {key: label}, and the names
-    of the members left out though they end in an image extension (`dotted_image`)."""
-    images, labels, dotted = [], {}, []
+    of the members left out though they end in an image extension: for dots in the name (`dotted_image`), and a
+    sample's images after its first (a sample: the members of one key in a row, as a stream reads them)."""
+    images, labels, dotted, second = [], {}, [], []
+    sample, has_image = None, False
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 key, ext = split_key(member.name)
-                if ext in EXTENSIONS:
+                if key != sample:
+                    sample, has_image = key, False
+                if ext in EXTENSIONS and has_image:
+                    second.append(member.name)
+                elif ext in EXTENSIONS:
+                    has_image = True
                     images.append((shard, member.offset_data, member.size, key))
                 elif dotted_image(ext):
                     dotted.append(member.name)
@@ -135,7 +149,7 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
     if why:
         raise UserError(f"{path} {why} at byte {end:,}, after {len(images)} images: the members after it cannot "
                         "be read; copy it again")
-    return images, labels, dotted
+    return images, labels, dotted, second
 
 
 def all_zeros(chunks: Iterable[bytes]) -> bool:
@@ -154,16 +168,19 @@ def zeros_from(path: Path, offset: int) -> bool:
 def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scan the shards' member headers: (entries [N, 3] int64: shard, offset, size; keys [N] bytes; labels [N])."""
     start = time.perf_counter()
-    entries, keys, labels_of, dotted = [], [], [], []
+    entries, keys, labels_of, dotted, second = [], [], [], [], []
     for i, path in enumerate(paths):
-        images, labels, left_out = _scan(path, i)
+        images, labels, left_out, seconds = _scan(path, i)
         dotted += left_out
+        second += seconds
         for shard, offset, size, key in images:
             entries.append((shard, offset, size))
             keys.append(key.encode())
             labels_of.append(labels.get(key, -1))
     if dotted:
         warn_dotted(len(dotted), dotted[0], root)
+    if second:
+        warn_second_images(len(second), second[0], root)
     if not entries:
         raise UserError(f"the {len(paths)} shards under {root} hold no images (looked for members named "
                         f"KEY{', KEY'.join(EXTENSIONS)}, KEY without a dot)")

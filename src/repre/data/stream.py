@@ -50,7 +50,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 from repre.config import REMOTE_ROOTS
 from repre.core.rng import epoch_seed
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, warn_unreadable
-from repre.data.shards import LABEL_EXTENSIONS, all_zeros, dotted_image, expand, shard_paths, split_key, warn_dotted
+from repre.data.shards import (
+    LABEL_EXTENSIONS,
+    all_zeros,
+    dotted_image,
+    expand,
+    shard_paths,
+    split_key,
+    warn_dotted,
+    warn_second_images,
+)
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -205,8 +214,11 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 if image is not None:
                     yield key, image, label
                 key, image, label = k, None, -1
-            if ext in EXTENSIONS:
+            if ext in EXTENSIONS and image is None:
                 image = tar.extractfile(member).read()
+            elif ext in EXTENSIONS and not _second_said:  # a sample's second image: its first is read, as indexed
+                _second_said.append(member.name)
+                warn_second_images(1, member.name, url)
             elif dotted_image(ext) and not _dotted_said:
                 _dotted_said.append(member.name)
                 warn_dotted(1, member.name, url)
@@ -227,6 +239,7 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
 
 
 _dotted_said: list[str] = []  # the first member left out for the dots in its name, named once a process
+_second_said: list[str] = []  # the first member left out as a sample's second image, named once a process
 _labels_said: list[str] = []  # the first label file that held no integer, named once a process
 
 
