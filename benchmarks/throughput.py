@@ -242,7 +242,7 @@ def _per_view_forward(method):
         x1, x2 = views[:, 0], views[:, 1]
         (p1, m1), (p2, m2) = method.encoder(x1, taps), method.encoder(x2, taps)
         q1, q2 = method.predictor(method.projector(p1)), method.predictor(method.projector(p2))
-        with torch.no_grad():  # the targets, updated before this forward (`Method.step`)
+        with torch.no_grad():  # the targets, updated before this forward (`Method.ema_then_forward`)
             k1, k2 = (method.momentum_projector(method.momentum_encoder(x)[0]) for x in (x1, x2))
         offset = rank() * views.shape[0]
         loss = (mocov3_loss(q1, gather(k2), method.temperature, offset)

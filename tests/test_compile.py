@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import DINO_TINY, pretrain_args, run_cli, tiny_config
+from conftest import DINO_TINY, SWIN_TINY, pretrain_args, run_cli, tiny_config
 from repre.builder import build_model
 from repre.core.runtime import run_settings
 from repre.engine.compile import compile_units
@@ -63,11 +63,19 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
     assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-5)
 
 
+def real_stride_differences(module: torch.nn.Module) -> list[tuple]:
+    """Parameters whose gradient's strides differ from their own on a dimension longer than 1 (a layout that
+    differs: a copy into DDP's bucket each step)."""
+    return [(name, tuple(p.shape), p.grad.stride(), p.stride()) for name, p in module.named_parameters()
+            if p.grad is not None and any(n > 1 and a != b for n, a, b in zip(p.shape, p.grad.stride(), p.stride(),
+                                                                                strict=True))]
+
+
 def test_inductor_gives_the_branch_gradients_the_parameters_layout():
     """Inductor (torch.compile's default backend, generated code) returns a 1x1 convolution's weight gradient
-    with other strides on its size-1 dimensions: no memory layout differs, which is why run_settings silences
-    DDP's warning about it. Any other stride difference would be a real one, and a copy each step. A Swin:
-    1x1 convolutions in the laterals and the head (a ViT's laterals are matrix products)."""
+    (the decoder's head, a Swin's laterals) with other strides on its size-1 dimensions: no memory layout
+    differs, which is why run_settings silences DDP's warning about it. Any other stride difference would be a
+    real one, and a copy each step. (The whole model's compiled units: the slow test below.)"""
     from repre.models.backbone import Backbone, resolve_arch
     from repre.nn import ReconstructionBranch
 
@@ -81,11 +89,23 @@ def test_inductor_gives_the_branch_gradients_the_parameters_layout():
         branch.loss(maps, x).backward()
     finally:
         torch._dynamo.reset()
-    differ = {n: (tuple(p.shape), p.grad.stride(), p.stride()) for n, p in branch.named_parameters()
-              if p.grad.stride() != p.stride()}
-    assert "decoder.head.weight" in differ  # the case the warning is silenced for
-    for name, (shape, grad, param) in differ.items():
-        assert all(size == 1 for size, a, b in zip(shape, grad, param, strict=True) if a != b), name
+    assert real_stride_differences(branch) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], SWIN_TINY], ids=["vit", "swin"])
+def test_inductor_gives_every_gradient_of_a_compiled_model_its_parameter_s_layout(extra):
+    """As above for every compiled unit (the encoders' blocks, the branch's loss) of a whole model."""
+    cfg = tiny_config(*extra, "train.compile=true")
+    model = build_model(cfg)
+    torch._dynamo.reset()
+    try:
+        compile_units(model)
+        size = cfg.data.image_size
+        model(torch.randn(2, 2, 3, size, size), 0.99)["loss"].backward()
+    finally:
+        torch._dynamo.reset()
+    assert real_stride_differences(model) == []
 
 
 def test_run_settings_silence_ddp_s_stride_warning_under_compile_alone():

@@ -492,3 +492,17 @@ def test_keys_the_chosen_protocol_or_probe_data_does_not_read_are_refused(tiny_r
             ("segment", ["eval.segment.classes=3"], "eval.segment.classes: read with eval.segment.data=folder")):
         code, _ = run_cli(["eval", task, "--checkpoint", str(out), *[a for i in items for a in ("--set", i)]])
         assert code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, units", [("vit_pico_patch4", "blocks"), ("swin_pico_patch2_window4", "stages")])
+def test_linear_blocks_out_of_range_names_the_encoder_s_blocks_or_stages(arch, units):
+    """A Swin's taps and probe features are its stages: "must be in 1..3" for a 6-block Swin read as a bug."""
+    from repre.eval.tokens import check_layout
+    from repre.models.backbone import Backbone, resolve_arch
+
+    encoder = Backbone(*resolve_arch(arch, 16, 0.0, {}))
+    n = encoder.num_units
+    check_layout(encoder, "avg", n)
+    with pytest.raises(UserError, match=rf"blocks={n + 1}: the probe reads .*last {n + 1} {units}; .* has {n}, "
+                                        rf"so give 1 to {n}"):
+        check_layout(encoder, "avg", n + 1)

@@ -256,7 +256,7 @@ def test_psnr_is_ten_log10_of_one_over_the_mse():
 @pytest.mark.parametrize("name", sorted(FRAMEWORK_CLASSES))
 def test_every_framework_s_targets_follow_its_online_weights(name, recon):
     """Whichever framework and wrapper, a step moves each target of `ema_pairs()` toward its online weights by
-    the step's momentum (`Method.step` updates them: no framework repeats it), and every module no optimizer
+    the step's momentum (`Method.ema_then_forward` updates them: no framework repeats it), and every module no optimizer
     trains is such a target (a pair left out would keep its target at the initial weights, and nothing else
     would fail)."""
     torch.manual_seed(0)

@@ -156,23 +156,26 @@ def test_members_with_more_dots_than_webdataset_keys_allow_are_said_to_be_left_o
 
 def test_a_sample_with_two_images_reads_its_first_indexed_and_streamed(tmp_path, monkeypatch, repre_log):
     """KEY.jpg and KEY.png in a row are one sample to a stream (WebDataset's grouping by key): the index counted
-    two images, the stream read the last one, so the same shards gave other datasets."""
+    two images, the stream read the last one, so the same shards gave other datasets. A key that comes back
+    later is another sample with its own label (the index kept one label a key: the shard's last)."""
     from repre.data import stream
     from repre.data.stream import read_samples
 
     monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(stream, "_second_said", [])
     with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
-        for name, seed in (("a.png", 1), ("a.cls", None), ("a.jpg", 2), ("b.png", 3), ("a.png", 4)):
-            add(tar, name, b"1" if seed is None else png_bytes(seed))
+        for name, seed in (("a.png", 1), ("a.cls", "1"), ("a.jpg", 2), ("b.png", 3), ("b.cls", "2"), ("a.png", 4),
+                           ("a.cls", "3")):
+            add(tar, name, seed.encode() if isinstance(seed, str) else png_bytes(seed))
     indexed = TarShards(str(tmp_path / "s-000.tar"))
     assert len(indexed) == 3 and "1 member(s) of the shards" in repre_log.text and "a.jpg" in repre_log.text
     streamed = list(read_samples(str(tmp_path / "s-000.tar")))
     assert [key for key, _, _ in streamed] == ["a", "b", "a"]  # the last "a" comes after "b": a sample of its own
     assert [image for _, image, _ in streamed] == [png_bytes(1), png_bytes(3), png_bytes(4)]
-    for i, (_, image, _) in enumerate(streamed):
+    assert [label for _, _, label in streamed] == [1, 2, 3]
+    for i, (_, image, label) in enumerate(streamed):
         want = torch.from_numpy(np.array(Image.open(io.BytesIO(image)))).permute(2, 0, 1)
-        assert torch.equal(indexed.load(i)[0], want)
+        assert torch.equal(indexed.load(i)[0], want) and indexed.load(i)[1] == label
 
 
 def test_a_shard_cut_short_says_so(tmp_path, monkeypatch):

@@ -12,11 +12,9 @@ from repre.methods import build_method
 from repre.models.backbone import Backbone, ModelBuildError, resolve_arch
 from repre.reconstruction import Baseline, PretrainingModel, RePre
 
-# the recon.* keys read outside the branch (the builder, the wrapper); every other one is a
-# `ReconstructionBranch` argument of the same name
 # the recon.* keys builder.py reads itself, not passed by name to ReconstructionBranch: `enabled` (whether there is
-# a branch), `weight` and `views` (RePre's recon_weight and views_per_image) and `taps` (RePre's first argument,
-# which it gives the branch)
+# a branch), `weight` and `views` (RePre's recon_weight and views_per_image) and `taps` (RePre's `taps=`, which it
+# gives the branch); every other one is a `ReconstructionBranch` argument of the same name
 RECON_WRAPPER_KEYS = ("enabled", "weight", "taps", "views")
 
 

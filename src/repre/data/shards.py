@@ -38,7 +38,8 @@ from repre.errors import UserError
 log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
-# of the cached index's layout and checks (2: shards cut short or damaged refused; 3: a sample's first image alone)
+# of the cached index's layout and checks (2: shards cut short or damaged refused; 3: a sample's first image
+# alone, with its own label)
 INDEX_VERSION = 3
 OPEN_FILES = 64  # shard handles kept open per process
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -106,12 +107,14 @@ def warn_second_images(count: int, example: str, where: str) -> None:
                 count, where, example)
 
 
-def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict[str, int], list[str], list[str]]:
-    """One shard's images [(shard, offset, size, key)] in member order, its labels {key: label}, and the names
-    of the members left out though they end in an image extension: for dots in the name (`dotted_image`), and a
-    sample's images after its first (a sample: the members of one key in a row, as a stream reads them)."""
-    images, labels, dotted, second = [], {}, [], []
-    sample, has_image = None, False
+def _scan(path: Path, shard: int) -> tuple[list[list], list[str], list[str]]:
+    """One shard's samples [[shard, offset, size, key, label or -1]] in member order, and the names of the
+    members left out though they end in an image extension: for dots in the name (`dotted_image`), and a
+    sample's images after its first. A sample is the members of one key in a row, as a stream reads them: its
+    first image and its label (the last label member, as a stream keeps)."""
+    images: list[list] = []
+    dotted, second = [], []
+    sample, image, label = None, None, -1  # the sample being read: its key, its entry in `images`, its label
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
@@ -119,18 +122,20 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                     continue
                 key, ext = split_key(member.name)
                 if key != sample:
-                    sample, has_image = key, False
-                if ext in EXTENSIONS and has_image:
+                    sample, image, label = key, None, -1
+                if ext in EXTENSIONS and image is not None:
                     second.append(member.name)
                 elif ext in EXTENSIONS:
-                    has_image = True
-                    images.append((shard, member.offset_data, member.size, key))
+                    image = [shard, member.offset_data, member.size, key, label]
+                    images.append(image)
                 elif dotted_image(ext):
                     dotted.append(member.name)
                 elif ext in LABEL_EXTENSIONS:
                     text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
                     try:
-                        labels[key] = int(text)
+                        label = int(text)
+                        if image is not None:  # the label after the image, as WebDataset writers order them
+                            image[4] = label
                     except ValueError:
                         raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label: a "
                                         f"{ext} member holds the class index (0, 1, ...) as text; write the "
@@ -138,7 +143,7 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
                                         f"not read), or leave out every {ext} for unlabelled images") from None
             end = tar.offset  # where the member headers stopped: the end-of-archive blocks, or a damaged header
     except tarfile.ReadError as exc:
-        if images or labels:  # read well up to some member: a shard cut short (a copy that stopped)
+        if sample is not None:  # read well up to some member: a shard cut short (a copy that stopped)
             raise UserError(f"{path} ends in the middle of a member ({exc}) after {len(images)} images: it is cut "
                             "short; copy it again") from None
         raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
@@ -149,7 +154,7 @@ def _scan(path: Path, shard: int) -> tuple[list[tuple[int, int, int, str]], dict
     if why:
         raise UserError(f"{path} {why} at byte {end:,}, after {len(images)} images: the members after it cannot "
                         "be read; copy it again")
-    return images, labels, dotted, second
+    return images, dotted, second
 
 
 def all_zeros(chunks: Iterable[bytes]) -> bool:
@@ -170,13 +175,13 @@ def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, n
     start = time.perf_counter()
     entries, keys, labels_of, dotted, second = [], [], [], [], []
     for i, path in enumerate(paths):
-        images, labels, left_out, seconds = _scan(path, i)
+        images, left_out, seconds = _scan(path, i)
         dotted += left_out
         second += seconds
-        for shard, offset, size, key in images:
+        for shard, offset, size, key, label in images:
             entries.append((shard, offset, size))
             keys.append(key.encode())
-            labels_of.append(labels.get(key, -1))
+            labels_of.append(label)
     if dotted:
         warn_dotted(len(dotted), dotted[0], root)
     if second:

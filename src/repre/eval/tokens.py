@@ -20,8 +20,8 @@ def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
         raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg (or leave it null)")
     if not 1 <= blocks <= encoder.num_units:
         units = "stages" if encoder.hierarchical else "blocks"
-        raise UserError(f"eval.linear.blocks={blocks}: the last blocks (of Swin, stages) whose features the probe "
-                        f"reads; {encoder.arch} has {encoder.num_units} {units}, so 1 to {encoder.num_units}")
+        raise UserError(f"eval.linear.blocks={blocks}: the probe reads the features of the encoder's last "
+                        f"{blocks} {units}; {encoder.arch} has {encoder.num_units}, so give 1 to {encoder.num_units}")
 
 
 def feature_dim(encoder: Backbone, kind: str, blocks: int) -> int:

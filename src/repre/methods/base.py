@@ -135,7 +135,7 @@ class Method(nn.Module):
         return []
 
     def ema_then_forward(self, views: torch.Tensor, momentum: float, labels: torch.Tensor | None = None,
-             local_views: torch.Tensor | None = None, taps: Sequence[int] = ()) -> MethodOutput:
+                         local_views: torch.Tensor | None = None, taps: Sequence[int] = ()) -> MethodOutput:
         """A training step's forward: the momentum targets moved toward the online weights (`update_momentum`
         with this step's `momentum`), then `forward`. In eval mode (a validation loss) the targets stay, as
         every state a forward updates does (DINO's center, MoBY's queues), like batch norm's statistics. Not for

@@ -111,7 +111,7 @@ class DINO(Method):
             n_crops += local_views.shape[1]
             local_pooled, _ = self.encoder(local_views.transpose(0, 1).flatten(0, 1))  # crop-major [L*B, ...]
             student.append(self.head(local_pooled))
-        with torch.no_grad():  # the teacher, updated before this forward (`Method.step`)
+        with torch.no_grad():  # the teacher, updated before this forward (`Method.ema_then_forward`)
             teacher = self.teacher_head(self.teacher_encoder(x)[0]).float()
         loss = dino_loss(torch.cat(student), teacher, self.center, n_crops, self.student_temp, self.teacher_temp)
         with torch.no_grad():

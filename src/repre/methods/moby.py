@@ -81,7 +81,7 @@ class MoBY(Method):
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
         q1, q2 = self.predictor(self.projector(pooled[:b])), self.predictor(self.projector(pooled[b:]))  # BN per view
-        with torch.no_grad():  # the targets, updated before this forward (`Method.step`)
+        with torch.no_grad():  # the targets, updated before this forward (`Method.ema_then_forward`)
             t_pooled, _ = self.target_encoder(x)
             k1 = F.normalize(self.target_projector(t_pooled[:b]).float(), dim=1)
             k2 = F.normalize(self.target_projector(t_pooled[b:]).float(), dim=1)

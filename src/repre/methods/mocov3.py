@@ -52,7 +52,7 @@ class MoCoV3(Method):
         pooled, maps = self.encoder(x, taps)
         z = self.projector(pooled[:b]), self.projector(pooled[b:])  # BN statistics per view, as official
         q1, q2 = self.predictor(z[0]), self.predictor(z[1])
-        with torch.no_grad():  # the targets, updated before this forward (`Method.step`)
+        with torch.no_grad():  # the targets, updated before this forward (`Method.ema_then_forward`)
             k_pooled, _ = self.momentum_encoder(x)
             k1, k2 = self.momentum_projector(k_pooled[:b]), self.momentum_projector(k_pooled[b:])
         offset = rank() * b
