@@ -85,6 +85,11 @@ def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
     strip = Image.open(out).convert("L").crop((0, sheet_size(3, 15, TILE, True, True)[1], width, height))
     assert strip.getextrema()[0] < 64  # the notes are drawn in the strip under the tiles
     assert result["classes"] == [None] * 3  # generated images: numbered labels, no names
+    values = result["values"]  # the captions' numbers, per checkpoint and image
+    assert len(values) == 2 and values[0] == values[1]  # the same run twice
+    assert len(values[0]["reconstruction_db"]) == len(values[0]["patch_means_db"]) == 3
+    assert [len(peaks) for peaks in values[0]["attention_peak"]] == [3] * 3  # 2 heads and their mean
+    assert all(peak >= 1 for peaks in values[0]["attention_peak"] for peak in peaks)  # 1: a flat map
 
 
 def test_show_draws_the_block_it_is_asked_for(tiny_run, tmp_path, capsys):

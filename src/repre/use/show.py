@@ -262,7 +262,7 @@ def show(checkpoint: str | Path, out: str | Path, *, compare: str | Path | None 
     """Draw the pictures of `checkpoint` (and of `compare` beside them) for `images` of its test images (those
     at `image_index` when given), the attention and patch features of `block` (a Swin: a stage; -1: the last),
     into `out` (.png, .svg or .pdf) -> {"out", "images", "indices", "labels", "classes", "checkpoints", "block",
-    "columns"}."""
+    "columns", "values"}; "values": for each checkpoint, the numbers its captions print (`caption_values`)."""
     overrides = override_items(overrides)
     n = len(dict.fromkeys(image_index)) if image_index else images  # --image-index: --images is not read
     if n < 1:
@@ -289,4 +289,13 @@ def show(checkpoint: str | Path, out: str | Path, *, compare: str | Path | None 
             "labels": [y if y >= 0 else None for y in labels],
             "classes": [n or None for n in names],
             "checkpoints": [str(checkpoint)] + ([str(compare)] if compare is not None else []), "block": block,
-            "columns": [f"{c.group}: {c.title}" if c.group else c.title for c in cols]}
+            "columns": [f"{c.group}: {c.title}" if c.group else c.title for c in cols],
+            "values": [caption_values(run) for run in runs]}
+
+
+def caption_values(run: Panels) -> dict[str, Any]:
+    """The numbers under one checkpoint's panels, per image (None where it has no such panel): the PSNR in dB of
+    its reconstructions and of the patch means they start from, and each attention map's largest weight over a
+    flat map's, [heads..., their mean] per image."""
+    return {"step": run.step, "reconstruction_db": run.recon_psnr, "patch_means_db": run.means_psnr,
+            "attention_peak": None if run.peak is None else run.peak.tolist()}
