@@ -172,6 +172,9 @@ def test_eval_prints_each_class_under_its_table():
     assert _per_class({"per_class_iou": {"background": 0.9, "Coat": 0.25}}) == (
         "per class (IoU): background 0.900, Coat 0.250")
     assert _per_class({"per_class_top1": {str(c): 0.1 for c in range(21)}}) == ""  # too many for a line
+    # a mask folder's labels 0, 3, 7, 25: 26 outputs, 22 of them labels the masks skip
+    sparse = {str(c): (0.5 if c in (0, 3, 7, 25) else None) for c in range(26)}
+    assert _per_class({"per_class_iou": sparse}) == "per class (IoU): 0 0.500, 3 0.500, 7 0.500, 25 0.500"
     assert _per_class({"k": 20}) == ""
 
 

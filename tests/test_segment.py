@@ -148,11 +148,78 @@ def test_segmentation_folder_errors_name_the_layout(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="images/"):
         SegmentationFolder(tmp_path / "empty", "train", size=16)
+    with pytest.raises(UserError, match="is no folder"):
+        SegmentationFolder(tmp_path / "nowhere", "train", size=16)
     root = seg_folder(tmp_path / "seg")
-    save_png(root / "masks" / "train" / "rgb.png", np.zeros((4, 4, 3), dtype=np.uint8))
-    save_png(root / "images" / "train" / "rgb.jpg", np.zeros((4, 4, 3), dtype=np.uint8))
-    with pytest.raises(UnreadableImage, match="grayscale or palette"):
-        read_mask(root / "masks" / "train" / "rgb.png")
+    for split in ("images", "masks"):
+        (root / split / "val").rename(root / split / "held")
+    with pytest.raises(UserError, match="no val split .* --set eval.split=val tests on a part of the train pairs"):
+        SegmentationFolder(root, "val", size=16)
+
+
+def test_masks_are_read_as_class_indices_in_every_mode_that_holds_them(tmp_path):
+    """1-bit PNGs (0 and 1), grayscale saved as RGB (equal channels) read; a colour mask is refused saying what
+    to do (it was "must be a grayscale or palette PNG" for the 1-bit ones too)."""
+    ids = np.array([[0, 1, 1], [1, 0, 1]], dtype=np.uint8)
+    Image.fromarray(ids.astype(bool)).convert("1").save(tmp_path / "bits.png")
+    Image.fromarray(np.repeat(ids[..., None] * 7, 3, axis=2)).save(tmp_path / "grey-rgb.png")
+    palette = Image.fromarray(ids * 5, mode="L").convert("P")
+    palette.putpalette([255, 0, 0] * 256)  # every index the same colour: the indices are read, not colours
+    palette.save(tmp_path / "palette.png")
+    assert read_mask(tmp_path / "bits.png").tolist() == ids.tolist()
+    assert read_mask(tmp_path / "grey-rgb.png").tolist() == (ids * 7).tolist()
+    assert read_mask(tmp_path / "palette.png").tolist() == (ids * 5).tolist()
+    colour = np.zeros((2, 3, 3), dtype=np.uint8)
+    colour[0, 0] = (128, 0, 0)  # VOC's aeroplane
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(UnreadableImage, match="RGB colour mask; .* map each colour to its class"):
+        read_mask(tmp_path / "colour.png")
+
+
+def test_unreadable_pairs_are_said_once_with_why_and_none_readable_names_the_first(tmp_path, caplog):
+    root = seg_folder(tmp_path / "seg", n_train=5)
+    for i in (1, 2):  # masks of half their image's size
+        save_png(root / "masks" / "train" / f"{i}.png", np.ones((10, 12), dtype=np.uint8))
+    with caplog.at_level("WARNING", logger="repre"):
+        train = SegmentationFolder(root, "train", size=16)
+    assert len(train) == 2
+    said = [r.getMessage() for r in caplog.records if "left out as unreadable" in r.getMessage()]
+    assert len(said) == 1 and "2 of the 4 train image/mask pairs" in said[0] and "differ in size" in said[0]
+    for i in (3, 4):
+        save_png(root / "masks" / "train" / f"{i}.png", np.ones((10, 12), dtype=np.uint8))
+    with pytest.raises(UserError, match=r"no readable image/mask pair among the 4 .* e\.g\. 1\.jpg: .* differ in size"):
+        SegmentationFolder(root, "train", size=16)
+
+
+def test_masks_that_would_score_a_meaningless_number_are_refused():
+    """Binary masks saved 0/255 under the default ignore 255 left one class and scored mIoU 1.0; test masks all
+    ignored scored 0.0; instance ids counted tens of thousands of classes (a confusion matrix of gigabytes)."""
+    from repre.eval.segment import mask_classes
+
+    binary = torch.tensor([[[0, 255], [255, 0]]])
+    with pytest.raises(UserError, match="only label 0 outside eval.segment.ignore=255.* saved 0/255"):
+        mask_classes(binary, binary, 0, ignore=255)
+    train = torch.tensor([[[0, 1], [1, 0]]])
+    with pytest.raises(UserError, match="no probe-test pixel has a label"):
+        mask_classes(train, torch.full((1, 2, 2), 255), 0, ignore=255)
+    instances = torch.tensor([[[0, 26001], [26002, 0]]])
+    with pytest.raises(UserError, match="labels up to 26002 .* map them to 0, 1"):
+        mask_classes(instances, instances, 0, ignore=255)
+    assert mask_classes(instances, instances, 26003, ignore=255) == 26003  # given: trusted
+
+
+def test_a_folder_s_val_split_decodes_only_the_pairs_the_probe_reads(tmp_path, monkeypatch):
+    from repre.data import seg_folder as module
+    from repre.eval.segment import folder_data
+
+    root = seg_folder(tmp_path / "seg", n_train=30)
+    decoded = []
+    decode = module.decode
+    monkeypatch.setattr(module, "decode", lambda path: decoded.append(path) or decode(path))
+    cfg = tiny_config("eval.segment.data=folder", f"eval.segment.root={root}", "eval.segment.size=16",
+                      "eval.split=val", "eval.segment.train=4", "eval.segment.test=2")
+    data = folder_data(cfg)
+    assert len(data.train_images) == 4 and len(data.test_images) == 2 and len(decoded) == 6
 
 
 def test_confusion_skips_ignored_pixels():

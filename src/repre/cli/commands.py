@@ -123,14 +123,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _per_class(extra: dict) -> str:
-    """A result's value per class on one line ("" for none, or more than 20 classes): k-NN's and the quick
-    linear probe's top-1, the dense probe's IoU."""
+    """A result's value per class on one line ("" for none, or more than 20 classes with a value: the labels a
+    dense probe's masks skip count for nothing): k-NN's and the quick linear probe's top-1, the dense probe's
+    IoU."""
     if isinstance(extra.get("per_class_top1"), dict):
         name, values = "top-1", extra["per_class_top1"]
     elif isinstance(extra.get("per_class_iou"), dict):
         name, values = "IoU", extra["per_class_iou"]
     else:
         return ""
+    if len(values) > 20:
+        values = {c: v for c, v in values.items() if v is not None}
     if not values or len(values) > 20:
         return ""
     return f"per class ({name}): " + ", ".join(f"{c} {'-' if v is None else f'{v:.3f}'}" for c, v in values.items())

@@ -3,10 +3,11 @@
     ROOT/images/train/*.jpg   ROOT/masks/train/*.png      (also: annotations/ for masks,
     ROOT/images/val/*.jpg     ROOT/masks/val/*.png         training/ and validation/ for the splits)
 
-A mask holds one class index per pixel (8- or 16-bit grayscale, or a palette PNG whose indices are the
-classes); `ignore` marks pixels that are neither trained on nor scored (ADE20K's reduced labels use 255).
-Images are resized (shorter side) and centre-cropped to `size`, masks the same way with nearest-neighbour
-sampling. An image without a mask is left out with a warning; an unreadable file likewise.
+A mask holds one class index per pixel (8- or 16-bit grayscale, 1-bit, or a palette PNG whose indices are the
+classes; an RGB PNG whose three channels are equal reads as grayscale); `ignore` marks pixels that are neither
+trained on nor scored (ADE20K's reduced labels use 255). Images are resized (shorter side) and centre-cropped to
+`size`, masks the same way with nearest-neighbour sampling. An image without a mask is left out with a warning;
+an unreadable pair likewise (one warning for all, naming the first and why).
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ def _split_dir(base: Path, split: str) -> Path | None:
 def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     """(image, mask) paths of `split` ("train" or "val"), matched by file stem, sorted."""
     root = Path(root)
-    layout = f"{root}/images/{{train,val}}/<name>.jpg and {root}/masks/{{train,val}}/<name>.png"
+    layout = (f"{root}/images/{{train,val}}/<name>.jpg and {root}/masks/{{train,val}}/<name>.png (masks/ may be "
+              f"{' or '.join(MASK_DIRS[1:])}/; train/ training/, val/ validation/ or test/)")
+    if not root.is_dir():
+        raise UserError(f"eval.segment.root={root} is no folder: give the folder of images/ and masks/")
     mask_base = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
     if not (root / "images").is_dir() or mask_base is None:
         raise UserError(f"eval.segment.root={root} needs the layout {layout}")
     images, masks = _split_dir(root / "images", split), _split_dir(mask_base, split)
     if images is None or masks is None:
-        raise UserError(f"no {split} split under {root}: expected {layout}")
+        held_out = "; without one, --set eval.split=val tests on a part of the train pairs" if split == "val" else ""
+        raise UserError(f"no {split} split under {root}: expected {layout}{held_out}")
     by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png" and not HIDDEN.match(p.name)}
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in EXTENSIONS and not HIDDEN.match(p.name))
     pairs = [(p, by_stem[p.stem]) for p in files if p.stem in by_stem]
@@ -54,23 +59,30 @@ def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
 
 
 def read_mask(path: Path) -> torch.Tensor:
-    """A PNG label map -> int64 [H, W] of class indices (palette PNGs: the palette indices)."""
+    """A PNG label map -> int32 [H, W] of class indices (palette PNGs: the palette indices; 1-bit: 0 and 1; RGB
+    with equal channels: the channel)."""
     try:
         with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise UnreadableImage(f"{path}: a mask must be a grayscale or palette PNG, not mode {img.mode}")
-            arr = np.array(img, dtype=np.int64)
-    except UnreadableImage:
-        raise
+            arr = np.array(img)
+            mode = img.mode
     except Exception as exc:  # noqa: BLE001 - PIL raises many types
         raise UnreadableImage(f"{path}: {exc}") from None
-    return torch.from_numpy(arr)
+    if mode in ("RGB", "RGBA") and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+        arr = arr[..., 0]  # a grayscale mask saved with three channels
+    elif mode in ("RGB", "RGBA"):
+        raise UnreadableImage(f"{path}: an {mode} colour mask; a mask holds class indices: map each colour to its "
+                              "class (0, 1, ...) and save a grayscale (L) or palette (P) PNG")
+    elif mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise UnreadableImage(f"{path}: a mask of mode {mode}; save its class indices as a grayscale (L, I;16) or "
+                              "palette (P) PNG")
+    return torch.from_numpy(arr.astype(np.int32))
 
 
 def fit(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [3, H, W] and [H, W] -> resized (shorter side = size) and centre-cropped to size x size."""
     if image.shape[-2:] != mask.shape:
-        raise UnreadableImage(f"image {tuple(image.shape[-2:])} and mask {tuple(mask.shape)} differ in size")
+        raise UnreadableImage(f"image {tuple(image.shape[-2:])} and mask {tuple(mask.shape)} differ in size: a "
+                              "mask is of its image's size, a label per pixel")
     h, w = mask.shape
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -78,29 +90,34 @@ def fit(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tenso
     msk = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest-exact")
     top, left = (nh - size) // 2, (nw - size) // 2
     img = img[0, :, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
-    return img, msk[0, 0, top:top + size, left:left + size].long()
+    return img, msk[0, 0, top:top + size, left:left + size].to(torch.int32)
 
 
 class SegmentationFolder:
-    """One split: `images` uint8 [N, 3, S, S], `masks` int64 [N, S, S] (class indices; `ignore` not scored)."""
+    """One split: `images` uint8 [N, 3, S, S], `masks` int32 [N, S, S] (class indices; `ignore` not scored).
+    `pairs`: those of `find_pairs` to read (default: the split's first `count`, or all)."""
 
     mean, std = MEAN, STD
 
     def __init__(self, root: str | Path, split: str, size: int, count: int | None = None,
-                 ignore: int = 255) -> None:
-        pairs = find_pairs(root, split)[:count] if count else find_pairs(root, split)
-        images, masks = [], []
+                 ignore: int = 255, pairs: list[tuple[Path, Path]] | None = None) -> None:
+        if pairs is None:
+            pairs = find_pairs(root, split)[:count] if count else find_pairs(root, split)
+        images, masks, skipped = [], [], []
         for image_path, mask_path in pairs:
             try:
                 img, msk = fit(decode(image_path), read_mask(mask_path), size)
             except UnreadableImage as exc:
-                log.warning("skipping an unreadable pair (%s): %s", image_path.name, exc)
+                skipped.append(f"{image_path.name}: {exc}")
                 continue
             images.append(img)
             masks.append(msk)
         if not images:
-            raise UserError(f"no readable image/mask pair in the {split} split of {root}: each was skipped with a "
-                            "warning above; give images PIL can open and grayscale or palette PNG masks")
+            raise UserError(f"no readable image/mask pair among the {len(pairs)} of the {split} split of {root}, "
+                            f"e.g. {skipped[0]}")
+        if skipped:
+            log.warning("%d of the %d %s image/mask pairs of %s left out as unreadable, e.g. %s", len(skipped),
+                        len(pairs), split, root, skipped[0])
         self.images, self.masks, self.ignore = torch.stack(images), torch.stack(masks), ignore
 
     def __len__(self) -> int:

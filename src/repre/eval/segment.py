@@ -24,7 +24,7 @@ from repre.core.pictures import Column, Picture, save_result_picture, sheet, thu
 from repre.core.runtime import Runtime
 from repre.data.fashion_mnist import CLASSES, FashionMNIST
 from repre.data.scenes import NUM_SEGMENT_CLASSES, SIZE, FashionScenes
-from repre.data.seg_folder import SegmentationFolder
+from repre.data.seg_folder import SegmentationFolder, find_pairs
 from repre.data.sources import pretraining_stats
 from repre.data.splits import val_split
 from repre.data.views import Stats, normalize
@@ -216,25 +216,45 @@ def folder_data(cfg: Config) -> ProbeData:
     if e.split == "test":
         train = SegmentationFolder(e.segment.root, "train", size, e.segment.train, e.segment.ignore)
         test = SegmentationFolder(e.segment.root, "val", size, e.segment.test, e.segment.ignore)
-        parts = (train.images, train.masks, test.images, test.masks)
-    else:
-        full = SegmentationFolder(e.segment.root, "train", size, None, e.segment.ignore)
-        train_idx, val_idx = val_split(len(full), min(e.val_size, max(1, len(full) // 5)))
-        train_idx, val_idx = train_idx[: e.segment.train], val_idx[: e.segment.test]
-        parts = (full.images[train_idx], full.masks[train_idx], full.images[val_idx], full.masks[val_idx])
+    else:  # only the pairs the probe reads are decoded
+        pairs = find_pairs(e.segment.root, "train")
+        train_idx, val_idx = val_split(len(pairs), min(e.val_size, max(1, len(pairs) // 5)))
+        train = SegmentationFolder(e.segment.root, "train", size, ignore=e.segment.ignore,
+                                   pairs=[pairs[i] for i in train_idx[: e.segment.train].tolist()])
+        test = SegmentationFolder(e.segment.root, "train", size, ignore=e.segment.ignore,
+                                  pairs=[pairs[i] for i in val_idx[: e.segment.test].tolist()])
+    parts = (train.images, train.masks, test.images, test.masks)
     return ProbeData(*parts, mask_classes(parts[1], parts[3], e.segment.classes, e.segment.ignore), e.segment.ignore)
+
+
+MAX_COUNTED_CLASSES = 1024  # above it, a count from the masks asks to be given (instance ids, colour codes)
 
 
 def mask_classes(train: torch.Tensor, test: torch.Tensor, given: int, ignore: int) -> int:
     """The classes of masks [N, S, S] (train and test): `given` (eval.segment.classes), or 0: the highest label
-    + 1. A label at or above a given count is refused by name (the probe has no output for it)."""
-    labels = torch.cat([train.flatten(), test.flatten()])
-    labels = labels[labels != ignore]
-    highest = int(labels.max()) if labels.numel() else 0
+    + 1. Refused by name: a label at or above a given count (the probe has no output for it), a count from
+    the masks above MAX_COUNTED_CLASSES, train masks with fewer than two labelled classes and test masks with
+    no labelled pixel (the probe would score a number that means nothing: 1.0 or 0)."""
+    train_labels, test_labels = train[train != ignore], test[test != ignore]
+    present = torch.cat([train_labels.unique(), test_labels.unique()]).unique()
+    highest = int(present.max()) if present.numel() else 0
     if given and highest >= given:
         raise UserError(f"the masks hold label {highest}, but eval.segment.classes={given} allows 0 to {given - 1}: "
                         f"set eval.segment.classes={highest + 1} (or 0: counted from the masks), or "
                         f"eval.segment.ignore={highest} when it marks pixels to leave out")
+    if not given and highest >= MAX_COUNTED_CLASSES:
+        raise UserError(f"the masks hold labels up to {highest} ({len(present)} distinct): a class index per "
+                        "pixel is expected (instance ids or colour codes are not); map them to 0, 1, ..., or set "
+                        f"eval.segment.classes={highest + 1} to probe that many outputs")
+    classes = train_labels.unique()
+    if len(classes) < 2:
+        held = f"only label {int(classes[0])}" if len(classes) else "no label"
+        raise UserError(f"the probe-train masks hold {held} outside eval.segment.ignore={ignore}: the probe needs "
+                        f"two classes or more; if {ignore} is a class (binary masks saved 0/{ignore}), save it as 1, "
+                        "or set eval.segment.ignore to a value the masks do not hold")
+    if not test_labels.numel():
+        raise UserError(f"no probe-test pixel has a label outside eval.segment.ignore={ignore}: there is nothing to "
+                        "score; give test masks with labelled pixels (or another eval.segment.ignore)")
     return given or highest + 1
 
 
