@@ -329,6 +329,8 @@ def test_a_signal_while_a_two_process_run_builds_stops_it_before_its_first_step(
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["completed"], summary["steps"]) == (False, 0), done.stderr[-2000:]
     assert done.stderr.count("SIGTERM received") == (signalled == "0"), done.stderr[-2000:]
+    if signalled == "0":  # said while the run is built: no step to stop after yet
+        assert "SIGTERM received: stopping once the run is built, before its first step" in done.stderr
     stopped = [line for line in done.stderr.splitlines() if "stopped at step 0 of 20" in line]
     assert len(stopped) == 1, done.stderr[-2000:]
     assert ("a stop asked of another process of the run" in stopped[0]) == (signalled == "1")

@@ -35,4 +35,5 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
         # the trainer joins the group (under torchrun); it is left here. A signal while it builds (indexing a large
         # folder, compiling) stops the run before its first step, as one during the loop does
         with GracefulStop() as signal:
+            signal.when = "once the run is built, before its first step"  # `Trainer._train` says the steps'
             return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg), signal=signal).fit()

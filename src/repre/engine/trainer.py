@@ -291,6 +291,7 @@ class Trainer:
         stops = contextlib.nullcontext(self.signal) if self.signal else GracefulStop()
         with contextlib.closing(bar), stops as signal:
             self.agreement.signal = signal
+            signal.when = "after this step"
             if dist.is_distributed() and isinstance(self.guard, DeviceGuard):  # no collective a step
                 signal.when = "at the next log or checkpoint step (where the processes agree on it)"
             self.model.train()
