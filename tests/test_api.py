@@ -239,3 +239,43 @@ def test_supervised_refuses_an_unlabelled_image_in_any_batch_read_on_the_host():
         fresh.check_labels(torch.tensor([0, 1], device="meta"))
     fresh.check_labels(torch.tensor([0, 1]))
     fresh.check_labels(torch.tensor([0, -1], device="meta"))  # later ones are not: reading waits for the device
+
+
+def test_a_key_misspelt_on_a_config_in_python_is_refused_naming_the_nearest():
+    """It was kept on the object and left out when pretrain checked the config again: the run went on with the
+    preset's value, silently."""
+    cfg = tiny_config()
+    cfg.train.max_steps = 3  # a key: set as ever
+    with pytest.raises(AttributeError, match="TrainConfig has no key 'max_step'; did you mean 'max_steps'"):
+        cfg.train.max_step = 2
+    with pytest.raises(AttributeError, match="ReconConfig has no key 'wieght'; did you mean 'weight'"):
+        cfg.recon.wieght = 0.0
+    assert cfg.train.max_steps == 3 and not hasattr(cfg.train, "max_step")
+
+
+def test_data_workers_kept_alive_to_the_interpreter_s_exit_do_not_hold_it(tmp_path):
+    """repre's workers ignore SIGTERM (a scheduler's signal is the main process's to act on), which
+    multiprocessing's exit handler sends them before it waits for them: a script whose loader an exception's
+    traceback kept (Ctrl-C in `repre.pretrain`) never ended."""
+    import subprocess
+    import sys
+
+    script = ("from torch.utils.data import DataLoader\n"
+              "from repre.data.workers import resolve_workers, worker_started\n"
+              "loader = DataLoader(list(range(64)), batch_size=2, num_workers=resolve_workers(1),\n"
+              "                    worker_init_fn=worker_started)\n"
+              "kept = iter(loader)\n"
+              "next(kept)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_paths_given_from_python_read_a_tilde_as_the_home_folder(tmp_path, monkeypatch):
+    from repre.core.checkpoint_io import checkpoint_file
+    from repre.core.pictures import picture_path
+    from repre.use.store import EmbeddingFiles
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert checkpoint_file("~/run.pt") == tmp_path / "run.pt"
+    assert picture_path("~/show.png") == tmp_path / "show.png"
+    assert EmbeddingFiles.of("~/emb.npy").npy == tmp_path / "emb.npy"

@@ -100,16 +100,21 @@ def test_eager_runs_without_compiling():
     assert calls == [False]
 
 
-def test_a_loaders_workers_stop_as_an_error_leaves_the_block():
-    """Without the clean-up the error's traceback (here kept by pytest) holds the iterator and its worker."""
+def test_a_loaders_workers_stop_as_the_block_ends_an_error_included():
+    """Without the clean-up the error's traceback (here kept by pytest) holds the iterator and its worker; and
+    after a block left normally (the training loop done) the iterator lives on through the last checkpoint and
+    the final evaluations, where an error would keep it."""
     import multiprocessing
 
     from torch.utils.data import DataLoader
 
     with pytest.raises(RuntimeError, match="in the step"):
-        with compat.workers_stopped_on_error(iter(DataLoader(list(range(8)), batch_size=2, num_workers=1))) as batches:
+        with compat.workers_stopped(iter(DataLoader(list(range(8)), batch_size=2, num_workers=1))) as batches:
             next(batches)
             raise RuntimeError("an error in the step")
+    assert not multiprocessing.active_children()
+    with compat.workers_stopped(iter(DataLoader(list(range(8)), batch_size=2, num_workers=1))) as batches:
+        next(batches)
     assert not multiprocessing.active_children()
 
 

@@ -847,3 +847,25 @@ def test_an_image_larger_than_pillow_decodes_is_unreadable_in_every_format(tmp_p
         with pytest.raises(UnreadableImage, match=r"3,000 pixels, more than the 2,000 Pillow decodes \(its guard "
                                                   r"against decompression bombs\): downscale it"):
             decode(tmp_path / name)
+
+
+def test_a_python_dataset_s_module_reloaded_gives_its_new_images(tmp_path, monkeypatch):
+    """A notebook edits its module and reloads it (importlib.reload): the next run read the dataset made from
+    the old code, and recorded the new file's SHA-256."""
+    import importlib
+
+    from repre.config import DataConfig
+    from repre.data.python_source import python_source
+
+    module = tmp_path / "reloaded_images_for_test.py"
+    code = "import numpy as np\nN = {}\ndef images(split, root):\n    return [np.zeros((8, 8, 3), np.uint8)] * N\n"
+    module.write_text(code.format(8))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = DataConfig(name="python", source="reloaded_images_for_test:images")
+    assert len(python_source(cfg, "train")) == 8
+    assert len(python_source(cfg, "train")) == 8  # made once: the same function
+    import reloaded_images_for_test
+
+    module.write_text(code.format(12))
+    importlib.reload(reloaded_images_for_test)
+    assert len(python_source(cfg, "train")) == 12

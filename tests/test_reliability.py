@@ -1280,3 +1280,22 @@ def test_a_checkpoint_read_for_its_config_alone_maps_its_weights_and_is_not_hash
         fh.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(UserError, match="is damaged"):
         ckpt_io.load(step_file)
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_is_no_disk_error(tmp_path, monkeypatch):
+    """torch.save's zip writer turns a KeyboardInterrupt raised in its write into a RuntimeError ("unexpected
+    pos"), which the save took for a failed write: "is the disk full?". It stays a KeyboardInterrupt, and the
+    temporary files go."""
+    def interrupted(state, fh):
+        fh.write(b"partial")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    path = tmp_path / "checkpoints" / "step-00000001.pt"
+    path.parent.mkdir()
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_io.save({"schema": 1}, path)
+    assert list(path.parent.iterdir()) == []

@@ -287,7 +287,7 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     """Write FILE.safetensors and FILE.json from a checkpoint (file or run directory); returns the card with
     the self-check's result under "check". Files of other weights at `out` are refused unless `overwrite`."""
 
-    out = Path(out)
+    out = Path(out).expanduser()
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
     checkpoint = ckpt_io.pinned(checkpoint)  # a run still training replaces its last.pt: one file read

@@ -36,4 +36,6 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
         # folder, compiling) stops the run before its first step, as one during the loop does
         with GracefulStop() as signal:
             signal.when = "once the run is built, before its first step"  # `Trainer._train` says the steps'
-            return Trainer(cfg, Path(out), resume, init_from, callbacks=run_callbacks(cfg), signal=signal).fit()
+            trainer = Trainer(cfg, Path(out).expanduser(), resume, init_from, callbacks=run_callbacks(cfg),
+                              signal=signal)
+            return trainer.fit()

@@ -6,6 +6,7 @@ computes (`RUN_ONLY_KEYS`)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,22 @@ URL = re.compile(r"[a-z][a-z0-9+.-]*://")  # a root kept as given (s3://, gs://,
 MAX_STEPS = 10**8
 
 
+class Section:
+    """Base of the config's sections (and of `Config`): an attribute set from Python must be one of its keys. A
+    misspelt one (`cfg.train.max_step = 2`) raises AttributeError naming the nearest key; it was kept on the
+    object, left out when the config was checked again, and the run went on with the preset's value."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        keys = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        if name not in keys:
+            near = difflib.get_close_matches(name, keys, n=1)
+            raise AttributeError(f"{type(self).__name__} has no key {name!r}; "
+                                 + (f"did you mean {near[0]!r}?" if near else f"its keys: {', '.join(keys)}"))
+        object.__setattr__(self, name, value)
+
+
 def _absolute(root: str | None) -> str | None:
     """A local root as an absolute path: ~/... in the user's home (the shell leaves `--set data.root=~/x` as it
     is), a relative one from the current directory, so that the run's config names the same images from any
@@ -28,7 +45,7 @@ def _absolute(root: str | None) -> str | None:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """What images to read and at which size."""
 
     # the dataset: Fashion-MNIST, a folder of images, tar shards, generated images, or python: a dataset of your
@@ -86,7 +103,7 @@ class DataConfig:
 
 
 @dataclass
-class AugConfig:
+class AugConfig(Section):
     """Two-view augmentation (MoCo v3 / BYOL recipe); per-view probabilities are [view 1, view 2], with DINO's
     local crops [view 1, view 2, local crops]."""
 
@@ -121,7 +138,7 @@ class AugConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """The encoder: any timm ViT by name, or a small named configuration (see `repre.models.backbone`)."""
 
     # a timm ViT or Swin name, or a small named one (vit_pico_patch4, swin_pico_patch2_window4, ...)
@@ -143,7 +160,7 @@ class ModelConfig:
 
 
 @dataclass
-class MoCoV3Config:
+class MoCoV3Config(Section):
     """MoCo v3 (Chen, Xie, He 2021): projector and predictor MLPs, InfoNCE against the momentum encoder's keys."""
 
     temperature: float = 0.2  # tau of the InfoNCE loss
@@ -156,7 +173,7 @@ class MoCoV3Config:
 
 
 @dataclass
-class DINOConfig:
+class DINOConfig(Section):
     """DINO (Caron et al. 2021): a student on all crops against an EMA teacher's centred, sharpened outputs."""
 
     student_temp: float = 0.1  # the student's softmax temperature
@@ -180,7 +197,7 @@ class DINOConfig:
 
 
 @dataclass
-class MoBYConfig:
+class MoBYConfig(Section):
     """MoBY (Xie et al. 2021): MoCo v2/BYOL-style heads with batch norm, and a queue of keys per view."""
 
     temperature: float = 0.2  # tau of the contrastive loss
@@ -193,7 +210,7 @@ class MoBYConfig:
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(Section):
     """The framework. Each framework's own keys are in its section; the one that runs is `method.name`'s."""
 
     name: Literal["mocov3", "dino", "moby", "supervised"] = "mocov3"  # supervised: a labelled reference
@@ -208,7 +225,7 @@ class MethodConfig:
 
 
 @dataclass
-class ReconConfig:
+class ReconConfig(Section):
     """The RePre reconstruction branch: a convolutional decoder on the encoder's maps of several depths, an L1
     loss against the pixels of the view the encoder saw. The defaults are the choices every preset measured
     (docs/results.md, sections 4.1 and 4.2): per-patch normalized targets, x2 steps down to stride 4, then a
@@ -238,7 +255,7 @@ class ReconConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Optimisation and the run loop. All `*_every` and step counts are optimizer steps."""
 
     batch_size: int = 256  # global batch of images (each gives 2 global views, and DINO's data.local_crops)
@@ -303,7 +320,7 @@ class TrainConfig:
 
 
 @dataclass
-class KNNConfig:
+class KNNConfig(Section):
     """Weighted k-NN on frozen features (DINO's protocol): the train split is the bank, the test split the queries."""
 
     enabled: bool = True  # a k-NN at the end of pre-training, in its summary (needs labels)
@@ -323,7 +340,7 @@ class KNNConfig:
 
 
 @dataclass
-class LinearConfig:
+class LinearConfig(Section):
     """The linear probe on frozen features, by one of four protocols (docs/evaluation.md): `quick`, repre's
     CPU protocol on precomputed features with lr and weight decay chosen on a held-out part of the train split
     (not a paper's protocol); `mocov3`, `dino` and `moby`, the papers' ImageNet protocols (SGD on augmented
@@ -357,7 +374,7 @@ class LinearConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Section):
     """End-to-end fine-tuning with layer-wise lr decay and label smoothing (short schedule for a CPU)."""
 
     steps: int = 200  # optimizer steps
@@ -380,7 +397,7 @@ class FinetuneConfig:
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(Section):
     """The dense probe: a 1x1 convolution on frozen patch features, scored by mIoU."""
 
     # generated scenes of Fashion-MNIST items, or a folder of images with PNG masks
@@ -406,7 +423,7 @@ class SegmentConfig:
 
 
 @dataclass
-class ReconEvalConfig:
+class ReconEvalConfig(Section):
     """The reconstruction branch seen from outside: recon.png and `repre eval recon`."""
 
     images: int = 8  # images shown in recon.png (a row each, both views) and in `repre eval recon`
@@ -418,7 +435,7 @@ class ReconEvalConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     """Evaluation: what every task shares, then each task's own section."""
 
     batch_size: int = 512  # images per batch of feature extraction
@@ -446,7 +463,7 @@ MULTI_CROP = ("dino",)  # the frameworks that take local crops (data.local_crops
 
 
 @dataclass
-class Config:
+class Config(Section):
     """A whole run."""
 
     # the preset or YAML file the config came from; "defaults": these classes' defaults, which are no preset's

@@ -108,10 +108,13 @@ def _publish(tmp: Path, path: Path, digest: str | None) -> None:
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write `state` atomically (temporary file, fsync, rename) with its checksum sidecar. A failed write
-    raises OSError (torch.save's zip writer turns a full disk into a RuntimeError; it is converted back)."""
+    raises OSError (torch.save's zip writer turns a full disk into a RuntimeError; it is converted back), and
+    Ctrl-C during it KeyboardInterrupt (the writer turned it into a RuntimeError too: "is the disk full?")."""
     try:
         _write_atomic(path, lambda fh: torch.save(state, fh))
     except RuntimeError as exc:
+        if isinstance(exc.__context__, BaseException) and not isinstance(exc.__context__, Exception):
+            raise exc.__context__ from None  # KeyboardInterrupt, or a signal's Interrupted, during the write
         cause = next((e for e in (exc.__context__, exc.__cause__) if isinstance(e, OSError)), None)
         raise OSError(getattr(cause, "errno", None) or errno.EIO,
                       f"{cause.strerror if cause else exc}", str(path)) from exc
@@ -216,8 +219,9 @@ def prune(folder: Path, keep: int, milestone_every: int = 0) -> None:
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """The file a checkpoint argument names: the file itself, or a run directory's checkpoints/last.pt."""
-    path = Path(path)
+    """The file a checkpoint argument names: the file itself, or a run directory's checkpoints/last.pt (~: the
+    user's home, as a shell would read it)."""
+    path = Path(path).expanduser()
     if not path.is_dir():
         return path
     candidates = (path / run_files.CHECKPOINTS / run_files.LAST, path / run_files.LAST)
@@ -246,7 +250,7 @@ def load(path: str | Path, weights: bool = True) -> dict[str, Any]:
     """Open a repre checkpoint safely (no code runs from the file) and check that it is one. `weights` False:
     for its config and records alone, its tensors memory-mapped (not read) and its checksum not verified (a
     damaged file's weights are not used)."""
-    given, path = Path(path), checkpoint_file(path)
+    given, path = Path(path).expanduser(), checkpoint_file(path)
     if not path.is_file() and (given / run_files.CONFIG).is_file():  # a run directory whose run is at its start
         raise UserError(f"{given} is a run without a checkpoint yet (a run writes one every "
                         "train.checkpoint_every steps and when it stops, Ctrl-C included): give a run or a .pt file "

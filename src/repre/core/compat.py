@@ -27,16 +27,16 @@ def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Ten
 
 
 @contextmanager
-def workers_stopped_on_error(batches: Iterator[T]) -> Iterator[Iterator[T]]:
-    """`batches`, a DataLoader's iterator, whose worker processes stop as an exception leaves the block. The
-    exception's traceback keeps the iterator alive: collected later, each worker would wait out a 5 s join
-    timeout in the caller's process. `_shutdown_workers` is the multi-process iterator's own clean-up (the
-    single-process iterator has none)."""
+def workers_stopped(batches: Iterator[T]) -> Iterator[Iterator[T]]:
+    """`batches`, a DataLoader's iterator, whose worker processes stop as the block ends, an exception
+    included. An exception's traceback keeps the iterator alive: collected later, each worker would wait out a
+    5 s join timeout in the caller's process, and at the interpreter's exit multiprocessing's SIGTERM, which
+    repre's workers ignore (`worker_started`), left the process waiting for them for good. `_shutdown_workers`
+    is the multi-process iterator's own clean-up (the single-process iterator has none)."""
     try:
         yield batches
-    except BaseException:
+    finally:
         getattr(batches, "_shutdown_workers", lambda: None)()
-        raise
 
 
 def onednn_has_bf16() -> bool:

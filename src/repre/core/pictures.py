@@ -205,7 +205,7 @@ def fitted(pen: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 def picture_path(out: str | Path) -> Path:
     """`--out` of a picture, checked before anything is computed: it ends in .png, .svg or .pdf, and the last
     two find matplotlib."""
-    path = Path(out)
+    path = Path(out).expanduser()
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"--out {out} must end in {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")

@@ -288,9 +288,10 @@ def to_uint8(x: torch.Tensor, where: str) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(source: str, root: str | None, split: str) -> Any:
-    """The function's dataset of a split, made once a process (a run's periodic k-NN reads both splits again)."""
-    function = import_source(source)
+def _dataset(function: Callable[[str, str | None], Any], source: str, root: str | None, split: str) -> Any:
+    """The function's dataset of a split, made once a process for that function (a run's periodic k-NN reads
+    both splits again); a module reloaded (`importlib.reload`) gives a new function, so its dataset is made
+    anew."""
     try:
         return function(split, root)
     except UserError:
@@ -301,4 +302,4 @@ def _dataset(source: str, root: str | None, split: str) -> Any:
 
 def python_source(cfg: DataConfig, split: str) -> PythonSource:
     """The `split` ("train" or "test") of the dataset that data.source's function gives."""
-    return PythonSource(_dataset(cfg.source, cfg.root, split), cfg.source, split)
+    return PythonSource(_dataset(import_source(cfg.source), cfg.source, cfg.root, split), cfg.source, split)

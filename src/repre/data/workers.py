@@ -3,6 +3,7 @@ the cores, and counts that would exhaust the memory refused), and how a worker s
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -31,13 +32,34 @@ def resolve_workers(requested: int) -> int:
                         f"train.num_workers=-1 chooses {chosen} here (allowed with --resume)")
     if requested > MANY_WORKERS_PER_CORE * share and dist.is_main():
         _warn_many_workers(requested, share, chosen)
-    return requested if requested >= 0 else chosen
+    workers = requested if requested >= 0 else chosen
+    if workers:
+        _stop_workers_at_exit()
+    return workers
 
 
 @functools.cache  # once a process: each loader asks
 def _warn_many_workers(requested: int, share: int, chosen: int) -> None:
     log.warning("train.num_workers=%d on %d core(s): more workers than loading can use unless it waits on a slow "
                 "disk; --set train.num_workers=-1 chooses %d here", requested, share, chosen)
+
+
+@functools.cache  # registered once a process, after multiprocessing's own exit handler: it runs before that one
+def _stop_workers_at_exit() -> None:
+    """At the interpreter's exit, stop the workers of the loaders still alive (one an exception's traceback
+    kept: Ctrl-C in a script calling `repre.pretrain`). multiprocessing's exit handler sends them SIGTERM, which
+    they ignore (`worker_started`), and then waits for them: the process never ended."""
+    atexit.register(_stop_live_workers)
+
+
+def _stop_live_workers() -> None:
+    import gc
+
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    for obj in gc.get_objects():
+        if issubclass(type(obj), _MultiProcessingDataLoaderIter):  # type(): no attribute read (some warn)
+            obj._shutdown_workers()  # the iterator's own clean-up: each worker told to end, then joined
 
 
 def worker_started(_: int) -> None:

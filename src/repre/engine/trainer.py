@@ -25,7 +25,7 @@ from repre.builder import build_model, check_builds
 from repre.config import Config, check_global_batch, flatten, save_yaml, to_yaml
 from repre.core import checkpoint_io, dist, launch, rng, run_files
 from repre.core.atomic import replacing
-from repre.core.compat import workers_stopped_on_error
+from repre.core.compat import workers_stopped
 from repre.core.progress import progress_bar
 from repre.core.run_lock import RunLock
 from repre.core.runtime import LossScaler, Runtime, run_settings, setup_runtime
@@ -295,7 +295,7 @@ class Trainer:
             if dist.is_distributed() and isinstance(self.guard, DeviceGuard):  # no collective a step
                 signal.when = "at the next log or checkpoint step (where the processes agree on it)"
             self.model.train()
-            with workers_stopped_on_error(iter(loader)) as batches:
+            with workers_stopped(iter(loader)) as batches:  # stopped before the last checkpoint and evaluations
                 completed = self._steps(batches, writer, bar)
             self._sync_point()  # a stop or divergence between log steps: the counts up to here
             completed = completed and not self.guard.diverged

@@ -59,6 +59,7 @@ def evaluate(
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     overrides = override_items(overrides)
+    out = None if out is None else Path(out).expanduser()
     if keep:
         out = result_folder(checkpoint, task, overrides, out, "out")
     with _said_once(task):

@@ -13,6 +13,7 @@ from torch import nn
 
 from repre.config import Config
 from repre.core import dist
+from repre.core.compat import workers_stopped
 from repre.core.progress import progress_bar
 from repre.core.runtime import Runtime
 from repre.errors import UserError
@@ -37,16 +38,17 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
     terminal or in a log, as the training's."""
     was_training = module.training
     module.eval()
-    if desc:
-        batches = progress_bar(batches, desc=desc, unit="batch", leave=False)
+    loaded = iter(batches)  # a loader's workers stop when the iteration ends, an exception included
+    total = len(batches) if hasattr(batches, "__len__") else None
     try:
-        for x, extra in batches:
-            if len(x) == 0:
-                yield None, extra
-                continue
-            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
-                out = fn(x.to(rt.device, non_blocking=True))
-            yield out.float().cpu(), extra
+        with workers_stopped(loaded):
+            for x, extra in progress_bar(loaded, desc=desc, unit="batch", leave=False, total=total) if desc else loaded:
+                if len(x) == 0:
+                    yield None, extra
+                    continue
+                with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+                    out = fn(x.to(rt.device, non_blocking=True))
+                yield out.float().cpu(), extra
     finally:
         module.train(was_training)
 

@@ -50,7 +50,7 @@ class EmbeddingFiles:
 
     @classmethod
     def of(cls, out: str | Path) -> EmbeddingFiles:
-        out = Path(out)
+        out = Path(out).expanduser()
         if out.suffix != ".npy":
             raise UserError(f"{out} must end in .npy (the index goes beside it as .csv, the card as .json)")
         return cls(out, out.with_suffix(".csv"), out.with_suffix(".json"))
