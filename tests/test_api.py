@@ -276,6 +276,8 @@ def test_paths_given_from_python_read_a_tilde_as_the_home_folder(tmp_path, monke
     from repre.use.store import EmbeddingFiles
 
     monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.yaml").write_text("_base_: fmnist-mocov3\ntrain:\n  max_steps: 7\n")
+    assert load_config("~/mine.yaml").train.max_steps == 7
     assert checkpoint_file("~/run.pt") == tmp_path / "run.pt"
     assert picture_path("~/show.png") == tmp_path / "show.png"
     assert EmbeddingFiles.of("~/emb.npy").npy == tmp_path / "emb.npy"

@@ -118,6 +118,26 @@ def test_a_loaders_workers_stop_as_the_block_ends_an_error_included():
     assert not multiprocessing.active_children()
 
 
+def test_an_evaluation_loader_s_workers_stop_when_its_reading_fails():
+    """The k-NN's, probes' and fine-tuning's loader iterates through a generator of its own: an error in the
+    reading left its workers alive for as long as the traceback was kept (a notebook's whole session)."""
+    import multiprocessing
+
+    from repre.data.evaluation import EvalLoader
+    from repre.eval.features import frozen_batches
+
+    def fail(x):
+        raise RuntimeError("out of memory in the encoder")
+
+    batches = [(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long))] * 4
+    loader = EvalLoader(batches, batch_size=None, num_workers=1,
+                        collate_fn=lambda b: (b[0], b[1], []))
+    runtime = type("Rt", (), {"device": torch.device("cpu"), "dtype": torch.float32, "amp": False})()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(frozen_batches(torch.nn.Identity(), loader, runtime, fail))
+    assert not multiprocessing.active_children()
+
+
 def test_torch_s_batch_norm_base_is_what_its_batch_norms_subclass():
     """repre's SyncBatchNorm subclasses it and overrides its input check, as BatchNorm1d/2d do."""
     assert issubclass(torch.nn.BatchNorm1d, compat.BatchNormBase) and issubclass(torch.nn.BatchNorm2d,

@@ -869,3 +869,26 @@ def test_a_python_dataset_s_module_reloaded_gives_its_new_images(tmp_path, monke
     module.write_text(code.format(12))
     importlib.reload(reloaded_images_for_test)
     assert len(python_source(cfg, "train")) == 12
+
+
+def test_a_callable_object_as_data_source_is_made_once_though_it_does_not_hash(tmp_path, monkeypatch):
+    from repre.config import DataConfig
+    from repre.data.python_source import python_source
+
+    (tmp_path / "callable_images_for_test.py").write_text(
+        "from dataclasses import dataclass\n"
+        "import numpy as np\n"
+        "@dataclass\n"
+        "class Maker:\n"
+        "    n: int\n"
+        "    made: int = 0\n"
+        "    def __call__(self, split, root):\n"
+        "        self.made += 1\n"
+        "        return [np.zeros((8, 8, 3), np.uint8)] * self.n\n"
+        "images = Maker(6)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = DataConfig(name="python", source="callable_images_for_test:images")
+    assert len(python_source(cfg, "train")) == len(python_source(cfg, "train")) == 6
+    import callable_images_for_test
+
+    assert callable_images_for_test.images.made == 1

@@ -217,7 +217,7 @@ def _resolved(raw: dict[str, Any]) -> bool:
 def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
     source = os.fspath(source) if source else DEFAULT_PRESET
-    path = Path(source)
+    path = Path(source).expanduser()  # ~: the home folder, from Python as from a shell
     if path.is_dir() and source not in list_presets():  # a preset's name stays the preset's beside a run folder
         run = path / "config.yaml"
         hint = (f"a run's: give --config {run} to train with its settings, or --out {path} --resume to go on with it"

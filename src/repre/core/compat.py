@@ -28,15 +28,18 @@ def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Ten
 
 @contextmanager
 def workers_stopped(batches: Iterator[T]) -> Iterator[Iterator[T]]:
-    """`batches`, a DataLoader's iterator, whose worker processes stop as the block ends, an exception
-    included. An exception's traceback keeps the iterator alive: collected later, each worker would wait out a
-    5 s join timeout in the caller's process, and at the interpreter's exit multiprocessing's SIGTERM, which
-    repre's workers ignore (`worker_started`), left the process waiting for them for good. `_shutdown_workers`
-    is the multi-process iterator's own clean-up (the single-process iterator has none)."""
+    """`batches`, a DataLoader's iterator (or a generator over one, closed), whose worker processes stop as the
+    block ends, an exception included. An exception's traceback keeps the iterator alive: collected later, each
+    worker would wait out a 5 s join timeout in the caller's process, and at the interpreter's exit
+    multiprocessing's SIGTERM, which repre's workers ignore (`worker_started`), left the process waiting for
+    them for good. `_shutdown_workers` is the multi-process iterator's own clean-up (the single-process
+    iterator has none)."""
     try:
         yield batches
     finally:
-        getattr(batches, "_shutdown_workers", lambda: None)()
+        stop = getattr(batches, "_shutdown_workers", None) or getattr(batches, "close", None)
+        if stop is not None:
+            stop()
 
 
 def onednn_has_bf16() -> bool:

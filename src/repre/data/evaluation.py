@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from repre.config import Config, DataConfig
+from repre.core.compat import workers_stopped
 from repre.data.fashion_mnist import FashionMNIST
 from repre.data.folder import UnreadableImage, warn_unreadable
 from repre.data.sources import ImageSource, pretraining_stats, stats
@@ -110,10 +111,11 @@ class EvalLoader(DataLoader):
     process's, which outlives them)."""
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, labels, unreadable in super().__iter__():
-            for why in unreadable:
-                warn_unreadable(why, "left out of the evaluation")
-            yield x, labels
+        with workers_stopped(super().__iter__()) as batches:  # also when the generator is closed unfinished
+            for x, labels, unreadable in batches:
+                for why in unreadable:
+                    warn_unreadable(why, "left out of the evaluation")
+                yield x, labels
 
 
 @dataclass

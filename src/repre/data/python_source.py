@@ -23,7 +23,6 @@ calling the function.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import importlib.util
@@ -33,6 +32,7 @@ import os
 import sys
 import sysconfig
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -287,17 +287,30 @@ def to_uint8(x: torch.Tensor, where: str) -> torch.Tensor:
     return x.to(torch.uint8)
 
 
-@functools.lru_cache(maxsize=4)
+_DATASETS: OrderedDict[tuple[str, str | None, str], tuple[Any, Any]] = OrderedDict()  # (source, root, split) ->
+# (the function, its dataset): the last few made in this process
+KEPT_DATASETS = 4
+
+
 def _dataset(function: Callable[[str, str | None], Any], source: str, root: str | None, split: str) -> Any:
     """The function's dataset of a split, made once a process for that function (a run's periodic k-NN reads
     both splits again); a module reloaded (`importlib.reload`) gives a new function, so its dataset is made
-    anew."""
+    anew. (Kept by name beside the function: a callable object need not hash.)"""
+    key = (source, root, split)
+    if key in _DATASETS and _DATASETS[key][0] is function:
+        _DATASETS.move_to_end(key)
+        return _DATASETS[key][1]
     try:
-        return function(split, root)
+        dataset = function(split, root)
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"data.source={source} raised for the {split} split: {raised(exc)}") from exc
+    _DATASETS[key] = (function, dataset)
+    _DATASETS.move_to_end(key)
+    while len(_DATASETS) > KEPT_DATASETS:
+        _DATASETS.popitem(last=False)
+    return dataset
 
 
 def python_source(cfg: DataConfig, split: str) -> PythonSource:

@@ -36,7 +36,7 @@ def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     """(image, mask) paths of `split` ("train" or "val"), matched by file stem, sorted."""
     root = Path(root)
     layout = (f"{root}/images/{{train,val}}/<name>.jpg and {root}/masks/{{train,val}}/<name>.png (masks/ may be "
-              f"{' or '.join(MASK_DIRS[1:])}/; train/ training/, val/ validation/ or test/)")
+              f"{'/ or '.join(MASK_DIRS[1:])}/; train/ training/, val/ validation/ or test/)")
     if not root.is_dir():
         raise UserError(f"eval.segment.root={root} is no folder: give the folder of images/ and masks/")
     mask_base = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)

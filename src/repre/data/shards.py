@@ -39,8 +39,8 @@ log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
 # of the cached index's layout and checks (2: shards cut short or damaged refused; 3: a sample's first image
-# alone, with its own label)
-INDEX_VERSION = 3
+# alone; 4: with its own label)
+INDEX_VERSION = 4
 OPEN_FILES = 64  # shard handles kept open per process
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -132,7 +132,10 @@ def _scan(path: Path, shard: int) -> tuple[list[list], list[str], list[str]]:
                     dotted.append(member.name)
                 elif ext in LABEL_EXTENSIONS:
                     text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
+                    digits = text.lstrip("-")  # ASCII digits alone, as a stream reads them (int() takes "+3", "٣")
                     try:
+                        if not (digits.isascii() and digits.isdigit()):
+                            raise ValueError(text)
                         label = int(text)
                         if image is not None:  # the label after the image, as WebDataset writers order them
                             image[4] = label

@@ -59,7 +59,10 @@ def _stop_live_workers() -> None:
 
     for obj in gc.get_objects():
         if issubclass(type(obj), _MultiProcessingDataLoaderIter):  # type(): no attribute read (some warn)
-            obj._shutdown_workers()  # the iterator's own clean-up: each worker told to end, then joined
+            try:
+                obj._shutdown_workers()  # the iterator's own clean-up: each worker told to end, then joined
+            except Exception:  # noqa: BLE001 - an iterator whose construction failed half-way: the next one
+                continue
 
 
 def worker_started(_: int) -> None:

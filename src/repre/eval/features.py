@@ -39,7 +39,10 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
     was_training = module.training
     module.eval()
     loaded = iter(batches)  # a loader's workers stop when the iteration ends, an exception included
-    total = len(batches) if hasattr(batches, "__len__") else None
+    try:
+        total = len(batches)  # type: ignore[arg-type]
+    except TypeError:  # a generator, or a loader of an iterable dataset
+        total = None
     try:
         with workers_stopped(loaded):
             for x, extra in progress_bar(loaded, desc=desc, unit="batch", leave=False, total=total) if desc else loaded:
