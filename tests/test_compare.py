@@ -291,3 +291,26 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
             in lines)
     assert lines[-3:-1] == [r"\bottomrule", r"\end{tabular}"]
     assert rf"preset & a \textbar{{}} b, \textasciitilde{{}}{'x' * 80} & fmnist-mocov3-repre \\" in lines
+
+
+def test_a_run_without_a_result_leaves_its_seed_column_measured_alike(tmp_path, repre_log):
+    """--seeds: a run that lacks an evaluation had its missing settings counted as other ones, so the column
+    read "(other settings)" and lost its difference; the same run given twice is said."""
+    done = {"completed": True, "steps": 8, "total_steps": 8}
+    runs = []
+    for name, values, branch in (("base", (0.5, 0.6), "false"), ("repre", (None, 0.7), "true")):
+        for seed, value in enumerate(values):
+            run = make_run(tmp_path / name / f"seed{seed}", f"train.seed={seed}", f"recon.enabled={branch}",
+                           summary=done)
+            if value is not None:
+                (run / "eval" / "knn").mkdir(parents=True)
+                (run / "eval" / "knn" / "result.json").write_text(json.dumps(
+                    {"task": "knn", "metric": "top1", "value": value, "extra": {},
+                     "checkpoint": {"step": 8, "set": []}}))
+            runs.append(str(run))
+    code, stdout = run_cli(["compare", "--seeds", *runs])
+    row = rows_of(stdout)["eval knn top1"]
+    assert code == 0 and row[0] == "0.5500 ± 0.0707"
+    assert "other settings" not in row[1] and row[1].startswith("0.7000 (n=1) (+0.1000")
+    assert run_cli(["compare", runs[0], f"{runs[0]}/"])[0] == 0
+    assert "the same run given twice" in repre_log.text

@@ -506,3 +506,25 @@ def test_linear_blocks_out_of_range_names_the_encoder_s_blocks_or_stages(arch, u
     with pytest.raises(UserError, match=rf"blocks={n + 1}: the probe reads .*last {n + 1} {units}; .* has {n}, "
                                         rf"so give 1 to {n}"):
         check_layout(encoder, "avg", n + 1)
+
+
+def test_an_evaluation_drawn_again_alike_is_one_point_and_a_resume_s_purge_keeps_it(tmp_path):
+    """The same checkpoint evaluated twice drew two points at its step; a run resumed at its last step to redo
+    its end purged the TensorBoard events of that step, `repre eval`'s point too (its result.json stayed)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from repre.engine.metrics import MetricWriter, add_evaluation
+
+    (tmp_path / "tb").mkdir()
+    result = {"task": "knn", "metric": "top1", "value": 0.625, "checkpoint": {"step": 8, "set": []}}
+    assert add_evaluation(tmp_path, result) == add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
+    resumed = MetricWriter(tmp_path, after_step=8, end_redone=True)  # a resume that redoes step 8's end
+    resumed.write({"step": 8, "kind": "train", "loss": 1.0})
+    resumed.close()
+
+    def points() -> list[tuple[int, float]]:
+        events = EventAccumulator(str(tmp_path / "tb"))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("repre_eval/knn_top1")]
+
+    assert points() == [(8, 0.625)]

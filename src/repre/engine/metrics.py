@@ -35,10 +35,13 @@ class MetricWriter:
         if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=after_step + (0 if end_redone else 1))
+            purge = after_step + (0 if end_redone else 1)
+            self.tb = SummaryWriter(str(folder / run_files.TB), purge_step=purge)
             for record in run_files.metric_lines(folder) if end_redone else ():
                 if record.get("step") == after_step:
                     self._scalars(record, "")
+            for tag, step, value in evaluation_points(folder, from_step=purge):  # `repre eval`'s, purged too
+                self.tb.add_scalar(tag, value, step)
 
     def write(self, record: dict[str, Any], series: str = "") -> None:
         """`record` as a line of metrics.jsonl, and its numbers as TensorBoard scalars KIND/KEY`series` at its
@@ -83,6 +86,20 @@ class MetricWriter:
             self.tb.close()
 
 
+EVAL_POINTS = "repre_eval.json"  # in a run's tb/: {tag: {step: value}} of the points `add_evaluation` drew
+
+
+def evaluation_points(run: Path, from_step: int = 0) -> list[tuple[str, int, float]]:
+    """The (tag, step, value) points `repre eval` added to `run`'s TensorBoard, at `from_step` or later: a resumed
+    run's writer drops every event from its purge step on, those included, and draws them again."""
+    try:
+        drawn = json.loads((run / run_files.TB / EVAL_POINTS).read_text())
+    except (OSError, ValueError):
+        return []
+    return [(tag, int(step), value) for tag, points in drawn.items() for step, value in points.items()
+            if int(step) >= from_step]
+
+
 def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
     checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
@@ -95,13 +112,23 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    tag = f"repre_eval/{result['task']}_{result['metric']}"
+    tag, step = f"repre_eval/{result['task']}_{result['metric']}", int(of.get("step", 0))
+    ledger = run / run_files.TB / EVAL_POINTS
+    try:
+        drawn = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    except (OSError, ValueError):
+        drawn = {}
+    if drawn.get(tag, {}).get(str(step)) == result["value"]:  # the same checkpoint evaluated again alike
+        return tag
     try:
         writer = SummaryWriter(str(run / run_files.TB))
         try:
-            writer.add_scalar(tag, result["value"], int(of.get("step", 0)))
+            writer.add_scalar(tag, result["value"], step)
         finally:
             writer.close()
+        drawn.setdefault(tag, {})[str(step)] = result["value"]
+        with replacing(ledger) as tmp:
+            tmp.write_text(json.dumps(drawn, indent=1))
     except OSError as exc:  # a run folder one may read, not write: the result itself stands
         log.warning("the result is not added to %s: %s", run / run_files.TB, exc)
         return None

@@ -50,6 +50,9 @@ def compare(runs: list[str | Path], seeds: bool = False) -> dict[str, Any]:
     keys += sorted({k for c in shown for k in c} - set(keys) - set(PROSE))  # keys of older repres, none of today's
     differences = {key: [c.get(key) for c in shown] for key in keys
                    if len({json.dumps(c.get(key), sort_keys=True) for c in shown}) > 1}
+    if len({f.resolve() for f in folders}) < len(folders):
+        log.warning("%s: the same run given twice (a folder and its checkpoint, or a link): its columns agree by "
+                    "construction", ", ".join(str(r) for r in runs))
     records = [run_record(f, c) for f, c in zip(folders, configs, strict=True)]
     columns = seed_groups(configs) if seeds else [[i] for i in range(len(records))]
     for column in columns:
@@ -258,10 +261,10 @@ def _has(values: list[Any]) -> bool:
 
 
 def _settings(row: Row, members: list[int]) -> str | None:
-    """What a column's values measured (its runs' settings, as one text), or None when its runs measured
-    differently."""
-    texts = {json.dumps(row.settings[i], sort_keys=True, default=str) for i in members}
-    return texts.pop() if len(texts) == 1 else None
+    """What a column's values measured (the settings of its runs that have a value, as one text; "" where none
+    has), or None when its runs measured differently. A run without the result measured nothing otherwise."""
+    texts = {json.dumps(row.settings[i], sort_keys=True, default=str) for i in members if row.values[i] is not None}
+    return (texts.pop() if len(texts) == 1 else None) if texts else ""
 
 
 def _measured_otherwise(row: Row, columns: list[list[int]], c: int) -> bool:
@@ -424,5 +427,5 @@ def _duration(values: list[Any], first: list[Any] | None) -> str:
     here, there = Spread.of(values), Spread.of(first)
     if here is None:
         return "-"
-    text = here.text(60, 1, " min") if here.mean >= 60 else here.text(1, 0, " s")
+    text = here.text(60, 1, " min") if here.mean >= 60 else here.text(1, 0 if here.mean >= 10 else 1, " s")
     return text + (f" (x{here.mean / there.mean:.2f})" if there and there.mean else "")
