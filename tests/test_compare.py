@@ -314,3 +314,17 @@ def test_a_run_without_a_result_leaves_its_seed_column_measured_alike(tmp_path, 
     assert "other settings" not in row[1] and row[1].startswith("0.7000 (n=1) (+0.1000")
     assert run_cli(["compare", runs[0], f"{runs[0]}/"])[0] == 0
     assert "the same run given twice" in repre_log.text
+
+
+def test_results_of_the_same_settings_in_another_order_share_a_row(tmp_path):
+    done = {"completed": True, "steps": 8, "total_steps": 8}
+    runs = []
+    for name, given, value in (("a", ["eval.knn.k=5", "eval.knn.temperature=0.1"], 0.5),
+                               ("b", ["eval.knn.temperature=0.1", "eval.knn.k=5"], 0.6)):
+        run = make_run(tmp_path / name, summary=done)
+        (run / "eval" / "knn" / "x").mkdir(parents=True)
+        (run / "eval" / "knn" / "x" / "result.json").write_text(json.dumps(
+            {"task": "knn", "metric": "top1", "value": value, "extra": {}, "checkpoint": {"step": 8, "set": given}}))
+        runs.append(str(run))
+    rows = rows_of(run_cli(["compare", *runs])[1])
+    assert rows["eval knn top1 [k=5, temperature=0.1]"] == ["0.5000", "0.6000 (+0.1000)"]

@@ -300,7 +300,10 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     # a name a shell reads as it is: no brackets to glob, no quotes, no spaces; where characters were left out
     # or replaced, the settings' hash keeps two of them apart
     named = eval_dir(run, "linear", ["eval.linear.lrs=[0.1, 0.01]", "data.root='/my data/*'"]).name
-    assert named.startswith("eval.linear.lrs=0.1,0.01,data.root=_mydata__..") and len(named) == 54
+    assert named.startswith("data.root=_mydata__,eval.linear.lrs=0.1,0.01..") and len(named) == 54
+    # the same settings in another order: the same folder (two orders made two rows in repre compare)
+    assert eval_dir(run, "knn", ["eval.knn.k=5", "eval.knn.temperature=0.1"]) == eval_dir(
+        run, "knn", ["eval.knn.temperature=0.1", "eval.knn.k=5"]) == knn / "eval.knn.k=5,eval.knn.temperature=0.1"
     assert eval_dir(run, "knn", ["data.root=/数据/猫"]) != eval_dir(run, "knn", ["data.root=/数据/狗"])
     (checkpoints / "last.pt").unlink()  # a filesystem without hard links: last.pt a copy, its checksum too
     (checkpoints / "last.pt").write_bytes(b"300")

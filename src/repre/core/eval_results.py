@@ -31,7 +31,7 @@ def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> t
     run = run_dir(path)
     step = checkpoint_step(path)
     earlier = step is not None and step != checkpoint_step(run)
-    given = ",".join(measured_otherwise(overrides, task))
+    given = ",".join(sorted(measured_otherwise(overrides, task)))  # the same settings in any order: one folder
     digest = hashlib.sha1(given.encode()).hexdigest()[:8]
     settings = re.sub(r"[\s\[\](){}'\"]", "", given)
     settings = re.sub(r"[^A-Za-z0-9._,=+-]", "_", settings)  # a name a shell takes as it is (no glob, no /)

@@ -330,7 +330,7 @@ def _evaluation_label(e: dict[str, Any], r: dict[str, Any]) -> str:
     the checkpoint, unless the end of a completed run: a row holds results of one checkpoint, read against each
     other (a run's result at its end against another's at step 400 differed by the training between them)."""
     given = [s.removeprefix(f"eval.{e['task']}.")  # the task is named; how it ran gives the same result
-             for s in measured_otherwise(list(map(str, e["set"])), e["task"])]
+             for s in sorted(measured_otherwise(list(map(str, e["set"])), e["task"]))]  # in any order: one row
     at = "" if e["step"] is None or (r["completed"] and e["step"] == r["total_steps"]) else f" @{e['step']}"
     return f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "") + at
 
