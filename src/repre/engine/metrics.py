@@ -89,14 +89,18 @@ class MetricWriter:
 EVAL_POINTS = "repre_eval.json"  # in a run's tb/: {tag: {step: value}} of the points `add_evaluation` drew
 
 
+def _drawn(run: Path) -> dict[str, dict[str, float]]:
+    """`run`'s EVAL_POINTS ({} where it has none, or one that cannot be read)."""
+    try:
+        return json.loads((run / run_files.TB / EVAL_POINTS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def evaluation_points(run: Path, from_step: int = 0) -> list[tuple[str, int, float]]:
     """The (tag, step, value) points `repre eval` added to `run`'s TensorBoard, at `from_step` or later: a resumed
     run's writer drops every event from its purge step on, those included, and draws them again."""
-    try:
-        drawn = json.loads((run / run_files.TB / EVAL_POINTS).read_text())
-    except (OSError, ValueError):
-        return []
-    return [(tag, int(step), value) for tag, points in drawn.items() for step, value in points.items()
+    return [(tag, int(step), value) for tag, points in _drawn(run).items() for step, value in points.items()
             if int(step) >= from_step]
 
 
@@ -113,11 +117,7 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     from torch.utils.tensorboard import SummaryWriter
 
     tag, step = f"repre_eval/{result['task']}_{result['metric']}", int(of.get("step", 0))
-    ledger = run / run_files.TB / EVAL_POINTS
-    try:
-        drawn = json.loads(ledger.read_text()) if ledger.is_file() else {}
-    except (OSError, ValueError):
-        drawn = {}
+    drawn = _drawn(run)
     if drawn.get(tag, {}).get(str(step)) == result["value"]:  # the same checkpoint evaluated again alike
         return tag
     try:
@@ -127,7 +127,7 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
         finally:
             writer.close()
         drawn.setdefault(tag, {})[str(step)] = result["value"]
-        with replacing(ledger) as tmp:
+        with replacing(run / run_files.TB / EVAL_POINTS) as tmp:
             tmp.write_text(json.dumps(drawn, indent=1))
     except OSError as exc:  # a run folder one may read, not write: the result itself stands
         log.warning("the result is not added to %s: %s", run / run_files.TB, exc)
