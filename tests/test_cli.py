@@ -776,3 +776,23 @@ def test_a_seed_numpy_would_refuse_exits_2_at_the_argument(command, capsys):
             main([command, "--embeddings", "e.npy", "--out", "m.png", "--seed", bad])
         assert exited.value.code == 2
         assert f"argument --seed: '{bad}' is no seed: give an integer from 0 to 4294967295" in capsys.readouterr().err
+
+
+def test_a_rank_left_in_the_environment_without_a_launcher_is_not_read(monkeypatch, capsys):
+    """RANK=1 in a shell without WORLD_SIZE made repre act as another torchrun rank: no error message, no
+    summary line on stdout."""
+    from repre.core.launch import launch_rank
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert launch_rank() == 0
+    code, _ = run_cli(["config", "--set", "train.lr=x"])
+    assert code == 2 and "train.lr must be float" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["WORLD_SIZE", "LOCAL_WORLD_SIZE"])
+def test_a_launcher_variable_that_is_no_integer_is_said_not_raised(name, monkeypatch, capsys):
+    monkeypatch.setenv(name, "abc")
+    assert run_cli(["--version"])[0] == 2
+    assert f"{name}='abc' in the environment is not an integer" in capsys.readouterr().err

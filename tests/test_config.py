@@ -1,6 +1,7 @@
 import contextlib
 import dataclasses
 import functools
+import os
 import re
 
 import pytest
@@ -113,6 +114,49 @@ def test_a_preset_name_beside_a_file_of_that_name_reads_the_preset_and_says_how_
     assert "--config fmnist-mocov3 names the preset fmnist-mocov3, which is read" in repre_log.text
     assert "give --config ./fmnist-mocov3" in repre_log.text
     assert load_config("./fmnist-mocov3").method.name == "dino"
+
+
+def test_a_copy_of_a_preset_and_a_piped_config_are_read(tmp_path):
+    """A root preset copied under its own name (to set data.root) was refused as "lacking the sections ," ;
+    `--config <(repre config ...)` was an unknown preset, and a command reads its config more than once."""
+    from importlib import resources
+
+    for name in list_presets():
+        text = resources.files("repre.presets").joinpath(f"{name}.yaml").read_text()
+        if "_base_" not in text:
+            (tmp_path / f"{name}.yaml").write_text(text)
+            assert load_config(tmp_path / f"{name}.yaml") == load_config(name)
+    read, write = os.pipe()
+    os.write(write, b"_base_: fmnist-dino\ntrain: {max_steps: 7}\n")
+    os.close(write)
+    try:
+        pipe = f"/dev/fd/{read}"
+        assert load_config(pipe).train.max_steps == load_config(pipe).train.max_steps == 7
+    finally:
+        os.close(read)
+
+
+def test_an_empty_config_name_is_refused_not_read_as_the_default():
+    """`--config "$CFG"` with CFG unset trained the default preset."""
+    with pytest.raises(UserError, match="--config is empty: give a preset name"):
+        load_config("")
+
+
+def test_a_full_config_of_one_s_own_labelled_a_preset_takes_today_s_defaults(tmp_path):
+    """A file with every section and `preset: mine` read as a run's config of 0.1.0 (recon.out_stride 1); one
+    repre wrote holds recon.norm_pix, and only that one keeps the former default."""
+    sections = "data: {}\naug: {}\nmodel: {}\nmethod: {}\ntrain: {}\neval: {}\n"
+    (tmp_path / "mine.yaml").write_text("preset: mine\nrecon: {weight: 0.5}\n" + sections)
+    assert load_config(tmp_path / "mine.yaml").recon.out_stride == 4
+    (tmp_path / "old.yaml").write_text("preset: mine\nrecon: {weight: 0.5, norm_pix: false}\n" + sections)
+    assert load_config(tmp_path / "old.yaml").recon.out_stride == 1
+
+
+def test_a_seed_beyond_torch_s_range_is_refused_with_its_bound():
+    """1.7e18 passed and crashed the sampler's Generator.manual_seed with a traceback."""
+    assert load_config(None, ["train.seed=4294967295"]).train.seed == 2**32 - 1
+    with pytest.raises(UserError, match=r"train.seed must be in \[0, 4,294,967,295\]"):
+        load_config(None, ["train.seed=1700000000000000000"])
 
 
 def test_config_files_that_cannot_mean_what_they_say_are_refused(tmp_path):

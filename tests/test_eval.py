@@ -287,6 +287,9 @@ def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     assert eval_dir(run / "best.pt", "knn", []) == eval_dir("step-00000200.pt", "knn", []) == knn / "step-00000200"
     assert eval_dir(run, "knn", ["eval.split=val"]) == knn / "eval.split=val"
     assert eval_dir(run, "knn", ["eval.linear.epochs=5"]) == knn  # another task's key: k-NN measures the same
+    # a key given twice is measured at its later value: the folder is that value's (both orders shared one)
+    assert eval_dir(run, "knn", ["eval.knn.k=1", "eval.knn.k=50"]) == eval_dir(run, "knn", ["eval.knn.k=50"])
+    assert eval_dir(run, "knn", ["eval.knn.k=50", "eval.knn.k=1"]) == knn / "eval.knn.k=1"
     ade = eval_dir(checkpoints / "step-00000200.pt", "segment", ["eval.segment.root=/data/ade"])
     assert ade.parent == run / "eval" / "segment" / "step-00000200"
     assert ade.name.startswith("eval.segment.root=_data_ade..")

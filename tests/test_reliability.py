@@ -679,6 +679,9 @@ def test_init_from_a_different_model_is_refused_naming_what_differs(tmp_path, ti
     with pytest.raises(UserError, match=r"method settings differ: method.mocov3.proj_dim 32 there, 16 here: size "):
         Trainer(tiny_config("method.mocov3.proj_dim=16", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, "
                             "num_heads: 2, attn_drop_rate: 0.1}"), tmp_path / "x", init_from=source)
+    with pytest.raises(UserError, match=r"recon settings differ: recon.width 16 there, 8 here: size mismatch for "
+                       r"branch.decoder.*use the same recon.\* settings"):  # it blamed the method's settings
+        Trainer(tiny_config("recon.width=8"), tmp_path / "x", init_from=source)
     with pytest.raises(UserError, match=r"model.kwargs differ: mlp_ratio unset \(the architecture's own\) there, 2 "
                        "here: size mismatch"):  # it said "None there"
         Trainer(tiny_config("model.kwargs={patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2, mlp_ratio: 2}"),

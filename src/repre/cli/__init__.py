@@ -15,7 +15,7 @@ from pathlib import Path
 
 from repre.cli import commands, failures, parser
 from repre.core.atomic import check_writable
-from repre.core.launch import launch_rank, launched
+from repre.core.launch import check_environment, launch_rank, launched
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -27,6 +27,11 @@ ONE_PROCESS = (*FILE_OUTPUTS, "compare", "config", "presets")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    try:
+        check_environment()  # the log's prefix reads RANK
+    except UserError as exc:
+        print(f"repre: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging()
     args = parse_once(argv)
     if args.command is None:  # the commands and examples, rather than starting a default run unasked

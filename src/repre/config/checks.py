@@ -177,6 +177,8 @@ RULES: dict[str, tuple[Callable[[float], bool], str]] = {  # a field's valid val
     "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
     "[0,0.5]": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     "steps": (lambda v: 0 <= v <= MAX_STEPS, f"in [0, {MAX_STEPS:,}]"),
+    # the seeds derived from it (`repre.core.rng`) must fit torch's 64-bit seeds; numpy's and Lightning's range
+    "seed": (lambda v: 0 <= v <= 2**32 - 1, f"in [0, {2**32 - 1:,}] (2**32 - 1)"),
 }
 
 

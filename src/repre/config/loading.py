@@ -216,8 +216,13 @@ def _resolved(raw: dict[str, Any]) -> bool:
 
 def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The raw mapping of a preset name or YAML file (`None`: the default preset)."""
-    source = os.fspath(source) if source else DEFAULT_PRESET
+    if source is not None and not os.fspath(source).strip():  # `--config "$CFG"` with CFG unset
+        raise UserError("--config is empty: give a preset name (`repre presets` lists them) or a YAML file, or "
+                        f"leave --config out for the default preset, {DEFAULT_PRESET}")
+    source = os.fspath(source) if source is not None else DEFAULT_PRESET
     path = Path(source).expanduser()  # ~: the home folder, from Python as from a shell
+    if path.exists() and not path.is_dir() and not path.is_file():  # <(repre config ...), /dev/stdin: read it
+        return _file_dict(path, source)
     if path.is_dir() and source not in list_presets():  # a preset's name stays the preset's beside a run folder
         run = path / "config.yaml"
         hint = (f"a run's: give --config {run} to train with its settings, or --out {path} --resume to go on with it"
@@ -226,34 +231,48 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
     if (path.is_file() and source not in list_presets()) or source.endswith((".yaml", ".yml")):
         if not path.is_file():
             raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"config file {source} is not UTF-8 text: give a YAML file") from None
-        raw = _read_yaml(text, str(path))
-        if not raw:  # it would run repre's defaults, which are no preset's
-            raise UserError(f"config file {source} holds no settings (it is empty or comments only; a failed "
-                            "`repre config > FILE` leaves it empty): give a preset, or a YAML file that starts "
-                            "from one with `_base_: PRESET`")
-        raw, written = read_written(raw)
-        if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
-            return raw
-        raw.setdefault("preset", path.stem)  # a file named as a preset is labelled it: the same rule
-        _refuse_a_preset_label_alone(raw, source)
-        return _resolve_base(raw, ())
+        return _file_dict(path, source)
     if path.is_file():  # a preset's name wins over a file of that name here: a stray file cannot replace it
         log.warning("--config %s names the preset %s, which is read; for the file of that name here, give "
                     "--config ./%s", source, source, source)
     return _preset_dict(source)
 
 
+_PIPED: dict[str, str] = {}  # `--config <(...)`'s text by path, as first read
+
+
+def _file_dict(path: Path, source: str) -> dict[str, Any]:
+    """The raw mapping of a YAML file (a run's config.yaml taken as it is, another resolved over its `_base_`)."""
+    try:
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+        else:  # a pipe reads once, and a command reads its config more than once: kept for this process
+            text = _PIPED.setdefault(str(path), path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"config file {source} is not UTF-8 text: give a YAML file") from None
+    raw = _read_yaml(text, str(path))
+    if not raw:  # it would run repre's defaults, which are no preset's
+        raise UserError(f"config file {source} holds no settings (it is empty or comments only; a failed "
+                        "`repre config > FILE` leaves it empty): give a preset, or a YAML file that starts "
+                        "from one with `_base_: PRESET`")
+    raw, written = read_written(raw)
+    if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
+        return raw
+    raw.setdefault("preset", path.stem)  # a file named as a preset is labelled it: the same rule
+    _refuse_a_preset_label_alone(raw, source)
+    return _resolve_base(raw, ())
+
+
 def _refuse_a_preset_label_alone(raw: dict[str, Any], source: str) -> None:
     """A file of some sections naming a shipped preset in `preset:` (a printed config trimmed to what changes)
     would be labelled that preset while the rest of it is repre's defaults: `_base_` is what starts from one."""
     preset = raw.get("preset")
-    if "_base_" not in raw and isinstance(preset, str) and preset in list_presets():
-        missing = [f.name for f in dataclasses.fields(Config)
-                   if f.name not in ("preset", "description") and not isinstance(raw.get(f.name), dict)]
+    if "_base_" in raw or not isinstance(preset, str) or preset not in list_presets():
+        return
+    missing = [f.name for f in dataclasses.fields(Config)
+               if f.name not in ("preset", "description") and not isinstance(raw.get(f.name), dict)]
+    sections = set(_preset_dict(preset)) - {"preset", "description"}
+    if missing and not (sections <= set(raw)):  # a copy of a preset without `_base_` (a root preset) is that preset
         named = f"names `preset: {preset}`" if Path(source).stem != preset else f"is named as the preset {preset}"
         raise UserError(f"config file {source} {named} but lacks the sections {', '.join(missing)}, "
                         f"which would be repre's defaults, not {preset}'s: `preset:` (or a file's name) is a label; "

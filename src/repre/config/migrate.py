@@ -222,8 +222,9 @@ def _local_crops_probabilities(raw: dict[str, Any]) -> None:
 
 def _former_recon_defaults(raw: dict[str, Any]) -> None:
     """A recon section written before a key of FORMER_RECON_DEFAULTS existed: that key at the default the run
-    was trained with, not today's."""
+    was trained with, not today's. Only a section repre wrote (it holds `norm_pix`): a person's file shaped like
+    a run's takes today's defaults."""
     recon = raw.get("recon")
-    if isinstance(recon, dict):
+    if isinstance(recon, dict) and "norm_pix" in recon:
         for key, value in FORMER_RECON_DEFAULTS.items():
             recon.setdefault(key, value)

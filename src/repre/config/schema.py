@@ -307,7 +307,7 @@ class TrainConfig(Section):
     ranges: ClassVar[dict[str, str]] = {
         "batch_size": ">=2", "epochs": ">=0", "max_steps": "steps", "lr": ">=0", "min_lr": ">=0", "warmup_lr": ">=0",
         "weight_decay": ">=0", "warmup_fraction": "[0,1]", "clip_grad": ">=0",
-        "weight_decay_end": ">=0", "seed": ">=0", "log_every": ">0", "checkpoint_every": ">0",
+        "weight_decay_end": ">=0", "seed": "seed", "log_every": ">0", "checkpoint_every": ">0",
         "keep_checkpoints": ">=1", "milestone_every": ">=0", "max_bad_steps": ">=1", "eval_every": ">=0",
         "num_workers": ">=-1", "diagnose_every": ">=0",
     }

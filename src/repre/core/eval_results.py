@@ -18,9 +18,10 @@ from repre.core.run_files import EVAL, RESULT, checkpoint_step, in_checkpoints, 
 
 def measured_otherwise(overrides: list[str], task: str) -> list[str]:
     """The `--set` items of an evaluation of `task` that change what it measures (other images, a subset,
-    another k): those of keys outside `SAME_MEASUREMENT_KEYS` and outside the other tasks' sections."""
-    keys = [item.split("=")[0].strip() for item in overrides]
-    return [item for item, key in zip(overrides, keys, strict=True)
+    another k): those of keys outside `SAME_MEASUREMENT_KEYS` and outside the other tasks' sections; of a key
+    given twice, the later item, the one the evaluation takes."""
+    last = {item.split("=")[0].strip(): item for item in overrides}
+    return [item for key, item in last.items()
             if key not in SAME_MEASUREMENT_KEYS and not key.startswith(other_tasks(task))]
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 
+from repre.errors import UserError
+
 
 def launched_world_size() -> int:
     """The process count a launcher such as torchrun asked for (WORLD_SIZE), read when called."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _environ_int("WORLD_SIZE", 1)
 
 
 def launched() -> bool:
@@ -18,14 +20,32 @@ def launched() -> bool:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return _environ_int("LOCAL_RANK", 0)
 
 
 def launch_rank() -> int:
-    """This process's rank as its launcher set it (RANK; 0 without one), known before the group is joined."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank as its launcher set it (RANK; 0 without one: a RANK left in a shell's environment
+    alone would silence the process as another rank), known before the group is joined."""
+    return _environ_int("RANK", 0) if launched() else 0
 
 
 def local_world_size() -> int:
     """The processes a launcher started on this node (torchrun's LOCAL_WORLD_SIZE; 1 without one)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, _environ_int("LOCAL_WORLD_SIZE", 1))
+
+
+def check_environment() -> None:
+    """Raises UserError where a launcher's variable holds no integer (each is read as the run goes)."""
+    for read in (launched_world_size, local_rank, launch_rank, local_world_size):
+        read()
+
+
+def _environ_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} in the environment is not an integer: a launcher (torchrun) sets it for "
+                        f"each process it starts; unset it to run one process (`unset {name}`)") from None

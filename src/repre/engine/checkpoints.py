@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections
+from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections, migrate
 from repre.config.reads import listed
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.runtime import Runtime
@@ -207,6 +207,7 @@ class Checkpoints:
         checkpoint read is recorded (`started_from`)."""
         source = checkpoint_io.pinned(source)  # a run still training replaces its last.pt
         ckpt = checkpoint_io.load(source)
+        ckpt["config"] = migrate(ckpt["config"], refuse_removed=False)  # an older repre's: in today's keys
         ckpt["model"] = self._evaluated_as_online(ckpt, source)
         resized = fit_backbones(self.model, ckpt["model"])
         size = ckpt["config"]["data"].get("image_size")
@@ -217,9 +218,15 @@ class Checkpoints:
             missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
             mismatch = checkpoint_io.size_mismatch(exc).rstrip(".")
-            why = self._unlike(ckpt) if encoder_prefix() in mismatch else self._unlike_method(ckpt)
+            if encoder_prefix() in mismatch:
+                why, keys = self._unlike(ckpt), "model.arch, model.kwargs and data.image_size"
+            elif mismatch.startswith(BRANCH) or f" {BRANCH}" in mismatch:  # the decoder's shapes: recon.* keys
+                why, keys = self._unlike_section(ckpt, "recon", "recon"), "recon.* settings"
+            else:
+                name = self.cfg.method.name
+                why, keys = self._unlike_section(ckpt, f"method.{name}", "method"), f"method.{name}.* settings"
             raise UserError(f"--init-from {source}: its weights do not fit this model ({why}: {mismatch}); use the "
-                            "same model.arch, model.kwargs and method settings, or another checkpoint") from None
+                            f"same {keys}, or another checkpoint") from None
         loaded = len(ckpt["model"]) - len(unexpected)
 
         def parts(keys: list[str]) -> str:  # "decoder", "projector", "teacher_head", ...: the modules they are in
@@ -261,18 +268,20 @@ class Checkpoints:
             return f"it trained at data.image_size={size}, this run is at {self.cfg.data.image_size}"
         return "other model settings"
 
-    def _unlike_method(self, ckpt: dict[str, Any]) -> str:
-        """How the checkpoint's method settings differ from this run's (its heads' shapes follow them)."""
-        name = self.cfg.method.name
-        theirs = ckpt["config"]["method"].get(name) or {}
-        section = getattr(self.cfg.method, name, None)
-        ours = flatten({name: dataclasses.asdict(section)}) if dataclasses.is_dataclass(section) else {}
-        theirs = flatten({name: theirs})
+    def _unlike_section(self, ckpt: dict[str, Any], section: str, what: str) -> str:
+        """How the checkpoint's settings of a config section ("recon", "method.dino") differ from this run's (the
+        shapes of its weights follow them)."""
+        theirs: Any = ckpt["config"]
+        ours: Any = self.cfg
+        for part in section.split("."):
+            theirs, ours = (theirs or {}).get(part) or {}, getattr(ours, part, None)
+        ours = flatten({section: dataclasses.asdict(ours)}) if dataclasses.is_dataclass(ours) else {}
+        theirs = flatten({section: theirs})
         differ = [k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)]
         if not differ:
-            return "other method settings"
-        return "method settings differ: " + ", ".join(f"method.{k} {theirs.get(k)} there, {ours.get(k)} here"
-                                                      for k in differ)
+            return f"other {what} settings"
+        return f"{what} settings differ: " + ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here"
+                                                       for k in differ)
 
     def _evaluated_as_online(self, ckpt: dict[str, Any], source: str | Path) -> dict[str, torch.Tensor]:
         """The checkpoint's weights, with the encoder its method evaluates and exports (DINO's teacher) as the
