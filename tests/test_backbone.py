@@ -176,6 +176,20 @@ def test_mocov3_init_needs_a_class_token():
                                           "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="mocov3")
 
 
+def test_build_errors_name_the_architecture_the_config_gave():
+    """vit_pico_patch4 resolves to timm's vit_tiny_patch16_224, which the errors named; depth 0 was "not a timm
+    vision transformer"."""
+    from conftest import tiny_config
+
+    from repre.builder import build_encoder
+
+    with pytest.raises(UserError, match=r"model.init=mocov3 does not fit vit_pico_patch4: "):
+        build_encoder(tiny_config("model.arch=vit_pico_patch4", "model.init=mocov3",
+                                  "model.kwargs={class_token: false, global_pool: avg}"))
+    with pytest.raises(UserError, match=r"vit_pico_patch4 is built with no blocks or stages \(depth 0"):
+        build_encoder(tiny_config("model.arch=vit_pico_patch4", "model.kwargs={depth: 0}"))
+
+
 def _bicubic_sample(table: torch.Tensor, out: int, scale: float) -> torch.Tensor:
     """A reference for one axis: table [N, D] -> [out, D] sampled at (i + 0.5) / scale - 0.5 with the cubic
     convolution kernel (a = -0.75, as PyTorch's bicubic), indices clamped at the borders; no antialiasing."""

@@ -187,6 +187,12 @@ def test_an_option_the_command_lacks_is_that_commands_error_with_the_nearest(cap
     with pytest.raises(SystemExit):  # before the command: the top level's
         main(["--confg", "pretrain"])
     assert capsys.readouterr().err.startswith("usage: repre [-h]")
+    with pytest.raises(SystemExit):  # it said "invalid choice: 'a=1'"
+        main(["--set", "a=1", "config"])
+    assert "repre: error: --set goes after the command: repre config --set ..." in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no nearest for an option far from every one (--out is not --set)
+        main(["config", "--out", "x"])
+    assert capsys.readouterr().err.strip().endswith("unrecognized arguments: --out x")
 
 
 def test_eval_help_names_each_tasks_quicker_keys_and_they_exist(capsys):

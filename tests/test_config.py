@@ -43,6 +43,23 @@ def test_unknown_key_names_the_nearest():
         load_config(None, ["recon.wieght=1"])
     with pytest.raises(UserError, match=r"'trian.max_steps'; did you mean 'train.max_steps'"):  # a section's typo
         load_config(None, ["trian.max_steps=2"])
+    # a key without its section: the keys of that last part (it suggested the section 'eval' for `lr`)
+    with pytest.raises(UserError, match=r"'lr'; did you mean 'train.lr', 'eval.linear.lr' or 'eval.finetune.lr'\?"):
+        load_config(None, ["lr=1"])
+    with pytest.raises(UserError, match=r"'k'; did you mean 'eval.knn.k'\?"):
+        load_config(None, ["k=1"])
+
+
+def test_python_s_none_and_a_list_without_brackets_are_told_how_yaml_spells_them():
+    """`data.root=None` was a folder named None in the current directory; `data.subset=None` and
+    `recon.taps=1,3,5` were refused without the spelling that works."""
+    with pytest.raises(UserError, match=r"data.root=None is the text 'None' in YAML: write null .*\./None"):
+        load_config(None, ["data.root=None"])
+    with pytest.raises(UserError, match=r"data.subset=None is the text 'None' in YAML: write null \(or ~\)"):
+        load_config(None, ["data.subset=None"])
+    assert load_config(None, ["data.subset=null"]).data.subset is None
+    with pytest.raises(UserError, match=r"got '1,3,5' \(write a list as \[a, b\] with --set\)"):
+        load_config(None, ["recon.taps=1,3,5"])
 
 
 def test_wrong_type_is_refused():

@@ -24,7 +24,7 @@ def build_encoder(cfg: Config) -> Backbone:
     if cfg.data.local_crops:  # DINO's local crops: position embeddings interpolated to their size
         kwargs["dynamic_img_size"] = True
     try:
-        encoder = Backbone(arch, kwargs, cfg.model.init)
+        encoder = Backbone(arch, kwargs, cfg.model.init, name=cfg.model.arch)
     except ModelBuildError as exc:  # said in the config's terms (not the timm name and kwargs it resolved to)
         given = f"model.arch={cfg.model.arch} at data.image_size={cfg.data.image_size}"
         if not cfg.model.kwargs:

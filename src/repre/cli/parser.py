@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from repre._version import __version__
-from repre.config import EVAL_TASKS, reads
+from repre.config import EVAL_TASKS, all_keys, reads
 
 EPILOG = """examples:
   repre pretrain                      # Fashion-MNIST, MoCo v3 + RePre: 2 CPU cores, ~6 min (bf16), ~17 (fp32)
@@ -67,7 +67,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pre-train an encoder from a preset or YAML config")
     p.add_argument("--config", help="preset name (see `repre presets`) or YAML file; default fmnist-mocov3-repre")
     p.add_argument("--out", help="run directory (default runs/<preset>)")
-    _set_option(p, "override a config key; repeatable; values parse as YAML (recon.taps=[2,5,8,11])")
+    _set_option(p, "override a config key; repeatable; values parse as YAML (recon.taps=[1,3,5])")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --out (starts fresh, saying so, if none)")
     p.add_argument("--init-from", metavar="CKPT",
@@ -82,7 +82,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default <run>/eval/<task>, for an earlier checkpoint or other "
                    "settings a folder under it)")
     own = "; ".join(f"{task} also {reads.listed(keys)}" for task, keys in reads.EVAL_TASK.items())
-    _set_option(p, f"override a key of the checkpoint's config: {reads.listed(reads.EVAL)}; {own}")
+    common = [k for k in all_keys() if k.startswith("eval.") and k.count(".") == 1]  # eval.split, ...
+    shared = reads.listed(reads.EVAL).replace("eval.*", f"{', '.join(common)}, the task's eval.TASK.* (not "
+                                                        "eval.knn.enabled)")
+    _set_option(p, f"override a key of the checkpoint's config: {shared}; {own}")
 
 
 def _add_presets(sub: argparse._SubParsersAction) -> None:
@@ -212,11 +215,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line; an option the command does not have, given after it, is that command's error (its
     usage, the nearest option), not the top-level parser's."""
     parser, argv = build(), list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0].split("=")[0] not in ("-h", "--help", "--version"):
+        named = next((a for a in argv if a in parser.commands), "COMMAND")  # `repre --set k=v config`
+        parser.error(f"{argv[0]} goes after the command: repre {named} {argv[0]} ...")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         after = args.command in argv and argv.index(unknown[0]) > argv.index(args.command)
         command = parser.commands[args.command] if after else parser
         options = sorted(set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", command.format_usage())))
-        near = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)
+        near = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1, cutoff=0.7)  # not --set for --out
         command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {near[0]}?" if near else ""))
     return args

@@ -86,10 +86,21 @@ def _first_leaf(key: str, value: Any) -> str:
 
 
 def _unknown_key_message(key: str, siblings: list[str]) -> str:
-    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5) or difflib.get_close_matches(
-        key, siblings, n=1, cutoff=0.0
-    )
-    return f"unknown config key {key!r}; did you mean {near[0]!r}? (valid here: {', '.join(siblings)})"
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5) or _same_last_part(key)
+    if not near:
+        near = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
+    said = " or ".join([", ".join(map(repr, near[:-1])), repr(near[-1])] if near[:-1] else [repr(near[-1])])
+    return f"unknown config key {key!r}; did you mean {said}? (valid here: {', '.join(siblings)})"
+
+
+def _same_last_part(key: str) -> list[str]:
+    """The keys whose last part is (or is nearest) the last part of `key`, at most three: `lr` given without
+    its section matches train.lr before a section's name."""
+    leaves: dict[str, list[str]] = {}
+    for k in all_keys():
+        leaves.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.8)
+    return leaves[leaf[0]][:3] if leaf else []
 
 
 def _type_name(tp: Any) -> str:
@@ -111,6 +122,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
+        if value == "None" and type(None) in options:  # Python's spelling: YAML reads it as text
+            raise UserError(f"{key}=None is the text 'None' in YAML: write null (or ~) for no value"
+                            + (", ./None for a folder of that name" if str in options else ""))
         for option in options:
             if option is type(None):
                 continue
@@ -157,6 +171,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _quote_hint(key: str, value: Any, options: tuple[Any, ...]) -> str:
     """For a text key given what YAML read as a number, a truth value or a mapping (a folder named 2024, `on`,
     a `pipe: cmd` with a space): how to pass the text."""
+    if list in {typing.get_origin(t) for t in options} and isinstance(value, str) and "," in value:
+        return " (write a list as [a, b] with --set)"
     if str not in options or isinstance(value, (str, list)):
         return ""
     if value is None:

@@ -51,7 +51,7 @@ class DataConfig(Section):
     # the dataset: Fashion-MNIST, a folder of images, tar shards, generated images, or python: a dataset of your
     # own code (data.source)
     name: Literal["fashion-mnist", "folder", "synthetic", "shards", "python"] = "fashion-mnist"
-    # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist); a local path is kept
+    # null: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist); a local path is kept
     # absolute (a relative one from the current directory), so that a run finds its images from any directory
     # (data.name=python: where it names a file or folder that exists; another value is passed on as given)
     root: str | None = None
@@ -63,7 +63,7 @@ class DataConfig(Section):
     image_size: int = 28  # side of the global views (the crops the encoder sees), in pixels
     local_crops: int = 0  # DINO multi-crop: local crops per image beside the 2 global ones (0: the other methods)
     local_size: int = 12  # their size (96 at 224 in DINO)
-    # None: the source's statistics (Fashion-MNIST's own; ImageNet's for folders and shards)
+    # null: the source's statistics (Fashion-MNIST's own; ImageNet's for folders and shards)
     mean: list[float] | None = None
     std: list[float] | None = None  # with data.mean: 3 values each (RGB, of pixels in [0, 1])
     synthetic_train: int = 512  # images in the generated train split
@@ -326,8 +326,8 @@ class KNNConfig(Section):
     enabled: bool = True  # a k-NN at the end of pre-training, in its summary (needs labels)
     k: int = 20  # neighbours that vote
     temperature: float = 0.07  # each neighbour votes with exp(similarity / T)
-    train_subset: int | None = None  # bank size (N train images, as data.subset picks them); None: all
-    test_subset: int | None = None  # queries (N test images, as data.subset picks them); None: all
+    train_subset: int | None = None  # bank size (N train images, as data.subset picks them); null: all
+    test_subset: int | None = None  # queries (N test images, as data.subset picks them); null: all
     quick_train: int = 10000  # the bank of the k-NN during pre-training (train.eval_every)
     quick_test: int = 2000  # the queries of the k-NN during pre-training
 
@@ -363,8 +363,8 @@ class LinearConfig(Section):
     # the probe's global batch, shared by the processes; null: the protocol's (moby 512, the others 1024)
     batch_size: int | None = None
     val_fraction: float = 0.1  # quick: of the train split, held out to choose lr and weight decay
-    train_subset: int | None = None  # N train images for the probe (as data.subset picks them); None: all
-    test_subset: int | None = None  # N test images scored (as data.subset picks them); None: all
+    train_subset: int | None = None  # N train images for the probe (as data.subset picks them); null: all
+    test_subset: int | None = None  # N test images scored (as data.subset picks them); null: all
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
@@ -385,8 +385,8 @@ class FinetuneConfig(Section):
     label_smoothing: float = 0.1  # of the cross-entropy
     warmup_fraction: float = 0.1  # linear warm-up, as a fraction of the steps
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # area range of the random resized crops
-    train_subset: int | None = None  # N train images (as data.subset picks them); None: all
-    test_subset: int | None = None  # N test images scored (as data.subset picks them); None: all
+    train_subset: int | None = None  # N train images (as data.subset picks them); null: all
+    test_subset: int | None = None  # N test images scored (as data.subset picks them); null: all
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {
@@ -427,7 +427,7 @@ class ReconEvalConfig(Section):
     """The reconstruction branch seen from outside: recon.png and `repre eval recon`."""
 
     images: int = 8  # images shown in recon.png (a row each, both views) and in `repre eval recon`
-    subset: int | None = 1000  # held-out images for `repre eval recon`; None: the whole test split
+    subset: int | None = 1000  # held-out images for `repre eval recon`; null: the whole test split
 
     # the valid values of the fields above (`RULES`), checked by `validate`
     ranges: ClassVar[dict[str, str]] = {"images": ">0", "subset": ">0"}

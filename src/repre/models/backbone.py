@@ -78,20 +78,26 @@ class Backbone(nn.Module):
     """x: [B, 3, H, W] -> (pooled [B, D], maps: one [B, C_i, H/s_i, W/s_i] per requested tap i). A ViT's taps
     all have C_i = D and s_i = p, its patch size; a Swin's follow its stages (`unit_channels`, `unit_strides`)."""
 
-    def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm", model: nn.Module | None = None) -> None:
+    def __init__(self, arch: str, kwargs: dict[str, Any], init: str = "timm", model: nn.Module | None = None,
+                 *, name: str | None = None) -> None:
         """`init`: "timm", "mocov3" (MoCo v3's ViT: `repre.models.mocov3_vit.mocov3_init_`) or "dino" (DINO's:
         `repre.models.dino_vit.dino_init_`). `model`: an existing timm model to wrap instead of building `arch`
-        (`from_model`)."""
+        (`from_model`). `name`: the architecture as errors call it (a config's model.arch, vit_pico_patch4,
+        which resolves to timm's `arch`)."""
         super().__init__()
         self.arch, self.kwargs, self.init = arch, dict(kwargs), init
+        name = name or arch
         self.model = model if model is not None else create_timm(arch, kwargs)
-        units = getattr(self.model, "blocks", None) or getattr(self.model, "layers", None)
+        units = getattr(self.model, "blocks", None)
+        units = units if units is not None else getattr(self.model, "layers", None)
+        if units is not None and not len(units):
+            raise UserError(f"{name} is built with no blocks or stages (depth 0 in model.kwargs): give it one or more")
         # a ViT's tap maps are its tokens on the patch grid, which its patch embedding names (not XCiT's)
         grid = hasattr(self.model, "layers") or hasattr(getattr(self.model, "patch_embed", None), "dynamic_feat_size")
         needs = ("forward_intermediates", "patch_embed")
         if units is None or not grid or not all(hasattr(self.model, a) for a in needs):
             raise UserError(
-                f"{arch} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
+                f"{name} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
                 "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
             )
         self.hierarchical = not hasattr(self.model, "blocks")
@@ -107,7 +113,7 @@ class Backbone(nn.Module):
             try:
                 INITS[init](self.model)
             except ValueError as exc:
-                raise UserError(f"model.init={init} does not fit {arch}: {exc}; use model.init=timm") from None
+                raise UserError(f"model.init={init} does not fit {name}: {exc}; use model.init=timm") from None
 
     @classmethod
     def from_model(cls, model: nn.Module) -> Backbone:
