@@ -180,7 +180,6 @@ def test_build_errors_name_the_architecture_the_config_gave():
     """vit_pico_patch4 resolves to timm's vit_tiny_patch16_224, which the errors named; depth 0 was "not a timm
     vision transformer"."""
     from conftest import tiny_config
-
     from repre.builder import build_encoder
 
     with pytest.raises(UserError, match=r"model.init=mocov3 does not fit vit_pico_patch4: "):

@@ -358,10 +358,13 @@ def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch
     from repre.nn import ReconstructionBranch
 
     old = load_config("fmnist-mocov3-repre").to_dict()
-    del old["recon"]["norm_pix"], old["recon"]["out_stride"]
-    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (True, 1)
+    del old["recon"]["out_stride"]
+    old["recon"]["norm_pix"] = False  # 0.1.0's default, written out as every key was
+    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (False, 1)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))  # a run's, as --resume reads it
     assert (load_config(str(tmp_path / "config.yaml")).recon.out_stride) == 1
+    del old["recon"]["norm_pix"]  # a person's file shaped like a run's: today's defaults
+    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (True, 4)
     (tmp_path / "mine.yaml").write_text("recon:\n  weight: 0.5\n")  # a person's, no _base_
     mine = load_config(str(tmp_path / "mine.yaml"))
     assert (mine.recon.norm_pix, mine.recon.out_stride, mine.recon.weight) == (True, 4, 0.5)

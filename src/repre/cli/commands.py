@@ -81,13 +81,11 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
     """`--resume` with `--config`: a run length other than the run's, unless `--set` gives it. A requeued command
     that lost its `--set train.max_steps=N` would go on as a run of the preset's length, its schedules rebuilt
     (the Python API and an explicit `--set` only warn: `Checkpoints`)."""
-    import yaml
-
-    from repre.config import flatten, parse_overrides, read_written
+    from repre.config import flatten, parse_overrides, read_written, read_yaml
 
     try:
-        saved = read_written(yaml.safe_load((out / run_files.CONFIG).read_text()))[0].get("train") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        saved = read_written(read_yaml((out / run_files.CONFIG).read_text(), "config.yaml"))[0].get("train") or {}
+    except (OSError, UserError, UnicodeDecodeError, AttributeError):
         return  # no run yet, or its config cannot say: the resume itself tells
     given = set(flatten(parse_overrides(overrides)))  # `train.max_steps=N` or `train={max_steps: N}`
     changed = [k for k in LENGTH_KEYS if k in saved and saved[k] != getattr(cfg.train, k)]

@@ -24,6 +24,7 @@ from repre.config.loading import (
     override_items,
     parse_overrides,
     read_written,
+    read_yaml,
     save_yaml,
     source_dict,
     to_yaml,
@@ -65,5 +66,5 @@ __all__ = [
     "TrainConfig",
     "all_keys", "build_section", "check_global_batch", "config_from_dict", "deep_update", "flatten", "given_keys",
     "idle_sections", "list_presets", "load_config", "migrate", "override_items", "parse_overrides", "read_written",
-    "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
+    "read_yaml", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

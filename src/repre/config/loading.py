@@ -110,7 +110,9 @@ def _yaml_error(exc: yaml.YAMLError, where: str) -> str:
             + (f" ({hint})" if hint else ""))
 
 
-def _read_yaml(text: str, where: str) -> dict[str, Any]:
+def read_yaml(text: str, where: str) -> dict[str, Any]:
+    """A YAML mapping as a config file is read (YAML 1.2's numbers: `1e-3` a float; a key written twice
+    refused); `where` names it in the error of a file that is not one."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no code runs from the file
     except yaml.YAMLError as exc:
@@ -126,7 +128,7 @@ def _preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         near = difflib.get_close_matches(name, presets, n=3)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         raise UserError(f"unknown preset {name!r}.{hint} `repre presets` lists them; a file path must exist.")
-    raw = _read_yaml(resources.files("repre.presets").joinpath(f"{name}.yaml").read_text(), f"preset {name}")
+    raw = read_yaml(resources.files("repre.presets").joinpath(f"{name}.yaml").read_text(), f"preset {name}")
     raw.setdefault("preset", name)
     return _resolve_base(raw, seen + (name,))
 
@@ -250,7 +252,7 @@ def _file_dict(path: Path, source: str) -> dict[str, Any]:
             text = _PIPED.setdefault(str(path), path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"config file {source} is not UTF-8 text: give a YAML file") from None
-    raw = _read_yaml(text, str(path))
+    raw = read_yaml(text, str(path))
     if not raw:  # it would run repre's defaults, which are no preset's
         raise UserError(f"config file {source} holds no settings (it is empty or comments only; a failed "
                         "`repre config > FILE` leaves it empty): give a preset, or a YAML file that starts "
@@ -373,7 +375,7 @@ def given_keys(source: str | os.PathLike[str] | None, overrides: Sequence[str] |
     keys = set(flatten(parse_overrides(override_items(overrides))))
     path = Path(os.fspath(source)) if source else None
     if path is not None and path.is_file() and str(source) not in list_presets():
-        raw, _ = read_written(_read_yaml(path.read_text(encoding="utf-8"), str(path)))
+        raw, _ = read_written(read_yaml(path.read_text(encoding="utf-8"), str(path)))
         if not _resolved(raw):
             keys |= set(flatten({k: v for k, v in raw.items() if k != "_base_"}))
     return keys

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, parse_overrides, read_written, reads
+from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, parse_overrides, read_written, read_yaml, reads
 from repre.config.migrate import REMOVED
 from repre.core import run_files
 from repre.core.eval_results import measured_otherwise, run_results
@@ -138,11 +136,9 @@ def run_config(folder: Path) -> dict[str, Any]:
     the code has now, so that a run trained with another shows it); not validated."""
     path = folder / run_files.CONFIG
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        raw = read_yaml(path.read_text(encoding="utf-8"), str(path))  # as the run read it (1e-3 a number)
+    except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} holds no config (a mapping of sections)")
     now = {**flatten(Config().to_dict()), **{key: value for key, (value, _) in REMOVED.items()}}
     return {**now, **flatten(read_written(raw, refuse_removed=False)[0])}
 
