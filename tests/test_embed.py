@@ -350,3 +350,56 @@ def test_embed_show_neighbors_and_map_refuse_settings_they_do_not_read(tiny_run,
     assert run_cli(["map", "--embeddings", str(tmp_path / "l.npy"), "--out", str(tmp_path / "m.png"),
                     "--set", "data.image_size=32"])[0] == 2
     assert "the map of labelled rows draws points, no images; --thumbnails" in capsys.readouterr().err
+
+
+def test_an_interrupted_embed_ends_with_a_json_line_of_its_progress(tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C mid-way exited 3 with nothing on stdout, where a script reads the last line."""
+    run, _ = tiny_run
+    out = tmp_path / "i.npy"
+    original = EmbeddingWriter.append
+
+    def interrupted(self, feats, *rest):
+        if self.progress["rows"] == 32:
+            raise KeyboardInterrupt
+        return original(self, feats, *rest)
+
+    monkeypatch.setattr(EmbeddingWriter, "append", interrupted)
+    code, stdout = run_cli(embed_args(run, out, "eval.batch_size=16"))
+    line = last_json(stdout)
+    assert code == 3 and line["completed"] is False and (line["images"], line["next_index"]) == (32, 32)
+    assert line["embeddings"] == str(out)
+    monkeypatch.setattr(EmbeddingWriter, "append", original)
+    assert last_json(run_cli(embed_args(run, out, "eval.batch_size=16"))[1])["completed"] is True
+
+
+def test_keys_that_cannot_change_a_row_are_refused_or_left_out_of_the_identity(tiny_run, tmp_path, labelled_folder,
+                                                                               capsys):
+    """data.local_size went into the card and refused a rerun of the same images as "another data"; the
+    generated images' sizes do not change a folder's rows."""
+    run, _ = tiny_run
+    assert run_cli(embed_args(run, tmp_path / "l.npy", "data.local_size=8"))[0] == 2
+    assert "--set data.local_size: not read by `repre embed`" in capsys.readouterr().err
+    folder = ["data.name=folder", f"data.root={labelled_folder}"]
+    assert run_cli(embed_args(run, tmp_path / "f.npy", *folder))[0] == 0
+    code, stdout = run_cli(embed_args(run, tmp_path / "f.npy", *folder, "data.synthetic_train=10"))
+    assert code == 0 and last_json(stdout)["images_per_sec"] is None  # the same files, finished
+
+
+def test_neighbors_and_map_say_what_is_wrong_with_their_options_and_a_damaged_file(tiny_run, tmp_path, capsys):
+    """A truncated .npy was a traceback; --checkpoint on a map of points, --queries or --seed with --query-index
+    did nothing, silently."""
+    run, _ = tiny_run
+    out = tmp_path / "e.npy"
+    assert run_cli(embed_args(run, out))[0] == 0
+    base = ["neighbors", "--embeddings", str(out), "--out", str(tmp_path / "n.png")]
+    assert run_cli([*base, "--queries", "3", "--query-index", "1,2"])[0] == 2
+    assert "--queries 3 and --query-index: give the rows, or how many to draw, not both" in capsys.readouterr().err
+    assert run_cli([*base, "--seed", "3", "--query-index", "1,2"])[0] == 2
+    assert "--seed draws the queries, which --query-index names" in capsys.readouterr().err
+    assert run_cli(["map", "--embeddings", str(out), "--out", str(tmp_path / "m.png"), "--checkpoint", str(run)])[0] == 2
+    assert "--checkpoint " in (err := capsys.readouterr().err) and "the map of labelled rows draws points" in err
+    with open(out, "r+b") as fh:
+        fh.truncate(1000)
+    for command in (base, ["map", "--embeddings", str(out), "--out", str(tmp_path / "m.png")]):
+        assert run_cli(command)[0] == 2
+        assert f"cannot read {out} (" in capsys.readouterr().err

@@ -163,7 +163,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from repre.use.embed import embed
 
-    summary = embed(args.checkpoint, args.out, overrides=args.overrides, split=args.split, overwrite=args.overwrite)
+    try:
+        summary = embed(args.checkpoint, args.out, overrides=args.overrides, split=args.split,
+                        overwrite=args.overwrite)
+    except KeyboardInterrupt:  # the last stdout line says how far the files are (the card keeps it)
+        _print_embed_progress(args.out)
+        raise
     rate = f", {summary['images_per_sec']} images/s" if summary["images_per_sec"] else " (already complete)"
     went_on = summary["resumed_from"] and summary["images_per_sec"]  # a continued file, with work left
     resumed = f"; images from {summary['resumed_from']} embedded now" if went_on else ""
@@ -172,6 +177,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
           f"{summary['index']}{rate}")
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def _print_embed_progress(out: str) -> None:
+    """The JSON line of an interrupted `repre embed`: its files and the rows written so far, as its card has
+    them (nothing where it made no card yet)."""
+    from repre.use.store import EmbeddingFiles, read_card
+
+    files = EmbeddingFiles.of(out)
+    card = read_card(files.card)
+    if card is None or card["progress"]["complete"]:  # none yet, or another command's finished files
+        return
+    progress = card["progress"]
+    print(json.dumps({"command": "embed", "completed": False, "embeddings": str(files.npy), "index": str(files.csv),
+                      "card": str(files.card), "images": progress["rows"], "skipped": progress["skipped"],
+                      "next_index": progress["next_index"]}), flush=True)
 
 
 def _rows(text: str | None, option: str = "--query-index", what: str = "rows of the embeddings") -> list[int] | None:
@@ -190,8 +210,10 @@ def _rows(text: str | None, option: str = "--query-index", what: str = "rows of 
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from repre.use.neighbors import neighbors
 
+    if args.query_index is not None and args.seed is not None:
+        raise UserError("--seed draws the queries, which --query-index names: give one of them")
     result = neighbors(args.checkpoint, args.embeddings, args.out, overrides=args.overrides, queries=args.queries,
-                       k=args.k, query_rows=_rows(args.query_index), seed=args.seed,
+                       k=args.k, query_rows=_rows(args.query_index), seed=args.seed or 0,
                        query_embeddings=args.query_embeddings)
 
     def named(item: dict) -> str:  # its class, else its file's name, else its label (generated images)

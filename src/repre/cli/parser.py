@@ -187,7 +187,7 @@ def _add_neighbors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query-embeddings", metavar="FILE.npy",
                    help="draw the queries from this file of the same checkpoint (e.g. embed --split test), their "
                    "neighbours from --embeddings; --query-index then names its rows")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the drawn queries (default 0)")
+    p.add_argument("--seed", type=seed, help="seed of the drawn queries (default 0; not with --query-index)")
 
 
 # each command's options, in the order `repre --help` lists them (`commands.RUN` runs them)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from repre.config.schema import EVAL_TASKS
 
 # the data keys only pre-training reads: which training images (data.subset; `repre embed` reads it too), where
-# its pipeline's stages run, how streamed shards are shuffled and counted
-PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "data.stream_size")
+# its pipeline's stages run, how streamed shards are shuffled and counted, DINO's local crops
+PRETRAINING_DATA = ("data.subset", "data.device_stages", "data.shuffle_block", "data.stream_size",
+                    "data.local_crops", "data.local_size")
 
 # the run's settings, the same for any command (the other train.* keys are the pre-training's); not method.name:
 # the encoder measured is the one the checkpoint's method evaluates and exports (DINO's teacher), whatever is set

@@ -81,17 +81,29 @@ def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, image
     return json.loads(json.dumps({
         "checkpoint_sha256": ckpt_io.digest(checkpoint), "encoder": eval_encoder_key(cfg.method.name),
         "model": {"arch": m.arch, "kwargs": m.kwargs, "init": m.init},  # model.kwargs may change the features
-        "data": dataclasses.asdict(cfg.data), "split": split, "images": images, "dim": dim,
+        "data": row_data(dataclasses.asdict(cfg.data)), "split": split, "images": images, "dim": dim,
         # generated images are drawn from the seed
         **({"data_seed": cfg.train.seed} if cfg.data.name == "synthetic" else {}),
         "precision": str(rt.dtype).removeprefix("torch.") if rt.amp else "float32"}))
 
 
+def row_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A data config without the keys of generated images where the images are not generated (they cannot
+    change a row: a rerun given one continues its files)."""
+    if data.get("name") == "synthetic":
+        return data
+    return {k: v for k, v in data.items() if not k.startswith("synthetic_")}
+
+
 def upgraded(old: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     """An earlier card's identity in today's terms: the normalization its rows had where it recorded none
     (cards written before the data's mean and std were always set: the statistics of its data's kind); the
-    model settings and the generated images' seed where it did not record them (taken as this run's)."""
+    model settings and the generated images' seed where it did not record them (taken as this run's); the
+    keys of generated images left out where they are not (`row_data`)."""
     data = old.get("data")
+    if isinstance(data, dict):
+        data = row_data(data)
+        old = {**old, "data": data}
     if isinstance(data, dict) and data.get("mean") is None and data.get("std") is None:
         mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist")))
         old = {**old, "data": {**data, "mean": list(mean), "std": list(std)}}
@@ -195,7 +207,7 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     if not progress["rows"]:  # as evaluation refuses features of no image
         raise UserError(f"none of the {len(source):,} images could be read (each is named in a warning above): "
                         f"{files.npy} holds no row; mend or replace the files, then run with --overwrite")
-    return {"command": "embed", "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
+    return {"command": "embed", "completed": True, "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
             "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
             "source_images": len(source), "split": split, "resumed_from": resumed_from,
             "images_per_sec": round(read / seconds, 1) if read else None, "device": rt.device.type}

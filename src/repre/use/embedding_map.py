@@ -18,7 +18,7 @@ from repre.core.pictures import Picture, picture_path, save_picture
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import embedded_source, thumbnail
-from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, read_index
+from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, finished_rows, read_index
 
 SIZE = 1000  # the map's side in pixels (thumbnail maps: 1400)
 METHODS = ("tsne", "umap")
@@ -157,13 +157,14 @@ def map_file(embeddings: str | Path, out: str | Path, *, checkpoint: str | Path 
     picture_path(out)  # before the images are read
     files = EmbeddingFiles.of(embeddings)
     card = finished_card(files)
-    bank = np.load(files.npy, mmap_mode="r")
+    bank = finished_rows(files, card)
     index = read_index(files.csv, set(range(len(bank))), len(bank))
     labels = [index[r][2] for r in range(len(bank))]
     picture = None
-    if overrides and not (thumbnails or None in labels):
-        raise UserError(f"--set {', '.join(override_items(overrides))}: the map of labelled rows draws points, "
-                        "no images; --thumbnails draws the images, which --set data.* picks")
+    if (overrides or checkpoint) and not (thumbnails or None in labels):
+        given = f"--set {', '.join(override_items(overrides))}" if overrides else f"--checkpoint {checkpoint}"
+        raise UserError(f"{given}: the map of labelled rows draws points, no images; --thumbnails draws the "
+                        "images, which --checkpoint and --set data.* read")
     if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
         images = embedded_source(checkpoint, card, override_items(overrides))
 

@@ -25,7 +25,7 @@ from repre.data.labels import class_name
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
 from repre.use.images import EmbeddedImages, embedded_source, thumbnail
-from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, read_index
+from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, finished_rows, read_index
 
 QUERY_GAP = 8  # extra pixels between the queries' column and their neighbours
 NOTE = ("each row: a query image (#: its row in the embeddings file) and the images whose embeddings are nearest to "
@@ -44,6 +44,11 @@ def choose_queries(rows: int, count: int | None, given: list[int] | None, seed: 
                    ) -> list[int]:
     """The query rows of a file of `rows` rows (`name`): those `given`, checked, or `count` distinct rows drawn
     from `seed` (the same every time; None: `DEFAULT_QUERIES`, or every row of a smaller file)."""
+    if given is not None and count is not None:
+        raise UserError(f"--queries {count} and --query-index: give the rows, or how many to draw, not both")
+    if given is not None and not given:
+        raise UserError("--query-index names no row: give rows of the embeddings (0, 5, 9), or leave it out to "
+                        "draw queries")
     count = min(DEFAULT_QUERIES, rows) if count is None else count
     if given:
         bad = [r for r in given if not 0 <= r < rows]
@@ -70,11 +75,7 @@ class Embedded:
     def open(cls, path: str | Path) -> Embedded:
         files = EmbeddingFiles.of(path)
         card = finished_card(files)
-        rows = np.load(files.npy, mmap_mode="r")
-        if rows.ndim != 2 or len(rows) != card["progress"]["rows"]:
-            raise UserError(f"{files.npy} holds {rows.shape}, its card {card['progress']['rows']} rows: rerun "
-                            "`repre embed --overwrite`")
-        return cls(files, card, rows)
+        return cls(files, card, finished_rows(files, card))
 
     @property
     def names(self) -> list[str] | None:

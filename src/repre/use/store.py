@@ -87,6 +87,19 @@ def finished_card(files: EmbeddingFiles) -> dict[str, Any]:
     return card
 
 
+def finished_rows(files: EmbeddingFiles, card: dict[str, Any]) -> np.ndarray:
+    """The rows [N, D] of finished embeddings (a memory map), or exit 2 where the file is not what its card
+    says (cut short by a copy or a full disk)."""
+    try:
+        rows = np.load(files.npy, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {files.npy} ({exc}): rerun `repre embed --overwrite`") from None
+    if rows.ndim != 2 or len(rows) != card["progress"]["rows"]:
+        raise UserError(f"{files.npy} holds {rows.shape}, its card {card['progress']['rows']} rows: rerun "
+                        "`repre embed --overwrite`")
+    return rows
+
+
 def read_index(path: Path, wanted: set[int], expected: int) -> dict[int, tuple[int, str, int | None]]:
     """The index lines of the `wanted` rows: row -> (source index, path, label or None), read in one pass;
     the index must have `expected` rows."""
