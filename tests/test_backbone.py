@@ -63,7 +63,7 @@ def test_tap_rule():
     assert resolve_taps(4, 6) == [1, 2, 4, 5]
     assert resolve_taps(1, 6) == [5]
     assert resolve_taps([-1, 0], 6) == [0, 5]
-    with pytest.raises(UserError, match="out of range"):
+    with pytest.raises(UserError, match=r"out of range for an encoder of 6 blocks \(ViT\) or stages \(Swin\)"):
         resolve_taps([6], 6)
     with pytest.raises(UserError, match="between 1 and 6"):
         resolve_taps(7, 6)
@@ -174,6 +174,16 @@ def test_mocov3_init_needs_a_class_token():
     with pytest.raises(UserError, match="model.init=mocov3"):
         Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
                                           "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="mocov3")
+
+
+def test_per_stage_lists_of_two_lengths_are_a_build_error_not_a_traceback():
+    """timm raised IndexError for `depths` longer than `num_heads`."""
+    from conftest import SWIN_TINY, tiny_config
+
+    from repre.builder import build_encoder
+
+    with pytest.raises(UserError, match=r"cannot build model.arch=swin_pico_patch2_window4 .*set model.kwargs"):
+        build_encoder(tiny_config(*SWIN_TINY, "model.kwargs.depths=[1, 1, 1, 1]"))
 
 
 def test_build_errors_name_the_architecture_the_config_gave():

@@ -63,6 +63,43 @@ def test_resizing_after_the_head_equals_resizing_before_it():
     assert torch.allclose(dec(maps, (28, 28)), before, atol=1e-5)
 
 
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_maps_of_a_padded_grid_keep_their_cells_aligned_and_the_padding_is_cut_off(upsample):
+    """timm's patch merging pads an odd grid at its end: a Swin at 30 px (patch 2) has stages of 15, 8 and 4
+    cells covering 30, 32 and 32 px. A deeper map is upsampled by the strides' ratio and its padding cut off
+    (a resize to 15 cells stretched 8 over 15), and the output's padded rows are cut off (the first step
+    failed: targets of 30 px for maps of 32)."""
+    torch.manual_seed(0)
+    dec = Decoder([8, 16, 32], 2, width=16, upsample=upsample, out_stride=2)
+    maps = [torch.randn(1, c, n, n) for c, n in ((8, 15), (16, 8), (32, 4))]
+    deep = torch.randn(1, 16, 8, 8)
+    assert torch.equal(dec._to_grid(deep, (15, 15)), dec._resize(deep, scale_factor=2.0)[..., :15, :15])
+    assert torch.equal(dec._to_grid(deep[..., :4, :4], (15, 15)),
+                       dec._resize(deep[..., :4, :4], scale_factor=4.0)[..., :15, :15])  # two stages apart
+    out = dec(maps, (30, 30))
+    assert out.shape == (1, 3, 30, 30)
+    deepest = Decoder([32], 8, width=16, upsample=upsample, out_stride=2)  # the deepest stage alone: 32 px
+    assert torch.equal(deepest(maps[2:], (30, 30)), deepest(maps[2:], (32, 32))[..., :30, :30])
+
+
+def test_a_swin_at_sizes_whose_stages_are_padded_reconstructs_its_views():
+    """The branch at 26, 28 and 30 px on a patch-2 Swin (odd grids at some stage), taps with and without the
+    first stage: a finite loss, where the first step raised."""
+    import timm
+
+    from repre.nn import ReconstructionBranch
+
+    for size in (26, 28, 30):
+        swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=size, patch_size=2, window_size=4,
+                                 embed_dim=16, depths=(1, 1, 1), num_heads=(1, 2, 4), num_classes=0)
+        for taps in (3, [2], [1, 2]):
+            branch = ReconstructionBranch(swin, taps=taps, width=16, out_stride=2)
+            images = torch.randn(2, 3, size, size)
+            assert torch.isfinite(branch(images)), (size, taps)
+    with pytest.raises(ValueError, match="targets of .16, 16. pixels for maps of images of .32, 32."):
+        branch.loss(branch.encode(torch.randn(2, 3, 30, 30))[1], torch.randn(2, 3, 16, 16))
+
+
 def test_out_stride_is_checked():
     with pytest.raises(UserError, match="power of two"):
         load_config("fmnist-mocov3-repre", ["recon.out_stride=3"])

@@ -396,10 +396,11 @@ def test_neighbors_and_map_say_what_is_wrong_with_their_options_and_a_damaged_fi
     assert "--queries 3 and --query-index: give the rows, or how many to draw, not both" in capsys.readouterr().err
     assert run_cli([*base, "--seed", "3", "--query-index", "1,2"])[0] == 2
     assert "--seed draws the queries, which --query-index names" in capsys.readouterr().err
-    assert run_cli(["map", "--embeddings", str(out), "--out", str(tmp_path / "m.png"), "--checkpoint", str(run)])[0] == 2
+    drawn = ["map", "--embeddings", str(out), "--out", str(tmp_path / "m.png")]
+    assert run_cli([*drawn, "--checkpoint", str(run)])[0] == 2
     assert "--checkpoint " in (err := capsys.readouterr().err) and "the map of labelled rows draws points" in err
     with open(out, "r+b") as fh:
         fh.truncate(1000)
-    for command in (base, ["map", "--embeddings", str(out), "--out", str(tmp_path / "m.png")]):
+    for command in (base, drawn):
         assert run_cli(command)[0] == 2
         assert f"cannot read {out} (" in capsys.readouterr().err

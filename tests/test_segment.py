@@ -303,6 +303,25 @@ def test_the_dense_probe_resizes_a_copy_and_recomputes_a_fixed_sincos_embedding(
     assert resized(torch.randn(2, 3, 24, 24))[0].shape == (2, 32)
 
 
+def test_the_dense_probe_keeps_a_swin_s_windows_or_refuses_a_size_that_shrinks_one():
+    """timm's set_input_size scales a Swin's windows with its grid (window 4 trained at 32 px became 8 at the
+    probe's 64, every position table resampled, silently): the probe's copy keeps the trained windows and
+    tables; a size where a stage has fewer cells than its window is refused before the data are made."""
+    from repre.eval.segment import check_size
+    from repre.models.backbone import Backbone
+
+    encoder = Backbone("swin_tiny_patch4_window7_224", {"img_size": 32, "patch_size": 2, "window_size": 4,
+                                                        "embed_dim": 16, "depths": (1, 1, 1), "num_heads": (1, 2, 4)})
+    resized = encoder.at_size((64, 64))
+    assert resized.windows() == encoder.windows() == [(4, 4)] * 3
+    state, trained = resized.state_dict(), encoder.state_dict()
+    assert all(torch.equal(state[k], trained[k]) for k in trained if "relative_position_bias_table" in k)
+    assert resized(torch.randn(1, 3, 64, 64), [2])[1][0].shape == (1, 64, 8, 8)
+    with pytest.raises(UserError, match=r"eval.segment.size=16: at 16x16 px a stage of this Swin has fewer cells "
+                                        r"than its window .* evaluate it at 26 px or more"):
+        check_size(encoder, tiny_config("eval.segment.size=16"))
+
+
 def test_the_probe_learns_a_separable_map():
     """Features one-hot of the mask (plus noise): a trained 1x1 probe labels nearly every pixel right."""
     from torch import nn

@@ -103,10 +103,12 @@ class ReconstructionBranch(nn.Module):
         """Tap maps (list of [N, C_i, H/s_i, W/s_i]) and the images they should give back (normalized,
         [N, 3, H, W]) -> the scalar loss. `rows`: the batch rows to reconstruct ([n] indices into maps and
         targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps.
-        Targets of another size than the images the maps were made from raise ValueError."""
+        Targets of another size than the images the maps were made from raise ValueError (a Swin's maps of a
+        padded grid cover up to a cell more)."""
         finest = min(range(len(maps)), key=lambda i: self.strides[i])
-        made = tuple(n * self.strides[finest] for n in maps[finest].shape[-2:])
-        if tuple(targets.shape[-2:]) != made:
+        stride = self.strides[finest]
+        made = tuple(n * stride for n in maps[finest].shape[-2:])
+        if not all(0 <= m - t < stride for m, t in zip(made, targets.shape[-2:], strict=True)):
             raise ValueError(f"targets of {tuple(targets.shape[-2:])} pixels for maps of images of {made}: give the "
                              "images the maps were made from (e.g. not another crop's)")
         return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)

@@ -3,7 +3,7 @@
 Data (eval.segment.data): fashion-scenes (probe-train scenes from train-split items, probe-test scenes from
 test-split items), or a folder of images with PNG label masks (ADE20K-style, `repre.data.seg_folder`).
 An encoder pre-trained at another image size is evaluated at the scene size with its position embedding made
-for that size (`Backbone.at_size`). Reported: mIoU over the classes
+for that size, a Swin with the windows it trained with (`Backbone.at_size`). Reported: mIoU over the classes
 present in the test scenes' truth or in the prediction (a class predicted but absent counts 0) (`value`), and
 pixel accuracy; `out/segment.png` draws the first probe-test images, their truth and the probe's prediction.
 """
@@ -70,6 +70,11 @@ def check_size(encoder: Backbone, cfg: Config) -> None:
         given = "" if cfg.eval.segment.size else " (its default)"
         raise UserError(f"eval.segment.size={size}{given} is not a multiple of {stride}, the stride of the maps the "
                         f"dense probe reads: --set eval.segment.size={lower or upper} (or {upper})")
+    if encoder.hierarchical:  # a Swin keeps its windows at the probe's size, or is refused (before the data)
+        try:
+            encoder.at_size((size, size))
+        except UserError as exc:
+            raise UserError(f"eval.segment.size={size}: {exc}") from None
 
 
 def feature_maps(encoder: Backbone, images: torch.Tensor, mean: Stats, std: Stats, rt: Runtime,

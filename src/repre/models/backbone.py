@@ -70,7 +70,7 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
                         + ")")
     try:
         return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:
+    except (TypeError, ValueError, AssertionError, IndexError) as exc:  # IndexError: per-stage lists of two lengths
         raise ModelBuildError(f"cannot build {arch} with {kwargs}: {exc}", str(exc)) from None
 
 
@@ -197,17 +197,41 @@ class Backbone(nn.Module):
     def at_size(self, size: tuple[int, int]) -> Backbone:
         """This encoder for inputs of `size` (H, W): itself, or a resized copy, so that this one never changes (a
         frozen evaluation at another size). A ViT's position embedding follows `pos_embed_at` (a fixed one
-        stays frozen); a Swin's attention masks are rebuilt by timm."""
+        stays frozen); a Swin keeps the windows it trained with (timm would scale them with the grid, resampling
+        every position table) and its attention masks are rebuilt by timm; a size at which a stage's grid is
+        smaller than its window, which would shrink the window and its table, raises UserError."""
         if tuple(self.model.patch_embed.img_size) == tuple(size):
             return self
+        if self.hierarchical:
+            self._check_windows_at(size)
         resized = copy.deepcopy(self)
-        resized.model.set_input_size(img_size=size)
+        if self.hierarchical:
+            resized.model.set_input_size(img_size=size, window_size=self.windows())
+        else:
+            resized.model.set_input_size(img_size=size)
         own = getattr(self.model, "pos_embed", None)
         if not self.hierarchical and own is not None:
             grid = tuple(resized.model.patch_embed.grid_size)
             resized.model.pos_embed = nn.Parameter(self.pos_embed_at(grid).detach().clone(),
                                                    requires_grad=own.requires_grad)
         return resized.to(own.device if own is not None else next(self.parameters()).device)
+
+    def windows(self) -> list[tuple[int, int]]:
+        """A Swin's attention window, stage by stage, as its blocks use it at its input size."""
+        return [tuple(stage.blocks[0].window_size) for stage in self.model.layers]
+
+    def _check_windows_at(self, size: tuple[int, int]) -> None:
+        """UserError where a stage of this Swin has fewer cells than its window at `size` (timm would shrink
+        the window, and resample its position table)."""
+        windows = self.windows()
+        # stage i's grid: the patch grid halved i times, an odd side padded (timm's patch merging)
+        grids = [tuple(-(-(side // self.patch_size) // 2**i) for side in size) for i in range(len(windows))]
+        if any(g < w for grid, window in zip(grids, windows, strict=True) for g, w in zip(grid, window, strict=True)):
+            least = max((max(w) - 1) * r + 1 for w, r in zip(windows, self.unit_strides, strict=True))
+            least += -least % self.patch_size
+            raise UserError(f"at {size[0]}x{size[1]} px a stage of this Swin has fewer cells than its window "
+                            f"(grids {grids}, windows {windows}), which would shrink the window and change its "
+                            f"position table: evaluate it at {least} px or more")
 
     @torch.no_grad()
     def fit_state(self, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
@@ -255,8 +279,9 @@ def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     out = []
     for t in spec:
         if not -depth <= t < depth:
-            raise UserError(f"recon.taps index {t} out of range for a {depth}-block encoder (0..{depth - 1})")
+            raise UserError(f"recon.taps index {t} out of range for an encoder of {depth} blocks (ViT) or stages "
+                            f"(Swin): 0..{depth - 1}, or -{depth}..-1 from the last")
         out.append(t % depth)
     if len(set(out)) != len(out):
-        raise UserError(f"recon.taps {list(spec)} names a block twice")
+        raise UserError(f"recon.taps {list(spec)} names a block (a Swin: a stage) twice")
     return sorted(out)

@@ -5,8 +5,8 @@
     x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to MIN_WIDTH,
     down to stride `out_stride`
     1x1 conv to 3 x out_stride² channels, pixel shuffle to full resolution (out_stride 1: plain 3 channels)
-    a final interpolation to the view's size when it is not a multiple of the finest tap's stride (the maps
-    then cover a smaller image).
+    the view's size: the maps of a Swin whose patch merging padded an odd grid cover a larger image, padded
+    at the bottom and right, whose top-left is the view (cropped); maps of a smaller image are interpolated.
 
 One implementation serves plain transformers (every tap at stride p) and hierarchical ones (taps at
 different strides: the deeper map is upsampled to the shallower one before the add, U-Net style).
@@ -96,14 +96,24 @@ class Decoder(nn.Module):
         x = self.fuse[-1](lat[-1])
         for i in range(len(lat) - 2, -1, -1):
             if x.shape[-2:] != lat[i].shape[-2:]:
-                x = self._resize(x, size=lat[i].shape[-2:])
+                x = self._to_grid(x, lat[i].shape[-2:])
             x = self.fuse[i](x + lat[i])
         for block in self.up:
             x = block(self._resize(x, scale_factor=2.0))
         x = F.pixel_shuffle(self.head(x), self.out_stride)  # the 1x1 conv and the resize commute: 3 channels
         if x.shape[-2:] != tuple(out_size):
-            x = self._resize(x, size=tuple(out_size))
+            larger = x.shape[-2] >= out_size[0] and x.shape[-1] >= out_size[1]
+            x = x[..., :out_size[0], :out_size[1]] if larger else self._resize(x, size=tuple(out_size))
         return x
+
+    def _to_grid(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """A deeper map [B, W, h, w] -> the shallower map's grid: upsampled by the ratio of their strides (a power
+        of two), then its padded bottom and right rows cut off. A deeper grid is ceil(shallower / ratio) (timm's
+        patch merging pads an odd grid at its end): the ratio is the power of two at or above grid / h, and
+        the cells stay aligned, where a resize to the grid's size would stretch them (7 cells from 4, not 8)."""
+        scale = [2 ** math.ceil(math.log2(g / n)) for g, n in zip(grid, x.shape[-2:], strict=True)]
+        x = self._resize(x, scale_factor=tuple(float(f) for f in scale))
+        return x[..., :grid[0], :grid[1]] if tuple(x.shape[-2:]) != tuple(grid) else x
 
     def _resize(self, x: torch.Tensor, **kw) -> torch.Tensor:
         if self.mode == "nearest":

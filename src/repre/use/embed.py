@@ -207,7 +207,8 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     if not progress["rows"]:  # as evaluation refuses features of no image
         raise UserError(f"none of the {len(source):,} images could be read (each is named in a warning above): "
                         f"{files.npy} holds no row; mend or replace the files, then run with --overwrite")
-    return {"command": "embed", "completed": True, "embeddings": str(files.npy), "index": str(files.csv), "card": str(files.card),
+    return {"command": "embed", "completed": True, "embeddings": str(files.npy), "index": str(files.csv),
+            "card": str(files.card),
             "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
             "source_images": len(source), "split": split, "resumed_from": resumed_from,
             "images_per_sec": round(read / seconds, 1) if read else None, "device": rt.device.type}
