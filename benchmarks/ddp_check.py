@@ -3,6 +3,7 @@ N = 1 runs every collective, SyncBatchNorm and the DDP wrapper on one device) ag
 same global batch, fp32, no drop path; the per-step losses must agree.
 
     python benchmarks/ddp_check.py [--device cuda] [--procs 1] [--steps 10] [--preset fmnist-mocov3-repre]
+        [--set KEY=VALUE ...]
                                    [--plain-sync-bn]
 
 The two runs differ by design in one place: the heads' batch norm, which under torchrun is repre's SyncBatchNorm

@@ -1,6 +1,6 @@
 """The RePre decoder alone, forward + backward with its L1 loss, in memory-format and upsampling variants.
 
-    PYTHONPATH=src python benchmarks/decoder_speed.py [--batch 512] [--device cuda]
+    PYTHONPATH=src python benchmarks/decoder_speed.py [--batch 512] [--device cuda] [--steps 10] [--variants ...]
 
 Shapes of ViT-S/16 at 224 (4 taps of [N, 384, 14, 14], width 128 halving to 8 over 4 x2 steps to 224 px).
 Variants (--variants): `<upsampling>-<mode>[-s<out_stride>]`, upsampling bilinear or nearest, mode nchw (eager),

@@ -3,8 +3,9 @@
 Pre-trains PRESET once (`repre pretrain --set train.seed=S`, cached outside the repository under
 $REPRE_BENCH_CACHE/finetune_lr, default ~/.cache/repre/benchmarks/finetune_lr), then runs `repre eval finetune`
 on its checkpoint for each (lr, layer decay) with `eval.split=val` (held-out training images: the test split is
-never read) and the quality benchmark's fine-tuning budget. Each evaluation is cached in its own folder, so an
-interrupted sweep continues where it stopped. The summary is the last stdout line (JSON).
+never read) and the quality benchmark's fine-tuning budget. Each evaluation is cached in its own folder (named by
+its lr, decay and --set items), so an interrupted sweep continues where it stopped. The summary is the last
+stdout line (JSON).
 
     python benchmarks/finetune_lr.py [--preset fmnist-mocov3] [--seed 0] [--grid 1e-3:0.75,3e-3:0.75,...]
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_cache import cache_dir, folder_name, say_reused  # this folder's module
 
 from repre.core import run_files
 
@@ -25,15 +27,11 @@ GRID = "1e-3:0.75,3e-3:0.75,1e-2:0.75,3e-3:0.9,1e-2:0.6"  # lr per 256 images : 
 BUDGET = ["eval.finetune.steps=150", "eval.finetune.test_subset=5000"]  # quality.py's EVAL_DEFAULTS
 
 
-def cache_dir() -> Path:
-    """$REPRE_BENCH_CACHE/finetune_lr, or ~/.cache/repre/benchmarks/finetune_lr."""
-    root = os.environ.get("REPRE_BENCH_CACHE") or Path.home() / ".cache" / "repre" / "benchmarks"
-    return Path(root) / "finetune_lr"
-
-
 def pretrain(preset: str, seed: int, out: Path) -> dict:
     summary = out / run_files.SUMMARY
-    if not (summary.is_file() and json.loads(summary.read_text()).get("completed")):
+    if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+        say_reused(out, json.loads(summary.read_text()))
+    else:
         cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",
                "--set", f"train.seed={seed}", "--set", "train.progress=false", "--set", "train.diagnose_every=0",
                "--set", "eval.knn.enabled=false"]
@@ -42,7 +40,7 @@ def pretrain(preset: str, seed: int, out: Path) -> dict:
 
 
 def finetune(run: Path, lr: str, decay: str, overrides: list[str]) -> dict:
-    out = run / "finetune-sweep" / f"lr{lr}-decay{decay}"
+    out = run / "finetune-sweep" / folder_name(f"lr{lr}-decay{decay}", overrides)
     result = out / run_files.RESULT
     if not result.is_file():
         cmd = [sys.executable, "-m", "repre", "eval", "finetune", "--checkpoint", str(run), "--out", str(out)]
@@ -65,7 +63,7 @@ def main() -> None:
     if any(len(pair) != 2 for pair in grid):
         p.error(f"--grid {args.grid!r}: give LR:LAYER_DECAY pairs, e.g. {GRID}")
     start = time.perf_counter()
-    run = cache_dir() / f"{args.preset}-seed{args.seed}"
+    run = cache_dir("finetune_lr") / f"{Path(args.preset).name}-seed{args.seed}"  # a YAML's path: its name
     summary = pretrain(args.preset, args.seed, run)
     rows = []
     for lr, decay in grid:

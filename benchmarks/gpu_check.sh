@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: CUDA correctness, then throughput and MFU, then quality benchmark runs on the GPU, in stages.
 # Each stage has its own time limit and writes <stage>.json and <stage>.log as soon as it finishes (a failed or
-# timed-out stage writes {"failed": true}; throughput.py prints what it has so far after each configuration, so
-# a timed-out throughput stage keeps those) into a work folder that is packed into $OUT/gpu-check.tgz after every
+# timed-out stage writes {"failed": true}; throughput.py prints what it has so far after each configuration, or
+# with --in-process after each round, so a timed-out throughput stage keeps those, with its exit status) into a work folder that is packed into $OUT/gpu-check.tgz after every
 # stage, or after the group for the correctness stages, which run side by side. $OUT stays small (one archive and
 # summary.txt, however many stages ran) and the archive is current whenever the check is stopped; the compact
 # table is printed last and written to $OUT/summary.txt. STAGES picks stages (default: all but quality and the
@@ -66,10 +66,22 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: the command's last stdout line (JS
   fi
   timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local code=$?
-  tail -n 1 "$OUT/$name.log" | python -c "import json,sys; json.loads(sys.stdin.read())" 2>/dev/null \
-    && tail -n 1 "$OUT/$name.log" > "$OUT/$name.json" \
-    || echo "{\"stage\": \"$name\", \"failed\": $([ $code = 0 ] && echo false || echo true), \"exit\": $code}" \
-      > "$OUT/$name.json"
+  # the log's last JSON line (a stage stopped by its limit: what it printed so far, with its exit status; stderr
+  # lines may follow it), else a line that says the stage failed
+  python - "$OUT/$name.log" "$OUT/$name.json" "$name" "$code" <<'PY'
+import json, sys
+log, out, name, code = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+found = {"stage": name, "failed": code != 0, "exit": code}
+for line in reversed(open(log, errors="replace").read().splitlines()):
+    try:
+        d = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(d, dict):
+        found = d if code == 0 else {**d, "exit": code}
+        break
+open(out, "w").write(json.dumps(found) + "\n")
+PY
   echo "stage $name: exit $code after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
   [ -n "${NO_PACK:-}" ] || pack
 }
@@ -141,12 +153,12 @@ want vit-s16-224 && stage vit-s16-224 260 python benchmarks/throughput.py --roun
   --configs repre-tensors,baseline-tensors,supervised-tensors $VIT --compare recon.views=2 \
   --compare 'recon.views=2&recon.out_stride=1'
 
-# DINO (multi-crop) at 224 +- RePre, eager and compiled (the preset compiles); RePre again with one view, and with
+# DINO (multi-crop) at 224 +- RePre, eager and compiled (as the preset runs); RePre again with one view, and with
 # the x2 steps to full resolution (recon.out_stride=1, the preset before)
 if want frameworks-224 || want dino-224; then
   stage dino-vit-s16-224 420 python benchmarks/throughput.py --rounds 1 --steps 8 --warmup 3 \
     --configs repre-tensors,baseline-tensors --preset in1k-vit-s16-dino-repre $SYN --set train.batch_size=128 \
-    --compare train.compile=true --compare recon.views=1 --compare recon.out_stride=1
+    --set train.compile=false --compare train.compile=true --compare recon.views=1 --compare recon.out_stride=1
 fi
 
 # 2b. real data: the JPEG folder decoded and cropped in the workers (the photometric stage on the GPU:
@@ -212,7 +224,8 @@ fi
 #    QUALITY_UNTIL seconds after this script started; each finished evaluation is cached, so what finishes
 #    is kept and reported (locally: quality.py --results <unpacked>/quality, which skips cached work)
 quality_jobs() {  # one line per job: quality.py arguments; QUALITY_JOBS=FILE: that file's lines instead
-  if [ -n "${QUALITY_JOBS:-}" ]; then grep -v '^ *\(#\|$\)' "$QUALITY_JOBS"; return; fi
+  # a comment ends a line (pasted into a command, it would comment out the options after it)
+  if [ -n "${QUALITY_JOBS:-}" ]; then sed -e 's/[[:space:]]*#.*$//' "$QUALITY_JOBS" | grep -v '^ *$'; return; fi
   # DINO's knobs at batch 32 on validation seeds 0-2 (its preset; batch 16 x 3,200 steps, where batches 256 to
   # 32 raised k-NN and lowered the teacher's entropy; the longer warm-up that lifted MoCo v3; a milder
   # teacher-temperature warm-up)
@@ -244,8 +257,7 @@ fi
 python - "$OUT" > "$OUT/summary.txt" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-for f in sorted(out.glob("*.json")):
-    d = json.loads(f.read_text())
+def show(f: pathlib.Path, d: dict) -> None:
     if d.get("benchmark") == "throughput":
         for name, row in d["results"].items():
             mfu = f"{row['mfu']:.3f}" if row.get("mfu") is not None else "-"
@@ -264,7 +276,8 @@ for f in sorted(out.glob("*.json")):
     elif d.get("benchmark") == "decoder_speed":
         print(f"{f.stem:<22}ms " + "  ".join(f"{k}={v * 1000:.1f}" for k, v in d["seconds"].items()))
     elif d.get("benchmark") == "cuda_check":
-        print(f"{f.stem:<22}passed={d['passed']} " + " ".join(f"{k}={v['ok']}" for k, v in d["checks"].items()))
+        checks = " ".join(f"{k}={v['ok']}" for k, v in d.get("checks", {}).items())
+        print(f"{f.stem:<22}passed={d.get('passed')} {checks or d.get('error', '')}")
     elif d.get("benchmark") == "view_speed":
         print(f"{f.stem:<22}ms/image " + "  ".join(f"{k}={v:.3f}" for k, v in d["ms_per_image"].items()))
     elif d.get("benchmark") == "sync_check":
@@ -281,6 +294,14 @@ for f in sorted(out.glob("*.json")):
             print(f"{f.stem:<22}{name:<20}" + ", ".join(f"{k} {v['share']:.0%}" for k, v in rows.items()))
     else:
         print(f"{f.stem:<22}{json.dumps(d)[:200]}")
+
+
+for f in sorted(out.glob("*.json")):  # one stage's unexpected file does not cost the others' lines
+    d = json.loads(f.read_text())
+    try:
+        show(f, d)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"{f.stem:<22}({type(exc).__name__} {exc}) {json.dumps(d)[:200]}")
 PY
 cat "$OUT/summary.txt" "$OUT/quality-jobs.txt" 2>/dev/null
 cp "$OUT/summary.txt" "$PACK/"

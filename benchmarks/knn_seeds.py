@@ -1,9 +1,10 @@
 """k-NN top-1 after the default run: RePre vs baseline over several seeds, beside a random-init encoder.
 
 Each run is `repre pretrain --config PRESET --set train.seed=S` in a child process, written outside the
-repository under $REPRE_BENCH_CACHE/knn_seeds (default ~/.cache/repre/benchmarks/knn_seeds) and cached: a
-finished run (summary.json with completed=true) is not run again, so an interrupted benchmark continues
-where it stopped. The summary is the last stdout line (JSON).
+repository under $REPRE_BENCH_CACHE/knn_seeds (default ~/.cache/repre/benchmarks/knn_seeds), in a folder named
+by the preset, the seed and the --set items, and cached: a finished run (summary.json with completed=true) is
+not run again (stderr names it and the commit it trained at), so an interrupted benchmark continues where it
+stopped. The summary is the last stdout line (JSON).
 
     python benchmarks/knn_seeds.py [--seeds 0,1,2] [--rows repre,baseline,random] [--set KEY=VALUE ...]
 """
@@ -12,28 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from bench_cache import cache_dir, folder_name, say_reused  # this folder's module
 
 from repre.core import run_files
 
 PRESETS = {"repre": "fmnist-mocov3-repre", "baseline": "fmnist-mocov3"}
 
 
-def cache_dir() -> Path:
-    """Where runs are cached: $REPRE_BENCH_CACHE/knn_seeds, or ~/.cache/repre/benchmarks/knn_seeds."""
-    root = os.environ.get("REPRE_BENCH_CACHE") or Path.home() / ".cache" / "repre" / "benchmarks"
-    return Path(root) / "knn_seeds"
-
-
 def run(preset: str, seed: int, overrides: list[str]) -> dict:
-    out = cache_dir() / f"{preset}-seed{seed}"
+    out = cache_dir("knn_seeds") / folder_name(f"{preset}-seed{seed}", overrides)
     summary = out / run_files.SUMMARY
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+        say_reused(out, json.loads(summary.read_text()))
         return json.loads(summary.read_text())
     cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",
            "--set", f"train.seed={seed}", "--set", "train.progress=false", "--set", "train.diagnose_every=0"]

@@ -1,6 +1,7 @@
 """Where a RePre step's time goes: the whole step profiled, and its parts timed in isolation.
 
     PYTHONPATH=src python benchmarks/profile_step.py [--preset in1k-vit-s16-mocov3-repre] [--set KEY=VALUE ...]
+        [--steps 5] [--warmup 3] [--top 25]
 
 Parts, each forward + backward on the same batch and timed with device synchronisation (median of --steps):
   step           the whole training step (trainer.train_step: forward, backward, clip, optimizer, EMA)

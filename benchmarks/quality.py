@@ -33,7 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from repre.config import FRAMEWORKS
 from repre.core import run_files
+from repre.errors import UserError
 
 SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir()
 TASKS = ["knn", "linear", "finetune", "segment"]
@@ -322,19 +324,30 @@ def main() -> None:
     args = p.parse_args()
     args.results = args.results or cache_dir()
     seeds, rows, tasks = [int(s) for s in args.seeds.split(",")], args.rows.split(","), args.only.split(",")
+    methods = args.methods.split(",")
+    for option, given, valid in (("--methods", methods, FRAMEWORKS), ("--rows", rows, ROWS), ("--only", tasks, TASKS)):
+        if unknown := [x for x in given if x not in valid]:  # before anything trains
+            p.error(f"{option}: unknown {unknown}; choose from {', '.join(valid)}")
     if args.search:
         points = list(SEARCH) if args.search == "all" else args.search.split(",")
         unknown = [x for x in points if x not in SEARCH]
         if unknown:
             sys.exit(f"unknown search points {unknown}; choose from {', '.join(SEARCH)}")
-        method = args.methods.split(",")[0]
+        if len(methods) > 1:
+            p.error(f"--search compares the points of one method: give one of {', '.join(methods)}")
+        method = methods[0]
+        for point in points:  # a point of another method's keys fails here, not after the points before it trained
+            try:
+                row_config(method, SEARCH[point][0], seeds[0], [*args.overrides, *SEARCH[point][1]])
+            except UserError as exc:
+                p.error(f"search point {point} does not apply to {method}: {exc}")
         report = search(method, points, seeds, tasks, args.overrides, args.results / "search", args.cached,
                         args.drop_checkpoints)
         print(json.dumps({"benchmark": "quality-search", "date": time.strftime("%Y-%m-%d"), "method": method,
                           "seeds": seeds, "overrides": args.overrides, "eval_budget": EVAL_DEFAULTS, **report}))
         return
     report = {}
-    for method in args.methods.split(","):
+    for method in methods:
         by_seed: dict[str, dict[str, dict[int, float]]] = {r: {t: {} for t in tasks} for r in rows}
         curves = {}
         for seed in seeds:

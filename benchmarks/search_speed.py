@@ -2,7 +2,7 @@
 inner-product index, the library that would do it.
 
     pip install faiss-cpu
-    python benchmarks/search_speed.py [--rows 200000] [--dim 384] [--queries 8,1024] [--repeats 3]
+    python benchmarks/search_speed.py [--rows 200000] [--dim 384] [--queries 8,1024] [--repeats 3] [--k 5]
 
 A bank of random L2-normalized rows (float32, a memory map on disk as `repre embed` writes it) and queries
 drawn from it; each search's time (median of --repeats; FAISS's index built on each call, as a command run
@@ -53,6 +53,10 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    try:
+        import faiss  # noqa: F401  (before any timing: the comparison needs it)
+    except ImportError:
+        p.error("faiss is not installed: pip install faiss-cpu")
     rng = np.random.default_rng(0)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

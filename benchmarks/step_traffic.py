@@ -1,7 +1,7 @@
 """What a training step computes and moves, RePre against its baseline: FLOPs and bytes per image, counted.
 
     PYTHONPATH=src python benchmarks/step_traffic.py [--preset in1k-vit-s16-mocov3-repre] [--set KEY=VALUE ...]
-                                                   [--compare KEY=VALUE[&KEY=VALUE] ...] [--at 256]
+                                                   [--compare KEY=VALUE[&KEY=VALUE] ...] [--at 256] [--top 8]
 
 One training step (trainer.train_step: forward, backward, optimizer, momentum update) of the preset on
 synthetic images, eager, under bf16 autocast, with every operator PyTorch dispatches tallied: its FLOPs

@@ -12,6 +12,9 @@ anything: this machine's absolute speed varies by the hour.
     python benchmarks/throughput.py --device cuda --method dino --arch vit_base_patch16_224 --image-size 224 \
         --batch-size 128 --configs repre-tensors,baseline-tensors --mfu
 
+--compare KEY=VALUE (repeatable; several overrides joined by &) runs every configuration with that override as
+well, as rows "NAME+KEY=VALUE" in the same interleaved rounds: a setting's cost as a ratio of one run.
+
 --tree LABEL=DIR (repeatable) runs each configuration from the checkout in DIR as well (its own
 benchmarks/throughput.py and src/, so each commit's own code and keys), as rows "NAME@LABEL" in the same
 interleaved rounds: how a change moves throughput, measured side by side.
