@@ -29,3 +29,13 @@ def say_reused(out: Path, summary: dict) -> None:
     git = (summary.get("versions") or {}).get("git")
     print(f"reusing the finished run {out} (trained at {git or 'an unrecorded commit'}; delete it to train it "
           "again)", file=sys.stderr)
+
+
+def check_settings(out: Path, preset: str, overrides: list[str]) -> None:
+    """Exit where the finished run in `out` was trained with other settings than `preset` + `overrides` (a
+    folder made before folders were named by their settings): delete it to train it again."""
+    from repre.config import load_config
+
+    if load_config(out / "config.yaml") != load_config(preset, overrides):
+        sys.exit(f"the cached run {out} was trained with other settings than {preset} {' '.join(overrides)}: "
+                 "delete it to train it again")

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_cache import cache_dir, folder_name, say_reused  # this folder's module
+from bench_cache import cache_dir, check_settings, folder_name, say_reused  # this folder's module
 
 from repre.core import run_files
 
@@ -30,6 +30,8 @@ BUDGET = ["eval.finetune.steps=150", "eval.finetune.test_subset=5000"]  # qualit
 def pretrain(preset: str, seed: int, out: Path) -> dict:
     summary = out / run_files.SUMMARY
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+        check_settings(out, preset, [f"train.seed={seed}", "train.progress=false", "train.diagnose_every=0",
+                                     "eval.knn.enabled=false"])
         say_reused(out, json.loads(summary.read_text()))
     else:
         cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",
@@ -63,7 +65,9 @@ def main() -> None:
     if any(len(pair) != 2 for pair in grid):
         p.error(f"--grid {args.grid!r}: give LR:LAYER_DECAY pairs, e.g. {GRID}")
     start = time.perf_counter()
-    run = cache_dir("finetune_lr") / f"{Path(args.preset).name}-seed{args.seed}"  # a YAML's path: its name
+    preset = Path(args.preset)  # a YAML file's run is named by its name and its text's hash
+    settings = [preset.read_text()] if preset.suffix in (".yaml", ".yml") and preset.is_file() else []
+    run = cache_dir("finetune_lr") / folder_name(f"{preset.name}-seed{args.seed}", settings)
     summary = pretrain(args.preset, args.seed, run)
     rows = []
     for lr, decay in grid:

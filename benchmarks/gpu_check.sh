@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: CUDA correctness, then throughput and MFU, then quality benchmark runs on the GPU, in stages.
 # Each stage has its own time limit and writes <stage>.json and <stage>.log as soon as it finishes (a failed or
-# timed-out stage writes {"failed": true}; throughput.py prints what it has so far after each configuration, or
-# with --in-process after each round, so a timed-out throughput stage keeps those, with its exit status) into a work folder that is packed into $OUT/gpu-check.tgz after every
+# timed-out stage writes {"failed": true}; throughput.py prints what it has so far after each configuration,
+# or with --in-process after each round, so a timed-out throughput stage keeps those, with its exit status) into a work folder that is packed into $OUT/gpu-check.tgz after every
 # stage, or after the group for the correctness stages, which run side by side. $OUT stays small (one archive and
 # summary.txt, however many stages ran) and the archive is current whenever the check is stopped; the compact
 # table is printed last and written to $OUT/summary.txt. STAGES picks stages (default: all but quality and the
@@ -302,6 +302,8 @@ for f in sorted(out.glob("*.json")):  # one stage's unexpected file does not cos
         show(f, d)
     except (KeyError, TypeError, ValueError) as exc:
         print(f"{f.stem:<22}({type(exc).__name__} {exc}) {json.dumps(d)[:200]}")
+    if d.get("benchmark") and d.get("exit"):  # what a stage stopped by its limit printed before it stopped
+        print(f"{f.stem:<22}stopped: exit {d['exit']} (the lines above are partial)")
 PY
 cat "$OUT/summary.txt" "$OUT/quality-jobs.txt" 2>/dev/null
 cp "$OUT/summary.txt" "$PACK/"

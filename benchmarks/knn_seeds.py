@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from bench_cache import cache_dir, folder_name, say_reused  # this folder's module
+from bench_cache import cache_dir, check_settings, folder_name, say_reused  # this folder's module
 
 from repre.core import run_files
 
@@ -28,12 +28,13 @@ PRESETS = {"repre": "fmnist-mocov3-repre", "baseline": "fmnist-mocov3"}
 def run(preset: str, seed: int, overrides: list[str]) -> dict:
     out = cache_dir("knn_seeds") / folder_name(f"{preset}-seed{seed}", overrides)
     summary = out / run_files.SUMMARY
+    given = [f"train.seed={seed}", "train.progress=false", "train.diagnose_every=0", *overrides]
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+        check_settings(out, preset, given)
         say_reused(out, json.loads(summary.read_text()))
         return json.loads(summary.read_text())
-    cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume",
-           "--set", f"train.seed={seed}", "--set", "train.progress=false", "--set", "train.diagnose_every=0"]
-    for item in overrides:
+    cmd = [sys.executable, "-m", "repre", "pretrain", "--config", preset, "--out", str(out), "--resume"]
+    for item in given:
         cmd += ["--set", item]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(summary.read_text())
