@@ -162,6 +162,8 @@ def identity(cfg) -> dict:
             ident.pop(key, None)
     if cfg.eval.split == "val":  # the held-out images: a fixed random eval.val_size (before: the last ones)
         ident["val_holdout"] = "random-v1"
+    if cfg.model.arch.startswith("swin"):  # the dense probe keeps a Swin's trained windows (it scaled them)
+        ident["swin_probe"] = "trained-windows"
     return {"version": CACHE_VERSION, **ident}
 
 

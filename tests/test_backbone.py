@@ -179,7 +179,6 @@ def test_mocov3_init_needs_a_class_token():
 def test_per_stage_lists_of_two_lengths_are_a_build_error_not_a_traceback():
     """timm raised IndexError for `depths` longer than `num_heads`."""
     from conftest import SWIN_TINY, tiny_config
-
     from repre.builder import build_encoder
 
     with pytest.raises(UserError, match=r"cannot build model.arch=swin_pico_patch2_window4 .*set model.kwargs"):

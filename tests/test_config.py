@@ -143,14 +143,16 @@ def test_a_copy_of_a_preset_and_a_piped_config_are_read(tmp_path):
         if "_base_" not in text:
             (tmp_path / f"{name}.yaml").write_text(text)
             assert load_config(tmp_path / f"{name}.yaml") == load_config(name)
-    read, write = os.pipe()
-    os.write(write, b"_base_: fmnist-dino\ntrain: {max_steps: 7}\n")
-    os.close(write)
-    try:
-        pipe = f"/dev/fd/{read}"
-        assert load_config(pipe).train.max_steps == load_config(pipe).train.max_steps == 7
-    finally:
-        os.close(read)
+    for steps in (7, 9):  # the second pipe gets the first one's /dev/fd/N: its own text is read
+        read, write = os.pipe()
+        os.write(write, f"_base_: fmnist-dino\ntrain: {{max_steps: {steps}}}\n".encode())
+        os.close(write)
+        try:
+            pipe = f"/dev/fd/{read}"
+            assert load_config(pipe).train.max_steps == load_config(pipe).train.max_steps == steps
+            assert load_config(pipe).preset == "fmnist-dino"  # its base's label, not the descriptor's number
+        finally:
+            os.close(read)
 
 
 def test_an_empty_config_name_is_refused_not_read_as_the_default():
@@ -160,13 +162,16 @@ def test_an_empty_config_name_is_refused_not_read_as_the_default():
 
 
 def test_a_full_config_of_one_s_own_labelled_a_preset_takes_today_s_defaults(tmp_path):
-    """A file with every section and `preset: mine` read as a run's config of 0.1.0 (recon.out_stride 1); one
-    repre wrote holds recon.norm_pix, and only that one keeps the former default."""
+    """A file with every section and `preset: mine` read as a run's config from before recon.out_stride (1);
+    one repre wrote then holds the recon keys removed since, and only that one keeps the former default."""
     sections = "data: {}\naug: {}\nmodel: {}\nmethod: {}\ntrain: {}\neval: {}\n"
     (tmp_path / "mine.yaml").write_text("preset: mine\nrecon: {weight: 0.5}\n" + sections)
     assert load_config(tmp_path / "mine.yaml").recon.out_stride == 4
-    (tmp_path / "old.yaml").write_text("preset: mine\nrecon: {weight: 0.5, norm_pix: false}\n" + sections)
+    (tmp_path / "old.yaml").write_text("preset: mine\nrecon: {weight: 0.5, norm_pix: false, min_width: 8}\n"
+                                       + sections)
     assert load_config(tmp_path / "old.yaml").recon.out_stride == 1
+    (tmp_path / "copy.yaml").write_text("preset: mine\nrecon: {weight: 0.5, norm_pix: true}\n" + sections)
+    assert load_config(tmp_path / "copy.yaml").recon.out_stride == 4  # a preset's copy holds norm_pix too
 
 
 def test_a_seed_beyond_torch_s_range_is_refused_with_its_bound():
@@ -359,12 +364,14 @@ def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch
 
     old = load_config("fmnist-mocov3-repre").to_dict()
     del old["recon"]["out_stride"]
-    old["recon"]["norm_pix"] = False  # 0.1.0's default, written out as every key was
+    # written out as every key was then, with the keys removed since
+    old["recon"].update(norm_pix=False, loss="l1", min_width=8, depth=1)
     assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (False, 1)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))  # a run's, as --resume reads it
     assert (load_config(str(tmp_path / "config.yaml")).recon.out_stride) == 1
-    del old["recon"]["norm_pix"]  # a person's file shaped like a run's: today's defaults
-    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (True, 4)
+    for key in ("loss", "min_width", "depth"):  # a person's file shaped like a run's (a preset's copy, labelled)
+        del old["recon"][key]
+    assert (config_from_dict(old).recon.norm_pix, config_from_dict(old).recon.out_stride) == (False, 4)
     (tmp_path / "mine.yaml").write_text("recon:\n  weight: 0.5\n")  # a person's, no _base_
     mine = load_config(str(tmp_path / "mine.yaml"))
     assert (mine.recon.norm_pix, mine.recon.out_stride, mine.recon.weight) == (True, 4, 0.5)

@@ -98,6 +98,10 @@ def test_a_swin_at_sizes_whose_stages_are_padded_reconstructs_its_views():
             assert torch.isfinite(branch(images)), (size, taps)
     with pytest.raises(ValueError, match="targets of .16, 16. pixels for maps of images of .32, 32."):
         branch.loss(branch.encode(torch.randn(2, 3, 30, 30))[1], torch.randn(2, 3, 16, 16))
+    vit = ReconstructionBranch(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                                                 num_classes=0), taps=2, norm_pix=False)
+    with pytest.raises(ValueError, match="targets of .26, 26. pixels for maps of images of .32, 32."):
+        vit.loss(vit.encode(torch.randn(2, 3, 32, 32))[1], torch.randn(2, 3, 26, 26))  # not a padded grid
 
 
 def test_out_stride_is_checked():

@@ -318,7 +318,7 @@ def test_the_dense_probe_keeps_a_swin_s_windows_or_refuses_a_size_that_shrinks_o
     assert all(torch.equal(state[k], trained[k]) for k in trained if "relative_position_bias_table" in k)
     assert resized(torch.randn(1, 3, 64, 64), [2])[1][0].shape == (1, 64, 8, 8)
     with pytest.raises(UserError, match=r"eval.segment.size=16: at 16x16 px a stage of this Swin has fewer cells "
-                                        r"than its window .* evaluate it at 26 px or more"):
+                                        r"than its window .* evaluate it at 32 px or more"):
         check_size(encoder, tiny_config("eval.segment.size=16"))
 
 

@@ -85,8 +85,9 @@ class ReconstructionBranch(nn.Module):
         """Whether reconstructing size x size views interpolates: x2 steps, taps at different strides (the
         deeper map resized to the shallower one) or a last resize to the views' size."""
         d = self.decoder
-        reached = size // d.in_stride * 2 ** len(d.up) * d.out_stride
-        return bool(len(d.up)) or len(set(self.strides)) > 1 or reached != size
+        grid = -(-(size // self.patch_size) // (d.in_stride // self.patch_size))  # a Swin's: odd sides rounded up
+        reached = grid * 2 ** len(d.up) * d.out_stride  # more than size: padding cut off, no resize
+        return bool(len(d.up)) or len(set(self.strides)) > 1 or reached < size
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """images [B, 3, H, W] -> (pooled embedding [B, D], tap maps: list of [B, C_i, H/s_i, W/s_i]) from one
@@ -104,11 +105,12 @@ class ReconstructionBranch(nn.Module):
         [N, 3, H, W]) -> the scalar loss. `rows`: the batch rows to reconstruct ([n] indices into maps and
         targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps.
         Targets of another size than the images the maps were made from raise ValueError (a Swin's maps of a
-        padded grid cover up to a cell more)."""
+        padded grid cover more: its patch grid halved per stage, an odd side rounded up)."""
         finest = min(range(len(maps)), key=lambda i: self.strides[i])
-        stride = self.strides[finest]
+        stride, p = self.strides[finest], self.patch_size
         made = tuple(n * stride for n in maps[finest].shape[-2:])
-        if not all(0 <= m - t < stride for m, t in zip(made, targets.shape[-2:], strict=True)):
+        covered = tuple(-(-(t // p) // (stride // p)) * stride for t in targets.shape[-2:])  # a ViT: t itself
+        if made != covered or any(m < t for m, t in zip(made, targets.shape[-2:], strict=True)):
             raise ValueError(f"targets of {tuple(targets.shape[-2:])} pixels for maps of images of {made}: give the "
                              "images the maps were made from (e.g. not another crop's)")
         return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)

@@ -240,16 +240,25 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
     return _preset_dict(source)
 
 
-_PIPED: dict[str, str] = {}  # `--config <(...)`'s text by path, as first read
+_PIPED: dict[tuple[int, int], str] = {}  # `--config <(...)`'s text by the pipe's (device, inode), as first read
+
+
+def _text(path: Path) -> str:
+    """A config file's text; a pipe's as first read (it reads once, and a command reads its config more than
+    once), by the pipe itself: a later pipe may be given the same /dev/fd/N."""
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino)
+    if key not in _PIPED:
+        _PIPED[key] = path.read_text(encoding="utf-8")
+    return _PIPED[key]
 
 
 def _file_dict(path: Path, source: str) -> dict[str, Any]:
     """The raw mapping of a YAML file (a run's config.yaml taken as it is, another resolved over its `_base_`)."""
     try:
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-        else:  # a pipe reads once, and a command reads its config more than once: kept for this process
-            text = _PIPED.setdefault(str(path), path.read_text(encoding="utf-8"))
+        text = _text(path)
     except UnicodeDecodeError:
         raise UserError(f"config file {source} is not UTF-8 text: give a YAML file") from None
     raw = read_yaml(text, str(path))
@@ -260,7 +269,8 @@ def _file_dict(path: Path, source: str) -> dict[str, Any]:
     raw, written = read_written(raw)
     if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
         return raw
-    raw.setdefault("preset", path.stem)  # a file named as a preset is labelled it: the same rule
+    # a file named as a preset is labelled it: the same rule; a pipe (no name of its own) by its base
+    raw.setdefault("preset", path.stem if path.is_file() else str(raw.get("_base_") or "piped"))
     _refuse_a_preset_label_alone(raw, source)
     return _resolve_base(raw, ())
 
@@ -373,9 +383,10 @@ def given_keys(source: str | os.PathLike[str] | None, overrides: Sequence[str] |
     """The keys a person gave (flat, "method.dino.teacher_temp"): `overrides`', and those of a YAML file of their
     own at `source` (not a preset's, not those of a config repre wrote, which holds every key)."""
     keys = set(flatten(parse_overrides(override_items(overrides))))
-    path = Path(os.fspath(source)) if source else None
-    if path is not None and path.is_file() and str(source) not in list_presets():
-        raw, _ = read_written(read_yaml(path.read_text(encoding="utf-8"), str(path)))
+    path = Path(os.fspath(source)).expanduser() if source else None
+    readable = path is not None and path.exists() and not path.is_dir()  # a file, or a pipe (`_text`)
+    if readable and not (path.is_file() and str(source) in list_presets()):
+        raw, _ = read_written(read_yaml(_text(path), str(path)))
         if not _resolved(raw):
             keys |= set(flatten({k: v for k, v in raw.items() if k != "_base_"}))
     return keys

@@ -48,9 +48,11 @@ SAME_AS_NOW = {"recon.weight_end": "weight"}
 # what a config written before eval.linear.protocol holds for keys that are null now (the protocol's value)
 QUICK_DEFAULTS = {"features": "cls", "blocks": 1, "epochs": 30}
 # recon.* defaults a config written without the key was trained with: the branch at its plainest, before the
-# presets' measured choices became the defaults. Not recon.norm_pix: every config repre wrote holds it, so one
-# without it is a person's file shaped like a run's, which takes today's default
+# presets' measured choices became the defaults. Not recon.norm_pix: every config repre wrote holds it. A recon
+# section repre wrote before out_stride existed holds the keys it had then and has not now (FORMER_RECON_KEYS);
+# one without them is a person's file shaped like a run's (a preset's copy), which takes today's defaults
 FORMER_RECON_DEFAULTS = {"out_stride": 1}
+FORMER_RECON_KEYS = ("loss", "min_width", "depth")
 # method keys that were shared by the frameworks: old -> {framework: its key now}
 RENAMED_METHOD = {
     "temperature": {"mocov3": "temperature", "moby": "temperature", "dino": "student_temp"},
@@ -94,6 +96,8 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     the value the code has now goes; another value is refused (the run computed what this repre cannot), or
     with `refuse_removed=False` (a run only described, as by `repre compare`) kept."""
     raw = copy.deepcopy(raw)
+    recon = raw.get("recon")
+    written_recon = isinstance(recon, dict) and any(k in recon for k in FORMER_RECON_KEYS)  # before they go
     _removed_keys(raw, refuse_removed)
     method, evals, train = raw.get("method") or {}, raw.get("eval") or {}, raw.get("train") or {}
     _warmup_as_fraction(train)
@@ -104,7 +108,8 @@ def migrate(raw: dict[str, Any], refuse_removed: bool = True) -> dict[str, Any]:
     _quick_probe_values(evals)
     _null_subsets(evals)
     _local_crops_probabilities(raw)
-    _former_recon_defaults(raw)
+    if written_recon:
+        _former_recon_defaults(raw)
     return raw
 
 
@@ -221,10 +226,9 @@ def _local_crops_probabilities(raw: dict[str, Any]) -> None:
 
 
 def _former_recon_defaults(raw: dict[str, Any]) -> None:
-    """A recon section written before a key of FORMER_RECON_DEFAULTS existed: that key at the default the run
-    was trained with, not today's. Only a section repre wrote (it holds `norm_pix`): a person's file shaped like
-    a run's takes today's defaults."""
+    """A recon section repre wrote before a key of FORMER_RECON_DEFAULTS existed: that key at the default the
+    run was trained with, not today's."""
     recon = raw.get("recon")
-    if isinstance(recon, dict) and "norm_pix" in recon:
+    if isinstance(recon, dict):
         for key, value in FORMER_RECON_DEFAULTS.items():
             recon.setdefault(key, value)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections, migrate
+from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections, read_written
 from repre.config.reads import listed
 from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.runtime import Runtime
@@ -207,7 +207,7 @@ class Checkpoints:
         checkpoint read is recorded (`started_from`)."""
         source = checkpoint_io.pinned(source)  # a run still training replaces its last.pt
         ckpt = checkpoint_io.load(source)
-        ckpt["config"] = migrate(ckpt["config"], refuse_removed=False)  # an older repre's: in today's keys
+        ckpt["config"] = read_written(ckpt["config"], refuse_removed=False)[0]  # an older repre's: today's keys
         ckpt["model"] = self._evaluated_as_online(ckpt, source)
         resized = fit_backbones(self.model, ckpt["model"])
         size = ckpt["config"]["data"].get("image_size")

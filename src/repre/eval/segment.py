@@ -72,7 +72,7 @@ def check_size(encoder: Backbone, cfg: Config) -> None:
                         f"dense probe reads: --set eval.segment.size={lower or upper} (or {upper})")
     if encoder.hierarchical:  # a Swin keeps its windows at the probe's size, or is refused (before the data)
         try:
-            encoder.at_size((size, size))
+            encoder.check_windows_at((size, size), multiple=stride)
         except UserError as exc:
             raise UserError(f"eval.segment.size={size}: {exc}") from None
 

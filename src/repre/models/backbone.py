@@ -203,7 +203,7 @@ class Backbone(nn.Module):
         if tuple(self.model.patch_embed.img_size) == tuple(size):
             return self
         if self.hierarchical:
-            self._check_windows_at(size)
+            self.check_windows_at(size)
         resized = copy.deepcopy(self)
         if self.hierarchical:
             resized.model.set_input_size(img_size=size, window_size=self.windows())
@@ -220,15 +220,17 @@ class Backbone(nn.Module):
         """A Swin's attention window, stage by stage, as its blocks use it at its input size."""
         return [tuple(stage.blocks[0].window_size) for stage in self.model.layers]
 
-    def _check_windows_at(self, size: tuple[int, int]) -> None:
+    def check_windows_at(self, size: tuple[int, int], multiple: int = 1) -> None:
         """UserError where a stage of this Swin has fewer cells than its window at `size` (timm would shrink
-        the window, and resample its position table)."""
+        the window, and resample its position table), naming the least size that fits (a multiple of the patch
+        and of `multiple`: the stride a caller's maps need)."""
         windows = self.windows()
         # stage i's grid: the patch grid halved i times, an odd side padded (timm's patch merging)
         grids = [tuple(-(-(side // self.patch_size) // 2**i) for side in size) for i in range(len(windows))]
         if any(g < w for grid, window in zip(grids, windows, strict=True) for g, w in zip(grid, window, strict=True)):
             least = max((max(w) - 1) * r + 1 for w, r in zip(windows, self.unit_strides, strict=True))
-            least += -least % self.patch_size
+            step = math.lcm(self.patch_size, multiple)
+            least += -least % step
             raise UserError(f"at {size[0]}x{size[1]} px a stage of this Swin has fewer cells than its window "
                             f"(grids {grids}, windows {windows}), which would shrink the window and change its "
                             f"position table: evaluate it at {least} px or more")

@@ -89,8 +89,9 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(widths[-1], 3 * out_stride**2, 1)
 
     def forward(self, maps: Sequence[torch.Tensor], out_size: int | tuple[int, int]) -> torch.Tensor:
-        """maps [B, C_i, h_i, w_i] -> [B, 3, *out_size] (the views' size, or its side; a last resize
-        where the map grid times the input stride does not reach it)."""
+        """maps [B, C_i, h_i, w_i] -> [B, 3, *out_size] (the views' size, or its side): the padded bottom and
+        right rows cut off where the map grid times the input stride covers more (a Swin's padded grid), a last
+        resize where it does not reach it."""
         out_size = (out_size, out_size) if isinstance(out_size, int) else out_size
         lat = [layer(m) for layer, m in zip(self.laterals, maps, strict=True)]
         x = self.fuse[-1](lat[-1])
