@@ -88,6 +88,13 @@ def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder,
                                           str(tmp_path / "copy.npy"), "--query-index", "3", "--k", "11"))
     assert code == 0 and 3 not in [n["row"] for n in last_json(stdout)["queries"][0]["neighbors"]]
     assert (tmp_path / "nn.pdf").read_bytes().count(b"/Subtype /Image") == 12  # the query and its 11, as a PDF
+    card = json.loads((tmp_path / "copy.json").read_text())  # a copy whose card an older repre wrote (no model,
+    del card["identity"]["model"]                             # generated images' keys): the same rows still
+    card["identity"]["data"]["synthetic_train"] = 5
+    (tmp_path / "copy.json").write_text(json.dumps(card))
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings",
+                                          str(tmp_path / "copy.npy"), "--query-index", "3", "--k", "11"))
+    assert code == 0 and 3 not in [n["row"] for n in last_json(stdout)["queries"][0]["neighbors"]]
 
     card = json.loads(queries.with_suffix(".json").read_text())
     card["identity"]["checkpoint_sha256"] = "0" * 64  # as if another checkpoint had embedded them

@@ -24,6 +24,7 @@ from repre.core.search import top_k
 from repre.data.labels import class_name
 from repre.errors import UserError
 from repre.pretrained import refuse_unread
+from repre.use.embed import upgraded
 from repre.use.images import EmbeddedImages, embedded_source, thumbnail
 from repre.use.store import NOT_FINITE, EmbeddingFiles, finished_card, finished_rows, read_index
 
@@ -170,8 +171,9 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     bank = Embedded.open(embeddings)
     asked = Embedded.open(query_embeddings) if query_embeddings is not None else bank
     comparable(bank, asked)
+    theirs, ours = asked.card["identity"], bank.card["identity"]  # in today's terms (a card of an older repre)
     if asked is not bank and (asked.files.npy.resolve() == bank.files.npy.resolve()
-                              or asked.card["identity"] == bank.card["identity"]):
+                              or upgraded(theirs, ours) == upgraded(ours, theirs)):
         log.info("%s holds the rows of %s: each query is left out of its own neighbours", asked.files.npy,
                  bank.files.npy)
         asked = bank  # the same rows (the file, a link to it or a copy)
