@@ -136,9 +136,10 @@ def test_help_lists_the_keys_a_command_reads(capsys):
     a key its section holds is not listed twice."""
     from repre.config import reads
 
-    data = "data.* (not subset, device_stages, shuffle_block, stream_size)"  # the pre-training's own data keys
+    data = "data.* (not subset, device_stages, shuffle_block, stream_size, local_crops, local_size)"  # pre-training's
     assert reads.listed(("data.", "method.", "method.name", "train.seed")) == f"{data}, method.*, train.seed"
-    assert reads.listed(("data.", "data.subset")) == "data.* (not device_stages, shuffle_block, stream_size)"
+    assert reads.listed(("data.", "data.subset")) == ("data.* (not device_stages, shuffle_block, stream_size, "
+                                                      "local_crops, local_size)")
     assert reads.listed(("eval.", "eval.knn.", "eval.split")) == "eval.*"
     with pytest.raises(SystemExit):
         main(["show", "--help"])

@@ -554,8 +554,9 @@ def test_a_printed_config_edited_by_a_person_is_read_as_written_not_as_an_older_
     (tmp_path / "dino.yaml").write_text(dino)
     with pytest.raises(UserError, match="needs a third value in aug.blur_prob"):
         load_config(str(tmp_path / "dino.yaml"))
-    # a repre before KEYS_VERSION wrote it: read in its keys, as it trained (out_stride's former default)
-    (tmp_path / "older.yaml").write_text(printed.replace("  out_stride: 4\n", "").replace(
+    # a repre before KEYS_VERSION and out_stride wrote it (with the recon keys of then, such as min_width): read
+    # in its keys, as it trained (out_stride's former default)
+    (tmp_path / "older.yaml").write_text(printed.replace("  out_stride: 4\n", "  min_width: 8\n").replace(
         printed.splitlines()[0], "repre_version: 0.1.0"))
     assert load_config(str(tmp_path / "older.yaml")).recon.out_stride == 1
 
