@@ -92,17 +92,24 @@ def test_inductor_gives_the_branch_gradients_the_parameters_layout():
     assert real_stride_differences(branch) == []
 
 
-@pytest.mark.slow
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),  # 70-130 s on 2 cores
+                                    pytest.param("cuda", marks=ON_CUDA)])  # where DDP's warning is silenced too
 @pytest.mark.parametrize("extra", [[], SWIN_TINY], ids=["vit", "swin"])
-def test_inductor_gives_every_gradient_of_a_compiled_model_its_parameter_s_layout(extra):
-    """As above for every compiled unit (the encoders' blocks, the branch's loss) of a whole model."""
+def test_inductor_gives_every_gradient_of_a_compiled_model_its_parameter_s_layout(extra, device):
+    """As above for every compiled unit (the encoders' blocks, the branch's loss) of a whole model, on the
+    device and in the precision a run there takes (a GPU: bf16 autocast, Triton's kernels)."""
     cfg = tiny_config(*extra, "train.compile=true")
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     torch._dynamo.reset()
     try:
         compile_units(model)
         size = cfg.data.image_size
-        model(torch.randn(2, 2, 3, size, size), 0.99)["loss"].backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(torch.randn(2, 2, 3, size, size, device=device), 0.99)["loss"]
+        loss.backward()
     finally:
         torch._dynamo.reset()
     assert real_stride_differences(model) == []
