@@ -141,7 +141,8 @@ def run_settings(cfg: Config, device: torch.device, cuda_used_before: bool = Fal
       gradient from the step's graph before its backward); DDP's "grad strides do not match bucket view
       strides" warning silenced: Inductor gives a 1x1 convolution's weight gradient (the decoder's) other
       strides on its size-1 dimensions, which address no memory, so the layouts are the same and DDP's copy
-      into its bucket is the one it makes anyway (tests/test_compile.py checks that no other stride differs).
+      into its bucket is the one it makes anyway (tests/test_compile.py checks that no other stride differs,
+      on a GPU too where the suite runs on one).
     - train.deterministic: PyTorch's deterministic algorithms (an operation without one raises), cuBLAS with a
       fixed workspace, no cuDNN autotuning, and with train.compile Inductor's deterministic mode. The same run
       then gives the same bits on the same machine, GPU included, so a resumed run equals an uninterrupted one
