@@ -242,7 +242,7 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     (run / "tb").mkdir()
     values = {}
     for checkpoint, how in ((run / "checkpoints" / "step-00000010.pt", "eval.batch_size=32"),
-                            (run, "train.precision=fp32")):  # a run-only key; the precision
+                            (run, "train.num_workers=0")):  # run-only keys
         code, stdout = run_cli(["eval", "knn", "--checkpoint", str(checkpoint), "--set", how])
         assert code == 0
         evaluated = last_json(stdout)["checkpoint"]
@@ -250,6 +250,8 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
         # the step file, not last.pt (which names another step once the run goes on)
         assert evaluated["file"] == str(run / "checkpoints" / f"step-{evaluated['step']:08d}.pt")
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
+    # the precision rounds the features measured: its result kept apart (it replaced the run's own)
+    assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "train.precision=fp32"])[0] == 0
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     # read in the event files' name order, whose writer counter sorts as text: "10" before "9"
@@ -258,7 +260,8 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     # each result kept: the run's own in eval/knn/, the earlier checkpoint's and the other k's beside it
     kept = {str(p.parent.relative_to(run / "eval" / "knn")): json.loads(p.read_text())["value"]
             for p in (run / "eval" / "knn").rglob("result.json")}
-    assert set(kept) == {".", "step-00000010", "eval.knn.k=3"} and kept["."] == pytest.approx(values[20])
+    assert set(kept) == {".", "step-00000010", "eval.knn.k=3", "train.precision=fp32"}
+    assert kept["."] == pytest.approx(values[20])
 
 
 def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):

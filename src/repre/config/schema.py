@@ -504,9 +504,10 @@ def _run_only(cls: type, prefix: str = "") -> tuple[str, ...]:
 # (`use.compare`). One exception: streamed shards give their images in an order that follows
 # train.num_workers (a resume with another count warns).
 RUN_ONLY_KEYS = _run_only(Config)
-# the --set keys that change how an evaluation runs, not what it measures: the run-only keys, and the precision,
-# which rounds an evaluation's forward passes (but changes a pre-training's steps: not a run-only key)
-SAME_MEASUREMENT_KEYS = (*RUN_ONLY_KEYS, "train.precision")
+# the --set keys that change how an evaluation runs, not what it measures: the run-only keys. Not the precision:
+# it rounds the features an evaluation measures (the official protocols compute them in fp32), so a result at
+# another precision is kept apart from the run's own
+SAME_MEASUREMENT_KEYS = RUN_ONLY_KEYS
 
 
 def idle_sections(method: str) -> tuple[str, ...]:

@@ -3,8 +3,10 @@
 As BEiT / MAE fine-tuning, shortened for CPU presets: every parameter trained, a new head; the lr of block i is
 lr * decay^(depth - i) (patch embedding and tokens at depth 0, the head and final norm at full lr); no weight
 decay on biases, norms and the parameters the timm model names in `no_weight_decay()` (a ViT's position
-embedding and class token, a Swin's position tables, as Swin's own fine-tuning). Training augmentation: random
-resized crop and flip only.
+embedding and class token, a Swin's position tables, as Swin's own fine-tuning). The head reads the timm
+model's own pooling: a ViT's class token, as DeiT's and MoCo v3's fine-tuning (MAE averages the patch tokens);
+a Swin's mean. Training augmentation: random resized crop and flip only (MAE's recipe adds RandAugment, random
+erasing, mixup and cutmix).
 """
 
 from __future__ import annotations
