@@ -644,6 +644,13 @@ def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_l
     assert ("method.dino.bottleneck_dim, method.dino.hidden_dim, method.dino.teacher_temp, method.moby.mlp_dim, "
             "method.moby.proj_dim: read only with the method each names, and this run trains method.name=mocov3: "
             "they change nothing") in repre_log.text
+    # train.epochs where the preset's max_steps sets the length (fmnist-dino: 1,600 steps): said
+    code, _ = run_cli(["pretrain", "--config", "fmnist-dino", "--out", str(tmp_path / "run"), "--set",
+                       "train.epochs=1"])
+    assert code == 2 and "train.epochs=1 changes nothing: train.max_steps=1600 (the preset's)" in repre_log.text
+    code, _ = run_cli(["pretrain", "--config", "fmnist-dino", "--out", str(tmp_path / "run"), "--set",
+                       "train.epochs=1", "--set", "train.max_steps=0"])
+    assert code == 2 and repre_log.text.count("train.epochs=1 changes nothing") == 1
 
 
 def test_the_default_out_is_named_by_the_preset_a_set_gives(tmp_path, monkeypatch, capsys):

@@ -210,6 +210,20 @@ def test_model_init_dino_resamples_the_local_crops_position_embedding_on_student
     assert "_pos_embed" not in vars(plain)
 
 
+def test_model_init_mocov3_gives_local_crops_the_sincos_table_of_their_own_grid():
+    """model.init=mocov3 with local crops: timm resampled the fixed sin-cos table for a local crop's grid; it is
+    computed for that grid, as an evaluation at another size computes it (`Backbone.pos_embed_at`)."""
+    from repre.models.mocov3_vit import sincos_2d
+
+    model = build_model(tiny_config(*DINO_TINY, "model.init=mocov3"))
+    vit = model.method.encoder.model
+    for side in (2, 4):  # a local crop's 2x2 grid (8 px), the global crops' 4x4 (the table itself)
+        x = torch.randn(2, side, side, vit.embed_dim)
+        tokens = torch.cat([vit.cls_token.expand(2, -1, -1), x.reshape(2, side * side, -1)], dim=1)
+        torch.testing.assert_close(vit._pos_embed(x), tokens + sincos_2d((side, side), vit.embed_dim))
+    assert torch.equal(model.method.encoder.pos_embed_at((2, 2)), sincos_2d((2, 2), vit.embed_dim))
+
+
 def test_local_crops_reach_the_loss_crop_major():
     """The student's logits in DINO's order: the two global crops, then each local crop for the whole batch."""
     from repre.methods.base import stack_views

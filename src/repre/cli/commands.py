@@ -61,17 +61,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) -> None:
-    """Keys given for a framework that does not run (`--set method.dino.teacher_temp=...` on a MoCo v3 run)
-    change nothing: said (not refused: one list of settings may serve runs of several frameworks)."""
+    """Keys given for a framework that does not run (`--set method.dino.teacher_temp=...` on a MoCo v3 run), or
+    train.epochs where the preset's train.max_steps sets the length, change nothing: said (not refused: one list
+    of settings may serve runs of several frameworks)."""
     from repre.config import given_keys, idle_sections
 
     if launch_rank() != 0:
         return
-    idle = sorted(k for k in given_keys(config, overrides) if k.startswith(idle_sections(cfg.method.name)))
+    given = given_keys(config, overrides)
+    idle = sorted(k for k in given if k.startswith(idle_sections(cfg.method.name)))
     if idle:
         logging.getLogger("repre").warning(
             "%s: read only with the method each names, and this run trains method.name=%s: %s nothing",
             ", ".join(idle), cfg.method.name, "it changes" if len(idle) == 1 else "they change")
+    if "train.epochs" in given and "train.max_steps" not in given and cfg.train.max_steps:  # a preset's steps
+        logging.getLogger("repre").warning(
+            "train.epochs=%s changes nothing: train.max_steps=%d (the preset's) sets the run's length; give "
+            "--set train.max_steps=0 with it to count epochs", cfg.train.epochs, cfg.train.max_steps)
 
 
 LENGTH_KEYS = ("max_steps", "epochs")  # train.*: how long a run is, which its schedules follow

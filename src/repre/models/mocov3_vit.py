@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from repre.core.compat import replace_pos_embed
+
 
 def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed position embedding of a grid of patches -> [1, 1 + h*w, dim] (a zero row for the class token).
@@ -53,6 +55,21 @@ def mocov3_init_(model: nn.Module) -> None:
     proj.bias.zero_()
     model.pos_embed.copy_(sincos_2d(tuple(model.patch_embed.grid_size), model.embed_dim))
     model.pos_embed.requires_grad = False
+    if getattr(model, "dynamic_img_size", False):  # DINO's local crops: their grid's own table, not a resampling
+        replace_pos_embed(model, _sincos_pos_embed)
+
+
+def _sincos_pos_embed(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm VisionTransformer._pos_embed with the fixed sin-cos table of the input's own grid (the one
+    `Backbone.pos_embed_at` gives an evaluation at another size): x [B, h, w, D] (dynamic_img_size) -> tokens
+    [B, 1 + h*w, D], the class token first."""
+    b, h, w, d = x.shape
+    if (h, w) == tuple(self.patch_embed.grid_size):
+        pos = self.pos_embed
+    else:
+        pos = sincos_2d((h, w), d).to(x.device, self.pos_embed.dtype)
+    x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1)
+    return self.pos_drop(x + pos)
 
 
 def has_fixed_sincos(model: nn.Module) -> bool:
