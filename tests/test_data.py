@@ -892,3 +892,41 @@ def test_a_callable_object_as_data_source_is_made_once_though_it_does_not_hash(t
     import callable_images_for_test
 
     assert callable_images_for_test.images.made == 1
+
+
+def test_split_folders_are_found_whatever_their_case(image_folder):
+    """`Train/` and `Test/` (a Kaggle download's) were read as two classes of one training split: the test
+    images trained on, and k-NN said there was no held-out folder."""
+    (image_folder / "train").rename(image_folder / "Train")
+    (image_folder / "val").rename(image_folder / "Test")
+    cfg = tiny_config("data.name=folder", f"data.root={image_folder}")
+    train, test = train_source(cfg), eval_source(cfg, "test")
+    assert (train.root, train.classes) == (image_folder / "Train", ["cat", "dog"])
+    assert (test.root, len(test)) == (image_folder / "Test", 12)
+
+
+def test_a_stray_image_beside_class_folders_is_said_and_a_train_root_names_its_parent(image_folder, repre_log):
+    """One file beside the class folders made every image unlabelled without a word; data.root at train/ was
+    told to make train/train/."""
+    from repre.errors import NoTestSplit
+
+    save_png(image_folder / "train" / "stray.png", np.zeros((20, 24, 3), np.uint8))
+    assert ImageFolder(image_folder / "train").classes == []
+    assert "1 image(s) lie beside its 2 sub-folders (stray.png first)" in repre_log.text
+    with pytest.raises(NoTestSplit, match=f"data.root {image_folder / 'train'} is a training split itself: point "
+                                          f"data.root at {image_folder},"):
+        eval_source(tiny_config("data.name=folder", f"data.root={image_folder / 'train'}"), "test")
+
+
+def test_the_hint_for_unlabelled_images_works_as_printed(tmp_path):
+    """It suggested `repre eval recon --set eval.split=val`, which failed on any folder of 10,000 images or
+    fewer (eval.val_size's default), and said those images were held out (pre-training read them)."""
+    from repre.errors import NoTestSplit
+
+    for i in range(4):
+        save_png(tmp_path / "flat" / f"{i}.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(NoTestSplit, match=r"--set eval.split=val --set eval.val_size=N` measures the "
+                                          r"reconstructions of N training images \(which pre-training read\)"):
+        eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'flat'}"), "test")
+    with pytest.raises(UserError, match=r"eval.val_size=4 must be from 1 to 3, fewer than the train split's 4"):
+        val_split(4, 4)

@@ -331,6 +331,12 @@ class ImageFolder:
             )
         parents = sorted(set(tops) - {""})
         labelled = "" not in tops
+        loose = tops.count("")
+        if loose and len(parents) > 1 and loose < len(tops) - loose:  # class folders and a few strays
+            warn_once(("loose", str(self.root)), "%s: %d image(s) lie beside its %d sub-folders (%s first), so its "
+                      "images are read without classes (labels come from sub-folders when every image is in one): "
+                      "move them into a class folder, or out of it, to keep the labels", self.root, loose,
+                      len(parents), names[tops.index("")])
         self.classes = (classes or parents) if labelled else []
         unknown = sorted(set(parents) - set(self.classes))
         if labelled and unknown:

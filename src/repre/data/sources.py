@@ -58,18 +58,26 @@ TRAIN_DIRS = ("train", "training")
 HELD_OUT_DIRS = ("val", "valid", "validation", "test")
 
 
+def _folder(base: Path, name: str) -> Path | None:
+    """The folder `name` in `base`, its case aside (`Train/`, `TEST/`: a case-insensitive file system finds them
+    too), the exact name first; or None."""
+    if (base / name).is_dir():
+        return base / name
+    return next((d for d in sorted(base.iterdir()) if d.name.lower() == name and d.is_dir()), None)
+
+
 def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
-    """The first of `names` that is a folder in `base`, or None. With a training and a held-out folder both
-    there, the root is split (other folders beside them, `lost+found` or a devkit, are left alone); one of them
-    alone beside other folders of images is refused: a class named `train` (Pascal VOC's, COCO's) would
-    otherwise be read as the whole training split."""
-    found = next((base / n for n in names if (base / n).is_dir()), None)
+    """The first of `names` that is a folder in `base` (`_folder`), or None. With a training and a held-out
+    folder both there, the root is split (other folders beside them, `lost+found` or a devkit, are left alone);
+    one of them alone beside other folders of images is refused: a class named `train` (Pascal VOC's, COCO's)
+    would otherwise be read as the whole training split."""
+    found = next((d for n in names if (d := _folder(base, n)) is not None), None)
     if found is None:
         return None
-    if any((base / n).is_dir() for n in TRAIN_DIRS) and any((base / n).is_dir() for n in HELD_OUT_DIRS):
+    if any(_folder(base, n) for n in TRAIN_DIRS) and any(_folder(base, n) for n in HELD_OUT_DIRS):
         return found
     splits = TRAIN_DIRS + HELD_OUT_DIRS
-    others = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in splits
+    others = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name.lower() not in splits
                     and not HIDDEN.match(d.name) and holds_images(d, 1))
     if others:
         raise UserError(f"{base} holds {found.name}/ beside other folders ({', '.join(others[:3])}"
@@ -81,7 +89,7 @@ def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
 
 def _say_unread_held_out(base: Path, held: Path) -> None:
     """Name the held-out folders of `base` that evaluation does not read (it reads `held`, the first)."""
-    unread = [n for n in HELD_OUT_DIRS if (base / n).is_dir() and base / n != held]
+    unread = [d.name for n in HELD_OUT_DIRS if (d := _folder(base, n)) is not None and d != held]
     if unread:
         warn_once(("unread held-out", str(base)), "%s holds %s/ and %s/: evaluation reads %s/, the first of %s/; to "
                   "evaluate on %s/, point data.root at a folder of two links, train -> %s and val -> %s", base,
@@ -120,6 +128,9 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         _say_unread_held_out(base, held)
         return held
     train = train or base
+    if base.name.lower() in TRAIN_DIRS and any(_folder(base.parent, n) for n in HELD_OUT_DIRS):
+        raise NoTestSplit(f"data.root {base} is a training split itself: point data.root at {base.parent}, which "
+                          f"holds it and its held-out split", str(base))
     if name == "shards":
         raise NoTestSplit(f"{base} has no val/ (or test/) shards: evaluation and the test split read labelled "
                           f"shards from {base}/val/ (training from {base}/train/); or hold out part of the training "
@@ -129,8 +140,9 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         raise NoTestSplit(
             f"{base} has no val/ (or test/) folder, and its images no classes: k-NN, the linear probe and "
             f"fine-tuning read labelled images from {base}/train/<class>/... and {base}/val/<class>/...; "
-            "without labels, `repre eval recon --set eval.split=val` holds out part of the training images, and "
-            "`repre embed`, `neighbors` and `map` need none", str(base))
+            "without labels, `repre eval recon --set eval.split=val --set eval.val_size=N` measures the "
+            "reconstructions of N training images (which pre-training read), and `repre embed`, `neighbors` and "
+            "`map` need none", str(base))
     raise NoTestSplit(
         f"{base} has no val/ (or test/) folder: evaluation and the test split read labelled images from "
         f"{base}/train/<class>/... and {base}/val/<class>/...; or hold out part of the training images with "

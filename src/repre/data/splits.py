@@ -103,7 +103,8 @@ def val_split(size: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         hint = (f": --set eval.val_size={max(1, size // 10)} holds out a tenth" if size >= 10 else
                 ", too few to hold any out: give the evaluation more images" if size < 2 else
                 f": --set eval.val_size={max(1, size // 10)}")
-        raise UserError(f"eval.val_size={val_size} must be between 0 and the train split's {size} images{hint}")
+        raise UserError(f"eval.val_size={val_size} must be from 1 to {size - 1}, fewer than the train split's "
+                        f"{size} images{hint}")
     perm = torch.randperm(size, generator=torch.Generator().manual_seed(0))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 

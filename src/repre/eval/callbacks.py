@@ -57,7 +57,7 @@ class RunKNN:
 
     @staticmethod
     def _later(trainer: Trainer, reason: str) -> str:
-        if "--set" not in reason:
+        if "--set" not in reason or "`repre eval " in reason:  # none, or the reason names its command
             return ""
         when = "" if trainer.state.step >= trainer.total else ", once the run has a checkpoint"
         return f" (those settings are for `repre eval knn --checkpoint {trainer.out}`{when})"
