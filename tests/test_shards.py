@@ -45,8 +45,11 @@ def test_splits_follow_the_folder_rule(tmp_path):
     assert len(build_source(cfg, "train")) == 8 and len(build_source(cfg, "test")) == 3
     with pytest.raises(UserError, match="train/ and val/"):
         build_source(DataConfig(name="shards", root=str(tmp_path / "train" / "part-0000.tar")), "test")
+    with pytest.raises(UserError, match=r"is a training split itself: point data.root at "):  # train/ beside val/
+        build_source(DataConfig(name="shards", root=str(tmp_path / "train")), "test")
+    write_shards(tmp_path / "alone", shards=1, per_shard=4)
     with pytest.raises(UserError, match=r"no val/ \(or test/\) shards: .* read labelled shards from"):
-        build_source(DataConfig(name="shards", root=str(tmp_path / "train")), "test")  # no folder layout named
+        build_source(DataConfig(name="shards", root=str(tmp_path / "alone")), "test")  # no folder layout named
 
 
 def test_held_out_shards_beside_the_training_ones_are_not_trained_on(tmp_path):
