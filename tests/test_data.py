@@ -455,7 +455,8 @@ def test_a_folder_without_classes_or_with_one_is_told_what_evaluation_needs(tmp_
         save_png(tmp_path / "flat" / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
         save_png(tmp_path / "one" / "train" / "all" / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
     save_png(tmp_path / "flat" / "trip" / "day0" / "x.png", np.zeros((8, 8, 3), np.uint8))  # loose images beside
-    with pytest.raises(UserError, match="its images no classes: .* `repre eval recon --set eval.split=val --set eval.val_size=N`"):
+    with pytest.raises(UserError, match="its images no classes: .* `repre eval recon --set eval.split=val --set "
+                                        "eval.val_size=N`"):
         eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'flat'}"), "test")  # a sub-folder too
     one = build_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'one'}").data, "train")
     with pytest.raises(UserError, match=r"k-NN needs at least 2 classes; these images have one \(all\)"):
