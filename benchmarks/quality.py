@@ -27,17 +27,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from bench_cache import cache_dir  # this folder's module
+
 from repre.config import FRAMEWORKS
 from repre.core import run_files
 from repre.errors import UserError
 
-SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir()
+SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir("quality")
 TASKS = ["knn", "linear", "finetune", "segment"]
 ROWS = ["repre", "baseline", "supervised", "random"]
 LONG = ["train.batch_size=256", "train.max_steps=800"]  # 4x the images of the presets' 51,200
@@ -130,12 +131,6 @@ EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are u
     "eval.finetune.steps=150", "eval.finetune.test_subset=5000",
     "eval.segment.train=1000", "eval.segment.test=500",
 ]
-
-
-def cache_dir() -> Path:
-    """Where runs are cached by default: $REPRE_BENCH_CACHE/quality, or ~/.cache/repre/benchmarks/quality."""
-    root = os.environ.get("REPRE_BENCH_CACHE") or Path.home() / ".cache" / "repre" / "benchmarks"
-    return Path(root) / "quality"
 
 
 def row_config(method: str, row: str, seed: int, overrides: list[str]):
@@ -324,7 +319,7 @@ def main() -> None:
                         "or ~/.cache/repre/benchmarks/quality)")
     p.add_argument("--drop-checkpoints", action="store_true", help="search: delete checkpoints once evaluated")
     args = p.parse_args()
-    args.results = args.results or cache_dir()
+    args.results = args.results or cache_dir("quality")
     seeds, rows, tasks = [int(s) for s in args.seeds.split(",")], args.rows.split(","), args.only.split(",")
     methods = args.methods.split(",")
     for option, given, valid in (("--methods", methods, FRAMEWORKS), ("--rows", rows, ROWS), ("--only", tasks, TASKS)):
