@@ -21,7 +21,7 @@ from torch import nn
 
 from repre.errors import UserError
 from repre.losses import reconstruction_loss
-from repre.models.backbone import Backbone, resolve_taps
+from repre.models.backbone import Backbone, map_side, resolve_taps
 from repre.models.decoder import Decoder
 
 
@@ -85,8 +85,8 @@ class ReconstructionBranch(nn.Module):
         """Whether reconstructing size x size views interpolates: x2 steps, taps at different strides (the
         deeper map resized to the shallower one) or a last resize to the views' size."""
         d = self.decoder
-        grid = -(-(size // self.patch_size) // (d.in_stride // self.patch_size))  # a Swin's: odd sides rounded up
-        reached = grid * 2 ** len(d.up) * d.out_stride  # more than size: padding cut off, no resize
+        # past `size` (a Swin's padded grid): the padding cut off, not a resize
+        reached = map_side(size, self.patch_size, d.in_stride) * 2 ** len(d.up) * d.out_stride
         return bool(len(d.up)) or len(set(self.strides)) > 1 or reached < size
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -109,7 +109,7 @@ class ReconstructionBranch(nn.Module):
         finest = min(range(len(maps)), key=lambda i: self.strides[i])
         stride, p = self.strides[finest], self.patch_size
         made = tuple(n * stride for n in maps[finest].shape[-2:])
-        covered = tuple(-(-(t // p) // (stride // p)) * stride for t in targets.shape[-2:])  # a ViT: t itself
+        covered = tuple(map_side(t, p, stride) * stride for t in targets.shape[-2:])  # a ViT's: t itself
         if made != covered or any(m < t for m, t in zip(made, targets.shape[-2:], strict=True)):
             raise ValueError(f"targets of {tuple(targets.shape[-2:])} pixels for maps of images of {made}: give the "
                              "images the maps were made from (e.g. not another crop's)")

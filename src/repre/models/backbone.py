@@ -53,6 +53,12 @@ TRAINING_ONLY_KWARGS = ("drop_path_rate", "drop_rate", "pos_drop_rate", "patch_d
                         "attn_drop_rate")
 
 
+def map_side(side: int, patch: int, stride: int) -> int:
+    """The cells along a side of `side` px of a map at `stride` (the patch times a power of two): the patch grid
+    halved per x2, an odd side rounded up, as timm's Swin patch merging pads it (a ViT's: side // patch)."""
+    return -(-(side // patch) // (stride // patch))
+
+
 def resolve_arch(arch: str, image_size: int, drop_path: float, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A config's `model.arch` -> the timm name and the kwargs that rebuild it (`timm.create_model(name, **kw)`)."""
     name, kwargs = SMALL_CONFIGS.get(arch, (arch, {}))
@@ -225,8 +231,7 @@ class Backbone(nn.Module):
         the window, and resample its position table), naming the least size that fits (a multiple of the patch
         and of `multiple`: the stride a caller's maps need)."""
         windows = self.windows()
-        # stage i's grid: the patch grid halved i times, an odd side padded (timm's patch merging)
-        grids = [tuple(-(-(side // self.patch_size) // 2**i) for side in size) for i in range(len(windows))]
+        grids = [tuple(map_side(side, self.patch_size, r) for side in size) for r in self.unit_strides]
         if any(g < w for grid, window in zip(grids, windows, strict=True) for g, w in zip(grid, window, strict=True)):
             least = max((max(w) - 1) * r + 1 for w, r in zip(windows, self.unit_strides, strict=True))
             step = math.lcm(self.patch_size, multiple)
