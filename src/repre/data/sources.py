@@ -3,6 +3,7 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -58,23 +59,28 @@ TRAIN_DIRS = ("train", "training")
 HELD_OUT_DIRS = ("val", "valid", "validation", "test")
 
 
-def _folder(base: Path, name: str) -> Path | None:
-    """The folder `name` in `base`, its case aside (`Train/`, `TEST/`: a case-insensitive file system finds them
-    too), the exact name first; or None."""
-    if (base / name).is_dir():
-        return base / name
-    return next((d for d in sorted(base.iterdir()) if d.name.lower() == name and d.is_dir()), None)
+def _split_folders(base: Path) -> dict[str, Path]:
+    """The split folders in `base` by their name in lower case, whatever their case (`Train/`, `TEST/`: a
+    case-insensitive file system finds them too), an exact name first; one pass over `base`."""
+    with os.scandir(base) as entries:
+        found = sorted((e.name != e.name.lower(), e.name) for e in entries
+                       if e.name.lower() in TRAIN_DIRS + HELD_OUT_DIRS and e.is_dir())
+    folders: dict[str, Path] = {}
+    for _, name in found:
+        folders.setdefault(name.lower(), base / name)
+    return folders
 
 
 def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
-    """The first of `names` that is a folder in `base` (`_folder`), or None. With a training and a held-out
-    folder both there, the root is split (other folders beside them, `lost+found` or a devkit, are left alone);
-    one of them alone beside other folders of images is refused: a class named `train` (Pascal VOC's, COCO's)
-    would otherwise be read as the whole training split."""
-    found = next((d for n in names if (d := _folder(base, n)) is not None), None)
+    """The first of `names` that is a folder in `base` (`_split_folders`), or None. With a training and a
+    held-out folder both there, the root is split (other folders beside them, `lost+found` or a devkit, are left
+    alone); one of them alone beside other folders of images is refused: a class named `train` (Pascal VOC's,
+    COCO's) would otherwise be read as the whole training split."""
+    folders = _split_folders(base)
+    found = next((folders[n] for n in names if n in folders), None)
     if found is None:
         return None
-    if any(_folder(base, n) for n in TRAIN_DIRS) and any(_folder(base, n) for n in HELD_OUT_DIRS):
+    if set(TRAIN_DIRS) & set(folders) and set(HELD_OUT_DIRS) & set(folders):
         return found
     splits = TRAIN_DIRS + HELD_OUT_DIRS
     others = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name.lower() not in splits
@@ -89,7 +95,8 @@ def _split_dir(base: Path, names: tuple[str, ...]) -> Path | None:
 
 def _say_unread_held_out(base: Path, held: Path) -> None:
     """Name the held-out folders of `base` that evaluation does not read (it reads `held`, the first)."""
-    unread = [d.name for n in HELD_OUT_DIRS if (d := _folder(base, n)) is not None and d != held]
+    folders = _split_folders(base)
+    unread = [folders[n].name for n in HELD_OUT_DIRS if n in folders and folders[n] != held]
     if unread:
         warn_once(("unread held-out", str(base)), "%s holds %s/ and %s/: evaluation reads %s/, the first of %s/; to "
                   "evaluate on %s/, point data.root at a folder of two links, train -> %s and val -> %s", base,
@@ -128,7 +135,7 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         _say_unread_held_out(base, held)
         return held
     train = train or base
-    if base.name.lower() in TRAIN_DIRS and any(_folder(base.parent, n) for n in HELD_OUT_DIRS):
+    if base.name.lower() in TRAIN_DIRS and set(HELD_OUT_DIRS) & set(_split_folders(base.parent)):
         raise NoTestSplit(f"data.root {base} is a training split itself: point data.root at {base.parent}, which "
                           f"holds it and its held-out split", str(base))
     if name == "shards":
