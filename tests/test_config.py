@@ -123,14 +123,19 @@ def test_missing_file_and_unknown_preset():
         load_config("fmnist-mocov")
 
 
-def test_a_preset_name_beside_a_file_of_that_name_reads_the_preset_and_says_how_to_read_the_file(
+def test_an_existing_file_under_a_preset_name_is_read_and_the_shadowed_preset_named(
         tmp_path, monkeypatch, repre_log):
+    """DESIGN's contract: an existing file is a file. `repre config P > P` and an edit mean the file."""
+    from repre.config.loading import given_keys
+
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "fmnist-mocov3").write_text("_base_: fmnist-dino\n")
+    (tmp_path / "fmnist-mocov3").write_text("_base_: fmnist-dino\nmethod:\n  dino:\n    teacher_temp: 0.05\n")
+    cfg = load_config("fmnist-mocov3")
+    assert (cfg.method.name, cfg.method.dino.teacher_temp) == ("dino", 0.05)
+    assert "--config fmnist-mocov3 reads the file" in repre_log.text and "not the preset" in repre_log.text
+    assert "method.dino.teacher_temp" in given_keys("fmnist-mocov3", None)
+    monkeypatch.chdir(tmp_path.parent)
     assert load_config("fmnist-mocov3").method.name == "mocov3"
-    assert "--config fmnist-mocov3 names the preset fmnist-mocov3, which is read" in repre_log.text
-    assert "give --config ./fmnist-mocov3" in repre_log.text
-    assert load_config("./fmnist-mocov3").method.name == "dino"
 
 
 def test_a_copy_of_a_preset_and_a_piped_config_are_read(tmp_path):
@@ -220,7 +225,8 @@ def test_a_folder_named_as_a_preset_leaves_the_preset_as_it_was(tmp_path, monkey
     (tmp_path / "fmnist-mocov3-repre").mkdir()
     (tmp_path / "fmnist-mocov3").write_text("a log, say")
     assert load_config("fmnist-mocov3-repre") == load_config(None)
-    assert not load_config("fmnist-mocov3").recon.enabled  # the preset, not the file
+    with pytest.raises(UserError, match="reads the file .* not the preset of that name; for the preset, rename"):
+        load_config("fmnist-mocov3")  # an existing file is read (the CLI contract): a stray one is named
 
 
 def test_bad_override_syntax():

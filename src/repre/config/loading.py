@@ -230,13 +230,20 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
         hint = (f"a run's: give --config {run} to train with its settings, or --out {path} --resume to go on with it"
                 if run.is_file() else "give a preset name or a YAML file")
         raise UserError(f"--config {source} is a folder; {hint}")
-    if (path.is_file() and source not in list_presets()) or source.endswith((".yaml", ".yml")):
-        if not path.is_file():
-            raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
-        return _file_dict(path, source)
-    if path.is_file():  # a preset's name wins over a file of that name here: a stray file cannot replace it
-        log.warning("--config %s names the preset %s, which is read; for the file of that name here, give "
-                    "--config ./%s", source, source, source)
+    if path.is_file():  # an existing file is read, as the CLI contract says, even under a preset's name
+        if source not in list_presets():
+            return _file_dict(path, source)
+        # `repre config P > P`, edited: the file is what the person means; a stray one is named as the cause
+        shadow = f"the file {path.resolve()} here, not the preset of that name; for the preset, rename the file " \
+                 "or run from another folder"
+        try:
+            raw = _file_dict(path, source)
+        except UserError as exc:
+            raise UserError(f"{exc}\n--config {source} reads {shadow}") from None
+        log.warning("--config %s reads %s", source, shadow)
+        return raw
+    if source.endswith((".yaml", ".yml")):
+        raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
     return _preset_dict(source)
 
 
@@ -385,7 +392,7 @@ def given_keys(source: str | os.PathLike[str] | None, overrides: Sequence[str] |
     keys = set(flatten(parse_overrides(override_items(overrides))))
     path = Path(os.fspath(source)).expanduser() if source else None
     readable = path is not None and path.exists() and not path.is_dir()  # a file, or a pipe (`_text`)
-    if readable and not (path.is_file() and str(source) in list_presets()):
+    if readable:
         raw, _ = read_written(read_yaml(_text(path), str(path)))
         if not _resolved(raw):
             keys |= set(flatten({k: v for k, v in raw.items() if k != "_base_"}))
