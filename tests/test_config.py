@@ -55,9 +55,19 @@ def test_python_s_none_and_a_list_without_brackets_are_told_how_yaml_spells_them
     `recon.taps=1,3,5` were refused without the spelling that works."""
     with pytest.raises(UserError, match=r"data.root=None is the text 'None' in YAML: write null .*\./None"):
         load_config(None, ["data.root=None"])
-    with pytest.raises(UserError, match=r"data.subset=None is the text 'None' in YAML: write null \(or ~\)"):
+    with pytest.raises(UserError, match=r"data.subset=None is the text 'None' in YAML: write null for no value"):
         load_config(None, ["data.subset=None"])
     assert load_config(None, ["data.subset=null"]).data.subset is None
+    assert load_config(None, ["data.subset=~"]).data.subset is None
+
+
+def test_a_lone_tilde_for_a_root_says_yaml_reads_it_as_null(tmp_path, monkeypatch):
+    """`--set data.root=~` meant the home folder and read the default root: the shell leaves a lone ~ as is."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in ("data.root", "eval.segment.root"):
+        with pytest.raises(UserError, match=rf"{key}=~: YAML reads ~ as null .* write {key}=~/, for no value"):
+            load_config(None, [f"{key}=~"])
+    assert load_config(None, ["data.root=~/"]).data.root == str(tmp_path)
     with pytest.raises(UserError, match=r"got '1,3,5' \(write a list as \[a, b\] with --set\)"):
         load_config(None, ["recon.taps=1,3,5"])
 

@@ -123,7 +123,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in options:
             return None
         if value == "None" and type(None) in options:  # Python's spelling: YAML reads it as text
-            raise UserError(f"{key}=None is the text 'None' in YAML: write null (or ~) for no value"
+            raise UserError(f"{key}=None is the text 'None' in YAML: write null for no value"
                             + (", ./None for a folder of that name" if str in options else ""))
         for option in options:
             if option is type(None):

@@ -335,6 +335,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
                    else "drop the comment")
             raise UserError(f"--set {item}: YAML reads {dropped!r} as a comment, so the value would be {value!r}; "
                             f"{fix}")
+        if text.strip() == "~" and key.strip().endswith("root"):  # the shell leaves a lone ~ as it is
+            raise UserError(f"--set {item}: YAML reads ~ as null (no value); for the home folder write "
+                            f"{key.strip()}=~/, for no value {key.strip()}=null")
         if (glued := _glued_key(value)) is not None:
             name, _, given = glued.partition(":")
             raise UserError(f"--set {item}: YAML reads {glued!r} as a key without a value; write a space after "
