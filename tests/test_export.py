@@ -161,6 +161,7 @@ def test_mocov3_vit_export_loads_with_timm_and_keeps_its_fixed_position_embeddin
     file = tmp_path / "vit.safetensors"
     assert run_cli(["export", "--checkpoint", str(tmp_path / "m"), "--out", str(file)])[0] == 0
     card = json.loads(file.with_suffix(".json").read_text())
+    assert card["init"] == "mocov3"  # export.md: such an export loads at its own size, which the card must say
     features_agree(tmp_path / "m", file, card)
     loaded = load_export(file, card)
     torch.testing.assert_close(loaded.pos_embed.detach(), sincos_2d((4, 4), 32))  # 16 px, patch 4, 32-d
@@ -198,14 +199,18 @@ def test_dino_exports_the_teacher_unless_told(tmp_path):
 @pytest.mark.parametrize("out,encoder,message", [
     ("x.pt", None, "must end in .safetensors"),
     ("x.safetensors", "no_such_encoder", "has no 'no_such_encoder'"),
+    ("d.safetensors", None, "is a folder; give a file's path, such as"),  # it was "holds other weights"
+    ("c.safetensors", None, "where the card goes, is a folder"),
 ])
 def test_export_errors_are_clear(tiny_run, tmp_path, capsys, out, encoder, message):
     run, _ = tiny_run
+    (tmp_path / "d.safetensors").mkdir()
+    (tmp_path / "c.json").mkdir()
     argv = ["export", "--checkpoint", str(run), "--out", str(tmp_path / out),
             *(["--encoder", encoder] if encoder else [])]
     assert run_cli(argv)[0] == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / out).exists()
+    assert not (tmp_path / out).is_file()
 
 
 def test_a_failed_self_check_leaves_the_earlier_export_and_no_temporary(tiny_run, tmp_path, monkeypatch):

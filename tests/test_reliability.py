@@ -214,6 +214,25 @@ def test_checkpoint_records_versions_and_schema(tiny_run):
     assert ckpt["schema"] == ckpt_io.SCHEMA and set(ckpt["versions"]) >= {"repre", "torch", "timm", "git"}
 
 
+def test_the_recorded_commit_says_whether_the_tree_differs_from_it(tmp_path):
+    """A commit alone claimed the code of a tree with uncommitted changes."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    assert ckpt_io.git_state(tmp_path) == (None, None)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for args in (["init", "-q"], ["add", "a.py"], ["commit", "-qm", "a"]):
+        subprocess.run(git + args, cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "sub").mkdir()
+    commit, modified = ckpt_io.git_state(tmp_path / "sub")
+    assert len(commit) == 40 and modified is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert ckpt_io.git_state(tmp_path / "sub") == (commit, True)
+
+
 def poison(trainer: Trainer, steps: set[int]) -> dict[int, dict[str, torch.Tensor]]:
     """Make the loss NaN at these (0-based) steps; returns the online encoder's weights before each step."""
     forward, train_step, before = trainer.model.forward, trainer.train_step, {}

@@ -150,6 +150,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "arch": arch,
         "kwargs": kwargs,
         "model": cfg.model.arch,  # the run's model.arch: timm's `arch` as `kwargs` shape it (vit_pico_patch4)
+        "init": cfg.model.init,  # how its position embedding is made, so resampled at another size (export.md)
         "pretrained_cfg": {**timm_preprocessing(cfg.data, [min(img.shape[-2:]) for img in images]), **NOT_TIMMS},
         "encoder": key,
         "checkpoint": weights,
@@ -290,6 +291,11 @@ def export(checkpoint: str | Path, out: str | Path, encoder: str | None = None,
     out = Path(out).expanduser()
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out} must end in .safetensors (the model card goes beside it as .json)")
+    for path in (out, out.with_suffix(".json")):
+        if path.is_dir():
+            raise UserError(f"--out {out}: {path} is a folder; give a file's path, such as "
+                            f"{out / 'encoder.safetensors'}" if path == out else f"--out {out}: {path}, where "
+                            "the card goes, is a folder; give another --out")
     checkpoint = ckpt_io.pinned(checkpoint)  # a run still training replaces its last.pt: one file read
     ckpt, cfg = load_checkpoint_config(checkpoint)
     key = held_encoder_key(ckpt, cfg, checkpoint, encoder)

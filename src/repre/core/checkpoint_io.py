@@ -26,27 +26,36 @@ from repre.errors import UserError
 SCHEMA = 1
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of repre, torch and timm, and the git commit of the source tree when known (looked up once)."""
+def versions() -> dict[str, str | bool | None]:
+    """Versions of repre, torch and timm, and the git commit of the source tree when known, with whether its
+    tracked files differ from it (`git_modified`) (looked up once)."""
     return dict(_versions())
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, str | None]:
+def _versions() -> dict[str, str | bool | None]:
     """Uncached lookup behind `versions`."""
     import timm
 
     from repre._version import __version__
 
-    commit = None
+    commit, modified = git_state(Path(__file__).resolve().parent)
+    return {"repre": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "git": commit,
+            **({"git_modified": modified} if commit is not None else {})}
+
+
+def git_state(folder: Path) -> tuple[str | None, bool | None]:
+    """The commit of the git work tree holding `folder`, and whether its tracked files differ from it (a commit
+    alone would claim the code of a tree with changes not committed); (None, None) outside one."""
     try:
-        here = Path(__file__).resolve().parent
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
         text = done.stdout.strip()
-        commit = text if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", text) else None
+        if done.returncode or not re.fullmatch(r"[0-9a-f]{40}", text):
+            return None, None
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=folder, capture_output=True, timeout=5)
+        return text, {0: False, 1: True}.get(diff.returncode)
     except (OSError, subprocess.SubprocessError):
-        pass
-    return {"repre": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "git": commit}
+        return None, None
 
 
 def _sidecar(path: Path) -> Path:
