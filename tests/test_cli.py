@@ -643,6 +643,31 @@ def test_a_training_bar_written_to_a_file_adds_no_line_per_step(tmp_path, monkey
     assert redraws["file"] <= 3 and redraws["terminal"] >= 6, redraws
 
 
+def test_a_bar_line_in_a_file_shows_its_own_steps_values_and_ends_once(tmp_path, monkeypatch):
+    """The bar drew a step before that step's train line set its values (a log's line "10/30" showed step 5's
+    loss), and redrew its 100% line when it closed, with other values than the first."""
+    import io
+    import json
+    import re
+    import sys
+
+    import repre.core.progress
+    from repre.engine.trainer import Trainer
+
+    monkeypatch.setattr(repre.core.progress, "FILE_INTERVAL", 0.0)  # a line at every step
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    cfg = tiny_config("train.max_steps=6", "train.log_every=2", "eval.knn.enabled=false", "train.progress=true",
+                      "recon.enabled=false")
+    Trainer(cfg, tmp_path / "r").fit()
+    lines = [r for r in map(json.loads, (tmp_path / "r" / "metrics.jsonl").open()) if r["kind"] == "train"]
+    losses = {r["step"]: r["loss"] for r in lines}
+    assert all(r["images_per_sec"] == float(f"{r['images_per_sec']:.7g}") for r in lines)  # as the rest: rounded
+    shown = {int(m[1]): float(m[2]) for m in re.finditer(r"pretrain:.*\| (\d+)/6 .*loss=([\d.]+)", stream.getvalue())}
+    assert {step: f"{shown[step]:.4f}" for step in losses} == {step: f"{v:.4f}" for step, v in losses.items()}
+    assert stream.getvalue().count("6/6") == 1, stream.getvalue()
+
+
 def test_a_command_puts_back_the_callers_sigterm_handler(tmp_path):
     """A library user's (or test runner's) SIGTERM handler is theirs again after main() returns or fails."""
     import signal

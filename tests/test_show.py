@@ -65,6 +65,8 @@ def test_the_notes_of_a_swin_name_its_stages():
 
     assert notes(torch.rand(1, 3, 8, 8), [panels("stage")], 1) == [PCA_NOTE.format(block="stage 1")]
     assert notes(torch.rand(1, 3, 8, 8), [panels("block")], -1) == [PCA_NOTE.format(block="the last block")]
+    assert notes(torch.rand(1, 3, 8, 8), [panels("block")], -2) == [  # it read "block -2", as if it were a name
+        PCA_NOTE.format(block="block -2 (counted from the last, -1 the last)")]
 
 
 def test_show_draws_a_run_beside_another(tiny_run, tmp_path):
@@ -107,7 +109,7 @@ def test_show_draws_the_block_it_is_asked_for(tiny_run, tmp_path, capsys):
     code, stdout = run_cli([*argv, "--block", "0"])
     assert code == 0 and last_json(stdout)["block"] == 0
     assert run_cli([*argv, "--block", "4"])[0] == 2
-    assert "--block 4: tiny's encoder has 4 blocks, so from 0 to 3" in capsys.readouterr().err
+    assert "--block 4: tiny's encoder has 4 blocks, so from 0 to 3 (or from -4 to -1" in capsys.readouterr().err
 
 
 def test_two_checkpoints_of_a_run_are_named_by_their_steps(tiny_run, tmp_path):

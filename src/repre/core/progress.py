@@ -20,11 +20,14 @@ class LogLines:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.count = ""  # the last line's "desc: 40%|####      | 4/10", before its times and values
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").replace(CURSOR_UP, "").strip("\n").rstrip()
-        if line:  # a bar's clearing (blanks) or cursor moves write nothing
-            self.stream.write(line + "\n")
+        count = line.partition(" [")[0]
+        if line and count != self.count:  # a bar's clearing (blanks), cursor moves and the redraw of its last
+            self.stream.write(line + "\n")  # line when it closes (a second "100%" line) write nothing
+            self.count = count
 
     def flush(self) -> None:
         self.stream.flush()

@@ -135,6 +135,12 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     return tag
 
 
+def rounded(value: Any) -> Any:
+    """A float as a metrics line writes it: to the 7 significant digits a float32 holds (0.04, not
+    0.03999999910593033); other values as they are."""
+    return float(f"{value:.7g}") if isinstance(value, float) else value
+
+
 class WindowMeter:
     """Means of per-step tensors kept on the device; `.item()` only when the window is read (one sync).
     Non-finite values (a skipped step's loss) are left out of their key's mean; a key with no finite value
@@ -160,7 +166,7 @@ class WindowMeter:
         (0.04, not 0.03999999910593033); the window starts anew."""
         totals = self._totals()
         self.sums, self.counts = {}, {}
-        return {k: (float(f"{s / n:.7g}") if n else None) for k, (s, n) in totals.items()}
+        return {k: (rounded(s / n) if n else None) for k, (s, n) in totals.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """The window so far, for a checkpoint written between train lines: each process's own [sum, count] by

@@ -36,7 +36,7 @@ from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints
 from repre.engine.compile import compile_units
 from repre.engine.guard import DeviceGuard, ForwardBuffers, make_guard, skips_on_device
-from repre.engine.metrics import MetricWriter, WindowMeter
+from repre.engine.metrics import MetricWriter, WindowMeter, rounded
 from repre.engine.optim import build_optimizer, clip_or_measure
 from repre.engine.signals import GracefulStop, Interrupted
 from repre.engine.state import RunState
@@ -413,19 +413,21 @@ class Trainer:
             else:
                 s.train_seconds += now - tick  # wall time, data waits included
             tick = now
-            bar.update(1)
             if self.guard.stopped():  # the host strategy: this step ended a streak of max_bad_steps
+                bar.update(1)
                 return False
             logs = s.step % t.log_every == 0 or s.step == self.total  # the last step always has its line
             saves = s.step % t.checkpoint_every == 0
             if logs or saves:
                 self._sync_point()
                 if self.guard.diverged:
+                    bar.update(1)
                     return False
             if logs:
                 seconds = max(time.perf_counter() - window_start, 1e-9)
                 self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
+            bar.update(1)  # after the step's train line: a line the bar draws now shows its values
             paused = time.perf_counter()  # the periodic k-NN and the checkpoint: no step's time, nor the window's
             for callback in self.callbacks:  # before the checkpoint: a run resumed from it has what they wrote
                 callback.on_step_end(self, writer)
@@ -448,9 +450,9 @@ class Trainer:
         s = self.state
         values = meter.read()
         s.last = values
-        record = {"step": s.step, "kind": "train", **values, "images_per_sec": images_per_sec}
-        for callback in self.callbacks:
-            record.update(callback.log_values(self))  # e.g. loss-balance diagnostics measured in this window
+        record = {"step": s.step, "kind": "train", **values, "images_per_sec": rounded(images_per_sec)}
+        for callback in self.callbacks:  # e.g. loss-balance diagnostics measured in this window
+            record.update({k: rounded(v) for k, v in callback.log_values(self).items()})
         writer.write(record)
         if not dist.is_main():  # the window values are the same on every process: rank 0 alone warns
             return
@@ -458,7 +460,8 @@ class Trainer:
         if missing:  # every step of the window was skipped
             log.warning("no finite %s in the window ending at step %d", ", ".join(missing), s.step)
             return
-        speed = f"{images_per_sec:.0f}" if images_per_sec is not None else "-"  # None: no step timed in the window
+        speed = ("-" if images_per_sec is None  # no step timed in the window
+                 else f"{images_per_sec:.0f}" if images_per_sec >= 10 else f"{images_per_sec:.2g}")  # 157, 0.42
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=speed,
                         refresh=False)  # drawn with the next step, at the bar's own interval (a log file's 30 s)
         for callback in self.callbacks:

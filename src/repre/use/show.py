@@ -129,7 +129,8 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
     encoder = model.method.eval_encoder
     if not -encoder.num_units <= block < encoder.num_units:
         raise UserError(f"--block {block}: {run_dir(checkpoint).name}'s encoder has {encoder.num_units} "
-                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {encoder.num_units - 1}")
+                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {encoder.num_units - 1} (or from "
+                        f"-{encoder.num_units} to -1, counted from the last)")
     mean, std = pretraining_stats(cfg.data)
     seen = torch.stack([centre_view(img, cfg.data.image_size) for img in images]).float() / 255
     x = normalize(seen, mean, std).to(rt.device)
@@ -234,7 +235,8 @@ def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[
 def notes(images: torch.Tensor, runs: list[Panels], block: int = -1) -> list[str]:
     """How to read the picture's panels, a line each for those it has."""
     unit = runs[0].unit if len({run.unit for run in runs}) == 1 else "block or stage"
-    which = f"the last {unit}" if block == -1 else f"{unit} {block}"
+    which = (f"the last {unit}" if block == -1 else f"{unit} {block}" if block >= 0
+             else f"{unit} {block} (counted from the last, -1 the last)")
     said = [ATTENTION_NOTE.format(block=which)] if any(run.attention is not None for run in runs) else []
     said.append(PCA_NOTE.format(block=which))
     if any(run.recon is not None for run in runs):
