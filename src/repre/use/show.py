@@ -128,9 +128,10 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
     model = model_from(ckpt, cfg, checkpoint).eval().to(rt.device)
     encoder = model.method.eval_encoder
     if not -encoder.num_units <= block < encoder.num_units:
-        raise UserError(f"--block {block}: {run_dir(checkpoint).name}'s encoder has {encoder.num_units} "
-                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {encoder.num_units - 1} (or from "
-                        f"-{encoder.num_units} to -1, counted from the last)")
+        n = encoder.num_units
+        raise UserError(f"--block {block}: {run_dir(checkpoint).name}'s encoder has {n} "
+                        f"{'stages' if encoder.hierarchical else 'blocks'}, so from 0 to {n - 1} (or from -{n} to -1, "
+                        "counted from the last)")
     mean, std = pretraining_stats(cfg.data)
     seen = torch.stack([centre_view(img, cfg.data.image_size) for img in images]).float() / 255
     x = normalize(seen, mean, std).to(rt.device)
