@@ -24,6 +24,51 @@ def test_brace_patterns_expand_with_their_padding():
     # as bash: counted down, and padded where an end has a leading zero
     assert expand("a-{03..01}.tar") == ["a-03.tar", "a-02.tar", "a-01.tar"]
     assert expand("a-{10..8}") == ["a-10", "a-9", "a-8"] and expand("a-{8..010}") == ["a-008", "a-009", "a-010"]
+    # lists and steps, which bash and WebDataset expand, were read as file names
+    assert expand("s-{000,002}.tar") == ["s-000.tar", "s-002.tar"]
+    assert expand("s-{00..04..2}.tar") == ["s-00.tar", "s-02.tar", "s-04.tar"]
+    with pytest.raises(UserError, match="braces do not pair up"):
+        expand("s-{00..04.tar")
+
+
+def test_a_glob_is_said_to_be_no_pattern_repre_expands(tmp_path):
+    write_shards(tmp_path, shards=2, per_shard=2)
+    with pytest.raises(UserError, match=r"not \*: give the folder of the shards or a brace pattern"):
+        TarShards(str(tmp_path / "part-*.tar"))
+    assert len(TarShards(str(tmp_path / "part-{0000,0001}.tar"))) == 4
+
+
+def test_a_shard_folder_leaves_hidden_files_out_and_reads_tar_in_any_case(tmp_path):
+    """A copy in .Trash/ was read as more images, macOS's ._x.tar refused as damaged, B.TAR left out: the rules
+    of image folders now."""
+    import shutil
+
+    write_shards(tmp_path, shards=2, per_shard=3)
+    (tmp_path / ".Trash").mkdir()
+    shutil.copy(tmp_path / "part-0000.tar", tmp_path / ".Trash" / "part-0000.tar")
+    (tmp_path / "._part-0000.tar").write_bytes(b"\0\5\26\7" + b"\1" * 600)  # AppleDouble metadata
+    (tmp_path / "part-0001.tar").rename(tmp_path / "PART-0001.TAR")
+    source = TarShards(str(tmp_path))
+    assert len(source) == 6 and [p.name for p in source.paths] == ["PART-0001.TAR", "part-0000.tar"]
+
+
+def test_an_empty_file_as_a_shard_is_named_so(tmp_path):
+    """A shard of 0 bytes (a copy that failed) was "not an uncompressed tar file", as if compressed."""
+    write_shards(tmp_path, shards=1, per_shard=2)
+    (tmp_path / "part-0001.tar").write_bytes(b"")
+    with pytest.raises(UserError, match=r"part-0001.tar is empty \(0 bytes\): a copy that failed; copy it again"):
+        TarShards(str(tmp_path))
+
+
+def test_member_names_that_are_not_utf8_are_indexed_and_named(tmp_path):
+    """tarfile reads such a name with surrogates, which the index's strict encoding refused: a traceback."""
+    with tarfile.open(tmp_path / "latin.tar", "w", format=tarfile.USTAR_FORMAT, encoding="latin-1") as tar:
+        for i in range(2):
+            add(tar, f"caf\xe9{i}.png", png_bytes(i))
+            add(tar, f"caf\xe9{i}.cls", b"1")
+    source = TarShards(str(tmp_path / "latin.tar"))
+    assert len(source) == 2 and source.load(1)[1] == 1
+    assert source.path(0).endswith(":caf\udce90")  # as image folders name such a file: surrogateescape
 
 
 def test_shards_index_every_image_with_its_label_and_decode_it(tmp_path):
@@ -43,7 +88,7 @@ def test_splits_follow_the_folder_rule(tmp_path):
     write_shards(tmp_path / "val", shards=1, per_shard=3, start=100)
     cfg = DataConfig(name="shards", root=str(tmp_path))
     assert len(build_source(cfg, "train")) == 8 and len(build_source(cfg, "test")) == 3
-    with pytest.raises(UserError, match="train/ and val/"):
+    with pytest.raises(UserError, match=r"is a shard or a pattern, without a held-out split: .* --set eval.split=val"):
         build_source(DataConfig(name="shards", root=str(tmp_path / "train" / "part-0000.tar")), "test")
     with pytest.raises(UserError, match=r"is a training split itself: point data.root at "):  # train/ beside val/
         build_source(DataConfig(name="shards", root=str(tmp_path / "train")), "test")

@@ -203,6 +203,30 @@ def test_a_compressed_shard_in_a_stream_is_named_as_the_likely_cause(shards, tmp
     assert len(list(read_samples(f"pipe:zcat {tmp_path / 's.tar.gz'}"))) == PER_SHARD
 
 
+def test_a_local_shard_empty_or_cut_short_is_named_so_and_not_read_again(shards, tmp_path, repre_log, monkeypatch):
+    """A file reads the same again: a shard of 0 bytes was "broke off ... (empty file)" and one cut inside a
+    member "broke off", each read 3 times (1 s, 2 s apart), every epoch."""
+    from repre.data import stream
+
+    monkeypatch.setattr(stream, "RETRY_WAIT", 1e9)  # a wait would hang the test
+    (tmp_path / "empty.tar").write_bytes(b"")
+    failed = []
+    assert list(read_samples(str(tmp_path / "empty.tar"), failed=failed)) == []
+    assert "empty.tar is empty (0 bytes): none read; copy it again" in repre_log.text
+    import tarfile
+
+    from conftest import add, png_bytes
+
+    with tarfile.open(tmp_path / "cut.tar", "w") as tar:
+        add(tar, "a.png", png_bytes(0))
+        add(tar, "b.png", png_bytes(1, size=200))  # ~120 kB: cut inside its data
+    whole = (tmp_path / "cut.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[:60_000])
+    assert [key for key, _, _ in read_samples(str(tmp_path / "cut.tar"), failed=failed)] == ["a"]
+    assert "cut.tar stops in a member after 1 samples" in repre_log.text and "reading it again" not in repre_log.text
+    assert failed == [str(tmp_path / "empty.tar"), str(tmp_path / "cut.tar")]
+
+
 def test_a_shard_that_breaks_off_is_read_again_without_repeats(shards, repre_log, no_retry_wait, tmp_path):
     """The first reading stops after 5,000 bytes with an error (a dropped connection); the second gives the rest."""
     shard, flag = shards / "part-0000.tar", tmp_path / "tried"

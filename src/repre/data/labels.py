@@ -37,7 +37,8 @@ def check_labels(labels: torch.Tensor | None, classes: int, task: str, images: s
     unlabelled, beyond = int((labels < 0).sum()), sorted({int(v) for v in labels[labels >= classes]})
     if unlabelled or beyond:
         said = ", ".join(([f"{unlabelled} without a label (a file beside the class folders, or a shard sample "
-                           "without its .cls)"] if unlabelled else []) +
+                           "without its .cls: shards where some lack one are read as unlabelled, all of them)"]
+                          if unlabelled else []) +
                          ([f"labels {beyond[:5]} beyond the training images' {classes} classes"] if beyond else []))
         raise UserError(f"{task}: of the {images}, {said}; give every image one of the training images' classes")
 

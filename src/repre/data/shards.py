@@ -30,9 +30,10 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from repre.core.atomic import replacing
-from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode
+from repre.data.folder import EXTENSIONS, HIDDEN, MEAN, STD, UnreadableImage, decode
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -42,29 +43,43 @@ LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
 # alone; 4: with its own label)
 INDEX_VERSION = 4
 OPEN_FILES = 64  # shard handles kept open per process
-_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+GLOB = re.compile(r"[*?\[]")
 
 
 def expand(pattern: str) -> list[str]:
-    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar], as bash expands it: padded to the longer end's
-    width where an end has a leading zero ({8..010}: 008, 009, 010), else not ({10..8}: 10, 9, 8, counting
-    down); several ranges allowed."""
-    match = _BRACES.search(pattern)
-    if not match:
-        return [pattern]
-    lo, hi = match.group(1), match.group(2)
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    width = max(len(lo), len(hi)) if any(len(end) > 1 and end[0] == "0" for end in (lo, hi)) else 0
-    step = 1 if int(lo) <= int(hi) else -1
-    return [p for i in range(int(lo), int(hi) + step, step) for p in expand(f"{head}{i:0{width}d}{tail}")]
+    """`a-{000..002}.tar` -> [a-000.tar, a-001.tar, a-002.tar]: brace patterns as bash (and WebDataset) expand
+    them, by `braceexpand`: ranges padded to the longer end's width where an end has a leading zero, counted
+    down, stepped ({0..8..2}), lists ({a,c}), several in one pattern."""
+    try:
+        return list(braceexpand(pattern, escape=False))
+    except UnbalancedBracesError:
+        raise UserError(f"data.root {pattern}: its braces do not pair up; a pattern such as "
+                        "/data/train-{000000..000099}.tar or /data/{a,b}.tar") from None
+
+
+def is_shard(name: str) -> bool:
+    """A shard's file name: .tar in any case (B.TAR), not a hidden file (._x.tar, macOS's copy of its metadata)."""
+    return name.lower().endswith(".tar") and not HIDDEN.match(name)
+
+
+def _files_under(base: Path) -> list[Path]:
+    """The files under `base`, sub-folders included (links followed), hidden ones and those of hidden folders
+    (.Trash, __MACOSX) left out, as an image folder's."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not HIDDEN.match(d))
+        found += [Path(dirpath) / f for f in filenames if not HIDDEN.match(f)]
+    return found
 
 
 def shard_paths(root: str) -> list[Path]:
-    """The shard files `root` names: a folder's *.tar (sorted, sub-folders included), a .tar, or a pattern."""
+    """The shard files `root` names: a folder's .tar files (sorted, sub-folders included), a .tar, or a
+    pattern."""
     base = Path(root)
     if base.is_dir():
-        paths = sorted(p for p in base.rglob("*") if p.name.endswith(".tar"))
-        compressed = sorted(p.name for p in base.rglob("*") if p.name.endswith((".tar.gz", ".tgz", ".tar.xz")))
+        files = _files_under(base)
+        paths = sorted(p for p in files if is_shard(p.name))
+        compressed = sorted(p.name for p in files if p.name.lower().endswith((".tar.gz", ".tgz", ".tar.xz")))
         if not paths and compressed:
             raise UserError(f"{base} holds compressed shards ({compressed[0]}, ...): random access needs "
                             "uncompressed .tar shards (images are compressed already); re-pack them with "
@@ -76,8 +91,9 @@ def shard_paths(root: str) -> list[Path]:
     paths = [Path(p) for p in expand(root)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise UserError(f"shard {missing[0]} does not exist ({len(missing)} of {len(paths)} missing); check "
-                        "data.root")
+        glob = (f"; repre expands brace patterns ({{a..b}}, {{a,b}}) as WebDataset does, not {GLOB.search(root)[0]}: "
+                "give the folder of the shards or a brace pattern" if GLOB.search(root) else "; check data.root")
+        raise UserError(f"shard {missing[0]} does not exist ({len(missing)} of {len(paths)} missing){glob}")
     return paths
 
 
@@ -115,6 +131,8 @@ def _scan(path: Path, shard: int) -> tuple[list[list], list[str], list[str]]:
     images: list[list] = []
     dotted, second = [], []
     sample, image, label = None, None, -1  # the sample being read: its key, its entry in `images`, its label
+    if path.stat().st_size == 0:  # tarfile: "not a tar file (empty file)", as if it were compressed
+        raise UserError(f"{path} is empty (0 bytes): a copy that failed; copy it again, or remove it")
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
@@ -183,7 +201,7 @@ def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, n
         second += seconds
         for shard, offset, size, key, label in images:
             entries.append((shard, offset, size))
-            keys.append(key.encode())
+            keys.append(key.encode("utf-8", "surrogateescape"))  # a name that is not UTF-8 as tarfile read it
             labels_of.append(label)
     if dotted:
         warn_dotted(len(dotted), dotted[0], root)
@@ -203,7 +221,7 @@ def index_cache(paths: list[Path]) -> Path:
     h = hashlib.sha1(str(INDEX_VERSION).encode())
     for path in paths:
         st = path.stat()
-        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n"))
     base = Path(os.environ.get("REPRE_CACHE", Path.home() / ".cache" / "repre"))
     return base / "shard-index" / f"{h.hexdigest()[:20]}.npz"
 
@@ -282,7 +300,7 @@ class TarShards:
 
     def path(self, index: int) -> str:
         """Where image `index` lives: `SHARD.tar:KEY`."""
-        return f"{self.paths[int(self.entries[index][0])]}:{self.keys[index].decode()}"
+        return f"{self.paths[int(self.entries[index][0])]}:{self.keys[index].decode('utf-8', 'surrogateescape')}"
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         data, name, label = self.encoded(index)

@@ -112,8 +112,10 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
         if split == "train":
             return base
-        raise UserError(f"evaluation needs labelled splits: with data.name=shards, data.root must be a folder "
-                        f"with train/ and val/ shards; {root} is a shard or a pattern")
+        raise NoTestSplit(f"{root} is a shard or a pattern, without a held-out split: evaluation reads labelled "
+                          "shards from a folder's val/ (training from its train/): give data.root such a folder, "
+                          "or hold out part of the training images with --set eval.split=val --set "
+                          "eval.val_size=N", root)
     if not base.is_dir():
         what = "is a file, not a folder" if base.exists() else "does not exist"
         raise UserError(f"data.root {base} {what}; set data.root to a folder of images")

@@ -59,9 +59,11 @@ def embed_source(cfg: Config, split: str, command: str = "embed") -> ImageSource
         return build_source(cfg.data, "test", seed=cfg.train.seed)
     except NoTestSplit as exc:
         kind = "shards" if cfg.data.name == "shards" else "folder"
+        put = (f"put held-out images in {exc.root}/val/" if Path(exc.root).is_dir()
+               else "give --set data.root a folder with train/ and val/ shards")  # a shard or a pattern
         raise UserError(f"--split test: {exc.root} has no val/ (or test/) {kind} "
-                        f"to read the test images from: {command} its training images (--split train), or put "
-                        f"held-out images in {exc.root}/val/") from None
+                        f"to read the test images from: {command} its training images (--split train), or "
+                        f"{put}") from None
 
 
 def drop_run_subset(cfg: Config, overrides: list[str]) -> None:
