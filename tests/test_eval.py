@@ -526,7 +526,8 @@ def test_an_evaluation_drawn_again_alike_is_one_point_and_a_resume_s_purge_keeps
 
     (tmp_path / "tb").mkdir()
     result = {"task": "knn", "metric": "top1", "value": 0.625, "checkpoint": {"step": 8, "set": []}}
-    assert add_evaluation(tmp_path, result) == add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
+    assert add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
+    assert add_evaluation(tmp_path, result) is None  # nothing added: `repre eval` says nothing of it
     resumed = MetricWriter(tmp_path, after_step=8, end_redone=True)  # a resume that redoes step 8's end
     resumed.write({"step": 8, "kind": "train", "loss": 1.0})
     resumed.close()

@@ -108,8 +108,8 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
     checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
     result measured as the run's own config says (no `--set` that changes what it measures:
-    `eval_results.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, or other
-    settings)."""
+    `eval_results.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, other
+    settings, or the point drawn already)."""
     of = result.get("checkpoint") or {}
     given = [str(s) for s in of.get("set", [])]
     if not (run / run_files.TB).is_dir() or eval_results.measured_otherwise(given, result["task"]):
@@ -119,7 +119,7 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     tag, step = f"repre_eval/{result['task']}_{result['metric']}", int(of.get("step", 0))
     drawn = _drawn(run)
     if drawn.get(tag, {}).get(str(step)) == result["value"]:  # the same checkpoint evaluated again alike
-        return tag
+        return None
     try:
         writer = SummaryWriter(str(run / run_files.TB))
         try:

@@ -106,7 +106,7 @@ class DINO(Method):
             if local_views.shape[-2:] != views.shape[-2:] and not getattr(self.encoder.model, "dynamic_img_size",
                                                                           True):
                 raise ValueError(f"local crops of {list(local_views.shape[-2:])} pixels need an encoder that takes "
-                                 "another size than its global crops': build the timm model with "
+                                 "another size than its global crops: build the timm model with "
                                  "dynamic_img_size=True (position embeddings interpolated to each crop)")
             n_crops += local_views.shape[1]
             local_pooled, _ = self.encoder(local_views.transpose(0, 1).flatten(0, 1))  # crop-major [L*B, ...]
