@@ -98,6 +98,21 @@ def test_a_bf16_training_step_on_a_cpu_trains_unfused_and_evaluates_fused(sdpa_c
     assert len(sdpa_calls) == 4  # an evaluation: the online encoder on the fused kernel again
 
 
+def test_a_bf16_step_with_checkpointed_blocks_trains_as_without(tmp_path):
+    """model.grad_checkpointing runs each block's forward again in the backward, which took the fused path
+    there: torch refused the recomputed values (a crash at the first step of every bf16 CPU run of a ViT)."""
+    losses, grads = [], []
+    for on in (False, True):
+        trainer = Trainer(tiny_config("train.precision=bf16", f"model.grad_checkpointing={str(on).lower()}"),
+                          tmp_path / str(on))
+        batch = trainer.data.to_device(next(iter(trainer.data.loader(0, False))))
+        losses.append(trainer.train_step(batch)["loss"])
+        grads.append([p.grad for p in trainer.model.method.encoder.parameters() if p.grad is not None])
+    assert torch.equal(losses[0], losses[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_bf16_fine_tuning_on_a_cpu_trains_unfused(sdpa_calls):
     cfg = tiny_config("eval.finetune.steps=2", "eval.finetune.train_subset=16", "eval.finetune.batch_size=8",
                       "eval.finetune.test_subset=8")

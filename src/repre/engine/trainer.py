@@ -200,14 +200,15 @@ class Trainer:
                             "trainer.train_step(trainer.data.to_device(batch)) for a batch of the loader")
         momentum = self._apply_schedules(self.state.step)
         self.forward_buffers.keep()
-        with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp), \
-                training_attention(self.model, self.rt.device, self.rt.dtype):
-            # the EMA copies move by `momentum` here, inside the forward (Method.ema_then_forward), before it
-            out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"))
-        for callback in self.callbacks:
-            callback.on_forward(self, out)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
+        # the backward too: a checkpointed block (model.grad_checkpointing) runs its forward again there
+        with training_attention(self.model, self.rt.device, self.rt.dtype):
+            with torch.autocast(self.rt.device.type, dtype=self.rt.dtype, enabled=self.rt.amp):
+                # the EMA copies move by `momentum` here, inside the forward (Method.ema_then_forward), before it
+                out = self.forward_model(batch["views"], momentum, batch["label"], batch.get("local_views"))
+            for callback in self.callbacks:
+                callback.on_forward(self, out)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = clip_or_measure(params, self.cfg.train.clip_grad, self.cfg.train.clip_mode)

@@ -132,13 +132,13 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
         batch = next(batches)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp), \
-                training_attention(model, rt.device, rt.dtype):
-            logits = model(batch["views"][:, 0].to(rt.device))
-        check_labels(batch["label"], logits.shape[1], "fine-tuning", "training images")
-        loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        with training_attention(model, rt.device, rt.dtype):  # the backward too (`Trainer.train_step`)
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
+                logits = model(batch["views"][:, 0].to(rt.device))
+            check_labels(batch["label"], logits.shape[1], "fine-tuning", "training images")
+            loss = F.cross_entropy(logits.float(), batch["label"].to(rt.device), label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
     return float(loss.detach())

@@ -6,7 +6,8 @@ On a CPU under bf16 autocast the fused kernel's backward is the slow part: forwa
 module is faster unfused at every token count measured, while a forward alone is mostly faster fused, and in
 fp32 the fused kernel is as fast or faster (docs/results.md, `benchmarks/cpu_attention.py`). So only the
 modules that train switch (a momentum or teacher encoder keeps the fused forward), only for the training
-forward (the autograd graph keeps the path for the backward), and the evaluations run as before. What the
+forward and its backward (where a checkpointed block, `model.grad_checkpointing`, runs its forward again, which
+must take the same path), and the evaluations run as before. What the
 unfused path costs: it keeps the attention matrix for the backward (more peak memory), and its bf16 gradients
 are slightly further from an fp64 reference (fp32: the same). timm's Swin already defaults to the unfused
 path.
