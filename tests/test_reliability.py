@@ -530,6 +530,25 @@ def test_a_signal_while_the_run_builds_stops_it_before_its_first_step(tmp_path, 
     assert pretrain(tiny_config(*settings), tmp_path / "run", resume=True)["steps"] == 4
 
 
+def test_a_run_folder_without_its_config_resumes_with_its_checkpoint_s(tmp_path, repre_log):
+    """A copy of checkpoints/ alone (config.yaml lost): `--resume` trained the default preset (800 steps), or
+    refused the run's own --set as "a config that differs"."""
+    from repre.cli import main
+
+    run = tmp_path / "run"
+    argv = ["pretrain", "--out", str(run)]
+    for item in [*RESUME, "train.num_workers=0", "train.max_steps=4", "train.checkpoint_every=2"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    for name in ("step-00000004.pt", "step-00000004.pt.sha256", "last.pt"):
+        (run / "checkpoints" / name).unlink()  # stopped after step 2
+    (run / "config.yaml").unlink()
+    assert main(["pretrain", "--out", str(run), "--resume"]) == 0
+    assert f"{run} has no config.yaml: resuming with the config its checkpoint step-00000002.pt holds" in \
+        repre_log.text
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"] == 4
+
+
 def test_a_run_whose_checkpoints_hold_last_pt_alone_resumes_from_it(tmp_path, repre_log):
     """A copy of the newest checkpoint alone (last.pt, no step file it is): --resume goes on from its step (it
     started afresh and wrote over it)."""
@@ -584,6 +603,10 @@ def test_a_moved_dataset_resumes_where_it_holds_the_run_s_images(tmp_path, image
     with pytest.raises(UserError, match=r"holds 23 training images, the run trained on 24"):
         Trainer(tiny_config(*settings, f"data.root={moved}"), tmp_path / "run", resume=True)
     (image_folder / "train" / "cat" / "0.png").unlink()  # the run's own folder, an image taken away: said
+    from repre.config import DataConfig
+    from repre.data.sources import root_named
+
+    assert root_named(DataConfig(name="fashion-mnist")) == "/usr/share/datasets/fashion-mnist"  # it said "None"
     Trainer(tiny_config(*settings, f"data.root={image_folder}"), tmp_path / "run", resume=True)
     assert f"data.root {image_folder} holds 23 training images, the run trained on 24 there" in repre_log.text
 

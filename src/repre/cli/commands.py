@@ -27,7 +27,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     source = args.config
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
-    cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+    cfg = None
+    if source is None and args.resume:  # a folder of checkpoints/ alone (config.yaml lost): theirs, not the default
+        cfg = _checkpoint_config(out, args.overrides)
+    if cfg is None:
+        cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
     _warn_of_idle_keys(cfg, args.config, args.overrides)
     if launched() and launch_rank() == 0:
         # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
@@ -58,6 +62,25 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if launch_rank() == 0:
         print(json.dumps(summary), flush=True)
     return 0
+
+
+def _checkpoint_config(out: Path, overrides: list[str]) -> Config | None:
+    """The config that the newest readable checkpoint in `out` holds, with `overrides`; None without one."""
+    from repre.config import config_from_dict, deep_update, migrate, parse_overrides
+    from repre.core import checkpoint_io as ckpt_io
+
+    last = out / run_files.CHECKPOINTS / run_files.LAST
+    for path in [*reversed(ckpt_io.step_checkpoints(out)), *([last] if last.is_file() else [])]:
+        try:
+            saved = ckpt_io.load(path, weights=False)["config"]
+        except (UserError, OSError, KeyError):
+            continue  # damaged: the resume itself says so, and takes an earlier one
+        logging.getLogger("repre").warning("%s has no %s: resuming with the config its checkpoint %s holds", out,
+                                           run_files.CONFIG, path.name)
+        raw = migrate(saved)
+        deep_update(raw, parse_overrides(overrides))
+        return config_from_dict(raw, migrated=True)
+    return None
 
 
 def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) -> None:

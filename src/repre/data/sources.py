@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import torch
 
 from repre.config import DataConfig
-from repre.data.fashion_mnist import FashionMNIST
+from repre.data.fashion_mnist import DEFAULT_ROOT, FashionMNIST
 from repre.data.folder import (
     HIDDEN,
     ImageFolder,
@@ -196,6 +196,11 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
 
         return python_source(cfg, split)
     raise UserError(f"unknown data.name {cfg.name!r}")
+
+
+def root_named(cfg: DataConfig) -> str | None:
+    """The folder `cfg` reads, as a message names it: data.root, or Fashion-MNIST's default location for none."""
+    return cfg.root or (DEFAULT_ROOT if cfg.name == "fashion-mnist" else None)
 
 
 def data_code(cfg: DataConfig) -> dict[str, str] | None:

@@ -19,7 +19,7 @@ from repre.core import checkpoint_io, dist, rng, run_files
 from repre.core.runtime import Runtime
 from repre.core.schedules import total_steps
 from repre.data.pipeline import PretrainData
-from repre.data.sources import check_data_code
+from repre.data.sources import check_data_code, root_named
 from repre.engine.callbacks import Callback, load_monitor_states, monitor_states
 from repre.engine.metrics import WindowMeter, truncate_metrics
 from repre.engine.optim import load_optimizer_state
@@ -326,7 +326,7 @@ class Checkpoints:
         """data.root may change on resume (the dataset moved): the new root must hold as many training images as
         the run had (`images`: the checkpoint's count; None before it recorded one), and the run says where it
         reads them now."""
-        was, now = config.data.root, self.cfg.data.root
+        was, now = (root_named(c.data) for c in (config, self.cfg))
         if was == now:
             if images is not None and images != len(self.data) and dist.is_main():  # files added or taken away
                 log.warning("data.root %s holds %d training images, the run trained on %d there: its steps from "
