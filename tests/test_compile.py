@@ -44,8 +44,9 @@ def test_compiled_dino_run_equals_the_eager_run(tmp_path, monkeypatch):
         summary = json.loads((out / "summary.json").read_text())
         batch = tiny_config().train.batch_size
         assert summary["images_per_sec"] == pytest.approx(3 * batch / summary["train_s"], rel=0.02)
-        # the compiling first step's compute is timed apart (compile_s), out of train_s and the speeds
-        assert (summary["compile_s"] > summary["train_s"]) == ("train.compile=true" in extra)
+        # the compiling first step's compute is timed apart (compile_s), out of train_s and the speeds (not
+        # compared with train_s: a loaded machine's steps can take longer than a compilation without code)
+        assert (summary["compile_s"] > 0) == ("train.compile=true" in extra)
         return [x["loss"] for x in train]
 
     eager = run(tmp_path / "eager")
