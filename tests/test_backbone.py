@@ -118,11 +118,23 @@ def test_gradient_checkpointing_works_through_the_wrapper():
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6)
 
 
-def test_freeze_patch_embed():
+def test_freeze_patch_embed_freezes_the_projection_alone():
+    """As moco-v3's vits.py:43-51: a Swin's norm after the projection trained frozen at 1 and 0, and a hybrid
+    ViT's whole convolutional stem was frozen at its random weights."""
+    import timm
+
     enc = tiny_vit()
     enc.freeze_patch_embed()
     assert not any(p.requires_grad for p in enc.model.patch_embed.parameters())
-    assert isinstance(enc.model.patch_embed, nn.Module)
+    swin = Backbone.from_model(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0,
+                                                 depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)))
+    swin.freeze_patch_embed()
+    frozen = {n for n, p in swin.model.patch_embed.named_parameters() if not p.requires_grad}
+    assert frozen == {"proj.weight", "proj.bias"} and swin.model.patch_embed.norm.weight.requires_grad
+    hybrid = Backbone.from_model(timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, num_classes=0,
+                                                   img_size=32, depth=1))
+    with pytest.raises(UserError, match="a convolutional stem .* leave freeze_patch_embed false"):
+        hybrid.freeze_patch_embed()
 
 
 def _official_sincos_row(r: int, c: int, dim: int) -> list[float]:

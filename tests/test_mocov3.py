@@ -30,9 +30,10 @@ def official_ctr_loss(q, k, T, rank, N):
 def test_loss_matches_the_official_formula(rank, world):
     torch.manual_seed(0)
     n = 8
-    q, k = torch.randn(n, 16), torch.randn(n * world, 16)
-    ours = mocov3_loss(q, k, 0.2, offset=rank * n)
-    torch.testing.assert_close(ours, official_ctr_loss(q, k, 0.2, rank, n))
+    q, k = torch.randn(n, 16, dtype=torch.float64), torch.randn(n * world, 16, dtype=torch.float64)
+    ours = mocov3_loss(q, k, 0.2, offset=rank * n)  # in float64, as given (it was float32)
+    torch.testing.assert_close(ours, official_ctr_loss(q, k, 0.2, rank, n), rtol=1e-14, atol=0)
+    torch.testing.assert_close(mocov3_loss(q.float(), k.float(), 0.2, offset=rank * n), ours.float())
 
 
 def test_mlp_is_the_official_builder():

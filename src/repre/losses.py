@@ -12,8 +12,9 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: in
     q: [N, C] queries of this process; k: [M, C] keys gathered over all processes (M = N * world size).
     Query i's positive is key `offset + i` (offset = rank * N), so several processes equal one big batch.
     """
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.float(), dim=1)
+    wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)  # float64 kept
+    q = F.normalize(q.to(wide), dim=1)
+    k = F.normalize(k.to(wide), dim=1)
     logits = q @ k.t() / temperature
     labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * temperature)

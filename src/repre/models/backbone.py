@@ -168,8 +168,15 @@ class Backbone(nn.Module):
         self.model.set_grad_checkpointing(enable)
 
     def freeze_patch_embed(self) -> None:
-        """MoCo v3's stability trick: keep the random patch projection fixed."""
-        for p in self.model.patch_embed.parameters():
+        """MoCo v3's stability trick: keep the random patch projection fixed (its weight and bias alone, as
+        moco-v3's vits.py:43-51; a Swin's norm after it trains). A convolutional stem before it (a hybrid ViT)
+        is refused: the official code freezes nothing there."""
+        embed = self.model.patch_embed
+        if getattr(embed, "backbone", None) is not None:
+            raise UserError(f"method.mocov3.freeze_patch_embed: {type(self.model).__name__}'s patch embedding is a "
+                            "convolutional stem (a hybrid), whose random weights MoCo v3 does not freeze: leave "
+                            "freeze_patch_embed false")
+        for p in embed.proj.parameters():
             p.requires_grad = False
 
     @property
