@@ -121,6 +121,8 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
                      "base"),
     # DINO's own ViT (its class token's init, its local crops' position embedding without antialiasing)
     "init-dino": ("baseline", ["model.init=dino"], "base"),
+    # MoCo v3's own ViT recipe (vits.py): the fixed sin-cos table, its initialization, a frozen patch projection
+    "init-mocov3": ("baseline", ["model.init=mocov3", "method.mocov3.freeze_patch_embed=true"], "base"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
 CACHE_VERSION = 1
