@@ -1,6 +1,6 @@
 """Quality benchmark: baseline vs +RePre at identical budget and seeds, beside random-init and supervised rows.
 
-For each method (--methods: mocov3, dino, moby), seed and row:
+For each framework (--methods: those of repre.methods.FRAMEWORK_CLASSES, mocov3, dino, moby), seed and row:
   repre       `fmnist-<method>-repre` pre-trained          baseline    `fmnist-<method>` (recon disabled)
   supervised  the same encoder trained with labels          random      the untrained encoder (no pre-training)
 then evaluates k-NN, linear and fine-tune top-1 (Fashion-MNIST test) and the dense probe's mIoU

@@ -7,14 +7,17 @@ import ast
 import dataclasses
 import io
 import json
+import sys
 import tokenize
 from pathlib import Path
 
-from repre.config import Config, sections
-from repre.config import schema as schema_module
-from repre.config.checks import RULES
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's schema, not that of a repre installed elsewhere
+
+from repre.config import Config, sections  # noqa: E402
+from repre.config import schema as schema_module  # noqa: E402
+from repre.config.checks import RULES  # noqa: E402
+
 TARGET = HERE / "configuration.md"
 
 HEADER = """# Configuration

@@ -129,3 +129,19 @@ def test_the_checkpoint_layout_names_are_the_model_s_attributes():
     assert all(k.startswith((METHOD, BRANCH)) for k in state) and any(k.startswith(BRANCH) for k in state)
     assert any(k.startswith(encoder_prefix("teacher_encoder") + ENCODER_WEIGHTS) for k in state)
     assert encoder_keys({"model": state}) == ["encoder", "teacher_encoder"]
+
+
+def test_the_methods_without_an_ema_are_those_the_config_names():
+    """`config.schema.NO_EMA_METHODS` (whose method.momentum is read by nothing: warned of, and no obstacle to a
+    resume) lists the methods whose `ema_pairs()` is empty, as the config layer cannot ask the classes."""
+    from conftest import tiny_config
+    from repre.builder import build_model
+    from repre.config.schema import NO_EMA_METHODS
+    from repre.methods import METHODS
+
+    without = {name for name in METHODS
+               if not build_model(tiny_config(f"method.name={name}"), num_classes=3).method.ema_pairs()}
+    assert without == set(NO_EMA_METHODS)
+    from repre.config import idle_sections
+
+    assert "method.momentum" in idle_sections("supervised") and "method.momentum" not in idle_sections("mocov3")

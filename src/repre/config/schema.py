@@ -510,7 +510,11 @@ RUN_ONLY_KEYS = _run_only(Config)
 SAME_MEASUREMENT_KEYS = RUN_ONLY_KEYS
 
 
+NO_EMA_METHODS = ("supervised",)  # method.name values without a momentum or teacher encoder (empty `ema_pairs()`)
+
+
 def idle_sections(method: str) -> tuple[str, ...]:
-    """The sections of the frameworks that do not run, as key prefixes (method.NAME.): a run of `method` reads
-    none of their keys."""
-    return tuple(f"method.{name}." for name in FRAMEWORKS if name != method)
+    """The keys a run of `method` does not read, as key prefixes: the sections of the frameworks that do not
+    run (method.NAME.), and method.momentum for a method without an EMA."""
+    return (tuple(f"method.{name}." for name in FRAMEWORKS if name != method)
+            + (("method.momentum",) if method in NO_EMA_METHODS else ()))

@@ -18,7 +18,11 @@ from repre.methods.mocov3 import MoCoV3
 from repre.methods.supervised import Supervised
 from repre.models.backbone import Backbone
 
-FRAMEWORK_CLASSES: dict[str, type[Method]] = {"mocov3": MoCoV3, "dino": DINO, "moby": MoBY}  # method.NAME: kwargs
+FRAMEWORK_CLASSES: dict[str, type[Method]] = {  # method.NAME: the class, its keyword arguments that section's keys
+    "mocov3": MoCoV3,
+    "dino": DINO,
+    "moby": MoBY,
+}
 METHODS: dict[str, type[Method]] = {**FRAMEWORK_CLASSES, "supervised": Supervised}  # every method.name
 
 

@@ -144,7 +144,8 @@ def run_config(folder: Path) -> dict[str, Any]:
 
 
 def own_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` with the other frameworks' keys (method.NAME.* of a NAME that did not run) set to None."""
+    """`config` with the keys its run did not read set to None: the other frameworks' (method.NAME.* of a NAME
+    that did not run), and method.momentum of a method without an EMA."""
     others = idle_sections(str(config.get("method.name")))
     return {k: (None if k.startswith(others) else v) for k, v in config.items()}
 
