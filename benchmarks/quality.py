@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench_cache import cache_dir  # this folder's module
 
-from repre.config import FRAMEWORKS
+from repre.config import FRAMEWORKS, idle_sections
 from repre.core import run_files
 from repre.errors import UserError
 
@@ -337,9 +337,12 @@ def main() -> None:
         method = methods[0]
         for point in points:  # a point of another method's keys fails here, not after the points before it trained
             try:
-                row_config(method, SEARCH[point][0], seeds[0], [*args.overrides, *SEARCH[point][1]])
+                cfg = row_config(method, SEARCH[point][0], seeds[0], [*args.overrides, *SEARCH[point][1]])
             except UserError as exc:
                 p.error(f"search point {point} does not apply to {method}: {exc}")
+            idle = [item for item in SEARCH[point][1] if item.startswith(idle_sections(cfg.method.name))]
+            if idle:  # a key the method does not read: the point would train something else than it says
+                p.error(f"search point {point} does not apply to {method}: {', '.join(idle)} read by another method")
         report = search(method, points, seeds, tasks, args.overrides, args.results / "search", args.cached,
                         args.drop_checkpoints)
         print(json.dumps({"benchmark": "quality-search", "date": time.strftime("%Y-%m-%d"), "method": method,

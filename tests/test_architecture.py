@@ -136,12 +136,11 @@ def test_the_methods_without_an_ema_are_those_the_config_names():
     resume) lists the methods whose `ema_pairs()` is empty, as the config layer cannot ask the classes."""
     from conftest import tiny_config
     from repre.builder import build_model
+    from repre.config import idle_sections
     from repre.config.schema import NO_EMA_METHODS
     from repre.methods import METHODS
 
     without = {name for name in METHODS
                if not build_model(tiny_config(f"method.name={name}"), num_classes=3).method.ema_pairs()}
     assert without == set(NO_EMA_METHODS)
-    from repre.config import idle_sections
-
     assert "method.momentum" in idle_sections("supervised") and "method.momentum" not in idle_sections("mocov3")

@@ -59,6 +59,8 @@ def test_python_s_none_and_a_list_without_brackets_are_told_how_yaml_spells_them
         load_config(None, ["data.subset=None"])
     assert load_config(None, ["data.subset=null"]).data.subset is None
     assert load_config(None, ["data.subset=~"]).data.subset is None
+    with pytest.raises(UserError, match=r"got '1,3,5' \(write a list as \[a, b\] with --set\)"):
+        load_config(None, ["recon.taps=1,3,5"])
 
 
 def test_a_lone_tilde_for_a_root_says_yaml_reads_it_as_null(tmp_path, monkeypatch):
@@ -68,8 +70,6 @@ def test_a_lone_tilde_for_a_root_says_yaml_reads_it_as_null(tmp_path, monkeypatc
         with pytest.raises(UserError, match=rf"{key}=~: YAML reads ~ as null .* write {key}=~/, for no value"):
             load_config(None, [f"{key}=~"])
     assert load_config(None, ["data.root=~/"]).data.root == str(tmp_path)
-    with pytest.raises(UserError, match=r"got '1,3,5' \(write a list as \[a, b\] with --set\)"):
-        load_config(None, ["recon.taps=1,3,5"])
 
 
 def test_wrong_type_is_refused():
@@ -135,7 +135,7 @@ def test_missing_file_and_unknown_preset():
 
 def test_an_existing_file_under_a_preset_name_is_read_and_the_shadowed_preset_named(
         tmp_path, monkeypatch, repre_log):
-    """DESIGN's contract: an existing file is a file. `repre config P > P` and an edit mean the file."""
+    """The CLI contract: an existing file is a file. `repre config P > P` and an edit mean the file."""
     from repre.config.loading import given_keys
 
     monkeypatch.chdir(tmp_path)
@@ -146,6 +146,16 @@ def test_an_existing_file_under_a_preset_name_is_read_and_the_shadowed_preset_na
     assert "method.dino.teacher_temp" in given_keys("fmnist-mocov3", None)
     monkeypatch.chdir(tmp_path.parent)
     assert load_config("fmnist-mocov3").method.name == "mocov3"
+    # `repre config P > P`: the shell makes P, empty, before repre reads --config P; the preset is printed
+    import subprocess
+    import sys
+
+    (tmp_path / "fmnist-mocov3").unlink()
+    with open(tmp_path / "fmnist-mocov3", "w") as out:
+        done = subprocess.run([sys.executable, "-m", "repre", "config", "--config", "fmnist-mocov3"], cwd=tmp_path,
+                              stdout=out, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "preset: fmnist-mocov3" in (tmp_path / "fmnist-mocov3").read_text()
 
 
 def test_a_copy_of_a_preset_and_a_piped_config_are_read(tmp_path):
@@ -661,6 +671,9 @@ def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_l
                    and not item.startswith("method.mocov3.")} | {"method.dino.teacher_temp"})  # TINY's other heads
     assert (f"{', '.join(idle)}: read only with the method each names, and this run trains method.name=mocov3: "
             "they change nothing") in repre_log.text
+    code, _ = run_cli([*args, "--set", "method.name=supervised", "--set", "method.momentum=0.9"])
+    assert code == 2 and ("method.momentum: method.name=supervised has no momentum or teacher encoder, so it "
+                          "changes nothing") in repre_log.text
     # train.epochs where the preset's max_steps sets the length (fmnist-dino: 1,600 steps): said
     code, _ = run_cli(["pretrain", "--config", "fmnist-dino", "--out", str(tmp_path / "run"), "--set",
                        "train.epochs=1"])

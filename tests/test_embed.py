@@ -258,8 +258,14 @@ def test_the_test_split_of_a_folder_without_one_says_what_embed_can_do(tiny_run,
     shutil.rmtree(image_folder / "val")
     args = embed_args(run, tmp_path / "t.npy", "data.name=folder", f"data.root={image_folder}") + ["--split", "test"]
     assert run_cli(args)[0] == 2
-    assert (f"--split test: {image_folder} has no val/ (or test/) folder to read the test images from: embed its "
+    assert (f"--split test: {image_folder} has no val/ (or test/) folder, so no test images to read: embed its "
             "training images (--split train)") in capsys.readouterr().err
+    # the training split of a folder with one beside it: said so (it advised image_folder/train/val/)
+    (image_folder / "val").mkdir()
+    args = embed_args(run, tmp_path / "t.npy", "data.name=folder", f"data.root={image_folder / 'train'}")
+    assert run_cli([*args, "--split", "test"])[0] == 2
+    assert (f"{image_folder / 'train'} is a training split itself, so no test images to read: embed its training "
+            f"images (--split train), or point data.root at {image_folder}") in capsys.readouterr().err
 
 
 def test_the_runs_subset_is_not_applied_to_other_images(tmp_path, image_folder):

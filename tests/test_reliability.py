@@ -603,12 +603,18 @@ def test_a_moved_dataset_resumes_where_it_holds_the_run_s_images(tmp_path, image
     with pytest.raises(UserError, match=r"holds 23 training images, the run trained on 24"):
         Trainer(tiny_config(*settings, f"data.root={moved}"), tmp_path / "run", resume=True)
     (image_folder / "train" / "cat" / "0.png").unlink()  # the run's own folder, an image taken away: said
+    Trainer(tiny_config(*settings, f"data.root={image_folder}"), tmp_path / "run", resume=True)
+    assert f"data.root {image_folder} holds 23 training images, the run trained on 24 there" in repre_log.text
+
+
+def test_a_moved_dataset_s_warning_names_the_default_folder_it_read():
+    """A run of Fashion-MNIST at its default location, resumed with data.root given: "(the run trained on
+    None)"."""
     from repre.config import DataConfig
     from repre.data.sources import root_named
 
-    assert root_named(DataConfig(name="fashion-mnist")) == "/usr/share/datasets/fashion-mnist"  # it said "None"
-    Trainer(tiny_config(*settings, f"data.root={image_folder}"), tmp_path / "run", resume=True)
-    assert f"data.root {image_folder} holds 23 training images, the run trained on 24 there" in repre_log.text
+    assert root_named(DataConfig(name="fashion-mnist")) == "/usr/share/datasets/fashion-mnist"
+    assert root_named(DataConfig(name="fashion-mnist", root="/x")) == "/x" and root_named(DataConfig()) is not None
 
 
 def test_out_of_memory_is_answered_with_what_to_change(tmp_path, monkeypatch, capsys):

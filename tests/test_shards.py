@@ -48,8 +48,15 @@ def test_a_shard_folder_leaves_hidden_files_out_and_reads_tar_in_any_case(tmp_pa
     shutil.copy(tmp_path / "part-0000.tar", tmp_path / ".Trash" / "part-0000.tar")
     (tmp_path / "._part-0000.tar").write_bytes(b"\0\5\26\7" + b"\1" * 600)  # AppleDouble metadata
     (tmp_path / "part-0001.tar").rename(tmp_path / "PART-0001.TAR")
+    (tmp_path / "again").symlink_to(".")  # a link back to the folder: its shards read once (a loop read 82)
     source = TarShards(str(tmp_path))
     assert len(source) == 6 and [p.name for p in source.paths] == ["PART-0001.TAR", "part-0000.tar"]
+    # the guard against training on held-out shards sees what training reads, by the same rules
+    shutil.copy(tmp_path / "part-0000.tar", tmp_path / ".Trash" / "val-0000.tar")
+    assert len(build_source(DataConfig(name="shards", root=str(tmp_path)), "train")) == 6
+    shutil.copy(tmp_path / "part-0000.tar", tmp_path / "VAL-0000.TAR")
+    with pytest.raises(UserError, match="holds VAL-0000.TAR beside the training shards"):
+        build_source(DataConfig(name="shards", root=str(tmp_path)), "train")
 
 
 def test_an_empty_file_as_a_shard_is_named_so(tmp_path):

@@ -201,6 +201,8 @@ def test_a_compressed_shard_in_a_stream_is_named_as_the_likely_cause(shards, tmp
     assert list(read_samples(f"pipe:cat {tmp_path / 's.tar.gz'}")) == []
     assert "shards are read as plain .tar; a compressed one is decompressed in the command" in repre_log.text
     assert len(list(read_samples(f"pipe:zcat {tmp_path / 's.tar.gz'}"))) == PER_SHARD
+    assert list(read_samples(str(tmp_path / "s.tar.gz"))) == []  # a local file: said once, not "copy it again"
+    assert "s.tar.gz is not a plain tar (invalid header) (no tar header" in repre_log.text
 
 
 def test_a_local_shard_empty_or_cut_short_is_named_so_and_not_read_again(shards, tmp_path, repre_log, monkeypatch):

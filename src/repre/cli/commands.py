@@ -75,8 +75,9 @@ def _checkpoint_config(out: Path, overrides: list[str]) -> Config | None:
             saved = ckpt_io.load(path, weights=False)["config"]
         except (UserError, OSError, KeyError):
             continue  # damaged: the resume itself says so, and takes an earlier one
-        logging.getLogger("repre").warning("%s has no %s: resuming with the config its checkpoint %s holds", out,
-                                           run_files.CONFIG, path.name)
+        if launch_rank() == 0:
+            logging.getLogger("repre").warning("%s has no %s: resuming with the config its checkpoint %s holds",
+                                               out, run_files.CONFIG, path.name)
         raw = migrate(saved)
         deep_update(raw, parse_overrides(overrides))
         return config_from_dict(raw, migrated=True)
@@ -93,6 +94,10 @@ def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) ->
         return
     given = given_keys(config, overrides)
     idle = sorted(k for k in given if k.startswith(idle_sections(cfg.method.name)))
+    if "method.momentum" in idle:  # names no framework: the method has no momentum encoder
+        idle.remove("method.momentum")
+        logging.getLogger("repre").warning("method.momentum: method.name=%s has no momentum or teacher encoder, so "
+                                           "it changes nothing", cfg.method.name)
     if idle:
         logging.getLogger("repre").warning(
             "%s: read only with the method each names, and this run trains method.name=%s: %s nothing",

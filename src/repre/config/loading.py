@@ -233,6 +233,8 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
     if path.is_file():  # an existing file is read, as the CLI contract says, even under a preset's name
         if source not in list_presets():
             return _file_dict(path, source)
+        if _being_written(path):  # `repre config P > P`: the shell made P, empty, for this command's output
+            return _preset_dict(source)
         # `repre config P > P`, edited: the file is what the person means; a stray one is named as the cause
         shadow = f"the file {path.resolve()} here, not the preset of that name; for the preset, rename the file " \
                  "or run from another folder"
@@ -240,11 +242,24 @@ def source_dict(source: str | os.PathLike[str] | None) -> dict[str, Any]:
             raw = _file_dict(path, source)
         except UserError as exc:
             raise UserError(f"{exc}\n--config {source} reads {shadow}") from None
-        log.warning("--config %s reads %s", source, shadow)
+        if (source, str(path.resolve())) not in _SHADOWS_SAID:  # a command reads its config more than once
+            _SHADOWS_SAID.add((source, str(path.resolve())))
+            log.warning("--config %s reads %s", source, shadow)
         return raw
     if source.endswith((".yaml", ".yml")):
         raise UserError(f"config file {source} does not exist (a preset name has no .yaml ending)")
     return _preset_dict(source)
+
+
+_SHADOWS_SAID: set[tuple[str, str]] = set()  # (preset name, file) pairs whose shadowing was said
+
+
+def _being_written(path: Path) -> bool:
+    """Whether `path` is this process's standard output (`repre config P > P`: the shell makes the file first)."""
+    try:
+        return os.path.samestat(os.fstat(1), path.stat())
+    except (OSError, ValueError):
+        return False
 
 
 _PIPED: dict[tuple[int, int], str] = {}  # `--config <(...)`'s text by the pipe's (device, inode), as first read

@@ -517,4 +517,4 @@ def idle_sections(method: str) -> tuple[str, ...]:
     """The keys a run of `method` does not read, as key prefixes: the sections of the frameworks that do not
     run (method.NAME.), and method.momentum for a method without an EMA."""
     return (tuple(f"method.{name}." for name in FRAMEWORKS if name != method)
-            + (("method.momentum",) if method in NO_EMA_METHODS else ()))
+            + (("method.momentum",) if method in NO_EMA_METHODS else ()))  # a whole key: none starts so

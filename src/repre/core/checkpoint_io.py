@@ -49,13 +49,16 @@ def git_state(folder: Path) -> tuple[str | None, bool | None]:
     alone would claim the code of a tree with changes not committed); (None, None) outside one."""
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
-        text = done.stdout.strip()
-        if done.returncode or not re.fullmatch(r"[0-9a-f]{40}", text):
-            return None, None
-        diff = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=folder, capture_output=True, timeout=5)
-        return text, {0: False, 1: True}.get(diff.returncode)
     except (OSError, subprocess.SubprocessError):
         return None, None
+    commit = done.stdout.strip()
+    if done.returncode or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None, None
+    try:
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=folder, capture_output=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):  # the commit stands; whether the tree differs is unknown
+        return commit, None
+    return commit, {0: False, 1: True}.get(diff.returncode)
 
 
 def _sidecar(path: Path) -> Path:

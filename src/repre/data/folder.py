@@ -145,11 +145,12 @@ def class_folders(root: str | Path) -> list[str]:
     return classes
 
 
-def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
-    """The image files under `root` in a fixed order, as paths relative to it; the first-level folder each
-    is in ("" for a file in `root` itself); the errors of the folders that could not be listed (their images
-    left out; each is warned of). Strings, not `Path`s, which take far longer to make (docs/results.md,
-    section 6)."""
+def _scan(root: Path, suffixes: tuple[str, ...] = EXTENSIONS) -> tuple[list[str], list[str], list[OSError]]:
+    """The image files (files ending in `suffixes`, in any case) under `root` in a fixed order, hidden ones and
+    those of hidden folders left out, a folder reached twice (a link) read once, as paths relative to it; the
+    first-level folder each is in ("" for a file in `root` itself); the errors of the folders that could not be
+    listed (their images left out; each is warned of). Strings, not `Path`s, which take far longer to make
+    (docs/results.md, section 6)."""
     names, tops, unlisted, seen, looped = [], [], [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
         folder = os.stat(dirpath)
@@ -161,7 +162,7 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
         dirnames[:] = _visible(dirnames)
         rel = os.path.relpath(dirpath, root)
         prefix, top = ("", "") if rel == "." else (rel + os.sep, rel.split(os.sep, 1)[0])
-        found = [prefix + f for f in sorted(filenames) if f.lower().endswith(EXTENSIONS) and not HIDDEN.match(f)]
+        found = [prefix + f for f in sorted(filenames) if f.lower().endswith(suffixes) and not HIDDEN.match(f)]
         names += found
         tops += [top] * len(found)
     if looped:
@@ -172,6 +173,11 @@ def _scan(root: Path) -> tuple[list[str], list[str], list[OSError]]:
         log.warning("cannot list %d folder(s), their images left out: %s%s", len(unlisted), named,
                     "; ..." if len(unlisted) > 3 else "")
     return names, tops, unlisted
+
+
+def files_under(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files under `root` ending in `suffixes` (any case), sorted, by the image folders' rules (`_scan`)."""
+    return [root / name for name in _scan(root, suffixes)[0]]
 
 
 class PackedStrings:

@@ -33,7 +33,7 @@ import torch
 from braceexpand import UnbalancedBracesError, braceexpand
 
 from repre.core.atomic import replacing
-from repre.data.folder import EXTENSIONS, HIDDEN, MEAN, STD, UnreadableImage, decode
+from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, files_under
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -51,25 +51,22 @@ def expand(pattern: str) -> list[str]:
     them, by `braceexpand`: ranges padded to the longer end's width where an end has a leading zero, counted
     down, stepped ({0..8..2}), lists ({a,c}), several in one pattern."""
     try:
-        return list(braceexpand(pattern, escape=False))
+        return list(braceexpand(pattern))  # escape=True, as WebDataset calls it: \{ is a brace
     except UnbalancedBracesError:
         raise UserError(f"data.root {pattern}: its braces do not pair up; a pattern such as "
                         "/data/train-{000000..000099}.tar or /data/{a,b}.tar") from None
 
 
-def is_shard(name: str) -> bool:
-    """A shard's file name: .tar in any case (B.TAR), not a hidden file (._x.tar, macOS's copy of its metadata)."""
-    return name.lower().endswith(".tar") and not HIDDEN.match(name)
+COMPRESSED = (".tar.gz", ".tgz", ".tar.xz")
 
 
-def _files_under(base: Path) -> list[Path]:
-    """The files under `base`, sub-folders included (links followed), hidden ones and those of hidden folders
-    (.Trash, __MACOSX) left out, as an image folder's."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not HIDDEN.match(d))
-        found += [Path(dirpath) / f for f in filenames if not HIDDEN.match(f)]
-    return found
+def shard_files(base: Path) -> tuple[list[Path], list[Path]]:
+    """The .tar files under the folder `base` (sub-folders included, any case: B.TAR), and its compressed
+    shards, sorted; by the image folders' rules (`folder.files_under`: hidden files and folders, .Trash or
+    macOS's ._x.tar, left out; a folder reached twice through a link read once)."""
+    found = files_under(base, (".tar", *COMPRESSED))
+    return ([p for p in found if p.name.lower().endswith(".tar")],
+            [p for p in found if p.name.lower().endswith(COMPRESSED)])
 
 
 def shard_paths(root: str) -> list[Path]:
@@ -77,11 +74,9 @@ def shard_paths(root: str) -> list[Path]:
     pattern."""
     base = Path(root)
     if base.is_dir():
-        files = _files_under(base)
-        paths = sorted(p for p in files if is_shard(p.name))
-        compressed = sorted(p.name for p in files if p.name.lower().endswith((".tar.gz", ".tgz", ".tar.xz")))
+        paths, compressed = shard_files(base)
         if not paths and compressed:
-            raise UserError(f"{base} holds compressed shards ({compressed[0]}, ...): random access needs "
+            raise UserError(f"{base} holds compressed shards ({compressed[0].name}, ...): random access needs "
                             "uncompressed .tar shards (images are compressed already); re-pack them with "
                             "`gunzip`")
         if not paths:

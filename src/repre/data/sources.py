@@ -104,6 +104,14 @@ def _say_unread_held_out(base: Path, held: Path) -> None:
                   _split_dir(base, TRAIN_DIRS) or base / "train", base / unread[0])
 
 
+def held_out_shards(base: Path) -> list[str]:
+    """The names of the shards under `base` that training would read and a held-out split's name marks
+    (val-0000.tar, VAL-0000.TAR, in1k-validation-00.tar)."""
+    from repre.data.shards import shard_files
+
+    return [p.name for p in shard_files(base)[0] if HELD_OUT.search(p.name[: -len(".tar")].lower())]
+
+
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
     if not root:
         folder = "shards" if name == "shards" else "images"
@@ -126,7 +134,7 @@ def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
         if held is not None:  # the root as the train split would train on the images evaluation tests with
             raise UserError(f"{base} has {held.name}/ but no train/ folder: put the training images in "
                             f"{base}/train/ (or point data.root at a folder of training images only)")
-        held_out = sorted(p.name for p in base.rglob("*.tar") if HELD_OUT.search(p.stem)) if name == "shards" else []
+        held_out = held_out_shards(base) if name == "shards" else []
         if held_out:  # every .tar under the root would be trained on
             raise UserError(f"{base} holds {held_out[0]} beside the training shards, and training reads every "
                             f".tar there: put them in {base}/train/ and {base}/val/ (evaluation reads val/), or "

@@ -189,10 +189,11 @@ def read_samples(url: str, attempts: int = 3, failed: list[str] | None = None) -
             hint = (" (no tar header: shards are read as plain .tar; a compressed one is decompressed in the "
                     "command, e.g. pipe:zcat FILE.tar.gz)" if given == 0 and "invalid header" in str(exc) else "")
             if isinstance(exc, tarfile.TarError) and not is_remote(url):  # a file reads the same again
-                what = ("is empty (0 bytes): none read" if given == 0 and str(exc) == "empty file"
-                        else f"stops in a member after {given} samples ({exc}){hint}: the members after it are "
-                        "left out")
-                log.warning("shard %s %s; copy it again", url, what)
+                what = ("is empty (0 bytes): none read; copy it again" if given == 0 and str(exc) == "empty file"
+                        else f"is not a plain tar ({exc}){hint}" if hint
+                        else f"stops in a member after {given} samples ({exc}): the members after it are left "
+                        "out; copy it again")
+                log.warning("shard %s %s", url, what)
                 failed.append(url)
                 return
             if attempt == attempts:

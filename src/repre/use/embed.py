@@ -31,7 +31,7 @@ from repre.core.run_lock import RunLock
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
 from repre.data.labels import class_names
-from repre.data.sources import ImageSource, build_source, image_path, pretraining_stats
+from repre.data.sources import TRAIN_DIRS, ImageSource, build_source, image_path, pretraining_stats
 from repre.data.splits import train_source
 from repre.errors import NoTestSplit, UserError
 from repre.eval.features import check_finite, pooled_embeddings
@@ -58,12 +58,16 @@ def embed_source(cfg: Config, split: str, command: str = "embed") -> ImageSource
     try:
         return build_source(cfg.data, "test", seed=cfg.train.seed)
     except NoTestSplit as exc:
-        kind = "shards" if cfg.data.name == "shards" else "folder"
-        put = (f"put held-out images in {exc.root}/val/" if Path(exc.root).is_dir()
-               else "give --set data.root a folder with train/ and val/ shards")  # a shard or a pattern
-        raise UserError(f"--split test: {exc.root} has no val/ (or test/) {kind} "
-                        f"to read the test images from: {command} its training images (--split train), or "
-                        f"{put}") from None
+        root, kind = Path(exc.root), "shards" if cfg.data.name == "shards" else "folder"
+        if not root.is_dir():
+            what, put = "is a shard or a pattern, without a held-out split", "give --set data.root a folder with " \
+                "train/ and val/ shards"
+        elif root.name.lower() in TRAIN_DIRS:  # beside its held-out split
+            what, put = "is a training split itself", f"point data.root at {root.parent}, which holds its val/"
+        else:
+            what, put = f"has no val/ (or test/) {kind}", f"put held-out images in {root}/val/"
+        raise UserError(f"--split test: {root} {what}, so no test images to read: {command} its training images "
+                        f"(--split train), or {put}") from None
 
 
 def drop_run_subset(cfg: Config, overrides: list[str]) -> None:
