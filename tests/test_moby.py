@@ -240,3 +240,24 @@ def test_a_queue_longer_than_the_dataset_is_said_before_the_first_step(tmp_path,
     cfg = tiny_config("method.name=moby", "method.moby.queue_size=256", "train.max_steps=1", "eval.knn.enabled=false")
     Trainer(cfg, tmp_path / "run").fit()
     assert "method.moby.queue_size=256 keys a view, for 64 training images" in repre_log.text
+
+
+SWINV2_TINY = [s for s in SWIN_TINY if not s.startswith("model.")] + [
+    "model.arch=swinv2_tiny_window8_256",
+    "model.kwargs={patch_size: 2, window_size: 4, embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}"]
+
+
+@pytest.mark.parametrize("method", ["moby", "mocov3"])
+def test_swinv2_temperatures_and_position_mlps_never_decay(method):
+    """Decay would pull each attention's log-temperature to 0; SwinV2's own groups exempt it and the position-bias
+    MLP (timm's no_weight_decay). All else follows the framework's rule."""
+    model = build_model(tiny_config(*SWINV2_TINY, f"method.name={method}"))
+    groups = model.param_groups(0.05)
+    decayed = {id(p) for p in groups[0]["params"]}
+    swinv2 = {id(p) for name, p in model.named_parameters() if "logit_scale" in name or "cpb_mlp" in name}
+    assert swinv2 and not swinv2 & decayed
+    framework = {id(p) for name, p in model.named_parameters() if p.requires_grad and id(p) not in swinv2
+                 and (method == "mocov3" or not (p.ndim == 1 or name.endswith(".bias")))}
+    assert decayed == framework
+    views = torch.randn(4, 2, 3, 32, 32)
+    assert torch.isfinite(model(views, 0.99)["loss"])  # the decoder reads its taps

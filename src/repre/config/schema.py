@@ -264,7 +264,7 @@ class TrainConfig(Section):
     lr: float = 1.5e-4  # base lr for a batch of 256; the run uses lr * batch_size / 256
     min_lr: float = 0.0  # the lr at the end of the cosine (absolute: not scaled with the batch size)
     # AdamW's decoupled weight decay: MoCo v3 decays every parameter, DINO and MoBY all but biases and norms
-    # (their official rules)
+    # (their official rules); a SwinV2's attention temperatures and position-bias MLPs never (its own rule)
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1  # linear lr warm-up, as a fraction of the run
     warmup_lr: float = 0.0  # the lr at the start of the warm-up (absolute, as min_lr; MoBY's recipe: 5e-7 per 512)

@@ -68,6 +68,10 @@ class MethodOutput:
     maps: list[torch.Tensor] = field(default_factory=list)
 
 
+# parameter-name parts of a SwinV2 that skip weight decay (Method.decays)
+SWINV2_NO_DECAY = ("logit_scale", "cpb_mlp")
+
+
 class Method(nn.Module):
     """Base of a framework: `forward(views, labels=None, local_views=None, taps=()) -> MethodOutput`
     (`local_views`: DINO's multi-crop, the other methods receive None; `taps`: the units whose maps the RePre
@@ -160,7 +164,13 @@ class Method(nn.Module):
             ema_(targets, sources, m)
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
-        """Whether weight decay applies to a parameter (all, or all but biases and 1-D ones: `no_decay_1d`)."""
+        """Whether weight decay applies to a parameter (all, or all but biases and 1-D ones: `no_decay_1d`).
+
+        A SwinV2's attention temperatures and position-bias MLPs never decay, under any framework: decay would
+        pull each temperature (`logit_scale`, a log) to 0, flattening attention. No framework's official code
+        trained a SwinV2; this is SwinV2's own rule (timm's `SwinTransformerV2.no_weight_decay`)."""
+        if any(key in name for key in SWINV2_NO_DECAY):
+            return False
         return not (self.no_decay_1d and (name.endswith(".bias") or param.ndim == 1))
 
     def param_groups(self, weight_decay: float, module: nn.Module | None = None) -> list[dict]:
