@@ -500,7 +500,9 @@ def test_resume_without_out_reads_the_default_runs_own_config(tmp_path, monkeypa
 def test_a_run_that_failed_before_its_first_step_leaves_its_out_usable(tmp_path, capsys):
     out = tmp_path / "r"
     code, _ = run_cli(pretrain_args(out, "train.batch_size=100000"))
-    assert code == 2 and "fewer than one batch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "fewer than one batch" in err
+    assert " epochs of " not in err  # refused before the run's first line, which would count epochs of no step
     code, stdout = run_cli(pretrain_args(out, "eval.knn.enabled=false"))  # the corrected retry, same --out
     assert code == 0 and last_json(stdout)["steps"] == 4
 

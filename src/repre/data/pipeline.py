@@ -39,7 +39,7 @@ from repre.config import Config, DataConfig
 from repre.core import dist
 from repre.data.device_views import crop_on_device, jpeg_shape, pack, pixels_payload, scale_boxes
 from repre.data.folder import decode
-from repre.data.sampler import EpochBatchSampler
+from repre.data.sampler import EpochBatchSampler, check_one_batch
 from repre.data.sources import EncodedImages, ImageSource, data_code, first_readable, load_or_replace, stats
 from repre.data.splits import train_source
 from repre.data.stream import StreamShards, StreamViews, check_enough_shards
@@ -259,6 +259,8 @@ class PretrainData:
         self.code = data_code(cfg.data)  # the code that made these images where it is not repre's, as it was read
         if dist.is_main():
             dist.barrier()
+        if not isinstance(self.source, StreamShards):  # every process, before the run's first line says its epochs
+            check_one_batch(len(self.source), cfg.train.batch_size)
         self.spec = view_spec(cfg, self.source)
         self.device = device
         self.stages = Stages.of(cfg, device)

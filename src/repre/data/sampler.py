@@ -12,6 +12,13 @@ from repre.core.rng import epoch_seed
 from repre.errors import UserError
 
 
+def check_one_batch(size: int, batch_size: int, batch_key: str = "train.batch_size") -> None:
+    """Refuse a dataset smaller than one batch (every epoch drops its last partial batch: no step would run)."""
+    if size < batch_size:
+        raise UserError(f"the dataset has {size} images, fewer than one batch ({batch_key}={batch_size}); "
+                        f"lower {batch_key} or add images")
+
+
 class EpochBatchSampler(Sampler):
     """Batches of (epoch, index) keys, reshuffled each epoch from (seed, epoch); drops the last partial batch.
 
@@ -23,11 +30,7 @@ class EpochBatchSampler(Sampler):
     def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
                  world: int = 1, batch_key: str = "train.batch_size") -> None:
         """`batch_key`: the config key that set `batch_size`, named when the dataset is smaller than a batch."""
-        if size < batch_size:
-            raise UserError(
-                f"the dataset has {size} images, fewer than one batch ({batch_key}={batch_size}); "
-                f"lower {batch_key} or add images"
-            )
+        check_one_batch(size, batch_size, batch_key)
         self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
         self.steps_per_epoch = size // batch_size
         self.share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
