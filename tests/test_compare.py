@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from conftest import LOCAL_AUG, last_json, run_cli
+from repre.use.tables import _latex_cell
 
 
 def copy_run(run: Path, to: Path, **config: dict) -> Path:
@@ -108,7 +109,7 @@ def test_compare_reads_what_is_there_and_shows_values_exactly(tmp_path, monkeypa
     assert code == 0 and stdout.splitlines()[0].split() == ["fresh", "resumed"]
     rows = rows_of(stdout)
     assert rows["train.lr"] == ["0.00015", "0.0001"]  # exactly: not 0.0001 twice
-    assert rows["steps"] == ["-", "600/800 no summary"] and rows["loss_contrastive (last)"] == ["-", "1.5000"]
+    assert rows["steps"] == ["no summary", "600/800 no summary"] and rows["loss_contrastive (last)"] == ["-", "1.5000"]
 
 
 def test_compare_subtracts_no_evaluations_measured_otherwise(tmp_path):
@@ -254,6 +255,8 @@ def test_seeds_of_one_setting_are_one_column_of_means_and_deviations(tmp_path, r
     other = make_run(tmp_path / "other" / "seed5", "train.seed=5", summary={**done, "knn_top1": 0.9})
     code, stdout = run_cli(["compare", "--seeds", *runs[:3], str(other), runs[3]])  # seeds 5 and 0: not paired
     assert rows_of(stdout)["knn top-1 (run's end)"][1] == "0.8000 ± 0.1414 (+0.2000)"  # the means' difference
+    code, stdout = run_cli(["compare", "--seeds", *runs[:3], runs[3]])  # a run alone: named with its folder's
+    assert re.split(r"\s{2,}", stdout.splitlines()[0].strip()) == ["base x 3 runs", "repre/seed0"]
     copy = tmp_path / "base" / "copy0"
     shutil.copytree(runs[0], copy)  # a copy of seed 0 beside it: one seed twice in the column, said
     assert run_cli(["compare", "--seeds", str(copy), *runs[:3]])[0] == 0
@@ -290,7 +293,45 @@ def test_the_table_as_markdown_and_latex_holds_the_text_table_s_cells_whole(tmp_
     assert (r"loss\_contrastive (last) & 2.0000 $\pm$ 0.0000 & 2.0000 $\pm$ 0.0000 (+0.0000 $\pm$ 0.0000 paired) \\"
             in lines)
     assert lines[-3:-1] == [r"\bottomrule", r"\end{tabular}"]
+    assert _latex_cell("0.5000 (-0.0116) (x1.54) run-2 1e-06") == r"0.5000 ($-$0.0116) ($\times$1.54) run-2 1e-06"
     assert rf"preset & a \textbar{{}} b, \textasciitilde{{}}{'x' * 80} & fmnist-mocov3-repre \\" in lines
+
+
+def test_results_are_grouped_by_task_their_own_settings_first(tmp_path):
+    """Rows of `repre eval` results: by task (k-NN before linear), the run's own settings and end first,
+    whatever the order of the result folders."""
+    done = {"completed": True, "steps": 8, "total_steps": 8}
+    run = make_run(tmp_path / "run", summary=done)
+    for task, folder, step, given in [("linear", ".", 8, []), ("knn", "k=5", 8, ["eval.knn.k=5"]),
+                                      ("knn", ".", 8, []), ("knn", "step-00000004", 4, [])]:
+        (run / "eval" / task / folder).mkdir(parents=True, exist_ok=True)
+        (run / "eval" / task / folder / "result.json").write_text(json.dumps(
+            {"task": task, "metric": "top1", "value": 0.5, "extra": {}, "checkpoint": {"step": step, "set": given}}))
+    labels = [label for label in rows_of(run_cli(["compare", str(run)])[1]) if label.startswith("eval ")]
+    assert labels == ["eval knn top1", "eval knn top1 @4", "eval knn top1 [k=5]", "eval linear top1"]
+
+
+def test_a_damaged_summary_is_read_as_none_and_generated_images_name_their_settings(tmp_path, repre_log):
+    """A summary.json whose steps are text: a warning, the run read from its last train line. Runs on generated
+    images of other counts measured other images: no difference."""
+    done = {"completed": True, "steps": 8, "total_steps": 8, "knn_top1": 0.5}
+    first = make_run(tmp_path / "a", "data.name=synthetic", summary=done)
+    damaged = make_run(tmp_path / "b", "data.name=synthetic", summary={**done, "steps": "abc"},
+                       lines=[{"kind": "train", "step": 6, "loss_contrastive": 1.5}])
+    code, stdout = run_cli(["compare", str(first), str(damaged)])
+    assert code == 0 and rows_of(stdout)["steps"] == ["8", "6/800 no summary"]  # its length from its config
+    assert "summary.json is damaged (steps: 'abc')" in repre_log.text
+    other = make_run(tmp_path / "c", "data.name=synthetic", "data.synthetic_test=64", summary=done)
+    assert rows_of(run_cli(["compare", str(first), str(other)])[1])["knn top-1 (run's end)"] == [
+        "0.5000", "0.5000 (other settings)"]
+
+
+def test_durations_and_differences_read_at_a_glance():
+    from repre.use.compare import _difference, _duration
+
+    assert [_duration([v], None) for v in (9.94, 9.96, 59.96, 600, 3 * 3600 + 120)] == [
+        "9.9 s", "10 s", "1.0 min", "10.0 min", "3.03 h"]
+    assert _difference([0.65141], [0.651412]) == "0.6514 (+0.0000)"  # no "-0.0000"
 
 
 def test_a_run_without_a_result_leaves_its_seed_column_measured_alike(tmp_path, repre_log):

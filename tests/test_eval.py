@@ -8,7 +8,7 @@ import torch
 from conftest import last_json, run_cli
 from repre.errors import UserError
 from repre.eval.knn import knn_predict
-from repre.eval.linear import top1, train_linear
+from repre.eval.linear import head_top1, train_linear
 
 
 def test_linear_probe_separates_separable_features():
@@ -18,7 +18,7 @@ def test_linear_probe_separates_separable_features():
     x = centers[y] + torch.randn(500, 16, generator=g)
     torch.manual_seed(0)
     head = train_linear(x[:400], y[:400], 5, lr=1e-2, wd=0.0, epochs=100)  # one batch an epoch: 100 steps
-    assert top1(head, x[400:], y[400:]) > 0.98
+    assert head_top1(head, x[400:], y[400:]) > 0.98
 
 
 def test_the_quick_probe_s_sweep_compares_settings_not_initial_heads():
@@ -538,3 +538,12 @@ def test_an_evaluation_drawn_again_alike_is_one_point_and_a_resume_s_purge_keeps
         return [(e.step, e.value) for e in events.Scalars("repre_eval/knn_top1")]
 
     assert points() == [(8, 0.625)]
+
+
+def test_top1_is_the_exact_fraction():
+    """17 of 24 right: 17/24 exactly, as JSON and compare show it (float32's mean: 0.7083333134651184)."""
+    from repre.eval.scores import per_class, top1
+
+    pred, truth = torch.tensor([0] * 17 + [1] * 7), torch.zeros(24, dtype=torch.int64)
+    assert top1(pred, truth) == 17 / 24
+    assert per_class(pred, truth, 2, None)["per_class_top1"] == {"0": 17 / 24, "1": None}

@@ -143,7 +143,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0
-    details = {k: v for k, v in result["extra"].items() if isinstance(v, (int, float, str)) or v is None}
+    # the scalars, rounded as a metrics line's; a sentence (the protocol's reference) is for the JSON line
+    details = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result["extra"].items()
+               if isinstance(v, (int, float)) or v is None or (isinstance(v, str) and len(v) <= 40)}
     print(f"{'task':<10}{'metric':<10}{'value':<10}details (the JSON line below has all)")
     print(f"{result['task']:<10}{result['metric']:<10}{result['value']:<10.4f}{json.dumps(details)}")
     per_class = _per_class(result["extra"])

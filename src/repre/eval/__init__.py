@@ -126,7 +126,7 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
         raise UserError(f"--set {', '.join(others)}: another evaluation's, not read by `repre eval {task}` (it "
                         "would change nothing); drop them")
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
-    evaluated = {"file": str(read), "step": int(ckpt.get("step", 0)),
+    evaluated = {"file": str(read.expanduser().resolve()), "step": int(ckpt.get("step", 0)),
                  "encoder": encoder_key, "set": overrides}
     if task == "recon":
         from repre.eval.recon import recon_eval

@@ -17,7 +17,7 @@ from repre.core.search import top_k
 from repre.data.evaluation import eval_loader
 from repre.data.labels import check_labels, check_source_labels, class_names, labelled
 from repre.eval.features import bar_name, gathered, pooled_embeddings
-from repre.eval.scores import per_class
+from repre.eval.scores import per_class, top1
 from repre.models.backbone import Backbone
 
 log = logging.getLogger("repre")
@@ -65,7 +65,7 @@ def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict
     if k < e.knn.k:
         log.warning("eval.knn.k=%d is more than the bank's %d images: every image votes", e.knn.k, len(bank))
     pred = knn_predict(bank, bank_y, queries, k, e.knn.temperature, classes)
-    top1 = float((pred == query_y).float().mean())
+    accuracy = top1(pred, query_y)
     extra = {"k": k, "temperature": e.knn.temperature, "bank": len(bank), "queries": len(queries),
              **per_class(pred, query_y, classes, class_names(test.dataset.source))}
-    return {"task": "knn", "metric": "top1", "value": top1, "extra": extra}
+    return {"task": "knn", "metric": "top1", "value": accuracy, "extra": extra}

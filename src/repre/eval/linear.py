@@ -28,7 +28,7 @@ from repre.eval.features import bar_name, frozen_outputs
 from repre.eval.lincls import lincls_eval
 from repre.eval.probe import fit_probe
 from repre.eval.protocols import LinearProtocol, resolve
-from repre.eval.scores import per_class
+from repre.eval.scores import per_class, top1
 from repre.eval.tokens import check_layout, token_features
 from repre.models.backbone import Backbone
 
@@ -66,8 +66,8 @@ def standardizer(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @torch.no_grad()
-def top1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((head(x).argmax(dim=1) == y).float().mean())
+def head_top1(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    return top1(head(x).argmax(dim=1), y)
 
 
 def linear_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def sweep(xtr: torch.Tensor, ytr: torch.Tensor, classes: int, cfg: Config, proto
         for wd in e.wds:
             head = train_linear(standard(xtr[fit]), ytr[fit], classes, lr, wd, protocol.epochs, seed,
                                 protocol.batch_size)
-            rows.append({"lr": lr, "weight_decay": wd, "val_top1": top1(head, standard(xtr[val]), ytr[val])})
+            rows.append({"lr": lr, "weight_decay": wd, "val_top1": head_top1(head, standard(xtr[val]), ytr[val])})
     return rows
 
 
@@ -130,4 +130,4 @@ def quick_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearProt
     extra = {**protocol.summary(), "val_top1": best["val_top1"], "lr": best["lr"],
              "weight_decay": best["weight_decay"], "dim": xtr.shape[1], "sweep": rows,
              **per_class(pred, yte, classes, class_names(test.dataset.source))}
-    return {"task": "linear", "metric": "top1", "value": float((pred == yte).float().mean()), "extra": extra}
+    return {"task": "linear", "metric": "top1", "value": top1(pred, yte), "extra": extra}

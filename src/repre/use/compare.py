@@ -21,6 +21,7 @@ from typing import Any
 
 from repre.config import RUN_ONLY_KEYS, Config, flatten, idle_sections, parse_overrides, read_written, read_yaml, reads
 from repre.config.migrate import REMOVED
+from repre.config.schema import EVAL_TASKS
 from repre.core import run_files
 from repre.core.eval_results import measured_otherwise, run_results
 from repre.core.run_files import metric_lines, read_json, run_dir, short_names
@@ -105,6 +106,8 @@ def measure_settings(config: dict[str, Any], task: str, given: Sequence[str] = (
     two runs' settings are the same, their results differ by the encoders alone."""
     images = ["data.name", "data.root", "data.source", "eval.split"]
     images += ["eval.val_size"] if config.get("eval.split") == "val" else []
+    if config.get("data.name") == "synthetic":  # generated: the images are made from these
+        images += ["data.synthetic_train", "data.synthetic_test", "data.synthetic_classes", "data.image_size"]
     if quick:
         keys = [*QUICK_KNN, *images]
     else:
@@ -157,7 +160,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     (`measure_settings`). `loss_recon` is None for a run without the branch. `train_s`: the steps over
     every resumed part (`wall_s`: the last part's process)."""
     method, recon = config["method.name"], bool(config["recon.enabled"])
-    summary = read_json(folder / run_files.SUMMARY)
+    summary = _summary(folder)
     lines = metric_lines(folder)
     last = next((line for line in reversed(lines) if line.get("kind") == "train"), {})
     if last.get("step", 0) > summary.get("steps", 0):  # resumed after the summary was written
@@ -195,6 +198,25 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         "knn_quick_settings": measure_settings(config, "knn", quick=True),
         "evaluations": evaluations,
     }
+
+
+SUMMARY_NUMBERS = ("steps", "total_steps", "train_s", "compile_s", "wall_s", "images_per_sec", "loss_contrastive",
+                   "loss_recon", "knn_top1", "processes")
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    """The run's summary.json, or {} (read as a run without one, with a warning) where a value compare reads is
+    not of its type (a damaged or hand-edited file)."""
+    path = folder / run_files.SUMMARY
+    summary = read_json(path)
+    wrong = [k for k in SUMMARY_NUMBERS if summary.get(k) is not None
+             and (isinstance(summary[k], bool) or not isinstance(summary[k], (int, float)))]
+    wrong += [k for k in ("completed", "diverged") if summary.get(k) is not None and not isinstance(summary[k], bool)]
+    if wrong:
+        log.warning("%s is damaged (%s): read as a run without a summary (its last train line)", path,
+                    ", ".join(f"{k}: {summary[k]!r}" for k in wrong))
+        return {}
+    return summary
 
 
 # ------------------------------------------------ the table's rows and cells (`use.tables` draws it)
@@ -242,6 +264,9 @@ def column_names(paths: list[str], columns: list[list[int]]) -> list[str]:
         sum(Path(p).is_relative_to(parent) for p in every) == len(c)
         for parent, c in zip(parents, columns, strict=True))
     names = short_names(parents if apart else [paths[c[0]] for c in columns])
+    # a run alone beside groups: with the folder that holds it (repre/seed0), as the groups are named by theirs
+    names = [name if len(c) > 1 or "/" in name else "/".join(Path(paths[c[0]]).resolve().parts[-2:])
+             for name, c in zip(names, columns, strict=True)]
     return [name + (f" x {len(c)} runs" if len(c) > 1 else "") for name, c in zip(names, columns, strict=True)]
 
 
@@ -295,7 +320,7 @@ def _reference(row: Row, runs: list[dict[str, Any]], columns: list[list[int]], c
 def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     """The rows of what the runs report, those where some run has a value."""
     rows = [
-        Row("steps", [_steps(r) for r in runs], _text),
+        Row("steps", [_steps(r, any(o["steps"] is not None for o in runs)) for r in runs], _text),
         Row("trained on", [_trained_on(r) for r in runs], _text),
         Row("images/s", [r["images_per_sec"] for r in runs], _ratio),
         Row("training time", [r["train_s"] for r in runs], _duration),
@@ -308,6 +333,7 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
             settings=[r["knn_quick_settings"] for r in runs]),
     ]
     labels: dict[str, dict[int, Any]] = {}
+    order: dict[str, tuple] = {}  # a label's place: by task, then its own settings' first, then by step
     for i, r in enumerate(runs):
         for e in r["evaluations"]:
             name = label = _evaluation_label(e, r)
@@ -316,9 +342,11 @@ def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
                 n += 1
                 label = f"{name} ({n})"
             labels.setdefault(label, {})[i] = (e["value"], e["settings"])
+            task = EVAL_TASKS.index(e["task"]) if e["task"] in EVAL_TASKS else len(EVAL_TASKS)
+            order.setdefault(label, (task, e["task"], "[" in label, " @" in name, e["step"] or 0, label))
     rows += [Row(label, [by_run[i][0] if i in by_run else None for i in range(len(runs))], _difference,
                  settings=[by_run[i][1] if i in by_run else None for i in range(len(runs))])
-             for label, by_run in labels.items()]
+             for label, by_run in sorted(labels.items(), key=lambda item: order[item[0]])]
     return [row for row in rows if any(v is not None for v in row.values)]
 
 
@@ -332,9 +360,11 @@ def _evaluation_label(e: dict[str, Any], r: dict[str, Any]) -> str:
     return f"eval {e['task']} {e['metric']}" + (f" [{', '.join(given)}]" if given else "") + at
 
 
-def _steps(r: dict[str, Any]) -> str | None:
+def _steps(r: dict[str, Any], others: bool = True) -> str | None:
+    """"600/800 no summary"; a run killed before its first train line: "no summary" where `others` (some run
+    reports steps; else the row is left out: nothing reported yet)."""
     if r["steps"] is None:
-        return None
+        return "no summary" if others and r["completed"] is None else None
     state = " diverged" if r.get("diverged") else {True: "", False: " stopped", None: " no summary"}[r["completed"]]
     return f"{r['steps']}" + (f"/{r['total_steps']}" if r["total_steps"] not in (None, r["steps"]) else "") + state
 
@@ -409,8 +439,14 @@ def _difference(values: list[Any], first: list[Any] | None) -> str:
         if gaps is not None:
             n = f", n={gaps.n}" if gaps.n < here.n else ""  # pairs fewer than the runs with a value
             spread = f" ± {gaps.std:.4f}" if gaps.n > 1 else ""  # one pair has none
-            return here.text() + f" ({gaps.mean:+.4f}{spread} paired{n})"
-    return here.text() + (f" ({here.mean - there.mean:+.4f})" if there else "")
+            return here.text() + f" ({_signed(gaps.mean)}{spread} paired{n})"
+    return here.text() + (f" ({_signed(here.mean - there.mean)})" if there else "")
+
+
+def _signed(gap: float) -> str:
+    """"+0.0123", "-0.0123"; a gap that rounds to zero is "+0.0000" (no "-0.0000")."""
+    text = f"{gap:+.4f}"
+    return "+0.0000" if text == "-0.0000" else text
 
 
 def _ratio(values: list[Any], first: list[Any] | None) -> str:
@@ -424,5 +460,11 @@ def _duration(values: list[Any], first: list[Any] | None) -> str:
     here, there = Spread.of(values), Spread.of(first)
     if here is None:
         return "-"
-    text = here.text(60, 1, " min") if here.mean >= 60 else here.text(1, 0 if here.mean >= 10 else 1, " s")
+    # the unit where the mean shows as at least 1 of it (59.96 s is "1.0 min", not "60 s")
+    if round(here.mean / 60, 1) >= 60:
+        text = here.text(3600, 2, " h")
+    elif round(here.mean, 1) >= 59.95:
+        text = here.text(60, 1, " min")
+    else:
+        text = here.text(1, 0 if round(here.mean, 1) >= 10 else 1, " s")
     return text + (f" (x{here.mean / there.mean:.2f})" if there and there.mean else "")

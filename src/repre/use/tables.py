@@ -4,6 +4,7 @@ its rows (labels and a text per column)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 LABEL_WIDTH, CELL_WIDTH = 64, 48  # characters of text; a longer text is cut in its middle
@@ -51,7 +52,11 @@ LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
 
 
 def _latex_cell(text: str) -> str:
-    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in " ".join(text.split()))
+    """Escaped; a number's minus sign and a ratio's "x" typeset as math ("(-0.0116)", "(x1.54)": a text hyphen
+    and a letter otherwise)."""
+    escaped = "".join(LATEX_ESCAPES.get(ch, ch) for ch in " ".join(text.split()))
+    escaped = re.sub(r"(?<![\w.])-(?=\d)", lambda _: "$-$", escaped)
+    return re.sub(r"(?<=\()x(?=\d)", lambda _: r"$\times$", escaped)
 
 
 def _latex_table(names: list[str], parts: list[Part]) -> str:
