@@ -121,10 +121,11 @@ def test_a_forward_in_eval_mode_changes_no_state(name):
 
 def test_the_branch_refuses_what_would_fail_or_broadcast_later():
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=0)
-    with pytest.raises(ValueError, match="upsample 'bicubic'"):
+    with pytest.raises(ValueError, match="upsample='bicubic': one of bilinear, nearest"):
         ReconstructionBranch(vit, taps=2, upsample="bicubic")
-    with pytest.raises(ValueError, match="width 0"):
-        Decoder([8], 4, width=0)
+    for width in (0, 2.5):
+        with pytest.raises(ValueError, match=f"width={width}: the decoder's channels"):
+            Decoder([8], 4, width=width)
     assert typing.get_args(typing.get_type_hints(ReconConfig)["upsample"]) == UPSAMPLE  # one list of modes
     branch = ReconstructionBranch(vit, taps=2, width=8)
     _, maps = branch.encode(torch.randn(2, 3, 32, 32))
@@ -141,6 +142,12 @@ def test_the_branch_refuses_what_would_fail_or_broadcast_later():
             ReconstructionBranch(vit, taps=taps)
     with pytest.raises(ValueError, match="give patch="):
         reconstruction_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), norm_pix=True)  # patches of what size?
+    with pytest.raises(ValueError, match=r"sides \(10, 10\) must be multiples of it"):  # a broadcast error before
+        reconstruction_loss(torch.zeros(1, 3, 10, 10), torch.zeros(1, 3, 10, 10), norm_pix=True, patch=4)
+    with pytest.raises(ValueError, match=r"1 maps of channels \[192\]: the branch reads 2 maps"):
+        branch.loss(maps[:1], torch.randn(2, 3, 32, 32))  # zip() cut it short or an index failed
+    with pytest.raises(ValueError, match=r"4 maps of channels"):
+        branch.loss(maps + maps, torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="6 student rows for 4 crops of the 2 images"):
         dino_loss(torch.zeros(6, 5), torch.zeros(4, 5), torch.zeros(1, 5), 4, 0.1, 0.04)
 
@@ -174,6 +181,47 @@ def test_evaluate_keeps_its_result_where_repre_eval_does_when_asked(tiny_run, tm
     monkeypatch.setattr("repre.eval.keep_result", full_disk)
     assert repre.evaluate("knn", run, quick, keep=True)["value"] == result["value"]
     assert "the result is not written" in repre_log.text and '"task": "knn"' in repre_log.text
+
+
+def test_encoders_and_taps_given_as_a_user_would_are_taken_or_refused_by_name(tmp_path):
+    """A bare timm model to a framework is wrapped (it failed inside timm's attention); a count or text as a
+    forward's taps, a pooling that gives tokens, a non-module encoder, a config that is no Config or has a
+    value out of range: each refused naming what to give. Numpy integers are taps; a branch whose loss was
+    compiled pickles (the compiled function is left)."""
+    import numpy as np
+
+    from repre.methods import MoCoV3
+    from repre.models.backbone import Backbone
+    from repre.reconstruction import RePre
+
+    def vit(**extra):
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2,
+                                 num_heads=2, num_classes=0, **extra)
+
+    model = RePre(MoCoV3(vit(), proj_dim=8, mlp_dim=16, freeze_patch_embed=True), taps=2, width=8)
+    assert isinstance(model.method.encoder, Backbone) and model(torch.randn(2, 2, 3, 32, 32), 0.99)["loss"].isfinite()
+    encoder = Backbone.from_model(vit())
+    for taps in (2, "1", 0):
+        with pytest.raises(TypeError, match=f"taps={taps!r}: a list of block"):
+            encoder(torch.randn(1, 3, 32, 32), taps)
+    assert encoder(torch.randn(1, 3, 32, 32), [np.int64(1)])[1][0].shape == (1, 32, 8, 8)
+    assert ReconstructionBranch(vit(), taps=[np.int64(0), np.int64(1)]).taps == [0, 1]
+    with pytest.raises(UserError, match="global_pool='' .its tokens, not an embedding"):
+        Backbone.from_model(vit(global_pool=""))  # a [B, 65, D] "embedding" failed in the heads' BatchNorm
+    for given in (None, "vit_tiny_patch16_224"):
+        with pytest.raises(TypeError, match="give a timm ViT or Swin"):
+            ReconstructionBranch(given)
+    with pytest.raises(TypeError, match="build_model takes a Config"):
+        build_model("fmnist-mocov3-repre")
+    cfg = tiny_config()
+    cfg.recon.views = 3
+    with pytest.raises(UserError, match="recon.views"):  # it blamed the architecture
+        build_model(cfg)
+    branch = ReconstructionBranch(vit(), taps=2, width=8)
+    branch.compile_loss()
+    torch.save(branch, tmp_path / "branch.pt")
+    loaded = torch.load(tmp_path / "branch.pt", weights_only=False)
+    assert loaded._compiled_loss is None
 
 
 def test_a_framework_refuses_views_it_would_pair_wrongly_and_encoders_it_cannot_serve():

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from repre.config import Config
+from repre.config import Config, checked
 from repre.errors import UserError
 from repre.methods import build_method
 from repre.models.backbone import Backbone, ModelBuildError, resolve_arch
@@ -20,6 +20,7 @@ RECON_WRAPPER_KEYS = ("enabled", "weight", "taps", "views")
 
 def build_encoder(cfg: Config) -> Backbone:
     """The online encoder of a run; the image size must be a multiple of its patch size."""
+    cfg = checked(cfg, "build_encoder")
     arch, kwargs = resolve_arch(cfg.model.arch, cfg.data.image_size, cfg.model.drop_path, cfg.model.kwargs)
     if cfg.data.local_crops:  # DINO's local crops: position embeddings interpolated to their size
         kwargs["dynamic_img_size"] = True
@@ -71,8 +72,10 @@ def check_deterministic_cuda(cfg: Config, model: PretrainingModel) -> None:
 def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel:
     """The trainable model of a run: `RePre(method)` or, with recon.enabled=false, `Baseline(method)`.
 
-    `num_classes`: classes of the training data, needed by method.name=supervised only.
+    `num_classes`: classes of the training data, needed by method.name=supervised only. `cfg` is checked as a
+    YAML file would be (its values changed in Python included).
     """
+    cfg = checked(cfg, "build_model")
     encoder = build_encoder(cfg)
     if cfg.model.grad_checkpointing:
         encoder.set_grad_checkpointing(True)

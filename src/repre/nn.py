@@ -49,7 +49,7 @@ class ReconstructionBranch(nn.Module):
         if not power_of_two:
             raise UserError(f"recon.out_stride={out_stride!r}: a power of two (1, 2, 4, ...), the pixels each output "
                             "cell of the decoder's last convolution writes a side of")
-        backbone = encoder if isinstance(encoder, Backbone) else Backbone.from_model(encoder)
+        backbone = Backbone.from_model(encoder)  # a timm model wrapped; a Backbone as it is
         if getattr(backbone.model.patch_embed, "dynamic_img_pad", False):
             raise ValueError("the encoder pads images to a multiple of its patch (dynamic_img_pad=True), so its "
                              "maps are of larger images than the targets: build it without dynamic_img_pad and give "
@@ -106,6 +106,7 @@ class ReconstructionBranch(nn.Module):
         targets; None: all). Chosen here, a compiled loss (`compile_loss`) reads only those rows of the maps.
         Targets of another size than the images the maps were made from raise ValueError (a Swin's maps of a
         padded grid cover more: its patch grid halved per stage, an odd side rounded up)."""
+        self._check_maps(maps)
         finest = min(range(len(maps)), key=lambda i: self.strides[i])
         stride, p = self.strides[finest], self.patch_size
         made = tuple(n * stride for n in maps[finest].shape[-2:])
@@ -114,6 +115,19 @@ class ReconstructionBranch(nn.Module):
             raise ValueError(f"targets of {tuple(targets.shape[-2:])} pixels for maps of images of {made}: give the "
                              "images the maps were made from (e.g. not another crop's)")
         return (self._compiled_loss or type(self)._loss)(self, maps, targets, rows)
+
+    def _check_maps(self, maps: Sequence[torch.Tensor]) -> None:
+        """ValueError unless `maps` are one per tap, with the tapped units' channels (`encode`'s)."""
+        channels = [lateral[0].in_channels for lateral in self.decoder.laterals]
+        given = [m.shape[1] if m.dim() == 4 else tuple(m.shape) for m in maps]
+        if given != channels:
+            raise ValueError(f"{len(maps)} maps of channels {given}: the branch reads {len(channels)} maps "
+                             f"[N, C, h, w] (taps {self.taps}) of channels {channels}; give encode(images)'s maps")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled branch (torch.save of the module) leaves its compiled loss: a loaded one computes eagerly
+        until `compile_loss` again."""
+        return {**super().__getstate__(), "_compiled_loss": None}
 
     def _loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two);

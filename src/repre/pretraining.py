@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from repre.config import Config, config_from_dict
+from repre.config import Config, checked
 from repre.core import dist
 from repre.engine.signals import GracefulStop
 from repre.engine.trainer import Trainer
@@ -26,10 +26,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False, init_from: str 
     resumed. Under torchrun (WORLD_SIZE > 1) every process calls it: it joins the process group, trains its
     share of each global batch, and leaves the group at the end.
     """
-    if not isinstance(cfg, Config):
-        raise TypeError(f"pretrain takes a Config, e.g. repre.load_config('fmnist-mocov3-repre', "
-                        f"['train.max_steps=20']), not {type(cfg).__name__}")
-    cfg = config_from_dict(cfg.to_dict(), migrated=True)  # typed and validated as a loaded config
+    cfg = checked(cfg, "pretrain")
     in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if in_use else []), dist.group_scope():
         # the trainer joins the group (under torchrun); it is left here. A signal while it builds (indexing a large

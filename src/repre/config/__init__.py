@@ -15,6 +15,7 @@ one written by an older repre is read in today's keys (`migrate`).
 
 from repre.config.checks import all_keys, build_section, check_global_batch, sections, validate
 from repre.config.loading import (
+    checked,
     config_from_dict,
     deep_update,
     flatten,
@@ -64,7 +65,7 @@ __all__ = [
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",
-    "all_keys", "build_section", "check_global_batch", "config_from_dict", "deep_update", "flatten", "given_keys",
-    "idle_sections", "list_presets", "load_config", "migrate", "override_items", "parse_overrides", "read_written",
-    "read_yaml", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
+    "all_keys", "build_section", "check_global_batch", "checked", "config_from_dict", "deep_update", "flatten",
+    "given_keys", "idle_sections", "list_presets", "load_config", "migrate", "override_items", "parse_overrides",
+    "read_written", "read_yaml", "renamed_message", "save_yaml", "sections", "source_dict", "to_yaml", "validate",
 ]

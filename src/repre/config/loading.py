@@ -447,6 +447,15 @@ def config_from_dict(raw: dict[str, Any], migrated: bool = False) -> Config:
     return cfg
 
 
+def checked(cfg: Config, caller: str) -> Config:
+    """A Config built in Python (its values changed by hand included), typed and validated as a loaded one:
+    a wrong type or range raises `UserError` naming the key; not a Config, TypeError naming `caller`."""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"{caller} takes a Config, e.g. repre.load_config('fmnist-mocov3-repre', "
+                        f"['train.max_steps=20']), not {type(cfg).__name__}")
+    return config_from_dict(cfg.to_dict(), migrated=True)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}"""
     out: dict[str, Any] = {}

@@ -38,7 +38,7 @@ class DINO(Method):
 
     def __init__(
         self,
-        encoder: Backbone,
+        encoder: Backbone | nn.Module,
         *,
         out_dim: int = 65536,
         hidden_dim: int = 2048,
@@ -52,6 +52,7 @@ class DINO(Method):
         norm_last_layer: bool = True,
     ) -> None:
         super().__init__()
+        encoder = Backbone.from_model(encoder)  # a bare timm ViT or Swin: wrapped
         self.encoder = encoder
         self.head = DINOHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
         self.teacher_encoder = momentum_copy(encoder)

@@ -44,10 +44,11 @@ class MoBY(Method):
     no_decay_1d = True
 
     def __init__(
-        self, encoder: Backbone, *, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
+        self, encoder: Backbone | nn.Module, *, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
         queue_size: int = 4096,
     ) -> None:
         super().__init__()
+        encoder = Backbone.from_model(encoder)  # a bare timm ViT or Swin: wrapped
         self.encoder = encoder
         self.projector = bn_mlp(encoder.embed_dim, mlp_dim, proj_dim)
         self.predictor = bn_mlp(proj_dim, mlp_dim, proj_dim)

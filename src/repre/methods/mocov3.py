@@ -22,7 +22,7 @@ from repre.models.heads import mlp
 class MoCoV3(Method):
     def __init__(
         self,
-        encoder: Backbone,
+        encoder: Backbone | nn.Module,
         *,
         proj_dim: int = 256,
         mlp_dim: int = 4096,
@@ -30,6 +30,7 @@ class MoCoV3(Method):
         freeze_patch_embed: bool = False,
     ) -> None:
         super().__init__()
+        encoder = Backbone.from_model(encoder)  # a bare timm ViT or Swin: wrapped
         if freeze_patch_embed:
             encoder.freeze_patch_embed()
         self.encoder = encoder

@@ -18,8 +18,9 @@ from repre.models.backbone import Backbone
 
 
 class Supervised(Method):
-    def __init__(self, encoder: Backbone, num_classes: int, label_smoothing: float = 0.1) -> None:
+    def __init__(self, encoder: Backbone | nn.Module, num_classes: int, label_smoothing: float = 0.1) -> None:
         super().__init__()
+        encoder = Backbone.from_model(encoder)  # a bare timm ViT or Swin: wrapped
         self.encoder = encoder
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         self.label_smoothing = label_smoothing

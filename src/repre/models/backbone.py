@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +108,9 @@ class Backbone(nn.Module):
                 "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
             )
         self.hierarchical = not hasattr(self.model, "blocks")
+        if getattr(self.model, "global_pool", None) == "":
+            raise UserError(f"{name} is built with global_pool='' (its tokens, not an embedding [B, D]): build it "
+                            "with global_pool='token' or 'avg' (a ViT), 'avg' (a Swin)")
         self.embed_dim: int = self.model.num_features
         self.num_units: int = len(units)  # the units a tap names: blocks (ViT) or stages (Swin)
         embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches
@@ -123,7 +127,13 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_model(cls, model: nn.Module) -> Backbone:
-        """An existing timm ViT or Swin (its weights shared, not copied) behind this interface."""
+        """An existing timm ViT or Swin (its weights shared, not copied) behind this interface; a Backbone as it
+        is."""
+        if isinstance(model, Backbone):
+            return model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the encoder is a {type(model).__name__}: give a timm ViT or Swin (an nn.Module, e.g. "
+                            "timm.create_model('vit_small_patch16_224', num_classes=0)) or a repre Backbone")
         arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
         return cls(arch, {}, model=model)
 
@@ -135,6 +145,9 @@ class Backbone(nn.Module):
         reads them reads them in that layout (the decoder's laterals: a matmul over the channels, in bf16 under
         autocast), where timm's NCHW output would copy every view in fp32 first. A Swin's are timm's
         (contiguous: its NCHW output is the only one it offers)."""
+        if isinstance(taps, (int, str)) or not isinstance(taps, Sequence):
+            raise TypeError(f"taps={taps!r}: a list of block (a Swin: stage) indices, e.g. [2, 5]; a count of evenly "
+                            "spaced taps is the branch's (ReconstructionBranch's taps=, recon.taps)")
         if not taps:
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True), []
         units = [self._unit(t) for t in taps]
@@ -150,6 +163,7 @@ class Backbone(nn.Module):
 
     def _unit(self, tap: int) -> int:
         """A tap (negative: from the end) as a 0-based block (a Swin: stage) index; out of range: ValueError."""
+        tap = integer(tap, "a tap")
         if not -self.num_units <= tap < self.num_units:
             units = "stages" if self.hierarchical else "blocks"
             raise ValueError(f"tap {tap}: the encoder has {self.num_units} {units}, "
@@ -272,17 +286,27 @@ def fit_backbones(module: nn.Module, state: dict[str, torch.Tensor], prefix: str
             for key in sub.fit_state(state, f"{prefix}{name}." if name else prefix)]
 
 
+def integer(value: Any, what: str) -> int:
+    """`value` as an int (a numpy or 0-d torch integer too); else TypeError naming `what`."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} is {value!r}: give an int")
+    return operator.index(value)
+
+
 def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     """`recon.taps` -> sorted 0-based block indices.
 
     An int n: n evenly spaced blocks ending with the last, `ceil((i + 1) * depth / n) - 1`
     (depth 12 -> [2, 5, 8, 11], depth 6 -> [1, 2, 4, 5]). A list: block indices, negatives from the end.
     """
-    def whole(v: Any) -> bool:  # an int, not a bool (True is an int to Python)
-        return isinstance(v, int) and not isinstance(v, bool)
+    def whole(v: Any) -> bool:  # an integer (a numpy or 0-d torch one too), not a bool (True is an int to Python)
+        return not isinstance(v, bool) and hasattr(v, "__index__") and getattr(v, "ndim", 0) == 0
 
+    if hasattr(spec, "tolist") and getattr(spec, "ndim", 0) == 1:  # an array or tensor of indices
+        spec = spec.tolist()
     if not (whole(spec) or (isinstance(spec, Sequence) and not isinstance(spec, str) and all(map(whole, spec)))):
         raise UserError(f"recon.taps={spec!r}: give a count of blocks (an int) or a list of block indices")
+    spec = operator.index(spec) if whole(spec) else [operator.index(t) for t in spec]
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
             raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for an encoder of {depth} blocks "

@@ -77,8 +77,10 @@ class Decoder(nn.Module):
         super().__init__()
         if out_stride > in_stride:
             raise ValueError(f"out_stride {out_stride} is coarser than the finest input stride {in_stride}")
-        if width < 1 or upsample not in UPSAMPLE:
-            raise ValueError(f"width {width} (at least 1), upsample {upsample!r} (one of {', '.join(UPSAMPLE)})")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width={width!r}: the decoder's channels, an int of at least 1")
+        if upsample not in UPSAMPLE:
+            raise ValueError(f"upsample={upsample!r}: one of {', '.join(UPSAMPLE)}")
         self.in_stride, self.mode, self.out_stride = in_stride, upsample, out_stride
         self.laterals = nn.ModuleList(Lateral(c, width) for c in in_dims)
         self.fuse = nn.ModuleList(ConvBlock(width, width) for _ in in_dims)
