@@ -9,9 +9,10 @@ epoch is written after each epoch and resumed from when the evaluation is run ag
 (main_lincls.py:240-260; eval_linear.py:111-121). Under torchrun each process takes its share of every
 global batch and the head's gradients are averaged, so N processes compute what one process computes (MoBY:
 in distribution, each process drawing its own stochastic depth). Deviations: the last partial batch of an
-epoch is dropped; the reported top-1 is the final head's, not the best epoch's (main_lincls.py:315;
-eval_linear.py:134). Test images are resized as each script resizes them (`protocols.TEST_RESIZE`), with
-torchvision's antialiased resampling of tensors (within two levels of PIL's).
+epoch is dropped (MoBY's loader drops it too, data/build.py:51; MoCo v3's and DINO's keep it); the reported
+top-1 is the final head's, not the best epoch's (main_lincls.py:315; eval_linear.py:134; moby_linear.py:181).
+Test images are resized as each script resizes them (`protocols.TEST_RESIZE`), with torchvision's antialiased
+resampling of tensors (within two levels of PIL's).
 """
 
 from __future__ import annotations
