@@ -57,6 +57,11 @@ def test_teacher_temperature_warmup_and_last_layer_freezing():
     assert dino.freeze_last_layer
     dino.set_progress(2, 8)
     assert not dino.freeze_last_layer
+    # without a warm-up the teacher's temperature is its own from the start, set_progress called or not (a
+    # loop of one's own trained at the warm-up value throughout)
+    plain = build_model(tiny_config(*DINO_TINY, "method.dino.teacher_temp=0.07",
+                                    "method.dino.warmup_teacher_temp_fraction=0.0"))
+    assert plain.method.teacher_temp == 0.07
 
 
 def dino_batch(cfg):

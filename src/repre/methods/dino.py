@@ -62,7 +62,7 @@ class DINO(Method):
         # the teacher temperature's schedule (`set_progress`) and this step's value
         self.teacher_temp_start, self.teacher_temp_end = warmup_teacher_temp, teacher_temp
         self.teacher_temp_warmup = warmup_teacher_temp_fraction
-        self.teacher_temp = warmup_teacher_temp
+        self.teacher_temp = warmup_teacher_temp if warmup_teacher_temp_fraction > 0 else teacher_temp  # at step 0
         self.freeze_fraction = freeze_last_layer_fraction
         self.freeze_last_layer = freeze_last_layer_fraction > 0
 
