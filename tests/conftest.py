@@ -157,7 +157,7 @@ DINO_TINY = ["method.name=dino", "method.dino.out_dim=64", "method.dino.student_
              "data.local_crops=2", "data.local_size=8", *LOCAL_AUG]
 
 
-SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "data.image_size=32",
+SWIN_TINY = ["method.name=moby", "model.arch=swin_pico_patch2_window4", "model.init=timm", "data.image_size=32",
              "model.kwargs={embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}", "method.moby.queue_size=40",
              "recon.taps=3", "recon.out_stride=1"]
 

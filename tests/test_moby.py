@@ -242,7 +242,7 @@ def test_a_queue_longer_than_the_dataset_is_said_before_the_first_step(tmp_path,
     assert "method.moby.queue_size=256 keys a view, for 64 training images" in repre_log.text
 
 
-SWINV2_TINY = [s for s in SWIN_TINY if not s.startswith("model.")] + [
+SWINV2_TINY = [s for s in SWIN_TINY if not s.startswith(("model.arch", "model.kwargs"))] + [
     "model.arch=swinv2_tiny_window8_256",
     "model.kwargs={patch_size: 2, window_size: 4, embed_dim: 16, depths: [1, 1, 1], num_heads: [1, 2, 4]}"]
 
