@@ -217,6 +217,9 @@ def test_encoders_and_taps_given_as_a_user_would_are_taken_or_refused_by_name(tm
     cfg.recon.views = 3
     with pytest.raises(UserError, match="recon.views"):  # it blamed the architecture
         build_model(cfg)
+    cfg = tiny_config()
+    cfg.recon.taps = np.array([1, 3])  # an array set from Python: its list
+    assert build_model(cfg).branch.taps == [1, 3]
     branch = ReconstructionBranch(vit(), taps=2, width=8)
     branch.compile_loss()
     torch.save(branch, tmp_path / "branch.pt")

@@ -112,6 +112,21 @@ def test_momentum_targets_are_frozen_and_predictor_is_not_averaged():
     assert not any(id(p) in trainable for p in method.momentum_encoder.parameters())
 
 
+def test_the_presets_vit_recipe_freezes_the_projection_and_timm_s_trains_it():
+    """The default preset: MoCo v3's ViT recipe (a fixed sin-cos table, the patch projection frozen); with
+    timm's initialization and freeze_patch_embed=false both train, each step changing them."""
+    for overrides, trained in (((), False), (("model.init=timm", "method.mocov3.freeze_patch_embed=false"), True)):
+        model = build_model(tiny_config(*overrides))
+        vit = model.method.encoder.model
+        params = [vit.pos_embed, *vit.patch_embed.proj.parameters()]
+        assert all(p.requires_grad == trained for p in params)
+        before = [p.detach().clone() for p in params]
+        opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)
+        model(torch.randn(4, 2, 3, 16, 16), 0.99)["loss"].backward()
+        opt.step()
+        assert all(torch.equal(a, b) != trained for a, b in zip(before, params, strict=True))
+
+
 def test_weight_decay_on_all_parameters():
     groups = build_model(tiny_config()).param_groups(0.1)
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1

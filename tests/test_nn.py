@@ -53,6 +53,7 @@ def test_a_compiled_loss_follows_a_copy_of_the_branch():
     try:
         branch.compile_loss(backend="eager")
         twin = copy.deepcopy(branch)
+        assert twin._compiled_loss is branch._compiled_loss  # compiled once, kept by the copy (pickling leaves it)
         with torch.no_grad():
             twin.decoder.head.bias.add_(1.0)
         torch.testing.assert_close(branch.loss(maps, x), eager)

@@ -151,3 +151,13 @@ def test_presets_reconstruct_what_their_quality_gates_chose(preset):
     r = flatten(load_config(preset).to_dict())
     keys = ("recon.views", "recon.out_stride", "recon.taps", "recon.upsample", "recon.norm_pix")
     assert tuple(r[key] for key in keys) == BRANCH[preset]
+
+
+def test_the_vit_recipe_is_moco_v3_s_alone():
+    """The MoCo v3 presets take MoCo v3's ViT recipe (results.md, section 3.1); the DINO and MoBY presets, which
+    inherit from the default, take timm's initialization and a trained projection, as measured for them (a
+    switch back to method.name=mocov3 on them leaves the projection trained too)."""
+    for name in list_presets():
+        cfg = load_config(name)
+        own = cfg.method.name == "mocov3"
+        assert (cfg.model.init == "mocov3", cfg.method.mocov3.freeze_patch_embed) == (own, own), name

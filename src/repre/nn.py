@@ -13,6 +13,7 @@ or, at the cost of a second encoder forward, `loss = ssl_loss + 1.0 * branch(ima
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -126,8 +127,17 @@ class ReconstructionBranch(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled branch (torch.save of the module) leaves its compiled loss: a loaded one computes eagerly
-        until `compile_loss` again."""
+        until `compile_loss` again. A deep copy keeps it (`__deepcopy__`)."""
         return {**super().__getstate__(), "_compiled_loss": None}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ReconstructionBranch:
+        """A copy with its own decoder that computes with the same compiled loss (which takes the branch as its
+        argument), where pickling leaves it."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: (v if k == "_compiled_loss" else copy.deepcopy(v, memo)) for k, v in self.__dict__.items()}
+        new.__setstate__(state)
+        return new
 
     def _loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two);

@@ -14,7 +14,7 @@ from repre._version import __version__
 from repre.config import EVAL_TASKS, all_keys, reads
 
 EPILOG = """examples:
-  repre pretrain                      # Fashion-MNIST, MoCo v3 + RePre: 2 CPU cores, ~6 min (bf16), ~17 (fp32)
+  repre pretrain                      # Fashion-MNIST, MoCo v3 + RePre: 2 CPU cores, ~4 min (bf16), ~17 (fp32)
   repre pretrain --config fmnist-mocov3 --out runs/base
   repre pretrain --set train.max_steps=20 --set 'recon.taps=[1,3,5]' --out runs/try   # a short try
   repre config --config fmnist-dino --set train.max_steps=400 > dino.yaml   # the resolved config, to edit

@@ -115,6 +115,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if type(value).__module__ in ("numpy", "torch") and hasattr(value, "tolist"):  # an array set from Python
+        value = value.tolist()
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return build_section(tp, value, key + ".")
