@@ -211,6 +211,8 @@ def test_encoders_and_taps_given_as_a_user_would_are_taken_or_refused_by_name(tm
     for given in (None, "vit_tiny_patch16_224"):
         with pytest.raises(TypeError, match="give a timm ViT or Swin"):
             ReconstructionBranch(given)
+    with pytest.raises(TypeError, match="norm_pix='no': True"):  # a text, true to Python
+        ReconstructionBranch(vit(), norm_pix="no")
     with pytest.raises(TypeError, match="build_model takes a Config"):
         build_model("fmnist-mocov3-repre")
     cfg = tiny_config()

@@ -50,6 +50,8 @@ class ReconstructionBranch(nn.Module):
         if not power_of_two:
             raise UserError(f"recon.out_stride={out_stride!r}: a power of two (1, 2, 4, ...), the pixels each output "
                             "cell of the decoder's last convolution writes a side of")
+        if not isinstance(norm_pix, bool):  # "no" or 0.0 would read as true or false by Python's truth
+            raise TypeError(f"norm_pix={norm_pix!r}: True (per-patch normalized targets) or False")
         backbone = Backbone.from_model(encoder)  # a timm model wrapped; a Backbone as it is
         if getattr(backbone.model.patch_embed, "dynamic_img_pad", False):
             raise ValueError("the encoder pads images to a multiple of its patch (dynamic_img_pad=True), so its "
