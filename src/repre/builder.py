@@ -19,8 +19,13 @@ RECON_WRAPPER_KEYS = ("enabled", "weight", "taps", "views")
 
 
 def build_encoder(cfg: Config) -> Backbone:
-    """The online encoder of a run; the image size must be a multiple of its patch size."""
-    cfg = checked(cfg, "build_encoder")
+    """The online encoder of a run; the image size must be a multiple of its patch size. `cfg` is checked as a
+    YAML file would be."""
+    return _encoder(checked(cfg, "build_encoder"))
+
+
+def _encoder(cfg: Config) -> Backbone:
+    """`build_encoder` of a checked config."""
     arch, kwargs = resolve_arch(cfg.model.arch, cfg.data.image_size, cfg.model.drop_path, cfg.model.kwargs)
     if cfg.data.local_crops:  # DINO's local crops: position embeddings interpolated to their size
         kwargs["dynamic_img_size"] = True
@@ -76,7 +81,7 @@ def build_model(cfg: Config, num_classes: int | None = None) -> PretrainingModel
     YAML file would be (its values changed in Python included).
     """
     cfg = checked(cfg, "build_model")
-    encoder = build_encoder(cfg)
+    encoder = _encoder(cfg)
     if cfg.model.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
     method = build_method(cfg, encoder, num_classes)

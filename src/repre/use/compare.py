@@ -319,8 +319,9 @@ def _reference(row: Row, runs: list[dict[str, Any]], columns: list[list[int]], c
 
 def report_rows(runs: list[dict[str, Any]]) -> list[Row]:
     """The rows of what the runs report, those where some run has a value."""
+    stepped = any(r["steps"] is not None for r in runs)
     rows = [
-        Row("steps", [_steps(r, any(o["steps"] is not None for o in runs)) for r in runs], _text),
+        Row("steps", [_steps(r, stepped) for r in runs], _text),
         Row("trained on", [_trained_on(r) for r in runs], _text),
         Row("images/s", [r["images_per_sec"] for r in runs], _ratio),
         Row("training time", [r["train_s"] for r in runs], _duration),
