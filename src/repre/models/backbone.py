@@ -107,6 +107,9 @@ class Backbone(nn.Module):
                 f"{name} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
                 "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
             )
+        if getattr(self.model, "neck", None) is not None:  # timm's samvit_*: NHWC blocks, no token output
+            raise UserError(f"{name} is SAM's image encoder: its embedding is a convolutional neck's map and its "
+                            "blocks' maps come in no token layout the decoder reads; use a plain ViT (vit_*) or a Swin")
         self.hierarchical = not hasattr(self.model, "blocks")
         if getattr(self.model, "global_pool", None) == "":
             raise UserError(f"{name} is built with global_pool='' (its tokens, not an embedding [B, D]): build it "
