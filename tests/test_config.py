@@ -72,6 +72,15 @@ def test_a_lone_tilde_for_a_root_says_yaml_reads_it_as_null(tmp_path, monkeypatc
     assert load_config(None, ["data.root=~/"]).data.root == str(tmp_path)
 
 
+def test_a_lone_block_scalar_header_is_named_not_read_as_an_empty_text():
+    """`--set description=|` was YAML's empty block scalar: the description silently ''."""
+    for text in ("|", ">-"):
+        with pytest.raises(UserError, match=rf"YAML reads a lone \{text[0]}.* as an empty text; quote it"):
+            load_config(None, [f"description={text}"])
+    assert load_config(None, ["description='|'"]).description == "|"
+    assert load_config(None, ["description=a | b"]).description == "a | b"
+
+
 def test_wrong_type_is_refused():
     with pytest.raises(UserError, match="train.max_steps must be int"):
         load_config(None, ["train.max_steps=ten"])
