@@ -15,6 +15,7 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: in
     wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)  # float64 kept
     q = F.normalize(q.to(wide), dim=1)
     k = F.normalize(k.to(wide), dim=1)
+    # under autocast this product runs in its dtype (bf16, fp16), as moco-v3 builder.py:70 does under main_moco.py:352
     logits = q @ k.t() / temperature
     labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * temperature)
