@@ -362,6 +362,8 @@ def test_knn_votes_are_weighted_by_exp_of_similarity_over_temperature():
     labels = torch.tensor([0, 0, 1])
     assert knn_predict(bank, labels, q, k=3, temperature=0.07, classes=2).tolist() == [1]
     assert knn_predict(bank, labels, q, k=3, temperature=10.0, classes=2).tolist() == [0]
+    # exp(s / T) overflows float32 above s / T = 88.7: at T = 0.005 DINO's votes are all inf, and class 0 won
+    assert knn_predict(bank, labels, q, k=3, temperature=0.005, classes=2).tolist() == [1]
 
 
 def test_fine_tuning_changes_all_of_the_encoder_from_a_head_of_near_zero_logits():

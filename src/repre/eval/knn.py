@@ -32,13 +32,17 @@ def knn_predict(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, temperature: float, classes: int
 ) -> torch.Tensor:
     """bank [N, D], queries [M, D] (float32 on the CPU) -> predicted class per query [M]. Both L2-normalized, as
-    `pooled_embeddings` gives them (the similarity's exp over the temperature overflows on raw features). The
-    search goes a chunk of the bank at a time (`core.search`): an ImageNet-sized bank against 1,024 queries at
-    once would take 5 GB."""
+    `pooled_embeddings` gives them. The search goes a chunk of the bank at a time (`core.search`): an
+    ImageNet-sized bank against 1,024 queries at once would take 5 GB.
+
+    Each vote is exp((s - s_max) / T), s_max the query's nearest similarity: DINO's exp(s / T) divided by a
+    factor common to the query's votes, so the same class wins, but with no overflow to inf at a small T
+    (s / T > 88.7 in float32), where DINO's ties every class that has an inf and the lowest wins."""
     sims, rows = top_k(bank.numpy(), queries, min(k, bank.shape[0]))  # [M, k] each, most similar first
     preds = []
     for sim, idx in zip(sims.split(1024), rows.split(1024), strict=True):
-        votes = torch.zeros(sim.shape[0], classes).scatter_add_(1, bank_labels[idx], (sim / temperature).exp())
+        weights = ((sim - sim[:, :1]) / temperature).exp()  # sim[:, :1]: the nearest
+        votes = torch.zeros(sim.shape[0], classes).scatter_add_(1, bank_labels[idx], weights)
         preds.append(votes.argmax(dim=1))
     return torch.cat(preds)
 
