@@ -253,6 +253,26 @@ def test_register_tokens_are_not_read_as_a_class_token():
         cls_attention(registers_only, x)
 
 
+def test_a_vit_pooling_its_patch_tokens_is_read_after_its_norm_that_follows_the_mean():
+    """global_pool='avg' makes timm's (and MAE's) final norm `fc_norm`, after the mean, and `norm` an identity:
+    the probes read the un-normed mean (and by default a class token the model never pooled), the dense probe
+    un-normed maps."""
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, global_pool="avg")
+    for extra in ({}, {"class_token": False}):
+        vit = Backbone("vit_tiny_patch16_224", {**kwargs, **extra}).eval()
+        with torch.no_grad():
+            vit.model.fc_norm.weight.uniform_(0.5, 2.0)  # not the identity a fresh LayerNorm is on a mean
+            x = torch.randn(2, 3, 16, 16)
+            for name in ("quick", "mocov3", "dino", "moby"):
+                p = resolve(LinearConfig(protocol=name), vit)
+                assert (p.features, p.blocks) == ("avg", 1)
+            torch.testing.assert_close(token_features(vit, x, "avg", 1), vit(x)[0])  # its own embedding
+            tokens = vit.model.forward_features(x)[:, vit.model.num_prefix_tokens:]  # [B, 16, D], not normed
+            torch.testing.assert_close(vit.unit_maps(x, [1])[0], vit.model.fc_norm(tokens).mT.unflatten(2, (4, 4)))
+    plain = Backbone("vit_tiny_patch16_224", {**kwargs, "global_pool": "token"})
+    assert plain.pooled_norm is None and resolve(LinearConfig(protocol="quick"), plain).features == "cls"
+
+
 def test_bad_combinations_say_what_to_do():
     with pytest.raises(UserError, match="moby reads features=cls of blocks=1.*leave them null"):
         resolve(LinearConfig(protocol="moby", blocks=2), encoder("narrow"))

@@ -119,8 +119,9 @@ class LinearProtocol:
 
 def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
     """The features and blocks a protocol reads when eval.linear leaves them null."""
-    if not encoder.has_class_token:  # a Swin: the mean of the last stage, as both papers' ResNet-50 (avgpool)
-        return "avg", 1  # and MoBY's Swin (models/swin_transformer.py:577-579, after the final norm)
+    if encoder.pools_patch_tokens:  # a Swin: the mean of the last stage, as both papers' ResNet-50 (avgpool)
+        return "avg", 1  # and MoBY's Swin (models/swin_transformer.py:577-579, after the final norm); a ViT
+    # pooling the patch tokens' mean (global_pool='avg'): its own embedding, not a class token it never pooled
     if name == "dino" and encoder.embed_dim < DINO_WIDE:
         # eval_linear.py:256,258: --n_last_blocks 4, --avgpool_patchtokens false, "for ViT-Small"
         return "cls", min(4, encoder.num_units)

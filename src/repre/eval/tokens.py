@@ -1,6 +1,7 @@
 """What a linear probe reads from a frozen encoder: the class token, the mean patch token, or both, of each of
 the last k blocks after the final norm (DINO's linear evaluation, eval_linear.py:166-170), concatenated in
-block order; a Swin (no class token): the mean of each of the last k stages' maps.
+block order; a Swin (no class token): the mean of each of the last k stages' maps. A ViT whose final norm follows
+its pooling (global_pool='avg': timm's fc_norm, MAE's) has it applied to the class token and to the mean.
 
 DINO adds the mean patch token of the last block alone, and interleaves it with the class token
 (eval_linear.py:168-170, which runs only with n = 1); `both` with 1 block concatenates the two instead: the
@@ -40,11 +41,12 @@ def token_features(encoder: Backbone, x: torch.Tensor, kind: str, blocks: int) -
         return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
     outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
                                        return_prefix_tokens=kind != "avg", intermediates_only=True)
+    norm = encoder.pooled_norm or torch.nn.Identity()  # a ViT norming after pooling (MAE's fc_norm): here
     parts = []
     for out in outs:
         tokens, prefix = out if isinstance(out, tuple) else (out, None)
         if kind in ("cls", "both"):
-            parts.append(prefix[:, 0])
+            parts.append(norm(prefix[:, 0]))
         if kind in ("avg", "both"):
-            parts.append(tokens.mean(dim=1))
+            parts.append(norm(tokens.mean(dim=1)))
     return torch.cat(parts, dim=1)

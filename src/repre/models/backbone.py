@@ -176,10 +176,28 @@ class Backbone(nn.Module):
     def unit_maps(self, x: torch.Tensor, units: Sequence[int]) -> list[torch.Tensor]:
         """x [B, 3, H, W] -> the maps of `units` (0-based blocks, or a Swin's stages) as a frozen evaluation reads
         them: [B, C_i, H/s_i, W/s_i] each, contiguous; a ViT's blocks after its final norm, a Swin's stages as
-        they are (its last one normed: timm's norm follows the last stage). The training forward's tap maps
-        are taken without the norm."""
-        return self.model.forward_intermediates(x, indices=list(units), norm=True, output_fmt="NCHW",
+        they are (its last one normed: timm's norm follows the last stage); a ViT that norms after pooling
+        (`pooled_norm`) gives its norm to each token. The training forward's tap maps are taken without the
+        norm."""
+        maps = self.model.forward_intermediates(x, indices=list(units), norm=True, output_fmt="NCHW",
                                                 intermediates_only=True)
+        if (fc_norm := self.pooled_norm) is not None:  # the final norm follows the mean: given to each token
+            maps = [fc_norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous() for m in maps]
+        return maps
+
+    @property
+    def pooled_norm(self) -> nn.Module | None:
+        """The final norm of a ViT that applies it after pooling (timm's `fc_norm`, as global_pool='avg' builds
+        it, MAE's; its `norm` is then an identity, which `forward_intermediates(norm=True)` applies), or None.
+        Frozen evaluations give it to what they read, so that every ViT's features come after its final norm."""
+        fc_norm = getattr(self.model, "fc_norm", None)
+        return None if self.hierarchical or fc_norm is None or isinstance(fc_norm, nn.Identity) else fc_norm
+
+    @property
+    def pools_patch_tokens(self) -> bool:
+        """The embedding is the mean of the patch tokens (a Swin's maps; a ViT built with global_pool='avg' or
+        without a class token), not a class token."""
+        return self.hierarchical or not self.has_class_token or getattr(self.model, "global_pool", None) == "avg"
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
