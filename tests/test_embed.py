@@ -194,6 +194,38 @@ def test_a_finished_run_is_reported_again_without_recomputing(tiny_run, tmp_path
     assert summary["images"] == 64 and out.read_bytes() == before
 
 
+def test_a_finished_file_cut_short_or_missing_since_is_refused_not_padded(tiny_run, tmp_path, capsys):
+    """A rerun of a finished embed padded a FILE.npy cut short by a copy with zero rows and called it complete;
+    with the .npy gone it blamed the folder ("no file can be made there")."""
+    run, _ = tiny_run
+    out = tmp_path / "cut.npy"
+    assert run_cli(embed_args(run, out))[0] == 0
+    with open(out, "r+b") as fh:
+        fh.truncate(1000)
+    assert run_cli(embed_args(run, out))[0] == 2
+    assert "rerun `repre embed --overwrite`" in capsys.readouterr().err and out.stat().st_size == 1000
+    for gone in (".npy", ".csv"):
+        assert run_cli([*embed_args(run, out), "--overwrite"])[0] == 0
+        out.with_suffix(gone).unlink()
+        assert run_cli(embed_args(run, out))[0] == 2
+        err = capsys.readouterr().err
+        assert f"{out.with_suffix(gone)} is missing beside its card cut.json" in err and "--overwrite" in err
+
+
+def test_a_stopped_embed_of_a_folder_whose_files_changed_is_refused(tiny_run, tmp_path, image_folder, monkeypatch,
+                                                                     capsys):
+    """Continued over renamed files (the same count), the rows named images gone and one image had none."""
+    run, _ = tiny_run
+    out = tmp_path / "f.npy"
+    args = embed_args(run, out, "data.name=folder", f"data.root={image_folder}", "eval.batch_size=8")
+    killed_after(monkeypatch, 8, args)
+    monkeypatch.undo()
+    (image_folder / "train" / "cat" / "0.png").rename(image_folder / "train" / "cat" / "99.png")
+    assert run_cli(args)[0] == 2
+    err = capsys.readouterr().err
+    assert "f.csv row 0 is " in err and "0.png, but image 0 of the data is now " in err and "--overwrite" in err
+
+
 def test_existing_files_of_other_data_need_overwrite(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "o.npy"

@@ -96,6 +96,18 @@ def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder,
                                           str(tmp_path / "copy.npy"), "--query-index", "3", "--k", "11"))
     assert code == 0 and 3 not in [n["row"] for n in last_json(stdout)["queries"][0]["neighbors"]]
 
+    # one checkpoint's embedding of the same folder that skipped an image the bank's read: other rows, each a query
+    index = (tmp_path / "copy.csv").read_text().splitlines()
+    lines = [f"{row},{line.split(',', 1)[1]}" for row, line in enumerate(index[2:])]  # rows renumbered
+    (tmp_path / "copy.csv").write_text("\n".join([index[0], *lines]) + "\n")
+    np.save(tmp_path / "copy.npy", np.load(emb)[1:])
+    card["progress"]["rows"] -= 1
+    (tmp_path / "copy.json").write_text(json.dumps(card))
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings",
+                                          str(tmp_path / "copy.npy"), "--query-index", "2", "--k", "12"))
+    (q,) = last_json(stdout)["queries"]  # row 2 there is row 3 here (img03.png): not left out, nearest with its copy
+    assert code == 0 and q["index"] == 3 and {n["row"] for n in q["neighbors"][:2]} == {3, 4}
+
     card = json.loads(queries.with_suffix(".json").read_text())
     card["identity"]["checkpoint_sha256"] = "0" * 64  # as if another checkpoint had embedded them
     queries.with_suffix(".json").write_text(json.dumps(card))
@@ -282,6 +294,9 @@ def test_a_moved_folder_is_read_where_data_root_names_it(tmp_path, image_folder,
     shutil.move(image_folder, moved)
     args = ["neighbors", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "n.png"), "--k", "2",
             "--set", f"data.root={moved}"]
+    assert run_cli(args[:-2])[0] == 2  # without --set data.root: where it went is asked for
+    assert (f"{image_folder}, the data {tmp_path / 'e.npy'} were made from, is gone: where the same images are now "
+            "(a moved or copied folder), give --set data.root=THERE") in capsys.readouterr().err
     code, stdout = run_cli(args)
     assert code == 0 and len(last_json(stdout)["queries"]) == 8
     (moved / "train" / "cat" / "0.png").rename(moved / "train" / "cat" / "00.png")  # another file list
@@ -302,3 +317,23 @@ def test_queries_read_from_a_memory_map_are_searched_without_a_warning(tmp_path)
         sims, rows = top_k(bank, np.asarray(bank[:2]), 3)
     assert rows[:, 0].tolist() == [0, 1]
     assert top_k(bank, np.asarray(bank[:2]).tolist(), 3)[1][:, 0].tolist() == [0, 1]  # a list, as before
+
+
+def test_generated_images_are_drawn_with_the_seed_they_were_embedded_with(tiny_run, tmp_path):
+    """A --checkpoint of a run with another train.seed drew other generated images beside the rows."""
+    from repre.pretrained import load_checkpoint_config
+    from repre.use.embed import embed_source
+    from repre.use.images import embedded_source
+
+    run, _ = tiny_run
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(tmp_path / "e.npy")])[0] == 0
+    card = json.loads((tmp_path / "e.json").read_text())
+    _, cfg = load_checkpoint_config(run / "checkpoints" / "last.pt", weights=False)
+    embedded = cfg.train.seed
+    assert card["identity"]["data_seed"] == embedded
+    card["identity"]["data_seed"] = embedded + 1  # as a run of that seed embeds them
+    drawn = embedded_source(None, card, []).source.load(0)[0]
+    cfg.train.seed = embedded + 1
+    assert np.array_equal(np.asarray(drawn), np.asarray(embed_source(cfg, "train").load(0)[0]))
+    cfg.train.seed = embedded
+    assert not np.array_equal(np.asarray(drawn), np.asarray(embed_source(cfg, "train").load(0)[0]))

@@ -38,7 +38,7 @@ from repre.eval.features import check_finite, pooled_embeddings
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone
 from repre.pretrained import encoder_from, load_checkpoint_config, refuse_unread
-from repre.use.store import FORMAT, EmbeddingFiles, EmbeddingWriter, read_card
+from repre.use.store import FORMAT, EmbeddingFiles, EmbeddingWriter, index_lines_of, read_card
 
 log = logging.getLogger("repre")
 
@@ -204,6 +204,8 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
     try:
         writer = open_writer(files, card, overwrite)
         resumed_from = writer.progress["next_index"]
+        if resumed_from:
+            check_unchanged(files, source)
         started = time.perf_counter()
         read = write_rows(encoder, cfg, source, rt, writer)
         seconds = time.perf_counter() - started
@@ -218,6 +220,15 @@ def embed(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] |
             "images": progress["rows"], "dim": encoder.embed_dim, "skipped": progress["skipped"],
             "source_images": len(source), "split": split, "resumed_from": resumed_from,
             "images_per_sec": round(read / seconds, 1) if read else None, "device": rt.device.type}
+
+
+def check_unchanged(files: EmbeddingFiles, source: ImageSource) -> None:
+    """The rows already written are still of the images the source names at their indices: a folder whose files
+    were renamed since (the same count) would be continued, or called complete, with rows of images gone."""
+    for row, index, path, _ in index_lines_of(files.csv):
+        if path and (now := image_path(source, index)) != path:
+            raise UserError(f"{files.csv} row {row} is {path}, but image {index} of the data is now {now}: the "
+                            f"images changed since {files.npy} was embedded; --overwrite to embed them again")
 
 
 def lock_out(files: EmbeddingFiles) -> RunLock:

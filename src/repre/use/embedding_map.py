@@ -166,7 +166,7 @@ def map_file(embeddings: str | Path, out: str | Path, *, checkpoint: str | Path 
         raise UserError(f"{given}: the map of labelled rows draws points, no images; --thumbnails draws the "
                         "images, which --checkpoint and --set data.* read")
     if thumbnails or None in labels:  # thumbnails, read with the card's checkpoint by default
-        images = embedded_source(checkpoint, card, override_items(overrides))
+        images = embedded_source(checkpoint, card, override_items(overrides), files.npy)
 
         def picture(row: int) -> Image.Image:
             view = thumbnail(images, *index[row][:2])  # uint8 [3, S, S]

@@ -45,11 +45,12 @@ def _without_root(overrides: list[str]) -> list[str]:
     return [item for item in overrides if item.split("=", 1)[0].strip() != "data.root"]
 
 
-def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str]) -> EmbeddedImages:
-    """The data the embeddings were made from: the checkpoint's config (None: the one embed read, named in the
-    card), embed's overrides, then `overrides`. A `data.root` among them names where the same images are now
-    (a moved or copied folder): the run's data.subset still picks among them, and an index path is compared
-    relative to the root."""
+def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str],
+                    name: str | Path = "the embeddings") -> EmbeddedImages:
+    """The data the embeddings (`name`, their FILE.npy) were made from: the checkpoint's config (None: the one
+    embed read, named in the card), embed's overrides, then `overrides`. A `data.root` among them names where the
+    same images are now (a moved or copied folder): the run's data.subset still picks among them, and an index
+    path is compared relative to the root. Generated images are drawn with the seed embed drew them with."""
     given = checkpoint is not None
     if not given:
         checkpoint = card.get("checkpoint")
@@ -59,6 +60,8 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrid
     _, cfg = load_checkpoint_config(checkpoint, [*card["overrides"], *overrides], weights=False)  # its data config
     drop_run_subset(cfg, [*card["overrides"], *_without_root(overrides)])
     ident = card["identity"]
+    if "data_seed" in ident:  # generated images: the checkpoint's own seed would draw others
+        cfg.train.seed = ident["data_seed"]
     then = ident["data"]["root"]
     moved = None
     if "root" not in parse_overrides(overrides).get("data", {}):  # the root embed read, made absolute there: a
@@ -69,9 +72,12 @@ def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrid
         made_from = f"another checkpoint ({card.get('checkpoint')})" if given else "this file before the run went on"
         log.warning("the embeddings were made from %s; the images are read with the data config of %s", made_from,
                     checkpoint)
+    if moved is None and then and cfg.data.name == "folder" and not Path(then).exists():
+        raise UserError(f"{then}, the data {name} were made from, is gone: where the same images are now (a moved "
+                        "or copied folder), give --set data.root=THERE")
     source = embed_source(cfg, ident["split"])
     if len(source) != ident["images"]:
-        raise UserError(f"the data has {len(source)} images, the embeddings were made from {ident['images']}: "
+        raise UserError(f"the data has {len(source)} images, {name} were made from {ident['images']}: "
                         "embed's own --set apply already (from its card): drop a --set data.* or --checkpoint of "
                         "other images, or, where the images changed since (files added or removed), embed them "
                         "again (`repre embed ... --overwrite`)")

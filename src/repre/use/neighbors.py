@@ -9,6 +9,7 @@ overrides that embed was given (recorded in FILE.json), then the overrides given
 
 from __future__ import annotations
 
+import filecmp
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -173,7 +174,9 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     comparable(bank, asked)
     theirs, ours = asked.card["identity"], bank.card["identity"]  # in today's terms (a card of an older repre)
     if asked is not bank and (asked.files.npy.resolve() == bank.files.npy.resolve()
-                              or upgraded(theirs, ours) == upgraded(ours, theirs)):
+                              or upgraded(theirs, ours) == upgraded(ours, theirs)
+                              # a copy: one embedding of the same images may have skipped other unreadable ones
+                              and filecmp.cmp(asked.files.csv, bank.files.csv, shallow=False)):
         log.info("%s holds the rows of %s: each query is left out of its own neighbours", asked.files.npy,
                  bank.files.npy)
         asked = bank  # the same rows (the file, a link to it or a copy)
@@ -190,10 +193,10 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     hits = dict(zip(chosen, nearest(bank.rows, chosen, k, None if own else asked.rows), strict=True))
     found = {r for h in hits.values() for r, _ in h}
     bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))
-    bank.images = embedded_source(checkpoint, bank.card, overrides or [])
+    bank.images = embedded_source(checkpoint, bank.card, overrides or [], bank.files.npy)
     if not own:
         asked.index = read_index(asked.files.csv, set(chosen), len(asked.rows))
-        asked.images = embedded_source(checkpoint, asked.card, overrides or [])
+        asked.images = embedded_source(checkpoint, asked.card, overrides or [], asked.files.npy)
     save_picture(neighbors_picture(asked, bank, hits), path)
     results = [described(asked.index, q, asked.names,
                          neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])

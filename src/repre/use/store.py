@@ -20,6 +20,7 @@ import errno
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,16 +101,21 @@ def finished_rows(files: EmbeddingFiles, card: dict[str, Any]) -> np.ndarray:
     return rows
 
 
+def index_lines_of(path: Path) -> Iterator[tuple[int, int, str, int | None]]:
+    """The index's lines, one at a time: (row, source index, path, label or None)."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        for line in csv.DictReader(fh):
+            yield int(line["row"]), int(line["index"]), line["path"], int(line["label"]) if line["label"] else None
+
+
 def read_index(path: Path, wanted: set[int], expected: int) -> dict[int, tuple[int, str, int | None]]:
     """The index lines of the `wanted` rows: row -> (source index, path, label or None), read in one pass;
     the index must have `expected` rows."""
     found, count = {}, 0
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        for line in csv.DictReader(fh):
-            row = int(line["row"])
-            if row in wanted:
-                found[row] = (int(line["index"]), line["path"], int(line["label"]) if line["label"] else None)
-            count += 1
+    for row, index, file, label in index_lines_of(path):
+        if row in wanted:
+            found[row] = (index, file, label)
+        count += 1
     if count != expected:
         raise UserError(f"{path} has {count} rows, the embeddings {expected}: rerun `repre embed --overwrite`")
     return found
@@ -193,7 +199,13 @@ class EmbeddingWriter:
         """The files of an earlier run of the same identity, from its recorded progress: rows and index lines
         past it are dropped."""
         progress = card["progress"]
-        if progress["complete"]:
+        if progress["complete"]:  # still whole: a rerun must not pad a file cut short since to its card's rows
+            for path in (files.npy, files.csv):
+                if not path.is_file():
+                    raise UserError(f"{path} is missing beside its card {files.card.name}, which says the "
+                                    "embedding is finished: rerun with --overwrite to embed again")
+            finished_rows(files, card)
+            read_index(files.csv, set(), progress["rows"])
             return cls(files, card, None)
         try:
             array = np.load(files.npy, mmap_mode="r+")
@@ -221,7 +233,10 @@ class EmbeddingWriter:
         write_card(self.files.card, self.card)
 
     def finish(self) -> dict[str, Any]:
-        """Cut FILE.npy to the rows written and mark the card complete; returns the card."""
+        """Cut FILE.npy to the rows written and mark the card complete; returns the card (a finished one as it
+        is: nothing written)."""
+        if self.progress["complete"]:
+            return self.card
         self.array = None  # the mapping closes before the file is cut
         set_rows(self.files.npy, self.progress["rows"])
         self.progress["complete"] = True
