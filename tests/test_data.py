@@ -108,7 +108,54 @@ def test_corrupt_image_is_replaced_and_counted(image_folder):
     index = [source.path(i) for i in range(len(source))].index(str(bad))
     img, label, skipped = load_or_replace(source, index)
     assert skipped == 1 and img.shape[0] == 3
-    assert torch.equal(img, source.load(index + 1)[0])
+    assert sum(torch.equal(img, source.load(i)[0]) for i in range(len(source)) if i != index) == 1
+
+
+def test_a_run_of_unreadable_files_is_replaced_by_images_drawn_apart_then_refused(tmp_path, repre_log, monkeypatch):
+    """Replaced by the next index, a block of unreadable files (a failed copy) became the one image after it,
+    each read after scanning the block; a folder of mostly broken files named every one of them."""
+    from repre.data import folder as folder_module
+    from repre.data.sources import REPLACEMENT_TRIES
+
+    monkeypatch.setattr(folder_module, "_said", set())  # this process's warnings so far: none
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        (tmp_path / "a" / f"a{i:03d}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "a" / f"a{i:03d}.png").write_bytes(b"version https://git-lfs.github.com/spec/v1")
+    for i in range(30):
+        save_png(tmp_path / "a" / f"z{i:03d}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    source = ImageFolder(tmp_path / "a")
+    replaced = [load_or_replace(source, i) for i in range(30)]
+    readable = [source.load(i)[0] for i in range(30, 60)]
+    chosen = {next(j for j, r in enumerate(readable) if torch.equal(img, r)) for img, _, _ in replaced}
+    assert len(chosen) > 10  # spread over the readable ones (the next index: all the first of them)
+    assert all(torch.equal(load_or_replace(source, i)[0], replaced[i][0]) for i in range(30))  # fixed by the index
+    named = [m for m in repre_log.messages if "skipping unreadable image" in m]
+    assert len(named) == folder_module.NAMED_UNREADABLE
+    assert sum("this process names no more of them" in m for m in repre_log.messages) == 1
+
+    for i in range(30, 60):  # now 1 readable in 60: image 0 and 100 drawn in its place are all unreadable
+        if i != 59:
+            (tmp_path / "a" / f"z{i - 30:03d}.png").write_bytes(b"")
+    with pytest.raises(UserError, match=f"image 0 and {REPLACEMENT_TRIES} others drawn to replace it could not be"):
+        big = ImageFolder(tmp_path / "a")
+        big.__class__ = type("Many", (ImageFolder,), {"__len__": lambda self: 1_000})  # as if 1,000 files
+        big.load = lambda i: source.load(i % 60)
+        load_or_replace(big, 0)
+    with pytest.raises(UserError, match="none of the 60 images of the dataset could be read"):
+        (tmp_path / "a" / "z029.png").write_bytes(b"")
+        load_or_replace(ImageFolder(tmp_path / "a"), 0)
+
+
+def test_an_image_whose_exif_cannot_be_read_is_taken_unturned(tmp_path, repre_log):
+    """A broken EXIF block (an IFD without its TIFF header) made the whole image unreadable."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png", exif=b"Exif\x00\x00\x00\x08\x00\x02\x01\x12\x00\x03")
+    img, _ = ImageFolder(tmp_path).load(0)
+    assert torch.equal(img, torch.from_numpy(pixels).permute(2, 0, 1))
+    assert any("x.png: its EXIF cannot be read" in m for m in repre_log.messages)
 
 
 def test_corrupt_image_does_not_stop_a_run(image_folder, tmp_path):
@@ -292,9 +339,10 @@ def test_unreadable_permissions_are_replaced_and_counted(image_folder, monkeypat
         return real_read(path)
 
     monkeypatch.setattr(Path, "read_bytes", guarded)
+    first, _, _ = load_or_replace(source, 3)
     for _ in range(2):  # two epochs
         img, _, skipped = load_or_replace(source, 3)
-        assert skipped == 1 and torch.equal(img, source.load(4)[0])
+        assert skipped == 1 and torch.equal(img, first) and not torch.equal(img, source.load(2)[0])
     named = [m for m in repre_log.messages if "skipping unreadable image" in m]
     assert len(named) == 1 and "Permission denied" in named[0]
 

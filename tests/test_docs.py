@@ -48,3 +48,11 @@ def test_every_module_is_in_the_architecture_s_table():
             continue
         unnamed.append(rel)
     assert not unnamed, f"docs/architecture.md's table names no row for {unnamed}"
+
+
+def test_data_md_lists_the_file_endings_a_folder_reads():
+    from repre.data.folder import EXTENSIONS
+
+    text = " ".join((ROOT / "docs" / "data.md").read_text().split())
+    listed = ", ".join(f"`{e}`" for e in EXTENSIONS[:-1]) + f" or `{EXTENSIONS[-1]}`"
+    assert f"Images are the files ending in {listed}, in any case" in text

@@ -124,8 +124,8 @@ def test_unlabelled_shards_and_a_corrupt_image(tmp_path, repre_log):
         add(tar, "broken.jpg", b"not a jpeg at all")
     source = TarShards(str(tmp_path))
     assert source.num_classes is None and source.labels.tolist() == [-1] * 4
-    img, label, skipped = load_or_replace(source, 3)  # the broken one: replaced by the next (wraps to 0)
-    assert skipped == 1 and torch.equal(img, source.load(0)[0])
+    img, label, skipped = load_or_replace(source, 3)  # the broken one: replaced by another
+    assert skipped == 1 and any(torch.equal(img, source.load(i)[0]) for i in range(3))
     assert "part-0001.tar:broken" in repre_log.text
 
 
@@ -177,8 +177,8 @@ def test_few_files_stay_open_and_a_shrunk_shard_is_an_unreadable_image(tmp_path,
     assert all(torch.equal(source.load(i)[0], first[i]) for i in (9, 0, 5))  # reopened after eviction
     shard = tmp_path / "part-0004.tar"
     shard.write_bytes(shard.read_bytes()[:700])  # cut inside its first image, after indexing
-    img, _, skipped = load_or_replace(source, 8)  # replaced by the next readable one (wraps to 0)
-    assert skipped == 2 and torch.equal(img, first[0])
+    img, _, skipped = load_or_replace(source, 8)  # replaced by a readable one (the shard's 2 are not)
+    assert skipped >= 1 and any(torch.equal(img, first[i]) for i in range(8))
 
 
 def test_the_index_is_cached_and_rebuilt_when_a_shard_changes(tmp_path, monkeypatch):

@@ -53,10 +53,19 @@ def warn_once(key: tuple[str, str], message: str, *args: object) -> None:
         log.warning(message, *args)
 
 
+NAMED_UNREADABLE = 20  # a process names this many unreadable files, then counts the rest (a run's summary)
+
+
 def warn_unreadable(why: str, what: str) -> None:
     """Warn "`what`: `why` (...)" the first time this process meets `why` (an UnreadableImage's text: the
-    file and what is wrong with it)."""
-    warn_once(("unreadable", why), "%s: %s (each unreadable file is named once per process)", what, why)
+    file and what is wrong with it), for the first NAMED_UNREADABLE files; then once that more are not named
+    (a folder of thousands of broken files would bury the log)."""
+    named = sum(key[0] == "unreadable" for key in _said)
+    if named < NAMED_UNREADABLE:
+        warn_once(("unreadable", why), "%s: %s (each unreadable file is named once per process)", what, why)
+    elif ("unreadable", why) not in _said:
+        warn_once(("unreadable-more", ""), "more than %d unreadable files: this process names no more of them "
+                  "(pre-training counts them in skipped_images)", NAMED_UNREADABLE)
 
 
 def holds_images(root: str | Path, depth: int = 2) -> bool:
@@ -202,10 +211,13 @@ class PackedStrings:
         return os.fsdecode(self._bytes[self._starts[index]:self._starts[index + 1]].tobytes())
 
 
-def to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> uint8 [H, W, 3], with EXIF orientation applied."""
+def to_rgb_array(img: Image.Image, name: object = "an image") -> np.ndarray:
+    """Any PIL image -> uint8 [H, W, 3], with EXIF orientation applied (where `name`'s EXIF can be read)."""
     from_file = img.format is not None  # before the transpose, whose copy has no format
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - an EXIF block Pillow cannot parse: the pixels are still good
+        warn_once(("exif", str(name)), "%s: its EXIF cannot be read (%s); taken unturned", name, exc)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return np.repeat(_to_8_bits(img, from_file)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
@@ -281,7 +293,7 @@ def _decode_pil(stream: BinaryIO, path_name: object) -> torch.Tensor:
     try:
         with Image.open(stream) as img:
             img.load()
-            arr = to_rgb_array(img)
+            arr = to_rgb_array(img, path_name)
     except Image.DecompressionBombError as exc:
         size = re.search(r"\((\d+) pixels\)", str(exc))
         raise UnreadableImage(f"{path_name}: {f'{int(size[1]):,} pixels' if size else 'an image'}, more than the "

@@ -61,8 +61,9 @@ def payload_from_bytes(data: bytes, name: str, label: int, encoded_ok: bool) -> 
 
 
 def load_payload(source: ImageSource, index: int, encoded_ok: bool) -> tuple[dict, int]:
-    """The image at `index` (or the next readable one) as it crosses to the device (`payload_from_bytes`), and
-    the number of images skipped. Sources without files (Fashion-MNIST, synthetic) send pixels."""
+    """The image at `index` (or its readable replacement: `first_readable`) as it crosses to the device
+    (`payload_from_bytes`), and the number of images skipped. Sources without files (Fashion-MNIST, synthetic)
+    send pixels."""
 
     def read(i: int) -> dict:
         if isinstance(source, EncodedImages):

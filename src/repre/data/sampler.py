@@ -15,7 +15,8 @@ from repre.errors import UserError
 def check_one_batch(size: int, batch_size: int, batch_key: str = "train.batch_size") -> None:
     """Refuse a dataset smaller than one batch (every epoch drops its last partial batch: no step would run)."""
     if size < batch_size:
-        raise UserError(f"the dataset has {size} images, fewer than one batch ({batch_key}={batch_size}); "
+        raise UserError(f"the dataset has {size} image{'' if size == 1 else 's'}, fewer than one batch "
+                        f"({batch_key}={batch_size}); "
                         f"lower {batch_key} or add images")
 
 

@@ -11,7 +11,8 @@ per user in $REPRE_CACHE or ~/.cache/repre and keyed by the shards' paths, sizes
 every image is then one seek and one read, so the sampler's (seed, epoch, index) order, exact resume and the
 distributed shares work as for image folders. This suits local disks and network file systems (NFS, Lustre,
 a FUSE mount of an object store); compressed shards (.tar.gz) cannot be read at random and are refused.
-Images are decoded as image folders decode them; an unreadable one is replaced by the next and counted.
+Images are decoded as image folders decode them; an unreadable one is replaced (as a folder's: `first_readable`)
+and counted.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -246,20 +247,35 @@ def pretraining_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, 
 T = TypeVar("T")
 
 
+REPLACEMENT_TRIES = 100  # images drawn to replace an unreadable one before the data is called unreadable
+
+
 def first_readable(source: ImageSource, index: int, read: Callable[[int], T]) -> tuple[T, int]:
-    """`read(i)` for i = index, index + 1, ... (wrapping) until an image is readable: (result, images skipped)."""
+    """`read(index)`, or where that image is unreadable `read(i)` for images i drawn at random (a draw fixed by
+    `index`: a resumed run replaces as the first did) until one is readable: (result, images skipped). Drawn,
+    not the next index: a run of unreadable files in a row (a failed copy) would all become the one image after
+    it. After REPLACEMENT_TRIES unreadable draws (every image, in a smaller dataset) the data is refused."""
+    try:
+        return read(index), 0
+    except UnreadableImage as exc:
+        warn_unreadable(str(exc), "skipping unreadable image (replaced by another, drawn at random)")
     n = len(source)
-    for skipped in range(n):
+    others = [i for i in random.Random(index).sample(range(n), min(n, REPLACEMENT_TRIES + 1)) if i != index]
+    for skipped, i in enumerate(others[:REPLACEMENT_TRIES], start=1):
         try:
-            return read((index + skipped) % n), skipped
+            return read(i), skipped
         except UnreadableImage as exc:
-            warn_unreadable(str(exc), "skipping unreadable image (replaced by the next one)")
-    raise UserError(f"none of the {n} images of the dataset could be read (each is named in a warning above): "
-                    "check data.root and data.name, and that the files are images PIL can open")
+            warn_unreadable(str(exc), "skipping unreadable image (replaced by another, drawn at random)")
+    if n <= REPLACEMENT_TRIES + 1:
+        raise UserError(f"none of the {n} images of the dataset could be read (named in the warnings above): "
+                        "check data.root and data.name, and that the files are images PIL can open")
+    raise UserError(f"image {index} and {REPLACEMENT_TRIES} others drawn to replace it could not be read (named in "
+                    f"the warnings above): most of the dataset's {n:,} files are not images PIL can open (Git LFS "
+                    "pointers, an interrupted copy?); check data.root, or mend the files")
 
 
 def load_or_replace(source: ImageSource, index: int) -> tuple[torch.Tensor, int, int]:
-    """Load `index`; an unreadable image is replaced by the next index. Returns (image, label, skipped)."""
+    """Load `index`; an unreadable image is replaced (`first_readable`). Returns (image, label, skipped)."""
     (img, label), skipped = first_readable(source, index, source.load)
     return img, label, skipped
 
