@@ -208,6 +208,8 @@ def test_encoders_and_taps_given_as_a_user_would_are_taken_or_refused_by_name(tm
     assert ReconstructionBranch(vit(), taps=[np.int64(0), np.int64(1)]).taps == [0, 1]
     with pytest.raises(UserError, match="global_pool='' .its tokens, not an embedding"):
         Backbone.from_model(vit(global_pool=""))  # a [B, 65, D] "embedding" failed in the heads' BatchNorm
+    with pytest.raises(UserError, match="global_pool='max', which the evaluations do not read"):
+        Backbone.from_model(vit(global_pool="max"))  # the probes read the class token, not the max
     sam = timm.create_model("samvit_base_patch16", img_size=32, embed_dim=32, depth=1, num_heads=2, window_size=2,
                             global_attn_indexes=(0,), num_classes=0)
     with pytest.raises(UserError, match="SAM's image encoder"):  # its taps failed in timm's NCHW assertion

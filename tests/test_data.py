@@ -131,7 +131,7 @@ def test_a_run_of_unreadable_files_is_replaced_by_images_drawn_apart_then_refuse
     assert len(chosen) > 10  # spread over the readable ones (the next index: all the first of them)
     assert all(torch.equal(load_or_replace(source, i)[0], replaced[i][0]) for i in range(30))  # fixed by the index
     named = [m for m in repre_log.messages if "skipping unreadable image" in m]
-    assert len(named) == folder_module.NAMED_UNREADABLE
+    assert len(named) == folder_module.NAMED_FILES
     assert sum("this process names no more of them" in m for m in repre_log.messages) == 1
 
     for i in range(30, 60):  # now 1 readable in 60: image 0 and 100 drawn in its place are all unreadable

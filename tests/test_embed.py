@@ -196,7 +196,7 @@ def test_a_finished_run_is_reported_again_without_recomputing(tiny_run, tmp_path
 
 def test_a_finished_file_cut_short_or_missing_since_is_refused_not_padded(tiny_run, tmp_path, capsys):
     """A rerun of a finished embed padded a FILE.npy cut short by a copy with zero rows and called it complete;
-    with the .npy gone it blamed the folder ("no file can be made there")."""
+    with the .npy gone it blamed the folder ("no file can be made there"). An index cut short is refused too."""
     run, _ = tiny_run
     out = tmp_path / "cut.npy"
     assert run_cli(embed_args(run, out))[0] == 0
@@ -204,6 +204,11 @@ def test_a_finished_file_cut_short_or_missing_since_is_refused_not_padded(tiny_r
         fh.truncate(1000)
     assert run_cli(embed_args(run, out))[0] == 2
     assert "rerun `repre embed --overwrite`" in capsys.readouterr().err and out.stat().st_size == 1000
+    assert run_cli([*embed_args(run, out), "--overwrite"])[0] == 0
+    index = out.with_suffix(".csv")
+    index.write_bytes(index.read_bytes()[:-3])  # the last line's label: read as none, a complete line
+    assert run_cli(embed_args(run, out))[0] == 2
+    assert f"{index} has {index.stat().st_size:,} bytes, its card " in capsys.readouterr().err
     for gone in (".npy", ".csv"):
         assert run_cli([*embed_args(run, out), "--overwrite"])[0] == 0
         out.with_suffix(gone).unlink()

@@ -352,8 +352,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
                             f"{fix}")
         if re.fullmatch(r"[|>][-+0-9]*", text.strip()):  # a block scalar's header with no block: YAML's ''
             raise UserError(f"--set {item}: YAML reads a lone {text.strip()} as an empty text; quote it for the "
-                            f"character (--set \"{key.strip()}='{text.strip()}'\"), or write {key.strip()}='' for "
-                            "none")
+                            f"character (--set \"{key.strip()}='{text.strip()}'\"), or --set \"{key.strip()}=''\" "
+                            "for none")
         if text.strip() == "~" and key.strip().endswith("root"):  # the shell leaves a lone ~ as it is
             raise UserError(f"--set {item}: YAML reads ~ as null (no value); for the home folder write "
                             f"{key.strip()}=~/, for no value {key.strip()}=null")

@@ -1,8 +1,8 @@
 """Any folder of images, with class sub-folders (labelled) or flat (unlabelled).
 
 Images are decoded robustly: EXIF orientation applied; grayscale, RGBA, palette, CMYK and 16-bit images
-converted to 8-bit RGB. A file that cannot be decoded raises `UnreadableImage`; the dataset replaces it by
-the next index and counts it (see `repre.data.sources`), so a bad file never stops a run.
+converted to 8-bit RGB. A file that cannot be decoded raises `UnreadableImage`; training replaces it by another
+image and counts it (`repre.data.sources.first_readable`), so a bad file never stops a run.
 """
 
 from __future__ import annotations
@@ -53,19 +53,26 @@ def warn_once(key: tuple[str, str], message: str, *args: object) -> None:
         log.warning(message, *args)
 
 
-NAMED_UNREADABLE = 20  # a process names this many unreadable files, then counts the rest (a run's summary)
+NAMED_FILES = 20  # a process names this many files of one problem, then no more (a folder of thousands of
+# broken files would bury the log)
+
+
+def warn_file(kind: str, file: str, message: str, *args: object) -> None:
+    """`warn_once((kind, file), message, *args)` for the first NAMED_FILES files of `kind` this process meets;
+    then once that it names no more of them."""
+    if (kind, file) in _said:
+        return
+    if sum(key[0] == kind for key in _said) < NAMED_FILES:
+        warn_once((kind, file), message, *args)
+    else:
+        warn_once((kind + " more", ""), "more than %d files with this problem (%s): this process names no more of "
+                  "them", NAMED_FILES, kind)
 
 
 def warn_unreadable(why: str, what: str) -> None:
     """Warn "`what`: `why` (...)" the first time this process meets `why` (an UnreadableImage's text: the
-    file and what is wrong with it), for the first NAMED_UNREADABLE files; then once that more are not named
-    (a folder of thousands of broken files would bury the log)."""
-    named = sum(key[0] == "unreadable" for key in _said)
-    if named < NAMED_UNREADABLE:
-        warn_once(("unreadable", why), "%s: %s (each unreadable file is named once per process)", what, why)
-    elif ("unreadable", why) not in _said:
-        warn_once(("unreadable-more", ""), "more than %d unreadable files: this process names no more of them "
-                  "(pre-training counts them in skipped_images)", NAMED_UNREADABLE)
+    file and what is wrong with it), for the first NAMED_FILES files."""
+    warn_file("unreadable", why, "%s: %s (each unreadable file is named once per process)", what, why)
 
 
 def holds_images(root: str | Path, depth: int = 2) -> bool:
@@ -217,7 +224,7 @@ def to_rgb_array(img: Image.Image, name: object = "an image") -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - an EXIF block Pillow cannot parse: the pixels are still good
-        warn_once(("exif", str(name)), "%s: its EXIF cannot be read (%s); taken unturned", name, exc)
+        warn_file("unreadable EXIF", str(name), "%s: its EXIF cannot be read (%s); taken unturned", name, exc)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return np.repeat(_to_8_bits(img, from_file)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:

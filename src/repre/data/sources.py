@@ -267,10 +267,10 @@ def first_readable(source: ImageSource, index: int, read: Callable[[int], T]) ->
         except UnreadableImage as exc:
             warn_unreadable(str(exc), "skipping unreadable image (replaced by another, drawn at random)")
     if n <= REPLACEMENT_TRIES + 1:
-        raise UserError(f"none of the {n} images of the dataset could be read (named in the warnings above): "
+        raise UserError(f"none of the {n} images of the dataset could be read (see the warnings above): "
                         "check data.root and data.name, and that the files are images PIL can open")
-    raise UserError(f"image {index} and {REPLACEMENT_TRIES} others drawn to replace it could not be read (named in "
-                    f"the warnings above): most of the dataset's {n:,} files are not images PIL can open (Git LFS "
+    raise UserError(f"image {index} and {REPLACEMENT_TRIES} others drawn to replace it could not be read (see the "
+                    f"warnings above): most of the dataset's {n:,} files are not images PIL can open (Git LFS "
                     "pointers, an interrupted copy?); check data.root, or mend the files")
 
 

@@ -111,9 +111,13 @@ class Backbone(nn.Module):
             raise UserError(f"{name} is SAM's image encoder: its embedding is a convolutional neck's map and its "
                             "blocks' maps come in no token layout the decoder reads; use a plain ViT (vit_*) or a Swin")
         self.hierarchical = not hasattr(self.model, "blocks")
-        if getattr(self.model, "global_pool", None) == "":
+        pool = getattr(self.model, "global_pool", None)
+        if pool == "":
             raise UserError(f"{name} is built with global_pool='' (its tokens, not an embedding [B, D]): build it "
                             "with global_pool='token' or 'avg' (a ViT), 'avg' (a Swin)")
+        if not self.hierarchical and pool in ("max", "avgmax"):  # the probes read a class token or the mean
+            raise UserError(f"{name} is built with global_pool={pool!r}, which the evaluations do not read (a class "
+                            "token or the patch tokens' mean): build it with global_pool='token' or 'avg'")
         self.embed_dim: int = self.model.num_features
         self.num_units: int = len(units)  # the units a tap names: blocks (ViT) or stages (Swin)
         embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches

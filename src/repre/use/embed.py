@@ -30,6 +30,7 @@ from repre.core.progress import progress_bar
 from repre.core.run_lock import RunLock
 from repre.core.runtime import Runtime, seeded, setup_runtime
 from repre.data.evaluation import indexed_loader
+from repre.data.folder import warn_unreadable
 from repre.data.labels import class_names
 from repre.data.sources import TRAIN_DIRS, ImageSource, build_source, image_path, pretraining_stats
 from repre.data.splits import train_source
@@ -163,7 +164,7 @@ def write_rows(encoder: Backbone, cfg: Config, source: ImageSource, rt: Runtime,
     try:
         for feats, batch in pooled_embeddings(encoder, indexed_loader(cfg, source, start), rt):
             for index, why in batch.unreadable:
-                log.warning("skipped unreadable image %d (left out of the embeddings): %s", index, why)
+                warn_unreadable(why, f"skipped unreadable image {index} (left out of the embeddings)")
             if feats is not None:  # the rows written so far stay; other weights' go to a new file
                 check_finite(feats, "embed an earlier one, with --overwrite or into another --out",
                              f" of the batch from image {int(batch.indices[0])}")

@@ -102,10 +102,16 @@ def finished_rows(files: EmbeddingFiles, card: dict[str, Any]) -> np.ndarray:
 
 
 def index_lines_of(path: Path) -> Iterator[tuple[int, int, str, int | None]]:
-    """The index's lines, one at a time: (row, source index, path, label or None)."""
+    """The index's lines, one at a time: (row, source index, path, label or None); a damaged line (a file cut
+    short, edited) exits 2."""
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        for line in csv.DictReader(fh):
-            yield int(line["row"]), int(line["index"]), line["path"], int(line["label"]) if line["label"] else None
+        for number, line in enumerate(csv.DictReader(fh), start=2):
+            try:
+                yield (int(line["row"]), int(line["index"]), line["path"],
+                       int(line["label"]) if line["label"] else None)
+            except (TypeError, ValueError):  # a field missing (None) or not a number
+                raise UserError(f"{path} line {number} is damaged ({','.join(map(str, line.values()))!r}): rerun "
+                                "`repre embed --overwrite`") from None
 
 
 def read_index(path: Path, wanted: set[int], expected: int) -> dict[int, tuple[int, str, int | None]]:
@@ -205,6 +211,10 @@ class EmbeddingWriter:
                     raise UserError(f"{path} is missing beside its card {files.card.name}, which says the "
                                     "embedding is finished: rerun with --overwrite to embed again")
             finished_rows(files, card)
+            size = files.csv.stat().st_size
+            if size != progress.get("csv_bytes", size):
+                raise UserError(f"{files.csv} has {size:,} bytes, its card {progress['csv_bytes']:,} (cut short or "
+                                "changed since): rerun with --overwrite to embed again")
             read_index(files.csv, set(), progress["rows"])
             return cls(files, card, None)
         try:
