@@ -95,7 +95,8 @@ def test_a_picture_of_gray_reconstructions_says_why_they_have_colour():
 
 
 def test_the_training_picture_draws_images_spread_over_a_folder(tmp_path, monkeypatch):
-    """A folder holds its images class by class: recon.png takes `subset_of`'s spread, not the first class's."""
+    """A folder holds its images class by class: recon.png takes `subset_of`'s spread, not the first class's; an
+    unreadable one gives way to an image not drawn (its replacement in training could repeat a row)."""
     from conftest import save_png
     from repre.core.runtime import setup_runtime
     from repre.data.splits import train_source
@@ -114,6 +115,10 @@ def test_the_training_picture_draws_images_spread_over_a_folder(tmp_path, monkey
     monkeypatch.setattr(recon, "ViewDataset", Recorded)
     recon.recon_sheet(build_model(cfg), cfg, train_source(cfg), setup_runtime(cfg.train))
     assert drawn == [0, 4, 8]
+    (tmp_path / "imgs" / "a" / "04.png").write_bytes(b"")  # a pick unreadable: a readable one not drawn yet
+    drawn.clear()
+    recon.recon_sheet(build_model(cfg), cfg, train_source(cfg), setup_runtime(cfg.train))
+    assert drawn == [0, 5, 8]
 
 
 def test_patch_means_are_a_norm_pix_reconstruction_of_zeros():

@@ -16,7 +16,7 @@ from repre.core.runtime import Runtime
 from repre.data.evaluation import EvalDataset, eval_loader
 from repre.data.pipeline import ViewCollate, ViewDataset, view_spec
 from repre.data.sources import ImageSource
-from repre.data.splits import spread_readable, subset_of
+from repre.data.splits import spread_readable
 from repre.data.views import Stats, denormalize
 from repre.errors import UserError
 from repre.eval.features import NONE_READ
@@ -93,11 +93,12 @@ def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
 
 @torch.no_grad()
 def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Picture:
-    """`eval.recon.images` training images of the run (`subset_of`'s: a folder's spread over its classes;
-    epoch-0 augmentation), a row each; for each of the two views (a group of columns) the view, its patch means
-    (norm_pix) and the reconstruction, captioned with PSNRs."""
+    """`eval.recon.images` training images of the run (`spread_readable`'s: a folder's spread over its classes,
+    an unreadable one giving way to a readable one not shown yet; epoch-0 augmentation), a row each; for each
+    of the two views (a group of columns) the view, its patch means (norm_pix) and the reconstruction,
+    captioned with PSNRs."""
     spec = view_spec(cfg, source)
-    picks = subset_of(source, cfg.eval.recon.images).indices.tolist()
+    picks = list(spread_readable(source, cfg.eval.recon.images))
     n = len(picks)
     dataset = ViewDataset(source, spec, cfg.train.seed)
     batch = ViewCollate(spec)([dataset[(0, i)] for i in picks])
