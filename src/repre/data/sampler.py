@@ -16,8 +16,7 @@ def check_one_batch(size: int, batch_size: int, batch_key: str = "train.batch_si
     """Refuse a dataset smaller than one batch (every epoch drops its last partial batch: no step would run)."""
     if size < batch_size:
         raise UserError(f"the dataset has {size} image{'' if size == 1 else 's'}, fewer than one batch "
-                        f"({batch_key}={batch_size}); "
-                        f"lower {batch_key} or add images")
+                        f"({batch_key}={batch_size}); lower {batch_key} or add images")
 
 
 class EpochBatchSampler(Sampler):
