@@ -237,7 +237,7 @@ class ReconConfig(Section):
     # n evenly spaced blocks (a Swin: stages) ending with the last, or 0-based indices (negative: from the end)
     taps: int | list[int] = 4
     norm_pix: bool = True  # per-patch normalized targets (MAE's norm_pix_loss); false: the view's pixels
-    width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step, to 8
+    width: int = 128  # decoder channels at the encoder's resolution; halved at each x2 upsampling step, not below 8
     # how the decoder resizes: its x2 steps, and a deeper tap to a shallower one's grid in its fusion (nearest:
     # cheaper on a GPU, docs/results.md)
     upsample: Literal["bilinear", "nearest"] = "bilinear"

@@ -2,7 +2,7 @@
 
     taps (deepest last) --1x1 conv + GN--> laterals [B, W, h_i, w_i]
     top-down: x = block(lat[-1]); for shallower taps: x = block(resize(x) + lat[i])
-    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step to MIN_WIDTH,
+    x2 upsampling steps (bilinear or nearest + 3x3 conv + GN + GELU), width halving each step, not below MIN_WIDTH,
     down to stride `out_stride`
     1x1 conv to 3 x out_stride² channels, pixel shuffle to full resolution (out_stride 1: plain 3 channels)
     the view's size: the maps of a Swin whose patch merging padded an odd grid cover a larger image, padded
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_WIDTH = 8  # the x2 steps halve the width down to this (no preset's decoder halves below it)
+MIN_WIDTH = 8  # the x2 steps halve the width, not below this (a narrower `width` is raised to it at the first step)
 UPSAMPLE = ("bilinear", "nearest")  # the x2 steps' interpolation (recon.upsample)
 
 
@@ -62,7 +62,7 @@ class Decoder(nn.Module):
     """maps: list of [B, C_i, H/s_i, W/s_i] (shallow to deep) -> pixels [B, 3, H, W].
 
     Each map through a 1x1 lateral to `width` channels; fused top-down at the finest input stride (the deepest
-    first, each sum through a 3x3 block); then x2 steps (3x3 blocks, channels halved down to MIN_WIDTH) until
+    first, each sum through a 3x3 block); then x2 steps (3x3 blocks, channels halved, not below MIN_WIDTH) until
     `out_stride`, where a 1x1 conv predicts out_stride x out_stride pixels per position (pixel shuffle)."""
 
     def __init__(
