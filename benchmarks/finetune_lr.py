@@ -4,8 +4,8 @@ Pre-trains PRESET once (`repre pretrain --set train.seed=S`, cached outside the 
 $REPRE_BENCH_CACHE/finetune_lr, default ~/.cache/repre/benchmarks/finetune_lr), then runs `repre eval finetune`
 on its checkpoint for each (lr, layer decay) with `eval.split=val` (held-out training images: the test split is
 never read) and the quality benchmark's fine-tuning budget. Each evaluation is cached in its own folder (named by
-its lr, decay and --set items), so an interrupted sweep continues where it stopped. The summary is the last
-stdout line (JSON).
+its lr, decay, and the hash of the budget and --set items), so an interrupted sweep continues where it stopped.
+The summary is the last stdout line (JSON).
 
     python benchmarks/finetune_lr.py [--preset fmnist-mocov3] [--seed 0] [--grid 1e-3:0.75,3e-3:0.75,...]
 """
@@ -42,9 +42,11 @@ def pretrain(preset: str, seed: int, out: Path) -> dict:
 
 
 def finetune(run: Path, lr: str, decay: str, overrides: list[str]) -> dict:
-    out = run / "finetune-sweep" / folder_name(f"lr{lr}-decay{decay}", overrides)
+    out = run / "finetune-sweep" / folder_name(f"lr{lr}-decay{decay}", [*BUDGET, *overrides])
     result = out / run_files.RESULT
-    if not result.is_file():
+    if result.is_file():
+        print(f"reusing the evaluation {out} (delete it to evaluate again)", file=sys.stderr)
+    else:
         cmd = [sys.executable, "-m", "repre", "eval", "finetune", "--checkpoint", str(run), "--out", str(out)]
         for item in ["eval.split=val", *BUDGET, f"eval.finetune.lr={lr}", f"eval.finetune.layer_decay={decay}",
                      "train.progress=false", *overrides]:

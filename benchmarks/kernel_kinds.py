@@ -6,8 +6,8 @@ fused kernels, norms, copies, the optimizer and EMA, eager element-wise work) an
 step's wall time less its kernels': launch and host overhead). With the step's FLOPs by the same kinds
 (torch.utils.flop_counter) each compute kind's achieved FLOP/s follows, against the device's matmul peak.
 
-On a CPU the attention operator has no FLOP formula in torch's counter (no FLOP/s for it), and the kernels of
-a compiled region are not ATen operators: their time counts as no kernel running.
+On a CPU the fused attention operator is counted with torch's formulas for the GPU's (torch's counter has none
+for it), and the kernels of a compiled region are not ATen operators: their time counts as no kernel running.
 
 Used by `throughput.py --profile` and `profile_step.py`; importable from scripts run in this folder:
 
@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 # (kind, pattern on the lower-cased kernel or operator name); the first match wins. Inductor's generated
 # element-wise and reduction kernels come first: their names list the ops they fused (a convolution's bias,
@@ -91,11 +92,23 @@ def seconds_by_kind(prof: torch.profiler.profile, device: torch.device, steps: i
     return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
+def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# the fused attention a CPU dispatches, which torch's counter leaves uncounted (it counts the GPU kernels'): the
+# same formulas, on the same arguments' shapes (query, key, value [B, heads, L, E]; the backward's grad first)
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
+
+
 def flops_by_kind(step: Callable[[Any], None], batch: Any) -> dict[str, int]:
     """FLOPs of one step by kind, as torch.utils.flop_counter counts them (matmuls, attention, convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
     with counter:
         step(batch)
     found: dict[str, int] = {}

@@ -9,8 +9,10 @@ then evaluates k-NN, linear and fine-tune top-1 (Fashion-MNIST test) and the den
 Budget (2 CPU cores): the --set defaults below shorten evaluation (subsets, steps); pre-training runs its
 preset as is. Every pre-training run and every evaluation is cached outside the repository, under
 --results (default $REPRE_BENCH_CACHE/quality, or ~/.cache/repre/benchmarks/quality), keyed by (method, row,
-seed, hash of the resolved config): an interrupted benchmark resumes where it stopped. Only the summary goes
-into the repository: the last stdout line (JSON) and, with --plot, benchmarks/results/quality/<method>.png.
+seed, hash of the resolved config, `identity`): an interrupted benchmark resumes where it stopped. The code is
+not in the key: a reused run or evaluation is said on stderr with the commit it was computed at (delete its
+folder to compute it again). Only the summary goes into the repository: the last stdout line (JSON) and, with
+--plot, benchmarks/results/quality/<method>.png.
 
     python benchmarks/quality.py [--methods mocov3] [--seeds 0,1,2] [--rows repre,baseline,supervised,random]
                                  [--only knn,linear,finetune,segment] [--set KEY=VALUE ...] [--plot]
@@ -20,6 +22,8 @@ baseline trained the same way, evaluated with eval.split=val (a fixed random 10,
 the test split is never read), so the configuration it selects can then be reported on test with fresh seeds:
 
     python benchmarks/quality.py --search all --seeds 0 [--cached] [--results DIR] [--drop-checkpoints]
+
+A search under `--set KEY=VALUE` is paired with the search it is measured against by benchmarks/paired.py.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench_cache import cache_dir  # this folder's module
+from bench_cache import cache_dir, say_reused  # this folder's module
 
 from repre.config import FRAMEWORKS, idle_sections
 from repre.core import run_files
+from repre.core.checkpoint_io import versions
 from repre.errors import UserError
 
 SUMMARIES = Path(__file__).resolve().parent / "results" / "quality"  # the plots; raw runs: cache_dir("quality")
@@ -125,8 +130,11 @@ SEARCH = {  # point: (row, pre-training overrides, the baseline it is compared w
     "init-mocov3": ("baseline", ["model.init=mocov3", "method.mocov3.freeze_patch_embed=true"], "base"),
 }
 RUNTIME_KEYS = ("num_workers", "device", "progress", "compile")  # with data.root: not part of a run's identity
-CACHE_VERSION = 1
-LATER_RECON_KEYS = ("recon.norm_pix", "recon.upsample", "recon.views", "recon.out_stride", "recon.taps")
+CACHE_VERSION = 2
+# every config key's value that a run's identity leaves out: the default as it was when the key came, so that a
+# key added later (with a value that changes nothing) keeps cached runs valid, and a default changed later
+# keys the runs that take it apart from those made before
+KEYED_DEFAULTS = Path(__file__).resolve().parent / "quality_keyed_defaults.json"
 EVAL_DEFAULTS = [  # evaluation budget for 2 cores; the metric definitions are unchanged
     "eval.knn.train_subset=20000", "eval.knn.test_subset=5000",
     "eval.linear.train_subset=20000", "eval.linear.test_subset=5000", "eval.linear.epochs=20",
@@ -145,22 +153,23 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
 
 
 def identity(cfg) -> dict:
-    """What a cached run is keyed by: the resolved config less the runtime keys and less every value equal to
-    its default, so that a key added to the config later (with a default) keeps cached results valid. A
-    changed default changes results: bump CACHE_VERSION then."""
-    from repre.config import Config, flatten
+    """What a cached run is keyed by: the resolved config less the runtime keys, less the keys the run does not
+    read (a disabled branch's, another framework's) and less every value equal to its KEYED_DEFAULTS entry; the
+    device where it is not the CPU (`train.precision=auto` resolves by the device)."""
+    from repre.config import flatten
+    from repre.core.runtime import pick_device
 
-    default = flatten(Config().to_dict())
-    ident = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in default or v != default[k]}
+    keyed = json.loads(KEYED_DEFAULTS.read_text())
+    flat = flatten(cfg.to_dict())
+    if missing := sorted(set(flat) - set(keyed)):
+        sys.exit(f"{', '.join(missing)}: not in {KEYED_DEFAULTS.name}; add each with the value that reproduces the "
+                 "runs made before it (its default, where it changes nothing)")
+    idle = (*idle_sections(cfg.method.name), *(() if cfg.recon.enabled else ("recon.",)))
+    ident = {k: v for k, v in flat.items() if v != keyed[k] and not k.startswith(idle)}
     for key in [f"train.{k}" for k in RUNTIME_KEYS] + ["data.root", "preset", "description"]:
         ident.pop(key, None)
-    if not cfg.recon.enabled:  # branch keys set in the presets after version 1 do not change a baseline run
-        for key in LATER_RECON_KEYS:
-            ident.pop(key, None)
-    if cfg.eval.split == "val":  # the held-out images: a fixed random eval.val_size (before: the last ones)
-        ident["val_holdout"] = "random-v1"
-    if cfg.model.arch.startswith("swin"):  # the dense probe keeps a Swin's trained windows (it scaled them)
-        ident["swin_probe"] = "trained-windows"
+    if (device := pick_device(cfg.train.device).type) != "cpu":
+        ident["device"] = device
     return {"version": CACHE_VERSION, **ident}
 
 
@@ -179,8 +188,9 @@ def pretrain(cfg, out: Path, tasks: list[str]) -> None:
     if all((out / run_files.EVAL / t / run_files.RESULT).is_file() for t in tasks):
         return
     summary = out / run_files.SUMMARY
-    if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+    if summary.is_file() and (done := json.loads(summary.read_text())).get("completed"):
         if (out / run_files.CHECKPOINTS / run_files.LAST).is_file():
+            say_reused(out, done)
             return
         shutil.rmtree(out / run_files.CHECKPOINTS, ignore_errors=True)  # finished elsewhere: train again, same seed
         summary.unlink()
@@ -203,7 +213,11 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
 
     cached = out / run_files.EVAL / task / run_files.RESULT
     if cached.is_file():
-        return json.loads(cached.read_text())["value"]
+        result = json.loads(cached.read_text())
+        git = (result.get("versions") or {}).get("git")
+        print(f"reusing {task} of {out} (evaluated at {git or 'an unrecorded commit'}; delete {cached} to evaluate "
+              "again)", file=sys.stderr)
+        return result["value"]
     if row == "random":
         torch.manual_seed(cfg.train.seed)
         rt = setup_runtime(cfg.train)
@@ -211,24 +225,25 @@ def evaluate(row: str, cfg, out: Path, task: str) -> float:
     else:
         result = eval_checkpoint(task, out, [])  # the run's config carries the budget
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(result, indent=2))
+    cached.write_text(json.dumps({**result, "versions": versions()}, indent=2))
     return result["value"]
 
 
 def mean_std(xs: list[float]) -> str:
     if not xs:
         return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.4f} ± {sd:.4f}"
+    if len(xs) == 1:  # one seed: no spread to state
+        return f"{xs[0]:.4f}"
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
 
 
 BOLD_STDS = 1.5  # docs/results.md's rule: a paired difference is bold past this many of its standard deviations
 
 
 def bold(diffs: list[float]) -> bool:
-    """docs/results.md's rule for a paired difference over seeds: the same sign on every seed (at least 2) and
+    """docs/results.md's rule for a paired difference over seeds: the same sign on every seed (at least 3) and
     a mean more than BOLD_STDS of their standard deviations from zero."""
-    if len(diffs) < 2 or not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+    if len(diffs) < 3 or not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
         return False
     return abs(statistics.mean(diffs)) > BOLD_STDS * statistics.stdev(diffs)
 
@@ -291,6 +306,7 @@ def search(method: str, points: list[str], seeds: list[int], tasks: list[str], o
           "* bold by docs/results.md's rule)")
     print(f"{'point':<13}{'s/step':>8}  " + "".join(f"{t:<22}" for t in tasks))
     diffs: dict[str, dict[str, list[float]]] = {}
+    bolds: dict[str, dict[str, bool]] = {}
     for point, values in table.items():
         ref = SEARCH[point][2]
         cells = []
@@ -299,11 +315,12 @@ def search(method: str, points: list[str], seeds: list[int], tasks: list[str], o
             pairs = [a - b for a, b in zip(values[t], table.get(ref, {}).get(t, []), strict=False)
                      if a is not None and b is not None]
             diffs.setdefault(point, {})[t] = pairs
+            bolds.setdefault(point, {})[t] = bold(pairs)
             cell = f"{statistics.mean(have):.4f}" if have else "-"
             cells.append(cell + (f" ({statistics.mean(pairs):+.4f}{'*' if bold(pairs) else ''})" if pairs else ""))
         step = f"{statistics.mean(cost[point]):.3f}" if cost.get(point) else "-"
         print(f"{point:<13}{step:>8}  " + "".join(f"{c:<22}" for c in cells))
-    return {"values": table, "diff_to_baseline": diffs, "sec_per_step": cost}
+    return {"values": table, "diff_to_baseline": diffs, "bold": bolds, "sec_per_step": cost}
 
 
 def main() -> None:

@@ -35,26 +35,13 @@ from collections import Counter
 from contextlib import nullcontext
 
 import torch
+from kernel_kinds import CPU_ATTENTION  # this folder's modules
 from profile_step import trainer_step
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 import repre.engine.trainer
-
-
-def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
-
-
-def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-# the fused attention a CPU dispatches, which torch's counter leaves uncounted (it counts the GPU kernels'): the
-# same formulas, on the same arguments' shapes (query, key, value [B, heads, L, E]; the backward's grad first)
-CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
-                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
 
 
 class Traffic(TorchDispatchMode):

@@ -1,0 +1,113 @@
+"""The benchmark scripts' shared logic that decides what a number means: which cached run the quality benchmark
+reuses, how two searches are paired, what a step's FLOPs count. The scripts themselves train for minutes to
+hours and are not run here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import kernel_kinds  # noqa: E402
+import paired  # noqa: E402
+import quality  # noqa: E402
+
+from repre.config import Config, flatten  # noqa: E402
+
+
+def test_every_config_key_has_the_value_the_quality_cache_keys_against():
+    """A key added to the config needs its entry (the value that reproduces the runs made before it), else a
+    cached run could be reused for a run that differs in it; a key removed leaves no stale entry."""
+    keyed = json.loads(quality.KEYED_DEFAULTS.read_text())
+    assert set(keyed) == set(flatten(Config().to_dict()))
+
+
+def identity(*overrides: str, method: str = "mocov3", row: str = "repre") -> dict:
+    return quality.identity(quality.row_config(method, row, 0, list(overrides)))
+
+
+def test_a_changed_default_keys_the_runs_that_take_it_apart(monkeypatch, tmp_path):
+    """The cache keys a value against the default it had when the key came, not today's: runs made before a
+    default changed and runs made after it never share a folder."""
+    keyed = json.loads(quality.KEYED_DEFAULTS.read_text())
+    before = identity()
+    keyed["recon.out_stride"] = 1  # as if the default had been 1 when the runs above were keyed
+    (tmp_path / "keyed.json").write_text(json.dumps(keyed))
+    monkeypatch.setattr(quality, "KEYED_DEFAULTS", tmp_path / "keyed.json")
+    after = identity()
+    assert before != after and after["recon.out_stride"] == 4
+
+
+def test_the_cache_ignores_what_a_run_does_not_read_and_keys_what_it_does():
+    base = identity(row="baseline")
+    assert identity("recon.width=8", "recon.taps=2", row="baseline") == base  # a disabled branch
+    assert identity("method.dino.out_dim=512", row="baseline") == base  # another framework's section
+    assert identity("train.num_workers=0", "train.progress=true", row="baseline") == base  # runtime keys
+    assert identity("train.lr=3e-3", row="baseline") != base
+    assert identity("recon.width=8") != identity()
+
+
+def test_the_cache_refuses_a_key_without_its_keyed_value(monkeypatch, tmp_path):
+    keyed = json.loads(quality.KEYED_DEFAULTS.read_text())
+    del keyed["train.lr"]
+    (tmp_path / "keyed.json").write_text(json.dumps(keyed))
+    monkeypatch.setattr(quality, "KEYED_DEFAULTS", tmp_path / "keyed.json")
+    with pytest.raises(SystemExit, match="train.lr: not in keyed.json"):
+        identity()
+
+
+def test_bold_needs_three_seeds_of_one_sign_past_one_and_a_half_spreads():
+    assert quality.bold([0.010, 0.012, 0.011])
+    assert not quality.bold([0.010, 0.012])  # two seeds: never
+    assert not quality.bold([0.010, 0.012, -0.001])  # a sign apart
+    assert not quality.bold([0.001, 0.010, 0.020])  # mean 0.0103, sd 0.0095: within 1.5 sd
+    assert quality.mean_std([0.5]) == "0.5000"  # one seed: no spread claimed
+
+
+def search_file(path: Path, point: str, seeds: list[int], knn: list[float | None]) -> Path:
+    table = "point  knn\nbase   0.7\n"  # the table quality.py prints before its JSON line
+    result = {"benchmark": "quality-search", "method": "mocov3", "seeds": seeds, "overrides": [],
+              "values": {point: {"knn": knn}}}
+    path.write_text(table + json.dumps(result) + "\n")
+    return path
+
+
+def test_paired_differences_follow_the_seeds_both_files_hold(tmp_path, capsys):
+    a = search_file(tmp_path / "a.json", "base", [0, 1, 2], [0.75, 0.76, 0.74])
+    b = search_file(tmp_path / "b.json", "init-mocov3", [2, 1, 0], [0.72, 0.75, 0.73])
+    result = paired.paired(paired.by_seed(paired.last_json(a), "base", a),
+                           paired.by_seed(paired.last_json(b), "init-mocov3", b))
+    assert result["knn"]["seeds"] == [0, 1, 2]
+    assert result["knn"]["diffs"] == pytest.approx([0.02, 0.01, 0.02])
+    assert result["knn"]["mean"] == pytest.approx(0.05 / 3) and result["knn"]["bold"]
+    c = search_file(tmp_path / "c.json", "base", [0, 1], [0.70, None])  # seed 1 not evaluated: left out
+    assert paired.paired(paired.by_seed(paired.last_json(c), "base", c),
+                         paired.by_seed(paired.last_json(a), "base", a))["knn"]["seeds"] == [0]
+
+
+def test_paired_refuses_a_file_that_is_no_search_result(tmp_path):
+    (tmp_path / "x.json").write_text('{"benchmark": "throughput"}\n')
+    with pytest.raises(SystemExit, match="not a result of quality.py --search"):
+        paired.last_json(tmp_path / "x.json")
+
+
+def test_a_cpu_steps_flops_count_its_fused_attention():
+    """The CPU's fused attention has no formula in torch's counter: counted with the GPU kernels' formulas,
+    the fused step's FLOPs are the unfused step's two products forward and four backward, plus the one the
+    fused backward computes again (7 against 6)."""
+    q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
+
+    def fused(_):
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+
+    def unfused(_):
+        (torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, -1) @ v).sum().backward()
+
+    counted = kernel_kinds.flops_by_kind(fused, None)
+    assert counted == {"attention": kernel_kinds.flops_by_kind(unfused, None)["matmul"] * 7 // 6}
