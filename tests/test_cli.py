@@ -129,6 +129,11 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
                           in capsys.readouterr().err)
     code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.knn.enabled=false"])
     assert code == 2 and "eval.knn.enabled: read by pre-training alone" in capsys.readouterr().err
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.knn.quick_train=5"])  # its k-NN's
+    assert code == 2 and ("eval.knn.quick_train: read by pre-training alone (its k-NN every train.eval_every); "
+                          "`repre eval knn` reads eval.knn.train_subset") in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"--set recon.norm_pix: not read by `repre show`"):  # drawn as it trained
+        refuse_unread("repre show", ["recon.norm_pix=false"], reads.SHOW)
 
 
 def test_help_lists_the_keys_a_command_reads(capsys):
@@ -185,6 +190,9 @@ def test_an_option_the_command_lacks_is_that_commands_error_with_the_nearest(cap
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("usage: repre pretrain")
     assert "repre pretrain: error: unrecognized arguments: --confg fmnist-mocov3; did you mean --config?" in err
+    with pytest.raises(SystemExit):  # as other tools name it
+        main(["pretrain", "--preset", "fmnist-dino"])
+    assert "unrecognized arguments: --preset fmnist-dino; did you mean --config?" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # before the command: the top level's
         main(["--confg", "pretrain"])
     assert capsys.readouterr().err.startswith("usage: repre [-h]")

@@ -680,6 +680,9 @@ def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_l
                    and not item.startswith("method.mocov3.")} | {"method.dino.teacher_temp"})  # TINY's other heads
     assert (f"{', '.join(idle)}: read only with the method each names, and this run trains method.name=mocov3: "
             "they change nothing") in repre_log.text
+    code, _ = run_cli([*args, "--set", "recon.enabled=false", "--set", "recon.width=8"])  # the baseline's
+    assert code == 2 and ("recon.width: read only with the reconstruction branch, and this run has "
+                          "recon.enabled=false: it changes nothing") in repre_log.text
     code, _ = run_cli([*args, "--set", "method.name=supervised", "--set", "method.momentum=0.9"])
     assert code == 2 and ("method.momentum: method.name=supervised has no momentum or teacher encoder, so it "
                           "changes nothing") in repre_log.text
@@ -690,6 +693,40 @@ def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_l
     code, _ = run_cli(["pretrain", "--config", "fmnist-dino", "--out", str(tmp_path / "run"), "--set",
                        "train.epochs=1", "--set", "train.max_steps=0"])
     assert code == 2 and repre_log.text.count("train.epochs=1 changes nothing") == 1
+
+
+def test_a_label_that_names_another_shipped_preset_is_refused():
+    """`--set preset=fmnist-dino` on a MoCo v3 config would file a MoCo v3 run under DINO's name."""
+    with pytest.raises(UserError, match=r"--set preset=fmnist-dino: `preset` is a label .* this config is "
+                                        r"fmnist-mocov3-repre's, not the preset fmnist-dino: give --config fmnist-dino"):
+        load_config(None, ["preset=fmnist-dino"])
+    assert load_config("fmnist-dino", ["preset=fmnist-dino"]).preset == "fmnist-dino"  # its own name
+    assert load_config(None, ["preset=mine"]).preset == "mine"
+
+
+def test_a_printed_config_with_keys_deleted_says_they_take_the_defaults(tmp_path, repre_log):
+    """`repre config` output edited down (a line deleted) is still labelled the preset; the keys it lost take
+    repre's defaults, not the preset's: said, naming them. The whole printed config says nothing."""
+    from conftest import run_cli
+
+    code, text = run_cli(["config", "--config", "fmnist-dino"])
+    assert code == 0
+    (tmp_path / "whole.yaml").write_text(text)
+    load_config(tmp_path / "whole.yaml")
+    assert "lacks" not in repre_log.text
+    (tmp_path / "cut.yaml").write_text("".join(line for line in text.splitlines(keepends=True)
+                                               if "out_dim" not in line and "local_crops" not in line))
+    cfg = load_config(tmp_path / "cut.yaml")
+    assert cfg.data.local_crops == 0 and cfg.preset == "fmnist-dino"
+    assert ("cut.yaml is labelled fmnist-dino but lacks data.local_crops, method.dino.out_dim, which fmnist-dino "
+            "sets: they take repre's defaults, not fmnist-dino's") in repre_log.text
+
+
+def test_a_list_of_the_wrong_items_names_the_item():
+    with pytest.raises(UserError, match=r"recon.taps\[0\] must be int, got 1.5"):
+        load_config(None, ["recon.taps=[1.5,3]"])
+    with pytest.raises(UserError, match=r"recon.taps=\[\] names no block"):
+        load_config(None, ["recon.taps=[]"])
 
 
 def test_the_default_out_is_named_by_the_preset_a_set_gives(tmp_path, monkeypatch, capsys):

@@ -85,9 +85,10 @@ def _checkpoint_config(out: Path, overrides: list[str]) -> Config | None:
 
 
 def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) -> None:
-    """Keys given for a framework that does not run (`--set method.dino.teacher_temp=...` on a MoCo v3 run), or
-    train.epochs where the preset's train.max_steps sets the length, change nothing: said (not refused: one list
-    of settings may serve runs of several frameworks)."""
+    """Keys given for a framework that does not run (`--set method.dino.teacher_temp=...` on a MoCo v3 run), for
+    a disabled branch (recon.* with recon.enabled=false), or train.epochs where the preset's train.max_steps sets
+    the length, change nothing: said (not refused: one list of settings may serve runs of several frameworks, and
+    of RePre and its baseline)."""
     from repre.config import given_keys, idle_sections
 
     if launch_rank() != 0:
@@ -102,6 +103,11 @@ def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) ->
         logging.getLogger("repre").warning(
             "%s: read only with the method each names, and this run trains method.name=%s: %s nothing",
             ", ".join(idle), cfg.method.name, "it changes" if len(idle) == 1 else "they change")
+    branch = sorted(k for k in given if k.startswith("recon.") and k != "recon.enabled")
+    if branch and not cfg.recon.enabled:
+        logging.getLogger("repre").warning(
+            "%s: read only with the reconstruction branch, and this run has recon.enabled=false: %s nothing",
+            ", ".join(branch), "it changes" if len(branch) == 1 else "they change")
     if "train.epochs" in given and "train.max_steps" not in given and cfg.train.max_steps:  # a preset's steps
         logging.getLogger("repre").warning(
             "train.epochs=%s changes nothing: train.max_steps=%d (the preset's) sets the run's length; give "

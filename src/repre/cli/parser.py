@@ -13,6 +13,9 @@ from collections.abc import Callable
 from repre._version import __version__
 from repre.config import EVAL_TASKS, all_keys, reads
 
+# options as other tools name them -> ours (a preset or YAML file is given with --config)
+OTHER_NAMES = {"--preset": "--config", "--cfg": "--config", "--output": "--out", "--output-dir": "--out"}
+
 EPILOG = """examples:
   repre pretrain                      # Fashion-MNIST, MoCo v3 + RePre: 2 CPU cores, ~4 min (bf16), ~17 (fp32)
   repre pretrain --config fmnist-mocov3 --out runs/base
@@ -223,6 +226,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         after = args.command in argv and argv.index(unknown[0]) > argv.index(args.command)
         command = parser.commands[args.command] if after else parser
         options = sorted(set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", command.format_usage())))
-        near = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1, cutoff=0.7)  # not --set for --out
+        flag = unknown[0].split("=")[0]
+        near = ([OTHER_NAMES[flag]] if OTHER_NAMES.get(flag) in options  # spelt as other tools spell it
+                else difflib.get_close_matches(flag, options, n=1, cutoff=0.7))  # not --set for --out
         command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {near[0]}?" if near else ""))
     return args

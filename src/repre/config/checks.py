@@ -133,6 +133,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, option, key)
             except UserError:
+                if isinstance(value, (list, tuple)) and typing.get_origin(option) is list:
+                    raise  # a list of the wrong items: its own message names the item
                 continue
         raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}{_quote_hint(key, value, options)}")
     if origin is Literal:
@@ -270,6 +272,8 @@ def _validate_aug(a: AugConfig) -> None:
 def _validate_recon(r: ReconConfig) -> None:
     if isinstance(r.taps, int) and r.taps <= 0:
         raise UserError(f"recon.taps must be > 0 (a count) or a list of block indices, got {r.taps}")
+    if isinstance(r.taps, list) and not r.taps:
+        raise UserError("recon.taps=[] names no block: give a count (4) or block indices ([2, 5, 8, 11])")
     if r.out_stride & (r.out_stride - 1):
         raise UserError(f"recon.out_stride must be a power of two (1, 2, 4, ...), got {r.out_stride}")
 

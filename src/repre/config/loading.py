@@ -290,11 +290,31 @@ def _file_dict(path: Path, source: str) -> dict[str, Any]:
                         "from one with `_base_: PRESET`")
     raw, written = read_written(raw)
     if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
+        _warn_of_keys_left_out(raw, source)
         return raw
     # a file named as a preset is labelled it: the same rule; a pipe (no name of its own) by its base
     raw.setdefault("preset", path.stem if path.is_file() else str(raw.get("_base_") or "piped"))
     _refuse_a_preset_label_alone(raw, source)
+    _warn_of_keys_left_out(raw, source)
     return _resolve_base(raw, ())
+
+
+def _warn_of_keys_left_out(raw: dict[str, Any], source: str) -> None:
+    """Said where a file of every section without `_base_`, labelled a shipped preset, lacks keys that preset
+    sets to other values than repre's defaults (a printed config with lines deleted): they take the defaults.
+    Not refused: a run's config written before a key existed lacks it, and rightly takes its default."""
+    preset = raw.get("preset")
+    if "_base_" in raw or not isinstance(preset, str) or preset not in list_presets():
+        return
+    default = flatten(Config().to_dict())
+    given = flatten(raw)
+    lost = sorted(k for k, v in flatten(_preset_dict(preset)).items()
+                  if k in default and k not in given and v != default[k] and k not in ("preset", "description"))
+    if lost:
+        log.warning("config file %s is labelled %s but lacks %s, which %s sets: %s repre's default%s, not %s's "
+                    "(write `_base_: %s` with the keys you change to start from the preset)", source, preset,
+                    ", ".join(lost), preset, "it takes" if len(lost) == 1 else "they take",
+                    "" if len(lost) == 1 else "s", preset, preset)
 
 
 def _refuse_a_preset_label_alone(raw: dict[str, Any], source: str) -> None:
@@ -436,6 +456,11 @@ def load_config(source: str | os.PathLike[str] | None = None,
                 deep_update(extra, wholes({key: value}), keep_whole=True)
     else:
         extra = parse_overrides(override_items(overrides))
+    label = extra.get("preset")
+    if isinstance(label, str) and label != raw.get("preset") and label in list_presets():
+        raise UserError(f"--set preset={label}: `preset` is a label (the run's folder, summary and card name it), and "
+                        f"this config is {raw.get('preset')}'s, not the preset {label}: give --config {label} to train "
+                        "that preset, or a label of your own")
     deep_update(raw, extra)
     cfg = build_section(Config, raw, "")
     validate(cfg)

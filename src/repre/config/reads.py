@@ -23,8 +23,9 @@ EVAL = ("eval.", "data.", "model.", *RUN_KEYS)  # every `repre eval` task
 EVAL_TASK = {
     "finetune": ("aug.crop_ratio", "aug.hflip"),  # its crops' aspect ratios and flips (the probes fix their own)
 }
-# show reads its few images one by one (no loader, no workers) and draws on one process
-SHOW = ("data.", "model.", "recon.", "train.device", "train.precision")
+# show reads its few images one by one (no loader, no workers) and draws on one process; not recon.*, as
+# `repre eval recon`: the reconstruction it draws is the decoder's as trained
+SHOW = ("data.", "model.", "train.device", "train.precision")
 EMBED = ("data.", "data.subset", "model.", "eval.batch_size", *RUN_KEYS)  # the run's training images
 IMAGES = ("data.", "data.subset")  # map and neighbors: which images are drawn (embed's: its data.subset too)
 ENCODER = ("data.", "model.")  # `repre.load_encoder` (Python): the encoder and its input
@@ -59,6 +60,8 @@ def idle_keys(protocol: str, segment_data: str) -> dict[str, str]:
     """The eval keys an evaluation leaves unread under these settings (eval.linear.protocol,
     eval.segment.data) -> why, for `repre eval`'s refusal of them given with --set."""
     idle = {"eval.knn.enabled": "read by pre-training alone (whether its run ends with a k-NN)"}
+    quick = "read by pre-training alone (its k-NN every train.eval_every); `repre eval knn` reads {}"
+    idle |= {f"eval.knn.quick_{part}": quick.format(f"eval.knn.{part}_subset") for part in ("train", "test")}
     if protocol != "quick":
         why = (f"read by the quick protocol alone (its sweep); the {protocol} protocol trains at one lr, "
                "eval.linear.lr (per 256 images)")

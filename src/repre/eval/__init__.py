@@ -124,7 +124,7 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
         raise UserError(f"--set {given[0]}: {idle[given[0]]}; drop it")
     if others := [k for k in keys if k.startswith(other_tasks(task))]:
         raise UserError(f"--set {', '.join(others)}: another evaluation's, not read by `repre eval {task}` (it "
-                        "would change nothing); drop them")
+                        f"would change nothing); drop {'it' if len(others) == 1 else 'them'}")
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(read.expanduser().resolve()), "step": int(ckpt.get("step", 0)),
                  "encoder": encoder_key, "set": overrides}
