@@ -698,7 +698,8 @@ def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_l
 def test_a_label_that_names_another_shipped_preset_is_refused():
     """`--set preset=fmnist-dino` on a MoCo v3 config would file a MoCo v3 run under DINO's name."""
     with pytest.raises(UserError, match=r"--set preset=fmnist-dino: `preset` is a label .* this config is "
-                                        r"fmnist-mocov3-repre's, not the preset fmnist-dino: give --config fmnist-dino"):
+                                        r"fmnist-mocov3-repre's, not the preset fmnist-dino: give --config "
+                                        r"fmnist-dino"):
         load_config(None, ["preset=fmnist-dino"])
     assert load_config("fmnist-dino", ["preset=fmnist-dino"]).preset == "fmnist-dino"  # its own name
     assert load_config(None, ["preset=mine"]).preset == "mine"

@@ -267,7 +267,10 @@ def test_non_finite_steps_are_skipped_and_a_streak_stops_with_status_3(tmp_path,
     assert not all(torch.equal(before[4][k], before[3][k]) for k in after)  # a good step after it trained
     assert summary["checkpoint"].endswith("step-00000004.pt")  # the last good one; nothing written after
     assert "3 non-finite steps in a row" in repre_log.text and "lower train.lr" in repre_log.text
+    assert "instead of fp16" not in repre_log.text  # an fp32 run: no advice on fp16
     assert f"--config {trainer.out / 'config.yaml'} --init-from " in repre_log.text  # the run's own model, not a preset
+    lines = [__import__("json").loads(x) for x in (trainer.out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_step"]) for r in lines if r["kind"] == "train"] == [(4, 0.25), (8, 0.75)]
 
 
 @pytest.mark.parametrize("host_sync", ["step", "log"])
@@ -498,6 +501,7 @@ def test_a_signal_during_the_final_k_nn_stops_it_and_resume_redoes_it(tmp_path, 
         with pytest.raises(StoppedEarly) as stop:
             pretrain(tiny_config(*settings), tmp_path / "run")
     assert stop.value.summary["completed"] is False and stop.value.summary["steps"] == 4
+    assert stop.value.summary["knn_top1"] is None  # no final evaluation's value in a run that is not complete
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"] is False
     from repre.engine.trainer import Trainer
 
@@ -847,6 +851,8 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
     assert not all(torch.equal(encoder[k], before[8][k]) for k in encoder)  # step 9 ran before the check
     assert summary["checkpoint"].endswith("step-00000003.pt")  # none at step 6: it was non-finite
     assert "skipped for a non-finite loss" in repre_log.text and "3 non-finite steps in a row" in repre_log.text
+    lines = [__import__("json").loads(x) for x in (trainer.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [3, 6, 9]  # the stopping window's line too
 
 
 @pytest.mark.parametrize("strategy", ["host", "device"])
@@ -946,7 +952,7 @@ def test_resume_on_another_device_says_its_steps_compute_differently(tmp_path, r
     Trainer(tiny_config(*settings, "train.max_steps=2"), tmp_path / "run").fit()
     path = ckpt_io.step_checkpoints(tmp_path / "run")[-1]
     ckpt = ckpt_io.load(path)
-    assert ckpt["runtime"] == {"device": "cpu", "precision": "fp32", "processes": 1}
+    assert ckpt["runtime"] == {"device": "cpu", "precision": "fp32", "processes": 1, "fused_adamw": False}
     ckpt_io.save({**ckpt, "runtime": {"device": "cuda", "precision": "bf16", "processes": 1}}, path)  # a GPU's
     assert Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run", resume=True).fit()["steps"] == 4
     assert "resuming a run trained on cuda in bf16 on cpu in fp32: the steps from here" in repre_log.text
@@ -959,6 +965,10 @@ def test_resume_on_another_device_says_its_steps_compute_differently(tmp_path, r
     assert "trained on cpu in bf16 on cpu in fp32" in repre_log.text
     assert "--set train.precision=bf16 to go on as it was" in repre_log.text
     assert "train.device=" not in repre_log.text
+    repre_log.clear()  # train.host_sync (run-only) changed: AdamW's kernel, which rounds otherwise
+    Trainer(tiny_config(*settings, "train.max_steps=8", "train.host_sync=log"), tmp_path / "run", resume=True).fit()
+    assert ("trained on cpu in fp32 (unfused AdamW) on cpu in fp32 (fused AdamW): the steps from here compute "
+            "differently") in repre_log.text and "--set train.host_sync=step to go on" in repre_log.text
 
 
 @pytest.mark.parametrize("before,after", [("step", "log"), ("log", "step")])

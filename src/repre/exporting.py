@@ -18,6 +18,7 @@ Which encoder: each paper's convention (MoCo v3 and MoBY: the online encoder; DI
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -105,7 +106,8 @@ def knn_settings(cfg: Config) -> list[str]:
     """The settings of a run's final k-NN that differ from the defaults (a subset, k, T, the validation split),
     as config items ("eval.knn.train_subset=1000"): what its value measured."""
     knn, default = cfg.eval.knn, KNNConfig()
-    said = [f"eval.knn.{name}={getattr(knn, name)}" for name in ("k", "temperature", "train_subset", "test_subset")
+    measured = [f.name for f in dataclasses.fields(KNNConfig) if f.name not in KNNConfig.run_only]  # k, T, sizes
+    said = [f"eval.knn.{name}={getattr(knn, name)}" for name in measured
             if getattr(knn, name) != getattr(default, name)]
     if cfg.eval.split != "test":
         said += [f"eval.split={cfg.eval.split}", f"eval.val_size={cfg.eval.val_size}"]

@@ -137,7 +137,9 @@ def all_gather_grad(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """The sum of `x` over all processes (a new tensor; `x` itself in a single process)."""
+    """The sum of `x` over all processes (a new tensor; `x` itself in a single process). No gradient flows
+    through it under torchrun (a single process returns `x`, with its graph): for statistics, not for a loss
+    (a loss over the global batch gathers with `all_gather_grad`)."""
     if not is_distributed():
         return x
     x = x.clone()

@@ -341,20 +341,30 @@ class Checkpoints:
                         now, was, f" ({images}, as before)" if images is not None else "")
 
     def _runtime(self) -> dict[str, Any]:
-        """How the steps were computed: the device type, the precision (both resolved) and the processes."""
-        return {"device": self.rt.device.type, "precision": self.rt.precision, "processes": dist.world_size()}
+        """How the steps were computed: the device type, the precision (both resolved), the processes, and
+        whether AdamW's step is the fused kernel (train.host_sync=log on a CPU; it rounds otherwise)."""
+        return {"device": self.rt.device.type, "precision": self.rt.precision, "processes": dist.world_size(),
+                "fused_adamw": bool(self.optimizer.defaults.get("fused"))}
 
     def _warn_if_computed_otherwise(self, was: dict[str, Any] | None) -> None:
-        """train.device may change on resume (a GPU run goes on on a CPU), and with it `auto` precision: say so,
-        since the steps from here are no longer those an uninterrupted run computes. Checkpoints written before
-        they recorded it say nothing."""
+        """train.device may change on resume (a GPU run goes on on a CPU), and with it `auto` precision, and
+        train.host_sync (run-only) with AdamW's kernel: say so, since the steps from here are no longer those an
+        uninterrupted run computes. What a checkpoint did not record (written before it did) says nothing."""
         now = self._runtime()
-        if not was or not dist.is_main() or all(was.get(k) == now[k] for k in ("device", "precision")):
+        changed = [k for k in ("device", "precision", "fused_adamw") if k in (was or {}) and was[k] != now[k]]
+        if not changed or not dist.is_main():
             return
-        remedy = [f"train.{k}={was.get(k)}" for k in ("device", "precision") if was.get(k) != now[k]]
-        log.warning("resuming a run trained on %s in %s on %s in %s: the steps from here compute differently (not "
-                    "bitwise what the run would have given where it started); --set %s to go on as it was",
-                    was.get("device"), was.get("precision"), now["device"], now["precision"], " --set ".join(remedy))
+        remedy = [f"train.{k}={was[k]}" for k in changed if k != "fused_adamw"]
+        if "fused_adamw" in changed:
+            remedy.append(f"train.host_sync={'log' if was['fused_adamw'] else 'step'}")
+
+        def how(r: dict[str, Any]) -> str:
+            kernel = f" ({'fused' if r['fused_adamw'] else 'unfused'} AdamW)" if "fused_adamw" in changed else ""
+            return f"{r.get('device')} in {r.get('precision')}{kernel}"
+
+        log.warning("resuming a run trained on %s on %s: the steps from here compute differently (not bitwise what "
+                    "the run would have given where it started); --set %s to go on as it was", how(was), how(now),
+                    " --set ".join(remedy))
 
     def _warn_if_longer_or_shorter(self, config: Config, total: int) -> None:
         """The schedules are rebuilt for a new length (as the official scripts do when --epochs changes): say so."""

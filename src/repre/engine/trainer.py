@@ -308,10 +308,11 @@ class Trainer:
                          f"{self.out / run_files.CONFIG} --init-from {path} --out NEW_DIR --set ...`" if path else
                          f"no checkpoint was written yet: start again with `repre pretrain --config "
                          f"{self.out / run_files.CONFIG} --out NEW_DIR --set ...`")
+                fp16 = "train.precision=bf16 instead of fp16, " if self.rt.precision == "fp16" else ""
                 log.error(
-                    "stopped: %d non-finite steps in a row at step %d. Usual remedies: a lower train.lr, "
-                    "train.precision=bf16 instead of fp16, train.clip_grad (e.g. 3.0), a longer warm-up; the last "
-                    "good checkpoint is %s: %s", s.bad_streak, s.step, path or "none", start)
+                    "stopped: %d non-finite step%s in a row at step %d. Usual remedies: a lower train.lr, %s"
+                    "train.clip_grad (e.g. 3.0), a longer warm-up; the last good checkpoint is %s: %s", s.bad_streak,
+                    "" if s.bad_streak == 1 else "s", s.step, fp16, path or "none", start)
             else:
                 writer.flush()
                 path = self.checkpoints.save(final=True)
@@ -414,20 +415,19 @@ class Trainer:
             else:
                 s.train_seconds += now - tick  # wall time, data waits included
             tick = now
-            if self.guard.stopped():  # the host strategy: this step ended a streak of max_bad_steps
-                bar.update(1)
-                return False
             logs = s.step % t.log_every == 0 or s.step == self.total  # the last step always has its line
             saves = s.step % t.checkpoint_every == 0
-            if logs or saves:
+            stopped = self.guard.stopped()  # the host strategy: this step ended a streak of max_bad_steps
+            if (logs or saves) and not stopped:
                 self._sync_point()
-                if self.guard.diverged:
-                    bar.update(1)
-                    return False
-            if logs:
+                stopped = self.guard.diverged
+            if logs or stopped:  # a run stopped for its non-finite steps writes the line of its last window too
                 seconds = max(time.perf_counter() - window_start, 1e-9)
                 self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
                 window_start, window_steps = time.perf_counter(), 0
+            if stopped:
+                bar.update(1)
+                return False
             bar.update(1)  # after the step's train line: a line the bar draws now shows its values
             paused = time.perf_counter()  # the periodic k-NN and the checkpoint: no step's time, nor the window's
             for callback in self.callbacks:  # before the checkpoint: a run resumed from it has what they wrote
@@ -501,8 +501,10 @@ class Trainer:
             "processes": dist.world_size(),
             "versions": checkpoint_io.versions(),
         }
+        before_fit_end = dict(summary)  # what the final evaluations (callbacks' on_fit_end) add is kept if they end
         if completed and self._run_interruptibly(lambda: self._run_fit_end(summary, writer, completed), signal):
-            summary.update(completed=False, knn_top1=None)
+            summary.clear()  # none of their values: the run is not complete, and --resume runs them again
+            summary.update(before_fit_end, completed=False)
             if dist.is_main():
                 log.warning("stopped before the run's final evaluations; every step is in %s: go on with %s",
                             checkpoint, self._resume_command())

@@ -29,14 +29,11 @@ from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval 
 log = logging.getLogger("repre")
 
 
-# the encoder tasks that write files (the papers' linear probes' resumable checkpoint, the dense probe's picture):
-# they take the folder as a fourth argument, `out` (None: none written)
-WRITE_FILES = ("linear", "segment")
-
-
 def encoder_tasks() -> dict[str, Callable[..., dict[str, Any]]]:
-    """Evaluations of a frozen or fine-tuned encoder: task -> fn(encoder, cfg, rt[, out]) -> result dict (`out`
-    for the tasks of WRITE_FILES)."""
+    """Evaluations of a frozen or fine-tuned encoder: task -> fn(encoder, cfg, rt, out=None) -> result dict
+    ({"task": the task's name, "metric", "value", "extra"}); `out`: the folder for the files a task writes (the
+    papers' linear probes' resumable checkpoint, the dense probe's picture), None: none written. A task added
+    here also needs its config section (`EvalConfig`) and the steps of docs/architecture.md."""
     from repre.eval.finetune import finetune_eval
     from repre.eval.knn import knn_eval
     from repre.eval.linear import linear_eval
@@ -72,14 +69,14 @@ def evaluate(
     return result
 
 
-WHOLE_IN_EACH = ("knn", "finetune", "segment")  # tasks each torchrun process runs whole, on the same images
+SHARES_WORK = ("linear",)  # tasks whose torchrun processes share the work; the others run whole in each
 
 
 @contextlib.contextmanager
 def _said_once(task: str) -> Iterator[None]:
     """A task each process runs whole says its warnings from rank 0 alone (the others would repeat them, on the
     same images); their errors still show."""
-    if task not in WHOLE_IN_EACH or launch.launch_rank() == 0:
+    if task in SHARES_WORK or launch.launch_rank() == 0:
         yield
         return
     level = log.level
@@ -141,6 +138,7 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
         rt = setup_runtime(cfg.train, join_group=True)
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
             encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)
-            files = (Path(out) if out else None,) if task in WRITE_FILES else ()
-            result = encoder_tasks()[task](encoder, cfg, rt, *files)
+            result = encoder_tasks()[task](encoder, cfg, rt, Path(out) if out else None)
+        if result.get("task") != task:  # the name results are filed, compared and exported under
+            raise RuntimeError(f"evaluation {task} returned a result named {result.get('task')!r}")
         return {**result, "checkpoint": evaluated}

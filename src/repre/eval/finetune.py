@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,9 +90,10 @@ def new_head(model: nn.Module, classes: int) -> None:
     nn.init.zeros_(head.bias)
 
 
-def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime) -> dict[str, Any]:
+def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
     """Fine-tune the encoder's timm model in place, with a new head, on the train split; report test top-1. The
-    encoder is changed: a caller that keeps it passes a copy (`evaluate` builds one from the checkpoint)."""
+    encoder is changed: a caller that keeps it passes a copy (`evaluate` builds one from the checkpoint). `out`:
+    no file written (the fine-tuned weights are not kept)."""
     e = cfg.eval
     source = eval_source(cfg, "train")
     classes = labelled(source, "fine-tuning")

@@ -6,6 +6,7 @@ The train split is the bank, the test split the queries; each neighbour votes wi
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,10 +48,10 @@ def knn_predict(
     return torch.cat(preds)
 
 
-def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, say: str = "") -> dict[str, Any]:
-    """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries). `say`:
-    which k-NN this is, logged with how many images it reads and how to read fewer, once the data are known
-    to have labels."""
+def knn_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None, *, say: str = "") -> dict[str, Any]:
+    """k-NN top-1 of `encoder` on the configured dataset (train split = bank, test split = queries); `out`: no
+    file written. `say`: which k-NN this is, logged with how many images it reads and how to read fewer, once
+    the data are known to have labels."""
     e = cfg.eval
     train = eval_loader(cfg, "train", e.knn.train_subset)
     test = eval_loader(cfg, "test", e.knn.test_subset)
