@@ -44,7 +44,7 @@ class RunKNN:
             return None
         cfg = with_quick_subsets(trainer.cfg) if is_quick else trainer.cfg
         try:
-            top1 = eager(knn_eval, trainer.model.method.eval_encoder, cfg, trainer.rt, say)["value"]
+            top1 = eager(knn_eval, trainer.model.method.eval_encoder, cfg, trainer.rt, say=say)["value"]
         except UserError as exc:
             self.skipped = True
             log.warning("k-NN skipped in this run: %s%s", exc, self._later(trainer, str(exc)))
