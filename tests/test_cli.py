@@ -132,6 +132,8 @@ def test_eval_refuses_settings_it_would_not_read(tiny_run, capsys):
     code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "eval.knn.quick_train=5"])  # its k-NN's
     assert code == 2 and ("eval.knn.quick_train: read by pre-training alone (its k-NN every train.eval_every); "
                           "`repre eval knn` reads eval.knn.train_subset") in capsys.readouterr().err
+    code, _ = run_cli(["eval", "knn", "--checkpoint", str(out), "--set", "model.drop_path=0.1"])  # frozen
+    assert code == 2 and "model.drop_path: read by fine-tuning alone" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"--set recon.norm_pix: not read by `repre show`"):  # drawn as it trained
         refuse_unread("repre show", ["recon.norm_pix=false"], reads.SHOW)
 

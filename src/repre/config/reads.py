@@ -56,10 +56,14 @@ def other_tasks(task: str) -> tuple[str, ...]:
     return tuple(f"eval.{t}." for t in EVAL_TASKS if t != task)
 
 
-def idle_keys(protocol: str, segment_data: str) -> dict[str, str]:
-    """The eval keys an evaluation leaves unread under these settings (eval.linear.protocol,
-    eval.segment.data) -> why, for `repre eval`'s refusal of them given with --set."""
+def idle_keys(task: str, protocol: str, segment_data: str) -> dict[str, str]:
+    """The keys `repre eval TASK` leaves unread under these settings (eval.linear.protocol, eval.segment.data)
+    -> why, for its refusal of them given with --set."""
     idle = {"eval.knn.enabled": "read by pre-training alone (whether its run ends with a k-NN)"}
+    if task != "finetune":  # the others run the encoder frozen, in eval mode, with no backward through it
+        idle["model.drop_path"] = ("read by fine-tuning alone: a frozen encoder runs without stochastic depth (a "
+                                   "paper's linear protocol sets its own, eval.linear.protocol)")
+        idle["model.grad_checkpointing"] = "read by fine-tuning alone: no gradient flows through a frozen encoder"
     quick = "read by pre-training alone (its k-NN every train.eval_every); `repre eval knn` reads {}"
     idle |= {f"eval.knn.quick_{part}": quick.format(f"eval.knn.{part}_subset") for part in ("train", "test")}
     if protocol != "quick":

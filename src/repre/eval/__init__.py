@@ -114,7 +114,7 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
     refuse_unread(f"repre eval {task}", overrides, eval_reads(task))
     read = ckpt_io.pinned(checkpoint)  # one file: a run still training replaces its last.pt
     ckpt, cfg = load_checkpoint_config(read, overrides)
-    idle = idle_keys(cfg.eval.linear.protocol, cfg.eval.segment.data)
+    idle = idle_keys(task, cfg.eval.linear.protocol, cfg.eval.segment.data)
     keys = flatten(parse_overrides(overrides))
     given = [k for k in keys if k in idle]
     if given:  # each would change nothing but the name of the result's folder
