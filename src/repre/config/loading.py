@@ -288,9 +288,11 @@ def _file_dict(path: Path, source: str) -> dict[str, Any]:
         raise UserError(f"config file {source} holds no settings (it is empty or comments only; a failed "
                         "`repre config > FILE` leaves it empty): give a preset, or a YAML file that starts "
                         "from one with `_base_: PRESET`")
+    by = raw.get(VERSION_KEY)
     raw, written = read_written(raw)
     if written and _resolved(raw):  # a run's own config.yaml, or `repre config`'s output
-        _warn_of_keys_left_out(raw, source)
+        if _version(by) >= _version(__version__):  # an older repre's lacks the keys added since, rightly
+            _warn_of_keys_left_out(raw, source)
         return raw
     # a file named as a preset is labelled it: the same rule; a pipe (no name of its own) by its base
     raw.setdefault("preset", path.stem if path.is_file() else str(raw.get("_base_") or "piped"))
@@ -302,7 +304,8 @@ def _file_dict(path: Path, source: str) -> dict[str, Any]:
 def _warn_of_keys_left_out(raw: dict[str, Any], source: str) -> None:
     """Said where a file of every section without `_base_`, labelled a shipped preset, lacks keys that preset
     sets to other values than repre's defaults (a printed config with lines deleted): they take the defaults.
-    Not refused: a run's config written before a key existed lacks it, and rightly takes its default."""
+    Not refused: a run's config written before a key existed lacks it, and rightly takes its default (one
+    written by an older repre is not checked)."""
     preset = raw.get("preset")
     if "_base_" in raw or not isinstance(preset, str) or preset not in list_presets():
         return
