@@ -70,6 +70,9 @@ def main() -> None:
         sys.exit(f"no seed in both: A has {ra['seeds']}, B {rb['seeds']}")
     print(f"{args.a.name} [{args.point}] - {args.b.name} [{point_b}], paired by seed (* bold by docs/results.md)")
     for task, r in sorted(result.items()):
+        if not r["seeds"]:
+            print(f"  {task:<8} no seed in both")
+            continue
         per_seed = ", ".join(f"{s}: {d:+.4f}" for s, d in zip(r["seeds"], r["diffs"], strict=True))
         spread = f" ± {r['std']:.4f}" if r["std"] is not None else ""
         print(f"  {task:<8} {r['mean']:+.4f}{spread}{'*' if r['bold'] else '':<2} ({per_seed})")

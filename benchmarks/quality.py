@@ -165,10 +165,12 @@ def identity(cfg) -> dict:
         sys.exit(f"{', '.join(missing)}: not in {KEYED_DEFAULTS.name}; add each with the value that reproduces the "
                  "runs made before it (its default, where it changes nothing)")
     idle = (*idle_sections(cfg.method.name), *(() if cfg.recon.enabled else ("recon.",)))
-    ident = {k: v for k, v in flat.items() if v != keyed[k] and not k.startswith(idle)}
+    ident = {k: v for k, v in flat.items() if v != keyed[k] and (k == "recon.enabled" or not k.startswith(idle))}
     for key in [f"train.{k}" for k in RUNTIME_KEYS] + ["data.root", "preset", "description"]:
         ident.pop(key, None)
-    if (device := pick_device(cfg.train.device).type) != "cpu":
+    # named, not checked: a GPU's cached results stay readable (--cached) on a machine without one
+    device = pick_device("auto").type if cfg.train.device == "auto" else cfg.train.device
+    if device != "cpu":
         ident["device"] = device
     return {"version": CACHE_VERSION, **ident}
 

@@ -51,6 +51,8 @@ def test_the_cache_ignores_what_a_run_does_not_read_and_keys_what_it_does():
     assert identity("train.num_workers=0", "train.progress=true", row="baseline") == base  # runtime keys
     assert identity("train.lr=3e-3", row="baseline") != base
     assert identity("recon.width=8") != identity()
+    # a run with the branch and one without never share a folder, whatever their branch keys
+    assert identity("recon.width=128") != identity("recon.width=128", "recon.enabled=false")
 
 
 def test_the_cache_refuses_a_key_without_its_keyed_value(monkeypatch, tmp_path):
@@ -78,7 +80,7 @@ def search_file(path: Path, point: str, seeds: list[int], knn: list[float | None
     return path
 
 
-def test_paired_differences_follow_the_seeds_both_files_hold(tmp_path, capsys):
+def test_paired_differences_follow_the_seeds_both_files_hold(tmp_path, capsys, monkeypatch):
     a = search_file(tmp_path / "a.json", "base", [0, 1, 2], [0.75, 0.76, 0.74])
     b = search_file(tmp_path / "b.json", "init-mocov3", [2, 1, 0], [0.72, 0.75, 0.73])
     result = paired.paired(paired.by_seed(paired.last_json(a), "base", a),
@@ -89,6 +91,15 @@ def test_paired_differences_follow_the_seeds_both_files_hold(tmp_path, capsys):
     c = search_file(tmp_path / "c.json", "base", [0, 1], [0.70, None])  # seed 1 not evaluated: left out
     assert paired.paired(paired.by_seed(paired.last_json(c), "base", c),
                          paired.by_seed(paired.last_json(a), "base", a))["knn"]["seeds"] == [0]
+    for name, linear in (("d", [None, None, None]), ("e", [0.7, 0.7, 0.7])):  # linear: in neither seed of d
+        f = search_file(tmp_path / f"{name}.json", "base", [0, 1, 2], [0.75, 0.76, 0.74])
+        result = json.loads(f.read_text().splitlines()[-1])
+        result["values"]["base"]["linear"] = linear
+        f.write_text(json.dumps(result) + "\n")
+    monkeypatch.setattr(sys, "argv", ["paired.py", str(tmp_path / "d.json"), str(tmp_path / "e.json")])
+    paired.main()
+    out = capsys.readouterr().out
+    assert "linear   no seed in both" in out and "knn      +0.0000 ± 0.0000" in out
 
 
 def test_paired_refuses_a_file_that_is_no_search_result(tmp_path):

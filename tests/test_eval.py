@@ -147,6 +147,24 @@ def test_an_evaluation_gives_the_same_result_whatever_the_global_rng(tiny_run):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_a_task_s_result_is_filed_under_the_name_it_was_asked_by(tiny_run, monkeypatch):
+    """Every encoder task is called the same way, `out` included; a result named otherwise (a task's literal
+    mistyped) would be filed, compared and exported under that name: refused."""
+    import repre.eval as eval_mod
+
+    out, _ = tiny_run
+    seen = []
+
+    def task(encoder, cfg, rt, folder=None):
+        seen.append(folder)
+        return {"task": "knn-typo", "metric": "top1", "value": 0.5, "extra": {}}
+
+    monkeypatch.setattr(eval_mod, "encoder_tasks", lambda: {"knn": task})
+    with pytest.raises(RuntimeError, match="evaluation knn returned a result named 'knn-typo'"):
+        eval_mod.evaluate("knn", out, out=out / "x")
+    assert seen == [out / "x"]
+
+
 def test_fine_tuning_on_fewer_images_than_its_batch_names_its_own_batch_key(tiny_run, capsys):
     """The advice names the key `repre eval finetune` reads (train.batch_size it refuses: not read)."""
     out, _ = tiny_run

@@ -19,7 +19,7 @@ import yaml
 from repre._version import __version__
 from repre.config.checks import build_section, glued_fix, sections, validate
 from repre.config.migrate import KEYS_VERSION, migrate, renamed_message
-from repre.config.schema import DEFAULT_PRESET, Config
+from repre.config.schema import DEFAULT_PRESET, Config, idle_sections
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -309,10 +309,13 @@ def _warn_of_keys_left_out(raw: dict[str, Any], source: str) -> None:
     preset = raw.get("preset")
     if "_base_" in raw or not isinstance(preset, str) or preset not in list_presets():
         return
-    default = flatten(Config().to_dict())
-    given = flatten(raw)
-    lost = sorted(k for k, v in flatten(_preset_dict(preset)).items()
-                  if k in default and k not in given and v != default[k] and k not in ("preset", "description"))
+    default, given, theirs = flatten(Config().to_dict()), flatten(raw), flatten(_preset_dict(preset))
+    method = given.get("method.name", theirs.get("method.name", default["method.name"]))
+    unread = idle_sections(method)  # another framework's keys, and a disabled branch's: the run reads none
+    if not given.get("recon.enabled", theirs.get("recon.enabled", default["recon.enabled"])):
+        unread += ("recon.",)
+    lost = sorted(k for k, v in theirs.items() if k in default and k not in given and v != default[k]
+                  and k not in ("preset", "description") and not k.startswith(unread))
     if lost:
         log.warning("config file %s is labelled %s but lacks %s, which %s sets: %s repre's default%s, not %s's "
                     "(write `_base_: %s` with the keys you change to start from the preset)", source, preset,
