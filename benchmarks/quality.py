@@ -164,8 +164,8 @@ def identity(cfg) -> dict:
     if missing := sorted(set(flat) - set(keyed)):
         sys.exit(f"{', '.join(missing)}: not in {KEYED_DEFAULTS.name}; add each with the value that reproduces the "
                  "runs made before it (its default, where it changes nothing)")
-    idle = (*idle_sections(cfg.method.name), *(() if cfg.recon.enabled else ("recon.",)))
-    ident = {k: v for k, v in flat.items() if v != keyed[k] and (k == "recon.enabled" or not k.startswith(idle))}
+    idle = idle_sections(cfg.method.name, cfg.recon.enabled)
+    ident = {k: v for k, v in flat.items() if v != keyed[k] and not k.startswith(idle)}
     for key in [f"train.{k}" for k in RUNTIME_KEYS] + ["data.root", "preset", "description"]:
         ident.pop(key, None)
     # named, not checked: a GPU's cached results stay readable (--cached) on a machine without one

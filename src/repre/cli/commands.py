@@ -94,7 +94,9 @@ def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) ->
     if launch_rank() != 0:
         return
     given = given_keys(config, overrides)
-    idle = sorted(k for k in given if k.startswith(idle_sections(cfg.method.name)))
+    idle = sorted(k for k in given if k.startswith(idle_sections(cfg.method.name, cfg.recon.enabled)))
+    branch = [k for k in idle if k.startswith("recon.")]  # said apart: the branch, not the method, leaves them
+    idle = [k for k in idle if k not in branch]
     if "method.momentum" in idle:  # names no framework: the method has no momentum encoder
         idle.remove("method.momentum")
         logging.getLogger("repre").warning("method.momentum: method.name=%s has no momentum or teacher encoder, so "
@@ -103,8 +105,7 @@ def _warn_of_idle_keys(cfg: Config, config: str | None, overrides: list[str]) ->
         logging.getLogger("repre").warning(
             "%s: read only with the method each names, and this run trains method.name=%s: %s nothing",
             ", ".join(idle), cfg.method.name, "it changes" if len(idle) == 1 else "they change")
-    branch = sorted(k for k in given if k.startswith("recon.") and k != "recon.enabled")
-    if branch and not cfg.recon.enabled:
+    if branch:
         logging.getLogger("repre").warning(
             "%s: read only with the reconstruction branch, and this run has recon.enabled=false: %s nothing",
             ", ".join(branch), "it changes" if len(branch) == 1 else "they change")

@@ -311,9 +311,8 @@ def _warn_of_keys_left_out(raw: dict[str, Any], source: str) -> None:
         return
     default, given, theirs = flatten(Config().to_dict()), flatten(raw), flatten(_preset_dict(preset))
     method = given.get("method.name", theirs.get("method.name", default["method.name"]))
-    unread = idle_sections(method)  # another framework's keys, and a disabled branch's: the run reads none
-    if not given.get("recon.enabled", theirs.get("recon.enabled", default["recon.enabled"])):
-        unread += ("recon.",)
+    branch = given.get("recon.enabled", theirs.get("recon.enabled", default["recon.enabled"]))
+    unread = idle_sections(method, branch)  # another framework's keys, and a disabled branch's: the run reads none
     lost = sorted(k for k, v in theirs.items() if k in default and k not in given and v != default[k]
                   and k not in ("preset", "description") and not k.startswith(unread))
     if lost:

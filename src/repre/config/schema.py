@@ -513,8 +513,11 @@ SAME_MEASUREMENT_KEYS = RUN_ONLY_KEYS
 NO_EMA_METHODS = ("supervised",)  # method.name values without a momentum or teacher encoder (empty `ema_pairs()`)
 
 
-def idle_sections(method: str) -> tuple[str, ...]:
+def idle_sections(method: str, recon_enabled: bool = True) -> tuple[str, ...]:
     """The keys a run of `method` does not read, as key prefixes: the sections of the frameworks that do not
-    run (method.NAME.), and method.momentum for a method without an EMA."""
+    run (method.NAME.), method.momentum for a method without an EMA, and without the branch its keys but
+    recon.enabled."""
+    branch = () if recon_enabled else tuple(f"recon.{f.name}" for f in dataclasses.fields(ReconConfig)
+                                            if f.name != "enabled")
     return (tuple(f"method.{name}." for name in FRAMEWORKS if name != method)
-            + (("method.momentum",) if method in NO_EMA_METHODS else ()))  # a whole key: none starts so
+            + (("method.momentum",) if method in NO_EMA_METHODS else ()) + branch)  # whole keys: none starts so
