@@ -28,6 +28,16 @@ def stack_views(views: torch.Tensor) -> torch.Tensor:
     return views.transpose(0, 1).reshape(2 * views.shape[0], *views.shape[2:])
 
 
+def per_view(z: torch.Tensor, *modules: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [2B, ...], both views stacked as [x1; x2] -> (z1, z2), each through `modules` in turn: one call per
+    view, so that a head's batch norm takes each view's statistics, as the official MoCo v3 and MoBY code."""
+    b = z.shape[0] // 2
+    views = z[:b], z[b:]
+    for module in modules:
+        views = module(views[0]), module(views[1])
+    return views
+
+
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy of `module` to be updated by EMA only, without stochastic depth (the targets and teachers
     of the official MoBY and DINO code are built with drop path 0)."""

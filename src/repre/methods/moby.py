@@ -16,7 +16,7 @@ from torch import nn
 
 from repre.core.dist import gather
 from repre.losses import moby_loss
-from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
+from repre.methods.base import Method, MethodOutput, momentum_copy, per_view, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import bn_mlp
 
@@ -78,14 +78,11 @@ class MoBY(Method):
         taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
-        b = views.shape[0]
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
-        q1, q2 = self.predictor(self.projector(pooled[:b])), self.predictor(self.projector(pooled[b:]))  # BN per view
+        q1, q2 = per_view(pooled, self.projector, self.predictor)
         with torch.no_grad():  # the targets, updated before this forward (`Method.ema_then_forward`)
-            t_pooled, _ = self.target_encoder(x)
-            k1 = F.normalize(self.target_projector(t_pooled[:b]).float(), dim=1)
-            k2 = F.normalize(self.target_projector(t_pooled[b:]).float(), dim=1)
+            k1, k2 = (F.normalize(k.float(), dim=1) for k in per_view(self.target_encoder(x)[0], self.target_projector))
         queue1, queue2 = self.queue1.clone(), self.queue2.clone()  # the loss's copies; the buffers change below
         loss = moby_loss(q1, k2, queue2, self.temperature) + moby_loss(q2, k1, queue1, self.temperature)
         if self.training:  # in eval mode (a validation loss) the queues stay

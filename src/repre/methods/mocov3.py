@@ -14,7 +14,7 @@ from torch import nn
 
 from repre.core.dist import gather, rank
 from repre.losses import mocov3_loss
-from repre.methods.base import Method, MethodOutput, momentum_copy, stack_views
+from repre.methods.base import Method, MethodOutput, momentum_copy, per_view, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import mlp
 
@@ -51,11 +51,9 @@ class MoCoV3(Method):
         b = views.shape[0]
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
-        z = self.projector(pooled[:b]), self.projector(pooled[b:])  # BN statistics per view, as official
-        q1, q2 = self.predictor(z[0]), self.predictor(z[1])
+        q1, q2 = per_view(pooled, self.projector, self.predictor)
         with torch.no_grad():  # the targets, updated before this forward (`Method.ema_then_forward`)
-            k_pooled, _ = self.momentum_encoder(x)
-            k1, k2 = self.momentum_projector(k_pooled[:b]), self.momentum_projector(k_pooled[b:])
+            k1, k2 = per_view(self.momentum_encoder(x)[0], self.momentum_projector)
         offset = rank() * b
         loss = mocov3_loss(q1, gather(k2), self.temperature, offset) + mocov3_loss(
             q2, gather(k1), self.temperature, offset
