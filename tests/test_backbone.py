@@ -293,3 +293,11 @@ def test_maps_come_in_the_order_of_the_taps_asked_for():
     assert torch.equal(one, one_alone) and torch.equal(three, last) and not torch.equal(three, one)
     with pytest.raises(ValueError, match="tap 7: the encoder has 4 blocks, so from -4 to 3"):
         b(x, [7])
+
+
+def test_a_patch_that_is_not_square_is_refused_in_words():
+    """timm's feat_ratio gives an 8x4 patch's larger side, so the branch refused the right images as of
+    another size."""
+    with pytest.raises(UserError, match="has 8x4 pixel patches: the tap maps and the decoder take square ones"):
+        Backbone("vit_tiny_patch16_224", {"img_size": (64, 32), "patch_size": (8, 4), "embed_dim": 32, "depth": 2,
+                                          "num_heads": 2})

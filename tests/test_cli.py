@@ -3,6 +3,7 @@ import json
 import math
 import os
 import time
+import types
 
 import pytest
 import torch
@@ -236,6 +237,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_run, t
                  ["show", "--checkpoint", str(run), "--out", str(tmp_path / "afile" / "s.png")]):
         assert run_cli(argv)[0] == 2
         assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # a read-only mount (os.access says "not writable" there too): named so
+        m.setattr(os, "statvfs", lambda path: types.SimpleNamespace(f_flag=os.ST_RDONLY))
+        assert run_cli(["show", "--checkpoint", str(run), "--out", str(tmp_path / "ro" / "s.png")])[0] == 2
+        said = capsys.readouterr().err
+        assert f"--out {tmp_path / 'ro' / 's.png'}: {tmp_path} is on a read-only filesystem" in said, said
     assert run_cli(pretrain_args(tmp_path / "afile" / "run"))[0] == 2
     assert f"cannot use {tmp_path / 'afile' / 'run'}: Not a directory" in capsys.readouterr().err
 

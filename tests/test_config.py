@@ -660,7 +660,7 @@ def test_a_missing_config_path_object_says_so():
         load_config(Path("nope.yaml"))
 
 
-def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_log):
+def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_log, monkeypatch):
     """`--set method.dino.*` (or a file of one's own) on a MoCo v3 run changes nothing: a warning names them;
     a preset's or a run's config, which hold every framework's section, says nothing."""
     from conftest import pretrain_args, run_cli
@@ -693,6 +693,25 @@ def test_keys_given_for_a_framework_that_does_not_run_are_said(tmp_path, repre_l
     code, _ = run_cli(["pretrain", "--config", "fmnist-dino", "--out", str(tmp_path / "run"), "--set",
                        "train.epochs=1", "--set", "train.max_steps=0"])
     assert code == 2 and repre_log.text.count("train.epochs=1 changes nothing") == 1
+    import repre.pretraining  # under torchrun every process reads the config: the first alone warns
+
+    monkeypatch.setattr(repre.pretraining, "pretrain", lambda *args, **kwargs: {})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        repre_log.clear()
+        assert run_cli([*args, "--set", "recon.enabled=false", "--set", "recon.width=8"])[0] == 0
+        assert ("recon.width: read only with the reconstruction branch" in repre_log.text) == (rank == "0")
+
+
+def test_a_file_s_label_that_names_another_shipped_preset_than_its_base_is_refused(tmp_path):
+    """`_base_: fmnist-dino` with `preset: fmnist-mocov3` trained DINO filed under MoCo v3's name."""
+    (tmp_path / "mine.yaml").write_text("_base_: fmnist-dino\npreset: fmnist-mocov3\n")
+    with pytest.raises(UserError, match=r"`preset: fmnist-mocov3` over `_base_: fmnist-dino`: `preset` is a label"):
+        load_config(tmp_path / "mine.yaml")
+    for label in ("fmnist-dino", "my-dino"):  # its base's name, or a label of one's own
+        (tmp_path / "mine.yaml").write_text(f"_base_: fmnist-dino\npreset: {label}\n")
+        assert load_config(tmp_path / "mine.yaml").preset == label
 
 
 def test_a_label_that_names_another_shipped_preset_is_refused():
@@ -741,3 +760,16 @@ def test_the_default_out_is_named_by_the_preset_a_set_gives(tmp_path, monkeypatc
     code, _ = run_cli(args)
     assert code == 2 and "--out runs/foo holds" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "fmnist-mocov3-repre").exists()
+
+
+def test_a_batch_the_processes_do_not_divide_is_refused_with_advice_a_resume_can_follow():
+    """A new run can change its batch; a resumed one cannot (its config is fixed): the process count that divides
+    it is the advice then."""
+    from repre.config import check_global_batch
+
+    check_global_batch("train.batch_size", 16, 4)
+    with pytest.raises(UserError, match="not divisible by the 3 processes; use a multiple of 3"):
+        check_global_batch("train.batch_size", 16, 3)
+    with pytest.raises(UserError, match=r"a resumed run keeps its batch: launch a number of processes that divides "
+                                        r"it \(1, 2, 4, 8, 16\)"):
+        check_global_batch("train.batch_size", 16, 3, resuming=True)

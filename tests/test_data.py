@@ -317,7 +317,7 @@ def test_bad_files_of_every_kind_are_unreadable_never_a_crash(tmp_path):
     }
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(UnreadableImage):
+        with pytest.raises(UnreadableImage, match=None if data else r"empty \(0 bytes\)"):
             decode(tmp_path / name)
     for ext in ("webp", "tiff"):
         Image.fromarray(arr).save(tmp_path / f"ok.{ext}")
@@ -727,6 +727,11 @@ def test_a_dataset_of_ones_own_code_is_refused_where_it_would_mislead(tmp_path, 
         with pytest.raises(UserError, match="is a module of Python or of an installed package"):
             source(library, root=str(tmp_path / "victim"))
     assert (tmp_path / "victim").is_dir()
+    with pytest.raises(UserError, match="__main__ .* is no module other processes can import; put the function in "
+                                        "a file of its own"):  # a notebook's function (a ValueError of importlib)
+        source("__main__:images")
+    with pytest.raises(UserError, match="no module name before the function"):
+        source(".own_items_for_check:images")
     with pytest.raises(UserError, match=r"raised for the test split: FileNotFoundError: .*/test.npy'? \(at "
                        r".*own_items_for_check.py:\d+ in train_only: raise FileNotFoundError"):  # where, in your code
         source("own_items_for_check:train_only", "test", str(tmp_path))

@@ -132,20 +132,26 @@ def _undecodable(good: bytes) -> bytes:
     return good[:header_end] + b"\xff\xda\x00\x02" + b"\xff\x00" * 3 + b"\xff\xd9"
 
 
-def test_a_jpeg_no_decoder_reads_becomes_grey_and_is_counted(repre_log):
+def test_a_jpeg_no_decoder_reads_becomes_grey_and_is_counted(repre_log, monkeypatch):
     """A JPEG whose header passed the worker's check but whose data no decoder reads: grey of the promised size,
-    counted as skipped, a warning; the rest of the batch is decoded."""
+    counted as skipped, its file named once per process; the rest of the batch is decoded."""
+    from repre.data import folder as folder_module
+
+    monkeypatch.setattr(folder_module, "_said", set())  # this process's warnings so far: none
     good = _jpeg(np.full((8, 10, 3), 200, dtype=np.uint8))
     bad = _undecodable(good)
     assert jpeg_shape(bad) == (8, 10)
     payloads = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in (good, bad)]
     batch = {"pixels": torch.empty(0, dtype=torch.uint8), "jpeg": torch.cat(payloads),
              "encoded": torch.tensor([True, True]), "shapes": torch.tensor([[8, 10], [8, 10]]),
-             "offsets": torch.tensor([0, len(good)]), "lengths": torch.tensor([len(good), len(bad)])}
-    images, bad_count = unpack(batch, torch.device("cpu"))
-    assert bad_count == 1 and (images[1] == 128).all()
-    assert (images[0].float().mean() - 200).abs() < 3
-    assert "grey in its place" in repre_log.text
+             "offsets": torch.tensor([0, len(good)]), "lengths": torch.tensor([len(good), len(bad)]),
+             "index": torch.tensor([3, 7])}
+    for _ in range(2):  # two epochs
+        images, bad_count = unpack(batch, torch.device("cpu"), name_of=lambda i: f"/data/photos/{i}.jpg")
+        assert bad_count == 1 and (images[1] == 128).all()
+        assert (images[0].float().mean() - 200).abs() < 3
+    said = [m for m in repre_log.messages if "grey in its place" in m]
+    assert len(said) == 1 and "/data/photos/7.jpg" in said[0], said
 
 
 def test_a_run_with_crops_and_decoding_on_the_device(mixed_folder, tmp_path, loader_batches):

@@ -426,6 +426,9 @@ def test_keys_that_cannot_change_a_row_are_refused_or_left_out_of_the_identity(t
     assert run_cli(embed_args(run, tmp_path / "f.npy", *folder))[0] == 0
     code, stdout = run_cli(embed_args(run, tmp_path / "f.npy", *folder, "data.synthetic_train=10"))
     assert code == 0 and last_json(stdout)["images_per_sec"] is None  # the same files, finished
+    # the card's data: none of pre-training's alone (a DINO run's local crops read as "another data")
+    data = json.loads((tmp_path / "f.json").read_text())["identity"]["data"]
+    assert not {"local_crops", "local_size", "device_stages", "shuffle_block", "stream_size"} & data.keys(), data
 
 
 def test_neighbors_and_map_say_what_is_wrong_with_their_options_and_a_damaged_file(tiny_run, tmp_path, capsys):

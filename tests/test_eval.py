@@ -1,5 +1,6 @@
 import copy
 import json
+import logging
 import math
 
 import pytest
@@ -198,6 +199,25 @@ def test_an_evaluation_each_process_runs_whole_warns_from_rank_0_alone(tiny_run,
     monkeypatch.setattr(launch, "launch_rank", lambda: 1)
     assert repre.evaluate("knn", run, overrides)["extra"]["k"] == 48
     assert "eval.knn.k=500" not in repre_log.text
+
+
+@pytest.mark.parametrize(("protocol", "said"), [("quick", False), ("mocov3", True)])
+def test_the_linear_probe_warns_from_every_process_only_where_they_share_its_work(tiny_run, repre_log, monkeypatch,
+                                                                                   protocol, said):
+    """The `quick` protocol runs whole in each process, as k-NN does: rank 0 alone warns; the papers' protocols
+    share the work (each process its own images): every process says what it meets."""
+    import repre
+    from repre.core import launch
+    from repre.eval import linear
+
+    def warning_probe(encoder, cfg, rt, out=None):
+        logging.getLogger("repre").warning("a warning of the probe's data")
+        return {"task": "linear", "metric": "top1", "value": 0.5, "extra": {}}
+
+    monkeypatch.setattr(linear, "linear_eval", warning_probe)
+    monkeypatch.setattr(launch, "launch_rank", lambda: 1)
+    repre.evaluate("linear", tiny_run[0], [f"eval.linear.protocol={protocol}"])
+    assert ("a warning of the probe's data" in repre_log.text) == said
 
 
 def test_every_evaluation_that_needs_labels_says_so_on_unlabelled_data(tmp_path, repre_log):

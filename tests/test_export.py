@@ -113,6 +113,9 @@ def test_a_folder_run_s_card_prepares_its_own_images_as_evaluation(image_folder,
     assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["pretrained_cfg"]["crop_pct"] == crop_pct and card["check"]["transform_images"] == 12
+    recipe = card["config"]  # how it was trained, the training machine's path left out
+    assert recipe["train"]["max_steps"] == 2 and recipe["data"]["image_size"] == size
+    assert recipe["data"]["root"] == "(a path)" and str(image_folder) not in json.dumps(card)
     assert card["check"]["transform_max_diff_grey_levels"] < 2 and "otherwise than" not in repre_log.text
     shutil.rmtree(image_folder / "val")  # no held-out images: the crop is chosen on the training images
     assert run_cli(["export", "--checkpoint", str(run), "--out", str(out)])[0] == 0

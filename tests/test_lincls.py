@@ -470,3 +470,22 @@ def test_stochastic_depth_is_added_as_timm_builds_it_to_an_encoder_of_one_s_own(
     assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), own.state_dict().values(),
                                                   strict=True))
     assert rates(own.model) == before  # the encoder itself unchanged
+
+
+def test_an_encoder_whose_blocks_hold_no_class_token_is_read_by_its_patch_tokens():
+    """CaiT's class token joins after the blocks the probe reads (timm's forward_intermediates takes no
+    return_prefix_tokens there): every protocol's default reads the mean patch token; the class token asked for
+    is refused in words (a TypeError before)."""
+    encoder = Backbone("cait_xxs24_224", dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                                              depth_token_only=1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for name in ("quick", "mocov3", "dino"):
+        protocol = resolve(LinearConfig(protocol=name), encoder)
+        assert (protocol.features, protocol.blocks) == ("avg", 1)
+    with torch.no_grad():
+        feats = token_features(encoder, x, "avg", 2)
+        blocks = encoder.model.forward_intermediates(x, indices=2, norm=True, output_fmt="NLC",
+                                                     intermediates_only=True)
+    torch.testing.assert_close(feats, torch.cat([b.mean(dim=1) for b in blocks], dim=1))
+    with pytest.raises(UserError, match="blocks hold no class token .* use eval.linear.features=avg"):
+        resolve(LinearConfig(protocol="quick", features="cls"), encoder)

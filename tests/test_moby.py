@@ -261,3 +261,27 @@ def test_swinv2_temperatures_and_position_mlps_never_decay(method):
     assert decayed == framework
     views = torch.randn(4, 2, 3, 32, 32)
     assert torch.isfinite(model(views, 0.99)["loss"])  # the decoder reads its taps
+
+
+def test_a_size_that_shrinks_a_swin_window_is_said_at_pretraining_and_refused_at_another_size(repre_log):
+    """At 24 px the Swin's last stage has 3x3 cells for its 4x4 window: timm shrinks the window to 3, silently;
+    pre-training now says so. A checkpoint trained at 32 px built at 16 px (`repre eval/embed/show --set
+    data.image_size=16`) has its windows shrunk and failed on a size mismatch of the position tables; the
+    windows' own message now names the least size."""
+    from repre.builder import build_encoder, check_builds
+    from repre.errors import UserError
+    from repre.pretrained import _fit_image_size
+
+    check_builds(tiny_config(*SWIN_TINY, "data.image_size=24"), torch.device("cpu"))
+    said = [m for m in repre_log.messages if "fewer cells than its window" in m]
+    assert len(said) == 1 and "grids [(12, 12), (6, 6), (3, 3)], windows [(4, 4), (4, 4), (4, 4)]" in said[0]
+    assert "shrinks its window to [(4, 4), (4, 4), (3, 3)]" in said[0] and "data.image_size=26 or more" in said[0]
+    repre_log.clear()
+    check_builds(tiny_config(*SWIN_TINY), torch.device("cpu"))  # 32 px: every window fits
+    assert "fewer cells" not in repre_log.text
+
+    cfg = tiny_config(*SWIN_TINY, "data.image_size=16")
+    trained_at_32 = {"config": {"data": {"image_size": 32}}}
+    with pytest.raises(UserError, match=r"at 16x16 px a stage of this Swin has fewer cells than its window .* "
+                                        r"evaluate it at 26 px or more"):
+        _fit_image_size(build_encoder(cfg), {}, trained_at_32, cfg, "runs/swin")

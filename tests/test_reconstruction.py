@@ -278,3 +278,31 @@ def test_every_framework_s_targets_follow_its_online_weights(name, recon):
     frozen = [child for child in model.method.children()  # the copies that no optimizer trains
               if list(child.parameters()) and not any(p.requires_grad for p in child.parameters())]
     assert {id(m) for m in frozen} == {id(target) for _, target in model.method.ema_pairs()}
+
+
+def test_a_framework_of_ones_own_is_told_what_the_branch_needs_of_it():
+    """A framework whose encoder is a bare timm model failed at the first step in timm's words (the taps reached
+    its forward as an attention mask); one whose forward drops the taps was told to "give encode(images)'s
+    maps", the branch's API rather than its own forward."""
+    from repre.methods.base import Method
+    from repre.models.backbone import Backbone
+    from repre.reconstruction import RePre
+
+    class Bare(Method):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, views, labels=None, local_views=None, taps=()):
+            x = stack_views(views)
+            pooled, _ = self.encoder(x)  # taps dropped
+            return self.outputs(pooled.square().mean(), pooled, [], x)
+
+    vit = Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                            "num_heads": 2})
+    with pytest.raises(TypeError, match="Bare.encoder must be a repre Backbone .* not VisionTransformer: set "
+                                        r"self.encoder = Backbone.from_model\(model\)"):
+        RePre(Bare(vit.model), taps=2)
+    with pytest.raises(ValueError, match="Bare.forward returned 0 maps for the branch's 2 taps: pass its `taps` to "
+                                         "the encoder"):
+        RePre(Bare(vit), taps=2)(torch.randn(2, 2, 3, 16, 16), 0.9)

@@ -855,10 +855,12 @@ def test_sync_free_steps_skip_non_finite_steps_on_the_device(tmp_path, repre_log
     assert [r["step"] for r in lines if r["kind"] == "train"] == [3, 6, 9]  # the stopping window's line too
 
 
+@pytest.mark.parametrize("main", [True, False])
 @pytest.mark.parametrize("strategy", ["host", "device"])
-def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monkeypatch, strategy):
+def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monkeypatch, strategy, main, repre_log):
     """Distributed: this process's loss is finite, another's is not; the step is skipped here too, and the
-    guard's outcome says so (1, not this process's own 0: averaged over processes it reads 1)."""
+    guard's outcome says so (1, not this process's own 0: averaged over processes it reads 1). Rank 0 alone
+    says so (every process skips it)."""
     layer = torch.nn.Linear(2, 1)
     optimizer = torch.optim.AdamW(layer.parameters(), fused=strategy == "device")
     layer(torch.ones(1, 2)).sum().backward()
@@ -866,7 +868,7 @@ def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monk
     monkeypatch.setattr(guard_mod.dist, "is_distributed", lambda: True)
     monkeypatch.setattr(guard_mod.dist, "all_reduce_sum", lambda x: x + torch.tensor([1.0, 0.0, 0.0]))  # a bad rank
     monkeypatch.setattr(guard_mod.dist, "all_reduce_max", lambda x: torch.ones_like(x))
-    monkeypatch.setattr(guard_mod.dist, "is_main", lambda: True)
+    monkeypatch.setattr(guard_mod.dist, "is_main", lambda: main)
     state = RunState()
     guard = HostGuard(state, 3) if strategy == "host" else DeviceGuard(state, 3, torch.device("cpu"))
     finite, overflow, loss = torch.tensor(True), torch.tensor(False), torch.tensor(1.0)
@@ -875,6 +877,7 @@ def test_a_step_another_process_found_non_finite_is_skipped_and_logged_here(monk
     assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))  # no process took the step
     guard.sync()
     assert state.nonfinite_steps == 1
+    assert sum("skipped" in m for m in repre_log.messages) == int(main)
 
 
 @pytest.mark.parametrize("strategy", ["host", "device"])

@@ -400,3 +400,32 @@ def test_an_ignore_label_among_the_classes_is_neither_predicted_nor_scored():
     conf = confusion(probe, feats, masks, 3, ignore=0)
     m, acc, per_class = miou(conf)
     assert per_class == [None, 1.0, None] and m == 1.0 and acc == 1.0
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("shape", [(30, 40), (32, 32)])
+def test_a_mask_turns_with_its_images_exif_orientation(tmp_path, orientation, shape):
+    """A camera JPEG stored sideways with an EXIF orientation is read upright; its mask, of the stored pixels'
+    size, labels the stored pixels and is turned with them (it was read as stored: a square pair misaligned
+    silently, another refused as two sizes). A mask already of the upright size is taken as it is."""
+    from repre.data.seg_folder import read_pair
+
+    h, w = shape
+    stored = np.zeros((h, w, 3), np.uint8)
+    stored[:, : w // 2] = 255  # the left half of the stored pixels is white, labelled 1
+    labels = np.zeros((h, w), np.uint8)
+    labels[:, : w // 2] = 1
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "a.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(labels).save(tmp_path / "a.png")
+    image, mask = read_pair(tmp_path / "a.jpg", tmp_path / "a.png")
+    assert image.shape[-2:] == mask.shape
+    white = image.float().mean(0) > 128
+    assert torch.equal(white, mask == 1)
+    upright = np.array(Image.fromarray(labels).transpose(
+        {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}[orientation]))
+    if upright.shape != labels.shape:  # a mask drawn on the upright image: as it is
+        Image.fromarray(upright).save(tmp_path / "a.png")
+        image, mask = read_pair(tmp_path / "a.jpg", tmp_path / "a.png")
+        assert torch.equal(image.float().mean(0) > 128, mask == 1)

@@ -15,19 +15,49 @@ from repre.use.show import ATTENTION_NOTE, PCA_NOTE, TILE, cls_attention, patch_
 VIT = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
-def test_cls_attention_equals_timms_own_attention_weights():
-    """timm's unfused attention path computes the weights explicitly (attn_drop sees them): the same maps."""
+def _plain_cls_attention(encoder: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """The last block's class-token weights from its qkv projection and norms: softmax(q k^T * scale), with no
+    rotary embedding."""
+    attn, seen = encoder.model.blocks[-1].attn, {}
+    handle = attn.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0]))
+    with torch.no_grad():
+        encoder.model.forward_features(x)
+    handle.remove()
+    b, n, d = seen["x"].shape
+    qkv = attn.qkv(seen["x"]).reshape(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    h, w = encoder.model.patch_embed.grid_size
+    return weights[:, :, 0, encoder.model.num_prefix_tokens:].reshape(b, attn.num_heads, h, w)
+
+
+def test_cls_attention_equals_the_weights_of_the_query_and_keys():
     torch.manual_seed(0)
     encoder = Backbone("vit_tiny_patch16_224", VIT).eval()
     x = torch.randn(3, 3, 16, 16)
-    attn, seen = encoder.model.blocks[-1].attn, {}
-    attn.fused_attn = False
-    attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.update(weights=out))
-    encoder.model.forward_features(x)
-    expected = seen["weights"][:, :, 0, 1:].reshape(3, 2, 4, 4)
     maps = cls_attention(encoder, x)
-    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(maps, _plain_cls_attention(encoder, x), rtol=1e-5, atol=1e-6)
     assert maps.shape == (3, 2, 4, 4) and bool((maps.sum(dim=(2, 3)) < 1).all())  # the class token takes the rest
+    assert encoder.model.blocks[-1].attn.fused_attn  # its path put back
+
+
+@pytest.mark.parametrize("arch", ["vit_small_patch16_rope_224", "eva02_tiny_patch14_224", "beit_base_patch16_224",
+                                  "cait_xxs24_224"])
+def test_cls_attention_reads_the_blocks_own_weights_or_refuses(arch):
+    """Rebuilt from the block's qkv, the weights of a ViT with rotary position embeddings (EVA, rope ViTs) left
+    the rotation out, silently; BEiT's and CaiT's attention raised AttributeError. Now: the weights the block
+    computes, or a refusal where they are no softmax over the class token and patches (CaiT's patch blocks)."""
+    torch.manual_seed(0)
+    encoder = Backbone(arch, {**VIT, **({"depth_token_only": 1} if arch.startswith("cait") else {})}).eval()
+    x = torch.randn(2, 3, 16, 16)
+    if arch.startswith("cait"):
+        with pytest.raises(UserError, match="TalkingHeadAttn.* is no softmax over its class token and patches"):
+            cls_attention(encoder, x)
+        return
+    maps = cls_attention(encoder, x)
+    assert maps.shape == (2, 2, 4, 4) and bool((maps.sum(dim=(2, 3)) < 1).all())
+    if arch != "beit_base_patch16_224":  # the rotation changes the weights
+        assert not torch.allclose(maps, _plain_cls_attention(encoder, x), atol=1e-3)
 
 
 def test_patch_pca_is_the_top_three_components_of_the_patch_features():

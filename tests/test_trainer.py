@@ -364,3 +364,29 @@ def test_the_periodic_k_nn_and_checkpoints_are_no_training_time(tmp_path, monkey
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in lines].count("eval") == 3  # the k-NN ran, at steps 1 to 3
     assert all(r["images_per_sec"] > 1000 for r in lines if r["kind"] == "train")
+
+
+def test_data_that_stops_reading_mid_run_keeps_the_steps_so_far(tmp_path, image_folder, monkeypatch):
+    """A mount lost mid-run: every draw fails and the data is refused. The weights of the last step are whole:
+    they are saved, and the message says how to go on; the resumed run ends where an unbroken one does."""
+    from repre.data.folder import ImageFolder, UnreadableImage
+    from repre.errors import UserError
+
+    loads, load = [0], ImageFolder.load
+
+    def failing_after_3_steps(self, index):
+        loads[0] += 1
+        if loads[0] > 3 * 4:  # 4 images a step (batch 4, num_workers=0): the fourth step's reads fail
+            raise UnreadableImage(f"{self.path(index)}: no such file")
+        return load(self, index)
+
+    args = ("data.name=folder", f"data.root={image_folder}", "train.batch_size=4", "train.max_steps=6",
+            "train.num_workers=0", "train.checkpoint_every=100", "train.eval_every=0")
+    monkeypatch.setattr(ImageFolder, "load", failing_after_3_steps)
+    with pytest.raises(UserError, match=r"none of the .* images .*; step 3 saved to .*step-00000003\.pt: once the "
+                                        r"data reads again, go on with `repre pretrain --out .* --resume`"):
+        pretrain(tiny_config(*args), tmp_path / "run")
+    monkeypatch.setattr(ImageFolder, "load", load)
+    summary = pretrain(tiny_config(*args), tmp_path / "run", resume=True)
+    whole = pretrain(tiny_config(*args), tmp_path / "whole")
+    assert summary["completed"] and summary["loss"] == pytest.approx(whole["loss"], rel=1e-5)

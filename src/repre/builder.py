@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
 from repre.config import Config, checked
+from repre.core import dist
 from repre.errors import UserError
 from repre.methods import build_method
 from repre.models.backbone import Backbone, ModelBuildError, resolve_arch
@@ -16,6 +18,7 @@ from repre.reconstruction import Baseline, PretrainingModel, RePre
 # a branch), `weight` and `views` (RePre's recon_weight and views_per_image) and `taps` (RePre's `taps=`, which it
 # gives the branch); every other one is a `ReconstructionBranch` argument of the same name
 RECON_WRAPPER_KEYS = ("enabled", "weight", "taps", "views")
+log = logging.getLogger("repre")
 
 
 def build_encoder(cfg: Config) -> Backbone:
@@ -60,6 +63,22 @@ def check_builds(cfg: Config, device: torch.device) -> None:
         model = build_model(cfg, num_classes=2)
     if cfg.train.deterministic and device.type == "cuda":
         check_deterministic_cuda(cfg, model)
+    if dist.is_main():
+        _warn_of_shrunk_windows(cfg, model.method.encoder)
+
+
+def _warn_of_shrunk_windows(cfg: Config, encoder: Backbone) -> None:
+    """A Swin at an image size where a stage's grid is smaller than its window: timm shrinks that window to the
+    grid, which a run trains with and evaluates at this size alone (another size would change the window again,
+    and `repre eval` refuses it)."""
+    if not encoder.hierarchical:
+        return
+    size, asked = cfg.data.image_size, encoder.windows_at()
+    if (short := encoder.least_size_for(asked, (size, size))) is not None:
+        log.warning("data.image_size=%d: a stage of %s has fewer cells than its window (grids %s, windows %s), so "
+                    "timm shrinks its window to %s; the run trains so, and is evaluated at this size alone. "
+                    "data.image_size=%d or more keeps the windows asked for", size, cfg.model.arch, short[1], asked,
+                    encoder.windows(), short[0])
 
 
 def check_deterministic_cuda(cfg: Config, model: PretrainingModel) -> None:

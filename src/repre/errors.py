@@ -5,6 +5,13 @@ class UserError(Exception):
     """A bad input: config, path, data or checkpoint. The message says what is wrong and what to do."""
 
 
+def user_message(exc: UserError) -> str:
+    """The error's message. One raised in a data loader's worker comes back as a UserError whose text is the
+    worker's whole traceback, which ends with the message."""
+    text = str(exc)
+    return text.rsplit("UserError: ", 1)[-1].strip() if "Original Traceback" in text else text
+
+
 class NoTestSplit(UserError):
     """Data without a held-out split (a folder without val/ or test/, shards without val/): `root` is its folder.
     The message says what evaluation needs; a command that can do without it says its own."""

@@ -134,6 +134,16 @@ def run_evaluations(run: Path, step: int, key: str, cfg: Config) -> list[dict[st
     return evals
 
 
+def recipe(cfg: Config) -> dict[str, Any]:
+    """The run's config as its config.yaml holds it, for a reader of the card: how it was trained. Its data
+    roots named, not given (the training machine's paths; a URL may hold a token)."""
+    out = cfg.to_dict()
+    for section in (out["data"], out["eval"]["segment"]):
+        if section.get("root"):
+            section["root"] = "(a path)"
+    return out
+
+
 def init_record(started: dict[str, Any] | None) -> dict[str, Any] | None:
     """A checkpoint's `init_from` as a card shows it: its file's name, not the path on the training machine."""
     return None if started is None else {**started, "checkpoint": Path(started["checkpoint"]).name}
@@ -160,6 +170,7 @@ def model_card(ckpt: dict[str, Any], cfg: Config, key: str, arch: str, kwargs: d
         "recon": cfg.recon.enabled,
         "preset": cfg.preset,
         "data": {"name": cfg.data.name, "image_size": cfg.data.image_size},
+        "config": recipe(cfg),
         "step": step,
         "total_steps": total,  # the run's; a checkpoint before its end (stopped, or a step checkpoint) has fewer
         # the checkpoint the run started from (--init-from; null: none), its steps not counted; named by its file

@@ -147,9 +147,14 @@ def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
 def _fit_image_size(module: nn.Module, state: dict[str, torch.Tensor], ckpt: dict, cfg: Config,
                     checkpoint: str | Path) -> None:
     """`state` (`module`'s), trained at another data.image_size than `cfg`'s, made to fit in place: a ViT's
-    position embedding resampled to this patch grid (`Backbone.fit_state`), as DINO's evaluations do."""
+    position embedding resampled to this patch grid (`Backbone.fit_state`), as DINO's evaluations do. A Swin's
+    windows must fit the new size as they did the trained one: else UserError naming the least size."""
+    trained = ckpt.get("config", {}).get("data", {}).get("image_size")
+    swin = next((m for m in module.modules() if isinstance(m, Backbone) and m.hierarchical), None)
+    if swin is not None and isinstance(trained, int) and trained != cfg.data.image_size:
+        size = cfg.data.image_size
+        swin.check_windows_at((size, size), windows=swin.windows_at(trained))
     if fit_backbones(module, state):
-        trained = ckpt.get("config", {}).get("data", {}).get("image_size")
         log.info("%s: trained at data.image_size=%s, its position embeddings resampled to %d", checkpoint,
                  trained, cfg.data.image_size)
 

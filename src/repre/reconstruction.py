@@ -58,6 +58,10 @@ class PretrainingModel(nn.Module):
     recon_weight: float = 0.0  # λ, the reconstruction loss's weight in "loss" (a Baseline has none)
 
     def __init__(self, method: Method) -> None:
+        if not isinstance(getattr(method, "encoder", None), Backbone):  # a bare timm model: `taps` reach its forward
+            raise TypeError(f"{type(method).__name__}.encoder must be a repre Backbone (whose forward takes the taps "
+                            "and returns (pooled, maps)), not " + type(getattr(method, "encoder", None)).__name__
+                            + ": set self.encoder = Backbone.from_model(model) in its __init__, as MoCoV3's")
         super().__init__()
         self.method = method
 
@@ -108,6 +112,10 @@ class RePre(PretrainingModel):
         decoder reconstructs the global views as the encoder received them; with `views_per_image=1` B of the 2B views
         (`one_view_rows`)."""
         out = self.method.ema_then_forward(views, momentum, labels, local_views, self.branch.taps)
+        if len(out.maps) != len(self.branch.taps):
+            raise ValueError(f"{type(self.method).__name__}.forward returned {len(out.maps)} maps for the branch's "
+                             f"{len(self.branch.taps)} taps: pass its `taps` to the encoder (pooled, maps = "
+                             "self.encoder(x, taps)) and the maps to `self.outputs`")
         rows = None
         if self.views_per_image == 1:  # every process has an equal share of the global batch
             rows = one_view_rows(2 * len(views), rank() * len(views), views.device)  # of out.stacked_views

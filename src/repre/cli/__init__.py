@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"repre {args.command} runs in one process: run it without torchrun (pretrain and the "
                             "papers' linear probes share their work among processes)")
         if args.command in FILE_OUTPUTS:  # before the work that the file would hold
-            check_writable(Path(args.out).absolute().parent, "--out")
+            check_writable(Path(args.out).absolute().parent, "--out", args.out)
         if args.command == "pretrain":
             return commands.RUN[args.command](args)
         with failures.terminated_as_interrupted():

@@ -13,7 +13,7 @@ from pathlib import Path
 from repre.cli.failures import say
 from repre.config import Config
 from repre.core import run_files
-from repre.core.launch import launch_rank, launched, launched_world_size
+from repre.core.launch import launch_rank, launched, launched_world_size, said_by_the_first
 from repre.errors import StoppedEarly, UserError
 
 
@@ -28,15 +28,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if source is None and args.resume and (out / run_files.CONFIG).is_file():
         source = str(out / run_files.CONFIG)  # resume with the run's own config
     cfg = None
-    if source is None and args.resume:  # a folder of checkpoints/ alone (config.yaml lost): theirs, not the default
-        cfg = _checkpoint_config(out, args.overrides)
-    if cfg is None:
-        cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
-    _warn_of_idle_keys(cfg, args.config, args.overrides)
+    with said_by_the_first():  # every process reads the config alike: its warnings said once
+        if source is None and args.resume:  # a folder of checkpoints/ alone (config.yaml lost): theirs
+            cfg = _checkpoint_config(out, args.overrides)
+        if cfg is None:
+            cfg = load_config(source, args.overrides)  # a wrong key or value fails here, before torch is imported
+        _warn_of_idle_keys(cfg, args.config, args.overrides)
     if launched() and launch_rank() == 0:
         # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
         # then stops the others; one failing first could have rank 0 stopped before it spoke)
-        check_global_batch("train.batch_size", cfg.train.batch_size, launched_world_size())
+        check_global_batch("train.batch_size", cfg.train.batch_size, launched_world_size(), resuming=args.resume)
     if args.resume and args.config is not None:
         _refuse_another_length(out, cfg, args.config, args.overrides)
     from repre.pretraining import pretrain

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from repre.core.atomic import written_file
 from repre.core.launch import launch_rank, launched
-from repre.errors import UserError
+from repre.errors import UserError, user_message
 
 # a file or folder that cannot be written where the user pointed (exit 2, not a crash): no permission, a read-only
 # filesystem, a file where a folder should be or the reverse, a full disk or quota
@@ -127,13 +127,6 @@ def made_for(named: str, out: str) -> bool:
     """Whether `named` is a file or folder being made for `--out`: `out` itself, or the temporary file that
     stands for it (not a missing input beside it)."""
     return Path(written_file(named)).absolute() == Path(out).absolute()
-
-
-def user_message(exc: UserError) -> str:
-    """The error's message. One raised in a data loader's worker comes back as a UserError whose text is the
-    worker's whole traceback, which ends with the message."""
-    text = str(exc)
-    return text.rsplit("UserError: ", 1)[-1].strip() if "Original Traceback" in text else text
 
 
 # what a collective raises in the processes left when another process of the run has stopped: gloo's socket

@@ -232,13 +232,16 @@ def validate(cfg: Config) -> None:
     _validate_across(cfg)
 
 
-def check_global_batch(key: str, batch: int, processes: int) -> None:
+def check_global_batch(key: str, batch: int, processes: int, resuming: bool = False) -> None:
     """`key`=`batch` is a global batch: each of `processes` processes takes an equal share of it. The CLI checks
     this with torchrun's WORLD_SIZE before torch is imported (every process would otherwise import it, join
-    the group and build the run first); the trainer and the probe check it again with the group's size."""
+    the group and build the run first); the trainer and the probe check it again with the group's size.
+    `resuming`: a run's batch cannot change on --resume, so the advice is a process count that divides it."""
     if batch % processes:
-        raise UserError(f"{key}={batch} (the global batch) is not divisible by the {processes} processes; use a "
-                        f"multiple of {processes}")
+        fits = ", ".join(str(n) for n in range(1, batch + 1) if batch % n == 0)
+        do = (f"a resumed run keeps its batch: launch a number of processes that divides it ({fits})" if resuming
+              else f"use a multiple of {processes}")
+        raise UserError(f"{key}={batch} (the global batch) is not divisible by the {processes} processes; {do}")
 
 
 def _validate_data(d: DataConfig) -> None:

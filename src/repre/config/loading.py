@@ -294,6 +294,12 @@ def _file_dict(path: Path, source: str) -> dict[str, Any]:
         if _version(by) >= _version(__version__):  # an older repre's lacks the keys added since, rightly
             _warn_of_keys_left_out(raw, source)
         return raw
+    label, base = raw.get("preset"), raw.get("_base_")
+    if base is not None and isinstance(label, str) and label != base and label in list_presets():
+        raise UserError(f"config file {source}: `preset: {label}` over `_base_: {base}`: `preset` is a label (the "
+                        f"run's folder, summary and card name it), and this config is {base}'s with the file's keys, "
+                        f"not the preset {label}: drop `preset:` (the file's name labels it) or give a label of "
+                        "your own")
     # a file named as a preset is labelled it: the same rule; a pipe (no name of its own) by its base
     raw.setdefault("preset", path.stem if path.is_file() else str(raw.get("_base_") or "piped"))
     _refuse_a_preset_label_alone(raw, source)

@@ -72,13 +72,16 @@ def written_file(path: str) -> str:
     return str(Path(path).with_name("".join(part or "" for part in found.groups())))
 
 
-def check_writable(folder: Path, option: str) -> None:
+def check_writable(folder: Path, option: str, given: str | Path | None = None) -> None:
     """Exit 2 before any work when `folder` (where a command's files go) could not be written: it, or a folder
-    above it, is a file, or the nearest existing one is not writable by this user. Nothing is created."""
+    above it, is a file, or the nearest existing one is on a read-only filesystem or not writable by this user.
+    Nothing is created. `given`: the path the user gave, when `folder` is the one it goes into (a file's)."""
+    said = f"{option} {given if given is not None else folder}"
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     blocked = next((p for p in (existing, *existing.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
-        raise UserError(f"{option} {folder}: {blocked} is a file, not a folder; give another path")
+        raise UserError(f"{said}: {blocked} is a file, not a folder; give another path")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise UserError(f"{said}: {existing} is on a read-only filesystem; give a path on another one (--out)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {folder}: {existing} is not writable by this user; give a path you can write to "
-                        "(--out)")
+        raise UserError(f"{said}: {existing} is not writable by this user; give a path you can write to (--out)")

@@ -3,7 +3,10 @@ joined. No torch: the CLI reads it before it imports torch (`repre.core.dist` of
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 
 from repre.errors import UserError
 
@@ -49,3 +52,20 @@ def _environ_int(name: str, default: int) -> int:
     except ValueError:
         raise UserError(f"{name}={text!r} in the environment is not an integer: a launcher (torchrun) sets it for "
                         f"each process it starts; unset it to run one process (`unset {name}`)") from None
+
+
+@contextlib.contextmanager
+def said_by_the_first(alike: bool = True) -> Iterator[None]:
+    """Within it, the warnings and notes of work every process does `alike` (reading the config, an evaluation
+    each runs whole) come from the launcher's first process alone: the others would repeat each one; their
+    errors still show. `alike=False` (work they share, each meeting its own images): every process speaks."""
+    log = logging.getLogger("repre")
+    if not alike or launch_rank() == 0:
+        yield
+        return
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -26,14 +26,14 @@ import io
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from repre.data.folder import ImageReadMode, UnreadableImage, complete_jpeg, decode, decode_jpeg
+from repre.data.folder import ImageReadMode, UnreadableImage, complete_jpeg, decode, decode_jpeg, warn_unreadable
 
 log = logging.getLogger("repre")
 
@@ -138,15 +138,17 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device, names: list[str
                 try:
                     img = decode(io.BytesIO(d.numpy().tobytes()), name)
                     out.append(img.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else img)
-                except UnreadableImage as exc:
-                    log.warning("could not decode %s on the device or the CPU (%s): grey in its place", name, exc)
+                except UnreadableImage as exc:  # its text names the file: said once per process
+                    warn_unreadable(str(exc), "could not decode on the device or the CPU (mid-grey in its place)")
                     out.append(None)
     return out
 
 
-def unpack(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], int]:
+def unpack(batch: dict[str, torch.Tensor], device: torch.device, name_of: Callable[[int], str] | None = None
+           ) -> tuple[list[torch.Tensor], int]:
     """A packed batch ("pixels" already on `device`, "jpeg" on the CPU) -> (its images, uint8 [3, H, W] each on
-    `device`, in batch order; the number that could not be decoded, replaced by mid-grey)."""
+    `device`, in batch order; the number that could not be decoded, replaced by mid-grey). `name_of(index)`: the
+    file at a dataset index, for messages."""
     shapes, offsets, lengths = batch["shapes"].tolist(), batch["offsets"].tolist(), batch["lengths"].tolist()
     encoded = batch["encoded"].tolist()
     images: list[torch.Tensor | None] = [None] * len(shapes)
@@ -156,8 +158,8 @@ def unpack(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[list[t
             images[i] = batch["pixels"][offsets[i]: offsets[i] + lengths[i]].view(3, *shapes[i])
     if jpegs:
         data = [batch["jpeg"][offsets[i]: offsets[i] + lengths[i]] for i in jpegs]
-        names = [f"the image at dataset index {int(batch['index'][i])}" if "index" in batch else f"JPEG {i}"
-                 for i in jpegs]
+        names = [f"JPEG {i}" if "index" not in batch else name_of(int(batch["index"][i])) if name_of
+                 else f"the image at dataset index {int(batch['index'][i])}" for i in jpegs]
         for i, img in zip(jpegs, decode_jpegs(data, device, names), strict=True):
             images[i] = img
     bad = [i for i, img in enumerate(images) if img is None or tuple(img.shape[-2:]) != tuple(shapes[i])]
@@ -268,12 +270,13 @@ def _cut(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, s: int) -> t
     return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int) -> dict[str, torch.Tensor]:
+def crop_on_device(batch: dict[str, torch.Tensor], size: int, local_size: int,
+                   name_of: Callable[[int], str] | None = None) -> dict[str, torch.Tensor]:
     """A packed batch -> the same with uint8 "views" [B, V, 3, S, S] (and "local_views" [B, L, 3, s, s]) cut on
     the device, ready for the photometric stage. Images that could not be decoded are added to "skipped" (the
     loader's count, on the CPU)."""
     device = batch["pixels"].device
-    images, bad = unpack(batch, device)
+    images, bad = unpack(batch, device, name_of)
     out = {k: val for k, val in batch.items() if k not in ("pixels", "jpeg", "offsets", "lengths")}
     out["skipped"] = batch["skipped"] + bad
     sets = [(batch["boxes"], batch["flips"], size)]

@@ -331,6 +331,8 @@ def decode(path: str | Path | BinaryIO, name: str | None = None) -> torch.Tensor
         data = path.read() if hasattr(path, "read") else read_file(path)
     except OSError as exc:
         raise UnreadableImage(f"{path_name}: {exc}") from None
+    if not data:
+        raise UnreadableImage(f"{path_name}: empty (0 bytes): a copy that failed?")
     fast = _decode_fast(data)
     return fast if fast is not None else _decode_pil(io.BytesIO(data), path_name)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,12 +136,14 @@ def batched_photometric(views: torch.Tensor, photo: torch.Tensor, spec: ViewSpec
     return photometric(views.flatten(0, 1), photo.flatten(0, 1).to(views.device), spec).view(b, v, *views.shape[2:])
 
 
-def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec) -> dict[str, torch.Tensor]:
+def finish_views(batch: dict[str, torch.Tensor], spec: ViewSpec, name_of: Callable[[int], str] | None = None
+                 ) -> dict[str, torch.Tensor]:
     """The stages a batch's loader left out, where its tensors are now (the training device): the crops of a
     packed batch (data.device_stages=crops; "pixels" moved, "jpeg" on the CPU), then the photometric stage of
-    uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged."""
+    uint8 views (their parameters under "photo"/"local_photo"). A batch whose views are float passes unchanged.
+    `name_of(index)`: the file at a dataset index, named when it cannot be decoded."""
     if "pixels" in batch:  # packed whole images (a finished batch keeps its boxes, not its pixels)
-        batch = crop_on_device(batch, spec.size, spec.local_size)
+        batch = crop_on_device(batch, spec.size, spec.local_size, name_of)
     if batch["views"].dtype != torch.uint8:
         return batch
     out = dict(batch, views=batched_photometric(batch["views"], batch["photo"], spec))
@@ -283,7 +286,8 @@ class PretrainData:
         left out run there (data.device_stages; JPEG bytes stay on the CPU for the decoder)."""
         keys = ("views", "label", "local_views", "photo", "local_photo", "pixels")
         moved = {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
-        return finish_views({**batch, **moved}, self.spec)
+        name_of = getattr(self.source, "path", None)  # a folder's or indexed shards' files
+        return finish_views({**batch, **moved}, self.spec, name_of)
 
     def observe(self, batch: dict) -> None:
         """A batch was trained on: where its data worker's stream now stands (streamed shards)."""

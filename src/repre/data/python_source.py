@@ -67,6 +67,13 @@ def _check_own(name: str) -> None:
     path (not imported), outside Python's library and the installed packages."""
     _current_folder_on_path()
     top = name.partition(":")[0].split(".")[0]
+    if top == "__main__":  # a notebook's or script's own: data workers and later commands cannot import it
+        raise UserError(f"data.source={name}: __main__ (a notebook or the script run) is no module other "
+                        "processes can import; put the function in a file of its own, e.g. mydata.py, and give "
+                        "data.source=mydata:FUNCTION")
+    if not top:
+        raise UserError(f"data.source={name}: no module name before the function (a relative name); give "
+                        "MODULE:FUNCTION, e.g. mydata:scans")
     spec = importlib.util.find_spec(top)
     if spec is None:
         raise UserError(f"data.source={name}: no module {top} on the Python path; run from the folder that holds "

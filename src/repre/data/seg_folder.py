@@ -58,11 +58,38 @@ def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_mask(path: Path) -> torch.Tensor:
-    """A PNG label map -> int32 [H, W] of class indices (palette PNGs: the palette indices; 1-bit: 0 and 1; RGB
-    with equal channels: the channel)."""
+# EXIF orientation -> the transpose that turns the stored pixels upright (Pillow's `ImageOps.exif_transpose`)
+TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_90}
+
+
+def stored_turn(path: Path) -> tuple[int, tuple[int, int]]:
+    """An image file's EXIF orientation (1: none, or unreadable) and its stored size (W, H), before turning."""
     try:
         with Image.open(path) as img:
+            return int(img.getexif().get(0x0112, 1)), img.size
+    except Exception:  # noqa: BLE001 - PIL raises many types; `decode` names the file's problem
+        return 1, (0, 0)
+
+
+def read_pair(image_path: Path, mask_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image (uint8 [3, H, W], turned upright by its EXIF orientation, as every image repre reads) and its
+    mask (int32 [H, W]) in the same orientation: a mask of the image's stored size is taken to label the stored
+    pixels and is turned with them; one already of the turned size is taken as it is."""
+    image = decode(image_path)
+    orientation, stored = stored_turn(image_path)
+    return image, read_mask(mask_path, TURNS.get(orientation), stored)
+
+
+def read_mask(path: Path, turn: Image.Transpose | None = None, stored: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """A PNG label map -> int32 [H, W] of class indices (palette PNGs: the palette indices; 1-bit: 0 and 1; RGB
+    with equal channels: the channel), turned by `turn` where its size (W, H) is `stored`, its image's before
+    the image's EXIF turn."""
+    try:
+        with Image.open(path) as img:
+            if turn is not None and img.size == tuple(stored):
+                img = img.transpose(turn)
             arr = np.array(img)
             mode = img.mode
     except Exception as exc:  # noqa: BLE001 - PIL raises many types
@@ -106,7 +133,7 @@ class SegmentationFolder:
         images, masks, skipped = [], [], []
         for image_path, mask_path in pairs:
             try:
-                img, msk = fit(decode(image_path), read_mask(mask_path), size)
+                img, msk = fit(*read_pair(image_path, mask_path), size)
             except UnreadableImage as exc:
                 skipped.append(f"{image_path.name}: {exc}")
                 continue

@@ -80,8 +80,9 @@ class HostGuard(NonFiniteGuard):
             return Outcome(torch.tensor(0.0), stop)
         s.nonfinite_steps += 1
         s.bad_streak += 1
-        log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
-                    s.step + 1, float(loss.detach()), float(grad_norm))
+        if dist.is_main():  # the skip is agreed: said once
+            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped",
+                        s.step + 1, float(loss.detach()), float(grad_norm))
         return Outcome(torch.tensor(1.0), stop)
 
 

@@ -40,7 +40,7 @@ from repre.engine.metrics import MetricWriter, WindowMeter, rounded
 from repre.engine.optim import build_optimizer, clip_or_measure
 from repre.engine.signals import GracefulStop, Interrupted
 from repre.engine.state import RunState
-from repre.errors import StoppedEarly, UserError
+from repre.errors import StoppedEarly, UserError, user_message
 from repre.models.attention import training_attention
 from repre.models.sync_bn import convert_sync_batchnorm
 from repre.reconstruction import PretrainingModel
@@ -108,7 +108,7 @@ class Trainer:
         takes time; `check_builds` builds a shape-only model on the meta device)."""
         cfg = self.cfg
         check_builds(cfg, self.rt.device)
-        check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size())
+        check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size(), resuming=resume)
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         self._take_lock(runs_only=True)  # a run another process trains: said so before "add --resume" is
@@ -309,10 +309,11 @@ class Trainer:
                          f"no checkpoint was written yet: start again with `repre pretrain --config "
                          f"{self.out / run_files.CONFIG} --out NEW_DIR --set ...`")
                 fp16 = "train.precision=bf16 instead of fp16, " if self.rt.precision == "fp16" else ""
-                log.error(
-                    "stopped: %d non-finite step%s in a row at step %d. Usual remedies: a lower train.lr, %s"
-                    "train.clip_grad (e.g. 3.0), a longer warm-up; the last good checkpoint is %s: %s", s.bad_streak,
-                    "" if s.bad_streak == 1 else "s", s.step, fp16, path or "none", start)
+                if main:  # every process stops: said once
+                    log.error(
+                        "stopped: %d non-finite step%s in a row at step %d. Usual remedies: a lower train.lr, %s"
+                        "train.clip_grad (e.g. 3.0), a longer warm-up; the last good checkpoint is %s: %s",
+                        s.bad_streak, "" if s.bad_streak == 1 else "s", s.step, fp16, path or "none", start)
             else:
                 writer.flush()
                 path = self.checkpoints.save(final=True)
@@ -395,7 +396,11 @@ class Trainer:
         tick = time.perf_counter()
         compiling = t.compile  # the first step of this start compiles: its compute is no training speed
         while s.step < self.total and not self.agreement.stopping():
-            batch = self.data.to_device(next(batches))
+            try:
+                raw = next(batches)
+            except UserError as exc:  # the data stopped reading (a lost mount): the steps so far are kept
+                raise self._data_failed(exc, writer) from None
+            batch = self.data.to_device(raw)
             if compiling:  # its data wait counts as any step's; the step itself is timed apart
                 fetched = time.perf_counter()
                 s.train_seconds += fetched - tick
@@ -440,6 +445,24 @@ class Trainer:
         if s.step >= self.total and meter:  # resumed at its total between two lines: the steps carried over
             self._log_window(writer, meter, bar, None)
         return s.step >= self.total
+
+    def _data_failed(self, exc: UserError, writer: MetricWriter) -> UserError:
+        """The error to raise when the data fails between two steps: the weights are those of the last step, whole,
+        so one process saves them as a checkpoint and the message says how to go on. Under torchrun the others
+        wait in a collective, so no checkpoint is written: the newest one is named."""
+        if self.state.step == 0:  # nothing trained yet, nothing to keep
+            return exc
+        if dist.is_distributed():
+            newest = checkpoint_io.step_checkpoints(self.out)
+            kept = (f"the newest checkpoint is {newest[-1]}" if newest else "no checkpoint was written yet")
+        elif self.state.bad_streak:  # within a run of non-finite steps: the last good checkpoint stays newest
+            kept = f"the last good checkpoint is {self.checkpoints.last_good or 'none'}"
+        else:
+            writer.flush()
+            path = self.checkpoints.save()
+            kept = f"step {self.state.step} saved to {path}" if path else "the checkpoint could not be written"
+        return UserError(f"{user_message(exc)}; {kept}: once the data reads again, go on with "
+                         f"{self._resume_command()}")
 
     def _sync_point(self) -> None:
         """At log and checkpoint steps and when the loop ends (every process at the same steps): the image

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from repre.config import EVAL_TASKS, flatten, override_items, parse_overrides
+from repre.config import EVAL_TASKS, Config, flatten, override_items, parse_overrides
 from repre.config.reads import eval_reads, idle_keys, other_tasks
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import dist, eval_results, launch, run_files
@@ -59,7 +58,7 @@ def evaluate(
     out = None if out is None else Path(out).expanduser()
     if keep:
         out = result_folder(checkpoint, task, overrides, out, "out")
-    with _said_once(task):
+    with launch.said_by_the_first(task not in SHARES_WORK):  # until the config says whether the work is shared
         result = _evaluate(task, checkpoint, overrides, out)
     if keep and launch.launch_rank() == 0:  # under torchrun one process writes
         try:
@@ -69,22 +68,9 @@ def evaluate(
     return result
 
 
-SHARES_WORK = ("linear",)  # tasks whose torchrun processes share the work; the others run whole in each
-
-
-@contextlib.contextmanager
-def _said_once(task: str) -> Iterator[None]:
-    """A task each process runs whole says its warnings from rank 0 alone (the others would repeat them, on the
-    same images); their errors still show."""
-    if task in SHARES_WORK or launch.launch_rank() == 0:
-        yield
-        return
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+# tasks whose torchrun processes may share the work, and whether a run's config has them share it (the linear
+# probe's `quick` protocol runs whole in each process); the other tasks run whole in each
+SHARES_WORK: dict[str, Callable[[Config], bool]] = {"linear": lambda cfg: cfg.eval.linear.protocol != "quick"}
 
 
 def result_folder(checkpoint: str | Path, task: str, overrides: list[str], out: str | Path | None,
@@ -134,7 +120,8 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
         with seeded(cfg.train.seed, rt):  # building the model draws its initial weights
             model = model_from(ckpt, cfg, checkpoint).to(rt.device)
             return {**recon_eval(model, cfg, rt, Path(out) if out else None), "checkpoint": evaluated}
-    with dist.group_scope():  # under torchrun: joined in the block, left after it
+    shared = task in SHARES_WORK and SHARES_WORK[task](cfg)
+    with dist.group_scope(), launch.said_by_the_first(not shared):  # joined in the block, left after
         rt = setup_runtime(cfg.train, join_group=True)
         with seeded(cfg.train.seed, rt):  # building the encoder, new heads, drop path: the same result every time
             encoder = encoder_from(ckpt, cfg, checkpoint).to(rt.device)

@@ -23,7 +23,7 @@ from repre.config import LinearConfig
 from repre.core.schedules import scaled_lr
 from repre.data.evaluation import EvalResize
 from repre.errors import UserError
-from repre.eval.tokens import check_layout
+from repre.eval.tokens import blocks_hold_prefix, check_layout
 from repre.models.backbone import Backbone
 
 REFERENCES = {
@@ -122,6 +122,8 @@ def default_layout(name: str, encoder: Backbone) -> tuple[str, int]:
     if encoder.pools_patch_tokens:  # a Swin: the mean of the last stage, as both papers' ResNet-50 (avgpool)
         return "avg", 1  # and MoBY's Swin (models/swin_transformer.py:577-579, after the final norm); a ViT
     # pooling the patch tokens' mean (global_pool='avg'): its own embedding, not a class token it never pooled
+    if not encoder.hierarchical and not blocks_hold_prefix(encoder):  # CaiT: no block holds the class token
+        return "avg", 1
     if name == "dino" and encoder.embed_dim < DINO_WIDE:
         # eval_linear.py:256,258: --n_last_blocks 4, --avgpool_patchtokens false, "for ViT-Small"
         return "cls", min(4, encoder.num_units)

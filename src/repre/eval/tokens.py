@@ -9,16 +9,27 @@ same features in another order, which a linear head with i.i.d. initial weights 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from repre.errors import UserError
 from repre.models.backbone import Backbone
 
 
+def blocks_hold_prefix(encoder: Backbone) -> bool:
+    """Whether timm's `forward_intermediates` of a ViT returns each block's prefix tokens (the class token): not
+    CaiT's or ConViT's, whose class token joins after the blocks it reads."""
+    return "return_prefix_tokens" in inspect.signature(encoder.model.forward_intermediates).parameters
+
+
 def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
     """Raise UserError when `encoder` cannot give features `kind` of its last `blocks` blocks."""
     if kind in ("cls", "both") and not encoder.has_class_token:
         raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg (or leave it null)")
+    if kind in ("cls", "both") and not encoder.hierarchical and not blocks_hold_prefix(encoder):
+        raise UserError(f"{encoder.arch}'s blocks hold no class token (it joins after them): the probe reads the "
+                        "class token of each block; use eval.linear.features=avg")
     if not 1 <= blocks <= encoder.num_units:
         units = "stages" if encoder.hierarchical else "blocks"
         raise UserError(f"eval.linear.blocks={blocks}: the probe reads the features of the encoder's last "
@@ -39,8 +50,9 @@ def token_features(encoder: Backbone, x: torch.Tensor, kind: str, blocks: int) -
     if encoder.hierarchical:
         maps = encoder.unit_maps(x, range(encoder.num_units - blocks, encoder.num_units))  # the last `blocks` stages
         return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
-    outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC",
-                                       return_prefix_tokens=kind != "avg", intermediates_only=True)
+    asks = {"return_prefix_tokens": kind != "avg"} if blocks_hold_prefix(encoder) else {}
+    outs = model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NLC", intermediates_only=True,
+                                       **asks)
     norm = encoder.pooled_norm or torch.nn.Identity()  # a ViT norming after pooling (MAE's fc_norm): here
     parts = []
     for out in outs:

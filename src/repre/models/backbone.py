@@ -121,6 +121,10 @@ class Backbone(nn.Module):
         self.embed_dim: int = self.model.num_features
         self.num_units: int = len(units)  # the units a tap names: blocks (ViT) or stages (Swin)
         embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches
+        patch = getattr(embed, "patch_size", None)
+        if isinstance(patch, (tuple, list)) and len(set(patch)) > 1:  # timm's feat_ratio says the larger side
+            raise UserError(f"{name} has {patch[0]}x{patch[1]} pixel patches: the tap maps and the decoder take "
+                            "square ones; build it with patch_size=N")
         side = embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size  # (h, w), or an int (XCiT)
         self.patch_size: int = int(side if isinstance(side, int) else side[0])
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
@@ -199,8 +203,9 @@ class Backbone(nn.Module):
 
     @property
     def pools_patch_tokens(self) -> bool:
-        """The embedding is the mean of the patch tokens (a Swin's maps; a ViT built with global_pool='avg' or
-        without a class token), not a class token."""
+        """The embedding is pooled from the patch tokens, not a class token: their mean (a Swin's maps; a ViT built
+        with global_pool='avg'), or any pooling of a ViT without a class token (SigLIP's attention pooling,
+        global_pool='map')."""
         return self.hierarchical or not self.has_class_token or getattr(self.model, "global_pool", None) == "avg"
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -272,19 +277,34 @@ class Backbone(nn.Module):
         """A Swin's attention window, stage by stage, as its blocks use it at its input size."""
         return [tuple(stage.blocks[0].window_size) for stage in self.model.layers]
 
-    def check_windows_at(self, size: tuple[int, int], multiple: int = 1) -> None:
-        """UserError where a stage of this Swin has fewer cells than its window at `size` (timm would shrink
-        the window, and resample its position table), naming the least size that fits (a multiple of the patch
-        and of `multiple`: the stride a caller's maps need)."""
-        windows = self.windows()
+    def windows_at(self, size: int | None = None) -> list[tuple[int, int]]:
+        """A Swin's windows as timm builds it at `size` px, where a stage whose grid is smaller than its window
+        has the window shrunk to the grid; None: at a size where none is, the windows its kwargs ask for. Built
+        shape-only, on the meta device."""
+        with torch.device("meta"):
+            model = create_timm(self.arch, {**self.kwargs, "img_size": size or 8192})
+        return [tuple(stage.blocks[0].window_size) for stage in model.layers]
+
+    def least_size_for(self, windows: list[tuple[int, int]], size: tuple[int, int], multiple: int = 1
+                       ) -> tuple[int, list[tuple[int, int]]] | None:
+        """None where every stage of this Swin at `size` (H, W) has at least as many cells as its window in
+        `windows`, else (the least size that has, a multiple of the patch and of `multiple`; the stages' grids)."""
         grids = [tuple(map_side(side, self.patch_size, r) for side in size) for r in self.unit_strides]
-        if any(g < w for grid, window in zip(grids, windows, strict=True) for g, w in zip(grid, window, strict=True)):
-            least = max((max(w) - 1) * r + 1 for w, r in zip(windows, self.unit_strides, strict=True))
-            step = math.lcm(self.patch_size, multiple)
-            least += -least % step
+        if all(g >= w for grid, window in zip(grids, windows, strict=True) for g, w in zip(grid, window, strict=True)):
+            return None
+        least = max((max(w) - 1) * r + 1 for w, r in zip(windows, self.unit_strides, strict=True))
+        return least + -least % math.lcm(self.patch_size, multiple), grids
+
+    def check_windows_at(self, size: tuple[int, int], multiple: int = 1,
+                         windows: list[tuple[int, int]] | None = None) -> None:
+        """UserError where a stage of this Swin has fewer cells than its window (`windows`, default: its own) at
+        `size` (timm would shrink the window, and resample its position table), naming the least size that fits
+        (a multiple of the patch and of `multiple`: the stride a caller's maps need)."""
+        windows = windows or self.windows()
+        if (short := self.least_size_for(windows, size, multiple)) is not None:
             raise UserError(f"at {size[0]}x{size[1]} px a stage of this Swin has fewer cells than its window "
-                            f"(grids {grids}, windows {windows}), which would shrink the window and change its "
-                            f"position table: evaluate it at {least} px or more")
+                            f"(grids {short[1]}, windows {windows}), which would shrink the window and change its "
+                            f"position table: evaluate it at {short[0]} px or more")
 
     @torch.no_grad()
     def fit_state(self, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:

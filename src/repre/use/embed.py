@@ -95,11 +95,12 @@ def identity(checkpoint: str | Path, cfg: Config, split: str, rt: Runtime, image
 
 
 def row_data(data: dict[str, Any]) -> dict[str, Any]:
-    """A data config without the keys of generated images where the images are not generated (they cannot
-    change a row: a rerun given one continues its files)."""
-    if data.get("name") == "synthetic":
-        return data
-    return {k: v for k, v in data.items() if not k.startswith("synthetic_")}
+    """A data config without the keys that cannot change a row (a rerun given one continues its files, and one
+    differing only there is not said to differ in data): those of pre-training alone (DINO's local crops, where
+    its stages run) and, where the images are not generated, those of generated images."""
+    generated = data.get("name") == "synthetic"
+    return {k: v for k, v in data.items() if reads.reads_key(f"data.{k}", reads.EMBED)
+            and (generated or not k.startswith("synthetic_"))}
 
 
 def upgraded(old: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:

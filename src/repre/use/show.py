@@ -15,6 +15,7 @@ same images: the picture of what the branch changes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from repre.config import Config, override_items, reads
 from repre.core.pictures import Column, picture_path, save_picture, sheet, tile
@@ -41,6 +43,7 @@ from repre.pretrained import load_checkpoint_config, model_from, refuse_unread
 from repre.reconstruction import RePre
 from repre.use.embed import drop_run_subset, embed_source
 
+log = logging.getLogger("repre")
 TILE = 96  # pixels per panel
 MAX_IMAGES = 64  # rows of a picture
 # how to read the panels: a note under the picture for each it has
@@ -54,24 +57,35 @@ PCA_NOTE = ("patch PCA: the first 3 principal components of {block}'s patch feat
 @torch.no_grad()
 def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.Tensor:
     """Normalized images x [B, 3, H, W] -> `block`'s attention (default the last's) of the class token to each
-    patch, per head: [B, heads, h, w] (softmax over all tokens, so a head's map sums to at most 1)."""
+    patch, per head: [B, heads, h, w] (softmax over all tokens, so a head's map sums to at most 1). The weights
+    are the block's own, as its unfused path computes them (what its `attn_drop` sees: rotary position
+    embeddings and query/key norms included); an attention whose weights are not a softmax over the class
+    token, the other prefix tokens and the patches (CaiT's patch blocks, talking heads) raises UserError."""
     model = encoder.model
     if not encoder.has_class_token:
         raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT")
-    attn, seen = model.blocks[block].attn, {}
-    handle = attn.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0]))
+    attn, seen = model.blocks[block].attn, []
+    h, w = model.patch_embed.grid_size
+    tokens = model.num_prefix_tokens + h * w
+    unreadable = UserError(f"{encoder.arch}'s attention ({type(attn).__name__}) is no softmax over its class token "
+                           "and patches that repre can read: no attention maps")
+    if not isinstance(getattr(attn, "attn_drop", None), nn.Module):
+        raise unreadable
+    fused = getattr(attn, "fused_attn", None)
+    handle = attn.attn_drop.register_forward_hook(lambda _m, _args, out: seen.append(out))
     try:
+        if fused is not None:
+            attn.fused_attn = False  # the path that computes the weights
         model.forward_features(x)
     finally:
         handle.remove()
-    tokens = seen["x"]  # the attention's input: the block's normed tokens [B, N, D]
-    b, n, d = tokens.shape
-    qkv = attn.qkv(tokens).reshape(b, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    # the class token's row alone: [B, heads, 1, N] (all N rows would take B * heads * N^2 floats)
-    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    h, w = model.patch_embed.grid_size
-    return weights[:, :, 0, model.num_prefix_tokens:].reshape(b, attn.num_heads, h, w)
+        if fused is not None:
+            attn.fused_attn = fused
+    weights = seen[0].float() if len(seen) == 1 else None  # [B, heads, N, N]
+    if (weights is None or weights.ndim != 4 or tuple(weights.shape[-2:]) != (tokens, tokens)
+            or not torch.allclose(weights[:, :, 0].sum(-1), torch.ones(()), atol=1e-3)):
+        raise unreadable
+    return weights[:, :, 0, model.num_prefix_tokens:].reshape(x.shape[0], weights.shape[1], h, w)
 
 
 @torch.no_grad()
@@ -137,8 +151,10 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
     x = normalize(seen, mean, std).to(rt.device)
     try:
         attention, peak = scaled_attention(cls_attention(encoder, x, block))
-    except UserError:
+    except UserError as exc:
         attention = peak = None  # a Swin: no class token
+        if not encoder.hierarchical:
+            log.info("%s", exc)
     recon = recon_psnr = means = means_psnr = None
     if isinstance(model, RePre):
         truth = seen.to(rt.device)
