@@ -846,3 +846,18 @@ def test_a_launcher_variable_that_is_no_integer_is_said_not_raised(name, monkeyp
     monkeypatch.setenv(name, "abc")
     assert run_cli(["--version"])[0] == 2
     assert f"{name}='abc' in the environment is not an integer" in capsys.readouterr().err
+
+
+def test_a_batch_the_processes_do_not_divide_gets_advice_for_a_new_run_or_a_resume(tmp_path, monkeypatch, capsys):
+    """`--resume` of a folder with no checkpoint starts a run, whose batch may change: the advice of a new run.
+    A run with a checkpoint keeps its batch: the process counts that divide it."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    args = [*pretrain_args(tmp_path / "run", "train.batch_size=16"), "--resume"]
+    assert run_cli(args)[0] == 2
+    assert "not divisible by the 3 processes; use a multiple of 3" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-00000004.pt").write_bytes(b"")
+    assert run_cli(args)[0] == 2
+    assert "a resumed run keeps its batch: launch a number of processes that divides it (1, 2, 4, 8, 16)" in (
+        capsys.readouterr().err)

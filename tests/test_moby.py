@@ -285,3 +285,8 @@ def test_a_size_that_shrinks_a_swin_window_is_said_at_pretraining_and_refused_at
     with pytest.raises(UserError, match=r"at 16x16 px a stage of this Swin has fewer cells than its window .* "
                                         r"evaluate it at 26 px or more"):
         _fit_image_size(build_encoder(cfg), {}, trained_at_32, cfg, "runs/swin")
+    cfg = tiny_config(*SWIN_TINY)  # trained at 24 px with a shrunk window: at 32 px it widens again
+    with pytest.raises(UserError, match=r"trained at data.image_size=24, where timm shrank the Swin's windows "
+                                        r"to \[\(4, 4\), \(4, 4\), \(3, 3\)\]; at 32 px they would be "
+                                        r".*evaluate it at 24 px"):
+        _fit_image_size(build_encoder(cfg), {}, {"config": {"data": {"image_size": 24}}}, cfg, "runs/swin")

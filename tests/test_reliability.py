@@ -1363,3 +1363,33 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_no_disk_error(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         ckpt_io.save({"schema": 1}, path)
     assert list(path.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("poisoned", [{1}, {2, 3}])
+def test_data_failing_between_log_steps_saves_the_guard_s_current_counts(tmp_path, poisoned):
+    """With the counts on the device (train.host_sync=log) the checkpoint written when the data fails held the
+    counts of the last sync point (0 skipped steps where 1 was); within a run of non-finite steps none is
+    written, as at any checkpoint step."""
+    from repre.errors import UserError
+
+    args = (*RESUME, "train.max_steps=8", "train.log_every=100", "train.checkpoint_every=100",
+            "train.max_bad_steps=3", "train.num_workers=0", "train.host_sync=log")
+    trainer = Trainer(tiny_config(*args), tmp_path / "run")
+    poison(trainer, poisoned)
+    loader = trainer.data.loader
+
+    def failing(*a, **kw):
+        for i, batch in enumerate(loader(*a, **kw)):
+            if i == 4:
+                raise UserError("none of the images could be read")
+            yield batch
+
+    trainer.data.loader = failing
+    with pytest.raises(UserError) as raised:
+        trainer.fit()
+    if poisoned == {2, 3}:  # steps 3 and 4 skipped: a streak when the data failed
+        assert "no checkpoint was written (the last steps were non-finite)" in str(raised.value)
+        assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+        return
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False, map_location="cpu")
+    assert saved["step"] == 4 and (saved["run"]["nonfinite_steps"], saved["run"]["bad_streak"]) == (1, 0)

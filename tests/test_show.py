@@ -41,6 +41,21 @@ def test_cls_attention_equals_the_weights_of_the_query_and_keys():
     assert encoder.model.blocks[-1].attn.fused_attn  # its path put back
 
 
+def test_cls_attention_holds_a_few_images_weights_at_a_time_and_reads_them_before_dropout(monkeypatch):
+    """The unfused path holds B * heads * N^2 weights: a large batch of large images is read a few images at a
+    time. In training mode the weights are read before the attention's dropout (they sum to 1 there)."""
+    import repre.use.show as show
+
+    torch.manual_seed(0)
+    encoder = Backbone("vit_tiny_patch16_224", {**VIT, "attn_drop_rate": 0.5}).eval()
+    x = torch.randn(5, 3, 16, 16)
+    whole = cls_attention(encoder, x)
+    monkeypatch.setattr(show, "ATTENTION_FLOATS", 2 * 2 * 17 * 17)  # two images at a time
+    torch.testing.assert_close(cls_attention(encoder, x), whole)
+    maps = cls_attention(encoder.train(), x)  # the dropout of the earlier blocks changes the tokens, not the rule
+    assert maps.shape == whole.shape and bool((maps.sum(dim=(2, 3)) < 1).all())
+
+
 @pytest.mark.parametrize("arch", ["vit_small_patch16_rope_224", "eva02_tiny_patch14_224", "beit_base_patch16_224",
                                   "cait_xxs24_224"])
 def test_cls_attention_reads_the_blocks_own_weights_or_refuses(arch):

@@ -369,9 +369,11 @@ def test_the_periodic_k_nn_and_checkpoints_are_no_training_time(tmp_path, monkey
 def test_data_that_stops_reading_mid_run_keeps_the_steps_so_far(tmp_path, image_folder, monkeypatch):
     """A mount lost mid-run: every draw fails and the data is refused. The weights of the last step are whole:
     they are saved, and the message says how to go on; the resumed run ends where an unbroken one does."""
+    from repre.data import folder as folder_module
     from repre.data.folder import ImageFolder, UnreadableImage
     from repre.errors import UserError
 
+    monkeypatch.setattr(folder_module, "_said", set())  # the files it names: not said to the tests after it
     loads, load = [0], ImageFolder.load
 
     def failing_after_3_steps(self, index):

@@ -76,9 +76,9 @@ def _warn_of_shrunk_windows(cfg: Config, encoder: Backbone) -> None:
     size, asked = cfg.data.image_size, encoder.windows_at()
     if (short := encoder.least_size_for(asked, (size, size))) is not None:
         log.warning("data.image_size=%d: a stage of %s has fewer cells than its window (grids %s, windows %s), so "
-                    "timm shrinks its window to %s; the run trains so, and is evaluated at this size alone. "
-                    "data.image_size=%d or more keeps the windows asked for", size, cfg.model.arch, short[1], asked,
-                    encoder.windows(), short[0])
+                    "timm shrinks its window to %s; the run trains so, and is evaluated at sizes that keep those "
+                    "windows. data.image_size=%d or more keeps the windows asked for", size, cfg.model.arch,
+                    short[1], asked, encoder.windows(), short[0])
 
 
 def check_deterministic_cuda(cfg: Config, model: PretrainingModel) -> None:

@@ -152,8 +152,12 @@ def _fit_image_size(module: nn.Module, state: dict[str, torch.Tensor], ckpt: dic
     trained = ckpt.get("config", {}).get("data", {}).get("image_size")
     swin = next((m for m in module.modules() if isinstance(m, Backbone) and m.hierarchical), None)
     if swin is not None and isinstance(trained, int) and trained != cfg.data.image_size:
-        size = cfg.data.image_size
-        swin.check_windows_at((size, size), windows=swin.windows_at(trained))
+        size, windows = cfg.data.image_size, swin.windows_at(trained)
+        swin.check_windows_at((size, size), windows=windows)
+        if swin.windows() != windows:  # trained where timm shrank a window: larger grids widen it again
+            raise UserError(f"{checkpoint} was trained at data.image_size={trained}, where timm shrank the Swin's "
+                            f"windows to {windows}; at {size} px they would be {swin.windows()}, with other position "
+                            f"tables: evaluate it at {trained} px")
     if fit_backbones(module, state):
         log.info("%s: trained at data.image_size=%s, its position embeddings resampled to %d", checkpoint,
                  trained, cfg.data.image_size)

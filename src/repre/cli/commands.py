@@ -37,7 +37,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if launched() and launch_rank() == 0:
         # under torchrun, before torch is imported: rank 0 alone, which says it, so that it fails first (torchrun
         # then stops the others; one failing first could have rank 0 stopped before it spoke)
-        check_global_batch("train.batch_size", cfg.train.batch_size, launched_world_size(), resuming=args.resume)
+        resuming = args.resume and any((out / run_files.CHECKPOINTS).glob("*.pt"))  # its batch fixed
+        check_global_batch("train.batch_size", cfg.train.batch_size, launched_world_size(), resuming=resuming)
     if args.resume and args.config is not None:
         _refuse_another_length(out, cfg, args.config, args.overrides)
     from repre.pretraining import pretrain

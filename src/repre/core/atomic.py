@@ -81,7 +81,8 @@ def check_writable(folder: Path, option: str, given: str | Path | None = None) -
     blocked = next((p for p in (existing, *existing.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise UserError(f"{said}: {blocked} is a file, not a folder; give another path")
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+    statvfs = getattr(os, "statvfs", None)  # not on Windows
+    if statvfs is not None and statvfs(existing).f_flag & os.ST_RDONLY:
         raise UserError(f"{said}: {existing} is on a read-only filesystem; give a path on another one (--out)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{said}: {existing} is not writable by this user; give a path you can write to (--out)")

@@ -108,7 +108,8 @@ class Trainer:
         takes time; `check_builds` builds a shape-only model on the meta device)."""
         cfg = self.cfg
         check_builds(cfg, self.rt.device)
-        check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size(), resuming=resume)
+        resuming = resume and bool(checkpoint_io.step_checkpoints(self.out))  # a run's batch is fixed
+        check_global_batch("train.batch_size", cfg.train.batch_size, dist.world_size(), resuming=resuming)
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         self._take_lock(runs_only=True)  # a run another process trains: said so before "add --resume" is
@@ -455,8 +456,13 @@ class Trainer:
         if dist.is_distributed():
             newest = checkpoint_io.step_checkpoints(self.out)
             kept = (f"the newest checkpoint is {newest[-1]}" if newest else "no checkpoint was written yet")
-        elif self.state.bad_streak:  # within a run of non-finite steps: the last good checkpoint stays newest
-            kept = f"the last good checkpoint is {self.checkpoints.last_good or 'none'}"
+            return UserError(f"{user_message(exc)}; {kept}: once the data reads again, go on with "
+                             f"{self._resume_command()}")
+        self._sync_point()  # the guard's counts, as every checkpoint records them
+        if self.state.bad_streak:  # within a run of non-finite steps: the last good checkpoint stays newest
+            good = self.checkpoints.last_good
+            kept = (f"the last good checkpoint is {good}" if good else
+                    "no checkpoint was written (the last steps were non-finite)")
         else:
             writer.flush()
             path = self.checkpoints.save()

@@ -45,6 +45,7 @@ from repre.use.embed import drop_run_subset, embed_source
 
 log = logging.getLogger("repre")
 TILE = 96  # pixels per panel
+ATTENTION_FLOATS = 1 << 28  # the most attention weights `cls_attention` has a block hold at once (1 GiB)
 MAX_IMAGES = 64  # rows of a picture
 # how to read the panels: a note under the picture for each it has
 ATTENTION_NOTE = ("attention: {block}'s class-token weights over the patches, each map scaled to its own range "
@@ -63,7 +64,7 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
     token, the other prefix tokens and the patches (CaiT's patch blocks, talking heads) raises UserError."""
     model = encoder.model
     if not encoder.has_class_token:
-        raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT")
+        raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT with one")
     attn, seen = model.blocks[block].attn, []
     h, w = model.patch_embed.grid_size
     tokens = model.num_prefix_tokens + h * w
@@ -72,20 +73,26 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
     if not isinstance(getattr(attn, "attn_drop", None), nn.Module):
         raise unreadable
     fused = getattr(attn, "fused_attn", None)
-    handle = attn.attn_drop.register_forward_hook(lambda _m, _args, out: seen.append(out))
+    # the weights before dropout (a module in training mode), the class token's row alone kept: [B, heads, N]
+    handle = attn.attn_drop.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0][:, :, 0].float() if args[0].ndim == 4 else None))
+    # the unfused path holds B * heads * N^2 weights of the block at once: images a few at a time
+    heads = getattr(attn, "num_heads", 1)
+    chunk = max(1, ATTENTION_FLOATS // (heads * tokens * tokens))
     try:
         if fused is not None:
             attn.fused_attn = False  # the path that computes the weights
-        model.forward_features(x)
+        for part in x.split(chunk):
+            model.forward_features(part)
     finally:
         handle.remove()
         if fused is not None:
             attn.fused_attn = fused
-    weights = seen[0].float() if len(seen) == 1 else None  # [B, heads, N, N]
-    if (weights is None or weights.ndim != 4 or tuple(weights.shape[-2:]) != (tokens, tokens)
-            or not torch.allclose(weights[:, :, 0].sum(-1), torch.ones(()), atol=1e-3)):
+    rows = torch.cat(seen) if seen and all(r is not None for r in seen) else None  # [B, heads, N]
+    if (rows is None or len(rows) != len(x) or rows.shape[-1] != tokens
+            or not torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-3)):
         raise unreadable
-    return weights[:, :, 0, model.num_prefix_tokens:].reshape(x.shape[0], weights.shape[1], h, w)
+    return rows[:, :, model.num_prefix_tokens:].reshape(len(x), rows.shape[1], h, w)
 
 
 @torch.no_grad()
