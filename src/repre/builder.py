@@ -69,8 +69,7 @@ def check_builds(cfg: Config, device: torch.device) -> None:
 
 def _warn_of_shrunk_windows(cfg: Config, encoder: Backbone) -> None:
     """A Swin at an image size where a stage's grid is smaller than its window: timm shrinks that window to the
-    grid, which a run trains with and evaluates at this size alone (another size would change the window again,
-    and `repre eval` refuses it)."""
+    grid, which the run trains with; `repre eval` refuses the sizes that would give other windows."""
     if not encoder.hierarchical:
         return
     size, asked = cfg.data.image_size, encoder.windows_at()

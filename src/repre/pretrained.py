@@ -148,7 +148,7 @@ def _fit_image_size(module: nn.Module, state: dict[str, torch.Tensor], ckpt: dic
                     checkpoint: str | Path) -> None:
     """`state` (`module`'s), trained at another data.image_size than `cfg`'s, made to fit in place: a ViT's
     position embedding resampled to this patch grid (`Backbone.fit_state`), as DINO's evaluations do. A Swin's
-    windows must fit the new size as they did the trained one: else UserError naming the least size."""
+    windows must be those it trained with at the new size: else UserError naming a size that keeps them."""
     trained = ckpt.get("config", {}).get("data", {}).get("image_size")
     swin = next((m for m in module.modules() if isinstance(m, Backbone) and m.hierarchical), None)
     if swin is not None and isinstance(trained, int) and trained != cfg.data.image_size:

@@ -158,8 +158,8 @@ def unpack(batch: dict[str, torch.Tensor], device: torch.device, name_of: Callab
             images[i] = batch["pixels"][offsets[i]: offsets[i] + lengths[i]].view(3, *shapes[i])
     if jpegs:
         data = [batch["jpeg"][offsets[i]: offsets[i] + lengths[i]] for i in jpegs]
-        names = [f"JPEG {i}" if "index" not in batch else name_of(int(batch["index"][i])) if name_of
-                 else f"the image at dataset index {int(batch['index'][i])}" for i in jpegs]
+        name_of = name_of or (lambda index: f"the image at dataset index {index}")
+        names = [name_of(int(batch["index"][i])) if "index" in batch else f"JPEG {i}" for i in jpegs]
         for i, img in zip(jpegs, decode_jpegs(data, device, names), strict=True):
             images[i] = img
     bad = [i for i, img in enumerate(images) if img is None or tuple(img.shape[-2:]) != tuple(shapes[i])]

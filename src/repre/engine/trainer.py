@@ -453,20 +453,19 @@ class Trainer:
         wait in a collective, so no checkpoint is written: the newest one is named."""
         if self.state.step == 0:  # nothing trained yet, nothing to keep
             return exc
-        if dist.is_distributed():
+        if dist.is_distributed():  # no collective here: the other processes wait in one
             newest = checkpoint_io.step_checkpoints(self.out)
-            kept = (f"the newest checkpoint is {newest[-1]}" if newest else "no checkpoint was written yet")
-            return UserError(f"{user_message(exc)}; {kept}: once the data reads again, go on with "
-                             f"{self._resume_command()}")
-        self._sync_point()  # the guard's counts, as every checkpoint records them
-        if self.state.bad_streak:  # within a run of non-finite steps: the last good checkpoint stays newest
-            good = self.checkpoints.last_good
-            kept = (f"the last good checkpoint is {good}" if good else
-                    "no checkpoint was written (the last steps were non-finite)")
+            kept = f"the newest checkpoint is {newest[-1]}" if newest else "no checkpoint was written yet"
         else:
-            writer.flush()
-            path = self.checkpoints.save()
-            kept = f"step {self.state.step} saved to {path}" if path else "the checkpoint could not be written"
+            self._sync_point()  # the guard's counts, as every checkpoint records them
+            if self.state.bad_streak:  # within a run of non-finite steps: the last good checkpoint stays newest
+                good = self.checkpoints.last_good
+                kept = (f"the last good checkpoint is {good}" if good else
+                        "no checkpoint was written (the last steps were non-finite)")
+            else:
+                writer.flush()
+                path = self.checkpoints.save()
+                kept = f"step {self.state.step} saved to {path}" if path else "the checkpoint could not be written"
         return UserError(f"{user_message(exc)}; {kept}: once the data reads again, go on with "
                          f"{self._resume_command()}")
 

@@ -9,6 +9,7 @@ same features in another order, which a linear head with i.i.d. initial weights 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -20,7 +21,13 @@ from repre.models.backbone import Backbone
 def blocks_hold_prefix(encoder: Backbone) -> bool:
     """Whether timm's `forward_intermediates` of a ViT returns each block's prefix tokens (the class token): not
     CaiT's or ConViT's, whose class token joins after the blocks it reads."""
-    return "return_prefix_tokens" in inspect.signature(encoder.model.forward_intermediates).parameters
+    return _takes_prefix(type(encoder.model))
+
+
+@functools.cache
+def _takes_prefix(model_class: type) -> bool:
+    """`blocks_hold_prefix` of a model class (read once: the probe asks at every batch)."""
+    return "return_prefix_tokens" in inspect.signature(model_class.forward_intermediates).parameters
 
 
 def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
