@@ -6,8 +6,10 @@ fused kernels, norms, copies, the optimizer and EMA, eager element-wise work) an
 step's wall time less its kernels': launch and host overhead). With the step's FLOPs by the same kinds
 (torch.utils.flop_counter) each compute kind's achieved FLOP/s follows, against the device's matmul peak.
 
-On a CPU the fused attention operator is counted with torch's formulas for the GPU's (torch's counter has none
-for it), and the kernels of a compiled region are not ATen operators: their time counts as no kernel running.
+FLOPs are the model's (as MFU counts them): a fused attention's backward without the scores it recomputes
+(torch's counter includes them); on a CPU the fused attention operator is counted with torch's formulas for the
+GPU's (its counter has none for it), and the kernels of a compiled region are not ATen operators: their time
+counts as no kernel running.
 
 Used by `throughput.py --profile` and `profile_step.py`; importable from scripts run in this folder:
 
@@ -97,18 +99,29 @@ def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
 
 
 def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
+    """The model's FLOPs of a fused attention's backward: torch's formula less the scores it recomputes
+    (query @ key^T), which MFU, as PaLM defines it, leaves out: the backward then counts twice the forward."""
+    b, heads, length, dim = query
+    return sdpa_backward_flop_count(grad_out, query, key, value) - 2 * b * heads * length * key[2] * dim
 
 
-# the fused attention a CPU dispatches, which torch's counter leaves uncounted (it counts the GPU kernels'): the
-# same formulas, on the same arguments' shapes (query, key, value [B, heads, L, E]; the backward's grad first)
-CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
-                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
+# fused attention as the model's FLOPs count it: on a CPU torch's counter has no formula (it counts the GPU
+# kernels'), and on either its backward formula includes the recomputed scores. The same formulas, on the same
+# arguments' shapes (query, key, value [B, heads, L, E]; the backward's grad first)
+_aten = torch.ops.aten
+MODEL_ATTENTION = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+    **{op: _attention_backward for op in (_aten._scaled_dot_product_flash_attention_for_cpu_backward,
+                                          _aten._scaled_dot_product_flash_attention_backward,
+                                          _aten._scaled_dot_product_efficient_attention_backward,
+                                          _aten._scaled_dot_product_cudnn_attention_backward)},
+}
 
 
 def flops_by_kind(step: Callable[[Any], None], batch: Any) -> dict[str, int]:
-    """FLOPs of one step by kind, as torch.utils.flop_counter counts them (matmuls, attention, convolutions)."""
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    """The model's FLOPs of one step by kind, as torch.utils.flop_counter counts them (matmuls, attention,
+    convolutions), but for fused attention's backward (`MODEL_ATTENTION`)."""
+    counter = FlopCounterMode(display=False, custom_mapping=MODEL_ATTENTION)
     with counter:
         step(batch)
     found: dict[str, int] = {}

@@ -35,7 +35,7 @@ from collections import Counter
 from contextlib import nullcontext
 
 import torch
-from kernel_kinds import CPU_ATTENTION  # this folder's modules
+from kernel_kinds import MODEL_ATTENTION  # this folder's modules
 from profile_step import trainer_step
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -97,7 +97,7 @@ def count_step(preset: str, overrides: list[str]) -> dict[str, float]:
     torch.manual_seed(0)
     trainer, step, _ = trainer_step(preset, overrides)
     step()  # the first step builds the optimizer's state: count a step like every later one
-    flops = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    flops = FlopCounterMode(display=False, custom_mapping=MODEL_ATTENTION)
     traffic, saved = Traffic(), Saved(trainer.model)
     with flops, traffic, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         step()

@@ -108,17 +108,19 @@ def test_paired_refuses_a_file_that_is_no_search_result(tmp_path):
         paired.last_json(tmp_path / "x.json")
 
 
-def test_a_cpu_steps_flops_count_its_fused_attention():
-    """The CPU's fused attention has no formula in torch's counter: counted with the GPU kernels' formulas,
-    the fused step's FLOPs are the unfused step's two products forward and four backward, plus the one the
-    fused backward computes again (7 against 6)."""
-    q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
+def test_a_steps_fused_attention_counts_the_models_flops():
+    """The CPU's fused attention has no formula in torch's counter, and its backward formula counts the scores
+    the kernel computes again: counted as the model's FLOPs, the fused step's are the unfused step's (two
+    products forward, four backward), on a query and key of other lengths too."""
+    def fused(qkv):
+        F.scaled_dot_product_attention(*qkv).sum().backward()
 
-    def fused(_):
-        F.scaled_dot_product_attention(q, k, v).sum().backward()
-
-    def unfused(_):
+    def unfused(qkv):
+        q, k, v = qkv
         (torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, -1) @ v).sum().backward()
 
-    counted = kernel_kinds.flops_by_kind(fused, None)
-    assert counted == {"attention": kernel_kinds.flops_by_kind(unfused, None)["matmul"] * 7 // 6}
+    for query_length in (16, 5):
+        qkv = (torch.randn(2, 3, query_length, 8, requires_grad=True),
+               *(torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(2)))
+        counted = kernel_kinds.flops_by_kind(fused, qkv)
+        assert counted == {"attention": kernel_kinds.flops_by_kind(unfused, qkv)["matmul"]}
