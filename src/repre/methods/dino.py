@@ -28,6 +28,11 @@ from repre.models.heads import DINOHead
 
 
 class DINO(Method):
+    """DINO on `encoder` (a `Backbone`, or a timm ViT or Swin, wrapped): the student and teacher heads, the
+    teacher (an EMA of the student), the center, the temperatures and the last layer's freezing. The keyword
+    arguments are `method.dino.*` (config/schema.py: each key's reference); forward [B, 2, 3, H, W] and the
+    local crops [B, L, 3, h, w] -> `MethodOutput`."""
+
     eval_encoder_key = "teacher_encoder"  # DINO evaluates and exports the teacher, as the official code
     no_decay_1d = True  # no weight decay on biases and normalization parameters (the official parameter groups)
     # the loss includes the teacher's entropy (which rises for a while in healthy runs, the Fashion-MNIST

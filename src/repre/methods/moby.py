@@ -38,6 +38,11 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor, ok: torc
 
 
 class MoBY(Method):
+    """MoBY on `encoder` (a `Backbone`, or a timm ViT or Swin, wrapped): BYOL's batch-norm MLPs, the target
+    encoder and projector (an EMA of the online ones), a queue of target keys per view and the contrastive loss
+    at `temperature`. The keyword arguments are `method.moby.*` (config/schema.py: each key's reference);
+    forward [B, 2, 3, H, W] -> `MethodOutput`."""
+
     # no weight decay on biases and norms; Swin's relative position tables decay (Transformer-SSL at 4510de1:
     # moby_main.py:87 builds the optimizer on the MoBY wrapper, which has no no_weight_decay, so
     # optimizer.py:42-45 exempts only 1-D parameters and biases)

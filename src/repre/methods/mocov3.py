@@ -20,6 +20,10 @@ from repre.models.heads import mlp
 
 
 class MoCoV3(Method):
+    """MoCo v3 on `encoder` (a `Backbone`, or a timm ViT or Swin, wrapped): the projector and predictor MLPs,
+    the momentum encoder and projector, the symmetric contrastive loss at `temperature`. The keyword arguments
+    are `method.mocov3.*` (config/schema.py: each key's reference); forward [B, 2, 3, H, W] -> `MethodOutput`."""
+
     def __init__(
         self,
         encoder: Backbone | nn.Module,

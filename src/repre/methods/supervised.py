@@ -18,6 +18,10 @@ from repre.models.backbone import Backbone
 
 
 class Supervised(Method):
+    """The supervised reference on `encoder` (a `Backbone`, or a timm ViT or Swin, wrapped): a linear classifier
+    of `num_classes` on every view's pooled embedding, cross-entropy with `label_smoothing`; forward
+    [B, 2, 3, H, W] and labels [B] -> `MethodOutput`."""
+
     def __init__(self, encoder: Backbone | nn.Module, num_classes: int, label_smoothing: float = 0.1) -> None:
         super().__init__()
         encoder = Backbone.from_model(encoder)  # a bare timm ViT or Swin: wrapped

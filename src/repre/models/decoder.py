@@ -27,6 +27,7 @@ UPSAMPLE = ("bilinear", "nearest")  # the x2 steps' interpolation (recon.upsampl
 
 
 def _norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm of 8 groups, or fewer where `channels` does not divide by 8 (a narrow `width`)."""
     return nn.GroupNorm(math.gcd(8, channels), channels)
 
 

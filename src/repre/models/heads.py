@@ -40,7 +40,7 @@ class DINOHead(nn.Module):
             nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
-        for m in self.mlp:
+        for m in self.mlp:  # DINO's init (vision_transformer.py, DINOHead._init_weights)
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
@@ -50,6 +50,7 @@ class DINOHead(nn.Module):
         scale.requires_grad = not norm_last_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in_dim] -> [B, out_dim] logits: the MLP's bottleneck L2-normalized, then the last layer."""
         x = nn.functional.normalize(self.mlp(x), dim=-1, p=2)
         return self.last_layer(x)
 
