@@ -4,7 +4,8 @@
 
 For each run (a `repre pretrain` output folder, e.g. one of quality.py's cached runs) it feeds the train
 lines of `metrics.jsonl` to `repre.engine.callbacks.CollapseWatch`, as the run's trainer did, and reports:
-the teacher entropy's peak after the first 10% of the run, the steps of the lines above the watch's line (a
+the teacher entropy's peak after the first 10% of the run (and the least entropy of a batch's mean teacher
+output, where the run logged it), the steps of the lines above the watch's line (a
 watch that warns on any one line would have warned at the first), the step at which the watch warns, and the
 run's k-NN where quality.py evaluated it.
 """
@@ -36,7 +37,7 @@ def replay(run: Path) -> dict:
     out_dim = method.get("dino", {}).get("out_dim", method.get("out_dim")) if method["name"] == "dino" else None
     train = [x for x in run_files.metric_lines(run) if x["kind"] == "train"]
     total = run_files.read_json(run / run_files.SUMMARY)["total_steps"]
-    watch = CollapseWatch(out_dim, raw["train"]["log_every"])
+    watch = CollapseWatch(out_dim, raw["train"]["log_every"], batch_size=raw["train"]["batch_size"])
     trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=total)
     for line in filter(finite, train):
         trainer.state.step = line["step"]
@@ -53,6 +54,10 @@ def replay(run: Path) -> dict:
         peak = max(entropy, key=lambda x: x[1])
         report |= {"entropy_line": round(line, 4), "entropy_peak": round(peak[1], 4), "peak_step": peak[0],
                    "entropy_last": round(entropy[-1][1], 4), "steps_above_line": [s for s, e in entropy if e > line]}
+    spread = [(x["step"], x["teacher_batch_entropy"]) for x in late if "teacher_batch_entropy" in x]
+    if spread:  # the batch's outputs spread over exp(this) prototypes: its least, and where
+        least = min(spread, key=lambda x: x[1])
+        report |= {"batch_entropy_min": round(least[1], 4), "batch_entropy_min_step": least[0]}
     return report
 
 

@@ -752,6 +752,39 @@ def test_a_bar_a_terminal_clears_at_its_end_ends_with_its_last_line_in_a_file(mo
     assert "k-NN bank: 100%" in stream.getvalue().splitlines()[-1]
 
 
+def test_a_reader_of_standard_error_that_left_stops_no_run(monkeypatch):
+    """`repre pretrain 2>&1 | head -2`: once head left, the bar's next line raised BrokenPipeError, and the run
+    ended at once with exit 1, no checkpoint written. The bar and the log now write nothing more, and the run
+    goes on."""
+    import io
+    import logging
+    import sys
+
+    from repre.cli import setup_logging
+    from repre.core.progress import progress_bar
+
+    class LeftReader(io.StringIO):
+        def write(self, text: str) -> int:
+            if self.getvalue().count("\n") >= 2:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+        def flush(self) -> None:
+            if self.getvalue().count("\n") >= 2:
+                raise BrokenPipeError(32, "Broken pipe")
+
+    stream = LeftReader()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # the default: a handler's write error is reported
+    setup_logging()
+    bar = progress_bar(total=5, desc="pretrain")
+    for step in range(5):
+        logging.getLogger("repre").warning("step %d", step)
+        bar.update(1)
+    bar.close()
+    assert stream.getvalue().count("\n") == 2
+
+
 def test_a_global_batch_torchrun_cannot_share_is_refused_before_torch_is_imported(tmp_path):
     """Each process would otherwise import torch and timm, join the group and take the run's lock first."""
     import subprocess

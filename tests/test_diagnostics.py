@@ -104,6 +104,27 @@ def watch_lines(log, lines: list[float], every: int = 10, total: int = 1600, out
     return [r.getMessage() for r in log.records if r.levelno == logging.WARNING]
 
 
+def test_collapse_watch_warns_when_one_prototype_takes_the_teachers_outputs(repre_log):
+    """DINO's other collapse (its section 5.3): the batch's sharp teacher outputs all on one prototype (teacher
+    temperature 0.001 without centering, batch 16: teacher_batch_entropy 0.3 to 0.6 from step 16 of 60), where
+    the entropy line, which looks for uniform outputs, said nothing."""
+    def warnings(spread: list[float], batch_size: int = 32) -> list[str]:
+        repre_log.clear()
+        watch = CollapseWatch(1024, 10, batch_size=batch_size)
+        trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=10 * len(spread))
+        for i, value in enumerate(spread, start=1):
+            trainer.state.step = i * 10
+            watch.on_log(trainer, {"embedding_std": 0.4, "teacher_entropy": 0.01, "teacher_batch_entropy": value})
+        watch.on_fit_end(trainer, None, True)
+        return [r.getMessage() for r in repre_log.records if r.levelno == logging.WARNING]
+
+    (warning,) = warnings([1.6, 1.2] + [0.5] * 58)
+    assert warning.startswith("step 90: teacher_batch_entropy 0.50: the batch's teacher outputs on about 1.6 of "
+                              "1024 prototypes (one dominates)")
+    assert warnings([1.6, 1.2] + [3.0] * 58) == []  # spread over 20 of a batch of 32 images' outputs
+    assert warnings([0.5] * 60, batch_size=4) == []  # 4 images: their crops on 2 or 3 prototypes when healthy
+
+
 def test_collapse_watch_ignores_one_line_over_the_line(repre_log):
     # the DINO preset on validation seed 1 (steps 160-260): one 10-step window at 6.60, then trains on
     healthy = [6.0] * 15 + [6.25, 6.45, 6.50, 6.55, 6.60, 6.57, 6.54, 6.58, 6.51, 6.53] + [6.3] * 135

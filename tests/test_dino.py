@@ -11,7 +11,7 @@ from repre.data.pipeline import pretrain_loader
 from repre.data.splits import train_source
 from repre.data.views import ViewSpec, make_views
 from repre.engine.optim import clip_or_measure
-from repre.losses import center_update, dino_loss
+from repre.losses import center_update, dino_loss, teacher_probs
 from repre.models.heads import DINOHead
 
 
@@ -122,8 +122,13 @@ def test_center_moves_toward_the_teacher_mean():
     teacher = []
     model.method.teacher_head.register_forward_hook(lambda m, i, o: teacher.append(o.detach().float()))
     assert float(model.method.center.abs().sum()) == 0
-    model(batch["views"], 1.0, None, batch["local_views"])
+    out = model(batch["views"], 1.0, None, batch["local_views"])
     torch.testing.assert_close(model.method.center, 0.1 * teacher[0].mean(0, keepdim=True))
+    # the entropies the collapse watch reads, from the same outputs (centered by the zero center before the step)
+    probs = teacher_probs(teacher[0], torch.zeros_like(model.method.center), model.method.teacher_temp)
+    torch.testing.assert_close(out["teacher_entropy"], -(probs * probs.log()).sum(-1).mean())
+    spread = probs.mean(0)
+    torch.testing.assert_close(out["teacher_batch_entropy"], -(spread * spread.log()).sum())
 
 
 def test_per_parameter_clipping_is_the_official_rule():

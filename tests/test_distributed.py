@@ -73,9 +73,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extr
     run_plain(one, extra)
     done = run(two, 2, extra)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
-    stds = [[json.loads(line).get("embedding_std") for line in (out / "metrics.jsonl").read_text().splitlines()]
-            for out in (one, two)]
-    assert any(stds[0]) and stds[1] == pytest.approx(stds[0], rel=1e-4)  # of the global batch, not each share's
+    for key in ("embedding_std", "teacher_batch_entropy"):  # of the global batch, not each share's
+        values = [[json.loads(line)[key] for line in (out / "metrics.jsonl").read_text().splitlines()
+                   if key in json.loads(line)] for out in (one, two)]
+        assert values[1] == pytest.approx(values[0], rel=1e-4) and (values[0] or key != "embedding_std")
     if "train.diagnose_every=2" in extra:  # measured on the global batch's gradients, as one process does
         def diag(out: Path) -> list[dict[str, float]]:
             return [{k: v for k, v in json.loads(line).items() if k.startswith("diag_")}

@@ -549,10 +549,10 @@ def test_linear_blocks_out_of_range_names_the_encoder_s_blocks_or_stages(arch, u
     from repre.eval.tokens import check_layout
     from repre.models.backbone import Backbone, resolve_arch
 
-    encoder = Backbone(*resolve_arch(arch, 16, 0.0, {}))
+    encoder = Backbone(*resolve_arch(arch, 16, 0.0, {}), name=arch)  # as builder.build_encoder names it
     n = encoder.num_units
     check_layout(encoder, "avg", n)
-    with pytest.raises(UserError, match=rf"blocks={n + 1}: the probe reads .*last {n + 1} {units}; .* has {n}, "
+    with pytest.raises(UserError, match=rf"blocks={n + 1}: the probe reads .*last {n + 1} {units}; {arch} has {n}, "
                                         rf"so give 1 to {n}"):
         check_layout(encoder, "avg", n + 1)
 

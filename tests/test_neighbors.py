@@ -104,15 +104,37 @@ def test_queries_from_another_file_find_their_image_in_the_bank(embedded_folder,
     card["progress"]["rows"] -= 1
     (tmp_path / "copy.json").write_text(json.dumps(card))
     code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings",
-                                          str(tmp_path / "copy.npy"), "--query-index", "2", "--k", "12"))
-    (q,) = last_json(stdout)["queries"]  # row 2 there is row 3 here (img03.png): not left out, nearest with its copy
-    assert code == 0 and q["index"] == 3 and {n["row"] for n in q["neighbors"][:2]} == {3, 4}
+                                          str(tmp_path / "copy.npy"), "--query-index", "2", "--k", "11"))
+    (q,) = last_json(stdout)["queries"]  # row 2 there is row 3 here (img03.png): left out, its copy nearest
+    assert code == 0 and q["index"] == 3 and q["neighbors"][0]["row"] == 4
+    assert 3 not in [n["row"] for n in q["neighbors"]] and len(q["neighbors"]) == 11
 
     card = json.loads(queries.with_suffix(".json").read_text())
     card["identity"]["checkpoint_sha256"] = "0" * 64  # as if another checkpoint had embedded them
     queries.with_suffix(".json").write_text(json.dumps(card))
     assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--query-embeddings", str(queries)))[0] == 2
     assert "embed both with the same checkpoint" in capsys.readouterr().err
+
+
+def test_queries_of_another_subset_of_the_same_images_are_left_out_where_the_bank_holds_them(embedded_folder,
+                                                                                             tmp_path):
+    """Queries embedded with another data.subset of the bank's images: each was its own nearest neighbour (1.0),
+    the share of neighbours of its class inflated. The file's rows are other rows of the same images: a query is
+    left out where the bank holds it, and k is at most the bank's other rows."""
+    run, emb = embedded_folder
+    queries = tmp_path / "q.npy"
+    assert run_cli(["embed", "--checkpoint", str(run), "--out", str(queries), "--set", "data.name=folder",
+                    "--set", f"data.root={emb.parent / 'imgs'}", "--set", "data.subset=6"])[0] == 0
+    index = [line.split(",")[2] for line in queries.with_suffix(".csv").read_text().splitlines()[1:]]
+    copy = next(i for i, p in enumerate(index) if p.endswith("img03_copy.png"))  # every other image of 12
+    code, stdout = run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings", str(queries),
+                                          "--query-index", str(copy), "--k", "11"))
+    (q,) = last_json(stdout)["queries"]
+    paths = [n["path"] for n in q["neighbors"]]
+    assert code == 0 and len(paths) == 11 and not any(p.endswith("img03_copy.png") for p in paths)
+    assert paths[0].endswith("img03.png") and q["neighbors"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings", str(queries),
+                                  "--query-index", str(copy), "--k", "12"))[0] == 2
 
 
 def test_the_share_of_neighbours_of_their_querys_class():

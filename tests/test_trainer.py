@@ -341,6 +341,7 @@ def test_the_periodic_k_nn_and_checkpoints_are_no_training_time(tmp_path, monkey
     only the k-NN moves: the run's training time stays as the steps alone give it."""
     import types
 
+    import repre.engine.clock as clock_mod
     import repre.engine.trainer as trainer_mod
     import repre.eval.callbacks as callbacks_mod
 
@@ -356,7 +357,8 @@ def test_the_periodic_k_nn_and_checkpoints_are_no_training_time(tmp_path, monkey
         now[0] += 100.0  # a k-NN of 100 s
         return knn(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=clock))
+    for module in (trainer_mod, clock_mod):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=clock))
     monkeypatch.setattr(callbacks_mod, "knn_eval", slow_knn)
     summary = pretrain(tiny_config("train.max_steps=4", "train.eval_every=1", "train.log_every=2",
                                    "eval.knn.enabled=false"), tmp_path / "run")

@@ -5,6 +5,7 @@ run's log reads as a line of progress (step, loss, lr, images/s) twice a minute,
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -16,21 +17,31 @@ CURSOR_UP = "\x1b[A"  # tqdm's move to a bar above (nested bars); nothing to mov
 
 class LogLines:
     """A file as a bar's output: each redraw a line. tqdm starts a redraw with a carriage return, which a
-    terminal turns into drawing over the last one but a file keeps: one ever longer line full of returns."""
+    terminal turns into drawing over the last one but a file keeps: one ever longer line full of returns.
+    A reader that left (`repre pretrain 2>&1 | head`, a `tee` that died: a broken pipe) ends the bar's lines,
+    not the run: the log records say the same, and the handler of those swallows its own write errors."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+        self.stream: TextIO | None = stream
         self.count = ""  # the last line's "desc: 40%|####      | 4/10", before its times and values
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").replace(CURSOR_UP, "").strip("\n").rstrip()
         count = line.partition(" [")[0]
         if line and count != self.count:  # a bar's clearing (blanks), cursor moves and the redraw of its last
-            self.stream.write(line + "\n")  # line when it closes (a second "100%" line) write nothing
-            self.count = count
+            self._send(lambda stream: stream.write(line + "\n"))  # line when it closes (a second "100%" line)
+            self.count = count  # write nothing
 
     def flush(self) -> None:
-        self.stream.flush()
+        self._send(lambda stream: stream.flush())
+
+    def _send(self, act: Callable[[TextIO], object]) -> None:
+        if self.stream is None:
+            return
+        try:
+            act(self.stream)
+        except OSError:  # the reader left (EPIPE), or the file's disk went away: no more lines
+            self.stream = None
 
 
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:

@@ -17,7 +17,7 @@ import torch
 from repre.config import Config
 from repre.engine.diagnostics import TrendWatch, loss_balance
 from repre.engine.metrics import MetricWriter
-from repre.methods.base import TEACHER_ENTROPY, Method
+from repre.methods.base import TEACHER_BATCH_ENTROPY, TEACHER_ENTROPY, Method
 
 if TYPE_CHECKING:
     from repre.engine.trainer import Trainer
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("repre")
 
 COLLAPSE_STD = 0.1  # embedding_std below this: a sign of collapse (`CollapseWatch`)
+# the prototypes a batch's teacher outputs spread over (exp of teacher_batch_entropy) below this: one takes them
+# all, a sign of collapse (`CollapseWatch`), on batches of at least FEW_IMAGES images (a smaller batch spreads
+# over few prototypes when healthy too: the two crops of an image agree)
+DOMINATED, FEW_IMAGES = 2.0, 8
 
 
 class Callback:
@@ -117,22 +121,25 @@ class LossTrend(Callback):
 class CollapseWatch(Callback):
     """One warning a run when signs of collapse last: embeddings collapsing to a point (`embedding_std` under
     `COLLAPSE_STD`), or (DINO) a teacher whose outputs are near uniform over its `prototypes` (entropy
-    above 95% of the uniform's). It reads the train lines after the first 10% of the run (a fresh encoder's
-    features may be anisotropic, a fresh teacher's outputs near uniform) and warns when `SHARE` of the last n
-    lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the run completes on 2 or more
-    such lines in a row. Its lines and its warning are in the checkpoint: a resumed run of the same length warns
-    as the uninterrupted one would.
+    above 95% of the uniform's), or whose outputs over a batch fall on one prototype (the two collapses of
+    DINO's section 5.3: `TEACHER_BATCH_ENTROPY` under log `DOMINATED`). It reads the train lines after the first
+    10% of the run (a fresh encoder's features may be anisotropic, a fresh teacher's outputs near uniform) and
+    warns when `SHARE` of the last n lines show a sign, n spanning `SPAN` of the run (2 to 20 lines), or when the
+    run completes on 2 or more such lines in a row. Its lines and its warning are in the checkpoint: a resumed run
+    of the same length warns as the uninterrupted one would.
 
     Why lasting: the Fashion-MNIST DINO preset's teacher brushes the line for one 10-step window near step 200
     and trains well; a teacher that collapses to uniform stays there for hundreds of steps (docs/results.md)."""
 
     SHARE, SPAN, LINES = 0.8, 0.05, (2, 20)
 
-    def __init__(self, prototypes: int | None, log_every: int, ema: bool = True) -> None:
+    def __init__(self, prototypes: int | None, log_every: int, ema: bool = True, batch_size: int = FEW_IMAGES
+                 ) -> None:
         """`prototypes`: DINO's outputs (`Method.prototypes`; None: no teacher entropy to watch); `log_every`:
         steps a train line; `ema`: whether the method has a momentum encoder (the warning then says to check its
-        momentum)."""
+        momentum); `batch_size`: the images of a step (the global batch)."""
         self.uniform = math.log(max(prototypes, 2)) if prototypes else math.inf
+        self.dominated = math.log(DOMINATED) if prototypes and batch_size >= FEW_IMAGES else -math.inf
         self.log_every, self.ema = log_every, ema
         self.recent: deque[bool] | None = None  # whether each of the last n lines shows a sign
         self.why = ""  # the latest sign
@@ -147,6 +154,10 @@ class CollapseWatch(Callback):
                     "to one point)")
         if values.get(TEACHER_ENTROPY, 0.0) > 0.95 * self.uniform:
             return f"{TEACHER_ENTROPY} {values[TEACHER_ENTROPY]:.2f} of at most {self.uniform:.2f} (uniform outputs)"
+        if values.get(TEACHER_BATCH_ENTROPY, math.inf) < self.dominated:
+            spread = values[TEACHER_BATCH_ENTROPY]
+            return (f"{TEACHER_BATCH_ENTROPY} {spread:.2f}: the batch's teacher outputs on about "
+                    f"{math.exp(spread):.1f} of {round(math.exp(self.uniform))} prototypes (one dominates)")
         return None
 
     def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
@@ -193,4 +204,5 @@ def engine_callbacks(cfg: Config, method: Method) -> list[Callback]:
         monitors.append(LossBalance(cfg.train.diagnose_every))
     if cfg.recon.enabled and method.loss_tracks_fit:
         monitors.append(LossTrend())
-    return [*monitors, CollapseWatch(method.prototypes, cfg.train.log_every, ema=bool(method.ema_pairs()))]
+    return [*monitors, CollapseWatch(method.prototypes, cfg.train.log_every, ema=bool(method.ema_pairs()),
+                                     batch_size=cfg.train.batch_size)]

@@ -34,6 +34,7 @@ from repre.data.pipeline import PretrainData
 from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints
+from repre.engine.clock import StepClock
 from repre.engine.compile import compile_units
 from repre.engine.guard import DeviceGuard, ForwardBuffers, make_guard, skips_on_device
 from repre.engine.metrics import MetricWriter, WindowMeter, rounded
@@ -305,16 +306,8 @@ class Trainer:
             bar.close()
             if self.guard.diverged:  # the weights are the last good step's, but the run cannot go on as configured
                 path = self.checkpoints.last_good
-                start = (f"start a new run from it with the run's config: `repre pretrain --config "
-                         f"{self.out / run_files.CONFIG} --init-from {path} --out NEW_DIR --set ...`" if path else
-                         f"no checkpoint was written yet: start again with `repre pretrain --config "
-                         f"{self.out / run_files.CONFIG} --out NEW_DIR --set ...`")
-                fp16 = "train.precision=bf16 instead of fp16, " if self.rt.precision == "fp16" else ""
                 if main:  # every process stops: said once
-                    log.error(
-                        "stopped: %d non-finite step%s in a row at step %d. Usual remedies: a lower train.lr, %s"
-                        "train.clip_grad (e.g. 3.0), a longer warm-up; the last good checkpoint is %s: %s",
-                        s.bad_streak, "" if s.bad_streak == 1 else "s", s.step, fp16, path or "none", start)
+                    log.error(self._divergence_advice(path))
             else:
                 writer.flush()
                 path = self.checkpoints.save(final=True)
@@ -324,6 +317,19 @@ class Trainer:
                     log.warning("stopped at step %d of %d%s, checkpoint %s: go on with %s", s.step, self.total, whose,
                                 path, self._resume_command())
             return self._finish(writer, path, completed, signal)
+
+    def _divergence_advice(self, path: Path | None) -> str:
+        """What to do when the run stopped for `train.max_bad_steps` non-finite steps in a row; `path`: the last
+        good checkpoint."""
+        s = self.state
+        start = (f"start a new run from it with the run's config: `repre pretrain --config "
+                 f"{self.out / run_files.CONFIG} --init-from {path} --out NEW_DIR --set ...`" if path else
+                 f"no checkpoint was written yet: start again with `repre pretrain --config "
+                 f"{self.out / run_files.CONFIG} --out NEW_DIR --set ...`")
+        fp16 = "train.precision=bf16 instead of fp16, " if self.rt.precision == "fp16" else ""
+        return (f"stopped: {s.bad_streak} non-finite step{'' if s.bad_streak == 1 else 's'} in a row at step "
+                f"{s.step}. Usual remedies: a lower train.lr, {fp16}train.clip_grad (e.g. 3.0), a longer warm-up; "
+                f"the last good checkpoint is {path or 'none'}: {start}")
 
     def _resume_command(self) -> str:
         return ("the same torchrun command with --resume" if launch.launched()
@@ -391,61 +397,56 @@ class Trainer:
     def _steps(self, batches: Iterator[dict[str, torch.Tensor]], writer: MetricWriter, bar: tqdm) -> bool:
         """Steps until the total or a stop request, the batches from the loader's iterator; returns whether the
         run completed."""
-        t, s = self.cfg.train, self.state
-        meter, window_start, window_steps = self.meter, time.perf_counter(), 0
+        s = self.state
         self._sync_point()  # a stop asked while the run was built: agreed now, before the first step
-        tick = time.perf_counter()
-        compiling = t.compile  # the first step of this start compiles: its compute is no training speed
+        clock = StepClock(s, compiling=self.cfg.train.compile)  # the first step of this start compiles
         while s.step < self.total and not self.agreement.stopping():
-            try:
-                raw = next(batches)
-            except UserError as exc:  # the data stopped reading (a lost mount): the steps so far are kept
-                raise self._data_failed(exc, writer) from None
-            batch = self.data.to_device(raw)
-            if compiling:  # its data wait counts as any step's; the step itself is timed apart
-                fetched = time.perf_counter()
-                s.train_seconds += fetched - tick
-                tick = fetched
-            values = self.train_step(batch)
-            meter.add({**values, **self.schedules.logged(s.step), **self.model.method.logged()})
-            s.step += 1
-            s.images_seen += t.batch_size
-            window_steps += 1
-            self.agreement.add_images(batch)
-            self.data.observe(batch)
-            now = time.perf_counter()
-            if compiling:
-                s.compile_seconds += now - tick
-                window_start += now - tick  # the window's images/s leaves it out too
-                compiling = False
-            else:
-                s.train_seconds += now - tick  # wall time, data waits included
-            tick = now
-            logs = s.step % t.log_every == 0 or s.step == self.total  # the last step always has its line
-            saves = s.step % t.checkpoint_every == 0
-            stopped = self.guard.stopped()  # the host strategy: this step ended a streak of max_bad_steps
-            if (logs or saves) and not stopped:
-                self._sync_point()
-                stopped = self.guard.diverged
-            if logs or stopped:  # a run stopped for its non-finite steps writes the line of its last window too
-                seconds = max(time.perf_counter() - window_start, 1e-9)
-                self._log_window(writer, meter, bar, window_steps * t.batch_size / seconds)
-                window_start, window_steps = time.perf_counter(), 0
-            if stopped:
-                bar.update(1)
+            self._step(batches, writer, clock)
+            if self._after_step(writer, bar, clock):
                 return False
-            bar.update(1)  # after the step's train line: a line the bar draws now shows its values
-            paused = time.perf_counter()  # the periodic k-NN and the checkpoint: no step's time, nor the window's
+        if s.step >= self.total and self.meter:  # resumed at its total between two lines: the steps carried over
+            self._log_window(writer, self.meter, bar, None)
+        return s.step >= self.total
+
+    def _step(self, batches: Iterator[dict[str, torch.Tensor]], writer: MetricWriter, clock: StepClock) -> None:
+        """One step on the loader's next batch; its values into the train line's window."""
+        s = self.state
+        try:
+            raw = next(batches)
+        except UserError as exc:  # the data stopped reading (a lost mount): the steps so far are kept
+            raise self._data_failed(exc, writer) from None
+        batch = self.data.to_device(raw)
+        clock.fetched()
+        values = self.train_step(batch)
+        self.meter.add({**values, **self.schedules.logged(s.step), **self.model.method.logged()})
+        s.step += 1
+        s.images_seen += self.cfg.train.batch_size
+        self.agreement.add_images(batch)
+        self.data.observe(batch)
+        clock.stepped()
+
+    def _after_step(self, writer: MetricWriter, bar: tqdm, clock: StepClock) -> bool:
+        """The train line, the callbacks and the checkpoint that fall on this step; returns whether the run stops
+        here for its non-finite steps."""
+        t, s = self.cfg.train, self.state
+        logs = s.step % t.log_every == 0 or s.step == self.total  # the last step always has its line
+        saves = s.step % t.checkpoint_every == 0
+        stopped = self.guard.stopped()  # the host strategy: this step ended a streak of max_bad_steps
+        if (logs or saves) and not stopped:
+            self._sync_point()
+            stopped = self.guard.diverged
+        if logs or stopped:  # a run stopped for its non-finite steps writes the line of its last window too
+            self._log_window(writer, self.meter, bar, clock.window_rate(t.batch_size))
+        bar.update(1)  # after the step's train line: a line the bar draws now shows its values
+        if stopped:
+            return True
+        with clock.paused():  # the periodic k-NN and the checkpoint: no step's time, nor the window's
             for callback in self.callbacks:  # before the checkpoint: a run resumed from it has what they wrote
                 callback.on_step_end(self, writer)
             if saves and s.step < self.total and not s.bad_streak:
                 writer.flush()  # the step's scalars on disk before a resume could take the checkpoint
                 self.checkpoints.save()  # never in a run of non-finite steps: the last good one stays newest
-            pause = time.perf_counter() - paused
-            tick, window_start = tick + pause, window_start + pause
-        if s.step >= self.total and meter:  # resumed at its total between two lines: the steps carried over
-            self._log_window(writer, meter, bar, None)
-        return s.step >= self.total
+        return False
 
     def _data_failed(self, exc: UserError, writer: MetricWriter) -> UserError:
         """The error to raise when the data fails between two steps: the weights are those of the last step, whole,

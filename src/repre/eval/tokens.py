@@ -33,14 +33,14 @@ def _takes_prefix(model_class: type) -> bool:
 def check_layout(encoder: Backbone, kind: str, blocks: int) -> None:
     """Raise UserError when `encoder` cannot give features `kind` of its last `blocks` blocks."""
     if kind in ("cls", "both") and not encoder.has_class_token:
-        raise UserError(f"{encoder.arch} has no class token: use eval.linear.features=avg (or leave it null)")
+        raise UserError(f"{encoder.name} has no class token: use eval.linear.features=avg (or leave it null)")
     if kind in ("cls", "both") and not encoder.hierarchical and not blocks_hold_prefix(encoder):
-        raise UserError(f"{encoder.arch}'s blocks hold no class token (it joins after them): the probe reads the "
+        raise UserError(f"{encoder.name}'s blocks hold no class token (it joins after them): the probe reads the "
                         "class token of each block; use eval.linear.features=avg")
     if not 1 <= blocks <= encoder.num_units:
         units = "stages" if encoder.hierarchical else "blocks"
         raise UserError(f"eval.linear.blocks={blocks}: the probe reads the features of the encoder's last "
-                        f"{blocks} {units}; {encoder.arch} has {encoder.num_units}, so give 1 to {encoder.num_units}")
+                        f"{blocks} {units}; {encoder.name} has {encoder.num_units}, so give 1 to {encoder.num_units}")
 
 
 def feature_dim(encoder: Backbone, kind: str, blocks: int) -> int:

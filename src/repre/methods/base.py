@@ -13,9 +13,11 @@ from repre.core.compat import ema_
 from repre.core.dist import all_reduce_sum
 from repre.models.backbone import Backbone
 
-# the 0-d value a method with prototypes (DINO) logs: its teacher's mean output entropy, which the collapse
-# watch reads (uniform outputs: at most log(prototypes))
+# the 0-d values a method with prototypes (DINO) logs, which the collapse watch reads: its teacher's mean
+# output entropy (uniform outputs: at most log(prototypes)), and the entropy of the teacher's mean output over
+# the batch (exp of it: the prototypes the batch's outputs spread over; near 0 when one prototype takes them all)
 TEACHER_ENTROPY = "teacher_entropy"
+TEACHER_BATCH_ENTROPY = "teacher_batch_entropy"
 
 
 def stack_views(views: torch.Tensor) -> torch.Tensor:
@@ -115,7 +117,8 @@ class Method(nn.Module):
 
     @property
     def prototypes(self) -> int | None:
-        """The number of outputs whose teacher entropy forward logs as `TEACHER_ENTROPY` (None: not logged)."""
+        """The number of outputs whose teacher entropies forward logs as `TEACHER_ENTROPY` and
+        `TEACHER_BATCH_ENTROPY` (None: not logged)."""
         return None
 
     def outputs(self, loss: torch.Tensor, pooled: torch.Tensor, maps: list[torch.Tensor], x: torch.Tensor,

@@ -22,7 +22,7 @@ from torch import nn
 
 from repre.core.dist import all_reduce_sum, world_size
 from repre.losses import center_update, dino_loss, teacher_probs
-from repre.methods.base import TEACHER_ENTROPY, Method, MethodOutput, momentum_copy, stack_views
+from repre.methods.base import TEACHER_BATCH_ENTROPY, TEACHER_ENTROPY, Method, MethodOutput, momentum_copy, stack_views
 from repre.models.backbone import Backbone
 from repre.models.heads import DINOHead
 
@@ -103,7 +103,8 @@ class DINO(Method):
         local_views: torch.Tensor | None = None, taps: Sequence[int] = (),
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W] global crops; local_views: [B, L, 3, h, w] or None -> the loss,
-        "embedding_std", "teacher_entropy", and the `taps`' maps of the global crops [x1; x2]."""
+        "embedding_std", "teacher_entropy", "teacher_batch_entropy", and the `taps`' maps of the global crops
+        [x1; x2]."""
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
         student = [self.head(pooled)]
@@ -123,9 +124,13 @@ class DINO(Method):
         with torch.no_grad():
             probs = teacher_probs(teacher, self.center, self.teacher_temp)
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+            used = probs.sum(dim=0)  # [K]: the batch's outputs on each prototype
             if self.training:  # in eval mode (a validation loss) the center stays
-                total = all_reduce_sum(teacher.sum(dim=0, keepdim=True))
-                new = center_update(self.center, total, teacher.shape[0] * world_size(), self.center_momentum)
+                # the teacher's logits and outputs summed over the global batch, in one collective
+                total, used = all_reduce_sum(torch.cat([teacher.sum(dim=0), used])).chunk(2)
+                new = center_update(self.center, total[None], teacher.shape[0] * world_size(), self.center_momentum)
                 # a non-finite teacher batch (its step is skipped) must not poison the center for good; no host sync
                 self.center.copy_(torch.where(torch.isfinite(new).all(), new, self.center))
-        return self.outputs(loss, pooled, maps, x, **{TEACHER_ENTROPY: entropy})
+            used = used / used.sum()
+            batch_entropy = -(used * used.clamp_min(1e-12).log()).sum()
+        return self.outputs(loss, pooled, maps, x, **{TEACHER_ENTROPY: entropy, TEACHER_BATCH_ENTROPY: batch_entropy})

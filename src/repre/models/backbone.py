@@ -93,7 +93,7 @@ class Backbone(nn.Module):
         which resolves to timm's `arch`)."""
         super().__init__()
         self.arch, self.kwargs, self.init = arch, dict(kwargs), init
-        name = name or arch
+        self.name = name = name or arch
         self.model = model if model is not None else create_timm(arch, kwargs)
         units = getattr(self.model, "blocks", None)
         units = units if units is not None else getattr(self.model, "layers", None)

@@ -95,6 +95,21 @@ def comparable(bank: Embedded, queries: Embedded) -> None:
                         "not comparable with another's; embed both with the same checkpoint")
 
 
+def same_images(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two identities (in today's terms) are of one split's images, read alike, each file's rows
+    perhaps another selection of them (another `data.subset`): an image of both is the same image."""
+    def apart_from_selection(identity: dict[str, Any]) -> dict[str, Any]:
+        return {**identity, "images": None, "data": {**identity["data"], "subset": None}}
+
+    return apart_from_selection(a) == apart_from_selection(b)
+
+
+def split_index(side: Embedded, row: int) -> int:
+    """A row's image -> its index among all of its split's images (a `data.subset` reads some of them)."""
+    index = side.index[row][0]
+    return int(side.images.source.indices[index]) if side.card["identity"]["data"].get("subset") else index
+
+
 def without_self(query: int, sims: torch.Tensor, rows: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """A query's k + 1 nearest (sims [k + 1], rows [k + 1]) -> its k nearest other rows: (row, similarity)."""
     hits = [(int(r), float(s)) for s, r in zip(sims, rows, strict=True) if int(r) != query]
@@ -181,22 +196,30 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
                  bank.files.npy)
         asked = bank  # the same rows (the file, a link to it or a copy)
     own = asked is bank  # the queries are rows of the bank: each is left out of its own neighbours
+    # another selection of the same images (another data.subset): a query is left out where the bank holds it
+    alike = not own and same_images(upgraded(theirs, ours), upgraded(ours, theirs))
     if own and len(bank.rows) < 2:
         raise UserError(f"{bank.files.npy} has {len(bank.rows)} rows: neighbours need at least 2 images")
-    if not 0 < k <= min(len(bank.rows) - own, MAX_K):
+    most = min(len(bank.rows) - (own or alike), MAX_K)
+    if not 0 < k <= most:
         raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows and the picture takes at most {MAX_K} "
-                        f"neighbours a query, so k is from 1 to {min(len(bank.rows) - own, MAX_K)}")
+                        f"neighbours a query, so k is from 1 to {most}")
     chosen = choose_queries(len(asked.rows), queries, query_rows, seed, asked.files.npy.name)
     if len(chosen) > MAX_QUERIES:
         raise UserError(f"{len(chosen)} queries: the picture draws at most {MAX_QUERIES}, a row each (a taller one "
                         "cannot be read); draw them in several pictures (--query-index, --seed)")
-    hits = dict(zip(chosen, nearest(bank.rows, chosen, k, None if own else asked.rows), strict=True))
+    hits = dict(zip(chosen, nearest(bank.rows, chosen, k + alike, None if own else asked.rows), strict=True))
     found = {r for h in hits.values() for r, _ in h}
     bank.index = read_index(bank.files.csv, found | (set(chosen) if own else set()), len(bank.rows))
     bank.images = embedded_source(checkpoint, bank.card, overrides or [], bank.files.npy)
     if not own:
         asked.index = read_index(asked.files.csv, set(chosen), len(asked.rows))
         asked.images = embedded_source(checkpoint, asked.card, overrides or [], asked.files.npy)
+    if alike:
+        log.info("%s and %s hold other selections of the same images: a query is left out of its neighbours "
+                 "where both hold it", asked.files.npy, bank.files.npy)
+        hits = {q: [(r, sim) for r, sim in h if split_index(bank, r) != split_index(asked, q)][:k]
+                for q, h in hits.items()}
     save_picture(neighbors_picture(asked, bank, hits), path)
     results = [described(asked.index, q, asked.names,
                          neighbors=[described(bank.index, r, bank.names, similarity=round(s, 6)) for r, s in h])

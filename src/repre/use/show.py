@@ -64,11 +64,11 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
     token, the other prefix tokens and the patches (CaiT's patch blocks, talking heads) raises UserError."""
     model = encoder.model
     if not encoder.has_class_token:
-        raise UserError(f"{encoder.arch} has no class token: attention maps need a ViT with one")
+        raise UserError(f"{encoder.name} has no class token: attention maps need a ViT with one")
     attn, seen = model.blocks[block].attn, []
     h, w = model.patch_embed.grid_size
     tokens = model.num_prefix_tokens + h * w
-    unreadable = UserError(f"{encoder.arch}'s attention ({type(attn).__name__}) is no softmax over its class token "
+    unreadable = UserError(f"{encoder.name}'s attention ({type(attn).__name__}) is no softmax over its class token "
                            "and patches that repre can read: no attention maps")
     if not isinstance(getattr(attn, "attn_drop", None), nn.Module):
         raise unreadable
