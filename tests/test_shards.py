@@ -149,7 +149,8 @@ def test_bad_shard_roots_say_what_to_do(tmp_path):
     with pytest.raises(UserError, match=r"a.cls holds 'cat', not an integer label: a .cls member holds the class "
                                         r"index .*; write the indices .*, or leave out every .cls"):
         TarShards(str(tmp_path / "bad-label.tar"))
-    for i, text in enumerate(("+3", "3_0", "\u0663")):  # int() reads each; a stream does not: refused alike
+    # int() reads the first three; "--3" neither: refused alike, as a stream reads them (`label_in`)
+    for i, text in enumerate(("+3", "3_0", "\u0663", "--3")):
         with tarfile.open(tmp_path / f"odd-label-{i}.tar", "w") as tar:
             add(tar, "a.png", png_bytes(0))
             add(tar, "a.cls", text.encode())

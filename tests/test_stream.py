@@ -338,7 +338,10 @@ def test_a_label_that_is_no_integer_is_read_as_unlabelled_and_said(tmp_path, rep
         add(tar, "a.cls", b"cat")
         add(tar, "b.png", png_bytes(1))
         add(tar, "b.cls", b"2")
-    assert [(key, label) for key, _, label in read_samples(str(tmp_path / "bad.tar"))] == [("a", -1), ("b", 2)]
+        add(tar, "c.png", png_bytes(2))
+        add(tar, "c.cls", b"--3")  # no integer to int() either: it stopped the stream
+    assert [(key, label) for key, _, label in read_samples(str(tmp_path / "bad.tar"))] == [("a", -1), ("b", 2),
+                                                                                         ("c", -1)]
     assert "a.cls holds 'cat', not an integer label" in repre_log.text
 
 

@@ -107,6 +107,13 @@ def dotted_image(ext: str) -> bool:
     return ext not in EXTENSIONS and "." + ext.rsplit(".", 1)[-1] in EXTENSIONS
 
 
+def label_in(text: str) -> int | None:
+    """The class index a label member holds (`LABEL_EXTENSIONS`; its text stripped), or None: an integer in
+    ASCII digits alone, as indexed and streamed shards both read it (int() would take "+3", "٣" and "1_0")."""
+    digits = text.removeprefix("-")  # one sign: "--3" is no integer
+    return int(text) if digits.isascii() and digits.isdigit() else None
+
+
 def warn_dotted(count: int, example: str, where: str) -> None:
     log.warning("%d member(s) of the shards in %s end in an image extension but hold more dots (%s): by "
                 "WebDataset's rule (the key ends at the first dot) none is an image, so they are left out; name "
@@ -146,18 +153,14 @@ def _scan(path: Path, shard: int) -> tuple[list[list], list[str], list[str]]:
                     dotted.append(member.name)
                 elif ext in LABEL_EXTENSIONS:
                     text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                    digits = text.lstrip("-")  # ASCII digits alone, as a stream reads them (int() takes "+3", "٣")
-                    try:
-                        if not (digits.isascii() and digits.isdigit()):
-                            raise ValueError(text)
-                        label = int(text)
-                        if image is not None:  # the label after the image, as WebDataset writers order them
-                            image[4] = label
-                    except ValueError:
+                    if (found := label_in(text)) is None:
                         raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label: a "
                                         f"{ext} member holds the class index (0, 1, ...) as text; write the "
                                         "indices (keep class names in another member, e.g. KEY.txt, which is "
-                                        f"not read), or leave out every {ext} for unlabelled images") from None
+                                        f"not read), or leave out every {ext} for unlabelled images")
+                    label = found
+                    if image is not None:  # the label after the image, as WebDataset writers order them
+                        image[4] = label
             end = tar.offset  # where the member headers stopped: the end-of-archive blocks, or a damaged header
     except tarfile.ReadError as exc:
         if sample is not None:  # read well up to some member: a shard cut short (a copy that stopped)

@@ -55,6 +55,7 @@ from repre.data.shards import (
     all_zeros,
     dotted_image,
     expand,
+    label_in,
     shard_paths,
     split_key,
     warn_dotted,
@@ -232,8 +233,8 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
                 warn_dotted(1, member.name, url)
             elif ext in LABEL_EXTENSIONS:
                 text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                digits = text.lstrip("-")  # ASCII: "²" is a digit to isdigit() alone, not to int()
-                label = int(text) if digits.isascii() and digits.isdigit() else _not_a_label(url, member.name, text)
+                found = label_in(text)
+                label = found if found is not None else _not_a_label(url, member.name, text)
         if image is not None:
             yield key, image, label
         # tarfile ends quietly where a header is cut short or damaged: a whole end-of-archive block, and zeros
