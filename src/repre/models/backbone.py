@@ -81,6 +81,46 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelBuildError(f"cannot build {arch} with {kwargs}: {exc}", str(exc)) from None
 
 
+def supported_units(model: nn.Module, name: str) -> nn.Module:
+    """A timm model's blocks (ViT) or stages (Swin), the units a tap names; UserError for a model whose maps or
+    embedding the branch and the evaluations cannot read (`name`: the architecture as errors call it)."""
+    units = getattr(model, "blocks", None)
+    units = units if units is not None else getattr(model, "layers", None)
+    if units is not None and not len(units):
+        raise UserError(f"{name} is built with no blocks or stages (depth 0 in model.kwargs): give it one or more")
+    # a ViT's tap maps are its tokens on the patch grid, which its patch embedding names (not XCiT's)
+    grid = hasattr(model, "layers") or hasattr(getattr(model, "patch_embed", None), "dynamic_feat_size")
+    needs = ("forward_intermediates", "patch_embed")
+    if units is None or not grid or not all(hasattr(model, a) for a in needs):
+        raise UserError(
+            f"{name} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
+            "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
+        )
+    if getattr(model, "neck", None) is not None:  # timm's samvit_*: NHWC blocks, no token output
+        raise UserError(f"{name} is SAM's image encoder: its embedding is a convolutional neck's map and its "
+                        "blocks' maps come in no token layout the decoder reads; use a plain ViT (vit_*) or a Swin")
+    pool = getattr(model, "global_pool", None)
+    if pool == "":
+        raise UserError(f"{name} is built with global_pool='' (its tokens, not an embedding [B, D]): build it "
+                        "with global_pool='token' or 'avg' (a ViT), 'avg' (a Swin)")
+    if hasattr(model, "blocks") and pool in ("max", "avgmax"):  # the probes read a class token or the mean
+        raise UserError(f"{name} is built with global_pool={pool!r}, which the evaluations do not read (a class "
+                        "token or the patch tokens' mean): build it with global_pool='token' or 'avg'")
+    return units
+
+
+def token_side(model: nn.Module, name: str) -> int:
+    """A token's side in pixels (a hybrid's CNN stem reduces before its patches); UserError for patches that are
+    not square."""
+    embed = model.patch_embed
+    patch = getattr(embed, "patch_size", None)
+    if isinstance(patch, (tuple, list)) and len(set(patch)) > 1:  # timm's feat_ratio says the larger side
+        raise UserError(f"{name} has {patch[0]}x{patch[1]} pixel patches: the tap maps and the decoder take "
+                        "square ones; build it with patch_size=N")
+    side = embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size  # (h, w), or an int (XCiT)
+    return int(side if isinstance(side, int) else side[0])
+
+
 class Backbone(nn.Module):
     """x: [B, 3, H, W] -> (pooled [B, D], maps: one [B, C_i, H/s_i, W/s_i] per requested tap i). A ViT's taps
     all have C_i = D and s_i = p, its patch size; a Swin's follow its stages (`unit_channels`, `unit_strides`)."""
@@ -95,38 +135,11 @@ class Backbone(nn.Module):
         self.arch, self.kwargs, self.init = arch, dict(kwargs), init
         self.name = name = name or arch
         self.model = model if model is not None else create_timm(arch, kwargs)
-        units = getattr(self.model, "blocks", None)
-        units = units if units is not None else getattr(self.model, "layers", None)
-        if units is not None and not len(units):
-            raise UserError(f"{name} is built with no blocks or stages (depth 0 in model.kwargs): give it one or more")
-        # a ViT's tap maps are its tokens on the patch grid, which its patch embedding names (not XCiT's)
-        grid = hasattr(self.model, "layers") or hasattr(getattr(self.model, "patch_embed", None), "dynamic_feat_size")
-        needs = ("forward_intermediates", "patch_embed")
-        if units is None or not grid or not all(hasattr(self.model, a) for a in needs):
-            raise UserError(
-                f"{name} is not a timm vision transformer with forward_intermediates and blocks (ViT) or layers "
-                "(Swin); use vit_*, deit_*, swin_* or a small config such as vit_pico_patch4"
-            )
-        if getattr(self.model, "neck", None) is not None:  # timm's samvit_*: NHWC blocks, no token output
-            raise UserError(f"{name} is SAM's image encoder: its embedding is a convolutional neck's map and its "
-                            "blocks' maps come in no token layout the decoder reads; use a plain ViT (vit_*) or a Swin")
+        units = supported_units(self.model, name)
         self.hierarchical = not hasattr(self.model, "blocks")
-        pool = getattr(self.model, "global_pool", None)
-        if pool == "":
-            raise UserError(f"{name} is built with global_pool='' (its tokens, not an embedding [B, D]): build it "
-                            "with global_pool='token' or 'avg' (a ViT), 'avg' (a Swin)")
-        if not self.hierarchical and pool in ("max", "avgmax"):  # the probes read a class token or the mean
-            raise UserError(f"{name} is built with global_pool={pool!r}, which the evaluations do not read (a class "
-                            "token or the patch tokens' mean): build it with global_pool='token' or 'avg'")
         self.embed_dim: int = self.model.num_features
         self.num_units: int = len(units)  # the units a tap names: blocks (ViT) or stages (Swin)
-        embed = self.model.patch_embed  # a token's side in pixels: a hybrid's CNN stem reduces before its patches
-        patch = getattr(embed, "patch_size", None)
-        if isinstance(patch, (tuple, list)) and len(set(patch)) > 1:  # timm's feat_ratio says the larger side
-            raise UserError(f"{name} has {patch[0]}x{patch[1]} pixel patches: the tap maps and the decoder take "
-                            "square ones; build it with patch_size=N")
-        side = embed.feat_ratio() if hasattr(embed, "feat_ratio") else embed.patch_size  # (h, w), or an int (XCiT)
-        self.patch_size: int = int(side if isinstance(side, int) else side[0])
+        self.patch_size: int = token_side(self.model, name)
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
         self.unit_channels = [int(f["num_chs"]) for f in info] if info else [self.embed_dim] * self.num_units
         self.unit_strides = [int(f["reduction"]) for f in info] if info else [self.patch_size] * self.num_units
