@@ -65,6 +65,9 @@ def final_model(out: Path) -> dict[str, torch.Tensor]:
     ("mocov3-one-view", ["train.max_steps=3", "recon.views=1", "train.batch_size=6"]),
     ("dino", DINO_TINY + ["train.max_steps=5", "train.host_sync=log"]),  # and no host sync in the step
     ("moby", SWIN_TINY + ["train.max_steps=4", "train.batch_size=12"]),  # 24 keys a step: the queue (40) wraps
+    # the in1k presets' train.compile=true under DDP (its compiled blocks inside DDP's bucketed backward); long on
+    # a CPU: run with -m slow
+    pytest.param("mocov3-compiled", ["train.max_steps=3", "train.compile=true"], marks=pytest.mark.slow),
 ])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, name, extra):
     """MoCo v3: keys gathered with the offset of each process's queries, synced batch norm in the heads.
