@@ -4,8 +4,9 @@
                                                    [--compare KEY=VALUE[&KEY=VALUE] ...] [--at 256] [--top 8]
 
 One training step (trainer.train_step: forward, backward, optimizer, momentum update) of the preset on
-synthetic images, eager, under bf16 autocast, with every operator PyTorch dispatches tallied: its FLOPs
-(torch.utils.flop_counter: matmuls, convolutions, attention) and the bytes of the tensors it reads and writes
+synthetic images, eager, under bf16 autocast, with every operator PyTorch dispatches tallied: its FLOPs as the
+model's (torch.utils.flop_counter: matmuls, convolutions, attention; a fused attention's backward without the
+scores it computes again, `kernel_kinds.MODEL_ATTENTION`) and the bytes of the tensors it reads and writes
 (views and reshapes move nothing and are skipped). Rows: the preset with the branch, each --compare variant of
 it, and the baseline (recon.enabled=false); each with its ratio to the baseline.
 

@@ -754,8 +754,7 @@ def test_a_bar_a_terminal_clears_at_its_end_ends_with_its_last_line_in_a_file(mo
 
 def test_a_reader_of_standard_error_that_left_stops_no_run(monkeypatch):
     """`repre pretrain 2>&1 | head -2`: once head left, the bar's next line raised BrokenPipeError, and the run
-    ended at once with exit 1, no checkpoint written. The bar and the log now write nothing more, and the run
-    goes on."""
+    ended at once, no checkpoint written. The bar and the log now write nothing more, and the run goes on."""
     import io
     import logging
     import sys

@@ -105,12 +105,12 @@ def watch_lines(log, lines: list[float], every: int = 10, total: int = 1600, out
 
 
 def test_collapse_watch_warns_when_one_prototype_takes_the_teachers_outputs(repre_log):
-    """DINO's other collapse (its section 5.3): the batch's sharp teacher outputs all on one prototype (teacher
-    temperature 0.001 without centering, batch 16: teacher_batch_entropy 0.3 to 0.6 from step 16 of 60), where
-    the entropy line, which looks for uniform outputs, said nothing."""
-    def warnings(spread: list[float], batch_size: int = 32) -> list[str]:
+    """DINO's other collapse (its section 5.3): the batch's sharp teacher outputs all on one prototype (a
+    teacher temperature far below DINO's, without centering: docs/results.md), where the entropy line, which
+    looks for uniform outputs, said nothing."""
+    def warnings(spread: list[float], batch_size: int = 32, prototypes: int = 1024) -> list[str]:
         repre_log.clear()
-        watch = CollapseWatch(1024, 10, batch_size=batch_size)
+        watch = CollapseWatch(prototypes, 10, batch_size=batch_size)
         trainer = SimpleNamespace(state=SimpleNamespace(step=0), total=10 * len(spread))
         for i, value in enumerate(spread, start=1):
             trainer.state.step = i * 10
@@ -123,6 +123,9 @@ def test_collapse_watch_warns_when_one_prototype_takes_the_teachers_outputs(repr
                               "1024 prototypes (one dominates)")
     assert warnings([1.6, 1.2] + [3.0] * 58) == []  # spread over 20 of a batch of 32 images' outputs
     assert warnings([0.5] * 60, batch_size=4) == []  # 4 images: their crops on 2 or 3 prototypes when healthy
+    assert len(warnings([0.5] * 60, batch_size=8)) == 1  # from 8 images on
+    assert warnings([0.69] * 60, prototypes=2) == []  # 2 prototypes balanced are at the line itself
+    assert len(warnings([0.5] * 60, prototypes=4)) == 1
 
 
 def test_collapse_watch_ignores_one_line_over_the_line(repre_log):

@@ -275,11 +275,13 @@ def test_a_vit_pooling_its_patch_tokens_is_read_after_its_norm_that_follows_the_
 
 def test_bad_combinations_say_what_to_do():
     with pytest.raises(UserError, match=r"moby reads features=cls of blocks=1 \(the paper's head input\); "
-                                        r"eval.linear.blocks=2 apply to.*leave them null"):
+                                        r"eval.linear.blocks=2 applies to.*leave them null"):
         resolve(LinearConfig(protocol="moby", blocks=2), encoder("narrow"))
     with pytest.raises(UserError, match=r"mocov3 reads features=cls of blocks=1.*input\); eval.linear.features=both "
-                                        "apply to.*leave them null"):
+                                        "applies to.*leave them null"):
         resolve(LinearConfig(protocol="mocov3", features="both"), encoder("narrow"))
+    with pytest.raises(UserError, match=r"input\); eval.linear.blocks=3 applies to"):  # cls is the paper's own
+        resolve(LinearConfig(protocol="mocov3", features="cls", blocks=3), encoder("narrow"))
     with pytest.raises(UserError, match="eval.linear.lr=0.1 is the base lr of the mocov3, dino and moby protocols"):
         load_config("fmnist-mocov3-repre", ["eval.linear.lr=0.1"])
 

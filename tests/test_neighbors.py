@@ -135,6 +135,33 @@ def test_queries_of_another_subset_of_the_same_images_are_left_out_where_the_ban
     assert paths[0].endswith("img03.png") and q["neighbors"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert run_cli(neighbors_args(run, emb, tmp_path / "nn.png", "--query-embeddings", str(queries),
                                   "--query-index", str(copy), "--k", "12"))[0] == 2
+    # the other way round: the subset is the bank; the query img03.png is not in it, its copy is
+    query = next(i for i, p in enumerate(
+        line.split(",")[2] for line in emb.with_suffix(".csv").read_text().splitlines()[1:]) if p.endswith("img03.png"))
+    code, stdout = run_cli(neighbors_args(run, queries, tmp_path / "nn.png", "--query-embeddings", str(emb),
+                                          "--query-index", str(query), "--k", "5"))
+    (q,) = last_json(stdout)["queries"]
+    assert code == 0 and q["neighbors"][0]["path"].endswith("img03_copy.png")
+    code, stdout = run_cli(neighbors_args(run, queries, tmp_path / "nn.png", "--query-embeddings", str(emb),
+                                          "--query-index", str(query + 1), "--k", "5"))  # the copy: left out
+    (q,) = last_json(stdout)["queries"]
+    assert code == 0 and not any(n["path"].endswith("img03_copy.png") for n in q["neighbors"])
+
+
+def test_a_test_split_s_rows_are_its_own_though_the_card_records_the_run_s_subset():
+    """A test split's card records the run's data.subset, which picks among the training images alone: its
+    rows are the split's own (there is no selection to map them through)."""
+    from types import SimpleNamespace
+
+    from repre.use.neighbors import split_index
+
+    def side(subset, source):
+        return SimpleNamespace(index={0: (5, "", None)}, images=SimpleNamespace(source=source),
+                               card={"identity": {"data": {"subset": subset}}})
+
+    assert split_index(side(32, SimpleNamespace()), 0) == 5  # the whole test split
+    assert split_index(side(32, SimpleNamespace(indices=np.arange(0, 20, 2))), 0) == 10  # a subset of train
+    assert split_index(side(None, SimpleNamespace(indices=np.arange(3, 20))), 0) == 5  # a selection, no subset
 
 
 def test_the_share_of_neighbours_of_their_querys_class():

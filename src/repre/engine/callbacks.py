@@ -27,8 +27,9 @@ log = logging.getLogger("repre")
 COLLAPSE_STD = 0.1  # embedding_std below this: a sign of collapse (`CollapseWatch`)
 # the prototypes a batch's teacher outputs spread over (exp of teacher_batch_entropy) below this: one takes them
 # all, a sign of collapse (`CollapseWatch`), on batches of at least FEW_IMAGES images (a smaller batch spreads
-# over few prototypes when healthy too: the two crops of an image agree)
-DOMINATED, FEW_IMAGES = 2.0, 8
+# over few prototypes when healthy too: the two crops of an image agree) and heads of at least FEW_PROTOTYPES
+# (over 2 prototypes a balanced batch is at the line itself)
+DOMINATED, FEW_IMAGES, FEW_PROTOTYPES = 2.0, 8, 4
 
 
 class Callback:
@@ -139,7 +140,8 @@ class CollapseWatch(Callback):
         steps a train line; `ema`: whether the method has a momentum encoder (the warning then says to check its
         momentum); `batch_size`: the images of a step (the global batch)."""
         self.uniform = math.log(max(prototypes, 2)) if prototypes else math.inf
-        self.dominated = math.log(DOMINATED) if prototypes and batch_size >= FEW_IMAGES else -math.inf
+        watched = (prototypes or 0) >= FEW_PROTOTYPES and batch_size >= FEW_IMAGES
+        self.dominated = math.log(DOMINATED) if watched else -math.inf
         self.log_every, self.ema = log_every, ema
         self.recent: deque[bool] | None = None  # whether each of the last n lines shows a sign
         self.why = ""  # the latest sign

@@ -41,11 +41,12 @@ class StepClock:
         self.window_steps += 1
 
     def window_rate(self, batch_size: int) -> float:
-        """Images/s of the steps since the last call (or the start); a new window starts."""
-        now = time.perf_counter()
-        rate = self.window_steps * batch_size / max(now - self.window_start, 1e-9)
-        self.window_start, self.window_steps = now, 0
-        return rate
+        """Images/s of the window's steps: since `new_window` (or the start)."""
+        return self.window_steps * batch_size / max(time.perf_counter() - self.window_start, 1e-9)
+
+    def new_window(self) -> None:
+        """The next window starts: after a train line is written, whose writing is no window's time."""
+        self.window_start, self.window_steps = time.perf_counter(), 0
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

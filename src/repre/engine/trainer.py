@@ -437,6 +437,7 @@ class Trainer:
             stopped = self.guard.diverged
         if logs or stopped:  # a run stopped for its non-finite steps writes the line of its last window too
             self._log_window(writer, self.meter, bar, clock.window_rate(t.batch_size))
+            clock.new_window()
         bar.update(1)  # after the step's train line: a line the bar draws now shows its values
         if stopped:
             return True

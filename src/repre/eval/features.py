@@ -1,7 +1,8 @@
 """The loop of the evaluations that read frozen features once (k-NN, the quick linear probe, the dense probe,
-`repre embed`): a module in eval mode, no gradients, autocast on the run's device, each batch's outputs brought
-back to the CPU as float32; and the pooled, L2-normalized embedding that k-NN, `repre embed` and `repre
-neighbors` read. (The papers' linear probes read each augmented batch as they train: `lincls.frozen_features`.)"""
+`repre embed`, and fine-tuning's test pass): a module in eval mode, no gradients, autocast on the run's device,
+each batch's outputs brought back to the CPU as float32; and the pooled, L2-normalized embedding that k-NN,
+`repre embed` and `repre neighbors` read. (The papers' linear probes read each augmented batch as they train:
+`lincls.frozen_features`.)"""
 
 from __future__ import annotations
 

@@ -138,11 +138,13 @@ def resolve(lin: LinearConfig, encoder: Backbone) -> LinearProtocol:
     combination the protocol does not allow."""
     features, blocks = default_layout(lin.protocol, encoder)
     if lin.protocol in ("mocov3", "moby") and (lin.features or features, lin.blocks or blocks) != (features, blocks):
-        given = ", ".join(f"eval.linear.{key}={value}" for key, value in (("features", lin.features),
-                                                                          ("blocks", lin.blocks)) if value)
+        other = [f"eval.linear.{key}={value}" for key, value, own in (("features", lin.features, features),
+                                                                      ("blocks", lin.blocks, blocks))
+                 if value and value != own]
         raise UserError(f"eval.linear.protocol={lin.protocol} reads features={features} of blocks={blocks} (the "
-                        f"paper's head input); {given} apply to the quick and dino protocols: leave them null "
-                        "(--set eval.linear.features=null --set eval.linear.blocks=null)")
+                        f"paper's head input); {', '.join(other)} appl{'ies' if len(other) == 1 else 'y'} to the "
+                        "quick and dino protocols: leave them null (--set eval.linear.features=null --set "
+                        "eval.linear.blocks=null)")
     features, blocks = lin.features or features, lin.blocks or blocks
     check_layout(encoder, features, blocks)
     own = DEFAULTS[lin.protocol]

@@ -68,11 +68,11 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MethodOutput:
-    """What a framework's forward returns: its own loss (`RePre` adds λ · reconstruction to it), 0-d values to
-    log ("embedding_std", DINO's "teacher_entropy"), and for the RePre branch the online encoder's maps of the
-    tap units it was asked for ([2B, C_i, h_i, w_i] each, from the same forward as the loss; none without taps)
-    and the views they came from, both global views of each image stacked, [x1; x2]: [2B, 3, H, W] (where the
-    views a method takes are [B, 2, 3, H, W])."""
+    """What a framework's forward returns: its own loss (`RePre` adds λ · reconstruction to it), 0-d values to log
+    ("embedding_std", DINO's "teacher_entropy" and "teacher_batch_entropy"), and for the RePre branch the online
+    encoder's maps of the tap units it was asked for ([2B, C_i, h_i, w_i] each, from the same forward as the loss;
+    none without taps) and the views they came from, both global views of each image stacked, [x1; x2]:
+    [2B, 3, H, W] (where the views a method takes are [B, 2, 3, H, W])."""
 
     loss: torch.Tensor
     logged: dict[str, torch.Tensor]

@@ -105,9 +105,11 @@ def same_images(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def split_index(side: Embedded, row: int) -> int:
-    """A row's image -> its index among all of its split's images (a `data.subset` reads some of them)."""
+    """A row's image -> its index among all of its split's images: a `data.subset` reads some of the training
+    images (a test split's card records the run's subset, which it does not read)."""
     index = side.index[row][0]
-    return int(side.images.source.indices[index]) if side.card["identity"]["data"].get("subset") else index
+    picked = getattr(side.images.source, "indices", None) if side.card["identity"]["data"].get("subset") else None
+    return int(picked[index]) if picked is not None else index
 
 
 def without_self(query: int, sims: torch.Tensor, rows: torch.Tensor, k: int) -> list[tuple[int, float]]:
@@ -198,12 +200,13 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     own = asked is bank  # the queries are rows of the bank: each is left out of its own neighbours
     # another selection of the same images (another data.subset): a query is left out where the bank holds it
     alike = not own and same_images(upgraded(theirs, ours), upgraded(ours, theirs))
-    if own and len(bank.rows) < 2:
+    if (own or alike) and len(bank.rows) < 2:
         raise UserError(f"{bank.files.npy} has {len(bank.rows)} rows: neighbours need at least 2 images")
     most = min(len(bank.rows) - (own or alike), MAX_K)
     if not 0 < k <= most:
-        raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows and the picture takes at most {MAX_K} "
-                        f"neighbours a query, so k is from 1 to {most}")
+        less = ", less the query's own" if own or alike else ""
+        raise UserError(f"--k {k}: the embeddings have {len(bank.rows)} rows{less} and the picture takes at most "
+                        f"{MAX_K} neighbours a query, so k is from 1 to {most}")
     chosen = choose_queries(len(asked.rows), queries, query_rows, seed, asked.files.npy.name)
     if len(chosen) > MAX_QUERIES:
         raise UserError(f"{len(chosen)} queries: the picture draws at most {MAX_QUERIES}, a row each (a taller one "
