@@ -34,6 +34,9 @@ def test_overrides_parse_as_yaml():
     cfg = load_config(None, ["recon.taps=[2,5,8,11]", "recon.enabled=false", "train.lr=1e-3", "data.subset=100"])
     assert cfg.recon.taps == [2, 5, 8, 11] and cfg.recon.enabled is False
     assert cfg.train.lr == 1e-3 and cfg.data.subset == 100
+    for item in ("train.lr=1_000", "train.batch_size=1_000"):  # YAML 1.2 text: float() alone took the first
+        with pytest.raises(UserError, match=r"must be (float|int), got '1_000' \(str\)"):
+            load_config(None, [item])
 
 
 def test_unknown_key_names_the_nearest():

@@ -155,7 +155,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, str) and "_" not in value:  # 1_000: refused as an int key refuses it
         try:  # PyYAML reads 1e-3 (no dot) as a string
             return float(value)
         except ValueError:
