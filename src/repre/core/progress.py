@@ -28,9 +28,11 @@ class LogLines:
     def write(self, text: str) -> None:
         line = text.replace("\r", "").replace(CURSOR_UP, "").strip("\n").rstrip()
         count = line.partition(" [")[0]
-        if line and count != self.count:  # a bar's clearing (blanks), cursor moves and the redraw of its last
-            self._send(lambda stream: stream.write(line + "\n"))  # line when it closes (a second "100%" line)
-            self.count = count  # write nothing
+        # a bar's clearing (blanks), cursor moves and the redraw of its last line when it closes (a second "100%"
+        # line) write nothing
+        if line and count != self.count:
+            self._send(lambda stream: stream.write(line + "\n"))
+            self.count = count
 
     def flush(self) -> None:
         self._send(lambda stream: stream.flush())
