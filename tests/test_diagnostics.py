@@ -22,6 +22,28 @@ def test_loss_balance_norms_and_cosine():
     assert enc.weight.grad is None  # measuring leaves .grad alone
 
 
+def test_loss_balance_under_fp16_takes_the_loss_scale():
+    """A loss averaged over a batch's pixels sends each fp16 output a gradient below fp16's smallest normal
+    number: measured unscaled its norm is off (or 0 over more pixels); with the step's loss scale it is
+    fp32's."""
+    torch.manual_seed(0)
+    enc, dec = torch.nn.Linear(8, 8), torch.nn.Linear(8, 3 * 64 * 64)
+    x, target = torch.randn(128, 8), torch.randn(128, 3 * 64 * 64)
+
+    def balance(dtype: torch.dtype, scale: float) -> dict[str, float]:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            y = enc(x)
+            pixels = dec(y)
+        recon = (pixels.float() - target).abs().mean()
+        return {k: float(v) for k, v in loss_balance(enc, y.float().square().mean(), recon, scale).items()}
+
+    exact = balance(torch.float32, 1.0)
+    assert balance(torch.float16, 1.0)["diag_grad_norm_recon"] != pytest.approx(exact["diag_grad_norm_recon"], rel=0.02)
+    scaled = balance(torch.float16, 2.0**16)
+    for key, value in exact.items():
+        assert scaled[key] == pytest.approx(value, rel=0.01), key
+
+
 def test_a_non_finite_diagnostic_is_written_as_json_null(tmp_path):
     """A diagnosed step whose gradients are NaN: metrics.jsonl stays JSON (null; NaN is no JSON) and
     TensorBoard gets no point."""

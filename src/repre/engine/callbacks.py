@@ -88,7 +88,8 @@ class LossBalance(Callback):
         if (trainer.state.step + 1) % self.every:
             return
         model = trainer.model
-        balance = loss_balance(model.encoder, out["loss_contrastive"], model.recon_weight * out["loss_recon"])
+        balance = loss_balance(model.encoder, out["loss_contrastive"], model.recon_weight * out["loss_recon"],
+                               trainer.scaler.current())
         self.pending = {k: float(v) for k, v in balance.items()}
 
     def log_values(self, trainer: Trainer) -> dict[str, float]:

@@ -19,16 +19,20 @@ from repre.core import dist
 log = logging.getLogger("repre")
 
 
-def loss_balance(encoder: nn.Module, contrastive: torch.Tensor, recon: torch.Tensor) -> dict[str, torch.Tensor]:
+def loss_balance(encoder: nn.Module, contrastive: torch.Tensor, recon: torch.Tensor,
+                 scale: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
     """Norms of d(contrastive)/d(encoder) and d(lambda * recon)/d(encoder), and the cosine between them; under
     torchrun, of the global batch's gradients (each process's averaged, as DDP averages the step's: every
-    process calls this at the same steps)."""
+    process calls this at the same steps). `scale`: fp16's loss scale (`LossScaler.current()`), by which each
+    loss is multiplied before its backward and its gradient divided after, as the step's own (1 in fp32 and
+    bf16): unscaled, the reconstruction's gradient per pixel (1 / the batch's pixels) is below fp16's smallest
+    normal number, and its norm comes out off, or 0 at a GPU's batch."""
     params = [p for p in encoder.parameters() if p.requires_grad]
     flat = []
     for loss in (contrastive, recon):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(loss * scale, params, retain_graph=True, allow_unused=True)
         local = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float()
-                           for g, p in zip(grads, params, strict=True)])
+                           for g, p in zip(grads, params, strict=True)]) / scale
         flat.append(dist.all_reduce_sum(local) / dist.world_size())
     a, b = flat
     return {
