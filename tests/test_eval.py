@@ -2,6 +2,7 @@ import copy
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,12 +268,25 @@ def test_knn_reports_each_class_and_the_confusion():
     assert twice == {"a (0)": 0.5, "b": pytest.approx(2 / 3), "a (2)": 0.0, "d": None}
 
 
+def tensorboard_series(tb: Path, tag: str) -> list[tuple[int, float]]:
+    """`tag`'s points as TensorBoard charts them: its event files read in name order, a point at a step not
+    above the last one's dropping those at its step or later (its reservoir's preemption: a restart)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # scalars as tensors
+
+    series: list[tuple[int, float]] = []
+    for file in sorted(tb.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(file)).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    series = [(s, v) for s, v in series if s < event.step] + [(event.step, value.tensor.float_val[0])]
+    return series
+
+
 def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(tiny_run, tmp_path):
     """Each checkpoint evaluated with the run's own settings adds a point at its step (repre_eval/TASK_METRIC);
     a result of other settings (a --set that changes what is measured) is left out of the curve."""
     import shutil
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
     # other tests evaluate the shared run
@@ -290,10 +304,7 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
     # the precision rounds the features measured: its result kept apart (it replaced the run's own)
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "train.precision=fp32"])[0] == 0
-    events = EventAccumulator(str(run / "tb"))
-    events.Reload()
-    # read in the event files' name order, whose writer counter sorts as text: "10" before "9"
-    points = sorted((e.step, e.value) for e in events.Scalars("repre_eval/knn_top1"))
+    points = tensorboard_series(run / "tb", "repre_eval/knn_top1")
     assert [step for step, _ in points] == [10, 20] and dict(points) == pytest.approx(values)  # no third point
     # each result kept: the run's own in eval/knn/, the earlier checkpoint's and the other k's beside it
     kept = {str(p.parent.relative_to(run / "eval" / "knn")): json.loads(p.read_text())["value"]
@@ -560,8 +571,6 @@ def test_linear_blocks_out_of_range_names_the_encoder_s_blocks_or_stages(arch, u
 def test_an_evaluation_drawn_again_alike_is_one_point_and_a_resume_s_purge_keeps_it(tmp_path):
     """The same checkpoint evaluated twice drew two points at its step; a run resumed at its last step to redo
     its end purged the TensorBoard events of that step, `repre eval`'s point too (its result.json stayed)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from repre.engine.metrics import MetricWriter, add_evaluation
 
     (tmp_path / "tb").mkdir()
@@ -571,13 +580,29 @@ def test_an_evaluation_drawn_again_alike_is_one_point_and_a_resume_s_purge_keeps
     resumed = MetricWriter(tmp_path, after_step=8, end_redone=True)  # a resume that redoes step 8's end
     resumed.write({"step": 8, "kind": "train", "loss": 1.0})
     resumed.close()
+    assert tensorboard_series(tmp_path / "tb", "repre_eval/knn_top1") == [(8, 0.625)]
 
-    def points() -> list[tuple[int, float]]:
-        events = EventAccumulator(str(tmp_path / "tb"))
-        events.Reload()
-        return [(e.step, e.value) for e in events.Scalars("repre_eval/knn_top1")]
 
-    assert points() == [(8, 0.625)]
+def test_checkpoints_evaluated_out_of_step_order_keep_every_point_in_tensorboard(tmp_path):
+    """TensorBoard drops a tag's points above a lower step read after them: the last checkpoint evaluated
+    before an earlier one lost its point. Every point is drawn again in order, in one file, before and after a
+    resumed run's writer redraws those of its steps."""
+    from repre.engine.metrics import EVAL_EVENTS, MetricWriter, add_evaluation
+
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    for step, value in ((8, 0.5), (4, 0.25), (6, 0.375)):
+        result = {"task": "knn", "metric": "top1", "value": value, "checkpoint": {"step": step, "set": []}}
+        assert add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
+    everything = [(4, 0.25), (6, 0.375), (8, 0.5)]
+    assert tensorboard_series(tb, "repre_eval/knn_top1") == everything
+    assert len(list(tb.glob(f"*{EVAL_EVENTS}"))) == 1
+    resumed = MetricWriter(tmp_path, after_step=5)  # redraws 6 and 8 after its purge step
+    resumed.close()
+    assert tensorboard_series(tb, "repre_eval/knn_top1") == everything
+    result = {"task": "knn", "metric": "top1", "value": 0.125, "checkpoint": {"step": 2, "set": []}}
+    assert add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
+    assert tensorboard_series(tb, "repre_eval/knn_top1") == [(2, 0.125), *everything]
 
 
 def test_top1_is_the_exact_fraction():

@@ -87,6 +87,7 @@ class MetricWriter:
 
 
 EVAL_POINTS = "repre_eval.json"  # in a run's tb/: {tag: {step: value}} of the points `add_evaluation` drew
+EVAL_EVENTS = ".repre_eval"  # the suffix of the one event file in a run's tb/ that holds those points
 
 
 def _drawn(run: Path) -> dict[str, dict[str, float]]:
@@ -98,10 +99,15 @@ def _drawn(run: Path) -> dict[str, dict[str, float]]:
 
 
 def evaluation_points(run: Path, from_step: int = 0) -> list[tuple[str, int, float]]:
-    """The (tag, step, value) points `repre eval` added to `run`'s TensorBoard, at `from_step` or later: a resumed
-    run's writer drops every event from its purge step on, those included, and draws them again."""
-    return [(tag, int(step), value) for tag, points in _drawn(run).items() for step, value in points.items()
-            if int(step) >= from_step]
+    """The (tag, step, value) points `repre eval` added to `run`'s TensorBoard, at `from_step` or later, each
+    tag's in step order: a resumed run's writer drops every event from its purge step on, those included, and
+    draws them again."""
+    return _in_order(_drawn(run), from_step)
+
+
+def _in_order(drawn: dict[str, dict[str, float]], from_step: int = 0) -> list[tuple[str, int, float]]:
+    return [(tag, step, value) for tag, points in drawn.items()
+            for step, value in sorted((int(step), value) for step, value in points.items()) if step >= from_step]
 
 
 def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
@@ -109,10 +115,16 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
     result measured as the run's own config says (no `--set` that changes what it measures:
     `eval_results.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, other
-    settings, or the point drawn already)."""
+    settings, or the point drawn already).
+
+    TensorBoard expects a tag's steps to rise: a point at a lower step than one read before it drops the
+    higher ones from the chart (its reservoir takes it for a restart). So every point drawn so far is written
+    again, in step order, into one event file that replaces the last one: checkpoints may be evaluated in any
+    order."""
     of = result.get("checkpoint") or {}
     given = [str(s) for s in of.get("set", [])]
-    if not (run / run_files.TB).is_dir() or eval_results.measured_otherwise(given, result["task"]):
+    tb = run / run_files.TB
+    if not tb.is_dir() or eval_results.measured_otherwise(given, result["task"]):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
@@ -120,17 +132,21 @@ def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     drawn = _drawn(run)
     if drawn.get(tag, {}).get(str(step)) == result["value"]:  # the same checkpoint evaluated again alike
         return None
+    drawn.setdefault(tag, {})[str(step)] = result["value"]
     try:
-        writer = SummaryWriter(str(run / run_files.TB))
+        before = set(tb.glob(f"events.out.tfevents.*{EVAL_EVENTS}"))
+        writer = SummaryWriter(str(tb), filename_suffix=EVAL_EVENTS)
         try:
-            writer.add_scalar(tag, result["value"], step)
+            for point_tag, point_step, value in _in_order(drawn):
+                writer.add_scalar(point_tag, value, point_step)
         finally:
             writer.close()
-        drawn.setdefault(tag, {})[str(step)] = result["value"]
-        with replacing(run / run_files.TB / EVAL_POINTS) as tmp:
+        with replacing(tb / EVAL_POINTS) as tmp:
             tmp.write_text(json.dumps(drawn, indent=1))
+        for old in before:  # the new file has them all
+            old.unlink(missing_ok=True)
     except OSError as exc:  # a run folder one may read, not write: the result itself stands
-        log.warning("the result is not added to %s: %s", run / run_files.TB, exc)
+        log.warning("the result is not added to %s: %s", tb, exc)
         return None
     return tag
 
