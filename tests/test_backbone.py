@@ -182,10 +182,19 @@ def test_mocov3_vits_have_the_official_parameter_count(arch, kwargs, depth, dim)
     assert sum(p.numel() for p in enc.parameters()) == official
 
 
-def test_mocov3_init_needs_a_class_token():
-    with pytest.raises(UserError, match="model.init=mocov3"):
+@pytest.mark.parametrize("init", ["mocov3", "dino"])
+@pytest.mark.parametrize("layout", [
+    {"class_token": False, "global_pool": "avg"},
+    {"no_embed_class": True},  # deit3's: the table covers the patches alone
+    {"pos_embed": "none"},
+    {"class_token": False, "reg_tokens": 1, "global_pool": "avg"},  # one prefix token, a register
+], ids=["no-class-token", "no-embed-class", "no-table", "a-register"])
+def test_mocov3_and_dino_init_need_a_class_token_first_and_a_table_over_it(init, layout):
+    """Both replace timm's position step with one that puts the class token first and adds a table covering
+    it: any other layout is refused in words (MoCo v3's crashed on three of these)."""
+    with pytest.raises(UserError, match=f"model.init={init} does not fit .*use model.init=timm"):
         Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
-                                          "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="mocov3")
+                                          "num_heads": 2, **layout}, init=init)
 
 
 def test_per_stage_lists_of_two_lengths_are_a_build_error_not_a_traceback():
@@ -250,12 +259,6 @@ def test_dino_init_resamples_the_position_embedding_as_dino_for_a_local_crop():
         assert not torch.allclose(m(x_local), plain(x_local), atol=1e-3)  # timm low-passes it (antialiasing)
     teacher = copy.deepcopy(m)
     assert teacher._pos_embed.__self__ is teacher  # a copy (DINO's teacher) resamples its own table
-
-
-def test_dino_init_needs_a_class_token():
-    with pytest.raises(UserError, match="model.init=dino"):
-        Backbone("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
-                                          "num_heads": 2, "class_token": False, "global_pool": "avg"}, init="dino")
 
 
 @pytest.mark.parametrize("extra", [{}, {"no_embed_class": True}, {"reg_tokens": 2, "no_embed_class": True}])

@@ -538,8 +538,9 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     assert "(and 2 more). Resume" in said
 
 
-def test_shards_without_a_root_exit_2_saying_what_to_set(tmp_path, capsys):
-    assert run_cli(pretrain_args(tmp_path / "x", "data.name=shards"))[0] == 2
+@pytest.mark.parametrize("access", ["random", "stream"])
+def test_shards_without_a_root_exit_2_saying_what_to_set(tmp_path, capsys, access):
+    assert run_cli(pretrain_args(tmp_path / "x", "data.name=shards", f"data.shard_access={access}"))[0] == 2
     assert "data.root=/path/to/shards" in capsys.readouterr().err
 
 

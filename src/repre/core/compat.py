@@ -26,6 +26,14 @@ def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Ten
     model._pos_embed = types.MethodType(pos_embed, model)
 
 
+def class_token_first(model: torch.nn.Module) -> bool:
+    """Whether a timm ViT has the token layout the `_pos_embed` replacements (MoCo v3's and DINO's) assume: one
+    prefix token, the class token, and a position table that covers it (not a deit3's `no_embed_class`, no
+    registers, no `pos_embed='none'`)."""
+    return (getattr(model, "num_prefix_tokens", None) == 1 and getattr(model, "cls_token", None) is not None
+            and getattr(model, "pos_embed", None) is not None and not getattr(model, "no_embed_class", True))
+
+
 @contextmanager
 def workers_stopped(batches: Iterator[T]) -> Iterator[Iterator[T]]:
     """`batches`, a DataLoader's iterator (or a generator over one, closed), whose worker processes stop as the

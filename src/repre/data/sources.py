@@ -113,11 +113,16 @@ def held_out_shards(base: Path) -> list[str]:
     return [p.name for p in shard_files(base)[0] if HELD_OUT.search(p.name[: -len(".tar")].lower())]
 
 
-def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
+def _given_root(root: str | None, name: str) -> str:
+    """data.root, which data.name=`name` needs: refused when not given."""
     if not root:
         folder = "shards" if name == "shards" else "images"
         raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{folder}")
-    base = Path(root)
+    return root
+
+
+def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
+    base = Path(_given_root(root, name))
     if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
         if split == "train":
             return base
@@ -191,10 +196,11 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         from repre.data.stream import StreamShards
 
         if cfg.streamed:
+            root = _given_root(cfg.root, "shards")  # a URL stays a string: a Path would join its "//"
             if split != "train":
-                raise UserError(STREAMS_EVALUATE.format(root=cfg.root))
-            root = cfg.root if not Path(str(cfg.root)).is_dir() else str(_folder_split(cfg.root, split, "shards"))
-            return StreamShards(root, cfg.stream_size)
+                raise UserError(STREAMS_EVALUATE.format(root=root))
+            return StreamShards(root if not Path(root).is_dir() else str(_folder_split(root, split, "shards")),
+                                cfg.stream_size)
         return TarShards(str(_folder_split(cfg.root, split, "shards")))
     if cfg.name == "folder":
         train_dir = _folder_split(cfg.root, "train")  # both splits label by the train split's class folders

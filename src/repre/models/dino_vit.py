@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repre.core.compat import replace_pos_embed
+from repre.core.compat import class_token_first, replace_pos_embed
 
 OFFSET = 0.1  # dino vision_transformer.py:184-186, "a small number to avoid floating point error in the interpolation"
 
@@ -50,8 +50,7 @@ def dino_init_(model: nn.Module) -> None:
     vision_transformer.py:161-162; timm draws it N(0, 1e-6)), and, where the model takes inputs of other sizes
     (`dynamic_img_size`), DINO's resampling of the position embedding for them. timm's other initialization is
     DINO's already: truncated N(0, 0.02) linear layers with zero biases, N(0, 0.02) position embedding."""
-    if (getattr(model, "num_prefix_tokens", None) != 1 or getattr(model, "pos_embed", None) is None
-            or getattr(model, "no_embed_class", True) or model.cls_token is None):
+    if not class_token_first(model):
         raise ValueError("DINO's ViT has exactly one prefix token, the class token, and a position embedding "
                          "that covers it")
     nn.init.trunc_normal_(model.cls_token, std=0.02)

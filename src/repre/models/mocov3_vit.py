@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from repre.core.compat import replace_pos_embed
+from repre.core.compat import class_token_first, replace_pos_embed
 
 
 def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -38,8 +38,9 @@ def mocov3_init_(model: nn.Module) -> None:
     """Re-initialize a timm VisionTransformer as MoCo v3 does: xavier-uniform linear layers, with the fused q/k/v
     matrix bounded as three separate ones; zero biases; class token N(0, 1e-6); the patch projection
     xavier-uniform over its 3*p*p inputs; and the fixed sin-cos position embedding, excluded from training."""
-    if getattr(model, "num_prefix_tokens", 1) != 1 or not hasattr(model, "pos_embed"):
-        raise ValueError("MoCo v3's ViT has exactly one prefix token (the class token) and a position embedding")
+    if not class_token_first(model):
+        raise ValueError("MoCo v3's ViT has exactly one prefix token, the class token, and a position embedding "
+                         "that covers it")
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             fan_out, fan_in = module.weight.shape
