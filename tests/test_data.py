@@ -449,23 +449,27 @@ def test_a_root_with_val_but_no_train_is_refused(tmp_path):
         build_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'imgs'}").data, "train")
 
 
-def test_per_view_blur_and_solarize_probabilities_follow_byol():
+def test_per_view_blur_and_solarize_probabilities_follow_byol_and_dino():
     """BYOL's asymmetric views: the first always blurred and never solarized, the second blurred at 0.1 and
-    solarized at 0.2 (2,000 draws each)."""
+    solarized at 0.2; DINO's local crops (views 2 and up, its presets' third value) blurred at 0.5, never
+    solarized (2,000 draws each)."""
     from repre.data.views import Photo, sample_view, view_rng
 
-    spec = ViewSpec(AugConfig(), 16, (0.5,) * 3, (0.5,) * 3)
+    aug = AugConfig(blur_prob=[1.0, 0.1, 0.5], solarize_prob=[0.0, 0.2, 0.0])  # DINO's presets' values
+    spec = ViewSpec(aug, 16, (0.5,) * 3, (0.5,) * 3, local_crops=2, local_size=8)
     rates = []
-    for v in (0, 1):
+    for v in (0, 1, 2, 3):
         photos = np.stack([sample_view(view_rng(0, 0, i, v), spec, v, 32, 32)[2] for i in range(2000)])
         rates.append(((photos[:, Photo.SIGMA] > 0).mean(), photos[:, Photo.SOLARIZE].mean()))
-    assert rates[0] == pytest.approx((1.0, 0.0), abs=0.03) and rates[1] == pytest.approx((0.1, 0.2), abs=0.03)
+    expected = [(1.0, 0.0), (0.1, 0.2), (0.5, 0.0), (0.5, 0.0)]
+    assert rates == [pytest.approx(rate, abs=0.03) for rate in expected]
 
 
-@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue", "solarize", "gray"])
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue", "jitter", "solarize", "gray", "blur"])
 def test_each_photometric_operation_is_torchvisions(op):
     """Each operation of the batched photometric stage equals torchvision's, with a factor a sample (hue: each
-    sample its own shift, both directions)."""
+    sample its own shift, both directions); the whole jitter is torchvision's four in repre's fixed order
+    (brightness, contrast, saturation, hue); the blur torchvision's Gaussian of the same sigma and kernel."""
     from torchvision.transforms.v2 import functional as TF
 
     from repre.data.views import N_PHOTO, Photo
@@ -484,6 +488,18 @@ def test_each_photometric_operation_is_torchvisions(op):
         shifts = [0.1, -0.1, 0.37, -0.5]
         photo[:, Photo.JITTER], photo[:, Photo.HUE] = 1.0, torch.tensor(shifts)
         ref = torch.stack([TF.adjust_hue(image, shift) for image, shift in zip(xf, shifts, strict=True)])
+    elif op == "jitter":
+        factors = [(1.3, 0.7, 1.2, 0.1), (0.6, 1.4, 0.5, -0.3), (1.0, 1.0, 1.0, 0.0), (1.2, 1.2, 0.0, 0.5)]
+        photo[:, Photo.JITTER] = 1.0
+        photo[:, [Photo.BRIGHTNESS, Photo.CONTRAST, Photo.SATURATION, Photo.HUE]] = torch.tensor(factors)
+        ref = torch.stack([TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(
+            image, b), c), sat), h) for image, (b, c, sat, h) in zip(xf, factors, strict=True)])
+    elif op == "blur":
+        sigmas = [0.1, 0.7, 1.5, 2.0]
+        photo[:, Photo.SIGMA] = torch.tensor(sigmas)
+        k = ViewSpec(AugConfig(), 16, (0.0,) * 3, (1.0,) * 3).blur_kernel_for(16)
+        assert k == 13  # +-3 sigma of the largest, 2.0
+        ref = torch.stack([TF.gaussian_blur(image, [k, k], [s, s]) for image, s in zip(xf, sigmas, strict=True)])
     elif op == "solarize":
         photo[:, Photo.SOLARIZE] = 1.0
         ref = TF.solarize(xf, 0.5)
