@@ -33,9 +33,21 @@ def say_reused(out: Path, summary: dict) -> None:
 
 def check_settings(out: Path, preset: str, overrides: list[str]) -> None:
     """Exit where the finished run in `out` was trained with other settings than `preset` + `overrides` (a
-    folder made before folders were named by their settings): delete it to train it again."""
+    folder made before folders were named by their settings), or on another device or precision than this
+    machine resolves them to (`auto`: a cache copied from a CPU without bf16 to one with it): delete it to train
+    it again."""
     from repre.config import load_config
+    from repre.core.runtime import pick_device, pick_precision
 
-    if load_config(out / "config.yaml") != load_config(preset, overrides):
+    cfg = load_config(preset, overrides)
+    if load_config(out / "config.yaml") != cfg:
         sys.exit(f"the cached run {out} was trained with other settings than {preset} {' '.join(overrides)}: "
                  "delete it to train it again")
+    device = pick_device(cfg.train.device)
+    here = {"device": device.type, "precision": pick_precision(cfg.train.precision, device)}
+    summary = json.loads((out / "summary.json").read_text())
+    there = {"device": str(summary.get("device", "")).split(":")[0], "precision": summary.get("precision")}
+    if there != here:
+        sys.exit(f"the cached run {out} was trained with {there['precision']} on {there['device']}; this machine "
+                 f"runs {here['precision']} on {here['device']}: delete it to train it again, or set "
+                 "REPRE_BENCH_CACHE to another folder")

@@ -155,9 +155,12 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
 def identity(cfg) -> dict:
     """What a cached run is keyed by: the resolved config less the runtime keys, less the keys the run does not
     read (a disabled branch's, another framework's) and less every value equal to its KEYED_DEFAULTS entry; the
-    device where it is not the CPU (`train.precision=auto` resolves by the device)."""
+    device where it is not the CPU, else the precision it resolves to there (`train.precision=auto`: bf16 on a
+    CPU with bf16 instructions, fp32 on one without)."""
+    import torch
+
     from repre.config import flatten
-    from repre.core.runtime import pick_device
+    from repre.core.runtime import pick_device, pick_precision
 
     keyed = json.loads(KEYED_DEFAULTS.read_text())
     flat = flatten(cfg.to_dict())
@@ -172,6 +175,8 @@ def identity(cfg) -> dict:
     device = pick_device("auto").type if cfg.train.device == "auto" else cfg.train.device
     if device != "cpu":
         ident["device"] = device
+    else:
+        ident["cpu_precision"] = pick_precision(cfg.train.precision, torch.device("cpu"))
     return {"version": CACHE_VERSION, **ident}
 
 

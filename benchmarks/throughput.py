@@ -33,7 +33,8 @@ shorthands for --set train.device=, model.arch=, data.image_size=, train.batch_s
 Configurations:
   repre            the default preset as `repre pretrain` runs it (data loader, workers, augmentation)
   baseline         the same with recon.enabled=false (plain MoCo v3)
-  repre-tensors    the RePre training step on one pre-made batch (no data loading): this machine's bound
+  repre-tensors    the RePre training step on one pre-made batch of finished views, on the device before the
+                   timer (no data loading, no copy): this machine's bound
   baseline-tensors the plain MoCo v3 step on one pre-made batch
   supervised-tensors  the same encoder trained with labels (method.name=supervised, a plain timm ViT step):
                    the reference point for the MFU of the self-supervised steps
@@ -93,13 +94,17 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time_steps(step, batches, warmup: int, steps: int) -> float:
+def _time_steps(step, batches, warmup: int, steps: int, ready: int = 0) -> float:
     """Seconds a step over `steps` steps after `warmup` (compilation happens there); the CUDA peak memory is
-    counted from the timed steps on (compilation's temporaries left out)."""
+    counted from the timed steps on (compilation's temporaries left out). `ready`: the batches a loader holds
+    ready after the warm-up (its workers' prefetch), taken before the timer, so that the timed steps wait on
+    what the pipeline makes while they run, not on a stock it made during the warm-up."""
     import torch
 
     for _ in range(warmup):
         step(next(batches))
+    for _ in range(ready):
+        next(batches)
     _sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -287,12 +292,13 @@ def build(name: str, preset: str, overrides: list[str]):
     # pre-made tensors: no worker process left running to compete for the cores
     extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
     trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
-    # the pipeline configs augment where a run would (data.device_stages); pre-made tensors are finished views
+    # the pipeline configs augment where a run would (data.device_stages); pre-made tensors are finished views,
+    # moved to the device once: their step is the training step alone, no copy from the host
     loader = (pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory) if premade
               else trainer.data.loader(0, trainer.rt.pin_memory))
     batches = iter(loader)
     if premade:
-        batches = itertools.repeat(next(batches))
+        batches = itertools.repeat(trainer.data.to_device(next(batches)))
         del loader
     trainer.model.train()
     if "-per-view" in name:  # an instance attribute: the class's forward stays the other configurations'
@@ -304,7 +310,7 @@ def build(name: str, preset: str, overrides: list[str]):
 
     def repre_step(batch):
         with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
-            trainer.train_step(trainer.data.to_device(batch))
+            trainer.train_step(batch if premade else trainer.data.to_device(batch))
         trainer.state.step += 1
 
     step = {"lightly": _lightly_step, "lightly-dino": _lightly_dino_step}.get(name, lambda _: repre_step)(trainer)
@@ -336,8 +342,12 @@ def row(name: str, trainer, sec: float, flops: int | None, peak: float | None, p
 def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str], mfu: bool) -> dict:
     import torch
 
+    from repre.data.pipeline import PREFETCH
+    from repre.data.workers import resolve_workers
+
     trainer, step, batches = build(name, preset, overrides)
-    sec = _time_steps(step, batches, warmup, steps)
+    ready = 0 if is_premade(name) else resolve_workers(trainer.cfg.train.num_workers) * PREFETCH
+    sec = _time_steps(step, batches, warmup, steps, ready)
     # the timed steps' peak, read before the FLOP count's step: under its dispatch mode a compiled module runs
     # eagerly, and an eager step's peak is another (a compiled one's is lower)
     cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None

@@ -55,6 +55,37 @@ def test_the_cache_ignores_what_a_run_does_not_read_and_keys_what_it_does():
     assert identity("recon.width=128") != identity("recon.width=128", "recon.enabled=false")
 
 
+def test_the_cache_keys_the_precision_a_cpu_resolves_auto_to(monkeypatch):
+    """`train.precision=auto` is bf16 on a CPU with bf16 instructions, fp32 on one without: a cache copied from
+    one to the other is not reused."""
+    from repre.core import runtime
+
+    keys = {}
+    for bf16 in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda bf16=bf16: bf16)
+        keys[bf16] = identity()
+    assert keys[True]["cpu_precision"] == "bf16" and keys[False]["cpu_precision"] == "fp32"
+    assert {k: v for k, v in keys[True].items() if k != "cpu_precision"} == \
+        {k: v for k, v in keys[False].items() if k != "cpu_precision"}
+
+
+def test_a_reused_run_of_another_precision_is_refused(monkeypatch, tmp_path):
+    """knn_seeds and finetune_lr reuse a run whose config equals theirs: one trained in another precision than
+    this machine resolves `auto` to is refused, naming both."""
+    import bench_cache
+
+    from repre.config import load_config, to_yaml
+    from repre.core import runtime
+
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config("fmnist-mocov3", ["train.seed=1"])))
+    (tmp_path / "summary.json").write_text(json.dumps({"completed": True, "device": "cpu", "precision": "fp32"}))
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    bench_cache.check_settings(tmp_path, "fmnist-mocov3", ["train.seed=1"])  # fp32 here too: reused
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    with pytest.raises(SystemExit, match="trained with fp32 on cpu; this machine runs bf16 on cpu"):
+        bench_cache.check_settings(tmp_path, "fmnist-mocov3", ["train.seed=1"])
+
+
 def test_the_cache_refuses_a_key_without_its_keyed_value(monkeypatch, tmp_path):
     keyed = json.loads(quality.KEYED_DEFAULTS.read_text())
     del keyed["train.lr"]
@@ -124,3 +155,22 @@ def test_a_steps_fused_attention_counts_the_models_flops():
                *(torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(2)))
         counted = kernel_kinds.flops_by_kind(fused, qkv)
         assert counted == {"attention": kernel_kinds.flops_by_kind(unfused, qkv)["matmul"]}
+
+
+def test_a_pre_made_batch_crosses_to_the_device_once_and_a_pipeline_s_stock_is_taken_before_the_timer(
+        loader_batches):
+    """throughput.py: the *-tensors step is the training step alone (its batch moved before the timer, not each
+    step); a pipeline configuration's timed steps start with the loader's prefetched batches taken."""
+    import itertools
+
+    import throughput
+
+    from conftest import TINY
+
+    trainer, step, batches = throughput.build("repre-tensors", "fmnist-mocov3-repre", [*TINY, "train.batch_size=8"])
+    for _ in range(3):
+        step(next(batches))
+    assert len(loader_batches) == 1 and trainer.state.step == 3
+    taken = itertools.count()
+    throughput._time_steps(lambda batch: None, (next(taken) for _ in itertools.repeat(None)), 2, 5, ready=4)
+    assert next(taken) == 2 + 4 + 5

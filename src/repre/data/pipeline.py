@@ -49,6 +49,8 @@ from repre.data.workers import resolve_workers, worker_started
 
 log = logging.getLogger("repre")
 
+PREFETCH = 4  # batches each data worker prepares ahead of the step
+
 
 def payload_from_bytes(data: bytes, name: str, label: int, encoded_ok: bool) -> dict:
     """A file's bytes as they cross to the device: {"payload": the JPEG bytes [n] when `encoded_ok` and the device
@@ -236,7 +238,8 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     # the loader's seed for its workers from a generator of its own, not a draw from the global RNG: drop path
     # draws from that, and a resumed run makes its loader at another point of it (exact resume)
     common = dict(collate_fn=collate, num_workers=workers, generator=torch.Generator().manual_seed(cfg.train.seed),
-                  pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                  pin_memory=pin_memory, persistent_workers=workers > 0,
+                  prefetch_factor=PREFETCH if workers > 0 else None,
                   worker_init_fn=worker_started)
     if isinstance(source, StreamShards):
         # here, not in a worker: a clear error
