@@ -34,6 +34,14 @@ def last_json(path: Path) -> dict:
     return result
 
 
+def budget(result: dict) -> dict | None:
+    """The evaluation settings a result was measured with, in today's key names (older files spell 0.1.0's)."""
+    from repre.config import flatten, migrate, parse_overrides
+
+    given = result.get("eval_budget")
+    return None if given is None else flatten(migrate(parse_overrides(given), refuse_removed=False))
+
+
 def by_seed(result: dict, point: str, path: Path) -> dict[str, dict[int, float]]:
     """{task: {seed: value}} of one point; seeds whose value is missing are left out."""
     if point not in result["values"]:
@@ -64,6 +72,9 @@ def main() -> None:
     ra, rb = last_json(args.a), last_json(args.b)
     if ra["method"] != rb["method"]:
         sys.exit(f"A is {ra['method']}, B {rb['method']}: pair runs of one method")
+    if budget(ra) != budget(rb):  # another subset or schedule measures something else
+        sys.exit(f"A was evaluated with {ra.get('eval_budget')}, B with {rb.get('eval_budget')}: pair runs "
+                 "evaluated alike")
     point_b = args.point_b or args.point
     result = paired(by_seed(ra, args.point, args.a), by_seed(rb, point_b, args.b))
     if not any(r["seeds"] for r in result.values()):

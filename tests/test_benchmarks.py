@@ -133,6 +133,15 @@ def test_paired_differences_follow_the_seeds_both_files_hold(tmp_path, capsys, m
     assert "linear   no seed in both" in out and "knn      +0.0000 ± 0.0000" in out
 
 
+def test_paired_refuses_runs_evaluated_otherwise(tmp_path, monkeypatch):
+    a = search_file(tmp_path / "a.json", "base", [0, 1, 2], [0.75, 0.76, 0.74])
+    result = json.loads(a.read_text().splitlines()[-1])
+    (tmp_path / "b.json").write_text(json.dumps({**result, "eval_budget": ["eval.knn.test_subset=500"]}) + "\n")
+    monkeypatch.setattr(sys, "argv", ["paired.py", str(a), str(tmp_path / "b.json")])
+    with pytest.raises(SystemExit, match="pair runs evaluated alike"):
+        paired.main()
+
+
 def test_paired_refuses_a_file_that_is_no_search_result(tmp_path):
     (tmp_path / "x.json").write_text('{"benchmark": "throughput"}\n')
     with pytest.raises(SystemExit, match="not a result of quality.py --search"):
