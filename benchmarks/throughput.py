@@ -2,7 +2,7 @@
 pre-made tensors, vs lightly. Prints a table and each ratio, then, as its last stdout line, the whole result
 as one JSON object (the files under benchmarks/results/ are these lines).
 
-Each configuration runs in its own child process (so peak RSS is its own), interleaved A B C ... A B C ...
+Each configuration runs in its own child process (so peak RSS is its own), interleaved A B C, C B A, A B C ...
 over several rounds; the table reports medians, and each ratio also round by round (`paired_ratios`: on a
 machine whose speed drifts, their median is the steadier estimate). Only ratios from the same run mean
 anything: this machine's absolute speed varies by the hour.
@@ -358,6 +358,12 @@ def child(name: str, preset: str, warmup: int, steps: int, overrides: list[str],
     return row(name, trainer, sec, flops, peak, cuda_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def in_round_order(items: list, r: int) -> list:
+    """The configurations of round `r`: in their order, then reversed in the next round, so that no
+    configuration always runs first (after the longest pause) or right after the same neighbour."""
+    return items if r % 2 == 0 else items[::-1]
+
+
 def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
                failed: dict[str, str]) -> dict[str, list[dict]]:
     """Every configuration built and warmed up (compiled) once in this process, then timed in interleaved
@@ -396,7 +402,7 @@ def in_process(names: list[tuple[str, str | None]], args: argparse.Namespace,
         print(f"built {key:<17} (warm-up {args.warmup} steps)", file=sys.stderr, flush=True)
     runs: dict[str, list[dict]] = {key: [] for key in built}
     for r in range(args.rounds):
-        for key, (trainer, step, batches, peak_mb) in built.items():
+        for key, (trainer, step, batches, peak_mb) in in_round_order(list(built.items()), r):
             sec = _time_steps(step, batches, 1, args.steps)  # one step back into the caches
             runs[key].append({**row(key, trainer, sec, None, None, peak_mb, None), "round": r})
             print(f"round {r + 1} {key:<17} {sec:7.3f} s/step", file=sys.stderr, flush=True)
@@ -525,7 +531,7 @@ def main() -> None:
     if args.in_process:
         runs = in_process(names, args, failed)
     for r in range(0 if args.in_process else args.rounds):
-        for (name, extra), tree in itertools.product(names, trees):
+        for (name, extra), tree in in_round_order(list(itertools.product(names, trees)), r):
             script, env = tree_command(trees[tree])
             cmd = [sys.executable, script, "--child", name, "--preset", args.preset,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
