@@ -27,8 +27,10 @@ from repre.engine.callbacks import CollapseWatch
 
 
 def finite(line: dict) -> bool:
-    """Whether the trainer gave this train line to its callbacks: every value finite (a window average)."""
-    return all(v is not None and math.isfinite(v) for v in line.values() if not isinstance(v, str))
+    """Whether the trainer gave this train line to its callbacks: every window average finite (the step's speed,
+    null in a window with no step timed, and the diagnostics' values are no window averages)."""
+    averages = [v for k, v in line.items() if k not in ("step", "kind", "images_per_sec") and not k.startswith("diag_")]
+    return all(v is not None and math.isfinite(v) for v in averages)
 
 
 def replay(run: Path) -> dict:
