@@ -219,6 +219,14 @@ def test_blur_with_sigma_zero_is_identity_and_blurs_otherwise():
     assert y[1].std() < x[1].std()
 
 
+def test_each_epoch_draws_another_order_of_every_image():
+    it = iter(EpochBatchSampler(40, 8, seed=3))
+    epochs = [[pair for _ in range(5) for pair in next(it)] for _ in range(2)]  # (epoch, image) pairs
+    assert [{e for e, _ in pairs} for pairs in epochs] == [{0}, {1}]
+    orders = [[i for _, i in pairs] for pairs in epochs]
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(40)) and orders[0] != orders[1]
+
+
 def test_sampler_resumes_inside_an_epoch():
     full = EpochBatchSampler(40, 8, seed=3)
     it = iter(full)

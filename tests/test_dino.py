@@ -265,3 +265,11 @@ def test_dino_s_resampling_keeps_a_fresh_tables_spread_where_timm_s_smooths_it()
     dino = dino_resample(table, (6, 6), (14, 14))[:, 1:].std() / spread
     timm = resample_abs_pos_embed(table, [6, 6], [14, 14], num_prefix_tokens=1)[:, 1:].std() / spread
     assert dino == pytest.approx(0.86, abs=0.02) and timm == pytest.approx(0.36, abs=0.02)
+
+
+def test_dino_s_fractions_round_to_steps_as_the_lr_warm_up_does():
+    dino = build_model(tiny_config(*DINO_TINY, "method.dino.warmup_teacher_temp=0.04", "method.dino.teacher_temp=0.07",
+                                   "method.dino.warmup_teacher_temp_fraction=0.3",
+                                   "method.dino.freeze_last_layer_fraction=0.3")).method
+    dino.set_progress(1, 5)  # 0.3 x 5 = 1.5 steps: 2, as round(warmup_fraction * total) for the lr
+    assert dino.freeze_last_layer and dino.teacher_temp == pytest.approx(0.055)

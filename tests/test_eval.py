@@ -399,6 +399,50 @@ def test_a_run_tensorboard_that_cannot_be_written_leaves_the_result_standing(tin
     assert "the result is not added" in repre_log.text and "read-only" in repre_log.text
 
 
+def test_knn_votes_with_k_neighbours_not_one_more():
+    q = torch.tensor([[1.0, 0.0]])
+    near = torch.nn.functional.normalize(torch.tensor([[0.99, 0.141]]), dim=1)
+    bank = torch.cat([q, near, near])  # one class-1 image at the query, two class-0 ones at similarity 0.99
+    labels = torch.tensor([1, 0, 0])
+    assert knn_predict(bank, labels, q, k=2, temperature=0.07, classes=2).tolist() == [1]  # 1 against 0.87
+    assert knn_predict(bank, labels, q, k=3, temperature=0.07, classes=2).tolist() == [0]  # 1 against 1.73
+
+
+def test_quick_probe_chooses_on_train_alone_and_retrains_with_the_choice(monkeypatch):
+    """The sweep fits on the train split less its held-out images and scores on those; the test split is
+    scored once, by the head retrained on the whole train split with the chosen lr and weight decay."""
+    from conftest import tiny_config
+    from repre.core.runtime import setup_runtime
+    from repre.eval import linear
+    from repre.eval.protocols import resolve
+    from repre.models.backbone import Backbone
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    x = torch.randn(4, 8, generator=g)[y] + 1.5 * torch.randn(200, 8, generator=g)
+    xtr, ytr, xte, yte = x[:150], y[:150], x[150:], y[150:]
+    features = iter([(xtr, ytr), (xte, yte)])
+    monkeypatch.setattr(linear, "block_features", lambda *a: next(features))
+    cfg = tiny_config("eval.linear.lrs=[0.00001, 0.1]", "eval.linear.wds=[0.0, 0.5]", "eval.linear.epochs=3")
+    encoder = Backbone(cfg.model.arch, cfg.model.kwargs)
+    calls = []
+
+    def spy(x, y, classes, lr, wd, *args, **kwargs):
+        calls.append((len(x), classes, lr, wd))
+        return train_linear(x, y, classes, lr, wd, *args, **kwargs)
+
+    monkeypatch.setattr(linear, "train_linear", spy)
+    protocol = resolve(cfg.eval.linear, encoder)
+    extra = linear.quick_eval(encoder, cfg, setup_runtime(cfg.train), protocol)["extra"]
+    classes = calls[-1][1]
+    n_val = max(1, int(cfg.eval.linear.val_fraction * 150))
+    assert all(n == 150 - n_val for n, *_ in calls[:-1])  # the sweep fits without its held-out images
+    assert calls[-1] == (150, classes, extra["lr"], extra["weight_decay"])  # retrained with the choice
+    assert (extra["lr"], extra["weight_decay"]) != (1e-5, 0.0)  # the choice is not the grid's first cell
+    monkeypatch.setattr(linear, "train_linear", train_linear)
+    assert extra["sweep"] == linear.sweep(xtr, ytr, classes, cfg, protocol)  # never scored on test
+
+
 def test_knn_votes_are_weighted_by_exp_of_similarity_over_temperature():
     """Two class-0 neighbours at similarity 0.6 outvote one class-1 neighbour at 0.9 under plain or exp(s)
     weights, not under exp(s / 0.07) (InstDisc's and DINO's eval_knn)."""

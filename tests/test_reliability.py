@@ -1393,3 +1393,27 @@ def test_data_failing_between_log_steps_saves_the_guard_s_current_counts(tmp_pat
         return
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False, map_location="cpu")
     assert saved["step"] == 4 and (saved["run"]["nonfinite_steps"], saved["run"]["bad_streak"]) == (1, 0)
+
+
+def test_resume_restores_every_run_counter(tmp_path):
+    """summary.json's counts cover the whole run, its images/s all its images over all its training time."""
+    settings = [*RESUME, "train.num_workers=0"]
+    first = Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run")
+    first.fit()
+    first.state.skipped_images, first.state.upscaled_images = 3, 5  # as a folder of broken and small images gives
+    first.checkpoints.save()
+    resumed = Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True)
+    assert resumed.state.to_dict() == first.state.to_dict()
+    assert resumed.state.images_seen == 4 * first.cfg.train.batch_size
+
+
+def test_resume_restores_the_fp16_loss_scale(tmp_path):
+    """A resumed fp16 run goes on at the scale it had (not GradScaler's 65536, whose steps would overflow and be
+    skipped until it halved back down)."""
+    settings = [*RESUME, "train.num_workers=0", "train.precision=fp16"]
+    first = Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run")
+    first.scaler.current()
+    first.scaler.update(4.0)  # as after overflows
+    first.fit()
+    resumed = Trainer(tiny_config(*settings, "train.max_steps=8"), tmp_path / "run", resume=True)
+    assert resumed.scaler.get_scale() == first.scaler.get_scale() == 4.0
