@@ -394,3 +394,18 @@ def test_data_that_stops_reading_mid_run_keeps_the_steps_so_far(tmp_path, image_
     summary = pretrain(tiny_config(*args), tmp_path / "run", resume=True)
     whole = pretrain(tiny_config(*args), tmp_path / "whole")
     assert summary["completed"] and summary["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_a_run_reads_its_batches_from_its_first_step_and_a_resumed_one_from_where_it_stopped(tmp_path, monkeypatch):
+    """The loader starts at the run's step: batch 0 of the first epoch's order is trained on, and a resume
+    neither repeats nor skips one."""
+    from repre.data.pipeline import PretrainData
+    from repre.engine.trainer import Trainer
+
+    starts, loader = [], PretrainData.loader
+    monkeypatch.setattr(PretrainData, "loader",
+                        lambda self, start, pin: starts.append(start) or loader(self, start, pin))
+    settings = ["train.checkpoint_every=2", "train.num_workers=0", "eval.knn.enabled=false", "train.diagnose_every=0"]
+    Trainer(tiny_config(*settings, "train.max_steps=2"), tmp_path / "run").fit()
+    Trainer(tiny_config(*settings, "train.max_steps=4"), tmp_path / "run", resume=True).fit()
+    assert starts == [0, 2]
