@@ -304,7 +304,7 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
     # the precision rounds the features measured: its result kept apart (it replaced the run's own)
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "train.precision=fp32"])[0] == 0
-    points = tensorboard_series(run / "tb", "repre_eval/knn_top1")
+    points = tensorboard_series(run / "tb" / "repre_eval", "repre_eval/knn_top1")
     assert [step for step, _ in points] == [10, 20] and dict(points) == pytest.approx(values)  # no third point
     # each result kept: the run's own in eval/knn/, the earlier checkpoint's and the other k's beside it
     kept = {str(p.parent.relative_to(run / "eval" / "knn")): json.loads(p.read_text())["value"]
@@ -624,14 +624,15 @@ def test_an_evaluation_drawn_again_alike_is_one_point_and_a_resume_s_purge_keeps
     resumed = MetricWriter(tmp_path, after_step=8, end_redone=True)  # a resume that redoes step 8's end
     resumed.write({"step": 8, "kind": "train", "loss": 1.0})
     resumed.close()
-    assert tensorboard_series(tmp_path / "tb", "repre_eval/knn_top1") == [(8, 0.625)]
+    assert tensorboard_series(tmp_path / "tb" / "repre_eval", "repre_eval/knn_top1") == [(8, 0.625)]
+    assert tensorboard_series(tmp_path / "tb", "repre_eval/knn_top1") == []  # not among the training's events
 
 
 def test_checkpoints_evaluated_out_of_step_order_keep_every_point_in_tensorboard(tmp_path):
     """TensorBoard drops a tag's points above a lower step read after them: the last checkpoint evaluated
-    before an earlier one lost its point. Every point is drawn again in order, in one file, before and after a
-    resumed run's writer redraws those of its steps."""
-    from repre.engine.metrics import EVAL_EVENTS, MetricWriter, add_evaluation
+    before an earlier one lost its point. Every point is drawn again in order, in one file of a run of their
+    own, which a resumed run draws again (an older repre drew them among the training's events)."""
+    from repre.engine.metrics import EVAL_RUN, MetricWriter, add_evaluation
 
     tb = tmp_path / "tb"
     tb.mkdir()
@@ -639,14 +640,39 @@ def test_checkpoints_evaluated_out_of_step_order_keep_every_point_in_tensorboard
         result = {"task": "knn", "metric": "top1", "value": value, "checkpoint": {"step": step, "set": []}}
         assert add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
     everything = [(4, 0.25), (6, 0.375), (8, 0.5)]
-    assert tensorboard_series(tb, "repre_eval/knn_top1") == everything
-    assert len(list(tb.glob(f"*{EVAL_EVENTS}"))) == 1
-    resumed = MetricWriter(tmp_path, after_step=5)  # redraws 6 and 8 after its purge step
-    resumed.close()
-    assert tensorboard_series(tb, "repre_eval/knn_top1") == everything
+    assert tensorboard_series(tb / EVAL_RUN, "repre_eval/knn_top1") == everything
+    assert len(list((tb / EVAL_RUN).iterdir())) == 1 and not list(tb.glob(".*lock"))
+    for file in (tb / EVAL_RUN).iterdir():
+        file.unlink()  # as a run whose points an older repre drew
+    MetricWriter(tmp_path, after_step=5).close()
+    assert tensorboard_series(tb / EVAL_RUN, "repre_eval/knn_top1") == everything
     result = {"task": "knn", "metric": "top1", "value": 0.125, "checkpoint": {"step": 2, "set": []}}
     assert add_evaluation(tmp_path, result) == "repre_eval/knn_top1"
-    assert tensorboard_series(tb, "repre_eval/knn_top1") == [(2, 0.125), *everything]
+    assert tensorboard_series(tb / EVAL_RUN, "repre_eval/knn_top1") == [(2, 0.125), *everything]
+
+
+def test_two_evaluations_ending_together_keep_both_points(tmp_path, monkeypatch):
+    """A `repre eval` that finds the points held by another waits for it, then reads what it wrote (without
+    the lock each kept its own point alone)."""
+    from repre.core import run_lock
+    from repre.engine import metrics
+
+    (tmp_path / "tb").mkdir()
+    first = {"task": "knn", "metric": "top1", "value": 0.5, "checkpoint": {"step": 8, "set": []}}
+    second = {**first, "value": 0.25, "checkpoint": {"step": 4, "set": []}}
+    acquire, tries = run_lock.RunLock.acquire, []
+
+    def busy_once(self):  # at the first try another process holds the lock, and adds its point meanwhile
+        tries.append(self.path.name)
+        if len(tries) == 1:
+            metrics.add_evaluation(tmp_path, first)
+            return "held by another process"
+        return acquire(self)
+
+    monkeypatch.setattr(run_lock.RunLock, "acquire", busy_once)
+    assert metrics.add_evaluation(tmp_path, second) == "repre_eval/knn_top1"
+    assert tries == [metrics.EVAL_LOCK] * 3  # this one's, the other's, this one's again
+    assert tensorboard_series(tmp_path / "tb" / metrics.EVAL_RUN, "repre_eval/knn_top1") == [(4, 0.25), (8, 0.5)]
 
 
 def test_top1_is_the_exact_fraction():

@@ -3,9 +3,13 @@ resumed run writes again, dropped (`truncate_metrics`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ import torch
 from repre.core import eval_results, run_files
 from repre.core.atomic import replacing
 from repre.core.dist import all_reduce_sum, gather_objects, rank, world_size
+from repre.core.run_lock import RunLock
 
 log = logging.getLogger("repre")
 
@@ -40,8 +45,7 @@ class MetricWriter:
             for record in run_files.metric_lines(folder) if end_redone else ():
                 if record.get("step") == after_step:
                     self._scalars(record, "")
-            for tag, step, value in evaluation_points(folder, from_step=purge):  # `repre eval`'s, purged too
-                self.tb.add_scalar(tag, value, step)
+            draw_evaluations(folder)  # `repre eval`'s points, a run of their own (older repres drew them here)
 
     def write(self, record: dict[str, Any], series: str = "") -> None:
         """`record` as a line of metrics.jsonl, and its numbers as TensorBoard scalars KIND/KEY`series` at its
@@ -87,7 +91,8 @@ class MetricWriter:
 
 
 EVAL_POINTS = "repre_eval.json"  # in a run's tb/: {tag: {step: value}} of the points `add_evaluation` drew
-EVAL_EVENTS = ".repre_eval"  # the suffix of the one event file in a run's tb/ that holds those points
+EVAL_RUN = "repre_eval"  # the folder under a run's tb/ whose one event file holds those points
+EVAL_LOCK = ".repre_eval.lock"  # in tb/: one `repre eval` at a time changes them
 
 
 def _drawn(run: Path) -> dict[str, dict[str, float]]:
@@ -98,53 +103,82 @@ def _drawn(run: Path) -> dict[str, dict[str, float]]:
         return {}
 
 
-def evaluation_points(run: Path, from_step: int = 0) -> list[tuple[str, int, float]]:
-    """The (tag, step, value) points `repre eval` added to `run`'s TensorBoard, at `from_step` or later, each
-    tag's in step order: a resumed run's writer drops every event from its purge step on, those included, and
-    draws them again."""
-    return _in_order(_drawn(run), from_step)
-
-
-def _in_order(drawn: dict[str, dict[str, float]], from_step: int = 0) -> list[tuple[str, int, float]]:
+def _in_order(drawn: dict[str, dict[str, float]]) -> list[tuple[str, int, float]]:
     return [(tag, step, value) for tag, points in drawn.items()
-            for step, value in sorted((int(step), value) for step, value in points.items()) if step >= from_step]
+            for step, value in sorted((int(step), value) for step, value in points.items())]
+
+
+@contextlib.contextmanager
+def _points_locked(tb: Path) -> Iterator[None]:
+    """One process at a time reads and rewrites a run's evaluation points (two `repre eval` of its checkpoints
+    ending together would each drop the other's point): waits for the other, a few seconds at most."""
+    if not os.access(tb, os.W_OK):  # said so, not as a lock that cannot be taken
+        raise PermissionError(f"{tb} is not writable")
+    lock = RunLock(tb, EVAL_LOCK, f"{tb / EVAL_POINTS} is being written", remove=True)
+    for _ in range(300):
+        if (why := lock.acquire()) is None:
+            break
+        time.sleep(0.1)
+    else:
+        raise OSError(why)
+    try:
+        yield
+    finally:
+        lock.unlock()
+
+
+def _write_points(tb: Path, drawn: dict[str, dict[str, float]]) -> None:
+    """Every point, in step order, into one new event file under tb/EVAL_RUN, the file before it removed:
+    TensorBoard expects a tag's steps to rise, and a point at a lower step than one read before it drops the
+    higher ones from the chart (its reservoir takes it for a restart). A run of their own, apart from the
+    training's, which a resumed run's purge of its later steps leaves alone."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tb / EVAL_RUN
+    before = set(folder.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(str(folder))
+    try:
+        for tag, step, value in _in_order(drawn):
+            writer.add_scalar(tag, value, step)
+    finally:
+        writer.close()
+    for old in before:  # the new file has them all
+        old.unlink(missing_ok=True)
+
+
+def draw_evaluations(run: Path) -> None:
+    """Draw `run`'s evaluation points again (a resumed run: those an older repre drew among the training's
+    events went with its purge)."""
+    tb = run / run_files.TB
+    try:
+        with _points_locked(tb):
+            if drawn := _drawn(run):
+                _write_points(tb, drawn)
+    except OSError as exc:
+        log.warning("the evaluations' points are not drawn again in %s: %s", tb / EVAL_RUN, exc)
 
 
 def add_evaluation(run: Path, result: dict[str, Any]) -> str | None:
     """A `repre eval` result of one of `run`'s checkpoints as a scalar in the run's TensorBoard, at that
-    checkpoint's step, beside the training curves: evaluating several checkpoints draws the task's curve. Only a
-    result measured as the run's own config says (no `--set` that changes what it measures:
-    `eval_results.measured_otherwise`). Returns the tag written, or None (no run TensorBoard there, other
-    settings, or the point drawn already).
-
-    TensorBoard expects a tag's steps to rise: a point at a lower step than one read before it drops the
-    higher ones from the chart (its reservoir takes it for a restart). So every point drawn so far is written
-    again, in step order, into one event file that replaces the last one: checkpoints may be evaluated in any
-    order."""
+    checkpoint's step (tb/EVAL_RUN, beside the training's run): evaluating several checkpoints, in any order,
+    draws the task's curve. Only a result measured as the run's own config says (no `--set` that changes what
+    it measures: `eval_results.measured_otherwise`). Returns the tag written, or None (no run TensorBoard
+    there, other settings, or the point drawn already)."""
     of = result.get("checkpoint") or {}
     given = [str(s) for s in of.get("set", [])]
     tb = run / run_files.TB
     if not tb.is_dir() or eval_results.measured_otherwise(given, result["task"]):
         return None
-    from torch.utils.tensorboard import SummaryWriter
-
     tag, step = f"repre_eval/{result['task']}_{result['metric']}", int(of.get("step", 0))
-    drawn = _drawn(run)
-    if drawn.get(tag, {}).get(str(step)) == result["value"]:  # the same checkpoint evaluated again alike
-        return None
-    drawn.setdefault(tag, {})[str(step)] = result["value"]
     try:
-        before = set(tb.glob(f"events.out.tfevents.*{EVAL_EVENTS}"))
-        writer = SummaryWriter(str(tb), filename_suffix=EVAL_EVENTS)
-        try:
-            for point_tag, point_step, value in _in_order(drawn):
-                writer.add_scalar(point_tag, value, point_step)
-        finally:
-            writer.close()
-        with replacing(tb / EVAL_POINTS) as tmp:
-            tmp.write_text(json.dumps(drawn, indent=1))
-        for old in before:  # the new file has them all
-            old.unlink(missing_ok=True)
+        with _points_locked(tb):
+            drawn = _drawn(run)
+            if drawn.get(tag, {}).get(str(step)) == result["value"]:  # the same checkpoint evaluated again alike
+                return None
+            drawn.setdefault(tag, {})[str(step)] = result["value"]
+            _write_points(tb, drawn)
+            with replacing(tb / EVAL_POINTS) as tmp:
+                tmp.write_text(json.dumps(drawn, indent=1))
     except OSError as exc:  # a run folder one may read, not write: the result itself stands
         log.warning("the result is not added to %s: %s", tb, exc)
         return None
