@@ -33,19 +33,30 @@ def say_reused(out: Path, summary: dict) -> None:
 
 def check_settings(out: Path, preset: str, overrides: list[str]) -> None:
     """Exit where the finished run in `out` was trained with other settings than `preset` + `overrides` (a
-    folder made before folders were named by their settings), or on another device or precision than this
-    machine resolves them to (`auto`: a cache copied from a CPU without bf16 to one with it): delete it to train
-    it again."""
+    folder made before folders were named by their settings), or on another machine's device or precision
+    (`check_machine`): delete it to train it again."""
     from repre.config import load_config
-    from repre.core.runtime import pick_device, pick_precision
 
     cfg = load_config(preset, overrides)
     if load_config(out / "config.yaml") != cfg:
         sys.exit(f"the cached run {out} was trained with other settings than {preset} {' '.join(overrides)}: "
                  "delete it to train it again")
-    device = pick_device(cfg.train.device)
-    here = {"device": device.type, "precision": pick_precision(cfg.train.precision, device)}
+    check_machine(out, cfg)
+
+
+def check_machine(out: Path, cfg) -> None:
+    """Exit where the finished run in `out` ran on another kind of device, or in another precision, than `cfg`
+    resolves to here (`auto`: bf16 on a CPU with bf16 instructions, fp32 on one without; a cache copied between
+    machines). A run on a device this machine lacks is not checked (its cached results stay readable)."""
+    import torch
+
+    from repre.core.runtime import pick_device, pick_precision
+
+    device = torch.device(cfg.train.device) if cfg.train.device != "auto" else pick_device("auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return
     summary = json.loads((out / "summary.json").read_text())
+    here = {"device": device.type, "precision": pick_precision(cfg.train.precision, device)}
     there = {"device": str(summary.get("device", "")).split(":")[0], "precision": summary.get("precision")}
     if there != here:
         sys.exit(f"the cached run {out} was trained with {there['precision']} on {there['device']}; this machine "

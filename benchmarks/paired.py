@@ -34,12 +34,14 @@ def last_json(path: Path) -> dict:
     return result
 
 
-def budget(result: dict) -> dict | None:
-    """The evaluation settings a result was measured with, in today's key names (older files spell 0.1.0's)."""
+def budget(result: dict) -> dict:
+    """The evaluation settings a result was measured with (its budget, then its --set items' eval.* keys), in
+    today's key names (older files spell 0.1.0's)."""
     from repre.config import flatten, migrate, parse_overrides
 
-    given = result.get("eval_budget")
-    return None if given is None else flatten(migrate(parse_overrides(given), refuse_removed=False))
+    given = [*(result.get("eval_budget") or []), *result.get("overrides", [])]
+    settings = flatten(migrate(parse_overrides(given), refuse_removed=False))
+    return {key: value for key, value in settings.items() if key.startswith("eval.")}
 
 
 def by_seed(result: dict, point: str, path: Path) -> dict[str, dict[int, float]]:
@@ -73,8 +75,7 @@ def main() -> None:
     if ra["method"] != rb["method"]:
         sys.exit(f"A is {ra['method']}, B {rb['method']}: pair runs of one method")
     if budget(ra) != budget(rb):  # another subset or schedule measures something else
-        sys.exit(f"A was evaluated with {ra.get('eval_budget')}, B with {rb.get('eval_budget')}: pair runs "
-                 "evaluated alike")
+        sys.exit(f"A was evaluated with {budget(ra)}, B with {budget(rb)}: pair runs evaluated alike")
     point_b = args.point_b or args.point
     result = paired(by_seed(ra, args.point, args.a), by_seed(rb, point_b, args.b))
     if not any(r["seeds"] for r in result.values()):

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_cache import cache_dir, say_reused  # this folder's module
+from bench_cache import cache_dir, check_machine, say_reused  # this folder's module
 
 from repre.config import FRAMEWORKS, idle_sections
 from repre.core import run_files
@@ -155,12 +155,10 @@ def row_config(method: str, row: str, seed: int, overrides: list[str]):
 def identity(cfg) -> dict:
     """What a cached run is keyed by: the resolved config less the runtime keys, less the keys the run does not
     read (a disabled branch's, another framework's) and less every value equal to its KEYED_DEFAULTS entry; the
-    device where it is not the CPU, else the precision it resolves to there (`train.precision=auto`: bf16 on a
-    CPU with bf16 instructions, fp32 on one without)."""
-    import torch
-
+    device where it is not the CPU (`train.precision=auto` resolves by the device: `pretrain` refuses a cached
+    run of another precision than this machine's)."""
     from repre.config import flatten
-    from repre.core.runtime import pick_device, pick_precision
+    from repre.core.runtime import pick_device
 
     keyed = json.loads(KEYED_DEFAULTS.read_text())
     flat = flatten(cfg.to_dict())
@@ -175,8 +173,6 @@ def identity(cfg) -> dict:
     device = pick_device("auto").type if cfg.train.device == "auto" else cfg.train.device
     if device != "cpu":
         ident["device"] = device
-    else:
-        ident["cpu_precision"] = pick_precision(cfg.train.precision, torch.device("cpu"))
     return {"version": CACHE_VERSION, **ident}
 
 
@@ -192,9 +188,11 @@ def pretrain(cfg, out: Path, tasks: list[str]) -> None:
 
     from repre.pretraining import pretrain as run
 
+    summary = out / run_files.SUMMARY
+    if summary.is_file():
+        check_machine(out, cfg)  # its evaluations too are another machine's
     if all((out / run_files.EVAL / t / run_files.RESULT).is_file() for t in tasks):
         return
-    summary = out / run_files.SUMMARY
     if summary.is_file() and (done := json.loads(summary.read_text())).get("completed"):
         if (out / run_files.CHECKPOINTS / run_files.LAST).is_file():
             say_reused(out, done)

@@ -55,35 +55,24 @@ def test_the_cache_ignores_what_a_run_does_not_read_and_keys_what_it_does():
     assert identity("recon.width=128") != identity("recon.width=128", "recon.enabled=false")
 
 
-def test_the_cache_keys_the_precision_a_cpu_resolves_auto_to(monkeypatch):
-    """`train.precision=auto` is bf16 on a CPU with bf16 instructions, fp32 on one without: a cache copied from
-    one to the other is not reused."""
-    from repre.core import runtime
-
-    keys = {}
-    for bf16 in (True, False):
-        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda bf16=bf16: bf16)
-        keys[bf16] = identity()
-    assert keys[True]["cpu_precision"] == "bf16" and keys[False]["cpu_precision"] == "fp32"
-    assert {k: v for k, v in keys[True].items() if k != "cpu_precision"} == \
-        {k: v for k, v in keys[False].items() if k != "cpu_precision"}
-
-
 def test_a_reused_run_of_another_precision_is_refused(monkeypatch, tmp_path):
-    """knn_seeds and finetune_lr reuse a run whose config equals theirs: one trained in another precision than
-    this machine resolves `auto` to is refused, naming both."""
+    """The quality benchmark, knn_seeds and finetune_lr reuse a run whose settings equal theirs: one trained in
+    another precision than this machine resolves `auto` to is refused, naming both."""
     import bench_cache
 
     from repre.config import load_config, to_yaml
     from repre.core import runtime
 
-    (tmp_path / "config.yaml").write_text(to_yaml(load_config("fmnist-mocov3", ["train.seed=1"])))
+    given = ["train.seed=1", "train.device=cpu"]
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config("fmnist-mocov3", given)))
     (tmp_path / "summary.json").write_text(json.dumps({"completed": True, "device": "cpu", "precision": "fp32"}))
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
-    bench_cache.check_settings(tmp_path, "fmnist-mocov3", ["train.seed=1"])  # fp32 here too: reused
+    bench_cache.check_settings(tmp_path, "fmnist-mocov3", given)  # fp32 here too: reused
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     with pytest.raises(SystemExit, match="trained with fp32 on cpu; this machine runs bf16 on cpu"):
-        bench_cache.check_settings(tmp_path, "fmnist-mocov3", ["train.seed=1"])
+        bench_cache.check_settings(tmp_path, "fmnist-mocov3", given)
+    with pytest.raises(SystemExit, match="trained with fp32 on cpu; this machine runs bf16 on cpu"):
+        quality.pretrain(load_config("fmnist-mocov3", given), tmp_path, ["knn"])  # its cached results too
 
 
 def test_the_cache_refuses_a_key_without_its_keyed_value(monkeypatch, tmp_path):
@@ -133,13 +122,22 @@ def test_paired_differences_follow_the_seeds_both_files_hold(tmp_path, capsys, m
     assert "linear   no seed in both" in out and "knn      +0.0000 ± 0.0000" in out
 
 
-def test_paired_refuses_runs_evaluated_otherwise(tmp_path, monkeypatch):
+def test_paired_refuses_runs_evaluated_otherwise(tmp_path, monkeypatch, capsys):
     a = search_file(tmp_path / "a.json", "base", [0, 1, 2], [0.75, 0.76, 0.74])
     result = json.loads(a.read_text().splitlines()[-1])
-    (tmp_path / "b.json").write_text(json.dumps({**result, "eval_budget": ["eval.knn.test_subset=500"]}) + "\n")
-    monkeypatch.setattr(sys, "argv", ["paired.py", str(a), str(tmp_path / "b.json")])
-    with pytest.raises(SystemExit, match="pair runs evaluated alike"):
+    budget = ["eval.knn.test_subset=5000", "eval.linear.epochs=20"]
+    (tmp_path / "a.json").write_text(json.dumps({**result, "eval_budget": budget}) + "\n")
+    for other in ({"eval_budget": ["eval.knn_test_subset=5000", "eval.linear_epochs=20"]},  # 0.1.0's names
+                  {"eval_budget": budget, "overrides": ["model.init=timm"]}):  # what the search changes
+        (tmp_path / "b.json").write_text(json.dumps({**result, **other}) + "\n")
+        monkeypatch.setattr(sys, "argv", ["paired.py", str(a), str(tmp_path / "b.json")])
         paired.main()
+    for other in ({"eval_budget": ["eval.knn.test_subset=500", "eval.linear.epochs=20"]},
+                  {"eval_budget": budget, "overrides": ["eval.linear.epochs=2"]}):
+        (tmp_path / "b.json").write_text(json.dumps({**result, **other}) + "\n")
+        monkeypatch.setattr(sys, "argv", ["paired.py", str(a), str(tmp_path / "b.json")])
+        with pytest.raises(SystemExit, match="pair runs evaluated alike"):
+            paired.main()
 
 
 def test_paired_refuses_a_file_that_is_no_search_result(tmp_path):
