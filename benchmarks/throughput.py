@@ -34,7 +34,8 @@ Configurations:
   repre            the default preset as `repre pretrain` runs it (data loader, workers, augmentation)
   baseline         the same with recon.enabled=false (plain MoCo v3)
   repre-tensors    the RePre training step on one pre-made batch of finished views, on the device before the
-                   timer (no data loading, no copy): this machine's bound
+                   timer (no data loading, no copy; the stages data.device_stages=crops or decode leaves for
+                   the device run each step): this machine's bound
   baseline-tensors the plain MoCo v3 step on one pre-made batch
   supervised-tensors  the same encoder trained with labels (method.name=supervised, a plain timm ViT step):
                    the reference point for the MFU of the self-supervised steps
@@ -292,13 +293,14 @@ def build(name: str, preset: str, overrides: list[str]):
     # pre-made tensors: no worker process left running to compete for the cores
     extra = overrides + ["train.num_workers=0"] * premade + ["method.name=supervised"] * name.startswith("supervised")
     trainer = _trainer(preset, recon=name.startswith("repre"), extra=extra)
-    # the pipeline configs augment where a run would (data.device_stages); pre-made tensors are finished views,
-    # moved to the device once: their step is the training step alone, no copy from the host
+    # the pipeline configs augment where a run would (data.device_stages); pre-made tensors are finished views
+    # (or, with data.device_stages=crops or decode set, packed images whose stages run on the device each step),
+    # moved to the device once: no copy from the host in the timed steps
     loader = (pretrain_loader(trainer.cfg, trainer.data.source, 0, trainer.rt.pin_memory) if premade
               else trainer.data.loader(0, trainer.rt.pin_memory))
     batches = iter(loader)
     if premade:
-        batches = itertools.repeat(trainer.data.to_device(next(batches)))
+        batches = itertools.repeat(trainer.data.move(next(batches)))
         del loader
     trainer.model.train()
     if "-per-view" in name:  # an instance attribute: the class's forward stays the other configurations'
@@ -310,7 +312,7 @@ def build(name: str, preset: str, overrides: list[str]):
 
     def repre_step(batch):
         with trainer.settings():  # what fit() sets: Dynamo's graph limit with train.compile, deterministic mode
-            trainer.train_step(batch if premade else trainer.data.to_device(batch))
+            trainer.train_step(trainer.data.finish(batch) if premade else trainer.data.to_device(batch))
         trainer.state.step += 1
 
     step = {"lightly": _lightly_step, "lightly-dino": _lightly_dino_step}.get(name, lambda _: repre_step)(trainer)

@@ -287,10 +287,16 @@ class PretrainData:
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step's tensors on the training device (non-blocking from pinned memory), with the stages the loader
         left out run there (data.device_stages; JPEG bytes stay on the CPU for the decoder)."""
+        return self.finish(self.move(batch))
+
+    def move(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with its tensors on the training device, as the loader made them."""
         keys = ("views", "label", "local_views", "photo", "local_photo", "pixels")
-        moved = {k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}
-        name_of = getattr(self.source, "path", None)  # a folder's or indexed shards' files
-        return finish_views({**batch, **moved}, self.spec, name_of)
+        return {**batch, **{k: batch[k].to(self.device, non_blocking=True) for k in keys if k in batch}}
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A moved batch (`move`) with the stages the loader left out run on the device (`finish_views`)."""
+        return finish_views(batch, self.spec, getattr(self.source, "path", None))  # a folder's or shards' files
 
     def observe(self, batch: dict) -> None:
         """A batch was trained on: where its data worker's stream now stands (streamed shards)."""
