@@ -190,3 +190,13 @@ def test_a_pre_made_batch_crosses_to_the_device_once_and_a_pipeline_s_stock_is_t
     taken = itertools.count()
     throughput._time_steps(lambda batch: None, (next(taken) for _ in itertools.repeat(None)), 2, 5, ready=4)
     assert next(taken) == 2 + 4 + 5
+
+
+def test_the_collapse_replay_takes_the_lines_the_trainer_gave_its_callbacks():
+    """A window's averages all finite: given to the callbacks, whatever its speed (null where no step was timed)
+    and its diagnostics (null where not finite); a window whose loss is null (every step skipped): not."""
+    import collapse_watch
+
+    line = {"step": 8, "kind": "train", "loss": 1.0, "lr": 1e-3, "images_per_sec": None, "diag_grad_cosine": None}
+    assert collapse_watch.finite(line)
+    assert not collapse_watch.finite({**line, "loss": None})

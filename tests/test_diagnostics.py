@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import TINY
 from repre.builder import build_model
 from repre.config import load_config
 from repre.engine.callbacks import CollapseWatch, LossTrend, engine_callbacks
@@ -42,6 +43,21 @@ def test_loss_balance_under_fp16_takes_the_loss_scale():
     scaled = balance(torch.float16, 2.0**16)
     for key, value in exact.items():
         assert scaled[key] == pytest.approx(value, rel=0.01), key
+
+
+def test_the_loss_balance_callback_measures_at_the_step_s_loss_scale(tmp_path, monkeypatch):
+    """An fp16 run's diagnostics take the scale its step's backward takes (GradScaler's 65536 at first); bf16's
+    and fp32's are 1."""
+    from repre.engine import callbacks
+    from repre.engine.trainer import Trainer
+
+    scales, measure = [], callbacks.loss_balance
+    monkeypatch.setattr(callbacks, "loss_balance", lambda *args: scales.append(float(args[3])) or measure(*args))
+    for precision in ("fp16", "fp32"):
+        cfg = load_config("fmnist-mocov3-repre", [*TINY, f"train.precision={precision}", "train.max_steps=1",
+                                                   "train.diagnose_every=1", "eval.knn.enabled=false"])
+        Trainer(cfg, tmp_path / precision).fit()
+    assert scales == [2.0**16, 1.0]
 
 
 def test_a_non_finite_diagnostic_is_written_as_json_null(tmp_path):
