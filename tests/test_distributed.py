@@ -178,27 +178,6 @@ def test_killed_two_process_streamed_run_resumes_to_the_uninterrupted_weights(tm
     assert losses(broken) == losses(whole)  # each process's window carried over: the same sums in the same order
 
 
-def test_a_two_process_run_resumed_between_train_lines_ends_as_the_uninterrupted_one(tmp_path):
-    """Indexed data (the sampler's per-process shares): a copy of the run keeping only its step-4 checkpoint,
-    between the lines of steps 3 and 6, resumed: bitwise the same weights and the same lines (each process
-    carried its own share of the step-6 line)."""
-    import shutil
-
-    extra = ["train.max_steps=9", "train.checkpoint_every=4", "train.log_every=3", "model.drop_path=0.1"]
-    whole, again = tmp_path / "whole", tmp_path / "again"
-    run(whole, 2, extra)
-    shutil.copytree(whole, again)
-    for path in (again / "checkpoints").iterdir():
-        if not path.name.startswith("step-00000004.pt"):
-            path.unlink()
-    (again / "summary.json").unlink()
-    done = run(again, 2, extra, resume=True)
-    assert "step-00000004.pt (step 4 of 9)" in done.stderr
-    a, b = final_model(whole), final_model(again)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert losses(again) == losses(whole) and len(losses(whole)) == 3
-
-
 def test_global_batch_must_divide_among_processes(tmp_path):
     cmd = pretrain_cmd(tmp_path / "run", 2, ["train.batch_size=15"])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -284,20 +263,30 @@ def images(split, root):
 '''
 
 
-def test_torchrun_restarts_a_run_that_lost_a_process_from_its_newest_checkpoint(tmp_path):
-    """`torchrun --max-restarts 1`: a process killed after the step-4 checkpoint, every process starts again and
-    goes on from it (the restarted processes met the store of the attempt before and hung, or failed to
-    connect)."""
+def test_torchrun_restarts_a_run_that_lost_a_process_to_the_uninterrupted_weights_and_lines(tmp_path):
+    """`torchrun --max-restarts 1`: rank 1 killed after the step-4 checkpoint, every process starts again and goes
+    on from it (the restarted processes met the store of the attempt before and hung, or failed to connect).
+    Indexed data (the sampler's per-process shares) and drop path (each process's RNG): bitwise the weights of an
+    uninterrupted two-process run. The checkpoint falls between the lines of steps 3 and 6: each process carried
+    its own share of the step-6 line, so the lines are the uninterrupted run's too."""
     (tmp_path / "lost_on_rank_1.py").write_text(LOST_ON_RANK_1)
-    out = tmp_path / "run"
-    cmd = pretrain_cmd(out, 2, ["data.name=python", "data.source=lost_on_rank_1:images", "train.batch_size=8",
-                                "train.max_steps=8", "train.checkpoint_every=4"])
-    cmd.insert(cmd.index("--standalone"), "--max-restarts=1")
+    extra = ["data.name=python", "data.source=lost_on_rank_1:images", "train.batch_size=8", "train.max_steps=9",
+             "train.checkpoint_every=4", "train.log_every=3", "model.drop_path=0.1"]
+    whole, out = tmp_path / "whole", tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CHECKPOINTED": str(out / "checkpoints" / "step-00000004.pt.sha256")}
+    # first: its processes look for the other run's checkpoint, not yet written, so none of them is killed
+    uninterrupted = subprocess.run(pretrain_cmd(whole, 2, extra), cwd=tmp_path, capture_output=True, text=True,
+                                   timeout=240, env=env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    cmd = pretrain_cmd(out, 2, extra)
+    cmd.insert(cmd.index("--standalone"), "--max-restarts=1")
     done = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "step-00000004.pt (step 4 of 8)" in done.stderr
-    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+    assert "step-00000004.pt (step 4 of 9)" in done.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 9
+    a, b = final_model(whole), final_model(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(out) == losses(whole) and len(losses(whole)) == 3
 
 
 STOPPED_WHILE_BUILT = '''
