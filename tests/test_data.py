@@ -1008,3 +1008,66 @@ def test_the_hint_for_unlabelled_images_works_as_printed(tmp_path):
         eval_source(tiny_config("data.name=folder", f"data.root={tmp_path / 'flat'}"), "test")
     with pytest.raises(UserError, match=r"eval.val_size=4 must be from 1 to 3, fewer than the train split's 4"):
         val_split(4, 4)
+
+
+LAZY_FILES = '''
+from pathlib import Path
+
+from PIL import Image
+
+
+class Files:
+    """The usual dataset of files: opened in __getitem__, decoded when first used."""
+
+    def __init__(self, split, root):
+        self.paths = sorted(Path(root).glob("*.png"))
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return Image.open(self.paths[i]), 0
+'''
+
+
+def test_a_file_your_dataset_opens_lazily_and_that_is_cut_short_is_left_out_and_named(tmp_path, monkeypatch,
+                                                                                      repre_log):
+    """`Image.open` in __getitem__ decodes later, where the OSError of a truncated file escaped the run (and its
+    EXIF warning named "an image")."""
+    from repre.config import load_config
+    from repre.data.python_source import python_source
+
+    for i in range(3):
+        save_png(tmp_path / f"{i}.png", np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    whole = (tmp_path / "1.png").read_bytes()
+    (tmp_path / "1.png").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "lazy_files_for_check.py").write_text(LAZY_FILES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = python_source(load_config(None, ["data.name=python", "data.source=lazy_files_for_check:Files",
+                                              f"data.root={tmp_path}"]).data, "train")
+    assert source.load(0)[0].shape == (3, 16, 16)
+    with pytest.raises(UnreadableImage, match=r"lazy_files_for_check:Files\[1\]: image file is truncated"):
+        source.load(1)
+    image, _, skipped = load_or_replace(source, 1)  # another image, counted, and a warning naming the item
+    assert image.shape == (3, 16, 16) and skipped == 1
+    assert "EXIF" not in repre_log.text and "lazy_files_for_check:Files[1]" in repre_log.text
+
+
+@pytest.mark.parametrize("name,root,why", [
+    ("folder", "s3://bucket/photos", "reads a local or mounted folder, not a URL"),
+    ("folder", "https://host/photos", "reads a local or mounted folder, not a URL"),
+    ("shards", "s3://bucket/train-{0..3}.tar", r"not from s3:// ones; .*'data.root=pipe:aws s3 cp s3://bucket/"),
+    ("shards", "gs://bucket/train-{0..3}.tar", "not from gs:// ones"),
+])
+def test_a_url_root_where_a_local_path_is_read_is_refused_with_what_to_give(name, root, why):
+    """The URL was made a path ("s3:/bucket/...": its // joined) and reported missing."""
+    cfg = tiny_config(f"data.name={name}", f"data.root={root}")
+    with pytest.raises(UserError, match=why):
+        build_source(cfg.data, "train")
+    if name == "shards":
+        with pytest.raises(UserError, match=why):  # streamed by choice: the same
+            build_source(tiny_config(f"data.name={name}", f"data.root={root}", "data.shard_access=stream").data,
+                         "train")
+    with pytest.raises(UserError, match="is read as a stream, not with random access"):
+        build_source(tiny_config("data.name=shards", "data.root=https://host/s-{0..3}.tar",
+                                 "data.shard_access=random").data, "train")

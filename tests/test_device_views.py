@@ -302,3 +302,29 @@ def test_a_huge_image_crosses_downscaled_with_its_boxes_scaled(monkeypatch):
     cut = resized_crops([loaded["payload"].view(3, 60, 40)], boxes[None], sample["flips"][None], 24)[0]
     workers = ViewDataset(None, spec, 0).sample({"image": img, "label": 3}, 0, 5)["views"]
     assert (cut.float() - workers.float()).abs().mean() < 3
+
+
+def test_a_streamed_jpeg_the_device_cannot_decode_is_named_by_its_shard(tmp_path, repre_log):
+    """Streamed shards' batches carry each image's views key (shard << 24 | position), not an index a source
+    reads: the warning named "the image at dataset index 16777219"."""
+    import tarfile
+    from itertools import islice
+
+    from conftest import add
+    from repre.data.pipeline import PretrainData
+    from repre.data.stream import StreamViews
+
+    good = _jpeg(np.full((20, 20, 3), 90, np.uint8))
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"s-{shard}.tar", "w") as tar:
+            for i in range(4):
+                add(tar, f"k{i}.jpg", _undecodable(good) if (shard, i) == (1, 2) else good)
+    cfg = tiny_config("data.name=shards", f"data.root={tmp_path}/s-{{0..1}}.tar", "data.shard_access=stream",
+                      "data.image_size=16", "data.device_stages=decode", "data.shuffle_block=1")
+    data = PretrainData(cfg, torch.device("cpu"))
+    views = ViewDataset(data.source, data.spec, 0, crops_on_device=True, decode_on_device=True)
+    samples = list(islice(StreamViews(data.source, views, 0, 1, 0, 1), 8))
+    done = data.finish(ViewCollate(data.spec, photometric=False)(samples))
+    said = [m for m in repre_log.messages if "grey in its place" in m]
+    assert int(done["skipped"]) == 1 and len(said) == 1, said
+    assert f"{tmp_path}/s-1.tar, sample 2 (from 0)" in said[0] and "dataset index" not in said[0]

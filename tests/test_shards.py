@@ -224,7 +224,7 @@ def test_a_sample_with_two_images_reads_its_first_indexed_and_streamed(tmp_path,
     from repre.data.stream import read_samples
 
     monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(stream, "_second_said", [])
+    monkeypatch.setattr(stream, "_said", set())
     with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
         for name, seed in (("a.png", 1), ("a.cls", "1"), ("a.jpg", 2), ("b.png", 3), ("b.cls", "2"), ("a.png", 4),
                            ("a.cls", "3")):
@@ -273,3 +273,91 @@ def test_a_damaged_member_header_is_refused_not_read_as_the_shard_s_end(tmp_path
             TarShards(str(tmp_path / "s-000.tar"))
         for url in (str(tmp_path / "s-000.tar"), f"pipe:cat {tmp_path / 's-000.tar'}"):
             assert [key for key, _, _ in read_samples(url)] == ["k0", "k1", "k2", "k3"]
+
+
+def test_labels_written_after_every_image_are_said_and_the_images_read_unlabelled(tmp_path, monkeypatch, repre_log):
+    """`tar cf s.tar *.png *.cls` puts each label out of its key's row: a label-only sample each, left out
+    without a word, and the shards then read as unlabelled (blamed on a missing KEY.cls)."""
+    from repre.data import stream
+    from repre.data.stream import read_samples
+
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(stream, "_said", set())
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for i in range(3):
+            add(tar, f"k{i}.png", png_bytes(i))
+        for i in range(3):
+            add(tar, f"k{i}.cls", str(i).encode())
+    shards = TarShards(str(tmp_path / "s-000.tar"))
+    assert len(shards) == 3 and shards.num_classes is None
+    said = [r.getMessage() for r in repre_log.records if "follow no image of their key" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("3 label member(s)") and "(k0.cls)" in said[0]
+    assert [(key, label) for key, _, label in read_samples(str(tmp_path / "s-000.tar"))] == [("k0", -1), ("k1", -1),
+                                                                                           ("k2", -1)]
+    said = [r.getMessage() for r in repre_log.records if "follow no image of their key" in r.getMessage()]
+    assert len(said) == 2 and said[1].startswith("1 label member(s)")  # a stream: the first, once a process
+
+
+def test_two_archives_joined_end_to_end_are_said_to_be_so_not_a_damaged_shard(tmp_path, monkeypatch, repre_log):
+    """`cat a.tar b.tar > c.tar`: tar and WebDataset read the first archive alone; "damaged, copy it again"
+    sent the user after a copy that could not help."""
+    from repre.data.stream import read_samples
+
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    for name, start in (("a.tar", 0), ("b.tar", 3)):
+        with tarfile.open(tmp_path / name, "w") as tar:
+            for i in range(start, start + 3):
+                add(tar, f"k{i}.png", png_bytes(i))
+    (tmp_path / "c.tar").write_bytes((tmp_path / "a.tar").read_bytes() + (tmp_path / "b.tar").read_bytes())
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        end = tar.getmembers() and tar.offset  # the first archive's end-of-archive block
+    with pytest.raises(UserError, match=f"joined end to end .* at byte {end:,}, after 3 images: .*tar -Af"):
+        TarShards(str(tmp_path / "c.tar"))
+    for url in (str(tmp_path / "c.tar"), f"pipe:cat {tmp_path / 'c.tar'}"):
+        assert [key for key, _, _ in read_samples(url)] == ["k0", "k1", "k2"]
+        assert "joined end to end" in repre_log.records[-1].getMessage()
+        assert "copy it again" not in repre_log.records[-1].getMessage()
+
+
+def test_a_shard_cut_in_a_member_counts_the_whole_images_before_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for i in range(4):
+            add(tar, f"k{i}.png", png_bytes(i, size=64))
+    member = tarfile.open(tmp_path / "s-000.tar").getmembers()[2]
+    whole = (tmp_path / "s-000.tar").read_bytes()
+    (tmp_path / "s-000.tar").write_bytes(whole[:member.offset_data + member.size // 2])  # inside k2's data
+    with pytest.raises(UserError, match="after 2 images: it is cut short"):
+        TarShards(str(tmp_path / "s-000.tar"))
+
+
+def test_a_class_id_where_an_index_was_meant_is_refused_naming_its_sample(tmp_path, monkeypatch):
+    """One KEY.cls holding a WordNet number made 1,440,765 classes, and the k-NN's per-class table asked for
+    terabytes, blamed on the memory."""
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(tmp_path / "s-000.tar", "w") as tar:
+        for i, label in enumerate(["0", "1", "1440764", "2"]):
+            add(tar, f"k{i}.png", png_bytes(i))
+            add(tar, f"k{i}.cls", label.encode())
+    with pytest.raises(UserError, match=r"s-000.tar:k2 has label 1,440,764, though the shards hold 4 distinct"):
+        TarShards(str(tmp_path / "s-000.tar"))
+    with tarfile.open(tmp_path / "t-000.tar", "w") as tar:  # many classes, each present: taken as they are
+        for i in range(1100):
+            add(tar, f"k{i}.png", png_bytes(0, size=4))
+            add(tar, f"k{i}.cls", str(i).encode())
+    assert TarShards(str(tmp_path / "t-000.tar")).num_classes == 1100
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_index_cache_is_indexed_again(tmp_path, monkeypatch, damage):
+    """A cache file cut short (a crash after its rename) raised EOFError or BadZipFile in every later run."""
+    from repre.data.shards import index_cache, shard_paths
+
+    monkeypatch.setenv("REPRE_CACHE", str(tmp_path / "cache"))
+    write_shards(tmp_path / "d", shards=2, per_shard=4)
+    first = TarShards(str(tmp_path / "d"))
+    cache = index_cache(shard_paths(str(tmp_path / "d")))
+    cache.write_bytes(b"" if damage == "empty" else cache.read_bytes()[:100])
+    again = TarShards(str(tmp_path / "d"))
+    assert (again.entries == first.entries).all() and again.labels.tolist() == first.labels.tolist()
+    assert cache.stat().st_size > 100  # written again whole

@@ -296,7 +296,9 @@ class PretrainData:
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A moved batch (`move`) with the stages the loader left out run on the device (`finish_views`)."""
-        return finish_views(batch, self.spec, getattr(self.source, "path", None))  # a folder's or shards' files
+        name_of = (self.source.sample_name if isinstance(self.source, StreamShards)  # a batch's index: a views key
+                   else getattr(self.source, "path", None))  # a folder's or indexed shards' files
+        return finish_views(batch, self.spec, name_of)
 
     def observe(self, batch: dict) -> None:
         """A batch was trained on: where its data worker's stream now stands (streamed shards)."""

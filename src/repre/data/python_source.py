@@ -240,12 +240,16 @@ def as_image(image: Any, where: str) -> torch.Tensor:
     """A PIL image, an array (HxW or HxWxC, numpy's and PIL's layout) or a tensor (HxW or CxHxW, torch's) ->
     uint8 [3, H, W]; pixel values as the module's docstring says."""
     if isinstance(image, Image.Image):
+        try:  # a file opened lazily (`Image.open` in __getitem__) is decoded here: one cut short is unreadable
+            image.load()
+        except OSError as exc:
+            raise UnreadableImage(f"{where}: {exc}") from None
         # float and 32-bit images read as the arrays they hold: one rule for every item (a folder's files are
         # read by their range, 8 or 16 bits, or beyond it scaled by their own maximum, a contrast that would
         # change from one item to the next)
         if image.mode in ("F", "I"):
             return as_image(np.asarray(image), where)
-        return torch.from_numpy(np.array(to_rgb_array(image))).permute(2, 0, 1).contiguous()  # writable
+        return torch.from_numpy(np.array(to_rgb_array(image, where))).permute(2, 0, 1).contiguous()  # writable
     channels_last = not isinstance(image, torch.Tensor)
     try:
         x = torch.from_numpy(np.array(image)) if channels_last else image.detach().cpu()  # a memmap is read-only

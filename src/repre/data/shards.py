@@ -24,10 +24,12 @@ import os
 import re
 import tarfile
 import time
+import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -126,86 +128,158 @@ def warn_second_images(count: int, example: str, where: str) -> None:
                 count, where, example)
 
 
-def _scan(path: Path, shard: int) -> tuple[list[list], list[str], list[str]]:
-    """One shard's samples [[shard, offset, size, key, label or -1]] in member order, and the names of the
-    members left out though they end in an image extension: for dots in the name (`dotted_image`), and a
-    sample's images after its first. A sample is the members of one key in a row, as a stream reads them: its
-    first image and its label (the last label member, as a stream keeps)."""
-    images: list[list] = []
-    dotted, second = [], []
-    sample, image, label = None, None, -1  # the sample being read: its key, its entry in `images`, its label
+def warn_unpaired_labels(count: int, example: str, where: str) -> None:
+    log.warning("%d label member(s) of the shards in %s follow no image of their key (%s): a sample is the "
+                "members of one key in a row, so their images are read without them; write each KEY.cls next to "
+                "its KEY.jpg (`tar cf SHARD.tar --sort=name ...` keeps a key's members together), not every label "
+                "after every image", count, where, example)
+
+
+@dataclass
+class LeftOut:
+    """The members a shard's grouping (`samples_of`) left out, by why."""
+
+    dotted: list[str] = field(default_factory=list)  # dots in the name (`dotted_image`)
+    second: list[str] = field(default_factory=list)  # a sample's images after its first
+    unpaired: list[str] = field(default_factory=list)  # label members of a key with no image in its row
+
+    def add(self, other: LeftOut) -> None:
+        self.dotted += other.dotted
+        self.second += other.second
+        self.unpaired += other.unpaired
+
+    def warn(self, where: str) -> None:
+        for names, warn in ((self.dotted, warn_dotted), (self.second, warn_second_images),
+                            (self.unpaired, warn_unpaired_labels)):
+            if names:
+                warn(len(names), names[0], where)
+
+
+Image = TypeVar("Image")
+
+
+def samples_of(tar: tarfile.TarFile, image_of: Callable[[tarfile.TarInfo], Image],
+               label_of: Callable[[tarfile.TarInfo, str], int], left: LeftOut) -> Iterator[tuple[str, Image, int]]:
+    """The samples of a shard opened by `tar` (random access or a stream), in member order: (key, `image_of`
+    its first image member, its label or -1). WebDataset's rule: a sample is the members of one key in a row
+    (`split_key`); its label is its last label member (`LABEL_EXTENSIONS`), whose stripped text `label_of` reads,
+    before or after the image. A sample is given once its row ends; what it leaves out goes to `left`."""
+    key, image, label, labels = None, None, -1, []
+    for member in tar:
+        if not member.isfile():
+            continue
+        k, ext = split_key(member.name)
+        if k != key:
+            if image is not None:
+                yield key, image, label
+            elif labels:
+                left.unpaired.append(labels[0])
+            key, image, label, labels = k, None, -1, []
+        if ext in EXTENSIONS and image is None:
+            image = image_of(member)
+        elif ext in EXTENSIONS:
+            left.second.append(member.name)
+        elif dotted_image(ext):
+            left.dotted.append(member.name)
+        elif ext in LABEL_EXTENSIONS:
+            label = label_of(member, tar.extractfile(member).read().decode("utf-8", "replace").strip())
+            labels.append(member.name)
+    if image is not None:
+        yield key, image, label
+    elif labels:
+        left.unpaired.append(labels[0])
+
+
+def after_end(chunks: Iterable[bytes]) -> str | None:
+    """What follows the point where a tar's member headers stopped, given as `chunks` from that block's start:
+    None for zeros alone (its end-of-archive blocks and padding); "joined" where the first block that is not
+    zeros is a tar header (a second archive joined on: `cat a.tar b.tar`, which tar and WebDataset read only
+    the first of); "damaged" otherwise (a damaged header, the members after it unread)."""
+    chunks = iter(chunks)
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        first = len(buf) - len(buf.lstrip(b"\0"))
+        if first == len(buf):
+            buf = buf[len(buf) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE:]  # zeros: keep the partial block
+            continue
+        start = first // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+        while len(buf) < start + tarfile.BLOCKSIZE and (more := next(chunks, b"")):
+            buf += more
+        try:
+            tarfile.TarInfo.frombuf(buf[start:start + tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return "damaged"
+        return "joined"
+    return None
+
+
+def file_chunks(path: Path, offset: int) -> Iterator[bytes]:
+    """The bytes of the file at `path` from `offset` on, 1 MB at a time."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        yield from iter(lambda: fh.read(1 << 20), b"")
+
+
+AFTER_END = {"damaged": ("has a damaged member header", "copy it again"),
+             "joined": ("is tar archives joined end to end (`cat a.tar b.tar`): the first one ends",
+                        "tar and WebDataset read the first alone; keep the archives as shards of their own, or join "
+                        "them with `tar -Af first.tar second.tar`")}
+
+
+def _scan(path: Path, shard: int) -> tuple[list[list], LeftOut]:
+    """One shard's samples [[shard, offset, size, key, label or -1]] in member order (`samples_of`), and the
+    members it left out."""
     if path.stat().st_size == 0:  # tarfile: "not a tar file (empty file)", as if it were compressed
         raise UserError(f"{path} is empty (0 bytes): a copy that failed; copy it again, or remove it")
     try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_key(member.name)
-                if key != sample:
-                    sample, image, label = key, None, -1
-                if ext in EXTENSIONS and image is not None:
-                    second.append(member.name)
-                elif ext in EXTENSIONS:
-                    image = [shard, member.offset_data, member.size, key, label]
-                    images.append(image)
-                elif dotted_image(ext):
-                    dotted.append(member.name)
-                elif ext in LABEL_EXTENSIONS:
-                    text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                    if (found := label_in(text)) is None:
-                        raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label: a "
-                                        f"{ext} member holds the class index (0, 1, ...) as text; write the "
-                                        "indices (keep class names in another member, e.g. KEY.txt, which is "
-                                        f"not read), or leave out every {ext} for unlabelled images")
-                    label = found
-                    if image is not None:  # the label after the image, as WebDataset writers order them
-                        image[4] = label
-            end = tar.offset  # where the member headers stopped: the end-of-archive blocks, or a damaged header
+        tar = tarfile.open(path, "r:")  # reads the first member's header
     except tarfile.ReadError as exc:
-        if sample is not None:  # read well up to some member: a shard cut short (a copy that stopped)
+        raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
+
+    def label_of(member: tarfile.TarInfo, text: str) -> int:
+        if (found := label_in(text)) is None:
+            ext = split_key(member.name)[1]
+            raise UserError(f"{path}: {member.name} holds {text[:20]!r}, not an integer label: a {ext} member holds "
+                            "the class index (0, 1, ...) as text; write the indices (keep class names in another "
+                            f"member, e.g. KEY.txt, which is not read), or leave out every {ext} for unlabelled "
+                            "images")
+        return found
+
+    images: list[list] = []
+    left = LeftOut()
+    with tar:
+        try:
+            for key, (offset, size), label in samples_of(tar, lambda m: (m.offset_data, m.size), label_of, left):
+                images.append([shard, offset, size, key, label])
+        except tarfile.ReadError as exc:  # read well up to some member: a shard cut short (a copy that stopped)
             raise UserError(f"{path} ends in the middle of a member ({exc}) after {len(images)} images: it is cut "
                             "short; copy it again") from None
-        raise UserError(f"{path} is not an uncompressed tar file ({exc}); shards must be plain .tar") from None
+        end = tar.offset  # where the member headers stopped: the end-of-archive blocks, or a damaged header
     # tarfile stops quietly where a header is cut short or damaged, its members after it unread: its end is a
     # whole end-of-archive block and zeros after it
-    why = ("is cut short (no end-of-archive block)" if path.stat().st_size - end < tarfile.BLOCKSIZE else
-           "has a damaged member header" if not zeros_from(path, end) else None)
-    if why:
-        raise UserError(f"{path} {why} at byte {end:,}, after {len(images)} images: the members after it cannot "
-                        "be read; copy it again")
-    return images, dotted, second
-
-
-def all_zeros(chunks: Iterable[bytes]) -> bool:
-    """Whether every byte of `chunks` is zero: what follows a tar's last member (its end-of-archive blocks and
-    padding), not members after a damaged header."""
-    return not any(chunk.strip(b"\0") for chunk in chunks)
-
-
-def zeros_from(path: Path, offset: int) -> bool:
-    """Whether the file holds only zero bytes from `offset` on."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return all_zeros(iter(lambda: fh.read(1 << 20), b""))
+    if path.stat().st_size - end < tarfile.BLOCKSIZE:
+        why, advice = "is cut short (no end-of-archive block)", "copy it again"
+    elif found := after_end(file_chunks(path, end)):
+        why, advice = AFTER_END[found]
+    else:
+        return images, left
+    raise UserError(f"{path} {why} at byte {end:,}, after {len(images)} images: the members after it cannot be "
+                    f"read; {advice}")
 
 
 def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scan the shards' member headers: (entries [N, 3] int64: shard, offset, size; keys [N] bytes; labels [N])."""
     start = time.perf_counter()
-    entries, keys, labels_of, dotted, second = [], [], [], [], []
+    entries, keys, labels_of, left = [], [], [], LeftOut()
     for i, path in enumerate(paths):
-        images, left_out, seconds = _scan(path, i)
-        dotted += left_out
-        second += seconds
+        images, left_out = _scan(path, i)
+        left.add(left_out)
         for shard, offset, size, key, label in images:
             entries.append((shard, offset, size))
             keys.append(key.encode("utf-8", "surrogateescape"))  # a name that is not UTF-8 as tarfile read it
             labels_of.append(label)
-    if dotted:
-        warn_dotted(len(dotted), dotted[0], root)
-    if second:
-        warn_second_images(len(second), second[0], root)
+    left.warn(root)
     if not entries:
         raise UserError(f"the {len(paths)} shards under {root} hold no images (looked for members named "
                         f"KEY{', KEY'.join(EXTENSIONS)}, KEY without a dot)")
@@ -231,8 +305,10 @@ def load_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np
     try:
         with np.load(cache) as z:
             return z["entries"], z["keys"], z["labels"]
-    except (OSError, KeyError, ValueError):
+    except FileNotFoundError:
         pass
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a write cut short: index again
+        log.info("the cached shard index %s cannot be read (%s): indexing the shards again", cache, exc)
     entries, keys, labels = build_index(paths, root)
     try:
         with replacing(cache) as tmp:
@@ -253,13 +329,25 @@ class TarShards:
         self.entries, self.keys, self.labels = load_index(self.paths, root)  # [N, 3] shard/offset/size, [N], [N]
         labelled = int((self.labels >= 0).sum())
         if 0 < labelled < len(self.labels):
-            log.warning("%d of %d images in %s have no .cls label: all the shards are read as unlabelled (k-NN, "
-                        "the probes and method.name=supervised need labels); give every sample a KEY.cls, or none",
-                        len(self.labels) - labelled, len(self.labels), root)
+            log.warning("%d of %d images in %s have no .cls label (or a negative one): all the shards are read as "
+                        "unlabelled (k-NN, the probes and method.name=supervised need labels); give every sample a "
+                        "KEY.cls, or none", len(self.labels) - labelled, len(self.labels), root)
             self.labels = np.full_like(self.labels, -1)
-        self.num_classes = int(self.labels.max()) + 1 if labelled == len(self.labels) else None
+        self.num_classes = self._classes() if labelled == len(self.labels) else None
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         self._pid = os.getpid()
+
+    def _classes(self) -> int:
+        """The class count of labelled shards: the largest label + 1. A label far above the others (a class id,
+        such as a WordNet number, where the index was meant) would make the count millions of classes, and the
+        evaluations' per-class tables of that size fill the memory: refused, naming the sample."""
+        top, distinct = int(self.labels.max()), len(np.unique(self.labels))
+        if top >= 1024 and top + 1 > 10 * distinct:
+            raise UserError(f"{self.path(int(self.labels.argmax()))} has label {top:,}, though the shards hold "
+                            f"{distinct:,} distinct labels: read as class indices they would make {top + 1:,} "
+                            "classes. A KEY.cls holds the class index (0 to classes - 1), not a class id: write the "
+                            "indices (numbering the classes in order), and keep ids in another member (KEY.txt)")
+        return top + 1
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
 
-from repre.config import DataConfig
+from repre.config import REMOTE_ROOTS, URL, DataConfig
 from repre.data.fashion_mnist import DEFAULT_ROOT, FashionMNIST
 from repre.data.folder import (
     HIDDEN,
@@ -113,12 +113,26 @@ def held_out_shards(base: Path) -> list[str]:
     return [p.name for p in shard_files(base)[0] if HELD_OUT.search(p.name[: -len(".tar")].lower())]
 
 
-def _given_root(root: str | None, name: str) -> str:
-    """data.root, which data.name=`name` needs: refused when not given."""
+def _given_root(root: str | None, name: str, streamed: bool = False) -> str:
+    """data.root, which data.name=`name` needs: refused when not given, or when a URL is given where it is read
+    as a local path (`streamed`: shards read as streams, which take http(s):// and pipe:)."""
     if not root:
         folder = "shards" if name == "shards" else "images"
         raise UserError(f"data.name={name} needs data.root: --set data.root=/path/to/{folder}")
-    return root
+    remote = root.startswith(REMOTE_ROOTS)
+    if not (remote or URL.match(root)) or (name == "shards" and streamed and remote):
+        return root
+    if name != "shards":
+        raise UserError(f"data.root={root}: data.name={name} reads a local or mounted folder, not a URL; mount it "
+                        "(s3fs, gcsfuse, ...) or copy the images, or pack them in tar shards and stream those "
+                        "(data.name=shards)")
+    if remote:
+        raise UserError(f"data.root={root} is read as a stream, not with random access (data.shard_access=random): "
+                        "leave data.shard_access at auto, or give the shards' local or mounted path")
+    raise UserError(f"data.root={root}: shards are streamed from http(s):// URLs and pipe: commands, not from "
+                    f"{root.split('://')[0]}:// ones; give the command that writes each shard to its standard "
+                    f"output, e.g. --set 'data.root=pipe:aws s3 cp {root} -' (gs://: pipe:gsutil cat), or the "
+                    "shards' local or mounted path")
 
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
@@ -196,7 +210,7 @@ def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
         from repre.data.stream import StreamShards
 
         if cfg.streamed:
-            root = _given_root(cfg.root, "shards")  # a URL stays a string: a Path would join its "//"
+            root = _given_root(cfg.root, "shards", streamed=True)  # a URL stays a string: a Path would join its "//"
             if split != "train":
                 raise UserError(STREAMS_EVALUATE.format(root=root))
             return StreamShards(root if not Path(root).is_dir() else str(_folder_split(root, split, "shards")),

@@ -49,18 +49,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from repre.config import REMOTE_ROOTS
 from repre.core.rng import epoch_seed
-from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, warn_unreadable
-from repre.data.shards import (
-    LABEL_EXTENSIONS,
-    all_zeros,
-    dotted_image,
-    expand,
-    label_in,
-    shard_paths,
-    split_key,
-    warn_dotted,
-    warn_second_images,
-)
+from repre.data.folder import MEAN, STD, UnreadableImage, decode, warn_unreadable
+from repre.data.shards import AFTER_END, LeftOut, after_end, expand, label_in, samples_of, shard_paths
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -181,8 +171,8 @@ def read_samples(url: str, attempts: int = 3, failed: list[str] | None = None) -
                     yield sample
             return
         except DamagedShard as exc:  # read again, it would stop there again
-            log.warning("shard %s %s, after %d samples: the members after it are left out; copy it again",
-                        url, exc, given)
+            log.warning("shard %s %s, after %d samples: the members after it are left out; %s", url, exc, given,
+                        exc.advice)
             failed.append(url)
             return
         except BROKEN as exc:
@@ -207,60 +197,57 @@ def read_samples(url: str, attempts: int = 3, failed: list[str] | None = None) -
 
 
 class DamagedShard(Exception):
-    """A shard whose member headers stop at a damaged one: read again, it stops there again."""
+    """A shard whose member headers stop before its end: read again, it stops there again. Its text says where
+    and why, its `advice` what to do."""
+
+    def __init__(self, what: str, advice: str = "copy it again") -> None:
+        super().__init__(what)
+        self.advice = advice
 
 
 def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
-    """The samples of one reading of a shard; raises what a broken stream raises (BROKEN), and DamagedShard
-    where its headers stop before its end."""
-    key, image, label = None, None, -1
-    with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            k, ext = split_key(member.name)
-            if k != key:
-                if image is not None:
-                    yield key, image, label
-                key, image, label = k, None, -1
-            if ext in EXTENSIONS and image is None:
-                image = tar.extractfile(member).read()
-            elif ext in EXTENSIONS and not _second_said:  # a sample's second image: its first is read, as indexed
-                _second_said.append(member.name)
-                warn_second_images(1, member.name, url)
-            elif dotted_image(ext) and not _dotted_said:
-                _dotted_said.append(member.name)
-                warn_dotted(1, member.name, url)
-            elif ext in LABEL_EXTENSIONS:
-                text = tar.extractfile(member).read().decode("utf-8", "replace").strip()
-                found = label_in(text)
-                label = found if found is not None else _not_a_label(url, member.name, text)
-        if image is not None:
-            yield key, image, label
-        # tarfile ends quietly where a header is cut short or damaged: a whole end-of-archive block, and zeros
-        # after it (tarfile's read-ahead, its stream's private `buf`, then what the stream holds), tell its end
-        stop = tar.offset
-        if getattr(tar.fileobj, "pos", stop + tarfile.BLOCKSIZE) - stop < tarfile.BLOCKSIZE:
-            raise DamagedShard(f"is cut short at byte {stop:,} (no end-of-archive block)")
-        held = [stream.held()] if isinstance(stream, _PipeStream) else iter(lambda: stream.read(1 << 20), b"")
-        if not all_zeros(chain([getattr(tar.fileobj, "buf", b"")], held)):
-            raise DamagedShard(f"has a damaged member header at byte {stop:,}")
+    """The samples of one reading of a shard (`samples_of`); raises what a broken stream raises (BROKEN), and
+    DamagedShard where its headers stop before its end. The members it leaves out are said once a process."""
+    left = LeftOut()
+    try:
+        with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            yield from samples_of(tar, lambda member: tar.extractfile(member).read(),
+                                  lambda member, text: _label(url, member.name, text), left)
+            # tarfile ends quietly where a header is cut short or damaged: a whole end-of-archive block, and zeros
+            # after it (tarfile's read-ahead, its stream's private `buf`, then what the stream holds), tell its end
+            stop = tar.offset
+            if getattr(tar.fileobj, "pos", stop + tarfile.BLOCKSIZE) - stop < tarfile.BLOCKSIZE:
+                raise DamagedShard(f"is cut short at byte {stop:,} (no end-of-archive block)")
+            held = [stream.held()] if isinstance(stream, _PipeStream) else iter(lambda: stream.read(1 << 20), b"")
+            if found := after_end(chain([getattr(tar.fileobj, "buf", b"")], held)):
+                why, advice = AFTER_END[found]
+                raise DamagedShard(f"{why} at byte {stop:,}", advice)
+    finally:
+        _say_left_out(left, url)
 
 
-_dotted_said: list[str] = []  # the first member left out for the dots in its name, named once a process
-_second_said: list[str] = []  # the first member left out as a sample's second image, named once a process
-_labels_said: list[str] = []  # the first label file that held no integer, named once a process
+_said: set[str] = set()  # the kinds of members left out (and label files that held no integer) said once a process
 
 
-def _not_a_label(url: str, name: str, text: str) -> int:
-    """-1 (no label) for a label file that holds no integer, said once a process (shards of class names would
-    say it at every sample): a stream cannot be checked before the run, as indexed shards are (they refuse it),
-    and one bad file should not stop it."""
-    if not _labels_said:
-        _labels_said.append(name)
+def _say_left_out(left: LeftOut, url: str) -> None:
+    """Warn of the first member of each kind a shard's grouping left out, once a process: a stream reads on
+    through the epochs, each shard again and again."""
+    for kind in ("dotted", "second", "unpaired"):
+        if getattr(left, kind) and kind not in _said:
+            _said.add(kind)
+            LeftOut(**{kind: getattr(left, kind)[:1]}).warn(url)
+
+
+def _label(url: str, name: str, text: str) -> int:
+    """The class index a label file holds (`label_in`), or -1 for one that holds no integer: said once a
+    process (shards of class names would say it at every sample), as a stream cannot be checked before the run,
+    as indexed shards are (they refuse it), and one bad file should not stop it."""
+    found = label_in(text)
+    if found is None and "label" not in _said:
+        _said.add("label")
         log.warning("%s:%s holds %r, not an integer label: read as unlabelled, as is any other such label file "
                     "(not named again)", url, name, text[:20])
-    return -1
+    return -1 if found is None else found
 
 
 class StreamShards:
@@ -290,6 +277,10 @@ class StreamShards:
 
     def __len__(self) -> int:
         return self.size or len(self._first_images())
+
+    def sample_name(self, key: int) -> str:
+        """Where the streamed sample of views key `key` (shard << KEY_BITS | position) lives, for messages."""
+        return f"{self.urls[key >> KEY_BITS]}, sample {key & ((1 << KEY_BITS) - 1)} (from 0)"
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         first = self._first_images()
