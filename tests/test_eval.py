@@ -302,14 +302,20 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
         # the step file, not last.pt (which names another step once the run goes on)
         assert evaluated["file"] == str(run / "checkpoints" / f"step-{evaluated['step']:08d}.pt")
     assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=3"])[0] == 0
+    # the run's own settings repeated measure what the run measures: filed, drawn and compared as its own (they
+    # named a folder of other settings, and the curve left the point out)
+    code, stdout = run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "eval.knn.k=20", "--set",
+                            "eval.knn.temperature=0.07", "--set", "data.name=synthetic"])
+    assert code == 0 and last_json(stdout)["checkpoint"]["set"] == []
+    assert last_json(stdout)["value"] == pytest.approx(values[20])
     # the precision rounds the features measured: its result kept apart (it replaced the run's own)
-    assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "train.precision=fp32"])[0] == 0
+    assert run_cli(["eval", "knn", "--checkpoint", str(run), "--set", "train.precision=bf16"])[0] == 0  # run: fp32
     points = tensorboard_series(run / "tb" / "repre_eval", "repre_eval/knn_top1")
     assert [step for step, _ in points] == [10, 20] and dict(points) == pytest.approx(values)  # no third point
     # each result kept: the run's own in eval/knn/, the earlier checkpoint's and the other k's beside it
     kept = {str(p.parent.relative_to(run / "eval" / "knn")): json.loads(p.read_text())["value"]
             for p in (run / "eval" / "knn").rglob("result.json")}
-    assert set(kept) == {".", "step-00000010", "eval.knn.k=3", "train.precision=fp32"}
+    assert set(kept) == {".", "step-00000010", "eval.knn.k=3", "train.precision=bf16"}
     assert kept["."] == pytest.approx(values[20])
 
 

@@ -330,9 +330,14 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
     evals = run_evaluations(tmp_path, 20, "encoder", cfg)
     assert evals == [{"task": "knn", "metric": "top1", "value": 0.7, "from": "pretrain",  # not step 10's eval
                       "settings": ["eval.knn.train_subset=40"]},
-                     {"task": "linear", "metric": "top1", "value": 0.6, "from": "repre eval", "set": named}]
+                     {"task": "linear", "metric": "top1", "value": 0.6, "from": "repre eval", "set": named,
+                      "settings": []}]
+    # `repre eval knn` measured with the run's own subset of the bank too, which its --set did not change: said
+    # beside the --set (a card that showed the --set alone passed it for the whole bank's k-NN)
     assert run_evaluations(tmp_path, 10, "encoder", cfg) == [
-        {"task": "knn", "metric": "top1", "value": 0.5, "from": "repre eval", "set": named}]
+        {"task": "knn", "metric": "top1", "value": 0.5, "from": "repre eval", "set": named,
+         "settings": ["eval.knn.train_subset=40"]}]
+    assert run_evaluations(tmp_path, 10, "encoder", tiny_config("eval.knn.test_subset=40"))[0]["settings"] == []
     assert [e["task"] for e in run_evaluations(tmp_path, 20, "momentum_encoder", cfg)] == ["segment"]
     (tmp_path / "eval" / "knn" / "result.json").write_text(json.dumps(
         {"task": "knn", "metric": "top1", "value": 0.55,

@@ -277,7 +277,10 @@ def test_the_picture_takes_at_most_its_queries_and_neighbours(embedded_folder, t
 
     run, emb = embedded_folder
     monkeypatch.setattr(repre.use.neighbors, "MAX_QUERIES", 2)
+    # the range said is the one taken (it said "from 1 to 12", the rows, and 12 was then refused)
     assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--queries", "3"))[0] == 2
+    assert "--queries 3: the picture draws at most 2, a row each, so from 1 to 2" in capsys.readouterr().err
+    assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--query-index", "0,1,2"))[0] == 2
     assert "3 queries: the picture draws at most 2, a row each" in capsys.readouterr().err
     monkeypatch.setattr(repre.use.neighbors, "MAX_K", 4)
     assert run_cli(neighbors_args(run, emb, tmp_path / "x.png", "--k", "5"))[0] == 2

@@ -23,12 +23,13 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from repre.config import Config, KNNConfig
+from repre.config import EVAL_TASKS, Config
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
 from repre.core.atomic import replacing
@@ -102,16 +103,23 @@ def transform_difference(model: torch.nn.Module, images: list[torch.Tensor]) -> 
     return worst
 
 
-def knn_settings(cfg: Config) -> list[str]:
-    """The settings of a run's final k-NN that differ from the defaults (a subset, k, T, the validation split),
-    as config items ("eval.knn.train_subset=1000"): what its value measured."""
-    knn, default = cfg.eval.knn, KNNConfig()
-    measured = [f.name for f in dataclasses.fields(KNNConfig) if f.name not in KNNConfig.run_only]  # k, T, sizes
-    said = [f"eval.knn.{name}={getattr(knn, name)}" for name in measured
-            if getattr(knn, name) != getattr(default, name)]
+def task_settings(cfg: Config, task: str, given: Sequence[str] = ()) -> list[str]:
+    """The settings of `cfg` (a run's config) that an evaluation of `task` measured with and that differ from the
+    defaults (a subset, k, T, the validation split), as config items ("eval.knn.train_subset=1000"), less the
+    keys `given` by its `--set` (named beside them); a data path named, not given."""
+    section = getattr(cfg.eval, task)
+    default, run_only = type(section)(), getattr(type(section), "run_only", set())
+    said = [f"eval.{task}.{f.name}={getattr(section, f.name)}" for f in dataclasses.fields(section)
+            if f.name not in run_only and getattr(section, f.name) != getattr(default, f.name)]
     if cfg.eval.split != "test":
         said += [f"eval.split={cfg.eval.split}", f"eval.val_size={cfg.eval.val_size}"]
-    return said
+    set_keys = {str(item).split("=", 1)[0].strip() for item in given}
+    return [unpathed(item) for item in said if item.split("=", 1)[0] not in set_keys]
+
+
+def unpathed(item: str) -> str:
+    """A config item with a data path named, not given (the training machine's paths)."""
+    return re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", item)
 
 
 def run_evaluations(run: Path, step: int, key: str, cfg: Config) -> list[dict[str, Any]]:
@@ -122,15 +130,16 @@ def run_evaluations(run: Path, step: int, key: str, cfg: Config) -> list[dict[st
     done = read_json(run / run_files.SUMMARY)
     if done.get("knn_top1") is not None and done.get("steps") == step and key == eval_encoder_key(cfg.method.name):
         evals.append({"task": "knn", "metric": "top1", "value": done["knn_top1"], "from": "pretrain",
-                      "settings": knn_settings(cfg)})
+                      "settings": task_settings(cfg, "knn")})
     for r in run_results(run, every=True):
         of = r.get("checkpoint") or {}  # results written before repre recorded it: which checkpoint is unknown
         if isinstance(of, dict) and of.get("step") == step and of.get("encoder") == key:
-            how = [re.sub(r"^(data\.root|eval\.segment\.root)=.*", r"\1=(a path)", str(item))
-                   for item in of.get("set", [])]
+            given = [str(item) for item in of.get("set", [])]
             on = r.get("extra", {}).get("data") if r["task"] == "segment" else None  # the probe's own images
+            settings = task_settings(cfg, r["task"], given) if r["task"] in EVAL_TASKS else []
             evals.append({"task": r["task"], "metric": r.get("metric"), "value": r.get("value"),
-                          "from": "repre eval", "set": how, **({"data": on} if on else {})})
+                          "from": "repre eval", "set": [unpathed(item) for item in given], "settings": settings,
+                          **({"data": on} if on else {})})
     return evals
 
 

@@ -5,6 +5,7 @@ command does not read (which it reads: `repre.config.reads`)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,41 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | No
     if cfg.data.source == recorded_source and launch.launch_rank() == 0:  # the run's data, not others given
         check_data_code(cfg.data, ckpt.get("data_code"), checkpoint)
     return ckpt, cfg
+
+
+def changed_settings(checkpoint: str | Path, overrides: Sequence[str]) -> list[str]:
+    """The items of `overrides` that give a key another value than the checkpoint's run has: one that repeats
+    the run's own setting (`eval.knn.train_subset=2000` on a run with 2000) measures what the run measures, so
+    its result is filed, drawn in the run's TensorBoard and compared as the run's own. Overrides that do not
+    load are returned whole: the command's own checks say what is wrong with them."""
+    items = override_items(overrides)
+    if not items:
+        return items
+    try:
+        raw = migrate(ckpt_io.load(checkpoint, weights=False)["config"])
+        run = config_from_dict(copy.deepcopy(raw), migrated=True)
+        merged = copy.deepcopy(raw)
+        deep_update(merged, parse_overrides(items))
+        given = config_from_dict(merged, migrated=True)
+    except (UserError, KeyError, TypeError, ValueError):
+        return items
+
+    def value(cfg: Config, key: str) -> object:
+        node: object = cfg
+        for part in key.split("."):
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        return node
+
+    changed = []
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        try:
+            same = value(given, key) == value(run, key)
+        except (AttributeError, KeyError, TypeError):
+            same = False
+        if not same:
+            changed.append(item)
+    return changed
 
 
 def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str) -> None:

@@ -143,12 +143,12 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from repre.core.eval_results import eval_dir
-    from repre.eval import evaluate, keep_result, result_folder
+    from repre.eval import changed_settings, evaluate, keep_result, result_folder
 
+    measured = changed_settings(args.checkpoint, args.overrides)  # the run's own settings repeated: its folder
     # named by an error of the filesystem (a full disk), from here on
-    args.resolved_out = str(Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, args.overrides))
-    out = result_folder(args.checkpoint, args.task, args.overrides, args.out,
-                        "--out" if args.out else "the result's folder")
+    args.resolved_out = str(Path(args.out) if args.out else eval_dir(args.checkpoint, args.task, measured))
+    out = result_folder(args.checkpoint, args.task, measured, args.out, "--out" if args.out else "the result's folder")
     result = evaluate(args.task, args.checkpoint, args.overrides, out)
     if launch_rank() != 0:  # under torchrun rank 0 alone writes and prints the result
         return 0

@@ -192,6 +192,19 @@ STREAMS_EVALUATE = ("evaluation reads labelled images at random, which streamed 
                     "--set data.shard_access=random")
 
 
+def check_out_of_images(out: Path, cfg: DataConfig) -> None:
+    """Refuse a run directory inside the image folder it trains on: every image under data.root is read, so the
+    run's pictures (recon.png, eval/) would become training images (and a class folder of their own) from the
+    next epoch, a resume or an evaluation on."""
+    if cfg.name != "folder" or not cfg.root or URL.match(cfg.root) or cfg.root.startswith(REMOTE_ROOTS):
+        return
+    root, run = Path(cfg.root).expanduser().resolve(), out.expanduser().resolve()
+    if run == root or root in run.parents:
+        raise UserError(f"--out {out} is inside data.root {cfg.root}, every image of which is read: the run's "
+                        "pictures (recon.png, eval/) would become training images; choose an --out outside it (a "
+                        "run moved elsewhere resumes there)")
+
+
 def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
     """The `split` ("train" or "test") of the configured dataset."""
     if cfg.name == "fashion-mnist":

@@ -31,6 +31,7 @@ from repre.core.run_lock import RunLock
 from repre.core.runtime import LossScaler, Runtime, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
+from repre.data.sources import check_out_of_images
 from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints
@@ -114,6 +115,7 @@ class Trainer:
         if init_from and not checkpoint_io.checkpoint_file(init_from).is_file():  # before --out is made
             raise UserError(f"--init-from {init_from}: no checkpoint there; give a run directory or a .pt file")
         self._take_lock(runs_only=True)  # a run another process trains: said so before "add --resume" is
+        check_out_of_images(self.out, cfg.data)
         run_files.check_out(self.out, resume)
         dist.barrier()  # every process has checked --out before rank 0 writes into it
         self._take_lock()  # a requeue while the run trains: refused before it indexes the data

@@ -18,6 +18,7 @@ from repre.engine.metrics import add_evaluation
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.pretrained import (  # noqa: F401 (load_encoder: the name repre.eval gave before repre.pretrained)
+    changed_settings,
     encoder_from,
     load_checkpoint_config,
     load_encoder,
@@ -55,11 +56,12 @@ def evaluate(
     if task not in EVAL_TASKS:
         raise UserError(f"unknown evaluation {task!r}; choose from {', '.join(EVAL_TASKS)}")
     overrides = override_items(overrides)
-    out = None if out is None else Path(out).expanduser()
+    measured = changed_settings(checkpoint, overrides)  # the result's record and folder: the run's own repeated
+    out = None if out is None else Path(out).expanduser()  # settings left out
     if keep:
-        out = result_folder(checkpoint, task, overrides, out, "out")
+        out = result_folder(checkpoint, task, measured, out, "out")
     with launch.said_by_the_first(task not in SHARES_WORK):  # until the config says whether the work is shared
-        result = _evaluate(task, checkpoint, overrides, out)
+        result = _evaluate(task, checkpoint, overrides, out, measured)
     if keep and launch.launch_rank() == 0:  # under torchrun one process writes
         try:
             keep_result(result, checkpoint, Path(out))
@@ -96,7 +98,8 @@ def keep_result(result: dict[str, Any], checkpoint: str | Path, out: Path) -> Pa
     return path
 
 
-def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str | Path | None) -> dict[str, Any]:
+def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str | Path | None,
+              measured: list[str]) -> dict[str, Any]:
     refuse_unread(f"repre eval {task}", overrides, eval_reads(task))
     read = ckpt_io.pinned(checkpoint)  # one file: a run still training replaces its last.pt
     ckpt, cfg = load_checkpoint_config(read, overrides)
@@ -110,7 +113,7 @@ def _evaluate(task: str, checkpoint: str | Path, overrides: list[str], out: str 
                         f"would change nothing); drop {'it' if len(others) == 1 else 'them'}")
     encoder_key = "encoder" if task == "recon" else eval_encoder_key(cfg.method.name)  # the decoder's: online
     evaluated = {"file": str(read.expanduser().resolve()), "step": int(ckpt.get("step", 0)),
-                 "encoder": encoder_key, "set": overrides}
+                 "encoder": encoder_key, "set": measured}
     if task == "recon":
         from repre.eval.recon import recon_eval
 

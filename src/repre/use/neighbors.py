@@ -57,8 +57,11 @@ def choose_queries(rows: int, count: int | None, given: list[int] | None, seed: 
         if bad:
             raise UserError(f"--query-index {bad[0]} is not a row of {name} (0 to {rows - 1})")
         return list(dict.fromkeys(given))  # a row given twice is drawn once
-    if not 0 < count <= rows:
-        raise UserError(f"--queries {count}: {name} has {rows} rows, so from 1 to {rows}")
+    most = min(rows, MAX_QUERIES)
+    if not 0 < count <= most:
+        why = (f"{name} has {rows} rows" if rows <= MAX_QUERIES else
+               f"the picture draws at most {MAX_QUERIES}, a row each")
+        raise UserError(f"--queries {count}: {why}, so from 1 to {most}")
     return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
 
 
