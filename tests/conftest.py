@@ -119,11 +119,16 @@ def image_folder(tmp_path) -> Path:
 
 @pytest.fixture
 def repre_log(caplog, monkeypatch):
-    """caplog for the "repre" logger (the CLI stops it propagating to the root logger, where caplog listens)."""
+    """caplog for the "repre" logger (the CLI stops it propagating to the root logger, where caplog listens),
+    with the warnings said once a process (of a file, of a shard's members) not yet said: a test sees its own,
+    whatever the tests before it met in this process."""
     import logging
 
     from repre.cli import setup_logging
+    from repre.data import folder, stream
 
+    monkeypatch.setattr(folder, "_said", set())
+    monkeypatch.setattr(stream, "_said", set())
     setup_logging()  # what the CLI does on its first call; then let records reach caplog
     monkeypatch.setattr(logging.getLogger("repre"), "propagate", True)
     caplog.set_level("INFO", logger="repre")

@@ -117,7 +117,6 @@ def test_a_run_of_unreadable_files_is_replaced_by_images_drawn_apart_then_refuse
     from repre.data import folder as folder_module
     from repre.data.sources import REPLACEMENT_TRIES
 
-    monkeypatch.setattr(folder_module, "_said", set())  # this process's warnings so far: none
     rng = np.random.default_rng(0)
     for i in range(30):
         (tmp_path / "a" / f"a{i:03d}.png").parent.mkdir(exist_ok=True)

@@ -135,9 +135,7 @@ def _undecodable(good: bytes) -> bytes:
 def test_a_jpeg_no_decoder_reads_becomes_grey_and_is_counted(repre_log, monkeypatch):
     """A JPEG whose header passed the worker's check but whose data no decoder reads: grey of the promised size,
     counted as skipped, its file named once per process; the rest of the batch is decoded."""
-    from repre.data import folder as folder_module
 
-    monkeypatch.setattr(folder_module, "_said", set())  # this process's warnings so far: none
     good = _jpeg(np.full((8, 10, 3), 200, dtype=np.uint8))
     bad = _undecodable(good)
     assert jpeg_shape(bad) == (8, 10)
