@@ -307,16 +307,24 @@ def test_out_not_empty_without_resume(tiny_run, capsys):
     assert "holds a run; add --resume" in capsys.readouterr().err
 
 
-def test_out_inside_the_image_folder_is_refused_before_anything_is_written(image_folder, capsys):
-    """Every image under data.root is read: a run there trained on its own recon.png from a resume on (and, in
-    a folder of classes, on a class of them), and lost its exact resume to the count that changed."""
-    for out in (image_folder / "runs" / "x", image_folder / "train" / "cat" / "x", image_folder):
+def test_out_inside_the_image_folder_is_refused_before_anything_is_written(image_folder, tmp_path, capsys):
+    """Every image under the folders read is read: a run there trained on its own recon.png from a resume on
+    (and, in a folder of classes, on a class of them), and lost its exact resume to the count that changed."""
+    import shutil
+
+    flat = tmp_path / "flat"
+    shutil.copytree(image_folder / "train" / "cat", flat)
+    for root, out, read in ((image_folder, image_folder / "train" / "cat" / "x", image_folder / "train"),
+                            (image_folder, image_folder / "val" / "x", image_folder / "val"),
+                            (flat, flat / "runs" / "x", flat), (flat, flat, flat)):
         for resume in ([], ["--resume"]):
-            assert run_cli(pretrain_args(out, "data.name=folder", f"data.root={image_folder}") + resume)[0] == 2
-            assert f"--out {out} is inside data.root {image_folder}" in capsys.readouterr().err
-    assert not (image_folder / "runs").exists() and not (image_folder / "train" / "cat" / "x").exists()
-    assert run_cli(pretrain_args(image_folder.parent / "beside", "data.name=folder", f"data.root={image_folder}",
-                                 "train.max_steps=1", "eval.knn.enabled=false"))[0] == 0  # beside it: taken
+            assert run_cli(pretrain_args(out, "data.name=folder", f"data.root={root}") + resume)[0] == 2
+            assert f"--out {out} is inside {read}, whose every image" in capsys.readouterr().err
+    assert not (image_folder / "train" / "cat" / "x").exists() and not (flat / "runs").exists()
+    # beside the split folders (not read), or beside the root: taken
+    for out in (image_folder / "runs" / "x", tmp_path / "beside"):
+        assert run_cli(pretrain_args(out, "data.name=folder", f"data.root={image_folder}", "train.max_steps=1",
+                                     "eval.knn.enabled=false"))[0] == 0
 
 
 def test_out_holding_other_files_is_refused_with_or_without_resume(tmp_path, capsys):

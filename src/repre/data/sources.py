@@ -3,6 +3,7 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -193,16 +194,23 @@ STREAMS_EVALUATE = ("evaluation reads labelled images at random, which streamed 
 
 
 def check_out_of_images(out: Path, cfg: DataConfig) -> None:
-    """Refuse a run directory inside the image folder it trains on: every image under data.root is read, so the
-    run's pictures (recon.png, eval/) would become training images (and a class folder of their own) from the
-    next epoch, a resume or an evaluation on."""
+    """Refuse a run directory inside a folder of images the run reads (data.root, or its train/ and held-out
+    folders where it has them): every image under it is read, so the run's pictures (recon.png, eval/) would
+    become images of the dataset (and a class folder of their own) from the next epoch, a resume or an
+    evaluation on."""
     if cfg.name != "folder" or not cfg.root or URL.match(cfg.root) or cfg.root.startswith(REMOTE_ROOTS):
         return
-    root, run = Path(cfg.root).expanduser().resolve(), out.expanduser().resolve()
-    if run == root or root in run.parents:
-        raise UserError(f"--out {out} is inside data.root {cfg.root}, every image of which is read: the run's "
-                        "pictures (recon.png, eval/) would become training images; choose an --out outside it (a "
-                        "run moved elsewhere resumes there)")
+    if not Path(cfg.root).expanduser().is_dir():  # said when the data are read
+        return
+    read = [_folder_split(cfg.root, "train")]  # the root, or its train/ where it has split folders
+    with contextlib.suppress(UserError):  # no held-out folder (NoTestSplit is a UserError)
+        read.append(_folder_split(cfg.root, "test"))
+    run = out.expanduser().resolve()
+    for folder in (f.resolve() for f in read):
+        if run == folder or folder in run.parents:
+            raise UserError(f"--out {out} is inside {folder}, whose every image data.root={cfg.root} reads: the "
+                            "run's pictures (recon.png, eval/) would become images of the dataset; choose an --out "
+                            "outside it (a run moved elsewhere resumes there)")
 
 
 def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
