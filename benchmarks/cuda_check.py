@@ -105,7 +105,7 @@ def check_views(dev: str) -> dict[str, dict]:
     from PIL import Image
 
     from repre.config import AugConfig
-    from repre.data.device_views import resized_crops
+    from repre.data.device_views import crop_sets
     from repre.data.views import ViewSpec, photometric, sample_views
 
     g = torch.Generator().manual_seed(0)
@@ -115,8 +115,8 @@ def check_views(dev: str) -> dict[str, dict]:
     params = [sample_views(spec, 0, 0, i, h, w) for i, (h, w) in enumerate(shapes)]
     boxes, flips = torch.stack([p[0] for p in params]), torch.stack([p[1] for p in params])
     photo = torch.stack([p[2] for p in params]).flatten(0, 1)
-    cpu = resized_crops(images, boxes, flips, 224)
-    cuda = resized_crops([x.to(dev) for x in images], boxes, flips, 224).cpu()
+    cpu = crop_sets(images, [(boxes, flips, 224)])[0]
+    cuda = crop_sets([x.to(dev) for x in images], [(boxes, flips, 224)])[0].cpu()
     crop_diff = int((cpu.int() - cuda.int()).abs().max())
     out = {"crops_cuda_vs_cpu": {"ok": crop_diff <= 1, "max_rel_diff": crop_diff, "unit": "grey levels"}}
     a = photometric(cpu.flatten(0, 1), photo, spec)

@@ -18,7 +18,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torchvision.transforms import v2
 
-from repre.nn import ReconstructionBranch
+from repre.branch import ReconstructionBranch
 
 
 def train(images: torch.Tensor, steps: int = 20, weight: float = 1.0, seed: int = 0) -> list[float]:

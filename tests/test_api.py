@@ -13,13 +13,13 @@ import torch
 
 import repre
 from conftest import LOCAL_AUG, tiny_config
+from repre.branch import ReconstructionBranch
 from repre.builder import build_model
 from repre.config import ReconConfig, load_config
 from repre.errors import StoppedEarly, UserError
 from repre.losses import dino_loss, reconstruction_loss
 from repre.methods import FRAMEWORK_CLASSES
 from repre.models.decoder import UPSAMPLE, Decoder
-from repre.nn import ReconstructionBranch
 
 
 def test_overrides_are_a_list_or_a_mapping_and_one_string_is_refused():

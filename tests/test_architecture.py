@@ -107,9 +107,9 @@ def test_every_branch_key_of_the_config_reaches_the_branch_with_its_default():
     import dataclasses
     import inspect
 
+    from repre.branch import ReconstructionBranch
     from repre.builder import RECON_WRAPPER_KEYS
     from repre.config import ReconConfig
-    from repre.nn import ReconstructionBranch
 
     fields = {f.name for f in dataclasses.fields(ReconConfig)} - set(RECON_WRAPPER_KEYS)
     accepted = set(inspect.signature(ReconstructionBranch.__init__).parameters) - {"self", "encoder", "taps"}

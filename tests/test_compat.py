@@ -118,6 +118,20 @@ def test_a_loaders_workers_stop_as_the_block_ends_an_error_included():
     assert not multiprocessing.active_children()
 
 
+def test_the_workers_of_every_live_loader_iterator_are_stopped():
+    """What runs at the interpreter's exit (`repre.data.workers`): loaders a traceback kept alive are found and
+    their workers stopped, each by the iterator's own clean-up."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    kept = [iter(DataLoader(list(range(8)), batch_size=2, num_workers=1)) for _ in range(2)]
+    assert [next(batches).tolist() for batches in kept] == [[0, 1], [0, 1]]
+    assert len(multiprocessing.active_children()) == 2
+    compat.stop_live_loader_workers()
+    assert not multiprocessing.active_children()
+
+
 def test_an_evaluation_loader_s_workers_stop_when_its_reading_fails():
     """The k-NN's, probes' and fine-tuning's loader iterates through a generator of its own: an error in the
     reading left its workers alive for as long as the traceback was kept (a notebook's whole session)."""

@@ -77,8 +77,8 @@ def test_inductor_gives_the_branch_gradients_the_parameters_layout():
     (the decoder's head, a Swin's laterals) with other strides on its size-1 dimensions: no memory layout
     differs, which is why run_settings silences DDP's warning about it. Any other stride difference would be a
     real one, and a copy each step. (The whole model's compiled units: the slow test below.)"""
+    from repre.branch import ReconstructionBranch
     from repre.models.backbone import Backbone, resolve_arch
-    from repre.nn import ReconstructionBranch
 
     swin = Backbone(*resolve_arch("swin_pico_patch2_window4", 16, 0.0, {}))
     torch._dynamo.reset()

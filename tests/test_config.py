@@ -398,7 +398,7 @@ def test_a_config_written_before_the_branch_s_measured_defaults_keeps_the_branch
     today's default, as a config of one's own without `_base_` gets the measured ones."""
     import yaml
 
-    from repre.nn import ReconstructionBranch
+    from repre.branch import ReconstructionBranch
 
     old = load_config("fmnist-mocov3-repre").to_dict()
     del old["recon"]["out_stride"]

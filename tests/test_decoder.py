@@ -87,7 +87,7 @@ def test_a_swin_at_sizes_whose_stages_are_padded_reconstructs_its_views():
     first stage: a finite loss, where the first step raised."""
     import timm
 
-    from repre.nn import ReconstructionBranch
+    from repre.branch import ReconstructionBranch
 
     for size in (26, 28, 30):
         swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=size, patch_size=2, window_size=4,
@@ -188,7 +188,7 @@ def test_decoder_shapes_over_random_hierarchies(stages, base, size):
 def test_a_patch_that_x2_steps_cannot_reach_is_refused():
     """A 14-px patch: x2 steps from stride 14 never land on out_stride 4 or 1 (the decoder stopped short and
     stretched its output to the image); the branch says so instead."""
-    from repre.nn import ReconstructionBranch
+    from repre.branch import ReconstructionBranch
 
     encoder = Backbone("vit_tiny_patch16_224", {"img_size": 56, "patch_size": 14, "embed_dim": 32, "depth": 2,
                                                 "num_heads": 2})

@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from conftest import LOCAL_AUG, last_json, pretrain_args, run_cli, save_png, tiny_config
 from repre.data import device_views
-from repre.data.device_views import crop_on_device, jpeg_shape, resample_weights, resized_crops, unpack
+from repre.data.device_views import crop_on_device, crop_sets, jpeg_shape, resample_weights, unpack
 from repre.data.pipeline import Stages, ViewCollate, ViewDataset, finish_views, pretrain_loader, view_spec
 from repre.data.sources import build_source
 from repre.data.splits import subset_of, train_source
@@ -57,7 +57,7 @@ def test_resample_weights_equal_torchvision_resized_crop():
         torch.testing.assert_close(ry @ img @ rx.flip(0).T, ref.flip(-1), atol=2e-3, rtol=0)
 
 
-def test_resized_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
+def test_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
     """Images of different sizes, padded together or cut into one-image chunks: the same views, each within one
     grey level of torchvision's uint8 resized_crop."""
     g = torch.Generator().manual_seed(1)
@@ -65,9 +65,9 @@ def test_resized_crops_of_a_batch_of_sizes_in_chunks(monkeypatch):
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in shapes]
     boxes = torch.tensor([[[0, 0, h, w], [h // 4, w // 3, h // 2, w // 2]] for h, w in shapes])
     flips = torch.tensor([[False, True], [True, False], [False, False], [True, True]])
-    together = resized_crops(images, boxes, flips, 24)
+    together = crop_sets(images, [(boxes, flips, 24)])[0]
     monkeypatch.setattr(device_views, "CHUNK_ELEMENTS", 1)
-    assert torch.equal(resized_crops(images, boxes, flips, 24), together)
+    assert torch.equal(crop_sets(images, [(boxes, flips, 24)])[0], together)
     for i, img in enumerate(images):
         for v in range(2):
             ref = TF.resized_crop(img, *boxes[i, v].tolist(), size=[24, 24], antialias=True)
@@ -297,7 +297,7 @@ def test_a_huge_image_crosses_downscaled_with_its_boxes_scaled(monkeypatch):
     boxes = sample["boxes"]
     assert (boxes[:, 0] + boxes[:, 2] <= 60).all() and (boxes[:, 1] + boxes[:, 3] <= 40).all()
     assert (boxes[:, 2:] > 0).all()
-    cut = resized_crops([loaded["payload"].view(3, 60, 40)], boxes[None], sample["flips"][None], 24)[0]
+    cut = crop_sets([loaded["payload"].view(3, 60, 40)], [(boxes[None], sample["flips"][None], 24)])[0][0]
     workers = ViewDataset(None, spec, 0).sample({"image": img, "label": 3}, 0, 5)["views"]
     assert (cut.float() - workers.float()).abs().mean() < 3
 

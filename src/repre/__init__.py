@@ -7,7 +7,7 @@ The Python API behind the `repre` command:
     summary = repre.pretrain(cfg, "runs/demo")  # writes checkpoints, metrics, recon.png, summary.json
     result = repre.evaluate("knn", "runs/demo") # {"task": "knn", "metric": "top1", "value": ...}
     card = repre.export("runs/demo", "vit.safetensors")  # timm weights + model card, self-checked
-    branch = repre.ReconstructionBranch(vit, taps=4)   # the branch in your own loop (repre.nn)
+    branch = repre.ReconstructionBranch(vit, taps=4)   # the branch in your own loop (repre.branch)
     repre.embed("runs/demo", "emb.npy")         # an L2-normalized embedding per image, with its index
     repre.neighbors("runs/demo", "emb.npy", "nn.png")  # queries and their nearest images
 
@@ -30,17 +30,17 @@ _API = {  # name -> the module that defines it
     "evaluate": "repre.eval",
     "load_encoder": "repre.pretrained",
     "export": "repre.exporting",
-    "ReconstructionBranch": "repre.nn",
+    "ReconstructionBranch": "repre.branch",
     "embed": "repre.use.embed",
     "neighbors": "repre.use.neighbors",
 }
 
 if TYPE_CHECKING:
+    from repre.branch import ReconstructionBranch
     from repre.builder import build_encoder, build_model
     from repre.config import Config, load_config
     from repre.eval import evaluate
     from repre.exporting import export
-    from repre.nn import ReconstructionBranch
     from repre.pretrained import load_encoder
     from repre.pretraining import pretrain
     from repre.use.embed import embed

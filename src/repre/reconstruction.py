@@ -1,7 +1,7 @@
-"""What a run trains: `RePre`, a method with the reconstruction branch (`repre.nn`) beside it, or `Baseline`.
+"""What a run trains: `RePre`, a method with the reconstruction branch (`repre.branch`) beside it, or `Baseline`.
 
 `RePre(method, taps=..., ...)` asks the method for its online encoder's tap maps (from the forward the
-contrastive loss already runs) and hands them to its `repre.nn.ReconstructionBranch`, which decodes them to
+contrastive loss already runs) and hands them to its `repre.branch.ReconstructionBranch`, which decodes them to
 pixels; the total adds lambda * reconstruction loss:
 
     out = method.ema_then_forward(views, momentum, taps=branch.taps)  # a MethodOutput: the method's loss, the
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from repre.branch import ReconstructionBranch
 from repre.core.dist import rank
 from repre.methods.base import Method
 from repre.models.backbone import Backbone
-from repre.nn import ReconstructionBranch
 
 
 def one_view_rows(n: int, offset: int = 0, device: torch.device | None = None) -> torch.Tensor:
@@ -88,7 +88,7 @@ class Baseline(PretrainingModel):
 
 
 class RePre(PretrainingModel):
-    """A method plus the reconstruction branch (`repre.nn.ReconstructionBranch` on the method's online encoder)."""
+    """A method plus the reconstruction branch (`repre.branch.ReconstructionBranch` on the method's online encoder)."""
 
     def __init__(self, method: Method, *, taps: int | Sequence[int], recon_weight: float = 1.0,
                  views_per_image: int = 2, **branch: Any) -> None:

@@ -143,7 +143,8 @@ def _refuse_another_length(out: Path, cfg: Config, config: str, overrides: list[
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from repre.core.eval_results import eval_dir
-    from repre.eval import changed_settings, evaluate, keep_result, result_folder
+    from repre.eval import evaluate, keep_result, result_folder
+    from repre.pretrained import changed_settings
 
     measured = changed_settings(args.checkpoint, args.overrides)  # the run's own settings repeated: its folder
     # named by an error of the filesystem (a full disk), from here on

@@ -21,8 +21,8 @@ MAX_STEPS = 10**8
 
 class Section:
     """Base of the config's sections (and of `Config`): an attribute set from Python must be one of its keys. A
-    misspelt one (`cfg.train.max_step = 2`) raises AttributeError naming the nearest key; it was kept on the
-    object, left out when the config was checked again, and the run went on with the preset's value."""
+    misspelt one (`cfg.train.max_step = 2`) raises AttributeError naming the nearest key (kept on the object, it
+    would be left out when the config is checked again, and the run would go on with the preset's value)."""
 
     __slots__ = ()
 

@@ -318,7 +318,7 @@ def _unreadable(exc: Exception) -> str:
 
 
 def _renamed(key: str) -> str:
-    """A model key of repre 0.1 in today's layout: the decoder moved into the branch (`repre.nn`)."""
+    """A model key of repre 0.1 in today's layout: the decoder moved into the branch (`repre.branch`)."""
     return "branch." + key if key.startswith("decoder.") else key
 
 

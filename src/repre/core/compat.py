@@ -50,6 +50,22 @@ def workers_stopped(batches: Iterator[T]) -> Iterator[Iterator[T]]:
             stop()
 
 
+def stop_live_loader_workers() -> None:
+    """Stop the worker processes of every multi-process DataLoader iterator still alive in this process (found
+    among the garbage collector's objects), each by its own clean-up, `_shutdown_workers`: each worker told to
+    end, then joined. An iterator whose construction failed half-way is passed over."""
+    import gc
+
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    for obj in gc.get_objects():
+        if issubclass(type(obj), _MultiProcessingDataLoaderIter):  # type(): no attribute read (some warn)
+            try:
+                obj._shutdown_workers()
+            except Exception:  # noqa: BLE001 - one half-built: the next one
+                continue
+
+
 def onednn_has_bf16() -> bool:
     """oneDNN's own answer to whether it runs bf16 here: yes also on x86 CPUs with AVX-512 but no bf16
     instructions, where it emulates bf16 (`repre.core.runtime.cpu_has_bf16` asks the CPU too)."""

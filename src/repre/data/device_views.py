@@ -224,15 +224,11 @@ def _tensor_cores(device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """Images (uint8 [3, H_i, W_i] on one device) and per-view boxes [B, V, 4] (top, left, h, w), flips [B, V]
-    -> views uint8 [B, V, 3, size, size]: each box resized with antialiasing, then flipped where asked."""
-    return crop_sets(images, [(boxes, flips, size)])[0]
-
-
 def crop_sets(images: list[torch.Tensor], sets: list[CropSet]) -> list[torch.Tensor]:
-    """`resized_crops` for several sets of crops of the same images (DINO's global and local crops), each chunk
-    of images padded once for all of them: one uint8 [B, V, 3, size, size] per set."""
+    """Images (uint8 [3, H_i, W_i] on one device) and sets of crops of them, each (boxes [B, V, 4] as (top, left,
+    h, w), flips [B, V], size): per set, views uint8 [B, V, 3, size, size], each box resized with antialiasing,
+    then flipped where asked. Several sets (DINO's global and local crops) share the padding of each chunk of
+    images."""
     device = images[0].device
     with _tensor_cores(device):
         return _crop_sets(images, sets, device)

@@ -10,6 +10,7 @@ import os
 import signal
 
 from repre.core import dist, launch
+from repre.core.compat import stop_live_loader_workers
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -49,20 +50,7 @@ def _stop_workers_at_exit() -> None:
     """At the interpreter's exit, stop the workers of the loaders still alive (one an exception's traceback
     kept: Ctrl-C in a script calling `repre.pretrain`). multiprocessing's exit handler sends them SIGTERM, which
     they ignore (`worker_started`), and then waits for them: the process never ended."""
-    atexit.register(_stop_live_workers)
-
-
-def _stop_live_workers() -> None:
-    import gc
-
-    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
-
-    for obj in gc.get_objects():
-        if issubclass(type(obj), _MultiProcessingDataLoaderIter):  # type(): no attribute read (some warn)
-            try:
-                obj._shutdown_workers()  # the iterator's own clean-up: each worker told to end, then joined
-            except Exception:  # noqa: BLE001 - an iterator whose construction failed half-way: the next one
-                continue
+    atexit.register(stop_live_loader_workers)
 
 
 def worker_started(_: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from repre.nn import ReconstructionBranch
+from repre.branch import ReconstructionBranch
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

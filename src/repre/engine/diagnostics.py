@@ -1,8 +1,8 @@
 """Loss-balance diagnostics for hybrid objectives (contrastive + lambda * reconstruction).
 
 Every `train.diagnose_every` steps the `LossBalance` callback (engine/callbacks.py) measures the gradient
-each loss sends into the shared encoder (two extra backward passes through the graph of that step: about 2/3
-of a step's backward cost, so ~1% of the run at the default every-100-steps) and logs their norms and cosine.
+each loss sends into the shared encoder (two extra backward passes through the graph of that step, at those
+steps alone) and logs their norms and cosine.
 `TrendWatch` warns when one loss keeps rising while the other falls.
 """
 

@@ -145,7 +145,8 @@ class Trainer:
         self.state = RunState()
         self.guard = make_guard(cfg.train.host_sync, self.state, cfg.train.max_bad_steps, self.optimizer,
                                 self.rt.device)
-        # the batch-norm running statistics (the heads'), which a skipped step puts back
+        # what a forward moves and a skipped step puts back: the batch-norm running statistics (the heads') and
+        # the method's step buffers (DINO's center, MoBY's queues)
         self.forward_buffers = ForwardBuffers(self.model)
         self.schedules = RunSchedules.build(cfg, self.total, ema=bool(self.model.method.ema_pairs()))
         self.callbacks = [*engine_callbacks(cfg, self.model.method), *callbacks]

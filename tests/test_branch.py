@@ -1,4 +1,4 @@
-"""`repre.nn.ReconstructionBranch`: the presets' branch as a block for anyone's loop, and the example with lightly."""
+"""`repre.branch.ReconstructionBranch`: the presets' branch as a block for any loop, and the example with lightly."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import timm
 import torch
 
 from conftest import SWIN_TINY, tiny_config
+from repre.branch import ReconstructionBranch
 from repre.builder import build_model
 from repre.core import checkpoint_io
 from repre.errors import UserError
-from repre.nn import ReconstructionBranch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
