@@ -574,6 +574,20 @@ def test_a_run_whose_checkpoints_hold_last_pt_alone_resumes_from_it(tmp_path, re
     assert torch.load(folder / "last.pt", weights_only=False)["step"] == 6
 
 
+def test_a_last_pt_newer_than_every_step_file_is_resumed_from(tmp_path, repre_log):
+    """last.pt whose own step file was removed since (by hand, a tidy-up script): the resume went on from the
+    older step file before it, redoing the steps between without a word."""
+    from repre.pretraining import pretrain
+
+    run = tmp_path / "run"
+    pretrain(tiny_config(*RESUME, "train.num_workers=0", "train.max_steps=8", "train.checkpoint_every=4"), run)
+    folder = run / "checkpoints"
+    (folder / "step-00000008.pt").unlink()
+    pretrain(tiny_config(*RESUME, "train.num_workers=0", "train.max_steps=10", "train.checkpoint_every=4"), run,
+             resume=True)
+    assert f"resuming from {folder / 'last.pt'} (step 8 of 10)" in repre_log.text
+
+
 def test_a_run_resumed_before_its_first_checkpoint_draws_each_step_once_in_tensorboard(tmp_path):
     """Lost before its first checkpoint, a run resumed with --resume starts again at step 0: metrics.jsonl
     and TensorBoard drop what the lost run wrote."""

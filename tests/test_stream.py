@@ -314,6 +314,40 @@ def test_resuming_with_other_workers_restarts_the_streams_with_a_warning(shards,
     assert resumed.fit()["completed"]
 
 
+def test_streamed_shards_need_as_many_data_workers_in_every_process(monkeypatch):
+    """Each process deals the shards to its own data workers: with other counts the processes read other
+    numbers of shards (one left unread each epoch) and their streams cannot resume exactly."""
+    from repre.engine import trainer
+
+    told = []  # rank 0's values, then this process's: what the gather gives rank 1
+
+    def gather(own):
+        told.append(own)
+        return [told[0], own]
+
+    monkeypatch.setattr(trainer.dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(trainer.dist, "gather_objects", gather)
+    streamed = ["data.name=shards", "data.root=pipe:cat s-{0..7}.tar"]
+    trainer.check_processes_agree(tiny_config(*streamed, "train.num_workers=1"), 64, 4)
+    with pytest.raises(UserError, match=r"train.num_workers \(the data workers streamed shards are dealt to\) is 1 "
+                                        r"on rank 0, 2 on rank 1"):
+        trainer.check_processes_agree(tiny_config(*streamed, "train.num_workers=2"), 64, 4)
+    told.clear()
+    trainer.check_processes_agree(tiny_config("train.num_workers=1"), 64, 4)
+    trainer.check_processes_agree(tiny_config("train.num_workers=2"), 64, 4)  # indexed: each process its own
+
+
+def test_a_resume_with_other_workers_is_said_by_the_first_process_alone(shards, repre_log, monkeypatch):
+    """The warning is the run's: every process of 32 said it."""
+    from repre.data import pipeline
+
+    monkeypatch.setattr(pipeline.dist, "is_main", lambda: False)
+    data = pipeline.PretrainData.__new__(pipeline.PretrainData)
+    data.cfg, data.source = stream_config(str(shards), "train.num_workers=1"), train_source(stream_config(str(shards)))
+    data.load_state_dict({"workers": 2, "ranks": [{0: (1, 3, (8,)), 1: (0, 5, ())}]})
+    assert data.positions == {0: (0, 0, ())} and "every stream restarts" not in repre_log.text
+
+
 def test_a_streamed_run_says_once_why_it_has_no_k_nn_and_how_to_measure_it_after(shards, tmp_path, repre_log):
     """k-NN reads labelled images at random: a streamed run skips its periodic and final k-NN with one note,
     whose --set settings are told to be for `repre eval knn` on the run, not for this run."""

@@ -323,9 +323,10 @@ class PretrainData:
             return
         epochs = [pos[0] for ranks in saved["ranks"] for pos in ranks.values()]
         epoch = min(epochs, default=0)
-        log.warning("resuming streamed shards with %d processes x %d workers, saved with %d x %d: every stream "
-                    "restarts at the start of epoch %d (not the exact sequence of an uninterrupted run); to go on "
-                    "exactly, stop and resume with %d process%s and --set train.num_workers=%d",
-                    dist.world_size(), workers, len(saved["ranks"]), saved["workers"], epoch, len(saved["ranks"]),
-                    "" if len(saved["ranks"]) == 1 else "es", saved["workers"])
+        if dist.is_main():  # the run's, said once
+            log.warning("resuming streamed shards with %d processes x %d workers, saved with %d x %d: every stream "
+                        "restarts at the start of epoch %d (not the exact sequence of an uninterrupted run); to go "
+                        "on exactly, stop and resume with %d process%s and --set train.num_workers=%d",
+                        dist.world_size(), workers, len(saved["ranks"]), saved["workers"], epoch,
+                        len(saved["ranks"]), "" if len(saved["ranks"]) == 1 else "es", saved["workers"])
         self.positions = {w: (epoch, 0, ()) for w in range(workers)}

@@ -37,6 +37,18 @@ log = logging.getLogger("repre")
 RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "data.root", "eval.", *RUN_ONLY_KEYS)
 
 
+def _newer_than(last: Path, step_file: Path) -> bool:
+    """Whether last.pt holds a later step than `step_file` (the newest step file): last.pt whose own step file
+    is gone. A last.pt that cannot be read is not: the step files are tried."""
+    if run_files.checkpoint_step(last) is not None:  # it is one of the step files
+        return False
+    try:
+        step = checkpoint_io.load(last, weights=False)["step"]
+    except (UserError, KeyError, OSError):
+        return False
+    return int(step) > (run_files.step_of(step_file.name) or 0)
+
+
 class Checkpoints:
     """Writes and restores everything a run needs to go on exactly: the model, the optimizer, the scaler, the run
     variables, every process's RNG, the data pipeline's position, the monitors' state and the steps of the next
@@ -109,8 +121,9 @@ class Checkpoints:
             checkpoint_io.sweep_temporaries(self.out)
         candidates = checkpoint_io.step_checkpoints(self.out)[::-1]
         last = self.out / run_files.CHECKPOINTS / run_files.LAST
-        if not candidates and last.is_file():  # the newest checkpoint copied alone, without its step file
-            candidates = [last]
+        # the newest checkpoint copied alone, or its step file removed since: last.pt first
+        if last.is_file() and (not candidates or _newer_than(last, candidates[0])):
+            candidates = [last, *candidates]
         candidates = dist.gather_objects(candidates)[0]  # also: nobody reads while rank 0 sweeps
         found = self._first_readable(candidates)
         if found is not None:

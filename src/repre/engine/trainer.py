@@ -32,6 +32,7 @@ from repre.core.runtime import LossScaler, Runtime, run_settings, setup_runtime
 from repre.core.schedules import RunSchedules, total_steps
 from repre.data.pipeline import PretrainData
 from repre.data.sources import check_out_of_images
+from repre.data.workers import resolve_workers
 from repre.engine.agreement import Agreement
 from repre.engine.callbacks import Callback, engine_callbacks
 from repre.engine.checkpoints import Checkpoints
@@ -65,6 +66,9 @@ def check_processes_agree(cfg: Config, images: int, total: int) -> None:
         return
     own = {k: v for k, v in flatten(cfg.to_dict()).items() if not k.startswith(PER_PROCESS_KEYS)}
     own |= {"(training images)": images, "(steps)": total}
+    if cfg.data.streamed:  # each process deals the shards by its own count of data workers (`StreamViews`)
+        own["train.num_workers (the data workers streamed shards are dealt to)"] = max(
+            1, resolve_workers(cfg.train.num_workers))
     everyone = dist.gather_objects(own)
     differ = [(key, r, other.get(key)) for r, other in enumerate(everyone) for key in everyone[0]
               if other.get(key) != everyone[0][key]]
