@@ -321,6 +321,12 @@ def test_out_inside_the_image_folder_is_refused_before_anything_is_written(image
             assert run_cli(pretrain_args(out, "data.name=folder", f"data.root={root}") + resume)[0] == 2
             assert f"--out {out} is inside {read}, whose every image" in capsys.readouterr().err
     assert not (image_folder / "train" / "cat" / "x").exists() and not (flat / "runs").exists()
+    elsewhere = tmp_path / "elsewhere"  # a class folder that is a link to another place: read there too
+    shutil.move(image_folder / "train" / "dog", elsewhere)
+    (image_folder / "train" / "dog").symlink_to(elsewhere)
+    for out in (image_folder / "train" / "dog" / "x", elsewhere / "x"):
+        assert run_cli(pretrain_args(out, "data.name=folder", f"data.root={image_folder}"))[0] == 2
+        assert f"--out {out} is inside {image_folder / 'train' / 'dog'}, whose" in capsys.readouterr().err
     # beside the split folders (not read), or beside the root: taken
     for out in (image_folder / "runs" / "x", tmp_path / "beside"):
         assert run_cli(pretrain_args(out, "data.name=folder", f"data.root={image_folder}", "train.max_steps=1",

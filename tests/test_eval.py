@@ -319,6 +319,37 @@ def test_repre_eval_of_a_runs_checkpoints_draws_their_curve_in_its_tensorboard(t
     assert kept["."] == pytest.approx(values[20])
 
 
+def test_settings_that_repeat_the_run_s_own_are_left_out_of_what_was_measured(tiny_run, tmp_path):
+    """Compared as the evaluation builds its config: data.mean=null on other images measures with their own
+    statistics, where the run's are kept otherwise (`load_checkpoint_config`)."""
+    from repre.pretrained import changed_settings
+
+    run, _ = tiny_run
+    folder = ["data.name=folder", f"data.root={tmp_path}"]
+    assert changed_settings(run, ["eval.knn.k=20", *folder, "train.num_workers=0"]) == folder  # the run's k: out
+    unpinned = [*folder, "data.mean=null", "data.std=null"]
+    assert changed_settings(run, unpinned) == unpinned
+    assert changed_settings(run, ["eval.knn={k: 20, temperature: 0.07}"]) == []  # a section given whole
+    assert changed_settings(run, ["eval.knn.k=3", "eval.knn.k=20"]) == []  # the later item is the one taken
+    assert changed_settings(run, ["eval.knn.kk=3"]) == ["eval.knn.kk=3"]  # not loaded: the command says why
+
+
+def test_per_class_scores_of_many_classes_need_no_table_of_them_all():
+    """Beyond CONFUSION_CLASSES the scores come from counts by class (21,843 classes made a 3.8 GB table)."""
+    from repre.eval import scores
+
+    gen = torch.Generator().manual_seed(0)
+    truth, pred = torch.randint(0, 150, (3000,), generator=gen), torch.randint(0, 150, (3000,), generator=gen)
+    pred[::3] = truth[::3]
+    table = torch.zeros(150, 150, dtype=torch.int64)
+    table.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
+    names = [f"c{i % 149}" for i in range(150)]  # one name twice: told apart by its label
+    assert scores.per_class(pred, truth, 150, names) == scores.scores_of(table, names)
+    assert "c0 (0)" in scores.per_class(pred, truth, 150, names)["per_class_top1"]
+    few = scores.per_class(truth[:50] % 10, truth[:50] % 10, 10, None)
+    assert few["confusion"][3][3] == int((truth[:50] % 10 == 3).sum()) and few["per_class_top1"]["3"] == 1.0
+
+
 def test_a_result_goes_where_no_other_result_is(tmp_path, monkeypatch):
     """`repre eval`'s default folder: the run's newest checkpoint with the run's settings in eval/TASK/, an
     earlier checkpoint (however it is named: a symlink, a relative path) or settings that change what is

@@ -338,6 +338,12 @@ def test_the_card_carries_only_the_results_of_the_exported_checkpoint(tmp_path):
         {"task": "knn", "metric": "top1", "value": 0.5, "from": "repre eval", "set": named,
          "settings": ["eval.knn.train_subset=40"]}]
     assert run_evaluations(tmp_path, 10, "encoder", tiny_config("eval.knn.test_subset=40"))[0]["settings"] == []
+    from repre.exporting import task_settings
+
+    assert task_settings(cfg, "knn", ["eval.knn={train_subset: 20}"]) == []  # a section given whole
+    val = tiny_config("eval.knn.train_subset=40", "eval.split=val", "eval.val_size=16")
+    assert task_settings(val, "knn") == ["eval.knn.train_subset=40", "eval.split=val", "eval.val_size=16"]
+    assert task_settings(val, "knn", ["eval.split=test"]) == ["eval.knn.train_subset=40"]
     assert [e["task"] for e in run_evaluations(tmp_path, 20, "momentum_encoder", cfg)] == ["segment"]
     (tmp_path / "eval" / "knn" / "result.json").write_text(json.dumps(
         {"task": "knn", "metric": "top1", "value": 0.55,

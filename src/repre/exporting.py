@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from repre.config import EVAL_TASKS, Config
+from repre.config import EVAL_TASKS, Config, flatten, parse_overrides
 from repre.core import checkpoint_io as ckpt_io
 from repre.core import run_files
 from repre.core.atomic import replacing
@@ -111,9 +111,9 @@ def task_settings(cfg: Config, task: str, given: Sequence[str] = ()) -> list[str
     default, run_only = type(section)(), getattr(type(section), "run_only", set())
     said = [f"eval.{task}.{f.name}={getattr(section, f.name)}" for f in dataclasses.fields(section)
             if f.name not in run_only and getattr(section, f.name) != getattr(default, f.name)]
-    if cfg.eval.split != "test":
+    set_keys = set(flatten(parse_overrides([str(item) for item in given])))  # `eval.knn={k: 5}` included
+    if cfg.eval.split != "test" and "eval.split" not in set_keys:
         said += [f"eval.split={cfg.eval.split}", f"eval.val_size={cfg.eval.val_size}"]
-    set_keys = {str(item).split("=", 1)[0].strip() for item in given}
     return [unpathed(item) for item in said if item.split("=", 1)[0] not in set_keys]
 
 

@@ -5,7 +5,6 @@ command does not read (which it reads: `repre.config.reads`)."""
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,19 +48,25 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | No
     `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature. `weights`
     False: for the config alone (`ckpt_io.load`'s)."""
     ckpt = ckpt_io.load(checkpoint, weights)
-    raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
-    given = parse_overrides(overrides or [])
+    cfg = _config_of(ckpt, overrides or [])
+    recorded_source = migrate(ckpt["config"]).get("data", {}).get("source")  # in today's keys
+    if cfg.data.source == recorded_source and launch.launch_rank() == 0:  # the run's data, not others given
+        check_data_code(cfg.data, ckpt.get("data_code"), checkpoint)
+    return ckpt, cfg
+
+
+def _config_of(ckpt: dict, overrides: Sequence[str]) -> Config:
+    """A checkpoint's config (in today's keys: one of an older repre migrated) with `overrides` applied, its
+    data normalized by the pre-training's statistics unless they set `data.mean` or `data.std`."""
+    raw = migrate(ckpt["config"])
+    given = parse_overrides(list(overrides))
     if not {"mean", "std"} & set(given.get("data", {})):
         data = raw.get("data", {})  # its name and statistics alone decide (pretraining_stats)
         mean, std = pretraining_stats(DataConfig(name=data.get("name", "fashion-mnist"), mean=data.get("mean"),
                                                  std=data.get("std")))
         raw.setdefault("data", {}).update(mean=list(mean), std=list(std))
-    recorded_source = raw.get("data", {}).get("source")
     deep_update(raw, given)
-    cfg = config_from_dict(raw, migrated=True)
-    if cfg.data.source == recorded_source and launch.launch_rank() == 0:  # the run's data, not others given
-        check_data_code(cfg.data, ckpt.get("data_code"), checkpoint)
-    return ckpt, cfg
+    return config_from_dict(raw, migrated=True)
 
 
 def changed_settings(checkpoint: str | Path, overrides: Sequence[str]) -> list[str]:
@@ -73,11 +78,8 @@ def changed_settings(checkpoint: str | Path, overrides: Sequence[str]) -> list[s
     if not items:
         return items
     try:
-        raw = migrate(ckpt_io.load(checkpoint, weights=False)["config"])
-        run = config_from_dict(copy.deepcopy(raw), migrated=True)
-        merged = copy.deepcopy(raw)
-        deep_update(merged, parse_overrides(items))
-        given = config_from_dict(merged, migrated=True)
+        ckpt = ckpt_io.load(checkpoint, weights=False)
+        run, given = _config_of(ckpt, []), _config_of(ckpt, items)  # as the evaluation builds it
     except (UserError, KeyError, TypeError, ValueError):
         return items
 

@@ -43,9 +43,12 @@ log = logging.getLogger("repre")
 
 LABEL_EXTENSIONS = (".cls", ".cls.txt", ".label")
 # of the cached index's layout and checks (2: shards cut short or damaged refused; 3: a sample's first image
-# alone; 4: with its own label)
-INDEX_VERSION = 4
+# alone; 4: with its own label; 5: with the members left out, said at every run)
+INDEX_VERSION = 5
 OPEN_FILES = 64  # shard handles kept open per process
+# a label this large, and 100 times the number of distinct labels, is a class id rather than an index (WordNet's
+# n01440764 reads as 1,440,764; ImageNet-21k's indices stay below 22,000)
+LABEL_OUTLIER = 100_000
 GLOB = re.compile(r"[*?\[]")
 
 
@@ -129,10 +132,10 @@ def warn_second_images(count: int, example: str, where: str) -> None:
 
 
 def warn_unpaired_labels(count: int, example: str, where: str) -> None:
-    log.warning("%d label member(s) of the shards in %s follow no image of their key (%s): a sample is the "
-                "members of one key in a row, so their images are read without them; write each KEY.cls next to "
-                "its KEY.jpg (`tar cf SHARD.tar --sort=name ...` keeps a key's members together), not every label "
-                "after every image", count, where, example)
+    log.warning("%d label member(s) of the shards in %s have no image of their key in their row (%s): a sample is "
+                "the members of one key in a row, so their images are read without them; write each KEY.cls next "
+                "to its KEY.jpg (`tar cf SHARD.tar --sort=name -C FOLDER .` keeps a key's members together), not "
+                "every label after every image", count, where, example)
 
 
 @dataclass
@@ -148,11 +151,21 @@ class LeftOut:
         self.second += other.second
         self.unpaired += other.unpaired
 
+    def summary(self) -> np.ndarray:
+        """[3, 2] text: the count and the first name of each kind, as the index cache keeps them."""
+        return np.array([[str(len(names)), names[0] if names else ""]
+                         for names in (self.dotted, self.second, self.unpaired)])
+
     def warn(self, where: str) -> None:
-        for names, warn in ((self.dotted, warn_dotted), (self.second, warn_second_images),
-                            (self.unpaired, warn_unpaired_labels)):
-            if names:
-                warn(len(names), names[0], where)
+        warn_left_out(self.summary(), where)
+
+
+def warn_left_out(summary: np.ndarray, where: str) -> None:
+    """The warnings of `LeftOut.summary()`: each kind of member left out, counted, its first named."""
+    for (count, first), warn in zip(summary.tolist(), (warn_dotted, warn_second_images, warn_unpaired_labels),
+                                    strict=True):
+        if int(count):
+            warn(int(count), first, where)
 
 
 Image = TypeVar("Image")
@@ -191,26 +204,31 @@ def samples_of(tar: tarfile.TarFile, image_of: Callable[[tarfile.TarInfo], Image
 
 
 def after_end(chunks: Iterable[bytes]) -> str | None:
-    """What follows the point where a tar's member headers stopped, given as `chunks` from that block's start:
-    None for zeros alone (its end-of-archive blocks and padding); "joined" where the first block that is not
-    zeros is a tar header (a second archive joined on: `cat a.tar b.tar`, which tar and WebDataset read only
+    """What follows the point where a tar's member headers stopped, given as `chunks` from a block's start (the
+    block where they stopped, or a stream's next one): None for zeros alone (its end-of-archive blocks and
+    padding); "joined" where the first block that is not zeros is a tar header after a whole block of zeros (a
+    second archive joined on after the first one's end: `cat a.tar b.tar`, which tar and WebDataset read only
     the first of); "damaged" otherwise (a damaged header, the members after it unread)."""
     chunks = iter(chunks)
-    buf = b""
+    buf, zeros_before = b"", False  # whether a whole block of zeros was passed over
     for chunk in chunks:
         buf += chunk
         first = len(buf) - len(buf.lstrip(b"\0"))
         if first == len(buf):
-            buf = buf[len(buf) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE:]  # zeros: keep the partial block
+            whole = len(buf) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+            zeros_before = zeros_before or whole > 0
+            buf = buf[whole:]  # zeros: keep the partial block
             continue
         start = first // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
         while len(buf) < start + tarfile.BLOCKSIZE and (more := next(chunks, b"")):
             buf += more
+        if not zeros_before:
+            zeros_before = start >= tarfile.BLOCKSIZE
         try:
             tarfile.TarInfo.frombuf(buf[start:start + tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
         except tarfile.HeaderError:
             return "damaged"
-        return "joined"
+        return "joined" if zeros_before else "damaged"  # a header right after the stop: the damaged one's next
     return None
 
 
@@ -268,8 +286,9 @@ def _scan(path: Path, shard: int) -> tuple[list[list], LeftOut]:
                     f"read; {advice}")
 
 
-def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scan the shards' member headers: (entries [N, 3] int64: shard, offset, size; keys [N] bytes; labels [N])."""
+def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scan the shards' member headers: (entries [N, 3] int64: shard, offset, size; keys [N] bytes; labels [N];
+    the members left out, `LeftOut.summary()`)."""
     start = time.perf_counter()
     entries, keys, labels_of, left = [], [], [], LeftOut()
     for i, path in enumerate(paths):
@@ -279,13 +298,12 @@ def build_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, n
             entries.append((shard, offset, size))
             keys.append(key.encode("utf-8", "surrogateescape"))  # a name that is not UTF-8 as tarfile read it
             labels_of.append(label)
-    left.warn(root)
     if not entries:
         raise UserError(f"the {len(paths)} shards under {root} hold no images (looked for members named "
                         f"KEY{', KEY'.join(EXTENSIONS)}, KEY without a dot)")
     log.info("indexed %d images in %d shards under %s (%.1f s)", len(entries), len(paths), root,
              time.perf_counter() - start)
-    return np.array(entries, dtype=np.int64), np.array(keys), np.array(labels_of, dtype=np.int64)
+    return np.array(entries, dtype=np.int64), np.array(keys), np.array(labels_of, dtype=np.int64), left.summary()
 
 
 def index_cache(paths: list[Path]) -> Path:
@@ -300,22 +318,26 @@ def index_cache(paths: list[Path]) -> Path:
 
 
 def load_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shards' index from the cache when it matches them, else scanned (and cached when possible)."""
+    """The shards' index from the cache when it matches them, else scanned (and cached when possible); the
+    members the shards leave out are said either way."""
     cache = index_cache(paths)
     try:
         with np.load(cache) as z:
-            return z["entries"], z["keys"], z["labels"]
+            index = z["entries"], z["keys"], z["labels"], z["left_out"]
     except FileNotFoundError:
-        pass
+        index = None
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a write cut short: index again
         log.info("the cached shard index %s cannot be read (%s): indexing the shards again", cache, exc)
-    entries, keys, labels = build_index(paths, root)
-    try:
-        with replacing(cache) as tmp:
-            np.savez(tmp, entries=entries, keys=keys, labels=labels)
-    except OSError as exc:  # a read-only home: index again next time
-        log.info("could not cache the shard index in %s (%s)", cache.parent, exc)
-    return entries, keys, labels
+        index = None
+    if index is None:
+        index = build_index(paths, root)
+        try:
+            with replacing(cache) as tmp:
+                np.savez(tmp, **dict(zip(("entries", "keys", "labels", "left_out"), index, strict=True)))
+        except OSError as exc:  # a read-only home: index again next time
+            log.info("could not cache the shard index in %s (%s)", cache, exc)
+    warn_left_out(index[3], root)
+    return index[0], index[1], index[2]
 
 
 class TarShards:
@@ -333,21 +355,26 @@ class TarShards:
                         "unlabelled (k-NN, the probes and method.name=supervised need labels); give every sample a "
                         "KEY.cls, or none", len(self.labels) - labelled, len(self.labels), root)
             self.labels = np.full_like(self.labels, -1)
-        self.num_classes = self._classes() if labelled == len(self.labels) else None
+        self.num_classes = self._classes(root) if labelled == len(self.labels) else None
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         self._pid = os.getpid()
 
-    def _classes(self) -> int:
+    def _classes(self, root: str) -> int | None:
         """The class count of labelled shards: the largest label + 1. A label far above the others (a class id,
-        such as a WordNet number, where the index was meant) would make the count millions of classes, and the
-        evaluations' per-class tables of that size fill the memory: refused, naming the sample."""
+        such as a WordNet number, where the index was meant) would make it millions of classes, whose tables
+        (k-NN's votes, a probe's head) fill the memory: the shards are then read as unlabelled, with a warning
+        naming the sample (pre-training needs no labels)."""
         top, distinct = int(self.labels.max()), len(np.unique(self.labels))
-        if top >= 1024 and top + 1 > 10 * distinct:
-            raise UserError(f"{self.path(int(self.labels.argmax()))} has label {top:,}, though the shards hold "
-                            f"{distinct:,} distinct labels: read as class indices they would make {top + 1:,} "
-                            "classes. A KEY.cls holds the class index (0 to classes - 1), not a class id: write the "
-                            "indices (numbering the classes in order), and keep ids in another member (KEY.txt)")
-        return top + 1
+        if top < LABEL_OUTLIER or top + 1 <= 100 * distinct:
+            return top + 1
+        log.warning("%s has label %s, though the shards in %s hold %s distinct labels: read as class indices they "
+                    "would make %s classes, so the shards are read as unlabelled (k-NN, the probes and "
+                    "method.name=supervised need labels). A KEY.cls holds the class index (0 to classes - 1), not "
+                    "a class id: write the indices, numbering the classes in order, and keep ids in another member "
+                    "(KEY.txt)", self.path(int(self.labels.argmax())), f"{top:,}", root, f"{distinct:,}",
+                    f"{top + 1:,}")
+        self.labels = np.full_like(self.labels, -1)
+        return None
 
     def __len__(self) -> int:
         return len(self.entries)

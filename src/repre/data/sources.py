@@ -3,7 +3,6 @@ source's images a run or an evaluation reads (subsets, splits) is `repre.data.sp
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
@@ -200,17 +199,21 @@ def check_out_of_images(out: Path, cfg: DataConfig) -> None:
     evaluation on."""
     if cfg.name != "folder" or not cfg.root or URL.match(cfg.root) or cfg.root.startswith(REMOTE_ROOTS):
         return
-    if not Path(cfg.root).expanduser().is_dir():  # said when the data are read
+    base = Path(cfg.root).expanduser()
+    if not base.is_dir():  # said when the data are read
         return
-    read = [_folder_split(cfg.root, "train")]  # the root, or its train/ where it has split folders
-    with contextlib.suppress(UserError):  # no held-out folder (NoTestSplit is a UserError)
-        read.append(_folder_split(cfg.root, "test"))
+    try:
+        splits = [_split_dir(base, TRAIN_DIRS), _split_dir(base, HELD_OUT_DIRS)]
+    except UserError:  # a root the reading refuses: said when the data are read
+        return
+    read = [f for f in splits if f is not None] or [base]  # the split folders, or the root
+    read += [p for f in read for p in f.iterdir() if p.is_symlink() and p.is_dir()]  # class folders elsewhere
     run = out.expanduser().resolve()
-    for folder in (f.resolve() for f in read):
-        if run == folder or folder in run.parents:
-            raise UserError(f"--out {out} is inside {folder}, whose every image data.root={cfg.root} reads: the "
-                            "run's pictures (recon.png, eval/) would become images of the dataset; choose an --out "
-                            "outside it (a run moved elsewhere resumes there)")
+    folder = next((f for f in read if run == f.resolve() or f.resolve() in run.parents), None)
+    if folder is not None:
+        raise UserError(f"--out {out} is inside {folder}, whose every image data.root={cfg.root} reads: the run's "
+                        "pictures (recon.png, eval/) would become images of the dataset; choose an --out outside it "
+                        "(a run moved elsewhere resumes there)")
 
 
 def build_source(cfg: DataConfig, split: str, seed: int = 0) -> ImageSource:
