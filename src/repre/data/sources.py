@@ -129,10 +129,12 @@ def _given_root(root: str | None, name: str, streamed: bool = False) -> str:
     if remote:
         raise UserError(f"data.root={root} is read as a stream, not with random access (data.shard_access=random): "
                         "leave data.shard_access at auto, or give the shards' local or mounted path")
+    scheme = root.split("://")[0]
+    pattern = root if root.lower().endswith(".tar") else f"{scheme}://BUCKET/train-{{000000..000099}}.tar"
     raise UserError(f"data.root={root}: shards are streamed from http(s):// URLs and pipe: commands, not from "
-                    f"{root.split('://')[0]}:// ones; give the command that writes each shard to its standard "
-                    f"output, e.g. --set 'data.root=pipe:aws s3 cp {root} -' (gs://: pipe:gsutil cat), or the "
-                    "shards' local or mounted path")
+                    f"{scheme}:// ones; give the command that writes each shard to its standard output, with the "
+                    f"shards' names as a pattern, e.g. --set 'data.root=pipe:aws s3 cp {pattern} -' (gs://: "
+                    "pipe:gsutil cat), or the shards' local or mounted path")
 
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
