@@ -39,7 +39,6 @@ from repre.config.schema import (
     MULTI_CROP,
     REMOTE_ROOTS,
     RUN_ONLY_KEYS,
-    SAME_MEASUREMENT_KEYS,
     URL,
     AugConfig,
     Config,
@@ -62,7 +61,7 @@ from repre.config.schema import (
 
 __all__ = [
     "DEFAULT_PRESET", "EVAL_TASKS", "FRAMEWORKS", "MAX_STEPS", "MULTI_CROP", "REMOTE_ROOTS", "RUN_ONLY_KEYS",
-    "SAME_MEASUREMENT_KEYS", "URL",
+    "URL",
     "AugConfig", "Config", "DataConfig", "DINOConfig", "EvalConfig", "FinetuneConfig", "KNNConfig", "LinearConfig",
     "MethodConfig", "MoBYConfig", "MoCoV3Config", "ModelConfig", "ReconConfig", "ReconEvalConfig", "SegmentConfig",
     "TrainConfig",

@@ -504,10 +504,6 @@ def _run_only(cls: type, prefix: str = "") -> tuple[str, ...]:
 # (`use.compare`). One exception: streamed shards give their images in an order that follows
 # train.num_workers (a resume with another count warns).
 RUN_ONLY_KEYS = _run_only(Config)
-# the --set keys that change how an evaluation runs, not what it measures: the run-only keys. Not the precision:
-# it rounds the features an evaluation measures (the official protocols compute them in fp32), so a result at
-# another precision is kept apart from the run's own
-SAME_MEASUREMENT_KEYS = RUN_ONLY_KEYS
 
 
 NO_EMA_METHODS = ("supervised",)  # method.name values without a momentum or teacher encoder (empty `ema_pairs()`)

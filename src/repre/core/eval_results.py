@@ -11,18 +11,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from repre.config import SAME_MEASUREMENT_KEYS
+from repre.config import RUN_ONLY_KEYS
 from repre.config.reads import other_tasks
 from repre.core.run_files import EVAL, RESULT, checkpoint_step, in_checkpoints, read_json, run_dir, step_name
 
 
 def measured_otherwise(overrides: list[str], task: str) -> list[str]:
     """The `--set` items of an evaluation of `task` that change what it measures (other images, a subset,
-    another k): those of keys outside `SAME_MEASUREMENT_KEYS` and outside the other tasks' sections; of a key
-    given twice, the later item, the one the evaluation takes."""
+    another k): those of keys outside `RUN_ONLY_KEYS` (they change how an evaluation runs, not what it measures;
+    `train.precision` is not one: it rounds the features measured, which the official protocols compute in fp32)
+    and outside the other tasks' sections; of a key given twice, the later item, the one the evaluation takes."""
     last = {item.split("=")[0].strip(): item for item in overrides}
     return [item for key, item in last.items()
-            if key not in SAME_MEASUREMENT_KEYS and not key.startswith(other_tasks(task))]
+            if key not in RUN_ONLY_KEYS and not key.startswith(other_tasks(task))]
 
 
 def _eval_location(checkpoint: str | Path, task: str, overrides: list[str]) -> tuple[Path, int | None, bool, str]:
