@@ -5,6 +5,7 @@ command does not read (which it reads: `repre.config.reads`)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,17 +49,17 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: Sequence[str] | No
     `data.mean` and `data.std` themselves: another dataset's statistics would shift every feature. `weights`
     False: for the config alone (`ckpt_io.load`'s)."""
     ckpt = ckpt_io.load(checkpoint, weights)
-    cfg = _config_of(ckpt, overrides or [])
-    recorded_source = migrate(ckpt["config"]).get("data", {}).get("source")  # in today's keys
-    if cfg.data.source == recorded_source and launch.launch_rank() == 0:  # the run's data, not others given
+    raw = migrate(ckpt["config"])  # in today's keys (a checkpoint of an older repre), before the overrides
+    cfg = _config_of(raw, overrides or [])
+    if cfg.data.source == raw.get("data", {}).get("source") and launch.launch_rank() == 0:  # the run's data
         check_data_code(cfg.data, ckpt.get("data_code"), checkpoint)
     return ckpt, cfg
 
 
-def _config_of(ckpt: dict, overrides: Sequence[str]) -> Config:
-    """A checkpoint's config (in today's keys: one of an older repre migrated) with `overrides` applied, its
-    data normalized by the pre-training's statistics unless they set `data.mean` or `data.std`."""
-    raw = migrate(ckpt["config"])
+def _config_of(raw: dict, overrides: Sequence[str]) -> Config:
+    """A checkpoint's config `raw` (in today's keys) with `overrides` applied, its data normalized by the
+    pre-training's statistics unless they set `data.mean` or `data.std`."""
+    raw = copy.deepcopy(raw)
     given = parse_overrides(list(overrides))
     if not {"mean", "std"} & set(given.get("data", {})):
         data = raw.get("data", {})  # its name and statistics alone decide (pretraining_stats)
@@ -78,27 +79,17 @@ def changed_settings(checkpoint: str | Path, overrides: Sequence[str]) -> list[s
     if not items:
         return items
     try:
-        ckpt = ckpt_io.load(checkpoint, weights=False)
-        run, given = _config_of(ckpt, []), _config_of(ckpt, items)  # as the evaluation builds it
+        raw = migrate(ckpt_io.load(checkpoint, weights=False)["config"])
+        run, given = (flatten(_config_of(raw, o).to_dict()) for o in ([], items))  # as the evaluation builds them
     except (UserError, KeyError, TypeError, ValueError):
         return items
 
-    def value(cfg: Config, key: str) -> object:
-        node: object = cfg
-        for part in key.split("."):
-            node = node[part] if isinstance(node, dict) else getattr(node, part)
-        return node
-
-    changed = []
-    for item in items:
+    def changes(item: str) -> bool:  # a key, a section's keys under it, or the whole value it sits in (kwargs)
         key = item.split("=", 1)[0].strip()
-        try:
-            same = value(given, key) == value(run, key)
-        except (AttributeError, KeyError, TypeError):
-            same = False
-        if not same:
-            changed.append(item)
-    return changed
+        return any(given[k] != run.get(k) for k in given
+                   if k == key or k.startswith(key + ".") or key.startswith(k + "."))
+
+    return [item for item in items if changes(item)]
 
 
 def _load_into(module: nn.Module, state: dict, checkpoint: str | Path, what: str) -> None:
