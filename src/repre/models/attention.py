@@ -40,7 +40,7 @@ def training_attention(model: nn.Module, device: torch.device, dtype: torch.dtyp
     modules = trained_attention(model) if unfused_pays(device, dtype) else []
     before = [m.fused_attn for m in modules]
     for m in modules:
-        m.fused_attn = False
+        m.fused_attn = False  # type: ignore[assignment]  # torch's __setattr__ stub: tensors and modules only
     try:
         yield
     finally:

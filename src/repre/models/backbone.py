@@ -14,7 +14,7 @@ import difflib
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsIndex, TypeGuard
 
 import timm
 import torch
@@ -81,7 +81,7 @@ def create_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelBuildError(f"cannot build {arch} with {kwargs}: {exc}", str(exc)) from None
 
 
-def supported_units(model: nn.Module, name: str) -> nn.Module:
+def supported_units(model: nn.Module, name: str) -> nn.Sequential | nn.ModuleList:
     """A timm model's blocks (ViT) or stages (Swin), the units a tap names; UserError for a model whose maps or
     embedding the branch and the evaluations cannot read (`name`: the architecture as errors call it)."""
     units = getattr(model, "blocks", None)
@@ -112,7 +112,7 @@ def supported_units(model: nn.Module, name: str) -> nn.Module:
 def token_side(model: nn.Module, name: str) -> int:
     """A token's side in pixels (a hybrid's CNN stem reduces before its patches); UserError for patches that are
     not square."""
-    embed = model.patch_embed
+    embed: Any = model.patch_embed  # timm's class for this architecture: PatchEmbed, a hybrid's HybridEmbed, ...
     patch = getattr(embed, "patch_size", None)
     if isinstance(patch, (tuple, list)) and len(set(patch)) > 1:  # timm's feat_ratio says the larger side
         raise UserError(f"{name} has {patch[0]}x{patch[1]} pixel patches: the tap maps and the decoder take "
@@ -137,7 +137,7 @@ class Backbone(nn.Module):
         self.model = model if model is not None else create_timm(arch, kwargs)
         units = supported_units(self.model, name)
         self.hierarchical = not hasattr(self.model, "blocks")
-        self.embed_dim: int = self.model.num_features
+        self.embed_dim: int = self._timm.num_features
         self.num_units: int = len(units)  # the units a tap names: blocks (ViT) or stages (Swin)
         self.patch_size: int = token_side(self.model, name)
         info = getattr(self.model, "feature_info", None) if self.hierarchical else None
@@ -173,17 +173,17 @@ class Backbone(nn.Module):
             raise TypeError(f"taps={taps!r}: a list of block (a Swin: stage) indices, e.g. [2, 5]; a count of evenly "
                             "spaced taps is the branch's (ReconstructionBranch's taps=, recon.taps)")
         if not taps:
-            return self.model.forward_head(self.model.forward_features(x), pre_logits=True), []
+            return self._timm.forward_head(self._timm.forward_features(x), pre_logits=True), []
         units = [self._unit(t) for t in taps]
         indices = sorted(set(units))  # timm gives them in depth order
         if self.hierarchical:
-            final, maps = self.model.forward_intermediates(x, indices=indices, output_fmt="NCHW", norm=False)
+            final, maps = self._timm.forward_intermediates(x, indices=indices, output_fmt="NCHW", norm=False)
         else:
-            final, tokens = self.model.forward_intermediates(x, indices=indices, output_fmt="NLC", norm=False)
-            grid = self.model.patch_embed.dynamic_feat_size(x.shape[-2:])
+            final, tokens = self._timm.forward_intermediates(x, indices=indices, output_fmt="NLC", norm=False)
+            grid = self._timm.patch_embed.dynamic_feat_size(x.shape[-2:])
             maps = [t.unflatten(1, grid).permute(0, 3, 1, 2) for t in tokens]  # [B, L, C] -> [B, C, h, w]
         at = dict(zip(indices, maps, strict=True))
-        return self.model.forward_head(final, pre_logits=True), [at[u] for u in units]  # in the order asked
+        return self._timm.forward_head(final, pre_logits=True), [at[u] for u in units]  # in the order asked
 
     def _unit(self, tap: int) -> int:
         """A tap (negative: from the end) as a 0-based block (a Swin: stage) index; out of range: ValueError."""
@@ -200,11 +200,18 @@ class Backbone(nn.Module):
         they are (its last one normed: timm's norm follows the last stage); a ViT that norms after pooling
         (`pooled_norm`) gives its norm to each token. The training forward's tap maps are taken without the
         norm."""
-        maps = self.model.forward_intermediates(x, indices=list(units), norm=True, output_fmt="NCHW",
+        maps = self._timm.forward_intermediates(x, indices=list(units), norm=True, output_fmt="NCHW",
                                                 intermediates_only=True)
         if (fc_norm := self.pooled_norm) is not None:  # the final norm follows the mean: given to each token
             maps = [fc_norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous() for m in maps]
         return maps
+
+    @property
+    def _timm(self) -> Any:
+        """`model`, to read the members its own timm class declares and nn.Module does not (forward_intermediates,
+        patch_embed, pos_embed, a Swin's layers): timm's ViTs, Swins and their relatives (Eva, BEiT) share no class
+        that declares them. `supported_units` checks those every Backbone reads."""
+        return self.model
 
     @property
     def pooled_norm(self) -> nn.Module | None:
@@ -222,13 +229,13 @@ class Backbone(nn.Module):
         return self.hierarchical or not self.has_class_token or getattr(self.model, "global_pool", None) == "avg"
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
+        self._timm.set_grad_checkpointing(enable)
 
     def freeze_patch_embed(self) -> None:
         """MoCo v3's stability trick: keep the random patch projection fixed (its weight and bias alone, as
         moco-v3's vits.py:43-51; a Swin's norm after it trains). A convolutional stem before it (a hybrid ViT)
         is refused: the official code freezes nothing there."""
-        embed = self.model.patch_embed
+        embed = self._timm.patch_embed
         if getattr(embed, "backbone", None) is not None:
             raise UserError(f"method.mocov3.freeze_patch_embed: {type(self.model).__name__}'s patch embedding is a "
                             "convolutional stem (a hybrid), whose random weights MoCo v3 does not freeze: leave "
@@ -245,7 +252,7 @@ class Backbone(nn.Module):
     def _positioned_prefix_tokens(self) -> int:
         """The prefix tokens (class, registers) that have a row in a ViT's position embedding: none with timm's
         `no_embed_class` (deit3, registers), else all."""
-        return 0 if getattr(self.model, "no_embed_class", False) else int(self.model.num_prefix_tokens)
+        return 0 if getattr(self.model, "no_embed_class", False) else int(self._timm.num_prefix_tokens)
 
     @torch.no_grad()
     def pos_embed_at(self, grid: tuple[int, int], saved: torch.Tensor | None = None,
@@ -255,10 +262,10 @@ class Backbone(nn.Module):
         (MoCo v3's) is computed for `grid`; a learned one resampled DINO's way with model.init=dino (as its ViT
         takes another size), timm's bicubic way else. P: the prefix tokens that have a position (none with
         timm's `no_embed_class`: deit3, registers)."""
-        saved = self.model.pos_embed if saved is None else saved
-        trained = tuple(self.model.patch_embed.grid_size) if trained is None else trained
+        saved = self._timm.pos_embed if saved is None else saved
+        trained = tuple(self._timm.patch_embed.grid_size) if trained is None else trained
         if has_fixed_sincos(self.model):
-            return sincos_2d(grid, self.model.embed_dim).to(saved)
+            return sincos_2d(grid, self._timm.embed_dim).to(saved)
         if self.init == "dino":
             return dino_resample(saved, grid, trained)
         return resample_abs_pos_embed(saved, new_size=list(grid), old_size=list(trained),
@@ -270,36 +277,36 @@ class Backbone(nn.Module):
         stays frozen); a Swin keeps the windows it trained with (timm would scale them with the grid, resampling
         every position table) and its attention masks are rebuilt by timm; a size at which a stage's grid is
         smaller than its window, which would shrink the window and its table, raises UserError."""
-        if tuple(self.model.patch_embed.img_size) == tuple(size):
+        if tuple(self._timm.patch_embed.img_size) == tuple(size):
             return self
         if self.hierarchical:
             self.check_windows_at(size)
         resized = copy.deepcopy(self)
         if self.hierarchical:
-            resized.model.set_input_size(img_size=size, window_size=self.windows())
+            resized._timm.set_input_size(img_size=size, window_size=self.windows())
         else:
-            resized.model.set_input_size(img_size=size)
+            resized._timm.set_input_size(img_size=size)
         own = getattr(self.model, "pos_embed", None)
         if not self.hierarchical and own is not None:
-            grid = tuple(resized.model.patch_embed.grid_size)
+            grid = tuple(resized._timm.patch_embed.grid_size)
             resized.model.pos_embed = nn.Parameter(self.pos_embed_at(grid).detach().clone(),
                                                    requires_grad=own.requires_grad)
         return resized.to(own.device if own is not None else next(self.parameters()).device)
 
     def windows(self) -> list[tuple[int, int]]:
         """A Swin's attention window, stage by stage, as its blocks use it at its input size."""
-        return [tuple(stage.blocks[0].window_size) for stage in self.model.layers]
+        return [tuple(stage.blocks[0].window_size) for stage in self._timm.layers]
 
     def windows_at(self, size: int | None = None) -> list[tuple[int, int]]:
         """A Swin's windows as timm builds it at `size` px, where a stage whose grid is smaller than its window
         has the window shrunk to the grid; None: at a size where none is, the windows its kwargs ask for. Built
         shape-only, on the meta device."""
         with torch.device("meta"):
-            model = create_timm(self.arch, {**self.kwargs, "img_size": size or 8192})
+            model: Any = create_timm(self.arch, {**self.kwargs, "img_size": size or 8192})  # a Swin, read as `_timm`
         return [tuple(stage.blocks[0].window_size) for stage in model.layers]
 
     def least_size_for(self, windows: list[tuple[int, int]], size: tuple[int, int], multiple: int = 1
-                       ) -> tuple[int, list[tuple[int, int]]] | None:
+                       ) -> tuple[int, list[tuple[int, ...]]] | None:
         """None where every stage of this Swin at `size` (H, W) has at least as many cells as its window in
         `windows`, else (the least size that has, a multiple of the patch and of `multiple`; the stages' grids)."""
         grids = [tuple(map_side(side, self.patch_size, r) for side in size) for r in self.unit_strides]
@@ -333,7 +340,7 @@ class Backbone(nn.Module):
         side = math.isqrt(saved.shape[1] - prefix_tokens)
         if side * side != saved.shape[1] - prefix_tokens or saved.shape[-1] != own.shape[-1]:
             return []  # not a square grid of this width: left for the load to name
-        state[key] = self.pos_embed_at(tuple(self.model.patch_embed.grid_size), saved, (side, side))
+        state[key] = self.pos_embed_at(tuple(self._timm.patch_embed.grid_size), saved, (side, side))
         return [key]
 
 
@@ -357,14 +364,18 @@ def resolve_taps(spec: int | Sequence[int], depth: int) -> list[int]:
     An int n: n evenly spaced blocks ending with the last, `ceil((i + 1) * depth / n) - 1`
     (depth 12 -> [2, 5, 8, 11], depth 6 -> [1, 2, 4, 5]). A list: block indices, negatives from the end.
     """
-    def whole(v: Any) -> bool:  # an integer (a numpy or 0-d torch one too), not a bool (True is an int to Python)
+    # an integer (a numpy or 0-d torch one too), not a bool (True is an int to Python)
+    def whole(v: Any) -> TypeGuard[SupportsIndex]:
         return not isinstance(v, bool) and hasattr(v, "__index__") and getattr(v, "ndim", 0) == 0
 
     if hasattr(spec, "tolist") and getattr(spec, "ndim", 0) == 1:  # an array or tensor of indices
         spec = spec.tolist()
-    if not (whole(spec) or (isinstance(spec, Sequence) and not isinstance(spec, str) and all(map(whole, spec)))):
+    if whole(spec):
+        spec = operator.index(spec)
+    elif isinstance(spec, Sequence) and not isinstance(spec, str) and all(map(whole, spec)):
+        spec = [operator.index(t) for t in spec]
+    else:
         raise UserError(f"recon.taps={spec!r}: give a count of blocks (an int) or a list of block indices")
-    spec = operator.index(spec) if whole(spec) else [operator.index(t) for t in spec]
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
             raise UserError(f"recon.taps={spec}: need between 1 and {depth} taps for an encoder of {depth} blocks "

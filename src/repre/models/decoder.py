@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ class Lateral(nn.Sequential):
         super().__init__(nn.Conv2d(c_in, width, 1, bias=False), _norm(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm = self[0], self[1]
+        conv, norm = cast(nn.Conv2d, self[0]), self[1]  # as __init__ builds them
         if x.stride(1) == 1:
             x = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2).contiguous()
         else:

@@ -11,6 +11,8 @@ then resamples its own way, at sizes other than the exported one).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,7 @@ def dino_resample(pos_embed: torch.Tensor, grid: tuple[int, int], trained: tuple
     return torch.cat([cls, patches], dim=1)
 
 
-def _pos_embed(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _pos_embed(self: Any, x: torch.Tensor) -> torch.Tensor:
     """timm VisionTransformer._pos_embed with `dino_resample`: x [B, h, w, D] (dynamic_img_size) -> tokens
     [B, 1 + h*w, D], the class token first, the position embedding added."""
     b, h, w, d = x.shape
@@ -53,6 +55,7 @@ def dino_init_(model: nn.Module) -> None:
     if not class_token_first(model):
         raise ValueError("DINO's ViT has exactly one prefix token, the class token, and a position embedding "
                          "that covers it")
-    nn.init.trunc_normal_(model.cls_token, std=0.02)
-    if model.dynamic_img_size:
+    vit: Any = model  # its members beyond nn.Module's are its timm class's (VisionTransformer, Eva, ...)
+    nn.init.trunc_normal_(vit.cls_token, std=0.02)
+    if vit.dynamic_img_size:
         replace_pos_embed(model, _pos_embed)

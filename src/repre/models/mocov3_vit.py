@@ -5,6 +5,7 @@ embedding and MoCo v3's initialization. The result stays a plain timm VisionTran
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ def mocov3_init_(model: nn.Module) -> None:
     if not class_token_first(model):
         raise ValueError("MoCo v3's ViT has exactly one prefix token, the class token, and a position embedding "
                          "that covers it")
+    vit: Any = model  # its members beyond nn.Module's are its timm class's (VisionTransformer, Eva, ...)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             fan_out, fan_in = module.weight.shape
@@ -49,18 +51,18 @@ def mocov3_init_(model: nn.Module) -> None:
             module.weight.uniform_(-uniform_xavier_bound(fan_in, fan_out), uniform_xavier_bound(fan_in, fan_out))
             if module.bias is not None:
                 module.bias.zero_()
-    nn.init.normal_(model.cls_token, std=1e-6)
-    proj = model.patch_embed.proj
-    bound = uniform_xavier_bound(proj.weight[0].numel(), model.embed_dim)  # 3 * p * p inputs
+    nn.init.normal_(vit.cls_token, std=1e-6)
+    proj = vit.patch_embed.proj
+    bound = uniform_xavier_bound(proj.weight[0].numel(), vit.embed_dim)  # 3 * p * p inputs
     proj.weight.uniform_(-bound, bound)
     proj.bias.zero_()
-    model.pos_embed.copy_(sincos_2d(tuple(model.patch_embed.grid_size), model.embed_dim))
-    model.pos_embed.requires_grad = False
+    vit.pos_embed.copy_(sincos_2d(tuple(vit.patch_embed.grid_size), vit.embed_dim))
+    vit.pos_embed.requires_grad = False
     if getattr(model, "dynamic_img_size", False):  # DINO's local crops: their grid's own table, not a resampling
         replace_pos_embed(model, _sincos_pos_embed)
 
 
-def _sincos_pos_embed(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _sincos_pos_embed(self: Any, x: torch.Tensor) -> torch.Tensor:
     """timm VisionTransformer._pos_embed with the fixed sin-cos table of the input's own grid (the one
     `Backbone.pos_embed_at` gives an evaluation at another size): x [B, h, w, D] (dynamic_img_size) -> tokens
     [B, 1 + h*w, D], the class token first."""
@@ -78,5 +80,6 @@ def has_fixed_sincos(model: nn.Module) -> bool:
     pos = getattr(model, "pos_embed", None)
     if pos is None or pos.requires_grad or pos.shape[-1] % 4:
         return False
-    expected = sincos_2d(tuple(model.patch_embed.grid_size), model.embed_dim).to(pos.device, pos.dtype)
+    vit: Any = model  # as in mocov3_init_
+    expected = sincos_2d(tuple(vit.patch_embed.grid_size), vit.embed_dim).to(pos.device, pos.dtype)
     return pos.shape == expected.shape and bool(torch.allclose(pos, expected, atol=1e-5))

@@ -47,6 +47,8 @@ class SyncBatchNorm(BatchNormBase):
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
         """As torch's batch norm: an EMA (or, with momentum None, the cumulative mean) of the batch statistics,
         the variance unbiased."""
+        # the buffers of a norm that tracks its statistics (torch types them Tensor | None, for one that does not)
+        assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         unbiased = var * total / (total - 1).clamp(min=1)
