@@ -162,10 +162,15 @@ def unpack(batch: dict[str, torch.Tensor], device: torch.device, name_of: Callab
         names = [name_of(int(batch["index"][i])) if "index" in batch else f"JPEG {i}" for i in jpegs]
         for i, img in zip(jpegs, decode_jpegs(data, device, names), strict=True):
             images[i] = img
-    bad = [i for i, img in enumerate(images) if img is None or tuple(img.shape[-2:]) != tuple(shapes[i])]
-    for i in bad:  # the header promised another size, or nothing decoded: a grey image of the promised size
-        images[i] = torch.full((3, *shapes[i]), 128, dtype=torch.uint8, device=device)
-    return images, len(bad)
+    out: list[torch.Tensor] = []
+    bad = 0
+    for img, shape in zip(images, shapes, strict=True):
+        if img is None or tuple(img.shape[-2:]) != tuple(shape):
+            # the header promised another size, or nothing decoded: a grey image of the promised size
+            img = torch.full((3, *shape), 128, dtype=torch.uint8, device=device)
+            bad += 1
+        out.append(img)
+    return out, bad
 
 
 # ---------------------------------------------------------------- resized crops as matrix products
@@ -239,7 +244,7 @@ def _crop_sets(images: list[torch.Tensor], sets: list[CropSet], device: torch.de
             for boxes, flips, s in sets]
     outs = [torch.empty(len(images), boxes.shape[1], 3, s, s, dtype=torch.uint8, device=device)
             for boxes, _, s in sets]
-    shapes = [tuple(img.shape[-2:]) for img in images]
+    shapes = [(img.shape[-2], img.shape[-1]) for img in images]
     order = sorted(range(len(images)), key=lambda i: shapes[i][0] * shapes[i][1])
     for chunk in _chunks(shapes, order, [(boxes.shape[1], s) for boxes, _, s in sets]):
         hmax, wmax = max(shapes[i][0] for i in chunk), max(shapes[i][1] for i in chunk)

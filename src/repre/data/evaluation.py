@@ -100,9 +100,9 @@ class EvalDataset(Dataset):
     def collate(self, items: list[tuple[torch.Tensor | None, int, str | None]],
                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Items -> (the readable images [B, 3, S, S]; their labels [B] int64; why each other one is unreadable)."""
-        readable = [it for it in items if it[0] is not None]
-        labels = torch.tensor([y for _, y, _ in readable], dtype=torch.int64)
-        return self.stack([x for x, _, _ in readable]), labels, [why for x, _, why in items if x is None]
+        readable = [(x, y) for x, y, _ in items if x is not None]
+        labels = torch.tensor([y for _, y in readable], dtype=torch.int64)
+        return self.stack([x for x, _ in readable]), labels, [why for _, _, why in items if why is not None]
 
 
 class EvalLoader(DataLoader):
@@ -110,7 +110,8 @@ class EvalLoader(DataLoader):
     warning the first time this process meets it (the data workers report it; the warning is the main
     process's, which outlives them)."""
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    # a generator of its batches where DataLoader's gives its iterator object
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
         with workers_stopped(super().__iter__()) as batches:  # also when the generator is closed unfinished
             for x, labels, unreadable in batches:
                 for why in unreadable:
@@ -132,11 +133,12 @@ class IndexedEvalDataset(EvalDataset):
     """index -> (normalized float [3, S, S] or None, label, index, why it is unreadable or None): the caller
     reports an unreadable image."""
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int, str | None]:
+    # items and batches of its own (the source index beside each image): it shares EvalDataset's reading
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int, str | None]:  # type: ignore[override]
         x, label, why = self.read(index)
         return x, label, index, why
 
-    def collate(self, items: list) -> tuple[torch.Tensor, IndexedBatch]:
+    def collate(self, items: list) -> tuple[torch.Tensor, IndexedBatch]:  # type: ignore[override]
         """Items -> (the readable images [B, 3, S, S], B possibly 0; their IndexedBatch)."""
         readable = [it for it in items if it[0] is not None]
         batch = IndexedBatch(

@@ -59,8 +59,9 @@ class FashionMNIST:
     def __init__(self, root: str | None, split: str) -> None:
         folder = Path(root or DEFAULT_ROOT)
         names = FILES["train" if split == "train" else "test"]
-        files = [_idx_file(folder, n) for n in names]
-        missing = [n for n, f in zip(names, files, strict=True) if f is None]
+        found = [_idx_file(folder, n) for n in names]
+        missing = [n for n, f in zip(names, found, strict=True) if f is None]
+        files = [f for f in found if f is not None]
         if missing:
             raise UserError(_missing_message(folder, missing))
         try:

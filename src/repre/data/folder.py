@@ -145,7 +145,8 @@ def class_folders(root: str | Path) -> list[str]:
     with os.scandir(root) as entries:
         folders = [e.name for e in entries if e.is_dir()]
     seen: set[tuple[int, int]] = {(os.stat(root).st_dev, os.stat(root).st_ino)}
-    classes, empty = [], []
+    classes: list[str] = []
+    empty: list[str] = []
     for name in _visible(folders):
         path = os.path.join(root, name)
         try:
@@ -167,7 +168,8 @@ def _scan(root: Path, suffixes: tuple[str, ...] = EXTENSIONS) -> tuple[list[str]
     first-level folder each is in ("" for a file in `root` itself); the errors of the folders that could not be
     listed (their images left out; each is warned of). Strings, not `Path`s, which take far longer to make
     (docs/results.md, section 6)."""
-    names, tops, unlisted, seen, looped = [], [], [], set(), []
+    unlisted: list[OSError] = []
+    names, tops, seen, looped = [], [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
         folder = os.stat(dirpath)
         if (folder.st_dev, folder.st_ino) in seen:  # a link back to a folder already read: its images once
@@ -302,6 +304,7 @@ def _decode_pil(stream: BinaryIO, path_name: object) -> torch.Tensor:
             img.load()
             arr = to_rgb_array(img, path_name)
     except Image.DecompressionBombError as exc:
+        assert Image.MAX_IMAGE_PIXELS is not None  # PIL raises this error only where its limit is set
         size = re.search(r"\((\d+) pixels\)", str(exc))
         raise UnreadableImage(f"{path_name}: {f'{int(size[1]):,} pixels' if size else 'an image'}, more than the "
                               f"{2 * Image.MAX_IMAGE_PIXELS:,} Pillow decodes (its guard against decompression "

@@ -237,10 +237,11 @@ def pretrain_loader(cfg: Config, source: ImageSource, start_step: int, pin_memor
     collate = ViewCollate(spec, photometric=not stages.photometric_on_device)
     # the loader's seed for its workers from a generator of its own, not a draw from the global RNG: drop path
     # draws from that, and a resumed run makes its loader at another point of it (exact resume)
-    common = dict(collate_fn=collate, num_workers=workers, generator=torch.Generator().manual_seed(cfg.train.seed),
-                  pin_memory=pin_memory, persistent_workers=workers > 0,
-                  prefetch_factor=PREFETCH if workers > 0 else None,
-                  worker_init_fn=worker_started)
+    common: dict[str, Any] = dict(collate_fn=collate, num_workers=workers,
+                                  generator=torch.Generator().manual_seed(cfg.train.seed),
+                                  pin_memory=pin_memory, persistent_workers=workers > 0,
+                                  prefetch_factor=PREFETCH if workers > 0 else None,
+                                  worker_init_fn=worker_started)
     if isinstance(source, StreamShards):
         # here, not in a worker: a clear error
         check_enough_shards(len(source.urls), dist.world_size(), max(1, workers))

@@ -326,4 +326,5 @@ def _dataset(function: Callable[[str, str | None], Any], source: str, root: str 
 
 def python_source(cfg: DataConfig, split: str) -> PythonSource:
     """The `split` ("train" or "test") of the dataset that data.source's function gives."""
+    assert cfg.source is not None  # `validate` refuses data.name=python without it
     return PythonSource(_dataset(import_source(cfg.source), cfg.source, cfg.root, split), cfg.source, split)

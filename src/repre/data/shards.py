@@ -33,7 +33,7 @@ from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
-from braceexpand import UnbalancedBracesError, braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand  # type: ignore[attr-defined]  # its .pyi omits the error
 
 from repre.core.atomic import replacing
 from repre.data.folder import EXTENSIONS, MEAN, STD, UnreadableImage, decode, files_under
@@ -92,8 +92,9 @@ def shard_paths(root: str) -> list[Path]:
     paths = [Path(p) for p in expand(root)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        glob = (f"; repre expands brace patterns ({{a..b}}, {{a,b}}) as WebDataset does, not {GLOB.search(root)[0]}: "
-                "give the folder of the shards or a brace pattern" if GLOB.search(root) else "; check data.root")
+        wildcard = GLOB.search(root)
+        glob = (f"; repre expands brace patterns ({{a..b}}, {{a,b}}) as WebDataset does, not {wildcard[0]}: "
+                "give the folder of the shards or a brace pattern" if wildcard else "; check data.root")
         raise UserError(f"shard {missing[0]} does not exist ({len(missing)} of {len(paths)} missing){glob}")
     return paths
 
@@ -171,13 +172,23 @@ def warn_left_out(summary: np.ndarray, where: str) -> None:
 Image = TypeVar("Image")
 
 
+def member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A file member's bytes (`samples_of` reads file members only)."""
+    reader = tar.extractfile(member)
+    assert reader is not None  # tarfile gives no reader for a member that is no file (a folder, a device)
+    return reader.read()
+
+
 def samples_of(tar: tarfile.TarFile, image_of: Callable[[tarfile.TarInfo], Image],
                label_of: Callable[[tarfile.TarInfo, str], int], left: LeftOut) -> Iterator[tuple[str, Image, int]]:
     """The samples of a shard opened by `tar` (random access or a stream), in member order: (key, `image_of`
     its first image member, its label or -1). WebDataset's rule: a sample is the members of one key in a row
     (`split_key`); its label is its last label member (`LABEL_EXTENSIONS`), whose stripped text `label_of` reads,
     before or after the image. A sample is given once its row ends; what it leaves out goes to `left`."""
-    key, image, label, labels = None, None, -1, []
+    # the sample being read: its key, first image, label and label members (none yet: what a new key starts with)
+    key, label = "", -1
+    image: Image | None = None
+    labels: list[str] = []
     for member in tar:
         if not member.isfile():
             continue
@@ -195,7 +206,7 @@ def samples_of(tar: tarfile.TarFile, image_of: Callable[[tarfile.TarInfo], Image
         elif dotted_image(ext):
             left.dotted.append(member.name)
         elif ext in LABEL_EXTENSIONS:
-            label = label_of(member, tar.extractfile(member).read().decode("utf-8", "replace").strip())
+            label = label_of(member, member_bytes(tar, member).decode("utf-8", "replace").strip())
             labels.append(member.name)
     if image is not None:
         yield key, image, label
@@ -333,7 +344,7 @@ def load_index(paths: list[Path], root: str) -> tuple[np.ndarray, np.ndarray, np
         index = build_index(paths, root)
         try:
             with replacing(cache) as tmp:
-                np.savez(tmp, **dict(zip(("entries", "keys", "labels", "left_out"), index, strict=True)))
+                np.savez(tmp, entries=index[0], keys=index[1], labels=index[2], left_out=index[3])
         except OSError as exc:  # a read-only home: index again next time
             log.info("could not cache the shard index in %s (%s)", cache, exc)
     warn_left_out(index[3], root)

@@ -35,7 +35,8 @@ class ImageSource(Protocol):
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    num_classes: int | None
+    @property
+    def num_classes(self) -> int | None: ...
 
     def __len__(self) -> int: ...
 
@@ -138,7 +139,8 @@ def _given_root(root: str | None, name: str, streamed: bool = False) -> str:
 
 
 def _folder_split(root: str | None, split: str, name: str = "folder") -> Path:
-    base = Path(_given_root(root, name))
+    root = _given_root(root, name)
+    base = Path(root)
     if name == "shards" and not base.is_dir():  # a shard or a pattern: training data only
         if split == "train":
             return base
@@ -265,6 +267,7 @@ def data_code(cfg: DataConfig) -> dict[str, str] | None:
         return None
     from repre.data.python_source import code_identity
 
+    assert cfg.source is not None  # `validate` refuses data.name=python without it
     return code_identity(cfg.source)
 
 
@@ -273,11 +276,12 @@ def check_data_code(cfg: DataConfig, recorded: dict[str, str] | None, run: str |
     if cfg.name == "python":
         from repre.data.python_source import check_code
 
+        assert cfg.source is not None  # `validate` refuses data.name=python without it
         check_code(cfg.source, recorded, run)
 
 
-def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalization statistics: the configured ones, else the dataset's own."""
+def stats(cfg: DataConfig, source: ImageSource | type[ImageSource]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalization statistics: the configured ones, else the dataset's own (those of its class)."""
     if cfg.mean is not None and cfg.std is not None:
         return tuple(cfg.mean), tuple(cfg.std)
     return tuple(source.mean), tuple(source.std)
@@ -286,7 +290,7 @@ def stats(cfg: DataConfig, source: ImageSource) -> tuple[tuple[float, ...], tupl
 def pretraining_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalization a run pre-trained with, without opening its data: `stats` of its dataset's class
     (folders and shards: ImageNet's)."""
-    by_name = {"fashion-mnist": FashionMNIST, "synthetic": Synthetic}
+    by_name: dict[str, type[ImageSource]] = {"fashion-mnist": FashionMNIST, "synthetic": Synthetic}
     return stats(cfg, by_name.get(cfg.name, ImageFolder))
 
 

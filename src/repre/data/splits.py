@@ -4,6 +4,7 @@ train split, the training images and the labelled splits of an evaluation."""
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -46,10 +47,14 @@ class Selection:
         return image_path(self.source, int(self.indices[index]))
 
 
+class _EncodedSource(ImageSource, EncodedImages, Protocol):
+    """An image source whose images can leave undecoded."""
+
+
 class EncodedSelection(Selection):
     """A `Selection` of a source whose images can leave undecoded (`EncodedImages`): so can its own."""
 
-    source: EncodedImages
+    source: _EncodedSource
 
     def encoded(self, index: int) -> tuple[bytes, str, int]:
         return self.source.encoded(int(self.indices[index]))

@@ -39,7 +39,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from itertools import chain, islice
 from typing import BinaryIO, Protocol
 
@@ -50,7 +50,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from repre.config import REMOTE_ROOTS
 from repre.core.rng import epoch_seed
 from repre.data.folder import MEAN, STD, UnreadableImage, decode, warn_unreadable
-from repre.data.shards import AFTER_END, LeftOut, after_end, expand, label_in, samples_of, shard_paths
+from repre.data.shards import AFTER_END, LeftOut, after_end, expand, label_in, member_bytes, samples_of, shard_paths
 from repre.errors import UserError
 
 log = logging.getLogger("repre")
@@ -60,7 +60,7 @@ RETRY_WAIT = 1.0  # seconds before reading a broken shard again (times the attem
 
 
 def is_remote(root: str | None) -> bool:
-    return bool(root) and root.startswith(REMOTE_ROOTS)
+    return root is not None and root.startswith(REMOTE_ROOTS)
 
 
 def shard_urls(root: str) -> list[str]:
@@ -70,7 +70,7 @@ def shard_urls(root: str) -> list[str]:
     return [str(p) for p in shard_paths(root)]
 
 
-def open_shard(url: str) -> BinaryIO:
+def open_shard(url: str) -> BinaryIO | _PipeStream:
     """A readable stream of the shard: a pipe: command's standard output, an HTTP(S) body, or a local file."""
     if url.startswith("pipe:"):
         return _PipeStream(url)
@@ -94,12 +94,14 @@ class _PipeStream(io.RawIOBase):
         # that a wait for its output can be bounded (tarfile reads in blocks of its own)
         self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
                                      stderr=self.stderr, bufsize=0, start_new_session=True)
+        assert self.proc.stdout is not None  # stdout=PIPE
+        self.stdout = self.proc.stdout
         self.pending, self.at = b"", 0  # what the last read of the pipe gave, and how much of it is passed on
         self.ready: selectors.BaseSelector | None = None
         if os.name != "nt":  # a read that would wait returns at once: the wait is the selector's, bounded
-            os.set_blocking(self.proc.stdout.fileno(), False)
+            os.set_blocking(self.stdout.fileno(), False)
             self.ready = selectors.DefaultSelector()  # epoll or kqueue: any descriptor number (select's < 1024)
-            self.ready.register(self.proc.stdout, selectors.EVENT_READ)
+            self.ready.register(self.stdout, selectors.EVENT_READ)
 
     def readable(self) -> bool:
         return True
@@ -123,7 +125,7 @@ class _PipeStream(io.RawIOBase):
         command that stalls (a network that hangs) is a shard that broke off, as an HTTP read's timeout is."""
         while True:
             try:
-                return os.read(self.proc.stdout.fileno(), 1 << 20)
+                return os.read(self.stdout.fileno(), 1 << 20)
             except BlockingIOError:
                 if self.ready is not None and not self.ready.select(PIPE_STALL):
                     raise TimeoutError(f"`{self.url[len('pipe:'):]}` gave no data for {PIPE_STALL:g} s") from None
@@ -135,7 +137,7 @@ class _PipeStream(io.RawIOBase):
         if self.ready is None:  # reads wait (Windows): what was read already
             return rest
         try:
-            return rest + os.read(self.proc.stdout.fileno(), 1 << 20)
+            return rest + os.read(self.stdout.fileno(), 1 << 20)
         except BlockingIOError:
             return rest
 
@@ -148,7 +150,7 @@ class _PipeStream(io.RawIOBase):
         self.proc.wait()
         if self.ready is not None:
             self.ready.close()
-        self.proc.stdout.close()
+        self.stdout.close()
         self.stderr.close()
         super().close()
 
@@ -211,7 +213,7 @@ def _members(url: str) -> Iterator[tuple[str, bytes, int]]:
     left = LeftOut()
     try:
         with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            yield from samples_of(tar, lambda member: tar.extractfile(member).read(),
+            yield from samples_of(tar, lambda member: member_bytes(tar, member),
                                   lambda member, text: _label(url, member.name, text), left)
             # tarfile ends quietly where a header is cut short or damaged: a whole end-of-archive block, and zeros
             # after it (tarfile's read-ahead, its stream's private `buf`, then what the stream holds), tell its end
@@ -288,7 +290,7 @@ class StreamShards:
         return decode(io.BytesIO(data), f"{url}:{key}"), label
 
 
-def stream_position(epoch: int = 0, given: int = 0, sizes: tuple[int, ...] = ()) -> tuple[int, int, tuple[int, ...]]:
+def stream_position(epoch: int = 0, given: int = 0, sizes: Sequence[int] = ()) -> tuple[int, int, tuple[int, ...]]:
     """A worker's position: (epoch, samples given out in it, sizes of the shards it finished in it)."""
     return epoch, given, tuple(sizes)
 

@@ -55,8 +55,8 @@ class ViewSpec:
 
     aug: AugConfig
     size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per channel (R, G, B)
+    std: tuple[float, ...]
     local_crops: int = 0  # DINO multi-crop: views 2, 3, ... are local crops of `local_size`
     local_size: int = 0
 
@@ -107,7 +107,7 @@ def sample_view(rng: np.random.Generator, spec: ViewSpec, view: int, height: int
     photo[Photo.HUE] = rng.uniform(-a.hue, a.hue)
     photo[Photo.GRAY] = rng.random() < a.grayscale_prob
     blur = rng.random() < a.blur_prob[min(view, len(a.blur_prob) - 1)]
-    photo[Photo.SIGMA] = rng.uniform(*a.blur_sigma) if blur else 0.0
+    photo[Photo.SIGMA] = rng.uniform(a.blur_sigma[0], a.blur_sigma[1]) if blur else 0.0
     photo[Photo.SOLARIZE] = rng.random() < a.solarize_prob[min(view, len(a.solarize_prob) - 1)]
     return crop, flip, photo
 
