@@ -63,8 +63,9 @@ def evaluate(
     with launch.said_by_the_first(task not in SHARES_WORK):  # until the config says whether the work is shared
         result = _evaluate(task, checkpoint, overrides, out, measured)
     if keep and launch.launch_rank() == 0:  # under torchrun one process writes
+        assert out is not None  # `result_folder`'s, above
         try:
-            keep_result(result, checkpoint, Path(out))
+            keep_result(result, checkpoint, out)
         except OSError as exc:  # a full disk after the work: the result is logged, and returned
             log.warning("the result is not written to %s (%s): %s", out, exc, json.dumps(result))
     return result

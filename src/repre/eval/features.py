@@ -42,7 +42,7 @@ def frozen_batches(module: nn.Module, batches: Iterable[tuple[torch.Tensor, Extr
     module.eval()
     loaded = iter(batches)  # a loader's workers stop when the iteration ends, an exception included
     try:
-        total = len(batches)  # type: ignore[arg-type]
+        total = len(batches)  # type: ignore[arg-type]  # an Iterable: its length where it has one
     except TypeError:  # a generator, or a loader of an iterable dataset
         total = None
     try:

@@ -38,7 +38,8 @@ def block_offsets(model: nn.Module) -> list[int]:
     """Swin: the index of each stage's first block in the flat order of all blocks ([0] for a ViT)."""
     if hasattr(model, "blocks"):
         return [0]
-    sizes = [len(stage.blocks) for stage in model.layers]
+    stages: Any = model.layers  # a Swin's (timm's SwinTransformerStage), each with its `blocks`
+    sizes = [len(stage.blocks) for stage in stages]
     return [sum(sizes[:i]) for i in range(len(sizes) + 1)]
 
 
@@ -67,7 +68,8 @@ def layer_decay_groups(model: nn.Module, depth: int, weight_decay: float, decay:
     patch merging the layer of the block before it, as `layer_id` does."""
     groups: dict[tuple[int, bool], dict] = {}
     offsets = block_offsets(model)
-    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    no_weight_decay = getattr(model, "no_weight_decay", None)  # timm's models that exempt parameters name them
+    exempt = set(no_weight_decay()) if no_weight_decay is not None else set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -84,8 +86,9 @@ def new_head(model: nn.Module, classes: int) -> None:
     """A head of `classes` outputs on the timm model, its weights drawn as MAE's fine-tuning draws them (a
     truncated normal of std 2e-5, facebookresearch/mae main_finetune.py:257; BEiT's the same, 0.02 x 0.001) and
     its bias 0: the first logits near 0, where timm's default head starts them at random."""
-    model.reset_classifier(classes)
-    head = model.get_classifier()
+    timm_model: Any = model  # reset_classifier, get_classifier: every timm model's, declared by no class they share
+    timm_model.reset_classifier(classes)
+    head = timm_model.get_classifier()
     nn.init.trunc_normal_(head.weight, std=2e-5)
     nn.init.zeros_(head.bias)
 
@@ -149,4 +152,5 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
 def test_predictions(model: nn.Module, cfg: Config, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """The fine-tuned classifier's predicted and true labels [M] of the test split's images."""
     logits, labels = frozen_outputs(model, eval_loader(cfg, "test", cfg.eval.finetune.test_subset), rt, model)
+    assert labels is not None  # an `eval_loader`'s batches hold labels
     return logits.argmax(dim=1), labels

@@ -26,7 +26,9 @@ log = logging.getLogger("repre")
 def extract_features(encoder: Backbone, loader: DataLoader, rt: Runtime,
                      desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """-> (L2-normalized pooled features [N, D] float32 on CPU, labels [N]): `pooled_embeddings`, gathered."""
-    return gathered(pooled_embeddings(encoder, loader, rt, desc))
+    features, labels = gathered(pooled_embeddings(encoder, loader, rt, desc))
+    assert labels is not None  # an `eval_loader`'s batches hold labels
+    return features, labels
 
 
 def knn_predict(

@@ -77,6 +77,7 @@ def average_gradients(module: nn.Module) -> None:
     world = dist.world_size()
     if world > 1:
         for p in module.parameters():
+            assert p.grad is not None  # the loss's backward gave every parameter of the head one
             p.grad = dist.all_reduce_sum(p.grad) / world
 
 
@@ -128,7 +129,7 @@ def with_drop_path(encoder: Backbone, rate: float) -> Backbone:
     replaced, so that an encoder of one's own (`Backbone.from_model`, whose kwargs do not rebuild it) is the
     same model with the same weights."""
     copied = copy.deepcopy(encoder)
-    model = copied.model
+    model: Any = copied.model  # a Swin's layers, a ViT's blocks: its timm class's own (no shared class declares them)
     blocks = [b for layer in model.layers for b in layer.blocks] if copied.hierarchical else list(model.blocks)
     for block, r in zip(blocks, torch.linspace(0, rate, len(blocks)).tolist(), strict=True):
         for name, child in list(block.named_children()):
@@ -226,8 +227,9 @@ def save(path: Path | None, head: nn.Linear, opt: torch.optim.Optimizer, key: di
 def probe_source(cfg: Config) -> ImageSource:
     """The labelled train split of the probe (eval.linear.train_subset of its images: `subset_of`)."""
     source = eval_source(cfg, "train")
-    check_source_labels(source, labelled(source, "the linear probe"), "the linear probe", "training images")
-    check_source_labels(eval_source(cfg, "test"), source.num_classes, "the linear probe", "held-out images")
+    classes = labelled(source, "the linear probe")
+    check_source_labels(source, classes, "the linear probe", "training images")
+    check_source_labels(eval_source(cfg, "test"), classes, "the linear probe", "held-out images")
     return subset_of(source, cfg.eval.linear.train_subset) if cfg.eval.linear.train_subset else source
 
 
@@ -242,6 +244,7 @@ def lincls_eval(encoder: Backbone, cfg: Config, rt: Runtime, protocol: LinearPro
                 out: Path | None) -> dict[str, Any]:
     """Train the protocol's head on the train split, resuming from `out` (None: no checkpoint); report test top-1."""
     source = probe_source(cfg)
+    assert source.num_classes is not None  # `probe_source` refuses images without labels
     check_batch(protocol.batch_size, len(source))
     steps = len(source) // protocol.batch_size
     dim = feature_dim(encoder, protocol.features, protocol.blocks)

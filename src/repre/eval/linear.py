@@ -43,7 +43,9 @@ def block_features(
     """-> (features [N, blocks * D * (2 if kind == "both" else 1)] float32 on CPU, labels [N]); `desc`: a
     progress bar's name."""
     check_layout(encoder, kind, blocks)
-    return frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks), desc)
+    features, labels = frozen_outputs(encoder, loader, rt, lambda x: token_features(encoder, x, kind, blocks), desc)
+    assert labels is not None  # an `eval_loader`'s batches hold labels
+    return features, labels
 
 
 def train_linear(

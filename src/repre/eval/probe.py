@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+Probe = TypeVar("Probe", bound=nn.Module)
+
 
 def fit_probe(
-    probe: nn.Module,
+    probe: Probe,
     x: torch.Tensor,
     y: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -19,7 +22,7 @@ def fit_probe(
     epochs: int,
     batch: int,
     seed: int = 0,
-) -> nn.Module:
+) -> Probe:
     """Mini-batch AdamW with a cosine lr over `epochs` passes of (x, y); minimises loss_fn(probe(x_b), y_b)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)

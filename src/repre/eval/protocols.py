@@ -54,7 +54,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 # what the MoBY protocol does beyond the others' SGD (`LinearProtocol`'s fields; per 256 images where scaled)
-MOBY = {
+MOBY: dict[str, Any] = {
     "nesterov": True,  # optimizer.py:26
     "warmup_epochs": 5,  # moby_linear.py:93
     "warmup_lr": 2.5e-7,  # config.py:97 (WARMUP_LR 5e-7) per 512 (moby_linear.py:360)
@@ -105,6 +105,7 @@ class LinearProtocol:
     @property
     def lr(self) -> float:
         """The peak lr: base_lr x batch / 256 (main_lincls.py:196; eval_linear.py:105; moby_linear.py:359)."""
+        assert self.base_lr is not None, "the quick protocol has no lr: it sweeps eval.linear.lrs"
         return scaled_lr(self.base_lr, self.batch_size)
 
     def summary(self) -> dict[str, Any]:

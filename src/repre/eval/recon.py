@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from repre.branch import ReconstructionBranch
 from repre.config import Config
 from repre.core import run_files
 from repre.core.pictures import Column, Picture, save_picture, save_result_picture, sheet, thumb_side, tile
@@ -48,14 +49,14 @@ def scored(images: torch.Tensor, truth: torch.Tensor, title: str, group: str = "
     return Column(tiles(images), title, group, [f"{v:.1f} dB" for v in batch_psnr(truth, images).tolist()])
 
 
-def patch_means(target: torch.Tensor, branch: nn.Module) -> torch.Tensor:
+def patch_means(target: torch.Tensor, branch: ReconstructionBranch) -> torch.Tensor:
     """Normalized images [N, 3, H, W] -> each patch filled with its own mean: what a norm_pix reconstruction
     shows before the decoder adds anything (its prediction of zeros through the target's patch statistics)."""
     return to_pixel_space(torch.zeros_like(target, dtype=torch.float32), target, True, branch.patch_size)
 
 
-def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: nn.Module, mean: Stats, std: Stats,
-                           title: str = "image", group: str = "") -> list[Column]:
+def reconstruction_columns(target: torch.Tensor, pred: torch.Tensor, branch: ReconstructionBranch, mean: Stats,
+                           std: Stats, title: str = "image", group: str = "") -> list[Column]:
     """Columns of what is reconstructed, then (norm_pix) its patch means, then the reconstruction, each
     captioned with its PSNR: with norm_pix the reconstruction takes each patch's mean and std from the
     target, so the patch means column is what the decoder adds to."""
@@ -81,18 +82,19 @@ def gray_note(images: torch.Tensor) -> list[str]:
     return [GRAY_NOTE] if bool((spread <= GRAY_TOLERANCE).all()) else []
 
 
-def reconstruct(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+def reconstruct(model: RePre, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     """Normalized images x [N, 3, H, W] -> the decoder's reconstructions, in normalized pixel space (norm_pix:
     with the patch statistics of x)."""
     branch = model.branch
+    height, width = x.shape[-2:]
     with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.amp):
         _, maps = branch.encode(x)
-        pred = branch.reconstruct(maps, x.shape[-2:])
+        pred = branch.reconstruct(maps, (height, width))
     return to_pixel_space(pred.float(), x, branch.norm_pix, branch.patch_size)
 
 
 @torch.no_grad()
-def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime) -> Picture:
+def recon_sheet(model: RePre, cfg: Config, source: ImageSource, rt: Runtime) -> Picture:
     """`eval.recon.images` training images of the run (`spread_readable`'s: a folder's spread over its classes,
     an unreadable one giving way to a readable one not shown yet; epoch-0 augmentation), a row each; for each
     of the two views (a group of columns) the view, its patch means (norm_pix) and the reconstruction,
@@ -114,7 +116,7 @@ def recon_sheet(model: nn.Module, cfg: Config, source: ImageSource, rt: Runtime)
     return sheet(cols, notes=gray_note(denormalize(x, spec.mean, spec.std)))
 
 
-def save_recon_grid(model: nn.Module, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> Picture:
+def save_recon_grid(model: RePre, cfg: Config, source: ImageSource, path: Path, rt: Runtime) -> Picture:
     """`recon_sheet` written to `path`; returns it."""
     picture = recon_sheet(model, cfg, source, rt)
     save_picture(picture, path)

@@ -274,7 +274,8 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
     check_size(encoder, cfg)
     data = scene_data(cfg) if e.segment.data == "fashion-scenes" else folder_data(cfg)
     mean, std = pretraining_stats(cfg.data)
-    encoder = encoder.at_size(tuple(data.train_images.shape[-2:]))
+    height, width = data.train_images.shape[-2:]
+    encoder = encoder.at_size((height, width))
     f_train = feature_maps(encoder, data.train_images, mean, std, rt, e.batch_size)
     f_test = feature_maps(encoder, data.test_images, mean, std, rt, e.batch_size)
     probe = train_probe(f_train, data.train_masks, data.classes, e.segment.lr, e.segment.epochs, cfg.train.seed,
@@ -286,7 +287,8 @@ def segment_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None =
              "feature_grid": list(f_train.shape[-2:])}
     if out is not None and dist.is_main():
         n = min(SHOWN, len(data.test_images))
-        pred = predicted(probe, f_test[:n], tuple(data.test_masks.shape[-2:]), data.ignore)
+        height, width = data.test_masks.shape[-2:]
+        pred = predicted(probe, f_test[:n], (height, width), data.ignore)
         save_result_picture(segment_picture(data.test_images[:n], data.test_masks[:n], pred, data.ignore,
                                             data.names, data.classes), out / PICTURE, extra)
     return {"task": "segment", "metric": "miou", "value": m, "extra": extra}

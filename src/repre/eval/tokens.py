@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import torch
 
@@ -21,12 +22,13 @@ from repre.models.backbone import Backbone
 def blocks_hold_prefix(encoder: Backbone) -> bool:
     """Whether timm's `forward_intermediates` of a ViT returns each block's prefix tokens (the class token): not
     CaiT's or ConViT's, whose class token joins after the blocks it reads."""
-    return _takes_prefix(type(encoder.model))
+    return _takes_prefix(type(encoder.model))  # type: ignore[arg-type]  # a class is hashable (python/mypy#20409)
 
 
 @functools.cache
-def _takes_prefix(model_class: type) -> bool:
-    """`blocks_hold_prefix` of a model class (read once: the probe asks at every batch)."""
+def _takes_prefix(model_class: type[Any]) -> bool:
+    """`blocks_hold_prefix` of a model class (read once: the probe asks at every batch). Any class: timm's ViTs
+    share none that declares `forward_intermediates`."""
     return "return_prefix_tokens" in inspect.signature(model_class.forward_intermediates).parameters
 
 
@@ -53,7 +55,7 @@ def feature_dim(encoder: Backbone, kind: str, blocks: int) -> int:
 def token_features(encoder: Backbone, x: torch.Tensor, kind: str, blocks: int) -> torch.Tensor:
     """Normalized images x [B, 3, H, W] -> features [B, feature_dim(encoder, kind, blocks)]: per block, the class
     token then the mean patch token (registers excluded)."""
-    model = encoder.model
+    model: Any = encoder.model  # its forward_intermediates is its own class's (timm's ViTs share none declaring it)
     if encoder.hierarchical:
         maps = encoder.unit_maps(x, range(encoder.num_units - blocks, encoder.num_units))  # the last `blocks` stages
         return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
