@@ -162,7 +162,7 @@ def run_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     method, recon = config["method.name"], bool(config["recon.enabled"])
     summary = _summary(folder)
     lines = metric_lines(folder)
-    last = next((line for line in reversed(lines) if line.get("kind") == "train"), {})
+    last: dict[str, Any] = next((line for line in reversed(lines) if line.get("kind") == "train"), {})
     if last.get("step", 0) > summary.get("steps", 0):  # resumed after the summary was written
         summary = {}
     knn = [[line["step"], line["knn_top1"], bool(line.get("knn_quick"))] for line in lines
@@ -285,6 +285,7 @@ def _has(values: list[Any]) -> bool:
 def _settings(row: Row, members: list[int]) -> str | None:
     """What a column's values measured (the settings of its runs that have a value, as one text; "" where none
     has), or None when its runs measured differently. A run without the result measured nothing otherwise."""
+    assert row.settings is not None  # read for the rows of evaluations alone (`_measured_otherwise`)
     texts = {json.dumps(row.settings[i], sort_keys=True, default=str) for i in members if row.values[i] is not None}
     return (texts.pop() if len(texts) == 1 else None) if texts else ""
 

@@ -152,6 +152,7 @@ def open_writer(files: EmbeddingFiles, card: dict[str, Any], overwrite: bool) ->
             verb = "exists" if len(files.existing()) == 1 else "exist"
             said = f"{there} {verb} beside --out, and {files.card.name} {kind}"
         raise UserError(f"{said}; give another --out, or --overwrite to replace them")
+    assert old is not None  # without a card, `then` is {}, unlike `now`: refused above
     if not old["progress"]["complete"]:
         log.info("continuing %s from image %d (%d rows written)", files.npy, old["progress"]["next_index"],
                  old["progress"]["rows"])

@@ -70,8 +70,9 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     """n distinguishable colours: tab10's for up to 10 classes, else hues evenly spaced at two lightness
     levels."""
     if n <= len(TAB10):
-        return [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in TAB10[:n]]
-    return [tuple(round(255 * c) for c in colorsys.hls_to_rgb(i / n, 0.45 + 0.15 * (i % 2), 0.75)) for i in range(n)]
+        return [(int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)) for c in TAB10[:n]]  # "#rrggbb"
+    hues = [colorsys.hls_to_rgb(i / n, 0.45 + 0.15 * (i % 2), 0.75) for i in range(n)]
+    return [(round(255 * r), round(255 * g), round(255 * b)) for r, g, b in hues]
 
 
 MANY_CLASSES = 20  # above this, a map by label is a map of hues that cannot be told apart

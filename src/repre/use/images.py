@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,18 @@ class EmbeddedImages:
         return os.path.join(now, os.path.relpath(path, then))
 
 
-def _without_root(overrides: list[str]) -> list[str]:
+def _without_root(overrides: Sequence[str]) -> list[str]:
     return [item for item in overrides if item.split("=", 1)[0].strip() != "data.root"]
 
 
-def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: list[str],
+def embedded_source(checkpoint: str | Path | None, card: dict[str, Any], overrides: Sequence[str],
                     name: str | Path = "the embeddings") -> EmbeddedImages:
     """The data the embeddings (`name`, their FILE.npy) were made from: the checkpoint's config (None: the one
     embed read, named in the card), embed's overrides, then `overrides`. A `data.root` among them names where the
     same images are now (a moved or copied folder): the run's data.subset still picks among them, and an index
     path is compared relative to the root. Generated images are drawn with the seed embed drew them with."""
     given = checkpoint is not None
-    if not given:
+    if checkpoint is None:
         checkpoint = card.get("checkpoint")
         if not checkpoint or not Path(checkpoint).is_file():
             raise UserError(f"the checkpoint the embeddings were made from ({checkpoint}) is gone: give --checkpoint "

@@ -110,6 +110,7 @@ def same_images(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def split_index(side: Embedded, row: int) -> int:
     """A row's image -> its index among all of its split's images: a `data.subset` reads some of the training
     images (a test split's card records the run's subset, which it does not read)."""
+    assert side.index is not None and side.images is not None  # read by `neighbors` first
     index = side.index[row][0]
     picked = getattr(side.images.source, "indices", None) if side.card["identity"]["data"].get("subset") else None
     return int(picked[index]) if picked is not None else index
@@ -147,8 +148,10 @@ def neighbors_picture(queries: Embedded, bank: Embedded, hits: dict[int, list[tu
     under them. Four decimals: the features of a short run fill a narrow cone, so neighbours' similarities often
     differ only in the third or fourth."""
     def drawn(side: Embedded, row: int) -> torch.Tensor:
+        assert side.index is not None and side.images is not None  # read by `neighbors` first
         return thumbnail(side.images, *side.index[row][:2])
 
+    assert queries.index is not None and bank.index is not None and bank.images is not None  # as in `drawn`
     images = [[drawn(queries, q), *(drawn(bank, r) for r, _ in h)] for q, h in hits.items()]
     side = thumb_side(bank.images.size)
     captions = [[f"#{q}{class_caption(queries.index, q, queries.names)}",
@@ -221,6 +224,7 @@ def neighbors(checkpoint: str | Path | None, embeddings: str | Path, out: str | 
     if not own:
         asked.index = read_index(asked.files.csv, set(chosen), len(asked.rows))
         asked.images = embedded_source(checkpoint, asked.card, overrides or [], asked.files.npy)
+    assert asked.index is not None  # read above, or the bank's (the same object)
     if alike:
         log.info("%s and %s hold other selections of the same images: a query is left out of its neighbours "
                  "where both hold it", asked.files.npy, bank.files.npy)

@@ -62,7 +62,7 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
     are the block's own, as its unfused path computes them (what its `attn_drop` sees: rotary position
     embeddings and query/key norms included); an attention whose weights are not a softmax over the class
     token, the other prefix tokens and the patches (CaiT's patch blocks, talking heads) raises UserError."""
-    model = encoder.model
+    model: Any = encoder.model  # a timm ViT of any family (VisionTransformer, Eva, Beit...): its parts read by name
     if not encoder.has_class_token:
         raise UserError(f"{encoder.name} has no class token: attention maps need a ViT with one")
     attn, seen = model.blocks[block].attn, []
@@ -88,7 +88,8 @@ def cls_attention(encoder: Backbone, x: torch.Tensor, block: int = -1) -> torch.
         handle.remove()
         if fused is not None:
             attn.fused_attn = fused
-    rows = torch.cat(seen) if seen and all(r is not None for r in seen) else None  # [B, heads, N]
+    read = [r for r in seen if r is not None]  # None: a call whose weights were not [B, heads, N, N]
+    rows = torch.cat(read) if read and len(read) == len(seen) else None  # [B, heads, N]
     if (rows is None or len(rows) != len(x) or rows.shape[-1] != tokens
             or not torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-3)):
         raise unreadable
@@ -156,6 +157,8 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
     mean, std = pretraining_stats(cfg.data)
     seen = torch.stack([centre_view(img, cfg.data.image_size) for img in images]).float() / 255
     x = normalize(seen, mean, std).to(rt.device)
+    attention: torch.Tensor | None
+    peak: torch.Tensor | None
     try:
         attention, peak = scaled_attention(cls_attention(encoder, x, block))
     except UserError as exc:
@@ -173,7 +176,7 @@ def panels(checkpoint: str | Path, loaded: tuple[dict, Config], images: list[tor
     def host(t: torch.Tensor | None) -> torch.Tensor | None:  # drawn beside `seen`, on the CPU
         return None if t is None else t.cpu()
 
-    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, host(patch_pca(encoder, x, block)),
+    return Panels(run_dir(checkpoint).name, int(ckpt.get("step", 0)), seen, patch_pca(encoder, x, block).cpu(),
                   host(attention), host(peak), host(recon), recon_psnr, host(means), means_psnr,
                   "stage" if encoder.hierarchical else "block")
 
@@ -241,11 +244,14 @@ def columns(images: torch.Tensor, names: list[str], runs: list[Panels]) -> list[
     for run in runs:
         group = run.name if len(runs) > 1 else ""
         if run.means is not None:
+            assert run.means_psnr is not None  # measured with the means
             cols.append(Column(tiles(run.means, False), "patch means", group, db(run.means_psnr)))
         if run.recon is not None:
+            assert run.recon_psnr is not None  # measured with the reconstruction
             cols.append(Column(tiles(run.recon, True), "reconstruction", group, db(run.recon_psnr)))
         cols.append(Column(tiles(run.pca, False), "patch PCA", group))
         if run.attention is not None:
+            assert run.peak is not None  # measured with the maps
             heads = run.attention.shape[1] - 1
             for i, title in [(heads, "attention, mean"), *((h, f"head {h}") for h in range(heads))]:
                 peaks = [f"max {v:.1f}x flat" for v in run.peak[:, i].tolist()]

@@ -234,6 +234,7 @@ class EmbeddingWriter:
         p = self.progress
         rows = range(p["rows"], p["rows"] + len(indices))
         if feats is not None:
+            assert self.array is not None  # None only for complete files (reopened or finished): no batch comes
             self.array[rows.start:rows.stop] = feats.numpy()
             self.array.flush()
         with open(self.files.csv, "ab") as fh:
