@@ -14,8 +14,8 @@ or, at the cost of a second encoder forward, `loss = ssl_loss + 1.0 * branch(ima
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from repre.errors import UserError
 from repre.losses import reconstruction_loss
 from repre.models.backbone import Backbone, map_side, resolve_taps
-from repre.models.decoder import Decoder
+from repre.models.decoder import Decoder, Lateral
 
 
 class ReconstructionBranch(nn.Module):
@@ -97,9 +97,9 @@ class ReconstructionBranch(nn.Module):
         forward of the encoder (with its gradients)."""
         return self.backbone(images, self.taps)
 
-    def reconstruct(self, maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Tap maps (list of [N, C_i, H/s_i, W/s_i], `encode`'s) -> pixels [N, 3, *size], in the loss's space
-        (normalized pixels; per-patch normalized pixels with norm_pix)."""
+    def reconstruct(self, maps: Sequence[torch.Tensor], size: int | tuple[int, ...]) -> torch.Tensor:
+        """Tap maps (list of [N, C_i, H/s_i, W/s_i], `encode`'s) -> pixels [N, 3, *size] (size: (H, W), or a
+        side: a square), in the loss's space (normalized pixels; per-patch normalized pixels with norm_pix)."""
         return self.decoder(maps, size)
 
     def loss(self, maps: Sequence[torch.Tensor], targets: torch.Tensor,
@@ -121,7 +121,8 @@ class ReconstructionBranch(nn.Module):
 
     def _check_maps(self, maps: Sequence[torch.Tensor]) -> None:
         """ValueError unless `maps` are one per tap, with the tapped units' channels (`encode`'s)."""
-        channels = [lateral[0].in_channels for lateral in self.decoder.laterals]
+        laterals = cast(Iterable[Lateral], self.decoder.laterals)  # a ModuleList's items are typed Module
+        channels = [lateral[0].in_channels for lateral in laterals]
         given = [m.shape[1] if m.dim() == 4 else tuple(m.shape) for m in maps]
         if given != channels:
             raise ValueError(f"{len(maps)} maps of channels {given}: the branch reads {len(channels)} maps "

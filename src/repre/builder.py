@@ -38,8 +38,8 @@ def _encoder(cfg: Config) -> Backbone:
         given = f"model.arch={cfg.model.arch} at data.image_size={cfg.data.image_size}"
         if not cfg.model.kwargs:
             raise UserError(f"cannot build {given}: {exc.reason}") from None
-        kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in cfg.model.kwargs.items()) + "}"
-        raise UserError(f"cannot build {given} with model.kwargs {kwargs}: {exc.reason}; set model.kwargs to fit "
+        written = "{" + ", ".join(f"{k}: {v}" for k, v in cfg.model.kwargs.items()) + "}"
+        raise UserError(f"cannot build {given} with model.kwargs {written}: {exc.reason}; set model.kwargs to fit "
                         "it (e.g. --set model.kwargs.num_heads=N; a preset's stay when --set changes model.arch), "
                         "or drop them with --set 'model.kwargs={}'") from None
     size, p = cfg.data.image_size, encoder.patch_size

@@ -108,7 +108,8 @@ def task_settings(cfg: Config, task: str, given: Sequence[str] = ()) -> list[str
     defaults (a subset, k, T, the validation split), as config items ("eval.knn.train_subset=1000"), less the
     keys `given` by its `--set` (named beside them); a data path named, not given."""
     section = getattr(cfg.eval, task)
-    default, run_only = type(section)(), getattr(type(section), "run_only", set())
+    default = type(section)()
+    run_only: set[str] = getattr(type(section), "run_only", set())
     said = [f"eval.{task}.{f.name}={getattr(section, f.name)}" for f in dataclasses.fields(section)
             if f.name not in run_only and getattr(section, f.name) != getattr(default, f.name)]
     set_keys = set(flatten(parse_overrides([str(item) for item in given])))  # `eval.knn={k: 5}` included

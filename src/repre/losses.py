@@ -55,6 +55,7 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, *, norm_pix: b
     wide = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)  # float64 kept
     pred, target = pred.to(wide), target.to(wide)
     if norm_pix:
+        assert patch is not None  # refused above
         if target.shape[-2] % patch or target.shape[-1] % patch:
             raise ValueError(f"norm_pix=True normalizes per patch of {patch} px: the images' sides "
                              f"{tuple(target.shape[-2:])} must be multiples of it")

@@ -9,6 +9,7 @@ import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,7 +159,9 @@ def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     backbone = encoder_from(ckpt, cfg, checkpoint, encoder).eval()
     run = {k: tuple(v) if isinstance(v, list) else v for k, v in timm_preprocessing(cfg.data).items()}  # timm's
-    backbone.model.pretrained_cfg = {**backbone.model.pretrained_cfg, **run, **NOT_TIMMS}
+    # (timm sets pretrained_cfg, a dict, on its models: torch types module attributes Tensor | Module)
+    timm_cfg: dict[str, Any] = backbone.model.pretrained_cfg  # type: ignore[assignment]
+    backbone.model.pretrained_cfg = {**timm_cfg, **run, **NOT_TIMMS}  # type: ignore[assignment]
     return backbone, cfg
 
 

@@ -84,7 +84,7 @@ def tell(exc: BaseException, args: argparse.Namespace) -> int | None:
     return None
 
 
-def tell_launcher(exc: BaseException) -> None:
+def tell_launcher(exc: UserError) -> None:
     """Under torchrun, every process writes its error (the message, no traceback) to the launcher's error file
     (torchelastic's JSON layout): the launcher's failure summary shows it for the process that failed first,
     whichever rank it was."""

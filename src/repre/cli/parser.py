@@ -201,13 +201,19 @@ ADD: dict[str, Callable[[argparse._SubParsersAction], None]] = {
 }
 
 
-def build() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """The `repre` parser, which keeps each command's own (`commands`) for that command's errors (`parse`)."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+
+def build() -> Parser:
+    p = Parser(
         prog="repre", description="Reconstructive pre-training (RePre) of vision transformers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"repre {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser)
     for add in ADD.values():
         add(sub)
     p.commands = sub.choices  # each command's parser, for its own errors (`parse`)

@@ -118,7 +118,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if type(value).__module__ in ("numpy", "torch") and hasattr(value, "tolist"):  # an array set from Python
         value = value.tolist()
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_section(tp, value, key + ".")
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
@@ -253,7 +253,7 @@ def _validate_data(d: DataConfig) -> None:
                         "(--set data.source=null), or set data.name=python")
     if (d.mean is None) != (d.std is None):
         raise UserError("set both data.mean and data.std, or neither")
-    if d.mean is not None and (len(d.mean) != 3 or len(d.std) != 3):
+    if d.mean is not None and d.std is not None and (len(d.mean) != 3 or len(d.std) != 3):
         raise UserError("data.mean and data.std need 3 values each (RGB), std > 0")
 
 

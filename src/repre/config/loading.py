@@ -444,8 +444,7 @@ def given_keys(source: str | os.PathLike[str] | None, overrides: Sequence[str] |
     own at `source` (not a preset's, not those of a config repre wrote, which holds every key)."""
     keys = set(flatten(parse_overrides(override_items(overrides))))
     path = Path(os.fspath(source)).expanduser() if source else None
-    readable = path is not None and path.exists() and not path.is_dir()  # a file, or a pipe (`_text`)
-    if readable:
+    if path is not None and path.exists() and not path.is_dir():  # a file, or a pipe (`_text`)
         raw, _ = read_written(read_yaml(_text(path), str(path)))
         if not _resolved(raw):
             keys |= set(flatten({k: v for k, v in raw.items() if k != "_base_"}))

@@ -207,7 +207,9 @@ def _null_subsets(evals: dict[str, Any]) -> None:
     """A subset of 0, which 0.1.0 read as "all images" -> null, which says so now."""
     for task in EVAL_TASKS:
         section = evals.get(task)
-        for key in section if isinstance(section, dict) else ():
+        if not isinstance(section, dict):
+            continue
+        for key in section:
             if key.endswith("subset") and section[key] == 0:
                 section[key] = None
 

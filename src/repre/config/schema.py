@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 DEFAULT_PRESET = "fmnist-mocov3-repre"
 REMOTE_ROOTS = ("http://", "https://", "pipe:")  # data.root values read as streams (data.shard_access=auto)
@@ -492,8 +492,9 @@ class Config(Section):
 def _run_only(cls: type, prefix: str = "") -> tuple[str, ...]:
     """The dotted keys of `cls` and its sub-sections that its sections name in `run_only`."""
     own = tuple(prefix + f.name for f in dataclasses.fields(cls) if f.name in getattr(cls, "run_only", ()))
-    return own + sum((_run_only(f.default_factory, f"{prefix}{f.name}.") for f in dataclasses.fields(cls)
-                      if dataclasses.is_dataclass(f.default_factory)), ())
+    sections = [f for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default_factory)]
+    # (a sub-section's default factory is its class)
+    return own + sum((_run_only(cast(type, f.default_factory), f"{prefix}{f.name}.") for f in sections), ())
 
 
 # The keys that change how a run or an evaluation goes (where and how fast it runs, what it logs, draws and

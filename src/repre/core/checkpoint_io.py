@@ -215,15 +215,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def step_checkpoints(folder: Path) -> list[Path]:
     """`checkpoints/step-XXXXXXXX.pt` files of a run, oldest first."""
-    files = [p for p in (folder / run_files.CHECKPOINTS).glob("step-*.pt")
-             if run_files.step_of(p.name) is not None]
-    return sorted(files, key=lambda p: run_files.step_of(p.name))
+    steps = {p: step for p in (folder / run_files.CHECKPOINTS).glob("step-*.pt")
+             if (step := run_files.step_of(p.name)) is not None}
+    return sorted(steps, key=lambda p: steps[p])
 
 
 def prune(folder: Path, keep: int, milestone_every: int = 0) -> None:
     """Delete all but the newest `keep` step checkpoints, sparing milestones (steps divisible by milestone_every)."""
     for old in step_checkpoints(folder)[:-keep]:
         step = run_files.step_of(old.name)
+        assert step is not None  # a step file (`step_checkpoints`)
         if milestone_every and step % milestone_every == 0:
             continue
         old.unlink(missing_ok=True)

@@ -23,7 +23,8 @@ def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Ten
     it to the copy)."""
     import types
 
-    model._pos_embed = types.MethodType(pos_embed, model)
+    # torch types a module's attributes Tensor | Module; it sets any other value as a plain attribute
+    model._pos_embed = types.MethodType(pos_embed, model)  # type: ignore[assignment]
 
 
 def class_token_first(model: torch.nn.Module) -> bool:
@@ -87,11 +88,12 @@ def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> No
 
     GradScaler's public API decides from the gradients alone, where the run also skips for a non-finite loss
     and agrees on the skip across processes: hence the optimizer's own input, as GradScaler passes it."""
-    optimizer.grad_scale, optimizer.found_inf = None, found_inf
+    # (attributes torch's Optimizer does not declare: the protocol is GradScaler's own)
+    optimizer.grad_scale, optimizer.found_inf = None, found_inf  # type: ignore[attr-defined]
     try:
         optimizer.step()
     finally:
-        del optimizer.grad_scale, optimizer.found_inf
+        del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
 
 
 def scale_each_(tensors: list[torch.Tensor], scales: torch.Tensor) -> None:

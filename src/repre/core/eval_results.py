@@ -56,7 +56,7 @@ def eval_dir(checkpoint: str | Path, task: str, overrides: list[str]) -> Path:
     does). A checkpoint file outside a run's checkpoints/ keeps its results in FOLDER/eval/TASK/NAME/ (NAME: the
     file's name without .pt)."""
     top, step, earlier, settings = _eval_location(checkpoint, task, overrides)
-    out = top / step_name(step) if earlier else top
+    out = top / step_name(step) if earlier and step is not None else top
     return out / settings if settings else out
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from repre.core.atomic import replacing
 from repre.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 log = logging.getLogger("repre")
 
@@ -242,16 +245,17 @@ def save_vector(picture: Picture, path: Path, fmt: str) -> None:
     width, height = picture.size
     font = ImageFont.load_default()
     ascent = font.getmetrics()[0] if isinstance(font, ImageFont.FreeTypeFont) else 9  # PIL's y: the ascender's
-    settings = {"svg.fonttype": "none", "pdf.fonttype": 42, "font.family": ["DejaVu Sans", "sans-serif"],
-                "svg.hashsalt": "repre"}  # the same picture, the same SVG ids
+    settings: dict[RcKeyType, Any] = {"svg.fonttype": "none", "pdf.fonttype": 42,
+                                      "font.family": ["DejaVu Sans", "sans-serif"],
+                                      "svg.hashsalt": "repre"}  # the same picture, the same SVG ids
     with matplotlib.style.context("default"), matplotlib.rc_context(settings):
         fig = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
         fig.suppressComposite = True  # each tile an image of its own (one to move in an editor), not one merged
-        for kind, ops in itertools.groupby(picture.ops, key=type):
+        for kind, ops in itertools.groupby(picture.ops, key=type):  # runs of one type each (as the casts say)
             if kind is Dot:
-                fig.add_artist(dot_collection(list(ops), height))
+                fig.add_artist(dot_collection(cast(list[Dot], list(ops)), height))
             else:
-                for op in ops:
+                for op in cast(Iterator[Tile | Text | Box], ops):
                     draw_vector(fig, op, picture.size, ascent)
         metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None}  # no clock: the same bytes
         fig.savefig(path, format=fmt, dpi=72, metadata=metadata)
@@ -268,8 +272,8 @@ def draw_vector(fig: Any, op: Tile | Text | Box, size: tuple[int, int], ascent: 
         x, y = op.xy
         fig.figimage(np.asarray(op.image), xo=x, yo=height - y - op.image.height, origin="upper")
     elif isinstance(op, Text):  # on the PNG's baseline; "$" is a dollar sign, not mathtext
-        x, y = op.xy
-        fig.text(x / width, 1 - (y + ascent) / height, op.text, color=colour(op.fill),
+        left, top = op.xy
+        fig.text(left / width, 1 - (top + ascent) / height, op.text, color=colour(op.fill),
                  fontsize=VECTOR_FONT_SIZE, ha="left", va="baseline", parse_math=False)
     else:
         x0, y0, x1, y1 = op.corners

@@ -25,7 +25,7 @@ def process_seed(seed: int, rank: int) -> int:
     return seed * 1_000 + rank
 
 
-def _own(device: torch.device) -> dict[str, torch.Tensor | None]:
+def _own(device: torch.device) -> dict[str, Any]:
     """This process's generators: the CPU's, and the training device's when it is a GPU."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}

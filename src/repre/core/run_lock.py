@@ -24,7 +24,7 @@ from pathlib import Path
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # (mypy reads the name as the module alone; `acquire` checks)
 
 LOCK = ".lock"  # hidden: `run_files.folder_kind` does not count it (a folder with it alone is empty)
 log = logging.getLogger("repre")
@@ -58,7 +58,7 @@ class RunLock:
         given back (a lock beside a user's own files), where a run directory's stays, naming its last holder."""
         self.path = Path(folder) / name
         self.busy, self.remove = busy, remove
-        self._unlock = None  # a weakref.finalize: given back on `unlock()`, or when this object is collected
+        self._unlock: weakref.finalize | None = None  # given back on `unlock()`, or when this object is collected
 
     def acquire(self) -> str | None:
         """Take the lock -> None, or why not (another process holds it)."""

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from repre.config import RUN_ONLY_KEYS, Config, config_from_dict, flatten, idle_sections, read_written
 from repre.config.reads import listed
@@ -27,7 +26,7 @@ from repre.engine.state import RunState
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import TRAINING_ONLY_KWARGS, fit_backbones
-from repre.reconstruction import BRANCH, METHOD, encoder_prefix
+from repre.reconstruction import BRANCH, METHOD, PretrainingModel, encoder_prefix
 
 log = logging.getLogger("repre")
 
@@ -55,7 +54,7 @@ class Checkpoints:
     train line so far (a resumed run writes the uninterrupted run's lines). Distributed: every process calls `save`
     and `resume` (the state is gathered; rank 0 writes and tidies)."""
 
-    def __init__(self, out: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, out: Path, cfg: Config, model: PretrainingModel, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, data: PretrainData, state: RunState, rt: Runtime,
                  callbacks: list[Callback], window: WindowMeter) -> None:
         self.out, self.cfg, self.model, self.optimizer, self.scaler = out, cfg, model, optimizer, scaler
@@ -288,7 +287,8 @@ class Checkpoints:
         ours: Any = self.cfg
         for part in section.split("."):
             theirs, ours = (theirs or {}).get(part) or {}, getattr(ours, part, None)
-        ours = flatten({section: dataclasses.asdict(ours)}) if dataclasses.is_dataclass(ours) else {}
+        ours = (flatten({section: dataclasses.asdict(ours)})
+                if dataclasses.is_dataclass(ours) and not isinstance(ours, type) else {})
         theirs = flatten({section: theirs})
         differ = [k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)]
         if not differ:
@@ -363,8 +363,8 @@ class Checkpoints:
         """train.device may change on resume (a GPU run goes on on a CPU), and with it `auto` precision, and
         train.host_sync (run-only) with AdamW's kernel: say so, since the steps from here are no longer those an
         uninterrupted run computes. What a checkpoint did not record (written before it did) says nothing."""
-        now = self._runtime()
-        changed = [k for k in ("device", "precision", "fused_adamw") if k in (was or {}) and was[k] != now[k]]
+        was, now = was or {}, self._runtime()  # (None: nothing recorded)
+        changed = [k for k in ("device", "precision", "fused_adamw") if k in was and was[k] != now[k]]
         if not changed or not dist.is_main():
             return
         remedy = [f"train.{k}={was[k]}" for k in changed if k != "fused_adamw"]

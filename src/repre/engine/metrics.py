@@ -203,7 +203,7 @@ class WindowMeter:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
 
-    def add(self, values: dict[str, torch.Tensor]) -> None:
+    def add(self, values: dict[str, torch.Tensor | float]) -> None:
         for key, value in values.items():
             v = torch.as_tensor(value).detach().float()
             finite = torch.isfinite(v)

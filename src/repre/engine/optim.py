@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from repre.core import compat
 from repre.errors import UserError
+from repre.reconstruction import PretrainingModel
 
 
-def build_optimizer(model: nn.Module, weight_decay: float, lr: float, fused: bool) -> torch.optim.AdamW:
+def build_optimizer(model: PretrainingModel, weight_decay: float, lr: float, fused: bool) -> torch.optim.AdamW:
     """AdamW over the model's parameter groups (`param_groups`: which parameters decay is the method's rule);
     `fused`: one kernel for the whole update (a GPU, or the device-side non-finite guard)."""
     return torch.optim.AdamW(model.param_groups(weight_decay), lr=lr, fused=fused or None)

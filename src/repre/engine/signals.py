@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
 from repre.core.launch import launch_rank
 
@@ -34,7 +36,7 @@ class GracefulStop:
         # where the steps stop: the trainer says so where processes agree on a stop at log steps alone
         self.when = "after this step"
         self._interrupting = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}  # put back on exit
         self._pid = os.getpid()
 
     def _handle(self, signum: int, _frame) -> None:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -191,9 +191,9 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.rt.device] if self.rt.device.type == "cuda" else None
-        no_sync = ({"forward_sync_buffers": False}  # torch >= 2.14 (syncs once at init: equal anyway)
-                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                   else {"broadcast_buffers": False})
+        no_sync: dict[str, Any] = ({"forward_sync_buffers": False}  # torch >= 2.14 (syncs once at init: equal anyway)
+                                     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                                     else {"broadcast_buffers": False})
         return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
 
     # ------------------------------------------------------------ the step
@@ -354,8 +354,8 @@ class Trainer:
         if self.cfg.train.compile:
             log.info("train.compile: the first step compiles the model, a long step (on a CPU above all); its time "
                      "is counted apart (compile_s), not in images/s")
-        if self._image_count() is not None:
-            for note in self.model.method.data_notes(self._image_count()):
+        if (images := self._image_count()) is not None:
+            for note in self.model.method.data_notes(images):
                 log.warning(note)
 
     def _image_count(self) -> int | None:
@@ -503,7 +503,7 @@ class Trainer:
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=speed,
                         refresh=False)  # drawn with the next step, at the bar's own interval (a log file's 30 s)
         for callback in self.callbacks:
-            callback.on_log(self, values)
+            callback.on_log(self, cast(dict[str, float], values))  # no None: `missing` returned above
 
     def _finish(self, writer: MetricWriter, checkpoint: Path | None, completed: bool,
                 signal: GracefulStop) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def momentum_copy(module: nn.Module) -> nn.Module:
         p.requires_grad = False
     for m in target.modules():
         if hasattr(m, "drop_prob"):  # timm's DropPath
-            m.drop_prob = 0.0
+            m.drop_prob = 0.0  # type: ignore[assignment]  # torch types module attributes Tensor | Module
     return target
 
 
@@ -168,7 +168,8 @@ class Method(nn.Module):
     @torch.no_grad()
     def update_momentum(self, m: float) -> None:
         """target = target * m + online * (1 - m) for every parameter of every pair."""
-        targets, sources = [], []
+        targets: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
         for online, target in self.ema_pairs():
             for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True):
                 targets.append(p_t)
@@ -191,7 +192,8 @@ class Method(nn.Module):
 
         A wrapper such as the RePre branch passes itself so that its decoder joins the same rule.
         """
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in (module or self).named_parameters():
             if p.requires_grad:
                 (decay if self.decays(name, p) else no_decay).append(p)

@@ -40,6 +40,7 @@ class DINO(Method):
     # gradient cosine of the loss-balance monitor still measures that)
     loss_tracks_fit = False
     multi_crop = True
+    center: torch.Tensor  # a buffer (`register_buffer`): [1, out_dim]
 
     def __init__(
         self,

@@ -47,6 +47,10 @@ class MoBY(Method):
     # moby_main.py:87 builds the optimizer on the MoBY wrapper, which has no no_weight_decay, so
     # optimizer.py:42-45 exempts only 1-D parameters and biases)
     no_decay_1d = True
+    # buffers (`register_buffer`): the queues of target keys [queue_size, proj_dim] and their shared position
+    queue1: torch.Tensor
+    queue2: torch.Tensor
+    queue_ptr: torch.Tensor
 
     def __init__(
         self, encoder: Backbone | nn.Module, *, proj_dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,

@@ -46,6 +46,7 @@ class Supervised(Method):
     ) -> MethodOutput:
         """views: [B, 2, 3, H, W], labels: [B] -> the loss, "embedding_std", and the `taps`' maps of [x1; x2]."""
         self.check_labels(labels)
+        assert labels is not None  # refused by check_labels
         x = stack_views(views)
         pooled, maps = self.encoder(x, taps)
         loss = F.cross_entropy(self.head(pooled).float(), labels.repeat(2), label_smoothing=self.label_smoothing)
