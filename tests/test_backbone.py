@@ -197,6 +197,17 @@ def test_mocov3_and_dino_init_need_a_class_token_first_and_a_table_over_it(init,
                                           "num_heads": 2, **layout}, init=init)
 
 
+@pytest.mark.parametrize("init", ["mocov3", "dino"])
+def test_mocov3_and_dino_init_for_other_input_sizes_need_timm_s_vit_position_step(init):
+    """With dynamic_img_size both replace timm VisionTransformer's `_pos_embed`; an Eva's returns its rotary
+    table too, so the replacement built and then failed at every forward ("not enough values to unpack").
+    Refused at the build instead; without dynamic_img_size the Eva takes either initialization."""
+    eva = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    with pytest.raises(UserError, match=f"model.init={init} does not fit eva02_tiny_patch14_224: .*Eva does not"):
+        Backbone("eva02_tiny_patch14_224", {**eva, "dynamic_img_size": True}, init=init)
+    assert Backbone("eva02_tiny_patch14_224", eva, init=init)(torch.randn(2, 3, 16, 16))[0].shape == (2, 32)
+
+
 def test_per_stage_lists_of_two_lengths_are_a_build_error_not_a_traceback():
     """timm raised IndexError for `depths` longer than `num_heads`."""
     from conftest import SWIN_TINY, tiny_config

@@ -89,7 +89,7 @@ def sample_images(cfg: Config) -> list[torch.Tensor]:
 def transform_difference(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
     """The largest mean |difference| over an image, in grey levels, between the transform timm builds for
     `model` from its `pretrained_cfg` and repre's evaluation (`centre_view`, normalized), over `images`."""
-    import timm
+    import timm.data
     from PIL import Image
 
     config = timm.data.resolve_data_config({}, model=model)

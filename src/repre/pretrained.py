@@ -34,7 +34,7 @@ from repre.data.sources import check_data_code, pretraining_stats
 from repre.errors import UserError
 from repre.methods import eval_encoder_key
 from repre.models.backbone import Backbone, fit_backbones
-from repre.reconstruction import ENCODER_WEIGHTS, METHOD, encoder_prefix
+from repre.reconstruction import ENCODER_WEIGHTS, METHOD, PretrainingModel, encoder_prefix
 
 log = logging.getLogger("repre")
 
@@ -165,7 +165,7 @@ def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
     return backbone, cfg
 
 
-def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> nn.Module:
+def model_from(ckpt: dict, cfg: Config, checkpoint: str | Path) -> PretrainingModel:
     """The whole pre-training model of a loaded checkpoint, built from `cfg` (`checkpoint` names it in errors)."""
     head = ckpt["model"].get(f"{METHOD}head.weight")  # supervised checkpoints carry their class count
     with torch.random.fork_rng(devices=[]):  # its random init is replaced: the caller's RNG stays as it was

@@ -27,6 +27,15 @@ def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Ten
     model._pos_embed = types.MethodType(pos_embed, model)  # type: ignore[assignment]
 
 
+def vit_pos_embed(model: torch.nn.Module) -> bool:
+    """Whether `model._pos_embed` is timm VisionTransformer's (patch tokens in, tokens out), the step the
+    `replace_pos_embed` replacements stand in for: another family's (Eva's also returns its rotary table) would
+    fail at the first forward."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return getattr(type(model), "_pos_embed", None) is VisionTransformer._pos_embed
+
+
 def class_token_first(model: torch.nn.Module) -> bool:
     """Whether a timm ViT has the token layout the `_pos_embed` replacements (MoCo v3's and DINO's) assume: one
     prefix token, the class token, and a position table that covers it (not a deit3's `no_embed_class`, no

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -105,10 +105,15 @@ class EvalDataset(Dataset):
         return self.stack([x for x, _ in readable]), labels, [why for _, _, why in items if why is not None]
 
 
-class EvalLoader(DataLoader):
+LoaderData = TypeVar("LoaderData", bound=Dataset)
+
+
+class EvalLoader(DataLoader, Generic[LoaderData]):
     """`eval_loader`'s: batches of (x [B, 3, S, S], labels [B]); an unreadable image left out and named in a
     warning the first time this process meets it (the data workers report it; the warning is the main
-    process's, which outlives them)."""
+    process's, which outlives them). Generic in its dataset: `eval_loader`'s reads an `EvalDataset`."""
+
+    dataset: LoaderData
 
     # a generator of its batches where DataLoader's gives its iterator object
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
@@ -150,18 +155,18 @@ class IndexedEvalDataset(EvalDataset):
         return self.stack([it[0] for it in readable]), batch
 
 
-def _loader(cfg: Config, dataset: EvalDataset, kind: type[DataLoader] = DataLoader, **kw) -> DataLoader:
-    return kind(
-        dataset,
+def _loader_settings(cfg: Config) -> dict[str, Any]:
+    """The DataLoader arguments every evaluation loader shares."""
+    return dict(
         batch_size=cfg.eval.batch_size,
         num_workers=resolve_workers(cfg.train.num_workers),
         worker_init_fn=worker_started,  # a stop signal reaches the main process alone (k-NN during training)
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone (k-NN during training)
-        **kw,
     )
 
 
-def eval_loader(cfg: Config, split: str, subset: int | None, resize: EvalResize = EvalResize()) -> DataLoader:
+def eval_loader(cfg: Config, split: str, subset: int | None,
+                resize: EvalResize = EvalResize()) -> EvalLoader[EvalDataset]:
     """Deterministic loader over `split` (see `eval_source`) for feature extraction: batches of (x [B, 3, S, S],
     labels [B]), each image resized as `resize` says, an unreadable image left out and named in a warning once
     (`EvalLoader`)."""
@@ -170,7 +175,7 @@ def eval_loader(cfg: Config, split: str, subset: int | None, resize: EvalResize 
         source = subset_of(source, subset)
     mean, std = stats(cfg.data, source)
     dataset = EvalDataset(source, cfg.data.image_size, mean, std, resize)
-    return _loader(cfg, dataset, EvalLoader, shuffle=False, collate_fn=dataset.collate)
+    return EvalLoader(dataset, shuffle=False, collate_fn=dataset.collate, **_loader_settings(cfg))
 
 
 def indexed_loader(cfg: Config, source: ImageSource, start: int = 0) -> DataLoader:
@@ -178,4 +183,4 @@ def indexed_loader(cfg: Config, source: ImageSource, start: int = 0) -> DataLoad
     (x [B, 3, S, S], IndexedBatch), an unreadable image left out of x and named in `unreadable`."""
     mean, std = stats(cfg.data, source)
     dataset = IndexedEvalDataset(source, cfg.data.image_size, mean, std)
-    return _loader(cfg, dataset, sampler=range(start, len(source)), collate_fn=dataset.collate)
+    return DataLoader(dataset, sampler=range(start, len(source)), collate_fn=dataset.collate, **_loader_settings(cfg))
