@@ -328,3 +328,39 @@ def test_a_signal_while_a_two_process_run_builds_stops_it_before_its_first_step(
     assert len(stopped) == 1, done.stderr[-2000:]
     assert ("a stop asked of another process of the run" in stopped[0]) == (signalled == "1")
     assert "--resume" in stopped[0]
+
+
+SBATCH = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "pretrain.sbatch"
+
+
+@pytest.mark.parametrize("summary,status,requeued", [
+    ({"completed": False}, 1, True),  # stopped (pre-emption, the time limit): requeued
+    ({"completed": True}, 0, False),
+    ({"completed": False, "diverged": True}, 1, False),  # resuming would repeat its non-finite steps
+    (None, 1, False),  # an error: no summary
+    ("before", 1, False),  # a summary of an earlier job, none of this one's: an error too
+], ids=["stopped", "completed", "diverged", "error", "earlier-summary"])
+def test_the_slurm_example_requeues_a_stopped_run_alone(tmp_path, summary, status, requeued):
+    """examples/slurm/pretrain.sbatch reads summary.json, not torchrun's status (1 whatever its workers
+    returned), to requeue: run with srun and scontrol stand-ins, which record their arguments."""
+    bin_dir, out = tmp_path / "bin", tmp_path / "run"
+    bin_dir.mkdir()
+    out.mkdir()
+    if summary == "before":
+        (out / "summary.json").write_text(json.dumps({"completed": False}))
+        os.utime(out / "summary.json", (time.time() - 3600, time.time() - 3600))
+    write = (f"echo {json.dumps(json.dumps(summary))} > {out}/summary.json; " if isinstance(summary, dict) else "")
+    stubs = {"srun": f'echo "$@" > {tmp_path}/srun.args; {write}exit {status}',
+             "scontrol": f'[ "$1" = show ] && echo node1 || echo "$@" >> {tmp_path}/scontrol.calls'}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "DATA": str(tmp_path),
+           "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_ID": "42", "SLURM_NNODES": "1"}
+    done = subprocess.run(["bash", str(SBATCH), "--set", "train.epochs=1"], env=env, capture_output=True, text=True)
+    assert done.returncode == status, done.stderr
+    calls = (tmp_path / "scontrol.calls").read_text().split("\n") if (tmp_path / "scontrol.calls").exists() else []
+    assert ("requeue 42" in calls) == requeued, calls
+    args = (tmp_path / "srun.args").read_text()
+    assert "--resume --set train.epochs=1" in args and f"--out {out}" in args and "--rdzv_id 42" in args
