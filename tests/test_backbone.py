@@ -208,6 +208,14 @@ def test_mocov3_and_dino_init_for_other_input_sizes_need_timm_s_vit_position_ste
     assert Backbone("eva02_tiny_patch14_224", eva, init=init)(torch.randn(2, 3, 16, 16))[0].shape == (2, 32)
 
 
+def test_mocov3_init_takes_a_patch_projection_without_a_bias():
+    """CLIP's ViTs project patches without a bias: MoCo v3's initialization zeroes the bias where there is one
+    (it failed on None)."""
+    vit = Backbone("vit_base_patch16_clip_224", {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                                 "num_heads": 2}, init="mocov3")
+    assert vit.model.patch_embed.proj.bias is None and vit(torch.randn(2, 3, 16, 16))[0].shape == (2, 32)
+
+
 def test_per_stage_lists_of_two_lengths_are_a_build_error_not_a_traceback():
     """timm raised IndexError for `depths` longer than `num_heads`."""
     from conftest import SWIN_TINY, tiny_config

@@ -97,7 +97,7 @@ class ReconstructionBranch(nn.Module):
         forward of the encoder (with its gradients)."""
         return self.backbone(images, self.taps)
 
-    def reconstruct(self, maps: Sequence[torch.Tensor], size: int | tuple[int, ...]) -> torch.Tensor:
+    def reconstruct(self, maps: Sequence[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:
         """Tap maps (list of [N, C_i, H/s_i, W/s_i], `encode`'s) -> pixels [N, 3, *size] (size: (H, W), or a
         side: a square), in the loss's space (normalized pixels; per-patch normalized pixels with norm_pix)."""
         return self.decoder(maps, size)
@@ -146,7 +146,8 @@ class ReconstructionBranch(nn.Module):
         if rows is not None:  # one gather a tensor: its backward writes one zero gradient (strided slices: two);
             # indexing keeps a ViT map's channels-last layout, which the decoder's laterals read (index_select: NCHW)
             maps, targets = [m[rows] for m in maps], targets.index_select(0, rows)
-        pred = self.reconstruct(maps, targets.shape[-2:])
+        height, width = targets.shape[-2:]
+        pred = self.reconstruct(maps, (height, width))
         return reconstruction_loss(pred, targets, norm_pix=self.norm_pix, patch=self.patch_size)
 
     def compile_loss(self, **options: Any) -> None:

@@ -159,9 +159,8 @@ def load_encoder(checkpoint: str | Path, overrides: Sequence[str] | None = None,
     ckpt, cfg = load_checkpoint_config(checkpoint, overrides)
     backbone = encoder_from(ckpt, cfg, checkpoint, encoder).eval()
     run = {k: tuple(v) if isinstance(v, list) else v for k, v in timm_preprocessing(cfg.data).items()}  # timm's
-    # (timm sets pretrained_cfg, a dict, on its models: torch types module attributes Tensor | Module)
-    timm_cfg: dict[str, Any] = backbone.model.pretrained_cfg  # type: ignore[assignment]
-    backbone.model.pretrained_cfg = {**timm_cfg, **run, **NOT_TIMMS}  # type: ignore[assignment]
+    timm_model: Any = backbone.model  # its pretrained_cfg, a dict, is timm's own (no class they share declares it)
+    timm_model.pretrained_cfg = {**timm_model.pretrained_cfg, **run, **NOT_TIMMS}
     return backbone, cfg
 
 

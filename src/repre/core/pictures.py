@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -22,9 +22,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from repre.core.atomic import replacing
 from repre.errors import UserError
-
-if TYPE_CHECKING:
-    from matplotlib.typing import RcKeyType
 
 log = logging.getLogger("repre")
 
@@ -245,10 +242,10 @@ def save_vector(picture: Picture, path: Path, fmt: str) -> None:
     width, height = picture.size
     font = ImageFont.load_default()
     ascent = font.getmetrics()[0] if isinstance(font, ImageFont.FreeTypeFont) else 9  # PIL's y: the ascender's
-    settings: dict[RcKeyType, Any] = {"svg.fonttype": "none", "pdf.fonttype": 42,
-                                      "font.family": ["DejaVu Sans", "sans-serif"],
-                                      "svg.hashsalt": "repre"}  # the same picture, the same SVG ids
-    with matplotlib.style.context("default"), matplotlib.rc_context(settings):
+    with matplotlib.style.context("default"), matplotlib.rc_context({  # the same picture, the same SVG ids
+        "svg.fonttype": "none", "pdf.fonttype": 42, "font.family": ["DejaVu Sans", "sans-serif"],
+        "svg.hashsalt": "repre",
+    }):
         fig = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
         fig.suppressComposite = True  # each tile an image of its own (one to move in an editor), not one merged
         for kind, ops in itertools.groupby(picture.ops, key=type):  # runs of one type each (as the casts say)

@@ -210,7 +210,7 @@ class Backbone(nn.Module):
     def _timm(self) -> Any:
         """`model`, to read the members its own timm class declares and nn.Module does not (forward_intermediates,
         patch_embed, pos_embed, a Swin's layers): timm's ViTs, Swins and their relatives (Eva, BEiT) share no class
-        that declares them. `supported_units` checks those every Backbone reads."""
+        that declares them. `supported_units` checks at the build that the model has those the taps read."""
         return self.model
 
     @property

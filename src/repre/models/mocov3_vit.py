@@ -58,7 +58,8 @@ def mocov3_init_(model: nn.Module) -> None:
     proj = vit.patch_embed.proj
     bound = uniform_xavier_bound(proj.weight[0].numel(), vit.embed_dim)  # 3 * p * p inputs
     proj.weight.uniform_(-bound, bound)
-    proj.bias.zero_()
+    if proj.bias is not None:  # a patch projection without one (CLIP's) keeps none
+        proj.bias.zero_()
     vit.pos_embed.copy_(sincos_2d(tuple(vit.patch_embed.grid_size), vit.embed_dim))
     vit.pos_embed.requires_grad = False
     if getattr(model, "dynamic_img_size", False):  # DINO's local crops: their grid's own table, not a resampling
