@@ -246,6 +246,33 @@ def test_same_batches_with_0_and_2_workers():
         assert torch.equal(x["views"], y["views"])
 
 
+@pytest.mark.parametrize("data", ["folder", "streamed-shards"])
+def test_workers_started_by_spawn_give_the_batches_of_the_main_process(image_folder, tmp_path, data):
+    """Data workers start by spawn on macOS and Windows, by forkserver on Linux from Python 3.14: each receives
+    its dataset pickled (a folder's index, a stream's shard list) and imports repre anew. Their batches must be
+    those the main process makes, as forked workers' are (above)."""
+    import multiprocessing
+
+    from conftest import write_shards
+
+    where = (["data.name=folder", f"data.root={image_folder}"] if data == "folder" else
+             ["data.name=shards", f"data.root={tmp_path / 'shards'}", "data.shard_access=stream"])
+    if data == "streamed-shards":
+        write_shards(tmp_path / "shards", 2, 12)
+    own, spawned = tiny_config(*where, "train.batch_size=8"), tiny_config(*where, "train.batch_size=8",
+                                                                           "train.num_workers=1")
+    method = multiprocessing.get_start_method()
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        source = train_source(own)
+        a, b = iter(pretrain_loader(own, source, 0, False)), iter(pretrain_loader(spawned, source, 0, False))
+        for _ in range(2):
+            x, y = next(a), next(b)
+            assert torch.equal(x["views"], y["views"]) and torch.equal(x["label"], y["label"])
+    finally:
+        multiprocessing.set_start_method(method, force=True)
+
+
 @pytest.mark.parametrize("cores, processes, workers", [(2, None, 1), (64, None, 8), (64, "8", 7), (32, "8", 3),
                                                        (2, "2", 0)])
 def test_automatic_workers_share_the_cores_among_torchruns_processes(monkeypatch, cores, processes, workers):
