@@ -148,8 +148,9 @@ class ModelConfig(Section):
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
     # timm: timm's own initialization; mocov3: MoCo v3's ViT (its vits.py), a fixed 2-D sin-cos position embedding
     # and its initialization; dino: DINO's ViT (its vision_transformer.py), its class token initialization and its
-    # resampling of the position embedding for the local crops. Both on the same timm model (ViTs with a class
-    # token), so that an export loads in timm as any other
+    # resampling of the position embedding for the local crops. Both on the same timm model (ViTs with the class
+    # token as their one prefix token; with local crops, timm's VisionTransformer), so that an export loads in
+    # timm as any other
     init: Literal["timm", "mocov3", "dino"] = "timm"
 
     # the valid values of the fields above (`RULES`), checked by `validate`
