@@ -225,6 +225,18 @@ def test_per_stage_lists_of_two_lengths_are_a_build_error_not_a_traceback():
         build_encoder(tiny_config(*SWIN_TINY, "model.kwargs.depths=[1, 1, 1, 1]"))
 
 
+def test_a_model_that_takes_one_input_size_is_refused_local_crops_in_their_terms():
+    """DINO's local crops build the encoder with dynamic_img_size, which a BEiT does not take: the error named the
+    model.kwargs the user gave (none of which was wrong) and advised changing them."""
+    from conftest import DINO_TINY, tiny_config
+    from repre.builder import build_encoder
+
+    beit = tiny_config(*DINO_TINY, "model.arch=beit_base_patch16_224", "model.init=timm")
+    with pytest.raises(UserError, match=r"with data.local_crops=2: its crops of data.local_size=8 need a model that "
+                                        r"takes other input sizes .*--set data.local_crops=0$"):
+        build_encoder(beit)
+
+
 def test_build_errors_name_the_architecture_the_config_gave():
     """vit_pico_patch4 resolves to timm's vit_tiny_patch16_224, which the errors named; depth 0 was "not a timm
     vision transformer"."""

@@ -36,6 +36,11 @@ def _encoder(cfg: Config) -> Backbone:
         encoder = Backbone(arch, kwargs, cfg.model.init, name=cfg.model.arch)
     except ModelBuildError as exc:  # said in the config's terms (not the timm name and kwargs it resolved to)
         given = f"model.arch={cfg.model.arch} at data.image_size={cfg.data.image_size}"
+        if cfg.data.local_crops and "dynamic_img_size" in exc.reason:  # the keyword the local crops added
+            raise UserError(f"cannot build {given} with data.local_crops={cfg.data.local_crops}: its crops of "
+                            f"data.local_size={cfg.data.local_size} need a model that takes other input sizes "
+                            f"(timm's dynamic_img_size), which this one does not ({exc.reason}); use a ViT that "
+                            "does (timm's VisionTransformer, Eva), or --set data.local_crops=0") from None
         if not cfg.model.kwargs:
             raise UserError(f"cannot build {given}: {exc.reason}") from None
         written = "{" + ", ".join(f"{k}: {v}" for k, v in cfg.model.kwargs.items()) + "}"
