@@ -521,6 +521,25 @@ def test_fine_tuning_changes_all_of_the_encoder_from_a_head_of_near_zero_logits(
         assert not torch.equal(after[name], before[name]), name
 
 
+def test_a_distilled_deit_is_fine_tuned_with_both_heads_drawn_and_its_tokens_in_the_first_layer():
+    """A distilled DeiT has two heads (class and distillation token), whose logits timm averages:
+    `get_classifier()` gives both, and drawing the first failed on the pair ('tuple' object has no attribute
+    'weight'). Its distillation token is a token as the class token is: the first layer's lr, not the head's."""
+    from conftest import tiny_config
+    from repre.builder import build_encoder
+    from repre.core.runtime import setup_runtime
+    from repre.eval.finetune import finetune_eval, layer_id, new_head
+
+    cfg = tiny_config("model.arch=deit_tiny_distilled_patch16_224", "model.init=timm", "eval.finetune.steps=2",
+                      "eval.finetune.train_subset=16", "eval.finetune.batch_size=8", "eval.finetune.test_subset=8")
+    encoder = build_encoder(cfg)
+    new_head(encoder.model, 10)
+    for head in encoder.model.get_classifier():
+        assert head.out_features == 10 and float(head.weight.detach().std()) < 4e-5 and not head.bias.any()
+    assert layer_id("dist_token", 4) == layer_id("cls_token", 4) == 0
+    assert 0 <= finetune_eval(encoder, cfg, setup_runtime(cfg.train))["value"] <= 1
+
+
 def test_an_eval_out_that_is_a_file_is_refused_before_the_evaluation(tiny_run, tmp_path, monkeypatch):
     """--out naming a file (or a folder under one) exits 2 before any work: the result would be lost after it."""
     import repre.eval

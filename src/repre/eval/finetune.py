@@ -47,7 +47,7 @@ def layer_id(name: str, depth: int, offsets: list[int] | None = None) -> int:
     """0 for the patch embedding and tokens, i + 1 for block i (Swin: counted over all stages; a stage's patch
     merging, which timm puts at its start, goes with the block before it, as SimMIM's `get_swin_layer` puts it
     at the end of the stage before), depth + 1 for everything after the blocks."""
-    if name.startswith(("cls_token", "pos_embed", "reg_token", "patch_embed", "absolute_pos_embed")):
+    if name.startswith(("cls_token", "dist_token", "pos_embed", "reg_token", "patch_embed", "absolute_pos_embed")):
         return 0
     parts = name.split(".")
     if parts[0] == "blocks":
@@ -88,9 +88,10 @@ def new_head(model: nn.Module, classes: int) -> None:
     its bias 0: the first logits near 0, where timm's default head starts them at random."""
     timm_model: Any = model  # reset_classifier, get_classifier: every timm model's, declared by no class they share
     timm_model.reset_classifier(classes)
-    head = timm_model.get_classifier()
-    nn.init.trunc_normal_(head.weight, std=2e-5)
-    nn.init.zeros_(head.bias)
+    heads = timm_model.get_classifier()
+    for head in heads if isinstance(heads, tuple) else (heads,):  # a distilled DeiT's two, whose logits it averages
+        nn.init.trunc_normal_(head.weight, std=2e-5)
+        nn.init.zeros_(head.bias)
 
 
 def finetune_eval(encoder: Backbone, cfg: Config, rt: Runtime, out: Path | None = None) -> dict[str, Any]:
