@@ -20,20 +20,18 @@ BatchNormBase = torch.nn.modules.batchnorm._BatchNorm
 def replace_pos_embed(model: torch.nn.Module, pos_embed: Callable[..., torch.Tensor]) -> None:
     """Make `pos_embed(model, x)` this timm ViT's `_pos_embed`, the step of its `forward_features` that adds the
     position embedding (and the prefix tokens) to the patch tokens: this instance's only (a deep copy rebinds
-    it to the copy)."""
+    it to the copy). ValueError where the model's step is not timm VisionTransformer's (tokens in, tokens out),
+    which the replacements stand in for: another family's (Eva's also returns its rotary table) would fail at
+    the first forward."""
     import types
 
-    # torch types a module's attributes Tensor | Module; it sets any other value as a plain attribute
-    model._pos_embed = types.MethodType(pos_embed, model)  # type: ignore[assignment]
-
-
-def vit_pos_embed(model: torch.nn.Module) -> bool:
-    """Whether `model._pos_embed` is timm VisionTransformer's (patch tokens in, tokens out), the step the
-    `replace_pos_embed` replacements stand in for: another family's (Eva's also returns its rotary table) would
-    fail at the first forward."""
     from timm.models.vision_transformer import VisionTransformer
 
-    return getattr(type(model), "_pos_embed", None) is VisionTransformer._pos_embed
+    if getattr(type(model), "_pos_embed", None) is not VisionTransformer._pos_embed:
+        raise ValueError(f"its position step for inputs of other sizes (dynamic_img_size) replaces timm "
+                         f"VisionTransformer's, which {type(model).__name__} does not use")
+    # torch types a module's attributes Tensor | Module; it sets any other value as a plain attribute
+    model._pos_embed = types.MethodType(pos_embed, model)  # type: ignore[assignment]
 
 
 def class_token_first(model: torch.nn.Module) -> bool:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repre.core.compat import class_token_first, replace_pos_embed, vit_pos_embed
+from repre.core.compat import class_token_first, replace_pos_embed
 
 OFFSET = 0.1  # dino vision_transformer.py:184-186, "a small number to avoid floating point error in the interpolation"
 
@@ -55,9 +55,6 @@ def dino_init_(model: nn.Module) -> None:
     if not class_token_first(model):
         raise ValueError("DINO's ViT has exactly one prefix token, the class token, and a position embedding "
                          "that covers it")
-    if getattr(model, "dynamic_img_size", False) and not vit_pos_embed(model):
-        raise ValueError(f"its resampling of the position table for other input sizes (dynamic_img_size) "
-                         f"replaces timm VisionTransformer's, which {type(model).__name__} does not use")
     vit: Any = model  # its members beyond nn.Module's are its timm class's (VisionTransformer, Eva, ...)
     nn.init.trunc_normal_(vit.cls_token, std=0.02)
     if vit.dynamic_img_size:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repre.core.compat import class_token_first, replace_pos_embed, vit_pos_embed
+from repre.core.compat import class_token_first, replace_pos_embed
 
 
 def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -42,9 +42,6 @@ def mocov3_init_(model: nn.Module) -> None:
     if not class_token_first(model):
         raise ValueError("MoCo v3's ViT has exactly one prefix token, the class token, and a position embedding "
                          "that covers it")
-    if getattr(model, "dynamic_img_size", False) and not vit_pos_embed(model):
-        raise ValueError(f"its position table for other input sizes (dynamic_img_size) replaces timm "
-                         f"VisionTransformer's, which {type(model).__name__} does not use")
     vit: Any = model  # its members beyond nn.Module's are its timm class's (VisionTransformer, Eva, ...)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
