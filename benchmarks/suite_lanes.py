@@ -1,6 +1,7 @@
 """Run the test suite as several pytest processes side by side, taking work from a shared queue.
 
-For machines with many cores and a time limit (the GPU check). In CI the suite runs in one process; there its
+For machines with many cores and a time limit (the GPU check): the README's command spreads the tests over
+pytest-xdist workers, which a machine without pytest-xdist lacks and which know no deadline; in one process the
 subprocess-heavy tests (2-process torchrun runs, killed-and-resumed runs) take most of the time while most cores
 wait. Here the tests of the files named by --split go into the queue first, dealt into as many groups as lanes
 (a file's slow tests sit side by side, so dealing spreads them), then every other file whole, largest first, so

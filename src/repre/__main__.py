@@ -1,8 +1,6 @@
 """`python -m repre ...` (also what `torchrun -m repre` runs)."""
 
-import sys
-
-from repre.cli import main
+from repre.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
