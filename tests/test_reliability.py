@@ -18,6 +18,7 @@ from repre.builder import build_model
 from repre.core import checkpoint_io as ckpt_io
 from repre.engine import guard as guard_mod
 from repre.engine.guard import DeviceGuard, HostGuard
+from repre.engine.signals import GracefulStop
 from repre.engine.state import RunState
 from repre.engine.trainer import Trainer
 from repre.errors import StoppedEarly, UserError
@@ -1146,6 +1147,53 @@ def test_a_stop_signal_to_the_whole_process_group_ends_the_step_and_writes_a_che
     assert proc.returncode == 3, stderr[-2000:]
     assert "stopped at step" in stderr and (out / "checkpoints" / "last.pt").is_file()
 
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals' hang-up on Windows")
+def test_a_closed_terminal_stops_the_run_at_a_step_with_a_checkpoint(tmp_path):
+    """An ssh session lost or a terminal window closed: the terminal hangs up and its session gets SIGHUP, which
+    ended the run where it stood, the steps since its last checkpoint lost. It stops as for SIGTERM instead:
+    its data worker goes on, what it wrote to the terminal (a progress bar each step) goes to /dev/null, and it
+    writes its checkpoint and summary and exits 3."""
+    import pty
+    import select
+
+    out = tmp_path / "run"
+    cmd = pretrain_cmd(out, ["train.max_steps=100000", "train.num_workers=1", "train.log_every=1",
+                             "train.progress=true"])
+    pid, terminal = pty.fork()  # the child leads a session whose controlling terminal is the pty
+    if pid == 0:
+        os.execv(cmd[0], cmd)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
+        if select.select([terminal], [], [], 0.05)[0]:
+            os.read(terminal, 65536)  # read what the run writes, as a terminal does, or its writes would block
+    os.close(terminal)  # the hang-up
+    status = None
+    while status is None and time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        status = status if done else time.sleep(0.05)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the run went on after its terminal hung up")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3, f"wait status {status}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] is False and (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_run_started_under_nohup_keeps_ignoring_the_hang_up():
+    """`nohup` starts the run to outlive its terminal (SIGHUP ignored): the stop handler leaves it so. Where
+    SIGHUP would end the process, it stops the run, and the default is put back after."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with GracefulStop():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with GracefulStop() as stop:
+            assert signal.getsignal(signal.SIGHUP) == stop._handle
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 @pytest.mark.parametrize("host_sync", ["step", "log"])
 def test_a_skipped_step_leaves_the_running_statistics_as_they_were(tmp_path, host_sync):

@@ -54,11 +54,12 @@ def _stop_workers_at_exit() -> None:
 
 
 def worker_started(_: int) -> None:
-    """A data worker's `worker_init_fn`: SIGINT and SIGTERM ignored. Ctrl-C, Slurm's scancel and `timeout`
-    signal the whole process group; the main process then ends its step, writes a checkpoint and stops
-    (`GracefulStop`), reading batches until then, where a worker the signal killed ended the run with PyTorch's
-    "DataLoader worker is killed by signal" and no checkpoint. The workers end with the main process, as ever
-    (PyTorch's loader stops them, or they see it gone)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A data worker's `worker_init_fn`: SIGINT, SIGTERM and SIGHUP ignored. Ctrl-C, Slurm's scancel, `timeout`
+    and a closed terminal signal the whole process group; the main process then ends its step, writes a
+    checkpoint and stops (`GracefulStop`), reading batches until then, where a worker the signal killed ended the
+    run with PyTorch's "DataLoader worker is killed by signal" and no checkpoint. The workers end with the main
+    process, as ever (PyTorch's loader stops them, or they see it gone)."""
+    for sig in ("SIGINT", "SIGTERM", "SIGHUP"):  # Windows has no SIGHUP
+        if hasattr(signal, sig):
+            signal.signal(getattr(signal, sig), signal.SIG_IGN)
 

@@ -1,4 +1,5 @@
-"""Pre-emption and Ctrl-C: stop at the next step boundary, write a checkpoint, exit with status 3."""
+"""Pre-emption, Ctrl-C and a closed terminal: stop at the next step boundary, write a checkpoint, exit with status
+3."""
 
 from __future__ import annotations
 
@@ -22,8 +23,38 @@ class Interrupted(BaseException):
     called there, an image's decoding) must not take it for an error of its own."""
 
 
+# a terminal's hang-up (an ssh session lost, a terminal window closed); Windows has none
+SIGHUP: int | None = getattr(signal, "SIGHUP", None)
+
+
+def terminals() -> list[int]:
+    """Which of the standard output (1) and error (2) write to a terminal (asked while it is there: once hung up,
+    it no longer answers as one)."""
+    found = []
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                found.append(fd)
+    return found
+
+
+def leave_terminal(fds: list[int]) -> None:
+    """Point `fds`, which wrote to a terminal that has hung up, at /dev/null: each write there fails (EIO), and
+    the first would end the run before its checkpoint. Output that goes to files (`repre pretrain > log 2>&1 &`)
+    keeps going there."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class GracefulStop:
-    """Context manager: SIGTERM or SIGINT set `requested`; a second SIGINT raises KeyboardInterrupt at once.
+    """Context manager: SIGTERM, SIGINT or SIGHUP set `requested`; a second SIGINT raises KeyboardInterrupt at once.
+    SIGHUP is taken only where it would have ended the process (not under `nohup`, which ignores it, nor where
+    a handler of the caller's is in place), and first points the output that went to the lost terminal at
+    /dev/null (`leave_terminal`).
     Within `interrupting()` a request raises `Interrupted` at once instead (what runs there has no step to
     stop after: a run's final evaluations, minutes on ImageNet, longer than a scheduler waits after its signal).
 
@@ -38,10 +69,13 @@ class GracefulStop:
         self._interrupting = False
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}  # put back on exit
         self._pid = os.getpid()
+        self._terminals: list[int] = []  # the output to point elsewhere when the terminal hangs up
 
     def _handle(self, signum: int, _frame) -> None:
         if os.getpid() != self._pid:  # a forked data worker inherits the handler; the main process stops the run
             return
+        if signum == SIGHUP:
+            leave_terminal(self._terminals)
         if self.requested and signum == signal.SIGINT and not self._interrupting:
             raise KeyboardInterrupt
         already, self.requested = self.requested, True
@@ -73,6 +107,9 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if SIGHUP is not None and signal.getsignal(SIGHUP) == signal.SIG_DFL:
+                self._terminals = terminals()
+                self._previous[SIGHUP] = signal.signal(SIGHUP, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
