@@ -22,9 +22,10 @@ from PIL import Image
 from repre.cli import main
 from repre.config import load_config
 
-# the README runs the tests in pytest-xdist workers, one per core: each takes its share of the cores (at most
-# the 2 threads these tiny models gain from)
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+# the README runs the tests in pytest-xdist workers, one per core this process may use: each takes its share (at
+# most the 2 threads these tiny models gain from)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+torch.set_num_threads(max(1, min(2, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 # one folder for what the tests leave outside their tmp_path: repre's cache (never the user's ~/.cache) and the
 # temporary files of the processes they start (torchrun's, its workers'); removed when the tests end
 SCRATCH = tempfile.mkdtemp(prefix="repre-tests-")

@@ -312,7 +312,14 @@ def test_a_key_misspelt_on_a_config_in_python_is_refused_naming_the_nearest():
     assert cfg.train.max_steps == 3 and not hasattr(cfg.train, "max_step")
 
 
-def test_data_workers_kept_alive_to_the_interpreter_s_exit_do_not_hold_it(tmp_path):
+# the `repre` command's entry: the iterator held by a reference cycle alone, which the collector finds (its
+# objects are frozen out of the collector's reach at exit where no worker is alive)
+ENTRY = ("cycle = [kept]\ncycle.append(cycle)\ndel kept\nimport sys\nsys.argv = ['repre', 'presets']\n"
+         "from repre.cli import console\nconsole()\n")
+
+
+@pytest.mark.parametrize("ending", ["", ENTRY], ids=["a-script", "the-repre-command"])
+def test_data_workers_kept_alive_to_the_interpreter_s_exit_do_not_hold_it(tmp_path, ending):
     """repre's workers ignore SIGTERM (a scheduler's signal is the main process's to act on), which
     multiprocessing's exit handler sends them before it waits for them: a script whose loader an exception's
     traceback kept (Ctrl-C in `repre.pretrain`) never ended."""
@@ -324,7 +331,7 @@ def test_data_workers_kept_alive_to_the_interpreter_s_exit_do_not_hold_it(tmp_pa
               "loader = DataLoader(list(range(64)), batch_size=2, num_workers=resolve_workers(1),\n"
               "                    worker_init_fn=worker_started)\n"
               "kept = iter(loader)\n"
-              "next(kept)\n")
+              "next(kept)\n") + ending
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
 

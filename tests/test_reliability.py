@@ -1149,11 +1149,13 @@ def test_a_stop_signal_to_the_whole_process_group_ends_the_step_and_writes_a_che
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no terminals' hang-up on Windows")
-def test_a_closed_terminal_stops_the_run_at_a_step_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("how", ["hang-up", "kill"])
+def test_a_closed_terminal_stops_the_run_at_a_step_with_a_checkpoint(tmp_path, how):
     """An ssh session lost or a terminal window closed: the terminal hangs up and its session gets SIGHUP, which
     ended the run where it stood, the steps since its last checkpoint lost. It stops as for SIGTERM instead:
     its data worker goes on, what it wrote to the terminal (a progress bar each step) goes to /dev/null, and it
-    writes its checkpoint and summary and exits 3."""
+    writes its checkpoint and summary and exits 3. A `kill -HUP` with the terminal still there stops it alike,
+    and its last lines still reach the terminal."""
     import pty
     import select
 
@@ -1162,20 +1164,50 @@ def test_a_closed_terminal_stops_the_run_at_a_step_with_a_checkpoint(tmp_path):
                              "train.progress=true"])
     pid, terminal = pty.fork()  # the child leads a session whose controlling terminal is the pty
     if pid == 0:
-        os.execv(cmd[0], cmd)
-    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
-    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
-        if select.select([terminal], [], [], 0.05)[0]:
-            os.read(terminal, 65536)  # read what the run writes, as a terminal does, or its writes would block
-    os.close(terminal)  # the hang-up
-    status = None
-    while status is None and time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        status = status if done else time.sleep(0.05)
-    if status is None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the run went on after its terminal hung up")
+        try:  # a terminal's session starts with SIGHUP at its default, whatever ran these tests (nohup)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            os.execv(cmd[0], cmd)
+        finally:
+            os._exit(127)  # never this test's process going on in the child
+    written, status = b"", None
+
+    def waited(seconds: float) -> int | None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return code
+            time.sleep(0.05)
+        return None
+
+    try:
+        metrics, deadline = out / "metrics.jsonl", time.monotonic() + 240
+        while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
+            if select.select([terminal], [], [], 0.05)[0]:
+                try:  # read what the run writes, as a terminal does, or its writes would block
+                    written += os.read(terminal, 65536)
+                except OSError:  # the run ended, its side closed
+                    break
+        assert metrics.is_file() and metrics.read_text(), written.decode(errors="replace")[-2000:]
+        if how == "kill":
+            os.kill(pid, signal.SIGHUP)
+            while select.select([terminal], [], [], 120)[0]:
+                try:
+                    written += os.read(terminal, 65536)
+                except OSError:  # the run ended, its side closed
+                    break
+            text = written.decode(errors="replace")
+            assert "stopped at step" in text and '"completed": false' in text, text[-2000:]
+        os.close(terminal)  # the hang-up, or the terminal closed after the run
+        terminal = -1
+        status = waited(120)
+        assert status is not None, "the run went on after its terminal hung up"
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        if status is None and not waited(0):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3, f"wait status {status}"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False and (out / "checkpoints" / "last.pt").is_file()

@@ -30,13 +30,16 @@ ONE_PROCESS = (*FILE_OUTPUTS, "compare", "config", "presets")
 def console() -> NoReturn:
     """The `repre` console script and `python -m repre`: `main`, then exit with its status.
 
-    The objects that torch, torchvision and timm create on import (some 400,000, tracked by the garbage
-    collector) are frozen out of its reach before the interpreter exits: its last collection would walk them all,
-    to free memory that the process's end frees anyway. Every object is still released by reference counting and
-    every `atexit` handler runs; what is no longer done at exit is collecting cycles, whose finalizers Python
-    does not promise to run there. `benchmarks/startup.py` measures the exit with and without it."""
+    What is alive then (mostly the objects that torch, torchvision and timm made on import: some 400,000, tracked
+    by the garbage collector) is frozen out of the collector's reach before the interpreter exits: its last
+    collection would walk them all, to free memory that the process's end frees anyway. Every object is still
+    released by reference counting and every `atexit` handler runs; what is no longer done at exit is collecting
+    cycles, whose finalizers Python does not promise to run there. Not while data workers are alive: their
+    clean-up at exit finds their loaders among the collector's objects (`compat.stop_live_loader_workers`).
+    `benchmarks/startup.py` measures the exit with and without the freeze."""
     status = main()
-    gc.freeze()
+    if not ("multiprocessing" in sys.modules and sys.modules["multiprocessing"].active_children()):
+        gc.freeze()
     sys.exit(status)
 
 

@@ -39,13 +39,16 @@ def terminals() -> list[int]:
 
 
 def leave_terminal(fds: list[int]) -> None:
-    """Point `fds`, which wrote to a terminal that has hung up, at /dev/null: each write there fails (EIO), and
-    the first would end the run before its checkpoint. Output that goes to files (`repre pretrain > log 2>&1 &`)
-    keeps going there."""
+    """Point those of `fds` (which wrote to a terminal) whose terminal has hung up at /dev/null: each write there
+    fails (EIO), the summary's last line included, which ended a stopped run with status 1 rather than 3. Output
+    that goes to files (`repre pretrain > log 2>&1 &`), or to a terminal still there (a `kill -HUP`), keeps
+    going where it went."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         for fd in fds:
-            os.dup2(devnull, fd)
+            with contextlib.suppress(OSError):
+                if not os.isatty(fd):  # a hung-up terminal no longer answers as one
+                    os.dup2(devnull, fd)
     finally:
         os.close(devnull)
 
