@@ -32,9 +32,9 @@ def console() -> NoReturn:
 
     What is alive then (mostly the objects that torch, torchvision and timm made on import: some 400,000, tracked
     by the garbage collector) is frozen out of the collector's reach before the interpreter exits: its last
-    collection would walk them all, to free memory that the process's end frees anyway. Every object is still
-    released by reference counting and every `atexit` handler runs; what is no longer done at exit is collecting
-    cycles, whose finalizers Python does not promise to run there. Not while data workers are alive: their
+    collection would walk them all, to free memory that the process's end frees anyway. Reference counting
+    frees every object and every `atexit` handler runs; only reference cycles go uncollected, and Python
+    does not promise to run their finalizers at exit anyway. Not while data workers are alive: their
     clean-up at exit finds their loaders among the collector's objects (`compat.stop_live_loader_workers`).
     `benchmarks/startup.py` measures the exit with and without the freeze."""
     status = main()

@@ -40,7 +40,7 @@ def terminals() -> list[int]:
 
 def leave_terminal(fds: list[int]) -> None:
     """Point those of `fds` (which wrote to a terminal) whose terminal has hung up at /dev/null: each write there
-    fails (EIO), the summary's last line included, which ended a stopped run with status 1 rather than 3. Output
+    fails (EIO), the summary's last line included, which would end a stopped run with status 1, not 3. Output
     that goes to files (`repre pretrain > log 2>&1 &`), or to a terminal still there (a `kill -HUP`), keeps
     going where it went."""
     devnull = os.open(os.devnull, os.O_WRONLY)
