@@ -1205,7 +1205,7 @@ def test_a_closed_terminal_stops_the_run_at_a_step_with_a_checkpoint(tmp_path, h
     finally:
         if terminal >= 0:
             os.close(terminal)
-        if status is None and not waited(0):
+        if status is None:  # a run still going, or ended but not yet reaped
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3, f"wait status {status}"
@@ -1226,6 +1226,7 @@ def test_a_run_started_under_nohup_keeps_ignoring_the_hang_up():
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, previous)
+
 
 @pytest.mark.parametrize("host_sync", ["step", "log"])
 def test_a_skipped_step_leaves_the_running_statistics_as_they_were(tmp_path, host_sync):

@@ -249,8 +249,9 @@ def test_a_command_that_stalls_is_a_shard_that_broke_off(shards, repre_log, no_r
     start = time.perf_counter()
     assert list(read_samples(f"pipe:sleep 30; cat {shards}/part-0000.tar")) == []
     assert time.perf_counter() - start < 10 and "gave no data for 0.2 s" in repre_log.text
-    monkeypatch.setattr(stream_module, "PIPE_STALL", 3.0)  # a wait within the limit, by a margin no busy machine
-    assert len(list(read_samples(f"pipe:sleep 0.5; cat {shards}/part-0000.tar"))) == PER_SHARD  # eats
+    # a wait within the limit, by a margin that a busy machine's start of the command does not eat
+    monkeypatch.setattr(stream_module, "PIPE_STALL", 3.0)
+    assert len(list(read_samples(f"pipe:sleep 0.5; cat {shards}/part-0000.tar"))) == PER_SHARD
 
 
 def test_a_command_that_talks_on_stderr_does_not_stall(shards):
